@@ -1,0 +1,256 @@
+"""ivle.conf as IVLE reads it, and ivle-maint's own settings file.
+
+Both files are configobj files.  ivle-maint's settings are declared once,
+in SETTINGS_SPEC below: that text is the documentation of every setting
+and its default (``ivle-maint settings`` prints it).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from configobj import ConfigObj, ConfigObjError, flatten_errors
+
+from .errors import ConfigError
+
+try:  # configobj >= 5.1 ships validate inside the package
+    from configobj.validate import Validator
+except ImportError:  # Debian bookworm: a top-level module
+    from validate import Validator  # type: ignore[no-redef]
+
+DEFAULT_SETTINGS_FILE = "/etc/ivle/ivle-maint.conf"
+DEFAULT_IVLE_CONF_DIR = "/etc/ivle"
+
+SETTINGS_SPEC = """\
+# ivle-maint settings: /etc/ivle/ivle-maint.conf, or --config FILE, or
+# the environment variable IVLE_MAINT_CONF.  Every key is optional.
+
+[node]
+# What this node is in the IVLE cluster: 'master' (PostgreSQL, user
+# management server, jail template), 'slave' (Apache) or 'both'.
+role = option('master', 'slave', 'both', default='both')
+# This node's name in logs and in the cluster table; empty: the hostname.
+name = string(default='')
+
+[paths]
+# Directory holding ivle.conf; empty: $IVLECONF, else /etc/ivle.
+ivle_conf_dir = string(default='')
+# IVLE's shipped database migrations (userdb/migrations in the source).
+migrations = string(default='/usr/share/ivle/userdb/migrations')
+# ivle-maint's journal, media version record and other state.
+state = string(default='/var/lib/ivle-maint')
+# Log files, one per run, with timestamps and step durations.
+log = string(default='/var/log/ivle-maint')
+# Database dumps taken before migrations, and ivle.conf backups.
+backup = string(default='/var/backups/ivle-maint')
+# The lock that keeps one ivle-maint at a time on this node.
+run = string(default='/run/ivle-maint')
+
+[services]
+# Init script names of the web server (slaves) and of the user
+# management server (master).
+web = string(default='apache2')
+usrmgt = string(default='ivle-usrmgt-server')
+# How services are driven: 'auto' picks invoke-rc.d when present (as
+# Debian maintainer scripts must), else systemctl, else the init script.
+backend = option('auto', 'invoke-rc.d', 'systemctl', 'init.d', default='auto')
+# Where init scripts live (used by the 'init.d' backend).
+initd_dir = string(default='/etc/init.d')
+# Seconds to wait for a service to reach the asked state.
+timeout = float(min=0, default=60)
+
+[commands]
+# IVLE's own programs; a bare name is looked up on PATH.
+mountallusers = string(default='ivle-mountallusers')
+buildjail = string(default='ivle-buildjail')
+remakeuser = string(default='ivle-remakeuser')
+# Seconds allowed for each (0: no limit); jail builds run apt.
+timeout = float(min=0, default=0)
+
+[consoles]
+# Seconds between SIGTERM and SIGKILL for console processes.
+term_timeout = float(min=0, default=10)
+
+[jails]
+# Also run 'ivle-mountallusers -u' before ivle-maint's own unmount.
+run_mountallusers = boolean(default=False)
+# Detach busy jail mounts lazily (umount -l) instead of failing.
+lazy_unmount = boolean(default=False)
+
+[database]
+# 'ivle-conf': connect with ivle.conf's [database] settings;
+# 'postgres': as the postgres system user over the local socket.
+connect_as = option('ivle-conf', 'postgres', default='ivle-conf')
+# Socket directory for connect_as = postgres.
+socket_dir = string(default='/var/run/postgresql')
+# Seconds to wait for a restarting server, and for another runner's lock.
+wait_timeout = float(min=0, default=120)
+lock_timeout = float(min=0, default=600)
+# pg_dump before applying migrations, keeping this many dumps.
+backup = boolean(default=True)
+backup_keep = integer(min=1, default=5)
+
+[media]
+# Rewrite [media] version even when ivle.conf leaves it unset.
+force = boolean(default=False)
+"""
+
+# The part of IVLE's own config spec that ivle-maint relies on.
+IVLE_CONF_SPEC = """\
+[paths]
+prefix = string(default='/usr/local')
+data = string(default='/var/lib/ivle')
+share = string(default='${prefix}/share/ivle')
+lib = string(default='${prefix}/lib/ivle')
+[[jails]]
+mounts = string(default='${data}/jailmounts')
+src = string(default='${data}/jails')
+template = string(default='${src}/__base__')
+template_build = string(default='${src}/__base_build__')
+
+[media]
+version = string(default=None)
+
+[database]
+host = string(default='localhost')
+port = integer(default=5432)
+name = string(default='ivle')
+username = string(default=None)
+password = string(default=None)
+
+[usrmgt]
+host = string(default='localhost')
+port = integer(default=2178)
+magic = string(default=None)
+
+[jail]
+suite = string(default=None)
+mirror = string(default=None)
+devmode = boolean(default=False)
+"""
+
+
+def _load(path: Path, spec: str, *, interpolation: Any) -> ConfigObj:
+    """Parse and validate one configobj file; one-line ConfigError on fault."""
+    if path.exists() and not os.access(path, os.R_OK):
+        raise ConfigError(f"{path}: cannot read: permission denied")
+    try:
+        conf = ConfigObj(
+            str(path) if path.exists() else None,
+            configspec=spec.splitlines(),
+            interpolation=interpolation,
+            file_error=False,
+            encoding="utf-8",
+        )
+    except ConfigObjError as exc:
+        errors = getattr(exc, "errors", None) or [exc]
+        first = errors[0]
+        line = getattr(first, "line_number", None)
+        where = f" line {line}" if line else ""
+        text = str(first).split(" at line ")[0].rstrip(".")
+        raise ConfigError(f"{path}{where}: {text}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    if not path.exists():
+        conf.filename = str(path)
+    result = conf.validate(Validator(), preserve_errors=True)
+    if result is not True:
+        for sections, key, error in flatten_errors(conf, result):
+            name = "/".join([*sections, key or "(section)"])
+            reason = error if error else "missing"
+            raise ConfigError(f"{path}: [{name}]: {reason}")
+    return conf
+
+
+@dataclass(frozen=True)
+class IvleConf:
+    """IVLE's ivle.conf, read with IVLE's defaults and ${} interpolation."""
+
+    path: Path
+    conf: ConfigObj
+
+    @property
+    def jail_mounts(self) -> Path:
+        return Path(self.conf["paths"]["jails"]["mounts"])
+
+    @property
+    def jail_src(self) -> Path:
+        return Path(self.conf["paths"]["jails"]["src"])
+
+    @property
+    def jail_template(self) -> Path:
+        return Path(self.conf["paths"]["jails"]["template"])
+
+    @property
+    def share(self) -> Path:
+        return Path(self.conf["paths"]["share"])
+
+    @property
+    def media_version(self) -> str | None:
+        value: str | None = self.conf["media"]["version"]
+        return value
+
+    @property
+    def database(self) -> dict[str, Any]:
+        return dict(self.conf["database"])
+
+
+def ivle_conf_dir(settings_dir: str = "") -> Path:
+    """IVLE's config directory: the setting, else $IVLECONF, else /etc/ivle."""
+    return Path(settings_dir or os.environ.get("IVLECONF") or DEFAULT_IVLE_CONF_DIR)
+
+
+def load_ivle_conf(conf_dir: Path) -> IvleConf:
+    """Read ivle.conf the way IVLE does: template interpolation, defaults."""
+    path = conf_dir / "ivle.conf"
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file (set IVLECONF or [paths] ivle_conf_dir)")
+    return IvleConf(path, _load(path, IVLE_CONF_SPEC, interpolation="template"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """ivle-maint's own settings, validated against SETTINGS_SPEC."""
+
+    path: Path
+    conf: ConfigObj
+
+    def __getitem__(self, section: str) -> Any:
+        return self.conf[section]
+
+    @property
+    def role(self) -> str:
+        role: str = self.conf["node"]["role"]
+        return role
+
+    @property
+    def node_name(self) -> str:
+        return str(self.conf["node"]["name"] or socket.gethostname())
+
+    def path_of(self, key: str) -> Path:
+        """A directory from [paths] (state, log, backup, run, migrations)."""
+        return Path(self.conf["paths"][key])
+
+    @property
+    def ivle_conf_dir(self) -> Path:
+        return ivle_conf_dir(self.conf["paths"]["ivle_conf_dir"])
+
+    def ivle_conf(self) -> IvleConf:
+        return load_ivle_conf(self.ivle_conf_dir)
+
+
+def settings_file(explicit: str | None = None) -> Path:
+    """--config FILE, else $IVLE_MAINT_CONF, else the default location."""
+    return Path(explicit or os.environ.get("IVLE_MAINT_CONF") or DEFAULT_SETTINGS_FILE)
+
+
+def load_settings(explicit: str | None = None) -> Settings:
+    """Load the settings; a missing default file means all defaults."""
+    path = settings_file(explicit)
+    if (explicit or os.environ.get("IVLE_MAINT_CONF")) and not path.exists():
+        raise ConfigError(f"{path}: no such file")
+    return Settings(path, _load(path, SETTINGS_SPEC, interpolation=False))

@@ -1,0 +1,29 @@
+"""The one error type a person can cause; the CLI turns it into one line."""
+
+from __future__ import annotations
+
+
+class MaintError(Exception):
+    """A mistake or a failed step that the administrator must act on.
+
+    The message is a single line meant for a person.  ``resume`` is the
+    exact command that continues the work, when there is one.
+    """
+
+    exit_status = 1
+
+    def __init__(self, message: str, *, resume: str | None = None) -> None:
+        super().__init__(message)
+        self.resume = resume
+
+
+class ConfigError(MaintError):
+    """A settings file or ivle.conf that cannot be read or is invalid."""
+
+    exit_status = 2
+
+
+class LockedError(MaintError):
+    """Another ivle-maint (or migration runner) holds the lock."""
+
+    exit_status = 75  # EX_TEMPFAIL: try again later
