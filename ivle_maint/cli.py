@@ -1,0 +1,92 @@
+"""The ivle-maint command line: parse argv, call a command, map errors.
+
+Only this layer prints errors and chooses exit statuses; everything below
+raises MaintError with a one-line message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+
+DESCRIPTION = """\
+Automates the IVLE upgrade procedure on this node: stop the web server,
+kill console processes, unmount user jails, apply database migrations,
+rebuild the jail and the user jails, change the media version and start
+everything again.  IVLE's Debian package calls it from its maintainer
+scripts; source installs call the same commands by hand."""
+
+EXIT_STATUSES = """\
+exit status:
+  0   success (or nothing to do)
+  1   a step failed; the message says what, and how to resume
+  2   bad settings, ivle.conf or command line
+  75  another ivle-maint holds the lock; try again later
+  130 interrupted
+
+settings: /etc/ivle/ivle-maint.conf, --config FILE or $IVLE_MAINT_CONF
+(see 'ivle-maint settings --spec'); ivle.conf: $IVLECONF/ivle.conf."""
+
+
+def _command_modules() -> list[object]:
+    from . import commands
+
+    names = sorted(m.name for m in pkgutil.iter_modules(commands.__path__))
+    modules = [importlib.import_module(f"{commands.__name__}.{name}") for name in names]
+    return sorted(modules, key=lambda m: getattr(m, "ORDER", 50))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used to generate the man page)."""
+    parser = argparse.ArgumentParser(
+        prog="ivle-maint",
+        description=DESCRIPTION,
+        epilog=EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ivle-maint {__version__}")
+    parser.add_argument("--config", metavar="FILE", help="ivle-maint settings file")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in _command_modules():
+        module.register(sub)  # type: ignore[attr-defined]
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list == ["--version"]:  # answered before any other import
+        print(f"ivle-maint {__version__}")
+        return 0
+    from .commands import Context
+    from .errors import MaintError
+
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(Context(args)) or 0)
+    except MaintError as exc:
+        print(f"ivle-maint: error: {exc}", file=sys.stderr)
+        if exc.resume:
+            print(f"ivle-maint: resume with: {exc.resume}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        print("ivle-maint: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""One module per command group; cli.py discovers them here.
+
+Each module defines ``register(subparsers)`` and sets ``func`` on its
+parsers to a function ``(ctx: Context) -> int``.  Modules import heavy
+libraries (psycopg2, psutil) inside those functions, so that building the
+parser, and ``--version``, stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from ..config import Settings, load_settings
+from ..output import Reporter, TerminalReporter
+
+
+@dataclass
+class Context:
+    """What a command function needs: its arguments, settings, a reporter."""
+
+    args: argparse.Namespace
+    reporter: Reporter = field(default_factory=TerminalReporter)
+
+    @cached_property
+    def settings(self) -> Settings:
+        return load_settings(self.args.config)

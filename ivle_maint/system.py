@@ -1,0 +1,108 @@
+"""Running external commands through sh, on sh 1.14 (bookworm) and 2.x.
+
+Every command is an argument list, never a shell string.  Output is
+streamed line by line to a callback and only a bounded tail is kept, so a
+verbose jail build never sits in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sh
+
+from .errors import MaintError
+
+log = logging.getLogger(__name__)
+
+# sh 2.0 returns plain strings unless asked for the command object.
+_SH_MAJOR = int(sh.__version__.split(".")[0])
+_RETURN_CMD: dict[str, Any] = {"_return_cmd": True} if _SH_MAJOR >= 2 else {}
+
+TAIL_LINES = 40
+
+
+@dataclass(frozen=True)
+class Completed:
+    """The outcome of one command: status, full stdout if kept, output tail."""
+
+    argv: tuple[str, ...]
+    exit_code: int
+    stdout: str
+    tail: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+def which(name: str, path: str | None = None) -> str | None:
+    """Absolute path of a command, or None."""
+    if os.sep in name:
+        return name if os.access(name, os.X_OK) else None
+    return shutil.which(name, path=path)
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    on_line: Callable[[str], None] | None = None,
+    keep_stdout: bool = False,
+    cwd: str | None = None,
+) -> Completed:
+    """Run argv, stream stdout+stderr lines to on_line, never raise on status.
+
+    Raises MaintError only when the command cannot be started or times out.
+    """
+    program = which(argv[0])
+    if program is None:
+        raise MaintError(f"command not found: {argv[0]}")
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    kept: list[str] = []
+
+    def line(text: str) -> None:
+        text = text.rstrip("\n")
+        tail.append(text)
+        if keep_stdout:
+            kept.append(text)
+        if on_line is not None:
+            on_line(text)
+
+    full_env = {**os.environ, **(env or {})}
+    log.debug("running %s", list(argv))
+    try:
+        cmd = sh.Command(program)(
+            *argv[1:],
+            _env=full_env,
+            _out=line,
+            _err_to_out=True,
+            _tty_out=False,
+            _in=None,
+            _ok_code=list(range(256)),
+            _timeout=timeout or None,
+            _cwd=cwd,
+            **_RETURN_CMD,
+        )
+        exit_code = int(cmd.exit_code)
+    except sh.TimeoutException:
+        raise MaintError(f"{argv[0]} did not finish within {timeout:g}s") from None
+    except sh.SignalException as exc:  # killed by a signal: negative status
+        exit_code = int(exc.exit_code)
+    return Completed(tuple(argv), exit_code, "\n".join(kept), tuple(tail))
+
+
+def check(argv: Sequence[str], **kwargs: Any) -> Completed:
+    """run() that turns a nonzero status into a MaintError with the output tail."""
+    done = run(argv, **kwargs)
+    if not done.ok:
+        last = done.tail[-1] if done.tail else "no output"
+        raise MaintError(f"{' '.join(argv)} failed with status {done.exit_code}: {last}")
+    return done
