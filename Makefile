@@ -1,0 +1,35 @@
+# ivle-maint developer targets.  Everything runs as root on Debian bookworm
+# and installs what it needs first (scripts/install-deps).
+PY := /usr/bin/python3
+PYTEST := $(PY) -m pytest
+
+.PHONY: all deps test test-debian test-pypi lint bench demo deb e2e clean
+
+all: test
+
+deps:
+	scripts/install-deps
+
+# The test command (README.md, .ci/run): lint, then the suite on Debian's
+# python3-* libraries, then again on the newest PyPI releases.
+test: deps lint test-debian test-pypi
+
+test-debian:
+	$(PYTEST) tests/unit tests/integration
+
+test-pypi:
+	$$(scripts/pypi-venv) -m pytest tests/unit tests/integration
+
+lint:
+	venv_py=$$(scripts/pypi-venv) && \
+	$$(dirname $$venv_py)/ruff check . && \
+	$$(dirname $$venv_py)/mypy
+
+bench: deps
+	$(PY) scripts/bench_version.py
+
+demo: deps
+	unshare --mount --propagation private $(PY) scripts/demo
+
+clean:
+	rm -rf build *.egg-info .pytest_cache .ruff_cache .mypy_cache .venv-pypi
