@@ -1,0 +1,187 @@
+"""ivle-maint plan | upgrade | rerun | hook | status: the whole procedure."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import MaintError
+from . import Context
+
+ORDER = 10
+
+ROLE_HELP = "the node's role comes from [node] role in the settings"
+
+
+def register(sub: Any) -> None:
+    plan = sub.add_parser(
+        "plan",
+        help="show what this node would do for an upgrade; changes nothing",
+        description=f"Show the steps, services, pending migrations and media version "
+        f"change of an upgrade from OLD to NEW on this node; {ROLE_HELP}.",
+    )
+    _versions(plan, required_to=True)
+    plan.add_argument("--migrations", metavar="DIR", type=Path, help="the new migrations")
+    plan.set_defaults(func=cmd_plan)
+
+    upgrade = sub.add_parser(
+        "upgrade",
+        help="run the whole upgrade procedure on this node",
+        description="Run the seed's procedure on this node: the steps before the code "
+        "changes, then (with --source) './setup.py build' and './setup.py install' in DIR, "
+        "then the steps after.  Without --source the new code must already be in place.",
+    )
+    _versions(upgrade, required_to=False)
+    upgrade.add_argument("--source", metavar="DIR", type=Path,
+                         help="an IVLE source tree to build and install between the phases")
+    upgrade.add_argument("--migrations", metavar="DIR", type=Path,
+                         help="the new migrations (default: DIR/userdb/migrations with "
+                         "--source, else [paths] migrations)")
+    _migration_options(upgrade)
+    upgrade.set_defaults(func=cmd_upgrade)
+
+    rerun = sub.add_parser(
+        "rerun",
+        help="continue a failed upgrade from the step that failed",
+        description="Continue the unfinished upgrade on this node; steps already done "
+        "are not repeated.  A finished upgrade is left alone.",
+    )
+    _migration_options(rerun)
+    rerun.set_defaults(func=cmd_rerun)
+
+    hook = sub.add_parser(
+        "hook",
+        help="entry point for IVLE's maintainer scripts (dpkg's arguments)",
+        description="Called by IVLE's preinst, postinst, prerm and postrm with dpkg's "
+        "arguments, e.g. 'ivle-maint hook preinst upgrade 1.0 1.1'.",
+    )
+    hook.add_argument("script", choices=("preinst", "postinst", "prerm", "postrm"))
+    hook.add_argument("arguments", nargs=argparse.REMAINDER, help="dpkg's arguments")
+    hook.add_argument("--package", default="ivle", help="IVLE's package name (default: ivle)")
+    hook.add_argument("--package-version", metavar="VERSION",
+                      help="the script's package version (default: asked of dpkg)")
+    hook.set_defaults(func=cmd_hook)
+
+    status = sub.add_parser("status", help="show this node's upgrade journals",
+                            description="Show every recorded upgrade and its steps.")
+    status.set_defaults(func=cmd_status)
+
+
+def _versions(parser: argparse.ArgumentParser, *, required_to: bool) -> None:
+    parser.add_argument("--from", dest="old", metavar="OLD",
+                        help="the installed version (default: the one ivle-maint recorded)")
+    parser.add_argument("--to", dest="new", metavar="NEW", required=required_to,
+                        help="the version being installed")
+
+
+def _migration_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-out-of-order", action="store_true",
+                        help="apply shipped migrations older than the newest applied one")
+    parser.add_argument("--accept-changed", metavar="KEY", action="append", default=[],
+                        help="accept that applied migration KEY's file has changed")
+
+
+def _context(ctx: Context, **kwargs: Any) -> Any:
+    from ..upgrade import UpgradeContext
+
+    args = ctx.args
+    return UpgradeContext(
+        settings=ctx.settings,
+        reporter=ctx.reporter,
+        allow_out_of_order=getattr(args, "allow_out_of_order", False),
+        accept_changed=tuple(getattr(args, "accept_changed", ())),
+        **kwargs,
+    )
+
+
+def _old_version(ctx: Context) -> str:
+    from ..actions import recorded_version
+
+    old = ctx.args.old or recorded_version(ctx.settings)
+    if not old:
+        raise MaintError("no installed version recorded; give it with --from OLD")
+    return str(old)
+
+
+def cmd_plan(ctx: Context) -> int:
+    """Print this node's plan for OLD -> NEW."""
+    from ..plan import describe
+
+    up = _context(ctx, old=_old_version(ctx), new=ctx.args.new,
+                  migrations_dir=ctx.args.migrations)
+    for line in describe(up):
+        print(line)
+    return 0
+
+
+def cmd_upgrade(ctx: Context) -> int:
+    """Run both phases, building and installing a source tree in between."""
+    from ..journal import COMPLETE
+    from ..procedure import AFTER, BEFORE
+    from ..source import install_source, source_version
+    from ..upgrade import run_phases
+
+    source: Path | None = ctx.args.source
+    new = ctx.args.new or (source_version(source) if source else None)
+    if not new:
+        raise MaintError("give the new version with --to NEW (or an IVLE tree with --source)")
+    migrations = ctx.args.migrations or (source / "userdb" / "migrations" if source else None)
+    old = _old_version(ctx)
+    up = _context(ctx, old=old, new=new, migrations_dir=migrations, code_is_new=source is None)
+    if source is None:
+        run_phases(up, (BEFORE, AFTER))
+        return 0
+    # Rerunning the same command continues: finished steps are skipped.
+    up.resume = f"ivle-maint upgrade --from {old} --to {new} --source {source}"
+    if run_phases(up, (BEFORE,)).state == COMPLETE:
+        return 0
+    install_source(source, up)
+    up.code_is_new = True
+    run_phases(up, (BEFORE, AFTER))
+    return 0
+
+
+def cmd_rerun(ctx: Context) -> int:
+    """Continue the unfinished upgrade, if there is one."""
+    from ..procedure import AFTER, BEFORE
+    from ..upgrade import run_phases, unfinished
+
+    journal = unfinished(ctx.settings)
+    if journal is None:
+        ctx.reporter.info("no unfinished upgrade: nothing to do")
+        return 0
+    up = _context(ctx, old=journal.old, new=journal.new, code_is_new=True,
+                  migrations_dir=Path(journal.migrations) if journal.migrations else None,
+                  resume=journal.resume)
+    run_phases(up, (BEFORE, AFTER))
+    return 0
+
+
+def cmd_hook(ctx: Context) -> int:
+    """Run the part of the procedure that this dpkg call stands for."""
+    from ..hooks import HookEnv, parse_call, run_hook
+
+    call = parse_call(ctx.args.script, ctx.args.arguments, ctx.args.package,
+                      ctx.args.package_version)
+    env = HookEnv(settings=ctx.settings, reporter=ctx.reporter,
+                  make_context=lambda **kw: _context(ctx, **kw))
+    ctx.reporter.info(run_hook(call, env))
+    return 0
+
+
+def cmd_status(ctx: Context) -> int:
+    """List every journal with its steps."""
+    from ..journal import Journal
+    from ..summary import summary_lines
+    from ..upgrade import state_dir
+
+    paths = sorted((state_dir(ctx.settings) / "journal").glob("*.json"))
+    if not paths:
+        print("no upgrades recorded")
+    for path in paths:
+        for line in summary_lines(Journal.load(path)):
+            print(line)
+    sys.stdout.flush()
+    return 0

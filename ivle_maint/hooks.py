@@ -1,0 +1,168 @@
+"""dpkg's calls of IVLE's maintainer scripts, mapped to upgrade phases.
+
+IVLE's preinst, postinst, prerm and postrm hand their arguments to
+`ivle-maint hook SCRIPT ARGS...` (see /usr/share/ivle-maint/).  Every
+calling form of Debian Policy chapter 6 is listed here: it either runs a
+phase, undoes one, or is explicitly nothing to do.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from . import system
+from .config import Settings
+from .errors import MaintError
+from .output import Reporter
+
+# The resume command printed when a hook fails part-way.
+DPKG_RESUME = "dpkg --configure -a  (or: ivle-maint rerun)"
+
+
+@dataclass(frozen=True)
+class HookCall:
+    script: str
+    action: str
+    args: tuple[str, ...]
+    package_version: str  # the version of the package whose script this is
+
+
+Handler = Callable[[HookCall, "HookEnv"], str]
+
+
+@dataclass
+class HookEnv:
+    """What a handler needs besides dpkg's arguments."""
+
+    settings: Settings
+    reporter: Reporter
+    make_context: Callable[..., object]
+
+
+def _before(call: HookCall, env: HookEnv) -> str:
+    """NEW-preinst upgrade OLD NEW: the old code is still installed."""
+    from .procedure import BEFORE
+    from .upgrade import run_phases
+
+    old, new = call.args[0], call.args[1]
+    ctx = env.make_context(old=old, new=new, code_is_new=False, resume=DPKG_RESUME)
+    run_phases(ctx, (BEFORE,))  # type: ignore[arg-type]
+    return f"before-phase of {old} -> {new} done"
+
+
+def _after(call: HookCall, env: HookEnv) -> str:
+    """postinst configure OLD: the new code is unpacked; finish the upgrade."""
+    from .procedure import AFTER, BEFORE
+    from .upgrade import run_phases
+
+    old = call.args[0] if call.args else ""
+    new = call.package_version
+    if not old:
+        from .actions import record_fresh_install
+
+        ctx = env.make_context(old="", new=new, code_is_new=True, resume=DPKG_RESUME)
+        return record_fresh_install(ctx)  # type: ignore[arg-type]
+    ctx = env.make_context(old=old, new=new, code_is_new=True, resume=DPKG_RESUME)
+    # BEFORE too: if the preinst did not run it, its steps are still owed.
+    run_phases(ctx, (BEFORE, AFTER))  # type: ignore[arg-type]
+    return f"upgrade {old} -> {new} complete"
+
+
+def _abort(env: HookEnv, *, old: str | None = None, new: str | None = None) -> str:
+    """Undo the unfinished upgrade matching OLD or NEW, whichever dpkg gave.
+
+    During abort-upgrade dpkg's own record of the version is in flux, so
+    the journal, not dpkg-query, says which upgrade is being abandoned.
+    """
+    from .upgrade import abort, unfinished_matching
+
+    lines = []
+    for journal in unfinished_matching(env.settings, old=old, new=new):
+        ctx = env.make_context(old=journal.old, new=journal.new, resume=DPKG_RESUME)
+        undone = abort(ctx)  # type: ignore[arg-type]
+        lines.append(f"abandoned {journal.old} -> {journal.new}; restarted: "
+                     f"{', '.join(undone) or 'nothing'}")
+    return "; ".join(lines) or "no unfinished upgrade to abandon"
+
+
+def _abort_from_old_script(call: HookCall, env: HookEnv) -> str:
+    """OLD-postinst/OLD-preinst abort-upgrade NEW."""
+    return _abort(env, new=call.args[0])
+
+
+def _abort_from_new_script(call: HookCall, env: HookEnv) -> str:
+    """NEW-postrm abort-upgrade OLD."""
+    return _abort(env, old=call.args[0])
+
+
+def _nothing(call: HookCall, env: HookEnv) -> str:
+    return f"{call.script} {call.action}: nothing to do"
+
+
+HANDLERS: dict[tuple[str, str], Handler] = {
+    ("preinst", "install"): _nothing,
+    ("preinst", "upgrade"): _before,
+    ("preinst", "abort-upgrade"): _abort_from_old_script,
+    ("postinst", "configure"): _after,
+    ("postinst", "reconfigure"): _after,
+    ("postinst", "abort-upgrade"): _abort_from_old_script,
+    ("postinst", "abort-remove"): _nothing,
+    ("postinst", "abort-deconfigure"): _nothing,
+    ("postinst", "triggered"): _nothing,
+    ("prerm", "remove"): _nothing,
+    ("prerm", "upgrade"): _nothing,
+    ("prerm", "deconfigure"): _nothing,
+    ("prerm", "failed-upgrade"): _nothing,
+    ("postrm", "remove"): _nothing,
+    ("postrm", "purge"): _nothing,
+    ("postrm", "upgrade"): _nothing,
+    ("postrm", "disappear"): _nothing,
+    ("postrm", "failed-upgrade"): _nothing,
+    ("postrm", "abort-install"): _nothing,
+    ("postrm", "abort-upgrade"): _abort_from_new_script,
+}
+
+# How many arguments follow the action, per Debian Policy 6.5 and 6.6.
+ARG_COUNTS: dict[tuple[str, str], range] = {
+    ("preinst", "install"): range(0, 2),
+    ("preinst", "upgrade"): range(2, 3),
+    ("preinst", "abort-upgrade"): range(1, 2),
+    ("postinst", "configure"): range(0, 2),
+    ("postinst", "reconfigure"): range(0, 2),
+    ("postinst", "abort-upgrade"): range(1, 2),
+    ("postrm", "abort-upgrade"): range(1, 2),
+}
+
+
+def installed_version(package: str) -> str:
+    """The version dpkg has for PACKAGE (during postinst: the new one)."""
+    done = system.run(["dpkg-query", "-W", "-f=${Version}", package], keep_stdout=True)
+    if not done.ok or not done.stdout.strip():
+        raise MaintError(f"dpkg does not know package {package}; pass --package-version")
+    return done.stdout.strip()
+
+
+def parse_call(
+    script: str, argv: Sequence[str], package: str, version: str | None
+) -> HookCall:
+    """Check dpkg's arguments; an unknown form is an error, as in dh's scripts."""
+    if not argv:
+        raise MaintError(f"{script}: no action given")
+    action, args = argv[0], tuple(argv[1:])
+    if (script, action) not in HANDLERS:
+        raise MaintError(f"{script} called with unknown argument '{action}'")
+    allowed = ARG_COUNTS.get((script, action), range(0, 4))
+    if len(args) not in allowed:
+        raise MaintError(f"{script} {action}: unexpected arguments {' '.join(args) or '(none)'}")
+    if version is None:
+        needs_version = HANDLERS[(script, action)] is _after
+        package = os.environ.get("DPKG_MAINTSCRIPT_PACKAGE", package)
+        version = installed_version(package) if needs_version else ""
+    return HookCall(script, action, args, version)
+
+
+def run_hook(call: HookCall, env: HookEnv) -> str:
+    """Dispatch one maintainer-script call; returns a line for the log."""
+    return HANDLERS[(call.script, call.action)](call, env)

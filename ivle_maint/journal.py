@@ -1,0 +1,108 @@
+"""The upgrade journal: which steps of an OLD -> NEW upgrade are done.
+
+One JSON file per upgrade under the state directory, rewritten atomically
+after every change, so a run killed at any instant leaves either the old
+or the new journal, and a rerun continues from the first step not done.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .atomic import write_atomic
+from .errors import MaintError
+
+RUNNING, DONE, FAILED = "running", "done", "failed"
+IN_PROGRESS, COMPLETE, ABORTED = "in-progress", "complete", "aborted"
+
+
+@dataclass
+class StepRecord:
+    status: str
+    started: float
+    finished: float | None = None
+    summary: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class Journal:
+    path: Path
+    old: str
+    new: str
+    role: str
+    state: str = IN_PROGRESS
+    steps: dict[str, StepRecord] = field(default_factory=dict)
+    created: float = field(default_factory=time.time)
+    resume: str = "ivle-maint rerun"
+    # Where the new migrations are, when not in [paths] migrations (source
+    # installs), so that a rerun finds them again.
+    migrations: str = ""
+
+    @staticmethod
+    def file_for(state_dir: Path, old: str, new: str) -> Path:
+        name = f"{old or 'none'}_to_{new}".replace("/", "_")
+        return state_dir / "journal" / f"{name}.json"
+
+    @classmethod
+    def open(cls, state_dir: Path, old: str, new: str, role: str) -> Journal:
+        """The journal of this upgrade: the existing one, or a new one."""
+        path = cls.file_for(state_dir, old, new)
+        if path.exists():
+            return cls.load(path)
+        return cls(path, old, new, role)
+
+    @classmethod
+    def load(cls, path: Path) -> Journal:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            steps = {k: StepRecord(**v) for k, v in data.pop("steps").items()}
+            return cls(path=path, steps=steps, **data)
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise MaintError(f"{path}: unreadable journal: {exc}") from None
+
+    @classmethod
+    def unfinished(cls, state_dir: Path) -> list[Journal]:
+        """Journals of upgrades that started and neither completed nor aborted."""
+        found = [cls.load(p) for p in sorted((state_dir / "journal").glob("*.json"))]
+        return sorted((j for j in found if j.state == IN_PROGRESS), key=lambda j: j.created)
+
+    def save(self) -> None:
+        data = asdict(self)
+        data.pop("path")
+        text = json.dumps(data, indent=1, sort_keys=True) + "\n"
+        write_atomic(self.path, text.encode(), mode=0o600)
+
+    def is_done(self, step: str) -> bool:
+        record = self.steps.get(step)
+        return record is not None and record.status == DONE
+
+    def begin(self, step: str) -> None:
+        self.steps[step] = StepRecord(RUNNING, time.time())
+        self.save()
+
+    def finish(self, step: str, summary: str, metrics: dict[str, Any]) -> None:
+        record = self.steps[step]
+        record.status, record.finished = DONE, time.time()
+        record.summary, record.metrics, record.error = summary, metrics, None
+        self.save()
+
+    def fail(self, step: str, error: str) -> None:
+        record = self.steps[step]
+        record.status, record.finished, record.error = FAILED, time.time(), error
+        self.save()
+
+    def forget(self, steps: list[str]) -> None:
+        """Undo the record of steps whose effect was reversed (abort)."""
+        for step in steps:
+            self.steps.pop(step, None)
+        self.save()
+
+    def set_state(self, state: str) -> None:
+        self.state = state
+        self.save()

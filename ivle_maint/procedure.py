@@ -1,0 +1,129 @@
+"""The seed's upgrade procedure as data, and the runner that walks it.
+
+Each step names the role that runs it and the phase: BEFORE runs while the
+old code is still installed (dpkg's preinst), AFTER once the new code is
+in place (postinst).  The runner records every step in the journal, skips
+steps already done (so a rerun continues where a failure stopped), and
+when a BEFORE step fails, starts again what it had stopped, because dpkg
+then keeps the old version and the site must come back on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import MaintError
+from .journal import ABORTED, COMPLETE, IN_PROGRESS, Journal
+
+log = logging.getLogger(__name__)
+
+MASTER, SLAVE, BOTH = "master", "slave", "both"
+BEFORE, AFTER = "before", "after"
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    title: str
+    role: str
+    phase: str
+
+
+# The seed's order (seed/upgrade-procedure.txt); the code changes between
+# the two phases.
+STEPS: tuple[Step, ...] = (
+    Step("stop-web", "stop the web server", SLAVE, BEFORE),
+    Step("stop-consoles", "stop python-console processes", SLAVE, BEFORE),
+    Step("unmount-jails", "unmount user jails", SLAVE, BEFORE),
+    Step("baseline", "record the migration baseline", MASTER, BEFORE),
+    Step("migrate", "apply database migrations", MASTER, AFTER),
+    Step("rebuild-jail", "rebuild the jail", MASTER, AFTER),
+    Step("remake-users", "rebuild user jails", MASTER, AFTER),
+    Step("media-version", "change the media version", SLAVE, AFTER),
+    Step("restart-usrmgt", "restart the user management server", MASTER, AFTER),
+    Step("start-web", "start the web server", SLAVE, AFTER),
+)
+
+# What undoes a BEFORE step when the upgrade is abandoned.  Unmounted jails
+# and stopped consoles come back on demand, so only the web server needs it.
+UNDO = {"stop-web": "start-web"}
+
+
+def steps_for(role: str, phases: Iterable[str] = (BEFORE, AFTER)) -> list[Step]:
+    """This node's steps, in order, for the given phases."""
+    wanted = set(phases)
+    return [s for s in STEPS if s.phase in wanted and role in (s.role, BOTH)]
+
+
+@dataclass
+class Outcome:
+    """What a step did: one line for a person, numbers for the summary."""
+
+    summary: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+Action = Callable[[Any], Outcome]
+
+
+class Procedure:
+    """Runs steps with the journal; `actions` maps step names to functions."""
+
+    def __init__(self, ctx: Any, journal: Journal, actions: dict[str, Action]) -> None:
+        self.ctx = ctx
+        self.journal = journal
+        self.actions = actions
+        self.reporter = ctx.reporter
+
+    def run(self, phases: Iterable[str]) -> None:
+        phases = tuple(phases)
+        if self.journal.state != IN_PROGRESS:
+            self.journal.state = IN_PROGRESS
+        for step in steps_for(self.journal.role, phases):
+            if self.journal.is_done(step.name):
+                self.reporter.info(f"{step.title}: already done")
+                continue
+            self._run_step(step)
+        if AFTER in phases:
+            self.journal.set_state(COMPLETE)
+
+    def _run_step(self, step: Step) -> None:
+        self.reporter.info(f"{step.title} ...")
+        self.journal.begin(step.name)
+        started = time.monotonic()
+        try:
+            outcome = self.actions[step.name](self.ctx)
+        except BaseException as exc:
+            # Whatever went wrong, the person must learn how to resume.
+            if not isinstance(exc, MaintError):
+                log.exception("step %s crashed", step.name)
+            reason = str(exc) or type(exc).__name__
+            self.journal.fail(step.name, reason)
+            if step.phase == BEFORE:
+                self.abort()
+                raise MaintError(
+                    f"{step.title} failed: {reason}; upgrade abandoned, services restored",
+                    resume=self.journal.resume,
+                ) from exc
+            raise MaintError(f"{step.title} failed: {reason}", resume=self.journal.resume) from exc
+        elapsed = time.monotonic() - started
+        log.info("step %s took %.2fs: %s", step.name, elapsed, outcome.summary)
+        self.journal.finish(step.name, outcome.summary, {**outcome.metrics, "seconds": elapsed})
+        self.reporter.info(f"{step.title}: {outcome.summary} ({elapsed:.1f}s)")
+
+    def abort(self) -> list[str]:
+        """Undo what the BEFORE phase changed; returns the undo steps run."""
+        undone = []
+        for done_step, undo in UNDO.items():
+            if self.journal.is_done(done_step) and not self.journal.is_done(undo):
+                outcome = self.actions[undo](self.ctx)
+                self.reporter.info(f"abort: {undo}: {outcome.summary}")
+                undone.append(undo)
+        before = [s.name for s in STEPS if s.phase == BEFORE]
+        self.journal.forget(before)
+        self.journal.set_state(ABORTED)
+        return undone

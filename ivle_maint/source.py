@@ -1,0 +1,42 @@
+"""Source installs: build and install an IVLE tree as the seed says."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from . import system
+from .errors import MaintError
+
+log = logging.getLogger(__name__)
+
+
+def _setup_py(source: Path) -> str:
+    script = source / "setup.py"
+    if not script.is_file():
+        raise MaintError(f"{source}: no setup.py here; is this an IVLE source tree?")
+    return str(script)
+
+
+def source_version(source: Path) -> str:
+    """The version the tree's setup.py declares."""
+    done = system.run([_setup_py(source), "--version"], cwd=str(source), keep_stdout=True)
+    lines = done.stdout.strip().splitlines()
+    if not done.ok or not lines:
+        raise MaintError(f"{source}/setup.py --version failed; give the version with --to")
+    return lines[-1].strip()
+
+
+def install_source(source: Path, ctx: Any) -> None:
+    """./setup.py build, then ./setup.py install, output to the log."""
+    script = _setup_py(source)
+    for action in ("build", "install"):
+        ctx.reporter.info(f"./setup.py {action} in {source} ...")
+        done = system.run([script, action], cwd=str(source), on_line=log.info)
+        if not done.ok:
+            tail = done.tail[-1] if done.tail else "no output"
+            raise MaintError(
+                f"./setup.py {action} failed with status {done.exit_code}: {tail}",
+                resume=ctx.resume,
+            )

@@ -1,0 +1,114 @@
+"""An upgrade of this node from OLD to NEW: lock, log, preflight, journal.
+
+The dpkg hooks, `ivle-maint upgrade` and `ivle-maint rerun` all come
+through here; they differ only in which phases they run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from .config import IvleConf, Settings
+from .errors import MaintError
+from .journal import COMPLETE, IN_PROGRESS, Journal
+from .lock import node_lock
+from .logfile import run_log
+from .output import Reporter
+from .procedure import BEFORE, Procedure
+from .summary import summary_lines
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UpgradeContext:
+    """Everything a step action may need; built by the CLI or a hook."""
+
+    settings: Settings
+    reporter: Reporter
+    old: str
+    new: str
+    # True once the new code is on disk: the BEFORE phase then cannot learn
+    # the old version's migrations from the files any more.
+    code_is_new: bool = False
+    migrations_dir: Path | None = None
+    allow_out_of_order: bool = False
+    accept_changed: tuple[str, ...] = ()
+    resume: str = "ivle-maint rerun"
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @cached_property
+    def ivle_conf(self) -> IvleConf:
+        return self.settings.ivle_conf()
+
+    @property
+    def migrations(self) -> Path:
+        return self.migrations_dir or self.settings.path_of("migrations")
+
+
+def state_dir(settings: Settings) -> Path:
+    return settings.path_of("state")
+
+
+def run_phases(ctx: UpgradeContext, phases: tuple[str, ...]) -> Journal:
+    """Run PHASES of the OLD -> NEW upgrade under the node lock, with a log."""
+    from . import actions, preflight
+
+    settings = ctx.settings
+    purpose = f"upgrade {ctx.old or '(none)'} -> {ctx.new} ({'+'.join(phases)})"
+    with node_lock(settings.path_of("run"), purpose), run_log(
+        settings.path_of("log"), f"upgrade-{ctx.old or 'none'}_to_{ctx.new}"
+    ) as log_path:
+        journal = Journal.open(state_dir(settings), ctx.old, ctx.new, settings.role)
+        if journal.state == COMPLETE:
+            ctx.reporter.info(f"upgrade {ctx.old} -> {ctx.new} is already complete")
+            return journal
+        journal.resume = ctx.resume
+        if ctx.migrations_dir is not None:
+            journal.migrations = str(ctx.migrations_dir)
+        log.info("%s; role %s; log %s", purpose, settings.role, log_path)
+        if BEFORE in phases and not any(journal.is_done(s) for s in journal.steps):
+            preflight.check(ctx)  # nothing is stopped before this passes
+        Procedure(ctx, journal, actions.ACTIONS).run(phases)
+        if journal.state == COMPLETE:
+            actions.record_installed(ctx)
+            for line in summary_lines(journal):
+                ctx.reporter.info(line)
+            ctx.reporter.info(f"log: {log_path}")
+        return journal
+
+
+def abort(ctx: UpgradeContext) -> list[str]:
+    """Bring back what an unfinished BEFORE phase stopped (dpkg abort-upgrade)."""
+    from . import actions
+
+    with node_lock(ctx.settings.path_of("run"), f"abort upgrade to {ctx.new}"):
+        journal = Journal.open(state_dir(ctx.settings), ctx.old, ctx.new, ctx.settings.role)
+        if journal.state != IN_PROGRESS or not journal.steps:
+            return []
+        undone = Procedure(ctx, journal, actions.ACTIONS).abort()
+        ctx.reporter.info(f"upgrade {ctx.old} -> {ctx.new} abandoned")
+        return undone
+
+
+def unfinished(settings: Settings) -> Journal | None:
+    """The one upgrade left unfinished on this node, if any."""
+    journals = Journal.unfinished(state_dir(settings))
+    if len(journals) > 1:
+        names = ", ".join(f"{j.old} -> {j.new}" for j in journals)
+        raise MaintError(f"several unfinished upgrades ({names}); name one with --from/--to")
+    return journals[0] if journals else None
+
+
+def unfinished_matching(
+    settings: Settings, *, old: str | None = None, new: str | None = None
+) -> list[Journal]:
+    """Unfinished upgrades from OLD or to NEW (dpkg's abort calls give one)."""
+    return [
+        j
+        for j in Journal.unfinished(state_dir(settings))
+        if (old is None or j.old == old) and (new is None or j.new == new)
+    ]
