@@ -1,0 +1,44 @@
+"""Every way dpkg calls a maintainer script is handled or refused clearly."""
+
+from __future__ import annotations
+
+import pytest
+
+from ivle_maint.errors import MaintError
+from ivle_maint.hooks import HANDLERS, parse_call
+
+# Debian Policy 6.5/6.6: every calling form of the four scripts.
+POLICY_FORMS = [
+    ("preinst", ["install"]), ("preinst", ["install", "1.0"]),
+    ("preinst", ["upgrade", "1.0", "1.1"]), ("preinst", ["abort-upgrade", "1.1"]),
+    ("postinst", ["configure", "1.0"]), ("postinst", ["configure", ""]),
+    ("postinst", ["abort-upgrade", "1.1"]), ("postinst", ["abort-remove"]),
+    ("postinst", ["abort-deconfigure", "in-favour", "x", "1"]),
+    ("prerm", ["remove"]), ("prerm", ["upgrade", "1.1"]), ("prerm", ["failed-upgrade", "1.0"]),
+    ("prerm", ["deconfigure", "in-favour", "x", "1"]),
+    ("postrm", ["remove"]), ("postrm", ["purge"]), ("postrm", ["upgrade", "1.1"]),
+    ("postrm", ["failed-upgrade", "1.0"]), ("postrm", ["abort-install"]),
+    ("postrm", ["abort-install", "1.0"]), ("postrm", ["abort-upgrade", "1.0"]),
+    ("postrm", ["disappear", "other", "2"]),
+]
+
+
+@pytest.mark.parametrize(("script", "argv"), POLICY_FORMS)
+def test_every_policy_form_is_accepted(script, argv):
+    call = parse_call(script, argv, "ivle", "1.1")
+    assert (call.script, call.action) in HANDLERS
+    assert call.args == tuple(argv[1:])
+
+
+@pytest.mark.parametrize(
+    ("script", "argv", "message"),
+    [
+        ("postinst", ["frobnicate"], "postinst called with unknown argument 'frobnicate'"),
+        ("preinst", [], "preinst: no action given"),
+        ("preinst", ["upgrade", "1.0"], "preinst upgrade: unexpected arguments 1.0"),
+    ],
+)
+def test_bad_calls_are_one_line_errors(script, argv, message):
+    with pytest.raises(MaintError) as caught:
+        parse_call(script, argv, "ivle", "1.1")
+    assert str(caught.value) == message

@@ -1,0 +1,134 @@
+"""The runner's own logic: order, roles, journal, resume and abort.
+
+The step actions here are recorders: what is under test is how the runner
+walks the seed's steps, not the steps (tests/integration covers those).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from ivle_maint.errors import MaintError
+from ivle_maint.journal import ABORTED, COMPLETE, DONE, FAILED, Journal
+from ivle_maint.output import RecordingReporter
+from ivle_maint.procedure import AFTER, BEFORE, STEPS, Outcome, Procedure, steps_for
+
+SEED_ORDER = [
+    "stop-web", "stop-consoles", "unmount-jails", "baseline", "migrate",
+    "rebuild-jail", "remake-users", "media-version", "restart-usrmgt", "start-web",
+]
+
+
+class Recorder:
+    def __init__(self, fail: dict[str, BaseException] | None = None) -> None:
+        self.calls: list[str] = []
+        self.fail = fail or {}
+
+    def actions(self) -> dict:
+        def make(name: str):
+            def act(ctx) -> Outcome:
+                self.calls.append(name)
+                if name in self.fail:
+                    raise self.fail.pop(name)
+                return Outcome(f"{name} ok", {"n": 1})
+            return act
+        return {s.name: make(s.name) for s in STEPS}
+
+
+def journal(tmp_path: Path, role: str = "both") -> Journal:
+    return Journal.open(tmp_path, "1.0", "1.1", role)
+
+
+def run(tmp_path: Path, rec: Recorder, phases=(BEFORE, AFTER), role: str = "both") -> Journal:
+    j = journal(tmp_path, role)
+    ctx = SimpleNamespace(reporter=RecordingReporter())
+    Procedure(ctx, j, rec.actions()).run(phases)
+    return j
+
+
+def test_steps_follow_the_seed_order_and_roles():
+    assert [s.name for s in steps_for("both")] == SEED_ORDER
+    slave = [s.name for s in steps_for("slave")]
+    master = [s.name for s in steps_for("master")]
+    assert slave == ["stop-web", "stop-consoles", "unmount-jails", "media-version", "start-web"]
+    assert master == ["baseline", "migrate", "rebuild-jail", "remake-users", "restart-usrmgt"]
+    assert [s.name for s in steps_for("slave", [BEFORE])] == slave[:3]
+
+
+def test_full_run_completes_and_records_every_step(tmp_path):
+    rec = Recorder()
+    j = run(tmp_path, rec)
+    assert rec.calls == SEED_ORDER
+    assert j.state == COMPLETE
+    reloaded = Journal.load(j.path)
+    assert all(reloaded.steps[name].status == DONE for name in SEED_ORDER)
+    assert reloaded.steps["migrate"].metrics["n"] == 1
+
+
+def test_after_phase_failure_resumes_at_the_failed_step(tmp_path):
+    rec = Recorder(fail={"remake-users": MaintError("Failed to recreate jail for bob")})
+    with pytest.raises(MaintError) as caught:
+        run(tmp_path, rec)
+    assert "rebuild user jails failed: Failed to recreate jail for bob" in str(caught.value)
+    assert caught.value.resume == "ivle-maint rerun"
+    j = Journal.load(Journal.file_for(tmp_path, "1.0", "1.1"))
+    assert j.steps["remake-users"].status == FAILED
+    assert j.steps["rebuild-jail"].status == DONE
+
+    rec.calls.clear()
+    j = run(tmp_path, rec)
+    assert rec.calls == ["remake-users", "media-version", "restart-usrmgt", "start-web"]
+    assert j.state == COMPLETE
+
+    rec.calls.clear()
+    run(tmp_path, rec)  # a finished upgrade run again: the runner skips all
+    assert rec.calls == []
+
+
+def test_unexpected_exception_still_names_the_resume_command(tmp_path):
+    rec = Recorder(fail={"migrate": RuntimeError("boom")})
+    with pytest.raises(MaintError) as caught:
+        run(tmp_path, rec)
+    assert caught.value.resume == "ivle-maint rerun"
+    assert "boom" in str(caught.value)
+
+
+def test_before_phase_failure_restarts_the_web_server_and_aborts(tmp_path):
+    rec = Recorder(fail={"unmount-jails": MaintError("device busy")})
+    with pytest.raises(MaintError, match="upgrade abandoned, services restored"):
+        run(tmp_path, rec, phases=(BEFORE,))
+    assert rec.calls == ["stop-web", "stop-consoles", "unmount-jails", "start-web"]
+    j = Journal.load(Journal.file_for(tmp_path, "1.0", "1.1"))
+    assert j.state == ABORTED
+    assert not j.is_done("stop-web")  # a retried upgrade must stop it again
+
+    rec.calls.clear()
+    run(tmp_path, rec, phases=(BEFORE,))
+    assert rec.calls == ["stop-web", "stop-consoles", "unmount-jails", "baseline"]
+
+
+def test_abort_before_web_stopped_restarts_nothing(tmp_path):
+    rec = Recorder(fail={"stop-web": MaintError("cannot stop apache2")})
+    with pytest.raises(MaintError):
+        run(tmp_path, rec, phases=(BEFORE,))
+    assert rec.calls == ["stop-web"]
+
+
+def test_journal_write_is_atomic_and_leaves_no_temporary(tmp_path):
+    j = journal(tmp_path)
+    j.begin("stop-web")
+    j.finish("stop-web", "stopped", {})
+    files = sorted(p.name for p in j.path.parent.iterdir())
+    assert files == [j.path.name]
+    assert j.path.stat().st_mode & 0o777 == 0o600
+
+
+def test_unreadable_journal_is_a_one_line_error(tmp_path):
+    path = Journal.file_for(tmp_path, "1.0", "1.1")
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    with pytest.raises(MaintError, match="unreadable journal"):
+        Journal.load(path)
