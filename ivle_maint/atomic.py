@@ -1,19 +1,30 @@
-"""Replace a file atomically: readers see the old file or the new, never half.
+"""Replace a file so that a crash leaves either the old or the new content.
 
-A temporary file in the same directory is written and fsynced, given the
-old file's owner and mode, renamed over the target, and the directory is
-fsynced so the rename itself survives a crash.
+The new content goes to a temporary file in the same directory (a rename
+is only atomic within one filesystem), is flushed to disk, then renamed
+over the target, and the directory is flushed so the rename itself
+survives a power cut.  An existing file keeps its owner and mode; a copy
+of it can be kept in a backup directory first.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
+import shutil
+import stat
 import tempfile
+import time
+from contextlib import suppress
 from pathlib import Path
+from typing import BinaryIO
+
+from .errors import MaintError
+
+DEFAULT_MODE = 0o644  # for a new file when no mode is given
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Flush a directory's entries (a rename or a new file) to disk."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -21,29 +32,92 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int | None = None) -> None:
-    """Write DATA to PATH atomically, keeping an existing file's owner and mode.
+def _match_owner_and_mode(fd: int, mode: int, like: os.stat_result | None) -> None:
+    # chown first: it clears set-id bits, which the chmod then restores.  A
+    # lost group would lock Apache out of a root:www-data 0640 ivle.conf, so
+    # failing to keep the owner is an error, not something to skip.
+    if like is not None:
+        mine = os.fstat(fd)
+        if (mine.st_uid, mine.st_gid) != (like.st_uid, like.st_gid):
+            os.fchown(fd, like.st_uid, like.st_gid)
+    os.fchmod(fd, mode)
 
-    MODE applies to a new file (default 0644) or overrides the old mode.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        old = path.stat()
-    except FileNotFoundError:
-        old = None
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    tmp = Path(tmp_name)
+
+def _write_temp(directory: Path, name: str, data: bytes | BinaryIO, mode: int,
+                like: os.stat_result | None) -> Path:  # fmt: skip
+    """A flushed temporary file in DIRECTORY; removed again on any failure."""
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            if isinstance(data, bytes):
+                handle.write(data)
+            else:
+                shutil.copyfileobj(data, handle)
             handle.flush()
+            _match_owner_and_mode(handle.fileno(), mode, like)
             os.fsync(handle.fileno())
-        os.chmod(tmp, mode if mode is not None else (old.st_mode & 0o7777 if old else 0o644))
-        if old is not None and os.geteuid() == 0:
-            os.chown(tmp, old.st_uid, old.st_gid)
-        os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    return Path(tmp)
+
+
+def _install(tmp: Path, target: Path) -> None:
+    """Rename TMP over TARGET and flush the directory; TMP never survives."""
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(target.parent)
+
+
+def backup_copy(path: Path, backup_dir: Path) -> Path:
+    """Copy PATH into BACKUP_DIR as NAME.YYYYMMDDTHHMMSSZ[.N], owner and mode kept.
+
+    The directory is made private (0700) when created: ivle.conf holds the
+    database password, and a backup must not be easier to read than it.
+    """
+    backup_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest = backup_dir / f"{path.name}.{stamp}"
+    serial = 1
+    while dest.exists():
+        serial += 1
+        dest = backup_dir / f"{path.name}.{stamp}.{serial}"
+    like = os.stat(path)
+    with open(path, "rb") as source:
+        tmp = _write_temp(backup_dir, dest.name, source, stat.S_IMODE(like.st_mode), like)
+    _install(tmp, dest)
+    return dest
+
+
+def write_atomic(path: Path, data: bytes, *, mode: int | None = None,
+                 backup_dir: Path | None = None) -> Path | None:  # fmt: skip
+    """Replace PATH with DATA atomically; returns the backup made, if any.
+
+    MODE applies to a new file (default 0644), or overrides an existing
+    file's mode; an existing file otherwise keeps its mode, and always its
+    owner and group.  A
+    symlink is followed: its target is replaced, the link stays.  Missing
+    parent directories are created.  Any failure raises MaintError and
+    leaves the old file as it was, with no temporary file behind.
+    """
+    target = Path(os.path.realpath(path))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            like: os.stat_result | None = os.stat(target)
+        except FileNotFoundError:
+            like = None
+        if mode is None:
+            mode = stat.S_IMODE(like.st_mode) if like else DEFAULT_MODE
+        backup = backup_copy(target, backup_dir) if backup_dir and like else None
+        tmp = _write_temp(target.parent, target.name, data, mode, like)
+        _install(tmp, target)
+    except OSError as exc:
+        where = exc.filename or target
+        raise MaintError(f"cannot write {path}: {where}: {exc.strerror or exc}") from None
+    return backup

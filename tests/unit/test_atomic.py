@@ -1,0 +1,164 @@
+"""write_atomic: content, owner/mode, backups, and what a crash leaves behind."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ivle_maint import atomic
+from ivle_maint.atomic import backup_copy, write_atomic
+from ivle_maint.errors import MaintError
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+
+
+def names(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_new_file_gets_content_default_mode_and_parents(tmp_path):
+    target = tmp_path / "a" / "b" / "file"
+    assert write_atomic(target, b"hello\n") is None
+    assert target.read_bytes() == b"hello\n"
+    assert target.stat().st_mode & 0o7777 == 0o644
+    assert names(target.parent) == ["file"]
+
+
+def test_existing_file_keeps_its_mode_unless_told(tmp_path):
+    target = tmp_path / "conf"
+    target.write_bytes(b"old")
+    target.chmod(0o640)
+    write_atomic(target, b"new")
+    assert (target.read_bytes(), target.stat().st_mode & 0o7777) == (b"new", 0o640)
+    write_atomic(target, b"newer", mode=0o600)
+    assert target.stat().st_mode & 0o7777 == 0o600
+
+
+def test_replaces_the_inode_not_the_content_in_place(tmp_path):
+    # A reader holding the old file open keeps reading the old content.
+    target = tmp_path / "conf"
+    target.write_bytes(b"old content")
+    with open(target, "rb") as reader:
+        write_atomic(target, b"new content")
+        assert reader.read() == b"old content"
+    assert target.read_bytes() == b"new content"
+
+
+@needs_root
+def test_keeps_owner_and_group(tmp_path):
+    target = tmp_path / "ivle.conf"
+    target.write_bytes(b"[media]\n")
+    os.chown(target, 1234, 33)
+    target.chmod(0o640)
+    write_atomic(target, b"[media]\nversion = 2\n")
+    st = target.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1234, 33, 0o640)
+
+
+def test_follows_a_symlink_and_keeps_it(tmp_path):
+    real = tmp_path / "real.conf"
+    real.write_bytes(b"old")
+    link = tmp_path / "ivle.conf"
+    link.symlink_to(real)
+    write_atomic(link, b"new")
+    assert link.is_symlink()
+    assert real.read_bytes() == b"new"
+
+
+def test_backup_holds_the_previous_content_owner_and_mode(tmp_path):
+    target = tmp_path / "etc" / "ivle.conf"
+    target.parent.mkdir()
+    target.write_bytes(b"previous\n")
+    target.chmod(0o640)
+    backups = tmp_path / "backups"
+    made = write_atomic(target, b"next\n", backup_dir=backups)
+    assert made is not None and made.parent == backups
+    assert made.name.startswith("ivle.conf.")
+    assert made.read_bytes() == b"previous\n"
+    assert made.stat().st_mode & 0o7777 == 0o640
+    assert backups.stat().st_mode & 0o777 == 0o700  # ivle.conf holds a password
+    assert target.read_bytes() == b"next\n"
+
+
+def test_backups_in_the_same_second_do_not_overwrite_each_other(tmp_path):
+    target = tmp_path / "f"
+    target.write_bytes(b"1")
+    first = backup_copy(target, tmp_path / "b")
+    target.write_bytes(b"2")
+    second = backup_copy(target, tmp_path / "b")
+    assert first != second
+    assert (first.read_bytes(), second.read_bytes()) == (b"1", b"2")
+
+
+def test_no_backup_of_a_file_that_did_not_exist(tmp_path):
+    assert write_atomic(tmp_path / "new", b"x", backup_dir=tmp_path / "b") is None
+    assert not (tmp_path / "b").exists()
+
+
+def test_failed_rename_leaves_the_original_and_no_temporary(tmp_path, monkeypatch):
+    target = tmp_path / "ivle.conf"
+    target.write_bytes(b"original\n")
+
+    def crash(src, dst):
+        raise OSError(5, "Input/output error", str(dst))
+
+    monkeypatch.setattr(atomic.os, "replace", crash)
+    with pytest.raises(MaintError, match=r"cannot write .*ivle.conf.*Input/output error"):
+        write_atomic(target, b"replacement\n")
+    assert target.read_bytes() == b"original\n"
+    assert names(tmp_path) == ["ivle.conf"]
+
+
+def test_failed_write_leaves_no_temporary(tmp_path, monkeypatch):
+    target = tmp_path / "f"
+    target.write_bytes(b"original")
+
+    def no_space(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "fsync", no_space)
+    with pytest.raises(MaintError, match="No space left"):
+        write_atomic(target, b"new")
+    assert target.read_bytes() == b"original"
+    assert names(tmp_path) == ["f"]
+
+
+def test_interrupt_during_write_leaves_no_temporary(tmp_path, monkeypatch):
+    target = tmp_path / "f"
+    target.write_bytes(b"original")
+
+    def interrupted(fd, mode):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic.os, "fchmod", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(target, b"new")
+    assert names(tmp_path) == ["f"]
+    assert target.read_bytes() == b"original"
+
+
+def test_owner_that_cannot_be_kept_is_an_error_not_a_silent_change(tmp_path, monkeypatch):
+    target = tmp_path / "f"
+    target.write_bytes(b"original")
+    mine = os.stat(target)
+    real_stat = os.stat
+
+    def owned_by_someone_else(path, *args, **kwargs):
+        st = real_stat(path, *args, **kwargs)
+        if Path(path) == target:
+            fields = list(st)
+            fields[5] = mine.st_gid + 1  # st_gid
+            return os.stat_result(fields)
+        return st
+
+    def refused(fd, uid, gid):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(atomic.os, "stat", owned_by_someone_else)
+    monkeypatch.setattr(atomic.os, "fchown", refused)
+    with pytest.raises(MaintError, match="Operation not permitted"):
+        write_atomic(target, b"new")
+    assert target.read_bytes() == b"original"
+    assert names(tmp_path) == ["f"]
