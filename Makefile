@@ -33,3 +33,17 @@ demo: deps
 
 clean:
 	rm -rf build *.egg-info .pytest_cache .ruff_cache .mypy_cache .venv-pypi
+
+# The ivle-maint .deb (and .buildinfo, .changes) in build/deb/, built from a
+# copy of the working tree so the tree stays clean; lintian must be silent.
+# PATH: Debian's python3, not a pyenv or venv one, must build the package.
+DEB_DIR := build/deb
+DEB_PATH := /usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin
+deb:
+	scripts/install-deps --packaging
+	rm -rf $(DEB_DIR) && mkdir -p $(DEB_DIR)/src
+	git ls-files -z --cached --others --exclude-standard \
+	    | tar --null -T - --ignore-failed-read -cf - | tar -xf - -C $(DEB_DIR)/src
+	cd $(DEB_DIR)/src && PATH=$(DEB_PATH) dpkg-buildpackage -us -uc -b
+	PATH=$(DEB_PATH) lintian --fail-on error,warning --display-info $(DEB_DIR)/*.changes
+	@ls $(DEB_DIR)/*.deb
