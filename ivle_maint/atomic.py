@@ -44,7 +44,7 @@ def _match_owner_and_mode(fd: int, mode: int, like: os.stat_result | None) -> No
 
 
 def _write_temp(directory: Path, name: str, data: bytes | BinaryIO, mode: int,
-                like: os.stat_result | None) -> Path:  # fmt: skip
+                like: os.stat_result | None) -> Path:
     """A flushed temporary file in DIRECTORY; removed again on any failure."""
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
     try:
@@ -95,7 +95,7 @@ def backup_copy(path: Path, backup_dir: Path) -> Path:
 
 
 def write_atomic(path: Path, data: bytes, *, mode: int | None = None,
-                 backup_dir: Path | None = None) -> Path | None:  # fmt: skip
+                 backup_dir: Path | None = None) -> Path | None:
     """Replace PATH with DATA atomically; returns the backup made, if any.
 
     MODE applies to a new file (default 0644), or overrides an existing
