@@ -1,0 +1,207 @@
+"""ivle-maint db: the database migrations (status, baseline, migrate, backup).
+
+Thin functions over ivle_maint.steps.migrations: each builds what it
+needs from the settings and prints the result; none talks SQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from . import Context
+
+ORDER = 40
+
+MARKER_HELP = "the marker is the table ivle_maint_migrations in IVLE's database"
+
+
+def register(sub: Any) -> None:
+    db = sub.add_parser(
+        "db",
+        help="database migrations: status, baseline, migrate, backup",
+        description="Apply IVLE's database migrations (userdb/migrations/*.sql) on the "
+        f"master, recording each in a marker; {MARKER_HELP}.",
+    )
+    cmds = db.add_subparsers(dest="db_command", metavar="ACTION")
+    db.set_defaults(func=lambda ctx: _usage(db))
+
+    def migrations_option(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--migrations",
+            metavar="DIR",
+            type=Path,
+            help="the migrations directory (default: settings [paths] migrations)",
+        )
+
+    status = cmds.add_parser("status", help="applied, pending, changed and out-of-order")
+    migrations_option(status)
+    status.set_defaults(func=show_status)
+
+    baseline = cmds.add_parser(
+        "baseline",
+        help="record migrations up to THROUGH as applied, without running them",
+        description="For a database IVLE set up without ivle-maint: record every shipped "
+        "migration up to THROUGH as already applied, running none of them.",
+    )
+    baseline.add_argument("through", metavar="THROUGH", help="a key (20090101-01) or file name")
+    baseline.add_argument(
+        "--force", action="store_true", help="add to a marker that already records migrations"
+    )
+    migrations_option(baseline)
+    baseline.set_defaults(func=run_baseline)
+
+    migrate = cmds.add_parser(
+        "migrate",
+        help="apply pending migrations (each in one transaction with its marker row)",
+        description="Apply every pending migration in order, after a pg_dump backup.",
+    )
+    migrate.add_argument(
+        "--dry-run", action="store_true", help="show how each file would run, change nothing"
+    )
+    migrate.add_argument(
+        "--accept-changed",
+        metavar="KEY",
+        nargs="+",
+        action="extend",
+        default=[],
+        help="accept that these applied migrations' files changed",
+    )
+    migrate.add_argument(
+        "--allow-out-of-order",
+        action="store_true",
+        help="apply shipped migrations older than the newest applied one",
+    )
+    migrate.add_argument("--no-backup", action="store_true", help="skip the pg_dump backup")
+    migrate.add_argument(
+        "--package-version", metavar="VERSION", help="IVLE's version, recorded in the marker"
+    )
+    migrations_option(migrate)
+    migrate.set_defaults(func=run_migrate)
+
+    backup = cmds.add_parser("backup", help="pg_dump the database now into [paths] backup")
+    backup.set_defaults(func=run_backup)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def show_status(ctx: Context) -> int:
+    """Print every shipped migration's state, and what would block migrate."""
+    from ..steps import migrations
+
+    st = migrations.status(ctx.settings, migrations_dir=ctx.args.migrations, reporter=ctx.reporter)
+    changed = {c.key: c for c in st.changed}
+    late = {m.key for m in st.out_of_order}
+    marker = "table ivle_maint_migrations" if st.marker else "no marker table"
+    print(f"database {st.dbname}: {marker}, {len(st.applied)} applied")
+    print(f"migrations: {st.directory} ({len(st.shipped)} shipped)")
+    for m in st.shipped:
+        row = st.applied.get(m.key)
+        if m.key in changed:
+            state = "changed"
+        elif row is not None:
+            state = "applied"
+        else:
+            state = "out-of-order" if m.key in late else "pending"
+        detail = ""
+        if row is not None:
+            took = f" {row.duration:.1f}s" if row.duration is not None else ""
+            detail = f"  {row.applied_at:%Y-%m-%d %H:%M} {row.mode}{took} on {row.host}"
+        print(f"{state:<13}{m.key:<13}{detail}")
+    for key in st.missing:
+        print(f"{'not-shipped':<13}{key:<13}  applied, but no file for it any more")
+    if st.unmarked:
+        print(
+            f"database {st.dbname} has tables but no marker: "
+            "run 'ivle-maint db baseline THROUGH' first"
+        )
+    return 0
+
+
+def run_baseline(ctx: Context) -> int:
+    """Record migrations up to THROUGH as applied."""
+    from ..steps import migrations
+
+    result = migrations.baseline(
+        ctx.settings,
+        ctx.args.through,
+        ctx.reporter,
+        migrations_dir=ctx.args.migrations,
+        force=ctx.args.force,
+        resume=f"ivle-maint db baseline {ctx.args.through}",
+    )
+    if not result.recorded:
+        ctx.reporter.info(f"nothing to record: {len(result.already)} already recorded")
+    return 0
+
+
+def _print_plan(plan: Any, backup: bool) -> None:
+    from ..db.classify import NO_TRANSACTION, OWN_TRANSACTION
+
+    if not plan.pending:
+        print("no pending migrations")
+    if plan.pending and backup:
+        print("-- first: pg_dump of the database into [paths] backup")
+    for c in plan.pending:
+        note = {
+            OWN_TRANSACTION: "its own BEGIN/COMMIT (lines "
+            + ", ".join(str(s.line) for s in c.stripped)
+            + ") replaced by ivle-maint's transaction",
+            NO_TRANSACTION: "opted out: statements run one by one, no rollback on failure",
+        }.get(c.mode, "wrapped in one transaction")
+        print(f"-- {c.key}: {c.migration.path}")
+        print(f"-- mode {c.mode}: {note}; {len(c.statements)} statement(s)")
+        for why in {why for _, why in c.nontransactional}:
+            print(f"-- runs outside a transaction: {why}")
+        if c.mode != NO_TRANSACTION:
+            print("BEGIN;")
+        for s in c.statements:
+            print(s.text)
+        print(f"-- marker row for {c.key} ({c.mode}) in ivle_maint_migrations")
+        if c.mode != NO_TRANSACTION:
+            print("COMMIT;")
+    for c in plan.accept:
+        print(f"-- accept the changed file of {c.key}")
+    for problem in plan.problems:
+        print(f"-- blocked: {problem}")
+
+
+def run_migrate(ctx: Context) -> int:
+    """Apply pending migrations, or show them with --dry-run."""
+    from ..steps import migrations
+
+    args = ctx.args
+    options: dict[str, Any] = {
+        "migrations_dir": args.migrations,
+        "accept_changed": args.accept_changed,
+        "allow_out_of_order": args.allow_out_of_order,
+    }
+    if args.dry_run:
+        plan = migrations.preflight(ctx.settings, reporter=ctx.reporter, check=False, **options)
+        backup = ctx.settings["database"]["backup"] and not args.no_backup
+        _print_plan(plan, backup)
+        plan.raise_problems()
+        return 0
+    result = migrations.migrate(
+        ctx.settings,
+        ctx.reporter,
+        backup=False if args.no_backup else None,
+        package_version=args.package_version,
+        **options,
+    )
+    if result.applied:
+        total = sum(a.seconds for a in result.applied)
+        ctx.reporter.info(f"applied {len(result.applied)} migration(s) in {total:.1f}s")
+    return 0
+
+
+def run_backup(ctx: Context) -> int:
+    """pg_dump the database now."""
+    from ..steps import migrations
+
+    migrations.backup_now(ctx.settings, ctx.reporter)
+    return 0

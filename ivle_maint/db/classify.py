@@ -1,0 +1,217 @@
+"""Decide how a migration file runs, before anything runs.
+
+ivle-maint runs each migration in one transaction of its own that also
+writes the migration's marker row, so that a failure leaves neither.  A
+file therefore runs in one of three modes:
+
+- ``transaction``: the file has no transaction statements; ivle-maint
+  wraps it;
+- ``own-transaction``: the file wraps itself in ``BEGIN; ... COMMIT;``;
+  ivle-maint strips that pair and wraps it as above;
+- ``no-transaction``: the file's header opts out with the comment
+  ``-- ivle-maint: no-transaction``; its statements run one by one exactly
+  as psql would run them (its own BEGIN/COMMIT included), and the marker
+  row is written after the last one.  Only this mode may hold statements
+  PostgreSQL refuses inside a transaction (CREATE INDEX CONCURRENTLY,
+  VACUUM, ...).
+
+Everything else (a COMMIT in the middle, ROLLBACK, psql meta-commands,
+COPY FROM STDIN, a non-transactional statement without the opt-out) is
+refused with the file name and line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from itertools import pairwise
+
+from ..errors import MaintError
+from .discovery import Migration, read
+from .sqlsplit import SplitError, Statement, header_comments, split
+
+TRANSACTION = "transaction"
+OWN_TRANSACTION = "own-transaction"
+NO_TRANSACTION = "no-transaction"
+
+OPT_OUT = "-- ivle-maint: no-transaction"
+_DIRECTIVE = re.compile(r"^ivle-maint\s*:\s*(.*?)\s*$", re.IGNORECASE)
+_KNOWN_DIRECTIVES = {"no-transaction"}
+
+
+@dataclass(frozen=True)
+class Classified:
+    """A migration read, split and classified: what would run, and how."""
+
+    migration: Migration
+    checksum: str
+    mode: str
+    statements: tuple[Statement, ...]  # what runs, in order
+    stripped: tuple[Statement, ...] = ()  # the file's own BEGIN/COMMIT
+    nontransactional: tuple[tuple[Statement, str], ...] = ()
+
+    @property
+    def key(self) -> str:
+        return self.migration.key
+
+
+def _words(statement: Statement) -> tuple[str, ...]:
+    head = statement.head
+    return head[:-1] if head and head[-1] == ";" else head
+
+
+def transaction_control(statement: Statement) -> str | None:
+    """'begin', 'commit', 'savepoint' or 'other' for transaction statements."""
+    w = _words(statement)
+    if not w:
+        return None
+    first, rest = w[0], w[1:]
+    if first == "BEGIN" or w[:2] == ("START", "TRANSACTION"):
+        plain = rest in ((), ("WORK",), ("TRANSACTION",)) or w == ("START", "TRANSACTION")
+        return "begin" if plain else "other"
+    if first in ("COMMIT", "END"):
+        return "commit" if rest in ((), ("WORK",), ("TRANSACTION",)) else "other"
+    if first in ("SAVEPOINT", "RELEASE") or (first == "ROLLBACK" and "TO" in rest[:3]):
+        return "savepoint"  # fine inside ivle-maint's transaction
+    if first in ("ROLLBACK", "ABORT") or w[:2] == ("PREPARE", "TRANSACTION"):
+        return "other"
+    return None
+
+
+def _after_options(w: tuple[str, ...], start: int) -> int:
+    """Index past a parenthesised option list at w[start], if any."""
+    if start < len(w) and w[start] == "(":
+        try:
+            return w.index(")", start) + 1
+        except ValueError:
+            return len(w)
+    return start
+
+
+def nontransactional(statement: Statement, server_version: int | None = None) -> str | None:
+    """What makes PostgreSQL refuse this statement in a transaction, or None."""
+    w = _words(statement)
+    if not w:
+        return None
+    two = w[:2]
+    if w[0] == "VACUUM":
+        return "VACUUM"
+    if w[0] == "CLUSTER" and w[_after_options(w, 1) :] in ((), ("VERBOSE",)):
+        return "CLUSTER without a table"
+    index_at = 3 if w[1:2] == ("UNIQUE",) else 2
+    if w[index_at - 1 : index_at + 1] == ("INDEX", "CONCURRENTLY") and w[0] == "CREATE":
+        return "CREATE INDEX CONCURRENTLY"
+    if w[:3] == ("DROP", "INDEX", "CONCURRENTLY"):
+        return "DROP INDEX CONCURRENTLY"
+    if w[0] == "REINDEX":
+        what = w[_after_options(w, 1) :]
+        if "CONCURRENTLY" in what[:2]:
+            return "REINDEX ... CONCURRENTLY"
+        if what[:1] in (("SCHEMA",), ("DATABASE",), ("SYSTEM",)):
+            return f"REINDEX {what[0]}"
+    if two in (("CREATE", "DATABASE"), ("DROP", "DATABASE")):
+        return " ".join(two)
+    if two == ("ALTER", "DATABASE") and ("SET", "TABLESPACE") in pairwise(w):
+        return "ALTER DATABASE ... SET TABLESPACE"
+    if two in (("CREATE", "TABLESPACE"), ("DROP", "TABLESPACE"), ("ALTER", "SYSTEM")):
+        return " ".join(two)
+    if two in (("CREATE", "SUBSCRIPTION"), ("DROP", "SUBSCRIPTION")):
+        return " ".join(two)
+    if two == ("ALTER", "SUBSCRIPTION") and "REFRESH" in w:
+        return "ALTER SUBSCRIPTION ... REFRESH"
+    if two == ("DISCARD", "ALL"):
+        return "DISCARD ALL"
+    if two == ("ALTER", "TABLE") and "DETACH" in w and "CONCURRENTLY" in w:
+        return "ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY"
+    if (
+        two == ("ALTER", "TYPE")
+        and ("ADD", "VALUE") in pairwise(w)
+        and server_version is not None
+        and server_version < 120000
+    ):
+        return "ALTER TYPE ... ADD VALUE (before PostgreSQL 12)"
+    return None
+
+
+def _fail(migration: Migration, line: int | None, reason: str) -> MaintError:
+    where = f": line {line}" if line else ""
+    return MaintError(f"{migration.path}{where}: {reason}")
+
+
+def _directives(migration: Migration, text: str) -> set[str]:
+    found = set()
+    for line, comment in header_comments(text):
+        match = _DIRECTIVE.match(comment)
+        if match:
+            value = match.group(1).lower()
+            if value not in _KNOWN_DIRECTIVES:
+                raise _fail(migration, line, f"unknown directive {comment!r} (known: {OPT_OUT})")
+            found.add(value)
+    return found
+
+
+def classify(
+    migration: Migration,
+    *,
+    server_version: int | None = None,
+    standard_strings: bool = True,
+) -> Classified:
+    """Read, split and classify one file; a MaintError says what is wrong, where."""
+    data, digest = read(migration)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _fail(migration, None, f"not UTF-8 text (byte {exc.start})") from None
+    try:
+        statements = split(text, standard_strings=standard_strings)
+    except SplitError as exc:
+        raise _fail(migration, exc.line, exc.reason) from None
+    for s in statements:
+        if s.meta:
+            raise _fail(migration, s.line, f"psql meta-command {s.head[0]} is not supported")
+    opted_out = "no-transaction" in _directives(migration, text)
+    refused = tuple(
+        (s, why) for s in statements if (why := nontransactional(s, server_version)) is not None
+    )
+    if opted_out:
+        return Classified(migration, digest, NO_TRANSACTION, tuple(statements), (), refused)
+    if refused:
+        s, why = refused[0]
+        raise _fail(
+            migration,
+            s.line,
+            f"{why} cannot run inside a transaction; to run this file statement by statement "
+            f"without rollback on failure, put '{OPT_OUT}' in its header",
+        )
+    return _wrap(migration, digest, statements)
+
+
+def _wrap(migration: Migration, digest: str, statements: list[Statement]) -> Classified:
+    """Strip one enclosing BEGIN ... COMMIT; refuse any other arrangement."""
+    control = [(s, kind) for s in statements if (kind := transaction_control(s)) is not None]
+    for s, kind in control:
+        if kind == "other":
+            raise _fail(
+                migration,
+                s.line,
+                f"{' '.join(_words(s))} is not supported: ivle-maint runs each migration "
+                "in one transaction of its own",
+            )
+    control = [(s, kind) for s, kind in control if kind != "savepoint"]
+    if not control:
+        return Classified(migration, digest, TRANSACTION, tuple(statements))
+    kinds = [kind for _, kind in control]
+    if kinds == ["begin", "commit"]:
+        begin, commit = control[0][0], control[1][0]
+        body = tuple(s for s in statements if s is not begin and s is not commit)
+        return Classified(migration, digest, OWN_TRANSACTION, body, (begin, commit))
+    if kinds == ["begin"]:
+        raise _fail(migration, control[0][0].line, "BEGIN without a matching COMMIT")
+    # A second block, or a COMMIT first: the file commits part-way through.
+    s = control[1][0] if kinds[0] == "begin" else control[0][0]
+    raise _fail(
+        migration,
+        s.line,
+        f"{_words(s)[0]} part-way through the file: ivle-maint runs each migration as one "
+        f"transaction; split the file, or put '{OPT_OUT}' in its header",
+    )

@@ -1,0 +1,193 @@
+"""Connect to IVLE's database, waiting (bounded) for a restarting server.
+
+Two ways, chosen by the setting [database] connect_as:
+
+- ``ivle-conf``: host, port, name, username and password from ivle.conf's
+  ``[database]``, as IVLE itself connects;
+- ``postgres``: as the seed does (``sudo -u postgres psql -d ivle``): over
+  the local socket in [database] socket_dir, as the ``postgres`` role.
+  Peer authentication checks the connecting process's effective uid when
+  it connects, so root switches its effective uid to postgres around
+  connect() only.
+
+The password never leaves this process except through a 0600 file
+(PGPASSFILE, for pg_dump); every error message is scrubbed of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import __version__
+from ..config import Settings
+from ..errors import ConfigError, MaintError
+from ..output import Reporter
+
+log = logging.getLogger(__name__)
+
+# Texts of connection failures that mean "not up yet": worth waiting for.
+_NOT_READY = (
+    "connection refused",
+    "no such file or directory",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "the database system is not yet accepting connections",
+    "server closed the connection unexpectedly",
+    "timeout expired",
+    "resource temporarily unavailable",
+)
+POLL_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class ConnectParams:
+    """Where and as whom to connect; repr() never shows the password."""
+
+    dbname: str
+    host: str | None
+    port: int
+    user: str | None
+    password: str | None = field(default=None, repr=False)
+    os_user: str | None = None  # switch the effective uid to this user to connect
+
+    def describe(self) -> str:
+        who = self.user or self.os_user or "(default user)"
+        where = f"{self.host or 'local socket'}:{self.port}"
+        via = f" (as system user {self.os_user})" if self.os_user else ""
+        return f"database {self.dbname} as {who} at {where}{via}"
+
+    def keywords(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {"dbname": self.dbname, "port": self.port}
+        for name, value in (("host", self.host), ("user", self.user), ("password", self.password)):
+            if value:
+                kw[name] = value
+        return kw
+
+    def scrub(self, text: str) -> str:
+        return text.replace(self.password, "********") if self.password else text
+
+
+def params_from_settings(settings: Settings) -> ConnectParams:
+    """ConnectParams for settings' [database] connect_as."""
+    db = settings["database"]
+    if db["connect_as"] == "postgres":
+        # The seed's 'sudo -u postgres psql -d ivle': ivle.conf only names the
+        # database and port, and may be absent on a bare master.
+        name, port = "ivle", 5432
+        conf_path = settings.ivle_conf_dir / "ivle.conf"
+        if conf_path.exists():
+            ivle_db = settings.ivle_conf().database
+            name, port = ivle_db["name"], int(ivle_db["port"])
+        return ConnectParams(name, db["socket_dir"], port, "postgres", None, "postgres")
+    ivle_db = settings.ivle_conf().database
+    if not ivle_db.get("username"):
+        raise ConfigError(
+            f"{settings.ivle_conf_dir / 'ivle.conf'}: [database] username is not set "
+            "(or set [database] connect_as = postgres in ivle-maint's settings)"
+        )
+    return ConnectParams(
+        ivle_db["name"],
+        ivle_db["host"],
+        int(ivle_db["port"]),
+        ivle_db["username"],
+        ivle_db["password"],
+    )
+
+
+@contextmanager
+def effective_user(name: str | None) -> Iterator[None]:
+    """Run the block with name's effective uid and gid (root only)."""
+    if name is None:
+        yield
+        return
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise MaintError(f"no system user {name!r} to connect as") from None
+    if os.geteuid() == entry.pw_uid:
+        yield
+        return
+    if os.geteuid() != 0:
+        raise MaintError(f"connecting as system user {name} needs root")
+    old_uid, old_gid = os.geteuid(), os.getegid()
+    os.setegid(entry.pw_gid)
+    os.seteuid(entry.pw_uid)
+    try:
+        yield
+    finally:
+        os.seteuid(old_uid)
+        os.setegid(old_gid)
+
+
+def reason(exc: BaseException, params: ConnectParams | None = None) -> str:
+    """One line out of libpq's multi-line message, password scrubbed."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = next((ln.split("FATAL:", 1)[1] for ln in lines if "FATAL:" in ln), None)
+    if text is None and lines:
+        text = lines[0].split(" failed: ", 1)[-1]
+    text = " ".join((text or type(exc).__name__).split())
+    return params.scrub(text) if params else text
+
+
+def _not_ready(text: str) -> bool:
+    lowered = text.lower()
+    return any(marker in lowered for marker in _NOT_READY)
+
+
+def application_name() -> str:
+    # Shown in pg_stat_activity, so a waiting runner can name the holder.
+    return f"ivle-maint {__version__} on {socket.gethostname()} pid {os.getpid()}"[:63]
+
+
+def connect(
+    params: ConnectParams,
+    *,
+    wait_timeout: float,
+    reporter: Reporter,
+    resume: str | None = None,
+) -> Any:
+    """A psycopg2 connection; waits up to wait_timeout for a starting server."""
+    import psycopg2
+
+    deadline = time.monotonic() + wait_timeout
+    waited = False
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            with effective_user(params.os_user):
+                conn = psycopg2.connect(
+                    **params.keywords(),
+                    connect_timeout=max(2, min(10, int(remaining) + 1)),
+                    application_name=application_name(),
+                )
+        except psycopg2.OperationalError as exc:
+            why = reason(exc, params)
+            if not _not_ready(why):
+                raise MaintError(f"cannot connect to {params.describe()}: {why}") from None
+            if time.monotonic() >= deadline:
+                raise MaintError(
+                    f"PostgreSQL did not accept connections to {params.describe()} within "
+                    f"{wait_timeout:g}s ([database] wait_timeout): {why}",
+                    resume=resume,
+                ) from None
+            if not waited:
+                reporter.info(
+                    f"PostgreSQL is not accepting connections yet ({why}); "
+                    f"waiting up to {wait_timeout:g}s"
+                )
+                waited = True
+            log.debug("not ready: %s", why)
+            time.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+            continue
+        if waited:
+            reporter.info("PostgreSQL is accepting connections")
+        return conn

@@ -1,0 +1,165 @@
+"""Find IVLE's migration files, order them, and check who could write them.
+
+IVLE ships ``userdb/migrations/YYYYMMDD-NN.sql`` (and a few bare
+``YYYYMMDD.sql``, which come before ``-01`` of the same day) beside files
+that are not migrations, such as a README.  A ``.sql`` file whose name
+breaks that pattern, or two files with the same key, is an error: skipping
+it silently could skip a schema change.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import pwd
+import re
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import MaintError
+
+_NAME = re.compile(r"^(\d{8})(?:-(\d+))?$")
+SUFFIX = ".sql"
+
+
+@dataclass(frozen=True, order=True)
+class Migration:
+    """One migration file; instances sort by date, then number."""
+
+    order: tuple[int, int]
+    key: str = field(compare=False)
+    path: Path = field(compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def parse_key(text: str) -> tuple[tuple[int, int], str]:
+    """The sort order and canonical key of ``20090101-01`` (``.sql`` allowed).
+
+    Raises ValueError for anything else, including dates that do not exist.
+    """
+    stem = text[: -len(SUFFIX)] if text.lower().endswith(SUFFIX) else text
+    match = _NAME.match(stem)
+    if not match:
+        raise ValueError(f"{text!r} is not YYYYMMDD-NN or YYYYMMDD")
+    day, number = match.groups()
+    try:
+        datetime.datetime.strptime(day, "%Y%m%d")
+    except ValueError:
+        raise ValueError(f"{text!r}: {day} is not a date") from None
+    if number is None:
+        return (int(day), -1), day  # a bare day sorts before its -00/-01
+    return (int(day), int(number)), f"{day}-{int(number):02d}"
+
+
+def migration_for(path: Path) -> Migration:
+    """The Migration of one file, or a MaintError naming the bad name."""
+    try:
+        order, key = parse_key(path.name)
+    except ValueError as exc:
+        raise MaintError(f"{path}: not a migration file name: {exc}") from None
+    return Migration(order, key, path)
+
+
+def from_files(paths: Iterable[Path]) -> list[Migration]:
+    """Migrations of the given files, in order; duplicate keys are an error."""
+    found: dict[str, Migration] = {}
+    for path in paths:
+        migration = migration_for(Path(path))
+        other = found.get(migration.key)
+        if other is not None:
+            raise MaintError(
+                f"{other.path} and {migration.path} are both migration {migration.key}"
+            )
+        found[migration.key] = migration
+    return sorted(found.values())
+
+
+def discover(directory: Path) -> list[Migration]:
+    """Every migration in directory, in order; other non-.sql files are ignored."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise MaintError(
+            f"{directory}: no such migrations directory (set [paths] migrations or --migrations)"
+        )
+    try:
+        entries = sorted(directory.iterdir())
+    except OSError as exc:
+        raise MaintError(f"{directory}: cannot list: {exc.strerror}") from None
+    return from_files(p for p in entries if p.name.lower().endswith(SUFFIX) and not p.is_dir())
+
+
+def find(migrations: Iterable[Migration], key: str) -> Migration:
+    """The migration named by key (``20090101-01``, its file name or path)."""
+    try:
+        _, wanted = parse_key(Path(key).name)
+    except ValueError as exc:
+        raise MaintError(f"not a migration: {exc}") from None
+    for migration in migrations:
+        if migration.key == wanted:
+            return migration
+    raise MaintError(f"no migration {wanted} among the shipped migrations")
+
+
+def read(migration: Migration) -> tuple[bytes, str]:
+    """The file's bytes and their sha256 (so the checksum is of what ran)."""
+    try:
+        data = migration.path.read_bytes()
+    except OSError as exc:
+        raise MaintError(f"{migration.path}: cannot read: {exc.strerror}") from None
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def checksum(migration: Migration) -> str:
+    return read(migration)[1]
+
+
+def _owner(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _why_unsafe(path: Path, st: os.stat_result, *, ancestor: bool) -> str | None:
+    if st.st_uid != 0:
+        return f"owned by {_owner(st.st_uid)}"
+    writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    # Others cannot rename or replace what root owns in a sticky directory.
+    sticky = ancestor and stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
+    if writable and not sticky:
+        return (
+            f"writable by {'group' if st.st_mode & stat.S_IWGRP else 'others'} "
+            f"(mode {stat.S_IMODE(st.st_mode):04o})"
+        )
+    return None
+
+
+def check_writers(directory: Path, files: Iterable[Path] = ()) -> None:
+    """As root, refuse migrations that anyone but root could have written.
+
+    They run with the database owner's rights, so a directory, file or
+    parent directory that another user can change would let that user
+    run SQL as the owner.  Not root: nothing to check (no privilege gained).
+    """
+    if os.geteuid() != 0:
+        return
+    seen: set[Path] = set()
+    targets = [Path(directory), *(Path(f) for f in files)]
+    for target in targets:
+        real = target.resolve()
+        for i, path in enumerate([real, *real.parents]):
+            if path in seen:
+                continue
+            seen.add(path)
+            reason = _why_unsafe(path, path.stat(), ancestor=i > 0)
+            if reason:
+                raise MaintError(
+                    f"{path} is {reason}; as root ivle-maint only runs migrations that "
+                    "no one but root can change (chown root:root, chmod go-w)"
+                )

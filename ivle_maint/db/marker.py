@@ -1,0 +1,152 @@
+"""The marker: table ivle_maint_migrations records every applied migration.
+
+IVLE records no schema version of its own, so ivle-maint keeps one row per
+migration it applied (or was told, by a baseline, is already applied):
+
+    key                 text PRIMARY KEY   20090101-01 (or a bare 20090101)
+    filename            text               the file's name when it was applied
+    checksum            text               sha256 of the file's bytes
+    mode                text               transaction | own-transaction |
+                                           no-transaction | baseline
+    applied_at          timestamptz        when (the transaction's start)
+    duration            double precision   seconds it ran (NULL: baseline)
+    host                text               the node that ran it
+    ivle_maint_version  text               ivle-maint's version
+    package_version     text               IVLE's package version, if known
+    note                text               e.g. a changed checksum accepted
+
+A migration's row is inserted in the migration's own transaction, so the
+row exists exactly when the migration's changes do.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .. import __version__
+from ..errors import MaintError
+
+TABLE = "ivle_maint_migrations"
+BASELINE = "baseline"
+
+DDL = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    key text PRIMARY KEY,
+    filename text NOT NULL,
+    checksum text NOT NULL,
+    mode text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    duration double precision,
+    host text NOT NULL,
+    ivle_maint_version text NOT NULL,
+    package_version text,
+    note text
+);
+COMMENT ON TABLE {TABLE} IS
+    'IVLE database migrations applied (or baselined) by ivle-maint; do not edit by hand';
+"""
+
+_COLUMNS = (
+    "key, filename, checksum, mode, applied_at, duration, host, ivle_maint_version, "
+    "package_version, note"
+)
+
+
+@dataclass(frozen=True)
+class MarkerRow:
+    key: str
+    filename: str
+    checksum: str
+    mode: str
+    applied_at: datetime
+    duration: float | None
+    host: str
+    ivle_maint_version: str
+    package_version: str | None
+    note: str | None
+
+
+def exists(conn: Any) -> bool:
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", [TABLE])
+        found: bool = cur.fetchone()[0]
+    return found
+
+
+def ensure(conn: Any) -> None:
+    """Create the marker table on first use, in a transaction of its own."""
+    with conn, conn.cursor() as cur:
+        cur.execute(DDL)
+
+
+def applied(conn: Any) -> dict[str, MarkerRow]:
+    """Every marker row by key; {} when there is no marker table."""
+    if not exists(conn):
+        return {}
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT {_COLUMNS} FROM {TABLE} ORDER BY key")
+        return {row[0]: MarkerRow(*row) for row in cur.fetchall()}
+
+
+def user_tables(conn: Any, limit: int = 5) -> list[str]:
+    """Some tables other than the marker: a populated database has some."""
+    with conn.cursor() as cur:
+        cur.execute(
+            """
+            SELECT n.nspname || '.' || c.relname
+              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+               AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp%%'
+               AND c.relname <> %s
+             ORDER BY 1 LIMIT %s
+            """,
+            [TABLE, limit],
+        )
+        return [row[0] for row in cur.fetchall()]
+
+
+def record(
+    cur: Any,
+    *,
+    key: str,
+    filename: str,
+    checksum: str,
+    mode: str,
+    duration: float | None,
+    host: str | None = None,
+    package_version: str | None = None,
+    note: str | None = None,
+) -> None:
+    """Insert one row in the caller's transaction; exactly one row or an error."""
+    cur.execute(
+        f"INSERT INTO {TABLE} (key, filename, checksum, mode, duration, host, "
+        "ivle_maint_version, package_version, note) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        [
+            key,
+            filename,
+            checksum,
+            mode,
+            duration,
+            host or socket.gethostname(),
+            __version__,
+            package_version,
+            note,
+        ],
+    )
+    if cur.rowcount != 1:  # as Alembic checks its version row
+        raise MaintError(f"recording migration {key} in {TABLE} changed {cur.rowcount} rows")
+
+
+def accept_checksum(cur: Any, key: str, old: str, new: str, note: str) -> None:
+    """Record a changed file's new checksum, if the row still has the old one."""
+    cur.execute(
+        f"UPDATE {TABLE} SET checksum = %s, note = %s WHERE key = %s AND checksum = %s",
+        [new, note, key, old],
+    )
+    if cur.rowcount != 1:
+        raise MaintError(f"accepting the change to {key} changed {cur.rowcount} rows in {TABLE}")
