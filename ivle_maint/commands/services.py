@@ -1,0 +1,50 @@
+"""ivle-maint services stop|start|restart|status [web|usrmgt|all]."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import Context
+
+ORDER = 30
+
+EPILOG = """\
+services: 'web' is [services] web (apache2, on slaves), 'usrmgt' is
+[services] usrmgt (ivle-usrmgt-server, on the master), 'all' (default) is
+every service of this node's [node] role.  Actions go through invoke-rc.d
+when it exists, so policy-rc.d is obeyed (a forbidden action is reported
+as skipped); see [services] backend.  Each action is verified with the
+service's status, waiting up to [services] timeout seconds.
+
+'status' exits 0 when every chosen service runs, 3 otherwise."""
+
+
+def register(sub: Any) -> None:
+    import argparse
+
+    parser = sub.add_parser(
+        "services",
+        help="stop, start, restart or check the web and user management servers",
+        description="Stop, start or restart IVLE's services, or show whether they run.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("action", choices=("stop", "start", "restart", "status"))
+    parser.add_argument("which", nargs="?", default="all", choices=("web", "usrmgt", "all"),
+                        help="which services (default: all of this node's)")  # fmt: skip
+    parser.set_defaults(func=cmd_services)
+
+
+def cmd_services(ctx: Context) -> int:
+    """Run the action on the chosen services, or print their states."""
+    from ..steps import services
+
+    if ctx.args.action != "status":
+        services.run_action(ctx.settings, ctx.reporter, ctx.args.action, ctx.args.which)
+        return 0
+    control = services.control_from_settings(ctx.settings, ctx.reporter)
+    states = {name: control.status(name)
+              for name in services.service_names(ctx.settings, ctx.args.which)}  # fmt: skip
+    for name, state in states.items():
+        print(f"{name}: {state}")
+    return 0 if all(state == services.RUNNING for state in states.values()) else 3

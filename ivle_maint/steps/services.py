@@ -1,0 +1,301 @@
+"""Stopping, starting and restarting IVLE's services, and proving it.
+
+Actions go through invoke-rc.d when it exists, as Debian maintainer
+scripts must, so a policy-rc.d that forbids the action (chroots, image
+builders, piuparts) is obeyed and reported as "skipped".  Source installs
+without it use systemctl or the init script ([services] backend).
+
+An exit status proves nothing: every action is followed by a status
+check, repeated until the service is in the asked state or
+[services] timeout runs out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import system
+from ..config import Settings
+from ..errors import MaintError
+from ..output import Reporter
+
+log = logging.getLogger(__name__)
+
+RUNNING, STOPPED, UNKNOWN = "running", "stopped", "unknown"
+DONE, NOOP, SKIPPED = "done", "no-op", "skipped"
+ACTIONS = ("stop", "start", "restart")
+BACKENDS = ("invoke-rc.d", "systemctl", "init.d")
+
+# invoke-rc.d's "forbidden" status (with --disclose-deny) and its messages.
+POLICY_DENY = 101
+NO_RUNLEVEL_TEXT = "could not determine current runlevel"
+POLICY_DENIED_TEXT = "policy-rc.d denied execution"
+# Seconds to re-check the status after an action exited nonzero.
+FAILED_GRACE = 2.0
+# Where invoke-rc.d looks, whatever [services] initd_dir says.
+SYSTEM_INITD = Path("/etc/init.d")
+# Maintainer scripts run with a PATH that has the sbin directories; a shell
+# of a person may not.
+SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class ServiceResult:
+    """What one action on one service did."""
+
+    service: str
+    action: str  # stop, start, restart
+    outcome: str  # DONE, NOOP (already so) or SKIPPED (forbidden)
+    state: str  # RUNNING, STOPPED or UNKNOWN afterwards
+    backend: str
+    reason: str = ""  # why it was a no-op or skipped
+    seconds: float = 0.0
+    output: tuple[str, ...] = field(default=(), repr=False)
+
+    @property
+    def changed(self) -> bool:
+        return self.outcome == DONE
+
+    @property
+    def message(self) -> str:
+        if self.outcome == DONE:
+            past = {"stop": "stopped", "start": "started", "restart": "restarted"}[self.action]
+            return f"{self.service}: {past} ({self.backend}, {self.seconds:.1f}s)"
+        if self.outcome == NOOP:
+            return f"{self.service}: {self.reason}"
+        return f"{self.service}: {self.action} skipped: {self.reason}"
+
+
+def _find(command: str) -> str | None:
+    return system.which(command) or system.which(command, path=SBIN_PATH)
+
+
+def systemd_running() -> bool:
+    """True when systemd is PID 1 (the test systemd itself uses)."""
+    return os.path.isdir("/run/systemd/system")
+
+
+def resolve_backend(choice: str) -> str:
+    """'auto' becomes invoke-rc.d, else systemctl (if systemd runs), else init.d."""
+    if choice not in ("auto", *BACKENDS):
+        raise MaintError(f"unknown service backend {choice!r}; use auto or one of {BACKENDS}")
+    if choice != "auto":
+        return choice
+    if _find("invoke-rc.d"):
+        return "invoke-rc.d"
+    if systemd_running() and _find("systemctl"):
+        return "systemctl"
+    return "init.d"
+
+
+def _lsb_state(exit_code: int) -> str:
+    # LSB: 0 running; 1 dead with pid file, 2 dead with lock file, 3 not running.
+    if exit_code == 0:
+        return RUNNING
+    return STOPPED if exit_code in (1, 2, 3) else UNKNOWN
+
+
+def _systemd_state(word: str) -> str:
+    if word in ("active", "reloading"):
+        return RUNNING
+    if word in ("inactive", "failed", "dead"):
+        return STOPPED
+    return UNKNOWN  # activating, deactivating: still on its way
+
+
+class ServiceControl:
+    """Drives services through one backend and verifies every action."""
+
+    def __init__(
+        self,
+        reporter: Reporter,
+        *,
+        backend: str = "auto",
+        initd_dir: Path = SYSTEM_INITD,
+        timeout: float = 60.0,
+    ) -> None:
+        self.reporter = reporter
+        self.backend = resolve_backend(backend)
+        self.initd_dir = Path(initd_dir)
+        self.timeout = timeout
+
+    # -- status ----------------------------------------------------------
+
+    def _init_script(self, name: str) -> Path:
+        # invoke-rc.d only ever runs /etc/init.d/NAME.
+        base = SYSTEM_INITD if self.backend == "invoke-rc.d" else self.initd_dir
+        script = base / name
+        if not os.access(script, os.X_OK):
+            raise MaintError(f"no init script {script} for service {name}")
+        return script
+
+    def _uses_systemctl(self) -> bool:
+        return self.backend == "systemctl" or (
+            self.backend == "invoke-rc.d" and systemd_running()
+        )
+
+    def status(self, name: str) -> str:
+        """RUNNING, STOPPED or UNKNOWN, asked of systemd or the init script.
+
+        Never through invoke-rc.d: a denying policy-rc.d would answer
+        "unknown" for every service, and asking changes nothing anyway.
+        """
+        if self._uses_systemctl():
+            done = system.run(["systemctl", "is-active", name], keep_stdout=True, timeout=30)
+            word = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+            return _systemd_state(word)
+        done = system.run([str(self._init_script(name)), "status"], timeout=30)
+        return _lsb_state(done.exit_code)
+
+    def wait_for(self, name: str, wanted: str, deadline: float) -> str:
+        """Poll the status until it is wanted or the deadline passes; the last one."""
+        delay = 0.05
+        while True:
+            state = self.status(name)
+            if state == wanted or time.monotonic() >= deadline:
+                return state
+            time.sleep(min(delay, max(deadline - time.monotonic(), 0.01)))
+            delay = min(delay * 2, 0.5)
+
+    # -- actions ---------------------------------------------------------
+
+    def _argv(self, name: str, action: str) -> list[str]:
+        if self.backend == "invoke-rc.d":
+            # --disclose-deny: a policy denial must be told apart from success.
+            return ["invoke-rc.d", "--disclose-deny", name, action]
+        if self.backend == "systemctl":
+            return ["systemctl", action, name]
+        return [str(self._init_script(name)), action]
+
+    def _policy_forbids(self, name: str, action: str) -> bool:
+        """Ask policy-rc.d itself, as invoke-rc.d does, about the plain action."""
+        helper = Path(os.environ.get("DPKG_ROOT", "") + "/usr/sbin/policy-rc.d")
+        if not os.access(helper, os.X_OK):
+            return False
+        return system.run([str(helper), name, action], timeout=30).exit_code == POLICY_DENY
+
+    def _denial(self, name: str, action: str, out: str) -> str:
+        """Why invoke-rc.d refused (exit 101); raises when it is no policy's wish."""
+        starts = action in ("start", "restart")
+        # For a start the runlevel forbids, invoke-rc.d asks policy-rc.d about
+        # "(start)" instead; a policy that denies that but allows a plain start
+        # did not forbid the start itself.
+        if POLICY_DENIED_TEXT in out and (not starts or self._policy_forbids(name, action)):
+            return f"policy-rc.d forbids {action}"
+        if starts and NO_RUNLEVEL_TEXT in out:
+            # No init system (a container, a chroot without policy-rc.d):
+            # invoke-rc.d never starts a SysV script here.
+            raise MaintError(
+                f"invoke-rc.d did not {action} {name}: it could not determine the current "
+                f"runlevel (no init system running?); start it by hand or set "
+                f"[services] backend = init.d"
+            )
+        if starts:
+            return f"{name} is not enabled in the current runlevel (see update-rc.d)"
+        return f"invoke-rc.d did not run it: {out.splitlines()[-1] if out else 'no output'}"
+
+    def _run(self, name: str, action: str) -> system.Completed:
+        return system.run(
+            self._argv(name, action),
+            timeout=self.timeout or None,
+            on_line=lambda text: log.info("%s %s: %s", name, action, text),
+        )
+
+    def act(self, name: str, action: str) -> ServiceResult:
+        """stop, start or restart NAME; verified; no-op when already so."""
+        if action not in ACTIONS:
+            raise MaintError(f"unknown service action {action!r}; use one of {ACTIONS}")
+        wanted = STOPPED if action == "stop" else RUNNING
+        before = self.status(name)
+        if action != "restart" and before == wanted:
+            reason = "already stopped" if wanted == STOPPED else "already running"
+            return ServiceResult(name, action, NOOP, before, self.backend, reason)
+        started = time.monotonic()
+        done = self._run(name, action)
+        out = "\n".join(done.tail)
+        if self.backend == "invoke-rc.d" and done.exit_code == POLICY_DENY:
+            reason = self._denial(name, action, out)
+            return ServiceResult(name, action, SKIPPED, before, self.backend, reason,
+                                 output=done.tail)  # fmt: skip
+        # A script that failed gets a short grace only: waiting the whole
+        # timeout for a state it said it could not reach helps nobody.
+        wait = self.timeout if done.ok else min(self.timeout, FAILED_GRACE)
+        state = self.wait_for(name, wanted, started + wait)
+        seconds = time.monotonic() - started
+        if state != wanted:
+            raise MaintError(self._failure(name, action, done, state))
+        if not done.ok:
+            # The asked state was reached, so the failure was cosmetic.
+            self.reporter.warn(f"{name}: {action} exited {done.exit_code} but {name} is {state}")
+        return ServiceResult(name, action, DONE, state, self.backend, seconds=seconds,
+                             output=done.tail)  # fmt: skip
+
+    def _failure(self, name: str, action: str, done: system.Completed, state: str) -> str:
+        last = done.tail[-1] if done.tail else "no output"
+        argv = " ".join(done.argv)
+        if not done.ok:
+            return f"{argv} failed with status {done.exit_code}: {last}; {name} is {state}"
+        hint = ""
+        if NO_RUNLEVEL_TEXT in "\n".join(done.tail):
+            hint = " (invoke-rc.d could not determine the runlevel: no init system running?)"
+        return (
+            f"{name} is still {state} {self.timeout:g}s after '{argv}' "
+            f"exited 0{hint}; see [services] timeout"
+        )
+
+    def stop(self, name: str) -> ServiceResult:
+        return self.act(name, "stop")
+
+    def start(self, name: str) -> ServiceResult:
+        return self.act(name, "start")
+
+    def restart(self, name: str) -> ServiceResult:
+        return self.act(name, "restart")
+
+
+def control_from_settings(settings: Settings, reporter: Reporter) -> ServiceControl:
+    """A ServiceControl configured by [services] of ivle-maint's settings."""
+    conf = settings["services"]
+    return ServiceControl(
+        reporter,
+        backend=conf["backend"],
+        initd_dir=Path(conf["initd_dir"]),
+        timeout=float(conf["timeout"]),
+    )
+
+
+def service_names(settings: Settings, which: str = "all") -> list[str]:
+    """Init script names for 'web', 'usrmgt' or 'all' (the node role's)."""
+    conf = settings["services"]
+    if which in ("web", "usrmgt"):
+        return [conf[which]]
+    if which != "all":
+        raise MaintError(f"unknown service {which!r}; use web, usrmgt or all")
+    role = settings.role
+    names = []
+    if role in ("slave", "both"):
+        names.append(conf["web"])
+    if role in ("master", "both"):
+        names.append(conf["usrmgt"])
+    return names
+
+
+def run_action(
+    settings: Settings, reporter: Reporter, action: str, which: str = "all"
+) -> list[ServiceResult]:
+    """The step: ACTION on the chosen services, each reported in one line."""
+    control = control_from_settings(settings, reporter)
+    results = []
+    # Stop the web server before the user management server; start in reverse.
+    names = service_names(settings, which)
+    if action == "start":
+        names.reverse()
+    for name in names:
+        result = control.act(name, action)
+        (reporter.warn if result.outcome == SKIPPED else reporter.info)(result.message)
+        results.append(result)
+    return results

@@ -1,0 +1,335 @@
+"""Services: real init scripts (the sandbox's), real invoke-rc.d.
+
+The init.d backend drives the sandbox node's own scripts.  The invoke-rc.d
+tests bind-mount a policy-rc.d, an /etc/init.d and an /etc/rc2.d of their
+own over the system's, in pytest's private mount namespace: the host (PID
+1's namespace) keeps seeing its files, which each test checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ivle_maint import cli
+from ivle_maint.config import load_settings
+from ivle_maint.errors import MaintError
+from ivle_maint.output import RecordingReporter
+from ivle_maint.steps import services
+from ivle_maint.steps.services import DONE, NOOP, RUNNING, SKIPPED, STOPPED, ServiceControl
+
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
+
+WEB, USRMGT = "apache2", "ivle-usrmgt-server"
+
+
+def answers(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def daemon_pid(node: Any, name: str) -> int:
+    return int((node.run_dir / f"{name}.pid").read_text())
+
+
+def events(node: Any, name: str) -> list[str]:
+    return [event for _, _, event in node.service_events(name)]
+
+
+@pytest.fixture
+def slave(node_factory: Any) -> Any:
+    """A node with both services running and nothing mounted (fast)."""
+    return node_factory(users=1, mount=False, role="both")
+
+
+def settings_of(node: Any) -> Any:
+    return load_settings(str(node.maint_conf))
+
+
+# -- the init.d backend, on the sandbox's scripts ---------------------------
+
+
+def test_stop_and_start_all_services_verified(slave: Any):
+    rep = RecordingReporter()
+    settings = settings_of(slave)
+    stopped = services.run_action(settings, rep, "stop")
+    assert [(r.service, r.outcome, r.state) for r in stopped] == [
+        (WEB, DONE, STOPPED), (USRMGT, DONE, STOPPED)
+    ]
+    assert not slave.service_running(WEB) and not slave.service_running(USRMGT)
+    assert not answers(slave.web_port)
+    assert events(slave, WEB)[-1] == "stop" and events(slave, USRMGT)[-1] == "stop"
+    assert f"{WEB}: stopped (init.d" in rep.lines[0]
+
+    started = services.run_action(settings, rep, "start")
+    # The user management server comes up before the web server needs it.
+    assert [r.service for r in started] == [USRMGT, WEB]
+    assert all(r.outcome == DONE and r.state == RUNNING for r in started)
+    assert answers(slave.web_port) and answers(slave.usrmgt_port)
+
+
+def test_stop_of_a_stopped_and_start_of_a_started_service_are_no_ops(slave: Any):
+    control = ServiceControl(RecordingReporter(), backend="init.d", initd_dir=slave.initd)
+    before = events(slave, WEB)
+    result = control.start(WEB)
+    assert (result.outcome, result.reason) == (NOOP, "already running")
+    assert events(slave, WEB) == before  # the script's start was never called
+    assert control.stop(WEB).outcome == DONE
+    after_stop = events(slave, WEB)
+    again = control.stop(WEB)
+    assert (again.outcome, again.reason) == (NOOP, "already stopped")
+    assert not again.changed
+    assert events(slave, WEB) == after_stop
+
+
+def test_restart_gives_a_new_daemon(slave: Any):
+    control = ServiceControl(RecordingReporter(), backend="init.d", initd_dir=slave.initd)
+    old = daemon_pid(slave, USRMGT)
+    result = control.restart(USRMGT)
+    assert result.outcome == DONE and result.state == RUNNING
+    assert daemon_pid(slave, USRMGT) != old
+    assert events(slave, USRMGT)[-2:] == ["stop", "start"]
+
+
+def test_restart_of_a_stopped_service_starts_it(slave: Any):
+    slave.service(USRMGT, "stop")
+    control = ServiceControl(RecordingReporter(), backend="init.d", initd_dir=slave.initd)
+    assert control.restart(USRMGT).state == RUNNING
+    assert slave.service_running(USRMGT)
+
+
+def test_only_the_chosen_service_is_touched(slave: Any):
+    results = services.run_action(settings_of(slave), RecordingReporter(), "stop", "web")
+    assert [r.service for r in results] == [WEB]
+    assert not slave.service_running(WEB)
+    assert slave.service_running(USRMGT)
+
+
+def test_the_role_decides_what_all_means(node_factory: Any):
+    master = node_factory(users=1, mount=False, role="master")
+    settings = settings_of(master)
+    assert services.service_names(settings, "all") == [USRMGT]
+    assert services.service_names(settings, "web") == [WEB]
+    with pytest.raises(MaintError, match="unknown service 'db'"):
+        services.service_names(settings, "db")
+
+
+def test_script_that_exits_0_but_does_not_stop_is_a_clear_error(slave: Any):
+    # The stand-in's injected failure with exit code 0: it lies.
+    slave.set_fakes(WEB, fail="stop", exit_code=0)
+    control = ServiceControl(RecordingReporter(), backend="init.d", initd_dir=slave.initd,
+                             timeout=1)  # fmt: skip
+    started = time.monotonic()
+    with pytest.raises(MaintError) as caught:
+        control.stop(WEB)
+    message = str(caught.value)
+    assert "apache2 is still running 1s after" in message and "exited 0" in message
+    assert "\n" not in message
+    assert time.monotonic() - started >= 1  # it waited for the status
+    assert slave.service_running(WEB)
+
+
+def test_failing_script_reports_status_and_last_line(slave: Any):
+    slave.set_fakes(USRMGT, fail="start", exit_code=7)
+    slave.service(USRMGT, "stop")
+    control = ServiceControl(RecordingReporter(), backend="init.d", initd_dir=slave.initd,
+                             timeout=1)  # fmt: skip
+    with pytest.raises(MaintError, match=r"failed with status 7: .*start failed.*is stopped"):
+        control.start(USRMGT)
+
+
+def test_missing_init_script_is_named(slave: Any):
+    control = ServiceControl(RecordingReporter(), backend="init.d", initd_dir=slave.initd)
+    with pytest.raises(MaintError, match=r"no init script .*/etc/init.d/nginx"):
+        control.stop("nginx")
+
+
+def test_cli_status_and_stop(slave: Any, capsys: pytest.CaptureFixture[str]):
+    conf = ["--config", str(slave.maint_conf)]
+    assert cli.main([*conf, "services", "status"]) == 0
+    assert capsys.readouterr().out == f"{WEB}: running\n{USRMGT}: running\n"
+    assert cli.main([*conf, "services", "stop", "usrmgt"]) == 0
+    assert f"ivle-maint: {USRMGT}: stopped" in capsys.readouterr().err
+    assert cli.main([*conf, "services", "status"]) == 3
+    assert capsys.readouterr().out == f"{WEB}: running\n{USRMGT}: stopped\n"
+    slave.set_fakes(WEB, fail="stop", exit_code=1)
+    assert cli.main([*conf, "services", "stop", "web"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ivle-maint: error: ") and err.count("\n") == 1
+
+
+# -- invoke-rc.d, with our own policy-rc.d, init.d and rc2.d ---------------
+
+POLICY = Path("/usr/sbin/policy-rc.d")
+
+
+def host_view(path: Path) -> Path:
+    """path as the host sees it: through the root of our nearest ancestor in
+    another mount namespace (pytest's caller; /proc/1 may be off limits)."""
+    import psutil
+
+    ours = os.stat("/proc/self/ns/mnt").st_ino
+    for parent in psutil.Process().parents():
+        try:
+            if os.stat(f"/proc/{parent.pid}/ns/mnt").st_ino != ours:
+                return Path(f"/proc/{parent.pid}/root") / path.relative_to("/")
+        except OSError:
+            continue
+    pytest.fail("no ancestor outside pytest's mount namespace: is it private at all?")
+
+ALLOW = "exit 0"
+DENY = "exit 101"
+# A careful policy: allows what is asked, but not the "(start)" invoke-rc.d
+# asks about when the runlevel says the service should not run.
+PLAIN_ONLY = 'case "$2" in "("*) exit 101;; esac; exit 0'
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class InvokeRcD:
+    """Namespace-local replacements of the files invoke-rc.d consults."""
+
+    def __init__(self, node: Any, tmp: Path) -> None:
+        from ivle_sandbox import mountns
+
+        self.mountns = mountns
+        self.log = tmp / "policy.log"
+        self.policy = tmp / "policy-rc.d"
+        self.write_policy(ALLOW)
+        initd, rc2 = tmp / "init.d", tmp / "rc2.d"
+        initd.mkdir()
+        rc2.mkdir()
+        for name in node.services:
+            (initd / name).write_bytes((node.initd / name).read_bytes())
+            (initd / name).chmod(0o755)
+            (rc2 / f"S01{name}").symlink_to(f"../init.d/{name}")
+        self.targets = [(self.policy, POLICY), (initd, Path("/etc/init.d")),
+                        (rc2, Path("/etc/rc2.d"))]  # fmt: skip
+        self.host_policy = _digest(POLICY)
+        self.host_initd = sorted(os.listdir("/etc/init.d"))
+
+    def write_policy(self, body: str, *, executable: bool = True) -> None:
+        self.policy.write_text(f'#!/bin/sh\necho "$*" >> {self.log}\n{body}\n')
+        self.policy.chmod(0o755 if executable else 0o644)
+
+    def asked(self) -> list[str]:
+        return self.log.read_text().splitlines() if self.log.exists() else []
+
+    def __enter__(self) -> InvokeRcD:
+        for source, target in self.targets:
+            self.mountns.require_private(target)
+            self.mountns.bind(source, target)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for _, target in reversed(self.targets):
+            self.mountns.umount(target)
+        assert _digest(POLICY) == self.host_policy
+        assert sorted(os.listdir("/etc/init.d")) == self.host_initd
+
+
+@pytest.fixture
+def invoke_rc_d(slave: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    # systemd's runlevel (what /sbin/runlevel is here) answers from these.
+    monkeypatch.setenv("RUNLEVEL", "2")
+    monkeypatch.setenv("PREVLEVEL", "N")
+    host_policy = host_view(POLICY)
+    host_before = _digest(host_policy)
+    with InvokeRcD(slave, tmp_path) as fake:
+        # The host still sees its own policy-rc.d while we see ours.
+        assert _digest(host_policy) == host_before != _digest(POLICY)
+        yield fake
+    assert _digest(host_policy) == host_before == _digest(POLICY)
+
+
+def control() -> ServiceControl:
+    return ServiceControl(RecordingReporter(), backend="invoke-rc.d", timeout=10)
+
+
+def test_auto_picks_invoke_rc_d_on_debian():
+    assert services.resolve_backend("auto") == "invoke-rc.d"
+    with pytest.raises(MaintError, match="unknown service backend"):
+        services.resolve_backend("upstart")
+
+
+def test_invoke_rc_d_allowed_stop_and_start(slave: Any, invoke_rc_d: Any):
+    stopped = control().stop(WEB)
+    assert (stopped.outcome, stopped.backend, stopped.state) == (DONE, "invoke-rc.d", STOPPED)
+    assert not slave.service_running(WEB)
+    started = control().start(WEB)
+    assert (started.outcome, started.state) == (DONE, RUNNING)
+    assert answers(slave.web_port)
+    assert invoke_rc_d.asked() == [f"{WEB} stop 2", f"{WEB} start 2"]
+
+
+def test_invoke_rc_d_denied_is_skipped_not_failed(slave: Any, invoke_rc_d: Any):
+    invoke_rc_d.write_policy(DENY)
+    before = daemon_pid(slave, WEB)
+    result = control().stop(WEB)
+    assert result.outcome == SKIPPED
+    assert result.reason == "policy-rc.d forbids stop"
+    assert result.message == f"{WEB}: stop skipped: policy-rc.d forbids stop"
+    assert daemon_pid(slave, WEB) == before and slave.service_running(WEB)
+    assert invoke_rc_d.asked() == [f"{WEB} stop 2"]
+
+
+def test_denied_start_is_reported_as_a_warning(slave: Any, invoke_rc_d: Any):
+    slave.service(WEB, "stop")
+    invoke_rc_d.write_policy(DENY)
+    rep = RecordingReporter()
+    settings = settings_of(slave)
+    settings["services"]["backend"] = "invoke-rc.d"
+    (result,) = services.run_action(settings, rep, "start", "web")
+    assert result.outcome == SKIPPED and not slave.service_running(WEB)
+    assert rep.lines == [f"warning: {WEB}: start skipped: policy-rc.d forbids start"]
+
+
+def test_no_runlevel_start_is_a_clear_error(
+    slave: Any, invoke_rc_d: Any, monkeypatch: pytest.MonkeyPatch
+):
+    slave.service(WEB, "stop")
+    monkeypatch.delenv("RUNLEVEL")
+    invoke_rc_d.write_policy(PLAIN_ONLY)
+    with pytest.raises(MaintError, match="could not determine the current runlevel"):
+        control().start(WEB)
+    assert not slave.service_running(WEB)
+    # No policy-rc.d at all (not executable): the same, and said the same way.
+    invoke_rc_d.write_policy(ALLOW, executable=False)
+    with pytest.raises(MaintError, match=r"did not start apache2: .*runlevel"):
+        control().start(WEB)
+    # Stopping does not need a runlevel.
+    slave.service(WEB, "start")
+    invoke_rc_d.write_policy(PLAIN_ONLY)
+    assert control().stop(WEB).outcome == DONE
+
+
+def test_no_runlevel_in_a_chroot_that_forbids_everything_is_skipped(
+    slave: Any, invoke_rc_d: Any, monkeypatch: pytest.MonkeyPatch
+):
+    # piuparts and image builders: no init system and a denying policy.
+    slave.service(WEB, "stop")
+    monkeypatch.delenv("RUNLEVEL")
+    invoke_rc_d.write_policy(DENY)
+    result = control().start(WEB)
+    assert (result.outcome, result.reason) == (SKIPPED, "policy-rc.d forbids start")
+
+
+def test_invoke_rc_d_start_of_a_disabled_service_is_skipped(slave: Any, invoke_rc_d: Any):
+    slave.service(WEB, "stop")
+    invoke_rc_d.write_policy(PLAIN_ONLY)
+    (Path("/etc/rc2.d") / f"S01{WEB}").unlink()  # update-rc.d apache2 disable, sort of
+    result = control().start(WEB)
+    assert result.outcome == SKIPPED
+    assert result.reason == f"{WEB} is not enabled in the current runlevel (see update-rc.d)"
+    assert not slave.service_running(WEB)
+    assert f"{WEB} (start) 2" in invoke_rc_d.asked()
