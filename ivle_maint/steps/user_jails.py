@@ -1,0 +1,204 @@
+"""The seed's "Rebuilding user jails": ``ivle-remakeuser -a`` on the master.
+
+ivle-remakeuser exits 0 even when users fail: it prints "Failed to
+recreate jail for LOGIN" and carries on.  So its output is read line by
+line (and logged, never held), every such line is recorded, and once the
+run is over the failed logins are reported together in one error.
+
+The users to expect come from the database's ``login`` table, because that
+is what ``ivle-remakeuser -a`` walks: the jail directories under [paths]
+[[jails]] src also hold deleted users and miss users whose jail was never
+made.  The count only feeds the progress line, so when the database cannot
+be read the step falls back to the jail directories (the tool itself will
+then fail, and say why).
+
+Progress: the tool prints nothing for a user that works, so the heartbeat
+watches src/LOGIN instead; a rebuild replaces that directory's entries,
+which changes its inode or mtime.  Afterwards every user not reported as
+failed must have its home (src/LOGIN/home/LOGIN); a user whose directory
+shows no change at all is reported as a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import MaintError
+from ..output import Reporter
+from .jail_rebuild import ToolRun, command_argv, require_root, run_tool
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 0.5
+SHOWN_USERS = 10
+PROGRESS_LABEL = "rebuilding user jails"
+
+# The tool's one sign of a failed user; IVLE logins never hold ':' or spaces.
+FAILED = re.compile(r"Failed to recreate jail for ([^\s:]+):?\s*(.*)")
+
+Snapshot = dict[str, tuple[int, int] | None]
+
+
+@dataclass(frozen=True)
+class UserFailure:
+    login: str
+    reason: str
+
+    def describe(self) -> str:
+        return f"{self.login} ({self.reason})" if self.reason else self.login
+
+
+@dataclass(frozen=True)
+class UserJailsResult:
+    """What remake_user_jails did, user by user."""
+
+    run: ToolRun
+    total: int
+    total_from: str  # "database", "jail directories" or "given" (by the caller)
+    rebuilt: int
+    failed: tuple[UserFailure, ...] = ()
+    unchanged: tuple[str, ...] = ()  # no failure reported, but no sign of a rebuild
+
+    @property
+    def summary(self) -> str:
+        text = f"{self.rebuilt} of {self.total} user jails rebuilt"
+        if self.failed:
+            text += f", {len(self.failed)} failed"
+        if self.unchanged:
+            text += f", {len(self.unchanged)} show no change"
+        return text
+
+    def metrics(self) -> dict[str, Any]:
+        return {"users": self.total, "rebuilt": self.rebuilt, "failed": len(self.failed),
+                "output_lines": self.run.lines, "tool_seconds": round(self.run.seconds, 3)}
+
+
+class UserJailsError(MaintError):
+    """Some users' jails were not rebuilt; .result has the details."""
+
+    def __init__(self, message: str, result: UserJailsResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def database_logins(settings: Any, reporter: Reporter) -> list[str]:
+    """Every login in IVLE's ``login`` table, in the tool's order."""
+    from ..db.connect import connect, params_from_settings
+
+    params = params_from_settings(settings)
+    conn = connect(params, wait_timeout=float(settings["database"]["wait_timeout"]),
+                   reporter=reporter)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT login FROM login ORDER BY login")
+            return [str(row[0]) for row in cur.fetchall()]
+    finally:
+        conn.close()
+
+
+def jail_dir_logins(src: Path, not_users: set[Path]) -> list[str]:
+    """Logins that have a directory under src (the templates excluded)."""
+    if not src.is_dir():
+        return []
+    return sorted(p.name for p in src.iterdir()
+                  if p.is_dir() and p not in not_users and not p.name.startswith("__"))
+
+
+def _state(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def snapshot(src: Path, logins: list[str]) -> Snapshot:
+    return {login: _state(src / login) for login in logins}
+
+
+def changed_since(src: Path, before: Snapshot) -> set[str]:
+    """Logins whose src/LOGIN was made, replaced or modified since BEFORE."""
+    return {login for login, was in before.items()
+            if (now := _state(src / login)) is not None and now != was}
+
+
+def _expected_logins(settings: Any, reporter: Reporter, src: Path,
+                     templates: set[Path]) -> tuple[list[str], str]:
+    try:
+        return database_logins(settings, reporter), "database"
+    except MaintError as exc:
+        reporter.warn(f"cannot count users in the database ({exc}); counting jail "
+                      f"directories in {src} instead")
+        return jail_dir_logins(src, templates), "jail directories"
+
+
+def _failure_message(run: ToolRun, failures: list[UserFailure], total: int) -> str:
+    shown = ", ".join(f.describe() for f in failures[:SHOWN_USERS])
+    more = len(failures) - SHOWN_USERS
+    more_text = f" and {more} more (see the log)" if more > 0 else ""
+    return (f"{run.command}: jails of {len(failures)} of {total} users were not rebuilt "
+            f"(the tool exited {run.exit_code} all the same): {shown}{more_text}")
+
+
+def remake_user_jails(settings: Any, reporter: Reporter, *, ivle_conf: Any = None,
+                      logins: list[str] | None = None,
+                      interval: float = HEARTBEAT_SECONDS) -> UserJailsResult:
+    """Run ``ivle-remakeuser -a`` ([commands] remakeuser) and check every user.
+
+    LOGINS: the users the tool will walk, when the caller already knows
+    them; by default they are read from the database.  Raises
+    UserJailsError, after the run, when any user failed.
+    """
+    argv = [*command_argv(settings, "remakeuser"), "-a"]
+    require_root(shlex.join(argv))
+    conf = ivle_conf if ivle_conf is not None else settings.ivle_conf()
+    jails = conf.conf["paths"]["jails"]
+    src = Path(jails["src"])
+    templates = {Path(jails["template"]), Path(jails["template_build"])}
+    total_from = "given"
+    if logins is None:
+        logins, total_from = _expected_logins(settings, reporter, src, templates)
+    before = snapshot(src, logins)
+    reported: dict[str, UserFailure] = {}
+
+    def on_line(text: str) -> None:
+        match = FAILED.search(text)
+        if match:
+            reported.setdefault(match[1], UserFailure(match[1], match[2].strip()))
+
+    def beat(lines: int, seconds: float) -> None:
+        done = changed_since(src, before) | set(reported)
+        reporter.progress(PROGRESS_LABEL, len(done), len(logins))
+
+    run = run_tool(argv, ivle_conf_dir=conf.path.parent,
+                   timeout=float(settings["commands"]["timeout"]), on_line=on_line, beat=beat,
+                   interval=interval)
+    if run.exit_code != 0:
+        raise MaintError(run.failure())
+    changed = changed_since(src, before)
+    reporter.progress(PROGRESS_LABEL, len(logins), len(logins))
+    failures = list(reported.values())
+    unchanged = []
+    for login in logins:
+        if login in reported:
+            continue
+        if not (src / login / "home" / login).is_dir():
+            failures.append(UserFailure(login, f"no {src / login / 'home' / login} afterwards"))
+        elif login not in changed:
+            unchanged.append(login)
+    for login in unchanged:
+        reporter.warn(f"jail of {login} shows no change after {run.command}")
+    rebuilt = len(logins) - len({f.login for f in failures} & set(logins))
+    result = UserJailsResult(run, len(logins), total_from, rebuilt, tuple(failures),
+                             tuple(unchanged))
+    log.info("%s: %s (users counted from the %s)", run.command, result.summary, total_from)
+    if failures:
+        raise UserJailsError(_failure_message(run, failures, len(logins)), result)
+    return result
+
