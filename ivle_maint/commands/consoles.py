@@ -1,0 +1,50 @@
+"""ivle-maint consoles list|stop: the processes that keep user jails busy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import Context
+
+ORDER = 31
+
+EPILOG = """\
+A console process is IVLE's python-console backend
+(<share>/services/python-console PORT MAGIC, share from ivle.conf), or any
+process whose root directory, working directory, program or open files
+lie under the jail mounts directory (ivle.conf [paths][[jails]] mounts).
+'stop' sends SIGTERM, waits [consoles] term_timeout seconds, then sends
+SIGKILL; ivle-maint itself and its callers are never signalled."""
+
+
+def register(sub: Any) -> None:
+    import argparse
+
+    parser = sub.add_parser(
+        "consoles",
+        help="list or stop console processes and others using the user jails",
+        description="List or stop the processes that use the user jails.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("action", choices=("list", "stop"))
+    parser.set_defaults(func=cmd_consoles)
+
+
+def cmd_consoles(ctx: Context) -> int:
+    """Print the jail processes, or stop them."""
+    from ..steps import consoles
+
+    if ctx.args.action == "stop":
+        result = consoles.stop_consoles_for(ctx.settings, ctx.reporter)
+        ctx.reporter.info(result.summary)
+        return 0
+    ivle = ctx.settings.ivle_conf()
+    found = consoles.list_consoles(ivle.jail_mounts, share=ivle.share)
+    if found:
+        print(f"{'PID':>7} {'USER':<12} {'JAIL':<12} {'WHY':<15} COMMAND")
+    for proc in found:
+        print(f"{proc.pid:>7} {proc.user:<12} {proc.jail or '-':<12} {proc.reason:<15} "
+              f"{proc.command}")  # fmt: skip
+    ctx.reporter.info(f"{len(found)} processes use the jails under {ivle.jail_mounts}")
+    return 0
