@@ -118,6 +118,10 @@ class Node:
         """Unmount every jail (lazily if busy); what stayed mounted."""
         return mountns.unmount_under(self.jail_mounts)
 
+    def connect(self, user: str | None = None) -> Any:
+        """A psycopg2 connection to this node's database (default: as ivle)."""
+        return self.pg.connect(self.dbname, user or self.pg.ivle_user)
+
     def db_users(self) -> list[User]:
         return schema.list_users(self.pg, self.dbname)
 

@@ -469,9 +469,9 @@ def test_node_in_child_namespace_leaves_nothing(sandbox_dir, ending):
     assert not mountns.mounts_under(root)
     assert not mountns.mounts_under(root, 1)
     if ending in ("teardown", "sigkill-no-pidns"):
+        owned = [root / "node", root / "pg" / "pgdata", root / "pg" / "pgsock"]
         deadline = time.monotonic() + 10  # the reapers may still be removing
-        while (root / "node").exists() and time.monotonic() < deadline:
+        while any(p.exists() for p in owned) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not (root / "node").exists()
-        assert not (root / "pg" / "pgdata").exists()
+        assert not [p for p in owned if p.exists()]
     mountns.remove_tree(root)
