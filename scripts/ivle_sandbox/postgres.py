@@ -161,6 +161,8 @@ class ThrowawayPostgres:
             raise
 
     def _start(self) -> None:
+        if len(str(self.socket_dir / ".s.PGSQL.65535")) > 107:  # sun_path limit
+            raise SandboxError(f"{self.socket_dir}: too long for a unix socket path")
         for path in (self.pgdata, self.socket_dir):
             path.mkdir(mode=0o700)
             os.chown(path, self.os_uid, self.os_gid)

@@ -145,9 +145,13 @@ def require_private_namespace(prog: str) -> None:
     try:
         same = os.stat("/proc/1/ns/mnt").st_ino == mine
     except PermissionError:
-        with open("/proc/1/mountinfo") as theirs, open("/proc/self/mountinfo") as ours:
-            ids = {line.split()[0] for line in theirs}
-            same = bool(ids & {line.split()[0] for line in ours})
+        # Mount IDs are global: a shared namespace shows the same ones.
+        try:
+            with open("/proc/1/mountinfo") as theirs, open("/proc/self/mountinfo") as ours:
+                ids = {line.split()[0] for line in theirs}
+                same = bool(ids & {line.split()[0] for line in ours})
+        except OSError:
+            same = True  # cannot tell: refuse
     if same:
         say(prog, "refusing to mount in the host's mount namespace (run under unshare -m)")
         sys.exit(1)

@@ -358,11 +358,12 @@ def test_remakeuser_failures_and_preserved_homes(node):
 
 
 @needs_root
-def test_buildjail_copies_new_version(node):
+@pytest.mark.parametrize("args", [["-u"], []], ids=["update", "rebuild"])
+def test_buildjail_copies_new_version(node, args):
     (node.template / "stale-file").write_text("removed by rsync --delete")
     install_version(node, "1.1")
     assert node.template_version() == "1.0"
-    result = node.run_fake("ivle-buildjail", "-u")
+    result = node.run_fake("ivle-buildjail", *args)
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) > 50
     assert node.template_version() == "1.1"
@@ -370,6 +371,7 @@ def test_buildjail_copies_new_version(node):
     jail_lib = node.jail("user0003") / "usr" / "lib" / "ivle"
     assert (jail_lib / "VERSION").read_text() == "1.1\n"  # seen through the mount
     assert '"1.1"' in (jail_lib / "ivle" / "__init__.py").read_text()
+    assert (node.template / "bin" / "sh").exists() and (node.template / "home").is_dir()
 
 
 @needs_root
