@@ -1,0 +1,54 @@
+"""ivle-maint mounts list|unmount [--lazy]: the user jail mounts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import Context
+
+ORDER = 32
+
+EPILOG = """\
+Every mount strictly below the jail mounts directory (ivle.conf
+[paths][[jails]] mounts, symlinks resolved) counts, as the kernel's mount
+table shows it: also mounts of users no longer in the database, which
+'ivle-mountallusers -u' misses.  Nothing outside that directory is ever
+touched.  A busy mount is reported with the processes holding it and left
+mounted (exit status 1) unless --lazy or [jails] lazy_unmount detaches it
+lazily.  With [jails] run_mountallusers, 'ivle-mountallusers -u' runs
+first."""
+
+
+def register(sub: Any) -> None:
+    import argparse
+
+    parser = sub.add_parser(
+        "mounts",
+        help="list or unmount the user jail mounts",
+        description="List or unmount the user jail mounts.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("action", choices=("list", "unmount"))
+    parser.add_argument(
+        "--lazy", action="store_true", default=None,
+        help="detach busy mounts lazily (umount -l) instead of failing",
+    )  # fmt: skip
+    parser.set_defaults(func=cmd_mounts)
+
+
+def cmd_mounts(ctx: Context) -> int:
+    """Print the jail mounts, or unmount them all."""
+    from ..steps import mounts
+
+    if ctx.args.action == "unmount":
+        result = mounts.unmount_jails_for(ctx.settings, ctx.reporter, lazy=ctx.args.lazy)
+        ctx.reporter.info(result.summary)
+        return 0
+    jail_mounts = ctx.settings.ivle_conf().jail_mounts
+    found = mounts.list_jail_mounts(jail_mounts)
+    for mount in sorted(found, key=lambda m: m.mountpoint):
+        mode = "ro" if mount.readonly else "rw"
+        print(f"{mount.mountpoint}\t{mode}\t{mount.fstype}\t{mount.root}")
+    ctx.reporter.info(f"{len(found)} mounts under {mounts.jail_mounts_dir(jail_mounts)}")
+    return 0

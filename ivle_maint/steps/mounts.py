@@ -1,0 +1,268 @@
+"""Unmounting every user jail under the jail mounts directory.
+
+The kernel's mount table is the truth: ``ivle-mountallusers -u`` only
+tries the users still in the database and exits 0 whatever happened, so
+mounts of deleted users and busy mounts survive it.  This step unmounts
+everything strictly below the (realpath'd) mounts directory, children
+before parents, and reads the table again to prove it.
+
+Unmounting uses the umount2 syscall through ctypes rather than umount(8):
+it gives the exact errno (EBUSY against EINVAL) instead of a localised
+message, does not fork once per mount (three per user), and with
+UMOUNT_NOFOLLOW never follows a symlink, whereas umount(8) canonicalises
+the path it is given, following symlinks, before it acts.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import logging
+import os
+import stat
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from .. import mountinfo, system
+from ..config import Settings
+from ..errors import MaintError
+from ..mountinfo import Mount, is_at_or_below, is_below
+from ..output import Reporter
+from .consoles import JailProcess, scan
+
+log = logging.getLogger(__name__)
+
+MNT_DETACH = 0x2
+UMOUNT_NOFOLLOW = 0x8
+MAX_PASSES = 10  # a mount hidden under another needs one pass per layer
+SHOWN_HOLDERS = 3  # in the one-line error
+
+_libc: ctypes.CDLL | None = None
+
+
+def _umount2(path: str, flags: int) -> int:
+    """umount2(2); 0 or the errno."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if _libc.umount2(os.fsencode(path), flags) == 0:
+        return 0
+    return ctypes.get_errno()
+
+
+@dataclass(frozen=True)
+class BusyMount:
+    """A jail mount the kernel refused to unmount, and who holds it."""
+
+    mountpoint: str
+    holders: tuple[JailProcess, ...]
+    detached: bool = False  # lazily detached (MNT_DETACH) after all
+
+    def describe(self) -> str:
+        who = "; ".join(h.describe() for h in self.holders) or "no process found"
+        return f"{self.mountpoint} (held by {who})"
+
+
+@dataclass(frozen=True)
+class UnmountResult:
+    """What unmount_jails did."""
+
+    top: str  # the mounts directory, realpath'd
+    unmounted: tuple[str, ...] = ()
+    busy: tuple[BusyMount, ...] = ()  # still mounted (busy, or see errors)
+    detached: tuple[BusyMount, ...] = ()  # busy, lazily detached
+    mountallusers_status: int | None = None  # when ivle-mountallusers -u ran
+    errors: tuple[str, ...] = field(default=())  # other failures, one line each
+
+    @property
+    def summary(self) -> str:
+        if not (self.unmounted or self.busy or self.detached):
+            return "no jail mounts"
+        parts = [f"unmounted {len(self.unmounted)} jail mounts"]
+        if self.detached:
+            parts.append(f"lazily detached {len(self.detached)} busy ones")
+        if self.busy:
+            parts.append(f"{len(self.busy)} busy ones left mounted")
+        return ", ".join(parts)
+
+
+class BusyMountsError(MaintError):
+    """Jail mounts are still mounted; .result has the details."""
+
+    def __init__(self, message: str, result: UnmountResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def jail_mounts_dir(path: str | os.PathLike[str]) -> str:
+    """The configured directory with symlinks resolved once, as /proc shows paths."""
+    if not os.path.isabs(os.fspath(path)):
+        raise MaintError(f"jail mounts directory {path} is not an absolute path")
+    top = os.path.realpath(path)
+    if PurePosixPath(top) == PurePosixPath("/"):
+        raise MaintError(f"jail mounts directory {path} resolves to /; refusing to unmount")
+    return top
+
+
+def list_jail_mounts(path: str | os.PathLike[str]) -> list[Mount]:
+    """Mounts strictly below the jail mounts directory, in unmount order."""
+    return mountinfo.mounts_below(jail_mounts_dir(path))
+
+
+def _symlink_on_the_way(top: str, mountpoint: str) -> str | None:
+    """The first component from top down to mountpoint that is a symlink.
+
+    mountinfo shows real paths, so one appears only if something changed
+    the tree since we read it; we then refuse rather than follow it out.
+    """
+    current = PurePosixPath(top)
+    for part in PurePosixPath(mountpoint).parts[len(PurePosixPath(top).parts):]:
+        current = current / part
+        try:
+            if stat.S_ISLNK(os.lstat(current).st_mode):
+                return str(current)
+        except OSError:
+            return None  # gone: umount2 will say so
+    return None
+
+
+def _unmount_pass(top: str, lazy: bool, done: list[str], errors: dict[str, str]) -> bool:
+    """One pass over the table; True when something was unmounted."""
+    progress = False
+    for mount in mountinfo.mounts_below(top):
+        point = mount.mountpoint
+        if not is_below(point, top):  # mounts_below promises it; never trust twice
+            continue
+        link = _symlink_on_the_way(top, point)
+        if link:
+            errors[point] = f"{link} is now a symlink; not following it"
+            continue
+        err = _umount2(point, UMOUNT_NOFOLLOW | (MNT_DETACH if lazy else 0))
+        if err == 0:
+            log.info("unmounted %s%s", point, " (lazily)" if lazy else "")
+            done.append(point)
+            errors.pop(point, None)
+            progress = True
+        elif err in (errno.EBUSY, errno.EINVAL):
+            # EBUSY: in use, or a child is still mounted; EINVAL: hidden
+            # under a later mount.  Both may clear in the next pass.
+            log.debug("umount %s: %s", point, os.strerror(err))
+        else:
+            errors[point] = f"umount {point}: {os.strerror(err)}"
+    return progress
+
+
+def _busy(top: str, left: list[Mount]) -> list[tuple[str, tuple[JailProcess, ...]]]:
+    """Each mount still there, with the processes using it or anything below."""
+    users = [jp for _, jp in scan(top, consoles=False)]
+    busy = []
+    for mount in left:
+        point = mount.mountpoint
+        held = tuple(
+            jp for jp in users if any(is_at_or_below(p, point) for _, p in jp.places)
+        )
+        busy.append((point, held))
+    return busy
+
+
+def run_mountallusers(
+    argv: Sequence[str], reporter: Reporter, env: Mapping[str, str] | None = None
+) -> int:
+    """IVLE's own 'ivle-mountallusers -u'; its status, which proves nothing."""
+    done = system.run([*argv, "-u"], env=env, on_line=lambda line: log.info("%s", line))
+    if not done.ok:
+        last = done.tail[-1] if done.tail else "no output"
+        reporter.warn(f"{argv[0]} -u exited {done.exit_code}: {last}")
+    return done.exit_code
+
+
+def unmount_jails(
+    mounts: str | os.PathLike[str],
+    reporter: Reporter,
+    *,
+    lazy: bool = False,
+    mountallusers: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    check: bool = True,
+) -> UnmountResult:
+    """The step: unmount every mount below the jail mounts directory.
+
+    Busy mounts are reported with their holders, lazily detached when
+    lazy, else left; then (check) BusyMountsError names them in one line.
+    mountallusers: argv of ivle-mountallusers, to run with -u first.
+    """
+    top = jail_mounts_dir(mounts)
+    status = None
+    if mountallusers:
+        status = run_mountallusers(mountallusers, reporter, env)
+    done: list[str] = []
+    errors: dict[str, str] = {}
+    total = len(mountinfo.mounts_below(top))
+    for _ in range(MAX_PASSES):
+        if not _unmount_pass(top, False, done, errors):
+            break
+        reporter.progress("unmounting jails", len(done), total)
+    left = mountinfo.mounts_below(top)
+    busy: list[BusyMount] = []
+    detached: list[BusyMount] = []
+    if left:
+        holders = _busy(top, left)
+        if lazy:
+            lazily: list[str] = []
+            _unmount_pass(top, True, lazily, errors)
+            gone = set(lazily)
+            detached = [BusyMount(p, h, True) for p, h in holders if p in gone]
+            holders = [(p, h) for p, h in holders if p not in gone]
+            for item in detached:
+                reporter.warn(f"lazily detached busy mount {item.describe()}")
+        # Whatever the passes said, the table decides what is left.
+        still = {m.mountpoint for m in mountinfo.mounts_below(top)}
+        busy = [BusyMount(p, h) for p, h in holders if p in still]
+        for item in busy:
+            reporter.warn(f"busy, left mounted: {item.describe()}")
+    result = UnmountResult(
+        top=top, unmounted=tuple(done), busy=tuple(busy), detached=tuple(detached),
+        mountallusers_status=status,
+        errors=tuple(e for p, e in errors.items() if p in {b.mountpoint for b in busy}),
+    )  # fmt: skip
+    if check and busy:
+        raise BusyMountsError(_busy_message(result), result)
+    return result
+
+
+def _busy_message(result: UnmountResult) -> str:
+    """One line: how many, the first few holders, what to do."""
+    holders = {h.pid: h for b in result.busy for h in b.holders}
+    if result.errors:
+        why = result.errors[0]
+    elif holders:
+        shown = [h.describe() for h in list(holders.values())[:SHOWN_HOLDERS]]
+        more = f" and {len(holders) - SHOWN_HOLDERS} more" if len(holders) > SHOWN_HOLDERS else ""
+        why = "held by " + "; ".join(shown) + more
+    else:
+        why = "Device busy, no process found holding it"
+    first = result.busy[0].mountpoint
+    return (
+        f"{len(result.busy)} jail mounts still mounted (first: {first}): {why}; stop them "
+        f"('ivle-maint consoles stop') or detach lazily ('--lazy', [jails] lazy_unmount)"
+    )
+
+
+def unmount_jails_for(
+    settings: Settings, reporter: Reporter, *, lazy: bool | None = None
+) -> UnmountResult:
+    """unmount_jails as [jails] and [commands] configure it; lazy overrides."""
+    jails = settings["jails"]
+    command = None
+    if jails["run_mountallusers"]:
+        command = [settings["commands"]["mountallusers"]]
+    return unmount_jails(
+        settings.ivle_conf().jail_mounts,
+        reporter,
+        lazy=jails["lazy_unmount"] if lazy is None else lazy,
+        mountallusers=command,
+        # IVLE's tool must read the same ivle.conf as we do.
+        env={"IVLECONF": str(settings.ivle_conf_dir)},
+    )
