@@ -93,7 +93,10 @@ def _check_traversable(path: Path, uid: int) -> None:
 
 
 class ThrowawayPostgres:
-    """A PostgreSQL cluster under root/pgdata, socket in root/pgsock."""
+    """A PostgreSQL cluster under root/pgdata, socket in root/pgsock.
+
+    stop() removes what start() made: root itself if it did not exist.
+    """
 
     superuser = "postgres"
     ivle_user = "ivle"
@@ -113,6 +116,7 @@ class ThrowawayPostgres:
         else:
             self.os_uid, self.os_gid = os.geteuid(), os.getegid()
         self._reaper: Reaper | None = None
+        self._created_root = False
 
     def __enter__(self) -> ThrowawayPostgres:
         self.start()
@@ -149,6 +153,7 @@ class ThrowawayPostgres:
 
     def start(self) -> None:
         """initdb, configure, start and create the ivle role and database."""
+        self._created_root = not self.root.exists()  # then stop() removes it too
         self.root.mkdir(parents=True, exist_ok=True)
         _check_traversable(self.root, self.os_uid)
         # Armed before the first server process exists, disarmed by stop().
@@ -203,6 +208,8 @@ class ThrowawayPostgres:
         os.chown(conf, self.os_uid, self.os_gid)
 
     def _owned_paths(self) -> list[Path]:
+        if self._created_root:
+            return [self.root]
         return [self.pgdata, self.socket_dir, self.logfile]
 
     def stop(self) -> None:
