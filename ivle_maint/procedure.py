@@ -103,7 +103,8 @@ class Procedure:
                 log.exception("step %s crashed", step.name)
             reason = str(exc) or type(exc).__name__
             self.journal.fail(step.name, reason)
-            if step.phase == BEFORE:
+            # Abandoning makes sense only while the old code is in place.
+            if step.phase == BEFORE and not getattr(self.ctx, "code_is_new", False):
                 self.abort()
                 raise MaintError(
                     f"{step.title} failed: {reason}; upgrade abandoned, services restored",

@@ -1,0 +1,169 @@
+"""The procedure's step names bound to the library steps.
+
+Each action takes the UpgradeContext and returns an Outcome: one line for
+the person and the numbers the summary reports.  The steps themselves live
+in ivle_maint/steps; this module only chooses their arguments.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .atomic import write_atomic
+from .config import Settings
+from .errors import MaintError
+from .procedure import Action, Outcome
+
+if TYPE_CHECKING:
+    from .upgrade import UpgradeContext
+
+INSTALLED_RECORD = "installed.json"
+
+
+def _services(ctx: UpgradeContext, action: str, which: str) -> Outcome:
+    from .steps.services import run_action
+
+    results = run_action(ctx.settings, ctx.reporter, action, which)
+    return Outcome(
+        "; ".join(r.message for r in results),
+        {r.service: f"{r.outcome}:{r.state}" for r in results},
+    )
+
+
+def stop_web(ctx: UpgradeContext) -> Outcome:
+    return _services(ctx, "stop", "web")
+
+
+def start_web(ctx: UpgradeContext) -> Outcome:
+    return _services(ctx, "start", "web")
+
+
+def restart_usrmgt(ctx: UpgradeContext) -> Outcome:
+    return _services(ctx, "restart", "usrmgt")
+
+
+def stop_consoles(ctx: UpgradeContext) -> Outcome:
+    from .steps.consoles import stop_consoles_for
+
+    result = stop_consoles_for(ctx.settings, ctx.reporter)
+    return Outcome(result.summary, {"consoles_stopped": result.count, "killed": result.killed})
+
+
+def unmount_jails(ctx: UpgradeContext) -> Outcome:
+    from .steps.mounts import unmount_jails_for
+
+    result = unmount_jails_for(ctx.settings, ctx.reporter)
+    return Outcome(result.summary, {"jails_unmounted": len(result.unmounted)})
+
+
+def baseline(ctx: UpgradeContext) -> Outcome:
+    """Give a database without a marker the old version's migrations.
+
+    Before the new code is unpacked the migrations on disk are the old
+    version's; afterwards only the record of the last install says which
+    they were, and without either ivle-maint refuses rather than guess.
+    """
+    from .steps.migrations import baseline as record_baseline
+
+    files: list[Path] | None = None
+    record = read_installed(ctx.settings)
+    if record and record.get("version") == ctx.old:
+        directory = Path(record["migrations_dir"])
+        files = [directory / name for name in record["migrations"]]
+    elif not ctx.code_is_new:
+        files = sorted(ctx.settings.path_of("migrations").glob("*.sql"))
+    if files is None:
+        return Outcome("no record of the old version's migrations; the marker must exist")
+    result = record_baseline(
+        ctx.settings, files, ctx.reporter, package_version=ctx.old, when_unmarked=True,
+        resume=ctx.resume,
+    )
+    if result.skipped:
+        return Outcome("the database already has its migration marker")
+    return Outcome(f"recorded {len(result.recorded)} migrations of {ctx.old} as applied",
+                   {"baselined": len(result.recorded)})
+
+
+def migrate(ctx: UpgradeContext) -> Outcome:
+    from .steps.migrations import migrate as apply_migrations
+
+    result = apply_migrations(
+        ctx.settings, ctx.reporter, migrations_dir=ctx.migrations,
+        accept_changed=ctx.accept_changed, allow_out_of_order=ctx.allow_out_of_order,
+        package_version=ctx.new, resume=ctx.resume,
+    )
+    keys = [a.key for a in result.applied]
+    summary = f"applied {len(keys)} migrations" + (f" ({', '.join(keys)})" if keys else "")
+    if result.backup:
+        summary += f"; backup {result.backup}"
+    return Outcome(summary, {"migrations_applied": keys})
+
+
+def rebuild_jail(ctx: UpgradeContext) -> Outcome:
+    from .steps.jail_rebuild import rebuild_jail as run_buildjail
+
+    result = run_buildjail(ctx.settings, ctx.reporter, ivle_conf=ctx.ivle_conf)
+    return Outcome(result.summary, result.metrics)
+
+
+def remake_users(ctx: UpgradeContext) -> Outcome:
+    from .steps.user_jails import remake_user_jails
+
+    result = remake_user_jails(ctx.settings, ctx.reporter, ivle_conf=ctx.ivle_conf)
+    return Outcome(result.summary, result.metrics)
+
+
+def media_version(ctx: UpgradeContext) -> Outcome:
+    from .steps.media import change_media_version
+
+    # The upgrade's identity is the same on every node, so is the value.
+    result = change_media_version(ctx.settings, ctx.new, upgrade=f"{ctx.old}->{ctx.new}")
+    return Outcome(result.summary, {"media_old": result.old, "media_new": result.new})
+
+
+ACTIONS: dict[str, Action] = {
+    "stop-web": stop_web,
+    "stop-consoles": stop_consoles,
+    "unmount-jails": unmount_jails,
+    "baseline": baseline,
+    "migrate": migrate,
+    "rebuild-jail": rebuild_jail,
+    "remake-users": remake_users,
+    "media-version": media_version,
+    "restart-usrmgt": restart_usrmgt,
+    "start-web": start_web,
+}
+
+
+def read_installed(settings: Settings) -> dict[str, Any] | None:
+    """The record of the last install or upgrade this node completed."""
+    path = settings.path_of("state") / INSTALLED_RECORD
+    try:
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise MaintError(f"{path}: unreadable: {exc}") from None
+    return data
+
+
+def recorded_version(settings: Settings) -> str | None:
+    record = read_installed(settings)
+    return str(record["version"]) if record else None
+
+
+def record_installed(ctx: UpgradeContext) -> None:
+    """Remember NEW and the migrations it shipped, for the next upgrade's baseline."""
+    directory = ctx.migrations
+    names = sorted(p.name for p in directory.glob("*.sql")) if directory.is_dir() else []
+    data = {"version": ctx.new, "migrations_dir": str(directory), "migrations": names}
+    path = ctx.settings.path_of("state") / INSTALLED_RECORD
+    write_atomic(path, (json.dumps(data, indent=1) + "\n").encode(), mode=0o644)
+
+
+def record_fresh_install(ctx: UpgradeContext) -> str:
+    """A fresh install runs no procedure; it records what an upgrade will need."""
+    record_installed(ctx)
+    return f"fresh install of {ctx.new}: recorded its migrations for the next upgrade"

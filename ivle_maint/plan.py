@@ -1,0 +1,54 @@
+"""`ivle-maint plan`: what this node would do for OLD -> NEW; changes nothing."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .procedure import steps_for
+
+if TYPE_CHECKING:
+    from .upgrade import UpgradeContext
+
+
+def _migration_lines(ctx: UpgradeContext) -> list[str]:
+    from .steps import migrations
+
+    plan = migrations.preflight(
+        ctx.settings, migrations_dir=ctx.migrations, accept_changed=ctx.accept_changed,
+        allow_out_of_order=ctx.allow_out_of_order, reporter=ctx.reporter, check=False,
+    )
+    lines = [f"pending migrations in {ctx.migrations}: {len(plan.pending)}"]
+    lines += [f"  {c.key} ({c.mode})" for c in plan.pending]
+    lines += [f"  blocked: {problem}" for problem in plan.problems]
+    return lines
+
+
+def _media_line(ctx: UpgradeContext) -> str:
+    from .steps.media import plan_media_version
+
+    settings = ctx.settings
+    media = plan_media_version(
+        settings.ivle_conf_dir / "ivle.conf", settings.path_of("state"), ctx.new,
+        upgrade=f"{ctx.old}->{ctx.new}", force=bool(settings["media"]["force"]),
+    )
+    if media.target is None:
+        return "media version: not set in ivle.conf, left alone"
+    return f"media version: {media.current} -> {media.target}"
+
+
+def describe(ctx: UpgradeContext) -> list[str]:
+    """Lines for a person: role, steps in order, services, migrations, media."""
+    settings = ctx.settings
+    role = settings.role
+    services = settings["services"]
+    lines = [
+        f"upgrade {ctx.old} -> {ctx.new} on {settings.node_name} (role: {role})",
+        f"services: web server {services['web']!r}, user management {services['usrmgt']!r}",
+        "steps:",
+    ]
+    lines += [f"  {s.phase:6} {s.name:15} {s.title}" for s in steps_for(role)]
+    if role in ("master", "both"):
+        lines += _migration_lines(ctx)
+    if role in ("slave", "both"):
+        lines.append(_media_line(ctx))
+    return lines

@@ -1,0 +1,103 @@
+"""Checks run before anything is stopped: a failure leaves the site up.
+
+Everything an upgrade will need is checked here, so that the disruptive
+part starts only when it can finish: the settings and ivle.conf parse, the
+version goes forwards, IVLE's commands exist, the database answers, every
+pending migration parses, and the backup fits on its disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from typing import TYPE_CHECKING
+
+from . import system
+from .errors import MaintError
+from .versions import check_upgrade
+
+if TYPE_CHECKING:
+    from .upgrade import UpgradeContext
+
+log = logging.getLogger(__name__)
+
+SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def check_commands(ctx: UpgradeContext) -> None:
+    """IVLE's programs this node's role will run must exist."""
+    role, commands = ctx.settings.role, ctx.settings["commands"]
+    needed = []
+    if role in ("master", "both"):
+        needed += [commands["buildjail"], commands["remakeuser"]]
+    if role in ("slave", "both") and ctx.settings["jails"]["run_mountallusers"]:
+        needed.append(commands["mountallusers"])
+    path = os.environ.get("PATH", "") + ":" + SBIN_PATH
+    missing = [c for c in needed if system.which(c, path=path) is None]
+    if missing:
+        raise MaintError(f"IVLE command(s) not found: {', '.join(missing)} (see [commands])")
+
+
+def check_database(ctx: UpgradeContext) -> int:
+    """The migrations can run: marker or a baseline source, all files parse.
+
+    Returns the number of pending migrations.
+    """
+    from .actions import read_installed
+    from .steps import migrations
+
+    status = migrations.status(ctx.settings, migrations_dir=ctx.migrations, reporter=ctx.reporter)
+    if status.unmarked:
+        record = read_installed(ctx.settings)
+        if ctx.code_is_new and not (record and record.get("version") == ctx.old):
+            raise MaintError(
+                f"database {status.dbname} has no migration marker and the migrations of "
+                f"{ctx.old} are no longer known: record them with 'ivle-maint db baseline "
+                "THROUGH' first"
+            )
+        return 0  # the baseline step records the old ones; the new are checked after
+    plan = migrations.preflight(
+        ctx.settings, migrations_dir=ctx.migrations, accept_changed=ctx.accept_changed,
+        allow_out_of_order=ctx.allow_out_of_order, reporter=ctx.reporter, resume=None,
+    )
+    return len(plan.pending)
+
+
+def check_backup_room(ctx: UpgradeContext) -> None:
+    """A pg_dump is smaller than the database; refuse when even that won't fit."""
+    from .db.connect import connect, params_from_settings
+
+    if not ctx.settings["database"]["backup"]:
+        return
+    params = params_from_settings(ctx.settings)
+    conn = connect(params, wait_timeout=ctx.settings["database"]["wait_timeout"],
+                   reporter=ctx.reporter)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_database_size(current_database())")
+            size = int(cur.fetchone()[0])
+    finally:
+        conn.close()
+    directory = ctx.settings.path_of("backup")
+    existing = directory if directory.exists() else directory.parent
+    free = shutil.disk_usage(existing).free
+    if free < size:
+        raise MaintError(
+            f"{directory}: {free // 2**20} MiB free, the database is {size // 2**20} MiB: "
+            "make room for its backup or set [database] backup = false"
+        )
+
+
+def check(ctx: UpgradeContext) -> None:
+    """All checks; the first failure raises with nothing changed."""
+    if ctx.old:
+        check_upgrade(ctx.old, ctx.new)
+    ctx.ivle_conf  # noqa: B018 - parses ivle.conf, raising ConfigError if broken
+    check_commands(ctx)
+    if ctx.settings.role in ("master", "both"):
+        pending = check_database(ctx)
+        if pending:
+            check_backup_room(ctx)
+    log.info("preflight passed")
+    ctx.reporter.info("preflight checks passed")
