@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..errors import MaintError
 from ..system import which
-from .connect import ConnectParams
+from .connect import ConnectParams, reason
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +98,12 @@ def dump(params: ConnectParams, directory: Path, *, label: str, keep: int) -> Pa
     final = directory / f"{params.dbname}-{stamp}-{safe_label}{SUFFIX}"
     partial = directory / f".{final.name}.partial"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    run_as: dict[str, object] = {}
+    user: int | None = None
+    group: int | None = None
+    extra_groups: list[int] | None = None
     if params.os_user and os.geteuid() == 0:
         entry = pwd.getpwnam(params.os_user)
-        run_as = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+        user, group, extra_groups = entry.pw_uid, entry.pw_gid, []
         env["HOME"] = entry.pw_dir
     # Opened here, by root, so the dump is root's whoever pg_dump runs as.
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -118,7 +120,9 @@ def dump(params: ConnectParams, directory: Path, *, label: str, keep: int) -> Pa
                 env={**env, **pass_env, "LC_ALL": "C"},
                 cwd="/",
                 check=False,
-                **run_as,  # type: ignore[arg-type]
+                user=user,
+                group=group,
+                extra_groups=extra_groups,
             )
     except BaseException:
         os.close(fd)
@@ -128,7 +132,7 @@ def dump(params: ConnectParams, directory: Path, *, label: str, keep: int) -> Pa
     if done.returncode != 0:
         partial.unlink(missing_ok=True)
         lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
-        last = params.scrub(lines[-1]) if lines else f"status {done.returncode}"
+        last = reason(Exception("\n".join(lines)), params) if lines else f"status {done.returncode}"
         raise MaintError(f"pg_dump of database {params.dbname} failed: {last}")
     partial.rename(final)
     for path in rotate(directory, params.dbname, keep):

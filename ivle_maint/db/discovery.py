@@ -133,10 +133,9 @@ def _why_unsafe(path: Path, st: os.stat_result, *, ancestor: bool) -> str | None
     # Others cannot rename or replace what root owns in a sticky directory.
     sticky = ancestor and stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
     if writable and not sticky:
-        return (
-            f"writable by {'group' if st.st_mode & stat.S_IWGRP else 'others'} "
-            f"(mode {stat.S_IMODE(st.st_mode):04o})"
-        )
+        who = [name for bit, name in ((stat.S_IWGRP, "group"), (stat.S_IWOTH, "others"))
+               if st.st_mode & bit]  # fmt: skip
+        return f"writable by {' and '.join(who)} (mode {stat.S_IMODE(st.st_mode):04o})"
     return None
 
 

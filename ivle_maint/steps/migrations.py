@@ -30,6 +30,7 @@ from ..db import lock, marker
 from ..db.classify import NO_TRANSACTION, Classified, classify
 from ..db.connect import ConnectParams, connect, params_from_settings
 from ..db.discovery import Migration, check_writers, checksum, discover, find, from_files, parse_key
+from ..db.marker import MarkerRow
 from ..errors import MaintError
 from ..output import RecordingReporter, Reporter
 
@@ -55,7 +56,7 @@ class Status:
     dbname: str
     directory: Path
     marker: bool  # the marker table exists
-    applied: dict[str, marker.MarkerRow]
+    applied: dict[str, MarkerRow]
     shipped: list[Migration]
     pending: list[Migration]  # shipped, never applied, in order (out-of-order ones included)
     out_of_order: list[Migration]  # pending but older than the newest applied
@@ -66,7 +67,7 @@ class Status:
     @property
     def newest_applied(self) -> str | None:
         keys = [k for k in self.applied if _order(k) is not None]
-        return max(keys, key=_order) if keys else None
+        return max(keys, key=lambda k: _order(k) or (0, 0)) if keys else None
 
     @property
     def unmarked(self) -> bool:
@@ -290,7 +291,8 @@ def _abandon(conn: Any) -> None:
         with conn.cursor() as cur:
             cur.execute("ROLLBACK")
     conn.rollback()
-    conn.autocommit = False
+    if conn.autocommit:
+        conn.autocommit = False
 
 
 def _run_statements(conn: Any, c: Classified) -> None:
@@ -337,7 +339,8 @@ def _apply(s: _Session, c: Classified, *, host: str, package_version: str | None
     started = time.monotonic()
     try:
         _run_statements(conn, c)
-        conn.autocommit = False
+        if conn.autocommit:
+            conn.autocommit = False  # the marker row gets a transaction of its own
         seconds = time.monotonic() - started
         with conn.cursor() as cur:
             marker.record(
