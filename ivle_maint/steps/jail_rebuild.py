@@ -211,8 +211,8 @@ class JailRebuildResult:
     def summary(self) -> str:
         checked = (f"template matches template_build ({self.compared} entries)"
                    if self.compared is not None else "template present")
-        return f"{self.run.name}: {self.run.lines} lines of output in " \
-               f"{self.run.seconds:.1f}s; {checked}"
+        return (f"{self.run.name}: {self.run.lines} lines of output in "
+                f"{self.run.seconds:.1f}s; {checked}")
 
     def metrics(self) -> dict[str, Any]:
         return {"output_lines": self.run.lines, "entries": self.compared,

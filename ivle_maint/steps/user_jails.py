@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import shlex
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,14 +167,18 @@ def remake_user_jails(settings: Any, reporter: Reporter, *, ivle_conf: Any = Non
         logins, total_from = _expected_logins(settings, reporter, src, templates)
     before = snapshot(src, logins)
     reported: dict[str, UserFailure] = {}
+    guard = threading.Lock()  # lines arrive on sh's thread, beats on the heartbeat's
 
     def on_line(text: str) -> None:
         match = FAILED.search(text)
         if match:
-            reported.setdefault(match[1], UserFailure(match[1], match[2].strip()))
+            with guard:
+                reported.setdefault(match[1], UserFailure(match[1], match[2].strip()))
 
     def beat(lines: int, seconds: float) -> None:
-        done = changed_since(src, before) | set(reported)
+        with guard:
+            failed = set(reported)
+        done = changed_since(src, before) | failed
         reporter.progress(PROGRESS_LABEL, len(done), len(logins))
 
     run = run_tool(argv, ivle_conf_dir=conf.path.parent,
