@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .journal import Journal
+from .procedure import STEPS
 
 
 def web_down_seconds(journal: Journal) -> float | None:
@@ -13,12 +14,36 @@ def web_down_seconds(journal: Journal) -> float | None:
     return start.finished - stop.started
 
 
+def _metric(journal: Journal, step: str, key: str) -> object:
+    record = journal.steps.get(step)
+    return record.metrics.get(key) if record else None
+
+
 def summary_lines(journal: Journal) -> list[str]:
     """What a person wants to know once the upgrade is over."""
     lines = [f"upgrade {journal.old or '(none)'} -> {journal.new}: {journal.state}"]
     down = web_down_seconds(journal)
     if down is not None:
-        lines.append(f"web service down for {down:.1f}s")
-    for name, record in journal.steps.items():
-        lines.append(f"{name}: {record.status}: {record.error or record.summary}")
+        lines.append(f"  web service down for {down:.1f}s")
+    applied = _metric(journal, "migrate", "migrations_applied")
+    if isinstance(applied, list):
+        lines.append(f"  migrations applied: {len(applied)} {' '.join(applied)}".rstrip())
+    for step, key, label in (
+        ("stop-consoles", "consoles_stopped", "consoles stopped"),
+        ("unmount-jails", "jails_unmounted", "jail mounts unmounted"),
+        ("remake-users", "rebuilt", "user jails rebuilt"),
+    ):
+        value = _metric(journal, step, key)
+        if value is not None:
+            lines.append(f"  {label}: {value}")
+    if journal.is_done("rebuild-jail"):
+        lines.append("  jail template rebuilt")
+    if journal.is_done("media-version"):
+        old = _metric(journal, "media-version", "media_old")
+        new = _metric(journal, "media-version", "media_new")
+        lines.append(f"  media version: {old or '(unset)'} -> {new or '(unset)'}")
+    for step in STEPS:  # the seed's order, not the file's
+        record = journal.steps.get(step.name)
+        if record is not None and record.status != "done":
+            lines.append(f"  {step.name}: {record.status}: {record.error or ''}".rstrip(": "))
     return lines
