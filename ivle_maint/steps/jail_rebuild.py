@@ -214,6 +214,7 @@ class JailRebuildResult:
         return (f"{self.run.name}: {self.run.lines} lines of output in "
                 f"{self.run.seconds:.1f}s; {checked}")
 
+    @property
     def metrics(self) -> dict[str, Any]:
         return {"output_lines": self.run.lines, "entries": self.compared,
                 "tool_seconds": round(self.run.seconds, 3)}

@@ -370,6 +370,10 @@ class MediaResult:
             return f"[media] version set to {self.new} (it was not set)"
         return f"[media] version {self.old} -> {self.new}"
 
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return {"media_action": self.action, "media_old": self.old, "media_new": self.new}
+
 
 @dataclass(frozen=True)
 class MediaPlan:

@@ -75,6 +75,7 @@ class UserJailsResult:
             text += f", {len(self.unchanged)} show no change"
         return text
 
+    @property
     def metrics(self) -> dict[str, Any]:
         return {"users": self.total, "rebuilt": self.rebuilt, "failed": len(self.failed),
                 "output_lines": self.run.lines, "tool_seconds": round(self.run.seconds, 3)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tracemalloc
@@ -49,6 +50,7 @@ def test_rebuild_copies_the_new_version_into_the_template(master):
     assert result.run.exit_code == 0 and result.run.lines >= 60
     assert result.compared is not None and result.compared > 5
     assert result.template == master.template
+    assert json.loads(json.dumps(result.metrics))["output_lines"] == result.run.lines
     # The progress line is closed at the end (done == total).
     assert reporter.progress_calls[-1][1:] == (result.run.lines, result.run.lines)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -62,6 +63,7 @@ def test_every_user_rebuilt_and_every_home_file_kept(master):
     assert (result.total, result.rebuilt, result.failed) == (6, 6, ())
     assert result.total_from == "database"
     assert result.unchanged == ()
+    assert json.loads(json.dumps(result.metrics))["rebuilt"] == 6  # the journal stores it
     assert all(jail_version(master, u.login) == "1.1" for u in master.users)
 
 
