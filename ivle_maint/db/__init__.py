@@ -11,8 +11,12 @@ Modules, bottom up:
   for a restarting server;
 - marker: the ``ivle_maint_migrations`` table that records what ran;
 - lock: the advisory lock that keeps two runners apart;
-- backup: pg_dump before the first pending migration, with rotation.
+- backup: pg_dump before the first pending migration, with rotation;
+- plan: the marker compared with the shipped files, and what would block;
+- apply: one migration and its marker row, in one transaction.
 
-Only sqlsplit, discovery and classify are pure; the rest import psycopg2
-inside their functions, so importing this package stays cheap.
+ivle_maint.steps.migrations puts these together into the public API.
+
+Only sqlsplit, discovery and classify are pure; none imports psycopg2
+at module level, so importing this package stays cheap.
 """

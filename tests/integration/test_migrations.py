@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 from conftest_migrations import FAKES, Site, create_empty_database, site_fixture  # noqa: F401
+from ivle_sandbox import schema
 
+from ivle_maint import __version__
 from ivle_maint.db import classify as cls
 from ivle_maint.db.sqlsplit import split
 from ivle_maint.errors import MaintError
@@ -57,7 +59,7 @@ def test_apply_all_in_order_on_a_baselined_site(site: Site) -> None:
         "FROM ivle_maint_migrations WHERE mode <> 'baseline' ORDER BY applied_at"
     )
     assert [r[0] for r in rows] == ALL[1:]
-    assert {r[2:] for r in rows} == {("testnode", "0.1.0", "2.0-1", True)}
+    assert {r[2:] for r in rows} == {("testnode", __version__, "2.0-1", True)}
     assert dict((r[0], r[1]) for r in rows)["20090401-01"] == cls.NO_TRANSACTION
     assert dict((r[0], r[1]) for r in rows)["20090105-01"] == cls.OWN_TRANSACTION
     # What the files did, including their E'' strings and quoted identifiers.
@@ -87,21 +89,21 @@ def test_second_run_is_a_no_op(site: Site) -> None:
 
 
 def test_empty_database_gets_every_migration(site: Site, postgres: Any) -> None:
-    name = site.dbname + "_empty"
-    create_empty_database(postgres, name)
+    empty = Site(postgres, site.root, site.dbname + "_empty")
+    create_empty_database(postgres, empty.dbname)
     try:
         for path in site.migrations.glob("*.sql"):
             path.unlink()
         site.add_migration("20100101-01.sql", "CREATE TABLE t (x int);\n")
         site.add_migration("20100101-02.sql", "BEGIN;\nINSERT INTO t VALUES (1);\nCOMMIT;\n")
-        site.dbname = name
-        result = migrations.migrate(site.settings(name=name), site.reporter)
+        result = migrations.migrate(empty.settings(), empty.reporter)
         assert [a.key for a in result.applied] == ["20100101-01", "20100101-02"]
-        assert site.query("SELECT x FROM t") == [(1,)]
+        assert empty.query("SELECT x FROM t") == [(1,)]
+        assert empty.marker() == dict.fromkeys(["20100101-01", "20100101-02"], cls.TRANSACTION) | {
+            "20100101-02": cls.OWN_TRANSACTION
+        }
     finally:
-        from ivle_sandbox import schema
-
-        schema.drop_database(postgres, name)
+        schema.drop_database(postgres, empty.dbname)
 
 
 def test_failure_mid_migration_leaves_neither_changes_nor_marker(site: Site) -> None:
@@ -356,8 +358,6 @@ def test_backup_before_migrating_is_private_rotated_and_restorable(
             assert cur.fetchall() == []
         conn.close()
     finally:
-        from ivle_sandbox import schema
-
         schema.drop_database(postgres, restored)
 
 

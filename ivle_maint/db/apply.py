@@ -1,0 +1,115 @@
+"""Run one classified migration together with its marker row.
+
+Transactional modes: the statements and the marker row in one
+transaction, so a failure anywhere leaves neither.  no-transaction: the
+statements in autocommit, as psql runs them, then the marker row.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import MaintError
+from . import marker
+from .classify import NO_TRANSACTION, Classified
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Applied:
+    key: str
+    mode: str
+    seconds: float
+
+
+def _pg_reason(exc: Exception) -> str:
+    diag = getattr(exc, "diag", None)
+    text = getattr(diag, "message_primary", None) or str(exc).strip().splitlines()[0]
+    return " ".join(text.split())
+
+
+class Failed(MaintError):
+    """A migration that failed; the caller adds the backup and resume advice."""
+
+
+def _abandon(conn: Any) -> None:
+    """Roll back whatever is open, including a file's own BEGIN in autocommit."""
+    if conn.closed:
+        return
+    if conn.autocommit and conn.info.transaction_status != 0:  # 0: TRANSACTION_STATUS_IDLE
+        with conn.cursor() as cur:
+            cur.execute("ROLLBACK")
+    conn.rollback()
+    if conn.autocommit:
+        conn.autocommit = False
+
+
+def _run_statements(conn: Any, c: Classified) -> None:
+    """Execute c's statements; a failure names the file and line."""
+    import psycopg2
+
+    with conn.cursor() as cur:
+        for statement in c.statements:
+            try:
+                cur.execute(statement.text)
+            except psycopg2.Error as exc:
+                if c.mode == NO_TRANSACTION:
+                    effect = (
+                        f"{c.key} runs without a transaction ({NO_TRANSACTION}): what ran "
+                        "before that line stays applied; finish or undo it by hand"
+                    )
+                else:
+                    effect = f"nothing of {c.key} was applied"
+                raise Failed(
+                    f"migration {c.key} failed at {c.migration.path}:{statement.line}: "
+                    f"{_pg_reason(exc)}; {effect}"
+                ) from None
+    for notice in conn.notices:
+        log.info("%s: %s", c.key, notice.strip())
+    del conn.notices[:]
+    if conn.autocommit and conn.info.transaction_status != 0:
+        raise Failed(
+            f"migration {c.key} left a transaction open (BEGIN without COMMIT); it was rolled back"
+        )
+
+
+def apply(conn: Any, c: Classified, *, host: str, package_version: str | None) -> Applied:
+    """Run one migration and write its marker row; raise Failed on failure.
+
+    Transactional modes: statements and marker row in one transaction.
+    no-transaction: statements in autocommit, as psql runs them, then the
+    marker row in a transaction of its own.
+    """
+    import psycopg2
+
+    conn.rollback()
+    conn.autocommit = c.mode == NO_TRANSACTION
+    started = time.monotonic()
+    try:
+        _run_statements(conn, c)
+        if conn.autocommit:
+            conn.autocommit = False  # the marker row gets a transaction of its own
+        seconds = time.monotonic() - started
+        with conn.cursor() as cur:
+            marker.record(
+                cur,
+                key=c.key,
+                filename=c.migration.name,
+                checksum=c.checksum,
+                mode=c.mode,
+                duration=seconds,
+                host=host,
+                package_version=package_version,
+            )
+        conn.commit()
+    except psycopg2.Error as exc:
+        _abandon(conn)
+        raise Failed(f"migration {c.key}: recording it failed: {_pg_reason(exc)}") from None
+    except BaseException:
+        _abandon(conn)
+        raise
+    return Applied(c.key, c.mode, seconds)

@@ -1,0 +1,168 @@
+"""Compare the marker with the shipped files, and plan what migrate does.
+
+read_status() reads the marker and checksums the shipped files;
+make_plan() classifies every pending file and lists everything that would
+block migrate (no marker on a populated database, changed or out-of-order
+files, files that cannot run), so that all of it is known before anything
+changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import MaintError
+from . import marker
+from .classify import Classified, classify
+from .discovery import Migration, checksum, parse_key
+from .marker import MarkerRow
+
+
+def order_of(key: str) -> tuple[int, int] | None:
+    try:
+        return parse_key(key)[0]
+    except ValueError:
+        return None
+
+
+def canonical(key: str) -> str | None:
+    try:
+        return parse_key(Path(key).name)[1]
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Changed:
+    """An applied migration whose file no longer matches its checksum."""
+
+    key: str
+    path: Path
+    recorded: str
+    current: str
+
+
+@dataclass(frozen=True)
+class Status:
+    """The database's marker compared with the shipped migrations."""
+
+    dbname: str
+    directory: Path
+    marker: bool  # the marker table exists
+    applied: dict[str, MarkerRow]
+    shipped: list[Migration]
+    pending: list[Migration]  # shipped, never applied, in order (out-of-order ones included)
+    out_of_order: list[Migration]  # pending but older than the newest applied
+    changed: list[Changed]
+    missing: list[str]  # applied keys no longer shipped (informational)
+    tables: list[str]  # a few tables other than the marker: populated?
+
+    @property
+    def newest_applied(self) -> str | None:
+        keys = [k for k in self.applied if order_of(k) is not None]
+        return max(keys, key=lambda k: order_of(k) or (0, 0)) if keys else None
+
+    @property
+    def unmarked(self) -> bool:
+        """A populated database with no record of what was applied."""
+        return not self.applied and bool(self.tables)
+
+
+@dataclass
+class Plan:
+    """What migrate would do: classified pending files, and what blocks it."""
+
+    status: Status
+    pending: list[Classified]
+    accept: list[Changed]
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def raise_problems(self, resume: str | None = None) -> None:
+        if self.problems:
+            more = len(self.problems) - 1
+            extra = f" (and {more} more: see 'ivle-maint db migrate --dry-run')" if more else ""
+            raise MaintError(self.problems[0] + extra, resume=resume)
+
+
+def read_status(conn: Any, dbname: str, directory: Path, shipped: list[Migration]) -> Status:
+    applied = marker.applied(conn)
+    has_marker = bool(applied) or marker.exists(conn)
+    conn.rollback()
+    tables = marker.user_tables(conn) if not applied else []
+    conn.rollback()
+    by_key = {m.key: m for m in shipped}
+    pending = [m for m in shipped if m.key not in applied]
+    newest = max((o for k in applied if (o := order_of(k)) is not None), default=None)
+    out_of_order = [m for m in pending if newest is not None and m.order < newest]
+    changed = []
+    for key, row in applied.items():
+        if key in by_key and (current := checksum(by_key[key])) != row.checksum:
+            changed.append(Changed(key, by_key[key].path, row.checksum, current))
+    missing = [k for k in applied if k not in by_key]
+    return Status(
+        dbname,
+        directory,
+        has_marker,
+        applied,
+        shipped,
+        pending,
+        out_of_order,
+        changed,
+        missing,
+        tables,
+    )
+
+
+def make_plan(
+    conn: Any,
+    st: Status,
+    accept_changed: Iterable[str],
+    allow_out_of_order: bool,
+) -> Plan:
+    """Classify every pending file and list everything that blocks migrate."""
+    problems: list[str] = []
+    if st.unmarked:
+        problems.append(
+            f"database {st.dbname} has tables ({', '.join(st.tables)}) but no record of the "
+            f"migrations applied to it (table {marker.TABLE}): record them, without running "
+            "them, with 'ivle-maint db baseline THROUGH', THROUGH being the newest migration "
+            "its IVLE version shipped"
+        )
+    changed = {c.key: c for c in st.changed}
+    accept: list[Changed] = []
+    for key in accept_changed:
+        wanted = canonical(key)
+        if wanted is None or wanted not in changed:
+            problems.append(f"--accept-changed {key}: not an applied migration whose file changed")
+        else:
+            accept.append(changed[wanted])
+    accepted = {c.key for c in accept}
+    for c in st.changed:
+        if c.key not in accepted:
+            problems.append(
+                f"migration {c.key} was applied but {c.path} has changed since (sha256 "
+                f"{c.recorded[:12]} then, {c.current[:12]} now): check the change, then "
+                f"accept it with --accept-changed {c.key}"
+            )
+    if st.out_of_order and not allow_out_of_order:
+        keys = ", ".join(m.key for m in st.out_of_order)
+        problems.append(
+            f"migration(s) {keys} are older than the newest applied ({st.newest_applied}) but "
+            "were never applied: apply them anyway with --allow-out-of-order"
+        )
+    pending: list[Classified] = []
+    version = conn.server_version
+    standard = conn.info.parameter_status("standard_conforming_strings") != "off"
+    for m in st.pending:
+        try:
+            pending.append(classify(m, server_version=version, standard_strings=standard))
+        except MaintError as exc:
+            problems.append(str(exc))
+    return Plan(st, pending, accept, problems)
