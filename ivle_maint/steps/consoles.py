@@ -13,7 +13,6 @@ regular files only, not directories) come from readlink on /proc.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -213,16 +212,21 @@ def _wait(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
     return alive
 
 
-def _signal(procs: list[psutil.Process], kill: bool) -> None:
+def _signal(procs: list[psutil.Process], kill: bool) -> set[int]:
+    """Send SIGKILL or SIGTERM; the pids that had already gone."""
     import psutil
 
+    vanished = set()
     for proc in procs:
-        # psutil refuses to signal a pid that now belongs to another process.
-        with contextlib.suppress(psutil.NoSuchProcess):
+        try:
+            # psutil refuses to signal a pid that now belongs to another process.
             if kill:
                 proc.kill()
             else:
                 proc.terminate()
+        except psutil.NoSuchProcess:
+            vanished.add(proc.pid)
+    return vanished
 
 
 def stop_processes(
@@ -231,7 +235,7 @@ def stop_processes(
     """SIGTERM, wait up to term_timeout, SIGKILL the rest; each one reported."""
     procs = [proc for proc, _ in found]
     by_pid = {proc.pid: jp for proc, jp in found}
-    _signal(procs, kill=False)
+    vanished = _signal(procs, kill=False)
     stubborn = _wait(procs, term_timeout)
     for proc in stubborn:
         reporter.warn(f"pid {proc.pid} ({by_pid[proc.pid].user}) ignored SIGTERM "
@@ -246,6 +250,7 @@ def stop_processes(
     stopped = []
     for proc, jp in found:
         how = "killed" if proc.pid in killed else "terminated"
+        how = "vanished" if proc.pid in vanished else how
         stopped.append(Stopped(jp, how))
         reporter.info(f"{how} {jp.describe()}")
     return stopped
@@ -292,7 +297,6 @@ def list_consoles(
 ) -> list[JailProcess]:
     """Every process stop_consoles would stop (and the spared ones)."""
     return [jp for _, jp in scan(os.path.realpath(mounts), share=share)]
-
 
 
 def stop_consoles_for(settings: Settings, reporter: Reporter) -> ConsolesResult:

@@ -118,7 +118,7 @@ def _symlink_on_the_way(top: str, mountpoint: str) -> str | None:
     the tree since we read it; we then refuse rather than follow it out.
     """
     current = PurePosixPath(top)
-    for part in PurePosixPath(mountpoint).parts[len(PurePosixPath(top).parts):]:
+    for part in PurePosixPath(mountpoint).parts[len(PurePosixPath(top).parts) :]:
         current = current / part
         try:
             if stat.S_ISLNK(os.lstat(current).st_mode):
@@ -160,9 +160,7 @@ def _busy(top: str, left: list[Mount]) -> list[tuple[str, tuple[JailProcess, ...
     busy = []
     for mount in left:
         point = mount.mountpoint
-        held = tuple(
-            jp for jp in users if any(is_at_or_below(p, point) for _, p in jp.places)
-        )
+        held = tuple(jp for jp in users if any(is_at_or_below(p, point) for _, p in jp.places))
         busy.append((point, held))
     return busy
 

@@ -134,9 +134,7 @@ class ServiceControl:
         return script
 
     def _uses_systemctl(self) -> bool:
-        return self.backend == "systemctl" or (
-            self.backend == "invoke-rc.d" and systemd_running()
-        )
+        return self.backend == "systemctl" or (self.backend == "invoke-rc.d" and systemd_running())
 
     def status(self, name: str) -> str:
         """RUNNING, STOPPED or UNKNOWN, asked of systemd or the init script.

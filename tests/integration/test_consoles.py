@@ -227,3 +227,15 @@ def test_rounds_catch_a_console_started_meanwhile(node: Any, monkeypatch: pytest
     result = stop_consoles(node.jail_mounts, RecordingReporter(), share=node.share)
     assert started and started[0] in {s.process.pid for s in result.stopped}
     assert node.console_pids() == []
+
+
+def test_a_process_that_vanishes_between_scan_and_signal_is_fine(node: Any, spawned: Any):
+    node.stop_consoles()
+    home = node.jail(node.users[0].login) / "home"
+    proc = spawned(READY + "import time; time.sleep(600)", cwd=str(home))
+    found = consoles.scan(os.path.realpath(node.jail_mounts), share=node.share)
+    assert [jp.pid for _, jp in found] == [proc.pid]
+    proc.kill()
+    proc.wait()  # gone for good, before ivle-maint signals it
+    (stopped,) = consoles.stop_processes(found, RecordingReporter(), term_timeout=1)
+    assert (stopped.process.pid, stopped.how) == (proc.pid, "vanished")

@@ -25,8 +25,15 @@ SAMPLE = b"""\
 def test_fields_of_a_plain_line():
     mount = parse(SAMPLE)[0]
     assert mount == Mount(
-        mount_id=22, parent_id=27, device="0:21", root="/", mountpoint="/proc",
-        options=("rw", "relatime"), optional=(), fstype="proc", source="proc",
+        mount_id=22,
+        parent_id=27,
+        device="0:21",
+        root="/",
+        mountpoint="/proc",
+        options=("rw", "relatime"),
+        optional=(),
+        fstype="proc",
+        source="proc",
         super_options=("rw",),
     )
 
