@@ -26,7 +26,8 @@ class Applied:
     seconds: float
 
 
-def _pg_reason(exc: Exception) -> str:
+def pg_reason(exc: Exception) -> str:
+    """The server's one-line message for a failed statement."""
     diag = getattr(exc, "diag", None)
     text = getattr(diag, "message_primary", None) or str(exc).strip().splitlines()[0]
     return " ".join(text.split())
@@ -66,7 +67,7 @@ def _run_statements(conn: Any, c: Classified) -> None:
                     effect = f"nothing of {c.key} was applied"
                 raise Failed(
                     f"migration {c.key} failed at {c.migration.path}:{statement.line}: "
-                    f"{_pg_reason(exc)}; {effect}"
+                    f"{pg_reason(exc)}; {effect}"
                 ) from None
     for notice in conn.notices:
         log.info("%s: %s", c.key, notice.strip())
@@ -108,7 +109,7 @@ def apply(conn: Any, c: Classified, *, host: str, package_version: str | None) -
         conn.commit()
     except psycopg2.Error as exc:
         _abandon(conn)
-        raise Failed(f"migration {c.key}: recording it failed: {_pg_reason(exc)}") from None
+        raise Failed(f"migration {c.key}: recording it failed: {pg_reason(exc)}") from None
     except BaseException:
         _abandon(conn)
         raise

@@ -25,7 +25,7 @@ from typing import Any
 from ..config import Settings
 from ..db import backup as backups
 from ..db import lock, marker
-from ..db.apply import Applied, Failed, apply
+from ..db.apply import Applied, Failed, apply, pg_reason
 from ..db.connect import ConnectParams, connect, params_from_settings
 from ..db.discovery import check_writers, checksum, discover, find, from_files
 from ..db.plan import Changed, Plan, Status, make_plan, read_status
@@ -80,7 +80,13 @@ class _Session:
 def _session(
     settings: Settings, reporter: Reporter, resume: str | None, *, locked: bool = False
 ) -> Iterator[_Session]:
-    """A connection (waiting for the server), optionally holding the lock."""
+    """A connection (waiting for the server), optionally holding the lock.
+
+    A database error no step turned into a MaintError (no privilege to
+    create the marker, the server gone mid-run) becomes one here.
+    """
+    import psycopg2
+
     params = params_from_settings(settings)
     db = settings["database"]
     conn = connect(params, wait_timeout=db["wait_timeout"], reporter=reporter, resume=resume)
@@ -88,6 +94,9 @@ def _session(
         if locked:
             lock.acquire(conn, timeout=db["lock_timeout"], reporter=reporter, resume=resume)
         yield _Session(params, conn)
+    except psycopg2.Error as exc:
+        why = params.scrub(pg_reason(exc))
+        raise MaintError(f"database {params.dbname}: {why}", resume=resume) from None
     finally:
         conn.close()  # also releases the session lock
 

@@ -291,3 +291,23 @@ def test_password_reaches_pg_dump_only_through_a_private_file(
     assert site.pg.ivle_password not in " ".join(argv)
     assert mode == 0o600 and content.strip().endswith(site.pg.ivle_password)
     assert not list(Path("/tmp").glob("ivle-maint-pgpass-*"))  # removed afterwards
+
+
+def test_no_privilege_for_the_marker_is_one_line(site: Site, postgres: Any) -> None:
+    from conftest_migrations import create_empty_database
+
+    name = site.dbname + "_noperm"
+    create_empty_database(postgres, name)
+    admin = postgres.connect(name)
+    admin.autocommit = True
+    with admin.cursor() as cur:  # a database the ivle role may use but not change
+        cur.execute(f'ALTER DATABASE "{name}" OWNER TO postgres')
+        cur.execute("ALTER SCHEMA public OWNER TO postgres")
+    admin.close()
+    try:
+        site.add_migration("20990101-01.sql", "SELECT 1;\n")
+        with pytest.raises(MaintError) as info:
+            migrations.migrate(site.settings(name=name), site.reporter)
+        assert str(info.value) == f"database {name}: permission denied for schema public"
+    finally:
+        schema.drop_database(postgres, name)
