@@ -167,6 +167,21 @@ def test_cli_status_and_stop(slave: Any, capsys: pytest.CaptureFixture[str]):
     assert err.startswith("ivle-maint: error: ") and err.count("\n") == 1
 
 
+def test_auto_falls_back_to_systemctl_then_the_init_script(monkeypatch: pytest.MonkeyPatch):
+    # A source install without init-system-helpers.
+    present = {"systemctl"}
+    monkeypatch.setattr(
+        services, "_find", lambda cmd: f"/usr/bin/{cmd}" if cmd in present else None
+    )
+    monkeypatch.setattr(services, "systemd_running", lambda: True)
+    assert services.resolve_backend("auto") == "systemctl"
+    monkeypatch.setattr(services, "systemd_running", lambda: False)
+    assert services.resolve_backend("auto") == "init.d"  # systemctl without systemd
+    present.add("invoke-rc.d")
+    assert services.resolve_backend("auto") == "invoke-rc.d"
+    assert services.resolve_backend("init.d") == "init.d"
+
+
 # -- the systemctl backend, through a shim (no systemd runs here) -----------
 
 SYSTEMCTL_SHIM = """\
