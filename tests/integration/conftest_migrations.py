@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ivle_sandbox import schema
 
 from ivle_maint.config import Settings, load_settings
 from ivle_maint.output import RecordingReporter
+from ivle_sandbox import schema
 
 FAKES = Path(__file__).resolve().parents[1] / "fakes" / "migrations"
 

@@ -9,7 +9,6 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from ivle_sandbox.node import install_version
 
 from ivle_maint import system
 from ivle_maint.cli import main
@@ -18,6 +17,7 @@ from ivle_maint.errors import MaintError
 from ivle_maint.output import RecordingReporter
 from ivle_maint.steps import jail_rebuild
 from ivle_maint.steps.jail_rebuild import check_template, rebuild_jail
+from ivle_sandbox.node import install_version
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 

@@ -9,14 +9,14 @@ import subprocess
 from typing import Any
 
 import pytest
-from conftest_migrations import FAKES, Site, create_empty_database, site_fixture  # noqa: F401
-from ivle_sandbox import schema
 
+from conftest_migrations import FAKES, Site, create_empty_database, site_fixture  # noqa: F401
 from ivle_maint import __version__
 from ivle_maint.db import classify as cls
 from ivle_maint.db.sqlsplit import split
 from ivle_maint.errors import MaintError
 from ivle_maint.steps import migrations
+from ivle_sandbox import schema
 
 pytestmark = pytest.mark.needs_postgres
 

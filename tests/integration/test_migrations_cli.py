@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest_migrations import Site, site_fixture  # noqa: F401
-from ivle_sandbox.postgres import free_port
 
+from conftest_migrations import Site, site_fixture  # noqa: F401
 from ivle_maint import cli
+from ivle_sandbox.postgres import free_port
 
 pytestmark = pytest.mark.needs_postgres
 

@@ -16,14 +16,14 @@ from typing import Any
 
 import psycopg2
 import pytest
-from conftest_migrations import Site, site_fixture  # noqa: F401
-from ivle_sandbox import schema
-from ivle_sandbox.postgres import ThrowawayPostgres, free_port
 
+from conftest_migrations import Site, site_fixture  # noqa: F401
 from ivle_maint.db import lock
 from ivle_maint.errors import LockedError, MaintError
 from ivle_maint.output import RecordingReporter
 from ivle_maint.steps import migrations
+from ivle_sandbox import schema
+from ivle_sandbox.postgres import ThrowawayPostgres, free_port
 
 pytestmark = pytest.mark.needs_postgres
 

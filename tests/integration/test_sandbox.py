@@ -18,6 +18,7 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+
 from ivle_sandbox import mountns, procs, schema
 from ivle_sandbox.jailtree import user_files
 from ivle_sandbox.node import console_owner, install_version

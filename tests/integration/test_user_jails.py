@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import pytest
-from ivle_sandbox.node import install_version
 
 from ivle_maint.cli import main
 from ivle_maint.config import load_settings
@@ -16,6 +15,7 @@ from ivle_maint.errors import MaintError
 from ivle_maint.output import RecordingReporter
 from ivle_maint.steps import jail_rebuild
 from ivle_maint.steps.user_jails import PROGRESS_LABEL, UserJailsError, remake_user_jails
+from ivle_sandbox.node import install_version
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
