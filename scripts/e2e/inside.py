@@ -1,0 +1,770 @@
+#!/usr/bin/python3
+"""The end-to-end scenarios, run inside the throwaway chroot by scripts/e2e/run.
+
+    /srv/e2e/inside.py SCENARIO      lifecycle | upgrade | failed-migration | failed-preinst
+
+It runs as PID 1 of a private PID, mount and network namespace: it reaps
+orphans (daemons, killed consoles) so nothing lingers as a zombie, and
+when it exits the kernel ends every process left in the namespace.
+
+The chroot is Debian bookworm with PostgreSQL; /srv/e2e holds the
+ivle-maint .deb, the stand-in `ivle` packages (pool/) and this file.  The
+chroot owns its /usr/sbin/policy-rc.d (allow everything) and a
+/usr/sbin/runlevel that answers "N 2", so invoke-rc.d runs init scripts
+for real.  Every check prints "PASS <what>" as it passes; the first
+failure prints "FAIL <what>: <detail>" and exits 1.
+"""
+
+from __future__ import annotations
+
+import configparser
+import difflib
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+E2E = Path("/srv/e2e")
+POOL, REPO = E2E / "pool", E2E / "repo"
+CONF_DIR = Path("/etc/ivle")
+IVLE_CONF = CONF_DIR / "ivle.conf"
+DATA = Path("/var/lib/ivle")
+SRC, MOUNTS = DATA / "jails", DATA / "jailmounts"
+TEMPLATE = SRC / "__base__"
+SHARE = Path("/usr/share/ivle")
+MIGRATIONS = SHARE / "userdb" / "migrations"
+SERVICES_LOG = Path("/var/log/services.log")
+MAINT_DIRS = {
+    "state": Path("/var/lib/ivle-maint"),
+    "log": Path("/var/log/ivle-maint"),
+    "run": Path("/run/ivle-maint"),
+}
+BACKUPS = Path("/var/backups/ivle-maint")
+DB = {"host": "127.0.0.1", "port": 5432, "dbname": "ivle", "user": "ivle",
+      "password": "e2e-secret"}
+# (login, unixid, admin); ghost's jail stays mounted after it leaves the database.
+USERS = [("alice", 5001, True), ("bob", 5002, False), ("carol", 5003, False),
+         ("dave", 5004, False), ("erin", 5005, False)]
+GHOST = ("ghost", 5099, False)
+CONSOLE_USERS = ("alice", "bob", "carol")
+OLD, NEW = "1.0", "1.1"
+MIGRATIONS_OLD = ("20090101-01", "20090101-02", "20090215")
+MIGRATIONS_NEW = ("20100301-01", "20100301-02")
+GOOD_FIRST_MIGRATION = """\
+BEGIN;
+ALTER TABLE login ADD COLUMN theme VARCHAR NOT NULL DEFAULT 'light';
+UPDATE login SET theme = 'dark' WHERE admin;
+COMMIT;
+"""
+ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root",
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+    "DEBIAN_FRONTEND": "noninteractive",
+    "DEBCONF_NONINTERACTIVE_SEEN": "true",
+    # "host:ours" mount namespaces: the stand-ins then agree to mount.
+    "IVLE_SANDBOX_MNTNS": os.environ.get("IVLE_SANDBOX_MNTNS", ""),
+}
+
+IVLE_CONF_TEXT = """\
+# IVLE configuration of the end-to-end test node.
+# Maintained by hand: keep the comments when editing.
+
+[paths]
+prefix = /usr
+data = /var/lib/ivle
+share = ${prefix}/share/ivle
+lib = ${prefix}/lib/ivle
+
+    [[jails]]
+    # Each user's jail is mounted here while they use the console.
+    mounts = ${data}/jailmounts
+    src = ${data}/jails
+    template = ${src}/__base__
+    template_build = ${src}/__base_build__
+
+[media]
+# Bump on every upgrade so browsers fetch new media (same on all slaves).
+version = 1.0
+
+[database]
+host = 127.0.0.1
+port = 5432
+name = ivle
+username = ivle
+password = e2e-secret
+
+[usrmgt]
+host = 127.0.0.1
+port = 2178    # the user management server on the master
+magic = 5e2e5e2e5e2e5e2e
+
+[jail]
+suite = bookworm
+mirror = http://deb.debian.org/debian
+devmode = False
+"""
+
+MAINT_CONF_TEXT = """\
+# ivle-maint settings of the end-to-end test node; the rest is default.
+[node]
+role = both
+name = e2e
+
+[services]
+timeout = 20
+
+[consoles]
+term_timeout = 2
+
+[jails]
+# Run IVLE's own 'ivle-mountallusers -u' too, as the seed does.
+run_mountallusers = True
+"""
+
+
+class Failed(Exception):
+    pass
+
+
+# -- output and commands ------------------------------------------------------
+
+def title(text: str) -> None:
+    print(f"\n== {text}", flush=True)
+
+
+def passed(text: str) -> None:
+    print(f"PASS {text}", flush=True)
+
+
+def check(condition: object, text: str, detail: object = "") -> None:
+    if not condition:
+        raise Failed(f"{text}: {detail}" if detail != "" else text)
+    passed(text)
+
+
+def run(*argv: str, ok: bool = True, show: bool = True, env: dict[str, str] | None = None,
+        timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """Run argv with stdin closed, output merged; shown indented; ok: must exit 0."""
+    print(f"$ {' '.join(argv)}", flush=True)
+    done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, env={**ENV, **(env or {})},
+                          timeout=timeout, check=False)
+    # dpkg's "(Reading database ... 5%" progress is noise in a log.
+    lines = [line for line in done.stdout.splitlines()
+             if not (line.startswith("(Reading database ...") and not line.endswith(")"))]
+    for line in lines if show else lines[-15:] if done.returncode else []:
+        print(f"    | {line}", flush=True)
+    if ok and done.returncode != 0:
+        raise Failed(f"{' '.join(argv)} exited {done.returncode}")
+    return done
+
+
+def write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+
+
+# -- the chroot and its apt repository ---------------------------------------
+
+def prepare_chroot() -> None:
+    """policy-rc.d that allows, a runlevel that answers, apt on the local repo."""
+    write(Path("/usr/sbin/policy-rc.d"), "#!/bin/sh\n# e2e chroot: allow every action\nexit 0\n",
+          0o755)
+    write(Path("/usr/sbin/runlevel"), "#!/bin/sh\necho N 2\n", 0o755)
+    for old in Path("/etc/apt/sources.list.d").glob("*"):
+        old.unlink()
+    write(Path("/etc/apt/sources.list"), f"deb [trusted=yes] file:{REPO} ./\n")
+    write(Path("/etc/apt/apt.conf.d/90e2e"),
+          'Acquire::Languages "none";\nAPT::Install-Recommends "false";\n')
+    REPO.mkdir(parents=True, exist_ok=True)
+    REPO.chmod(0o755)
+
+
+def publish(deb: str) -> None:
+    """Make the local repository hold exactly this ivle package, then apt-get update."""
+    for old in REPO.glob("*.deb"):
+        old.unlink()
+    version = run("dpkg-deb", "-f", str(POOL / deb), "Version", show=False).stdout.strip()
+    shutil.copyfile(POOL / deb, REPO / f"ivle_{version}_all.deb")
+    (REPO / "Packages").write_text(_ftparchive("packages"))
+    (REPO / "Release").write_text(_ftparchive("release"))
+    print(f"published {deb} as ivle {version}", flush=True)
+
+
+def _ftparchive(what: str) -> str:
+    done = subprocess.run(["apt-ftparchive", what, "."], cwd=REPO, capture_output=True,
+                          text=True, check=True, env=ENV)
+    return done.stdout
+
+
+def dpkg_status(package: str) -> tuple[str, str]:
+    done = subprocess.run(["dpkg-query", "-W", "-f=${Status}|${Version}", package],
+                          capture_output=True, text=True, check=False, env=ENV)
+    status, _, version = done.stdout.partition("|")
+    return status, version
+
+
+def apt_upgrade() -> subprocess.CompletedProcess[str]:
+    run("apt-get", "update", "-q")
+    return run("apt-get", "upgrade", "-y", "-q", ok=False, timeout=600)
+
+
+# -- database -------------------------------------------------------------------
+
+def db_connect():  # type: ignore[no-untyped-def]
+    import psycopg2
+
+    return psycopg2.connect(**DB)
+
+
+def query(sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    conn = db_connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, args)
+            rows = cur.fetchall() if cur.description else []
+        conn.commit()
+        return rows
+    finally:
+        conn.close()
+
+
+def psql_file(path: Path) -> None:
+    run("psql", "-q", "-X", "-v", "ON_ERROR_STOP=1", "-h", DB["host"], "-U", DB["user"],
+        "-d", DB["dbname"], "-f", str(path), env={"PGPASSWORD": DB["password"]})
+
+
+def schema_dump() -> str:
+    """The schema without ivle-maint's marker table (which a baseline may add).
+
+    pg_dump's \\restrict lines (PostgreSQL >= 15.14) carry a random key: dropped.
+    """
+    dump = run("pg_dump", "--schema-only", "--exclude-table=ivle_maint_migrations",
+               "-h", DB["host"], "-U", DB["user"], DB["dbname"], show=False,
+               env={"PGPASSWORD": DB["password"]}).stdout
+    return "".join(line for line in dump.splitlines(keepends=True)
+                   if not line.startswith(("\\restrict", "\\unrestrict")))
+
+
+def marker_rows() -> dict[str, tuple[str, datetime]]:
+    """key -> (mode, applied_at) of ivle-maint's marker table ({} if absent)."""
+    if not query("SELECT to_regclass('ivle_maint_migrations')")[0][0]:
+        return {}
+    rows = query("SELECT key, mode, applied_at FROM ivle_maint_migrations")
+    return {str(k): (str(m), a) for k, m, a in rows}  # type: ignore[misc]
+
+
+def start_postgres() -> None:
+    conf = next(Path("/etc/postgresql").glob("*/main"))
+    write(conf / "conf.d" / "e2e.conf", "fsync = off\nsynchronous_commit = off\n"
+          "full_page_writes = off\n")
+    run("pg_ctlcluster", conf.parent.name, "main", "start")
+
+
+# -- processes, mounts, services ----------------------------------------------------
+
+def processes() -> dict[int, tuple[str, str]]:
+    """pid -> (state letter, command line) of every process in this namespace."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        found[int(entry.name)] = (state, cmd)
+    return found
+
+
+def console_pids() -> list[int]:
+    return [pid for pid, (_s, cmd) in processes().items()
+            if "/usr/share/ivle/services/python-console" in cmd]
+
+
+def jail_mounts() -> list[str]:
+    with open("/proc/self/mountinfo") as handle:
+        points = [line.split()[4] for line in handle]
+    return [p for p in points if p == str(MOUNTS) or p.startswith(f"{MOUNTS}/")]
+
+
+def start_console(login: str, uid: int) -> None:
+    """A console as IVLE starts one: chrooted into the user's jail, as the user.
+
+    setsid -f makes it our PID 1's child, so it is reaped once killed.
+    """
+    argv = ["setsid", "-f", "/usr/bin/python", str(SHARE / "services" / "python-console"),
+            str(free_port()), "magic"]
+    print(f"$ {' '.join(argv)}", flush=True)
+    subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, check=True, timeout=30,
+                   env={**ENV, "IVLE_CONSOLE_CHROOT": str(MOUNTS / login),
+                        "IVLE_CONSOLE_CWD": f"/home/{login}", "IVLE_CONSOLE_UID": str(uid)})
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def service_running(name: str) -> bool:
+    return run(f"/etc/init.d/{name}", "status", ok=False, show=False).returncode == 0
+
+
+def service_pid(name: str) -> int:
+    return int(Path(f"/run/{name}.pid").read_text())
+
+
+@dataclass(frozen=True)
+class Event:
+    when: datetime
+    service: str
+    what: str  # start | stop | start FAILED ...
+
+
+def events_since(since: datetime) -> list[Event]:
+    found = []
+    for line in SERVICES_LOG.read_text().splitlines():
+        stamp, service, what = line.split(" ", 2)
+        when = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        if when >= since:
+            found.append(Event(when, service, what.split(" pid=")[0]))
+    return found
+
+
+def http_get(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as answer:
+        return str(answer.read().decode().strip())
+
+
+# -- user files ---------------------------------------------------------------------
+
+def user_files(login: str) -> dict[str, bytes]:
+    seed = hashlib.sha256(login.encode()).digest()
+    return {
+        "README.txt": f"Home of {login}.\n".encode(),
+        "my program.py": f"print('hello from {login}')\n".encode(),
+        "work/week1/hello.py": b"def main():\n    return 42\n",
+        "work/week2/data.bin": seed * 2048,
+        "work/ünïcode name.txt": "naïve café\n".encode(),
+        ".bashrc": b"# student's own settings\nexport EDITOR=nano\n",
+    }
+
+
+def home_checksums() -> dict[str, str]:
+    """relative path -> sha256:uid:mode of every entry under every src/LOGIN/home/LOGIN."""
+    sums = {}
+    for login, _uid, _admin in [*USERS, GHOST]:
+        home = SRC / login / "home" / login
+        for path in sorted(home.rglob("*")):
+            info = path.lstat()
+            digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+            sums[str(path.relative_to(SRC))] = f"{digest}:{info.st_uid}:{oct(info.st_mode)}"
+    return sums
+
+
+# -- the node -----------------------------------------------------------------------
+
+@dataclass
+class Before:
+    """What the node looked like at version 1.0, for the checks afterwards."""
+
+    homes: dict[str, str]
+    schema: str
+    usrmgt_pid: int
+    conf_comments: list[str]
+    logins: int
+
+
+def install_ivle_maint() -> None:
+    title("install ivle-maint")
+    run("dpkg", "-i", str(E2E / "ivle-maint.deb"))
+    status, version = dpkg_status("ivle-maint")
+    check(status == "install ok installed", f"ivle-maint {version} is installed", status)
+    check(run("ivle-maint", "--version", show=False).stdout.strip().startswith("ivle-maint "),
+          "ivle-maint --version answers")
+
+
+def install_old_ivle() -> None:
+    title(f"install the stand-in ivle {OLD} (Pre-Depends: ivle-maint)")
+    publish(f"ivle_{OLD}_all.deb")
+    run("apt-get", "update", "-q")
+    run("apt-get", "install", "-y", "-q", "ivle")
+    status, version = dpkg_status("ivle")
+    check(status == "install ok installed" and version == OLD, f"ivle {OLD} is installed",
+          f"{status} {version}")
+
+
+def setup_node() -> Before:
+    title(f"set up the IVLE node at {OLD}: database, jails, mounts, consoles, services")
+    start_postgres()
+    run("runuser", "-u", "postgres", "--", "psql", "-q", "-X", "-v", "ON_ERROR_STOP=1", "-c",
+        f"CREATE ROLE ivle LOGIN PASSWORD '{DB['password']}'")
+    run("runuser", "-u", "postgres", "--", "createdb", "-O", "ivle", "ivle")
+    psql_file(SHARE / "userdb" / "users.sql")
+    for key in MIGRATIONS_OLD:  # as the seed says: psql -f, in order
+        psql_file(MIGRATIONS / f"{key}.sql")
+    conn = db_connect()
+    with conn, conn.cursor() as cur:
+        for login, uid, admin in [*USERS, GHOST]:
+            cur.execute("INSERT INTO login (login, unixid, admin, nick, fullname) "
+                        "VALUES (%s, %s, %s, %s, %s)", (login, uid, admin, login, login.title()))
+    conn.close()
+    write(IVLE_CONF, IVLE_CONF_TEXT, 0o640)
+    write(CONF_DIR / "ivle-maint.conf", MAINT_CONF_TEXT)
+
+    run("ivle-buildjail", show=False)
+    for login, uid, _admin in [*USERS, GHOST]:
+        home = SRC / login / "home" / login
+        for name, data in user_files(login).items():
+            path = home / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        for path in [home, *home.rglob("*")]:
+            os.chown(path, uid, uid)
+    run("ivle-remakeuser", "-a")
+    run("ivle-mountallusers")
+    # ghost leaves the database with its jail mounted: ivle-mountallusers -u
+    # will not see it; the upgrade must still leave no jail mounted.
+    query("DELETE FROM login WHERE login = %s", (GHOST[0],))
+
+    for service in ("apache2", "ivle-usrmgt-server"):
+        run("invoke-rc.d", service, "start")
+    for login, uid, _admin in USERS:
+        if login in CONSOLE_USERS:
+            start_console(login, uid)
+    deadline = time.monotonic() + 10
+    while len(console_pids()) < len(CONSOLE_USERS) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+    check(service_running("apache2") and http_get(8080) == "apache2",
+          "web server (apache2 stand-in) runs and answers on :8080")
+    check(service_running("ivle-usrmgt-server"), "user management server runs")
+    check(len(console_pids()) == len(CONSOLE_USERS),
+          f"{len(CONSOLE_USERS)} python-console processes run in their jails", console_pids())
+    expected = 3 * (len(USERS) + 1)
+    check(len(jail_mounts()) == expected,
+          f"{len(USERS) + 1} jails mounted ({expected} mounts, ghost's included)", jail_mounts())
+    homes = home_checksums()
+    check(len(homes) > 30, f"{len(homes)} home entries checksummed")
+    return Before(homes=homes, schema=schema_dump(), usrmgt_pid=service_pid("ivle-usrmgt-server"),
+                  conf_comments=[line for line in IVLE_CONF_TEXT.splitlines() if "#" in line],
+                  logins=int(query("SELECT count(*) FROM login")[0][0]))  # type: ignore[arg-type]
+
+
+def ivle_conf_media_version() -> str | None:
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#",))
+    text = "\n".join(line.strip() for line in IVLE_CONF.read_text().splitlines())
+    parser.read_string(text.replace("[[jails]]", "[jails]"))
+    return parser.get("media", "version", fallback=None)
+
+
+def show_status() -> None:
+    run("ivle-maint", "status")
+
+
+# -- the checks after an upgrade ------------------------------------------------------
+
+def check_upgraded(before: Before, since: datetime) -> None:
+    """Every effect of the seed's ten steps, for the upgrade that began at `since`."""
+    title(f"check every step of the {OLD} -> {NEW} upgrade")
+    status, version = dpkg_status("ivle")
+    check(status == "install ok installed" and version == NEW,
+          f"ivle {NEW} is installed and configured", f"{status} {version}")
+    check(run("dpkg", "--audit", show=False).stdout.strip() == "", "dpkg --audit is clean")
+
+    events = events_since(since)
+    print("    service events: " + ", ".join(f"{e.service} {e.what}" for e in events))
+    web = [e for e in events if e.service == "apache2"]
+    usrmgt = [e for e in events if e.service == "ivle-usrmgt-server"]
+    check([e.what for e in web] == ["stop", "start"],
+          "web server stopped once and started once", [e.what for e in web])
+    stopped, started = web[0].when, web[1].when
+    code = datetime.fromtimestamp((SHARE / "VERSION").stat().st_ctime, UTC)
+    check(stopped < code < started, "new code unpacked while the web server was stopped",
+          f"stop {stopped} code {code} start {started}")
+    check([e.what for e in usrmgt] == ["stop", "start"],
+          "user management server restarted", [e.what for e in usrmgt])
+    check(stopped < usrmgt[0].when and usrmgt[1].when < started,
+          "usrmgt restarted after the code change, before the web server came back")
+    check(service_running("apache2") and http_get(8080) == "apache2",
+          "web server runs and answers after the upgrade")
+    check(service_running("ivle-usrmgt-server")
+          and service_pid("ivle-usrmgt-server") != before.usrmgt_pid,
+          "user management server runs with a new pid")
+
+    check(not console_pids(), "no python-console process left", console_pids())
+    zombies = [pid for pid, (state, _c) in processes().items() if state == "Z"]
+    check(not zombies, "no zombie processes", zombies)
+    check(not jail_mounts(), "no jail mounted (ghost's stale mount included)", jail_mounts())
+
+    rows = marker_rows()
+    print("    marker: " + ", ".join(f"{k}={m}" for k, (m, _a) in sorted(rows.items())))
+    check(all(rows.get(k, ("",))[0] == "baseline" for k in MIGRATIONS_OLD),
+          f"migrations shipped by {OLD} recorded as baseline", rows)
+    check(all(k in rows and rows[k][0] != "baseline" for k in MIGRATIONS_NEW),
+          f"new migrations {', '.join(MIGRATIONS_NEW)} applied and recorded in the marker table")
+    check(all(stopped < rows[k][1] < started for k in MIGRATIONS_NEW),
+          "migrations ran while the web server was stopped")
+    themes = dict(query("SELECT login, theme FROM login"))  # type: ignore[arg-type]
+    check(themes.get("alice") == "dark" and themes.get("bob") == "light",
+          "migration 20100301-01 took effect (login.theme)", themes)
+    check(query("SELECT greeting('bob')")[0][0] == "hello,\tbob; welcome",
+          "migration 20100301-02 took effect ($$ function with E'' string)")
+    dumps = [p for p in BACKUPS.rglob("*") if p.is_file() and p.stat().st_size > 0]
+    check(dumps, f"a pre-migration dump exists in {BACKUPS}", list(BACKUPS.rglob("*")))
+
+    check((TEMPLATE / "usr/lib/ivle/VERSION").read_text().strip() == NEW,
+          f"jail template rebuilt with {NEW}")
+    check(f'VERSION = "{NEW}"' in (TEMPLATE / "usr/lib/ivle/ivle/console.py").read_text(),
+          "the changed jail file (usr/lib/ivle/ivle/console.py) is in the template")
+    remade = [login for login, _u, _a in USERS
+              if f"version = {NEW}" in (SRC / login / "home/.ivle/jail.conf").read_text()]
+    check(len(remade) == len(USERS), f"every user's jail remade for {NEW}", remade)
+    homes = home_checksums()
+    changed = sorted(k for k in before.homes.keys() | homes.keys()
+                     if before.homes.get(k) != homes.get(k))
+    check(not changed, f"all {len(homes)} home entries intact (content, owner, mode)", changed)
+
+    media = ivle_conf_media_version()
+    check(media not in (None, OLD), f"media version changed: {OLD} -> {media}")
+    text = IVLE_CONF.read_text()
+    lost = [c for c in before.conf_comments if c.strip() not in text]
+    check(not lost, "ivle.conf keeps every comment", lost)
+
+    logs = list(MAINT_DIRS["log"].glob("*"))
+    check(logs, f"run log written in {MAINT_DIRS['log']}", logs)
+    show_status()
+
+
+def check_database_unchanged(before: Before) -> None:
+    now = schema_dump()
+    diff = difflib.unified_diff(before.schema.splitlines(), now.splitlines(), lineterm="", n=0)
+    check(now == before.schema, "database schema unchanged", "\n".join(list(diff)[:20]))
+    rows = marker_rows()
+    check(all(mode == "baseline" for mode, _a in rows.values()),
+          "no migration recorded as applied", rows)
+    check(int(query("SELECT count(*) FROM login")[0][0]) == before.logins,  # type: ignore[arg-type]
+          "user rows unchanged")
+
+
+def resume_line(output: str) -> str:
+    return next((line for line in output.splitlines() if "resume with" in line), "")
+
+
+# -- removal --------------------------------------------------------------------------
+
+def check_remove_and_purge(before: Before) -> None:
+    title("remove ivle and ivle-maint, then purge both (ivle's postrm without ivle-maint)")
+    run("apt-get", "remove", "-y", "-q", "ivle", "ivle-maint")
+    check(dpkg_status("ivle")[0] == "deinstall ok config-files", "ivle removed")
+    check(shutil.which("ivle-maint", path=ENV["PATH"]) is None, "ivle-maint removed")
+    check(MAINT_DIRS["state"].exists(), "removal (not purge) keeps ivle-maint's state")
+    run("dpkg", "--purge", "ivle")
+    check(dpkg_status("ivle")[0] in ("", "unknown ok not-installed"),
+          "ivle purged while ivle-maint is gone (postrm guard)")
+    run("dpkg", "--purge", "ivle-maint")
+    for name, path in MAINT_DIRS.items():
+        check(not path.exists(), f"purge removed ivle-maint's {name} directory {path}")
+    check(any(p.is_file() for p in BACKUPS.rglob("*")),
+          f"purge kept the database dumps in {BACKUPS}")
+    check(int(query("SELECT count(*) FROM login")[0][0]) == before.logins  # type: ignore[arg-type]
+          and "ivle_maint_migrations" in str(query("SELECT to_regclass('ivle_maint_migrations')")),
+          "the IVLE database is untouched by the purge")
+    check(home_checksums() == before.homes, "every user file is still there")
+    check(IVLE_CONF.exists() and (CONF_DIR / "ivle-maint.conf").exists(),
+          "administrator's ivle.conf and ivle-maint.conf kept")
+
+
+# -- scenarios --------------------------------------------------------------------------
+
+def node_at_old_version() -> Before:
+    prepare_chroot()
+    install_ivle_maint()
+    install_old_ivle()
+    return setup_node()
+
+
+def scenario_upgrade() -> None:
+    before = node_at_old_version()
+    title(f"publish ivle {NEW} (two new migrations, a changed jail file); apt-get upgrade")
+    publish(f"ivle_{NEW}_all.deb")
+    since = datetime.now(UTC)
+    done = apt_upgrade()
+    check(done.returncode == 0, "apt-get upgrade -y succeeded", done.returncode)
+    check_upgraded(before, since)
+    check_remove_and_purge(before)
+
+
+def scenario_failed_migration() -> None:
+    before = node_at_old_version()
+    title(f"publish ivle {NEW} whose first new migration fails; apt-get upgrade")
+    publish(f"ivle_{NEW}_badmigration_all.deb")
+    since = datetime.now(UTC)
+    done = apt_upgrade()
+    check(done.returncode != 0, "apt-get upgrade fails", done.returncode)
+    line = resume_line(done.stdout)
+    check("dpkg --configure -a" in line and "ivle-maint rerun" in line,
+          f"the error names the resume command: {line.strip()!r}")
+    status, version = dpkg_status("ivle")
+    check(status == "install ok half-configured" and version == NEW,
+          f"ivle {NEW} is left half-configured", f"{status} {version}")
+    check_database_unchanged(before)
+    check(not service_running("apache2"),
+          "web server stays stopped while the upgrade is unfinished")
+    show_status()
+
+    title("fix the migration in place, then ivle-maint rerun and dpkg --configure -a")
+    (MIGRATIONS / "20100301-01.sql").write_text(GOOD_FIRST_MIGRATION)
+    run("ivle-maint", "rerun")
+    check(service_running("apache2"), "ivle-maint rerun finished the upgrade (web server up)")
+    web_events = len([e for e in events_since(since) if e.service == "apache2"])
+    done = run("dpkg", "--configure", "-a")
+    check(len([e for e in events_since(since) if e.service == "apache2"]) == web_events,
+          "dpkg --configure -a completes without repeating finished steps")
+    check_upgraded(before, since)
+
+
+def scenario_failed_preinst() -> None:
+    before = node_at_old_version()
+    title(f"publish ivle {NEW} whose preinst fails after ivle-maint's hook; apt-get upgrade")
+    publish(f"ivle_{NEW}_badpreinst_all.deb")
+    since = datetime.now(UTC)
+    done = apt_upgrade()
+    check(done.returncode != 0, "apt-get upgrade fails", done.returncode)
+    check("injected failure" in done.stdout, "the failure is the new preinst's")
+    status, version = dpkg_status("ivle")
+    check(status == "install ok installed" and version == OLD,
+          f"dpkg's abort-upgrade kept ivle {OLD} installed", f"{status} {version}")
+    check((SHARE / "VERSION").read_text().strip() == OLD, f"the {OLD} code is in place")
+    web = [e.what for e in events_since(since) if e.service == "apache2"]
+    check(web == ["stop", "start"], "web server was stopped, then started again by abort-upgrade",
+          web)
+    check(service_running("apache2") and http_get(8080) == "apache2",
+          f"web server is back in service on {OLD}")
+    check((TEMPLATE / "usr/lib/ivle/VERSION").read_text().strip() == OLD,
+          "jail template untouched")
+    check_database_unchanged(before)
+    show_status()
+
+    title(f"publish the fixed ivle {NEW}; apt-get upgrade now completes")
+    publish(f"ivle_{NEW}_all.deb")
+    since = datetime.now(UTC)
+    done = apt_upgrade()
+    check(done.returncode == 0, "apt-get upgrade -y succeeded", done.returncode)
+    check_upgraded(before, since)
+
+
+SKIP_SNAPSHOT = ("/proc", "/sys", "/dev", "/srv/e2e", "/tmp", "/var/tmp", "/run",
+                 "/var/cache/apt", "/var/lib/apt", "/var/lib/dpkg", "/var/log/apt",
+                 "/var/cache/debconf", "/var/cache/ldconfig", "/etc/ld.so.cache",
+                 "/var/log/dpkg.log", "/var/log/alternatives.log", "/root")
+
+
+def snapshot() -> dict[str, str]:
+    """path -> type of every file outside the volatile places (like piuparts)."""
+    found: dict[str, str] = {}
+    for top, dirs, files in os.walk("/"):
+        dirs[:] = [d for d in dirs if not os.path.join(top, d).startswith(SKIP_SNAPSHOT)]
+        for name in dirs + files:
+            path = os.path.join(top, name)
+            if path.startswith(SKIP_SNAPSHOT):
+                continue
+            found[path] = "l" if os.path.islink(path) else "d" if os.path.isdir(path) else "f"
+    return found
+
+
+def scenario_lifecycle() -> None:
+    """ivle-maint alone: install, upgrade, remove, purge leave nothing behind."""
+    prepare_chroot()
+    title("install ivle-maint: only its own files appear")
+    empty = snapshot()
+    install_ivle_maint()
+    listed = set(run("dpkg", "-L", "ivle-maint", show=False).stdout.split())
+    new = set(snapshot()) - set(empty)
+    odd = sorted(p for p in new if p not in listed and "/__pycache__" not in p)
+    check(not odd, f"install created {len(new)} paths, all the package's own or byte-code", odd)
+    check(not any(p.exists() for p in MAINT_DIRS.values()),
+          "install created no state, log or run directory")
+    run("ivle-maint", "--help", show=False)
+    run("ivle-maint", "status")
+
+    title("upgrade ivle-maint to a newer build")
+    run("dpkg", "-i", str(E2E / "ivle-maint-next.deb"))
+    status, version = dpkg_status("ivle-maint")
+    check(status == "install ok installed" and "e2e" in version, f"upgraded to {version}")
+
+    title("remove and purge ivle-maint after it has run (state, log, lock, dumps)")
+    for name, path in MAINT_DIRS.items():
+        write(path / f"{name}-file", f"written by ivle-maint ({name})\n")
+    write(BACKUPS / "ivle-before-1.1.dump", "-- a pre-migration dump\n")
+    write(CONF_DIR / "ivle-maint.conf", MAINT_CONF_TEXT)  # the administrator's file
+    run("dpkg", "--remove", "ivle-maint")
+    check(not Path("/usr/bin/ivle-maint").exists(), "removed: /usr/bin/ivle-maint gone")
+    check(all(p.exists() for p in MAINT_DIRS.values()), "removal keeps state and logs")
+    run("dpkg", "--purge", "ivle-maint")
+    check(dpkg_status("ivle-maint")[0] in ("", "unknown ok not-installed"), "purged")
+    for name, path in MAINT_DIRS.items():
+        check(not path.exists(), f"purge removed the {name} directory {path}")
+    check((BACKUPS / "ivle-before-1.1.dump").exists(), f"purge kept the dumps in {BACKUPS}")
+    check((CONF_DIR / "ivle-maint.conf").exists(), "purge kept the administrator's settings")
+    left = sorted(set(snapshot()) - set(empty))
+    expected = {str(BACKUPS), str(BACKUPS / "ivle-before-1.1.dump"), str(CONF_DIR),
+                str(CONF_DIR / "ivle-maint.conf")}
+    check(set(left) == expected, "nothing else left behind after purge", set(left) - expected)
+    gone = sorted(set(empty) - set(snapshot()))
+    check(not gone, "nothing that was there before is missing", gone)
+    others = [cmd for pid, (_s, cmd) in processes().items() if pid not in (1, os.getpid())]
+    check(not others, "no process left running", others)
+
+
+SCENARIOS: dict[str, Callable[[], None]] = {
+    "lifecycle": scenario_lifecycle,
+    "upgrade": scenario_upgrade,
+    "failed-migration": scenario_failed_migration,
+    "failed-preinst": scenario_failed_preinst,
+}
+
+
+def main(name: str) -> int:
+    started = time.monotonic()
+    try:
+        SCENARIOS[name]()
+    except (Failed, subprocess.SubprocessError, OSError) as exc:
+        print(f"FAIL {exc}", flush=True)
+        print(f"SCENARIO {name}: FAILED after {time.monotonic() - started:.0f}s", flush=True)
+        return 1
+    print(f"SCENARIO {name}: PASSED in {time.monotonic() - started:.0f}s", flush=True)
+    return 0
+
+
+def as_init(name: str) -> int:
+    """PID 1 of the namespace: run the scenario in a child and reap every orphan."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    child = os.fork()
+    if child == 0:
+        os._exit(main(name))
+    while True:
+        pid, status = os.wait()
+        if pid == child:
+            return os.waitstatus_to_exitcode(status)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1] not in SCENARIOS:
+        sys.exit(f"usage: inside.py {{{'|'.join(SCENARIOS)}}}")
+    sys.exit(as_init(sys.argv[1]) if os.getpid() == 1 else main(sys.argv[1]))
