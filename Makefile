@@ -47,3 +47,9 @@ deb:
 	cd $(DEB_DIR)/src && PATH=$(DEB_PATH) dpkg-buildpackage -us -uc -b
 	PATH=$(DEB_PATH) lintian --fail-on error,warning --display-info $(DEB_DIR)/*.changes
 	@ls $(DEB_DIR)/*.deb
+
+# End-to-end: the .deb and a stand-in IVLE package through real dpkg, apt and
+# init scripts in a throwaway bookworm chroot (scripts/e2e/run; needs root).
+e2e:
+	scripts/install-deps --packaging
+	$(PYTEST) -m e2e -v -s -p no:cacheprovider tests/e2e

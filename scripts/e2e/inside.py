@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 """The end-to-end scenarios, run inside the throwaway chroot by scripts/e2e/run.
 
-    /srv/e2e/inside.py SCENARIO      lifecycle | upgrade | failed-migration | failed-preinst
+    /srv/e2e/inside.py SCENARIO
+
+SCENARIO: lifecycle, upgrade, failed-migration, failed-preinst or reinstall.
 
 It runs as PID 1 of a private PID, mount and network namespace: it reaps
 orphans (daemons, killed consoles) so nothing lingers as a zombie, and
@@ -669,6 +671,27 @@ def scenario_failed_preinst() -> None:
     check_upgraded(before, since)
 
 
+def scenario_reinstall() -> None:
+    """Remove ivle (its config files stay), install it again: dpkg then calls
+    'preinst install OLD NEW' and 'postinst configure OLD'."""
+    before = node_at_old_version()
+    title(f"remove ivle {OLD} (config files stay), then install it again")
+    run("apt-get", "remove", "-y", "-q", "ivle")
+    check(dpkg_status("ivle")[0] == "deinstall ok config-files", "ivle removed, config files kept")
+    done = run("apt-get", "install", "-y", "-q", "ivle", ok=False)
+    check(done.returncode == 0, "apt-get install of the removed package succeeded",
+          done.returncode)
+    status, version = dpkg_status("ivle")
+    check(status == "install ok installed" and version == OLD, f"ivle {OLD} installed again",
+          f"{status} {version}")
+    check(run("dpkg", "--audit", show=False).stdout.strip() == "", "dpkg --audit is clean")
+    check(service_running("apache2") and http_get(8080) == "apache2", "web server runs")
+    check(service_running("ivle-usrmgt-server"), "user management server runs")
+    check_database_unchanged(before)
+    check(home_checksums() == before.homes, "every user file is intact")
+    show_status()
+
+
 SKIP_SNAPSHOT = ("/proc", "/sys", "/dev", "/srv/e2e", "/tmp", "/var/tmp", "/run",
                  "/var/cache/apt", "/var/lib/apt", "/var/lib/dpkg", "/var/log/apt",
                  "/var/cache/debconf", "/var/cache/ldconfig", "/etc/ld.so.cache",
@@ -737,6 +760,7 @@ SCENARIOS: dict[str, Callable[[], None]] = {
     "upgrade": scenario_upgrade,
     "failed-migration": scenario_failed_migration,
     "failed-preinst": scenario_failed_preinst,
+    "reinstall": scenario_reinstall,
 }
 
 
