@@ -125,7 +125,10 @@ def option_list(parser: argparse.ArgumentParser) -> list[str]:
             )
         else:
             head = arg_form(action)
-        out += [".TP", head, esc(help_text(action, parser)) or "\\&"]
+        text = help_text(action, parser)
+        if not text and action.choices is not None:
+            text = "one of: " + ", ".join(map(str, action.choices))
+        out += [".TP", head, esc(text) or "\\&"]
     return out
 
 
