@@ -118,8 +118,9 @@ def remake_users(ctx: UpgradeContext) -> Outcome:
 def media_version(ctx: UpgradeContext) -> Outcome:
     from .steps.media import change_media_version
 
-    # The upgrade's identity is the same on every node, so is the value.
-    result = change_media_version(ctx.settings, ctx.new, upgrade=f"{ctx.old}->{ctx.new}")
+    # The value derives from NEW and the record of values used, the same on
+    # every node; upgrade_id only makes a rerun reuse its own value.
+    result = change_media_version(ctx.settings, ctx.new, upgrade=ctx.upgrade_id)
     return Outcome(result.summary, {"media_old": result.old, "media_new": result.new})
 
 

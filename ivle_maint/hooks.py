@@ -48,7 +48,9 @@ def _before(call: HookCall, env: HookEnv) -> str:
 
     old, new = call.args[0], call.args[1]
     ctx = env.make_context(old=old, new=new, code_is_new=False, resume=DPKG_RESUME)
-    run_phases(ctx, (BEFORE,))  # type: ignore[arg-type]
+    # dpkg runs the preinst once per attempt: a finished journal of the same
+    # versions (a reinstall) is history, not this run.
+    run_phases(ctx, (BEFORE,), restart_finished=True)  # type: ignore[arg-type]
     return f"before-phase of {old} -> {new} done"
 
 
@@ -126,13 +128,13 @@ HANDLERS: dict[tuple[str, str], Handler] = {
 
 # How many arguments follow the action, per Debian Policy 6.5 and 6.6.
 ARG_COUNTS: dict[tuple[str, str], range] = {
-    ("preinst", "install"): range(0, 2),
+    ("preinst", "install"): range(0, 3),  # dpkg >= 1.18.5 adds NEW
     ("preinst", "upgrade"): range(2, 3),
     ("preinst", "abort-upgrade"): range(1, 2),
     ("postinst", "configure"): range(0, 2),
     ("postinst", "reconfigure"): range(0, 2),
     ("postinst", "abort-upgrade"): range(1, 2),
-    ("postrm", "abort-upgrade"): range(1, 2),
+    ("postrm", "abort-upgrade"): range(1, 3),  # OLD, and NEW since dpkg 1.18.5
 }
 
 

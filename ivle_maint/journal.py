@@ -72,6 +72,10 @@ class Journal:
         found = [cls.load(p) for p in sorted((state_dir / "journal").glob("*.json"))]
         return sorted((j for j in found if j.state == IN_PROGRESS), key=lambda j: j.created)
 
+    def archive(self) -> None:
+        """Keep a finished journal under its own name; the next run starts anew."""
+        self.path.rename(self.path.with_suffix(f".{int(self.created)}.json"))
+
     def save(self) -> None:
         data = asdict(self)
         data.pop("path")

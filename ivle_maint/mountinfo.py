@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 
 _OCTAL = re.compile(rb"\\([0-7]{3})")
 
@@ -46,12 +45,14 @@ class Mount:
     @property
     def depth(self) -> int:
         """Components in the mount point; '/' is 0."""
-        return len(PurePosixPath(self.mountpoint).parts) - 1
+        return len(_components(self.mountpoint))
 
 
 def unescape(field: bytes | str) -> str:
     """Decode mountinfo's \\ooo escapes; other backslashes are left alone."""
     raw = field.encode("utf-8", "surrogateescape") if isinstance(field, str) else field
+    if b"\\" not in raw:  # the common case: nothing escaped
+        return os.fsdecode(raw)
     decoded = _OCTAL.sub(lambda m: bytes([int(m.group(1), 8) & 0xFF]), raw)
     return os.fsdecode(decoded)
 
@@ -96,19 +97,26 @@ def read(pid: int | str = "self") -> list[Mount]:
         return parse(handle.read())
 
 
+def _components(path: str | os.PathLike[str]) -> list[str]:
+    """The names in an absolute path ('//' and '.' folded, as PurePosixPath)."""
+    return [part for part in os.fspath(path).split("/") if part not in ("", ".")]
+
+
 def is_below(path: str | os.PathLike[str], top: str | os.PathLike[str]) -> bool:
     """True when path lies strictly inside top, comparing whole components.
 
     Both must be absolute and already free of symlinks (mountinfo paths
     are; resolve a configured directory with os.path.realpath first).
-    '/jailmounts2' is not below '/jailmounts'.
+    '/jailmounts2' is not below '/jailmounts'.  Plain string work: this
+    runs for every mount of every pass.
     """
-    inner, outer = PurePosixPath(path).parts, PurePosixPath(top).parts
+    inner, outer = _components(path), _components(top)
     return len(inner) > len(outer) and inner[: len(outer)] == outer
 
 
 def is_at_or_below(path: str | os.PathLike[str], top: str | os.PathLike[str]) -> bool:
-    return PurePosixPath(path) == PurePosixPath(top) or is_below(path, top)
+    inner, outer = _components(path), _components(top)
+    return inner[: len(outer)] == outer
 
 
 def tree_depth(mount: Mount, by_id: dict[int, Mount]) -> int:

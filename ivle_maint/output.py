@@ -8,6 +8,7 @@ tests hand them a RecordingReporter and read what a person would see.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import Protocol, TextIO
@@ -30,7 +31,11 @@ class TerminalReporter:
 
     def __init__(self, stream: TextIO | None = None, *, tty: bool | None = None) -> None:
         self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty() if tty is None else tty
+        if tty is None:
+            # apt runs dpkg on a pseudo-terminal: under a maintainer script
+            # nobody watches a redrawn progress line, the log keeps it.
+            tty = self.stream.isatty() and "DPKG_MAINTSCRIPT_NAME" not in os.environ
+        self.tty = tty
         self._progress_shown = False
         self._last_draw = 0.0
 

@@ -7,7 +7,7 @@ through here; they differ only in which phases they run.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -38,7 +38,9 @@ class UpgradeContext:
     allow_out_of_order: bool = False
     accept_changed: tuple[str, ...] = ()
     resume: str = "ivle-maint rerun"
-    extra: dict[str, object] = field(default_factory=dict)
+    # Names this run of the upgrade (set from the journal): a rerun keeps
+    # it, a reinstall of the same version gets a new one.
+    upgrade_id: str = ""
 
     @cached_property
     def ivle_conf(self) -> IvleConf:
@@ -53,8 +55,14 @@ def state_dir(settings: Settings) -> Path:
     return settings.path_of("state")
 
 
-def run_phases(ctx: UpgradeContext, phases: tuple[str, ...]) -> Journal:
-    """Run PHASES of the OLD -> NEW upgrade under the node lock, with a log."""
+def run_phases(
+    ctx: UpgradeContext, phases: tuple[str, ...], *, restart_finished: bool = False
+) -> Journal:
+    """Run PHASES of the OLD -> NEW upgrade under the node lock, with a log.
+
+    A finished upgrade is left alone, unless restart_finished (dpkg's
+    preinst starting it again, as for a reinstall): then it starts anew.
+    """
     from . import actions, preflight
 
     settings = ctx.settings
@@ -63,10 +71,14 @@ def run_phases(ctx: UpgradeContext, phases: tuple[str, ...]) -> Journal:
         settings.path_of("log"), f"upgrade-{ctx.old or 'none'}_to_{ctx.new}"
     ) as log_path:
         journal = Journal.open(state_dir(settings), ctx.old, ctx.new, settings.role)
+        if journal.state == COMPLETE and restart_finished:
+            journal.archive()
+            journal = Journal.open(state_dir(settings), ctx.old, ctx.new, settings.role)
         if journal.state == COMPLETE:
             ctx.reporter.info(f"upgrade {ctx.old} -> {ctx.new} is already complete")
             return journal
         journal.resume = ctx.resume
+        ctx.upgrade_id = f"{ctx.old}->{ctx.new}@{int(journal.created)}"
         if ctx.migrations_dir is not None:
             journal.migrations = str(ctx.migrations_dir)
         log.info("%s; role %s; log %s", purpose, settings.role, log_path)

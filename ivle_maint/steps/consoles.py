@@ -206,8 +206,10 @@ def _wait(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
     # our child, so poll instead.
     deadline = time.monotonic() + timeout
     alive = [p for p in procs if not _gone(p)]
+    pause = 0.002  # most consoles end within milliseconds of SIGTERM
     while alive and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
         alive = [p for p in alive if not _gone(p)]
     return alive
 

@@ -117,21 +117,27 @@ def _symlink_on_the_way(top: str, mountpoint: str) -> str | None:
     mountinfo shows real paths, so one appears only if something changed
     the tree since we read it; we then refuse rather than follow it out.
     """
-    current = PurePosixPath(top)
-    for part in PurePosixPath(mountpoint).parts[len(PurePosixPath(top).parts) :]:
-        current = current / part
+    current = top.rstrip("/")
+    for part in mountpoint[len(current) :].split("/"):
+        if not part:
+            continue
+        current = f"{current}/{part}"
         try:
             if stat.S_ISLNK(os.lstat(current).st_mode):
-                return str(current)
+                return current
         except OSError:
             return None  # gone: umount2 will say so
     return None
 
 
-def _unmount_pass(top: str, lazy: bool, done: list[str], errors: dict[str, str]) -> bool:
-    """One pass over the table; True when something was unmounted."""
+def _unmount_pass(
+    top: str, lazy: bool, done: list[str], errors: dict[str, str],
+    table: list[Mount] | None = None,
+) -> bool:
+    """One pass over the table (read now unless given); True if something went."""
     progress = False
-    for mount in mountinfo.mounts_below(top):
+    first = len(done)
+    for mount in mountinfo.mounts_below(top) if table is None else table:
         point = mount.mountpoint
         if not is_below(point, top):  # mounts_below promises it; never trust twice
             continue
@@ -141,7 +147,6 @@ def _unmount_pass(top: str, lazy: bool, done: list[str], errors: dict[str, str])
             continue
         err = _umount2(point, UMOUNT_NOFOLLOW | (MNT_DETACH if lazy else 0))
         if err == 0:
-            log.info("unmounted %s%s", point, " (lazily)" if lazy else "")
             done.append(point)
             errors.pop(point, None)
             progress = True
@@ -151,6 +156,9 @@ def _unmount_pass(top: str, lazy: bool, done: list[str], errors: dict[str, str])
             log.debug("umount %s: %s", point, os.strerror(err))
         else:
             errors[point] = f"umount {point}: {os.strerror(err)}"
+    # One log record per pass: a site has thousands of jail mounts.
+    if len(done) > first:
+        log.info("unmounted%s: %s", " lazily" if lazy else "", " ".join(done[first:]))
     return progress
 
 
@@ -197,10 +205,12 @@ def unmount_jails(
         status = run_mountallusers(mountallusers, reporter, env)
     done: list[str] = []
     errors: dict[str, str] = {}
-    total = len(mountinfo.mounts_below(top))
+    table: list[Mount] | None = mountinfo.mounts_below(top)
+    total = len(table or ())
     for _ in range(MAX_PASSES):
-        if not _unmount_pass(top, False, done, errors):
+        if not _unmount_pass(top, False, done, errors, table):
             break
+        table = None  # later passes read what the kernel has left
         reporter.progress("unmounting jails", len(done), total)
     left = mountinfo.mounts_below(top)
     busy: list[BusyMount] = []

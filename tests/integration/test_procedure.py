@@ -299,3 +299,18 @@ def test_fresh_install_records_what_the_next_upgrade_needs(node_factory):
     record = (node.state_dir / "installed.json").read_text()
     assert '"version": "1.0"' in record and "20090212-01.sql" in record
     assert node.service_running("apache2")  # no procedure on a fresh install
+
+
+def test_reinstall_runs_the_procedure_again_with_a_fresh_media_version(both):
+    full_upgrade(both)
+    assert media_version(both) == "1.1"
+    # apt-get install --reinstall: preinst upgrade 1.1 1.1, unpack, postinst.
+    assert preinst(both, "1.1", "1.1").returncode == 0
+    assert not both.service_running("apache2")
+    done = postinst(both, "1.1", "1.1")
+    assert done.returncode == 0, done.stderr
+    assert media_version(both) == "1.1.r2"
+    assert both.service_running("apache2")
+    # dpkg --configure -a afterwards: the finished reinstall is not redone.
+    assert "already complete" in postinst(both, "1.1", "1.1").stderr
+    assert media_version(both) == "1.1.r2"

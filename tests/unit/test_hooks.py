@@ -10,6 +10,7 @@ from ivle_maint.hooks import HANDLERS, parse_call
 # Debian Policy 6.5/6.6: every calling form of the four scripts.
 POLICY_FORMS = [
     ("preinst", ["install"]), ("preinst", ["install", "1.0"]),
+    ("preinst", ["install", "1.0", "1.1"]),
     ("preinst", ["upgrade", "1.0", "1.1"]), ("preinst", ["abort-upgrade", "1.1"]),
     ("postinst", ["configure", "1.0"]), ("postinst", ["configure", ""]),
     ("postinst", ["abort-upgrade", "1.1"]), ("postinst", ["abort-remove"]),
@@ -19,6 +20,7 @@ POLICY_FORMS = [
     ("postrm", ["remove"]), ("postrm", ["purge"]), ("postrm", ["upgrade", "1.1"]),
     ("postrm", ["failed-upgrade", "1.0"]), ("postrm", ["abort-install"]),
     ("postrm", ["abort-install", "1.0"]), ("postrm", ["abort-upgrade", "1.0"]),
+    ("postrm", ["abort-upgrade", "1.0", "1.1"]), ("postrm", ["failed-upgrade", "1.0", "1.1"]),
     ("postrm", ["disappear", "other", "2"]),
 ]
 
