@@ -8,11 +8,12 @@ PYTEST := $(PY) -m pytest
 all: test
 
 deps:
-	scripts/install-deps
+	scripts/install-deps --packaging
 
 # The test command (README.md, .ci/run): lint, then the suite on Debian's
-# python3-* libraries, then again on the newest PyPI releases.
-test: deps lint test-debian test-pypi
+# python3-* libraries, then again on the newest PyPI releases, then the
+# .deb through real dpkg and apt in a chroot.
+test: deps lint test-debian test-pypi e2e
 
 test-debian:
 	$(PYTEST) tests/unit tests/integration
@@ -25,8 +26,11 @@ lint:
 	$$(dirname $$venv_py)/ruff check . && \
 	$$(dirname $$venv_py)/mypy
 
+# Benchmarks print their ratios; the upgrade one needs a private mount
+# namespace for the nodes' jail mounts.
 bench: deps
 	$(PY) scripts/bench_version.py
+	unshare --mount --propagation private $(PY) scripts/bench_upgrade.py
 
 demo: deps
 	unshare --mount --propagation private $(PY) scripts/demo
