@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 class _UTCFormatter(logging.Formatter):
-    converter = time.gmtime
+    converter = time.gmtime  # type: ignore[assignment]  # typeshed's overloads
 
 
 @contextmanager

@@ -28,12 +28,12 @@ def summary_lines(journal: Journal) -> list[str]:
     applied = _metric(journal, "migrate", "migrations_applied")
     if isinstance(applied, list):
         lines.append(f"  migrations applied: {len(applied)} {' '.join(applied)}".rstrip())
-    for step, key, label in (
+    for name, key, label in (
         ("stop-consoles", "consoles_stopped", "consoles stopped"),
         ("unmount-jails", "jails_unmounted", "jail mounts unmounted"),
         ("remake-users", "rebuilt", "user jails rebuilt"),
     ):
-        value = _metric(journal, step, key)
+        value = _metric(journal, name, key)
         if value is not None:
             lines.append(f"  {label}: {value}")
     if journal.is_done("rebuild-jail"):
