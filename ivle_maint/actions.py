@@ -58,22 +58,26 @@ def unmount_jails(ctx: UpgradeContext) -> Outcome:
     return Outcome(result.summary, {"jails_unmounted": len(result.unmounted)})
 
 
-def baseline(ctx: UpgradeContext) -> Outcome:
-    """Give a database without a marker the old version's migrations.
+def old_migration_files(ctx: UpgradeContext) -> list[Path] | None:
+    """The migrations OLD shipped, or None when nothing says which they were.
 
-    Before the new code is unpacked the migrations on disk are the old
-    version's; afterwards only the record of the last install says which
-    they were, and without either ivle-maint refuses rather than guess.
+    Before the new code is unpacked they are the files on disk; afterwards
+    only the record of the last install knows them.
     """
-    from .steps.migrations import baseline as record_baseline
-
-    files: list[Path] | None = None
     record = read_installed(ctx.settings)
     if record and record.get("version") == ctx.old:
         directory = Path(record["migrations_dir"])
-        files = [directory / name for name in record["migrations"]]
-    elif not ctx.code_is_new:
-        files = sorted(ctx.settings.path_of("migrations").glob("*.sql"))
+        return [directory / name for name in record["migrations"]]
+    if not ctx.code_is_new:
+        return sorted(ctx.settings.path_of("migrations").glob("*.sql"))
+    return None
+
+
+def baseline(ctx: UpgradeContext) -> Outcome:
+    """Give a database without a marker the old version's migrations."""
+    from .steps.migrations import baseline as record_baseline
+
+    files = old_migration_files(ctx)
     if files is None:
         return Outcome("no record of the old version's migrations; the marker must exist")
     result = record_baseline(

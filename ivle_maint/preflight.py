@@ -44,19 +44,26 @@ def check_database(ctx: UpgradeContext) -> int:
 
     Returns the number of pending migrations.
     """
-    from .actions import read_installed
+    from .actions import old_migration_files
+    from .db.classify import classify
+    from .db.discovery import discover
     from .steps import migrations
 
     status = migrations.status(ctx.settings, migrations_dir=ctx.migrations, reporter=ctx.reporter)
     if status.unmarked:
-        record = read_installed(ctx.settings)
-        if ctx.code_is_new and not (record and record.get("version") == ctx.old):
+        old = old_migration_files(ctx)
+        if old is None:
             raise MaintError(
                 f"database {status.dbname} has no migration marker and the migrations of "
                 f"{ctx.old} are no longer known: record them with 'ivle-maint db baseline "
                 "THROUGH' first"
             )
-        return 0  # the baseline step records the old ones; the new are checked after
+        # The baseline step records the old ones; every other file must parse.
+        old_names = {p.name for p in old}
+        new = [m for m in discover(ctx.migrations) if m.name not in old_names]
+        for migration in new:
+            classify(migration)
+        return len(new)
     plan = migrations.preflight(
         ctx.settings, migrations_dir=ctx.migrations, accept_changed=ctx.accept_changed,
         allow_out_of_order=ctx.allow_out_of_order, reporter=ctx.reporter, resume=None,

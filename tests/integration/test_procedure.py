@@ -8,6 +8,7 @@ that fails, a migration that fails, a held lock, SIGKILL).
 from __future__ import annotations
 
 import signal
+import subprocess
 
 import pytest
 from configobj import ConfigObj
@@ -132,6 +133,9 @@ def inject(node, where: str) -> None:
         node.set_fakes("ivle-usrmgt-server", fail=["start"])
     elif where == "start-web":
         node.set_fakes("apache2", fail=["start"])
+    elif where == "media-version":  # a value ivle-maint refuses to rewrite
+        text = node.ivle_conf.read_text()
+        node.ivle_conf.write_text(text.replace("version = 1.0", 'version = """1.0"""'))
 
 
 def repair(node, where: str) -> None:
@@ -141,21 +145,26 @@ def repair(node, where: str) -> None:
         node.set_fakes("ivle-buildjail", fail=False)
     elif where == "remake-users":
         node.set_fakes("ivle-remakeuser", fail_users=[])
+    elif where == "media-version":
+        text = node.ivle_conf.read_text()
+        node.ivle_conf.write_text(text.replace('version = """1.0"""', "version = 1.0"))
     elif where in ("restart-usrmgt", "start-web"):
         node.set_fakes("ivle-usrmgt-server" if where == "restart-usrmgt" else "apache2",
                        fail=[])
 
 
 @pytest.mark.parametrize(
-    "where", ["migrate", "rebuild-jail", "remake-users", "restart-usrmgt", "start-web"]
+    "where",
+    ["migrate", "rebuild-jail", "remake-users", "media-version", "restart-usrmgt", "start-web"],
 )
 def test_failed_step_then_rerun_ends_like_an_uninterrupted_run(node_factory, where):
     reference = reference_state(node_factory)
     node = at_version_1_0(node_factory(users=6, consoles=3))
-    homes, conf = home_checksums(node), ivle_conf_without_media(node)
+    homes = home_checksums(node)
     assert preinst(node).returncode == 0
     schema_before = schema_signature(node)
     inject(node, where)
+    conf = ivle_conf_without_media(node)
     unpack(node, migrations=BROKEN_MIGRATION if where == "migrate" else None)
 
     failed = postinst(node)
@@ -168,7 +177,11 @@ def test_failed_step_then_rerun_ends_like_an_uninterrupted_run(node_factory, whe
         assert marker_keys(node) == ALL_KEYS[:-1]
     assert home_checksums(node) == homes
 
+    if where == "media-version":  # refused whole: not a byte changed
+        assert ivle_conf_without_media(node) == conf and 'version = """1.0"""' in \
+            node.ivle_conf.read_text()
     repair(node, where)
+    conf = ivle_conf_without_media(node)
     done = cli(node, "rerun")
     assert done.returncode == 0, done.stderr
     assert final_state(node) == reference
@@ -209,6 +222,35 @@ def test_sigkill_mid_step_then_rerun_completes(node_factory, where):
     assert done.returncode == 0, done.stderr
     assert final_state(node) == reference
     assert home_checksums(node) == homes
+
+
+def test_sigkill_of_the_preinst_then_dpkg_abort_restores_the_site(node_factory):
+    node = at_version_1_0(node_factory(users=3, consoles=1))
+    # A process in a jail that ignores SIGTERM keeps stop-consoles waiting.
+    set_setting(node, "consoles", "term_timeout", "30")
+    stubborn = subprocess.Popen(
+        ["/usr/bin/python3", "-c", "import signal, time; "
+         "signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+         "time.sleep(600)"],
+        cwd=node.jail("user0001") / "home" / "user0001", stdout=subprocess.PIPE, text=True,
+    )
+    assert stubborn.stdout is not None and stubborn.stdout.readline().strip() == "ready"
+    proc = start_cli(node, "hook", "preinst", "upgrade", "1.0", "1.1")
+    wait_for_step(node, "stop-consoles", proc)
+    proc.kill()
+    proc.wait()
+    assert not node.service_running("apache2")
+    # dpkg saw the preinst fail: NEW-postrm, then OLD-postinst abort-upgrade.
+    done = cli(node, "hook", "postrm", "abort-upgrade", "1.0", "1.1")
+    assert done.returncode == 0, done.stderr
+    assert "restarted: start-web" in done.stderr
+    assert cli(node, "hook", "postinst", "abort-upgrade", "1.1").returncode == 0
+    assert node.service_running("apache2")
+    # The retried upgrade escalates to SIGKILL and completes.
+    set_setting(node, "consoles", "term_timeout", "1")
+    full_upgrade(node)
+    assert stubborn.wait(timeout=10) == -signal.SIGKILL
+    assert final_state(node)["marker"] == ALL_KEYS
 
 
 def test_before_phase_failure_restores_the_web_server(node_factory):

@@ -1,0 +1,95 @@
+"""Settings and ivle.conf: defaults, interpolation, overrides, one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ivle_maint.cli import main
+from ivle_maint.config import load_ivle_conf, load_settings, settings_file
+from ivle_maint.errors import ConfigError
+
+IVLE_CONF = """\
+# the administrator's comments
+[paths]
+prefix = /opt/ivle
+data = /srv/ivle
+    [[jails]]
+    src = ${data}/jails-src
+[media]
+version = 2.3   # bump per upgrade
+[database]
+port = 5433
+"""
+
+
+def test_ivle_conf_interpolates_and_fills_ivle_defaults(tmp_path):
+    (tmp_path / "ivle.conf").write_text(IVLE_CONF)
+    conf = load_ivle_conf(tmp_path)
+    assert conf.jail_mounts == Path("/srv/ivle/jailmounts")
+    assert conf.jail_src == Path("/srv/ivle/jails-src")
+    assert conf.jail_template == Path("/srv/ivle/jails-src/__base__")
+    assert conf.share == Path("/opt/ivle/share/ivle")
+    assert conf.media_version == "2.3"
+    assert conf.database["port"] == 5433 and conf.database["name"] == "ivle"
+
+
+def test_ivle_conf_dir_follows_ivleconf(tmp_path, monkeypatch):
+    (tmp_path / "ivle.conf").write_text("[media]\n")
+    settings_path = tmp_path / "maint.conf"
+    settings_path.write_text("[node]\nrole = slave\n")
+    monkeypatch.setenv("IVLECONF", str(tmp_path))
+    settings = load_settings(str(settings_path))
+    assert settings.ivle_conf_dir == tmp_path
+    assert settings.ivle_conf().media_version is None
+    assert settings.role == "slave"
+
+
+def test_settings_defaults_without_a_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("IVLE_MAINT_CONF", raising=False)
+    assert settings_file() == Path("/etc/ivle/ivle-maint.conf")
+    monkeypatch.setenv("IVLE_MAINT_CONF", str(tmp_path / "given.conf"))
+    assert settings_file() == tmp_path / "given.conf"
+    assert settings_file("/explicit.conf") == Path("/explicit.conf")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[node]\nrole = master\nnonsense\n",
+         "line 3: Invalid line ('nonsense') (matched as neither section nor keyword)"),
+        ("[node]\nrole = mister\n", ': [node/role]: the value "mister" is unacceptable.'),
+        ("[services]\ntimeout = soon\n", ': [services/timeout]: the value "soon" is of the wrong'),
+    ],
+)
+def test_bad_settings_are_one_line_errors_naming_the_file(tmp_path, text, message):
+    path = tmp_path / "maint.conf"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(str(path))
+    assert str(caught.value).startswith(str(path))
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_named_settings_file_must_exist(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_settings(str(tmp_path / "missing.conf"))
+
+
+def test_cli_turns_a_bad_file_into_one_line_and_status_2(tmp_path, capsys):
+    path = tmp_path / "maint.conf"
+    path.write_text("[node\nrole = both\n")
+    assert main(["--config", str(path), "settings"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"ivle-maint: error: {path} line 1:")
+
+
+def test_cli_version_and_spec(capsys):
+    from ivle_maint import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"ivle-maint {__version__}"
+    assert main(["settings", "--spec"]) == 0
+    assert "lazy_unmount = boolean(default=False)" in capsys.readouterr().out
