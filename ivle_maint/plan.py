@@ -11,15 +11,28 @@ if TYPE_CHECKING:
 
 
 def _migration_lines(ctx: UpgradeContext) -> list[str]:
+    from .errors import MaintError
+    from .preflight import classified_after_baseline
     from .steps import migrations
 
-    plan = migrations.preflight(
-        ctx.settings, migrations_dir=ctx.migrations, accept_changed=ctx.accept_changed,
-        allow_out_of_order=ctx.allow_out_of_order, reporter=ctx.reporter, check=False,
-    )
-    lines = [f"pending migrations in {ctx.migrations}: {len(plan.pending)}"]
-    lines += [f"  {c.key} ({c.mode})" for c in plan.pending]
-    lines += [f"  blocked: {problem}" for problem in plan.problems]
+    status = migrations.status(ctx.settings, migrations_dir=ctx.migrations, reporter=ctx.reporter)
+    if status.unmarked:
+        try:
+            recorded, pending = classified_after_baseline(ctx)
+        except MaintError as exc:
+            return [f"migrations: blocked: {exc}"]
+        lines = [f"no migration marker yet: baseline records the {recorded} migrations of "
+                 f"{ctx.old} as applied, without running them"]
+        problems: list[str] = []
+    else:
+        plan = migrations.preflight(
+            ctx.settings, migrations_dir=ctx.migrations, accept_changed=ctx.accept_changed,
+            allow_out_of_order=ctx.allow_out_of_order, reporter=ctx.reporter, check=False,
+        )
+        pending, problems, lines = plan.pending, plan.problems, []
+    lines.append(f"pending migrations in {ctx.migrations}: {len(pending)}")
+    lines += [f"  {c.key} ({c.mode})" for c in pending]
+    lines += [f"  blocked: {problem}" for problem in problems]
     return lines
 
 

@@ -18,6 +18,7 @@ from .errors import MaintError
 from .versions import check_upgrade
 
 if TYPE_CHECKING:
+    from .db.classify import Classified
     from .upgrade import UpgradeContext
 
 log = logging.getLogger(__name__)
@@ -39,31 +40,38 @@ def check_commands(ctx: UpgradeContext) -> None:
         raise MaintError(f"IVLE command(s) not found: {', '.join(missing)} (see [commands])")
 
 
+def classified_after_baseline(ctx: UpgradeContext) -> tuple[int, list[Classified]]:
+    """For a database without a marker: (old migrations the baseline step
+    will record, every other shipped migration read and classified).
+
+    Raises MaintError when nothing says which migrations OLD shipped, or
+    when a new file does not parse.
+    """
+    from .actions import old_migration_files
+    from .db.classify import classify
+    from .db.discovery import discover
+
+    old = old_migration_files(ctx)
+    if old is None:
+        raise MaintError(
+            f"the database has no migration marker and the migrations of {ctx.old} are "
+            "no longer known: record them with 'ivle-maint db baseline THROUGH' first"
+        )
+    old_names = {p.name for p in old}
+    new = [m for m in discover(ctx.migrations) if m.name not in old_names]
+    return len(old), [classify(m) for m in new]
+
+
 def check_database(ctx: UpgradeContext) -> int:
     """The migrations can run: marker or a baseline source, all files parse.
 
     Returns the number of pending migrations.
     """
-    from .actions import old_migration_files
-    from .db.classify import classify
-    from .db.discovery import discover
     from .steps import migrations
 
     status = migrations.status(ctx.settings, migrations_dir=ctx.migrations, reporter=ctx.reporter)
     if status.unmarked:
-        old = old_migration_files(ctx)
-        if old is None:
-            raise MaintError(
-                f"database {status.dbname} has no migration marker and the migrations of "
-                f"{ctx.old} are no longer known: record them with 'ivle-maint db baseline "
-                "THROUGH' first"
-            )
-        # The baseline step records the old ones; every other file must parse.
-        old_names = {p.name for p in old}
-        new = [m for m in discover(ctx.migrations) if m.name not in old_names]
-        for migration in new:
-            classify(migration)
-        return len(new)
+        return len(classified_after_baseline(ctx)[1])
     plan = migrations.preflight(
         ctx.settings, migrations_dir=ctx.migrations, accept_changed=ctx.accept_changed,
         allow_out_of_order=ctx.allow_out_of_order, reporter=ctx.reporter, resume=None,

@@ -328,6 +328,8 @@ def test_plan_shows_the_upgrade_and_changes_nothing(both):
     assert done.returncode == 0, done.stderr
     assert "upgrade 1.0 -> 1.1" in done.stdout and "role: both" in done.stdout
     assert "media version: 1.0 -> 1.1" in done.stdout
+    assert "baseline records the 2 migrations of 1.0 as applied" in done.stdout
+    assert f"pending migrations in {staged}: 3\n  20100201-01 (own-transaction)" in done.stdout
     assert both.service_running("apache2") and len(both.mounts()) == 18
     assert not (both.state_dir / "journal").exists()
     assert media_version(both) == "1.0"
