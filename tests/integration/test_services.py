@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -246,8 +247,12 @@ DENY = "exit 101"
 PLAIN_ONLY = 'case "$2" in "("*) exit 101;; esac; exit 0'
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _digest(path: Path) -> str | None:
+    """The file's sha256; None when it does not exist (a host without one)."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
 
 
 class InvokeRcD:
@@ -269,6 +274,9 @@ class InvokeRcD:
             (rc2 / f"S01{name}").symlink_to(f"../init.d/{name}")
         self.targets = [(self.policy, POLICY), (initd, Path("/etc/init.d")),
                         (rc2, Path("/etc/rc2.d"))]  # fmt: skip
+        # A host with no policy-rc.d (a fresh machine) has nothing to bind
+        # over: an overlay of /usr/sbin, in our namespace only, gives one.
+        self.overlay = None if POLICY.exists() else tmp / "sbin-overlay"
         self.host_policy = _digest(POLICY)
         self.host_initd = sorted(os.listdir("/etc/init.d"))
 
@@ -280,6 +288,17 @@ class InvokeRcD:
         return self.log.read_text().splitlines() if self.log.exists() else []
 
     def __enter__(self) -> InvokeRcD:
+        if self.overlay is not None:
+            upper, work = self.overlay / "upper", self.overlay / "work"
+            upper.mkdir(parents=True)
+            work.mkdir()
+            (upper / POLICY.name).write_text("")
+            self.mountns.require_private(POLICY.parent)
+            subprocess.run(
+                ["mount", "-t", "overlay", "overlay", "-o",
+                 f"lowerdir={POLICY.parent},upperdir={upper},workdir={work}", str(POLICY.parent)],
+                check=True,
+            )  # fmt: skip
         for source, target in self.targets:
             self.mountns.require_private(target)
             self.mountns.bind(source, target)
@@ -288,6 +307,8 @@ class InvokeRcD:
     def __exit__(self, *exc: object) -> None:
         for _, target in reversed(self.targets):
             self.mountns.umount(target)
+        if self.overlay is not None:
+            self.mountns.umount(POLICY.parent)
         assert _digest(POLICY) == self.host_policy
         assert sorted(os.listdir("/etc/init.d")) == self.host_initd
 
