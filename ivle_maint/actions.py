@@ -37,7 +37,14 @@ def stop_web(ctx: UpgradeContext) -> Outcome:
 
 
 def start_web(ctx: UpgradeContext) -> Outcome:
-    return _services(ctx, "start", "web")
+    from .cluster.waits import wait_for_master
+
+    # New code never serves on a schema the master has not migrated yet.
+    waited = wait_for_master(ctx)
+    outcome = _services(ctx, "start", "web")
+    if waited:
+        outcome.summary = f"{waited}; {outcome.summary}"
+    return outcome
 
 
 def restart_usrmgt(ctx: UpgradeContext) -> Outcome:
@@ -91,8 +98,11 @@ def baseline(ctx: UpgradeContext) -> Outcome:
 
 
 def migrate(ctx: UpgradeContext) -> Outcome:
+    from .cluster.waits import wait_for_slaves
     from .steps.migrations import migrate as apply_migrations
 
+    # The seed: slaves' web servers are down before the schema changes.
+    waited = wait_for_slaves(ctx)
     result = apply_migrations(
         ctx.settings, ctx.reporter, migrations_dir=ctx.migrations,
         accept_changed=ctx.accept_changed, allow_out_of_order=ctx.allow_out_of_order,
@@ -102,6 +112,8 @@ def migrate(ctx: UpgradeContext) -> Outcome:
     summary = f"applied {len(keys)} migrations" + (f" ({', '.join(keys)})" if keys else "")
     if result.backup:
         summary += f"; backup {result.backup}"
+    if waited:
+        summary = f"{waited}; {summary}"
     return Outcome(summary, {"migrations_applied": keys})
 
 
@@ -120,10 +132,13 @@ def remake_users(ctx: UpgradeContext) -> Outcome:
 
 
 def media_version(ctx: UpgradeContext) -> Outcome:
+    from .cluster.media import agree
     from .steps.media import change_media_version
 
     # The value derives from NEW and the record of values used, the same on
-    # every node; upgrade_id only makes a rerun reuse its own value.
+    # every node; upgrade_id only makes a rerun reuse its own value.  In a
+    # cluster, the slaves first agree on it in the database (cluster/media.py).
+    agree(ctx)
     result = change_media_version(ctx.settings, ctx.new, upgrade=ctx.upgrade_id)
     return Outcome(result.summary, {"media_old": result.old, "media_new": result.new})
 

@@ -97,6 +97,32 @@ backup_keep = integer(min=1, default=5)
 [media]
 # Rewrite [media] version even when ivle.conf leaves it unset.
 force = boolean(default=False)
+
+[cluster]
+# Coordinate upgrades with the other nodes through IVLE's database
+# (tables ivle_maint_nodes and ivle_maint_media; see README "Clusters"):
+# every node records its version and phase there, the master migrates
+# only once no slave serves the old code, a slave starts its web server
+# on new code only once the master applied the migrations it ships, and
+# the slaves agree on one media version.
+#   auto:   on for 'master' and 'slave'; a slave waits for the master only
+#           once the database knows one (a recorded master, or the
+#           migration marker); a 'both' node (single machine) stays alone.
+#   always: on for every role; a slave always waits for the migrations.
+#   never:  this node neither records itself nor waits.
+coordinate = option('auto', 'always', 'never', default='auto')
+# Seconds a slave waits for the master's migrations before it fails
+# (its web server stays down) with the command that resumes.
+master_timeout = float(min=0, default=600)
+# Seconds the master waits for every slave to stop serving the old code
+# before it fails, without migrating, with the command that resumes.
+slaves_timeout = float(min=0, default=600)
+# Migrate even while slaves still serve the old code (the old code then
+# runs on the new schema until each slave is upgraded).  Also: the
+# --migrate-while-serving option of 'ivle-maint rerun' and 'upgrade'.
+migrate_while_serving = boolean(default=False)
+# Seconds between two looks at the database while waiting.
+poll = float(min=0.05, default=2)
 """
 
 # The part of IVLE's own config spec that ivle-maint relies on.

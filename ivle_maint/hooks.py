@@ -63,9 +63,14 @@ def _after(call: HookCall, env: HookEnv) -> str:
     new = call.package_version
     if not old:
         from .actions import record_fresh_install
+        from .cluster.admin import register
+        from .cluster.presence import coordinated
 
         ctx = env.make_context(old="", new=new, code_is_new=True, resume=DPKG_RESUME)
-        return record_fresh_install(ctx)  # type: ignore[arg-type]
+        line = record_fresh_install(ctx)  # type: ignore[arg-type]
+        if coordinated(env.settings):  # the other nodes know it before its first upgrade
+            register(env.settings, env.reporter, new, strict=False, note=f"installed {new}")
+        return line
     ctx = env.make_context(old=old, new=new, code_is_new=True, resume=DPKG_RESUME)
     # BEFORE too: if the preinst did not run it, its steps are still owed.
     run_phases(ctx, (BEFORE, AFTER))  # type: ignore[arg-type]

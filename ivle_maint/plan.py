@@ -49,6 +49,32 @@ def _media_line(ctx: UpgradeContext) -> str:
     return f"media version: {media.current} -> {media.target}"
 
 
+def _cluster_lines(ctx: UpgradeContext) -> list[str]:
+    from .cluster.presence import coordinated
+
+    mode = ctx.settings["cluster"]["coordinate"]
+    if not coordinated(ctx.settings):
+        return [f"cluster: not coordinated ([cluster] coordinate = {mode})"]
+    from .cluster.admin import read_status
+    from .cluster.waits import serving_old
+    from .errors import MaintError
+
+    lines = [f"cluster: coordinated through ivle_maint_nodes ([cluster] coordinate = {mode})"]
+    try:
+        status = read_status(ctx.settings, ctx.reporter)
+    except MaintError as exc:
+        return [*lines, f"  cannot read the cluster table: {exc}"]
+    if ctx.settings.role in ("master", "both"):
+        old = serving_old(status.nodes, ctx.settings.node_name, ctx.new)
+        names = ", ".join(r.name for r in old)
+        lines.append(f"  migrate waits for slaves serving older code: {names}" if old
+                     else "  no slave serves older code: migrate would not wait")
+    if ctx.settings.role in ("slave", "both"):
+        lines.append("  start-web waits for the master's migrations; media version as the "
+                     "slaves agree in ivle_maint_media")
+    return lines
+
+
 def describe(ctx: UpgradeContext) -> list[str]:
     """Lines for a person: role, steps in order, services, migrations, media."""
     settings = ctx.settings
@@ -64,4 +90,5 @@ def describe(ctx: UpgradeContext) -> list[str]:
         lines += _migration_lines(ctx)
     if role in ("slave", "both"):
         lines.append(_media_line(ctx))
+    lines += _cluster_lines(ctx)
     return lines

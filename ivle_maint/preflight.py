@@ -3,7 +3,9 @@
 Everything an upgrade will need is checked here, so that the disruptive
 part starts only when it can finish: the settings and ivle.conf parse, the
 version goes forwards, IVLE's commands exist, the database answers, every
-pending migration parses, and the backup fits on its disk.
+pending migration parses, and the backup fits on its disk.  In a cluster
+the node records itself in ivle_maint_nodes, which proves the database
+answers and that no other node uses its name.
 """
 
 from __future__ import annotations
@@ -114,5 +116,7 @@ def check(ctx: UpgradeContext) -> None:
         pending = check_database(ctx)
         if pending:
             check_backup_room(ctx)
+    if ctx.cluster is not None:
+        ctx.cluster.preflight()
     log.info("preflight passed")
     ctx.reporter.info("preflight checks passed")

@@ -69,15 +69,25 @@ class Outcome:
 
 Action = Callable[[Any], Outcome]
 
+# Told of every step's "begin", "done" and "failed", and of the run's "end"
+# and "aborted" (step None): the cluster table follows the journal by it.
+Observer = Callable[[str, "Step | None"], None]
+
+
+def _no_observer(event: str, step: Step | None) -> None:
+    pass
+
 
 class Procedure:
     """Runs steps with the journal; `actions` maps step names to functions."""
 
-    def __init__(self, ctx: Any, journal: Journal, actions: dict[str, Action]) -> None:
+    def __init__(self, ctx: Any, journal: Journal, actions: dict[str, Action],
+                 observer: Observer | None = None) -> None:
         self.ctx = ctx
         self.journal = journal
         self.actions = actions
         self.reporter = ctx.reporter
+        self.observe = observer or _no_observer
 
     def run(self, phases: Iterable[str]) -> None:
         phases = tuple(phases)
@@ -90,10 +100,12 @@ class Procedure:
             self._run_step(step)
         if AFTER in phases:
             self.journal.set_state(COMPLETE)
+        self.observe("end", None)
 
     def _run_step(self, step: Step) -> None:
         self.reporter.info(f"{step.title} ...")
         self.journal.begin(step.name)
+        self.observe("begin", step)
         started = time.monotonic()
         try:
             outcome = self.actions[step.name](self.ctx)
@@ -103,6 +115,7 @@ class Procedure:
                 log.exception("step %s crashed", step.name)
             reason = str(exc) or type(exc).__name__
             self.journal.fail(step.name, reason)
+            self.observe("failed", step)
             # Abandoning makes sense only while the old code is in place.
             if step.phase == BEFORE and not getattr(self.ctx, "code_is_new", False):
                 self.abort()
@@ -114,6 +127,7 @@ class Procedure:
         elapsed = time.monotonic() - started
         log.info("step %s took %.2fs: %s", step.name, elapsed, outcome.summary)
         self.journal.finish(step.name, outcome.summary, {**outcome.metrics, "seconds": elapsed})
+        self.observe("done", step)
         self.reporter.info(f"{step.title}: {outcome.summary} ({elapsed:.1f}s)")
 
     def abort(self) -> list[str]:
@@ -127,4 +141,5 @@ class Procedure:
         before = [s.name for s in STEPS if s.phase == BEFORE]
         self.journal.forget(before)
         self.journal.set_state(ABORTED)
+        self.observe("aborted", None)
         return undone

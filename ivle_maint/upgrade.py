@@ -7,9 +7,12 @@ through here; they differ only in which phases they run.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from .config import IvleConf, Settings
 from .errors import MaintError
@@ -41,6 +44,10 @@ class UpgradeContext:
     # Names this run of the upgrade (set from the journal): a rerun keeps
     # it, a reinstall of the same version gets a new one.
     upgrade_id: str = ""
+    # Go ahead with the migrations while slaves serve the old code.
+    migrate_while_serving: bool = False
+    # This run's cluster.presence.Presence (set by run_phases).
+    cluster: Any = None
 
     @cached_property
     def ivle_conf(self) -> IvleConf:
@@ -53,6 +60,20 @@ class UpgradeContext:
 
 def state_dir(settings: Settings) -> Path:
     return settings.path_of("state")
+
+
+@contextmanager
+def _presence(ctx: UpgradeContext, journal: Journal) -> Iterator[Any]:
+    """The run's link to the cluster table, closed when the run ends."""
+    from .cluster.presence import Presence
+
+    presence = Presence(ctx.settings, ctx.reporter)
+    presence.attach(journal, code_is_new=ctx.code_is_new)
+    ctx.cluster = presence
+    try:
+        yield presence
+    finally:
+        presence.close()
 
 
 def run_phases(
@@ -82,9 +103,10 @@ def run_phases(
         if ctx.migrations_dir is not None:
             journal.migrations = str(ctx.migrations_dir)
         log.info("%s; role %s; log %s", purpose, settings.role, log_path)
-        if BEFORE in phases and not any(journal.is_done(s) for s in journal.steps):
-            preflight.check(ctx)  # nothing is stopped before this passes
-        Procedure(ctx, journal, actions.ACTIONS).run(phases)
+        with _presence(ctx, journal) as presence:
+            if BEFORE in phases and not any(journal.is_done(s) for s in journal.steps):
+                preflight.check(ctx)  # nothing is stopped before this passes
+            Procedure(ctx, journal, actions.ACTIONS, presence.observe).run(phases)
         if journal.state == COMPLETE:
             actions.record_installed(ctx)
             for line in summary_lines(journal):
@@ -101,7 +123,8 @@ def abort(ctx: UpgradeContext) -> list[str]:
         journal = Journal.open(state_dir(ctx.settings), ctx.old, ctx.new, ctx.settings.role)
         if journal.state != IN_PROGRESS or not journal.steps:
             return []
-        undone = Procedure(ctx, journal, actions.ACTIONS).abort()
+        with _presence(ctx, journal) as presence:
+            undone = Procedure(ctx, journal, actions.ACTIONS, presence.observe).abort()
         ctx.reporter.info(f"upgrade {ctx.old} -> {ctx.new} abandoned")
         return undone
 

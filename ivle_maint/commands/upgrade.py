@@ -81,6 +81,8 @@ def _migration_options(parser: argparse.ArgumentParser) -> None:
                         help="apply shipped migrations older than the newest applied one")
     parser.add_argument("--accept-changed", metavar="KEY", action="append", default=[],
                         help="accept that applied migration KEY's file has changed")
+    parser.add_argument("--migrate-while-serving", action="store_true",
+                        help="migrate even while slaves serve the old code (see [cluster])")
 
 
 def _context(ctx: Context, **kwargs: Any) -> Any:
@@ -92,6 +94,7 @@ def _context(ctx: Context, **kwargs: Any) -> Any:
         reporter=ctx.reporter,
         allow_out_of_order=getattr(args, "allow_out_of_order", False),
         accept_changed=tuple(getattr(args, "accept_changed", ())),
+        migrate_while_serving=getattr(args, "migrate_while_serving", False),
         **kwargs,
     )
 

@@ -1,0 +1,125 @@
+"""What `ivle-maint cluster` does: read the table, register, forget, check.
+
+Functions return data; commands/cluster.py prints it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import MaintError
+from . import table
+from .presence import Presence, errors_as_maint
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..output import Reporter
+    from .table import NodeRow
+
+
+@dataclass
+class ClusterStatus:
+    nodes: list[NodeRow]
+    applied: set[str] | None  # migration marker keys; None: no marker table
+    media_chosen: list[tuple[str, str]] = field(default_factory=list)
+
+    def slave_media(self) -> dict[str, list[str]]:
+        """Media version -> the web nodes that have it."""
+        found: dict[str, list[str]] = {}
+        for row in self.nodes:
+            if row.has_web:
+                found.setdefault(row.media or "(unset)", []).append(row.name)
+        return found
+
+
+def read_status(settings: Settings, reporter: Reporter) -> ClusterStatus:
+    presence = Presence(settings, reporter)
+    try:
+        conn = presence.connection()
+        with errors_as_maint(settings.ivle_conf().database["name"]):
+            return ClusterStatus(table.nodes(conn), table.applied_keys(conn),
+                                 table.media_values(conn))
+    finally:
+        presence.close()
+
+
+def service_serving(settings: Settings, reporter: Reporter, version: str | None) -> str | None:
+    """VERSION if this node's service (web, or usrmgt on a master) runs, else None."""
+    from ..steps.services import RUNNING, control_from_settings
+
+    which = "usrmgt" if settings.role == "master" else "web"
+    control = control_from_settings(settings, reporter)
+    running = control.status(settings["services"][which]) == RUNNING
+    return (version or "unknown") if running else None
+
+
+def installed_version(settings: Settings, package: str = "ivle") -> str | None:
+    """The IVLE version ivle-maint recorded, else dpkg's, else None."""
+    from ..actions import recorded_version
+    from ..hooks import installed_version as dpkg_version
+
+    version = recorded_version(settings)
+    if version:
+        return version
+    try:
+        return dpkg_version(package)
+    except MaintError:
+        return None
+
+
+def register(settings: Settings, reporter: Reporter, version: str | None = None, *,
+             strict: bool = True, note: str = "registered") -> dict[str, Any] | None:
+    """Record this idle node; None when an unfinished upgrade owns the row."""
+    from ..upgrade import unfinished
+
+    if unfinished(settings) is not None:
+        return None
+    version = version or installed_version(settings)
+    presence = Presence(settings, reporter)
+    try:
+        row = presence.idle_row(version, service_serving(settings, reporter, version), note)
+        presence.write(row, strict=strict)
+    except MaintError as exc:
+        if strict:
+            raise
+        reporter.warn(f"cluster table not updated: {exc}")
+        return None
+    finally:
+        presence.close()
+    return row
+
+
+def forget(settings: Settings, reporter: Reporter, name: str) -> bool:
+    presence = Presence(settings, reporter)
+    try:
+        conn = presence.connection()
+        with errors_as_maint(settings.ivle_conf().database["name"]):
+            return table.forget(conn, name)
+    finally:
+        presence.close()
+
+
+def problems(status: ClusterStatus, expect: str, shipped: list[str]) -> list[str]:
+    """Why the cluster is not (yet) every node on EXPECT, up, with one media version."""
+    found = []
+    if not status.nodes:
+        found.append("no node has recorded itself in the cluster table")
+    for row in status.nodes:
+        if row.version != expect:
+            found.append(f"{row.name} has {row.version or 'no recorded version'}, not {expect}")
+        if row.phase != "idle":
+            found.append(f"{row.name} is {row.phase}" + (f" at {row.step}" if row.step else "")
+                         + (f": {row.note}" if row.note else ""))
+        if row.serving != expect:
+            what = "web server" if row.has_web else "user management server"
+            found.append(f"{row.name}'s {what} "
+                         + (f"serves {row.serving}" if row.serving else "is down"))
+    media = status.slave_media()
+    if len(media) > 1:
+        found.append("media versions differ: " + "; ".join(
+            f"{value} on {', '.join(names)}" for value, names in sorted(media.items())))
+    missing = [k for k in shipped if k not in (status.applied or set())]
+    if missing:
+        found.append(f"migrations not applied: {', '.join(missing)}")
+    return found

@@ -1,0 +1,72 @@
+"""One media version for every slave, agreed through ivle_maint_media.
+
+Alone, each slave derives the value from the version being installed and
+its own record (steps/media.py): fresh slaves that went through the same
+upgrades compute the same value.  Histories can differ, though: a slave
+added later, one whose state was lost, one reinstalled alone.  So a
+coordinated slave asks the database first:
+
+1. this upgrade already chose a value (a rerun): that value;
+2. the newest value chosen for VERSION is not the one this slave serves:
+   another slave got there first; take it;
+3. otherwise (first slave of this round; for a reinstall the value it
+   serves is the newest): the next value by the usual rule, counting the
+   values every node used, claimed by an INSERT; if another slave claimed
+   it at the same moment, the newest value, as in 2.
+
+The choice goes into this node's record under the upgrade's identity
+before ivle.conf is touched, so the media step then writes exactly it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import MaintError
+from ..steps.media import Record, next_value, plan_media_version
+from . import table
+from .presence import errors_as_maint
+
+if TYPE_CHECKING:
+    from ..upgrade import UpgradeContext
+
+
+def _latest(values: list[tuple[str, str]], version: str) -> str | None:
+    chosen = [value for value, for_version in values if for_version == version]
+    return chosen[-1] if chosen else None
+
+
+def agree(ctx: UpgradeContext) -> str | None:
+    """The cluster's media version for this upgrade, recorded locally; None
+    when this node does not coordinate or leaves the value alone."""
+    presence = ctx.cluster
+    if presence is None or not presence.enabled:
+        return None
+    settings = ctx.settings
+    state = settings.path_of("state")
+    current = plan_media_version(settings.ivle_conf_dir / "ivle.conf", state).current
+    if current is None and not settings["media"]["force"]:
+        return None
+    record = Record.load(state)
+    mine = [e.value for e in record.entries if e.upgrade == ctx.upgrade_id]
+    if mine:
+        return mine[-1]
+    conn = presence.connection()
+    with errors_as_maint(ctx.ivle_conf.database["name"]):
+        for _ in range(3):  # a lost race is followed by a plain read
+            values = table.media_values(conn)
+            latest = _latest(values, ctx.new)
+            if latest is not None and latest != current:
+                break
+            used = record.used | {v for v, _ in values} | ({current} if current else set())
+            candidate = next_value(ctx.new, used)
+            if table.claim_media(conn, candidate, ctx.new, presence.name):
+                latest = candidate
+                break
+        else:
+            raise MaintError("could not agree on a media version with the other nodes; "
+                             "run again")
+    assert latest is not None  # each way out of the loop set it
+    record.add(latest, ctx.new, ctx.upgrade_id)
+    record.save()
+    return latest

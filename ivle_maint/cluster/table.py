@@ -1,0 +1,186 @@
+"""The cluster's shared record, two tables in IVLE's database.
+
+    ivle_maint_nodes    one row per node, rewritten by that node only
+        name        text PRIMARY KEY   [node] name (default: the hostname)
+        role        text               master | slave | both
+        host        text               the machine's hostname
+        instance    text               random id kept in the node's state
+                                       directory: two nodes with one name
+                                       are told apart by it
+        version     text               the IVLE code on the node's disk
+        serving     text               the version its service runs (the web
+                                       server; usrmgt on a master); NULL: down
+        target      text               the version being installed; NULL: idle
+        phase       text               idle | before | unpack | after |
+                                       waiting | failed
+        step        text               the step running, waiting or failed
+        media       text               ivle.conf's [media] version
+        note        text               what it waits for, why it failed
+        last_seen   timestamptz        the node's last report
+
+    ivle_maint_media    every media version chosen for the slaves
+        value       text PRIMARY KEY   a value is chosen once, ever
+        version     text               the IVLE version it was chosen for
+        chosen_by   text               the node that chose it
+        chosen_at   timestamptz
+
+Plain SQL over a psycopg2 connection; no policy here (see cluster/).
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+NODES, MEDIA = "ivle_maint_nodes", "ivle_maint_media"
+MARKER = "ivle_maint_migrations"
+
+# Serializes the CREATE TABLEs of nodes that start together: 'IVLECLUS'.
+_CREATE_LOCK = int.from_bytes(b"IVLECLUS", "big")
+
+DDL = f"""
+CREATE TABLE IF NOT EXISTS {NODES} (
+    name text PRIMARY KEY,
+    role text NOT NULL,
+    host text NOT NULL,
+    instance text NOT NULL,
+    version text,
+    serving text,
+    target text,
+    phase text NOT NULL,
+    step text,
+    media text,
+    note text,
+    last_seen timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE {NODES} IS
+    'IVLE nodes as ivle-maint last saw them (ivle-maint cluster status); each node writes its row';
+CREATE TABLE IF NOT EXISTS {MEDIA} (
+    value text PRIMARY KEY,
+    version text NOT NULL,
+    chosen_by text NOT NULL,
+    chosen_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+COMMENT ON TABLE {MEDIA} IS
+    'media versions ivle-maint chose for the slaves, each once; do not edit by hand';
+"""
+
+FIELDS = ("name", "role", "host", "instance", "version", "serving", "target", "phase", "step",
+          "media", "note")
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    name: str
+    role: str
+    host: str
+    instance: str
+    version: str | None
+    serving: str | None
+    target: str | None
+    phase: str
+    step: str | None
+    media: str | None
+    note: str | None
+    last_seen: datetime | None = None
+    age: float | None = None  # seconds since last_seen, by the server's clock
+
+    @property
+    def has_web(self) -> bool:
+        return self.role in ("slave", "both")
+
+
+def _exists(cur: Any, table: str) -> bool:
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL", [table])
+    found: bool = cur.fetchone()[0]
+    return found
+
+
+def ensure(conn: Any, grantee: str | None = None) -> None:
+    """Create both tables once; let GRANTEE (ivle.conf's user, which the
+    slaves connect as) write them when another role creates them."""
+    with conn, conn.cursor() as cur:
+        if _exists(cur, NODES) and _exists(cur, MEDIA):
+            return
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", [_CREATE_LOCK])
+        cur.execute("SELECT current_user")
+        me = cur.fetchone()[0]
+        cur.execute(DDL)
+        if grantee and grantee != me:
+            from psycopg2 import sql
+
+            for table, rights in ((NODES, "SELECT, INSERT, UPDATE, DELETE"),
+                                  (MEDIA, "SELECT, INSERT")):
+                cur.execute(sql.SQL("GRANT {} ON {} TO {}").format(
+                    sql.SQL(rights), sql.Identifier(table), sql.Identifier(grantee)))
+
+
+def upsert(conn: Any, row: dict[str, Any]) -> str | None:
+    """Write this node's row; returns the instance id the row had before."""
+    values = [row.get(f) for f in FIELDS]
+    updates = ", ".join(f"{f} = EXCLUDED.{f}" for f in FIELDS[1:])
+    with conn, conn.cursor() as cur:
+        cur.execute(f"SELECT instance FROM {NODES} WHERE name = %s FOR UPDATE", [row["name"]])
+        before = cur.fetchone()
+        cur.execute(
+            f"INSERT INTO {NODES} ({', '.join(FIELDS)}, last_seen) "
+            f"VALUES ({', '.join(['%s'] * len(FIELDS))}, now()) "
+            f"ON CONFLICT (name) DO UPDATE SET {updates}, last_seen = now()",
+            values,
+        )
+    return str(before[0]) if before else None
+
+
+def nodes(conn: Any) -> list[NodeRow]:
+    """Every node's row, by name; [] before any node recorded itself."""
+    with conn, conn.cursor() as cur:
+        if not _exists(cur, NODES):
+            return []
+        cur.execute(
+            f"SELECT {', '.join(FIELDS)}, last_seen, "
+            f"extract(epoch FROM now() - last_seen)::float8 FROM {NODES} ORDER BY name"
+        )
+        return [NodeRow(*row) for row in cur.fetchall()]
+
+
+def forget(conn: Any, name: str) -> bool:
+    with conn, conn.cursor() as cur:
+        if not _exists(cur, NODES):
+            return False
+        cur.execute(f"DELETE FROM {NODES} WHERE name = %s", [name])
+        return bool(cur.rowcount == 1)
+
+
+def applied_keys(conn: Any) -> set[str] | None:
+    """Keys in the migration marker; None when there is no marker table."""
+    with conn, conn.cursor() as cur:
+        if not _exists(cur, MARKER):
+            return None
+        cur.execute(f"SELECT key FROM {MARKER}")
+        return {row[0] for row in cur.fetchall()}
+
+
+def media_values(conn: Any) -> list[tuple[str, str]]:
+    """(value, version) of every media version chosen, oldest first."""
+    with conn, conn.cursor() as cur:
+        if not _exists(cur, MEDIA):
+            return []
+        cur.execute(f"SELECT value, version FROM {MEDIA} ORDER BY chosen_at, value")
+        return [(row[0], row[1]) for row in cur.fetchall()]
+
+
+def claim_media(conn: Any, value: str, version: str, node: str) -> bool:
+    """Record VALUE as chosen for VERSION; False if some node already has it."""
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            f"INSERT INTO {MEDIA} (value, version, chosen_by) VALUES (%s, %s, %s) "
+            "ON CONFLICT (value) DO NOTHING",
+            [value, version, node],
+        )
+        return bool(cur.rowcount == 1)
+
+
+def hostname() -> str:
+    return socket.gethostname()

@@ -1,0 +1,171 @@
+"""The two bounded waits that keep new code off an old schema.
+
+- A slave (before start-web, new code on disk) waits until the marker
+  lists every migration its own package ships: the master has applied
+  them.  It asks the marker, not the master's row, so it needs nothing
+  from the master but the one fact that matters.
+- The master (before migrate) waits until no other node's web server
+  serves code older than the target, unless told to go ahead
+  ([cluster] migrate_while_serving, or --migrate-while-serving).
+
+Each look is one query; progress is printed when what is awaited changes
+and every PROGRESS_EVERY seconds; the row in ivle_maint_nodes says
+"waiting" all along.  At the deadline the step fails with the resume
+command; nothing hangs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import MaintError
+from . import table
+from .presence import errors_as_maint
+
+if TYPE_CHECKING:
+    from ..upgrade import UpgradeContext
+    from .table import NodeRow
+
+PROGRESS_EVERY = 30.0
+
+
+@dataclass(frozen=True)
+class Pending:
+    key: str  # what is awaited; progress is printed when it changes
+    text: str  # the same for a person, with details that change each look
+
+
+class TimedOut(Exception):
+    def __init__(self, pending: Pending) -> None:
+        super().__init__(pending.text)
+        self.pending = pending
+
+
+def describe(row: NodeRow) -> str:
+    seen = f"seen {row.age:.0f}s ago" if row.age is not None else "never seen"
+    where = f"{row.phase}" + (f" at {row.step}" if row.step else "")
+    serving = f"serves {row.serving}" if row.serving else "down"
+    return f"{row.name} ({row.role}, {serving}, {where}, {seen})"
+
+
+def poll(ctx: UpgradeContext, check: Callable[[Any], Pending | None], *, step: str,
+         timeout: float, label: str) -> float:
+    """Call check(conn) until it returns None; the seconds waited."""
+    presence = ctx.cluster
+    interval = float(ctx.settings["cluster"]["poll"])
+    started = time.monotonic()
+    shown, shown_at = "", 0.0
+    while True:
+        conn = presence.connection()
+        with errors_as_maint(ctx.ivle_conf.database["name"]):
+            pending = check(conn)
+        now = time.monotonic()
+        if pending is None:
+            return now - started
+        waited = now - started
+        if pending.key != shown or now - shown_at >= PROGRESS_EVERY:
+            ctx.reporter.info(f"waiting for {label}: {pending.text} "
+                              f"({waited:.0f}s of {timeout:g}s)")
+            shown, shown_at = pending.key, now
+        ctx.reporter.progress(f"waiting for {label}", int(waited), int(timeout))
+        presence.waiting(step, f"waiting for {label}: {pending.text}")
+        if waited >= timeout:
+            raise TimedOut(pending)
+        time.sleep(min(interval, max(0.0, timeout - waited)))
+
+
+def _older(serving: str | None, new: str) -> bool:
+    """Is a service at SERVING running code older than NEW?  Unknown counts as old."""
+    from ..versions import parse
+
+    if serving is None:
+        return False
+    try:
+        return bool(parse(serving) < parse(new))
+    except MaintError:
+        return True
+
+
+def serving_old(rows: list[NodeRow], me: str, new: str) -> list[NodeRow]:
+    return [r for r in rows if r.name != me and r.has_web and _older(r.serving, new)]
+
+
+def wait_for_slaves(ctx: UpgradeContext) -> str:
+    """Master, before migrating: until no slave serves code older than NEW."""
+    presence = ctx.cluster
+    if presence is None or not presence.enabled:
+        return ""
+    conf = ctx.settings["cluster"]
+    me = presence.name
+    if conf["migrate_while_serving"] or ctx.migrate_while_serving:
+        old = serving_old(table.nodes(presence.connection()), me, ctx.new)
+        names = ", ".join(r.name for r in old) or "none"
+        return f"told to migrate while slaves serve the old code ({names})"
+
+    def check(conn: Any) -> Pending | None:
+        old = serving_old(table.nodes(conn), me, ctx.new)
+        if not old:
+            return None
+        return Pending(" ".join(r.name for r in old), "; ".join(describe(r) for r in old))
+
+    timeout = float(conf["slaves_timeout"])
+    try:
+        waited = poll(ctx, check, step="migrate", timeout=timeout,
+                      label="the slaves to stop serving the old code")
+    except TimedOut as exc:
+        raise MaintError(
+            f"slaves still serve code older than {ctx.new} after {timeout:g}s ([cluster] "
+            f"slaves_timeout): {exc.pending.text}; nothing was migrated.  Upgrade them (their "
+            "preinst stops the web server) or stop their web servers, then resume; to migrate "
+            "anyway: [cluster] migrate_while_serving = yes, or ivle-maint rerun "
+            "--migrate-while-serving",
+            resume=ctx.resume,
+        ) from None
+    return f"no slave serves the old code (waited {waited:.1f}s)"
+
+
+def wait_for_master(ctx: UpgradeContext) -> str:
+    """Slave, before starting the web server on new code: until the marker
+    lists every migration this node's package ships."""
+    from ..db.discovery import discover
+
+    presence = ctx.cluster
+    if presence is None or not presence.enabled or not ctx.code_is_new:
+        return ""
+    keys = [m.key for m in discover(ctx.migrations)]
+    me = presence.name
+    conn = presence.connection()
+    with errors_as_maint(ctx.ivle_conf.database["name"]):
+        masters = [r for r in table.nodes(conn) if r.role != "slave" and r.name != me]
+        marker = table.applied_keys(conn)
+    if ctx.settings["cluster"]["coordinate"] == "auto" and marker is None and not masters:
+        ctx.reporter.warn("the database knows no ivle-maint master (no migration marker, no "
+                          "master in ivle_maint_nodes): not waiting for migrations")
+        return "no ivle-maint master known: did not wait"
+
+    def check(conn: Any) -> Pending | None:
+        applied = table.applied_keys(conn) or set()
+        missing = [k for k in keys if k not in applied]
+        if not missing:
+            return None
+        rows = [r for r in table.nodes(conn) if r.role != "slave" and r.name != me]
+        master = "; ".join(describe(r) for r in rows) or "no master has recorded itself"
+        what = f"{len(missing)} migration(s) of {ctx.new} ({', '.join(missing)})"
+        return Pending(f"{len(missing)}|{' '.join(r.phase + str(r.step) for r in rows)}",
+                       f"{what}; master: {master}")
+
+    timeout = float(ctx.settings["cluster"]["master_timeout"])
+    try:
+        waited = poll(ctx, check, step="start-web", timeout=timeout,
+                      label="the master's migrations")
+    except TimedOut as exc:
+        raise MaintError(
+            f"the master has not applied {exc.pending.text} after {timeout:g}s ([cluster] "
+            f"master_timeout); the web server stays down, the new code needs them.  Upgrade "
+            "(or resume) the master, then resume here",
+            resume=ctx.resume,
+        ) from None
+    return f"the master has applied all {len(keys)} migrations of {ctx.new} (waited {waited:.1f}s)"

@@ -1,0 +1,167 @@
+"""ivle-maint cluster status | register | forget | prepare: the nodes together."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from ..errors import MaintError
+from . import Context
+
+ORDER = 15
+
+DESCRIPTION = """\
+The nodes of one IVLE site coordinate their upgrades through IVLE's
+database: each records its role, version, phase and media version in the
+table ivle_maint_nodes.  The master migrates only once no slave serves
+the old code; a slave starts its web server on new code only once the
+master has applied its migrations.  See [cluster] in 'ivle-maint settings
+--spec' and README.md, "Clusters"."""
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("cluster", help="every node's version and phase; cluster upgrades",
+                            description=DESCRIPTION)
+    actions = parser.add_subparsers(dest="cluster_action", metavar="ACTION", required=True)
+
+    status = actions.add_parser(
+        "status", help="show every node: role, version, phase, media version, last seen",
+        description="Show the cluster table; changes nothing.")
+    status.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    status.add_argument("--expect", metavar="VERSION",
+                        help="exit 1 unless every node is idle on VERSION with its service "
+                        "up, the slaves share one media version and this node's migrations "
+                        "are applied")
+    status.set_defaults(func=cmd_status)
+
+    reg = actions.add_parser(
+        "register", help="record this node (idle) in the cluster table",
+        description="Record this node, its installed version and whether its service runs.  "
+        "Every upgrade does this too; run it once on each node of a new cluster so the "
+        "others know it before its first upgrade.")
+    reg.add_argument("--version", metavar="VERSION",
+                     help="the installed IVLE version (default: ivle-maint's record, then dpkg)")
+    reg.set_defaults(func=cmd_register)
+
+    forget = actions.add_parser("forget", help="remove a node that is gone from the table",
+                                description="Remove NAME's row (a decommissioned node).")
+    forget.add_argument("name", metavar="NAME")
+    forget.set_defaults(func=cmd_forget)
+
+    prepare = actions.add_parser(
+        "prepare", help="run this node's before-phase now (web server down) for NEW",
+        description="Run the steps before the code changes (a slave: stop the web server "
+        "and consoles, unmount jails) for the upgrade to NEW, as IVLE's preinst would; the "
+        "package's own preinst then finds them done.  Nothing to do on a node already at NEW.")
+    prepare.add_argument("--to", dest="new", metavar="NEW", required=True)
+    prepare.add_argument("--from", dest="old", metavar="OLD",
+                         help="the installed version (default: ivle-maint's record, then dpkg)")
+    prepare.set_defaults(func=cmd_prepare)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    return f"{seconds / 60:.0f}m ago" if seconds < 7200 else f"{seconds / 3600:.0f}h ago"
+
+
+def cmd_status(ctx: Context) -> int:
+    """Print the table (or JSON); --expect turns it into a check."""
+    from ..cluster.admin import problems, read_status
+    from ..db.discovery import discover
+
+    status = read_status(ctx.settings, ctx.reporter)
+    found: list[str] = []
+    if ctx.args.expect:
+        directory = ctx.settings.path_of("migrations")
+        shipped = [m.key for m in discover(directory)] if directory.is_dir() else []
+        found = problems(status, ctx.args.expect, shipped)
+    if ctx.args.json:
+        rows = [{**row.__dict__, "last_seen": row.last_seen.isoformat() if row.last_seen
+                 else None} for row in status.nodes]
+        doc = {"nodes": rows, "applied": sorted(status.applied or ()),
+               "media_chosen": status.media_chosen, "slave_media": status.slave_media(),
+               "problems": found}
+        print(json.dumps(doc, indent=1))
+    else:
+        _print_table(status)
+        for problem in found:
+            print(f"problem: {problem}")
+    sys.stdout.flush()
+    if found:
+        raise MaintError(f"the cluster is not on {ctx.args.expect}: {len(found)} problem(s)")
+    return 0
+
+
+def _print_table(status: Any) -> None:
+    if not status.nodes:
+        print("no node has recorded itself yet (ivle-maint cluster register)")
+        return
+    head = ("NAME", "ROLE", "VERSION", "SERVING", "TARGET", "PHASE", "MEDIA", "LAST SEEN", "HOST")
+    rows = [(r.name, r.role, r.version or "-", r.serving or "down", r.target or "-",
+             r.phase + (f" ({r.step})" if r.step else ""), r.media or "-", _age(r.age), r.host)
+            for r in status.nodes]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
+    for line in (head, *rows):
+        print("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
+    for r in status.nodes:
+        if r.note and r.phase != "idle":
+            print(f"{r.name}: {r.note}")
+    media = status.slave_media()
+    if len(media) == 1:
+        value, names = next(iter(media.items()))
+        print(f"media version: {value} on every slave ({len(names)})")
+    elif media:
+        print("media versions DIFFER: " + "; ".join(
+            f"{v} on {', '.join(n)}" for v, n in sorted(media.items())))
+    print(f"migrations recorded: {len(status.applied or ())}")
+
+
+def cmd_register(ctx: Context) -> int:
+    from ..cluster.admin import register as record
+
+    row = record(ctx.settings, ctx.reporter, ctx.args.version)
+    if row is None:
+        ctx.reporter.info("an upgrade is unfinished here; its runs keep this node's row")
+    else:
+        serving = row["serving"] or "down"
+        ctx.reporter.info(f"recorded {row['name']} ({row['role']}): version "
+                          f"{row['version'] or 'unknown'}, service {serving}")
+    return 0
+
+
+def cmd_forget(ctx: Context) -> int:
+    from ..cluster.admin import forget
+
+    if not forget(ctx.settings, ctx.reporter, ctx.args.name):
+        raise MaintError(f"no node named {ctx.args.name!r} in the cluster table")
+    ctx.reporter.info(f"forgot node {ctx.args.name}")
+    return 0
+
+
+def cmd_prepare(ctx: Context) -> int:
+    """The before-phase of OLD -> NEW, unless this node is already at NEW."""
+    from ..cluster.admin import installed_version
+    from ..procedure import BEFORE, steps_for
+    from ..upgrade import UpgradeContext, run_phases, unfinished_matching
+
+    args, settings = ctx.args, ctx.settings
+    pending = unfinished_matching(settings, new=args.new)
+    before = [s.name for s in steps_for(settings.role, [BEFORE])]
+    if pending and all(pending[0].is_done(name) for name in before):
+        # Already down (or further: a failed after-phase); dpkg finishes it.
+        ctx.reporter.info(f"the before-phase of {pending[0].old} -> {args.new} is done")
+        return 0
+    old = args.old or (pending[0].old if pending else installed_version(settings))
+    if not old:
+        raise MaintError("no installed version recorded; give it with --from OLD")
+    if old == args.new and not pending:
+        ctx.reporter.info(f"already at {args.new}: nothing to do")
+        return 0
+    up = UpgradeContext(settings=settings, reporter=ctx.reporter, old=old, new=args.new,
+                        resume=f"ivle-maint cluster prepare --to {args.new}")
+    run_phases(up, (BEFORE,))
+    return 0
