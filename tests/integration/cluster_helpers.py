@@ -1,0 +1,138 @@
+"""Driving and checking upgrades of a sandbox cluster (ivle_sandbox.cluster).
+
+A node's upgrade is dpkg's sequence of separate processes (preinst,
+unpack, postinst); an order is one thread per node running that sequence
+with pauses, so the nodes overlap as unattended apt runs would.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ivle_sandbox.cluster import Cluster, env_of, node_name
+from ivle_sandbox.node import Node
+from ivle_sandbox.releases import NEW, OLD
+from upgrade_helpers import media_version, postinst, preinst, unpack
+
+NEW_KEYS = sorted(k.removesuffix(".sql") for k in NEW)
+ALL_KEYS = sorted(k.removesuffix(".sql") for k in {**OLD, **NEW})
+
+
+def cli(node: Node, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ivle_maint", *args], env=env_of(node),
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
+                          check=False)
+
+
+def status(node: Node) -> dict[str, Any]:
+    done = cli(node, "cluster", "status", "--json", "--expect", "1.1")
+    doc: dict[str, Any] = json.loads(done.stdout)
+    doc["returncode"] = done.returncode
+    return doc
+
+
+@dataclass
+class Run:
+    """What one node's dpkg sequence did: each hook's exit status and output."""
+
+    node: Node
+    calls: list[tuple[str, int, str]] = field(default_factory=list)
+
+    def ok(self) -> bool:
+        return all(rc == 0 for _, rc, _ in self.calls)
+
+    def text(self) -> str:
+        return "\n".join(f"--- {name} -> {rc}\n{out}" for name, rc, out in self.calls)
+
+
+def dpkg_sequence(run: Run, pauses: tuple[float, float, float]) -> None:
+    """pause, preinst, pause, unpack, pause, postinst (skipped if the preinst failed)."""
+    node = run.node
+    time.sleep(pauses[0])
+    done = preinst(node)
+    run.calls.append(("preinst", done.returncode, done.stderr))
+    if done.returncode:
+        return
+    time.sleep(pauses[1])
+    unpack(node)
+    time.sleep(pauses[2])
+    done = postinst(node)
+    run.calls.append(("postinst", done.returncode, done.stderr))
+
+
+def run_concurrently(schedule: dict[Node, tuple[float, float, float]]) -> list[Run]:
+    runs = [Run(node) for node in schedule]
+    threads = [threading.Thread(target=dpkg_sequence, args=(run, schedule[run.node]))
+               for run in runs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    return runs
+
+
+def random_schedule(cluster: Cluster, seed: int, spread: float = 3.0
+                    ) -> dict[Node, tuple[float, float, float]]:
+    """A start delay and two pauses per node, from SEED: an apt-get-like order."""
+    rng = random.Random(seed)
+    return {node: (rng.uniform(0, spread), rng.uniform(0, spread / 2), rng.uniform(0, 0.5))
+            for node in cluster.nodes}
+
+
+def marker_rows(node: Node) -> list[tuple[str, str, str, datetime]]:
+    """(key, mode, host, applied_at) of every marker row."""
+    conn = node.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT key, mode, host, applied_at FROM ivle_maint_migrations "
+                        "ORDER BY key")
+            return [tuple(row) for row in cur.fetchall()]  # type: ignore[misc]
+    finally:
+        conn.close()
+
+
+def web_events(node: Node) -> list[tuple[datetime, str]]:
+    """(time, start|stop) of the node's web server, oldest first; failed tries left out."""
+    return [(datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC), event)
+            for stamp, _, event in node.service_events("apache2") if "FAILED" not in event]
+
+
+def assert_upgraded(cluster: Cluster, *, served_old_during_migration: bool = False) -> None:
+    """All nodes on 1.1 and up, one media version, the schema migrated once, and
+    no slave's web server started on new code before the master's migrations."""
+    for node in cluster.nodes:
+        assert node.installed_version() == "1.1"
+    assert cluster.master.service_running("ivle-usrmgt-server")
+    assert all(slave.service_running("apache2") for slave in cluster.slaves)
+
+    rows = marker_rows(cluster.master)
+    assert [r[0] for r in rows] == ALL_KEYS  # each key once (and the key is the primary key)
+    applied = [r for r in rows if r[0] in NEW_KEYS]
+    assert all(r[1] != "baseline" for r in applied)  # run, not merely recorded
+    assert {r[2] for r in applied} == {"master"}  # the master ran them, nobody else
+    first, last = min(r[3] for r in applied), max(r[3] for r in applied)
+
+    for slave in cluster.slaves:
+        events = web_events(slave)
+        assert [e for _, e in events] == ["start", "stop", "start"], events
+        (stopped, _), (started, _) = events[1], events[2]
+        assert started > last, f"{slave.root}: web started {started} before migration {last}"
+        if not served_old_during_migration:
+            assert stopped < first, f"{slave.root}: still served old code at {first}"
+
+    doc = status(cluster.master)
+    assert doc["problems"] == [] and doc["returncode"] == 0, doc
+    assert sorted(row["name"] for row in doc["nodes"]) == sorted(map(node_name, cluster.nodes))
+    assert {(row["version"], row["serving"], row["phase"]) for row in doc["nodes"]} == {
+        ("1.1", "1.1", "idle")}
+    values = {media_version(slave) for slave in cluster.slaves}
+    assert len(values) == 1 and doc["slave_media"] == {values.pop(): sorted(
+        node_name(s) for s in cluster.slaves)}

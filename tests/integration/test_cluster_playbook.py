@@ -1,0 +1,98 @@
+"""The Ansible playbook against a sandbox cluster, each host a local node."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cluster_helpers import assert_upgraded, web_events
+
+from ivle_sandbox.cluster import REPO, Cluster, build_cluster, node_name
+from upgrade_helpers import journal
+
+pytestmark = [
+    pytest.mark.needs_root,
+    pytest.mark.needs_postgres,
+    pytest.mark.skipif(shutil.which("ansible-playbook") is None,
+                       reason="needs ansible-playbook (scripts/install-deps: ansible-core)"),
+]
+
+PLAYBOOK = REPO / "scripts" / "ansible" / "upgrade-cluster.yml"
+
+
+def inventory(cluster: Cluster, path: Path) -> Path:
+    """Every node a host with connection: local and its own IVLECONF/IVLE_MAINT_CONF."""
+    python = sys.executable
+    hosts = {}
+    for node in cluster.nodes:
+        sandbox = f"{python} -m ivle_sandbox.fakeapt --root {node.root}"
+        hosts[node_name(node)] = {
+            "ansible_connection": "local",
+            "ansible_python_interpreter": "/usr/bin/python3",
+            "ivle_environment": {**node.env, "PYTHONPATH": f"{REPO}:{REPO / 'scripts'}"},
+            "ivle_upgrade_command": f"{sandbox} install 1.1",
+            "ivle_configure_command": f"{sandbox} configure-pending",
+        }
+    master = node_name(cluster.master)
+    doc = {"all": {
+        "vars": {"ivle_maint": f"{python} -m ivle_maint", "ivle_apt_update": False,
+                 "ivle_become": False},
+        "children": {
+            "ivle_master": {"hosts": {master: hosts.pop(master)}},
+            "ivle_slaves": {"hosts": hosts},
+        },
+    }}
+    path.write_text(json.dumps(doc, indent=1))
+    return path
+
+
+def playbook(inv: Path, tmp: Path, batch: int = 1) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ANSIBLE_HOME": str(tmp / "ansible"),
+           "ANSIBLE_LOCAL_TEMP": str(tmp / "ansible" / "tmp"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_RETRY_FILES_ENABLED": "0", "ANSIBLE_CONFIG": str(tmp / "none.cfg")}
+    return subprocess.run(
+        ["ansible-playbook", "-i", str(inv), str(PLAYBOOK), "-e", "ivle_version=1.1",
+         "-e", f"ivle_slave_batch={batch}"],
+        env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600,
+        check=False, cwd=tmp,
+    )
+
+
+@pytest.fixture
+def cluster(node_factory):
+    return build_cluster(node_factory, cluster={"master_timeout": 60, "slaves_timeout": 60})
+
+
+def test_playbook_upgrades_the_cluster_in_the_seed_order(cluster, tmp_path):
+    done = playbook(inventory(cluster, tmp_path / "inventory.json"), tmp_path, batch=2)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert_upgraded(cluster)
+    # Every slave went down before the master's upgrade began.
+    master_began = journal(cluster.master)["steps"]["baseline"]["started"]
+    for slave in cluster.slaves:
+        assert web_events(slave)[1][0].timestamp() < master_began
+    assert "media version: 1.1 on every slave (3)" in done.stdout
+
+
+def test_playbook_rerun_after_a_failed_slave_finishes_the_cluster(cluster, tmp_path):
+    inv = inventory(cluster, tmp_path / "inventory.json")
+    broken = cluster.slaves[1]
+    broken.set_fakes("apache2", fail=["start"])
+    failed = playbook(inv, tmp_path)
+    assert failed.returncode != 0
+    assert "dpkg --configure -a" in failed.stdout  # the hook's resume line, via fakeapt
+    first, _, last = cluster.slaves
+    assert first.service_running("apache2") and first.installed_version() == "1.1"
+    # The batch after the failure never ran: prepared (down) but still on 1.0.
+    assert not last.service_running("apache2") and last.installed_version() == "1.0"
+    assert not broken.service_running("apache2")
+
+    broken.set_fakes("apache2", fail=[])
+    again = playbook(inv, tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert_upgraded(cluster)  # includes: each slave's web server stopped exactly once
