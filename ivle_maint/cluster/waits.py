@@ -118,7 +118,7 @@ def wait_for_slaves(ctx: UpgradeContext) -> str:
     except TimedOut as exc:
         raise MaintError(
             f"slaves still serve code older than {ctx.new} after {timeout:g}s ([cluster] "
-            f"slaves_timeout): {exc.pending.text}; nothing was migrated.  Upgrade them (their "
+            f"slaves_timeout), nothing migrated: {exc.pending.text}.  Upgrade them (their "
             "preinst stops the web server) or stop their web servers, then resume; to migrate "
             "anyway: [cluster] migrate_while_serving = yes, or ivle-maint rerun "
             "--migrate-while-serving",
@@ -163,9 +163,9 @@ def wait_for_master(ctx: UpgradeContext) -> str:
                       label="the master's migrations")
     except TimedOut as exc:
         raise MaintError(
-            f"the master has not applied {exc.pending.text} after {timeout:g}s ([cluster] "
-            f"master_timeout); the web server stays down, the new code needs them.  Upgrade "
-            "(or resume) the master, then resume here",
+            f"the master's migrations are still missing after {timeout:g}s ([cluster] "
+            f"master_timeout), web server left down: {exc.pending.text}.  Upgrade (or "
+            "resume) the master, then resume here",
             resume=ctx.resume,
         ) from None
     return f"the master has applied all {len(keys)} migrations of {ctx.new} (waited {waited:.1f}s)"

@@ -85,20 +85,22 @@ def fresh_install(node: Node, version: str = "1.0") -> None:
     )
 
 
+def add_slave(make_node: Callable[..., Node], master: Node, name: str, *, users: int = 4,
+              consoles: int = 1, cluster: Mapping[str, Any] | None = None) -> Node:
+    """A slave on the master's database, installed at 1.0."""
+    slave = make_node(role="slave", users=users, consoles=consoles)
+    share_database(slave, master)
+    configure(slave, name, {"poll": 0.1, **(cluster or {})})
+    fresh_install(slave)
+    return slave
+
+
 def build_cluster(make_node: Callable[..., Node], *, slaves: int = 3, users: int = 4,
-                  consoles: int = 1, cluster: Mapping[str, Any] | None = None,
-                  names: tuple[str, ...] = ()) -> Cluster:
-    """A master and SLAVES slaves on one database, installed at 1.0."""
-    settings = {"poll": 0.1, **(cluster or {})}
+                  consoles: int = 1, cluster: Mapping[str, Any] | None = None) -> Cluster:
+    """A master and SLAVES slaves (slave1, ...) on one database, installed at 1.0."""
     master = make_node(role="master", users=users, mount=False)
-    configure(master, "master", settings)
-    built = []
-    for i in range(slaves):
-        slave = make_node(role="slave", users=users, consoles=consoles)
-        share_database(slave, master)
-        configure(slave, names[i] if i < len(names) else f"slave{i + 1}", settings)
-        built.append(slave)
-    result = Cluster(master, built)
-    for node in result.nodes:
-        fresh_install(node)
-    return result
+    configure(master, "master", {"poll": 0.1, **(cluster or {})})
+    fresh_install(master)
+    built = [add_slave(make_node, master, f"slave{i + 1}", users=users, consoles=consoles,
+                       cluster=cluster) for i in range(slaves)]
+    return Cluster(master, built)

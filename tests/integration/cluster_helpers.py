@@ -136,3 +136,41 @@ def assert_upgraded(cluster: Cluster, *, served_old_during_migration: bool = Fal
     values = {media_version(slave) for slave in cluster.slaves}
     assert len(values) == 1 and doc["slave_media"] == {values.pop(): sorted(
         node_name(s) for s in cluster.slaves)}
+
+
+def node_rows(node: Node) -> dict[str, dict[str, Any]]:
+    """ivle_maint_nodes as the database holds it now, by name."""
+    conn = node.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT name, version, serving, phase, step, note, media "
+                        "FROM ivle_maint_nodes")
+            keys = ("version", "serving", "phase", "step", "note", "media")
+            return {row[0]: dict(zip(keys, row[1:], strict=True)) for row in cur.fetchall()}
+    finally:
+        conn.close()
+
+
+def wait_rows(node: Node, names: list[str], phase: str, timeout: float = 60) -> dict[str, Any]:
+    """Until every node in NAMES has PHASE in the table; the rows then."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = node_rows(node)
+        if all(rows.get(name, {}).get("phase") == phase for name in names):
+            return rows
+        time.sleep(0.05)
+    raise AssertionError(f"{names} never all {phase}: {node_rows(node)}")
+
+
+def start_sequences(nodes: list[Node], pauses: tuple[float, float, float] = (0, 0, 0)
+                    ) -> tuple[list[Run], list[threading.Thread]]:
+    runs = [Run(node) for node in nodes]
+    threads = [threading.Thread(target=dpkg_sequence, args=(run, pauses)) for run in runs]
+    for thread in threads:
+        thread.start()
+    return runs, threads
+
+
+def join(threads: list[threading.Thread]) -> None:
+    for thread in threads:
+        thread.join(timeout=600)
