@@ -8,6 +8,8 @@ upgrade from 1.0 must baseline them; 1.1 adds new ones.
 
 from __future__ import annotations
 
+from datetime import date, timedelta
+
 OLD = {
     "20090105.sql": "BEGIN;\nCOMMENT ON TABLE login IS 'IVLE users';\nCOMMIT;\n",
     "20090212-01.sql": (
@@ -36,13 +38,30 @@ RELEASES = {"1.0": OLD, "1.1": {**OLD, **NEW}}
 
 
 def many(count: int) -> dict[str, str]:
-    """COUNT small new migrations (benchmarks), each in IVLE's own-BEGIN style."""
-    assert count <= 56, "two a day within one month"
-    return {
-        f"201101{1 + i // 2:02d}-{1 + i % 2:02d}.sql": (
-            f"BEGIN;\nCREATE TABLE bench_{i} (id serial PRIMARY KEY, v text);\n"
-            f"INSERT INTO bench_{i} (v) SELECT 'row;' || g FROM generate_series(1, 50) g;\n"
-            "COMMIT;\n"
-        )
-        for i in range(count)
-    }
+    """COUNT small new migrations (benchmarks), two a day from 2011-01-01.
+
+    They cycle through IVLE's styles: own BEGIN/COMMIT, no transaction
+    statements, a $$-quoted function body, an E'' string with a ';'.
+    """
+    first = date(2011, 1, 1)
+    files = {}
+    for i in range(count):
+        day = (first + timedelta(days=i // 2)).strftime("%Y%m%d")
+        files[f"{day}-{1 + i % 2:02d}.sql"] = _STYLES[i % len(_STYLES)].format(i=i)
+    return files
+
+
+_STYLES = (
+    "BEGIN;\nCREATE TABLE bench_{i} (id serial PRIMARY KEY, v text);\n"
+    "INSERT INTO bench_{i} (v) SELECT 'row;' || g FROM generate_series(1, 50) g;\n"
+    "COMMIT;\n",
+    "-- No transaction statements: the runner supplies one.\n"
+    "CREATE TABLE bench_{i} (id serial PRIMARY KEY, v text DEFAULT 'a;b');\n"
+    "CREATE INDEX bench_{i}_v ON bench_{i} (v);\n",
+    "BEGIN;\nCREATE TABLE bench_{i} (id serial PRIMARY KEY, v text);\n"
+    "CREATE FUNCTION bench_{i}_label(n integer) RETURNS text AS $$\n"
+    "BEGIN\n    RETURN 'n=' || n || ';';  -- a ; inside the body\nEND;\n"
+    "$$ LANGUAGE plpgsql;\nCOMMIT;\n",
+    "CREATE TABLE bench_{i} (id serial PRIMARY KEY, v text);\n"
+    "INSERT INTO bench_{i} (v) VALUES (E'tab\\there; newline\\n');\n",
+)
