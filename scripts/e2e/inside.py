@@ -2,8 +2,11 @@
 """The end-to-end scenarios, run inside the throwaway chroot by scripts/e2e/run.
 
     /srv/e2e/inside.py SCENARIO
+    /srv/e2e/inside.py node-init | node ACTION ROLE NAME PORT   (cluster nodes)
 
-SCENARIO: lifecycle, upgrade, failed-migration, failed-preinst or reinstall.
+SCENARIO: lifecycle, upgrade, failed-migration, failed-preinst, reinstall
+or cluster (a master and three slaves, each with its own root, mount and
+PID namespaces, upgraded by apt-get at once in a random order).
 
 It runs as PID 1 of a private PID, mount and network namespace: it reaps
 orphans (daemons, killed consoles) so nothing lingers as a zombie, and
@@ -22,7 +25,9 @@ from __future__ import annotations
 import configparser
 import difflib
 import hashlib
+import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -367,10 +372,22 @@ def user_files(login: str) -> dict[str, bytes]:
     }
 
 
-def home_checksums() -> dict[str, str]:
+def write_homes(users: list[tuple[str, int, bool]]) -> None:
+    """Every user's files under src/LOGIN/home/LOGIN, owned by the user."""
+    for login, uid, _admin in users:
+        home = SRC / login / "home" / login
+        for name, data in user_files(login).items():
+            path = home / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        for path in [home, *home.rglob("*")]:
+            os.chown(path, uid, uid)
+
+
+def home_checksums(users: list[tuple[str, int, bool]] | None = None) -> dict[str, str]:
     """relative path -> sha256:uid:mode of every entry under every src/LOGIN/home/LOGIN."""
     sums = {}
-    for login, _uid, _admin in [*USERS, GHOST]:
+    for login, _uid, _admin in [*USERS, GHOST] if users is None else users:
         home = SRC / login / "home" / login
         for path in sorted(home.rglob("*")):
             info = path.lstat()
@@ -430,14 +447,7 @@ def setup_node() -> Before:
     write(CONF_DIR / "ivle-maint.conf", MAINT_CONF_TEXT)
 
     run("ivle-buildjail", show=False)
-    for login, uid, _admin in [*USERS, GHOST]:
-        home = SRC / login / "home" / login
-        for name, data in user_files(login).items():
-            path = home / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-        for path in [home, *home.rglob("*")]:
-            os.chown(path, uid, uid)
+    write_homes([*USERS, GHOST])
     run("ivle-remakeuser", "-a")
     run("ivle-mountallusers")
     # ghost leaves the database with its jail mounted: ivle-mountallusers -u
@@ -755,12 +765,279 @@ def scenario_lifecycle() -> None:
     check(not others, "no process left running", others)
 
 
+# -- the cluster: a master and three slaves, each a machine of its own ---------------
+#
+# Each node is its own overlay of the tree at /srv/nodes/NAME (scripts/e2e/run
+# mounts them) with its own mount and PID namespaces, entered with nsenter:
+# its ivle-maint sees only its own processes, mounts and files, as on a
+# separate machine.  They share this network namespace: the slaves reach the
+# master's PostgreSQL on 127.0.0.1:5432, each web server has a port of its own.
+
+NODES_DIR = Path("/srv/nodes")
+CLUSTER_NODES = {"master": 0, "slave1": 8081, "slave2": 8082, "slave3": 8083}
+CLUSTER_CONF_TEXT = """\
+# ivle-maint settings of a cluster node in the end-to-end test.
+[node]
+role = {role}
+name = {name}
+
+[services]
+timeout = 20
+
+[consoles]
+term_timeout = 2
+
+[cluster]
+poll = 0.2
+master_timeout = 300
+slaves_timeout = 300
+"""
+
+
+@dataclass
+class Machine:
+    """One cluster node: its root and the PID 1 of its namespaces."""
+
+    name: str
+    init: subprocess.Popen[bytes]
+    pid: int  # the node's PID 1, as this namespace numbers it
+
+    @property
+    def role(self) -> str:
+        return "master" if self.name == "master" else "slave"
+
+    @property
+    def root(self) -> Path:
+        return NODES_DIR / self.name
+
+    def argv(self, *argv: str) -> list[str]:
+        """argv run on this node: its namespaces, its root, its mount-namespace token."""
+        here, there = (os.stat(f"/proc/{pid}/ns/mnt").st_ino for pid in ("self", self.pid))
+        token = f"{here}:{there}"
+        # --wd without a value: the target's own directory (/ of the node);
+        # --wd=/ would be this process's root, outside the node.
+        return ["nsenter", "-t", str(self.pid), "--mount", "--pid", "--root", "--wd",
+                "/usr/bin/env", f"IVLE_SANDBOX_MNTNS={token}", *argv]
+
+    def inside(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """/srv/e2e/inside.py node ARGS on this node; its lines shown with the node's name."""
+        print(f"[{self.name}] inside.py node {' '.join(args)}", flush=True)
+        done = subprocess.run(self.argv("/usr/bin/python3", "-u", str(E2E / "inside.py"),
+                                        "node", *args),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, timeout=timeout, check=False)
+        for line in done.stdout.splitlines():
+            print(f"[{self.name}] {line}", flush=True)
+        return done
+
+
+def start_machine(name: str) -> Machine:
+    """Give /srv/nodes/NAME /dev, /sys and the test files, then its own PID 1."""
+    root = NODES_DIR / name
+    subprocess.run(["mount", "--rbind", "/dev", str(root / "dev")], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=1777,nosuid,nodev", "shm",
+                    str(root / "dev/shm")], check=True)
+    subprocess.run(["mount", "--rbind", "/sys", str(root / "sys")], check=True)
+    shutil.copytree(E2E, root / "srv/e2e", ignore=shutil.ignore_patterns("repo"),
+                    dirs_exist_ok=True)
+    init = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
+         "--mount-proc", f"--root={root}", "/usr/bin/python3", "-u", str(E2E / "inside.py"),
+         "node-init"], stdin=subprocess.DEVNULL)
+    children = Path(f"/proc/{init.pid}/task/{init.pid}/children")
+    deadline = time.monotonic() + 10
+    while not children.read_text().split():
+        if time.monotonic() > deadline:
+            raise Failed(f"{name}: its PID 1 did not start")
+        time.sleep(0.05)
+    pid = int(children.read_text().split()[0])
+    while b"node-init" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+        if time.monotonic() > deadline:  # until it runs chrooted, after unshare's set-up
+            raise Failed(f"{name}: its PID 1 did not start")
+        time.sleep(0.05)
+    print(f"node {name}: PID 1 is {pid} here", flush=True)
+    return Machine(name, init, pid)
+
+
+def node_init() -> int:
+    """PID 1 of a cluster node: reap orphans (daemons, killed consoles) until killed."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    while True:
+        try:
+            os.wait()
+        except ChildProcessError:
+            time.sleep(0.2)
+
+
+def setup_cluster_node(role: str, name: str, web_port: int) -> None:
+    """This node at 1.0: ivle-maint, the settings, ivle 1.0, then its role's part."""
+    prepare_chroot()
+    install_ivle_maint()
+    title(f"set up {name} ({role}) at {OLD}")
+    write(CONF_DIR / "ivle-maint.conf", CLUSTER_CONF_TEXT.format(role=role, name=name))
+    write(IVLE_CONF, IVLE_CONF_TEXT, 0o640)
+    if role == "master":
+        start_postgres()
+        run("runuser", "-u", "postgres", "--", "psql", "-q", "-X", "-v", "ON_ERROR_STOP=1",
+            "-c", f"CREATE ROLE ivle LOGIN PASSWORD '{DB['password']}'")
+        run("runuser", "-u", "postgres", "--", "createdb", "-O", "ivle", "ivle")
+    else:
+        write(Path("/etc/default/apache2"), f"PORT={web_port}\n")
+    # Installed with the database there: the fresh install records the
+    # baseline (master) and registers the node in the cluster table.
+    install_old_ivle()
+    if role == "master":
+        psql_file(SHARE / "userdb" / "users.sql")
+        for key in MIGRATIONS_OLD:
+            psql_file(MIGRATIONS / f"{key}.sql")
+        conn = db_connect()
+        with conn, conn.cursor() as cur:
+            for login, uid, admin in USERS:
+                cur.execute("INSERT INTO login (login, unixid, admin, nick, fullname) "
+                            "VALUES (%s, %s, %s, %s, %s)",
+                            (login, uid, admin, login, login.title()))
+        conn.close()
+    run("ivle-buildjail", show=False)
+    write_homes(USERS)
+    run("ivle-remakeuser", "-a")
+    if role == "master":
+        run("invoke-rc.d", "ivle-usrmgt-server", "start")
+        check(service_running("ivle-usrmgt-server"), "user management server runs")
+    else:
+        run("ivle-mountallusers")
+        run("invoke-rc.d", "apache2", "start")
+        for login, uid, _admin in USERS:
+            if login in CONSOLE_USERS:
+                start_console(login, uid)
+        deadline = time.monotonic() + 10
+        while len(console_pids()) < len(CONSOLE_USERS) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        check(service_running("apache2") and http_get(web_port) == "apache2",
+              f"web server runs and answers on :{web_port}")
+        check(len(console_pids()) == len(CONSOLE_USERS),
+              f"{len(CONSOLE_USERS)} consoles run in their jails", console_pids())
+        check(len(jail_mounts()) == 3 * len(USERS), f"{len(USERS)} jails mounted", jail_mounts())
+    (E2E / "homes.json").write_text(json.dumps(home_checksums(USERS)))
+    publish(f"ivle_{NEW}_all.deb")  # apt-get update runs with the upgrade
+
+
+def check_cluster_node(role: str, name: str, web_port: int) -> None:
+    """Every seed step of this node's role, after the cluster's upgrade."""
+    title(f"check {name} ({role}) after the upgrade")
+    status, version = dpkg_status("ivle")
+    check(status == "install ok installed" and version == NEW,
+          f"ivle {NEW} is installed and configured", f"{status} {version}")
+    events = events_since(datetime.min.replace(tzinfo=UTC))
+    print("    service events: " + ", ".join(f"{e.service} {e.what}" for e in events))
+    homes = json.loads((E2E / "homes.json").read_text())
+    check(home_checksums(USERS) == homes, f"all {len(homes)} home entries intact")
+    new_applied = {k: a for k, (m, a) in marker_rows().items() if k in MIGRATIONS_NEW}
+    check(len(new_applied) == len(MIGRATIONS_NEW), "the new migrations are in the marker")
+    migrated = max(new_applied.values())
+    if role == "master":
+        usrmgt = [e for e in events if e.service == "ivle-usrmgt-server"]
+        check([e.what for e in usrmgt] == ["start", "stop", "start"],
+              "user management server restarted by the upgrade", [e.what for e in usrmgt])
+        check(usrmgt[1].when > migrated, "after the migrations")
+        check((TEMPLATE / "usr/lib/ivle/VERSION").read_text().strip() == NEW,
+              f"jail template rebuilt with {NEW}")
+        remade = [login for login, _u, _a in USERS
+                  if f"version = {NEW}" in (SRC / login / "home/.ivle/jail.conf").read_text()]
+        check(len(remade) == len(USERS), f"every user's jail remade for {NEW}", remade)
+        return
+    web = [e for e in events if e.service == "apache2"]
+    check([e.what for e in web] == ["start", "stop", "start"],
+          "web server stopped once and started once by the upgrade", [e.what for e in web])
+    code = datetime.fromtimestamp((SHARE / "VERSION").stat().st_ctime, UTC)
+    check(web[1].when < code < web[2].when, "new code unpacked while the web server was down")
+    check(web[2].when > migrated,
+          "web server back on the new code only after the master's migrations",
+          f"start {web[2].when}, migrations {migrated}")
+    check(service_running("apache2") and http_get(web_port) == "apache2",
+          f"web server answers on :{web_port}")
+    check(not console_pids(), "no python-console process left", console_pids())
+    check(not jail_mounts(), "no jail mounted", jail_mounts())
+    print(f"MEDIA {ivle_conf_media_version()}", flush=True)
+
+
+def node_command(action: str, role: str, name: str, port: str) -> int:
+    """inside.py node ACTION ROLE NAME PORT: one cluster node's part, run on it."""
+    try:
+        if action == "setup":
+            setup_cluster_node(role, name, int(port))
+        elif action == "check":
+            check_cluster_node(role, name, int(port))
+        else:
+            raise Failed(f"unknown node action {action}")
+    except (Failed, subprocess.SubprocessError, OSError) as exc:
+        print(f"FAIL {exc}", flush=True)
+        return 1
+    return 0
+
+
+def scenario_cluster() -> None:
+    """One master, three slaves: apt-get upgrade on all four at once, in a random order."""
+    title("four machines: master, slave1, slave2, slave3")
+    machines = [start_machine(name) for name in CLUSTER_NODES]
+    try:
+        for m in machines:  # the master first: the slaves use its database
+            done = m.inside("setup", m.role, m.name, str(CLUSTER_NODES[m.name]))
+            check(done.returncode == 0, f"{m.name} set up at {OLD}")
+        master = machines[0]
+        status = run(*master.argv("ivle-maint", "cluster", "status"))
+        check(all(m.name in status.stdout for m in machines), "every node is registered")
+
+        seed = int(os.environ["IVLE_MAINT_E2E_SEED"])  # chosen by scripts/e2e/run
+        order = random.Random(seed).sample(machines, len(machines))
+        title(f"apt-get upgrade on every node at once, started in the order "
+              f"{', '.join(m.name for m in order)} (seed {seed})")
+        upgrades = []
+        for m in order:
+            argv = m.argv("/bin/sh", "-c", "apt-get update -q && apt-get upgrade -y -q")
+            log = (m.root / "srv/e2e/upgrade.log").open("w")
+            upgrades.append((m, log, subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=ENV)))
+            time.sleep(random.Random(seed + len(upgrades)).uniform(0, 3))
+        for m, log, proc in upgrades:
+            code = proc.wait(timeout=400)
+            log.close()
+            for line in (m.root / "srv/e2e/upgrade.log").read_text().splitlines():
+                if not line.startswith("(Reading database"):
+                    print(f"[{m.name}] | {line}", flush=True)
+            check(code == 0, f"{m.name}: apt-get upgrade succeeded", code)
+
+        media = set()
+        for m in machines:
+            done = m.inside("check", m.role, m.name, str(CLUSTER_NODES[m.name]))
+            check(done.returncode == 0, f"{m.name}: every step of its role checked")
+            media |= {line.split()[1] for line in done.stdout.splitlines()
+                      if line.startswith("MEDIA ")}
+        check(len(media) == 1 and OLD not in media,
+              f"one new media version on every slave: {', '.join(sorted(media))}")
+        rows = query("SELECT key, count(*) FROM ivle_maint_migrations "
+                     "WHERE mode <> 'baseline' GROUP BY key")
+        check(sorted(str(k) for k, _n in rows) == sorted(MIGRATIONS_NEW)
+              and all(n == 1 for _k, n in rows), "the schema migrated once", rows)
+        done = run(*master.argv("ivle-maint", "cluster", "status", "--expect", NEW), ok=False)
+        check(done.returncode == 0, f"ivle-maint cluster status --expect {NEW}: all nodes up")
+    finally:
+        for m in machines:  # the node's PID 1 exits on SIGTERM, ending its namespace
+            os.kill(m.pid, signal.SIGTERM)
+            try:
+                m.init.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.kill(m.pid, signal.SIGKILL)
+                m.init.wait(timeout=10)
+
+
 SCENARIOS: dict[str, Callable[[], None]] = {
     "lifecycle": scenario_lifecycle,
     "upgrade": scenario_upgrade,
     "failed-migration": scenario_failed_migration,
     "failed-preinst": scenario_failed_preinst,
     "reinstall": scenario_reinstall,
+    "cluster": scenario_cluster,
 }
 
 
@@ -789,6 +1066,10 @@ def as_init(name: str) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["node-init"]:
+        sys.exit(node_init())
+    if sys.argv[1:2] == ["node"] and len(sys.argv) == 6:
+        sys.exit(node_command(*sys.argv[2:]))
     if len(sys.argv) != 2 or sys.argv[1] not in SCENARIOS:
         sys.exit(f"usage: inside.py {{{'|'.join(SCENARIOS)}}}")
     sys.exit(as_init(sys.argv[1]) if os.getpid() == 1 else main(sys.argv[1]))

@@ -112,7 +112,11 @@ INIT_SCRIPT = """\
 # Short-Description: {name} stand-in (ivle-maint end-to-end test)
 ### END INIT INFO
 # Events go to /var/log/services.log; see {fakes}/initd-service.
-exec /usr/bin/python3 /{fakes}/initd-service --root / --port {port} {name} "$@"
+PORT={port}
+# As Debian's init scripts do: the administrator's settings (the cluster
+# scenario gives each slave its own web port).
+[ -r /etc/default/{name} ] && . /etc/default/{name}
+exec /usr/bin/python3 /{fakes}/initd-service --root / --port "$PORT" {name} "$@"
 """
 
 # What dh_installinit would put at #DEBHELPER# for the two init scripts.

@@ -17,7 +17,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 RUN = REPO / "scripts" / "e2e" / "run"
-SCENARIOS = ("lifecycle", "upgrade", "failed-migration", "failed-preinst", "reinstall")
+SCENARIOS = ("lifecycle", "upgrade", "failed-migration", "failed-preinst", "reinstall",
+             "cluster")
 
 pytestmark = [pytest.mark.e2e, pytest.mark.needs_root]
 
