@@ -322,6 +322,16 @@ def start_console(login: str, uid: int) -> None:
                         "IVLE_CONSOLE_CWD": f"/home/{login}", "IVLE_CONSOLE_UID": str(uid)})
 
 
+def start_consoles() -> None:
+    """A console for each of CONSOLE_USERS; wait (bounded) until all of them run."""
+    for login, uid, _admin in USERS:
+        if login in CONSOLE_USERS:
+            start_console(login, uid)
+    deadline = time.monotonic() + 10
+    while len(console_pids()) < len(CONSOLE_USERS) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -456,12 +466,7 @@ def setup_node() -> Before:
 
     for service in ("apache2", "ivle-usrmgt-server"):
         run("invoke-rc.d", service, "start")
-    for login, uid, _admin in USERS:
-        if login in CONSOLE_USERS:
-            start_console(login, uid)
-    deadline = time.monotonic() + 10
-    while len(console_pids()) < len(CONSOLE_USERS) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    start_consoles()
 
     check(service_running("apache2") and http_get(8080) == "apache2",
           "web server (apache2 stand-in) runs and answers on :8080")
@@ -906,12 +911,7 @@ def setup_cluster_node(role: str, name: str, web_port: int) -> None:
     else:
         run("ivle-mountallusers")
         run("invoke-rc.d", "apache2", "start")
-        for login, uid, _admin in USERS:
-            if login in CONSOLE_USERS:
-                start_console(login, uid)
-        deadline = time.monotonic() + 10
-        while len(console_pids()) < len(CONSOLE_USERS) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        start_consoles()
         check(service_running("apache2") and http_get(web_port) == "apache2",
               f"web server runs and answers on :{web_port}")
         check(len(console_pids()) == len(CONSOLE_USERS),
