@@ -2,14 +2,16 @@
 
 Everything an upgrade will need is checked here, so that the disruptive
 part starts only when it can finish: the settings and ivle.conf parse, the
-version goes forwards, IVLE's commands exist, the database answers, every
-pending migration parses, and the backup fits on its disk.  In a cluster
+version goes forwards, IVLE's commands exist, the step modules and their
+libraries load, the database answers, every pending migration parses, and
+the backup fits on its disk.  In a cluster
 the node records itself in ivle_maint_nodes, which proves the database
 answers and that no other node uses its name.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import shutil
@@ -40,6 +42,28 @@ def check_commands(ctx: UpgradeContext) -> None:
     missing = [c for c in needed if system.which(c, path=path) is None]
     if missing:
         raise MaintError(f"IVLE command(s) not found: {', '.join(missing)} (see [commands])")
+
+
+# The modules each role's steps import when they run (imports are lazy to
+# keep 'ivle-maint --version' fast).  Loading them here moves that cost out
+# of the web-down window and fails a broken install (python3-psutil, say)
+# while the site is still up.
+STEP_MODULES = {
+    "slave": ["psutil", "ivle_maint.steps.consoles", "ivle_maint.steps.mounts",
+              "ivle_maint.steps.media"],
+    "master": ["ivle_maint.steps.migrations", "ivle_maint.steps.jail_rebuild",
+               "ivle_maint.steps.user_jails"],
+}
+STEP_MODULES["both"] = STEP_MODULES["slave"] + STEP_MODULES["master"]
+
+
+def check_modules(ctx: UpgradeContext) -> None:
+    """Every module this node's steps need loads."""
+    for name in STEP_MODULES[ctx.settings.role]:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise MaintError(f"Python module {name} does not load: {exc}") from None
 
 
 def classified_after_baseline(ctx: UpgradeContext) -> tuple[int, list[Classified]]:
@@ -112,6 +136,7 @@ def check(ctx: UpgradeContext) -> None:
         check_upgrade(ctx.old, ctx.new)
     ctx.ivle_conf  # noqa: B018 - parses ivle.conf, raising ConfigError if broken
     check_commands(ctx)
+    check_modules(ctx)
     if ctx.settings.role in ("master", "both"):
         pending = check_database(ctx)
         if pending:

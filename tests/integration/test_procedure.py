@@ -308,6 +308,17 @@ def test_missing_ivle_command_fails_preflight_with_the_site_up(both):
     assert both.service_running("apache2") and len(both.mounts()) == 18
 
 
+def test_broken_step_library_fails_preflight_with_the_site_up(both, tmp_path):
+    # The consoles step imports psutil lazily; a broken install must fail
+    # the preflight, not the step after the web server went down.
+    (tmp_path / "psutil.py").write_text("raise ImportError('broken python3-psutil')\n")
+    done = preinst(both, pythonpath=(str(tmp_path),))
+    assert done.returncode == 1
+    assert "Python module psutil does not load: broken python3-psutil" in done.stderr
+    assert both.service_running("apache2") and len(both.console_pids()) == 3
+    assert len(both.mounts()) == 18
+
+
 def test_two_concurrent_runs_one_refuses(both):
     both.set_fakes("apache2", delay=3)
     first = start_cli(both, "hook", "preinst", "upgrade", "1.0", "1.1")

@@ -22,9 +22,13 @@ REPO = Path(__file__).resolve().parents[2]
 RESUME_LINE = "ivle-maint: resume with: dpkg --configure -a  (or: ivle-maint rerun)"
 
 
-def cli(node: Node, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-    """Run ivle-maint on NODE with stdin closed, as dpkg would."""
-    env = {**os.environ, **node.env, "PYTHONPATH": str(REPO)}
+def cli(node: Node, *args: str, check: bool = False,
+        pythonpath: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """Run ivle-maint on NODE with stdin closed, as dpkg would.
+
+    pythonpath: directories searched before the repository (broken modules).
+    """
+    env = {**os.environ, **node.env, "PYTHONPATH": os.pathsep.join([*pythonpath, str(REPO)])}
     done = subprocess.run(
         [sys.executable, "-m", "ivle_maint", *args], env=env, capture_output=True, text=True,
         stdin=subprocess.DEVNULL, timeout=300, check=False,
@@ -43,8 +47,9 @@ def start_cli(node: Node, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def preinst(node: Node, old: str = "1.0", new: str = "1.1") -> subprocess.CompletedProcess[str]:
-    return cli(node, "hook", "preinst", "upgrade", old, new)
+def preinst(node: Node, old: str = "1.0", new: str = "1.1",
+            pythonpath: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    return cli(node, "hook", "preinst", "upgrade", old, new, pythonpath=pythonpath)
 
 
 def unpack(node: Node, version: str = "1.1", migrations: dict[str, str] | None = None) -> None:
