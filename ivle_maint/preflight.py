@@ -4,9 +4,9 @@ Everything an upgrade will need is checked here, so that the disruptive
 part starts only when it can finish: the settings and ivle.conf parse, the
 version goes forwards, IVLE's commands exist, the step modules and their
 libraries load, the database answers, every pending migration parses, and
-the backup fits on its disk.  In a cluster
-the node records itself in ivle_maint_nodes, which proves the database
-answers and that no other node uses its name.
+the backup fits on its disk.  In a cluster the node records itself in
+ivle_maint_nodes, which proves the database answers and that no other
+node uses its name.
 """
 
 from __future__ import annotations
