@@ -44,17 +44,18 @@ def check_commands(ctx: UpgradeContext) -> None:
         raise MaintError(f"IVLE command(s) not found: {', '.join(missing)} (see [commands])")
 
 
-# The modules each role's steps import when they run (imports are lazy to
-# keep 'ivle-maint --version' fast).  Loading them here moves that cost out
-# of the web-down window and fails a broken install (python3-psutil, say)
-# while the site is still up.
+# The modules each role's steps import when they run (actions.py imports
+# lazily to keep 'ivle-maint --version' fast).  Loading them here moves that
+# cost out of the web-down window and fails a broken install
+# (python3-psutil, say) while the site is still up.
+_EVERY_ROLE = ["ivle_maint.steps.services", "ivle_maint.cluster.waits"]
 STEP_MODULES = {
-    "slave": ["psutil", "ivle_maint.steps.consoles", "ivle_maint.steps.mounts",
-              "ivle_maint.steps.media"],
-    "master": ["ivle_maint.steps.migrations", "ivle_maint.steps.jail_rebuild",
+    "slave": [*_EVERY_ROLE, "psutil", "ivle_maint.steps.consoles", "ivle_maint.steps.mounts",
+              "ivle_maint.steps.media", "ivle_maint.cluster.media"],
+    "master": [*_EVERY_ROLE, "ivle_maint.steps.migrations", "ivle_maint.steps.jail_rebuild",
                "ivle_maint.steps.user_jails"],
 }
-STEP_MODULES["both"] = STEP_MODULES["slave"] + STEP_MODULES["master"]
+STEP_MODULES["both"] = sorted({*STEP_MODULES["slave"], *STEP_MODULES["master"]})
 
 
 def check_modules(ctx: UpgradeContext) -> None:
