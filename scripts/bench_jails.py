@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "scripts"), str(REPO)]
 
 from ivle_sandbox import mountns, schema  # noqa: E402
+from ivle_sandbox.cluster import env_of  # noqa: E402
 from ivle_sandbox.node import Node, build_node  # noqa: E402
 from ivle_sandbox.postgres import ThrowawayPostgres, make_sandbox_root  # noqa: E402
 
@@ -42,10 +43,6 @@ CALIBRATION_LINES = 10_000
 
 def ivle_maint_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "ivle_maint", *args]
-
-
-def node_env(node: Node) -> dict[str, str]:
-    return {**os.environ, **node.env, "PYTHONPATH": str(REPO)}
 
 
 # ------------------------------------------------------------ unmount
@@ -77,7 +74,7 @@ def umount_per_mount(node: Node, logins: list[str]) -> None:
 
 
 def ivle_maint_unmount(node: Node) -> None:
-    done = subprocess.run(ivle_maint_argv("mounts", "unmount"), env=node_env(node),
+    done = subprocess.run(ivle_maint_argv("mounts", "unmount"), env=env_of(node),
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"ivle-maint mounts unmount exited {done.returncode}: "
@@ -125,7 +122,7 @@ def peak_rss_mb(pid: int) -> float | None:
 def bytes_per_line(node: Node) -> float:
     """What one line of the stand-in's apt output weighs, measured on a run of it."""
     node.set_fakes("ivle-buildjail", lines=CALIBRATION_LINES)
-    done = subprocess.run([str(node.commands["ivle-buildjail"]), "-u"], env=node_env(node),
+    done = subprocess.run([str(node.commands["ivle-buildjail"]), "-u"], env=env_of(node),
                           capture_output=True, check=True)
     return len(done.stdout) / CALIBRATION_LINES
 
@@ -134,7 +131,7 @@ def rebuild_peak(node: Node, output_bytes: int, line_bytes: float) -> tuple[floa
     """(peak MB, seconds) of `ivle-maint jails rebuild` over OUTPUT_BYTES of output."""
     node.set_fakes("ivle-buildjail", lines=round(output_bytes / line_bytes))
     started = time.perf_counter()
-    proc = subprocess.Popen(ivle_maint_argv("jails", "rebuild"), env=node_env(node),
+    proc = subprocess.Popen(ivle_maint_argv("jails", "rebuild"), env=env_of(node),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, text=True)
     peak = 0.0

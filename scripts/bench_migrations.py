@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "scripts"), str(REPO)]
 
 from ivle_sandbox import schema  # noqa: E402
+from ivle_sandbox.cluster import env_of  # noqa: E402
 from ivle_sandbox.node import Node, build_node, install_version  # noqa: E402
 from ivle_sandbox.postgres import ThrowawayPostgres, make_sandbox_root  # noqa: E402
 from ivle_sandbox.releases import OLD, many  # noqa: E402
@@ -53,9 +54,8 @@ def make_node(root: Path, pg: ThrowawayPostgres, new: dict[str, str]) -> Node:
 
 def ivle_maint(node: Node, *args: str) -> subprocess.CompletedProcess[str]:
     """`ivle-maint ARGS` as a process of its own, as an administrator runs it."""
-    env = {**os.environ, **node.env, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "ivle_maint", *args], env=env, check=False,
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    return subprocess.run([sys.executable, "-m", "ivle_maint", *args], env=env_of(node),
+                          check=False, capture_output=True, text=True, stdin=subprocess.DEVNULL)
 
 
 def timed(func: Callable[..., object], *args: object) -> float:

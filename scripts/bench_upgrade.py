@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "scripts"), str(REPO)]
 
 from ivle_sandbox import mountns, schema  # noqa: E402
+from ivle_sandbox.cluster import env_of  # noqa: E402
 from ivle_sandbox.node import Node, build_node, install_version  # noqa: E402
 from ivle_sandbox.postgres import ThrowawayPostgres, make_sandbox_root  # noqa: E402
 from ivle_sandbox.releases import OLD, many  # noqa: E402
@@ -73,9 +74,8 @@ def make_node(root: Path, pg: ThrowawayPostgres, users: int, migrations: int) ->
         node.set_fakes(program, **values)
     # 1.0's migrations are recorded as applied (what the first upgrade's
     # baseline does), then 1.1 is unpacked: the same start for both runs.
-    env = {**os.environ, **node.env, "PYTHONPATH": str(REPO)}
     subprocess.run([sys.executable, "-m", "ivle_maint", "db", "baseline", "20090212-01"],
-                   env=env, check=True, capture_output=True)
+                   env=env_of(node), check=True, capture_output=True)
     install_version(node, "1.1", {**OLD, **many(migrations)})
     # chmod: the seed's psql runs as postgres and must read the files.
     node.migrations.chmod(0o755)

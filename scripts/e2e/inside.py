@@ -438,21 +438,31 @@ def install_old_ivle() -> None:
           f"{status} {version}")
 
 
-def setup_node() -> Before:
-    title(f"set up the IVLE node at {OLD}: database, jails, mounts, consoles, services")
+def create_database() -> None:
+    """Start PostgreSQL; an empty database ivle owned by the role ivle."""
     start_postgres()
     run("runuser", "-u", "postgres", "--", "psql", "-q", "-X", "-v", "ON_ERROR_STOP=1", "-c",
         f"CREATE ROLE ivle LOGIN PASSWORD '{DB['password']}'")
     run("runuser", "-u", "postgres", "--", "createdb", "-O", "ivle", "ivle")
+
+
+def load_old_schema(users: list[tuple[str, int, bool]]) -> None:
+    """1.0's schema, as the seed builds it (psql -f, in order), and its users."""
     psql_file(SHARE / "userdb" / "users.sql")
-    for key in MIGRATIONS_OLD:  # as the seed says: psql -f, in order
+    for key in MIGRATIONS_OLD:
         psql_file(MIGRATIONS / f"{key}.sql")
     conn = db_connect()
     with conn, conn.cursor() as cur:
-        for login, uid, admin in [*USERS, GHOST]:
+        for login, uid, admin in users:
             cur.execute("INSERT INTO login (login, unixid, admin, nick, fullname) "
                         "VALUES (%s, %s, %s, %s, %s)", (login, uid, admin, login, login.title()))
     conn.close()
+
+
+def setup_node() -> Before:
+    title(f"set up the IVLE node at {OLD}: database, jails, mounts, consoles, services")
+    create_database()
+    load_old_schema([*USERS, GHOST])
     write(IVLE_CONF, IVLE_CONF_TEXT, 0o640)
     write(CONF_DIR / "ivle-maint.conf", MAINT_CONF_TEXT)
 
@@ -851,15 +861,13 @@ def start_machine(name: str) -> Machine:
          "node-init"], stdin=subprocess.DEVNULL)
     children = Path(f"/proc/{init.pid}/task/{init.pid}/children")
     deadline = time.monotonic() + 10
-    while not children.read_text().split():
+    # Until unshare's child runs inside.py, that is after the chroot.
+    while not ((kids := children.read_text().split())
+               and b"node-init" in Path(f"/proc/{kids[0]}/cmdline").read_bytes()):
         if time.monotonic() > deadline:
             raise Failed(f"{name}: its PID 1 did not start")
         time.sleep(0.05)
-    pid = int(children.read_text().split()[0])
-    while b"node-init" not in Path(f"/proc/{pid}/cmdline").read_bytes():
-        if time.monotonic() > deadline:  # until it runs chrooted, after unshare's set-up
-            raise Failed(f"{name}: its PID 1 did not start")
-        time.sleep(0.05)
+    pid = int(kids[0])
     print(f"node {name}: PID 1 is {pid} here", flush=True)
     return Machine(name, init, pid)
 
@@ -882,26 +890,14 @@ def setup_cluster_node(role: str, name: str, web_port: int) -> None:
     write(CONF_DIR / "ivle-maint.conf", CLUSTER_CONF_TEXT.format(role=role, name=name))
     write(IVLE_CONF, IVLE_CONF_TEXT, 0o640)
     if role == "master":
-        start_postgres()
-        run("runuser", "-u", "postgres", "--", "psql", "-q", "-X", "-v", "ON_ERROR_STOP=1",
-            "-c", f"CREATE ROLE ivle LOGIN PASSWORD '{DB['password']}'")
-        run("runuser", "-u", "postgres", "--", "createdb", "-O", "ivle", "ivle")
+        create_database()
     else:
         write(Path("/etc/default/apache2"), f"PORT={web_port}\n")
     # Installed with the database there: the fresh install records the
     # baseline (master) and registers the node in the cluster table.
     install_old_ivle()
     if role == "master":
-        psql_file(SHARE / "userdb" / "users.sql")
-        for key in MIGRATIONS_OLD:
-            psql_file(MIGRATIONS / f"{key}.sql")
-        conn = db_connect()
-        with conn, conn.cursor() as cur:
-            for login, uid, admin in USERS:
-                cur.execute("INSERT INTO login (login, unixid, admin, nick, fullname) "
-                            "VALUES (%s, %s, %s, %s, %s)",
-                            (login, uid, admin, login, login.title()))
-        conn.close()
+        load_old_schema(USERS)
     run("ivle-buildjail", show=False)
     write_homes(USERS)
     run("ivle-remakeuser", "-a")
@@ -988,7 +984,8 @@ def scenario_cluster() -> None:
         check(all(m.name in status.stdout for m in machines), "every node is registered")
 
         seed = int(os.environ["IVLE_MAINT_E2E_SEED"])  # chosen by scripts/e2e/run
-        order = random.Random(seed).sample(machines, len(machines))
+        rng = random.Random(seed)
+        order = rng.sample(machines, len(machines))
         title(f"apt-get upgrade on every node at once, started in the order "
               f"{', '.join(m.name for m in order)} (seed {seed})")
         upgrades = []
@@ -998,7 +995,7 @@ def scenario_cluster() -> None:
             upgrades.append((m, log, subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=ENV)))
-            time.sleep(random.Random(seed + len(upgrades)).uniform(0, 3))
+            time.sleep(rng.uniform(0, 3))
         for m, log, proc in upgrades:
             code = proc.wait(timeout=400)
             log.close()
