@@ -15,6 +15,7 @@ import os
 import pwd
 import secrets
 import shlex
+import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -320,7 +321,10 @@ def _populate(node: Node, *, users: int, mount: bool, services: bool, consoles: 
                            socket_dir=node.pg.socket_dir)
     install_version(node, node.version)
     jailtree.make_template(node.template_build, node.lib)
-    jailtree.make_template(node.template, node.lib)
+    # The template as a completed ivle-buildjail leaves it: a copy with the
+    # same modes and mtimes.  Writing it a second time could straddle a
+    # second boundary, and the jail step's check compares whole seconds.
+    shutil.copytree(node.template_build, node.template, symlinks=True)
     for user in node.users:
         jailtree.make_user_jail(node.jails_src, user.login, user.unixid)
     _write_initd(node)

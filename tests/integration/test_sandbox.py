@@ -358,6 +358,17 @@ def test_remakeuser_failures_and_preserved_homes(node):
     assert not (node.jails_src / "user0001" / "home" / ".ivle").exists()
 
 
+def test_fresh_template_is_an_exact_copy_of_template_build(node):
+    # What a completed ivle-buildjail leaves; the jail step checks it.
+    def tree(top):
+        return {str(p.relative_to(top)): (p.lstat().st_mode, p.lstat().st_mtime_ns,
+                                          p.read_bytes() if p.is_file() else None)
+                for p in top.rglob("*") if not p.is_dir()}
+
+    assert tree(node.template) == tree(node.template_build)
+    assert len(tree(node.template)) > 3
+
+
 @needs_root
 @pytest.mark.parametrize("args", [["-u"], []], ids=["update", "rebuild"])
 def test_buildjail_copies_new_version(node, args):
