@@ -16,10 +16,10 @@ deps:
 test: deps lint test-debian test-pypi e2e
 
 test-debian:
-	$(PYTEST) tests/unit tests/integration
+	$(PYTEST) tests/unit tests/integration tests/abuse
 
 test-pypi:
-	$$(scripts/pypi-venv) -m pytest tests/unit tests/integration
+	$$(scripts/pypi-venv) -m pytest tests/unit tests/integration tests/abuse
 
 lint:
 	venv_py=$$(scripts/pypi-venv) && \
