@@ -7,13 +7,14 @@ and its default (``ivle-maint settings`` prints it).
 
 from __future__ import annotations
 
+import difflib
 import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from configobj import ConfigObj, ConfigObjError, flatten_errors
+from configobj import ConfigObj, ConfigObjError, Section, flatten_errors, get_extra_values
 
 from .errors import ConfigError
 
@@ -160,8 +161,34 @@ devmode = boolean(default=False)
 """
 
 
-def _load(path: Path, spec: str, *, interpolation: Any) -> ConfigObj:
-    """Parse and validate one configobj file; one-line ConfigError on fault."""
+def _nearest(name: str, valid: list[str], form: str = "{}") -> str:
+    close = difflib.get_close_matches(name, valid, n=1)
+    return f" (did you mean {form.format(close[0])}?)" if close else ""
+
+
+def _refuse_unknown(path: Path, conf: ConfigObj) -> None:
+    """A misspelt section or key is an error: configobj would ignore it."""
+    for sections, name in get_extra_values(conf):
+        parent: Any = conf
+        for section in sections:
+            parent = parent[section]
+        spec = parent.configspec
+        valid = list(spec.sections if spec is not None else [])
+        where = "".join(f"[{s}]" for s in sections)
+        if isinstance(parent[name], Section):
+            raise ConfigError(f"{path}: unknown section {where}[{name}]"
+                              f"{_nearest(name, valid, where + '[{}]')}")
+        valid = list(spec.scalars if spec is not None else [])
+        raise ConfigError(f"{path}: {where or 'top level'}: unknown key {name}"
+                          f"{_nearest(name, valid)}")
+
+
+def _load(path: Path, spec: str, *, interpolation: Any, strict: bool = False) -> ConfigObj:
+    """Parse and validate one configobj file; one-line ConfigError on fault.
+
+    strict: sections and keys the spec does not name are errors (ivle-maint's
+    own settings; ivle.conf has many keys ivle-maint does not use).
+    """
     if path.exists() and not os.access(path, os.R_OK):
         raise ConfigError(f"{path}: cannot read: permission denied")
     try:
@@ -189,6 +216,8 @@ def _load(path: Path, spec: str, *, interpolation: Any) -> ConfigObj:
             name = "/".join([*sections, key or "(section)"])
             reason = error if error else "missing"
             raise ConfigError(f"{path}: [{name}]: {reason}")
+    if strict:
+        _refuse_unknown(path, conf)
     return conf
 
 
@@ -279,4 +308,4 @@ def load_settings(explicit: str | None = None) -> Settings:
     path = settings_file(explicit)
     if (explicit or os.environ.get("IVLE_MAINT_CONF")) and not path.exists():
         raise ConfigError(f"{path}: no such file")
-    return Settings(path, _load(path, SETTINGS_SPEC, interpolation=False))
+    return Settings(path, _load(path, SETTINGS_SPEC, interpolation=False, strict=True))

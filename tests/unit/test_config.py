@@ -93,3 +93,32 @@ def test_cli_version_and_spec(capsys):
     assert capsys.readouterr().out.strip() == f"ivle-maint {__version__}"
     assert main(["settings", "--spec"]) == 0
     assert "lazy_unmount = boolean(default=False)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[path]\nstate = /srv/state\n", "unknown section [path] (did you mean [paths]?)"),
+        ("[jails]\nlazy_unmuont = true\n",
+         "[jails]: unknown key lazy_unmuont (did you mean lazy_unmount?)"),
+        ("[database]\nbackup_keep = 3\n[[extra]]\n", "unknown section [database][extra]"),
+        ("role = master\n", "top level: unknown key role"),
+    ],
+)
+def test_unknown_settings_are_errors_with_the_nearest_name(tmp_path, capsys, text, message):
+    """A typo is not silently ignored: `settings` refuses it (exit 2), file untouched."""
+    path = tmp_path / "maint.conf"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(str(path))
+    assert str(caught.value) == f"{path}: {message}"
+    assert main(["--config", str(path), "settings"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"ivle-maint: error: {path}: {message}"]
+    assert path.read_text() == text
+
+
+def test_ivle_conf_keeps_keys_ivle_maint_does_not_know(tmp_path):
+    """ivle.conf is IVLE's: keys ivle-maint has no use for are not its business."""
+    (tmp_path / "ivle.conf").write_text("[urls]\nroot = /\n[database]\nname = x\nextra = 1\n")
+    assert load_ivle_conf(tmp_path).database["name"] == "x"
