@@ -23,6 +23,12 @@ class ConfigError(MaintError):
     exit_status = 2
 
 
+class UsageError(MaintError):
+    """Bad input on the command line (dpkg's arguments to a hook among them)."""
+
+    exit_status = 2
+
+
 class LockedError(MaintError):
     """Another ivle-maint (or migration runner) holds the lock."""
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from . import system
 from .config import Settings
-from .errors import MaintError
+from .errors import MaintError, UsageError
 from .output import Reporter
 
 # The resume command printed when a hook fails part-way.
@@ -156,13 +156,13 @@ def parse_call(
 ) -> HookCall:
     """Check dpkg's arguments; an unknown form is an error, as in dh's scripts."""
     if not argv:
-        raise MaintError(f"{script}: no action given")
+        raise UsageError(f"{script}: no action given")
     action, args = argv[0], tuple(argv[1:])
     if (script, action) not in HANDLERS:
-        raise MaintError(f"{script} called with unknown argument '{action}'")
+        raise UsageError(f"{script} called with unknown argument '{action}'")
     allowed = ARG_COUNTS.get((script, action), range(0, 4))
     if len(args) not in allowed:
-        raise MaintError(f"{script} {action}: unexpected arguments {' '.join(args) or '(none)'}")
+        raise UsageError(f"{script} {action}: unexpected arguments {' '.join(args) or '(none)'}")
     if version is None:
         needs_version = HANDLERS[(script, action)] is _after
         package = os.environ.get("DPKG_MAINTSCRIPT_PACKAGE", package)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import MaintError
+from ..errors import UsageError
 from . import Context
 
 ORDER = 10
@@ -104,7 +104,7 @@ def _old_version(ctx: Context) -> str:
 
     old = ctx.args.old or recorded_version(ctx.settings)
     if not old:
-        raise MaintError("no installed version recorded; give it with --from OLD")
+        raise UsageError("no installed version recorded; give it with --from OLD")
     return str(old)
 
 
@@ -129,7 +129,7 @@ def cmd_upgrade(ctx: Context) -> int:
     source: Path | None = ctx.args.source
     new = ctx.args.new or (source_version(source) if source else None)
     if not new:
-        raise MaintError("give the new version with --to NEW (or an IVLE tree with --source)")
+        raise UsageError("give the new version with --to NEW (or an IVLE tree with --source)")
     migrations = ctx.args.migrations or (source / "userdb" / "migrations" if source else None)
     old = _old_version(ctx)
     up = _context(ctx, old=old, new=new, migrations_dir=migrations, code_is_new=source is None)

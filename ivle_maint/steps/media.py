@@ -47,7 +47,7 @@ from typing import Any
 from configobj import ConfigObj, ConfigObjError, Section
 
 from ..atomic import write_atomic
-from ..errors import MaintError
+from ..errors import ConfigError, MaintError
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +205,8 @@ def read_conf(path: Path) -> ConfFile:
     """Read and parse ivle.conf; a malformed file is a one-line MaintError."""
     try:
         data = path.read_bytes()
+    except FileNotFoundError:  # bad input (exit 2), as for every other command
+        raise ConfigError(f"{path}: no such file (set IVLECONF or [paths] ivle_conf_dir)") from None
     except OSError as exc:
         raise MaintError(f"{path}: cannot read: {exc.strerror or exc}") from None
     lines = _split(data)

@@ -44,3 +44,24 @@ def test_bad_calls_are_one_line_errors(script, argv, message):
     with pytest.raises(MaintError) as caught:
         parse_call(script, argv, "ivle", "1.1")
     assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["hook", "postinst", "frobnicate"],
+        ["hook", "preinst"],
+        ["hook", "preinst", "upgrade", "1.0"],
+    ],
+)
+def test_bad_hook_arguments_exit_2_as_documented(tmp_path, capsys, argv):
+    """Bad input is exit status 2 (ivle-maint --help, README), not a failed step's 1."""
+    from ivle_maint.cli import EXIT_STATUSES, main
+
+    settings = tmp_path / "maint.conf"
+    settings.write_text(f"[paths]\nstate = {tmp_path}/state\nrun = {tmp_path}/run\n")
+    assert main(["--config", str(settings), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ivle-maint: error: ")
+    assert "2   bad settings, ivle.conf or command line" in EXIT_STATUSES
+    assert not (tmp_path / "state").exists()

@@ -322,3 +322,15 @@ def test_failed_rename_keeps_the_original_and_a_rerun_picks_the_same_value(node,
     # the nodes that did not crash did.
     assert node.set("2.1", upgrade="1.0->2.1").new == "2.1"
     assert node.value() == "2.1"
+
+
+def test_media_show_without_ivle_conf_exits_2(tmp_path, capsys):
+    """A missing ivle.conf is bad input (exit 2), as for every other command."""
+    from ivle_maint.cli import main
+
+    settings = tmp_path / "maint.conf"
+    settings.write_text(f"[paths]\nivle_conf_dir = {tmp_path}/etc\nstate = {tmp_path}/state\n")
+    assert main(["--config", str(settings), "media", "show"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"ivle-maint: error: {tmp_path}/etc/ivle.conf: no such file "
+                   "(set IVLECONF or [paths] ivle_conf_dir)"]
