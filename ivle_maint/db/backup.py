@@ -15,6 +15,7 @@ import logging
 import os
 import pwd
 import re
+import shlex
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -51,12 +52,18 @@ def rotate(directory: Path, dbname: str, keep: int) -> list[Path]:
 
 
 def restore_command(params: ConnectParams, path: Path) -> str:
-    """The command that puts the database back as it was in the dump."""
-    base = f"pg_restore --clean --if-exists --single-transaction --dbname={params.dbname} {path}"
+    """The command that puts the database back as it was in the dump.
+
+    Shell-quoted: a backup directory may hold a space or a "$(...)".
+    """
+    argv = ["pg_restore", "--clean", "--if-exists", "--single-transaction"]
     if params.os_user:
-        return f"sudo -u {params.os_user} {base}"
-    where = f"--host={params.host} --port={params.port} --username={params.user}"
-    return base.replace(" --dbname", f" {where} --dbname")
+        argv = ["sudo", "-u", params.os_user, *argv]
+    else:
+        argv += [f"--host={params.host}"] if params.host else []
+        argv += [f"--port={params.port}"]
+        argv += [f"--username={params.user}"] if params.user else []
+    return shlex.join([*argv, f"--dbname={params.dbname}", str(path)])
 
 
 @contextlib.contextmanager
