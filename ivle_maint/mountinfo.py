@@ -57,6 +57,18 @@ def unescape(field: bytes | str) -> str:
     return os.fsdecode(decoded)
 
 
+def escape(path: str) -> str:
+    """A path for one line of output, escaped as mountinfo escapes it.
+
+    Space, tab, newline and backslash become \\040 \\011 \\012 \\134 (as
+    the kernel writes them), and so does any other control character, so a
+    hostile directory name can neither split a line nor drive the terminal.
+    unescape() turns the result back into the path.
+    """
+    raw = os.fsencode(path)
+    return os.fsdecode(re.sub(rb"[\x00-\x20\x7f\\]", lambda m: b"\\%03o" % m.group()[0], raw))
+
+
 def parse_line(line: bytes | str) -> Mount:
     """One mountinfo line; MountinfoError when it is malformed."""
     raw = line.encode("utf-8", "surrogateescape") if isinstance(line, str) else line

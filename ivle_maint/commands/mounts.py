@@ -16,7 +16,10 @@ table shows it: also mounts of users no longer in the database, which
 touched.  A busy mount is reported with the processes holding it and left
 mounted (exit status 1) unless --lazy or [jails] lazy_unmount detaches it
 lazily.  With [jails] run_mountallusers, 'ivle-mountallusers -u' runs
-first."""
+first.  'list' prints one mount a line, tab-separated (mount point, ro/rw,
+type, source path); space, tab, newline, backslash and other control
+characters in them are escaped in octal as /proc/self/mountinfo does
+(\\040 \\011 \\012 \\134)."""
 
 
 def register(sub: Any) -> None:
@@ -39,6 +42,7 @@ def register(sub: Any) -> None:
 
 def cmd_mounts(ctx: Context) -> int:
     """Print the jail mounts, or unmount them all."""
+    from ..mountinfo import escape
     from ..steps import mounts
 
     if ctx.args.action == "unmount":
@@ -49,6 +53,8 @@ def cmd_mounts(ctx: Context) -> int:
     found = mounts.list_jail_mounts(jail_mounts)
     for mount in sorted(found, key=lambda m: m.mountpoint):
         mode = "ro" if mount.readonly else "rw"
-        print(f"{mount.mountpoint}\t{mode}\t{mount.fstype}\t{mount.root}")
+        # Escaped as in /proc/self/mountinfo: a tab or newline in a name
+        # cannot split the line.
+        print(f"{escape(mount.mountpoint)}\t{mode}\t{escape(mount.fstype)}\t{escape(mount.root)}")
     ctx.reporter.info(f"{len(found)} mounts under {mounts.jail_mounts_dir(jail_mounts)}")
     return 0

@@ -233,3 +233,19 @@ def test_cli_list_unmount_and_lazy(node: Any, capsys: pytest.CaptureFixture[str]
     assert "lazily detached 4 busy ones" in capsys.readouterr().err
     assert cli.main(["mounts", "list"]) == 0
     assert capsys.readouterr().out == ""
+
+
+def test_cli_list_escapes_hostile_names(mounted: Any, bind: Any,
+                                        capsys: pytest.CaptureFixture[str]):
+    """A newline or tab in a mount point cannot split or forge a line of `mounts list`."""
+    odd = [*ODD_NAMES, "evil\n/etc\trw\text4\t/"]
+    for name in odd:
+        bind(mounted.jail_mounts / name)
+    assert cli.main(["mounts", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(table_below(mounted.jail_mounts))
+    assert all(len(line.split("\t")) == 4 for line in lines)
+    points = [mountinfo.unescape(line.split("\t")[0]) for line in lines]
+    assert sorted(points) == table_below(mounted.jail_mounts)
+    assert f"{mounted.jail_mounts}/tab\\011new\\012line\\134back" in [
+        line.split("\t")[0] for line in lines]

@@ -121,3 +121,12 @@ def test_reading_this_process_table_finds_the_root():
     mounts = mountinfo.read()
     assert any(m.mountpoint == "/" for m in mounts)
     assert all(m.mountpoint.startswith("/") for m in mounts)
+
+
+@pytest.mark.parametrize("path", ["/srv/jail mounts/bob\ttab\nnl\\bs", "/x\x1b[31m", "/caf\xe9",
+                                  "/plain"])
+def test_escape_is_the_kernels_and_round_trips(path):
+    escaped = mountinfo.escape(path)
+    assert not any(c in escaped for c in " \t\n\x1b")
+    assert mountinfo.unescape(escaped) == path
+    assert mountinfo.escape("/a b\\") == "/a\\040b\\134"
