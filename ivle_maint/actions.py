@@ -11,10 +11,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .atomic import write_atomic
+from .atomic import write_state_file
 from .config import Settings
 from .errors import MaintError
 from .procedure import Action, Outcome
+from .safepaths import read_nofollow
 
 if TYPE_CHECKING:
     from .upgrade import UpgradeContext
@@ -107,14 +108,26 @@ def migrate(ctx: UpgradeContext) -> Outcome:
         ctx.settings, ctx.reporter, migrations_dir=ctx.migrations,
         accept_changed=ctx.accept_changed, allow_out_of_order=ctx.allow_out_of_order,
         package_version=ctx.new, resume=ctx.resume,
+        upgrade=ctx.upgrade_id or None, epoch=_epoch(ctx),
     )
     keys = [a.key for a in result.applied]
     summary = f"applied {len(keys)} migrations" + (f" ({', '.join(keys)})" if keys else "")
     if result.backup:
         summary += f"; backup {result.backup}"
+    if result.upgrade_backup and result.upgrade_backup != result.backup:
+        summary += f"; before the upgrade: {result.upgrade_backup}"
     if waited:
         summary = f"{waited}; {summary}"
     return Outcome(summary, {"migrations_applied": keys})
+
+
+def _epoch(ctx: UpgradeContext) -> str:
+    """When this attempt's first recorded step began: an abort forgets the
+    steps, so a dump from before a restarted web server is not reused."""
+    journal = getattr(ctx.cluster, "journal", None)
+    starts = [r.started for name, r in (journal.steps.items() if journal else ())
+              if name != "migrate"]
+    return f"{min(starts):.6f}" if starts else ""
 
 
 def rebuild_jail(ctx: UpgradeContext) -> Outcome:
@@ -161,7 +174,7 @@ def read_installed(settings: Settings) -> dict[str, Any] | None:
     """The record of the last install or upgrade this node completed."""
     path = settings.path_of("state") / INSTALLED_RECORD
     try:
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        data: dict[str, Any] = json.loads(read_nofollow(path).decode("utf-8"))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
@@ -180,7 +193,7 @@ def record_installed(ctx: UpgradeContext) -> None:
     names = sorted(p.name for p in directory.glob("*.sql")) if directory.is_dir() else []
     data = {"version": ctx.new, "migrations_dir": str(directory), "migrations": names}
     path = ctx.settings.path_of("state") / INSTALLED_RECORD
-    write_atomic(path, (json.dumps(data, indent=1) + "\n").encode(), mode=0o644)
+    write_state_file(path, (json.dumps(data, indent=1) + "\n").encode(), mode=0o644)
 
 
 def record_fresh_install(ctx: UpgradeContext) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .errors import MaintError
+from .safepaths import make_dirs, safe_dir
 
 DEFAULT_MODE = 0o644  # for a new file when no mode is given
 
@@ -80,7 +81,7 @@ def backup_copy(path: Path, backup_dir: Path) -> Path:
     The directory is made private (0700) when created: ivle.conf holds the
     database password, and a backup must not be easier to read than it.
     """
-    backup_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    safe_dir(backup_dir, 0o700, "[paths] backup")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     dest = backup_dir / f"{path.name}.{stamp}"
     serial = 1
@@ -95,23 +96,27 @@ def backup_copy(path: Path, backup_dir: Path) -> Path:
 
 
 def write_atomic(path: Path, data: bytes, *, mode: int | None = None,
-                 backup_dir: Path | None = None) -> Path | None:
+                 backup_dir: Path | None = None, follow_symlinks: bool = True) -> Path | None:
     """Replace PATH with DATA atomically; returns the backup made, if any.
 
     MODE applies to a new file (default 0644), or overrides an existing
     file's mode; an existing file otherwise keeps its mode, and always its
     owner and group.  A
-    symlink is followed: its target is replaced, the link stays.  Missing
-    parent directories are created.  Any failure raises MaintError and
+    symlink is followed: its target is replaced, the link stays; unless
+    not follow_symlinks (ivle-maint's own state files): then the link
+    itself is replaced by the new file.  Missing parent directories are
+    created (0755, whatever the umask).  Any failure raises MaintError and
     leaves the old file as it was, with no temporary file behind.
     """
-    target = Path(os.path.realpath(path))
+    target = Path(os.path.realpath(path) if follow_symlinks else os.path.abspath(path))
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(target.parent, 0o755)
         try:
-            like: os.stat_result | None = os.stat(target)
+            like: os.stat_result | None = os.stat(target) if follow_symlinks else os.lstat(target)
         except FileNotFoundError:
             like = None
+        if like is not None and stat.S_ISLNK(like.st_mode):
+            like = None  # not followed: the link is replaced, nothing of it kept
         if mode is None:
             mode = stat.S_IMODE(like.st_mode) if like else DEFAULT_MODE
         backup = backup_copy(target, backup_dir) if backup_dir and like else None
@@ -121,3 +126,9 @@ def write_atomic(path: Path, data: bytes, *, mode: int | None = None,
         where = exc.filename or target
         raise MaintError(f"cannot write {path}: {where}: {exc.strerror or exc}") from None
     return backup
+
+
+def write_state_file(path: Path, data: bytes, *, mode: int) -> None:
+    """write_atomic for ivle-maint's own state: a safe directory, no symlink followed."""
+    safe_dir(path.parent, 0o755, "[paths] state")
+    write_atomic(path, data, mode=mode, follow_symlinks=False)

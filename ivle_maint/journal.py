@@ -3,6 +3,7 @@
 One JSON file per upgrade under the state directory, rewritten atomically
 after every change, so a run killed at any instant leaves either the old
 or the new journal, and a rerun continues from the first step not done.
+The journal is never read or written through a symlink (safepaths).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from .atomic import write_atomic
 from .errors import MaintError
+from .safepaths import read_nofollow, safe_dir
 
 RUNNING, DONE, FAILED = "running", "done", "failed"
 IN_PROGRESS, COMPLETE, ABORTED = "in-progress", "complete", "aborted"
@@ -60,7 +62,7 @@ class Journal:
     @classmethod
     def load(cls, path: Path) -> Journal:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_nofollow(path).decode("utf-8"))
             steps = {k: StepRecord(**v) for k, v in data.pop("steps").items()}
             return cls(path=path, steps=steps, **data)
         except (OSError, ValueError, TypeError, KeyError) as exc:
@@ -80,7 +82,10 @@ class Journal:
         data = asdict(self)
         data.pop("path")
         text = json.dumps(data, indent=1, sort_keys=True) + "\n"
-        write_atomic(self.path, text.encode(), mode=0o600)
+        # The state directory is checked each time: a run may be the first.
+        safe_dir(self.path.parent.parent, 0o755, "[paths] state")
+        safe_dir(self.path.parent, 0o700, "[paths] state")
+        write_atomic(self.path, text.encode(), mode=0o600, follow_symlinks=False)
 
     def is_done(self, step: str) -> bool:
         record = self.steps.get(step)

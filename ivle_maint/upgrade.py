@@ -21,6 +21,7 @@ from .lock import node_lock
 from .logfile import run_log
 from .output import Reporter
 from .procedure import BEFORE, Procedure
+from .safepaths import check_settings_dirs
 from .summary import summary_lines
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ def run_phases(
 
     settings = ctx.settings
     purpose = f"upgrade {ctx.old or '(none)'} -> {ctx.new} ({'+'.join(phases)})"
+    check_settings_dirs(settings)  # before the lock, the log and the journal
     with node_lock(settings.path_of("run"), purpose), run_log(
         settings.path_of("log"), f"upgrade-{ctx.old or 'none'}_to_{ctx.new}"
     ) as log_path:
@@ -99,7 +101,7 @@ def run_phases(
             ctx.reporter.info(f"upgrade {ctx.old} -> {ctx.new} is already complete")
             return journal
         journal.resume = ctx.resume
-        ctx.upgrade_id = f"{ctx.old}->{ctx.new}@{int(journal.created)}"
+        ctx.upgrade_id = upgrade_id(journal)
         if ctx.migrations_dir is not None:
             journal.migrations = str(ctx.migrations_dir)
         log.info("%s; role %s; log %s", purpose, settings.role, log_path)
@@ -109,10 +111,26 @@ def run_phases(
             Procedure(ctx, journal, actions.ACTIONS, presence.observe).run(phases)
         if journal.state == COMPLETE:
             actions.record_installed(ctx)
+            _unpin_backups(ctx)
             for line in summary_lines(journal):
                 ctx.reporter.info(line)
             ctx.reporter.info(f"log: {log_path}")
         return journal
+
+
+def upgrade_id(journal: Journal) -> str:
+    """Names one run of an upgrade: a rerun keeps it, a reinstall gets a new one."""
+    return f"{journal.old}->{journal.new}@{int(journal.created)}"
+
+
+def _unpin_backups(ctx: UpgradeContext) -> None:
+    """The upgrade's first dump stays only as the last completed upgrade's."""
+    if ctx.settings.role == "slave":
+        return
+    from .steps.migrations import upgrade_completed
+
+    unfinished = [upgrade_id(j) for j in Journal.unfinished(state_dir(ctx.settings))]
+    upgrade_completed(ctx.settings, ctx.upgrade_id, unfinished)
 
 
 def abort(ctx: UpgradeContext) -> list[str]:

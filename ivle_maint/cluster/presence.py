@@ -42,12 +42,14 @@ def node_id(settings: Settings) -> str:
     """A random id kept in the state directory: tells two nodes of one name apart."""
     path = settings.path_of("state") / NODE_ID_FILE
     try:
-        return path.read_text(encoding="utf-8").strip()
+        from ..safepaths import read_nofollow
+
+        return read_nofollow(path).decode("utf-8").strip()
     except FileNotFoundError:
-        from ..atomic import write_atomic
+        from ..atomic import write_state_file
 
         value = uuid.uuid4().hex
-        write_atomic(path, f"{value}\n".encode(), mode=0o644)
+        write_state_file(path, f"{value}\n".encode(), mode=0o644)
         return value
 
 

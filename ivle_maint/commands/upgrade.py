@@ -177,14 +177,22 @@ def cmd_hook(ctx: Context) -> int:
 def cmd_status(ctx: Context) -> int:
     """List every journal with its steps."""
     from ..journal import Journal
+    from ..steps.migrations import upgrade_backup
     from ..summary import summary_lines
-    from ..upgrade import state_dir
+    from ..upgrade import state_dir, upgrade_id
 
     paths = sorted((state_dir(ctx.settings) / "journal").glob("*.json"))
     if not paths:
         print("no upgrades recorded")
     for path in paths:
-        for line in summary_lines(Journal.load(path)):
+        journal = Journal.load(path)
+        for line in summary_lines(journal):
             print(line)
+        found = upgrade_backup(ctx.settings, upgrade_id(journal))
+        if found is not None:
+            dump, restore = found
+            print(f"  database before this upgrade: {dump}")
+            if restore:
+                print(f"    restore with: {restore}")
     sys.stdout.flush()
     return 0

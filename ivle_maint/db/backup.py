@@ -2,33 +2,45 @@
 
 Dumps are pg_dump's custom format, named
 ``DBNAME-YYYYMMDDTHHMMSS.ffffffZ-LABEL.dump`` (UTC, so names sort by time),
-root's and mode 0600 in a 0700 directory: they hold every password hash.
-A dump is written under a hidden ``.partial`` name and renamed when
-pg_dump succeeds, so rotation never counts, and nobody restores, half a
-dump.  The password reaches pg_dump through a 0600 PGPASSFILE, never argv.
+root's and mode 0600 in a root-owned 0700 directory (safepaths): they hold
+every password hash.  A dump is written under a hidden ``.partial`` name,
+flocked while pg_dump writes it, and renamed when pg_dump succeeds, so
+rotation never counts, and nobody restores, half a dump; the next dump
+removes partial ones no process still writes (a killed run's).  Rotation
+keeps the dumps that restore an upgrade's starting point (db.pins).
+
+The password reaches pg_dump as PGPASSWORD in pg_dump's own environment,
+never argv and never a file: a file would outlive a SIGKILL, while on
+Linux a process's environment (/proc/PID/environ) is readable only by its
+owner, root here, and goes with the process.  (Earlier versions left
+``ivle-maint-pgpass-*`` files in /tmp when killed; the next dump removes
+them.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import pwd
 import re
 import shlex
+import stat
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 from ..errors import MaintError
+from ..safepaths import safe_dir
 from ..system import which
 from .connect import ConnectParams, reason
 
 log = logging.getLogger(__name__)
 
 SUFFIX = ".dump"
+OLD_PASSFILE_PREFIX = "ivle-maint-pgpass-"
 
 
 def _pattern(dbname: str) -> re.Pattern[str]:
@@ -44,11 +56,52 @@ def backups(directory: Path, dbname: str) -> list[Path]:
 
 
 def rotate(directory: Path, dbname: str, keep: int) -> list[Path]:
-    """Delete all but the newest keep dumps; return the deleted ones."""
+    """Delete all but the newest keep dumps, never a pinned one; return the deleted."""
+    from .pins import protected
+
+    pinned = protected(directory)
     old = backups(directory, dbname)[: -keep or None] if keep > 0 else []
+    old = [path for path in old if path.name not in pinned]
     for path in old:
         path.unlink()
     return old
+
+
+def remove_stale_partials(directory: Path) -> list[Path]:
+    """Partial dumps no process writes any more (a killed run's): removed.
+
+    pg_dump's stdout shares the flock taken on the partial file, so a dump
+    still being written (even by a pg_dump that outlived its ivle-maint)
+    stays.
+    """
+    removed = []
+    for path in directory.glob(".*.dump.partial"):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue
+        else:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+        finally:
+            os.close(fd)
+    return removed
+
+
+def remove_old_passfiles() -> list[Path]:
+    """Password files that earlier versions left in the temporary directory."""
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob(f"{OLD_PASSFILE_PREFIX}*"):
+        with contextlib.suppress(OSError):
+            st = path.lstat()
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def restore_command(params: ConnectParams, path: Path) -> str:
@@ -64,22 +117,6 @@ def restore_command(params: ConnectParams, path: Path) -> str:
         argv += [f"--port={params.port}"]
         argv += [f"--username={params.user}"] if params.user else []
     return shlex.join([*argv, f"--dbname={params.dbname}", str(path)])
-
-
-@contextlib.contextmanager
-def _passfile(password: str | None) -> Iterator[dict[str, str]]:
-    """Environment for libpq programs: a 0600 PGPASSFILE holding password."""
-    if not password:
-        yield {}
-        return
-    fd, name = tempfile.mkstemp(prefix="ivle-maint-pgpass-")  # 0600 by construction
-    try:
-        escaped = password.replace("\\", "\\\\").replace(":", "\\:")
-        with os.fdopen(fd, "w") as handle:
-            handle.write(f"*:*:*:*:{escaped}\n")
-        yield {"PGPASSFILE": name}
-    finally:
-        os.unlink(name)
 
 
 def _pg_dump_argv(params: ConnectParams) -> list[str]:
@@ -99,7 +136,9 @@ def _pg_dump_argv(params: ConnectParams) -> list[str]:
 
 def dump(params: ConnectParams, directory: Path, *, label: str, keep: int) -> Path:
     """pg_dump the database into directory, rotate, return the dump's path."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    safe_dir(directory, 0o700, "[paths] backup")
+    for path in [*remove_stale_partials(directory), *remove_old_passfiles()]:
+        log.info("removed %s, left by a killed run", path)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     safe_label = re.sub(r"[^\w.-]+", "_", label)
     final = directory / f"{params.dbname}-{stamp}-{safe_label}{SUFFIX}"
@@ -113,24 +152,26 @@ def dump(params: ConnectParams, directory: Path, *, label: str, keep: int) -> Pa
         user, group, extra_groups = entry.pw_uid, entry.pw_gid, []
         env["HOME"] = entry.pw_dir
     # Opened here, by root, so the dump is root's whoever pg_dump runs as.
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(partial, flags, 0o600)
     try:
         os.fchmod(fd, 0o600)
-        with _passfile(params.password) as pass_env:
-            # subprocess, not system.run: stdout must go straight to the file,
-            # and pg_dump may have to run as the postgres user.
-            done = subprocess.run(
-                _pg_dump_argv(params),
-                stdin=subprocess.DEVNULL,
-                stdout=fd,
-                stderr=subprocess.PIPE,
-                env={**env, **pass_env, "LC_ALL": "C"},
-                cwd="/",
-                check=False,
-                user=user,
-                group=group,
-                extra_groups=extra_groups,
-            )
+        fcntl.flock(fd, fcntl.LOCK_EX)  # pg_dump's stdout holds it too (remove_stale_partials)
+        pass_env = {"PGPASSWORD": params.password} if params.password else {}
+        # subprocess, not system.run: stdout must go straight to the file,
+        # and pg_dump may have to run as the postgres user.
+        done = subprocess.run(
+            _pg_dump_argv(params),
+            stdin=subprocess.DEVNULL,
+            stdout=fd,
+            stderr=subprocess.PIPE,
+            env={**env, **pass_env, "LC_ALL": "C"},
+            cwd="/",
+            check=False,
+            user=user,
+            group=group,
+            extra_groups=extra_groups,
+        )
     except BaseException:
         os.close(fd)
         partial.unlink(missing_ok=True)

@@ -10,8 +10,9 @@ Two ways, chosen by the setting [database] connect_as:
   it connects, so root switches its effective uid to postgres around
   connect() only.
 
-The password never leaves this process except through a 0600 file
-(PGPASSFILE, for pg_dump); every error message is scrubbed of it.
+The password never leaves this process except through pg_dump's own
+environment (PGPASSWORD, see db.backup); every error message is scrubbed
+of it.
 """
 
 from __future__ import annotations

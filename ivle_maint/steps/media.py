@@ -46,8 +46,9 @@ from typing import Any
 
 from configobj import ConfigObj, ConfigObjError, Section
 
-from ..atomic import write_atomic
+from ..atomic import write_atomic, write_state_file
 from ..errors import ConfigError, MaintError
+from ..safepaths import read_nofollow
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ class Record:
         if not path.exists():
             return cls(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_nofollow(path).decode("utf-8"))
             return cls(path, [RecordEntry(**e) for e in data["entries"]])
         except (OSError, ValueError, TypeError, KeyError) as exc:
             raise MaintError(
@@ -122,7 +123,7 @@ class Record:
 
     def save(self) -> None:
         data = {"entries": [asdict(e) for e in self.entries]}
-        write_atomic(self.path, (json.dumps(data, indent=1) + "\n").encode(), mode=0o644)
+        write_state_file(self.path, (json.dumps(data, indent=1) + "\n").encode(), mode=0o644)
 
     @property
     def used(self) -> set[str]:

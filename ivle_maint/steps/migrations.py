@@ -24,7 +24,7 @@ from typing import Any
 
 from ..config import Settings
 from ..db import backup as backups
-from ..db import lock, marker
+from ..db import lock, marker, pins
 from ..db.apply import Applied, Failed, apply, pg_reason
 from ..db.connect import ConnectParams, connect, params_from_settings
 from ..db.discovery import check_writers, checksum, discover, find, from_files
@@ -55,7 +55,9 @@ RESUME = "ivle-maint db migrate"
 class MigrateResult:
     applied: list[Applied] = field(default_factory=list)
     accepted: list[str] = field(default_factory=list)
-    backup: Path | None = None
+    backup: Path | None = None  # the database before this run
+    reused: bool = False  # backup is an earlier dump: nothing was applied since
+    upgrade_backup: Path | None = None  # the database before the upgrade began
     up_to_date: bool = False
 
 
@@ -150,12 +152,17 @@ def migrate(
     backup: bool | None = None,
     package_version: str | None = None,
     resume: str | None = RESUME,
+    upgrade: str | None = None,
+    epoch: str = "",
 ) -> MigrateResult:
     """Apply every pending migration in order, each with its marker row.
 
     Under the advisory lock it re-reads the marker, so a runner that waited
     for another one does not apply anything twice.  backup=None follows
-    [database] backup; no dump is taken when nothing is pending.
+    [database] backup; no dump is taken when nothing is pending.  Within an
+    upgrade (upgrade: its id; epoch: when its web-down window began), the
+    first dump is pinned (db.pins) and a retry that finds the marker as the
+    upgrade's last dump left it, in the same epoch, takes no new dump.
     """
     directory = _directory(settings, migrations_dir)
     shipped = discover(directory)
@@ -173,12 +180,8 @@ def migrate(
             result.up_to_date = True
             return result
         if plan.pending and (db["backup"] if backup is None else backup):
-            label = f"before-{plan.pending[0].key}"
-            reporter.info(f"backing up database {s.params.dbname} (pg_dump)")
-            result.backup = backups.dump(
-                s.params, settings.path_of("backup"), label=label, keep=db["backup_keep"]
-            )
-            reporter.info(f"backup: {result.backup}")
+            _back_up(settings, s.params, plan.pending[0].key, st, result,
+                     reporter=reporter, upgrade=upgrade, epoch=epoch)
         marker.ensure(s.conn)
         _accept(s.conn, plan.accept, reporter)
         result.accepted = [c.key for c in plan.accept]
@@ -195,13 +198,57 @@ def migrate(
     return result
 
 
+def _back_up(settings: Settings, params: ConnectParams, first_key: str, st: Status,
+             result: MigrateResult, *, reporter: Reporter, upgrade: str | None,
+             epoch: str) -> None:
+    """Dump before the first pending migration, or reuse the upgrade's last dump."""
+    directory = settings.path_of("backup")
+    fingerprint = pins.marker_fingerprint(st.applied)
+    reused = pins.reusable(directory, upgrade, fingerprint, epoch) if upgrade else None
+    if reused is not None:
+        result.backup, result.reused = reused, True
+        reporter.info(f"backup: {reused} (nothing applied since it was taken)")
+    else:
+        reporter.info(f"backing up database {params.dbname} (pg_dump)")
+        result.backup = backups.dump(params, directory, label=f"before-{first_key}",
+                                     keep=settings["database"]["backup_keep"])
+        if upgrade:
+            pins.record(directory, upgrade, result.backup, fingerprint, epoch)
+        reporter.info(f"backup: {result.backup}")
+    if upgrade:
+        result.upgrade_backup = pins.first_dump(directory, upgrade)
+
+
 def _failure(message: str, params: ConnectParams, result: MigrateResult) -> str:
     if result.applied:
         message += f"; {len(result.applied)} earlier migration(s) of this run stay applied"
     if result.backup:
         restore = backups.restore_command(params, result.backup)
         message += f"; backup taken before this run: {result.backup} (restore: {restore})"
+    first = result.upgrade_backup
+    if first and first != result.backup:
+        restore = backups.restore_command(params, first)
+        message += f"; the database before this upgrade: {first} (restore: {restore})"
     return message
+
+
+def upgrade_completed(settings: Settings, upgrade: str, unfinished: Sequence[str]) -> None:
+    """UPGRADE is complete: its first dump stays pinned as the last completed one's."""
+    directory = settings.path_of("backup")
+    if (directory / pins.PINS_FILE).exists():
+        pins.complete(directory, upgrade, unfinished)
+
+
+def upgrade_backup(settings: Settings, upgrade: str) -> tuple[Path, str | None] | None:
+    """The dump that restores the database as it was before UPGRADE, and the
+    command that restores it (None when the connection settings are unreadable)."""
+    path = pins.first_dump(settings.path_of("backup"), upgrade)
+    if path is None:
+        return None
+    try:
+        return path, backups.restore_command(params_from_settings(settings), path)
+    except MaintError:
+        return path, None
 
 
 def _accept(conn: Any, accept: list[Changed], reporter: Reporter) -> None:
