@@ -162,3 +162,24 @@ def test_owner_that_cannot_be_kept_is_an_error_not_a_silent_change(tmp_path, mon
         write_atomic(target, b"new")
     assert target.read_bytes() == b"original"
     assert names(tmp_path) == ["f"]
+
+
+def test_state_files_replace_a_symlink_instead_of_following_it(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    link = tmp_path / "state.json"
+    link.symlink_to(victim)
+    write_atomic(link, b"{}\n", mode=0o600, follow_symlinks=False)
+    assert victim.read_text() == "precious\n"
+    assert not link.is_symlink() and link.read_bytes() == b"{}\n"
+    assert link.stat().st_mode & 0o777 == 0o600
+
+
+def test_parents_get_0755_whatever_the_umask(tmp_path):
+    old = os.umask(0)
+    try:
+        write_atomic(tmp_path / "a" / "b" / "f", b"x", mode=0o644)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "a" / "b").stat().st_mode & 0o777 == 0o755

@@ -27,3 +27,51 @@ def test_restore_command_is_shell_quoted(tmp_path: Path) -> None:
     as_postgres = ConnectParams("ivle", "/run/postgresql", 5432, None, os_user="postgres")
     assert shlex.split(backup.restore_command(as_postgres, path))[:4] == [
         "sudo", "-u", "postgres", "pg_restore"]
+
+
+def _touch_dumps(directory: Path, count: int) -> list[Path]:
+    directory.mkdir(mode=0o700, exist_ok=True)
+    made = []
+    for i in range(count):
+        path = directory / f"ivle-2026010{i + 1}T000000.000000Z-before-x.dump"
+        path.write_bytes(b"PGDMP")
+        made.append(path)
+    return made
+
+
+def test_rotation_never_deletes_a_pinned_dump(tmp_path: Path) -> None:
+    from ivle_maint.db import pins
+
+    first, second, *rest = _touch_dumps(tmp_path, 6)
+    pins.record(tmp_path, "1.0->1.1@1", first, pins.marker_fingerprint(["a"]), "e")
+    pins.record(tmp_path, "1.0->1.1@1", second, pins.marker_fingerprint(["a", "b"]), "e")
+    assert backup.rotate(tmp_path, "ivle", 1) == rest[:-1]
+    assert backup.backups(tmp_path, "ivle") == [first, second, rest[-1]]
+    # A retry with the same marker reuses the last dump; another epoch does not.
+    marker = pins.marker_fingerprint(["b", "a"])
+    assert pins.reusable(tmp_path, "1.0->1.1@1", marker, "e") == second
+    assert pins.reusable(tmp_path, "1.0->1.1@1", marker, "after an abort") is None
+    # Completed: the first dump stays (last completed upgrade), the last one goes.
+    pins.complete(tmp_path, "1.0->1.1@1", unfinished=[])
+    assert backup.rotate(tmp_path, "ivle", 1) == [second]
+    assert pins.first_dump(tmp_path, "1.0->1.1@1") == first
+    # The next upgrade completes: the older one's pin goes too.
+    pins.record(tmp_path, "1.1->1.2@2", rest[-1], marker, "f")
+    pins.complete(tmp_path, "1.1->1.2@2", unfinished=[])
+    assert backup.rotate(tmp_path, "ivle", 1) == [first]
+
+
+def test_stale_partial_dumps_go_unless_still_written(tmp_path: Path) -> None:
+    import fcntl
+    import os
+
+    stale = tmp_path / ".ivle-20260101T000000.000000Z-x.dump.partial"
+    busy = tmp_path / ".ivle-20260102T000000.000000Z-x.dump.partial"
+    stale.write_bytes(b"half")
+    fd = os.open(busy, os.O_WRONLY | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        assert backup.remove_stale_partials(tmp_path) == [stale]
+    finally:
+        os.close(fd)
+    assert busy.exists() and not stale.exists()

@@ -52,3 +52,40 @@ def test_lock_of_a_killed_holder_is_free_again(tmp_path):
     with node_lock(tmp_path, "after the kill"):
         assert time.monotonic() < deadline
         assert "after the kill" in (tmp_path / "lock").read_text()
+
+
+def test_a_symlinked_lock_is_refused_and_its_target_untouched(tmp_path):
+    """Each run truncates the lock: through a symlink that would clobber any file."""
+    from ivle_maint.errors import MaintError
+
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o755)
+    (run_dir / "lock").symlink_to(victim)
+    with pytest.raises(MaintError, match="is a symlink; refused"), node_lock(run_dir, "test"):
+        pass
+    assert victim.read_text() == "precious\n"
+
+
+def test_a_run_directory_others_can_write_is_refused(tmp_path):
+    from ivle_maint.errors import ConfigError
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    run_dir.chmod(0o777)
+    with pytest.raises(ConfigError, match=r"writable by others \(mode 0777\)"), \
+            node_lock(run_dir, "test"):
+        pass
+    assert not (run_dir / "lock").exists()
+
+
+def test_the_run_directory_is_created_0755_under_umask_000(tmp_path):
+    old = os.umask(0)
+    try:
+        with node_lock(tmp_path / "a" / "run", "test"):
+            pass
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "a" / "run").stat().st_mode & 0o777 == 0o755
