@@ -26,7 +26,8 @@ EXIT_STATUSES = """\
 exit status:
   0   success (or nothing to do)
   1   a step failed; the message says what, and how to resume
-  2   bad settings, ivle.conf or command line
+  2   bad input: settings, ivle.conf, the command line (dpkg's arguments
+      to 'hook' too), or [paths] directories others could write
   75  another ivle-maint holds the lock; try again later
   130 interrupted
 

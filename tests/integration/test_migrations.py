@@ -384,7 +384,7 @@ def test_backup_now_and_pg_dump_failure(site: Site) -> None:
     path = migrations.backup_now(site.settings(), site.reporter)
     assert path.exists() and stat.S_IMODE(path.stat().st_mode) == 0o600
     assert any("restore: pg_restore" in line for line in site.reporter.lines)
-    # pg_dump is given the wrong password through its PGPASSFILE: a one-line error.
+    # pg_dump is given the wrong password (PGPASSWORD): a one-line error.
     from ivle_maint.db import backup
     from ivle_maint.db.connect import params_from_settings
 

@@ -63,5 +63,6 @@ def test_bad_hook_arguments_exit_2_as_documented(tmp_path, capsys, argv):
     assert main(["--config", str(settings), *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ivle-maint: error: ")
-    assert "2   bad settings, ivle.conf or command line" in EXIT_STATUSES
+    assert "2   bad input: settings, ivle.conf, the command line (dpkg's arguments\n" \
+           "      to 'hook' too)" in EXIT_STATUSES
     assert not (tmp_path / "state").exists()
