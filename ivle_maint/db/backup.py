@@ -59,7 +59,11 @@ def rotate(directory: Path, dbname: str, keep: int) -> list[Path]:
     """Delete all but the newest keep dumps, never a pinned one; return the deleted."""
     from .pins import protected
 
-    pinned = protected(directory)
+    try:
+        pinned = protected(directory)
+    except MaintError as exc:  # cannot tell which to keep: delete nothing
+        log.warning("%s; no old backup removed", exc)
+        return []
     old = backups(directory, dbname)[: -keep or None] if keep > 0 else []
     old = [path for path in old if path.name not in pinned]
     for path in old:

@@ -75,3 +75,10 @@ def test_stale_partial_dumps_go_unless_still_written(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert busy.exists() and not stale.exists()
+
+
+def test_an_unreadable_pin_record_stops_rotation_not_the_dump(tmp_path: Path) -> None:
+    made = _touch_dumps(tmp_path, 3)
+    (tmp_path / "pinned.json").write_text("{not json")
+    assert backup.rotate(tmp_path, "ivle", 1) == []
+    assert backup.backups(tmp_path, "ivle") == made
