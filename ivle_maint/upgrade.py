@@ -105,6 +105,7 @@ def run_phases(
         if ctx.migrations_dir is not None:
             journal.migrations = str(ctx.migrations_dir)
         log.info("%s; role %s; log %s", purpose, settings.role, log_path)
+        _remove_dump_leftovers(settings)
         with _presence(ctx, journal) as presence:
             if BEFORE in phases and not any(journal.is_done(s) for s in journal.steps):
                 preflight.check(ctx)  # nothing is stopped before this passes
@@ -121,6 +122,13 @@ def run_phases(
 def upgrade_id(journal: Journal) -> str:
     """Names one run of an upgrade: a rerun keeps it, a reinstall gets a new one."""
     return f"{journal.old}->{journal.new}@{int(journal.created)}"
+
+
+def _remove_dump_leftovers(settings: Settings) -> None:
+    """A killed run's partial dump and password file go on the next run."""
+    from .db.backup import remove_leftovers
+
+    remove_leftovers(settings.path_of("backup"))
 
 
 def _unpin_backups(ctx: UpgradeContext) -> None:

@@ -138,11 +138,20 @@ def _pg_dump_argv(params: ConnectParams) -> list[str]:
     return argv
 
 
+def remove_leftovers(directory: Path) -> list[Path]:
+    """What killed runs left: partial dumps, old password files; logged."""
+    removed = remove_old_passfiles()
+    if directory.is_dir():
+        removed += remove_stale_partials(directory)
+    for path in removed:
+        log.info("removed %s, left by a killed run", path)
+    return removed
+
+
 def dump(params: ConnectParams, directory: Path, *, label: str, keep: int) -> Path:
     """pg_dump the database into directory, rotate, return the dump's path."""
     safe_dir(directory, 0o700, "[paths] backup")
-    for path in [*remove_stale_partials(directory), *remove_old_passfiles()]:
-        log.info("removed %s, left by a killed run", path)
+    remove_leftovers(directory)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     safe_label = re.sub(r"[^\w.-]+", "_", label)
     final = directory / f"{params.dbname}-{stamp}-{safe_label}{SUFFIX}"

@@ -171,3 +171,15 @@ def test_a_killed_dumps_leftovers_are_removed_by_the_next(site: Any) -> None:
     assert made.exists()
     # No password file is written for pg_dump, anywhere in the temporary directory.
     assert not list(Path(tempfile.gettempdir()).glob("ivle-maint-pgpass-*"))
+
+
+def test_the_next_run_removes_leftovers_even_without_dumping(site: Any) -> None:
+    """dpkg's next preinst (no dump in it) already clears what a SIGKILL left."""
+    site.backup_dir.mkdir(parents=True, exist_ok=True)
+    stale = site.backup_dir / f".{site.dbname}-20200101T000000.000000Z-x.dump.partial"
+    stale.write_bytes(b"PGDMP half")
+    fd, passfile = tempfile.mkstemp(prefix="ivle-maint-pgpass-")
+    os.close(fd)
+    assert preinst(site).returncode == 0
+    assert not stale.exists() and not Path(passfile).exists()
+    assert dumps(site) == []
