@@ -116,8 +116,10 @@ def show_status(ctx: Context) -> int:
         print(f"{'not-shipped':<13}{key:<13}  applied, but no file for it any more")
     if st.unmarked:
         print(
-            f"database {st.dbname} has tables but no marker: "
-            "run 'ivle-maint db baseline THROUGH' first"
+            f"database {st.dbname} has tables but no marker, so every migration shows as "
+            "pending: an upgrade (IVLE's package, or 'ivle-maint upgrade') records the "
+            "installed version's migrations itself; before migrating by hand, record them "
+            "with 'ivle-maint db baseline THROUGH' (the newest one that version shipped)"
         )
     return 0
 
