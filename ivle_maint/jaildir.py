@@ -111,8 +111,8 @@ def check(ivle: IvleConf, table: list[Mount] | None = None) -> str:
     for name, path in dirs.items():
         if is_at_or_below(path, top):
             raise _refuse(ivle, f"{shown(top)} holds IVLE's {name} directory {shown(path)}")
-    src, template = dirs.get("jails src"), dirs.get("jail template")
-    for name, path in (("jails src", src), ("jail template", template)):
+    for name in ("jails src", "jail template"):
+        path = dirs.get(name, "")
         if path and is_at_or_below(top, path):
             raise _refuse(ivle, f"{shown(top)} lies in IVLE's {name} directory {shown(path)}")
     data = dirs.get("data")

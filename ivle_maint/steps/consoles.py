@@ -15,6 +15,7 @@ regular files only, not directories) come from readlink on /proc.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -160,10 +161,8 @@ def is_database_server(proc: psutil.Process, jp: JailProcess) -> bool:
     names = {os.path.basename(jp.cmdline[0]) if jp.cmdline else "", jp.user}
     # A backend's command line is rewritten ('postgres: ivle ivle ...').
     names.add(jp.cmdline[0].split(":")[0] if jp.cmdline else "")
-    try:
+    with contextlib.suppress(psutil.Error, OSError):
         names |= {proc.name(), os.path.basename(proc.exe() or "")}
-    except (psutil.Error, OSError):
-        pass
     return bool(names & DATABASE_NAMES)
 
 

@@ -9,7 +9,6 @@ site up; the consoles step signals processes inside users' jails only.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_source_install import source_tree
 
 from ivle_maint.config import load_settings
 from ivle_maint.db import pgparse
@@ -24,7 +25,6 @@ from ivle_maint.output import RecordingReporter
 from ivle_maint.steps import migrations
 from ivle_sandbox import mountns
 from ivle_sandbox.releases import NEW, OLD, RELEASES
-from test_source_install import source_tree
 from upgrade_helpers import (
     at_version_1_0,
     cli,
@@ -95,7 +95,8 @@ def test_a_migration_others_can_write_fails_the_preflight(node_factory: Any, uns
     path = tree / "userdb" / "migrations" / "20100215.sql"
     if unsafe.startswith("mode"):
         path.chmod(int(unsafe.split()[1], 8))
-        expected = f"{path} is writable by {'group and others' if unsafe.endswith('6') else 'group'}"
+        who = "group and others" if unsafe.endswith("6") else "group"
+        expected = f"{path} is writable by {who}"
     else:
         os.chown(path, pwd.getpwnam("nobody").pw_uid, -1)
         expected = f"{path} is owned by nobody"
