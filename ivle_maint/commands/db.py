@@ -55,7 +55,9 @@ def register(sub: Any) -> None:
     migrate = cmds.add_parser(
         "migrate",
         help="apply pending migrations (each in one transaction with its marker row)",
-        description="Apply every pending migration in order, after a pg_dump backup.",
+        description="Apply every pending migration in order, after a pg_dump backup. "
+        "A file's header may say '-- ivle-maint: no-transaction' (run statement by "
+        "statement) or '-- ivle-maint: empty' (a file without statements, on purpose).",
     )
     migrate.add_argument(
         "--dry-run", action="store_true", help="show how each file would run, change nothing"
