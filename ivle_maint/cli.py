@@ -90,6 +90,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ivle-maint: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # A file system refusing (read-only, full, permission): one line, not
+        # a traceback; the log file (and -v) keeps the traceback.
+        logging.getLogger(__name__).debug("OSError", exc_info=True)
+        print(f"ivle-maint: error: {os_error_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def os_error_line(exc: OSError) -> str:
+    """'PATH: Read-only file system' (both paths of a rename), or the message."""
+    why = exc.strerror or str(exc) or type(exc).__name__
+    paths = [p for p in (exc.filename, exc.filename2) if p is not None]
+    where = " -> ".join(str(p) for p in paths)
+    text = f"{where}: {why}" if where else why
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 if __name__ == "__main__":

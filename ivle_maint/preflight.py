@@ -15,7 +15,10 @@ import importlib
 import logging
 import os
 import shutil
-from typing import TYPE_CHECKING
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from . import system
 from .errors import MaintError
@@ -76,7 +79,7 @@ def classified_after_baseline(ctx: UpgradeContext) -> tuple[int, list[Classified
     """
     from .actions import old_migration_files
     from .db.classify import classify
-    from .db.discovery import discover
+    from .db.discovery import check_writers, discover
 
     old = old_migration_files(ctx)
     if old is None:
@@ -86,11 +89,14 @@ def classified_after_baseline(ctx: UpgradeContext) -> tuple[int, list[Classified
         )
     old_names = {p.name for p in old}
     new = [m for m in discover(ctx.migrations) if m.name not in old_names]
+    # The files the upgrade will run: as migrate itself checks them, but now.
+    check_writers(ctx.migrations, [m.path for m in new])
     return len(old), [classify(m) for m in new]
 
 
 def check_database(ctx: UpgradeContext) -> int:
-    """The migrations can run: marker or a baseline source, all files parse.
+    """The migrations can run: marker or a baseline source, all files parse,
+    and the role may create (or write) the marker table.
 
     Returns the number of pending migrations.
     """
@@ -98,29 +104,72 @@ def check_database(ctx: UpgradeContext) -> int:
 
     status = migrations.status(ctx.settings, migrations_dir=ctx.migrations, reporter=ctx.reporter)
     if status.unmarked:
-        return len(classified_after_baseline(ctx)[1])
-    plan = migrations.preflight(
-        ctx.settings, migrations_dir=ctx.migrations, accept_changed=ctx.accept_changed,
-        allow_out_of_order=ctx.allow_out_of_order, reporter=ctx.reporter, resume=None,
-    )
-    return len(plan.pending)
+        pending = len(classified_after_baseline(ctx)[1])
+    else:
+        plan = migrations.preflight(
+            ctx.settings, migrations_dir=ctx.migrations, accept_changed=ctx.accept_changed,
+            allow_out_of_order=ctx.allow_out_of_order, reporter=ctx.reporter, resume=None,
+        )
+        pending = len(plan.pending)
+    if pending or status.unmarked:
+        _with_database(ctx, check_marker_writable)
+    return pending
 
 
-def check_backup_room(ctx: UpgradeContext) -> None:
-    """A pg_dump is smaller than the database; refuse when even that won't fit."""
+def _with_database(ctx: UpgradeContext, check: Callable[[UpgradeContext, Any], None]) -> None:
     from .db.connect import connect, params_from_settings
 
-    if not ctx.settings["database"]["backup"]:
-        return
     params = params_from_settings(ctx.settings)
     conn = connect(params, wait_timeout=ctx.settings["database"]["wait_timeout"],
                    reporter=ctx.reporter)
     try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT pg_database_size(current_database())")
-            size = int(cur.fetchone()[0])
+        check(ctx, conn)
     finally:
         conn.close()
+
+
+def check_marker_writable(ctx: UpgradeContext, conn: Any) -> None:
+    """The database role may create the marker table, or write the one there."""
+    from .db.marker import why_not_writable
+
+    why = why_not_writable(conn)
+    if why:
+        raise MaintError(f"database {conn.info.dbname}: {why}")
+
+
+def check_backup_writable(directory: Path) -> None:
+    """Really create and remove a file where the dump will go (a read-only
+    mount or an immutable directory defeats every permission check)."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if existing == directory:
+            fd, name = tempfile.mkstemp(prefix=".ivle-maint-preflight-", dir=directory)
+            os.close(fd)
+            os.unlink(name)
+        else:  # the dump will create the directory: try that here
+            os.rmdir(tempfile.mkdtemp(prefix=".ivle-maint-preflight-", dir=existing))
+    except OSError as exc:
+        raise MaintError(
+            f"{existing}: backups cannot be written there ({exc.strerror}): make it writable "
+            "or set [database] backup = false"
+        ) from None
+
+
+def check_backup_room(ctx: UpgradeContext) -> None:
+    """A pg_dump is smaller than the database; refuse when even that won't fit."""
+    if not ctx.settings["database"]["backup"]:
+        return
+    directory = ctx.settings.path_of("backup")
+    check_backup_writable(directory)
+    _with_database(ctx, _check_room)
+
+
+def _check_room(ctx: UpgradeContext, conn: Any) -> None:
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_database_size(current_database())")
+        size = int(cur.fetchone()[0])
     directory = ctx.settings.path_of("backup")
     existing = directory if directory.exists() else directory.parent
     free = shutil.disk_usage(existing).free
@@ -131,6 +180,13 @@ def check_backup_room(ctx: UpgradeContext) -> None:
         )
 
 
+def check_jail_mounts(ctx: UpgradeContext) -> None:
+    """The jail mounts directory holds users' jails only (see jaildir)."""
+    from . import jaildir
+
+    jaildir.check(ctx.ivle_conf)
+
+
 def check(ctx: UpgradeContext) -> None:
     """All checks; the first failure raises with nothing changed."""
     if ctx.old:
@@ -138,6 +194,8 @@ def check(ctx: UpgradeContext) -> None:
     ctx.ivle_conf  # noqa: B018 - parses ivle.conf, raising ConfigError if broken
     check_commands(ctx)
     check_modules(ctx)
+    if ctx.settings.role in ("slave", "both"):
+        check_jail_mounts(ctx)
     if ctx.settings.role in ("master", "both"):
         pending = check_database(ctx)
         if pending:

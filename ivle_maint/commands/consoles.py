@@ -9,12 +9,13 @@ from . import Context
 ORDER = 31
 
 EPILOG = """\
-A console process is IVLE's python-console backend
-(<share>/services/python-console PORT MAGIC, share from ivle.conf), or any
-process whose root directory, working directory, program or open files
-lie under the jail mounts directory (ivle.conf [paths][[jails]] mounts).
+A console process is any process inside a user's jail: its root
+directory, working directory, program or an open file lies at or below
+MOUNTS/LOGIN (MOUNTS: ivle.conf [paths][[jails]] mounts, which must hold
+users' jails only); IVLE's python-console backends are labelled as such.
 'stop' sends SIGTERM, waits [consoles] term_timeout seconds, then sends
-SIGKILL; ivle-maint itself and its callers are never signalled."""
+SIGKILL.  Never signalled: a process merely in MOUNTS itself, PID 1,
+ivle-maint and its callers, PostgreSQL's processes."""
 
 
 def register(sub: Any) -> None:

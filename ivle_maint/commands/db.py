@@ -55,7 +55,9 @@ def register(sub: Any) -> None:
     migrate = cmds.add_parser(
         "migrate",
         help="apply pending migrations (each in one transaction with its marker row)",
-        description="Apply every pending migration in order, after a pg_dump backup.",
+        description="Apply every pending migration in order, after a pg_dump backup. "
+        "A file's header may say '-- ivle-maint: no-transaction' (run statement by "
+        "statement) or '-- ivle-maint: empty' (a file without statements, on purpose).",
     )
     migrate.add_argument(
         "--dry-run", action="store_true", help="show how each file would run, change nothing"
@@ -116,8 +118,10 @@ def show_status(ctx: Context) -> int:
         print(f"{'not-shipped':<13}{key:<13}  applied, but no file for it any more")
     if st.unmarked:
         print(
-            f"database {st.dbname} has tables but no marker: "
-            "run 'ivle-maint db baseline THROUGH' first"
+            f"database {st.dbname} has tables but no marker, so every migration shows as "
+            "pending: an upgrade (IVLE's package, or 'ivle-maint upgrade') records the "
+            "installed version's migrations itself; before migrating by hand, record them "
+            "with 'ivle-maint db baseline THROUGH' (the newest one that version shipped)"
         )
     return 0
 

@@ -13,8 +13,10 @@ Every mount strictly below the jail mounts directory (ivle.conf
 [paths][[jails]] mounts, symlinks resolved) counts, as the kernel's mount
 table shows it: also mounts of users no longer in the database, which
 'ivle-mountallusers -u' misses.  Nothing outside that directory is ever
-touched.  A busy mount is reported with the processes holding it and left
-mounted (exit status 1) unless --lazy or [jails] lazy_unmount detaches it
+touched, and a directory that is /, a system directory, IVLE's whole
+tree, or holds mounts other than users' jails is refused (exit status 2).
+A busy mount is reported with the processes holding it and left mounted
+(exit status 1) unless --lazy or [jails] lazy_unmount detaches it
 lazily.  With [jails] run_mountallusers, 'ivle-mountallusers -u' runs
 first.  'list' prints one mount a line, tab-separated (mount point, ro/rw,
 type, source path); space, tab, newline, backslash and other control

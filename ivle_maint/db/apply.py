@@ -88,6 +88,9 @@ def apply(conn: Any, c: Classified, *, host: str, package_version: str | None) -
     import psycopg2
 
     conn.rollback()
+    for notice in conn.notices:  # said before this migration ran: not its own
+        log.info("before %s: %s", c.key, notice.strip())
+    del conn.notices[:]
     conn.autocommit = c.mode == NO_TRANSACTION
     started = time.monotonic()
     try:

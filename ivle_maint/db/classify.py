@@ -16,8 +16,10 @@ file therefore runs in one of three modes:
   VACUUM, ...).
 
 Everything else (a COMMIT in the middle, ROLLBACK, psql meta-commands,
-COPY FROM STDIN, a non-transactional statement without the opt-out) is
-refused with the file name and line.
+COPY FROM STDIN, a non-transactional statement without the opt-out, a
+syntax error PostgreSQL's own parser finds when pglast is installed, a
+file without statements unless its header says ``-- ivle-maint: empty``)
+is refused with the file name and line.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 from ..errors import MaintError
+from . import pgparse
 from .discovery import Migration, read
 from .sqlsplit import SplitError, Statement, header_comments, split
 
@@ -35,8 +38,9 @@ OWN_TRANSACTION = "own-transaction"
 NO_TRANSACTION = "no-transaction"
 
 OPT_OUT = "-- ivle-maint: no-transaction"
+EMPTY = "-- ivle-maint: empty"
 _DIRECTIVE = re.compile(r"^ivle-maint\s*:\s*(.*?)\s*$", re.IGNORECASE)
-_KNOWN_DIRECTIVES = {"no-transaction"}
+_KNOWN_DIRECTIVES = {"no-transaction", "empty"}
 
 
 @dataclass(frozen=True)
@@ -145,7 +149,8 @@ def _directives(migration: Migration, text: str) -> set[str]:
         if match:
             value = match.group(1).lower()
             if value not in _KNOWN_DIRECTIVES:
-                raise _fail(migration, line, f"unknown directive {comment!r} (known: {OPT_OUT})")
+                raise _fail(migration, line,
+                            f"unknown directive {comment!r} (known: {OPT_OUT}, {EMPTY})")
             found.add(value)
     return found
 
@@ -169,7 +174,13 @@ def classify(
     for s in statements:
         if s.meta:
             raise _fail(migration, s.line, f"psql meta-command {s.head[0]} is not supported")
-    opted_out = "no-transaction" in _directives(migration, text)
+    directives = _directives(migration, text)
+    _check_empty(migration, statements, "empty" in directives)
+    if standard_strings:  # pglast's lexer knows standard strings only
+        problem = pgparse.check(text, [(s.line, s.text) for s in statements])
+        if problem is not None:
+            raise _fail(migration, problem.line, f"{problem.message} (PostgreSQL's parser)")
+    opted_out = "no-transaction" in directives
     refused = tuple(
         (s, why) for s in statements if (why := nontransactional(s, server_version)) is not None
     )
@@ -184,6 +195,20 @@ def classify(
             f"without rollback on failure, put '{OPT_OUT}' in its header",
         )
     return _wrap(migration, digest, statements)
+
+
+def _check_empty(migration: Migration, statements: list[Statement], marked: bool) -> None:
+    """An empty file would be recorded as applied and never run: refuse it
+    unless its header says it is meant to be empty."""
+    if not statements and not marked:
+        raise _fail(
+            migration, None,
+            f"holds no SQL statement; it would be recorded as applied without changing "
+            f"anything: if that is intended, put '{EMPTY}' in its header",
+        )  # fmt: skip
+    if statements and marked:
+        raise _fail(migration, statements[0].line,
+                    f"its header says '{EMPTY}' but it holds {len(statements)} statement(s)")
 
 
 def _wrap(migration: Migration, digest: str, statements: list[Statement]) -> Classified:

@@ -21,6 +21,7 @@ row exists exactly when the migration's changes do.
 
 from __future__ import annotations
 
+import logging
 import socket
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +29,8 @@ from typing import Any
 
 from .. import __version__
 from ..errors import MaintError
+
+log = logging.getLogger(__name__)
 
 TABLE = "ivle_maint_migrations"
 BASELINE = "baseline"
@@ -77,9 +80,46 @@ def exists(conn: Any) -> bool:
 
 
 def ensure(conn: Any) -> None:
-    """Create the marker table on first use, in a transaction of its own."""
+    """Create the marker table on first use, in a transaction of its own.
+
+    Only when it is missing: CREATE TABLE IF NOT EXISTS would leave the
+    server's NOTICE "already exists" on the connection, to be logged with
+    the next migration's notices as if that migration had said it.
+    """
+    if exists(conn):
+        conn.rollback()
+        return
     with conn, conn.cursor() as cur:
         cur.execute(DDL)
+    for notice in conn.notices:
+        log.info("%s: %s", TABLE, notice.strip())
+    del conn.notices[:]
+
+
+def why_not_writable(conn: Any) -> str | None:
+    """Why this role could not create or write the marker, or None.
+
+    Asked of the server's privilege functions, so nothing is created: the
+    preflight runs this while the site is still up.
+    """
+    with conn.cursor() as cur:
+        cur.execute("SELECT current_schema(), current_user")
+        schema, role = cur.fetchone()
+        if exists(conn):
+            cur.execute("SELECT has_table_privilege(%s, 'SELECT, INSERT, UPDATE')", [TABLE])
+            allowed = cur.fetchone()[0]
+            why = None if allowed else f"role {role} may not read and write table {TABLE}"
+        elif schema is None:
+            why = f"role {role} has no schema to create table {TABLE} in (see its search_path)"
+        else:
+            cur.execute("SELECT has_schema_privilege(%s, 'CREATE')", [schema])
+            allowed = cur.fetchone()[0]
+            why = None if allowed else (
+                f"role {role} may not create table {TABLE} in schema {schema} (permission "
+                f"denied for schema {schema}): GRANT CREATE ON SCHEMA {schema} TO {role}"
+            )
+    conn.rollback()
+    return why
 
 
 def applied(conn: Any) -> dict[str, MarkerRow]:

@@ -3,8 +3,10 @@
 IVLE's console backends (``/usr/bin/python <share>/services/python-console
 PORT MAGIC``) run chrooted in a user's jail as the student; they, and any
 other process whose root, working directory, program or open files lie
-under the jail mounts, hold those mounts busy across an upgrade.  They get
-SIGTERM, then after [consoles] term_timeout SIGKILL.
+inside a user's jail (MOUNTS/LOGIN/...), hold those mounts busy across an
+upgrade.  They get SIGTERM, then after [consoles] term_timeout SIGKILL.
+Never signalled: a process that merely sits in the mounts directory
+itself, PID 1, ivle-maint and its ancestors, and PostgreSQL's processes.
 
 psutil does the process table (it is well kept across kernels and guards
 against pid reuse); the root directory and the descriptors (psutil lists
@@ -13,6 +15,7 @@ regular files only, not directories) come from readlink on /proc.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -20,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from .. import jaildir
 from ..config import Settings
 from ..errors import MaintError
-from ..mountinfo import is_at_or_below
+from ..mountinfo import is_at_or_below, is_below
 from ..output import Reporter
 
 if TYPE_CHECKING:
@@ -70,7 +74,7 @@ class ConsolesResult:
     """What stop_consoles did."""
 
     stopped: tuple[Stopped, ...]
-    spared: tuple[JailProcess, ...]  # ivle-maint itself or its ancestors
+    spared: tuple[JailProcess, ...]  # ivle-maint, its ancestors, init, the database
 
     @property
     def count(self) -> int:
@@ -137,12 +141,29 @@ def _places(proc: psutil.Process) -> Iterator[tuple[str, str]]:
             yield "open file", target
 
 
-def _protected() -> set[int]:
+def _protected() -> dict[int, str]:
     """Ourselves, our ancestors (dpkg, the shell) and init: never signalled."""
     import psutil
 
     me = psutil.Process()
-    return {me.pid, 1} | {p.pid for p in me.parents()}
+    spared = {p.pid: "ivle-maint or its caller" for p in [me, *me.parents()]}
+    spared[1] = "init (PID 1)"
+    return spared
+
+
+DATABASE_NAMES = frozenset({"postgres", "postmaster"})
+
+
+def is_database_server(proc: psutil.Process, jp: JailProcess) -> bool:
+    """PostgreSQL's postmaster or a backend: by name, program or its system user."""
+    import psutil
+
+    names = {os.path.basename(jp.cmdline[0]) if jp.cmdline else "", jp.user}
+    # A backend's command line is rewritten ('postgres: ivle ivle ...').
+    names.add(jp.cmdline[0].split(":")[0] if jp.cmdline else "")
+    with contextlib.suppress(psutil.Error, OSError):
+        names |= {proc.name(), os.path.basename(proc.exe() or "")}
+    return bool(names & DATABASE_NAMES)
 
 
 def scan(
@@ -150,32 +171,36 @@ def scan(
     *,
     share: str | os.PathLike[str] | None = None,
     consoles: bool = True,
+    inclusive: bool = False,
 ) -> list[tuple[psutil.Process, JailProcess]]:
-    """Processes using anything at or below top, plus (if consoles) every
-    python-console of share (any share when None).  Vanished ones are skipped.
+    """Processes inside a user's jail: root, cwd, program or an open file
+    strictly below top (top/LOGIN/...).  A python-console of share (any
+    share when None, if consoles) is labelled as such, but only counts
+    inside a jail too.  With inclusive, top itself counts (who holds the
+    mount at top busy).  Vanished processes are skipped.
 
     top must already be a real path (os.path.realpath): /proc shows real paths.
     """
     import psutil
 
     top = str(top)
+    inside = is_at_or_below if inclusive else is_below
     found = []
     for proc in psutil.process_iter(["cmdline", "username", "uids", "status"]):
         try:
             info: dict[str, Any] = proc.info
             if info["status"] == psutil.STATUS_ZOMBIE:
                 continue  # holds nothing any more
+            places = tuple((k, p) for k, p in _places(proc) if inside(p, top))
+            if not places:
+                continue  # outside every jail: never ours to stop
             cmdline = tuple(info["cmdline"] or ())
-            places = tuple((k, p) for k, p in _places(proc) if is_at_or_below(p, top))
-            reason = places[0][0] if places else ""
+            reason, path = places[0]
             if consoles and is_console(cmdline, share):
                 reason = CONSOLE_NAME
-            if not reason:
-                continue
-            path = places[0][1] if places else ""
             uid = info["uids"].real if info["uids"] else -1
             user = info["username"] or str(uid)
-            jail = _jail_of(path, top) if path else None
+            jail = _jail_of(path, top)
             found.append(
                 (proc, JailProcess(proc.pid, user, uid, cmdline, reason, path, jail, places))
             )
@@ -186,7 +211,7 @@ def scan(
 
 def holders(path: str | os.PathLike[str]) -> list[JailProcess]:
     """Processes that use path or anything below it (who keeps a mount busy)."""
-    return [jp for _, jp in scan(os.path.realpath(path), consoles=False)]
+    return [jp for _, jp in scan(os.path.realpath(path), consoles=False, inclusive=True)]
 
 
 def _gone(proc: psutil.Process) -> bool:
@@ -269,43 +294,51 @@ def stop_consoles(
 
     Repeats the scan until it comes back empty, so the result is checked.
     """
-    top = os.path.realpath(mounts)
+    top = jaildir.resolve(mounts)
     protected = _protected()
     stopped: list[Stopped] = []
-    spared: dict[int, JailProcess] = {}
-    for _ in range(ROUNDS):
+    spared: dict[int, tuple[JailProcess, str]] = {}
+
+    def targets() -> list[tuple[psutil.Process, JailProcess]]:
         found = []
         for proc, jp in scan(top, share=share):
-            if proc.pid in protected:
-                spared.setdefault(proc.pid, jp)
-            else:
+            why = protected.get(proc.pid)
+            if why is None and is_database_server(proc, jp):
+                why = "the database server"
+            if why is None:
                 found.append((proc, jp))
+            else:
+                spared.setdefault(proc.pid, (jp, why))
+        return found
+
+    for _ in range(ROUNDS):
+        found = targets()
         if not found:
             break
         reporter.progress("stopping console processes", len(stopped), len(stopped) + len(found))
         stopped += stop_processes(found, reporter, term_timeout)
     else:
-        left = [jp for proc, jp in scan(top, share=share) if proc.pid not in protected]
+        left = targets()
         if left:
-            raise MaintError(f"console processes keep appearing: {left[0].describe()} "
+            raise MaintError(f"console processes keep appearing: {left[0][1].describe()} "
                              f"(is the web server still running?)")  # fmt: skip
-    for jp in spared.values():
-        reporter.warn(f"not stopping ivle-maint or its caller: {jp.describe()}")
-    return ConsolesResult(tuple(stopped), tuple(spared.values()))
+    for jp, why in spared.values():
+        reporter.warn(f"not stopping {why}: {jp.describe()}")
+    return ConsolesResult(tuple(stopped), tuple(jp for jp, _ in spared.values()))
 
 
 def list_consoles(
     mounts: str | os.PathLike[str], *, share: str | os.PathLike[str] | None = None
 ) -> list[JailProcess]:
     """Every process stop_consoles would stop (and the spared ones)."""
-    return [jp for _, jp in scan(os.path.realpath(mounts), share=share)]
+    return [jp for _, jp in scan(jaildir.resolve(mounts), share=share)]
 
 
 def stop_consoles_for(settings: Settings, reporter: Reporter) -> ConsolesResult:
     """stop_consoles for this node's ivle.conf and [consoles] term_timeout."""
     ivle = settings.ivle_conf()
     return stop_consoles(
-        ivle.jail_mounts,
+        jaildir.check(ivle),
         reporter,
         share=ivle.share,
         term_timeout=float(settings["consoles"]["term_timeout"]),

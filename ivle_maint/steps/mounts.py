@@ -23,9 +23,8 @@ import os
 import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 
-from .. import mountinfo, system
+from .. import jaildir, mountinfo, system
 from ..config import Settings
 from ..errors import MaintError
 from ..mountinfo import Mount, is_at_or_below, is_below
@@ -97,13 +96,12 @@ class BusyMountsError(MaintError):
 
 
 def jail_mounts_dir(path: str | os.PathLike[str]) -> str:
-    """The configured directory with symlinks resolved once, as /proc shows paths."""
-    if not os.path.isabs(os.fspath(path)):
-        raise MaintError(f"jail mounts directory {path} is not an absolute path")
-    top = os.path.realpath(path)
-    if PurePosixPath(top) == PurePosixPath("/"):
-        raise MaintError(f"jail mounts directory {path} resolves to /; refusing to unmount")
-    return top
+    """The configured directory with symlinks resolved once, as /proc shows paths.
+
+    Empty, relative, / and system directories are refused here too, whoever
+    calls (jaildir.check, which needs ivle.conf, runs in the preflight).
+    """
+    return jaildir.resolve(path)
 
 
 def list_jail_mounts(path: str | os.PathLike[str]) -> list[Mount]:
@@ -266,8 +264,9 @@ def unmount_jails_for(
     command = None
     if jails["run_mountallusers"]:
         command = [settings["commands"]["mountallusers"]]
+    ivle = settings.ivle_conf()
     return unmount_jails(
-        settings.ivle_conf().jail_mounts,
+        jaildir.check(ivle),
         reporter,
         lazy=jails["lazy_unmount"] if lazy is None else lazy,
         mountallusers=command,

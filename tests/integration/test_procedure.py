@@ -121,7 +121,10 @@ def reference_state(node_factory) -> dict:
     return final_state(node)
 
 
-BROKEN_MIGRATION = {**OLD, **NEW, "20100215.sql": "CREATE TABLE upgrade_audit (id serial,);\n"}
+# Valid SQL that fails on the server (a syntax error is now refused before
+# any migration runs): the earlier migrations of the run stay applied.
+BROKEN_MIGRATION = {**OLD, **NEW,
+                    "20100215.sql": "CREATE TABLE upgrade_audit (id int REFERENCES nowhere);\n"}
 
 
 def inject(node, where: str) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from ivle_maint.db import classify as cls
+from ivle_maint.db import pgparse
 from ivle_maint.db.discovery import discover, migration_for
 from ivle_maint.db.sqlsplit import SplitError, header_comments, split, tokenize
 from ivle_maint.errors import MaintError
@@ -257,10 +258,50 @@ def test_begin_inside_a_function_body_is_not_transaction_control(tmp_path: Path)
     assert write(tmp_path, text).mode == cls.TRANSACTION
 
 
-def test_comments_only_file_is_a_valid_empty_migration(tmp_path: Path) -> None:
-    c = write(tmp_path, "-- folded into another migration\n/* ; */\n")
+def test_comments_only_file_is_refused_unless_marked_empty(tmp_path: Path) -> None:
+    # Recorded as applied, a file fixed later with --accept-changed never runs.
+    message = refused(tmp_path, "-- folded into another migration\n/* ; */\n")
+    assert "holds no SQL statement" in message and "-- ivle-maint: empty" in message
+    assert refused(tmp_path, "").endswith("in its header")
+    c = write(tmp_path, "-- ivle-maint: empty\n-- folded into another migration\n/* ; */\n")
     assert c.mode == cls.TRANSACTION
     assert c.statements == ()
+
+
+def test_a_file_marked_empty_with_statements_is_refused(tmp_path: Path) -> None:
+    message = refused(tmp_path, "-- ivle-maint: empty\nSELECT 1;\n")
+    assert message.endswith("20100101-01.sql: line 2: its header says '-- ivle-maint: empty' "
+                            "but it holds 1 statement(s)")
+
+
+needs_pglast = pytest.mark.skipif(not pgparse.available(), reason="needs pglast")
+
+
+@needs_pglast
+def test_syntax_errors_are_found_by_postgresqls_parser(tmp_path: Path) -> None:
+    message = refused(tmp_path, "BEGIN;\nALTER TABLE login ADD COLUMN x int;\n"
+                                "SELEC 1;\nCOMMIT;\n")  # fmt: skip
+    assert message.endswith('.sql: line 3: syntax error at or near "SELEC" (PostgreSQL\'s parser)')
+    # A file that is not ASCII: the failing statement's line.
+    message = refused(tmp_path, "COMMENT ON TABLE login IS 'élève';\n\nCREATE TABLE (x int);\n")
+    assert ": line 3: syntax error" in message
+
+
+@needs_pglast
+def test_valid_ivle_shaped_files_parse(tmp_path: Path) -> None:
+    c = write(tmp_path, "BEGIN;\nCREATE FUNCTION f() RETURNS trigger AS $$\nBEGIN\n"
+                        "  RETURN NEW;\nEND;\n$$ LANGUAGE plpgsql;\n"
+                        "UPDATE login SET nick = E'a\\'b';\nCOMMIT;\n")  # fmt: skip
+    assert c.mode == cls.OWN_TRANSACTION and len(c.statements) == 2
+
+
+def test_without_pglast_the_tokenizer_checks_remain(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pgparse, "_parse", False)
+    assert not pgparse.available()
+    c = write(tmp_path, "SELEC 1;\n")  # only the server would see this one
+    assert c.statements[0].text == "SELEC 1;"
+    assert "BEGIN without a matching COMMIT" in refused(tmp_path, "BEGIN;\nSELECT 1;\n")
 
 
 def test_checksum_is_of_the_bytes(tmp_path: Path) -> None:
