@@ -85,7 +85,7 @@ def classified_after_baseline(ctx: UpgradeContext) -> tuple[int, list[Classified
             "no longer known: record them with 'ivle-maint db baseline THROUGH' first"
         )
     old_names = {p.name for p in old}
-    new = [m for m in discover(ctx.migrations) if m.name not in old_names]
+    new = [m for m in discover(ctx.preflight_migrations) if m.name not in old_names]
     return len(old), [classify(m) for m in new]
 
 
@@ -96,11 +96,12 @@ def check_database(ctx: UpgradeContext) -> int:
     """
     from .steps import migrations
 
-    status = migrations.status(ctx.settings, migrations_dir=ctx.migrations, reporter=ctx.reporter)
+    status = migrations.status(ctx.settings, migrations_dir=ctx.preflight_migrations,
+                               reporter=ctx.reporter)
     if status.unmarked:
         return len(classified_after_baseline(ctx)[1])
     plan = migrations.preflight(
-        ctx.settings, migrations_dir=ctx.migrations, accept_changed=ctx.accept_changed,
+        ctx.settings, migrations_dir=ctx.preflight_migrations, accept_changed=ctx.accept_changed,
         allow_out_of_order=ctx.allow_out_of_order, reporter=ctx.reporter, resume=None,
     )
     return len(plan.pending)

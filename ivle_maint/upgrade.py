@@ -48,6 +48,10 @@ class UpgradeContext:
     migrate_while_serving: bool = False
     # This run's cluster.presence.Presence (set by run_phases).
     cluster: Any = None
+    # The new version's migrations while the code on disk is still the old
+    # one (dpkg's preinst, from dh_ivle_maint's manifest): the preflight
+    # checks these; the steps still use `migrations`.
+    new_migrations: Path | None = None
 
     @cached_property
     def ivle_conf(self) -> IvleConf:
@@ -56,6 +60,11 @@ class UpgradeContext:
     @property
     def migrations(self) -> Path:
         return self.migrations_dir or self.settings.path_of("migrations")
+
+    @property
+    def preflight_migrations(self) -> Path:
+        """The migrations the preflight checks: the new version's."""
+        return self.new_migrations or self.migrations
 
 
 def state_dir(settings: Settings) -> Path:
