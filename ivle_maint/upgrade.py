@@ -18,7 +18,7 @@ from .config import IvleConf, Settings
 from .errors import MaintError
 from .journal import COMPLETE, IN_PROGRESS, Journal
 from .lock import node_lock
-from .logfile import run_log
+from .logfile import limits, run_log
 from .output import Reporter
 from .procedure import BEFORE, Procedure
 from .summary import summary_lines
@@ -98,7 +98,8 @@ def run_phases(
     settings = ctx.settings
     purpose = f"upgrade {ctx.old or '(none)'} -> {ctx.new} ({'+'.join(phases)})"
     with node_lock(settings.path_of("run"), purpose), run_log(
-        settings.path_of("log"), f"upgrade-{ctx.old or 'none'}_to_{ctx.new}"
+        settings.path_of("log"), f"upgrade-{ctx.old or 'none'}_to_{ctx.new}",
+        **limits(settings),
     ) as log_path:
         journal = Journal.open(state_dir(settings), ctx.old, ctx.new, settings.role)
         if journal.state == COMPLETE and restart_finished:
