@@ -100,7 +100,11 @@ def run_log(log_dir: Path, name: str, *, keep: int = DEFAULT_KEEP,
             os.chown(log_dir, 0, gid)
     prune(log_dir, keep)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    path = log_dir / f"{name.replace('/', '_')}-{stamp}.log"
+    stem = f"{name.replace('/', '_')}-{stamp}"
+    path, number = log_dir / f"{stem}.log", 1
+    while path.exists() or path.with_name(path.name + ".gz").exists():  # same second
+        number += 1
+        path = log_dir / f"{stem}-{number}.log"
     _create(path)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(_UTCFormatter("%(asctime)sZ %(levelname)s %(name)s: %(message)s"))
