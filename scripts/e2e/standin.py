@@ -241,6 +241,17 @@ def version_b_bad_migration() -> Version:
                    name="badmigration", needs_table=NEW_TABLE)
 
 
+# A migration ivle-maint's checks refuse (it cannot run in a transaction and
+# its header does not opt out): the preinst's preflight must see it.
+REFUSED_MIGRATION = ("20100302-01.sql", "CREATE INDEX CONCURRENTLY login_nick_idx ON login (nick);\n")
+
+
+def version_b_refused_migration() -> Version:
+    return Version("1.1", {**MIGRATIONS_A, **MIGRATIONS_B_NEW,
+                           REFUSED_MIGRATION[0]: REFUSED_MIGRATION[1]},
+                   name="badsql", needs_table=NEW_TABLE)
+
+
 def version_b_bad_preinst() -> Version:
     return Version("1.1", {**MIGRATIONS_A, **MIGRATIONS_B_NEW}, preinst_fails=True,
                    name="badpreinst", needs_table=NEW_TABLE)
