@@ -184,7 +184,8 @@ def cmd_hook(ctx: Context) -> int:
     from ..migration_manifest import read
 
     manifest = read(ctx.args.new_migrations)  # checked before anything runs
-    with tempfile.TemporaryDirectory(prefix="ivle-maint-new-migrations-") as directory:
+    label = f"{manifest.package or 'ivle'}_{manifest.version or 'new'}"
+    with tempfile.TemporaryDirectory(prefix=f"ivle-maint-manifest-{label}-") as directory:
         env.new_migrations = manifest.write_to(Path(directory))
         ctx.reporter.info(run_hook(call, env))
     return 0
