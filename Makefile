@@ -3,7 +3,7 @@
 PY := /usr/bin/python3
 PYTEST := $(PY) -m pytest
 
-.PHONY: all deps test test-debian test-pypi lint bench demo deb e2e clean
+.PHONY: all deps test test-debian test-pypi lint bench demo deb e2e autopkgtest clean
 
 all: test
 
@@ -59,3 +59,15 @@ deb:
 e2e:
 	scripts/install-deps --packaging
 	$(PYTEST) -m e2e -v -s -p no:cacheprovider tests/e2e
+	$(MAKE) autopkgtest
+
+# debian/tests against the built .debs, in a throwaway chroot unpacked from
+# the e2e's cached bookworm tarball (autopkgtest-virt-unshare; the tests'
+# own dependencies come from the mirror).  isolation-machine tests are
+# skipped there, as on any chroot testbed.
+AUTOPKGTEST_TARBALL = $(firstword $(wildcard $(or $(IVLE_MAINT_E2E_CACHE),/var/cache/ivle-maint-e2e)/bookworm-*.tar))
+autopkgtest:
+	test -n "$(AUTOPKGTEST_TARBALL)" || { echo "no e2e tarball: run make e2e (scripts/e2e/run) first"; exit 1; }
+	test -d $(DEB_DIR)/src || $(MAKE) deb
+	PATH=$(DEB_PATH) autopkgtest $(wildcard $(DEB_DIR)/*.deb) $(DEB_DIR)/src \
+	    -- unshare --release bookworm --tarball $(AUTOPKGTEST_TARBALL)

@@ -179,7 +179,7 @@ def spec_groups(spec: str) -> tuple[list[str], list[Group]]:
         if line.startswith("[") and line.endswith("]"):
             section, comment = line.strip("[]"), []
         elif line.startswith("#"):
-            text = line[1:].strip() if not line[1:2] == " " else line[2:]
+            text = line[2:] if line[1:2] == " " else line[1:].strip()
             if not section:
                 intro.append(text)
             elif groups and groups[-1][0] == section and not comment and not groups[-1][2]:
@@ -203,7 +203,7 @@ def describe_check(check: str) -> str:
                                         else default.group(2))
     shown = "empty" if value == "" else value
     if kind == "option":
-        choices = re.findall(r"'([^']*)'", check.split("default=")[0])
+        choices = re.findall(r"'([^']*)'", check.split("default=", maxsplit=1)[0])
         return f"one of {', '.join(choices)}; default: {shown}"
     names = {"string": "text", "float": "seconds (a number)", "integer": "an integer",
              "boolean": "true or false"}
@@ -281,7 +281,8 @@ def manpage(date: str) -> str:
         out += [".TP", f"\\fB{esc(code)}\\fR", esc(meaning)]
     out += [".SH ENVIRONMENT"]
     for name, text in ENVIRONMENT:
-        out += [".TP", f"\\fB{name}\\fR", esc(text).replace("\\efB", "\\fB").replace("\\efR", "\\fR")]
+        roff = esc(text).replace("\\efB", "\\fB").replace("\\efR", "\\fR")
+        out += [".TP", f"\\fB{name}\\fR", roff]
     out += [".SH FILES", *files_section()]
     out += [
         ".SH SEE ALSO",

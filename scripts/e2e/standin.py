@@ -243,7 +243,9 @@ def version_b_bad_migration() -> Version:
 
 # A migration ivle-maint's checks refuse (it cannot run in a transaction and
 # its header does not opt out): the preinst's preflight must see it.
-REFUSED_MIGRATION = ("20100302-01.sql", "CREATE INDEX CONCURRENTLY login_nick_idx ON login (nick);\n")
+REFUSED_MIGRATION = (
+    "20100302-01.sql", "CREATE INDEX CONCURRENTLY login_nick_idx ON login (nick);\n",
+)
 
 
 def version_b_refused_migration() -> Version:

@@ -14,6 +14,7 @@ import sys
 
 import pytest
 from configobj import ConfigObj
+
 from ivle_sandbox.cluster import env_of
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]

@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import pytest
+
 from ivle_sandbox.releases import NEW, OLD
 from upgrade_helpers import REPO, at_version_1_0, marker_keys
 
