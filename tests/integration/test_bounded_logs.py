@@ -51,6 +51,7 @@ def test_a_100_mb_jail_build_leaves_a_bounded_log(master):
     assert done.returncode == 0, done.stderr
     log = logs(master)[-1]
     text = log.read_text()
+    print(f"log after 100 MB of output: {log.stat().st_size} bytes")
     assert log.stat().st_size < 200_000, f"{log} is {log.stat().st_size} bytes"
     kept = [line for line in text.splitlines() if " ivle-buildjail: " in line]
     assert len(kept) == 2 * 100 + 1  # the default [logs] output_lines, and the count
