@@ -51,7 +51,7 @@ deb:
 	git ls-files -z --cached --others --exclude-standard \
 	    | tar --null -T - --ignore-failed-read -cf - | tar -xf - -C $(DEB_DIR)/src
 	cd $(DEB_DIR)/src && PATH=$(DEB_PATH) dpkg-buildpackage -us -uc -b
-	PATH=$(DEB_PATH) lintian --fail-on error,warning --display-info $(DEB_DIR)/*.changes
+	PATH=$(DEB_PATH) lintian -I --pedantic --fail-on error,warning,info,pedantic $(DEB_DIR)/*.changes
 	@ls $(DEB_DIR)/*.deb
 
 # End-to-end: the .deb and a stand-in IVLE package through real dpkg, apt and

@@ -940,17 +940,14 @@ def setup_cluster_node(role: str, name: str, web_port: int) -> None:
         create_database()
     else:
         write(Path("/etc/default/apache2"), f"PORT={web_port}\n")
+        # dh_installinit starts usrmgt on every node; the nodes share one
+        # network namespace, so a slave's must not take the master's port.
+        write(Path("/etc/default/ivle-usrmgt-server"), f"PORT={web_port + 1000}\n")
     # Installed with the database there: the fresh install records the
     # baseline (master) and registers the node in the cluster table.
     install_old_ivle()
     if role == "master":
         load_old_schema(USERS)
-    else:
-        # usrmgt runs on the master only: on a slave the administrator stops
-        # and disables what dh_installinit's postinst started at install;
-        # its start after an upgrade then leaves it alone.
-        run("invoke-rc.d", "ivle-usrmgt-server", "stop")
-        run("update-rc.d", "ivle-usrmgt-server", "disable")
     run("ivle-buildjail", show=False)
     write_homes(USERS)
     run("ivle-remakeuser", "-a")
@@ -994,9 +991,6 @@ def check_cluster_node(role: str, name: str, web_port: int) -> None:
                   if f"version = {NEW}" in (SRC / login / "home/.ivle/jail.conf").read_text()]
         check(len(remade) == len(USERS), f"every user's jail remade for {NEW}", remade)
         return
-    usrmgt = [e.what for e in events if e.service == "ivle-usrmgt-server"]
-    check(usrmgt == ["start", "stop"] and not service_running("ivle-usrmgt-server"),
-          "usrmgt, disabled on this slave, stayed stopped through the upgrade", usrmgt)
     web = [e for e in events if e.service == "apache2"]
     check([e.what for e in web] == ["start", "stop", "start"],
           "web server stopped once and started once by the upgrade", [e.what for e in web])

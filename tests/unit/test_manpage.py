@@ -16,7 +16,7 @@ from ivle_maint.config import SETTINGS_SPEC
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "make-manpage.py"
 
 
-def load_script():  # noqa: ANN201 - a module
+def load_script():
     spec = importlib.util.spec_from_file_location("make_manpage", SCRIPT)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -24,7 +24,7 @@ def load_script():  # noqa: ANN201 - a module
     return module
 
 
-def actions(parser: argparse.ArgumentParser, words: str):  # noqa: ANN201
+def actions(parser: argparse.ArgumentParser, words: str):
     for action in parser._actions:
         if isinstance(action, argparse._HelpAction):
             continue
