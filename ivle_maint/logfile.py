@@ -104,7 +104,7 @@ def run_log(log_dir: Path, name: str, *, keep: int = DEFAULT_KEEP,
     path, number = log_dir / f"{stem}.log", 1
     while path.exists() or path.with_name(path.name + ".gz").exists():  # same second
         number += 1
-        path = log_dir / f"{stem}-{number}.log"
+        path = log_dir / f"{stem}_{number}.log"  # sorts after the first of that second
     _create(path)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(_UTCFormatter("%(asctime)sZ %(levelname)s %(name)s: %(message)s"))
