@@ -3,7 +3,7 @@
 PY := /usr/bin/python3
 PYTEST := $(PY) -m pytest
 
-.PHONY: all deps test test-debian test-pypi lint bench demo deb e2e clean
+.PHONY: all deps test test-debian test-pypi lint bench demo deb e2e autopkgtest clean
 
 all: test
 
@@ -51,7 +51,9 @@ deb:
 	git ls-files -z --cached --others --exclude-standard \
 	    | tar --null -T - --ignore-failed-read -cf - | tar -xf - -C $(DEB_DIR)/src
 	cd $(DEB_DIR)/src && PATH=$(DEB_PATH) dpkg-buildpackage -us -uc -b
-	PATH=$(DEB_PATH) lintian --fail-on error,warning --display-info $(DEB_DIR)/*.changes
+	PATH=$(DEB_PATH) lintian --fail-on error,warning $(DEB_DIR)/*.changes
+	@out=$$(PATH=$(DEB_PATH) lintian -I --pedantic $(DEB_DIR)/*.changes 2>/dev/null); \
+	    if [ -n "$$out" ]; then echo "$$out"; echo "lintian -I --pedantic is not silent"; exit 1; fi
 	@ls $(DEB_DIR)/*.deb
 
 # End-to-end: the .deb and a stand-in IVLE package through real dpkg, apt and
@@ -59,3 +61,11 @@ deb:
 e2e:
 	scripts/install-deps --packaging
 	$(PYTEST) -m e2e -v -s -p no:cacheprovider tests/e2e
+	$(MAKE) autopkgtest
+
+# debian/tests against the built .debs, on a throwaway overlay of the e2e's
+# cached bookworm tree (scripts/autopkgtest-run; autopkgtest-virt-chroot).
+# isolation-machine tests are skipped there, as on any chroot testbed.
+autopkgtest:
+	test -d $(DEB_DIR)/src || $(MAKE) deb
+	PATH=$(DEB_PATH) scripts/autopkgtest-run $(wildcard $(DEB_DIR)/*.deb) $(DEB_DIR)/src

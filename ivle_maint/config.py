@@ -51,6 +51,15 @@ backup = string(default='/var/backups/ivle-maint')
 # The lock that keeps one ivle-maint at a time on this node.
 run = string(default='/run/ivle-maint')
 
+[logs]
+# Log files kept in [paths] log: a run deletes all but the newest ones;
+# the newest is left plain, the others are gzip-compressed.
+keep = integer(min=1, default=20)
+# Lines of an IVLE command's output (a jail build's apt, say) kept in the
+# log: the first and the last this many, with a line saying how many
+# were left out between them; 0 keeps the whole output.
+output_lines = integer(min=0, default=100)
+
 [services]
 # Init script names of the web server (slaves) and of the user
 # management server (master).

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import system
 from .config import Settings
@@ -39,6 +40,9 @@ class HookEnv:
     settings: Settings
     reporter: Reporter
     make_context: Callable[..., object]
+    # The new version's migrations (dh_ivle_maint's manifest, written out),
+    # for the preinst's preflight.
+    new_migrations: Path | None = None
 
 
 def _before(call: HookCall, env: HookEnv) -> str:
@@ -47,7 +51,8 @@ def _before(call: HookCall, env: HookEnv) -> str:
     from .upgrade import run_phases
 
     old, new = call.args[0], call.args[1]
-    ctx = env.make_context(old=old, new=new, code_is_new=False, resume=DPKG_RESUME)
+    ctx = env.make_context(old=old, new=new, code_is_new=False, resume=DPKG_RESUME,
+                           new_migrations=env.new_migrations)
     # dpkg runs the preinst once per attempt: a finished journal of the same
     # versions (a reinstall) is history, not this run.
     run_phases(ctx, (BEFORE,), restart_finished=True)  # type: ignore[arg-type]

@@ -1,45 +1,175 @@
-"""A log file per run, with UTC timestamps, for the administrator to read later."""
+"""A log file per run, with UTC timestamps, for the administrator to read later.
+
+Logs stay bounded: each run starts by keeping only the newest
+`[logs] keep` files (the previous one plain, older ones gzip-compressed),
+and an external command's output adds at most its first and last
+`[logs] output_lines` lines, with a line saying how much was left out.
+Logs are root:adm 0640 (as Debian's other logs), the directory 0750.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import grp
+import gzip
 import logging
 import os
+import shutil
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import MaintError
 from .safepaths import open_nofollow, safe_dir
 
+DEFAULT_KEEP = 20
+DEFAULT_OUTPUT_LINES = 100
+MAX_LINE = 2000  # characters of one output line kept in the log
+LOG_GROUP = "adm"
+
+# The bound of the current run's log (set by run_log): BoundedOutput's default.
+_output_lines = DEFAULT_OUTPUT_LINES
+
 
 class _UTCFormatter(logging.Formatter):
     converter = time.gmtime  # type: ignore[assignment]  # typeshed's overloads
 
 
-@contextmanager
-def run_log(log_dir: Path, name: str) -> Iterator[Path]:
-    """Log everything from the ivle_maint loggers to LOG_DIR/NAME-TIMESTAMP.log."""
-    safe_dir(log_dir, 0o750, "[paths] log")
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    path = log_dir / f"{name.replace('/', '_')}-{stamp}.log"
+def _log_gid() -> int | None:
+    """adm's gid when running as root (only root can give files to a group)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return grp.getgrnam(LOG_GROUP).gr_gid
+    except KeyError:
+        return None
+
+
+def _logs(log_dir: Path) -> list[Path]:
+    """Every log of earlier runs, oldest first."""
+    found = [p for p in log_dir.iterdir()
+             if p.is_file() and (p.name.endswith(".log") or p.name.endswith(".log.gz"))]
+    return sorted(found, key=lambda p: (p.stat().st_mtime, p.name))
+
+
+def _compress(path: Path) -> None:
+    """PATH -> PATH.gz with the same mode, owner and mtime; atomic."""
+    target = path.with_name(path.name + ".gz")
+    partial = path.with_name(path.name + ".gz.partial")
+    st = path.stat()
+    with path.open("rb") as src, gzip.open(partial, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    os.chmod(partial, st.st_mode & 0o777)
+    with contextlib.suppress(PermissionError):
+        os.chown(partial, st.st_uid, st.st_gid)
+    os.utime(partial, (st.st_atime, st.st_mtime))
+    partial.rename(target)
+    path.unlink()
+
+
+def prune(log_dir: Path, keep: int) -> None:
+    """Keep the newest KEEP - 1 logs (the run about to start is the KEEP-th);
+    compress all of them but the newest."""
+    logs = _logs(log_dir)
+    stale, kept = logs[: max(0, len(logs) - (keep - 1))], logs[len(logs) - (keep - 1):]
+    for path in stale:
+        path.unlink()
+    for path in kept[:-1]:
+        if path.name.endswith(".log"):
+            _compress(path)
+
+
+def _create(path: Path) -> int:
+    """PATH opened for appending, never through a symlink, root:adm 0640."""
     try:
         fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
     except OSError as exc:
         raise MaintError(f"{path}: {exc.strerror or exc}") from None
+    gid = _log_gid()
+    if gid is not None:
+        os.fchown(fd, 0, gid)
+    return fd
+
+
+@contextmanager
+def run_log(log_dir: Path, name: str, *, keep: int = DEFAULT_KEEP,
+            output_lines: int = DEFAULT_OUTPUT_LINES) -> Iterator[Path]:
+    """Log everything from the ivle_maint loggers to LOG_DIR/NAME-TIMESTAMP.log."""
+    global _output_lines
+    created = not log_dir.exists()
+    safe_dir(log_dir, 0o750, "[paths] log")
+    gid = _log_gid()
+    if created and gid is not None:
+        os.chown(log_dir, 0, gid)
+    prune(log_dir, keep)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    stem = f"{name.replace('/', '_')}-{stamp}"
+    path, number = log_dir / f"{stem}.log", 1
+    while path.exists() or path.with_name(path.name + ".gz").exists():  # same second
+        number += 1
+        path = log_dir / f"{stem}_{number}.log"  # sorts after the first of that second
     # A stream on the descriptor just checked: the path is not opened again.
-    stream = os.fdopen(fd, "a", encoding="utf-8")
+    stream = os.fdopen(_create(path), "a", encoding="utf-8")
     handler = logging.StreamHandler(stream)
     handler.setFormatter(_UTCFormatter("%(asctime)sZ %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.DEBUG)
     logger = logging.getLogger("ivle_maint")
-    previous = logger.level
+    previous, previous_lines = logger.level, _output_lines
     logger.setLevel(logging.DEBUG)
     logger.addHandler(handler)
+    _output_lines = output_lines
     try:
         yield path
     finally:
+        _output_lines = previous_lines
         logger.removeHandler(handler)
         logger.setLevel(previous)
         handler.close()
         stream.close()
+
+
+def limits(settings: object) -> dict[str, int]:
+    """run_log's keyword arguments from the [logs] settings."""
+    section = settings["logs"]  # type: ignore[index]
+    return {"keep": int(section["keep"]), "output_lines": int(section["output_lines"])}
+
+
+class BoundedOutput:
+    """One command's output for the log: its first and last N lines in full,
+    and one line counting what was left out between them (N = 0: all)."""
+
+    def __init__(self, emit: Callable[[str], None], lines: int | None = None) -> None:
+        self.emit = emit
+        self.lines = _output_lines if lines is None else lines
+        self.seen = 0
+        self.tail: deque[str] = deque(maxlen=max(self.lines, 1))
+        self.left_out = 0
+        self.left_out_chars = 0
+
+    def __call__(self, text: str) -> None:
+        self.seen += 1
+        if len(text) > MAX_LINE:
+            text = f"{text[:MAX_LINE]} [... {len(text) - MAX_LINE} more characters]"
+        if self.lines == 0 or self.seen <= self.lines:
+            self.emit(text)
+            return
+        if len(self.tail) == self.tail.maxlen:
+            dropped = self.tail[0]
+            self.left_out += 1
+            self.left_out_chars += len(dropped) + 1
+        self.tail.append(text)
+
+    def close(self) -> None:
+        if self.left_out:
+            self.emit(f"[... {self.left_out} lines ({self.left_out_chars} characters) left out "
+                      "here; [logs] output_lines = 0 keeps a command's whole output ...]")
+        while self.tail:
+            self.emit(self.tail.popleft())
+
+    def __enter__(self) -> BoundedOutput:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

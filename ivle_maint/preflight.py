@@ -88,9 +88,9 @@ def classified_after_baseline(ctx: UpgradeContext) -> tuple[int, list[Classified
             "no longer known: record them with 'ivle-maint db baseline THROUGH' first"
         )
     old_names = {p.name for p in old}
-    new = [m for m in discover(ctx.migrations) if m.name not in old_names]
+    new = [m for m in discover(ctx.preflight_migrations) if m.name not in old_names]
     # The files the upgrade will run: as migrate itself checks them, but now.
-    check_writers(ctx.migrations, [m.path for m in new])
+    check_writers(ctx.preflight_migrations, [m.path for m in new])
     return len(old), [classify(m) for m in new]
 
 
@@ -102,13 +102,15 @@ def check_database(ctx: UpgradeContext) -> int:
     """
     from .steps import migrations
 
-    status = migrations.status(ctx.settings, migrations_dir=ctx.migrations, reporter=ctx.reporter)
+    status = migrations.status(ctx.settings, migrations_dir=ctx.preflight_migrations,
+                               reporter=ctx.reporter)
     if status.unmarked:
         pending = len(classified_after_baseline(ctx)[1])
     else:
         plan = migrations.preflight(
-            ctx.settings, migrations_dir=ctx.migrations, accept_changed=ctx.accept_changed,
-            allow_out_of_order=ctx.allow_out_of_order, reporter=ctx.reporter, resume=None,
+            ctx.settings, migrations_dir=ctx.preflight_migrations,
+            accept_changed=ctx.accept_changed, allow_out_of_order=ctx.allow_out_of_order,
+            reporter=ctx.reporter, resume=None,
         )
         pending = len(plan.pending)
     if pending or status.unmarked:

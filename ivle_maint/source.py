@@ -8,6 +8,7 @@ from typing import Any
 
 from . import system
 from .errors import MaintError
+from .logfile import BoundedOutput
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,8 @@ def install_source(source: Path, ctx: Any) -> None:
     script = _setup_py(source)
     for action in ("build", "install"):
         ctx.reporter.info(f"./setup.py {action} in {source} ...")
-        done = system.run([script, action], cwd=str(source), on_line=log.info)
+        with BoundedOutput(log.info) as logged:
+            done = system.run([script, action], cwd=str(source), on_line=logged)
         if not done.ok:
             tail = done.tail[-1] if done.tail else "no output"
             raise MaintError(

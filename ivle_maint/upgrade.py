@@ -18,7 +18,7 @@ from .config import IvleConf, Settings
 from .errors import MaintError
 from .journal import COMPLETE, IN_PROGRESS, Journal
 from .lock import node_lock
-from .logfile import run_log
+from .logfile import limits, run_log
 from .output import Reporter
 from .procedure import BEFORE, Procedure
 from .safepaths import check_settings_dirs
@@ -49,6 +49,10 @@ class UpgradeContext:
     migrate_while_serving: bool = False
     # This run's cluster.presence.Presence (set by run_phases).
     cluster: Any = None
+    # The new version's migrations while the code on disk is still the old
+    # one (dpkg's preinst, from dh_ivle_maint's manifest): the preflight
+    # checks these; the steps still use `migrations`.
+    new_migrations: Path | None = None
 
     @cached_property
     def ivle_conf(self) -> IvleConf:
@@ -57,6 +61,11 @@ class UpgradeContext:
     @property
     def migrations(self) -> Path:
         return self.migrations_dir or self.settings.path_of("migrations")
+
+    @property
+    def preflight_migrations(self) -> Path:
+        """The migrations the preflight checks: the new version's."""
+        return self.new_migrations or self.migrations
 
 
 def state_dir(settings: Settings) -> Path:
@@ -91,7 +100,8 @@ def run_phases(
     purpose = f"upgrade {ctx.old or '(none)'} -> {ctx.new} ({'+'.join(phases)})"
     check_settings_dirs(settings)  # before the lock, the log and the journal
     with node_lock(settings.path_of("run"), purpose), run_log(
-        settings.path_of("log"), f"upgrade-{ctx.old or 'none'}_to_{ctx.new}"
+        settings.path_of("log"), f"upgrade-{ctx.old or 'none'}_to_{ctx.new}",
+        **limits(settings),
     ) as log_path:
         journal = Journal.open(state_dir(settings), ctx.old, ctx.new, settings.role)
         if journal.state == COMPLETE and restart_finished:

@@ -1,11 +1,14 @@
 #!/usr/bin/python3
-"""Write ivle-maint(1) from the real argument parser (ivle_maint.cli.build_parser).
+"""Write ivle-maint(8) from the real argument parser (ivle_maint.cli.build_parser),
+or ivle-maint.conf(5) from the settings spec (ivle_maint.config.SETTINGS_SPEC).
 
-    scripts/make-manpage.py [--output FILE] [--date YYYY-MM-DD]
+    scripts/make-manpage.py [--conf] [--output FILE] [--date YYYY-MM-DD]
 
 Every command and subcommand, its synopsis, description and options come
 from argparse, so the page cannot drift from `ivle-maint --help`.  The exit
-statuses and files come from the parser's epilog.  The date defaults to
+statuses come from the parser's epilog; the files and every setting with
+its default from the same spec `ivle-maint settings --spec` prints.  The
+date defaults to
 $SOURCE_DATE_EPOCH (set by dpkg-buildpackage from debian/changelog) so the
 build is reproducible.  Run from the source tree; standard library only
 (plus what importing ivle_maint.cli needs).
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -24,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ivle_maint import __version__
 from ivle_maint.cli import build_parser
+from ivle_maint.config import SETTINGS_SPEC
 
 PROG = "ivle-maint"
 
@@ -160,12 +165,103 @@ def epilog_sections(epilog: str) -> tuple[list[tuple[str, str]], str]:
     return statuses, "\n".join(rest)
 
 
+# (section, comment lines, [(key, check)]): the spec's groups of keys.
+Group = tuple[str, list[str], list[tuple[str, str]]]
+
+
+def spec_groups(spec: str) -> tuple[list[str], list[Group]]:
+    """The spec's opening comment, and each group of keys under one comment."""
+    intro: list[str] = []
+    groups: list[Group] = []
+    section, comment = "", []
+    for raw in spec.splitlines():
+        line = raw.strip()
+        if line.startswith("[") and line.endswith("]"):
+            section, comment = line.strip("[]"), []
+        elif line.startswith("#"):
+            text = line[2:] if line[1:2] == " " else line[1:].strip()
+            if not section:
+                intro.append(text)
+            elif groups and groups[-1][0] == section and not comment and not groups[-1][2]:
+                groups[-1][1].append(text)
+            else:
+                comment.append(text)
+        elif "=" in line:
+            key, _, check = (part.strip() for part in line.partition("="))
+            if comment or not groups or groups[-1][0] != section:
+                groups.append((section, comment, []))
+                comment = []
+            groups[-1][2].append((key, check))
+    return intro, groups
+
+
+def describe_check(check: str) -> str:
+    """'option('a', 'b', default='a')' -> "one of a, b; default: a"."""
+    kind = check.split("(", 1)[0]
+    default = re.search(r"default=(?:'([^']*)'|([^,)]+))", check)
+    value = "" if default is None else (default.group(1) if default.group(1) is not None
+                                        else default.group(2))
+    shown = "empty" if value == "" else value
+    if kind == "option":
+        choices = re.findall(r"'([^']*)'", check.split("default=", maxsplit=1)[0])
+        return f"one of {', '.join(choices)}; default: {shown}"
+    names = {"string": "text", "float": "seconds (a number)", "integer": "an integer",
+             "boolean": "true or false"}
+    limits = re.search(r"min=([0-9.]+)", check)
+    least = f", at least {limits.group(1)}" if limits else ""
+    return f"{names.get(kind, kind)}{least}; default: {shown}"
+
+
+def path_defaults() -> dict[str, str]:
+    """[paths] key -> default, from the spec."""
+    return {key: re.sub(r".*default='([^']*)'.*", r"\1", check)
+            for section, _, keys in spec_groups(SETTINGS_SPEC)[1] for key, check in keys
+            if section == "paths"}
+
+
+ENVIRONMENT = [
+    ("IVLECONF", "The directory holding IVLE's ivle.conf, as for IVLE itself "
+     "(default: /etc/ivle; [paths] ivle_conf_dir takes precedence)."),
+    ("IVLE_MAINT_CONF", "The settings file, when --config is not given "
+     "(default: /etc/ivle/ivle-maint.conf); it must exist when named."),
+    ("DPKG_MAINTSCRIPT_PACKAGE", "Set by dpkg for a maintainer script: the package whose "
+     "version \\fBhook\\fR asks of dpkg (default: --package, ivle)."),
+    ("DPKG_MAINTSCRIPT_NAME", "Set by dpkg: output is then never coloured or "
+     "rewritten in place, as no terminal is guaranteed."),
+    ("DPKG_ROOT", "Set by dpkg: policy-rc.d is looked for under it."),
+]
+
+
+def files_section() -> list[str]:
+    paths = path_defaults()
+    rows = [
+        ("/etc/ivle/ivle-maint.conf", "ivle-maint's settings (ivle-maint.conf(5)); "
+         "every key is optional."),
+        ("/etc/ivle/ivle.conf", "IVLE's own settings: ivle-maint reads [paths], [media], "
+         "[database], [usrmgt] and [jail], and changes only [media] version."),
+        (paths["state"], "[paths] state: the upgrade journals (one per OLD_to_NEW), the "
+         "installed version and media version records."),
+        (paths["log"], "[paths] log: one log per run, root:adm 0640, UTC timestamps; "
+         "the newest [logs] keep are kept, all but the newest compressed."),
+        (paths["backup"], "[paths] backup: pg_dump files taken before migrations "
+         "([database] backup_keep kept) and ivle.conf backups; kept on purge."),
+        (paths["run"], "[paths] run: the lock that lets one ivle-maint run at a time."),
+        (paths["migrations"], "[paths] migrations: the migrations IVLE's package ships."),
+        ("/usr/share/ivle-maint/maintscript/", "IVLE's preinst, postinst, prerm and postrm "
+         "lines, for packages not built with dh_ivle_maint(1)."),
+    ]
+    out: list[str] = []
+    for path, text in rows:
+        out += [".TP", f"\\fI{esc(path)}\\fR", esc(text)]
+    return out
+
+
 def manpage(date: str) -> str:
     parser = build_parser()
-    statuses, files = epilog_sections(parser.epilog or "")
+    statuses, _ = epilog_sections(parser.epilog or "")
     first = (parser.description or "").split(".")[0].split(":")[0].strip()
     out = [
-        f'.TH IVLE\\-MAINT 1 "{date}" "ivle-maint {__version__}" "IVLE administration"',
+        f'.TH IVLE\\-MAINT 8 "{date}" "ivle-maint {__version__}" "IVLE administration"',
         ".SH NAME",
         f"ivle\\-maint \\- {esc(first[0].lower() + first[1:] if first else 'IVLE upgrades')}",
         ".SH SYNOPSIS",
@@ -183,26 +279,66 @@ def manpage(date: str) -> str:
     ]
     for code, meaning in statuses:
         out += [".TP", f"\\fB{esc(code)}\\fR", esc(meaning)]
-    out += [".SH FILES", *para(files)]
+    out += [".SH ENVIRONMENT"]
+    for name, text in ENVIRONMENT:
+        roff = esc(text).replace("\\efB", "\\fB").replace("\\efR", "\\fR")
+        out += [".TP", f"\\fB{name}\\fR", roff]
+    out += [".SH FILES", *files_section()]
     out += [
-        ".PP",
-        "\\fI/usr/share/ivle\\-maint/maintscript/\\fR holds the lines IVLE's own",
-        "preinst, postinst, prerm and postrm add to call \\fBivle\\-maint hook\\fR.",
         ".SH SEE ALSO",
-        "\\fBdpkg\\fR(1), \\fBinvoke\\-rc.d\\fR(8), \\fBpg_dump\\fR(1)",
+        "\\fBivle\\-maint.conf\\fR(5), \\fBdh_ivle_maint\\fR(1), \\fBdpkg\\fR(1), "
+        "\\fBinvoke\\-rc.d\\fR(8), \\fBpg_dump\\fR(1),",
+        "\\fI/usr/share/doc/ivle\\-maint/README.md.gz\\fR",
+    ]
+    return "\n".join(out) + "\n"
+
+
+def conf_manpage(date: str) -> str:
+    intro, groups = spec_groups(SETTINGS_SPEC)
+    out = [
+        f'.TH IVLE\\-MAINT.CONF 5 "{date}" "ivle-maint {__version__}" "IVLE administration"',
+        ".SH NAME",
+        "ivle\\-maint.conf \\- settings of ivle\\-maint, which upgrades IVLE nodes",
+        ".SH SYNOPSIS",
+        "\\fI/etc/ivle/ivle\\-maint.conf\\fR",
+        ".SH DESCRIPTION",
+        *para(" ".join(intro)),
+        *para("An INI-style file (configobj): [section] lines, then key = value lines; "
+              "# starts a comment.  A value of the wrong type is an error (exit status 2) "
+              "before anything is done.  "
+              "'ivle-maint settings' shows the settings in effect, 'ivle-maint settings "
+              "--spec' this whole list as a file to start from."),
+    ]
+    current = ""
+    for section, comment, keys in groups:
+        if section != current:
+            out += [f'.SH "[{esc(section)}]"']
+            current = section
+        out += [".TP", ", ".join(f"\\fB{esc(key)}\\fR" for key, _ in keys)]
+        out += [esc(" ".join(line.strip() for line in comment)) or "\\&"]
+        for key, check in keys:
+            out += [".br", esc(f"{key}: {describe_check(check)}")]
+    out += [
+        ".SH FILES",
+        ".TP", "\\fI/etc/ivle/ivle\\-maint.conf\\fR",
+        "The default location; \\fB\\-\\-config\\fR \\fIFILE\\fR or "
+        "\\fB$IVLE_MAINT_CONF\\fR name another.",
+        ".SH SEE ALSO",
+        "\\fBivle\\-maint\\fR(8), \\fBdh_ivle_maint\\fR(1)",
     ]
     return "\n".join(out) + "\n"
 
 
 def main() -> int:
-    cli = argparse.ArgumentParser(description="Write the ivle-maint(1) man page.")
+    cli = argparse.ArgumentParser(description="Write the ivle-maint(8) man page.")
+    cli.add_argument("--conf", action="store_true", help="write ivle-maint.conf(5) instead")
     cli.add_argument("--output", type=Path, help="file to write (default: stdout)")
     cli.add_argument("--date", help="date on the page (default: $SOURCE_DATE_EPOCH or today)")
     args = cli.parse_args()
     os.environ["COLUMNS"] = "100"  # help text never depends on the terminal
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH") or time.time())
     date = args.date or time.strftime("%Y-%m-%d", time.gmtime(epoch))
-    text = manpage(date)
+    text = conf_manpage(date) if args.conf else manpage(date)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text, encoding="utf-8")

@@ -46,7 +46,8 @@ def register(sub: Any) -> None:
 
     forget = actions.add_parser("forget", help="remove a node that is gone from the table",
                                 description="Remove NAME's row (a decommissioned node).")
-    forget.add_argument("name", metavar="NAME")
+    forget.add_argument("name", metavar="NAME",
+                        help="the node's name as 'cluster status' shows it")
     forget.set_defaults(func=cmd_forget)
 
     prepare = actions.add_parser(
@@ -54,7 +55,8 @@ def register(sub: Any) -> None:
         description="Run the steps before the code changes (a slave: stop the web server "
         "and consoles, unmount jails) for the upgrade to NEW, as IVLE's preinst would; the "
         "package's own preinst then finds them done.  Nothing to do on a node already at NEW.")
-    prepare.add_argument("--to", dest="new", metavar="NEW", required=True)
+    prepare.add_argument("--to", dest="new", metavar="NEW", required=True,
+                         help="the version about to be installed")
     prepare.add_argument("--from", dest="old", metavar="OLD",
                          help="the installed version (default: ivle-maint's record, then dpkg)")
     prepare.set_defaults(func=cmd_prepare)

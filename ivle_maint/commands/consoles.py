@@ -28,7 +28,8 @@ def register(sub: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("action", choices=("list", "stop"))
+    parser.add_argument("action", choices=("list", "stop"),
+                        help="list them, or stop them (SIGTERM, then SIGKILL)")
     parser.set_defaults(func=cmd_consoles)
 
 

@@ -49,11 +49,11 @@ def register(sub: Any) -> None:
 
 def _locked_and_logged(ctx: Context, name: str, work: Callable[[], Any]) -> Any:
     from ..lock import node_lock
-    from ..logfile import run_log
+    from ..logfile import limits, run_log
 
     settings = ctx.settings
     with node_lock(settings.path_of("run"), f"jails {name}"), \
-            run_log(settings.path_of("log"), f"jails-{name}") as log_path:
+            run_log(settings.path_of("log"), f"jails-{name}", **limits(settings)) as log_path:
         ctx.reporter.info(f"log: {log_path}")
         return work()
 

@@ -34,7 +34,7 @@ def register(sub: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("action", choices=("list", "unmount"))
+    parser.add_argument("action", choices=("list", "unmount"), help="list them, or unmount them")
     parser.add_argument(
         "--lazy", action="store_true", default=None,
         help="detach busy mounts lazily (umount -l) instead of failing",

@@ -29,7 +29,8 @@ def register(sub: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("action", choices=("stop", "start", "restart", "status"))
+    parser.add_argument("action", choices=("stop", "start", "restart", "status"),
+                        help="what to do to the services")
     parser.add_argument("which", nargs="?", default="all", choices=("web", "usrmgt", "all"),
                         help="which services (default: all of this node's)")  # fmt: skip
     parser.set_defaults(func=cmd_services)

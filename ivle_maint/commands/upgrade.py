@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,13 @@ def register(sub: Any) -> None:
         description="Called by IVLE's preinst, postinst, prerm and postrm with dpkg's "
         "arguments, e.g. 'ivle-maint hook preinst upgrade 1.0 1.1'.",
     )
-    hook.add_argument("script", choices=("preinst", "postinst", "prerm", "postrm"))
-    hook.add_argument("arguments", nargs=argparse.REMAINDER, help="dpkg's arguments")
+    hook.add_argument("script", choices=("preinst", "postinst", "prerm", "postrm"),
+                      help="the maintainer script calling")
+    hook.add_argument("arguments", nargs=argparse.REMAINDER, metavar="ARGS",
+                      help="dpkg's arguments to that script, passed on unchanged (\"$@\")")
+    hook.add_argument("--new-migrations", metavar="MANIFEST",
+                      help="the new version's migrations for the preinst's preflight: a "
+                      "manifest written by dh_ivle_maint ('-': stdin); given before SCRIPT")
     hook.add_argument("--package", default="ivle", help="IVLE's package name (default: ivle)")
     hook.add_argument("--package-version", metavar="VERSION",
                       help="the script's package version (default: asked of dpkg)")
@@ -170,7 +176,18 @@ def cmd_hook(ctx: Context) -> int:
                       ctx.args.package_version)
     env = HookEnv(settings=ctx.settings, reporter=ctx.reporter,
                   make_context=lambda **kw: _context(ctx, **kw))
-    ctx.reporter.info(run_hook(call, env))
+    if ctx.args.new_migrations is None:
+        ctx.reporter.info(run_hook(call, env))
+        return 0
+    if call.script != "preinst":
+        raise UsageError("--new-migrations is for the preinst only")
+    from ..migration_manifest import read
+
+    manifest = read(ctx.args.new_migrations)  # checked before anything runs
+    label = f"{manifest.package or 'ivle'}_{manifest.version or 'new'}"
+    with tempfile.TemporaryDirectory(prefix=f"ivle-maint-manifest-{label}-") as directory:
+        env.new_migrations = manifest.write_to(Path(directory))
+        ctx.reporter.info(run_hook(call, env))
     return 0
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from .. import system
 from ..errors import MaintError
+from ..logfile import BoundedOutput
 from ..output import Reporter
 
 log = logging.getLogger(__name__)
@@ -126,10 +127,12 @@ def run_tool(argv: list[str], *, ivle_conf_dir: Path, timeout: float,
     seen = 0
     started = time.monotonic()
 
+    logged = BoundedOutput(lambda text: log.info("%s: %s", program, text))
+
     def line(text: str) -> None:
         nonlocal seen
         seen += 1
-        log.info("%s: %s", program, text)
+        logged(text)
         if on_line is not None:
             on_line(text)
 
@@ -137,7 +140,7 @@ def run_tool(argv: list[str], *, ivle_conf_dir: Path, timeout: float,
         if beat is not None:
             beat(seen, time.monotonic() - started)
 
-    with heartbeat(tick, interval):
+    with heartbeat(tick, interval), logged:
         done = system.run(argv, env={"IVLECONF": str(ivle_conf_dir)}, on_line=line,
                           timeout=timeout or None)
     elapsed = time.monotonic() - started

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from .. import jaildir, mountinfo, system
 from ..config import Settings
 from ..errors import MaintError
+from ..logfile import BoundedOutput
 from ..mountinfo import Mount, is_at_or_below, is_below
 from ..output import Reporter
 from .consoles import JailProcess, scan
@@ -175,7 +176,8 @@ def run_mountallusers(
     argv: Sequence[str], reporter: Reporter, env: Mapping[str, str] | None = None
 ) -> int:
     """IVLE's own 'ivle-mountallusers -u'; its status, which proves nothing."""
-    done = system.run([*argv, "-u"], env=env, on_line=lambda line: log.info("%s", line))
+    with BoundedOutput(lambda line: log.info("%s", line)) as logged:
+        done = system.run([*argv, "-u"], env=env, on_line=logged)
     if not done.ok:
         last = done.tail[-1] if done.tail else "no output"
         reporter.warn(f"{argv[0]} -u exited {done.exit_code}: {last}")

@@ -626,6 +626,26 @@ def node_at_old_version() -> Before:
     return setup_node()
 
 
+def check_addon_scripts(output: str) -> None:
+    """What dh_ivle_maint put into ivle's scripts and control, as dpkg installed them."""
+    title("ivle's maintainer scripts as dh_ivle_maint and dh_installinit generated them")
+    info = Path("/var/lib/dpkg/info")
+    preinst, postinst = (info / "ivle.preinst").read_text(), (info / "ivle.postinst").read_text()
+    check("# Automatically added by dh_ivle_maint/" in preinst
+          and '"format":"ivle-maint-migrations/1"' in preinst
+          and all(f'"name":"{name}.sql"' in preinst for name in MIGRATIONS_NEW),
+          "the preinst carries dh_ivle_maint's manifest of the new migrations")
+    ours = postinst.index("ivle-maint hook postinst")
+    theirs = postinst.index("invoke-rc.d --skip-systemd-native ivle-usrmgt-server")
+    check(ours < theirs, "in the postinst, ivle-maint runs before dh_installinit's usrmgt lines")
+    check("restart" not in postinst[theirs:theirs + 80],
+          "dh_installinit only starts usrmgt (--no-restart-after-upgrade)")
+    pre_depends = run("dpkg-query", "-W", "-f=${Pre-Depends}", "ivle", show=False).stdout
+    check("ivle-maint (>= " in pre_depends and "init-system-helpers" in pre_depends,
+          f"${{misc:Pre-Depends}} filled: {pre_depends}")
+    check("preflight checks passed" in output, "the preinst's preflight ran")
+
+
 def scenario_upgrade() -> None:
     before = node_at_old_version()
     title(f"publish ivle {NEW} (two new migrations, a changed jail file); apt-get upgrade")
@@ -634,6 +654,7 @@ def scenario_upgrade() -> None:
     done = apt_upgrade()
     check(done.returncode == 0, "apt-get upgrade -y succeeded", done.returncode)
     check_upgraded(before, since)
+    check_addon_scripts(done.stdout)
     check_remove_and_purge(before)
 
 
@@ -653,6 +674,11 @@ def scenario_failed_migration() -> None:
     check_database_unchanged(before)
     check(not service_running("apache2"),
           "web server stays stopped while the upgrade is unfinished")
+    usrmgt = [e.what for e in events_since(since) if e.service == "ivle-usrmgt-server"]
+    check(usrmgt == [] and service_running("ivle-usrmgt-server"),
+          "usrmgt untouched: no init script ran the new code on the old schema", usrmgt)
+    failed = run("ivle-maint", "status", show=False).stdout
+    check("failed" in failed and "migrate" in failed, "ivle-maint status shows the failed step")
     show_status()
 
     title("fix the migration in place, then ivle-maint rerun and dpkg --configure -a")
@@ -694,6 +720,27 @@ def scenario_failed_preinst() -> None:
     done = apt_upgrade()
     check(done.returncode == 0, "apt-get upgrade -y succeeded", done.returncode)
     check_upgraded(before, since)
+
+
+def scenario_failed_preflight() -> None:
+    """A new migration the checks refuse: under dpkg the preinst sees it through
+    dh_ivle_maint's manifest, before anything is stopped."""
+    before = node_at_old_version()
+    title(f"publish ivle {NEW} with a migration ivle-maint refuses; apt-get upgrade")
+    publish(f"ivle_{NEW}_badsql_all.deb")
+    since = datetime.now(UTC)
+    done = apt_upgrade()
+    check(done.returncode != 0, "apt-get upgrade fails", done.returncode)
+    check("cannot run inside a transaction" in done.stdout,
+          "the preinst's preflight names the refused migration")
+    status, version = dpkg_status("ivle")
+    check(status == "install ok installed" and version == OLD,
+          f"ivle {OLD} stays installed", f"{status} {version}")
+    events = [f"{e.service} {e.what}" for e in events_since(since)]
+    check(events == [], "nothing was stopped: the site stayed up", events)
+    check(service_running("apache2") and http_get(8080) == "apache2", "web server answers")
+    check(len(console_pids()) == 3, "consoles still run")
+    check_database_unchanged(before)
 
 
 def scenario_reinstall() -> None:
@@ -893,6 +940,9 @@ def setup_cluster_node(role: str, name: str, web_port: int) -> None:
         create_database()
     else:
         write(Path("/etc/default/apache2"), f"PORT={web_port}\n")
+        # dh_installinit starts usrmgt on every node; the nodes share one
+        # network namespace, so a slave's must not take the master's port.
+        write(Path("/etc/default/ivle-usrmgt-server"), f"PORT={web_port + 1000}\n")
     # Installed with the database there: the fresh install records the
     # baseline (master) and registers the node in the cluster table.
     install_old_ivle()
@@ -1033,6 +1083,7 @@ SCENARIOS: dict[str, Callable[[], None]] = {
     "upgrade": scenario_upgrade,
     "failed-migration": scenario_failed_migration,
     "failed-preinst": scenario_failed_preinst,
+    "failed-preflight": scenario_failed_preflight,
     "reinstall": scenario_reinstall,
     "cluster": scenario_cluster,
 }

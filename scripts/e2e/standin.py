@@ -1,13 +1,14 @@
-"""Stand-in `ivle` packages for the end-to-end test, built with dpkg-deb.
+"""Stand-in `ivle` packages for the end-to-end test, built by dpkg-buildpackage.
 
 A stand-in ships what the upgrade procedure touches, at IVLE's packaged
 paths: the stand-in programs from tests/fakes (ivle-mountallusers,
 ivle-buildjail, ivle-remakeuser on PATH, python-console under
 /usr/share/ivle/services), the database schema and migrations under
 /usr/share/ivle/userdb, the code copied into the jail (/usr/lib/ivle) and
-init scripts for apache2 and ivle-usrmgt-server.  Its maintainer scripts
-are ivle-maint's snippets (scripts/ivle-hooks), with #DEBHELPER# replaced
-by what dh_installinit would add, and it Pre-Depends on ivle-maint.
+init scripts for apache2 and ivle-usrmgt-server.  It is built as IVLE's
+package is: debhelper compat 13 with the dh-ivle-maint add-on (the build
+dependency dh-sequence-ivle-maint), so its maintainer scripts and its
+Pre-Depends are what dh_ivle_maint and dh_installinit generate.
 
 Nothing here is IVLE's code; the SQL is written for this test.
 """
@@ -21,7 +22,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 FAKES = REPO / "tests" / "fakes"
-HOOKS = REPO / "scripts" / "ivle-hooks"
 FAKE_PROGRAMS = ("ivle-mountallusers", "ivle-buildjail", "ivle-remakeuser")
 FAKES_DIR = "usr/share/ivle-fakes"  # where the stand-ins live in the package
 SERVICES = {"apache2": 8080, "ivle-usrmgt-server": 2178}
@@ -119,35 +119,92 @@ PORT={port}
 exec /usr/bin/python3 /{fakes}/initd-service --root / --port "$PORT" {name} "$@"
 """
 
-# What dh_installinit would put at #DEBHELPER# for the two init scripts.
-DEBHELPER = {
-    "postinst": """\
-if [ "$1" = configure ] || [ "$1" = abort-upgrade ]; then
-    update-rc.d apache2 defaults >/dev/null
-    update-rc.d ivle-usrmgt-server defaults >/dev/null
-fi""",
-    "prerm": """\
-# what py3clean does for a package: the stand-ins' byte-code goes too
-rm -rf /usr/share/ivle-fakes/__pycache__""",
-    "postrm": """\
-if [ "$1" = purge ]; then
-    update-rc.d apache2 remove >/dev/null
-    update-rc.d ivle-usrmgt-server remove >/dev/null
-fi""",
-}
+# IVLE 1.1's user management server needs 1.1's schema, as IVLE's would: its
+# init script refuses to start on the old one.  So a postinst that ran
+# dh_installinit's start/restart before ivle-maint's migrations would fail.
+SCHEMA_READY = """\
+#!/usr/bin/python3
+\"\"\"Exit 0 when IVLE's database has table ARGV[1] (stand-in schema check).\"\"\"
+import os
+import sys
 
-CONTROL = """\
-Package: ivle
-Version: {version}
-Architecture: all
-Maintainer: ivle-maint end-to-end test <root@localhost>
-Pre-Depends: ivle-maint
-Depends: python3, python3-configobj, python3-psycopg2, python-is-python3, rsync
+import psycopg2
+from configobj import ConfigObj
+
+db = ConfigObj(os.path.join(os.environ.get("IVLECONF", "/etc/ivle"), "ivle.conf"))["database"]
+conn = psycopg2.connect(host=db["host"], port=int(db["port"]), dbname=db["name"],
+                        user=db["username"], password=db["password"])
+with conn.cursor() as cur:
+    cur.execute("SELECT to_regclass(%s)", (sys.argv[1],))
+    sys.exit(0 if cur.fetchone()[0] else 1)
+"""
+NEEDS_TABLE = """\
+case "$1" in start|restart|force-reload)
+    if ! /usr/bin/python3 /{fakes}/schema-ready {table}; then
+        echo "{name}: IVLE {version} needs table {table}: migrate the database first" >&2
+        exit 1
+    fi ;;
+esac
+"""
+
+DEBIAN_CONTROL = """\
+Source: ivle
 Section: web
 Priority: optional
+Maintainer: ivle-maint end-to-end test <root@localhost>
+Build-Depends: debhelper-compat (= 13), dh-sequence-ivle-maint
+Standards-Version: 4.6.2
+Rules-Requires-Root: no
+
+Package: ivle
+Architecture: all
+Pre-Depends: ${{misc:Pre-Depends}}
+Depends: python3, python3-configobj, python3-psycopg2, python-is-python3, rsync,
+ ${{misc:Depends}}
 Description: stand-in IVLE for ivle-maint's end-to-end test
  Ships the stand-ins of IVLE's programs, database patches and init scripts
- at IVLE's paths, with maintainer scripts that call ivle-maint.
+ at IVLE's paths; built with dh_ivle_maint, which calls ivle-maint from its
+ maintainer scripts.
+"""
+
+CHANGELOG = """\
+ivle ({version}) unstable; urgency=medium
+
+  * Stand-in IVLE {version} for ivle-maint's end-to-end test.
+
+ -- ivle-maint end-to-end test <root@localhost>  Tue, 24 Nov 2026 21:00:00 +0000
+"""
+
+# As IVLE's debian/rules must say (README "What IVLE's package adds"): the
+# user management server is restarted by ivle-maint after the migrations,
+# so dh_installinit neither stops it before the upgrade nor restarts it
+# after; it only enables it (and starts it on a fresh install).  apache2's
+# script stands in for the apache2 package's: only enabled here.
+RULES = """\
+#!/usr/bin/make -f
+%:
+\tdh $@
+
+override_dh_installinit:
+\tdh_installinit --name=ivle-usrmgt-server --no-stop-on-upgrade --no-restart-after-upgrade
+\tdh_installinit --name=apache2 --no-start
+"""
+
+# IVLE's own scripts; #DEBHELPER# gets dh_ivle_maint's and dh_installinit's lines.
+PRERM = """\
+#!/bin/sh
+set -e
+# what py3clean does for a package: the stand-ins' byte-code goes too
+rm -rf /usr/share/ivle-fakes/__pycache__
+#DEBHELPER#
+exit 0
+"""
+FAILING_PREINST = """\
+#!/bin/sh
+set -e
+#DEBHELPER#
+echo "ivle preinst: injected failure (end-to-end test)" >&2
+exit 1
 """
 
 
@@ -159,6 +216,8 @@ class Version:
     migrations: dict[str, str] = field(default_factory=dict)
     preinst_fails: bool = False
     name: str = ""  # file name suffix, for broken variants
+    # A table usrmgt's init script needs before it starts ("": none).
+    needs_table: str = ""
 
     @property
     def jail_file(self) -> str:
@@ -170,30 +229,34 @@ def version_a() -> Version:
     return Version("1.0", dict(MIGRATIONS_A))
 
 
+NEW_TABLE = "note"  # made by 20100301-02.sql
+
+
 def version_b() -> Version:
-    return Version("1.1", {**MIGRATIONS_A, **MIGRATIONS_B_NEW})
+    return Version("1.1", {**MIGRATIONS_A, **MIGRATIONS_B_NEW}, needs_table=NEW_TABLE)
 
 
 def version_b_bad_migration() -> Version:
     return Version("1.1", {**MIGRATIONS_A, **MIGRATIONS_B_NEW, BAD_MIGRATION[0]: BAD_MIGRATION[1]},
-                   name="badmigration")
+                   name="badmigration", needs_table=NEW_TABLE)
+
+
+# A migration ivle-maint's checks refuse (it cannot run in a transaction and
+# its header does not opt out): the preinst's preflight must see it.
+REFUSED_MIGRATION = (
+    "20100302-01.sql", "CREATE INDEX CONCURRENTLY login_nick_idx ON login (nick);\n",
+)
+
+
+def version_b_refused_migration() -> Version:
+    return Version("1.1", {**MIGRATIONS_A, **MIGRATIONS_B_NEW,
+                           REFUSED_MIGRATION[0]: REFUSED_MIGRATION[1]},
+                   name="badsql", needs_table=NEW_TABLE)
 
 
 def version_b_bad_preinst() -> Version:
     return Version("1.1", {**MIGRATIONS_A, **MIGRATIONS_B_NEW}, preinst_fails=True,
-                   name="badpreinst")
-
-
-def maintainer_script(script: str, *, preinst_fails: bool = False) -> str:
-    text = (HOOKS / script).read_text()
-    text = text.replace("#DEBHELPER#", DEBHELPER.get(script, "# (no debhelper lines)"))
-    if script == "preinst" and preinst_fails:
-        # IVLE's own part of the preinst fails after ivle-maint's hook ran.
-        text = text.replace(
-            "\nexit 0\n",
-            '\necho "ivle preinst: injected failure (end-to-end test)" >&2\nexit 1\n',
-        )
-    return text
+                   name="badpreinst", needs_table=NEW_TABLE)
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
@@ -202,17 +265,14 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
     path.chmod(mode)
 
 
-def build(spec: Version, out_dir: Path) -> Path:
-    """Build ivle_VERSION[_NAME]_all.deb in out_dir; returns its path."""
-    stem = f"ivle_{spec.version}" + (f"_{spec.name}" if spec.name else "") + "_all"
-    tree = out_dir / f"{stem}.tree"
-    if tree.exists():
-        shutil.rmtree(tree)
+def _payload(spec: Version, tree: Path) -> None:
+    """The files the package installs, under TREE."""
     fakes = tree / FAKES_DIR
     fakes.mkdir(parents=True)
     for name in (*FAKE_PROGRAMS, "initd-service", "python-console", "_fakelib.py"):
         shutil.copyfile(FAKES / name, fakes / name)
         (fakes / name).chmod(0o644 if name.endswith(".py") else 0o755)
+    _write(fakes / "schema-ready", SCHEMA_READY, 0o755)
     (tree / "usr/bin").mkdir(parents=True)
     for prog in FAKE_PROGRAMS:
         (tree / "usr/bin" / prog).symlink_to(f"../share/ivle-fakes/{prog}")
@@ -225,19 +285,63 @@ def build(spec: Version, out_dir: Path) -> Path:
         _write(share / "userdb/migrations" / name, sql)
     _write(tree / "usr/lib/ivle/VERSION", f"{spec.version}\n")
     _write(tree / "usr/lib/ivle/ivle/console.py", spec.jail_file)
-    for name, port in SERVICES.items():
-        _write(tree / "etc/init.d" / name,
-               INIT_SCRIPT.format(name=name, port=port, fakes=FAKES_DIR), 0o755)
-    debian = tree / "DEBIAN"
-    _write(debian / "control", CONTROL.format(version=spec.version))
-    for script in ("preinst", "postinst", "prerm", "postrm"):
-        _write(debian / script, maintainer_script(script, preinst_fails=spec.preinst_fails),
-               0o755)
+
+
+def init_script(name: str, spec: Version) -> str:
+    text = INIT_SCRIPT.format(name=name, port=SERVICES[name], fakes=FAKES_DIR)
+    if name == "ivle-usrmgt-server" and spec.needs_table:
+        check = NEEDS_TABLE.format(name=name, fakes=FAKES_DIR, table=spec.needs_table,
+                                   version=spec.version)
+        text = text.replace("exec /usr/bin/python3", check + "exec /usr/bin/python3")
+    return text
+
+
+def build(spec: Version, out_dir: Path, addon: Path) -> Path:
+    """Build ivle_VERSION[_NAME]_all.deb in out_dir with dpkg-buildpackage; returns its path.
+
+    ADDON: dh-ivle-maint's files (its .deb unpacked), found through PATH,
+    PERL5LIB and DH_AUTOSCRIPTDIR, so the host needs no ivle-maint package
+    installed (hence -d: the build dependency dh-sequence-ivle-maint is
+    provided by those files, not by an installed package).
+    """
+    stem = f"ivle_{spec.version}" + (f"_{spec.name}" if spec.name else "") + "_all"
+    work = out_dir / f"{stem}.build"
+    if work.exists():
+        shutil.rmtree(work)
+    source = work / f"ivle-{spec.version}"
+    _payload(spec, source / "payload")
+    debian = source / "debian"
+    _write(debian / "control", DEBIAN_CONTROL.format())
+    _write(debian / "changelog", CHANGELOG.format(version=spec.version))
+    _write(debian / "rules", RULES, 0o755)
+    _write(debian / "source/format", "3.0 (native)\n")
+    _write(debian / "ivle.install", "payload/usr /\n")
+    _write(debian / "ivle.prerm", PRERM, 0o755)
+    if spec.preinst_fails:
+        _write(debian / "ivle.preinst", FAILING_PREINST, 0o755)
+    for name in SERVICES:
+        _write(debian / f"ivle.{name}.init", init_script(name, spec), 0o755)
+    env = {
+        "PATH": f"{addon}/usr/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "PERL5LIB": str(addon / "usr/share/perl5"),
+        "DH_AUTOSCRIPTDIR": str(addon / "usr/share/debhelper/autoscripts"),
+        "LANG": "C.UTF-8", "HOME": str(work), "SOURCE_DATE_EPOCH": "1795467600",
+    }
+    done = subprocess.run(["dpkg-buildpackage", "-us", "-uc", "-b", "-d"], cwd=source, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"dpkg-buildpackage of {stem} failed:\n{done.stdout[-4000:]}")
     deb = out_dir / f"{stem}.deb"
-    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(tree), str(deb)],
-                   check=True, stdout=subprocess.DEVNULL)
-    shutil.rmtree(tree)
+    (work / f"ivle_{spec.version}_all.deb").rename(deb)
+    shutil.rmtree(work)
     return deb
+
+
+def unpack_addon(deb: Path, into: Path) -> Path:
+    """dh-ivle-maint's .deb unpacked into INTO (for build's ADDON)."""
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(into)], check=True)
+    return into
 
 
 def rebuild_with_version(deb: Path, version: str, out_dir: Path) -> Path:

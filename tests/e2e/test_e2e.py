@@ -17,8 +17,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 RUN = REPO / "scripts" / "e2e" / "run"
-SCENARIOS = ("lifecycle", "upgrade", "failed-migration", "failed-preinst", "reinstall",
-             "cluster")
+SCENARIOS = ("lifecycle", "upgrade", "failed-migration", "failed-preinst", "failed-preflight",
+             "reinstall", "cluster")
 
 pytestmark = [pytest.mark.e2e, pytest.mark.needs_root]
 

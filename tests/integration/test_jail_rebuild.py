@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ivle_maint import system
+from ivle_maint import logfile, system
 from ivle_maint.cli import main
 from ivle_maint.config import load_settings
 from ivle_maint.errors import MaintError
@@ -81,8 +81,11 @@ def test_output_is_streamed_not_held(master, caplog):
     with caplog.at_level(logging.INFO, logger="ivle_maint.steps.jail_rebuild"):
         result = rebuild_jail(settings_of(master), RecordingReporter())
     streamed = [r for r in caplog.records if r.getMessage().startswith("ivle-buildjail: ")]
-    # Every line went to the log as it came; only a bounded tail was kept.
-    assert len(streamed) == result.run.lines > 3000
+    # The first lines went to the log as they came, then only a bounded
+    # tail was kept, logged after a line counting what was left out.
+    assert result.run.lines > 3000
+    assert len(streamed) == 2 * logfile.DEFAULT_OUTPUT_LINES + 1
+    assert "left out" in streamed[logfile.DEFAULT_OUTPUT_LINES].getMessage()
     assert len(result.run.tail) == system.TAIL_LINES
     assert result.run.tail[-1] == streamed[-1].getMessage().removeprefix("ivle-buildjail: ")
 

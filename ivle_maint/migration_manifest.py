@@ -1,0 +1,91 @@
+"""The new version's migrations, as dh_ivle_maint embeds them in IVLE's preinst.
+
+During `NEW-preinst upgrade OLD NEW` the new files are not unpacked yet,
+so the preflight would check only the old version's migrations.  The
+debhelper add-on (dh_ivle_maint) writes the new version's migration files
+into the generated preinst as a manifest, which the preinst hands to
+`ivle-maint hook --new-migrations - preinst ...` on stdin.  The format is
+JSON lines, so no line of it can end the here-document that carries it:
+
+    {"format": "ivle-maint-migrations/1", "package": "ivle", "version": "1.1", "count": 2}
+    {"name": "20100301-01.sql", "sha256": "...", "text": "BEGIN; ..."}
+
+Each file's text is checked against its sha256 (a preinst edited by hand
+or truncated fails here, before anything stops), then written to a
+temporary directory that the preflight checks as the new migrations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import MaintError
+
+FORMAT = "ivle-maint-migrations/1"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    package: str
+    version: str
+    files: dict[str, str]  # file name -> text
+
+    def write_to(self, directory: Path) -> Path:
+        """Write every file into DIRECTORY (which must exist); returns it."""
+        for name, text in self.files.items():
+            path = directory / name
+            path.write_text(text, encoding="utf-8")
+            path.chmod(0o644)  # whatever the umask: the preflight checks who can write
+        return directory
+
+
+def _record(line: str, number: int, where: str) -> dict[str, object]:
+    try:
+        record = json.loads(line)
+    except ValueError as exc:
+        raise MaintError(f"{where}: line {number} is not JSON ({exc})") from None
+    if not isinstance(record, dict):
+        raise MaintError(f"{where}: line {number} is not a JSON object")
+    return record
+
+
+def parse(text: str, where: str = "migrations manifest") -> Manifest:
+    """Check and read a manifest; any defect is a one-line MaintError."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise MaintError(f"{where}: empty (expected a {FORMAT} header)")
+    header = _record(lines[0], 1, where)
+    if header.get("format") != FORMAT:
+        raise MaintError(f"{where}: not a {FORMAT} manifest")
+    files: dict[str, str] = {}
+    for number, line in enumerate(lines[1:], start=2):
+        record = _record(line, number, where)
+        name, digest, body = record.get("name"), record.get("sha256"), record.get("text")
+        if not (isinstance(name, str) and isinstance(digest, str) and isinstance(body, str)):
+            raise MaintError(f"{where}: line {number} lacks name, sha256 or text")
+        if not name or "/" in name or name.startswith("."):
+            raise MaintError(f"{where}: line {number}: {name!r} is not a file name")
+        if name in files:
+            raise MaintError(f"{where}: {name} is listed twice")
+        if hashlib.sha256(body.encode("utf-8")).hexdigest() != digest:
+            raise MaintError(f"{where}: {name} does not match its sha256 (damaged manifest)")
+        files[name] = body
+    count = header.get("count")
+    if count != len(files):
+        raise MaintError(f"{where}: header says {count} files, found {len(files)} (truncated?)")
+    return Manifest(str(header.get("package", "")), str(header.get("version", "")), files)
+
+
+def read(source: str) -> Manifest:
+    """The manifest from a file, or from stdin when SOURCE is '-'."""
+    if source == "-":
+        return parse(sys.stdin.read(), "migrations manifest on stdin")
+    try:
+        text = Path(source).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MaintError(f"{source}: cannot read the migrations manifest: {exc}") from None
+    return parse(text, source)

@@ -1,0 +1,163 @@
+"""dh_ivle_maint from the source tree on a small IVLE-like package, built by
+dpkg-buildpackage: the generated scripts, the order against dh_installinit,
+and the manifest as ivle-maint reads it (Perl writes it, Python checks it)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ivle_maint.migration_manifest import parse
+
+REPO = Path(__file__).resolve().parents[2]
+ADDON = REPO / "debhelper"
+
+pytestmark = pytest.mark.skipif(shutil.which("dh") is None or shutil.which("dpkg-buildpackage")
+                                is None, reason="debhelper and dpkg-dev are not installed")
+
+MIGRATIONS = {
+    "20100301-01.sql": "BEGIN;\nCREATE TABLE t (i int);\nCOMMIT;\n",
+    # Non-ASCII text and shell/here-document look-alikes survive the round trip.
+    "20100301-02.sql": "-- café: ça marche\nIVLE_MAINT_MIGRATIONS\nSELECT '$HOME `x`';\n",
+}
+INIT = """#!/bin/sh
+### BEGIN INIT INFO
+# Provides: ivle-usrmgt-server
+# Required-Start: $remote_fs
+# Required-Stop: $remote_fs
+# Default-Start: 2 3 4 5
+# Default-Stop: 0 1 6
+### END INIT INFO
+exit 0
+"""
+CONTROL = """Source: ivle
+Section: web
+Priority: optional
+Maintainer: test <root@localhost>
+Build-Depends: debhelper-compat (= 13), dh-sequence-ivle-maint
+Standards-Version: 4.6.2
+Rules-Requires-Root: no
+
+Package: ivle
+Architecture: all
+Pre-Depends: ${misc:Pre-Depends}
+Depends: ${misc:Depends}
+Description: IVLE-like package for dh_ivle_maint's test
+ Ships migrations and an init script.
+"""
+CHANGELOG = """ivle (9.9) unstable; urgency=medium
+
+  * Test.
+
+ -- test <root@localhost>  Tue, 24 Nov 2026 21:00:00 +0000
+"""
+GOOD_OPTIONS = "--no-stop-on-upgrade --no-restart-after-upgrade"
+
+
+def addon_tree(tmp: Path) -> Path:
+    """The add-on laid out as dh-ivle-maint installs it."""
+    root = tmp / "addon"
+    (root / "bin").mkdir(parents=True)
+    text = (ADDON / "dh_ivle_maint").read_text().replace("@IVLE_MAINT_VERSION@", "0.1.0")
+    (root / "bin/dh_ivle_maint").write_text(text)
+    (root / "bin/dh_ivle_maint").chmod(0o755)
+    seq = root / "perl5/Debian/Debhelper/Sequence"
+    seq.mkdir(parents=True)
+    shutil.copyfile(ADDON / "ivle_maint.pm", seq / "ivle_maint.pm")
+    return root
+
+
+def build(tmp: Path, files: dict[str, bytes], options: str = GOOD_OPTIONS,
+          ) -> tuple[subprocess.CompletedProcess[str], Path]:
+    addon = addon_tree(tmp)
+    src = tmp / "ivle-9.9"
+    (src / "debian/source").mkdir(parents=True)
+    (src / "userdb/migrations").mkdir(parents=True)
+    for name, data in files.items():
+        (src / "userdb/migrations" / name).write_bytes(data)
+    (src / "debian/source/format").write_text("3.0 (native)\n")
+    (src / "debian/control").write_text(CONTROL)
+    (src / "debian/changelog").write_text(CHANGELOG)
+    (src / "debian/rules").write_text(
+        f"#!/usr/bin/make -f\n%:\n\tdh $@\n\noverride_dh_installinit:\n"
+        f"\tdh_installinit --name=ivle-usrmgt-server {options}\n")
+    (src / "debian/rules").chmod(0o755)
+    (src / "debian/ivle.install").write_text(
+        "userdb/migrations/* usr/share/ivle/userdb/migrations/\n")
+    (src / "debian/ivle.ivle-usrmgt-server.init").write_text(INIT)
+    env = {"PATH": f"{addon}/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(tmp),
+           "PERL5LIB": str(addon / "perl5"), "DH_AUTOSCRIPTDIR": str(ADDON / "autoscripts"),
+           "LANG": "C.UTF-8"}
+    done = subprocess.run(["dpkg-buildpackage", "-us", "-uc", "-b", "-d"], cwd=src, env=env,
+                          capture_output=True, text=True, check=False)
+    control = tmp / "control"
+    if done.returncode == 0:
+        subprocess.run(["dpkg-deb", "-e", str(tmp / "ivle_9.9_all.deb"), str(control)],
+                       check=True)
+    return done, control
+
+
+def manifest_of(preinst: str) -> str:
+    body = preinst.split("<<'IVLE_MAINT_MIGRATIONS'\n", 1)[1]
+    return body.split("\nIVLE_MAINT_MIGRATIONS\n", 1)[0]
+
+
+def test_generated_scripts_and_manifest(tmp_path):
+    files = {name: text.encode() for name, text in MIGRATIONS.items()}
+    files["README"] = b"not a migration\n"
+    done, control = build(tmp_path, files)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "warning" not in done.stderr.lower()
+    preinst = (control / "preinst").read_text()
+    subprocess.run(["sh", "-n", str(control / "preinst")], check=True)
+    manifest = parse(manifest_of(preinst))
+    assert manifest.package == "ivle" and manifest.version == "9.9"
+    assert manifest.files == MIGRATIONS  # byte for byte, README left out
+    postinst = (control / "postinst").read_text()
+    assert postinst.index("ivle-maint hook postinst") < postinst.index(
+        "invoke-rc.d --skip-systemd-native ivle-usrmgt-server start")
+    assert "restart" not in postinst
+    for script in ("prerm", "postrm"):
+        assert f"ivle-maint hook {script}" in (control / script).read_text()
+    pre_depends = subprocess.run(["dpkg-deb", "-f", str(tmp_path / "ivle_9.9_all.deb"),
+                                  "Pre-Depends"], capture_output=True, text=True,
+                                 check=True).stdout
+    assert "ivle-maint (>= 0.1.0)" in pre_depends and "init-system-helpers" in pre_depends
+
+
+def test_the_preinst_hands_the_manifest_to_ivle_maint(tmp_path):
+    done, control = build(tmp_path, {n: t.encode() for n, t in MIGRATIONS.items()})
+    assert done.returncode == 0
+    # A stand-in ivle-maint on PATH records what the preinst gives it.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ivle-maint").write_text(
+        f'#!/bin/sh\necho "$@" > {tmp_path}/argv\ncat > {tmp_path}/stdin\n')
+    (bin_dir / "ivle-maint").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    subprocess.run(["sh", str(control / "preinst"), "upgrade", "9.8", "9.9"], env=env,
+                   check=True)
+    assert (tmp_path / "argv").read_text() == "hook --new-migrations - preinst upgrade 9.8 9.9\n"
+    handed = parse((tmp_path / "stdin").read_text())
+    assert {n: hashlib.sha256(t.encode()).hexdigest() for n, t in handed.files.items()} == {
+        n: hashlib.sha256(t.encode()).hexdigest() for n, t in MIGRATIONS.items()}
+    os.unlink(tmp_path / "argv")
+    subprocess.run(["sh", str(control / "preinst"), "install"], env=env, check=True)
+    assert (tmp_path / "argv").read_text() == "hook preinst install\n"
+
+
+def test_default_installinit_options_are_warned_about(tmp_path):
+    done, _ = build(tmp_path, {n: t.encode() for n, t in MIGRATIONS.items()}, options="")
+    assert done.returncode == 0
+    assert "dh_ivle_maint: warning: ivle: dh_installinit's postinst snippet" in done.stderr
+
+
+def test_a_migration_that_is_not_utf8_fails_the_build(tmp_path):
+    done, _ = build(tmp_path, {"20100301-01.sql": b"SELECT '\xff';\n"})
+    assert done.returncode != 0
+    assert "20100301-01.sql is not UTF-8 text" in done.stderr + done.stdout

@@ -1,0 +1,59 @@
+"""Bounded logs: a command's output, the number of files, their modes."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import time
+
+from ivle_maint.logfile import BoundedOutput, prune, run_log
+
+
+def test_short_output_is_kept_whole():
+    seen: list[str] = []
+    with BoundedOutput(seen.append, lines=3) as out:
+        for i in range(6):
+            out(f"line {i}")
+    assert seen == [f"line {i}" for i in range(6)]
+
+
+def test_long_output_keeps_head_and_tail_and_counts_the_rest():
+    seen: list[str] = []
+    with BoundedOutput(seen.append, lines=3) as out:
+        for i in range(100):
+            out(f"line {i}")
+    assert seen[:3] == ["line 0", "line 1", "line 2"]
+    assert seen[-3:] == ["line 97", "line 98", "line 99"]
+    assert len(seen) == 7
+    assert seen[3].startswith("[... 94 lines (") and "left out" in seen[3]
+
+
+def test_zero_keeps_everything_and_long_lines_are_cut():
+    seen: list[str] = []
+    with BoundedOutput(seen.append, lines=0) as out:
+        for i in range(1000):
+            out(str(i))
+        out("x" * 10_000)
+    assert len(seen) == 1001 and "left out" not in "".join(seen[:-1])
+    assert len(seen[-1]) < 2100 and seen[-1].endswith("[... 8000 more characters]")
+
+
+def test_prune_keeps_the_newest_and_compresses_all_but_the_last(tmp_path):
+    for i in range(6):
+        path = tmp_path / f"run-{i}.log"
+        path.write_text(f"log {i}\n")
+        os.utime(path, (time.time() - 100 + i, time.time() - 100 + i))
+    prune(tmp_path, keep=4)  # room for the run about to start
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["run-3.log.gz", "run-4.log.gz", "run-5.log"]
+    with gzip.open(tmp_path / "run-3.log.gz", "rt") as handle:
+        assert handle.read() == "log 3\n"
+
+
+def test_run_log_makes_a_new_file_per_run_even_within_a_second(tmp_path):
+    with run_log(tmp_path, "x") as first:
+        pass
+    with run_log(tmp_path, "x") as second:
+        pass
+    assert first != second and second.exists()
+    assert second.stat().st_mode & 0o777 == 0o640
