@@ -165,12 +165,11 @@ class Presence:
         return self._jail_use
 
     def idle_row(self, version: str | None, serving: str | None, note: str) -> dict[str, Any]:
-        """The row of a node that is not upgrading (cluster register, fresh install)."""
-        down = self.settings.role in ("slave", "both") and serving is None
-        mounts, consoles = count_jail_use(self.settings) if down else (None, None)
+        """The row of a node that is not upgrading (cluster register, fresh install);
+        its jails are not counted: idle, it may mount one at any moment."""
         return {**self._base(), "version": version, "serving": serving, "target": None,
-                "phase": "idle", "step": None, "note": note, "mounts": mounts,
-                "consoles": consoles}
+                "phase": "idle", "step": None, "note": note, "mounts": None,
+                "consoles": None}
 
     def write(self, row: dict[str, Any], *, strict: bool = False) -> None:
         """Write the row; strict raises, otherwise a failure is one warning."""

@@ -18,12 +18,14 @@
         note        text               what it waits for, why it failed
         last_seen   timestamptz        the node's last report
         mounts      integer            a slave's jail mounts, counted once its
-                                       before-phase unmounted them; NULL: not
-                                       counted (it serves: users may mount)
+                                       upgrade's before-phase unmounted them;
+                                       NULL: not counted (idle or serving:
+                                       users may mount at any moment)
         consoles    integer            its python-console processes, likewise
 
     The master rebuilds the shared jail tree only while every other web
-    node records 0 and 0 (waits.wait_for_jails_free).
+    node's upgrade to the same target records 0 and 0
+    (waits.wait_for_jails_free).
 
     ivle_maint_media    every media version chosen for the slaves
         value       text PRIMARY KEY   a value is chosen once, ever
