@@ -24,8 +24,7 @@
         consoles    integer            its python-console processes, likewise
 
     The master rebuilds the shared jail tree only while every other web
-    node's upgrade to the same target records 0 and 0
-    (waits.wait_for_jails_free).
+    node is upgrading and records 0 and 0 (waits.wait_for_jails_free).
 
     ivle_maint_media    every media version chosen for the slaves
         value       text PRIMARY KEY   a value is chosen once, ever

@@ -261,21 +261,22 @@ def wait_for_master(ctx: UpgradeContext) -> str:
     return f"{done} (waited {waited:.1f}s)"
 
 
-def in_use(row: NodeRow, new: str) -> str:
+def in_use(row: NodeRow) -> str:
     """What a web node holds of the jail tree, as it recorded it."""
-    if not _same(row.target, new):
-        return f"not upgrading to {new}: its jails may be in use"
+    if row.target is None:
+        return "not upgrading: its jails may be in use"
     if row.mounts is None or row.consoles is None:
         return "jails not counted: " + ("serving" if row.serving else "not yet unmounted")
     return f"{row.mounts} jail mount(s), {row.consoles} console(s)"
 
 
-def jails_held(rows: list[NodeRow], me: str, new: str) -> list[NodeRow]:
-    """Other web nodes whose upgrade to NEW has not recorded 0 mounts and 0
-    consoles.  Only that counts: an idle node (down or not) may mount a
-    jail at any moment, so its row says nothing about its jails."""
+def jails_held(rows: list[NodeRow], me: str) -> list[NodeRow]:
+    """Other web nodes whose upgrade in progress has not recorded 0 mounts and
+    0 consoles.  Only an upgrade's count tells: it is taken once its jails
+    are unmounted and dropped when its web server starts, while an idle
+    node (down or not) may mount a jail at any moment."""
     return [r for r in rows if r.name != me and r.has_web
-            and not (_same(r.target, new) and r.mounts == 0 and r.consoles == 0)]
+            and not (r.target is not None and r.mounts == 0 and r.consoles == 0)]
 
 
 def wait_for_jails_free(ctx: UpgradeContext, step: str) -> str:
@@ -287,18 +288,18 @@ def wait_for_jails_free(ctx: UpgradeContext, step: str) -> str:
     conf = ctx.settings["cluster"]
     me = presence.name
     if conf["migrate_while_serving"] or ctx.migrate_while_serving:
-        held = jails_held(table.nodes(presence.connection()), me, ctx.new)
+        held = jails_held(table.nodes(presence.connection()), me)
         if held:
             ctx.reporter.warn("rebuilding the shared jail tree while slaves may use it, as told "
                               "(migrate_while_serving): " + ", ".join(r.name for r in held))
         return ""
 
     def check(conn: Any) -> Pending | None:
-        held = jails_held(table.nodes(conn), me, ctx.new)
+        held = jails_held(table.nodes(conn), me)
         if not held:
             return None
         return Pending(" ".join(f"{r.name}:{r.target}:{r.mounts}:{r.consoles}" for r in held),
-                       "; ".join(f"{r.name} ({in_use(r, ctx.new)}; {describe(r)})"
+                       "; ".join(f"{r.name} ({in_use(r)}; {describe(r)})"
                                  for r in held))
 
     timeout = float(conf["slaves_timeout"])
