@@ -6,7 +6,9 @@
 
 SCENARIO: lifecycle, upgrade, failed-migration, failed-preinst, reinstall
 or cluster (a master and three slaves, each with its own root, mount and
-PID namespaces, upgraded by apt-get at once in a random order).
+PID namespaces, sharing the master's jail tree, upgraded by apt-get at
+once in a random order; the logs must show no slave's web server started
+before the master's user jails and usrmgt restart were done).
 
 It runs as PID 1 of a private PID, mount and network namespace: it reaps
 orphans (daemons, killed consoles) so nothing lingers as a zombie, and
