@@ -310,8 +310,8 @@ def wait_for_jails_free(ctx: UpgradeContext, step: str) -> str:
         raise MaintError(
             f"slaves still hold jails of the shared tree after {timeout:g}s ([cluster] "
             f"slaves_timeout), jail tree left as it was: {exc.pending.text}.  Let their "
-            f"upgrades run (or: ivle-maint cluster prepare --to {ctx.new} on each), then "
-            "resume",
+            f"upgrades run (or: ivle-maint cluster prepare --to {ctx.new} on each; a node "
+            "that is gone: ivle-maint cluster forget NAME), then resume",
             resume=ctx.resume,
         ) from None
     return f"no slave holds a jail of the shared tree (waited {waited:.1f}s)"
