@@ -40,7 +40,8 @@ def stop_web(ctx: UpgradeContext) -> Outcome:
 def start_web(ctx: UpgradeContext) -> Outcome:
     from .cluster.waits import wait_for_master
 
-    # New code never serves on a schema the master has not migrated yet.
+    # New code never serves on a schema the master has not migrated yet, nor
+    # before the master has rebuilt the jail tree the slaves share with it.
     waited = wait_for_master(ctx)
     outcome = _services(ctx, "start", "web")
     if waited:
@@ -130,18 +131,30 @@ def _epoch(ctx: UpgradeContext) -> str:
     return f"{min(starts):.6f}" if starts else ""
 
 
+def _with_wait(waited: str, outcome: Outcome) -> Outcome:
+    if waited:
+        outcome.summary = f"{waited}; {outcome.summary}"
+    return outcome
+
+
 def rebuild_jail(ctx: UpgradeContext) -> Outcome:
+    from .cluster.waits import wait_for_jails_free
     from .steps.jail_rebuild import rebuild_jail as run_buildjail
 
+    # The tree is shared with the slaves (NFS): none may have a jail of it
+    # mounted, or a console running in one, while it is rewritten.
+    waited = wait_for_jails_free(ctx, "rebuild-jail")
     result = run_buildjail(ctx.settings, ctx.reporter, ivle_conf=ctx.ivle_conf)
-    return Outcome(result.summary, result.metrics)
+    return _with_wait(waited, Outcome(result.summary, result.metrics))
 
 
 def remake_users(ctx: UpgradeContext) -> Outcome:
+    from .cluster.waits import wait_for_jails_free
     from .steps.user_jails import remake_user_jails
 
+    waited = wait_for_jails_free(ctx, "remake-users")
     result = remake_user_jails(ctx.settings, ctx.reporter, ivle_conf=ctx.ivle_conf)
-    return Outcome(result.summary, result.metrics)
+    return _with_wait(waited, Outcome(result.summary, result.metrics))
 
 
 def media_version(ctx: UpgradeContext) -> Outcome:

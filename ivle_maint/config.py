@@ -121,16 +121,26 @@ force = boolean(default=False)
 #   always: on for every role; a slave always waits for the migrations.
 #   never:  this node neither records itself nor waits.
 coordinate = option('auto', 'always', 'never', default='auto')
-# Seconds a slave waits for the master's migrations before it fails
-# (its web server stays down) with the command that resumes.
-master_timeout = float(min=0, default=600)
+# Seconds a slave waits for the master (its migrations, then its rebuild
+# of the shared jail tree, user jails and usrmgt restart) before it fails
+# (its web server stays down) with the command that resumes.  The jail
+# rebuild runs apt inside the jail: allow for it.
+master_timeout = float(min=0, default=1800)
 # Seconds the master waits for every slave to stop serving the old code
-# before it fails, without migrating, with the command that resumes.
+# (before migrating), then to release its jails (no jail mounted, no
+# console: before rebuilding the shared jail tree), before it fails, with
+# nothing changed, with the command that resumes.
 slaves_timeout = float(min=0, default=600)
-# Migrate even while slaves still serve the old code (the old code then
-# runs on the new schema until each slave is upgraded).  Also: the
-# --migrate-while-serving option of 'ivle-maint rerun' and 'upgrade'.
+# Migrate and rebuild the jails even while slaves still serve the old code
+# (the old code then runs on the new schema and jails until each slave is
+# upgraded).  Also: the --migrate-while-serving option of 'ivle-maint
+# rerun' and 'upgrade'.
 migrate_while_serving = boolean(default=False)
+# A slave whose master is already on a newer IVLE (newer migrations, or a
+# newer version in ivle_maint_nodes) refuses to start its web server: its
+# code would run on a schema and jail tree it was not made for.  yes: start
+# it anyway, with a warning.
+serve_on_newer_schema = boolean(default=False)
 # Seconds between two looks at the database while waiting.
 poll = float(min=0.05, default=2)
 """

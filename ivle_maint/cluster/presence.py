@@ -62,6 +62,25 @@ def web_serving(settings: Settings, journal: Journal) -> str | None:
     return journal.new if journal.is_done("restart-usrmgt") else journal.old
 
 
+def count_jail_use(settings: Settings) -> tuple[int | None, int | None]:
+    """(jail mounts, console processes) on this node now; None where unreadable.
+
+    What the master needs before it rewrites the shared jail tree: a jail
+    mounted here pins the old template, a console runs the old code in it.
+    """
+    from ..steps.consoles import list_consoles
+    from ..steps.mounts import list_jail_mounts
+
+    try:
+        ivle = settings.ivle_conf()
+        mounts = len(list_jail_mounts(ivle.jail_mounts))
+        consoles = len(list_consoles(ivle.jail_mounts, share=ivle.share))
+    except (MaintError, OSError) as exc:
+        log.warning("could not count jail mounts and consoles: %s", exc)
+        return None, None
+    return mounts, consoles
+
+
 def current_media(settings: Settings) -> str | None:
     try:
         return settings.ivle_conf().media_version
@@ -81,6 +100,7 @@ class Presence:
         self.code_is_new = False
         self._conn: Any = None
         self._warned = False
+        self._jail_use: tuple[int | None, int | None] | None = None
 
     # -- the database ------------------------------------------------------
 
@@ -129,15 +149,29 @@ class Presence:
         j = self.journal
         assert j is not None
         new_code = self.code_is_new or j.state == "complete"
+        mounts, consoles = self._jails_in_use(j)
         return {**self._base(), "version": j.new if new_code else j.old,
                 "serving": web_serving(self.settings, j),
                 "target": None if phase == "idle" else j.new, "phase": phase, "step": step,
-                "note": note}
+                "note": note, "mounts": mounts, "consoles": consoles}
+
+    def _jails_in_use(self, j: Journal) -> tuple[int | None, int | None]:
+        """Counted once this run finds the jails unmounted and the web server not
+        yet back; NULL otherwise (a serving slave may mount at any moment)."""
+        if self.settings.role not in ("slave", "both") or not j.is_done("unmount-jails") \
+                or j.is_done("start-web"):
+            self._jail_use = None
+            return None, None
+        if self._jail_use is None:
+            self._jail_use = count_jail_use(self.settings)
+        return self._jail_use
 
     def idle_row(self, version: str | None, serving: str | None, note: str) -> dict[str, Any]:
-        """The row of a node that is not upgrading (cluster register, fresh install)."""
+        """The row of a node that is not upgrading (cluster register, fresh install);
+        its jails are not counted: idle, it may mount one at any moment."""
         return {**self._base(), "version": version, "serving": serving, "target": None,
-                "phase": "idle", "step": None, "note": note}
+                "phase": "idle", "step": None, "note": note, "mounts": None,
+                "consoles": None}
 
     def write(self, row: dict[str, Any], *, strict: bool = False) -> None:
         """Write the row; strict raises, otherwise a failure is one warning."""

@@ -17,6 +17,14 @@
         media       text               ivle.conf's [media] version
         note        text               what it waits for, why it failed
         last_seen   timestamptz        the node's last report
+        mounts      integer            a slave's jail mounts, counted once its
+                                       upgrade's before-phase unmounted them;
+                                       NULL: not counted (idle or serving:
+                                       users may mount at any moment)
+        consoles    integer            its python-console processes, likewise
+
+    The master rebuilds the shared jail tree only while every other web
+    node is upgrading and records 0 and 0 (waits.wait_for_jails_free).
 
     ivle_maint_media    every media version chosen for the slaves
         value       text PRIMARY KEY   a value is chosen once, ever
@@ -55,6 +63,8 @@ CREATE TABLE IF NOT EXISTS {NODES} (
     note text,
     last_seen timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE {NODES} ADD COLUMN IF NOT EXISTS mounts integer;
+ALTER TABLE {NODES} ADD COLUMN IF NOT EXISTS consoles integer;
 COMMENT ON TABLE {NODES} IS
     'IVLE nodes as ivle-maint last saw them (ivle-maint cluster status); each node writes its row';
 CREATE TABLE IF NOT EXISTS {MEDIA} (
@@ -68,7 +78,9 @@ COMMENT ON TABLE {MEDIA} IS
 """
 
 FIELDS = ("name", "role", "host", "instance", "version", "serving", "target", "phase", "step",
-          "media", "note")
+          "media", "note", "mounts", "consoles")
+# Columns added after the first release: a table without them is altered.
+LATER_COLUMNS = ("mounts", "consoles")
 
 
 @dataclass(frozen=True)
@@ -84,6 +96,8 @@ class NodeRow:
     step: str | None
     media: str | None
     note: str | None
+    mounts: int | None
+    consoles: int | None
     last_seen: datetime | None = None
     age: float | None = None  # seconds since last_seen, by the server's clock
 
@@ -98,11 +112,18 @@ def _exists(cur: Any, table: str) -> bool:
     return found
 
 
+def _missing_columns(cur: Any) -> bool:
+    cur.execute("SELECT count(*) FROM information_schema.columns "
+                "WHERE table_name = %s AND column_name = ANY(%s)", [NODES, list(LATER_COLUMNS)])
+    found: int = cur.fetchone()[0]
+    return found < len(LATER_COLUMNS)
+
+
 def ensure(conn: Any, grantee: str | None = None) -> None:
     """Create both tables once; let GRANTEE (ivle.conf's user, which the
     slaves connect as) write them when another role creates them."""
     with conn, conn.cursor() as cur:
-        if _exists(cur, NODES) and _exists(cur, MEDIA):
+        if _exists(cur, NODES) and _exists(cur, MEDIA) and not _missing_columns(cur):
             return
         cur.execute("SELECT pg_advisory_xact_lock(%s)", [_CREATE_LOCK])
         cur.execute("SELECT current_user")

@@ -1,17 +1,26 @@
-"""The two bounded waits that keep new code off an old schema.
+"""The bounded waits that keep the nodes' code, schema and jail tree in step.
 
-- A slave (before start-web, new code on disk) waits until the marker
-  lists every migration its own package ships: the master has applied
-  them.  It asks the marker, not the master's row, so it needs nothing
-  from the master but the one fact that matters.
+IVLE's data directory (the jail template and every user's jail) lives on
+the master and is shared with the slaves over NFS, so the master's jail
+rebuild changes what every slave mounts.  Hence three waits:
+
 - The master (before migrate) waits until no other node's web server
   serves code older than the target, unless told to go ahead
   ([cluster] migrate_while_serving, or --migrate-while-serving).
+- The master (before rebuild-jail and remake-users) waits until every
+  other web node records no jail mounted and no console running
+  (wait_for_jails_free): the tree is not rewritten under a mounted jail.
+- A slave (before start-web, new code on disk) waits until the marker
+  lists every migration its own package ships AND the master has
+  finished its jail template, user jails and user management server
+  restart for the same version (wait_for_master): new web code never
+  meets an old schema or a half-rebuilt jail tree.  A schema or master
+  newer than this node's version is refused at once (newer_than_me).
 
 Each look is one query; progress is printed when what is awaited changes
-and every PROGRESS_EVERY seconds; the row in ivle_maint_nodes says
-"waiting" all along.  At the deadline the step fails with the resume
-command; nothing hangs.
+(for a slave: at each of the master's steps) and every PROGRESS_EVERY
+seconds; the row in ivle_maint_nodes says "waiting" all along.  At the
+deadline the step fails with the resume command; nothing hangs.
 """
 
 from __future__ import annotations
@@ -127,9 +136,70 @@ def wait_for_slaves(ctx: UpgradeContext) -> str:
     return f"no slave serves the old code (waited {waited:.1f}s)"
 
 
+# The master's steps that change what a slave serves or mounts, in order;
+# restart-usrmgt is the last, and the master's row says it serves NEW once
+# that is done (presence.web_serving).
+MASTER_STEPS = ("migrate", "rebuild-jail", "remake-users", "restart-usrmgt")
+
+
+def _newer(version: str, new: str) -> bool:
+    """Is VERSION newer than NEW?  An unparsable version is not."""
+    from ..versions import parse
+
+    try:
+        return bool(parse(new) < parse(version))
+    except MaintError:
+        return False
+
+
+def _same(a: str | None, b: str) -> bool:
+    from ..versions import parse
+
+    try:
+        return a is not None and parse(a) == parse(b)
+    except MaintError:
+        return a == b
+
+
+def master_finished(row: NodeRow, new: str) -> bool:
+    """Has this master done every one of MASTER_STEPS for NEW?"""
+    if row.phase == "idle":
+        return _same(row.version, new)  # a finished upgrade, or installed at NEW
+    return _same(row.target, new) and _same(row.serving, new)
+
+
+def newer_than_me(rows: list[NodeRow], applied: set[str], keys: list[str], new: str
+                  ) -> list[str]:
+    """Why the master is ahead of this node at NEW: migrations newer than any
+    this node ships, a master on or heading to a newer version."""
+    found = []
+    newest = max(keys, default="")
+    extra = sorted(k for k in applied if k not in keys and k > newest)
+    if extra:
+        found.append(f"the database has {len(extra)} migration(s) IVLE {new} does not ship "
+                     f"({', '.join(extra)})")
+    for row in rows:
+        ahead = [v for v in (row.version, row.target) if v and _newer(v, new)]
+        if ahead:
+            found.append(f"{row.name} is on or upgrading to IVLE {max(ahead)}")
+    return found
+
+
+def _refuse_newer(ctx: UpgradeContext, reasons: list[str]) -> MaintError:
+    return MaintError(
+        f"the master is ahead of this node: {'; '.join(reasons)}.  IVLE {ctx.new}'s web code "
+        "would run on a newer schema, with a jail tree rebuilt for a newer IVLE, which "
+        "neither release was made for: web server left down.  Upgrade this node to the "
+        f"master's version; to serve {ctx.new} anyway: [cluster] serve_on_newer_schema = "
+        "yes, then resume",
+        resume=ctx.resume,
+    )
+
+
 def wait_for_master(ctx: UpgradeContext) -> str:
     """Slave, before starting the web server on new code: until the marker
-    lists every migration this node's package ships."""
+    lists every migration this node's package ships and every master has
+    finished MASTER_STEPS for the same version."""
     from ..db.discovery import discover
 
     presence = ctx.cluster
@@ -137,35 +207,111 @@ def wait_for_master(ctx: UpgradeContext) -> str:
         return ""
     keys = [m.key for m in discover(ctx.migrations)]
     me = presence.name
+    conf = ctx.settings["cluster"]
     conn = presence.connection()
     with errors_as_maint(ctx.ivle_conf.database["name"]):
         masters = [r for r in table.nodes(conn) if r.role != "slave" and r.name != me]
         marker = table.applied_keys(conn)
-    if ctx.settings["cluster"]["coordinate"] == "auto" and marker is None and not masters:
+    if conf["coordinate"] == "auto" and marker is None and not masters:
         ctx.reporter.warn("the database knows no ivle-maint master (no migration marker, no "
                           "master in ivle_maint_nodes): not waiting for migrations")
         return "no ivle-maint master known: did not wait"
+    if not masters:
+        ctx.reporter.warn("no master has recorded itself in ivle_maint_nodes: waiting for the "
+                          "migrations only; whether the master rebuilt the jail tree cannot be "
+                          "checked (ivle-maint cluster register on the master)")
+    newer_warned: list[str] = []
 
     def check(conn: Any) -> Pending | None:
         applied = table.applied_keys(conn) or set()
-        missing = [k for k in keys if k not in applied]
-        if not missing:
-            return None
         rows = [r for r in table.nodes(conn) if r.role != "slave" and r.name != me]
+        ahead = newer_than_me(rows, applied, keys, ctx.new)
+        if ahead and not conf["serve_on_newer_schema"]:
+            raise _refuse_newer(ctx, ahead)
+        if ahead and not newer_warned:
+            ctx.reporter.warn(f"serving IVLE {ctx.new} on a newer master, as told ([cluster] "
+                              f"serve_on_newer_schema): {'; '.join(ahead)}")
+            newer_warned.extend(ahead)
+        missing = [k for k in keys if k not in applied]
+        busy = [r for r in rows if not master_finished(r, ctx.new) and not ahead]
+        if not missing and not busy:
+            return None
         master = "; ".join(describe(r) for r in rows) or "no master has recorded itself"
-        what = f"{len(missing)} migration(s) of {ctx.new} ({', '.join(missing)})"
-        return Pending(f"{len(missing)}|{' '.join(r.phase + str(r.step) for r in rows)}",
+        what = (f"{len(missing)} migration(s) of {ctx.new} ({', '.join(missing)})" if missing
+                else f"the jail template, user jails and usrmgt restart for {ctx.new}")
+        state = " ".join(f"{r.phase}:{r.step}" for r in rows)
+        return Pending(f"{'migrations' if missing else 'steps'}|{len(missing)}|{state}",
                        f"{what}; master: {master}")
 
-    timeout = float(ctx.settings["cluster"]["master_timeout"])
+    timeout = float(conf["master_timeout"])
     try:
         waited = poll(ctx, check, step="start-web", timeout=timeout,
-                      label="the master's migrations")
+                      label="the master (migrations, jail, user jails, usrmgt)")
     except TimedOut as exc:
+        what = ("the master's migrations are still missing" if exc.pending.key.startswith(
+            "migrations") else f"the master has not finished rebuilding the jails for {ctx.new}")
         raise MaintError(
-            f"the master's migrations are still missing after {timeout:g}s ([cluster] "
-            f"master_timeout), web server left down: {exc.pending.text}.  Upgrade (or "
-            "resume) the master, then resume here",
+            f"{what} after {timeout:g}s ([cluster] master_timeout), web server left down: "
+            f"{exc.pending.text}.  Upgrade (or resume) the master, then resume here",
             resume=ctx.resume,
         ) from None
-    return f"the master has applied all {len(keys)} migrations of {ctx.new} (waited {waited:.1f}s)"
+    done = f"the master has applied all {len(keys)} migrations of {ctx.new}"
+    if masters or newer_warned:
+        done += ", rebuilt the jails and restarted usrmgt"
+    return f"{done} (waited {waited:.1f}s)"
+
+
+def in_use(row: NodeRow) -> str:
+    """What a web node holds of the jail tree, as it recorded it."""
+    if row.target is None:
+        return "not upgrading: its jails may be in use"
+    if row.mounts is None or row.consoles is None:
+        return "jails not counted: " + ("serving" if row.serving else "not yet unmounted")
+    return f"{row.mounts} jail mount(s), {row.consoles} console(s)"
+
+
+def jails_held(rows: list[NodeRow], me: str) -> list[NodeRow]:
+    """Other web nodes whose upgrade in progress has not recorded 0 mounts and
+    0 consoles.  Only an upgrade's count tells: it is taken once its jails
+    are unmounted and dropped when its web server starts, while an idle
+    node (down or not) may mount a jail at any moment."""
+    return [r for r in rows if r.name != me and r.has_web
+            and not (r.target is not None and r.mounts == 0 and r.consoles == 0)]
+
+
+def wait_for_jails_free(ctx: UpgradeContext, step: str) -> str:
+    """Master, before rewriting the shared jail tree (STEP): until no other web
+    node has a jail of it mounted or a console running in it."""
+    presence = ctx.cluster
+    if presence is None or not presence.enabled:
+        return ""
+    conf = ctx.settings["cluster"]
+    me = presence.name
+    if conf["migrate_while_serving"] or ctx.migrate_while_serving:
+        held = jails_held(table.nodes(presence.connection()), me)
+        if held:
+            ctx.reporter.warn("rebuilding the shared jail tree while slaves may use it, as told "
+                              "(migrate_while_serving): " + ", ".join(r.name for r in held))
+        return ""
+
+    def check(conn: Any) -> Pending | None:
+        held = jails_held(table.nodes(conn), me)
+        if not held:
+            return None
+        return Pending(" ".join(f"{r.name}:{r.target}:{r.mounts}:{r.consoles}" for r in held),
+                       "; ".join(f"{r.name} ({in_use(r)}; {describe(r)})"
+                                 for r in held))
+
+    timeout = float(conf["slaves_timeout"])
+    try:
+        waited = poll(ctx, check, step=step, timeout=timeout,
+                      label="the slaves to release the shared jails")
+    except TimedOut as exc:
+        raise MaintError(
+            f"slaves still hold jails of the shared tree after {timeout:g}s ([cluster] "
+            f"slaves_timeout), jail tree left as it was: {exc.pending.text}.  Let their "
+            f"upgrades run (or: ivle-maint cluster prepare --to {ctx.new} on each; a node "
+            "that is gone: ivle-maint cluster forget NAME), then resume",
+            resume=ctx.resume,
+        ) from None
+    return f"no slave holds a jail of the shared tree (waited {waited:.1f}s)"

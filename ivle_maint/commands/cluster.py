@@ -15,9 +15,11 @@ DESCRIPTION = """\
 The nodes of one IVLE site coordinate their upgrades through IVLE's
 database: each records its role, version, phase and media version in the
 table ivle_maint_nodes.  The master migrates only once no slave serves
-the old code; a slave starts its web server on new code only once the
-master has applied its migrations.  See [cluster] in 'ivle-maint settings
---spec' and README.md, "Clusters"."""
+the old code, and rebuilds the shared jail tree only once no slave has a
+jail mounted or a console running; a slave starts its web server on new
+code only once the master has applied its migrations, rebuilt the jail
+template and the user jails and restarted usrmgt.  See [cluster] in
+'ivle-maint settings --spec' and README.md, "Clusters"."""
 
 
 def register(sub: Any) -> None:

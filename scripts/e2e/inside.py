@@ -6,7 +6,9 @@
 
 SCENARIO: lifecycle, upgrade, failed-migration, failed-preinst, reinstall
 or cluster (a master and three slaves, each with its own root, mount and
-PID namespaces, upgraded by apt-get at once in a random order).
+PID namespaces, sharing the master's jail tree, upgraded by apt-get at
+once in a random order; the logs must show no slave's web server started
+before the master's user jails and usrmgt restart were done).
 
 It runs as PID 1 of a private PID, mount and network namespace: it reaps
 orphans (daemons, killed consoles) so nothing lingers as a zombie, and
@@ -834,6 +836,10 @@ def scenario_lifecycle() -> None:
 # its ivle-maint sees only its own processes, mounts and files, as on a
 # separate machine.  They share this network namespace: the slaves reach the
 # master's PostgreSQL on 127.0.0.1:5432, each web server has a port of its own.
+# And they share the master's jail tree, as IVLE's data directory is shared
+# over NFS on a real site: the master's /var/lib/ivle/jails is bind-mounted
+# on each slave's before the nodes start (share_jail_tree).  Only the master
+# builds the template and the users' jails; a slave mounts them from there.
 
 NODES_DIR = Path("/srv/nodes")
 CLUSTER_NODES = {"master": 0, "slave1": 8081, "slave2": 8082, "slave3": 8083}
@@ -929,6 +935,17 @@ def node_init() -> int:
             time.sleep(0.2)
 
 
+def share_jail_tree(slaves: list[str]) -> None:
+    """The master's jails/ on every slave's (the NFS export), before any node runs."""
+    master = NODES_DIR / "master" / SRC.relative_to("/")
+    master.mkdir(parents=True, exist_ok=True)
+    for name in slaves:
+        target = NODES_DIR / name / SRC.relative_to("/")
+        target.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "--bind", str(master), str(target)], check=True)
+    print(f"the slaves {', '.join(slaves)} share the master's {SRC}", flush=True)
+
+
 def setup_cluster_node(role: str, name: str, web_port: int) -> None:
     """This node at 1.0: ivle-maint, the settings, ivle 1.0, then its role's part."""
     prepare_chroot()
@@ -946,15 +963,16 @@ def setup_cluster_node(role: str, name: str, web_port: int) -> None:
     # Installed with the database there: the fresh install records the
     # baseline (master) and registers the node in the cluster table.
     install_old_ivle()
-    if role == "master":
+    if role == "master":  # the jail tree is the master's; the slaves share it
         load_old_schema(USERS)
-    run("ivle-buildjail", show=False)
-    write_homes(USERS)
-    run("ivle-remakeuser", "-a")
-    if role == "master":
+        run("ivle-buildjail", show=False)
+        write_homes(USERS)
+        run("ivle-remakeuser", "-a")
         run("invoke-rc.d", "ivle-usrmgt-server", "start")
         check(service_running("ivle-usrmgt-server"), "user management server runs")
     else:
+        check((TEMPLATE / "usr/lib/ivle/VERSION").read_text().strip() == OLD,
+              "the master's jail template is here (shared tree)")
         run("ivle-mountallusers")
         run("invoke-rc.d", "apache2", "start")
         start_consoles()
@@ -1021,9 +1039,57 @@ def node_command(action: str, role: str, name: str, port: str) -> int:
     return 0
 
 
+def node_events(m: Machine, service: str) -> list[Event]:
+    """The node's services.log: (time, service, start|stop ...) of SERVICE."""
+    log = m.root / SERVICES_LOG.relative_to("/")
+    found = []
+    for line in log.read_text().splitlines():
+        stamp, name, what = line.split(" ", 2)
+        if name == service:
+            when = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+            found.append(Event(when, name, what.split(" pid=")[0]))
+    return found
+
+
+def step_times(m: Machine) -> dict[str, tuple[datetime, datetime]]:
+    """step -> (started, finished) from the node's journal of the upgrade to NEW."""
+    path = m.root / MAINT_DIRS["state"].relative_to("/") / "journal" / f"{OLD}_to_{NEW}.json"
+    steps = json.loads(path.read_text())["steps"]
+    return {name: (datetime.fromtimestamp(rec["started"], UTC),
+                   datetime.fromtimestamp(rec["finished"] or 0, UTC))
+            for name, rec in steps.items()}
+
+
+def check_slaves_after_master(machines: list[Machine]) -> None:
+    """From the logs: no slave's web server started on the new code before the
+    master's user jails were rebuilt and its usrmgt restarted; and the master
+    rebuilt the shared tree only after every slave had unmounted its jails."""
+    master, slaves = machines[0], machines[1:]
+    steps = step_times(master)
+    # When ivle-buildjail rewrote the template (its step began earlier: the
+    # wait for the slaves is part of it): the change time of a file it
+    # rewrote, which nothing can set back.
+    version = master.root / TEMPLATE.relative_to("/") / "usr/lib/ivle/VERSION"
+    rebuilt = datetime.fromtimestamp(version.stat().st_ctime, UTC)
+    usrmgt = [e for e in node_events(master, "ivle-usrmgt-server") if e.what == "start"]
+    done = max(steps["remake-users"][1], steps["restart-usrmgt"][1], usrmgt[-1].when)
+    print(f"    master: jail rebuilt {rebuilt:%H:%M:%S.%f}, user jails "
+          f"{steps['remake-users'][1]:%H:%M:%S.%f}, usrmgt up {usrmgt[-1].when:%H:%M:%S.%f}")
+    for m in slaves:
+        start = [e for e in node_events(m, "apache2") if e.what == "start"][-1].when
+        print(f"    {m.name}: web server started {start:%H:%M:%S.%f}")
+        check(start > done, f"{m.name}'s web server started after the master's user jails and "
+              "usrmgt restart", f"{start} <= {done}")
+        unmounted = step_times(m)["unmount-jails"][1]
+        check(rebuilt > unmounted,
+              f"the master rebuilt the shared jail tree after {m.name} unmounted its jails",
+              f"{rebuilt} <= {unmounted}")
+
+
 def scenario_cluster() -> None:
     """One master, three slaves: apt-get upgrade on all four at once, in a random order."""
-    title("four machines: master, slave1, slave2, slave3")
+    title("four machines: master, slave1, slave2, slave3, one jail tree (the master's)")
+    share_jail_tree([name for name in CLUSTER_NODES if name != "master"])
     machines = [start_machine(name) for name in CLUSTER_NODES]
     try:
         for m in machines:  # the master first: the slaves use its database
@@ -1036,8 +1102,10 @@ def scenario_cluster() -> None:
         seed = int(os.environ["IVLE_MAINT_E2E_SEED"])  # chosen by scripts/e2e/run
         rng = random.Random(seed)
         order = rng.sample(machines, len(machines))
+        spread = rng.choice([0.0, 3.0])  # all at once, or up to 3 s apart
         title(f"apt-get upgrade on every node at once, started in the order "
-              f"{', '.join(m.name for m in order)} (seed {seed})")
+              f"{', '.join(m.name for m in order)}, "
+              f"{'no pause' if not spread else f'pauses up to {spread:g}s'} (seed {seed})")
         upgrades = []
         for m in order:
             argv = m.argv("/bin/sh", "-c", "apt-get update -q && apt-get upgrade -y -q")
@@ -1045,7 +1113,7 @@ def scenario_cluster() -> None:
             upgrades.append((m, log, subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=ENV)))
-            time.sleep(rng.uniform(0, 3))
+            time.sleep(rng.uniform(0, spread))
         for m, log, proc in upgrades:
             code = proc.wait(timeout=400)
             log.close()
@@ -1060,6 +1128,7 @@ def scenario_cluster() -> None:
             check(done.returncode == 0, f"{m.name}: every step of its role checked")
             media |= {line.split()[1] for line in done.stdout.splitlines()
                       if line.startswith("MEDIA ")}
+        check_slaves_after_master(machines)
         check(len(media) == 1 and OLD not in media,
               f"one new media version on every slave: {', '.join(sorted(media))}")
         rows = query("SELECT key, count(*) FROM ivle_maint_migrations "

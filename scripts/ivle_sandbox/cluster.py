@@ -4,14 +4,21 @@
     cluster.master, cluster.slaves, cluster.nodes
 
 Each node is an ordinary sandbox node (its own root, ivle.conf,
-ivle-maint.conf, state, services and jails).  The master is built as
+ivle-maint.conf, state, services and jail mounts).  The master is built as
 usual; each slave is built with a throwaway database of its own, which is
 then dropped, and its ivle.conf [database] name is pointed at the
 master's: every node talks to one real PostgreSQL database, as IVLE's
-nodes do.  The slaves get the same number of users, so their jails
-match the shared database's users.  Each node gets its own [node] name
-and the [cluster] settings given; then the nodes are "installed" at 1.0
-(ivle-maint's fresh-install hook), which records them in the cluster table.
+nodes do.
+
+The jail tree is the master's, as on a real site where IVLE's data
+directory is exported over NFS: the master's jails/ (template and every
+user's jail) is bind-mounted over each slave's own, so the slaves mount
+their users' jails from it and see every rebuild the master makes.  The
+jail mounts directory stays each slave's own (mounts are per machine).
+
+Each node gets its own [node] name and the [cluster] settings given; then
+the nodes are "installed" at 1.0 (ivle-maint's fresh-install hook), which
+records them in the cluster table.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from typing import Any
 
 from configobj import ConfigObj
 
-from ivle_sandbox import schema
+from ivle_sandbox import mountns, schema
 from ivle_sandbox.node import Node, install_version
 from ivle_sandbox.releases import RELEASES
 
@@ -68,6 +75,14 @@ def share_database(slave: Node, master: Node) -> None:
     slave.dbname = master.dbname
 
 
+def share_jails(slave: Node, master: Node) -> None:
+    """The master's jails/ over the slave's (the NFS export), before any jail
+    of the slave is mounted; the slave's users become the master's."""
+    mountns.require_private(slave.root)
+    mountns.bind(master.jails_src, slave.jails_src)
+    slave.users = list(master.users)
+
+
 def env_of(node: Node) -> dict[str, str]:
     """The environment ivle-maint needs on NODE (also for fakeapt)."""
     path = os.pathsep.join([str(REPO), str(REPO / "scripts")])
@@ -87,9 +102,14 @@ def fresh_install(node: Node, version: str = "1.0") -> None:
 
 def add_slave(make_node: Callable[..., Node], master: Node, name: str, *, users: int = 4,
               consoles: int = 1, cluster: Mapping[str, Any] | None = None) -> Node:
-    """A slave on the master's database, installed at 1.0."""
-    slave = make_node(role="slave", users=users, consoles=consoles)
+    """A slave on the master's database and jail tree, installed at 1.0, its
+    users' jails mounted from that tree and CONSOLES consoles running."""
+    slave = make_node(role="slave", users=users, mount=False)
     share_database(slave, master)
+    share_jails(slave, master)
+    slave.mount_all()
+    if consoles:
+        slave.start_consoles(consoles)
     configure(slave, name, {"poll": 0.1, **(cluster or {})})
     fresh_install(slave)
     return slave

@@ -105,9 +105,46 @@ def web_events(node: Node) -> list[tuple[datetime, str]]:
             for stamp, _, event in node.service_events("apache2") if "FAILED" not in event]
 
 
+def journal_steps(node: Node, new: str = "1.1") -> dict[str, dict[str, Any]]:
+    """The steps of NODE's journal of the upgrade to NEW (started, finished: epoch)."""
+    path = node.state_dir / "journal"
+    found = [p for p in sorted(path.glob("*.json")) if json.loads(p.read_text())["new"] == new]
+    assert found, f"{node.root}: no journal of an upgrade to {new}"
+    steps: dict[str, dict[str, Any]] = json.loads(found[-1].read_text())["steps"]
+    return steps
+
+
+def finished_at(node: Node, step: str, new: str = "1.1") -> datetime:
+    stamp = journal_steps(node, new)[step]["finished"]
+    assert stamp is not None, f"{node.root}: {step} not finished"
+    return datetime.fromtimestamp(stamp, UTC)
+
+
+def master_done_at(master: Node) -> datetime:
+    """When the master finished the last step that changes what slaves serve or
+    mount: its user jails rebuilt, its usrmgt restarted (the journal, and the
+    usrmgt start in its services.log)."""
+    usrmgt = [datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+              for stamp, _, event in master.service_events("ivle-usrmgt-server")
+              if event == "start"]
+    return max(finished_at(master, "remake-users"), finished_at(master, "restart-usrmgt"),
+               usrmgt[-1])
+
+
+def assert_slaves_after_master(cluster: Cluster) -> None:
+    """No slave's web server started on new code before the master finished."""
+    done = master_done_at(cluster.master)
+    for slave in cluster.slaves:
+        started = web_events(slave)[-1]
+        assert started[1] == "start" and started[0] > done, (
+            f"{slave.root}: web started {started[0]} before the master's jail rebuild, user "
+            f"jails and usrmgt restart ended at {done}")
+
+
 def assert_upgraded(cluster: Cluster, *, served_old_during_migration: bool = False) -> None:
     """All nodes on 1.1 and up, one media version, the schema migrated once, and
-    no slave's web server started on new code before the master's migrations."""
+    no slave's web server started on new code before the master's migrations,
+    jail rebuild, user jails and usrmgt restart."""
     for node in cluster.nodes:
         assert node.installed_version() == "1.1"
     assert cluster.master.service_running("ivle-usrmgt-server")
@@ -128,6 +165,10 @@ def assert_upgraded(cluster: Cluster, *, served_old_during_migration: bool = Fal
         if not served_old_during_migration:
             assert stopped < first, f"{slave.root}: still served old code at {first}"
 
+    assert_slaves_after_master(cluster)
+    assert cluster.master.template_version() == "1.1"  # the shared tree, rebuilt once
+    assert all(slave.template_version() == "1.1" for slave in cluster.slaves)
+
     doc = status(cluster.master)
     assert doc["problems"] == [] and doc["returncode"] == 0, doc
     assert sorted(row["name"] for row in doc["nodes"]) == sorted(map(node_name, cluster.nodes))
@@ -143,9 +184,10 @@ def node_rows(node: Node) -> dict[str, dict[str, Any]]:
     conn = node.connect()
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT name, version, serving, phase, step, note, media "
-                        "FROM ivle_maint_nodes")
-            keys = ("version", "serving", "phase", "step", "note", "media")
+            cur.execute("SELECT name, version, serving, phase, step, note, media, mounts, "
+                        "consoles FROM ivle_maint_nodes")
+            keys = ("version", "serving", "phase", "step", "note", "media", "mounts",
+                    "consoles")
             return {row[0]: dict(zip(keys, row[1:], strict=True)) for row in cur.fetchall()}
     finally:
         conn.close()

@@ -2,9 +2,12 @@
 
 Each node is its own sandbox root; the nodes' upgrades run as dpkg runs
 them (preinst, unpack, postinst: separate processes), in many orders.
-Every order must end with every node on 1.1 and up, one media version, the
-migrations applied once by the master, and no slave's web server started
-on the new code before the migrations (cluster_helpers.assert_upgraded).
+The slaves mount their jails from the master's jail tree (a bind mount
+standing in for NFS).  Every order must end with every node on 1.1 and
+up, one media version, the migrations applied once by the master, and no
+slave's web server started on the new code before the master's
+migrations, jail rebuild, user jails and usrmgt restart
+(cluster_helpers.assert_upgraded).
 """
 
 from __future__ import annotations
@@ -68,7 +71,8 @@ def test_slaves_first_wait_for_the_masters_migrations(node_factory):
     (master_run,), master = start_sequences([cluster.master])
     join(slaves + master)
     assert master_run.ok() and all(run.ok() for run in runs)
-    assert all("waiting for the master's migrations" in run.text() for run in runs)
+    assert all("waiting for the master (migrations, jail, user jails, usrmgt)" in run.text()
+               for run in runs)
     assert_upgraded(cluster)
 
 
