@@ -135,14 +135,15 @@ class Node:
         return ["nsenter", "-t", str(self.pid1), "-a", "env", "-i", *GUEST_ENV, *cmd]
 
     def run(self, *cmd: str, check: bool = True, timeout: float = 300,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
-        """Run cmd inside; stdout and stderr merged into .stdout."""
+            input: str | None = None, merge: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run cmd inside; stderr merged into .stdout unless merge is False."""
         done = subprocess.run(self.argv(*cmd), input=input, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, timeout=timeout,
+                              stderr=subprocess.STDOUT if merge else subprocess.PIPE,
+                              text=True, timeout=timeout,
                               check=False, stdin=None if input is not None else subprocess.DEVNULL)
         if check and done.returncode != 0:
             raise NodeError(f"{self.name}: {' '.join(cmd)} exited {done.returncode}:\n"
-                            f"{done.stdout[-3000:]}")
+                            f"{done.stdout[-3000:]}{(done.stderr or '')[-3000:]}")
         return done
 
     def write(self, path: str, text: str, mode: str = "0644") -> None:

@@ -44,6 +44,11 @@ FAKES = REPO / "tests" / "fakes"
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # The column each version's code reads (added by that version's migrations).
 NEEDS = {"1.0": "email", "1.1": "theme"}
+# The changelog's date is every shipped file's mtime (SOURCE_DATE_EPOCH):
+# each version needs its own, or a byte-code cache written by the old code
+# (same size, same mtime) would still be taken as valid for the new.
+CHANGELOG_DATES = {"1.0": "Thu, 01 Jan 2026 00:00:00 +0000",
+                   "1.1": "Sun, 01 Feb 2026 00:00:00 +0000"}
 
 USRMGT_INIT = """\
 #!/bin/sh
@@ -311,7 +316,7 @@ def source_tree(spec: Spec, src: Path) -> None:
     _write(debian / "changelog",
            f"ivle ({spec.version}) unstable; urgency=medium\n\n"
            f"  * Stand-in {spec.version}{' (' + spec.variant + ')' if spec.variant else ''}.\n\n"
-           " -- ivle-maint booted-node tests <root@localhost>  Thu, 01 Jan 2026 00:00:00 +0000\n")
+           f" -- ivle-maint booted-node tests <root@localhost>  {CHANGELOG_DATES[spec.version]}\n")
     _write(debian / "ivle.ivle-usrmgt-server.init", USRMGT_INIT, 0o755)
     for script in ("preinst", "postinst", "prerm", "postrm"):
         _write(debian / f"ivle.{script}", (HOOKS / script).read_text(), 0o755)
