@@ -3,7 +3,7 @@
 PY := /usr/bin/python3
 PYTEST := $(PY) -m pytest
 
-.PHONY: all deps test test-debian test-pypi lint bench demo deb e2e clean
+.PHONY: all deps test test-debian test-pypi lint bench demo deb e2e booted clean
 
 all: test
 
@@ -13,7 +13,7 @@ deps:
 # The test command (README.md, .ci/run): lint, then the suite on Debian's
 # python3-* libraries, then again on the newest PyPI releases, then the
 # .deb through real dpkg and apt in a chroot.
-test: deps lint test-debian test-pypi e2e
+test: deps lint test-debian test-pypi e2e booted
 
 test-debian:
 	$(PYTEST) tests/unit tests/integration tests/abuse
@@ -59,3 +59,10 @@ deb:
 e2e:
 	scripts/install-deps --packaging
 	$(PYTEST) -m e2e -v -s -p no:cacheprovider tests/e2e
+
+# Booted nodes: real systemd, apache2 (mod_python) and PostgreSQL 15 units in
+# systemd-nspawn nodes, the stand-in IVLE package built by dpkg-buildpackage,
+# a client probe watching (scripts/booted; needs root).
+booted:
+	scripts/install-deps --packaging
+	$(PYTEST) -m booted -v -s -p no:cacheprovider tests/booted

@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, "/srv/scripts/e2e")
-import inside  # noqa: E402
-import standin  # noqa: E402
+import inside
+import standin
 
 BEFORE = Path("/root/before.json")
 PORTS = Path("/root/ports.json")

@@ -64,15 +64,11 @@ class Node:
                 "--volatile=overlay", f"--network-namespace-path={NETNS_DIR / self.netns}",
                 *[f"--bind-ro={host}:{guest}" for host, guest in self.binds_ro.items()]]
         # The shell moves itself into the node's cgroups, then becomes nspawn.
-        move = "; ".join(f"echo $$ > {cg}/cgroup.procs" for cg in self.cgroups())
-        out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
-        try:
+        move = " && ".join(f"echo $$ > {cg}/cgroup.procs" for cg in self.cgroups())
+        with open(self.log or os.devnull, "ab") as out:
             self.proc = subprocess.Popen(
                 ["sh", "-c", f'{move} && exec "$@"', "sh", *argv], stdin=subprocess.DEVNULL,
                 stdout=out, stderr=subprocess.STDOUT, env={"PATH": HOST_PATH, "LANG": "C.UTF-8"})
-        finally:
-            if out is not subprocess.DEVNULL:
-                out.close()
         self.pid1 = self._wait_pid1()
         self._wait_running()
 
@@ -240,7 +236,7 @@ def cluster(tree: Path, names: list[str], netns: str, *, binds_ro: dict[str, str
         for node in nodes.values():
             try:
                 node.poweroff()
-            except Exception as exc:  # noqa: BLE001 (power off every node whatever happens)
+            except Exception as exc:
                 errors.append(str(exc))
         subprocess.run(["ip", "netns", "delete", netns], check=False)
         for parent in (root / CGROUP_PARENT for root in CGROUP_ROOTS):

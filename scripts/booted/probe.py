@@ -29,7 +29,6 @@ import ipaddress
 import json
 import re
 import signal
-import socket
 import sys
 import time
 import urllib.parse
@@ -58,7 +57,8 @@ def get(host: str, port: int, path: str, timeout: float) -> tuple[int, dict[str,
         conn.close()
 
 
-def classify(host: str, port: int, path: str, old: str, new: str, timeout: float) -> Answer:
+def classify(host: str, port: int, path: str, old: str, new: str, *,
+             timeout: float) -> Answer:
     now = time.monotonic()
     try:
         status, headers, body = get(host, port, path, timeout)
@@ -81,7 +81,7 @@ def classify(host: str, port: int, path: str, old: str, new: str, timeout: float
         return Answer(now, "old" if version.group(1) == old else "new")
     except ConnectionRefusedError:
         return Answer(now, "refused")
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return Answer(now, "error", "timeout")
     except (OSError, http.client.HTTPException) as exc:
         return Answer(now, "error", f"{type(exc).__name__}: {exc}")
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     while len(answers) < args.count and not stop:
         answers.append(classify(url.hostname or "", url.port or 80, url.path or "/", args.old,
-                                args.new, args.timeout))
+                                args.new, timeout=args.timeout))
         next_at = start + len(answers) * args.interval
         while not stop and time.monotonic() < next_at:
             time.sleep(min(0.02, max(0.0, next_at - time.monotonic())))

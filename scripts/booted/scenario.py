@@ -63,8 +63,9 @@ class Guest:
         self.sandbox_env = f"IVLE_SANDBOX_MNTNS={host}:{guest}"
 
     def setup(self, repo: str) -> dict[str, object]:
-        done = self.node.run("python3", GUEST, "setup", self.sandbox_env.split("=")[1].split(":")[0],
-                             str(self.ports.web), str(self.ports.db), str(self.ports.usrmgt), repo,
+        host_mntns = self.sandbox_env.split("=")[1].split(":")[0]
+        done = self.node.run("python3", GUEST, "setup", host_mntns, str(self.ports.web),
+                             str(self.ports.db), str(self.ports.usrmgt), repo,
                              merge=False, check=False)
         if done.returncode != 0:
             raise nodes.NodeError(f"setup failed:\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
@@ -101,12 +102,13 @@ def prepared_nodes(names: list[str], repo: str, repos: dict[str, Path],
 class Probe:
     """probe.py against a guest's site, inside the guests' network namespace."""
 
-    def __init__(self, guest: Guest, old: str = "1.0", new: str = "1.1") -> None:
+    def __init__(self, guest: Guest, old: str = "1.0", new: str = "1.1",
+                 count: int = 3000) -> None:
         self.timeline = tempfile.NamedTemporaryFile(prefix="ivle-probe-", suffix=".json")  # noqa: SIM115
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", guest.node.netns, "/usr/bin/python3", str(HERE / "probe.py"),
              f"http://127.0.0.1:{guest.ports.web}/", "--old", old, "--new", new,
-             "--json", self.timeline.name],
+             "--count", str(count), "--json", self.timeline.name],
             stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
         assert self.proc.stdout is not None
         first = self.proc.stdout.readline()
@@ -116,9 +118,9 @@ class Probe:
         self.counts: dict[str, int] = {}
         self.answers: list[list[object]] = []
 
-    def stop(self) -> str:
-        """Stop, parse and return the probe's one line."""
-        if self.proc.poll() is None:
+    def stop(self, wait: bool = False) -> str:
+        """Stop (or with wait, let it finish its count), parse and return its one line."""
+        if self.proc.poll() is None and not wait:
             self.proc.send_signal(signal.SIGTERM)
         out, _ = self.proc.communicate(timeout=30)
         self.line = out.strip().splitlines()[-1]

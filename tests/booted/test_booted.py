@@ -171,3 +171,10 @@ def test_debhelper_default_restarts_usrmgt_before_migrations(repos):
         again = guest.run("dpkg", "--configure", "-a")
         assert again.returncode != 0 and "apply database migrations" not in again.stdout
         assert probe.counts["errors"] == 0
+        # An administrator starting Apache by hand now serves new code on the
+        # old schema: every page is a 500, and the probe counts each as an error.
+        guest.node.run("systemctl", "start", "apache2")
+        with Probe(guest, count=5) as probe:
+            probe.stop(wait=True)
+        assert probe.counts["errors"] == 5
+        assert all(detail == "HTTP 500" for _t, _w, detail in probe.answers), probe.answers
