@@ -4,7 +4,8 @@
     guest.py setup HOST_MNTNS WEB_PORT DB_PORT USRMGT_PORT [REPO]
     guest.py facts
 
-setup: the node as an administrator leaves it at IVLE 1.0: PostgreSQL on
+setup: the node as an administrator leaves it at IVLE 1.0 (its services
+are not started at boot, nodes share a network namespace): PostgreSQL on
 DB_PORT with IVLE's database at 1.0's schema and users (made before the
 package is installed: its usrmgt refuses to start without them), ivle.conf
 and ivle-maint.conf, apt pointed at the bind-mounted repository, `apt-get
@@ -57,7 +58,8 @@ def database(ports: dict[str, int]) -> None:
     conf = next(Path("/etc/postgresql").glob("*/main"))
     inside.write(conf / "conf.d" / "booted.conf",
                  f"port = {ports['db']}\nfsync = off\nsynchronous_commit = off\n")
-    sh("systemctl", "restart", f"postgresql@{conf.parent.name}-main")
+    sh("systemctl", "enable", "--now", "postgresql")  # not started at boot (tree.py)
+    sh("systemctl", "start", f"postgresql@{conf.parent.name}-main")
     psql = ("runuser", "-u", "postgres", "--", "psql", "-p", str(ports["db"]), "-q", "-X",
             "-v", "ON_ERROR_STOP=1")
     sh(*psql, "-c", f"CREATE ROLE ivle LOGIN PASSWORD '{inside.DB['password']}'")
@@ -108,7 +110,7 @@ def setup(host_mntns: str, web: str, db: str, usrmgt: str, repo: str = "good") -
     sh("apt-get", "install", "-y", "-q", "ivle=1.0")
     sh("a2dissite", "-q", "000-default")
     sh("a2ensite", "-q", "ivle")
-    sh("systemctl", "restart", "apache2")
+    sh("systemctl", "enable", "--now", "apache2")  # not started at boot (tree.py)
     sh("ivle-buildjail")
     inside.write_homes([*inside.USERS, inside.GHOST])
     sh("ivle-remakeuser", "-a")

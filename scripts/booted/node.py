@@ -8,7 +8,7 @@ fresh cgroups of both hierarchies (SYSTEMD-NODES.md).  Commands run inside
 through nsenter into the guest's PID 1.
 
 `cluster(...)` is the context manager a test uses: on leaving it, however
-it is left, every node is powered off (SIGTERM, then SIGKILL of its
+it is left (SIGTERM included), every node is powered off (SIGTERM, then SIGKILL of its
 cgroups), its cgroups and nspawn's propagate directory are removed, the
 network namespace is deleted, and `leftovers()` must then be empty.
 """
@@ -147,6 +147,12 @@ class Node:
                  "sh", path, input=text)
 
 
+def _mounted(path: Path) -> bool:
+    """Whether path is a mount point (a bind mount of its own file system too)."""
+    with open("/proc/self/mountinfo") as handle:
+        return any(line.split()[4] == str(path) for line in handle)
+
+
 def _children(pid: int) -> list[int]:
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
@@ -217,11 +223,35 @@ def leftovers(names: list[str], netns: str) -> list[str]:
     return found
 
 
+def sweep(names: list[str], netns: str) -> None:
+    """Remove what an interrupted earlier run of these nodes left (SIGKILLed runner)."""
+    for name in names:
+        stale = Node(name, Path("/"), netns)
+        stale._kill_cgroups()
+        for cg in stale.cgroups():
+            _remove_cgroup_tree(cg)
+        with contextlib.suppress(FileNotFoundError):
+            (PROPAGATE / name).rmdir()
+    if (NETNS_DIR / netns).exists():
+        subprocess.run(["ip", "netns", "delete", netns], check=False)
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    # SIGTERM (timeout, CI cancel) unwinds like an exception: nodes powered off.
+    raise SystemExit(128 + signum)
+
+
 @contextlib.contextmanager
 def cluster(tree: Path, names: list[str], netns: str, *, binds_ro: dict[str, str] | None = None,
             log_dir: Path | None = None) -> Iterator[dict[str, Node]]:
     """Boot one node per name in a fresh network namespace; tear all down on exit."""
     nodes: dict[str, Node] = {}
+    sweep(names, netns)
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: the caller handles signals
+        previous = None
+    netns_was_mounted = _mounted(NETNS_DIR)
     subprocess.run(["ip", "netns", "add", netns], check=True)
     try:
         subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
@@ -239,8 +269,14 @@ def cluster(tree: Path, names: list[str], netns: str, *, binds_ro: dict[str, str
             except Exception as exc:
                 errors.append(str(exc))
         subprocess.run(["ip", "netns", "delete", netns], check=False)
+        # `ip netns add` bind-mounts /run/netns on itself the first time: undo
+        # that too when this cluster made it and no namespace is left in it.
+        if not netns_was_mounted and _mounted(NETNS_DIR) and not any(NETNS_DIR.iterdir()):
+            subprocess.run(["umount", str(NETNS_DIR)], check=False)
         for parent in (root / CGROUP_PARENT for root in CGROUP_ROOTS):
             with contextlib.suppress(OSError):
                 parent.rmdir()  # only when no other cluster uses it
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if errors:
             raise NodeError("; ".join(errors))

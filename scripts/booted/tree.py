@@ -28,13 +28,17 @@ PACKAGES = sorted([
     "python3-debian", "python3-pglast", "python3-psutil", "python3-psycopg2", "python3-sh",
     "rsync", "systemd-sysv", "util-linux",
 ])
+# Nodes share a network namespace, so nothing that listens starts at boot:
+# each node's setup gives its services their own ports and then starts them.
+DISABLED_AT_BOOT = ("apache2", "postgresql", "ssh")
 # No man pages, docs or locales: about half the size.
 EXCLUDES = ("/usr/share/man/*", "/usr/share/doc/*", "/usr/share/locale/*",
             "/usr/share/info/*", "/usr/share/lintian/*")
 
 
 def key() -> str:
-    text = f"{SUITE} {MIRROR} {' '.join(PACKAGES)} {' '.join(EXCLUDES)}"
+    text = (f"{SUITE} {MIRROR} {' '.join(PACKAGES)} {' '.join(EXCLUDES)} "
+            f"disabled: {' '.join(DISABLED_AT_BOOT)}")
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -53,9 +57,11 @@ def tree(say=print) -> Path:
             argv = ["mmdebstrap", "--variant=apt", "--format=directory",
                     "--include=" + ",".join(PACKAGES),
                     *[f"--dpkgopt=path-exclude={pattern}" for pattern in EXCLUDES],
-                    f"--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives && "
-                    f"cp -a {debs}/. \"$1\"/var/cache/apt/archives/",
+                    "--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives",
+                    f"--setup-hook=sync-in {debs} /var/cache/apt/archives/",
                     f"--customize-hook=sync-out /var/cache/apt/archives {debs}",
+                    "--customize-hook=chroot \"$1\" systemctl disable --quiet "
+                    + " ".join(DISABLED_AT_BOOT),
                     SUITE, str(partial), MIRROR]
             subprocess.run(argv, check=True, stdin=subprocess.DEVNULL,
                            env={**os.environ, "PATH": HOST_PATH})
