@@ -33,6 +33,7 @@ bench: deps
 	$(PY) scripts/bench_migrations.py
 	unshare --mount --propagation private $(PY) scripts/bench_jails.py
 	unshare --mount --propagation private $(PY) scripts/bench_upgrade.py
+	unshare --mount --propagation private $(PY) scripts/bench_booted.py
 
 demo: deps
 	unshare --mount --propagation private $(PY) scripts/demo

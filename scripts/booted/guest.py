@@ -46,6 +46,7 @@ def sh(*argv: str, ok: bool = True, env: dict[str, str] | None = None) -> str:
 def use_ports() -> dict[str, int]:
     ports: dict[str, int] = json.loads(PORTS.read_text())
     inside.DB["port"] = ports["db"]
+    inside.ENV["PGPORT"] = str(ports["db"])  # psql and pg_dump run by inside.py's helpers
     return ports
 
 

@@ -81,18 +81,23 @@ class Guest:
 
 
 @contextlib.contextmanager
-def prepared_nodes(names: list[str], repo: str, repos: dict[str, Path],
+def prepared_nodes(names: list[str], repo: str | dict[str, str], repos: dict[str, Path],
                    ports: Ports | None = None) -> Iterator[dict[str, Guest]]:
-    """Boot names in one fresh network namespace and set each up at 1.0 (distinct ports)."""
+    """Boot names in one fresh network namespace and set each up at 1.0 (distinct ports).
+
+    repo: the apt repository every node uses, or one per node name.
+    """
     netns = f"ivle-booted-{os.getpid()}"
-    binds = {str(repos[repo].parent): "/srv/repos", str(REPO / "scripts"): "/srv/scripts"}
+    per_node = repo if isinstance(repo, dict) else dict.fromkeys(names, repo)
+    binds = {str(next(iter(repos.values())).parent): "/srv/repos",
+             str(REPO / "scripts"): "/srv/scripts"}
     base = ports or Ports()
     with tempfile.TemporaryDirectory(prefix="ivle-booted-logs-") as logs, \
             nodes.cluster(tree.tree(), names, netns, binds_ro=binds, log_dir=Path(logs)) as booted:
         guests = {name: Guest(node, base.shifted(i)) for i, (name, node)
                   in enumerate(booted.items())}
-        for guest in guests.values():
-            guest.setup(repo)
+        for name, guest in guests.items():
+            guest.setup(per_node[name])
         yield guests
     left = nodes.leftovers(names, netns)
     if left:

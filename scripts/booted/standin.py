@@ -255,6 +255,9 @@ override_dh_installinit:
 """
 
 
+PLAIN_SCRIPT = "#!/bin/sh\nset -e\n\n#DEBHELPER#\n\nexit 0\n"
+
+
 @dataclass
 class Spec:
     """One build: version, migrations, which rules, a name for the variant."""
@@ -263,6 +266,7 @@ class Spec:
     migrations: dict[str, str] = field(default_factory=dict)
     rules: str = RULES_FIXED
     variant: str = ""
+    hooks: bool = True  # False: no ivle-maint lines (upgraded by hand, as IVLE's docs say)
 
 
 def version_a(rules: str = RULES_FIXED) -> Spec:
@@ -319,7 +323,8 @@ def source_tree(spec: Spec, src: Path) -> None:
            f" -- ivle-maint booted-node tests <root@localhost>  {CHANGELOG_DATES[spec.version]}\n")
     _write(debian / "ivle.ivle-usrmgt-server.init", USRMGT_INIT, 0o755)
     for script in ("preinst", "postinst", "prerm", "postrm"):
-        _write(debian / f"ivle.{script}", (HOOKS / script).read_text(), 0o755)
+        text = (HOOKS / script).read_text() if spec.hooks else PLAIN_SCRIPT
+        _write(debian / f"ivle.{script}", text, 0o755)
 
 
 def build(spec: Spec, out_dir: Path) -> Path:
@@ -356,13 +361,17 @@ def repositories(out: Path, ivle_maint_deb: Path) -> dict[str, Path]:
     """The apt repositories the scenarios use, each with ivle-maint and two ivle versions.
 
     good: 1.0 and 1.1; badmigration: 1.0 and a 1.1 whose first new migration
-    fails; trap: 1.0 and 1.1 built with debhelper's default dh_installinit.
+    fails; trap: 1.0 and 1.1 built with debhelper's default dh_installinit;
+    manual: 1.0 and 1.1 without ivle-maint's lines (the benchmark's twin,
+    upgraded by IVLE's documented commands).
     """
     built = out / "debs"
     plan = {
         "good": (version_a(), version_b()),
         "badmigration": (version_a(), version_b_bad_migration()),
         "trap": (version_a(RULES_TRAP), version_b(RULES_TRAP)),
+        "manual": (Spec(**{**version_a().__dict__, "hooks": False}),
+                   Spec(**{**version_b().__dict__, "hooks": False})),
     }
     repos = {}
     for name, specs in plan.items():
