@@ -54,15 +54,16 @@ sed -i 's/^version = 1.0$/version = 1.1/' /etc/ivle/ivle.conf
 
 
 def watched(guest: Guest, *cmd: str) -> tuple[Probe, float]:
-    probe = Probe(guest)
-    time.sleep(1.0)
-    started = time.monotonic()
-    done = guest.run(*cmd)
-    took = time.monotonic() - started
-    if done.returncode != 0:
-        sys.exit(f"bench: {' '.join(cmd[:3])} failed on {guest.node.name}:\n{done.stdout[-3000:]}")
-    time.sleep(1.0)
-    probe.stop()
+    with Probe(guest) as probe:  # killed if anything below fails
+        time.sleep(1.0)
+        started = time.monotonic()
+        done = guest.run(*cmd)
+        took = time.monotonic() - started
+        if done.returncode != 0:
+            sys.exit(f"bench: {' '.join(cmd[:3])} failed on {guest.node.name}:\n"
+                     f"{done.stdout[-3000:]}")
+        time.sleep(1.0)
+        probe.stop()
     for line in done.stdout.splitlines():
         step = STEP_LINE.match(line)
         if step and "already done" not in line:

@@ -53,13 +53,13 @@ def repos(request: pytest.FixtureRequest) -> Iterator[dict[str, Path]]:
 
 def upgrade_watched(guest: Guest, *cmd: str) -> tuple[float, object, Probe]:
     """Run cmd inside while a probe watches the site; returns (start, result, probe)."""
-    probe = Probe(guest)
-    time.sleep(1.0)  # some answers of the old version first
-    started = time.time()
-    done = guest.run(*cmd)
-    print(done.stdout[-6000:], flush=True)
-    time.sleep(1.0)  # and some of whatever the node serves now
-    probe.stop()
+    with Probe(guest) as probe:  # killed if anything below fails
+        time.sleep(1.0)  # some answers of the old version first
+        started = time.time()
+        done = guest.run(*cmd)
+        print(done.stdout[-6000:], flush=True)
+        time.sleep(1.0)  # and some of whatever the node serves now
+        probe.stop()
     return started, done, probe
 
 
