@@ -2,6 +2,7 @@
 """Run inside a booted node (scripts bind-mounted read-only at /srv/scripts).
 
     guest.py setup HOST_MNTNS WEB_PORT DB_PORT USRMGT_PORT [REPO]
+    guest.py setup-cluster ROLE NAME HOST_MNTNS WEB_PORT MASTER_DB_PORT USRMGT_PORT
     guest.py facts
 
 setup: the node as an administrator leaves it at IVLE 1.0 (its services
@@ -125,6 +126,45 @@ def setup(host_mntns: str, web: str, db: str, usrmgt: str, repo: str = "good") -
     return 0
 
 
+def setup_cluster(  # noqa: PLR0917 (the command line's arguments)
+        role: str, name: str, host_mntns: str, web: str, db: str, usrmgt: str) -> int:
+    """A cluster node at 1.0: the master holds the database and usrmgt; a slave
+    serves the site on WEB against the master's database (DB)."""
+    ports = {"web": int(web), "db": int(db), "usrmgt": int(usrmgt)}
+    PORTS.write_text(json.dumps(ports))
+    use_ports()
+    os.environ["IVLE_SANDBOX_MNTNS"] = f"{host_mntns}:{os.stat('/proc/self/ns/mnt').st_ino}"
+    inside.ENV["IVLE_SANDBOX_MNTNS"] = os.environ["IVLE_SANDBOX_MNTNS"]
+    if role == "master":
+        database(ports)
+    else:
+        # usrmgt runs on the master only: its administrator masks it here.
+        sh("systemctl", "mask", "ivle-usrmgt-server.service")
+        inside.write(Path("/etc/apache2/ports.conf"), f"Listen 127.0.0.1:{ports['web']}\n")
+    inside.write(inside.IVLE_CONF, ivle_conf(ports), 0o640)
+    os.chown(inside.IVLE_CONF, 0, grp.getgrnam("www-data").gr_gid)
+    inside.write(inside.CONF_DIR / "ivle-maint.conf",
+                 inside.CLUSTER_CONF_TEXT.format(role=role, name=name))
+    inside.write(Path("/etc/apt/sources.list"), "deb [trusted=yes] file:/srv/repos/good ./\n")
+    inside.write(Path("/etc/apt/apt.conf.d/90booted"),
+                 'Acquire::Languages "none";\nAPT::Install-Recommends "false";\n')
+    sh("apt-get", "update", "-q")
+    sh("apt-get", "install", "-y", "-q", "ivle=1.0")
+    sh("ivle-buildjail")
+    inside.write_homes(inside.USERS)
+    sh("ivle-remakeuser", "-a")
+    if role != "master":
+        sh("a2dissite", "-q", "000-default")
+        sh("a2ensite", "-q", "ivle")
+        sh("systemctl", "enable", "--now", "apache2")
+        sh("ivle-mountallusers")
+        start_consoles()
+    before = facts()
+    BEFORE.write_text(json.dumps(before))
+    print(json.dumps({"ivle": before["ivle"]}))
+    return 0
+
+
 def journal_events() -> list[dict[str, object]]:
     """Job results of apache2 and usrmgt, in order: {t, unit, job, result}."""
     out = subprocess.run(
@@ -172,7 +212,7 @@ def facts() -> dict[str, object]:
         "themes": dict(inside.query("SELECT login, theme FROM login"))  # type: ignore[arg-type]
         if "20100301-01" in rows and rows["20100301-01"][0] != "baseline" else {},
         "schema_same": (inside.schema_dump() == json.loads(BEFORE.read_text())["schema"])
-        if BEFORE.exists() else None,
+        if BEFORE.exists() and "schema" in json.loads(BEFORE.read_text()) else None,
     }
 
 
@@ -180,6 +220,8 @@ def main(argv: list[str]) -> int:
     inside.print = lambda *a, **k: print(*a, **{**k, "file": sys.stderr})  # type: ignore[attr-defined]
     if argv[:1] == ["setup"]:
         return setup(*argv[1:])
+    if argv[:1] == ["setup-cluster"]:
+        return setup_cluster(*argv[1:])
     if argv[:1] == ["facts"]:
         print(json.dumps(facts()))
         return 0

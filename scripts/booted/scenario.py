@@ -71,6 +71,15 @@ class Guest:
             raise nodes.NodeError(f"setup failed:\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
         return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
+    def setup_cluster(self, role: str, master_db: int) -> None:
+        host_mntns = self.sandbox_env.split("=")[1].split(":")[0]
+        done = self.node.run("python3", GUEST, "setup-cluster", role, self.node.name, host_mntns,
+                             str(self.ports.web), str(master_db), str(self.ports.usrmgt),
+                             merge=False, check=False)
+        if done.returncode != 0:
+            raise nodes.NodeError(f"{self.node.name}: setup failed:\n{done.stdout[-2000:]}"
+                                  f"{done.stderr[-4000:]}")
+
     def run(self, *cmd: str, check: bool = False,
             timeout: float = 600) -> subprocess.CompletedProcess[str]:
         """cmd inside, with the stand-ins' mount-namespace token (as dpkg passes it on)."""
@@ -78,6 +87,25 @@ class Guest:
 
     def facts(self) -> dict[str, object]:
         return dict(json.loads(self.node.run("python3", GUEST, "facts", merge=False).stdout))
+
+
+@contextlib.contextmanager
+def booted_cluster(names: list[str], repos: dict[str, Path]) -> Iterator[dict[str, Guest]]:
+    """names[0] the master, the rest slaves, each set up at 1.0 on the master's database."""
+    netns = f"ivle-booted-{os.getpid()}"
+    binds = {str(next(iter(repos.values())).parent): "/srv/repos",
+             str(REPO / "scripts"): "/srv/scripts"}
+    base = Ports()
+    with tempfile.TemporaryDirectory(prefix="ivle-booted-logs-") as logs, \
+            nodes.cluster(tree.tree(), names, netns, binds_ro=binds, log_dir=Path(logs)) as booted:
+        guests = {name: Guest(node, Ports(base.web + i, base.db, base.usrmgt))
+                  for i, (name, node) in enumerate(booted.items())}
+        for i, guest in enumerate(guests.values()):
+            guest.setup_cluster("master" if i == 0 else "slave", base.db)
+        yield guests
+    left = nodes.leftovers(names, netns)
+    if left:
+        raise nodes.NodeError(f"left behind: {left}")
 
 
 @contextlib.contextmanager

@@ -178,3 +178,65 @@ def test_debhelper_default_restarts_usrmgt_before_migrations(repos):
             probe.stop(wait=True)
         assert probe.counts["errors"] == 5
         assert all(detail == "HTTP 500" for _t, _w, detail in probe.answers), probe.answers
+
+
+def test_cluster_apt_get_at_once(repos):
+    """A master and three slaves, each its own booted node in one network
+    namespace: apt-get upgrade on all four at once, in a seeded random order,
+    a probe on every slave: zero errors, the schema migrated once, no slave
+    serving 1.1 before the migrations, one new media version."""
+    import random
+    import subprocess
+
+    names = ["master", "slave1", "slave2", "slave3"]
+    seed = int(os.environ.get("IVLE_MAINT_E2E_SEED") or time.time_ns() % 10_000)
+    rng = random.Random(seed)
+    with scenario.booted_cluster(names, repos) as guests:
+        slaves = [guests[n] for n in names[1:]]
+        probes = [Probe(g) for g in slaves]
+        try:
+            time.sleep(1.0)
+            order = rng.sample(names, len(names))
+            print(f"apt-get upgrade at once, order {', '.join(order)} (seed {seed})", flush=True)
+            started = time.time()
+            running = []
+            for name in order:
+                guest = guests[name]
+                argv = guest.node.argv("env", guest.sandbox_env, "sh", "-c",
+                                       "apt-get update -q >/dev/null && apt-get upgrade -y -q")
+                running.append((name, subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT, text=True)))
+                time.sleep(rng.uniform(0, 2))
+            for name, proc in running:
+                out, _ = proc.communicate(timeout=600)
+                print("\n".join(f"[{name}] {line}" for line in out.splitlines()
+                                if line.startswith("ivle-maint")), flush=True)
+                assert proc.returncode == 0, f"{name}: apt-get upgrade failed:\n{out[-3000:]}"
+            time.sleep(1.0)
+            for probe in probes:
+                probe.stop()
+        finally:
+            for probe in probes:
+                probe.__exit__()
+        facts = {name: guest.facts() for name, guest in guests.items()}
+        assert all(f["ivle"] == "install ok installed 1.1" for f in facts.values())
+        master = facts["master"]
+        marker = master["marker"]
+        assert all(k in marker and marker[k][0] != "baseline" for k in NEW_KEYS), marker
+        migrated = max(marker[k][1] for k in NEW_KEYS)
+        usrmgt = [(v, t) for u, v, t in events(master, started) if u == "ivle-usrmgt-server"]
+        assert [v for v, _t in usrmgt] == ["Stopped", "Started"] and usrmgt[0][1] > migrated
+        assert master["template_version"] == "1.1"
+        for name, probe in zip(names[1:], probes, strict=True):
+            slave = facts[name]
+            web = [(v, t) for u, v, t in events(slave, started) if u == "apache2"]
+            assert [v for v, _t in web] == ["Stopped", "Started"], (name, web)
+            assert web[0][1] < slave["code_time"] and web[1][1] > migrated, name
+            assert not slave["consoles"] and not slave["jail_mounts"], name
+            check_probe(probe)
+        media = {facts[n]["media"] for n in names[1:]}
+        assert len(media) == 1 and "1.0" not in media, media
+        status = guests["master"].run("ivle-maint", "cluster", "status", "--expect", "1.1")
+        print(status.stdout, flush=True)
+        assert status.returncode == 0
