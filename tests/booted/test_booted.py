@@ -240,3 +240,68 @@ def test_cluster_apt_get_at_once(repos):
         status = guests["master"].run("ivle-maint", "cluster", "status", "--expect", "1.1")
         print(status.stdout, flush=True)
         assert status.returncode == 0
+
+
+def test_cluster_ansible_over_ssh(repos, tmp_path):
+    """The same cluster upgraded by scripts/ansible/upgrade-cluster.yml over real
+    SSH (openssh-server in every node, a key made here), a probe on every slave."""
+    import json
+    import subprocess
+
+    names = ["master", "slave1", "slave2", "slave3"]
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    hosts = {}
+    with scenario.booted_cluster(names, repos) as guests:
+        for i, (name, guest) in enumerate(guests.items()):
+            port = 2200 + i
+            guest.node.write("/etc/ssh/sshd_config.d/booted.conf",
+                             f"Port {port}\nListenAddress 127.0.0.1\n")
+            guest.node.write("/root/.ssh/authorized_keys",
+                             (tmp_path / "id_ed25519.pub").read_text(), mode="0600")
+            guest.node.run("systemctl", "enable", "--now", "ssh")
+            hosts[name] = {"ansible_host": "127.0.0.1", "ansible_port": port,
+                           "ivle_environment": dict([guest.sandbox_env.split("=", 1)])}
+        inventory = {"all": {
+            "children": {
+                "ivle_master": {"hosts": {"master": hosts["master"]}},
+                "ivle_slaves": {"hosts": {n: hosts[n] for n in names[1:]}},
+            },
+            "vars": {"ansible_user": "root", "ivle_become": False,
+                     "ansible_ssh_private_key_file": str(key),
+                     "ansible_python_interpreter": "/usr/bin/python3",
+                     "ansible_ssh_common_args": "-o StrictHostKeyChecking=no "
+                                                "-o UserKnownHostsFile=/dev/null"},
+        }}
+        (tmp_path / "inventory.yml").write_text(json.dumps(inventory))
+        netns = guests["master"].node.netns
+        slaves = [guests[n] for n in names[1:]]
+        probes = [Probe(g) for g in slaves]
+        try:
+            time.sleep(1.0)
+            started = time.time()
+            done = subprocess.run(
+                ["ip", "netns", "exec", netns, "ansible-playbook", "-i",
+                 str(tmp_path / "inventory.yml"),
+                 str(REPO / "scripts/ansible/upgrade-cluster.yml"), "-e", "ivle_version=1.1"],
+                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900,
+                env={**os.environ, "ANSIBLE_HOST_KEY_CHECKING": "False",
+                     "ANSIBLE_NOCOLOR": "1"}, check=False)
+            print(done.stdout[-6000:], done.stderr[-3000:], flush=True)
+            assert done.returncode == 0
+            time.sleep(1.0)
+            for probe in probes:
+                probe.stop()
+        finally:
+            for probe in probes:
+                probe.__exit__()
+        facts = {name: guest.facts() for name, guest in guests.items()}
+        assert all(f["ivle"] == "install ok installed 1.1" for f in facts.values())
+        marker = facts["master"]["marker"]
+        migrated = max(marker[k][1] for k in NEW_KEYS)
+        for name, probe in zip(names[1:], probes, strict=True):
+            web = [(v, t) for u, v, t in events(facts[name], started) if u == "apache2"]
+            assert [v for v, _t in web] == ["Stopped", "Started"], (name, web)
+            assert web[1][1] > migrated, name
+            check_probe(probe)
+        assert len({facts[n]["media"] for n in names[1:]} - {"1.0"}) == 1
