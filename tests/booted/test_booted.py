@@ -4,7 +4,8 @@ the stand-in IVLE package built by dpkg-buildpackage, a client watching.
 Run with `make booted` (pytest -m booted); needs root, systemd-nspawn and,
 the first time, Debian's mirror (the tree is cached in
 /var/cache/ivle-maint-booted).  One scenario alone:
-    /usr/bin/python3 -m pytest -m booted -s tests/booted -k upgrade
+    /usr/bin/python3 -m pytest -m booted -s tests/booted -k test_upgrade
+The cluster scenarios repeat the random order with IVLE_MAINT_E2E_SEED.
 """
 
 from __future__ import annotations
@@ -285,8 +286,10 @@ def test_cluster_ansible_over_ssh(repos, tmp_path):
                  str(tmp_path / "inventory.yml"),
                  str(REPO / "scripts/ansible/upgrade-cluster.yml"), "-e", "ivle_version=1.1"],
                 stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900,
-                env={**os.environ, "ANSIBLE_HOST_KEY_CHECKING": "False",
-                     "ANSIBLE_NOCOLOR": "1"}, check=False)
+                env={**os.environ, "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_NOCOLOR": "1",
+                     # no ssh master processes or sockets outliving the test
+                     "ANSIBLE_SSH_ARGS": "-o ControlMaster=no",
+                     "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp")}, check=False)
             print(done.stdout[-6000:], done.stderr[-3000:], flush=True)
             assert done.returncode == 0
             time.sleep(1.0)
