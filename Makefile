@@ -3,7 +3,7 @@
 PY := /usr/bin/python3
 PYTEST := $(PY) -m pytest
 
-.PHONY: all deps test test-debian test-pypi lint bench demo deb e2e autopkgtest clean
+.PHONY: all deps test test-debian test-pypi lint bench demo deb e2e autopkgtest booted clean
 
 all: test
 
@@ -13,7 +13,7 @@ deps:
 # The test command (README.md, .ci/run): lint, then the suite on Debian's
 # python3-* libraries, then again on the newest PyPI releases, then the
 # .deb through real dpkg and apt in a chroot.
-test: deps lint test-debian test-pypi e2e
+test: deps lint test-debian test-pypi e2e booted
 
 test-debian:
 	$(PYTEST) tests/unit tests/integration tests/abuse
@@ -33,6 +33,7 @@ bench: deps
 	$(PY) scripts/bench_migrations.py
 	unshare --mount --propagation private $(PY) scripts/bench_jails.py
 	unshare --mount --propagation private $(PY) scripts/bench_upgrade.py
+	unshare --mount --propagation private $(PY) scripts/bench_booted.py
 
 demo: deps
 	unshare --mount --propagation private $(PY) scripts/demo
@@ -69,3 +70,10 @@ e2e:
 autopkgtest:
 	test -d $(DEB_DIR)/src || $(MAKE) deb
 	PATH=$(DEB_PATH) scripts/autopkgtest-run $(wildcard $(DEB_DIR)/*.deb) $(DEB_DIR)/src
+
+# Booted nodes: real systemd, apache2 (mod_python) and PostgreSQL 15 units in
+# systemd-nspawn nodes, the stand-in IVLE package built by dpkg-buildpackage,
+# a client probe watching (scripts/booted; needs root).
+booted:
+	scripts/install-deps --packaging
+	$(PYTEST) -m booted -v -s -p no:cacheprovider tests/booted

@@ -1,0 +1,310 @@
+"""Booted nodes: real systemd, real apache2 (mod_python) and PostgreSQL 15 units,
+the stand-in IVLE package built by dpkg-buildpackage, a client watching.
+
+Run with `make booted` (pytest -m booted); needs root, systemd-nspawn and,
+the first time, Debian's mirror (the tree is cached in
+/var/cache/ivle-maint-booted).  One scenario alone:
+    /usr/bin/python3 -m pytest -m booted -s tests/booted -k test_upgrade
+The cluster scenarios repeat the random order with IVLE_MAINT_E2E_SEED.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+
+from booted import scenario  # noqa: E402
+from booted.scenario import Guest, Probe  # noqa: E402
+
+pytestmark = [pytest.mark.booted, pytest.mark.needs_root]
+OLD_KEYS = ("20090101-01", "20090101-02", "20090215")
+NEW_KEYS = ("20100301-01", "20100301-02")
+GOOD_FIRST_MIGRATION = """\
+BEGIN;
+ALTER TABLE login ADD COLUMN theme VARCHAR NOT NULL DEFAULT 'light';
+UPDATE login SET theme = 'dark' WHERE admin;
+COMMIT;
+"""
+
+
+@pytest.fixture(scope="session")
+def repos(request: pytest.FixtureRequest) -> Iterator[dict[str, Path]]:
+    if "booted" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("booted nodes: run with make booted (pytest -m booted)")
+    if os.geteuid() != 0:
+        pytest.skip("booted nodes: need root (systemd-nspawn, cgroups, network namespaces)")
+    if not shutil.which("systemd-nspawn"):
+        pytest.skip("systemd-nspawn missing: scripts/install-deps --packaging")
+    work = Path(tempfile.mkdtemp(prefix="ivle-booted-"))
+    try:
+        yield scenario.repositories(work)
+    finally:
+        shutil.rmtree(work)
+
+
+def upgrade_watched(guest: Guest, *cmd: str) -> tuple[float, object, Probe]:
+    """Run cmd inside while a probe watches the site; returns (start, result, probe)."""
+    with Probe(guest) as probe:  # killed if anything below fails
+        time.sleep(1.0)  # some answers of the old version first
+        started = time.time()
+        done = guest.run(*cmd)
+        print(done.stdout[-6000:], flush=True)
+        time.sleep(1.0)  # and some of whatever the node serves now
+        probe.stop()
+    return started, done, probe
+
+
+def events(facts: dict, since: float) -> list[tuple[str, str, float]]:
+    """(unit short name, 'Stopped'/'Started'/..., time) of systemd's jobs since `since`."""
+    found = []
+    for e in facts["events"]:
+        if e["t"] >= since:
+            verb = str(e["message"]).split(" ", 1)[0]
+            found.append((str(e["unit"]).removesuffix(".service"), verb, float(e["t"])))
+    return found
+
+
+def check_upgraded(before: dict, after: dict, since: float) -> None:
+    """Every step of IVLE's procedure, as the node and systemd saw them."""
+    assert after["ivle"] == "install ok installed 1.1"
+    units = after["units"]
+    assert units["apache2.service"]["ActiveState"] == "active"
+    assert units["ivle-usrmgt-server.service"]["ActiveState"] == "active"
+    assert after["usrmgt_pid"] and after["usrmgt_pid"] != before["usrmgt_pid"]
+
+    seen = events(after, since)
+    print("systemd jobs:", ", ".join(f"{u} {v}" for u, v, _t in seen), flush=True)
+    web = [(v, t) for u, v, t in seen if u == "apache2"]
+    usrmgt = [(v, t) for u, v, t in seen if u == "ivle-usrmgt-server"]
+    assert [v for v, _t in web] == ["Stopped", "Started"], web
+    assert [v for v, _t in usrmgt] == ["Stopped", "Started"], usrmgt
+    web_stop, web_start = web[0][1], web[1][1]
+    marker = after["marker"]
+    assert all(marker[k][0] == "baseline" for k in OLD_KEYS), marker
+    assert all(k in marker and marker[k][0] != "baseline" for k in NEW_KEYS), marker
+    migrated = max(marker[k][1] for k in NEW_KEYS)
+    # IVLE's order: web down, code, migrations, usrmgt restarted, web up.
+    assert web_stop < after["code_time"] < migrated < usrmgt[0][1] < usrmgt[1][1] < web_start
+
+    assert not after["consoles"] and not after["jail_mounts"]
+    assert after["themes"].get("alice") == "dark" and after["themes"].get("bob") == "light"
+    assert after["dumps"], "a pre-migration dump"
+    assert after["template_version"] == "1.1"
+    assert after["homes"] == before["homes"], "every home file intact"
+    assert after["media"] not in (None, "1.0")
+
+
+def check_probe(probe: Probe, *, final: str = "new") -> None:
+    assert probe.counts["errors"] == 0, probe.errors()[:5]
+    seq = probe.sequence()
+    assert seq[0] == "old" and seq[-1] == final, seq
+    # Never back to the old version once the new one answered.
+    assert "old" not in seq[seq.index("new"):] if "new" in seq else True, seq
+
+
+def test_upgrade(repos):
+    """1.0 -> 1.1 by apt-get upgrade: every step, systemd's view, zero client errors."""
+    with scenario.prepared_nodes(["ivle-node"], "good", repos) as guests:
+        guest = guests["ivle-node"]
+        before = guest.facts()
+        since, done, probe = upgrade_watched(guest, "apt-get", "upgrade", "-y", "-q")
+        assert done.returncode == 0
+        after = guest.facts()
+        check_upgraded(before, after, since)
+        check_probe(probe)
+        assert probe.counts["refused"] > 0  # IVLE's procedure: Apache stopped
+        assert guest.run("dpkg", "--audit").stdout.strip() == ""
+
+
+def test_failed_migration_then_configure(repos):
+    """1.1's migration fails: IVLE half-configured, web down, no new code served;
+    the file fixed in place, dpkg --configure -a finishes the upgrade."""
+    with scenario.prepared_nodes(["ivle-node"], "badmigration", repos) as guests:
+        guest = guests["ivle-node"]
+        before = guest.facts()
+        since, done, probe = upgrade_watched(guest, "apt-get", "upgrade", "-y", "-q")
+        assert done.returncode != 0
+        assert "resume with: dpkg --configure -a" in done.stdout
+        failed = guest.facts()
+        assert failed["ivle"] == "install ok half-configured 1.1"
+        assert failed["schema_same"] is True
+        assert failed["units"]["apache2.service"]["ActiveState"] == "inactive"
+        check_probe(probe, final="refused")
+        assert "new" not in probe.sequence()
+
+        guest.node.write("/usr/share/ivle/userdb/migrations/20100301-01.sql",
+                         GOOD_FIRST_MIGRATION)
+        since2, done, probe = upgrade_watched(guest, "dpkg", "--configure", "-a")
+        assert done.returncode == 0
+        after = guest.facts()
+        assert after["ivle"] == "install ok installed 1.1"
+        check_upgraded(before, after, since)
+        assert probe.sequence() == ["refused", "new"], probe.sequence()
+        assert probe.counts["errors"] == 0
+        # The resumed run does not stop the web server again.
+        assert [v for u, v, _t in events(after, since2) if u == "apache2"] == ["Started"]
+
+
+def test_debhelper_default_restarts_usrmgt_before_migrations(repos):
+    """The trap the fixed debian/rules avoids: with dh_installinit's default, the
+    postinst restarts usrmgt on the new code before ivle-maint's line; it
+    refuses the old schema and the postinst stops before any migration."""
+    with scenario.prepared_nodes(["ivle-node"], "trap", repos) as guests:
+        guest = guests["ivle-node"]
+        _since, done, probe = upgrade_watched(guest, "apt-get", "upgrade", "-y", "-q")
+        assert done.returncode != 0
+        assert "database not usable" in done.stdout
+        assert "apply database migrations" not in done.stdout
+        after = guest.facts()
+        assert after["ivle"] == "install ok half-configured 1.1"
+        assert after["schema_same"] is True
+        assert after["units"]["ivle-usrmgt-server.service"]["ActiveState"] == "failed"
+        again = guest.run("dpkg", "--configure", "-a")
+        assert again.returncode != 0 and "apply database migrations" not in again.stdout
+        assert probe.counts["errors"] == 0
+        # An administrator starting Apache by hand now serves new code on the
+        # old schema: every page is a 500, and the probe counts each as an error.
+        guest.node.run("systemctl", "start", "apache2")
+        with Probe(guest, count=5) as probe:
+            probe.stop(wait=True)
+        assert probe.counts["errors"] == 5
+        assert all(detail == "HTTP 500" for _t, _w, detail in probe.answers), probe.answers
+
+
+def test_cluster_apt_get_at_once(repos):
+    """A master and three slaves, each its own booted node in one network
+    namespace: apt-get upgrade on all four at once, in a seeded random order,
+    a probe on every slave: zero errors, the schema migrated once, no slave
+    serving 1.1 before the migrations, one new media version."""
+    import random
+    import subprocess
+
+    names = ["master", "slave1", "slave2", "slave3"]
+    seed = int(os.environ.get("IVLE_MAINT_E2E_SEED") or time.time_ns() % 10_000)
+    rng = random.Random(seed)
+    with scenario.booted_cluster(names, repos) as guests:
+        slaves = [guests[n] for n in names[1:]]
+        probes = [Probe(g) for g in slaves]
+        try:
+            time.sleep(1.0)
+            order = rng.sample(names, len(names))
+            print(f"apt-get upgrade at once, order {', '.join(order)} (seed {seed})", flush=True)
+            started = time.time()
+            running = []
+            for name in order:
+                guest = guests[name]
+                argv = guest.node.argv("env", guest.sandbox_env, "sh", "-c",
+                                       "apt-get update -q >/dev/null && apt-get upgrade -y -q")
+                running.append((name, subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT, text=True)))
+                time.sleep(rng.uniform(0, 2))
+            for name, proc in running:
+                out, _ = proc.communicate(timeout=600)
+                print("\n".join(f"[{name}] {line}" for line in out.splitlines()
+                                if line.startswith("ivle-maint")), flush=True)
+                assert proc.returncode == 0, f"{name}: apt-get upgrade failed:\n{out[-3000:]}"
+            time.sleep(1.0)
+            for probe in probes:
+                probe.stop()
+        finally:
+            for probe in probes:
+                probe.__exit__()
+        facts = {name: guest.facts() for name, guest in guests.items()}
+        assert all(f["ivle"] == "install ok installed 1.1" for f in facts.values())
+        master = facts["master"]
+        marker = master["marker"]
+        assert all(k in marker and marker[k][0] != "baseline" for k in NEW_KEYS), marker
+        migrated = max(marker[k][1] for k in NEW_KEYS)
+        usrmgt = [(v, t) for u, v, t in events(master, started) if u == "ivle-usrmgt-server"]
+        assert [v for v, _t in usrmgt] == ["Stopped", "Started"] and usrmgt[0][1] > migrated
+        assert master["template_version"] == "1.1"
+        for name, probe in zip(names[1:], probes, strict=True):
+            slave = facts[name]
+            web = [(v, t) for u, v, t in events(slave, started) if u == "apache2"]
+            assert [v for v, _t in web] == ["Stopped", "Started"], (name, web)
+            assert web[0][1] < slave["code_time"] and web[1][1] > migrated, name
+            assert not slave["consoles"] and not slave["jail_mounts"], name
+            check_probe(probe)
+        media = {facts[n]["media"] for n in names[1:]}
+        assert len(media) == 1 and "1.0" not in media, media
+        status = guests["master"].run("ivle-maint", "cluster", "status", "--expect", "1.1")
+        print(status.stdout, flush=True)
+        assert status.returncode == 0
+
+
+def test_cluster_ansible_over_ssh(repos, tmp_path):
+    """The same cluster upgraded by scripts/ansible/upgrade-cluster.yml over real
+    SSH (openssh-server in every node, a key made here), a probe on every slave."""
+    import json
+    import subprocess
+
+    names = ["master", "slave1", "slave2", "slave3"]
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    hosts = {}
+    with scenario.booted_cluster(names, repos) as guests:
+        for i, (name, guest) in enumerate(guests.items()):
+            port = 2200 + i
+            guest.node.write("/etc/ssh/sshd_config.d/booted.conf",
+                             f"Port {port}\nListenAddress 127.0.0.1\n")
+            guest.node.write("/root/.ssh/authorized_keys",
+                             (tmp_path / "id_ed25519.pub").read_text(), mode="0600")
+            guest.node.run("systemctl", "enable", "--now", "ssh")
+            hosts[name] = {"ansible_host": "127.0.0.1", "ansible_port": port,
+                           "ivle_environment": dict([guest.sandbox_env.split("=", 1)])}
+        inventory = {"all": {
+            "children": {
+                "ivle_master": {"hosts": {"master": hosts["master"]}},
+                "ivle_slaves": {"hosts": {n: hosts[n] for n in names[1:]}},
+            },
+            "vars": {"ansible_user": "root", "ivle_become": False,
+                     "ansible_ssh_private_key_file": str(key),
+                     "ansible_python_interpreter": "/usr/bin/python3",
+                     "ansible_ssh_common_args": "-o StrictHostKeyChecking=no "
+                                                "-o UserKnownHostsFile=/dev/null"},
+        }}
+        (tmp_path / "inventory.yml").write_text(json.dumps(inventory))
+        netns = guests["master"].node.netns
+        slaves = [guests[n] for n in names[1:]]
+        probes = [Probe(g) for g in slaves]
+        try:
+            time.sleep(1.0)
+            started = time.time()
+            done = subprocess.run(
+                ["ip", "netns", "exec", netns, "ansible-playbook", "-i",
+                 str(tmp_path / "inventory.yml"),
+                 str(REPO / "scripts/ansible/upgrade-cluster.yml"), "-e", "ivle_version=1.1"],
+                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900,
+                env={**os.environ, "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_NOCOLOR": "1",
+                     # no ssh master processes or sockets outliving the test
+                     "ANSIBLE_SSH_ARGS": "-o ControlMaster=no",
+                     "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp")}, check=False)
+            print(done.stdout[-6000:], done.stderr[-3000:], flush=True)
+            assert done.returncode == 0
+            time.sleep(1.0)
+            for probe in probes:
+                probe.stop()
+        finally:
+            for probe in probes:
+                probe.__exit__()
+        facts = {name: guest.facts() for name, guest in guests.items()}
+        assert all(f["ivle"] == "install ok installed 1.1" for f in facts.values())
+        marker = facts["master"]["marker"]
+        migrated = max(marker[k][1] for k in NEW_KEYS)
+        for name, probe in zip(names[1:], probes, strict=True):
+            web = [(v, t) for u, v, t in events(facts[name], started) if u == "apache2"]
+            assert [v for v, _t in web] == ["Stopped", "Started"], (name, web)
+            assert web[1][1] > migrated, name
+            check_probe(probe)
+        assert len({facts[n]["media"] for n in names[1:]} - {"1.0"}) == 1
