@@ -90,11 +90,30 @@ def register(settings: Settings, reporter: Reporter, version: str | None = None,
     return row
 
 
-def forget(settings: Settings, reporter: Reporter, name: str) -> bool:
+# A node upgrading that reported within this many seconds is probably alive.
+RECENT = 600.0
+
+
+def forget(settings: Settings, reporter: Reporter, name: str, *, force: bool = False) -> bool:
+    """Delete NAME's row; a node seen recently in the middle of an upgrade
+    only with FORCE (its next report would bring the row back half-known)."""
+    from .ages import human_age
+
     presence = Presence(settings, reporter)
     try:
         conn = presence.connection()
         with errors_as_maint(settings.ivle_conf().database["name"]):
+            row = next((r for r in table.nodes(conn) if r.name == name), None)
+            if row is None:
+                return False
+            busy = row.phase != "idle" and (row.age is None or row.age < RECENT)
+            if busy:
+                what = (f"{name} was seen {human_age(row.age)} in the middle of an upgrade "
+                        f"({row.phase}" + (f" at {row.step}" if row.step else "") + ")")
+                if not force:
+                    raise MaintError(f"{what}: it looks alive; if it is really gone: "
+                                     f"ivle-maint cluster forget --force {name}")
+                reporter.warn(f"{what}; forgetting it anyway (--force)")
             return table.forget(conn, name)
     finally:
         presence.close()

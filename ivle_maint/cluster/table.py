@@ -140,7 +140,8 @@ def nodes(conn: Any) -> list[NodeRow]:
             return []
         cur.execute(
             f"SELECT {', '.join(FIELDS)}, last_seen, "
-            f"extract(epoch FROM now() - last_seen)::float8 FROM {NODES} ORDER BY name"
+            f"greatest(0, extract(epoch FROM now() - last_seen))::float8 FROM {NODES} "
+            "ORDER BY name"
         )
         return [NodeRow(*row) for row in cur.fetchall()]
 

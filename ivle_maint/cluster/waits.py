@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import MaintError
 from . import table
+from .ages import human_age
 from .presence import errors_as_maint
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ class TimedOut(Exception):
 
 
 def describe(row: NodeRow) -> str:
-    seen = f"seen {row.age:.0f}s ago" if row.age is not None else "never seen"
+    seen = "never seen" if row.age is None else f"seen {human_age(row.age)}"
     where = f"{row.phase}" + (f" at {row.step}" if row.step else "")
     serving = f"serves {row.serving}" if row.serving else "down"
     return f"{row.name} ({row.role}, {serving}, {where}, {seen})"

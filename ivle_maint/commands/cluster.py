@@ -45,8 +45,12 @@ def register(sub: Any) -> None:
     reg.set_defaults(func=cmd_register)
 
     forget = actions.add_parser("forget", help="remove a node that is gone from the table",
-                                description="Remove NAME's row (a decommissioned node).")
+                                description="Remove NAME's row (a decommissioned node).  "
+                                "A node seen in the last 10 minutes in the middle of an "
+                                "upgrade is refused without --force.")
     forget.add_argument("name", metavar="NAME")
+    forget.add_argument("--force", action="store_true",
+                        help="forget it even if it was seen recently in the middle of an upgrade")
     forget.set_defaults(func=cmd_forget)
 
     prepare = actions.add_parser(
@@ -58,14 +62,6 @@ def register(sub: Any) -> None:
     prepare.add_argument("--from", dest="old", metavar="OLD",
                          help="the installed version (default: ivle-maint's record, then dpkg)")
     prepare.set_defaults(func=cmd_prepare)
-
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.0f}s ago"
-    return f"{seconds / 60:.0f}m ago" if seconds < 7200 else f"{seconds / 3600:.0f}h ago"
 
 
 def cmd_status(ctx: Context) -> int:
@@ -97,12 +93,14 @@ def cmd_status(ctx: Context) -> int:
 
 
 def _print_table(status: Any) -> None:
+    from ..cluster.ages import human_age
+
     if not status.nodes:
         print("no node has recorded itself yet (ivle-maint cluster register)")
         return
     head = ("NAME", "ROLE", "VERSION", "SERVING", "TARGET", "PHASE", "MEDIA", "LAST SEEN", "HOST")
     rows = [(r.name, r.role, r.version or "-", r.serving or "down", r.target or "-",
-             r.phase + (f" ({r.step})" if r.step else ""), r.media or "-", _age(r.age), r.host)
+             r.phase + (f" ({r.step})" if r.step else ""), r.media or "-", human_age(r.age), r.host)
             for r in status.nodes]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
     for line in (head, *rows):
@@ -136,7 +134,7 @@ def cmd_register(ctx: Context) -> int:
 def cmd_forget(ctx: Context) -> int:
     from ..cluster.admin import forget
 
-    if not forget(ctx.settings, ctx.reporter, ctx.args.name):
+    if not forget(ctx.settings, ctx.reporter, ctx.args.name, force=ctx.args.force):
         raise MaintError(f"no node named {ctx.args.name!r} in the cluster table")
     ctx.reporter.info(f"forgot node {ctx.args.name}")
     return 0
