@@ -39,9 +39,12 @@ def register(sub: Any) -> None:
         "register", help="record this node (idle) in the cluster table",
         description="Record this node, its installed version and whether its service runs.  "
         "Every upgrade does this too; run it once on each node of a new cluster so the "
-        "others know it before its first upgrade.")
+        "others know it before its first upgrade.  A name another machine holds (its "
+        "machine id, [node] machine_id) is refused with exit status 2 unless --replace.")
     reg.add_argument("--version", metavar="VERSION",
                      help="the installed IVLE version (default: ivle-maint's record, then dpkg)")
+    reg.add_argument("--replace", action="store_true",
+                     help="take over a name another machine holds (that machine is gone)")
     reg.set_defaults(func=cmd_register)
 
     forget = actions.add_parser("forget", help="remove a node that is gone from the table",
@@ -121,7 +124,7 @@ def _print_table(status: Any) -> None:
 def cmd_register(ctx: Context) -> int:
     from ..cluster.admin import register as record
 
-    row = record(ctx.settings, ctx.reporter, ctx.args.version)
+    row = record(ctx.settings, ctx.reporter, ctx.args.version, replace=ctx.args.replace)
     if row is None:
         ctx.reporter.info("an upgrade is unfinished here; its runs keep this node's row")
     else:
