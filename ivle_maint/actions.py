@@ -61,8 +61,8 @@ def started_by_hand(ctx: UpgradeContext) -> str:
     from .steps.services import RUNNING, control_from_settings
 
     journal = getattr(ctx.cluster, "journal", None)
-    if journal is None or "stop-web" not in journal.steps:
-        return ""
+    if not ctx.code_is_new or journal is None or "stop-web" not in journal.steps:
+        return ""  # an abort brings the old code back: a plain start
     name = ctx.settings["services"]["web"]
     if control_from_settings(ctx.settings, ctx.reporter).status(name) != RUNNING:
         return ""

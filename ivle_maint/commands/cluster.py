@@ -64,6 +64,9 @@ def register(sub: Any) -> None:
     prepare.add_argument("--to", dest="new", metavar="NEW", required=True)
     prepare.add_argument("--from", dest="old", metavar="OLD",
                          help="the installed version (default: ivle-maint's record, then dpkg)")
+    prepare.add_argument("--abandon", action="store_true",
+                         help="undo an unfinished before-phase to NEW instead, as dpkg's "
+                         "abort-upgrade does (start the web server again on the old code)")
     prepare.set_defaults(func=cmd_prepare)
 
 
@@ -151,6 +154,8 @@ def cmd_prepare(ctx: Context) -> int:
 
     args, settings = ctx.args, ctx.settings
     pending = unfinished_matching(settings, new=args.new)
+    if args.abandon:
+        return _abandon(ctx, pending)
     before = [s.name for s in steps_for(settings.role, [BEFORE])]
     if pending and all(pending[0].is_done(name) for name in before):
         # Already down (or further: a failed after-phase); dpkg finishes it.
@@ -165,4 +170,26 @@ def cmd_prepare(ctx: Context) -> int:
     up = UpgradeContext(settings=settings, reporter=ctx.reporter, old=old, new=args.new,
                         resume=f"ivle-maint cluster prepare --to {args.new}")
     run_phases(up, (BEFORE,))
+    return 0
+
+
+def _abandon(ctx: Context, pending: list[Any]) -> int:
+    """Give back a slave prepared for an upgrade that will not happen now."""
+    from ..procedure import AFTER, steps_for
+    from ..upgrade import UpgradeContext, abort
+
+    if not pending:
+        ctx.reporter.info(f"no unfinished upgrade to {ctx.args.new}: nothing to abandon")
+        return 0
+    journal = pending[0]
+    after = [s.name for s in steps_for(ctx.settings.role, [AFTER])]
+    if any(name in journal.steps for name in after):
+        raise MaintError(f"the upgrade {journal.old} -> {journal.new} is past its "
+                         "before-phase (the new code is in place): finish it instead",
+                         resume="dpkg --configure -a")
+    up = UpgradeContext(settings=ctx.settings, reporter=ctx.reporter, old=journal.old,
+                        new=journal.new, resume=f"ivle-maint cluster prepare --to {journal.new}")
+    undone = abort(up)
+    ctx.reporter.info(f"abandoned {journal.old} -> {journal.new}; restarted: "
+                      f"{', '.join(undone) or 'nothing'}")
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import re
+import shutil
 import signal
 import threading
 import time
@@ -349,3 +350,26 @@ def maintenance_page(port: int):
     finally:
         server.shutdown()
         server.server_close()
+
+
+# -- the playbook: a failed prepare on one slave gives the others back ----------
+
+
+@pytest.mark.skipif(shutil.which("ansible-playbook") is None, reason="needs ansible-playbook")
+def test_playbook_gives_the_slaves_back_when_one_prepare_fails(node_factory, tmp_path):
+    from test_cluster_playbook import inventory, playbook
+
+    cluster = build_cluster(node_factory, cluster=PATIENT)
+    broken = cluster.slaves[1]
+    broken.set_fakes("apache2", fail=["stop"])
+    failed = playbook(inventory(cluster, tmp_path / "inventory.json"), tmp_path)
+    assert failed.returncode != 0
+    out = " ".join(failed.stdout.split())
+    assert "the before-phase failed on slave2" in out, failed.stdout
+    assert "the other slaves (slave1, slave3) were given back" in out
+    for node in cluster.nodes:
+        assert node.installed_version() == "1.0"
+    assert all(slave.service_running("apache2") for slave in cluster.slaves)
+    rows = node_rows(cluster.master)
+    assert {rows[name]["serving"] for name in SLAVES} == {"1.0"}
+    assert marker_keys(cluster.master) == []  # the master never began
