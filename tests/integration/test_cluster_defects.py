@@ -29,6 +29,7 @@ from cluster_helpers import (
 )
 from configobj import ConfigObj
 
+from ivle_sandbox import procs
 from ivle_sandbox.cluster import build_cluster, configure, share_database
 from ivle_sandbox.node import Node, install_version
 from ivle_sandbox.postgres import ThrowawayPostgres
@@ -197,11 +198,10 @@ def test_sigkill_inside_stop_web_then_dpkg_abort_brings_the_web_server_back(node
     slave.set_fakes("apache2", delay=1.5)  # the init script takes its time to stop
     proc = start_cli(slave, "hook", "preinst", "upgrade", "1.0", "1.1")
     wait_for_step(slave, "stop-web", proc)
-    proc.send_signal(signal.SIGKILL)
+    stopping = wait_for_init_script(slave, "apache2", "stop")
+    proc.send_signal(signal.SIGKILL)  # while the init script is at work
     proc.communicate(timeout=30)
-    deadline = time.monotonic() + 10  # the orphaned init script may still stop it
-    while slave.service_running("apache2") and time.monotonic() < deadline:
-        time.sleep(0.1)
+    procs.wait_gone([stopping], 10)  # the orphaned init script may still stop it
     slave.set_fakes("apache2", delay=0)
     # dpkg: the old package's postinst abort-upgrade NEW.
     done = cli(slave, "hook", "postinst", "abort-upgrade", "1.1")
@@ -209,6 +209,19 @@ def test_sigkill_inside_stop_web_then_dpkg_abort_brings_the_web_server_back(node
     assert slave.service_running("apache2")
     row = node_rows(cluster.master)["slave1"]
     assert (row["serving"], row["phase"]) == ("1.0", "idle")
+
+
+def wait_for_init_script(node: Node, name: str, action: str, timeout: float = 30) -> int:
+    """The pid of NODE's init script NAME running ACTION, once it runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in procs.all_pids():
+            argv = procs.cmdline(pid)
+            if (str(node.root) in argv and name in argv and action in argv
+                    and any(a.endswith("initd-service") for a in argv)):
+                return pid
+        time.sleep(0.01)
+    raise AssertionError(f"{name} {action} never ran")
 
 
 # -- 1. "serving" is checked, not assumed ----------------------------------------
