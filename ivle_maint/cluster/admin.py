@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import MaintError
 from . import table
-from .presence import REPORT_WAIT, Presence, errors_as_maint
+from .presence import REPORT_WAIT, Presence, errors_as_maint, name_holder
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -66,18 +66,6 @@ def installed_version(settings: Settings, package: str = "ivle") -> str | None:
         return dpkg_version(package)
     except MaintError:
         return None
-
-
-def name_holder(row: NodeRow, mine: dict[str, Any]) -> str | None:
-    """Who else holds ROW's name, or None when the row is this machine's.
-
-    The machine id decides; a row an older ivle-maint wrote has none, and
-    then the node id kept in the state directory does."""
-    if row.machine and mine.get("machine"):
-        same = row.machine == mine["machine"]
-    else:
-        same = row.instance == mine["instance"]
-    return None if same else f"host {row.host}, machine {row.machine or row.instance}"
 
 
 def register(settings: Settings, reporter: Reporter, version: str | None = None, *,

@@ -88,6 +88,18 @@ def machine_id(settings: Settings) -> str | None:
     return None
 
 
+def name_holder(row: table.NodeRow, mine: dict[str, Any]) -> str | None:
+    """Who else holds ROW's name, or None when the row is this machine's.
+
+    The machine id decides; a row an older ivle-maint wrote has none, and
+    then the node id kept in the state directory does."""
+    if row.machine and mine.get("machine"):
+        same = row.machine == mine["machine"]
+    else:
+        same = row.instance == mine["instance"]
+    return None if same else f"host {row.host}, machine {row.machine or row.instance}"
+
+
 def web_serving(settings: Settings, journal: Journal) -> str | None:
     """The version this node's service runs, from the journal of its upgrade."""
     if settings.role in ("slave", "both"):
@@ -324,10 +336,9 @@ class Presence:
         if not self.enabled or self.journal is None:
             return
         conn = self.connection()
-        mine = node_id(self.settings)
         with errors_as_maint(self.settings.ivle_conf().database["name"]):
             other = next((r for r in table.nodes(conn) if r.name == self.name), None)
-        if other is not None and other.instance != mine:
+        if other is not None and name_holder(other, self._base()):
             raise MaintError(
                 f"the cluster table already has a node named {self.name!r} written by another "
                 f"ivle-maint (host {other.host}, node id {other.instance}): give this node its "

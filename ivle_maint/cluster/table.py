@@ -118,7 +118,7 @@ def _columns(cur: Any) -> set[str]:
 
 def _add_later_columns(cur: Any) -> None:
     """ALTER in the LATER columns if this role may (it owns the table)."""
-    import psycopg2
+    import psycopg2.errors
 
     for column in LATER.keys() - _columns(cur):
         cur.execute("SAVEPOINT add_column")
@@ -132,13 +132,16 @@ def ensure(conn: Any, grantee: str | None = None) -> None:
     """Create both tables once; let GRANTEE (ivle.conf's user, which the
     slaves connect as) write them when another role creates them."""
     with conn, conn.cursor() as cur:
-        if _exists(cur, NODES) and _exists(cur, MEDIA) and not LATER.keys() - _columns(cur):
+        both = _exists(cur, NODES) and _exists(cur, MEDIA)
+        if both and not LATER.keys() - _columns(cur):
             return
         cur.execute("SELECT pg_advisory_xact_lock(%s)", [_CREATE_LOCK])
+        if both:  # an older ivle-maint's tables (COMMENT ON needs their owner)
+            _add_later_columns(cur)
+            return
         cur.execute("SELECT current_user")
         me = cur.fetchone()[0]
         cur.execute(DDL)
-        _add_later_columns(cur)
         if grantee and grantee != me:
             from psycopg2 import sql
 
