@@ -31,8 +31,9 @@ def register(sub: Any) -> None:
     status.add_argument("--json", action="store_true", help="one JSON document on stdout")
     status.add_argument("--expect", metavar="VERSION",
                         help="exit 1 unless every node is idle on VERSION with its service "
-                        "up, the slaves share one media version and this node's migrations "
-                        "are applied")
+                        "up (a web server is asked at its [cluster] probe_url where this "
+                        "machine can reach it), the slaves share one media version and this "
+                        "node's migrations are applied")
     status.set_defaults(func=cmd_status)
 
     reg = actions.add_parser(
@@ -80,7 +81,7 @@ def cmd_status(ctx: Context) -> int:
     if ctx.args.expect:
         directory = ctx.settings.path_of("migrations")
         shipped = [m.key for m in discover(directory)] if directory.is_dir() else []
-        found = problems(status, ctx.args.expect, shipped)
+        found = problems(status, ctx.args.expect, shipped) + not_answering(ctx, status)
     if ctx.args.json:
         rows = [{**row.__dict__, "last_seen": row.last_seen.isoformat() if row.last_seen
                  else None} for row in status.nodes]
@@ -96,6 +97,21 @@ def cmd_status(ctx: Context) -> int:
     if found:
         raise MaintError(f"the cluster is not on {ctx.args.expect}: {len(found)} problem(s)")
     return 0
+
+
+def not_answering(ctx: Context, status: Any) -> list[str]:
+    """Web nodes whose row says they serve but whose web server does not answer."""
+    from ..cluster import probe, table
+
+    host, timeout = table.hostname(), float(ctx.settings["cluster"]["probe_timeout"])
+    found = []
+    for row in status.nodes:
+        if row.has_web and row.serving and probe.checkable(row, host):
+            answer = probe.ask(row.probe_url, timeout)
+            if not answer.serving:
+                found.append(f"{row.name}'s row says it serves {row.serving}, but "
+                             f"{answer.text}")
+    return found
 
 
 def _print_table(status: Any) -> None:

@@ -290,6 +290,13 @@ def test_start_web_restarts_a_web_server_started_by_hand_before_the_new_code(nod
     assert "was started by hand after the before-phase stopped it: restarted" in done.stderr
     events = [e for _, e in web_events(slave)]
     assert events == ["start", "stop", "start", "stop", "start"], events
+    assert status(cluster.master)["problems"] == []
+    # --expect asks the web server too: a row saying "serves" is not enough.
+    assert slave.service("apache2", "stop").returncode == 0
+    doc = status(cluster.master)
+    assert doc["returncode"] == 1 and doc["problems"] == [
+        f"slave1's row says it serves 1.1, but no answer at http://127.0.0.1:{slave.web_port}/ "
+        "(Connection refused)"]
 
 
 # -- 2. register: a name another machine holds -----------------------------------
