@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 from ..errors import MaintError
 from ..steps.media import Record, next_value, plan_media_version
 from . import table
-from .presence import errors_as_maint
 
 if TYPE_CHECKING:
     from ..upgrade import UpgradeContext
@@ -69,24 +68,24 @@ def agree(ctx: UpgradeContext) -> str | None:
     mine = [e.value for e in record.entries if e.upgrade == ctx.upgrade_id]
     if mine:
         return mine[-1]
-    conn = presence.connection()
-    with errors_as_maint(ctx.ivle_conf.database["name"]):
+
+    def choose(conn: Any) -> str:
+        # Run again whole after a lost connection: a claim that was
+        # committed is then the newest value, taken as in rule 2.
         for _ in range(3):  # a lost race is followed by a plain read
             values = table.media_values(conn)
             latest = _latest(values, ctx.new)
             if latest is not None and (latest != current or ctx.old != ctx.new):
-                break
+                return latest
             used = record.used | {v for v, _ in values} | ({current} if current else set())
             candidate = next_value(ctx.new, used)
             if table.claim_media(conn, candidate, ctx.new, presence.name):
-                latest = candidate
                 if ctx.old == ctx.new:
                     _warn_alone(ctx, conn, current, candidate)
-                break
-        else:
-            raise MaintError("could not agree on a media version with the other nodes; "
-                             "run again")
-    assert latest is not None  # each way out of the loop set it
+                return candidate
+        raise MaintError("could not agree on a media version with the other nodes; run again")
+
+    latest = presence.query(choose)
     record.add(latest, ctx.new, ctx.upgrade_id)
     record.save()
     return latest
