@@ -43,10 +43,32 @@ def start_web(ctx: UpgradeContext) -> Outcome:
     # New code never serves on a schema the master has not migrated yet, nor
     # before the master has rebuilt the jail tree the slaves share with it.
     waited = wait_for_master(ctx)
-    outcome = _services(ctx, "start", "web")
+    late = started_by_hand(ctx)
+    outcome = _services(ctx, "restart" if late else "start", "web")
+    if late:
+        outcome.summary = f"{late}: restarted on the new code; {outcome.summary}"
     if waited:
         outcome.summary = f"{waited}; {outcome.summary}"
     return outcome
+
+
+def started_by_hand(ctx: UpgradeContext) -> str:
+    """Why the running web server must be restarted, or "" if it need not.
+
+    This upgrade stopped the web server (stop-web begun), yet it runs: it
+    was started by hand since, before the new code and the migrations were
+    both in place, so it may hold the old code or an old schema's view.
+    Its start time cannot be read portably (init script, systemd), but it
+    is later than stop-web's, so always before this check: restart it."""
+    from .steps.services import RUNNING, control_from_settings
+
+    journal = getattr(ctx.cluster, "journal", None)
+    if not ctx.code_is_new or journal is None or "stop-web" not in journal.steps:
+        return ""  # an abort brings the old code back: a plain start
+    name = ctx.settings["services"]["web"]
+    if control_from_settings(ctx.settings, ctx.reporter).status(name) != RUNNING:
+        return ""
+    return f"{name} was started by hand after the before-phase stopped it"
 
 
 def restart_usrmgt(ctx: UpgradeContext) -> Outcome:

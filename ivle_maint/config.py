@@ -36,6 +36,10 @@ SETTINGS_SPEC = """\
 role = option('master', 'slave', 'both', default='both')
 # This node's name in logs and in the cluster table; empty: the hostname.
 name = string(default='')
+# What tells this machine from others of the same name in the cluster
+# table; empty: /etc/machine-id.  Set it only where several nodes share
+# one machine (test sandboxes).
+machine_id = string(default='')
 
 [paths]
 # Directory holding ivle.conf; empty: $IVLECONF, else /etc/ivle.
@@ -115,9 +119,10 @@ force = boolean(default=False)
 # only once no slave serves the old code, a slave starts its web server
 # on new code only once the master applied the migrations it ships, and
 # the slaves agree on one media version.
-#   auto:   on for 'master' and 'slave'; a slave waits for the master only
-#           once the database knows one (a recorded master, or the
-#           migration marker); a 'both' node (single machine) stays alone.
+#   auto:   on for 'master' and 'slave'; a slave waits for the master
+#           whenever the database knows one (a recorded master, or the
+#           migration marker) or holds IVLE's tables (a master that never
+#           ran ivle-maint yet); a 'both' node (single machine) stays alone.
 #   always: on for every role; a slave always waits for the migrations.
 #   never:  this node neither records itself nor waits.
 coordinate = option('auto', 'always', 'never', default='auto')
@@ -143,6 +148,13 @@ migrate_while_serving = boolean(default=False)
 serve_on_newer_schema = boolean(default=False)
 # Seconds between two looks at the database while waiting.
 poll = float(min=0.05, default=2)
+# Where this slave's web server answers (recorded in the cluster table):
+# before migrating, the master sends one request there to each slave whose
+# row says "down"; an answer other than 503 means it still serves.  Use a
+# URL the master reaches; a loopback URL is checked only from this machine.
+probe_url = string(default='http://127.0.0.1:80/')
+# Seconds the master waits for each answer.
+probe_timeout = float(min=0.1, default=3)
 """
 
 # The part of IVLE's own config spec that ivle-maint relies on.

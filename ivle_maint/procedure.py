@@ -134,7 +134,8 @@ class Procedure:
         """Undo what the BEFORE phase changed; returns the undo steps run."""
         undone = []
         for done_step, undo in UNDO.items():
-            if self.journal.is_done(done_step) and not self.journal.is_done(undo):
+            # Begun counts: a run killed inside stop-web may have stopped it.
+            if done_step in self.journal.steps and not self.journal.is_done(undo):
                 outcome = self.actions[undo](self.ctx)
                 self.reporter.info(f"abort: {undo}: {outcome.summary}")
                 undone.append(undo)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import MaintError
 from . import table
-from .presence import Presence, errors_as_maint
+from .presence import REPORT_WAIT, Presence, errors_as_maint, name_holder
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -69,9 +69,16 @@ def installed_version(settings: Settings, package: str = "ivle") -> str | None:
 
 
 def register(settings: Settings, reporter: Reporter, version: str | None = None, *,
-             strict: bool = True, note: str = "registered") -> dict[str, Any] | None:
-    """Record this idle node; None when an unfinished upgrade owns the row."""
+             strict: bool = True, note: str = "registered",
+             replace: bool = False) -> dict[str, Any] | None:
+    """Record this idle node; None when an unfinished upgrade owns the row.
+
+    A name another machine holds is refused (ConfigError), strict or not:
+    overwriting a live node's row would let the master migrate while that
+    node serves.  REPLACE takes the name over (the old machine is gone)."""
+    from ..errors import ConfigError
     from ..upgrade import unfinished
+    from .ages import human_age
 
     if unfinished(settings) is not None:
         return None
@@ -79,7 +86,22 @@ def register(settings: Settings, reporter: Reporter, version: str | None = None,
     presence = Presence(settings, reporter)
     try:
         row = presence.idle_row(version, service_serving(settings, reporter, version), note)
+        if presence.enabled or strict:
+            conn = presence.connection(wait=None if strict else REPORT_WAIT)
+            with errors_as_maint(settings.ivle_conf().database["name"]):
+                held = next((r for r in table.nodes(conn) if r.name == row["name"]), None)
+            other = name_holder(held, row) if held is not None else None
+            if other and not replace:
+                seen = human_age(held.age if held else None)
+                raise ConfigError(
+                    f"node name {row['name']!r} is held by another machine ({other}, seen "
+                    f"{seen}): give this node its own [node] name, or if it replaces that "
+                    "machine: ivle-maint cluster register --replace")
+            if other:
+                reporter.warn(f"taking over node name {row['name']!r} from {other} (--replace)")
         presence.write(row, strict=strict)
+    except ConfigError:
+        raise
     except MaintError as exc:
         if strict:
             raise
@@ -90,11 +112,61 @@ def register(settings: Settings, reporter: Reporter, version: str | None = None,
     return row
 
 
-def forget(settings: Settings, reporter: Reporter, name: str) -> bool:
+# A node upgrading that reported within this many seconds is probably alive.
+RECENT = 600.0
+
+
+def record_serving(settings: Settings, reporter: Reporter) -> str | None:
+    """After this node's own services command: its row says what runs now.
+
+    A web server brought up by hand during an upgrade runs code loaded
+    before the upgrade finished: recorded as the old version, so the
+    master does not migrate under it.  Best effort, like every report."""
+    from ..upgrade import unfinished
+    from .presence import coordinated
+
+    if not coordinated(settings):
+        return None
+    try:
+        journal = unfinished(settings)
+    except MaintError:
+        journal = None
+    version = journal.old if journal else installed_version(settings)
+    serving = service_serving(settings, reporter, version)
+    presence = Presence(settings, reporter)
+    try:
+        conn = presence.connection(wait=REPORT_WAIT)
+        with errors_as_maint(settings.ivle_conf().database["name"]):
+            known = table.set_serving(conn, presence.name, serving)
+        if not known and journal is None:
+            presence.write(presence.idle_row(version, serving, "recorded by ivle-maint services"))
+    except MaintError as exc:
+        reporter.warn(f"cluster table not updated: {exc}")
+    finally:
+        presence.close()
+    return serving
+
+
+def forget(settings: Settings, reporter: Reporter, name: str, *, force: bool = False) -> bool:
+    """Delete NAME's row; a node seen recently in the middle of an upgrade
+    only with FORCE (its next report would bring the row back half-known)."""
+    from .ages import human_age
+
     presence = Presence(settings, reporter)
     try:
         conn = presence.connection()
         with errors_as_maint(settings.ivle_conf().database["name"]):
+            row = next((r for r in table.nodes(conn) if r.name == name), None)
+            if row is None:
+                return False
+            busy = row.phase != "idle" and (row.age is None or row.age < RECENT)
+            if busy:
+                what = (f"{name} was seen {human_age(row.age)} in the middle of an upgrade "
+                        f"({row.phase}" + (f" at {row.step}" if row.step else "") + ")")
+                if not force:
+                    raise MaintError(f"{what}: it looks alive; if it is really gone: "
+                                     f"ivle-maint cluster forget --force {name}")
+                reporter.warn(f"{what}; forgetting it anyway (--force)")
             return table.forget(conn, name)
     finally:
         presence.close()

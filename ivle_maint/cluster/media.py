@@ -7,12 +7,18 @@ added later, one whose state was lost, one reinstalled alone.  So a
 coordinated slave asks the database first:
 
 1. this upgrade already chose a value (a rerun): that value;
-2. the newest value chosen for VERSION is not the one this slave serves:
-   another slave got there first; take it;
+2. a value was chosen for VERSION and this is an upgrade from another
+   version, or the newest value is not the one this slave serves: another
+   slave got there first; take it.  An upgrading slave whose ivle.conf
+   already holds that value (pushed by configuration management) agrees
+   with the cluster: it is no reuse;
 3. otherwise (first slave of this round; for a reinstall the value it
    serves is the newest): the next value by the usual rule, counting the
    values every node used, claimed by an INSERT; if another slave claimed
-   it at the same moment, the newest value, as in 2.
+   it at the same moment, the newest value, as in 2.  A reinstall that
+   claims a new value while other slaves, not reinstalling, keep the old
+   one is told so at once: the media versions will differ until they
+   reinstall too.
 
 The choice goes into this node's record under the upgrade's identity
 before ivle.conf is touched, so the media step then writes exactly it.
@@ -20,12 +26,11 @@ before ivle.conf is touched, so the media step then writes exactly it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MaintError
 from ..steps.media import Record, next_value, plan_media_version
 from . import table
-from .presence import errors_as_maint
 
 if TYPE_CHECKING:
     from ..upgrade import UpgradeContext
@@ -34,6 +39,18 @@ if TYPE_CHECKING:
 def _latest(values: list[tuple[str, str]], version: str) -> str | None:
     chosen = [value for value, for_version in values if for_version == version]
     return chosen[-1] if chosen else None
+
+
+def _warn_alone(ctx: UpgradeContext, conn: Any, current: str | None, chosen: str) -> None:
+    """A reinstall's new value: say which slaves keep the old one."""
+    me = ctx.cluster.name
+    others = [r.name for r in table.nodes(conn)
+              if r.has_web and r.name != me and r.media == current and r.target != ctx.new]
+    if others:
+        ctx.reporter.warn(
+            f"this reinstall of {ctx.new} changes the media version {current} -> {chosen} "
+            f"here only: {', '.join(others)} keep {current}, so the media versions differ "
+            f"until they reinstall {ctx.new} too")
 
 
 def agree(ctx: UpgradeContext) -> str | None:
@@ -51,22 +68,24 @@ def agree(ctx: UpgradeContext) -> str | None:
     mine = [e.value for e in record.entries if e.upgrade == ctx.upgrade_id]
     if mine:
         return mine[-1]
-    conn = presence.connection()
-    with errors_as_maint(ctx.ivle_conf.database["name"]):
+
+    def choose(conn: Any) -> str:
+        # Run again whole after a lost connection: a claim that was
+        # committed is then the newest value, taken as in rule 2.
         for _ in range(3):  # a lost race is followed by a plain read
             values = table.media_values(conn)
             latest = _latest(values, ctx.new)
-            if latest is not None and latest != current:
-                break
+            if latest is not None and (latest != current or ctx.old != ctx.new):
+                return latest
             used = record.used | {v for v, _ in values} | ({current} if current else set())
             candidate = next_value(ctx.new, used)
             if table.claim_media(conn, candidate, ctx.new, presence.name):
-                latest = candidate
-                break
-        else:
-            raise MaintError("could not agree on a media version with the other nodes; "
-                             "run again")
-    assert latest is not None  # each way out of the loop set it
+                if ctx.old == ctx.new:
+                    _warn_alone(ctx, conn, current, candidate)
+                return candidate
+        raise MaintError("could not agree on a media version with the other nodes; run again")
+
+    latest = presence.query(choose)
     record.add(latest, ctx.new, ctx.upgrade_id)
     record.save()
     return latest

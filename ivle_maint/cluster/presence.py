@@ -5,17 +5,23 @@ it writes says what the other nodes need: which code is on the disk,
 which version the service runs (NULL while down), the target and phase.
 Reports are best effort: a database that is restarting must not fail a
 step, so a failed report is one warning and the next report tries again.
+The row that ends a run (failed, idle) waits up to [database] wait_timeout
+for the server, and if even that fails it is kept in the state directory
+(PENDING_ROW) and written by the next ivle-maint that reaches the
+database, so the table never keeps saying "waiting" for a run that ended.
 What the safety rules need (the waits, the media choice) connects through
-connection(), which fails loudly instead.
+connection(), which fails loudly instead; query() runs one look of a wait
+and reconnects when the server restarted under it.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import MaintError
 from . import table
@@ -27,9 +33,21 @@ if TYPE_CHECKING:
     from ..procedure import Step
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 NODE_ID_FILE = "node-id"
+PENDING_ROW = "cluster-row.pending.json"  # a final row the database missed
 REPORT_WAIT = 5.0  # seconds a report waits for a starting server
+STATUS_EVERY = 5.0  # seconds between two looks at the web server for the row
+
+
+def connection_lost(exc: BaseException, conn: Any) -> bool:
+    """Did EXC come from the server going away (restart, crash), not a bad query?"""
+    import psycopg2
+
+    if isinstance(exc, psycopg2.InterfaceError):  # "connection already closed"
+        return True
+    return isinstance(exc, psycopg2.OperationalError) and bool(conn is None or conn.closed)
 
 
 def coordinated(settings: Settings) -> bool:
@@ -51,6 +69,37 @@ def node_id(settings: Settings) -> str:
         value = uuid.uuid4().hex
         write_state_file(path, f"{value}\n".encode(), mode=0o644)
         return value
+
+
+MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
+
+
+def machine_id(settings: Settings) -> str | None:
+    """[node] machine_id, else the system's machine id; None if there is none."""
+    configured = str(settings["node"]["machine_id"] or "")
+    if configured:
+        return configured
+    for path in MACHINE_ID_FILES:
+        try:
+            with open(path, encoding="ascii") as handle:
+                value = handle.read().strip()
+        except (OSError, ValueError):
+            continue
+        if value:
+            return value
+    return None
+
+
+def name_holder(row: table.NodeRow, mine: dict[str, Any]) -> str | None:
+    """Who else holds ROW's name, or None when the row is this machine's.
+
+    The machine id decides; a row an older ivle-maint wrote has none, and
+    then the node id kept in the state directory does."""
+    if row.machine and mine.get("machine"):
+        same = row.machine == mine["machine"]
+    else:
+        same = row.instance == mine["instance"]
+    return None if same else f"host {row.host}, machine {row.machine or row.instance}"
 
 
 def web_serving(settings: Settings, journal: Journal) -> str | None:
@@ -101,6 +150,7 @@ class Presence:
         self._conn: Any = None
         self._warned = False
         self._jail_use: tuple[int | None, int | None] | None = None
+        self._web_seen: tuple[float, bool] | None = None  # (when, running)
 
     # -- the database ------------------------------------------------------
 
@@ -121,7 +171,64 @@ class Presence:
             conn.close()
             raise
         self._conn = conn
+        self._flush_pending(conn)
         return conn
+
+    def query(self, look: Callable[[Any], T]) -> T:
+        """LOOK(conn), reconnecting within [database] wait_timeout when the
+        server drops the connection (a restart by apt takes a fraction of a
+        second, a crash recovery longer); a bad query still fails at once."""
+        dbname = self.settings.ivle_conf().database["name"]
+        budget = float(self.settings["database"]["wait_timeout"])
+        lost_at: float | None = None
+        while True:
+            remaining = budget if lost_at is None else budget - (time.monotonic() - lost_at)
+            try:
+                conn = self.connection(wait=max(0.0, remaining))
+            except MaintError:
+                if lost_at is None:
+                    raise
+                raise MaintError(f"database {dbname}: the connection was lost and not back "
+                                 f"within {budget:g}s ([database] wait_timeout)") from None
+            try:
+                result = look(conn)
+            except Exception as exc:
+                if not connection_lost(exc, conn):
+                    self._raise_as_maint(exc, dbname)
+                self.close()
+                if lost_at is None:
+                    lost_at = time.monotonic()
+                    self.reporter.info(f"lost the connection to database {dbname} "
+                                       f"({_first_line(exc)}); reconnecting, up to {budget:g}s")
+                time.sleep(0.2)
+                continue
+            if lost_at is not None:
+                self.reporter.info(f"reconnected to database {dbname} after "
+                                   f"{time.monotonic() - lost_at:.1f}s")
+            return result
+
+    @staticmethod
+    def _raise_as_maint(exc: Exception, dbname: str) -> None:
+        with errors_as_maint(dbname):
+            raise exc
+
+    def _flush_pending(self, conn: Any) -> None:
+        """Write the final row an earlier run could not, unless newer news exists."""
+        import json
+
+        path = self.settings.path_of("state") / PENDING_ROW
+        try:
+            row = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        try:
+            with errors_as_maint(self.settings.ivle_conf().database["name"]):
+                table.upsert(conn, row)
+        except MaintError as exc:
+            log.info("pending cluster row not written yet: %s", exc)
+            return
+        path.unlink(missing_ok=True)
+        log.info("wrote the cluster row an earlier run could not: %s", row.get("phase"))
 
     def _grantee(self) -> str | None:
         try:
@@ -141,8 +248,11 @@ class Presence:
         self.journal, self.code_is_new = journal, code_is_new
 
     def _base(self) -> dict[str, Any]:
+        has_web = self.settings.role in ("slave", "both")
         return {"name": self.name, "role": self.settings.role, "host": table.hostname(),
-                "instance": node_id(self.settings), "media": current_media(self.settings)}
+                "instance": node_id(self.settings), "media": current_media(self.settings),
+                "machine": machine_id(self.settings),
+                "probe_url": self.settings["cluster"]["probe_url"] if has_web else None}
 
     def row(self, phase: str, step: str | None = None, note: str | None = None) -> dict[str, Any]:
         """The row for this run's journal in PHASE."""
@@ -151,7 +261,7 @@ class Presence:
         new_code = self.code_is_new or j.state == "complete"
         mounts, consoles = self._jails_in_use(j)
         return {**self._base(), "version": j.new if new_code else j.old,
-                "serving": web_serving(self.settings, j),
+                "serving": self._serving(j),
                 "target": None if phase == "idle" else j.new, "phase": phase, "step": step,
                 "note": note, "mounts": mounts, "consoles": consoles}
 
@@ -166,6 +276,24 @@ class Presence:
             self._jail_use = count_jail_use(self.settings)
         return self._jail_use
 
+    def _serving(self, j: Journal) -> str | None:
+        """web_serving, unless a web server the journal says is down runs
+        anyway (started by hand): then the old code, to be safe."""
+        serving = web_serving(self.settings, j)
+        if serving is not None or self.settings.role not in ("slave", "both"):
+            return serving
+        from ..steps.services import RUNNING, control_from_settings
+
+        now = time.monotonic()
+        if self._web_seen is None or now - self._web_seen[0] >= STATUS_EVERY:
+            try:
+                control = control_from_settings(self.settings, self.reporter)
+                running = control.status(self.settings["services"]["web"]) == RUNNING
+            except MaintError:
+                return serving
+            self._web_seen = (now, running)
+        return j.old if self._web_seen[1] else None
+
     def idle_row(self, version: str | None, serving: str | None, note: str) -> dict[str, Any]:
         """The row of a node that is not upgrading (cluster register, fresh install);
         its jails are not counted: idle, it may mount one at any moment."""
@@ -173,26 +301,48 @@ class Presence:
                 "phase": "idle", "step": None, "note": note, "mounts": None,
                 "consoles": None}
 
-    def write(self, row: dict[str, Any], *, strict: bool = False) -> None:
-        """Write the row; strict raises, otherwise a failure is one warning."""
+    def write(self, row: dict[str, Any], *, strict: bool = False, final: bool = False) -> None:
+        """Write the row; strict raises, otherwise a failure is one warning.
+        A FINAL row (the run ends) waits for the server, else is kept for later."""
         if not self.enabled and not strict:
             return
         try:
-            conn = self.connection(wait=None if strict else REPORT_WAIT)
+            conn = self.connection(wait=None if strict or final else REPORT_WAIT)
             with errors_as_maint(self.settings.ivle_conf().database["name"]):
                 before = table.upsert(conn, row)
         except MaintError as exc:
             self.close()  # reconnect next time: the server may be restarting
             if strict:
                 raise
+            if final:
+                self._keep_pending(row)
+                self.reporter.warn(f"cluster table not updated: {exc}; the next ivle-maint "
+                                   "that reaches the database records this node's state")
+                return
             if not self._warned:
                 self.reporter.warn(f"cluster table not updated: {exc}")
                 self._warned = True
             return
+        self._drop_pending()
         if before is not None and before != row["instance"]:
             self.reporter.warn(
                 f"another ivle-maint also recorded itself as node {self.name!r}: give each "
                 "node its own [node] name (or 'ivle-maint cluster forget' the gone one)")
+
+    def _keep_pending(self, row: dict[str, Any]) -> None:
+        import json
+
+        from ..atomic import write_atomic
+
+        path = self.settings.path_of("state") / PENDING_ROW
+        try:
+            write_atomic(path, (json.dumps(row) + "\n").encode(), mode=0o644)
+        except OSError as exc:
+            log.warning("could not keep the unwritten cluster row: %s", exc)
+
+    def _drop_pending(self) -> None:
+        # This row is newer than any kept one.
+        (self.settings.path_of("state") / PENDING_ROW).unlink(missing_ok=True)
 
     def observe(self, event: str, step: Step | None) -> None:
         """procedure.Observer: follow the journal into the table."""
@@ -202,15 +352,16 @@ class Presence:
         if step is not None:
             record = j.steps.get(step.name)
             if event == "failed":
-                self.write(self.row("failed", step.name, record.error if record else None))
+                self.write(self.row("failed", step.name, record.error if record else None),
+                           final=True)
             else:
                 self.write(self.row(step.phase, step.name))
         elif event == "aborted":
-            self.write(self.row("idle", note=f"upgrade to {j.new} abandoned"))
+            self.write(self.row("idle", note=f"upgrade to {j.new} abandoned"), final=True)
         elif j.state == "complete":
-            self.write(self.row("idle", note=f"upgraded {j.old} -> {j.new}"))
+            self.write(self.row("idle", note=f"upgraded {j.old} -> {j.new}"), final=True)
         else:  # the before-phase alone ran: dpkg unpacks next
-            self.write(self.row("unpack", note=f"ready for the code of {j.new}"))
+            self.write(self.row("unpack", note=f"ready for the code of {j.new}"), final=True)
 
     def waiting(self, step: str, note: str) -> None:
         if self.journal is not None:
@@ -221,10 +372,9 @@ class Presence:
         if not self.enabled or self.journal is None:
             return
         conn = self.connection()
-        mine = node_id(self.settings)
         with errors_as_maint(self.settings.ivle_conf().database["name"]):
             other = next((r for r in table.nodes(conn) if r.name == self.name), None)
-        if other is not None and other.instance != mine:
+        if other is not None and name_holder(other, self._base()):
             raise MaintError(
                 f"the cluster table already has a node named {self.name!r} written by another "
                 f"ivle-maint (host {other.host}, node id {other.instance}): give this node its "
@@ -243,3 +393,8 @@ def errors_as_maint(dbname: str) -> Iterator[None]:
         from ..db.apply import pg_reason
 
         raise MaintError(f"database {dbname}: {pg_reason(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__

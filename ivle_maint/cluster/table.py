@@ -7,6 +7,11 @@
         instance    text               random id kept in the node's state
                                        directory: two nodes with one name
                                        are told apart by it
+        machine     text               /etc/machine-id ([node] machine_id):
+                                       the same machine even when its state
+                                       directory was lost (register)
+        probe_url   text               where its web server answers, for the
+                                       master's check ([cluster] probe_url)
         version     text               the IVLE code on the node's disk
         serving     text               the version its service runs (the web
                                        server; usrmgt on a master); NULL: down
@@ -61,10 +66,12 @@ CREATE TABLE IF NOT EXISTS {NODES} (
     step text,
     media text,
     note text,
-    last_seen timestamptz NOT NULL DEFAULT now()
+    last_seen timestamptz NOT NULL DEFAULT now(),
+    mounts integer,
+    consoles integer,
+    machine text,
+    probe_url text
 );
-ALTER TABLE {NODES} ADD COLUMN IF NOT EXISTS mounts integer;
-ALTER TABLE {NODES} ADD COLUMN IF NOT EXISTS consoles integer;
 COMMENT ON TABLE {NODES} IS
     'IVLE nodes as ivle-maint last saw them (ivle-maint cluster status); each node writes its row';
 CREATE TABLE IF NOT EXISTS {MEDIA} (
@@ -78,9 +85,11 @@ COMMENT ON TABLE {MEDIA} IS
 """
 
 FIELDS = ("name", "role", "host", "instance", "version", "serving", "target", "phase", "step",
-          "media", "note", "mounts", "consoles")
-# Columns added after the first release: a table without them is altered.
-LATER_COLUMNS = ("mounts", "consoles")
+          "media", "note")
+# Columns a newer ivle-maint added: a table created by an older one gets
+# them from the first node allowed to ALTER it; until then they read NULL.
+LATER = {"mounts": "integer", "consoles": "integer", "machine": "text",
+         "probe_url": "text"}
 
 
 @dataclass(frozen=True)
@@ -96,10 +105,12 @@ class NodeRow:
     step: str | None
     media: str | None
     note: str | None
-    mounts: int | None
-    consoles: int | None
     last_seen: datetime | None = None
-    age: float | None = None  # seconds since last_seen, by the server's clock
+    age: float | None = None  # seconds since last_seen, by the server's clock, >= 0
+    mounts: int | None = None
+    consoles: int | None = None
+    machine: str | None = None
+    probe_url: str | None = None
 
     @property
     def has_web(self) -> bool:
@@ -112,20 +123,35 @@ def _exists(cur: Any, table: str) -> bool:
     return found
 
 
-def _missing_columns(cur: Any) -> bool:
-    cur.execute("SELECT count(*) FROM information_schema.columns "
-                "WHERE table_name = %s AND column_name = ANY(%s)", [NODES, list(LATER_COLUMNS)])
-    found: int = cur.fetchone()[0]
-    return found < len(LATER_COLUMNS)
+def _columns(cur: Any) -> set[str]:
+    cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+                "AND attnum > 0 AND NOT attisdropped", [NODES])
+    return {row[0] for row in cur.fetchall()}
+
+
+def _add_later_columns(cur: Any) -> None:
+    """ALTER in the LATER columns if this role may (it owns the table)."""
+    import psycopg2.errors
+
+    for column in LATER.keys() - _columns(cur):
+        cur.execute("SAVEPOINT add_column")
+        try:
+            cur.execute(f"ALTER TABLE {NODES} ADD COLUMN IF NOT EXISTS {column} {LATER[column]}")
+        except psycopg2.errors.InsufficientPrivilege:
+            cur.execute("ROLLBACK TO SAVEPOINT add_column")  # the owner adds it later
 
 
 def ensure(conn: Any, grantee: str | None = None) -> None:
     """Create both tables once; let GRANTEE (ivle.conf's user, which the
     slaves connect as) write them when another role creates them."""
     with conn, conn.cursor() as cur:
-        if _exists(cur, NODES) and _exists(cur, MEDIA) and not _missing_columns(cur):
+        both = _exists(cur, NODES) and _exists(cur, MEDIA)
+        if both and not LATER.keys() - _columns(cur):
             return
         cur.execute("SELECT pg_advisory_xact_lock(%s)", [_CREATE_LOCK])
+        if both:  # an older ivle-maint's tables (COMMENT ON needs their owner)
+            _add_later_columns(cur)
+            return
         cur.execute("SELECT current_user")
         me = cur.fetchone()[0]
         cur.execute(DDL)
@@ -140,14 +166,15 @@ def ensure(conn: Any, grantee: str | None = None) -> None:
 
 def upsert(conn: Any, row: dict[str, Any]) -> str | None:
     """Write this node's row; returns the instance id the row had before."""
-    values = [row.get(f) for f in FIELDS]
-    updates = ", ".join(f"{f} = EXCLUDED.{f}" for f in FIELDS[1:])
     with conn, conn.cursor() as cur:
+        fields = [*FIELDS, *(c for c in LATER if c in _columns(cur))]
+        values = [row.get(f) for f in fields]
+        updates = ", ".join(f"{f} = EXCLUDED.{f}" for f in fields[1:])
         cur.execute(f"SELECT instance FROM {NODES} WHERE name = %s FOR UPDATE", [row["name"]])
         before = cur.fetchone()
         cur.execute(
-            f"INSERT INTO {NODES} ({', '.join(FIELDS)}, last_seen) "
-            f"VALUES ({', '.join(['%s'] * len(FIELDS))}, now()) "
+            f"INSERT INTO {NODES} ({', '.join(fields)}, last_seen) "
+            f"VALUES ({', '.join(['%s'] * len(fields))}, now()) "
             f"ON CONFLICT (name) DO UPDATE SET {updates}, last_seen = now()",
             values,
         )
@@ -159,11 +186,24 @@ def nodes(conn: Any) -> list[NodeRow]:
     with conn, conn.cursor() as cur:
         if not _exists(cur, NODES):
             return []
+        have = _columns(cur)
+        later = ", ".join(c if c in have else f"NULL AS {c}" for c in LATER)
         cur.execute(
             f"SELECT {', '.join(FIELDS)}, last_seen, "
-            f"extract(epoch FROM now() - last_seen)::float8 FROM {NODES} ORDER BY name"
+            f"greatest(0, extract(epoch FROM now() - last_seen))::float8, {later} FROM {NODES} "
+            "ORDER BY name"
         )
         return [NodeRow(*row) for row in cur.fetchall()]
+
+
+def set_serving(conn: Any, name: str, serving: str | None) -> bool:
+    """Record what NAME's service runs now; False when NAME has no row."""
+    with conn, conn.cursor() as cur:
+        if not _exists(cur, NODES):
+            return False
+        cur.execute(f"UPDATE {NODES} SET serving = %s, last_seen = now() WHERE name = %s",
+                    [serving, name])
+        return bool(cur.rowcount == 1)
 
 
 def forget(conn: Any, name: str) -> bool:
@@ -181,6 +221,12 @@ def applied_keys(conn: Any) -> set[str] | None:
             return None
         cur.execute(f"SELECT key FROM {MARKER}")
         return {row[0] for row in cur.fetchall()}
+
+
+def has_ivle_tables(conn: Any) -> bool:
+    """Does the database hold IVLE's own schema (its users' table)?"""
+    with conn, conn.cursor() as cur:
+        return _exists(cur, "login")
 
 
 def media_values(conn: Any) -> list[tuple[str, str]]:

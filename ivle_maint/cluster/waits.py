@@ -19,8 +19,10 @@ rebuild changes what every slave mounts.  Hence three waits:
 
 Each look is one query; progress is printed when what is awaited changes
 (for a slave: at each of the master's steps) and every PROGRESS_EVERY
-seconds; the row in ivle_maint_nodes says "waiting" all along.  At the
-deadline the step fails with the resume command; nothing hangs.
+seconds; the row in ivle_maint_nodes says "waiting" all along.  A look
+that loses its connection (PostgreSQL restarted, as apt may do on the
+master) reconnects within [database] wait_timeout (Presence.query).  At
+the deadline the step fails with the resume command; nothing hangs.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MaintError
-from . import table
-from .presence import errors_as_maint
+from . import probe, table
+from .ages import human_age
 
 if TYPE_CHECKING:
     from ..upgrade import UpgradeContext
@@ -54,7 +56,7 @@ class TimedOut(Exception):
 
 
 def describe(row: NodeRow) -> str:
-    seen = f"seen {row.age:.0f}s ago" if row.age is not None else "never seen"
+    seen = "never seen" if row.age is None else f"seen {human_age(row.age)}"
     where = f"{row.phase}" + (f" at {row.step}" if row.step else "")
     serving = f"serves {row.serving}" if row.serving else "down"
     return f"{row.name} ({row.role}, {serving}, {where}, {seen})"
@@ -68,9 +70,7 @@ def poll(ctx: UpgradeContext, check: Callable[[Any], Pending | None], *, step: s
     started = time.monotonic()
     shown, shown_at = "", 0.0
     while True:
-        conn = presence.connection()
-        with errors_as_maint(ctx.ivle_conf.database["name"]):
-            pending = check(conn)
+        pending = presence.query(check)  # reconnects if the server restarts
         now = time.monotonic()
         if pending is None:
             return now - started
@@ -110,27 +110,46 @@ def wait_for_slaves(ctx: UpgradeContext) -> str:
     conf = ctx.settings["cluster"]
     me = presence.name
     if conf["migrate_while_serving"] or ctx.migrate_while_serving:
-        old = serving_old(table.nodes(presence.connection()), me, ctx.new)
+        old = serving_old(presence.query(table.nodes), me, ctx.new)
         names = ", ".join(r.name for r in old) or "none"
         return f"told to migrate while slaves serve the old code ({names})"
 
+    host, probe_timeout = table.hostname(), float(conf["probe_timeout"])
+    blocking: list[NodeRow] = []
+    told_blind: list[str] = []
+
     def check(conn: Any) -> Pending | None:
-        old = serving_old(table.nodes(conn), me, ctx.new)
-        if not old:
+        rows = table.nodes(conn)
+        blind = probe.unchecked(rows, me, host)
+        if blind and blind != told_blind:
+            told_blind[:] = blind
+            ctx.reporter.warn(f"cannot check from here whether the web servers of "
+                              f"{', '.join(blind)} answer (no [cluster] probe_url reachable "
+                              "from this machine): trusting their rows")
+        old = serving_old(rows, me, ctx.new)
+        # A row says what ivle-maint did; a web server started by hand is
+        # only found by asking it.
+        answering = probe.answering(rows, me, host, probe_timeout)
+        blocking[:] = [*old, *(r for r, _ in answering)]
+        if not old and not answering:
             return None
-        return Pending(" ".join(r.name for r in old), "; ".join(describe(r) for r in old))
+        texts = [describe(r) for r in old] + [f"{describe(r)}, but {text}"
+                                              for r, text in answering]
+        return Pending(" ".join(r.name for r in blocking), "; ".join(texts))
 
     timeout = float(conf["slaves_timeout"])
     try:
         waited = poll(ctx, check, step="migrate", timeout=timeout,
                       label="the slaves to stop serving the old code")
     except TimedOut as exc:
+        gone = "; ".join(f"ivle-maint cluster forget {r.name} (last seen {human_age(r.age)})"
+                         for r in blocking)
         raise MaintError(
             f"slaves still serve code older than {ctx.new} after {timeout:g}s ([cluster] "
             f"slaves_timeout), nothing migrated: {exc.pending.text}.  Upgrade them (their "
-            "preinst stops the web server) or stop their web servers, then resume; to migrate "
-            "anyway: [cluster] migrate_while_serving = yes, or ivle-maint rerun "
-            "--migrate-while-serving",
+            "preinst stops the web server) or stop their web servers, then resume; if a node "
+            f"is gone for good: {gone}; to migrate anyway: [cluster] migrate_while_serving = "
+            "yes, or ivle-maint rerun --migrate-while-serving",
             resume=ctx.resume,
         ) from None
     return f"no slave serves the old code (waited {waited:.1f}s)"
@@ -208,13 +227,16 @@ def wait_for_master(ctx: UpgradeContext) -> str:
     keys = [m.key for m in discover(ctx.migrations)]
     me = presence.name
     conf = ctx.settings["cluster"]
-    conn = presence.connection()
-    with errors_as_maint(ctx.ivle_conf.database["name"]):
-        masters = [r for r in table.nodes(conn) if r.role != "slave" and r.name != me]
-        marker = table.applied_keys(conn)
-    if conf["coordinate"] == "auto" and marker is None and not masters:
-        ctx.reporter.warn("the database knows no ivle-maint master (no migration marker, no "
-                          "master in ivle_maint_nodes): not waiting for migrations")
+    masters, marker, ivle_tables = presence.query(lambda conn: (
+        [r for r in table.nodes(conn) if r.role != "slave" and r.name != me],
+        table.applied_keys(conn), table.has_ivle_tables(conn)))
+    # No master row is not "nothing to wait for" on a database that holds
+    # IVLE's tables: its master may simply never have run ivle-maint yet.
+    if (conf["coordinate"] == "auto" and marker is None and not masters
+            and not ivle_tables):
+        ctx.reporter.warn("the database knows no ivle-maint master and holds no IVLE tables "
+                          "(no migration marker, no master in ivle_maint_nodes, no table "
+                          "login): not waiting for migrations")
         return "no ivle-maint master known: did not wait"
     if not masters:
         ctx.reporter.warn("no master has recorded itself in ivle_maint_nodes: waiting for the "

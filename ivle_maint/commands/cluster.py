@@ -33,23 +33,31 @@ def register(sub: Any) -> None:
     status.add_argument("--json", action="store_true", help="one JSON document on stdout")
     status.add_argument("--expect", metavar="VERSION",
                         help="exit 1 unless every node is idle on VERSION with its service "
-                        "up, the slaves share one media version and this node's migrations "
-                        "are applied")
+                        "up (a web server is asked at its [cluster] probe_url where this "
+                        "machine can reach it), the slaves share one media version and this "
+                        "node's migrations are applied")
     status.set_defaults(func=cmd_status)
 
     reg = actions.add_parser(
         "register", help="record this node (idle) in the cluster table",
         description="Record this node, its installed version and whether its service runs.  "
         "Every upgrade does this too; run it once on each node of a new cluster so the "
-        "others know it before its first upgrade.")
+        "others know it before its first upgrade.  A name another machine holds (its "
+        "machine id, [node] machine_id) is refused with exit status 2 unless --replace.")
     reg.add_argument("--version", metavar="VERSION",
                      help="the installed IVLE version (default: ivle-maint's record, then dpkg)")
+    reg.add_argument("--replace", action="store_true",
+                     help="take over a name another machine holds (that machine is gone)")
     reg.set_defaults(func=cmd_register)
 
     forget = actions.add_parser("forget", help="remove a node that is gone from the table",
-                                description="Remove NAME's row (a decommissioned node).")
+                                description="Remove NAME's row (a decommissioned node).  "
+                                "A node seen in the last 10 minutes in the middle of an "
+                                "upgrade is refused without --force.")
     forget.add_argument("name", metavar="NAME",
                         help="the node's name as 'cluster status' shows it")
+    forget.add_argument("--force", action="store_true",
+                        help="forget it even if it was seen recently in the middle of an upgrade")
     forget.set_defaults(func=cmd_forget)
 
     prepare = actions.add_parser(
@@ -61,15 +69,10 @@ def register(sub: Any) -> None:
                          help="the version about to be installed")
     prepare.add_argument("--from", dest="old", metavar="OLD",
                          help="the installed version (default: ivle-maint's record, then dpkg)")
+    prepare.add_argument("--abandon", action="store_true",
+                         help="undo an unfinished before-phase to NEW instead, as dpkg's "
+                         "abort-upgrade does (start the web server again on the old code)")
     prepare.set_defaults(func=cmd_prepare)
-
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.0f}s ago"
-    return f"{seconds / 60:.0f}m ago" if seconds < 7200 else f"{seconds / 3600:.0f}h ago"
 
 
 def cmd_status(ctx: Context) -> int:
@@ -82,7 +85,7 @@ def cmd_status(ctx: Context) -> int:
     if ctx.args.expect:
         directory = ctx.settings.path_of("migrations")
         shipped = [m.key for m in discover(directory)] if directory.is_dir() else []
-        found = problems(status, ctx.args.expect, shipped)
+        found = problems(status, ctx.args.expect, shipped) + not_answering(ctx, status)
     if ctx.args.json:
         rows = [{**row.__dict__, "last_seen": row.last_seen.isoformat() if row.last_seen
                  else None} for row in status.nodes]
@@ -100,13 +103,30 @@ def cmd_status(ctx: Context) -> int:
     return 0
 
 
+def not_answering(ctx: Context, status: Any) -> list[str]:
+    """Web nodes whose row says they serve but whose web server does not answer."""
+    from ..cluster import probe, table
+
+    host, timeout = table.hostname(), float(ctx.settings["cluster"]["probe_timeout"])
+    found = []
+    for row in status.nodes:
+        if row.has_web and row.serving and probe.checkable(row, host):
+            answer = probe.ask(row.probe_url, timeout)
+            if not answer.serving:
+                found.append(f"{row.name}'s row says it serves {row.serving}, but "
+                             f"{answer.text}")
+    return found
+
+
 def _print_table(status: Any) -> None:
+    from ..cluster.ages import human_age
+
     if not status.nodes:
         print("no node has recorded itself yet (ivle-maint cluster register)")
         return
     head = ("NAME", "ROLE", "VERSION", "SERVING", "TARGET", "PHASE", "MEDIA", "LAST SEEN", "HOST")
     rows = [(r.name, r.role, r.version or "-", r.serving or "down", r.target or "-",
-             r.phase + (f" ({r.step})" if r.step else ""), r.media or "-", _age(r.age), r.host)
+             r.phase + (f" ({r.step})" if r.step else ""), r.media or "-", human_age(r.age), r.host)
             for r in status.nodes]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
     for line in (head, *rows):
@@ -127,7 +147,7 @@ def _print_table(status: Any) -> None:
 def cmd_register(ctx: Context) -> int:
     from ..cluster.admin import register as record
 
-    row = record(ctx.settings, ctx.reporter, ctx.args.version)
+    row = record(ctx.settings, ctx.reporter, ctx.args.version, replace=ctx.args.replace)
     if row is None:
         ctx.reporter.info("an upgrade is unfinished here; its runs keep this node's row")
     else:
@@ -140,7 +160,7 @@ def cmd_register(ctx: Context) -> int:
 def cmd_forget(ctx: Context) -> int:
     from ..cluster.admin import forget
 
-    if not forget(ctx.settings, ctx.reporter, ctx.args.name):
+    if not forget(ctx.settings, ctx.reporter, ctx.args.name, force=ctx.args.force):
         raise MaintError(f"no node named {ctx.args.name!r} in the cluster table")
     ctx.reporter.info(f"forgot node {ctx.args.name}")
     return 0
@@ -154,6 +174,8 @@ def cmd_prepare(ctx: Context) -> int:
 
     args, settings = ctx.args, ctx.settings
     pending = unfinished_matching(settings, new=args.new)
+    if args.abandon:
+        return _abandon(ctx, pending)
     before = [s.name for s in steps_for(settings.role, [BEFORE])]
     if pending and all(pending[0].is_done(name) for name in before):
         # Already down (or further: a failed after-phase); dpkg finishes it.
@@ -168,4 +190,26 @@ def cmd_prepare(ctx: Context) -> int:
     up = UpgradeContext(settings=settings, reporter=ctx.reporter, old=old, new=args.new,
                         resume=f"ivle-maint cluster prepare --to {args.new}")
     run_phases(up, (BEFORE,))
+    return 0
+
+
+def _abandon(ctx: Context, pending: list[Any]) -> int:
+    """Give back a slave prepared for an upgrade that will not happen now."""
+    from ..procedure import AFTER, steps_for
+    from ..upgrade import UpgradeContext, abort
+
+    if not pending:
+        ctx.reporter.info(f"no unfinished upgrade to {ctx.args.new}: nothing to abandon")
+        return 0
+    journal = pending[0]
+    after = [s.name for s in steps_for(ctx.settings.role, [AFTER])]
+    if any(name in journal.steps for name in after):
+        raise MaintError(f"the upgrade {journal.old} -> {journal.new} is past its "
+                         "before-phase (the new code is in place): finish it instead",
+                         resume="dpkg --configure -a")
+    up = UpgradeContext(settings=ctx.settings, reporter=ctx.reporter, old=journal.old,
+                        new=journal.new, resume=f"ivle-maint cluster prepare --to {journal.new}")
+    undone = abort(up)
+    ctx.reporter.info(f"abandoned {journal.old} -> {journal.new}; restarted: "
+                      f"{', '.join(undone) or 'nothing'}")
     return 0

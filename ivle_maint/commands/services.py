@@ -11,7 +11,9 @@ ORDER = 30
 EPILOG = """\
 services: 'web' is [services] web (apache2, on slaves), 'usrmgt' is
 [services] usrmgt (ivle-usrmgt-server, on the master), 'all' (default) is
-every service of this node's [node] role.  Actions go through invoke-rc.d
+every service of this node's [node] role.  On a node in a cluster, an
+action on the web server also updates this node's row in the cluster
+table (see 'ivle-maint cluster').  Actions go through invoke-rc.d
 when it exists, so policy-rc.d is obeyed (a forbidden action is reported
 as skipped); see [services] backend.  Each action is verified with the
 service's status, waiting up to [services] timeout seconds.
@@ -41,7 +43,15 @@ def cmd_services(ctx: Context) -> int:
     from ..steps import services
 
     if ctx.args.action != "status":
-        services.run_action(ctx.settings, ctx.reporter, ctx.args.action, ctx.args.which)
+        try:
+            services.run_action(ctx.settings, ctx.reporter, ctx.args.action, ctx.args.which)
+        finally:
+            if ctx.args.which in ("web", "all") and ctx.settings.role in ("slave", "both"):
+                from ..cluster.admin import record_serving
+
+                # The other nodes must know: the master migrates only once
+                # no slave's web server serves.
+                record_serving(ctx.settings, ctx.reporter)
         return 0
     control = services.control_from_settings(ctx.settings, ctx.reporter)
     states = {name: control.status(name)

@@ -1,8 +1,12 @@
 """A PostgreSQL session advisory lock: one migration runner at a time.
 
 The lock lives in the server, so it covers runners on every node and in
-every shell; it belongs to the session, so a runner that dies (even by
-SIGKILL) releases it when its connection drops: no stale lock to clear.
+every shell; it belongs to the session, so there is no stale lock file to
+clear.  A runner killed by SIGKILL does not release it at once, though:
+its backend notices the dropped connection only when its statement ends
+(a migration's statement may run on for seconds; about 14 s was seen), and
+holds the lock until then; a waiting runner sees the holder in
+pg_stat_activity meanwhile.
 """
 
 from __future__ import annotations

@@ -951,7 +951,10 @@ def setup_cluster_node(role: str, name: str, web_port: int) -> None:
     prepare_chroot()
     install_ivle_maint()
     title(f"set up {name} ({role}) at {OLD}")
-    write(CONF_DIR / "ivle-maint.conf", CLUSTER_CONF_TEXT.format(role=role, name=name))
+    # [cluster] is the last section: where this slave's web server answers,
+    # for the master's check before it migrates.
+    probe = f"probe_url = http://127.0.0.1:{web_port}/\n" if role != "master" else ""
+    write(CONF_DIR / "ivle-maint.conf", CLUSTER_CONF_TEXT.format(role=role, name=name) + probe)
     write(IVLE_CONF, IVLE_CONF_TEXT, 0o640)
     if role == "master":
         create_database()

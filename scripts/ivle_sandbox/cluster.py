@@ -59,7 +59,11 @@ def configure(node: Node, name: str, cluster: Mapping[str, Any]) -> None:
     """Set [node] name and [cluster] settings in the node's ivle-maint.conf."""
     conf = ConfigObj(str(node.maint_conf))
     conf["node"]["name"] = name
+    # One machine for every sandbox node: each gets its own machine id, and
+    # the slaves say where their web server (the stand-in) answers.
+    conf["node"].setdefault("machine_id", f"sandbox-{node.root.name}")
     section = conf.setdefault("cluster", {})
+    section.setdefault("probe_url", f"http://127.0.0.1:{node.web_port}/")
     section.update({key: str(value) for key, value in cluster.items()})
     conf.write()
 

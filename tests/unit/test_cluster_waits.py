@@ -11,7 +11,7 @@ def row(name: str = "m", role: str = "master", *, version: str | None = "1.0",
         step: str | None = "migrate", mounts: int | None = None,
         consoles: int | None = None) -> NodeRow:
     return NodeRow(name, role, "host", "id", version, serving, target, phase, step, None, None,
-                   mounts, consoles)
+                   mounts=mounts, consoles=consoles)
 
 
 def test_a_master_is_finished_only_once_it_serves_the_new_version():

@@ -111,10 +111,19 @@ def test_before_phase_failure_restarts_the_web_server_and_aborts(tmp_path):
 
 
 def test_abort_before_web_stopped_restarts_nothing(tmp_path):
+    rec = Recorder(fail={"baseline": MaintError("boom")})
+    with pytest.raises(MaintError):
+        run(tmp_path, rec, phases=(BEFORE,), role="master")  # no stop-web begun
+    assert rec.calls == ["baseline"]
+
+
+def test_abort_after_a_begun_stop_web_starts_it_again(tmp_path):
+    # A stop that failed (or a run killed inside it) may have stopped the
+    # web server: the undo, a start, is a no-op if it still runs.
     rec = Recorder(fail={"stop-web": MaintError("cannot stop apache2")})
     with pytest.raises(MaintError):
         run(tmp_path, rec, phases=(BEFORE,))
-    assert rec.calls == ["stop-web"]
+    assert rec.calls == ["stop-web", "start-web"]
 
 
 def test_journal_write_is_atomic_and_leaves_no_temporary(tmp_path):

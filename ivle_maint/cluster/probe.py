@@ -1,0 +1,87 @@
+"""Is a slave's web server really down?  One HTTP request to where it answers.
+
+A slave's row says what its journal and its own commands did; a web
+server started by hand (`/etc/init.d/apache2 start`) is not in it.  So
+before migrating, the master asks each slave whose row says "down" at the
+URL that slave recorded ([cluster] probe_url): one GET, a short timeout.
+
+- no connection (refused, unreachable, timed out): not serving;
+- HTTP 503 (Service Unavailable, as a maintenance page answers): not
+  serving;
+- any other HTTP answer: it serves, whatever its row says.
+
+A loopback URL names the slave's own machine, so only a node on that same
+machine (same hostname) can check it; from elsewhere it is skipped, and
+the master says so once.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import urllib.parse
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .table import NodeRow
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "ip6-localhost")
+NOT_SERVING_STATUS = 503
+
+
+@dataclass(frozen=True)
+class Answer:
+    serving: bool
+    text: str  # what was seen, for a person
+
+
+def ask(url: str, timeout: float) -> Answer:
+    """One GET of URL: does an IVLE web server answer there?"""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return Answer(False, f"not an http(s) URL: {url}")
+    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = kind(parts.hostname, parts.port, timeout=timeout)
+    try:
+        conn.request("GET", parts.path or "/", headers={"User-Agent": "ivle-maint probe"})
+        status = conn.getresponse().status
+    except (OSError, http.client.HTTPException) as exc:
+        why = "timed out" if isinstance(exc, socket.timeout) else (
+            exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__)
+        return Answer(False, f"no answer at {url} ({why})")
+    finally:
+        conn.close()
+    if status == NOT_SERVING_STATUS:
+        return Answer(False, f"{url} answers 503 (maintenance)")
+    return Answer(True, f"its web server answers at {url} (HTTP {status})")
+
+
+def is_loopback(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def checkable(row: NodeRow, my_host: str) -> bool:
+    """Can this node reach ROW's probe URL at all?"""
+    return bool(row.probe_url) and (not is_loopback(row.probe_url or "") or row.host == my_host)
+
+
+def answering(rows: list[NodeRow], me: str, my_host: str, timeout: float
+              ) -> list[tuple[NodeRow, str]]:
+    """The other web nodes whose row says down but whose web server answers."""
+    found = []
+    for row in rows:
+        if row.name == me or not row.has_web or row.serving is not None:
+            continue
+        if not checkable(row, my_host):
+            continue
+        answer = ask(row.probe_url or "", timeout)
+        if answer.serving:
+            found.append((row, answer.text))
+    return found
+
+
+def unchecked(rows: list[NodeRow], me: str, my_host: str) -> list[str]:
+    """The web nodes this node cannot check (no URL, or loopback elsewhere)."""
+    return [r.name for r in rows if r.name != me and r.has_web and not checkable(r, my_host)]

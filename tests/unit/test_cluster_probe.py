@@ -1,0 +1,87 @@
+"""Ages for a person, who holds a node name, and the web server probe."""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from ivle_maint.cluster.admin import name_holder
+from ivle_maint.cluster.ages import human_age
+from ivle_maint.cluster.probe import answering, ask, is_loopback
+from ivle_maint.cluster.table import NodeRow
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (None, "never seen"), (-3.2, "just now"), (0, "just now"), (42, "42 s ago"),
+    (200, "3 min ago"), (3 * 3600, "3 h ago"), (5 * 86400, "5 days ago"),
+])
+def test_human_age(seconds, text):
+    assert human_age(seconds) == text
+
+
+def row(name: str, **kw) -> NodeRow:
+    base = dict(role="slave", host="h", instance="i1", version="1.0", serving=None,
+                target=None, phase="idle", step=None, media=None, note=None)
+    return NodeRow(name, **{**base, **kw})  # type: ignore[arg-type]
+
+
+def test_the_machine_id_decides_who_holds_a_name():
+    held = row("slave1", machine="m1", instance="i1")
+    assert name_holder(held, {"machine": "m1", "instance": "other"}) is None  # state lost
+    assert name_holder(held, {"machine": "m2", "instance": "i1"}) == "host h, machine m1"
+    old = row("slave1", machine=None, instance="i1")  # written by an older ivle-maint
+    assert name_holder(old, {"machine": "m2", "instance": "i1"}) is None
+    assert name_holder(old, {"machine": "m2", "instance": "i2"}) == "host h, machine i1"
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[int, list[int]]]:
+    """A web server on loopback answering the status in codes[0]."""
+    codes = [200]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(codes[0])
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd.server_address[1], codes
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_an_answer_is_serving_but_503_and_no_answer_are_not(server):
+    port, codes = server
+    url = f"http://127.0.0.1:{port}/"
+    assert ask(url, 3).serving and "(HTTP 200)" in ask(url, 3).text
+    codes[0] = 503
+    assert not ask(url, 3).serving and "503" in ask(url, 3).text
+    refused = ask(f"http://127.0.0.1:{free_port()}/", 3)
+    assert not refused.serving and "no answer" in refused.text
+    assert not ask("ftp://example/", 3).serving
+
+
+def test_only_rows_saying_down_are_asked_and_loopback_only_from_their_host(server):
+    port, _ = server
+    url = f"http://127.0.0.1:{port}/"
+    rows = [row("down-but-up", probe_url=url), row("serving", serving="1.0", probe_url=url),
+            row("elsewhere", host="other", probe_url=url), row("master", role="master",
+                                                               probe_url=url)]
+    found = answering(rows, "master", "h", 3)
+    assert [r.name for r, _ in found] == ["down-but-up"]
+    assert is_loopback("http://localhost:8080/") and not is_loopback("http://slave1/")
