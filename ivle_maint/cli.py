@@ -59,6 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _say(line: str) -> None:
+    """The error line on stderr; a reader that went away changes no exit status."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        from .output import silence
+
+        silence(sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list == ["--version"]:  # answered before any other import
@@ -82,12 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(Context(args)) or 0)
     except MaintError as exc:
-        print(f"ivle-maint: error: {exc}", file=sys.stderr)
+        _say(f"ivle-maint: error: {exc}")
         if exc.resume:
-            print(f"ivle-maint: resume with: {exc.resume}", file=sys.stderr)
+            _say(f"ivle-maint: resume with: {exc.resume}")
         return exc.exit_status
     except KeyboardInterrupt:
-        print("ivle-maint: interrupted", file=sys.stderr)
+        _say("ivle-maint: interrupted")
         return 130
 
 

@@ -15,12 +15,12 @@ import logging
 import os
 import pwd
 import re
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .. import children
 from ..errors import MaintError
 from ..system import which
 from .connect import ConnectParams, reason
@@ -110,16 +110,12 @@ def dump(params: ConnectParams, directory: Path, *, label: str, keep: int) -> Pa
     try:
         os.fchmod(fd, 0o600)
         with _passfile(params.password) as pass_env:
-            # subprocess, not system.run: stdout must go straight to the file,
+            # Not system.run: stdout must go straight to the file,
             # and pg_dump may have to run as the postgres user.
-            done = subprocess.run(
+            done = children.run_to_file(
                 _pg_dump_argv(params),
-                stdin=subprocess.DEVNULL,
                 stdout=fd,
-                stderr=subprocess.PIPE,
                 env={**env, **pass_env, "LC_ALL": "C"},
-                cwd="/",
-                check=False,
                 user=user,
                 group=group,
                 extra_groups=extra_groups,

@@ -78,7 +78,8 @@ class _Session:
 
 @contextmanager
 def _session(
-    settings: Settings, reporter: Reporter, resume: str | None, *, locked: bool = False
+    settings: Settings, reporter: Reporter, resume: str | None, *, locked: bool = False,
+    terminate_stale_lock: bool = False,
 ) -> Iterator[_Session]:
     """A connection (waiting for the server), optionally holding the lock.
 
@@ -92,7 +93,8 @@ def _session(
     conn = connect(params, wait_timeout=db["wait_timeout"], reporter=reporter, resume=resume)
     try:
         if locked:
-            lock.acquire(conn, timeout=db["lock_timeout"], reporter=reporter, resume=resume)
+            lock.acquire(conn, timeout=db["lock_timeout"], reporter=reporter, resume=resume,
+                         terminate_stale=terminate_stale_lock)
         yield _Session(params, conn)
     except psycopg2.Error as exc:
         why = params.scrub(pg_reason(exc))
@@ -150,6 +152,7 @@ def migrate(
     backup: bool | None = None,
     package_version: str | None = None,
     resume: str | None = RESUME,
+    terminate_stale_lock: bool = False,
 ) -> MigrateResult:
     """Apply every pending migration in order, each with its marker row.
 
@@ -161,7 +164,8 @@ def migrate(
     shipped = discover(directory)
     db = settings["database"]
     result = MigrateResult()
-    with _session(settings, reporter, resume, locked=True) as s:
+    with _session(settings, reporter, resume, locked=True,
+                  terminate_stale_lock=terminate_stale_lock) as s:
         st = read_status(s.conn, s.params.dbname, directory, shipped)
         check_writers(directory, [m.path for m in st.pending])
         plan = make_plan(s.conn, st, accept_changed, allow_out_of_order)
