@@ -133,7 +133,13 @@ class Procedure:
                     f"{step.title} failed: {reason}; upgrade abandoned, services restored",
                     resume=self.journal.resume,
                 ) from exc
-            raise MaintError(f"{step.title} failed: {reason}", resume=self.journal.resume) from exc
+            # A step's own resume (e.g. with the option it needs) beats the run's.
+            resume = exc.resume if isinstance(exc, MaintError) and exc.resume else \
+                self.journal.resume
+            error = MaintError(f"{step.title} failed: {reason}", resume=resume)
+            if isinstance(exc, MaintError):
+                error.exit_status = exc.exit_status  # 75 stays "try again later"
+            raise error from exc
         elapsed = time.monotonic() - started
         log.info("step %s took %.2fs: %s", step.name, elapsed, outcome.summary)
         self.journal.finish(step.name, outcome.summary, {**outcome.metrics, "seconds": elapsed})
