@@ -16,9 +16,8 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -165,24 +164,3 @@ def _end_group(pgid: int, since: int) -> None:
                 return
             time.sleep(0.05)
 
-
-def run_to_file(argv: Sequence[str], *, stdout: int, env: Mapping[str, str],
-                user: int | None = None, group: int | None = None,
-                extra_groups: list[int] | None = None) -> subprocess.CompletedProcess[bytes]:
-    """Run argv with stdout on an open file, stderr kept, under this module's rules."""
-    proc = subprocess.Popen(
-        list(argv), stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
-        env=dict(env), cwd="/", user=user, group=group, extra_groups=extra_groups,
-        # prctl only, no lock taken: safe after fork with threads.
-        start_new_session=True, preexec_fn=preexec_for_child(),  # noqa: PLW1509
-    )
-    note = record(proc.pid, argv)
-    try:
-        _, err = proc.communicate()
-    except BaseException:
-        end_now(proc.pid)
-        proc.wait()
-        raise
-    finally:
-        forget(note)
-    return subprocess.CompletedProcess(list(argv), proc.returncode, None, err)

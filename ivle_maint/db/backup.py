@@ -15,6 +15,7 @@ import logging
 import os
 import pwd
 import re
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -110,15 +111,23 @@ def dump(params: ConnectParams, directory: Path, *, label: str, keep: int) -> Pa
     try:
         os.fchmod(fd, 0o600)
         with _passfile(params.password) as pass_env:
-            # Not system.run: stdout must go straight to the file,
+            # subprocess, not system.run: stdout must go straight to the file,
             # and pg_dump may have to run as the postgres user.
-            done = children.run_to_file(
+            done = subprocess.run(
                 _pg_dump_argv(params),
+                stdin=subprocess.DEVNULL,
                 stdout=fd,
+                stderr=subprocess.PIPE,
                 env={**env, **pass_env, "LC_ALL": "C"},
+                cwd="/",
+                check=False,
                 user=user,
                 group=group,
                 extra_groups=extra_groups,
+                # Dies with ivle-maint (children.py): no pg_dump writing on
+                # beside a rerun's.  It has no children of its own to record.
+                start_new_session=True,
+                preexec_fn=children.preexec_for_child(),
             )
     except BaseException:
         os.close(fd)

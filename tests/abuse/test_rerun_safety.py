@@ -256,6 +256,21 @@ def test_hangup_does_not_stop_a_step(node_factory):
     assert stubborn.wait(timeout=10) == -signal.SIGKILL
 
 
+def initd_actions(node, service: str, action: str) -> list[int]:
+    """Init-script runs of SERVICE ACTION for this node still alive."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry.name}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(node.root).encode() in cmdline and \
+                    cmdline.endswith(f"\0{service}\0{action}\0".encode()):
+                found.append(int(entry.name))
+    return found
+
+
 def test_killed_abort_is_finished_by_the_rerun_never_completed(node_factory):
     node = at_version_1_0(node_factory(users=3, consoles=1))
     holder = hold_migration_lock(node)
@@ -272,14 +287,21 @@ def test_killed_abort_is_finished_by_the_rerun_never_completed(node_factory):
         proc.communicate()
     finally:
         holder.close()
+    # The init script's start dies with ivle-maint: it cannot overlap the rerun's.
+    deadline = time.monotonic() + 10
+    while initd_actions(node, "apache2", "start"):
+        assert time.monotonic() < deadline, "the init script outlived the killed ivle-maint"
+        time.sleep(0.05)
     node.set_fakes("apache2", delay=0)
     assert journal(node)["steps"]["stop-web"]["status"] == "done"  # still owed
+    starts = [e for _, _, e in node.service_events("apache2")].count("start")
 
     done = cli(node, "rerun")
     assert done.returncode == 0, done.stderr
     assert "upgrade 1.0 -> 1.1 abandoned, the site is back on 1.0" in done.stderr
     assert node.service_running("apache2") and journal(node)["state"] == "aborted"
     old_site_untouched(node)
+    assert [e for _, _, e in node.service_events("apache2")].count("start") == starts + 1
 
 
 # -- Defect 5: children die with ivle-maint, a rerun ends what a kill left ----
