@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from . import system
 from .errors import MaintError
 from .journal import Journal
+from .procedure import AFTER, STEPS
 
 # dpkg states in which the unpacked files are NEW's (dpkg-query(1)).
 _UNPACKED = ("unpacked", "half-configured", "triggers-awaited", "triggers-pending", "installed")
@@ -68,6 +69,9 @@ def new_code_state(journal: Journal) -> CodeState:
             return CodeState(True, f"./setup.py install in {journal.source} completed", install)
         return CodeState(False, f"./setup.py install in {journal.source} never completed",
                          install)
-    # `ivle-maint upgrade` without --source: the person put the code in place.
-    return CodeState(journal.code_new, "recorded by the run that started the upgrade",
+    # `ivle-maint upgrade` without --source: the person put the code in place
+    # (a journal older than this record: an after-phase step says so too).
+    after = {s.name for s in STEPS if s.phase == AFTER}
+    in_place = journal.code_new or bool(after & set(journal.steps))
+    return CodeState(in_place, "recorded by the run that started the upgrade",
                      f"install {new}'s code, then: ivle-maint upgrade --from {old} --to {new}")
