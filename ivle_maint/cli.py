@@ -27,7 +27,7 @@ exit status:
   0   success (or nothing to do)
   1   a step failed; the message says what, and how to resume
   2   bad settings, ivle.conf or command line
-  75  another ivle-maint holds the lock; try again later
+  75  another ivle-maint holds the node or migration lock; try again later
   130 interrupted
 
 settings: /etc/ivle/ivle-maint.conf, --config FILE or $IVLE_MAINT_CONF
