@@ -145,11 +145,14 @@ def run_phases(
         ctx.started = journal.created
         if ctx.migrations_dir is not None:
             journal.migrations = str(ctx.migrations_dir)
-        # Saved before any step: a rerun must know whether the code is new.
+        # Saved before any step (a new journal: with its first step, so that
+        # a failed preflight leaves no journal): a rerun must know whether
+        # the code is new.
         journal.package = ctx.package or journal.package
         journal.source = str(ctx.source) if ctx.source else journal.source
         journal.code_new = ctx.code_is_new
-        journal.save()
+        if journal.path.exists():
+            journal.save()
         log.info("%s; role %s; log %s", purpose, settings.role, log_path)
         with _presence(ctx, journal) as presence:
             if BEFORE in phases and not any(journal.is_done(s) for s in journal.steps):

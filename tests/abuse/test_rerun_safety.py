@@ -351,6 +351,49 @@ def test_killed_run_leaves_no_tool_running(node_factory, reference, tool):
     assert home_checksums(node) == homes
 
 
+def dump_pids(node) -> list[int]:
+    """pg_dump processes dumping this node's database."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry.name}/cmdline").read_bytes()
+                state = Path(f"/proc/{entry.name}/stat").read_bytes().rsplit(b")", 1)[1]
+            except OSError:
+                continue
+            if b"pg_dump" in cmdline and f"--dbname={node.dbname}\0".encode() in cmdline \
+                    and state.split()[0] != b"Z":
+                found.append(int(entry.name))
+    return found
+
+
+def test_killed_run_leaves_no_pg_dump_writing(node_factory, reference):
+    node = at_version_1_0(node_factory(users=4, consoles=1))
+    assert preinst(node).returncode == 0
+    unpack(node)
+    blocker = node.connect()
+    with blocker.cursor() as cur:  # pg_dump waits for this table; ivle-maint never reads it
+        cur.execute("LOCK TABLE enrolment IN ACCESS EXCLUSIVE MODE")
+    try:
+        proc = start_cli(node, "hook", "--package-version", "1.1", "postinst", "configure", "1.0")
+        wait_for_step(node, "migrate", proc)
+        deadline = time.monotonic() + 60
+        while not dump_pids(node):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        deadline = time.monotonic() + 10
+        while dump_pids(node):
+            assert time.monotonic() < deadline, "pg_dump outlived the killed ivle-maint"
+            time.sleep(0.05)
+    finally:
+        blocker.close()
+    done = cli(node, "rerun")
+    assert done.returncode == 0, done.stderr
+    assert final_state(node) == reference
+
+
 # -- Weak points: the upgrade's summary, a stale migration lock -----------------
 
 def test_stale_lock_of_a_killed_runner_and_the_upgrade_summary(node_factory, reference):
@@ -415,3 +458,12 @@ def test_changed_applied_migration_prints_the_command_that_works(node_factory, r
     assert configure == "dpkg --configure -a" and "already complete" in postinst(node).stderr
     state = final_state(node)
     assert state == reference
+
+
+def test_failed_preflight_leaves_nothing_for_a_rerun(node_factory):
+    node = at_version_1_0(node_factory(users=3, consoles=1))
+    done = preinst(node, old="1.1", new="1.0")  # a downgrade: refused by the preflight
+    assert done.returncode == 1 and node.service_running("apache2")
+    again = cli(node, "rerun")
+    assert again.returncode == 0 and "nothing to do" in again.stderr
+    assert node.service_running("apache2") and len(node.console_pids()) == 1
