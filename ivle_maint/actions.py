@@ -132,6 +132,7 @@ def migrate(ctx: UpgradeContext) -> Outcome:
         accept_changed=ctx.accept_changed, allow_out_of_order=ctx.allow_out_of_order,
         package_version=ctx.new, resume=ctx.resume,
         upgrade=ctx.upgrade_id or None, epoch=_epoch(ctx),
+        terminate_stale_lock=ctx.terminate_stale_lock,
     )
     keys = [a.key for a in result.applied]
     summary = f"applied {len(keys)} migrations" + (f" ({', '.join(keys)})" if keys else "")
@@ -141,7 +142,29 @@ def migrate(ctx: UpgradeContext) -> Outcome:
         summary += f"; before the upgrade: {result.upgrade_backup}"
     if waited:
         summary = f"{waited}; {summary}"
-    return Outcome(summary, {"migrations_applied": keys})
+    return Outcome(summary, {"migrations_applied": _applied_in_upgrade(ctx, keys)})
+
+
+def _applied_in_upgrade(ctx: UpgradeContext, keys: list[str]) -> list[str]:
+    """This run's KEYS and those an earlier, killed run of the upgrade applied.
+
+    The summary is the upgrade's, not the last process's: the marker's rows
+    for NEW applied (not baselined) since the upgrade began count too.
+    """
+    if not ctx.started:
+        return keys
+    from datetime import UTC, datetime
+
+    from .steps.migrations import status
+
+    since = datetime.fromtimestamp(ctx.started, UTC)
+    try:
+        rows = status(ctx.settings, migrations_dir=ctx.migrations).applied.values()
+    except MaintError:  # the summary is not worth failing the step for
+        return keys
+    earlier = {r.key for r in rows if r.package_version == ctx.new and r.mode != "baseline"
+               and r.applied_at >= since}
+    return sorted(earlier | set(keys))
 
 
 def _epoch(ctx: UpgradeContext) -> str:

@@ -28,7 +28,7 @@ exit status:
   1   a step failed; the message says what, and how to resume
   2   bad input: settings, ivle.conf, the command line (dpkg's arguments
       to 'hook' too), or [paths] directories others could write
-  75  another ivle-maint holds the lock; try again later
+  75  another ivle-maint holds the node or migration lock; try again later
   130 interrupted
 
 settings: /etc/ivle/ivle-maint.conf, --config FILE or $IVLE_MAINT_CONF
@@ -60,6 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _say(line: str) -> None:
+    """The error line on stderr; a reader that went away changes no exit status."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        from .output import silence
+
+        silence(sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list == ["--version"]:  # answered before any other import
@@ -83,18 +93,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(Context(args)) or 0)
     except MaintError as exc:
-        print(f"ivle-maint: error: {exc}", file=sys.stderr)
+        _say(f"ivle-maint: error: {exc}")
         if exc.resume:
-            print(f"ivle-maint: resume with: {exc.resume}", file=sys.stderr)
+            _say(f"ivle-maint: resume with: {exc.resume}")
         return exc.exit_status
     except KeyboardInterrupt:
-        print("ivle-maint: interrupted", file=sys.stderr)
+        _say("ivle-maint: interrupted")
         return 130
     except OSError as exc:
         # A file system refusing (read-only, full, permission): one line, not
         # a traceback; the log file (and -v) keeps the traceback.
         logging.getLogger(__name__).debug("OSError", exc_info=True)
-        print(f"ivle-maint: error: {os_error_line(exc)}", file=sys.stderr)
+        _say(f"ivle-maint: error: {os_error_line(exc)}")
         return 1
 
 

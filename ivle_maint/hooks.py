@@ -28,6 +28,7 @@ class HookCall:
     action: str
     args: tuple[str, ...]
     package_version: str  # the version of the package whose script this is
+    package: str = "ivle"  # dpkg's name for it: a rerun asks dpkg about it
 
 
 Handler = Callable[[HookCall, "HookEnv"], str]
@@ -52,7 +53,7 @@ def _before(call: HookCall, env: HookEnv) -> str:
 
     old, new = call.args[0], call.args[1]
     ctx = env.make_context(old=old, new=new, code_is_new=False, resume=DPKG_RESUME,
-                           new_migrations=env.new_migrations)
+                           new_migrations=env.new_migrations, package=call.package)
     # dpkg runs the preinst once per attempt: a finished journal of the same
     # versions (a reinstall) is history, not this run.
     run_phases(ctx, (BEFORE,), restart_finished=True)  # type: ignore[arg-type]
@@ -76,7 +77,8 @@ def _after(call: HookCall, env: HookEnv) -> str:
         if coordinated(env.settings):  # the other nodes know it before its first upgrade
             register(env.settings, env.reporter, new, strict=False, note=f"installed {new}")
         return line
-    ctx = env.make_context(old=old, new=new, code_is_new=True, resume=DPKG_RESUME)
+    ctx = env.make_context(old=old, new=new, code_is_new=True, resume=DPKG_RESUME,
+                           package=call.package)
     # BEFORE too: if the preinst did not run it, its steps are still owed.
     run_phases(ctx, (BEFORE, AFTER))  # type: ignore[arg-type]
     return f"upgrade {old} -> {new} complete"
@@ -168,11 +170,11 @@ def parse_call(
     allowed = ARG_COUNTS.get((script, action), range(0, 4))
     if len(args) not in allowed:
         raise UsageError(f"{script} {action}: unexpected arguments {' '.join(args) or '(none)'}")
+    package = os.environ.get("DPKG_MAINTSCRIPT_PACKAGE", package)
     if version is None:
         needs_version = HANDLERS[(script, action)] is _after
-        package = os.environ.get("DPKG_MAINTSCRIPT_PACKAGE", package)
         version = installed_version(package) if needs_version else ""
-    return HookCall(script, action, args, version)
+    return HookCall(script, action, args, version, package)
 
 
 def run_hook(call: HookCall, env: HookEnv) -> str:

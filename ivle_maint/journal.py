@@ -20,6 +20,9 @@ from .safepaths import read_nofollow, safe_dir
 
 RUNNING, DONE, FAILED = "running", "done", "failed"
 IN_PROGRESS, COMPLETE, ABORTED = "in-progress", "complete", "aborted"
+# Giving the site back on the old code has begun but not finished: a rerun
+# finishes it and never carries the upgrade forward.
+ABORTING = "aborting"
 
 
 @dataclass
@@ -45,6 +48,14 @@ class Journal:
     # Where the new migrations are, when not in [paths] migrations (source
     # installs), so that a rerun finds them again.
     migrations: str = ""
+    # How NEW's code gets installed, so a rerun can tell whether it is in
+    # place: the dpkg package whose scripts run the upgrade, or the source
+    # tree `ivle-maint upgrade --source` installs; neither: already there.
+    package: str = ""
+    source: str = ""
+    # True once a run that had the new code in place worked on this upgrade
+    # (dpkg's postinst, after ./setup.py install, or the person said so).
+    code_new: bool = False
 
     @staticmethod
     def file_for(state_dir: Path, old: str, new: str) -> Path:
@@ -72,7 +83,8 @@ class Journal:
     def unfinished(cls, state_dir: Path) -> list[Journal]:
         """Journals of upgrades that started and neither completed nor aborted."""
         found = [cls.load(p) for p in sorted((state_dir / "journal").glob("*.json"))]
-        return sorted((j for j in found if j.state == IN_PROGRESS), key=lambda j: j.created)
+        return sorted((j for j in found if j.state in (IN_PROGRESS, ABORTING)),
+                      key=lambda j: j.created)
 
     def archive(self) -> None:
         """Keep a finished journal under its own name; the next run starts anew."""

@@ -18,6 +18,23 @@ log = logging.getLogger("ivle_maint")
 PREFIX = "ivle-maint: "
 
 
+def silence(stream: TextIO) -> None:
+    """Point a dead stream's descriptor at /dev/null.
+
+    Later writes, the interpreter's last flush at exit included, then
+    succeed instead of failing again (which would change the exit status).
+    """
+    try:
+        fd = stream.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError):
+        return
+    try:
+        os.dup2(null, fd)
+    finally:
+        os.close(null)
+
+
 class Reporter(Protocol):
     def info(self, message: str) -> None: ...
 
@@ -38,23 +55,39 @@ class TerminalReporter:
         self.tty = tty
         self._progress_shown = False
         self._last_draw = 0.0
+        self.broken = False
+
+    def _write(self, text: str) -> None:
+        """Write and flush; a reader that went away never stops the work.
+
+        A killed `| tee`, a closed terminal or a full disk under a redirect
+        must not stop a step or an undo half-way: the run's log keeps
+        every line, so the text is dropped and the run goes on.
+        """
+        if self.broken:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError) as exc:  # EPIPE, EIO; ValueError: closed file
+            self.broken = True
+            silence(self.stream)
+            log.warning("output stream failed (%s); messages go to the log only", exc)
 
     def _end_progress(self) -> None:
         if self._progress_shown:
-            self.stream.write("\n")
+            self._write("\n")
             self._progress_shown = False
 
     def info(self, message: str) -> None:
         self._end_progress()
         log.info(message)
-        self.stream.write(f"{PREFIX}{message}\n")
-        self.stream.flush()
+        self._write(f"{PREFIX}{message}\n")
 
     def warn(self, message: str) -> None:
         self._end_progress()
         log.warning(message)
-        self.stream.write(f"{PREFIX}warning: {message}\n")
-        self.stream.flush()
+        self._write(f"{PREFIX}warning: {message}\n")
 
     def progress(self, label: str, done: int, total: int | None = None) -> None:
         # Under dpkg there is no terminal: progress goes to the log only.
@@ -67,11 +100,10 @@ class TerminalReporter:
             return
         self._last_draw = now
         count = f"{done}/{total}" if total is not None else str(done)
-        self.stream.write(f"\r{PREFIX}{label}: {count}\x1b[K")
+        self._write(f"\r{PREFIX}{label}: {count}\x1b[K")
         self._progress_shown = True
         if final:
             self._end_progress()
-        self.stream.flush()
 
 
 class RecordingReporter:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import MaintError
-from .journal import ABORTED, COMPLETE, IN_PROGRESS, Journal
+from .journal import ABORTED, ABORTING, COMPLETE, IN_PROGRESS, Journal
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +118,28 @@ class Procedure:
             self.observe("failed", step)
             # Abandoning makes sense only while the old code is in place.
             if step.phase == BEFORE and not getattr(self.ctx, "code_is_new", False):
-                self.abort()
+                try:
+                    self.abort()
+                except BaseException as undo_exc:
+                    if not isinstance(undo_exc, MaintError):
+                        log.exception("abandoning the upgrade crashed")
+                    why = str(undo_exc) or type(undo_exc).__name__
+                    raise MaintError(
+                        f"{step.title} failed: {reason}; giving the site back on the old "
+                        f"code failed too: {why}",
+                        resume="ivle-maint rerun  (finishes giving the site back)",
+                    ) from exc
                 raise MaintError(
                     f"{step.title} failed: {reason}; upgrade abandoned, services restored",
                     resume=self.journal.resume,
                 ) from exc
-            raise MaintError(f"{step.title} failed: {reason}", resume=self.journal.resume) from exc
+            # A step's own resume (e.g. with the option it needs) beats the run's.
+            resume = exc.resume if isinstance(exc, MaintError) and exc.resume else \
+                self.journal.resume
+            error = MaintError(f"{step.title} failed: {reason}", resume=resume)
+            if isinstance(exc, MaintError):
+                error.exit_status = exc.exit_status  # 75 stays "try again later"
+            raise error from exc
         elapsed = time.monotonic() - started
         log.info("step %s took %.2fs: %s", step.name, elapsed, outcome.summary)
         self.journal.finish(step.name, outcome.summary, {**outcome.metrics, "seconds": elapsed})
@@ -131,12 +147,20 @@ class Procedure:
         self.reporter.info(f"{step.title}: {outcome.summary} ({elapsed:.1f}s)")
 
     def abort(self) -> list[str]:
-        """Undo what the BEFORE phase changed; returns the undo steps run."""
+        """Undo what the BEFORE phase changed; returns the undo steps run.
+
+        The journal is written before each undo (state "aborting": a rerun
+        finishes the abandonment, never the upgrade) and after it (the step
+        it reversed is forgotten), so a run killed anywhere in between
+        leaves a journal that says what is still owed.
+        """
         undone = []
+        self.journal.set_state(ABORTING)
         for done_step, undo in UNDO.items():
             # Begun counts: a run killed inside stop-web may have stopped it.
             if done_step in self.journal.steps and not self.journal.is_done(undo):
                 outcome = self.actions[undo](self.ctx)
+                self.journal.forget([done_step])
                 self.reporter.info(f"abort: {undo}: {outcome.summary}")
                 undone.append(undo)
         before = [s.name for s in STEPS if s.phase == BEFORE]

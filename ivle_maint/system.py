@@ -17,6 +17,7 @@ from typing import Any
 
 import sh
 
+from . import children
 from .errors import MaintError
 
 log = logging.getLogger(__name__)
@@ -78,24 +79,38 @@ def run(
 
     full_env = {**os.environ, **(env or {})}
     log.debug("running %s", list(argv))
+    # Its own session, and dead with us: see children.py.
+    cmd = sh.Command(program)(
+        *argv[1:],
+        _env=full_env,
+        _out=line,
+        _err_to_out=True,
+        _tty_out=False,
+        _in=None,
+        _ok_code=list(range(256)),
+        _timeout=timeout or None,
+        _cwd=cwd,
+        _bg=True,
+        _bg_exc=False,
+        _new_session=True,
+        _preexec_fn=children.preexec_for_child(),
+        **_RETURN_CMD,
+    )
+    note = children.record(cmd.pid, argv)
+    finished = False
     try:
-        cmd = sh.Command(program)(
-            *argv[1:],
-            _env=full_env,
-            _out=line,
-            _err_to_out=True,
-            _tty_out=False,
-            _in=None,
-            _ok_code=list(range(256)),
-            _timeout=timeout or None,
-            _cwd=cwd,
-            **_RETURN_CMD,
-        )
-        exit_code = int(cmd.exit_code)
-    except sh.TimeoutException:
-        raise MaintError(f"{argv[0]} did not finish within {timeout:g}s") from None
-    except sh.SignalException as exc:  # killed by a signal: negative status
-        exit_code = int(exc.exit_code)
+        try:
+            cmd.wait()
+            exit_code = int(cmd.exit_code)
+        except sh.TimeoutException:
+            raise MaintError(f"{argv[0]} did not finish within {timeout:g}s") from None
+        except sh.SignalException as exc:  # killed by a signal: negative status
+            exit_code = int(exc.exit_code)
+        finished = True
+    finally:
+        if not finished:  # interrupted: the command must not run on without us
+            children.end_now(cmd.pid)
+        children.forget(note)
     return Completed(tuple(argv), exit_code, "\n".join(kept), tuple(tail))
 
 

@@ -7,6 +7,8 @@ through here; they differ only in which phases they run.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,9 +16,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from . import children
 from .config import IvleConf, Settings
 from .errors import MaintError
-from .journal import COMPLETE, IN_PROGRESS, Journal
+from .journal import ABORTING, COMPLETE, IN_PROGRESS, Journal
 from .lock import node_lock
 from .logfile import limits, run_log
 from .output import Reporter
@@ -53,6 +56,16 @@ class UpgradeContext:
     # one (dpkg's preinst, from dh_ivle_maint's manifest): the preflight
     # checks these; the steps still use `migrations`.
     new_migrations: Path | None = None
+    # How NEW's code gets installed (recorded in the journal for a rerun):
+    # the dpkg package whose maintainer scripts call us, or a source tree.
+    package: str = ""
+    source: Path | None = None
+    # End a killed ivle-maint's database session that still holds the
+    # migration lock (db/lock.py), instead of only naming it.
+    terminate_stale_lock: bool = False
+    # When this upgrade began (the journal's creation): a rerun's summary
+    # counts the migrations applied since, by killed runs too.
+    started: float = 0.0
 
     @cached_property
     def ivle_conf(self) -> IvleConf:
@@ -86,6 +99,32 @@ def _presence(ctx: UpgradeContext, journal: Journal) -> Iterator[Any]:
         presence.close()
 
 
+@contextmanager
+def _attended_run(ctx: UpgradeContext) -> Iterator[None]:
+    """What every run under the node lock needs around its steps.
+
+    A closed terminal (SIGHUP) must not stop a step half-way: the run goes
+    on, its output to the log.  Commands are recorded so that a later run
+    can end what this one leaves if it is killed, and what an earlier,
+    killed run left is ended before any step starts again.
+    """
+    run_dir = ctx.settings.path_of("run")
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGHUP, _hangup)
+    try:
+        children.end_leftovers(run_dir, ctx.reporter)
+        with children.tracked_run(run_dir):
+            yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGHUP, previous)
+
+
+def _hangup(signum: int, frame: object) -> None:
+    log.warning("hangup (terminal closed?) ignored: the upgrade goes on; see the log")
+
+
 def run_phases(
     ctx: UpgradeContext, phases: tuple[str, ...], *, restart_finished: bool = False
 ) -> Journal:
@@ -102,7 +141,7 @@ def run_phases(
     with node_lock(settings.path_of("run"), purpose), run_log(
         settings.path_of("log"), f"upgrade-{ctx.old or 'none'}_to_{ctx.new}",
         **limits(settings),
-    ) as log_path:
+    ) as log_path, _attended_run(ctx):
         journal = Journal.open(state_dir(settings), ctx.old, ctx.new, settings.role)
         if journal.state == COMPLETE and restart_finished:
             journal.archive()
@@ -110,10 +149,22 @@ def run_phases(
         if journal.state == COMPLETE:
             ctx.reporter.info(f"upgrade {ctx.old} -> {ctx.new} is already complete")
             return journal
+        if journal.state == ABORTING:  # a killed abandonment is finished first
+            with _presence(ctx, journal) as presence:
+                Procedure(ctx, journal, actions.ACTIONS, presence.observe).abort()
         journal.resume = ctx.resume
         ctx.upgrade_id = upgrade_id(journal)
+        ctx.started = journal.created
         if ctx.migrations_dir is not None:
             journal.migrations = str(ctx.migrations_dir)
+        # Saved before any step (a new journal: with its first step, so that
+        # a failed preflight leaves no journal): a rerun must know whether
+        # the code is new.
+        journal.package = ctx.package or journal.package
+        journal.source = str(ctx.source) if ctx.source else journal.source
+        journal.code_new = ctx.code_is_new
+        if journal.path.exists():
+            journal.save()
         log.info("%s; role %s; log %s", purpose, settings.role, log_path)
         _remove_dump_leftovers(settings)
         with _presence(ctx, journal) as presence:
@@ -155,9 +206,12 @@ def abort(ctx: UpgradeContext) -> list[str]:
     """Bring back what an unfinished BEFORE phase stopped (dpkg abort-upgrade)."""
     from . import actions
 
-    with node_lock(ctx.settings.path_of("run"), f"abort upgrade to {ctx.new}"):
+    with node_lock(ctx.settings.path_of("run"), f"abort upgrade to {ctx.new}"), \
+            _attended_run(ctx):
         journal = Journal.open(state_dir(ctx.settings), ctx.old, ctx.new, ctx.settings.role)
-        if journal.state != IN_PROGRESS or not journal.steps:
+        if journal.state not in (IN_PROGRESS, ABORTING):
+            return []
+        if journal.state == IN_PROGRESS and not journal.steps:
             return []
         with _presence(ctx, journal) as presence:
             undone = Procedure(ctx, journal, actions.ACTIONS, presence.observe).abort()

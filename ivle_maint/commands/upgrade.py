@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import MaintError, UsageError
 from . import Context
 
 ORDER = 10
@@ -47,9 +47,16 @@ def register(sub: Any) -> None:
         "rerun",
         help="continue a failed upgrade from the step that failed",
         description="Continue the unfinished upgrade on this node; steps already done "
-        "are not repeated.  A finished upgrade is left alone.",
+        "are not repeated.  A finished upgrade is left alone.  When the new code is "
+        "not installed yet (dpkg's record of the package, or ./setup.py install never "
+        "finished), only the steps before the code change run, and the command that "
+        "installs the code is printed.",
     )
     _migration_options(rerun)
+    rerun.add_argument("--abandon", action="store_true",
+                       help="give the site back on the old code instead (only while the "
+                       "new code is not installed)")
+
     rerun.set_defaults(func=cmd_rerun)
 
     hook = sub.add_parser(
@@ -89,6 +96,9 @@ def _migration_options(parser: argparse.ArgumentParser) -> None:
                         help="accept that applied migration KEY's file has changed")
     parser.add_argument("--migrate-while-serving", action="store_true",
                         help="migrate even while slaves serve the old code (see [cluster])")
+    parser.add_argument("--terminate-stale-lock", action="store_true",
+                        help="end the database session of a killed ivle-maint on this host "
+                        "that still holds the migration lock")
 
 
 def _context(ctx: Context, **kwargs: Any) -> Any:
@@ -101,6 +111,7 @@ def _context(ctx: Context, **kwargs: Any) -> Any:
         allow_out_of_order=getattr(args, "allow_out_of_order", False),
         accept_changed=tuple(getattr(args, "accept_changed", ())),
         migrate_while_serving=getattr(args, "migrate_while_serving", False),
+        terminate_stale_lock=getattr(args, "terminate_stale_lock", False),
         **kwargs,
     )
 
@@ -138,7 +149,8 @@ def cmd_upgrade(ctx: Context) -> int:
         raise UsageError("give the new version with --to NEW (or an IVLE tree with --source)")
     migrations = ctx.args.migrations or (source / "userdb" / "migrations" if source else None)
     old = _old_version(ctx)
-    up = _context(ctx, old=old, new=new, migrations_dir=migrations, code_is_new=source is None)
+    up = _context(ctx, old=old, new=new, migrations_dir=migrations, code_is_new=source is None,
+                  source=source)
     if source is None:
         run_phases(up, (BEFORE, AFTER))
         return 0
@@ -153,18 +165,43 @@ def cmd_upgrade(ctx: Context) -> int:
 
 
 def cmd_rerun(ctx: Context) -> int:
-    """Continue the unfinished upgrade, if there is one."""
+    """Continue the unfinished upgrade, if there is one, as far as is safe."""
+    from ..codestate import new_code_state
+    from ..journal import ABORTING, COMPLETE
     from ..procedure import AFTER, BEFORE
-    from ..upgrade import run_phases, unfinished
+    from ..upgrade import abort, run_phases, unfinished
 
     journal = unfinished(ctx.settings)
     if journal is None:
         ctx.reporter.info("no unfinished upgrade: nothing to do")
         return 0
-    up = _context(ctx, old=journal.old, new=journal.new, code_is_new=True,
+    code = new_code_state(journal)
+    up = _context(ctx, old=journal.old, new=journal.new, code_is_new=code.in_place,
                   migrations_dir=Path(journal.migrations) if journal.migrations else None,
-                  resume=journal.resume)
-    run_phases(up, (BEFORE, AFTER))
+                  resume=journal.resume, package=journal.package,
+                  source=Path(journal.source) if journal.source else None)
+    if ctx.args.abandon or journal.state == ABORTING:
+        if code.in_place:
+            raise MaintError(f"cannot give the site back on {journal.old}: {journal.new}'s "
+                             f"code is installed ({code.evidence}); finish the upgrade",
+                             resume="ivle-maint rerun")
+        undone = abort(up)
+        ctx.reporter.info(f"upgrade {journal.old} -> {journal.new} abandoned, the site is "
+                          f"back on {journal.old}; restarted: {', '.join(undone) or 'nothing'}")
+        return 0
+    if not code.in_place:
+        # Never the after-phase: the old code would serve the new schema.
+        run_phases(up, (BEFORE,))
+        raise MaintError(
+            f"{journal.new}'s code is not installed ({code.evidence}): the steps before the "
+            f"code change are done and the web server stays down",
+            resume=f"{code.install}   (or give the site back on {journal.old}: "
+            "ivle-maint rerun --abandon)",
+        )
+    done = run_phases(up, (BEFORE, AFTER))
+    if code.dpkg_owed and done.state == COMPLETE:
+        ctx.reporter.warn(f"dpkg has not finished configuring {journal.package} "
+                          f"({code.evidence}): run dpkg --configure -a")
     return 0
 
 

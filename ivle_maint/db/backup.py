@@ -32,6 +32,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .. import children
 from ..errors import MaintError
 from ..safepaths import safe_dir
 from ..system import which
@@ -184,6 +185,10 @@ def dump(params: ConnectParams, directory: Path, *, label: str, keep: int) -> Pa
             user=user,
             group=group,
             extra_groups=extra_groups,
+            # Dies with ivle-maint (children.py): no pg_dump writing on
+            # beside a rerun's.  It has no children of its own to record.
+            start_new_session=True,
+            preexec_fn=children.preexec_for_child(),
         )
     except BaseException:
         os.close(fd)

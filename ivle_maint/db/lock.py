@@ -11,6 +11,9 @@ pg_stat_activity meanwhile.
 
 from __future__ import annotations
 
+import os
+import re
+import socket
 import time
 from typing import Any
 
@@ -30,8 +33,11 @@ def _try(conn: Any) -> bool:
     return got
 
 
-def holder(conn: Any) -> str:
-    """Who holds the lock, as far as this role may see: for messages."""
+# connect.application_name(): "ivle-maint VERSION on HOST pid PID".
+_OURS = re.compile(r"^ivle-maint \S+ on (\S+) pid (\d+)$")
+
+
+def _holder_row(conn: Any) -> Any:
     with conn.cursor() as cur:
         cur.execute(
             """
@@ -45,6 +51,62 @@ def holder(conn: Any) -> str:
         )
         row = cur.fetchone()
     conn.commit()
+    return row
+
+
+def _is_ivle_maint(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return b"ivle" in handle.read()
+    except OSError:
+        return False
+
+
+def stale_holder(conn: Any) -> tuple[int, int] | None:
+    """(server pid, client pid) when the holder is a dead ivle-maint on this host.
+
+    Its server session runs on until the statement it was running ends:
+    the lock is held for nobody.
+    """
+    row = _holder_row(conn)
+    if row is None or not row[1]:
+        return None
+    found = _OURS.match(row[1])
+    if found is None or found.group(1) != socket.gethostname():
+        return None
+    client = int(found.group(2))
+    if client == os.getpid() or _is_ivle_maint(client):
+        return None
+    return int(row[0]), client
+
+
+def _stale_advice(server_pid: int, client: int) -> str:
+    return (f"it was taken by ivle-maint pid {client} on this host, which is dead; its "
+            f"session still runs its last statement: end it with "
+            f"SELECT pg_terminate_backend({server_pid}); (or rerun with "
+            f"--terminate-stale-lock)")
+
+
+def _resume_terminating(resume: str | None) -> str | None:
+    """RESUME with --terminate-stale-lock, where that command takes it."""
+    if resume is None or resume.startswith(("dpkg ", "ivle-maint rerun")):
+        return "ivle-maint rerun --terminate-stale-lock"
+    if resume.startswith("ivle-maint upgrade"):
+        return f"{resume} --terminate-stale-lock"
+    return resume
+
+
+def terminate(conn: Any, server_pid: int) -> bool:
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(%s)", [server_pid])
+        done: bool = cur.fetchone()[0]
+    conn.commit()
+    return done
+
+
+def holder(conn: Any) -> str:
+    """Who holds the lock, as far as this role may see: for messages."""
+    row = _holder_row(conn)
     if row is None:
         return "another runner"
     pid, app, addr, since = row
@@ -54,11 +116,23 @@ def holder(conn: Any) -> str:
     return f"{who} (server pid {pid}{where}{when})"
 
 
-def acquire(conn: Any, *, timeout: float, reporter: Reporter, resume: str | None = None) -> None:
-    """Take the lock, waiting up to timeout seconds with one message."""
+def acquire(conn: Any, *, timeout: float, reporter: Reporter, resume: str | None = None,
+            terminate_stale: bool = False) -> None:
+    """Take the lock, waiting up to timeout seconds with one message.
+
+    terminate_stale: end the server session of a dead ivle-maint on this
+    host that holds it, instead of waiting for its statement to end.
+    """
     if _try(conn):
         return
     who = holder(conn)
+    stale = stale_holder(conn)
+    if stale is not None and terminate_stale:
+        reporter.info(f"ending server session {stale[0]} of dead ivle-maint pid {stale[1]}, "
+                      "which holds the migration lock")
+        terminate(conn, stale[0])
+    elif stale is not None:
+        reporter.info(f"the migration lock is held by {who}: {_stale_advice(*stale)}")
     reporter.info(f"waiting up to {timeout:g}s for the migration lock held by {who}")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -66,6 +140,13 @@ def acquire(conn: Any, *, timeout: float, reporter: Reporter, resume: str | None
         if _try(conn):
             reporter.info("got the migration lock")
             return
+    stale = stale_holder(conn)
+    if stale is not None:
+        raise LockedError(
+            f"the migration lock is still held by {holder(conn)} after {timeout:g}s: "
+            f"{_stale_advice(*stale)}",
+            resume=_resume_terminating(resume),
+        )
     raise LockedError(
         f"the migration lock is still held by {holder(conn)} after {timeout:g}s "
         "([database] lock_timeout)",

@@ -88,7 +88,23 @@ class Plan:
         if self.problems:
             more = len(self.problems) - 1
             extra = f" (and {more} more: see 'ivle-maint db migrate --dry-run')" if more else ""
-            raise MaintError(self.problems[0] + extra, resume=resume)
+            raise MaintError(self.problems[0] + extra, resume=self._resume_accepting(resume))
+
+    def _resume_accepting(self, resume: str | None) -> str | None:
+        """RESUME with the --accept-changed a changed applied file needs.
+
+        dpkg cannot pass the option: its postinst would fail the same way
+        forever, so the one command that works is a rerun with it, and
+        dpkg's own configure afterwards.
+        """
+        accepted = {c.key for c in self.accept}
+        owed = [c.key for c in self.status.changed if c.key not in accepted]
+        if resume is None or not owed:
+            return resume
+        flags = " ".join(f"--accept-changed {key}" for key in owed)
+        if resume.startswith("dpkg "):
+            return f"ivle-maint rerun {flags}, then: dpkg --configure -a"
+        return f"{resume} {flags}"
 
 
 def read_status(conn: Any, dbname: str, directory: Path, shipped: list[Migration]) -> Status:

@@ -80,7 +80,8 @@ class _Session:
 
 @contextmanager
 def _session(
-    settings: Settings, reporter: Reporter, resume: str | None, *, locked: bool = False
+    settings: Settings, reporter: Reporter, resume: str | None, *, locked: bool = False,
+    terminate_stale_lock: bool = False,
 ) -> Iterator[_Session]:
     """A connection (waiting for the server), optionally holding the lock.
 
@@ -94,7 +95,8 @@ def _session(
     conn = connect(params, wait_timeout=db["wait_timeout"], reporter=reporter, resume=resume)
     try:
         if locked:
-            lock.acquire(conn, timeout=db["lock_timeout"], reporter=reporter, resume=resume)
+            lock.acquire(conn, timeout=db["lock_timeout"], reporter=reporter, resume=resume,
+                         terminate_stale=terminate_stale_lock)
         yield _Session(params, conn)
     except psycopg2.Error as exc:
         why = params.scrub(pg_reason(exc))
@@ -154,6 +156,7 @@ def migrate(
     resume: str | None = RESUME,
     upgrade: str | None = None,
     epoch: str = "",
+    terminate_stale_lock: bool = False,
 ) -> MigrateResult:
     """Apply every pending migration in order, each with its marker row.
 
@@ -168,7 +171,8 @@ def migrate(
     shipped = discover(directory)
     db = settings["database"]
     result = MigrateResult()
-    with _session(settings, reporter, resume, locked=True) as s:
+    with _session(settings, reporter, resume, locked=True,
+                  terminate_stale_lock=terminate_stale_lock) as s:
         st = read_status(s.conn, s.params.dbname, directory, shipped)
         check_writers(directory, [m.path for m in st.pending])
         plan = make_plan(s.conn, st, accept_changed, allow_out_of_order)

@@ -141,3 +141,38 @@ def test_unreadable_journal_is_a_one_line_error(tmp_path):
     path.write_text("{not json")
     with pytest.raises(MaintError, match="unreadable journal"):
         Journal.load(path)
+
+
+def test_abort_writes_the_journal_before_and_after_each_undo(tmp_path):
+    seen = []
+    rec = Recorder(fail={"unmount-jails": MaintError("busy")})
+    actions = rec.actions()
+    start_web = actions["start-web"]
+
+    def observed_start_web(ctx):
+        # What a run killed during the undo leaves on disk.
+        on_disk = Journal.load(journal(tmp_path).path)
+        seen.append((on_disk.state, on_disk.is_done("stop-web")))
+        return start_web(ctx)
+
+    actions["start-web"] = observed_start_web
+    j = journal(tmp_path)
+    with pytest.raises(MaintError):
+        Procedure(SimpleNamespace(reporter=RecordingReporter()), j, actions).run((BEFORE,))
+    assert seen == [("aborting", True)]
+    on_disk = Journal.load(j.path)
+    assert on_disk.state == ABORTED and "stop-web" not in on_disk.steps
+
+
+def test_an_undo_that_crashes_leaves_the_abandonment_owed(tmp_path):
+    rec = Recorder(fail={"unmount-jails": MaintError("busy"),
+                         "start-web": BrokenPipeError(32, "Broken pipe")})
+    j = journal(tmp_path)
+    with pytest.raises(MaintError, match="giving the site back on the old code failed too"):
+        Procedure(SimpleNamespace(reporter=RecordingReporter()), j, rec.actions()).run((BEFORE,))
+    on_disk = Journal.load(j.path)
+    assert on_disk.state == "aborting" and on_disk.is_done("stop-web")
+    assert [x.path for x in Journal.unfinished(tmp_path)] == [j.path]
+    # The next abort (a rerun, dpkg's abort-upgrade) finishes it.
+    Procedure(SimpleNamespace(reporter=RecordingReporter()), on_disk, rec.actions()).abort()
+    assert Journal.load(j.path).state == ABORTED and rec.calls[-1] == "start-web"

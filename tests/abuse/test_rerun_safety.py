@@ -1,0 +1,469 @@
+"""Reruns after SIGKILL, a fragile abort path, and children left running.
+
+Every case kills or starves a real ivle-maint process on a sandbox node,
+then checks the one-line message, the exit status, that nothing is lost
+and that the next command ends where an uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from configobj import ConfigObj
+from test_source_install import source_tree
+
+from ivle_maint.db.lock import LOCK_ID
+from ivle_sandbox.releases import NEW, OLD, RELEASES
+from upgrade_helpers import (
+    at_version_1_0,
+    cli,
+    final_state,
+    home_checksums,
+    journal,
+    marker_keys,
+    media_version,
+    postinst,
+    preinst,
+    start_cli,
+    unpack,
+    wait_for_step,
+)
+
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
+
+OLD_KEYS = sorted(k.removesuffix(".sql") for k in OLD)
+ALL_KEYS = sorted(k.removesuffix(".sql") for k in {**OLD, **NEW})
+
+
+def set_setting(node, section: str, key: str, value: str) -> None:
+    conf = ConfigObj(str(node.maint_conf))
+    conf.setdefault(section, {})[key] = value
+    conf.write()
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [ln for ln in stderr.splitlines() if ln.startswith("ivle-maint: error: ")]
+
+
+def resume_line(stderr: str) -> str:
+    lines = [ln for ln in stderr.splitlines() if ln.startswith("ivle-maint: resume with: ")]
+    assert len(lines) == 1, stderr
+    return lines[0].removeprefix("ivle-maint: resume with: ")
+
+
+def stubborn_console(node) -> subprocess.Popen[str]:
+    """A process in a user's jail that ignores SIGTERM: stop-consoles waits."""
+    proc = subprocess.Popen(
+        ["/usr/bin/python3", "-c", "import signal, time; "
+         "signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+         "time.sleep(600)"],
+        cwd=node.jail("user0001") / "home" / "user0001", stdout=subprocess.PIPE, text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def kill_during(node, step: str, *args: str) -> None:
+    proc = start_cli(node, *args)
+    wait_for_step(node, step, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+
+
+def old_site_untouched(node) -> None:
+    """Nothing of the after-phase ran: old schema, old media, old code."""
+    assert marker_keys(node) in ([], OLD_KEYS)  # the baseline at most
+    assert media_version(node) == "1.0"
+    assert node.installed_version() == "1.0" and node.template_version() == "1.0"
+    steps = journal(node).get("steps", {})
+    assert not {"migrate", "rebuild-jail", "media-version", "start-web"} & set(steps)
+
+
+@pytest.fixture
+def reference(node_factory):
+    """What an uninterrupted dpkg upgrade 1.0 -> 1.1 leaves."""
+    node = at_version_1_0(node_factory(users=4, consoles=1))
+    assert preinst(node).returncode == 0
+    unpack(node)
+    assert postinst(node).returncode == 0
+    return final_state(node)
+
+
+# -- Defect 1: a rerun never finishes an upgrade whose code is not installed --
+
+@pytest.mark.parametrize("form", ["source", "dpkg"])
+def test_killed_before_phase_rerun_never_runs_the_after_phase(node_factory, reference, form):
+    node = at_version_1_0(node_factory(users=4, consoles=1))
+    homes = home_checksums(node)
+    tree = source_tree(node, RELEASES["1.1"]) if form == "source" else None
+    set_setting(node, "consoles", "term_timeout", "30")
+    stubborn = stubborn_console(node)
+    if form == "source":
+        kill_during(node, "stop-consoles", "upgrade", "--from", "1.0", "--source", str(tree))
+    else:
+        kill_during(node, "stop-consoles", "hook", "--package-version", "1.1", "preinst",
+                    "upgrade", "1.0", "1.1")
+    set_setting(node, "consoles", "term_timeout", "1")
+
+    done = cli(node, "rerun")
+    assert done.returncode == 1, done.stderr
+    [error] = error_lines(done.stderr)
+    assert "1.1's code is not installed" in error and "web server stays down" in error
+    resume = resume_line(done.stderr)
+    if form == "source":
+        assert resume.startswith(f"ivle-maint upgrade --from 1.0 --to 1.1 --source {tree} ")
+    else:
+        assert resume.startswith("install 1.1's code, then: ivle-maint hook --package-version "
+                                 "1.1 postinst configure 1.0 ")
+    assert resume.endswith("(or give the site back on 1.0: ivle-maint rerun --abandon)")
+    old_site_untouched(node)
+    assert journal(node)["steps"]["unmount-jails"]["status"] == "done"
+    assert not node.service_running("apache2")
+    assert stubborn.wait(timeout=10) == -signal.SIGKILL
+
+    # The printed command installs the code and ends like an uninterrupted run.
+    if form == "source":
+        finished = cli(node, *resume.split("   ")[0].split()[1:])
+    else:
+        unpack(node)
+        finished = postinst(node)
+    assert finished.returncode == 0, finished.stderr
+    state = final_state(node)
+    assert state == reference
+    assert home_checksums(node) == homes
+
+
+def test_killed_preinst_rerun_abandon_gives_the_site_back(node_factory, reference):
+    node = at_version_1_0(node_factory(users=4, consoles=1))
+    set_setting(node, "consoles", "term_timeout", "30")
+    stubborn = stubborn_console(node)
+    kill_during(node, "stop-consoles", "hook", "preinst", "upgrade", "1.0", "1.1")
+    set_setting(node, "consoles", "term_timeout", "1")
+    assert not node.service_running("apache2")
+
+    done = cli(node, "rerun", "--abandon")
+    assert done.returncode == 0, done.stderr
+    assert "upgrade 1.0 -> 1.1 abandoned, the site is back on 1.0" in done.stderr
+    assert node.service_running("apache2") and journal(node)["state"] == "aborted"
+    old_site_untouched(node)
+    again = cli(node, "rerun")  # abandoned is not unfinished
+    assert again.returncode == 0 and "nothing to do" in again.stderr
+    assert node.service_running("apache2")
+    old_site_untouched(node)
+    stubborn.kill()
+    # dpkg's next attempt runs the whole upgrade.
+    assert preinst(node).returncode == 0
+    unpack(node)
+    assert postinst(node).returncode == 0
+    assert final_state(node) == reference
+
+
+def write_dpkg_status(admindir: Path, status: str, version: str) -> None:
+    (admindir / "info").mkdir(parents=True, exist_ok=True)
+    (admindir / "updates").mkdir(exist_ok=True)
+    (admindir / "status").write_text(
+        f"Package: ivle\nStatus: {status}\nPriority: optional\nSection: web\n"
+        f"Maintainer: IVLE <ivle@example.org>\nArchitecture: all\nVersion: {version}\n"
+        "Description: IVLE\n\n"
+    )
+
+
+def test_dpkg_record_of_the_old_version_stops_the_rerun(node_factory, tmp_path, monkeypatch):
+    node = at_version_1_0(node_factory(users=3, consoles=1))
+    # dpkg killed with its preinst: the package stays half-installed at 1.0.
+    write_dpkg_status(tmp_path, "install reinstreq half-installed", "1.0")
+    monkeypatch.setenv("DPKG_ADMINDIR", str(tmp_path))
+    set_setting(node, "consoles", "term_timeout", "30")
+    stubborn = stubborn_console(node)
+    kill_during(node, "stop-consoles", "hook", "preinst", "upgrade", "1.0", "1.1")
+    set_setting(node, "consoles", "term_timeout", "1")
+    done = cli(node, "rerun")
+    assert done.returncode == 1
+    [error] = error_lines(done.stderr)
+    assert "(dpkg has ivle 1.0 half-installed)" in error
+    assert resume_line(done.stderr).startswith("apt-get install ivle=1.1 ")
+    old_site_untouched(node)
+    stubborn.kill()
+
+
+def test_rerun_says_dpkg_configure_is_still_owed(node_factory, reference, tmp_path,
+                                                 monkeypatch):
+    node = at_version_1_0(node_factory(users=4, consoles=1))
+    assert preinst(node).returncode == 0
+    unpack(node)
+    # dpkg died after the unpack, before the postinst: ivle 1.1 unpacked.
+    write_dpkg_status(tmp_path, "install ok unpacked", "1.1")
+    monkeypatch.setenv("DPKG_ADMINDIR", str(tmp_path))
+    done = cli(node, "rerun")
+    assert done.returncode == 0, done.stderr
+    assert ("ivle-maint: warning: dpkg has not finished configuring ivle (dpkg has ivle 1.1 "
+            "unpacked): run dpkg --configure -a") in done.stderr
+    assert final_state(node) == reference
+    assert "already complete" in postinst(node).stderr
+
+
+# -- Defect 3: the abort path --------------------------------------------------
+
+def hold_migration_lock(node):
+    """Another runner holds the lock: the before-phase's baseline fails."""
+    set_setting(node, "database", "lock_timeout", "1")
+    holder = node.connect()
+    with holder.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(%s)", [LOCK_ID])
+    holder.commit()
+    return holder
+
+
+def test_dead_output_pipe_never_stops_the_abort(node_factory):
+    """`... | tee log` whose tee dies mid-run: every later write gets EPIPE."""
+    node = at_version_1_0(node_factory(users=3, consoles=1))
+    holder = hold_migration_lock(node)
+    set_setting(node, "consoles", "term_timeout", "3")
+    stubborn = stubborn_console(node)
+    try:
+        proc = start_cli(node, "hook", "preinst", "upgrade", "1.0", "1.1")
+        wait_for_step(node, "stop-consoles", proc)
+        assert proc.stderr is not None
+        proc.stderr.close()  # the reader is gone
+        assert proc.wait(timeout=120) == 1
+    finally:
+        holder.close()
+        stubborn.kill()
+    assert journal(node)["state"] == "aborted"
+    assert node.service_running("apache2")
+    log_text = "".join(p.read_text() for p in node.maint_log_dir.glob("upgrade-*"))
+    assert "abort: start-web" in log_text
+    again = cli(node, "rerun")
+    assert again.returncode == 0 and "nothing to do" in again.stderr
+    old_site_untouched(node)
+
+
+def test_hangup_does_not_stop_a_step(node_factory):
+    node = at_version_1_0(node_factory(users=3, consoles=1))
+    set_setting(node, "consoles", "term_timeout", "2")
+    stubborn = stubborn_console(node)
+    proc = start_cli(node, "hook", "preinst", "upgrade", "1.0", "1.1")
+    wait_for_step(node, "stop-consoles", proc)
+    proc.send_signal(signal.SIGHUP)  # the terminal closed
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert journal(node)["steps"]["baseline"]["status"] == "done"
+    assert stubborn.wait(timeout=10) == -signal.SIGKILL
+
+
+def initd_actions(node, service: str, action: str) -> list[int]:
+    """Init-script runs of SERVICE ACTION for this node still alive."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry.name}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(node.root).encode() in cmdline and \
+                    cmdline.endswith(f"\0{service}\0{action}\0".encode()):
+                found.append(int(entry.name))
+    return found
+
+
+def test_killed_abort_is_finished_by_the_rerun_never_completed(node_factory):
+    node = at_version_1_0(node_factory(users=3, consoles=1))
+    holder = hold_migration_lock(node)
+    set_setting(node, "database", "lock_timeout", "3")
+    try:
+        proc = start_cli(node, "hook", "preinst", "upgrade", "1.0", "1.1")
+        wait_for_step(node, "baseline", proc)
+        node.set_fakes("apache2", delay=30)  # the undo (start-web) takes long
+        deadline = time.monotonic() + 60
+        while journal(node).get("state") != "aborting":
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+    finally:
+        holder.close()
+    # The init script's start dies with ivle-maint: it cannot overlap the rerun's.
+    deadline = time.monotonic() + 10
+    while initd_actions(node, "apache2", "start"):
+        assert time.monotonic() < deadline, "the init script outlived the killed ivle-maint"
+        time.sleep(0.05)
+    node.set_fakes("apache2", delay=0)
+    assert journal(node)["steps"]["stop-web"]["status"] == "done"  # still owed
+    starts = [e for _, _, e in node.service_events("apache2")].count("start")
+
+    done = cli(node, "rerun")
+    assert done.returncode == 0, done.stderr
+    assert "upgrade 1.0 -> 1.1 abandoned, the site is back on 1.0" in done.stderr
+    assert node.service_running("apache2") and journal(node)["state"] == "aborted"
+    old_site_untouched(node)
+    assert [e for _, _, e in node.service_events("apache2")].count("start") == starts + 1
+
+
+# -- Defect 5: children die with ivle-maint, a rerun ends what a kill left ----
+
+def tool_pids(node, name: str) -> list[int]:
+    """Live processes running stand-in NAME for this node (by its IVLECONF)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry.name}/cmdline").read_bytes()
+                state = Path(f"/proc/{entry.name}/stat").read_bytes().rsplit(b")", 1)[1]
+                environ = Path(f"/proc/{entry.name}/environ").read_bytes()
+            except OSError:
+                continue
+            if name.encode() in cmdline and state.split()[0] != b"Z" \
+                    and str(node.conf_dir).encode() in environ:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("tool", ["ivle-buildjail", "ivle-remakeuser"])
+def test_killed_run_leaves_no_tool_running(node_factory, reference, tool):
+    node = at_version_1_0(node_factory(users=4, consoles=1))
+    homes = home_checksums(node)
+    assert preinst(node).returncode == 0
+    unpack(node)
+    node.set_fakes(tool, delay=60)
+    step = "rebuild-jail" if tool == "ivle-buildjail" else "remake-users"
+    proc = start_cli(node, "hook", "--package-version", "1.1", "postinst", "configure", "1.0")
+    wait_for_step(node, step, proc)
+    deadline = time.monotonic() + 30
+    while not tool_pids(node, tool):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    # The kernel ends the tool with ivle-maint: nothing runs beside the rerun.
+    deadline = time.monotonic() + 10
+    while tool_pids(node, tool):
+        assert time.monotonic() < deadline, f"{tool} outlived the killed ivle-maint"
+        time.sleep(0.05)
+    node.set_fakes(tool, delay=0)
+    done = cli(node, "rerun")
+    assert done.returncode == 0, done.stderr
+    assert final_state(node) == reference
+    assert home_checksums(node) == homes
+
+
+def dump_pids(node) -> list[int]:
+    """pg_dump processes dumping this node's database."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry.name}/cmdline").read_bytes()
+                state = Path(f"/proc/{entry.name}/stat").read_bytes().rsplit(b")", 1)[1]
+            except OSError:
+                continue
+            if b"pg_dump" in cmdline and f"--dbname={node.dbname}\0".encode() in cmdline \
+                    and state.split()[0] != b"Z":
+                found.append(int(entry.name))
+    return found
+
+
+def test_killed_run_leaves_no_pg_dump_writing(node_factory, reference):
+    node = at_version_1_0(node_factory(users=4, consoles=1))
+    assert preinst(node).returncode == 0
+    unpack(node)
+    blocker = node.connect()
+    with blocker.cursor() as cur:  # pg_dump waits for this table; ivle-maint never reads it
+        cur.execute("LOCK TABLE enrolment IN ACCESS EXCLUSIVE MODE")
+    try:
+        proc = start_cli(node, "hook", "--package-version", "1.1", "postinst", "configure", "1.0")
+        wait_for_step(node, "migrate", proc)
+        deadline = time.monotonic() + 60
+        while not dump_pids(node):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        deadline = time.monotonic() + 10
+        while dump_pids(node):
+            assert time.monotonic() < deadline, "pg_dump outlived the killed ivle-maint"
+            time.sleep(0.05)
+    finally:
+        blocker.close()
+    done = cli(node, "rerun")
+    assert done.returncode == 0, done.stderr
+    assert final_state(node) == reference
+
+
+# -- Weak points: the upgrade's summary, a stale migration lock -----------------
+
+def test_stale_lock_of_a_killed_runner_and_the_upgrade_summary(node_factory, reference):
+    node = at_version_1_0(node_factory(users=4, consoles=1))
+    assert preinst(node).returncode == 0
+    slow = {**OLD, **NEW, "20100215.sql": "SELECT pg_sleep(60);\n" + NEW["20100215.sql"]}
+    unpack(node, migrations=slow)
+    proc = start_cli(node, "hook", "--package-version", "1.1", "postinst", "configure", "1.0")
+    wait_for_step(node, "migrate", proc)
+    conn = node.connect()
+    try:
+        deadline = time.monotonic() + 60
+        backend = None
+        while backend is None:
+            assert time.monotonic() < deadline and proc.poll() is None
+            with conn.cursor() as cur:
+                cur.execute("SELECT pid FROM pg_stat_activity WHERE query LIKE "
+                            "'SELECT pg_sleep(60)%%' AND pid <> pg_backend_pid()")
+                row = cur.fetchone()
+            conn.rollback()
+            backend = row[0] if row else None
+            time.sleep(0.02)
+    finally:
+        conn.close()
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert marker_keys(node) == ALL_KEYS[:-1]  # two of 1.1's three applied before the kill
+    unpack(node)
+    set_setting(node, "database", "lock_timeout", "1")
+
+    waited = cli(node, "rerun")
+    assert waited.returncode == 75, waited.stderr
+    [error] = error_lines(waited.stderr)
+    assert f"SELECT pg_terminate_backend({backend});" in error and "which is dead" in error
+    assert resume_line(waited.stderr) == "ivle-maint rerun --terminate-stale-lock"
+
+    done = cli(node, "rerun", "--terminate-stale-lock")
+    assert done.returncode == 0, done.stderr
+    assert f"ending server session {backend} of dead ivle-maint" in done.stderr
+    # The summary is the upgrade's: all three of 1.1's migrations.
+    new_keys = sorted(k.removesuffix(".sql") for k in NEW)
+    assert f"migrations applied: 3 {' '.join(new_keys)}" in done.stderr
+    assert final_state(node) == reference
+
+
+# -- Resume hints --------------------------------------------------------------
+
+def test_changed_applied_migration_prints_the_command_that_works(node_factory, reference):
+    node = at_version_1_0(node_factory(users=4, consoles=1))
+    assert preinst(node).returncode == 0
+    first = sorted(OLD)[0]
+    unpack(node, migrations={**OLD, **NEW, first: "-- corrected comment\n" + OLD[first]})
+    failed = postinst(node)
+    assert failed.returncode == 1
+    key = first.removesuffix(".sql")
+    resume = resume_line(failed.stderr)
+    assert resume == f"ivle-maint rerun --accept-changed {key}, then: dpkg --configure -a"
+    assert postinst(node).returncode == 1  # dpkg alone fails the same way
+    rerun, configure = resume.split(", then: ")
+    done = cli(node, *rerun.split()[1:])
+    assert done.returncode == 0, done.stderr
+    assert configure == "dpkg --configure -a" and "already complete" in postinst(node).stderr
+    state = final_state(node)
+    assert state == reference
+
+
+def test_failed_preflight_leaves_nothing_for_a_rerun(node_factory):
+    node = at_version_1_0(node_factory(users=3, consoles=1))
+    done = preinst(node, old="1.1", new="1.0")  # a downgrade: refused by the preflight
+    assert done.returncode == 1 and node.service_running("apache2")
+    again = cli(node, "rerun")
+    assert again.returncode == 0 and "nothing to do" in again.stderr
+    assert node.service_running("apache2") and len(node.console_pids()) == 1

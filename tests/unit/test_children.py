@@ -1,0 +1,78 @@
+"""Commands die with ivle-maint; what a killed run left is ended next time.
+
+Real processes and a real SIGKILL: a run that starts a command whose own
+child (an init script's daemon helper, a tool's rsync) is not reached by
+the parent-death signal, is killed; the next run's sweep ends the rest.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ivle_maint import children
+from ivle_maint.output import RecordingReporter
+
+REPO = Path(__file__).resolve().parents[2]
+
+RUN = """
+import sys
+from pathlib import Path
+from ivle_maint import children, system
+with children.tracked_run(Path(sys.argv[1])):
+    system.run(["sh", "-c", "sleep 300 & sleep 301; echo finished"])
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != b"Z"
+
+
+def test_killed_run_command_dies_and_the_sweep_ends_its_children(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    owner = subprocess.Popen([sys.executable, "-c", RUN, str(tmp_path)], env=env)
+    records = tmp_path / "children"
+    while not list(records.glob("*.json")) if records.is_dir() else True:
+        assert owner.poll() is None
+        time.sleep(0.01)
+    [record] = list(records.glob("*.json"))
+    group = int(record.stem)
+    while len(children._group_members(group, 0)) < 3:  # sh and its two sleeps
+        time.sleep(0.01)
+    members = children._group_members(group, 0)
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    guard = time.monotonic() + 120  # against a hang, not a measure of speed
+    while _alive(group):  # the parent-death signal ends sh itself
+        assert time.monotonic() < guard, "sh outlived the killed run"
+        time.sleep(0.01)
+    left = [pid for pid in members if _alive(pid)]
+    assert left, "the sleeps are sh's children: no parent-death signal reaches them"
+
+    reporter = RecordingReporter()
+    ended = children.end_leftovers(tmp_path, reporter)
+    assert ended == ["sh -c sleep 300 & sleep 301; echo finished"]
+    assert not [pid for pid in members if _alive(pid)]
+    assert not list(records.glob("*.json"))
+    assert "left running by a killed ivle-maint" in reporter.lines[0]
+
+
+def test_a_live_owners_children_are_left_alone(tmp_path):
+    (tmp_path / "children").mkdir()
+    sleeper = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        with children.tracked_run(tmp_path):
+            children.record(sleeper.pid, ["sleep", "300"])
+        assert children.end_leftovers(tmp_path, RecordingReporter()) == []
+        assert sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
