@@ -21,7 +21,7 @@ from .errors import ConfigError
 try:  # configobj >= 5.1 ships validate inside the package
     from configobj.validate import Validator
 except ImportError:  # Debian bookworm: a top-level module
-    from validate import Validator  # type: ignore[no-redef]
+    from validate import Validator
 
 DEFAULT_SETTINGS_FILE = "/etc/ivle/ivle-maint.conf"
 DEFAULT_IVLE_CONF_DIR = "/etc/ivle"

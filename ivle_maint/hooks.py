@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import system
+from .cluster.admin import register
+from .cluster.presence import coordinated
 from .config import Settings
-from .errors import MaintError, UsageError
+from .context import AFTER, BEFORE, RunOptions, UpgradeContext
+from .dpkg import package_version
+from .errors import UsageError
+from .installed import record_fresh_install
 from .output import Reporter
+from .upgrade import abort, run_phases, unfinished_matching
 
 # The resume command printed when a hook fails part-way.
 DPKG_RESUME = "dpkg --configure -a  (or: ivle-maint rerun)"
@@ -40,47 +45,42 @@ class HookEnv:
 
     settings: Settings
     reporter: Reporter
-    make_context: Callable[..., object]
+    options: RunOptions = field(default_factory=RunOptions)
     # The new version's migrations (dh_ivle_maint's manifest, written out),
     # for the preinst's preflight.
     new_migrations: Path | None = None
 
+    def context(self, *, old: str, new: str, code_is_new: bool = False, package: str = "",
+                new_migrations: Path | None = None) -> UpgradeContext:
+        """An upgrade's context as dpkg runs it: a failure resumes through dpkg."""
+        return self.options.context(self.settings, self.reporter, old=old, new=new,
+                                    code_is_new=code_is_new, resume=DPKG_RESUME,
+                                    package=package, new_migrations=new_migrations)
+
 
 def _before(call: HookCall, env: HookEnv) -> str:
     """NEW-preinst upgrade OLD NEW: the old code is still installed."""
-    from .procedure import BEFORE
-    from .upgrade import run_phases
-
     old, new = call.args[0], call.args[1]
-    ctx = env.make_context(old=old, new=new, code_is_new=False, resume=DPKG_RESUME,
-                           new_migrations=env.new_migrations, package=call.package)
+    ctx = env.context(old=old, new=new, new_migrations=env.new_migrations,
+                      package=call.package)
     # dpkg runs the preinst once per attempt: a finished journal of the same
     # versions (a reinstall) is history, not this run.
-    run_phases(ctx, (BEFORE,), restart_finished=True)  # type: ignore[arg-type]
+    run_phases(ctx, (BEFORE,), restart_finished=True)
     return f"before-phase of {old} -> {new} done"
 
 
 def _after(call: HookCall, env: HookEnv) -> str:
     """postinst configure OLD: the new code is unpacked; finish the upgrade."""
-    from .procedure import AFTER, BEFORE
-    from .upgrade import run_phases
-
     old = call.args[0] if call.args else ""
     new = call.package_version
     if not old:
-        from .actions import record_fresh_install
-        from .cluster.admin import register
-        from .cluster.presence import coordinated
-
-        ctx = env.make_context(old="", new=new, code_is_new=True, resume=DPKG_RESUME)
-        line = record_fresh_install(ctx)  # type: ignore[arg-type]
+        line = record_fresh_install(env.context(old="", new=new, code_is_new=True))
         if coordinated(env.settings):  # the other nodes know it before its first upgrade
             register(env.settings, env.reporter, new, strict=False, note=f"installed {new}")
         return line
-    ctx = env.make_context(old=old, new=new, code_is_new=True, resume=DPKG_RESUME,
-                           package=call.package)
+    ctx = env.context(old=old, new=new, code_is_new=True, package=call.package)
     # BEFORE too: if the preinst did not run it, its steps are still owed.
-    run_phases(ctx, (BEFORE, AFTER))  # type: ignore[arg-type]
+    run_phases(ctx, (BEFORE, AFTER))
     return f"upgrade {old} -> {new} complete"
 
 
@@ -90,12 +90,9 @@ def _abort(env: HookEnv, *, old: str | None = None, new: str | None = None) -> s
     During abort-upgrade dpkg's own record of the version is in flux, so
     the journal, not dpkg-query, says which upgrade is being abandoned.
     """
-    from .upgrade import abort, unfinished_matching
-
     lines = []
     for journal in unfinished_matching(env.settings, old=old, new=new):
-        ctx = env.make_context(old=journal.old, new=journal.new, resume=DPKG_RESUME)
-        undone = abort(ctx)  # type: ignore[arg-type]
+        undone = abort(env.context(old=journal.old, new=journal.new))
         lines.append(f"abandoned {journal.old} -> {journal.new}; restarted: "
                      f"{', '.join(undone) or 'nothing'}")
     return "; ".join(lines) or "no unfinished upgrade to abandon"
@@ -150,14 +147,6 @@ ARG_COUNTS: dict[tuple[str, str], range] = {
 }
 
 
-def installed_version(package: str) -> str:
-    """The version dpkg has for PACKAGE (during postinst: the new one)."""
-    done = system.run(["dpkg-query", "-W", "-f=${Version}", package], keep_stdout=True)
-    if not done.ok or not done.stdout.strip():
-        raise MaintError(f"dpkg does not know package {package}; pass --package-version")
-    return done.stdout.strip()
-
-
 def parse_call(
     script: str, argv: Sequence[str], package: str, version: str | None
 ) -> HookCall:
@@ -173,7 +162,7 @@ def parse_call(
     package = os.environ.get("DPKG_MAINTSCRIPT_PACKAGE", package)
     if version is None:
         needs_version = HANDLERS[(script, action)] is _after
-        version = installed_version(package) if needs_version else ""
+        version = package_version(package) if needs_version else ""
     return HookCall(script, action, args, version, package)
 
 

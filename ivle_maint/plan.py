@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from .procedure import steps_for
 
 if TYPE_CHECKING:
-    from .upgrade import UpgradeContext
+    from .context import UpgradeContext
 
 
 def _migration_lines(ctx: UpgradeContext) -> list[str]:

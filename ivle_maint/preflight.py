@@ -2,16 +2,15 @@
 
 Everything an upgrade will need is checked here, so that the disruptive
 part starts only when it can finish: the settings and ivle.conf parse, the
-version goes forwards, IVLE's commands exist, the step modules and their
-libraries load, the database answers, every pending migration parses, and
-the backup fits on its disk.  In a cluster the node records itself in
-ivle_maint_nodes, which proves the database answers and that no other
-node uses its name.
+version goes forwards, IVLE's commands exist, the database answers, every
+pending migration parses, and the backup fits on its disk.  In a cluster
+the node records itself in ivle_maint_nodes, which proves the database
+answers and that no other node uses its name.  (The steps and their
+libraries were loaded before: upgrade.load_procedure.)
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import shutil
@@ -22,15 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 from . import system
 from .errors import MaintError
+from .installed import old_migration_files
 from .versions import check_upgrade
 
 if TYPE_CHECKING:
+    from .context import UpgradeContext
     from .db.classify import Classified
-    from .upgrade import UpgradeContext
 
 log = logging.getLogger(__name__)
-
-SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def check_commands(ctx: UpgradeContext) -> None:
@@ -41,33 +39,10 @@ def check_commands(ctx: UpgradeContext) -> None:
         needed += [commands["buildjail"], commands["remakeuser"]]
     if role in ("slave", "both") and ctx.settings["jails"]["run_mountallusers"]:
         needed.append(commands["mountallusers"])
-    path = os.environ.get("PATH", "") + ":" + SBIN_PATH
+    path = os.environ.get("PATH", "") + ":" + system.SBIN_PATH
     missing = [c for c in needed if system.which(c, path=path) is None]
     if missing:
         raise MaintError(f"IVLE command(s) not found: {', '.join(missing)} (see [commands])")
-
-
-# The modules each role's steps import when they run (actions.py imports
-# lazily to keep 'ivle-maint --version' fast).  Loading them here moves that
-# cost out of the web-down window and fails a broken install
-# (python3-psutil, say) while the site is still up.
-_EVERY_ROLE = ["ivle_maint.steps.services", "ivle_maint.cluster.waits"]
-STEP_MODULES = {
-    "slave": [*_EVERY_ROLE, "psutil", "ivle_maint.steps.consoles", "ivle_maint.steps.mounts",
-              "ivle_maint.steps.media", "ivle_maint.cluster.media"],
-    "master": [*_EVERY_ROLE, "ivle_maint.steps.migrations", "ivle_maint.steps.jail_rebuild",
-               "ivle_maint.steps.user_jails"],
-}
-STEP_MODULES["both"] = sorted({*STEP_MODULES["slave"], *STEP_MODULES["master"]})
-
-
-def check_modules(ctx: UpgradeContext) -> None:
-    """Every module this node's steps need loads."""
-    for name in STEP_MODULES[ctx.settings.role]:
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            raise MaintError(f"Python module {name} does not load: {exc}") from None
 
 
 def classified_after_baseline(ctx: UpgradeContext) -> tuple[int, list[Classified]]:
@@ -77,7 +52,6 @@ def classified_after_baseline(ctx: UpgradeContext) -> tuple[int, list[Classified
     Raises MaintError when nothing says which migrations OLD shipped, or
     when a new file does not parse.
     """
-    from .actions import old_migration_files
     from .db.classify import classify
     from .db.discovery import check_writers, discover
 
@@ -195,7 +169,6 @@ def check(ctx: UpgradeContext) -> None:
         check_upgrade(ctx.old, ctx.new)
     ctx.ivle_conf  # noqa: B018 - parses ivle.conf, raising ConfigError if broken
     check_commands(ctx)
-    check_modules(ctx)
     if ctx.settings.role in ("slave", "both"):
         check_jail_mounts(ctx)
     if ctx.settings.role in ("master", "both"):

@@ -1,14 +1,17 @@
-"""Source installs: build and install an IVLE tree as the seed says."""
+"""Source installs: build and install an IVLE tree as IVLE's upgrade procedure says."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from . import system
 from .errors import MaintError
 from .logfile import BoundedOutput
+
+if TYPE_CHECKING:
+    from .context import UpgradeContext
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +32,7 @@ def source_version(source: Path) -> str:
     return lines[-1].strip()
 
 
-def install_source(source: Path, ctx: Any) -> None:
+def install_source(source: Path, ctx: UpgradeContext) -> None:
     """./setup.py build, then ./setup.py install, output to the log."""
     script = _setup_py(source)
     for action in ("build", "install"):

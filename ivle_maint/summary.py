@@ -42,7 +42,7 @@ def summary_lines(journal: Journal) -> list[str]:
         old = _metric(journal, "media-version", "media_old")
         new = _metric(journal, "media-version", "media_new")
         lines.append(f"  media version: {old or '(unset)'} -> {new or '(unset)'}")
-    for step in STEPS:  # the seed's order, not the file's
+    for step in STEPS:  # the order of IVLE's upgrade procedure, not the file's
         record = journal.steps.get(step.name)
         if record is not None and record.status != "done":
             lines.append(f"  {step.name}: {record.status}: {record.error or ''}".rstrip(": "))

@@ -27,6 +27,9 @@ _SH_MAJOR = int(sh.__version__.split(".")[0])
 _RETURN_CMD: dict[str, Any] = {"_return_cmd": True} if _SH_MAJOR >= 2 else {}
 
 TAIL_LINES = 40
+# Maintainer scripts run with a PATH that has the sbin directories; a shell
+# of a person may not: IVLE's programs and init tools are looked up here too.
+SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass(frozen=True)

@@ -11,74 +11,28 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
-from typing import Any
+from types import TracebackType
 
-from . import children
-from .config import IvleConf, Settings
+from . import children, preflight
+from .cluster.presence import Presence
+from .config import Settings
+from .context import BEFORE, Step, UpgradeContext
+from .db.backup import remove_leftovers
 from .errors import MaintError
+from .installed import record_installed
 from .journal import ABORTING, COMPLETE, IN_PROGRESS, Journal
 from .lock import node_lock
 from .logfile import limits, run_log
-from .output import Reporter
-from .procedure import BEFORE, Procedure
+from .runner import Procedure
 from .safepaths import check_settings_dirs
+from .steps.migrations import upgrade_completed
 from .summary import summary_lines
 
+__all__ = ["UpgradeContext", "abort", "load_procedure", "run_phases", "unfinished",
+           "unfinished_matching"]
+
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class UpgradeContext:
-    """Everything a step action may need; built by the CLI or a hook."""
-
-    settings: Settings
-    reporter: Reporter
-    old: str
-    new: str
-    # True once the new code is on disk: the BEFORE phase then cannot learn
-    # the old version's migrations from the files any more.
-    code_is_new: bool = False
-    migrations_dir: Path | None = None
-    allow_out_of_order: bool = False
-    accept_changed: tuple[str, ...] = ()
-    resume: str = "ivle-maint rerun"
-    # Names this run of the upgrade (set from the journal): a rerun keeps
-    # it, a reinstall of the same version gets a new one.
-    upgrade_id: str = ""
-    # Go ahead with the migrations while slaves serve the old code.
-    migrate_while_serving: bool = False
-    # This run's cluster.presence.Presence (set by run_phases).
-    cluster: Any = None
-    # The new version's migrations while the code on disk is still the old
-    # one (dpkg's preinst, from dh_ivle_maint's manifest): the preflight
-    # checks these; the steps still use `migrations`.
-    new_migrations: Path | None = None
-    # How NEW's code gets installed (recorded in the journal for a rerun):
-    # the dpkg package whose maintainer scripts call us, or a source tree.
-    package: str = ""
-    source: Path | None = None
-    # End a killed ivle-maint's database session that still holds the
-    # migration lock (db/lock.py), instead of only naming it.
-    terminate_stale_lock: bool = False
-    # When this upgrade began (the journal's creation): a rerun's summary
-    # counts the migrations applied since, by killed runs too.
-    started: float = 0.0
-
-    @cached_property
-    def ivle_conf(self) -> IvleConf:
-        return self.settings.ivle_conf()
-
-    @property
-    def migrations(self) -> Path:
-        return self.migrations_dir or self.settings.path_of("migrations")
-
-    @property
-    def preflight_migrations(self) -> Path:
-        """The migrations the preflight checks: the new version's."""
-        return self.new_migrations or self.migrations
 
 
 def state_dir(settings: Settings) -> Path:
@@ -86,12 +40,11 @@ def state_dir(settings: Settings) -> Path:
 
 
 @contextmanager
-def _presence(ctx: UpgradeContext, journal: Journal) -> Iterator[Any]:
+def _presence(ctx: UpgradeContext, journal: Journal, steps: tuple[Step, ...]
+              ) -> Iterator[Presence]:
     """The run's link to the cluster table, closed when the run ends."""
-    from .cluster.presence import Presence
-
     presence = Presence(ctx.settings, ctx.reporter)
-    presence.attach(journal, code_is_new=ctx.code_is_new)
+    presence.attach(journal, steps, code_is_new=ctx.code_is_new)
     ctx.cluster = presence
     try:
         yield presence
@@ -133,8 +86,7 @@ def run_phases(
     A finished upgrade is left alone, unless restart_finished (dpkg's
     preinst starting it again, as for a reinstall): then it starts anew.
     """
-    from . import actions, preflight
-
+    steps = load_procedure()  # before anything changes: a broken install fails here
     settings = ctx.settings
     purpose = f"upgrade {ctx.old or '(none)'} -> {ctx.new} ({'+'.join(phases)})"
     check_settings_dirs(settings)  # before the lock, the log and the journal
@@ -150,8 +102,8 @@ def run_phases(
             ctx.reporter.info(f"upgrade {ctx.old} -> {ctx.new} is already complete")
             return journal
         if journal.state == ABORTING:  # a killed abandonment is finished first
-            with _presence(ctx, journal) as presence:
-                Procedure(ctx, journal, actions.ACTIONS, presence.observe).abort()
+            with _presence(ctx, journal, steps) as presence:
+                Procedure(ctx, journal, steps, presence.observe).abort()
         journal.resume = ctx.resume
         ctx.upgrade_id = upgrade_id(journal)
         ctx.started = journal.created
@@ -167,17 +119,43 @@ def run_phases(
             journal.save()
         log.info("%s; role %s; log %s", purpose, settings.role, log_path)
         _remove_dump_leftovers(settings)
-        with _presence(ctx, journal) as presence:
+        with _presence(ctx, journal, steps) as presence:
             if BEFORE in phases and not any(journal.is_done(s) for s in journal.steps):
                 preflight.check(ctx)  # nothing is stopped before this passes
-            Procedure(ctx, journal, actions.ACTIONS, presence.observe).run(phases)
+            Procedure(ctx, journal, steps, presence.observe).run(phases)
         if journal.state == COMPLETE:
-            actions.record_installed(ctx)
+            record_installed(ctx)
             _unpin_backups(ctx)
             for line in summary_lines(journal):
                 ctx.reporter.info(line)
             ctx.reporter.info(f"log: {log_path}")
         return journal
+
+
+def load_procedure() -> tuple[Step, ...]:
+    """IVLE's procedure, with every step and every library the steps use.
+
+    Loaded before anything is stopped, so that a broken install (a bad
+    python3-psutil, say) fails while the site is still up, and nothing is
+    left to import once the web server is down.
+    """
+    try:
+        from .procedure import STEPS
+    except ImportError as exc:
+        raise MaintError(f"Python module {_failed_module(exc)} does not load: {exc}") from None
+    return STEPS
+
+
+def _failed_module(exc: ImportError) -> str:
+    """The module that is missing, or the one whose loading raised EXC."""
+    if exc.name:
+        return exc.name
+    tb: TracebackType | None = exc.__traceback__
+    name = "?"
+    while tb is not None:
+        name = str(tb.tb_frame.f_globals.get("__name__", name))
+        tb = tb.tb_next
+    return name
 
 
 def upgrade_id(journal: Journal) -> str:
@@ -187,8 +165,6 @@ def upgrade_id(journal: Journal) -> str:
 
 def _remove_dump_leftovers(settings: Settings) -> None:
     """A killed run's partial dump and password file go on the next run."""
-    from .db.backup import remove_leftovers
-
     remove_leftovers(settings.path_of("backup"))
 
 
@@ -196,16 +172,13 @@ def _unpin_backups(ctx: UpgradeContext) -> None:
     """The upgrade's first dump stays only as the last completed upgrade's."""
     if ctx.settings.role == "slave":
         return
-    from .steps.migrations import upgrade_completed
-
     unfinished = [upgrade_id(j) for j in Journal.unfinished(state_dir(ctx.settings))]
     upgrade_completed(ctx.settings, ctx.upgrade_id, unfinished)
 
 
 def abort(ctx: UpgradeContext) -> list[str]:
     """Bring back what an unfinished BEFORE phase stopped (dpkg abort-upgrade)."""
-    from . import actions
-
+    steps = load_procedure()
     with node_lock(ctx.settings.path_of("run"), f"abort upgrade to {ctx.new}"), \
             _attended_run(ctx):
         journal = Journal.open(state_dir(ctx.settings), ctx.old, ctx.new, ctx.settings.role)
@@ -213,8 +186,8 @@ def abort(ctx: UpgradeContext) -> list[str]:
             return []
         if journal.state == IN_PROGRESS and not journal.steps:
             return []
-        with _presence(ctx, journal) as presence:
-            undone = Procedure(ctx, journal, actions.ACTIONS, presence.observe).abort()
+        with _presence(ctx, journal, steps) as presence:
+            undone = Procedure(ctx, journal, steps, presence.observe).abort()
         ctx.reporter.info(f"upgrade {ctx.old} -> {ctx.new} abandoned")
         return undone
 

@@ -94,10 +94,10 @@ def bench_unmount(node: Node, users: int) -> bool:
         left = mountns.mounts_under(node.jail_mounts)
         if left:
             raise SystemExit(f"bench: {name} left {len(left)} mounts, first {left[0].mountpoint}")
-    seed, ours = times.values()
-    speedup = seed / ours
+    by_hand, ours = times.values()
+    speedup = by_hand / ours
     print(f"{users} users, {mounted} jail bind mounts")
-    print(f"umount(8) once per mount (ivle-mountallusers -u): {seed:.2f}s")
+    print(f"umount(8) once per mount (ivle-mountallusers -u): {by_hand:.2f}s")
     print(f"ivle-maint mounts unmount (whole process):        {ours:.2f}s")
     verdict = "PASS" if speedup >= SPEEDUP_TARGET else "FAIL"
     print(f"speed-up: {speedup:.1f}x (target >= {SPEEDUP_TARGET:g}x: {verdict})")

@@ -6,7 +6,7 @@ One throwaway PostgreSQL server, two identical IVLE databases (3 users,
 migration files (own BEGIN/COMMIT, none, $$ bodies, E'' strings).  In one
 run:
 
-- the seed's way, a loop of `psql -v ON_ERROR_STOP=1 -d DB -f FILE` per
+- by hand, as IVLE's upgrade procedure says: a loop of `psql -v ON_ERROR_STOP=1 -d DB -f FILE` per
   file, against `ivle-maint db migrate` as a whole process, its pg_dump
   backup included.  Printed: both times and their ratio (target: ivle-maint
   at least 5x faster);
@@ -65,7 +65,7 @@ def timed(func: Callable[..., object], *args: object) -> float:
 
 
 def psql_loop(node: Node, files: list[Path]) -> None:
-    """The seed's 'Patching the database': one psql per file, in order."""
+    """IVLE's upgrade procedure, 'Patching the database': one psql per file, in order."""
     pg = node.pg
     for path in files:
         subprocess.run(
@@ -115,23 +115,23 @@ def main() -> int:
     root = make_sandbox_root("ivle-bench-db-")
     with ThrowawayPostgres(root / "pg") as pg:
         schema.ensure_template(pg)
-        seed_node = make_node(root / "seed", pg, new)
+        hand_node = make_node(root / "by-hand", pg, new)
         maint_node = make_node(root / "maint", pg, new)
         try:
-            files = [seed_node.migrations / name for name in sorted(new)]
-            seed = timed(psql_loop, seed_node, files)
+            files = [hand_node.migrations / name for name in sorted(new)]
+            by_hand = timed(psql_loop, hand_node, files)
             ours = timed(migrate, maint_node)
-            if tables(seed_node) != tables(maint_node) or len(tables(maint_node)) != len(new):
+            if tables(hand_node) != tables(maint_node) or len(tables(maint_node)) != len(new):
                 raise SystemExit("bench: the two databases differ after migrating")
             status = status_times(maint_node, STATUS_RUNS)
         finally:
-            seed_node.teardown()
+            hand_node.teardown()
             maint_node.teardown()
-    speedup = seed / ours
+    speedup = by_hand / ours
     median = statistics.median(status)
     ratio = median / STATUS_TARGET_S
     print(f"{args.migrations} IVLE-shaped migrations, one server")
-    print(f"psql -f per file (the seed):  {seed:.2f}s")
+    print(f"psql -f per file (by hand):  {by_hand:.2f}s")
     print(f"ivle-maint db migrate:        {ours:.2f}s (whole process, pg_dump backup included)")
     print(f"speed-up psql/ivle-maint: {speedup:.1f}x "
           f"(target >= {SPEEDUP_TARGET:g}x: {'PASS' if speedup >= SPEEDUP_TARGET else 'FAIL'})")

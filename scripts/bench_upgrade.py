@@ -1,16 +1,17 @@
 #!/usr/bin/python3
-"""Benchmark: the web-down window of `ivle-maint upgrade` against the seed.
+"""Benchmark: the web-down window of `ivle-maint upgrade` against IVLE's
+upgrade procedure typed by hand.
 
 Two identical throwaway nodes (500 users, jails mounted, consoles, both
 services; IVLE's stand-ins doing fixed work), both at 1.0 with 1.1's code
-and 20 new migrations installed.  On one, the seed's commands run in
+and 20 new migrations installed.  On one, IVLE's upgrade procedure's commands run in
 sequence as a shell script, as an administrator would type them; on the
 other, `ivle-maint upgrade`.  Printed: each web-down window, their ratio
 (target: at most 1.0), and ivle-maint's own share of its window, that is
 everything but external commands and SQL (target: under 2%), measured
 by timing every call that leaves the process from the steps in the window.
 Waiting for SIGTERMed consoles to exit is the consoles' own shutdown (the
-seed's loop waits for it too): it is counted apart, as "exit waits".
+the by-hand loop waits for it too): it is counted apart, as "exit waits".
 
 Run as root in a private mount namespace: `make bench`.
 """
@@ -45,9 +46,9 @@ FAKE_WORK = {
     "ivle-mountallusers": {"delay": 0.0},
 }
 
-SEED_SCRIPT = """\
+BY_HAND_SCRIPT = """\
 #!/bin/bash
-# The seed's procedure, typed in order (seed/upgrade-procedure.txt).
+# IVLE's upgrade procedure, typed in order (IVLE's doc/man/upgrade.rst).
 set -eu
 date +%s.%N > {stamps}
 {initd}/apache2 stop
@@ -77,15 +78,15 @@ def make_node(root: Path, pg: ThrowawayPostgres, users: int, migrations: int) ->
     subprocess.run([sys.executable, "-m", "ivle_maint", "db", "baseline", "20090212-01"],
                    env=env_of(node), check=True, capture_output=True)
     install_version(node, "1.1", {**OLD, **many(migrations)})
-    # chmod: the seed's psql runs as postgres and must read the files.
+    # chmod: the by-hand psql runs as postgres and must read the files.
     node.migrations.chmod(0o755)
     return node
 
 
-def seed_window(node: Node, new: list[str]) -> float:
-    stamps = node.root / "seed-stamps"
-    script = node.root / "seed-upgrade.sh"
-    script.write_text(SEED_SCRIPT.format(
+def by_hand_window(node: Node, new: list[str]) -> float:
+    stamps = node.root / "by-hand-stamps"
+    script = node.root / "by-hand-upgrade.sh"
+    script.write_text(BY_HAND_SCRIPT.format(
         stamps=stamps, initd=node.initd, console=node.console_script, conf_dir=node.conf_dir,
         fakes=node.fakes, migrations=" ".join(str(node.migrations / n) for n in new),
         socket=node.pg.socket_dir, port=node.pg.port, db=node.dbname,
@@ -102,7 +103,7 @@ class Stopwatch:
     ivle-maint runs in this process; the wrappers time the calls that
     leave it (system.run, pg_dump, psycopg2's connect and execute) without
     a profiler's overhead on ivle-maint's own code.  The umount2 system
-    calls are the kernel's work on the jails, which the seed's umount(8)
+    calls are the kernel's work on the jails, which the by-hand umount(8)
     does too; they are counted apart, as "kernel", like SQL is; so is the
     time spent waiting for signalled consoles to exit ("waits").
     """
@@ -216,22 +217,23 @@ def main() -> int:
     new = sorted(many(args.migrations))
     with ThrowawayPostgres(root / "pg") as pg:
         schema.ensure_template(pg)
-        seed_node = make_node(root / "seed", pg, args.users, args.migrations)
+        hand_node = make_node(root / "by-hand", pg, args.users, args.migrations)
         maint_node = make_node(root / "maint", pg, args.users, args.migrations)
         try:
-            seed = seed_window(seed_node, new)
+            by_hand = by_hand_window(hand_node, new)
             window, spent = ivle_maint_window(maint_node)
         finally:
-            seed_node.teardown()
+            hand_node.teardown()
             maint_node.teardown()
     own = window - spent.external - spent.sql - spent.kernel - spent.waits
-    ratio = window / seed
+    ratio = window / by_hand
     print(f"{args.users} users, {args.migrations} migrations, stand-ins with fixed work")
-    print(f"seed's commands in sequence: web down {seed:.2f}s")
+    print(f"IVLE's procedure by hand: web down {by_hand:.2f}s")
     print(f"ivle-maint upgrade:          web down {window:.2f}s (external commands "
           f"{spent.external:.2f}s, SQL {spent.sql:.2f}s, umount2 {spent.kernel:.3f}s, "
           f"exit waits {spent.waits:.3f}s, own {own:.3f}s)")
-    print(f"ratio ivle-maint/seed: {ratio:.2f} (target <= 1.0: {'PASS' if ratio <= 1 else 'FAIL'})")
+    verdict = "PASS" if ratio <= 1 else "FAIL"
+    print(f"ratio ivle-maint/by hand: {ratio:.2f} (target <= 1.0: {verdict})")
     share = own / window
     print(f"ivle-maint's own share of its window: {share:.1%} "
           f"(target < 2%: {'PASS' if share < 0.02 else 'FAIL'})")

@@ -8,7 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..dpkg import package_version
 from ..errors import MaintError
+from ..installed import recorded_version
 from . import table
 from .presence import REPORT_WAIT, Presence, errors_as_maint, name_holder
 
@@ -54,16 +56,13 @@ def service_serving(settings: Settings, reporter: Reporter, version: str | None)
     return (version or "unknown") if running else None
 
 
-def installed_version(settings: Settings, package: str = "ivle") -> str | None:
+def node_version(settings: Settings, package: str = "ivle") -> str | None:
     """The IVLE version ivle-maint recorded, else dpkg's, else None."""
-    from ..actions import recorded_version
-    from ..hooks import installed_version as dpkg_version
-
     version = recorded_version(settings)
     if version:
         return version
     try:
-        return dpkg_version(package)
+        return package_version(package)
     except MaintError:
         return None
 
@@ -82,7 +81,7 @@ def register(settings: Settings, reporter: Reporter, version: str | None = None,
 
     if unfinished(settings) is not None:
         return None
-    version = version or installed_version(settings)
+    version = version or node_version(settings)
     presence = Presence(settings, reporter)
     try:
         row = presence.idle_row(version, service_serving(settings, reporter, version), note)
@@ -131,7 +130,7 @@ def record_serving(settings: Settings, reporter: Reporter) -> str | None:
         journal = unfinished(settings)
     except MaintError:
         journal = None
-    version = journal.old if journal else installed_version(settings)
+    version = journal.old if journal else node_version(settings)
     serving = service_serving(settings, reporter, version)
     presence = Presence(settings, reporter)
     try:

@@ -33,7 +33,7 @@ from ..steps.media import Record, next_value, plan_media_version
 from . import table
 
 if TYPE_CHECKING:
-    from ..upgrade import UpgradeContext
+    from ..context import UpgradeContext
 
 
 def _latest(values: list[tuple[str, str]], version: str) -> str | None:
@@ -41,9 +41,9 @@ def _latest(values: list[tuple[str, str]], version: str) -> str | None:
     return chosen[-1] if chosen else None
 
 
-def _warn_alone(ctx: UpgradeContext, conn: Any, current: str | None, chosen: str) -> None:
+def _warn_alone(ctx: UpgradeContext, conn: Any, me: str, current: str | None,
+                chosen: str) -> None:
     """A reinstall's new value: say which slaves keep the old one."""
-    me = ctx.cluster.name
     others = [r.name for r in table.nodes(conn)
               if r.has_web and r.name != me and r.media == current and r.target != ctx.new]
     if others:
@@ -81,7 +81,7 @@ def agree(ctx: UpgradeContext) -> str | None:
             candidate = next_value(ctx.new, used)
             if table.claim_media(conn, candidate, ctx.new, presence.name):
                 if ctx.old == ctx.new:
-                    _warn_alone(ctx, conn, current, candidate)
+                    _warn_alone(ctx, conn, presence.name, current, candidate)
                 return candidate
         raise MaintError("could not agree on a media version with the other nodes; run again")
 

@@ -16,21 +16,29 @@ and reconnects when the server restarted under it.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import psycopg2
+
+from ..atomic import write_atomic, write_state_file
+from ..context import BEFORE, SLAVE, Step, select_steps, serving
+from ..db.apply import pg_reason
+from ..db.connect import connect, params_from_settings
 from ..errors import MaintError
+from ..safepaths import read_nofollow
+from ..steps.services import RUNNING, control_from_settings
 from . import table
 
 if TYPE_CHECKING:
     from ..config import Settings
     from ..journal import Journal
     from ..output import Reporter
-    from ..procedure import Step
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,8 +51,6 @@ STATUS_EVERY = 5.0  # seconds between two looks at the web server for the row
 
 def connection_lost(exc: BaseException, conn: Any) -> bool:
     """Did EXC come from the server going away (restart, crash), not a bad query?"""
-    import psycopg2
-
     if isinstance(exc, psycopg2.InterfaceError):  # "connection already closed"
         return True
     return isinstance(exc, psycopg2.OperationalError) and bool(conn is None or conn.closed)
@@ -60,12 +66,8 @@ def node_id(settings: Settings) -> str:
     """A random id kept in the state directory: tells two nodes of one name apart."""
     path = settings.path_of("state") / NODE_ID_FILE
     try:
-        from ..safepaths import read_nofollow
-
         return read_nofollow(path).decode("utf-8").strip()
     except FileNotFoundError:
-        from ..atomic import write_state_file
-
         value = uuid.uuid4().hex
         write_state_file(path, f"{value}\n".encode(), mode=0o644)
         return value
@@ -100,15 +102,6 @@ def name_holder(row: table.NodeRow, mine: dict[str, Any]) -> str | None:
     else:
         same = row.instance == mine["instance"]
     return None if same else f"host {row.host}, machine {row.machine or row.instance}"
-
-
-def web_serving(settings: Settings, journal: Journal) -> str | None:
-    """The version this node's service runs, from the journal of its upgrade."""
-    if settings.role in ("slave", "both"):
-        if journal.is_done("start-web"):
-            return journal.new
-        return None if journal.is_done("stop-web") else journal.old
-    return journal.new if journal.is_done("restart-usrmgt") else journal.old
 
 
 def count_jail_use(settings: Settings) -> tuple[int | None, int | None]:
@@ -146,6 +139,7 @@ class Presence:
         self.enabled = coordinated(settings)
         self.name = settings.node_name
         self.journal: Journal | None = None
+        self.steps: tuple[Step, ...] = ()  # IVLE's procedure, which the journal follows
         self.code_is_new = False
         self._conn: Any = None
         self._warned = False
@@ -156,8 +150,6 @@ class Presence:
 
     def connection(self, wait: float | None = None) -> Any:
         """An open connection with the tables in place; MaintError if none."""
-        from ..db.connect import connect, params_from_settings
-
         if self._conn is not None and not self._conn.closed:
             return self._conn
         db = self.settings["database"]
@@ -214,8 +206,6 @@ class Presence:
 
     def _flush_pending(self, conn: Any) -> None:
         """Write the final row an earlier run could not, unless newer news exists."""
-        import json
-
         path = self.settings.path_of("state") / PENDING_ROW
         try:
             row = json.loads(path.read_text(encoding="utf-8"))
@@ -244,8 +234,8 @@ class Presence:
 
     # -- the row -------------------------------------------------------------
 
-    def attach(self, journal: Journal, *, code_is_new: bool) -> None:
-        self.journal, self.code_is_new = journal, code_is_new
+    def attach(self, journal: Journal, steps: Sequence[Step], *, code_is_new: bool) -> None:
+        self.journal, self.steps, self.code_is_new = journal, tuple(steps), code_is_new
 
     def _base(self) -> dict[str, Any]:
         has_web = self.settings.role in ("slave", "both")
@@ -268,8 +258,9 @@ class Presence:
     def _jails_in_use(self, j: Journal) -> tuple[int | None, int | None]:
         """Counted once this run finds the jails unmounted and the web server not
         yet back; NULL otherwise (a serving slave may mount at any moment)."""
-        if self.settings.role not in ("slave", "both") or not j.is_done("unmount-jails") \
-                or j.is_done("start-web"):
+        unmounted = all(j.is_done(s.name) for s in select_steps(SLAVE, (BEFORE,), self.steps))
+        if self.settings.role not in ("slave", "both") or not unmounted \
+                or serving(self.settings.role, j, self.steps) == j.new:
             self._jail_use = None
             return None, None
         if self._jail_use is None:
@@ -277,20 +268,18 @@ class Presence:
         return self._jail_use
 
     def _serving(self, j: Journal) -> str | None:
-        """web_serving, unless a web server the journal says is down runs
-        anyway (started by hand): then the old code, to be safe."""
-        serving = web_serving(self.settings, j)
-        if serving is not None or self.settings.role not in ("slave", "both"):
-            return serving
-        from ..steps.services import RUNNING, control_from_settings
-
+        """What the journal says it serves, unless a web server the journal says
+        is down runs anyway (started by hand): then the old code, to be safe."""
+        served = serving(self.settings.role, j, self.steps)
+        if served is not None or self.settings.role not in ("slave", "both"):
+            return served
         now = time.monotonic()
         if self._web_seen is None or now - self._web_seen[0] >= STATUS_EVERY:
             try:
                 control = control_from_settings(self.settings, self.reporter)
                 running = control.status(self.settings["services"]["web"]) == RUNNING
             except MaintError:
-                return serving
+                return served
             self._web_seen = (now, running)
         return j.old if self._web_seen[1] else None
 
@@ -330,10 +319,6 @@ class Presence:
                 "node its own [node] name (or 'ivle-maint cluster forget' the gone one)")
 
     def _keep_pending(self, row: dict[str, Any]) -> None:
-        import json
-
-        from ..atomic import write_atomic
-
         path = self.settings.path_of("state") / PENDING_ROW
         try:
             write_atomic(path, (json.dumps(row) + "\n").encode(), mode=0o644)
@@ -385,13 +370,9 @@ class Presence:
 @contextmanager
 def errors_as_maint(dbname: str) -> Iterator[None]:
     """psycopg2 errors from the cluster's queries as one-line MaintErrors."""
-    import psycopg2
-
     try:
         yield
     except psycopg2.Error as exc:
-        from ..db.apply import pg_reason
-
         raise MaintError(f"database {dbname}: {pg_reason(exc)}") from None
 
 

@@ -47,6 +47,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg2.errors
+from psycopg2 import sql
+
 NODES, MEDIA = "ivle_maint_nodes", "ivle_maint_media"
 MARKER = "ivle_maint_migrations"
 
@@ -131,8 +134,6 @@ def _columns(cur: Any) -> set[str]:
 
 def _add_later_columns(cur: Any) -> None:
     """ALTER in the LATER columns if this role may (it owns the table)."""
-    import psycopg2.errors
-
     for column in LATER.keys() - _columns(cur):
         cur.execute("SAVEPOINT add_column")
         try:
@@ -156,7 +157,6 @@ def ensure(conn: Any, grantee: str | None = None) -> None:
         me = cur.fetchone()[0]
         cur.execute(DDL)
         if grantee and grantee != me:
-            from psycopg2 import sql
 
             for table, rights in ((NODES, "SELECT, INSERT, UPDATE, DELETE"),
                                   (MEDIA, "SELECT, INSERT")):

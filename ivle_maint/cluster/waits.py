@@ -32,12 +32,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..db.discovery import discover
 from ..errors import MaintError
+from ..versions import parse
 from . import probe, table
 from .ages import human_age
 
 if TYPE_CHECKING:
-    from ..upgrade import UpgradeContext
+    from ..context import UpgradeContext
     from .table import NodeRow
 
 PROGRESS_EVERY = 30.0
@@ -66,6 +68,7 @@ def poll(ctx: UpgradeContext, check: Callable[[Any], Pending | None], *, step: s
          timeout: float, label: str) -> float:
     """Call check(conn) until it returns None; the seconds waited."""
     presence = ctx.cluster
+    assert presence is not None, "the waits poll only a node in a cluster"
     interval = float(ctx.settings["cluster"]["poll"])
     started = time.monotonic()
     shown, shown_at = "", 0.0
@@ -88,8 +91,6 @@ def poll(ctx: UpgradeContext, check: Callable[[Any], Pending | None], *, step: s
 
 def _older(serving: str | None, new: str) -> bool:
     """Is a service at SERVING running code older than NEW?  Unknown counts as old."""
-    from ..versions import parse
-
     if serving is None:
         return False
     try:
@@ -163,8 +164,6 @@ MASTER_STEPS = ("migrate", "rebuild-jail", "remake-users", "restart-usrmgt")
 
 def _newer(version: str, new: str) -> bool:
     """Is VERSION newer than NEW?  An unparsable version is not."""
-    from ..versions import parse
-
     try:
         return bool(parse(new) < parse(version))
     except MaintError:
@@ -172,8 +171,6 @@ def _newer(version: str, new: str) -> bool:
 
 
 def _same(a: str | None, b: str) -> bool:
-    from ..versions import parse
-
     try:
         return a is not None and parse(a) == parse(b)
     except MaintError:
@@ -219,8 +216,6 @@ def wait_for_master(ctx: UpgradeContext) -> str:
     """Slave, before starting the web server on new code: until the marker
     lists every migration this node's package ships and every master has
     finished MASTER_STEPS for the same version."""
-    from ..db.discovery import discover
-
     presence = ctx.cluster
     if presence is None or not presence.enabled or not ctx.code_is_new:
         return ""

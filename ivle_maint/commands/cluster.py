@@ -168,7 +168,7 @@ def cmd_forget(ctx: Context) -> int:
 
 def cmd_prepare(ctx: Context) -> int:
     """The before-phase of OLD -> NEW, unless this node is already at NEW."""
-    from ..cluster.admin import installed_version
+    from ..cluster.admin import node_version
     from ..procedure import BEFORE, steps_for
     from ..upgrade import UpgradeContext, run_phases, unfinished_matching
 
@@ -181,7 +181,7 @@ def cmd_prepare(ctx: Context) -> int:
         # Already down (or further: a failed after-phase); dpkg finishes it.
         ctx.reporter.info(f"the before-phase of {pending[0].old} -> {args.new} is done")
         return 0
-    old = args.old or (pending[0].old if pending else installed_version(settings))
+    old = args.old or (pending[0].old if pending else node_version(settings))
     if not old:
         raise MaintError("no installed version recorded; give it with --from OLD")
     if old == args.new and not pending:

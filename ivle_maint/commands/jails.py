@@ -28,7 +28,7 @@ def register(sub: Any) -> None:
     parser = sub.add_parser(
         "jails",
         help="rebuild the jail template or every user's jail (master)",
-        description="Run IVLE's jail tools as the seed's 'Upgrading the jail' and "
+        description="Run IVLE's jail tools as IVLE's upgrade procedure, 'Upgrading the jail' and "
         "'Rebuilding user jails' steps do, and check their results.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -20,10 +20,10 @@ line ends stay as they are; the previous file goes to [paths] backup."""
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "media",
-        help="show or set ivle.conf's [media] version (the seed's media version step)",
+        help="show or set ivle.conf's [media] version (a step of IVLE's upgrade procedure)",
         description="Show or set ivle.conf's [media] version, which IVLE puts in the URLs "
-        "of its static files; the seed asks for a value not used before, the same on "
-        "every slave, after each upgrade.",
+        "of its static files; IVLE's upgrade procedure asks for a value not used before, "
+        "the same on every slave, after each upgrade.",
     )
     actions = parser.add_subparsers(dest="media_action", metavar="ACTION", required=True)
     show = actions.add_parser(
@@ -90,7 +90,7 @@ def cmd_set(ctx: Context) -> int:
         )
     ctx.reporter.info(f"{result.path}: {result.summary}")
     if result.action == UNSET:
-        ctx.reporter.info("the seed only changes a media version you have set; "
+        ctx.reporter.info("IVLE's upgrade procedure only changes a media version you have set; "
                           "--force adds one")
     if result.backup is not None:
         ctx.reporter.info(f"previous file: {result.backup}")

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..context import RunOptions, UpgradeContext
 from ..errors import MaintError, UsageError
 from . import Context
 
@@ -30,7 +31,7 @@ def register(sub: Any) -> None:
     upgrade = sub.add_parser(
         "upgrade",
         help="run the whole upgrade procedure on this node",
-        description="Run the seed's procedure on this node: the steps before the code "
+        description="Run IVLE's upgrade procedure on this node: the steps before the code "
         "changes, then (with --source) './setup.py build' and './setup.py install' in DIR, "
         "then the steps after.  Without --source the new code must already be in place.",
     )
@@ -101,23 +102,26 @@ def _migration_options(parser: argparse.ArgumentParser) -> None:
                         "that still holds the migration lock")
 
 
-def _context(ctx: Context, **kwargs: Any) -> Any:
-    from ..upgrade import UpgradeContext
-
+def _options(ctx: Context) -> RunOptions:
     args = ctx.args
-    return UpgradeContext(
-        settings=ctx.settings,
-        reporter=ctx.reporter,
+    return RunOptions(
         allow_out_of_order=getattr(args, "allow_out_of_order", False),
         accept_changed=tuple(getattr(args, "accept_changed", ())),
         migrate_while_serving=getattr(args, "migrate_while_serving", False),
         terminate_stale_lock=getattr(args, "terminate_stale_lock", False),
-        **kwargs,
     )
 
 
+def _context(ctx: Context, *, old: str, new: str, code_is_new: bool = False,
+             migrations_dir: Path | None = None, resume: str = "ivle-maint rerun",
+             package: str = "", source: Path | None = None) -> UpgradeContext:
+    return _options(ctx).context(ctx.settings, ctx.reporter, old=old, new=new,
+                                 code_is_new=code_is_new, migrations_dir=migrations_dir,
+                                 resume=resume, package=package, source=source)
+
+
 def _old_version(ctx: Context) -> str:
-    from ..actions import recorded_version
+    from ..installed import recorded_version
 
     old = ctx.args.old or recorded_version(ctx.settings)
     if not old:
@@ -138,8 +142,8 @@ def cmd_plan(ctx: Context) -> int:
 
 def cmd_upgrade(ctx: Context) -> int:
     """Run both phases, building and installing a source tree in between."""
+    from ..context import AFTER, BEFORE
     from ..journal import COMPLETE
-    from ..procedure import AFTER, BEFORE
     from ..source import install_source, source_version
     from ..upgrade import run_phases
 
@@ -167,8 +171,8 @@ def cmd_upgrade(ctx: Context) -> int:
 def cmd_rerun(ctx: Context) -> int:
     """Continue the unfinished upgrade, if there is one, as far as is safe."""
     from ..codestate import new_code_state
+    from ..context import AFTER, BEFORE
     from ..journal import ABORTING, COMPLETE
-    from ..procedure import AFTER, BEFORE
     from ..upgrade import abort, run_phases, unfinished
 
     journal = unfinished(ctx.settings)
@@ -211,8 +215,7 @@ def cmd_hook(ctx: Context) -> int:
 
     call = parse_call(ctx.args.script, ctx.args.arguments, ctx.args.package,
                       ctx.args.package_version)
-    env = HookEnv(settings=ctx.settings, reporter=ctx.reporter,
-                  make_context=lambda **kw: _context(ctx, **kw))
+    env = HookEnv(settings=ctx.settings, reporter=ctx.reporter, options=_options(ctx))
     if ctx.args.new_migrations is None:
         ctx.reporter.info(run_hook(call, env))
         return 0

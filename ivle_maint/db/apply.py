@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg2
+
 from ..errors import MaintError
 from . import marker
 from .classify import NO_TRANSACTION, Classified
@@ -51,8 +53,6 @@ def _abandon(conn: Any) -> None:
 
 def _run_statements(conn: Any, c: Classified) -> None:
     """Execute c's statements; a failure names the file and line."""
-    import psycopg2
-
     with conn.cursor() as cur:
         for statement in c.statements:
             try:
@@ -85,8 +85,6 @@ def apply(conn: Any, c: Classified, *, host: str, package_version: str | None) -
     no-transaction: statements in autocommit, as psql runs them, then the
     marker row in a transaction of its own.
     """
-    import psycopg2
-
     conn.rollback()
     for notice in conn.notices:  # said before this migration ran: not its own
         log.info("before %s: %s", c.key, notice.strip())

@@ -37,6 +37,7 @@ from ..errors import MaintError
 from ..safepaths import safe_dir
 from ..system import which
 from .connect import ConnectParams, reason
+from .pins import protected
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,6 @@ def backups(directory: Path, dbname: str) -> list[Path]:
 
 def rotate(directory: Path, dbname: str, keep: int) -> list[Path]:
     """Delete all but the newest keep dumps, never a pinned one; return the deleted."""
-    from .pins import protected
-
     try:
         pinned = protected(directory)
     except MaintError as exc:  # cannot tell which to keep: delete nothing

@@ -4,7 +4,7 @@ Two ways, chosen by the setting [database] connect_as:
 
 - ``ivle-conf``: host, port, name, username and password from ivle.conf's
   ``[database]``, as IVLE itself connects;
-- ``postgres``: as the seed does (``sudo -u postgres psql -d ivle``): over
+- ``postgres``: as IVLE's upgrade procedure does (``sudo -u postgres psql -d ivle``): over
   the local socket in [database] socket_dir, as the ``postgres`` role.
   Peer authentication checks the connecting process's effective uid when
   it connects, so root switches its effective uid to postgres around
@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+import psycopg2
 
 from .. import __version__
 from ..config import Settings
@@ -81,7 +83,7 @@ def params_from_settings(settings: Settings) -> ConnectParams:
     """ConnectParams for settings' [database] connect_as."""
     db = settings["database"]
     if db["connect_as"] == "postgres":
-        # The seed's 'sudo -u postgres psql -d ivle': ivle.conf only names the
+        # IVLE's upgrade procedure, 'sudo -u postgres psql -d ivle': ivle.conf only names the
         # database and port, and may be absent on a bare master.
         name, port = "ivle", 5432
         conf_path = settings.ivle_conf_dir / "ivle.conf"
@@ -157,8 +159,6 @@ def connect(
     resume: str | None = None,
 ) -> Any:
     """A psycopg2 connection; waits up to wait_timeout for a starting server."""
-    import psycopg2
-
     deadline = time.monotonic() + wait_timeout
     waited = False
     while True:

@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..atomic import write_atomic
 from ..errors import MaintError
 from ..safepaths import read_nofollow
 
@@ -60,8 +61,6 @@ def load(directory: Path) -> dict[str, UpgradeDumps]:
 
 
 def save(directory: Path, pins: dict[str, UpgradeDumps]) -> None:
-    from ..atomic import write_atomic
-
     data = {key: asdict(value) for key, value in sorted(pins.items())}
     text = json.dumps(data, indent=1, sort_keys=True) + "\n"
     write_atomic(directory / PINS_FILE, text.encode(), mode=0o600, follow_symlinks=False)

@@ -21,16 +21,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import psutil
 
 from .. import jaildir
 from ..config import Settings
 from ..errors import MaintError
 from ..mountinfo import is_at_or_below, is_below
 from ..output import Reporter
-
-if TYPE_CHECKING:
-    import psutil
 
 CONSOLE_NAME = "python-console"
 KILL_WAIT = 5.0  # seconds a SIGKILLed process may take to go
@@ -116,8 +115,6 @@ def _readlink(path: str) -> str | None:
 
 def _places(proc: psutil.Process) -> Iterator[tuple[str, str]]:
     """(kind, path) of everything a process keeps open, cheapest first."""
-    import psutil
-
     pid = proc.pid
     root = _readlink(f"/proc/{pid}/root")
     if root:
@@ -143,8 +140,6 @@ def _places(proc: psutil.Process) -> Iterator[tuple[str, str]]:
 
 def _protected() -> dict[int, str]:
     """Ourselves, our ancestors (dpkg, the shell) and init: never signalled."""
-    import psutil
-
     me = psutil.Process()
     spared = {p.pid: "ivle-maint or its caller" for p in [me, *me.parents()]}
     spared[1] = "init (PID 1)"
@@ -156,8 +151,6 @@ DATABASE_NAMES = frozenset({"postgres", "postmaster"})
 
 def is_database_server(proc: psutil.Process, jp: JailProcess) -> bool:
     """PostgreSQL's postmaster or a backend: by name, program or its system user."""
-    import psutil
-
     names = {os.path.basename(jp.cmdline[0]) if jp.cmdline else "", jp.user}
     # A backend's command line is rewritten ('postgres: ivle ivle ...').
     names.add(jp.cmdline[0].split(":")[0] if jp.cmdline else "")
@@ -181,8 +174,6 @@ def scan(
 
     top must already be a real path (os.path.realpath): /proc shows real paths.
     """
-    import psutil
-
     top = str(top)
     inside = is_at_or_below if inclusive else is_below
     found = []
@@ -215,8 +206,6 @@ def holders(path: str | os.PathLike[str]) -> list[JailProcess]:
 
 
 def _gone(proc: psutil.Process) -> bool:
-    import psutil
-
     # A zombie has ended; reaping it is its parent's business (our caller's,
     # if it is our child: it may want the exit status).
     try:
@@ -241,8 +230,6 @@ def _wait(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
 
 def _signal(procs: list[psutil.Process], kill: bool) -> set[int]:
     """Send SIGKILL or SIGTERM; the pids that had already gone."""
-    import psutil
-
     vanished = set()
     for proc in procs:
         try:

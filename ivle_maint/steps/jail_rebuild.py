@@ -1,4 +1,4 @@
-"""The seed's "Upgrading the jail": ``ivle-buildjail -u`` on the master.
+"""IVLE's upgrade procedure, "Upgrading the jail": ``ivle-buildjail -u`` on the master.
 
 ivle-buildjail refreshes template_build (apt inside the jail: slow and
 verbose), then rsyncs it over template.  Its output goes to the log line
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import system
+from ..config import IvleConf, Settings
 from ..errors import MaintError
 from ..logfile import BoundedOutput
 from ..output import Reporter
@@ -51,7 +52,7 @@ def require_root(tool: str) -> None:
                          f"run ivle-maint as root")
 
 
-def command_argv(settings: Any, key: str) -> list[str]:
+def command_argv(settings: Settings, key: str) -> list[str]:
     """[commands] KEY from the settings as an argument list (shell-style quoting)."""
     argv = shlex.split(str(settings["commands"][key]))
     if not argv:
@@ -242,7 +243,7 @@ def check_template(template: Path, template_build: Path | None) -> int | None:
     return count
 
 
-def rebuild_jail(settings: Any, reporter: Reporter, *, ivle_conf: Any = None,
+def rebuild_jail(settings: Settings, reporter: Reporter, *, ivle_conf: IvleConf | None = None,
                  interval: float = HEARTBEAT_SECONDS) -> JailRebuildResult:
     """Run ``ivle-buildjail -u`` ([commands] buildjail), then check the template."""
     argv = [*command_argv(settings, "buildjail"), "-u"]

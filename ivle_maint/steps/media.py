@@ -1,7 +1,7 @@
 """Change ivle.conf's [media] version, touching nothing else in the file.
 
 IVLE puts the media version into the URLs of its static files, so
-browsers fetch fresh copies after an upgrade.  The seed asks for a value
+browsers fetch fresh copies after an upgrade.  IVLE's upgrade procedure asks for a value
 "that hasn't been used before", "the same on all slaves".  The nodes never
 talk to each other, so the value is computed from what every node knows:
 
@@ -12,7 +12,7 @@ talk to each other, so the value is computed from what every node knows:
             for the highest such N (base itself counting as N=1)
 
 Every node that went through the same upgrades holds the same record and
-(as the seed demands) the same current value, so every node computes the
+(as IVLE's upgrade procedure demands) the same current value, so every node computes the
 same value, and a reinstall of a version gets a value never used before:
 "2.1", then "2.1.r2", then "2.1.r3".  Counting on from the highest N,
 rather than taking the first gap, keeps a node whose record was lost in
@@ -47,6 +47,7 @@ from typing import Any
 from configobj import ConfigObj, ConfigObjError, Section
 
 from ..atomic import write_atomic, write_state_file
+from ..config import Settings
 from ..errors import ConfigError, MaintError
 from ..safepaths import read_nofollow
 
@@ -445,7 +446,7 @@ def set_media_version(conf_path: Path, state_dir: Path, backup_dir: Path, versio
     return MediaResult(conf_path, action, current, target, backup)
 
 
-def change_media_version(settings: Any, version: str, *, upgrade: str | None = None,
+def change_media_version(settings: Settings, version: str, *, upgrade: str | None = None,
                          reinstall: bool = False, force: bool | None = None) -> MediaResult:
     """set_media_version with the paths and [media] force from the settings."""
     return set_media_version(

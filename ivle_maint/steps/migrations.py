@@ -1,4 +1,4 @@
-"""The seed's "Patching the database" step: apply new migrations on the master.
+"""IVLE's upgrade procedure, "Patching the database" step: apply new migrations on the master.
 
 Library functions the procedure, the packaging hooks and the CLI call:
 
@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import psycopg2
 
 from ..config import Settings
 from ..db import backup as backups
@@ -88,8 +90,6 @@ def _session(
     A database error no step turned into a MaintError (no privilege to
     create the marker, the server gone mid-run) becomes one here.
     """
-    import psycopg2
-
     params = params_from_settings(settings)
     db = settings["database"]
     conn = connect(params, wait_timeout=db["wait_timeout"], reporter=reporter, resume=resume)

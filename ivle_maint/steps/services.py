@@ -38,9 +38,6 @@ POLICY_DENIED_TEXT = "policy-rc.d denied execution"
 FAILED_GRACE = 2.0
 # Where invoke-rc.d looks, whatever [services] initd_dir says.
 SYSTEM_INITD = Path("/etc/init.d")
-# Maintainer scripts run with a PATH that has the sbin directories; a shell
-# of a person may not.
-SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass(frozen=True)
@@ -71,7 +68,7 @@ class ServiceResult:
 
 
 def _find(command: str) -> str | None:
-    return system.which(command) or system.which(command, path=SBIN_PATH)
+    return system.which(command) or system.which(command, path=system.SBIN_PATH)
 
 
 def systemd_running() -> bool:

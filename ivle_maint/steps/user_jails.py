@@ -1,4 +1,4 @@
-"""The seed's "Rebuilding user jails": ``ivle-remakeuser -a`` on the master.
+"""IVLE's upgrade procedure, "Rebuilding user jails": ``ivle-remakeuser -a`` on the master.
 
 ivle-remakeuser exits 0 even when users fail: it prints "Failed to
 recreate jail for LOGIN" and carries on.  So its output is read line by
@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import IvleConf, Settings
+from ..db.connect import connect, params_from_settings
 from ..errors import MaintError
 from ..output import Reporter
 from .jail_rebuild import ToolRun, command_argv, require_root, run_tool
@@ -89,10 +91,8 @@ class UserJailsError(MaintError):
         self.result = result
 
 
-def database_logins(settings: Any, reporter: Reporter) -> list[str]:
+def database_logins(settings: Settings, reporter: Reporter) -> list[str]:
     """Every login in IVLE's ``login`` table, in the tool's order."""
-    from ..db.connect import connect, params_from_settings
-
     params = params_from_settings(settings)
     conn = connect(params, wait_timeout=float(settings["database"]["wait_timeout"]),
                    reporter=reporter)
@@ -130,7 +130,7 @@ def changed_since(src: Path, before: Snapshot) -> set[str]:
             if (now := _state(src / login)) is not None and now != was}
 
 
-def _expected_logins(settings: Any, reporter: Reporter, src: Path,
+def _expected_logins(settings: Settings, reporter: Reporter, src: Path,
                      templates: set[Path]) -> tuple[list[str], str]:
     try:
         return database_logins(settings, reporter), "database"
@@ -148,7 +148,7 @@ def _failure_message(run: ToolRun, failures: list[UserFailure], total: int) -> s
             f"(the tool exited {run.exit_code} all the same): {shown}{more_text}")
 
 
-def remake_user_jails(settings: Any, reporter: Reporter, *, ivle_conf: Any = None,
+def remake_user_jails(settings: Settings, reporter: Reporter, *, ivle_conf: IvleConf | None = None,
                       logins: list[str] | None = None,
                       interval: float = HEARTBEAT_SECONDS) -> UserJailsResult:
     """Run ``ivle-remakeuser -a`` ([commands] remakeuser) and check every user.

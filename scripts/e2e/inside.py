@@ -137,7 +137,7 @@ timeout = 20
 term_timeout = 2
 
 [jails]
-# Run IVLE's own 'ivle-mountallusers -u' too, as the seed does.
+# Run IVLE's own 'ivle-mountallusers -u' too, as IVLE's upgrade procedure does.
 run_mountallusers = True
 """
 
@@ -373,12 +373,12 @@ def http_get(port: int) -> str:
 # -- user files ---------------------------------------------------------------------
 
 def user_files(login: str) -> dict[str, bytes]:
-    seed = hashlib.sha256(login.encode()).digest()
+    pattern = hashlib.sha256(login.encode()).digest()
     return {
         "README.txt": f"Home of {login}.\n".encode(),
         "my program.py": f"print('hello from {login}')\n".encode(),
         "work/week1/hello.py": b"def main():\n    return 42\n",
-        "work/week2/data.bin": seed * 2048,
+        "work/week2/data.bin": pattern * 2048,
         "work/ünïcode name.txt": "naïve café\n".encode(),
         ".bashrc": b"# student's own settings\nexport EDITOR=nano\n",
     }
@@ -449,7 +449,7 @@ def create_database() -> None:
 
 
 def load_old_schema(users: list[tuple[str, int, bool]]) -> None:
-    """1.0's schema, as the seed builds it (psql -f, in order), and its users."""
+    """1.0's schema, as IVLE's upgrade procedure builds it (psql -f, in order), and its users."""
     psql_file(SHARE / "userdb" / "users.sql")
     for key in MIGRATIONS_OLD:
         psql_file(MIGRATIONS / f"{key}.sql")
@@ -509,7 +509,8 @@ def show_status() -> None:
 # -- the checks after an upgrade ------------------------------------------------------
 
 def check_upgraded(before: Before, since: datetime) -> None:
-    """Every effect of the seed's ten steps, for the upgrade that began at `since`."""
+    """Every effect of the ten steps of IVLE's upgrade procedure, for the upgrade
+    that began at `since`."""
     title(f"check every step of the {OLD} -> {NEW} upgrade")
     status, version = dpkg_status("ivle")
     check(status == "install ok installed" and version == NEW,
@@ -989,7 +990,7 @@ def setup_cluster_node(role: str, name: str, web_port: int) -> None:
 
 
 def check_cluster_node(role: str, name: str, web_port: int) -> None:
-    """Every seed step of this node's role, after the cluster's upgrade."""
+    """Every step of IVLE's upgrade procedure of this node's role, after the cluster's upgrade."""
     title(f"check {name} ({role}) after the upgrade")
     status, version = dpkg_status("ivle")
     check(status == "install ok installed" and version == NEW,

@@ -39,12 +39,12 @@ def make_template(path: Path, lib: Path) -> None:
 
 def _user_files(login: str) -> dict[str, bytes]:
     """A student's work: a space in a name, nested dirs, binary bytes."""
-    seed = hashlib.sha256(login.encode()).digest()
+    pattern = hashlib.sha256(login.encode()).digest()
     return {
         "README.txt": f"Home of {login}.\n".encode(),
         "my program.py": f"print('hello from {login}')\n".encode(),
         "work/week1/hello.py": b"def main():\n    return 42\n",
-        "work/week2/data.bin": seed * 128,
+        "work/week2/data.bin": pattern * 128,
         ".bashrc": b"# student's own settings\nexport EDITOR=nano\n",
     }
 

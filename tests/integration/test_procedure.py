@@ -1,6 +1,6 @@
-"""The whole seed procedure on throwaway nodes, through dpkg's hook calls.
+"""IVLE's whole upgrade procedure on throwaway nodes, through dpkg's hook calls.
 
-Every effect of the seed's steps is observed on real services, processes,
+Every effect of the steps of IVLE's upgrade procedure is observed on real services, processes,
 mounts and a real PostgreSQL server; failures are real ones (a stand-in
 that fails, a migration that fails, a held lock, SIGKILL).
 """

@@ -1,7 +1,7 @@
 """Source installs: `ivle-maint upgrade --source DIR` around ./setup.py.
 
 The IVLE tree here is a stand-in whose setup.py behaves as IVLE's does for
-the seed (`./setup.py build`, `./setup.py install`), installing the new
+IVLE's upgrade procedure (`./setup.py build`, `./setup.py install`), installing the new
 code into the sandbox node.
 """
 

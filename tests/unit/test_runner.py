@@ -1,11 +1,12 @@
 """The runner's own logic: order, roles, journal, resume and abort.
 
 The step actions here are recorders: what is under test is how the runner
-walks the seed's steps, not the steps (tests/integration covers those).
+walks IVLE's steps, not the steps (tests/integration covers those).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,7 +17,7 @@ from ivle_maint.journal import ABORTED, COMPLETE, DONE, FAILED, Journal
 from ivle_maint.output import RecordingReporter
 from ivle_maint.procedure import AFTER, BEFORE, STEPS, Outcome, Procedure, steps_for
 
-SEED_ORDER = [
+IVLE_ORDER = [
     "stop-web", "stop-consoles", "unmount-jails", "baseline", "migrate",
     "rebuild-jail", "remake-users", "media-version", "restart-usrmgt", "start-web",
 ]
@@ -37,6 +38,15 @@ class Recorder:
             return act
         return {s.name: make(s.name) for s in STEPS}
 
+    def steps(self, actions: dict | None = None) -> list:
+        """IVLE's steps, each doing its recorder instead of its work."""
+        actions = actions or self.actions()
+        return [replace(s, run=actions[s.name]) for s in STEPS]
+
+
+def context():
+    return SimpleNamespace(reporter=RecordingReporter(), code_is_new=False)
+
 
 def journal(tmp_path: Path, role: str = "both") -> Journal:
     return Journal.open(tmp_path, "1.0", "1.1", role)
@@ -44,13 +54,12 @@ def journal(tmp_path: Path, role: str = "both") -> Journal:
 
 def run(tmp_path: Path, rec: Recorder, phases=(BEFORE, AFTER), role: str = "both") -> Journal:
     j = journal(tmp_path, role)
-    ctx = SimpleNamespace(reporter=RecordingReporter())
-    Procedure(ctx, j, rec.actions()).run(phases)
+    Procedure(context(), j, rec.steps()).run(phases)
     return j
 
 
 def test_steps_follow_the_seed_order_and_roles():
-    assert [s.name for s in steps_for("both")] == SEED_ORDER
+    assert [s.name for s in steps_for("both")] == IVLE_ORDER
     slave = [s.name for s in steps_for("slave")]
     master = [s.name for s in steps_for("master")]
     assert slave == ["stop-web", "stop-consoles", "unmount-jails", "media-version", "start-web"]
@@ -61,10 +70,10 @@ def test_steps_follow_the_seed_order_and_roles():
 def test_full_run_completes_and_records_every_step(tmp_path):
     rec = Recorder()
     j = run(tmp_path, rec)
-    assert rec.calls == SEED_ORDER
+    assert rec.calls == IVLE_ORDER
     assert j.state == COMPLETE
     reloaded = Journal.load(j.path)
-    assert all(reloaded.steps[name].status == DONE for name in SEED_ORDER)
+    assert all(reloaded.steps[name].status == DONE for name in IVLE_ORDER)
     assert reloaded.steps["migrate"].metrics["n"] == 1
 
 
@@ -158,7 +167,7 @@ def test_abort_writes_the_journal_before_and_after_each_undo(tmp_path):
     actions["start-web"] = observed_start_web
     j = journal(tmp_path)
     with pytest.raises(MaintError):
-        Procedure(SimpleNamespace(reporter=RecordingReporter()), j, actions).run((BEFORE,))
+        Procedure(context(), j, rec.steps(actions)).run((BEFORE,))
     assert seen == [("aborting", True)]
     on_disk = Journal.load(j.path)
     assert on_disk.state == ABORTED and "stop-web" not in on_disk.steps
@@ -169,10 +178,10 @@ def test_an_undo_that_crashes_leaves_the_abandonment_owed(tmp_path):
                          "start-web": BrokenPipeError(32, "Broken pipe")})
     j = journal(tmp_path)
     with pytest.raises(MaintError, match="giving the site back on the old code failed too"):
-        Procedure(SimpleNamespace(reporter=RecordingReporter()), j, rec.actions()).run((BEFORE,))
+        Procedure(context(), j, rec.steps()).run((BEFORE,))
     on_disk = Journal.load(j.path)
     assert on_disk.state == "aborting" and on_disk.is_done("stop-web")
     assert [x.path for x in Journal.unfinished(tmp_path)] == [j.path]
     # The next abort (a rerun, dpkg's abort-upgrade) finishes it.
-    Procedure(SimpleNamespace(reporter=RecordingReporter()), on_disk, rec.actions()).abort()
+    Procedure(context(), on_disk, rec.steps()).abort()
     assert Journal.load(j.path).state == ABORTED and rec.calls[-1] == "start-web"

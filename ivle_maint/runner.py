@@ -1,0 +1,124 @@
+"""The runner that walks IVLE's upgrade procedure with the journal.
+
+It records every step in the journal, skips steps already done (so a
+rerun continues where a failure stopped), and when a BEFORE step fails,
+runs what undoes the steps begun, because dpkg then keeps the old version
+and the site must come back on it.  The steps are given (procedure.STEPS).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+from .context import AFTER, BEFORE, Step, UpgradeContext, select_steps
+from .errors import MaintError
+from .journal import ABORTED, ABORTING, COMPLETE, IN_PROGRESS, Journal
+
+log = logging.getLogger(__name__)
+
+
+# Told of every step's "begin", "done" and "failed", and of the run's "end"
+# and "aborted" (step None): the cluster table follows the journal by it.
+Observer = Callable[[str, "Step | None"], None]
+
+
+def _no_observer(event: str, step: Step | None) -> None:
+    pass
+
+
+class Procedure:
+    """Runs STEPS for one context with the journal."""
+
+    def __init__(self, ctx: UpgradeContext, journal: Journal, steps: Sequence[Step],
+                 observer: Observer | None = None) -> None:
+        self.ctx = ctx
+        self.journal = journal
+        self.steps = tuple(steps)
+        self.by_name = {s.name: s for s in self.steps}
+        self.reporter = ctx.reporter
+        self.observe = observer or _no_observer
+
+    def run(self, phases: Iterable[str]) -> None:
+        phases = tuple(phases)
+        if self.journal.state != IN_PROGRESS:
+            self.journal.state = IN_PROGRESS
+        for step in select_steps(self.journal.role, phases, self.steps):
+            if self.journal.is_done(step.name):
+                self.reporter.info(f"{step.title}: already done")
+                continue
+            self._run_step(step)
+        if AFTER in phases:
+            self.journal.set_state(COMPLETE)
+        self.observe("end", None)
+
+    def _run_step(self, step: Step) -> None:
+        self.reporter.info(f"{step.title} ...")
+        self.journal.begin(step.name)
+        self.observe("begin", step)
+        started = time.monotonic()
+        try:
+            outcome = step.run(self.ctx)
+        except BaseException as exc:
+            # Whatever went wrong, the person must learn how to resume.
+            if not isinstance(exc, MaintError):
+                log.exception("step %s crashed", step.name)
+            reason = str(exc) or type(exc).__name__
+            self.journal.fail(step.name, reason)
+            self.observe("failed", step)
+            # Abandoning makes sense only while the old code is in place.
+            if step.phase == BEFORE and not self.ctx.code_is_new:
+                try:
+                    self.abort()
+                except BaseException as undo_exc:
+                    if not isinstance(undo_exc, MaintError):
+                        log.exception("abandoning the upgrade crashed")
+                    why = str(undo_exc) or type(undo_exc).__name__
+                    raise MaintError(
+                        f"{step.title} failed: {reason}; giving the site back on the old "
+                        f"code failed too: {why}",
+                        resume="ivle-maint rerun  (finishes giving the site back)",
+                    ) from exc
+                raise MaintError(
+                    f"{step.title} failed: {reason}; upgrade abandoned, services restored",
+                    resume=self.journal.resume,
+                ) from exc
+            # A step's own resume (e.g. with the option it needs) beats the run's.
+            resume = exc.resume if isinstance(exc, MaintError) and exc.resume else \
+                self.journal.resume
+            error = MaintError(f"{step.title} failed: {reason}", resume=resume)
+            if isinstance(exc, MaintError):
+                error.exit_status = exc.exit_status  # 75 stays "try again later"
+            raise error from exc
+        elapsed = time.monotonic() - started
+        log.info("step %s took %.2fs: %s", step.name, elapsed, outcome.summary)
+        self.journal.finish(step.name, outcome.summary, {**outcome.metrics, "seconds": elapsed})
+        self.observe("done", step)
+        self.reporter.info(f"{step.title}: {outcome.summary} ({elapsed:.1f}s)")
+
+    def abort(self) -> list[str]:
+        """Undo what the BEFORE phase changed; returns the undo steps run.
+
+        The journal is written before each undo (state "aborting": a rerun
+        finishes the abandonment, never the upgrade) and after it (the step
+        it reversed is forgotten), so a run killed anywhere in between
+        leaves a journal that says what is still owed.
+        """
+        undone: list[str] = []
+        self.journal.set_state(ABORTING)
+        for done_step in self.steps:
+            if done_step.phase != BEFORE or done_step.undo is None:
+                continue
+            undo = self.by_name[done_step.undo.name]
+            # Begun counts: a run killed inside stop-web may have stopped it.
+            if done_step.name in self.journal.steps and not self.journal.is_done(undo.name):
+                outcome = undo.run(self.ctx)
+                self.journal.forget([done_step.name])
+                self.reporter.info(f"abort: {undo.name}: {outcome.summary}")
+                undone.append(undo.name)
+        before = [s.name for s in self.steps if s.phase == BEFORE]
+        self.journal.forget(before)
+        self.journal.set_state(ABORTED)
+        self.observe("aborted", None)
+        return undone

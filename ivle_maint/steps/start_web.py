@@ -1,0 +1,43 @@
+"""start-web: the web server serves the new code (or, abandoning, the old)."""
+
+from __future__ import annotations
+
+from ..cluster.waits import wait_for_master
+from ..context import AFTER, SLAVE, Outcome, Step, UpgradeContext
+from .service_outcome import service_outcome
+from .services import RUNNING, control_from_settings
+
+STOP_WEB = "stop-web"  # the step this one undoes (stop_web imports this module)
+
+
+def start_web(ctx: UpgradeContext) -> Outcome:
+    # New code never serves on a schema the master has not migrated yet, nor
+    # before the master has rebuilt the jail tree the slaves share with it.
+    waited = wait_for_master(ctx)
+    late = started_by_hand(ctx)
+    outcome = service_outcome(ctx, "restart" if late else "start", "web")
+    if late:
+        outcome.summary = f"{late}: restarted on the new code; {outcome.summary}"
+    if waited:
+        outcome.summary = f"{waited}; {outcome.summary}"
+    return outcome
+
+
+def started_by_hand(ctx: UpgradeContext) -> str:
+    """Why the running web server must be restarted, or "" if it need not.
+
+    This upgrade stopped the web server (stop-web begun), yet it runs: it
+    was started by hand since, before the new code and the migrations were
+    both in place, so it may hold the old code or an old schema's view.
+    Its start time cannot be read portably (init script, systemd), but it
+    is later than stop-web's, so always before this check: restart it."""
+    journal = ctx.journal
+    if not ctx.code_is_new or journal is None or STOP_WEB not in journal.steps:
+        return ""  # an abort brings the old code back: a plain start
+    name = ctx.settings["services"]["web"]
+    if control_from_settings(ctx.settings, ctx.reporter).status(name) != RUNNING:
+        return ""
+    return f"{name} was started by hand after the before-phase stopped it"
+
+
+STEP = Step("start-web", "start the web server", SLAVE, AFTER, start_web, serving=True)
