@@ -1,27 +1,19 @@
-"""Fixtures for the migration tests: a fresh IVLE database and settings per test.
+"""The migration tests' site: a fresh IVLE database and settings per test.
 
-Imported by tests/integration/test_migrations*.py (``site_fixture``,
-registered as the fixture ``site``), so it adds nothing to other tests.  Each test gets:
+The fixture ``site`` (tests/integration/conftest.py) gives each test
 
-    site   a Site: its own database (a copy of the sandbox's IVLE template,
+    a Site: its own database (a copy of the sandbox's IVLE template,
            3 users), ivle.conf and ivle-maint.conf in tmp_path, a root-owned
            migrations directory holding tests/fakes/migrations, a backup dir.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from ivle_maint.config import Settings, load_settings
 from ivle_maint.output import RecordingReporter
-from ivle_sandbox import schema
 
 FAKES = Path(__file__).resolve().parents[1] / "fakes" / "migrations"
 
@@ -153,20 +145,3 @@ def create_empty_database(pg: Any, name: str) -> None:
             cur.execute(f'CREATE DATABASE "{name}" TEMPLATE template0 OWNER "{pg.ivle_user}"')
     finally:
         conn.close()
-
-
-@pytest.fixture(name="site")
-def site_fixture(postgres: Any, tmp_path: Path) -> Iterator[Site]:
-    """A fresh populated IVLE database with the fake migrations shipped."""
-    dbname = f"mig_{uuid.uuid4().hex[:10]}"
-    schema.create_database(postgres, dbname, users=3)
-    root = tmp_path / "site"
-    root.mkdir()
-    shutil.copytree(FAKES, root / "migrations", ignore=shutil.ignore_patterns("*~"))
-    (root / "migrations").chmod(0o755)
-    s = Site(postgres, root, dbname)
-    s.settings()
-    if os.geteuid() == 0:
-        os.chown(root / "migrations", 0, 0)
-    yield s
-    schema.drop_database(postgres, dbname)

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from conftest_migrations import FAKES, Site, create_empty_database, site_fixture  # noqa: F401
 from ivle_maint import __version__
 from ivle_maint.db import classify as cls
 from ivle_maint.db.sqlsplit import split
 from ivle_maint.errors import MaintError
 from ivle_maint.steps import migrations
 from ivle_sandbox import schema
+from migration_site import Site, create_empty_database
 
 pytestmark = pytest.mark.needs_postgres
 
@@ -32,7 +32,7 @@ ALL = [
 
 
 def history(site: Site, keys: list[str]) -> None:
-    """Bring the database to where the seed's manual procedure left it."""
+    """Bring the database to where IVLE's upgrade procedure, by hand, left it."""
     for key in keys:
         text = (site.migrations / f"{key}.sql").read_text()
         if split(text):  # psycopg2 refuses a text of comments only

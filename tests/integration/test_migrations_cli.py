@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest_migrations import Site, site_fixture  # noqa: F401
 from ivle_maint import cli
 from ivle_sandbox.postgres import free_port
+from migration_site import Site
 
 pytestmark = pytest.mark.needs_postgres
 

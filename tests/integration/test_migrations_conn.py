@@ -17,13 +17,13 @@ from typing import Any
 import psycopg2
 import pytest
 
-from conftest_migrations import Site, site_fixture  # noqa: F401
 from ivle_maint.db import lock
 from ivle_maint.errors import LockedError, MaintError
 from ivle_maint.output import RecordingReporter
 from ivle_maint.steps import migrations
 from ivle_sandbox import schema
 from ivle_sandbox.postgres import ThrowawayPostgres, free_port
+from migration_site import Site
 
 pytestmark = pytest.mark.needs_postgres
 
@@ -296,7 +296,7 @@ def test_password_reaches_pg_dump_only_through_its_own_environment(
 
 
 def test_no_privilege_for_the_marker_is_one_line(site: Site, postgres: Any) -> None:
-    from conftest_migrations import create_empty_database
+    from migration_site import create_empty_database
 
     name = site.dbname + "_noperm"
     create_empty_database(postgres, name)
