@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from .context import Step
 from .journal import Journal
-from .procedure import STEPS
 
 
 def web_down_seconds(journal: Journal) -> float | None:
@@ -19,8 +21,8 @@ def _metric(journal: Journal, step: str, key: str) -> object:
     return record.metrics.get(key) if record else None
 
 
-def summary_lines(journal: Journal) -> list[str]:
-    """What a person wants to know once the upgrade is over."""
+def summary_lines(journal: Journal, steps: Sequence[Step]) -> list[str]:
+    """What a person wants to know once the upgrade is over (STEPS: procedure.STEPS)."""
     lines = [f"upgrade {journal.old or '(none)'} -> {journal.new}: {journal.state}"]
     down = web_down_seconds(journal)
     if down is not None:
@@ -42,7 +44,7 @@ def summary_lines(journal: Journal) -> list[str]:
         old = _metric(journal, "media-version", "media_old")
         new = _metric(journal, "media-version", "media_new")
         lines.append(f"  media version: {old or '(unset)'} -> {new or '(unset)'}")
-    for step in STEPS:  # the order of IVLE's upgrade procedure, not the file's
+    for step in steps:  # the order of IVLE's upgrade procedure, not the file's
         record = journal.steps.get(step.name)
         if record is not None and record.status != "done":
             lines.append(f"  {step.name}: {record.status}: {record.error or ''}".rstrip(": "))

@@ -126,7 +126,7 @@ def run_phases(
         if journal.state == COMPLETE:
             record_installed(ctx)
             _unpin_backups(ctx)
-            for line in summary_lines(journal):
+            for line in summary_lines(journal, steps):
                 ctx.reporter.info(line)
             ctx.reporter.info(f"log: {log_path}")
         return journal
