@@ -156,10 +156,9 @@ def wait_for_slaves(ctx: UpgradeContext) -> str:
     return f"no slave serves the old code (waited {waited:.1f}s)"
 
 
-# The master's steps that change what a slave serves or mounts, in order;
-# restart-usrmgt is the last, and the master's row says it serves NEW once
-# that is done (presence.web_serving).
-MASTER_STEPS = ("migrate", "rebuild-jail", "remake-users", "restart-usrmgt")
+# The master's AFTER steps change what a slave serves or mounts (schema, jail
+# template, user jails, usrmgt); its row says it serves NEW once the last,
+# restart-usrmgt, is done (context.serving): then they all are.
 
 
 def _newer(version: str, new: str) -> bool:
@@ -178,7 +177,7 @@ def _same(a: str | None, b: str) -> bool:
 
 
 def master_finished(row: NodeRow, new: str) -> bool:
-    """Has this master done every one of MASTER_STEPS for NEW?"""
+    """Has this master done every one of its AFTER steps for NEW?"""
     if row.phase == "idle":
         return _same(row.version, new)  # a finished upgrade, or installed at NEW
     return _same(row.target, new) and _same(row.serving, new)
@@ -215,7 +214,7 @@ def _refuse_newer(ctx: UpgradeContext, reasons: list[str]) -> MaintError:
 def wait_for_master(ctx: UpgradeContext) -> str:
     """Slave, before starting the web server on new code: until the marker
     lists every migration this node's package ships and every master has
-    finished MASTER_STEPS for the same version."""
+    finished its AFTER steps for the same version."""
     presence = ctx.cluster
     if presence is None or not presence.enabled or not ctx.code_is_new:
         return ""

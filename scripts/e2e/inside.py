@@ -15,7 +15,8 @@ orphans (daemons, killed consoles) so nothing lingers as a zombie, and
 when it exits the kernel ends every process left in the namespace.
 
 The chroot is Debian bookworm with PostgreSQL; /srv/e2e holds the
-ivle-maint .deb, the stand-in `ivle` packages (pool/) and this file.  The
+ivle-maint .deb, the stand-in `ivle` packages (pool/), this file and the
+sandbox helpers it reuses (ivle_sandbox/, pure Python).  The
 chroot owns its /usr/sbin/policy-rc.d (allow everything) and a
 /usr/sbin/runlevel that answers "N 2", so invoke-rc.d runs init scripts
 for real.  Every check prints "PASS <what>" as it passes; the first
@@ -41,6 +42,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from ivle_sandbox.jailtree import user_files as sandbox_user_files
 
 E2E = Path("/srv/e2e")
 POOL, REPO = E2E / "pool", E2E / "repo"
@@ -372,16 +375,11 @@ def http_get(port: int) -> str:
 
 # -- user files ---------------------------------------------------------------------
 
+# The sandbox's student files (scripts/ivle_sandbox, copied beside this
+# script by scripts/e2e/run), bigger, with a non-ASCII name too.
 def user_files(login: str) -> dict[str, bytes]:
-    pattern = hashlib.sha256(login.encode()).digest()
-    return {
-        "README.txt": f"Home of {login}.\n".encode(),
-        "my program.py": f"print('hello from {login}')\n".encode(),
-        "work/week1/hello.py": b"def main():\n    return 42\n",
-        "work/week2/data.bin": pattern * 2048,
-        "work/ünïcode name.txt": "naïve café\n".encode(),
-        ".bashrc": b"# student's own settings\nexport EDITOR=nano\n",
-    }
+    return sandbox_user_files(login, data_repeat=2048,
+                              extra={"work/ünïcode name.txt": "naïve café\n".encode()})
 
 
 def write_homes(users: list[tuple[str, int, bool]]) -> None:

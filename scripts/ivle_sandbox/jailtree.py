@@ -37,15 +37,21 @@ def make_template(path: Path, lib: Path) -> None:
     shutil.copytree(lib, path / "usr" / "lib" / "ivle", dirs_exist_ok=True)
 
 
-def _user_files(login: str) -> dict[str, bytes]:
-    """A student's work: a space in a name, nested dirs, binary bytes."""
+def user_files(login: str, *, data_repeat: int = 128,
+               extra: Mapping[str, bytes] | None = None) -> dict[str, bytes]:
+    """A student's work, by relative path in home/LOGIN: a space in a name,
+    nested dirs, binary bytes (32 * DATA_REPEAT of them), and EXTRA.
+
+    make_user_jail puts these in the sandbox's jails; the e2e chroot
+    (scripts/e2e) writes bigger ones, with a non-ASCII name among them."""
     pattern = hashlib.sha256(login.encode()).digest()
     return {
         "README.txt": f"Home of {login}.\n".encode(),
         "my program.py": f"print('hello from {login}')\n".encode(),
         "work/week1/hello.py": b"def main():\n    return 42\n",
-        "work/week2/data.bin": pattern * 128,
+        "work/week2/data.bin": pattern * data_repeat,
         ".bashrc": b"# student's own settings\nexport EDITOR=nano\n",
+        **(extra or {}),
     }
 
 
@@ -56,17 +62,12 @@ def make_user_jail(src: Path, login: str, unixid: int) -> None:
     home.mkdir(parents=True)
     (jail / "tmp").mkdir()
     (jail / "tmp").chmod(0o1777)
-    for name, data in _user_files(login).items():
+    for name, data in user_files(login).items():
         path = home / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     for path in [home, *home.rglob("*")]:
         _chown(path, unixid)
-
-
-def user_files(login: str) -> dict[str, bytes]:
-    """The files make_user_jail puts in home/LOGIN, by relative path."""
-    return _user_files(login)
 
 
 def install_code(share: Path, lib: Path, migrations: Path, version: str,

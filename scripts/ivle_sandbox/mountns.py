@@ -13,8 +13,9 @@ import errno
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
+
+from ivle_maint import mountinfo as parsed
 
 CLONE_NEWNS = 0x00020000
 MS_RDONLY = 0x1
@@ -32,51 +33,18 @@ class SandboxError(RuntimeError):
     """The sandbox cannot do what was asked without risking the host."""
 
 
-@dataclass(frozen=True)
-class Mount:
-    """One line of /proc/PID/mountinfo."""
-
-    mount_id: int
-    parent_id: int
-    root: str
-    mountpoint: str
-    options: tuple[str, ...]
-    optional: tuple[str, ...]
-    fstype: str
-
-    @property
-    def shared(self) -> bool:
-        return any(field.startswith("shared:") for field in self.optional)
-
-    @property
-    def readonly(self) -> bool:
-        return "ro" in self.options
-
-
-def _unescape(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo.
-    return field.encode().decode("unicode_escape").encode("latin-1").decode(errors="replace")
+# One parser of /proc/PID/mountinfo: ivle-maint's own.
+Mount = parsed.Mount
 
 
 def mountinfo(pid: int | str = "self") -> list[Mount]:
     """The mounts seen by a process, in mount order."""
-    mounts = []
-    with open(f"/proc/{pid}/mountinfo", encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            fields = line.split()
-            sep = fields.index("-")
-            mounts.append(
-                Mount(
-                    mount_id=int(fields[0]),
-                    parent_id=int(fields[1]),
-                    root=_unescape(fields[3]),
-                    mountpoint=_unescape(fields[4]),
-                    options=tuple(fields[5].split(",")),
-                    optional=tuple(fields[6:sep]),
-                    fstype=fields[sep + 1],
-                )
-            )
-    return mounts
+    return parsed.read(pid)
+
+
+def shared(mount: Mount) -> bool:
+    """Does MOUNT propagate to a peer group (and so, maybe, to the host)?"""
+    return any(field.startswith("shared:") for field in mount.optional)
 
 
 def _inside(path: str, root: Path) -> bool:
@@ -120,7 +88,7 @@ def namespace_problem(path: Path | None = None) -> str | None:
         target = str(Path(path).resolve())
         for mount in mountinfo():
             encloses = _inside(target, Path(mount.mountpoint))
-            if (encloses or _inside(mount.mountpoint, Path(target))) and mount.shared:
+            if (encloses or _inside(mount.mountpoint, Path(target))) and shared(mount):
                 return f"mount {mount.mountpoint} is shared (use mount --make-rprivate /)"
     return None
 

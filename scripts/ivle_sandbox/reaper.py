@@ -39,7 +39,8 @@ class Reaper:
             argv += ["--pgdata", str(pgdata)]
         for path in remove:
             argv += ["--remove", str(path)]
-        env = dict(os.environ, PYTHONPATH=str(SCRIPTS))
+        # mountns reads mountinfo with ivle_maint's parser: the repository too.
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SCRIPTS), str(SCRIPTS.parent)]))
         env.pop(procs.MARKER, None)  # it must never match its own sweep
         self._proc = subprocess.Popen(
             argv,

@@ -179,7 +179,7 @@ def test_refuses_to_mount_outside_private_namespace(sandbox_dir):
     # "PID 1": the guard must refuse there, and refuse a shared mount.
     code = f"""
 import os, subprocess, sys
-sys.path.insert(0, {str(REPO / 'scripts')!r})
+sys.path[:0] = [{str(REPO / 'scripts')!r}, {str(REPO)!r}]
 from pathlib import Path
 from ivle_sandbox import mountns
 os.environ.pop(mountns.NS_ENV, None)
