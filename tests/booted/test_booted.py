@@ -10,6 +10,7 @@ The cluster scenarios repeat the random order with IVLE_MAINT_E2E_SEED.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -74,7 +75,8 @@ def events(facts: dict, since: float) -> list[tuple[str, str, float]]:
     return found
 
 
-def check_upgraded(before: dict, after: dict, since: float) -> None:
+def check_upgraded(before: dict, after: dict, since: float,
+                   web_jobs: tuple[str, ...] = ("Stopped", "Started")) -> None:
     """Every step of IVLE's procedure, as the node and systemd saw them."""
     assert after["ivle"] == "install ok installed 1.1"
     units = after["units"]
@@ -86,9 +88,9 @@ def check_upgraded(before: dict, after: dict, since: float) -> None:
     print("systemd jobs:", ", ".join(f"{u} {v}" for u, v, _t in seen), flush=True)
     web = [(v, t) for u, v, t in seen if u == "apache2"]
     usrmgt = [(v, t) for u, v, t in seen if u == "ivle-usrmgt-server"]
-    assert [v for v, _t in web] == ["Stopped", "Started"], web
+    assert tuple(v for v, _t in web) == web_jobs, web
     assert [v for v, _t in usrmgt] == ["Stopped", "Started"], usrmgt
-    web_stop, web_start = web[0][1], web[1][1]
+    web_stop, web_start = web[0][1], web[-1][1]
     marker = after["marker"]
     assert all(marker[k][0] == "baseline" for k in OLD_KEYS), marker
     assert all(k in marker and marker[k][0] != "baseline" for k in NEW_KEYS), marker
@@ -124,6 +126,96 @@ def test_upgrade(repos):
         check_probe(probe)
         assert probe.counts["refused"] > 0  # IVLE's procedure: Apache stopped
         assert guest.run("dpkg", "--audit").stdout.strip() == ""
+
+
+MAINTENANCE_ENV = ("env", "IVLE_MAINT_DURING_UPGRADE=maintenance")
+# In maintenance mode Apache is never stopped: two graceful restarts.
+RELOADS = ("Reloaded", "Reloaded")
+SITE = "/etc/apache2/sites-enabled/ivle.conf"
+MAINT_CONF = "/etc/apache2/conf-enabled/ivle-maint-maintenance.conf"
+
+
+def check_maintenance_window(probe: Probe, *, final: str = "new") -> None:
+    """Zero refused, zero errors; old pages, then only 503 with Retry-After, then FINAL."""
+    assert probe.counts["errors"] == 0, probe.errors()[:5]
+    assert probe.counts["refused"] == 0, probe.sequence()
+    assert probe.sequence() == (["old", "maintenance", "new"] if final == "new"
+                                else ["old", "maintenance"]), probe.sequence()
+
+
+def maintenance_answer(guest: Guest) -> dict[str, object]:
+    """One request from inside: status, headers and body of the site's answer."""
+    code = ("import json, urllib.request, urllib.error\n"
+            f"try: urllib.request.urlopen('http://127.0.0.1:{guest.ports.web}/x/y?z')\n"
+            "except urllib.error.HTTPError as e:\n"
+            "    print(json.dumps({'status': e.code, 'headers': dict(e.headers),"
+            " 'body': e.read().decode()}))\n")
+    return dict(json.loads(guest.run("python3", "-c", code, check=True).stdout))
+
+
+def test_upgrade_maintenance_mode(repos):
+    """[web] during_upgrade = maintenance (from the environment, as the playbook sets it):
+    zero refused connections, zero errors, every answer in the window a 503 with
+    Retry-After; Apache never stopped; IVLE's site restored as it was."""
+    with scenario.prepared_nodes(["ivle-node"], "good", repos) as guests:
+        guest = guests["ivle-node"]
+        plan = guest.run(*MAINTENANCE_ENV, "ivle-maint", "plan", "--to", "1.1", check=True)
+        assert "during the upgrade: maintenance page (503, Retry-After 300s" in plan.stdout
+        before = guest.facts()
+        since, done, probe = upgrade_watched(guest, *MAINTENANCE_ENV,
+                                             "apt-get", "upgrade", "-y", "-q")
+        assert done.returncode == 0
+        assert "maintenance page up" in done.stdout and "maintenance page down" in done.stdout
+        after = guest.facts()
+        check_upgraded(before, after, since, web_jobs=RELOADS)
+        check_maintenance_window(probe)
+        assert guest.run("test", "-L", SITE).returncode == 0
+        assert guest.run("test", "-e", MAINT_CONF).returncode != 0
+        assert guest.run("dpkg", "--audit").stdout.strip() == ""
+        # The next upgrade's estimate is this one's web-down time.
+        plan = guest.run("ivle-maint", "plan", "--to", "1.2", "--during-upgrade",
+                         "maintenance", check=True)
+        assert "from the upgrade 1.0 -> 1.1" in plan.stdout, plan.stdout
+        # Purging ivle-maint removes its Apache configuration.
+        assert guest.run("test", "-e", MAINT_CONF.replace("enabled", "available")).returncode == 0
+        guest.run("dpkg", "--purge", "--force-depends", "ivle-maint", check=True)
+        assert guest.run("test", "-e",
+                         MAINT_CONF.replace("enabled", "available")).returncode != 0
+
+
+def test_failed_migration_in_maintenance_mode(repos):
+    """The postinst fails: the maintenance answer stays up (not a refused port, not
+    IVLE's site on the old schema); dpkg --configure -a then serves the new version."""
+    with scenario.prepared_nodes(["ivle-node"], "badmigration", repos) as guests:
+        guest = guests["ivle-node"]
+        guest.run("sh", "-c", "printf '[web]\\nduring_upgrade = maintenance\\n' "
+                  ">> /etc/ivle/ivle-maint.conf", check=True)
+        before = guest.facts()
+        since, done, probe = upgrade_watched(guest, "apt-get", "upgrade", "-y", "-q")
+        assert done.returncode != 0
+        assert "resume with: dpkg --configure -a" in done.stdout
+        failed = guest.facts()
+        assert failed["ivle"] == "install ok half-configured 1.1"
+        assert failed["schema_same"] is True
+        assert failed["units"]["apache2.service"]["ActiveState"] == "active"
+        check_maintenance_window(probe, final="maintenance")
+        answer = maintenance_answer(guest)
+        headers = {str(k).lower(): v for k, v in dict(answer["headers"]).items()}  # type: ignore[call-overload]
+        assert answer["status"] == 503
+        assert headers["retry-after"] == "300" and headers["cache-control"] == "no-store"
+        assert headers["x-ivle-maintenance"] == "1"
+        assert "IVLE is being upgraded" in str(answer["body"])
+        assert guest.run("test", "-e", SITE).returncode != 0
+
+        guest.node.write("/usr/share/ivle/userdb/migrations/20100301-01.sql",
+                         GOOD_FIRST_MIGRATION)
+        _since2, done, probe = upgrade_watched(guest, "dpkg", "--configure", "-a")
+        assert done.returncode == 0
+        after = guest.facts()
+        check_upgraded(before, after, since, web_jobs=RELOADS)
+        assert probe.sequence() == ["maintenance", "new"], probe.sequence()
+        assert probe.counts["errors"] == 0 and probe.counts["refused"] == 0
+        assert guest.run("test", "-L", SITE).returncode == 0
 
 
 def test_failed_migration_then_configure(repos):
