@@ -218,6 +218,41 @@ def test_failed_migration_in_maintenance_mode(repos):
         assert guest.run("test", "-L", SITE).returncode == 0
 
 
+BROKEN_SOURCE = """#!/bin/sh
+# An IVLE 1.1 source tree whose build fails.
+if [ "$1" = --version ]; then echo 1.1; exit 0; fi
+echo "setup.py $1: the build broke"; exit 1
+"""
+
+
+def test_abandoned_upgrade_in_maintenance_mode(repos):
+    """The code install fails after the before-phase put the maintenance page up;
+    `ivle-maint rerun --abandon` gives IVLE's site back on 1.0: the client sees
+    old pages, the maintenance answer, old pages again; nothing refused."""
+    with scenario.prepared_nodes(["ivle-node"], "good", repos) as guests:
+        guest = guests["ivle-node"]
+        guest.node.write("/root/src/setup.py", BROKEN_SOURCE, mode="0755")
+        with Probe(guest) as probe:
+            time.sleep(1.0)
+            done = guest.run("ivle-maint", "upgrade", "--during-upgrade", "maintenance",
+                             "--from", "1.0", "--source", "/root/src",
+                             "--migrations", "/usr/share/ivle/userdb/migrations")
+            print(done.stdout[-3000:], flush=True)
+            assert done.returncode != 0 and "the build broke" in done.stdout
+            assert guest.run("test", "-e", MAINT_CONF).returncode == 0
+            assert guest.run("test", "-e", SITE).returncode != 0
+            time.sleep(1.0)
+            done = guest.run("ivle-maint", "rerun", "--abandon")
+            print(done.stdout[-3000:], flush=True)
+            assert done.returncode == 0 and "abandoned" in done.stdout
+            time.sleep(1.0)
+            probe.stop()
+        assert probe.sequence() == ["old", "maintenance", "old"], probe.sequence()
+        assert probe.counts["errors"] == 0 and probe.counts["refused"] == 0
+        assert guest.run("test", "-L", SITE).returncode == 0
+        assert guest.run("test", "-e", MAINT_CONF).returncode != 0
+
+
 def test_failed_migration_then_configure(repos):
     """1.1's migration fails: IVLE half-configured, web down, no new code served;
     the file fixed in place, dpkg --configure -a finishes the upgrade."""
@@ -273,29 +308,54 @@ def test_debhelper_default_restarts_usrmgt_before_migrations(repos):
         assert all(detail == "HTTP 500" for _t, _w, detail in probe.answers), probe.answers
 
 
-def test_cluster_apt_get_at_once(repos):
+def slave_status_until(guest: Guest, word: str, timeout: float = 120) -> str:
+    """`ivle-maint cluster status` on a slave until its own row says WORD."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = guest.run("ivle-maint", "cluster", "status").stdout
+        mine = [line for line in out.splitlines() if line.startswith(guest.node.name + " ")]
+        if (mine and word in mine[0].split()) or time.monotonic() > deadline:
+            return out
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize("mode", ["stop", "maintenance"])
+def test_cluster_apt_get_at_once(repos, mode):
     """A master and three slaves, each its own booted node in one network
     namespace: apt-get upgrade on all four at once, in a seeded random order,
     a probe on every slave: zero errors, the schema migrated once, no slave
-    serving 1.1 before the migrations, one new media version."""
+    serving 1.1 before the migrations, one new media version.  In maintenance
+    mode the slaves go first: each answers the maintenance page (cluster status
+    says so) while it waits for the master, then the master; zero refused."""
     import random
     import subprocess
 
     names = ["master", "slave1", "slave2", "slave3"]
     seed = int(os.environ.get("IVLE_MAINT_E2E_SEED") or time.time_ns() % 10_000)
     rng = random.Random(seed)
+    env = ("IVLE_MAINT_DURING_UPGRADE=maintenance",) if mode == "maintenance" else ()
     with scenario.booted_cluster(names, repos) as guests:
         slaves = [guests[n] for n in names[1:]]
+        for guest in slaves:  # under [cluster]: where `cluster status` asks (same host)
+            guest.run("sh", "-c", f"echo 'probe_url = http://127.0.0.1:{guest.ports.web}/' "
+                      ">> /etc/ivle/ivle-maint.conf", check=True)
         probes = [Probe(g) for g in slaves]
         try:
             time.sleep(1.0)
             order = rng.sample(names, len(names))
+            if mode == "maintenance":
+                order = [n for n in order if n != "master"] + ["master"]
             print(f"apt-get upgrade at once, order {', '.join(order)} (seed {seed})", flush=True)
             started = time.time()
             running = []
             for name in order:
                 guest = guests[name]
-                argv = guest.node.argv("env", guest.sandbox_env, "sh", "-c",
+                if name == "master" and mode == "maintenance":
+                    status = slave_status_until(guests["slave1"], "maintenance")
+                    print(status, flush=True)
+                    assert any(line.startswith("slave1 ") and "maintenance" in line.split()
+                               for line in status.splitlines()), status
+                argv = guest.node.argv("env", guest.sandbox_env, *env, "sh", "-c",
                                        "apt-get update -q >/dev/null && apt-get upgrade -y -q")
                 running.append((name, subprocess.Popen(
                     argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -324,10 +384,14 @@ def test_cluster_apt_get_at_once(repos):
         for name, probe in zip(names[1:], probes, strict=True):
             slave = facts[name]
             web = [(v, t) for u, v, t in events(slave, started) if u == "apache2"]
-            assert [v for v, _t in web] == ["Stopped", "Started"], (name, web)
+            jobs = ["Stopped", "Started"] if mode == "stop" else list(RELOADS)
+            assert [v for v, _t in web] == jobs, (name, web)
             assert web[0][1] < slave["code_time"] and web[1][1] > migrated, name
             assert not slave["consoles"] and not slave["jail_mounts"], name
-            check_probe(probe)
+            if mode == "maintenance":
+                check_maintenance_window(probe)
+            else:
+                check_probe(probe)
         media = {facts[n]["media"] for n in names[1:]}
         assert len(media) == 1 and "1.0" not in media, media
         status = guests["master"].run("ivle-maint", "cluster", "status", "--expect", "1.1")
@@ -335,9 +399,11 @@ def test_cluster_apt_get_at_once(repos):
         assert status.returncode == 0
 
 
-def test_cluster_ansible_over_ssh(repos, tmp_path):
+@pytest.mark.parametrize("mode", ["stop", "maintenance"])
+def test_cluster_ansible_over_ssh(repos, tmp_path, mode):
     """The same cluster upgraded by scripts/ansible/upgrade-cluster.yml over real
-    SSH (openssh-server in every node, a key made here), a probe on every slave."""
+    SSH (openssh-server in every node, a key made here), a probe on every slave;
+    in maintenance mode (-e ivle_during_upgrade=maintenance) zero refused."""
     import json
     import subprocess
 
@@ -376,7 +442,8 @@ def test_cluster_ansible_over_ssh(repos, tmp_path):
             done = subprocess.run(
                 ["ip", "netns", "exec", netns, "ansible-playbook", "-i",
                  str(tmp_path / "inventory.yml"),
-                 str(REPO / "scripts/ansible/upgrade-cluster.yml"), "-e", "ivle_version=1.1"],
+                 str(REPO / "scripts/ansible/upgrade-cluster.yml"), "-e", "ivle_version=1.1",
+                 *(["-e", "ivle_during_upgrade=maintenance"] if mode == "maintenance" else [])],
                 stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900,
                 env={**os.environ, "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_NOCOLOR": "1",
                      # no ssh master processes or sockets outliving the test
@@ -396,7 +463,11 @@ def test_cluster_ansible_over_ssh(repos, tmp_path):
         migrated = max(marker[k][1] for k in NEW_KEYS)
         for name, probe in zip(names[1:], probes, strict=True):
             web = [(v, t) for u, v, t in events(facts[name], started) if u == "apache2"]
-            assert [v for v, _t in web] == ["Stopped", "Started"], (name, web)
+            jobs = ["Stopped", "Started"] if mode == "stop" else list(RELOADS)
+            assert [v for v, _t in web] == jobs, (name, web)
             assert web[1][1] > migrated, name
-            check_probe(probe)
+            if mode == "maintenance":
+                check_maintenance_window(probe)
+            else:
+                check_probe(probe)
         assert len({facts[n]["media"] for n in names[1:]} - {"1.0"}) == 1

@@ -126,3 +126,20 @@ def test_cluster_probe_recognises_the_maintenance_answer(answer_503):
     paused = ask(f"http://127.0.0.1:{port}/", 3)
     assert not paused.serving and paused.maintenance
     assert "maintenance page" in paused.text
+
+
+def test_a_node_in_maintenance_does_not_serve(tmp_path):
+    """Its Apache runs, but answers only 503: the cluster row must say down."""
+    from ivle_maint.cluster.admin import service_serving
+    from ivle_maint.output import TerminalReporter
+
+    initd = tmp_path / "initd"
+    initd.mkdir()
+    (initd / "apache2").write_text("#!/bin/sh\nexit 0\n")  # status: running
+    (initd / "apache2").chmod(0o755)
+    settings = settings_with(tmp_path, f"[services]\nbackend = init.d\ninitd_dir = {initd}\n")
+    reporter = TerminalReporter()
+    assert service_serving(settings, reporter, "1.0") == "1.0"
+    maintenance.Record(["ivle"], 0.0).write(settings)
+    assert maintenance.in_maintenance(settings)
+    assert service_serving(settings, reporter, "1.0") is None
