@@ -98,6 +98,11 @@ maintenance_page = string(default='')
 # Retry-After seconds when this node has no completed upgrade to measure;
 # otherwise the last upgrade's web-down time is told.
 retry_after = integer(min=1, default=300)
+# How Apache changes to and from the maintenance answer: 'graceful' keeps
+# its listening socket open (no client refused) and waits until every old
+# child, the processes that ran IVLE's code, has exited; 'full' stops and
+# starts it (nothing of the old server survives; refused meanwhile).
+restart = option('graceful', 'full', default='graceful')
 # Apache's configuration directory (sites-available, conf-available).
 apache_dir = string(default='/etc/apache2')
 

@@ -9,7 +9,9 @@ IVLE's code finishes its request and exits; the step waits until the
 last one is gone (IVLE's code runs only in Apache's children: mod_python
 imports the handlers there, the parent never serves a request).  From then
 on every request is answered 503 with Retry-After, Cache-Control: no-store
-and X-IVLE-Maintenance, and a small HTML page, by Apache alone.
+and X-IVLE-Maintenance, and a small HTML page, by Apache alone.  With
+[web] restart = full Apache is stopped and started instead (nothing of
+the old server survives; clients are refused while it restarts).
 
 start-web reverses exactly that: the sites this node's record says were
 disabled by ivle-maint are enabled again, the configuration disabled, and
@@ -221,8 +223,12 @@ def _children() -> set[tuple[int, str]]:
             if comm == "apache2" and names.get(ppid, ("",))[0] == "apache2"}
 
 
-def _graceful(control: ServiceControl, name: str) -> str:
-    """Restart NAME gracefully (ports kept open); wait until its old children exit."""
+def _graceful(control: ServiceControl, name: str, how: str = "graceful") -> str:
+    """Restart NAME gracefully (ports kept open); wait until its old children exit.
+
+    how = full ([web] restart): a stop and a start instead."""
+    if how == "full":
+        return control.restart(name).message
     if control.status(name) != RUNNING:
         result = control.start(name)  # a rerun after a killed step: nothing to drain
         return result.message
@@ -261,7 +267,7 @@ def enter(settings: Settings, reporter: Reporter) -> str:
         _run("a2dissite", "-q", name)
     _run("a2enconf", "-q", CONF_NAME)
     control = control_from_settings(settings, reporter)
-    restarted = _graceful(control, settings["services"]["web"])
+    restarted = _graceful(control, settings["services"]["web"], settings["web"]["restart"])
     disabled = ", ".join(record.disabled) or "none enabled"
     return (f"maintenance page up (Retry-After {seconds}s from {source}); IVLE's sites "
             f"disabled: {disabled}; {restarted}")
@@ -276,7 +282,7 @@ def leave(settings: Settings, reporter: Reporter) -> str | None:
     for name in record.disabled:
         _run("a2ensite", "-q", name)
     control = control_from_settings(settings, reporter)
-    restarted = _graceful(control, settings["services"]["web"])
+    restarted = _graceful(control, settings["services"]["web"], settings["web"]["restart"])
     Record.path(settings).unlink()
     enabled = ", ".join(record.disabled) or "none"
     return f"maintenance page down; IVLE's sites enabled again: {enabled}; {restarted}"

@@ -218,6 +218,23 @@ def test_failed_migration_in_maintenance_mode(repos):
         assert guest.run("test", "-L", SITE).returncode == 0
 
 
+def test_upgrade_maintenance_mode_full_restart(repos):
+    """[web] restart = full: Apache stopped and started at each switch (nothing of
+    the old server survives); zero errors, the maintenance answer in between."""
+    with scenario.prepared_nodes(["ivle-node"], "good", repos) as guests:
+        guest = guests["ivle-node"]
+        guest.run("sh", "-c", "printf '[web]\\nduring_upgrade = maintenance\\nrestart = full\\n' "
+                  ">> /etc/ivle/ivle-maint.conf", check=True)
+        before = guest.facts()
+        since, done, probe = upgrade_watched(guest, "apt-get", "upgrade", "-y", "-q")
+        assert done.returncode == 0
+        check_upgraded(before, guest.facts(), since,
+                       web_jobs=("Stopped", "Started", "Stopped", "Started"))
+        check_probe(probe)
+        assert probe.counts["maintenance"] > 0
+        assert guest.run("test", "-L", SITE).returncode == 0
+
+
 BROKEN_SOURCE = """#!/bin/sh
 # An IVLE 1.1 source tree whose build fails.
 if [ "$1" = --version ]; then echo 1.1; exit 0; fi
@@ -419,6 +436,9 @@ def test_cluster_ansible_over_ssh(repos, tmp_path, mode):
             guest.node.write("/root/.ssh/authorized_keys",
                              (tmp_path / "id_ed25519.pub").read_text(), mode="0600")
             guest.node.run("systemctl", "enable", "--now", "ssh")
+            if name != "master":  # under [cluster]: where status --expect asks
+                guest.run("sh", "-c", f"echo 'probe_url = http://127.0.0.1:{guest.ports.web}/' "
+                          ">> /etc/ivle/ivle-maint.conf", check=True)
             hosts[name] = {"ansible_host": "127.0.0.1", "ansible_port": port,
                            "ivle_environment": dict([guest.sandbox_env.split("=", 1)])}
         inventory = {"all": {
