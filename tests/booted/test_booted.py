@@ -243,17 +243,27 @@ echo "setup.py $1: the build broke"; exit 1
 
 
 def test_abandoned_upgrade_in_maintenance_mode(repos):
-    """The code install fails after the before-phase put the maintenance page up;
+    """apache2ctl configtest failing stops the upgrade before anything changes.
+    The code install fails after the before-phase put the maintenance page up;
     `ivle-maint rerun --abandon` gives IVLE's site back on 1.0: the client sees
     old pages, the maintenance answer, old pages again; nothing refused."""
     with scenario.prepared_nodes(["ivle-node"], "good", repos) as guests:
         guest = guests["ivle-node"]
         guest.node.write("/root/src/setup.py", BROKEN_SOURCE, mode="0755")
+        upgrade = ("ivle-maint", "upgrade", "--during-upgrade", "maintenance", "--from", "1.0",
+                   "--source", "/root/src", "--migrations", "/usr/share/ivle/userdb/migrations")
         with Probe(guest) as probe:
             time.sleep(1.0)
-            done = guest.run("ivle-maint", "upgrade", "--during-upgrade", "maintenance",
-                             "--from", "1.0", "--source", "/root/src",
-                             "--migrations", "/usr/share/ivle/userdb/migrations")
+            # A broken Apache configuration is found before anything changes.
+            guest.node.write("/etc/apache2/conf-available/broken.conf", "NoSuchDirective on\n")
+            guest.run("a2enconf", "-q", "broken", check=True)
+            done = guest.run(*upgrade)
+            assert done.returncode != 0 and "apache2ctl configtest failed" in done.stdout, \
+                done.stdout
+            assert guest.run("test", "-L", SITE).returncode == 0
+            assert guest.run("test", "-e", MAINT_CONF).returncode != 0
+            guest.run("a2disconf", "-q", "broken", check=True)
+            done = guest.run(*upgrade)
             print(done.stdout[-3000:], flush=True)
             assert done.returncode != 0 and "the build broke" in done.stdout
             assert guest.run("test", "-e", MAINT_CONF).returncode == 0
