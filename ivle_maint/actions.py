@@ -34,6 +34,10 @@ def _services(ctx: UpgradeContext, action: str, which: str) -> Outcome:
 
 
 def stop_web(ctx: UpgradeContext) -> Outcome:
+    from .steps import maintenance
+
+    if maintenance.mode(ctx.settings, ctx.during_upgrade) == maintenance.MAINTENANCE:
+        return Outcome(maintenance.enter(ctx.settings, ctx.reporter), {"maintenance": True})
     return _services(ctx, "stop", "web")
 
 
@@ -43,6 +47,9 @@ def start_web(ctx: UpgradeContext) -> Outcome:
     # New code never serves on a schema the master has not migrated yet, nor
     # before the master has rebuilt the jail tree the slaves share with it.
     waited = wait_for_master(ctx)
+    left = maintenance_left(ctx)
+    if left:
+        return Outcome(f"{waited}; {left}" if waited else left)
     late = started_by_hand(ctx)
     outcome = _services(ctx, "restart" if late else "start", "web")
     if late:
@@ -50,6 +57,13 @@ def start_web(ctx: UpgradeContext) -> Outcome:
     if waited:
         outcome.summary = f"{waited}; {outcome.summary}"
     return outcome
+
+
+def maintenance_left(ctx: UpgradeContext) -> str | None:
+    """The maintenance page taken down and IVLE's sites restored, if stop-web put it up."""
+    from .steps.maintenance import leave
+
+    return leave(ctx.settings, ctx.reporter)
 
 
 def started_by_hand(ctx: UpgradeContext) -> str:

@@ -198,6 +198,9 @@ def check(ctx: UpgradeContext) -> None:
     check_modules(ctx)
     if ctx.settings.role in ("slave", "both"):
         check_jail_mounts(ctx)
+        from .steps.maintenance import preflight as check_maintenance
+
+        check_maintenance(ctx.settings, ctx.during_upgrade)
     if ctx.settings.role in ("master", "both"):
         pending = check_database(ctx)
         if pending:

@@ -50,6 +50,8 @@ class UpgradeContext:
     upgrade_id: str = ""
     # Go ahead with the migrations while slaves serve the old code.
     migrate_while_serving: bool = False
+    # --during-upgrade: stop or maintenance; empty: the environment or [web].
+    during_upgrade: str = ""
     # This run's cluster.presence.Presence (set by run_phases).
     cluster: Any = None
     # The new version's migrations while the code on disk is still the old

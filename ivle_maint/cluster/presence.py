@@ -282,7 +282,11 @@ class Presence:
         serving = web_serving(self.settings, j)
         if serving is not None or self.settings.role not in ("slave", "both"):
             return serving
+        from ..steps.maintenance import in_maintenance
         from ..steps.services import RUNNING, control_from_settings
+
+        if in_maintenance(self.settings):  # Apache runs, answering only 503
+            return None
 
         now = time.monotonic()
         if self._web_seen is None or now - self._web_seen[0] >= STATUS_EVERY:

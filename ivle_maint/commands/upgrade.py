@@ -25,6 +25,8 @@ def register(sub: Any) -> None:
     )
     _versions(plan, required_to=True)
     plan.add_argument("--migrations", metavar="DIR", type=Path, help="the new migrations")
+    plan.add_argument("--during-upgrade", choices=("stop", "maintenance"),
+                      help="plan with this mode instead of [web] during_upgrade")
     plan.set_defaults(func=cmd_plan)
 
     upgrade = sub.add_parser(
@@ -96,6 +98,10 @@ def _migration_options(parser: argparse.ArgumentParser) -> None:
                         help="accept that applied migration KEY's file has changed")
     parser.add_argument("--migrate-while-serving", action="store_true",
                         help="migrate even while slaves serve the old code (see [cluster])")
+    parser.add_argument("--during-upgrade", choices=("stop", "maintenance"),
+                        help="what clients see while the web server is down: refused "
+                        "connections (stop) or a 503 maintenance page (default: [web] "
+                        "during_upgrade)")
     parser.add_argument("--terminate-stale-lock", action="store_true",
                         help="end the database session of a killed ivle-maint on this host "
                         "that still holds the migration lock")
@@ -112,6 +118,7 @@ def _context(ctx: Context, **kwargs: Any) -> Any:
         accept_changed=tuple(getattr(args, "accept_changed", ())),
         migrate_while_serving=getattr(args, "migrate_while_serving", False),
         terminate_stale_lock=getattr(args, "terminate_stale_lock", False),
+        during_upgrade=getattr(args, "during_upgrade", None) or "",
         **kwargs,
     )
 
