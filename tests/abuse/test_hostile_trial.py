@@ -9,8 +9,11 @@ nothing lost, and the next command ends as an uninterrupted run ends.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +21,13 @@ import pytest
 from ivle_sandbox.releases import NEW, OLD
 from upgrade_helpers import (
     REPO,
+    at_version_1_0,
     cli,
+    final_state,
+    postinst,
+    preinst,
+    start_cli,
+    unpack,
 )
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
@@ -48,3 +57,56 @@ def test_a_reader_gone_early_changes_nothing_but_the_output(node: Any,
     closed = run_with_stdout_closed(node, *args)
     assert closed.returncode == normal.returncode, closed.stderr
     assert closed.stderr == normal.stderr
+
+
+@pytest.fixture
+def reference(node_factory: Any) -> dict[str, Any]:
+    """What an uninterrupted dpkg upgrade 1.0 -> 1.1 leaves."""
+    node = at_version_1_0(node_factory(users=3, consoles=1))
+    assert preinst(node).returncode == 0
+    unpack(node)
+    assert postinst(node).returncode == 0
+    return final_state(node)
+
+
+def node_pids(node: Any, argv: bytes) -> list[int]:
+    """Live processes of this node (by its IVLECONF) whose argv is ARGV."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry.name}/cmdline").read_bytes()
+                state = Path(f"/proc/{entry.name}/stat").read_bytes().rsplit(b")", 1)[1]
+                environ = Path(f"/proc/{entry.name}/environ").read_bytes()
+            except OSError:
+                continue
+            if cmdline == argv and state.split()[0] != b"Z" \
+                    and f"IVLECONF={node.conf_dir}\0".encode() in environ:
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_rerun_ends_the_grandchild_a_killed_run_left(node_factory: Any,
+                                                       reference: dict[str, Any]) -> None:
+    """ivle-buildjail's apt outlives it (no parent-death signal of its own)."""
+    node = at_version_1_0(node_factory(users=3, consoles=1))
+    assert preinst(node).returncode == 0
+    unpack(node)
+    node.set_fakes("ivle-buildjail", apt_delay=120)
+    apt = b"sleep\x00120.0\x00"
+    proc = start_cli(node, "hook", "--package-version", "1.1", "postinst", "configure", "1.0")
+    deadline = time.monotonic() + 60
+    while not node_pids(node, apt):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    time.sleep(0.5)  # ivle-buildjail gets its parent-death SIGKILL; apt does not
+    assert len(node_pids(node, apt)) == 1
+    node.set_fakes("ivle-buildjail", apt_delay=0)
+    done = cli(node, "rerun")
+    assert done.returncode == 0, done.stderr
+    assert "ivle-buildjail -u (process group" in done.stderr
+    assert "left running by a killed ivle-maint" in done.stderr
+    assert not node_pids(node, apt)  # ended before the step started again
+    assert final_state(node) == reference
