@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_preinst_manifest import manifest, preinst_with
 from test_source_install import source_tree
 
 from ivle_maint import mountinfo
-from ivle_sandbox.releases import OLD, RELEASES
+from ivle_maint.db import pgparse
+from ivle_sandbox.releases import NEW, OLD, RELEASES
 from upgrade_helpers import (
     REPO,
     at_version_1_0,
@@ -197,3 +199,37 @@ def test_source_upgrade_killed_at_each_step_then_rerun(node_factory: Any,
     assert done.returncode == 0, done.stderr
     assert final_state(node) == reference
     assert home_checksums(node) == homes
+
+
+MANIFEST_BROKEN = {
+    "syntax error": ({"20100216-01.sql": "BEGIN;\nALTER TABLE login ADD x int;\nSELEC 1;\n"
+                                         "COMMIT;\n"},
+                     "ivle 1.1's migration 20100216-01.sql: line 3: syntax error at or near "
+                     '"SELEC"'),
+    "empty": ({"20100216-01.sql": "-- nothing yet\n"},
+              "ivle 1.1's migration 20100216-01.sql: holds no SQL statement"),
+    "BEGIN without COMMIT": ({"20100216-01.sql": "BEGIN;\nCREATE TABLE t (x int);\n"},
+                             "ivle 1.1's migration 20100216-01.sql: line 1: BEGIN without a "
+                             "matching COMMIT"),
+    "bad name": ({"2010-02-16.sql": "SELECT 1;\n"},
+                 "ivle 1.1's migration 2010-02-16.sql: not a migration file name"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(MANIFEST_BROKEN))
+def test_the_preinst_names_a_broken_new_migration_as_the_package_ships_it(
+        node_factory: Any, case: str) -> None:
+    """Checked from dh_ivle_maint's manifest: the error names the package's
+    file, not the temporary copy that is gone when the message is read."""
+    if case == "syntax error" and not pgparse.available():
+        pytest.skip("needs pglast (PostgreSQL's parser): python3-pglast")
+    node = at_version_1_0(node_factory(users=2, consoles=1))
+    files, expected = MANIFEST_BROKEN[case]
+    done = preinst_with(node, manifest({**OLD, **NEW, **files}), "--new-migrations", "-")
+    assert done.returncode == 1
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("ivle-maint: error: ")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert errors[0].startswith(f"ivle-maint: error: {expected}"), errors[0]
+    assert "ivle-maint-manifest-" not in done.stderr
+    assert node.service_running("apache2") and marker_keys(node) == []
+    assert journal(node) == {}
