@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from configobj import ConfigObj
 from test_preinst_manifest import manifest, preinst_with
 from test_source_install import source_tree
 
@@ -233,3 +234,27 @@ def test_the_preinst_names_a_broken_new_migration_as_the_package_ships_it(
     assert "ivle-maint-manifest-" not in done.stderr
     assert node.service_running("apache2") and marker_keys(node) == []
     assert journal(node) == {}
+
+
+def test_log_rotation_never_follows_a_symlink_named_like_a_log(node_factory: Any,
+                                                               tmp_path: Path) -> None:
+    """[logs] keep = 2 with a link among the logs: its target is neither
+    copied into the log directory nor counted, real logs are not deleted for it."""
+    node = at_version_1_0(node_factory(users=2, consoles=1))
+    conf = ConfigObj(str(node.maint_conf))
+    conf.setdefault("logs", {})["keep"] = "2"
+    conf.write()
+    victim = tmp_path / "shadow"
+    victim.write_text("root:secret\n")
+    node.maint_log_dir.mkdir(parents=True, exist_ok=True)
+    old = node.maint_log_dir / "jails-old-20200101T000000Z.log"
+    old.write_text("an earlier run\n")
+    os.utime(old, (1_000_000, 1_000_000))
+    link = node.maint_log_dir / "upgrade-planted-20000101T000000Z.log"
+    link.symlink_to(victim)
+    assert preinst(node).returncode == 0
+    assert victim.read_text() == "root:secret\n" and link.is_symlink()
+    assert not link.with_name(link.name + ".gz").exists()
+    # keep = 2: the earlier run's log (the previous one: plain) and this run's.
+    assert old.read_text() == "an earlier run\n"
+    assert len(list(node.maint_log_dir.glob("upgrade-1.0_to_1.1-*.log"))) == 1
