@@ -258,3 +258,32 @@ def test_log_rotation_never_follows_a_symlink_named_like_a_log(node_factory: Any
     # keep = 2: the earlier run's log (the previous one: plain) and this run's.
     assert old.read_text() == "an earlier run\n"
     assert len(list(node.maint_log_dir.glob("upgrade-1.0_to_1.1-*.log"))) == 1
+
+
+@pytest.mark.parametrize("killed", ["upgrade", "jails rebuild"])
+def test_jails_rebuild_ends_the_apt_a_killed_run_left(node_factory: Any, killed: str) -> None:
+    """The command an administrator reaches for after a killed rebuild-jail
+    ends the leftover first, as a rerun does; it never builds beside it."""
+    node = at_version_1_0(node_factory(users=2, consoles=1))
+    if killed == "upgrade":
+        assert preinst(node).returncode == 0
+        unpack(node)
+        args: tuple[str, ...] = ("hook", "--package-version", "1.1", "postinst", "configure",
+                                 "1.0")
+    else:
+        args = ("jails", "rebuild")
+    node.set_fakes("ivle-buildjail", apt_delay=120)
+    apt = b"sleep\x00120.0\x00"
+    proc = start_cli(node, *args)
+    deadline = time.monotonic() + 60
+    while not node_pids(node, apt):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert len(node_pids(node, apt)) == 1  # apt outlives its ivle-buildjail
+    node.set_fakes("ivle-buildjail", apt_delay=0)
+    done = cli(node, "jails", "rebuild")
+    assert done.returncode == 0, done.stderr
+    assert "left running by a killed ivle-maint" in done.stderr
+    assert not node_pids(node, apt)
