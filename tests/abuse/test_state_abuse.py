@@ -141,6 +141,14 @@ def test_directories_get_explicit_modes_under_umask_000(site: Any) -> None:
         "var/log/ivle-maint": 0o750,
         "var/backups/ivle-maint": 0o700,
     }
+    # Files too: dumps and journals root's alone, logs root:adm, none writable by others.
+    files = {p: stat.S_IMODE(p.stat().st_mode) for key in ("state", "log", "backup")
+             for p in directory(site, key).rglob("*") if p.is_file()}
+    assert [p for p in files if p.suffix == ".dump"]
+    assert all(mode == 0o600 for p, mode in files.items()
+               if p.suffix == ".dump" or p.parent.name == "journal")
+    assert all(mode == 0o640 for p, mode in files.items() if p.suffix == ".log")
+    assert not [p for p, mode in files.items() if mode & 0o022]
 
 
 MALFORMED_SETTINGS = [
