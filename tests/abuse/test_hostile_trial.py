@@ -287,3 +287,21 @@ def test_jails_rebuild_ends_the_apt_a_killed_run_left(node_factory: Any, killed:
     assert done.returncode == 0, done.stderr
     assert "left running by a killed ivle-maint" in done.stderr
     assert not node_pids(node, apt)
+
+
+def test_two_reruns_at_once_one_finishes_the_other_exits_75(node_factory: Any,
+                                                             reference: dict[str, Any]) -> None:
+    node = at_version_1_0(node_factory(users=3, consoles=1))
+    assert preinst(node).returncode == 0
+    unpack(node, migrations={**OLD, **NEW, "20100215.sql": "SELECT 1 / 0;\n"})
+    assert postinst(node).returncode == 1
+    unpack(node)  # the corrected package
+    node.set_fakes("ivle-buildjail", delay=3)  # the first holds the node lock a while
+    first, second = start_cli(node, "rerun"), start_cli(node, "rerun")
+    errs = [p.communicate(timeout=300)[1] for p in (first, second)]
+    outcomes = sorted(zip((first.returncode, second.returncode), errs))
+    (ok, ok_err), (busy, busy_err) = outcomes
+    assert (ok, busy) == (0, 75), (ok_err, busy_err)
+    assert busy_err.startswith("ivle-maint: error: another ivle-maint holds ")
+    assert "upgrade 1.0 -> 1.1" in busy_err and len(busy_err.splitlines()) == 1
+    assert final_state(node) == reference
