@@ -299,7 +299,7 @@ def test_two_reruns_at_once_one_finishes_the_other_exits_75(node_factory: Any,
     node.set_fakes("ivle-buildjail", delay=3)  # the first holds the node lock a while
     first, second = start_cli(node, "rerun"), start_cli(node, "rerun")
     errs = [p.communicate(timeout=300)[1] for p in (first, second)]
-    outcomes = sorted(zip((first.returncode, second.returncode), errs))
+    outcomes = sorted(zip((first.returncode, second.returncode), errs, strict=True))
     (ok, ok_err), (busy, busy_err) = outcomes
     assert (ok, busy) == (0, 75), (ok_err, busy_err)
     assert busy_err.startswith("ivle-maint: error: another ivle-maint holds ")
