@@ -320,3 +320,39 @@ def test_consoles_stop_run_from_inside_a_jail_spares_itself_and_its_shell(node: 
     assert done.returncode == 0 and done.stdout == "status 0\n", done.stderr
     assert "Traceback" not in done.stderr
     assert consoles and node.console_pids() == []
+
+
+def test_server_session_ended_mid_migration_is_one_line_and_rerun_finishes(
+        node_factory: Any, reference: dict[str, Any]) -> None:
+    """PostgreSQL restarting (or an administrator's pg_terminate_backend)
+    while a migration's statement runs: nothing of it applied, one line,
+    the resume command; the rerun ends as one run does."""
+    node = at_version_1_0(node_factory(users=3, consoles=1))
+    assert preinst(node).returncode == 0
+    slow = {**OLD, **NEW, "20100215.sql": "SELECT pg_sleep(60);\n" + NEW["20100215.sql"]}
+    unpack(node, migrations=slow)
+    proc = start_cli(node, "hook", "--package-version", "1.1", "postinst", "configure", "1.0")
+    conn = node.connect()
+    try:
+        deadline = time.monotonic() + 60
+        ended = False
+        while not ended:
+            assert time.monotonic() < deadline and proc.poll() is None
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                            "query LIKE 'SELECT pg_sleep(60)%%' AND pid <> pg_backend_pid()")
+                ended = bool(cur.fetchall())
+            conn.commit()
+            time.sleep(0.02)
+    finally:
+        conn.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    errors = [ln for ln in err.splitlines() if ln.startswith("ivle-maint: error: ")]
+    assert len(errors) == 1 and "20100215" in errors[0], err
+    assert "ivle-maint: resume with: dpkg --configure -a" in err
+    assert marker_keys(node) == sorted(k.removesuffix(".sql") for k in {**OLD, **NEW})[:-1]
+    unpack(node)
+    done = cli(node, "rerun")
+    assert done.returncode == 0, done.stderr
+    assert final_state(node) == reference
