@@ -356,3 +356,13 @@ def test_server_session_ended_mid_migration_is_one_line_and_rerun_finishes(
     done = cli(node, "rerun")
     assert done.returncode == 0, done.stderr
     assert final_state(node) == reference
+
+
+def test_a_version_with_a_newline_from_a_hand_made_hook_call_is_refused(node: Any) -> None:
+    """It would name a second journal beside the real one ("1.0 -> 1.1\\n")
+    and split every later message."""
+    done = cli(node, "hook", "preinst", "upgrade", "1.0", "1.1\n")
+    assert done.returncode == 2
+    assert done.stderr == "ivle-maint: error: preinst upgrade: not a valid version: '1.1\\n'\n"
+    assert node.service_running("apache2") and journal(node) == {}
+    assert not list(node.state_dir.glob("journal/*"))
