@@ -377,3 +377,24 @@ def test_a_directory_given_as_settings_is_exit_2_not_all_defaults(node: Any,
     assert done.returncode == 2
     assert done.stderr == f"ivle-maint: error: {tmp_path}: is a directory, not a settings file\n"
     assert node.service_running("apache2") and node.console_pids() == consoles
+
+
+@pytest.mark.parametrize("text", [b"[1, 2]\n", b'"a string"\n', b'{"1.0->1.1": [1]}\n',
+                                  b"{not json", b"\xff\xfe"])
+def test_a_damaged_pins_file_is_one_line_never_a_traceback(node_factory: Any,
+                                                              text: bytes) -> None:
+    node = at_version_1_0(node_factory(users=2, consoles=1))
+    assert preinst(node).returncode == 0
+    unpack(node, migrations={**OLD, **NEW, "20100215.sql": "SELECT 1 / 0;\n"})
+    assert postinst(node).returncode == 1  # a dump is pinned
+    pins = node.backup_dir / "pinned.json"
+    assert pins.exists()
+    pins.write_bytes(text)
+    status = cli(node, "status")  # shows the journal, without the dump
+    assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr
+    done = cli(node, "rerun")  # would rotate dumps: stops at the migrate step
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("ivle-maint: error: ")]
+    assert len(errors) == 1 and f"{pins}: unreadable (" in errors[0], done.stderr
+    assert "repair or remove it" in errors[0]
+    assert pins.read_bytes() == text
