@@ -249,6 +249,8 @@ def _load(path: Path, spec: str, *, interpolation: Any, strict: bool = False) ->
     strict: sections and keys the spec does not name are errors (ivle-maint's
     own settings; ivle.conf has many keys ivle-maint does not use).
     """
+    if path.is_dir():  # configobj would read it as an empty file: all defaults
+        raise ConfigError(f"{path}: is a directory, not a settings file")
     if path.exists() and not os.access(path, os.R_OK):
         raise ConfigError(f"{path}: cannot read: permission denied")
     try:

@@ -17,6 +17,7 @@ from . import system
 from .config import Settings
 from .errors import MaintError, UsageError
 from .output import Reporter
+from .versions import parse as parse_version
 
 # The resume command printed when a hook fails part-way.
 DPKG_RESUME = "dpkg --configure -a  (or: ivle-maint rerun)"
@@ -170,6 +171,13 @@ def parse_call(
     allowed = ARG_COUNTS.get((script, action), range(0, 4))
     if len(args) not in allowed:
         raise UsageError(f"{script} {action}: unexpected arguments {' '.join(args) or '(none)'}")
+    if HANDLERS[(script, action)] is not _nothing:
+        # They become journal names and commands to print: dpkg's versions only.
+        for text in (a for a in (*args, version or "") if a):  # "": a first install
+            try:
+                parse_version(text)
+            except MaintError as exc:
+                raise UsageError(f"{script} {action}: {exc}") from None
     package = os.environ.get("DPKG_MAINTSCRIPT_PACKAGE", package)
     if version is None:
         needs_version = HANDLERS[(script, action)] is _after

@@ -231,7 +231,15 @@ def cmd_hook(ctx: Context) -> int:
     label = f"{manifest.package or 'ivle'}_{manifest.version or 'new'}"
     with tempfile.TemporaryDirectory(prefix=f"ivle-maint-manifest-{label}-") as directory:
         env.new_migrations = manifest.write_to(Path(directory))
-        ctx.reporter.info(run_hook(call, env))
+        try:
+            ctx.reporter.info(run_hook(call, env))
+        except MaintError as exc:
+            # The temporary copy is gone when the message is read: name the
+            # file as the package ships it.
+            owner = f"{manifest.package or 'ivle'} {manifest.version or call.args[-1]}"
+            exc.args = (str(exc).replace(f"{directory}/", f"{owner}'s migration ")
+                        .replace(directory, f"{owner}'s migrations"),)
+            raise
     return 0
 
 
