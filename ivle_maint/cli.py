@@ -12,6 +12,7 @@ import logging
 import pkgutil
 import sys
 from collections.abc import Sequence
+from typing import Any, TextIO
 
 from . import __version__
 
@@ -27,7 +28,8 @@ exit status:
   0   success (or nothing to do)
   1   a step failed; the message says what, and how to resume
   2   bad input: settings, ivle.conf, the command line (dpkg's arguments
-      to 'hook' too), or [paths] directories others could write
+      to 'hook' too), or [paths] directories, settings or ivle.conf that
+      others could write
   75  another ivle-maint holds the node or migration lock; try again later
   130 interrupted
 
@@ -70,7 +72,42 @@ def _say(line: str) -> None:
         silence(sys.stderr)
 
 
+class _StdoutReaderMayLeave:
+    """sys.stdout for `ivle-maint status | head -1`.
+
+    A reader that went away (EPIPE) loses the rest of the listing; it must
+    not turn into an error line or change the exit status.  Other failures
+    (a full disk under `> FILE`) still raise: that output was wanted.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._gone()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._gone()
+
+    def _gone(self) -> None:
+        from .output import silence
+
+        silence(self._stream)  # the interpreter's last flush succeeds too
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None and not isinstance(sys.stdout, _StdoutReaderMayLeave):  # the command itself
+        sys.stdout = _StdoutReaderMayLeave(sys.stdout)
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list == ["--version"]:  # answered before any other import
         print(f"ivle-maint {__version__}")

@@ -77,6 +77,35 @@ initd_dir = string(default='/etc/init.d')
 # Seconds to wait for a service to reach the asked state.
 timeout = float(min=0, default=60)
 
+[web]
+# What clients see while this node's web server is down for an upgrade:
+#   stop:        Apache is stopped, as IVLE's procedure says (connections
+#                are refused until start-web);
+#   maintenance: Apache keeps answering, with IVLE's sites disabled and
+#                ivle-maint's maintenance configuration enabled
+#                (conf-available/ivle-maint-maintenance.conf): every request
+#                gets 503, Retry-After, Cache-Control: no-store and a small
+#                HTML page; no IVLE code runs.  start-web restores the sites.
+# Also: --during-upgrade on 'upgrade' and 'rerun', and the environment
+# variable IVLE_MAINT_DURING_UPGRADE (dpkg's hooks, the Ansible playbook).
+during_upgrade = option('stop', 'maintenance', default='stop')
+# IVLE's Apache sites (names in sites-available), disabled with a2dissite
+# in maintenance mode; only those enabled then are enabled again.
+sites = string_list(default=list('ivle'))
+# The page sent with the 503 (UTF-8 HTML, at most 7 KiB, no external
+# assets); empty: ivle-maint's own short page.
+maintenance_page = string(default='')
+# Retry-After seconds when this node has no completed upgrade to measure;
+# otherwise the last upgrade's web-down time is told.
+retry_after = integer(min=1, default=300)
+# How Apache changes to and from the maintenance answer: 'graceful' keeps
+# its listening socket open (no client refused) and waits until every old
+# child, the processes that ran IVLE's code, has exited; 'full' stops and
+# starts it (nothing of the old server survives; refused meanwhile).
+restart = option('graceful', 'full', default='graceful')
+# Apache's configuration directory (sites-available, conf-available).
+apache_dir = string(default='/etc/apache2')
+
 [commands]
 # IVLE's own programs; a bare name is looked up on PATH.
 mountallusers = string(default='ivle-mountallusers')
@@ -220,6 +249,8 @@ def _load(path: Path, spec: str, *, interpolation: Any, strict: bool = False) ->
     strict: sections and keys the spec does not name are errors (ivle-maint's
     own settings; ivle.conf has many keys ivle-maint does not use).
     """
+    if path.is_dir():  # configobj would read it as an empty file: all defaults
+        raise ConfigError(f"{path}: is a directory, not a settings file")
     if path.exists() and not os.access(path, os.R_OK):
         raise ConfigError(f"{path}: cannot read: permission denied")
     try:

@@ -106,6 +106,8 @@ class UpgradeContext:
     upgrade_id: str = ""
     # Go ahead with the migrations while slaves serve the old code.
     migrate_while_serving: bool = False
+    # --during-upgrade: stop or maintenance; empty: the environment or [web].
+    during_upgrade: str = ""
     # This run's link to the cluster table (set by upgrade.run_phases).
     cluster: ClusterLink | None = None
     # The new version's migrations while the code on disk is still the old
@@ -150,6 +152,7 @@ class RunOptions:
     accept_changed: tuple[str, ...] = ()
     migrate_while_serving: bool = False
     terminate_stale_lock: bool = False
+    during_upgrade: str = ""
 
     def context(self, settings: Settings, reporter: Reporter, *, old: str, new: str,
                 code_is_new: bool = False, resume: str = "ivle-maint rerun",
@@ -161,4 +164,5 @@ class RunOptions:
             package=package, source=source, allow_out_of_order=self.allow_out_of_order,
             accept_changed=self.accept_changed,
             migrate_while_serving=self.migrate_while_serving,
-            terminate_stale_lock=self.terminate_stale_lock)
+            terminate_stale_lock=self.terminate_stale_lock,
+            during_upgrade=self.during_upgrade)

@@ -18,10 +18,11 @@ from .cluster.presence import coordinated
 from .config import Settings
 from .context import AFTER, BEFORE, RunOptions, UpgradeContext
 from .dpkg import package_version
-from .errors import UsageError
+from .errors import MaintError, UsageError
 from .installed import record_fresh_install
 from .output import Reporter
 from .upgrade import abort, run_phases, unfinished_matching
+from .versions import parse as parse_version
 
 # The resume command printed when a hook fails part-way.
 DPKG_RESUME = "dpkg --configure -a  (or: ivle-maint rerun)"
@@ -159,6 +160,13 @@ def parse_call(
     allowed = ARG_COUNTS.get((script, action), range(0, 4))
     if len(args) not in allowed:
         raise UsageError(f"{script} {action}: unexpected arguments {' '.join(args) or '(none)'}")
+    if HANDLERS[(script, action)] is not _nothing:
+        # They become journal names and commands to print: dpkg's versions only.
+        for text in (a for a in (*args, version or "") if a):  # "": a first install
+            try:
+                parse_version(text)
+            except MaintError as exc:
+                raise UsageError(f"{script} {action}: {exc}") from None
     package = os.environ.get("DPKG_MAINTSCRIPT_PACKAGE", package)
     if version is None:
         needs_version = HANDLERS[(script, action)] is _after

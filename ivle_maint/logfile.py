@@ -15,6 +15,7 @@ import gzip
 import logging
 import os
 import shutil
+import stat
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -48,10 +49,11 @@ def _log_gid() -> int | None:
 
 
 def _logs(log_dir: Path) -> list[Path]:
-    """Every log of earlier runs, oldest first."""
+    """Every log of earlier runs, oldest first; never a symlink (rotation
+    would copy its target into the log directory and delete real logs)."""
     found = [p for p in log_dir.iterdir()
-             if p.is_file() and (p.name.endswith(".log") or p.name.endswith(".log.gz"))]
-    return sorted(found, key=lambda p: (p.stat().st_mtime, p.name))
+             if p.name.endswith((".log", ".log.gz")) and stat.S_ISREG(p.lstat().st_mode)]
+    return sorted(found, key=lambda p: (p.lstat().st_mtime, p.name))
 
 
 def _compress(path: Path) -> None:

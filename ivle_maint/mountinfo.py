@@ -61,12 +61,18 @@ def escape(path: str) -> str:
     """A path for one line of output, escaped as mountinfo escapes it.
 
     Space, tab, newline and backslash become \\040 \\011 \\012 \\134 (as
-    the kernel writes them), and so does any other control character, so a
-    hostile directory name can neither split a line nor drive the terminal.
-    unescape() turns the result back into the path.
+    the kernel writes them), and so does any other control character (C1
+    ones too: U+009B is a CSI) and any byte that is not UTF-8, so a hostile
+    directory name can neither split a line, drive the terminal nor fail
+    to print.  unescape() turns the result back into the path.
     """
-    raw = os.fsencode(path)
-    return os.fsdecode(re.sub(rb"[\x00-\x20\x7f\\]", lambda m: b"\\%03o" % m.group()[0], raw))
+    return "".join("".join(f"\\{b:03o}" for b in os.fsencode(c)) if _unprintable(c) else c
+                   for c in path)
+
+
+def _unprintable(char: str) -> bool:
+    code = ord(char)
+    return code <= 0x20 or 0x7F <= code <= 0x9F or 0xDC80 <= code <= 0xDCFF or char == "\\"
 
 
 def parse_line(line: bytes | str) -> Mount:

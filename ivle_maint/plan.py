@@ -89,6 +89,9 @@ def describe(ctx: UpgradeContext) -> list[str]:
     if role in ("master", "both"):
         lines += _migration_lines(ctx)
     if role in ("slave", "both"):
+        from .steps.maintenance import plan_line
+
+        lines.append(plan_line(ctx.settings, ctx.during_upgrade))
         lines.append(_media_line(ctx))
     lines += _cluster_lines(ctx)
     return lines

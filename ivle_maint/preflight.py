@@ -171,6 +171,9 @@ def check(ctx: UpgradeContext) -> None:
     check_commands(ctx)
     if ctx.settings.role in ("slave", "both"):
         check_jail_mounts(ctx)
+        from .steps.maintenance import preflight as check_maintenance
+
+        check_maintenance(ctx.settings, ctx.during_upgrade)
     if ctx.settings.role in ("master", "both"):
         pending = check_database(ctx)
         if pending:

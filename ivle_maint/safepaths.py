@@ -34,9 +34,9 @@ def _trusted(uid: int) -> bool:
     return uid in (0, os.geteuid())
 
 
-def _refuse(what: str, path: Path, why: str) -> ConfigError:
+def _refuse(what: str, path: Path, why: str, kind: str = "directory") -> ConfigError:
     return ConfigError(f"{what} {path}: {why}; refused (fix the owner and mode, "
-                       f"e.g. chown root: and chmod go-w, or choose another directory)")
+                       f"e.g. chown root: and chmod go-w, or choose another {kind})")
 
 
 def _check_ancestors(path: Path, what: str) -> None:
@@ -127,10 +127,30 @@ def read_nofollow(path: Path) -> bytes:
         return handle.read()
 
 
+def check_file(path: Path, what: str) -> None:
+    """Refuse a file that decides what root runs (settings, ivle.conf) when
+    another user could change it, or a directory above it (ConfigError)."""
+    path = Path(os.path.abspath(path))
+    _check_ancestors(path, what)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if not _trusted(st.st_uid):
+        raise _refuse(what, path, f"owned by uid {st.st_uid}, not root", "file")
+    if st.st_mode & 0o022:
+        raise _refuse(what, path, f"writable by others (mode {stat.S_IMODE(st.st_mode):04o})",
+                      "file")
+
+
 SETTINGS_DIRS = ("state", "run", "log", "backup")
 
 
 def check_settings_dirs(settings: Settings) -> None:
-    """Refuse unsafe [paths] state, run, log and backup before anything starts."""
+    """Refuse unsafe [paths] state, run, log and backup before anything starts,
+    and settings or an ivle.conf that others could change: they name the
+    commands, init scripts and migrations root runs."""
+    check_file(settings.path, "settings file")
+    check_file(settings.ivle_conf_dir / "ivle.conf", "ivle.conf")
     for key in SETTINGS_DIRS:
         check_dir(settings.path_of(key), f"[paths] {key}")

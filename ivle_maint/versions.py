@@ -10,6 +10,8 @@ from .errors import MaintError
 def parse(text: str) -> Version:
     """A Debian version, or a one-line MaintError naming the bad text."""
     try:
+        if not text.isprintable():  # python-debian takes "1.1\n" (its $ matches before \n)
+            raise ValueError(text)
         return Version(text)
     except ValueError:
         raise MaintError(f"not a valid version: {text!r}") from None

@@ -7,7 +7,10 @@ jails and consoles.  Twin A is upgraded by `apt-get upgrade` (IVLE's
 package calls ivle-maint); twin B runs a package without ivle-maint's lines
 and is upgraded by IVLE's documented commands typed in sequence (no pause
 between them).  A client probe (one request every 100 ms) watches each;
-the outage is from the last old page to the first new one.  Then each real
+the outage is from the last old page to the first new one.  A third twin
+is upgraded by ivle-maint in maintenance mode ([web] during_upgrade): its
+outage is the same kind of window, but answered by the 503 maintenance
+page instead of refused connections.  Then each real
 service's stop and start time on twin A (apache2 after serving a request,
 PostgreSQL, usrmgt).
 
@@ -95,10 +98,14 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="ivle-bench-booted-"))
     try:
         repos = scenario.repositories(work)
-        names = {"ivle-maint-twin": "good", "by-hand-twin": "manual"}
+        names = {"ivle-maint-twin": "good", "by-hand-twin": "manual",
+                 "maintenance-twin": "good"}
         with scenario.prepared_nodes(list(names), names, repos) as guests:
             auto, by_hand = guests["ivle-maint-twin"], guests["by-hand-twin"]
             probe_a, took_a = watched(auto, "apt-get", "upgrade", "-y", "-q")
+            probe_m, took_m = watched(guests["maintenance-twin"], "env",
+                                      "IVLE_MAINT_DURING_UPGRADE=maintenance",
+                                      "apt-get", "upgrade", "-y", "-q")
             script = BY_HAND.format(db=by_hand.ports.db)
             probe_b, took_b = watched(by_hand, "sh", "-c", script)
             times = service_times(auto)
@@ -106,9 +113,12 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     ratio = probe_a.outage / probe_b.outage
     print(f"ivle-maint (apt-get upgrade, {took_a:.1f}s): {probe_a.line}")
+    print(f"ivle-maint, maintenance mode ({took_m:.1f}s): {probe_m.line}")
     print(f"by hand (IVLE's commands in sequence, {took_b:.1f}s): {probe_b.line}")
     print(f"outage ratio ivle-maint / by hand: {probe_a.outage:.1f}s / {probe_b.outage:.1f}s"
           f" = {ratio:.2f}")
+    print(f"outage stop mode / maintenance mode: {probe_a.outage:.1f}s refused / "
+          f"{probe_m.outage:.1f}s answered 503 ({probe_m.counts['refused']} refused)")
     print("service stop and start times (systemctl, booted node):")
     print("\n".join(times))
     return 0

@@ -48,9 +48,12 @@ def read_status(settings: Settings, reporter: Reporter) -> ClusterStatus:
 
 def service_serving(settings: Settings, reporter: Reporter, version: str | None) -> str | None:
     """VERSION if this node's service (web, or usrmgt on a master) runs, else None."""
+    from ..steps.maintenance import in_maintenance
     from ..steps.services import RUNNING, control_from_settings
 
     which = "usrmgt" if settings.role == "master" else "web"
+    if which == "web" and in_maintenance(settings):  # Apache answers only 503
+        return None
     control = control_from_settings(settings, reporter)
     running = control.status(settings["services"][which]) == RUNNING
     return (version or "unknown") if running else None

@@ -32,6 +32,7 @@ from ..db.apply import pg_reason
 from ..db.connect import connect, params_from_settings
 from ..errors import MaintError
 from ..safepaths import read_nofollow
+from ..steps.maintenance import in_maintenance
 from ..steps.services import RUNNING, control_from_settings
 from . import table
 
@@ -273,6 +274,8 @@ class Presence:
         served = serving(self.settings.role, j, self.steps)
         if served is not None or self.settings.role not in ("slave", "both"):
             return served
+        if in_maintenance(self.settings):  # Apache runs, answering only 503
+            return None
         now = time.monotonic()
         if self._web_seen is None or now - self._web_seen[0] >= STATUS_EVERY:
             try:

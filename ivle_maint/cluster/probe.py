@@ -6,8 +6,9 @@ before migrating, the master asks each slave whose row says "down" at the
 URL that slave recorded ([cluster] probe_url): one GET, a short timeout.
 
 - no connection (refused, unreachable, timed out): not serving;
-- HTTP 503 (Service Unavailable, as a maintenance page answers): not
-  serving;
+- HTTP 503 (Service Unavailable): not serving; with the header
+  X-IVLE-Maintenance it is ivle-maint's maintenance page
+  ([web] during_upgrade = maintenance), said so in the text;
 - any other HTTP answer: it serves, whatever its row says.
 
 A loopback URL names the slave's own machine, so only a node on that same
@@ -28,12 +29,14 @@ if TYPE_CHECKING:
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "ip6-localhost")
 NOT_SERVING_STATUS = 503
+MAINTENANCE_HEADER = "X-IVLE-Maintenance"  # steps/maintenance.py's answer
 
 
 @dataclass(frozen=True)
 class Answer:
     serving: bool
     text: str  # what was seen, for a person
+    maintenance: bool = False  # ivle-maint's maintenance page answered
 
 
 def ask(url: str, timeout: float) -> Answer:
@@ -45,13 +48,16 @@ def ask(url: str, timeout: float) -> Answer:
     conn = kind(parts.hostname, parts.port, timeout=timeout)
     try:
         conn.request("GET", parts.path or "/", headers={"User-Agent": "ivle-maint probe"})
-        status = conn.getresponse().status
+        response = conn.getresponse()
+        status, maintenance = response.status, response.getheader(MAINTENANCE_HEADER)
     except (OSError, http.client.HTTPException) as exc:
         why = "timed out" if isinstance(exc, socket.timeout) else (
             exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__)
         return Answer(False, f"no answer at {url} ({why})")
     finally:
         conn.close()
+    if status == NOT_SERVING_STATUS and maintenance:
+        return Answer(False, f"{url} answers ivle-maint's maintenance page (503)", True)
     if status == NOT_SERVING_STATUS:
         return Answer(False, f"{url} answers 503 (maintenance)")
     return Answer(True, f"its web server answers at {url} (HTTP {status})")
@@ -85,3 +91,10 @@ def answering(rows: list[NodeRow], me: str, my_host: str, timeout: float
 def unchecked(rows: list[NodeRow], me: str, my_host: str) -> list[str]:
     """The web nodes this node cannot check (no URL, or loopback elsewhere)."""
     return [r.name for r in rows if r.name != me and r.has_web and not checkable(r, my_host)]
+
+
+def in_maintenance(rows: list[NodeRow], my_host: str, timeout: float) -> set[str]:
+    """Names of the web nodes that are down and answer ivle-maint's maintenance page."""
+    return {row.name for row in rows
+            if row.has_web and row.serving is None and checkable(row, my_host)
+            and ask(row.probe_url or "", timeout).maintenance}

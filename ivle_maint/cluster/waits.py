@@ -304,7 +304,7 @@ def wait_for_jails_free(ctx: UpgradeContext, step: str) -> str:
     conf = ctx.settings["cluster"]
     me = presence.name
     if conf["migrate_while_serving"] or ctx.migrate_while_serving:
-        held = jails_held(table.nodes(presence.connection()), me)
+        held = jails_held(presence.query(table.nodes), me)
         if held:
             ctx.reporter.warn("rebuilding the shared jail tree while slaves may use it, as told "
                               "(migrate_while_serving): " + ", ".join(r.name for r in held))

@@ -77,10 +77,13 @@ def register(sub: Any) -> None:
 
 def cmd_status(ctx: Context) -> int:
     """Print the table (or JSON); --expect turns it into a check."""
+    from ..cluster import probe, table
     from ..cluster.admin import problems, read_status
     from ..db.discovery import discover
 
     status = read_status(ctx.settings, ctx.reporter)
+    paused = probe.in_maintenance(status.nodes, table.hostname(),
+                                  float(ctx.settings["cluster"]["probe_timeout"]))
     found: list[str] = []
     if ctx.args.expect:
         directory = ctx.settings.path_of("migrations")
@@ -88,13 +91,13 @@ def cmd_status(ctx: Context) -> int:
         found = problems(status, ctx.args.expect, shipped) + not_answering(ctx, status)
     if ctx.args.json:
         rows = [{**row.__dict__, "last_seen": row.last_seen.isoformat() if row.last_seen
-                 else None} for row in status.nodes]
+                 else None, "maintenance": row.name in paused} for row in status.nodes]
         doc = {"nodes": rows, "applied": sorted(status.applied or ()),
                "media_chosen": status.media_chosen, "slave_media": status.slave_media(),
                "problems": found}
         print(json.dumps(doc, indent=1))
     else:
-        _print_table(status)
+        _print_table(status, paused)
         for problem in found:
             print(f"problem: {problem}")
     sys.stdout.flush()
@@ -118,14 +121,16 @@ def not_answering(ctx: Context, status: Any) -> list[str]:
     return found
 
 
-def _print_table(status: Any) -> None:
+def _print_table(status: Any, paused: frozenset[str] | set[str] = frozenset()) -> None:
     from ..cluster.ages import human_age
 
     if not status.nodes:
         print("no node has recorded itself yet (ivle-maint cluster register)")
         return
     head = ("NAME", "ROLE", "VERSION", "SERVING", "TARGET", "PHASE", "MEDIA", "LAST SEEN", "HOST")
-    rows = [(r.name, r.role, r.version or "-", r.serving or "down", r.target or "-",
+    # A down node answering ivle-maint's maintenance page says so.
+    rows = [(r.name, r.role, r.version or "-",
+             r.serving or ("maintenance" if r.name in paused else "down"), r.target or "-",
              r.phase + (f" ({r.step})" if r.step else ""), r.media or "-", human_age(r.age), r.host)
             for r in status.nodes]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]

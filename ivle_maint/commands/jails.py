@@ -48,14 +48,20 @@ def register(sub: Any) -> None:
 
 
 def _locked_and_logged(ctx: Context, name: str, work: Callable[[], Any]) -> Any:
+    from .. import children
     from ..lock import node_lock
     from ..logfile import limits, run_log
 
     settings = ctx.settings
-    with node_lock(settings.path_of("run"), f"jails {name}"), \
+    run_dir = settings.path_of("run")
+    with node_lock(run_dir, f"jails {name}"), \
             run_log(settings.path_of("log"), f"jails-{name}", **limits(settings)) as log_path:
         ctx.reporter.info(f"log: {log_path}")
-        return work()
+        # As an upgrade's steps: a killed run's ivle-buildjail (or its apt)
+        # is ended first, and this run's commands are recorded for the next.
+        children.end_leftovers(run_dir, ctx.reporter)
+        with children.tracked_run(run_dir):
+            return work()
 
 
 def cmd_rebuild(ctx: Context) -> int:

@@ -19,9 +19,9 @@ A busy mount is reported with the processes holding it and left mounted
 (exit status 1) unless --lazy or [jails] lazy_unmount detaches it
 lazily.  With [jails] run_mountallusers, 'ivle-mountallusers -u' runs
 first.  'list' prints one mount a line, tab-separated (mount point, ro/rw,
-type, source path); space, tab, newline, backslash and other control
-characters in them are escaped in octal as /proc/self/mountinfo does
-(\\040 \\011 \\012 \\134)."""
+type, source path); space, tab, newline, backslash, other control
+characters and bytes that are not UTF-8 in them are escaped in octal as
+/proc/self/mountinfo does (\\040 \\011 \\012 \\134)."""
 
 
 def register(sub: Any) -> None:

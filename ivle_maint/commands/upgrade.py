@@ -26,6 +26,8 @@ def register(sub: Any) -> None:
     )
     _versions(plan, required_to=True)
     plan.add_argument("--migrations", metavar="DIR", type=Path, help="the new migrations")
+    plan.add_argument("--during-upgrade", choices=("stop", "maintenance"),
+                      help="plan with this mode instead of [web] during_upgrade")
     plan.set_defaults(func=cmd_plan)
 
     upgrade = sub.add_parser(
@@ -97,6 +99,10 @@ def _migration_options(parser: argparse.ArgumentParser) -> None:
                         help="accept that applied migration KEY's file has changed")
     parser.add_argument("--migrate-while-serving", action="store_true",
                         help="migrate even while slaves serve the old code (see [cluster])")
+    parser.add_argument("--during-upgrade", choices=("stop", "maintenance"),
+                        help="what clients see while the web server is down: refused "
+                        "connections (stop) or a 503 maintenance page (default: [web] "
+                        "during_upgrade)")
     parser.add_argument("--terminate-stale-lock", action="store_true",
                         help="end the database session of a killed ivle-maint on this host "
                         "that still holds the migration lock")
@@ -109,6 +115,7 @@ def _options(ctx: Context) -> RunOptions:
         accept_changed=tuple(getattr(args, "accept_changed", ())),
         migrate_while_serving=getattr(args, "migrate_while_serving", False),
         terminate_stale_lock=getattr(args, "terminate_stale_lock", False),
+        during_upgrade=getattr(args, "during_upgrade", None) or "",
     )
 
 
@@ -227,7 +234,15 @@ def cmd_hook(ctx: Context) -> int:
     label = f"{manifest.package or 'ivle'}_{manifest.version or 'new'}"
     with tempfile.TemporaryDirectory(prefix=f"ivle-maint-manifest-{label}-") as directory:
         env.new_migrations = manifest.write_to(Path(directory))
-        ctx.reporter.info(run_hook(call, env))
+        try:
+            ctx.reporter.info(run_hook(call, env))
+        except MaintError as exc:
+            # The temporary copy is gone when the message is read: name the
+            # file as the package ships it.
+            owner = f"{manifest.package or 'ivle'} {manifest.version or call.args[-1]}"
+            exc.args = (str(exc).replace(f"{directory}/", f"{owner}'s migration ")
+                        .replace(directory, f"{owner}'s migrations"),)
+            raise
     return 0
 
 

@@ -55,7 +55,7 @@ def load(directory: Path) -> dict[str, UpgradeDumps]:
         return {key: UpgradeDumps(**value) for key, value in data.items()}
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError, AttributeError) as exc:  # Attribute: not a {}
         raise MaintError(f"{path}: unreadable ({exc}); it names the dumps that restore "
                          f"each upgrade's starting point: repair or remove it") from None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..cluster.waits import wait_for_master
 from ..context import AFTER, SLAVE, Outcome, Step, UpgradeContext
+from .maintenance import leave
 from .service_outcome import service_outcome
 from .services import RUNNING, control_from_settings
 
@@ -14,6 +15,9 @@ def start_web(ctx: UpgradeContext) -> Outcome:
     # New code never serves on a schema the master has not migrated yet, nor
     # before the master has rebuilt the jail tree the slaves share with it.
     waited = wait_for_master(ctx)
+    left = leave(ctx.settings, ctx.reporter)  # the maintenance page, if stop-web put it up
+    if left:
+        return Outcome(f"{waited}; {left}" if waited else left)
     late = started_by_hand(ctx)
     outcome = service_outcome(ctx, "restart" if late else "start", "web")
     if late:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from ..context import BEFORE, SLAVE, Outcome, Step, UpgradeContext
-from . import start_web
+from . import maintenance, start_web
 from .service_outcome import service_outcome
 
 
 def stop_web(ctx: UpgradeContext) -> Outcome:
+    if maintenance.mode(ctx.settings, ctx.during_upgrade) == maintenance.MAINTENANCE:
+        return Outcome(maintenance.enter(ctx.settings, ctx.reporter), {"maintenance": True})
     return service_outcome(ctx, "stop", "web")
 
 

@@ -74,7 +74,11 @@ def classify(host: str, port: int, path: str, old: str, new: str, *,
             return Answer(now, "error", f"page of no known version: {body[:80]!r}")
         if not asset:
             return Answer(now, "error", f"{version.group(1)} page without an asset URL")
-        asset_status = get(host, port, asset.group(1), timeout)[0]
+        asset_status, asset_headers, _ = get(host, port, asset.group(1), timeout)
+        if asset_status == 503 and "retry-after" in asset_headers:
+            # The maintenance answer came up between page and asset: the
+            # client sees it, as a refused asset counts as refused.
+            return Answer(now, "maintenance", f"{version.group(1)} page, asset 503")
         if asset_status != 200:
             return Answer(now, "error", f"{version.group(1)} page: {asset.group(1)} "
                                         f"answers {asset_status}")

@@ -77,6 +77,8 @@ def _unsafe_dirs(node: Any, tmp_path: Path) -> dict[str, tuple[str, str]]:
     elsewhere.mkdir()
     link = node.data / "jailmounts-link"
     link.symlink_to(elsewhere)
+    up = node.data / "jailmounts-up"
+    up.symlink_to(node.data.parent)
     foreign = node.data / "other-mounts"
     (foreign / "pgdata").mkdir(parents=True)
     disk = tmp_path / "disk"
@@ -88,13 +90,14 @@ def _unsafe_dirs(node: Any, tmp_path: Path) -> dict[str, tuple[str, str]]:
         "srv": ("/srv", "resolves to the system directory /srv"),
         "ivle tree": (str(node.root), "holds IVLE's data directory"),
         "symlink out": (str(link), f"is a symlink to {elsewhere}, outside IVLE's data directory"),
+        "symlink up": (str(up), f"holds IVLE's data directory {node.data}"),
         "foreign mounts": (str(foreign), f"holds mounts that are not users' jails: "
                                          f"{foreign}/pgdata"),
     }  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    "case", ["empty", "root", "srv", "ivle tree", "symlink out", "foreign mounts"]
+    "case", ["empty", "root", "srv", "ivle tree", "symlink out", "symlink up", "foreign mounts"]
 )
 def test_preflight_refuses_an_unsafe_jail_mounts_directory_with_the_site_up(
     node_factory: Any, spawn: Any, tmp_path: Path, case: str

@@ -10,6 +10,7 @@ The cluster scenarios repeat the random order with IVLE_MAINT_E2E_SEED.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -74,7 +75,8 @@ def events(facts: dict, since: float) -> list[tuple[str, str, float]]:
     return found
 
 
-def check_upgraded(before: dict, after: dict, since: float) -> None:
+def check_upgraded(before: dict, after: dict, since: float,
+                   web_jobs: tuple[str, ...] = ("Stopped", "Started")) -> None:
     """Every step of IVLE's procedure, as the node and systemd saw them."""
     assert after["ivle"] == "install ok installed 1.1"
     units = after["units"]
@@ -86,9 +88,9 @@ def check_upgraded(before: dict, after: dict, since: float) -> None:
     print("systemd jobs:", ", ".join(f"{u} {v}" for u, v, _t in seen), flush=True)
     web = [(v, t) for u, v, t in seen if u == "apache2"]
     usrmgt = [(v, t) for u, v, t in seen if u == "ivle-usrmgt-server"]
-    assert [v for v, _t in web] == ["Stopped", "Started"], web
+    assert tuple(v for v, _t in web) == web_jobs, web
     assert [v for v, _t in usrmgt] == ["Stopped", "Started"], usrmgt
-    web_stop, web_start = web[0][1], web[1][1]
+    web_stop, web_start = web[0][1], web[-1][1]
     marker = after["marker"]
     assert all(marker[k][0] == "baseline" for k in OLD_KEYS), marker
     assert all(k in marker and marker[k][0] != "baseline" for k in NEW_KEYS), marker
@@ -124,6 +126,158 @@ def test_upgrade(repos):
         check_probe(probe)
         assert probe.counts["refused"] > 0  # IVLE's procedure: Apache stopped
         assert guest.run("dpkg", "--audit").stdout.strip() == ""
+
+
+MAINTENANCE_ENV = ("env", "IVLE_MAINT_DURING_UPGRADE=maintenance")
+# In maintenance mode Apache is never stopped: two graceful restarts.
+RELOADS = ("Reloaded", "Reloaded")
+SITE = "/etc/apache2/sites-enabled/ivle.conf"
+MAINT_CONF = "/etc/apache2/conf-enabled/ivle-maint-maintenance.conf"
+
+
+def check_maintenance_window(probe: Probe, *, final: str = "new") -> None:
+    """Zero refused, zero errors; old pages, then only 503 with Retry-After, then FINAL."""
+    assert probe.counts["errors"] == 0, probe.errors()[:5]
+    assert probe.counts["refused"] == 0, probe.sequence()
+    assert probe.sequence() == (["old", "maintenance", "new"] if final == "new"
+                                else ["old", "maintenance"]), probe.sequence()
+
+
+def maintenance_answer(guest: Guest) -> dict[str, object]:
+    """One request from inside: status, headers and body of the site's answer."""
+    code = ("import json, urllib.request, urllib.error\n"
+            f"try: urllib.request.urlopen('http://127.0.0.1:{guest.ports.web}/x/y?z')\n"
+            "except urllib.error.HTTPError as e:\n"
+            "    print(json.dumps({'status': e.code, 'headers': dict(e.headers),"
+            " 'body': e.read().decode()}))\n")
+    return dict(json.loads(guest.run("python3", "-c", code, check=True).stdout))
+
+
+def test_upgrade_maintenance_mode(repos):
+    """[web] during_upgrade = maintenance (from the environment, as the playbook sets it):
+    zero refused connections, zero errors, every answer in the window a 503 with
+    Retry-After; Apache never stopped; IVLE's site restored as it was."""
+    with scenario.prepared_nodes(["ivle-node"], "good", repos) as guests:
+        guest = guests["ivle-node"]
+        plan = guest.run(*MAINTENANCE_ENV, "ivle-maint", "plan", "--to", "1.1", check=True)
+        assert "during the upgrade: maintenance page (503, Retry-After 300s" in plan.stdout
+        before = guest.facts()
+        since, done, probe = upgrade_watched(guest, *MAINTENANCE_ENV,
+                                             "apt-get", "upgrade", "-y", "-q")
+        assert done.returncode == 0
+        assert "maintenance page up" in done.stdout and "maintenance page down" in done.stdout
+        after = guest.facts()
+        check_upgraded(before, after, since, web_jobs=RELOADS)
+        check_maintenance_window(probe)
+        assert guest.run("test", "-L", SITE).returncode == 0
+        assert guest.run("test", "-e", MAINT_CONF).returncode != 0
+        assert guest.run("dpkg", "--audit").stdout.strip() == ""
+        # The next upgrade's estimate is this one's web-down time.
+        plan = guest.run("ivle-maint", "plan", "--to", "1.2", "--during-upgrade",
+                         "maintenance", check=True)
+        assert "from the upgrade 1.0 -> 1.1" in plan.stdout, plan.stdout
+        # Purging ivle-maint removes its Apache configuration.
+        assert guest.run("test", "-e", MAINT_CONF.replace("enabled", "available")).returncode == 0
+        guest.run("dpkg", "--purge", "--force-depends", "ivle-maint", check=True)
+        assert guest.run("test", "-e",
+                         MAINT_CONF.replace("enabled", "available")).returncode != 0
+
+
+def test_failed_migration_in_maintenance_mode(repos):
+    """The postinst fails: the maintenance answer stays up (not a refused port, not
+    IVLE's site on the old schema); dpkg --configure -a then serves the new version."""
+    with scenario.prepared_nodes(["ivle-node"], "badmigration", repos) as guests:
+        guest = guests["ivle-node"]
+        guest.run("sh", "-c", "printf '[web]\\nduring_upgrade = maintenance\\n' "
+                  ">> /etc/ivle/ivle-maint.conf", check=True)
+        before = guest.facts()
+        since, done, probe = upgrade_watched(guest, "apt-get", "upgrade", "-y", "-q")
+        assert done.returncode != 0
+        assert "resume with: dpkg --configure -a" in done.stdout
+        failed = guest.facts()
+        assert failed["ivle"] == "install ok half-configured 1.1"
+        assert failed["schema_same"] is True
+        assert failed["units"]["apache2.service"]["ActiveState"] == "active"
+        check_maintenance_window(probe, final="maintenance")
+        answer = maintenance_answer(guest)
+        headers = {str(k).lower(): v for k, v in dict(answer["headers"]).items()}  # type: ignore[call-overload]
+        assert answer["status"] == 503
+        assert headers["retry-after"] == "300" and headers["cache-control"] == "no-store"
+        assert headers["x-ivle-maintenance"] == "1"
+        assert "IVLE is being upgraded" in str(answer["body"])
+        assert guest.run("test", "-e", SITE).returncode != 0
+
+        guest.node.write("/usr/share/ivle/userdb/migrations/20100301-01.sql",
+                         GOOD_FIRST_MIGRATION)
+        _since2, done, probe = upgrade_watched(guest, "dpkg", "--configure", "-a")
+        assert done.returncode == 0
+        after = guest.facts()
+        check_upgraded(before, after, since, web_jobs=RELOADS)
+        assert probe.sequence() == ["maintenance", "new"], probe.sequence()
+        assert probe.counts["errors"] == 0 and probe.counts["refused"] == 0
+        assert guest.run("test", "-L", SITE).returncode == 0
+
+
+def test_upgrade_maintenance_mode_full_restart(repos):
+    """[web] restart = full: Apache stopped and started at each switch (nothing of
+    the old server survives); zero errors, the maintenance answer in between."""
+    with scenario.prepared_nodes(["ivle-node"], "good", repos) as guests:
+        guest = guests["ivle-node"]
+        guest.run("sh", "-c", "printf '[web]\\nduring_upgrade = maintenance\\nrestart = full\\n' "
+                  ">> /etc/ivle/ivle-maint.conf", check=True)
+        before = guest.facts()
+        since, done, probe = upgrade_watched(guest, "apt-get", "upgrade", "-y", "-q")
+        assert done.returncode == 0
+        check_upgraded(before, guest.facts(), since,
+                       web_jobs=("Stopped", "Started", "Stopped", "Started"))
+        check_probe(probe)
+        assert probe.counts["maintenance"] > 0
+        assert guest.run("test", "-L", SITE).returncode == 0
+
+
+BROKEN_SOURCE = """#!/bin/sh
+# An IVLE 1.1 source tree whose build fails.
+if [ "$1" = --version ]; then echo 1.1; exit 0; fi
+echo "setup.py $1: the build broke"; exit 1
+"""
+
+
+def test_abandoned_upgrade_in_maintenance_mode(repos):
+    """apache2ctl configtest failing stops the upgrade before anything changes.
+    The code install fails after the before-phase put the maintenance page up;
+    `ivle-maint rerun --abandon` gives IVLE's site back on 1.0: the client sees
+    old pages, the maintenance answer, old pages again; nothing refused."""
+    with scenario.prepared_nodes(["ivle-node"], "good", repos) as guests:
+        guest = guests["ivle-node"]
+        guest.node.write("/root/src/setup.py", BROKEN_SOURCE, mode="0755")
+        upgrade = ("ivle-maint", "upgrade", "--during-upgrade", "maintenance", "--from", "1.0",
+                   "--source", "/root/src", "--migrations", "/usr/share/ivle/userdb/migrations")
+        with Probe(guest) as probe:
+            time.sleep(1.0)
+            # A broken Apache configuration is found before anything changes.
+            guest.node.write("/etc/apache2/conf-available/broken.conf", "NoSuchDirective on\n")
+            guest.run("a2enconf", "-q", "broken", check=True)
+            done = guest.run(*upgrade)
+            assert done.returncode != 0 and "apache2ctl configtest failed" in done.stdout, \
+                done.stdout
+            assert guest.run("test", "-L", SITE).returncode == 0
+            assert guest.run("test", "-e", MAINT_CONF).returncode != 0
+            guest.run("a2disconf", "-q", "broken", check=True)
+            done = guest.run(*upgrade)
+            print(done.stdout[-3000:], flush=True)
+            assert done.returncode != 0 and "the build broke" in done.stdout
+            assert guest.run("test", "-e", MAINT_CONF).returncode == 0
+            assert guest.run("test", "-e", SITE).returncode != 0
+            time.sleep(1.0)
+            done = guest.run("ivle-maint", "rerun", "--abandon")
+            print(done.stdout[-3000:], flush=True)
+            assert done.returncode == 0 and "abandoned" in done.stdout
+            time.sleep(1.0)
+            probe.stop()
+        assert probe.sequence() == ["old", "maintenance", "old"], probe.sequence()
+        assert probe.counts["errors"] == 0 and probe.counts["refused"] == 0
+        assert guest.run("test", "-L", SITE).returncode == 0
+        assert guest.run("test", "-e", MAINT_CONF).returncode != 0
 
 
 def test_failed_migration_then_configure(repos):
@@ -181,29 +335,54 @@ def test_debhelper_default_restarts_usrmgt_before_migrations(repos):
         assert all(detail == "HTTP 500" for _t, _w, detail in probe.answers), probe.answers
 
 
-def test_cluster_apt_get_at_once(repos):
+def slave_status_until(guest: Guest, word: str, timeout: float = 120) -> str:
+    """`ivle-maint cluster status` on a slave until its own row says WORD."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = guest.run("ivle-maint", "cluster", "status").stdout
+        mine = [line for line in out.splitlines() if line.startswith(guest.node.name + " ")]
+        if (mine and word in mine[0].split()) or time.monotonic() > deadline:
+            return out
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize("mode", ["stop", "maintenance"])
+def test_cluster_apt_get_at_once(repos, mode):
     """A master and three slaves, each its own booted node in one network
     namespace: apt-get upgrade on all four at once, in a seeded random order,
     a probe on every slave: zero errors, the schema migrated once, no slave
-    serving 1.1 before the migrations, one new media version."""
+    serving 1.1 before the migrations, one new media version.  In maintenance
+    mode the slaves go first: each answers the maintenance page (cluster status
+    says so) while it waits for the master, then the master; zero refused."""
     import random
     import subprocess
 
     names = ["master", "slave1", "slave2", "slave3"]
     seed = int(os.environ.get("IVLE_MAINT_E2E_SEED") or time.time_ns() % 10_000)
     rng = random.Random(seed)
+    env = ("IVLE_MAINT_DURING_UPGRADE=maintenance",) if mode == "maintenance" else ()
     with scenario.booted_cluster(names, repos) as guests:
         slaves = [guests[n] for n in names[1:]]
+        for guest in slaves:  # under [cluster]: where `cluster status` asks (same host)
+            guest.run("sh", "-c", f"echo 'probe_url = http://127.0.0.1:{guest.ports.web}/' "
+                      ">> /etc/ivle/ivle-maint.conf", check=True)
         probes = [Probe(g) for g in slaves]
         try:
             time.sleep(1.0)
             order = rng.sample(names, len(names))
+            if mode == "maintenance":
+                order = [n for n in order if n != "master"] + ["master"]
             print(f"apt-get upgrade at once, order {', '.join(order)} (seed {seed})", flush=True)
             started = time.time()
             running = []
             for name in order:
                 guest = guests[name]
-                argv = guest.node.argv("env", guest.sandbox_env, "sh", "-c",
+                if name == "master" and mode == "maintenance":
+                    status = slave_status_until(guests["slave1"], "maintenance")
+                    print(status, flush=True)
+                    assert any(line.startswith("slave1 ") and "maintenance" in line.split()
+                               for line in status.splitlines()), status
+                argv = guest.node.argv("env", guest.sandbox_env, *env, "sh", "-c",
                                        "apt-get update -q >/dev/null && apt-get upgrade -y -q")
                 running.append((name, subprocess.Popen(
                     argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -232,10 +411,14 @@ def test_cluster_apt_get_at_once(repos):
         for name, probe in zip(names[1:], probes, strict=True):
             slave = facts[name]
             web = [(v, t) for u, v, t in events(slave, started) if u == "apache2"]
-            assert [v for v, _t in web] == ["Stopped", "Started"], (name, web)
+            jobs = ["Stopped", "Started"] if mode == "stop" else list(RELOADS)
+            assert [v for v, _t in web] == jobs, (name, web)
             assert web[0][1] < slave["code_time"] and web[1][1] > migrated, name
             assert not slave["consoles"] and not slave["jail_mounts"], name
-            check_probe(probe)
+            if mode == "maintenance":
+                check_maintenance_window(probe)
+            else:
+                check_probe(probe)
         media = {facts[n]["media"] for n in names[1:]}
         assert len(media) == 1 and "1.0" not in media, media
         status = guests["master"].run("ivle-maint", "cluster", "status", "--expect", "1.1")
@@ -243,9 +426,11 @@ def test_cluster_apt_get_at_once(repos):
         assert status.returncode == 0
 
 
-def test_cluster_ansible_over_ssh(repos, tmp_path):
+@pytest.mark.parametrize("mode", ["stop", "maintenance"])
+def test_cluster_ansible_over_ssh(repos, tmp_path, mode):
     """The same cluster upgraded by scripts/ansible/upgrade-cluster.yml over real
-    SSH (openssh-server in every node, a key made here), a probe on every slave."""
+    SSH (openssh-server in every node, a key made here), a probe on every slave;
+    in maintenance mode (-e ivle_during_upgrade=maintenance) zero refused."""
     import json
     import subprocess
 
@@ -261,6 +446,9 @@ def test_cluster_ansible_over_ssh(repos, tmp_path):
             guest.node.write("/root/.ssh/authorized_keys",
                              (tmp_path / "id_ed25519.pub").read_text(), mode="0600")
             guest.node.run("systemctl", "enable", "--now", "ssh")
+            if name != "master":  # under [cluster]: where status --expect asks
+                guest.run("sh", "-c", f"echo 'probe_url = http://127.0.0.1:{guest.ports.web}/' "
+                          ">> /etc/ivle/ivle-maint.conf", check=True)
             hosts[name] = {"ansible_host": "127.0.0.1", "ansible_port": port,
                            "ivle_environment": dict([guest.sandbox_env.split("=", 1)])}
         inventory = {"all": {
@@ -284,7 +472,8 @@ def test_cluster_ansible_over_ssh(repos, tmp_path):
             done = subprocess.run(
                 ["ip", "netns", "exec", netns, "ansible-playbook", "-i",
                  str(tmp_path / "inventory.yml"),
-                 str(REPO / "scripts/ansible/upgrade-cluster.yml"), "-e", "ivle_version=1.1"],
+                 str(REPO / "scripts/ansible/upgrade-cluster.yml"), "-e", "ivle_version=1.1",
+                 *(["-e", "ivle_during_upgrade=maintenance"] if mode == "maintenance" else [])],
                 stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900,
                 env={**os.environ, "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_NOCOLOR": "1",
                      # no ssh master processes or sockets outliving the test
@@ -304,7 +493,11 @@ def test_cluster_ansible_over_ssh(repos, tmp_path):
         migrated = max(marker[k][1] for k in NEW_KEYS)
         for name, probe in zip(names[1:], probes, strict=True):
             web = [(v, t) for u, v, t in events(facts[name], started) if u == "apache2"]
-            assert [v for v, _t in web] == ["Stopped", "Started"], (name, web)
+            jobs = ["Stopped", "Started"] if mode == "stop" else list(RELOADS)
+            assert [v for v, _t in web] == jobs, (name, web)
             assert web[1][1] > migrated, name
-            check_probe(probe)
+            if mode == "maintenance":
+                check_maintenance_window(probe)
+            else:
+                check_probe(probe)
         assert len({facts[n]["media"] for n in names[1:]} - {"1.0"}) == 1

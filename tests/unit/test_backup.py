@@ -13,7 +13,7 @@ from ivle_maint.db.connect import ConnectParams
 def test_restore_command_is_shell_quoted(tmp_path: Path) -> None:
     """A backup path with a space or $(...) is one word, and runs nothing."""
     canary = tmp_path / "canary"
-    path = tmp_path / f"my backups $(touch {canary})" / "ivle-x.dump"
+    path = tmp_path / f"it's my backups $(touch {canary}) \"`x`\"" / "ivle-x.dump"
     params = ConnectParams("ivle db", "127.0.0.1", 5432, "ivle", "secret")
     command = backup.restore_command(params, path)
     argv = shlex.split(command)

@@ -23,12 +23,16 @@ class Site(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         kind = self.path.strip("/")
-        if self.path.startswith("/media/"):
+        if self.path.startswith("/media/paused/"):  # maintenance came up after the page
+            self.reply(503, "down for an upgrade", {"Retry-After": "30"})
+        elif self.path.startswith("/media/"):
             self.reply(200 if self.path.startswith("/media/1.1/") else 404, "css")
         elif kind == "old":
             self.reply(200, PAGE.format(v="1.0", m="1.1"))
         elif kind == "new":
             self.reply(200, PAGE.format(v="1.1", m="1.1"))
+        elif kind == "paused-asset":
+            self.reply(200, PAGE.format(v="1.0", m="paused"))
         elif kind == "stale-media":
             self.reply(200, PAGE.format(v="1.1", m="1.0"))
         elif kind == "maintenance":
@@ -63,6 +67,7 @@ def port() -> Iterator[int]:
 
 @pytest.mark.parametrize(("path", "expected"), [
     ("/old", "old"), ("/new", "new"), ("/maintenance", "maintenance"),
+    ("/paused-asset", "maintenance"),
     ("/bare-503", "error"), ("/db-error", "error"), ("/stale-media", "error"),
     ("/other", "error"),
 ])

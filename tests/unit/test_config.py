@@ -103,6 +103,8 @@ def test_cli_version_and_spec(capsys):
          "[jails]: unknown key lazy_unmuont (did you mean lazy_unmount?)"),
         ("[database]\nbackup_keep = 3\n[[extra]]\n", "unknown section [database][extra]"),
         ("role = master\n", "top level: unknown key role"),
+        ("[cluster]\nmaster_timout = 30\n",
+         "[cluster]: unknown key master_timout (did you mean master_timeout?)"),
     ],
 )
 def test_unknown_settings_are_errors_with_the_nearest_name(tmp_path, capsys, text, message):

@@ -52,6 +52,9 @@ def test_bad_calls_are_one_line_errors(script, argv, message):
         ["hook", "postinst", "frobnicate"],
         ["hook", "preinst"],
         ["hook", "preinst", "upgrade", "1.0"],
+        ["hook", "preinst", "upgrade", "1.0", "1.1\n"],
+        ["hook", "postinst", "configure", "1.0; rm -rf /"],
+        ["hook", "--package-version", "1.1\n", "postinst", "configure", "1.0"],
     ],
 )
 def test_bad_hook_arguments_exit_2_as_documented(tmp_path, capsys, argv):

@@ -124,9 +124,10 @@ def test_reading_this_process_table_finds_the_root():
 
 
 @pytest.mark.parametrize("path", ["/srv/jail mounts/bob\ttab\nnl\\bs", "/x\x1b[31m", "/caf\xe9",
-                                  "/plain"])
+                                  "/plain", "/csi\x9b2J", "/raw\udc9bbyte"])
 def test_escape_is_the_kernels_and_round_trips(path):
     escaped = mountinfo.escape(path)
-    assert not any(c in escaped for c in " \t\n\x1b")
+    assert not any(c in escaped for c in " \t\n\x1b\x9b\udc9b")
+    escaped.encode("utf-8")  # printable under a strict UTF-8 locale
     assert mountinfo.unescape(escaped) == path
     assert mountinfo.escape("/a b\\") == "/a\\040b\\134"

@@ -1,0 +1,318 @@
+"""A maintenance answer instead of a refused port while a slave is upgraded.
+
+With [web] during_upgrade = maintenance, stop-web does not stop Apache:
+IVLE's sites ([web] sites) are disabled with a2dissite, ivle-maint's
+configuration (conf-available/ivle-maint-maintenance.conf, generated here)
+is enabled with a2enconf, and Apache restarts gracefully: its listening
+sockets stay open, so no client is refused, and every child that ran
+IVLE's code finishes its request and exits; the step waits until the
+last one is gone (IVLE's code runs only in Apache's children: mod_python
+imports the handlers there, the parent never serves a request).  From then
+on every request is answered 503 with Retry-After, Cache-Control: no-store
+and X-IVLE-Maintenance, and a small HTML page, by Apache alone.  With
+[web] restart = full Apache is stopped and started instead (nothing of
+the old server survives; clients are refused while it restarts).
+
+start-web reverses exactly that: the sites this node's record says were
+disabled by ivle-maint are enabled again, the configuration disabled, and
+Apache restarted gracefully onto the new code.  The record lives in
+[paths] state (maintenance.json), written before anything changes, so a
+killed run, `rerun`, `dpkg --configure -a` and an abandoned upgrade all
+find what to restore.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import system
+from ..atomic import write_atomic, write_state_file
+from ..config import Settings
+from ..errors import MaintError
+from ..output import Reporter
+from ..safepaths import read_nofollow
+from .services import RUNNING, ServiceControl, control_from_settings
+
+STOP, MAINTENANCE = "stop", "maintenance"
+MODES = (STOP, MAINTENANCE)
+ENV_MODE = "IVLE_MAINT_DURING_UPGRADE"
+CONF_NAME = "ivle-maint-maintenance"
+RECORD = "maintenance.json"
+HEADER = "X-IVLE-Maintenance"
+# Apache reads a configuration line of at most 8 KiB; the page is one line.
+PAGE_LIMIT = 7 * 1024
+DEFAULT_PAGE = """\
+<!DOCTYPE html>
+<html><head><title>IVLE is being upgraded</title></head>
+<body><h1>IVLE is being upgraded</h1>
+<p>IVLE is unavailable while it is upgraded. Please try again in a few minutes;
+your work is safe.</p></body></html>
+"""
+A2 = ("a2ensite", "a2dissite", "a2enconf", "a2disconf", "apache2ctl")
+
+
+def mode(settings: Settings, chosen: str | None = None) -> str:
+    """--during-upgrade, else $IVLE_MAINT_DURING_UPGRADE (dpkg's hooks), else the setting."""
+    value = chosen or os.environ.get(ENV_MODE) or settings["web"]["during_upgrade"]
+    if value not in MODES:
+        raise MaintError(f"during-upgrade mode {value!r}: use one of {', '.join(MODES)}")
+    return str(value)
+
+
+def apache_dir(settings: Settings) -> Path:
+    return Path(settings["web"]["apache_dir"])
+
+
+def sites(settings: Settings) -> list[str]:
+    value = settings["web"]["sites"]
+    names = [value] if isinstance(value, str) else list(value)
+    return [n.removesuffix(".conf") for n in names if n]
+
+
+def _command(name: str) -> str:
+    found = system.which(name) or system.which(name, path=system.SBIN_PATH)
+    if not found:
+        raise MaintError(f"{name} not found: [web] during_upgrade = maintenance needs "
+                         f"Debian's apache2 (a2ensite, a2enconf, apache2ctl)")
+    return found
+
+
+def _run(*argv: str) -> None:
+    done = system.run([_command(argv[0]), *argv[1:]], timeout=60)
+    if not done.ok:
+        last = done.tail[-1] if done.tail else "no output"
+        raise MaintError(f"{' '.join(argv)} failed with status {done.exit_code}: {last}")
+
+
+# -- the answer ------------------------------------------------------------
+
+def page_text(settings: Settings) -> str:
+    """The site's own page ([web] maintenance_page), else ivle-maint's."""
+    name = settings["web"]["maintenance_page"]
+    if not name:
+        return DEFAULT_PAGE
+    path = Path(name)
+    try:
+        data = read_nofollow(path)
+    except OSError as exc:
+        raise MaintError(f"[web] maintenance_page {path}: cannot read: "
+                         f"{exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MaintError(f"[web] maintenance_page {path}: not UTF-8") from None
+    if len(text.encode("ascii", "xmlcharrefreplace")) > PAGE_LIMIT:
+        raise MaintError(f"[web] maintenance_page {path}: larger than {PAGE_LIMIT} bytes "
+                         f"(Apache keeps it on one configuration line)")
+    return text
+
+
+def _one_line(page: str) -> str:
+    # ASCII with character references (Apache labels it iso-8859-1), on one
+    # line, quotes and backslashes escaped for Apache's argument parser.
+    text = page.encode("ascii", "xmlcharrefreplace").decode("ascii")
+    text = re.sub(r"\s*\n\s*", " ", text.strip())
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def conf_text(retry_after: int, page: str) -> str:
+    """conf-available/ivle-maint-maintenance.conf: 503 for every request."""
+    return f"""\
+# Generated by ivle-maint while this node is upgraded ([web] during_upgrade =
+# maintenance); disabled again by its start-web step, removed on purge.
+<IfModule !headers_module>
+    LoadModule headers_module /usr/lib/apache2/modules/mod_headers.so
+</IfModule>
+<IfModule !alias_module>
+    LoadModule alias_module /usr/lib/apache2/modules/mod_alias.so
+</IfModule>
+Redirect 503 /
+ErrorDocument 503 "{_one_line(page)}"
+Header always set Retry-After "{retry_after}"
+Header always set Cache-Control "no-store"
+Header always set {HEADER} "1"
+"""
+
+
+def retry_after(settings: Settings) -> tuple[int, str]:
+    """Seconds to tell clients, and where the number comes from.
+
+    This node's last completed upgrade's web-down time (stop-web begun to
+    start-web done) from its journals, else [web] retry_after.
+    """
+    from ..journal import COMPLETE, Journal
+
+    newest = None
+    for path in (settings.path_of("state") / "journal").glob("*.json"):
+        try:
+            journal = Journal.load(path)
+        except MaintError:
+            continue
+        down, up = journal.steps.get("stop-web"), journal.steps.get("start-web")
+        if journal.state != COMPLETE or down is None or up is None or up.finished is None:
+            continue
+        if newest is None or journal.created > newest[0]:
+            newest = (journal.created, up.finished - down.started, journal)
+    if newest is None:
+        return int(settings["web"]["retry_after"]), "[web] retry_after"
+    _created, seconds, journal = newest
+    return max(1, math.ceil(seconds)), f"the upgrade {journal.old} -> {journal.new}"
+
+
+# -- the record --------------------------------------------------------------
+
+@dataclass
+class Record:
+    """What ivle-maint changed in Apache's layout, to undo exactly that."""
+
+    disabled: list[str]
+    since: float
+
+    @staticmethod
+    def path(settings: Settings) -> Path:
+        return settings.path_of("state") / RECORD
+
+    @classmethod
+    def read(cls, settings: Settings) -> Record | None:
+        path = cls.path(settings)
+        try:
+            data = json.loads(read_nofollow(path).decode("utf-8"))
+            return cls([str(s) for s in data["disabled"]], float(data["since"]))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise MaintError(f"{path}: unreadable: {exc}") from None
+
+    def write(self, settings: Settings) -> None:
+        text = json.dumps({"disabled": self.disabled, "since": self.since}) + "\n"
+        write_state_file(self.path(settings), text.encode(), mode=0o644)
+
+
+def in_maintenance(settings: Settings) -> bool:
+    """True while this node answers the maintenance page (its record exists)."""
+    return Record.path(settings).exists()
+
+
+def enabled_sites(settings: Settings) -> list[str]:
+    enabled = apache_dir(settings) / "sites-enabled"
+    return [name for name in sites(settings) if (enabled / f"{name}.conf").exists()]
+
+
+# -- Apache's processes -----------------------------------------------------
+
+def _children() -> set[tuple[int, str]]:
+    """(pid, start time) of every apache2 process whose parent is apache2."""
+    names: dict[int, tuple[str, int, str]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        names[int(entry)] = (comm, int(fields[1]), fields[19])
+    return {(pid, start) for pid, (comm, ppid, start) in names.items()
+            if comm == "apache2" and names.get(ppid, ("",))[0] == "apache2"}
+
+
+def _graceful(control: ServiceControl, name: str, how: str = "graceful") -> str:
+    """Restart NAME gracefully (ports kept open); wait until its old children exit.
+
+    how = full ([web] restart): a stop and a start instead."""
+    if how == "full":
+        return control.restart(name).message
+    if control.status(name) != RUNNING:
+        result = control.start(name)  # a rerun after a killed step: nothing to drain
+        return result.message
+    old = _children()
+    started = time.monotonic()
+    done = system.run(control._argv(name, "reload"), timeout=control.timeout or None)
+    if not done.ok:
+        last = done.tail[-1] if done.tail else "no output"
+        raise MaintError(f"{' '.join(done.argv)} failed with status {done.exit_code}: {last}")
+    deadline = started + (control.timeout or 60)
+    while old & _children():
+        if time.monotonic() > deadline:
+            # A request that never ends must not keep old code running.
+            result = control.restart(name)
+            return f"{name}: old children still busy after {control.timeout:g}s: {result.message}"
+        time.sleep(0.1)
+    if control.status(name) != RUNNING:
+        raise MaintError(f"{name} is not running after its graceful restart")
+    return f"{name}: restarted gracefully, every old process gone " \
+           f"({time.monotonic() - started:.1f}s)"
+
+
+# -- the steps -------------------------------------------------------------
+
+def enter(settings: Settings, reporter: Reporter) -> str:
+    """stop-web in maintenance mode; returns the step's summary."""
+    record = Record.read(settings)
+    if record is None:  # a rerun keeps the first run's record of what it disabled
+        record = Record(enabled_sites(settings), time.time())
+        record.write(settings)
+    seconds, source = retry_after(settings)
+    conf = apache_dir(settings) / "conf-available" / f"{CONF_NAME}.conf"
+    write_atomic(conf, conf_text(seconds, page_text(settings)).encode(), mode=0o644,
+                 follow_symlinks=False)
+    for name in record.disabled:
+        _run("a2dissite", "-q", name)
+    _run("a2enconf", "-q", CONF_NAME)
+    control = control_from_settings(settings, reporter)
+    restarted = _graceful(control, settings["services"]["web"], settings["web"]["restart"])
+    disabled = ", ".join(record.disabled) or "none enabled"
+    return (f"maintenance page up (Retry-After {seconds}s from {source}); IVLE's sites "
+            f"disabled: {disabled}; {restarted}")
+
+
+def leave(settings: Settings, reporter: Reporter) -> str | None:
+    """start-web after enter(): IVLE's sites back as they were; None if not in maintenance."""
+    record = Record.read(settings)
+    if record is None:
+        return None
+    _run("a2disconf", "-q", CONF_NAME)
+    for name in record.disabled:
+        _run("a2ensite", "-q", name)
+    control = control_from_settings(settings, reporter)
+    restarted = _graceful(control, settings["services"]["web"], settings["web"]["restart"])
+    Record.path(settings).unlink()
+    enabled = ", ".join(record.disabled) or "none"
+    return f"maintenance page down; IVLE's sites enabled again: {enabled}; {restarted}"
+
+
+def preflight(settings: Settings, chosen: str | None) -> None:
+    """Before anything stops: the tools, the sites, the page, apache2ctl configtest."""
+    if mode(settings, chosen) != MAINTENANCE:
+        return
+    for name in A2:
+        _command(name)
+    available = apache_dir(settings) / "sites-available"
+    for name in sites(settings):
+        if not (available / f"{name}.conf").exists():
+            raise MaintError(f"[web] sites: no Apache site {name} ({available}/{name}.conf)")
+    page_text(settings)
+    done = system.run([_command("apache2ctl"), "configtest"], timeout=60)
+    if not done.ok:
+        last = [line for line in done.tail if line.strip()][-1:] or ["no output"]
+        raise MaintError(f"apache2ctl configtest failed: {last[0]} (fix Apache's "
+                         f"configuration before upgrading in maintenance mode)")
+
+
+def plan_line(settings: Settings, chosen: str | None) -> str:
+    chosen_mode = mode(settings, chosen)
+    if chosen_mode == STOP:
+        return "during the upgrade: web server stopped (refused connections; [web] " \
+               "during_upgrade = stop)"
+    seconds, source = retry_after(settings)
+    page = settings["web"]["maintenance_page"] or "ivle-maint's own page"
+    return (f"during the upgrade: maintenance page (503, Retry-After {seconds}s from "
+            f"{source}; page: {page}; sites disabled: {', '.join(sites(settings))})")
+

@@ -1,0 +1,415 @@
+"""Cases of the second hostile trial (issue: safety) not covered elsewhere:
+a reader of stdout that goes away early, grandchildren of a killed run,
+hostile bytes in mount names, umask 000 for dumps, a rerun beside a rerun.
+
+Each case: a one-line message at most, the documented exit status,
+nothing lost, and the next command ends as an uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from configobj import ConfigObj
+from test_preinst_manifest import manifest, preinst_with
+from test_source_install import source_tree
+
+from ivle_maint import mountinfo
+from ivle_maint.db import pgparse
+from ivle_sandbox.releases import NEW, OLD, RELEASES
+from upgrade_helpers import (
+    REPO,
+    at_version_1_0,
+    cli,
+    final_state,
+    home_checksums,
+    journal,
+    marker_keys,
+    media_version,
+    postinst,
+    preinst,
+    start_cli,
+    unpack,
+)
+
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
+
+OLD_KEYS = sorted(k.removesuffix(".sql") for k in OLD)
+
+
+def run_with_stdout_closed(node: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    """`ivle-maint ARGS | head -0`: the reader is gone before the first write."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        env = {**os.environ, **node.env, "PYTHONPATH": str(REPO)}
+        return subprocess.run([sys.executable, "-m", "ivle_maint", *args], env=env,
+                              stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              stdin=subprocess.DEVNULL, timeout=120, check=False)
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("args", [("status",), ("mounts", "list"), ("db", "status"),
+                                  ("settings", "--spec"), ("plan", "--to", "1.1")])
+def test_a_reader_gone_early_changes_nothing_but_the_output(node: Any,
+                                                            args: tuple[str, ...]) -> None:
+    """`ivle-maint status | head -1`: no error line, no traceback, same status."""
+    normal = cli(node, *args)
+    closed = run_with_stdout_closed(node, *args)
+    assert closed.returncode == normal.returncode, closed.stderr
+    assert closed.stderr == normal.stderr
+
+
+@pytest.fixture
+def reference(node_factory: Any) -> dict[str, Any]:
+    """What an uninterrupted dpkg upgrade 1.0 -> 1.1 leaves."""
+    node = at_version_1_0(node_factory(users=3, consoles=1))
+    assert preinst(node).returncode == 0
+    unpack(node)
+    assert postinst(node).returncode == 0
+    return final_state(node)
+
+
+def node_pids(node: Any, argv: bytes) -> list[int]:
+    """Live processes of this node (by its IVLECONF) whose argv is ARGV."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry.name}/cmdline").read_bytes()
+                state = Path(f"/proc/{entry.name}/stat").read_bytes().rsplit(b")", 1)[1]
+                environ = Path(f"/proc/{entry.name}/environ").read_bytes()
+            except OSError:
+                continue
+            if cmdline == argv and state.split()[0] != b"Z" \
+                    and f"IVLECONF={node.conf_dir}\0".encode() in environ:
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_rerun_ends_the_grandchild_a_killed_run_left(node_factory: Any,
+                                                       reference: dict[str, Any]) -> None:
+    """ivle-buildjail's apt outlives it (no parent-death signal of its own)."""
+    node = at_version_1_0(node_factory(users=3, consoles=1))
+    assert preinst(node).returncode == 0
+    unpack(node)
+    node.set_fakes("ivle-buildjail", apt_delay=120)
+    apt = b"sleep\x00120.0\x00"
+    proc = start_cli(node, "hook", "--package-version", "1.1", "postinst", "configure", "1.0")
+    deadline = time.monotonic() + 60
+    while not node_pids(node, apt):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    time.sleep(0.5)  # ivle-buildjail gets its parent-death SIGKILL; apt does not
+    assert len(node_pids(node, apt)) == 1
+    node.set_fakes("ivle-buildjail", apt_delay=0)
+    done = cli(node, "rerun")
+    assert done.returncode == 0, done.stderr
+    assert "ivle-buildjail -u (process group" in done.stderr
+    assert "left running by a killed ivle-maint" in done.stderr
+    assert not node_pids(node, apt)  # ended before the step started again
+    assert final_state(node) == reference
+
+
+def test_mounts_list_escapes_every_control_and_undecodable_byte(node: Any) -> None:
+    """ESC, a C1 CSI (UTF-8 or a raw byte): the list can neither drive the
+    terminal nor fail under a strict UTF-8 locale."""
+    names = [b"x\x1b[2Jy", "z\u009bw".encode(), b"raw\x9bbyte"]
+    jails = [os.fsencode(node.jail_mounts) + b"/" + name for name in names]
+    for jail in jails:
+        os.mkdir(jail)
+        subprocess.run([b"mount", b"--bind", os.fsencode(node.template), jail], check=True)
+    try:
+        listed_and_unmounted(node, jails)
+    finally:
+        for jail in jails:
+            subprocess.run([b"umount", jail], stderr=subprocess.DEVNULL, check=False)
+
+
+def listed_and_unmounted(node: Any, jails: list[bytes]) -> None:
+    env = {**os.environ, **node.env, "PYTHONPATH": str(REPO),
+           "PYTHONIOENCODING": "utf-8:strict"}  # what a UTF-8 locale gives
+    listed = subprocess.run([sys.executable, "-m", "ivle_maint", "mounts", "list"], env=env,
+                            capture_output=True, stdin=subprocess.DEVNULL, check=False)
+    assert listed.returncode == 0 and b"Traceback" not in listed.stderr, listed.stderr
+    for bad in (b"\x1b", b"\x9b"):
+        assert bad not in listed.stdout
+    points = {mountinfo.unescape(line.split(b"\t")[0]) for line in listed.stdout.splitlines()}
+    assert {os.fsdecode(jail) for jail in jails} <= points
+    assert cli(node, "consoles", "stop").returncode == 0
+    done = cli(node, "mounts", "unmount")  # the syscall gets the name's bytes
+    assert done.returncode == 0, done.stderr
+    assert node.mounts() == []
+
+
+SOURCE_STEPS = ["stop-web", "stop-consoles", "unmount-jails", "baseline", "setup.py install",
+                "migrate", "rebuild-jail", "remake-users", "media-version", "restart-usrmgt",
+                "start-web"]
+SLOW = {"stop-web": ("apache2", "delay"), "rebuild-jail": ("ivle-buildjail", "delay"),
+        "remake-users": ("ivle-remakeuser", "delay"),
+        "restart-usrmgt": ("ivle-usrmgt-server", "delay"), "start-web": ("apache2", "delay")}
+
+
+def reached(node: Any, step: str) -> bool:
+    if step == "setup.py install":
+        return bool(node.installed_version() == "1.1")
+    status = journal(node).get("steps", {}).get(step, {}).get("status")
+    return status in ("running", "done")
+
+
+@pytest.mark.parametrize("step", SOURCE_STEPS)
+def test_source_upgrade_killed_at_each_step_then_rerun(node_factory: Any,
+                                                       reference: dict[str, Any],
+                                                       step: str) -> None:
+    """SIGKILL as STEP starts (inside it where it can be slowed); `rerun`, and
+    the command it names when the code is not in place, end as one run does."""
+    node = at_version_1_0(node_factory(users=3, consoles=1))
+    homes = home_checksums(node)
+    tree = source_tree(node, RELEASES["1.1"])
+    if step in SLOW:
+        node.set_fakes(SLOW[step][0], **{SLOW[step][1]: 3})
+    proc = start_cli(node, "upgrade", "--from", "1.0", "--source", str(tree))
+    deadline = time.monotonic() + 120
+    while not reached(node, step):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    if step in SLOW:
+        node.set_fakes(SLOW[step][0], **{SLOW[step][1]: 0})
+    done = cli(node, "rerun")
+    assert "Traceback" not in done.stderr
+    if done.returncode == 1:  # the code is not in place: never the after-phase
+        assert "1.1's code is not installed" in done.stderr, done.stderr
+        assert marker_keys(node) in ([], OLD_KEYS) and media_version(node) == "1.0"
+        resume = next(line for line in done.stderr.splitlines()
+                      if line.startswith("ivle-maint: resume with: "))
+        command = resume.removeprefix("ivle-maint: resume with: ").split("   ")[0]
+        done = cli(node, *shlex.split(command)[1:])
+    assert done.returncode == 0, done.stderr
+    assert final_state(node) == reference
+    assert home_checksums(node) == homes
+
+
+MANIFEST_BROKEN = {
+    "syntax error": ({"20100216-01.sql": "BEGIN;\nALTER TABLE login ADD x int;\nSELEC 1;\n"
+                                         "COMMIT;\n"},
+                     "ivle 1.1's migration 20100216-01.sql: line 3: syntax error at or near "
+                     '"SELEC"'),
+    "empty": ({"20100216-01.sql": "-- nothing yet\n"},
+              "ivle 1.1's migration 20100216-01.sql: holds no SQL statement"),
+    "BEGIN without COMMIT": ({"20100216-01.sql": "BEGIN;\nCREATE TABLE t (x int);\n"},
+                             "ivle 1.1's migration 20100216-01.sql: line 1: BEGIN without a "
+                             "matching COMMIT"),
+    "bad name": ({"2010-02-16.sql": "SELECT 1;\n"},
+                 "ivle 1.1's migration 2010-02-16.sql: not a migration file name"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(MANIFEST_BROKEN))
+def test_the_preinst_names_a_broken_new_migration_as_the_package_ships_it(
+        node_factory: Any, case: str) -> None:
+    """Checked from dh_ivle_maint's manifest: the error names the package's
+    file, not the temporary copy that is gone when the message is read."""
+    if case == "syntax error" and not pgparse.available():
+        pytest.skip("needs pglast (PostgreSQL's parser): python3-pglast")
+    node = at_version_1_0(node_factory(users=2, consoles=1))
+    files, expected = MANIFEST_BROKEN[case]
+    done = preinst_with(node, manifest({**OLD, **NEW, **files}), "--new-migrations", "-")
+    assert done.returncode == 1
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("ivle-maint: error: ")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert errors[0].startswith(f"ivle-maint: error: {expected}"), errors[0]
+    assert "ivle-maint-manifest-" not in done.stderr
+    assert node.service_running("apache2") and marker_keys(node) == []
+    assert journal(node) == {}
+
+
+def test_log_rotation_never_follows_a_symlink_named_like_a_log(node_factory: Any,
+                                                               tmp_path: Path) -> None:
+    """[logs] keep = 2 with a link among the logs: its target is neither
+    copied into the log directory nor counted, real logs are not deleted for it."""
+    node = at_version_1_0(node_factory(users=2, consoles=1))
+    conf = ConfigObj(str(node.maint_conf))
+    conf.setdefault("logs", {})["keep"] = "2"
+    conf.write()
+    victim = tmp_path / "shadow"
+    victim.write_text("root:secret\n")
+    node.maint_log_dir.mkdir(parents=True, exist_ok=True)
+    old = node.maint_log_dir / "jails-old-20200101T000000Z.log"
+    old.write_text("an earlier run\n")
+    os.utime(old, (1_000_000, 1_000_000))
+    link = node.maint_log_dir / "upgrade-planted-20000101T000000Z.log"
+    link.symlink_to(victim)
+    assert preinst(node).returncode == 0
+    assert victim.read_text() == "root:secret\n" and link.is_symlink()
+    assert not link.with_name(link.name + ".gz").exists()
+    # keep = 2: the earlier run's log (the previous one: plain) and this run's.
+    assert old.read_text() == "an earlier run\n"
+    assert len(list(node.maint_log_dir.glob("upgrade-1.0_to_1.1-*.log"))) == 1
+
+
+@pytest.mark.parametrize("killed", ["upgrade", "jails rebuild"])
+def test_jails_rebuild_ends_the_apt_a_killed_run_left(node_factory: Any, killed: str) -> None:
+    """The command an administrator reaches for after a killed rebuild-jail
+    ends the leftover first, as a rerun does; it never builds beside it."""
+    node = at_version_1_0(node_factory(users=2, consoles=1))
+    if killed == "upgrade":
+        assert preinst(node).returncode == 0
+        unpack(node)
+        args: tuple[str, ...] = ("hook", "--package-version", "1.1", "postinst", "configure",
+                                 "1.0")
+    else:
+        args = ("jails", "rebuild")
+    node.set_fakes("ivle-buildjail", apt_delay=120)
+    apt = b"sleep\x00120.0\x00"
+    proc = start_cli(node, *args)
+    deadline = time.monotonic() + 60
+    while not node_pids(node, apt):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert len(node_pids(node, apt)) == 1  # apt outlives its ivle-buildjail
+    node.set_fakes("ivle-buildjail", apt_delay=0)
+    done = cli(node, "jails", "rebuild")
+    assert done.returncode == 0, done.stderr
+    assert "left running by a killed ivle-maint" in done.stderr
+    assert not node_pids(node, apt)
+
+
+def test_two_reruns_at_once_one_finishes_the_other_exits_75(node_factory: Any,
+                                                             reference: dict[str, Any]) -> None:
+    node = at_version_1_0(node_factory(users=3, consoles=1))
+    assert preinst(node).returncode == 0
+    unpack(node, migrations={**OLD, **NEW, "20100215.sql": "SELECT 1 / 0;\n"})
+    assert postinst(node).returncode == 1
+    unpack(node)  # the corrected package
+    node.set_fakes("ivle-buildjail", delay=3)  # the first holds the node lock a while
+    first, second = start_cli(node, "rerun"), start_cli(node, "rerun")
+    errs = [p.communicate(timeout=300)[1] for p in (first, second)]
+    outcomes = sorted(zip((first.returncode, second.returncode), errs, strict=True))
+    (ok, ok_err), (busy, busy_err) = outcomes
+    assert (ok, busy) == (0, 75), (ok_err, busy_err)
+    assert busy_err.startswith("ivle-maint: error: another ivle-maint holds ")
+    assert "upgrade 1.0 -> 1.1" in busy_err and len(busy_err.splitlines()) == 1
+    assert final_state(node) == reference
+
+
+def test_consoles_stop_run_from_inside_a_jail_spares_itself_and_its_shell(node: Any) -> None:
+    """`cd JAILMOUNTS/LOGIN/home/LOGIN && ivle-maint consoles stop`: the shell
+    and ivle-maint are inside a user's jail, and are never signalled."""
+    login = node.users[0].login
+    consoles = node.console_pids()
+    env = {**os.environ, **node.env, "PYTHONPATH": str(REPO)}
+    script = (f"cd {shlex.quote(str(node.jail(login) / 'home' / login))} && "
+              f"{sys.executable} -m ivle_maint consoles stop; echo \"status $?\"")
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=120, check=False)
+    assert done.returncode == 0 and done.stdout == "status 0\n", done.stderr
+    assert "Traceback" not in done.stderr
+    assert consoles and node.console_pids() == []
+
+
+def test_server_session_ended_mid_migration_is_one_line_and_rerun_finishes(
+        node_factory: Any, reference: dict[str, Any]) -> None:
+    """PostgreSQL restarting (or an administrator's pg_terminate_backend)
+    while a migration's statement runs: nothing of it applied, one line,
+    the resume command; the rerun ends as one run does."""
+    node = at_version_1_0(node_factory(users=3, consoles=1))
+    assert preinst(node).returncode == 0
+    slow = {**OLD, **NEW, "20100215.sql": "SELECT pg_sleep(60);\n" + NEW["20100215.sql"]}
+    unpack(node, migrations=slow)
+    proc = start_cli(node, "hook", "--package-version", "1.1", "postinst", "configure", "1.0")
+    conn = node.connect()
+    try:
+        deadline = time.monotonic() + 60
+        ended = False
+        while not ended:
+            assert time.monotonic() < deadline and proc.poll() is None
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                            "query LIKE 'SELECT pg_sleep(60)%%' AND pid <> pg_backend_pid()")
+                ended = bool(cur.fetchall())
+            conn.commit()
+            time.sleep(0.02)
+    finally:
+        conn.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    errors = [ln for ln in err.splitlines() if ln.startswith("ivle-maint: error: ")]
+    assert len(errors) == 1 and "20100215" in errors[0], err
+    assert "ivle-maint: resume with: dpkg --configure -a" in err
+    assert marker_keys(node) == sorted(k.removesuffix(".sql") for k in {**OLD, **NEW})[:-1]
+    unpack(node)
+    done = cli(node, "rerun")
+    assert done.returncode == 0, done.stderr
+    assert final_state(node) == reference
+
+
+def test_a_version_with_a_newline_from_a_hand_made_hook_call_is_refused(node: Any) -> None:
+    """It would name a second journal beside the real one ("1.0 -> 1.1\\n")
+    and split every later message."""
+    done = cli(node, "hook", "preinst", "upgrade", "1.0", "1.1\n")
+    assert done.returncode == 2
+    assert done.stderr == "ivle-maint: error: preinst upgrade: not a valid version: '1.1\\n'\n"
+    assert node.service_running("apache2") and journal(node) == {}
+    assert not list(node.state_dir.glob("journal/*"))
+
+
+def test_a_directory_given_as_settings_is_exit_2_not_all_defaults(node: Any,
+                                                                 tmp_path: Path) -> None:
+    """`--config /etc/ivle` (the directory, not the file) would run with the
+    defaults: /etc/init.d, /var/lib/ivle-maint, the site's real paths."""
+    consoles = node.console_pids()
+    done = cli(node, "--config", str(tmp_path), "hook", "preinst", "upgrade", "1.0", "1.1")
+    assert done.returncode == 2
+    assert done.stderr == f"ivle-maint: error: {tmp_path}: is a directory, not a settings file\n"
+    assert node.service_running("apache2") and node.console_pids() == consoles
+
+
+@pytest.mark.parametrize("text", [b"[1, 2]\n", b'"a string"\n', b'{"1.0->1.1": [1]}\n',
+                                  b"{not json", b"\xff\xfe"])
+def test_a_damaged_pins_file_is_one_line_never_a_traceback(node_factory: Any,
+                                                              text: bytes) -> None:
+    node = at_version_1_0(node_factory(users=2, consoles=1))
+    assert preinst(node).returncode == 0
+    unpack(node, migrations={**OLD, **NEW, "20100215.sql": "SELECT 1 / 0;\n"})
+    assert postinst(node).returncode == 1  # a dump is pinned
+    pins = node.backup_dir / "pinned.json"
+    assert pins.exists()
+    pins.write_bytes(text)
+    status = cli(node, "status")  # shows the journal, without the dump
+    assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr
+    done = cli(node, "rerun")  # would rotate dumps: stops at the migrate step
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("ivle-maint: error: ")]
+    assert len(errors) == 1 and f"{pins}: unreadable (" in errors[0], done.stderr
+    assert "repair or remove it" in errors[0]
+    assert pins.read_bytes() == text
+
+
+@pytest.mark.parametrize("text", [b"", b"{not json", b"[1, 2]\n", b"\xff\xfe"])
+def test_a_damaged_journal_is_one_line_and_left_as_it_is(node_factory: Any,
+                                                         text: bytes) -> None:
+    node = at_version_1_0(node_factory(users=2, consoles=1))
+    assert preinst(node).returncode == 0
+    path = node.state_dir / "journal" / "1.0_to_1.1.json"
+    path.write_bytes(text)
+    for args in (("status",), ("rerun",)):
+        done = cli(node, *args)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        errors = [ln for ln in done.stderr.splitlines() if ln.startswith("ivle-maint: error: ")]
+        assert len(errors) == 1 and errors[0].startswith(f"ivle-maint: error: {path}: "), errors
+    assert path.read_bytes() == text

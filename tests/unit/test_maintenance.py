@@ -1,0 +1,146 @@
+"""The maintenance answer: its Apache configuration, Retry-After, mode, probe."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ivle_maint import system
+from ivle_maint.cluster.probe import ask
+from ivle_maint.config import Settings, load_settings
+from ivle_maint.errors import MaintError
+from ivle_maint.steps import maintenance
+
+
+def settings_with(tmp_path: Path, text: str = "") -> Settings:
+    path = tmp_path / "maint.conf"
+    path.write_text(f"[node]\nrole = slave\n[paths]\nstate = {tmp_path / 'state'}\n{text}")
+    return load_settings(str(path))
+
+
+def test_mode_is_stop_by_default_then_env_then_option(tmp_path, monkeypatch):
+    monkeypatch.delenv(maintenance.ENV_MODE, raising=False)
+    settings = settings_with(tmp_path)
+    assert maintenance.mode(settings) == "stop"
+    monkeypatch.setenv(maintenance.ENV_MODE, "maintenance")
+    assert maintenance.mode(settings) == "maintenance"
+    assert maintenance.mode(settings, "stop") == "stop"
+    monkeypatch.setenv(maintenance.ENV_MODE, "pause")
+    with pytest.raises(MaintError, match="'pause': use one of stop, maintenance"):
+        maintenance.mode(settings)
+
+
+def test_conf_answers_503_with_headers_and_the_page_on_one_line():
+    page = '<html>\n  <p class="x">Back soon \\ caf\u00e9</p>\n</html>\n'
+    text = maintenance.conf_text(42, page)
+    assert "Redirect 503 /\n" in text
+    assert 'Header always set Retry-After "42"' in text
+    assert 'Header always set Cache-Control "no-store"' in text
+    assert 'Header always set X-IVLE-Maintenance "1"' in text
+    line = next(x for x in text.splitlines() if x.startswith("ErrorDocument 503 "))
+    # One line, quotes and backslashes escaped, non-ASCII as a reference.
+    assert line == ('ErrorDocument 503 "<html> <p class=\\"x\\">Back soon \\\\ caf&#233;</p> '
+                    '</html>"')
+
+
+def journal(state: Path, name: str, created: float, down: float, up: float, *,
+            state_word: str = "complete") -> None:
+    (state / "journal").mkdir(parents=True, exist_ok=True)
+    steps = {"stop-web": {"status": "done", "started": down, "finished": down + 1},
+             "start-web": {"status": "done", "started": up - 1, "finished": up}}
+    (state / "journal" / name).write_text(json.dumps({
+        "old": "1.0", "new": "1.1", "role": "slave", "state": state_word,
+        "steps": steps, "created": created}))
+
+
+def test_retry_after_is_the_last_upgrades_web_down_time(tmp_path):
+    settings = settings_with(tmp_path, "[web]\nretry_after = 120\n")
+    assert maintenance.retry_after(settings) == (120, "[web] retry_after")
+    state = tmp_path / "state"
+    journal(state, "0.9_to_1.0.100.json", 100, 1000.0, 1600.0)
+    journal(state, "1.0_to_1.1.json", 200, 2000.0, 2041.2)
+    journal(state, "1.1_to_1.2.json", 300, 3000.0, 3005.0, state_word="in-progress")  # unfinished
+    assert maintenance.retry_after(settings) == (42, "the upgrade 1.0 -> 1.1")
+
+
+def test_replacement_page_read_and_bounded(tmp_path):
+    page = tmp_path / "page.html"
+    page.write_text("<p>Ours</p>")
+    settings = settings_with(tmp_path, f"[web]\nmaintenance_page = {page}\n")
+    assert maintenance.page_text(settings) == "<p>Ours</p>"
+    page.write_text("x" * (maintenance.PAGE_LIMIT + 1))
+    with pytest.raises(MaintError, match="larger than"):
+        maintenance.page_text(settings)
+    page.unlink()
+    with pytest.raises(MaintError, match="cannot read"):
+        maintenance.page_text(settings)
+
+
+def test_preflight_in_maintenance_mode_needs_apache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no a2ensite anywhere on it
+    monkeypatch.setattr(system, "SBIN_PATH", str(tmp_path))
+    settings = settings_with(tmp_path)
+    maintenance.preflight(settings, "stop")  # nothing needed
+    with pytest.raises(MaintError, match="a2ensite not found"):
+        maintenance.preflight(settings, "maintenance")
+
+
+def test_plan_says_the_mode(tmp_path, monkeypatch):
+    monkeypatch.delenv(maintenance.ENV_MODE, raising=False)
+    settings = settings_with(tmp_path)
+    assert "web server stopped" in maintenance.plan_line(settings, None)
+    line = maintenance.plan_line(settings, "maintenance")
+    assert "maintenance page (503, Retry-After 300s" in line and "ivle" in line
+
+
+@pytest.fixture
+def answer_503() -> Iterator[tuple[int, dict[str, str]]]:
+    headers: dict[str, str] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(503)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield httpd.server_address[1], headers
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_cluster_probe_recognises_the_maintenance_answer(answer_503):
+    port, headers = answer_503
+    plain = ask(f"http://127.0.0.1:{port}/", 3)
+    assert not plain.serving and not plain.maintenance
+    headers.update({"Retry-After": "30", "X-IVLE-Maintenance": "1"})
+    paused = ask(f"http://127.0.0.1:{port}/", 3)
+    assert not paused.serving and paused.maintenance
+    assert "maintenance page" in paused.text
+
+
+def test_a_node_in_maintenance_does_not_serve(tmp_path):
+    """Its Apache runs, but answers only 503: the cluster row must say down."""
+    from ivle_maint.cluster.admin import service_serving
+    from ivle_maint.output import TerminalReporter
+
+    initd = tmp_path / "initd"
+    initd.mkdir()
+    (initd / "apache2").write_text("#!/bin/sh\nexit 0\n")  # status: running
+    (initd / "apache2").chmod(0o755)
+    settings = settings_with(tmp_path, f"[services]\nbackend = init.d\ninitd_dir = {initd}\n")
+    reporter = TerminalReporter()
+    assert service_serving(settings, reporter, "1.0") == "1.0"
+    maintenance.Record(["ivle"], 0.0).write(settings)
+    assert maintenance.in_maintenance(settings)
+    assert service_serving(settings, reporter, "1.0") is None
