@@ -12,6 +12,7 @@ import logging
 import pkgutil
 import sys
 from collections.abc import Sequence
+from types import TracebackType
 from typing import Any, TextIO
 
 from . import __version__
@@ -143,6 +144,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(__name__).debug("OSError", exc_info=True)
         _say(f"ivle-maint: error: {os_error_line(exc)}")
         return 1
+    except ImportError as exc:
+        # A broken install (a bad python3-psutil, say): one line, not a
+        # traceback.  An upgrade loads every step's library before any step
+        # (upgrade.py imports the procedure), so this comes with the site up.
+        logging.getLogger(__name__).debug("ImportError", exc_info=True)
+        _say(f"ivle-maint: error: Python module {failed_module(exc)} does not load: {exc}")
+        return 1
 
 
 def os_error_line(exc: OSError) -> str:
@@ -152,6 +160,18 @@ def os_error_line(exc: OSError) -> str:
     where = " -> ".join(str(p) for p in paths)
     text = f"{where}: {why}" if where else why
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
+def failed_module(exc: ImportError) -> str:
+    """The module that is missing, or the one whose loading raised EXC."""
+    if exc.name:
+        return exc.name
+    tb: TracebackType | None = exc.__traceback__
+    name = "?"
+    while tb is not None:
+        name = str(tb.tb_frame.f_globals.get("__name__", name))
+        tb = tb.tb_next
+    return name
 
 
 if __name__ == "__main__":

@@ -12,11 +12,14 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .atomic import write_atomic
 from .errors import MaintError
 from .safepaths import read_nofollow, safe_dir
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 RUNNING, DONE, FAILED = "running", "done", "failed"
 IN_PROGRESS, COMPLETE, ABORTED = "in-progress", "complete", "aborted"
@@ -127,3 +130,12 @@ class Journal:
     def set_state(self, state: str) -> None:
         self.state = state
         self.save()
+
+
+def unfinished(settings: Settings) -> Journal | None:
+    """The one upgrade left unfinished on this node, if any."""
+    journals = Journal.unfinished(settings.path_of("state"))
+    if len(journals) > 1:
+        names = ", ".join(f"{j.old} -> {j.new}" for j in journals)
+        raise MaintError(f"several unfinished upgrades ({names}); name one with --from/--to")
+    return journals[0] if journals else None

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .cluster.admin import read_status
+from .cluster.presence import coordinated
+from .cluster.waits import serving_old
+from .errors import MaintError
+from .preflight import classified_after_baseline
 from .procedure import steps_for
+from .steps import maintenance, migrations
+from .steps.media import plan_media_version
 
 if TYPE_CHECKING:
     from .context import UpgradeContext
 
 
 def _migration_lines(ctx: UpgradeContext) -> list[str]:
-    from .errors import MaintError
-    from .preflight import classified_after_baseline
-    from .steps import migrations
-
     status = migrations.status(ctx.settings, migrations_dir=ctx.migrations, reporter=ctx.reporter)
     if status.unmarked:
         try:
@@ -37,8 +40,6 @@ def _migration_lines(ctx: UpgradeContext) -> list[str]:
 
 
 def _media_line(ctx: UpgradeContext) -> str:
-    from .steps.media import plan_media_version
-
     settings = ctx.settings
     media = plan_media_version(
         settings.ivle_conf_dir / "ivle.conf", settings.path_of("state"), ctx.new,
@@ -50,15 +51,9 @@ def _media_line(ctx: UpgradeContext) -> str:
 
 
 def _cluster_lines(ctx: UpgradeContext) -> list[str]:
-    from .cluster.presence import coordinated
-
     mode = ctx.settings["cluster"]["coordinate"]
     if not coordinated(ctx.settings):
         return [f"cluster: not coordinated ([cluster] coordinate = {mode})"]
-    from .cluster.admin import read_status
-    from .cluster.waits import serving_old
-    from .errors import MaintError
-
     lines = [f"cluster: coordinated through ivle_maint_nodes ([cluster] coordinate = {mode})"]
     try:
         status = read_status(ctx.settings, ctx.reporter)
@@ -89,9 +84,7 @@ def describe(ctx: UpgradeContext) -> list[str]:
     if role in ("master", "both"):
         lines += _migration_lines(ctx)
     if role in ("slave", "both"):
-        from .steps.maintenance import plan_line
-
-        lines.append(plan_line(ctx.settings, ctx.during_upgrade))
+        lines.append(maintenance.plan_line(ctx.settings, ctx.during_upgrade))
         lines.append(_media_line(ctx))
     lines += _cluster_lines(ctx)
     return lines

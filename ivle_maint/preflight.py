@@ -6,7 +6,7 @@ version goes forwards, IVLE's commands exist, the database answers, every
 pending migration parses, and the backup fits on its disk.  In a cluster
 the node records itself in ivle_maint_nodes, which proves the database
 answers and that no other node uses its name.  (The steps and their
-libraries were loaded before: upgrade.load_procedure.)
+libraries were loaded before, with upgrade.py.)
 """
 
 from __future__ import annotations
@@ -19,14 +19,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import system
+from . import jaildir, system
+from .db.classify import Classified, classify
+from .db.connect import connect, params_from_settings
+from .db.discovery import check_writers, discover
+from .db.marker import why_not_writable
 from .errors import MaintError
 from .installed import old_migration_files
+from .steps import maintenance, migrations
 from .versions import check_upgrade
 
 if TYPE_CHECKING:
     from .context import UpgradeContext
-    from .db.classify import Classified
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +56,6 @@ def classified_after_baseline(ctx: UpgradeContext) -> tuple[int, list[Classified
     Raises MaintError when nothing says which migrations OLD shipped, or
     when a new file does not parse.
     """
-    from .db.classify import classify
-    from .db.discovery import check_writers, discover
-
     old = old_migration_files(ctx)
     if old is None:
         raise MaintError(
@@ -74,8 +75,6 @@ def check_database(ctx: UpgradeContext) -> int:
 
     Returns the number of pending migrations.
     """
-    from .steps import migrations
-
     status = migrations.status(ctx.settings, migrations_dir=ctx.preflight_migrations,
                                reporter=ctx.reporter)
     if status.unmarked:
@@ -93,8 +92,6 @@ def check_database(ctx: UpgradeContext) -> int:
 
 
 def _with_database(ctx: UpgradeContext, check: Callable[[UpgradeContext, Any], None]) -> None:
-    from .db.connect import connect, params_from_settings
-
     params = params_from_settings(ctx.settings)
     conn = connect(params, wait_timeout=ctx.settings["database"]["wait_timeout"],
                    reporter=ctx.reporter)
@@ -106,8 +103,6 @@ def _with_database(ctx: UpgradeContext, check: Callable[[UpgradeContext, Any], N
 
 def check_marker_writable(ctx: UpgradeContext, conn: Any) -> None:
     """The database role may create the marker table, or write the one there."""
-    from .db.marker import why_not_writable
-
     why = why_not_writable(conn)
     if why:
         raise MaintError(f"database {conn.info.dbname}: {why}")
@@ -158,8 +153,6 @@ def _check_room(ctx: UpgradeContext, conn: Any) -> None:
 
 def check_jail_mounts(ctx: UpgradeContext) -> None:
     """The jail mounts directory holds users' jails only (see jaildir)."""
-    from . import jaildir
-
     jaildir.check(ctx.ivle_conf)
 
 
@@ -171,9 +164,7 @@ def check(ctx: UpgradeContext) -> None:
     check_commands(ctx)
     if ctx.settings.role in ("slave", "both"):
         check_jail_mounts(ctx)
-        from .steps.maintenance import preflight as check_maintenance
-
-        check_maintenance(ctx.settings, ctx.during_upgrade)
+        maintenance.preflight(ctx.settings, ctx.during_upgrade)
     if ctx.settings.role in ("master", "both"):
         pending = check_database(ctx)
         if pending:

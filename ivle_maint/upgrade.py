@@ -1,7 +1,11 @@
 """An upgrade of this node from OLD to NEW: lock, log, preflight, journal.
 
 The dpkg hooks, `ivle-maint upgrade` and `ivle-maint rerun` all come
-through here; they differ only in which phases they run.
+through here; they differ only in which phases they run.  Loading this
+module loads IVLE's procedure, every step and every library the steps use
+(procedure.STEPS): a broken install (a bad python3-psutil, say) fails
+before anything is stopped, and nothing is left to import once the web
+server is down.
 """
 
 from __future__ import annotations
@@ -12,25 +16,23 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
 
 from . import children, preflight
 from .cluster.presence import Presence
 from .config import Settings
 from .context import BEFORE, Step, UpgradeContext
 from .db.backup import remove_leftovers
-from .errors import MaintError
 from .installed import record_installed
-from .journal import ABORTING, COMPLETE, IN_PROGRESS, Journal
+from .journal import ABORTING, COMPLETE, IN_PROGRESS, Journal, unfinished
 from .lock import node_lock
 from .logfile import limits, run_log
+from .procedure import STEPS
 from .runner import Procedure
 from .safepaths import check_settings_dirs
 from .steps.migrations import upgrade_completed
 from .summary import summary_lines
 
-__all__ = ["UpgradeContext", "abort", "load_procedure", "run_phases", "unfinished",
-           "unfinished_matching"]
+__all__ = ["UpgradeContext", "abort", "run_phases", "unfinished", "unfinished_matching"]
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,6 @@ def run_phases(
     A finished upgrade is left alone, unless restart_finished (dpkg's
     preinst starting it again, as for a reinstall): then it starts anew.
     """
-    steps = load_procedure()  # before anything changes: a broken install fails here
     settings = ctx.settings
     purpose = f"upgrade {ctx.old or '(none)'} -> {ctx.new} ({'+'.join(phases)})"
     check_settings_dirs(settings)  # before the lock, the log and the journal
@@ -102,8 +103,8 @@ def run_phases(
             ctx.reporter.info(f"upgrade {ctx.old} -> {ctx.new} is already complete")
             return journal
         if journal.state == ABORTING:  # a killed abandonment is finished first
-            with _presence(ctx, journal, steps) as presence:
-                Procedure(ctx, journal, steps, presence.observe).abort()
+            with _presence(ctx, journal, STEPS) as presence:
+                Procedure(ctx, journal, STEPS, presence.observe).abort()
         journal.resume = ctx.resume
         ctx.upgrade_id = upgrade_id(journal)
         ctx.started = journal.created
@@ -119,43 +120,17 @@ def run_phases(
             journal.save()
         log.info("%s; role %s; log %s", purpose, settings.role, log_path)
         _remove_dump_leftovers(settings)
-        with _presence(ctx, journal, steps) as presence:
+        with _presence(ctx, journal, STEPS) as presence:
             if BEFORE in phases and not any(journal.is_done(s) for s in journal.steps):
                 preflight.check(ctx)  # nothing is stopped before this passes
-            Procedure(ctx, journal, steps, presence.observe).run(phases)
+            Procedure(ctx, journal, STEPS, presence.observe).run(phases)
         if journal.state == COMPLETE:
             record_installed(ctx)
             _unpin_backups(ctx)
-            for line in summary_lines(journal, steps):
+            for line in summary_lines(journal, STEPS):
                 ctx.reporter.info(line)
             ctx.reporter.info(f"log: {log_path}")
         return journal
-
-
-def load_procedure() -> tuple[Step, ...]:
-    """IVLE's procedure, with every step and every library the steps use.
-
-    Loaded before anything is stopped, so that a broken install (a bad
-    python3-psutil, say) fails while the site is still up, and nothing is
-    left to import once the web server is down.
-    """
-    try:
-        from .procedure import STEPS
-    except ImportError as exc:
-        raise MaintError(f"Python module {_failed_module(exc)} does not load: {exc}") from None
-    return STEPS
-
-
-def _failed_module(exc: ImportError) -> str:
-    """The module that is missing, or the one whose loading raised EXC."""
-    if exc.name:
-        return exc.name
-    tb: TracebackType | None = exc.__traceback__
-    name = "?"
-    while tb is not None:
-        name = str(tb.tb_frame.f_globals.get("__name__", name))
-        tb = tb.tb_next
-    return name
 
 
 def upgrade_id(journal: Journal) -> str:
@@ -178,7 +153,6 @@ def _unpin_backups(ctx: UpgradeContext) -> None:
 
 def abort(ctx: UpgradeContext) -> list[str]:
     """Bring back what an unfinished BEFORE phase stopped (dpkg abort-upgrade)."""
-    steps = load_procedure()
     with node_lock(ctx.settings.path_of("run"), f"abort upgrade to {ctx.new}"), \
             _attended_run(ctx):
         journal = Journal.open(state_dir(ctx.settings), ctx.old, ctx.new, ctx.settings.role)
@@ -186,19 +160,10 @@ def abort(ctx: UpgradeContext) -> list[str]:
             return []
         if journal.state == IN_PROGRESS and not journal.steps:
             return []
-        with _presence(ctx, journal, steps) as presence:
-            undone = Procedure(ctx, journal, steps, presence.observe).abort()
+        with _presence(ctx, journal, STEPS) as presence:
+            undone = Procedure(ctx, journal, STEPS, presence.observe).abort()
         ctx.reporter.info(f"upgrade {ctx.old} -> {ctx.new} abandoned")
         return undone
-
-
-def unfinished(settings: Settings) -> Journal | None:
-    """The one upgrade left unfinished on this node, if any."""
-    journals = Journal.unfinished(state_dir(settings))
-    if len(journals) > 1:
-        names = ", ".join(f"{j.old} -> {j.new}" for j in journals)
-        raise MaintError(f"several unfinished upgrades ({names}); name one with --from/--to")
-    return journals[0] if journals else None
 
 
 def unfinished_matching(

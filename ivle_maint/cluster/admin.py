@@ -9,10 +9,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..dpkg import package_version
-from ..errors import MaintError
+from ..errors import ConfigError, MaintError
 from ..installed import recorded_version
+from ..journal import unfinished
+from ..steps.maintenance import in_maintenance
+from ..steps.services import RUNNING, control_from_settings
 from . import table
-from .presence import REPORT_WAIT, Presence, errors_as_maint, name_holder
+from .ages import human_age
+from .presence import REPORT_WAIT, Presence, coordinated, errors_as_maint, name_holder
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -48,9 +52,6 @@ def read_status(settings: Settings, reporter: Reporter) -> ClusterStatus:
 
 def service_serving(settings: Settings, reporter: Reporter, version: str | None) -> str | None:
     """VERSION if this node's service (web, or usrmgt on a master) runs, else None."""
-    from ..steps.maintenance import in_maintenance
-    from ..steps.services import RUNNING, control_from_settings
-
     which = "usrmgt" if settings.role == "master" else "web"
     if which == "web" and in_maintenance(settings):  # Apache answers only 503
         return None
@@ -78,10 +79,6 @@ def register(settings: Settings, reporter: Reporter, version: str | None = None,
     A name another machine holds is refused (ConfigError), strict or not:
     overwriting a live node's row would let the master migrate while that
     node serves.  REPLACE takes the name over (the old machine is gone)."""
-    from ..errors import ConfigError
-    from ..upgrade import unfinished
-    from .ages import human_age
-
     if unfinished(settings) is not None:
         return None
     version = version or node_version(settings)
@@ -124,9 +121,6 @@ def record_serving(settings: Settings, reporter: Reporter) -> str | None:
     A web server brought up by hand during an upgrade runs code loaded
     before the upgrade finished: recorded as the old version, so the
     master does not migrate under it.  Best effort, like every report."""
-    from ..upgrade import unfinished
-    from .presence import coordinated
-
     if not coordinated(settings):
         return None
     try:
@@ -152,8 +146,6 @@ def record_serving(settings: Settings, reporter: Reporter) -> str | None:
 def forget(settings: Settings, reporter: Reporter, name: str, *, force: bool = False) -> bool:
     """Delete NAME's row; a node seen recently in the middle of an upgrade
     only with FORCE (its next report would bring the row back half-known)."""
-    from .ages import human_age
-
     presence = Presence(settings, reporter)
     try:
         conn = presence.connection()

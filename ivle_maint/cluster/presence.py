@@ -32,7 +32,9 @@ from ..db.apply import pg_reason
 from ..db.connect import connect, params_from_settings
 from ..errors import MaintError
 from ..safepaths import read_nofollow
+from ..steps.consoles import list_consoles
 from ..steps.maintenance import in_maintenance
+from ..steps.mounts import list_jail_mounts
 from ..steps.services import RUNNING, control_from_settings
 from . import table
 
@@ -111,9 +113,6 @@ def count_jail_use(settings: Settings) -> tuple[int | None, int | None]:
     What the master needs before it rewrites the shared jail tree: a jail
     mounted here pins the old template, a console runs the old code in it.
     """
-    from ..steps.consoles import list_consoles
-    from ..steps.mounts import list_jail_mounts
-
     try:
         ivle = settings.ivle_conf()
         mounts = len(list_jail_mounts(ivle.jail_mounts))

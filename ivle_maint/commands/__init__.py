@@ -1,9 +1,11 @@
 """One module per command group; cli.py discovers them here.
 
 Each module defines ``register(subparsers)`` and sets ``func`` on its
-parsers to a function ``(ctx: Context) -> int``.  Modules import heavy
-libraries (psycopg2, psutil) inside those functions, so that building the
-parser, and ``--version``, stay fast.
+parsers to a function ``(ctx: Context) -> int``.  These modules (and
+cli.py) import the library inside those functions on purpose, so that
+parsing the arguments (``--help``, a usage error) loads neither ivle_maint's
+procedure nor psycopg2 or psutil; everywhere else imports sit at the top
+(tests/unit/test_import_graph.py).
 """
 
 from __future__ import annotations

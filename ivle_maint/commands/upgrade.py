@@ -249,16 +249,17 @@ def cmd_hook(ctx: Context) -> int:
 def cmd_status(ctx: Context) -> int:
     """List every journal with its steps."""
     from ..journal import Journal
+    from ..procedure import STEPS
     from ..steps.migrations import upgrade_backup
     from ..summary import summary_lines
-    from ..upgrade import load_procedure, state_dir, upgrade_id
+    from ..upgrade import state_dir, upgrade_id
 
     paths = sorted((state_dir(ctx.settings) / "journal").glob("*.json"))
     if not paths:
         print("no upgrades recorded")
     for path in paths:
         journal = Journal.load(path)
-        for line in summary_lines(journal, load_procedure()):
+        for line in summary_lines(journal, STEPS):
             print(line)
         found = upgrade_backup(ctx.settings, upgrade_id(journal))
         if found is not None:

@@ -24,7 +24,7 @@ def available() -> bool:
     """pglast's parser loads (import cost paid once)."""
     global _parse, _error
     if _parse is None:
-        try:
+        try:  # here, not at the top: pglast is optional, and costs ~20 ms to load
             from pglast.parser import ParseError, parse_sql
         except ImportError:
             _parse = False

@@ -35,6 +35,7 @@ from .. import system
 from ..atomic import write_atomic, write_state_file
 from ..config import Settings
 from ..errors import MaintError
+from ..journal import COMPLETE, Journal
 from ..output import Reporter
 from ..safepaths import read_nofollow
 from .services import RUNNING, ServiceControl, control_from_settings
@@ -146,8 +147,6 @@ def retry_after(settings: Settings) -> tuple[int, str]:
     This node's last completed upgrade's web-down time (stop-web begun to
     start-web done) from its journals, else [web] retry_after.
     """
-    from ..journal import COMPLETE, Journal
-
     newest = None
     for path in (settings.path_of("state") / "journal").glob("*.json"):
         try:

@@ -1,6 +1,7 @@
 """The import graph of ivle_maint/ flows one way: no module imports, even
 inside a function, a module that imports it back (TYPE_CHECKING blocks
-left out: they never run)."""
+left out: they never run).  And outside the command line (cli.py,
+commands/), each module imports what it needs at the top."""
 
 from __future__ import annotations
 
@@ -104,3 +105,59 @@ def test_the_checker_finds_a_cycle_through_an_import_inside_a_function(tmp_path)
     graph = import_graph(package)
     assert graph["ivle_maint.c"] == set()
     assert find_cycle(graph) == ["ivle_maint.a", "ivle_maint.sub.b", "ivle_maint.a"]
+
+
+# The command line parses its arguments without loading the library: there,
+# and only there, ivle_maint modules are imported inside functions.
+LAZY_BY_DESIGN = ("ivle_maint.cli", "ivle_maint.commands")
+
+# (module, ivle_maint module it imports inside a function) -> why it must.
+LOCAL_IMPORTS_ALLOWED: dict[tuple[str, str], str] = {}
+
+
+def _lazy_by_design(name: str) -> bool:
+    return any(name == m or name.startswith(m + ".") for m in LAZY_BY_DESIGN)
+
+
+def function_local_imports(package: Path = PACKAGE) -> set[tuple[str, str]]:
+    """(module, ivle_maint module) for each import inside a function, outside
+    the command line (TYPE_CHECKING blocks left out)."""
+    paths = {module_name(p, package): p for p in package.rglob("*.py")}
+    known = set(paths)
+    found: set[tuple[str, str]] = set()
+    for name, path in paths.items():
+        if _lazy_by_design(name):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                found |= {(name, dep) for dep in
+                          imported(node, name, path.name == "__init__.py", known)}
+    return found
+
+
+def test_ivle_maint_modules_are_imported_at_the_top():
+    local = function_local_imports()
+    unexpected = sorted(local - set(LOCAL_IMPORTS_ALLOWED))
+    assert not unexpected, "imported inside a function: " + ", ".join(
+        f"{dep} in {name}" for name, dep in unexpected)
+    stale = sorted(set(LOCAL_IMPORTS_ALLOWED) - local)
+    assert not stale, f"allowed local imports that are gone: {stale}"
+
+
+def test_the_checker_finds_an_import_inside_a_function(tmp_path):
+    package = tmp_path / "ivle_maint"
+    (package / "commands").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("import os\n")
+    (package / "b.py").write_text(
+        "from typing import TYPE_CHECKING\nfrom . import a\nif TYPE_CHECKING:\n"
+        "    from . import c\n"
+        "def f():\n    import json\n    if TYPE_CHECKING:\n        from . import c\n"
+        "def g():\n    def inner():\n        from .a import os\n")
+    (package / "c.py").write_text("def f():\n    from .commands import x\n")
+    (package / "cli.py").write_text("def main():\n    from . import commands\n")
+    (package / "commands" / "__init__.py").write_text("def f():\n    from .. import a\n")
+    (package / "commands" / "x.py").write_text("def f():\n    from .. import a\n")
+    assert function_local_imports(package) == {
+        ("ivle_maint.b", "ivle_maint.a"), ("ivle_maint.c", "ivle_maint.commands.x")}
