@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from . import system
 from .errors import MaintError
 from .installed import old_migration_files
+from .steps.services import check_init_scripts
 from .versions import check_upgrade
 
 if TYPE_CHECKING:
@@ -169,6 +170,7 @@ def check(ctx: UpgradeContext) -> None:
         check_upgrade(ctx.old, ctx.new)
     ctx.ivle_conf  # noqa: B018 - parses ivle.conf, raising ConfigError if broken
     check_commands(ctx)
+    check_init_scripts(ctx.settings)
     if ctx.settings.role in ("slave", "both"):
         check_jail_mounts(ctx)
         from .steps.maintenance import preflight as check_maintenance

@@ -14,6 +14,7 @@ from functools import cached_property
 
 from ..config import Settings, load_settings
 from ..output import Reporter, TerminalReporter
+from ..safepaths import check_settings_dirs
 
 
 @dataclass
@@ -26,3 +27,8 @@ class Context:
     @cached_property
     def settings(self) -> Settings:
         return load_settings(self.args.config)
+
+    def refuse_unsafe(self, *dirs: str) -> None:
+        """Before a command acts, as before an upgrade: settings, ivle.conf and
+        the [paths] DIRS it writes must be safe from other users (exit 2)."""
+        check_settings_dirs(self.settings, dirs)

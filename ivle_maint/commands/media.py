@@ -9,9 +9,11 @@ from . import Context
 ORDER = 40
 
 RULE = """\
+VERSION is a package version as dpkg's (1.1, 1:1.1-2, 1.1~rc1); anything
+else (a space, a control character, '/', nothing) is refused, exit status 2.
 The value written is derived from VERSION so that every node computes the
-same one without talking to the others: VERSION with unsafe characters
-replaced, then '.r2', '.r3', ... when that value was used before on this
+same one without talking to the others: VERSION with ':' replaced by '_',
+then '.r2', '.r3', ... when that value was used before on this
 node (STATE/media-versions.json, plus the value ivle.conf holds now).
 Only the value text on its line changes; comments, order, quoting and
 line ends stay as they are; the previous file goes to [paths] backup."""
@@ -51,10 +53,27 @@ def register(sub: Any) -> None:
     set_.set_defaults(func=cmd_set)
 
 
+def _checked_version(ctx: Context, action: str) -> str:
+    """VERSION must be a package version, as dpkg's: no space, control
+    character or '/', never empty.  The media value is made from it; a typo
+    would otherwise be written to ivle.conf (and recorded as used) mangled."""
+    from ..errors import MaintError, UsageError
+    from ..versions import parse
+
+    version: str = ctx.args.version
+    try:
+        parse(version)
+    except MaintError as exc:
+        raise UsageError(f"media {action}: {exc}") from None
+    return version
+
+
 def cmd_show(ctx: Context) -> int:
     """Print the current value, the record, and optionally the next value."""
     from ..steps.media import plan_media_version
 
+    if ctx.args.version is not None:
+        _checked_version(ctx, "show")
     settings = ctx.settings
     conf = settings.ivle_conf_dir / "ivle.conf"
     force = bool(settings["media"]["force"])
@@ -83,6 +102,8 @@ def cmd_set(ctx: Context) -> int:
     from ..steps.media import UNSET, change_media_version
 
     args = ctx.args
+    _checked_version(ctx, "set")
+    ctx.refuse_unsafe("run", "state", "backup")
     with node_lock(ctx.settings.path_of("run"), f"media set {args.version}"):
         result = change_media_version(
             ctx.settings, args.version, reinstall=args.reinstall,

@@ -42,6 +42,7 @@ def cmd_services(ctx: Context) -> int:
     """Run the action on the chosen services, or print their states."""
     from ..steps import services
 
+    ctx.refuse_unsafe()  # the settings name the init scripts run as root
     if ctx.args.action != "status":
         try:
             services.run_action(ctx.settings, ctx.reporter, ctx.args.action, ctx.args.which)

@@ -151,10 +151,12 @@ def cmd_upgrade(ctx: Context) -> int:
     """Run both phases, building and installing a source tree in between."""
     from ..context import AFTER, BEFORE
     from ..journal import COMPLETE
-    from ..source import install_source, source_version
+    from ..source import check_source, install_source, source_version
     from ..upgrade import run_phases
 
     source: Path | None = ctx.args.source
+    if source is not None:
+        check_source(source)
     new = ctx.args.new or (source_version(source) if source else None)
     if not new:
         raise UsageError("give the new version with --to NEW (or an IVLE tree with --source)")
