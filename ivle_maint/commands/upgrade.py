@@ -156,6 +156,9 @@ def cmd_upgrade(ctx: Context) -> int:
 
     source: Path | None = ctx.args.source
     if source is not None:
+        # Absolute: setup.py runs with the tree as its cwd, and a rerun (or
+        # the printed resume command) may start from another directory.
+        source = source.absolute()
         check_source(source)
     new = ctx.args.new or (source_version(source) if source else None)
     if not new:

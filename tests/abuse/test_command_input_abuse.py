@@ -9,14 +9,17 @@ nothing recorded in the database, no journal.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_source_install import source_tree
 
-from ivle_sandbox.releases import OLD
-from upgrade_helpers import at_version_1_0, cli, journal, marker_keys
+from ivle_sandbox.releases import OLD, RELEASES
+from upgrade_helpers import REPO, at_version_1_0, cli, final_state, journal, marker_keys
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
@@ -66,6 +69,25 @@ def test_upgrade_from_a_source_tree_that_is_not_one_is_refused_first(
     assert done.returncode == 2, done.stderr
     assert error_lines(done) == [f"ivle-maint: error: upgrade --source {source}: {why}"]
     assert_nothing_done(site, before)
+
+
+@pytest.mark.parametrize("to", [(), ("--to", "1.1")])
+def test_upgrade_from_a_relative_source_path_installs_it(site: Any, to: tuple[str, ...]) -> None:
+    """`cd /root/src && ivle-maint upgrade --source ivle-1.1`: the journal, and
+    the resume command a rerun prints, name the tree so that they work from
+    any directory."""
+    tree = source_tree(site, RELEASES["1.1"])
+    env = {**os.environ, **site.env, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "ivle_maint", "upgrade", "--from", "1.0", *to,
+                           "--source", tree.name], cwd=tree.parent, env=env, text=True,
+                          capture_output=True, stdin=subprocess.DEVNULL, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    state = final_state(site)
+    assert state["installed"] == "1.1" and state["services"] == {"apache2": True,
+                                                                 "ivle-usrmgt-server": True}
+    assert journal(site)["source"] == str(tree)
+    assert journal(site)["resume"].endswith(f" --source {tree}")
 
 
 @pytest.mark.parametrize("through", ["bogus", "20991231-01", "2009-01-01.sql", "",
