@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import Context
+from . import Context, checked_version
 
 ORDER = 40
 
@@ -53,27 +53,13 @@ def register(sub: Any) -> None:
     set_.set_defaults(func=cmd_set)
 
 
-def _checked_version(ctx: Context, action: str) -> str:
-    """VERSION must be a package version, as dpkg's: no space, control
-    character or '/', never empty.  The media value is made from it; a typo
-    would otherwise be written to ivle.conf (and recorded as used) mangled."""
-    from ..errors import MaintError, UsageError
-    from ..versions import parse
-
-    version: str = ctx.args.version
-    try:
-        parse(version)
-    except MaintError as exc:
-        raise UsageError(f"media {action}: {exc}") from None
-    return version
-
-
 def cmd_show(ctx: Context) -> int:
     """Print the current value, the record, and optionally the next value."""
     from ..steps.media import plan_media_version
 
-    if ctx.args.version is not None:
-        _checked_version(ctx, "show")
+    # The media value is made from VERSION: a typo ("1.1\nx") would be
+    # written mangled ("1.1_x") and recorded as used.
+    checked_version(ctx.args.version, "media show")
     settings = ctx.settings
     conf = settings.ivle_conf_dir / "ivle.conf"
     force = bool(settings["media"]["force"])
@@ -102,7 +88,7 @@ def cmd_set(ctx: Context) -> int:
     from ..steps.media import UNSET, change_media_version
 
     args = ctx.args
-    _checked_version(ctx, "set")
+    checked_version(args.version, "media set")
     ctx.refuse_unsafe("run", "state", "backup")
     with node_lock(ctx.settings.path_of("run"), f"media set {args.version}"):
         result = change_media_version(

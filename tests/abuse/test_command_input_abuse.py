@@ -215,3 +215,26 @@ def test_init_scripts_others_can_change_are_never_run(site: Any, fault: str) -> 
         assert done.returncode == 2, (args, done.stderr)
         assert error_lines(done) == [expected], args
         assert_nothing_done(site, before)
+
+
+@pytest.mark.parametrize("args", [("upgrade", "--from", "1.0", "--to", "1.1\n"),
+                                  ("upgrade", "--from", "1.0\n", "--to", "1.1"),
+                                  ("upgrade", "--from", "1.0", "--to", ""),
+                                  ("plan", "--from", "1.0", "--to", "1.1 x"),
+                                  ("cluster", "prepare", "--from", "1.0", "--to", "1.1\x1b[2J"),
+                                  ("cluster", "register", "--version", "1.0\n")])
+def test_a_version_that_is_none_is_refused_before_anything_is_named_after_it(
+        site: Any, args: tuple[str, ...]) -> None:
+    """As for `hook`: a journal, a log file and the resume line are named
+    after the versions; a newline in one splits them (or names a second one)."""
+    before = snapshot(site)
+    done = cli(site, *args)
+    assert done.returncode == 2, done.stderr
+    bad = next(a for a in args if a in ("", "1.1\n", "1.0\n", "1.1 x", "1.1\x1b[2J"))
+    option = args[args.index(bad) - 1]
+    command = " ".join(args[:2]) if args[0] == "cluster" else args[0]
+    assert error_lines(done) == [f"ivle-maint: error: {command} {option}: not a valid version: "
+                                 f"{bad!r}"]
+    assert len(done.stderr.splitlines()) == 1
+    assert_nothing_done(site, before)
+    assert not site.maint_log_dir.exists() or not list(site.maint_log_dir.iterdir())
