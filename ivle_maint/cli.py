@@ -29,8 +29,8 @@ exit status:
   0   success (or nothing to do)
   1   a step failed; the message says what, and how to resume
   2   bad input: settings, ivle.conf, the command line (dpkg's arguments
-      to 'hook' too), or [paths] directories, settings or ivle.conf that
-      others could write
+      to 'hook' too), or [paths] directories, settings, ivle.conf or init
+      scripts that others could write
   75  another ivle-maint holds the node or migration lock; try again later
   130 interrupted
 

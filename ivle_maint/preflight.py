@@ -27,6 +27,7 @@ from .db.marker import why_not_writable
 from .errors import MaintError
 from .installed import old_migration_files
 from .steps import maintenance, migrations
+from .steps.services import check_init_scripts
 from .versions import check_upgrade
 
 if TYPE_CHECKING:
@@ -162,6 +163,7 @@ def check(ctx: UpgradeContext) -> None:
         check_upgrade(ctx.old, ctx.new)
     ctx.ivle_conf  # noqa: B018 - parses ivle.conf, raising ConfigError if broken
     check_commands(ctx)
+    check_init_scripts(ctx.settings)
     if ctx.settings.role in ("slave", "both"):
         check_jail_mounts(ctx)
         maintenance.preflight(ctx.settings, ctx.during_upgrade)

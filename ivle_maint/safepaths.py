@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -146,11 +147,12 @@ def check_file(path: Path, what: str) -> None:
 SETTINGS_DIRS = ("state", "run", "log", "backup")
 
 
-def check_settings_dirs(settings: Settings) -> None:
-    """Refuse unsafe [paths] state, run, log and backup before anything starts,
-    and settings or an ivle.conf that others could change: they name the
-    commands, init scripts and migrations root runs."""
+def check_settings_dirs(settings: Settings, keys: Iterable[str] = SETTINGS_DIRS) -> None:
+    """Refuse unsafe [paths] directories KEYS (default: state, run, log and
+    backup) before anything starts, and settings or an ivle.conf that others
+    could change: they name the commands, init scripts and migrations root
+    runs, and the jail mounts whose processes it signals."""
     check_file(settings.path, "settings file")
     check_file(settings.ivle_conf_dir / "ivle.conf", "ivle.conf")
-    for key in SETTINGS_DIRS:
+    for key in keys:
         check_dir(settings.path_of(key), f"[paths] {key}")

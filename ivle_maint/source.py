@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import system
-from .errors import MaintError
+from .errors import MaintError, UsageError
 from .logfile import BoundedOutput
 
 if TYPE_CHECKING:
@@ -21,6 +21,17 @@ def _setup_py(source: Path) -> str:
     if not script.is_file():
         raise MaintError(f"{source}: no setup.py here; is this an IVLE source tree?")
     return str(script)
+
+
+def check_source(source: Path) -> None:
+    """Refuse (exit 2) a --source that is no IVLE tree, before anything stops."""
+    what = f"upgrade --source {source}"
+    if not source.exists():
+        raise UsageError(f"{what}: no such directory")
+    if not source.is_dir():
+        raise UsageError(f"{what}: not a directory")
+    if not (source / "setup.py").is_file():
+        raise UsageError(f"{what}: no setup.py here; is this an IVLE source tree?")
 
 
 def source_version(source: Path) -> str:

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from ..config import Settings, load_settings
+from ..errors import MaintError, UsageError
 from ..output import Reporter, TerminalReporter
+from ..safepaths import check_settings_dirs
 
 
 @dataclass
@@ -28,3 +30,22 @@ class Context:
     @cached_property
     def settings(self) -> Settings:
         return load_settings(self.args.config)
+
+    def refuse_unsafe(self, *dirs: str) -> None:
+        """Before a command acts, as before an upgrade: settings, ivle.conf and
+        the [paths] DIRS it writes must be safe from other users (exit 2)."""
+        check_settings_dirs(self.settings, dirs)
+
+
+def checked_version(text: str | None, what: str) -> str | None:
+    """A version from the command line, dpkg's syntax (exit 2 otherwise):
+    journals, logs and printed commands are named after it, and a space or
+    a newline in it would split them."""
+    if text is not None:
+        from ..versions import parse  # python-debian: not needed for --help
+
+        try:
+            parse(text)
+        except MaintError as exc:
+            raise UsageError(f"{what}: {exc}") from None
+    return text

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from ..errors import MaintError
-from . import Context
+from . import Context, checked_version
 
 ORDER = 15
 
@@ -152,6 +152,7 @@ def _print_table(status: Any, paused: frozenset[str] | set[str] = frozenset()) -
 def cmd_register(ctx: Context) -> int:
     from ..cluster.admin import register as record
 
+    checked_version(ctx.args.version, "cluster register --version")
     row = record(ctx.settings, ctx.reporter, ctx.args.version, replace=ctx.args.replace)
     if row is None:
         ctx.reporter.info("an upgrade is unfinished here; its runs keep this node's row")
@@ -178,6 +179,8 @@ def cmd_prepare(ctx: Context) -> int:
     from ..upgrade import UpgradeContext, run_phases, unfinished_matching
 
     args, settings = ctx.args, ctx.settings
+    checked_version(args.old, "cluster prepare --from")
+    checked_version(args.new, "cluster prepare --to")
     pending = unfinished_matching(settings, new=args.new)
     if args.abandon:
         return _abandon(ctx, pending)

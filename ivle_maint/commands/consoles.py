@@ -38,6 +38,7 @@ def cmd_consoles(ctx: Context) -> int:
     from ..steps import consoles
 
     if ctx.args.action == "stop":
+        ctx.refuse_unsafe()  # ivle.conf names the jails whose processes are signalled
         result = consoles.stop_consoles_for(ctx.settings, ctx.reporter)
         ctx.reporter.info(result.summary)
         return 0

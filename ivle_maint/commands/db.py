@@ -128,16 +128,21 @@ def show_status(ctx: Context) -> int:
 
 def run_baseline(ctx: Context) -> int:
     """Record migrations up to THROUGH as applied."""
+    from ..errors import UsageError
     from ..steps import migrations
 
-    result = migrations.baseline(
-        ctx.settings,
-        ctx.args.through,
-        ctx.reporter,
-        migrations_dir=ctx.args.migrations,
-        force=ctx.args.force,
-        resume=f"ivle-maint db baseline {ctx.args.through}",
-    )
+    ctx.refuse_unsafe()
+    try:
+        result = migrations.baseline(
+            ctx.settings,
+            ctx.args.through,
+            ctx.reporter,
+            migrations_dir=ctx.args.migrations,
+            force=ctx.args.force,
+            resume=f"ivle-maint db baseline {ctx.args.through}",
+        )
+    except UsageError as exc:  # THROUGH names no shipped migration
+        raise UsageError(f"db baseline: {exc}") from None
     if not result.recorded:
         ctx.reporter.info(f"nothing to record: {len(result.already)} already recorded")
     return 0
@@ -190,6 +195,7 @@ def run_migrate(ctx: Context) -> int:
         _print_plan(plan, backup)
         plan.raise_problems()
         return 0
+    ctx.refuse_unsafe("backup")
     result = migrations.migrate(
         ctx.settings,
         ctx.reporter,
@@ -207,5 +213,6 @@ def run_backup(ctx: Context) -> int:
     """pg_dump the database now."""
     from ..steps import migrations
 
+    ctx.refuse_unsafe("backup")
     migrations.backup_now(ctx.settings, ctx.reporter)
     return 0

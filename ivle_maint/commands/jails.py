@@ -52,6 +52,7 @@ def _locked_and_logged(ctx: Context, name: str, work: Callable[[], Any]) -> Any:
     from ..lock import node_lock
     from ..logfile import limits, run_log
 
+    ctx.refuse_unsafe("run", "log")
     settings = ctx.settings
     run_dir = settings.path_of("run")
     with node_lock(run_dir, f"jails {name}"), \

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import Context
+from . import Context, checked_version
 
 ORDER = 40
 
 RULE = """\
+VERSION is a package version as dpkg's (1.1, 1:1.1-2, 1.1~rc1); anything
+else (a space, a control character, '/', nothing) is refused, exit status 2.
 The value written is derived from VERSION so that every node computes the
-same one without talking to the others: VERSION with unsafe characters
-replaced, then '.r2', '.r3', ... when that value was used before on this
+same one without talking to the others: VERSION with ':' replaced by '_',
+then '.r2', '.r3', ... when that value was used before on this
 node (STATE/media-versions.json, plus the value ivle.conf holds now).
 Only the value text on its line changes; comments, order, quoting and
 line ends stay as they are; the previous file goes to [paths] backup."""
@@ -55,6 +57,9 @@ def cmd_show(ctx: Context) -> int:
     """Print the current value, the record, and optionally the next value."""
     from ..steps.media import plan_media_version
 
+    # The media value is made from VERSION: a typo ("1.1\nx") would be
+    # written mangled ("1.1_x") and recorded as used.
+    checked_version(ctx.args.version, "media show")
     settings = ctx.settings
     conf = settings.ivle_conf_dir / "ivle.conf"
     force = bool(settings["media"]["force"])
@@ -83,6 +88,8 @@ def cmd_set(ctx: Context) -> int:
     from ..steps.media import UNSET, change_media_version
 
     args = ctx.args
+    checked_version(args.version, "media set")
+    ctx.refuse_unsafe("run", "state", "backup")
     with node_lock(ctx.settings.path_of("run"), f"media set {args.version}"):
         result = change_media_version(
             ctx.settings, args.version, reinstall=args.reinstall,

@@ -48,6 +48,7 @@ def cmd_mounts(ctx: Context) -> int:
     from ..steps import mounts
 
     if ctx.args.action == "unmount":
+        ctx.refuse_unsafe()  # ivle.conf names the directory; settings, IVLE's tool
         result = mounts.unmount_jails_for(ctx.settings, ctx.reporter, lazy=ctx.args.lazy)
         ctx.reporter.info(result.summary)
         return 0

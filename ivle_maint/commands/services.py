@@ -16,7 +16,10 @@ action on the web server also updates this node's row in the cluster
 table (see 'ivle-maint cluster').  Actions go through invoke-rc.d
 when it exists, so policy-rc.d is obeyed (a forbidden action is reported
 as skipped); see [services] backend.  Each action is verified with the
-service's status, waiting up to [services] timeout seconds.
+service's status, waiting up to [services] timeout seconds.  Init
+scripts (and their directory) that another user owns or may write, and
+settings or ivle.conf others may change, are refused (exit status 2):
+ivle-maint runs the scripts as root.
 
 'status' exits 0 when every chosen service runs, 3 otherwise."""
 
@@ -42,6 +45,7 @@ def cmd_services(ctx: Context) -> int:
     """Run the action on the chosen services, or print their states."""
     from ..steps import services
 
+    ctx.refuse_unsafe()  # the settings name the init scripts run as root
     if ctx.args.action != "status":
         try:
             services.run_action(ctx.settings, ctx.reporter, ctx.args.action, ctx.args.which)

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..context import RunOptions, UpgradeContext
 from ..errors import MaintError, UsageError
-from . import Context
+from . import Context, checked_version
 
 ORDER = 10
 
@@ -119,6 +119,11 @@ def _options(ctx: Context) -> RunOptions:
     )
 
 
+def _checked_versions(ctx: Context, command: str) -> None:
+    checked_version(ctx.args.old, f"{command} --from")
+    checked_version(ctx.args.new, f"{command} --to")
+
+
 def _context(ctx: Context, *, old: str, new: str, code_is_new: bool = False,
              migrations_dir: Path | None = None, resume: str = "ivle-maint rerun",
              package: str = "", source: Path | None = None) -> UpgradeContext:
@@ -140,6 +145,7 @@ def cmd_plan(ctx: Context) -> int:
     """Print this node's plan for OLD -> NEW."""
     from ..plan import describe
 
+    _checked_versions(ctx, "plan")
     up = _context(ctx, old=_old_version(ctx), new=ctx.args.new,
                   migrations_dir=ctx.args.migrations)
     for line in describe(up):
@@ -151,10 +157,16 @@ def cmd_upgrade(ctx: Context) -> int:
     """Run both phases, building and installing a source tree in between."""
     from ..context import AFTER, BEFORE
     from ..journal import COMPLETE
-    from ..source import install_source, source_version
+    from ..source import check_source, install_source, source_version
     from ..upgrade import run_phases
 
+    _checked_versions(ctx, "upgrade")
     source: Path | None = ctx.args.source
+    if source is not None:
+        # Absolute: setup.py runs with the tree as its cwd, and a rerun (or
+        # the printed resume command) may start from another directory.
+        source = source.absolute()
+        check_source(source)
     new = ctx.args.new or (source_version(source) if source else None)
     if not new:
         raise UsageError("give the new version with --to NEW (or an IVLE tree with --source)")

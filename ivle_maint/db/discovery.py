@@ -19,9 +19,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import MaintError
+from ..errors import MaintError, UsageError
 
-_NAME = re.compile(r"^(\d{8})(?:-(\d+))?$")
+_NAME = re.compile(r"([0-9]{8})(?:-([0-9]+))?\Z")  # \Z: "$" would take a trailing newline
 SUFFIX = ".sql"
 
 
@@ -95,15 +95,18 @@ def discover(directory: Path) -> list[Migration]:
 
 
 def find(migrations: Iterable[Migration], key: str) -> Migration:
-    """The migration named by key (``20090101-01``, its file name or path)."""
+    """The migration named by key (``20090101-01``, its file name or path).
+
+    The key is what a person typed: naming no shipped migration is a UsageError.
+    """
     try:
         _, wanted = parse_key(Path(key).name)
     except ValueError as exc:
-        raise MaintError(f"not a migration: {exc}") from None
+        raise UsageError(f"not a migration: {exc}") from None
     for migration in migrations:
         if migration.key == wanted:
             return migration
-    raise MaintError(f"no migration {wanted} among the shipped migrations")
+    raise UsageError(f"no migration {wanted} among the shipped migrations")
 
 
 def read(migration: Migration) -> tuple[bytes, str]:

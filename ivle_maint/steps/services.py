@@ -22,6 +22,7 @@ from .. import system
 from ..config import Settings
 from ..errors import MaintError
 from ..output import Reporter
+from ..safepaths import check_dir, check_file
 
 log = logging.getLogger(__name__)
 
@@ -252,15 +253,31 @@ class ServiceControl:
         return self.act(name, "restart")
 
 
-def control_from_settings(settings: Settings, reporter: Reporter) -> ServiceControl:
-    """A ServiceControl configured by [services] of ivle-maint's settings."""
+def check_init_scripts(settings: Settings, backend: str | None = None) -> None:
+    """Refuse init scripts, or their directory, that another user could
+    change (ConfigError): ivle-maint runs them as root."""
     conf = settings["services"]
-    return ServiceControl(
+    backend = backend or resolve_backend(conf["backend"])
+    if backend == "systemctl":
+        return  # systemd runs the units, not ivle-maint
+    directory = SYSTEM_INITD if backend == "invoke-rc.d" else Path(conf["initd_dir"])
+    check_dir(directory, "[services] initd_dir" if backend == "init.d" else "init.d directory")
+    for name in (conf["web"], conf["usrmgt"]):
+        check_file(directory / name, "init script")
+
+
+def control_from_settings(settings: Settings, reporter: Reporter) -> ServiceControl:
+    """A ServiceControl configured by [services] of ivle-maint's settings;
+    its init scripts checked (check_init_scripts) before any runs."""
+    conf = settings["services"]
+    control = ServiceControl(
         reporter,
         backend=conf["backend"],
         initd_dir=Path(conf["initd_dir"]),
         timeout=float(conf["timeout"]),
     )
+    check_init_scripts(settings, control.backend)
+    return control
 
 
 def service_names(settings: Settings, which: str = "all") -> list[str]:

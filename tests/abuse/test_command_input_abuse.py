@@ -1,0 +1,240 @@
+"""Bad input and hostile settings given to the single commands (upgrade
+--source, db baseline, media set, jails, mounts, consoles, services).
+
+Each case: one error line, exit status 2 (bad input), and nothing done:
+the site serving, ivle.conf byte for byte and its mtime as they were,
+nothing recorded in the database, no journal.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_source_install import source_tree
+
+from ivle_sandbox.releases import OLD, RELEASES
+from upgrade_helpers import REPO, at_version_1_0, cli, final_state, journal, marker_keys
+
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
+
+NOBODY = 65534
+OLD_KEYS = sorted(k.removesuffix(".sql") for k in OLD)
+
+
+@pytest.fixture
+def site(node_factory: Any) -> Any:
+    """A single-machine IVLE at 1.0, serving, with one console."""
+    return at_version_1_0(node_factory(users=2, consoles=1, role="both"))
+
+
+def error_lines(done: Any) -> list[str]:
+    assert "Traceback" not in done.stderr, done.stderr
+    return [line for line in done.stderr.splitlines() if line.startswith("ivle-maint: error:")]
+
+
+def snapshot(site: Any) -> tuple[bytes, int]:
+    st = site.ivle_conf.stat()
+    return site.ivle_conf.read_bytes(), st.st_mtime_ns
+
+
+def assert_nothing_done(site: Any, before: tuple[bytes, int]) -> None:
+    assert snapshot(site) == before
+    assert site.service_running("apache2") and site.service_running("ivle-usrmgt-server")
+    assert site.console_pids() and site.mounts()
+    assert marker_keys(site) == []
+    assert journal(site) == {}
+
+
+@pytest.mark.parametrize("source", ["/nonexistent/ivle", "empty directory", "a file"])
+@pytest.mark.parametrize("to", [(), ("--to", "1.1")])
+def test_upgrade_from_a_source_tree_that_is_not_one_is_refused_first(
+        site: Any, tmp_path: Path, source: str, to: tuple[str, ...]) -> None:
+    """With --to given, the before-phase would stop the site, then fail at
+    './setup.py build': the tree is checked before anything."""
+    if source == "empty directory":
+        source, why = str(tmp_path), "no setup.py here; is this an IVLE source tree?"
+    elif source == "a file":
+        (tmp_path / "setup.py").write_text("#!/bin/sh\n")
+        source, why = str(tmp_path / "setup.py"), "not a directory"
+    else:
+        why = "no such directory"
+    before = snapshot(site)
+    done = cli(site, "upgrade", "--from", "1.0", *to, "--source", source)
+    assert done.returncode == 2, done.stderr
+    assert error_lines(done) == [f"ivle-maint: error: upgrade --source {source}: {why}"]
+    assert_nothing_done(site, before)
+
+
+@pytest.mark.parametrize("to", [(), ("--to", "1.1")])
+def test_upgrade_from_a_relative_source_path_installs_it(site: Any, to: tuple[str, ...]) -> None:
+    """`cd /root/src && ivle-maint upgrade --source ivle-1.1`: the journal, and
+    the resume command a rerun prints, name the tree so that they work from
+    any directory."""
+    tree = source_tree(site, RELEASES["1.1"])
+    env = {**os.environ, **site.env, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "ivle_maint", "upgrade", "--from", "1.0", *to,
+                           "--source", tree.name], cwd=tree.parent, env=env, text=True,
+                          capture_output=True, stdin=subprocess.DEVNULL, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    state = final_state(site)
+    assert state["installed"] == "1.1" and state["services"] == {"apache2": True,
+                                                                 "ivle-usrmgt-server": True}
+    assert journal(site)["source"] == str(tree)
+    assert journal(site)["resume"].endswith(f" --source {tree}")
+
+
+@pytest.mark.parametrize("through", ["bogus", "20991231-01", "2009-01-01.sql", "",
+                                     f"{OLD_KEYS[-1]}\n"])
+def test_db_baseline_of_no_shipped_migration_is_refused_and_records_nothing(
+        site: Any, through: str) -> None:
+    before = snapshot(site)
+    done = cli(site, "db", "baseline", through)
+    assert done.returncode == 2, done.stderr
+    (line,) = error_lines(done)
+    assert line.startswith("ivle-maint: error: db baseline: "), line
+    assert_nothing_done(site, before)
+    done = cli(site, "db", "baseline", OLD_KEYS[-1])  # the real one still works
+    assert done.returncode == 0, done.stderr
+    assert marker_keys(site) == OLD_KEYS
+
+
+@pytest.mark.parametrize("version", ["1.1\nx", "1.1\x1b[2J", "1.1\u009b", "", "  ", "1.1 x",
+                                     "\t1.1", "1.1/../x"])
+def test_media_set_to_what_is_no_version_is_refused_and_ivle_conf_untouched(
+        site: Any, version: str) -> None:
+    """It would become '1.1_x' in the URLs of IVLE's static files: a value
+    the administrator never asked for, recorded as used for ever."""
+    before = snapshot(site)
+    for args in (("media", "set", version), ("media", "set", "--force", version),
+                 ("media", "show", "--for", version)):
+        done = cli(site, *args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert error_lines(done) == [f"ivle-maint: error: {' '.join(args[:2])}: not a valid "
+                                     f"version: {version!r}"]
+        assert len(done.stderr.splitlines()) == 1
+    assert not (site.state_dir / "media-versions.json").exists()
+    assert_nothing_done(site, before)
+    assert cli(site, "media", "set", "1.1").returncode == 0  # a version still works
+
+
+def settings_owned_by_nobody(site: Any) -> str:
+    os.chown(site.maint_conf, NOBODY, NOBODY)
+    return (f"settings file {site.maint_conf}: owned by uid {NOBODY}, not root; refused "
+            "(fix the owner and mode, e.g. chown root: and chmod go-w, or choose another file)")
+
+
+def ivle_conf_writable_by_others(site: Any) -> str:
+    site.ivle_conf.chmod(0o666)
+    return (f"ivle.conf {site.ivle_conf}: writable by others (mode 0666); refused (fix the "
+            "owner and mode, e.g. chown root: and chmod go-w, or choose another file)")
+
+
+def state_dir_writable_by_others(site: Any) -> str:
+    site.state_dir.mkdir(parents=True, exist_ok=True)
+    site.state_dir.chmod(0o777)
+    return (f"[paths] state {site.state_dir}: writable by others (mode 0777); refused (fix "
+            "the owner and mode, e.g. chown root: and chmod go-w, or choose another directory)")
+
+
+FAULTS: dict[str, Callable[[Any], str]] = {
+    "settings file owned by nobody": settings_owned_by_nobody,
+    "ivle.conf writable by others": ivle_conf_writable_by_others,
+}
+
+# Each command and what it would have changed.
+COMMANDS = {
+    "jails rebuild": ("jails", "rebuild"),
+    "jails remake-users": ("jails", "remake-users"),
+    "media set": ("media", "set", "--reinstall", "1.0"),
+    "mounts unmount": ("mounts", "unmount"),
+    "consoles stop": ("consoles", "stop"),
+    "db baseline": ("db", "baseline", OLD_KEYS[-1]),
+    "db migrate": ("db", "migrate"),
+    "services stop": ("services", "stop"),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_commands_refuse_settings_others_can_change_before_acting(
+        site: Any, command: str, fault: str) -> None:
+    """Whoever can edit them names the programs root runs ([commands]), the
+    init scripts, the migrations, the jail mounts and the database: every
+    command that acts refuses them first, as the upgrade does."""
+    why = FAULTS[fault](site)
+    before = snapshot(site)
+    logs = set(site.maint_log_dir.glob("*")) if site.maint_log_dir.exists() else set()
+    done = cli(site, *COMMANDS[command])
+    assert done.returncode == 2, done.stderr
+    assert error_lines(done) == [f"ivle-maint: error: {why}"]
+    assert_nothing_done(site, before)
+    assert not site.maint_log_dir.exists() or set(site.maint_log_dir.glob("*")) == logs
+
+
+def test_media_set_refuses_a_state_directory_others_can_write(site: Any) -> None:
+    """The record of used values lives there: checked before ivle.conf is read."""
+    why = state_dir_writable_by_others(site)
+    before = snapshot(site)
+    done = cli(site, "media", "set", "--reinstall", "1.0")
+    assert done.returncode == 2, done.stderr
+    assert error_lines(done) == [f"ivle-maint: error: {why}"]
+    assert_nothing_done(site, before)
+    assert not (site.state_dir / "media-versions.json").exists()
+
+
+@pytest.mark.parametrize("fault", ["script owned by nobody", "script mode 0777",
+                                   "script mode 0775", "init.d owned by nobody",
+                                   "init.d mode 0777"])
+def test_init_scripts_others_can_change_are_never_run(site: Any, fault: str) -> None:
+    """ivle-maint runs [services] initd_dir/NAME as root: a script (or its
+    directory) another user can change would run that user's commands."""
+    script = site.initd / "apache2"
+    target = site.initd if fault.startswith("init.d") else script
+    kind = "directory" if target == site.initd else "file"
+    what = "[services] initd_dir" if kind == "directory" else "init script"
+    if "nobody" in fault:
+        os.chown(target, NOBODY, NOBODY)
+        why = f"owned by uid {NOBODY}, not root"
+    else:
+        mode = fault.rsplit(maxsplit=1)[-1]
+        target.chmod(int(mode, 8))
+        why = f"writable by others (mode {mode})"
+    expected = (f"ivle-maint: error: {what} {target}: {why}; refused (fix the owner and mode, "
+                f"e.g. chown root: and chmod go-w, or choose another {kind})")
+    before = snapshot(site)
+    for args in (("services", "stop", "web"), ("services", "status"), ("hook", "preinst",
+                                                                        "upgrade", "1.0", "1.1")):
+        done = cli(site, *args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert error_lines(done) == [expected], args
+        assert_nothing_done(site, before)
+
+
+@pytest.mark.parametrize("args", [("upgrade", "--from", "1.0", "--to", "1.1\n"),
+                                  ("upgrade", "--from", "1.0\n", "--to", "1.1"),
+                                  ("upgrade", "--from", "1.0", "--to", ""),
+                                  ("plan", "--from", "1.0", "--to", "1.1 x"),
+                                  ("cluster", "prepare", "--from", "1.0", "--to", "1.1\x1b[2J"),
+                                  ("cluster", "register", "--version", "1.0\n")])
+def test_a_version_that_is_none_is_refused_before_anything_is_named_after_it(
+        site: Any, args: tuple[str, ...]) -> None:
+    """As for `hook`: a journal, a log file and the resume line are named
+    after the versions; a newline in one splits them (or names a second one)."""
+    before = snapshot(site)
+    done = cli(site, *args)
+    assert done.returncode == 2, done.stderr
+    bad = next(a for a in args if a in ("", "1.1\n", "1.0\n", "1.1 x", "1.1\x1b[2J"))
+    option = args[args.index(bad) - 1]
+    command = " ".join(args[:2]) if args[0] == "cluster" else args[0]
+    assert error_lines(done) == [f"ivle-maint: error: {command} {option}: not a valid version: "
+                                 f"{bad!r}"]
+    assert len(done.stderr.splitlines()) == 1
+    assert_nothing_done(site, before)
+    assert not site.maint_log_dir.exists() or not list(site.maint_log_dir.iterdir())
