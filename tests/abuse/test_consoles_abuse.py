@@ -20,6 +20,7 @@ from typing import Any
 import psutil
 import pytest
 
+from abuse_helpers import one_error_line
 from ivle_maint.output import RecordingReporter
 from ivle_maint.steps.consoles import stop_consoles
 from ivle_sandbox import mountns
@@ -63,13 +64,6 @@ def set_jail_mounts(node: Any, value: str) -> None:
     line = re.search(r"^\s*mounts = .*$", text, re.MULTILINE)
     assert line is not None
     node.ivle_conf.write_text(text.replace(line.group(0), f"    mounts = {value}"))
-
-
-def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
-    lines = done.stderr.splitlines()
-    errors = [line for line in lines if line.startswith("ivle-maint: error:")]
-    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
-    return errors[0]
 
 
 def _unsafe_dirs(node: Any, tmp_path: Path) -> dict[str, tuple[str, str]]:

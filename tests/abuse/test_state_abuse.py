@@ -17,22 +17,12 @@ from typing import Any
 
 import pytest
 
-from upgrade_helpers import at_version_1_0, cli, journal, postinst, preinst, unpack
+from abuse_helpers import error_lines
+from upgrade_helpers import cli, journal, postinst, preinst, unpack
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
 NOBODY = 65534
-
-
-@pytest.fixture
-def site(node_factory: Any) -> Any:
-    """A single-machine IVLE at 1.0, serving."""
-    return at_version_1_0(node_factory(users=3, consoles=1, role="both"))
-
-
-def error_lines(done: Any) -> list[str]:
-    assert "Traceback" not in done.stderr
-    return [line for line in done.stderr.splitlines() if line.startswith("ivle-maint: error:")]
 
 
 def assert_untouched(site: Any) -> None:
