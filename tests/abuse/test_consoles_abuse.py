@@ -24,18 +24,12 @@ from abuse_helpers import one_error_line
 from ivle_maint.output import RecordingReporter
 from ivle_maint.steps.consoles import stop_consoles
 from ivle_sandbox import mountns
+from ivle_sandbox.procs import alive
 from upgrade_helpers import at_version_1_0, cli, home_checksums, journal, preinst
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
 SLEEP = "import time; print('ready', flush=True); time.sleep(600)"
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 @pytest.fixture
