@@ -17,11 +17,7 @@ from typing import Any
 
 from configobj import ConfigObj
 
-from ivle_sandbox.releases import OLD
 from upgrade_helpers import final_state, postinst, preinst, unpack
-
-# The migration keys of 1.0, as the marker lists them once baselined.
-OLD_KEYS = sorted(k.removesuffix(".sql") for k in OLD)
 
 ERROR_PREFIX = "ivle-maint: error:"
 RESUME_PREFIX = "ivle-maint: resume with: "

@@ -21,11 +21,12 @@ from configobj import ConfigObj
 from test_preinst_manifest import manifest, preinst_with
 from test_source_install import source_tree
 
-from abuse_helpers import OLD_KEYS, kill_when, live_processes, resume_line, upgraded_state
+from abuse_helpers import kill_when, live_processes, resume_line, upgraded_state
 from ivle_maint import mountinfo
 from ivle_maint.db import pgparse
 from ivle_sandbox.releases import NEW, OLD, RELEASES
 from upgrade_helpers import (
+    OLD_KEYS,
     REPO,
     at_version_1_0,
     cli,

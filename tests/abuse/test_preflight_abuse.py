@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from test_source_install import source_tree
 
-from abuse_helpers import OLD_KEYS, one_error_line
+from abuse_helpers import one_error_line
 from ivle_maint.config import load_settings
 from ivle_maint.db import pgparse
 from ivle_maint.output import RecordingReporter
@@ -27,6 +27,7 @@ from ivle_maint.steps import migrations
 from ivle_sandbox import mountns
 from ivle_sandbox.releases import NEW, OLD, RELEASES
 from upgrade_helpers import (
+    OLD_KEYS,
     at_version_1_0,
     cli,
     final_state,

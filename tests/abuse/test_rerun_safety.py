@@ -17,7 +17,6 @@ import pytest
 from test_source_install import source_tree
 
 from abuse_helpers import (
-    OLD_KEYS,
     error_lines,
     kill_when,
     live_processes,
@@ -29,6 +28,8 @@ from abuse_helpers import (
 from ivle_maint.db.lock import LOCK_ID
 from ivle_sandbox.releases import NEW, OLD, RELEASES
 from upgrade_helpers import (
+    ALL_KEYS,
+    OLD_KEYS,
     at_version_1_0,
     cli,
     final_state,
@@ -44,8 +45,6 @@ from upgrade_helpers import (
 )
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
-
-ALL_KEYS = sorted(k.removesuffix(".sql") for k in {**OLD, **NEW})
 
 
 def stubborn_console(node) -> subprocess.Popen[str]:

@@ -17,6 +17,8 @@ import time
 
 import pytest
 from cluster_helpers import (
+    PATIENT,
+    SLAVES,
     assert_upgraded,
     cli,
     join,
@@ -33,8 +35,9 @@ from ivle_sandbox import procs
 from ivle_sandbox.cluster import build_cluster, configure, share_database
 from ivle_sandbox.node import Node, install_version
 from ivle_sandbox.postgres import ThrowawayPostgres
-from ivle_sandbox.releases import OLD, RELEASES
+from ivle_sandbox.releases import RELEASES
 from upgrade_helpers import (
+    OLD_KEYS,
     marker_keys,
     media_version,
     postinst,
@@ -45,10 +48,6 @@ from upgrade_helpers import (
 )
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
-
-SLAVES = ["slave1", "slave2", "slave3"]
-OLD_KEYS = sorted(k.removesuffix(".sql") for k in OLD)
-PATIENT = {"master_timeout": 60, "slaves_timeout": 60}
 
 
 def upgrade(node: Node, old: str = "1.0", new: str = "1.1") -> str:

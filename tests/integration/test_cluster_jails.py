@@ -12,6 +12,7 @@ import time
 
 import pytest
 from cluster_helpers import (
+    PATIENT,
     assert_slaves_after_master,
     assert_upgraded,
     finished_at,
@@ -26,7 +27,6 @@ from upgrade_helpers import RESUME_LINE, cli, postinst, preinst, unpack
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
-PATIENT = {"master_timeout": 60, "slaves_timeout": 60}
 IMPATIENT = {"master_timeout": 1.5, "slaves_timeout": 1.5}
 
 

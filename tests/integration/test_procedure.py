@@ -17,6 +17,7 @@ from ivle_maint.db.lock import LOCK_ID
 from ivle_sandbox.cluster import configure
 from ivle_sandbox.releases import NEW, OLD
 from upgrade_helpers import (
+    ALL_KEYS,
     RESUME_LINE,
     at_version_1_0,
     cli,
@@ -35,8 +36,6 @@ from upgrade_helpers import (
 )
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
-
-ALL_KEYS = sorted(k.removesuffix(".sql") for k in {**OLD, **NEW})
 
 
 def set_setting(node, section: str, key: str, value: str) -> None:

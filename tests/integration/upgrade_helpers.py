@@ -16,9 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from ivle_sandbox.node import Node, install_version
-from ivle_sandbox.releases import RELEASES
+from ivle_sandbox.releases import NEW, OLD, RELEASES
 
 REPO = Path(__file__).resolve().parents[2]
+# The migration keys as the marker lists them: 1.0's, 1.1's new ones, both.
+OLD_KEYS = sorted(k.removesuffix(".sql") for k in OLD)
+NEW_KEYS = sorted(k.removesuffix(".sql") for k in NEW)
+ALL_KEYS = sorted(k.removesuffix(".sql") for k in {**OLD, **NEW})
 RESUME_LINE = "ivle-maint: resume with: dpkg --configure -a  (or: ivle-maint rerun)"
 
 
