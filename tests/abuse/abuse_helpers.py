@@ -15,8 +15,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from configobj import ConfigObj
-
 from upgrade_helpers import final_state, postinst, preinst, unpack
 
 ERROR_PREFIX = "ivle-maint: error:"
@@ -33,13 +31,6 @@ def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
     errors = error_lines(done)
     assert len(errors) == 1, done.stderr
     return errors[0]
-
-
-def set_setting(node: Any, section: str, key: str, value: str) -> None:
-    """Change one of ivle-maint's settings on NODE (maint.conf)."""
-    conf = ConfigObj(str(node.maint_conf))
-    conf.setdefault(section, {})[key] = value
-    conf.write()
 
 
 def upgraded_state(node: Any) -> dict[str, Any]:

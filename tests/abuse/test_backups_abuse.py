@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from abuse_helpers import error_lines, set_setting, upgraded_state
+from abuse_helpers import error_lines, upgraded_state
 from ivle_maint.config import load_settings
 from ivle_maint.output import RecordingReporter
 from ivle_maint.steps import migrations
@@ -32,6 +32,7 @@ from upgrade_helpers import (
     marker_keys,
     postinst,
     preinst,
+    set_setting,
     unpack,
 )
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from configobj import ConfigObj
 from test_preinst_manifest import manifest, preinst_with
 from test_source_install import source_tree
 
@@ -37,6 +36,7 @@ from upgrade_helpers import (
     media_version,
     postinst,
     preinst,
+    set_setting,
     start_cli,
     unpack,
 )
@@ -214,9 +214,7 @@ def test_log_rotation_never_follows_a_symlink_named_like_a_log(node_factory: Any
     """[logs] keep = 2 with a link among the logs: its target is neither
     copied into the log directory nor counted, real logs are not deleted for it."""
     node = at_version_1_0(node_factory(users=2, consoles=1))
-    conf = ConfigObj(str(node.maint_conf))
-    conf.setdefault("logs", {})["keep"] = "2"
-    conf.write()
+    set_setting(node, "logs", "keep", "2")
     victim = tmp_path / "shadow"
     victim.write_text("root:secret\n")
     node.maint_log_dir.mkdir(parents=True, exist_ok=True)

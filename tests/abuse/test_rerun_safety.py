@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -21,7 +20,6 @@ from abuse_helpers import (
     kill_when,
     live_processes,
     resume_line,
-    set_setting,
     upgraded_state,
     wait_until_gone,
 )
@@ -39,24 +37,14 @@ from upgrade_helpers import (
     media_version,
     postinst,
     preinst,
+    set_setting,
     start_cli,
+    stubborn_console,
     unpack,
     wait_for_step,
 )
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
-
-
-def stubborn_console(node) -> subprocess.Popen[str]:
-    """A process in a user's jail that ignores SIGTERM: stop-consoles waits."""
-    proc = subprocess.Popen(
-        ["/usr/bin/python3", "-c", "import signal, time; "
-         "signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
-         "time.sleep(600)"],
-        cwd=node.jail("user0001") / "home" / "user0001", stdout=subprocess.PIPE, text=True,
-    )
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    return proc
 
 
 def kill_during(node, step: str, *args: str) -> None:

@@ -29,7 +29,6 @@ from cluster_helpers import (
     wait_rows,
     web_events,
 )
-from configobj import ConfigObj
 
 from ivle_sandbox import procs
 from ivle_sandbox.cluster import build_cluster, configure, share_database
@@ -42,6 +41,7 @@ from upgrade_helpers import (
     media_version,
     postinst,
     preinst,
+    set_setting,
     start_cli,
     unpack,
     wait_for_step,
@@ -65,12 +65,6 @@ def pg_ctl(pg: ThrowawayPostgres, *args: str) -> None:
     assert done.returncode == 0, done.stderr
     if "stop" not in args:
         pg.pid = int((pg.pgdata / "postmaster.pid").read_text().split()[0])
-
-
-def set_setting(node: Node, section: str, key: str, value: object) -> None:
-    conf = ConfigObj(str(node.maint_conf))
-    conf.setdefault(section, {})[key] = str(value)
-    conf.write()
 
 
 def set_media(node: Node, value: str) -> None:
