@@ -1,8 +1,10 @@
-"""Helpers the fault-and-abuse cases share: reading ivle-maint's error
-lines, changing a node's settings, the uninterrupted upgrade a killed one
-is compared with, and the live processes a kill may leave.
+"""Helpers the fault-and-abuse cases share: reading ivle-maint's error and
+resume lines, the uninterrupted upgrade a killed one is compared with,
+killing a run at the right moment, and the live processes a kill may leave.
 
-A plain module (not fixtures) so that a case imports what it uses.
+A plain module (not fixtures) so that a case imports what it uses; what the
+integration tests share too (cli, set_setting, OLD_KEYS...) is in
+tests/integration/upgrade_helpers.py.
 """
 
 from __future__ import annotations
