@@ -19,8 +19,6 @@ Run as root in a private mount namespace: `make bench`.
 
 from __future__ import annotations
 
-import argparse
-import os
 import subprocess
 import sys
 import time
@@ -29,20 +27,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "scripts"), str(REPO)]
 
-from ivle_sandbox import mountns, schema  # noqa: E402
+from ivle_sandbox import bench, mountns, schema  # noqa: E402
 from ivle_sandbox.cluster import env_of  # noqa: E402
 from ivle_sandbox.node import Node, build_node  # noqa: E402
-from ivle_sandbox.postgres import ThrowawayPostgres, make_sandbox_root  # noqa: E402
+from ivle_sandbox.postgres import ThrowawayPostgres  # noqa: E402
 
 SPEEDUP_TARGET = 10.0
 MEMORY_TARGET_MB = 60.0
 FLAT_MB = 5.0
 MB = 1 << 20
 CALIBRATION_LINES = 10_000
-
-
-def ivle_maint_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "ivle_maint", *args]
 
 
 # ------------------------------------------------------------ unmount
@@ -73,20 +67,13 @@ def umount_per_mount(node: Node, logins: list[str]) -> None:
             subprocess.run(["umount", str(point)], check=True, stdin=subprocess.DEVNULL)
 
 
-def ivle_maint_unmount(node: Node) -> None:
-    done = subprocess.run(ivle_maint_argv("mounts", "unmount"), env=env_of(node),
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"ivle-maint mounts unmount exited {done.returncode}: "
-                         f"{done.stderr.strip()}")
-
-
 def bench_unmount(node: Node, users: int) -> bool:
     logins = user_logins(users)
     make_user_dirs(node, logins)
     times = {}
     for name, unmount in (("umount(8) per mount", lambda: umount_per_mount(node, logins)),
-                          ("ivle-maint mounts unmount", lambda: ivle_maint_unmount(node))):
+                          ("ivle-maint mounts unmount",
+                           lambda: bench.ivle_maint_ok(node, "mounts", "unmount"))):
         mounted = mount_all(node, logins)
         started = time.perf_counter()
         unmount()
@@ -131,7 +118,7 @@ def rebuild_peak(node: Node, output_bytes: int, line_bytes: float) -> tuple[floa
     """(peak MB, seconds) of `ivle-maint jails rebuild` over OUTPUT_BYTES of output."""
     node.set_fakes("ivle-buildjail", lines=round(output_bytes / line_bytes))
     started = time.perf_counter()
-    proc = subprocess.Popen(ivle_maint_argv("jails", "rebuild"), env=env_of(node),
+    proc = subprocess.Popen(bench.ivle_maint_argv("jails", "rebuild"), env=env_of(node),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, text=True)
     peak = 0.0
@@ -163,13 +150,7 @@ def bench_streaming(node: Node) -> bool:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=3000)
-    args = parser.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("bench: run as root (make bench)")
-    root = make_sandbox_root("ivle-bench-jails-")
-    mountns.require_private(root)
+    args, root = bench.begin(__doc__, "ivle-bench-jails-", private_mounts=True, users=3000)
     with ThrowawayPostgres(root / "pg") as pg:
         node = build_node(root / "node", pg=pg, users=0, role="both", mount=False,
                           services=False)
@@ -182,7 +163,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    started = time.monotonic()
-    code = main()
-    print(f"benchmark took {time.monotonic() - started:.0f}s")
-    sys.exit(code)
+    bench.run(main)

@@ -20,8 +20,6 @@ Run as root: `make bench`.
 
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -32,10 +30,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "scripts"), str(REPO)]
 
-from ivle_sandbox import schema  # noqa: E402
-from ivle_sandbox.cluster import env_of  # noqa: E402
+from ivle_sandbox import bench, schema  # noqa: E402
 from ivle_sandbox.node import Node, build_node, install_version  # noqa: E402
-from ivle_sandbox.postgres import ThrowawayPostgres, make_sandbox_root  # noqa: E402
+from ivle_sandbox.postgres import ThrowawayPostgres  # noqa: E402
 from ivle_sandbox.releases import OLD, many  # noqa: E402
 
 SPEEDUP_TARGET = 5.0
@@ -47,15 +44,9 @@ def make_node(root: Path, pg: ThrowawayPostgres, new: dict[str, str]) -> Node:
     """A master at 1.0 (baselined) with 1.1's files, NEW among them, unpacked."""
     node = build_node(root, pg=pg, users=3, role="master", mount=False, services=False)
     install_version(node, "1.0", OLD)
-    ivle_maint(node, "db", "baseline", max(OLD).removesuffix(".sql"))
+    bench.ivle_maint_ok(node, "db", "baseline", max(OLD).removesuffix(".sql"))
     install_version(node, "1.1", {**OLD, **new})
     return node
-
-
-def ivle_maint(node: Node, *args: str) -> subprocess.CompletedProcess[str]:
-    """`ivle-maint ARGS` as a process of its own, as an administrator runs it."""
-    return subprocess.run([sys.executable, "-m", "ivle_maint", *args], env=env_of(node),
-                          check=False, capture_output=True, text=True, stdin=subprocess.DEVNULL)
 
 
 def timed(func: Callable[..., object], *args: object) -> float:
@@ -76,9 +67,7 @@ def psql_loop(node: Node, files: list[Path]) -> None:
 
 
 def migrate(node: Node) -> None:
-    done = ivle_maint(node, "db", "migrate", "--package-version", "1.1")
-    if done.returncode != 0:
-        raise SystemExit(f"ivle-maint db migrate exited {done.returncode}: {done.stderr.strip()}")
+    bench.ivle_maint_ok(node, "db", "migrate", "--package-version", "1.1")
 
 
 def tables(node: Node) -> list[str]:
@@ -97,22 +86,14 @@ def status_times(node: Node, runs: int) -> list[float]:
     times = []
     for _ in range(runs):
         started = time.perf_counter()
-        done = ivle_maint(node, "db", "status")
+        bench.ivle_maint_ok(node, "db", "status")
         times.append(time.perf_counter() - started)
-        if done.returncode != 0:
-            raise SystemExit(f"ivle-maint db status exited {done.returncode}: "
-                             f"{(done.stderr or done.stdout).strip()[-300:]}")
     return times
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--migrations", type=int, default=300)
-    args = parser.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("bench: run as root (make bench)")
+    args, root = bench.begin(__doc__, "ivle-bench-db-", migrations=300)
     new = many(args.migrations)
-    root = make_sandbox_root("ivle-bench-db-")
     with ThrowawayPostgres(root / "pg") as pg:
         schema.ensure_template(pg)
         hand_node = make_node(root / "by-hand", pg, new)
@@ -142,4 +123,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    bench.run(main)

@@ -18,7 +18,6 @@ Run as root in a private mount namespace: `make bench`.
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -31,10 +30,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "scripts"), str(REPO)]
 
-from ivle_sandbox import mountns, schema  # noqa: E402
-from ivle_sandbox.cluster import env_of  # noqa: E402
+from ivle_sandbox import bench, schema  # noqa: E402
 from ivle_sandbox.node import Node, build_node, install_version  # noqa: E402
-from ivle_sandbox.postgres import ThrowawayPostgres, make_sandbox_root  # noqa: E402
+from ivle_sandbox.postgres import ThrowawayPostgres  # noqa: E402
 from ivle_sandbox.releases import OLD, many  # noqa: E402
 
 # Fixed work of IVLE's programs, identical for both runs: modest stand-ins
@@ -75,8 +73,7 @@ def make_node(root: Path, pg: ThrowawayPostgres, users: int, migrations: int) ->
         node.set_fakes(program, **values)
     # 1.0's migrations are recorded as applied (what the first upgrade's
     # baseline does), then 1.1 is unpacked: the same start for both runs.
-    subprocess.run([sys.executable, "-m", "ivle_maint", "db", "baseline", "20090212-01"],
-                   env=env_of(node), check=True, capture_output=True)
+    bench.ivle_maint_ok(node, "db", "baseline", "20090212-01")
     install_version(node, "1.1", {**OLD, **many(migrations)})
     # chmod: the by-hand psql runs as postgres and must read the files.
     node.migrations.chmod(0o755)
@@ -206,14 +203,8 @@ def ivle_maint_window(node: Node) -> tuple[float, Stopwatch]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=500)
-    parser.add_argument("--migrations", type=int, default=20)
-    args = parser.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("bench: run as root (make bench)")
-    root = make_sandbox_root("ivle-bench-")
-    mountns.require_private(root)
+    args, root = bench.begin(__doc__, "ivle-bench-", private_mounts=True, users=500,
+                             migrations=20)
     new = sorted(many(args.migrations))
     with ThrowawayPostgres(root / "pg") as pg:
         schema.ensure_template(pg)
@@ -241,7 +232,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    started = time.monotonic()
-    code = main()
-    print(f"benchmark took {time.monotonic() - started:.0f}s")
-    sys.exit(code)
+    bench.run(main)

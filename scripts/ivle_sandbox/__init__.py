@@ -8,6 +8,7 @@ crash watchdog, ``python -m ivle_sandbox.reaper``, starts fast):
 - node: build_node, Node, install_version
 - mountns: the private-mount-namespace guard and mount helpers
 - procs, reaper: finding and killing sandbox processes, crash cleanup
+- bench: what the benchmark scripts share (options, root, ivle-maint runs)
 
 Cleanup guarantees: every process the sandbox starts carries
 IVLE_SANDBOX=<root> in its environment, so teardown finds it whatever its

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from configobj import ConfigObj
 
+from abuse_helpers import error_lines, upgraded_state
 from ivle_maint.config import load_settings
 from ivle_maint.output import RecordingReporter
 from ivle_maint.steps import migrations
@@ -32,6 +32,7 @@ from upgrade_helpers import (
     marker_keys,
     postinst,
     preinst,
+    set_setting,
     unpack,
 )
 
@@ -39,12 +40,6 @@ pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
 # 20100215 fails when it runs (not when parsed): the two before it apply.
 FAILING = {**OLD, **NEW, "20100215.sql": "SELECT 1 / 0;\n"}
-
-
-def set_setting(node: Any, section: str, key: str, value: str) -> None:
-    conf = ConfigObj(str(node.maint_conf))
-    conf.setdefault(section, {})[key] = value
-    conf.write()
 
 
 def dumps(node: Any) -> list[Path]:
@@ -56,16 +51,6 @@ def dump_sql(path: Path) -> str:
     done = subprocess.run(["pg_restore", "-f", "-", str(path)], capture_output=True,
                           text=True, check=True)
     return done.stdout
-
-
-def error_lines(done: Any) -> list[str]:
-    assert "Traceback" not in done.stderr
-    return [line for line in done.stderr.splitlines() if line.startswith("ivle-maint: error:")]
-
-
-@pytest.fixture
-def site(node_factory: Any) -> Any:
-    return at_version_1_0(node_factory(users=3, consoles=1, role="both"))
 
 
 def test_retries_keep_the_dump_from_before_the_upgrade(site: Any) -> None:
@@ -113,10 +98,7 @@ def test_full_backup_disk_is_one_line_and_nothing_half_written(
     """The disk fills between preinst and postinst: pg_dump fails, nothing is migrated."""
     from ivle_sandbox import mountns
 
-    reference = at_version_1_0(node_factory(users=3, consoles=1, role="both"))
-    assert preinst(reference).returncode == 0
-    unpack(reference)
-    assert postinst(reference).returncode == 0
+    reference = upgraded_state(at_version_1_0(node_factory(users=3, consoles=1, role="both")))
 
     assert preinst(site).returncode == 0
     unpack(site)
@@ -147,7 +129,7 @@ def test_full_backup_disk_is_one_line_and_nothing_half_written(
         assert done.returncode == 0, done.stderr
     finally:
         mountns.umount(site.backup_dir)
-    assert final_state(site) == final_state(reference)  # the tmpfs is no jail mount
+    assert final_state(site) == reference  # the tmpfs is no jail mount
 
 
 def test_a_killed_dumps_leftovers_are_removed_by_the_next(site: Any) -> None:

@@ -20,21 +20,16 @@ from typing import Any
 import psutil
 import pytest
 
+from abuse_helpers import one_error_line
 from ivle_maint.output import RecordingReporter
 from ivle_maint.steps.consoles import stop_consoles
 from ivle_sandbox import mountns
+from ivle_sandbox.procs import alive
 from upgrade_helpers import at_version_1_0, cli, home_checksums, journal, preinst
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
 SLEEP = "import time; print('ready', flush=True); time.sleep(600)"
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 @pytest.fixture
@@ -63,13 +58,6 @@ def set_jail_mounts(node: Any, value: str) -> None:
     line = re.search(r"^\s*mounts = .*$", text, re.MULTILINE)
     assert line is not None
     node.ivle_conf.write_text(text.replace(line.group(0), f"    mounts = {value}"))
-
-
-def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
-    lines = done.stderr.splitlines()
-    errors = [line for line in lines if line.startswith("ivle-maint: error:")]
-    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
-    return errors[0]
 
 
 def _unsafe_dirs(node: Any, tmp_path: Path) -> dict[str, tuple[str, str]]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -18,14 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from configobj import ConfigObj
 from test_preinst_manifest import manifest, preinst_with
 from test_source_install import source_tree
 
+from abuse_helpers import kill_when, live_processes, resume_line, upgraded_state
 from ivle_maint import mountinfo
 from ivle_maint.db import pgparse
 from ivle_sandbox.releases import NEW, OLD, RELEASES
 from upgrade_helpers import (
+    OLD_KEYS,
     REPO,
     at_version_1_0,
     cli,
@@ -36,13 +36,12 @@ from upgrade_helpers import (
     media_version,
     postinst,
     preinst,
+    set_setting,
     start_cli,
     unpack,
 )
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
-
-OLD_KEYS = sorted(k.removesuffix(".sql") for k in OLD)
 
 
 def run_with_stdout_closed(node: Any, *args: str) -> subprocess.CompletedProcess[str]:
@@ -72,28 +71,14 @@ def test_a_reader_gone_early_changes_nothing_but_the_output(node: Any,
 @pytest.fixture
 def reference(node_factory: Any) -> dict[str, Any]:
     """What an uninterrupted dpkg upgrade 1.0 -> 1.1 leaves."""
-    node = at_version_1_0(node_factory(users=3, consoles=1))
-    assert preinst(node).returncode == 0
-    unpack(node)
-    assert postinst(node).returncode == 0
-    return final_state(node)
+    return upgraded_state(at_version_1_0(node_factory(users=3, consoles=1)))
 
 
 def node_pids(node: Any, argv: bytes) -> list[int]:
     """Live processes of this node (by its IVLECONF) whose argv is ARGV."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                cmdline = Path(f"/proc/{entry.name}/cmdline").read_bytes()
-                state = Path(f"/proc/{entry.name}/stat").read_bytes().rsplit(b")", 1)[1]
-                environ = Path(f"/proc/{entry.name}/environ").read_bytes()
-            except OSError:
-                continue
-            if cmdline == argv and state.split()[0] != b"Z" \
-                    and f"IVLECONF={node.conf_dir}\0".encode() in environ:
-                found.append(int(entry.name))
-    return found
+    ours = f"IVLECONF={node.conf_dir}\0".encode()
+    return [pid for pid, cmdline, environ in live_processes()
+            if cmdline == argv and ours in environ]
 
 
 def test_a_rerun_ends_the_grandchild_a_killed_run_left(node_factory: Any,
@@ -105,12 +90,7 @@ def test_a_rerun_ends_the_grandchild_a_killed_run_left(node_factory: Any,
     node.set_fakes("ivle-buildjail", apt_delay=120)
     apt = b"sleep\x00120.0\x00"
     proc = start_cli(node, "hook", "--package-version", "1.1", "postinst", "configure", "1.0")
-    deadline = time.monotonic() + 60
-    while not node_pids(node, apt):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    kill_when(proc, lambda: bool(node_pids(node, apt)), timeout=60, poll=0.02)
     time.sleep(0.5)  # ivle-buildjail gets its parent-death SIGKILL; apt does not
     assert len(node_pids(node, apt)) == 1
     node.set_fakes("ivle-buildjail", apt_delay=0)
@@ -180,12 +160,7 @@ def test_source_upgrade_killed_at_each_step_then_rerun(node_factory: Any,
     if step in SLOW:
         node.set_fakes(SLOW[step][0], **{SLOW[step][1]: 3})
     proc = start_cli(node, "upgrade", "--from", "1.0", "--source", str(tree))
-    deadline = time.monotonic() + 120
-    while not reached(node, step):
-        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    kill_when(proc, lambda: reached(node, step), timeout=120, poll=0.005)
     if step in SLOW:
         node.set_fakes(SLOW[step][0], **{SLOW[step][1]: 0})
     done = cli(node, "rerun")
@@ -193,9 +168,7 @@ def test_source_upgrade_killed_at_each_step_then_rerun(node_factory: Any,
     if done.returncode == 1:  # the code is not in place: never the after-phase
         assert "1.1's code is not installed" in done.stderr, done.stderr
         assert marker_keys(node) in ([], OLD_KEYS) and media_version(node) == "1.0"
-        resume = next(line for line in done.stderr.splitlines()
-                      if line.startswith("ivle-maint: resume with: "))
-        command = resume.removeprefix("ivle-maint: resume with: ").split("   ")[0]
+        command = resume_line(done.stderr).split("   ")[0]
         done = cli(node, *shlex.split(command)[1:])
     assert done.returncode == 0, done.stderr
     assert final_state(node) == reference
@@ -241,9 +214,7 @@ def test_log_rotation_never_follows_a_symlink_named_like_a_log(node_factory: Any
     """[logs] keep = 2 with a link among the logs: its target is neither
     copied into the log directory nor counted, real logs are not deleted for it."""
     node = at_version_1_0(node_factory(users=2, consoles=1))
-    conf = ConfigObj(str(node.maint_conf))
-    conf.setdefault("logs", {})["keep"] = "2"
-    conf.write()
+    set_setting(node, "logs", "keep", "2")
     victim = tmp_path / "shadow"
     victim.write_text("root:secret\n")
     node.maint_log_dir.mkdir(parents=True, exist_ok=True)
@@ -275,12 +246,7 @@ def test_jails_rebuild_ends_the_apt_a_killed_run_left(node_factory: Any, killed:
     node.set_fakes("ivle-buildjail", apt_delay=120)
     apt = b"sleep\x00120.0\x00"
     proc = start_cli(node, *args)
-    deadline = time.monotonic() + 60
-    while not node_pids(node, apt):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    kill_when(proc, lambda: bool(node_pids(node, apt)), timeout=60, poll=0.02)
     assert len(node_pids(node, apt)) == 1  # apt outlives its ivle-buildjail
     node.set_fakes("ivle-buildjail", apt_delay=0)
     done = cli(node, "jails", "rebuild")

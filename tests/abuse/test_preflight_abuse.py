@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from test_source_install import source_tree
 
+from abuse_helpers import one_error_line
 from ivle_maint.config import load_settings
 from ivle_maint.db import pgparse
 from ivle_maint.output import RecordingReporter
@@ -26,6 +27,7 @@ from ivle_maint.steps import migrations
 from ivle_sandbox import mountns
 from ivle_sandbox.releases import NEW, OLD, RELEASES
 from upgrade_helpers import (
+    OLD_KEYS,
     at_version_1_0,
     cli,
     final_state,
@@ -35,14 +37,6 @@ from upgrade_helpers import (
 )
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
-
-OLD_KEYS = sorted(k.removesuffix(".sql") for k in OLD)
-
-
-def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
-    errors = [line for line in done.stderr.splitlines() if line.startswith("ivle-maint: error:")]
-    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
-    return errors[0]
 
 
 def upgrade(node: Any, tree: Path) -> subprocess.CompletedProcess[str]:

@@ -9,17 +9,25 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from configobj import ConfigObj
 from test_source_install import source_tree
 
+from abuse_helpers import (
+    error_lines,
+    kill_when,
+    live_processes,
+    resume_line,
+    upgraded_state,
+    wait_until_gone,
+)
 from ivle_maint.db.lock import LOCK_ID
 from ivle_sandbox.releases import NEW, OLD, RELEASES
 from upgrade_helpers import (
+    ALL_KEYS,
+    OLD_KEYS,
     at_version_1_0,
     cli,
     final_state,
@@ -29,43 +37,14 @@ from upgrade_helpers import (
     media_version,
     postinst,
     preinst,
+    set_setting,
     start_cli,
+    stubborn_console,
     unpack,
     wait_for_step,
 )
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
-
-OLD_KEYS = sorted(k.removesuffix(".sql") for k in OLD)
-ALL_KEYS = sorted(k.removesuffix(".sql") for k in {**OLD, **NEW})
-
-
-def set_setting(node, section: str, key: str, value: str) -> None:
-    conf = ConfigObj(str(node.maint_conf))
-    conf.setdefault(section, {})[key] = value
-    conf.write()
-
-
-def error_lines(stderr: str) -> list[str]:
-    return [ln for ln in stderr.splitlines() if ln.startswith("ivle-maint: error: ")]
-
-
-def resume_line(stderr: str) -> str:
-    lines = [ln for ln in stderr.splitlines() if ln.startswith("ivle-maint: resume with: ")]
-    assert len(lines) == 1, stderr
-    return lines[0].removeprefix("ivle-maint: resume with: ")
-
-
-def stubborn_console(node) -> subprocess.Popen[str]:
-    """A process in a user's jail that ignores SIGTERM: stop-consoles waits."""
-    proc = subprocess.Popen(
-        ["/usr/bin/python3", "-c", "import signal, time; "
-         "signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
-         "time.sleep(600)"],
-        cwd=node.jail("user0001") / "home" / "user0001", stdout=subprocess.PIPE, text=True,
-    )
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    return proc
 
 
 def kill_during(node, step: str, *args: str) -> None:
@@ -87,11 +66,7 @@ def old_site_untouched(node) -> None:
 @pytest.fixture
 def reference(node_factory):
     """What an uninterrupted dpkg upgrade 1.0 -> 1.1 leaves."""
-    node = at_version_1_0(node_factory(users=4, consoles=1))
-    assert preinst(node).returncode == 0
-    unpack(node)
-    assert postinst(node).returncode == 0
-    return final_state(node)
+    return upgraded_state(at_version_1_0(node_factory(users=4, consoles=1)))
 
 
 # -- Defect 1: a rerun never finishes an upgrade whose code is not installed --
@@ -112,7 +87,7 @@ def test_killed_before_phase_rerun_never_runs_the_after_phase(node_factory, refe
 
     done = cli(node, "rerun")
     assert done.returncode == 1, done.stderr
-    [error] = error_lines(done.stderr)
+    [error] = error_lines(done)
     assert "1.1's code is not installed" in error and "web server stays down" in error
     resume = resume_line(done.stderr)
     if form == "source":
@@ -184,7 +159,7 @@ def test_dpkg_record_of_the_old_version_stops_the_rerun(node_factory, tmp_path, 
     set_setting(node, "consoles", "term_timeout", "1")
     done = cli(node, "rerun")
     assert done.returncode == 1
-    [error] = error_lines(done.stderr)
+    [error] = error_lines(done)
     assert "(dpkg has ivle 1.0 half-installed)" in error
     assert resume_line(done.stderr).startswith("apt-get install ivle=1.1 ")
     old_site_untouched(node)
@@ -308,19 +283,8 @@ def test_killed_abort_is_finished_by_the_rerun_never_completed(node_factory):
 
 def tool_pids(node, name: str) -> list[int]:
     """Live processes running stand-in NAME for this node (by its IVLECONF)."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                cmdline = Path(f"/proc/{entry.name}/cmdline").read_bytes()
-                state = Path(f"/proc/{entry.name}/stat").read_bytes().rsplit(b")", 1)[1]
-                environ = Path(f"/proc/{entry.name}/environ").read_bytes()
-            except OSError:
-                continue
-            if name.encode() in cmdline and state.split()[0] != b"Z" \
-                    and str(node.conf_dir).encode() in environ:
-                found.append(int(entry.name))
-    return found
+    return [pid for pid, cmdline, environ in live_processes()
+            if name.encode() in cmdline and str(node.conf_dir).encode() in environ]
 
 
 @pytest.mark.parametrize("tool", ["ivle-buildjail", "ivle-remakeuser"])
@@ -333,17 +297,9 @@ def test_killed_run_leaves_no_tool_running(node_factory, reference, tool):
     step = "rebuild-jail" if tool == "ivle-buildjail" else "remake-users"
     proc = start_cli(node, "hook", "--package-version", "1.1", "postinst", "configure", "1.0")
     wait_for_step(node, step, proc)
-    deadline = time.monotonic() + 30
-    while not tool_pids(node, tool):
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    kill_when(proc, lambda: bool(tool_pids(node, tool)), timeout=30)
     # The kernel ends the tool with ivle-maint: nothing runs beside the rerun.
-    deadline = time.monotonic() + 10
-    while tool_pids(node, tool):
-        assert time.monotonic() < deadline, f"{tool} outlived the killed ivle-maint"
-        time.sleep(0.05)
+    wait_until_gone(lambda: tool_pids(node, tool), 10, f"{tool} outlived the killed ivle-maint")
     node.set_fakes(tool, delay=0)
     done = cli(node, "rerun")
     assert done.returncode == 0, done.stderr
@@ -353,18 +309,9 @@ def test_killed_run_leaves_no_tool_running(node_factory, reference, tool):
 
 def dump_pids(node) -> list[int]:
     """pg_dump processes dumping this node's database."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                cmdline = Path(f"/proc/{entry.name}/cmdline").read_bytes()
-                state = Path(f"/proc/{entry.name}/stat").read_bytes().rsplit(b")", 1)[1]
-            except OSError:
-                continue
-            if b"pg_dump" in cmdline and f"--dbname={node.dbname}\0".encode() in cmdline \
-                    and state.split()[0] != b"Z":
-                found.append(int(entry.name))
-    return found
+    dbname = f"--dbname={node.dbname}\0".encode()
+    return [pid for pid, cmdline, _ in live_processes()
+            if b"pg_dump" in cmdline and dbname in cmdline]
 
 
 def test_killed_run_leaves_no_pg_dump_writing(node_factory, reference):
@@ -377,16 +324,8 @@ def test_killed_run_leaves_no_pg_dump_writing(node_factory, reference):
     try:
         proc = start_cli(node, "hook", "--package-version", "1.1", "postinst", "configure", "1.0")
         wait_for_step(node, "migrate", proc)
-        deadline = time.monotonic() + 60
-        while not dump_pids(node):
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate()
-        deadline = time.monotonic() + 10
-        while dump_pids(node):
-            assert time.monotonic() < deadline, "pg_dump outlived the killed ivle-maint"
-            time.sleep(0.05)
+        kill_when(proc, lambda: bool(dump_pids(node)), timeout=60)
+        wait_until_gone(lambda: dump_pids(node), 10, "pg_dump outlived the killed ivle-maint")
     finally:
         blocker.close()
     done = cli(node, "rerun")
@@ -426,7 +365,7 @@ def test_stale_lock_of_a_killed_runner_and_the_upgrade_summary(node_factory, ref
 
     waited = cli(node, "rerun")
     assert waited.returncode == 75, waited.stderr
-    [error] = error_lines(waited.stderr)
+    [error] = error_lines(waited)
     assert f"SELECT pg_terminate_backend({backend});" in error and "which is dead" in error
     assert resume_line(waited.stderr) == "ivle-maint rerun --terminate-stale-lock"
 

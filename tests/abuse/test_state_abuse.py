@@ -17,22 +17,12 @@ from typing import Any
 
 import pytest
 
-from upgrade_helpers import at_version_1_0, cli, journal, postinst, preinst, unpack
+from abuse_helpers import error_lines
+from upgrade_helpers import cli, journal, postinst, preinst, unpack
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
 NOBODY = 65534
-
-
-@pytest.fixture
-def site(node_factory: Any) -> Any:
-    """A single-machine IVLE at 1.0, serving."""
-    return at_version_1_0(node_factory(users=3, consoles=1, role="both"))
-
-
-def error_lines(done: Any) -> list[str]:
-    assert "Traceback" not in done.stderr
-    return [line for line in done.stderr.splitlines() if line.startswith("ivle-maint: error:")]
 
 
 def assert_untouched(site: Any) -> None:
@@ -159,17 +149,23 @@ MALFORMED_SETTINGS = [
 ]
 
 
-@pytest.mark.parametrize("text", MALFORMED_SETTINGS)
-def test_malformed_settings_exit_2_and_stay_byte_for_byte(site: Any, text: bytes) -> None:
-    original = site.maint_conf.read_bytes()
-    bad = original + b"\n" + text
-    site.maint_conf.write_bytes(bad)
+def preinst_refuses_malformed(site: Any, path: Path, text: bytes) -> bytes:
+    """TEXT appended to PATH: the preinst exits 2 with one line naming PATH,
+    which stays byte for byte as it was given; returns what it holds."""
+    bad = path.read_bytes() + b"\n" + text
+    path.write_bytes(bad)
     done = preinst(site)
     assert done.returncode == 2, done.stderr
     (line,) = error_lines(done)
-    assert line.startswith(f"ivle-maint: error: {site.maint_conf}")
-    assert site.maint_conf.read_bytes() == bad
+    assert line.startswith(f"ivle-maint: error: {path}")
+    assert path.read_bytes() == bad
     assert_untouched(site)
+    return bad
+
+
+@pytest.mark.parametrize("text", MALFORMED_SETTINGS)
+def test_malformed_settings_exit_2_and_stay_byte_for_byte(site: Any, text: bytes) -> None:
+    preinst_refuses_malformed(site, site.maint_conf, text)
 
 
 MALFORMED_IVLE_CONF = [
@@ -181,14 +177,7 @@ MALFORMED_IVLE_CONF = [
 
 @pytest.mark.parametrize("text", MALFORMED_IVLE_CONF)
 def test_malformed_ivle_conf_exits_2_and_stays_byte_for_byte(site: Any, text: bytes) -> None:
-    bad = site.ivle_conf.read_bytes() + b"\n" + text
-    site.ivle_conf.write_bytes(bad)
-    done = preinst(site)
-    assert done.returncode == 2, done.stderr
-    (line,) = error_lines(done)
-    assert line.startswith(f"ivle-maint: error: {site.ivle_conf}")
-    assert site.ivle_conf.read_bytes() == bad
-    assert_untouched(site)
+    bad = preinst_refuses_malformed(site, site.ivle_conf, text)
     media = cli(site, "media", "set", "1.1")
     assert media.returncode in (1, 2) and len(error_lines(media)) == 1
     assert site.ivle_conf.read_bytes() == bad

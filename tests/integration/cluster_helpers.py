@@ -19,11 +19,11 @@ from typing import Any
 
 from ivle_sandbox.cluster import Cluster, env_of, node_name
 from ivle_sandbox.node import Node
-from ivle_sandbox.releases import NEW, OLD
-from upgrade_helpers import media_version, postinst, preinst, unpack
+from upgrade_helpers import ALL_KEYS, NEW_KEYS, media_version, postinst, preinst, unpack
 
-NEW_KEYS = sorted(k.removesuffix(".sql") for k in NEW)
-ALL_KEYS = sorted(k.removesuffix(".sql") for k in {**OLD, **NEW})
+SLAVES = ["slave1", "slave2", "slave3"]
+# Cluster settings: waits long enough for the slowest node of a loaded machine.
+PATIENT = {"master_timeout": 60, "slaves_timeout": 60}
 
 
 def cli(node: Node, *args: str) -> subprocess.CompletedProcess[str]:

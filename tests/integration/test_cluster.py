@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import pytest
 from cluster_helpers import (
-    NEW_KEYS,
-    OLD,
+    PATIENT,
+    SLAVES,
     assert_upgraded,
     join,
     marker_rows,
@@ -27,12 +27,11 @@ from cluster_helpers import (
 )
 
 from ivle_sandbox.cluster import build_cluster, configure
-from upgrade_helpers import postinst, preinst, unpack
+from ivle_sandbox.releases import OLD
+from upgrade_helpers import NEW_KEYS, postinst, preinst, unpack
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
-SLAVES = ["slave1", "slave2", "slave3"]
-PATIENT = {"master_timeout": 60, "slaves_timeout": 60}
 IMPATIENT = {"master_timeout": 1.5, "slaves_timeout": 1.5}
 RESUME = "ivle-maint: resume with: dpkg --configure -a  (or: ivle-maint rerun)"
 

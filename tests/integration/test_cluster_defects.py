@@ -17,6 +17,8 @@ import time
 
 import pytest
 from cluster_helpers import (
+    PATIENT,
+    SLAVES,
     assert_upgraded,
     cli,
     join,
@@ -27,28 +29,25 @@ from cluster_helpers import (
     wait_rows,
     web_events,
 )
-from configobj import ConfigObj
 
 from ivle_sandbox import procs
 from ivle_sandbox.cluster import build_cluster, configure, share_database
 from ivle_sandbox.node import Node, install_version
 from ivle_sandbox.postgres import ThrowawayPostgres
-from ivle_sandbox.releases import OLD, RELEASES
+from ivle_sandbox.releases import RELEASES
 from upgrade_helpers import (
+    OLD_KEYS,
     marker_keys,
     media_version,
     postinst,
     preinst,
+    set_setting,
     start_cli,
     unpack,
     wait_for_step,
 )
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
-
-SLAVES = ["slave1", "slave2", "slave3"]
-OLD_KEYS = sorted(k.removesuffix(".sql") for k in OLD)
-PATIENT = {"master_timeout": 60, "slaves_timeout": 60}
 
 
 def upgrade(node: Node, old: str = "1.0", new: str = "1.1") -> str:
@@ -66,12 +65,6 @@ def pg_ctl(pg: ThrowawayPostgres, *args: str) -> None:
     assert done.returncode == 0, done.stderr
     if "stop" not in args:
         pg.pid = int((pg.pgdata / "postmaster.pid").read_text().split()[0])
-
-
-def set_setting(node: Node, section: str, key: str, value: object) -> None:
-    conf = ConfigObj(str(node.maint_conf))
-    conf.setdefault(section, {})[key] = str(value)
-    conf.write()
 
 
 def set_media(node: Node, value: str) -> None:

@@ -12,6 +12,7 @@ import time
 
 import pytest
 from cluster_helpers import (
+    PATIENT,
     assert_slaves_after_master,
     assert_upgraded,
     finished_at,
@@ -22,11 +23,10 @@ from cluster_helpers import (
 
 from ivle_sandbox.cluster import build_cluster, configure
 from ivle_sandbox.releases import RELEASES
-from upgrade_helpers import RESUME_LINE, cli, postinst, preinst, unpack
+from upgrade_helpers import RESUME_LINE, cli, postinst, preinst, set_setting, unpack
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
-PATIENT = {"master_timeout": 60, "slaves_timeout": 60}
 IMPATIENT = {"master_timeout": 1.5, "slaves_timeout": 1.5}
 
 
@@ -105,7 +105,7 @@ def test_master_rebuilds_only_once_every_slave_released_its_jails(node_factory):
     # slow's console ignores SIGTERM: its before-phase stays in stop-consoles
     # for term_timeout seconds, its web server already down.
     configure(slow, "slave1", {})
-    _set(slow, "consoles", "term_timeout", "8")
+    set_setting(slow, "consoles", "term_timeout", "8")
     login = slow.users[1].login
     stubborn = subprocess.Popen(
         ["/bin/sh", "-c", "trap '' TERM; while :; do sleep 0.2; done"],
@@ -161,7 +161,7 @@ def test_slave_refuses_to_serve_on_a_newer_masters_schema(node_factory):
         "not ship (20110101-01); master is on or upgrading to IVLE 1.2" in refused.stderr
     assert "web server left down" in refused.stderr and RESUME_LINE in refused.stderr
     assert not slave.service_running("apache2")
-    _set(slave, "cluster", "serve_on_newer_schema", "yes")
+    set_setting(slave, "cluster", "serve_on_newer_schema", "yes")
     done = postinst(slave)
     assert done.returncode == 0, done.stderr
     assert "serving IVLE 1.1 on a newer master, as told" in done.stderr
@@ -169,14 +169,6 @@ def test_slave_refuses_to_serve_on_a_newer_masters_schema(node_factory):
 
 
 # -- helpers --------------------------------------------------------------------------
-
-def _set(node, section: str, key: str, value: str) -> None:
-    from configobj import ConfigObj
-
-    conf = ConfigObj(str(node.maint_conf))
-    conf.setdefault(section, {})[key] = value
-    conf.write()
-
 
 def _env(node):
     from ivle_sandbox.cluster import env_of

@@ -5,14 +5,12 @@ from __future__ import annotations
 import threading
 
 import pytest
-from cluster_helpers import cli, node_rows, run_concurrently, status
+from cluster_helpers import PATIENT, cli, node_rows, run_concurrently, status
 
 from ivle_sandbox.cluster import add_slave, build_cluster, configure
 from upgrade_helpers import at_version_1_0, media_version, postinst, preinst, unpack
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
-
-PATIENT = {"master_timeout": 60, "slaves_timeout": 60}
 
 
 def upgrade(node, old: str = "1.0", new: str = "1.1") -> None:

@@ -11,24 +11,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from ivle_maint import cli
 from ivle_maint.output import RecordingReporter
 from ivle_maint.steps import consoles
 from ivle_maint.steps.consoles import is_console, list_consoles, stop_consoles
+from ivle_sandbox.procs import alive
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 @pytest.fixture

@@ -8,15 +8,14 @@ that fails, a migration that fails, a held lock, SIGKILL).
 from __future__ import annotations
 
 import signal
-import subprocess
 
 import pytest
-from configobj import ConfigObj
 
 from ivle_maint.db.lock import LOCK_ID
 from ivle_sandbox.cluster import configure
 from ivle_sandbox.releases import NEW, OLD
 from upgrade_helpers import (
+    ALL_KEYS,
     RESUME_LINE,
     at_version_1_0,
     cli,
@@ -29,20 +28,14 @@ from upgrade_helpers import (
     postinst,
     preinst,
     schema_signature,
+    set_setting,
     start_cli,
+    stubborn_console,
     unpack,
     wait_for_step,
 )
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
-
-ALL_KEYS = sorted(k.removesuffix(".sql") for k in {**OLD, **NEW})
-
-
-def set_setting(node, section: str, key: str, value: str) -> None:
-    conf = ConfigObj(str(node.maint_conf))
-    conf.setdefault(section, {})[key] = value
-    conf.write()
 
 
 def full_upgrade(node) -> None:
@@ -236,13 +229,7 @@ def test_sigkill_of_the_preinst_then_dpkg_abort_restores_the_site(node_factory):
     node = at_version_1_0(node_factory(users=3, consoles=1))
     # A process in a jail that ignores SIGTERM keeps stop-consoles waiting.
     set_setting(node, "consoles", "term_timeout", "30")
-    stubborn = subprocess.Popen(
-        ["/usr/bin/python3", "-c", "import signal, time; "
-         "signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
-         "time.sleep(600)"],
-        cwd=node.jail("user0001") / "home" / "user0001", stdout=subprocess.PIPE, text=True,
-    )
-    assert stubborn.stdout is not None and stubborn.stdout.readline().strip() == "ready"
+    stubborn = stubborn_console(node)
     proc = start_cli(node, "hook", "preinst", "upgrade", "1.0", "1.1")
     wait_for_step(node, "stop-consoles", proc)
     proc.kill()

@@ -15,10 +15,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from configobj import ConfigObj
+
 from ivle_sandbox.node import Node, install_version
-from ivle_sandbox.releases import RELEASES
+from ivle_sandbox.releases import NEW, OLD, RELEASES
 
 REPO = Path(__file__).resolve().parents[2]
+# The migration keys as the marker lists them: 1.0's, 1.1's new ones, both.
+OLD_KEYS = sorted(k.removesuffix(".sql") for k in OLD)
+NEW_KEYS = sorted(k.removesuffix(".sql") for k in NEW)
+ALL_KEYS = sorted(k.removesuffix(".sql") for k in {**OLD, **NEW})
 RESUME_LINE = "ivle-maint: resume with: dpkg --configure -a  (or: ivle-maint rerun)"
 
 
@@ -60,6 +66,25 @@ def unpack(node: Node, version: str = "1.1", migrations: dict[str, str] | None =
 
 def postinst(node: Node, old: str = "1.0", new: str = "1.1") -> subprocess.CompletedProcess[str]:
     return cli(node, "hook", "--package-version", new, "postinst", "configure", old)
+
+
+def set_setting(node: Node, section: str, key: str, value: object) -> None:
+    """Change one of ivle-maint's settings on NODE (its settings file)."""
+    conf = ConfigObj(str(node.maint_conf))
+    conf.setdefault(section, {})[key] = str(value)
+    conf.write()
+
+
+def stubborn_console(node: Node) -> subprocess.Popen[str]:
+    """A process in a user's jail that ignores SIGTERM: stop-consoles waits."""
+    proc = subprocess.Popen(
+        ["/usr/bin/python3", "-c", "import signal, time; "
+         "signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+         "time.sleep(600)"],
+        cwd=node.jail("user0001") / "home" / "user0001", stdout=subprocess.PIPE, text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
 
 
 def at_version_1_0(node: Node) -> Node:
