@@ -98,7 +98,8 @@ def start_consoles() -> None:
         time.sleep(0.1)
 
 
-def setup(host_mntns: str, web: str, db: str, usrmgt: str, repo: str = "good") -> int:
+def setup(host_mntns: str, web: str, db: str, usrmgt: str,
+          repo: str = "good") -> dict[str, object]:
     ports = {"web": int(web), "db": int(db), "usrmgt": int(usrmgt)}
     PORTS.write_text(json.dumps(ports))
     use_ports()
@@ -126,12 +127,12 @@ def setup(host_mntns: str, web: str, db: str, usrmgt: str, repo: str = "good") -
     before = facts()
     before["schema"] = node.schema_dump()
     BEFORE.write_text(json.dumps(before))
-    print(json.dumps({k: v for k, v in before.items() if k not in ("homes", "schema")}))
-    return 0
+    return {k: v for k, v in before.items() if k not in ("homes", "schema")}
 
 
 def setup_cluster(  # noqa: PLR0917 (the command line's arguments)
-        role: str, name: str, host_mntns: str, web: str, db: str, usrmgt: str) -> int:
+        role: str, name: str, host_mntns: str, web: str, db: str,
+        usrmgt: str) -> dict[str, object]:
     """A cluster node at 1.0: the master holds the database and usrmgt; a slave
     serves the site on WEB against the master's database (DB)."""
     ports = {"web": int(web), "db": int(db), "usrmgt": int(usrmgt)}
@@ -165,8 +166,7 @@ def setup_cluster(  # noqa: PLR0917 (the command line's arguments)
         start_consoles()
     before = facts()
     BEFORE.write_text(json.dumps(before))
-    print(json.dumps({"ivle": before["ivle"]}))
-    return 0
+    return {"ivle": before["ivle"]}
 
 
 def journal_events() -> list[dict[str, object]]:
@@ -221,17 +221,16 @@ def facts() -> dict[str, object]:
 
 
 def main(argv: list[str]) -> int:
+    """Run the command; only its JSON answer goes to stdout."""
     commands = {"setup": setup, "setup-cluster": setup_cluster, "facts": facts}
     command = commands.get(argv[0]) if argv else None
     if command is None:
         print(__doc__, file=sys.stderr)
         return 2
     with contextlib.redirect_stdout(sys.stderr):
-        result = command(*argv[1:])
-    if isinstance(result, dict):
-        print(json.dumps(result))
-        return 0
-    return result
+        answer = command(*argv[1:])
+    print(json.dumps(answer))
+    return 0
 
 
 if __name__ == "__main__":
