@@ -20,18 +20,13 @@ from pathlib import Path
 import pytest
 from booted import scenario  # on the path by conftest.py
 from booted.scenario import Guest, Probe
+from e2e.driver.config import GOOD_FIRST_MIGRATION
+from e2e.driver.config import MIGRATIONS_NEW as NEW_KEYS
+from e2e.driver.config import MIGRATIONS_OLD as OLD_KEYS
 
 REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.booted, pytest.mark.needs_root]
-OLD_KEYS = ("20090101-01", "20090101-02", "20090215")
-NEW_KEYS = ("20100301-01", "20100301-02")
-GOOD_FIRST_MIGRATION = """\
-BEGIN;
-ALTER TABLE login ADD COLUMN theme VARCHAR NOT NULL DEFAULT 'light';
-UPDATE login SET theme = 'dark' WHERE admin;
-COMMIT;
-"""
 
 
 def upgrade_watched(guest: Guest, *cmd: str) -> tuple[float, object, Probe]:
