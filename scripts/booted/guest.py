@@ -55,6 +55,19 @@ def use_ports() -> dict[str, int]:
     return ports
 
 
+def use_mount_namespace(host_mntns: str) -> None:
+    """The stand-ins mount jails only in a namespace that is not the host's."""
+    os.environ["IVLE_SANDBOX_MNTNS"] = f"{host_mntns}:{os.stat('/proc/self/ns/mnt').st_ino}"
+    config.ENV["IVLE_SANDBOX_MNTNS"] = os.environ["IVLE_SANDBOX_MNTNS"]
+
+
+def use_repository(repo: str) -> None:
+    """apt on the bind-mounted repository REPO only, without recommends."""
+    harness.write(Path("/etc/apt/sources.list"), f"deb [trusted=yes] file:/srv/repos/{repo} ./\n")
+    harness.write(Path("/etc/apt/apt.conf.d/90booted"),
+                  'Acquire::Languages "none";\nAPT::Install-Recommends "false";\n')
+
+
 def ivle_conf(ports: dict[str, int]) -> str:
     text = config.IVLE_CONF_TEXT.replace("port = 5432", f"port = {ports['db']}")
     return text.replace("port = 2178", f"port = {ports['usrmgt']}")
@@ -63,7 +76,7 @@ def ivle_conf(ports: dict[str, int]) -> str:
 def database(ports: dict[str, int]) -> None:
     conf = next(Path("/etc/postgresql").glob("*/main"))
     harness.write(conf / "conf.d" / "booted.conf",
-                 f"port = {ports['db']}\nfsync = off\nsynchronous_commit = off\n")
+                  f"port = {ports['db']}\nfsync = off\nsynchronous_commit = off\n")
     sh("systemctl", "enable", "--now", "postgresql")  # not started at boot (tree.py)
     sh("systemctl", "start", f"postgresql@{conf.parent.name}-main")
     psql = ("runuser", "-u", "postgres", "--", "psql", "-p", str(ports["db"]), "-q", "-X",
@@ -103,15 +116,12 @@ def setup(host_mntns: str, web: str, db: str, usrmgt: str,
     ports = {"web": int(web), "db": int(db), "usrmgt": int(usrmgt)}
     PORTS.write_text(json.dumps(ports))
     use_ports()
-    os.environ["IVLE_SANDBOX_MNTNS"] = f"{host_mntns}:{os.stat('/proc/self/ns/mnt').st_ino}"
-    config.ENV["IVLE_SANDBOX_MNTNS"] = os.environ["IVLE_SANDBOX_MNTNS"]
+    use_mount_namespace(host_mntns)
     database(ports)
     harness.write(config.IVLE_CONF, ivle_conf(ports), 0o640)
     os.chown(config.IVLE_CONF, 0, grp.getgrnam("www-data").gr_gid)  # Apache reads it
     harness.write(config.CONF_DIR / "ivle-maint.conf", config.MAINT_CONF_TEXT)
-    harness.write(Path("/etc/apt/sources.list"), f"deb [trusted=yes] file:/srv/repos/{repo} ./\n")
-    harness.write(Path("/etc/apt/apt.conf.d/90booted"),
-                 'Acquire::Languages "none";\nAPT::Install-Recommends "false";\n')
+    use_repository(repo)
     harness.write(Path("/etc/apache2/ports.conf"), f"Listen 127.0.0.1:{ports['web']}\n")
     sh("apt-get", "update", "-q")
     sh("apt-get", "install", "-y", "-q", "ivle=1.0")
@@ -138,8 +148,7 @@ def setup_cluster(  # noqa: PLR0917 (the command line's arguments)
     ports = {"web": int(web), "db": int(db), "usrmgt": int(usrmgt)}
     PORTS.write_text(json.dumps(ports))
     use_ports()
-    os.environ["IVLE_SANDBOX_MNTNS"] = f"{host_mntns}:{os.stat('/proc/self/ns/mnt').st_ino}"
-    config.ENV["IVLE_SANDBOX_MNTNS"] = os.environ["IVLE_SANDBOX_MNTNS"]
+    use_mount_namespace(host_mntns)
     if role == "master":
         database(ports)
     else:
@@ -149,10 +158,8 @@ def setup_cluster(  # noqa: PLR0917 (the command line's arguments)
     harness.write(config.IVLE_CONF, ivle_conf(ports), 0o640)
     os.chown(config.IVLE_CONF, 0, grp.getgrnam("www-data").gr_gid)
     harness.write(config.CONF_DIR / "ivle-maint.conf",
-                 cluster.CLUSTER_CONF_TEXT.format(role=role, name=name))
-    harness.write(Path("/etc/apt/sources.list"), "deb [trusted=yes] file:/srv/repos/good ./\n")
-    harness.write(Path("/etc/apt/apt.conf.d/90booted"),
-                 'Acquire::Languages "none";\nAPT::Install-Recommends "false";\n')
+                  cluster.CLUSTER_CONF_TEXT.format(role=role, name=name))
+    use_repository("good")
     sh("apt-get", "update", "-q")
     sh("apt-get", "install", "-y", "-q", "ivle=1.0")
     sh("ivle-buildjail")

@@ -29,4 +29,3 @@ def test_guest_takes_only_names_the_driver_has(monkeypatch) -> None:
     missing = [f"{module}.{attr}" for module, attr in sorted(names)
                if not hasattr(importlib.import_module(HELPER_MODULES[module]), attr)]
     assert missing == []
-

@@ -111,9 +111,6 @@ def test_the_checker_finds_a_cycle_through_an_import_inside_a_function(tmp_path)
 # and only there, ivle_maint modules are imported inside functions.
 LAZY_BY_DESIGN = ("ivle_maint.cli", "ivle_maint.commands")
 
-# (module, ivle_maint module it imports inside a function) -> why it must.
-LOCAL_IMPORTS_ALLOWED: dict[tuple[str, str], str] = {}
-
 
 def _lazy_by_design(name: str) -> bool:
     return any(name == m or name.startswith(m + ".") for m in LAZY_BY_DESIGN)
@@ -137,12 +134,9 @@ def function_local_imports(package: Path = PACKAGE) -> set[tuple[str, str]]:
 
 
 def test_ivle_maint_modules_are_imported_at_the_top():
-    local = function_local_imports()
-    unexpected = sorted(local - set(LOCAL_IMPORTS_ALLOWED))
-    assert not unexpected, "imported inside a function: " + ", ".join(
-        f"{dep} in {name}" for name, dep in unexpected)
-    stale = sorted(set(LOCAL_IMPORTS_ALLOWED) - local)
-    assert not stale, f"allowed local imports that are gone: {stale}"
+    local = sorted(function_local_imports())
+    assert not local, "imported inside a function: " + ", ".join(
+        f"{dep} in {name}" for name, dep in local)
 
 
 def test_the_checker_finds_an_import_inside_a_function(tmp_path):
