@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .atomic import write_atomic
 from .errors import MaintError
+from .gates.rewrite import replace_file
 from .safepaths import read_nofollow, safe_dir
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ class Journal:
         # The state directory is checked each time: a run may be the first.
         safe_dir(self.path.parent.parent, 0o755, "[paths] state")
         safe_dir(self.path.parent, 0o700, "[paths] state")
-        write_atomic(self.path, text.encode(), mode=0o600, follow_symlinks=False)
+        replace_file(self.path, text.encode(), mode=0o600)
 
     def is_done(self, step: str) -> bool:
         record = self.steps.get(step)

@@ -9,12 +9,10 @@ Logs are root:adm 0640 (as Debian's other logs), the directory 0750.
 
 from __future__ import annotations
 
-import contextlib
 import grp
 import gzip
 import logging
 import os
-import shutil
 import stat
 import time
 from collections import deque
@@ -23,7 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import MaintError
-from .safepaths import open_nofollow, safe_dir
+from .gates.rewrite import replace_file
+from .safepaths import open_nofollow, read_nofollow, safe_dir
 
 DEFAULT_KEEP = 20
 DEFAULT_OUTPUT_LINES = 100
@@ -57,17 +56,11 @@ def _logs(log_dir: Path) -> list[Path]:
 
 
 def _compress(path: Path) -> None:
-    """PATH -> PATH.gz with the same mode, owner and mtime; atomic."""
+    """PATH -> PATH.gz with the same owner, mode, attributes and mtime; atomic."""
     target = path.with_name(path.name + ".gz")
-    partial = path.with_name(path.name + ".gz.partial")
-    st = path.stat()
-    with path.open("rb") as src, gzip.open(partial, "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    os.chmod(partial, st.st_mode & 0o777)
-    with contextlib.suppress(PermissionError):
-        os.chown(partial, st.st_uid, st.st_gid)
-    os.utime(partial, (st.st_atime, st.st_mtime))
-    partial.rename(target)
+    st = path.lstat()
+    replace_file(target, gzip.compress(read_nofollow(path), mtime=0), like=path)
+    os.utime(target, (st.st_atime, st.st_mtime), follow_symlinks=False)
     path.unlink()
 
 

@@ -26,7 +26,7 @@ from .db.discovery import check_writers, discover
 from .db.marker import why_not_writable
 from .errors import MaintError
 from .installed import old_migration_files
-from .steps import maintenance, migrations
+from .steps import maintenance, media, migrations
 from .steps.services import check_init_scripts
 from .versions import check_upgrade
 
@@ -167,6 +167,7 @@ def check(ctx: UpgradeContext) -> None:
     if ctx.settings.role in ("slave", "both"):
         check_jail_mounts(ctx)
         maintenance.preflight(ctx.settings, ctx.during_upgrade)
+        media.preflight(ctx.settings)  # media-version will rewrite ivle.conf
     if ctx.settings.role in ("master", "both"):
         pending = check_database(ctx)
         if pending:

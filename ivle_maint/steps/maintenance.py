@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import system
-from ..atomic import write_atomic, write_state_file
 from ..config import Settings
 from ..errors import MaintError
+from ..gates.rewrite import replace_file, write_state_file
 from ..journal import COMPLETE, Journal
 from ..output import Reporter
 from ..safepaths import read_nofollow
@@ -260,8 +260,7 @@ def enter(settings: Settings, reporter: Reporter) -> str:
         record.write(settings)
     seconds, source = retry_after(settings)
     conf = apache_dir(settings) / "conf-available" / f"{CONF_NAME}.conf"
-    write_atomic(conf, conf_text(seconds, page_text(settings)).encode(), mode=0o644,
-                 follow_symlinks=False)
+    replace_file(conf, conf_text(seconds, page_text(settings)).encode(), mode=0o644)
     for name in record.disabled:
         _run("a2dissite", "-q", name)
     _run("a2enconf", "-q", CONF_NAME)
