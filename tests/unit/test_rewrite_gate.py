@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from ivle_maint.errors import MaintError
 from ivle_maint.gates import rewrite as atomic
 from ivle_maint.gates.rewrite import backup_copy, replace_file
-from ivle_maint.errors import MaintError
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
 
