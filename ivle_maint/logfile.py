@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import MaintError
+from .gates import clock
 from .gates.rewrite import replace_file
 from .safepaths import open_nofollow, read_nofollow, safe_dir
 
@@ -48,11 +49,21 @@ def _log_gid() -> int | None:
 
 
 def _logs(log_dir: Path) -> list[Path]:
-    """Every log of earlier runs, oldest first; never a symlink (rotation
-    would copy its target into the log directory and delete real logs)."""
+    """Every log of earlier runs, oldest first by the order the runs were
+    made in (the .nNNNNNN in their names; gates.clock), never by mtime or
+    time stamp; never a symlink (rotation would copy its target into the
+    log directory and delete real logs)."""
     found = [p for p in log_dir.iterdir()
              if p.name.endswith((".log", ".log.gz")) and stat.S_ISREG(p.lstat().st_mode)]
-    return sorted(found, key=lambda p: (p.lstat().st_mtime, p.name))
+    # Logs of versions that recorded no order: older than every numbered one.
+    return clock.oldest_first(found, lambda p: p.name,
+                              legacy=lambda p: (p.lstat().st_mtime, p.name))
+
+
+def log_stem(log_dir: Path, name: str) -> str:
+    """NAME-UTCSTAMP.nNNNNNN: the time for people, the number for rotation."""
+    number = clock.next_sequence(p.name for p in log_dir.iterdir())
+    return f"{name.replace('/', '_')}-{clock.utc_stamp()}{clock.sequence_tag(number)}"
 
 
 def _compress(path: Path) -> None:
@@ -99,8 +110,7 @@ def run_log(log_dir: Path, name: str, *, keep: int = DEFAULT_KEEP,
     if created and gid is not None:
         os.chown(log_dir, 0, gid)
     prune(log_dir, keep)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    stem = f"{name.replace('/', '_')}-{stamp}"
+    stem = log_stem(log_dir, name)
     path, number = log_dir / f"{stem}.log", 1
     while path.exists() or path.with_name(path.name + ".gz").exists():  # same second
         number += 1

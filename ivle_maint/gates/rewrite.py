@@ -28,12 +28,12 @@ import logging
 import os
 import secrets
 import stat
-import time
 from contextlib import suppress
 from pathlib import Path
 
 from ..errors import MaintError
 from ..safepaths import make_dirs, safe_dir
+from . import clock
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def backup_copy(path: Path, backup_dir: Path) -> Path:
     """
     safe_dir(backup_dir, 0o700, "[paths] backup")
     data, like, attrs = _read_source(path)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    stamp = clock.utc_stamp()
     dest = backup_dir / f"{path.name}.{stamp}"
     serial = 1
     while os.path.lexists(dest):

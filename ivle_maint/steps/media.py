@@ -39,7 +39,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ from configobj import ConfigObj, ConfigObjError, Section
 
 from ..config import Settings
 from ..errors import ConfigError, MaintError
+from ..gates import clock
 from ..gates.rewrite import check_rewritable, replace_file, write_state_file
 from ..safepaths import read_nofollow
 
@@ -145,7 +145,7 @@ class Record:
         return next_value(version, used), True
 
     def add(self, value: str, version: str, upgrade: str | None) -> None:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        stamp = clock.utc_stamp("%Y-%m-%dT%H:%M:%SZ")
         self.entries.append(RecordEntry(value, version, upgrade, stamp))
 
 
