@@ -448,7 +448,7 @@ def set_media_version(conf_path: Path, state_dir: Path, backup_dir: Path, versio
 
 def preflight(settings: Settings) -> None:
     """While the site is up: the media-version step will be allowed to
-    rewrite ivle.conf (not a symlink, nor hard-linked; gates.rewrite)."""
+    rewrite ivle.conf, if it will (not a symlink, nor hard-linked; gates.rewrite)."""
     conf_path = settings.ivle_conf_dir / "ivle.conf"
     if settings["media"]["force"] or _current(locate(read_conf(conf_path))) is not None:
         check_rewritable(conf_path)

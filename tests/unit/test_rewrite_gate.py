@@ -184,3 +184,25 @@ def test_parents_get_0755_whatever_the_umask(tmp_path):
         os.umask(old)
     assert (tmp_path / "a").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "a" / "b").stat().st_mode & 0o777 == 0o755
+
+
+# What writes or replaces a file's content, and where else it is allowed.
+WRITERS = ("write_text(", "write_bytes(", "os.replace(", "os.rename(", ".rename(", "mkstemp(",
+           "shutil.copy", "shutil.move", "O_TRUNC", "open(\"w", "\"wb\")", "\"w\")")
+ALLOWED = {
+    "gates/rewrite.py": "the gate",
+    "db/backup.py": ".partial -> final: a new dump put in place under a new name",
+    "preflight.py": "mkstemp: a file made and removed to prove a directory writable",
+}
+
+
+def test_no_file_is_written_around_the_rewrite_gate():
+    package = Path(__file__).resolve().parents[2] / "ivle_maint"
+    found = []
+    for source in sorted(package.rglob("*.py")):
+        where = source.relative_to(package).as_posix()
+        if where in ALLOWED:
+            continue
+        text = source.read_text()
+        found += [f"{where}: {w}" for w in WRITERS if w in text]
+    assert found == []
