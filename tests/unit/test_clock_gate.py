@@ -124,3 +124,23 @@ def test_downtime_is_never_negative_whatever_the_clock_did(
     assert ("unknown" in line) == (down is None)
     if recorded_mono and not reboot:
         assert down is not None  # one boot: the monotonic clock always knows
+
+
+def test_retry_after_never_comes_from_a_journal_whose_clock_went_back(tmp_path: Path) -> None:
+    """A recorded web-down time the clocks cannot vouch for (start-web
+    'ended' before stop-web began) is no Retry-After: the setting is."""
+    import json
+
+    from ivle_maint.config import load_settings
+    from ivle_maint.steps import maintenance
+
+    conf = tmp_path / "maint.conf"
+    conf.write_text(f"[node]\nrole = slave\n[paths]\nstate = {tmp_path / 'state'}\n"
+                    "[web]\nretry_after = 120\n")
+    (tmp_path / "state" / "journal").mkdir(parents=True)
+    steps = {"stop-web": {"status": "done", "started": 5000.0, "finished": 5001.0},
+             "start-web": {"status": "done", "started": 1000.0, "finished": 1030.0}}
+    (tmp_path / "state" / "journal" / "1.0_to_1.1.json").write_text(json.dumps({
+        "old": "1.0", "new": "1.1", "role": "slave", "state": "complete", "steps": steps,
+        "created": 100}))
+    assert maintenance.retry_after(load_settings(str(conf))) == (120, "[web] retry_after")
