@@ -144,3 +144,16 @@ def test_retry_after_never_comes_from_a_journal_whose_clock_went_back(tmp_path: 
         "old": "1.0", "new": "1.1", "role": "slave", "state": "complete", "steps": steps,
         "created": 100}))
     assert maintenance.retry_after(load_settings(str(conf))) == (120, "[web] retry_after")
+
+
+def test_an_archived_journal_never_replaces_one_of_the_same_second(tmp_path: Path) -> None:
+    """Two runs of one upgrade created in the same wall-clock second (a clock
+    set back): archiving the second keeps the first's record."""
+    state = tmp_path / "state"
+    for attempt in ("first", "second"):
+        journal = Journal(Journal.file_for(state, "1.0", "1.1"), "1.0", "1.1", "both",
+                          created=1_800_000_000.5, resume=attempt)
+        journal.save()
+        journal.archive()
+    kept = sorted(Journal.load(p).resume for p in (state / "journal").glob("*.json"))
+    assert kept == ["first", "second"]
