@@ -90,6 +90,13 @@ def read_attrs(fd: int) -> dict[str, bytes]:
 
 
 def _set_attrs(fd: int, attrs: dict[str, bytes], where: Path, strict: bool) -> None:
+    """The new file's attributes become ATTRS: what it inherited that the
+    old file did not have (a directory's default ACL) goes, the rest is
+    set.  security.* ones are the kernel's policy: set where permitted,
+    never removed."""
+    for name in set(read_attrs(fd)) - set(attrs):
+        if not name.startswith("security."):
+            os.removexattr(fd, name)
     for name, value in attrs.items():
         try:
             os.setxattr(fd, name, value)
@@ -122,10 +129,11 @@ def _write_temp(directory: Path, name: str, data: bytes, *, mode: int,
         # chown first: it clears set-id bits and file capabilities, which
         # the attributes and the chmod then restore.  The ACL sets the
         # group bits from its mask; the chmod sets the mask from MODE.
-        if like is not None and (os.fstat(fd).st_uid, os.fstat(fd).st_gid) != (
-                like.st_uid, like.st_gid):
-            os.fchown(fd, like.st_uid, like.st_gid)
-        _set_attrs(fd, attrs, directory / name, strict)
+        if like is not None:
+            mine = os.fstat(fd)
+            if (mine.st_uid, mine.st_gid) != (like.st_uid, like.st_gid):
+                os.fchown(fd, like.st_uid, like.st_gid)
+            _set_attrs(fd, attrs, directory / name, strict)
         os.fchmod(fd, mode)
         os.fsync(fd)
     except BaseException:

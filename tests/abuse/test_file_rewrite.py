@@ -149,3 +149,14 @@ def test_a_rewritten_file_keeps_owner_mode_acl_and_every_attribute(
         assert target.read_bytes() == data
         assert facts(target) == before
         assert os.listdir(directory) == ["ivle.conf"]
+
+
+@needs_setfacl
+def test_a_directorys_default_acl_is_not_added_to_a_file_that_had_none(tmp_path: Path) -> None:
+    subprocess.run(["setfacl", "-d", "-m", "u:nobody:rw", str(tmp_path)], check=True)
+    target = tmp_path / "ivle.conf"
+    target.write_bytes(b"old\n")
+    os.removexattr(target, ACL_XATTR)  # the administrator took the inherited ACL away
+    before = facts(target)
+    replace_file(target, b"new\n")
+    assert facts(target) == before and ACL_XATTR not in attrs(target)
