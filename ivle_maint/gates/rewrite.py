@@ -104,7 +104,8 @@ def _set_attrs(fd: int, attrs: dict[str, bytes], where: Path, strict: bool) -> N
             if name.startswith("security.") or not strict:
                 log.info("%s: extended attribute %s not kept: %s", where, name, exc.strerror)
                 continue
-            raise
+            raise MaintError(f"{where}: its extended attribute {name} cannot be kept "
+                             f"({exc.strerror}); nothing written") from None
 
 
 def _open_temp(directory: Path, name: str) -> tuple[int, Path]:

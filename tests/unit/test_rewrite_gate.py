@@ -206,3 +206,19 @@ def test_no_file_is_written_around_the_rewrite_gate():
         text = source.read_text()
         found += [f"{where}: {w}" for w in WRITERS if w in text]
     assert found == []
+
+
+def test_an_attribute_that_cannot_be_kept_is_an_error_naming_it(tmp_path, monkeypatch):
+    target = tmp_path / "ivle.conf"
+    target.write_bytes(b"original")
+    os.setxattr(target, "user.tool", b"x")
+
+    def unsupported(fd, name, value):
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(atomic.os, "setxattr", unsupported)
+    with pytest.raises(MaintError, match=r"ivle.conf: its extended attribute user.tool cannot "
+                                         r"be kept \(Operation not supported\); nothing written"):
+        replace_file(target, b"new")
+    assert target.read_bytes() == b"original"
+    assert names(tmp_path) == ["ivle.conf"]
