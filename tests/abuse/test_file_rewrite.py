@@ -75,18 +75,28 @@ def test_an_upgrade_keeps_ivle_confs_owner_mode_acl_attributes_and_comments(site
 
 
 @pytest.mark.needs_postgres
-def test_a_hard_linked_ivle_conf_is_refused_before_anything_stops(site: Any,
-                                                                  tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["hard link", "symlink"])
+def test_an_ivle_conf_that_cannot_be_replaced_whole_is_refused_before_anything_stops(
+        site: Any, how: str) -> None:
+    """A hard link would be split by the rename, a symlink replaced by a
+    file: the preflight says so in one line, with the site still up."""
     conf = site.ivle_conf
-    other = conf.with_name("ivle.conf.shared")
-    os.link(conf, other)
     content = conf.read_bytes()
+    if how == "hard link":
+        other = conf.with_name("ivle.conf.shared")
+        os.link(conf, other)
+        why = ("has 2 hard links; refused (replacing it would split them: make it a single "
+               "file, e.g. cp -a it and mv the copy over)")
+    else:
+        other = conf.with_name("ivle.conf.real")
+        conf.rename(other)
+        conf.symlink_to(other.name)
+        why = ("is a symlink; refused (ivle-maint replaces this file and never writes "
+               "through a link: make it a regular file)")
 
     done = preinst(site)
     assert done.returncode != 0
-    assert error_lines(done) == [
-        f"ivle-maint: error: {conf}: has 2 hard links; refused (replacing it would split "
-        "them: make it a single file, e.g. cp -a it and mv the copy over)"]
+    assert error_lines(done) == [f"ivle-maint: error: {conf}: {why}"]
     assert all(site.service_running(s) for s in site.services)  # nothing stopped
     assert os.path.samefile(conf, other) and conf.read_bytes() == content
 
