@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from .atomic import write_atomic
+from .errors import MaintError
+from .gates.rewrite import replace_file
 from .output import Reporter
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,8 @@ def record(pid: int, argv: Sequence[str]) -> Path | None:
     path = _records / f"{pid}.json"
     try:
         _records.mkdir(mode=0o700, exist_ok=True)
-        write_atomic(path, json.dumps(data).encode(), mode=0o600)
-    except OSError as exc:  # the parent-death signal still covers the child
+        replace_file(path, json.dumps(data).encode(), mode=0o600)
+    except (OSError, MaintError) as exc:  # the parent-death signal still covers the child
         log.warning("cannot record child %d: %s", pid, exc)
         return None
     return path

@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_state_file
 from .config import Settings
 from .context import UpgradeContext
 from .errors import MaintError
+from .gates.rewrite import write_state_file
 from .safepaths import read_nofollow
 
 INSTALLED_RECORD = "installed.json"

@@ -4,18 +4,24 @@ One JSON file per upgrade under the state directory, rewritten atomically
 after every change, so a run killed at any instant leaves either the old
 or the new journal, and a rerun continues from the first step not done.
 The journal is never read or written through a symlink (safepaths).
+
+Times: each step record holds the wall time (for people) and the
+monotonic reading and boot id it was taken with; span() measures with
+gates.clock, so a clock set back between dpkg's scripts never makes a
+negative duration.
 """
 
 from __future__ import annotations
 
 import json
-import time
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .atomic import write_atomic
 from .errors import MaintError
+from .gates import clock
+from .gates.rewrite import fsync_dir, replace_file
 from .safepaths import read_nofollow, safe_dir
 
 if TYPE_CHECKING:
@@ -36,6 +42,18 @@ class StepRecord:
     summary: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    # gates.clock: the monotonic readings and the boot they belong to.
+    mono_started: float | None = None
+    mono_finished: float | None = None
+    boot: str = ""
+
+    def start_reading(self) -> clock.Reading:
+        return clock.Reading(self.started, self.mono_started, self.boot)
+
+    def end_reading(self) -> clock.Reading | None:
+        if self.finished is None:
+            return None
+        return clock.Reading(self.finished, self.mono_finished, self.boot)
 
 
 @dataclass
@@ -46,7 +64,7 @@ class Journal:
     role: str
     state: str = IN_PROGRESS
     steps: dict[str, StepRecord] = field(default_factory=dict)
-    created: float = field(default_factory=time.time)
+    created: float = field(default_factory=clock.wall)  # for people and identities
     resume: str = "ivle-maint rerun"
     # Where the new migrations are, when not in [paths] migrations (source
     # installs), so that a rerun finds them again.
@@ -90,8 +108,22 @@ class Journal:
                       key=lambda j: j.created)
 
     def archive(self) -> None:
-        """Keep a finished journal under its own name; the next run starts anew."""
-        self.path.rename(self.path.with_suffix(f".{int(self.created)}.json"))
+        """Keep a finished journal under its own name; the next run starts anew.
+
+        Never over an earlier archive: a clock set back can give two runs
+        the same creation second."""
+        serial = 1
+        while True:
+            extra = f".{serial}" if serial > 1 else ""
+            target = self.path.with_suffix(f".{int(self.created)}{extra}.json")
+            try:
+                os.link(self.path, target)
+            except FileExistsError:
+                serial += 1
+                continue
+            break
+        self.path.unlink()
+        fsync_dir(self.path.parent)
 
     def save(self) -> None:
         data = asdict(self)
@@ -100,25 +132,40 @@ class Journal:
         # The state directory is checked each time: a run may be the first.
         safe_dir(self.path.parent.parent, 0o755, "[paths] state")
         safe_dir(self.path.parent, 0o700, "[paths] state")
-        write_atomic(self.path, text.encode(), mode=0o600, follow_symlinks=False)
+        replace_file(self.path, text.encode(), mode=0o600)
 
     def is_done(self, step: str) -> bool:
         record = self.steps.get(step)
         return record is not None and record.status == DONE
 
+    def span(self, first: str, last: str) -> float | None:
+        """Seconds from step FIRST's start to step LAST's end; None when
+        either is missing or unfinished, or the clocks cannot tell."""
+        begun, ended = self.steps.get(first), self.steps.get(last)
+        end = ended.end_reading() if ended else None
+        if begun is None or end is None:
+            return None
+        return clock.elapsed(begun.start_reading(), end)
+
     def begin(self, step: str) -> None:
-        self.steps[step] = StepRecord(RUNNING, time.time())
+        now = clock.reading()
+        self.steps[step] = StepRecord(RUNNING, now.wall, mono_started=now.mono, boot=now.boot)
         self.save()
 
+    def _end(self, step: str, status: str) -> StepRecord:
+        record, now = self.steps[step], clock.reading()
+        record.status, record.finished, record.mono_finished = status, now.wall, now.mono
+        if record.boot != now.boot:  # begun in another boot: its readings do not compare
+            record.mono_started = record.mono_finished = None
+        return record
+
     def finish(self, step: str, summary: str, metrics: dict[str, Any]) -> None:
-        record = self.steps[step]
-        record.status, record.finished = DONE, time.time()
+        record = self._end(step, DONE)
         record.summary, record.metrics, record.error = summary, metrics, None
         self.save()
 
     def fail(self, step: str, error: str) -> None:
-        record = self.steps[step]
-        record.status, record.finished, record.error = FAILED, time.time(), error
+        self._end(step, FAILED).error = error
         self.save()
 
     def forget(self, steps: list[str]) -> None:

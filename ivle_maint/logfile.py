@@ -9,12 +9,10 @@ Logs are root:adm 0640 (as Debian's other logs), the directory 0750.
 
 from __future__ import annotations
 
-import contextlib
 import grp
 import gzip
 import logging
 import os
-import shutil
 import stat
 import time
 from collections import deque
@@ -23,7 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import MaintError
-from .safepaths import open_nofollow, safe_dir
+from .gates import clock
+from .gates.rewrite import replace_file
+from .safepaths import open_nofollow, read_nofollow, safe_dir
 
 DEFAULT_KEEP = 20
 DEFAULT_OUTPUT_LINES = 100
@@ -49,25 +49,29 @@ def _log_gid() -> int | None:
 
 
 def _logs(log_dir: Path) -> list[Path]:
-    """Every log of earlier runs, oldest first; never a symlink (rotation
-    would copy its target into the log directory and delete real logs)."""
+    """Every log of earlier runs, oldest first by the order the runs were
+    made in (the .nNNNNNN in their names; gates.clock), never by mtime or
+    time stamp; never a symlink (rotation would copy its target into the
+    log directory and delete real logs)."""
     found = [p for p in log_dir.iterdir()
              if p.name.endswith((".log", ".log.gz")) and stat.S_ISREG(p.lstat().st_mode)]
-    return sorted(found, key=lambda p: (p.lstat().st_mtime, p.name))
+    # Logs of versions that recorded no order: older than every numbered one.
+    return clock.oldest_first(found, lambda p: p.name,
+                              legacy=lambda p: (p.lstat().st_mtime, p.name))
+
+
+def log_stem(log_dir: Path, name: str) -> str:
+    """NAME-UTCSTAMP.nNNNNNN: the time for people, the number for rotation."""
+    number = clock.next_sequence(p.name for p in log_dir.iterdir())
+    return f"{name.replace('/', '_')}-{clock.utc_stamp()}{clock.sequence_tag(number)}"
 
 
 def _compress(path: Path) -> None:
-    """PATH -> PATH.gz with the same mode, owner and mtime; atomic."""
+    """PATH -> PATH.gz with the same owner, mode, attributes and mtime; atomic."""
     target = path.with_name(path.name + ".gz")
-    partial = path.with_name(path.name + ".gz.partial")
-    st = path.stat()
-    with path.open("rb") as src, gzip.open(partial, "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    os.chmod(partial, st.st_mode & 0o777)
-    with contextlib.suppress(PermissionError):
-        os.chown(partial, st.st_uid, st.st_gid)
-    os.utime(partial, (st.st_atime, st.st_mtime))
-    partial.rename(target)
+    st = path.lstat()
+    replace_file(target, gzip.compress(read_nofollow(path), mtime=0), like=path)
+    os.utime(target, (st.st_atime, st.st_mtime), follow_symlinks=False)
     path.unlink()
 
 
@@ -106,8 +110,7 @@ def run_log(log_dir: Path, name: str, *, keep: int = DEFAULT_KEEP,
     if created and gid is not None:
         os.chown(log_dir, 0, gid)
     prune(log_dir, keep)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    stem = f"{name.replace('/', '_')}-{stamp}"
+    stem = log_stem(log_dir, name)
     path, number = log_dir / f"{stem}.log", 1
     while path.exists() or path.with_name(path.name + ".gz").exists():  # same second
         number += 1

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import MaintError
+from .gates.rewrite import replace_file
 
 FORMAT = "ivle-maint-migrations/1"
 
@@ -38,8 +39,8 @@ class Manifest:
         """Write every file into DIRECTORY (which must exist); returns it."""
         for name, text in self.files.items():
             path = directory / name
-            path.write_text(text, encoding="utf-8")
-            path.chmod(0o644)  # whatever the umask: the preflight checks who can write
+            # 0644 whatever the umask: the preflight checks who can write
+            replace_file(path, text.encode("utf-8"), mode=0o644)
         return directory
 
 

@@ -24,9 +24,12 @@ from .db.classify import Classified, classify
 from .db.connect import connect, params_from_settings
 from .db.discovery import check_writers, discover
 from .db.marker import why_not_writable
+from .db.pins import PINS_FILE
 from .errors import MaintError
-from .installed import old_migration_files
-from .steps import maintenance, migrations
+from .gates.rewrite import check_rewritable
+from .installed import INSTALLED_RECORD, old_migration_files
+from .journal import Journal
+from .steps import maintenance, media, migrations
 from .steps.services import check_init_scripts
 from .versions import check_upgrade
 
@@ -157,6 +160,21 @@ def check_jail_mounts(ctx: UpgradeContext) -> None:
     jaildir.check(ctx.ivle_conf)
 
 
+def check_rewrites(ctx: UpgradeContext) -> None:
+    """Every file the upgrade will replace may be replaced (gates.rewrite):
+    no symlink, nothing but a regular file, no hard link to split."""
+    settings, state = ctx.settings, ctx.settings.path_of("state")
+    paths = [Journal.file_for(state, ctx.old, ctx.new),
+             state / INSTALLED_RECORD]
+    if settings.role in ("slave", "both"):
+        media.preflight(settings)  # ivle.conf, when media-version will rewrite it
+        paths.append(state / media.RECORD_NAME)
+    if settings.role in ("master", "both") and settings["database"]["backup"]:
+        paths.append(settings.path_of("backup") / PINS_FILE)
+    for path in paths:
+        check_rewritable(path)
+
+
 def check(ctx: UpgradeContext) -> None:
     """All checks; the first failure raises with nothing changed."""
     if ctx.old:
@@ -171,6 +189,7 @@ def check(ctx: UpgradeContext) -> None:
         pending = check_database(ctx)
         if pending:
             check_backup_room(ctx)
+    check_rewrites(ctx)
     if ctx.cluster is not None:
         ctx.cluster.preflight()
     log.info("preflight passed")

@@ -9,11 +9,22 @@ from .journal import Journal
 
 
 def web_down_seconds(journal: Journal) -> float | None:
-    """From the web server's stop to its start again, across dpkg's scripts."""
-    stop, start = journal.steps.get("stop-web"), journal.steps.get("start-web")
-    if stop is None or start is None or start.finished is None:
+    """From the web server's stop to its start again, across dpkg's scripts
+    (gates.clock: never negative; None when not known)."""
+    return journal.span("stop-web", "start-web")
+
+
+def web_down_line(journal: Journal) -> str | None:
+    """The summary's downtime line; None when the web server was not both
+    stopped and started again."""
+    start = journal.steps.get("start-web")
+    if "stop-web" not in journal.steps or start is None or start.finished is None:
         return None
-    return start.finished - stop.started
+    down = web_down_seconds(journal)
+    if down is None:
+        return ("  web service down for an unknown time (the recorded times disagree: "
+                "the clock was changed)")
+    return f"  web service down for {down:.1f}s"
 
 
 def _metric(journal: Journal, step: str, key: str) -> object:
@@ -24,9 +35,9 @@ def _metric(journal: Journal, step: str, key: str) -> object:
 def summary_lines(journal: Journal, steps: Sequence[Step]) -> list[str]:
     """What a person wants to know once the upgrade is over (STEPS: procedure.STEPS)."""
     lines = [f"upgrade {journal.old or '(none)'} -> {journal.new}: {journal.state}"]
-    down = web_down_seconds(journal)
+    down = web_down_line(journal)
     if down is not None:
-        lines.append(f"  web service down for {down:.1f}s")
+        lines.append(down)
     applied = _metric(journal, "migrate", "migrations_applied")
     if isinstance(applied, list):
         lines.append(f"  migrations applied: {len(applied)} {' '.join(applied)}".rstrip())

@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg2
 
-from ..atomic import write_atomic, write_state_file
 from ..context import BEFORE, SLAVE, Step, select_steps, serving
 from ..db.apply import pg_reason
 from ..db.connect import connect, params_from_settings
 from ..errors import MaintError
+from ..gates.rewrite import replace_file, write_state_file
 from ..safepaths import read_nofollow
 from ..steps.consoles import list_consoles
 from ..steps.maintenance import in_maintenance
@@ -323,8 +323,8 @@ class Presence:
     def _keep_pending(self, row: dict[str, Any]) -> None:
         path = self.settings.path_of("state") / PENDING_ROW
         try:
-            write_atomic(path, (json.dumps(row) + "\n").encode(), mode=0o644)
-        except OSError as exc:
+            replace_file(path, (json.dumps(row) + "\n").encode(), mode=0o644)
+        except (OSError, MaintError) as exc:
             log.warning("could not keep the unwritten cluster row: %s", exc)
 
     def _drop_pending(self) -> None:

@@ -1,7 +1,10 @@
 """pg_dump before migrations, like dbconfig-common before package upgrades.
 
 Dumps are pg_dump's custom format, named
-``DBNAME-YYYYMMDDTHHMMSS.ffffffZ-LABEL.dump`` (UTC, so names sort by time),
+``DBNAME-YYYYMMDDTHHMMSS.ffffffZ-LABEL.nNNNNNN.dump``: the UTC time is for
+people, the number (gates.clock) is the order they were taken in, which
+rotation goes by: a clock that was ahead, then set right, never makes the
+dump just taken look like the oldest one.  Dumps
 root's and mode 0600 in a root-owned 0700 directory (safepaths): they hold
 every password hash.  A dump is written under a hidden ``.partial`` name,
 flocked while pg_dump writes it, and renamed when pg_dump succeeds, so
@@ -29,11 +32,11 @@ import shlex
 import stat
 import subprocess
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
 from .. import children
 from ..errors import MaintError
+from ..gates import clock
 from ..safepaths import safe_dir
 from ..system import which
 from .connect import ConnectParams, reason
@@ -46,26 +49,39 @@ OLD_PASSFILE_PREFIX = "ivle-maint-pgpass-"
 
 
 def _pattern(dbname: str) -> re.Pattern[str]:
-    return re.compile(rf"^{re.escape(dbname)}-\d{{8}}T\d{{6}}\.\d{{6}}Z(-[\w.-]+)?{SUFFIX}$")
+    return re.compile(rf"^{re.escape(dbname)}-\d{{8}}T\d{{6}}\.\d{{6}}Z(-[\w.-]+?)?"
+                      rf"(\.n\d+)?{SUFFIX}$")
 
 
 def backups(directory: Path, dbname: str) -> list[Path]:
-    """This database's finished dumps, oldest first."""
+    """This database's finished dumps, oldest first by the order they were
+    taken in (dumps of versions before that order was recorded first)."""
     if not directory.is_dir():
         return []
     pattern = _pattern(dbname)
-    return sorted(p for p in directory.iterdir() if pattern.match(p.name))
+    return clock.oldest_first((p for p in directory.iterdir() if pattern.match(p.name)),
+                              lambda p: p.name)
 
 
-def rotate(directory: Path, dbname: str, keep: int) -> list[Path]:
-    """Delete all but the newest keep dumps, never a pinned one; return the deleted."""
+def dump_name(directory: Path, dbname: str, label: str) -> str:
+    """The next dump's name: UTC time for people, sequence number for order."""
+    stamp = clock.utc_stamp("%Y%m%dT%H%M%S.%fZ")
+    safe_label = re.sub(r"[^\w.-]+", "_", label)
+    taken = (p.name.removesuffix(".partial") for p in directory.iterdir())
+    tag = clock.sequence_tag(clock.next_sequence(taken))
+    return f"{dbname}-{stamp}-{safe_label}{tag}{SUFFIX}"
+
+
+def rotate(directory: Path, dbname: str, keep: int, *, taken: Path | None = None) -> list[Path]:
+    """Delete all but the newest keep dumps, never a pinned one nor TAKEN
+    (the dump just taken); return the deleted."""
     try:
         pinned = protected(directory)
     except MaintError as exc:  # cannot tell which to keep: delete nothing
         log.warning("%s; no old backup removed", exc)
         return []
     old = backups(directory, dbname)[: -keep or None] if keep > 0 else []
-    old = [path for path in old if path.name not in pinned]
+    old = [path for path in old if path.name not in pinned and path != taken]
     for path in old:
         path.unlink()
     return old
@@ -152,9 +168,7 @@ def dump(params: ConnectParams, directory: Path, *, label: str, keep: int) -> Pa
     """pg_dump the database into directory, rotate, return the dump's path."""
     safe_dir(directory, 0o700, "[paths] backup")
     remove_leftovers(directory)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-    safe_label = re.sub(r"[^\w.-]+", "_", label)
-    final = directory / f"{params.dbname}-{stamp}-{safe_label}{SUFFIX}"
+    final = directory / dump_name(directory, params.dbname, label)
     partial = directory / f".{final.name}.partial"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     user: int | None = None
@@ -200,6 +214,6 @@ def dump(params: ConnectParams, directory: Path, *, label: str, keep: int) -> Pa
         last = reason(Exception("\n".join(lines)), params) if lines else f"status {done.returncode}"
         raise MaintError(f"pg_dump of database {params.dbname} failed: {last}")
     partial.rename(final)
-    for path in rotate(directory, params.dbname, keep):
+    for path in rotate(directory, params.dbname, keep, taken=final):
         log.info("removed old backup %s", path)
     return final

@@ -27,8 +27,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..atomic import write_atomic
 from ..errors import MaintError
+from ..gates.rewrite import replace_file
 from ..safepaths import read_nofollow
 
 PINS_FILE = "pinned.json"
@@ -63,7 +63,7 @@ def load(directory: Path) -> dict[str, UpgradeDumps]:
 def save(directory: Path, pins: dict[str, UpgradeDumps]) -> None:
     data = {key: asdict(value) for key, value in sorted(pins.items())}
     text = json.dumps(data, indent=1, sort_keys=True) + "\n"
-    write_atomic(directory / PINS_FILE, text.encode(), mode=0o600, follow_symlinks=False)
+    replace_file(directory / PINS_FILE, text.encode(), mode=0o600)
 
 
 def protected(directory: Path) -> set[str]:

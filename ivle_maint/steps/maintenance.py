@@ -32,9 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import system
-from ..atomic import write_atomic, write_state_file
 from ..config import Settings
 from ..errors import MaintError
+from ..gates import clock
+from ..gates.rewrite import replace_file, write_state_file
 from ..journal import COMPLETE, Journal
 from ..output import Reporter
 from ..safepaths import read_nofollow
@@ -153,11 +154,11 @@ def retry_after(settings: Settings) -> tuple[int, str]:
             journal = Journal.load(path)
         except MaintError:
             continue
-        down, up = journal.steps.get("stop-web"), journal.steps.get("start-web")
-        if journal.state != COMPLETE or down is None or up is None or up.finished is None:
+        seconds = journal.span("stop-web", "start-web")  # gates.clock: None if unknown
+        if journal.state != COMPLETE or seconds is None:
             continue
         if newest is None or journal.created > newest[0]:
-            newest = (journal.created, up.finished - down.started, journal)
+            newest = (journal.created, seconds, journal)
     if newest is None:
         return int(settings["web"]["retry_after"]), "[web] retry_after"
     _created, seconds, journal = newest
@@ -256,12 +257,11 @@ def enter(settings: Settings, reporter: Reporter) -> str:
     """stop-web in maintenance mode; returns the step's summary."""
     record = Record.read(settings)
     if record is None:  # a rerun keeps the first run's record of what it disabled
-        record = Record(enabled_sites(settings), time.time())
+        record = Record(enabled_sites(settings), clock.wall())
         record.write(settings)
     seconds, source = retry_after(settings)
     conf = apache_dir(settings) / "conf-available" / f"{CONF_NAME}.conf"
-    write_atomic(conf, conf_text(seconds, page_text(settings)).encode(), mode=0o644,
-                 follow_symlinks=False)
+    replace_file(conf, conf_text(seconds, page_text(settings)).encode(), mode=0o644)
     for name in record.disabled:
         _run("a2dissite", "-q", name)
     _run("a2enconf", "-q", CONF_NAME)

@@ -39,16 +39,16 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from configobj import ConfigObj, ConfigObjError, Section
 
-from ..atomic import write_atomic, write_state_file
 from ..config import Settings
 from ..errors import ConfigError, MaintError
+from ..gates import clock
+from ..gates.rewrite import check_rewritable, replace_file, write_state_file
 from ..safepaths import read_nofollow
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ class Record:
         return next_value(version, used), True
 
     def add(self, value: str, version: str, upgrade: str | None) -> None:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        stamp = clock.utc_stamp("%Y-%m-%dT%H:%M:%SZ")
         self.entries.append(RecordEntry(value, version, upgrade, stamp))
 
 
@@ -436,7 +436,7 @@ def set_media_version(conf_path: Path, state_dir: Path, backup_dir: Path, versio
     if is_new:  # recorded first: a crash before the write resumes with it
         record.add(target, version, upgrade)
         record.save()
-    backup = write_atomic(conf_path, new, backup_dir=backup_dir)
+    backup = replace_file(conf_path, new, backup_dir=backup_dir)
     reread = _current(locate(read_conf(conf_path)))
     if reread != target:
         raise MaintError(f"{conf_path}: [media] version reads back as {reread!r}, "
@@ -444,6 +444,14 @@ def set_media_version(conf_path: Path, state_dir: Path, backup_dir: Path, versio
     log.info("%s: [media] version %s -> %s (backup %s)", conf_path, current, target, backup)
     action = ADDED if current is None else CHANGED
     return MediaResult(conf_path, action, current, target, backup)
+
+
+def preflight(settings: Settings) -> None:
+    """While the site is up: the media-version step will be allowed to
+    rewrite ivle.conf, if it will (not a symlink, nor hard-linked; gates.rewrite)."""
+    conf_path = settings.ivle_conf_dir / "ivle.conf"
+    if settings["media"]["force"] or _current(locate(read_conf(conf_path))) is not None:
+        check_rewritable(conf_path)
 
 
 def change_media_version(settings: Settings, version: str, *, upgrade: str | None = None,

@@ -1,5 +1,6 @@
-"""Database dumps under faults: retried failures, a full backup disk, a run
-killed during pg_dump.
+"""Database dumps under faults: a full backup disk, a run killed during
+pg_dump.  (Which dumps rotation keeps, retries and clock jumps included:
+test_clock.py.)
 
 Each case: a one-line error, the documented exit status, nothing
 half-written (no .partial dump, no password file), and the dump that
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shlex
 import subprocess
 import tempfile
 from pathlib import Path
@@ -22,75 +22,22 @@ from abuse_helpers import error_lines, upgraded_state
 from ivle_maint.config import load_settings
 from ivle_maint.output import RecordingReporter
 from ivle_maint.steps import migrations
-from ivle_sandbox.releases import NEW, OLD
 from upgrade_helpers import (
     RESUME_LINE,
     at_version_1_0,
     cli,
     final_state,
-    journal,
     marker_keys,
     postinst,
     preinst,
-    set_setting,
     unpack,
 )
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
-# 20100215 fails when it runs (not when parsed): the two before it apply.
-FAILING = {**OLD, **NEW, "20100215.sql": "SELECT 1 / 0;\n"}
-
 
 def dumps(node: Any) -> list[Path]:
     return sorted(node.backup_dir.glob("*.dump"))
-
-
-def dump_sql(path: Path) -> str:
-    """The dump as SQL text (pg_restore needs no server for that)."""
-    done = subprocess.run(["pg_restore", "-f", "-", str(path)], capture_output=True,
-                          text=True, check=True)
-    return done.stdout
-
-
-def test_retries_keep_the_dump_from_before_the_upgrade(site: Any) -> None:
-    """Six failed `dpkg --configure -a` with backup_keep = 1: the first dump stays."""
-    set_setting(site, "database", "backup_keep", "1")
-    assert preinst(site).returncode == 0
-    unpack(site, migrations=FAILING)
-    first = postinst(site)
-    assert first.returncode == 1
-    (before_upgrade,) = dumps(site)
-    assert "before-20100201-01" in before_upgrade.name
-    assert f"backup taken before this run: {before_upgrade}" in first.stderr
-    for _ in range(5):
-        again = postinst(site)
-        assert again.returncode == 1 and RESUME_LINE in again.stderr
-        (line,) = error_lines(again)
-        # The first error's restore command still works: its dump is there.
-        assert f"the database before this upgrade: {before_upgrade} (restore: " in line
-    # One more dump only: after the first attempt applied two migrations.
-    assert len(dumps(site)) == 2
-    assert before_upgrade.exists()
-    assert "upgrade_notice" not in dump_sql(before_upgrade)
-    assert "upgrade_notice" in dump_sql(dumps(site)[1])
-    # A manual dump (with rotation) does not delete it either.
-    settings = load_settings(str(site.maint_conf))
-    migrations.backup_now(settings, RecordingReporter())
-    assert before_upgrade.exists()
-
-    status = cli(site, "status")
-    assert f"  database before this upgrade: {before_upgrade}" in status.stdout
-    restore = next(line for line in status.stdout.splitlines() if "restore with:" in line)
-    assert shlex.split(restore.split("restore with: ", 1)[1])[-1] == str(before_upgrade)
-
-    unpack(site)  # the corrected package
-    assert cli(site, "rerun").returncode == 0
-    assert journal(site)["state"] == "complete"
-    # The last completed upgrade keeps its dump; the retries' are rotated as usual.
-    migrations.backup_now(settings, RecordingReporter())
-    assert before_upgrade in dumps(site) and len(dumps(site)) == 2
-    assert f"database before this upgrade: {before_upgrade}" in cli(site, "status").stdout
 
 
 def test_full_backup_disk_is_one_line_and_nothing_half_written(

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from configobj import ConfigObj
 
-from ivle_maint import atomic
 from ivle_maint.errors import MaintError
+from ivle_maint.gates import rewrite as atomic
 from ivle_maint.steps import media
 from ivle_maint.steps.media import (
     ADDED,

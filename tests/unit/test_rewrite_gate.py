@@ -1,4 +1,8 @@
-"""write_atomic: content, owner/mode, backups, and what a crash leaves behind."""
+"""gates.rewrite: content, owner/mode, backups, and what a crash leaves behind.
+
+What a hostile or unusual file (links, ACLs, attributes) gets is in
+tests/abuse/test_file_rewrite.py.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ivle_maint import atomic
-from ivle_maint.atomic import backup_copy, write_atomic
 from ivle_maint.errors import MaintError
+from ivle_maint.gates import rewrite as atomic
+from ivle_maint.gates.rewrite import backup_copy, replace_file
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
 
@@ -20,7 +24,7 @@ def names(directory: Path) -> list[str]:
 
 def test_new_file_gets_content_default_mode_and_parents(tmp_path):
     target = tmp_path / "a" / "b" / "file"
-    assert write_atomic(target, b"hello\n") is None
+    assert replace_file(target, b"hello\n") is None
     assert target.read_bytes() == b"hello\n"
     assert target.stat().st_mode & 0o7777 == 0o644
     assert names(target.parent) == ["file"]
@@ -30,9 +34,9 @@ def test_existing_file_keeps_its_mode_unless_told(tmp_path):
     target = tmp_path / "conf"
     target.write_bytes(b"old")
     target.chmod(0o640)
-    write_atomic(target, b"new")
+    replace_file(target, b"new")
     assert (target.read_bytes(), target.stat().st_mode & 0o7777) == (b"new", 0o640)
-    write_atomic(target, b"newer", mode=0o600)
+    replace_file(target, b"newer", mode=0o600)
     assert target.stat().st_mode & 0o7777 == 0o600
 
 
@@ -41,7 +45,7 @@ def test_replaces_the_inode_not_the_content_in_place(tmp_path):
     target = tmp_path / "conf"
     target.write_bytes(b"old content")
     with open(target, "rb") as reader:
-        write_atomic(target, b"new content")
+        replace_file(target, b"new content")
         assert reader.read() == b"old content"
     assert target.read_bytes() == b"new content"
 
@@ -52,19 +56,20 @@ def test_keeps_owner_and_group(tmp_path):
     target.write_bytes(b"[media]\n")
     os.chown(target, 1234, 33)
     target.chmod(0o640)
-    write_atomic(target, b"[media]\nversion = 2\n")
+    replace_file(target, b"[media]\nversion = 2\n")
     st = target.stat()
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1234, 33, 0o640)
 
 
-def test_follows_a_symlink_and_keeps_it(tmp_path):
+def test_a_symlink_is_refused_and_neither_it_nor_its_target_changes(tmp_path):
     real = tmp_path / "real.conf"
     real.write_bytes(b"old")
     link = tmp_path / "ivle.conf"
     link.symlink_to(real)
-    write_atomic(link, b"new")
-    assert link.is_symlink()
-    assert real.read_bytes() == b"new"
+    with pytest.raises(MaintError, match=r"ivle.conf: is a symlink; refused"):
+        replace_file(link, b"new")
+    assert link.is_symlink() and real.read_bytes() == b"old"
+    assert names(tmp_path) == ["ivle.conf", "real.conf"]
 
 
 def test_backup_holds_the_previous_content_owner_and_mode(tmp_path):
@@ -73,7 +78,7 @@ def test_backup_holds_the_previous_content_owner_and_mode(tmp_path):
     target.write_bytes(b"previous\n")
     target.chmod(0o640)
     backups = tmp_path / "backups"
-    made = write_atomic(target, b"next\n", backup_dir=backups)
+    made = replace_file(target, b"next\n", backup_dir=backups)
     assert made is not None and made.parent == backups
     assert made.name.startswith("ivle.conf.")
     assert made.read_bytes() == b"previous\n"
@@ -93,7 +98,7 @@ def test_backups_in_the_same_second_do_not_overwrite_each_other(tmp_path):
 
 
 def test_no_backup_of_a_file_that_did_not_exist(tmp_path):
-    assert write_atomic(tmp_path / "new", b"x", backup_dir=tmp_path / "b") is None
+    assert replace_file(tmp_path / "new", b"x", backup_dir=tmp_path / "b") is None
     assert not (tmp_path / "b").exists()
 
 
@@ -106,7 +111,7 @@ def test_failed_rename_leaves_the_original_and_no_temporary(tmp_path, monkeypatc
 
     monkeypatch.setattr(atomic.os, "replace", crash)
     with pytest.raises(MaintError, match=r"cannot write .*ivle.conf.*Input/output error"):
-        write_atomic(target, b"replacement\n")
+        replace_file(target, b"replacement\n")
     assert target.read_bytes() == b"original\n"
     assert names(tmp_path) == ["ivle.conf"]
 
@@ -120,7 +125,7 @@ def test_failed_write_leaves_no_temporary(tmp_path, monkeypatch):
 
     monkeypatch.setattr(atomic.os, "fsync", no_space)
     with pytest.raises(MaintError, match="No space left"):
-        write_atomic(target, b"new")
+        replace_file(target, b"new")
     assert target.read_bytes() == b"original"
     assert names(tmp_path) == ["f"]
 
@@ -134,7 +139,7 @@ def test_interrupt_during_write_leaves_no_temporary(tmp_path, monkeypatch):
 
     monkeypatch.setattr(atomic.os, "fchmod", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        write_atomic(target, b"new")
+        replace_file(target, b"new")
     assert names(tmp_path) == ["f"]
     assert target.read_bytes() == b"original"
 
@@ -143,7 +148,7 @@ def test_owner_that_cannot_be_kept_is_an_error_not_a_silent_change(tmp_path, mon
     target = tmp_path / "f"
     target.write_bytes(b"original")
     mine = os.stat(target)
-    real_stat = os.stat
+    real_stat = os.lstat
 
     def owned_by_someone_else(path, *args, **kwargs):
         st = real_stat(path, *args, **kwargs)
@@ -156,30 +161,64 @@ def test_owner_that_cannot_be_kept_is_an_error_not_a_silent_change(tmp_path, mon
     def refused(fd, uid, gid):
         raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr(atomic.os, "stat", owned_by_someone_else)
+    monkeypatch.setattr(atomic.os, "lstat", owned_by_someone_else)
     monkeypatch.setattr(atomic.os, "fchown", refused)
     with pytest.raises(MaintError, match="Operation not permitted"):
-        write_atomic(target, b"new")
+        replace_file(target, b"new")
     assert target.read_bytes() == b"original"
     assert names(tmp_path) == ["f"]
 
 
-def test_state_files_replace_a_symlink_instead_of_following_it(tmp_path):
-    victim = tmp_path / "victim"
-    victim.write_text("precious\n")
-    link = tmp_path / "state.json"
-    link.symlink_to(victim)
-    write_atomic(link, b"{}\n", mode=0o600, follow_symlinks=False)
-    assert victim.read_text() == "precious\n"
-    assert not link.is_symlink() and link.read_bytes() == b"{}\n"
-    assert link.stat().st_mode & 0o777 == 0o600
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "state.json"
+    os.mkfifo(fifo)
+    with pytest.raises(MaintError, match="not a regular file; refused"):
+        replace_file(fifo, b"{}\n", mode=0o600)
 
 
 def test_parents_get_0755_whatever_the_umask(tmp_path):
     old = os.umask(0)
     try:
-        write_atomic(tmp_path / "a" / "b" / "f", b"x", mode=0o644)
+        replace_file(tmp_path / "a" / "b" / "f", b"x", mode=0o644)
     finally:
         os.umask(old)
     assert (tmp_path / "a").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "a" / "b").stat().st_mode & 0o777 == 0o755
+
+
+# What writes or replaces a file's content, and where else it is allowed.
+WRITERS = ("write_text(", "write_bytes(", "os.replace(", "os.rename(", ".rename(", "mkstemp(",
+           "shutil.copy", "shutil.move", "O_TRUNC", "open(\"w", "\"wb\")", "\"w\")")
+ALLOWED = {
+    "gates/rewrite.py": "the gate",
+    "db/backup.py": ".partial -> final: a new dump put in place under a new name",
+    "preflight.py": "mkstemp: a file made and removed to prove a directory writable",
+}
+
+
+def test_no_file_is_written_around_the_rewrite_gate():
+    package = Path(__file__).resolve().parents[2] / "ivle_maint"
+    found = []
+    for source in sorted(package.rglob("*.py")):
+        where = source.relative_to(package).as_posix()
+        if where in ALLOWED:
+            continue
+        text = source.read_text()
+        found += [f"{where}: {w}" for w in WRITERS if w in text]
+    assert found == []
+
+
+def test_an_attribute_that_cannot_be_kept_is_an_error_naming_it(tmp_path, monkeypatch):
+    target = tmp_path / "ivle.conf"
+    target.write_bytes(b"original")
+    os.setxattr(target, "user.tool", b"x")
+
+    def unsupported(fd, name, value):
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(atomic.os, "setxattr", unsupported)
+    with pytest.raises(MaintError, match=r"ivle.conf: its extended attribute user.tool cannot "
+                                         r"be kept \(Operation not supported\); nothing written"):
+        replace_file(target, b"new")
+    assert target.read_bytes() == b"original"
+    assert names(tmp_path) == ["ivle.conf"]

@@ -1,0 +1,242 @@
+"""Files rewritten: one atomic replacement that keeps everything the file had.
+
+The rule: every file ivle-maint writes, ivle.conf as much as its own state,
+goes through replace_file(), and replace_file()
+
+- refuses a target that is a symlink, not a regular file, or has several
+  hard links (a replacement would silently split the link: the other
+  names would keep the old content), with one line saying so;
+- writes the new content to a temporary file in the same directory,
+  created with O_EXCL|O_NOFOLLOW (nothing planted there is followed or
+  reused), and flushes it;
+- gives it what the old file had: owner and group (a lost group would
+  lock Apache out of a root:www-data 0640 ivle.conf), mode, and every
+  extended attribute, the POSIX ACL (system.posix_acl_access) included;
+  security.* ones where the kernel permits, every other one or nothing;
+- renames it over the target and flushes the directory, so a crash
+  leaves the old file or the new one, never a mix or a stray temporary.
+
+check_rewritable() is the refusal alone: the preflight asks it about
+ivle.conf while the site is still up, so the after-phase never finds out
+too late that it may not rewrite the file.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+import stat
+from contextlib import suppress
+from pathlib import Path
+
+from ..errors import MaintError
+from ..safepaths import make_dirs, safe_dir
+from . import clock
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODE = 0o644  # for a new file when no mode is given
+ACL_XATTR = "system.posix_acl_access"
+_NOT_SUPPORTED = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENODATA)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Flush a directory's entries (a rename or a new file) to disk."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_rewritable(path: Path) -> os.stat_result | None:
+    """PATH's lstat when replace_file() may replace it, None when it is absent.
+
+    Raises a one-line MaintError for a symlink, anything but a regular file,
+    or a file with several hard links.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise MaintError(f"{path}: cannot check before rewriting it: {exc.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise MaintError(f"{path}: is a symlink; refused (ivle-maint replaces this file and "
+                         "never writes through a link: make it a regular file)")
+    if not stat.S_ISREG(st.st_mode):
+        raise MaintError(f"{path}: not a regular file; refused (remove it)")
+    if st.st_nlink > 1:
+        raise MaintError(f"{path}: has {st.st_nlink} hard links; refused (replacing it would "
+                         "split them: make it a single file, e.g. cp -a it and mv the copy over)")
+    return st
+
+
+def read_attrs(fd: int) -> dict[str, bytes]:
+    """Every extended attribute of the open file FD, ACLs included."""
+    try:
+        names = os.listxattr(fd)
+    except OSError as exc:
+        if exc.errno in _NOT_SUPPORTED:
+            return {}
+        raise
+    attrs = {}
+    for name in names:
+        with suppress(OSError):  # gone meanwhile, or unreadable: not there to keep
+            attrs[name] = os.getxattr(fd, name)
+    return attrs
+
+
+def _set_attrs(fd: int, attrs: dict[str, bytes], where: Path, strict: bool) -> None:
+    """The new file's attributes become ATTRS: what it inherited that the
+    old file did not have (a directory's default ACL) goes, the rest is
+    set.  security.* ones are the kernel's policy: set where permitted,
+    never removed."""
+    for name in set(read_attrs(fd)) - set(attrs):
+        if not name.startswith("security."):
+            os.removexattr(fd, name)
+    for name, value in attrs.items():
+        try:
+            os.setxattr(fd, name, value)
+        except OSError as exc:
+            if name.startswith("security.") or not strict:
+                log.info("%s: extended attribute %s not kept: %s", where, name, exc.strerror)
+                continue
+            raise MaintError(f"{where}: its extended attribute {name} cannot be kept "
+                             f"({exc.strerror}); nothing written") from None
+
+
+def _open_temp(directory: Path, name: str) -> tuple[int, Path]:
+    """A new file beside the target, root's 0600, never a planted one."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    while True:
+        tmp = directory / f".{name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o600), tmp
+        except FileExistsError:
+            continue
+
+
+def _write_temp(directory: Path, name: str, data: bytes, *, mode: int,
+                like: os.stat_result | None, attrs: dict[str, bytes], strict: bool) -> Path:
+    """A flushed temporary file in DIRECTORY; removed again on any failure."""
+    fd, tmp = _open_temp(directory, name)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        # chown first: it clears set-id bits and file capabilities, which
+        # the attributes and the chmod then restore.  The ACL sets the
+        # group bits from its mask; the chmod sets the mask from MODE.
+        if like is not None:
+            mine = os.fstat(fd)
+            if (mine.st_uid, mine.st_gid) != (like.st_uid, like.st_gid):
+                os.fchown(fd, like.st_uid, like.st_gid)
+            _set_attrs(fd, attrs, directory / name, strict)
+        os.fchmod(fd, mode)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def _install(tmp: Path, target: Path) -> None:
+    """Rename TMP over TARGET and flush the directory; TMP never survives."""
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(target.parent)
+
+
+def _read_source(path: Path) -> tuple[bytes, os.stat_result, dict[str, bytes]]:
+    """Content, stat and attributes of a regular file, read through one descriptor."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise MaintError(f"{path}: not a regular file; refused (remove it)")
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks), st, read_attrs(fd)
+    finally:
+        os.close(fd)
+
+
+def _attrs_of(path: Path, st: os.stat_result) -> dict[str, bytes]:
+    """PATH's attributes, read from the very file that was checked."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            raise MaintError(f"{path}: replaced while being rewritten; nothing written, "
+                             "run again")
+        return read_attrs(fd)
+    finally:
+        os.close(fd)
+
+
+def backup_copy(path: Path, backup_dir: Path) -> Path:
+    """Copy PATH into BACKUP_DIR as NAME.YYYYMMDDTHHMMSSZ[.N]; owner, mode and
+    attributes kept where that directory's filesystem can hold them.
+
+    The directory is made private (0700) when created: ivle.conf holds the
+    database password, and a backup must not be easier to read than it.
+    The stamp is for people: nothing orders or deletes backups by it.
+    """
+    safe_dir(backup_dir, 0o700, "[paths] backup")
+    data, like, attrs = _read_source(path)
+    stamp = clock.utc_stamp()
+    dest = backup_dir / f"{path.name}.{stamp}"
+    serial = 1
+    while os.path.lexists(dest):
+        serial += 1
+        dest = backup_dir / f"{path.name}.{stamp}.{serial}"
+    tmp = _write_temp(backup_dir, dest.name, data, mode=stat.S_IMODE(like.st_mode), like=like,
+                      attrs=attrs, strict=False)
+    _install(tmp, dest)
+    return dest
+
+
+def replace_file(path: Path, data: bytes, *, mode: int | None = None,
+                 backup_dir: Path | None = None, like: Path | None = None) -> Path | None:
+    """Replace PATH with DATA atomically; returns the backup made, if any.
+
+    An existing PATH keeps its owner, group, mode and extended attributes;
+    MODE, when given, overrides the mode (and a new file's default, 0644).
+    LIKE names another file to take them from instead (a compressed copy
+    of a log).  Missing parent directories are created (0755).  Any failure
+    raises a one-line MaintError and leaves the old file as it was, with no
+    temporary file behind.
+    """
+    target = Path(os.path.abspath(path))
+    try:
+        make_dirs(target.parent, 0o755)
+        old = check_rewritable(target)
+        source = check_rewritable(Path(like)) if like is not None else old
+        attrs = _attrs_of(Path(like) if like is not None else target, source) if source else {}
+        if mode is None:
+            mode = stat.S_IMODE(source.st_mode) if source else DEFAULT_MODE
+        backup = backup_copy(target, backup_dir) if backup_dir and old else None
+        tmp = _write_temp(target.parent, target.name, data, mode=mode, like=source, attrs=attrs,
+                          strict=True)
+        _install(tmp, target)
+    except OSError as exc:
+        where = exc.filename or target
+        raise MaintError(f"cannot write {path}: {where}: {exc.strerror or exc}") from None
+    return backup
+
+
+def write_state_file(path: Path, data: bytes, *, mode: int) -> None:
+    """replace_file for ivle-maint's own state, in a directory checked safe first."""
+    safe_dir(path.parent, 0o755, "[paths] state")
+    replace_file(path, data, mode=mode)
