@@ -4,6 +4,9 @@ One JSON file per upgrade under the state directory, rewritten atomically
 after every change, so a run killed at any instant leaves either the old
 or the new journal, and a rerun continues from the first step not done.
 The journal is never read or written through a symlink (safepaths).
+A step's summary and error carry text from outside (SQL errors, file
+names, command lines): they are recorded through gates.text, so that
+`status`, the cluster table and a later message show them escaped.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .atomic import write_atomic
 from .errors import MaintError
+from .gates.text import lines
 from .safepaths import read_nofollow, safe_dir
 
 if TYPE_CHECKING:
@@ -78,6 +82,9 @@ class Journal:
         try:
             data = json.loads(read_nofollow(path).decode("utf-8"))
             steps = {k: StepRecord(**v) for k, v in data.pop("steps").items()}
+            for record in steps.values():  # written before the gate, or by hand
+                record.summary = _recorded(record.summary)
+                record.error = None if record.error is None else _recorded(record.error)
             return cls(path=path, steps=steps, **data)
         except (OSError, ValueError, TypeError, KeyError) as exc:
             raise MaintError(f"{path}: unreadable journal: {exc}") from None
@@ -113,12 +120,12 @@ class Journal:
     def finish(self, step: str, summary: str, metrics: dict[str, Any]) -> None:
         record = self.steps[step]
         record.status, record.finished = DONE, time.time()
-        record.summary, record.metrics, record.error = summary, metrics, None
+        record.summary, record.metrics, record.error = _recorded(summary), metrics, None
         self.save()
 
     def fail(self, step: str, error: str) -> None:
         record = self.steps[step]
-        record.status, record.finished, record.error = FAILED, time.time(), error
+        record.status, record.finished, record.error = FAILED, time.time(), _recorded(error)
         self.save()
 
     def forget(self, steps: list[str]) -> None:
@@ -130,6 +137,11 @@ class Journal:
     def set_state(self, state: str) -> None:
         self.state = state
         self.save()
+
+
+def _recorded(text: object) -> str:
+    """TEXT as the journal keeps it: through gates.text, continuation lines kept."""
+    return "\n".join(lines(text))
 
 
 def unfinished(settings: Settings) -> Journal | None:

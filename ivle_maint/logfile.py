@@ -5,6 +5,12 @@ Logs stay bounded: each run starts by keeping only the newest
 and an external command's output adds at most its first and last
 `[logs] output_lines` lines, with a line saying how much was left out.
 Logs are root:adm 0640 (as Debian's other logs), the directory 0750.
+
+Every line goes through gates.text (SafeFormatter): text from outside in a
+message is escaped, a traceback's lines are indented, and so every line
+that starts at column 0 is one record's timestamp.  A log that cannot be
+written (a full disk, an I/O error) stops logging, said once on stderr,
+and never fails the run nor prints a traceback (TolerantHandler).
 """
 
 from __future__ import annotations
@@ -16,13 +22,16 @@ import logging
 import os
 import shutil
 import stat
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from .errors import MaintError
+from .gates.text import INDENT, block, shown
 from .safepaths import open_nofollow, safe_dir
 
 DEFAULT_KEEP = 20
@@ -30,12 +39,79 @@ DEFAULT_OUTPUT_LINES = 100
 MAX_LINE = 2000  # characters of one output line kept in the log
 LOG_GROUP = "adm"
 
+# A record's attribute: its text has been said on stderr already (cli.py
+# leaves it out of the stderr handler).
+SAID = "ivle_maint_said"
+
 # The bound of the current run's log (set by run_log): BoundedOutput's default.
 _output_lines = DEFAULT_OUTPUT_LINES
 
 
-class _UTCFormatter(logging.Formatter):
+class SafeFormatter(logging.Formatter):
+    """Each record on lines of its own: the message through gates.text, a
+    traceback's lines indented, nothing raw from outside."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return block(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(super().formatStack(stack_info))
+
+
+def _indented(text: str) -> str:
+    return "\n".join(INDENT + shown(line) for line in text.split("\n"))
+
+
+class _UTCFormatter(SafeFormatter):
     converter = time.gmtime  # type: ignore[assignment]  # typeshed's overloads
+
+
+class TolerantHandler(logging.StreamHandler):  # type: ignore[type-arg,unused-ignore]
+    """The run's log file: a write that fails ends the log, not the run.
+
+    logging's own handler prints a traceback on stderr for each record it
+    cannot write (a full disk: every line); this one says once that the
+    rest of the run is not logged, and drops the records after it.
+    """
+
+    def __init__(self, stream: Any, path: Path) -> None:
+        super().__init__(stream)
+        self.path = path
+        self.failed: BaseException | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.failed is None:
+            super().emit(record)  # a failure comes back through handleError
+
+    def flush(self) -> None:
+        if self.failed is None:
+            try:
+                super().flush()
+            except (OSError, ValueError) as exc:
+                self._stop(exc)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError | ValueError):  # ValueError: a closed file
+            self._stop(exc)
+        # Anything else is a record that does not format (a bug): dropped,
+        # the log goes on.
+
+    def _stop(self, exc: BaseException) -> None:
+        self.failed = exc
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        _tell(f"ivle-maint: warning: log {shown(self.path)}: {shown(why)}; "
+              "the rest of this run is not logged")
+
+
+def _tell(line: str) -> None:
+    """A line on stderr, if stderr takes it."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
 
 
 def _log_gid() -> int | None:
@@ -113,8 +189,8 @@ def run_log(log_dir: Path, name: str, *, keep: int = DEFAULT_KEEP,
         number += 1
         path = log_dir / f"{stem}_{number}.log"  # sorts after the first of that second
     # A stream on the descriptor just checked: the path is not opened again.
-    stream = os.fdopen(_create(path), "a", encoding="utf-8")
-    handler = logging.StreamHandler(stream)
+    stream = os.fdopen(_create(path), "a", encoding="utf-8", errors="backslashreplace")
+    handler = TolerantHandler(stream, path)
     handler.setFormatter(_UTCFormatter("%(asctime)sZ %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.DEBUG)
     logger = logging.getLogger("ivle_maint")
@@ -124,12 +200,17 @@ def run_log(log_dir: Path, name: str, *, keep: int = DEFAULT_KEEP,
     _output_lines = output_lines
     try:
         yield path
+    except BaseException as exc:
+        # The log ends with why the run stopped; cli.py has said it on stderr.
+        logger.error("run stopped: %s", exc or type(exc).__name__, extra={SAID: True})
+        raise
     finally:
         _output_lines = previous_lines
         logger.removeHandler(handler)
         logger.setLevel(previous)
         handler.close()
-        stream.close()
+        with contextlib.suppress(OSError):  # the descriptor is closed all the same
+            stream.close()
 
 
 def limits(settings: object) -> dict[str, int]:

@@ -21,7 +21,6 @@ from test_preinst_manifest import manifest, preinst_with
 from test_source_install import source_tree
 
 from abuse_helpers import kill_when, live_processes, resume_line, upgraded_state
-from ivle_maint import mountinfo
 from ivle_maint.db import pgparse
 from ivle_sandbox.releases import NEW, OLD, RELEASES
 from upgrade_helpers import (
@@ -100,37 +99,6 @@ def test_a_rerun_ends_the_grandchild_a_killed_run_left(node_factory: Any,
     assert "left running by a killed ivle-maint" in done.stderr
     assert not node_pids(node, apt)  # ended before the step started again
     assert final_state(node) == reference
-
-
-def test_mounts_list_escapes_every_control_and_undecodable_byte(node: Any) -> None:
-    """ESC, a C1 CSI (UTF-8 or a raw byte): the list can neither drive the
-    terminal nor fail under a strict UTF-8 locale."""
-    names = [b"x\x1b[2Jy", "z\u009bw".encode(), b"raw\x9bbyte"]
-    jails = [os.fsencode(node.jail_mounts) + b"/" + name for name in names]
-    for jail in jails:
-        os.mkdir(jail)
-        subprocess.run([b"mount", b"--bind", os.fsencode(node.template), jail], check=True)
-    try:
-        listed_and_unmounted(node, jails)
-    finally:
-        for jail in jails:
-            subprocess.run([b"umount", jail], stderr=subprocess.DEVNULL, check=False)
-
-
-def listed_and_unmounted(node: Any, jails: list[bytes]) -> None:
-    env = {**os.environ, **node.env, "PYTHONPATH": str(REPO),
-           "PYTHONIOENCODING": "utf-8:strict"}  # what a UTF-8 locale gives
-    listed = subprocess.run([sys.executable, "-m", "ivle_maint", "mounts", "list"], env=env,
-                            capture_output=True, stdin=subprocess.DEVNULL, check=False)
-    assert listed.returncode == 0 and b"Traceback" not in listed.stderr, listed.stderr
-    for bad in (b"\x1b", b"\x9b"):
-        assert bad not in listed.stdout
-    points = {mountinfo.unescape(line.split(b"\t")[0]) for line in listed.stdout.splitlines()}
-    assert {os.fsdecode(jail) for jail in jails} <= points
-    assert cli(node, "consoles", "stop").returncode == 0
-    done = cli(node, "mounts", "unmount")  # the syscall gets the name's bytes
-    assert done.returncode == 0, done.stderr
-    assert node.mounts() == []
 
 
 SOURCE_STEPS = ["stop-web", "stop-consoles", "unmount-jails", "baseline", "setup.py install",
