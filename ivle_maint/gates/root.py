@@ -40,5 +40,5 @@ def require(command: str | None, words: str | None = None) -> None:
     """
     if not needs_root(command) or os.geteuid() == 0:
         return
-    raise RootRequired(f"ivle-maint {words or command} needs root "
+    raise RootRequired(f"{words or command} needs root "
                        f"(this is uid {os.geteuid()}); run it as root, e.g. with sudo")
