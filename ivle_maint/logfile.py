@@ -16,6 +16,7 @@ and never fails the run nor prints a traceback (TolerantHandler).
 from __future__ import annotations
 
 import contextlib
+import errno
 import grp
 import gzip
 import logging
@@ -159,16 +160,39 @@ def prune(log_dir: Path, keep: int) -> None:
             _compress(path)
 
 
+# A disk that cannot take the log: the run goes on without it (under dpkg,
+# failing would leave the package half-configured for the sake of a log).
+DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG})
+
+
 def _create(path: Path) -> int:
-    """PATH opened for appending, never through a symlink, root:adm 0640."""
+    """PATH opened for appending, never through a symlink, root:adm 0640.
+
+    Raises OSError when the disk refuses (DISK_ERRORS), MaintError else."""
     try:
         fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
     except OSError as exc:
+        if exc.errno in DISK_ERRORS:
+            raise
         raise MaintError(f"{path}: {exc.strerror or exc}") from None
     gid = _log_gid()
     if gid is not None:
         os.fchown(fd, 0, gid)
     return fd
+
+
+def _rotate(log_dir: Path, keep: int) -> None:
+    """prune(), but a full or read-only disk leaves the old logs as they are."""
+    try:
+        prune(log_dir, keep)
+    except OSError as exc:
+        if exc.errno not in DISK_ERRORS:
+            raise
+        for partial in log_dir.glob("*.gz.partial"):
+            with contextlib.suppress(OSError):
+                partial.unlink()
+        _tell(f"ivle-maint: warning: logs in {shown(log_dir)} not rotated: "
+              f"{shown(exc.strerror or exc)}")
 
 
 @contextmanager
@@ -181,22 +205,29 @@ def run_log(log_dir: Path, name: str, *, keep: int = DEFAULT_KEEP,
     gid = _log_gid()
     if created and gid is not None:
         os.chown(log_dir, 0, gid)
-    prune(log_dir, keep)
+    _rotate(log_dir, keep)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     stem = f"{name.replace('/', '_')}-{stamp}"
     path, number = log_dir / f"{stem}.log", 1
     while path.exists() or path.with_name(path.name + ".gz").exists():  # same second
         number += 1
         path = log_dir / f"{stem}_{number}.log"  # sorts after the first of that second
-    # A stream on the descriptor just checked: the path is not opened again.
-    stream = os.fdopen(_create(path), "a", encoding="utf-8", errors="backslashreplace")
-    handler = TolerantHandler(stream, path)
-    handler.setFormatter(_UTCFormatter("%(asctime)sZ %(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(logging.DEBUG)
     logger = logging.getLogger("ivle_maint")
     previous, previous_lines = logger.level, _output_lines
-    logger.setLevel(logging.DEBUG)
-    logger.addHandler(handler)
+    try:
+        fd = _create(path)
+    except OSError as exc:
+        _tell(f"ivle-maint: warning: log {shown(path)}: {shown(exc.strerror or exc)}; "
+              "this run is not logged")
+        handler: TolerantHandler | None = None
+    else:
+        # A stream on the descriptor just checked: the path is not opened again.
+        stream = os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
+        handler = TolerantHandler(stream, path)
+        handler.setFormatter(_UTCFormatter("%(asctime)sZ %(levelname)s %(name)s: %(message)s"))
+        handler.setLevel(logging.DEBUG)
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(handler)
     _output_lines = output_lines
     try:
         yield path
@@ -206,11 +237,12 @@ def run_log(log_dir: Path, name: str, *, keep: int = DEFAULT_KEEP,
         raise
     finally:
         _output_lines = previous_lines
-        logger.removeHandler(handler)
-        logger.setLevel(previous)
-        handler.close()
-        with contextlib.suppress(OSError):  # the descriptor is closed all the same
-            stream.close()
+        if handler is not None:
+            logger.removeHandler(handler)
+            logger.setLevel(previous)
+            handler.close()
+            with contextlib.suppress(OSError):  # the descriptor is closed all the same
+                handler.stream.close()
 
 
 def limits(settings: object) -> dict[str, int]:

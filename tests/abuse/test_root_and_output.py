@@ -188,3 +188,32 @@ def test_a_full_log_filesystem_with_stderr_on_a_full_disk_completes_the_run(
         done = run(node, *PREINST, stdout=None, stderr=full, before=close_stdout)
     assert done.returncode == 0
     before_steps_done(node)
+
+
+def test_a_full_log_filesystem_that_cannot_rotate_the_last_log_completes_the_run(
+        node: Any, full_log_dir: Path) -> None:
+    """The earlier log cannot be compressed: rotation waits, the run goes on."""
+    earlier = full_log_dir / "upgrade-0.9_to_1.0-20200101T000000Z.log"
+    earlier.write_bytes(b"")  # room for the name only: its .gz cannot be written
+    os.truncate(full_log_dir / "filler", os.stat(full_log_dir / "filler").st_size - 8192)
+    earlier.write_bytes(os.urandom(8192 - 512))
+    later = full_log_dir / "upgrade-0.9_to_1.0-20200102T000000Z.log"
+    later.write_bytes(b"")
+    at_version_1_0(node)
+    done = cli(node, *PREINST)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "not rotated" in done.stderr, done.stderr
+    before_steps_done(node)
+    assert earlier.exists() and not list(full_log_dir.glob("*.partial"))
+
+
+def test_a_read_only_log_directory_completes_the_run_unlogged(node: Any,
+                                                             full_log_dir: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(full_log_dir)], check=True)
+    at_version_1_0(node)
+    done = cli(node, *PREINST)
+    assert done.returncode == 0, done.stderr
+    said = [ln for ln in done.stderr.splitlines() if "this run is not logged" in ln]
+    assert len(said) == 1 and "Read-only file system" in said[0], done.stderr
+    assert "Traceback" not in done.stderr
+    before_steps_done(node)
