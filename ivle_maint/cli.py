@@ -138,6 +138,20 @@ class SafeStdout:
         return getattr(self._stream, name)
 
 
+def _bug(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    """sys.excepthook: a bug's traceback, its lines indented and escaped
+    (gates.text) as the log's: the exception's message may quote a file."""
+    import traceback
+
+    from .gates.text import INDENT, shown
+
+    text = "".join(traceback.format_exception(kind, exc, tb)).rstrip("\n")
+    lines = [INDENT + shown(line) for line in text.split("\n")]
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write("\n".join(["ivle-maint: internal error (a bug):", *lines]) + "\n")
+        sys.stderr.flush()
+
+
 def _standard_streams() -> None:
     """Descriptors 0, 1 and 2 open, before ivle-maint opens any file.
 
@@ -166,6 +180,8 @@ def _standard_streams() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:  # the command itself
         _standard_streams()
+        sys.excepthook = _bug
+        logging.raiseExceptions = False  # a handler that fails prints no traceback
         if not isinstance(sys.stdout, SafeStdout):
             sys.stdout = SafeStdout(sys.stdout)
     args_list = list(sys.argv[1:] if argv is None else argv)

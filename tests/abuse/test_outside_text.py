@@ -185,3 +185,18 @@ def listed_and_unmounted(node: Any, jails: list[bytes]) -> None:
     done = cli(node, "mounts", "unmount")  # the syscall gets the name's bytes
     assert done.returncode == 0, done.stderr
     assert node.mounts() == []
+
+
+def test_a_bugs_traceback_quoting_outside_text_is_escaped_and_indented(tmp_path: Path) -> None:
+    """Tracebacks are for bugs; even then nothing raw and nothing at column 0."""
+    (tmp_path / "psutil.py").write_text(f"raise RuntimeError({FORGED + TITLE!r})\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{REPO}",
+           "IVLE_MAINT_CONF": str(tmp_path / "absent.conf")}
+    done = subprocess.run([sys.executable, "-m", "ivle_maint", "status"], check=False, env=env,
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 1
+    assert_nothing_raw(done.stderr, "traceback")
+    first, *rest = done.stderr.rstrip("\n").split("\n")
+    assert first == "ivle-maint: internal error (a bug):"
+    assert rest and all(line.startswith("  ") for line in rest), done.stderr
+    assert "\n  ivle-maint: error: forged\\x1b]0;title\\x07\n" in done.stderr
