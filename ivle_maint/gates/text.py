@@ -29,15 +29,25 @@ reverses what is read, or bytes that are not UTF-8.  The rule:
    put into a message, which shows even that as ``\\n``.
 
 3. ``listing(line)`` is the rule for one line of a listing on stdout
-   (``status``, ``plan``, ``consoles list``...): as ``shown``, but a tab
-   separates columns and is kept; and since ivle-maint never starts a
-   stdout line with ``ivle-maint:``, such a line is indented.
+   (``status``, ``plan``, ``consoles list``, ``db migrate --dry-run``'s
+   SQL...): as ``shown``, but a tab separates columns and is kept; and
+   since ivle-maint never starts a stdout line with ``ivle-maint:``, such
+   a line is indented.  A listing's own lines start at column 0 (SQL,
+   JSON, tables), so on stdout a newline inside a field that was not
+   escaped where it was printed still ends the line: the next line has no
+   control character and cannot pass for an ``ivle-maint:`` line.  The
+   fields known to come from outside are escaped where they are printed
+   (``consoles list``; the journal's errors as read back).
 
-The sinks: output.TerminalReporter (info, warn, progress), the log file's
-formatter and cli.py's error lines and its stdout and argparse wrappers
-(logfile.SafeFormatter, cli._say, cli.SafeStdout), and the journal's
-recorded errors and summaries (journal.py).  Nothing in ivle_maint writes
-to a terminal, the log or the journal any other way.
+The sinks, each applying the gate itself so that nothing goes around it:
+output.TerminalReporter (info, warn, progress); the log file's and the
+-v stderr handler's formatter (logfile.SafeFormatter: messages by
+``block``, traceback lines indented and escaped); cli.py's error and
+resume lines (_say), argparse's usage errors (_Parser), a bug's traceback
+(sys.excepthook) and sys.stdout itself (SafeStdout: every line by
+``listing``); the journal's step summaries and errors, as recorded and as
+read back (journal.py).  Under them, sys.stdout and sys.stderr escape what
+the locale cannot encode (backslashreplace) instead of raising.
 """
 
 from __future__ import annotations

@@ -95,6 +95,21 @@ def test_closed_stdout_and_stderr_on_a_full_disk_change_no_exit_status(node: Any
     assert "Traceback" not in log and "record the migration baseline: recorded" in log
 
 
+def close_stdout_and_stderr() -> None:
+    os.close(1)
+    os.close(2)
+
+
+def test_closed_stdout_and_stderr_at_start_change_no_exit_status(node: Any) -> None:
+    """`ivle-maint ... >&- 2>&-`: no file of the run takes descriptor 1 or 2."""
+    at_version_1_0(node)
+    done = run(node, *PREINST, stdout=None, stderr=None, before=close_stdout_and_stderr)
+    assert done.returncode == 0
+    before_steps_done(node)
+    log = log_text(node)
+    assert "Traceback" not in log and "record the migration baseline: recorded" in log
+
+
 def test_closed_stdout_is_no_traceback_and_no_file_takes_its_place(node: Any) -> None:
     """Descriptor 1 closed: the lock, the log or a dump would get it."""
     at_version_1_0(node)
