@@ -7,13 +7,15 @@ raises MaintError with a one-line message.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from . import __version__
 
@@ -30,7 +32,8 @@ exit status:
   1   a step failed; the message says what, and how to resume
   2   bad input: settings, ivle.conf, the command line (dpkg's arguments
       to 'hook' too), or [paths] directories, settings, ivle.conf or init
-      scripts that others could write
+      scripts that others could write; or a command that needs root (all
+      but 'settings') run by another user
   75  another ivle-maint holds the node or migration lock; try again later
   130 interrupted
 
@@ -48,7 +51,7 @@ def _command_modules() -> list[object]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used to generate the man page)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ivle-maint",
         description=DESCRIPTION,
         epilog=EXIT_STATUSES,
@@ -63,37 +66,67 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _say(line: str) -> None:
-    """The error line on stderr; a reader that went away changes no exit status."""
+def _say(head: str, message: object = "") -> None:
+    """An error line on stderr, HEAD (ivle-maint's own) then MESSAGE through
+    gates.text; a reader that went away changes no exit status."""
+    from .gates.text import block
+
     try:
-        print(line, file=sys.stderr, flush=True)
+        print(block(message, head), file=sys.stderr, flush=True)
     except (OSError, ValueError):
         from .output import silence
 
         silence(sys.stderr)
 
 
-class _StdoutReaderMayLeave:
-    """sys.stdout for `ivle-maint status | head -1`.
+class _Parser(argparse.ArgumentParser):
+    """argparse's usage errors quote the command line: through gates.text."""
 
-    A reader that went away (EPIPE) loses the rest of the listing; it must
-    not turn into an error line or change the exit status.  Other failures
-    (a full disk under `> FILE`) still raise: that output was wanted.
+    def error(self, message: str) -> NoReturn:
+        with contextlib.suppress(OSError, ValueError):
+            self.print_usage(sys.stderr)
+        _say(f"{self.prog}: error: ", message)
+        self.exit(2)
+
+
+class SafeStdout:
+    """sys.stdout of the command: every line through gates.text.listing.
+
+    Listings (`status`, `plan`, `consoles list`...) carry text from
+    outside: each line has its control characters escaped and never starts
+    with `ivle-maint:`.  And `ivle-maint status | head -1`: a reader that
+    went away (EPIPE) loses the rest of the listing; it must not turn into
+    an error line or change the exit status.  Other failures (a full disk
+    under `> FILE`) still raise: that output was wanted.
     """
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
+        self._pending = ""
 
     def write(self, text: str) -> int:
-        try:
-            return self._stream.write(text)
-        except BrokenPipeError:
-            self._gone()
-            return len(text)
+        from .gates.text import listing
+
+        self._pending += text
+        *done, self._pending = self._pending.split("\n")
+        if done:
+            self._put("".join(listing(line) + "\n" for line in done))
+        return len(text)
 
     def flush(self) -> None:
+        from .gates.text import listing
+
+        if self._pending:
+            pending, self._pending = self._pending, ""
+            self._put(listing(pending))
         try:
             self._stream.flush()
+        except BrokenPipeError:
+            self._gone()
+
+    def _put(self, text: str) -> None:
+        try:
+            self._stream.write(text)
         except BrokenPipeError:
             self._gone()
 
@@ -106,15 +139,60 @@ class _StdoutReaderMayLeave:
         return getattr(self._stream, name)
 
 
+def _bug(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    """sys.excepthook: a bug's traceback, its lines indented and escaped
+    (gates.text) as the log's: the exception's message may quote a file."""
+    import traceback
+
+    from .gates.text import INDENT, shown
+
+    text = "".join(traceback.format_exception(kind, exc, tb)).rstrip("\n")
+    lines = [INDENT + shown(line) for line in text.split("\n")]
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write("\n".join(["ivle-maint: internal error (a bug):", *lines]) + "\n")
+        sys.stderr.flush()
+
+
+def _standard_streams() -> None:
+    """Descriptors 0, 1 and 2 open, before ivle-maint opens any file.
+
+    Started with one closed (`ivle-maint ... >&-`), the next file opened
+    (the lock, the log, a dump) would get its number, and every print or
+    child's output would go into it; Python then also has no sys.stdout.
+    A closed one is opened on /dev/null: its output is dropped.
+    """
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115
+    for stream in (sys.stdout, sys.stderr):
+        # A name that is not valid in the locale's encoding is escaped, not
+        # a traceback (gates.text leaves printable non-ASCII text as it is).
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    if argv is None and not isinstance(sys.stdout, _StdoutReaderMayLeave):  # the command itself
-        sys.stdout = _StdoutReaderMayLeave(sys.stdout)
+    if argv is None:  # the command itself
+        _standard_streams()
+        sys.excepthook = _bug
+        logging.raiseExceptions = False  # a handler that fails prints no traceback
+        if not isinstance(sys.stdout, SafeStdout):
+            sys.stdout = SafeStdout(sys.stdout)
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list == ["--version"]:  # answered before any other import
         print(f"ivle-maint {__version__}")
         return 0
     from .commands import Context
     from .errors import MaintError
+    from .gates import root
+    from .logfile import SAID, SafeFormatter
 
     parser = build_parser()
     args = parser.parse_args(args_list)
@@ -122,18 +200,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     # a person needs, and the run's log file gets everything.
     handler = logging.StreamHandler()
     handler.setLevel(logging.DEBUG if args.verbose else logging.ERROR)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    handler.setFormatter(SafeFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    handler.addFilter(lambda record: not getattr(record, SAID, False))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         handlers=[handler])
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
     try:
+        action = getattr(args, "action", None)
+        root.require(args.command, f"{args.command} {action}" if isinstance(action, str) else None)
         return int(args.func(Context(args)) or 0)
     except MaintError as exc:
-        _say(f"ivle-maint: error: {exc}")
+        _say("ivle-maint: error: ", exc)
         if exc.resume:
-            _say(f"ivle-maint: resume with: {exc.resume}")
+            _say("ivle-maint: resume with: ", exc.resume)
         return exc.exit_status
     except KeyboardInterrupt:
         _say("ivle-maint: interrupted")
@@ -142,14 +223,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A file system refusing (read-only, full, permission): one line, not
         # a traceback; the log file (and -v) keeps the traceback.
         logging.getLogger(__name__).debug("OSError", exc_info=True)
-        _say(f"ivle-maint: error: {os_error_line(exc)}")
+        _say("ivle-maint: error: ", os_error_line(exc))
         return 1
     except ImportError as exc:
         # A broken install (a bad python3-psutil, say): one line, not a
         # traceback.  An upgrade loads every step's library before any step
         # (upgrade.py imports the procedure), so this comes with the site up.
         logging.getLogger(__name__).debug("ImportError", exc_info=True)
-        _say(f"ivle-maint: error: Python module {failed_module(exc)} does not load: {exc}")
+        _say("ivle-maint: error: ", f"Python module {failed_module(exc)} does not load: {exc}")
         return 1
 
 
@@ -158,8 +239,7 @@ def os_error_line(exc: OSError) -> str:
     why = exc.strerror or str(exc) or type(exc).__name__
     paths = [p for p in (exc.filename, exc.filename2) if p is not None]
     where = " -> ".join(str(p) for p in paths)
-    text = f"{where}: {why}" if where else why
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    return f"{where}: {why}" if where else why  # _say escapes it
 
 
 def failed_module(exc: ImportError) -> str:

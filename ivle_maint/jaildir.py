@@ -23,6 +23,7 @@ from pathlib import PurePosixPath
 from . import mountinfo
 from .config import IvleConf
 from .errors import ConfigError
+from .gates.text import shown
 from .mountinfo import Mount, is_at_or_below, is_below
 
 SETTING = "[paths][[jails]] mounts"
@@ -35,12 +36,6 @@ SYSTEM_DIRS = frozenset({
     "/var/lib", "/var/tmp", "/var/log", "/var/cache", "/var/spool", "/var/backups",
     "/var/mail", "/var/opt", "/var/local", "/var/www", "/var/run", "/var/lib/postgresql",
 })  # fmt: skip
-
-
-def shown(path: str | os.PathLike[str]) -> str:
-    """A path for a one-line message: control characters escaped."""
-    text = os.fspath(path)
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 def _refuse(ivle: IvleConf | None, why: str) -> ConfigError:

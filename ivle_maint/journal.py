@@ -9,6 +9,10 @@ Times: each step record holds the wall time (for people) and the
 monotonic reading and boot id it was taken with; span() measures with
 gates.clock, so a clock set back between dpkg's scripts never makes a
 negative duration.
+
+A step's summary and error carry text from outside (SQL errors, file
+names, command lines): they are recorded through gates.text, so that
+`status`, the cluster table and a later message show them escaped.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import MaintError
 from .gates import clock
 from .gates.rewrite import fsync_dir, replace_file
+from .gates.text import lines
 from .safepaths import read_nofollow, safe_dir
 
 if TYPE_CHECKING:
@@ -96,6 +101,9 @@ class Journal:
         try:
             data = json.loads(read_nofollow(path).decode("utf-8"))
             steps = {k: StepRecord(**v) for k, v in data.pop("steps").items()}
+            for record in steps.values():  # written before the gate, or by hand
+                record.summary = _recorded(record.summary)
+                record.error = None if record.error is None else _recorded(record.error)
             return cls(path=path, steps=steps, **data)
         except (OSError, ValueError, TypeError, KeyError) as exc:
             raise MaintError(f"{path}: unreadable journal: {exc}") from None
@@ -161,11 +169,11 @@ class Journal:
 
     def finish(self, step: str, summary: str, metrics: dict[str, Any]) -> None:
         record = self._end(step, DONE)
-        record.summary, record.metrics, record.error = summary, metrics, None
+        record.summary, record.metrics, record.error = _recorded(summary), metrics, None
         self.save()
 
     def fail(self, step: str, error: str) -> None:
-        self._end(step, FAILED).error = error
+        self._end(step, FAILED).error = _recorded(error)
         self.save()
 
     def forget(self, steps: list[str]) -> None:
@@ -177,6 +185,11 @@ class Journal:
     def set_state(self, state: str) -> None:
         self.state = state
         self.save()
+
+
+def _recorded(text: object) -> str:
+    """TEXT as the journal keeps it: through gates.text, continuation lines kept."""
+    return "\n".join(lines(text))
 
 
 def unfinished(settings: Settings) -> Journal | None:

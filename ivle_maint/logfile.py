@@ -5,24 +5,35 @@ Logs stay bounded: each run starts by keeping only the newest
 and an external command's output adds at most its first and last
 `[logs] output_lines` lines, with a line saying how much was left out.
 Logs are root:adm 0640 (as Debian's other logs), the directory 0750.
+
+Every line goes through gates.text (SafeFormatter): text from outside in a
+message is escaped, a traceback's lines are indented, and so every line
+that starts at column 0 is one record's timestamp.  A log that cannot be
+written (a full disk, an I/O error) stops logging, said once on stderr,
+and never fails the run nor prints a traceback (TolerantHandler).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import grp
 import gzip
 import logging
 import os
 import stat
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from .errors import MaintError
 from .gates import clock
 from .gates.rewrite import replace_file
+from .gates.text import INDENT, block, shown
 from .safepaths import open_nofollow, read_nofollow, safe_dir
 
 DEFAULT_KEEP = 20
@@ -30,12 +41,79 @@ DEFAULT_OUTPUT_LINES = 100
 MAX_LINE = 2000  # characters of one output line kept in the log
 LOG_GROUP = "adm"
 
+# A record's attribute: its text has been said on stderr already (cli.py
+# leaves it out of the stderr handler).
+SAID = "ivle_maint_said"
+
 # The bound of the current run's log (set by run_log): BoundedOutput's default.
 _output_lines = DEFAULT_OUTPUT_LINES
 
 
-class _UTCFormatter(logging.Formatter):
+class SafeFormatter(logging.Formatter):
+    """Each record on lines of its own: the message through gates.text, a
+    traceback's lines indented, nothing raw from outside."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return block(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(super().formatStack(stack_info))
+
+
+def _indented(text: str) -> str:
+    return "\n".join(INDENT + shown(line) for line in text.split("\n"))
+
+
+class _UTCFormatter(SafeFormatter):
     converter = time.gmtime  # type: ignore[assignment]  # typeshed's overloads
+
+
+class TolerantHandler(logging.StreamHandler):  # type: ignore[type-arg,unused-ignore]
+    """The run's log file: a write that fails ends the log, not the run.
+
+    logging's own handler prints a traceback on stderr for each record it
+    cannot write (a full disk: every line); this one says once that the
+    rest of the run is not logged, and drops the records after it.
+    """
+
+    def __init__(self, stream: Any, path: Path) -> None:
+        super().__init__(stream)
+        self.path = path
+        self.failed: BaseException | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.failed is None:
+            super().emit(record)  # a failure comes back through handleError
+
+    def flush(self) -> None:
+        if self.failed is None:
+            try:
+                super().flush()
+            except (OSError, ValueError) as exc:
+                self._stop(exc)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError | ValueError):  # ValueError: a closed file
+            self._stop(exc)
+        # Anything else is a record that does not format (a bug): dropped,
+        # the log goes on.
+
+    def _stop(self, exc: BaseException) -> None:
+        self.failed = exc
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        _tell(f"ivle-maint: warning: log {shown(self.path)}: {shown(why)}; "
+              "the rest of this run is not logged")
+
+
+def _tell(line: str) -> None:
+    """A line on stderr, if stderr takes it."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
 
 
 def _log_gid() -> int | None:
@@ -87,16 +165,39 @@ def prune(log_dir: Path, keep: int) -> None:
             _compress(path)
 
 
+# A disk that cannot take the log: the run goes on without it (under dpkg,
+# failing would leave the package half-configured for the sake of a log).
+DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG})
+
+
 def _create(path: Path) -> int:
-    """PATH opened for appending, never through a symlink, root:adm 0640."""
+    """PATH opened for appending, never through a symlink, root:adm 0640.
+
+    Raises OSError when the disk refuses (DISK_ERRORS), MaintError else."""
     try:
         fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
     except OSError as exc:
+        if exc.errno in DISK_ERRORS:
+            raise
         raise MaintError(f"{path}: {exc.strerror or exc}") from None
     gid = _log_gid()
     if gid is not None:
         os.fchown(fd, 0, gid)
     return fd
+
+
+def _rotate(log_dir: Path, keep: int) -> None:
+    """prune(), but a full or read-only disk leaves the old logs as they are."""
+    try:
+        prune(log_dir, keep)
+    except OSError as exc:
+        if exc.errno not in DISK_ERRORS:
+            raise
+        for partial in log_dir.glob("*.gz.partial"):
+            with contextlib.suppress(OSError):
+                partial.unlink()
+        _tell(f"ivle-maint: warning: logs in {shown(log_dir)} not rotated: "
+              f"{shown(exc.strerror or exc)}")
 
 
 @contextmanager
@@ -109,30 +210,43 @@ def run_log(log_dir: Path, name: str, *, keep: int = DEFAULT_KEEP,
     gid = _log_gid()
     if created and gid is not None:
         os.chown(log_dir, 0, gid)
-    prune(log_dir, keep)
+    _rotate(log_dir, keep)
     stem = log_stem(log_dir, name)
     path, number = log_dir / f"{stem}.log", 1
     while path.exists() or path.with_name(path.name + ".gz").exists():  # same second
         number += 1
         path = log_dir / f"{stem}_{number}.log"  # sorts after the first of that second
-    # A stream on the descriptor just checked: the path is not opened again.
-    stream = os.fdopen(_create(path), "a", encoding="utf-8")
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(_UTCFormatter("%(asctime)sZ %(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(logging.DEBUG)
     logger = logging.getLogger("ivle_maint")
     previous, previous_lines = logger.level, _output_lines
-    logger.setLevel(logging.DEBUG)
-    logger.addHandler(handler)
+    try:
+        fd = _create(path)
+    except OSError as exc:
+        _tell(f"ivle-maint: warning: log {shown(path)}: {shown(exc.strerror or exc)}; "
+              "this run is not logged")
+        handler: TolerantHandler | None = None
+    else:
+        # A stream on the descriptor just checked: the path is not opened again.
+        stream = os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
+        handler = TolerantHandler(stream, path)
+        handler.setFormatter(_UTCFormatter("%(asctime)sZ %(levelname)s %(name)s: %(message)s"))
+        handler.setLevel(logging.DEBUG)
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(handler)
     _output_lines = output_lines
     try:
         yield path
+    except BaseException as exc:
+        # The log ends with why the run stopped; cli.py has said it on stderr.
+        logger.error("run stopped: %s", exc or type(exc).__name__, extra={SAID: True})
+        raise
     finally:
         _output_lines = previous_lines
-        logger.removeHandler(handler)
-        logger.setLevel(previous)
-        handler.close()
-        stream.close()
+        if handler is not None:
+            logger.removeHandler(handler)
+            logger.setLevel(previous)
+            handler.close()
+            with contextlib.suppress(OSError):  # the descriptor is closed all the same
+                handler.stream.close()
 
 
 def limits(settings: object) -> dict[str, int]:

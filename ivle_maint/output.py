@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Protocol, TextIO
 
+from .gates.text import block, shown
+
 log = logging.getLogger("ivle_maint")
 
 PREFIX = "ivle-maint: "
@@ -79,15 +81,17 @@ class TerminalReporter:
             self._write("\n")
             self._progress_shown = False
 
+    # Messages carry text from outside (command lines, paths, SQL errors):
+    # gates.text escapes it here, the one way to the terminal.
     def info(self, message: str) -> None:
         self._end_progress()
         log.info(message)
-        self._write(f"{PREFIX}{message}\n")
+        self._write(block(message, PREFIX) + "\n")
 
     def warn(self, message: str) -> None:
         self._end_progress()
         log.warning(message)
-        self._write(f"{PREFIX}warning: {message}\n")
+        self._write(block(message, f"{PREFIX}warning: ") + "\n")
 
     def progress(self, label: str, done: int, total: int | None = None) -> None:
         # Under dpkg there is no terminal: progress goes to the log only.
@@ -100,7 +104,7 @@ class TerminalReporter:
             return
         self._last_draw = now
         count = f"{done}/{total}" if total is not None else str(done)
-        self._write(f"\r{PREFIX}{label}: {count}\x1b[K")
+        self._write(f"\r{PREFIX}{shown(label)}: {count}\x1b[K")
         self._progress_shown = True
         if final:
             self._end_progress()

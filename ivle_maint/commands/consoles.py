@@ -35,6 +35,7 @@ def register(sub: Any) -> None:
 
 def cmd_consoles(ctx: Context) -> int:
     """Print the jail processes, or stop them."""
+    from ..gates.text import shown
     from ..steps import consoles
 
     if ctx.args.action == "stop":
@@ -46,8 +47,8 @@ def cmd_consoles(ctx: Context) -> int:
     found = consoles.list_consoles(ivle.jail_mounts, share=ivle.share)
     if found:
         print(f"{'PID':>7} {'USER':<12} {'JAIL':<12} {'WHY':<15} COMMAND")
-    for proc in found:
-        print(f"{proc.pid:>7} {proc.user:<12} {proc.jail or '-':<12} {proc.reason:<15} "
-              f"{proc.command}")  # fmt: skip
+    for proc in found:  # a login, a jail's name, a command line: escaped
+        print(f"{proc.pid:>7} {shown(proc.user):<12} {shown(proc.jail or '-'):<12} "
+              f"{proc.reason:<15} {proc.command}")  # fmt: skip
     ctx.reporter.info(f"{len(found)} processes use the jails under {ivle.jail_mounts}")
     return 0

@@ -28,6 +28,7 @@ import psutil
 from .. import jaildir
 from ..config import Settings
 from ..errors import MaintError
+from ..gates.text import shown
 from ..mountinfo import is_at_or_below, is_below
 from ..output import Reporter
 
@@ -51,7 +52,8 @@ class JailProcess:
 
     @property
     def command(self) -> str:
-        return " ".join(self.cmdline) or "?"
+        """The command line for a message: a student wrote it (gates.text)."""
+        return " ".join(shown(arg) for arg in self.cmdline) or "?"
 
     def describe(self) -> str:
         """'pid 42 (user 1001, jail alice): /usr/bin/python ... [cwd /...]'."""

@@ -93,7 +93,7 @@ def test_mounts_below_must_be_users_jails(tmp_path: Path):
 def test_control_characters_are_escaped_in_messages(tmp_path: Path):
     message = refused(ivle_conf(tmp_path), [mount(10, "/"), mount(
         11, f"{tmp_path}/var/lib/ivle/jailmounts/x\\012y", "/z", "8:2")])
-    assert "x\\x0ay" in message
+    assert "x\\ny" in message
 
 
 def test_an_oserror_is_one_line_and_exit_1(monkeypatch: pytest.MonkeyPatch,
@@ -105,7 +105,7 @@ def test_an_oserror_is_one_line_and_exit_1(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(cli, "build_parser", lambda: _Fixed(args, read_only))
     assert cli.main(["settings"]) == 1
     err = capsys.readouterr().err
-    assert err == "ivle-maint: error: /var/backups/ivle-maint/x\\x0ay: Read-only file system\n"
+    assert err == "ivle-maint: error: /var/backups/ivle-maint/x\\ny: Read-only file system\n"
 
 
 class _Fixed:

@@ -1,0 +1,113 @@
+"""Text from outside, made safe before it reaches a terminal, the log or the journal.
+
+Command lines, paths, login names, file names, SQL errors, journal
+contents: anything a student or a file supplied may hold a newline that
+starts a forged ``ivle-maint: error:`` line, an ANSI or OSC escape sequence
+that drives the administrator's terminal, a bidi override (U+202E) that
+reverses what is read, or bytes that are not UTF-8.  The rule:
+
+1. ``shown(value)`` makes one field one visible line.  Every character
+   that is not printable (str.isprintable: C0, DEL, C1, format characters
+   such as bidi overrides and zero-width marks, line and paragraph
+   separators, surrogates, unassigned and private-use code points, spaces
+   other than U+0020) becomes a visible escape: ``\\n``, ``\\r``, ``\\t``,
+   ``\\xNN``, ``\\uNNNN`` or ``\\UNNNNNNNN``.  A byte that is not UTF-8
+   (bytes given, or a str decoded with surrogateescape, as os.listdir and
+   sys.argv give file names) is shown as ``\\xNN``.  Printable text,
+   printable ASCII included, is unchanged.  The result has no line break
+   and no control character, and encodes to UTF-8.
+
+2. ``lines(message)`` is what every sink applies to a whole message:
+   ivle-maint's own continuation lines are a newline followed by two
+   spaces, and only those break the line; every other newline, and every
+   other character that is not printable, is escaped as in ``shown``.  So
+   each line after the first starts with two spaces: whatever a message
+   carries, no line it produces starts at column 0, and a forged
+   ``ivle-maint: error:`` line cannot appear.  Outside text that itself
+   holds a newline and two spaces at worst becomes an indented line;
+   fields known to come from outside go through ``shown`` where they are
+   put into a message, which shows even that as ``\\n``.
+
+3. ``listing(line)`` is the rule for one line of a listing on stdout
+   (``status``, ``plan``, ``consoles list``, ``db migrate --dry-run``'s
+   SQL...): as ``shown``, but a tab separates columns and is kept; and
+   since ivle-maint never starts a stdout line with ``ivle-maint:``, such
+   a line is indented.  A listing's own lines start at column 0 (SQL,
+   JSON, tables), so on stdout a newline inside a field that was not
+   escaped where it was printed still ends the line: the next line has no
+   control character and cannot pass for an ``ivle-maint:`` line.  The
+   fields known to come from outside are escaped where they are printed
+   (``consoles list``; the journal's errors as read back).
+
+The sinks, each applying the gate itself so that nothing goes around it:
+output.TerminalReporter (info, warn, progress); the log file's and the
+-v stderr handler's formatter (logfile.SafeFormatter: messages by
+``block``, traceback lines indented and escaped); cli.py's error and
+resume lines (_say), argparse's usage errors (_Parser), a bug's traceback
+(sys.excepthook) and sys.stdout itself (SafeStdout: every line by
+``listing``); the journal's step summaries and errors, as recorded and as
+read back (journal.py).  Under them, sys.stdout and sys.stderr escape what
+the locale cannot encode (backslashreplace) instead of raising.
+"""
+
+from __future__ import annotations
+
+import os
+
+PREFIX = "ivle-maint:"
+CONTINUATION = "\n  "
+INDENT = "  "
+
+_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if char in _SHORT:
+        return _SHORT[char]
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: one byte that was not UTF-8
+        return f"\\x{code - 0xDC00:02x}"
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "surrogateescape")
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+        if isinstance(value, bytes):
+            return value.decode("utf-8", "surrogateescape")
+    return value if isinstance(value, str) else str(value)
+
+
+def shown(value: object) -> str:
+    """VALUE (str, bytes, a path, anything) as one line of printable text."""
+    text = _text(value)
+    if text.isprintable():  # the common case: nothing to escape
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def lines(message: object) -> list[str]:
+    """A message's lines for a sink: every line after the first indented."""
+    text = _text(message)
+    if text.isprintable():
+        return [text]
+    first, *rest = text.split(CONTINUATION)
+    return [shown(first), *(INDENT + shown(part) for part in rest)]
+
+
+def block(message: object, head: str = "") -> str:
+    """HEAD + the message's lines joined by newlines (no newline at the end)."""
+    return "\n".join(f"{head}{line}" if n == 0 else line
+                     for n, line in enumerate(lines(message)))
+
+
+def listing(line: str) -> str:
+    """One line of a listing on stdout: columns kept, nothing forged."""
+    text = "\t".join(shown(column) for column in _text(line).split("\t"))
+    return INDENT + text if text.startswith(PREFIX) else text
