@@ -176,7 +176,7 @@ def test_hold_check_holds_while_any_journal_is_unfinished(found, maintenance_onl
 
 def test_start_web_releases_only_its_own_upgrade(tmp_path):
     conf = node_conf(tmp_path)
-    first, second = write_journals(tmp_path, [(IN_PROGRESS, {"stop-web": "done"}),
+    first, _second = write_journals(tmp_path, [(IN_PROGRESS, {"stop-web": "done"}),
                                               (IN_PROGRESS, {"stop-web": "done"})])
     release = tmp_path / "state" / "schema-hold.json"
     release.write_text(json.dumps({"released": f"{first.path.name}@{first.created!r}"}))
