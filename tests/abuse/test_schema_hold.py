@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -20,11 +21,28 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_rerun_safety import old_site_untouched
+from test_source_install import source_tree
 
-from abuse_helpers import one_error_line
+from abuse_helpers import error_lines, one_error_line, resume_line, upgraded_state
 from ivle_maint import cli as ivle_cli
 from ivle_maint.journal import ABORTED, ABORTING, COMPLETE, IN_PROGRESS, Journal, StepRecord
-from upgrade_helpers import REPO, cli, journal, postinst, preinst, unpack
+from ivle_sandbox.releases import RELEASES
+from upgrade_helpers import (
+    REPO,
+    at_version_1_0,
+    cli,
+    final_state,
+    home_checksums,
+    journal,
+    postinst,
+    preinst,
+    set_setting,
+    start_cli,
+    stubborn_console,
+    unpack,
+    wait_for_step,
+)
 
 pytestmark = [pytest.mark.needs_root]
 
@@ -216,3 +234,133 @@ def test_hold_check_as_systemd_runs_it(tmp_path):
     assert done.stderr.startswith("ivle-maint: error: schema hold: apache2 must not start: "
                                   "the upgrade 1.0 -> 1.1 is unfinished (in-progress, migrate "
                                   "failed)"), done.stderr
+
+
+# -- never the after-phase on the old code (moved from test_rerun_safety.py) ----------
+
+@pytest.fixture
+def reference(node_factory):
+    """What an uninterrupted dpkg upgrade 1.0 -> 1.1 leaves."""
+    return upgraded_state(at_version_1_0(node_factory(users=4, consoles=1)))
+
+
+def kill_during(node, step: str, *args: str) -> None:
+    proc = start_cli(node, *args)
+    wait_for_step(node, step, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+
+
+@pytest.mark.needs_postgres
+@pytest.mark.parametrize("form", ["source", "dpkg"])
+def test_killed_before_phase_rerun_never_runs_the_after_phase(node_factory, reference, form):
+    node = at_version_1_0(node_factory(users=4, consoles=1))
+    homes = home_checksums(node)
+    tree = source_tree(node, RELEASES["1.1"]) if form == "source" else None
+    set_setting(node, "consoles", "term_timeout", "30")
+    stubborn = stubborn_console(node)
+    if form == "source":
+        kill_during(node, "stop-consoles", "upgrade", "--from", "1.0", "--source", str(tree))
+    else:
+        kill_during(node, "stop-consoles", "hook", "--package-version", "1.1", "preinst",
+                    "upgrade", "1.0", "1.1")
+    set_setting(node, "consoles", "term_timeout", "1")
+
+    done = cli(node, "rerun")
+    assert done.returncode == 1, done.stderr
+    [error] = error_lines(done)
+    assert "1.1's code is not installed" in error and "web server stays down" in error
+    resume = resume_line(done.stderr)
+    if form == "source":
+        assert resume.startswith(f"ivle-maint upgrade --from 1.0 --to 1.1 --source {tree} ")
+    else:
+        assert resume.startswith("install 1.1's code, then: ivle-maint hook --package-version "
+                                 "1.1 postinst configure 1.0 ")
+    assert resume.endswith("(or give the site back on 1.0: ivle-maint rerun --abandon)")
+    old_site_untouched(node)
+    assert journal(node)["steps"]["unmount-jails"]["status"] == "done"
+    assert not node.service_running("apache2")
+    assert stubborn.wait(timeout=10) == -signal.SIGKILL
+
+    # The printed command installs the code and ends like an uninterrupted run.
+    if form == "source":
+        finished = cli(node, *resume.split("   ")[0].split()[1:])
+    else:
+        unpack(node)
+        finished = postinst(node)
+    assert finished.returncode == 0, finished.stderr
+    state = final_state(node)
+    assert state == reference
+    assert home_checksums(node) == homes
+
+
+@pytest.mark.needs_postgres
+def test_killed_preinst_rerun_abandon_gives_the_site_back(node_factory, reference):
+    node = at_version_1_0(node_factory(users=4, consoles=1))
+    set_setting(node, "consoles", "term_timeout", "30")
+    stubborn = stubborn_console(node)
+    kill_during(node, "stop-consoles", "hook", "preinst", "upgrade", "1.0", "1.1")
+    set_setting(node, "consoles", "term_timeout", "1")
+    assert not node.service_running("apache2")
+
+    done = cli(node, "rerun", "--abandon")
+    assert done.returncode == 0, done.stderr
+    assert "upgrade 1.0 -> 1.1 abandoned, the site is back on 1.0" in done.stderr
+    assert node.service_running("apache2") and journal(node)["state"] == "aborted"
+    old_site_untouched(node)
+    again = cli(node, "rerun")  # abandoned is not unfinished
+    assert again.returncode == 0 and "nothing to do" in again.stderr
+    assert node.service_running("apache2")
+    old_site_untouched(node)
+    stubborn.kill()
+    # dpkg's next attempt runs the whole upgrade.
+    assert preinst(node).returncode == 0
+    unpack(node)
+    assert postinst(node).returncode == 0
+    assert final_state(node) == reference
+
+
+def write_dpkg_status(admindir: Path, status: str, version: str) -> None:
+    (admindir / "info").mkdir(parents=True, exist_ok=True)
+    (admindir / "updates").mkdir(exist_ok=True)
+    (admindir / "status").write_text(
+        f"Package: ivle\nStatus: {status}\nPriority: optional\nSection: web\n"
+        f"Maintainer: IVLE <ivle@example.org>\nArchitecture: all\nVersion: {version}\n"
+        "Description: IVLE\n\n"
+    )
+
+
+@pytest.mark.needs_postgres
+def test_dpkg_record_of_the_old_version_stops_the_rerun(node_factory, tmp_path, monkeypatch):
+    node = at_version_1_0(node_factory(users=3, consoles=1))
+    # dpkg killed with its preinst: the package stays half-installed at 1.0.
+    write_dpkg_status(tmp_path, "install reinstreq half-installed", "1.0")
+    monkeypatch.setenv("DPKG_ADMINDIR", str(tmp_path))
+    set_setting(node, "consoles", "term_timeout", "30")
+    stubborn = stubborn_console(node)
+    kill_during(node, "stop-consoles", "hook", "preinst", "upgrade", "1.0", "1.1")
+    set_setting(node, "consoles", "term_timeout", "1")
+    done = cli(node, "rerun")
+    assert done.returncode == 1
+    [error] = error_lines(done)
+    assert "(dpkg has ivle 1.0 half-installed)" in error
+    assert resume_line(done.stderr).startswith("apt-get install ivle=1.1 ")
+    old_site_untouched(node)
+    stubborn.kill()
+
+
+@pytest.mark.needs_postgres
+def test_rerun_says_dpkg_configure_is_still_owed(node_factory, reference, tmp_path,
+                                                 monkeypatch):
+    node = at_version_1_0(node_factory(users=4, consoles=1))
+    assert preinst(node).returncode == 0
+    unpack(node)
+    # dpkg died after the unpack, before the postinst: ivle 1.1 unpacked.
+    write_dpkg_status(tmp_path, "install ok unpacked", "1.1")
+    monkeypatch.setenv("DPKG_ADMINDIR", str(tmp_path))
+    done = cli(node, "rerun")
+    assert done.returncode == 0, done.stderr
+    assert ("ivle-maint: warning: dpkg has not finished configuring ivle (dpkg has ivle 1.1 "
+            "unpacked): run dpkg --configure -a") in done.stderr
+    assert final_state(node) == reference
+    assert "already complete" in postinst(node).stderr
