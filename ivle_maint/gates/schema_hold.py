@@ -190,9 +190,14 @@ def dropin_text(settings: Settings) -> str:
     )
 
 
-def systemd_manages() -> bool:
-    """True when systemd is PID 1: its units start the web server."""
-    return os.path.isdir("/run/systemd/system")
+def systemd_manages(settings: Settings) -> bool:
+    """True when systemd (PID 1) starts this node's web server: not when ivle-maint
+    is told to drive init scripts of its own elsewhere ([services] backend = init.d
+    with another initd_dir: a source install's or a sandbox's, not the system's)."""
+    conf = settings["services"]
+    own_scripts = conf["backend"] == "init.d" and \
+        os.path.normpath(str(conf["initd_dir"])) != "/etc/init.d"
+    return os.path.isdir("/run/systemd/system") and not own_scripts
 
 
 def _daemon_reload() -> None:
@@ -206,7 +211,7 @@ def install(settings: Settings, *, unit_dir: Path = SYSTEMD_UNIT_DIR,
             systemd: bool | None = None) -> str:
     """Put the hold in place where the system honours it; idempotent.
     Returns a line for the step's summary."""
-    if not (systemd_manages() if systemd is None else systemd):
+    if not (systemd_manages(settings) if systemd is None else systemd):
         return "schema hold on (no systemd: ivle-maint's own starts check it)"
     path = dropin_path(settings, unit_dir)
     text = dropin_text(settings).encode()
@@ -240,7 +245,7 @@ def remove_dropin(settings: Settings, *, unit_dir: Path = SYSTEMD_UNIT_DIR,
         return "schema hold off"
     with contextlib.suppress(OSError):  # the administrator's own drop-ins stay
         path.parent.rmdir()
-    if systemd is None and systemd_manages() and shutil.which("systemctl"):
+    if systemd is None and systemd_manages(settings) and shutil.which("systemctl"):
         _daemon_reload()
     return f"schema hold off ({path} removed)"
 

@@ -89,3 +89,12 @@ def test_install_and_release_are_idempotent_and_leave_other_dropins(tmp_path):
     assert "removed" in schema_hold.release(s, None, unit_dir=units, systemd=True)
     assert not path.exists() and other.exists()
     assert schema_hold.release(s, None, unit_dir=units, systemd=True) == "schema hold off"
+
+
+def test_a_sandbox_driving_its_own_init_scripts_never_gets_a_dropin(tmp_path, monkeypatch):
+    monkeypatch.setattr(schema_hold.os.path, "isdir", lambda p: p == "/run/systemd/system")
+    own = settings_with(tmp_path, f"[services]\nbackend = init.d\ninitd_dir = {tmp_path}\n")
+    assert not schema_hold.systemd_manages(own)
+    system_scripts = settings_with(tmp_path, "[services]\nbackend = init.d\n")
+    assert schema_hold.systemd_manages(system_scripts)
+    assert schema_hold.systemd_manages(settings_with(tmp_path))
