@@ -27,7 +27,7 @@ from test_source_install import source_tree
 from abuse_helpers import error_lines, one_error_line, resume_line, upgraded_state
 from ivle_maint import cli as ivle_cli
 from ivle_maint.journal import ABORTED, ABORTING, COMPLETE, IN_PROGRESS, Journal, StepRecord
-from ivle_sandbox.releases import RELEASES
+from ivle_sandbox.releases import NEW, OLD, RELEASES
 from upgrade_helpers import (
     REPO,
     at_version_1_0,
@@ -69,6 +69,8 @@ def test_services_start_web_mid_upgrade_is_refused_until_start_web(site):
         assert not site.service_running(WEB), args
     status = cli(site, "status", check=True).stdout
     assert "schema hold: on, the upgrade 1.0 -> 1.1 is unfinished" in status, status
+    plan = cli(site, "plan", "--from", "1.0", "--to", "1.1", check=True).stdout
+    assert "schema hold: on, the upgrade 1.0 -> 1.1 is unfinished" in plan, plan
     assert "start" not in web_events(site)[1:]  # only the sandbox's own first start
     unpack(site)
     done = postinst(site)
@@ -77,6 +79,19 @@ def test_services_start_web_mid_upgrade_is_refused_until_start_web(site):
     assert cli(site, "hold", "check").returncode == 0
     assert "schema hold: off" in cli(site, "status", check=True).stdout
     assert cli(site, "services", "restart", "web").returncode == 0
+
+
+@pytest.mark.needs_postgres
+def test_a_failed_postinst_keeps_the_hold_until_the_upgrade_completes(site):
+    assert preinst(site).returncode == 0
+    unpack(site, migrations={**OLD, **NEW, "20100215.sql": "SELECT 1 / 0;\n"})
+    assert postinst(site).returncode == 1
+    done = cli(site, "services", "start", "web")
+    assert done.returncode == 1 and "(in-progress, migrate failed)" in one_error_line(done)
+    assert not site.service_running(WEB)
+    unpack(site)  # the corrected package
+    assert postinst(site).returncode == 0
+    assert site.service_running(WEB) and cli(site, "hold", "check").returncode == 0
 
 
 @pytest.mark.needs_postgres
