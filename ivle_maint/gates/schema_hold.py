@@ -43,7 +43,6 @@ RELEASE_FILE = "schema-hold.json"  # in [paths] state: the upgrade whose start-w
 MAINTENANCE_RECORD = "maintenance.json"  # in [paths] state (steps/maintenance.py)
 DROPIN_NAME = "ivle-maint-hold.conf"
 SYSTEMD_UNIT_DIR = Path("/etc/systemd/system")
-HOLD_EXIT = 1
 
 
 def upgrade_key(journal: Journal) -> str:
@@ -67,10 +66,14 @@ class Hold:
 
 
 def _where(journal: Journal) -> str:
-    for name, record in reversed(journal.steps.items()):
+    """The step not done, else the last one done (the journal keeps no order: times do)."""
+    if not journal.steps:
+        return "not begun"
+    steps = sorted(journal.steps.items(), key=lambda item: item[1].started)
+    for name, record in steps:
         if record.status != DONE:
             return f"{name} {record.status}"
-    return f"after {next(reversed(journal.steps))}" if journal.steps else "not begun"
+    return f"after {steps[-1][0]}"
 
 
 def decide(journals: list[Journal], released: str) -> Hold | None:

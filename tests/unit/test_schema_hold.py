@@ -98,3 +98,12 @@ def test_a_sandbox_driving_its_own_init_scripts_never_gets_a_dropin(tmp_path, mo
     system_scripts = settings_with(tmp_path, "[services]\nbackend = init.d\n")
     assert schema_hold.systemd_manages(system_scripts)
     assert schema_hold.systemd_manages(settings_with(tmp_path))
+
+
+def test_the_hold_names_the_step_by_time_not_by_name():
+    journal = make(0, IN_PROGRESS, {})
+    journal.steps = {"stop-web": StepRecord("done", 1.0), "baseline": StepRecord("done", 3.0),
+                     "unmount-jails": StepRecord("done", 2.0)}
+    assert schema_hold._where(journal) == "after baseline"
+    journal.steps["migrate"] = StepRecord("failed", 4.0)
+    assert schema_hold._where(journal) == "migrate failed"
