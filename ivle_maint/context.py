@@ -40,6 +40,9 @@ class Step:
     back when the upgrade is abandoned after this step began; `serving`
     says what the node's service runs once this step is done: False
     nothing, True the new code, None unchanged (see serving below).
+    `recheck`, for a BEFORE step, says what undid its effect since it was
+    done ("" if nothing): the after-phase asks before it trusts the step,
+    and runs it again if something did (the schema hold, gates/schema_hold.py).
     """
 
     name: str
@@ -49,6 +52,8 @@ class Step:
     run: Callable[[UpgradeContext], Outcome] = field(compare=False, repr=False)
     undo: Step | None = None
     serving: bool | None = None
+    recheck: Callable[[UpgradeContext], str] | None = field(default=None, compare=False,
+                                                            repr=False)
 
 
 def select_steps(role: str, phases: Iterable[str], steps: Sequence[Step]) -> list[Step]:

@@ -32,7 +32,7 @@ from typing import Any
 
 from .errors import MaintError
 from .gates import clock
-from .gates.rewrite import replace_file
+from .gates.rewrite import WriteFailed, replace_file
 from .gates.text import INDENT, block, shown
 from .safepaths import open_nofollow, read_nofollow, safe_dir
 
@@ -190,14 +190,14 @@ def _rotate(log_dir: Path, keep: int) -> None:
     """prune(), but a full or read-only disk leaves the old logs as they are."""
     try:
         prune(log_dir, keep)
-    except OSError as exc:
+    except (OSError, WriteFailed) as exc:
         if exc.errno not in DISK_ERRORS:
             raise
         for partial in log_dir.glob("*.gz.partial"):
             with contextlib.suppress(OSError):
                 partial.unlink()
-        _tell(f"ivle-maint: warning: logs in {shown(log_dir)} not rotated: "
-              f"{shown(exc.strerror or exc)}")
+        reason = (exc.strerror if isinstance(exc, OSError) else None) or os.strerror(exc.errno)
+        _tell(f"ivle-maint: warning: logs in {shown(log_dir)} not rotated: {shown(reason)}")
 
 
 @contextmanager

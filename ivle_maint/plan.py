@@ -8,6 +8,7 @@ from .cluster.admin import read_status
 from .cluster.presence import coordinated
 from .cluster.waits import serving_old
 from .errors import MaintError
+from .gates import schema_hold
 from .preflight import classified_after_baseline
 from .procedure import steps_for
 from .steps import maintenance, migrations
@@ -85,6 +86,7 @@ def describe(ctx: UpgradeContext) -> list[str]:
         lines += _migration_lines(ctx)
     if role in ("slave", "both"):
         lines.append(maintenance.plan_line(ctx.settings, ctx.during_upgrade))
+        lines.append(schema_hold.status_line(ctx.settings))
         lines.append(_media_line(ctx))
     lines += _cluster_lines(ctx)
     return lines

@@ -46,12 +46,22 @@ class Procedure:
             self.journal.state = IN_PROGRESS
         for step in select_steps(self.journal.role, phases, self.steps):
             if self.journal.is_done(step.name):
-                self.reporter.info(f"{step.title}: already done")
-                continue
+                undone = self._undone_since(step, phases)
+                if not undone:
+                    self.reporter.info(f"{step.title}: already done")
+                    continue
+                self.reporter.warn(f"{step.title}: {undone}: doing it again")
             self._run_step(step)
         if AFTER in phases:
             self.journal.set_state(COMPLETE)
         self.observe("end", None)
+
+    def _undone_since(self, step: Step, phases: tuple[str, ...]) -> str:
+        """The after-phase re-checks a BEFORE step's effect instead of trusting it."""
+        if step.recheck is None or step.phase != BEFORE or AFTER not in phases \
+                or not self.ctx.code_is_new:
+            return ""
+        return step.recheck(self.ctx)
 
     def _run_step(self, step: Step) -> None:
         self.reporter.info(f"{step.title} ...")

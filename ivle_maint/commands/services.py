@@ -19,7 +19,10 @@ as skipped); see [services] backend.  Each action is verified with the
 service's status, waiting up to [services] timeout seconds.  Init
 scripts (and their directory) that another user owns or may write, and
 settings or ivle.conf others may change, are refused (exit status 2):
-ivle-maint runs the scripts as root.
+ivle-maint runs the scripts as root.  While an upgrade of this node is
+unfinished, starting or restarting the web server is refused (one line,
+exit status 1: the schema hold, see 'ivle-maint hold'); the upgrade's
+start-web step starts it, or 'ivle-maint rerun --abandon' on the old code.
 
 'status' exits 0 when every chosen service runs, 3 otherwise."""
 

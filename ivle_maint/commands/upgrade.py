@@ -260,6 +260,7 @@ def cmd_hook(ctx: Context) -> int:
 
 def cmd_status(ctx: Context) -> int:
     """List every journal with its steps."""
+    from ..gates.schema_hold import status_line
     from ..journal import Journal
     from ..procedure import STEPS
     from ..steps.migrations import upgrade_backup
@@ -269,6 +270,7 @@ def cmd_status(ctx: Context) -> int:
     paths = sorted((state_dir(ctx.settings) / "journal").glob("*.json"))
     if not paths:
         print("no upgrades recorded")
+    print(status_line(ctx.settings))
     for path in paths:
         journal = Journal.load(path)
         for line in summary_lines(journal, STEPS):

@@ -207,6 +207,15 @@ def backup_copy(path: Path, backup_dir: Path) -> Path:
     return dest
 
 
+class WriteFailed(MaintError):
+    """replace_file's one line, with the errno behind it (a full disk is
+    something a log rotation may live with; a refused symlink is not)."""
+
+    def __init__(self, message: str, errno: int | None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
 def replace_file(path: Path, data: bytes, *, mode: int | None = None,
                  backup_dir: Path | None = None, like: Path | None = None) -> Path | None:
     """Replace PATH with DATA atomically; returns the backup made, if any.
@@ -232,7 +241,8 @@ def replace_file(path: Path, data: bytes, *, mode: int | None = None,
         _install(tmp, target)
     except OSError as exc:
         where = exc.filename or target
-        raise MaintError(f"cannot write {path}: {where}: {exc.strerror or exc}") from None
+        raise WriteFailed(f"cannot write {path}: {where}: {exc.strerror or exc}",
+                          exc.errno) from None
     return backup
 
 

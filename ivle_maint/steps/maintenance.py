@@ -36,6 +36,8 @@ from ..config import Settings
 from ..errors import MaintError
 from ..gates import clock
 from ..gates.rewrite import replace_file, write_state_file
+from ..gates.schema_hold import MAINTENANCE_RECORD, apache_dir, enabled_sites
+from ..gates.schema_hold import ivle_sites as sites
 from ..journal import COMPLETE, Journal
 from ..output import Reporter
 from ..safepaths import read_nofollow
@@ -45,7 +47,7 @@ STOP, MAINTENANCE = "stop", "maintenance"
 MODES = (STOP, MAINTENANCE)
 ENV_MODE = "IVLE_MAINT_DURING_UPGRADE"
 CONF_NAME = "ivle-maint-maintenance"
-RECORD = "maintenance.json"
+RECORD = MAINTENANCE_RECORD
 HEADER = "X-IVLE-Maintenance"
 # Apache reads a configuration line of at most 8 KiB; the page is one line.
 PAGE_LIMIT = 7 * 1024
@@ -65,16 +67,6 @@ def mode(settings: Settings, chosen: str | None = None) -> str:
     if value not in MODES:
         raise MaintError(f"during-upgrade mode {value!r}: use one of {', '.join(MODES)}")
     return str(value)
-
-
-def apache_dir(settings: Settings) -> Path:
-    return Path(settings["web"]["apache_dir"])
-
-
-def sites(settings: Settings) -> list[str]:
-    value = settings["web"]["sites"]
-    names = [value] if isinstance(value, str) else list(value)
-    return [n.removesuffix(".conf") for n in names if n]
 
 
 def _command(name: str) -> str:
@@ -199,11 +191,6 @@ def in_maintenance(settings: Settings) -> bool:
     return Record.path(settings).exists()
 
 
-def enabled_sites(settings: Settings) -> list[str]:
-    enabled = apache_dir(settings) / "sites-enabled"
-    return [name for name in sites(settings) if (enabled / f"{name}.conf").exists()]
-
-
 # -- Apache's processes -----------------------------------------------------
 
 def _children() -> set[tuple[int, str]]:
@@ -234,6 +221,7 @@ def _graceful(control: ServiceControl, name: str, how: str = "graceful") -> str:
         return result.message
     old = _children()
     started = time.monotonic()
+    control.may_start(name)  # a reload loads IVLE's code as a start does
     done = system.run(control._argv(name, "reload"), timeout=control.timeout or None)
     if not done.ok:
         last = done.tail[-1] if done.tail else "no output"

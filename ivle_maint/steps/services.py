@@ -5,6 +5,10 @@ scripts must, so a policy-rc.d that forbids the action (chroots, image
 builders, piuparts) is obeyed and reported as "skipped".  Source installs
 without it use systemctl or the init script ([services] backend).
 
+Every start or restart (and the reload of a graceful restart) asks
+may_start() first, which asks the schema hold (gates/schema_hold.py) for
+the web server: no IVLE web code runs while an upgrade is unfinished.
+
 An exit status proves nothing: every action is followed by a status
 check, repeated until the service is in the asked state or
 [services] timeout runs out.
@@ -15,12 +19,14 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import system
 from ..config import Settings
 from ..errors import MaintError
+from ..gates import schema_hold
 from ..output import Reporter
 from ..safepaths import check_dir, check_file
 
@@ -115,11 +121,18 @@ class ServiceControl:
         backend: str = "auto",
         initd_dir: Path = SYSTEM_INITD,
         timeout: float = 60.0,
+        gate: Callable[[str], None] | None = None,
     ) -> None:
         self.reporter = reporter
         self.backend = resolve_backend(backend)
         self.initd_dir = Path(initd_dir)
         self.timeout = timeout
+        self.gate = gate
+
+    def may_start(self, name: str) -> None:
+        """Every start, restart or reload asks here first (the schema hold)."""
+        if self.gate is not None:
+            self.gate(name)
 
     # -- status ----------------------------------------------------------
 
@@ -206,6 +219,8 @@ class ServiceControl:
         if action not in ACTIONS:
             raise MaintError(f"unknown service action {action!r}; use one of {ACTIONS}")
         wanted = STOPPED if action == "stop" else RUNNING
+        if action != "stop":
+            self.may_start(name)
         before = self.status(name)
         if action != "restart" and before == wanted:
             reason = "already stopped" if wanted == STOPPED else "already running"
@@ -270,11 +285,17 @@ def control_from_settings(settings: Settings, reporter: Reporter) -> ServiceCont
     """A ServiceControl configured by [services] of ivle-maint's settings;
     its init scripts checked (check_init_scripts) before any runs."""
     conf = settings["services"]
+
+    def gate(name: str) -> None:
+        if name == conf["web"]:
+            schema_hold.check(settings, name)
+
     control = ServiceControl(
         reporter,
         backend=conf["backend"],
         initd_dir=Path(conf["initd_dir"]),
         timeout=float(conf["timeout"]),
+        gate=gate,
     )
     check_init_scripts(settings, control.backend)
     return control

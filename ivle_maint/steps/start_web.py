@@ -1,9 +1,16 @@
-"""start-web: the web server serves the new code (or, abandoning, the old)."""
+"""start-web: the web server serves the new code (or, abandoning, the old).
+
+The only step that lifts the schema hold (gates/schema_hold.py): once
+the master's migrations are in (or, abandoning, the old code is back),
+the schema and the code agree, and only then does the web server start.
+"""
 
 from __future__ import annotations
 
 from ..cluster.waits import wait_for_master
 from ..context import AFTER, SLAVE, Outcome, Step, UpgradeContext
+from ..gates import schema_hold
+from ..journal import Journal
 from .maintenance import leave
 from .service_outcome import service_outcome
 from .services import RUNNING, control_from_settings
@@ -15,16 +22,26 @@ def start_web(ctx: UpgradeContext) -> Outcome:
     # New code never serves on a schema the master has not migrated yet, nor
     # before the master has rebuilt the jail tree the slaves share with it.
     waited = wait_for_master(ctx)
+    released = schema_hold.release(ctx.settings, ctx.journal or _journal(ctx))
     left = leave(ctx.settings, ctx.reporter)  # the maintenance page, if stop-web put it up
     if left:
-        return Outcome(f"{waited}; {left}" if waited else left)
+        left = f"{released}; {left}"
+        return Outcome(f"{waited}; {left}" if waited else left, {"hold": released})
     late = started_by_hand(ctx)
     outcome = service_outcome(ctx, "restart" if late else "start", "web")
     if late:
         outcome.summary = f"{late}: restarted on the new code; {outcome.summary}"
+    outcome.summary = f"{released}; {outcome.summary}"
+    outcome.metrics["hold"] = released
     if waited:
         outcome.summary = f"{waited}; {outcome.summary}"
     return outcome
+
+
+def _journal(ctx: UpgradeContext) -> Journal | None:
+    """This upgrade's journal when the run has no cluster link to carry it."""
+    path = Journal.file_for(ctx.settings.path_of("state"), ctx.old, ctx.new)
+    return Journal.load(path) if path.exists() else None
 
 
 def started_by_hand(ctx: UpgradeContext) -> str:

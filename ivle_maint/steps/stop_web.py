@@ -1,19 +1,49 @@
-"""stop-web: no request reaches IVLE's web code while it changes."""
+"""stop-web: no request reaches IVLE's web code while it changes.
+
+The schema hold (gates/schema_hold.py) goes up first, where the system
+honours it (a systemd drop-in that survives a reboot), so that nothing
+starts the web server again until start-web releases it.  The after-phase
+re-checks (still_holds) instead of trusting the before-phase: a web
+server started since then is stopped again (or, in maintenance mode, an
+IVLE site enabled again is disabled again).
+"""
 
 from __future__ import annotations
 
 from ..context import BEFORE, SLAVE, Outcome, Step, UpgradeContext
+from ..gates import schema_hold
 from . import maintenance, start_web
 from .service_outcome import service_outcome
+from .services import STOPPED, control_from_settings
 
 
 def stop_web(ctx: UpgradeContext) -> Outcome:
+    held = schema_hold.install(ctx.settings)
     if maintenance.mode(ctx.settings, ctx.during_upgrade) == maintenance.MAINTENANCE:
-        return Outcome(maintenance.enter(ctx.settings, ctx.reporter), {"maintenance": True})
-    return service_outcome(ctx, "stop", "web")
+        entered = maintenance.enter(ctx.settings, ctx.reporter)
+        return Outcome(f"{held}; {entered}", {"maintenance": True, "hold": held})
+    outcome = service_outcome(ctx, "stop", "web")
+    outcome.summary = f"{held}; {outcome.summary}"
+    outcome.metrics["hold"] = held
+    return outcome
+
+
+def still_stopped(ctx: UpgradeContext) -> str:
+    """What undid stop-web since it was done ("" if nothing): checked again
+    before the after-phase, which then redoes the step."""
+    settings = ctx.settings
+    name = settings["services"]["web"]
+    if schema_hold.holding(settings) is None:
+        return ""  # start-web released the hold: the schema and the code agree
+    if maintenance.in_maintenance(settings):
+        enabled = schema_hold.enabled_sites(settings)
+        return f"IVLE's sites enabled again: {', '.join(enabled)}" if enabled else ""
+    if control_from_settings(settings, ctx.reporter).status(name) != STOPPED:
+        return f"{name} was started again since the before-phase stopped it"
+    return ""
 
 
 # Abandoned, the upgrade starts it again (begun counts: a run killed
 # inside the stop may have stopped it).
 STEP = Step(start_web.STOP_WEB, "stop the web server", SLAVE, BEFORE, stop_web,
-            undo=start_web.STEP, serving=False)
+            undo=start_web.STEP, serving=False, recheck=still_stopped)

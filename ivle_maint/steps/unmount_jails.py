@@ -1,12 +1,14 @@
 """unmount-jails: no user jail pins the old jail template.
 
-Nothing undoes it: jails are mounted again on demand.
+Nothing undoes it: jails are mounted again on demand.  So the after-phase
+re-checks (still_unmounted) and unmounts any mounted since.
 """
 
 from __future__ import annotations
 
 from ..context import BEFORE, SLAVE, Outcome, Step, UpgradeContext
-from .mounts import unmount_jails_for
+from ..jaildir import check as checked_mounts
+from .mounts import list_jail_mounts, unmount_jails_for
 
 
 def unmount_jails(ctx: UpgradeContext) -> Outcome:
@@ -14,4 +16,14 @@ def unmount_jails(ctx: UpgradeContext) -> Outcome:
     return Outcome(result.summary, {"jails_unmounted": len(result.unmounted)})
 
 
-STEP = Step("unmount-jails", "unmount user jails", SLAVE, BEFORE, unmount_jails)
+def still_unmounted(ctx: UpgradeContext) -> str:
+    """Jail mounts made since the step ("" if none)."""
+    found = list_jail_mounts(checked_mounts(ctx.settings.ivle_conf()))
+    if not found:
+        return ""
+    return f"{len(found)} jail mounts mounted again since the before-phase " \
+           f"(first: {found[0].mountpoint})"
+
+
+STEP = Step("unmount-jails", "unmount user jails", SLAVE, BEFORE, unmount_jails,
+            recheck=still_unmounted)

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-from test_source_install import source_tree
 
 from abuse_helpers import (
     error_lines,
@@ -24,7 +23,7 @@ from abuse_helpers import (
     wait_until_gone,
 )
 from ivle_maint.db.lock import LOCK_ID
-from ivle_sandbox.releases import NEW, OLD, RELEASES
+from ivle_sandbox.releases import NEW, OLD
 from upgrade_helpers import (
     ALL_KEYS,
     OLD_KEYS,
@@ -47,13 +46,6 @@ from upgrade_helpers import (
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
 
-def kill_during(node, step: str, *args: str) -> None:
-    proc = start_cli(node, *args)
-    wait_for_step(node, step, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-
-
 def old_site_untouched(node) -> None:
     """Nothing of the after-phase ran: old schema, old media, old code."""
     assert marker_keys(node) in ([], OLD_KEYS)  # the baseline at most
@@ -67,119 +59,6 @@ def old_site_untouched(node) -> None:
 def reference(node_factory):
     """What an uninterrupted dpkg upgrade 1.0 -> 1.1 leaves."""
     return upgraded_state(at_version_1_0(node_factory(users=4, consoles=1)))
-
-
-# -- Defect 1: a rerun never finishes an upgrade whose code is not installed --
-
-@pytest.mark.parametrize("form", ["source", "dpkg"])
-def test_killed_before_phase_rerun_never_runs_the_after_phase(node_factory, reference, form):
-    node = at_version_1_0(node_factory(users=4, consoles=1))
-    homes = home_checksums(node)
-    tree = source_tree(node, RELEASES["1.1"]) if form == "source" else None
-    set_setting(node, "consoles", "term_timeout", "30")
-    stubborn = stubborn_console(node)
-    if form == "source":
-        kill_during(node, "stop-consoles", "upgrade", "--from", "1.0", "--source", str(tree))
-    else:
-        kill_during(node, "stop-consoles", "hook", "--package-version", "1.1", "preinst",
-                    "upgrade", "1.0", "1.1")
-    set_setting(node, "consoles", "term_timeout", "1")
-
-    done = cli(node, "rerun")
-    assert done.returncode == 1, done.stderr
-    [error] = error_lines(done)
-    assert "1.1's code is not installed" in error and "web server stays down" in error
-    resume = resume_line(done.stderr)
-    if form == "source":
-        assert resume.startswith(f"ivle-maint upgrade --from 1.0 --to 1.1 --source {tree} ")
-    else:
-        assert resume.startswith("install 1.1's code, then: ivle-maint hook --package-version "
-                                 "1.1 postinst configure 1.0 ")
-    assert resume.endswith("(or give the site back on 1.0: ivle-maint rerun --abandon)")
-    old_site_untouched(node)
-    assert journal(node)["steps"]["unmount-jails"]["status"] == "done"
-    assert not node.service_running("apache2")
-    assert stubborn.wait(timeout=10) == -signal.SIGKILL
-
-    # The printed command installs the code and ends like an uninterrupted run.
-    if form == "source":
-        finished = cli(node, *resume.split("   ")[0].split()[1:])
-    else:
-        unpack(node)
-        finished = postinst(node)
-    assert finished.returncode == 0, finished.stderr
-    state = final_state(node)
-    assert state == reference
-    assert home_checksums(node) == homes
-
-
-def test_killed_preinst_rerun_abandon_gives_the_site_back(node_factory, reference):
-    node = at_version_1_0(node_factory(users=4, consoles=1))
-    set_setting(node, "consoles", "term_timeout", "30")
-    stubborn = stubborn_console(node)
-    kill_during(node, "stop-consoles", "hook", "preinst", "upgrade", "1.0", "1.1")
-    set_setting(node, "consoles", "term_timeout", "1")
-    assert not node.service_running("apache2")
-
-    done = cli(node, "rerun", "--abandon")
-    assert done.returncode == 0, done.stderr
-    assert "upgrade 1.0 -> 1.1 abandoned, the site is back on 1.0" in done.stderr
-    assert node.service_running("apache2") and journal(node)["state"] == "aborted"
-    old_site_untouched(node)
-    again = cli(node, "rerun")  # abandoned is not unfinished
-    assert again.returncode == 0 and "nothing to do" in again.stderr
-    assert node.service_running("apache2")
-    old_site_untouched(node)
-    stubborn.kill()
-    # dpkg's next attempt runs the whole upgrade.
-    assert preinst(node).returncode == 0
-    unpack(node)
-    assert postinst(node).returncode == 0
-    assert final_state(node) == reference
-
-
-def write_dpkg_status(admindir: Path, status: str, version: str) -> None:
-    (admindir / "info").mkdir(parents=True, exist_ok=True)
-    (admindir / "updates").mkdir(exist_ok=True)
-    (admindir / "status").write_text(
-        f"Package: ivle\nStatus: {status}\nPriority: optional\nSection: web\n"
-        f"Maintainer: IVLE <ivle@example.org>\nArchitecture: all\nVersion: {version}\n"
-        "Description: IVLE\n\n"
-    )
-
-
-def test_dpkg_record_of_the_old_version_stops_the_rerun(node_factory, tmp_path, monkeypatch):
-    node = at_version_1_0(node_factory(users=3, consoles=1))
-    # dpkg killed with its preinst: the package stays half-installed at 1.0.
-    write_dpkg_status(tmp_path, "install reinstreq half-installed", "1.0")
-    monkeypatch.setenv("DPKG_ADMINDIR", str(tmp_path))
-    set_setting(node, "consoles", "term_timeout", "30")
-    stubborn = stubborn_console(node)
-    kill_during(node, "stop-consoles", "hook", "preinst", "upgrade", "1.0", "1.1")
-    set_setting(node, "consoles", "term_timeout", "1")
-    done = cli(node, "rerun")
-    assert done.returncode == 1
-    [error] = error_lines(done)
-    assert "(dpkg has ivle 1.0 half-installed)" in error
-    assert resume_line(done.stderr).startswith("apt-get install ivle=1.1 ")
-    old_site_untouched(node)
-    stubborn.kill()
-
-
-def test_rerun_says_dpkg_configure_is_still_owed(node_factory, reference, tmp_path,
-                                                 monkeypatch):
-    node = at_version_1_0(node_factory(users=4, consoles=1))
-    assert preinst(node).returncode == 0
-    unpack(node)
-    # dpkg died after the unpack, before the postinst: ivle 1.1 unpacked.
-    write_dpkg_status(tmp_path, "install ok unpacked", "1.1")
-    monkeypatch.setenv("DPKG_ADMINDIR", str(tmp_path))
-    done = cli(node, "rerun")
-    assert done.returncode == 0, done.stderr
-    assert ("ivle-maint: warning: dpkg has not finished configuring ivle (dpkg has ivle 1.1 "
-            "unpacked): run dpkg --configure -a") in done.stderr
-    assert final_state(node) == reference
-    assert "already complete" in postinst(node).stderr
 
 
 # -- Defect 3: the abort path --------------------------------------------------

@@ -466,3 +466,53 @@ def test_cluster_ansible_over_ssh(cluster, tmp_path, mode):
         print(done.stdout[-6000:], done.stderr[-3000:], flush=True)
         assert done.returncode == 0
     check_cluster_upgraded(cluster, probes, started, mode)
+
+
+HOLD_DROPIN = "/etc/systemd/system/apache2.service.d/ivle-maint-hold.conf"
+
+
+def test_reboot_between_unpack_and_postinst(repos):
+    """The schema hold (gate 9): 1.1 unpacked (its preinst stopped Apache), then the
+    node starts what its boot starts (apache2 is enabled): the hold's drop-in keeps
+    apache2 from serving 1.1's code on 1.0's schema, and so do `systemctl start`,
+    invoke-rc.d and `ivle-maint services start web`; `dpkg --configure -a` then
+    migrates and serves 1.1, and the drop-in is gone."""
+    with scenario.prepared_nodes(["ivle-node"], "good", repos) as guests:
+        guest = guests["ivle-node"]
+        deb = guest.run("sh", "-c", "ls /srv/repos/good/ivle_1.1*.deb",
+                        check=True).stdout.split()[0]
+        done = guest.run("dpkg", "--unpack", deb)
+        print(done.stdout[-4000:], flush=True)
+        assert done.returncode == 0
+        assert guest.facts()["ivle"] == "install ok unpacked 1.1"
+        assert guest.run("test", "-e", HOLD_DROPIN).returncode == 0
+        status = guest.run("ivle-maint", "status", check=True).stdout
+        assert "schema hold: on, the upgrade 1.0 -> 1.1 is unfinished" in status, status
+        assert HOLD_DROPIN in status, status
+        # What a boot does: reload the units, start everything the default target wants.
+        guest.run("systemctl", "daemon-reload", check=True)
+        guest.run("systemctl", "start", "multi-user.target", check=True)
+        units = guest.facts()["units"]
+        assert units["apache2.service"]["ActiveState"] == "failed", units  # type: ignore[index]
+        log = guest.run("journalctl", "-u", "apache2", "--no-pager", "-q").stdout
+        assert "schema hold: apache2 must not start" in log, log[-3000:]
+        # And by hand, every way.
+        for argv in (("systemctl", "start", "apache2"), ("invoke-rc.d", "apache2", "start"),
+                     ("ivle-maint", "services", "start", "web")):
+            again = guest.run(*argv)
+            print(argv, again.returncode, again.stdout[-500:], flush=True)
+            assert again.returncode != 0, argv
+        with Probe(guest, count=5) as probe:
+            probe.stop(wait=True)
+        assert probe.sequence() == ["refused"], probe.answers
+        # The postinst: migrations, then start-web lifts the hold and starts Apache.
+        _since, done, probe = upgrade_watched(guest, "dpkg", "--configure", "-a")
+        assert done.returncode == 0
+        assert probe.sequence() == ["refused", "new"], probe.sequence()
+        assert probe.counts["errors"] == 0
+        after = guest.facts()
+        assert after["ivle"] == "install ok installed 1.1"
+        assert after["units"]["apache2.service"]["ActiveState"] == "active"  # type: ignore[index]
+        assert guest.run("test", "-e", HOLD_DROPIN).returncode != 0
+        assert "schema hold: off" in guest.run("ivle-maint", "status", check=True).stdout
+        assert guest.run("dpkg", "--audit").stdout.strip() == ""

@@ -238,8 +238,12 @@ def test_services_start_web_after_the_before_phase_is_recorded_and_waited_for(no
     for slave in cluster.slaves:
         assert preinst(slave).returncode == 0
     assert node_rows(cluster.master)["slave1"]["serving"] is None
-    # Bringing the site back by hand after a failed playbook run:
+    # Bringing the site back by hand after a failed playbook run: not by
+    # `services start web` (the schema hold refuses it) but by abandoning.
     done = cli(cluster.slaves[0], "services", "start", "web")
+    assert done.returncode == 1 and "schema hold: apache2 must not start" in done.stderr
+    assert node_rows(cluster.master)["slave1"]["serving"] is None
+    done = cli(cluster.slaves[0], "rerun", "--abandon")
     assert done.returncode == 0, done.stderr
     assert node_rows(cluster.master)["slave1"]["serving"] == "1.0"
     text = master_upgrade_fails_waiting_for(cluster, "slave1")
@@ -280,7 +284,9 @@ def test_start_web_restarts_a_web_server_started_by_hand_before_the_new_code(nod
     unpack(slave)
     done = postinst(slave)
     assert done.returncode == 0, done.stderr
-    assert "was started by hand after the before-phase stopped it: restarted" in done.stderr
+    # The after-phase re-checks stop-web before it trusts it: stopped again.
+    assert "apache2 was started again since the before-phase stopped it: doing it again" \
+        in done.stderr
     events = [e for _, e in web_events(slave)]
     assert events == ["start", "stop", "start", "stop", "start"], events
     assert status(cluster.master)["problems"] == []

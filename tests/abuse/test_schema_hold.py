@@ -1,0 +1,381 @@
+"""Gate 9, the schema hold: never new code on an old schema, never old code on
+a new one, whoever starts the web server (gates/schema_hold.py).
+
+Real processes on sandbox nodes (no systemd here: ivle-maint's own starts
+and `ivle-maint hold check`, the command systemd's drop-in runs); the
+booted scenario test_reboot_between_unpack_and_postinst covers systemd.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_rerun_safety import old_site_untouched
+from test_source_install import source_tree
+
+from abuse_helpers import error_lines, one_error_line, resume_line, upgraded_state
+from ivle_maint import cli as ivle_cli
+from ivle_maint.journal import ABORTED, ABORTING, COMPLETE, IN_PROGRESS, Journal, StepRecord
+from ivle_sandbox.releases import NEW, OLD, RELEASES
+from upgrade_helpers import (
+    REPO,
+    at_version_1_0,
+    cli,
+    final_state,
+    home_checksums,
+    journal,
+    postinst,
+    preinst,
+    set_setting,
+    start_cli,
+    stubborn_console,
+    unpack,
+    wait_for_step,
+)
+
+pytestmark = [pytest.mark.needs_root]
+
+WEB = "apache2"
+
+
+def web_events(node) -> list[str]:
+    return [event for _t, _s, event in node.service_events(WEB)]
+
+
+# -- services start web in the middle of an upgrade ---------------------------------
+
+@pytest.mark.needs_postgres
+def test_services_start_web_mid_upgrade_is_refused_until_start_web(site):
+    assert preinst(site).returncode == 0
+    assert not site.service_running(WEB)
+    for args in (("services", "start", "web"), ("services", "restart", "web"),
+                 ("services", "start"), ("hold", "check")):
+        done = cli(site, *args)
+        assert done.returncode == 1, (args, done.stderr)
+        line = one_error_line(done)
+        assert "schema hold: apache2 must not start: the upgrade 1.0 -> 1.1 is unfinished" \
+            in line, line
+        assert not site.service_running(WEB), args
+    status = cli(site, "status", check=True).stdout
+    assert "schema hold: on, the upgrade 1.0 -> 1.1 is unfinished" in status, status
+    plan = cli(site, "plan", "--from", "1.0", "--to", "1.1", check=True).stdout
+    assert "schema hold: on, the upgrade 1.0 -> 1.1 is unfinished" in plan, plan
+    assert "start" not in web_events(site)[1:]  # only the sandbox's own first start
+    unpack(site)
+    done = postinst(site)
+    assert done.returncode == 0, done.stderr
+    assert site.service_running(WEB)
+    assert cli(site, "hold", "check").returncode == 0
+    assert "schema hold: off" in cli(site, "status", check=True).stdout
+    assert cli(site, "services", "restart", "web").returncode == 0
+
+
+@pytest.mark.needs_postgres
+def test_a_failed_postinst_keeps_the_hold_until_the_upgrade_completes(site):
+    assert preinst(site).returncode == 0
+    unpack(site, migrations={**OLD, **NEW, "20100215.sql": "SELECT 1 / 0;\n"})
+    assert postinst(site).returncode == 1
+    done = cli(site, "services", "start", "web")
+    assert done.returncode == 1 and "(in-progress, migrate failed)" in one_error_line(done)
+    assert not site.service_running(WEB)
+    unpack(site)  # the corrected package
+    assert postinst(site).returncode == 0
+    assert site.service_running(WEB) and cli(site, "hold", "check").returncode == 0
+
+
+@pytest.mark.needs_postgres
+def test_rerun_abandon_gives_the_site_back_through_the_hold(site):
+    assert preinst(site).returncode == 0
+    assert cli(site, "hold", "check").returncode == 1
+    done = cli(site, "rerun", "--abandon")
+    assert done.returncode == 0, done.stderr
+    assert site.service_running(WEB)
+    assert cli(site, "hold", "check").returncode == 0
+    assert cli(site, "services", "start", "web").returncode == 0
+
+
+# -- the after-phase re-checks the before-phase ------------------------------------
+
+@pytest.mark.needs_postgres
+def test_jails_consoles_and_web_started_between_the_phases_are_undone_before_migrating(site):
+    assert preinst(site).returncode == 0
+    site.mount_all()
+    consoles = site.start_consoles(2)
+    # By hand, behind ivle-maint's back: the init script itself.
+    assert site.service(WEB, "start").returncode == 0
+    unpack(site)
+    done = postinst(site)
+    assert done.returncode == 0, done.stderr
+    err = done.stderr
+    assert "stop the web server: apache2 was started again since the before-phase stopped " \
+           "it: doing it again" in err, err
+    assert "stop python-console processes: " in err and " processes in users' jails since " \
+           "the before-phase" in err, err
+    assert "unmount user jails: " in err and "jail mounts mounted again since the " \
+           "before-phase" in err, err
+    assert not any(os.path.exists(f"/proc/{pid}") and
+                   Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z" for pid in consoles)
+    steps = journal(site)["steps"]
+    migrated = steps["migrate"]["started"]
+    for name in ("stop-web", "stop-consoles", "unmount-jails"):
+        assert steps[name]["status"] == "done" and steps[name]["finished"] < migrated, name
+    assert steps["unmount-jails"]["metrics"]["jails_unmounted"] > 0
+    assert steps["stop-consoles"]["metrics"]["consoles_stopped"] >= 2
+    # stop (before-phase), start (by hand), stop (re-check), start (start-web).
+    assert web_events(site)[-4:] == ["stop", "start", "stop", "start"], web_events(site)
+    assert site.service_running(WEB)
+
+
+@pytest.mark.needs_postgres
+def test_after_phase_trusts_nothing_yet_redoes_nothing_that_held(site):
+    assert preinst(site).returncode == 0
+    unpack(site)
+    done = postinst(site)
+    assert done.returncode == 0, done.stderr
+    assert "doing it again" not in done.stderr
+    assert web_events(site)[-2:] == ["stop", "start"]
+
+
+# -- the hold check's answer over journal states -------------------------------------
+
+STATES = (IN_PROGRESS, ABORTING, COMPLETE, ABORTED)
+STEP_NAMES = ("stop-web", "stop-consoles", "unmount-jails", "migrate", "start-web")
+
+
+def hold_check(conf: Path) -> tuple[int, str]:
+    """`ivle-maint --config CONF hold check` in this process: (status, stderr)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        status = ivle_cli.main(["--config", str(conf), "hold", "check"])
+    return status, err.getvalue()
+
+
+def one_line(err: str) -> bool:
+    """One error line (and the resume line)."""
+    return len([x for x in err.splitlines() if x.startswith("ivle-maint: error:")]) == 1 \
+        and all(x.startswith("ivle-maint: ") for x in err.splitlines())
+
+
+def node_conf(root: Path) -> Path:
+    conf = root / "maint.conf"
+    conf.write_text(f"[node]\nrole = slave\n[paths]\nstate = {root / 'state'}\n"
+                    f"[web]\napache_dir = {root / 'apache2'}\n")
+    return conf
+
+
+def write_journals(root: Path, found: list[tuple[str, dict[str, str]]]) -> list[Journal]:
+    made = []
+    for i, (state, steps) in enumerate(found):
+        j = Journal(Journal.file_for(root / "state", f"1.{i}", f"1.{i + 1}"), f"1.{i}",
+                    f"1.{i + 1}", "slave", state=state, created=1000.0 + i)
+        j.steps = {name: StepRecord(status, 1.0) for name, status in steps.items()}
+        j.save()
+        made.append(j)
+    return made
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(STATES),
+                          st.dictionaries(st.sampled_from(STEP_NAMES),
+                                          st.sampled_from(("running", "done", "failed")),
+                                          max_size=5)), max_size=3),
+       st.booleans())
+def test_hold_check_holds_while_any_journal_is_unfinished(found, maintenance_only):
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        conf = node_conf(root)
+        write_journals(root, found)
+        if maintenance_only:  # stop-web's maintenance page up, IVLE's site disabled
+            (root / "state").mkdir(exist_ok=True)
+            (root / "state" / "maintenance.json").write_text('{"disabled": [], "since": 0}')
+        status, err = hold_check(conf)
+        unfinished = any(state in (IN_PROGRESS, ABORTING) for state, _ in found)
+        if unfinished and not maintenance_only:
+            assert status == 1 and one_line(err) and "schema hold:" in err, err
+        else:
+            assert status == 0 and err == "", err
+
+
+def test_start_web_releases_only_its_own_upgrade(tmp_path):
+    conf = node_conf(tmp_path)
+    first, _second = write_journals(tmp_path, [(IN_PROGRESS, {"stop-web": "done"}),
+                                              (IN_PROGRESS, {"stop-web": "done"})])
+    release = tmp_path / "state" / "schema-hold.json"
+    release.write_text(json.dumps({"released": f"{first.path.name}@{first.created!r}"}))
+    status, err = hold_check(conf)
+    assert status == 1 and "1.1 -> 1.2" in err
+    sites = tmp_path / "apache2" / "sites-enabled"
+    sites.mkdir(parents=True)
+    (tmp_path / "state" / "maintenance.json").write_text('{"disabled": ["ivle"], "since": 0}')
+    assert hold_check(conf)[0] == 0  # only the maintenance page would answer
+    (sites / "ivle.conf").write_text("")  # an administrator enabled IVLE's site again
+    assert hold_check(conf)[0] == 1
+
+
+@pytest.mark.parametrize("damage", [b"", b"{", b"\xff"])
+def test_a_damaged_journal_or_release_keeps_the_hold_on(tmp_path, damage):
+    conf = node_conf(tmp_path)
+    (j,) = write_journals(tmp_path, [(COMPLETE, {})])
+    j.path.write_bytes(damage)
+    status, err = hold_check(conf)
+    assert status == 1 and one_line(err) and "unreadable journal" in err, err
+    j.path.unlink()
+    write_journals(tmp_path, [(IN_PROGRESS, {})])
+    (tmp_path / "state" / "schema-hold.json").write_bytes(damage)
+    status, err = hold_check(conf)
+    assert status == 1 and one_line(err) and "unreadable" in err, err
+
+
+def test_hold_check_as_systemd_runs_it(tmp_path):
+    """A real process, no environment but PATH, as ExecStartPre runs it."""
+    conf = node_conf(tmp_path)
+    write_journals(tmp_path, [(IN_PROGRESS, {"stop-web": "done", "migrate": "failed"})])
+    argv = [sys.executable, "-m", "ivle_maint", "--config", str(conf), "hold", "check"]
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False,
+                          stdin=subprocess.DEVNULL, timeout=60)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith("ivle-maint: error: schema hold: apache2 must not start: "
+                                  "the upgrade 1.0 -> 1.1 is unfinished (in-progress, migrate "
+                                  "failed)"), done.stderr
+
+
+# -- never the after-phase on the old code (moved from test_rerun_safety.py) ----------
+
+@pytest.fixture
+def reference(node_factory):
+    """What an uninterrupted dpkg upgrade 1.0 -> 1.1 leaves."""
+    return upgraded_state(at_version_1_0(node_factory(users=4, consoles=1)))
+
+
+def kill_during(node, step: str, *args: str) -> None:
+    proc = start_cli(node, *args)
+    wait_for_step(node, step, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+
+
+@pytest.mark.needs_postgres
+@pytest.mark.parametrize("form", ["source", "dpkg"])
+def test_killed_before_phase_rerun_never_runs_the_after_phase(node_factory, reference, form):
+    node = at_version_1_0(node_factory(users=4, consoles=1))
+    homes = home_checksums(node)
+    tree = source_tree(node, RELEASES["1.1"]) if form == "source" else None
+    set_setting(node, "consoles", "term_timeout", "30")
+    stubborn = stubborn_console(node)
+    if form == "source":
+        kill_during(node, "stop-consoles", "upgrade", "--from", "1.0", "--source", str(tree))
+    else:
+        kill_during(node, "stop-consoles", "hook", "--package-version", "1.1", "preinst",
+                    "upgrade", "1.0", "1.1")
+    set_setting(node, "consoles", "term_timeout", "1")
+
+    done = cli(node, "rerun")
+    assert done.returncode == 1, done.stderr
+    [error] = error_lines(done)
+    assert "1.1's code is not installed" in error and "web server stays down" in error
+    resume = resume_line(done.stderr)
+    if form == "source":
+        assert resume.startswith(f"ivle-maint upgrade --from 1.0 --to 1.1 --source {tree} ")
+    else:
+        assert resume.startswith("install 1.1's code, then: ivle-maint hook --package-version "
+                                 "1.1 postinst configure 1.0 ")
+    assert resume.endswith("(or give the site back on 1.0: ivle-maint rerun --abandon)")
+    old_site_untouched(node)
+    assert journal(node)["steps"]["unmount-jails"]["status"] == "done"
+    assert not node.service_running("apache2")
+    assert stubborn.wait(timeout=10) == -signal.SIGKILL
+
+    # The printed command installs the code and ends like an uninterrupted run.
+    if form == "source":
+        finished = cli(node, *resume.split("   ")[0].split()[1:])
+    else:
+        unpack(node)
+        finished = postinst(node)
+    assert finished.returncode == 0, finished.stderr
+    state = final_state(node)
+    assert state == reference
+    assert home_checksums(node) == homes
+
+
+@pytest.mark.needs_postgres
+def test_killed_preinst_rerun_abandon_gives_the_site_back(node_factory, reference):
+    node = at_version_1_0(node_factory(users=4, consoles=1))
+    set_setting(node, "consoles", "term_timeout", "30")
+    stubborn = stubborn_console(node)
+    kill_during(node, "stop-consoles", "hook", "preinst", "upgrade", "1.0", "1.1")
+    set_setting(node, "consoles", "term_timeout", "1")
+    assert not node.service_running("apache2")
+
+    done = cli(node, "rerun", "--abandon")
+    assert done.returncode == 0, done.stderr
+    assert "upgrade 1.0 -> 1.1 abandoned, the site is back on 1.0" in done.stderr
+    assert node.service_running("apache2") and journal(node)["state"] == "aborted"
+    old_site_untouched(node)
+    again = cli(node, "rerun")  # abandoned is not unfinished
+    assert again.returncode == 0 and "nothing to do" in again.stderr
+    assert node.service_running("apache2")
+    old_site_untouched(node)
+    stubborn.kill()
+    # dpkg's next attempt runs the whole upgrade.
+    assert preinst(node).returncode == 0
+    unpack(node)
+    assert postinst(node).returncode == 0
+    assert final_state(node) == reference
+
+
+def write_dpkg_status(admindir: Path, status: str, version: str) -> None:
+    (admindir / "info").mkdir(parents=True, exist_ok=True)
+    (admindir / "updates").mkdir(exist_ok=True)
+    (admindir / "status").write_text(
+        f"Package: ivle\nStatus: {status}\nPriority: optional\nSection: web\n"
+        f"Maintainer: IVLE <ivle@example.org>\nArchitecture: all\nVersion: {version}\n"
+        "Description: IVLE\n\n"
+    )
+
+
+@pytest.mark.needs_postgres
+def test_dpkg_record_of_the_old_version_stops_the_rerun(node_factory, tmp_path, monkeypatch):
+    node = at_version_1_0(node_factory(users=3, consoles=1))
+    # dpkg killed with its preinst: the package stays half-installed at 1.0.
+    write_dpkg_status(tmp_path, "install reinstreq half-installed", "1.0")
+    monkeypatch.setenv("DPKG_ADMINDIR", str(tmp_path))
+    set_setting(node, "consoles", "term_timeout", "30")
+    stubborn = stubborn_console(node)
+    kill_during(node, "stop-consoles", "hook", "preinst", "upgrade", "1.0", "1.1")
+    set_setting(node, "consoles", "term_timeout", "1")
+    done = cli(node, "rerun")
+    assert done.returncode == 1
+    [error] = error_lines(done)
+    assert "(dpkg has ivle 1.0 half-installed)" in error
+    assert resume_line(done.stderr).startswith("apt-get install ivle=1.1 ")
+    old_site_untouched(node)
+    stubborn.kill()
+
+
+@pytest.mark.needs_postgres
+def test_rerun_says_dpkg_configure_is_still_owed(node_factory, reference, tmp_path,
+                                                 monkeypatch):
+    node = at_version_1_0(node_factory(users=4, consoles=1))
+    assert preinst(node).returncode == 0
+    unpack(node)
+    # dpkg died after the unpack, before the postinst: ivle 1.1 unpacked.
+    write_dpkg_status(tmp_path, "install ok unpacked", "1.1")
+    monkeypatch.setenv("DPKG_ADMINDIR", str(tmp_path))
+    done = cli(node, "rerun")
+    assert done.returncode == 0, done.stderr
+    assert ("ivle-maint: warning: dpkg has not finished configuring ivle (dpkg has ivle 1.1 "
+            "unpacked): run dpkg --configure -a") in done.stderr
+    assert final_state(node) == reference
+    assert "already complete" in postinst(node).stderr
