@@ -1,4 +1,12 @@
-"""Abuse the preflight: what must be found while the site is still up.
+"""The preflight proves the after-phase (gate 8, ivle_maint/preflight.py).
+
+What the postinst will need is proved while the site is still up, by doing
+it or its harmless twin: a read-only /etc/ivle, a table the dumping role
+may not read, a revoked INSERT on the marker, a damaged media-version
+record, a full state directory each fail the preflight, never the steps
+after the migrations.  A fault-injection case applies generated sets of
+these faults: either the preflight refuses with the site up, or the
+upgrade completes.
 
 Each case runs a real upgrade (`ivle-maint upgrade --source`, the source
 install, whose preflight sees the new migrations) on a sandbox node at
@@ -12,11 +20,17 @@ from __future__ import annotations
 import logging
 import os
 import pwd
+import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_source_install import source_tree
 
 from abuse_helpers import one_error_line
@@ -27,6 +41,7 @@ from ivle_maint.steps import migrations
 from ivle_sandbox import mountns
 from ivle_sandbox.releases import NEW, OLD, RELEASES
 from upgrade_helpers import (
+    ALL_KEYS,
     OLD_KEYS,
     at_version_1_0,
     cli,
@@ -186,3 +201,119 @@ def test_db_status_before_the_first_upgrade_says_the_upgrade_records_the_baselin
     assert done.returncode == 0
     assert "records the installed version's migrations itself" in done.stdout
     assert "'ivle-maint db baseline THROUGH'" in done.stdout
+
+
+# ---------------------------------------------------------------- gate 8: proofs
+
+
+def _admin(node: Any, sql: str) -> None:
+    conn = node.pg.connect(node.dbname, node.pg.superuser)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(sql)
+    conn.close()
+
+
+@contextmanager
+def read_only_conf_dir(node: Any) -> Iterator[str]:
+    mountns.bind(node.conf_dir, node.conf_dir, readonly=True)
+    try:
+        yield f"{node.conf_dir}: ivle.conf cannot be rewritten there (Read-only file system)"
+    finally:
+        mountns.umount(node.conf_dir)
+
+
+@contextmanager
+def unreadable_table(node: Any) -> Iterator[str]:
+    _admin(node, f"REVOKE SELECT ON enrolment FROM {node.pg.ivle_user}")
+    yield (f"role {node.pg.ivle_user} cannot read table public.enrolment "
+           "(permission denied for table enrolment)")
+
+
+@contextmanager
+def marker_insert_revoked(node: Any) -> Iterator[str]:
+    _admin(node, f"REVOKE INSERT ON ivle_maint_migrations FROM {node.pg.ivle_user}")
+    yield (f"role {node.pg.ivle_user} may not insert into table ivle_maint_migrations "
+           "(permission denied for table ivle_maint_migrations)")
+
+
+@contextmanager
+def damaged_media_record(node: Any) -> Iterator[str]:
+    (node.state_dir / "media-versions.json").write_text('{"entries": [{"value": ')
+    yield "media-versions.json: unreadable media version record"
+
+
+@contextmanager
+def full_state_directory(node: Any) -> Iterator[str]:
+    """A tiny tmpfs over [paths] state, holding what was there, 8 KiB left:
+    enough for the before-phase's journal, not for the after-phase's."""
+    mountns.require_private(node.state_dir)
+    keep = Path(tempfile.mkdtemp())
+    shutil.copytree(node.state_dir, keep / "state", symlinks=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k,mode=0755", "tmpfs",
+                    str(node.state_dir)], check=True)
+    try:
+        shutil.copytree(keep / "state", node.state_dir, symlinks=True, dirs_exist_ok=True)
+        fs = os.statvfs(node.state_dir)
+        free = fs.f_bavail * fs.f_frsize
+        (node.state_dir / "filler").write_bytes(b"\0" * max(0, free - 8192))
+        yield (f"{node.state_dir}: the upgrade's journal and records cannot be written there "
+               "(No space left on device)")
+    finally:
+        mountns.umount(node.state_dir, lazy=True)
+        shutil.rmtree(keep)
+
+
+FAULTS = {
+    "read-only ivle.conf directory": read_only_conf_dir,
+    "table the dumping role may not read": unreadable_table,
+    "INSERT on the marker revoked": marker_insert_revoked,
+    "damaged media-version record": damaged_media_record,
+    "full state directory": full_state_directory,
+}
+
+
+def assert_refused_with_the_site_up(node: Any, done: subprocess.CompletedProcess[str],
+                                    consoles: list[int], schema: list[Any]) -> str:
+    assert done.returncode == 1, done.stderr
+    line = one_error_line(done)
+    assert_site_up_and_untouched(node, consoles, OLD_KEYS, schema)
+    return line
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_the_preflight_proves_what_the_after_phase_needs(node_factory: Any, fault: str):
+    node, consoles, schema = started(node_factory, baselined=True)
+    tree = source_tree(node, RELEASES["1.1"])
+    with FAULTS[fault](node) as expected:
+        done = upgrade(node, tree)
+        line = assert_refused_with_the_site_up(node, done, consoles, schema)
+        assert expected in line, line
+    assert not (node.state_dir / "journal" / "1.0_to_1.1.json").exists()
+
+
+FAULT_SETS = st.sets(st.sampled_from(sorted(FAULTS)), max_size=len(FAULTS))
+
+
+@settings(max_examples=10, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(faults=FAULT_SETS)
+def test_faults_either_fail_the_preflight_with_the_site_up_or_the_upgrade_completes(
+        node_factory: Any, faults: set[str]):
+    node, consoles, schema = started(node_factory, baselined=True)
+    try:
+        tree = source_tree(node, RELEASES["1.1"])
+        with ExitStack() as stack:
+            for fault in sorted(faults):
+                stack.enter_context(FAULTS[fault](node))
+            done = upgrade(node, tree)
+            if done.returncode == 0:
+                assert not faults, f"{sorted(faults)} did not stop the upgrade"
+                assert final_state(node)["marker"] == ALL_KEYS
+                assert node.installed_version() == "1.1"
+                assert node.service_running("apache2")
+            else:
+                assert faults, done.stderr
+                assert_refused_with_the_site_up(node, done, consoles, schema)
+    finally:
+        node.teardown()
