@@ -22,8 +22,9 @@ from .cluster.presence import Presence
 from .config import Settings
 from .context import BEFORE, Step, UpgradeContext
 from .db.backup import remove_leftovers
+from .errors import MaintError
 from .installed import record_installed
-from .journal import ABORTING, COMPLETE, IN_PROGRESS, Journal, unfinished
+from .journal import ABORTED, ABORTING, COMPLETE, IN_PROGRESS, Journal, unfinished
 from .lock import node_lock
 from .logfile import limits, run_log
 from .procedure import STEPS
@@ -121,9 +122,13 @@ def run_phases(
         log.info("%s; role %s; log %s", purpose, settings.role, log_path)
         _remove_dump_leftovers(settings)
         with _presence(ctx, journal, STEPS) as presence:
-            if BEFORE in phases and not any(journal.is_done(s) for s in journal.steps):
-                preflight.check(ctx)  # nothing is stopped before this passes
-            Procedure(ctx, journal, STEPS, presence.observe).run(phases)
+            try:
+                if BEFORE in phases and not any(journal.is_done(s) for s in journal.steps):
+                    preflight.check(ctx)  # nothing is stopped before this passes
+                Procedure(ctx, journal, STEPS, presence.observe).run(phases)
+            except MaintError as exc:
+                exc.resume = restart_if_nothing_to_resume(ctx, journal, exc.resume)
+                raise
         if journal.state == COMPLETE:
             record_installed(ctx)
             _unpin_backups(ctx)
@@ -131,6 +136,30 @@ def run_phases(
                 ctx.reporter.info(line)
             ctx.reporter.info(f"log: {log_path}")
         return journal
+
+
+def restart_if_nothing_to_resume(ctx: UpgradeContext, journal: Journal,
+                                 resume: str | None) -> str | None:
+    """The way forward when a failure leaves nothing to resume.
+
+    An abandoned upgrade (the site given back on OLD, dpkg keeping OLD) or
+    one that failed before its journal was written leaves `dpkg
+    --configure -a` and `ivle-maint rerun` with nothing to do: the way on
+    is to fix the cause and start the upgrade again.  A resume that does
+    not need the journal (the source upgrade's own command) stays.
+    """
+    if resume is None or (journal.state != ABORTED and journal.path.exists()):
+        return resume
+    if not resume.startswith(("dpkg ", "ivle-maint rerun")):
+        return resume
+    if resume.startswith("dpkg ") or "dpkg --configure" in resume:
+        package = ctx.package or journal.package or "ivle"
+        again = f"apt-get upgrade  (or: apt-get install {package}={ctx.new})"
+    elif ctx.source is not None:
+        again = f"ivle-maint upgrade --from {ctx.old} --to {ctx.new} --source {ctx.source}"
+    else:
+        again = f"ivle-maint upgrade --from {ctx.old} --to {ctx.new}"
+    return f"fix the cause, then run the upgrade again: {again}"
 
 
 def upgrade_id(journal: Journal) -> str:

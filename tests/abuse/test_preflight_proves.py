@@ -33,9 +33,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_source_install import source_tree
 
-from abuse_helpers import one_error_line
+from abuse_helpers import one_error_line, resume_line
 from ivle_maint.config import load_settings
 from ivle_maint.db import pgparse
+from ivle_maint.db.lock import LOCK_ID
 from ivle_maint.output import RecordingReporter
 from ivle_maint.steps import migrations
 from ivle_sandbox import mountns
@@ -47,7 +48,10 @@ from upgrade_helpers import (
     cli,
     final_state,
     marker_keys,
+    postinst,
+    preinst,
     schema_signature,
+    set_setting,
     unpack,
 )
 
@@ -317,3 +321,34 @@ def test_faults_either_fail_the_preflight_with_the_site_up_or_the_upgrade_comple
                 assert_refused_with_the_site_up(node, done, consoles, schema)
     finally:
         node.teardown()
+
+
+# ---------------------------------------------------------------- the way forward
+
+
+def test_an_abandoned_preinst_says_to_fix_the_cause_and_upgrade_again(node_factory: Any):
+    node = at_version_1_0(node_factory(users=1, consoles=0))
+    # Another runner holds the migration lock: the baseline step times out,
+    # after the web server was stopped: the upgrade is abandoned.
+    set_setting(node, "database", "lock_timeout", "1")
+    holder = node.connect()
+    with holder.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(%s)", [LOCK_ID])
+    try:
+        done = preinst(node)
+    finally:
+        holder.close()
+    assert done.returncode == 1
+    assert "upgrade abandoned, services restored" in one_error_line(done)
+    assert resume_line(done.stderr) == (
+        "fix the cause, then run the upgrade again: apt-get upgrade  "
+        "(or: apt-get install ivle=1.1)")
+    assert node.service_running("apache2")
+    # What dpkg --configure -a and ivle-maint rerun would say: nothing to do.
+    assert "nothing to do" in cli(node, "rerun").stderr
+    # Followed, the advice upgrades: apt-get runs the preinst again, unpacks,
+    # and configures.
+    assert preinst(node).returncode == 0
+    unpack(node)
+    assert postinst(node).returncode == 0
+    assert final_state(node)["marker"] == ALL_KEYS
