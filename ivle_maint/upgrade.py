@@ -11,6 +11,7 @@ server is down.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -118,15 +119,21 @@ def run_phases(
         journal.source = str(ctx.source) if ctx.source else journal.source
         journal.code_new = ctx.code_is_new
         if journal.path.exists():
-            journal.save()
+            _save_before_steps(ctx, journal)
         log.info("%s; role %s; log %s", purpose, settings.role, log_path)
         _remove_dump_leftovers(settings)
         with _presence(ctx, journal, STEPS) as presence:
             try:
                 if BEFORE in phases and not any(journal.is_done(s) for s in journal.steps):
                     preflight.check(ctx)  # nothing is stopped before this passes
+            except MaintError as exc:
+                exc.resume = restart_if_nothing_to_resume(ctx, journal, exc.resume)
+                raise
+            try:
                 Procedure(ctx, journal, STEPS, presence.observe).run(phases)
             except MaintError as exc:
+                if exc.resume is None and journal.state == IN_PROGRESS and journal.path.exists():
+                    exc.resume = ctx.resume  # the journal's own write failed (a full disk)
                 exc.resume = restart_if_nothing_to_resume(ctx, journal, exc.resume)
                 raise
         if journal.state == COMPLETE:
@@ -136,6 +143,44 @@ def run_phases(
                 ctx.reporter.info(line)
             ctx.reporter.info(f"log: {log_path}")
         return journal
+
+
+def _save_before_steps(ctx: UpgradeContext, journal: Journal) -> None:
+    """Save the journal before any step: a failure (a full state directory)
+    names the way to resume, and still records that the new code is in
+    place, or a rerun would take it for the old code's."""
+    try:
+        journal.save()
+    except MaintError as exc:
+        if ctx.code_is_new:
+            _mark_code_new_in_place(journal.path)
+        exc.resume = exc.resume or ctx.resume
+        raise
+
+
+_CODE_OLD, _CODE_NEW = b'"code_new": false', b'"code_new": true '
+
+
+def _mark_code_new_in_place(path: Path) -> bool:
+    """Set the journal's code_new where the atomic rewrite could not: the
+    same number of bytes overwritten in place, which needs no new block of
+    a full disk.  (Torn by a power cut, the file reads as a damaged
+    journal, one line saying what to do.)  True if the journal says so now."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        data = os.pread(fd, 1 << 20, 0)
+        if data.count(_CODE_OLD) != 1:  # written by json.dumps: strings escape their quotes
+            return data.count(_CODE_NEW.rstrip()) == 1
+        os.pwrite(fd, _CODE_NEW, data.index(_CODE_OLD))
+        os.fsync(fd)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def restart_if_nothing_to_resume(ctx: UpgradeContext, journal: Journal,

@@ -3,20 +3,38 @@
 Whatever the file holds, every command that reads it answers with one
 line naming the file and what to do, never Python's own words (KeyError,
 JSONDecodeError, an unexpected keyword argument), and leaves the file as
-it is; the advice, followed, finishes the upgrade.
+it is; the advice, followed, finishes the upgrade.  A journal that cannot
+be written (a full state directory at the postinst) names the way to
+resume, and the rerun still knows that the new code is in place.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from abuse_helpers import error_lines
-from upgrade_helpers import ALL_KEYS, at_version_1_0, cli, final_state, postinst, preinst, unpack
+from abuse_helpers import error_lines, resume_line
+from ivle_sandbox import mountns
+from upgrade_helpers import (
+    ALL_KEYS,
+    at_version_1_0,
+    cli,
+    final_state,
+    journal,
+    postinst,
+    preinst,
+    unpack,
+)
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
@@ -91,3 +109,48 @@ def test_following_the_advice_for_a_damaged_journal_finishes_the_upgrade(
     assert done.returncode == 0, done.stderr
     assert final_state(node)["marker"] == ALL_KEYS
     assert node.service_running("apache2")
+
+
+@contextmanager
+def full(directory: Path) -> Iterator[Path]:
+    """DIRECTORY on a tiny tmpfs holding what it held, filled to the last
+    byte; yields the filler to remove."""
+    mountns.require_private(directory)
+    keep = Path(tempfile.mkdtemp())
+    shutil.copytree(directory, keep / "d", symlinks=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs",
+                    str(directory)], check=True)
+    try:
+        shutil.copytree(keep / "d", directory, symlinks=True, dirs_exist_ok=True)
+        filler = directory / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass  # full
+        finally:
+            os.close(fd)
+        yield filler
+    finally:
+        mountns.umount(directory, lazy=True)
+        shutil.rmtree(keep)
+
+
+@pytest.mark.parametrize("resume", ["dpkg --configure -a", "ivle-maint rerun"])
+def test_a_full_state_directory_at_the_postinst_says_how_to_resume(node_factory: Any,
+                                                                   resume: str) -> None:
+    node = at_version_1_0(node_factory(users=1, consoles=0))
+    assert preinst(node).returncode == 0
+    unpack(node)
+    with full(node.state_dir) as filler:
+        failed = postinst(node)
+        assert failed.returncode == 1
+        assert "No space left on device" in _one_line(failed)
+        assert resume_line(failed.stderr) == "dpkg --configure -a  (or: ivle-maint rerun)"
+        filler.unlink()  # room made
+        assert journal(node)["code_new"] is True  # the rerun knows the code is 1.1's
+        done = postinst(node) if resume.startswith("dpkg") else cli(node, "rerun")
+        assert done.returncode == 0, done.stderr
+        assert final_state(node)["marker"] == ALL_KEYS
+        assert node.service_running("apache2")
