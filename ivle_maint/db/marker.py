@@ -147,10 +147,34 @@ def _refusal(role: str, schema: str | None, doing: str, exc: Exception) -> str:
     return f"role {role} may not {doing} {TABLE} ({why})" + (f": {grant}" if denied else "")
 
 
+# Each column's type, as DDL creates it: a column dropped by hand is named
+# with the statement that adds it back.
+_TYPES = {
+    "key": "text", "filename": "text", "checksum": "text", "mode": "text",
+    "applied_at": "timestamptz DEFAULT now()", "duration": "double precision",
+    "host": "text", "ivle_maint_version": "text", "package_version": "text", "note": "text",
+}
+
+
+def missing_columns(conn: Any) -> list[str]:
+    """The marker's columns that are not in the table (dropped by hand)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+                    "AND attnum > 0 AND NOT attisdropped", [TABLE])
+        found = {row[0] for row in cur.fetchall()}
+    return [name for name in _TYPES if name not in found]
+
+
 def applied(conn: Any) -> dict[str, MarkerRow]:
     """Every marker row by key; {} when there is no marker table."""
     if not exists(conn):
         return {}
+    missing = missing_columns(conn)
+    if missing:
+        adds = ", ".join(f"ADD COLUMN {name} {_TYPES[name]}" for name in missing)
+        raise MaintError(
+            f"table {TABLE} has no column {', '.join(missing)} (changed by hand?): add it "
+            f"back, then run again: ALTER TABLE {TABLE} {adds}")
     with conn.cursor() as cur:
         cur.execute(f"SELECT {_COLUMNS} FROM {TABLE} ORDER BY key")
         return {row[0]: MarkerRow(*row) for row in cur.fetchall()}

@@ -352,3 +352,62 @@ def test_an_abandoned_preinst_says_to_fix_the_cause_and_upgrade_again(node_facto
     unpack(node)
     assert postinst(node).returncode == 0
     assert final_state(node)["marker"] == ALL_KEYS
+
+
+def _upgrade_by_dpkg(node: Any) -> None:
+    assert preinst(node).returncode == 0
+    unpack(node)
+    done = postinst(node)
+    assert done.returncode == 0, done.stderr
+    assert final_state(node)["marker"] == ALL_KEYS
+
+
+def test_a_marker_row_deleted_by_hand_is_recorded_again_as_the_advice_says(node_factory: Any):
+    node = started(node_factory, baselined=True)[0]
+    _admin(node, "DELETE FROM ivle_maint_migrations WHERE key = '20090105'")
+    done = preinst(node)
+    assert done.returncode == 1
+    line = one_error_line(done)
+    assert "20090105 are older than the newest applied (20090212-01) but not recorded" in line
+    assert node.service_running("apache2") and node.installed_version() == "1.0"
+    # --allow-out-of-order would run 20090105 a second time; the advice records it.
+    command = line.split("record them without running them: ", 1)[1].split(", then", 1)[0]
+    assert command == "ivle-maint db baseline --force 20090105"
+    assert cli(node, *command.split()[1:]).returncode == 0
+    assert marker_keys(node) == OLD_KEYS
+    _upgrade_by_dpkg(node)
+
+
+def test_a_marker_row_added_by_hand_is_deleted_as_the_advice_says(node_factory: Any):
+    node = at_version_1_0(node_factory(users=1, consoles=0))
+    assert cli(node, "db", "baseline", OLD_KEYS[-1]).returncode == 0
+    _admin(node, "INSERT INTO ivle_maint_migrations (key, filename, checksum, mode, host, "
+                 "ivle_maint_version) VALUES ('20990101', '20990101.sql', 'x', 'transaction', "
+                 "'elsewhere', '0')")
+    assert preinst(node).returncode == 0
+    unpack(node)
+    failed = postinst(node)
+    assert failed.returncode == 1
+    line = one_error_line(failed)
+    assert "records migration 20990101 as applied, newer than every shipped" in line
+    delete = line.split("delete its row (", 1)[1].split("), then", 1)[0]
+    assert delete == "DELETE FROM ivle_maint_migrations WHERE key = '20990101'"
+    _admin(node, delete)
+    assert resume_line(failed.stderr).startswith("dpkg --configure -a")
+    done = postinst(node)  # dpkg --configure -a
+    assert done.returncode == 0, done.stderr
+    assert final_state(node)["marker"] == ALL_KEYS
+
+
+def test_a_marker_column_dropped_by_hand_is_added_back_as_the_advice_says(node_factory: Any):
+    node = started(node_factory, baselined=True)[0]
+    _admin(node, "ALTER TABLE ivle_maint_migrations DROP COLUMN note")
+    done = preinst(node)
+    assert done.returncode == 1
+    line = one_error_line(done)
+    assert "table ivle_maint_migrations has no column note" in line
+    assert node.service_running("apache2") and node.installed_version() == "1.0"
+    alter = line.split("then run again: ", 1)[1]
+    assert alter == "ALTER TABLE ivle_maint_migrations ADD COLUMN note text"
+    _admin(node, alter)
+    _upgrade_by_dpkg(node)
