@@ -16,8 +16,8 @@ What each step run after the code change needs, and its proof here:
                      and sequence read (`SELECT 1 ... LIMIT 0` as the role
                      that dumps, row security off as pg_dump sets it), a
                      file created and removed in [paths] backup, room there
-    rebuild-jail,    IVLE's commands found
-    remake-users
+    rebuild-jail,    IVLE's commands found; a file created and removed in the
+    remake-users     jail tree ([paths] [[jails]] src), which they rewrite
     media-version    ivle.conf and the media-version record parsed and the
                      value computed; a file created and removed beside
                      ivle.conf (its real path: the rewrite renames there) and
@@ -302,6 +302,18 @@ def check_media(ctx: UpgradeContext) -> None:
         ) from None
 
 
+def check_jail_tree(ctx: UpgradeContext) -> None:
+    """rebuild-jail and remake-users rewrite the jail tree: really writable."""
+    src = ctx.ivle_conf.jail_src
+    try:
+        prove_writable(src)
+    except OSError as exc:
+        raise MaintError(
+            f"{_existing(src)}: the jails cannot be rebuilt there ({exc.strerror}): make it "
+            "writable"
+        ) from None
+
+
 def check_jail_mounts(ctx: UpgradeContext) -> None:
     """The jail mounts directory holds users' jails only (see jaildir)."""
     jaildir.check(ctx.ivle_conf)
@@ -319,6 +331,7 @@ def check(ctx: UpgradeContext) -> None:
         check_jail_mounts(ctx)
         maintenance.preflight(ctx.settings, ctx.during_upgrade)
     if ctx.settings.role in ("master", "both"):
+        check_jail_tree(ctx)
         pending = check_database(ctx)
         if pending:
             check_backup_room(ctx)

@@ -228,6 +228,15 @@ def read_only_conf_dir(node: Any) -> Iterator[str]:
 
 
 @contextmanager
+def read_only_jail_tree(node: Any) -> Iterator[str]:
+    mountns.bind(node.jails_src, node.jails_src, readonly=True)
+    try:
+        yield f"{node.jails_src}: the jails cannot be rebuilt there (Read-only file system)"
+    finally:
+        mountns.umount(node.jails_src)
+
+
+@contextmanager
 def unreadable_table(node: Any) -> Iterator[str]:
     _admin(node, f"REVOKE SELECT ON enrolment FROM {node.pg.ivle_user}")
     yield (f"role {node.pg.ivle_user} cannot read table public.enrolment "
@@ -270,6 +279,7 @@ def full_state_directory(node: Any) -> Iterator[str]:
 
 FAULTS = {
     "read-only ivle.conf directory": read_only_conf_dir,
+    "read-only jail tree": read_only_jail_tree,
     "table the dumping role may not read": unreadable_table,
     "INSERT on the marker revoked": marker_insert_revoked,
     "damaged media-version record": damaged_media_record,
