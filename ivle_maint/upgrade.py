@@ -93,6 +93,10 @@ def run_phases(
     settings = ctx.settings
     purpose = f"upgrade {ctx.old or '(none)'} -> {ctx.new} ({'+'.join(phases)})"
     check_settings_dirs(settings)  # before the lock, the log and the journal
+    if not Journal.file_for(state_dir(settings), ctx.old, ctx.new).exists():
+        # A new upgrade: the log and the journal will have room (the
+        # preflight's proof, before the log is opened in a full directory).
+        preflight.check_state_room(ctx)
     with node_lock(settings.path_of("run"), purpose), run_log(
         settings.path_of("log"), f"upgrade-{ctx.old or 'none'}_to_{ctx.new}",
         **limits(settings),

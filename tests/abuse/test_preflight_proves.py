@@ -257,24 +257,37 @@ def damaged_media_record(node: Any) -> Iterator[str]:
 
 
 @contextmanager
-def full_state_directory(node: Any) -> Iterator[str]:
-    """A tiny tmpfs over [paths] state, holding what was there, 8 KiB left:
-    enough for the before-phase's journal, not for the after-phase's."""
-    mountns.require_private(node.state_dir)
+def full(directory: Path, left: int) -> Iterator[None]:
+    """A tiny tmpfs over DIRECTORY, holding what was there, LEFT bytes free."""
+    mountns.require_private(directory.parent)
+    directory.mkdir(parents=True, exist_ok=True)
     keep = Path(tempfile.mkdtemp())
-    shutil.copytree(node.state_dir, keep / "state", symlinks=True)
+    shutil.copytree(directory, keep / "d", symlinks=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k,mode=0755", "tmpfs",
-                    str(node.state_dir)], check=True)
+                    str(directory)], check=True)
     try:
-        shutil.copytree(keep / "state", node.state_dir, symlinks=True, dirs_exist_ok=True)
-        fs = os.statvfs(node.state_dir)
+        shutil.copytree(keep / "d", directory, symlinks=True, dirs_exist_ok=True)
+        fs = os.statvfs(directory)
         free = fs.f_bavail * fs.f_frsize
-        (node.state_dir / "filler").write_bytes(b"\0" * max(0, free - 8192))
+        (directory / "filler").write_bytes(b"\0" * max(0, free - left))
+        yield
+    finally:
+        mountns.umount(directory, lazy=True)
+        shutil.rmtree(keep)
+
+
+@contextmanager
+def full_state_directory(node: Any) -> Iterator[str]:
+    # 8 KiB: enough for the before-phase's journal, not for the after-phase's.
+    with full(node.state_dir, 8192):
         yield (f"{node.state_dir}: the upgrade's journal and records cannot be written there "
                "(No space left on device)")
-    finally:
-        mountns.umount(node.state_dir, lazy=True)
-        shutil.rmtree(keep)
+
+
+@contextmanager
+def full_log_directory(node: Any) -> Iterator[str]:
+    with full(node.maint_log_dir, 0):  # not even the log's first line
+        yield f"{node.maint_log_dir}: the upgrade's log cannot be written there (No space left"
 
 
 FAULTS = {
@@ -284,6 +297,7 @@ FAULTS = {
     "INSERT on the marker revoked": marker_insert_revoked,
     "damaged media-version record": damaged_media_record,
     "full state directory": full_state_directory,
+    "full log directory": full_log_directory,
 }
 
 
