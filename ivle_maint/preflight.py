@@ -110,11 +110,17 @@ def check_database(ctx: UpgradeContext) -> int:
     if status.unmarked:
         pending = len(classified_after_baseline(ctx)[1])
     else:
-        plan = migrations.preflight(
-            ctx.settings, migrations_dir=ctx.preflight_migrations,
-            accept_changed=ctx.accept_changed, allow_out_of_order=ctx.allow_out_of_order,
-            reporter=ctx.reporter, resume=None,
-        )
+        try:
+            plan = migrations.preflight(
+                ctx.settings, migrations_dir=ctx.preflight_migrations,
+                accept_changed=ctx.accept_changed, allow_out_of_order=ctx.allow_out_of_order,
+                reporter=ctx.reporter, resume=ctx.resume,
+            )
+        except MaintError as exc:
+            # One line, unless the way on needs an option (a changed applied file).
+            if exc.resume and "--accept-changed" not in exc.resume:
+                exc.resume = None
+            raise
         pending = len(plan.pending)
     if pending or status.unmarked:
         _with_database(ctx, check_marker_writable)

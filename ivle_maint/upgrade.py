@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import threading
 from collections.abc import Iterator
@@ -201,13 +202,18 @@ def restart_if_nothing_to_resume(ctx: UpgradeContext, journal: Journal,
         return resume
     if not resume.startswith(("dpkg ", "ivle-maint rerun")):
         return resume
+    accept = " ".join(re.findall(r"--accept-changed [^\s,]+", resume))
     if resume.startswith("dpkg ") or "dpkg --configure" in resume:
         package = ctx.package or journal.package or "ivle"
         again = f"apt-get upgrade  (or: apt-get install {package}={ctx.new})"
+        if accept:  # dpkg cannot pass the option: accepted beforehand, on the files on disk
+            return f"ivle-maint db migrate {accept}, then run the upgrade again: {again}"
     elif ctx.source is not None:
         again = f"ivle-maint upgrade --from {ctx.old} --to {ctx.new} --source {ctx.source}"
     else:
         again = f"ivle-maint upgrade --from {ctx.old} --to {ctx.new}"
+    if accept:
+        return f"{again} {accept}"
     return f"fix the cause, then run the upgrade again: {again}"
 
 

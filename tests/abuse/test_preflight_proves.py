@@ -435,3 +435,17 @@ def test_a_marker_column_dropped_by_hand_is_added_back_as_the_advice_says(node_f
     assert alter == "ALTER TABLE ivle_maint_migrations ADD COLUMN note text"
     _admin(node, alter)
     _upgrade_by_dpkg(node)
+
+
+def test_a_marker_checksum_changed_by_hand_is_accepted_as_the_advice_says(node_factory: Any):
+    node = started(node_factory, baselined=True)[0]
+    _admin(node, "UPDATE ivle_maint_migrations SET checksum = 'x' WHERE key = '20090105'")
+    done = preinst(node)
+    assert done.returncode == 1
+    assert "migration 20090105 was applied but" in one_error_line(done)
+    assert node.service_running("apache2") and node.installed_version() == "1.0"
+    resume = resume_line(done.stderr)
+    command = resume.split(", then run the upgrade again: ", 1)[0]
+    assert command == "ivle-maint db migrate --accept-changed 20090105", resume
+    assert cli(node, *command.split()[1:]).returncode == 0
+    _upgrade_by_dpkg(node)
