@@ -17,7 +17,7 @@ What each step run after the code change needs, and its proof here:
                      that dumps, row security off as pg_dump sets it), a
                      file created and removed in [paths] backup, room there
     rebuild-jail,    IVLE's commands found; a file created and removed in the
-    remake-users     jail tree ([paths] [[jails]] src), which they rewrite
+    remake-users     jail tree they rewrite (ivle.conf's jails src)
     media-version    ivle.conf and the media-version record parsed and the
                      value computed; a file created and removed beside
                      ivle.conf (its real path: the rewrite renames there) and
@@ -26,8 +26,10 @@ What each step run after the code change needs, and its proof here:
     start-web
     every step       the journal in [paths] state, the run's log in [paths]
                      log, installed.json at the end: a journal-sized file
-                     written and removed in each, and room left (statvfs)
+                     written and removed in each, and room left (statvfs);
+                     a new upgrade proves this before its log is opened
 
+A step added to the after-phase adds its proof here, and its line above.
 The settings and ivle.conf parse, the version goes forwards, and in a
 cluster the node records itself in ivle_maint_nodes (the database answers
 and no other node uses its name).  The steps and their libraries were
