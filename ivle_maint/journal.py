@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -98,15 +99,20 @@ class Journal:
 
     @classmethod
     def load(cls, path: Path) -> Journal:
+        """The journal in PATH; a damaged or foreign one is a one-line
+        MaintError naming the file and what to do, and is left as it is."""
         try:
-            data = json.loads(read_nofollow(path).decode("utf-8"))
-            steps = {k: StepRecord(**v) for k, v in data.pop("steps").items()}
-            for record in steps.values():  # written before the gate, or by hand
-                record.summary = _recorded(record.summary)
-                record.error = None if record.error is None else _recorded(record.error)
-            return cls(path=path, steps=steps, **data)
-        except (OSError, ValueError, TypeError, KeyError) as exc:
-            raise MaintError(f"{path}: unreadable journal: {exc}") from None
+            raw = read_nofollow(path)
+        except OSError as exc:
+            raise MaintError(f"{path}: unreadable journal ({exc.strerror or exc}): "
+                             "make it readable by root, then run again") from None
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise _damaged(path, "not UTF-8 text") from None
+        except ValueError:
+            raise _damaged(path, "not JSON" if raw.strip() else "empty") from None
+        return cls(path=path, **_checked(path, data))
 
     @classmethod
     def unfinished(cls, state_dir: Path) -> list[Journal]:
@@ -190,6 +196,79 @@ class Journal:
 def _recorded(text: object) -> str:
     """TEXT as the journal keeps it: through gates.text, continuation lines kept."""
     return "\n".join(lines(text))
+
+
+# The fields of a journal file and their types (StepRecord's below): what
+# this version writes.  Anything else is a damaged file or another
+# version's, and is named, never a Python error.
+_FIELDS: dict[str, tuple[type, ...]] = {
+    "old": (str,), "new": (str,), "role": (str,), "state": (str,), "steps": (dict,),
+    "created": (int, float), "resume": (str,), "migrations": (str,), "package": (str,),
+    "source": (str,), "code_new": (bool,),
+}
+_REQUIRED = ("old", "new", "role", "state", "steps")
+_STATES = (IN_PROGRESS, COMPLETE, ABORTED, ABORTING)
+_STEP_FIELDS: dict[str, tuple[type, ...]] = {
+    "status": (str,), "started": (int, float), "finished": (int, float, type(None)),
+    "summary": (str,), "metrics": (dict,), "error": (str, type(None)),
+    "mono_started": (int, float, type(None)), "mono_finished": (int, float, type(None)),
+    "boot": (str,),
+}
+
+
+def _aside(path: Path) -> str:
+    return f"mv {shlex.quote(str(path))} {shlex.quote(str(path) + '.damaged')}"
+
+
+def _damaged(path: Path, what: str) -> MaintError:
+    return MaintError(
+        f"{path}: damaged journal ({what}), left as it is: move it aside ({_aside(path)}), "
+        "then run the upgrade again (its steps are safe to repeat; the log shows what was "
+        "done)")
+
+
+def _foreign(path: Path, what: str) -> MaintError:
+    return MaintError(
+        f"{path}: journal of another ivle-maint version ({what}): finish the upgrade with "
+        f"that version, or move the journal aside ({_aside(path)}) and run the upgrade again")
+
+
+def _checked(path: Path, data: object) -> dict[str, Any]:
+    """The journal file's fields as Journal's keywords, every one checked."""
+    if not isinstance(data, dict):
+        raise _damaged(path, f"a JSON {type(data).__name__}, not an object")
+    for key, value in data.items():
+        if key not in _FIELDS:
+            raise _foreign(path, f"unknown field {key!a}")
+        if (isinstance(value, bool) and bool not in _FIELDS[key]) or \
+                not isinstance(value, _FIELDS[key]):
+            raise _damaged(path, f"field {key} is a {type(value).__name__}")
+    missing = [key for key in _REQUIRED if key not in data]
+    if missing:
+        raise _damaged(path, f"no {', '.join(missing)}")
+    if data["state"] not in _STATES:
+        raise _foreign(path, f"unknown state {data['state']!a}")
+    steps = {}
+    for name, record in data["steps"].items():
+        if not isinstance(record, dict):
+            raise _damaged(path, f"step {name!a} is not an object")
+        for key, value in record.items():
+            if key not in _STEP_FIELDS:
+                raise _foreign(path, f"unknown field {key!a} of step {name!a}")
+            if isinstance(value, bool) or not isinstance(value, _STEP_FIELDS[key]):
+                raise _damaged(path, f"field {key} of step {name!a} is a "
+                                     f"{type(value).__name__}")
+        if "status" not in record or "started" not in record:
+            raise _damaged(path, f"step {name!a} has no status or start")
+        if record["status"] not in (RUNNING, DONE, FAILED):
+            raise _foreign(path, f"unknown status {record['status']!a} of step "
+                                 f"{name!a}")
+        step = StepRecord(**record)
+        # Written before the text gate, or by hand: shown escaped all the same.
+        step.summary = _recorded(step.summary)
+        step.error = None if step.error is None else _recorded(step.error)
+        steps[name] = step
+    return {**data, "steps": steps}
 
 
 def unfinished(settings: Settings) -> Journal | None:

@@ -1,12 +1,39 @@
-"""Checks run before anything is stopped: a failure leaves the site up.
+"""The gate of the after-phase: the preflight proves what the postinst will need.
 
-Everything an upgrade will need is checked here, so that the disruptive
-part starts only when it can finish: the settings and ivle.conf parse, the
-version goes forwards, IVLE's commands exist, the database answers, every
-pending migration parses, and the backup fits on its disk.  In a cluster
-the node records itself in ivle_maint_nodes, which proves the database
-answers and that no other node uses its name.  (The steps and their
-libraries were loaded before, with upgrade.py.)
+The rule: everything a step after the code change will need is proved
+here, while the site is still up, by doing it or its harmless twin (a
+file created and removed, a row inserted in a transaction rolled back, a
+record parsed), never by asking a permission bit or a privilege function.
+A read-only mount, an immutable directory, a revoked privilege or a full
+disk answer only when tried.  Nothing is stopped before this passes; a
+failure is one line, exit 1, the site still up and nothing changed.
+
+What each step run after the code change needs, and its proof here:
+
+    migrate          every pending migration parsed and its file safe; the
+                     marker created if missing, a row inserted and updated
+                     (rolled back); for its dump: pg_dump found, every table
+                     and sequence read (`SELECT 1 ... LIMIT 0` as the role
+                     that dumps, row security off as pg_dump sets it), a
+                     file created and removed in [paths] backup, room there
+    rebuild-jail,    IVLE's commands found; a file created and removed in the
+    remake-users     jail tree they rewrite (ivle.conf's jails src)
+    media-version    ivle.conf and the media-version record parsed and the
+                     value computed; a file created and removed beside
+                     ivle.conf (its real path: the rewrite renames there) and
+                     in [paths] backup (the previous ivle.conf goes there)
+    restart-usrmgt,  the init scripts found and safe
+    start-web
+    every step       the journal in [paths] state, the run's log in [paths]
+                     log, installed.json at the end: a journal-sized file
+                     written and removed in each, and room left (statvfs);
+                     a new upgrade proves this before its log is opened
+
+A step added to the after-phase adds its proof here, and its line above.
+The settings and ivle.conf parse, the version goes forwards, and in a
+cluster the node records itself in ivle_maint_nodes (the database answers
+and no other node uses its name).  The steps and their libraries were
+loaded before, with upgrade.py.
 """
 
 from __future__ import annotations
@@ -19,6 +46,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psycopg2
+from psycopg2 import sql
+
 from . import jaildir, system
 from .db.classify import Classified, classify
 from .db.connect import connect, params_from_settings
@@ -30,6 +60,7 @@ from .gates.rewrite import check_rewritable
 from .installed import INSTALLED_RECORD, old_migration_files
 from .journal import Journal
 from .steps import maintenance, media, migrations
+from .steps.media import plan_media_version
 from .steps.services import check_init_scripts
 from .versions import check_upgrade
 
@@ -84,11 +115,17 @@ def check_database(ctx: UpgradeContext) -> int:
     if status.unmarked:
         pending = len(classified_after_baseline(ctx)[1])
     else:
-        plan = migrations.preflight(
-            ctx.settings, migrations_dir=ctx.preflight_migrations,
-            accept_changed=ctx.accept_changed, allow_out_of_order=ctx.allow_out_of_order,
-            reporter=ctx.reporter, resume=None,
-        )
+        try:
+            plan = migrations.preflight(
+                ctx.settings, migrations_dir=ctx.preflight_migrations,
+                accept_changed=ctx.accept_changed, allow_out_of_order=ctx.allow_out_of_order,
+                reporter=ctx.reporter, resume=ctx.resume,
+            )
+        except MaintError as exc:
+            # One line, unless the way on needs an option (a changed applied file).
+            if exc.resume and "--accept-changed" not in exc.resume:
+                exc.resume = None
+            raise
         pending = len(plan.pending)
     if pending or status.unmarked:
         _with_database(ctx, check_marker_writable)
@@ -112,24 +149,71 @@ def check_marker_writable(ctx: UpgradeContext, conn: Any) -> None:
         raise MaintError(f"database {conn.info.dbname}: {why}")
 
 
-def check_backup_writable(directory: Path) -> None:
-    """Really create and remove a file where the dump will go (a read-only
-    mount or an immutable directory defeats every permission check)."""
-    existing = directory
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+def _existing(directory: Path) -> Path:
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    return directory
+
+
+def prove_writable(directory: Path, *, size: int = 0) -> None:
+    """Really create (with SIZE bytes, flushed) and remove a file where the
+    run will write, or the directory it will create there: a read-only
+    mount, an immutable directory or a full disk defeats every permission
+    check.  Raises OSError."""
+    existing = _existing(directory)
+    if existing != directory:  # the run will create the directory: try that here
+        os.rmdir(tempfile.mkdtemp(prefix=".ivle-maint-preflight-", dir=existing))
+        return
+    fd, name = tempfile.mkstemp(prefix=".ivle-maint-preflight-", dir=directory)
     try:
-        if existing == directory:
-            fd, name = tempfile.mkstemp(prefix=".ivle-maint-preflight-", dir=directory)
-            os.close(fd)
-            os.unlink(name)
-        else:  # the dump will create the directory: try that here
-            os.rmdir(tempfile.mkdtemp(prefix=".ivle-maint-preflight-", dir=existing))
+        block = memoryview(b"\0" * size)
+        while block:  # a short write is the disk filling up: the next one says so
+            block = block[os.write(fd, block):]
+        if size:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+        os.unlink(name)
+
+
+def check_backup_writable(directory: Path) -> None:
+    """A file really created and removed where the dump will go."""
+    try:
+        prove_writable(directory)
     except OSError as exc:
         raise MaintError(
-            f"{existing}: backups cannot be written there ({exc.strerror}): make it writable "
-            "or set [database] backup = false"
+            f"{_existing(directory)}: backups cannot be written there ({exc.strerror}): make it "
+            "writable or set [database] backup = false"
         ) from None
+
+
+# What the journal, the log and the state records need at most, with the
+# temporary copy an atomic rewrite makes beside the old file.
+STATE_ROOM = 256 * 1024
+
+
+def check_state_room(ctx: UpgradeContext) -> None:
+    """[paths] state and log: a journal-sized file written and removed, and
+    that much room (and inodes) left beside it."""
+    for key in ("state", "log"):
+        directory = ctx.settings.path_of(key)
+        try:
+            prove_writable(directory, size=STATE_ROOM)
+            fs = os.statvfs(_existing(directory))
+        except OSError as exc:
+            raise MaintError(
+                f"{directory}: the upgrade's {_NEEDS[key]} cannot be written there "
+                f"({exc.strerror}): make room or make it writable, then run it again"
+            ) from None
+        free = fs.f_bavail * fs.f_frsize
+        if free < STATE_ROOM or (fs.f_files and fs.f_favail < 8):
+            raise MaintError(
+                f"{directory}: {free // 1024} KiB and {fs.f_favail} inodes free, the upgrade's "
+                f"{_NEEDS[key]} need {STATE_ROOM // 1024} KiB: make room, then run it again"
+            )
+
+
+_NEEDS = {"state": "journal and records", "log": "log"}
 
 
 def check_backup_room(ctx: UpgradeContext) -> None:
@@ -138,7 +222,11 @@ def check_backup_room(ctx: UpgradeContext) -> None:
         return
     directory = ctx.settings.path_of("backup")
     check_backup_writable(directory)
+    if system.which("pg_dump") is None:
+        raise MaintError("pg_dump not found (install postgresql-client, or set "
+                         "[database] backup = false)")
     _with_database(ctx, _check_room)
+    _with_database(ctx, check_tables_readable)
 
 
 def _check_room(ctx: UpgradeContext, conn: Any) -> None:
@@ -155,6 +243,89 @@ def _check_room(ctx: UpgradeContext, conn: Any) -> None:
         )
 
 
+# What pg_dump reads, as it chooses it: tables and sequences outside the
+# system schemas, not an extension's own.
+_DUMPED = """
+SELECT n.nspname, c.relname, c.relkind
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('r', 'S')
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+   AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                   AND d.objid = c.oid AND d.deptype = 'e')
+ ORDER BY 1, 2
+"""
+
+
+def check_tables_readable(ctx: UpgradeContext, conn: Any) -> None:
+    """Every table and sequence the dump reads, read by the role that dumps
+    (the same connection parameters), with row security off as pg_dump
+    sets it: a policy that would hide rows fails here as it fails there."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT current_user")
+        role = cur.fetchone()[0]
+        cur.execute(_DUMPED)
+        relations = cur.fetchall()
+        cur.execute("SET LOCAL row_security = off")
+        for schema, name, kind in relations:
+            what = "sequence" if kind == "S" else "table"
+            query = sql.SQL("SELECT 1 FROM {}.{} LIMIT 0").format(
+                sql.Identifier(schema), sql.Identifier(name))
+            try:
+                cur.execute("SAVEPOINT ivle_maint_read")
+                cur.execute(query)
+                cur.execute("RELEASE SAVEPOINT ivle_maint_read")
+            except psycopg2.Error as exc:
+                conn.rollback()
+                why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise MaintError(
+                    f"database {conn.info.dbname}: role {role} cannot read {what} "
+                    f"{schema}.{name} ({why}), so its backup would fail: GRANT SELECT ON "
+                    f"{schema}.{name} TO {role}, or set [database] backup = false"
+                ) from None
+    conn.rollback()
+
+
+def check_media(ctx: UpgradeContext) -> None:
+    """The media-version step's needs: ivle.conf and the record parsed, the
+    value computed, and where it writes really writable."""
+    settings = ctx.settings
+    conf = settings.ivle_conf_dir / "ivle.conf"
+    force = bool(settings["media"]["force"])
+    plan = plan_media_version(conf, settings.path_of("state"), ctx.new, force=force)
+    if plan.target is None:  # left alone: nothing is written
+        return
+    check_rewritable(conf)  # replaced whole: no symlink, no hard link to split
+    real = Path(os.path.realpath(conf)).parent
+    try:
+        prove_writable(real)
+    except OSError as exc:
+        raise MaintError(
+            f"{real}: ivle.conf cannot be rewritten there ({exc.strerror}), so the media "
+            "version could not change: make it writable (or leave [media] version unset)"
+        ) from None
+    backup = settings.path_of("backup")
+    try:
+        prove_writable(backup)
+    except OSError as exc:
+        raise MaintError(
+            f"{_existing(backup)}: the copy of ivle.conf cannot be written there "
+            f"({exc.strerror}): make it writable"
+        ) from None
+
+
+def check_jail_tree(ctx: UpgradeContext) -> None:
+    """rebuild-jail and remake-users rewrite the jail tree: really writable."""
+    src = ctx.ivle_conf.jail_src
+    try:
+        prove_writable(src)
+    except OSError as exc:
+        raise MaintError(
+            f"{_existing(src)}: the jails cannot be rebuilt there ({exc.strerror}): make it "
+            "writable"
+        ) from None
+
+
 def check_jail_mounts(ctx: UpgradeContext) -> None:
     """The jail mounts directory holds users' jails only (see jaildir)."""
     jaildir.check(ctx.ivle_conf)
@@ -166,8 +337,7 @@ def check_rewrites(ctx: UpgradeContext) -> None:
     settings, state = ctx.settings, ctx.settings.path_of("state")
     paths = [Journal.file_for(state, ctx.old, ctx.new),
              state / INSTALLED_RECORD]
-    if settings.role in ("slave", "both"):
-        media.preflight(settings)  # ivle.conf, when media-version will rewrite it
+    if settings.role in ("slave", "both"):  # ivle.conf itself: check_media
         paths.append(state / media.RECORD_NAME)
     if settings.role in ("master", "both") and settings["database"]["backup"]:
         paths.append(settings.path_of("backup") / PINS_FILE)
@@ -182,13 +352,17 @@ def check(ctx: UpgradeContext) -> None:
     ctx.ivle_conf  # noqa: B018 - parses ivle.conf, raising ConfigError if broken
     check_commands(ctx)
     check_init_scripts(ctx.settings)
+    check_state_room(ctx)
     if ctx.settings.role in ("slave", "both"):
         check_jail_mounts(ctx)
         maintenance.preflight(ctx.settings, ctx.during_upgrade)
     if ctx.settings.role in ("master", "both"):
+        check_jail_tree(ctx)
         pending = check_database(ctx)
         if pending:
             check_backup_room(ctx)
+    if ctx.settings.role in ("slave", "both"):
+        check_media(ctx)
     check_rewrites(ctx)
     if ctx.cluster is not None:
         ctx.cluster.preflight()

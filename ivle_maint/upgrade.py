@@ -11,6 +11,7 @@ server is down.
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import threading
 from collections.abc import Iterator
@@ -22,8 +23,10 @@ from .cluster.presence import Presence
 from .config import Settings
 from .context import BEFORE, Step, UpgradeContext
 from .db.backup import remove_leftovers
+from .errors import MaintError
+from .gates.rewrite import patch_in_place
 from .installed import record_installed
-from .journal import ABORTING, COMPLETE, IN_PROGRESS, Journal, unfinished
+from .journal import ABORTED, ABORTING, COMPLETE, IN_PROGRESS, Journal, unfinished
 from .lock import node_lock
 from .logfile import limits, run_log
 from .procedure import STEPS
@@ -91,6 +94,10 @@ def run_phases(
     settings = ctx.settings
     purpose = f"upgrade {ctx.old or '(none)'} -> {ctx.new} ({'+'.join(phases)})"
     check_settings_dirs(settings)  # before the lock, the log and the journal
+    if not Journal.file_for(state_dir(settings), ctx.old, ctx.new).exists():
+        # A new upgrade: the log and the journal will have room (the
+        # preflight's proof, before the log is opened in a full directory).
+        preflight.check_state_room(ctx)
     with node_lock(settings.path_of("run"), purpose), run_log(
         settings.path_of("log"), f"upgrade-{ctx.old or 'none'}_to_{ctx.new}",
         **limits(settings),
@@ -117,13 +124,23 @@ def run_phases(
         journal.source = str(ctx.source) if ctx.source else journal.source
         journal.code_new = ctx.code_is_new
         if journal.path.exists():
-            journal.save()
+            _save_before_steps(ctx, journal)
         log.info("%s; role %s; log %s", purpose, settings.role, log_path)
         _remove_dump_leftovers(settings)
         with _presence(ctx, journal, STEPS) as presence:
-            if BEFORE in phases and not any(journal.is_done(s) for s in journal.steps):
-                preflight.check(ctx)  # nothing is stopped before this passes
-            Procedure(ctx, journal, STEPS, presence.observe).run(phases)
+            try:
+                if BEFORE in phases and not any(journal.is_done(s) for s in journal.steps):
+                    preflight.check(ctx)  # nothing is stopped before this passes
+            except MaintError as exc:
+                exc.resume = restart_if_nothing_to_resume(ctx, journal, exc.resume)
+                raise
+            try:
+                Procedure(ctx, journal, STEPS, presence.observe).run(phases)
+            except MaintError as exc:
+                if exc.resume is None and journal.state == IN_PROGRESS and journal.path.exists():
+                    exc.resume = ctx.resume  # the journal's own write failed (a full disk)
+                exc.resume = restart_if_nothing_to_resume(ctx, journal, exc.resume)
+                raise
         if journal.state == COMPLETE:
             record_installed(ctx)
             _unpin_backups(ctx)
@@ -131,6 +148,52 @@ def run_phases(
                 ctx.reporter.info(line)
             ctx.reporter.info(f"log: {log_path}")
         return journal
+
+
+def _save_before_steps(ctx: UpgradeContext, journal: Journal) -> None:
+    """Save the journal before any step: a failure (a full state directory)
+    names the way to resume, and still records that the new code is in
+    place, or a rerun would take it for the old code's."""
+    try:
+        journal.save()
+    except MaintError as exc:
+        if ctx.code_is_new:
+            patch_in_place(journal.path, _CODE_OLD, _CODE_NEW)
+        exc.resume = exc.resume or ctx.resume
+        raise
+
+
+# The same number of bytes: replaced in place, it needs no new block.
+_CODE_OLD, _CODE_NEW = b'"code_new": false', b'"code_new": true '
+
+
+def restart_if_nothing_to_resume(ctx: UpgradeContext, journal: Journal,
+                                 resume: str | None) -> str | None:
+    """The way forward when a failure leaves nothing to resume.
+
+    An abandoned upgrade (the site given back on OLD, dpkg keeping OLD) or
+    one that failed before its journal was written leaves `dpkg
+    --configure -a` and `ivle-maint rerun` with nothing to do: the way on
+    is to fix the cause and start the upgrade again.  A resume that does
+    not need the journal (the source upgrade's own command) stays.
+    """
+    if resume is None or (journal.state != ABORTED and journal.path.exists()):
+        return resume
+    if not resume.startswith(("dpkg ", "ivle-maint rerun")):
+        return resume
+    accept = " ".join(re.findall(r"--accept-changed [^\s,]+", resume))
+    if resume.startswith("dpkg ") or "dpkg --configure" in resume:
+        package = ctx.package or journal.package or "ivle"
+        again = f"apt-get upgrade  (or: apt-get install {package}={ctx.new})"
+        if accept:  # dpkg cannot pass the option: accepted beforehand, on the files on disk
+            return f"ivle-maint db migrate {accept}, then run the upgrade again: {again}"
+    elif ctx.source is not None:
+        again = f"ivle-maint upgrade --from {ctx.old} --to {ctx.new} --source {ctx.source}"
+    else:
+        again = f"ivle-maint upgrade --from {ctx.old} --to {ctx.new}"
+    if accept:
+        return f"{again} {accept}"
+    return f"fix the cause, then run the upgrade again: {again}"
 
 
 def upgrade_id(journal: Journal) -> str:

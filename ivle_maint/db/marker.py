@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg2
+
 from .. import __version__
 from ..errors import MaintError
 
@@ -96,36 +98,83 @@ def ensure(conn: Any) -> None:
     del conn.notices[:]
 
 
+# The row the preflight inserts, in a transaction it rolls back.
+PROBE_KEY = "ivle-maint-preflight"
+
+
 def why_not_writable(conn: Any) -> str | None:
     """Why this role could not create or write the marker, or None.
 
-    Asked of the server's privilege functions, so nothing is created: the
-    preflight runs this while the site is still up.
+    Proved by doing it in a transaction that is rolled back: the table
+    created if missing, a row inserted and updated, as the baseline and
+    every migration will.  The server's own checks answer (privileges, a
+    read-only database, a trigger, row security), not a privilege function
+    that is satisfied by any one of the privileges it is asked about.
     """
     with conn.cursor() as cur:
         cur.execute("SELECT current_schema(), current_user")
         schema, role = cur.fetchone()
-        if exists(conn):
-            cur.execute("SELECT has_table_privilege(%s, 'SELECT, INSERT, UPDATE')", [TABLE])
-            allowed = cur.fetchone()[0]
-            why = None if allowed else f"role {role} may not read and write table {TABLE}"
-        elif schema is None:
-            why = f"role {role} has no schema to create table {TABLE} in (see its search_path)"
-        else:
-            cur.execute("SELECT has_schema_privilege(%s, 'CREATE')", [schema])
-            allowed = cur.fetchone()[0]
-            why = None if allowed else (
-                f"role {role} may not create table {TABLE} in schema {schema} (permission "
-                f"denied for schema {schema}): GRANT CREATE ON SCHEMA {schema} TO {role}"
-            )
-    conn.rollback()
-    return why
+        doing = "create table"
+        try:
+            if not exists(conn):
+                if schema is None:
+                    return (f"role {role} has no schema to create table {TABLE} in "
+                            "(see its search_path)")
+                cur.execute(DDL)
+                del conn.notices[:]
+            doing = "insert into table"
+            record(cur, key=PROBE_KEY, filename="(preflight)", checksum="", mode="preflight",
+                   duration=None, note="rolled back")
+            doing = "update table"
+            cur.execute(f"UPDATE {TABLE} SET note = note WHERE key = %s", [PROBE_KEY])
+        except (psycopg2.Error, MaintError) as exc:  # MaintError: a trigger ate the row
+            return _refusal(role, schema, doing, exc)
+        finally:
+            conn.rollback()
+    return None
+
+
+def _refusal(role: str, schema: str | None, doing: str, exc: Exception) -> str:
+    """One line: what the role may not do, the server's reason, and the GRANT."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    why = lines[0] if lines else type(exc).__name__
+    denied = getattr(exc, "pgcode", None) == "42501"  # insufficient_privilege
+    if doing == "create table":
+        grant = f"GRANT CREATE ON SCHEMA {schema} TO {role}"
+        return f"role {role} may not create table {TABLE} in schema {schema} ({why})" + (
+            f": {grant}" if denied else "")
+    grant = f"GRANT SELECT, INSERT, UPDATE ON {TABLE} TO {role}"
+    return f"role {role} may not {doing} {TABLE} ({why})" + (f": {grant}" if denied else "")
+
+
+# Each column's type, as DDL creates it: a column dropped by hand is named
+# with the statement that adds it back.
+_TYPES = {
+    "key": "text", "filename": "text", "checksum": "text", "mode": "text",
+    "applied_at": "timestamptz DEFAULT now()", "duration": "double precision",
+    "host": "text", "ivle_maint_version": "text", "package_version": "text", "note": "text",
+}
+
+
+def missing_columns(conn: Any) -> list[str]:
+    """The marker's columns that are not in the table (dropped by hand)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+                    "AND attnum > 0 AND NOT attisdropped", [TABLE])
+        found = {row[0] for row in cur.fetchall()}
+    return [name for name in _TYPES if name not in found]
 
 
 def applied(conn: Any) -> dict[str, MarkerRow]:
     """Every marker row by key; {} when there is no marker table."""
     if not exists(conn):
         return {}
+    missing = missing_columns(conn)
+    if missing:
+        adds = ", ".join(f"ADD COLUMN {name} {_TYPES[name]}" for name in missing)
+        raise MaintError(
+            f"table {TABLE} has no column {', '.join(missing)} (changed by hand?): add it "
+            f"back, then run again: ALTER TABLE {TABLE} {adds}")
     with conn.cursor() as cur:
         cur.execute(f"SELECT {_COLUMNS} FROM {TABLE} ORDER BY key")
         return {row[0]: MarkerRow(*row) for row in cur.fetchall()}

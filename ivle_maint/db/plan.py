@@ -136,6 +136,31 @@ def read_status(conn: Any, dbname: str, directory: Path, shipped: list[Migration
     )
 
 
+def _out_of_order(st: Status) -> str:
+    """What blocks migrations older than the newest applied, and the ways
+    out, each of which works: a row deleted from the marker (the database
+    has them: record them), a row added to it (delete it), or migrations
+    that really never ran (apply them anyway)."""
+    keys = ", ".join(m.key for m in st.out_of_order)
+    newest = st.newest_applied or ""
+    newest_order = order_of(newest)
+    if newest in st.missing and newest_order is not None and \
+            all(m.order < newest_order for m in st.shipped):
+        return (
+            f"{marker.TABLE} records migration {newest} as applied, newer than every shipped "
+            f"migration and shipped by none, so {keys} look out of order: if no migration "
+            f"{newest} ever ran here, delete its row (DELETE FROM {marker.TABLE} WHERE key = "
+            f"'{newest}'), then run again; to apply them anyway, use --allow-out-of-order"
+        )
+    last = st.out_of_order[-1].key
+    return (
+        f"migration(s) {keys} are older than the newest applied ({newest}) but not recorded "
+        f"as applied: if the database has them already (a row of {marker.TABLE} deleted), "
+        f"record them without running them: ivle-maint db baseline --force {last}, then run "
+        "again; if they never ran, apply them anyway with --allow-out-of-order"
+    )
+
+
 def make_plan(
     conn: Any,
     st: Status,
@@ -168,11 +193,7 @@ def make_plan(
                 f"accept it with --accept-changed {c.key}"
             )
     if st.out_of_order and not allow_out_of_order:
-        keys = ", ".join(m.key for m in st.out_of_order)
-        problems.append(
-            f"migration(s) {keys} are older than the newest applied ({st.newest_applied}) but "
-            "were never applied: apply them anyway with --allow-out-of-order"
-        )
+        problems.append(_out_of_order(st))
     pending: list[Classified] = []
     version = conn.server_version
     standard = conn.info.parameter_status("standard_conforming_strings") != "off"

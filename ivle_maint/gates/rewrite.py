@@ -207,6 +207,9 @@ def backup_copy(path: Path, backup_dir: Path) -> Path:
     return dest
 
 
+MAX_PATCHED = 1 << 20  # patch_in_place reads this much at most
+
+
 class WriteFailed(MaintError):
     """replace_file's one line, with the errno behind it (a full disk is
     something a log rotation may live with; a refused symlink is not)."""
@@ -244,6 +247,32 @@ def replace_file(path: Path, data: bytes, *, mode: int | None = None,
         raise WriteFailed(f"cannot write {path}: {where}: {exc.strerror or exc}",
                           exc.errno) from None
     return backup
+
+
+def patch_in_place(path: Path, old: bytes, new: bytes) -> bool:
+    """Where replace_file cannot (a full disk): OLD, found once in PATH,
+    overwritten by NEW of the same length, which needs no new block.  Torn
+    by a power cut, the file reads as damaged, which its reader names.
+    True if PATH holds NEW now."""
+    if len(old) != len(new):
+        raise ValueError("patch_in_place keeps the file's length")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        data = os.pread(fd, MAX_PATCHED, 0)
+        if data.count(old) != 1:
+            return data.count(new) == 1
+        os.pwrite(fd, new, data.index(old))
+        os.fsync(fd)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def write_state_file(path: Path, data: bytes, *, mode: int) -> None:

@@ -48,7 +48,7 @@ from configobj import ConfigObj, ConfigObjError, Section
 from ..config import Settings
 from ..errors import ConfigError, MaintError
 from ..gates import clock
-from ..gates.rewrite import check_rewritable, replace_file, write_state_file
+from ..gates.rewrite import replace_file, write_state_file
 from ..safepaths import read_nofollow
 
 log = logging.getLogger(__name__)
@@ -444,14 +444,6 @@ def set_media_version(conf_path: Path, state_dir: Path, backup_dir: Path, versio
     log.info("%s: [media] version %s -> %s (backup %s)", conf_path, current, target, backup)
     action = ADDED if current is None else CHANGED
     return MediaResult(conf_path, action, current, target, backup)
-
-
-def preflight(settings: Settings) -> None:
-    """While the site is up: the media-version step will be allowed to
-    rewrite ivle.conf, if it will (not a symlink, nor hard-linked; gates.rewrite)."""
-    conf_path = settings.ivle_conf_dir / "ivle.conf"
-    if settings["media"]["force"] or _current(locate(read_conf(conf_path))) is not None:
-        check_rewritable(conf_path)
 
 
 def change_media_version(settings: Settings, version: str, *, upgrade: str | None = None,

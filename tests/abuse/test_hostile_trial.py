@@ -309,18 +309,3 @@ def test_a_damaged_pins_file_is_one_line_never_a_traceback(node_factory: Any,
     assert len(errors) == 1 and f"{pins}: unreadable (" in errors[0], done.stderr
     assert "repair or remove it" in errors[0]
     assert pins.read_bytes() == text
-
-
-@pytest.mark.parametrize("text", [b"", b"{not json", b"[1, 2]\n", b"\xff\xfe"])
-def test_a_damaged_journal_is_one_line_and_left_as_it_is(node_factory: Any,
-                                                         text: bytes) -> None:
-    node = at_version_1_0(node_factory(users=2, consoles=1))
-    assert preinst(node).returncode == 0
-    path = node.state_dir / "journal" / "1.0_to_1.1.json"
-    path.write_bytes(text)
-    for args in (("status",), ("rerun",)):
-        done = cli(node, *args)
-        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
-        errors = [ln for ln in done.stderr.splitlines() if ln.startswith("ivle-maint: error: ")]
-        assert len(errors) == 1 and errors[0].startswith(f"ivle-maint: error: {path}: "), errors
-    assert path.read_bytes() == text

@@ -1,0 +1,156 @@
+"""A damaged journal, or one another ivle-maint version wrote.
+
+Whatever the file holds, every command that reads it answers with one
+line naming the file and what to do, never Python's own words (KeyError,
+JSONDecodeError, an unexpected keyword argument), and leaves the file as
+it is; the advice, followed, finishes the upgrade.  A journal that cannot
+be written (a full state directory at the postinst) names the way to
+resume, and the rerun still knows that the new code is in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from abuse_helpers import error_lines, resume_line
+from ivle_sandbox import mountns
+from upgrade_helpers import (
+    ALL_KEYS,
+    at_version_1_0,
+    cli,
+    final_state,
+    journal,
+    postinst,
+    preinst,
+    unpack,
+)
+
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
+
+PYTHON_WORDS = ("KeyError", "JSONDecodeError", "TypeError", "ValueError", "Expecting",
+                "__init__", "keyword argument", "char 0")
+
+
+def _valid(node: Any) -> dict[str, Any]:
+    path = node.state_dir / "journal" / "1.0_to_1.1.json"
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+# (what the file holds, made from the valid journal; what the line says)
+DAMAGE = {
+    "empty": (lambda d: b"", "damaged journal (empty)"),
+    "not JSON": (lambda d: b"{not json", "damaged journal (not JSON)"),
+    "a list": (lambda d: b"[1, 2]\n", "damaged journal (a JSON list, not an object)"),
+    "not UTF-8": (lambda d: b"\xff\xfe", "damaged journal (not UTF-8 text)"),
+    "no steps": (lambda d: json.dumps({k: v for k, v in d.items() if k != "steps"}).encode(),
+                 "damaged journal (no steps)"),
+    "a newer version's field": (lambda d: json.dumps({**d, "phase_plan": [1]}).encode(),
+                                "journal of another ivle-maint version (unknown field "
+                                "'phase_plan')"),
+    "a newer version's state": (lambda d: json.dumps({**d, "state": "paused"}).encode(),
+                                "journal of another ivle-maint version (unknown state "
+                                "'paused')"),
+    "a step record of another shape": (
+        lambda d: json.dumps({**d, "steps": {"stop-web": {"state": "done"}}}).encode(),
+        "journal of another ivle-maint version (unknown field 'state' of step 'stop-web')"),
+}
+
+
+def _one_line(done: subprocess.CompletedProcess[str]) -> str:
+    errors = error_lines(done)
+    assert len(errors) == 1, done.stderr
+    assert not any(word in done.stderr for word in PYTHON_WORDS), done.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_journal_is_one_line_and_left_as_it_is(node_factory: Any,
+                                                         damage: str) -> None:
+    node = at_version_1_0(node_factory(users=2, consoles=1))
+    assert preinst(node).returncode == 0
+    path = node.state_dir / "journal" / "1.0_to_1.1.json"
+    make, expected = DAMAGE[damage]
+    text = make(_valid(node))
+    path.write_bytes(text)
+    for args in (("status",), ("rerun",)):
+        done = cli(node, *args)
+        assert done.returncode == 1, done.stderr
+        line = _one_line(done)
+        assert line.startswith(f"ivle-maint: error: {path}: {expected}"), line
+        assert f"mv {shlex.quote(str(path))} " in line and "run the upgrade again" in line
+    assert path.read_bytes() == text
+
+
+def test_following_the_advice_for_a_damaged_journal_finishes_the_upgrade(
+        node_factory: Any) -> None:
+    node = at_version_1_0(node_factory(users=2, consoles=1))
+    assert preinst(node).returncode == 0
+    path = node.state_dir / "journal" / "1.0_to_1.1.json"
+    path.write_bytes(b"{not json")
+    unpack(node)
+    failed = postinst(node)
+    assert failed.returncode == 1
+    line = _one_line(failed)
+    move = line.split("move it aside (", 1)[1].split(")", 1)[0]
+    subprocess.run(shlex.split(move), check=True)
+    done = postinst(node)  # the upgrade again: dpkg --configure -a
+    assert done.returncode == 0, done.stderr
+    assert final_state(node)["marker"] == ALL_KEYS
+    assert node.service_running("apache2")
+
+
+@contextmanager
+def full(directory: Path) -> Iterator[Path]:
+    """DIRECTORY on a tiny tmpfs holding what it held, filled to the last
+    byte; yields the filler to remove."""
+    mountns.require_private(directory)
+    keep = Path(tempfile.mkdtemp())
+    shutil.copytree(directory, keep / "d", symlinks=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs",
+                    str(directory)], check=True)
+    try:
+        shutil.copytree(keep / "d", directory, symlinks=True, dirs_exist_ok=True)
+        filler = directory / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass  # full
+        finally:
+            os.close(fd)
+        yield filler
+    finally:
+        mountns.umount(directory, lazy=True)
+        shutil.rmtree(keep)
+
+
+@pytest.mark.parametrize("resume", ["dpkg --configure -a", "ivle-maint rerun"])
+def test_a_full_state_directory_at_the_postinst_says_how_to_resume(node_factory: Any,
+                                                                   resume: str) -> None:
+    node = at_version_1_0(node_factory(users=1, consoles=0))
+    assert preinst(node).returncode == 0
+    unpack(node)
+    with full(node.state_dir) as filler:
+        failed = postinst(node)
+        assert failed.returncode == 1
+        assert "No space left on device" in _one_line(failed)
+        assert resume_line(failed.stderr) == "dpkg --configure -a  (or: ivle-maint rerun)"
+        filler.unlink()  # room made
+        assert journal(node)["code_new"] is True  # the rerun knows the code is 1.1's
+        done = postinst(node) if resume.startswith("dpkg") else cli(node, "rerun")
+        assert done.returncode == 0, done.stderr
+        assert final_state(node)["marker"] == ALL_KEYS
+        assert node.service_running("apache2")

@@ -1,0 +1,106 @@
+"""Journal.load: whatever a journal file holds, a Journal or one line.
+
+The line names the file and what to do; it never carries Python's own
+words (KeyError, JSONDecodeError, an unexpected keyword argument) and
+never a raw control character from the file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ivle_maint.errors import MaintError
+from ivle_maint.journal import Journal
+
+PYTHON_WORDS = ("KeyError", "JSONDecodeError", "TypeError", "Expecting", "__init__",
+                "keyword argument", "object has no attribute")
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+def _valid(tmp: Path) -> tuple[Path, dict[str, Any]]:
+    journal = Journal.open(tmp, "1.0", "1.1", "both")
+    journal.begin("stop-web")
+    journal.finish("stop-web", "stopped", {"seconds": 1.0})
+    journal.begin("migrate")
+    journal.fail("migrate", "boom")
+    return journal.path, json.loads(journal.path.read_text())
+
+
+def _loads_or_says_one_line(path: Path) -> None:
+    try:
+        Journal.load(path)
+    except MaintError as exc:
+        line = str(exc)
+        assert line.startswith(f"{path}: "), line
+        assert "\n" not in line and "\r" not in line and "\x1b" not in line, line
+        assert not any(word in line for word in PYTHON_WORDS), line
+        assert "run the upgrade again" in line, line
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.binary(max_size=64))
+def test_any_bytes_load_or_are_one_line(tmp_path_factory: Any, data: bytes) -> None:
+    path, _ = _valid(tmp_path_factory.mktemp("j"))
+    path.write_bytes(data)
+    _loads_or_says_one_line(path)
+
+
+@settings(max_examples=100, deadline=None)
+@given(key=st.sampled_from(["old", "new", "role", "state", "steps", "created", "resume",
+                            "code_new", "package", "a-future-field"]),
+       value=JSON, drop=st.booleans())
+def test_any_field_changed_or_dropped_loads_or_is_one_line(tmp_path_factory: Any, key: str,
+                                                           value: Any, drop: bool) -> None:
+    path, data = _valid(tmp_path_factory.mktemp("j"))
+    if drop:
+        data.pop(key, None)
+    else:
+        data[key] = value
+    path.write_text(json.dumps(data))
+    _loads_or_says_one_line(path)
+
+
+@settings(max_examples=100, deadline=None)
+@given(step=st.sampled_from(["stop-web", "migrate", "x\nivle-maint: error: forged"]),
+       key=st.sampled_from(["status", "started", "finished", "summary", "metrics", "error",
+                            "state"]),
+       value=JSON, drop=st.booleans())
+def test_any_step_record_changed_loads_or_is_one_line(tmp_path_factory: Any, step: str,
+                                                      key: str, value: Any,
+                                                      drop: bool) -> None:
+    path, data = _valid(tmp_path_factory.mktemp("j"))
+    record = data["steps"].setdefault(step, {"status": "done", "started": 1.0})
+    if drop:
+        record.pop(key, None)
+    else:
+        record[key] = value
+    path.write_text(json.dumps(data))
+    _loads_or_says_one_line(path)
+
+
+def test_a_journal_this_version_wrote_loads_as_it_was(tmp_path: Path) -> None:
+    path, data = _valid(tmp_path)
+    journal = Journal.load(path)
+    assert journal.steps["migrate"].error == "boom" and journal.state == data["state"]
+
+
+def test_unreadable_journal_is_a_one_line_error(tmp_path: Path) -> None:
+    path = Journal.file_for(tmp_path, "1.0", "1.1")
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    try:
+        Journal.load(path)
+    except MaintError as exc:
+        assert str(exc).startswith(f"{path}: damaged journal (not JSON)")
+    else:
+        raise AssertionError("loaded")
