@@ -97,10 +97,11 @@ def cmd_status(ctx: Context) -> int:
         found = problems(status, ctx.args.expect, shipped) + not_answering(ctx, status)
     runners = {row.name: trust.runner(row) for row in status.nodes}
     if ctx.args.json:
+        states = {name: judged.verdict.value if judged else None
+                  for name, judged in runners.items()}
         rows = [{**row.__dict__, "last_seen": row.last_seen.isoformat() if row.last_seen
                  else None, "maintenance": row.name in paused,
-                 "runner_state": (runners[row.name].verdict.value  # type: ignore[union-attr]
-                                  if runners[row.name] else None)} for row in status.nodes]
+                 "runner_state": states[row.name]} for row in status.nodes]
         doc = {"nodes": rows, "applied": sorted(status.applied or ()),
                "media_chosen": status.media_chosen, "slave_media": status.slave_media(),
                "problems": found}
