@@ -5,6 +5,9 @@ they coordinate; there is no daemon.  Each node writes its own row in
 ``ivle_maint_nodes`` (table.py) as its journal advances (presence.py), and
 reads the others' rows and the migration marker when it must wait
 (waits.py).  The slaves also agree there on one media version (media.py).
+What a row may be trusted to say (an idle "down" is not; who may be
+forgotten; one master) is decided in trust.py, and whether the ivle-maint
+a row names still runs by ivle_maint/liveness.py.
 
 The nodes share one jail tree too: IVLE's data directory (the jail
 template and every user's jail) lives on the master and is exported to

@@ -8,13 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .. import liveness
 from ..dpkg import package_version
 from ..errors import ConfigError, MaintError
 from ..installed import recorded_version
 from ..journal import unfinished
 from ..steps.maintenance import in_maintenance
 from ..steps.services import RUNNING, control_from_settings
-from . import table
+from . import probe, table, trust
 from .ages import human_age
 from .presence import REPORT_WAIT, Presence, coordinated, errors_as_maint, name_holder
 
@@ -39,15 +40,38 @@ class ClusterStatus:
         return found
 
 
+# `cluster status` waits this long for the database, not [database] wait_timeout:
+# a person is asking, and a stopped server is an answer.
+STATUS_WAIT = 2.0
+
+
 def read_status(settings: Settings, reporter: Reporter) -> ClusterStatus:
+    """The tables, refreshing this node's own row first (best effort); one
+    line and exit 1 within seconds when the database is unreachable."""
     presence = Presence(settings, reporter)
     try:
-        conn = presence.connection()
+        try:
+            conn = presence.connection(wait=STATUS_WAIT)
+        except MaintError as exc:
+            raise MaintError(f"the database is unreachable, so is the cluster table: {exc}"
+                             ) from None
+        refresh(settings, reporter)
         with errors_as_maint(settings.ivle_conf().database["name"]):
             return ClusterStatus(table.nodes(conn), table.applied_keys(conn),
                                  table.media_values(conn))
     finally:
         presence.close()
+
+
+def refresh(settings: Settings, reporter: Reporter) -> None:
+    """Rewrite this idle node's row as it is now: version, service, probe URL
+    from the current settings (a row from install time may predate them)."""
+    if not coordinated(settings):
+        return
+    try:
+        register(settings, reporter, strict=False, note="refreshed", joining=False)
+    except (MaintError, OSError) as exc:
+        reporter.warn(f"this node's row not refreshed: {exc}")
 
 
 def service_serving(settings: Settings, reporter: Reporter, version: str | None) -> str | None:
@@ -73,22 +97,28 @@ def node_version(settings: Settings, package: str = "ivle") -> str | None:
 
 def register(settings: Settings, reporter: Reporter, version: str | None = None, *,
              strict: bool = True, note: str = "registered",
-             replace: bool = False) -> dict[str, Any] | None:
+             replace: bool = False, joining: bool = True) -> dict[str, Any] | None:
     """Record this idle node; None when an unfinished upgrade owns the row.
 
     A name another machine holds is refused (ConfigError), strict or not:
     overwriting a live node's row would let the master migrate while that
-    node serves.  REPLACE takes the name over (the old machine is gone)."""
+    node serves.  REPLACE takes the name over (the old machine is gone).
+    A second master is refused (ConfigError).  JOINING (not a refresh of
+    the row): a web node older than the version a master upgrades to, or
+    is on, is recorded (so the master waits for it) and refused
+    (MaintError): it would serve old code on the new schema."""
     if unfinished(settings) is not None:
         return None
     version = version or node_version(settings)
     presence = Presence(settings, reporter)
+    past: list[str] = []
     try:
         row = presence.idle_row(version, service_serving(settings, reporter, version), note)
         if presence.enabled or strict:
             conn = presence.connection(wait=None if strict else REPORT_WAIT)
             with errors_as_maint(settings.ivle_conf().database["name"]):
-                held = next((r for r in table.nodes(conn) if r.name == row["name"]), None)
+                rows = table.nodes(conn)
+            held = next((r for r in rows if r.name == row["name"]), None)
             other = name_holder(held, row) if held is not None else None
             if other and not replace:
                 seen = human_age(held.age if held else None)
@@ -98,6 +128,11 @@ def register(settings: Settings, reporter: Reporter, version: str | None = None,
                     "machine: ivle-maint cluster register --replace")
             if other:
                 reporter.warn(f"taking over node name {row['name']!r} from {other} (--replace)")
+            twin = trust.second_master(rows, row["name"], settings.role)
+            if twin:
+                raise ConfigError(twin)
+            past = trust.upgrade_past(rows, row["name"], version) \
+                if joining and presence.settings.role != "master" else []
         presence.write(row, strict=strict)
     except ConfigError:
         raise
@@ -108,11 +143,13 @@ def register(settings: Settings, reporter: Reporter, version: str | None = None,
         return None
     finally:
         presence.close()
+    if past:
+        raise MaintError(
+            f"{row['name']} at IVLE {version or 'unknown'} joins the cluster while "
+            f"{'; '.join(past)}: its web server would serve old code on the new schema; "
+            "recorded so the master waits for it: install the master's version here, "
+            "then register again")
     return row
-
-
-# A node upgrading that reported within this many seconds is probably alive.
-RECENT = 600.0
 
 
 def record_serving(settings: Settings, reporter: Reporter) -> str | None:
@@ -144,26 +181,40 @@ def record_serving(settings: Settings, reporter: Reporter) -> str | None:
 
 
 def forget(settings: Settings, reporter: Reporter, name: str, *, force: bool = False) -> bool:
-    """Delete NAME's row; a node seen recently in the middle of an upgrade
-    only with FORCE (its next report would bring the row back half-known)."""
+    """Delete NAME's row, unless something says NAME is alive (trust.forget_refusals):
+    then only with FORCE, which says what it means."""
     presence = Presence(settings, reporter)
     try:
         conn = presence.connection()
         with errors_as_maint(settings.ivle_conf().database["name"]):
             row = next((r for r in table.nodes(conn) if r.name == name), None)
-            if row is None:
-                return False
-            busy = row.phase != "idle" and (row.age is None or row.age < RECENT)
-            if busy:
-                what = (f"{name} was seen {human_age(row.age)} in the middle of an upgrade "
-                        f"({row.phase}" + (f" at {row.step}" if row.step else "") + ")")
-                if not force:
-                    raise MaintError(f"{what}: it looks alive; if it is really gone: "
-                                     f"ivle-maint cluster forget --force {name}")
-                reporter.warn(f"{what}; forgetting it anyway (--force)")
+        if row is None:
+            return False
+        reasons = trust.forget_refusals(row, seen_of(settings, row))
+        if reasons and not force:
+            raise MaintError(f"{name} looks alive: {'; '.join(reasons)}; if it is really gone: "
+                             f"ivle-maint cluster forget --force {name}")
+        if reasons:
+            reporter.warn(f"forgetting {name} anyway (--force) although {'; '.join(reasons)}: "
+                          f"{trust.forget_meaning(name)}")
+        elif row.has_web and (row.mounts is None or row.consoles is None):
+            reporter.warn(f"{name}'s jail mounts and consoles were never counted (it was not "
+                          "upgrading): make sure it has no jail of the shared tree mounted "
+                          "before the master's next upgrade")
+        with errors_as_maint(settings.ivle_conf().database["name"]):
             return table.forget(conn, name)
     finally:
         presence.close()
+
+
+def seen_of(settings: Settings, row: NodeRow) -> trust.Seen:
+    """What this node sees of ROW's node: its runner, its web server."""
+    judged = trust.runner(row)
+    answers = None
+    if row.has_web and probe.checkable(row, table.hostname()):
+        answers = probe.ask(row.probe_url or "",
+                            float(settings["cluster"]["probe_timeout"])).serving
+    return trust.Seen(judged.verdict if judged else None, answers)
 
 
 def problems(status: ClusterStatus, expect: str, shipped: list[str]) -> list[str]:
@@ -181,6 +232,13 @@ def problems(status: ClusterStatus, expect: str, shipped: list[str]) -> list[str
             what = "web server" if row.has_web else "user management server"
             found.append(f"{row.name}'s {what} "
                          + (f"serves {row.serving}" if row.serving else "is down"))
+    masters = [r.name for r in status.nodes if trust.is_master(r)]
+    if len(masters) > 1:
+        found.append(f"more than one master: {', '.join(masters)} (one master per database)")
+    for row in status.nodes:
+        judged = trust.runner(row)
+        if judged is not None and judged.verdict is liveness.Verdict.DEAD:
+            found.append(f"{row.name}'s ivle-maint exited while {row.phase}: {judged.text}")
     media = status.slave_media()
     if len(media) > 1:
         found.append("media versions differ: " + "; ".join(

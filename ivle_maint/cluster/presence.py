@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg2
 
+from .. import liveness
 from ..context import BEFORE, SLAVE, Step, select_steps, serving
 from ..db.apply import pg_reason
 from ..db.connect import connect, params_from_settings
@@ -37,6 +38,7 @@ from ..steps.maintenance import in_maintenance
 from ..steps.mounts import list_jail_mounts
 from ..steps.services import RUNNING, control_from_settings
 from . import table
+from .trust import RUNNING_PHASES, second_master
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -253,7 +255,8 @@ class Presence:
         return {**self._base(), "version": j.new if new_code else j.old,
                 "serving": self._serving(j),
                 "target": None if phase == "idle" else j.new, "phase": phase, "step": step,
-                "note": note, "mounts": mounts, "consoles": consoles}
+                "note": note, "mounts": mounts, "consoles": consoles,
+                "runner": liveness.token() if phase in RUNNING_PHASES else None}
 
     def _jails_in_use(self, j: Journal) -> tuple[int | None, int | None]:
         """Counted once this run finds the jails unmounted and the web server not
@@ -290,7 +293,7 @@ class Presence:
         its jails are not counted: idle, it may mount one at any moment."""
         return {**self._base(), "version": version, "serving": serving, "target": None,
                 "phase": "idle", "step": None, "note": note, "mounts": None,
-                "consoles": None}
+                "consoles": None, "runner": None}
 
     def write(self, row: dict[str, Any], *, strict: bool = False, final: bool = False) -> None:
         """Write the row; strict raises, otherwise a failure is one warning.
@@ -360,7 +363,11 @@ class Presence:
             return
         conn = self.connection()
         with errors_as_maint(self.settings.ivle_conf().database["name"]):
-            other = next((r for r in table.nodes(conn) if r.name == self.name), None)
+            rows = table.nodes(conn)
+        twin = second_master(rows, self.name, self.settings.role)
+        if twin:
+            raise MaintError(twin)
+        other = next((r for r in rows if r.name == self.name), None)
         if other is not None and name_holder(other, self._base()):
             raise MaintError(
                 f"the cluster table already has a node named {self.name!r} written by another "

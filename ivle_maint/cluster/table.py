@@ -27,6 +27,10 @@
                                        NULL: not counted (idle or serving:
                                        users may mount at any moment)
         consoles    integer            its python-console processes, likewise
+        runner      text               the ivle-maint process writing a row of a
+                                       running phase (before, after, waiting):
+                                       liveness.py's token; NULL once its run
+                                       ended (idle, unpack, failed)
 
     The master rebuilds the shared jail tree only while every other web
     node is upgrading and records 0 and 0 (waits.wait_for_jails_free).
@@ -73,7 +77,8 @@ CREATE TABLE IF NOT EXISTS {NODES} (
     mounts integer,
     consoles integer,
     machine text,
-    probe_url text
+    probe_url text,
+    runner text
 );
 COMMENT ON TABLE {NODES} IS
     'IVLE nodes as ivle-maint last saw them (ivle-maint cluster status); each node writes its row';
@@ -92,7 +97,7 @@ FIELDS = ("name", "role", "host", "instance", "version", "serving", "target", "p
 # Columns a newer ivle-maint added: a table created by an older one gets
 # them from the first node allowed to ALTER it; until then they read NULL.
 LATER = {"mounts": "integer", "consoles": "integer", "machine": "text",
-         "probe_url": "text"}
+         "probe_url": "text", "runner": "text"}
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,7 @@ class NodeRow:
     consoles: int | None = None
     machine: str | None = None
     probe_url: str | None = None
+    runner: str | None = None
 
     @property
     def has_web(self) -> bool:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from ..db.discovery import discover
 from ..errors import MaintError
 from ..versions import parse
-from . import probe, table
+from . import probe, table, trust
 from .ages import human_age
 
 if TYPE_CHECKING:
@@ -131,11 +131,16 @@ def wait_for_slaves(ctx: UpgradeContext) -> str:
         # A row says what ivle-maint did; a web server started by hand is
         # only found by asking it.
         answering = probe.answering(rows, me, host, probe_timeout)
-        blocking[:] = [*old, *(r for r, _ in answering)]
-        if not old and not answering:
+        found = {r.name for r in old} | {r.name for r, _ in answering}
+        # An idle row saying "down" confirms nothing (trust.py).
+        unsure = [r for r in trust.unconfirmed_down(rows, me, ctx.new) if r.name not in found]
+        blocking[:] = [*old, *(r for r, _ in answering), *unsure]
+        if not blocking:
             return None
         texts = [describe(r) for r in old] + [f"{describe(r)}, but {text}"
-                                              for r, text in answering]
+                                              for r, text in answering] + [
+            f"{describe(r)}, but its row was written while it was not upgrading ("
+            f"{r.note or 'no note'}): nothing keeps its web server down" for r in unsure]
         return Pending(" ".join(r.name for r in blocking), "; ".join(texts))
 
     timeout = float(conf["slaves_timeout"])
@@ -148,7 +153,8 @@ def wait_for_slaves(ctx: UpgradeContext) -> str:
         raise MaintError(
             f"slaves still serve code older than {ctx.new} after {timeout:g}s ([cluster] "
             f"slaves_timeout), nothing migrated: {exc.pending.text}.  Upgrade them (their "
-            "preinst stops the web server) or stop their web servers, then resume; if a node "
+            "preinst stops the web server and records it; or ivle-maint cluster prepare "
+            f"--to {ctx.new} on each), then resume; if a node "
             f"is gone for good: {gone}; to migrate anyway: [cluster] migrate_while_serving = "
             "yes, or ivle-maint rerun --migrate-while-serving",
             resume=ctx.resume,

@@ -29,7 +29,10 @@ def register(sub: Any) -> None:
 
     status = actions.add_parser(
         "status", help="show every node: role, version, phase, media version, last seen",
-        description="Show the cluster table; changes nothing.")
+        description="Show the cluster table, after refreshing this node's own row (its "
+        "version, service and probe URL as they are now); a node whose ivle-maint exited "
+        "mid-run and more than one master are shown.  An unreachable database is one line "
+        "and exit status 1 within seconds.")
     status.add_argument("--json", action="store_true", help="one JSON document on stdout")
     status.add_argument("--expect", metavar="VERSION",
                         help="exit 1 unless every node is idle on VERSION with its service "
@@ -52,12 +55,15 @@ def register(sub: Any) -> None:
 
     forget = actions.add_parser("forget", help="remove a node that is gone from the table",
                                 description="Remove NAME's row (a decommissioned node).  "
-                                "A node seen in the last 10 minutes in the middle of an "
-                                "upgrade is refused without --force.")
+                                "Refused without --force while anything says NAME is alive: "
+                                "its ivle-maint runs, it was seen in the last 10 minutes in "
+                                "the middle of an upgrade, its web server answers (or its "
+                                "row says it serves), or its row counts jail mounts or "
+                                "consoles.")
     forget.add_argument("name", metavar="NAME",
                         help="the node's name as 'cluster status' shows it")
     forget.add_argument("--force", action="store_true",
-                        help="forget it even if it was seen recently in the middle of an upgrade")
+                        help="forget it even so: the master then stops waiting for it")
     forget.set_defaults(func=cmd_forget)
 
     prepare = actions.add_parser(
@@ -77,7 +83,7 @@ def register(sub: Any) -> None:
 
 def cmd_status(ctx: Context) -> int:
     """Print the table (or JSON); --expect turns it into a check."""
-    from ..cluster import probe, table
+    from ..cluster import probe, table, trust
     from ..cluster.admin import problems, read_status
     from ..db.discovery import discover
 
@@ -89,15 +95,19 @@ def cmd_status(ctx: Context) -> int:
         directory = ctx.settings.path_of("migrations")
         shipped = [m.key for m in discover(directory)] if directory.is_dir() else []
         found = problems(status, ctx.args.expect, shipped) + not_answering(ctx, status)
+    runners = {row.name: trust.runner(row) for row in status.nodes}
     if ctx.args.json:
+        states = {name: judged.verdict.value if judged else None
+                  for name, judged in runners.items()}
         rows = [{**row.__dict__, "last_seen": row.last_seen.isoformat() if row.last_seen
-                 else None, "maintenance": row.name in paused} for row in status.nodes]
+                 else None, "maintenance": row.name in paused,
+                 "runner_state": states[row.name]} for row in status.nodes]
         doc = {"nodes": rows, "applied": sorted(status.applied or ()),
                "media_chosen": status.media_chosen, "slave_media": status.slave_media(),
                "problems": found}
         print(json.dumps(doc, indent=1))
     else:
-        _print_table(status, paused)
+        _print_table(status, paused, runners)
         for problem in found:
             print(f"problem: {problem}")
     sys.stdout.flush()
@@ -121,8 +131,22 @@ def not_answering(ctx: Context, status: Any) -> list[str]:
     return found
 
 
-def _print_table(status: Any, paused: frozenset[str] | set[str] = frozenset()) -> None:
+def _phase(row: Any, judged: Any) -> str:
+    """The PHASE column: a run whose ivle-maint exited says so."""
+    from ..liveness import Verdict
+
+    text = row.phase + (f" ({row.step})" if row.step else "")
+    return f"exited while {text}" if judged is not None and judged.verdict is Verdict.DEAD \
+        else text
+
+
+def _print_table(status: Any, paused: frozenset[str] | set[str] = frozenset(),
+                 runners: dict[str, Any] | None = None) -> None:
+    from ..cluster import trust
     from ..cluster.ages import human_age
+    from ..liveness import Verdict
+
+    runners = runners or {}
 
     if not status.nodes:
         print("no node has recorded itself yet (ivle-maint cluster register)")
@@ -131,7 +155,7 @@ def _print_table(status: Any, paused: frozenset[str] | set[str] = frozenset()) -
     # A down node answering ivle-maint's maintenance page says so.
     rows = [(r.name, r.role, r.version or "-",
              r.serving or ("maintenance" if r.name in paused else "down"), r.target or "-",
-             r.phase + (f" ({r.step})" if r.step else ""), r.media or "-", human_age(r.age), r.host)
+             _phase(r, runners.get(r.name)), r.media or "-", human_age(r.age), r.host)
             for r in status.nodes]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
     for line in (head, *rows):
@@ -139,6 +163,17 @@ def _print_table(status: Any, paused: frozenset[str] | set[str] = frozenset()) -
     for r in status.nodes:
         if r.note and r.phase != "idle":
             print(f"{r.name}: {r.note}")
+        judged = runners.get(r.name)
+        if judged is not None and judged.verdict is Verdict.DEAD:
+            print(f"{r.name}: its ivle-maint exited ({judged.text}): resume there with "
+                  "ivle-maint rerun")
+        elif judged is not None and judged.verdict is Verdict.UNKNOWABLE:
+            print(f"{r.name}: whether its ivle-maint runs cannot be told from here: "
+                  f"{judged.text}")
+    masters = [r for r in status.nodes if trust.is_master(r)]
+    if len(masters) > 1:
+        print("MORE THAN ONE MASTER: " + ", ".join(f"{r.name} on {r.host}" for r in masters)
+              + ": one master per database; ivle-maint cluster forget the one that is not")
     media = status.slave_media()
     if len(media) == 1:
         value, names = next(iter(media.items()))

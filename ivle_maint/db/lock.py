@@ -11,12 +11,12 @@ pg_stat_activity meanwhile.
 
 from __future__ import annotations
 
-import os
 import re
-import socket
 import time
+from dataclasses import dataclass
 from typing import Any
 
+from .. import liveness
 from ..errors import LockedError
 from ..output import Reporter
 
@@ -33,8 +33,9 @@ def _try(conn: Any) -> bool:
     return got
 
 
-# connect.application_name(): "ivle-maint VERSION on HOST pid PID".
-_OURS = re.compile(r"^ivle-maint \S+ on (\S+) pid (\d+)$")
+# connect.application_name(): "ivle-maint TOKEN on HOST" (an older one:
+# "ivle-maint VERSION on HOST pid PID"); HOST may be cut at 63 bytes.
+_OURS = re.compile(r"^ivle-maint \S+ on (\S+)")
 
 
 def _holder_row(conn: Any) -> Any:
@@ -54,37 +55,57 @@ def _holder_row(conn: Any) -> Any:
     return row
 
 
-def _is_ivle_maint(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return b"ivle" in handle.read()
-    except OSError:
-        return False
+@dataclass(frozen=True)
+class Holder:
+    """The lock holder's server session, and whether its ivle-maint lives."""
+
+    server_pid: int
+    runner: liveness.Runner | None
+    judgement: liveness.Judgement
+
+    @property
+    def dead(self) -> bool:
+        return self.judgement.verdict is liveness.Verdict.DEAD
+
+
+def judge_holder(conn: Any) -> Holder | None:
+    """The holder when it is an ivle-maint (by its application_name); None otherwise.
+
+    Whether it is alive is liveness.judge's answer: from its boot id, PID
+    namespace, pid and start time, never from its hostname."""
+    row = _holder_row(conn)
+    if row is None or not row[1] or not _OURS.match(row[1]):
+        return None
+    runner = liveness.parse(row[1])
+    host = _OURS.match(row[1])
+    where = " ".join(x for x in ((host.group(1) if host else ""),
+                                 f"({row[2]})" if row[2] else "") if x)
+    return Holder(int(row[0]), runner, liveness.judge(runner, where))
 
 
 def stale_holder(conn: Any) -> tuple[int, int] | None:
-    """(server pid, client pid) when the holder is a dead ivle-maint on this host.
+    """(server pid, client pid) when the holder is an ivle-maint known to be dead.
 
     Its server session runs on until the statement it was running ends:
     the lock is held for nobody.
     """
-    row = _holder_row(conn)
-    if row is None or not row[1]:
+    found = judge_holder(conn)
+    if found is None or not found.dead or found.runner is None:
         return None
-    found = _OURS.match(row[1])
-    if found is None or found.group(1) != socket.gethostname():
-        return None
-    client = int(found.group(2))
-    if client == os.getpid() or _is_ivle_maint(client):
-        return None
-    return int(row[0]), client
+    return found.server_pid, found.runner.pid
 
 
 def _stale_advice(server_pid: int, client: int) -> str:
-    return (f"it was taken by ivle-maint pid {client} on this host, which is dead; its "
+    return (f"it was taken by ivle-maint pid {client} on this machine, which is dead; its "
             f"session still runs its last statement: end it with "
             f"SELECT pg_terminate_backend({server_pid}); (or rerun with "
             f"--terminate-stale-lock)")
+
+
+def _unknown_advice(found: Holder) -> str:
+    return (f"whether its ivle-maint still runs cannot be told from here: "
+            f"{found.judgement.text}; if it is gone, end its session with "
+            f"SELECT pg_terminate_backend({found.server_pid});")
 
 
 def _resume_terminating(resume: str | None) -> str | None:
@@ -127,6 +148,9 @@ def acquire(conn: Any, *, timeout: float, reporter: Reporter, resume: str | None
         return
     who = holder(conn)
     stale = stale_holder(conn)
+    found = judge_holder(conn)
+    if found is not None and found.judgement.verdict is liveness.Verdict.UNKNOWABLE:
+        reporter.info(f"the migration lock is held by {who}: {_unknown_advice(found)}")
     if stale is not None and terminate_stale:
         reporter.info(f"ending server session {stale[0]} of dead ivle-maint pid {stale[1]}, "
                       "which holds the migration lock")
@@ -147,9 +171,12 @@ def acquire(conn: Any, *, timeout: float, reporter: Reporter, resume: str | None
             f"{_stale_advice(*stale)}",
             resume=_resume_terminating(resume),
         )
+    found = judge_holder(conn)
+    unknown = (f": {_unknown_advice(found)}" if found is not None
+               and found.judgement.verdict is liveness.Verdict.UNKNOWABLE else "")
     raise LockedError(
         f"the migration lock is still held by {holder(conn)} after {timeout:g}s "
-        "([database] lock_timeout)",
+        f"([database] lock_timeout){unknown}",
         resume=resume,
     )
 

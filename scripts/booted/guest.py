@@ -157,8 +157,12 @@ def setup_cluster(  # noqa: PLR0917 (the command line's arguments)
         harness.write(Path("/etc/apache2/ports.conf"), f"Listen 127.0.0.1:{ports['web']}\n")
     harness.write(config.IVLE_CONF, ivle_conf(ports), 0o640)
     os.chown(config.IVLE_CONF, 0, grp.getgrnam("www-data").gr_gid)
+    # Where a slave's web server answers is configured before IVLE is
+    # installed, as an administrator sets a node up ([cluster] is the last
+    # section): the install's row carries it.
+    probe = f"probe_url = http://127.0.0.1:{ports['web']}/\n" if role != "master" else ""
     harness.write(config.CONF_DIR / "ivle-maint.conf",
-                  cluster.CLUSTER_CONF_TEXT.format(role=role, name=name))
+                  cluster.CLUSTER_CONF_TEXT.format(role=role, name=name) + probe)
     use_repository("good")
     sh("apt-get", "update", "-q")
     sh("apt-get", "install", "-y", "-q", "ivle=1.0")
@@ -171,6 +175,9 @@ def setup_cluster(  # noqa: PLR0917 (the command line's arguments)
         sh("systemctl", "enable", "--now", "apache2")
         sh("ivle-mountallusers")
         start_consoles()
+    # The install recorded the node before its web server ran; the
+    # administrator's first look refreshes the row to what runs now.
+    sh("ivle-maint", "cluster", "status")
     before = facts()
     BEFORE.write_text(json.dumps(before))
     return {"ivle": before["ivle"]}

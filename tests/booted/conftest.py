@@ -4,7 +4,9 @@ Fixtures:
     repos    session: the apt repositories the nodes install from (skips
              unless run as root with -m booted and systemd-nspawn present)
     cluster  function: a master and three slaves booted at 1.0 on the
-             master's database; each slave's probe_url under [cluster]
+             master's database; each slave's [cluster] probe_url set before
+             IVLE is installed, its row refreshed once its web server runs
+             (guest.py setup-cluster), as a real node's would be
 """
 
 from __future__ import annotations
@@ -45,8 +47,4 @@ def repos(request: pytest.FixtureRequest) -> Iterator[dict[str, Path]]:
 def cluster(repos: dict[str, Path]) -> Iterator[dict[str, Guest]]:
     """CLUSTER booted, by name, the master first."""
     with scenario.booted_cluster(CLUSTER, repos) as guests:
-        for name, guest in guests.items():
-            if name != "master":  # where `cluster status` (--expect) asks, same host
-                guest.run("sh", "-c", f"echo 'probe_url = http://127.0.0.1:{guest.ports.web}/' "
-                          ">> /etc/ivle/ivle-maint.conf", check=True)
         yield guests

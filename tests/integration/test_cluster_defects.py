@@ -158,33 +158,6 @@ def test_one_slave_reinstalling_alone_is_warned_of_differing_media(node_factory)
 # -- weak points ---------------------------------------------------------------
 
 
-def test_ages_are_human_and_forget_of_a_busy_node_needs_force(node_factory):
-    cluster = build_cluster(node_factory, slaves=1, cluster=PATIENT)
-    slave = cluster.slaves[0]
-    conn = cluster.master.connect()
-    with conn, conn.cursor() as cur:  # a clock ahead of the server's: a row "from the future"
-        cur.execute("UPDATE ivle_maint_nodes SET last_seen = now() + interval '3 seconds' "
-                    "WHERE name = 'master'")
-        cur.execute("UPDATE ivle_maint_nodes SET last_seen = now() - interval '200 seconds' "
-                    "WHERE name = 'slave1'")
-    conn.close()
-    shown = cli(slave, "cluster", "status")
-    assert shown.returncode == 0, shown.stderr
-    lines = {line.split()[0]: line for line in shown.stdout.splitlines()[1:3]}
-    assert "just now" in lines["master"] and "-" not in lines["master"].split("idle")[1]
-    assert "3 min ago" in lines["slave1"]
-
-    assert preinst(slave).returncode == 0  # slave1 is now in the middle of an upgrade
-    refused = cli(cluster.master, "cluster", "forget", "slave1")
-    assert refused.returncode == 1
-    assert "slave1 was seen just now in the middle of an upgrade (unpack)" in refused.stderr
-    assert "ivle-maint cluster forget --force slave1" in refused.stderr
-    assert "slave1" in node_rows(cluster.master)
-    forced = cli(cluster.master, "cluster", "forget", "--force", "slave1")
-    assert forced.returncode == 0 and "forgetting it anyway" in forced.stderr
-    assert "slave1" not in node_rows(cluster.master)
-
-
 def test_sigkill_inside_stop_web_then_dpkg_abort_brings_the_web_server_back(node_factory):
     cluster = build_cluster(node_factory, slaves=1, cluster=PATIENT)
     slave = cluster.slaves[0]

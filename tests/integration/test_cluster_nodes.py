@@ -7,7 +7,9 @@ import threading
 import pytest
 from cluster_helpers import PATIENT, cli, node_rows, run_concurrently, status
 
-from ivle_sandbox.cluster import add_slave, build_cluster, configure
+from ivle_sandbox.cluster import build_cluster, configure, share_database, share_jails
+from ivle_sandbox.node import install_version
+from ivle_sandbox.releases import RELEASES
 from upgrade_helpers import at_version_1_0, media_version, postinst, preinst, unpack
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
@@ -89,7 +91,17 @@ def test_a_slave_added_later_takes_the_clusters_media_version(node_factory):
         thread.join(timeout=300)
     assert [media_version(s) for s in cluster.slaves] == ["1.1.r2", "1.1.r2"]
 
-    late = add_slave(node_factory, cluster.master, "slave3", cluster=PATIENT)
+    # Installed at 1.0 on a cluster at 1.1: refused (old code on the new
+    # schema), recorded so a master would wait for it; then upgraded.
+    late = node_factory(role="slave", users=4, mount=False)
+    share_database(late, cluster.master)
+    share_jails(late, cluster.master)
+    late.mount_all()
+    configure(late, "slave3", {"poll": 0.1, **PATIENT})
+    install_version(late, "1.0", RELEASES["1.0"])
+    hook = cli(late, "hook", "--package-version", "1.0", "postinst", "configure", "")
+    assert hook.returncode == 1
+    assert "slave3 at IVLE 1.0 joins the cluster while master is on 1.1" in hook.stderr
     cluster.slaves.append(late)
     plan = cli(late, "plan", "--from", "1.0", "--to", "1.1")
     assert "media version: 1.0 -> 1.1\n" in plan.stdout  # its own record knows no better
