@@ -43,7 +43,7 @@ def cmd_consoles(ctx: Context) -> int:
         ctx.reporter.info(result.summary)
         return 0
     ivle = ctx.settings.ivle_conf()
-    found = consoles.list_consoles(ivle.jail_mounts, share=ivle.share)
+    found = consoles.list_consoles(ivle.jail_mounts, share=ivle.share, src=ivle.jail_src)
     if found:
         print(f"{'PID':>7} {'USER':<12} {'JAIL':<12} {'WHY':<15} COMMAND")
     for proc in found:
