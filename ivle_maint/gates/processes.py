@@ -402,6 +402,10 @@ class Emptied:
     ignored_term: list[Found] = field(default_factory=list)  # still there after term_timeout
 
 
+def _count(n: int) -> str:
+    return f"{n} process" if n == 1 else f"{n} processes"
+
+
 def _one_line(items: list[Found], text: Callable[[Found], str]) -> str:
     shown = "; ".join(text(f) for f in items[:SHOWN])
     return shown + (f" and {len(items) - SHOWN} more" if len(items) > SHOWN else "")
@@ -414,7 +418,7 @@ def _refuse_foreign(foreign: list[Found]) -> MaintError:
 
     jails = sorted({f.decision.jail or "?" for f in foreign})
     return MaintError(
-        f"{len(foreign)} processes of users who are not IVLE's are inside jails "
+        f"{_count(len(foreign))} of users who are not IVLE's in jails "
         f"({', '.join(jails[:SHOWN])}): {_one_line(foreign, text)}; nothing was stopped: "
         f"leave the jail (cd /, end the shell) and run this again"
     )
@@ -489,6 +493,7 @@ def empty_jails(
         deadline = time.monotonic() + bound
         left = [f for f in scan(tree, spared) if f.decision.verdict is Verdict.STUDENT]
         while left:
+            log.debug("%d student processes left in the jails: SIGSTOP, then SIGKILL", len(left))
             if progress is not None:
                 progress(len(left))
             frozen = _freeze(left, tree, spared, handles)
@@ -528,7 +533,7 @@ def _remains(left: list[Found], seconds: float) -> MaintError:
         return f"pid {f.pid} (user {f.user}, jail {f.decision.jail or '?'})"
 
     return MaintError(
-        f"{len(left)} processes still in the jails after {seconds:g}s of SIGTERM, SIGSTOP "
+        f"{_count(len(left))} still in the jails after {seconds:g}s of SIGTERM, SIGSTOP "
         f"and SIGKILL: {_one_line(left, text)}; stuck in the kernel (state D)? "
         "see 'ivle-maint consoles list'"
     )

@@ -458,3 +458,30 @@ def test_hostile_jail_names_and_symlinks_reach_nothing_outside(node: Any, spawn:
     assert after_outside == before_outside
     assert (outside / "keep").read_text() == "keep" and not Path("pwned").exists()
     assert (node.jail_mounts / "evil").is_symlink() and home_checksums(node) == homes
+
+
+def test_a_process_that_outlives_sigkill_is_named_once_the_bound_has_passed(
+    node: Any, spawn: Any, monkeypatch: pytest.MonkeyPatch
+):
+    """A process stuck in the kernel (state D) ignores even SIGKILL: stand in
+    for one by dropping SIGSTOP and SIGKILL on their way; the rounds end
+    after the bound with one line naming it."""
+    node.stop_consoles()
+    login, uid, home = student(node, 2)
+    stuck = spawn(home, user=uid,
+                  code="import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                  + SLEEP)  # fmt: skip
+    send = processes._Handle.send
+
+    def dropped(self: Any, sig: int) -> bool:
+        return True if sig in (signal.SIGSTOP, signal.SIGKILL) else send(self, sig)
+
+    monkeypatch.setattr(processes._Handle, "send", dropped)
+    monkeypatch.setattr(processes, "KILL_WAIT", 0.05)
+    tree = processes.jail_tree(os.path.realpath(node.jail_mounts), src=str(node.jails_src))
+    with pytest.raises(processes.MaintError) as caught:
+        processes.empty_jails(tree, term_timeout=0, bound=0)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("1 process still in the jails after ")
+    assert f"pid {stuck.pid} (user {uid}, jail {login})" in message
+    assert stuck.poll() is None
