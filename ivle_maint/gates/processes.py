@@ -14,11 +14,16 @@ line (those are the student's to choose: a student process called
   of its working directory and their parents is compared with the jail
   tree's (a jail's root, ``home``, ``home/LOGIN``, ``tmp``, and the jail
   sources' ``src/LOGIN/...``);
-- whose it is: its real or effective uid is an IVLE user, that is the
-  owner of a user's home in the jail tree (``src/LOGIN/home/LOGIN``, or
+- whose it is: its real uid is an IVLE user's, that is the owner of a
+  user's home in the jail tree (``src/LOGIN/home/LOGIN``, or
   ``MOUNTS/LOGIN/home/LOGIN``), root never, plus the database's
-  ``login.unixid`` when the caller has them.  A student process in the
-  jail sources (``src/LOGIN``) counts as in the jail too.
+  ``login.unixid`` when the caller has them.  The effective uid is
+  looked at too, but never makes a process a student's on its own: a
+  student running a set-uid program keeps a student's real uid (stopped),
+  while a root or staff process that took a student's effective uid to
+  work in a jail keeps its own real uid (named, never killed).  A
+  student process in the jail sources (``src/LOGIN``) counts as in the
+  jail too.
 
 Verdicts: OUTSIDE (not ours: never signalled, not even looked at again),
 STUDENT (stopped), PROTECTED (ivle-maint, its ancestors and PID 1: never
@@ -139,7 +144,7 @@ def _in_src(facts: Facts, tree: JailTree) -> Decision | None:
 
 def decide(facts: Facts, tree: JailTree, protected: Mapping[int, str]) -> Decision:
     """The verdict on one process.  Pure: facts in, verdict out."""
-    student = facts.uid in tree.users or facts.euid in tree.users
+    student = facts.uid in tree.users  # the real uid: see the module's docstring
     place = where(facts, tree) or (_in_src(facts, tree) if student else None)
     if place is None:
         return Decision(Verdict.OUTSIDE)
@@ -147,7 +152,7 @@ def decide(facts: Facts, tree: JailTree, protected: Mapping[int, str]) -> Decisi
         verdict = Verdict.PROTECTED
     else:
         verdict = Verdict.STUDENT if student else Verdict.FOREIGN
-    jail = place.jail or tree.users.get(facts.uid) or tree.users.get(facts.euid)
+    jail = place.jail or tree.users.get(facts.uid)
     return Decision(verdict, place.kind, place.path, jail)
 
 
@@ -161,9 +166,9 @@ def _readlink(path: str) -> str | None:
         return None
 
 
-def _identity(path: str) -> Identity | None:
+def _identity(path: str, *, follow: bool = True) -> Identity | None:
     try:
-        st = os.stat(path)
+        st = os.stat(path, follow_symlinks=follow)
     except OSError:
         return None
     return st.st_dev, st.st_ino
@@ -245,7 +250,7 @@ def jail_tree(
     marks: dict[Identity, str | None] = {}
 
     def mark(path: str, login: str) -> None:
-        ident = _identity(path)
+        ident = _identity(path, follow=False)  # a symlink marks nothing beyond it
         if ident is not None:
             marks[ident] = login if marks.get(ident, login) == login else None
 
@@ -256,8 +261,9 @@ def jail_tree(
             uid = _owner(os.path.join(jail, "home", login))
             if uid is not None:
                 users.setdefault(uid, login)
-            for sub in ("", "home", os.path.join("home", login), "tmp"):
-                mark(os.path.join(jail, sub), login)
+            for sub in (jail, os.path.join(jail, "home"), os.path.join(jail, "home", login),
+                        os.path.join(jail, "tmp")):  # fmt: skip
+                mark(sub, login)
     users.pop(0, None)  # root is never a student
     return JailTree(top, users, src, skip, marks)
 

@@ -485,3 +485,16 @@ def test_a_process_that_outlives_sigkill_is_named_once_the_bound_has_passed(
     assert "\n" not in message and message.startswith("1 process still in the jails after ")
     assert f"pid {stuck.pid} (user {uid}, jail {login})" in message
     assert stuck.poll() is None
+
+
+def test_a_root_process_working_in_a_jail_as_the_student_is_named_not_killed(
+    node: Any, spawn: Any
+):
+    """Its effective uid is the student's (seteuid), its real uid root's."""
+    _, uid, home = student(node, 2)
+    worker = spawn(home, code=f"import os; os.seteuid({uid})\n" + SLEEP)
+    assert psutil.Process(worker.pid).uids()[:2] == (0, uid)
+    done = cli(node, "consoles", "stop")
+    assert done.returncode == 1, done.stderr
+    assert f"pid {worker.pid} (user root): " in one_error_line(done)
+    assert worker.poll() is None and node.console_pids()

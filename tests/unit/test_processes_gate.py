@@ -77,7 +77,7 @@ def in_a_src_jail(f: Facts) -> bool:
 def test_only_a_student_process_in_a_jail_is_ever_to_be_signalled(f: Facts, ours: bool):
     protected = {f.pid: "ivle-maint or its caller"} if ours else {}
     verdict = decide(f, TREE, protected).verdict
-    student = f.uid in USERS or f.euid in USERS
+    student = f.uid in USERS  # the real uid
     inside = in_a_jail(f) or (student and in_a_src_jail(f))
     if not inside:
         assert verdict is Verdict.OUTSIDE
@@ -88,7 +88,7 @@ def test_only_a_student_process_in_a_jail_is_ever_to_be_signalled(f: Facts, ours
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.sampled_from(OTHERS), st.sampled_from(OTHERS), st.lists(st.tuples(kinds, paths())))
+@given(st.sampled_from(OTHERS), uids, st.lists(st.tuples(kinds, paths())))
 def test_a_process_of_no_ivle_user_is_never_stopped(uid: int, euid: int,
                                                     places: list[tuple[str, str]]):
     verdict = decide(Facts(4242, uid, euid, tuple(places)), TREE, {}).verdict
@@ -113,3 +113,16 @@ def test_another_mount_namespace_is_judged_by_identity_not_path(uid: int, tail: 
     assert decision.verdict is Verdict.STUDENT and decision.jail == USERS[uid]
     same_in_our_ns = Facts(4242, uid, uid, facts.places)
     assert decide(same_in_our_ns, TREE, {}).verdict is Verdict.OUTSIDE
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from(OTHERS), st.sampled_from(sorted(USERS)), paths(), kinds)
+def test_a_students_effective_uid_alone_never_makes_a_process_a_students(
+    uid: int, euid: int, path: str, kind: str
+):
+    """A root daemon working in a jail as the student (seteuid) is named, never stopped;
+    a student's set-uid program (effective uid root) is the student's."""
+    verdict = decide(Facts(4242, uid, euid, ((kind, path),)), TREE, {}).verdict
+    assert verdict in (Verdict.OUTSIDE, Verdict.FOREIGN)
+    setuid = decide(Facts(4242, euid, uid, ((kind, path),)), TREE, {}).verdict
+    assert setuid in (Verdict.OUTSIDE, Verdict.STUDENT)
