@@ -422,12 +422,16 @@ def _refuse_foreign(foreign: list[Found]) -> MaintError:
         return (f"pid {f.pid} (user {f.user}): {f.command} "
                 f"[{f.decision.kind} {f.decision.path}]")  # fmt: skip
 
-    jails = sorted({f.decision.jail or "?" for f in foreign})
     return MaintError(
-        f"{_count(len(foreign))} of users who are not IVLE's in jails "
-        f"({', '.join(jails[:SHOWN])}): {_one_line(foreign, text)}; nothing was stopped: "
-        f"leave the jail (cd /, end the shell) and run this again"
+        f"inside a jail, not an IVLE user's: {_one_line(foreign, text)}; nothing was "
+        "stopped: leave the jail (cd /, end the shell) and run this again"
     )
+
+
+def refuse_foreign(tree: JailTree) -> None:
+    """MaintError naming the processes in a jail that are no IVLE user's
+    (after SETTLE seconds for them to go): the check a preflight can make."""
+    _settled(tree, protected())
 
 
 def _handle(found: Found, handles: dict[int, _Handle]) -> _Handle:

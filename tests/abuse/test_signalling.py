@@ -498,3 +498,30 @@ def test_a_root_process_working_in_a_jail_as_the_student_is_named_not_killed(
     assert done.returncode == 1, done.stderr
     assert f"pid {worker.pid} (user root): " in one_error_line(done)
     assert worker.poll() is None and node.console_pids()
+    # The same check, for a preflight to make with the site up.
+    tree = processes.jail_tree(os.path.realpath(node.jail_mounts), src=str(node.jails_src))
+    with pytest.raises(processes.MaintError, match=f"pid {worker.pid} "):
+        processes.refuse_foreign(tree)
+
+
+def test_an_upgrade_meeting_an_administrators_shell_in_a_jail_names_it_and_loses_nothing(
+    node_factory: Any,
+):
+    node = at_version_1_0(node_factory(users=3, consoles=1, env=True))
+    homes = home_checksums(node)
+    _, _, home = student(node, 1)
+    shell = subprocess.Popen(["bash", "-c", "echo ready; exec sleep 600"], cwd=str(home),
+                             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)  # fmt: skip
+    try:
+        assert shell.stdout is not None and shell.stdout.readline() == b"ready\n"
+        done = preinst(node)
+        assert done.returncode != 0
+        errors = [line for line in done.stderr.splitlines() if line.startswith("ivle-maint: error")]
+        assert len(errors) == 1 and f"pid {shell.pid} (user root): sleep 600 [cwd {home}]" \
+            in errors[0] and "leave the jail" in errors[0], done.stderr
+        assert shell.poll() is None and home_checksums(node) == homes
+        assert len(node.console_pids()) == 1  # nothing stopped
+        assert node.service_running("apache2"), done.stderr  # the site is given back
+    finally:
+        shell.kill()
+        shell.wait()
