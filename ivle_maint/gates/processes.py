@@ -68,6 +68,7 @@ FORCE_BOUND = 30.0  # seconds of SIGSTOP+SIGKILL rounds, after term_timeout, bef
 KILL_WAIT = 5.0  # seconds a SIGKILLed process may take to go, per round
 SETTLE = 1.0  # seconds a process outside IVLE's users may take to leave a jail (a launcher)
 SHOWN = 3  # processes named in one line
+MAX_PIDFDS = 256  # descriptors held for signalling; beyond, psutil's start-time check
 UP_LEVELS = 32  # parents of a working directory compared, another mount namespace
 
 Identity = tuple[int, int]  # (st_dev, st_ino)
@@ -332,11 +333,15 @@ def scan(tree: JailTree, spared: Mapping[int, str]) -> list[Found]:
 class _Handle:
     """One process to signal: a pidfd when the kernel has them, else psutil."""
 
+    open_fds = 0  # pidfds held now: at most MAX_PIDFDS, the rest through psutil
+
     def __init__(self, found: Found) -> None:
         self.found = found
         self.fd: int | None = None
-        with contextlib.suppress(OSError, AttributeError):
-            self.fd = os.pidfd_open(found.pid)
+        if _Handle.open_fds < MAX_PIDFDS:
+            with contextlib.suppress(OSError, AttributeError):
+                self.fd = os.pidfd_open(found.pid)
+                _Handle.open_fds += 1
         # The pidfd names whatever has the pid now; psutil's start time
         # says whether that is still the process we decided on.
         if self.fd is not None and not found.proc.is_running():
@@ -366,6 +371,8 @@ class _Handle:
             poller = select.poll()
             poller.register(self.fd, select.POLLIN)
             self.dead = bool(poller.poll(0))
+            if self.dead:
+                self.close()  # a fork bomb's thousands must not use up our descriptors
         else:
             try:
                 self.dead = self.found.proc.status() == psutil.STATUS_ZOMBIE
@@ -377,6 +384,7 @@ class _Handle:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+            _Handle.open_fds -= 1
 
 
 def _wait(handles: Iterable[_Handle], timeout: float) -> list[_Handle]:
@@ -501,7 +509,8 @@ def empty_jails(
         result.ignored_term = [h.found for h in stubborn]
         killed: dict[int, Found] = {}
         deadline = time.monotonic() + bound
-        left = [f for f in scan(tree, spared) if f.decision.verdict is Verdict.STUDENT]
+        left = [f for f in scan(tree, spared) if f.decision.verdict is Verdict.STUDENT] \
+            if students else []  # fmt: skip
         while left:
             log.debug("%d student processes left in the jails: SIGSTOP, then SIGKILL", len(left))
             if progress is not None:
