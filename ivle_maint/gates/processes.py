@@ -13,7 +13,10 @@ line (those are the student's to choose: a student process called
   its own making, so for it the identity (device, inode) of its root and
   of its working directory and their parents is compared with the jail
   tree's (a jail's root, ``home``, ``home/LOGIN``, ``tmp``, and the jail
-  sources' ``src/LOGIN/...``);
+  sources' ``src/LOGIN/...``).  A student's process in a user namespace
+  of its own (``/proc/PID/ns/user`` not ours: made by the student, who
+  may then mount a tmpfs and leave the jail's tree for it) counts as in
+  the jail wherever its root is: IVLE's users run nowhere but in jails;
 - whose it is: its real uid is an IVLE user's, that is the owner of a
   user's home in the jail tree (``src/LOGIN/home/LOGIN``, or
   ``MOUNTS/LOGIN/home/LOGIN``), root never, plus the database's
@@ -91,6 +94,7 @@ class Facts:
     places: tuple[tuple[str, str], ...] = ()  # (kind, path): root, cwd, program, open file
     other_ns: bool = False  # another mount namespace than ivle-maint's
     identities: tuple[tuple[str, Identity], ...] = ()  # (kind, (dev, ino)), other_ns only
+    other_userns: bool = False  # a user namespace of its own (a student can make one)
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,9 @@ def decide(facts: Facts, tree: JailTree, protected: Mapping[int, str]) -> Decisi
     """The verdict on one process.  Pure: facts in, verdict out."""
     student = facts.uid in tree.users  # the real uid: see the module's docstring
     place = where(facts, tree) or (_in_src(facts, tree) if student else None)
+    if place is None and student and facts.other_userns:
+        root = dict(facts.places).get("root", "?")
+        place = Decision(Verdict.OUTSIDE, "root (own user namespace)", root)
     if place is None:
         return Decision(Verdict.OUTSIDE)
     if facts.pid in protected:
@@ -206,6 +213,7 @@ def _identities(pid: int) -> Iterator[tuple[str, Identity]]:
 
 
 _OUR_NS = _readlink("/proc/self/ns/mnt")
+_OUR_USERNS = _readlink("/proc/self/ns/user")
 
 
 def facts_of(proc: psutil.Process) -> Facts:
@@ -213,8 +221,9 @@ def facts_of(proc: psutil.Process) -> Facts:
     pid = proc.pid
     uids = proc.uids()
     other = _readlink(f"/proc/{pid}/ns/mnt") not in (None, _OUR_NS)
+    other_user = _readlink(f"/proc/{pid}/ns/user") not in (None, _OUR_USERNS)
     return Facts(pid, uids.real, uids.effective, tuple(_places(pid)), other,
-                 tuple(_identities(pid)) if other else ())  # fmt: skip
+                 tuple(_identities(pid)) if other else (), other_user)  # fmt: skip
 
 
 def _owner(path: str) -> int | None:

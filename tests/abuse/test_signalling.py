@@ -19,6 +19,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -331,6 +332,39 @@ def test_a_student_process_in_its_own_mount_namespace_is_found_by_identity(
     assert done.returncode == 0, done.stderr
     assert proc.wait(timeout=10) == -signal.SIGTERM
     assert f"jail {login}: 1 process stopped (0 needed SIGKILL)" in done.stderr
+
+
+ESCAPED = """\
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.unshare(0x10000000 | 0x00020000) == 0  # CLONE_NEWUSER | CLONE_NEWNS: no root needed
+assert libc.mount(b"none", sys.argv[1].encode(), b"tmpfs", 0, None) == 0
+os.chroot(sys.argv[1])
+os.chdir("/")
+print('ready', flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+def test_a_student_process_that_left_the_jail_tree_through_its_own_namespaces_is_stopped(
+    node: Any, spawn: Any
+):
+    """Unprivileged: a user namespace of its own, a tmpfs mounted there, chroot into it."""
+    login, uid, home = student(node, 4)
+    elsewhere = Path(tempfile.mkdtemp(prefix="ivle-escape-", dir="/tmp"))
+    elsewhere.chmod(0o755)  # the student may reach it
+    try:
+        proc = spawn(home, user=uid, argv=[sys.executable, "-c", ESCAPED, str(elsewhere)])
+        assert os.readlink(f"/proc/{proc.pid}/root") == str(elsewhere)  # nothing of the jail
+        assert os.readlink(f"/proc/{proc.pid}/ns/user") != os.readlink("/proc/self/ns/user")
+        done = cli(node, "consoles", "stop")
+        assert done.returncode == 0, done.stderr
+        assert proc.wait(timeout=10) == -signal.SIGTERM
+        assert f"jail {login}: 1 process stopped (0 needed SIGKILL)" in done.stderr
+    finally:
+        stop_all(node)
+        elsewhere.rmdir()
 
 
 # -- an administrator's shell is named, never killed ----------------------------

@@ -59,7 +59,7 @@ def facts(draw: st.DrawFn) -> Facts:
     identities = tuple(draw(st.lists(st.tuples(st.sampled_from(["root", "cwd"]), idents),
                                      max_size=3))) if other_ns else ()  # fmt: skip
     return Facts(draw(st.integers(2, 4_000_000)), draw(uids), draw(uids), places, other_ns,
-                 identities)  # fmt: skip
+                 identities, draw(st.booleans()))  # fmt: skip
 
 
 def in_a_jail(f: Facts) -> bool:
@@ -78,7 +78,7 @@ def test_only_a_student_process_in_a_jail_is_ever_to_be_signalled(f: Facts, ours
     protected = {f.pid: "ivle-maint or its caller"} if ours else {}
     verdict = decide(f, TREE, protected).verdict
     student = f.uid in USERS  # the real uid
-    inside = in_a_jail(f) or (student and in_a_src_jail(f))
+    inside = in_a_jail(f) or (student and (in_a_src_jail(f) or f.other_userns))
     if not inside:
         assert verdict is Verdict.OUTSIDE
     elif ours:
@@ -88,10 +88,10 @@ def test_only_a_student_process_in_a_jail_is_ever_to_be_signalled(f: Facts, ours
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.sampled_from(OTHERS), uids, st.lists(st.tuples(kinds, paths())))
+@given(st.sampled_from(OTHERS), uids, st.lists(st.tuples(kinds, paths())), st.booleans())
 def test_a_process_of_no_ivle_user_is_never_stopped(uid: int, euid: int,
-                                                    places: list[tuple[str, str]]):
-    verdict = decide(Facts(4242, uid, euid, tuple(places)), TREE, {}).verdict
+                                                    places: list[tuple[str, str]], userns: bool):
+    verdict = decide(Facts(4242, uid, euid, tuple(places), userns, (), userns), TREE, {}).verdict
     assert verdict in (Verdict.OUTSIDE, Verdict.FOREIGN)
 
 
