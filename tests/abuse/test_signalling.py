@@ -559,3 +559,21 @@ def test_an_upgrade_meeting_an_administrators_shell_in_a_jail_names_it_and_loses
     finally:
         shell.kill()
         shell.wait()
+
+
+def test_a_student_process_holding_thousands_of_files_costs_no_more_than_its_cwd(
+    node: Any, spawn: Any
+):
+    """Its open files are never read once its cwd puts it in a jail."""
+    _, uid, home = student(node, 3)
+    hoarder = spawn(home, user=uid, code=(
+        "import os, resource\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 20000), hard))\n"
+        "fds = [os.open('/dev/null', os.O_RDONLY) for _ in range(min(hard, 20000) - 50)]\n"
+        + SLEEP))  # fmt: skip
+    assert len(os.listdir(f"/proc/{hoarder.pid}/fd")) > 900
+    tree = processes.jail_tree(os.path.realpath(node.jail_mounts), src=str(node.jails_src))
+    facts = processes.facts_of(psutil.Process(hoarder.pid), tree)
+    assert [kind for kind, _ in facts.places] == ["root", "cwd", "program"]
+    assert processes.decide(facts, tree, {}).verdict is Verdict.STUDENT
