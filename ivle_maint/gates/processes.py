@@ -28,7 +28,7 @@ line (those are the student's to choose: a student process called
   student process in the jail sources (``src/LOGIN``) counts as in the
   jail too.
 
-Verdicts: OUTSIDE (not ours: never signalled, not even looked at again),
+Verdicts: OUTSIDE (not ours: never signalled),
 STUDENT (stopped), PROTECTED (ivle-maint, its ancestors and PID 1: never
 signalled, named in a warning) and FOREIGN (in a jail but not an IVLE
 user's: an administrator's shell, say).  A FOREIGN process is never
@@ -182,10 +182,10 @@ def _identity(path: str, *, follow: bool = True) -> Identity | None:
     return st.st_dev, st.st_ino
 
 
-def _places(pid: int, top: str) -> Iterator[tuple[str, str]]:
+def _places(base: str, top: str) -> Iterator[tuple[str, str]]:
     inside = False
     for kind, name in (("root", "root"), ("cwd", "cwd"), ("program", "exe")):
-        target = _readlink(f"/proc/{pid}/{name}")
+        target = _readlink(f"{base}/{name}")
         if target and target.startswith("/"):
             inside = inside or is_below(target, top)
             yield kind, target
@@ -193,23 +193,23 @@ def _places(pid: int, top: str) -> Iterator[tuple[str, str]]:
         return  # decided: a student's million open files must not slow every scan
     # An open directory holds a mount busy as a file does.
     try:
-        fds = os.listdir(f"/proc/{pid}/fd")
+        fds = os.listdir(f"{base}/fd")
     except OSError:
         return
     for fd in fds:
-        target = _readlink(f"/proc/{pid}/fd/{fd}")
+        target = _readlink(f"{base}/fd/{fd}")
         if target and target.startswith("/"):  # not socket:[..], pipe:[..]
             yield "open file", target
 
 
-def _identities(pid: int) -> Iterator[tuple[str, Identity]]:
+def _identities(base: str) -> Iterator[tuple[str, Identity]]:
     """(dev, ino) of the root, and of the cwd and its parents, as the process sees them."""
-    root = _identity(f"/proc/{pid}/root/")
+    root = _identity(f"{base}/root/")
     if root is not None:
         yield "root", root
     seen: set[Identity] = set()
     for level in range(UP_LEVELS):
-        ident = _identity(f"/proc/{pid}/cwd/" + "../" * level)
+        ident = _identity(f"{base}/cwd/" + "../" * level)
         if ident is None or ident in seen:
             return
         seen.add(ident)
@@ -220,19 +220,39 @@ _OUR_NS = _readlink("/proc/self/ns/mnt")
 _OUR_USERNS = _readlink("/proc/self/ns/user")
 
 
-def facts_of(proc: psutil.Process, tree: JailTree) -> Facts:
-    """The kernel facts of a live process (psutil.Error if it went).
+def live_task(proc: psutil.Process) -> str | None:
+    """Where /proc shows the process: /proc/PID, or, when its first thread
+    has exited (a zombie to ps) while others run on, /proc/PID/task/TID of
+    a live one; None once every thread has ended."""
+    pid = proc.pid
+    if proc.status() != psutil.STATUS_ZOMBIE:
+        return f"/proc/{pid}"
+    try:
+        tids = [t for t in os.listdir(f"/proc/{pid}/task") if t != str(pid)]
+    except OSError:
+        return None
+    for tid in tids:
+        base = f"/proc/{pid}/task/{tid}"
+        if _readlink(f"{base}/cwd") is not None:  # alive: an ended task has no cwd
+            return base
+    return None
+
+
+def facts_of(proc: psutil.Process, tree: JailTree) -> Facts | None:
+    """The kernel facts of a live process (None, or psutil.Error, once it ended).
 
     Its open files are read only when its root, cwd and program are not
     in a jail (the first place in a jail decides: they could not change
     the verdict, and a student may hold a million of them open).
     """
-    pid = proc.pid
+    base = live_task(proc)
+    if base is None:
+        return None  # holds nothing any more
     uids = proc.uids()
-    other = _readlink(f"/proc/{pid}/ns/mnt") not in (None, _OUR_NS)
-    other_user = _readlink(f"/proc/{pid}/ns/user") not in (None, _OUR_USERNS)
-    return Facts(pid, uids.real, uids.effective, tuple(_places(pid, tree.top)), other,
-                 tuple(_identities(pid)) if other else (), other_user)  # fmt: skip
+    other = _readlink(f"{base}/ns/mnt") not in (None, _OUR_NS)
+    other_user = _readlink(f"{base}/ns/user") not in (None, _OUR_USERNS)
+    return Facts(proc.pid, uids.real, uids.effective, tuple(_places(base, tree.top)), other,
+                 tuple(_identities(base)) if other else (), other_user)  # fmt: skip
 
 
 def _owner(path: str) -> int | None:
@@ -321,6 +341,13 @@ def protected() -> dict[int, str]:
     return spared
 
 
+def _cmdline(proc: psutil.Process) -> tuple[str, ...]:
+    try:
+        return tuple(proc.cmdline())
+    except psutil.Error:  # a zombie first thread has none
+        return ()
+
+
 def _user(proc: psutil.Process, uid: int) -> str:
     try:
         return str(proc.username())
@@ -333,13 +360,13 @@ def scan(tree: JailTree, spared: Mapping[int, str]) -> list[Found]:
     found = []
     for proc in psutil.process_iter():
         try:
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                continue  # holds nothing any more
             facts = facts_of(proc, tree)
+            if facts is None:
+                continue  # ended: holds nothing any more
             decision = decide(facts, tree, spared)
             if decision.verdict is not Verdict.OUTSIDE:
                 found.append(Found(proc, facts, decision, _user(proc, facts.uid),
-                                   tuple(proc.cmdline())))  # fmt: skip
+                                   _cmdline(proc)))  # fmt: skip
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
             continue  # ended while we looked: nothing to stop
     return found
@@ -393,7 +420,7 @@ class _Handle:
                 self.close()  # a fork bomb's thousands must not use up our descriptors
         else:
             try:
-                self.dead = self.found.proc.status() == psutil.STATUS_ZOMBIE
+                self.dead = live_task(self.found.proc) is None
             except psutil.NoSuchProcess:
                 self.dead = True
         return self.dead
@@ -490,10 +517,12 @@ def _freeze(first: list[Found], tree: JailTree, spared: Mapping[int, str],
                     continue
                 try:
                     facts = facts_of(child, tree)
+                    if facts is None:
+                        continue
                     decision = decide(facts, tree, spared)
                     if decision.verdict is Verdict.STUDENT:
                         todo.append(Found(child, facts, decision, _user(child, facts.uid),
-                                          tuple(child.cmdline())))  # fmt: skip
+                                          _cmdline(child)))  # fmt: skip
                 except psutil.Error:
                     continue
     return list(frozen.values())

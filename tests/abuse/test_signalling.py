@@ -575,5 +575,33 @@ def test_a_student_process_holding_thousands_of_files_costs_no_more_than_its_cwd
     assert len(os.listdir(f"/proc/{hoarder.pid}/fd")) > 900
     tree = processes.jail_tree(os.path.realpath(node.jail_mounts), src=str(node.jails_src))
     facts = processes.facts_of(psutil.Process(hoarder.pid), tree)
-    assert [kind for kind, _ in facts.places] == ["root", "cwd", "program"]
+    assert facts is not None and [kind for kind, _ in facts.places] == ["root", "cwd", "program"]
     assert processes.decide(facts, tree, {}).verdict is Verdict.STUDENT
+
+
+LEADERLESS = """\
+import ctypes, threading, time
+def run():
+    while open('/proc/self/stat').read().split()[2] != 'Z':  # until the first thread has ended
+        time.sleep(0.01)
+    print('ready', flush=True)
+    while True:
+        time.sleep(1)
+threading.Thread(target=run).start()
+time.sleep(0.2)
+ctypes.CDLL(None).pthread_exit(None)  # the first thread ends: a zombie to ps
+"""
+
+
+def test_a_student_process_whose_first_thread_ended_is_still_found_and_stopped(
+    node: Any, spawn: Any
+):
+    """ps shows it as a zombie, /proc/PID/cwd is gone; its other thread runs on in the jail."""
+    login, uid, home = student(node, 2)
+    proc = spawn(home, user=uid, code=LEADERLESS)
+    assert psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE
+    assert not os.path.exists(f"/proc/{proc.pid}/cwd")
+    done = cli(node, "consoles", "stop")
+    assert done.returncode == 0, done.stderr
+    assert proc.wait(timeout=10) == -signal.SIGTERM
+    assert f"jail {login}: 1 process stopped (0 needed SIGKILL)" in done.stderr
