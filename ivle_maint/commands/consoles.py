@@ -9,13 +9,17 @@ from . import Context
 ORDER = 31
 
 EPILOG = """\
-A console process is any process inside a user's jail: its root
-directory, working directory, program or an open file lies at or below
+A console process is a student's process inside a user's jail: its root
+directory, working directory, program or an open file lies below
 MOUNTS/LOGIN (MOUNTS: ivle.conf [paths][[jails]] mounts, which must hold
-users' jails only); IVLE's python-console backends are labelled as such.
-'stop' sends SIGTERM, waits [consoles] term_timeout seconds, then sends
-SIGKILL.  Never signalled: a process merely in MOUNTS itself, PID 1,
-ivle-maint and its callers, PostgreSQL's processes."""
+users' jails only), and its uid is an IVLE user's; decided from these
+kernel facts, never from a name.  IVLE's python-console backends are
+labelled as such.  'stop' sends SIGTERM, waits [consoles] term_timeout
+seconds, then SIGSTOP and SIGKILL until the jails are empty (at most 30
+seconds more).  A process of anyone else in a jail (an administrator's
+shell) is named and nothing is stopped.  Never signalled: a process
+outside every jail or merely in MOUNTS itself, PID 1, ivle-maint and its
+callers."""
 
 
 def register(sub: Any) -> None:
@@ -29,7 +33,7 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("action", choices=("list", "stop"),
-                        help="list them, or stop them (SIGTERM, then SIGKILL)")
+                        help="list them, or stop them (SIGTERM, then SIGSTOP and SIGKILL)")
     parser.set_defaults(func=cmd_consoles)
 
 
@@ -44,7 +48,7 @@ def cmd_consoles(ctx: Context) -> int:
         ctx.reporter.info(result.summary)
         return 0
     ivle = ctx.settings.ivle_conf()
-    found = consoles.list_consoles(ivle.jail_mounts, share=ivle.share)
+    found = consoles.list_consoles(ivle.jail_mounts, share=ivle.share, src=ivle.jail_src)
     if found:
         print(f"{'PID':>7} {'USER':<12} {'JAIL':<12} {'WHY':<15} COMMAND")
     for proc in found:  # a login, a jail's name, a command line: escaped

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,6 @@ from ivle_maint.db import pgparse
 from ivle_sandbox.releases import NEW, OLD, RELEASES
 from upgrade_helpers import (
     OLD_KEYS,
-    REPO,
     at_version_1_0,
     cli,
     final_state,
@@ -216,21 +213,6 @@ def test_two_reruns_at_once_one_finishes_the_other_exits_75(node_factory: Any,
     assert busy_err.startswith("ivle-maint: error: another ivle-maint holds ")
     assert "upgrade 1.0 -> 1.1" in busy_err and len(busy_err.splitlines()) == 1
     assert final_state(node) == reference
-
-
-def test_consoles_stop_run_from_inside_a_jail_spares_itself_and_its_shell(node: Any) -> None:
-    """`cd JAILMOUNTS/LOGIN/home/LOGIN && ivle-maint consoles stop`: the shell
-    and ivle-maint are inside a user's jail, and are never signalled."""
-    login = node.users[0].login
-    consoles = node.console_pids()
-    env = {**os.environ, **node.env, "PYTHONPATH": str(REPO)}
-    script = (f"cd {shlex.quote(str(node.jail(login) / 'home' / login))} && "
-              f"{sys.executable} -m ivle_maint consoles stop; echo \"status $?\"")
-    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=120, check=False)
-    assert done.returncode == 0 and done.stdout == "status 0\n", done.stderr
-    assert "Traceback" not in done.stderr
-    assert consoles and node.console_pids() == []
 
 
 def test_server_session_ended_mid_migration_is_one_line_and_rerun_finishes(

@@ -109,7 +109,7 @@ def test_master_rebuilds_only_once_every_slave_released_its_jails(node_factory):
     login = slow.users[1].login
     stubborn = subprocess.Popen(
         ["/bin/sh", "-c", "trap '' TERM; while :; do sleep 0.2; done"],
-        cwd=slow.jail(login) / "home" / login)
+        cwd=slow.jail(login) / "home" / login, user=int(slow.users[1].unixid))
     preparing = subprocess.Popen(
         [*_cli_argv(), "cluster", "prepare", "--to", "1.1"], env=_env(slow),
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -14,8 +15,8 @@ from typing import Any
 import pytest
 
 from ivle_maint import cli
+from ivle_maint.gates import processes
 from ivle_maint.output import RecordingReporter
-from ivle_maint.steps import consoles
 from ivle_maint.steps.consoles import is_console, list_consoles, stop_consoles
 from ivle_sandbox.procs import alive
 
@@ -49,14 +50,16 @@ def spawned() -> Iterator[Any]:
 READY = "import sys; print('ready', flush=True)\n"
 
 
-def test_every_console_is_stopped_and_reported_with_pid_and_user(node: Any):
+def test_every_console_is_stopped_and_reported_per_jail(node: Any,
+                                                       caplog: pytest.LogCaptureFixture):
     # The node runs two consoles with their cwd in a jail; add chrooted ones.
     logins = [u.login for u in node.users]
     node.start_consoles(logins=logins[2:4], chroot=True)
     pids = set(node.console_pids())
     assert len(pids) == 4
     rep = RecordingReporter()
-    result = stop_consoles(node.jail_mounts, rep, share=node.share, term_timeout=5)
+    with caplog.at_level(logging.DEBUG, logger="ivle_maint"):
+        result = stop_consoles(node.jail_mounts, rep, share=node.share, term_timeout=5)
     assert {s.process.pid for s in result.stopped} == pids
     assert all(s.how == "terminated" for s in result.stopped)  # SIGTERM was enough
     assert not any(alive(pid) for pid in pids)
@@ -66,10 +69,13 @@ def test_every_console_is_stopped_and_reported_with_pid_and_user(node: Any):
         uid = psutil_uid_of_console(node, by_pid[pid].jail)
         assert by_pid[pid].uid == uid
         assert by_pid[pid].reason == "python-console"
-        line = next(line for line in rep.lines if f"pid {pid} " in line)
-        assert line.startswith(f"terminated pid {pid} (user {by_pid[pid].user}")
-        assert f"jail {by_pid[pid].jail}" in line and "python-console" in line
+        # Each process in the log; what a person reads, one line per jail.
+        logged = next(r.getMessage() for r in caplog.records if f"pid {pid} " in r.getMessage())
+        assert logged.startswith(f"terminated pid {pid} (user {by_pid[pid].user}")
+        assert "python-console" in logged
+        assert f"jail {by_pid[pid].jail}: 1 process stopped (0 needed SIGKILL)" in rep.lines
     assert {p.jail for p in by_pid.values()} == set(logins[:4])
+    assert len(rep.lines) == 4
     assert result.summary == "stopped 4 processes (0 needed SIGKILL)"
 
 
@@ -82,7 +88,7 @@ def test_a_process_ignoring_sigterm_is_killed_after_the_timeout(node: Any, spawn
     home = node.jail(node.users[0].login) / "home"
     stubborn = spawned(
         "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + READY
-        + "time.sleep(600)", cwd=str(home),
+        + "time.sleep(600)", cwd=str(home), user=node.users[0].unixid,
     )  # fmt: skip
     rep = RecordingReporter()
     started = time.monotonic()
@@ -93,21 +99,23 @@ def test_a_process_ignoring_sigterm_is_killed_after_the_timeout(node: Any, spawn
     assert result.killed == 1 and len(how) == 3  # and the node's two consoles
     assert elapsed >= 1
     assert stubborn.wait(timeout=5) == -signal.SIGKILL
-    assert any(f"pid {stubborn.pid} " in line and "ignored SIGTERM" in line for line in rep.lines)
+    assert any(f"pid {stubborn.pid})" in line and "ignored SIGTERM" in line for line in rep.lines)
 
 
 def test_processes_with_cwd_or_open_files_under_the_mounts_are_found(node: Any, spawned: Any):
     node.stop_consoles()
     login = node.users[1].login
+    uid = node.users[1].unixid
     home = node.jail(login) / "home" / login
     (home / "notes.txt").write_text("x")
-    in_cwd = spawned(READY + "import time; time.sleep(600)", cwd=str(home))
+    in_cwd = spawned(READY + "import time; time.sleep(600)", cwd=str(home), user=uid)
     with_file = spawned(
-        f"f = open({str(home / 'notes.txt')!r})\n" + READY + "import time; time.sleep(600)"
+        f"f = open({str(home / 'notes.txt')!r})\n" + READY + "import time; time.sleep(600)",
+        user=uid,
     )
     with_dir = spawned(
         f"import os; fd = os.open({str(home)!r}, os.O_RDONLY)\n" + READY
-        + "import time; time.sleep(600)"
+        + "import time; time.sleep(600)", user=uid,
     )  # fmt: skip
     found = {p.pid: p for p in list_consoles(node.jail_mounts, share=node.share)}
     assert set(found) == {in_cwd.pid, with_file.pid, with_dir.pid}
@@ -199,24 +207,26 @@ def test_cli_list_and_stop(node: Any, capsys: pytest.CaptureFixture[str]):
     assert sorted(int(line.split()[0]) for line in out[1:]) == sorted(pids)
     assert cli.main(["consoles", "stop"]) == 0
     err = capsys.readouterr().err
-    assert all(f"terminated pid {pid} " in err for pid in pids)
+    jails = {u.login for u in node.users[:2]}
+    assert all(f"jail {j}: 1 process stopped (0 needed SIGKILL)" in err for j in jails)
     assert "stopped 2 processes" in err
     assert node.console_pids() == []
 
 
-def test_rounds_catch_a_console_started_meanwhile(node: Any, monkeypatch: pytest.MonkeyPatch):
-    # The first kill of a round starts a new console, as a still-running
-    # web server would; the next round must catch it.
+def test_a_console_started_during_the_sigterm_wait_is_caught(node: Any,
+                                                            monkeypatch: pytest.MonkeyPatch):
+    # While ivle-maint waits for the SIGTERMed consoles, a new console
+    # starts, as a still-running web server would: the next scan catches it.
     started: list[int] = []
-    original = consoles.stop_processes
+    original = processes._wait
 
-    def stop_and_spawn(found: Any, reporter: Any, term_timeout: float) -> Any:
-        done = original(found, reporter, term_timeout)
+    def wait_and_spawn(handles: Any, timeout: float) -> Any:
+        left = original(handles, timeout)
         if not started:
             started.extend(node.start_consoles(1))
-        return done
+        return left
 
-    monkeypatch.setattr(consoles, "stop_processes", stop_and_spawn)
+    monkeypatch.setattr(processes, "_wait", wait_and_spawn)
     result = stop_consoles(node.jail_mounts, RecordingReporter(), share=node.share)
     assert started and started[0] in {s.process.pid for s in result.stopped}
     assert node.console_pids() == []
@@ -225,10 +235,13 @@ def test_rounds_catch_a_console_started_meanwhile(node: Any, monkeypatch: pytest
 def test_a_process_that_vanishes_between_scan_and_signal_is_fine(node: Any, spawned: Any):
     node.stop_consoles()
     home = node.jail(node.users[0].login) / "home"
-    proc = spawned(READY + "import time; time.sleep(600)", cwd=str(home))
-    found = consoles.scan(os.path.realpath(node.jail_mounts), share=node.share)
-    assert [jp.pid for _, jp in found] == [proc.pid]
+    proc = spawned(READY + "import time; time.sleep(600)", cwd=str(home),
+                   user=node.users[0].unixid)  # fmt: skip
+    tree = processes.jail_tree(os.path.realpath(node.jail_mounts))
+    found = processes.scan(tree, processes.protected())
+    assert [f.pid for f in found] == [proc.pid]
     proc.kill()
     proc.wait()  # gone for good, before ivle-maint signals it
-    (stopped,) = consoles.stop_processes(found, RecordingReporter(), term_timeout=1)
-    assert (stopped.process.pid, stopped.how) == (proc.pid, "vanished")
+    handle = processes._Handle(found[0])
+    assert handle.send(signal.SIGTERM) is False and handle.gone()
+    handle.close()

@@ -76,12 +76,13 @@ def set_setting(node: Node, section: str, key: str, value: object) -> None:
 
 
 def stubborn_console(node: Node) -> subprocess.Popen[str]:
-    """A process in a user's jail that ignores SIGTERM: stop-consoles waits."""
+    """A student's process in a user's jail that ignores SIGTERM: stop-consoles waits."""
     proc = subprocess.Popen(
         ["/usr/bin/python3", "-c", "import signal, time; "
          "signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
          "time.sleep(600)"],
         cwd=node.jail("user0001") / "home" / "user0001", stdout=subprocess.PIPE, text=True,
+        user=int(node.user("user0001").unixid),
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     return proc
