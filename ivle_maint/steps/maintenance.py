@@ -35,6 +35,7 @@ from .. import system
 from ..atomic import write_atomic, write_state_file
 from ..config import Settings
 from ..errors import MaintError
+from ..gates import trusted
 from ..journal import COMPLETE, Journal
 from ..output import Reporter
 from ..safepaths import read_nofollow
@@ -100,7 +101,7 @@ def page_text(settings: Settings) -> str:
         return DEFAULT_PAGE
     path = Path(name)
     try:
-        data = read_nofollow(path)
+        data = trusted.read(path, trusted.MAINTENANCE_PAGE)
     except OSError as exc:
         raise MaintError(f"[web] maintenance_page {path}: cannot read: "
                          f"{exc.strerror or exc}") from None
