@@ -206,9 +206,9 @@ def _check_regular(purpose: Purpose, given: str, st: os.stat_result) -> None:
 
 def _check_size(purpose: Purpose, given: str, size: int) -> None:
     if purpose.limit is not None and size > purpose.limit:
-        raise _refused(purpose, given, f"larger than {purpose.limit} bytes, the most a "
-                                       f"{purpose.what or 'state file'} may be",
-                       "choose another file")
+        raise _refused(purpose, given,
+                       f"larger than {purpose.limit} bytes, the most ivle-maint reads there",
+                       "remove it, or choose another file")
 
 
 def open_checked(path: str | os.PathLike[str], purpose: Purpose) -> int:

@@ -10,8 +10,6 @@ database untouched (no marker written, nothing migrated).
 from __future__ import annotations
 
 import logging
-import os
-import pwd
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -78,27 +76,6 @@ def test_read_only_backup_directory_in_db_migrate_is_one_line(node_factory: Any)
     assert done.returncode == 1
     assert "Read-only file system" in one_error_line(done)
     assert marker_keys(node) == OLD_KEYS and schema_signature(node) == schema
-
-
-@pytest.mark.parametrize("baselined", [False, True], ids=["no marker", "marker"])
-@pytest.mark.parametrize("unsafe", ["mode 0666", "mode 0664", "owned by nobody"])
-def test_a_migration_others_can_write_fails_the_preflight(node_factory: Any, unsafe: str,
-                                                          baselined: bool):
-    node, consoles, schema = started(node_factory, baselined=baselined)
-    tree = source_tree(node, RELEASES["1.1"])
-    path = tree / "userdb" / "migrations" / "20100215.sql"
-    if unsafe.startswith("mode"):
-        path.chmod(int(unsafe.split()[1], 8))
-        who = "group and others" if unsafe.endswith("6") else "group"
-        expected = f"{path} is writable by {who}"
-    else:
-        os.chown(path, pwd.getpwnam("nobody").pw_uid, -1)
-        expected = f"{path} is owned by nobody"
-    done = upgrade(node, tree)
-    assert done.returncode == 1
-    line = one_error_line(done)
-    assert expected in line and "chmod go-w" in line, line
-    assert_site_up_and_untouched(node, consoles, OLD_KEYS if baselined else [], schema)
 
 
 def test_a_role_that_may_not_create_the_marker_fails_the_preflight(node_factory: Any):
