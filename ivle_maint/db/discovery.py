@@ -79,9 +79,12 @@ def from_files(paths: Iterable[Path]) -> list[Migration]:
 
 
 def discover(directory: Path) -> list[Migration]:
-    """Every migration in directory, in order; other non-.sql files are ignored."""
+    """Every migration in directory, in order; other non-.sql files are ignored.
+
+    The listing decides what runs: the gate checks the directory first.
+    """
     directory = Path(directory)
-    if not directory.is_dir():
+    if not trusted.check_directory(directory, trusted.MIGRATIONS_DIR):
         raise MaintError(
             f"{directory}: no such migrations directory (set [paths] migrations or --migrations)"
         )
