@@ -25,7 +25,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ivle_maint.config import load_settings
+from ivle_maint.errors import ConfigError
 from ivle_maint.gates import trusted
+from ivle_maint.steps import maintenance
 
 NOBODY = 65534
 LIMIT = 4096
@@ -292,3 +295,31 @@ def test_a_scripts_interpreter_is_checked_too(tmp_path: Path) -> None:
     script.chmod(0o755)
     with pytest.raises(trusted.Refused, match=f"program {interpreter}: owned by uid {NOBODY}"):
         trusted.program(str(script))
+
+
+@pytest.mark.parametrize("fault", ["owned by nobody", "mode 0666", "a FIFO", "sparse 2 GB"])
+def test_a_maintenance_page_others_can_change_is_never_served(tmp_path: Path,
+                                                              fault: str) -> None:
+    """The page every client sees during the upgrade: a student who could
+    change it would put their own page (a login form) before everyone."""
+    page = tmp_path / "page.html"
+    page.write_text("<p>Ours</p>")
+    conf = tmp_path / "ivle-maint.conf"
+    conf.write_text(f"[web]\nmaintenance_page = {page}\n")
+    settings = load_settings(str(conf))
+    assert maintenance.page_text(settings) == "<p>Ours</p>"
+    if fault == "owned by nobody":
+        os.chown(page, NOBODY, NOBODY)
+        why = f"owned by uid {NOBODY}, not root"
+    elif fault == "mode 0666":
+        page.chmod(0o666)
+        why = "writable by others \\(mode 0666\\)"
+    elif fault == "a FIFO":
+        page.unlink()
+        os.mkfifo(page)
+        why = "a FIFO, not a regular file"
+    else:
+        os.truncate(page, 2 << 30)
+        why = f"larger than {64 * 1024} bytes"
+    with pytest.raises(ConfigError, match=f"\\[web\\] maintenance_page {page}: {why}"):
+        maintenance.page_text(settings)
