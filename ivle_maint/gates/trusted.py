@@ -349,10 +349,11 @@ def require_program(name: str, search: str | None = None,
     return found
 
 
-def check_tree(root: str | os.PathLike[str], purpose: Purpose = SOURCE_TREE) -> None:
+def check_tree(root: str | os.PathLike[str], purpose: Purpose = SOURCE_TREE,
+               _depth: int = 0) -> None:
     """Every entry of the tree ROOT is root's and not writable by others
-    (its code runs as root, even to ask its version); a symlink in it leads
-    only where the gate allows a program to be read from."""
+    (its code runs as root, even to ask its version), and so is whatever a
+    symlink in it leads to (a directory: checked as a tree of its own)."""
     given, real, st = _walk(root, purpose)
     if not stat.S_ISDIR(st.st_mode):
         raise _refused(purpose, given, "not a directory", "choose another directory")
@@ -368,13 +369,7 @@ def check_tree(root: str | os.PathLike[str], purpose: Purpose = SOURCE_TREE) -> 
             est = os.lstat(entry)
             shown = os.path.join(given, os.path.relpath(entry, real))
             if stat.S_ISLNK(est.st_mode):
-                if not trusted_uid(est.st_uid):
-                    raise _refused(purpose, given, f"symlink {shown} is owned by uid "
-                                                   f"{est.st_uid}", _fix("tree"))
-                try:
-                    _walk(entry, purpose)
-                except FileNotFoundError:
-                    continue  # dangling: nothing runs from it
+                _check_link_in_tree(purpose, shown, entry, est, _depth)
                 continue
             if not trusted_uid(est.st_uid):
                 raise _refused(purpose, given, f"{shown} in it is owned by uid {est.st_uid}",
@@ -382,6 +377,23 @@ def check_tree(root: str | os.PathLike[str], purpose: Purpose = SOURCE_TREE) -> 
             if est.st_mode & 0o022:
                 raise _refused(purpose, given, f"{shown} in it is writable by others "
                                                f"(mode {_mode(est)})", "chmod -R go-w it")
+
+
+def _check_link_in_tree(purpose: Purpose, shown: str, entry: str, est: os.stat_result,
+                        depth: int) -> None:
+    """A symlink in a source tree: root's, and where it leads checked too."""
+    if not trusted_uid(est.st_uid):
+        raise _refused(purpose, shown, f"symlink owned by uid {est.st_uid}", _fix())
+    try:
+        _, target, tst = _walk(entry, purpose)
+    except FileNotFoundError:
+        return  # dangling: nothing runs from it
+    if not stat.S_ISDIR(tst.st_mode):
+        _check_node(purpose, shown, tst)
+    elif depth >= MAX_INTERPRETERS:
+        raise _refused(purpose, shown, "too many symlinked directories", "copy the tree")
+    else:
+        check_tree(target, purpose, depth + 1)
 
 
 def _check_holder_dir(purpose: Purpose, given: str, st: os.stat_result) -> None:

@@ -194,11 +194,14 @@ entries = st.lists(st.tuples(st.sampled_from(["a", "b", "pkg/c", "pkg/d", "pkg/s
 
 
 @examples(100)
-@given(files=entries, tree_owner=OWNERS, tree_mode=DIR_MODES)
+@given(files=entries, tree_owner=OWNERS, tree_mode=DIR_MODES,
+       link=st.one_of(st.none(), st.tuples(OWNERS, OWNERS, FILE_MODES)))
 def test_a_source_tree_is_trusted_exactly_when_every_entry_is_roots(
         tmp_path: Path, files: list[tuple[str, int, int]], tree_owner: int,
-        tree_mode: int) -> None:
-    """setup.py runs as root and imports the tree: every entry counts."""
+        tree_mode: int, link: tuple[int, int, int] | None) -> None:
+    """setup.py runs as root and imports the tree: every entry counts, and
+    so does whatever a symlink in it (LINK: its owner, and its target's
+    owner and mode) leads to outside it."""
     base = fresh(tmp_path)
     try:
         tree = base / "tree"
@@ -209,10 +212,18 @@ def test_a_source_tree_is_trusted_exactly_when_every_entry_is_roots(
             path.write_text("")
             os.chown(path, owner, owner)
             os.chmod(path, mode)
+        if link is not None:
+            outside = base / "outside.py"
+            outside.write_text("")
+            os.chown(outside, link[1], link[1])
+            os.chmod(outside, link[2])
+            (tree / "linked.py").symlink_to(outside)
+            os.lchown(tree / "linked.py", link[0], link[0])
         os.chown(tree, tree_owner, tree_owner)
         os.chmod(tree, tree_mode)
         expected = tree_owner == 0 and not tree_mode & 0o022 and all(
-            owner == 0 and not mode & 0o022 for _, owner, mode in files)
+            owner == 0 and not mode & 0o022 for _, owner, mode in files) and (
+            link is None or (link[0] == 0 and link[1] == 0 and not link[2] & 0o022))
         try:
             trusted.check_tree(tree)
             allowed = True
