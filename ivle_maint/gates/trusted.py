@@ -49,6 +49,10 @@ README "Exit statuses"):
     machine id           root, 4 KiB       [1]  /etc/machine-id
     source tree          root, every entry [2]  upgrade --source: setup.py
                                                  runs as root
+
+Not through the gate: /proc (the kernel's facts, see gates/processes),
+and files ivle-maint itself wrote and only rewrites or compresses in a
+directory the gate checked (logs, dumps, the backup copy of ivle.conf).
 """
 
 from __future__ import annotations
@@ -73,7 +77,6 @@ class Purpose:
     what: str  # names the file in a refusal; "" for ivle-maint's own state
     limit: int | None  # most bytes read; None: a program, never read
     error: type[MaintError] = ConfigError
-    program: bool = False  # run as root: its directory not writable at all
     final_symlink: bool = True  # a (root's) symlink in its place is followed
 
 
@@ -85,9 +88,9 @@ MIGRATIONS_DIR = Purpose("migrations directory", None, MaintError)
 MANIFEST = Purpose("migrations manifest", 64 * MiB, MaintError)
 STATE = Purpose("", 16 * MiB, MaintError, final_symlink=False)
 MACHINE_ID = Purpose("machine id", 4 * KiB, MaintError)
-PROGRAM = Purpose("program", None, program=True)
-INIT_SCRIPT = Purpose("init script", None, program=True)
-SOURCE_TREE = Purpose("source tree", None, program=True)
+PROGRAM = Purpose("program", None)
+INIT_SCRIPT = Purpose("init script", None)
+SOURCE_TREE = Purpose("source tree", None)
 
 
 class Refused(MaintError):
