@@ -22,6 +22,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from .errors import MaintError
+from .gates import trusted
 from .gates.rewrite import replace_file
 from .output import Reporter
 
@@ -128,9 +129,9 @@ def end_leftovers(run_dir: Path, reporter: Reporter) -> list[str]:
     directory = run_dir / "children"
     for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(trusted.read(path, trusted.STATE).decode("utf-8"))
             pgid, since = int(data["pid"]), int(data.get("start") or 0)
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, MaintError):
             path.unlink(missing_ok=True)
             continue
         if _owner_alive(data):

@@ -17,6 +17,7 @@ from typing import Any
 from configobj import ConfigObj, ConfigObjError, Section, flatten_errors, get_extra_values
 
 from .errors import ConfigError
+from .gates import trusted
 
 try:  # configobj >= 5.1 ships validate inside the package
     from configobj.validate import Validator
@@ -243,19 +244,32 @@ def _refuse_unknown(path: Path, conf: ConfigObj) -> None:
                           f"{_nearest(name, valid)}")
 
 
-def _load(path: Path, spec: str, *, interpolation: Any, strict: bool = False) -> ConfigObj:
+def _lines(path: Path, purpose: trusted.Purpose) -> list[bytes] | None:
+    """The file's lines as the gate read them (configobj never opens it);
+    None when it does not exist."""
+    try:
+        data = trusted.read(path, purpose)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    parts = data.split(b"\n")  # as configobj's readlines(): line ends kept
+    return [p + b"\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+
+
+def _load(path: Path, spec: str, *, interpolation: Any, strict: bool = False,
+          purpose: trusted.Purpose = trusted.SETTINGS) -> ConfigObj:
     """Parse and validate one configobj file; one-line ConfigError on fault.
 
-    strict: sections and keys the spec does not name are errors (ivle-maint's
-    own settings; ivle.conf has many keys ivle-maint does not use).
+    The bytes are the gate's (gates/trusted.py): a regular file, root's,
+    bounded.  strict: sections and keys the spec does not name are errors
+    (ivle-maint's own settings; ivle.conf has many keys ivle-maint does not
+    use).
     """
-    if path.is_dir():  # configobj would read it as an empty file: all defaults
-        raise ConfigError(f"{path}: is a directory, not a settings file")
-    if path.exists() and not os.access(path, os.R_OK):
-        raise ConfigError(f"{path}: cannot read: permission denied")
+    lines = _lines(path, purpose)
     try:
         conf = ConfigObj(
-            str(path) if path.exists() else None,
+            lines,
             configspec=spec.splitlines(),
             interpolation=interpolation,
             file_error=False,
@@ -268,10 +282,9 @@ def _load(path: Path, spec: str, *, interpolation: Any, strict: bool = False) ->
         where = f" line {line}" if line else ""
         text = str(first).split(" at line ")[0].rstrip(".")
         raise ConfigError(f"{path}{where}: {text}") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
-    if not path.exists():
-        conf.filename = str(path)
+    conf.filename = str(path)
     result = conf.validate(Validator(), preserve_errors=True)
     if result is not True:
         for sections, key, error in flatten_errors(conf, result):
@@ -326,7 +339,8 @@ def load_ivle_conf(conf_dir: Path) -> IvleConf:
     path = conf_dir / "ivle.conf"
     if not path.exists():
         raise ConfigError(f"{path}: no such file (set IVLECONF or [paths] ivle_conf_dir)")
-    return IvleConf(path, _load(path, IVLE_CONF_SPEC, interpolation="template"))
+    return IvleConf(path, _load(path, IVLE_CONF_SPEC, interpolation="template",
+                                purpose=trusted.IVLE_CONF))
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import MaintError
+from .gates import trusted
 from .gates.rewrite import replace_file
 
 FORMAT = "ivle-maint-migrations/1"
@@ -82,11 +83,19 @@ def parse(text: str, where: str = "migrations manifest") -> Manifest:
 
 
 def read(source: str) -> Manifest:
-    """The manifest from a file, or from stdin when SOURCE is '-'."""
-    if source == "-":
-        return parse(sys.stdin.read(), "migrations manifest on stdin")
+    """The manifest from a file (read by the gate, gates/trusted.py), or
+    from stdin when SOURCE is '-'; either at most the gate's bound."""
+    limit = trusted.MANIFEST.limit or 0
     try:
-        text = Path(source).read_text(encoding="utf-8")
+        if source == "-":
+            where = "migrations manifest on stdin"
+            data = sys.stdin.buffer.read(limit + 1)
+            if len(data) > limit:
+                raise MaintError(f"{where}: larger than {limit} bytes; refused")
+        else:
+            where = source
+            data = trusted.read(source, trusted.MANIFEST)
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise MaintError(f"{source}: cannot read the migrations manifest: {exc}") from None
-    return parse(text, source)
+    return parse(text, where)

@@ -1,4 +1,11 @@
-"""Source installs: build and install an IVLE tree as IVLE's upgrade procedure says."""
+"""Source installs: build and install an IVLE tree as IVLE's upgrade procedure says.
+
+setup.py runs as root, even to ask its version, and imports the tree's
+code: the whole tree must be one only root can change (the gate's
+check_tree: every entry root's, not writable by others, every directory
+above it too).  A tree a student (or the administrator's own account) can
+write is refused before anything runs from it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from . import system
 from .errors import MaintError, UsageError
+from .gates import trusted
 from .logfile import BoundedOutput
 
 if TYPE_CHECKING:
@@ -17,9 +25,11 @@ log = logging.getLogger(__name__)
 
 
 def _setup_py(source: Path) -> str:
+    """The tree's setup.py, the tree checked by the gate first."""
     script = source / "setup.py"
     if not script.is_file():
         raise MaintError(f"{source}: no setup.py here; is this an IVLE source tree?")
+    trusted.check_tree(source)
     return str(script)
 
 
@@ -32,6 +42,7 @@ def check_source(source: Path) -> None:
         raise UsageError(f"{what}: not a directory")
     if not (source / "setup.py").is_file():
         raise UsageError(f"{what}: no setup.py here; is this an IVLE source tree?")
+    trusted.check_tree(source)
 
 
 def source_version(source: Path) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import sh
 
 from . import children
 from .errors import MaintError
+from .gates import trusted
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +47,10 @@ class Completed:
 
 
 def which(name: str, path: str | None = None) -> str | None:
-    """Absolute path of a command, or None."""
-    if os.sep in name:
-        return name if os.access(name, os.X_OK) else None
-    return shutil.which(name, path=path)
+    """Absolute path of a command, checked by the gate (gates/trusted.py:
+    root's, in a directory only root can write), or None when absent; an
+    unsafe one found first is refused (one line, exit status 2)."""
+    return trusted.program(name, path)
 
 
 def run(
@@ -64,11 +64,10 @@ def run(
 ) -> Completed:
     """Run argv, stream stdout+stderr lines to on_line, never raise on status.
 
-    Raises MaintError only when the command cannot be started or times out.
+    Raises MaintError only when the command cannot be started or times out,
+    or when the gate refuses the program: it runs by the path checked.
     """
-    program = which(argv[0])
-    if program is None:
-        raise MaintError(f"command not found: {argv[0]}")
+    program = trusted.require_program(argv[0])
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     kept: list[str] = []
 

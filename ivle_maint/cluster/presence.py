@@ -31,6 +31,7 @@ from ..context import BEFORE, SLAVE, Step, select_steps, serving
 from ..db.apply import pg_reason
 from ..db.connect import connect, params_from_settings
 from ..errors import MaintError
+from ..gates import trusted
 from ..gates.rewrite import replace_file, write_state_file
 from ..safepaths import read_nofollow
 from ..steps.consoles import list_consoles
@@ -88,8 +89,7 @@ def machine_id(settings: Settings) -> str | None:
         return configured
     for path in MACHINE_ID_FILES:
         try:
-            with open(path, encoding="ascii") as handle:
-                value = handle.read().strip()
+            value = trusted.read(path, trusted.MACHINE_ID).decode("ascii").strip()
         except (OSError, ValueError):
             continue
         if value:
@@ -210,7 +210,7 @@ class Presence:
         """Write the final row an earlier run could not, unless newer news exists."""
         path = self.settings.path_of("state") / PENDING_ROW
         try:
-            row = json.loads(path.read_text(encoding="utf-8"))
+            row = json.loads(read_nofollow(path).decode("utf-8"))
         except (OSError, ValueError):
             return
         try:

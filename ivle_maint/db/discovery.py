@@ -1,4 +1,4 @@
-"""Find IVLE's migration files, order them, and check who could write them.
+"""Find IVLE's migration files, order them, and have the gate check them.
 
 IVLE ships ``userdb/migrations/YYYYMMDD-NN.sql`` (and a few bare
 ``YYYYMMDD.sql``, which come before ``-01`` of the same day) beside files
@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import os
-import pwd
 import re
-import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import MaintError, UsageError
+from ..gates import trusted
 
 _NAME = re.compile(r"([0-9]{8})(?:-([0-9]+))?\Z")  # \Z: "$" would take a trailing newline
 SUFFIX = ".sql"
@@ -81,9 +79,12 @@ def from_files(paths: Iterable[Path]) -> list[Migration]:
 
 
 def discover(directory: Path) -> list[Migration]:
-    """Every migration in directory, in order; other non-.sql files are ignored."""
+    """Every migration in directory, in order; other non-.sql files are ignored.
+
+    The listing decides what runs: the gate checks the directory first.
+    """
     directory = Path(directory)
-    if not directory.is_dir():
+    if not trusted.check_directory(directory, trusted.MIGRATIONS_DIR):
         raise MaintError(
             f"{directory}: no such migrations directory (set [paths] migrations or --migrations)"
         )
@@ -110,9 +111,11 @@ def find(migrations: Iterable[Migration], key: str) -> Migration:
 
 
 def read(migration: Migration) -> tuple[bytes, str]:
-    """The file's bytes and their sha256 (so the checksum is of what ran)."""
+    """The file's bytes, as the gate read them (gates/trusted.py: a regular
+    file, root's, at most 16 MiB), and their sha256 (so the checksum is of
+    what ran)."""
     try:
-        data = migration.path.read_bytes()
+        data = trusted.read(migration.path, trusted.MIGRATION)
     except OSError as exc:
         raise MaintError(f"{migration.path}: cannot read: {exc.strerror}") from None
     return data, hashlib.sha256(data).hexdigest()
@@ -122,46 +125,18 @@ def checksum(migration: Migration) -> str:
     return read(migration)[1]
 
 
-def _owner(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid {uid}"
-
-
-def _why_unsafe(path: Path, st: os.stat_result, *, ancestor: bool) -> str | None:
-    if st.st_uid != 0:
-        return f"owned by {_owner(st.st_uid)}"
-    writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-    # Others cannot rename or replace what root owns in a sticky directory.
-    sticky = ancestor and stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
-    if writable and not sticky:
-        who = [name for bit, name in ((stat.S_IWGRP, "group"), (stat.S_IWOTH, "others"))
-               if st.st_mode & bit]  # fmt: skip
-        return f"writable by {' and '.join(who)} (mode {stat.S_IMODE(st.st_mode):04o})"
-    return None
-
-
 def check_writers(directory: Path, files: Iterable[Path] = ()) -> None:
-    """As root, refuse migrations that anyone but root could have written.
+    """Refuse migrations that anyone but root could have written (the gate).
 
     They run with the database owner's rights, so a directory, file or
     parent directory that another user can change would let that user
-    run SQL as the owner.  Not root: nothing to check (no privilege gained).
+    run SQL as the owner; the directory's listing decides what runs, so
+    it is not writable by others even with the sticky bit.
     """
-    if os.geteuid() != 0:
-        return
-    seen: set[Path] = set()
-    targets = [Path(directory), *(Path(f) for f in files)]
-    for target in targets:
-        real = target.resolve()
-        for i, path in enumerate([real, *real.parents]):
-            if path in seen:
-                continue
-            seen.add(path)
-            reason = _why_unsafe(path, path.stat(), ancestor=i > 0)
-            if reason:
-                raise MaintError(
-                    f"{path} is {reason}; as root ivle-maint only runs migrations that "
-                    "no one but root can change (chown root:root, chmod go-w)"
-                )
+    if not trusted.check_directory(directory, trusted.MIGRATIONS_DIR):
+        raise MaintError(
+            f"{directory}: no such migrations directory (set [paths] migrations or --migrations)"
+        )
+    for path in files:
+        if not trusted.check(path, trusted.MIGRATION):
+            raise MaintError(f"{path}: cannot read: no such file")

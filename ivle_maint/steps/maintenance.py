@@ -34,7 +34,7 @@ from pathlib import Path
 from .. import system
 from ..config import Settings
 from ..errors import MaintError
-from ..gates import clock
+from ..gates import clock, trusted
 from ..gates.rewrite import replace_file, write_state_file
 from ..gates.schema_hold import MAINTENANCE_RECORD, apache_dir, enabled_sites
 from ..gates.schema_hold import ivle_sites as sites
@@ -93,7 +93,7 @@ def page_text(settings: Settings) -> str:
         return DEFAULT_PAGE
     path = Path(name)
     try:
-        data = read_nofollow(path)
+        data = trusted.read(path, trusted.MAINTENANCE_PAGE)
     except OSError as exc:
         raise MaintError(f"[web] maintenance_page {path}: cannot read: "
                          f"{exc.strerror or exc}") from None

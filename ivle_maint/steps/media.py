@@ -47,7 +47,7 @@ from configobj import ConfigObj, ConfigObjError, Section
 
 from ..config import Settings
 from ..errors import ConfigError, MaintError
-from ..gates import clock
+from ..gates import clock, trusted
 from ..gates.rewrite import replace_file, write_state_file
 from ..safepaths import read_nofollow
 
@@ -206,7 +206,7 @@ def _parse(path: Path, lines: list[bytes]) -> ConfigObj:
 def read_conf(path: Path) -> ConfFile:
     """Read and parse ivle.conf; a malformed file is a one-line MaintError."""
     try:
-        data = path.read_bytes()
+        data = trusted.read(path, trusted.IVLE_CONF)
     except FileNotFoundError:  # bad input (exit 2), as for every other command
         raise ConfigError(f"{path}: no such file (set IVLECONF or [paths] ivle_conf_dir)") from None
     except OSError as exc:
@@ -430,7 +430,7 @@ def set_media_version(conf_path: Path, state_dir: Path, backup_dir: Path, versio
         return MediaResult(conf_path, UNCHANGED, current, current)
     new = rewrite(cf, slot, target)
     _verify(cf, new, target)
-    if conf_path.read_bytes() != cf.data:
+    if trusted.read(conf_path, trusted.IVLE_CONF) != cf.data:
         raise MaintError(f"{conf_path}: changed while being rewritten; nothing written, "
                          f"run again")
     if is_new:  # recorded first: a crash before the write resumes with it

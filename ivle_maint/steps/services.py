@@ -26,9 +26,9 @@ from pathlib import Path
 from .. import system
 from ..config import Settings
 from ..errors import MaintError
-from ..gates import schema_hold
+from ..gates import schema_hold, trusted
 from ..output import Reporter
-from ..safepaths import check_dir, check_file
+from ..safepaths import check_dir
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +278,7 @@ def check_init_scripts(settings: Settings, backend: str | None = None) -> None:
     directory = SYSTEM_INITD if backend == "invoke-rc.d" else Path(conf["initd_dir"])
     check_dir(directory, "[services] initd_dir" if backend == "init.d" else "init.d directory")
     for name in (conf["web"], conf["usrmgt"]):
-        check_file(directory / name, "init script")
+        trusted.program(str(directory / name), purpose=trusted.INIT_SCRIPT)
 
 
 def control_from_settings(settings: Settings, reporter: Reporter) -> ServiceControl:

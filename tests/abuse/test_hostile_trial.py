@@ -261,17 +261,6 @@ def test_a_version_with_a_newline_from_a_hand_made_hook_call_is_refused(node: An
     assert not list(node.state_dir.glob("journal/*"))
 
 
-def test_a_directory_given_as_settings_is_exit_2_not_all_defaults(node: Any,
-                                                                 tmp_path: Path) -> None:
-    """`--config /etc/ivle` (the directory, not the file) would run with the
-    defaults: /etc/init.d, /var/lib/ivle-maint, the site's real paths."""
-    consoles = node.console_pids()
-    done = cli(node, "--config", str(tmp_path), "hook", "preinst", "upgrade", "1.0", "1.1")
-    assert done.returncode == 2
-    assert done.stderr == f"ivle-maint: error: {tmp_path}: is a directory, not a settings file\n"
-    assert node.service_running("apache2") and node.console_pids() == consoles
-
-
 @pytest.mark.parametrize("text", [b"[1, 2]\n", b'"a string"\n', b'{"1.0->1.1": [1]}\n',
                                   b"{not json", b"\xff\xfe"])
 def test_a_damaged_pins_file_is_one_line_never_a_traceback(node_factory: Any,

@@ -181,26 +181,3 @@ def test_malformed_ivle_conf_exits_2_and_stays_byte_for_byte(site: Any, text: by
     media = cli(site, "media", "set", "1.1")
     assert media.returncode in (1, 2) and len(error_lines(media)) == 1
     assert site.ivle_conf.read_bytes() == bad
-
-
-@pytest.mark.parametrize("which", ["settings file", "ivle.conf"])
-@pytest.mark.parametrize("fault", ["owned by nobody", "mode 0666", "mode 0664"])
-def test_files_that_decide_what_root_runs_are_refused_if_others_can_change_them(
-        site: Any, which: str, fault: str) -> None:
-    """Whoever can edit them names the init scripts, IVLE's tools and the
-    migrations that root runs: refused before anything starts."""
-    path = site.maint_conf if which == "settings file" else site.ivle_conf
-    before = path.read_bytes()
-    if fault == "owned by nobody":
-        os.chown(path, NOBODY, NOBODY)
-        why = f"owned by uid {NOBODY}, not root"
-    else:
-        path.chmod(int(fault.split()[1], 8))
-        why = f"writable by others (mode {fault.split()[1]})"
-    done = preinst(site)
-    assert done.returncode == 2, done.stderr
-    assert error_lines(done) == [f"ivle-maint: error: {which} {path}: {why}; refused (fix the "
-                                 "owner and mode, e.g. chown root: and chmod go-w, or choose "
-                                 "another file)"]
-    assert path.read_bytes() == before
-    assert_untouched(site)

@@ -256,10 +256,11 @@ def test_migrations_dir_writable_by_others_is_refused(site: Site) -> None:
     site.migrations.chmod(0o777)
     with pytest.raises(
         MaintError,
-        match=f"{site.migrations} is writable by group and others \\(mode 0777\\).*chmod go-w",
+        match=(f"migrations directory {site.migrations}: writable by others \\(mode 0777\\)"
+               ".*chmod go-w"),
     ):
         migrations.migrate(site.settings(), site.reporter)
-    with pytest.raises(MaintError, match="writable by group and others"):
+    with pytest.raises(MaintError, match="writable by others"):
         migrations.preflight(site.settings())
     assert "locked_in" not in site.columns("login")
 
@@ -268,7 +269,7 @@ def test_migrations_dir_writable_by_others_is_refused(site: Site) -> None:
 def test_migration_file_owned_by_a_user_is_refused(site: Site) -> None:
     baselined(site)
     os.chown(site.migrations / "20100101-01.sql", 65534, 65534)
-    with pytest.raises(MaintError, match=r"20100101-01\.sql is owned by nobody"):
+    with pytest.raises(MaintError, match=r"20100101-01\.sql: owned by uid 65534, not root"):
         migrations.migrate(site.settings(), site.reporter)
     assert "locked_in" not in site.columns("login")
 

@@ -1,0 +1,408 @@
+"""Whether a file may be read, or a program run, by root: the one decision.
+
+ivle-maint runs as root, inside dpkg, on machines where students run their
+own code.  Everything it reads decides what root does (settings name the
+programs it runs, migrations run as the database owner, state files say
+what to resume), and every program it runs runs as root.  So, for every
+file ivle-maint reads and every program it runs, however it was found
+(an absolute path, a PATH lookup, an init script, a source tree's
+setup.py), this module alone decides:
+
+- the path is walked component by component: every directory on the way
+  is owned by root and not writable by group or others; a world-writable
+  directory with the sticky bit (/tmp) may be on the way, since the entry
+  below it must be root's and the sticky bit keeps others from renaming
+  it, but never holds a program root runs, nor a directory whose listing
+  decides what runs (the migrations);
+- a symlink on the way (or in place of the file) is followed only when it
+  is root's; the state files ivle-maint writes itself are never symlinks;
+- the file is a regular file: a FIFO, device, socket or directory is
+  refused from lstat, before anything opens it, and it is opened with
+  O_NONBLOCK | O_NOFOLLOW, then fstat-ed, so nothing opened can block;
+- it is owned by root and not writable by group or others;
+- it is no larger than its purpose allows (below), checked on the open
+  file and again while reading, so a sparse 2 GB file is never read;
+- the bytes come from the descriptor that was checked: no second open by
+  name, no gap between the check and the use.  A program is run by the
+  path that was checked, every directory of which only root can change;
+  a script's interpreter (#!) is checked the same way.
+
+When ivle-maint does not run as root, its own uid counts as root's: it
+gains no privilege, and reads the files of the user running it.
+
+Purposes, their owner and their bound (a refusal's exit status in brackets;
+README "Exit statuses"):
+
+    settings file        root, 1 MiB       [2]  ivle-maint.conf
+    ivle.conf            root, 1 MiB       [2]
+    [web] maintenance_page  root, 64 KiB   [2]  (Apache takes 7 KiB of it)
+    migration            root, 16 MiB      [1]  IVLE's migrations, and their
+                                                 directory (no sticky bit)
+    migrations manifest  root, 64 MiB      [1]  --new-migrations FILE (stdin:
+                                                 the same bound)
+    state file           root, 16 MiB      [1]  journal, pins, media record,
+                                                 lock, node id, children;
+                                                 never a symlink
+    program / init script  root, not read  [2]  run as root; its directory
+                                                 not writable even with the
+                                                 sticky bit
+    machine id           root, 4 KiB       [1]  /etc/machine-id
+    source tree          root, every entry [2]  upgrade --source: setup.py
+                                                 runs as root
+
+Not through the gate: /proc (the kernel's facts, see gates/processes),
+and files ivle-maint itself wrote and only rewrites or compresses in a
+directory the gate checked (logs, dumps, the backup copy of ivle.conf).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+from ..errors import ConfigError, MaintError
+
+KiB, MiB = 1024, 1024 * 1024
+MAX_SYMLINKS = 40  # as the kernel's ELOOP
+MAX_TREE_ENTRIES = 200_000  # a source tree bigger than this is no IVLE tree
+SHEBANG_BYTES = 256
+MAX_INTERPRETERS = 4
+
+
+@dataclass(frozen=True)
+class Purpose:
+    """What a file is for: how it is named in messages, and its bound."""
+
+    what: str  # names the file in a refusal; "" for ivle-maint's own state
+    limit: int | None  # most bytes read; None: a program, never read
+    error: type[MaintError] = ConfigError
+    final_symlink: bool = True  # a (root's) symlink in its place is followed
+
+
+SETTINGS = Purpose("settings file", 1 * MiB)
+IVLE_CONF = Purpose("ivle.conf", 1 * MiB)
+MAINTENANCE_PAGE = Purpose("[web] maintenance_page", 64 * KiB)
+MIGRATION = Purpose("migration", 16 * MiB, MaintError)
+MIGRATIONS_DIR = Purpose("migrations directory", None, MaintError)
+MANIFEST = Purpose("migrations manifest", 64 * MiB, MaintError)
+STATE = Purpose("", 16 * MiB, MaintError, final_symlink=False)
+MACHINE_ID = Purpose("machine id", 4 * KiB, MaintError)
+PROGRAM = Purpose("program", None)
+INIT_SCRIPT = Purpose("init script", None)
+SOURCE_TREE = Purpose("source tree", None)
+
+
+class Refused(MaintError):
+    """A file or program the gate refuses (a failed step: exit status 1)."""
+
+
+class RefusedInput(Refused, ConfigError):
+    """Refused, where the file is named by settings (bad input: exit status 2)."""
+
+
+def _refused(purpose: Purpose, path: str, why: str, advice: str) -> Refused:
+    cls = RefusedInput if issubclass(purpose.error, ConfigError) else Refused
+    where = f"{purpose.what} {path}" if purpose.what else path
+    return cls(f"{where}: {why}; refused ({advice})")
+
+
+def _fix(kind: str = "file") -> str:
+    return f"fix the owner and mode, e.g. chown root: and chmod go-w, or choose another {kind}"
+
+
+def trusted_uid(uid: int) -> bool:
+    """Root, or the user running ivle-maint (who gains nothing)."""
+    return uid in (0, os.geteuid())
+
+
+def _mode(st: os.stat_result) -> str:
+    return f"{stat.S_IMODE(st.st_mode):04o}"
+
+
+def _kind(st: os.stat_result) -> str:
+    fmt = stat.S_IFMT(st.st_mode)
+    return {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
+            stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket",
+            stat.S_IFDIR: "a directory", stat.S_IFLNK: "a symlink"}.get(fmt, "not a regular file")
+
+
+def _walk(path: str | os.PathLike[str], purpose: Purpose) -> tuple[str, str, os.stat_result]:
+    """(the path as given, made absolute; its real path; lstat of that).
+
+    Every directory on the way is checked; symlinks on the way are followed
+    when they are root's.  FileNotFoundError when something is missing.
+    """
+    given = os.path.abspath(os.fspath(path))
+    pending = [p for p in reversed(given.split("/")) if p]
+    current = "/"
+    st = os.lstat("/")
+    links = 0
+    while pending:
+        _check_on_way(purpose, given, current, st)
+        part = pending.pop()
+        if part == ".":
+            continue
+        if part == "..":
+            current = os.path.dirname(current)
+            st = os.lstat(current)
+            continue
+        candidate = os.path.join(current, part)
+        st = os.lstat(candidate)
+        if stat.S_ISLNK(st.st_mode):
+            if not trusted_uid(st.st_uid):
+                raise _refused(purpose, given, f"symlink {candidate} on the way is owned by "
+                                               f"uid {st.st_uid}", _fix())
+            if not pending and not purpose.final_symlink:
+                raise _refused(purpose, given, "is a symlink", "remove it")
+            links += 1
+            if links > MAX_SYMLINKS:
+                raise _refused(purpose, given, "too many levels of symlinks", "fix the path")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                current, st = "/", os.lstat("/")
+            else:
+                st = os.lstat(current)
+            pending.extend(p for p in reversed(target.split("/")) if p)
+            continue
+        if pending and not stat.S_ISDIR(st.st_mode):
+            raise FileNotFoundError(f"{candidate} is not a directory")
+        if pending:
+            current = candidate
+        else:
+            return given, candidate, st
+    return given, current, st
+
+
+def _check_on_way(purpose: Purpose, given: str, current: str, st: os.stat_result) -> None:
+    """A directory the path goes through: root's, not writable by others
+    (sticky allowed, unless it holds a program)."""
+    if not trusted_uid(st.st_uid):
+        raise _refused(purpose, given, f"{current} above it is owned by uid {st.st_uid}", _fix())
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise _refused(purpose, given, f"{current} above it is writable by others "
+                                       f"(mode {_mode(st)})", _fix())
+
+
+def _check_holder(purpose: Purpose, given: str, real: str) -> None:
+    """A program's own directory, or a listing's, is not writable even sticky."""
+    holder = os.path.dirname(real)
+    st = os.stat(holder)
+    if st.st_mode & 0o022:
+        raise _refused(purpose, given, f"{holder}, which holds it, is writable by others "
+                                       f"(mode {_mode(st)})", _fix("directory"))
+
+
+def _check_node(purpose: Purpose, given: str, st: os.stat_result, kind: str = "file") -> None:
+    """The file (or directory) itself: its owner and mode."""
+    if not trusted_uid(st.st_uid):
+        raise _refused(purpose, given, f"owned by uid {st.st_uid}, not root", _fix(kind))
+    if st.st_mode & 0o022:
+        raise _refused(purpose, given, f"writable by others (mode {_mode(st)})", _fix(kind))
+
+
+def _check_regular(purpose: Purpose, given: str, st: os.stat_result) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise _refused(purpose, given, f"{_kind(st)}, not a regular file",
+                       "remove it, or choose another file")
+
+
+def _check_size(purpose: Purpose, given: str, size: int) -> None:
+    if purpose.limit is not None and size > purpose.limit:
+        raise _refused(purpose, given,
+                       f"larger than {purpose.limit} bytes, the most ivle-maint reads there",
+                       "remove it, or choose another file")
+
+
+def open_checked(path: str | os.PathLike[str], purpose: Purpose) -> int:
+    """A read-only descriptor of PATH, checked (see the module docstring).
+
+    FileNotFoundError when PATH (or a directory on the way) does not exist;
+    a Refused error (exit status of the purpose) when the gate refuses it.
+    """
+    given, real, st = _walk(path, purpose)
+    _check_regular(purpose, given, st)  # from lstat: a device is never opened
+    fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        fst = os.fstat(fd)
+        _check_regular(purpose, given, fst)
+        if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
+            raise _refused(purpose, given, "replaced while it was checked", "run again")
+        _check_node(purpose, given, fst)
+        _check_size(purpose, given, fst.st_size)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_fd(fd: int, purpose: Purpose, given: str | os.PathLike[str]) -> bytes:
+    """The bytes of a checked descriptor, never more than the purpose's bound."""
+    limit = purpose.limit if purpose.limit is not None else SHEBANG_BYTES
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        chunk = os.read(fd, min(limit + 1 - total, MiB))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            _check_size(purpose, os.fspath(given), total)  # grew while being read
+            break
+    return b"".join(chunks)
+
+
+def read(path: str | os.PathLike[str], purpose: Purpose) -> bytes:
+    """The checked bytes of PATH (see open_checked for the errors)."""
+    fd = open_checked(path, purpose)
+    try:
+        return read_fd(fd, purpose, path)
+    finally:
+        os.close(fd)
+
+
+def check(path: str | os.PathLike[str], purpose: Purpose) -> bool:
+    """Check PATH as for reading it, without reading; False when it is missing."""
+    try:
+        os.close(open_checked(path, purpose))
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def check_directory(path: str | os.PathLike[str], purpose: Purpose) -> bool:
+    """PATH is a directory, root's and not writable by others, not even
+    with the sticky bit (its entries decide what runs, or are ivle-maint's
+    own), and every directory on the way is checked.  False when it does
+    not exist."""
+    try:
+        given, _real, st = _walk(path, purpose)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISDIR(st.st_mode):
+        raise _refused(purpose, given, "not a directory", "choose another directory")
+    _check_node(purpose, given, st, "directory")
+    return True
+
+
+def _program_at(path: str, purpose: Purpose, depth: int = 0) -> str:
+    """PATH checked as a program root runs; it, as given but absolute."""
+    given, real, st = _walk(path, purpose)
+    _check_regular(purpose, given, st)
+    _check_holder(purpose, given, real)
+    _check_node(purpose, given, st)
+    if not st.st_mode & 0o111:
+        raise _refused(purpose, given, "not executable", "chmod +x it, or choose another")
+    fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        head = os.read(fd, SHEBANG_BYTES)
+    finally:
+        os.close(fd)
+    if head.startswith(b"#!"):
+        words = head[2:].split(b"\n", 1)[0].split()
+        if words:
+            if depth >= MAX_INTERPRETERS:
+                raise _refused(purpose, given, "too many interpreters (#!)", "fix it")
+            interpreter = os.fsdecode(words[0])
+            try:
+                _program_at(interpreter, PROGRAM, depth + 1)
+            except FileNotFoundError:
+                raise _refused(purpose, given, f"its interpreter {interpreter} does not exist",
+                               "fix its first line") from None
+    return given
+
+
+def program(name: str, search: str | None = None, purpose: Purpose = PROGRAM) -> str | None:
+    """The absolute, checked path of the program NAME, or None when absent.
+
+    A name with a slash is that file; a bare name is looked up in SEARCH
+    (default $PATH) as the shell does, and the first executable found is
+    checked: an unsafe one is refused (Refused), never skipped for the
+    next.  Run it by the path returned, never by the name again.
+    """
+    if os.sep in name:
+        try:
+            return _program_at(name, purpose)
+        except FileNotFoundError:
+            return None
+    search = os.environ.get("PATH", os.defpath) if search is None else search
+    for directory in search.split(os.pathsep):
+        if not directory:
+            continue
+        candidate = os.path.join(os.path.abspath(directory), name)
+        # Only to skip what is absent or not executable, as the shell does:
+        # the decision is _program_at's.
+        if not (os.path.isfile(candidate) and os.access(candidate, os.X_OK)):
+            continue
+        try:
+            return _program_at(candidate, purpose)
+        except FileNotFoundError:
+            continue
+    return None
+
+
+def require_program(name: str, search: str | None = None,
+                    purpose: Purpose = PROGRAM) -> str:
+    """program(), with a one-line error when NAME is not found."""
+    found = program(name, search, purpose)
+    if found is None:
+        raise MaintError(f"command not found: {name}")
+    return found
+
+
+def check_tree(root: str | os.PathLike[str], purpose: Purpose = SOURCE_TREE,
+               _depth: int = 0) -> None:
+    """Every entry of the tree ROOT is root's and not writable by others
+    (its code runs as root, even to ask its version), and so is whatever a
+    symlink in it leads to (a directory: checked as a tree of its own)."""
+    given, real, st = _walk(root, purpose)
+    if not stat.S_ISDIR(st.st_mode):
+        raise _refused(purpose, given, "not a directory", "choose another directory")
+    _check_holder_dir(purpose, given, st)
+    count = 0
+    for top, dirs, files in os.walk(real):
+        for name in sorted(dirs + files):
+            count += 1
+            if count > MAX_TREE_ENTRIES:
+                raise _refused(purpose, given, f"more than {MAX_TREE_ENTRIES} entries",
+                               "choose the IVLE source tree itself")
+            entry = os.path.join(top, name)
+            est = os.lstat(entry)
+            shown = os.path.join(given, os.path.relpath(entry, real))
+            if stat.S_ISLNK(est.st_mode):
+                _check_link_in_tree(purpose, shown, entry, est, _depth)
+                continue
+            if not trusted_uid(est.st_uid):
+                raise _refused(purpose, given, f"{shown} in it is owned by uid {est.st_uid}",
+                               "copy it to a directory only root can write, or chown -R root:")
+            if est.st_mode & 0o022:
+                raise _refused(purpose, given, f"{shown} in it is writable by others "
+                                               f"(mode {_mode(est)})", "chmod -R go-w it")
+
+
+def _check_link_in_tree(purpose: Purpose, shown: str, entry: str, est: os.stat_result,
+                        depth: int) -> None:
+    """A symlink in a source tree: root's, and where it leads checked too."""
+    if not trusted_uid(est.st_uid):
+        raise _refused(purpose, shown, f"symlink owned by uid {est.st_uid}", _fix())
+    try:
+        _, target, tst = _walk(entry, purpose)
+    except FileNotFoundError:
+        return  # dangling: nothing runs from it
+    if not stat.S_ISDIR(tst.st_mode):
+        _check_node(purpose, shown, tst)
+    elif depth >= MAX_INTERPRETERS:
+        raise _refused(purpose, shown, "too many symlinked directories", "copy the tree")
+    else:
+        check_tree(target, purpose, depth + 1)
+
+
+def _check_holder_dir(purpose: Purpose, given: str, st: os.stat_result) -> None:
+    if not trusted_uid(st.st_uid):
+        raise _refused(purpose, given, f"owned by uid {st.st_uid}, not root",
+                       "copy it to a directory only root can write, or chown -R root:")
+    if st.st_mode & 0o022:
+        raise _refused(purpose, given, f"writable by others (mode {_mode(st)})",
+                       "chmod -R go-w it")
