@@ -229,7 +229,7 @@ def test_a_damaged_journal_or_release_keeps_the_hold_on(tmp_path, damage):
     (j,) = write_journals(tmp_path, [(COMPLETE, {})])
     j.path.write_bytes(damage)
     status, err = hold_check(conf)
-    assert status == 1 and one_line(err) and "unreadable journal" in err, err
+    assert status == 1 and one_line(err) and "damaged journal" in err, err
     j.path.unlink()
     write_journals(tmp_path, [(IN_PROGRESS, {})])
     (tmp_path / "state" / "schema-hold.json").write_bytes(damage)
