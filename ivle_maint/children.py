@@ -22,6 +22,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from .atomic import write_atomic
+from .gates.environment import UMASK
 from .output import Reporter
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,12 @@ _PRCTL = _prctl()
 
 
 def preexec_for_child() -> Callable[[], None]:
-    """A preexec function: die with this process (checked against a race)."""
+    """A preexec function: die with this process (checked against a race),
+    with the gate's umask (gates/environment.py)."""
     parent = os.getpid()
 
     def preexec() -> None:
+        os.umask(UMASK)
         if _PRCTL is not None:
             _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:  # the parent died before prctl took effect

@@ -32,7 +32,9 @@ exit status:
       to 'hook' too), or [paths] directories, settings, ivle.conf or init
       scripts that others could write
   75  another ivle-maint holds the node or migration lock; try again later
-  130 interrupted
+  130 interrupted (Ctrl-C, SIGINT): the running statement is cancelled, the
+      step journaled as interrupted; the message says how to resume
+  143 terminated (SIGTERM): the same
 
 settings: /etc/ivle/ivle-maint.conf, --config FILE or $IVLE_MAINT_CONF
 (see 'ivle-maint settings --spec'); ivle.conf: $IVLECONF/ivle.conf."""
@@ -115,7 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from .commands import Context
     from .errors import MaintError
+    from .gates import environment, waits
 
+    if argv is None:  # the command itself: its environment, locale and umask pinned
+        environment.pin_process()
     parser = build_parser()
     args = parser.parse_args(args_list)
     # Diagnostics on stderr only with -v: the reporter already says what
@@ -129,15 +134,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return int(args.func(Context(args)) or 0)
+        with waits.signals():  # SIGTERM unwinds as Terminated, like Ctrl-C
+            return int(args.func(Context(args)) or 0)
     except MaintError as exc:
         _say(f"ivle-maint: error: {exc}")
         if exc.resume:
             _say(f"ivle-maint: resume with: {exc.resume}")
         return exc.exit_status
-    except KeyboardInterrupt:
-        _say("ivle-maint: interrupted")
-        return 130
+    except (KeyboardInterrupt, waits.Terminated) as exc:
+        _say(f"ivle-maint: {waits.describe(exc)}")
+        resume = getattr(exc, "resume", None)
+        if resume:
+            _say(f"ivle-maint: resume with: {resume}")
+        return waits.exit_status(exc)
     except OSError as exc:
         # A file system refusing (read-only, full, permission): one line, not
         # a traceback; the log file (and -v) keeps the traceback.

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from .context import AFTER, BEFORE, Step, UpgradeContext, select_steps
 from .errors import MaintError
+from .gates import waits
 from .journal import ABORTED, ABORTING, COMPLETE, IN_PROGRESS, Journal
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,13 @@ class Procedure:
         started = time.monotonic()
         try:
             outcome = step.run(self.ctx)
+        except (KeyboardInterrupt, waits.Terminated) as exc:
+            # Ctrl-C or SIGTERM: journaled as interrupted, never re-wrapped
+            # (the command exits 130 or 143), nothing undone: rerun resumes.
+            self.journal.fail(step.name, waits.describe(exc))
+            self.observe("failed", step)
+            exc.resume = self.journal.resume  # type: ignore[union-attr]
+            raise
         except BaseException as exc:
             # Whatever went wrong, the person must learn how to resume.
             if not isinstance(exc, MaintError):

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from .. import children
 from ..errors import MaintError
+from ..gates import environment
 from ..safepaths import safe_dir
 from ..system import which
 from .connect import ConnectParams, reason
@@ -156,14 +157,14 @@ def dump(params: ConnectParams, directory: Path, *, label: str, keep: int) -> Pa
     safe_label = re.sub(r"[^\w.-]+", "_", label)
     final = directory / f"{params.dbname}-{stamp}-{safe_label}{SUFFIX}"
     partial = directory / f".{final.name}.partial"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    home = environment.home_of(os.geteuid())
     user: int | None = None
     group: int | None = None
     extra_groups: list[int] | None = None
     if params.os_user and os.geteuid() == 0:
         entry = pwd.getpwnam(params.os_user)
         user, group, extra_groups = entry.pw_uid, entry.pw_gid, []
-        env["HOME"] = entry.pw_dir
+        home = entry.pw_dir
     # Opened here, by root, so the dump is root's whoever pg_dump runs as.
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(partial, flags, 0o600)
@@ -171,6 +172,9 @@ def dump(params: ConnectParams, directory: Path, *, label: str, keep: int) -> Pa
         os.fchmod(fd, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)  # pg_dump's stdout holds it too (remove_stale_partials)
         pass_env = {"PGPASSWORD": params.password} if params.password else {}
+        # The gate's environment: no inherited PG* (PGOPTIONS, PGSERVICE...).
+        env = environment.child_env(
+            os.environ, {**pass_env, "PGPASSFILE": environment.NO_PASSFILE}, home=home)
         # subprocess, not system.run: stdout must go straight to the file,
         # and pg_dump may have to run as the postgres user.
         done = subprocess.run(
@@ -178,7 +182,7 @@ def dump(params: ConnectParams, directory: Path, *, label: str, keep: int) -> Pa
             stdin=subprocess.DEVNULL,
             stdout=fd,
             stderr=subprocess.PIPE,
-            env={**env, **pass_env, "LC_ALL": "C"},
+            env=env,
             cwd="/",
             check=False,
             user=user,

@@ -1,0 +1,249 @@
+"""Every wait bounded, told and interruptible.
+
+Rule: nothing ivle-maint waits for can hold it for ever, silently, or deaf
+to the person at the terminal.
+
+- Signals.  Ctrl-C (SIGINT) raises KeyboardInterrupt and SIGTERM raises
+  Terminated wherever ivle-maint is; both unwind through the step, which
+  the runner journals as interrupted (a step is never re-wrapped as a
+  failure), and the command exits 130 or 143 (128 + the signal).
+- Database statements.  interruptible() makes psycopg2 wait through wait(),
+  which waits on the connection's socket in Python, so a signal's handler
+  runs at once.  An interrupted statement is cancelled on the server
+  (conn.cancel()) and its answer awaited before the interrupt goes on;
+  psycopg2 then closes the connection, which ends the server session, its
+  transaction and its locks.  A statement that waits for another session's
+  lock is told: after FIRST_LOOK seconds, then every [database]
+  tell_interval, one line names the holders (server pid, user,
+  application, since when, their query) from pg_blocking_pids() and
+  pg_stat_activity; the server gives up after [database]
+  statement_lock_timeout (the session's lock_timeout, gates/environment),
+  and the failure says whom to end.
+- Connecting.  A non-blocking connection (as wait() makes them) ignores
+  libpq's connect_timeout: the deadline given to connecting() bounds it.
+- Children.  A command runs with its timeout (system.run) and its output
+  is read only until it ends or is killed.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import signal
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143
+FIRST_LOOK = 1.0  # seconds a statement waits before the first look at its blockers
+SIDE_CONNECT = 5.0  # seconds to open the connection that looks
+QUERY_CHARS = 160  # of a holder's query, in a message
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind like Ctrl-C; the command exits 143."""
+
+
+def exit_status(exc: BaseException) -> int:
+    """130 for Ctrl-C, 143 for SIGTERM."""
+    return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+
+
+def describe(exc: BaseException) -> str:
+    """How the journal and the person are told of an interruption."""
+    return "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (SIGINT)"
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated(describe(Terminated()))
+
+
+@contextmanager
+def signals() -> Iterator[None]:
+    """While a command runs: SIGTERM unwinds like Ctrl-C (and SIGINT is Python's)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interruptible() -> None:
+    """Every psycopg2 wait goes through wait() (before each connection)."""
+    import psycopg2.extensions
+
+    if psycopg2.extensions.get_wait_callback() is not wait:
+        psycopg2.extensions.set_wait_callback(wait)
+
+
+# -- telling who blocks a statement ------------------------------------------
+
+
+@dataclass
+class Watch:
+    """How one connection's waits are told."""
+
+    tell: Callable[[str], None]
+    open_side: Callable[[], Any]  # a second connection, to look from
+    interval: float
+    gives_up: str  # e.g. "gives up after 300s ([database] statement_lock_timeout)"
+    doing: str = "a database statement"
+    holders: list[tuple[int, str]] = field(default_factory=list)  # the last seen: pid, text
+
+
+_watches: weakref.WeakKeyDictionary[Any, Watch] = weakref.WeakKeyDictionary()
+_deadline: list[float] = []  # innermost last: connecting() deadlines
+
+
+def watch(conn: Any, watcher: Watch) -> None:
+    _watches[conn] = watcher
+
+
+def doing(conn: Any, what: str) -> None:
+    """Name what conn's next statements do, for the lines that tell a wait."""
+    watcher = _watches.get(conn)
+    if watcher is not None:
+        watcher.doing = what
+        watcher.holders = []
+
+
+def last_holders(conn: Any) -> list[tuple[int, str]]:
+    """The holders the last look found (the failure names them)."""
+    watcher = _watches.get(conn)
+    return list(watcher.holders) if watcher is not None else []
+
+
+def printable(text: object, limit: int = QUERY_CHARS) -> str:
+    """Text from the server (a query, a name) on one printable line."""
+    flat = " ".join(str(text).split())
+    safe = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in flat)
+    return safe if len(safe) <= limit else safe[: limit - 3] + "..."
+
+
+_HOLDERS = """
+SELECT a.pid, a.usename, a.application_name, a.state,
+       coalesce(a.xact_start, a.query_start, a.backend_start), a.query,
+       (SELECT string_agg(DISTINCT w.mode || ' on ' ||
+               coalesce(w.relation::regclass::text, w.locktype), ', ')
+          FROM pg_locks w WHERE w.pid = %(me)s AND NOT w.granted)
+  FROM pg_stat_activity a
+ WHERE a.pid = ANY (pg_blocking_pids(%(me)s))
+ ORDER BY a.pid
+"""
+
+
+def holders(side: Any, backend_pid: int) -> tuple[str, list[tuple[int, str]]]:
+    """(the lock backend_pid waits for, one text per session that holds it)."""
+    with side.cursor() as cur:
+        cur.execute(_HOLDERS, {"me": backend_pid})
+        rows = cur.fetchall()
+    wanted = next((row[6] for row in rows if row[6]), "") or ""
+    found = []
+    for pid, user, app, state, since, query, _ in rows:
+        when = f", since {since:%Y-%m-%d %H:%M:%S %Z}".rstrip() if since else ""
+        what = f"{printable(state or '?', 40)}: {printable(query)}" if query else "?"
+        app_text = f", {printable(app, 60)}" if app else ""
+        who = printable(user or "?", 64)
+        found.append((int(pid), f"server pid {pid} (user {who}{app_text}{when}; {what})"))
+    return printable(wanted, 200), found
+
+
+def _look(conn: Any, watcher: Watch, waited: float) -> None:
+    """One look at who blocks conn's statement; told only when someone does."""
+    import psycopg2
+
+    try:
+        with connecting(SIDE_CONNECT):
+            side = watcher.open_side()
+        try:
+            wanted, found = holders(side, conn.info.backend_pid)
+        finally:
+            side.close()
+    except psycopg2.Error as exc:
+        log.info("cannot see who blocks %s: %s", watcher.doing, printable(exc, 200))
+        return
+    watcher.holders = found
+    if found:
+        lock = f" ({wanted})" if wanted else ""
+        watcher.tell(f"{watcher.doing} has waited {waited:.0f}s for a lock{lock} held by "
+                     f"{'; '.join(text for _, text in found)}; {watcher.gives_up}")
+
+
+# -- the wait callback ---------------------------------------------------------
+
+
+@contextmanager
+def connecting(seconds: float) -> Iterator[None]:
+    """Bound the connections opened in the block (libpq's connect_timeout cannot)."""
+    _deadline.append(time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _deadline.pop()
+
+
+def _cancel(conn: Any) -> bool:
+    """Ask the server to cancel conn's statement; False when it cannot be."""
+    import psycopg2
+
+    try:
+        conn.cancel()
+    except psycopg2.Error:
+        return False
+    return True
+
+
+def wait(conn: Any) -> None:
+    """psycopg2's wait callback: poll conn until done, bounded, told, interruptible."""
+    import psycopg2
+    import psycopg2.extensions as ext
+
+    watcher = _watches.get(conn)
+    started = time.monotonic()
+    next_look = started + FIRST_LOOK
+    deadline = _deadline[-1] if _deadline and not watcher else None
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            state = conn.poll()
+            if state == ext.POLL_OK:
+                break
+            fds = [conn.fileno()]
+            readable, writable = (fds, []) if state == ext.POLL_READ else ([], fds)
+            if state not in (ext.POLL_READ, ext.POLL_WRITE):
+                raise psycopg2.OperationalError(f"bad state from poll: {state}")
+            now = time.monotonic()
+            timeouts = []
+            if deadline is not None:
+                if now >= deadline:
+                    raise psycopg2.OperationalError("timeout expired")
+                timeouts.append(deadline - now)
+            if watcher is not None and interrupted is None:
+                if now >= next_look:
+                    _look(conn, watcher, now - started)
+                    next_look = time.monotonic() + watcher.interval
+                timeouts.append(max(0.0, next_look - time.monotonic()))
+            select.select(readable, writable, [], min(timeouts) if timeouts else None)
+        except (KeyboardInterrupt, Terminated) as exc:
+            # The first signal cancels the statement on the server and waits
+            # for its answer; a second one stops waiting for the server too.
+            if interrupted is not None or not _cancel(conn):
+                raise
+            interrupted = exc
+            log.info("%s: cancelling the running statement", describe(exc))
+        except psycopg2.Error:
+            if interrupted is not None:
+                raise interrupted from None
+            raise
+    if interrupted is not None:
+        raise interrupted  # psycopg2 closes the connection: the session ends
