@@ -137,20 +137,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         with waits.signals():  # SIGTERM unwinds as Terminated, like Ctrl-C
             return int(args.func(Context(args)) or 0)
     except MaintError as exc:
+        interrupt = waits.received()  # the error an interruption caused
+        if interrupt is not None:
+            return _interrupted(interrupt, exc.resume)
         _say(f"ivle-maint: error: {exc}")
         if exc.resume:
             _say(f"ivle-maint: resume with: {exc.resume}")
         return exc.exit_status
     except (KeyboardInterrupt, waits.Terminated) as exc:
-        _say(f"ivle-maint: {waits.describe(exc)}")
-        resume = getattr(exc, "resume", None)
-        if resume:
-            _say(f"ivle-maint: resume with: {resume}")
-        return waits.exit_status(exc)
+        return _interrupted(exc, getattr(exc, "resume", None))
     except OSError as exc:
         # A file system refusing (read-only, full, permission): one line, not
         # a traceback; the log file (and -v) keeps the traceback.
         logging.getLogger(__name__).debug("OSError", exc_info=True)
+        interrupt = waits.received()
+        if interrupt is not None:
+            return _interrupted(interrupt, None)
         _say(f"ivle-maint: error: {os_error_line(exc)}")
         return 1
     except ImportError as exc:
@@ -160,6 +162,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(__name__).debug("ImportError", exc_info=True)
         _say(f"ivle-maint: error: Python module {failed_module(exc)} does not load: {exc}")
         return 1
+
+
+def _interrupted(exc: BaseException, resume: str | None) -> int:
+    """Ctrl-C or SIGTERM: one line, how to resume, 130 or 143."""
+    from .gates import waits
+
+    _say(f"ivle-maint: {waits.describe(exc)}")
+    if resume:
+        _say(f"ivle-maint: resume with: {resume}")
+    return waits.exit_status(exc)
 
 
 def os_error_line(exc: OSError) -> str:

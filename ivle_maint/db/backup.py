@@ -131,6 +131,8 @@ def _pg_dump_argv(params: ConnectParams) -> list[str]:
             "pg_dump not found (install postgresql-client, or [database] backup = false)"
         )
     argv = [program, "--format=custom", "--no-password", f"--dbname={params.dbname}"]
+    if params.lock_wait:  # a table another session holds locked: bounded (gates/waits)
+        argv.append(f"--lock-wait-timeout={round(params.lock_wait * 1000)}")
     argv += [f"--port={params.port}"]
     if params.host:
         argv.append(f"--host={params.host}")
@@ -202,6 +204,10 @@ def dump(params: ConnectParams, directory: Path, *, label: str, keep: int) -> Pa
         partial.unlink(missing_ok=True)
         lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
         last = reason(Exception("\n".join(lines)), params) if lines else f"status {done.returncode}"
+        if params.lock_wait and "statement timeout" in last:  # --lock-wait-timeout's way
+            last += (f" (it waited {params.lock_wait:g}s, [database] statement_lock_timeout, "
+                     "for a table another session holds locked: let that session finish or "
+                     "end it)")
         raise MaintError(f"pg_dump of database {params.dbname} failed: {last}")
     partial.rename(final)
     for path in rotate(directory, params.dbname, keep):

@@ -36,6 +36,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -61,21 +62,102 @@ def describe(exc: BaseException) -> str:
     return "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (SIGINT)"
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise Terminated(describe(Terminated()))
+# A signal's exception raised inside the logging module (its lock, or its
+# fork hook that releases the lock, where the exception is even swallowed)
+# leaves the lock held, and the next log record deadlocks: there, and in a
+# deferred() block, the exception waits, and a timer (SIGALRM) tries again
+# a moment later.
+_FRAGILE = (logging.__file__,)
+RETRY_SECONDS = 0.02
+_pending: list[int] = []
+
+
+_deferring = [0]  # depth of deferred() blocks
+
+
+def _fragile(frame: FrameType | None) -> bool:
+    if _deferring[0]:
+        return True
+    return frame is not None and frame.f_code.co_filename in _FRAGILE
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """A signal that arrives in the block unwinds when it ends (a journal
+    record is written whole, then the interruption goes on)."""
+    _deferring[0] += 1
+    try:
+        yield
+    finally:
+        _deferring[0] -= 1
+    if not _deferring[0] and _pending:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        first = _pending[0]
+        _pending.clear()
+        _raise_for(first)
+
+
+def _exception_for(signum: int) -> BaseException:
+    return Terminated(describe(Terminated())) if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _raise_for(signum: int) -> None:
+    raise _exception_for(signum)
+
+
+# The signal this command received, if any: whatever error its unwinding
+# then causes (a closed connection, a step's failure line), the outcome is
+# the interruption (the runner and the command line ask received()).
+_received: list[int] = []
+
+
+def received() -> BaseException | None:
+    """The interruption this command received (to raise), or None."""
+    return _exception_for(_received[0]) if _received else None
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    if not _received:
+        _received.append(signum)
+    if _fragile(frame):
+        if signum not in _pending:
+            _pending.append(signum)
+        signal.setitimer(signal.ITIMER_REAL, RETRY_SECONDS)
+        return
+    _raise_for(signum)
+
+
+def _on_retry(signum: int, frame: FrameType | None) -> None:
+    if not _pending:
+        return
+    if _fragile(frame):
+        signal.setitimer(signal.ITIMER_REAL, RETRY_SECONDS)
+        return
+    first = _pending[0]
+    _pending.clear()
+    _raise_for(first)
 
 
 @contextmanager
 def signals() -> Iterator[None]:
-    """While a command runs: SIGTERM unwinds like Ctrl-C (and SIGINT is Python's)."""
+    """While a command runs: SIGINT and SIGTERM unwind (KeyboardInterrupt,
+    Terminated), never inside the logging module's lock."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    handlers = {signal.SIGTERM: _on_signal, signal.SIGALRM: _on_retry}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not ignored
+        handlers[signal.SIGINT] = _on_signal
+    _received.clear()
+    previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        _pending.clear()
+        _received.clear()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def interruptible() -> None:

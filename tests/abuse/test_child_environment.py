@@ -8,21 +8,19 @@ session as it connected.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from db_site import baselined_site
 from ivle_maint import system
 from ivle_maint.gates import environment
 from ivle_maint.steps import migrations
-from ivle_sandbox import schema
-from migration_site import FAKES, Site
+from migration_site import Site
 
 pytestmark = pytest.mark.needs_postgres
 
@@ -31,20 +29,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def db(postgres: Any, tmp_path: Path) -> Iterator[Site]:
-    """A fresh IVLE database, baselined, with no migration pending."""
-    dbname = f"env_{uuid.uuid4().hex[:10]}"
-    schema.create_database(postgres, dbname, users=3)
-    root = tmp_path / "site"
-    root.mkdir()
-    shutil.copytree(FAKES, root / "migrations", ignore=shutil.ignore_patterns("*~"))
-    (root / "migrations").chmod(0o755)
-    for path in (root / "migrations").glob("*.sql"):
-        path.unlink()
-    site = Site(postgres, root, dbname)
-    site.add_migration("20090101-01.sql", "SELECT 1;\n")
-    migrations.baseline(site.settings(), "20090101-01")
-    yield site
-    schema.drop_database(postgres, dbname)
+    with baselined_site(postgres, tmp_path) as site:
+        yield site
 
 
 def tables_in(site: Site, schema_name: str) -> list[str]:
