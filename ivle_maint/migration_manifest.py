@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import MaintError
+from .gates import waits
 
 FORMAT = "ivle-maint-migrations/1"
 
@@ -83,7 +84,14 @@ def parse(text: str, where: str = "migrations manifest") -> Manifest:
 def read(source: str) -> Manifest:
     """The manifest from a file, or from stdin when SOURCE is '-'."""
     if source == "-":
-        return parse(sys.stdin.read(), "migrations manifest on stdin")
+        where = "migrations manifest on stdin"
+        data = waits.read_pipe(sys.stdin.fileno(), where)  # bounded: gates/waits.py
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MaintError(f"{where}: not UTF-8: {exc}") from None
+        # As a file is read (universal newlines), so both ways parse alike.
+        return parse(text.replace("\r\n", "\n").replace("\r", "\n"), where)
     try:
         text = Path(source).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

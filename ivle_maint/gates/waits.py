@@ -329,3 +329,38 @@ def wait(conn: Any) -> None:
             raise
     if interrupted is not None:
         raise interrupted  # psycopg2 closes the connection: the session ends
+
+
+# -- reading a pipe ------------------------------------------------------------
+
+PIPE_QUIET = 60.0  # seconds a pipe may stay silent before the read gives up
+PIPE_LIMIT = 16 * 1024 * 1024
+
+
+def read_pipe(fd: int, what: str, *, quiet: float | None = None,
+              limit: int | None = None) -> bytes:
+    """All of a pipe (stdin, say) up to its end: never a terminal, never more
+    than limit bytes, and never a wait of more than quiet seconds for the
+    next bytes.  Raises MaintError saying which."""
+    import os
+
+    from ..errors import MaintError
+
+    quiet = PIPE_QUIET if quiet is None else quiet
+    limit = PIPE_LIMIT if limit is None else limit
+    if os.isatty(fd):
+        raise MaintError(f"{what}: is a terminal; give a file, or pipe it in")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        readable, _, _ = select.select([fd], [], [], quiet)
+        if not readable:
+            raise MaintError(f"{what}: nothing read for {quiet:g}s and no end: the writer "
+                             "never closed it; give a file instead")
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise MaintError(f"{what}: more than {limit} bytes")
+        chunks.append(chunk)

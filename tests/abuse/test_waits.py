@@ -296,3 +296,39 @@ def test_a_signal_at_any_step_leaves_a_node_rerun_completes(
     done = cli(node, "rerun")
     assert done.returncode == 0, done.stderr
     assert final_state(node) == reference
+
+
+# -- reading a pipe ------------------------------------------------------------------
+
+def test_a_manifest_on_a_terminal_is_refused_not_waited_for() -> None:
+    """`--new-migrations -` typed at a terminal: one line, no wait for an EOF."""
+    main, tty = os.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "ivle_maint", "hook", "--new-migrations", "-", "preinst",
+             "upgrade", "1.0", "1.1"],
+            env=env(), stdin=tty, capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        os.close(main)
+        os.close(tty)
+    assert done.returncode == 1
+    assert error_lines(done) == ["ivle-maint: error: migrations manifest on stdin: is a "
+                                 "terminal; give a file, or pipe it in"]
+
+
+def test_a_pipe_never_closed_is_given_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ivle_maint import migration_manifest
+    from ivle_maint.errors import MaintError
+    from ivle_maint.gates import waits
+
+    monkeypatch.setattr(waits, "PIPE_QUIET", 0.5)
+    reader, writer = os.pipe()
+    os.write(writer, b'{"count": 0}\n')  # a start, and the writer never closes
+    try:
+        with open(reader, "rb", closefd=False) as handle:
+            monkeypatch.setattr(sys, "stdin", handle)
+            with pytest.raises(MaintError, match=r"nothing read for 0\.5s and no end"):
+                migration_manifest.read("-")
+    finally:
+        os.close(reader)
+        os.close(writer)
