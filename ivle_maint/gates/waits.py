@@ -28,6 +28,7 @@ to the person at the terminal.
 from __future__ import annotations
 
 import logging
+import os
 import select
 import signal
 import threading
@@ -38,6 +39,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
+
+from ..errors import MaintError
 
 log = logging.getLogger(__name__)
 
@@ -342,10 +345,6 @@ def read_pipe(fd: int, what: str, *, quiet: float | None = None,
     """All of a pipe (stdin, say) up to its end: never a terminal, never more
     than limit bytes, and never a wait of more than quiet seconds for the
     next bytes.  Raises MaintError saying which."""
-    import os
-
-    from ..errors import MaintError
-
     quiet = PIPE_QUIET if quiet is None else quiet
     limit = PIPE_LIMIT if limit is None else limit
     if os.isatty(fd):
