@@ -49,6 +49,10 @@ PASS_THROUGH: dict[str, str] = {
     "DPKG_ROOT": "dpkg: the root being installed (invoke-rc.d, policy-rc.d)",
     "DPKG_ADMINDIR": "dpkg: its database directory (dpkg-query)",
     "DPKG_FORCE": "dpkg: the --force options in effect",
+    # sysvinit's rc gives these to what it runs; runlevel(8), which
+    # invoke-rc.d asks whether a start is wanted, answers from them.
+    "RUNLEVEL": "the runlevel sysvinit's rc runs in (runlevel(8), invoke-rc.d)",
+    "PREVLEVEL": "the runlevel before it (runlevel(8))",
     # apt inside the jail build (ivle-buildjail) must not prompt.
     "DEBIAN_FRONTEND": "apt/debconf in the jail build: no prompt",
     # The jail build downloads packages; apt checks their signatures.
