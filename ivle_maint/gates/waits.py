@@ -3,10 +3,14 @@
 Rule: nothing ivle-maint waits for can hold it for ever, silently, or deaf
 to the person at the terminal.
 
-- Signals.  Ctrl-C (SIGINT) raises KeyboardInterrupt and SIGTERM raises
-  Terminated wherever ivle-maint is; both unwind through the step, which
-  the runner journals as interrupted (a step is never re-wrapped as a
-  failure), and the command exits 130 or 143 (128 + the signal).
+- Signals.  While a command runs (signals()), Ctrl-C (SIGINT) raises
+  KeyboardInterrupt and SIGTERM raises Terminated wherever ivle-maint is,
+  except inside the logging module's lock or a deferred() block (a journal
+  record being written), where the exception waits until it is safe.  Both
+  unwind through the step, which the runner journals as interrupted (a step
+  is never re-wrapped as a failure), and the command exits 130 or 143
+  (128 + the signal); whatever error the unwinding causes on its way (a
+  closed connection, say) changes neither (received()).
 - Database statements.  interruptible() makes psycopg2 wait through wait(),
   which waits on the connection's socket in Python, so a signal's handler
   runs at once.  An interrupted statement is cancelled on the server
@@ -22,7 +26,9 @@ to the person at the terminal.
 - Connecting.  A non-blocking connection (as wait() makes them) ignores
   libpq's connect_timeout: the deadline given to connecting() bounds it.
 - Children.  A command runs with its timeout (system.run) and its output
-  is read only until it ends or is killed.
+  is read only until it ends or is killed; an interrupted wait kills it.
+- Pipes.  read_pipe() never reads a terminal, nor waits more than
+  PIPE_QUIET seconds for a silent writer.
 """
 
 from __future__ import annotations
@@ -248,12 +254,12 @@ def _look(conn: Any, watcher: Watch, waited: float) -> None:
     import psycopg2
 
     try:
-        with connecting(SIDE_CONNECT):
+        with connecting(SIDE_CONNECT):  # the look itself is bounded too
             side = watcher.open_side()
-        try:
-            wanted, found = holders(side, conn.info.backend_pid)
-        finally:
-            side.close()
+            try:
+                wanted, found = holders(side, conn.info.backend_pid)
+            finally:
+                side.close()
     except psycopg2.Error as exc:
         log.info("cannot see who blocks %s: %s", watcher.doing, printable(exc, 200))
         return
