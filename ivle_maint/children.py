@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .errors import MaintError
 from .gates import trusted
+from .gates.environment import UMASK
 from .gates.rewrite import replace_file
 from .output import Reporter
 
@@ -46,10 +47,12 @@ _PRCTL = _prctl()
 
 
 def preexec_for_child() -> Callable[[], None]:
-    """A preexec function: die with this process (checked against a race)."""
+    """A preexec function: die with this process (checked against a race),
+    with the gate's umask (gates/environment.py)."""
     parent = os.getpid()
 
     def preexec() -> None:
+        os.umask(UMASK)
         if _PRCTL is not None:
             _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:  # the parent died before prctl took effect

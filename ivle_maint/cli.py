@@ -35,7 +35,9 @@ exit status:
       scripts that others could write; or a command that needs root (all
       but 'settings') run by another user
   75  another ivle-maint holds the node or migration lock; try again later
-  130 interrupted
+  130 interrupted (Ctrl-C, SIGINT): the running statement is cancelled, the
+      step journaled as interrupted; the message says how to resume
+  143 terminated (SIGTERM): the same
 
 settings: /etc/ivle/ivle-maint.conf, --config FILE or $IVLE_MAINT_CONF
 (see 'ivle-maint settings --spec'); ivle.conf: $IVLECONF/ivle.conf."""
@@ -191,9 +193,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from .commands import Context
     from .errors import MaintError
-    from .gates import root
+    from .gates import environment, root, waits
     from .logfile import SAID, SafeFormatter
 
+    if argv is None:  # the command itself: its environment, locale and umask pinned
+        environment.pin_process()
     parser = build_parser()
     args = parser.parse_args(args_list)
     # Diagnostics on stderr only with -v: the reporter already says what
@@ -210,19 +214,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         action = getattr(args, "action", None)
         root.require(args.command, f"{args.command} {action}" if isinstance(action, str) else None)
-        return int(args.func(Context(args)) or 0)
+        with waits.signals():  # SIGTERM unwinds as Terminated, like Ctrl-C
+            return int(args.func(Context(args)) or 0)
     except MaintError as exc:
+        interrupt = waits.received()  # the error an interruption caused
+        if interrupt is not None:
+            return _interrupted(interrupt, exc.resume)
         _say("ivle-maint: error: ", exc)
         if exc.resume:
             _say("ivle-maint: resume with: ", exc.resume)
         return exc.exit_status
-    except KeyboardInterrupt:
-        _say("ivle-maint: interrupted")
-        return 130
+    except (KeyboardInterrupt, waits.Terminated) as exc:
+        return _interrupted(exc, getattr(exc, "resume", None))
     except OSError as exc:
         # A file system refusing (read-only, full, permission): one line, not
         # a traceback; the log file (and -v) keeps the traceback.
         logging.getLogger(__name__).debug("OSError", exc_info=True)
+        interrupt = waits.received()
+        if interrupt is not None:
+            return _interrupted(interrupt, None)
         _say("ivle-maint: error: ", os_error_line(exc))
         return 1
     except ImportError as exc:
@@ -232,6 +242,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(__name__).debug("ImportError", exc_info=True)
         _say("ivle-maint: error: ", f"Python module {failed_module(exc)} does not load: {exc}")
         return 1
+
+
+def _interrupted(exc: BaseException, resume: str | None) -> int:
+    """Ctrl-C or SIGTERM: one line, how to resume, 130 or 143."""
+    from .gates import waits
+
+    _say("ivle-maint: ", waits.describe(exc))
+    if resume:
+        _say("ivle-maint: resume with: ", resume)
+    return waits.exit_status(exc)
 
 
 def os_error_line(exc: OSError) -> str:

@@ -137,6 +137,21 @@ lock_timeout = float(min=0, default=600)
 # pg_dump before applying migrations, keeping this many dumps.
 backup = boolean(default=True)
 backup_keep = integer(min=1, default=5)
+# Every session ivle-maint opens sets these itself (sent when it connects,
+# so PG* variables and ROLE or DATABASE defaults cannot change them; each
+# migration starts from them again).  The schemas statements search and
+# create in: plain schema names, comma-separated.
+search_path = string(default='public')
+# Seconds a statement waits for a lock another session holds (PostgreSQL's
+# lock_timeout) before it gives up, naming the holder; 0: no limit.
+statement_lock_timeout = float(min=0, default=300)
+# Seconds a statement may run (PostgreSQL's statement_timeout); 0, the
+# default: no limit, since a migration may rewrite a large table (waiting
+# for a lock is bounded by statement_lock_timeout).
+statement_timeout = float(min=0, default=0)
+# Seconds between the lines that name who holds the lock a statement waits
+# for (the first comes after about a second).
+tell_interval = float(min=0.5, default=5)
 
 [media]
 # Rewrite [media] version even when ivle.conf leaves it unset.

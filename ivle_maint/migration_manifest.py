@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import MaintError
-from .gates import trusted
+from .gates import trusted, waits
 from .gates.rewrite import replace_file
 
 FORMAT = "ivle-maint-migrations/1"
@@ -84,18 +84,18 @@ def parse(text: str, where: str = "migrations manifest") -> Manifest:
 
 def read(source: str) -> Manifest:
     """The manifest from a file (read by the gate, gates/trusted.py), or
-    from stdin when SOURCE is '-'; either at most the gate's bound."""
-    limit = trusted.MANIFEST.limit or 0
+    from stdin when SOURCE is '-' (gates/waits.py: bounded in time and size)."""
+    if source == "-":
+        where = "migrations manifest on stdin"
+        data = waits.read_pipe(sys.stdin.fileno(), where)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MaintError(f"{where}: not UTF-8: {exc}") from None
+        # As a file is read (universal newlines), so both ways parse alike.
+        return parse(text.replace("\r\n", "\n").replace("\r", "\n"), where)
     try:
-        if source == "-":
-            where = "migrations manifest on stdin"
-            data = sys.stdin.buffer.read(limit + 1)
-            if len(data) > limit:
-                raise MaintError(f"{where}: larger than {limit} bytes; refused")
-        else:
-            where = source
-            data = trusted.read(source, trusted.MANIFEST)
-        text = data.decode("utf-8")
+        text = trusted.read(source, trusted.MANIFEST).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise MaintError(f"{source}: cannot read the migrations manifest: {exc}") from None
-    return parse(text, where)
+    return parse(text, source)

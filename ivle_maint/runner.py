@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 from .context import AFTER, BEFORE, Step, UpgradeContext, select_steps
 from .errors import MaintError
-from .journal import ABORTED, ABORTING, COMPLETE, IN_PROGRESS, Journal
+from .gates import waits
+from .journal import ABORTED, ABORTING, COMPLETE, IN_PROGRESS, RUNNING, Journal
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +43,26 @@ class Procedure:
 
     def run(self, phases: Iterable[str]) -> None:
         phases = tuple(phases)
-        if self.journal.state != IN_PROGRESS:
-            self.journal.state = IN_PROGRESS
-        for step in select_steps(self.journal.role, phases, self.steps):
-            if self.journal.is_done(step.name):
-                undone = self._undone_since(step, phases)
-                if not undone:
-                    self.reporter.info(f"{step.title}: already done")
-                    continue
-                self.reporter.warn(f"{step.title}: {undone}: doing it again")
-            self._run_step(step)
-        if AFTER in phases:
-            self.journal.set_state(COMPLETE)
-        self.observe("end", None)
+        try:
+            if self.journal.state != IN_PROGRESS:
+                self.journal.state = IN_PROGRESS
+            for step in select_steps(self.journal.role, phases, self.steps):
+                if self.journal.is_done(step.name):
+                    undone = self._undone_since(step, phases)
+                    if not undone:
+                        self.reporter.info(f"{step.title}: already done")
+                        continue
+                    self.reporter.warn(f"{step.title}: {undone}: doing it again")
+                self._run_step(step)
+            if AFTER in phases:
+                self.journal.set_state(COMPLETE)
+            self.observe("end", None)
+        except (KeyboardInterrupt, waits.Terminated) as exc:
+            # Ctrl-C or SIGTERM, wherever it lands: never re-wrapped (the
+            # command exits 130 or 143), nothing undone; rerun resumes.
+            if getattr(exc, "resume", None) is None:
+                exc.resume = self.journal.resume  # type: ignore[union-attr]
+            raise
 
     def _undone_since(self, step: Step, phases: tuple[str, ...]) -> str:
         """The after-phase re-checks a BEFORE step's effect instead of trusting it."""
@@ -65,12 +73,29 @@ class Procedure:
 
     def _run_step(self, step: Step) -> None:
         self.reporter.info(f"{step.title} ...")
-        self.journal.begin(step.name)
+        try:
+            with waits.deferred():  # a journal record is written whole
+                self.journal.begin(step.name)
+            self._run_begun(step)
+        except (KeyboardInterrupt, waits.Terminated) as exc:
+            record = self.journal.steps.get(step.name)
+            if record is not None and record.status == RUNNING:  # journaled as interrupted
+                with waits.deferred():
+                    self.journal.fail(step.name, waits.describe(exc))
+                self.observe("failed", step)
+            raise
+
+    def _run_begun(self, step: Step) -> None:
         self.observe("begin", step)
         started = time.monotonic()
         try:
             outcome = step.run(self.ctx)
+        except (KeyboardInterrupt, waits.Terminated):
+            raise  # _run_step journals it
         except BaseException as exc:
+            interrupt = waits.received()
+            if interrupt is not None:  # what the interruption caused: not a failure
+                raise interrupt from exc
             # Whatever went wrong, the person must learn how to resume.
             if not isinstance(exc, MaintError):
                 log.exception("step %s crashed", step.name)
@@ -103,7 +128,9 @@ class Procedure:
             raise error from exc
         elapsed = time.monotonic() - started
         log.info("step %s took %.2fs: %s", step.name, elapsed, outcome.summary)
-        self.journal.finish(step.name, outcome.summary, {**outcome.metrics, "seconds": elapsed})
+        with waits.deferred():
+            self.journal.finish(step.name, outcome.summary, {**outcome.metrics,
+                                                             "seconds": elapsed})
         self.observe("done", step)
         self.reporter.info(f"{step.title}: {outcome.summary} ({elapsed:.1f}s)")
 

@@ -18,7 +18,7 @@ import sh
 
 from . import children
 from .errors import MaintError
-from .gates import trusted
+from .gates import environment, trusted
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,8 @@ _RETURN_CMD: dict[str, Any] = {"_return_cmd": True} if _SH_MAJOR >= 2 else {}
 TAIL_LINES = 40
 # Maintainer scripts run with a PATH that has the sbin directories; a shell
 # of a person may not: IVLE's programs and init tools are looked up here too.
-SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Every child's PATH (gates/environment.py).
+SBIN_PATH = environment.SBIN_PATH
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ def run(
 ) -> Completed:
     """Run argv, stream stdout+stderr lines to on_line, never raise on status.
 
+    The child's environment is the gate's (gates/environment.child_env):
+    env may only add what ivle-maint sets itself (IVLECONF, ...).
+
     Raises MaintError only when the command cannot be started or times out,
     or when the gate refuses the program: it runs by the path checked.
     """
@@ -79,7 +83,8 @@ def run(
         if on_line is not None:
             on_line(text)
 
-    full_env = {**os.environ, **(env or {})}
+    # Nothing inherited beyond the gate's policy (gates/environment.py).
+    full_env = environment.child_env(os.environ, env, home=environment.home_of(os.geteuid()))
     log.debug("running %s", list(argv))
     # Its own session, and dead with us: see children.py.
     cmd = sh.Command(program)(

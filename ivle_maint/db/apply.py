@@ -3,6 +3,11 @@
 Transactional modes: the statements and the marker row in one
 transaction, so a failure anywhere leaves neither.  no-transaction: the
 statements in autocommit, as psql runs them, then the marker row.
+
+Each migration starts from the session as it connected (reset_session):
+what an earlier one SET (search_path, role, a timeout) does not carry
+into the next, and the marker row is written with the session's own
+search_path and role whatever the migration's statements set.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 import psycopg2
 
 from ..errors import MaintError
+from ..gates import waits
 from . import marker
 from .classify import NO_TRANSACTION, Classified
 
@@ -51,6 +57,48 @@ def _abandon(conn: Any) -> None:
         conn.autocommit = False
 
 
+# DISCARD ALL without pg_advisory_unlock_all(): the migration lock stays.
+# RESET ALL returns to the settings sent when connecting (gates/environment).
+RESET_SESSION = (
+    "CLOSE ALL",
+    "SET SESSION AUTHORIZATION DEFAULT",
+    "RESET ALL",
+    "RESET ROLE",
+    "DEALLOCATE ALL",
+    "UNLISTEN *",
+    "DISCARD PLANS",
+    "DISCARD TEMP",
+    "DISCARD SEQUENCES",
+)
+# Before the marker row, in the migration's own transaction.
+MARKER_SESSION = ("RESET search_path", "RESET ROLE")
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+def reset_session(conn: Any) -> None:
+    """The session as it connected, but for the session locks it holds."""
+    conn.rollback()
+    autocommit, conn.autocommit = conn.autocommit, True
+    try:
+        with conn.cursor() as cur:
+            for statement in RESET_SESSION:
+                cur.execute(statement)
+    finally:
+        conn.autocommit = autocommit
+
+
+def _lock_advice(conn: Any) -> str:
+    """Who held the lock a migration gave up waiting for, and what to do."""
+    found = waits.last_holders(conn)
+    if not found:
+        return ("; another session holds a lock it needs: let it finish or end it, or raise "
+                "[database] statement_lock_timeout")
+    ends = " ".join(f"SELECT pg_terminate_backend({pid});" for pid, _ in found)
+    held = "; ".join(text for _, text in found)
+    return (f"; it waited for a lock held by {held}: let that finish or end it ({ends}), "
+            f"or raise [database] statement_lock_timeout")
+
+
 def _run_statements(conn: Any, c: Classified) -> None:
     """Execute c's statements; a failure names the file and line."""
     with conn.cursor() as cur:
@@ -65,9 +113,10 @@ def _run_statements(conn: Any, c: Classified) -> None:
                     )
                 else:
                     effect = f"nothing of {c.key} was applied"
+                advice = _lock_advice(conn) if exc.pgcode == LOCK_NOT_AVAILABLE else ""
                 raise Failed(
                     f"migration {c.key} failed at {c.migration.path}:{statement.line}: "
-                    f"{pg_reason(exc)}; {effect}"
+                    f"{pg_reason(exc)}; {effect}{advice}"
                 ) from None
     for notice in conn.notices:
         log.info("%s: %s", c.key, notice.strip())
@@ -85,10 +134,11 @@ def apply(conn: Any, c: Classified, *, host: str, package_version: str | None) -
     no-transaction: statements in autocommit, as psql runs them, then the
     marker row in a transaction of its own.
     """
-    conn.rollback()
+    reset_session(conn)
     for notice in conn.notices:  # said before this migration ran: not its own
         log.info("before %s: %s", c.key, notice.strip())
     del conn.notices[:]
+    waits.doing(conn, f"migration {c.key}")
     conn.autocommit = c.mode == NO_TRANSACTION
     started = time.monotonic()
     try:
@@ -97,6 +147,8 @@ def apply(conn: Any, c: Classified, *, host: str, package_version: str | None) -
             conn.autocommit = False  # the marker row gets a transaction of its own
         seconds = time.monotonic() - started
         with conn.cursor() as cur:
+            for statement in MARKER_SESSION:  # not what the migration SET
+                cur.execute(statement)
             marker.record(
                 cur,
                 key=c.key,

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from .. import children
 from ..errors import MaintError
-from ..gates import clock
+from ..gates import clock, environment
 from ..safepaths import safe_dir
 from ..system import which
 from .connect import ConnectParams, reason
@@ -146,6 +146,8 @@ def _pg_dump_argv(params: ConnectParams) -> list[str]:
             "pg_dump not found (install postgresql-client, or [database] backup = false)"
         )
     argv = [program, "--format=custom", "--no-password", f"--dbname={params.dbname}"]
+    if params.lock_wait:  # a table another session holds locked: bounded (gates/waits)
+        argv.append(f"--lock-wait-timeout={round(params.lock_wait * 1000)}")
     argv += [f"--port={params.port}"]
     if params.host:
         argv.append(f"--host={params.host}")
@@ -170,14 +172,14 @@ def dump(params: ConnectParams, directory: Path, *, label: str, keep: int) -> Pa
     remove_leftovers(directory)
     final = directory / dump_name(directory, params.dbname, label)
     partial = directory / f".{final.name}.partial"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    home = environment.home_of(os.geteuid())
     user: int | None = None
     group: int | None = None
     extra_groups: list[int] | None = None
     if params.os_user and os.geteuid() == 0:
         entry = pwd.getpwnam(params.os_user)
         user, group, extra_groups = entry.pw_uid, entry.pw_gid, []
-        env["HOME"] = entry.pw_dir
+        home = entry.pw_dir
     # Opened here, by root, so the dump is root's whoever pg_dump runs as.
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(partial, flags, 0o600)
@@ -185,6 +187,9 @@ def dump(params: ConnectParams, directory: Path, *, label: str, keep: int) -> Pa
         os.fchmod(fd, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)  # pg_dump's stdout holds it too (remove_stale_partials)
         pass_env = {"PGPASSWORD": params.password} if params.password else {}
+        # The gate's environment: no inherited PG* (PGOPTIONS, PGSERVICE...).
+        env = environment.child_env(
+            os.environ, {**pass_env, "PGPASSFILE": environment.NO_PASSFILE}, home=home)
         # subprocess, not system.run: stdout must go straight to the file,
         # and pg_dump may have to run as the postgres user.
         done = subprocess.run(
@@ -192,7 +197,7 @@ def dump(params: ConnectParams, directory: Path, *, label: str, keep: int) -> Pa
             stdin=subprocess.DEVNULL,
             stdout=fd,
             stderr=subprocess.PIPE,
-            env={**env, **pass_env, "LC_ALL": "C"},
+            env=env,
             cwd="/",
             check=False,
             user=user,
@@ -212,6 +217,10 @@ def dump(params: ConnectParams, directory: Path, *, label: str, keep: int) -> Pa
         partial.unlink(missing_ok=True)
         lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
         last = reason(Exception("\n".join(lines)), params) if lines else f"status {done.returncode}"
+        if params.lock_wait and "statement timeout" in last:  # --lock-wait-timeout's way
+            last += (f" (it waited {params.lock_wait:g}s, [database] statement_lock_timeout, "
+                     "for a table another session holds locked: let that session finish or "
+                     "end it)")
         raise MaintError(f"pg_dump of database {params.dbname} failed: {last}")
     partial.rename(final)
     for path in rotate(directory, params.dbname, keep, taken=final):

@@ -13,6 +13,13 @@ Two ways, chosen by the setting [database] connect_as:
 The password never leaves this process except through pg_dump's own
 environment (PGPASSWORD, see db.backup); every error message is scrubbed
 of it.
+
+Nothing but these parameters decides the connection and its session: the
+environment gate (gates/environment.py) removes libpq's PG* variables,
+names no password file, and sends the session's search_path, lock_timeout
+and statement_timeout ([database] settings) in the startup packet.  The
+waits gate (gates/waits.py) bounds the connecting, tells who blocks a
+waiting statement, and cancels a statement on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import psycopg2
 from .. import liveness
 from ..config import Settings
 from ..errors import ConfigError, MaintError
+from ..gates import environment, waits
 from ..output import Reporter
 
 log = logging.getLogger(__name__)
@@ -51,6 +59,18 @@ _NOT_READY = (
 POLL_SECONDS = 0.5
 
 
+def _session(settings: Settings) -> dict[str, Any]:
+    """The ConnectParams fields of the session's own settings."""
+    db = settings["database"]
+    try:
+        options = environment.session_options(
+            db["search_path"], db["statement_lock_timeout"], db["statement_timeout"])
+    except ValueError as exc:
+        raise ConfigError(f"{settings.path}: [database] {exc}") from None
+    return {"options": options, "tell_interval": db["tell_interval"],
+            "lock_wait": db["statement_lock_timeout"]}
+
+
 @dataclass(frozen=True)
 class ConnectParams:
     """Where and as whom to connect; repr() never shows the password."""
@@ -61,6 +81,9 @@ class ConnectParams:
     user: str | None
     password: str | None = field(default=None, repr=False)
     os_user: str | None = None  # switch the effective uid to this user to connect
+    options: str = ""  # the session's settings (environment.session_options)
+    tell_interval: float = 5.0  # seconds between lines that tell a blocked statement
+    lock_wait: float = 0.0  # the session's lock_timeout in seconds (0: none)
 
     def describe(self) -> str:
         who = self.user or self.os_user or "(default user)"
@@ -73,7 +96,13 @@ class ConnectParams:
         for name, value in (("host", self.host), ("user", self.user), ("password", self.password)):
             if value:
                 kw[name] = value
+        kw.update(environment.libpq_keywords(self.options))
         return kw
+
+    def gives_up(self) -> str:
+        if not self.lock_wait:
+            return "no time limit ([database] statement_lock_timeout = 0)"
+        return f"gives up after {self.lock_wait:g}s ([database] statement_lock_timeout)"
 
     def scrub(self, text: str) -> str:
         return text.replace(self.password, "********") if self.password else text
@@ -90,7 +119,8 @@ def params_from_settings(settings: Settings) -> ConnectParams:
         if conf_path.exists():
             ivle_db = settings.ivle_conf().database
             name, port = ivle_db["name"], int(ivle_db["port"])
-        return ConnectParams(name, db["socket_dir"], port, "postgres", None, "postgres")
+        return ConnectParams(name, db["socket_dir"], port, "postgres", None, "postgres",
+                             **_session(settings))
     ivle_db = settings.ivle_conf().database
     if not ivle_db.get("username"):
         raise ConfigError(
@@ -103,6 +133,7 @@ def params_from_settings(settings: Settings) -> ConnectParams:
         int(ivle_db["port"]),
         ivle_db["username"],
         ivle_db["password"],
+        **_session(settings),
     )
 
 
@@ -161,18 +192,17 @@ def connect(
     reporter: Reporter,
     resume: str | None = None,
 ) -> Any:
-    """A psycopg2 connection; waits up to wait_timeout for a starting server."""
+    """A psycopg2 connection; waits up to wait_timeout for a starting server.
+
+    Its statements' lock waits are told to reporter (gates/waits.py).
+    """
+    waits.interruptible()
     deadline = time.monotonic() + wait_timeout
     waited = False
     while True:
         remaining = deadline - time.monotonic()
         try:
-            with effective_user(params.os_user):
-                conn = psycopg2.connect(
-                    **params.keywords(),
-                    connect_timeout=max(2, min(10, int(remaining) + 1)),
-                    application_name=application_name(),
-                )
+            conn = _open(params, max(2, min(10, int(remaining) + 1)))
         except psycopg2.OperationalError as exc:
             why = reason(exc, params)
             if not _not_ready(why):
@@ -194,4 +224,14 @@ def connect(
             continue
         if waited:
             reporter.info("PostgreSQL is accepting connections")
+        waits.watch(conn, waits.Watch(
+            tell=reporter.info, open_side=lambda: _open(params, waits.SIDE_CONNECT),
+            interval=params.tell_interval, gives_up=params.gives_up()))
         return conn
+
+
+def _open(params: ConnectParams, timeout: float) -> Any:
+    """One connection attempt, bounded by timeout, as the right system user."""
+    with waits.connecting(timeout), effective_user(params.os_user):
+        return psycopg2.connect(**params.keywords(), connect_timeout=int(timeout),
+                                application_name=application_name())

@@ -19,6 +19,7 @@ import pytest
 
 from ivle_maint.db import lock
 from ivle_maint.errors import LockedError, MaintError
+from ivle_maint.gates import environment
 from ivle_maint.output import RecordingReporter
 from ivle_maint.steps import migrations
 from ivle_sandbox import schema
@@ -291,7 +292,8 @@ def test_password_reaches_pg_dump_only_through_its_own_environment(
     assert path.exists()
     ((argv, env),) = seen
     assert site.pg.ivle_password not in " ".join(argv)
-    assert env["PGPASSWORD"] == site.pg.ivle_password and "PGPASSFILE" not in env
+    assert env["PGPASSWORD"] == site.pg.ivle_password
+    assert env["PGPASSFILE"] == environment.NO_PASSFILE  # not the inherited one
     assert "PGPASSWORD" not in os.environ  # ivle-maint's own environment stays clean
     assert not list(Path("/tmp").glob("ivle-maint-pgpass-*"))
 

@@ -106,7 +106,7 @@ def test_a_failing_mountallusers_is_a_warning_and_the_table_decides(mounted: Any
     rep = RecordingReporter()
     result = unmount_jails(mounted.jail_mounts, rep,
                            mountallusers=[str(mounted.commands["ivle-mountallusers"])],
-                           env=mounted.env)  # fmt: skip
+                           env={"IVLECONF": mounted.env["IVLECONF"]})  # fmt: skip
     assert result.mountallusers_status == 3
     assert rep.lines[0].startswith("warning: ") and "-u exited 3" in rep.lines[0]
     assert len(result.unmounted) == 9 and table_below(mounted.jail_mounts) == []

@@ -1,0 +1,372 @@
+"""Every wait bounded, told and interruptible.
+
+Rule: nothing ivle-maint waits for can hold it for ever, silently, or deaf
+to the person at the terminal.
+
+- Signals.  While a command runs (signals()), Ctrl-C (SIGINT) raises
+  KeyboardInterrupt and SIGTERM raises Terminated wherever ivle-maint is,
+  except inside the logging module's lock or a deferred() block (a journal
+  record being written), where the exception waits until it is safe.  Both
+  unwind through the step, which the runner journals as interrupted (a step
+  is never re-wrapped as a failure), and the command exits 130 or 143
+  (128 + the signal); whatever error the unwinding causes on its way (a
+  closed connection, say) changes neither (received()).
+- Database statements.  interruptible() makes psycopg2 wait through wait(),
+  which waits on the connection's socket in Python, so a signal's handler
+  runs at once.  An interrupted statement is cancelled on the server
+  (conn.cancel()) and its answer awaited before the interrupt goes on;
+  psycopg2 then closes the connection, which ends the server session, its
+  transaction and its locks.  A statement that waits for another session's
+  lock is told: after FIRST_LOOK seconds, then every [database]
+  tell_interval, one line names the holders (server pid, user,
+  application, since when, their query) from pg_blocking_pids() and
+  pg_stat_activity; the server gives up after [database]
+  statement_lock_timeout (the session's lock_timeout, gates/environment),
+  and the failure says whom to end.
+- Connecting.  A non-blocking connection (as wait() makes them) ignores
+  libpq's connect_timeout: the deadline given to connecting() bounds it.
+- Children.  A command runs with its timeout (system.run) and its output
+  is read only until it ends or is killed; an interrupted wait kills it.
+- Pipes.  read_pipe() never reads a terminal, nor waits more than
+  PIPE_QUIET seconds for a silent writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from ..errors import MaintError
+from .text import shown
+
+log = logging.getLogger(__name__)
+
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143
+FIRST_LOOK = 1.0  # seconds a statement waits before the first look at its blockers
+SIDE_CONNECT = 5.0  # seconds to open the connection that looks
+QUERY_CHARS = 160  # of a holder's query, in a message
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind like Ctrl-C; the command exits 143."""
+
+
+def exit_status(exc: BaseException) -> int:
+    """130 for Ctrl-C, 143 for SIGTERM."""
+    return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+
+
+def describe(exc: BaseException) -> str:
+    """How the journal and the person are told of an interruption."""
+    return "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (SIGINT)"
+
+
+# A signal's exception raised inside the logging module (its lock, or its
+# fork hook that releases the lock, where the exception is even swallowed)
+# leaves the lock held, and the next log record deadlocks: there, and in a
+# deferred() block, the exception waits, and a timer (SIGALRM) tries again
+# a moment later.
+_FRAGILE = (logging.__file__,)
+RETRY_SECONDS = 0.02
+_pending: list[int] = []
+
+
+_deferring = [0]  # depth of deferred() blocks
+
+
+def _fragile(frame: FrameType | None) -> bool:
+    if _deferring[0]:
+        return True
+    return frame is not None and frame.f_code.co_filename in _FRAGILE
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """A signal that arrives in the block unwinds when it ends (a journal
+    record is written whole, then the interruption goes on)."""
+    _deferring[0] += 1
+    try:
+        yield
+    finally:
+        _deferring[0] -= 1
+    if not _deferring[0] and _pending:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        first = _pending[0]
+        _pending.clear()
+        _raise_for(first)
+
+
+def _exception_for(signum: int) -> BaseException:
+    return Terminated(describe(Terminated())) if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _raise_for(signum: int) -> None:
+    raise _exception_for(signum)
+
+
+# The signal this command received, if any: whatever error its unwinding
+# then causes (a closed connection, a step's failure line), the outcome is
+# the interruption (the runner and the command line ask received()).
+_received: list[int] = []
+
+
+def received() -> BaseException | None:
+    """The interruption this command received (to raise), or None."""
+    return _exception_for(_received[0]) if _received else None
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    if not _received:
+        _received.append(signum)
+    if _fragile(frame):
+        if signum not in _pending:
+            _pending.append(signum)
+        signal.setitimer(signal.ITIMER_REAL, RETRY_SECONDS)
+        return
+    _raise_for(signum)
+
+
+def _on_retry(signum: int, frame: FrameType | None) -> None:
+    if not _pending:
+        return
+    if _fragile(frame):
+        signal.setitimer(signal.ITIMER_REAL, RETRY_SECONDS)
+        return
+    first = _pending[0]
+    _pending.clear()
+    _raise_for(first)
+
+
+@contextmanager
+def signals() -> Iterator[None]:
+    """While a command runs: SIGINT and SIGTERM unwind (KeyboardInterrupt,
+    Terminated), never inside the logging module's lock."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handlers = {signal.SIGTERM: _on_signal, signal.SIGALRM: _on_retry}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not ignored
+        handlers[signal.SIGINT] = _on_signal
+    _received.clear()
+    previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        _pending.clear()
+        _received.clear()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def interruptible() -> None:
+    """Every psycopg2 wait goes through wait() (before each connection)."""
+    import psycopg2.extensions
+
+    if psycopg2.extensions.get_wait_callback() is not wait:
+        psycopg2.extensions.set_wait_callback(wait)
+
+
+# -- telling who blocks a statement ------------------------------------------
+
+
+@dataclass
+class Watch:
+    """How one connection's waits are told."""
+
+    tell: Callable[[str], None]
+    open_side: Callable[[], Any]  # a second connection, to look from
+    interval: float
+    gives_up: str  # e.g. "gives up after 300s ([database] statement_lock_timeout)"
+    doing: str = "a database statement"
+    holders: list[tuple[int, str]] = field(default_factory=list)  # the last seen: pid, text
+
+
+_watches: weakref.WeakKeyDictionary[Any, Watch] = weakref.WeakKeyDictionary()
+_deadline: list[float] = []  # innermost last: connecting() deadlines
+
+
+def watch(conn: Any, watcher: Watch) -> None:
+    _watches[conn] = watcher
+
+
+def doing(conn: Any, what: str) -> None:
+    """Name what conn's next statements do, for the lines that tell a wait."""
+    watcher = _watches.get(conn)
+    if watcher is not None:
+        watcher.doing = what
+        watcher.holders = []
+
+
+def last_holders(conn: Any) -> list[tuple[int, str]]:
+    """The holders the last look found (the failure names them)."""
+    watcher = _watches.get(conn)
+    return list(watcher.holders) if watcher is not None else []
+
+
+def printable(text: object, limit: int = QUERY_CHARS) -> str:
+    """Text from the server (a query, a name) on one printable line, cut at
+    LIMIT: white space folded for reading, the rest escaped by gates.text."""
+    safe = shown(" ".join(str(text).split()))
+    return safe if len(safe) <= limit else safe[: limit - 3] + "..."
+
+
+_HOLDERS = """
+SELECT a.pid, a.usename, a.application_name, a.state,
+       coalesce(a.xact_start, a.query_start, a.backend_start), a.query,
+       (SELECT string_agg(DISTINCT w.mode || ' on ' ||
+               coalesce(w.relation::regclass::text, w.locktype), ', ')
+          FROM pg_locks w WHERE w.pid = %(me)s AND NOT w.granted)
+  FROM pg_stat_activity a
+ WHERE a.pid = ANY (pg_blocking_pids(%(me)s))
+ ORDER BY a.pid
+"""
+
+
+def holders(side: Any, backend_pid: int) -> tuple[str, list[tuple[int, str]]]:
+    """(the lock backend_pid waits for, one text per session that holds it)."""
+    with side.cursor() as cur:
+        cur.execute(_HOLDERS, {"me": backend_pid})
+        rows = cur.fetchall()
+    wanted = next((row[6] for row in rows if row[6]), "") or ""
+    found = []
+    for pid, user, app, state, since, query, _ in rows:
+        when = f", since {since:%Y-%m-%d %H:%M:%S %Z}".rstrip() if since else ""
+        what = f"{printable(state or '?', 40)}: {printable(query)}" if query else "?"
+        app_text = f", {printable(app, 60)}" if app else ""
+        who = printable(user or "?", 64)
+        found.append((int(pid), f"server pid {pid} (user {who}{app_text}{when}; {what})"))
+    return printable(wanted, 200), found
+
+
+def _look(conn: Any, watcher: Watch, waited: float) -> None:
+    """One look at who blocks conn's statement; told only when someone does."""
+    import psycopg2
+
+    try:
+        with connecting(SIDE_CONNECT):  # the look itself is bounded too
+            side = watcher.open_side()
+            try:
+                wanted, found = holders(side, conn.info.backend_pid)
+            finally:
+                side.close()
+    except psycopg2.Error as exc:
+        log.info("cannot see who blocks %s: %s", watcher.doing, printable(exc, 200))
+        return
+    watcher.holders = found
+    if found:
+        lock = f" ({wanted})" if wanted else ""
+        watcher.tell(f"{watcher.doing} has waited {waited:.0f}s for a lock{lock} held by "
+                     f"{'; '.join(text for _, text in found)}; {watcher.gives_up}")
+
+
+# -- the wait callback ---------------------------------------------------------
+
+
+@contextmanager
+def connecting(seconds: float) -> Iterator[None]:
+    """Bound the connections opened in the block (libpq's connect_timeout cannot)."""
+    _deadline.append(time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _deadline.pop()
+
+
+def _cancel(conn: Any) -> bool:
+    """Ask the server to cancel conn's statement; False when it cannot be."""
+    import psycopg2
+
+    try:
+        conn.cancel()
+    except psycopg2.Error:
+        return False
+    return True
+
+
+def wait(conn: Any) -> None:
+    """psycopg2's wait callback: poll conn until done, bounded, told, interruptible."""
+    import psycopg2
+    import psycopg2.extensions as ext
+
+    watcher = _watches.get(conn)
+    started = time.monotonic()
+    next_look = started + FIRST_LOOK
+    deadline = _deadline[-1] if _deadline and not watcher else None
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            state = conn.poll()
+            if state == ext.POLL_OK:
+                break
+            fds = [conn.fileno()]
+            readable, writable = (fds, []) if state == ext.POLL_READ else ([], fds)
+            if state not in (ext.POLL_READ, ext.POLL_WRITE):
+                raise psycopg2.OperationalError(f"bad state from poll: {state}")
+            now = time.monotonic()
+            timeouts = []
+            if deadline is not None:
+                if now >= deadline:
+                    raise psycopg2.OperationalError("timeout expired")
+                timeouts.append(deadline - now)
+            if watcher is not None and interrupted is None:
+                if now >= next_look:
+                    _look(conn, watcher, now - started)
+                    next_look = time.monotonic() + watcher.interval
+                timeouts.append(max(0.0, next_look - time.monotonic()))
+            select.select(readable, writable, [], min(timeouts) if timeouts else None)
+        except (KeyboardInterrupt, Terminated) as exc:
+            # The first signal cancels the statement on the server and waits
+            # for its answer; a second one stops waiting for the server too.
+            if interrupted is not None or not _cancel(conn):
+                raise
+            interrupted = exc
+            log.info("%s: cancelling the running statement", describe(exc))
+        except psycopg2.Error:
+            if interrupted is not None:
+                raise interrupted from None
+            raise
+    if interrupted is not None:
+        raise interrupted  # psycopg2 closes the connection: the session ends
+
+
+# -- reading a pipe ------------------------------------------------------------
+
+PIPE_QUIET = 60.0  # seconds a pipe may stay silent before the read gives up
+PIPE_LIMIT = 16 * 1024 * 1024
+
+
+def read_pipe(fd: int, what: str, *, quiet: float | None = None,
+              limit: int | None = None) -> bytes:
+    """All of a pipe (stdin, say) up to its end: never a terminal, never more
+    than limit bytes, and never a wait of more than quiet seconds for the
+    next bytes.  Raises MaintError saying which."""
+    quiet = PIPE_QUIET if quiet is None else quiet
+    limit = PIPE_LIMIT if limit is None else limit
+    if os.isatty(fd):
+        raise MaintError(f"{what}: is a terminal; give a file, or pipe it in")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        readable, _, _ = select.select([fd], [], [], quiet)
+        if not readable:
+            raise MaintError(f"{what}: nothing read for {quiet:g}s and no end: the writer "
+                             "never closed it; give a file instead")
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise MaintError(f"{what}: more than {limit} bytes")
+        chunks.append(chunk)

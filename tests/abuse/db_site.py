@@ -1,0 +1,45 @@
+"""A fresh baselined IVLE database with its settings, for the session and
+wait gates' cases (a Site of tests/integration/migration_site.py)."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ivle_maint.steps import migrations
+from ivle_sandbox import schema
+from migration_site import FAKES, Site
+
+
+@contextmanager
+def baselined_site(postgres: Any, tmp_path: Path) -> Iterator[Site]:
+    """A fresh IVLE database, baselined, with no migration pending."""
+    dbname = f"gate_{uuid.uuid4().hex[:10]}"
+    schema.create_database(postgres, dbname, users=3)
+    root = tmp_path / "site"
+    root.mkdir()
+    shutil.copytree(FAKES, root / "migrations", ignore=shutil.ignore_patterns("*~"))
+    (root / "migrations").chmod(0o755)
+    for path in (root / "migrations").glob("*.sql"):
+        path.unlink()
+    site = Site(postgres, root, dbname)
+    site.add_migration("20090101-01.sql", "SELECT 1;\n")
+    migrations.baseline(site.settings(), "20090101-01")
+    try:
+        yield site
+    finally:
+        schema.drop_database(postgres, dbname)
+
+
+def add_settings(site: Site, **database: object) -> Path:
+    """site.settings() plus [database] keys its template does not know."""
+    site.settings()
+    path = site.root / "etc" / "ivle-maint.conf"
+    with path.open("a") as handle:  # [database] is the template's last section
+        for key, value in database.items():
+            handle.write(f"{key} = {value}\n")
+    return path
