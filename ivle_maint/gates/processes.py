@@ -29,7 +29,7 @@ line (those are the student's to choose: a student process called
   jail too.
 
 Verdicts: OUTSIDE (not ours: never signalled), STUDENT (stopped),
-PROTECTED (ivle-maint, its ancestors, its own children and PID 1: never
+PROTECTED (ivle-maint, its ancestors and PID 1: never
 signalled, named in a warning) and FOREIGN (in a jail but not an IVLE
 user's: an administrator's shell, say).  A FOREIGN process is never
 signalled: ``empty_jails`` stops before signalling anything, with one
@@ -334,11 +334,11 @@ class Found:
 
 
 def protected() -> dict[int, str]:
-    """ivle-maint, its ancestors (dpkg, the shell), its own children (children.py
-    ends those) and init: never signalled here."""
+    """ivle-maint, its ancestors (dpkg, the shell) and init: never signalled.
+    Its descendants are not spared: a process in a jail is judged by where
+    it is and whose it is, whoever started it."""
     me = psutil.Process()
-    spared = {p.pid: "ivle-maint's own child" for p in me.children(recursive=True)}
-    spared.update({p.pid: "ivle-maint or its caller" for p in [me, *me.parents()]})
+    spared = {p.pid: "ivle-maint or its caller" for p in [me, *me.parents()]}
     spared[1] = "init (PID 1)"
     return spared
 
