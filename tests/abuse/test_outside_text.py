@@ -67,7 +67,8 @@ def test_a_command_line_that_forges_a_line_is_escaped_in_consoles_list_and_stop(
     assert stopped.returncode == 0, stopped.stderr
     assert hostile_console.poll() is not None
     assert_nothing_raw(stopped.stderr, "consoles stop")
-    assert any(all(part in ln for part in SHOWN) for ln in stopped.stderr.splitlines())
+    # stop sums up per jail (gates/processes); the command lines are in list
+    assert f"jail {node.users[0].login}: " in stopped.stderr, stopped.stderr
 
 
 def test_a_command_line_that_forges_a_line_is_escaped_in_the_upgrade_and_its_log(
@@ -77,8 +78,7 @@ def test_a_command_line_that_forges_a_line_is_escaped_in_the_upgrade_and_its_log
     assert done.returncode == 0, done.stderr
     assert hostile_console.poll() is not None
     assert_nothing_raw(done.stderr, "preinst")
-    assert any(all(part in ln for part in SHOWN) for ln in done.stderr.splitlines())
-    log = log_text(node)
+    log = log_text(node)  # every process stopped, one debug line each
     assert_nothing_raw(log, "log")
     assert any(all(part in ln for part in SHOWN) for ln in log.splitlines())
 
