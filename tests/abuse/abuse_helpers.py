@@ -1,6 +1,8 @@
 """Helpers the fault-and-abuse cases share: reading ivle-maint's error and
 resume lines, the uninterrupted upgrade a killed one is compared with,
-killing a run at the right moment, and the live processes a kill may leave.
+killing a run at the right moment, the live processes a kill may leave,
+another runner holding the migration lock, and what "nothing done" means
+(the site untouched, or the old site untouched by the after-phase).
 
 A plain module (not fixtures) so that a case imports what it uses; what the
 integration tests share too (cli, set_setting, OLD_KEYS...) is in
@@ -17,7 +19,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from upgrade_helpers import final_state, postinst, preinst, unpack
+from ivle_maint.db.lock import LOCK_ID
+from upgrade_helpers import (
+    OLD_KEYS,
+    final_state,
+    journal,
+    marker_keys,
+    media_version,
+    postinst,
+    preinst,
+    set_setting,
+    unpack,
+)
 
 ERROR_PREFIX = "ivle-maint: error:"
 RESUME_PREFIX = "ivle-maint: resume with: "
@@ -91,3 +104,35 @@ def wait_until_gone(pids: Callable[[], list[int]], timeout: float, message: str)
     while pids():
         assert time.monotonic() < deadline, message
         time.sleep(0.05)
+
+
+def old_site_untouched(node) -> None:
+    """Nothing of the after-phase ran: old schema, old media, old code."""
+    assert marker_keys(node) in ([], OLD_KEYS)  # the baseline at most
+    assert media_version(node) == "1.0"
+    assert node.installed_version() == "1.0" and node.template_version() == "1.0"
+    steps = journal(node).get("steps", {})
+    assert not {"migrate", "rebuild-jail", "media-version", "start-web"} & set(steps)
+
+
+def hold_migration_lock(node):
+    """Another runner holds the lock: the before-phase's baseline fails."""
+    set_setting(node, "database", "lock_timeout", "1")
+    holder = node.connect()
+    with holder.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(%s)", [LOCK_ID])
+    holder.commit()
+    return holder
+
+
+def assert_untouched(site: Any) -> None:
+    """Refused before anything started: serving, no journal."""
+    assert site.service_running("apache2")
+    assert journal(site) == {}
+
+
+def node_pids(node: Any, argv: bytes) -> list[int]:
+    """Live processes of this node (by its IVLECONF) whose argv is ARGV."""
+    ours = f"IVLECONF={node.conf_dir}\0".encode()
+    return [pid for pid, cmdline, environ in live_processes()
+            if cmdline == argv and ours in environ]

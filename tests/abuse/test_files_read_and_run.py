@@ -10,6 +10,13 @@ student's run, the site serving, nothing recorded.  ivle-maint runs with a
 timeout on the subprocess (a run that blocks fails the test by its
 exception, never by a timed assertion) and a 1 GiB address-space limit (a
 file read whole fails it as a traceback instead of eating the machine).
+
+ivle-maint's own directories ([paths] state, run, log, backup) are checked
+by the same gate before they are used (safepaths.py): owned by another
+user or writable by others, or below such a directory, they are refused
+(exit 2) before a planted symlink could be followed; a symlink in place of
+the lock, a journal or a log is never followed; under umask 000 every
+directory and file gets its explicit mode.
 """
 
 from __future__ import annotations
@@ -20,22 +27,25 @@ import resource
 import stat
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from test_source_install import source_tree
 
-from abuse_helpers import error_lines, one_error_line
+from abuse_helpers import assert_untouched, error_lines, one_error_line
 from ivle_sandbox.releases import OLD, RELEASES
 from upgrade_helpers import (
     NEW_KEYS,
     OLD_KEYS,
     REPO,
+    at_version_1_0,
     cli,
     journal,
     marker_keys,
+    postinst,
     preinst,
     set_setting,
     unpack,
@@ -404,3 +414,155 @@ def test_a_source_tree_others_can_change_never_has_its_setup_py_run(
     assert serving(site) and site.console_pids() == consoles
     assert site.installed_version() == "1.0" and marker_keys(site) == []
     assert sorted(OLD) == sorted(p.name for p in site.migrations.glob("*.sql"))
+
+
+# ---------------------------------------------- ivle-maint's own directories and files
+
+def directory(site: Any, key: str) -> Path:
+    return {"state": site.state_dir, "run": site.maint_run_dir, "log": site.maint_log_dir,
+            "backup": site.backup_dir}[key]
+
+
+@pytest.mark.parametrize("key", ["state", "run", "log", "backup"])
+@pytest.mark.parametrize("fault", ["owned by nobody", "mode 0777"])
+def test_unsafe_state_directories_are_refused(site: Any, key: str, fault: str,
+                                              tmp_path: Path) -> None:
+    path = directory(site, key)
+    path.mkdir(parents=True, exist_ok=True)
+    if fault == "owned by nobody":
+        os.chown(path, NOBODY, NOBODY)
+        why = f"owned by uid {NOBODY}, not root"
+    else:
+        path.chmod(0o777)
+        why = "writable by others (mode 0777)"
+    # What such a directory allows: the owner plants a symlink to root's file.
+    victim = tmp_path / "root-owned"
+    victim.write_text("precious\n")
+    for name in ("lock", "installed.json", "pinned.json"):
+        (path / name).symlink_to(victim)
+    done = preinst(site)
+    assert done.returncode == 2, done.stderr
+    assert error_lines(done) == [f"ivle-maint: error: [paths] {key} {path}: {why}; refused "
+                                 "(fix the owner and mode, e.g. chown root: and chmod go-w, "
+                                 "or choose another directory)"]
+    assert victim.read_text() == "precious\n"
+    assert_untouched(site)
+
+
+def test_a_directory_above_owned_by_another_user_is_refused(site: Any) -> None:
+    os.chown(site.state_dir.parent, NOBODY, NOBODY)
+    done = preinst(site)
+    assert done.returncode == 2
+    (line,) = error_lines(done)
+    assert f"{site.state_dir.parent} above it is owned by uid {NOBODY}" in line
+    assert_untouched(site)
+
+
+def test_a_symlinked_lock_file_is_not_followed(site: Any, tmp_path: Path) -> None:
+    """Even in a safe directory, the lock (truncated by each run) is never a symlink."""
+    victim = tmp_path / "root-owned"
+    victim.write_text("precious\n")
+    site.maint_run_dir.mkdir(parents=True, exist_ok=True)
+    (site.maint_run_dir / "lock").symlink_to(victim)
+    done = preinst(site)
+    assert done.returncode == 1
+    assert error_lines(done) == [f"ivle-maint: error: {site.maint_run_dir / 'lock'}: "
+                                 "is a symlink; refused (remove it)"]
+    assert victim.read_text() == "precious\n"
+    assert_untouched(site)
+
+
+def test_a_symlinked_journal_is_neither_read_nor_replaced(site: Any, tmp_path: Path) -> None:
+    victim = tmp_path / "root-owned.json"
+    victim.write_text('{"not": "a journal"}\n')
+    (site.state_dir / "journal").mkdir(mode=0o700)
+    link = site.state_dir / "journal" / "1.0_to_1.1.json"
+    link.symlink_to(victim)
+    done = preinst(site)
+    assert done.returncode == 1
+    assert error_lines(done) == [f"ivle-maint: error: {link}: is a symlink; refused (remove it)"]
+    assert victim.read_text() == '{"not": "a journal"}\n' and link.is_symlink()
+    assert site.service_running("apache2")
+
+
+@contextmanager
+def umask_000() -> Iterator[None]:
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_directories_get_explicit_modes_under_umask_000(site: Any) -> None:
+    """Created by the upgrade itself, under umask 000: never writable by others."""
+    for key in ("state", "run", "log", "backup"):
+        path = directory(site, key)
+        if path.exists():
+            for child in sorted(path.rglob("*"), reverse=True):
+                child.unlink() if not child.is_dir() or child.is_symlink() else child.rmdir()
+            path.rmdir()
+    with umask_000():
+        assert preinst(site).returncode == 0
+    unpack(site)  # dpkg's unpack, under dpkg's own umask
+    with umask_000():
+        done = postinst(site)
+    assert done.returncode == 0, done.stderr
+    modes = {str(p.relative_to(site.root)): stat.S_IMODE(p.stat().st_mode) for p in (
+        site.state_dir, site.state_dir / "journal", site.maint_run_dir, site.maint_log_dir,
+        site.backup_dir)}
+    assert modes == {
+        "var/lib/ivle-maint": 0o755,
+        "var/lib/ivle-maint/journal": 0o700,
+        "run/ivle-maint": 0o755,
+        "var/log/ivle-maint": 0o750,
+        "var/backups/ivle-maint": 0o700,
+    }
+    # Files too: dumps and journals root's alone, logs root:adm, none writable by others.
+    files = {p: stat.S_IMODE(p.stat().st_mode) for key in ("state", "log", "backup")
+             for p in directory(site, key).rglob("*") if p.is_file()}
+    assert [p for p in files if p.suffix == ".dump"]
+    assert all(mode == 0o600 for p, mode in files.items()
+               if p.suffix == ".dump" or p.parent.name == "journal")
+    assert all(mode == 0o640 for p, mode in files.items() if p.suffix == ".log")
+    assert not [p for p, mode in files.items() if mode & 0o022]
+
+
+def test_log_rotation_never_follows_a_symlink_named_like_a_log(node_factory: Any,
+                                                               tmp_path: Path) -> None:
+    """[logs] keep = 2 with a link among the logs: its target is neither
+    copied into the log directory nor counted, real logs are not deleted for it."""
+    node = at_version_1_0(node_factory(users=2, consoles=1))
+    set_setting(node, "logs", "keep", "2")
+    victim = tmp_path / "shadow"
+    victim.write_text("root:secret\n")
+    node.maint_log_dir.mkdir(parents=True, exist_ok=True)
+    old = node.maint_log_dir / "jails-old-20200101T000000Z.log"
+    old.write_text("an earlier run\n")
+    os.utime(old, (1_000_000, 1_000_000))
+    link = node.maint_log_dir / "upgrade-planted-20000101T000000Z.log"
+    link.symlink_to(victim)
+    assert preinst(node).returncode == 0
+    assert victim.read_text() == "root:secret\n" and link.is_symlink()
+    assert not link.with_name(link.name + ".gz").exists()
+    # keep = 2: the earlier run's log (the previous one: plain) and this run's.
+    assert old.read_text() == "an earlier run\n"
+    assert len(list(node.maint_log_dir.glob("upgrade-1.0_to_1.1-*.log"))) == 1
+
+
+def state_dir_writable_by_others(site: Any) -> str:
+    site.state_dir.mkdir(parents=True, exist_ok=True)
+    site.state_dir.chmod(0o777)
+    return (f"[paths] state {site.state_dir}: writable by others (mode 0777); refused (fix "
+            "the owner and mode, e.g. chown root: and chmod go-w, or choose another directory)")
+
+
+def test_media_set_refuses_a_state_directory_others_can_write(site: Any) -> None:
+    """The record of used values lives there: checked before ivle.conf is read."""
+    why = state_dir_writable_by_others(site)
+    before = snapshot(site)
+    done = cli(site, "media", "set", "--reinstall", "1.0")
+    assert done.returncode == 2, done.stderr
+    assert error_lines(done) == [f"ivle-maint: error: {why}"]
+    assert_nothing_done(site, before)
+    assert not (site.state_dir / "media-versions.json").exists()

@@ -12,7 +12,11 @@ Each case runs a real upgrade (`ivle-maint upgrade --source`, the source
 install, whose preflight sees the new migrations) on a sandbox node at
 1.0 with real PostgreSQL, and asserts one error line, the exit status,
 the web server and consoles still up, the old code installed and the
-database untouched (no marker written, nothing migrated).
+database untouched (no marker written, nothing migrated).  Under dpkg the
+preinst checks the new migrations from the package's manifest and names
+them as the package ships them.  What the preflight cannot see (an
+abandoned preinst, the marker table changed by hand, an applied migration
+changed) is answered with advice that, followed, finishes the upgrade.
 """
 
 from __future__ import annotations
@@ -31,9 +35,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_preinst_manifest import manifest, preinst_with
 from test_source_install import source_tree
 
-from abuse_helpers import one_error_line, resume_line
+from abuse_helpers import one_error_line, resume_line, upgraded_state
 from ivle_maint.config import load_settings
 from ivle_maint.db import pgparse
 from ivle_maint.db.lock import LOCK_ID
@@ -47,6 +52,7 @@ from upgrade_helpers import (
     at_version_1_0,
     cli,
     final_state,
+    journal,
     marker_keys,
     postinst,
     preinst,
@@ -449,3 +455,75 @@ def test_a_marker_checksum_changed_by_hand_is_accepted_as_the_advice_says(node_f
     assert command == "ivle-maint db migrate --accept-changed 20090105", resume
     assert cli(node, *command.split()[1:]).returncode == 0
     _upgrade_by_dpkg(node)
+
+
+# -- a broken migration named as the package ships it ------------------------------
+
+MANIFEST_BROKEN = {
+    "syntax error": ({"20100216-01.sql": "BEGIN;\nALTER TABLE login ADD x int;\nSELEC 1;\n"
+                                         "COMMIT;\n"},
+                     "ivle 1.1's migration 20100216-01.sql: line 3: syntax error at or near "
+                     '"SELEC"'),
+    "empty": ({"20100216-01.sql": "-- nothing yet\n"},
+              "ivle 1.1's migration 20100216-01.sql: holds no SQL statement"),
+    "BEGIN without COMMIT": ({"20100216-01.sql": "BEGIN;\nCREATE TABLE t (x int);\n"},
+                             "ivle 1.1's migration 20100216-01.sql: line 1: BEGIN without a "
+                             "matching COMMIT"),
+    "bad name": ({"2010-02-16.sql": "SELECT 1;\n"},
+                 "ivle 1.1's migration 2010-02-16.sql: not a migration file name"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(MANIFEST_BROKEN))
+def test_the_preinst_names_a_broken_new_migration_as_the_package_ships_it(
+        node_factory: Any, case: str) -> None:
+    """Checked from dh_ivle_maint's manifest: the error names the package's
+    file, not the temporary copy that is gone when the message is read."""
+    if case == "syntax error" and not pgparse.available():
+        pytest.skip("needs pglast (PostgreSQL's parser): python3-pglast")
+    node = at_version_1_0(node_factory(users=2, consoles=1))
+    files, expected = MANIFEST_BROKEN[case]
+    done = preinst_with(node, manifest({**OLD, **NEW, **files}), "--new-migrations", "-")
+    assert done.returncode == 1
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("ivle-maint: error: ")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert errors[0].startswith(f"ivle-maint: error: {expected}"), errors[0]
+    assert "ivle-maint-manifest-" not in done.stderr
+    assert node.service_running("apache2") and marker_keys(node) == []
+    assert journal(node) == {}
+
+
+# -- what a failed preflight or a failed migration leaves to the next command ---------
+
+def test_failed_preflight_leaves_nothing_for_a_rerun(node_factory):
+    node = at_version_1_0(node_factory(users=3, consoles=1))
+    done = preinst(node, old="1.1", new="1.0")  # a downgrade: refused by the preflight
+    assert done.returncode == 1 and node.service_running("apache2")
+    again = cli(node, "rerun")
+    assert again.returncode == 0 and "nothing to do" in again.stderr
+    assert node.service_running("apache2") and len(node.console_pids()) == 1
+
+
+@pytest.fixture
+def reference(node_factory):
+    """What an uninterrupted dpkg upgrade 1.0 -> 1.1 leaves."""
+    return upgraded_state(at_version_1_0(node_factory(users=4, consoles=1)))
+
+
+def test_changed_applied_migration_prints_the_command_that_works(node_factory, reference):
+    node = at_version_1_0(node_factory(users=4, consoles=1))
+    assert preinst(node).returncode == 0
+    first = sorted(OLD)[0]
+    unpack(node, migrations={**OLD, **NEW, first: "-- corrected comment\n" + OLD[first]})
+    failed = postinst(node)
+    assert failed.returncode == 1
+    key = first.removesuffix(".sql")
+    resume = resume_line(failed.stderr)
+    assert resume == f"ivle-maint rerun --accept-changed {key}, then: dpkg --configure -a"
+    assert postinst(node).returncode == 1  # dpkg alone fails the same way
+    rerun, configure = resume.split(", then: ")
+    done = cli(node, *rerun.split()[1:])
+    assert done.returncode == 0, done.stderr
+    assert configure == "dpkg --configure -a" and "already complete" in postinst(node).stderr
+    state = final_state(node)
+    assert state == reference

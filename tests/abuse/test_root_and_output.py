@@ -2,7 +2,8 @@
 needs root says so in one line (exit 2) instead of answering wrongly; a
 terminal or a log that fails (closed stdout, stderr on a full disk, a
 reader gone, a full log filesystem) never turns a completed step into a
-failure, never prints a traceback, and never stops an upgrade half-way.
+failure, never prints a traceback, and never stops an upgrade half-way;
+nor does a hangup (the terminal closed).
 
 Each case runs real ivle-maint processes on a sandbox node.
 """
@@ -10,6 +11,7 @@ Each case runs real ivle-maint processes on a sandbox node.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -139,7 +141,7 @@ def test_a_reader_gone_early_changes_nothing_but_the_output(node: Any,
 
 def test_dead_output_pipe_never_stops_the_abort(node_factory: Any) -> None:
     """`... | tee log` whose tee dies mid-run: every later write gets EPIPE."""
-    from test_rerun_safety import hold_migration_lock, old_site_untouched
+    from abuse_helpers import hold_migration_lock, old_site_untouched
 
     node = at_version_1_0(node_factory(users=3, consoles=1))
     holder = hold_migration_lock(node)
@@ -232,3 +234,18 @@ def test_a_read_only_log_directory_completes_the_run_unlogged(node: Any,
     assert len(said) == 1 and "Read-only file system" in said[0], done.stderr
     assert "Traceback" not in done.stderr
     before_steps_done(node)
+
+
+# -- the terminal closed ----------------------------------------------------
+
+def test_hangup_does_not_stop_a_step(node_factory):
+    node = at_version_1_0(node_factory(users=3, consoles=1))
+    set_setting(node, "consoles", "term_timeout", "2")
+    stubborn = stubborn_console(node)
+    proc = start_cli(node, "hook", "preinst", "upgrade", "1.0", "1.1")
+    wait_for_step(node, "stop-consoles", proc)
+    proc.send_signal(signal.SIGHUP)  # the terminal closed
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert journal(node)["steps"]["baseline"]["status"] == "done"
+    assert stubborn.wait(timeout=10) == -signal.SIGKILL

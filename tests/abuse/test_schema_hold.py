@@ -21,10 +21,15 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_rerun_safety import old_site_untouched
 from test_source_install import source_tree
 
-from abuse_helpers import error_lines, one_error_line, resume_line, upgraded_state
+from abuse_helpers import (
+    error_lines,
+    old_site_untouched,
+    one_error_line,
+    resume_line,
+    upgraded_state,
+)
 from ivle_maint import cli as ivle_cli
 from ivle_maint.journal import ABORTED, ABORTING, COMPLETE, IN_PROGRESS, Journal, StepRecord
 from ivle_sandbox.releases import NEW, OLD, RELEASES
@@ -251,7 +256,7 @@ def test_hold_check_as_systemd_runs_it(tmp_path):
                                   "failed)"), done.stderr
 
 
-# -- never the after-phase on the old code (moved from test_rerun_safety.py) ----------
+# -- never the after-phase on the old code ---------------------------------------------
 
 @pytest.fixture
 def reference(node_factory):

@@ -1,6 +1,6 @@
 """Database dumps under faults: a full backup disk, a run killed during
-pg_dump.  (Which dumps rotation keeps, retries and clock jumps included:
-test_clock.py.)
+pg_dump, a damaged record of the pinned dumps.  (Which dumps rotation
+keeps, retries and clock jumps included: test_clock.py.)
 
 Each case: a one-line error, the documented exit status, nothing
 half-written (no .partial dump, no password file), and the dump that
@@ -22,6 +22,7 @@ from abuse_helpers import error_lines, upgraded_state
 from ivle_maint.config import load_settings
 from ivle_maint.output import RecordingReporter
 from ivle_maint.steps import migrations
+from ivle_sandbox.releases import NEW, OLD
 from upgrade_helpers import (
     RESUME_LINE,
     at_version_1_0,
@@ -112,3 +113,24 @@ def test_the_next_run_removes_leftovers_even_without_dumping(site: Any) -> None:
     assert preinst(site).returncode == 0
     assert not stale.exists() and not Path(passfile).exists()
     assert dumps(site) == []
+
+
+@pytest.mark.parametrize("text", [b"[1, 2]\n", b'"a string"\n', b'{"1.0->1.1": [1]}\n',
+                                  b"{not json", b"\xff\xfe"])
+def test_a_damaged_pins_file_is_one_line_never_a_traceback(node_factory: Any,
+                                                              text: bytes) -> None:
+    node = at_version_1_0(node_factory(users=2, consoles=1))
+    assert preinst(node).returncode == 0
+    unpack(node, migrations={**OLD, **NEW, "20100215.sql": "SELECT 1 / 0;\n"})
+    assert postinst(node).returncode == 1  # a dump is pinned
+    pins = node.backup_dir / "pinned.json"
+    assert pins.exists()
+    pins.write_bytes(text)
+    status = cli(node, "status")  # shows the journal, without the dump
+    assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr
+    done = cli(node, "rerun")  # would rotate dumps: stops at the migrate step
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("ivle-maint: error: ")]
+    assert len(errors) == 1 and f"{pins}: unreadable (" in errors[0], done.stderr
+    assert "repair or remove it" in errors[0]
+    assert pins.read_bytes() == text

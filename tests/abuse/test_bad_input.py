@@ -1,9 +1,11 @@
-"""Bad input and hostile settings given to the single commands (upgrade
---source, db baseline, media set, jails, mounts, consoles, services).
+"""Bad input: arguments of the single commands (upgrade --source, --from
+and --to, db baseline, media set, a hand-made hook call) that name nothing
+or are no version, and a malformed ivle-maint.conf or ivle.conf.
 
 Each case: one error line, exit status 2 (bad input), and nothing done:
-the site serving, ivle.conf byte for byte and its mtime as they were,
-nothing recorded in the database, no journal.
+the site serving, ivle.conf (or the malformed file) byte for byte as it
+was, nothing recorded in the database, no journal.  (Settings that others
+can change: test_files_read_and_run.py.)
 """
 
 from __future__ import annotations
@@ -17,8 +19,17 @@ from typing import Any
 import pytest
 from test_source_install import source_tree
 
+from abuse_helpers import assert_untouched, error_lines
 from ivle_sandbox.releases import OLD, RELEASES
-from upgrade_helpers import REPO, at_version_1_0, cli, final_state, journal, marker_keys
+from upgrade_helpers import (
+    REPO,
+    at_version_1_0,
+    cli,
+    final_state,
+    journal,
+    marker_keys,
+    preinst,
+)
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
@@ -30,11 +41,6 @@ OLD_KEYS = sorted(k.removesuffix(".sql") for k in OLD)
 def site(node_factory: Any) -> Any:
     """A single-machine IVLE at 1.0, serving, with one console."""
     return at_version_1_0(node_factory(users=2, consoles=1, role="both"))
-
-
-def error_lines(done: Any) -> list[str]:
-    assert "Traceback" not in done.stderr, done.stderr
-    return [line for line in done.stderr.splitlines() if line.startswith("ivle-maint: error:")]
 
 
 def snapshot(site: Any) -> tuple[bytes, int]:
@@ -123,22 +129,6 @@ def test_media_set_to_what_is_no_version_is_refused_and_ivle_conf_untouched(
     assert cli(site, "media", "set", "1.1").returncode == 0  # a version still works
 
 
-def state_dir_writable_by_others(site: Any) -> str:
-    site.state_dir.mkdir(parents=True, exist_ok=True)
-    site.state_dir.chmod(0o777)
-    return (f"[paths] state {site.state_dir}: writable by others (mode 0777); refused (fix "
-            "the owner and mode, e.g. chown root: and chmod go-w, or choose another directory)")
-
-
-def test_media_set_refuses_a_state_directory_others_can_write(site: Any) -> None:
-    """The record of used values lives there: checked before ivle.conf is read."""
-    why = state_dir_writable_by_others(site)
-    before = snapshot(site)
-    done = cli(site, "media", "set", "--reinstall", "1.0")
-    assert done.returncode == 2, done.stderr
-    assert error_lines(done) == [f"ivle-maint: error: {why}"]
-    assert_nothing_done(site, before)
-    assert not (site.state_dir / "media-versions.json").exists()
 
 
 @pytest.mark.parametrize("args", [("upgrade", "--from", "1.0", "--to", "1.1\n"),
@@ -162,3 +152,57 @@ def test_a_version_that_is_none_is_refused_before_anything_is_named_after_it(
     assert len(done.stderr.splitlines()) == 1
     assert_nothing_done(site, before)
     assert not site.maint_log_dir.exists() or not list(site.maint_log_dir.iterdir())
+
+
+def test_a_version_with_a_newline_from_a_hand_made_hook_call_is_refused(node: Any) -> None:
+    """It would name a second journal beside the real one ("1.0 -> 1.1\\n")
+    and split every later message."""
+    done = cli(node, "hook", "preinst", "upgrade", "1.0", "1.1\n")
+    assert done.returncode == 2
+    assert done.stderr == "ivle-maint: error: preinst upgrade: not a valid version: '1.1\\n'\n"
+    assert node.service_running("apache2") and journal(node) == {}
+    assert not list(node.state_dir.glob("journal/*"))
+
+
+# -- malformed settings and ivle.conf ----------------------------------------------
+
+MALFORMED_SETTINGS = [
+    b"[node\nrole = both\n",
+    b"[path]\nstate = /tmp/elsewhere\n",
+    b"[jails]\nlazy_unmuont = true\n",
+    b"[database]\nbackup_keep = many\n",
+]
+
+
+def preinst_refuses_malformed(site: Any, path: Path, text: bytes) -> bytes:
+    """TEXT appended to PATH: the preinst exits 2 with one line naming PATH,
+    which stays byte for byte as it was given; returns what it holds."""
+    bad = path.read_bytes() + b"\n" + text
+    path.write_bytes(bad)
+    done = preinst(site)
+    assert done.returncode == 2, done.stderr
+    (line,) = error_lines(done)
+    assert line.startswith(f"ivle-maint: error: {path}")
+    assert path.read_bytes() == bad
+    assert_untouched(site)
+    return bad
+
+
+@pytest.mark.parametrize("text", MALFORMED_SETTINGS)
+def test_malformed_settings_exit_2_and_stay_byte_for_byte(site: Any, text: bytes) -> None:
+    preinst_refuses_malformed(site, site.maint_conf, text)
+
+
+MALFORMED_IVLE_CONF = [
+    b"[media\nversion = 1.0\n",
+    b"[database]\nport = fifty\n",
+    b"[usrmgt]\nmagic = \xff\xfe not UTF-8\n",
+]
+
+
+@pytest.mark.parametrize("text", MALFORMED_IVLE_CONF)
+def test_malformed_ivle_conf_exits_2_and_stays_byte_for_byte(site: Any, text: bytes) -> None:
+    bad = preinst_refuses_malformed(site, site.ivle_conf, text)
+    media = cli(site, "media", "set", "1.1")
+    assert media.returncode in (1, 2) and len(error_lines(media)) == 1
+    assert site.ivle_conf.read_bytes() == bad
