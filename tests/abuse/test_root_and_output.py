@@ -28,6 +28,7 @@ from upgrade_helpers import (
     set_setting,
     start_cli,
     stubborn_console,
+    unpack,
     wait_for_step,
 )
 
@@ -35,6 +36,7 @@ pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
 NOBODY = 65534
 PREINST = ("hook", "preinst", "upgrade", "1.0", "1.1")
+POSTINST = ("hook", "--package-version", "1.1", "postinst", "configure", "1.0")
 
 
 def run(node: Any, *args: str, stdout: Any = subprocess.PIPE, stderr: Any = subprocess.PIPE,
@@ -168,7 +170,14 @@ def test_dead_output_pipe_never_stops_the_abort(node_factory: Any) -> None:
 
 @pytest.fixture
 def full_log_dir(node: Any) -> Iterator[Path]:
-    """The log directory on a tiny tmpfs, filled to the last byte."""
+    """After a healthy preinst (whose preflight proves room for the log),
+    the log directory on a tiny tmpfs, filled to the last byte: the disk
+    fills between dpkg's scripts, and the postinst must still complete."""
+    at_version_1_0(node)
+    done = cli(node, *PREINST)
+    assert done.returncode == 0, done.stderr
+    before_steps_done(node)
+    unpack(node)
     log_dir = node.maint_log_dir
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0750", "tmpfs", str(log_dir)],
                    check=True)
@@ -186,25 +195,27 @@ def full_log_dir(node: Any) -> Iterator[Path]:
         subprocess.run(["umount", str(log_dir)], check=False)
 
 
+def upgraded(node: Any) -> None:
+    assert journal(node)["state"] == "complete"
+    assert node.service_running("apache2")
+
+
 def test_a_full_log_filesystem_never_fails_the_run_nor_prints_a_traceback(
         node: Any, full_log_dir: Path) -> None:
-    at_version_1_0(node)
-    done = cli(node, *PREINST)
+    done = cli(node, *POSTINST)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr and "Logging error" not in done.stderr, done.stderr
     said = [ln for ln in done.stderr.splitlines() if "the rest of this run is not logged" in ln]
     assert len(said) == 1 and "No space left on device" in said[0], done.stderr
-    before_steps_done(node)
-    assert "before-phase of 1.0 -> 1.1 done" in done.stderr
+    upgraded(node)
 
 
 def test_a_full_log_filesystem_with_stderr_on_a_full_disk_completes_the_run(
         node: Any, full_log_dir: Path) -> None:
-    at_version_1_0(node)
     with open("/dev/full", "w") as full:
-        done = run(node, *PREINST, stdout=None, stderr=full, before=close_stdout)
+        done = run(node, *POSTINST, stdout=None, stderr=full, before=close_stdout)
     assert done.returncode == 0
-    before_steps_done(node)
+    upgraded(node)
 
 
 def test_a_full_log_filesystem_that_cannot_rotate_the_last_log_completes_the_run(
@@ -216,24 +227,22 @@ def test_a_full_log_filesystem_that_cannot_rotate_the_last_log_completes_the_run
     earlier.write_bytes(os.urandom(8192 - 512))
     later = full_log_dir / "upgrade-0.9_to_1.0-20200102T000000Z.log"
     later.write_bytes(b"")
-    at_version_1_0(node)
-    done = cli(node, *PREINST)
+    done = cli(node, *POSTINST)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr and "not rotated" in done.stderr, done.stderr
-    before_steps_done(node)
+    upgraded(node)
     assert earlier.exists() and not list(full_log_dir.glob("*.partial"))
 
 
 def test_a_read_only_log_directory_completes_the_run_unlogged(node: Any,
                                                              full_log_dir: Path) -> None:
     subprocess.run(["mount", "-o", "remount,ro", str(full_log_dir)], check=True)
-    at_version_1_0(node)
-    done = cli(node, *PREINST)
+    done = cli(node, *POSTINST)
     assert done.returncode == 0, done.stderr
     said = [ln for ln in done.stderr.splitlines() if "this run is not logged" in ln]
     assert len(said) == 1 and "Read-only file system" in said[0], done.stderr
     assert "Traceback" not in done.stderr
-    before_steps_done(node)
+    upgraded(node)
 
 
 # -- the terminal closed ----------------------------------------------------
