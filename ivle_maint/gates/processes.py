@@ -587,10 +587,14 @@ def _settled(tree: JailTree, spared: Mapping[int, str]) -> list[Found]:
     """A scan; a process not IVLE's in a jail gets SETTLE seconds to go (IVLE's
     console launcher is root between its chroot and its setuid), then refuses."""
     found = scan(tree, spared)
-    if any(f.decision.verdict is Verdict.FOREIGN for f in found):
+    first = {f.proc for f in found if f.decision.verdict is Verdict.FOREIGN}
+    if first:
         time.sleep(SETTLE)
         found = scan(tree, spared)
-        foreign = [f for f in found if f.decision.verdict is Verdict.FOREIGN]
+        # Only one that stayed (the same process: psutil compares start
+        # times): on a site that is up, new launchers come and go meanwhile.
+        foreign = [f for f in found if f.decision.verdict is Verdict.FOREIGN
+                   and f.proc in first]  # fmt: skip
         if foreign:
             raise _refuse_foreign(foreign)
     return found

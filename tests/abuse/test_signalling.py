@@ -532,24 +532,33 @@ def test_a_root_process_working_in_a_jail_as_the_student_is_named_not_killed(
     assert done.returncode == 1, done.stderr
     assert f"pid {worker.pid} (user root): " in one_error_line(done)
     assert worker.poll() is None and node.console_pids()
-    # The same check, for a preflight to make with the site up.
-    tree = processes.jail_tree(os.path.realpath(node.jail_mounts), src=str(node.jails_src))
-    with pytest.raises(processes.MaintError, match=f"pid {worker.pid} "):
-        processes.refuse_foreign(tree)
+    # The same check, for a preflight to make with the site up (from a
+    # process the worker is no child of: ivle-maint spares its own).
+    check = ("import sys; from ivle_maint.gates import processes as p\n"
+             "p.refuse_foreign(p.jail_tree(sys.argv[1], src=sys.argv[2]))")
+    refused = subprocess.run([sys.executable, "-c", check, os.path.realpath(node.jail_mounts),
+                              str(node.jails_src)], capture_output=True, text=True, check=False,
+                             env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert f"MaintError: inside a jail, not an IVLE user's: pid {worker.pid} " in refused.stderr
 
 
-def test_an_upgrade_meeting_an_administrators_shell_in_a_jail_names_it_and_loses_nothing(
+def test_an_upgrade_meeting_an_administrators_shell_in_a_jail_names_it_with_the_site_up(
     node_factory: Any,
 ):
+    """The preflight refuses it: the web server is never stopped for it."""
     node = at_version_1_0(node_factory(users=3, consoles=1, env=True))
     homes = home_checksums(node)
     _, _, home = student(node, 1)
+    events = node.root / "var" / "log" / "services.log"
+    before = events.read_text() if events.exists() else ""
     shell = subprocess.Popen(["bash", "-c", "echo ready; exec sleep 600"], cwd=str(home),
                              stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)  # fmt: skip
     try:
         assert shell.stdout is not None and shell.stdout.readline() == b"ready\n"
         done = preinst(node)
-        assert done.returncode != 0
+        assert done.returncode == 1, done.stderr
+        after = events.read_text() if events.exists() else ""
+        assert after == before, after[len(before):]  # apache2 never stopped, nor restarted
         errors = [line for line in done.stderr.splitlines() if line.startswith("ivle-maint: error")]
         assert len(errors) == 1 and f"pid {shell.pid} (user root): sleep 600 [cwd {home}]" \
             in errors[0] and "leave the jail" in errors[0], done.stderr
