@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from abuse_helpers import one_error_line
 from ivle_maint import mountinfo
@@ -200,3 +202,42 @@ def test_a_bugs_traceback_quoting_outside_text_is_escaped_and_indented(tmp_path:
     assert first == "ivle-maint: internal error (a bug):"
     assert rest and all(line.startswith("  ") for line in rest), done.stderr
     assert "\n  ivle-maint: error: forged\\x1b]0;title\\x07\n" in done.stderr
+
+
+# -- the cluster table: every field a node (or the table's writer) chose ------
+
+_FIELD = st.one_of(st.text(max_size=12), st.lists(st.sampled_from(
+    ["\n", "\r", "\u2028", "\x85", TITLE, "\n  ", FORGED, "alpha", "\u202e"]),
+    max_size=4).map("".join))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(_FIELD, _FIELD, _FIELD, _FIELD, _FIELD,
+                          st.sampled_from(["master", "slave", "both"])),
+                min_size=1, max_size=3))
+def test_cluster_status_prints_one_line_per_row_whatever_a_field_holds(
+    rows: list[tuple[str, ...]],
+) -> None:
+    """A node's name, host, note, version and media come from the database:
+    a newline in one never ends the table's line, nor forges one."""
+    import contextlib
+    import io
+
+    from ivle_maint.cluster.admin import ClusterStatus
+    from ivle_maint.cluster.table import NodeRow
+    from ivle_maint.commands.cluster import _print_table
+
+    def printed(fields: list[tuple[str, ...]]) -> list[str]:
+        nodes = [NodeRow(name=n or "n", role=role, host=h, instance="i", version=v,
+                         serving=None, target=None, phase="waiting", step=None, media=m,
+                         note=note or "x") for n, h, v, m, note, role in fields]
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            _print_table(ClusterStatus(nodes, set()))
+        return out.getvalue().split("\n")
+
+    plain = [("f", "f", "f", "f", "f", row[5]) for row in rows]
+    lines = printed(rows)
+    assert len(lines) == len(printed(plain)), lines
+    assert all(line.isprintable() for line in lines), lines
+    assert not any(line.startswith("ivle-maint:") for line in lines), lines
