@@ -25,7 +25,11 @@ setup.py), this module alone decides:
 - the bytes come from the descriptor that was checked: no second open by
   name, no gap between the check and the use.  A program is run by the
   path that was checked, every directory of which only root can change;
-  a script's interpreter (#!) is checked the same way.
+  a script's interpreter (#!) is checked the same way, and when that is
+  env, so is the program env runs, looked up as env does on the PATH
+  the script inherits (or the one its first line sets); what ivle-maint
+  cannot follow as env would (quoting, variables, other options, a
+  relative directory on that PATH) is refused.
 
 When ivle-maint does not run as root, its own uid counts as root's: it
 gains no privilege, and reads the files of the user running it.
@@ -59,6 +63,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import ConfigError, MaintError
@@ -301,17 +306,101 @@ def _program_at(path: str, purpose: Purpose, depth: int = 0) -> str:
     finally:
         os.close(fd)
     if head.startswith(b"#!"):
-        words = head[2:].split(b"\n", 1)[0].split()
+        # As the kernel reads it: the interpreter, then the rest of the line
+        # as one argument.
+        if b"\n" not in head and len(head) == SHEBANG_BYTES:
+            # The kernel reads no more of it either, and cuts what it passes.
+            raise _refused(purpose, given, f"its first line is longer than {SHEBANG_BYTES - 1} "
+                           "bytes", "shorten its first line")
+        line = head[2:].split(b"\n", 1)[0].strip(b" \t")
+        words = line.split(None, 1)
         if words:
             if depth >= MAX_INTERPRETERS:
                 raise _refused(purpose, given, "too many interpreters (#!)", "fix it")
             interpreter = os.fsdecode(words[0])
             try:
-                _program_at(interpreter, PROGRAM, depth + 1)
+                real_interpreter = _program_at(interpreter, PROGRAM, depth + 1)
             except FileNotFoundError:
                 raise _refused(purpose, given, f"its interpreter {interpreter} does not exist",
                                "fix its first line") from None
+            if "env" in (os.path.basename(interpreter),
+                         os.path.basename(os.path.realpath(real_interpreter))):
+                argument = os.fsdecode(words[1].strip(b" \t")) if len(words) > 1 else ""
+                _env_program(purpose, given, argument, depth + 1)
     return given
+
+
+_ENV_FLAGS = {"-v", "--debug"}  # change nothing env looks up
+_ENV_CLEAR = {"-i", "-", "--ignore-environment"}
+_ENV_DEFAULT_PATH = "/bin:/usr/bin"  # env's (execvp's) search without a PATH
+_ENV_QUOTING = set("'\"\\$#")
+
+
+def _env_program(purpose: Purpose, given: str, argument: str, depth: int) -> None:
+    """`#!/usr/bin/env ARGUMENT`: the program env will run, found as env
+    finds it (execvp on the PATH the script inherits, or the one its first
+    line sets), checked as a program root runs.  What this cannot follow as
+    env would (quoting, ${VAR}, other options, a relative directory on the
+    PATH) is refused, with its line."""
+
+    def refuse(why: str) -> Refused:
+        return _refused(purpose, given, f"its first line runs env {argument!r}: {why}",
+                        "name the interpreter by its absolute path in its first line")
+
+    name, search = _env_command(argument, refuse)
+    if os.sep not in name:
+        search = _ENV_DEFAULT_PATH if search is None else search
+        for directory in search.split(os.pathsep):
+            if not directory.startswith("/"):
+                raise refuse(f"{directory or 'the current directory'} on the PATH it "
+                             "searches is not an absolute directory")
+            candidate = os.path.join(directory, name)
+            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+                name = candidate
+                break
+        else:
+            raise refuse(f"{name} is not found on the PATH it searches ({search})")
+    try:
+        _program_at(name, PROGRAM, depth)
+    except FileNotFoundError:
+        raise refuse(f"{name} does not exist") from None
+    except Refused as exc:
+        raise refuse(str(exc).removesuffix(f" ({_fix()})").removesuffix("; refused")) from None
+
+
+def _env_command(argument: str, refuse: Callable[[str], Refused]) -> tuple[str, str | None]:
+    """(the program env runs, the PATH it searches: None for env's default)."""
+    split = argument.startswith(("-S", "--split-string="))
+    if argument.startswith("--split-string="):
+        words = argument.split("=", 1)[1].split()
+    elif split:
+        words = argument[2:].split()
+    elif argument.startswith("-") or not argument:
+        raise refuse("an option ivle-maint does not follow" if argument else "no program")
+    else:
+        words = [argument]  # one argument, spaces and all, as env gets it
+    search: str | None = os.environ.get("PATH")
+    index = 0
+    while index < len(words):
+        word = words[index]
+        if split and _ENV_QUOTING & set(word):
+            raise refuse("quoting or variables, which ivle-maint does not follow")
+        if word in _ENV_CLEAR:
+            search = None
+        elif word in ("-u", "--unset") and index + 1 < len(words):
+            index += 1
+            search = None if words[index] == "PATH" else search
+        elif word.startswith("--unset="):
+            search = None if word.split("=", 1)[1] == "PATH" else search
+        elif word.startswith("-") and word not in _ENV_FLAGS:
+            raise refuse(f"the option {word}, which ivle-maint does not follow")
+        elif "=" in word:
+            name, value = word.split("=", 1)
+            search = value if name == "PATH" else search
+        elif word not in _ENV_FLAGS:
+            return word, search
+        index += 1
+    raise refuse("no program")
 
 
 def program(name: str, search: str | None = None, purpose: Purpose = PROGRAM) -> str | None:
