@@ -47,6 +47,10 @@ README "Exit statuses"):
     state file           root, 16 MiB      [1]  journal, pins, media record,
                                                  lock, node id, children;
                                                  never a symlink
+    log                  root, 64 GiB      [1]  an old run's log, compressed
+                                                 as it is read (in pieces)
+    dump                 root, not read    [1]  a partial dump, opened to ask
+                                                 its flock
     program / init script  root, not read  [2]  run as root; its directory
                                                  not writable even with the
                                                  sticky bit
@@ -55,15 +59,16 @@ README "Exit statuses"):
                                                  runs as root
 
 Not through the gate: /proc (the kernel's facts, see gates/processes),
-and files ivle-maint itself wrote and only rewrites or compresses in a
-directory the gate checked (logs, dumps, the backup copy of ivle.conf).
+and the attributes (never the content) of a file gates/rewrite replaces,
+read from a descriptor opened without following a symlink and compared
+with the file it checked.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from ..errors import ConfigError, MaintError
@@ -92,6 +97,8 @@ MIGRATION = Purpose("migration", 16 * MiB, MaintError)
 MIGRATIONS_DIR = Purpose("migrations directory", None, MaintError)
 MANIFEST = Purpose("migrations manifest", 64 * MiB, MaintError)
 STATE = Purpose("", 16 * MiB, MaintError, final_symlink=False)
+LOG = Purpose("", 64 * 1024 * MiB, MaintError, final_symlink=False)
+DUMP = Purpose("", None, MaintError, final_symlink=False)
 MACHINE_ID = Purpose("machine id", 4 * KiB, MaintError)
 PROGRAM = Purpose("program", None)
 INIT_SCRIPT = Purpose("init script", None)
@@ -242,21 +249,25 @@ def open_checked(path: str | os.PathLike[str], purpose: Purpose) -> int:
     return fd
 
 
-def read_fd(fd: int, purpose: Purpose, given: str | os.PathLike[str]) -> bytes:
-    """The bytes of a checked descriptor, never more than the purpose's bound."""
+def chunks(fd: int, purpose: Purpose, given: str | os.PathLike[str]) -> Iterator[bytes]:
+    """The bytes of a checked descriptor in pieces, never more than the
+    purpose's bound (a file that grows past it while being read is refused)."""
     limit = purpose.limit if purpose.limit is not None else SHEBANG_BYTES
-    chunks: list[bytes] = []
     total = 0
     while True:
         chunk = os.read(fd, min(limit + 1 - total, MiB))
         if not chunk:
-            break
-        chunks.append(chunk)
+            return
         total += len(chunk)
         if total > limit:
             _check_size(purpose, os.fspath(given), total)  # grew while being read
-            break
-    return b"".join(chunks)
+            return
+        yield chunk
+
+
+def read_fd(fd: int, purpose: Purpose, given: str | os.PathLike[str]) -> bytes:
+    """The bytes of a checked descriptor, never more than the purpose's bound."""
+    return b"".join(chunks(fd, purpose, given))
 
 
 def read(path: str | os.PathLike[str], purpose: Purpose) -> bytes:

@@ -170,3 +170,34 @@ def test_a_directorys_default_acl_is_not_added_to_a_file_that_had_none(tmp_path:
     before = facts(target)
     replace_file(target, b"new\n")
     assert facts(target) == before and ACL_XATTR not in attrs(target)
+
+
+def test_ivle_conf_replaced_by_another_writer_during_the_rewrite_loses_nothing(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Another program (an administrator's editor, configuration management)
+    renames its own ivle.conf into place after ivle-maint read it: the
+    rewrite is refused, that writer's file stays, and nothing is written."""
+    from ivle_maint.gates import rewrite
+    from ivle_maint.steps import media
+
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    conf = etc / "ivle.conf"
+    conf.write_text("[media]\nversion = 1.0\n")
+    theirs = b"[media]\nversion = 1.0\n# theirs: a new database password\n"
+    real = rewrite.replace_file
+
+    def another_writer_first(path: Path, data: bytes, **kwargs: Any) -> Any:
+        other = etc / ".their-editor.tmp"
+        other.write_bytes(theirs)
+        os.replace(other, conf)
+        return real(path, data, **kwargs)
+
+    monkeypatch.setattr(media, "replace_file", another_writer_first)
+    with pytest.raises(MaintError, match="changed while being rewritten"):
+        media.set_media_version(conf, tmp_path / "state", tmp_path / "backup", "1.1",
+                                upgrade="u1", force=True)
+    assert conf.read_bytes() == theirs
+    assert not list(tmp_path.glob("backup/ivle.conf.*"))
+    assert [p.name for p in etc.iterdir()] == ["ivle.conf"]
