@@ -19,6 +19,10 @@ setup.py), this module alone decides:
 - the file is a regular file: a FIFO, device, socket or directory is
   refused from lstat, before anything opens it, and it is opened with
   O_NONBLOCK | O_NOFOLLOW, then fstat-ed, so nothing opened can block;
+  a file on proc, sysfs, FUSE and the like (fstatfs) is refused too (a
+  read of /proc/kmsg, a root-owned regular file, blocks for ever; a FUSE
+  daemon reports any owner), and the descriptor stays non-blocking while
+  it is read: a read that would block is refused, never waited for;
 - it is owned by root and not writable by group or others;
 - it is no larger than its purpose allows (below), checked on the open
   file and again while reading, so a sparse 2 GB file is never read;
@@ -226,6 +230,36 @@ def _check_size(purpose: Purpose, given: str, size: int) -> None:
                        "remove it, or choose another file")
 
 
+# Filesystems whose files are the kernel's, or a daemon's, not files: a
+# read can block for ever (/proc/kmsg is a regular file, root's 0400) and
+# a FUSE daemon reports whatever owner and mode it likes.
+_NOT_FILES = {0x9FA0: "proc", 0x62656572: "sysfs", 0x64626720: "debugfs",
+              0x73636673: "securityfs", 0x74726163: "tracefs", 0x27E0EB: "cgroup",
+              0x63677270: "cgroup2", 0xCAFE4A11: "bpf", 0x65735546: "fuse",
+              0x42494E4D: "binfmt_misc", 0x6E736673: "nsfs", 0x50495045: "pipefs"}
+
+
+def _fs_type(fd: int) -> int | None:
+    """The f_type of the filesystem holding FD (fstatfs), None if unknown."""
+    import ctypes
+
+    buf = ctypes.create_string_buffer(256)  # struct statfs: f_type comes first
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.fstatfs(fd, buf) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    return int(ctypes.c_long.from_buffer(buf).value) & 0xFFFFFFFF
+
+
+def _check_filesystem(purpose: Purpose, given: str, fd: int) -> None:
+    kind = _NOT_FILES.get(_fs_type(fd) or 0)
+    if kind is not None:
+        raise _refused(purpose, given, f"on a {kind} filesystem, whose files can block a "
+                       "read or report any owner", "choose a file on a real filesystem")
+
+
 def open_checked(path: str | os.PathLike[str], purpose: Purpose) -> int:
     """A read-only descriptor of PATH, checked (see the module docstring).
 
@@ -241,8 +275,10 @@ def open_checked(path: str | os.PathLike[str], purpose: Purpose) -> int:
         if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
             raise _refused(purpose, given, "replaced while it was checked", "run again")
         _check_node(purpose, given, fst)
+        _check_filesystem(purpose, given, fd)
         _check_size(purpose, given, fst.st_size)
-        os.set_blocking(fd, True)
+        # Left non-blocking: a regular file on a real filesystem never says
+        # EAGAIN, anything else that would is refused by chunks().
     except BaseException:
         os.close(fd)
         raise
@@ -255,7 +291,11 @@ def chunks(fd: int, purpose: Purpose, given: str | os.PathLike[str]) -> Iterator
     limit = purpose.limit if purpose.limit is not None else SHEBANG_BYTES
     total = 0
     while True:
-        chunk = os.read(fd, min(limit + 1 - total, MiB))
+        try:
+            chunk = os.read(fd, min(limit + 1 - total, MiB))
+        except BlockingIOError:
+            raise _refused(purpose, os.fspath(given), "a read of it would block: not a "
+                           "file", "choose a regular file on a real filesystem") from None
         if not chunk:
             return
         total += len(chunk)

@@ -450,3 +450,23 @@ def test_a_fifo_planted_as_a_partial_dump_never_blocks_the_cleanup(tmp_path: Pat
     assert done.stdout == "['.ivle-0.9.dump.partial']\n", done.stderr
     assert remove_stale_partials(backups) == []
     assert (backups / ".ivle-1.0.dump.partial").exists() and not stale.exists()
+
+
+@pytest.mark.parametrize("path", ["/proc/kmsg", "/proc/self/environ",
+                                  "/sys/kernel/mm/transparent_hugepage/enabled"])
+def test_a_kernel_file_named_as_settings_is_refused_never_read(path: str) -> None:
+    """/proc/kmsg is a regular file, root's, 0400, of size 0: a read of it
+    blocks for ever once the kernel's messages are read (and takes them
+    from syslog).  Files of proc, sysfs, FUSE... are refused unread."""
+    if not os.path.exists(path):
+        pytest.skip(f"{path} absent here")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "IVLE_MAINT_CONF": path}
+    try:
+        done = subprocess.run([sys.executable, "-m", "ivle_maint", "status"], env=env,
+                              capture_output=True, text=True, timeout=60, check=False,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"ivle-maint blocked reading {path}")
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done)
+    assert f"settings file {path}: on a " in line and "filesystem" in line, line
