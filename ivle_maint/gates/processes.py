@@ -64,6 +64,7 @@ import psutil
 
 from ..errors import MaintError
 from ..mountinfo import is_below
+from .text import shown
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ FORCE_BOUND = 30.0  # seconds of SIGSTOP+SIGKILL rounds, after term_timeout, bef
 KILL_WAIT = 5.0  # seconds a SIGKILLed process may take to go, per round
 SETTLE = 1.0  # seconds a process outside IVLE's users may take to leave a jail (a launcher)
 SHOWN = 3  # processes named in one line
+COMMAND_CHARS = 200  # of a command line, in a message or the log (a student's may be 2 MB)
 MAX_PIDFDS = 256  # descriptors held for signalling; beyond, psutil's start-time check
 UP_LEVELS = 32  # parents of a working directory compared, another mount namespace
 
@@ -323,14 +325,16 @@ class Found:
 
     @property
     def command(self) -> str:
-        return " ".join(self.cmdline) or "?"
+        """The command line as a person reads it: escaped and bounded (gates.text)."""
+        return shown(" ".join(self.cmdline), COMMAND_CHARS) or "?"
 
     def describe(self) -> str:
         """'pid 42 (user alice, jail alice): COMMAND [cwd /...]'."""
         jail = self.decision.jail
-        jail_part = f", jail {jail}" if jail and jail != self.user else ""
+        jail_part = f", jail {shown(jail)}" if jail and jail != self.user else ""
         place = f"{self.decision.kind} {self.decision.path}".strip()
-        return f"pid {self.pid} (user {self.user}{jail_part}): {self.command} [{place}]"
+        return f"pid {self.pid} (user {shown(self.user)}{jail_part}): {self.command} " \
+               f"[{shown(place)}]"
 
 
 def protected() -> dict[int, str]:
@@ -474,8 +478,8 @@ def _one_line(items: list[Found], text: Callable[[Found], str]) -> str:
 
 def _refuse_foreign(foreign: list[Found]) -> MaintError:
     def text(f: Found) -> str:
-        return (f"pid {f.pid} (user {f.user}): {f.command} "
-                f"[{f.decision.kind} {f.decision.path}]")  # fmt: skip
+        return (f"pid {f.pid} (user {shown(f.user)}): {f.command} "
+                f"[{f.decision.kind} {shown(f.decision.path)}]")  # fmt: skip
 
     return MaintError(
         f"inside a jail, not an IVLE user's: {_one_line(foreign, text)}; nothing was "
@@ -602,7 +606,7 @@ def _settled(tree: JailTree, spared: Mapping[int, str]) -> list[Found]:
 
 def _remains(left: list[Found], seconds: float) -> MaintError:
     def text(f: Found) -> str:
-        return f"pid {f.pid} (user {f.user}, jail {f.decision.jail or '?'})"
+        return f"pid {f.pid} (user {shown(f.user)}, jail {shown(f.decision.jail or '?')})"
 
     return MaintError(
         f"{_count(len(left))} still in the jails after {seconds:g}s of SIGTERM, SIGSTOP "

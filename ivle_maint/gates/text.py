@@ -15,7 +15,10 @@ reverses what is read, or bytes that are not UTF-8.  The rule:
    (bytes given, or a str decoded with surrogateescape, as os.listdir and
    sys.argv give file names) is shown as ``\\xNN``.  Printable text,
    printable ASCII included, is unchanged.  The result has no line break
-   and no control character, and encodes to UTF-8.
+   and no control character, and encodes to UTF-8.  ``shown(value,
+   limit)`` also cuts it to LIMIT characters, saying how many were cut:
+   a student's command line may be 2 MB, and is named in the log for
+   each of hundreds of processes.
 
 2. ``lines(message)`` is what every sink applies to a whole message: a
    message is one line, escaped as in ``shown``, however it was built
@@ -82,9 +85,13 @@ def _text(value: object) -> str:
     return value if isinstance(value, str) else str(value)
 
 
-def shown(value: object) -> str:
-    """VALUE (str, bytes, a path, anything) as one line of printable text."""
+def shown(value: object, limit: int | None = None) -> str:
+    """VALUE (str, bytes, a path, anything) as one line of printable text;
+    with LIMIT, no longer than that (and the count of what was cut)."""
     text = _text(value)
+    if limit is not None and len(text) > limit:
+        cut = len(text) - limit
+        return f"{shown(text[:limit])}...[{cut} more characters]"
     if text.isprintable():  # the common case: nothing to escape
         return text
     return "".join(c if c.isprintable() else _escape(c) for c in text)

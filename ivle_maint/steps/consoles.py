@@ -56,13 +56,14 @@ class JailProcess:
     @property
     def command(self) -> str:
         """The command line for a message: a student wrote it (gates.text)."""
-        return " ".join(shown(arg) for arg in self.cmdline) or "?"
+        return shown(" ".join(self.cmdline), processes.COMMAND_CHARS) or "?"
 
     def describe(self) -> str:
         """'pid 42 (user 1001, jail alice): /usr/bin/python ... [cwd /...]'."""
-        jail = f", jail {self.jail}" if self.jail and self.jail != self.user else ""
+        jail = f", jail {shown(self.jail)}" if self.jail and self.jail != self.user else ""
         where = f"{self.reason} {self.path}" if self.path else self.reason
-        return f"pid {self.pid} (user {self.user}{jail}): {self.command} [{where}]"
+        return f"pid {self.pid} (user {shown(self.user)}{jail}): {self.command} " \
+               f"[{shown(where)}]"
 
 
 @dataclass(frozen=True)

@@ -241,3 +241,27 @@ def test_cluster_status_prints_one_line_per_row_whatever_a_field_holds(
     assert len(lines) == len(printed(plain)), lines
     assert all(line.isprintable() for line in lines), lines
     assert not any(line.startswith("ivle-maint:") for line in lines), lines
+
+
+def test_a_student_command_line_of_a_megabyte_is_shown_bounded(node: Any) -> None:
+    """The command line is the student's to choose, up to the kernel's
+    bound: each place that names the process (consoles list, -v, the log)
+    shows its start and how much was cut, never the megabyte."""
+    user = node.users[0]
+    huge = "A" * 120_000 + FORGED
+    proc = subprocess.Popen([sys.executable, "-c", SLEEP, huge, huge],
+                            cwd=node.jail(user.login) / "home" / user.login, user=user.unixid,
+                            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        listed = cli(node, "consoles", "list")
+        stopped = cli(node, "-v", "consoles", "stop")
+        assert listed.returncode == 0 and stopped.returncode == 0, stopped.stderr
+        for out in (listed.stdout, stopped.stderr):
+            assert_nothing_raw(out, "output")
+            named = [line for line in out.splitlines() if str(proc.pid) in line]
+            assert named and all(len(line) < 1000 for line in named), len(max(named, key=len))
+            assert any("more characters]" in line for line in named)
+    finally:
+        proc.kill()
+        proc.wait()
