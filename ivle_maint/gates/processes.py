@@ -487,10 +487,18 @@ def _refuse_foreign(foreign: list[Found]) -> MaintError:
     )
 
 
-def refuse_foreign(tree: JailTree) -> None:
+def refuse_foreign(tree: JailTree, *, site_up: bool = False) -> None:
     """MaintError naming the processes in a jail that are no IVLE user's
-    (after SETTLE seconds for them to go): the check a preflight can make."""
-    _settled(tree, protected())
+    (after SETTLE seconds for them to go): the check a preflight can make.
+
+    SITE_UP: only a process whose root or working directory is in a jail
+    counts (an administrator's shell): the web server, up, opens students'
+    files to serve them; the stop step, once it is down, counts them all.
+    """
+    _settled(tree, protected(), SITTING if site_up else None)
+
+
+SITTING = frozenset({"root", "cwd"})  # the facts of a process that lives in a jail
 
 
 def _handle(found: Found, handles: dict[int, _Handle]) -> _Handle:
@@ -587,20 +595,26 @@ def empty_jails(
             handle.close()
 
 
-def _settled(tree: JailTree, spared: Mapping[int, str]) -> list[Found]:
+def _settled(tree: JailTree, spared: Mapping[int, str],
+             kinds: frozenset[str] | None = None) -> list[Found]:  # fmt: skip
     """A scan; a process not IVLE's in a jail gets SETTLE seconds to go (IVLE's
-    console launcher is root between its chroot and its setuid), then refuses."""
+    console launcher is root between its chroot and its setuid), then refuses.
+    KINDS: only a process put in a jail by one of these facts counts."""
+
+    def foreign(f: Found) -> bool:
+        return f.decision.verdict is Verdict.FOREIGN and (
+            kinds is None or f.decision.kind.split()[0] in kinds)
+
     found = scan(tree, spared)
-    first = {f.proc for f in found if f.decision.verdict is Verdict.FOREIGN}
+    first = {f.proc for f in found if foreign(f)}
     if first:
         time.sleep(SETTLE)
         found = scan(tree, spared)
         # Only one that stayed (the same process: psutil compares start
         # times): on a site that is up, new launchers come and go meanwhile.
-        foreign = [f for f in found if f.decision.verdict is Verdict.FOREIGN
-                   and f.proc in first]  # fmt: skip
-        if foreign:
-            raise _refuse_foreign(foreign)
+        stayed = [f for f in found if foreign(f) and f.proc in first]
+        if stayed:
+            raise _refuse_foreign(stayed)
     return found
 
 

@@ -261,4 +261,4 @@ def refuse_foreign_for(settings: Settings) -> None:
     naming a process in a jail that is no IVLE user's (an administrator's
     shell), which the step would refuse to stop, while the site is still up."""
     mounts, src, not_jails = _where(settings)
-    processes.refuse_foreign(_tree(mounts, src, not_jails))
+    processes.refuse_foreign(_tree(mounts, src, not_jails), site_up=True)

@@ -622,3 +622,29 @@ def test_a_student_process_whose_first_thread_ended_is_still_found_and_stopped(
     assert done.returncode == 0, done.stderr
     assert proc.wait(timeout=10) == -signal.SIGTERM
     assert f"jail {login}: 1 process stopped (0 needed SIGKILL)" in done.stderr
+
+
+def test_a_web_server_serving_a_students_file_passes_the_preflight_a_shell_does_not(
+    node: Any, spawn: Any
+):
+    """With the site up, Apache opens students' files to serve them: an
+    open file is no reason to refuse the upgrade then; a working directory
+    in a jail (an administrator's shell) is.  Once the web server is down,
+    the stop step counts every fact."""
+    _, _, home = student(node, 1)
+    serving = spawn("/", code=f"import os; fd = os.open({str(home)!r}, os.O_RDONLY)\n" + SLEEP)
+    check = ("import sys; from ivle_maint.gates import processes as p\n"
+             "p.refuse_foreign(p.jail_tree(sys.argv[1], src=sys.argv[2]), "
+             "site_up=sys.argv[3] == 'up')")
+
+    def refused(when: str) -> str:
+        done = subprocess.run([sys.executable, "-c", check, os.path.realpath(node.jail_mounts),
+                               str(node.jails_src), when], capture_output=True, text=True,
+                              check=False, env={**os.environ, "PYTHONPATH": str(REPO)},
+                              timeout=120)
+        return done.stderr
+
+    assert refused("up") == ""
+    assert f"pid {serving.pid} (user root)" in refused("down")
+    shell = spawn(home, argv=["bash", "-c", "echo ready; exec sleep 600"], program=None)
+    assert f"pid {shell.pid} (user root): sleep 600 [cwd {home}]" in refused("up")
