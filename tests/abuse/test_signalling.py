@@ -648,3 +648,34 @@ def test_a_web_server_serving_a_students_file_passes_the_preflight_a_shell_does_
     assert f"pid {serving.pid} (user root)" in refused("down")
     shell = spawn(home, argv=["bash", "-c", "echo ready; exec sleep 600"], program=None)
     assert f"pid {shell.pid} (user root): sleep 600 [cwd {home}]" in refused("up")
+
+
+NAMED = """\
+import ctypes, os, sys, time
+name = bytes.fromhex(sys.argv[1])
+ctypes.CDLL(None).prctl(15, name, 0, 0, 0)
+if os.fork() == 0:
+    ctypes.CDLL(None).prctl(15, name, 0, 0, 0)
+else:
+    print('ready', flush=True)
+time.sleep(600)
+"""
+
+
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.one_of(st.just(b"apache2"), st.just(b"apa\xffche2"),
+                      st.binary(min_size=1, max_size=15).filter(lambda b: b"\0" not in b)))
+def test_apache_children_are_known_by_their_program_never_by_a_name(
+    node: Any, spawn: Any, name: bytes
+):
+    """The maintenance page's graceful reload waits for Apache's old children:
+    a student's pair of processes named `apache2` (or a name that is no
+    UTF-8) is none of them, and never breaks the step."""
+    from ivle_maint.steps import maintenance
+
+    _, uid, home = student(node, 0)
+    parent = spawn(home, user=uid, argv=[sys.executable, "-c", NAMED, name.hex()])
+    pids = {pid for pid, _ in maintenance._children()}
+    assert parent.pid not in pids
+    assert not pids & {c.pid for c in psutil.Process(parent.pid).children()}
