@@ -3,9 +3,10 @@
 The rule: every file ivle-maint writes, ivle.conf as much as its own state,
 goes through replace_file(), and replace_file()
 
-- refuses a target that is a symlink, not a regular file, or has several
+- refuses a target that is a symlink, not a regular file, has several
   hard links (a replacement would silently split the link: the other
-  names would keep the old content), with one line saying so;
+  names would keep the old content), or is immutable or append-only
+  (chattr +i, +a: no rename can replace it), with one line saying so;
 - writes the new content to a temporary file in the same directory,
   created with O_EXCL|O_NOFOLLOW (nothing planted there is followed or
   reused), and flushes it;
@@ -73,7 +74,34 @@ def check_rewritable(path: Path) -> os.stat_result | None:
     if st.st_nlink > 1:
         raise MaintError(f"{path}: has {st.st_nlink} hard links; refused (replacing it would "
                          "split them: make it a single file, e.g. cp -a it and mv the copy over)")
+    flags = _inode_flags(path)
+    if flags & (FS_IMMUTABLE_FL | FS_APPEND_FL):
+        which = "immutable" if flags & FS_IMMUTABLE_FL else "append-only"
+        raise MaintError(f"{path}: is {which} (chattr +{which[0]}); refused (no rename can "
+                         f"replace it: chattr -{which[0]} it first)")
     return st
+
+
+FS_IOC_GETFLAGS = 0x80086601  # linux/fs.h, as lsattr reads them
+FS_IMMUTABLE_FL, FS_APPEND_FL = 0x10, 0x20
+
+
+def _inode_flags(path: Path) -> int:
+    """The file's inode flags (lsattr); 0 where the filesystem has none."""
+    import fcntl
+    import struct
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+                     | os.O_NOCTTY)  # fmt: skip
+    except OSError:
+        return 0  # unreadable: the replacement itself will say why
+    try:
+        return int(struct.unpack("l", fcntl.ioctl(fd, FS_IOC_GETFLAGS, b"\0" * 8))[0])
+    except OSError:
+        return 0  # ENOTTY: a filesystem without inode flags
+    finally:
+        os.close(fd)
 
 
 def read_attrs(fd: int) -> dict[str, bytes]:

@@ -201,3 +201,27 @@ def test_ivle_conf_replaced_by_another_writer_during_the_rewrite_loses_nothing(
     assert conf.read_bytes() == theirs
     assert not list(tmp_path.glob("backup/ivle.conf.*"))
     assert [p.name for p in etc.iterdir()] == ["ivle.conf"]
+
+
+@pytest.mark.parametrize("flag", ["i", "a"])
+def test_an_immutable_file_is_refused_by_the_check_the_preflight_makes(
+    tmp_path: Path, flag: str
+) -> None:
+    """chattr +i (or +a) ivle.conf: permission bits say writable, the
+    directory takes new files, yet no rename can replace it.  The check the
+    preflight makes (check_rewritable) says so, with the site still up."""
+    from ivle_maint.gates.rewrite import check_rewritable
+
+    target = tmp_path / "ivle.conf"
+    target.write_text("[media]\nversion = 1\n")
+    if subprocess.run(["chattr", f"+{flag}", str(target)], check=False).returncode != 0:
+        pytest.skip("this filesystem has no inode flags")
+    try:
+        with pytest.raises(MaintError, match=f"chattr -{flag} it first"):
+            check_rewritable(target)
+        with pytest.raises(MaintError):
+            replace_file(target, b"new")
+        assert target.read_text() == "[media]\nversion = 1\n"
+        assert [p.name for p in tmp_path.iterdir()] == ["ivle.conf"]
+    finally:
+        subprocess.run(["chattr", f"-{flag}", str(target)], check=True)
