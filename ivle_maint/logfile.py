@@ -19,6 +19,7 @@ import contextlib
 import errno
 import grp
 import gzip
+import io
 import logging
 import os
 import stat
@@ -31,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MaintError
-from .gates import clock
+from .gates import clock, trusted
 from .gates.rewrite import WriteFailed, replace_file
 from .gates.text import INDENT, block, shown
-from .safepaths import open_nofollow, read_nofollow, safe_dir
+from .safepaths import open_nofollow, safe_dir
 
 DEFAULT_KEEP = 20
 DEFAULT_OUTPUT_LINES = 100
@@ -144,11 +145,26 @@ def log_stem(log_dir: Path, name: str) -> str:
     return f"{name.replace('/', '_')}-{clock.utc_stamp()}{clock.sequence_tag(number)}"
 
 
+def _gzipped(path: Path) -> bytes:
+    """PATH, read through the trusted gate in pieces, gzip-compressed: a log
+    of any size (output_lines = 0 keeps a jail build's whole output) costs
+    its compressed size in memory, never its own."""
+    out = io.BytesIO()
+    fd = trusted.open_checked(path, trusted.LOG)
+    try:
+        with gzip.GzipFile(fileobj=out, mode="wb", mtime=0) as packed:
+            for chunk in trusted.chunks(fd, trusted.LOG, path):
+                packed.write(chunk)
+    finally:
+        os.close(fd)
+    return out.getvalue()
+
+
 def _compress(path: Path) -> None:
     """PATH -> PATH.gz with the same owner, mode, attributes and mtime; atomic."""
     target = path.with_name(path.name + ".gz")
     st = path.lstat()
-    replace_file(target, gzip.compress(read_nofollow(path), mtime=0), like=path)
+    replace_file(target, _gzipped(path), like=path)
     os.utime(target, (st.st_atime, st.st_mtime), follow_symlinks=False)
     path.unlink()
 

@@ -16,6 +16,8 @@ What each step run after the code change needs, and its proof here:
                      and sequence read (`SELECT 1 ... LIMIT 0` as the role
                      that dumps, row security off as pg_dump sets it), a
                      file created and removed in [paths] backup, room there
+    stop-consoles    (before-phase, but after the web server stops) no
+                     process in a jail that is no IVLE user's (gates.processes)
     rebuild-jail,    IVLE's commands found; a file created and removed in the
     remake-users     jail tree they rewrite (ivle.conf's jails src)
     media-version    ivle.conf and the media-version record parsed and the
@@ -59,7 +61,7 @@ from .errors import MaintError
 from .gates.rewrite import check_rewritable
 from .installed import INSTALLED_RECORD, old_migration_files
 from .journal import Journal
-from .steps import maintenance, media, migrations
+from .steps import consoles, maintenance, media, migrations
 from .steps.media import plan_media_version
 from .steps.services import check_init_scripts
 from .versions import check_upgrade
@@ -327,8 +329,11 @@ def check_jail_tree(ctx: UpgradeContext) -> None:
 
 
 def check_jail_mounts(ctx: UpgradeContext) -> None:
-    """The jail mounts directory holds users' jails only (see jaildir)."""
+    """The jail mounts directory holds users' jails only (see jaildir), and
+    no process in a jail is one the consoles step would refuse to stop (an
+    administrator's shell: gates.processes)."""
     jaildir.check(ctx.ivle_conf)
+    consoles.refuse_foreign_for(ctx.settings)
 
 
 def check_rewrites(ctx: UpgradeContext) -> None:

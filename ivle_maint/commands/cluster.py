@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from ..errors import MaintError
+from ..gates.text import shown
 from . import Context, checked_version
 
 ORDER = 15
@@ -109,7 +110,7 @@ def cmd_status(ctx: Context) -> int:
     else:
         _print_table(status, paused, runners)
         for problem in found:
-            print(f"problem: {problem}")
+            print(f"problem: {shown(problem)}")
     sys.stdout.flush()
     if found:
         raise MaintError(f"the cluster is not on {ctx.args.expect}: {len(found)} problem(s)")
@@ -153,34 +154,39 @@ def _print_table(status: Any, paused: frozenset[str] | set[str] = frozenset(),
         return
     head = ("NAME", "ROLE", "VERSION", "SERVING", "TARGET", "PHASE", "MEDIA", "LAST SEEN", "HOST")
     # A down node answering ivle-maint's maintenance page says so.
-    rows = [(r.name, r.role, r.version or "-",
-             r.serving or ("maintenance" if r.name in paused else "down"), r.target or "-",
-             _phase(r, runners.get(r.name)), r.media or "-", human_age(r.age), r.host)
-            for r in status.nodes]
+    # Every field was written by a node (or by whoever can write the
+    # table): each goes through gates.text here, so none ends a line.
+    rows = [tuple(shown(x) for x in (
+                r.name, r.role, r.version or "-",
+                r.serving or ("maintenance" if r.name in paused else "down"), r.target or "-",
+                _phase(r, runners.get(r.name)), r.media or "-", human_age(r.age), r.host))
+            for r in status.nodes]  # fmt: skip
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
     for line in (head, *rows):
         print("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
     for r in status.nodes:
+        name = shown(r.name)
         if r.note and r.phase != "idle":
-            print(f"{r.name}: {r.note}")
+            print(f"{name}: {shown(r.note)}")
         judged = runners.get(r.name)
         if judged is not None and judged.verdict is Verdict.DEAD:
-            print(f"{r.name}: its ivle-maint exited ({judged.text}): resume there with "
+            print(f"{name}: its ivle-maint exited ({shown(judged.text)}): resume there with "
                   "ivle-maint rerun")
         elif judged is not None and judged.verdict is Verdict.UNKNOWABLE:
-            print(f"{r.name}: whether its ivle-maint runs cannot be told from here: "
-                  f"{judged.text}")
+            print(f"{name}: whether its ivle-maint runs cannot be told from here: "
+                  f"{shown(judged.text)}")
     masters = [r for r in status.nodes if trust.is_master(r)]
     if len(masters) > 1:
-        print("MORE THAN ONE MASTER: " + ", ".join(f"{r.name} on {r.host}" for r in masters)
+        print("MORE THAN ONE MASTER: "
+              + ", ".join(f"{shown(r.name)} on {shown(r.host)}" for r in masters)
               + ": one master per database; ivle-maint cluster forget the one that is not")
     media = status.slave_media()
     if len(media) == 1:
         value, names = next(iter(media.items()))
-        print(f"media version: {value} on every slave ({len(names)})")
+        print(f"media version: {shown(value)} on every slave ({len(names)})")
     elif media:
         print("media versions DIFFER: " + "; ".join(
-            f"{v} on {', '.join(n)}" for v, n in sorted(media.items())))
+            f"{shown(v)} on {', '.join(shown(x) for x in n)}" for v, n in sorted(media.items())))
     print(f"migrations recorded: {len(status.applied or ())}")
 
 

@@ -64,6 +64,7 @@ import psutil
 
 from ..errors import MaintError
 from ..mountinfo import is_below
+from .text import shown
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ FORCE_BOUND = 30.0  # seconds of SIGSTOP+SIGKILL rounds, after term_timeout, bef
 KILL_WAIT = 5.0  # seconds a SIGKILLed process may take to go, per round
 SETTLE = 1.0  # seconds a process outside IVLE's users may take to leave a jail (a launcher)
 SHOWN = 3  # processes named in one line
+COMMAND_CHARS = 200  # of a command line, in a message or the log (a student's may be 2 MB)
 MAX_PIDFDS = 256  # descriptors held for signalling; beyond, psutil's start-time check
 UP_LEVELS = 32  # parents of a working directory compared, another mount namespace
 
@@ -323,14 +325,16 @@ class Found:
 
     @property
     def command(self) -> str:
-        return " ".join(self.cmdline) or "?"
+        """The command line as a person reads it: escaped and bounded (gates.text)."""
+        return shown(" ".join(self.cmdline), COMMAND_CHARS) or "?"
 
     def describe(self) -> str:
         """'pid 42 (user alice, jail alice): COMMAND [cwd /...]'."""
         jail = self.decision.jail
-        jail_part = f", jail {jail}" if jail and jail != self.user else ""
+        jail_part = f", jail {shown(jail)}" if jail and jail != self.user else ""
         place = f"{self.decision.kind} {self.decision.path}".strip()
-        return f"pid {self.pid} (user {self.user}{jail_part}): {self.command} [{place}]"
+        return f"pid {self.pid} (user {shown(self.user)}{jail_part}): {self.command} " \
+               f"[{shown(place)}]"
 
 
 def protected() -> dict[int, str]:
@@ -474,8 +478,8 @@ def _one_line(items: list[Found], text: Callable[[Found], str]) -> str:
 
 def _refuse_foreign(foreign: list[Found]) -> MaintError:
     def text(f: Found) -> str:
-        return (f"pid {f.pid} (user {f.user}): {f.command} "
-                f"[{f.decision.kind} {f.decision.path}]")  # fmt: skip
+        return (f"pid {f.pid} (user {shown(f.user)}): {f.command} "
+                f"[{f.decision.kind} {shown(f.decision.path)}]")  # fmt: skip
 
     return MaintError(
         f"inside a jail, not an IVLE user's: {_one_line(foreign, text)}; nothing was "
@@ -483,10 +487,18 @@ def _refuse_foreign(foreign: list[Found]) -> MaintError:
     )
 
 
-def refuse_foreign(tree: JailTree) -> None:
+def refuse_foreign(tree: JailTree, *, site_up: bool = False) -> None:
     """MaintError naming the processes in a jail that are no IVLE user's
-    (after SETTLE seconds for them to go): the check a preflight can make."""
-    _settled(tree, protected())
+    (after SETTLE seconds for them to go): the check a preflight can make.
+
+    SITE_UP: only a process whose root or working directory is in a jail
+    counts (an administrator's shell): the web server, up, opens students'
+    files to serve them; the stop step, once it is down, counts them all.
+    """
+    _settled(tree, protected(), SITTING if site_up else None)
+
+
+SITTING = frozenset({"root", "cwd"})  # the facts of a process that lives in a jail
 
 
 def _handle(found: Found, handles: dict[int, _Handle]) -> _Handle:
@@ -583,22 +595,32 @@ def empty_jails(
             handle.close()
 
 
-def _settled(tree: JailTree, spared: Mapping[int, str]) -> list[Found]:
+def _settled(tree: JailTree, spared: Mapping[int, str],
+             kinds: frozenset[str] | None = None) -> list[Found]:  # fmt: skip
     """A scan; a process not IVLE's in a jail gets SETTLE seconds to go (IVLE's
-    console launcher is root between its chroot and its setuid), then refuses."""
+    console launcher is root between its chroot and its setuid), then refuses.
+    KINDS: only a process put in a jail by one of these facts counts."""
+
+    def foreign(f: Found) -> bool:
+        return f.decision.verdict is Verdict.FOREIGN and (
+            kinds is None or f.decision.kind.split()[0] in kinds)
+
     found = scan(tree, spared)
-    if any(f.decision.verdict is Verdict.FOREIGN for f in found):
+    first = {f.proc for f in found if foreign(f)}
+    if first:
         time.sleep(SETTLE)
         found = scan(tree, spared)
-        foreign = [f for f in found if f.decision.verdict is Verdict.FOREIGN]
-        if foreign:
-            raise _refuse_foreign(foreign)
+        # Only one that stayed (the same process: psutil compares start
+        # times): on a site that is up, new launchers come and go meanwhile.
+        stayed = [f for f in found if foreign(f) and f.proc in first]
+        if stayed:
+            raise _refuse_foreign(stayed)
     return found
 
 
 def _remains(left: list[Found], seconds: float) -> MaintError:
     def text(f: Found) -> str:
-        return f"pid {f.pid} (user {f.user}, jail {f.decision.jail or '?'})"
+        return f"pid {f.pid} (user {shown(f.user)}, jail {shown(f.decision.jail or '?')})"
 
     return MaintError(
         f"{_count(len(left))} still in the jails after {seconds:g}s of SIGTERM, SIGSTOP "

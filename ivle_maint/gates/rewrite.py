@@ -3,9 +3,10 @@
 The rule: every file ivle-maint writes, ivle.conf as much as its own state,
 goes through replace_file(), and replace_file()
 
-- refuses a target that is a symlink, not a regular file, or has several
+- refuses a target that is a symlink, not a regular file, has several
   hard links (a replacement would silently split the link: the other
-  names would keep the old content), with one line saying so;
+  names would keep the old content), or is immutable or append-only
+  (chattr +i, +a: no rename can replace it), with one line saying so;
 - writes the new content to a temporary file in the same directory,
   created with O_EXCL|O_NOFOLLOW (nothing planted there is followed or
   reused), and flushes it;
@@ -29,11 +30,13 @@ import os
 import secrets
 import stat
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MaintError
 from ..safepaths import make_dirs, safe_dir
-from . import clock
+from . import clock, trusted
+from .text import shown
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,34 @@ def check_rewritable(path: Path) -> os.stat_result | None:
     if st.st_nlink > 1:
         raise MaintError(f"{path}: has {st.st_nlink} hard links; refused (replacing it would "
                          "split them: make it a single file, e.g. cp -a it and mv the copy over)")
+    flags = _inode_flags(path)
+    if flags & (FS_IMMUTABLE_FL | FS_APPEND_FL):
+        which = "immutable" if flags & FS_IMMUTABLE_FL else "append-only"
+        raise MaintError(f"{path}: is {which} (chattr +{which[0]}); refused (no rename can "
+                         f"replace it: chattr -{which[0]} it first)")
     return st
+
+
+FS_IOC_GETFLAGS = 0x80086601  # linux/fs.h, as lsattr reads them
+FS_IMMUTABLE_FL, FS_APPEND_FL = 0x10, 0x20
+
+
+def _inode_flags(path: Path) -> int:
+    """The file's inode flags (lsattr); 0 where the filesystem has none."""
+    import fcntl
+    import struct
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+                     | os.O_NOCTTY)  # fmt: skip
+    except OSError:
+        return 0  # unreadable: the replacement itself will say why
+    try:
+        return int(struct.unpack("l", fcntl.ioctl(fd, FS_IOC_GETFLAGS, b"\0" * 8))[0])
+    except OSError:
+        return 0  # ENOTTY: a filesystem without inode flags
+    finally:
+        os.close(fd)
 
 
 def read_attrs(fd: int) -> dict[str, bytes]:
@@ -157,54 +187,64 @@ def _install(tmp: Path, target: Path) -> None:
     fsync_dir(target.parent)
 
 
-def _read_source(path: Path) -> tuple[bytes, os.stat_result, dict[str, bytes]]:
-    """Content, stat and attributes of a regular file, read through one descriptor."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise MaintError(f"{path}: not a regular file; refused (remove it)")
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks), st, read_attrs(fd)
-    finally:
-        os.close(fd)
+@dataclass(frozen=True)
+class _Old:
+    """The file about to be replaced, as read through one checked descriptor."""
+
+    st: os.stat_result
+    attrs: dict[str, bytes]
+    data: bytes | None  # its content, when it was asked for (a backup, an expectation)
 
 
-def _attrs_of(path: Path, st: os.stat_result) -> dict[str, bytes]:
-    """PATH's attributes, read from the very file that was checked."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+def _snapshot(path: Path, st: os.stat_result, purpose: trusted.Purpose | None) -> _Old:
+    """PATH's attributes (and, with PURPOSE, its content through the trusted
+    gate), from the very file that was checked: one descriptor, compared
+    with ST, so a file replaced meanwhile is refused, never copied instead."""
+    if purpose is not None:
+        fd = trusted.open_checked(path, purpose)
+    else:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         now = os.fstat(fd)
         if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
-            raise MaintError(f"{path}: replaced while being rewritten; nothing written, "
+            raise MaintError(f"{shown(path)}: replaced while being rewritten; nothing written, "
                              "run again")
-        return read_attrs(fd)
+        data = trusted.read_fd(fd, purpose, path) if purpose is not None else None
+        return _Old(st, read_attrs(fd), data)
     finally:
         os.close(fd)
 
 
-def backup_copy(path: Path, backup_dir: Path) -> Path:
+def _store_backup(name: str, old: _Old, backup_dir: Path) -> Path:
+    """OLD's content into BACKUP_DIR as NAME.YYYYMMDDTHHMMSSZ[.N]."""
+    assert old.data is not None
+    safe_dir(backup_dir, 0o700, "[paths] backup")
+    stamp = clock.utc_stamp()
+    dest = backup_dir / f"{name}.{stamp}"
+    serial = 1
+    while os.path.lexists(dest):
+        serial += 1
+        dest = backup_dir / f"{name}.{stamp}.{serial}"
+    tmp = _write_temp(backup_dir, dest.name, old.data, mode=stat.S_IMODE(old.st.st_mode),
+                      like=old.st, attrs=old.attrs, strict=False)
+    _install(tmp, dest)
+    return dest
+
+
+def backup_copy(path: Path, backup_dir: Path,
+                purpose: trusted.Purpose = trusted.IVLE_CONF) -> Path:
     """Copy PATH into BACKUP_DIR as NAME.YYYYMMDDTHHMMSSZ[.N]; owner, mode and
-    attributes kept where that directory's filesystem can hold them.
+    attributes kept where that directory's filesystem can hold them.  PATH
+    is read through the trusted gate (PURPOSE: its bound and owner).
 
     The directory is made private (0700) when created: ivle.conf holds the
     database password, and a backup must not be easier to read than it.
     The stamp is for people: nothing orders or deletes backups by it.
     """
-    safe_dir(backup_dir, 0o700, "[paths] backup")
-    data, like, attrs = _read_source(path)
-    stamp = clock.utc_stamp()
-    dest = backup_dir / f"{path.name}.{stamp}"
-    serial = 1
-    while os.path.lexists(dest):
-        serial += 1
-        dest = backup_dir / f"{path.name}.{stamp}.{serial}"
-    tmp = _write_temp(backup_dir, dest.name, data, mode=stat.S_IMODE(like.st_mode), like=like,
-                      attrs=attrs, strict=False)
-    _install(tmp, dest)
-    return dest
+    st = check_rewritable(path)
+    if st is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+    return _store_backup(path.name, _snapshot(path, st, purpose), backup_dir)
 
 
 MAX_PATCHED = 1 << 20  # patch_in_place reads this much at most
@@ -220,7 +260,9 @@ class WriteFailed(MaintError):
 
 
 def replace_file(path: Path, data: bytes, *, mode: int | None = None,
-                 backup_dir: Path | None = None, like: Path | None = None) -> Path | None:
+                 backup_dir: Path | None = None, like: Path | None = None,
+                 expect: bytes | None = None,
+                 purpose: trusted.Purpose = trusted.IVLE_CONF) -> Path | None:
     """Replace PATH with DATA atomically; returns the backup made, if any.
 
     An existing PATH keeps its owner, group, mode and extended attributes;
@@ -229,23 +271,39 @@ def replace_file(path: Path, data: bytes, *, mode: int | None = None,
     of a log).  Missing parent directories are created (0755).  Any failure
     raises a one-line MaintError and leaves the old file as it was, with no
     temporary file behind.
+
+    With BACKUP_DIR or EXPECT, the old content is read through the trusted
+    gate (PURPOSE), from the descriptor whose attributes are kept: the
+    backup is exactly what is replaced, and when that is not EXPECT (the
+    content the new one was computed from: another writer replaced it
+    meanwhile) nothing is written.
     """
     target = Path(os.path.abspath(path))
     try:
         make_dirs(target.parent, 0o755)
-        old = check_rewritable(target)
-        source = check_rewritable(Path(like)) if like is not None else old
-        attrs = _attrs_of(Path(like) if like is not None else target, source) if source else {}
+        st = check_rewritable(target)
+        if like is not None:
+            source_st = check_rewritable(Path(like))
+            source = _snapshot(Path(like), source_st, None) if source_st else None
+            old = None  # LIKE lends its attributes only: nothing of it is backed up
+        else:
+            wants = backup_dir is not None or expect is not None
+            old = source = _snapshot(target, st, purpose if wants else None) if st else None
+        if expect is not None and (old is None or old.data != expect):
+            raise MaintError(f"{shown(path)}: changed while being rewritten (another program "
+                             "wrote it); nothing written, run again")
         if mode is None:
-            mode = stat.S_IMODE(source.st_mode) if source else DEFAULT_MODE
-        backup = backup_copy(target, backup_dir) if backup_dir and old else None
-        tmp = _write_temp(target.parent, target.name, data, mode=mode, like=source, attrs=attrs,
-                          strict=True)
+            mode = stat.S_IMODE(source.st.st_mode) if source else DEFAULT_MODE
+        backup = _store_backup(target.name, old, backup_dir) if backup_dir and st and old \
+            else None
+        tmp = _write_temp(target.parent, target.name, data, mode=mode,
+                          like=source.st if source else None,
+                          attrs=source.attrs if source else {}, strict=True)
         _install(tmp, target)
     except OSError as exc:
         where = exc.filename or target
-        raise WriteFailed(f"cannot write {path}: {where}: {exc.strerror or exc}",
-                          exc.errno) from None
+        raise WriteFailed(f"cannot write {shown(path)}: {shown(where)}: "
+                          f"{exc.strerror or exc}", exc.errno) from None
     return backup
 
 

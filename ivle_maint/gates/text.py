@@ -15,18 +15,19 @@ reverses what is read, or bytes that are not UTF-8.  The rule:
    (bytes given, or a str decoded with surrogateescape, as os.listdir and
    sys.argv give file names) is shown as ``\\xNN``.  Printable text,
    printable ASCII included, is unchanged.  The result has no line break
-   and no control character, and encodes to UTF-8.
+   and no control character, and encodes to UTF-8.  ``shown(value,
+   limit)`` also cuts it to LIMIT characters, saying how many were cut:
+   a student's command line may be 2 MB, and is named in the log for
+   each of hundreds of processes.
 
-2. ``lines(message)`` is what every sink applies to a whole message:
-   ivle-maint's own continuation lines are a newline followed by two
-   spaces, and only those break the line; every other newline, and every
-   other character that is not printable, is escaped as in ``shown``.  So
-   each line after the first starts with two spaces: whatever a message
-   carries, no line it produces starts at column 0, and a forged
-   ``ivle-maint: error:`` line cannot appear.  Outside text that itself
-   holds a newline and two spaces at worst becomes an indented line;
-   fields known to come from outside go through ``shown`` where they are
-   put into a message, which shows even that as ``\\n``.
+2. ``lines(message)`` is what every sink applies to a whole message: a
+   message is one line, escaped as in ``shown``, however it was built
+   (an f-string that put a file name, a command line or an SQL error into
+   it escapes nothing itself).  The one exception is a message made by
+   ``joined(first, *more)``, whose parts are escaped there, one by one:
+   it is shown as its first line, then each further part indented by two
+   spaces.  Nothing else a message carries can break a line, so no text
+   from outside ever starts a line of its own, indented or not.
 
 3. ``listing(line)`` is the rule for one line of a listing on stdout
    (``status``, ``plan``, ``consoles list``, ``db migrate --dry-run``'s
@@ -84,21 +85,46 @@ def _text(value: object) -> str:
     return value if isinstance(value, str) else str(value)
 
 
-def shown(value: object) -> str:
-    """VALUE (str, bytes, a path, anything) as one line of printable text."""
+def shown(value: object, limit: int | None = None) -> str:
+    """VALUE (str, bytes, a path, anything) as one line of printable text;
+    with LIMIT, no longer than that (and the count of what was cut)."""
     text = _text(value)
+    if limit is not None and len(text) > limit:
+        cut = len(text) - limit
+        return f"{shown(text[:limit])}...[{cut} more characters]"
     if text.isprintable():  # the common case: nothing to escape
         return text
     return "".join(c if c.isprintable() else _escape(c) for c in text)
 
 
+class Lines(str):
+    """A message of several lines, each escaped: made by joined() only."""
+
+    __slots__ = ()
+
+
+def joined(first: object, *more: object) -> Lines:
+    """A message of several lines: FIRST, then each of MORE on a line of
+    its own, indented; each part escaped as one line (``shown``)."""
+    return Lines(CONTINUATION.join(shown(part) for part in (first, *more)))
+
+
+def _joined_in(message: object) -> Lines | None:
+    if isinstance(message, Lines):
+        return message
+    if isinstance(message, BaseException) and len(message.args) == 1 \
+            and isinstance(message.args[0], Lines):  # fmt: skip
+        return message.args[0]
+    return None
+
+
 def lines(message: object) -> list[str]:
-    """A message's lines for a sink: every line after the first indented."""
-    text = _text(message)
-    if text.isprintable():
-        return [text]
-    first, *rest = text.split(CONTINUATION)
-    return [shown(first), *(INDENT + shown(part) for part in rest)]
+    """A message's lines for a sink: one, unless joined() made it."""
+    several = _joined_in(message)
+    if several is not None:
+        first, *rest = str.split(several, CONTINUATION)
+        return [shown(first), *(INDENT + shown(part) for part in rest)]
+    return [shown(message if isinstance(message, bytes | bytearray) else _text(message))]
 
 
 def block(message: object, head: str = "") -> str:

@@ -19,13 +19,21 @@ setup.py), this module alone decides:
 - the file is a regular file: a FIFO, device, socket or directory is
   refused from lstat, before anything opens it, and it is opened with
   O_NONBLOCK | O_NOFOLLOW, then fstat-ed, so nothing opened can block;
+  a file on proc, sysfs, FUSE and the like (fstatfs) is refused too (a
+  read of /proc/kmsg, a root-owned regular file, blocks for ever; a FUSE
+  daemon reports any owner), and the descriptor stays non-blocking while
+  it is read: a read that would block is refused, never waited for;
 - it is owned by root and not writable by group or others;
 - it is no larger than its purpose allows (below), checked on the open
   file and again while reading, so a sparse 2 GB file is never read;
 - the bytes come from the descriptor that was checked: no second open by
   name, no gap between the check and the use.  A program is run by the
   path that was checked, every directory of which only root can change;
-  a script's interpreter (#!) is checked the same way.
+  a script's interpreter (#!) is checked the same way, and when that is
+  env, so is the program env runs, looked up as env does on the PATH
+  the script inherits (or the one its first line sets); what ivle-maint
+  cannot follow as env would (quoting, variables, other options, a
+  relative directory on that PATH) is refused.
 
 When ivle-maint does not run as root, its own uid counts as root's: it
 gains no privilege, and reads the files of the user running it.
@@ -43,6 +51,10 @@ README "Exit statuses"):
     state file           root, 16 MiB      [1]  journal, pins, media record,
                                                  lock, node id, children;
                                                  never a symlink
+    log                  root, 64 GiB      [1]  an old run's log, compressed
+                                                 as it is read (in pieces)
+    dump                 root, not read    [1]  a partial dump, opened to ask
+                                                 its flock
     program / init script  root, not read  [2]  run as root; its directory
                                                  not writable even with the
                                                  sticky bit
@@ -51,14 +63,16 @@ README "Exit statuses"):
                                                  runs as root
 
 Not through the gate: /proc (the kernel's facts, see gates/processes),
-and files ivle-maint itself wrote and only rewrites or compresses in a
-directory the gate checked (logs, dumps, the backup copy of ivle.conf).
+and the attributes (never the content) of a file gates/rewrite replaces,
+read from a descriptor opened without following a symlink and compared
+with the file it checked.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from ..errors import ConfigError, MaintError
@@ -87,6 +101,8 @@ MIGRATION = Purpose("migration", 16 * MiB, MaintError)
 MIGRATIONS_DIR = Purpose("migrations directory", None, MaintError)
 MANIFEST = Purpose("migrations manifest", 64 * MiB, MaintError)
 STATE = Purpose("", 16 * MiB, MaintError, final_symlink=False)
+LOG = Purpose("", 64 * 1024 * MiB, MaintError, final_symlink=False)
+DUMP = Purpose("", None, MaintError, final_symlink=False)
 MACHINE_ID = Purpose("machine id", 4 * KiB, MaintError)
 PROGRAM = Purpose("program", None)
 INIT_SCRIPT = Purpose("init script", None)
@@ -214,6 +230,36 @@ def _check_size(purpose: Purpose, given: str, size: int) -> None:
                        "remove it, or choose another file")
 
 
+# Filesystems whose files are the kernel's, or a daemon's, not files: a
+# read can block for ever (/proc/kmsg is a regular file, root's 0400) and
+# a FUSE daemon reports whatever owner and mode it likes.
+_NOT_FILES = {0x9FA0: "proc", 0x62656572: "sysfs", 0x64626720: "debugfs",
+              0x73636673: "securityfs", 0x74726163: "tracefs", 0x27E0EB: "cgroup",
+              0x63677270: "cgroup2", 0xCAFE4A11: "bpf", 0x65735546: "fuse",
+              0x42494E4D: "binfmt_misc", 0x6E736673: "nsfs", 0x50495045: "pipefs"}
+
+
+def _fs_type(fd: int) -> int | None:
+    """The f_type of the filesystem holding FD (fstatfs), None if unknown."""
+    import ctypes
+
+    buf = ctypes.create_string_buffer(256)  # struct statfs: f_type comes first
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.fstatfs(fd, buf) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    return int(ctypes.c_long.from_buffer(buf).value) & 0xFFFFFFFF
+
+
+def _check_filesystem(purpose: Purpose, given: str, fd: int) -> None:
+    kind = _NOT_FILES.get(_fs_type(fd) or 0)
+    if kind is not None:
+        raise _refused(purpose, given, f"on a {kind} filesystem, whose files can block a "
+                       "read or report any owner", "choose a file on a real filesystem")
+
+
 def open_checked(path: str | os.PathLike[str], purpose: Purpose) -> int:
     """A read-only descriptor of PATH, checked (see the module docstring).
 
@@ -229,29 +275,39 @@ def open_checked(path: str | os.PathLike[str], purpose: Purpose) -> int:
         if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
             raise _refused(purpose, given, "replaced while it was checked", "run again")
         _check_node(purpose, given, fst)
+        _check_filesystem(purpose, given, fd)
         _check_size(purpose, given, fst.st_size)
-        os.set_blocking(fd, True)
+        # Left non-blocking: a regular file on a real filesystem never says
+        # EAGAIN, anything else that would is refused by chunks().
     except BaseException:
         os.close(fd)
         raise
     return fd
 
 
-def read_fd(fd: int, purpose: Purpose, given: str | os.PathLike[str]) -> bytes:
-    """The bytes of a checked descriptor, never more than the purpose's bound."""
+def chunks(fd: int, purpose: Purpose, given: str | os.PathLike[str]) -> Iterator[bytes]:
+    """The bytes of a checked descriptor in pieces, never more than the
+    purpose's bound (a file that grows past it while being read is refused)."""
     limit = purpose.limit if purpose.limit is not None else SHEBANG_BYTES
-    chunks: list[bytes] = []
     total = 0
     while True:
-        chunk = os.read(fd, min(limit + 1 - total, MiB))
+        try:
+            chunk = os.read(fd, min(limit + 1 - total, MiB))
+        except BlockingIOError:
+            raise _refused(purpose, os.fspath(given), "a read of it would block: not a "
+                           "file", "choose a regular file on a real filesystem") from None
         if not chunk:
-            break
-        chunks.append(chunk)
+            return
         total += len(chunk)
         if total > limit:
             _check_size(purpose, os.fspath(given), total)  # grew while being read
-            break
-    return b"".join(chunks)
+            return
+        yield chunk
+
+
+def read_fd(fd: int, purpose: Purpose, given: str | os.PathLike[str]) -> bytes:
+    """The bytes of a checked descriptor, never more than the purpose's bound."""
+    return b"".join(chunks(fd, purpose, given))
 
 
 def read(path: str | os.PathLike[str], purpose: Purpose) -> bytes:
@@ -301,17 +357,101 @@ def _program_at(path: str, purpose: Purpose, depth: int = 0) -> str:
     finally:
         os.close(fd)
     if head.startswith(b"#!"):
-        words = head[2:].split(b"\n", 1)[0].split()
+        # As the kernel reads it: the interpreter, then the rest of the line
+        # as one argument.
+        if b"\n" not in head and len(head) == SHEBANG_BYTES:
+            # The kernel reads no more of it either, and cuts what it passes.
+            raise _refused(purpose, given, f"its first line is longer than {SHEBANG_BYTES - 1} "
+                           "bytes", "shorten its first line")
+        line = head[2:].split(b"\n", 1)[0].strip(b" \t")
+        words = line.split(None, 1)
         if words:
             if depth >= MAX_INTERPRETERS:
                 raise _refused(purpose, given, "too many interpreters (#!)", "fix it")
             interpreter = os.fsdecode(words[0])
             try:
-                _program_at(interpreter, PROGRAM, depth + 1)
+                real_interpreter = _program_at(interpreter, PROGRAM, depth + 1)
             except FileNotFoundError:
                 raise _refused(purpose, given, f"its interpreter {interpreter} does not exist",
                                "fix its first line") from None
+            if "env" in (os.path.basename(interpreter),
+                         os.path.basename(os.path.realpath(real_interpreter))):
+                argument = os.fsdecode(words[1].strip(b" \t")) if len(words) > 1 else ""
+                _env_program(purpose, given, argument, depth + 1)
     return given
+
+
+_ENV_FLAGS = {"-v", "--debug"}  # change nothing env looks up
+_ENV_CLEAR = {"-i", "-", "--ignore-environment"}
+_ENV_DEFAULT_PATH = "/bin:/usr/bin"  # env's (execvp's) search without a PATH
+_ENV_QUOTING = set("'\"\\$#")
+
+
+def _env_program(purpose: Purpose, given: str, argument: str, depth: int) -> None:
+    """`#!/usr/bin/env ARGUMENT`: the program env will run, found as env
+    finds it (execvp on the PATH the script inherits, or the one its first
+    line sets), checked as a program root runs.  What this cannot follow as
+    env would (quoting, ${VAR}, other options, a relative directory on the
+    PATH) is refused, with its line."""
+
+    def refuse(why: str) -> Refused:
+        return _refused(purpose, given, f"its first line runs env {argument!r}: {why}",
+                        "name the interpreter by its absolute path in its first line")
+
+    name, search = _env_command(argument, refuse)
+    if os.sep not in name:
+        search = _ENV_DEFAULT_PATH if search is None else search
+        for directory in search.split(os.pathsep):
+            if not directory.startswith("/"):
+                raise refuse(f"{directory or 'the current directory'} on the PATH it "
+                             "searches is not an absolute directory")
+            candidate = os.path.join(directory, name)
+            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+                name = candidate
+                break
+        else:
+            raise refuse(f"{name} is not found on the PATH it searches ({search})")
+    try:
+        _program_at(name, PROGRAM, depth)
+    except FileNotFoundError:
+        raise refuse(f"{name} does not exist") from None
+    except Refused as exc:
+        raise refuse(str(exc).removesuffix(f" ({_fix()})").removesuffix("; refused")) from None
+
+
+def _env_command(argument: str, refuse: Callable[[str], Refused]) -> tuple[str, str | None]:
+    """(the program env runs, the PATH it searches: None for env's default)."""
+    split = argument.startswith(("-S", "--split-string="))
+    if argument.startswith("--split-string="):
+        words = argument.split("=", 1)[1].split()
+    elif split:
+        words = argument[2:].split()
+    elif argument.startswith("-") or not argument:
+        raise refuse("an option ivle-maint does not follow" if argument else "no program")
+    else:
+        words = [argument]  # one argument, spaces and all, as env gets it
+    search: str | None = os.environ.get("PATH")
+    index = 0
+    while index < len(words):
+        word = words[index]
+        if split and _ENV_QUOTING & set(word):
+            raise refuse("quoting or variables, which ivle-maint does not follow")
+        if word in _ENV_CLEAR:
+            search = None
+        elif word in ("-u", "--unset") and index + 1 < len(words):
+            index += 1
+            search = None if words[index] == "PATH" else search
+        elif word.startswith("--unset="):
+            search = None if word.split("=", 1)[1] == "PATH" else search
+        elif word.startswith("-") and word not in _ENV_FLAGS:
+            raise refuse(f"the option {word}, which ivle-maint does not follow")
+        elif "=" in word:
+            name, value = word.split("=", 1)
+            search = value if name == "PATH" else search
+        elif word not in _ENV_FLAGS:
+            return word, search
+        index += 1
+    raise refuse("no program")
 
 
 def program(name: str, search: str | None = None, purpose: Purpose = PROGRAM) -> str | None:

@@ -56,13 +56,14 @@ class JailProcess:
     @property
     def command(self) -> str:
         """The command line for a message: a student wrote it (gates.text)."""
-        return " ".join(shown(arg) for arg in self.cmdline) or "?"
+        return shown(" ".join(self.cmdline), processes.COMMAND_CHARS) or "?"
 
     def describe(self) -> str:
         """'pid 42 (user 1001, jail alice): /usr/bin/python ... [cwd /...]'."""
-        jail = f", jail {self.jail}" if self.jail and self.jail != self.user else ""
+        jail = f", jail {shown(self.jail)}" if self.jail and self.jail != self.user else ""
         where = f"{self.reason} {self.path}" if self.path else self.reason
-        return f"pid {self.pid} (user {self.user}{jail}): {self.command} [{where}]"
+        return f"pid {self.pid} (user {shown(self.user)}{jail}): {self.command} " \
+               f"[{shown(where)}]"
 
 
 @dataclass(frozen=True)
@@ -232,16 +233,32 @@ def _not_jails(src: str, *dirs: str | None) -> list[str]:
             if d and os.path.dirname(os.path.realpath(d)) == real]  # fmt: skip
 
 
-def stop_consoles_for(settings: Settings, reporter: Reporter) -> ConsolesResult:
-    """stop_consoles for this node's ivle.conf and [consoles] term_timeout."""
+def _where(settings: Settings) -> tuple[str, str | None, list[str]]:
+    """(the jail mounts directory, checked; the jail sources; the names in
+    them that are no user's jail) of this node's ivle.conf."""
     ivle = settings.ivle_conf()
     jails = ivle.conf["paths"]["jails"]
     src = str(ivle.jail_src) if jails["src"] else None
+    not_jails = _not_jails(src, jails["template"], jails["template_build"]) if src else []
+    return jaildir.check(ivle), src, not_jails
+
+
+def stop_consoles_for(settings: Settings, reporter: Reporter) -> ConsolesResult:
+    """stop_consoles for this node's ivle.conf and [consoles] term_timeout."""
+    mounts, src, not_jails = _where(settings)
     return stop_consoles(
-        jaildir.check(ivle),
+        mounts,
         reporter,
-        share=ivle.share,
+        share=settings.ivle_conf().share,
         term_timeout=float(settings["consoles"]["term_timeout"]),
         src=src,
-        not_jails=_not_jails(src, jails["template"], jails["template_build"]) if src else (),
+        not_jails=not_jails,
     )
+
+
+def refuse_foreign_for(settings: Settings) -> None:
+    """The preflight's twin of stop_consoles_for: MaintError (one line)
+    naming a process in a jail that is no IVLE user's (an administrator's
+    shell), which the step would refuse to stop, while the site is still up."""
+    mounts, src, not_jails = _where(settings)
+    processes.refuse_foreign(_tree(mounts, src, not_jails), site_up=True)

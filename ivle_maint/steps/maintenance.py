@@ -193,21 +193,38 @@ def in_maintenance(settings: Settings) -> bool:
 
 # -- Apache's processes -----------------------------------------------------
 
+def _apache_binary() -> str | None:
+    """The real path of the apache2 program (checked by gates/trusted), if any."""
+    try:
+        found = system.which("apache2", system.SBIN_PATH)
+    except MaintError:
+        return None
+    return os.path.realpath(found) if found else None
+
+
 def _children() -> set[tuple[int, str]]:
-    """(pid, start time) of every apache2 process whose parent is apache2."""
-    names: dict[int, tuple[str, int, str]] = {}
+    """(pid, start time) of every apache2 process whose parent is apache2.
+
+    Known by the program the kernel runs (/proc/PID/exe), never by a name:
+    a student's process may call itself apache2 (prctl), or carry a byte
+    that is not UTF-8 in its name (gates/processes: names are theirs)."""
+    binary = _apache_binary()
+    if binary is None:
+        return set()
+    found: dict[int, tuple[int, str]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        comm = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2:].split()
-        names[int(entry)] = (comm, int(fields[1]), fields[19])
-    return {(pid, start) for pid, (comm, ppid, start) in names.items()
-            if comm == "apache2" and names.get(ppid, ("",))[0] == "apache2"}
+            exe = os.readlink(f"/proc/{entry}/exe").removesuffix(" (deleted)")
+            if exe != binary:
+                continue
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+            found[int(entry)] = (int(fields[1]), fields[19].decode("ascii"))
+        except (OSError, IndexError, ValueError):
+            continue  # ended meanwhile
+    return {(pid, start) for pid, (ppid, start) in found.items() if ppid in found}
 
 
 def _graceful(control: ServiceControl, name: str, how: str = "graceful") -> str:

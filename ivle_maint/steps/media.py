@@ -436,7 +436,10 @@ def set_media_version(conf_path: Path, state_dir: Path, backup_dir: Path, versio
     if is_new:  # recorded first: a crash before the write resumes with it
         record.add(target, version, upgrade)
         record.save()
-    backup = replace_file(conf_path, new, backup_dir=backup_dir)
+    # expect: the very file replaced, read where its backup is taken, is the
+    # one the new content was computed from (no other writer's change lost).
+    backup = replace_file(conf_path, new, backup_dir=backup_dir, expect=cf.data,
+                          purpose=trusted.IVLE_CONF)
     reread = _current(locate(read_conf(conf_path)))
     if reread != target:
         raise MaintError(f"{conf_path}: [media] version reads back as {reread!r}, "

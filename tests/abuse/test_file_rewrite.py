@@ -170,3 +170,58 @@ def test_a_directorys_default_acl_is_not_added_to_a_file_that_had_none(tmp_path:
     before = facts(target)
     replace_file(target, b"new\n")
     assert facts(target) == before and ACL_XATTR not in attrs(target)
+
+
+def test_ivle_conf_replaced_by_another_writer_during_the_rewrite_loses_nothing(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Another program (an administrator's editor, configuration management)
+    renames its own ivle.conf into place after ivle-maint read it: the
+    rewrite is refused, that writer's file stays, and nothing is written."""
+    from ivle_maint.gates import rewrite
+    from ivle_maint.steps import media
+
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    conf = etc / "ivle.conf"
+    conf.write_text("[media]\nversion = 1.0\n")
+    theirs = b"[media]\nversion = 1.0\n# theirs: a new database password\n"
+    real = rewrite.replace_file
+
+    def another_writer_first(path: Path, data: bytes, **kwargs: Any) -> Any:
+        other = etc / ".their-editor.tmp"
+        other.write_bytes(theirs)
+        os.replace(other, conf)
+        return real(path, data, **kwargs)
+
+    monkeypatch.setattr(media, "replace_file", another_writer_first)
+    with pytest.raises(MaintError, match="changed while being rewritten"):
+        media.set_media_version(conf, tmp_path / "state", tmp_path / "backup", "1.1",
+                                upgrade="u1", force=True)
+    assert conf.read_bytes() == theirs
+    assert not list(tmp_path.glob("backup/ivle.conf.*"))
+    assert [p.name for p in etc.iterdir()] == ["ivle.conf"]
+
+
+@pytest.mark.parametrize("flag", ["i", "a"])
+def test_an_immutable_file_is_refused_by_the_check_the_preflight_makes(
+    tmp_path: Path, flag: str
+) -> None:
+    """chattr +i (or +a) ivle.conf: permission bits say writable, the
+    directory takes new files, yet no rename can replace it.  The check the
+    preflight makes (check_rewritable) says so, with the site still up."""
+    from ivle_maint.gates.rewrite import check_rewritable
+
+    target = tmp_path / "ivle.conf"
+    target.write_text("[media]\nversion = 1\n")
+    if subprocess.run(["chattr", f"+{flag}", str(target)], check=False).returncode != 0:
+        pytest.skip("this filesystem has no inode flags")
+    try:
+        with pytest.raises(MaintError, match=f"chattr -{flag} it first"):
+            check_rewritable(target)
+        with pytest.raises(MaintError):
+            replace_file(target, b"new")
+        assert target.read_text() == "[media]\nversion = 1\n"
+        assert [p.name for p in tmp_path.iterdir()] == ["ivle.conf"]
+    finally:
+        subprocess.run(["chattr", f"-{flag}", str(target)], check=True)

@@ -566,3 +566,69 @@ def test_media_set_refuses_a_state_directory_others_can_write(site: Any) -> None
     assert error_lines(done) == [f"ivle-maint: error: {why}"]
     assert_nothing_done(site, before)
     assert not (site.state_dir / "media-versions.json").exists()
+
+
+def test_a_log_bigger_than_a_state_files_bound_is_still_rotated(tmp_path: Path) -> None:
+    """`[logs] output_lines = 0` keeps a jail build's whole output: a log of
+    any size is compressed in pieces through the gate, never refused there."""
+    import gzip
+
+    from ivle_maint.logfile import prune
+
+    log_dir = tmp_path / "log"
+    log_dir.mkdir(mode=0o750)
+    big = log_dir / "upgrade-20260101T000000Z.n000001.log"
+    with big.open("wb") as handle:  # 20 MiB of text, beyond the state files' 16 MiB
+        handle.write(b"apt: setting up a package in the jail\n" * (20 * 2**20 // 38))
+    size = big.stat().st_size
+    newer = log_dir / "upgrade-20260101T000001Z.n000002.log"
+    newer.write_text("the newest\n")
+    prune(log_dir, keep=3)
+    packed = log_dir / (big.name + ".gz")
+    assert sorted(p.name for p in log_dir.iterdir()) == [packed.name, newer.name]
+    with gzip.open(packed, "rb") as handle:
+        assert sum(len(chunk) for chunk in iter(lambda: handle.read(2**20), b"")) == size
+
+
+def test_a_fifo_planted_as_a_partial_dump_never_blocks_the_cleanup(tmp_path: Path) -> None:
+    """A killed run's `.partial` dumps are opened to ask their flock: a FIFO
+    in their place (no writer) is left alone, never opened to block."""
+    from ivle_maint.db.backup import remove_stale_partials
+
+    backups = tmp_path / "backup"
+    backups.mkdir(mode=0o700)
+    os.mkfifo(backups / ".ivle-1.0.dump.partial")
+    stale = backups / ".ivle-0.9.dump.partial"
+    stale.write_bytes(b"half a dump")
+    check = ("import sys; from pathlib import Path\n"
+             "from ivle_maint.db.backup import remove_stale_partials as r\n"
+             "print(sorted(p.name for p in r(Path(sys.argv[1]))))")
+    try:
+        done = subprocess.run([sys.executable, "-c", check, str(backups)], capture_output=True,
+                              text=True, timeout=30, check=False,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    except subprocess.TimeoutExpired:
+        pytest.fail("remove_stale_partials blocked on a FIFO")
+    assert done.stdout == "['.ivle-0.9.dump.partial']\n", done.stderr
+    assert remove_stale_partials(backups) == []
+    assert (backups / ".ivle-1.0.dump.partial").exists() and not stale.exists()
+
+
+@pytest.mark.parametrize("path", ["/proc/kmsg", "/proc/self/environ",
+                                  "/sys/kernel/mm/transparent_hugepage/enabled"])
+def test_a_kernel_file_named_as_settings_is_refused_never_read(path: str) -> None:
+    """/proc/kmsg is a regular file, root's, 0400, of size 0: a read of it
+    blocks for ever once the kernel's messages are read (and takes them
+    from syslog).  Files of proc, sysfs, FUSE... are refused unread."""
+    if not os.path.exists(path):
+        pytest.skip(f"{path} absent here")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "IVLE_MAINT_CONF": path}
+    try:
+        done = subprocess.run([sys.executable, "-m", "ivle_maint", "status"], env=env,
+                              capture_output=True, text=True, timeout=60, check=False,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"ivle-maint blocked reading {path}")
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done)
+    assert f"settings file {path}: on a " in line and "filesystem" in line, line

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from abuse_helpers import one_error_line
 from ivle_maint import mountinfo
@@ -63,12 +65,12 @@ def test_a_command_line_that_forges_a_line_is_escaped_in_consoles_list_and_stop(
     assert_nothing_raw(listed.stdout, "consoles list")
     line = next(ln for ln in listed.stdout.splitlines() if str(hostile_console.pid) in ln)
     assert all(part in line for part in SHOWN), line
-    stopped = cli(node, "consoles", "stop")
+    stopped = cli(node, "-v", "consoles", "stop")  # -v: each process, as the log has it
     assert stopped.returncode == 0, stopped.stderr
     assert hostile_console.poll() is not None
     assert_nothing_raw(stopped.stderr, "consoles stop")
-    # stop sums up per jail (gates/processes); the command lines are in list
-    assert f"jail {node.users[0].login}: " in stopped.stderr, stopped.stderr
+    lines = stopped.stderr.splitlines()
+    assert any(all(part in ln for part in SHOWN) for ln in lines), stopped.stderr
 
 
 def test_a_command_line_that_forges_a_line_is_escaped_in_the_upgrade_and_its_log(
@@ -77,10 +79,10 @@ def test_a_command_line_that_forges_a_line_is_escaped_in_the_upgrade_and_its_log
     done = preinst(node)
     assert done.returncode == 0, done.stderr
     assert hostile_console.poll() is not None
-    assert_nothing_raw(done.stderr, "preinst")
-    log = log_text(node)  # every process stopped, one debug line each
+    assert_nothing_raw(done.stderr, "preinst")  # one line per jail; the log names each
+    log = log_text(node)
     assert_nothing_raw(log, "log")
-    assert any(all(part in ln for part in SHOWN) for ln in log.splitlines())
+    assert any(all(part in ln for part in SHOWN) for ln in log.splitlines()), log
 
 
 RAISE = ("DO $$ BEGIN RAISE EXCEPTION E'broken\\nivle-maint: error: forged \\x1b]0;title\\x07';"
@@ -200,3 +202,66 @@ def test_a_bugs_traceback_quoting_outside_text_is_escaped_and_indented(tmp_path:
     assert first == "ivle-maint: internal error (a bug):"
     assert rest and all(line.startswith("  ") for line in rest), done.stderr
     assert "\n  ivle-maint: error: forged\\x1b]0;title\\x07\n" in done.stderr
+
+
+# -- the cluster table: every field a node (or the table's writer) chose ------
+
+_FIELD = st.one_of(st.text(max_size=12), st.lists(st.sampled_from(
+    ["\n", "\r", "\u2028", "\x85", TITLE, "\n  ", FORGED, "alpha", "\u202e"]),
+    max_size=4).map("".join))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(_FIELD, _FIELD, _FIELD, _FIELD, _FIELD,
+                          st.sampled_from(["master", "slave", "both"])),
+                min_size=1, max_size=3))
+def test_cluster_status_prints_one_line_per_row_whatever_a_field_holds(
+    rows: list[tuple[str, ...]],
+) -> None:
+    """A node's name, host, note, version and media come from the database:
+    a newline in one never ends the table's line, nor forges one."""
+    import contextlib
+    import io
+
+    from ivle_maint.cluster.admin import ClusterStatus
+    from ivle_maint.cluster.table import NodeRow
+    from ivle_maint.commands.cluster import _print_table
+
+    def printed(fields: list[tuple[str, ...]]) -> list[str]:
+        nodes = [NodeRow(name=n or "n", role=role, host=h, instance="i", version=v,
+                         serving=None, target=None, phase="waiting", step=None, media=m,
+                         note=note or "x") for n, h, v, m, note, role in fields]
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            _print_table(ClusterStatus(nodes, set()))
+        return out.getvalue().split("\n")
+
+    plain = [("f", "f", "f", "f", "f", row[5]) for row in rows]
+    lines = printed(rows)
+    assert len(lines) == len(printed(plain)), lines
+    assert all(line.isprintable() for line in lines), lines
+    assert not any(line.startswith("ivle-maint:") for line in lines), lines
+
+
+def test_a_student_command_line_of_a_megabyte_is_shown_bounded(node: Any) -> None:
+    """The command line is the student's to choose, up to the kernel's
+    bound: each place that names the process (consoles list, -v, the log)
+    shows its start and how much was cut, never the megabyte."""
+    user = node.users[0]
+    huge = "A" * 120_000 + FORGED
+    proc = subprocess.Popen([sys.executable, "-c", SLEEP, huge, huge],
+                            cwd=node.jail(user.login) / "home" / user.login, user=user.unixid,
+                            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        listed = cli(node, "consoles", "list")
+        stopped = cli(node, "-v", "consoles", "stop")
+        assert listed.returncode == 0 and stopped.returncode == 0, stopped.stderr
+        for out in (listed.stdout, stopped.stderr):
+            assert_nothing_raw(out, "output")
+            named = [line for line in out.splitlines() if str(proc.pid) in line]
+            assert named and all(len(line) < 1000 for line in named), len(max(named, key=len))
+            assert any("more characters]" in line for line in named)
+    finally:
+        proc.kill()
+        proc.wait()

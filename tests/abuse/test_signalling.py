@@ -78,10 +78,16 @@ def _uid(pid: int) -> int | None:
 
 
 @pytest.fixture
-def spawn(node: Any) -> Iterator[Any]:
+def spawn(node: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """Start a process (our child, marked as the node's) with a given cwd,
-    argv0 and user; every one, and what it forked, is killed afterwards."""
+    argv0 and user; every one, and what it forked, is killed afterwards.
+
+    The gate spares ivle-maint's own children; called in this process, the
+    test's children are the students', so only its callers are spared."""
     started: list[subprocess.Popen[bytes]] = []
+    real = processes.protected
+    monkeypatch.setattr(processes, "protected", lambda: {
+        pid: why for pid, why in real().items() if why != "ivle-maint's own child"})
 
     def start(cwd: Path | str, *, argv0: str | None = None, user: int | None = None,
               code: str = SLEEP, argv: list[str] | None = None,
@@ -118,8 +124,10 @@ def student(node: Any, index: int) -> tuple[str, int, Path]:
 
 
 def in_jails(node: Any) -> list[processes.Found]:
+    """The gate's verdicts, as ivle-maint would reach them: the test's own
+    children are its processes, not ivle-maint's, so nothing is spared."""
     tree = processes.jail_tree(os.path.realpath(node.jail_mounts), src=str(node.jails_src))
-    return processes.scan(tree, processes.protected())
+    return processes.scan(tree, {})
 
 
 # -- the jail mounts directory decides what is signalled ----------------------
@@ -532,24 +540,33 @@ def test_a_root_process_working_in_a_jail_as_the_student_is_named_not_killed(
     assert done.returncode == 1, done.stderr
     assert f"pid {worker.pid} (user root): " in one_error_line(done)
     assert worker.poll() is None and node.console_pids()
-    # The same check, for a preflight to make with the site up.
-    tree = processes.jail_tree(os.path.realpath(node.jail_mounts), src=str(node.jails_src))
-    with pytest.raises(processes.MaintError, match=f"pid {worker.pid} "):
-        processes.refuse_foreign(tree)
+    # The same check, for a preflight to make with the site up (from a
+    # process the worker is no child of: ivle-maint spares its own).
+    check = ("import sys; from ivle_maint.gates import processes as p\n"
+             "p.refuse_foreign(p.jail_tree(sys.argv[1], src=sys.argv[2]))")
+    refused = subprocess.run([sys.executable, "-c", check, os.path.realpath(node.jail_mounts),
+                              str(node.jails_src)], capture_output=True, text=True, check=False,
+                             env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert f"MaintError: inside a jail, not an IVLE user's: pid {worker.pid} " in refused.stderr
 
 
-def test_an_upgrade_meeting_an_administrators_shell_in_a_jail_names_it_and_loses_nothing(
+def test_an_upgrade_meeting_an_administrators_shell_in_a_jail_names_it_with_the_site_up(
     node_factory: Any,
 ):
+    """The preflight refuses it: the web server is never stopped for it."""
     node = at_version_1_0(node_factory(users=3, consoles=1, env=True))
     homes = home_checksums(node)
     _, _, home = student(node, 1)
+    events = node.root / "var" / "log" / "services.log"
+    before = events.read_text() if events.exists() else ""
     shell = subprocess.Popen(["bash", "-c", "echo ready; exec sleep 600"], cwd=str(home),
                              stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)  # fmt: skip
     try:
         assert shell.stdout is not None and shell.stdout.readline() == b"ready\n"
         done = preinst(node)
-        assert done.returncode != 0
+        assert done.returncode == 1, done.stderr
+        after = events.read_text() if events.exists() else ""
+        assert after == before, after[len(before):]  # apache2 never stopped, nor restarted
         errors = [line for line in done.stderr.splitlines() if line.startswith("ivle-maint: error")]
         assert len(errors) == 1 and f"pid {shell.pid} (user root): sleep 600 [cwd {home}]" \
             in errors[0] and "leave the jail" in errors[0], done.stderr
@@ -605,3 +622,60 @@ def test_a_student_process_whose_first_thread_ended_is_still_found_and_stopped(
     assert done.returncode == 0, done.stderr
     assert proc.wait(timeout=10) == -signal.SIGTERM
     assert f"jail {login}: 1 process stopped (0 needed SIGKILL)" in done.stderr
+
+
+def test_a_web_server_serving_a_students_file_passes_the_preflight_a_shell_does_not(
+    node: Any, spawn: Any
+):
+    """With the site up, Apache opens students' files to serve them: an
+    open file is no reason to refuse the upgrade then; a working directory
+    in a jail (an administrator's shell) is.  Once the web server is down,
+    the stop step counts every fact."""
+    _, _, home = student(node, 1)
+    serving = spawn("/", code=f"import os; fd = os.open({str(home)!r}, os.O_RDONLY)\n" + SLEEP)
+    check = ("import sys; from ivle_maint.gates import processes as p\n"
+             "p.refuse_foreign(p.jail_tree(sys.argv[1], src=sys.argv[2]), "
+             "site_up=sys.argv[3] == 'up')")
+
+    def refused(when: str) -> str:
+        done = subprocess.run([sys.executable, "-c", check, os.path.realpath(node.jail_mounts),
+                               str(node.jails_src), when], capture_output=True, text=True,
+                              check=False, env={**os.environ, "PYTHONPATH": str(REPO)},
+                              timeout=120)
+        return done.stderr
+
+    assert refused("up") == ""
+    assert f"pid {serving.pid} (user root)" in refused("down")
+    shell = spawn(home, argv=["bash", "-c", "echo ready; exec sleep 600"], program=None)
+    assert f"pid {shell.pid} (user root): sleep 600 [cwd {home}]" in refused("up")
+
+
+NAMED = """\
+import ctypes, os, sys, time
+name = bytes.fromhex(sys.argv[1])
+ctypes.CDLL(None).prctl(15, name, 0, 0, 0)
+if os.fork() == 0:
+    ctypes.CDLL(None).prctl(15, name, 0, 0, 0)
+else:
+    print('ready', flush=True)
+time.sleep(600)
+"""
+
+
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.one_of(st.just(b"apache2"), st.just(b"apa\xffche2"),
+                      st.binary(min_size=1, max_size=15).filter(lambda b: b"\0" not in b)))
+def test_apache_children_are_known_by_their_program_never_by_a_name(
+    node: Any, spawn: Any, name: bytes
+):
+    """The maintenance page's graceful reload waits for Apache's old children:
+    a student's pair of processes named `apache2` (or a name that is no
+    UTF-8) is none of them, and never breaks the step."""
+    from ivle_maint.steps import maintenance
+
+    _, uid, home = student(node, 0)
+    parent = spawn(home, user=uid, argv=[sys.executable, "-c", NAMED, name.hex()])
+    pids = {pid for pid, _ in maintenance._children()}
+    assert parent.pid not in pids
+    assert not pids & {c.pid for c in psutil.Process(parent.pid).children()}

@@ -11,7 +11,8 @@ import string
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ivle_maint.gates.text import block, lines, listing, shown
+from ivle_maint.errors import MaintError
+from ivle_maint.gates.text import block, joined, lines, listing, shown
 from ivle_maint.logfile import SafeFormatter
 from ivle_maint.output import TerminalReporter
 
@@ -82,9 +83,23 @@ def test_a_listing_line_keeps_its_columns_and_forges_nothing(text: str) -> None:
 
 
 def test_own_continuation_lines_stay_lines() -> None:
-    message = "lock held by pid 42\n  user ivle: ALTER TABLE\n  since 10:00"
+    message = joined("lock held by pid 42", "user ivle: ALTER TABLE", "since 10:00")
     assert block(message, "ivle-maint: ") == (
         "ivle-maint: lock held by pid 42\n  user ivle: ALTER TABLE\n  since 10:00")
+    assert block(MaintError(message), "ivle-maint: error: ").count("\n") == 2
+
+
+@EXAMPLES
+@given(TEXT, TEXT)
+def test_a_message_that_quotes_outside_text_is_one_line(own: str, outside: str) -> None:
+    """An f-string put a file name or an SQL error into an error message
+    without escaping it: the message is still one line at every sink, so
+    a name holding a newline and two spaces starts no line of its own."""
+    for message in (f"{own}: {outside}", MaintError(f"cannot read {outside}: {own}")):
+        assert "\n" not in block(message, "ivle-maint: error: ")
+        assert len(lines(message)) == 1
+    several = joined(own, outside)
+    assert len(lines(several)) == 2 and len(lines(MaintError(several))) == 2
 
 
 def test_the_escapes_are_visible_and_name_the_character() -> None:

@@ -334,3 +334,73 @@ def test_a_maintenance_page_others_can_change_is_never_served(tmp_path: Path,
         why = f"larger than {64 * 1024} bytes"
     with pytest.raises(ConfigError, match=f"\\[web\\] maintenance_page {page}: {why}"):
         maintenance.page_text(settings)
+
+
+ENV_FORMS = st.sampled_from(["{t}", "-S {t}", "-S {t} -u", "-S -v {t}", "--split-string={t} x",
+                             "-S PATH={path} {t}", "-S -i {t}", "-S -u PATH {t}"])
+
+
+@examples(40)
+@given(form=ENV_FORMS, order=st.permutations(["safe", "student", "empty"]),
+       also_absolute=st.booleans())
+def test_the_program_env_finds_is_checked_as_env_would_find_it(
+    tmp_path: Path, form: str, order: list[str], also_absolute: bool
+) -> None:
+    """`#!/usr/bin/env tool`: env runs the first `tool` on the PATH the
+    script inherits (or the one its first line sets); that one is checked."""
+    base = Path(tempfile.mkdtemp(prefix="e", dir="/tmp"))  # short: the kernel reads 256 bytes
+    base.chmod(0o755)
+    dirs = {name: base / name for name in order}
+    for name, directory in dirs.items():
+        directory.mkdir()
+        directory.chmod(0o755)
+        if name == "empty":
+            continue
+        tool = directory / "tool"
+        tool.write_text("#!/bin/sh\n")
+        tool.chmod(0o755)
+        if name == "student":  # a student's own directory and program
+            os.chown(tool, NOBODY, NOBODY)
+            os.chown(directory, NOBODY, NOBODY)
+    path = ":".join(str(dirs[name]) for name in order)
+    target = str(dirs["safe"] / "tool") if also_absolute else "tool"
+    script = base / "script"
+    script.write_text(f"#!/usr/bin/env {form.format(t=target, path=path)}\n")
+    script.chmod(0o755)
+    # The oracle: which directory env searches, from the description alone.
+    if len(script.read_bytes()) > 256:
+        expected = "refused"  # the kernel cuts the line: nothing to follow
+    elif also_absolute:
+        expected = "ok"
+    elif "-i" in form or "PATH {t}" in form:
+        expected = "refused"  # /bin:/usr/bin have no `tool`
+    else:
+        first = next(name for name in order if name != "empty")
+        expected = "ok" if first == "safe" else "refused"
+    old = os.environ.get("PATH")
+    os.environ["PATH"] = path if "PATH=" not in form else "/bin:/usr/bin"
+    try:
+        trusted.program(str(script))
+        got = "ok"
+    except trusted.Refused as exc:
+        got = "refused"
+        assert f"program {script}: its first line" in str(exc), exc
+    finally:
+        if old is None:
+            del os.environ["PATH"]
+        else:
+            os.environ["PATH"] = old
+        shutil.rmtree(base)
+    assert got == expected, form
+
+
+@pytest.mark.parametrize("line", ["-S 'tool'", "-S ${HOME}/tool", "-C /tmp tool", "-S", "",
+                                  "-S PATH=.:/bin tool", "-S PATH=:/bin tool"])
+def test_an_env_first_line_ivle_maint_cannot_follow_is_refused(tmp_path: Path,
+                                                                line: str) -> None:
+    base = fresh(tmp_path)
+    script = base / "script"
+    script.write_text(f"#!/usr/bin/env {line}\n")
+    script.chmod(0o755)
+    with pytest.raises(trusted.Refused, match="its first line runs env"):
+        trusted.program(str(script))
