@@ -114,7 +114,6 @@ def run_phases(
                 Procedure(ctx, journal, STEPS, presence.observe).abort()
         journal.resume = ctx.resume
         ctx.upgrade_id = upgrade_id(journal)
-        ctx.started = journal.created
         if ctx.migrations_dir is not None:
             journal.migrations = str(ctx.migrations_dir)
         # Saved before any step (a new journal: with its first step, so that
@@ -197,8 +196,11 @@ def restart_if_nothing_to_resume(ctx: UpgradeContext, journal: Journal,
 
 
 def upgrade_id(journal: Journal) -> str:
-    """Names one run of an upgrade: a rerun keeps it, a reinstall gets a new one."""
-    return f"{journal.old}->{journal.new}@{int(journal.created)}"
+    """Names one run of an upgrade: a rerun keeps it, a reinstall gets a new one.
+
+    The journal's recorded random identity (gates.clock: never a wall time);
+    a journal from before identities keeps the name it was given then."""
+    return f"{journal.old}->{journal.new}@{journal.ident or int(journal.created)}"
 
 
 def _remove_dump_leftovers(settings: Settings) -> None:
