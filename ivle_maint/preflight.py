@@ -24,10 +24,16 @@ What each step run after the code change needs, and its proof here:
                      in [paths] backup (the previous ivle.conf goes there)
     restart-usrmgt,  the init scripts found and safe
     start-web
+    media-version    (a coordinated slave) the claim's INSERT into the
+    (cluster)        cluster's ivle_maint_media, rolled back
     every step       the journal in [paths] state, the run's log in [paths]
-                     log, installed.json at the end: a journal-sized file
-                     written and removed in each, and room left (statvfs);
-                     a new upgrade proves this before its log is opened
+                     log: a journal-sized file written and removed in each,
+                     and room left (statvfs); a new upgrade proves this
+                     before its log is opened
+    at the end       installed.json replaced by itself (gates.rewrite: an
+                     immutable or foreign file answers only then); should
+                     the write fail all the same, the next run of the
+                     completed upgrade writes it (upgrade.py)
 
 A step added to the after-phase adds its proof here, and its line above.
 The settings and ivle.conf parse, the version goes forwards, and in a
@@ -50,15 +56,17 @@ import psycopg2
 from psycopg2 import sql
 
 from . import jaildir, system
+from .cluster import media as cluster_media
 from .db.classify import Classified, classify
 from .db.connect import connect, params_from_settings
 from .db.discovery import check_writers, discover
 from .db.marker import why_not_writable
 from .db.pins import PINS_FILE
 from .errors import MaintError
-from .gates.rewrite import check_rewritable
+from .gates.rewrite import check_rewritable, replace_file
 from .installed import INSTALLED_RECORD, old_migration_files
 from .journal import Journal
+from .safepaths import read_nofollow
 from .steps import maintenance, media, migrations
 from .steps.media import plan_media_version
 from .steps.services import check_init_scripts
@@ -343,6 +351,23 @@ def check_rewrites(ctx: UpgradeContext) -> None:
         paths.append(settings.path_of("backup") / PINS_FILE)
     for path in paths:
         check_rewritable(path)
+    prove_replaceable(state / INSTALLED_RECORD, "the record of the installed version")
+
+
+def prove_replaceable(path: Path, what: str) -> None:
+    """PATH, when it exists, really replaced by its own bytes (gates.rewrite)."""
+    try:
+        data = read_nofollow(path)
+    except FileNotFoundError:
+        return  # a new file: its directory was proved (check_state_room)
+    except OSError as exc:
+        raise MaintError(f"{path}: {what} cannot be read ({exc.strerror}): make it "
+                         "readable by root, then run it again") from None
+    try:
+        replace_file(path, data)
+    except MaintError as exc:
+        raise MaintError(f"{path}: {what} cannot be rewritten ({exc}): fix it, then run "
+                         "it again") from None
 
 
 def check(ctx: UpgradeContext) -> None:
@@ -365,6 +390,8 @@ def check(ctx: UpgradeContext) -> None:
         check_media(ctx)
     check_rewrites(ctx)
     if ctx.cluster is not None:
+        if ctx.settings.role in ("slave", "both"):
+            cluster_media.check_claim(ctx)
         ctx.cluster.preflight()
     log.info("preflight passed")
     ctx.reporter.info("preflight checks passed")

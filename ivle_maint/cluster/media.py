@@ -53,6 +53,26 @@ def _warn_alone(ctx: UpgradeContext, conn: Any, me: str, current: str | None,
             f"until they reinstall {ctx.new} too")
 
 
+def coordinates(ctx: UpgradeContext) -> bool:
+    """Will agree() ask the cluster (and maybe claim a value) for this upgrade?"""
+    presence = ctx.cluster
+    if presence is None or not presence.enabled:
+        return False
+    settings = ctx.settings
+    current = plan_media_version(settings.ivle_conf_dir / "ivle.conf",
+                                 settings.path_of("state")).current
+    return current is not None or bool(settings["media"]["force"])
+
+
+def check_claim(ctx: UpgradeContext) -> None:
+    """The preflight's proof for agree(): the claim's INSERT, rolled back."""
+    if ctx.cluster is None or not coordinates(ctx):
+        return
+    why = ctx.cluster.query(table.why_no_claim)
+    if why:
+        raise MaintError(f"database {ctx.settings.ivle_conf().database['name']}: {why}")
+
+
 def agree(ctx: UpgradeContext) -> str | None:
     """The cluster's media version for this upgrade, recorded locally; None
     when this node does not coordinate or leaves the value alone."""

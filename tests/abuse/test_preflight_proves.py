@@ -449,3 +449,56 @@ def test_a_marker_checksum_changed_by_hand_is_accepted_as_the_advice_says(node_f
     assert command == "ivle-maint db migrate --accept-changed 20090105", resume
     assert cli(node, *command.split()[1:]).returncode == 0
     _upgrade_by_dpkg(node)
+
+
+# ---------------------------------------------------------------- gate 8: the cluster and the end
+
+
+def test_a_slave_whose_role_may_not_claim_a_media_version_fails_the_preflight(
+        node_factory: Any):
+    """INSERT on ivle_maint_media revoked: the slave's preinst refuses with its
+    web server still up, not its media-version step after the code changed."""
+    from cluster_helpers import PATIENT
+
+    from ivle_sandbox.cluster import build_cluster
+
+    cluster = build_cluster(node_factory, slaves=1, cluster=PATIENT)
+    slave = cluster.slaves[0]
+    _admin(slave, f"REVOKE INSERT ON ivle_maint_media FROM {slave.pg.ivle_user}")
+    done = preinst(slave)
+    assert done.returncode == 1, done.stderr
+    line = one_error_line(done)
+    assert f"role {slave.pg.ivle_user} may not insert into table ivle_maint_media" in line
+    assert "GRANT SELECT, INSERT ON ivle_maint_media" in line
+    assert slave.service_running("apache2")
+
+
+def test_an_installed_record_that_cannot_be_replaced_fails_the_preflight(node_factory: Any):
+    """installed.json immutable (chattr +i): the state directory is writable, but
+    the record written once the upgrade completes is not; the preflight says so."""
+    node, consoles, schema = started(node_factory, baselined=True)
+    record = node.state_dir / "installed.json"
+    record.write_text('{"version": "1.0", "migrations_dir": "", "migrations": []}\n')
+    subprocess.run(["chattr", "+i", str(record)], check=True)
+    try:
+        done = upgrade(node, source_tree(node, RELEASES["1.1"]))
+        line = assert_refused_with_the_site_up(node, done, consoles, schema)
+        assert f"{record}: the record of the installed version cannot be rewritten" in line
+    finally:
+        subprocess.run(["chattr", "-i", str(record)], check=True)
+
+
+def test_a_record_of_the_installed_version_lost_at_the_end_is_written_by_the_next_run(
+        node_factory: Any):
+    """The upgrade completed, but installed.json was not written (the run was
+    killed there, or the write failed): dpkg --configure -a writes it."""
+    node = at_version_1_0(node_factory(users=2, consoles=1))
+    assert preinst(node).returncode == 0
+    unpack(node)
+    assert postinst(node).returncode == 0
+    record = node.state_dir / "installed.json"
+    record.unlink()  # as a run killed just after the journal's completion leaves it
+    again = postinst(node)
+    assert again.returncode == 0, again.stderr
+    assert "is already complete" in again.stderr
+    assert '"version": "1.1"' in record.read_text()
