@@ -18,14 +18,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import grp
-import gzip
 import logging
 import os
 import stat
 import sys
 import time
+import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from .errors import MaintError
 from .gates import clock
 from .gates.rewrite import WriteFailed, replace_file
 from .gates.text import INDENT, block, shown
-from .safepaths import open_nofollow, read_nofollow, safe_dir
+from .safepaths import open_nofollow, safe_dir
 
 DEFAULT_KEEP = 20
 DEFAULT_OUTPUT_LINES = 100
@@ -144,11 +144,30 @@ def log_stem(log_dir: Path, name: str) -> str:
     return f"{name.replace('/', '_')}-{clock.utc_stamp()}{clock.sequence_tag(number)}"
 
 
+CHUNK = 1 << 20  # compression reads and writes this much at a time
+
+
+def _gzipped(fd: int) -> Generator[bytes, None, None]:
+    """FD's bytes as a gzip stream (no name, mtime 0), a chunk at a time."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    while chunk := os.read(fd, CHUNK):
+        yield packer.compress(chunk)
+    yield packer.flush()
+
+
 def _compress(path: Path) -> None:
-    """PATH -> PATH.gz with the same owner, mode, attributes and mtime; atomic."""
+    """PATH -> PATH.gz with the same owner, mode, attributes and mtime; atomic.
+
+    Streamed through the rewrite gate: however large the log, memory holds
+    a chunk of it, never all."""
     target = path.with_name(path.name + ".gz")
-    st = path.lstat()
-    replace_file(target, gzip.compress(read_nofollow(path), mtime=0), like=path)
+    fd = open_nofollow(path, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        with contextlib.closing(_gzipped(fd)) as chunks:
+            replace_file(target, chunks, like=path)
+    finally:
+        os.close(fd)
     os.utime(target, (st.st_atime, st.st_mtime), follow_symlinks=False)
     path.unlink()
 
