@@ -351,3 +351,43 @@ def test_a_second_master_is_refused_and_shown(node_factory):
     expect = cli(cluster.slaves[0], "cluster", "status", "--json", "--expect", "1.0")
     assert "more than one master: master, old-master (one master per database)" in \
         json.loads(expect.stdout)["problems"]
+
+
+def test_a_row_written_before_a_reboot_is_refreshed_at_boot(node_factory):
+    """What ivle-maint-refresh.service runs once the web server started at
+    boot: the row recorded while it was down says it serves, so the master
+    waits for it instead of migrating under it."""
+    cluster = build_cluster(node_factory, slaves=1, cluster=IMPATIENT)
+    slave = cluster.slaves[0]
+    assert slave.service("apache2", "stop").returncode == 0
+    assert cli(slave, "cluster", "register").returncode == 0  # the row before the reboot
+    assert node_rows(cluster.master)["slave1"]["serving"] is None
+    assert slave.service("apache2", "start").returncode == 0  # systemd, at boot
+    done = cli(slave, "cluster", "refresh")
+    assert done.returncode == 0, done.stderr
+    assert "refreshed slave1 (slave): version 1.0, service 1.0" in done.stderr
+    assert node_rows(cluster.master)["slave1"]["serving"] == "1.0"
+
+    # Mid-upgrade the upgrade's own row stays: the refresh leaves it alone.
+    assert preinst(slave).returncode == 0
+    phase = node_rows(cluster.master)["slave1"]["phase"]
+    again = cli(slave, "cluster", "refresh")
+    assert again.returncode == 0 and "an upgrade is unfinished here" in again.stderr
+    assert node_rows(cluster.master)["slave1"]["phase"] == phase
+
+
+def test_the_boot_refresh_unit_runs_a_command_that_exists_and_is_installed():
+    """debian/ivle-maint.ivle-maint-refresh.service: its ExecStart is a real
+    ivle-maint command, and debian/rules installs the unit."""
+    import shlex
+
+    from ivle_maint.cli import build_parser
+
+    unit = (REPO / "debian" / "ivle-maint.ivle-maint-refresh.service").read_text()
+    [line] = [ln for ln in unit.splitlines() if ln.startswith("ExecStart=")]
+    argv = shlex.split(line.removeprefix("ExecStart="))
+    assert argv[0] == "/usr/sbin/ivle-maint"
+    args = build_parser().parse_args(argv[1:])
+    assert args.func.__name__ == "cmd_refresh"
+    assert "dh_installsystemd --name=ivle-maint-refresh" in \
+        (REPO / "debian" / "rules").read_text()
