@@ -379,3 +379,30 @@ def test_rerun_says_dpkg_configure_is_still_owed(node_factory, reference, tmp_pa
             "unpacked): run dpkg --configure -a") in done.stderr
     assert final_state(node) == reference
     assert "already complete" in postinst(node).stderr
+
+
+@pytest.mark.needs_postgres
+def test_removing_ivle_maint_mid_upgrade_is_refused_so_the_hold_stays(site, tmp_path):
+    """ivle-maint's prerm: its postrm takes the hold's drop-in away (without
+    ivle-maint its check could never pass), so a removal while an upgrade is
+    unfinished would let the next boot serve IVLE's code on the wrong schema."""
+    repo = Path(__file__).resolve().parents[2]
+    wrapper = tmp_path / "ivle-maint"
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -m ivle_maint \"$@\"\n")
+    wrapper.chmod(0o755)
+    env = {**os.environ, **site.env, "PYTHONPATH": str(repo), "IVLE_MAINT": str(wrapper),
+           "IVLE_MAINT_SETTINGS": str(site.maint_conf)}
+
+    def prerm() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["sh", str(repo / "debian" / "ivle-maint.prerm"), "remove"],
+                              env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+
+    assert prerm().returncode == 0  # nothing unfinished
+    assert preinst(site).returncode == 0
+    refused = prerm()
+    assert refused.returncode == 1
+    first, advice = refused.stderr.splitlines()
+    assert first.startswith("ivle-maint: not removed: ivle-maint: error: schema hold: ")
+    assert "ivle-maint rerun --abandon" in advice
+    assert cli(site, "rerun", "--abandon").returncode == 0
+    assert prerm().returncode == 0
