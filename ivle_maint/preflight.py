@@ -30,10 +30,14 @@ What each step run after the code change needs, and its proof here:
                      log: a journal-sized file written and removed in each,
                      and room left (statvfs); a new upgrade proves this
                      before its log is opened
-    at the end       installed.json replaced by itself (gates.rewrite: an
-                     immutable or foreign file answers only then); should
-                     the write fail all the same, the next run of the
-                     completed upgrade writes it (upgrade.py)
+    start-web        the schema hold's release record replaced by itself
+    at the end       installed.json replaced by itself; should the write
+                     fail all the same, the next run of the completed
+                     upgrade writes it (upgrade.py)
+    (each record)    every state file the after-phase rewrites (journal,
+                     installed.json, media-versions.json, schema-hold.json,
+                     pinned.json) replaced by itself through gates.rewrite:
+                     an immutable, linked or foreign file answers only then
 
 A step added to the after-phase adds its proof here, and its line above.
 The settings and ivle.conf parse, the version goes forwards, and in a
@@ -64,6 +68,7 @@ from .db.marker import why_not_writable
 from .db.pins import PINS_FILE
 from .errors import MaintError
 from .gates.rewrite import check_rewritable, replace_file
+from .gates.schema_hold import RELEASE_FILE
 from .installed import INSTALLED_RECORD, old_migration_files
 from .journal import Journal
 from .safepaths import read_nofollow
@@ -343,15 +348,16 @@ def check_rewrites(ctx: UpgradeContext) -> None:
     """Every file the upgrade will replace may be replaced (gates.rewrite):
     no symlink, nothing but a regular file, no hard link to split."""
     settings, state = ctx.settings, ctx.settings.path_of("state")
-    paths = [Journal.file_for(state, ctx.old, ctx.new),
-             state / INSTALLED_RECORD]
+    paths = {Journal.file_for(state, ctx.old, ctx.new): "the upgrade's journal",
+             state / INSTALLED_RECORD: "the record of the installed version"}
     if settings.role in ("slave", "both"):  # ivle.conf itself: check_media
-        paths.append(state / media.RECORD_NAME)
+        paths[state / media.RECORD_NAME] = "the record of media versions"
+        paths[state / RELEASE_FILE] = "the schema hold's release (start-web writes it)"
     if settings.role in ("master", "both") and settings["database"]["backup"]:
-        paths.append(settings.path_of("backup") / PINS_FILE)
-    for path in paths:
+        paths[settings.path_of("backup") / PINS_FILE] = "the record of pinned dumps"
+    for path, what in paths.items():
         check_rewritable(path)
-    prove_replaceable(state / INSTALLED_RECORD, "the record of the installed version")
+        prove_replaceable(path, what)
 
 
 def prove_replaceable(path: Path, what: str) -> None:

@@ -502,3 +502,22 @@ def test_a_record_of_the_installed_version_lost_at_the_end_is_written_by_the_nex
     assert again.returncode == 0, again.stderr
     assert "is already complete" in again.stderr
     assert '"version": "1.1"' in record.read_text()
+
+
+@pytest.mark.parametrize("record", ["schema-hold.json", "media-versions.json"])
+def test_a_state_record_the_after_phase_rewrites_that_cannot_be_replaced_fails_the_preflight(
+        node_factory: Any, record: str):
+    """An immutable schema-hold.json (start-web releases the hold through it)
+    or media-versions.json: before, the preflight passed and the postinst
+    failed with the site down; now the preflight refuses with it up."""
+    node, consoles, schema = started(node_factory, baselined=True)
+    path = node.state_dir / record
+    path.write_text('{"released": "an earlier upgrade"}\n' if record == "schema-hold.json"
+                    else '{"entries": []}\n')
+    subprocess.run(["chattr", "+i", str(path)], check=True)
+    try:
+        done = upgrade(node, source_tree(node, RELEASES["1.1"]))
+        line = assert_refused_with_the_site_up(node, done, consoles, schema)
+        assert f"{path}: " in line and "cannot be rewritten" in line
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
