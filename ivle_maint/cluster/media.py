@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MaintError
-from ..steps.media import Record, next_value, plan_media_version
+from ..steps.media import Record, next_value, plan_media_version, reinstall_number
 from . import table
 
 if TYPE_CHECKING:
@@ -37,8 +37,13 @@ if TYPE_CHECKING:
 
 
 def _latest(values: list[tuple[str, str]], version: str) -> str | None:
-    chosen = [value for value, for_version in values if for_version == version]
-    return chosen[-1] if chosen else None
+    """The value chosen last for VERSION: by the order next_value numbers
+    them (BASE, BASE.r2, ...), never by the server's chosen_at (gates.clock:
+    its clock may have been set back between two claims); a value of
+    another form (written by hand) counts as older, by the listed order."""
+    chosen = [(reinstall_number(version, value) or 0, i, value)
+              for i, (value, for_version) in enumerate(values) if for_version == version]
+    return max(chosen)[2] if chosen else None
 
 
 def _warn_alone(ctx: UpgradeContext, conn: Any, me: str, current: str | None,

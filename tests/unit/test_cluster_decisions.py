@@ -69,3 +69,21 @@ def test_an_install_time_row_saying_down_is_not_trusted():
     upgrading = NodeRow("slave1", "slave", "h", "i", "1.0", None, "1.1", "unpack", None, None,
                         None)
     assert trust.unconfirmed_down([upgrading], "master", "1.1") == []
+
+
+@settings(max_examples=100, deadline=None)
+@given(claims=st.integers(1, 6), order=st.randoms(use_true_random=False),
+       version=st.sampled_from(["1.1", "2:1.0-3 beta", "1.1.r2"]))
+def test_the_media_value_chosen_last_is_found_whatever_the_servers_clock(
+        claims: int, order, version: str) -> None:
+    """Claims for one version made one after another (each next_value of
+    those before), listed in any order (chosen_at from a clock set back)."""
+    from ivle_maint.cluster.media import _latest
+    from ivle_maint.steps.media import next_value
+
+    made: list[str] = []
+    for _ in range(claims):
+        made.append(next_value(version, set(made)))
+    listed = [(value, version) for value in made] + [("other", "9.9")]
+    order.shuffle(listed)
+    assert _latest(listed, version) == made[-1]
