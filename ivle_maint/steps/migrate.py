@@ -69,9 +69,13 @@ def _epoch(ctx: UpgradeContext) -> str:
     """When this attempt's first recorded step began: an abort forgets the
     steps, so a dump from before a restarted web server is not reused."""
     journal = ctx.journal
-    starts = [r.started for name, r in (journal.steps.items() if journal else ())
-              if name != STEP.name]
-    return f"{min(starts):.6f}" if starts else ""
+    records = [r for name, r in (journal.steps.items() if journal else ()) if name != STEP.name]
+    if not records:
+        return ""
+    # The first step begun (its recorded order, gates.clock), named by its
+    # start stamp: an identity, compared for equality only.
+    first = min(records, key=lambda r: (r.order, r.started))
+    return f"{first.started:.6f}"
 
 
 STEP = Step("migrate", "apply database migrations", MASTER, AFTER, migrate)
