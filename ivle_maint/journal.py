@@ -132,9 +132,11 @@ class Journal:
 
     @classmethod
     def unfinished(cls, state_dir: Path) -> list[Journal]:
-        """Journals of upgrades that started and neither completed nor aborted."""
-        found = [cls.load(p) for p in sorted((state_dir / "journal").glob("*.json"))]
-        return oldest_first(j for j in found if j.state in (IN_PROGRESS, ABORTING))
+        """Journals of upgrades that started and neither completed nor aborted
+        nor were superseded (see superseded())."""
+        found = oldest_first(cls.load(p) for p in sorted((state_dir / "journal").glob("*.json")))
+        return [j for i, j in enumerate(found) if j.state in (IN_PROGRESS, ABORTING)
+                and not superseded(j, found[i + 1:])]
 
     def archive(self) -> None:
         """Keep a finished journal under its own name; the next run starts anew.
@@ -210,6 +212,19 @@ class Journal:
     def set_state(self, state: str) -> None:
         self.state = state
         self.save()
+
+
+def superseded(journal: Journal, later: Iterable[Journal]) -> bool:
+    """Is JOURNAL, in progress, carried on by a LATER upgrade from its NEW?
+
+    dpkg installs NEW' over a half-configured NEW (the fixed package after
+    a failed postinst): that upgrade's steps are a superset of what was left
+    (its migrate applies every pending migration, NEW's too), so once it is
+    under way (or complete) it alone holds the schema and finishes the work.
+    Abandoned (aborting or aborted), it carries nothing on: JOURNAL is
+    unfinished again, and its hold with it."""
+    return journal.state == IN_PROGRESS and any(
+        k.old == journal.new and k.state in (IN_PROGRESS, COMPLETE) for k in later)
 
 
 def oldest_first(journals: Iterable[Journal]) -> list[Journal]:

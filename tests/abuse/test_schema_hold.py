@@ -407,3 +407,38 @@ def test_removing_ivle_maint_mid_upgrade_is_refused_so_the_hold_stays(site, tmp_
     assert "ivle-maint rerun --abandon" in advice
     assert cli(site, "rerun", "--abandon").returncode == 0
     assert prerm().returncode == 0
+
+
+@pytest.mark.needs_postgres
+def test_a_fixed_package_over_a_failed_postinst_completes_and_lifts_the_hold(site):
+    """1.1's postinst failed in migrate (its migration is broken); dpkg then
+    installs the fixed 1.2 over the half-configured 1.1.  The 1.2 upgrade
+    applies every pending migration and starts the web server: the hold of
+    the 1.0 -> 1.1 upgrade it carried on must not keep the site down for ever
+    (start-web refused, every rerun 'several unfinished upgrades')."""
+    failing = {**OLD, **NEW, "20100215.sql": "SELECT 1 / 0;\n"}
+    assert preinst(site).returncode == 0
+    unpack(site, migrations=failing)
+    assert postinst(site).returncode == 1
+    assert cli(site, "hold", "check").returncode == 1
+    assert preinst(site, "1.1", "1.2").returncode == 0
+    unpack(site, "1.2", migrations=RELEASES["1.1"])
+    done = postinst(site, "1.1", "1.2")
+    assert done.returncode == 0, done.stderr
+    assert site.service_running(WEB)
+    assert cli(site, "hold", "check").returncode == 0
+    assert cli(site, "rerun").returncode == 0  # nothing unfinished, not "several"
+
+
+def test_a_later_upgrade_from_its_new_version_supersedes_an_unfinished_one(tmp_path):
+    """The pure rule (Journal.unfinished): carried on by a later upgrade from
+    its NEW that is under way or complete; unfinished again when that one
+    is abandoned."""
+    state = tmp_path
+    first = Journal.open(state, "1.0", "1.1", "both")
+    first.save()
+    later = Journal.open(state, "1.1", "1.2", "both")
+    for status, expect in ((IN_PROGRESS, ["1.2"]), (COMPLETE, []),
+                           (ABORTING, ["1.1", "1.2"]), (ABORTED, ["1.1"])):
+        later.set_state(status)
+        assert [j.new for j in Journal.unfinished(state)] == expect, status
