@@ -391,3 +391,21 @@ def test_the_boot_refresh_unit_runs_a_command_that_exists_and_is_installed():
     assert args.func.__name__ == "cmd_refresh"
     assert "dh_installsystemd --name=ivle-maint-refresh" in \
         (REPO / "debian" / "rules").read_text()
+
+
+def test_a_slave_mid_upgrade_is_not_forgotten_when_the_servers_clock_jumped(node_factory):
+    """The database server's clock jumped an hour forward (or the slave waits
+    between dpkg's scripts that long): its row looks an hour old, yet it is
+    in the middle of an upgrade; forgetting it needs --force."""
+    cluster = build_cluster(node_factory, slaves=1, cluster=PATIENT)
+    slave = cluster.slaves[0]
+    assert preinst(slave).returncode == 0
+    conn = cluster.master.connect()
+    with conn, conn.cursor() as cur:
+        cur.execute("UPDATE ivle_maint_nodes SET last_seen = now() - interval '1 hour' "
+                    "WHERE name = 'slave1'")
+    conn.close()
+    refused = cli(cluster.master, "cluster", "forget", "slave1")
+    assert refused.returncode == 1, refused.stderr
+    assert "it was seen 60 min ago in the middle of an upgrade (unpack)" in refused.stderr
+    assert "slave1" in node_rows(cluster.master)
