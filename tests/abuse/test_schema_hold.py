@@ -177,8 +177,11 @@ def node_conf(root: Path) -> Path:
 def write_journals(root: Path, found: list[tuple[str, dict[str, str]]]) -> list[Journal]:
     made = []
     for i, (state, steps) in enumerate(found):
-        j = Journal(Journal.file_for(root / "state", f"1.{i}", f"1.{i + 1}"), f"1.{i}",
-                    f"1.{i + 1}", "slave", state=state, created=1000.0 + i)
+        # Unrelated upgrades (1.0 -> 1.1, 1.2 -> 1.3): a later one from an
+        # earlier one's NEW carries it on (its own test below).
+        old, new = f"1.{2 * i}", f"1.{2 * i + 1}"
+        j = Journal(Journal.file_for(root / "state", old, new), old, new, "slave",
+                    state=state, created=1000.0 + i)
         j.steps = {name: StepRecord(status, 1.0) for name, status in steps.items()}
         j.save()
         made.append(j)
@@ -214,7 +217,7 @@ def test_start_web_releases_only_its_own_upgrade(tmp_path):
     release = tmp_path / "state" / "schema-hold.json"
     release.write_text(json.dumps({"released": f"{first.path.name}@{first.created!r}"}))
     status, err = hold_check(conf)
-    assert status == 1 and "1.1 -> 1.2" in err
+    assert status == 1 and "1.2 -> 1.3" in err
     sites = tmp_path / "apache2" / "sites-enabled"
     sites.mkdir(parents=True)
     (tmp_path / "state" / "maintenance.json").write_text('{"disabled": ["ivle"], "since": 0}')
