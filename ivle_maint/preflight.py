@@ -26,10 +26,12 @@ What each step run after the code change needs, and its proof here:
     start-web
     media-version    (a coordinated slave) the claim's INSERT into the
     (cluster)        cluster's ivle_maint_media, rolled back
-    every step       the journal in [paths] state, the run's log in [paths]
-                     log: a journal-sized file written and removed in each,
-                     and room left (statvfs); a new upgrade proves this
-                     before its log is opened
+    every step       the journal in [paths] state: a journal-sized file
+                     written and removed, and room left (statvfs); a new
+                     upgrade proves this before its log is opened.  The
+                     run's log is not proved: no step needs it (gate 10: a
+                     log that cannot be written ends the log, never the
+                     run, and dpkg is never left half-configured by it)
     start-web        the schema hold's release record replaced by itself
     at the end       installed.json replaced by itself; should the write
                      fail all the same, the next run of the completed
@@ -200,15 +202,15 @@ def check_backup_writable(directory: Path) -> None:
         ) from None
 
 
-# What the journal, the log and the state records need at most, with the
-# temporary copy an atomic rewrite makes beside the old file.
+# What the journal and the state records need at most, with the temporary
+# copy an atomic rewrite makes beside the old file.
 STATE_ROOM = 256 * 1024
 
 
 def check_state_room(ctx: UpgradeContext) -> None:
-    """[paths] state and log: a journal-sized file written and removed, and
-    that much room (and inodes) left beside it."""
-    for key in ("state", "log"):
+    """[paths] state: a journal-sized file written and removed, and that much
+    room (and inodes) left beside it.  Not [paths] log (see above)."""
+    for key in ("state",):
         directory = ctx.settings.path_of(key)
         try:
             prove_writable(directory, size=STATE_ROOM)
@@ -226,7 +228,7 @@ def check_state_room(ctx: UpgradeContext) -> None:
             )
 
 
-_NEEDS = {"state": "journal and records", "log": "log"}
+_NEEDS = {"state": "journal and records"}
 
 
 def check_backup_room(ctx: UpgradeContext) -> None:
