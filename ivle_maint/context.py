@@ -126,9 +126,6 @@ class UpgradeContext:
     # End a killed ivle-maint's database session that still holds the
     # migration lock (db/lock.py), instead of only naming it.
     terminate_stale_lock: bool = False
-    # When this upgrade began (the journal's creation): a rerun's summary
-    # counts the migrations applied since, by killed runs too.
-    started: float = 0.0
 
     @cached_property
     def ivle_conf(self) -> IvleConf:

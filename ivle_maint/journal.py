@@ -17,9 +17,12 @@ names, command lines): they are recorded through gates.text, so that
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 import shlex
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +55,8 @@ class StepRecord:
     mono_started: float | None = None
     mono_finished: float | None = None
     boot: str = ""
+    # The order steps were begun in (1, 2, ...; 0: recorded before orders were).
+    order: int = 0
 
     def start_reading(self) -> clock.Reading:
         return clock.Reading(self.started, self.mono_started, self.boot)
@@ -70,7 +75,13 @@ class Journal:
     role: str
     state: str = IN_PROGRESS
     steps: dict[str, StepRecord] = field(default_factory=dict)
-    created: float = field(default_factory=clock.wall)  # for people and identities
+    created: float = field(default_factory=clock.wall)  # for people only
+    # gates.clock: the order journals were made in (next_sequence over the
+    # journal directory; 0: made before sequences were recorded), and a
+    # random identity (upgrade_id; "": before identities were recorded).
+    # Neither depends on the wall clock.
+    sequence: int = 0
+    ident: str = ""
     resume: str = "ivle-maint rerun"
     # Where the new migrations are, when not in [paths] migrations (source
     # installs), so that a rerun finds them again.
@@ -83,6 +94,10 @@ class Journal:
     # True once a run that had the new code in place worked on this upgrade
     # (dpkg's postinst, after ./setup.py install, or the person said so).
     code_new: bool = False
+    # The migration keys pending when the migrate step first ran (before it
+    # applied anything): what this upgrade applied is told from them, never
+    # from times.  None: not recorded yet.
+    migrations_pending: list[str] | None = None
 
     @staticmethod
     def file_for(state_dir: Path, old: str, new: str) -> Path:
@@ -95,7 +110,8 @@ class Journal:
         path = cls.file_for(state_dir, old, new)
         if path.exists():
             return cls.load(path)
-        return cls(path, old, new, role)
+        return cls(path, old, new, role, sequence=_next_sequence(path.parent),
+                   ident=secrets.token_hex(8))
 
     @classmethod
     def load(cls, path: Path) -> Journal:
@@ -116,20 +132,23 @@ class Journal:
 
     @classmethod
     def unfinished(cls, state_dir: Path) -> list[Journal]:
-        """Journals of upgrades that started and neither completed nor aborted."""
-        found = [cls.load(p) for p in sorted((state_dir / "journal").glob("*.json"))]
-        return sorted((j for j in found if j.state in (IN_PROGRESS, ABORTING)),
-                      key=lambda j: j.created)
+        """Journals of upgrades that started and neither completed nor aborted
+        nor were superseded (see superseded())."""
+        found = oldest_first(cls.load(p) for p in sorted((state_dir / "journal").glob("*.json")))
+        return [j for i, j in enumerate(found) if j.state in (IN_PROGRESS, ABORTING)
+                and not superseded(j, found[i + 1:])]
 
     def archive(self) -> None:
         """Keep a finished journal under its own name; the next run starts anew.
 
-        Never over an earlier archive: a clock set back can give two runs
-        the same creation second."""
+        The name carries its sequence (gates.clock), never a wall time; a
+        journal from before sequences gets the next one.  Never over an
+        earlier archive."""
+        number = self.sequence or _next_sequence(self.path.parent)
         serial = 1
         while True:
-            extra = f".{serial}" if serial > 1 else ""
-            target = self.path.with_suffix(f".{int(self.created)}{extra}.json")
+            extra = f"_{serial}" if serial > 1 else ""
+            target = self.path.with_suffix(f"{clock.sequence_tag(number)}{extra}.json")
             try:
                 os.link(self.path, target)
             except FileExistsError:
@@ -163,7 +182,9 @@ class Journal:
 
     def begin(self, step: str) -> None:
         now = clock.reading()
-        self.steps[step] = StepRecord(RUNNING, now.wall, mono_started=now.mono, boot=now.boot)
+        order = max((r.order for r in self.steps.values()), default=0) + 1
+        self.steps[step] = StepRecord(RUNNING, now.wall, mono_started=now.mono, boot=now.boot,
+                                      order=order)
         self.save()
 
     def _end(self, step: str, status: str) -> StepRecord:
@@ -193,6 +214,43 @@ class Journal:
         self.save()
 
 
+def superseded(journal: Journal, later: Iterable[Journal]) -> bool:
+    """Is JOURNAL, in progress, carried on by a LATER upgrade from its NEW?
+
+    dpkg installs NEW' over a half-configured NEW (the fixed package after
+    a failed postinst): that upgrade's steps are a superset of what was left
+    (its migrate applies every pending migration, NEW's too), so once it is
+    under way (or complete) it alone holds the schema and finishes the work.
+    Abandoned (aborting or aborted), it carries nothing on: JOURNAL is
+    unfinished again, and its hold with it."""
+    return journal.state == IN_PROGRESS and any(
+        k.old == journal.new and k.state in (IN_PROGRESS, COMPLETE) for k in later)
+
+
+def oldest_first(journals: Iterable[Journal]) -> list[Journal]:
+    """JOURNALS in the order they were made: by their recorded sequence.
+    Those from before sequences come first; among themselves (and only
+    there: nothing else records their order) by their creation stamps."""
+    return sorted(journals, key=lambda j: (j.sequence, 0.0 if j.sequence else j.created,
+                                           j.path.name))
+
+
+def _next_sequence(directory: Path) -> int:
+    """One more than any journal's in DIRECTORY: an archive's is in its name,
+    a live journal's in its file (a damaged one counts for nothing)."""
+    names, numbers = [], [0]
+    with contextlib.suppress(OSError):
+        for path in directory.glob("*.json"):
+            if clock.sequence_of(path.name) is not None:
+                names.append(path.name)
+                continue
+            with contextlib.suppress(OSError, ValueError, UnicodeDecodeError, TypeError):
+                number = json.loads(read_nofollow(path).decode("utf-8")).get("sequence", 0)
+                if isinstance(number, int) and not isinstance(number, bool):
+                    numbers.append(number)
+    return max(clock.next_sequence(names), max(numbers) + 1)
+
+
 def _recorded(text: object) -> str:
     """TEXT as the journal keeps it: through gates.text, continuation lines kept."""
     return "\n".join(lines(text))
@@ -204,7 +262,8 @@ def _recorded(text: object) -> str:
 _FIELDS: dict[str, tuple[type, ...]] = {
     "old": (str,), "new": (str,), "role": (str,), "state": (str,), "steps": (dict,),
     "created": (int, float), "resume": (str,), "migrations": (str,), "package": (str,),
-    "source": (str,), "code_new": (bool,),
+    "source": (str,), "code_new": (bool,), "sequence": (int,), "ident": (str,),
+    "migrations_pending": (list, type(None)),
 }
 _REQUIRED = ("old", "new", "role", "state", "steps")
 _STATES = (IN_PROGRESS, COMPLETE, ABORTED, ABORTING)
@@ -212,7 +271,7 @@ _STEP_FIELDS: dict[str, tuple[type, ...]] = {
     "status": (str,), "started": (int, float), "finished": (int, float, type(None)),
     "summary": (str,), "metrics": (dict,), "error": (str, type(None)),
     "mono_started": (int, float, type(None)), "mono_finished": (int, float, type(None)),
-    "boot": (str,),
+    "boot": (str,), "order": (int,),
 }
 
 
@@ -246,6 +305,9 @@ def _checked(path: Path, data: object) -> dict[str, Any]:
     missing = [key for key in _REQUIRED if key not in data]
     if missing:
         raise _damaged(path, f"no {', '.join(missing)}")
+    pending = data.get("migrations_pending")
+    if pending is not None and not all(isinstance(key, str) for key in pending):
+        raise _damaged(path, "field migrations_pending is not a list of keys")
     if data["state"] not in _STATES:
         raise _foreign(path, f"unknown state {data['state']!a}")
     steps = {}

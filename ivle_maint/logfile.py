@@ -18,15 +18,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import grp
-import gzip
-import io
 import logging
 import os
 import stat
 import sys
 import time
+import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -145,26 +144,32 @@ def log_stem(log_dir: Path, name: str) -> str:
     return f"{name.replace('/', '_')}-{clock.utc_stamp()}{clock.sequence_tag(number)}"
 
 
-def _gzipped(path: Path) -> bytes:
-    """PATH, read through the trusted gate in pieces, gzip-compressed: a log
-    of any size (output_lines = 0 keeps a jail build's whole output) costs
-    its compressed size in memory, never its own."""
-    out = io.BytesIO()
-    fd = trusted.open_checked(path, trusted.LOG)
-    try:
-        with gzip.GzipFile(fileobj=out, mode="wb", mtime=0) as packed:
-            for chunk in trusted.chunks(fd, trusted.LOG, path):
-                packed.write(chunk)
-    finally:
-        os.close(fd)
-    return out.getvalue()
+CHUNK = 1 << 20  # compression reads and writes this much at a time
+
+
+def _gzipped(fd: int, path: Path) -> Generator[bytes, None, None]:
+    """FD's bytes (read through the trusted gate, in pieces) as a gzip stream
+    (no name, mtime 0), a chunk at a time: a log of any size (output_lines
+    = 0 keeps a jail build's whole output) never sits in memory whole."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    for chunk in trusted.chunks(fd, trusted.LOG, path, CHUNK):
+        yield packer.compress(chunk)
+    yield packer.flush()
 
 
 def _compress(path: Path) -> None:
-    """PATH -> PATH.gz with the same owner, mode, attributes and mtime; atomic."""
+    """PATH -> PATH.gz with the same owner, mode, attributes and mtime; atomic.
+
+    Streamed through the rewrite gate: however large the log, memory holds
+    a chunk of it, never all."""
     target = path.with_name(path.name + ".gz")
-    st = path.lstat()
-    replace_file(target, _gzipped(path), like=path)
+    fd = trusted.open_checked(path, trusted.LOG)
+    try:
+        st = os.fstat(fd)
+        with contextlib.closing(_gzipped(fd, path)) as chunks:
+            replace_file(target, chunks, like=path)
+    finally:
+        os.close(fd)
     os.utime(target, (st.st_atime, st.st_mtime), follow_symlinks=False)
     path.unlink()
 

@@ -26,10 +26,22 @@ What each step run after the code change needs, and its proof here:
                      in [paths] backup (the previous ivle.conf goes there)
     restart-usrmgt,  the init scripts found and safe
     start-web
-    every step       the journal in [paths] state, the run's log in [paths]
-                     log, installed.json at the end: a journal-sized file
-                     written and removed in each, and room left (statvfs);
-                     a new upgrade proves this before its log is opened
+    media-version    (a coordinated slave) the claim's INSERT into the
+    (cluster)        cluster's ivle_maint_media, rolled back
+    every step       the journal in [paths] state: a journal-sized file
+                     written and removed, and room left (statvfs); a new
+                     upgrade proves this before its log is opened.  The
+                     run's log is not proved: no step needs it (gate 10: a
+                     log that cannot be written ends the log, never the
+                     run, and dpkg is never left half-configured by it)
+    start-web        the schema hold's release record replaced by itself
+    at the end       installed.json replaced by itself; should the write
+                     fail all the same, the next run of the completed
+                     upgrade writes it (upgrade.py)
+    (each record)    every state file the after-phase rewrites (journal,
+                     installed.json, media-versions.json, schema-hold.json,
+                     pinned.json) replaced by itself through gates.rewrite:
+                     an immutable, linked or foreign file answers only then
 
 A step added to the after-phase adds its proof here, and its line above.
 The settings and ivle.conf parse, the version goes forwards, and in a
@@ -52,15 +64,18 @@ import psycopg2
 from psycopg2 import sql
 
 from . import jaildir, system
+from .cluster import media as cluster_media
 from .db.classify import Classified, classify
 from .db.connect import connect, params_from_settings
 from .db.discovery import check_writers, discover
 from .db.marker import why_not_writable
 from .db.pins import PINS_FILE
 from .errors import MaintError
-from .gates.rewrite import check_rewritable
+from .gates.rewrite import check_rewritable, replace_file
+from .gates.schema_hold import RELEASE_FILE
 from .installed import INSTALLED_RECORD, old_migration_files
 from .journal import Journal
+from .safepaths import read_nofollow
 from .steps import consoles, maintenance, media, migrations
 from .steps.media import plan_media_version
 from .steps.services import check_init_scripts
@@ -189,15 +204,15 @@ def check_backup_writable(directory: Path) -> None:
         ) from None
 
 
-# What the journal, the log and the state records need at most, with the
-# temporary copy an atomic rewrite makes beside the old file.
+# What the journal and the state records need at most, with the temporary
+# copy an atomic rewrite makes beside the old file.
 STATE_ROOM = 256 * 1024
 
 
 def check_state_room(ctx: UpgradeContext) -> None:
-    """[paths] state and log: a journal-sized file written and removed, and
-    that much room (and inodes) left beside it."""
-    for key in ("state", "log"):
+    """[paths] state: a journal-sized file written and removed, and that much
+    room (and inodes) left beside it.  Not [paths] log (see above)."""
+    for key in ("state",):
         directory = ctx.settings.path_of(key)
         try:
             prove_writable(directory, size=STATE_ROOM)
@@ -215,7 +230,7 @@ def check_state_room(ctx: UpgradeContext) -> None:
             )
 
 
-_NEEDS = {"state": "journal and records", "log": "log"}
+_NEEDS = {"state": "journal and records"}
 
 
 def check_backup_room(ctx: UpgradeContext) -> None:
@@ -340,14 +355,32 @@ def check_rewrites(ctx: UpgradeContext) -> None:
     """Every file the upgrade will replace may be replaced (gates.rewrite):
     no symlink, nothing but a regular file, no hard link to split."""
     settings, state = ctx.settings, ctx.settings.path_of("state")
-    paths = [Journal.file_for(state, ctx.old, ctx.new),
-             state / INSTALLED_RECORD]
+    paths = {Journal.file_for(state, ctx.old, ctx.new): "the upgrade's journal",
+             state / INSTALLED_RECORD: "the record of the installed version"}
     if settings.role in ("slave", "both"):  # ivle.conf itself: check_media
-        paths.append(state / media.RECORD_NAME)
+        paths[state / media.RECORD_NAME] = "the record of media versions"
+        paths[state / RELEASE_FILE] = "the schema hold's release (start-web writes it)"
     if settings.role in ("master", "both") and settings["database"]["backup"]:
-        paths.append(settings.path_of("backup") / PINS_FILE)
-    for path in paths:
+        paths[settings.path_of("backup") / PINS_FILE] = "the record of pinned dumps"
+    for path, what in paths.items():
         check_rewritable(path)
+        prove_replaceable(path, what)
+
+
+def prove_replaceable(path: Path, what: str) -> None:
+    """PATH, when it exists, really replaced by its own bytes (gates.rewrite)."""
+    try:
+        data = read_nofollow(path)
+    except FileNotFoundError:
+        return  # a new file: its directory was proved (check_state_room)
+    except OSError as exc:
+        raise MaintError(f"{path}: {what} cannot be read ({exc.strerror}): make it "
+                         "readable by root, then run it again") from None
+    try:
+        replace_file(path, data)
+    except MaintError as exc:
+        raise MaintError(f"{path}: {what} cannot be rewritten ({exc}): fix it, then run "
+                         "it again") from None
 
 
 def check(ctx: UpgradeContext) -> None:
@@ -370,6 +403,8 @@ def check(ctx: UpgradeContext) -> None:
         check_media(ctx)
     check_rewrites(ctx)
     if ctx.cluster is not None:
+        if ctx.settings.role in ("slave", "both"):
+            cluster_media.check_claim(ctx)
         ctx.cluster.preflight()
     log.info("preflight passed")
     ctx.reporter.info("preflight checks passed")

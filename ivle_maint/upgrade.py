@@ -25,7 +25,7 @@ from .context import BEFORE, Step, UpgradeContext
 from .db.backup import remove_leftovers
 from .errors import MaintError
 from .gates.rewrite import patch_in_place
-from .installed import record_installed
+from .installed import read_installed, record_installed
 from .journal import ABORTED, ABORTING, COMPLETE, IN_PROGRESS, Journal, unfinished
 from .lock import node_lock
 from .logfile import limits, run_log
@@ -107,6 +107,8 @@ def run_phases(
             journal.archive()
             journal = Journal.open(state_dir(settings), ctx.old, ctx.new, settings.role)
         if journal.state == COMPLETE:
+            ctx.upgrade_id = upgrade_id(journal)
+            _record_completion(ctx, journal, again=True)  # a run killed or refused before it
             ctx.reporter.info(f"upgrade {ctx.old} -> {ctx.new} is already complete")
             return journal
         if journal.state == ABORTING:  # a killed abandonment is finished first
@@ -114,7 +116,6 @@ def run_phases(
                 Procedure(ctx, journal, STEPS, presence.observe).abort()
         journal.resume = ctx.resume
         ctx.upgrade_id = upgrade_id(journal)
-        ctx.started = journal.created
         if ctx.migrations_dir is not None:
             journal.migrations = str(ctx.migrations_dir)
         # Saved before any step (a new journal: with its first step, so that
@@ -142,8 +143,7 @@ def run_phases(
                 exc.resume = restart_if_nothing_to_resume(ctx, journal, exc.resume)
                 raise
         if journal.state == COMPLETE:
-            record_installed(ctx)
-            _unpin_backups(ctx)
+            _record_completion(ctx, journal)
             for line in summary_lines(journal, STEPS):
                 ctx.reporter.info(line)
             ctx.reporter.info(f"log: {log_path}")
@@ -197,8 +197,33 @@ def restart_if_nothing_to_resume(ctx: UpgradeContext, journal: Journal,
 
 
 def upgrade_id(journal: Journal) -> str:
-    """Names one run of an upgrade: a rerun keeps it, a reinstall gets a new one."""
-    return f"{journal.old}->{journal.new}@{int(journal.created)}"
+    """Names one run of an upgrade: a rerun keeps it, a reinstall gets a new one.
+
+    The journal's recorded random identity (gates.clock: never a wall time);
+    a journal from before identities keeps the name it was given then."""
+    return f"{journal.old}->{journal.new}@{journal.ident or int(journal.created)}"
+
+
+def _record_completion(ctx: UpgradeContext, journal: Journal, *, again: bool = False) -> None:
+    """What follows a completed upgrade: installed.json (the next upgrade's
+    baseline reads it) and the dumps' pins.  AGAIN: the next run of a
+    completed upgrade (dpkg --configure -a, rerun) repairs what a run killed
+    or refused between the journal's completion and these left undone."""
+    try:
+        if not again or (ctx.code_is_new and _installed_version(ctx) != journal.new):
+            record_installed(ctx)
+        _unpin_backups(ctx)
+    except MaintError as exc:
+        exc.resume = exc.resume or ctx.resume
+        raise
+
+
+def _installed_version(ctx: UpgradeContext) -> object:
+    try:
+        record = read_installed(ctx.settings)
+    except MaintError:  # damaged: written again
+        return None
+    return record.get("version") if isinstance(record, dict) else None
 
 
 def _remove_dump_leftovers(settings: Settings) -> None:

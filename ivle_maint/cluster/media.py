@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MaintError
-from ..steps.media import Record, next_value, plan_media_version
+from ..steps.media import Record, next_value, plan_media_version, reinstall_number
 from . import table
 
 if TYPE_CHECKING:
@@ -37,8 +37,13 @@ if TYPE_CHECKING:
 
 
 def _latest(values: list[tuple[str, str]], version: str) -> str | None:
-    chosen = [value for value, for_version in values if for_version == version]
-    return chosen[-1] if chosen else None
+    """The value chosen last for VERSION: by the order next_value numbers
+    them (BASE, BASE.r2, ...), never by the server's chosen_at (gates.clock:
+    its clock may have been set back between two claims); a value of
+    another form (written by hand) counts as older, by the listed order."""
+    chosen = [(reinstall_number(version, value) or 0, i, value)
+              for i, (value, for_version) in enumerate(values) if for_version == version]
+    return max(chosen)[2] if chosen else None
 
 
 def _warn_alone(ctx: UpgradeContext, conn: Any, me: str, current: str | None,
@@ -51,6 +56,26 @@ def _warn_alone(ctx: UpgradeContext, conn: Any, me: str, current: str | None,
             f"this reinstall of {ctx.new} changes the media version {current} -> {chosen} "
             f"here only: {', '.join(others)} keep {current}, so the media versions differ "
             f"until they reinstall {ctx.new} too")
+
+
+def coordinates(ctx: UpgradeContext) -> bool:
+    """Will agree() ask the cluster (and maybe claim a value) for this upgrade?"""
+    presence = ctx.cluster
+    if presence is None or not presence.enabled:
+        return False
+    settings = ctx.settings
+    current = plan_media_version(settings.ivle_conf_dir / "ivle.conf",
+                                 settings.path_of("state")).current
+    return current is not None or bool(settings["media"]["force"])
+
+
+def check_claim(ctx: UpgradeContext) -> None:
+    """The preflight's proof for agree(): the claim's INSERT, rolled back."""
+    if ctx.cluster is None or not coordinates(ctx):
+        return
+    why = ctx.cluster.query(table.why_no_claim)
+    if why:
+        raise MaintError(f"database {ctx.settings.ivle_conf().database['name']}: {why}")
 
 
 def agree(ctx: UpgradeContext) -> str | None:

@@ -255,5 +255,28 @@ def claim_media(conn: Any, value: str, version: str, node: str) -> bool:
         return bool(cur.rowcount == 1)
 
 
+def why_no_claim(conn: Any) -> str | None:
+    """Why this role could not claim a media version (claim_media's INSERT,
+    tried here and rolled back), or None when it can."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT current_user")
+            role = cur.fetchone()[0]
+            cur.execute("SAVEPOINT ivle_maint_claim")
+            try:
+                cur.execute(
+                    f"INSERT INTO {MEDIA} (value, version, chosen_by) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (value) DO NOTHING",
+                    ["ivle-maint preflight", "", "ivle-maint preflight"])
+            except psycopg2.Error as exc:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                return (f"role {role} may not insert into table {MEDIA} ({first}), so the "
+                        f"slaves could not agree on a media version: GRANT SELECT, INSERT ON "
+                        f"{MEDIA} TO {role}")
+    finally:
+        conn.rollback()
+    return None
+
+
 def hostname() -> str:
     return socket.gethostname()

@@ -13,11 +13,15 @@ A row says what its node's ivle-maint last did, when it did it.  The rules:
   liveness.judge's answer (runner); "waiting" from a process that exited
   is shown as such.
 - A node may be forgotten (its row deleted, so the master stops waiting
-  for it) only when nothing says it is alive: no live (or, seen recently,
-  unknowable) ivle-maint writes its row, its web server neither answers
-  nor is recorded as serving, its last row counts no jail mount and no
-  console, and it is not in the middle of an upgrade seen recently
-  (forget_refusals).  --force overrides, and says what it means.
+  for it) only when nothing says it is alive: no live (or unknowable)
+  ivle-maint writes its row, its web server neither answers nor is
+  recorded as serving, its last row counts no jail mount and no console
+  (forget_refusals).  A row in the middle of an upgrade whose ivle-maint
+  is not known dead is refused however long ago it was written: its age
+  is by the database server's clock (gates.clock), which a jump forward
+  makes look old, and a node between dpkg's scripts writes nothing for as
+  long as the administrator waits.  --force overrides, and says what it
+  means.
 """
 
 from __future__ import annotations
@@ -34,7 +38,6 @@ if TYPE_CHECKING:
     from .table import NodeRow
 
 RUNNING_PHASES = ("before", "after", "waiting")
-RECENT = 600.0  # seconds: a node upgrading seen this recently is probably alive
 
 
 def older(version: str | None, new: str) -> bool:
@@ -69,15 +72,14 @@ class Seen:
     answers: bool | None  # its web server answered the probe; None: not checkable
 
 
-def forget_refusals(row: NodeRow, seen: Seen, recent: float = RECENT) -> list[str]:
+def forget_refusals(row: NodeRow, seen: Seen) -> list[str]:
     """Why ROW's node must not be forgotten; [] when nothing says it is alive."""
     found = []
     age = human_age(row.age)
     where = row.phase + (f" at {row.step}" if row.step else "")
     if seen.runner is liveness.Verdict.ALIVE:
         found.append(f"its ivle-maint runs ({where})")
-    elif row.phase != "idle" and seen.runner is not liveness.Verdict.DEAD \
-            and (row.age is None or row.age < recent):
+    elif row.phase != "idle" and seen.runner is not liveness.Verdict.DEAD:
         found.append(f"it was seen {age} in the middle of an upgrade ({where})")
     if row.has_web and (seen.answers or (seen.answers is None and row.serving)):
         found.append("its web server answers" if seen.answers

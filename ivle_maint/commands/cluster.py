@@ -1,4 +1,4 @@
-"""ivle-maint cluster status | register | forget | prepare: the nodes together."""
+"""ivle-maint cluster status | register | refresh | forget | prepare: the nodes together."""
 
 from __future__ import annotations
 
@@ -53,6 +53,17 @@ def register(sub: Any) -> None:
     reg.add_argument("--replace", action="store_true",
                      help="take over a name another machine holds (that machine is gone)")
     reg.set_defaults(func=cmd_register)
+
+    refresh = actions.add_parser(
+        "refresh", help="rewrite this node's row as it is now (run at boot)",
+        description="Rewrite this node's row in the cluster table as it is now: its version, "
+        "whether its service runs, its probe URL.  ivle-maint-refresh.service runs it at "
+        "boot once the web server has started, so a row written before a reboot (or at "
+        "install time) never tells the master a slave is down while it serves.  Waits for "
+        "the database up to [database] wait_timeout; an unfinished upgrade keeps its own "
+        "row; a node outside the cluster ([cluster] coordinate) has nothing to do.",
+    )
+    refresh.set_defaults(func=cmd_refresh)
 
     forget = actions.add_parser("forget", help="remove a node that is gone from the table",
                                 description="Remove NAME's row (a decommissioned node).  "
@@ -201,6 +212,23 @@ def cmd_register(ctx: Context) -> int:
         serving = row["serving"] or "down"
         ctx.reporter.info(f"recorded {row['name']} ({row['role']}): version "
                           f"{row['version'] or 'unknown'}, service {serving}")
+    return 0
+
+
+def cmd_refresh(ctx: Context) -> int:
+    from ..cluster.admin import register as record
+    from ..cluster.presence import coordinated
+
+    if not coordinated(ctx.settings):
+        ctx.reporter.info("this node takes no part in a cluster ([cluster] coordinate): "
+                          "nothing to refresh")
+        return 0
+    row = record(ctx.settings, ctx.reporter, note="refreshed", joining=False)
+    if row is None:
+        ctx.reporter.info("an upgrade is unfinished here; its runs keep this node's row")
+    else:
+        ctx.reporter.info(f"refreshed {row['name']} ({row['role']}): version "
+                          f"{row['version'] or 'unknown'}, service {row['serving'] or 'down'}")
     return 0
 
 

@@ -29,6 +29,7 @@ import logging
 import os
 import secrets
 import stat
+from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,14 +150,16 @@ def _open_temp(directory: Path, name: str) -> tuple[int, Path]:
             continue
 
 
-def _write_temp(directory: Path, name: str, data: bytes, *, mode: int,
+def _write_temp(directory: Path, name: str, data: bytes | Iterable[bytes], *, mode: int,
                 like: os.stat_result | None, attrs: dict[str, bytes], strict: bool) -> Path:
-    """A flushed temporary file in DIRECTORY; removed again on any failure."""
+    """A flushed temporary file in DIRECTORY holding DATA (bytes, or chunks
+    written as they come: bounded memory); removed again on any failure."""
     fd, tmp = _open_temp(directory, name)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        for chunk in (data,) if isinstance(data, bytes | bytearray) else data:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
         # chown first: it clears set-id bits and file capabilities, which
         # the attributes and the chmod then restore.  The ACL sets the
         # group bits from its mask; the chmod sets the mask from MODE.
@@ -259,11 +262,15 @@ class WriteFailed(MaintError):
         self.errno = errno
 
 
-def replace_file(path: Path, data: bytes, *, mode: int | None = None,
+def replace_file(path: Path, data: bytes | Iterable[bytes], *, mode: int | None = None,
                  backup_dir: Path | None = None, like: Path | None = None,
                  expect: bytes | None = None,
                  purpose: trusted.Purpose = trusted.IVLE_CONF) -> Path | None:
     """Replace PATH with DATA atomically; returns the backup made, if any.
+
+    DATA is the new content, or an iterable of its chunks, written as they
+    come (a compressed copy of a large log: memory stays bounded); an
+    OSError the iterable raises fails the replacement like a write's.
 
     An existing PATH keeps its owner, group, mode and extended attributes;
     MODE, when given, overrides the mode (and a new file's default, 0644).

@@ -46,8 +46,10 @@ SYSTEMD_UNIT_DIR = Path("/etc/systemd/system")
 
 
 def upgrade_key(journal: Journal) -> str:
-    """Names one run of one upgrade (a reinstall of the same versions gets another)."""
-    return f"{journal.path.name}@{journal.created!r}"
+    """Names one run of one upgrade (a reinstall of the same versions gets another):
+    its recorded identity, never a wall time (one from before identities: its
+    creation stamp, as it was released then)."""
+    return f"{journal.path.name}@{journal.ident or repr(journal.created)}"
 
 
 @dataclass(frozen=True)
@@ -66,10 +68,11 @@ class Hold:
 
 
 def _where(journal: Journal) -> str:
-    """The step not done, else the last one done (the journal keeps no order: times do)."""
+    """The step not done, else the last one done, in the order they were
+    begun (gates.clock: the recorded order, never the wall times)."""
     if not journal.steps:
         return "not begun"
-    steps = sorted(journal.steps.items(), key=lambda item: item[1].started)
+    steps = sorted(journal.steps.items(), key=lambda item: (item[1].order, item[0]))
     for name, record in steps:
         if record.status != DONE:
             return f"{name} {record.status}"

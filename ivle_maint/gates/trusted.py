@@ -285,14 +285,15 @@ def open_checked(path: str | os.PathLike[str], purpose: Purpose) -> int:
     return fd
 
 
-def chunks(fd: int, purpose: Purpose, given: str | os.PathLike[str]) -> Iterator[bytes]:
+def chunks(fd: int, purpose: Purpose, given: str | os.PathLike[str],
+           size: int = MiB) -> Iterator[bytes]:
     """The bytes of a checked descriptor in pieces, never more than the
     purpose's bound (a file that grows past it while being read is refused)."""
     limit = purpose.limit if purpose.limit is not None else SHEBANG_BYTES
     total = 0
     while True:
         try:
-            chunk = os.read(fd, min(limit + 1 - total, MiB))
+            chunk = os.read(fd, min(limit + 1 - total, size))
         except BlockingIOError:
             raise _refused(purpose, os.fspath(given), "a read of it would block: not a "
                            "file", "choose a regular file on a real filesystem") from None

@@ -38,7 +38,7 @@ from ..gates import clock, trusted
 from ..gates.rewrite import replace_file, write_state_file
 from ..gates.schema_hold import MAINTENANCE_RECORD, apache_dir, enabled_sites
 from ..gates.schema_hold import ivle_sites as sites
-from ..journal import COMPLETE, Journal
+from ..journal import COMPLETE, Journal, oldest_first
 from ..output import Reporter
 from ..safepaths import read_nofollow
 from .services import RUNNING, ServiceControl, control_from_settings
@@ -149,11 +149,11 @@ def retry_after(settings: Settings) -> tuple[int, str]:
         seconds = journal.span("stop-web", "start-web")  # gates.clock: None if unknown
         if journal.state != COMPLETE or seconds is None:
             continue
-        if newest is None or journal.created > newest[0]:
-            newest = (journal.created, seconds, journal)
+        if newest is None or oldest_first([newest[1], journal])[-1] is journal:
+            newest = (seconds, journal)  # gates.clock: by recorded order, not a stamp
     if newest is None:
         return int(settings["web"]["retry_after"]), "[web] retry_after"
-    _created, seconds, journal = newest
+    seconds, journal = newest
     return max(1, math.ceil(seconds)), f"the upgrade {journal.old} -> {journal.new}"
 
 

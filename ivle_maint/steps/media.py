@@ -84,11 +84,18 @@ def sanitize(version: str) -> str:
     return base
 
 
+def reinstall_number(version: str, value: str) -> int | None:
+    """N of VALUE as next_value names VERSION's values (BASE: 1, BASE.rN: N);
+    None for a value of another form."""
+    base = sanitize(version)
+    found = re.fullmatch(re.escape(base) + r"(?:\.r([0-9]+))?", value)
+    return int(found[1] or 1) if found else None
+
+
 def next_value(version: str, used: set[str]) -> str:
     """BASE, or BASE.rN with N one more than the highest N among USED (BASE is N=1)."""
     base = sanitize(version)
-    same_base = re.compile(re.escape(base) + r"(?:\.r([0-9]+))?")
-    taken = [int(m[1] or 1) for value in used if (m := same_base.fullmatch(value))]
+    taken = [n for value in used if (n := reinstall_number(version, value)) is not None]
     n = max(taken, default=0) + 1
     return base if n == 1 else f"{base}.r{n}"
 

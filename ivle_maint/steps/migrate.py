@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from ..cluster.waits import wait_for_slaves
 from ..context import AFTER, MASTER, Outcome, Step, UpgradeContext
 from ..errors import MaintError
@@ -14,6 +12,7 @@ from .migrations import status
 def migrate(ctx: UpgradeContext) -> Outcome:
     # IVLE's procedure: slaves' web servers are down before the schema changes.
     waited = wait_for_slaves(ctx)
+    _record_pending(ctx)
     result = apply_migrations(
         ctx.settings, ctx.reporter, migrations_dir=ctx.migrations,
         accept_changed=ctx.accept_changed, allow_out_of_order=ctx.allow_out_of_order,
@@ -32,21 +31,37 @@ def migrate(ctx: UpgradeContext) -> Outcome:
     return Outcome(summary, {"migrations_applied": _applied_in_upgrade(ctx, keys)})
 
 
+def _record_pending(ctx: UpgradeContext) -> None:
+    """The keys pending before this upgrade applied anything, kept in its
+    journal once: a rerun after a killed run still knows which are its own."""
+    journal = ctx.journal
+    if journal is None or journal.migrations_pending is not None:
+        return
+    try:
+        pending = status(ctx.settings, migrations_dir=ctx.migrations).pending
+    except MaintError:  # apply_migrations names the cause
+        return
+    journal.migrations_pending = [m.key for m in pending]
+    journal.save()
+
+
 def _applied_in_upgrade(ctx: UpgradeContext, keys: list[str]) -> list[str]:
     """This run's KEYS and those an earlier, killed run of the upgrade applied.
 
-    The summary is the upgrade's, not the last process's: the marker's rows
-    for NEW applied (not baselined) since the upgrade began count too.
+    The summary is the upgrade's, not the last process's: of the keys that
+    were pending when the upgrade first reached this step (its journal),
+    those the marker now holds as applied (not baselined) count too.  By
+    identity, never by comparing times (gates.clock): the journal's clock
+    and the database server's need not agree.
     """
-    if not ctx.started:
+    pending = ctx.journal.migrations_pending if ctx.journal else None
+    if not pending:
         return keys
-    since = datetime.fromtimestamp(ctx.started, UTC)
     try:
-        rows = status(ctx.settings, migrations_dir=ctx.migrations).applied.values()
+        rows = status(ctx.settings, migrations_dir=ctx.migrations).applied
     except MaintError:  # the summary is not worth failing the step for
         return keys
-    earlier = {r.key for r in rows if r.package_version == ctx.new and r.mode != "baseline"
-               and r.applied_at >= since}
+    earlier = {key for key in pending if key in rows and rows[key].mode != "baseline"}
     return sorted(earlier | set(keys))
 
 
@@ -54,9 +69,13 @@ def _epoch(ctx: UpgradeContext) -> str:
     """When this attempt's first recorded step began: an abort forgets the
     steps, so a dump from before a restarted web server is not reused."""
     journal = ctx.journal
-    starts = [r.started for name, r in (journal.steps.items() if journal else ())
-              if name != STEP.name]
-    return f"{min(starts):.6f}" if starts else ""
+    records = [r for name, r in (journal.steps.items() if journal else ()) if name != STEP.name]
+    if not records:
+        return ""
+    # The first step begun (its recorded order, gates.clock), named by its
+    # start stamp: an identity, compared for equality only.
+    first = min(records, key=lambda r: (r.order, r.started))
+    return f"{first.started:.6f}"
 
 
 STEP = Step("migrate", "apply database migrations", MASTER, AFTER, migrate)

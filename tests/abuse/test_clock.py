@@ -183,3 +183,22 @@ def test_retries_keep_the_dump_from_before_the_upgrade(site: Any) -> None:
     migrations.backup_now(settings, RecordingReporter())
     assert before_upgrade in dumps(site) and len(dumps(site)) == 2
     assert f"database before this upgrade: {before_upgrade}" in cli(site, "status").stdout
+
+
+def test_a_journal_made_by_a_clock_that_was_ahead_still_counts_the_migrations_applied(
+        site: Any) -> None:
+    """The journal's wall times say 2100, the database server's say now: the
+    summary of the rerun still counts the two migrations the failed run
+    applied (by their keys, recorded before they applied), not only its own."""
+    assert preinst(site).returncode == 0
+    path = site.state_dir / "journal" / "1.0_to_1.1.json"
+    data = json.loads(path.read_text())
+    data["created"] = FUTURE
+    path.write_text(json.dumps(data))
+    unpack(site, migrations=FAILING)
+    assert postinst(site).returncode == 1
+    unpack(site)
+    done = cli(site, "rerun")
+    assert done.returncode == 0, done.stderr
+    new_keys = sorted(k.removesuffix(".sql") for k in NEW)
+    assert f"migrations applied: 3 {' '.join(new_keys)}" in done.stderr

@@ -351,3 +351,61 @@ def test_a_second_master_is_refused_and_shown(node_factory):
     expect = cli(cluster.slaves[0], "cluster", "status", "--json", "--expect", "1.0")
     assert "more than one master: master, old-master (one master per database)" in \
         json.loads(expect.stdout)["problems"]
+
+
+def test_a_row_written_before_a_reboot_is_refreshed_at_boot(node_factory):
+    """What ivle-maint-refresh.service runs once the web server started at
+    boot: the row recorded while it was down says it serves, so the master
+    waits for it instead of migrating under it."""
+    cluster = build_cluster(node_factory, slaves=1, cluster=IMPATIENT)
+    slave = cluster.slaves[0]
+    assert slave.service("apache2", "stop").returncode == 0
+    assert cli(slave, "cluster", "register").returncode == 0  # the row before the reboot
+    assert node_rows(cluster.master)["slave1"]["serving"] is None
+    assert slave.service("apache2", "start").returncode == 0  # systemd, at boot
+    done = cli(slave, "cluster", "refresh")
+    assert done.returncode == 0, done.stderr
+    assert "refreshed slave1 (slave): version 1.0, service 1.0" in done.stderr
+    assert node_rows(cluster.master)["slave1"]["serving"] == "1.0"
+
+    # Mid-upgrade the upgrade's own row stays: the refresh leaves it alone.
+    assert preinst(slave).returncode == 0
+    phase = node_rows(cluster.master)["slave1"]["phase"]
+    again = cli(slave, "cluster", "refresh")
+    assert again.returncode == 0 and "an upgrade is unfinished here" in again.stderr
+    assert node_rows(cluster.master)["slave1"]["phase"] == phase
+
+
+def test_the_boot_refresh_unit_runs_a_command_that_exists_and_is_installed():
+    """debian/ivle-maint.ivle-maint-refresh.service: its ExecStart is a real
+    ivle-maint command, and debian/rules installs the unit."""
+    import shlex
+
+    from ivle_maint.cli import build_parser
+
+    unit = (REPO / "debian" / "ivle-maint.ivle-maint-refresh.service").read_text()
+    [line] = [ln for ln in unit.splitlines() if ln.startswith("ExecStart=")]
+    argv = shlex.split(line.removeprefix("ExecStart="))
+    assert argv[0] == "/usr/sbin/ivle-maint"
+    args = build_parser().parse_args(argv[1:])
+    assert args.func.__name__ == "cmd_refresh"
+    assert "dh_installsystemd --name=ivle-maint-refresh" in \
+        (REPO / "debian" / "rules").read_text()
+
+
+def test_a_slave_mid_upgrade_is_not_forgotten_when_the_servers_clock_jumped(node_factory):
+    """The database server's clock jumped an hour forward (or the slave waits
+    between dpkg's scripts that long): its row looks an hour old, yet it is
+    in the middle of an upgrade; forgetting it needs --force."""
+    cluster = build_cluster(node_factory, slaves=1, cluster=PATIENT)
+    slave = cluster.slaves[0]
+    assert preinst(slave).returncode == 0
+    conn = cluster.master.connect()
+    with conn, conn.cursor() as cur:
+        cur.execute("UPDATE ivle_maint_nodes SET last_seen = now() - interval '1 hour' "
+                    "WHERE name = 'slave1'")
+    conn.close()
+    refused = cli(cluster.master, "cluster", "forget", "slave1")
+    assert refused.returncode == 1, refused.stderr
+    assert "it was seen 60 min ago in the middle of an upgrade (unpack)" in refused.stderr
+    assert "slave1" in node_rows(cluster.master)

@@ -225,3 +225,45 @@ def test_an_immutable_file_is_refused_by_the_check_the_preflight_makes(
         assert [p.name for p in tmp_path.iterdir()] == ["ivle.conf"]
     finally:
         subprocess.run(["chattr", f"-{flag}", str(target)], check=True)
+
+
+def test_a_log_larger_than_memory_should_hold_is_compressed_in_bounded_memory(
+        tmp_path: Path) -> None:
+    """A 40 MiB log (a run with thousands of users): rotation compresses it
+    through the rewrite gate a chunk at a time, keeping its owner, mode and
+    mtime; it never reads the whole log (once over the state-file bound, the
+    run failed before it began)."""
+    import gzip
+    import random
+    import tracemalloc
+
+    from ivle_maint import logfile
+
+    logs = tmp_path / "log"
+    logs.mkdir()
+    rng = random.Random(22)
+    big = logs / "upgrade-1.0_to_1.1-20270101T000000Z.n000001.log"
+    with big.open("wb") as out:
+        for _ in range(40):
+            out.write(rng.randbytes(1 << 20))
+    os.chown(big, 0, 4)
+    os.chmod(big, 0o640)
+    os.utime(big, (1_800_000_000, 1_800_000_000))
+    (logs / "upgrade-1.0_to_1.1-20270101T000001Z.n000002.log").write_text("newest\n")
+    tracemalloc.start()
+    try:
+        logfile.prune(logs, 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"{peak >> 20} MiB held at once"
+    packed = big.with_name(big.name + ".gz")
+    assert not big.exists()
+    st = packed.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777, st.st_mtime) == \
+        (0, 4, 0o640, 1_800_000_000)
+    with gzip.open(packed) as unpacked:
+        rng = random.Random(22)
+        for _ in range(40):
+            assert unpacked.read(1 << 20) == rng.randbytes(1 << 20)
+        assert unpacked.read() == b""

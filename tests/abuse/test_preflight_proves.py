@@ -291,10 +291,8 @@ def full_state_directory(node: Any) -> Iterator[str]:
                "(No space left on device)")
 
 
-@contextmanager
-def full_log_directory(node: Any) -> Iterator[str]:
-    with full(node.maint_log_dir, 0):  # not even the log's first line
-        yield f"{node.maint_log_dir}: the upgrade's log cannot be written there (No space left"
+# A full log directory is no fault here: no step needs the log, and the run
+# completes unlogged (tests/abuse/test_root_and_output.py, gate 10).
 
 
 FAULTS = {
@@ -304,7 +302,6 @@ FAULTS = {
     "INSERT on the marker revoked": marker_insert_revoked,
     "damaged media-version record": damaged_media_record,
     "full state directory": full_state_directory,
-    "full log directory": full_log_directory,
 }
 
 
@@ -528,3 +525,75 @@ def test_changed_applied_migration_prints_the_command_that_works(node_factory, r
     assert configure == "dpkg --configure -a" and "already complete" in postinst(node).stderr
     state = final_state(node)
     assert state == reference
+
+
+# ---------------------------------------------------------------- gate 8: the cluster and the end
+
+
+def test_a_slave_whose_role_may_not_claim_a_media_version_fails_the_preflight(
+        node_factory: Any):
+    """INSERT on ivle_maint_media revoked: the slave's preinst refuses with its
+    web server still up, not its media-version step after the code changed."""
+    from cluster_helpers import PATIENT
+
+    from ivle_sandbox.cluster import build_cluster
+
+    cluster = build_cluster(node_factory, slaves=1, cluster=PATIENT)
+    slave = cluster.slaves[0]
+    _admin(slave, f"REVOKE INSERT ON ivle_maint_media FROM {slave.pg.ivle_user}")
+    done = preinst(slave)
+    assert done.returncode == 1, done.stderr
+    line = one_error_line(done)
+    assert f"role {slave.pg.ivle_user} may not insert into table ivle_maint_media" in line
+    assert "GRANT SELECT, INSERT ON ivle_maint_media" in line
+    assert slave.service_running("apache2")
+
+
+def test_an_installed_record_that_cannot_be_replaced_fails_the_preflight(node_factory: Any):
+    """installed.json immutable (chattr +i): the state directory is writable, but
+    the record written once the upgrade completes is not; the preflight says so."""
+    node, consoles, schema = started(node_factory, baselined=True)
+    record = node.state_dir / "installed.json"
+    record.write_text('{"version": "1.0", "migrations_dir": "", "migrations": []}\n')
+    subprocess.run(["chattr", "+i", str(record)], check=True)
+    try:
+        done = upgrade(node, source_tree(node, RELEASES["1.1"]))
+        line = assert_refused_with_the_site_up(node, done, consoles, schema)
+        assert f"{record}: the record of the installed version cannot be rewritten" in line
+    finally:
+        subprocess.run(["chattr", "-i", str(record)], check=True)
+
+
+def test_a_record_of_the_installed_version_lost_at_the_end_is_written_by_the_next_run(
+        node_factory: Any):
+    """The upgrade completed, but installed.json was not written (the run was
+    killed there, or the write failed): dpkg --configure -a writes it."""
+    node = at_version_1_0(node_factory(users=2, consoles=1))
+    assert preinst(node).returncode == 0
+    unpack(node)
+    assert postinst(node).returncode == 0
+    record = node.state_dir / "installed.json"
+    record.unlink()  # as a run killed just after the journal's completion leaves it
+    again = postinst(node)
+    assert again.returncode == 0, again.stderr
+    assert "is already complete" in again.stderr
+    assert '"version": "1.1"' in record.read_text()
+
+
+@pytest.mark.parametrize("record", ["schema-hold.json", "media-versions.json"])
+def test_a_state_record_the_after_phase_rewrites_that_cannot_be_replaced_fails_the_preflight(
+        node_factory: Any, record: str):
+    """An immutable schema-hold.json (start-web releases the hold through it)
+    or media-versions.json: before, the preflight passed and the postinst
+    failed with the site down; now the preflight refuses with it up."""
+    node, consoles, schema = started(node_factory, baselined=True)
+    path = node.state_dir / record
+    path.write_text('{"released": "an earlier upgrade"}\n' if record == "schema-hold.json"
+                    else '{"entries": []}\n')
+    subprocess.run(["chattr", "+i", str(path)], check=True)
+    try:
+        done = upgrade(node, source_tree(node, RELEASES["1.1"]))
+        line = assert_refused_with_the_site_up(node, done, consoles, schema)
+        assert f"{path}: " in line and "cannot be rewritten" in line
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)

@@ -258,3 +258,43 @@ def test_hangup_does_not_stop_a_step(node_factory):
     assert proc.returncode == 0, err
     assert journal(node)["steps"]["baseline"]["status"] == "done"
     assert stubborn.wait(timeout=10) == -signal.SIGKILL
+
+
+def every_command_line() -> list[tuple[str, ...]]:
+    """One valid command line for every command and action the parser knows
+    (required arguments filled), so a command added later is tried too."""
+    import argparse
+
+    from ivle_maint.cli import build_parser
+
+    def fill(parser: argparse.ArgumentParser, words: tuple[str, ...]) -> list[tuple[str, ...]]:
+        lines: list[tuple[str, ...]] = []
+        args: list[str] = []
+        subs = None
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                subs = action
+            elif not action.option_strings and action.nargs not in ("?", "*"):
+                args.append(str(next(iter(action.choices))) if action.choices else "1.1")
+            elif action.required:
+                args += [action.option_strings[0], "1.1"]
+        if subs is None:
+            return [(*words, *args)]
+        for name, sub in subs.choices.items():
+            lines += fill(sub, (*words, *args, name))
+        return lines
+
+    return fill(build_parser(), ())
+
+
+def test_every_command_but_settings_needs_root_in_one_line(node: Any) -> None:
+    from ivle_maint.gates import root
+
+    lines = [line for line in every_command_line() if root.needs_root(line[0])]
+    assert len(lines) > 20 and ("cluster", "refresh") in lines
+    for line in lines:
+        done = run(node, *line, user=NOBODY)
+        assert done.returncode == 2, (line, done.stderr)
+        assert done.stdout == "", line
+        assert done.stderr.count("\n") == 1 and "needs root" in done.stderr, (line, done.stderr)
+    assert node.service_running("apache2") and journal(node) == {}

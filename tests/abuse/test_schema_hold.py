@@ -182,8 +182,11 @@ def node_conf(root: Path) -> Path:
 def write_journals(root: Path, found: list[tuple[str, dict[str, str]]]) -> list[Journal]:
     made = []
     for i, (state, steps) in enumerate(found):
-        j = Journal(Journal.file_for(root / "state", f"1.{i}", f"1.{i + 1}"), f"1.{i}",
-                    f"1.{i + 1}", "slave", state=state, created=1000.0 + i)
+        # Unrelated upgrades (1.0 -> 1.1, 1.2 -> 1.3): a later one from an
+        # earlier one's NEW carries it on (its own test below).
+        old, new = f"1.{2 * i}", f"1.{2 * i + 1}"
+        j = Journal(Journal.file_for(root / "state", old, new), old, new, "slave",
+                    state=state, created=1000.0 + i)
         j.steps = {name: StepRecord(status, 1.0) for name, status in steps.items()}
         j.save()
         made.append(j)
@@ -219,7 +222,7 @@ def test_start_web_releases_only_its_own_upgrade(tmp_path):
     release = tmp_path / "state" / "schema-hold.json"
     release.write_text(json.dumps({"released": f"{first.path.name}@{first.created!r}"}))
     status, err = hold_check(conf)
-    assert status == 1 and "1.1 -> 1.2" in err
+    assert status == 1 and "1.2 -> 1.3" in err
     sites = tmp_path / "apache2" / "sites-enabled"
     sites.mkdir(parents=True)
     (tmp_path / "state" / "maintenance.json").write_text('{"disabled": ["ivle"], "since": 0}')
@@ -384,3 +387,66 @@ def test_rerun_says_dpkg_configure_is_still_owed(node_factory, reference, tmp_pa
             "unpacked): run dpkg --configure -a") in done.stderr
     assert final_state(node) == reference
     assert "already complete" in postinst(node).stderr
+
+
+@pytest.mark.needs_postgres
+def test_removing_ivle_maint_mid_upgrade_is_refused_so_the_hold_stays(site, tmp_path):
+    """ivle-maint's prerm: its postrm takes the hold's drop-in away (without
+    ivle-maint its check could never pass), so a removal while an upgrade is
+    unfinished would let the next boot serve IVLE's code on the wrong schema."""
+    repo = Path(__file__).resolve().parents[2]
+    wrapper = tmp_path / "ivle-maint"
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -m ivle_maint \"$@\"\n")
+    wrapper.chmod(0o755)
+    env = {**os.environ, **site.env, "PYTHONPATH": str(repo), "IVLE_MAINT": str(wrapper),
+           "IVLE_MAINT_SETTINGS": str(site.maint_conf)}
+
+    def prerm() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["sh", str(repo / "debian" / "ivle-maint.prerm"), "remove"],
+                              env=env, capture_output=True, text=True, check=False,
+                              stdin=subprocess.DEVNULL)
+
+    assert prerm().returncode == 0  # nothing unfinished
+    assert preinst(site).returncode == 0
+    refused = prerm()
+    assert refused.returncode == 1
+    first, advice = refused.stderr.splitlines()
+    assert first.startswith("ivle-maint: not removed: ivle-maint: error: schema hold: ")
+    assert "ivle-maint rerun --abandon" in advice
+    assert cli(site, "rerun", "--abandon").returncode == 0
+    assert prerm().returncode == 0
+
+
+@pytest.mark.needs_postgres
+def test_a_fixed_package_over_a_failed_postinst_completes_and_lifts_the_hold(site):
+    """1.1's postinst failed in migrate (its migration is broken); dpkg then
+    installs the fixed 1.2 over the half-configured 1.1.  The 1.2 upgrade
+    applies every pending migration and starts the web server: the hold of
+    the 1.0 -> 1.1 upgrade it carried on must not keep the site down for ever
+    (start-web refused, every rerun 'several unfinished upgrades')."""
+    failing = {**OLD, **NEW, "20100215.sql": "SELECT 1 / 0;\n"}
+    assert preinst(site).returncode == 0
+    unpack(site, migrations=failing)
+    assert postinst(site).returncode == 1
+    assert cli(site, "hold", "check").returncode == 1
+    assert preinst(site, "1.1", "1.2").returncode == 0
+    unpack(site, "1.2", migrations=RELEASES["1.1"])
+    done = postinst(site, "1.1", "1.2")
+    assert done.returncode == 0, done.stderr
+    assert site.service_running(WEB)
+    assert cli(site, "hold", "check").returncode == 0
+    assert cli(site, "rerun").returncode == 0  # nothing unfinished, not "several"
+
+
+def test_a_later_upgrade_from_its_new_version_supersedes_an_unfinished_one(tmp_path):
+    """The pure rule (Journal.unfinished): carried on by a later upgrade from
+    its NEW that is under way or complete; unfinished again when that one
+    is abandoned."""
+    state = tmp_path
+    first = Journal.open(state, "1.0", "1.1", "both")
+    first.save()
+    later = Journal.open(state, "1.1", "1.2", "both")
+    for status, expect in ((IN_PROGRESS, ["1.2"]), (COMPLETE, []),
+                           (ABORTING, ["1.1", "1.2"]), (ABORTED, ["1.1"])):
+        later.set_state(status)
+        assert [j.new for j in Journal.unfinished(state)] == expect, status

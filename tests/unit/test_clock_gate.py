@@ -157,3 +157,57 @@ def test_an_archived_journal_never_replaces_one_of_the_same_second(tmp_path: Pat
         journal.archive()
     kept = sorted(Journal.load(p).resume for p in (state / "journal").glob("*.json"))
     assert kept == ["first", "second"]
+
+
+@settings(max_examples=50, deadline=None)
+@given(jumps=st.lists(st.floats(-3e8, 3e8), min_size=2, max_size=6),
+       finish=st.lists(st.booleans(), min_size=6, max_size=6))
+def test_journals_are_ordered_and_named_by_their_recorded_sequence_whatever_the_clock(
+        jumps: list[float], finish: list[bool]) -> None:
+    """Upgrades made one after another under a clock that jumps: the
+    unfinished ones come out in the order they were made, each has its own
+    upgrade id even when two share a wall-clock second, and an archive's
+    name carries its sequence, never a stamp."""
+    from ivle_maint.upgrade import upgrade_id
+
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp)
+        made = []
+        for i, wall in enumerate(walls(jumps)):
+            journal = Journal.open(state, f"1.{2 * i}", f"1.{2 * i + 1}", "both")  # no chain
+            journal.created = float(int(wall))  # as that clock stamped it
+            journal.save()
+            if finish[i]:
+                journal.set_state("complete")
+                journal.archive()
+            made.append(journal)
+        assert [j.sequence for j in made] == list(range(1, len(made) + 1))
+        unfinished = Journal.unfinished(state)
+        assert [j.new for j in unfinished] == [j.new for j in made if j.state != "complete"]
+        assert len({upgrade_id(j).split("@")[1] for j in made}) == len(made)
+        names = [p.name for p in (state / "journal").glob("*.json")]
+        assert sorted(clock.sequence_of(n) for n in names if clock.sequence_of(n)) == \
+            [j.sequence for j in made if j.state == "complete"]
+
+
+def test_retry_after_comes_from_the_newest_journal_by_order_not_by_stamp(
+        tmp_path: Path) -> None:
+    """The last completed upgrade was made under a clock set years back: its
+    web-down time is still the one told to clients."""
+    from ivle_maint.config import load_settings
+    from ivle_maint.steps import maintenance
+
+    conf = tmp_path / "maint.conf"
+    conf.write_text(f"[node]\nrole = slave\n[paths]\nstate = {tmp_path / 'state'}\n"
+                    "[web]\nretry_after = 120\n")
+    state = tmp_path / "state"
+    for version, wall, down in (("1.1", START, 30.0), ("1.2", START - 3e8, 7.0)):
+        journal = Journal.open(state, "1.0", version, "slave")
+        journal.created = wall  # as that clock stamped it
+        for step, at in (("stop-web", 0.0), ("start-web", down)):
+            with mock.patch.object(clock, "monotonic", return_value=1000.0 + at):
+                journal.begin(step)
+                journal.finish(step, "", {})
+        journal.set_state("complete")
+        journal.archive()
+    assert maintenance.retry_after(load_settings(str(conf))) == (7, "the upgrade 1.0 -> 1.2")

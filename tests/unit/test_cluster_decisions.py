@@ -42,12 +42,12 @@ def test_no_idle_web_row_of_old_code_is_ever_trusted_down(table, new):
 @settings(max_examples=200, deadline=None)
 @given(rows, seen)
 def test_a_node_that_may_be_alive_is_never_forgotten_silently(row, what):
+    """Whatever its age: the server's clock may have jumped forward."""
     refusals = trust.forget_refusals(row, what)
     alive = (what.runner is liveness.Verdict.ALIVE
              or (row.has_web and (what.answers or (what.answers is None and bool(row.serving))))
              or (row.mounts or 0) > 0 or (row.consoles or 0) > 0
-             or (row.phase != "idle" and what.runner is not liveness.Verdict.DEAD
-                 and (row.age is None or row.age < trust.RECENT)))
+             or (row.phase != "idle" and what.runner is not liveness.Verdict.DEAD))
     assert bool(refusals) == alive
     assert all("\n" not in r for r in refusals)
 
@@ -69,3 +69,21 @@ def test_an_install_time_row_saying_down_is_not_trusted():
     upgrading = NodeRow("slave1", "slave", "h", "i", "1.0", None, "1.1", "unpack", None, None,
                         None)
     assert trust.unconfirmed_down([upgrading], "master", "1.1") == []
+
+
+@settings(max_examples=100, deadline=None)
+@given(claims=st.integers(1, 6), order=st.randoms(use_true_random=False),
+       version=st.sampled_from(["1.1", "2:1.0-3 beta", "1.1.r2"]))
+def test_the_media_value_chosen_last_is_found_whatever_the_servers_clock(
+        claims: int, order, version: str) -> None:
+    """Claims for one version made one after another (each next_value of
+    those before), listed in any order (chosen_at from a clock set back)."""
+    from ivle_maint.cluster.media import _latest
+    from ivle_maint.steps.media import next_value
+
+    made: list[str] = []
+    for _ in range(claims):
+        made.append(next_value(version, set(made)))
+    listed = [(value, version) for value in made] + [("other", "9.9")]
+    order.shuffle(listed)
+    assert _latest(listed, version) == made[-1]

@@ -57,3 +57,26 @@ def test_run_log_makes_a_new_file_per_run_even_within_a_second(tmp_path):
         pass
     assert first != second and second.exists()
     assert second.stat().st_mode & 0o777 == 0o640
+
+
+def test_compression_in_chunks_gives_back_exactly_the_log(tmp_path):
+    """Whatever the log holds and however it falls into chunks."""
+    from unittest import mock
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from ivle_maint import logfile
+
+    @settings(max_examples=50, deadline=None)
+    @given(data=st.binary(max_size=5000), chunk=st.integers(1, 700))
+    def case(data: bytes, chunk: int) -> None:
+        path = tmp_path / "a.n000001.log"
+        path.write_bytes(data)
+        with mock.patch.object(logfile, "CHUNK", chunk):
+            logfile._compress(path)
+        packed = path.with_name(path.name + ".gz")
+        assert gzip.decompress(packed.read_bytes()) == data and not path.exists()
+        packed.unlink()
+
+    case()

@@ -100,10 +100,12 @@ def test_a_sandbox_driving_its_own_init_scripts_never_gets_a_dropin(tmp_path, mo
     assert schema_hold.systemd_manages(settings_with(tmp_path))
 
 
-def test_the_hold_names_the_step_by_time_not_by_name():
+def test_the_hold_names_the_step_by_the_order_begun_not_by_time_or_name():
+    """The wall times say otherwise (a clock set back between the steps)."""
     journal = make(0, IN_PROGRESS, {})
-    journal.steps = {"stop-web": StepRecord("done", 1.0), "baseline": StepRecord("done", 3.0),
-                     "unmount-jails": StepRecord("done", 2.0)}
+    journal.steps = {"stop-web": StepRecord("done", 9.0, order=1),
+                     "baseline": StepRecord("done", 1.0, order=3),
+                     "unmount-jails": StepRecord("done", 5.0, order=2)}
     assert schema_hold._where(journal) == "after baseline"
-    journal.steps["migrate"] = StepRecord("failed", 4.0)
+    journal.steps["migrate"] = StepRecord("failed", 0.5, order=4)
     assert schema_hold._where(journal) == "migrate failed"
