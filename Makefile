@@ -11,15 +11,24 @@ deps:
 	scripts/install-deps --packaging
 
 # The test command (README.md, .ci/run): lint, then the suite on Debian's
-# python3-* libraries, then again on the newest PyPI releases, then the
-# .deb through real dpkg and apt in a chroot.
-test: deps lint test-debian test-pypi e2e booted
+# python3-* libraries and, at the same time, on the newest PyPI releases,
+# then the .deb through real dpkg and apt in a chroot, then booted nodes.
+# Each suite runs in XDIST workers (pytest-xdist; every worker has its own
+# mount namespace, PostgreSQL, $$TMPDIR and users' unixids: tests/conftest.py):
+# the tests mostly wait on PostgreSQL, processes and timeouts, so two suites
+# of two workers each keep the two cores busy.  --output-sync prints each
+# suite's output whole, its closing "N passed" line last.
+XDIST := -n 2
+test: deps lint
+	$(MAKE) -j2 --output-sync=target test-debian test-pypi
+	$(MAKE) e2e
+	$(MAKE) booted
 
 test-debian:
-	$(PYTEST) tests/unit tests/integration tests/abuse
+	$(PYTEST) $(XDIST) tests/unit tests/integration tests/abuse
 
 test-pypi:
-	$$(scripts/pypi-venv) -m pytest tests/unit tests/integration tests/abuse
+	$$(scripts/pypi-venv) -m pytest $(XDIST) tests/unit tests/integration tests/abuse
 
 lint:
 	venv_py=$$(scripts/pypi-venv) && \

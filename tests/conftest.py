@@ -5,6 +5,14 @@ private propagation before any test runs, so real bind mounts made by
 tests (and by ivle-maint under test) never reach the host.  Without root,
 tests marked needs_root are skipped, and the reason is shown.
 
+Run in parallel (pytest-xdist, `-n 3`: make test-debian), every worker
+is a test run of its own: its own mount namespace (a copy of the
+controller's, made by `unshare --mount` before the worker's Python
+starts, since a process with threads cannot unshare its mounts), its own
+PostgreSQL server and /tmp directory ($TMPDIR), and IVLE users whose
+unixids no other running test process uses (schema.claim_unixids), so
+that what one worker mounts, signals or counts by uid is never another's.
+
 Fixtures:
     postgres      session: a ThrowawayPostgres with the IVLE template database
     node_factory  function: build_node(**kwargs) -> Node, all torn down after
@@ -14,8 +22,11 @@ Fixtures:
 
 from __future__ import annotations
 
+import atexit
 import os
+import shlex
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -49,29 +60,87 @@ def pytest_configure(config: pytest.Config) -> None:
         mountns.enter_private_namespace()
         ino = os.stat("/proc/self/ns/mnt").st_ino
         _namespace_note = f"sandbox: private mount namespace mnt:[{ino}]"
+        if hasattr(config, "workerinput"):
+            _worker_namespace(ino)
     else:
         _namespace_note = f"sandbox: not root, needs_root tests skipped: {ROOT_REASON}"
+    _use_private_tmp()
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    return _namespace_note
+def _worker_namespace(mine: int) -> None:
+    """An xdist worker: in a namespace of its own (pytest_xdist_setupnodes),
+    never its controller's, which every other worker shares."""
+    controller = os.stat(f"/proc/{os.getppid()}/ns/mnt").st_ino
+    if controller == mine:
+        raise pytest.UsageError(
+            "xdist worker in its controller's mount namespace: start workers with "
+            "tests/conftest.py's pytest_xdist_setupnodes (popen workers only)"
+        )
+    os.environ[mountns.NS_ENV] = f"{controller}:{mine}"  # the proof, as unshare gives
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    no_root = pytest.mark.skip(reason=ROOT_REASON)
-    no_pg = pytest.mark.skip(reason="needs PostgreSQL server binaries (apt install postgresql)")
-    for item in items:
-        if "needs_root" in item.keywords and not IS_ROOT:
-            item.add_marker(no_root)
-        if "needs_postgres" in item.keywords and not _have_postgres():
-            item.add_marker(no_pg)
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_setupnodes(config: pytest.Config, specs: list[Any]) -> None:
+    """Each xdist worker's Python starts in a mount namespace of its own."""
+    if not IS_ROOT:
+        return
+    for spec in specs:
+        if spec.popen:
+            python = spec.python or sys.executable
+            spec.python = f"unshare --mount --propagation private {shlex.quote(python)}"
+
+
+def _clean(text: str) -> str:
+    """TEXT with each lone surrogate (undecodable bytes a test wrote) escaped."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """An xdist worker sends each report as UTF-8, which a lone surrogate in
+    a captured log or a failure's text cannot be: escape them first."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    report.sections = [(title, _clean(content)) for title, content in report.sections]
+    if report.longrepr is not None and _clean(str(report.longrepr)) != str(report.longrepr):
+        report.longrepr = _clean(str(report.longrepr))
+
+
+def _use_private_tmp() -> None:
+    """$TMPDIR: a directory like /tmp (mode 1777) for this process alone, so
+    a test looking at every file in the temporary directory sees only its
+    own run's (another worker's, or another test run's, are elsewhere).
+    It is removed at exit unless a test failed (kept to look at)."""
+    private = Path(tempfile.mkdtemp(prefix="ivle-tests-tmp-", dir="/tmp"))
+    private.chmod(0o1777)
+    os.environ["TMPDIR"] = str(private)
+    tempfile.tempdir = None  # gettempdir() reads $TMPDIR again
+    # Registered before pytest's own cleanup of its tmp_path directories
+    # (in $TMPDIR), so it runs after it.
+    atexit.register(_remove_private_tmp, private)
+
+
+_passed = False
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    global _passed
+    _passed = exitstatus == 0
+
+
+def _remove_private_tmp(private: Path) -> None:
+    if _passed and not mountns.mounts_under(private):
+        mountns.remove_tree(private)
 
 
 @pytest.fixture(scope="session")
 def sandbox_dir() -> Iterator[Path]:
     """A /tmp directory for this run that other users can traverse."""
+    from ivle_sandbox import schema
     from ivle_sandbox.postgres import make_sandbox_root
 
+    if IS_ROOT:
+        schema.claim_unixids()
     root = make_sandbox_root("ivle-tests-")
     yield root
     mountns.unmount_under(root)

@@ -7,13 +7,43 @@ its users inserted by one INSERT ... SELECT.
 
 from __future__ import annotations
 
+import fcntl
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from psycopg2 import sql
 
 TEMPLATE_DB = "ivle_sandbox_template"
-FIRST_UNIXID = 5000
+FIRST_UNIXID = 5000  # the users' unixids follow it; see claim_unixids()
+UNIXID_SLOTS = 40  # ranges claim_unixids() may give, UNIXID_STRIDE apart
+UNIXID_STRIDE = 100_000
+UNIXID_LOCKS = "/run/ivle-sandbox-unixids"
+_claimed: int | None = None  # the descriptor holding our range's lock
+
+
+def claim_unixids() -> int:
+    """Give this process a range of unixids no other running process that
+    called this uses (a test process: each pytest-xdist worker, a second
+    test run beside the first), so a process of one node's user is never
+    another's: a test counting or signalling processes by uid sees its
+    own.  The range is held by an flock on a file in UNIXID_LOCKS until
+    the process ends.  Returns the new FIRST_UNIXID (5000 for the first).
+    """
+    global FIRST_UNIXID, _claimed
+    if _claimed is not None:
+        return FIRST_UNIXID
+    os.makedirs(UNIXID_LOCKS, mode=0o700, exist_ok=True)
+    for slot in range(UNIXID_SLOTS):
+        fd = os.open(f"{UNIXID_LOCKS}/{slot}", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        _claimed, FIRST_UNIXID = fd, 5000 + slot * UNIXID_STRIDE
+        return FIRST_UNIXID
+    raise RuntimeError(f"all {UNIXID_SLOTS} unixid ranges in use ({UNIXID_LOCKS})")
 
 # Modelled on the shape of IVLE's userdb (login, subject, offering,
 # enrolment); written for the sandbox, not copied.

@@ -8,6 +8,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -295,7 +296,7 @@ def test_password_reaches_pg_dump_only_through_its_own_environment(
     assert env["PGPASSWORD"] == site.pg.ivle_password
     assert env["PGPASSFILE"] == environment.NO_PASSFILE  # not the inherited one
     assert "PGPASSWORD" not in os.environ  # ivle-maint's own environment stays clean
-    assert not list(Path("/tmp").glob("ivle-maint-pgpass-*"))
+    assert not list(Path(tempfile.gettempdir()).glob("ivle-maint-pgpass-*"))
 
 
 def test_no_privilege_for_the_marker_is_one_line(site: Site, postgres: Any) -> None:

@@ -73,7 +73,7 @@ def test_database_from_template(postgres):
     started = time.monotonic()
     users = schema.create_database(postgres, "ivle_tmpl_test", 200)
     assert time.monotonic() - started < 2
-    assert users[0] == schema.User("user0001", 5001) and len(users) == 200
+    assert users[0] == schema.User("user0001", schema.FIRST_UNIXID + 1) and len(users) == 200
     conn = postgres.connect("ivle_tmpl_test", postgres.ivle_user)
     try:
         with conn.cursor() as cur:
