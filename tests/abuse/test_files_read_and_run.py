@@ -325,40 +325,73 @@ touch {witness}
 """
 
 
+FIRST_ON_PATH = Path("/usr/local/sbin")  # the first directory of the fixed PATH (gates/environment)
+
+
+@contextmanager
+def bound_over(source: Path, target: Path) -> Iterator[None]:
+    """SOURCE bind-mounted over TARGET (the test run's private mount namespace)."""
+    subprocess.run(["mount", "--bind", str(source), str(target)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
+
+
 @pytest.mark.parametrize("fault", ["owned by a student", "in a directory a student owns",
                                    "in a directory others can write",
                                    "in a sticky directory others can write"])
 def test_a_program_found_on_path_where_a_student_can_change_it_is_never_run(
         site: Any, tmp_path: Path, fault: str) -> None:
     """[commands] remakeuser = ivle-remakeuser (a bare name, the default)
-    is looked up on PATH; the first one found is the one checked and run,
-    so a student's copy earlier on PATH is refused, never run as root, and
-    never skipped for the next one silently."""
+    is looked up on ivle-maint's own PATH (the caller's is never used); the
+    first one found is the one checked and run, so a student's copy in a
+    directory of that PATH is refused, never run as root, and never skipped
+    for the next one silently."""
     student = tmp_path / "bin"
     student.mkdir()
     os.chmod(tmp_path, 0o755)
     witness = tmp_path / "ran-as-root"
-    program = student / "ivle-remakeuser"
-    program.write_text(STUDENT_PROGRAM.format(witness=witness))
-    program.chmod(0o755)
+    (student / "ivle-remakeuser").write_text(STUDENT_PROGRAM.format(witness=witness))
+    (student / "ivle-remakeuser").chmod(0o755)
+    program, where = FIRST_ON_PATH / "ivle-remakeuser", FIRST_ON_PATH
     if fault == "owned by a student":
-        os.chown(program, NOBODY, NOBODY)
+        os.chown(student / "ivle-remakeuser", NOBODY, NOBODY)
         why = f"owned by uid {NOBODY}, not root; refused ({FIX} file)"
     elif fault == "in a directory a student owns":
         os.chown(student, NOBODY, NOBODY)
-        why = f"{student} above it is owned by uid {NOBODY}; refused ({FIX} file)"
+        why = f"{where} above it is owned by uid {NOBODY}; refused ({FIX} file)"
     elif fault == "in a directory others can write":
         student.chmod(0o777)
-        why = f"{student} above it is writable by others (mode 0777); refused ({FIX} file)"
+        why = f"{where} above it is writable by others (mode 0777); refused ({FIX} file)"
     else:  # sticky: others cannot rename it, but a program is not kept where they write
         student.chmod(0o1777)
-        why = (f"{student}, which holds it, is writable by others (mode 1777); refused "
+        why = (f"{where}, which holds it, is writable by others (mode 1777); refused "
                f"({FIX} directory)")
     set_setting(site, "commands", "remakeuser", "ivle-remakeuser")
-    done = bounded(site, "jails", "remake-users",
-                   path=f"{student}:{os.environ.get('PATH', '')}")
+    with bound_over(student, FIRST_ON_PATH):
+        done = bounded(site, "jails", "remake-users")
     assert done.returncode == 2, done.stderr
     assert one_error_line(done) == f"ivle-maint: error: program {program}: {why}"
+    assert not witness.exists()
+    assert serving(site)
+
+
+def test_the_callers_path_is_never_searched_for_a_program(site: Any, tmp_path: Path) -> None:
+    """A student's directory first on the caller's PATH: ivle-maint looks
+    programs up on its own fixed PATH only (gates/environment), so the
+    student's copy is never found, let alone run."""
+    student = tmp_path / "bin"
+    student.mkdir()
+    os.chmod(tmp_path, 0o755)
+    witness = tmp_path / "ran-as-root"
+    (student / "ivle-remakeuser").write_text(STUDENT_PROGRAM.format(witness=witness))
+    (student / "ivle-remakeuser").chmod(0o755)
+    os.chown(student / "ivle-remakeuser", NOBODY, NOBODY)
+    set_setting(site, "commands", "remakeuser", "ivle-remakeuser")
+    done = bounded(site, "jails", "remake-users", path=f"{student}:{os.environ.get('PATH', '')}")
+    assert done.returncode != 0
+    assert "ivle-remakeuser" in one_error_line(done)
     assert not witness.exists()
     assert serving(site)
 
