@@ -47,6 +47,7 @@ class Procedure:
             if self.journal.state != IN_PROGRESS:
                 self.journal.state = IN_PROGRESS
             for step in select_steps(self.journal.role, phases, self.steps):
+                waits.checkpoint()  # a signal a finalizer swallowed stops here
                 if self.journal.is_done(step.name):
                     undone = self._undone_since(step, phases)
                     if not undone:

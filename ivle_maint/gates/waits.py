@@ -37,6 +37,7 @@ import logging
 import os
 import select
 import signal
+import sys
 import threading
 import time
 import weakref
@@ -126,6 +127,28 @@ def received() -> BaseException | None:
     return _exception_for(_received[0]) if _received else None
 
 
+def checkpoint() -> None:
+    """Between steps: a signal received whose exception never unwound (it
+    landed in a finalizer or a weakref callback, where Python swallows any
+    exception) stops the run here, before another step starts."""
+    interrupt = received()
+    if interrupt is not None:
+        raise interrupt
+
+
+def _unraisable(previous: Callable[[Any], object]) -> Callable[[Any], object]:
+    """sys.unraisablehook: an interruption swallowed in a finalizer is not a
+    traceback on the terminal (checkpoint() acts on it); anything else is
+    what it was."""
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt | Terminated):
+            log.debug("interruption landed in %r; acted on at the next step",
+                      unraisable.object)
+            return
+        previous(unraisable)
+    return hook
+
+
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     if not _received:
         _received.append(signum)
@@ -160,9 +183,12 @@ def signals() -> Iterator[None]:
         handlers[signal.SIGINT] = _on_signal
     _received.clear()
     previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _unraisable(previous_hook)
     try:
         yield
     finally:
+        sys.unraisablehook = previous_hook
         signal.setitimer(signal.ITIMER_REAL, 0)
         _pending.clear()
         _received.clear()

@@ -104,11 +104,14 @@ def test_a_killed_dumps_leftovers_are_removed_by_the_next(site: Any) -> None:
 
 
 def test_the_next_run_removes_leftovers_even_without_dumping(site: Any) -> None:
-    """dpkg's next preinst (no dump in it) already clears what a SIGKILL left."""
+    """dpkg's next preinst (no dump in it) already clears what a SIGKILL left.
+    The password file is where an earlier version left it: the temporary
+    directory of ivle-maint's own environment (gates/environment: /tmp, not
+    the caller's TMPDIR)."""
     site.backup_dir.mkdir(parents=True, exist_ok=True)
     stale = site.backup_dir / f".{site.dbname}-20200101T000000.000000Z-x.dump.partial"
     stale.write_bytes(b"PGDMP half")
-    fd, passfile = tempfile.mkstemp(prefix="ivle-maint-pgpass-")
+    fd, passfile = tempfile.mkstemp(prefix="ivle-maint-pgpass-", dir="/tmp")
     os.close(fd)
     assert preinst(site).returncode == 0
     assert not stale.exists() and not Path(passfile).exists()

@@ -71,3 +71,33 @@ def _logging_frame() -> FrameType:
 def test_server_text_is_one_printable_bounded_line(text: str, limit: int) -> None:
     line = waits.printable(text, limit)
     assert line.isprintable() and len(line) <= limit
+
+
+def test_a_signal_swallowed_by_a_weakref_callback_stops_the_run_at_the_next_step(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """SIGTERM landing in a weakref callback (a WeakSet's, as a CI run saw):
+    Python swallows the exception there.  No traceback reaches the terminal,
+    and the runner's checkpoint raises it before another step starts."""
+    import weakref
+
+    class Thing:
+        pass
+
+    def callback(_ref: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # the handler runs at a bytecode boundary in here
+            pass
+
+    with waits.signals():
+        thing = Thing()
+        ref = weakref.ref(thing, callback)
+        del thing  # the callback runs, the Terminated it raises is swallowed
+        assert ref() is None
+        with pytest.raises(waits.Terminated):
+            waits.checkpoint()
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_no_signal_no_checkpoint() -> None:
+    with waits.signals():
+        waits.checkpoint()  # nothing received: nothing raised
