@@ -236,6 +236,22 @@ def snapshot() -> dict[str, str]:
     return found
 
 
+ENABLEMENT_ROOTS = ("/etc/systemd/system/", "/var/lib/systemd/deb-systemd-helper-enabled/")
+
+
+def unit_enablement(new: set[str], listed: set[str]) -> set[str]:
+    """What deb-systemd-helper makes to enable the package's own units (the
+    .wants symlinks, its state files) and the directories holding them;
+    purge removes them (checked at the end of the lifecycle)."""
+    units = {os.path.basename(p) for p in listed
+             if p.endswith(".service") and "/systemd/system/" in p}
+    made = {p for p in new if p.startswith(ENABLEMENT_ROOTS)
+            and any(os.path.basename(p).startswith(unit) for unit in units)}
+    holders = {str(parent) for p in made for parent in Path(p).parents
+               if str(parent) + "/" not in ENABLEMENT_ROOTS and str(parent) in new}
+    return made | holders
+
+
 def scenario_lifecycle() -> None:
     """ivle-maint alone: install, upgrade, remove, purge leave nothing behind."""
     prepare_chroot()
@@ -243,9 +259,15 @@ def scenario_lifecycle() -> None:
     empty = snapshot()
     install_ivle_maint()
     listed = set(run("dpkg", "-L", "ivle-maint", show=False).stdout.split())
+    # dpkg names /lib/systemd/... where merged /usr has it under /usr/lib.
+    listed |= {os.path.join(os.path.realpath(os.path.dirname(p)), os.path.basename(p))
+               for p in listed}
     new = set(snapshot()) - set(empty)
-    odd = sorted(p for p in new if p not in listed and "/__pycache__" not in p)
-    check(not odd, f"install created {len(new)} paths, all the package's own or byte-code", odd)
+    enabled = unit_enablement(new, listed)
+    odd = sorted(p for p in new
+                 if p not in listed and p not in enabled and "/__pycache__" not in p)
+    check(not odd, f"install created {len(new)} paths, all the package's own, byte-code or "
+                   "the enablement of its own systemd units", odd)
     check(not any(p.exists() for p in MAINT_DIRS.values()),
           "install created no state, log or run directory")
     run("ivle-maint", "--help", show=False)
