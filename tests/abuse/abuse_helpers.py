@@ -136,3 +136,15 @@ def node_pids(node: Any, argv: bytes) -> list[int]:
     ours = f"IVLECONF={node.conf_dir}\0".encode()
     return [pid for pid, cmdline, environ in live_processes()
             if cmdline == argv and ours in environ]
+
+
+def fill(path: Path, chunk: bytes = b"\0" * 4096) -> None:
+    """Write PATH until its file system is full (ENOSPC ends it)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while os.write(fd, chunk):
+            pass
+    except OSError:
+        pass  # full
+    finally:
+        os.close(fd)

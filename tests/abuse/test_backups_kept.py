@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from abuse_helpers import error_lines, upgraded_state
+from abuse_helpers import error_lines, fill, upgraded_state
 from ivle_maint.config import load_settings
 from ivle_maint.output import RecordingReporter
 from ivle_maint.steps import migrations
@@ -55,14 +55,7 @@ def test_full_backup_disk_is_one_line_and_nothing_half_written(
                     str(site.backup_dir)], check=True)
     try:
         filler = site.backup_dir / "filler"
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            while os.write(fd, b"\0" * 4096):
-                pass
-        except OSError:
-            pass  # full
-        finally:
-            os.close(fd)
+        fill(filler)
         os.truncate(filler, filler.stat().st_size - 8192)  # 8k free: pg_dump starts
         keys = marker_keys(site)
         failed = postinst(site)

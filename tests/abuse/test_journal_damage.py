@@ -11,7 +11,6 @@ resume, and the rerun still knows that the new code is in place.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
 import subprocess
@@ -23,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from abuse_helpers import error_lines, resume_line
+from abuse_helpers import error_lines, fill, resume_line
 from ivle_sandbox import mountns
 from upgrade_helpers import (
     ALL_KEYS,
@@ -123,14 +122,7 @@ def full(directory: Path) -> Iterator[Path]:
     try:
         shutil.copytree(keep / "d", directory, symlinks=True, dirs_exist_ok=True)
         filler = directory / "filler"
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            while os.write(fd, b"\0" * 4096):
-                pass
-        except OSError:
-            pass  # full
-        finally:
-            os.close(fd)
+        fill(filler)
         yield filler
     finally:
         mountns.umount(directory, lazy=True)

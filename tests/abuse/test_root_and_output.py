@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from abuse_helpers import fill
 from upgrade_helpers import (
     REPO,
     at_version_1_0,
@@ -182,14 +183,7 @@ def full_log_dir(node: Any) -> Iterator[Path]:
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0750", "tmpfs", str(log_dir)],
                    check=True)
     try:
-        fd = os.open(log_dir / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            while os.write(fd, b"x" * 512):
-                pass
-        except OSError:
-            pass  # ENOSPC: full
-        finally:
-            os.close(fd)
+        fill(log_dir / "filler", b"x" * 512)
         yield log_dir
     finally:
         subprocess.run(["umount", str(log_dir)], check=False)
