@@ -29,7 +29,7 @@ from typing import Any
 import psycopg2
 from psycopg2 import sql
 
-from ivle_sandbox import procs
+from ivle_sandbox import procs, schema
 from ivle_sandbox.mountns import SandboxError
 from ivle_sandbox.reaper import Reaper
 
@@ -70,11 +70,33 @@ def pg_bindir() -> Path:
     return Path(found[-1]).parent
 
 
+PORT_BASE, PORT_STRIDE = 10_000, 500  # per unixid slot; below the kernel's ephemeral range
+_next_port = 0
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port nobody listens on.  A test process that claimed a unixid slot
+    takes it from that slot's range, which no other test process (another
+    xdist worker, a second run) uses and the kernel never hands out as an
+    ephemeral port: a port picked here is still free when the node binds
+    it.  Otherwise the kernel picks one."""
+    global _next_port
+    slot = schema.claimed_slot
+    for _ in range(PORT_STRIDE if slot is not None else 1):
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if slot is None:
+                sock.bind(("127.0.0.1", 0))
+                port: int = sock.getsockname()[1]
+                return port
+            port = PORT_BASE + slot * PORT_STRIDE + _next_port
+            _next_port = (_next_port + 1) % PORT_STRIDE
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise SandboxError(f"no free port left in slot {slot}'s range")
 
 
 def make_sandbox_root(prefix: str = "ivle-sandbox-") -> Path:

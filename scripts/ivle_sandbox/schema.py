@@ -20,6 +20,7 @@ UNIXID_SLOTS = 40  # ranges claim_unixids() may give, UNIXID_STRIDE apart
 UNIXID_STRIDE = 100_000
 UNIXID_LOCKS = "/run/ivle-sandbox-unixids"
 _claimed: int | None = None  # the descriptor holding our range's lock
+claimed_slot: int | None = None  # which range: postgres.free_port() takes its ports from it too
 
 
 def claim_unixids() -> int:
@@ -30,7 +31,7 @@ def claim_unixids() -> int:
     own.  The range is held by an flock on a file in UNIXID_LOCKS until
     the process ends.  Returns the new FIRST_UNIXID (5000 for the first).
     """
-    global FIRST_UNIXID, _claimed
+    global FIRST_UNIXID, _claimed, claimed_slot
     if _claimed is not None:
         return FIRST_UNIXID
     os.makedirs(UNIXID_LOCKS, mode=0o700, exist_ok=True)
@@ -41,7 +42,7 @@ def claim_unixids() -> int:
         except BlockingIOError:
             os.close(fd)
             continue
-        _claimed, FIRST_UNIXID = fd, 5000 + slot * UNIXID_STRIDE
+        _claimed, claimed_slot, FIRST_UNIXID = fd, slot, 5000 + slot * UNIXID_STRIDE
         return FIRST_UNIXID
     raise RuntimeError(f"all {UNIXID_SLOTS} unixid ranges in use ({UNIXID_LOCKS})")
 
