@@ -3,32 +3,38 @@
 PY := /usr/bin/python3
 PYTEST := $(PY) -m pytest
 
-.PHONY: all deps test test-debian test-pypi lint bench demo deb e2e autopkgtest booted clean
+.PHONY: all deps test suites test-debian test-pypi lint bench demo deb e2e autopkgtest booted clean
 
 all: test
 
 deps:
 	scripts/install-deps --packaging
 
-# The test command (README.md, .ci/run): lint, then the suite on Debian's
-# python3-* libraries and, at the same time, on the newest PyPI releases,
-# then the .deb through real dpkg and apt in a chroot, then booted nodes.
-# Each suite runs in XDIST workers (pytest-xdist; every worker has its own
-# mount namespace, PostgreSQL, $$TMPDIR and users' unixids: tests/conftest.py):
-# the tests mostly wait on PostgreSQL, processes and timeouts, so two suites
-# of two workers each keep the two cores busy.  --output-sync prints each
-# suite's output whole, its closing "N passed" line last.
+# The test command (README.md, .ci/run), in stages timed by
+# scripts/timed-stages (a table at the end): lint, the suite on Debian's
+# python3-* libraries beside the unit and integration tests (the ones that
+# drive psycopg2, configobj, sh, python-debian and psutil through our code)
+# on the newest PyPI releases, then the .deb through real dpkg and apt in a
+# chroot, then booted nodes.  Each suite runs in XDIST workers (pytest-xdist;
+# every worker has its own mount namespace, PostgreSQL, $$TMPDIR, users'
+# unixids and ports: tests/conftest.py): the tests mostly wait on
+# PostgreSQL, processes and timeouts, so two suites of two workers each
+# keep the two cores busy.  --output-sync prints each suite's output
+# whole, its closing "N passed" line last.
 XDIST := -n 2
-test: deps lint
+test:
+	scripts/timed-stages deps lint suites e2e booted
+
+suites:
 	$(MAKE) -j2 --output-sync=target test-debian test-pypi
-	$(MAKE) e2e
-	$(MAKE) booted
 
 test-debian:
 	$(PYTEST) $(XDIST) tests/unit tests/integration tests/abuse
 
+# tests/abuse tests our gates against hostile input, not the libraries'
+# behaviour: they run once, on Debian's libraries (test-debian).
 test-pypi:
-	$$(scripts/pypi-venv) -m pytest $(XDIST) tests/unit tests/integration tests/abuse
+	$$(scripts/pypi-venv) -m pytest $(XDIST) tests/unit tests/integration
 
 lint:
 	venv_py=$$(scripts/pypi-venv) && \
