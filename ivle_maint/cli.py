@@ -31,9 +31,9 @@ exit status:
   0   success (or nothing to do)
   1   a step failed; the message says what, and how to resume
   2   bad input: settings, ivle.conf, the command line (dpkg's arguments
-      to 'hook' too), or [paths] directories, settings, ivle.conf or init
-      scripts that others could write; or a command that needs root (all
-      but 'settings') run by another user
+      to 'hook' too), or [paths] directories, settings, ivle.conf, init
+      scripts, programs or a source tree that others could write; or a
+      command that needs root (all but 'settings') run by another user
   75  another ivle-maint holds the node or migration lock; try again later
   130 interrupted (Ctrl-C, SIGINT): the running statement is cancelled, the
       step journaled as interrupted; the message says how to resume

@@ -159,7 +159,7 @@ force = boolean(default=False)
 
 [cluster]
 # Coordinate upgrades with the other nodes through IVLE's database
-# (tables ivle_maint_nodes and ivle_maint_media; see README "Clusters"):
+# (tables ivle_maint_nodes and ivle_maint_media; see doc/clusters.md):
 # every node records its version and phase there, the master migrates
 # only once no slave serves the old code, a slave starts its web server
 # on new code only once the master applied the migrations it ships, and

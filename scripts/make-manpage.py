@@ -158,7 +158,10 @@ def epilog_sections(epilog: str) -> tuple[list[tuple[str, str]], str]:
             in_table = True
         elif in_table and line.strip():
             code, _, meaning = line.strip().partition(" ")
-            statuses.append((code, meaning.strip()))
+            if code.isdigit() or not statuses:
+                statuses.append((code, meaning.strip()))
+            else:  # a wrapped line of the status above
+                statuses[-1] = (statuses[-1][0], f"{statuses[-1][1]} {line.strip()}")
         else:
             in_table = False
             rest.append(line)
@@ -198,15 +201,19 @@ def spec_groups(spec: str) -> tuple[list[str], list[Group]]:
 def describe_check(check: str) -> str:
     """'option('a', 'b', default='a')' -> "one of a, b; default: a"."""
     kind = check.split("(", 1)[0]
+    listed = re.search(r"default=list\(([^)]*)\)", check)
     default = re.search(r"default=(?:'([^']*)'|([^,)]+))", check)
-    value = "" if default is None else (default.group(1) if default.group(1) is not None
-                                        else default.group(2))
+    if listed is not None:  # string_list(default=list('a', 'b')) -> "a, b"
+        value = ", ".join(re.findall(r"'([^']*)'", listed.group(1)))
+    else:
+        value = "" if default is None else (default.group(1) if default.group(1) is not None
+                                            else default.group(2))
     shown = "empty" if value == "" else value
     if kind == "option":
         choices = re.findall(r"'([^']*)'", check.split("default=", maxsplit=1)[0])
         return f"one of {', '.join(choices)}; default: {shown}"
     names = {"string": "text", "float": "seconds (a number)", "integer": "an integer",
-             "boolean": "true or false"}
+             "boolean": "true or false", "string_list": "a comma-separated list of names"}
     limits = re.search(r"min=([0-9.]+)", check)
     least = f", at least {limits.group(1)}" if limits else ""
     return f"{names.get(kind, kind)}{least}; default: {shown}"
@@ -288,7 +295,8 @@ def manpage(date: str) -> str:
         ".SH SEE ALSO",
         "\\fBivle\\-maint.conf\\fR(5), \\fBdh_ivle_maint\\fR(1), \\fBdpkg\\fR(1), "
         "\\fBinvoke\\-rc.d\\fR(8), \\fBpg_dump\\fR(1),",
-        "\\fI/usr/share/doc/ivle\\-maint/README.md.gz\\fR",
+        "\\fI/usr/share/doc/ivle\\-maint/README.md.gz\\fR (and the other pages there:",
+        "operations, clusters, package\\-maintainer, design)",
     ]
     return "\n".join(out) + "\n"
 

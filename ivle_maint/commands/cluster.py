@@ -20,7 +20,7 @@ the old code, and rebuilds the shared jail tree only once no slave has a
 jail mounted or a console running; a slave starts its web server on new
 code only once the master has applied its migrations, rebuilt the jail
 template and the user jails and restarted usrmgt.  See [cluster] in
-'ivle-maint settings --spec' and README.md, "Clusters"."""
+'ivle-maint settings --spec' and /usr/share/doc/ivle-maint/clusters.md."""
 
 
 def register(sub: Any) -> None:

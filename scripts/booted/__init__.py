@@ -5,5 +5,5 @@ mod_python, PostgreSQL 15 and the python3 libraries; node.py boots nodes
 from it with systemd-nspawn --volatile=overlay and runs commands inside;
 standin.py builds the stand-in IVLE package with dpkg-buildpackage;
 probe.py is the client that watches a site during an upgrade.
-See /work/shared/SYSTEMD-NODES.md's facts in README.md ("Booted nodes").
+See /work/shared/SYSTEMD-NODES.md's facts in doc/developing.md ("Booted nodes").
 """

@@ -175,7 +175,7 @@ ivle ({version}) unstable; urgency=medium
  -- ivle-maint end-to-end test <root@localhost>  Tue, 24 Nov 2026 21:00:00 +0000
 """
 
-# As IVLE's debian/rules must say (README "What IVLE's package adds"): the
+# As IVLE's debian/rules must say (doc/package-maintainer.md): the
 # user management server is restarted by ivle-maint after the migrations,
 # so dh_installinit neither stops it before the upgrade nor restarts it
 # after; it only enables it (and starts it on a fresh install).  apache2's

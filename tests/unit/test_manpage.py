@@ -76,3 +76,30 @@ def test_pages_render_without_warnings(tmp_path, conf):
                           check=False)
     assert done.returncode == 0 and done.stderr == "", done.stderr
     assert "FILES" in done.stdout
+
+
+def test_exit_status_has_one_entry_per_status_with_wrapped_lines_joined():
+    page = load_script().manpage("2026-01-01")
+    section = page.split(".SH EXIT STATUS\n", 1)[1].split(".SH ", 1)[0]
+    codes = [line[3:-3] for line in section.splitlines() if line.startswith("\\fB")]
+    assert codes == ["0", "1", "2", "75", "130", "143"]
+    assert "dpkg's arguments to 'hook' too" in section.replace("\\-", "-")
+
+
+def test_a_list_default_is_shown_whole():
+    page = load_script().conf_manpage("2026-01-01")
+    assert "sites: a comma\\-separated list of names; default: ivle\n" in page
+    assert "list(" not in page
+
+
+def test_dh_ivle_maint_see_also_names_a_file_its_package_installs():
+    repo = SCRIPT.parents[1]
+    pod = (repo / "debhelper" / "dh_ivle_maint").read_text()
+    see_also = pod.split("=head1 SEE ALSO", 1)[1].split("=head1", 1)[0]
+    docs = (repo / "debian" / "dh-ivle-maint.docs").read_text().split()
+    named = [f"F</usr/share/doc/dh-ivle-maint/{Path(doc).name}.gz>" for doc in docs]
+    assert any(name in see_also for name in named), see_also
+    for doc in docs:
+        assert (repo / doc).is_file()
+    for doc in (repo / "debian" / "ivle-maint.docs").read_text().split():
+        assert (repo / doc).is_file(), doc
