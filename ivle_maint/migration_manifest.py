@@ -13,6 +13,10 @@ JSON lines, so no line of it can end the here-document that carries it:
 Each file's text is checked against its sha256 (a preinst edited by hand
 or truncated fails here, before anything stops), then written to a
 temporary directory that the preflight checks as the new migrations.
+
+`ivle-maint plan --new-migrations` reads the same manifest, or the whole
+preinst that carries it (`dpkg-deb --info ivle_NEW.deb preinst`), so that
+an operator sees the new version's pending migrations before upgrading.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from .gates import trusted, waits
 from .gates.rewrite import replace_file
 
 FORMAT = "ivle-maint-migrations/1"
+# The here-document around the manifest in dh_ivle_maint's preinst snippet
+# (debhelper/autoscripts/preinst-ivle-maint).
+HEREDOC = "IVLE_MAINT_MIGRATIONS"
 
 
 @dataclass(frozen=True)
@@ -55,9 +62,26 @@ def _record(line: str, number: int, where: str) -> dict[str, object]:
     return record
 
 
+def _from_preinst(text: str, where: str) -> str:
+    """The manifest inside a preinst dh_ivle_maint wrote; other text as it is.
+
+    A manifest's own lines are JSON objects, so the opening line of the
+    here-document can only come from a script around it.
+    """
+    opening = f"<<'{HEREDOC}'\n"
+    if text.startswith("#!") and opening not in text:
+        raise MaintError(f"{where}: a script without dh_ivle_maint's migrations manifest "
+                         "(a package built without dh-sequence-ivle-maint?)")
+    if opening not in text or text.lstrip().startswith("{"):
+        return text
+    body = text.split(opening, 1)[1]
+    return body.split(f"\n{HEREDOC}\n", 1)[0] if f"\n{HEREDOC}\n" in body else body
+
+
 def parse(text: str, where: str = "migrations manifest") -> Manifest:
-    """Check and read a manifest; any defect is a one-line MaintError."""
-    lines = [line for line in text.splitlines() if line.strip()]
+    """Check and read a manifest, or the preinst that carries one; any
+    defect is a one-line MaintError."""
+    lines = [line for line in _from_preinst(text, where).splitlines() if line.strip()]
     if not lines:
         raise MaintError(f"{where}: empty (expected a {FORMAT} header)")
     header = _record(lines[0], 1, where)

@@ -18,8 +18,11 @@ if TYPE_CHECKING:
     from .context import UpgradeContext
 
 
-def _migration_lines(ctx: UpgradeContext) -> list[str]:
-    status = migrations.status(ctx.settings, migrations_dir=ctx.migrations, reporter=ctx.reporter)
+def _migration_lines(ctx: UpgradeContext, source: str | None) -> list[str]:
+    # The new version's migrations when they are known (--migrations, or
+    # the new package's manifest as ctx.new_migrations), else the installed ones.
+    directory = ctx.preflight_migrations
+    status = migrations.status(ctx.settings, migrations_dir=directory, reporter=ctx.reporter)
     if status.unmarked:
         try:
             recorded, pending = classified_after_baseline(ctx)
@@ -30,11 +33,17 @@ def _migration_lines(ctx: UpgradeContext) -> list[str]:
         problems: list[str] = []
     else:
         plan = migrations.preflight(
-            ctx.settings, migrations_dir=ctx.migrations, accept_changed=ctx.accept_changed,
+            ctx.settings, migrations_dir=directory, accept_changed=ctx.accept_changed,
             allow_out_of_order=ctx.allow_out_of_order, reporter=ctx.reporter, check=False,
         )
         pending, problems, lines = plan.pending, plan.problems, []
-    lines.append(f"pending migrations in {ctx.migrations}: {len(pending)}")
+    lines.append(f"pending migrations in {source or directory}: {len(pending)}")
+    if ctx.new_migrations is None and ctx.migrations_dir is None:
+        # Before the upgrade these are the old version's files: say so, or
+        # "0 pending" reads as "NEW has no migrations".
+        lines.append(f"  (read [paths] migrations, the installed version's files; {ctx.new}'s "
+                     "may add more: give --new-migrations with its package's preinst, or "
+                     "--migrations DIR)")
     lines += [f"  {c.key} ({c.mode})" for c in pending]
     lines += [f"  blocked: {problem}" for problem in problems]
     return lines
@@ -71,8 +80,12 @@ def _cluster_lines(ctx: UpgradeContext) -> list[str]:
     return lines
 
 
-def describe(ctx: UpgradeContext) -> list[str]:
-    """Lines for a person: role, steps in order, services, migrations, media."""
+def describe(ctx: UpgradeContext, migrations_source: str | None = None) -> list[str]:
+    """Lines for a person: role, steps in order, services, migrations, media.
+
+    migrations_source: what to call ctx.new_migrations (a temporary copy of
+    the new package's manifest) in the output.
+    """
     settings = ctx.settings
     role = settings.role
     services = settings["services"]
@@ -83,7 +96,7 @@ def describe(ctx: UpgradeContext) -> list[str]:
     ]
     lines += [f"  {s.phase:6} {s.name:15} {s.title}" for s in steps_for(role)]
     if role in ("master", "both"):
-        lines += _migration_lines(ctx)
+        lines += _migration_lines(ctx, migrations_source)
     if role in ("slave", "both"):
         lines.append(maintenance.plan_line(ctx.settings, ctx.during_upgrade))
         lines.append(schema_hold.status_line(ctx.settings))

@@ -25,7 +25,14 @@ def register(sub: Any) -> None:
         f"change of an upgrade from OLD to NEW on this node; {ROLE_HELP}.",
     )
     _versions(plan, required_to=True)
-    plan.add_argument("--migrations", metavar="DIR", type=Path, help="the new migrations")
+    new_migrations = plan.add_mutually_exclusive_group()
+    new_migrations.add_argument("--migrations", metavar="DIR", type=Path,
+                                help="the new migrations (default: [paths] migrations, the "
+                                "installed version's)")
+    new_migrations.add_argument(
+        "--new-migrations", metavar="FILE",
+        help="the new package's migrations: its preinst ('dpkg-deb --info ivle_NEW.deb "
+        "preinst'), or the manifest dh_ivle_maint put in it ('-': stdin)")
     plan.add_argument("--during-upgrade", choices=("stop", "maintenance"),
                       help="plan with this mode instead of [web] during_upgrade")
     plan.set_defaults(func=cmd_plan)
@@ -148,7 +155,21 @@ def cmd_plan(ctx: Context) -> int:
     _checked_versions(ctx, "plan")
     up = _context(ctx, old=_old_version(ctx), new=ctx.args.new,
                   migrations_dir=ctx.args.migrations)
-    for line in describe(up):
+    if ctx.args.new_migrations is None:
+        lines = describe(up)
+    else:
+        from ..migration_manifest import read
+
+        manifest = read(ctx.args.new_migrations)
+        source = "stdin" if ctx.args.new_migrations == "-" else ctx.args.new_migrations
+        owner = f"{manifest.package or 'ivle'} {manifest.version or up.new}"
+        with tempfile.TemporaryDirectory(prefix="ivle-maint-plan-") as directory:
+            up.new_migrations = manifest.write_to(Path(directory))
+            # The temporary copy is gone when the plan is read: name the package's files.
+            lines = [line.replace(f"{directory}/", f"{owner}'s migration ")
+                     .replace(directory, f"{owner}'s migrations")
+                     for line in describe(up, f"{owner}'s manifest ({source})")]
+    for line in lines:
         print(line)
     return 0
 

@@ -4,7 +4,7 @@ Every node boots the cached tree with --volatile=overlay (its writes go to
 a tmpfs and vanish), joins a network namespace the test made (so nodes
 share a loopback and use distinct ports), and runs without machined:
 --register=no --keep-unit, after the launching shell moved itself into
-fresh cgroups of both hierarchies (SYSTEMD-NODES.md).  Commands run inside
+fresh cgroups of both hierarchies (nspawn then uses them, not machined's).  Commands run inside
 through nsenter into the guest's PID 1.
 
 `cluster(...)` is the context manager a test uses: on leaving it, however

@@ -20,8 +20,12 @@ ivle.conf in its asset URL; the asset answers 404 for any other version.
   (a no-op, the old server still runs), so ivle-maint's restart-usrmgt step,
   after the migrations, is the restart;
 - trap: plain dh_installinit (compat 13 default: `restart` in the postinst,
-  at #DEBHELPER#, before ivle-maint's line): the new usrmgt is started on
-  the old schema, fails, and the postinst exits before ivle-maint runs.
+  at #DEBHELPER#, before the hand-written ivle-maint line of scripts/ivle-hooks): the new usrmgt is started on
+  the old schema, fails, and the postinst exits before ivle-maint runs;
+- unit: fixed, and the package also ships a native systemd unit for usrmgt
+  (lintian asks for one), installed by dh_installsystemd with the same
+  options: its postinst snippet only `start`s the unit, so usrmgt still
+  restarts once, by ivle-maint.
 """
 
 from __future__ import annotations
@@ -254,6 +258,29 @@ override_dh_installinit:
 \tdh_installinit --name=ivle-usrmgt-server
 """
 
+# Both tools with the options: dh_installsystemd's compat 13 default would
+# restart the unit in the postinst after ivle-maint did (a second restart).
+RULES_UNIT = RULES_FIXED + """
+override_dh_installsystemd:
+\tdh_installsystemd --name=ivle-usrmgt-server --no-stop-on-upgrade --no-restart-after-upgrade
+"""
+
+# The native unit beside the init script; the schema check and the pid file
+# as the init script has them (guest.py reads the pid file).
+USRMGT_UNIT = """\
+[Unit]
+Description=IVLE user management server (stand-in unit)
+After=network.target postgresql.service
+
+[Service]
+ExecStartPre=/usr/bin/python3 /usr/lib/ivle/services/usrmgt-server --check-schema
+ExecStart=/usr/bin/python3 /usr/lib/ivle/services/usrmgt-server
+ExecStartPost=/bin/sh -c 'echo $$MAINPID > /run/ivle-usrmgt-server.pid'
+ExecStopPost=/bin/rm -f /run/ivle-usrmgt-server.pid
+
+[Install]
+WantedBy=multi-user.target
+"""
 
 PLAIN_SCRIPT = "#!/bin/sh\nset -e\n\n#DEBHELPER#\n\nexit 0\n"
 
@@ -267,6 +294,7 @@ class Spec:
     rules: str = RULES_FIXED
     variant: str = ""
     hooks: bool = True  # False: no ivle-maint lines (upgraded by hand, as IVLE's docs say)
+    unit: bool = False  # True: a native systemd unit for usrmgt too (RULES_UNIT)
 
 
 def version_a(rules: str = RULES_FIXED) -> Spec:
@@ -322,6 +350,8 @@ def source_tree(spec: Spec, src: Path) -> None:
            f"  * Stand-in {spec.version}{' (' + spec.variant + ')' if spec.variant else ''}.\n\n"
            f" -- ivle-maint booted-node tests <root@localhost>  {CHANGELOG_DATES[spec.version]}\n")
     _write(debian / "ivle.ivle-usrmgt-server.init", USRMGT_INIT, 0o755)
+    if spec.unit:
+        _write(debian / "ivle.ivle-usrmgt-server.service", USRMGT_UNIT)
     for script in ("preinst", "postinst", "prerm", "postrm"):
         text = (HOOKS / script).read_text() if spec.hooks else PLAIN_SCRIPT
         _write(debian / f"ivle.{script}", text, 0o755)
@@ -362,6 +392,7 @@ def repositories(out: Path, ivle_maint_deb: Path) -> dict[str, Path]:
 
     good: 1.0 and 1.1; badmigration: 1.0 and a 1.1 whose first new migration
     fails; trap: 1.0 and 1.1 built with debhelper's default dh_installinit;
+    unit: 1.0 and 1.1 with a native unit for usrmgt (RULES_UNIT);
     manual: 1.0 and 1.1 without ivle-maint's lines (the benchmark's twin,
     upgraded by IVLE's documented commands).
     """
@@ -370,6 +401,8 @@ def repositories(out: Path, ivle_maint_deb: Path) -> dict[str, Path]:
         "good": (version_a(), version_b()),
         "badmigration": (version_a(), version_b_bad_migration()),
         "trap": (version_a(RULES_TRAP), version_b(RULES_TRAP)),
+        "unit": (Spec(**{**version_a(RULES_UNIT).__dict__, "unit": True}),
+                 Spec(**{**version_b(RULES_UNIT).__dict__, "unit": True})),
         "manual": (Spec(**{**version_a().__dict__, "hooks": False}),
                    Spec(**{**version_b().__dict__, "hooks": False})),
     }

@@ -104,6 +104,24 @@ def test_upgrade(repos):
         assert guest.run("dpkg", "--audit").stdout.strip() == ""
 
 
+def test_upgrade_with_a_unit(repos):
+    """IVLE's package with a native unit for usrmgt, dh_installsystemd given the
+    options (RULES_UNIT): usrmgt restarts once, by ivle-maint after the migrations."""
+    with scenario.prepared_nodes(["ivle-node"], "unit", repos) as guests:
+        guest = guests["ivle-node"]
+        fragment = guest.run("systemctl", "show", "-p", "FragmentPath",
+                             "ivle-usrmgt-server.service", check=True).stdout.strip()
+        assert fragment.endswith("/lib/systemd/system/ivle-usrmgt-server.service"), fragment
+        before = guest.facts()
+        since, done, probe = upgrade_watched(guest, "apt-get", "upgrade", "-y", "-q")
+        assert done.returncode == 0
+        postinst = guest.run("cat", "/var/lib/dpkg/info/ivle.postinst", check=True).stdout
+        assert "deb-systemd-invoke start 'ivle-usrmgt-server.service'" in postinst
+        # check_upgraded: usrmgt's jobs are exactly one Stopped, Started, after the migrations.
+        check_upgraded(before, guest.facts(), since)
+        check_probe(probe)
+
+
 MAINTENANCE_ENV = ("env", "IVLE_MAINT_DURING_UPGRADE=maintenance")
 # In maintenance mode Apache is never stopped: two graceful restarts.
 RELOADS = ("Reloaded", "Reloaded")

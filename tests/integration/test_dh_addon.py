@@ -57,6 +57,16 @@ CHANGELOG = """ivle (9.9) unstable; urgency=medium
  -- test <root@localhost>  Tue, 24 Nov 2026 21:00:00 +0000
 """
 GOOD_OPTIONS = "--no-stop-on-upgrade --no-restart-after-upgrade"
+# The unit lintian asks IVLE's package for, beside the init script.
+UNIT = """[Unit]
+Description=IVLE user management server
+
+[Service]
+ExecStart=/usr/sbin/ivle-usrmgt-server
+
+[Install]
+WantedBy=multi-user.target
+"""
 
 
 def addon_tree(tmp: Path) -> Path:
@@ -73,7 +83,9 @@ def addon_tree(tmp: Path) -> Path:
 
 
 def build(tmp: Path, files: dict[str, bytes], options: str = GOOD_OPTIONS,
-          ) -> tuple[subprocess.CompletedProcess[str], Path]:
+          systemd_options: str | None = None) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """Build the package; with SYSTEMD_OPTIONS it also ships a unit, which
+    dh_installsystemd handles (with those options: "" is its default)."""
     addon = addon_tree(tmp)
     src = tmp / "ivle-9.9"
     (src / "debian/source").mkdir(parents=True)
@@ -85,7 +97,11 @@ def build(tmp: Path, files: dict[str, bytes], options: str = GOOD_OPTIONS,
     (src / "debian/changelog").write_text(CHANGELOG)
     (src / "debian/rules").write_text(
         f"#!/usr/bin/make -f\n%:\n\tdh $@\n\noverride_dh_installinit:\n"
-        f"\tdh_installinit --name=ivle-usrmgt-server {options}\n")
+        f"\tdh_installinit --name=ivle-usrmgt-server {options}\n"
+        + ("" if systemd_options is None else "\noverride_dh_installsystemd:\n"
+           f"\tdh_installsystemd --name=ivle-usrmgt-server {systemd_options}\n"))
+    if systemd_options is not None:
+        (src / "debian/ivle.ivle-usrmgt-server.service").write_text(UNIT)
     (src / "debian/rules").chmod(0o755)
     (src / "debian/ivle.install").write_text(
         "userdb/migrations/* usr/share/ivle/userdb/migrations/\n")
@@ -161,3 +177,77 @@ def test_a_migration_that_is_not_utf8_fails_the_build(tmp_path):
     done, _ = build(tmp_path, {"20100301-01.sql": b"SELECT '\xff';\n"})
     assert done.returncode != 0
     assert "20100301-01.sql is not UTF-8 text" in done.stderr + done.stdout
+
+
+def run_postinst(tmp: Path, control: Path, *args: str) -> list[str]:
+    """The built postinst, run as on a booted systemd node: stand-ins on
+    PATH record every service call, and /run/systemd/system exists in a
+    private mount namespace (the host's /run is left alone)."""
+    bin_dir, run, log = tmp / "recorders", tmp / "run", tmp / "calls"
+    bin_dir.mkdir()
+    (run / "systemd/system").mkdir(parents=True)
+    recorder = bin_dir / "record"
+    recorder.write_text('#!/bin/sh\necho "${0##*/} $*" >> "$CALLS"\n')
+    recorder.chmod(0o755)
+    for name in ("ivle-maint", "deb-systemd-invoke", "deb-systemd-helper", "systemctl",
+                 "invoke-rc.d", "update-rc.d"):
+        (bin_dir / name).symlink_to(recorder)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(log)}
+    subprocess.run(["unshare", "--mount", "sh", "-c", 'mount --bind "$0" /run && exec "$@"',
+                    str(run), "sh", str(control / "postinst"), *args], env=env, check=True)
+    return log.read_text().splitlines()
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                                reason="needs root and unshare for a private /run")
+
+
+@needs_root
+def test_a_unit_with_plain_dh_installsystemd_is_warned_about_and_restarts_twice(tmp_path):
+    done, control = build(tmp_path, {n: t.encode() for n, t in MIGRATIONS.items()},
+                          systemd_options="")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert ("dh_ivle_maint: warning: ivle: dh_installsystemd's postinst snippet restarts "
+            "ivle-usrmgt-server on upgrade") in done.stderr
+    assert "dh_installinit's" not in done.stderr  # its options are right: only one warning
+    calls = run_postinst(tmp_path, control, "configure", "9.8")
+    # What the warning is about: ivle-maint restarts usrmgt, then debhelper again.
+    assert calls.index("ivle-maint hook postinst configure 9.8") < calls.index(
+        "deb-systemd-invoke restart ivle-usrmgt-server.service")
+
+
+@needs_root
+def test_a_unit_with_the_options_is_only_started(tmp_path):
+    done, control = build(tmp_path, {n: t.encode() for n, t in MIGRATIONS.items()},
+                          systemd_options=GOOD_OPTIONS)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "warning" not in done.stderr.lower()
+    assert (control / "preinst").read_text().count("deb-systemd-invoke") == 0
+    calls = run_postinst(tmp_path, control, "configure", "9.8")
+    service = [c for c in calls if c.startswith(("deb-systemd-invoke", "invoke-rc.d"))]
+    # ivle-maint's restart (after the migrations) is the only one.
+    assert service == ["deb-systemd-invoke start ivle-usrmgt-server.service"]
+    assert calls.index("ivle-maint hook postinst configure 9.8") < calls.index(service[0])
+
+
+def test_dh_installsystemds_preinst_stop_is_warned_about(tmp_path):
+    # Restarting after the upgrade is off, stopping before it is not.
+    done, control = build(tmp_path, {n: t.encode() for n, t in MIGRATIONS.items()},
+                          systemd_options="--no-restart-after-upgrade")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "deb-systemd-invoke stop 'ivle-usrmgt-server.service'" in (
+        control / "preinst").read_text()
+    assert ("dh_ivle_maint: warning: ivle: dh_installsystemd's preinst snippet stops "
+            "ivle-usrmgt-server on upgrade") in done.stderr
+    assert "postinst snippet" not in done.stderr
+
+
+def test_the_addon_runs_after_dh_installsystemd(tmp_path):
+    done, _ = build(tmp_path, {n: t.encode() for n, t in MIGRATIONS.items()},
+                    systemd_options=GOOD_OPTIONS)
+    assert done.returncode == 0
+    order = [line.strip() for line in done.stdout.splitlines()
+             if line.strip() in ("dh_installinit", "dh_installsystemd", "dh_ivle_maint")
+             or "override_dh_install" in line]
+    assert order.index("dh_ivle_maint") > max(
+        i for i, line in enumerate(order) if "dh_installsystemd" in line)
