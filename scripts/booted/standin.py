@@ -20,7 +20,8 @@ ivle.conf in its asset URL; the asset answers 404 for any other version.
   (a no-op, the old server still runs), so ivle-maint's restart-usrmgt step,
   after the migrations, is the restart;
 - trap: plain dh_installinit (compat 13 default: `restart` in the postinst,
-  at #DEBHELPER#, before the hand-written ivle-maint line of scripts/ivle-hooks): the new usrmgt is started on
+  at #DEBHELPER#, before the hand-written ivle-maint line of scripts/ivle-hooks):
+  the new usrmgt is started on
   the old schema, fails, and the postinst exits before ivle-maint runs;
 - unit: fixed, and the package also ships a native systemd unit for usrmgt
   (lintian asks for one), installed by dh_installsystemd with the same
