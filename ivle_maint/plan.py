@@ -7,12 +7,13 @@ from typing import TYPE_CHECKING
 from .cluster.admin import read_status
 from .cluster.presence import coordinated
 from .cluster.waits import serving_old
+from .db import migrations
 from .errors import MaintError
 from .gates import schema_hold
+from .media.version import plan_media_version
 from .preflight import classified_after_baseline
 from .procedure import steps_for
-from .steps import maintenance, migrations
-from .steps.media import plan_media_version
+from .services import maintenance_page
 
 if TYPE_CHECKING:
     from .context import UpgradeContext
@@ -98,7 +99,7 @@ def describe(ctx: UpgradeContext, migrations_source: str | None = None) -> list[
     if role in ("master", "both"):
         lines += _migration_lines(ctx, migrations_source)
     if role in ("slave", "both"):
-        lines.append(maintenance.plan_line(ctx.settings, ctx.during_upgrade))
+        lines.append(maintenance_page.plan_line(ctx.settings, ctx.during_upgrade))
         lines.append(schema_hold.status_line(ctx.settings))
         lines.append(_media_line(ctx))
     lines += _cluster_lines(ctx)

@@ -65,6 +65,8 @@ from psycopg2 import sql
 
 from . import jaildir, system
 from .cluster import media as cluster_media
+from .consoles import jail_processes
+from .db import migrations
 from .db.classify import Classified, classify
 from .db.connect import connect, params_from_settings
 from .db.discovery import check_writers, discover
@@ -75,10 +77,10 @@ from .gates.rewrite import check_rewritable, replace_file
 from .gates.schema_hold import RELEASE_FILE
 from .installed import INSTALLED_RECORD, old_migration_files
 from .journal import Journal
+from .media.version import MEDIA_RECORD, plan_media_version
 from .safepaths import read_nofollow
-from .steps import consoles, maintenance, media, migrations
-from .steps.media import plan_media_version
-from .steps.services import check_init_scripts
+from .services import maintenance_page
+from .services.init_scripts import check_init_scripts
 from .versions import check_upgrade
 
 if TYPE_CHECKING:
@@ -348,7 +350,7 @@ def check_jail_mounts(ctx: UpgradeContext) -> None:
     no process in a jail is one the consoles step would refuse to stop (an
     administrator's shell: gates.processes)."""
     jaildir.check(ctx.ivle_conf)
-    consoles.refuse_foreign_for(ctx.settings)
+    jail_processes.refuse_foreign_for(ctx.settings)
 
 
 def check_rewrites(ctx: UpgradeContext) -> None:
@@ -358,7 +360,7 @@ def check_rewrites(ctx: UpgradeContext) -> None:
     paths = {Journal.file_for(state, ctx.old, ctx.new): "the upgrade's journal",
              state / INSTALLED_RECORD: "the record of the installed version"}
     if settings.role in ("slave", "both"):  # ivle.conf itself: check_media
-        paths[state / media.RECORD_NAME] = "the record of media versions"
+        paths[state / MEDIA_RECORD] = "the record of media versions"
         paths[state / RELEASE_FILE] = "the schema hold's release (start-web writes it)"
     if settings.role in ("master", "both") and settings["database"]["backup"]:
         paths[settings.path_of("backup") / PINS_FILE] = "the record of pinned dumps"
@@ -393,7 +395,7 @@ def check(ctx: UpgradeContext) -> None:
     check_state_room(ctx)
     if ctx.settings.role in ("slave", "both"):
         check_jail_mounts(ctx)
-        maintenance.preflight(ctx.settings, ctx.during_upgrade)
+        maintenance_page.preflight(ctx.settings, ctx.during_upgrade)
     if ctx.settings.role in ("master", "both"):
         check_jail_tree(ctx)
         pending = check_database(ctx)

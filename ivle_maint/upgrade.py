@@ -23,6 +23,7 @@ from .cluster.presence import Presence
 from .config import Settings
 from .context import BEFORE, Step, UpgradeContext
 from .db.backup import remove_leftovers
+from .db.migrations import upgrade_completed
 from .errors import MaintError
 from .gates.rewrite import patch_in_place
 from .installed import read_installed, record_installed
@@ -32,7 +33,6 @@ from .logfile import limits, run_log
 from .procedure import STEPS
 from .runner import Procedure
 from .safepaths import check_settings_dirs
-from .steps.migrations import upgrade_completed
 from .summary import summary_lines
 
 __all__ = ["UpgradeContext", "abort", "run_phases", "unfinished", "unfinished_matching"]

@@ -13,8 +13,8 @@ from ..dpkg import package_version
 from ..errors import ConfigError, MaintError
 from ..installed import recorded_version
 from ..journal import unfinished
-from ..steps.maintenance import in_maintenance
-from ..steps.services import RUNNING, control_from_settings
+from ..services.init_scripts import RUNNING, control_from_settings
+from ..services.maintenance_page import in_maintenance
 from . import probe, table, trust
 from .ages import human_age
 from .presence import REPORT_WAIT, Presence, coordinated, errors_as_maint, name_holder

@@ -1,7 +1,7 @@
 """One media version for every slave, agreed through ivle_maint_media.
 
 Alone, each slave derives the value from the version being installed and
-its own record (steps/media.py): fresh slaves that went through the same
+its own record (media/version.py): fresh slaves that went through the same
 upgrades compute the same value.  Histories can differ, though: a slave
 added later, one whose state was lost, one reinstalled alone.  So a
 coordinated slave asks the database first:
@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MaintError
-from ..steps.media import Record, next_value, plan_media_version, reinstall_number
+from ..media.version import Record, next_value, plan_media_version, reinstall_number
 from . import table
 
 if TYPE_CHECKING:

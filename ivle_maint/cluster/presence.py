@@ -27,17 +27,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import psycopg2
 
 from .. import liveness
+from ..consoles.jail_processes import list_consoles
 from ..context import BEFORE, SLAVE, Step, select_steps, serving
 from ..db.apply import pg_reason
 from ..db.connect import connect, params_from_settings
 from ..errors import MaintError
 from ..gates import trusted
 from ..gates.rewrite import replace_file, write_state_file
+from ..jails.mounts import list_jail_mounts
 from ..safepaths import read_nofollow
-from ..steps.consoles import list_consoles
-from ..steps.maintenance import in_maintenance
-from ..steps.mounts import list_jail_mounts
-from ..steps.services import RUNNING, control_from_settings
+from ..services.init_scripts import RUNNING, control_from_settings
+from ..services.maintenance_page import in_maintenance
 from . import table
 from .trust import RUNNING_PHASES, second_master
 

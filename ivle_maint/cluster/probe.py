@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "ip6-localhost")
 NOT_SERVING_STATUS = 503
-MAINTENANCE_HEADER = "X-IVLE-Maintenance"  # steps/maintenance.py's answer
+MAINTENANCE_HEADER = "X-IVLE-Maintenance"  # services/maintenance_page.py's answer
 
 
 @dataclass(frozen=True)

@@ -39,16 +39,16 @@ def register(sub: Any) -> None:
 
 def cmd_consoles(ctx: Context) -> int:
     """Print the jail processes, or stop them."""
+    from ..consoles import jail_processes
     from ..gates.text import shown
-    from ..steps import consoles
 
     if ctx.args.action == "stop":
         ctx.refuse_unsafe()  # ivle.conf names the jails whose processes are signalled
-        result = consoles.stop_consoles_for(ctx.settings, ctx.reporter)
+        result = jail_processes.stop_consoles_for(ctx.settings, ctx.reporter)
         ctx.reporter.info(result.summary)
         return 0
     ivle = ctx.settings.ivle_conf()
-    found = consoles.list_consoles(ivle.jail_mounts, share=ivle.share, src=ivle.jail_src)
+    found = jail_processes.list_consoles(ivle.jail_mounts, share=ivle.share, src=ivle.jail_src)
     if found:
         print(f"{'PID':>7} {'USER':<12} {'JAIL':<12} {'WHY':<15} COMMAND")
     for proc in found:  # a login, a jail's name, a command line: escaped

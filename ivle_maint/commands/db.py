@@ -1,6 +1,6 @@
 """ivle-maint db: the database migrations (status, baseline, migrate, backup).
 
-Thin functions over ivle_maint.steps.migrations: each builds what it
+Thin functions over ivle_maint.db.migrations: each builds what it
 needs from the settings and prints the result; none talks SQL.
 """
 
@@ -93,7 +93,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 def show_status(ctx: Context) -> int:
     """Print every shipped migration's state, and what would block migrate."""
-    from ..steps import migrations
+    from ..db import migrations
 
     st = migrations.status(ctx.settings, migrations_dir=ctx.args.migrations, reporter=ctx.reporter)
     changed = {c.key: c for c in st.changed}
@@ -128,12 +128,12 @@ def show_status(ctx: Context) -> int:
 
 def run_baseline(ctx: Context) -> int:
     """Record migrations up to THROUGH as applied."""
+    from ..db import migrations
     from ..errors import UsageError
-    from ..steps import migrations
 
     ctx.refuse_unsafe()
     try:
-        result = migrations.baseline(
+        result = migrations.record_baseline(
             ctx.settings,
             ctx.args.through,
             ctx.reporter,
@@ -181,7 +181,7 @@ def _print_plan(plan: Any, backup: bool) -> None:
 
 def run_migrate(ctx: Context) -> int:
     """Apply pending migrations, or show them with --dry-run."""
-    from ..steps import migrations
+    from ..db import migrations
 
     args = ctx.args
     options: dict[str, Any] = {
@@ -196,7 +196,7 @@ def run_migrate(ctx: Context) -> int:
         plan.raise_problems()
         return 0
     ctx.refuse_unsafe("backup")
-    result = migrations.migrate(
+    result = migrations.apply_migrations(
         ctx.settings,
         ctx.reporter,
         backup=False if args.no_backup else None,
@@ -211,7 +211,7 @@ def run_migrate(ctx: Context) -> int:
 
 def run_backup(ctx: Context) -> int:
     """pg_dump the database now."""
-    from ..steps import migrations
+    from ..db import migrations
 
     ctx.refuse_unsafe("backup")
     migrations.backup_now(ctx.settings, ctx.reporter)

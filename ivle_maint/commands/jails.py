@@ -67,16 +67,17 @@ def _locked_and_logged(ctx: Context, name: str, work: Callable[[], Any]) -> Any:
 
 def cmd_rebuild(ctx: Context) -> int:
     """Rebuild the jail template with ivle-buildjail -u."""
-    from ..steps.jail_rebuild import rebuild_jail
+    from ..jails.template import rebuild_template
 
-    result = _locked_and_logged(ctx, "rebuild", lambda: rebuild_jail(ctx.settings, ctx.reporter))
+    result = _locked_and_logged(ctx, "rebuild",
+                                lambda: rebuild_template(ctx.settings, ctx.reporter))
     ctx.reporter.info(result.summary)
     return 0
 
 
 def cmd_remake_users(ctx: Context) -> int:
     """Rebuild every user's jail with ivle-remakeuser -a."""
-    from ..steps.user_jails import remake_user_jails
+    from ..jails.users import remake_user_jails
 
     result = _locked_and_logged(
         ctx, "remake-users", lambda: remake_user_jails(ctx.settings, ctx.reporter)

@@ -55,7 +55,7 @@ def register(sub: Any) -> None:
 
 def cmd_show(ctx: Context) -> int:
     """Print the current value, the record, and optionally the next value."""
-    from ..steps.media import plan_media_version
+    from ..media.version import plan_media_version
 
     # The media value is made from VERSION: a typo ("1.1\nx") would be
     # written mangled ("1.1_x") and recorded as used.
@@ -85,7 +85,7 @@ def cmd_show(ctx: Context) -> int:
 def cmd_set(ctx: Context) -> int:
     """Set [media] version for VERSION under the node lock."""
     from ..lock import node_lock
-    from ..steps.media import UNSET, change_media_version
+    from ..media.version import UNSET, change_media_version
 
     args = ctx.args
     checked_version(args.version, "media set")

@@ -44,8 +44,8 @@ def register(sub: Any) -> None:
 
 def cmd_mounts(ctx: Context) -> int:
     """Print the jail mounts, or unmount them all."""
+    from ..jails import mounts
     from ..mountinfo import escape
-    from ..steps import mounts
 
     if ctx.args.action == "unmount":
         ctx.refuse_unsafe()  # ivle.conf names the directory; settings, IVLE's tool

@@ -46,12 +46,12 @@ def register(sub: Any) -> None:
 
 def cmd_services(ctx: Context) -> int:
     """Run the action on the chosen services, or print their states."""
-    from ..steps import services
+    from ..services import init_scripts
 
     ctx.refuse_unsafe()  # the settings name the init scripts run as root
     if ctx.args.action != "status":
         try:
-            services.run_action(ctx.settings, ctx.reporter, ctx.args.action, ctx.args.which)
+            init_scripts.run_action(ctx.settings, ctx.reporter, ctx.args.action, ctx.args.which)
         finally:
             if ctx.args.which in ("web", "all") and ctx.settings.role in ("slave", "both"):
                 from ..cluster.admin import record_serving
@@ -60,9 +60,9 @@ def cmd_services(ctx: Context) -> int:
                 # no slave's web server serves.
                 record_serving(ctx.settings, ctx.reporter)
         return 0
-    control = services.control_from_settings(ctx.settings, ctx.reporter)
+    control = init_scripts.control_from_settings(ctx.settings, ctx.reporter)
     states = {name: control.status(name)
-              for name in services.service_names(ctx.settings, ctx.args.which)}  # fmt: skip
+              for name in init_scripts.service_names(ctx.settings, ctx.args.which)}  # fmt: skip
     for name, state in states.items():
         print(f"{name}: {state}")
-    return 0 if all(state == services.RUNNING for state in states.values()) else 3
+    return 0 if all(state == init_scripts.RUNNING for state in states.values()) else 3

@@ -281,10 +281,10 @@ def cmd_hook(ctx: Context) -> int:
 
 def cmd_status(ctx: Context) -> int:
     """List every journal with its steps."""
+    from ..db.migrations import upgrade_backup
     from ..gates.schema_hold import status_line
     from ..journal import Journal
     from ..procedure import STEPS
-    from ..steps.migrations import upgrade_backup
     from ..summary import summary_lines
     from ..upgrade import state_dir, upgrade_id
 

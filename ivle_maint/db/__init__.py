@@ -15,7 +15,8 @@ Modules, bottom up:
 - plan: the marker compared with the shipped files, and what would block;
 - apply: one migration and its marker row, in one transaction.
 
-ivle_maint.steps.migrations puts these together into the public API.
+On top, migrations puts these together into the public API (status,
+apply, baseline, backup) that the steps, the hooks and the CLI call.
 
 Only sqlsplit, discovery and classify are pure; none imports psycopg2
 at module level, so importing this package stays cheap.

@@ -18,7 +18,7 @@ Where it is honoured:
   which fails while the hold is on: apache2 does not start at boot, nor by
   hand, nor through invoke-rc.d (which hands over to systemctl).  The
   drop-in goes when the hold is released, and on ivle-maint's purge.
-- ivle-maint's own starts (steps/services.py, every backend: init.d in a
+- ivle-maint's own starts (services/init_scripts.py, every backend: init.d in a
   source install or a sandbox without systemd) ask check() first.
 """
 
@@ -40,7 +40,7 @@ from ..safepaths import read_nofollow
 from .rewrite import replace_file, write_state_file
 
 RELEASE_FILE = "schema-hold.json"  # in [paths] state: the upgrade whose start-web released it
-MAINTENANCE_RECORD = "maintenance.json"  # in [paths] state (steps/maintenance.py)
+MAINTENANCE_RECORD = "maintenance.json"  # in [paths] state (services/maintenance_page.py)
 DROPIN_NAME = "ivle-maint-hold.conf"
 SYSTEMD_UNIT_DIR = Path("/etc/systemd/system")
 

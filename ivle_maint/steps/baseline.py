@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..context import BEFORE, MASTER, Outcome, Step, UpgradeContext
+from ..db.migrations import record_baseline
 from ..installed import old_migration_files
-from .migrations import baseline as record_baseline
 
 
 def baseline(ctx: UpgradeContext) -> Outcome:

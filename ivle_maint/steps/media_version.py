@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..cluster.media import agree
 from ..context import AFTER, SLAVE, Outcome, Step, UpgradeContext
-from .media import change_media_version
+from ..media.version import change_media_version
 
 
 def media_version(ctx: UpgradeContext) -> Outcome:

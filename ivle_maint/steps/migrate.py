@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from ..cluster.waits import wait_for_slaves
 from ..context import AFTER, MASTER, Outcome, Step, UpgradeContext
+from ..db.migrations import apply_migrations, status
 from ..errors import MaintError
-from .migrations import migrate as apply_migrations
-from .migrations import status
 
 
 def migrate(ctx: UpgradeContext) -> Outcome:

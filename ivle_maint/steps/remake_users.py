@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from ..cluster.waits import wait_for_jails_free
 from ..context import AFTER, MASTER, Outcome, Step, UpgradeContext
+from ..jails.users import remake_user_jails
 from .rebuild_jail import with_wait
-from .user_jails import remake_user_jails
 
 
 def remake_users(ctx: UpgradeContext) -> Outcome:

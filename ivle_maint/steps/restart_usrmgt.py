@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..context import AFTER, MASTER, Outcome, Step, UpgradeContext
-from .service_outcome import service_outcome
+from ..services.outcome import service_outcome
 
 
 def restart_usrmgt(ctx: UpgradeContext) -> Outcome:

@@ -11,9 +11,9 @@ from ..cluster.waits import wait_for_master
 from ..context import AFTER, SLAVE, Outcome, Step, UpgradeContext
 from ..gates import schema_hold
 from ..journal import Journal
-from .maintenance import leave
-from .service_outcome import service_outcome
-from .services import RUNNING, control_from_settings
+from ..services.init_scripts import RUNNING, control_from_settings
+from ..services.maintenance_page import leave
+from ..services.outcome import service_outcome
 
 STOP_WEB = "stop-web"  # the step this one undoes (stop_web imports this module)
 

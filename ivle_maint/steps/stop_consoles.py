@@ -6,9 +6,9 @@ re-checks (still_stopped) and stops any that started since.
 
 from __future__ import annotations
 
+from ..consoles.jail_processes import list_consoles, stop_consoles_for
 from ..context import BEFORE, SLAVE, Outcome, Step, UpgradeContext
 from ..jaildir import check as checked_mounts
-from .consoles import list_consoles, stop_consoles_for
 
 
 def stop_consoles(ctx: UpgradeContext) -> Outcome:

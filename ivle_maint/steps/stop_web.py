@@ -12,15 +12,16 @@ from __future__ import annotations
 
 from ..context import BEFORE, SLAVE, Outcome, Step, UpgradeContext
 from ..gates import schema_hold
-from . import maintenance, start_web
-from .service_outcome import service_outcome
-from .services import STOPPED, control_from_settings
+from ..services import maintenance_page
+from ..services.init_scripts import STOPPED, control_from_settings
+from ..services.outcome import service_outcome
+from . import start_web
 
 
 def stop_web(ctx: UpgradeContext) -> Outcome:
     held = schema_hold.install(ctx.settings)
-    if maintenance.mode(ctx.settings, ctx.during_upgrade) == maintenance.MAINTENANCE:
-        entered = maintenance.enter(ctx.settings, ctx.reporter)
+    if maintenance_page.mode(ctx.settings, ctx.during_upgrade) == maintenance_page.MAINTENANCE:
+        entered = maintenance_page.enter(ctx.settings, ctx.reporter)
         return Outcome(f"{held}; {entered}", {"maintenance": True, "hold": held})
     outcome = service_outcome(ctx, "stop", "web")
     outcome.summary = f"{held}; {outcome.summary}"
@@ -35,7 +36,7 @@ def still_stopped(ctx: UpgradeContext) -> str:
     name = settings["services"]["web"]
     if schema_hold.holding(settings) is None:
         return ""  # start-web released the hold: the schema and the code agree
-    if maintenance.in_maintenance(settings):
+    if maintenance_page.in_maintenance(settings):
         enabled = schema_hold.enabled_sites(settings)
         return f"IVLE's sites enabled again: {', '.join(enabled)}" if enabled else ""
     if control_from_settings(settings, ctx.reporter).status(name) != STOPPED:

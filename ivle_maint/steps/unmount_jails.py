@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..context import BEFORE, SLAVE, Outcome, Step, UpgradeContext
 from ..jaildir import check as checked_mounts
-from .mounts import list_jail_mounts, unmount_jails_for
+from ..jails.mounts import list_jail_mounts, unmount_jails_for
 
 
 def unmount_jails(ctx: UpgradeContext) -> Outcome:

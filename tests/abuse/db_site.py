@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ivle_maint.steps import migrations
+from ivle_maint.db import migrations
 from ivle_sandbox import schema
 from migration_site import FAKES, Site
 
@@ -28,7 +28,7 @@ def baselined_site(postgres: Any, tmp_path: Path) -> Iterator[Site]:
         path.unlink()
     site = Site(postgres, root, dbname)
     site.add_migration("20090101-01.sql", "SELECT 1;\n")
-    migrations.baseline(site.settings(), "20090101-01")
+    migrations.record_baseline(site.settings(), "20090101-01")
     try:
         yield site
     finally:

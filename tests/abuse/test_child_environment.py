@@ -18,8 +18,8 @@ import pytest
 
 from db_site import baselined_site
 from ivle_maint import system
+from ivle_maint.db import migrations
 from ivle_maint.gates import environment
-from ivle_maint.steps import migrations
 from migration_site import Site
 
 pytestmark = pytest.mark.needs_postgres
@@ -48,7 +48,7 @@ def public_marker(site: Site) -> list[str]:
 def test_search_path_set_by_a_migration_does_not_carry_into_the_next(db: Site) -> None:
     db.add_migration("20100101-01.sql", "CREATE SCHEMA evil;\nSET search_path TO evil, public;\n")
     db.add_migration("20100101-02.sql", "CREATE TABLE widgets (id int);\n")
-    result = migrations.migrate(db.settings(), db.reporter)
+    result = migrations.apply_migrations(db.settings(), db.reporter)
     assert [a.key for a in result.applied] == ["20100101-01", "20100101-02"]
     assert "widgets" in tables_in(db, "public")
     assert tables_in(db, "evil") == []
@@ -61,7 +61,7 @@ def test_marker_rows_never_land_in_a_table_a_migration_planted(db: Site) -> None
                      "CREATE TABLE evil.ivle_maint_migrations "
                      "(LIKE public.ivle_maint_migrations INCLUDING ALL);\n")
     db.add_migration("20100101-02.sql", "SELECT 1;\n")
-    migrations.migrate(db.settings(), db.reporter)
+    migrations.apply_migrations(db.settings(), db.reporter)
     assert public_marker(db) == ["20090101-01", "20100101-01", "20100101-02"]
     assert db.query("SELECT count(*) FROM evil.ivle_maint_migrations") == [(0,)]
 
@@ -72,7 +72,7 @@ def test_role_and_timeouts_set_by_a_migration_do_not_carry_into_the_next(db: Sit
                      "CREATE TABLE seen AS SELECT current_setting('statement_timeout') AS st, "
                      "current_setting('lock_timeout') AS lt, "
                      "current_setting('search_path') AS sp;\n")
-    migrations.migrate(db.settings(), db.reporter)
+    migrations.apply_migrations(db.settings(), db.reporter)
     assert db.query("SELECT st, lt, sp FROM public.seen") == [("0", "5min", "public")]
 
 
@@ -81,7 +81,7 @@ def test_role_and_database_defaults_cannot_change_the_session(db: Site) -> None:
     db.run_sql(f'CREATE SCHEMA evil; ALTER ROLE "{db.pg.ivle_user}" IN DATABASE "{db.dbname}" '
                "SET search_path = evil, public")
     db.add_migration("20100101-01.sql", "CREATE TABLE widgets (id int);\n")
-    migrations.migrate(db.settings(), db.reporter)
+    migrations.apply_migrations(db.settings(), db.reporter)
     assert "widgets" in tables_in(db, "public") and tables_in(db, "evil") == []
     assert public_marker(db)[-1] == "20100101-01"
 

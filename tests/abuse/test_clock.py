@@ -22,9 +22,8 @@ import pytest
 
 from abuse_helpers import error_lines
 from ivle_maint.config import load_settings
-from ivle_maint.db import backup, pins
+from ivle_maint.db import backup, migrations, pins
 from ivle_maint.output import RecordingReporter
-from ivle_maint.steps import migrations
 from ivle_sandbox.releases import NEW, OLD
 from upgrade_helpers import (
     RESUME_LINE,

@@ -179,7 +179,7 @@ def test_ivle_conf_replaced_by_another_writer_during_the_rewrite_loses_nothing(
     renames its own ivle.conf into place after ivle-maint read it: the
     rewrite is refused, that writer's file stays, and nothing is written."""
     from ivle_maint.gates import rewrite
-    from ivle_maint.steps import media
+    from ivle_maint.media import version
 
     etc = tmp_path / "etc"
     etc.mkdir()
@@ -194,9 +194,9 @@ def test_ivle_conf_replaced_by_another_writer_during_the_rewrite_loses_nothing(
         os.replace(other, conf)
         return real(path, data, **kwargs)
 
-    monkeypatch.setattr(media, "replace_file", another_writer_first)
+    monkeypatch.setattr(version, "replace_file", another_writer_first)
     with pytest.raises(MaintError, match="changed while being rewritten"):
-        media.set_media_version(conf, tmp_path / "state", tmp_path / "backup", "1.1",
+        version.set_media_version(conf, tmp_path / "state", tmp_path / "backup", "1.1",
                                 upgrade="u1", force=True)
     assert conf.read_bytes() == theirs
     assert not list(tmp_path.glob("backup/ivle.conf.*"))

@@ -40,10 +40,9 @@ from test_source_install import source_tree
 
 from abuse_helpers import one_error_line, resume_line, upgraded_state
 from ivle_maint.config import load_settings
-from ivle_maint.db import pgparse
+from ivle_maint.db import migrations, pgparse
 from ivle_maint.db.lock import LOCK_ID
 from ivle_maint.output import RecordingReporter
-from ivle_maint.steps import migrations
 from ivle_sandbox import mountns
 from ivle_sandbox.releases import NEW, OLD, RELEASES
 from upgrade_helpers import (
@@ -200,7 +199,7 @@ def test_the_markers_own_notice_is_not_logged_as_a_migrations(node: Any,
     assert cli(node, "db", "baseline", OLD_KEYS[-1]).returncode == 0  # the marker exists
     unpack(node, "1.1")
     caplog.set_level(logging.DEBUG)
-    result = migrations.migrate(load_settings(), RecordingReporter(), backup=False)
+    result = migrations.apply_migrations(load_settings(), RecordingReporter(), backup=False)
     assert [a.key for a in result.applied] == sorted(k.removesuffix(".sql") for k in NEW)
     said = [r.getMessage() for r in caplog.records]
     assert not [m for m in said if "already exists" in m], said

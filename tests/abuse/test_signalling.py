@@ -30,10 +30,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from abuse_helpers import one_error_line
+from ivle_maint.consoles.jail_processes import stop_consoles_in
 from ivle_maint.gates import processes
 from ivle_maint.gates.processes import Verdict
 from ivle_maint.output import RecordingReporter
-from ivle_maint.steps.consoles import stop_consoles
 from ivle_sandbox import mountns
 from ivle_sandbox import procs as sandbox_procs
 from ivle_sandbox.procs import alive
@@ -459,7 +459,7 @@ def test_many_jails_are_summarised_in_a_bounded_number_of_lines(node: Any, spawn
         node.mount_user(user.login)
         spawn(node.jail(user.login) / "home" / user.login, user=int(user.unixid))
     rep = RecordingReporter()
-    result = stop_consoles(node.jail_mounts, rep, share=node.share, src=node.jails_src)
+    result = stop_consoles_in(node.jail_mounts, rep, share=node.share, src=node.jails_src)
     assert result.count == 17
     assert len(rep.lines) == 11 and rep.lines[-1] == "and 7 more jails: 7 processes stopped " \
         "(0 needed SIGKILL)"
@@ -672,10 +672,10 @@ def test_apache_children_are_known_by_their_program_never_by_a_name(
     """The maintenance page's graceful reload waits for Apache's old children:
     a student's pair of processes named `apache2` (or a name that is no
     UTF-8) is none of them, and never breaks the step."""
-    from ivle_maint.steps import maintenance
+    from ivle_maint.services import maintenance_page
 
     _, uid, home = student(node, 0)
     parent = spawn(home, user=uid, argv=[sys.executable, "-c", NAMED, name.hex()])
-    pids = {pid for pid, _ in maintenance._children()}
+    pids = {pid for pid, _ in maintenance_page._children()}
     assert parent.pid not in pids
     assert not pids & {c.pid for c in psutil.Process(parent.pid).children()}

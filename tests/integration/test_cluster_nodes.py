@@ -66,7 +66,7 @@ def test_two_nodes_with_one_name_are_refused_before_anything_stops(node_factory)
 
 
 def test_fresh_slaves_agree_on_the_media_version_without_any_database(node_factory):
-    # The local rule alone (steps/media.py): same version + same history -> same value.
+    # The local rule alone (media/version.py): same version + same history -> same value.
     slaves = [at_version_1_0(node_factory(role="slave", users=2)) for _ in range(3)]
     for slave in slaves:
         configure(slave, "slave", {"coordinate": "never"})

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from ivle_maint import cli
+from ivle_maint.consoles.jail_processes import is_console, list_consoles, stop_consoles_in
 from ivle_maint.gates import processes
 from ivle_maint.output import RecordingReporter
-from ivle_maint.steps.consoles import is_console, list_consoles, stop_consoles
 from ivle_sandbox.procs import alive
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
@@ -59,7 +59,7 @@ def test_every_console_is_stopped_and_reported_per_jail(node: Any,
     assert len(pids) == 4
     rep = RecordingReporter()
     with caplog.at_level(logging.DEBUG, logger="ivle_maint"):
-        result = stop_consoles(node.jail_mounts, rep, share=node.share, term_timeout=5)
+        result = stop_consoles_in(node.jail_mounts, rep, share=node.share, term_timeout=5)
     assert {s.process.pid for s in result.stopped} == pids
     assert all(s.how == "terminated" for s in result.stopped)  # SIGTERM was enough
     assert not any(alive(pid) for pid in pids)
@@ -92,7 +92,7 @@ def test_a_process_ignoring_sigterm_is_killed_after_the_timeout(node: Any, spawn
     )  # fmt: skip
     rep = RecordingReporter()
     started = time.monotonic()
-    result = stop_consoles(node.jail_mounts, rep, share=node.share, term_timeout=1)
+    result = stop_consoles_in(node.jail_mounts, rep, share=node.share, term_timeout=1)
     elapsed = time.monotonic() - started
     how = {s.process.pid: s.how for s in result.stopped}
     assert how[stubborn.pid] == "killed"
@@ -124,7 +124,7 @@ def test_processes_with_cwd_or_open_files_under_the_mounts_are_found(node: Any, 
     assert found[with_file.pid].path == str(home / "notes.txt")
     assert (found[with_dir.pid].reason, found[with_dir.pid].path) == ("open file", str(home))
     assert {p.jail for p in found.values()} == {login}
-    result = stop_consoles(node.jail_mounts, RecordingReporter(), share=node.share)
+    result = stop_consoles_in(node.jail_mounts, RecordingReporter(), share=node.share)
     assert result.count == 3
     assert all(proc.wait(timeout=5) == -signal.SIGTERM for proc in (in_cwd, with_file, with_dir))
 
@@ -145,7 +145,7 @@ def test_unrelated_processes_are_left_alone(node: Any, spawned: Any, tmp_path: P
         spawned(READY + "import time; time.sleep(600)", cwd=str(tmp_path)),
     ]
     consoles_before = set(node.console_pids())
-    result = stop_consoles(node.jail_mounts, RecordingReporter(), share=node.share,
+    result = stop_consoles_in(node.jail_mounts, RecordingReporter(), share=node.share,
                            term_timeout=2)  # fmt: skip
     assert {s.process.pid for s in result.stopped} == consoles_before
     assert all(proc.poll() is None for proc in bystanders)
@@ -154,10 +154,10 @@ def test_unrelated_processes_are_left_alone(node: Any, spawned: Any, tmp_path: P
 
 
 def test_second_run_finds_nothing(node: Any):
-    first = stop_consoles(node.jail_mounts, RecordingReporter(), share=node.share)
+    first = stop_consoles_in(node.jail_mounts, RecordingReporter(), share=node.share)
     assert first.count == 2
     rep = RecordingReporter()
-    second = stop_consoles(node.jail_mounts, rep, share=node.share)
+    second = stop_consoles_in(node.jail_mounts, rep, share=node.share)
     assert second.stopped == () and second.summary == "no console processes"
     assert rep.lines == []
 
@@ -166,9 +166,9 @@ def test_ivle_maint_and_its_caller_are_never_signalled(node: Any):
     # A shell with its cwd in a jail runs ivle-maint there: both would match.
     home = node.jail(node.users[0].login) / "home"
     code = (
-        "import sys; from ivle_maint.steps.consoles import stop_consoles\n"
+        "import sys; from ivle_maint.consoles.jail_processes import stop_consoles_in\n"
         "from ivle_maint.output import RecordingReporter\n"
-        f"r = stop_consoles({str(node.jail_mounts)!r}, RecordingReporter(), "
+        f"r = stop_consoles_in({str(node.jail_mounts)!r}, RecordingReporter(), "
         f"share={str(node.share)!r})\n"
         "print(sorted(s.process.pid for s in r.stopped), sorted(p.pid for p in r.spared))\n"
     )
@@ -227,7 +227,7 @@ def test_a_console_started_during_the_sigterm_wait_is_caught(node: Any,
         return left
 
     monkeypatch.setattr(processes, "_wait", wait_and_spawn)
-    result = stop_consoles(node.jail_mounts, RecordingReporter(), share=node.share)
+    result = stop_consoles_in(node.jail_mounts, RecordingReporter(), share=node.share)
     assert started and started[0] in {s.process.pid for s in result.stopped}
     assert node.console_pids() == []
 

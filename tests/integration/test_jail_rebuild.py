@@ -14,9 +14,9 @@ from ivle_maint import logfile, system
 from ivle_maint.cli import main
 from ivle_maint.config import load_settings
 from ivle_maint.errors import MaintError
+from ivle_maint.jails import template
+from ivle_maint.jails.template import check_template, rebuild_template
 from ivle_maint.output import RecordingReporter
-from ivle_maint.steps import jail_rebuild
-from ivle_maint.steps.jail_rebuild import check_template, rebuild_jail
 from ivle_sandbox.node import install_version
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
@@ -44,7 +44,7 @@ def test_rebuild_copies_the_new_version_into_the_template(master):
     install_version(master, "1.1")
     assert master.template_version() == "1.0"
     reporter = RecordingReporter()
-    result = rebuild_jail(settings_of(master), reporter)
+    result = rebuild_template(settings_of(master), reporter)
     assert master.template_version() == "1.1"
     assert (master.template / "usr/lib/ivle/ivle/__init__.py").read_text().count("1.1") == 2
     assert result.run.exit_code == 0 and result.run.lines >= 60
@@ -58,8 +58,8 @@ def test_rebuild_copies_the_new_version_into_the_template(master):
 def test_rebuild_twice_is_harmless(master):
     install_version(master, "1.1")
     settings = settings_of(master)
-    first = rebuild_jail(settings, RecordingReporter())
-    second = rebuild_jail(settings, RecordingReporter())
+    first = rebuild_template(settings, RecordingReporter())
+    second = rebuild_template(settings, RecordingReporter())
     assert first.compared == second.compared
     assert master.template_version() == "1.1"
 
@@ -68,7 +68,7 @@ def test_failure_is_one_line_with_the_output_tail_and_template_untouched(master)
     install_version(master, "1.1")
     master.set_fakes("ivle-buildjail", fail=True, exit_code=100)
     with pytest.raises(MaintError) as caught:
-        rebuild_jail(settings_of(master), RecordingReporter())
+        rebuild_template(settings_of(master), RecordingReporter())
     message = str(caught.value)
     assert "\n" not in message
     assert "ivle-buildjail -u failed with status 100" in message
@@ -78,8 +78,8 @@ def test_failure_is_one_line_with_the_output_tail_and_template_untouched(master)
 
 def test_output_is_streamed_not_held(master, caplog):
     master.set_fakes("ivle-buildjail", lines=3000)
-    with caplog.at_level(logging.INFO, logger="ivle_maint.steps.jail_rebuild"):
-        result = rebuild_jail(settings_of(master), RecordingReporter())
+    with caplog.at_level(logging.INFO, logger="ivle_maint.jails.template"):
+        result = rebuild_template(settings_of(master), RecordingReporter())
     streamed = [r for r in caplog.records if r.getMessage().startswith("ivle-buildjail: ")]
     # The first lines went to the log as they came, then only a bounded
     # tail was kept, logged after a line counting what was left out.
@@ -97,7 +97,7 @@ def test_memory_stays_flat_for_a_huge_output(master, tmp_path):
                   '| head -n 600000\n')
     tracemalloc.start()
     try:
-        result = rebuild_jail(settings_of(master, buildjail=loud), RecordingReporter())
+        result = rebuild_template(settings_of(master, buildjail=loud), RecordingReporter())
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -108,7 +108,7 @@ def test_memory_stays_flat_for_a_huge_output(master, tmp_path):
 def test_heartbeat_reports_while_the_tool_runs(master):
     master.set_fakes("ivle-buildjail", delay=1.2)
     reporter = RecordingReporter()
-    result = rebuild_jail(settings_of(master), reporter, interval=0.1)
+    result = rebuild_template(settings_of(master), reporter, interval=0.1)
     beats = reporter.progress_calls[:-1]
     assert len(beats) >= 5  # about 12 during the 1.2s delay
     assert all(total is None for _, _, total in beats)
@@ -120,9 +120,9 @@ def test_heartbeat_reports_while_the_tool_runs(master):
 def test_refuses_unless_root_before_running_anything(master, monkeypatch, tmp_path):
     marker = tmp_path / "ran"
     tool = script(tmp_path / "tool", f"touch {marker}\n")
-    monkeypatch.setattr(jail_rebuild.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(template.os, "geteuid", lambda: 1000)
     with pytest.raises(MaintError, match=r"must run as root \(uid 0\), not uid 1000"):
-        rebuild_jail(settings_of(master, buildjail=tool), RecordingReporter())
+        rebuild_template(settings_of(master, buildjail=tool), RecordingReporter())
     assert not marker.exists()
 
 
@@ -130,13 +130,13 @@ def test_exit_zero_without_a_sync_is_caught(master, tmp_path):
     # A tool that "succeeds" but only changed template_build.
     lazy = script(tmp_path / "lazy", f'echo "patched" >> {master.template_build}/etc/hostname\n')
     with pytest.raises(MaintError, match=r"does not match .*etc/hostname differs"):
-        rebuild_jail(settings_of(master, buildjail=lazy), RecordingReporter())
+        rebuild_template(settings_of(master, buildjail=lazy), RecordingReporter())
 
 
 def test_missing_template_is_caught(master, tmp_path):
     wipe = script(tmp_path / "wipe", f"rm -rf {master.template}\n")
     with pytest.raises(MaintError, match=r"template .*__base__ does not exist"):
-        rebuild_jail(settings_of(master, buildjail=wipe), RecordingReporter())
+        rebuild_template(settings_of(master, buildjail=wipe), RecordingReporter())
 
 
 def test_check_template_sees_extra_and_missing_entries(tmp_path):

@@ -12,9 +12,9 @@ import pytest
 
 from ivle_maint import __version__
 from ivle_maint.db import classify as cls
+from ivle_maint.db import migrations
 from ivle_maint.db.sqlsplit import split
 from ivle_maint.errors import MaintError
-from ivle_maint.steps import migrations
 from ivle_sandbox import schema
 from migration_site import Site, create_empty_database
 
@@ -43,7 +43,7 @@ def start_from(site: Site, through: str) -> None:
     """An existing IVLE site: migrations up to through applied by hand, baselined."""
     keys = site.keys()
     history(site, keys[: keys.index(through) + 1])
-    migrations.baseline(site.settings(), through, site.reporter)
+    migrations.record_baseline(site.settings(), through, site.reporter)
 
 
 # -- applying --------------------------------------------------------------
@@ -51,7 +51,7 @@ def start_from(site: Site, through: str) -> None:
 
 def test_apply_all_in_order_on_a_baselined_site(site: Site) -> None:
     start_from(site, "20090105")
-    result = migrations.migrate(site.settings(), site.reporter, package_version="2.0-1")
+    result = migrations.apply_migrations(site.settings(), site.reporter, package_version="2.0-1")
     assert [a.key for a in result.applied] == ALL[1:]
     # Each ran in its own transaction, in order: applied_at is the transaction start.
     rows = site.query(
@@ -81,8 +81,8 @@ def test_apply_all_in_order_on_a_baselined_site(site: Site) -> None:
 
 def test_second_run_is_a_no_op(site: Site) -> None:
     start_from(site, "20090105")
-    migrations.migrate(site.settings(), site.reporter)
-    again = migrations.migrate(site.settings(backup=True), site.reporter)
+    migrations.apply_migrations(site.settings(), site.reporter)
+    again = migrations.apply_migrations(site.settings(backup=True), site.reporter)
     assert again.up_to_date and again.applied == [] and again.backup is None
     assert not site.backups.exists() or not any(site.backups.iterdir())
     assert len(site.marker()) == len(ALL)
@@ -96,7 +96,7 @@ def test_empty_database_gets_every_migration(site: Site, postgres: Any) -> None:
             path.unlink()
         site.add_migration("20100101-01.sql", "CREATE TABLE t (x int);\n")
         site.add_migration("20100101-02.sql", "BEGIN;\nINSERT INTO t VALUES (1);\nCOMMIT;\n")
-        result = migrations.migrate(empty.settings(), empty.reporter)
+        result = migrations.apply_migrations(empty.settings(), empty.reporter)
         assert [a.key for a in result.applied] == ["20100101-01", "20100101-02"]
         assert empty.query("SELECT x FROM t") == [(1,)]
         assert empty.marker() == dict.fromkeys(["20100101-01", "20100101-02"], cls.TRANSACTION) | {
@@ -116,7 +116,7 @@ def test_failure_mid_migration_leaves_neither_changes_nor_marker(site: Site) -> 
     )
     site.add_migration("20100103-01.sql", "ALTER TABLE login ADD COLUMN a3 int;\n")
     with pytest.raises(MaintError) as info:
-        migrations.migrate(site.settings(), site.reporter)
+        migrations.apply_migrations(site.settings(), site.reporter)
     message = str(info.value)
     assert f"migration 20100102-01 failed at {bad}:4: division by zero" in message
     assert "nothing of 20100102-01 was applied" in message
@@ -129,7 +129,7 @@ def test_failure_mid_migration_leaves_neither_changes_nor_marker(site: Site) -> 
     assert not site.table_exists("half")
     # Fixed, it resumes where it stopped.
     bad.write_text("CREATE TABLE half (x int);\n")
-    result = migrations.migrate(site.settings(), site.reporter)
+    result = migrations.apply_migrations(site.settings(), site.reporter)
     assert [a.key for a in result.applied] == ["20100102-01", "20100103-01"]
 
 
@@ -145,7 +145,7 @@ def test_failure_writing_the_marker_row_rolls_back_the_migration(site: Site) -> 
     )
     site.add_migration("20100101-01.sql", "BEGIN;\nCREATE TABLE own_tx (x int);\nCOMMIT;\n")
     with pytest.raises(MaintError, match="recording it failed: marker refused"):
-        migrations.migrate(site.settings(), site.reporter)
+        migrations.apply_migrations(site.settings(), site.reporter)
     # Its own COMMIT was stripped: the table went with the marker row.
     assert not site.table_exists("own_tx")
     assert "20100101-01" not in site.marker()
@@ -159,7 +159,7 @@ def test_no_transaction_file_failure_keeps_what_ran_and_says_so(site: Site) -> N
         "CREATE INDEX CONCURRENTLY bad_idx ON no_such_table (x);\n",
     )
     with pytest.raises(MaintError) as info:
-        migrations.migrate(site.settings(), site.reporter)
+        migrations.apply_migrations(site.settings(), site.reporter)
     assert 'relation "no_such_table" does not exist' in str(info.value)
     assert "runs without a transaction (no-transaction)" in str(info.value)
     assert site.query("SELECT to_regclass('login_nick_idx') IS NOT NULL") == [(True,)]
@@ -172,7 +172,7 @@ def test_no_transaction_file_left_open_is_rolled_back(site: Site) -> None:
         "20100101-01.sql", "-- ivle-maint: no-transaction\nBEGIN;\nCREATE TABLE open_tx (x int);\n"
     )
     with pytest.raises(MaintError, match="left a transaction open"):
-        migrations.migrate(site.settings(), site.reporter)
+        migrations.apply_migrations(site.settings(), site.reporter)
     assert not site.table_exists("open_tx")
     assert "20100101-01" not in site.marker()
 
@@ -182,7 +182,7 @@ def test_no_transaction_file_left_open_is_rolled_back(site: Site) -> None:
 
 def test_populated_database_without_marker_is_refused(site: Site) -> None:
     with pytest.raises(MaintError) as info:
-        migrations.migrate(site.settings(), site.reporter)
+        migrations.apply_migrations(site.settings(), site.reporter)
     message = str(info.value)
     assert f"database {site.dbname} has tables (public.enrolment" in message
     assert "ivle-maint db baseline THROUGH" in message
@@ -191,7 +191,7 @@ def test_populated_database_without_marker_is_refused(site: Site) -> None:
 
 
 def test_baseline_records_without_running(site: Site) -> None:
-    result = migrations.baseline(site.settings(), "20090212-01", site.reporter)
+    result = migrations.record_baseline(site.settings(), "20090212-01", site.reporter)
     assert result.recorded == ["20090105", "20090105-01", "20090212-01"]
     assert site.marker() == dict.fromkeys(result.recorded, "baseline")
     assert not site.table_exists("project")  # nothing ran
@@ -206,14 +206,14 @@ def test_baseline_records_without_running(site: Site) -> None:
 
 
 def test_baseline_again_is_a_no_op_and_more_needs_force(site: Site) -> None:
-    migrations.baseline(site.settings(), "20090105-01", site.reporter)
-    again = migrations.baseline(site.settings(), "20090105", site.reporter)
+    migrations.record_baseline(site.settings(), "20090105-01", site.reporter)
+    again = migrations.record_baseline(site.settings(), "20090105", site.reporter)
     assert again.recorded == [] and again.already == ["20090105"]
     with pytest.raises(MaintError, match=r"already records 2 migration.*use --force"):
-        migrations.baseline(site.settings(), "20090212-01", site.reporter)
-    skipped = migrations.baseline(site.settings(), "20090212-01", when_unmarked=True)
+        migrations.record_baseline(site.settings(), "20090212-01", site.reporter)
+    skipped = migrations.record_baseline(site.settings(), "20090212-01", when_unmarked=True)
     assert skipped.skipped and len(site.marker()) == 2
-    forced = migrations.baseline(site.settings(), "20090212-01", force=True)
+    forced = migrations.record_baseline(site.settings(), "20090212-01", force=True)
     assert forced.recorded == ["20090212-01"]
 
 
@@ -223,15 +223,15 @@ def test_baseline_from_a_list_of_files(site: Site, tmp_path: Any) -> None:
     for key in ALL[:2]:
         (old / f"{key}.sql").write_bytes((site.migrations / f"{key}.sql").read_bytes())
     history(site, ALL[:2])
-    result = migrations.baseline(site.settings(), sorted(old.iterdir()), site.reporter)
+    result = migrations.record_baseline(site.settings(), sorted(old.iterdir()), site.reporter)
     assert result.recorded == ALL[:2]
-    applied = migrations.migrate(site.settings(), site.reporter)
+    applied = migrations.apply_migrations(site.settings(), site.reporter)
     assert [a.key for a in applied.applied] == ALL[2:]
 
 
 def test_baseline_through_unknown_key_is_an_error(site: Site) -> None:
     with pytest.raises(MaintError, match="no migration 20200101-01"):
-        migrations.baseline(site.settings(), "20200101-01", site.reporter)
+        migrations.record_baseline(site.settings(), "20200101-01", site.reporter)
     assert site.marker() == {}
 
 
@@ -246,12 +246,13 @@ def test_changed_file_blocks_until_accepted(site: Site) -> None:
     st = migrations.status(site.settings())
     assert [c.key for c in st.changed] == ["20090105-01"]
     with pytest.raises(MaintError, match=r"20090105-01 was applied but .* has changed since") as e:
-        migrations.migrate(site.settings(), site.reporter)
+        migrations.apply_migrations(site.settings(), site.reporter)
     assert "--accept-changed 20090105-01" in str(e.value)
     assert "later" not in site.columns("login")
     with pytest.raises(MaintError, match="--accept-changed 20090105: not an applied migration"):
-        migrations.migrate(site.settings(), site.reporter, accept_changed=["20090105"])
-    result = migrations.migrate(site.settings(), site.reporter, accept_changed=["20090105-01"])
+        migrations.apply_migrations(site.settings(), site.reporter, accept_changed=["20090105"])
+    result = migrations.apply_migrations(site.settings(), site.reporter,
+                                         accept_changed=["20090105-01"])
     assert result.accepted == ["20090105-01"]
     assert [a.key for a in result.applied] == ["20100101-01"]
     note = site.query("SELECT note FROM ivle_maint_migrations WHERE key = '20090105-01'")[0][0]
@@ -267,9 +268,9 @@ def test_out_of_order_blocks_unless_allowed(site: Site) -> None:
     with pytest.raises(
         MaintError, match=r"20090201-01 are older than the newest applied \(20090401-01\)"
     ):
-        migrations.migrate(site.settings(), site.reporter)
+        migrations.apply_migrations(site.settings(), site.reporter)
     assert "late" not in site.columns("login")
-    result = migrations.migrate(site.settings(), site.reporter, allow_out_of_order=True)
+    result = migrations.apply_migrations(site.settings(), site.reporter, allow_out_of_order=True)
     assert [a.key for a in result.applied] == ["20090201-01"]
     assert "late" in site.columns("login")
 
@@ -303,7 +304,7 @@ def test_preflight_refuses_a_broken_file_before_anything_runs(site: Site) -> Non
     assert len(plan.problems) == 2 and "VACUUM cannot run inside a transaction" in plan.problems[1]
     # migrate runs the same checks first: the good file before them is not applied.
     with pytest.raises(MaintError, match="unterminated quoted string"):
-        migrations.migrate(site.settings(), site.reporter)
+        migrations.apply_migrations(site.settings(), site.reporter)
     assert "ok" not in site.columns("login")
 
 
@@ -326,7 +327,7 @@ def test_backup_before_migrating_is_private_rotated_and_restorable(
     start_from(site, "20090105")
     before_rows = site.query("SELECT login, unixid FROM login ORDER BY 1")
     settings = site.settings(backup=True, backup_keep=2)
-    first = migrations.migrate(settings, site.reporter)
+    first = migrations.apply_migrations(settings, site.reporter)
     assert first.backup is not None and first.backup.parent == site.backups
     st = first.backup.stat()
     assert stat.S_IMODE(st.st_mode) == 0o600
@@ -337,9 +338,9 @@ def test_backup_before_migrating_is_private_rotated_and_restorable(
     )
     # Two more runs with one new migration each: only the newest two dumps stay.
     site.add_migration("20100101-01.sql", "ALTER TABLE login ADD COLUMN b1 int;\n")
-    second = migrations.migrate(settings, site.reporter)
+    second = migrations.apply_migrations(settings, site.reporter)
     site.add_migration("20100102-01.sql", "ALTER TABLE login ADD COLUMN b2 int;\n")
-    third = migrations.migrate(settings, site.reporter)
+    third = migrations.apply_migrations(settings, site.reporter)
     dumps = sorted(p.name for p in site.backups.iterdir())
     assert dumps == sorted([second.backup.name, third.backup.name])  # type: ignore[union-attr]
     assert not first.backup.exists()
@@ -365,7 +366,7 @@ def test_failure_message_names_the_backup_and_restore_command(site: Site) -> Non
     start_from(site, "20090401-01")
     site.add_migration("20100101-01.sql", "SELECT 1 / 0;\n")
     with pytest.raises(MaintError) as info:
-        migrations.migrate(site.settings(backup=True), site.reporter)
+        migrations.apply_migrations(site.settings(backup=True), site.reporter)
     (dump,) = site.backups.iterdir()
     assert f"backup taken before this run: {dump} (restore: pg_restore --clean" in str(info.value)
     assert f"--dbname={site.dbname} {dump})" in str(info.value)
@@ -375,7 +376,7 @@ def test_failure_message_names_the_backup_and_restore_command(site: Site) -> Non
 def test_no_backup_option_and_setting(site: Site) -> None:
     start_from(site, "20090401-01")
     site.add_migration("20100101-01.sql", "SELECT 1;\n")
-    result = migrations.migrate(site.settings(backup=True), site.reporter, backup=False)
+    result = migrations.apply_migrations(site.settings(backup=True), site.reporter, backup=False)
     assert result.backup is None and result.applied
     assert not site.backups.exists() or not any(site.backups.iterdir())
 

@@ -18,11 +18,10 @@ from typing import Any
 import psycopg2
 import pytest
 
-from ivle_maint.db import lock
+from ivle_maint.db import lock, migrations
 from ivle_maint.errors import LockedError, MaintError
 from ivle_maint.gates import environment
 from ivle_maint.output import RecordingReporter
-from ivle_maint.steps import migrations
 from ivle_sandbox import schema
 from ivle_sandbox.postgres import ThrowawayPostgres, free_port
 from migration_site import Site
@@ -49,7 +48,7 @@ class Runner(threading.Thread):
 
     def run(self) -> None:
         try:
-            self.result = migrations.migrate(self.settings, self.reporter)
+            self.result = migrations.apply_migrations(self.settings, self.reporter)
         except BaseException as exc:
             self.error = exc
 
@@ -59,7 +58,7 @@ def baselined(site: Site) -> Site:
     for path in sorted(site.migrations.glob("*.sql")):
         path.unlink()
     site.add_migration("20090101-01.sql", "SELECT 1;\n")
-    migrations.baseline(site.settings(), "20090101-01")
+    migrations.record_baseline(site.settings(), "20090101-01")
     site.add_migration("20100101-01.sql", "ALTER TABLE login ADD COLUMN locked_in int;\n")
     return site
 
@@ -101,7 +100,7 @@ def holder(pending: Site) -> Iterator[subprocess.Popen[str]]:
 def test_second_runner_waits_then_times_out(site: Site, holder: Any) -> None:
     started = time.monotonic()
     with pytest.raises(LockedError) as info:
-        migrations.migrate(site.settings(lock_timeout=1), site.reporter)
+        migrations.apply_migrations(site.settings(lock_timeout=1), site.reporter)
     assert 1.0 <= time.monotonic() - started < 4
     assert "still held by lock-holder-test (server pid" in str(info.value)
     assert info.value.resume == "ivle-maint db migrate" and info.value.exit_status == 75
@@ -145,7 +144,7 @@ def test_wrong_password_is_one_line_without_the_password(site: Site) -> None:
     secret = "Wr0ng-s3cret-pw"
     started = time.monotonic()
     with pytest.raises(MaintError) as info:
-        migrations.migrate(site.settings(password=secret), site.reporter)
+        migrations.apply_migrations(site.settings(password=secret), site.reporter)
     message = str(info.value)
     assert message == (
         f"cannot connect to database {site.dbname} as ivle at 127.0.0.1:{site.pg.port}: "
@@ -158,7 +157,7 @@ def test_wrong_password_is_one_line_without_the_password(site: Site) -> None:
 def test_server_down_waits_bounded_then_fails_with_resume(site: Site) -> None:
     started = time.monotonic()
     with pytest.raises(MaintError) as info:
-        migrations.migrate(site.settings(port=free_port(), wait_timeout=1), site.reporter)
+        migrations.apply_migrations(site.settings(port=free_port(), wait_timeout=1), site.reporter)
     assert 1.0 <= time.monotonic() - started < 4
     assert "did not accept connections" in str(info.value)
     assert "within 1s ([database] wait_timeout): Connection refused" in str(info.value)
@@ -230,8 +229,8 @@ def test_connect_as_postgres_uses_peer_auth(own_pg: ThrowawayPostgres, tmp_path:
         s.add_migration("20100101-01.sql", "SELECT 1;\n")
         s.add_migration("20100102-01.sql", "CREATE TABLE peer_made (x int);\n")
         settings = s.settings(connect_as="postgres", backup=True)
-        migrations.baseline(settings, "20100101-01")
-        result = migrations.migrate(settings, s.reporter)
+        migrations.record_baseline(settings, "20100101-01")
+        result = migrations.apply_migrations(settings, s.reporter)
         assert os.geteuid() == 0 and os.getegid() == 0  # switched back after connect()
         assert [a.key for a in result.applied] == ["20100102-01"]
         assert s.query("SELECT tableowner FROM pg_tables WHERE tablename = 'peer_made'") == [
@@ -261,7 +260,7 @@ def test_migrations_dir_writable_by_others_is_refused(site: Site) -> None:
         match=(f"migrations directory {site.migrations}: writable by others \\(mode 0777\\)"
                ".*chmod go-w"),
     ):
-        migrations.migrate(site.settings(), site.reporter)
+        migrations.apply_migrations(site.settings(), site.reporter)
     with pytest.raises(MaintError, match="writable by others"):
         migrations.preflight(site.settings())
     assert "locked_in" not in site.columns("login")
@@ -272,7 +271,7 @@ def test_migration_file_owned_by_a_user_is_refused(site: Site) -> None:
     baselined(site)
     os.chown(site.migrations / "20100101-01.sql", 65534, 65534)
     with pytest.raises(MaintError, match=r"20100101-01\.sql: owned by uid 65534, not root"):
-        migrations.migrate(site.settings(), site.reporter)
+        migrations.apply_migrations(site.settings(), site.reporter)
     assert "locked_in" not in site.columns("login")
 
 
@@ -313,7 +312,7 @@ def test_no_privilege_for_the_marker_is_one_line(site: Site, postgres: Any) -> N
     try:
         site.add_migration("20990101-01.sql", "SELECT 1;\n")
         with pytest.raises(MaintError) as info:
-            migrations.migrate(site.settings(name=name), site.reporter)
+            migrations.apply_migrations(site.settings(name=name), site.reporter)
         assert str(info.value) == f"database {name}: permission denied for schema public"
     finally:
         schema.drop_database(postgres, name)

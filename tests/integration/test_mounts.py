@@ -15,9 +15,9 @@ import pytest
 from ivle_maint import cli, mountinfo
 from ivle_maint.config import load_settings
 from ivle_maint.errors import MaintError
+from ivle_maint.jails import mounts
+from ivle_maint.jails.mounts import BusyMountsError, unmount_jails_for, unmount_jails_in
 from ivle_maint.output import RecordingReporter
-from ivle_maint.steps import mounts
-from ivle_maint.steps.mounts import BusyMountsError, unmount_jails, unmount_jails_for
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
@@ -78,7 +78,7 @@ def test_every_jail_mount_goes_including_deleted_users_and_odd_names(mounted: An
     assert any("\t" in p and "\n" in p and "\\" in p for p in before)
 
     rep = RecordingReporter()
-    result = unmount_jails(mounted.jail_mounts, rep)
+    result = unmount_jails_in(mounted.jail_mounts, rep)
     assert table_below(mounted.jail_mounts) == []
     assert sorted(result.unmounted) == before
     assert result.busy == () and result.detached == ()
@@ -104,7 +104,7 @@ def test_mountallusers_first_then_what_it_missed(mounted: Any):
 def test_a_failing_mountallusers_is_a_warning_and_the_table_decides(mounted: Any):
     mounted.set_fakes("ivle-mountallusers", fail="yes", exit_code=3)
     rep = RecordingReporter()
-    result = unmount_jails(mounted.jail_mounts, rep,
+    result = unmount_jails_in(mounted.jail_mounts, rep,
                            mountallusers=[str(mounted.commands["ivle-mountallusers"])],
                            env={"IVLECONF": mounted.env["IVLECONF"]})  # fmt: skip
     assert result.mountallusers_status == 3
@@ -119,7 +119,7 @@ def test_nothing_outside_the_directory_is_touched(mounted: Any, bind: Any, tmp_p
     # Symlinks pointing out: one in a user's home, one in the mounts dir.
     (mounted.home(login) / "escape").symlink_to(outside)
     (mounted.jail_mounts / "evil").symlink_to(outside.parent)
-    result = unmount_jails(mounted.jail_mounts, RecordingReporter())
+    result = unmount_jails_in(mounted.jail_mounts, RecordingReporter())
     assert len(result.unmounted) == 9
     assert all(mountinfo.is_below(p, mounted.jail_mounts) for p in result.unmounted)
     points = {m.mountpoint for m in mountinfo.read()}
@@ -133,16 +133,16 @@ def test_the_configured_directory_may_be_a_symlink(mounted: Any):
     assert [m.mountpoint for m in mounts.list_jail_mounts(link)] == [
         m.mountpoint for m in mounts.list_jail_mounts(mounted.jail_mounts)
     ]
-    result = unmount_jails(link, RecordingReporter())
+    result = unmount_jails_in(link, RecordingReporter())
     assert result.top == str(mounted.jail_mounts)
     assert len(result.unmounted) == 9 and table_below(mounted.jail_mounts) == []
 
 
 def test_bad_directories_are_refused():
     with pytest.raises(MaintError, match="resolves to /"):
-        unmount_jails("/", RecordingReporter())
+        unmount_jails_in("/", RecordingReporter())
     with pytest.raises(MaintError, match="not an absolute path"):
-        unmount_jails("var/lib/ivle/jailmounts", RecordingReporter())
+        unmount_jails_in("var/lib/ivle/jailmounts", RecordingReporter())
 
 
 def test_a_symlink_on_the_way_is_not_followed(tmp_path: Path):
@@ -158,7 +158,7 @@ def test_busy_mounts_are_reported_with_their_holders_and_left(node: Any):
     consoles = sorted(node.console_pids())
     busy_users = [node.users[0].login, node.users[1].login]
     with pytest.raises(BusyMountsError) as caught:
-        unmount_jails(node.jail_mounts, RecordingReporter())
+        unmount_jails_in(node.jail_mounts, RecordingReporter())
     result = caught.value.result
     message = str(caught.value)
     assert "\n" not in message
@@ -181,7 +181,7 @@ def test_busy_mounts_are_reported_with_their_holders_and_left(node: Any):
 def test_busy_mounts_are_detached_lazily_when_asked(node: Any):
     consoles = sorted(node.console_pids())
     rep = RecordingReporter()
-    result = unmount_jails(node.jail_mounts, rep, lazy=True)
+    result = unmount_jails_in(node.jail_mounts, rep, lazy=True)
     assert table_below(node.jail_mounts) == []
     assert len(result.detached) == 4 and result.busy == ()
     assert {h.pid for d in result.detached for h in d.holders} == set(consoles)
@@ -200,7 +200,7 @@ def test_a_busy_mount_names_a_non_console_holder(mounted: Any):
     try:
         assert holder.stdout is not None and holder.stdout.readline() == b"ready\n"
         with pytest.raises(BusyMountsError) as caught:
-            unmount_jails(mounted.jail_mounts, RecordingReporter())
+            unmount_jails_in(mounted.jail_mounts, RecordingReporter())
         (busy_tmp,) = [b for b in caught.value.result.busy if b.mountpoint == str(tmp)]
         (who,) = busy_tmp.holders
         assert (who.pid, who.user, who.reason, who.path) == (holder.pid, "root", "cwd", str(tmp))
@@ -211,10 +211,10 @@ def test_a_busy_mount_names_a_non_console_holder(mounted: Any):
 
 
 def test_running_twice_is_a_no_op(mounted: Any):
-    first = unmount_jails(mounted.jail_mounts, RecordingReporter())
+    first = unmount_jails_in(mounted.jail_mounts, RecordingReporter())
     assert len(first.unmounted) == 9
     rep = RecordingReporter()
-    second = unmount_jails(mounted.jail_mounts, rep)
+    second = unmount_jails_in(mounted.jail_mounts, rep)
     assert second.unmounted == () and second.busy == ()
     assert second.summary == "no jail mounts" and rep.lines == []
 

@@ -23,8 +23,8 @@ from ivle_maint import cli
 from ivle_maint.config import load_settings
 from ivle_maint.errors import MaintError
 from ivle_maint.output import RecordingReporter
-from ivle_maint.steps import services
-from ivle_maint.steps.services import DONE, NOOP, RUNNING, SKIPPED, STOPPED, ServiceControl
+from ivle_maint.services import init_scripts
+from ivle_maint.services.init_scripts import DONE, NOOP, RUNNING, SKIPPED, STOPPED, ServiceControl
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
@@ -61,7 +61,7 @@ def settings_of(node: Any) -> Any:
 def test_stop_and_start_all_services_verified(slave: Any):
     rep = RecordingReporter()
     settings = settings_of(slave)
-    stopped = services.run_action(settings, rep, "stop")
+    stopped = init_scripts.run_action(settings, rep, "stop")
     assert [(r.service, r.outcome, r.state) for r in stopped] == [
         (WEB, DONE, STOPPED),
         (USRMGT, DONE, STOPPED),
@@ -71,7 +71,7 @@ def test_stop_and_start_all_services_verified(slave: Any):
     assert events(slave, WEB)[-1] == "stop" and events(slave, USRMGT)[-1] == "stop"
     assert f"{WEB}: stopped (init.d" in rep.lines[0]
 
-    started = services.run_action(settings, rep, "start")
+    started = init_scripts.run_action(settings, rep, "start")
     # The user management server comes up before the web server needs it.
     assert [r.service for r in started] == [USRMGT, WEB]
     assert all(r.outcome == DONE and r.state == RUNNING for r in started)
@@ -109,7 +109,7 @@ def test_restart_of_a_stopped_service_starts_it(slave: Any):
 
 
 def test_only_the_chosen_service_is_touched(slave: Any):
-    results = services.run_action(settings_of(slave), RecordingReporter(), "stop", "web")
+    results = init_scripts.run_action(settings_of(slave), RecordingReporter(), "stop", "web")
     assert [r.service for r in results] == [WEB]
     assert not slave.service_running(WEB)
     assert slave.service_running(USRMGT)
@@ -118,10 +118,10 @@ def test_only_the_chosen_service_is_touched(slave: Any):
 def test_the_role_decides_what_all_means(node_factory: Any):
     master = node_factory(users=1, mount=False, role="master")
     settings = settings_of(master)
-    assert services.service_names(settings, "all") == [USRMGT]
-    assert services.service_names(settings, "web") == [WEB]
+    assert init_scripts.service_names(settings, "all") == [USRMGT]
+    assert init_scripts.service_names(settings, "web") == [WEB]
     with pytest.raises(MaintError, match="unknown service 'db'"):
-        services.service_names(settings, "db")
+        init_scripts.service_names(settings, "db")
 
 
 def test_script_that_exits_0_but_does_not_stop_is_a_clear_error(slave: Any):
@@ -172,15 +172,15 @@ def test_auto_falls_back_to_systemctl_then_the_init_script(monkeypatch: pytest.M
     # A source install without init-system-helpers.
     present = {"systemctl"}
     monkeypatch.setattr(
-        services, "_find", lambda cmd: f"/usr/bin/{cmd}" if cmd in present else None
+        init_scripts, "_find", lambda cmd: f"/usr/bin/{cmd}" if cmd in present else None
     )
-    monkeypatch.setattr(services, "systemd_running", lambda: True)
-    assert services.resolve_backend("auto") == "systemctl"
-    monkeypatch.setattr(services, "systemd_running", lambda: False)
-    assert services.resolve_backend("auto") == "init.d"  # systemctl without systemd
+    monkeypatch.setattr(init_scripts, "systemd_running", lambda: True)
+    assert init_scripts.resolve_backend("auto") == "systemctl"
+    monkeypatch.setattr(init_scripts, "systemd_running", lambda: False)
+    assert init_scripts.resolve_backend("auto") == "init.d"  # systemctl without systemd
     present.add("invoke-rc.d")
-    assert services.resolve_backend("auto") == "invoke-rc.d"
-    assert services.resolve_backend("init.d") == "init.d"
+    assert init_scripts.resolve_backend("auto") == "invoke-rc.d"
+    assert init_scripts.resolve_backend("init.d") == "init.d"
 
 
 # -- the systemctl backend, through a shim (no systemd runs here) -----------
@@ -328,7 +328,7 @@ def invoke_rc_d(slave: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 needs_invoke_rc_d = pytest.mark.skipif(
-    not services._find("invoke-rc.d"), reason="needs invoke-rc.d (init-system-helpers)"
+    not init_scripts._find("invoke-rc.d"), reason="needs invoke-rc.d (init-system-helpers)"
 )
 
 
@@ -338,9 +338,9 @@ def control() -> ServiceControl:
 
 @needs_invoke_rc_d
 def test_auto_picks_invoke_rc_d_on_debian():
-    assert services.resolve_backend("auto") == "invoke-rc.d"
+    assert init_scripts.resolve_backend("auto") == "invoke-rc.d"
     with pytest.raises(MaintError, match="unknown service backend"):
-        services.resolve_backend("upstart")
+        init_scripts.resolve_backend("upstart")
 
 
 @needs_invoke_rc_d
@@ -373,7 +373,7 @@ def test_denied_start_is_reported_as_a_warning(slave: Any, invoke_rc_d: Any):
     rep = RecordingReporter()
     settings = settings_of(slave)
     settings["services"]["backend"] = "invoke-rc.d"
-    (result,) = services.run_action(settings, rep, "start", "web")
+    (result,) = init_scripts.run_action(settings, rep, "start", "web")
     assert result.outcome == SKIPPED and not slave.service_running(WEB)
     assert rep.lines == [f"warning: {WEB}: start skipped: policy-rc.d forbids start"]
 

@@ -12,9 +12,9 @@ import pytest
 from ivle_maint.cli import main
 from ivle_maint.config import load_settings
 from ivle_maint.errors import MaintError
+from ivle_maint.jails import template
+from ivle_maint.jails.users import PROGRESS_LABEL, UserJailsError, remake_user_jails
 from ivle_maint.output import RecordingReporter
-from ivle_maint.steps import jail_rebuild
-from ivle_maint.steps.user_jails import PROGRESS_LABEL, UserJailsError, remake_user_jails
 from ivle_sandbox.node import install_version
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
@@ -149,7 +149,7 @@ def test_nonzero_exit_is_a_failure_with_the_tail(master, tmp_path):
 
 
 def test_refuses_unless_root(master, monkeypatch):
-    monkeypatch.setattr(jail_rebuild.os, "geteuid", lambda: 33)
+    monkeypatch.setattr(template.os, "geteuid", lambda: 33)
     stamp = (master.jails_src / "user0001").stat().st_mtime_ns
     with pytest.raises(MaintError, match="must run as root"):
         remake_user_jails(settings_of(master), RecordingReporter())

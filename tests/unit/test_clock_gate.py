@@ -132,7 +132,7 @@ def test_retry_after_never_comes_from_a_journal_whose_clock_went_back(tmp_path: 
     import json
 
     from ivle_maint.config import load_settings
-    from ivle_maint.steps import maintenance
+    from ivle_maint.services import maintenance_page
 
     conf = tmp_path / "maint.conf"
     conf.write_text(f"[node]\nrole = slave\n[paths]\nstate = {tmp_path / 'state'}\n"
@@ -143,7 +143,7 @@ def test_retry_after_never_comes_from_a_journal_whose_clock_went_back(tmp_path: 
     (tmp_path / "state" / "journal" / "1.0_to_1.1.json").write_text(json.dumps({
         "old": "1.0", "new": "1.1", "role": "slave", "state": "complete", "steps": steps,
         "created": 100}))
-    assert maintenance.retry_after(load_settings(str(conf))) == (120, "[web] retry_after")
+    assert maintenance_page.retry_after(load_settings(str(conf))) == (120, "[web] retry_after")
 
 
 def test_an_archived_journal_never_replaces_one_of_the_same_second(tmp_path: Path) -> None:
@@ -195,7 +195,7 @@ def test_retry_after_comes_from_the_newest_journal_by_order_not_by_stamp(
     """The last completed upgrade was made under a clock set years back: its
     web-down time is still the one told to clients."""
     from ivle_maint.config import load_settings
-    from ivle_maint.steps import maintenance
+    from ivle_maint.services import maintenance_page
 
     conf = tmp_path / "maint.conf"
     conf.write_text(f"[node]\nrole = slave\n[paths]\nstate = {tmp_path / 'state'}\n"
@@ -210,4 +210,4 @@ def test_retry_after_comes_from_the_newest_journal_by_order_not_by_stamp(
                 journal.finish(step, "", {})
         journal.set_state("complete")
         journal.archive()
-    assert maintenance.retry_after(load_settings(str(conf))) == (7, "the upgrade 1.0 -> 1.2")
+    assert maintenance_page.retry_after(load_settings(str(conf))) == (7, "the upgrade 1.0 -> 1.2")

@@ -79,7 +79,7 @@ def test_the_media_value_chosen_last_is_found_whatever_the_servers_clock(
     """Claims for one version made one after another (each next_value of
     those before), listed in any order (chosen_at from a clock set back)."""
     from ivle_maint.cluster.media import _latest
-    from ivle_maint.steps.media import next_value
+    from ivle_maint.media.version import next_value
 
     made: list[str] = []
     for _ in range(claims):

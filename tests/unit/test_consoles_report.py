@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ivle_maint.consoles.jail_processes import JAIL_LINES, JailProcess, Stopped, _report
 from ivle_maint.output import RecordingReporter
-from ivle_maint.steps.consoles import JAIL_LINES, JailProcess, Stopped, _report
 
 jails = st.sampled_from([f"user{i:04d}" for i in range(40)])
 hows = st.sampled_from(["terminated", "killed", "vanished"])

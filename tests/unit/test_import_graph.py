@@ -1,7 +1,12 @@
-"""The import graph of ivle_maint/ flows one way: no module imports, even
-inside a function, a module that imports it back (TYPE_CHECKING blocks
-left out: they never run).  And outside the command line (cli.py,
-commands/), each module imports what it needs at the top."""
+"""The import graph of ivle_maint/ flows one way, down a stack of named
+layers: a module imports only from its own layer or below, nothing but
+the procedure imports a step, and no module imports, even inside a
+function, a module that imports it back (TYPE_CHECKING blocks left out:
+they never run).  And outside the command line (cli.py, commands/), each
+module imports what it needs at the top.
+
+Each checker is also fed a small graph that breaks its rule, so a checker
+that can no longer fail is seen."""
 
 from __future__ import annotations
 
@@ -9,7 +14,6 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "ivle_maint"
-
 
 def module_name(path: Path, package: Path) -> str:
     parts = list(path.relative_to(package.parent).with_suffix("").parts)
@@ -105,6 +109,138 @@ def test_the_checker_finds_a_cycle_through_an_import_inside_a_function(tmp_path)
     graph = import_graph(package)
     assert graph["ivle_maint.c"] == set()
     assert find_cycle(graph) == ["ivle_maint.a", "ivle_maint.sub.b", "ivle_maint.a"]
+
+
+# ivle_maint's layers, bottom to top, each named by the top-level modules
+# and packages in it ("__init__": the package itself).  A module imports
+# only from its own layer or below; a new top-level module must be placed.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # What everything uses: errors, the gates, settings, output, commands
+    # run, files written, the journal, the Step and UpgradeContext types.
+    ("base", ("__init__", "errors", "gates", "config", "output", "system", "children",
+              "safepaths", "liveness", "context", "mountinfo", "jaildir", "journal",
+              "logfile", "lock", "versions", "dpkg", "installed", "migration_manifest",
+              "source", "summary")),
+    # The work, named by what it does: below the cluster and the steps, so
+    # cluster/, the steps, preflight and the CLI all call it, never it them.
+    ("library", ("db", "services", "consoles", "jails", "media")),
+    # The nodes' coordination through the database's cluster tables.
+    ("cluster", ("cluster",)),
+    # One module per step of IVLE's upgrade procedure.
+    ("steps", ("steps",)),
+    # The steps in order, and the runner that walks them with the journal.
+    ("procedure", ("procedure", "runner")),
+    # A whole upgrade: preflight, plan, lock and log, dpkg's hooks.
+    ("upgrade", ("preflight", "plan", "upgrade", "hooks", "codestate")),
+    # Arguments parsed, the library loaded only for the command chosen.
+    ("command line", ("commands", "cli", "__main__")),
+)
+
+STEPS = "ivle_maint.steps"
+# The one module that imports the steps (steps may import each other).
+STEPS_IMPORTER = "ivle_maint.procedure"
+
+
+def top_name(module: str) -> str:
+    """The top-level module or package MODULE belongs to ("__init__": ivle_maint)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def layer_index(layers: tuple[tuple[str, tuple[str, ...]], ...]) -> dict[str, int]:
+    return {top: i for i, (_, tops) in enumerate(layers) for top in tops}
+
+
+def unplaced(graph: dict[str, set[str]],
+             layers: tuple[tuple[str, tuple[str, ...]], ...] = LAYERS) -> list[str]:
+    """The modules of GRAPH in no layer."""
+    index = layer_index(layers)
+    return sorted(m for m in graph if top_name(m) not in index)
+
+
+def upward_imports(graph: dict[str, set[str]],
+                   layers: tuple[tuple[str, tuple[str, ...]], ...] = LAYERS) -> list[str]:
+    """Each import of a module in a higher layer, as 'a (layer) -> b (layer)'."""
+    index = layer_index(layers)
+    found = []
+    for name in sorted(graph):
+        here = index.get(top_name(name))
+        for dep in sorted(graph[name]):
+            there = index.get(top_name(dep))
+            if here is not None and there is not None and there > here:
+                found.append(f"{name} ({layers[here][0]}) -> {dep} ({layers[there][0]})")
+    return found
+
+
+def _is_step(module: str) -> bool:
+    return module == STEPS or module.startswith(STEPS + ".")
+
+
+def step_importers(graph: dict[str, set[str]]) -> list[str]:
+    """Each import of a step by a module other than the procedure or a step."""
+    return [f"{name} -> {dep}" for name in sorted(graph)
+            if name != STEPS_IMPORTER and not _is_step(name)
+            for dep in sorted(graph[name]) if _is_step(dep)]
+
+
+def test_every_module_has_a_layer():
+    missing = unplaced(import_graph())
+    assert not missing, "in no layer of LAYERS: " + ", ".join(missing)
+
+
+def test_modules_import_only_their_own_layer_or_below():
+    upward = upward_imports(import_graph())
+    assert not upward, "imports from a higher layer: " + "; ".join(upward)
+
+
+def test_only_the_procedure_imports_the_steps():
+    found = step_importers(import_graph())
+    assert not found, f"only {STEPS_IMPORTER} imports the steps: " + "; ".join(found)
+
+
+def package_graph(graph: dict[str, set[str]], tops: set[str]) -> dict[str, set[str]]:
+    """GRAPH between the packages TOPS: which of them each imports from."""
+    return {top: {top_name(dep) for name, deps in graph.items() if top_name(name) == top
+                  for dep in deps if top_name(dep) in tops - {top}}
+            for top in tops}
+
+
+def test_the_library_packages_use_each_other_one_way():
+    """Within a layer modules may lean on each other, but two library
+    packages never both ways (jails uses consoles; consoles never jails)."""
+    library = set(dict(LAYERS)["library"])
+    cycle = find_cycle(package_graph(import_graph(), library))
+    assert cycle is None, "library packages import each other: " + " -> ".join(cycle or [])
+
+
+def test_the_package_checker_finds_two_packages_leaning_on_each_other():
+    graph = {"ivle_maint.x.a": {"ivle_maint.y.b"}, "ivle_maint.y.b": set(),
+             "ivle_maint.y.c": {"ivle_maint.x.d"}, "ivle_maint.x.d": {"ivle_maint.base"},
+             "ivle_maint.base": set()}
+    assert find_cycle(graph) is None  # no module cycle, yet x and y lean on each other
+    assert find_cycle(package_graph(graph, {"x", "y"})) == ["x", "y", "x"]
+
+
+def test_the_layer_checkers_find_what_breaks_their_rules():
+    layers = (("low", ("__init__", "a")), ("mid", ("b", "steps")), ("high", ("procedure",)))
+    graph = {
+        "ivle_maint": set(),
+        "ivle_maint.a": {"ivle_maint.b"},                    # up a layer
+        "ivle_maint.b": {"ivle_maint.a", "ivle_maint.steps.one"},  # a step, not procedure
+        "ivle_maint.steps": set(),
+        "ivle_maint.steps.one": {"ivle_maint.steps.two", "ivle_maint.a"},
+        "ivle_maint.steps.two": set(),
+        "ivle_maint.procedure": {"ivle_maint.steps.one", "ivle_maint.b"},
+        "ivle_maint.stray": set(),                           # in no layer
+    }
+    assert unplaced(graph, layers) == ["ivle_maint.stray"]
+    assert upward_imports(graph, layers) == ["ivle_maint.a (low) -> ivle_maint.b (mid)"]
+    assert step_importers(graph) == ["ivle_maint.b -> ivle_maint.steps.one"]
+    clean = {name: deps - {"ivle_maint.b", "ivle_maint.steps.one"} if name in
+             ("ivle_maint.a", "ivle_maint.b") else deps
+             for name, deps in graph.items() if name != "ivle_maint.stray"}
+    assert (unplaced(clean, layers), upward_imports(clean, layers), step_importers(clean)) \
+        == ([], [], [])
 
 
 # The command line parses its arguments without loading the library: there,

@@ -14,7 +14,7 @@ from ivle_maint import system
 from ivle_maint.cluster.probe import ask
 from ivle_maint.config import Settings, load_settings
 from ivle_maint.errors import MaintError
-from ivle_maint.steps import maintenance
+from ivle_maint.services import maintenance_page
 
 
 def settings_with(tmp_path: Path, text: str = "") -> Settings:
@@ -24,20 +24,20 @@ def settings_with(tmp_path: Path, text: str = "") -> Settings:
 
 
 def test_mode_is_stop_by_default_then_env_then_option(tmp_path, monkeypatch):
-    monkeypatch.delenv(maintenance.ENV_MODE, raising=False)
+    monkeypatch.delenv(maintenance_page.ENV_MODE, raising=False)
     settings = settings_with(tmp_path)
-    assert maintenance.mode(settings) == "stop"
-    monkeypatch.setenv(maintenance.ENV_MODE, "maintenance")
-    assert maintenance.mode(settings) == "maintenance"
-    assert maintenance.mode(settings, "stop") == "stop"
-    monkeypatch.setenv(maintenance.ENV_MODE, "pause")
+    assert maintenance_page.mode(settings) == "stop"
+    monkeypatch.setenv(maintenance_page.ENV_MODE, "maintenance")
+    assert maintenance_page.mode(settings) == "maintenance"
+    assert maintenance_page.mode(settings, "stop") == "stop"
+    monkeypatch.setenv(maintenance_page.ENV_MODE, "pause")
     with pytest.raises(MaintError, match="'pause': use one of stop, maintenance"):
-        maintenance.mode(settings)
+        maintenance_page.mode(settings)
 
 
 def test_conf_answers_503_with_headers_and_the_page_on_one_line():
     page = '<html>\n  <p class="x">Back soon \\ caf\u00e9</p>\n</html>\n'
-    text = maintenance.conf_text(42, page)
+    text = maintenance_page.conf_text(42, page)
     assert "Redirect 503 /\n" in text
     assert 'Header always set Retry-After "42"' in text
     assert 'Header always set Cache-Control "no-store"' in text
@@ -60,41 +60,41 @@ def journal(state: Path, name: str, created: float, down: float, up: float, *,
 
 def test_retry_after_is_the_last_upgrades_web_down_time(tmp_path):
     settings = settings_with(tmp_path, "[web]\nretry_after = 120\n")
-    assert maintenance.retry_after(settings) == (120, "[web] retry_after")
+    assert maintenance_page.retry_after(settings) == (120, "[web] retry_after")
     state = tmp_path / "state"
     journal(state, "0.9_to_1.0.100.json", 100, 1000.0, 1600.0)
     journal(state, "1.0_to_1.1.json", 200, 2000.0, 2041.2)
     journal(state, "1.1_to_1.2.json", 300, 3000.0, 3005.0, state_word="in-progress")  # unfinished
-    assert maintenance.retry_after(settings) == (42, "the upgrade 1.0 -> 1.1")
+    assert maintenance_page.retry_after(settings) == (42, "the upgrade 1.0 -> 1.1")
 
 
 def test_replacement_page_read_and_bounded(tmp_path):
     page = tmp_path / "page.html"
     page.write_text("<p>Ours</p>")
     settings = settings_with(tmp_path, f"[web]\nmaintenance_page = {page}\n")
-    assert maintenance.page_text(settings) == "<p>Ours</p>"
-    page.write_text("x" * (maintenance.PAGE_LIMIT + 1))
+    assert maintenance_page.page_text(settings) == "<p>Ours</p>"
+    page.write_text("x" * (maintenance_page.PAGE_LIMIT + 1))
     with pytest.raises(MaintError, match="larger than"):
-        maintenance.page_text(settings)
+        maintenance_page.page_text(settings)
     page.unlink()
     with pytest.raises(MaintError, match="cannot read"):
-        maintenance.page_text(settings)
+        maintenance_page.page_text(settings)
 
 
 def test_preflight_in_maintenance_mode_needs_apache(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no a2ensite anywhere on it
     monkeypatch.setattr(system, "SBIN_PATH", str(tmp_path))
     settings = settings_with(tmp_path)
-    maintenance.preflight(settings, "stop")  # nothing needed
+    maintenance_page.preflight(settings, "stop")  # nothing needed
     with pytest.raises(MaintError, match="a2ensite not found"):
-        maintenance.preflight(settings, "maintenance")
+        maintenance_page.preflight(settings, "maintenance")
 
 
 def test_plan_says_the_mode(tmp_path, monkeypatch):
-    monkeypatch.delenv(maintenance.ENV_MODE, raising=False)
+    monkeypatch.delenv(maintenance_page.ENV_MODE, raising=False)
     settings = settings_with(tmp_path)
-    assert "web server stopped" in maintenance.plan_line(settings, None)
-    line = maintenance.plan_line(settings, "maintenance")
+    assert "web server stopped" in maintenance_page.plan_line(settings, None)
+    line = maintenance_page.plan_line(settings, "maintenance")
     assert "maintenance page (503, Retry-After 300s" in line and "ivle" in line
 
 
@@ -141,6 +141,6 @@ def test_a_node_in_maintenance_does_not_serve(tmp_path):
     settings = settings_with(tmp_path, f"[services]\nbackend = init.d\ninitd_dir = {initd}\n")
     reporter = TerminalReporter()
     assert service_serving(settings, reporter, "1.0") == "1.0"
-    maintenance.Record(["ivle"], 0.0).write(settings)
-    assert maintenance.in_maintenance(settings)
+    maintenance_page.Record(["ivle"], 0.0).write(settings)
+    assert maintenance_page.in_maintenance(settings)
     assert service_serving(settings, reporter, "1.0") is None

@@ -12,10 +12,10 @@ from configobj import ConfigObj
 
 from ivle_maint.errors import MaintError
 from ivle_maint.gates import rewrite as atomic
-from ivle_maint.steps import media
-from ivle_maint.steps.media import (
+from ivle_maint.media.version import (
     ADDED,
     CHANGED,
+    MEDIA_RECORD,
     UNCHANGED,
     UNSET,
     next_value,
@@ -219,7 +219,7 @@ def test_reinstall_of_the_same_version_gets_a_new_value(node):
     assert node.set("2.1", upgrade="1.0->2.1").new == "2.1"
     assert node.set("2.1", upgrade="2.1->2.1 #1").new == "2.1.r2"
     assert node.set("2.1", upgrade="2.1->2.1 #2").new == "2.1.r3"
-    record = json.loads((node.state / media.RECORD_NAME).read_text())
+    record = json.loads((node.state / MEDIA_RECORD).read_text())
     assert [e["value"] for e in record["entries"]] == ["2.1", "2.1.r2", "2.1.r3"]
 
 
@@ -263,7 +263,7 @@ def test_plan_shows_the_next_value_without_writing(node):
 
 def test_unreadable_record_is_a_one_line_error(node):
     node.state.mkdir()
-    (node.state / media.RECORD_NAME).write_text("{broken")
+    (node.state / MEDIA_RECORD).write_text("{broken")
     before = node.conf.read_bytes()
     with pytest.raises(MaintError, match="unreadable media version record"):
         node.set("2.1")

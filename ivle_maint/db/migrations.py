@@ -1,11 +1,11 @@
-"""IVLE's upgrade procedure, "Patching the database" step: apply new migrations on the master.
+"""IVLE's upgrade procedure, "Patching the database": apply new migrations on the master.
 
 Library functions the procedure, the packaging hooks and the CLI call:
 
     status(settings)                    -> Status       what is applied, pending, changed
     preflight(settings, ...)            -> Plan         read + classify; raise on any problem
-    migrate(settings, reporter, ...)    -> MigrateResult  lock, back up, apply
-    baseline(settings, through, ...)    -> BaselineResult record as applied, run nothing
+    apply_migrations(settings, reporter, ...) -> MigrateResult   lock, back up, apply
+    record_baseline(settings, through, ...)   -> BaselineResult  record as applied, run nothing
     backup_now(settings, reporter)      -> Path         a pg_dump now
 
 Each pending migration runs in one transaction together with its marker
@@ -42,10 +42,10 @@ __all__ = [
     "MigrateResult",
     "Plan",
     "Status",
+    "apply_migrations",
     "backup_now",
-    "baseline",
-    "migrate",
     "preflight",
+    "record_baseline",
     "status",
 ]
 
@@ -144,7 +144,7 @@ def preflight(
     return plan
 
 
-def migrate(
+def apply_migrations(
     settings: Settings,
     reporter: Reporter,
     *,
@@ -267,7 +267,7 @@ def _accept(conn: Any, accept: list[Changed], reporter: Reporter) -> None:
         reporter.info(f"accepted the changed file of {c.key}")
 
 
-def baseline(
+def record_baseline(
     settings: Settings,
     through: str | Sequence[Path | str],
     reporter: Reporter | None = None,

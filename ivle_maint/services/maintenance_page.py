@@ -5,7 +5,7 @@ IVLE's sites ([web] sites) are disabled with a2dissite, ivle-maint's
 configuration (conf-available/ivle-maint-maintenance.conf, generated here)
 is enabled with a2enconf, and Apache restarts gracefully: its listening
 sockets stay open, so no client is refused, and every child that ran
-IVLE's code finishes its request and exits; the step waits until the
+IVLE's code finishes its request and exits; enter() waits until the
 last one is gone (IVLE's code runs only in Apache's children: mod_python
 imports the handlers there, the parent never serves a request).  From then
 on every request is answered 503 with Retry-After, Cache-Control: no-store
@@ -41,7 +41,7 @@ from ..gates.schema_hold import ivle_sites as sites
 from ..journal import COMPLETE, Journal, oldest_first
 from ..output import Reporter
 from ..safepaths import read_nofollow
-from .services import RUNNING, ServiceControl, control_from_settings
+from .init_scripts import RUNNING, ServiceControl, control_from_settings
 
 STOP, MAINTENANCE = "stop", "maintenance"
 MODES = (STOP, MAINTENANCE)
@@ -256,10 +256,10 @@ def _graceful(control: ServiceControl, name: str, how: str = "graceful") -> str:
            f"({time.monotonic() - started:.1f}s)"
 
 
-# -- the steps -------------------------------------------------------------
+# -- entering and leaving (stop-web and start-web) --------------------------
 
 def enter(settings: Settings, reporter: Reporter) -> str:
-    """stop-web in maintenance mode; returns the step's summary."""
+    """Put up the maintenance page (stop-web in maintenance mode); returns a summary."""
     record = Record.read(settings)
     if record is None:  # a rerun keeps the first run's record of what it disabled
         record = Record(enabled_sites(settings), clock.wall())

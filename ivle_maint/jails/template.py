@@ -6,13 +6,13 @@ by line and is never held in memory (only a short tail is kept, for the
 error message); a terminal shows a heartbeat with the lines seen and the
 time elapsed, so a long, quiet apt download does not look like a hang.
 
-Afterwards the step checks what the tool claims: the template exists and
-is not empty, and, when template_build exists, every entry of the two
-trees matches (type, mode, owner, size, whole-second mtime, link target),
+Afterwards rebuild_template checks what the tool claims: the template
+exists and is not empty, and, when template_build exists, every entry of
+the two trees matches (type, mode, owner, size, whole-second mtime, link target),
 which is what a completed ``rsync -a --delete`` leaves.
 
 The helpers here (root check, command from the settings, the run with a
-heartbeat) also serve user_jails.py: both wrap IVLE's own jail tools.
+heartbeat) also serve users.py: both wrap IVLE's own jail tools.
 """
 
 from __future__ import annotations
@@ -200,12 +200,12 @@ def compare_trees(build: Path, template: Path) -> tuple[int, list[str]]:
     return count, differences
 
 
-# ---------------------------------------------------------------- the step
+# ------------------------------------------------------------- the rebuild
 
 
 @dataclass(frozen=True)
 class JailRebuildResult:
-    """What rebuild_jail did and what it checked."""
+    """What rebuild_template did and what it checked."""
 
     run: ToolRun
     template: Path
@@ -243,7 +243,7 @@ def check_template(template: Path, template_build: Path | None) -> int | None:
     return count
 
 
-def rebuild_jail(settings: Settings, reporter: Reporter, *, ivle_conf: IvleConf | None = None,
+def rebuild_template(settings: Settings, reporter: Reporter, *, ivle_conf: IvleConf | None = None,
                  interval: float = HEARTBEAT_SECONDS) -> JailRebuildResult:
     """Run ``ivle-buildjail -u`` ([commands] buildjail), then check the template."""
     argv = [*command_argv(settings, "buildjail"), "-u"]

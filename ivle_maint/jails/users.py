@@ -9,8 +9,8 @@ The users to expect come from the database's ``login`` table, because that
 is what ``ivle-remakeuser -a`` walks: the jail directories under [paths]
 [[jails]] src also hold deleted users and miss users whose jail was never
 made.  The count only feeds the progress line, so when the database cannot
-be read the step falls back to the jail directories (the tool itself will
-then fail, and say why).
+be read remake_user_jails falls back to the jail directories (the tool
+itself will then fail, and say why).
 
 Progress: the tool prints nothing for a user that works, so the heartbeat
 watches src/LOGIN instead; a rebuild replaces that directory's entries,
@@ -34,7 +34,7 @@ from ..config import IvleConf, Settings
 from ..db.connect import connect, params_from_settings
 from ..errors import MaintError
 from ..output import Reporter
-from .jail_rebuild import ToolRun, command_argv, require_root, run_tool
+from .template import ToolRun, command_argv, require_root, run_tool
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The consoles step: stop the processes that keep user jails in use.
+"""Stopping the processes that keep user jails in use.
 
 IVLE's console backends (``/usr/bin/python <share>/services/python-console
 PORT MAGIC``) run chrooted in a user's jail as the student; they, and any
@@ -76,7 +76,7 @@ class Stopped:
 
 @dataclass(frozen=True)
 class ConsolesResult:
-    """What stop_consoles did."""
+    """What stop_consoles_in did."""
 
     stopped: tuple[Stopped, ...]
     spared: tuple[JailProcess, ...]  # ivle-maint, its ancestors, init
@@ -185,7 +185,7 @@ def _report(stopped: list[Stopped], ignored: list[JailProcess], term_timeout: fl
         reporter.info(line)
 
 
-def stop_consoles(
+def stop_consoles_in(
     mounts: str | os.PathLike[str],
     reporter: Reporter,
     *,
@@ -194,7 +194,7 @@ def stop_consoles(
     src: str | os.PathLike[str] | None = None,
     not_jails: Iterable[str] = (),
 ) -> ConsolesResult:
-    """The step: stop every student process in the jails (the gate's
+    """Stop every student process in the jails below MOUNTS (the gate's
     empty_jails), and report it in a bounded number of lines.
 
     src: the jail sources ([paths][[jails]] src), where IVLE's users are
@@ -222,7 +222,7 @@ def list_consoles(
     share: str | os.PathLike[str] | None = None,
     src: str | os.PathLike[str] | None = None,
 ) -> list[JailProcess]:
-    """Every process in the jails: those stop_consoles would stop, and the others."""
+    """Every process in the jails: those stop_consoles_in would stop, and the others."""
     return [jp for _, jp in scan(jaildir.resolve(mounts), share=share, src=src)]
 
 
@@ -244,9 +244,9 @@ def _where(settings: Settings) -> tuple[str, str | None, list[str]]:
 
 
 def stop_consoles_for(settings: Settings, reporter: Reporter) -> ConsolesResult:
-    """stop_consoles for this node's ivle.conf and [consoles] term_timeout."""
+    """stop_consoles_in for this node's ivle.conf and [consoles] term_timeout."""
     mounts, src, not_jails = _where(settings)
-    return stop_consoles(
+    return stop_consoles_in(
         mounts,
         reporter,
         share=settings.ivle_conf().share,
@@ -259,6 +259,6 @@ def stop_consoles_for(settings: Settings, reporter: Reporter) -> ConsolesResult:
 def refuse_foreign_for(settings: Settings) -> None:
     """The preflight's twin of stop_consoles_for: MaintError (one line)
     naming a process in a jail that is no IVLE user's (an administrator's
-    shell), which the step would refuse to stop, while the site is still up."""
+    shell), which stop_consoles_in would refuse to stop, while the site is still up."""
     mounts, src, not_jails = _where(settings)
     processes.refuse_foreign(_tree(mounts, src, not_jails), site_up=True)

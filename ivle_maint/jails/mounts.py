@@ -2,9 +2,9 @@
 
 The kernel's mount table is the truth: ``ivle-mountallusers -u`` only
 tries the users still in the database and exits 0 whatever happened, so
-mounts of deleted users and busy mounts survive it.  This step unmounts
-everything strictly below the (realpath'd) mounts directory, children
-before parents, and reads the table again to prove it.
+mounts of deleted users and busy mounts survive it.  unmount_jails_in
+unmounts everything strictly below the (realpath'd) mounts directory,
+children before parents, and reads the table again to prove it.
 
 Unmounting uses the umount2 syscall through ctypes rather than umount(8):
 it gives the exact errno (EBUSY against EINVAL) instead of a localised
@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 
 from .. import jaildir, mountinfo, system
 from ..config import Settings
+from ..consoles.jail_processes import JailProcess, scan
 from ..errors import MaintError
 from ..logfile import BoundedOutput
 from ..mountinfo import Mount, is_at_or_below, is_below
 from ..output import Reporter
-from .consoles import JailProcess, scan
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class BusyMount:
 
 @dataclass(frozen=True)
 class UnmountResult:
-    """What unmount_jails did."""
+    """What unmount_jails_in did."""
 
     top: str  # the mounts directory, realpath'd
     unmounted: tuple[str, ...] = ()
@@ -184,7 +184,7 @@ def run_mountallusers(
     return done.exit_code
 
 
-def unmount_jails(
+def unmount_jails_in(
     mounts: str | os.PathLike[str],
     reporter: Reporter,
     *,
@@ -193,7 +193,7 @@ def unmount_jails(
     env: Mapping[str, str] | None = None,
     check: bool = True,
 ) -> UnmountResult:
-    """The step: unmount every mount below the jail mounts directory.
+    """Unmount every mount below the jail mounts directory.
 
     Busy mounts are reported with their holders, lazily detached when
     lazy, else left; then (check) BusyMountsError names them in one line.
@@ -261,13 +261,13 @@ def _busy_message(result: UnmountResult) -> str:
 def unmount_jails_for(
     settings: Settings, reporter: Reporter, *, lazy: bool | None = None
 ) -> UnmountResult:
-    """unmount_jails as [jails] and [commands] configure it; lazy overrides."""
+    """unmount_jails_in as [jails] and [commands] configure it; lazy overrides."""
     jails = settings["jails"]
     command = None
     if jails["run_mountallusers"]:
         command = [settings["commands"]["mountallusers"]]
     ivle = settings.ivle_conf()
-    return unmount_jails(
+    return unmount_jails_in(
         jaildir.check(ivle),
         reporter,
         lazy=jails["lazy_unmount"] if lazy is None else lazy,

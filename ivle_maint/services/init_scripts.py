@@ -320,7 +320,7 @@ def service_names(settings: Settings, which: str = "all") -> list[str]:
 def run_action(
     settings: Settings, reporter: Reporter, action: str, which: str = "all"
 ) -> list[ServiceResult]:
-    """The step: ACTION on the chosen services, each reported in one line."""
+    """ACTION on the chosen services, each reported in one line."""
     control = control_from_settings(settings, reporter)
     results = []
     # Stop the web server before the user management server; start in reverse.

@@ -53,7 +53,7 @@ from ..safepaths import read_nofollow
 
 log = logging.getLogger(__name__)
 
-RECORD_NAME = "media-versions.json"
+MEDIA_RECORD = "media-versions.json"
 
 UNSET, UNCHANGED, CHANGED, ADDED = "unset", "unchanged", "changed", "added"
 
@@ -117,7 +117,7 @@ class Record:
 
     @classmethod
     def load(cls, state_dir: Path) -> Record:
-        path = state_dir / RECORD_NAME
+        path = state_dir / MEDIA_RECORD
         if not path.exists():
             return cls(path)
         try:
@@ -358,7 +358,7 @@ def _verify(cf: ConfFile, new: bytes, value: str) -> None:
         raise MaintError(f"{cf.path}: rewrite changed {changed} lines; nothing written")
 
 
-# ---------------------------------------------------------------- the step
+# ----------------------------------------------------- planning and changing
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
-"""A service step's results as the procedure's Outcome."""
+"""What an action on IVLE's services did, as a step's Outcome."""
 
 from __future__ import annotations
 
 from ..context import Outcome, UpgradeContext
-from .services import run_action
+from .init_scripts import run_action
 
 
 def service_outcome(ctx: UpgradeContext, action: str, which: str) -> Outcome:
