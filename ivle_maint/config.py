@@ -16,6 +16,7 @@ from typing import Any
 
 from configobj import ConfigObj, ConfigObjError, Section, flatten_errors, get_extra_values
 
+from .context import Role
 from .errors import ConfigError
 from .gates import trusted
 
@@ -369,9 +370,8 @@ class Settings:
         return self.conf[section]
 
     @property
-    def role(self) -> str:
-        role: str = self.conf["node"]["role"]
-        return role
+    def role(self) -> Role:
+        return Role(self.conf["node"]["role"])
 
     @property
     def node_name(self) -> str:

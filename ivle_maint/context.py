@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -19,8 +20,43 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-MASTER, SLAVE, BOTH = "master", "slave", "both"
-BEFORE, AFTER = "before", "after"
+
+
+class Role(StrEnum):
+    """What a node is in the IVLE cluster ([node] role), and what a step
+    needs of the node that runs it.  A StrEnum: journals, the cluster table
+    and the settings keep the plain strings, and a Role equals its string."""
+
+    MASTER = "master"  # PostgreSQL, the user management server, the jail template
+    SLAVE = "slave"    # Apache, students' code in their jails
+    BOTH = "both"      # one machine is the whole site: runs every step
+
+    @property
+    def runs_web(self) -> bool:
+        """Does this node serve IVLE's web site (a slave's duties)?"""
+        return self in (Role.SLAVE, Role.BOTH)
+
+    @property
+    def runs_database(self) -> bool:
+        """Does this node keep the database and jail template (a master's duties)?"""
+        return self in (Role.MASTER, Role.BOTH)
+
+    def runs(self, step_role: Role | str) -> bool:
+        """Does a node of this role run a step declared for STEP_ROLE?"""
+        return self is Role.BOTH or self == step_role
+
+
+class Phase(StrEnum):
+    """When a step runs: BEFORE while the old code is still installed
+    (dpkg's preinst), AFTER once the new code is in place (postinst)."""
+
+    BEFORE = "before"
+    AFTER = "after"
+
+
+# The names the runner, the hooks and the command line still import.
+MASTER, SLAVE, BOTH = Role.MASTER, Role.SLAVE, Role.BOTH
+BEFORE, AFTER = Phase.BEFORE, Phase.AFTER
 
 
 @dataclass
@@ -47,8 +83,8 @@ class Step:
 
     name: str
     title: str
-    role: str
-    phase: str
+    role: Role
+    phase: Phase
     run: Callable[[UpgradeContext], Outcome] = field(compare=False, repr=False)
     undo: Step | None = None
     serving: bool | None = None
@@ -59,7 +95,8 @@ class Step:
 def select_steps(role: str, phases: Iterable[str], steps: Sequence[Step]) -> list[Step]:
     """This node's steps, in order, for the given phases."""
     wanted = set(phases)
-    return [s for s in steps if s.phase in wanted and role in (s.role, BOTH)]
+    node = Role(role)
+    return [s for s in steps if s.phase in wanted and node.runs(s.role)]
 
 
 def serving(role: str, journal: Journal, steps: Sequence[Step]) -> str | None:
