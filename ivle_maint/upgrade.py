@@ -233,7 +233,7 @@ def _remove_dump_leftovers(settings: Settings) -> None:
 
 def _unpin_backups(ctx: UpgradeContext) -> None:
     """The upgrade's first dump stays only as the last completed upgrade's."""
-    if ctx.settings.role == "slave":
+    if not ctx.settings.role.runs_database:
         return
     unfinished = [upgrade_id(j) for j in Journal.unfinished(state_dir(ctx.settings))]
     upgrade_completed(ctx.settings, ctx.upgrade_id, unfinished)

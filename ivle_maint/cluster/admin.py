@@ -76,7 +76,7 @@ def refresh(settings: Settings, reporter: Reporter) -> None:
 
 def service_serving(settings: Settings, reporter: Reporter, version: str | None) -> str | None:
     """VERSION if this node's service (web, or usrmgt on a master) runs, else None."""
-    which = "usrmgt" if settings.role == "master" else "web"
+    which = "web" if settings.role.runs_web else "usrmgt"
     if which == "web" and in_maintenance(settings):  # Apache answers only 503
         return None
     control = control_from_settings(settings, reporter)
@@ -132,7 +132,7 @@ def register(settings: Settings, reporter: Reporter, version: str | None = None,
             if twin:
                 raise ConfigError(twin)
             past = trust.upgrade_past(rows, row["name"], version) \
-                if joining and presence.settings.role != "master" else []
+                if joining and presence.settings.role.runs_web else []
         presence.write(row, strict=strict)
     except ConfigError:
         raise

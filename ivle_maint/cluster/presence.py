@@ -28,7 +28,7 @@ import psycopg2
 
 from .. import liveness
 from ..consoles.jail_processes import list_consoles
-from ..context import BEFORE, SLAVE, Step, select_steps, serving
+from ..context import BEFORE, SLAVE, Phase, Role, Step, select_steps, serving
 from ..db.apply import pg_reason
 from ..db.connect import connect, params_from_settings
 from ..errors import MaintError
@@ -65,7 +65,7 @@ def connection_lost(exc: BaseException, conn: Any) -> bool:
 def coordinated(settings: Settings) -> bool:
     """Does this node take part in the cluster ([cluster] coordinate)?"""
     mode = settings["cluster"]["coordinate"]
-    return mode == "always" or (mode == "auto" and settings.role != "both")
+    return mode == "always" or (mode == "auto" and settings.role is not Role.BOTH)
 
 
 def node_id(settings: Settings) -> str:
@@ -240,7 +240,7 @@ class Presence:
         self.journal, self.steps, self.code_is_new = journal, tuple(steps), code_is_new
 
     def _base(self) -> dict[str, Any]:
-        has_web = self.settings.role in ("slave", "both")
+        has_web = self.settings.role.runs_web
         return {"name": self.name, "role": self.settings.role, "host": table.hostname(),
                 "instance": node_id(self.settings), "media": current_media(self.settings),
                 "machine": machine_id(self.settings),
@@ -262,7 +262,7 @@ class Presence:
         """Counted once this run finds the jails unmounted and the web server not
         yet back; NULL otherwise (a serving slave may mount at any moment)."""
         unmounted = all(j.is_done(s.name) for s in select_steps(SLAVE, (BEFORE,), self.steps))
-        if self.settings.role not in ("slave", "both") or not unmounted \
+        if not self.settings.role.runs_web or not unmounted \
                 or serving(self.settings.role, j, self.steps) == j.new:
             self._jail_use = None
             return None, None
@@ -274,7 +274,7 @@ class Presence:
         """What the journal says it serves, unless a web server the journal says
         is down runs anyway (started by hand): then the old code, to be safe."""
         served = serving(self.settings.role, j, self.steps)
-        if served is not None or self.settings.role not in ("slave", "both"):
+        if served is not None or not self.settings.role.runs_web:
             return served
         if in_maintenance(self.settings):  # Apache runs, answering only 503
             return None
@@ -373,7 +373,7 @@ class Presence:
                 f"the cluster table already has a node named {self.name!r} written by another "
                 f"ivle-maint (host {other.host}, node id {other.instance}): give this node its "
                 f"own [node] name, or if that node is gone: ivle-maint cluster forget {self.name}")
-        self.write(self.row("before", "preflight"), strict=True)
+        self.write(self.row(Phase.BEFORE, "preflight"), strict=True)
 
 
 @contextmanager

@@ -54,6 +54,8 @@ from typing import Any
 import psycopg2.errors
 from psycopg2 import sql
 
+from ..context import Role
+
 NODES, MEDIA = "ivle_maint_nodes", "ivle_maint_media"
 MARKER = "ivle_maint_migrations"
 
@@ -122,8 +124,16 @@ class NodeRow:
     runner: str | None = None
 
     @property
+    def node_role(self) -> Role | None:
+        """The row's role; None for a value no ivle-maint writes (a hand-edited row)."""
+        try:
+            return Role(self.role)
+        except ValueError:
+            return None
+
+    @property
     def has_web(self) -> bool:
-        return self.role in ("slave", "both")
+        return self.node_role is not None and self.node_role.runs_web
 
 
 def _exists(cur: Any, table: str) -> bool:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .. import liveness
+from ..context import Phase, Role
 from ..errors import MaintError
 from ..versions import parse
 from .ages import human_age
@@ -37,7 +38,7 @@ from .ages import human_age
 if TYPE_CHECKING:
     from .table import NodeRow
 
-RUNNING_PHASES = ("before", "after", "waiting")
+RUNNING_PHASES = (Phase.BEFORE, Phase.AFTER, "waiting")
 
 
 def older(version: str | None, new: str) -> bool:
@@ -98,7 +99,7 @@ def forget_meaning(name: str) -> str:
 
 
 def is_master(row: NodeRow) -> bool:
-    return row.role in ("master", "both")
+    return row.node_role is not None and row.node_role.runs_database
 
 
 def other_masters(rows: list[NodeRow], me: str) -> list[NodeRow]:
@@ -120,9 +121,9 @@ def upgrade_past(rows: list[NodeRow], me: str, version: str | None) -> list[str]
     return found
 
 
-def second_master(rows: list[NodeRow], me: str, role: str) -> str | None:
+def second_master(rows: list[NodeRow], me: str, role: Role) -> str | None:
     """Why a node of ROLE named ME may not act as master here; None if it may."""
-    others = other_masters(rows, me) if role in ("master", "both") else []
+    others = other_masters(rows, me) if role.runs_database else []
     if not others:
         return None
     row = others[0]

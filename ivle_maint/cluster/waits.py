@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..context import Role
 from ..db.discovery import discover
 from ..errors import MaintError
 from ..versions import parse
@@ -228,7 +229,7 @@ def wait_for_master(ctx: UpgradeContext) -> str:
     me = presence.name
     conf = ctx.settings["cluster"]
     masters, marker, ivle_tables = presence.query(lambda conn: (
-        [r for r in table.nodes(conn) if r.role != "slave" and r.name != me],
+        [r for r in table.nodes(conn) if r.node_role is not Role.SLAVE and r.name != me],
         table.applied_keys(conn), table.has_ivle_tables(conn)))
     # No master row is not "nothing to wait for" on a database that holds
     # IVLE's tables: its master may simply never have run ivle-maint yet.
@@ -246,7 +247,7 @@ def wait_for_master(ctx: UpgradeContext) -> str:
 
     def check(conn: Any) -> Pending | None:
         applied = table.applied_keys(conn) or set()
-        rows = [r for r in table.nodes(conn) if r.role != "slave" and r.name != me]
+        rows = [r for r in table.nodes(conn) if r.node_role is not Role.SLAVE and r.name != me]
         ahead = newer_than_me(rows, applied, keys, ctx.new)
         if ahead and not conf["serve_on_newer_schema"]:
             raise _refuse_newer(ctx, ahead)

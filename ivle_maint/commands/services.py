@@ -53,7 +53,7 @@ def cmd_services(ctx: Context) -> int:
         try:
             init_scripts.run_action(ctx.settings, ctx.reporter, ctx.args.action, ctx.args.which)
         finally:
-            if ctx.args.which in ("web", "all") and ctx.settings.role in ("slave", "both"):
+            if ctx.args.which in ("web", "all") and ctx.settings.role.runs_web:
                 from ..cluster.admin import record_serving
 
                 # The other nodes must know: the master migrates only once

@@ -310,9 +310,9 @@ def service_names(settings: Settings, which: str = "all") -> list[str]:
         raise MaintError(f"unknown service {which!r}; use web, usrmgt or all")
     role = settings.role
     names = []
-    if role in ("slave", "both"):
+    if role.runs_web:
         names.append(conf["web"])
-    if role in ("master", "both"):
+    if role.runs_database:
         names.append(conf["usrmgt"])
     return names
 
