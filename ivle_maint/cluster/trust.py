@@ -121,9 +121,9 @@ def upgrade_past(rows: list[NodeRow], me: str, version: str | None) -> list[str]
     return found
 
 
-def second_master(rows: list[NodeRow], me: str, role: Role) -> str | None:
+def second_master(rows: list[NodeRow], me: str, role: Role | str) -> str | None:
     """Why a node of ROLE named ME may not act as master here; None if it may."""
-    others = other_masters(rows, me) if role.runs_database else []
+    others = other_masters(rows, me) if Role(role).runs_database else []
     if not others:
         return None
     row = others[0]
