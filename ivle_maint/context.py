@@ -6,9 +6,9 @@ imports nothing of theirs, so the import graph flows one way.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -67,18 +67,109 @@ class Outcome:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
+# What a step contributes beyond its action.  The preflight, the plan and
+# the summary ask every step for its part; each report's parts come in the
+# order of its enum below, a part's lines in the order of the procedure.
+
+
+class PreflightStage(IntEnum):
+    """The preflight's order: this node's jails and web server, the trees
+    and the database the after-phase rewrites, ivle.conf, the state files,
+    the cluster (only when coordinated)."""
+
+    JAILS = 1
+    WEB = 2
+    JAIL_TREE = 3
+    DATABASE = 4
+    IVLE_CONF = 5
+    STATE_FILES = 6  # after the upgrade's own records (journal, installed.json)
+    CLUSTER = 7
+
+
+@dataclass(frozen=True)
+class Check:
+    """A proof the preflight runs for a step while the site is still up:
+    raises MaintError in one line (the rule: preflight.py's docstring)."""
+
+    stage: PreflightStage
+    run: Callable[[UpgradeContext], None] = field(compare=False, repr=False)
+
+
+class PlanPart(IntEnum):
+    """The plan's order, after its list of steps."""
+
+    DATABASE = 1
+    WEB = 2
+
+
+@dataclass(frozen=True)
+class PlanLines:
+    """What `ivle-maint plan` says of a step beyond its title: lines(ctx,
+    what to call ctx.new_migrations in the output, None: its path)."""
+
+    part: PlanPart
+    lines: Callable[[UpgradeContext, str | None], list[str]] = field(compare=False, repr=False)
+
+
+class SummaryPart(IntEnum):
+    """The end-of-upgrade summary's order, after the web-down time."""
+
+    DATABASE = 1
+    COUNTS = 2
+    DONE = 3
+
+
+def _as_is(value: Any, metrics: Mapping[str, Any]) -> str | None:
+    return None if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A line of the summary from what the step recorded (Outcome.metrics,
+    kept in the journal): `  LABEL: shown`, `  LABEL` when shown is "",
+    no line when it is None.  `show` gets the value of KEY and all the
+    step's metrics; `when_done`: only once the step is done."""
+
+    key: str
+    label: str
+    part: SummaryPart = SummaryPart.COUNTS
+    show: Callable[[Any, Mapping[str, Any]], str | None] = field(
+        default=_as_is, compare=False, repr=False)
+    when_done: bool = False
+
+
+@dataclass(frozen=True)
+class ClusterWait:
+    """What a step waits for in a cluster before it acts (cluster/waits.py):
+    `wait(ctx, step name)` returns what it waited for ("" if nothing);
+    `plan(ctx, the cluster's rows)` is the plan's line, or None."""
+
+    wait: Callable[[UpgradeContext, str], str] = field(compare=False, repr=False)
+    plan: Callable[[UpgradeContext, Sequence[Any]], str] | None = field(
+        default=None, compare=False, repr=False)
+
+
 @dataclass(frozen=True)
 class Step:
-    """One step of IVLE's upgrade procedure (ivle_maint/steps/<name>.py).
+    """One step of IVLE's upgrade procedure (ivle_maint/steps/<name>.py):
+    everything about it, so that adding a step touches its module and
+    procedure.STEPS only (doc/developing.md, "Adding a step").
 
     BEFORE runs while the old code is still installed (dpkg's preinst),
     AFTER once the new code is in place (postinst).  `undo` gives the site
     back when the upgrade is abandoned after this step began; `serving`
     says what the node's service runs once this step is done: False
-    nothing, True the new code, None unchanged (see serving below).
+    nothing, True the new code, None unchanged (see serving below).  A
+    step with serving False and an undo takes the service down until its
+    undo is done: the summary's web-down time (downtime below).
     `recheck`, for a BEFORE step, says what undid its effect since it was
     done ("" if nothing): the after-phase asks before it trusts the step,
     and runs it again if something did (the schema hold, gates/schema_hold.py).
+
+    What the step adds to the reports: `programs`, IVLE's programs it runs
+    (the preflight finds them); `checks`, the preflight's proofs of what
+    it needs; `plan`, its lines in `ivle-maint plan`; `metrics`, its lines
+    in the summary; `cluster_wait`, what it waits for in a cluster.
     """
 
     name: str
@@ -90,6 +181,12 @@ class Step:
     serving: bool | None = None
     recheck: Callable[[UpgradeContext], str] | None = field(default=None, compare=False,
                                                             repr=False)
+    programs: Callable[[Settings], list[str]] | None = field(default=None, compare=False,
+                                                             repr=False)
+    checks: tuple[Check, ...] = field(default=(), compare=False, repr=False)
+    plan: tuple[PlanLines, ...] = field(default=(), compare=False, repr=False)
+    metrics: tuple[Metric, ...] = field(default=(), compare=False, repr=False)
+    cluster_wait: ClusterWait | None = field(default=None, compare=False, repr=False)
 
 
 def select_steps(role: str, phases: Iterable[str], steps: Sequence[Step]) -> list[Step]:
@@ -97,6 +194,16 @@ def select_steps(role: str, phases: Iterable[str], steps: Sequence[Step]) -> lis
     wanted = set(phases)
     node = Role(role)
     return [s for s in steps if s.phase in wanted and node.runs(s.role)]
+
+
+def downtime(steps: Sequence[Step]) -> tuple[str, str] | None:
+    """(first, last): the service is down from step FIRST's start to step
+    LAST's end, FIRST being the step that stops it (serving False) and LAST
+    the one that undoes it; None when no step does."""
+    for step in steps:
+        if step.serving is False and step.undo is not None:
+            return step.name, step.undo.name
+    return None
 
 
 def serving(role: str, journal: Journal, steps: Sequence[Step]) -> str | None:
@@ -122,6 +229,10 @@ class ClusterLink(Protocol):
     def connection(self, wait: float | None = None) -> Any: ...
 
     def query(self, look: Callable[[Any], T]) -> T: ...
+
+    @property
+    def steps(self) -> Sequence[Step]:
+        """IVLE's procedure, which this run's journal follows."""
 
     def waiting(self, step: str, note: str) -> None: ...
 
@@ -181,6 +292,11 @@ class UpgradeContext:
     def journal(self) -> Journal | None:
         """This run's journal, when the cluster link follows one."""
         return self.cluster.journal if self.cluster is not None else None
+
+    @property
+    def steps(self) -> Sequence[Step]:
+        """The procedure this run's journal follows (none without a link)."""
+        return self.cluster.steps if self.cluster is not None else ()
 
 
 @dataclass(frozen=True)

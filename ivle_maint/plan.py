@@ -1,67 +1,23 @@
-"""`ivle-maint plan`: what this node would do for OLD -> NEW; changes nothing."""
+"""`ivle-maint plan`: what this node would do for OLD -> NEW; changes nothing.
+
+Each step says its own lines (Step.plan, Step.cluster_wait); this module
+puts them in order."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .cluster.admin import read_status
 from .cluster.presence import coordinated
-from .cluster.waits import serving_old
-from .db import migrations
 from .errors import MaintError
-from .gates import schema_hold
-from .media.version import plan_media_version
-from .preflight import classified_after_baseline
-from .procedure import steps_for
-from .services import maintenance_page
+from .procedure import STEPS, steps_for
 
 if TYPE_CHECKING:
-    from .context import UpgradeContext
+    from .context import Step, UpgradeContext
 
 
-def _migration_lines(ctx: UpgradeContext, source: str | None) -> list[str]:
-    # The new version's migrations when they are known (--migrations, or
-    # the new package's manifest as ctx.new_migrations), else the installed ones.
-    directory = ctx.preflight_migrations
-    status = migrations.status(ctx.settings, migrations_dir=directory, reporter=ctx.reporter)
-    if status.unmarked:
-        try:
-            recorded, pending = classified_after_baseline(ctx)
-        except MaintError as exc:
-            return [f"migrations: blocked: {exc}"]
-        lines = [f"no migration marker yet: baseline records the {recorded} migrations of "
-                 f"{ctx.old} as applied, without running them"]
-        problems: list[str] = []
-    else:
-        plan = migrations.preflight(
-            ctx.settings, migrations_dir=directory, accept_changed=ctx.accept_changed,
-            allow_out_of_order=ctx.allow_out_of_order, reporter=ctx.reporter, check=False,
-        )
-        pending, problems, lines = plan.pending, plan.problems, []
-    lines.append(f"pending migrations in {source or directory}: {len(pending)}")
-    if ctx.new_migrations is None and ctx.migrations_dir is None:
-        # Before the upgrade these are the old version's files: say so, or
-        # "0 pending" reads as "NEW has no migrations".
-        lines.append(f"  (read [paths] migrations, the installed version's files; {ctx.new}'s "
-                     "may add more: give --new-migrations with its package's preinst, or "
-                     "--migrations DIR)")
-    lines += [f"  {c.key} ({c.mode})" for c in pending]
-    lines += [f"  blocked: {problem}" for problem in problems]
-    return lines
-
-
-def _media_line(ctx: UpgradeContext) -> str:
-    settings = ctx.settings
-    media = plan_media_version(
-        settings.ivle_conf_dir / "ivle.conf", settings.path_of("state"), ctx.new,
-        upgrade=f"{ctx.old}->{ctx.new}", force=bool(settings["media"]["force"]),
-    )
-    if media.target is None:
-        return "media version: not set in ivle.conf, left alone"
-    return f"media version: {media.current} -> {media.target}"
-
-
-def _cluster_lines(ctx: UpgradeContext) -> list[str]:
+def _cluster_lines(ctx: UpgradeContext, steps: Sequence[Step]) -> list[str]:
     mode = ctx.settings["cluster"]["coordinate"]
     if not coordinated(ctx.settings):
         return [f"cluster: not coordinated ([cluster] coordinate = {mode})"]
@@ -70,19 +26,17 @@ def _cluster_lines(ctx: UpgradeContext) -> list[str]:
         status = read_status(ctx.settings, ctx.reporter)
     except MaintError as exc:
         return [*lines, f"  cannot read the cluster table: {exc}"]
-    if ctx.settings.role in ("master", "both"):
-        old = serving_old(status.nodes, ctx.settings.node_name, ctx.new)
-        names = ", ".join(r.name for r in old)
-        lines.append(f"  migrate waits for slaves serving older code: {names}" if old
-                     else "  no slave serves older code: migrate would not wait")
-    if ctx.settings.role in ("slave", "both"):
-        lines.append("  start-web waits for the master's migrations; media version as the "
-                     "slaves agree in ivle_maint_media")
+    for step in steps:
+        wait = step.cluster_wait
+        if wait is not None and wait.plan is not None:
+            lines.append(wait.plan(ctx, status.nodes))
     return lines
 
 
-def describe(ctx: UpgradeContext, migrations_source: str | None = None) -> list[str]:
-    """Lines for a person: role, steps in order, services, migrations, media.
+def describe(ctx: UpgradeContext, migrations_source: str | None = None,
+             steps: Sequence[Step] = STEPS) -> list[str]:
+    """Lines for a person: role, this node's STEPS in order (procedure.STEPS),
+    services, then what each step says of itself, part by part (PlanPart).
 
     migrations_source: what to call ctx.new_migrations (a temporary copy of
     the new package's manifest) in the output.
@@ -90,17 +44,18 @@ def describe(ctx: UpgradeContext, migrations_source: str | None = None) -> list[
     settings = ctx.settings
     role = settings.role
     services = settings["services"]
+    mine = steps_for(role, steps=steps)
     lines = [
         f"upgrade {ctx.old} -> {ctx.new} on {settings.node_name} (role: {role})",
         f"services: web server {services['web']!r}, user management {services['usrmgt']!r}",
         "steps:",
     ]
-    lines += [f"  {s.phase:6} {s.name:15} {s.title}" for s in steps_for(role)]
-    if role in ("master", "both"):
-        lines += _migration_lines(ctx, migrations_source)
-    if role in ("slave", "both"):
-        lines.append(maintenance_page.plan_line(ctx.settings, ctx.during_upgrade))
-        lines.append(schema_hold.status_line(ctx.settings))
-        lines.append(_media_line(ctx))
-    lines += _cluster_lines(ctx)
+    lines += [f"  {s.phase:6} {s.name:15} {s.title}" for s in mine]
+    parts = sorted({p.part for s in mine for p in s.plan})
+    for part in parts:
+        for step in mine:
+            for said in step.plan:
+                if said.part == part:
+                    lines += said.lines(ctx, migrations_source)
+    lines += _cluster_lines(ctx, mine)
     return lines

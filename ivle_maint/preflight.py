@@ -43,7 +43,11 @@ What each step run after the code change needs, and its proof here:
                      pinned.json) replaced by itself through gates.rewrite:
                      an immutable, linked or foreign file answers only then
 
-A step added to the after-phase adds its proof here, and its line above.
+Each step declares its own proofs (Step.checks, Step.programs, in its
+module under ivle_maint/steps/ or the library it uses), and this module
+runs them, stage by stage (context.PreflightStage), in the order of the
+procedure: a step added to the after-phase adds its proof and its line
+above, nothing here.
 The settings and ivle.conf parse, the version goes forwards, and in a
 cluster the node records itself in ivle_maint_nodes (the database answers
 and no other node uses its name).  The steps and their libraries were
@@ -54,32 +58,16 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
-from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import psycopg2
-from psycopg2 import sql
-
-from . import jaildir, system
-from .cluster import media as cluster_media
-from .consoles import jail_processes
-from .db import migrations
-from .db.classify import Classified, classify
-from .db.connect import connect, params_from_settings
-from .db.discovery import check_writers, discover
-from .db.marker import why_not_writable
-from .db.pins import PINS_FILE
+from . import system
+from .context import AFTER, BEFORE, PreflightStage, Step, select_steps
 from .errors import MaintError
-from .gates.rewrite import check_rewritable, replace_file
-from .gates.schema_hold import RELEASE_FILE
-from .installed import INSTALLED_RECORD, old_migration_files
+from .gates.rewrite import existing_parent, prove_replaceable, prove_writable
+from .installed import INSTALLED_RECORD
 from .journal import Journal
-from .media.version import MEDIA_RECORD, plan_media_version
-from .safepaths import read_nofollow
-from .services import maintenance_page
+from .procedure import STEPS
 from .services.init_scripts import check_init_scripts
 from .versions import check_upgrade
 
@@ -89,121 +77,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def check_commands(ctx: UpgradeContext) -> None:
-    """IVLE's programs this node's role will run must exist."""
-    role, commands = ctx.settings.role, ctx.settings["commands"]
-    needed = []
-    if role in ("master", "both"):
-        needed += [commands["buildjail"], commands["remakeuser"]]
-    if role in ("slave", "both") and ctx.settings["jails"]["run_mountallusers"]:
-        needed.append(commands["mountallusers"])
+def check_commands(ctx: UpgradeContext, steps: Sequence[Step]) -> None:
+    """IVLE's programs this node's steps will run must exist."""
+    needed = [c for s in steps if s.programs is not None for c in s.programs(ctx.settings)]
     path = os.environ.get("PATH", "") + ":" + system.SBIN_PATH
     missing = [c for c in needed if system.which(c, path=path) is None]
     if missing:
         raise MaintError(f"IVLE command(s) not found: {', '.join(missing)} (see [commands])")
-
-
-def classified_after_baseline(ctx: UpgradeContext) -> tuple[int, list[Classified]]:
-    """For a database without a marker: (old migrations the baseline step
-    will record, every other shipped migration read and classified).
-
-    Raises MaintError when nothing says which migrations OLD shipped, or
-    when a new file does not parse.
-    """
-    old = old_migration_files(ctx)
-    if old is None:
-        raise MaintError(
-            f"the database has no migration marker and the migrations of {ctx.old} are "
-            "no longer known: record them with 'ivle-maint db baseline THROUGH' first"
-        )
-    old_names = {p.name for p in old}
-    new = [m for m in discover(ctx.preflight_migrations) if m.name not in old_names]
-    # The files the upgrade will run: as migrate itself checks them, but now.
-    check_writers(ctx.preflight_migrations, [m.path for m in new])
-    return len(old), [classify(m) for m in new]
-
-
-def check_database(ctx: UpgradeContext) -> int:
-    """The migrations can run: marker or a baseline source, all files parse,
-    and the role may create (or write) the marker table.
-
-    Returns the number of pending migrations.
-    """
-    status = migrations.status(ctx.settings, migrations_dir=ctx.preflight_migrations,
-                               reporter=ctx.reporter)
-    if status.unmarked:
-        pending = len(classified_after_baseline(ctx)[1])
-    else:
-        try:
-            plan = migrations.preflight(
-                ctx.settings, migrations_dir=ctx.preflight_migrations,
-                accept_changed=ctx.accept_changed, allow_out_of_order=ctx.allow_out_of_order,
-                reporter=ctx.reporter, resume=ctx.resume,
-            )
-        except MaintError as exc:
-            # One line, unless the way on needs an option (a changed applied file).
-            if exc.resume and "--accept-changed" not in exc.resume:
-                exc.resume = None
-            raise
-        pending = len(plan.pending)
-    if pending or status.unmarked:
-        _with_database(ctx, check_marker_writable)
-    return pending
-
-
-def _with_database(ctx: UpgradeContext, check: Callable[[UpgradeContext, Any], None]) -> None:
-    params = params_from_settings(ctx.settings)
-    conn = connect(params, wait_timeout=ctx.settings["database"]["wait_timeout"],
-                   reporter=ctx.reporter)
-    try:
-        check(ctx, conn)
-    finally:
-        conn.close()
-
-
-def check_marker_writable(ctx: UpgradeContext, conn: Any) -> None:
-    """The database role may create the marker table, or write the one there."""
-    why = why_not_writable(conn)
-    if why:
-        raise MaintError(f"database {conn.info.dbname}: {why}")
-
-
-def _existing(directory: Path) -> Path:
-    while not directory.exists() and directory != directory.parent:
-        directory = directory.parent
-    return directory
-
-
-def prove_writable(directory: Path, *, size: int = 0) -> None:
-    """Really create (with SIZE bytes, flushed) and remove a file where the
-    run will write, or the directory it will create there: a read-only
-    mount, an immutable directory or a full disk defeats every permission
-    check.  Raises OSError."""
-    existing = _existing(directory)
-    if existing != directory:  # the run will create the directory: try that here
-        os.rmdir(tempfile.mkdtemp(prefix=".ivle-maint-preflight-", dir=existing))
-        return
-    fd, name = tempfile.mkstemp(prefix=".ivle-maint-preflight-", dir=directory)
-    try:
-        block = memoryview(b"\0" * size)
-        while block:  # a short write is the disk filling up: the next one says so
-            block = block[os.write(fd, block):]
-        if size:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-        os.unlink(name)
-
-
-def check_backup_writable(directory: Path) -> None:
-    """A file really created and removed where the dump will go."""
-    try:
-        prove_writable(directory)
-    except OSError as exc:
-        raise MaintError(
-            f"{_existing(directory)}: backups cannot be written there ({exc.strerror}): make it "
-            "writable or set [database] backup = false"
-        ) from None
 
 
 # What the journal and the state records need at most, with the temporary
@@ -218,7 +98,7 @@ def check_state_room(ctx: UpgradeContext) -> None:
         directory = ctx.settings.path_of(key)
         try:
             prove_writable(directory, size=STATE_ROOM)
-            fs = os.statvfs(_existing(directory))
+            fs = os.statvfs(existing_parent(directory))
         except OSError as exc:
             raise MaintError(
                 f"{directory}: the upgrade's {_NEEDS[key]} cannot be written there "
@@ -235,178 +115,40 @@ def check_state_room(ctx: UpgradeContext) -> None:
 _NEEDS = {"state": "journal and records"}
 
 
-def check_backup_room(ctx: UpgradeContext) -> None:
-    """A pg_dump is smaller than the database; refuse when even that won't fit."""
-    if not ctx.settings["database"]["backup"]:
-        return
-    directory = ctx.settings.path_of("backup")
-    check_backup_writable(directory)
-    if system.which("pg_dump") is None:
-        raise MaintError("pg_dump not found (install postgresql-client, or set "
-                         "[database] backup = false)")
-    _with_database(ctx, _check_room)
-    _with_database(ctx, check_tables_readable)
+def check_records(ctx: UpgradeContext) -> None:
+    """The upgrade's own records may be replaced (gates.rewrite): no symlink,
+    nothing but a regular file, no hard link to split.  The steps' own
+    state files follow (PreflightStage.STATE_FILES)."""
+    state = ctx.settings.path_of("state")
+    prove_replaceable(Journal.file_for(state, ctx.old, ctx.new), "the upgrade's journal")
+    prove_replaceable(state / INSTALLED_RECORD, "the record of the installed version")
 
 
-def _check_room(ctx: UpgradeContext, conn: Any) -> None:
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_database_size(current_database())")
-        size = int(cur.fetchone()[0])
-    directory = ctx.settings.path_of("backup")
-    existing = directory if directory.exists() else directory.parent
-    free = shutil.disk_usage(existing).free
-    if free < size:
-        raise MaintError(
-            f"{directory}: {free // 2**20} MiB free, the database is {size // 2**20} MiB: "
-            "make room for its backup or set [database] backup = false"
-        )
+def run_stage(ctx: UpgradeContext, steps: Sequence[Step], stage: PreflightStage) -> None:
+    """The steps' checks of STAGE, in the procedure's order."""
+    for step in steps:
+        for proof in step.checks:
+            if proof.stage == stage:
+                proof.run(ctx)
 
 
-# What pg_dump reads, as it chooses it: tables and sequences outside the
-# system schemas, not an extension's own.
-_DUMPED = """
-SELECT n.nspname, c.relname, c.relkind
-  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE c.relkind IN ('r', 'S')
-   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-   AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
-   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
-                   AND d.objid = c.oid AND d.deptype = 'e')
- ORDER BY 1, 2
-"""
-
-
-def check_tables_readable(ctx: UpgradeContext, conn: Any) -> None:
-    """Every table and sequence the dump reads, read by the role that dumps
-    (the same connection parameters), with row security off as pg_dump
-    sets it: a policy that would hide rows fails here as it fails there."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT current_user")
-        role = cur.fetchone()[0]
-        cur.execute(_DUMPED)
-        relations = cur.fetchall()
-        cur.execute("SET LOCAL row_security = off")
-        for schema, name, kind in relations:
-            what = "sequence" if kind == "S" else "table"
-            query = sql.SQL("SELECT 1 FROM {}.{} LIMIT 0").format(
-                sql.Identifier(schema), sql.Identifier(name))
-            try:
-                cur.execute("SAVEPOINT ivle_maint_read")
-                cur.execute(query)
-                cur.execute("RELEASE SAVEPOINT ivle_maint_read")
-            except psycopg2.Error as exc:
-                conn.rollback()
-                why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise MaintError(
-                    f"database {conn.info.dbname}: role {role} cannot read {what} "
-                    f"{schema}.{name} ({why}), so its backup would fail: GRANT SELECT ON "
-                    f"{schema}.{name} TO {role}, or set [database] backup = false"
-                ) from None
-    conn.rollback()
-
-
-def check_media(ctx: UpgradeContext) -> None:
-    """The media-version step's needs: ivle.conf and the record parsed, the
-    value computed, and where it writes really writable."""
-    settings = ctx.settings
-    conf = settings.ivle_conf_dir / "ivle.conf"
-    force = bool(settings["media"]["force"])
-    plan = plan_media_version(conf, settings.path_of("state"), ctx.new, force=force)
-    if plan.target is None:  # left alone: nothing is written
-        return
-    check_rewritable(conf)  # replaced whole: no symlink, no hard link to split
-    real = Path(os.path.realpath(conf)).parent
-    try:
-        prove_writable(real)
-    except OSError as exc:
-        raise MaintError(
-            f"{real}: ivle.conf cannot be rewritten there ({exc.strerror}), so the media "
-            "version could not change: make it writable (or leave [media] version unset)"
-        ) from None
-    backup = settings.path_of("backup")
-    try:
-        prove_writable(backup)
-    except OSError as exc:
-        raise MaintError(
-            f"{_existing(backup)}: the copy of ivle.conf cannot be written there "
-            f"({exc.strerror}): make it writable"
-        ) from None
-
-
-def check_jail_tree(ctx: UpgradeContext) -> None:
-    """rebuild-jail and remake-users rewrite the jail tree: really writable."""
-    src = ctx.ivle_conf.jail_src
-    try:
-        prove_writable(src)
-    except OSError as exc:
-        raise MaintError(
-            f"{_existing(src)}: the jails cannot be rebuilt there ({exc.strerror}): make it "
-            "writable"
-        ) from None
-
-
-def check_jail_mounts(ctx: UpgradeContext) -> None:
-    """The jail mounts directory holds users' jails only (see jaildir), and
-    no process in a jail is one the consoles step would refuse to stop (an
-    administrator's shell: gates.processes)."""
-    jaildir.check(ctx.ivle_conf)
-    jail_processes.refuse_foreign_for(ctx.settings)
-
-
-def check_rewrites(ctx: UpgradeContext) -> None:
-    """Every file the upgrade will replace may be replaced (gates.rewrite):
-    no symlink, nothing but a regular file, no hard link to split."""
-    settings, state = ctx.settings, ctx.settings.path_of("state")
-    paths = {Journal.file_for(state, ctx.old, ctx.new): "the upgrade's journal",
-             state / INSTALLED_RECORD: "the record of the installed version"}
-    if settings.role in ("slave", "both"):  # ivle.conf itself: check_media
-        paths[state / MEDIA_RECORD] = "the record of media versions"
-        paths[state / RELEASE_FILE] = "the schema hold's release (start-web writes it)"
-    if settings.role in ("master", "both") and settings["database"]["backup"]:
-        paths[settings.path_of("backup") / PINS_FILE] = "the record of pinned dumps"
-    for path, what in paths.items():
-        check_rewritable(path)
-        prove_replaceable(path, what)
-
-
-def prove_replaceable(path: Path, what: str) -> None:
-    """PATH, when it exists, really replaced by its own bytes (gates.rewrite)."""
-    try:
-        data = read_nofollow(path)
-    except FileNotFoundError:
-        return  # a new file: its directory was proved (check_state_room)
-    except OSError as exc:
-        raise MaintError(f"{path}: {what} cannot be read ({exc.strerror}): make it "
-                         "readable by root, then run it again") from None
-    try:
-        replace_file(path, data)
-    except MaintError as exc:
-        raise MaintError(f"{path}: {what} cannot be rewritten ({exc}): fix it, then run "
-                         "it again") from None
-
-
-def check(ctx: UpgradeContext) -> None:
-    """All checks; the first failure raises with nothing changed."""
+def check(ctx: UpgradeContext, steps: Sequence[Step] = STEPS) -> None:
+    """All checks of this node's STEPS (procedure.STEPS); the first failure
+    raises with nothing changed."""
+    mine = select_steps(ctx.settings.role, (BEFORE, AFTER), steps)
     if ctx.old:
         check_upgrade(ctx.old, ctx.new)
     ctx.ivle_conf  # noqa: B018 - parses ivle.conf, raising ConfigError if broken
-    check_commands(ctx)
+    check_commands(ctx, mine)
     check_init_scripts(ctx.settings)
     check_state_room(ctx)
-    if ctx.settings.role in ("slave", "both"):
-        check_jail_mounts(ctx)
-        maintenance_page.preflight(ctx.settings, ctx.during_upgrade)
-    if ctx.settings.role in ("master", "both"):
-        check_jail_tree(ctx)
-        pending = check_database(ctx)
-        if pending:
-            check_backup_room(ctx)
-    if ctx.settings.role in ("slave", "both"):
-        check_media(ctx)
-    check_rewrites(ctx)
+    for stage in PreflightStage:
+        if stage is PreflightStage.STATE_FILES:
+            check_records(ctx)
+        if stage is PreflightStage.CLUSTER and ctx.cluster is None:
+            continue
+        run_stage(ctx, mine, stage)
     if ctx.cluster is not None:
-        if ctx.settings.role in ("slave", "both"):
-            cluster_media.check_claim(ctx)
         ctx.cluster.preflight()
     log.info("preflight passed")
     ctx.reporter.info("preflight checks passed")

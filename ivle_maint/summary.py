@@ -1,62 +1,65 @@
-"""The end-of-upgrade summary, read from the journal (it spans processes)."""
+"""The end-of-upgrade summary, read from the journal (it spans processes).
+
+Each step says what of its record is worth a line (Step.metrics); the
+lines come part by part (context.SummaryPart), each in the procedure's order.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .context import Step
-from .journal import Journal
+from .context import Metric, Step, SummaryPart, downtime
+from .journal import DONE, Journal, StepRecord
 
 
-def web_down_seconds(journal: Journal) -> float | None:
+def web_down_seconds(journal: Journal, steps: Sequence[Step]) -> float | None:
     """From the web server's stop to its start again, across dpkg's scripts
-    (gates.clock: never negative; None when not known)."""
-    return journal.span("stop-web", "start-web")
+    (context.downtime; gates.clock: never negative; None when not known)."""
+    down = downtime(steps)
+    return journal.span(*down) if down else None
 
 
-def web_down_line(journal: Journal) -> str | None:
+def web_down_line(journal: Journal, steps: Sequence[Step]) -> str | None:
     """The summary's downtime line; None when the web server was not both
     stopped and started again."""
-    start = journal.steps.get("start-web")
-    if "stop-web" not in journal.steps or start is None or start.finished is None:
-        return None
-    down = web_down_seconds(journal)
+    down = downtime(steps)
     if down is None:
+        return None
+    stop, start = (journal.steps.get(name) for name in down)
+    if stop is None or start is None or start.finished is None:
+        return None
+    seconds = journal.span(*down)
+    if seconds is None:
         return ("  web service down for an unknown time (the recorded times disagree: "
                 "the clock was changed)")
-    return f"  web service down for {down:.1f}s"
+    return f"  web service down for {seconds:.1f}s"
 
 
-def _metric(journal: Journal, step: str, key: str) -> object:
-    record = journal.steps.get(step)
-    return record.metrics.get(key) if record else None
+def metric_line(metric: Metric, record: StepRecord | None) -> str | None:
+    """METRIC's line from a step's record; None when there is nothing to say."""
+    if record is None or (metric.when_done and record.status != DONE):
+        return None
+    shown = metric.show(record.metrics.get(metric.key), record.metrics)
+    if shown is None:
+        return None
+    return f"  {metric.label}: {shown}".rstrip() if shown else f"  {metric.label}"
 
 
 def summary_lines(journal: Journal, steps: Sequence[Step]) -> list[str]:
     """What a person wants to know once the upgrade is over (STEPS: procedure.STEPS)."""
     lines = [f"upgrade {journal.old or '(none)'} -> {journal.new}: {journal.state}"]
-    down = web_down_line(journal)
+    down = web_down_line(journal, steps)
     if down is not None:
         lines.append(down)
-    applied = _metric(journal, "migrate", "migrations_applied")
-    if isinstance(applied, list):
-        lines.append(f"  migrations applied: {len(applied)} {' '.join(applied)}".rstrip())
-    for name, key, label in (
-        ("stop-consoles", "consoles_stopped", "consoles stopped"),
-        ("unmount-jails", "jails_unmounted", "jail mounts unmounted"),
-        ("remake-users", "rebuilt", "user jails rebuilt"),
-    ):
-        value = _metric(journal, name, key)
-        if value is not None:
-            lines.append(f"  {label}: {value}")
-    if journal.is_done("rebuild-jail"):
-        lines.append("  jail template rebuilt")
-    if journal.is_done("media-version"):
-        old = _metric(journal, "media-version", "media_old")
-        new = _metric(journal, "media-version", "media_new")
-        lines.append(f"  media version: {old or '(unset)'} -> {new or '(unset)'}")
+    for part in SummaryPart:
+        for step in steps:
+            for metric in step.metrics:
+                line = metric_line(metric, journal.steps.get(step.name)) \
+                    if metric.part == part else None
+                if line is not None:
+                    lines.append(line)
     for step in steps:  # the order of IVLE's upgrade procedure, not the file's
         record = journal.steps.get(step.name)
-        if record is not None and record.status != "done":
+        if record is not None and record.status != DONE:
             lines.append(f"  {step.name}: {record.status}: {record.error or ''}".rstrip(": "))
     return lines

@@ -196,7 +196,7 @@ def ivle_maint_window(node: Node) -> tuple[float, Stopwatch]:
     if status != 0:
         raise SystemExit(f"ivle-maint upgrade exited {status}")
     journal = Journal.load(Journal.file_for(node.state_dir, "1.0", "1.1"))
-    window = web_down_seconds(journal)
+    window = web_down_seconds(journal, procedure.STEPS)
     assert window is not None
     slowest = sorted(inside.own_by_step.items(), key=lambda kv: -kv[1])[:4]
     print("own time by step: " + ", ".join(f"{k} {v * 1000:.0f}ms" for k, v in slowest))

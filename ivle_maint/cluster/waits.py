@@ -28,7 +28,7 @@ the deadline the step fails with the resume command; nothing hangs.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -104,8 +104,8 @@ def serving_old(rows: list[NodeRow], me: str, new: str) -> list[NodeRow]:
     return [r for r in rows if r.name != me and r.has_web and _older(r.serving, new)]
 
 
-def wait_for_slaves(ctx: UpgradeContext) -> str:
-    """Master, before migrating: until no slave serves code older than NEW."""
+def wait_for_slaves(ctx: UpgradeContext, step: str) -> str:
+    """Master, before migrating (STEP): until no slave serves code older than NEW."""
     presence = ctx.cluster
     if presence is None or not presence.enabled:
         return ""
@@ -146,7 +146,7 @@ def wait_for_slaves(ctx: UpgradeContext) -> str:
 
     timeout = float(conf["slaves_timeout"])
     try:
-        waited = poll(ctx, check, step="migrate", timeout=timeout,
+        waited = poll(ctx, check, step=step, timeout=timeout,
                       label="the slaves to stop serving the old code")
     except TimedOut as exc:
         gone = "; ".join(f"ivle-maint cluster forget {r.name} (last seen {human_age(r.age)})"
@@ -218,8 +218,22 @@ def _refuse_newer(ctx: UpgradeContext, reasons: list[str]) -> MaintError:
     )
 
 
-def wait_for_master(ctx: UpgradeContext) -> str:
-    """Slave, before starting the web server on new code: until the marker
+def slaves_plan_line(ctx: UpgradeContext, rows: Sequence[NodeRow], step: str) -> str:
+    """The plan's line for wait_for_slaves before STEP."""
+    old = serving_old(list(rows), ctx.settings.node_name, ctx.new)
+    names = ", ".join(r.name for r in old)
+    return (f"  {step} waits for slaves serving older code: {names}" if old
+            else f"  no slave serves older code: {step} would not wait")
+
+
+def master_plan_line(ctx: UpgradeContext, rows: Sequence[NodeRow], step: str) -> str:
+    """The plan's line for wait_for_master before STEP."""
+    return (f"  {step} waits for the master's migrations; media version as the slaves "
+            "agree in ivle_maint_media")
+
+
+def wait_for_master(ctx: UpgradeContext, step: str) -> str:
+    """Slave, before starting the web server on new code (STEP): until the marker
     lists every migration this node's package ships and every master has
     finished its AFTER steps for the same version."""
     presence = ctx.cluster
@@ -268,7 +282,7 @@ def wait_for_master(ctx: UpgradeContext) -> str:
 
     timeout = float(conf["master_timeout"])
     try:
-        waited = poll(ctx, check, step="start-web", timeout=timeout,
+        waited = poll(ctx, check, step=step, timeout=timeout,
                       label="the master (migrations, jail, user jails, usrmgt)")
     except TimedOut as exc:
         what = ("the master's migrations are still missing" if exc.pending.key.startswith(

@@ -29,13 +29,14 @@ import logging
 import os
 import secrets
 import stat
+import tempfile
 from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MaintError
-from ..safepaths import make_dirs, safe_dir
+from ..safepaths import make_dirs, read_nofollow, safe_dir
 from . import clock, trusted
 from .text import shown
 
@@ -344,3 +345,51 @@ def write_state_file(path: Path, data: bytes, *, mode: int) -> None:
     """replace_file for ivle-maint's own state, in a directory checked safe first."""
     safe_dir(path.parent, 0o755, "[paths] state")
     replace_file(path, data, mode=mode)
+
+
+# -- the preflight's proofs: a rewrite's harmless twins ---------------------
+
+def existing_parent(directory: Path) -> Path:
+    """DIRECTORY, or its nearest ancestor that exists."""
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    return directory
+
+
+def prove_writable(directory: Path, *, size: int = 0) -> None:
+    """Really create (with SIZE bytes, flushed) and remove a file where the
+    run will write, or the directory it will create there: a read-only
+    mount, an immutable directory or a full disk defeats every permission
+    check.  Raises OSError."""
+    existing = existing_parent(directory)
+    if existing != directory:  # the run will create the directory: try that here
+        os.rmdir(tempfile.mkdtemp(prefix=".ivle-maint-preflight-", dir=existing))
+        return
+    fd, name = tempfile.mkstemp(prefix=".ivle-maint-preflight-", dir=directory)
+    try:
+        block = memoryview(b"\0" * size)
+        while block:  # a short write is the disk filling up: the next one says so
+            block = block[os.write(fd, block):]
+        if size:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+        os.unlink(name)
+
+
+def prove_replaceable(path: Path, what: str) -> None:
+    """PATH, when it exists, may be replaced (check_rewritable) and really is,
+    by its own bytes.  A new file's directory is proved with the state room."""
+    check_rewritable(path)
+    try:
+        data = read_nofollow(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise MaintError(f"{path}: {what} cannot be read ({exc.strerror}): make it "
+                         "readable by root, then run it again") from None
+    try:
+        replace_file(path, data)
+    except MaintError as exc:
+        raise MaintError(f"{path}: {what} cannot be rewritten ({exc}): fix it, then run "
+                         "it again") from None

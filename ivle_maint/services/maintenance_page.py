@@ -134,11 +134,12 @@ Header always set {HEADER} "1"
 """
 
 
-def retry_after(settings: Settings) -> tuple[int, str]:
+def retry_after(settings: Settings, down: tuple[str, str]) -> tuple[int, str]:
     """Seconds to tell clients, and where the number comes from.
 
-    This node's last completed upgrade's web-down time (stop-web begun to
-    start-web done) from its journals, else [web] retry_after.
+    This node's last completed upgrade's web-down time (DOWN: the step that
+    stops the web server begun to the one that starts it done, stop-web to
+    start-web) from its journals, else [web] retry_after.
     """
     newest = None
     for path in (settings.path_of("state") / "journal").glob("*.json"):
@@ -146,7 +147,7 @@ def retry_after(settings: Settings) -> tuple[int, str]:
             journal = Journal.load(path)
         except MaintError:
             continue
-        seconds = journal.span("stop-web", "start-web")  # gates.clock: None if unknown
+        seconds = journal.span(*down)  # gates.clock: None if unknown
         if journal.state != COMPLETE or seconds is None:
             continue
         if newest is None or oldest_first([newest[1], journal])[-1] is journal:
@@ -258,13 +259,14 @@ def _graceful(control: ServiceControl, name: str, how: str = "graceful") -> str:
 
 # -- entering and leaving (stop-web and start-web) --------------------------
 
-def enter(settings: Settings, reporter: Reporter) -> str:
-    """Put up the maintenance page (stop-web in maintenance mode); returns a summary."""
+def enter(settings: Settings, reporter: Reporter, down: tuple[str, str]) -> str:
+    """Put up the maintenance page (stop-web in maintenance mode); returns a
+    summary.  DOWN: as for retry_after."""
     record = Record.read(settings)
     if record is None:  # a rerun keeps the first run's record of what it disabled
         record = Record(enabled_sites(settings), clock.wall())
         record.write(settings)
-    seconds, source = retry_after(settings)
+    seconds, source = retry_after(settings, down)
     conf = apache_dir(settings) / "conf-available" / f"{CONF_NAME}.conf"
     replace_file(conf, conf_text(seconds, page_text(settings)).encode(), mode=0o644)
     for name in record.disabled:
@@ -310,12 +312,12 @@ def preflight(settings: Settings, chosen: str | None) -> None:
                          f"configuration before upgrading in maintenance mode)")
 
 
-def plan_line(settings: Settings, chosen: str | None) -> str:
+def plan_line(settings: Settings, chosen: str | None, down: tuple[str, str]) -> str:
     chosen_mode = mode(settings, chosen)
     if chosen_mode == STOP:
         return "during the upgrade: web server stopped (refused connections; [web] " \
                "during_upgrade = stop)"
-    seconds, source = retry_after(settings)
+    seconds, source = retry_after(settings, down)
     page = settings["web"]["maintenance_page"] or "ivle-maint's own page"
     return (f"during the upgrade: maintenance page (503, Retry-After {seconds}s from "
             f"{source}; page: {page}; sites disabled: {', '.join(sites(settings))})")

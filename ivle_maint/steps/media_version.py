@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
-from ..cluster.media import agree
-from ..context import AFTER, SLAVE, Outcome, Step, UpgradeContext
-from ..media.version import change_media_version
+from collections.abc import Mapping
+from typing import Any
+
+from ..cluster.media import agree, check_claim
+from ..context import (
+    AFTER,
+    SLAVE,
+    Check,
+    Metric,
+    Outcome,
+    PlanLines,
+    PlanPart,
+    PreflightStage,
+    Step,
+    SummaryPart,
+    UpgradeContext,
+)
+from ..gates.rewrite import prove_replaceable
+from ..media.preflight import check_media, plan_line
+from ..media.version import MEDIA_RECORD, change_media_version
 
 
 def media_version(ctx: UpgradeContext) -> Outcome:
@@ -16,4 +33,23 @@ def media_version(ctx: UpgradeContext) -> Outcome:
     return Outcome(result.summary, {"media_old": result.old, "media_new": result.new})
 
 
-STEP = Step("media-version", "change the media version", SLAVE, AFTER, media_version)
+def check_media_record(ctx: UpgradeContext) -> None:
+    prove_replaceable(ctx.settings.path_of("state") / MEDIA_RECORD,
+                      "the record of media versions")
+
+
+def plan_lines(ctx: UpgradeContext, migrations_source: str | None) -> list[str]:
+    return [plan_line(ctx)]
+
+
+def show_change(new: Any, metrics: Mapping[str, Any]) -> str:
+    return f"{metrics.get('media_old') or '(unset)'} -> {new or '(unset)'}"
+
+
+STEP = Step("media-version", "change the media version", SLAVE, AFTER, media_version,
+            checks=(Check(PreflightStage.IVLE_CONF, check_media),
+                    Check(PreflightStage.STATE_FILES, check_media_record),
+                    Check(PreflightStage.CLUSTER, check_claim)),
+            plan=(PlanLines(PlanPart.WEB, plan_lines),),
+            metrics=(Metric("media_new", "media version", SummaryPart.DONE, show_change,
+                            when_done=True),))

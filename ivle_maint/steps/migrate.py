@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
-from ..cluster.waits import wait_for_slaves
-from ..context import AFTER, MASTER, Outcome, Step, UpgradeContext
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..cluster.waits import slaves_plan_line, wait_for_slaves
+from ..context import (
+    AFTER,
+    MASTER,
+    Check,
+    ClusterWait,
+    Metric,
+    Outcome,
+    PlanLines,
+    PlanPart,
+    PreflightStage,
+    Step,
+    SummaryPart,
+    UpgradeContext,
+)
+from ..db import preflight
 from ..db.migrations import apply_migrations, status
+from ..db.pins import PINS_FILE
 from ..errors import MaintError
+from ..gates.rewrite import prove_replaceable
+from . import baseline
 
 
 def migrate(ctx: UpgradeContext) -> Outcome:
     # IVLE's procedure: slaves' web servers are down before the schema changes.
-    waited = wait_for_slaves(ctx)
+    waited = WAIT.wait(ctx, STEP.name)
     _record_pending(ctx)
     result = apply_migrations(
         ctx.settings, ctx.reporter, migrations_dir=ctx.migrations,
@@ -77,4 +97,31 @@ def _epoch(ctx: UpgradeContext) -> str:
     return f"{first.started:.6f}"
 
 
-STEP = Step("migrate", "apply database migrations", MASTER, AFTER, migrate)
+def check_pins_record(ctx: UpgradeContext) -> None:
+    """The record of pinned dumps, which the upgrade's dump rewrites."""
+    settings = ctx.settings
+    if settings["database"]["backup"]:
+        prove_replaceable(settings.path_of("backup") / PINS_FILE, "the record of pinned dumps")
+
+
+def plan_lines(ctx: UpgradeContext, migrations_source: str | None) -> list[str]:
+    return preflight.plan_lines(ctx, migrations_source, baseline.STEP.name)
+
+
+def show_applied(applied: Any, metrics: Mapping[str, Any]) -> str | None:
+    return f"{len(applied)} {' '.join(applied)}" if isinstance(applied, list) else None
+
+
+def _wait_plan(ctx: UpgradeContext, rows: Sequence[Any]) -> str:
+    return slaves_plan_line(ctx, rows, STEP.name)
+
+
+# IVLE's procedure: slaves' web servers are down before the schema changes.
+WAIT = ClusterWait(wait_for_slaves, _wait_plan)
+STEP = Step("migrate", "apply database migrations", MASTER, AFTER, migrate,
+            checks=(Check(PreflightStage.DATABASE, preflight.check_migrations),
+                    Check(PreflightStage.STATE_FILES, check_pins_record)),
+            plan=(PlanLines(PlanPart.DATABASE, plan_lines),),
+            metrics=(Metric("migrations_applied", "migrations applied", SummaryPart.DATABASE,
+                            show_applied),),
+            cluster_wait=WAIT)

@@ -7,21 +7,32 @@ the schema and the code agree, and only then does the web server start.
 
 from __future__ import annotations
 
-from ..cluster.waits import wait_for_master
-from ..context import AFTER, SLAVE, Outcome, Step, UpgradeContext
+from collections.abc import Sequence
+from typing import Any
+
+from ..cluster.waits import master_plan_line, wait_for_master
+from ..context import (
+    AFTER,
+    SLAVE,
+    Check,
+    ClusterWait,
+    Outcome,
+    PreflightStage,
+    Step,
+    UpgradeContext,
+)
 from ..gates import schema_hold
+from ..gates.rewrite import prove_replaceable
 from ..journal import Journal
 from ..services.init_scripts import RUNNING, control_from_settings
 from ..services.maintenance_page import leave
 from ..services.outcome import service_outcome
 
-STOP_WEB = "stop-web"  # the step this one undoes (stop_web imports this module)
-
 
 def start_web(ctx: UpgradeContext) -> Outcome:
     # New code never serves on a schema the master has not migrated yet, nor
     # before the master has rebuilt the jail tree the slaves share with it.
-    waited = wait_for_master(ctx)
+    waited = WAIT.wait(ctx, STEP.name)
     released = schema_hold.release(ctx.settings, ctx.journal or _journal(ctx))
     left = leave(ctx.settings, ctx.reporter)  # the maintenance page, if stop-web put it up
     if left:
@@ -47,13 +58,15 @@ def _journal(ctx: UpgradeContext) -> Journal | None:
 def started_by_hand(ctx: UpgradeContext) -> str:
     """Why the running web server must be restarted, or "" if it need not.
 
-    This upgrade stopped the web server (stop-web begun), yet it runs: it
+    This upgrade stopped the web server (stop-web, the step this one undoes,
+    begun: ctx.steps say which it is), yet it runs: it
     was started by hand since, before the new code and the migrations were
     both in place, so it may hold the old code or an old schema's view.
     Its start time cannot be read portably (init script, systemd), but it
     is later than stop-web's, so always before this check: restart it."""
     journal = ctx.journal
-    if not ctx.code_is_new or journal is None or STOP_WEB not in journal.steps:
+    stoppers = [s.name for s in ctx.steps if s.undo is not None and s.undo.name == STEP.name]
+    if not ctx.code_is_new or journal is None or not any(n in journal.steps for n in stoppers):
         return ""  # an abort brings the old code back: a plain start
     name = ctx.settings["services"]["web"]
     if control_from_settings(ctx.settings, ctx.reporter).status(name) != RUNNING:
@@ -61,4 +74,16 @@ def started_by_hand(ctx: UpgradeContext) -> str:
     return f"{name} was started by hand after the before-phase stopped it"
 
 
-STEP = Step("start-web", "start the web server", SLAVE, AFTER, start_web, serving=True)
+def check_release_record(ctx: UpgradeContext) -> None:
+    prove_replaceable(ctx.settings.path_of("state") / schema_hold.RELEASE_FILE,
+                      f"the schema hold's release ({STEP.name} writes it)")
+
+
+def _wait_plan(ctx: UpgradeContext, rows: Sequence[Any]) -> str:
+    return master_plan_line(ctx, rows, STEP.name)
+
+
+WAIT = ClusterWait(wait_for_master, _wait_plan)
+STEP = Step("start-web", "start the web server", SLAVE, AFTER, start_web, serving=True,
+            checks=(Check(PreflightStage.STATE_FILES, check_release_record),),
+            cluster_wait=WAIT)

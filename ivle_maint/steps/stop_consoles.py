@@ -6,8 +6,8 @@ re-checks (still_stopped) and stops any that started since.
 
 from __future__ import annotations
 
-from ..consoles.jail_processes import list_consoles, stop_consoles_for
-from ..context import BEFORE, SLAVE, Outcome, Step, UpgradeContext
+from ..consoles.jail_processes import list_consoles, refuse_foreign_for, stop_consoles_for
+from ..context import BEFORE, SLAVE, Check, Metric, Outcome, PreflightStage, Step, UpgradeContext
 from ..jaildir import check as checked_mounts
 
 
@@ -26,5 +26,15 @@ def still_stopped(ctx: UpgradeContext) -> str:
            f"(first: {found[0].describe()})"
 
 
+def check_jail_mounts(ctx: UpgradeContext) -> None:
+    """The jail mounts directory holds users' jails only (see jaildir), and
+    no process in a jail is one this step would refuse to stop (an
+    administrator's shell: gates.processes).  unmount-jails needs the same."""
+    checked_mounts(ctx.ivle_conf)
+    refuse_foreign_for(ctx.settings)
+
+
 STEP = Step("stop-consoles", "stop python-console processes", SLAVE, BEFORE, stop_consoles,
-            recheck=still_stopped)
+            recheck=still_stopped,
+            checks=(Check(PreflightStage.JAILS, check_jail_mounts),),
+            metrics=(Metric("consoles_stopped", "consoles stopped"),))

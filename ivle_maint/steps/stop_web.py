@@ -10,7 +10,17 @@ IVLE site enabled again is disabled again).
 
 from __future__ import annotations
 
-from ..context import BEFORE, SLAVE, Outcome, Step, UpgradeContext
+from ..context import (
+    BEFORE,
+    SLAVE,
+    Check,
+    Outcome,
+    PlanLines,
+    PlanPart,
+    PreflightStage,
+    Step,
+    UpgradeContext,
+)
 from ..gates import schema_hold
 from ..services import maintenance_page
 from ..services.init_scripts import STOPPED, control_from_settings
@@ -21,7 +31,7 @@ from . import start_web
 def stop_web(ctx: UpgradeContext) -> Outcome:
     held = schema_hold.install(ctx.settings)
     if maintenance_page.mode(ctx.settings, ctx.during_upgrade) == maintenance_page.MAINTENANCE:
-        entered = maintenance_page.enter(ctx.settings, ctx.reporter)
+        entered = maintenance_page.enter(ctx.settings, ctx.reporter, _down())
         return Outcome(f"{held}; {entered}", {"maintenance": True, "hold": held})
     outcome = service_outcome(ctx, "stop", "web")
     outcome.summary = f"{held}; {outcome.summary}"
@@ -44,7 +54,23 @@ def still_stopped(ctx: UpgradeContext) -> str:
     return ""
 
 
+def _down() -> tuple[str, str]:
+    """The web server is down from this step to start-web (the Retry-After)."""
+    return STEP.name, start_web.STEP.name
+
+
+def check_maintenance(ctx: UpgradeContext) -> None:
+    maintenance_page.preflight(ctx.settings, ctx.during_upgrade)
+
+
+def plan_lines(ctx: UpgradeContext, migrations_source: str | None) -> list[str]:
+    return [maintenance_page.plan_line(ctx.settings, ctx.during_upgrade, _down()),
+            schema_hold.status_line(ctx.settings)]
+
+
 # Abandoned, the upgrade starts it again (begun counts: a run killed
 # inside the stop may have stopped it).
-STEP = Step(start_web.STOP_WEB, "stop the web server", SLAVE, BEFORE, stop_web,
-            undo=start_web.STEP, serving=False, recheck=still_stopped)
+STEP = Step("stop-web", "stop the web server", SLAVE, BEFORE, stop_web,
+            undo=start_web.STEP, serving=False, recheck=still_stopped,
+            checks=(Check(PreflightStage.WEB, check_maintenance),),
+            plan=(PlanLines(PlanPart.WEB, plan_lines),))

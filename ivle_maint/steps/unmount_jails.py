@@ -6,7 +6,8 @@ re-checks (still_unmounted) and unmounts any mounted since.
 
 from __future__ import annotations
 
-from ..context import BEFORE, SLAVE, Outcome, Step, UpgradeContext
+from ..config import Settings
+from ..context import BEFORE, SLAVE, Metric, Outcome, Step, UpgradeContext
 from ..jaildir import check as checked_mounts
 from ..jails.mounts import list_jail_mounts, unmount_jails_for
 
@@ -25,5 +26,12 @@ def still_unmounted(ctx: UpgradeContext) -> str:
            f"(first: {found[0].mountpoint})"
 
 
+def programs(settings: Settings) -> list[str]:
+    """IVLE's ivle-mountallusers -u, when the settings ask for it."""
+    run = settings["jails"]["run_mountallusers"]
+    return [settings["commands"]["mountallusers"]] if run else []
+
+
 STEP = Step("unmount-jails", "unmount user jails", SLAVE, BEFORE, unmount_jails,
-            recheck=still_unmounted)
+            recheck=still_unmounted, programs=programs,
+            metrics=(Metric("jails_unmounted", "jail mounts unmounted"),))

@@ -16,11 +16,15 @@ from unittest import mock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ivle_maint.context import downtime
 from ivle_maint.db import backup
 from ivle_maint.gates import clock
 from ivle_maint.journal import Journal
 from ivle_maint.logfile import log_stem, prune
+from ivle_maint.procedure import STEPS
 from ivle_maint.summary import web_down_line
+
+WEB_DOWN = downtime(STEPS)  # stop-web to start-web
 
 START = 1_800_000_000.0  # 2027
 # Seconds the wall clock moves between two runs: a little, or a lot, either way.
@@ -119,7 +123,7 @@ def test_downtime_is_never_negative_whatever_the_clock_did(
             record.boot = ""
     down = journal.span("stop-web", "start-web")
     assert down is None or down >= 0
-    line = web_down_line(journal)
+    line = web_down_line(journal, STEPS)
     assert line is not None and "-" not in line
     assert ("unknown" in line) == (down is None)
     if recorded_mono and not reboot:
@@ -143,7 +147,8 @@ def test_retry_after_never_comes_from_a_journal_whose_clock_went_back(tmp_path: 
     (tmp_path / "state" / "journal" / "1.0_to_1.1.json").write_text(json.dumps({
         "old": "1.0", "new": "1.1", "role": "slave", "state": "complete", "steps": steps,
         "created": 100}))
-    assert maintenance_page.retry_after(load_settings(str(conf))) == (120, "[web] retry_after")
+    assert maintenance_page.retry_after(load_settings(str(conf)), WEB_DOWN) \
+        == (120, "[web] retry_after")
 
 
 def test_an_archived_journal_never_replaces_one_of_the_same_second(tmp_path: Path) -> None:
@@ -210,4 +215,5 @@ def test_retry_after_comes_from_the_newest_journal_by_order_not_by_stamp(
                 journal.finish(step, "", {})
         journal.set_state("complete")
         journal.archive()
-    assert maintenance_page.retry_after(load_settings(str(conf))) == (7, "the upgrade 1.0 -> 1.2")
+    assert maintenance_page.retry_after(load_settings(str(conf)), WEB_DOWN) \
+        == (7, "the upgrade 1.0 -> 1.2")

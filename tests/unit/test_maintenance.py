@@ -13,8 +13,12 @@ import pytest
 from ivle_maint import system
 from ivle_maint.cluster.probe import ask
 from ivle_maint.config import Settings, load_settings
+from ivle_maint.context import downtime
 from ivle_maint.errors import MaintError
+from ivle_maint.procedure import STEPS
 from ivle_maint.services import maintenance_page
+
+WEB_DOWN = downtime(STEPS)  # stop-web to start-web
 
 
 def settings_with(tmp_path: Path, text: str = "") -> Settings:
@@ -60,12 +64,12 @@ def journal(state: Path, name: str, created: float, down: float, up: float, *,
 
 def test_retry_after_is_the_last_upgrades_web_down_time(tmp_path):
     settings = settings_with(tmp_path, "[web]\nretry_after = 120\n")
-    assert maintenance_page.retry_after(settings) == (120, "[web] retry_after")
+    assert maintenance_page.retry_after(settings, WEB_DOWN) == (120, "[web] retry_after")
     state = tmp_path / "state"
     journal(state, "0.9_to_1.0.100.json", 100, 1000.0, 1600.0)
     journal(state, "1.0_to_1.1.json", 200, 2000.0, 2041.2)
     journal(state, "1.1_to_1.2.json", 300, 3000.0, 3005.0, state_word="in-progress")  # unfinished
-    assert maintenance_page.retry_after(settings) == (42, "the upgrade 1.0 -> 1.1")
+    assert maintenance_page.retry_after(settings, WEB_DOWN) == (42, "the upgrade 1.0 -> 1.1")
 
 
 def test_replacement_page_read_and_bounded(tmp_path):
@@ -93,8 +97,8 @@ def test_preflight_in_maintenance_mode_needs_apache(tmp_path, monkeypatch):
 def test_plan_says_the_mode(tmp_path, monkeypatch):
     monkeypatch.delenv(maintenance_page.ENV_MODE, raising=False)
     settings = settings_with(tmp_path)
-    assert "web server stopped" in maintenance_page.plan_line(settings, None)
-    line = maintenance_page.plan_line(settings, "maintenance")
+    assert "web server stopped" in maintenance_page.plan_line(settings, None, WEB_DOWN)
+    line = maintenance_page.plan_line(settings, "maintenance", WEB_DOWN)
     assert "maintenance page (503, Retry-After 300s" in line and "ivle" in line
 
 
