@@ -21,6 +21,7 @@ from ..context import (
     UpgradeContext,
 )
 from ..db import preflight
+from ..db.marker import BASELINE
 from ..db.migrations import apply_migrations, status
 from ..db.pins import PINS_FILE
 from ..errors import MaintError
@@ -80,7 +81,7 @@ def _applied_in_upgrade(ctx: UpgradeContext, keys: list[str]) -> list[str]:
         rows = status(ctx.settings, migrations_dir=ctx.migrations).applied
     except MaintError:  # the summary is not worth failing the step for
         return keys
-    earlier = {key for key in pending if key in rows and rows[key].mode != "baseline"}
+    earlier = {key for key in pending if key in rows and rows[key].mode != BASELINE}
     return sorted(earlier | set(keys))
 
 
