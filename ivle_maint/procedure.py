@@ -3,7 +3,8 @@
 Each step is one module, ivle_maint/steps/<name>.py: its name, title, the
 role that runs it, its phase (BEFORE while the old code is still installed,
 dpkg's preinst; AFTER once the new code is in place, postinst), what undoes
-it and the function that does it.  Loading this module loads every step
+it, the function that does it and what it adds to the preflight, the
+plan and the summary (context.Step).  Loading this module loads every step
 and what the steps use, so nothing is imported once a step has begun.
 runner.Procedure walks them with the journal.
 """
