@@ -131,7 +131,7 @@ def run_phases(
         with _presence(ctx, journal, STEPS) as presence:
             try:
                 if BEFORE in phases and not any(journal.is_done(s) for s in journal.steps):
-                    preflight.check(ctx)  # nothing is stopped before this passes
+                    preflight.check(ctx, STEPS)  # nothing is stopped before this passes
             except MaintError as exc:
                 exc.resume = restart_if_nothing_to_resume(ctx, journal, exc.resume)
                 raise

@@ -5,11 +5,12 @@ and a role's string once, in context.Role."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
-from ivle_maint.config import load_settings
+from ivle_maint.config import SETTINGS_SPEC, load_settings
 from ivle_maint.context import PreflightStage, Role, downtime, select_steps
 from ivle_maint.journal import Journal
 from ivle_maint.procedure import STEPS
@@ -146,3 +147,12 @@ def test_a_roles_string_is_written_only_in_its_enum(word: str):
              for path in sorted(PACKAGE.rglob("*.py")) if path.name != "context.py"
              for line, value in string_constants(path) if value == word]
     assert not found, f"{word!r} outside context.Role: " + ", ".join(found)
+
+
+def test_the_settings_offer_exactly_the_roles_and_read_one_as_a_role(tmp_path: Path):
+    spec = next(line for line in SETTINGS_SPEC.splitlines() if line.startswith("role = "))
+    offered = re.findall(r"'(\w+)'", spec.split("default=")[0])
+    assert offered == [r.value for r in Role]
+    conf = tmp_path / "ivle-maint.conf"
+    conf.write_text("[node]\nrole = slave\n")
+    assert load_settings(str(conf)).role is Role.SLAVE
