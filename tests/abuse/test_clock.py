@@ -6,7 +6,7 @@ must still keep the dump it just took (the only one from before it), keep
 its own log, and report a web-down time that is never negative.  The
 fault is injected as such a clock leaves it: files with future names and
 mtimes, a journal with future wall times, then a real run.  The property
-versions (generated clock jumps) are in tests/unit/test_clock_gate.py.
+versions (generated clock jumps) are in tests/unit/gates/test_clock.py.
 """
 
 from __future__ import annotations

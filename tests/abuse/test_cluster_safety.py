@@ -5,7 +5,7 @@ from its boot id, PID namespace, pid and start time: the migration lock's
 holder (db/lock.py) and a node's row in the cluster table (cluster status,
 cluster forget) are judged by it.  Real processes in real PID namespaces,
 one real PostgreSQL server; the pure decisions have their generated cases
-in tests/unit/test_cluster_decisions.py.
+in tests/unit/cluster/test_trust.py.
 """
 
 from __future__ import annotations
