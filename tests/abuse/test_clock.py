@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 
-from abuse_helpers import error_lines
 from ivle_maint.config import load_settings
 from ivle_maint.db import backup, migrations, pins
 from ivle_maint.output import RecordingReporter
 from ivle_sandbox.releases import NEW, OLD
-from upgrade_helpers import (
+from support.abuse_helpers import error_lines
+from support.upgrade_helpers import (
     RESUME_LINE,
     cli,
     journal,

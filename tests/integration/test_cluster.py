@@ -13,7 +13,10 @@ migrations, jail rebuild, user jails and usrmgt restart
 from __future__ import annotations
 
 import pytest
-from cluster_helpers import (
+
+from ivle_sandbox.cluster import build_cluster, configure
+from ivle_sandbox.releases import OLD
+from support.cluster_helpers import (
     PATIENT,
     SLAVES,
     assert_upgraded,
@@ -25,10 +28,7 @@ from cluster_helpers import (
     wait_rows,
     web_events,
 )
-
-from ivle_sandbox.cluster import build_cluster, configure
-from ivle_sandbox.releases import OLD
-from upgrade_helpers import NEW_KEYS, postinst, preinst, unpack
+from support.upgrade_helpers import NEW_KEYS, postinst, preinst, unpack
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 

@@ -16,7 +16,13 @@ import threading
 import time
 
 import pytest
-from cluster_helpers import (
+
+from ivle_sandbox import procs
+from ivle_sandbox.cluster import build_cluster, configure, share_database
+from ivle_sandbox.node import Node, install_version
+from ivle_sandbox.postgres import ThrowawayPostgres
+from ivle_sandbox.releases import RELEASES
+from support.cluster_helpers import (
     PATIENT,
     SLAVES,
     assert_upgraded,
@@ -29,13 +35,7 @@ from cluster_helpers import (
     wait_rows,
     web_events,
 )
-
-from ivle_sandbox import procs
-from ivle_sandbox.cluster import build_cluster, configure, share_database
-from ivle_sandbox.node import Node, install_version
-from ivle_sandbox.postgres import ThrowawayPostgres
-from ivle_sandbox.releases import RELEASES
-from upgrade_helpers import (
+from support.upgrade_helpers import (
     OLD_KEYS,
     marker_keys,
     media_version,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import threading
 
 import pytest
-from cluster_helpers import PATIENT, cli, node_rows, run_concurrently, status
 
 from ivle_sandbox.cluster import build_cluster, configure, share_database, share_jails
 from ivle_sandbox.node import install_version
 from ivle_sandbox.releases import RELEASES
-from upgrade_helpers import at_version_1_0, media_version, postinst, preinst, unpack
+from support.cluster_helpers import PATIENT, cli, node_rows, run_concurrently, status
+from support.upgrade_helpers import at_version_1_0, media_version, postinst, preinst, unpack
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 

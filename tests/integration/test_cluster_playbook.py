@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from cluster_helpers import assert_upgraded, web_events
 
 from ivle_sandbox.cluster import REPO, Cluster, build_cluster, node_name
-from upgrade_helpers import journal
+from support.cluster_helpers import assert_upgraded, web_events
+from support.upgrade_helpers import journal
 
 pytestmark = [
     pytest.mark.needs_root,

@@ -14,7 +14,7 @@ import pytest
 from ivle_maint.db.lock import LOCK_ID
 from ivle_sandbox.cluster import configure
 from ivle_sandbox.releases import NEW, OLD
-from upgrade_helpers import (
+from support.upgrade_helpers import (
     ALL_KEYS,
     RESUME_LINE,
     at_version_1_0,

@@ -19,7 +19,7 @@ from typing import Any
 
 from ivle_sandbox.cluster import Cluster, env_of, node_name
 from ivle_sandbox.node import Node
-from upgrade_helpers import ALL_KEYS, NEW_KEYS, media_version, postinst, preinst, unpack
+from support.upgrade_helpers import ALL_KEYS, NEW_KEYS, media_version, postinst, preinst, unpack
 
 SLAVES = ["slave1", "slave2", "slave3"]
 # Cluster settings: waits long enough for the slowest node of a loaded machine.
