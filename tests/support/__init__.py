@@ -7,4 +7,7 @@ the repository on sys.path; no conftest edits it).
     migration_site   a fresh IVLE database and settings per migration test
     db_site          a baselined IVLE database with its settings (abuse cases)
     abuse_helpers    error and resume lines, kills, "nothing done" (abuse cases)
+    source_tree      an IVLE source tree for `ivle-maint upgrade --source`
+    preinst_manifest dh_ivle_maint's manifest and the preinst that reads it
+    dh_addon         a small IVLE-like package built with dh_ivle_maint
 """
