@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from abuse_helpers import error_lines, resume_line, upgraded_state
-from db_site import add_settings, baselined_site
-from migration_site import Site
-from upgrade_helpers import (
+from support.abuse_helpers import error_lines, resume_line, upgraded_state
+from support.db_site import add_settings, baselined_site
+from support.migration_site import Site
+from support.upgrade_helpers import (
     ALL_KEYS,
     OLD_KEYS,
     at_version_1_0,
