@@ -33,3 +33,18 @@ class LockedError(MaintError):
     """Another ivle-maint (or migration runner) holds the lock."""
 
     exit_status = 75  # EX_TEMPFAIL: try again later
+
+
+class Interrupted(BaseException):
+    """Ctrl-C (KeyboardInterrupt) or SIGTERM (gates.waits.Terminated) that
+    stopped a run of the procedure, with the command that resumes it.
+
+    A BaseException, as the signal's own exception is: nothing that handles
+    failures (``except Exception``) takes it for one.  The CLI exits 130 or
+    143 from ``signal``.
+    """
+
+    def __init__(self, signal: BaseException, *, resume: str | None) -> None:
+        super().__init__(str(signal) or type(signal).__name__)
+        self.signal = signal
+        self.resume = resume

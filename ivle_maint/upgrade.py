@@ -27,7 +27,7 @@ from .db.migrations import upgrade_completed
 from .errors import MaintError
 from .gates.rewrite import patch_in_place
 from .installed import read_installed, record_installed
-from .journal import ABORTED, ABORTING, COMPLETE, IN_PROGRESS, Journal, unfinished
+from .journal import Journal, unfinished
 from .lock import node_lock
 from .logfile import limits, run_log
 from .procedure import STEPS
@@ -103,15 +103,15 @@ def run_phases(
         **limits(settings),
     ) as log_path, _attended_run(ctx):
         journal = Journal.open(state_dir(settings), ctx.old, ctx.new, settings.role)
-        if journal.state == COMPLETE and restart_finished:
+        if journal.is_complete and restart_finished:
             journal.archive()
             journal = Journal.open(state_dir(settings), ctx.old, ctx.new, settings.role)
-        if journal.state == COMPLETE:
+        if journal.is_complete:
             ctx.upgrade_id = upgrade_id(journal)
             _record_completion(ctx, journal, again=True)  # a run killed or refused before it
             ctx.reporter.info(f"upgrade {ctx.old} -> {ctx.new} is already complete")
             return journal
-        if journal.state == ABORTING:  # a killed abandonment is finished first
+        if journal.is_aborting:  # a killed abandonment is finished first
             with _presence(ctx, journal, STEPS) as presence:
                 Procedure(ctx, journal, STEPS, presence.observe).abort()
         journal.resume = ctx.resume
@@ -138,11 +138,11 @@ def run_phases(
             try:
                 Procedure(ctx, journal, STEPS, presence.observe).run(phases)
             except MaintError as exc:
-                if exc.resume is None and journal.state == IN_PROGRESS and journal.path.exists():
+                if exc.resume is None and journal.is_in_progress and journal.path.exists():
                     exc.resume = ctx.resume  # the journal's own write failed (a full disk)
                 exc.resume = restart_if_nothing_to_resume(ctx, journal, exc.resume)
                 raise
-        if journal.state == COMPLETE:
+        if journal.is_complete:
             _record_completion(ctx, journal)
             for line in summary_lines(journal, STEPS):
                 ctx.reporter.info(line)
@@ -177,7 +177,7 @@ def restart_if_nothing_to_resume(ctx: UpgradeContext, journal: Journal,
     is to fix the cause and start the upgrade again.  A resume that does
     not need the journal (the source upgrade's own command) stays.
     """
-    if resume is None or (journal.state != ABORTED and journal.path.exists()):
+    if resume is None or (not journal.is_aborted and journal.path.exists()):
         return resume
     if not resume.startswith(("dpkg ", "ivle-maint rerun")):
         return resume
@@ -244,9 +244,9 @@ def abort(ctx: UpgradeContext) -> list[str]:
     with node_lock(ctx.settings.path_of("run"), f"abort upgrade to {ctx.new}"), \
             _attended_run(ctx):
         journal = Journal.open(state_dir(ctx.settings), ctx.old, ctx.new, ctx.settings.role)
-        if journal.state not in (IN_PROGRESS, ABORTING):
+        if not journal.is_unfinished:
             return []
-        if journal.state == IN_PROGRESS and not journal.steps:
+        if journal.is_in_progress and not journal.steps:
             return []
         with _presence(ctx, journal, STEPS) as presence:
             undone = Procedure(ctx, journal, STEPS, presence.observe).abort()
