@@ -270,8 +270,10 @@ def cmd_hook(ctx: Context) -> int:
             # The temporary copy is gone when the message is read: name the
             # file as the package ships it.
             owner = f"{manifest.package or 'ivle'} {manifest.version or call.args[-1]}"
-            exc.args = (str(exc).replace(f"{directory}/", f"{owner}'s migration ")
-                        .replace(directory, f"{owner}'s migrations"),)
+            if exc.path is not None and exc.path.is_relative_to(directory):
+                inside = exc.path.relative_to(directory)
+                exc.path_shown = f"{owner}'s migration {inside}" if inside.parts else \
+                    f"{owner}'s migrations"
             raise
     return 0
 
