@@ -21,7 +21,7 @@ from pathlib import Path
 from . import children, preflight
 from .cluster.presence import Presence
 from .config import Settings
-from .context import BEFORE, Step, UpgradeContext
+from .context import BEFORE, RunOptions, Step, UpgradeContext
 from .db.backup import remove_leftovers
 from .db.migrations import upgrade_completed
 from .errors import MaintError
@@ -30,12 +30,14 @@ from .installed import read_installed, record_installed
 from .journal import Journal, unfinished
 from .lock import node_lock
 from .logfile import limits, run_log
+from .output import Reporter
 from .procedure import STEPS
 from .runner import Procedure
 from .safepaths import check_settings_dirs
 from .summary import summary_lines
 
-__all__ = ["UpgradeContext", "abort", "run_phases", "unfinished", "unfinished_matching"]
+__all__ = ["UpgradeContext", "abort", "rerun_context", "run_phases", "unfinished",
+           "unfinished_matching"]
 
 log = logging.getLogger(__name__)
 
@@ -114,16 +116,11 @@ def run_phases(
         if journal.is_aborting:  # a killed abandonment is finished first
             with _presence(ctx, journal, STEPS) as presence:
                 Procedure(ctx, journal, STEPS, presence.observe).abort()
-        journal.resume = ctx.resume
         ctx.upgrade_id = upgrade_id(journal)
-        if ctx.migrations_dir is not None:
-            journal.migrations = str(ctx.migrations_dir)
         # Saved before any step (a new journal: with its first step, so that
         # a failed preflight leaves no journal): a rerun must know whether
         # the code is new.
-        journal.package = ctx.package or journal.package
-        journal.source = str(ctx.source) if ctx.source else journal.source
-        journal.code_new = ctx.code_is_new
+        _record_run(ctx, journal)
         if journal.path.exists():
             _save_before_steps(ctx, journal)
         log.info("%s; role %s; log %s", purpose, settings.role, log_path)
@@ -148,6 +145,30 @@ def run_phases(
                 ctx.reporter.info(line)
             ctx.reporter.info(f"log: {log_path}")
         return journal
+
+
+# The context and the journal: what a run records of itself (_record_run)
+# is what a rerun's context is made of (rerun_context), field for field.
+
+def _record_run(ctx: UpgradeContext, journal: Journal) -> None:
+    """How this upgrade goes on, for a rerun: how to resume, where the new
+    migrations are, how the new code gets installed and whether it is."""
+    journal.resume = ctx.resume
+    if ctx.migrations_dir is not None:
+        journal.migrations = str(ctx.migrations_dir)
+    journal.package = ctx.package or journal.package
+    journal.source = str(ctx.source) if ctx.source else journal.source
+    journal.code_new = ctx.code_is_new
+
+
+def rerun_context(settings: Settings, reporter: Reporter, journal: Journal,
+                  options: RunOptions, *, code_is_new: bool) -> UpgradeContext:
+    """The context of a rerun of JOURNAL's upgrade, as its last run recorded it."""
+    return UpgradeContext(
+        settings, reporter, old=journal.old, new=journal.new, options=options,
+        code_is_new=code_is_new, resume=journal.resume, package=journal.package,
+        migrations_dir=Path(journal.migrations) if journal.migrations else None,
+        source=Path(journal.source) if journal.source else None)
 
 
 def _save_before_steps(ctx: UpgradeContext, journal: Journal) -> None:

@@ -208,18 +208,15 @@ def cmd_rerun(ctx: Context) -> int:
     """Continue the unfinished upgrade, if there is one, as far as is safe."""
     from ..codestate import new_code_state
     from ..context import AFTER, BEFORE
-    from ..upgrade import abort, run_phases, unfinished
+    from ..upgrade import abort, rerun_context, run_phases, unfinished
 
     journal = unfinished(ctx.settings)
     if journal is None:
         ctx.reporter.info("no unfinished upgrade: nothing to do")
         return 0
     code = new_code_state(journal)
-    up = UpgradeContext(ctx.settings, ctx.reporter, old=journal.old, new=journal.new,
-                        options=_options(ctx.args), code_is_new=code.in_place,
-                        migrations_dir=Path(journal.migrations) if journal.migrations else None,
-                        resume=journal.resume, package=journal.package,
-                        source=Path(journal.source) if journal.source else None)
+    up = rerun_context(ctx.settings, ctx.reporter, journal, _options(ctx.args),
+                       code_is_new=code.in_place)
     if ctx.args.abandon or journal.is_aborting:
         if code.in_place:
             raise MaintError(f"cannot give the site back on {journal.old}: {journal.new}'s "
