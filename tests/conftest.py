@@ -33,10 +33,7 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "scripts"), str(REPO)]
-
-from ivle_sandbox import mountns  # noqa: E402
+from ivle_sandbox import mountns  # scripts/: on sys.path by setup.cfg's pythonpath
 
 IS_ROOT = os.geteuid() == 0
 ROOT_REASON = "needs root (mount namespaces, chown, processes as other users); run as root"

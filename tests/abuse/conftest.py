@@ -4,8 +4,8 @@ SIGKILL does to a node, and what ivle-maint answers (issue: safety).
 Every case asserts a one-line message, the documented exit status, that
 nothing is lost (database, ivle.conf, users' files), and that the next
 command (usually `ivle-maint rerun`) ends where an uninterrupted run ends.
-The integration helpers (sandbox nodes, upgrade_helpers) are shared; the
-abuse cases' own are in abuse_helpers.py.
+The integration helpers (sandbox nodes, support.upgrade_helpers) are
+shared; the abuse cases' own are in support/abuse_helpers.py.
 
 Fixtures:
     site  function: a single-machine IVLE (role both) at 1.0, serving
@@ -13,15 +13,11 @@ Fixtures:
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-
-from upgrade_helpers import at_version_1_0
+from support.upgrade_helpers import at_version_1_0
 
 
 @pytest.fixture

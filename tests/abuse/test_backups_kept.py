@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from abuse_helpers import error_lines, fill, upgraded_state
 from ivle_maint.config import load_settings
 from ivle_maint.db import migrations
 from ivle_maint.output import RecordingReporter
 from ivle_sandbox.releases import NEW, OLD
-from upgrade_helpers import (
+from support.abuse_helpers import error_lines, fill, upgraded_state
+from support.upgrade_helpers import (
     RESUME_LINE,
     at_version_1_0,
     cli,

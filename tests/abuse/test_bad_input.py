@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_source_install import source_tree
 
-from abuse_helpers import assert_untouched, error_lines
 from ivle_sandbox.releases import OLD, RELEASES
-from upgrade_helpers import (
+from support.abuse_helpers import assert_untouched, error_lines
+from support.source_tree import source_tree
+from support.upgrade_helpers import (
     REPO,
     at_version_1_0,
     cli,

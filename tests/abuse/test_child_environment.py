@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from db_site import baselined_site
 from ivle_maint import system
 from ivle_maint.db import migrations
 from ivle_maint.gates import environment
-from migration_site import Site
+from support.db_site import baselined_site
+from support.migration_site import Site
 
 pytestmark = pytest.mark.needs_postgres
 

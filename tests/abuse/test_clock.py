@@ -6,7 +6,7 @@ must still keep the dump it just took (the only one from before it), keep
 its own log, and report a web-down time that is never negative.  The
 fault is injected as such a clock leaves it: files with future names and
 mtimes, a journal with future wall times, then a real run.  The property
-versions (generated clock jumps) are in tests/unit/test_clock_gate.py.
+versions (generated clock jumps) are in tests/unit/gates/test_clock.py.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 
-from abuse_helpers import error_lines
 from ivle_maint.config import load_settings
 from ivle_maint.db import backup, migrations, pins
 from ivle_maint.output import RecordingReporter
 from ivle_sandbox.releases import NEW, OLD
-from upgrade_helpers import (
+from support.abuse_helpers import error_lines
+from support.upgrade_helpers import (
     RESUME_LINE,
     cli,
     journal,

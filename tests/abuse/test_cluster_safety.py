@@ -5,7 +5,7 @@ from its boot id, PID namespace, pid and start time: the migration lock's
 holder (db/lock.py) and a node's row in the cluster table (cluster status,
 cluster forget) are judged by it.  Real processes in real PID namespaces,
 one real PostgreSQL server; the pure decisions have their generated cases
-in tests/unit/test_cluster_decisions.py.
+in tests/unit/cluster/test_trust.py.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_helpers import PATIENT, cli, node_rows, wait_rows
 from configobj import ConfigObj
 
 from ivle_maint import liveness
@@ -28,7 +27,8 @@ from ivle_maint.db import lock
 from ivle_sandbox.cluster import build_cluster, configure, share_database
 from ivle_sandbox.node import install_version
 from ivle_sandbox.releases import RELEASES
-from upgrade_helpers import OLD_KEYS, marker_keys, postinst, preinst, set_setting, unpack
+from support.cluster_helpers import PATIENT, cli, node_rows, wait_rows
+from support.upgrade_helpers import OLD_KEYS, marker_keys, postinst, preinst, set_setting, unpack
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
@@ -275,7 +275,7 @@ def test_a_waiting_slave_whose_ivle_maint_was_killed_shows_it_exited(node_factor
 
 
 def start_postinst(node):
-    from upgrade_helpers import start_cli
+    from support.upgrade_helpers import start_cli
 
     return start_cli(node, "hook", "--package-version", "1.1", "postinst", "configure", "1.0")
 

@@ -23,10 +23,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from abuse_helpers import error_lines
 from ivle_maint.errors import MaintError
 from ivle_maint.gates.rewrite import ACL_XATTR, replace_file
-from upgrade_helpers import final_state, ivle_conf_without_media, postinst, preinst, unpack
+from support.abuse_helpers import error_lines
+from support.upgrade_helpers import final_state, ivle_conf_without_media, postinst, preinst, unpack
 
 pytestmark = [pytest.mark.needs_root]
 

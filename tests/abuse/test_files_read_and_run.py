@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_source_install import source_tree
 
-from abuse_helpers import assert_untouched, error_lines, one_error_line
 from ivle_sandbox.releases import OLD, RELEASES
-from upgrade_helpers import (
+from support.abuse_helpers import assert_untouched, error_lines, one_error_line
+from support.source_tree import source_tree
+from support.upgrade_helpers import (
     NEW_KEYS,
     OLD_KEYS,
     REPO,

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from abuse_helpers import error_lines, fill, resume_line
 from ivle_sandbox import mountns
-from upgrade_helpers import (
+from support.abuse_helpers import error_lines, fill, resume_line
+from support.upgrade_helpers import (
     ALL_KEYS,
     at_version_1_0,
     cli,

@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from abuse_helpers import (
+from ivle_sandbox.releases import NEW, OLD
+from support.abuse_helpers import (
     error_lines,
     kill_when,
     live_processes,
@@ -28,8 +29,7 @@ from abuse_helpers import (
     upgraded_state,
     wait_until_gone,
 )
-from ivle_sandbox.releases import NEW, OLD
-from upgrade_helpers import (
+from support.upgrade_helpers import (
     ALL_KEYS,
     at_version_1_0,
     cli,

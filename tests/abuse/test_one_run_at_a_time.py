@@ -12,9 +12,16 @@ from typing import Any
 
 import pytest
 
-from abuse_helpers import upgraded_state
 from ivle_sandbox.releases import NEW, OLD
-from upgrade_helpers import at_version_1_0, final_state, postinst, preinst, start_cli, unpack
+from support.abuse_helpers import upgraded_state
+from support.upgrade_helpers import (
+    at_version_1_0,
+    final_state,
+    postinst,
+    preinst,
+    start_cli,
+    unpack,
+)
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 

@@ -20,10 +20,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from abuse_helpers import one_error_line
 from ivle_maint import mountinfo
 from ivle_sandbox.releases import RELEASES
-from upgrade_helpers import REPO, at_version_1_0, cli, journal, postinst, preinst, unpack
+from support.abuse_helpers import one_error_line
+from support.upgrade_helpers import REPO, at_version_1_0, cli, journal, postinst, preinst, unpack
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 

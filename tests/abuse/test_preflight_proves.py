@@ -35,17 +35,17 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_preinst_manifest import manifest, preinst_with
-from test_source_install import source_tree
 
-from abuse_helpers import one_error_line, resume_line, upgraded_state
 from ivle_maint.config import load_settings
 from ivle_maint.db import migrations, pgparse
 from ivle_maint.db.lock import LOCK_ID
 from ivle_maint.output import RecordingReporter
 from ivle_sandbox import mountns
 from ivle_sandbox.releases import NEW, OLD, RELEASES
-from upgrade_helpers import (
+from support.abuse_helpers import one_error_line, resume_line, upgraded_state
+from support.preinst_manifest import manifest, preinst_with
+from support.source_tree import source_tree
+from support.upgrade_helpers import (
     ALL_KEYS,
     OLD_KEYS,
     at_version_1_0,
@@ -533,9 +533,8 @@ def test_a_slave_whose_role_may_not_claim_a_media_version_fails_the_preflight(
         node_factory: Any):
     """INSERT on ivle_maint_media revoked: the slave's preinst refuses with its
     web server still up, not its media-version step after the code changed."""
-    from cluster_helpers import PATIENT
-
     from ivle_sandbox.cluster import build_cluster
+    from support.cluster_helpers import PATIENT
 
     cluster = build_cluster(node_factory, slaves=1, cluster=PATIENT)
     slave = cluster.slaves[0]

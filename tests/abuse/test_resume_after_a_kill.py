@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_source_install import source_tree
 
-from abuse_helpers import (
+from ivle_sandbox.releases import NEW, OLD, RELEASES
+from support.abuse_helpers import (
     hold_migration_lock,
     kill_when,
     node_pids,
@@ -31,8 +31,8 @@ from abuse_helpers import (
     resume_line,
     upgraded_state,
 )
-from ivle_sandbox.releases import NEW, OLD, RELEASES
-from upgrade_helpers import (
+from support.source_tree import source_tree
+from support.upgrade_helpers import (
     OLD_KEYS,
     at_version_1_0,
     cli,

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from abuse_helpers import fill
-from upgrade_helpers import (
+from support.abuse_helpers import fill
+from support.upgrade_helpers import (
     REPO,
     at_version_1_0,
     cli,
@@ -144,7 +144,7 @@ def test_a_reader_gone_early_changes_nothing_but_the_output(node: Any,
 
 def test_dead_output_pipe_never_stops_the_abort(node_factory: Any) -> None:
     """`... | tee log` whose tee dies mid-run: every later write gets EPIPE."""
-    from abuse_helpers import hold_migration_lock, old_site_untouched
+    from support.abuse_helpers import hold_migration_lock, old_site_untouched
 
     node = at_version_1_0(node_factory(users=3, consoles=1))
     holder = hold_migration_lock(node)

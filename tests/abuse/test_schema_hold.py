@@ -21,19 +21,19 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_source_install import source_tree
 
-from abuse_helpers import (
+from ivle_maint import cli as ivle_cli
+from ivle_maint.journal import ABORTED, ABORTING, COMPLETE, IN_PROGRESS, Journal, StepRecord
+from ivle_sandbox.releases import NEW, OLD, RELEASES
+from support.abuse_helpers import (
     error_lines,
     old_site_untouched,
     one_error_line,
     resume_line,
     upgraded_state,
 )
-from ivle_maint import cli as ivle_cli
-from ivle_maint.journal import ABORTED, ABORTING, COMPLETE, IN_PROGRESS, Journal, StepRecord
-from ivle_sandbox.releases import NEW, OLD, RELEASES
-from upgrade_helpers import (
+from support.source_tree import source_tree
+from support.upgrade_helpers import (
     REPO,
     at_version_1_0,
     cli,

@@ -29,7 +29,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from abuse_helpers import one_error_line
 from ivle_maint.consoles.jail_processes import stop_consoles_in
 from ivle_maint.gates import processes
 from ivle_maint.gates.processes import Verdict
@@ -37,7 +36,8 @@ from ivle_maint.output import RecordingReporter
 from ivle_sandbox import mountns
 from ivle_sandbox import procs as sandbox_procs
 from ivle_sandbox.procs import alive
-from upgrade_helpers import (
+from support.abuse_helpers import one_error_line
+from support.upgrade_helpers import (
     REPO,
     at_version_1_0,
     cli,

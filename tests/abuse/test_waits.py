@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
-from abuse_helpers import error_lines, hold_migration_lock, resume_line, upgraded_state
-from db_site import add_settings, baselined_site
 from ivle_sandbox.releases import NEW, OLD
-from migration_site import Site
-from upgrade_helpers import (
+from support.abuse_helpers import error_lines, hold_migration_lock, resume_line, upgraded_state
+from support.db_site import add_settings, baselined_site
+from support.migration_site import Site
+from support.upgrade_helpers import (
     ALL_KEYS,
     OLD_KEYS,
     at_version_1_0,

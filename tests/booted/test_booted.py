@@ -18,7 +18,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
-from booted import scenario  # on the path by conftest.py
+from booted import scenario  # scripts/: on sys.path by setup.cfg's pythonpath
 from booted.scenario import Guest, Probe
 from e2e.driver.config import GOOD_FIRST_MIGRATION
 from e2e.driver.config import MIGRATIONS_NEW as NEW_KEYS

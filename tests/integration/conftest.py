@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from ivle_sandbox import schema
-from migration_site import FAKES, Site
+from support.migration_site import FAKES, Site
 
 
 @pytest.fixture

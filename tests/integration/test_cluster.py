@@ -13,10 +13,14 @@ migrations, jail rebuild, user jails and usrmgt restart
 from __future__ import annotations
 
 import pytest
-from cluster_helpers import (
+
+from ivle_sandbox.cluster import build_cluster, configure
+from ivle_sandbox.releases import OLD
+from support.cluster_helpers import (
     PATIENT,
     SLAVES,
     assert_upgraded,
+    cli,
     join,
     marker_rows,
     random_schedule,
@@ -25,10 +29,7 @@ from cluster_helpers import (
     wait_rows,
     web_events,
 )
-
-from ivle_sandbox.cluster import build_cluster, configure
-from ivle_sandbox.releases import OLD
-from upgrade_helpers import NEW_KEYS, postinst, preinst, unpack
+from support.upgrade_helpers import NEW_KEYS, postinst, preinst, unpack
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
@@ -135,3 +136,15 @@ def test_serial_master_first_told_to_migrate_while_slaves_serve(node_factory):
     first = min(r[3] for r in marker_rows(cluster.master) if r[0] in NEW_KEYS)
     assert all(web_events(s)[1][0] > first for s in cluster.slaves)  # served old code, as told
     assert_upgraded(cluster, served_old_during_migration=True)
+
+
+def test_a_slave_waits_on_an_ivle_database_whose_master_never_registered(node_factory):
+    cluster = build_cluster(node_factory, slaves=1, cluster={"master_timeout": 1.5})
+    assert cli(cluster.master, "cluster", "forget", "master").returncode == 0
+    slave = cluster.slaves[0]
+    assert preinst(slave).returncode == 0
+    unpack(slave)
+    failed = postinst(slave)
+    assert failed.returncode == 1, failed.stderr
+    assert "the master's migrations are still missing" in failed.stderr
+    assert not slave.service_running("apache2")

@@ -11,7 +11,10 @@ import subprocess
 import time
 
 import pytest
-from cluster_helpers import (
+
+from ivle_sandbox.cluster import build_cluster, configure
+from ivle_sandbox.releases import RELEASES
+from support.cluster_helpers import (
     PATIENT,
     assert_slaves_after_master,
     assert_upgraded,
@@ -20,10 +23,7 @@ from cluster_helpers import (
     node_rows,
     wait_rows,
 )
-
-from ivle_sandbox.cluster import build_cluster, configure
-from ivle_sandbox.releases import RELEASES
-from upgrade_helpers import RESUME_LINE, cli, postinst, preinst, set_setting, unpack
+from support.upgrade_helpers import RESUME_LINE, cli, postinst, preinst, set_setting, unpack
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 

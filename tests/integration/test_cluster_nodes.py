@@ -5,12 +5,12 @@ from __future__ import annotations
 import threading
 
 import pytest
-from cluster_helpers import PATIENT, cli, node_rows, run_concurrently, status
 
 from ivle_sandbox.cluster import build_cluster, configure, share_database, share_jails
 from ivle_sandbox.node import install_version
 from ivle_sandbox.releases import RELEASES
-from upgrade_helpers import at_version_1_0, media_version, postinst, preinst, unpack
+from support.cluster_helpers import PATIENT, cli, node_rows, run_concurrently, status
+from support.upgrade_helpers import at_version_1_0, media_version, postinst, preinst, unpack
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
@@ -111,3 +111,37 @@ def test_a_slave_added_later_takes_the_clusters_media_version(node_factory):
     assert doc["problems"] == [] and doc["slave_media"] == {
         "1.1.r2": ["slave1", "slave2", "slave3"]}
     assert doc["media_chosen"] == [["1.1", "1.1"], ["1.1.r2", "1.1"]]
+
+
+def test_register_refuses_a_name_another_machine_holds(node_factory):
+    cluster = build_cluster(node_factory, slaves=2, cluster=PATIENT)
+    twin = cluster.slaves[1]
+    before = node_rows(cluster.master)["slave1"]
+    configure(twin, "slave1", {})  # its own machine id, another node's name
+    refused = cli(twin, "cluster", "register")
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.count("\n") == 1
+    assert "node name 'slave1' is held by another machine" in refused.stderr
+    assert "ivle-maint cluster register --replace" in refused.stderr
+    assert node_rows(cluster.master)["slave1"] == before
+
+    # The fresh-install hook refuses it too.
+    late = node_factory(role="slave", users=4)
+    share_database(late, cluster.master)
+    configure(late, "slave1", {"poll": 0.1})
+    install_version(late, "1.0", RELEASES["1.0"])
+    hook = cli(late, "hook", "--package-version", "1.0", "postinst", "configure", "")
+    assert hook.returncode == 2 and "is held by another machine" in hook.stderr
+    assert node_rows(cluster.master)["slave1"] == before
+
+    # The same machine with its state lost is still itself.
+    (cluster.slaves[0].state_dir / "node-id").unlink()
+    assert cli(cluster.slaves[0], "cluster", "register").returncode == 0
+
+    replaced = cli(twin, "cluster", "register", "--replace")
+    assert replaced.returncode == 0 and "taking over node name 'slave1'" in replaced.stderr
+    conn = cluster.master.connect()
+    with conn.cursor() as cur:
+        cur.execute("SELECT machine FROM ivle_maint_nodes WHERE name = 'slave1'")
+        assert cur.fetchone()[0] == f"sandbox-{twin.root.name}"
+    conn.close()

@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from cluster_helpers import assert_upgraded, web_events
 
 from ivle_sandbox.cluster import REPO, Cluster, build_cluster, node_name
-from upgrade_helpers import journal
+from support.cluster_helpers import PATIENT, SLAVES, assert_upgraded, node_rows, web_events
+from support.upgrade_helpers import journal, marker_keys
 
 pytestmark = [
     pytest.mark.needs_root,
@@ -96,3 +96,20 @@ def test_playbook_rerun_after_a_failed_slave_finishes_the_cluster(cluster, tmp_p
     again = playbook(inv, tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     assert_upgraded(cluster)  # includes: each slave's web server stopped exactly once
+
+
+def test_playbook_gives_the_slaves_back_when_one_prepare_fails(node_factory, tmp_path):
+    cluster = build_cluster(node_factory, cluster=PATIENT)
+    broken = cluster.slaves[1]
+    broken.set_fakes("apache2", fail=["stop"])
+    failed = playbook(inventory(cluster, tmp_path / "inventory.json"), tmp_path)
+    assert failed.returncode != 0
+    out = " ".join(failed.stdout.split())
+    assert "the before-phase failed on slave2" in out, failed.stdout
+    assert "the other slaves (slave1, slave3) were given back" in out
+    for node in cluster.nodes:
+        assert node.installed_version() == "1.0"
+    assert all(slave.service_running("apache2") for slave in cluster.slaves)
+    rows = node_rows(cluster.master)
+    assert {rows[name]["serving"] for name in SLAVES} == {"1.0"}
+    assert marker_keys(cluster.master) == []  # the master never began

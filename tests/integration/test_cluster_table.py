@@ -7,6 +7,8 @@ import pytest
 
 from ivle_maint.cluster import table
 from ivle_sandbox import schema
+from ivle_sandbox.cluster import build_cluster
+from support.cluster_helpers import PATIENT, cli
 
 pytestmark = [pytest.mark.needs_postgres]
 
@@ -42,3 +44,25 @@ def test_an_earlier_table_gains_the_jail_columns_and_keeps_its_rows(postgres):
     finally:
         conn.close()
         schema.drop_database(postgres, "ivle_table_upgrade")
+
+
+@pytest.mark.needs_root
+def test_a_table_from_an_older_ivle_maint_gets_the_new_columns_when_it_may(node_factory):
+    cluster = build_cluster(node_factory, slaves=1, cluster=PATIENT)
+    slave, pg = cluster.slaves[0], cluster.master.pg
+    conn = pg.connect(cluster.master.dbname)  # as the superuser
+    with conn, conn.cursor() as cur:  # as an older ivle-maint left it, owned by postgres
+        cur.execute("ALTER TABLE ivle_maint_nodes DROP COLUMN machine, DROP COLUMN probe_url")
+        cur.execute("ALTER TABLE ivle_maint_nodes OWNER TO postgres")
+        cur.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON ivle_maint_nodes TO ivle")
+    done = cli(slave, "cluster", "register")  # may not ALTER it: works without them
+    assert done.returncode == 0, done.stderr
+    assert cli(slave, "cluster", "status").returncode == 0
+    with conn, conn.cursor() as cur:
+        cur.execute("ALTER TABLE ivle_maint_nodes OWNER TO ivle")
+    assert cli(slave, "cluster", "register").returncode == 0
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT machine, probe_url FROM ivle_maint_nodes WHERE name = 'slave1'")
+        assert cur.fetchone() == (f"sandbox-{slave.root.name}",
+                                  f"http://127.0.0.1:{slave.web_port}/")
+    conn.close()

@@ -16,7 +16,7 @@ from ivle_maint.db import migrations
 from ivle_maint.db.sqlsplit import split
 from ivle_maint.errors import MaintError
 from ivle_sandbox import schema
-from migration_site import Site, create_empty_database
+from support.migration_site import Site, create_empty_database
 
 pytestmark = pytest.mark.needs_postgres
 

@@ -11,7 +11,7 @@ import pytest
 
 from ivle_maint import cli
 from ivle_sandbox.postgres import free_port
-from migration_site import Site
+from support.migration_site import Site
 
 pytestmark = pytest.mark.needs_postgres
 

@@ -24,7 +24,7 @@ from ivle_maint.gates import environment
 from ivle_maint.output import RecordingReporter
 from ivle_sandbox import schema
 from ivle_sandbox.postgres import ThrowawayPostgres, free_port
-from migration_site import Site
+from support.migration_site import Site
 
 pytestmark = pytest.mark.needs_postgres
 
@@ -299,7 +299,7 @@ def test_password_reaches_pg_dump_only_through_its_own_environment(
 
 
 def test_no_privilege_for_the_marker_is_one_line(site: Site, postgres: Any) -> None:
-    from migration_site import create_empty_database
+    from support.migration_site import create_empty_database
 
     name = site.dbname + "_noperm"
     create_empty_database(postgres, name)

@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_dh_addon import build
 
 from ivle_sandbox.releases import NEW, OLD
-from upgrade_helpers import REPO, at_version_1_0, cli, media_version
+from support.dh_addon import build
+from support.upgrade_helpers import REPO, at_version_1_0, cli, media_version
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 needs_debhelper = pytest.mark.skipif(shutil.which("dh") is None, reason="needs debhelper")

@@ -7,35 +7,14 @@ new migrations in the preinst, which hands it over on stdin.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
 from ivle_sandbox.releases import NEW, OLD
-from upgrade_helpers import REPO, at_version_1_0, marker_keys
+from support.preinst_manifest import manifest, preinst_with
+from support.upgrade_helpers import at_version_1_0, marker_keys
 
 # Refused by the migration checks: it cannot run inside a transaction.
 BROKEN = {"20100401-01.sql": "CREATE INDEX CONCURRENTLY login_nick_idx ON login (nick);\n"}
-
-
-def manifest(files: dict[str, str], version: str = "1.1") -> str:
-    lines = [json.dumps({"format": "ivle-maint-migrations/1", "package": "ivle",
-                         "version": version, "count": len(files)})]
-    lines += [json.dumps({"name": name, "sha256": hashlib.sha256(text.encode()).hexdigest(),
-                          "text": text}) for name, text in sorted(files.items())]
-    return "\n".join(lines) + "\n"
-
-
-def preinst_with(node, stdin: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **node.env, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "ivle_maint", "hook", *extra, "preinst", "upgrade", "1.0", "1.1"],
-        env=env, input=stdin, capture_output=True, text=True, timeout=300, check=False,
-    )
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 from ivle_maint.db.lock import LOCK_ID
 from ivle_sandbox.cluster import configure
 from ivle_sandbox.releases import NEW, OLD
-from upgrade_helpers import (
+from support.upgrade_helpers import (
     ALL_KEYS,
     RESUME_LINE,
     at_version_1_0,
@@ -89,7 +89,7 @@ def test_both_node_every_seed_effect(both):
 def test_slave_node_leaves_the_database_and_template_alone(node_factory):
     slave = at_version_1_0(node_factory(users=4, consoles=2, role="slave"))
     # A slave with no master at all: under 'auto' it would wait for one, as a
-    # slave on IVLE's database must (test_cluster_defects); 'never' lets it
+    # slave on IVLE's database must (test_cluster.py); 'never' lets it
     # run its own steps alone.
     configure(slave, "slave", {"coordinate": "never"})
     full_upgrade(slave)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from upgrade_helpers import at_version_1_0, cli, journal, unpack
+from support.upgrade_helpers import at_version_1_0, cli, journal, unpack
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 

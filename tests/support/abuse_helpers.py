@@ -6,7 +6,7 @@ another runner holding the migration lock, and what "nothing done" means
 
 A plain module (not fixtures) so that a case imports what it uses; what the
 integration tests share too (cli, set_setting, OLD_KEYS...) is in
-tests/integration/upgrade_helpers.py.
+support/upgrade_helpers.py.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ivle_maint.db.lock import LOCK_ID
-from upgrade_helpers import (
+from support.upgrade_helpers import (
     OLD_KEYS,
     final_state,
     journal,

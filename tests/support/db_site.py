@@ -1,5 +1,5 @@
 """A fresh baselined IVLE database with its settings, for the session and
-wait gates' cases (a Site of tests/integration/migration_site.py)."""
+wait gates' cases (a Site of support/migration_site.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from ivle_maint.db import migrations
 from ivle_sandbox import schema
-from migration_site import FAKES, Site
+from support.migration_site import FAKES, Site
 
 
 @contextmanager

@@ -13,7 +13,7 @@ import pytest
 from ivle_maint.cli import build_parser
 from ivle_maint.gates import root
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 NOBODY = 65534
 
 

@@ -10,7 +10,7 @@ import pytest
 from ivle_maint.db import discovery
 from ivle_maint.errors import MaintError
 
-FAKES = Path(__file__).resolve().parents[1] / "fakes" / "migrations"
+FAKES = Path(__file__).resolve().parents[2] / "fakes" / "migrations"
 
 
 def make(tmp_path: Path, *names: str) -> Path:

@@ -19,7 +19,7 @@ from typing import Any
 
 from ivle_sandbox.cluster import Cluster, env_of, node_name
 from ivle_sandbox.node import Node
-from upgrade_helpers import ALL_KEYS, NEW_KEYS, media_version, postinst, preinst, unpack
+from support.upgrade_helpers import ALL_KEYS, NEW_KEYS, media_version, postinst, preinst, unpack
 
 SLAVES = ["slave1", "slave2", "slave3"]
 # Cluster settings: waits long enough for the slowest node of a loaded machine.
@@ -216,3 +216,12 @@ def start_sequences(nodes: list[Node], pauses: tuple[float, float, float] = (0, 
 def join(threads: list[threading.Thread]) -> None:
     for thread in threads:
         thread.join(timeout=600)
+
+
+def upgrade(node: Node, old: str = "1.0", new: str = "1.1") -> str:
+    assert preinst(node, old, new).returncode == 0
+    if old != new:
+        unpack(node, new)
+    done = postinst(node, old, new)
+    assert done.returncode == 0, done.stderr
+    return done.stderr

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import http.server
-import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-
 from booted import probe
 
 PAGE = ('<meta name="ivle-version" content="{v}">'

@@ -12,7 +12,7 @@ from ivle_maint.db.discovery import discover, migration_for
 from ivle_maint.db.sqlsplit import SplitError, header_comments, split, tokenize
 from ivle_maint.errors import MaintError
 
-FAKES = Path(__file__).resolve().parents[1] / "fakes" / "migrations"
+FAKES = Path(__file__).resolve().parents[2] / "fakes" / "migrations"
 
 
 def texts(sql: str, **kwargs: bool) -> list[str]:

@@ -8,7 +8,7 @@ import ast
 import importlib
 from pathlib import Path
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[3] / "scripts"
 GUEST = SCRIPTS / "booted" / "guest.py"
 HELPER_MODULES = {"cluster": "driver.cluster", "config": "driver.config",
                   "harness": "driver.harness", "node": "driver.node", "standin": "standin"}

@@ -1,0 +1,88 @@
+"""The cluster's waits and rows across PostgreSQL restarts and outages: the
+slaves' waits survive a quick restart, the master's a long outage (its
+failure recorded), and a final row the database missed is written by the
+next run.
+
+Each test drives real nodes (own roots, real init-script stand-ins), one
+real PostgreSQL server and ivle-maint as separate processes, as dpkg
+runs it; each failed on the code before its fix (issue 13's defects).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from ivle_sandbox.cluster import build_cluster
+from ivle_sandbox.postgres import ThrowawayPostgres
+from support.cluster_helpers import (
+    PATIENT,
+    SLAVES,
+    assert_upgraded,
+    cli,
+    join,
+    node_rows,
+    start_sequences,
+    wait_rows,
+)
+from support.upgrade_helpers import postinst, preinst, set_setting, unpack
+
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
+
+
+def pg_ctl(pg: ThrowawayPostgres, *args: str) -> None:
+    done = pg._run("pg_ctl", "-D", str(pg.pgdata), "-l", str(pg.logfile), "-w", "-t", "30",
+                   *args)
+    assert done.returncode == 0, done.stderr
+    if "stop" not in args:
+        pg.pid = int((pg.pgdata / "postmaster.pid").read_text().split()[0])
+
+
+def test_waiting_slaves_survive_a_quick_postgresql_restart(node_factory):
+    cluster = build_cluster(node_factory, cluster=PATIENT)
+    runs, slaves = start_sequences(cluster.slaves)
+    wait_rows(cluster.master, SLAVES, "waiting")
+    started = time.monotonic()
+    pg_ctl(cluster.master.pg, "-m", "fast", "restart")  # as apt on the master may do
+    assert time.monotonic() - started < 5
+    time.sleep(0.5)  # every slave looks at least once more across the restart
+    (master_run,), master = start_sequences([cluster.master])
+    join(slaves + master)
+    assert master_run.ok() and all(run.ok() for run in runs), \
+        "\n".join(run.text() for run in [*runs, master_run])
+    assert any("reconnected to database" in run.text() for run in runs)
+    assert_upgraded(cluster)
+
+
+def test_the_masters_wait_survives_a_long_outage_and_its_failure_is_recorded(node_factory):
+    cluster = build_cluster(node_factory, cluster={"master_timeout": 60, "slaves_timeout": 8})
+    (master_run,), master = start_sequences([cluster.master])
+    wait_rows(cluster.master, ["master"], "waiting")
+    pg_ctl(cluster.master.pg, "-m", "fast", "stop")
+    time.sleep(5)  # several seconds without a server
+    pg_ctl(cluster.master.pg, "start")
+    join(master)
+    # The wait itself went on after the outage and timed out as a wait does.
+    assert "reconnected to database" in master_run.text(), master_run.text()
+    assert "slaves still serve code older than 1.1 after 8s" in master_run.text()
+    assert node_rows(cluster.master)["master"]["phase"] == "failed"
+
+
+def test_a_final_row_the_database_missed_is_written_by_the_next_run(node_factory):
+    cluster = build_cluster(node_factory, slaves=1, cluster=PATIENT)
+    slave = cluster.slaves[0]
+    pg = cluster.master.pg
+    assert preinst(slave).returncode == 0
+    unpack(slave)
+    set_setting(slave, "database", "wait_timeout", 1)
+    pg_ctl(pg, "-m", "fast", "stop")
+    try:
+        failed = postinst(slave)  # cannot even look for the migrations
+    finally:
+        pg_ctl(pg, "start")
+    assert failed.returncode == 1
+    assert "the next ivle-maint that reaches the database records" in failed.stderr
+    assert node_rows(cluster.master)["slave1"]["phase"] != "failed"  # not written yet
+    assert cli(slave, "cluster", "status").returncode == 0  # reaches the database
+    assert node_rows(cluster.master)["slave1"]["phase"] == "failed"
