@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in _command_modules():
         module.register(sub)  # type: ignore[attr-defined]
+    # No command given: no function.  'consoles' and 'hold' name an ACTION
+    # (root.require's message quotes it); the other commands none.
+    parser.set_defaults(func=None, action=None)
     return parser
 
 
@@ -192,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ivle-maint {__version__}")
         return 0
     from .commands import Context
-    from .errors import MaintError
+    from .errors import Interrupted, MaintError
     from .gates import environment, root, waits
     from .logfile import SAID, SafeFormatter
 
@@ -208,11 +211,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler.addFilter(lambda record: not getattr(record, SAID, False))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         handlers=[handler])
-    if not getattr(args, "func", None):
+    if args.func is None:
         parser.print_help(sys.stderr)
         return 2
     try:
-        action = getattr(args, "action", None)
+        action = args.action
         root.require(args.command, f"{args.command} {action}" if isinstance(action, str) else None)
         with waits.signals():  # SIGTERM unwinds as Terminated, like Ctrl-C
             return int(args.func(Context(args)) or 0)
@@ -224,8 +227,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.resume:
             _say("ivle-maint: resume with: ", exc.resume)
         return exc.exit_status
+    except Interrupted as exc:  # within an upgrade: the step is journaled as interrupted
+        return _interrupted(exc.signal, exc.resume)
     except (KeyboardInterrupt, waits.Terminated) as exc:
-        return _interrupted(exc, getattr(exc, "resume", None))
+        return _interrupted(exc, None)
     except OSError as exc:
         # A file system refusing (read-only, full, permission): one line, not
         # a traceback; the log file (and -v) keeps the traceback.

@@ -239,6 +239,22 @@ class ClusterLink(Protocol):
     def preflight(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """The person's choices for one run: built once, from the command line
+    (commands/upgrade.py) or, under dpkg, from its environment (hooks.py)."""
+
+    allow_out_of_order: bool = False
+    accept_changed: tuple[str, ...] = ()
+    # Go ahead with the migrations while slaves serve the old code.
+    migrate_while_serving: bool = False
+    # End a killed ivle-maint's database session that still holds the
+    # migration lock (db/lock.py), instead of only naming it.
+    terminate_stale_lock: bool = False
+    # stop or maintenance; empty: the environment or [web] (services/maintenance_page).
+    during_upgrade: str = ""
+
+
 @dataclass
 class UpgradeContext:
     """Everything a step may need; built by the CLI or a hook."""
@@ -247,20 +263,15 @@ class UpgradeContext:
     reporter: Reporter
     old: str
     new: str
+    options: RunOptions = field(default_factory=RunOptions)
     # True once the new code is on disk: the BEFORE phase then cannot learn
     # the old version's migrations from the files any more.
     code_is_new: bool = False
     migrations_dir: Path | None = None
-    allow_out_of_order: bool = False
-    accept_changed: tuple[str, ...] = ()
     resume: str = "ivle-maint rerun"
     # Names this run of the upgrade (set from the journal): a rerun keeps
     # it, a reinstall of the same version gets a new one.
     upgrade_id: str = ""
-    # Go ahead with the migrations while slaves serve the old code.
-    migrate_while_serving: bool = False
-    # --during-upgrade: stop or maintenance; empty: the environment or [web].
-    during_upgrade: str = ""
     # This run's link to the cluster table (set by upgrade.run_phases).
     cluster: ClusterLink | None = None
     # The new version's migrations while the code on disk is still the old
@@ -271,9 +282,27 @@ class UpgradeContext:
     # the dpkg package whose maintainer scripts call us, or a source tree.
     package: str = ""
     source: Path | None = None
-    # End a killed ivle-maint's database session that still holds the
-    # migration lock (db/lock.py), instead of only naming it.
-    terminate_stale_lock: bool = False
+
+    # The options, as the steps, the preflight and the plan ask for them.
+    @property
+    def allow_out_of_order(self) -> bool:
+        return self.options.allow_out_of_order
+
+    @property
+    def accept_changed(self) -> tuple[str, ...]:
+        return self.options.accept_changed
+
+    @property
+    def migrate_while_serving(self) -> bool:
+        return self.options.migrate_while_serving
+
+    @property
+    def terminate_stale_lock(self) -> bool:
+        return self.options.terminate_stale_lock
+
+    @property
+    def during_upgrade(self) -> str:
+        return self.options.during_upgrade
 
     @cached_property
     def ivle_conf(self) -> IvleConf:
@@ -298,26 +327,3 @@ class UpgradeContext:
         """The procedure this run's journal follows (none without a link)."""
         return self.cluster.steps if self.cluster is not None else ()
 
-
-@dataclass(frozen=True)
-class RunOptions:
-    """The command line's choices a context carries (hooks build theirs)."""
-
-    allow_out_of_order: bool = False
-    accept_changed: tuple[str, ...] = ()
-    migrate_while_serving: bool = False
-    terminate_stale_lock: bool = False
-    during_upgrade: str = ""
-
-    def context(self, settings: Settings, reporter: Reporter, *, old: str, new: str,
-                code_is_new: bool = False, resume: str = "ivle-maint rerun",
-                migrations_dir: Path | None = None, new_migrations: Path | None = None,
-                package: str = "", source: Path | None = None) -> UpgradeContext:
-        return UpgradeContext(
-            settings=settings, reporter=reporter, old=old, new=new, code_is_new=code_is_new,
-            resume=resume, migrations_dir=migrations_dir, new_migrations=new_migrations,
-            package=package, source=source, allow_out_of_order=self.allow_out_of_order,
-            accept_changed=self.accept_changed,
-            migrate_while_serving=self.migrate_while_serving,
-            terminate_stale_lock=self.terminate_stale_lock,
-            during_upgrade=self.during_upgrade)

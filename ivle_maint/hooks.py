@@ -9,8 +9,8 @@ phase, undoes one, or is explicitly nothing to do.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from .cluster.admin import register
@@ -21,6 +21,7 @@ from .dpkg import package_version
 from .errors import MaintError, UsageError
 from .installed import record_fresh_install
 from .output import Reporter
+from .services import maintenance_page
 from .upgrade import abort, run_phases, unfinished_matching
 from .versions import parse as parse_version
 
@@ -40,13 +41,19 @@ class HookCall:
 Handler = Callable[[HookCall, "HookEnv"], str]
 
 
+def dpkg_options(environ: Mapping[str, str]) -> RunOptions:
+    """The run's options under dpkg, which passes none on a command line: what
+    the person chose comes through its environment (IVLE_MAINT_DURING_UPGRADE)."""
+    return RunOptions(during_upgrade=environ.get(maintenance_page.ENV_MODE, ""))
+
+
 @dataclass
 class HookEnv:
     """What a handler needs besides dpkg's arguments."""
 
     settings: Settings
     reporter: Reporter
-    options: RunOptions = field(default_factory=RunOptions)
+    options: RunOptions
     # The new version's migrations (dh_ivle_maint's manifest, written out),
     # for the preinst's preflight.
     new_migrations: Path | None = None
@@ -54,9 +61,10 @@ class HookEnv:
     def context(self, *, old: str, new: str, code_is_new: bool = False, package: str = "",
                 new_migrations: Path | None = None) -> UpgradeContext:
         """An upgrade's context as dpkg runs it: a failure resumes through dpkg."""
-        return self.options.context(self.settings, self.reporter, old=old, new=new,
-                                    code_is_new=code_is_new, resume=DPKG_RESUME,
-                                    package=package, new_migrations=new_migrations)
+        return UpgradeContext(self.settings, self.reporter, old=old, new=new,
+                              options=self.options, code_is_new=code_is_new,
+                              resume=DPKG_RESUME, package=package,
+                              new_migrations=new_migrations)
 
 
 def _before(call: HookCall, env: HookEnv) -> str:

@@ -24,6 +24,7 @@ import secrets
 import shlex
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,16 +37,35 @@ from .safepaths import read_nofollow, safe_dir
 if TYPE_CHECKING:
     from .config import Settings
 
-RUNNING, DONE, FAILED = "running", "done", "failed"
-IN_PROGRESS, COMPLETE, ABORTED = "in-progress", "complete", "aborted"
-# Giving the site back on the old code has begun but not finished: a rerun
-# finishes it and never carries the upgrade forward.
-ABORTING = "aborting"
+class JournalState(StrEnum):
+    """Where an upgrade stands (the file's "state": these strings)."""
+
+    IN_PROGRESS = "in-progress"
+    COMPLETE = "complete"
+    ABORTED = "aborted"
+    # Giving the site back on the old code has begun but not finished: a
+    # rerun finishes it and never carries the upgrade forward.
+    ABORTING = "aborting"
+
+
+class StepStatus(StrEnum):
+    """Where one step stands (a step record's "status": these strings)."""
+
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    # Ctrl-C or SIGTERM stopped it: nothing failed, a rerun does it again.
+    INTERRUPTED = "interrupted"
+
+
+# The members by their short names (tests build journals with them).
+IN_PROGRESS, COMPLETE, ABORTED, ABORTING = JournalState
+RUNNING, DONE, FAILED, INTERRUPTED = StepStatus
 
 
 @dataclass
 class StepRecord:
-    status: str
+    status: StepStatus
     started: float
     finished: float | None = None
     summary: str = ""
@@ -73,7 +93,7 @@ class Journal:
     old: str
     new: str
     role: str
-    state: str = IN_PROGRESS
+    state: JournalState = JournalState.IN_PROGRESS
     steps: dict[str, StepRecord] = field(default_factory=dict)
     created: float = field(default_factory=clock.wall)  # for people only
     # gates.clock: the order journals were made in (next_sequence over the
@@ -135,7 +155,7 @@ class Journal:
         """Journals of upgrades that started and neither completed nor aborted
         nor were superseded (see superseded())."""
         found = oldest_first(cls.load(p) for p in sorted((state_dir / "journal").glob("*.json")))
-        return [j for i, j in enumerate(found) if j.state in (IN_PROGRESS, ABORTING)
+        return [j for i, j in enumerate(found) if j.is_unfinished
                 and not superseded(j, found[i + 1:])]
 
     def archive(self) -> None:
@@ -167,9 +187,35 @@ class Journal:
         safe_dir(self.path.parent, 0o700, "[paths] state")
         replace_file(self.path, text.encode(), mode=0o600)
 
+    @property
+    def is_in_progress(self) -> bool:
+        return self.state == JournalState.IN_PROGRESS
+
+    @property
+    def is_complete(self) -> bool:
+        return self.state == JournalState.COMPLETE
+
+    @property
+    def is_aborting(self) -> bool:
+        return self.state == JournalState.ABORTING
+
+    @property
+    def is_aborted(self) -> bool:
+        return self.state == JournalState.ABORTED
+
+    @property
+    def is_unfinished(self) -> bool:
+        """Started, and neither completed nor given back on the old code."""
+        return self.is_in_progress or self.is_aborting
+
     def is_done(self, step: str) -> bool:
         record = self.steps.get(step)
-        return record is not None and record.status == DONE
+        return record is not None and record.status == StepStatus.DONE
+
+    def is_running(self, step: str) -> bool:
+        """Begun by this run and not ended: begin() recorded it, nothing since."""
+        record = self.steps.get(step)
+        return record is not None and record.status == StepStatus.RUNNING
 
     def span(self, first: str, last: str) -> float | None:
         """Seconds from step FIRST's start to step LAST's end; None when
@@ -183,11 +229,11 @@ class Journal:
     def begin(self, step: str) -> None:
         now = clock.reading()
         order = max((r.order for r in self.steps.values()), default=0) + 1
-        self.steps[step] = StepRecord(RUNNING, now.wall, mono_started=now.mono, boot=now.boot,
-                                      order=order)
+        self.steps[step] = StepRecord(StepStatus.RUNNING, now.wall, mono_started=now.mono,
+                                      boot=now.boot, order=order)
         self.save()
 
-    def _end(self, step: str, status: str) -> StepRecord:
+    def _end(self, step: str, status: StepStatus) -> StepRecord:
         record, now = self.steps[step], clock.reading()
         record.status, record.finished, record.mono_finished = status, now.wall, now.mono
         if record.boot != now.boot:  # begun in another boot: its readings do not compare
@@ -195,12 +241,17 @@ class Journal:
         return record
 
     def finish(self, step: str, summary: str, metrics: dict[str, Any]) -> None:
-        record = self._end(step, DONE)
+        record = self._end(step, StepStatus.DONE)
         record.summary, record.metrics, record.error = _recorded(summary), metrics, None
         self.save()
 
     def fail(self, step: str, error: str) -> None:
-        self._end(step, FAILED).error = _recorded(error)
+        self._end(step, StepStatus.FAILED).error = _recorded(error)
+        self.save()
+
+    def interrupt(self, step: str, why: str) -> None:
+        """STEP was stopped by a signal (WHY: which); a rerun does it again."""
+        self._end(step, StepStatus.INTERRUPTED).error = _recorded(why)
         self.save()
 
     def forget(self, steps: list[str]) -> None:
@@ -209,7 +260,8 @@ class Journal:
             self.steps.pop(step, None)
         self.save()
 
-    def set_state(self, state: str) -> None:
+    def set_state(self, state: JournalState) -> None:
+        """The one way the state changes: saved at once."""
         self.state = state
         self.save()
 
@@ -223,8 +275,8 @@ def superseded(journal: Journal, later: Iterable[Journal]) -> bool:
     under way (or complete) it alone holds the schema and finishes the work.
     Abandoned (aborting or aborted), it carries nothing on: JOURNAL is
     unfinished again, and its hold with it."""
-    return journal.state == IN_PROGRESS and any(
-        k.old == journal.new and k.state in (IN_PROGRESS, COMPLETE) for k in later)
+    return journal.is_in_progress and any(
+        k.old == journal.new and (k.is_in_progress or k.is_complete) for k in later)
 
 
 def oldest_first(journals: Iterable[Journal]) -> list[Journal]:
@@ -266,7 +318,6 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "migrations_pending": (list, type(None)),
 }
 _REQUIRED = ("old", "new", "role", "state", "steps")
-_STATES = (IN_PROGRESS, COMPLETE, ABORTED, ABORTING)
 _STEP_FIELDS: dict[str, tuple[type, ...]] = {
     "status": (str,), "started": (int, float), "finished": (int, float, type(None)),
     "summary": (str,), "metrics": (dict,), "error": (str, type(None)),
@@ -308,7 +359,7 @@ def _checked(path: Path, data: object) -> dict[str, Any]:
     pending = data.get("migrations_pending")
     if pending is not None and not all(isinstance(key, str) for key in pending):
         raise _damaged(path, "field migrations_pending is not a list of keys")
-    if data["state"] not in _STATES:
+    if data["state"] not in set(JournalState):
         raise _foreign(path, f"unknown state {data['state']!a}")
     steps = {}
     for name, record in data["steps"].items():
@@ -322,15 +373,15 @@ def _checked(path: Path, data: object) -> dict[str, Any]:
                                      f"{type(value).__name__}")
         if "status" not in record or "started" not in record:
             raise _damaged(path, f"step {name!a} has no status or start")
-        if record["status"] not in (RUNNING, DONE, FAILED):
+        if record["status"] not in set(StepStatus):
             raise _foreign(path, f"unknown status {record['status']!a} of step "
                                  f"{name!a}")
-        step = StepRecord(**record)
+        step = StepRecord(**{**record, "status": StepStatus(record["status"])})
         # Written before the text gate, or by hand: shown escaped all the same.
         step.summary = _recorded(step.summary)
         step.error = None if step.error is None else _recorded(step.error)
         steps[name] = step
-    return {**data, "steps": steps}
+    return {**data, "state": JournalState(data["state"]), "steps": steps}
 
 
 def unfinished(settings: Settings) -> Journal | None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import NoReturn
 
 from .context import AFTER, BEFORE, Step, UpgradeContext, select_steps
-from .errors import MaintError
+from .errors import Interrupted, MaintError
 from .gates import waits
-from .journal import ABORTED, ABORTING, COMPLETE, IN_PROGRESS, RUNNING, Journal
+from .journal import Journal, JournalState
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,8 @@ class Procedure:
     def run(self, phases: Iterable[str]) -> None:
         phases = tuple(phases)
         try:
-            if self.journal.state != IN_PROGRESS:
-                self.journal.state = IN_PROGRESS
+            if not self.journal.is_in_progress:
+                self.journal.set_state(JournalState.IN_PROGRESS)
             for step in select_steps(self.journal.role, phases, self.steps):
                 waits.checkpoint()  # a signal a finalizer swallowed stops here
                 if self.journal.is_done(step.name):
@@ -56,14 +57,12 @@ class Procedure:
                     self.reporter.warn(f"{step.title}: {undone}: doing it again")
                 self._run_step(step)
             if AFTER in phases:
-                self.journal.set_state(COMPLETE)
+                self.journal.set_state(JournalState.COMPLETE)
             self.observe("end", None)
         except (KeyboardInterrupt, waits.Terminated) as exc:
-            # Ctrl-C or SIGTERM, wherever it lands: never re-wrapped (the
-            # command exits 130 or 143), nothing undone; rerun resumes.
-            if getattr(exc, "resume", None) is None:
-                exc.resume = self.journal.resume  # type: ignore[union-attr]
-            raise
+            # Ctrl-C or SIGTERM, wherever it lands: never a failure (the
+            # command exits 130 or 143), nothing undone; a rerun resumes.
+            raise Interrupted(exc, resume=self.journal.resume) from exc
 
     def _undone_since(self, step: Step, phases: tuple[str, ...]) -> str:
         """The after-phase re-checks a BEFORE step's effect instead of trusting it."""
@@ -79,10 +78,9 @@ class Procedure:
                 self.journal.begin(step.name)
             self._run_begun(step)
         except (KeyboardInterrupt, waits.Terminated) as exc:
-            record = self.journal.steps.get(step.name)
-            if record is not None and record.status == RUNNING:  # journaled as interrupted
+            if self.journal.is_running(step.name):  # not already journaled as failed
                 with waits.deferred():
-                    self.journal.fail(step.name, waits.describe(exc))
+                    self.journal.interrupt(step.name, waits.describe(exc))
                 self.observe("failed", step)
             raise
 
@@ -91,42 +89,11 @@ class Procedure:
         started = time.monotonic()
         try:
             outcome = step.run(self.ctx)
-        except (KeyboardInterrupt, waits.Terminated):
-            raise  # _run_step journals it
-        except BaseException as exc:
+        except Exception as exc:
             interrupt = waits.received()
             if interrupt is not None:  # what the interruption caused: not a failure
                 raise interrupt from exc
-            # Whatever went wrong, the person must learn how to resume.
-            if not isinstance(exc, MaintError):
-                log.exception("step %s crashed", step.name)
-            reason = str(exc) or type(exc).__name__
-            self.journal.fail(step.name, reason)
-            self.observe("failed", step)
-            # Abandoning makes sense only while the old code is in place.
-            if step.phase == BEFORE and not self.ctx.code_is_new:
-                try:
-                    self.abort()
-                except BaseException as undo_exc:
-                    if not isinstance(undo_exc, MaintError):
-                        log.exception("abandoning the upgrade crashed")
-                    why = str(undo_exc) or type(undo_exc).__name__
-                    raise MaintError(
-                        f"{step.title} failed: {reason}; giving the site back on the old "
-                        f"code failed too: {why}",
-                        resume="ivle-maint rerun  (finishes giving the site back)",
-                    ) from exc
-                raise MaintError(
-                    f"{step.title} failed: {reason}; upgrade abandoned, services restored",
-                    resume=self.journal.resume,
-                ) from exc
-            # A step's own resume (e.g. with the option it needs) beats the run's.
-            resume = exc.resume if isinstance(exc, MaintError) and exc.resume else \
-                self.journal.resume
-            error = MaintError(f"{step.title} failed: {reason}", resume=resume)
-            if isinstance(exc, MaintError):
-                error.exit_status = exc.exit_status  # 75 stays "try again later"
-            raise error from exc
+            self._failed(step, exc)
         elapsed = time.monotonic() - started
         log.info("step %s took %.2fs: %s", step.name, elapsed, outcome.summary)
         with waits.deferred():
@@ -135,16 +102,50 @@ class Procedure:
         self.observe("done", step)
         self.reporter.info(f"{step.title}: {outcome.summary} ({elapsed:.1f}s)")
 
+    def _failed(self, step: Step, exc: Exception) -> NoReturn:
+        """Journal STEP's failure, give the site back if it still can be, and
+        raise the one-line error that says how to resume."""
+        # Whatever went wrong, the person must learn how to resume.
+        if not isinstance(exc, MaintError):
+            log.exception("step %s crashed", step.name)
+        reason = str(exc) or type(exc).__name__
+        self.journal.fail(step.name, reason)
+        self.observe("failed", step)
+        # Abandoning makes sense only while the old code is in place.
+        if step.phase == BEFORE and not self.ctx.code_is_new:
+            try:
+                self.abort()
+            except Exception as undo_exc:
+                if not isinstance(undo_exc, MaintError):
+                    log.exception("abandoning the upgrade crashed")
+                why = str(undo_exc) or type(undo_exc).__name__
+                raise MaintError(
+                    f"{step.title} failed: {reason}; giving the site back on the old "
+                    f"code failed too: {why}",
+                    resume="ivle-maint rerun  (finishes giving the site back)",
+                ) from exc
+            raise MaintError(
+                f"{step.title} failed: {reason}; upgrade abandoned, services restored",
+                resume=self.journal.resume,
+            ) from exc
+        # A step's own resume (e.g. with the option it needs) beats the run's.
+        resume = exc.resume if isinstance(exc, MaintError) and exc.resume else \
+            self.journal.resume
+        error = MaintError(f"{step.title} failed: {reason}", resume=resume)
+        if isinstance(exc, MaintError):
+            error.exit_status = exc.exit_status  # 75 stays "try again later"
+        raise error from exc
+
     def abort(self) -> list[str]:
         """Undo what the BEFORE phase changed; returns the undo steps run.
 
-        The journal is written before each undo (state "aborting": a rerun
+        The journal is written before each undo (state ABORTING: a rerun
         finishes the abandonment, never the upgrade) and after it (the step
         it reversed is forgotten), so a run killed anywhere in between
         leaves a journal that says what is still owed.
         """
         undone: list[str] = []
-        self.journal.set_state(ABORTING)
+        self.journal.set_state(JournalState.ABORTING)
         for done_step in self.steps:
             if done_step.phase != BEFORE or done_step.undo is None:
                 continue
@@ -157,6 +158,6 @@ class Procedure:
                 undone.append(undo.name)
         before = [s.name for s in self.steps if s.phase == BEFORE]
         self.journal.forget(before)
-        self.journal.set_state(ABORTED)
+        self.journal.set_state(JournalState.ABORTED)
         self.observe("aborted", None)
         return undone

@@ -21,21 +21,23 @@ from pathlib import Path
 from . import children, preflight
 from .cluster.presence import Presence
 from .config import Settings
-from .context import BEFORE, Step, UpgradeContext
+from .context import BEFORE, RunOptions, Step, UpgradeContext
 from .db.backup import remove_leftovers
 from .db.migrations import upgrade_completed
 from .errors import MaintError
 from .gates.rewrite import patch_in_place
 from .installed import read_installed, record_installed
-from .journal import ABORTED, ABORTING, COMPLETE, IN_PROGRESS, Journal, unfinished
+from .journal import Journal, unfinished
 from .lock import node_lock
 from .logfile import limits, run_log
+from .output import Reporter
 from .procedure import STEPS
 from .runner import Procedure
 from .safepaths import check_settings_dirs
 from .summary import summary_lines
 
-__all__ = ["UpgradeContext", "abort", "run_phases", "unfinished", "unfinished_matching"]
+__all__ = ["UpgradeContext", "abort", "rerun_context", "run_phases", "unfinished",
+           "unfinished_matching"]
 
 log = logging.getLogger(__name__)
 
@@ -103,27 +105,22 @@ def run_phases(
         **limits(settings),
     ) as log_path, _attended_run(ctx):
         journal = Journal.open(state_dir(settings), ctx.old, ctx.new, settings.role)
-        if journal.state == COMPLETE and restart_finished:
+        if journal.is_complete and restart_finished:
             journal.archive()
             journal = Journal.open(state_dir(settings), ctx.old, ctx.new, settings.role)
-        if journal.state == COMPLETE:
+        if journal.is_complete:
             ctx.upgrade_id = upgrade_id(journal)
             _record_completion(ctx, journal, again=True)  # a run killed or refused before it
             ctx.reporter.info(f"upgrade {ctx.old} -> {ctx.new} is already complete")
             return journal
-        if journal.state == ABORTING:  # a killed abandonment is finished first
+        if journal.is_aborting:  # a killed abandonment is finished first
             with _presence(ctx, journal, STEPS) as presence:
                 Procedure(ctx, journal, STEPS, presence.observe).abort()
-        journal.resume = ctx.resume
         ctx.upgrade_id = upgrade_id(journal)
-        if ctx.migrations_dir is not None:
-            journal.migrations = str(ctx.migrations_dir)
         # Saved before any step (a new journal: with its first step, so that
         # a failed preflight leaves no journal): a rerun must know whether
         # the code is new.
-        journal.package = ctx.package or journal.package
-        journal.source = str(ctx.source) if ctx.source else journal.source
-        journal.code_new = ctx.code_is_new
+        _record_run(ctx, journal)
         if journal.path.exists():
             _save_before_steps(ctx, journal)
         log.info("%s; role %s; log %s", purpose, settings.role, log_path)
@@ -138,16 +135,40 @@ def run_phases(
             try:
                 Procedure(ctx, journal, STEPS, presence.observe).run(phases)
             except MaintError as exc:
-                if exc.resume is None and journal.state == IN_PROGRESS and journal.path.exists():
+                if exc.resume is None and journal.is_in_progress and journal.path.exists():
                     exc.resume = ctx.resume  # the journal's own write failed (a full disk)
                 exc.resume = restart_if_nothing_to_resume(ctx, journal, exc.resume)
                 raise
-        if journal.state == COMPLETE:
+        if journal.is_complete:
             _record_completion(ctx, journal)
             for line in summary_lines(journal, STEPS):
                 ctx.reporter.info(line)
             ctx.reporter.info(f"log: {log_path}")
         return journal
+
+
+# The context and the journal: what a run records of itself (_record_run)
+# is what a rerun's context is made of (rerun_context), field for field.
+
+def _record_run(ctx: UpgradeContext, journal: Journal) -> None:
+    """How this upgrade goes on, for a rerun: how to resume, where the new
+    migrations are, how the new code gets installed and whether it is."""
+    journal.resume = ctx.resume
+    if ctx.migrations_dir is not None:
+        journal.migrations = str(ctx.migrations_dir)
+    journal.package = ctx.package or journal.package
+    journal.source = str(ctx.source) if ctx.source else journal.source
+    journal.code_new = ctx.code_is_new
+
+
+def rerun_context(settings: Settings, reporter: Reporter, journal: Journal,
+                  options: RunOptions, *, code_is_new: bool) -> UpgradeContext:
+    """The context of a rerun of JOURNAL's upgrade, as its last run recorded it."""
+    return UpgradeContext(
+        settings, reporter, old=journal.old, new=journal.new, options=options,
+        code_is_new=code_is_new, resume=journal.resume, package=journal.package,
+        migrations_dir=Path(journal.migrations) if journal.migrations else None,
+        source=Path(journal.source) if journal.source else None)
 
 
 def _save_before_steps(ctx: UpgradeContext, journal: Journal) -> None:
@@ -177,7 +198,7 @@ def restart_if_nothing_to_resume(ctx: UpgradeContext, journal: Journal,
     is to fix the cause and start the upgrade again.  A resume that does
     not need the journal (the source upgrade's own command) stays.
     """
-    if resume is None or (journal.state != ABORTED and journal.path.exists()):
+    if resume is None or (not journal.is_aborted and journal.path.exists()):
         return resume
     if not resume.startswith(("dpkg ", "ivle-maint rerun")):
         return resume
@@ -244,9 +265,9 @@ def abort(ctx: UpgradeContext) -> list[str]:
     with node_lock(ctx.settings.path_of("run"), f"abort upgrade to {ctx.new}"), \
             _attended_run(ctx):
         journal = Journal.open(state_dir(ctx.settings), ctx.old, ctx.new, ctx.settings.role)
-        if journal.state not in (IN_PROGRESS, ABORTING):
+        if not journal.is_unfinished:
             return []
-        if journal.state == IN_PROGRESS and not journal.steps:
+        if journal.is_in_progress and not journal.steps:
             return []
         with _presence(ctx, journal, STEPS) as presence:
             undone = Procedure(ctx, journal, STEPS, presence.observe).abort()

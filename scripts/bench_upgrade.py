@@ -141,23 +141,24 @@ class Stopwatch:
         import psycopg2
 
         from ivle_maint import system
-        from ivle_maint.consoles import jail_processes
         from ivle_maint.db import backup
+        from ivle_maint.gates import processes
         from ivle_maint.jails import mounts
 
-        saved = (system.run, backup.dump, psycopg2.connect, mounts._umount2, jail_processes._wait)
+        saved = (system.run, backup.dump, psycopg2.connect, mounts._umount2, processes._wait)
         connect = self.timed(psycopg2.connect, "sql")
         cursor = self.cursor_class()
         system.run = self.timed(system.run, "external")  # type: ignore[assignment]
         backup.dump = self.timed(backup.dump, "external")  # type: ignore[assignment]
         mounts._umount2 = self.timed(mounts._umount2, "kernel")
-        jail_processes._wait = self.timed(jail_processes._wait, "waits")
+        # The wait for signalled consoles to end (gates/processes.empty_jails).
+        processes._wait = self.timed(processes._wait, "waits")
         psycopg2.connect = lambda *a, **kw: connect(*a, cursor_factory=cursor, **kw)
         try:
             yield
         finally:
             (system.run, backup.dump, psycopg2.connect, mounts._umount2,  # type: ignore
-             jail_processes._wait) = saved
+             processes._wait) = saved
 
 
 def ivle_maint_window(node: Node) -> tuple[float, Stopwatch]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -33,8 +34,7 @@ def register(sub: Any) -> None:
         "--new-migrations", metavar="FILE",
         help="the new package's migrations: its preinst ('dpkg-deb --info ivle_NEW.deb "
         "preinst'), or the manifest dh_ivle_maint put in it ('-': stdin)")
-    plan.add_argument("--during-upgrade", choices=("stop", "maintenance"),
-                      help="plan with this mode instead of [web] during_upgrade")
+    _during_upgrade(plan, "plan with this mode instead of [web] during_upgrade")
     plan.set_defaults(func=cmd_plan)
 
     upgrade = sub.add_parser(
@@ -50,7 +50,7 @@ def register(sub: Any) -> None:
     upgrade.add_argument("--migrations", metavar="DIR", type=Path,
                          help="the new migrations (default: DIR/userdb/migrations with "
                          "--source, else [paths] migrations)")
-    _migration_options(upgrade)
+    _run_options(upgrade)
     upgrade.set_defaults(func=cmd_upgrade)
 
     rerun = sub.add_parser(
@@ -62,7 +62,7 @@ def register(sub: Any) -> None:
         "finished), only the steps before the code change run, and the command that "
         "installs the code is printed.",
     )
-    _migration_options(rerun)
+    _run_options(rerun)
     rerun.add_argument("--abandon", action="store_true",
                        help="give the site back on the old code instead (only while the "
                        "new code is not installed)")
@@ -99,44 +99,39 @@ def _versions(parser: argparse.ArgumentParser, *, required_to: bool) -> None:
                         help="the version being installed")
 
 
-def _migration_options(parser: argparse.ArgumentParser) -> None:
+def _during_upgrade(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--during-upgrade", choices=("stop", "maintenance"), default="",
+                        help=help_text)
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a run of the procedure (RunOptions), as upgrade and rerun take them."""
     parser.add_argument("--allow-out-of-order", action="store_true",
                         help="apply shipped migrations older than the newest applied one")
     parser.add_argument("--accept-changed", metavar="KEY", action="append", default=[],
                         help="accept that applied migration KEY's file has changed")
     parser.add_argument("--migrate-while-serving", action="store_true",
                         help="migrate even while slaves serve the old code (see [cluster])")
-    parser.add_argument("--during-upgrade", choices=("stop", "maintenance"),
-                        help="what clients see while the web server is down: refused "
-                        "connections (stop) or a 503 maintenance page (default: [web] "
-                        "during_upgrade)")
+    _during_upgrade(parser, "what clients see while the web server is down: refused "
+                    "connections (stop) or a 503 maintenance page (default: [web] "
+                    "during_upgrade)")
     parser.add_argument("--terminate-stale-lock", action="store_true",
                         help="end the database session of a killed ivle-maint on this host "
                         "that still holds the migration lock")
 
 
-def _options(ctx: Context) -> RunOptions:
-    args = ctx.args
-    return RunOptions(
-        allow_out_of_order=getattr(args, "allow_out_of_order", False),
-        accept_changed=tuple(getattr(args, "accept_changed", ())),
-        migrate_while_serving=getattr(args, "migrate_while_serving", False),
-        terminate_stale_lock=getattr(args, "terminate_stale_lock", False),
-        during_upgrade=getattr(args, "during_upgrade", None) or "",
-    )
+def _options(args: argparse.Namespace) -> RunOptions:
+    """RunOptions from a command line that _run_options declared."""
+    return RunOptions(allow_out_of_order=args.allow_out_of_order,
+                      accept_changed=tuple(args.accept_changed),
+                      migrate_while_serving=args.migrate_while_serving,
+                      terminate_stale_lock=args.terminate_stale_lock,
+                      during_upgrade=args.during_upgrade)
 
 
 def _checked_versions(ctx: Context, command: str) -> None:
     checked_version(ctx.args.old, f"{command} --from")
     checked_version(ctx.args.new, f"{command} --to")
-
-
-def _context(ctx: Context, *, old: str, new: str, code_is_new: bool = False,
-             migrations_dir: Path | None = None, resume: str = "ivle-maint rerun",
-             package: str = "", source: Path | None = None) -> UpgradeContext:
-    return _options(ctx).context(ctx.settings, ctx.reporter, old=old, new=new,
-                                 code_is_new=code_is_new, migrations_dir=migrations_dir,
-                                 resume=resume, package=package, source=source)
 
 
 def _old_version(ctx: Context) -> str:
@@ -153,8 +148,9 @@ def cmd_plan(ctx: Context) -> int:
     from ..plan import describe
 
     _checked_versions(ctx, "plan")
-    up = _context(ctx, old=_old_version(ctx), new=ctx.args.new,
-                  migrations_dir=ctx.args.migrations)
+    up = UpgradeContext(ctx.settings, ctx.reporter, old=_old_version(ctx), new=ctx.args.new,
+                        options=RunOptions(during_upgrade=ctx.args.during_upgrade),
+                        migrations_dir=ctx.args.migrations)
     if ctx.args.new_migrations is None:
         lines = describe(up)
     else:
@@ -177,7 +173,6 @@ def cmd_plan(ctx: Context) -> int:
 def cmd_upgrade(ctx: Context) -> int:
     """Run both phases, building and installing a source tree in between."""
     from ..context import AFTER, BEFORE
-    from ..journal import COMPLETE
     from ..source import check_source, install_source, source_version
     from ..upgrade import run_phases
 
@@ -193,14 +188,15 @@ def cmd_upgrade(ctx: Context) -> int:
         raise UsageError("give the new version with --to NEW (or an IVLE tree with --source)")
     migrations = ctx.args.migrations or (source / "userdb" / "migrations" if source else None)
     old = _old_version(ctx)
-    up = _context(ctx, old=old, new=new, migrations_dir=migrations, code_is_new=source is None,
-                  source=source)
+    up = UpgradeContext(ctx.settings, ctx.reporter, old=old, new=new,
+                        options=_options(ctx.args), migrations_dir=migrations,
+                        code_is_new=source is None, source=source)
     if source is None:
         run_phases(up, (BEFORE, AFTER))
         return 0
     # Rerunning the same command continues: finished steps are skipped.
     up.resume = f"ivle-maint upgrade --from {old} --to {new} --source {source}"
-    if run_phases(up, (BEFORE,)).state == COMPLETE:
+    if run_phases(up, (BEFORE,)).is_complete:
         return 0
     install_source(source, up)
     up.code_is_new = True
@@ -212,19 +208,16 @@ def cmd_rerun(ctx: Context) -> int:
     """Continue the unfinished upgrade, if there is one, as far as is safe."""
     from ..codestate import new_code_state
     from ..context import AFTER, BEFORE
-    from ..journal import ABORTING, COMPLETE
-    from ..upgrade import abort, run_phases, unfinished
+    from ..upgrade import abort, rerun_context, run_phases, unfinished
 
     journal = unfinished(ctx.settings)
     if journal is None:
         ctx.reporter.info("no unfinished upgrade: nothing to do")
         return 0
     code = new_code_state(journal)
-    up = _context(ctx, old=journal.old, new=journal.new, code_is_new=code.in_place,
-                  migrations_dir=Path(journal.migrations) if journal.migrations else None,
-                  resume=journal.resume, package=journal.package,
-                  source=Path(journal.source) if journal.source else None)
-    if ctx.args.abandon or journal.state == ABORTING:
+    up = rerun_context(ctx.settings, ctx.reporter, journal, _options(ctx.args),
+                       code_is_new=code.in_place)
+    if ctx.args.abandon or journal.is_aborting:
         if code.in_place:
             raise MaintError(f"cannot give the site back on {journal.old}: {journal.new}'s "
                              f"code is installed ({code.evidence}); finish the upgrade",
@@ -243,7 +236,7 @@ def cmd_rerun(ctx: Context) -> int:
             "ivle-maint rerun --abandon)",
         )
     done = run_phases(up, (BEFORE, AFTER))
-    if code.dpkg_owed and done.state == COMPLETE:
+    if code.dpkg_owed and done.is_complete:
         ctx.reporter.warn(f"dpkg has not finished configuring {journal.package} "
                           f"({code.evidence}): run dpkg --configure -a")
     return 0
@@ -251,11 +244,12 @@ def cmd_rerun(ctx: Context) -> int:
 
 def cmd_hook(ctx: Context) -> int:
     """Run the part of the procedure that this dpkg call stands for."""
-    from ..hooks import HookEnv, parse_call, run_hook
+    from ..hooks import HookEnv, dpkg_options, parse_call, run_hook
 
     call = parse_call(ctx.args.script, ctx.args.arguments, ctx.args.package,
                       ctx.args.package_version)
-    env = HookEnv(settings=ctx.settings, reporter=ctx.reporter, options=_options(ctx))
+    env = HookEnv(settings=ctx.settings, reporter=ctx.reporter,
+                  options=dpkg_options(os.environ))
     if ctx.args.new_migrations is None:
         ctx.reporter.info(run_hook(call, env))
         return 0
@@ -273,8 +267,10 @@ def cmd_hook(ctx: Context) -> int:
             # The temporary copy is gone when the message is read: name the
             # file as the package ships it.
             owner = f"{manifest.package or 'ivle'} {manifest.version or call.args[-1]}"
-            exc.args = (str(exc).replace(f"{directory}/", f"{owner}'s migration ")
-                        .replace(directory, f"{owner}'s migrations"),)
+            if exc.path is not None and exc.path.is_relative_to(directory):
+                inside = exc.path.relative_to(directory)
+                exc.path_shown = f"{owner}'s migration {inside}" if inside.parts else \
+                    f"{owner}'s migrations"
             raise
     return 0
 

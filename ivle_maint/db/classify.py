@@ -138,8 +138,8 @@ def nontransactional(statement: Statement, server_version: int | None = None) ->
 
 
 def _fail(migration: Migration, line: int | None, reason: str) -> MaintError:
-    where = f": line {line}" if line else ""
-    return MaintError(f"{migration.path}{where}: {reason}")
+    where = f"line {line}: " if line else ""
+    return MaintError(f"{where}{reason}", path=migration.path)
 
 
 def _directives(migration: Migration, text: str) -> set[str]:

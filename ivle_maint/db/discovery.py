@@ -60,7 +60,7 @@ def migration_for(path: Path) -> Migration:
     try:
         order, key = parse_key(path.name)
     except ValueError as exc:
-        raise MaintError(f"{path}: not a migration file name: {exc}") from None
+        raise MaintError(f"not a migration file name: {exc}", path=path) from None
     return Migration(order, key, path)
 
 
@@ -86,12 +86,12 @@ def discover(directory: Path) -> list[Migration]:
     directory = Path(directory)
     if not trusted.check_directory(directory, trusted.MIGRATIONS_DIR):
         raise MaintError(
-            f"{directory}: no such migrations directory (set [paths] migrations or --migrations)"
-        )
+            "no such migrations directory (set [paths] migrations or --migrations)",
+            path=directory)
     try:
         entries = sorted(directory.iterdir())
     except OSError as exc:
-        raise MaintError(f"{directory}: cannot list: {exc.strerror}") from None
+        raise MaintError(f"cannot list: {exc.strerror}", path=directory) from None
     return from_files(p for p in entries if p.name.lower().endswith(SUFFIX) and not p.is_dir())
 
 
@@ -117,7 +117,7 @@ def read(migration: Migration) -> tuple[bytes, str]:
     try:
         data = trusted.read(migration.path, trusted.MIGRATION)
     except OSError as exc:
-        raise MaintError(f"{migration.path}: cannot read: {exc.strerror}") from None
+        raise MaintError(f"cannot read: {exc.strerror}", path=migration.path) from None
     return data, hashlib.sha256(data).hexdigest()
 
 
@@ -135,8 +135,8 @@ def check_writers(directory: Path, files: Iterable[Path] = ()) -> None:
     """
     if not trusted.check_directory(directory, trusted.MIGRATIONS_DIR):
         raise MaintError(
-            f"{directory}: no such migrations directory (set [paths] migrations or --migrations)"
-        )
+            "no such migrations directory (set [paths] migrations or --migrations)",
+            path=directory)
     for path in files:
         if not trusted.check(path, trusted.MIGRATION):
-            raise MaintError(f"{path}: cannot read: no such file")
+            raise MaintError("cannot read: no such file", path=path)

@@ -35,7 +35,7 @@ from pathlib import Path
 from .. import system
 from ..config import Settings
 from ..errors import MaintError
-from ..journal import ABORTING, DONE, IN_PROGRESS, Journal
+from ..journal import Journal
 from ..safepaths import read_nofollow
 from .rewrite import replace_file, write_state_file
 
@@ -74,7 +74,7 @@ def _where(journal: Journal) -> str:
         return "not begun"
     steps = sorted(journal.steps.items(), key=lambda item: (item[1].order, item[0]))
     for name, record in steps:
-        if record.status != DONE:
+        if not journal.is_done(name):
             return f"{name} {record.status}"
     return f"after {steps[-1][0]}"
 
@@ -82,7 +82,7 @@ def _where(journal: Journal) -> str:
 def decide(journals: list[Journal], released: str) -> Hold | None:
     """The pure rule: the first unfinished journal not released by its own start-web."""
     for journal in journals:
-        if journal.state in (IN_PROGRESS, ABORTING) and upgrade_key(journal) != released:
+        if journal.is_unfinished and upgrade_key(journal) != released:
             return Hold(journal.old, journal.new, journal.state, _where(journal),
                         journal.resume)
     return None

@@ -38,7 +38,7 @@ from ..gates import clock, trusted
 from ..gates.rewrite import replace_file, write_state_file
 from ..gates.schema_hold import MAINTENANCE_RECORD, apache_dir, enabled_sites
 from ..gates.schema_hold import ivle_sites as sites
-from ..journal import COMPLETE, Journal, oldest_first
+from ..journal import Journal, oldest_first
 from ..output import Reporter
 from ..safepaths import read_nofollow
 from .init_scripts import RUNNING, ServiceControl, control_from_settings
@@ -148,7 +148,7 @@ def retry_after(settings: Settings, down: tuple[str, str]) -> tuple[int, str]:
         except MaintError:
             continue
         seconds = journal.span(*down)  # gates.clock: None if unknown
-        if journal.state != COMPLETE or seconds is None:
+        if not journal.is_complete or seconds is None:
             continue
         if newest is None or oldest_first([newest[1], journal])[-1] is journal:
             newest = (seconds, journal)  # gates.clock: by recorded order, not a stamp

@@ -14,12 +14,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from support.abuse_helpers import error_lines, resume_line, upgraded_state
+from ivle_sandbox.releases import NEW, OLD
+from support.abuse_helpers import error_lines, hold_migration_lock, resume_line, upgraded_state
 from support.db_site import add_settings, baselined_site
 from support.migration_site import Site
 from support.upgrade_helpers import (
@@ -30,9 +32,11 @@ from support.upgrade_helpers import (
     final_state,
     journal,
     marker_keys,
+    postinst,
     preinst,
     set_setting,
     start_cli,
+    stubborn_console,
     unpack,
     wait_for_step,
 )
@@ -220,7 +224,7 @@ def test_sigterm_during_the_upgrade_migration_is_journaled_and_rerun_completes(
         assert "Traceback" not in err
         assert resume_line(err)
         steps = no_step_left_running(node)
-        assert steps["migrate"] == {**steps["migrate"], "status": "failed",
+        assert steps["migrate"] == {**steps["migrate"], "status": "interrupted",
                                     "error": "terminated (SIGTERM)"}
         wait_for(lambda: not upgrade_alter_waits(node), "the server ends the statement")
         assert marker_keys(node) == OLD_KEYS
@@ -238,11 +242,12 @@ def reference(node_factory: Any) -> dict[str, Any]:
     return upgraded_state(at_version_1_0(node_factory(users=3, consoles=1, role="both")))
 
 
-def interrupt_at(node: Any, step: str, sig: int, delay: float, args: tuple[str, ...]) -> int:
+def interrupt_at(node: Any, step: str, sig: int, delay: float, args: tuple[str, ...], *,
+                 pythonpath: tuple[str, ...] = ()) -> int:
     """Run ivle-maint ARGS, deliver SIG DELAY seconds after STEP has begun; its
     exit status (0 when it ended first)."""
     launched = time.time()  # the journal's clock: a step this run began
-    proc = start_cli(node, *args)
+    proc = start_cli(node, *args, pythonpath=pythonpath)
     try:
         while proc.poll() is None:
             record = journal(node).get("steps", {}).get(step, {})
@@ -294,6 +299,105 @@ def test_a_signal_at_any_step_leaves_a_node_rerun_completes(
         interrupt_at(node, step, *point(), args)
         args = ("rerun",)
     done = cli(node, "rerun")
+    assert done.returncode == 0, done.stderr
+    assert final_state(node) == reference
+
+
+
+# What holds each step long enough for Ctrl-C to land inside it: the
+# stand-ins' delays, a held lock, a console that ignores SIGTERM, a slow
+# migration; media-version waits for nothing, so a pause is put in it (a
+# sitecustomize.py first on ivle-maint's PYTHONPATH, as test_step_imports).
+BEFORE_STEPS = ("stop-web", "stop-consoles", "unmount-jails", "baseline")
+AFTER_STEPS = ("migrate", "rebuild-jail", "remake-users", "media-version", "restart-usrmgt",
+               "start-web")
+STAND_IN = {"stop-web": "apache2", "rebuild-jail": "ivle-buildjail",
+            "remake-users": "ivle-remakeuser", "restart-usrmgt": "ivle-usrmgt-server",
+            "start-web": "apache2"}
+PAUSED_MEDIA = """\
+import time
+from ivle_maint.steps import media_version
+_change = media_version.change_media_version
+def paused(*args, **kwargs):
+    time.sleep(120)
+    return _change(*args, **kwargs)
+media_version.change_media_version = paused
+"""
+
+
+@contextmanager
+def held_in(node: Any, step: str, tmp_path: Path) -> Iterator[tuple[str, ...]]:
+    """STEP made to last (unpacking 1.1 for an after-phase step); yields the
+    PYTHONPATH that ivle-maint needs for it; undone afterwards."""
+    if step in AFTER_STEPS:
+        slow = {**OLD, **NEW, "20100201-01.sql": "SELECT pg_sleep(120);\n" +
+                NEW["20100201-01.sql"]}
+        unpack(node, migrations=slow if step == "migrate" else None)
+    pythonpath: tuple[str, ...] = ()
+    stubborn = holder = None
+    if step in STAND_IN:
+        node.set_fakes(STAND_IN[step], delay=120)
+    elif step == "stop-consoles":
+        set_setting(node, "consoles", "term_timeout", 120)
+        stubborn = stubborn_console(node)
+    elif step == "unmount-jails":
+        set_setting(node, "jails", "run_mountallusers", "true")
+        node.set_fakes("ivle-mountallusers", delay=120)
+    elif step == "baseline":
+        holder = hold_migration_lock(node)
+        set_setting(node, "database", "lock_timeout", 120)
+    elif step == "media-version":
+        (tmp_path / "sitecustomize.py").write_text(PAUSED_MEDIA)
+        pythonpath = (str(tmp_path),)
+    try:
+        yield pythonpath
+    finally:
+        if step in STAND_IN:
+            node.set_fakes(STAND_IN[step], delay=0)
+        elif step == "stop-consoles":
+            set_setting(node, "consoles", "term_timeout", 10)
+        elif step == "unmount-jails":
+            node.set_fakes("ivle-mountallusers", delay=0)
+        elif step == "baseline":
+            set_setting(node, "database", "lock_timeout", 600)  # the default
+        elif step == "migrate":
+            unpack(node)  # 1.1's own migrations
+        if stubborn is not None:
+            stubborn.kill()
+            stubborn.wait()
+        if holder is not None:
+            holder.close()
+
+
+@pytest.mark.parametrize("step", [*BEFORE_STEPS, *AFTER_STEPS])
+def test_ctrl_c_in_any_step_exits_130_journaled_interrupted_and_rerun_completes(
+        node_factory: Any, reference: dict[str, Any], tmp_path: Path, step: str) -> None:
+    """SIGINT while STEP runs (dpkg's preinst or postinst): exit 130, the resume
+    line, the step journaled (and shown by `status`) as interrupted, never as
+    a failure, nothing given back; `rerun` then completes the upgrade."""
+    node = at_version_1_0(node_factory(users=3, consoles=1, role="both"))
+    if step in AFTER_STEPS:
+        assert preinst(node).returncode == 0
+        args: tuple[str, ...] = ("hook", "--package-version", "1.1", "postinst", "configure",
+                                 "1.0")
+    else:
+        args = ("hook", "preinst", "upgrade", "1.0", "1.1")
+    with held_in(node, step, tmp_path) as pythonpath:
+        status = interrupt_at(node, step, signal.SIGINT, 0.3, args, pythonpath=pythonpath)
+    assert status == 130
+    recorded = journal(node)
+    assert recorded["state"] == "in-progress"  # not abandoned: nothing was given back
+    assert {k: recorded["steps"][step][k] for k in ("status", "error")} == \
+        {"status": "interrupted", "error": "interrupted (SIGINT)"}
+    shown = cli(node, "status")
+    assert f"  {step}: interrupted: interrupted (SIGINT)" in shown.stdout.splitlines()
+    done = cli(node, "rerun")
+    if step in BEFORE_STEPS:  # the before-phase finished; the new code is dpkg's to unpack
+        assert done.returncode == 1 and "1.1's code is not installed" in done.stderr, \
+            done.stderr
+        assert journal(node)["steps"][step]["status"] == "done"
+        unpack(node)
+        done = postinst(node)
     assert done.returncode == 0, done.stderr
     assert final_state(node) == reference
 

@@ -45,8 +45,8 @@ def cli(node: Node, *args: str, check: bool = False,
     return done
 
 
-def start_cli(node: Node, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, **node.env, "PYTHONPATH": str(REPO)}
+def start_cli(node: Node, *args: str, pythonpath: tuple[str, ...] = ()) -> subprocess.Popen[str]:
+    env = {**os.environ, **node.env, "PYTHONPATH": os.pathsep.join([*pythonpath, str(REPO)])}
     return subprocess.Popen(
         [sys.executable, "-m", "ivle_maint", *args], env=env, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,

@@ -12,8 +12,18 @@ from types import SimpleNamespace
 
 import pytest
 
-from ivle_maint.errors import MaintError
-from ivle_maint.journal import ABORTED, COMPLETE, DONE, FAILED, Journal
+from ivle_maint.errors import Interrupted, MaintError
+from ivle_maint.gates.waits import Terminated, describe, exit_status
+from ivle_maint.journal import (
+    ABORTED,
+    ABORTING,
+    COMPLETE,
+    DONE,
+    FAILED,
+    IN_PROGRESS,
+    INTERRUPTED,
+    Journal,
+)
 from ivle_maint.output import RecordingReporter
 from ivle_maint.procedure import AFTER, BEFORE, STEPS, Outcome, Procedure, steps_for
 
@@ -177,3 +187,34 @@ def test_an_undo_that_crashes_leaves_the_abandonment_owed(tmp_path):
     # The next abort (a rerun, dpkg's abort-upgrade) finishes it.
     Procedure(context(), on_disk, rec.steps()).abort()
     assert Journal.load(j.path).state == ABORTED and rec.calls[-1] == "start-web"
+
+
+@pytest.mark.parametrize("signal", [KeyboardInterrupt(), Terminated("terminated (SIGTERM)")],
+                         ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("step", IVLE_ORDER)
+def test_a_signal_in_any_step_is_journaled_as_interrupted_never_as_a_failure(
+        tmp_path, step, signal):
+    """Never re-wrapped as a failure (exit 1), never undone: the run stops
+    with the resume command, the step journaled as interrupted."""
+    rec = Recorder(fail={step: signal})
+    with pytest.raises(Interrupted) as caught:
+        run(tmp_path, rec)
+    assert caught.value.signal is signal and caught.value.resume == "ivle-maint rerun"
+    assert exit_status(caught.value.signal) == (143 if isinstance(signal, Terminated) else 130)
+    on_disk = Journal.load(Journal.file_for(tmp_path, "1.0", "1.1"))
+    assert on_disk.state == IN_PROGRESS
+    assert on_disk.steps[step].status == INTERRUPTED
+    assert on_disk.steps[step].error == describe(signal)
+    assert rec.calls[-1] == step  # nothing undone, nothing after it
+    rec.calls.clear()
+    run(tmp_path, rec)  # the rerun starts again at the interrupted step
+    assert rec.calls == IVLE_ORDER[IVLE_ORDER.index(step):]
+    assert Journal.load(on_disk.path).state == COMPLETE
+
+
+def test_a_signal_while_the_site_is_given_back_leaves_the_abandonment_owed(tmp_path):
+    rec = Recorder(fail={"unmount-jails": MaintError("busy"), "start-web": KeyboardInterrupt()})
+    with pytest.raises(Interrupted):
+        run(tmp_path, rec, phases=(BEFORE,))
+    on_disk = Journal.load(Journal.file_for(tmp_path, "1.0", "1.1"))
+    assert on_disk.state == ABORTING and on_disk.steps["unmount-jails"].status == FAILED
