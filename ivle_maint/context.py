@@ -54,6 +54,18 @@ class Phase(StrEnum):
     AFTER = "after"
 
 
+class RunEvent(StrEnum):
+    """What the runner tells its observer (the cluster table follows the
+    journal by it): a step's BEGIN, DONE and FAILED; the run's END and
+    ABORTED (no step)."""
+
+    BEGIN = "begin"
+    DONE = "done"
+    FAILED = "failed"
+    END = "end"
+    ABORTED = "aborted"
+
+
 # The names the runner, the hooks and the command line still import.
 MASTER, SLAVE, BOTH = Role.MASTER, Role.SLAVE, Role.BOTH
 BEFORE, AFTER = Phase.BEFORE, Phase.AFTER

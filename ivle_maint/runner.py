@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import NoReturn
 
-from .context import AFTER, BEFORE, Step, UpgradeContext, select_steps
+from .context import AFTER, BEFORE, RunEvent, Step, UpgradeContext, select_steps
 from .errors import Interrupted, MaintError
 from .gates import waits
 from .journal import Journal, JournalState
@@ -21,12 +21,12 @@ from .journal import Journal, JournalState
 log = logging.getLogger(__name__)
 
 
-# Told of every step's "begin", "done" and "failed", and of the run's "end"
-# and "aborted" (step None): the cluster table follows the journal by it.
-Observer = Callable[[str, "Step | None"], None]
+# Told of every step's begin, done and failed, and of the run's end and
+# abort (step None): the cluster table follows the journal by it.
+Observer = Callable[[RunEvent, "Step | None"], None]
 
 
-def _no_observer(event: str, step: Step | None) -> None:
+def _no_observer(event: RunEvent, step: Step | None) -> None:
     pass
 
 
@@ -58,7 +58,7 @@ class Procedure:
                 self._run_step(step)
             if AFTER in phases:
                 self.journal.set_state(JournalState.COMPLETE)
-            self.observe("end", None)
+            self.observe(RunEvent.END, None)
         except (KeyboardInterrupt, waits.Terminated) as exc:
             # Ctrl-C or SIGTERM, wherever it lands: never a failure (the
             # command exits 130 or 143), nothing undone; a rerun resumes.
@@ -81,11 +81,11 @@ class Procedure:
             if self.journal.is_running(step.name):  # not already journaled as failed
                 with waits.deferred():
                     self.journal.interrupt(step.name, waits.describe(exc))
-                self.observe("failed", step)
+                self.observe(RunEvent.FAILED, step)
             raise
 
     def _run_begun(self, step: Step) -> None:
-        self.observe("begin", step)
+        self.observe(RunEvent.BEGIN, step)
         started = time.monotonic()
         try:
             outcome = step.run(self.ctx)
@@ -99,7 +99,7 @@ class Procedure:
         with waits.deferred():
             self.journal.finish(step.name, outcome.summary, {**outcome.metrics,
                                                              "seconds": elapsed})
-        self.observe("done", step)
+        self.observe(RunEvent.DONE, step)
         self.reporter.info(f"{step.title}: {outcome.summary} ({elapsed:.1f}s)")
 
     def _failed(self, step: Step, exc: Exception) -> NoReturn:
@@ -110,7 +110,7 @@ class Procedure:
             log.exception("step %s crashed", step.name)
         reason = str(exc) or type(exc).__name__
         self.journal.fail(step.name, reason)
-        self.observe("failed", step)
+        self.observe(RunEvent.FAILED, step)
         # Abandoning makes sense only while the old code is in place.
         if step.phase == BEFORE and not self.ctx.code_is_new:
             try:
@@ -159,5 +159,5 @@ class Procedure:
         before = [s.name for s in self.steps if s.phase == BEFORE]
         self.journal.forget(before)
         self.journal.set_state(JournalState.ABORTED)
-        self.observe("aborted", None)
+        self.observe(RunEvent.ABORTED, None)
         return undone

@@ -28,7 +28,7 @@ import psycopg2
 
 from .. import liveness
 from ..consoles.jail_processes import list_consoles
-from ..context import BEFORE, SLAVE, Phase, Role, Step, select_steps, serving
+from ..context import BEFORE, SLAVE, Phase, Role, RunEvent, Step, select_steps, serving
 from ..db.apply import pg_reason
 from ..db.connect import connect, params_from_settings
 from ..errors import MaintError
@@ -250,7 +250,7 @@ class Presence:
         """The row for this run's journal in PHASE."""
         j = self.journal
         assert j is not None
-        new_code = self.code_is_new or j.state == "complete"
+        new_code = self.code_is_new or j.is_complete
         mounts, consoles = self._jails_in_use(j)
         return {**self._base(), "version": j.new if new_code else j.old,
                 "serving": self._serving(j),
@@ -334,21 +334,21 @@ class Presence:
         # This row is newer than any kept one.
         (self.settings.path_of("state") / PENDING_ROW).unlink(missing_ok=True)
 
-    def observe(self, event: str, step: Step | None) -> None:
+    def observe(self, event: RunEvent, step: Step | None) -> None:
         """procedure.Observer: follow the journal into the table."""
         if not self.enabled or self.journal is None:
             return
         j = self.journal
         if step is not None:
             record = j.steps.get(step.name)
-            if event == "failed":
+            if event is RunEvent.FAILED:
                 self.write(self.row("failed", step.name, record.error if record else None),
                            final=True)
             else:
                 self.write(self.row(step.phase, step.name))
-        elif event == "aborted":
+        elif event is RunEvent.ABORTED:
             self.write(self.row("idle", note=f"upgrade to {j.new} abandoned"), final=True)
-        elif j.state == "complete":
+        elif j.is_complete:
             self.write(self.row("idle", note=f"upgraded {j.old} -> {j.new}"), final=True)
         else:  # the before-phase alone ran: dpkg unpacks next
             self.write(self.row("unpack", note=f"ready for the code of {j.new}"), final=True)
