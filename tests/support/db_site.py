@@ -3,8 +3,6 @@ wait gates' cases (a Site of support/migration_site.py)."""
 
 from __future__ import annotations
 
-import shutil
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,27 +10,21 @@ from typing import Any
 
 from ivle_maint.db import migrations
 from ivle_sandbox import schema
-from support.migration_site import FAKES, Site
+from support.migration_site import Site, fresh_site
 
 
 @contextmanager
 def baselined_site(postgres: Any, tmp_path: Path) -> Iterator[Site]:
     """A fresh IVLE database, baselined, with no migration pending."""
-    dbname = f"gate_{uuid.uuid4().hex[:10]}"
-    schema.create_database(postgres, dbname, users=3)
-    root = tmp_path / "site"
-    root.mkdir()
-    shutil.copytree(FAKES, root / "migrations", ignore=shutil.ignore_patterns("*~"))
-    (root / "migrations").chmod(0o755)
-    for path in (root / "migrations").glob("*.sql"):
+    site = fresh_site(postgres, tmp_path, "gate")
+    for path in (site.root / "migrations").glob("*.sql"):
         path.unlink()
-    site = Site(postgres, root, dbname)
     site.add_migration("20090101-01.sql", "SELECT 1;\n")
     migrations.record_baseline(site.settings(), "20090101-01")
     try:
         yield site
     finally:
-        schema.drop_database(postgres, dbname)
+        schema.drop_database(postgres, site.dbname)
 
 
 def add_settings(site: Site, **database: object) -> Path:

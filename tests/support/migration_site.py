@@ -9,11 +9,14 @@ The fixture ``site`` (tests/integration/conftest.py) gives each test
 
 from __future__ import annotations
 
+import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
 from ivle_maint.config import Settings, load_settings
 from ivle_maint.output import RecordingReporter
+from ivle_sandbox import schema
 
 FAKES = Path(__file__).resolve().parents[1] / "fakes" / "migrations"
 
@@ -145,3 +148,16 @@ def create_empty_database(pg: Any, name: str) -> None:
             cur.execute(f'CREATE DATABASE "{name}" TEMPLATE template0 OWNER "{pg.ivle_user}"')
     finally:
         conn.close()
+
+
+def fresh_site(pg: Any, tmp_path: Path, prefix: str) -> Site:
+    """A new IVLE database (PREFIX_<random>) with three users, and a site
+    under tmp_path shipping the fake migrations; drop it with
+    ivle_sandbox.schema.drop_database(pg, site.dbname)."""
+    dbname = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    schema.create_database(pg, dbname, users=3)
+    root = tmp_path / "site"
+    root.mkdir()
+    shutil.copytree(FAKES, root / "migrations", ignore=shutil.ignore_patterns("*~"))
+    (root / "migrations").chmod(0o755)
+    return Site(pg, root, dbname)
