@@ -23,6 +23,7 @@ find what to restore.
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import os
@@ -51,12 +52,14 @@ RECORD = MAINTENANCE_RECORD
 HEADER = "X-IVLE-Maintenance"
 # Apache reads a configuration line of at most 8 KiB; the page is one line.
 PAGE_LIMIT = 7 * 1024
+# ivle-maint's own page: when IVLE should be back (the Retry-After figure), and
+# a reload then, so nobody sits pressing reload.
 DEFAULT_PAGE = """\
 <!DOCTYPE html>
-<html><head><title>IVLE is being upgraded</title></head>
+<html><head><title>IVLE is being upgraded</title>
+<meta http-equiv="refresh" content="{refresh}"></head>
 <body><h1>IVLE is being upgraded</h1>
-<p>IVLE is unavailable while it is upgraded. Please try again in a few minutes;
-your work is safe.</p></body></html>
+<p>{back}. This page reloads itself then; your work is safe.</p></body></html>
 """
 A2 = ("a2ensite", "a2dissite", "a2enconf", "a2disconf", "apache2ctl")
 
@@ -86,11 +89,33 @@ def _run(*argv: str) -> None:
 
 # -- the answer ------------------------------------------------------------
 
-def page_text(settings: Settings) -> str:
-    """The site's own page ([web] maintenance_page), else ivle-maint's."""
+def back_in(seconds: int) -> str:
+    """When IVLE should be back, in words, rounded up (never "0 minutes").
+
+    Under a minute, then whole minutes up to 90, then whole hours."""
+    if seconds < 60:
+        return "in under a minute"
+    minutes = math.ceil(seconds / 60)
+    if minutes == 1:
+        return "in about a minute"
+    if minutes <= 90:
+        return f"in about {minutes} minutes"
+    return f"in about {math.ceil(seconds / 3600)} hours"  # > 90 minutes: at least 2
+
+
+def default_page(seconds: int) -> str:
+    """ivle-maint's page for a Retry-After of SECONDS: says when, reloads then."""
+    back = f"IVLE is being upgraded and should be back {back_in(seconds)}"
+    # Only generated words today, but escaped anyway: nothing reaches the
+    # page unescaped if a figure ever comes from config or a journal.
+    return DEFAULT_PAGE.format(refresh=html.escape(str(int(seconds))), back=html.escape(back))
+
+
+def own_page(settings: Settings) -> str | None:
+    """The site's own page ([web] maintenance_page), checked, served as it is; None if unset."""
     name = settings["web"]["maintenance_page"]
     if not name:
-        return DEFAULT_PAGE
+        return None
     path = Path(name)
     try:
         data = trusted.read(path, trusted.MAINTENANCE_PAGE)
@@ -105,6 +130,12 @@ def page_text(settings: Settings) -> str:
         raise MaintError(f"[web] maintenance_page {path}: larger than {PAGE_LIMIT} bytes "
                          f"(Apache keeps it on one configuration line)")
     return text
+
+
+def page_text(settings: Settings, seconds: int) -> str:
+    """The site's own page, else ivle-maint's for a Retry-After of SECONDS."""
+    own = own_page(settings)
+    return default_page(seconds) if own is None else own
 
 
 def _one_line(page: str) -> str:
@@ -268,7 +299,7 @@ def enter(settings: Settings, reporter: Reporter, down: tuple[str, str]) -> str:
         record.write(settings)
     seconds, source = retry_after(settings, down)
     conf = apache_dir(settings) / "conf-available" / f"{CONF_NAME}.conf"
-    replace_file(conf, conf_text(seconds, page_text(settings)).encode(), mode=0o644)
+    replace_file(conf, conf_text(seconds, page_text(settings, seconds)).encode(), mode=0o644)
     for name in record.disabled:
         _run("a2dissite", "-q", name)
     _run("a2enconf", "-q", CONF_NAME)
@@ -304,7 +335,7 @@ def preflight(settings: Settings, chosen: str | None) -> None:
     for name in sites(settings):
         if not (available / f"{name}.conf").exists():
             raise MaintError(f"[web] sites: no Apache site {name} ({available}/{name}.conf)")
-    page_text(settings)
+    own_page(settings)
     done = system.run([_command("apache2ctl"), "configtest"], timeout=60)
     if not done.ok:
         last = [line for line in done.tail if line.strip()][-1:] or ["no output"]

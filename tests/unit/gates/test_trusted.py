@@ -318,7 +318,7 @@ def test_a_maintenance_page_others_can_change_is_never_served(tmp_path: Path,
     conf = tmp_path / "ivle-maint.conf"
     conf.write_text(f"[web]\nmaintenance_page = {page}\n")
     settings = load_settings(str(conf))
-    assert maintenance_page.page_text(settings) == "<p>Ours</p>"
+    assert maintenance_page.page_text(settings, 60) == "<p>Ours</p>"
     if fault == "owned by nobody":
         os.chown(page, NOBODY, NOBODY)
         why = f"owned by uid {NOBODY}, not root"
@@ -333,7 +333,7 @@ def test_a_maintenance_page_others_can_change_is_never_served(tmp_path: Path,
         os.truncate(page, 2 << 30)
         why = f"larger than {64 * 1024} bytes"
     with pytest.raises(ConfigError, match=f"\\[web\\] maintenance_page {page}: {why}"):
-        maintenance_page.page_text(settings)
+        maintenance_page.page_text(settings, 60)
 
 
 ENV_FORMS = st.sampled_from(["{t}", "-S {t}", "-S {t} -u", "-S -v {t}", "--split-string={t} x",

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import http.server
 import json
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ivle_maint import system
 from ivle_maint.cluster.probe import ask
@@ -52,6 +55,62 @@ def test_conf_answers_503_with_headers_and_the_page_on_one_line():
                     '</html>"')
 
 
+@pytest.mark.parametrize(("seconds", "words"), [
+    (0, "in under a minute"), (1, "in under a minute"), (59, "in under a minute"),
+    (60, "in about a minute"), (61, "in about 2 minutes"), (120, "in about 2 minutes"),
+    (121, "in about 3 minutes"), (300, "in about 5 minutes"), (5400, "in about 90 minutes"),
+    (5401, "in about 2 hours"), (7201, "in about 3 hours"),
+])
+def test_back_in_words_rounds_up(seconds, words):
+    assert maintenance_page.back_in(seconds) == words
+
+
+def stated_seconds(words: str) -> int:
+    """The most the words promise: under a minute is 60 s, about N units is N of them."""
+    if words == "in under a minute":
+        return 60
+    found = re.fullmatch(r"in about (a|\d+) (minute|hour)s?", words)
+    assert found, words
+    number, unit = found.groups()
+    return (1 if number == "a" else int(number)) * (60 if unit == "minute" else 3600)
+
+
+def served(seconds: int, page: str) -> tuple[str, str]:
+    """(Retry-After header, the page as Apache sends it) from the generated conf."""
+    text = maintenance_page.conf_text(seconds, page)
+    header = re.search(r'Header always set Retry-After "(.*)"', text)
+    body = next(x for x in text.splitlines() if x.startswith("ErrorDocument 503 "))
+    assert header
+    return header.group(1), body
+
+
+@given(st.integers(min_value=0, max_value=10 ** 7))
+def test_default_page_says_when_and_reloads_when_the_header_says(seconds):
+    words = maintenance_page.back_in(seconds)
+    assert words and not re.search(r"\b0\b", words)
+    assert seconds <= stated_seconds(words)  # rounded up: never sooner than the header
+    header, body = served(seconds, maintenance_page.default_page(seconds))
+    refresh = re.search(r'<meta http-equiv=\\"refresh\\" content=\\"(\d+)\\">', body)
+    assert refresh and refresh.group(1) == header == str(seconds)
+    assert f"IVLE is being upgraded and should be back {words}." in body
+
+
+def test_the_page_says_the_retry_after_and_an_own_page_is_left_as_it_is(tmp_path):
+    settings = settings_with(tmp_path)
+    assert 'content="150"' in maintenance_page.page_text(settings, 150)
+    assert "should be back in about 3 minutes." in maintenance_page.page_text(settings, 150)
+    page = tmp_path / "page.html"
+    page.write_text("<p>Back after lunch</p>")
+    settings = settings_with(tmp_path, f"[web]\nmaintenance_page = {page}\n")
+    assert maintenance_page.page_text(settings, 150) == "<p>Back after lunch</p>"
+
+
+def test_words_in_the_page_are_html_escaped(monkeypatch):
+    monkeypatch.setattr(maintenance_page, "back_in", lambda seconds: "<script>&")
+    page = maintenance_page.default_page(30)
+    assert "<script>" not in page and "&lt;script&gt;&amp;" in page
+
+
 def journal(state: Path, name: str, created: float, down: float, up: float, *,
             state_word: str = "complete") -> None:
     (state / "journal").mkdir(parents=True, exist_ok=True)
@@ -76,13 +135,13 @@ def test_replacement_page_read_and_bounded(tmp_path):
     page = tmp_path / "page.html"
     page.write_text("<p>Ours</p>")
     settings = settings_with(tmp_path, f"[web]\nmaintenance_page = {page}\n")
-    assert maintenance_page.page_text(settings) == "<p>Ours</p>"
+    assert maintenance_page.page_text(settings, 60) == "<p>Ours</p>"
     page.write_text("x" * (maintenance_page.PAGE_LIMIT + 1))
     with pytest.raises(MaintError, match="larger than"):
-        maintenance_page.page_text(settings)
+        maintenance_page.page_text(settings, 60)
     page.unlink()
     with pytest.raises(MaintError, match="cannot read"):
-        maintenance_page.page_text(settings)
+        maintenance_page.page_text(settings, 60)
 
 
 def test_preflight_in_maintenance_mode_needs_apache(tmp_path, monkeypatch):
