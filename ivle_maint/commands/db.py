@@ -35,6 +35,16 @@ def register(sub: Any) -> None:
             help="the migrations directory (default: settings [paths] migrations)",
         )
 
+    def accept_class_option(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--accept-class",
+            metavar="KEY",
+            nargs="+",
+            action="extend",
+            default=[],
+            help="accept the milder class these migrations' headers declare",
+        )
+
     status = cmds.add_parser("status", help="applied, pending, changed and out-of-order")
     migrations_option(status)
     status.set_defaults(func=show_status)
@@ -75,12 +85,28 @@ def register(sub: Any) -> None:
         action="store_true",
         help="apply shipped migrations older than the newest applied one",
     )
+    accept_class_option(migrate)
     migrate.add_argument("--no-backup", action="store_true", help="skip the pg_dump backup")
     migrate.add_argument(
         "--package-version", metavar="VERSION", help="IVLE's version, recorded in the marker"
     )
     migrations_option(migrate)
     migrate.set_defaults(func=run_migrate)
+
+    classify = cmds.add_parser(
+        "classify",
+        help="each pending migration's class: additive, locking or destructive",
+        description="One line per pending migration (--all: every shipped one, without "
+        "asking the database): its key, its class (additive: the old code keeps working; "
+        "locking: a table is scanned or rewritten under a lock that blocks writes; "
+        "destructive: the old code can break, or not proven otherwise) and the statement "
+        "that decided it.  A header '-- ivle-maint: CLASS' declares a class; a milder one "
+        "than found is refused unless accepted.  Exits 1 when one is refused.",
+    )
+    classify.add_argument("--all", action="store_true", help="every shipped migration")
+    accept_class_option(classify)
+    migrations_option(classify)
+    classify.set_defaults(func=show_classes)
 
     backup = cmds.add_parser("backup", help="pg_dump the database now into [paths] backup")
     backup.set_defaults(func=run_backup)
@@ -207,6 +233,28 @@ def run_migrate(ctx: Context) -> int:
         total = sum(a.seconds for a in result.applied)
         ctx.reporter.info(f"applied {len(result.applied)} migration(s) in {total:.1f}s")
     return 0
+
+
+def show_classes(ctx: Context) -> int:
+    """Print each pending (or every) migration's class and what decided it."""
+    from ..db import migrations
+    from ..db.migration_class import release_class
+    from ..errors import UsageError
+
+    classes = migrations.release_classes(
+        ctx.settings, migrations_dir=ctx.args.migrations, every=ctx.args.all,
+        accept_class=ctx.args.accept_class, reporter=ctx.reporter)
+    if not classes:
+        print("no pending migrations" if not ctx.args.all else "no migrations shipped")
+        return 0
+    for c in classes:
+        print(c.line())
+    unknown = sorted(set(ctx.args.accept_class) - {c.key for c in classes})
+    if unknown:
+        raise UsageError(f"db classify --accept-class {unknown[0]}: not a migration listed")
+    top, deciding = release_class(classes)
+    print(f"release class: {top} (decided by {', '.join(c.key for c in deciding)})")
+    return 1 if any(c.refused for c in classes) else 0
 
 
 def run_backup(ctx: Context) -> int:

@@ -30,7 +30,8 @@ from ..db import lock, marker, pins
 from ..db.apply import Applied, Failed, apply, pg_reason
 from ..db.connect import ConnectParams, connect, params_from_settings
 from ..db.discovery import check_writers, checksum, discover, find, from_files
-from ..db.plan import Changed, Plan, Status, make_plan, read_status
+from ..db.migration_class import MigrationClass
+from ..db.plan import Changed, Plan, Status, class_of, make_plan, read_status
 from ..errors import MaintError
 from ..output import RecordingReporter, Reporter
 
@@ -46,6 +47,7 @@ __all__ = [
     "backup_now",
     "preflight",
     "record_baseline",
+    "release_classes",
     "status",
 ]
 
@@ -116,6 +118,26 @@ def status(
     shipped = discover(directory)
     with _session(settings, reporter or RecordingReporter(), None) as s:
         return read_status(s.conn, s.params.dbname, directory, shipped)
+
+
+def release_classes(
+    settings: Settings,
+    *,
+    migrations_dir: Path | str | None = None,
+    every: bool = False,
+    accept_class: Sequence[str] = (),
+    reporter: Reporter | None = None,
+) -> list[MigrationClass]:
+    """The class of every pending migration (every: of every shipped one,
+    without asking the database).  A file that cannot run is destructive,
+    "not proven", with the reason."""
+    directory = _directory(settings, migrations_dir)
+    shipped = discover(directory)
+    if not every:
+        with _session(settings, reporter or RecordingReporter(), None) as s:
+            shipped = read_status(s.conn, s.params.dbname, directory, shipped).pending
+    check_writers(directory, [m.path for m in shipped])
+    return [class_of(m, accept_class) for m in shipped]
 
 
 def preflight(

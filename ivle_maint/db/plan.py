@@ -19,6 +19,17 @@ from . import marker
 from .classify import Classified, classify
 from .discovery import Migration, checksum, parse_key
 from .marker import MarkerRow
+from .migration_class import DESTRUCTIVE, MigrationClass, Verdict, of_migration
+
+
+def class_of(m: Migration | Classified, accept_class: Iterable[str] = ()) -> MigrationClass:
+    """A migration's release class; a file that cannot run is destructive, not proven."""
+    if isinstance(m, Migration):
+        try:
+            m = classify(m)
+        except MaintError as exc:
+            return MigrationClass(m.key, Verdict(DESTRUCTIVE, f"not proven: {exc}"))
+    return of_migration(m.key, m.statements, m.directives, accept_class)
 
 
 def order_of(key: str) -> tuple[int, int] | None:
