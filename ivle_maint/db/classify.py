@@ -145,13 +145,14 @@ def _fail(migration: Migration, line: int | None, reason: str) -> MaintError:
 
 
 def _directives(migration: Migration, text: str) -> set[str]:
-    found = set()
+    found: set[str] = set()
     for line, comment in header_comments(text):
         match = _DIRECTIVE.match(comment)
         if match:
             value = match.group(1).lower()
             if value not in _KNOWN_DIRECTIVES:
-                known = ", ".join(f"-- ivle-maint: {d}" for d in (*CLASSES, "no-transaction", "empty"))
+                names = (*CLASSES, "no-transaction", "empty")
+                known = ", ".join(f"-- ivle-maint: {d}" for d in names)
                 raise _fail(migration, line, f"unknown directive {comment!r} (known: {known})")
             if value in CLASSES and found & set(CLASSES):
                 raise _fail(migration, line, f"a second class directive {comment!r}")

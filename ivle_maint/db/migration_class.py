@@ -291,7 +291,7 @@ def statement_verdict(node: Any, new_tables: set[str]) -> Verdict:
         return _replaces(node, "VIEW") or _additive("CREATE VIEW")
     if kind == "DefineStmt":
         return _replaces(node, "aggregate or type") or _additive("CREATE aggregate or type")
-    if kind == "GrantStmt" or kind == "GrantRoleStmt":
+    if kind in {"GrantStmt", "GrantRoleStmt"}:
         if getattr(node, "is_grant", False):
             return _additive("GRANT")
         return _destructive("REVOKE: the old code may need the privilege")
