@@ -214,6 +214,7 @@ def run_migrate(ctx: Context) -> int:
         "migrations_dir": args.migrations,
         "accept_changed": args.accept_changed,
         "allow_out_of_order": args.allow_out_of_order,
+        "accept_class": args.accept_class,
     }
     if args.dry_run:
         plan = migrations.preflight(ctx.settings, reporter=ctx.reporter, check=False, **options)

@@ -30,7 +30,7 @@ from ..db import lock, marker, pins
 from ..db.apply import Applied, Failed, apply, pg_reason
 from ..db.connect import ConnectParams, connect, params_from_settings
 from ..db.discovery import check_writers, checksum, discover, find, from_files
-from ..db.migration_class import MigrationClass
+from ..db.migration_class import MigrationClass, who
 from ..db.plan import Changed, Plan, Status, class_of, make_plan, read_status
 from ..errors import MaintError
 from ..output import RecordingReporter, Reporter
@@ -146,6 +146,7 @@ def preflight(
     migrations_dir: Path | str | None = None,
     accept_changed: Sequence[str] = (),
     allow_out_of_order: bool = False,
+    accept_class: Sequence[str] = (),
     reporter: Reporter | None = None,
     check: bool = True,
     resume: str | None = RESUME,
@@ -160,7 +161,7 @@ def preflight(
     with _session(settings, reporter or RecordingReporter(), resume) as s:
         st = read_status(s.conn, s.params.dbname, directory, shipped)
         check_writers(directory, [m.path for m in st.pending])
-        plan = make_plan(s.conn, st, accept_changed, allow_out_of_order)
+        plan = make_plan(s.conn, st, accept_changed, allow_out_of_order, accept_class)
     if check:
         plan.raise_problems(resume)
     return plan
@@ -173,6 +174,7 @@ def apply_migrations(
     migrations_dir: Path | str | None = None,
     accept_changed: Sequence[str] = (),
     allow_out_of_order: bool = False,
+    accept_class: Sequence[str] = (),
     backup: bool | None = None,
     package_version: str | None = None,
     resume: str | None = RESUME,
@@ -197,7 +199,7 @@ def apply_migrations(
                   terminate_stale_lock=terminate_stale_lock) as s:
         st = read_status(s.conn, s.params.dbname, directory, shipped)
         check_writers(directory, [m.path for m in st.pending])
-        plan = make_plan(s.conn, st, accept_changed, allow_out_of_order)
+        plan = make_plan(s.conn, st, accept_changed, allow_out_of_order, accept_class)
         plan.raise_problems(resume)
         if not plan.pending and not plan.accept:
             reporter.info(
@@ -220,8 +222,24 @@ def apply_migrations(
                 raise MaintError(_failure(str(exc), s.params, result), resume=resume) from None
             result.applied.append(applied)
             reporter.info(f"applied {c.key} ({c.mode}) in {applied.seconds:.1f}s")
+            _record_override(s.conn, plan.classes[done], reporter)
         reporter.progress("migrations", total, total)
     return result
+
+
+def _record_override(conn: Any, cls: MigrationClass, reporter: Reporter) -> None:
+    """An accepted milder class goes into the migration's marker row, with who.
+
+    Right after the row's own transaction (db/apply.py writes the row):
+    killed in between, the migration stays applied without the note.
+    """
+    if not (cls.overrides and cls.accepted):
+        return
+    found = cls.found
+    override = f"accepted {cls.declared}, found {found.cls} ({found.describe()})"
+    by = who()
+    marker.record_class_override(conn, cls.key, override, by)
+    reporter.info(f"{cls.key}: {override}, accepted by {by}")
 
 
 def _back_up(settings: Settings, params: ConnectParams, first_key: str, st: Status,

@@ -90,6 +90,7 @@ class Plan:
     pending: list[Classified]
     accept: list[Changed]
     problems: list[str] = field(default_factory=list)
+    classes: list[MigrationClass] = field(default_factory=list)  # the pending ones'
 
     @property
     def ok(self) -> bool:
@@ -177,6 +178,7 @@ def make_plan(
     st: Status,
     accept_changed: Iterable[str],
     allow_out_of_order: bool,
+    accept_class: Iterable[str] = (),
 ) -> Plan:
     """Classify every pending file and list everything that blocks migrate."""
     problems: list[str] = []
@@ -213,4 +215,19 @@ def make_plan(
             pending.append(classify(m, server_version=version, standard_strings=standard))
         except MaintError as exc:
             problems.append(str(exc))
-    return Plan(st, pending, accept, problems)
+    classes, refusals = classes_of(pending, accept_class)
+    return Plan(st, pending, accept, problems + refusals, classes)
+
+
+def classes_of(pending: list[Classified], accept_class: Iterable[str]
+               ) -> tuple[list[MigrationClass], list[str]]:
+    """The pending migrations' classes, and what blocks: a milder class
+    declared and not accepted, or --accept-class naming no such migration."""
+    accepted = {canonical(key) or key: key for key in accept_class}
+    classes = [class_of(c, accepted) for c in pending]
+    problems = [c.refusal() for c in classes if c.refused]
+    overriding = {c.key for c in classes if c.overrides}
+    problems += [f"--accept-class {typed}: not a pending migration whose header declares a "
+                 "milder class than found" for key, typed in accepted.items()
+                 if key not in overriding]
+    return classes, problems

@@ -61,7 +61,7 @@ def test_accept_class_takes_the_declared_class(
 
 def test_accept_class_of_an_unknown_key_is_one_line_and_exit_2(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    status, lines, err = classify(tmp_path, capsys, FILES, "--accept-class", "20990101-01")
+    status, _, err = classify(tmp_path, capsys, FILES, "--accept-class", "20990101-01")
     assert status == 2
     assert err == "ivle-maint: error: db classify --accept-class 20990101-01: not a migration " \
         "listed\n"
