@@ -1,4 +1,4 @@
-"""ivle-maint db: the database migrations (status, baseline, migrate, backup).
+"""ivle-maint db: the database migrations (status, baseline, migrate, classify, backup).
 
 Thin functions over ivle_maint.db.migrations: each builds what it
 needs from the settings and prints the result; none talks SQL.
@@ -20,7 +20,7 @@ MARKER_HELP = "the marker is the table ivle_maint_migrations in IVLE's database"
 def register(sub: Any) -> None:
     db = sub.add_parser(
         "db",
-        help="database migrations: status, baseline, migrate, backup",
+        help="database migrations: status, baseline, migrate, classify, backup",
         description="Apply IVLE's database migrations (userdb/migrations/*.sql) on the "
         f"master, recording each in a marker; {MARKER_HELP}.",
     )
