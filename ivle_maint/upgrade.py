@@ -202,7 +202,7 @@ def restart_if_nothing_to_resume(ctx: UpgradeContext, journal: Journal,
         return resume
     if not resume.startswith(("dpkg ", "ivle-maint rerun")):
         return resume
-    accept = " ".join(re.findall(r"--accept-changed [^\s,]+", resume))
+    accept = " ".join(re.findall(r"--accept-(?:changed|class) [^\s,]+", resume))
     if resume.startswith("dpkg ") or "dpkg --configure" in resume:
         package = ctx.package or journal.package or "ivle"
         again = f"apt-get upgrade  (or: apt-get install {package}={ctx.new})"

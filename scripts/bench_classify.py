@@ -49,8 +49,7 @@ def write_migrations(directory: Path, count: int) -> None:
 
 def timed(argv: list[str]) -> float:
     start = time.perf_counter()
-    done = subprocess.run(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, check=False)
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
     if done.returncode not in (0, 1) or not done.stdout.startswith("2010"):
         sys.exit(f"bench_classify: {' '.join(argv)} failed: {done.stderr.strip()}")

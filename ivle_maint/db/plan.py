@@ -103,17 +103,19 @@ class Plan:
             raise MaintError(self.problems[0] + extra, resume=self._resume_accepting(resume))
 
     def _resume_accepting(self, resume: str | None) -> str | None:
-        """RESUME with the --accept-changed a changed applied file needs.
+        """RESUME with the --accept-changed a changed applied file needs, and
+        the --accept-class a refused declared class needs.
 
         dpkg cannot pass the option: its postinst would fail the same way
         forever, so the one command that works is a rerun with it, and
         dpkg's own configure afterwards.
         """
         accepted = {c.key for c in self.accept}
-        owed = [c.key for c in self.status.changed if c.key not in accepted]
+        owed = [f"--accept-changed {c.key}" for c in self.status.changed if c.key not in accepted]
+        owed += [f"--accept-class {c.key}" for c in self.classes if c.refused]
         if resume is None or not owed:
             return resume
-        flags = " ".join(f"--accept-changed {key}" for key in owed)
+        flags = " ".join(owed)
         if resume.startswith("dpkg "):
             return f"ivle-maint rerun {flags}, then: dpkg --configure -a"
         return f"{resume} {flags}"

@@ -69,7 +69,11 @@ def check_database(ctx: UpgradeContext) -> int:
     status = migrations.status(ctx.settings, migrations_dir=ctx.preflight_migrations,
                                reporter=ctx.reporter)
     if status.unmarked:
-        pending = len(classified_after_baseline(ctx)[1])
+        classified = classified_after_baseline(ctx)[1]
+        refusals = classes_of(classified, ctx.accept_class)[1]
+        if refusals:
+            raise MaintError(refusals[0])
+        pending = len(classified)
     else:
         try:
             plan = migrations.preflight(
@@ -79,7 +83,7 @@ def check_database(ctx: UpgradeContext) -> int:
             )
         except MaintError as exc:
             # One line, unless the way on needs an option (a changed applied file).
-            if exc.resume and "--accept-changed" not in exc.resume:
+            if exc.resume and "--accept-" not in exc.resume:
                 exc.resume = None
             raise
         pending = len(plan.pending)
@@ -215,7 +219,7 @@ def plan_lines(ctx: UpgradeContext, source: str | None, baseline: str) -> list[s
         lines.append(f"  (read [paths] migrations, the installed version's files; {ctx.new}'s "
                      "may add more: give --new-migrations with its package's preinst, or "
                      "--migrations DIR)")
-    lines += [f"  {c.key} ({c.mode}, {k.cls})" for c, k in zip(pending, classes, strict=True)]
+    lines += [f"  {c.key} ({c.mode})" for c in pending]
     lines += release_lines(classes)
     lines += [f"  blocked: {problem}" for problem in problems]
     return lines
