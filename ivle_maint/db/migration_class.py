@@ -185,6 +185,13 @@ _REWRITES = {
 }
 
 
+def _subcommand(sub: str, cmd: Any) -> str:
+    """AT_DropColumn and its name -> 'DROP COLUMN nick', for people."""
+    words = "".join(f" {c}" if c.isupper() else c for c in sub.removeprefix("AT_")).strip()
+    name = getattr(cmd, "name", None)
+    return words.upper() + (f" {name}" if name else "")
+
+
 def _alter_table_command(cmd: Any) -> Verdict:
     sub = _enum(cmd.subtype)
     definition = getattr(cmd, "def_", None)
@@ -194,13 +201,14 @@ def _alter_table_command(cmd: Any) -> Verdict:
         return _add_constraint(definition)
     if sub == "AT_ColumnDefault":
         if definition is None:
-            return _destructive(f"DROP DEFAULT of {cmd.name}: the old code's INSERTs may "
-                                "rely on it")
-        return _additive(f"SET DEFAULT of {cmd.name}")
+            return _destructive(f"ALTER COLUMN {cmd.name} DROP DEFAULT: the old code's "
+                                "INSERTs may rely on it")
+        return _additive(f"ALTER COLUMN {cmd.name} SET DEFAULT")
     if sub in _CATALOG_ONLY:
         return _additive(_CATALOG_ONLY[sub])
     if sub == "AT_SetNotNull":
-        return _locking(f"SET NOT NULL on {cmd.name} scans the table under ACCESS EXCLUSIVE",
+        return _locking(f"ALTER COLUMN {cmd.name} SET NOT NULL scans the table under ACCESS "
+                        "EXCLUSIVE",
                         "ADD CONSTRAINT ... CHECK (col IS NOT NULL) NOT VALID, VALIDATE "
                         "CONSTRAINT, then SET NOT NULL (PostgreSQL 12+ skips the scan)")
     if sub in _REWRITES:
@@ -211,17 +219,20 @@ def _alter_table_command(cmd: Any) -> Verdict:
                             "migration, so it may narrow (and rewrites under ACCESS "
                             "EXCLUSIVE): add a new column, fill it, switch, then drop")
     if sub.startswith("AT_Drop"):
-        return _destructive(f"ALTER TABLE {sub.removeprefix('AT_')}: the old code may use it")
-    return _not_proven(f"ALTER TABLE {sub.removeprefix('AT_')}")
+        return _destructive(f"{_subcommand(sub, cmd)}: the old code may use it")
+    return _not_proven(_subcommand(sub, cmd))
 
 
 def _alter_table(node: Any, new_tables: set[str]) -> Verdict:
-    if _relation(node.relation) in new_tables:
-        return _additive(f"ALTER TABLE {_relation(node.relation)} created in this migration")
+    table = _relation(node.relation)
+    if table in new_tables:
+        return _additive(f"ALTER TABLE {table}, created in this migration")
     verdicts = [_alter_table_command(cmd) for cmd in node.cmds or ()]
     if not verdicts:
         return _not_proven("ALTER TABLE without commands")
-    return max(verdicts, key=lambda v: _RANK[v.cls])
+    worst_one = max(verdicts, key=lambda v: _RANK[v.cls])  # the first of the worst
+    proof, what = worst_one.what.rpartition("not proven: ")[1:]
+    return Verdict(worst_one.cls, f"{proof}ALTER TABLE {table} {what}", safe=worst_one.safe)
 
 
 def _index(node: Any, new_tables: set[str]) -> Verdict:
