@@ -251,6 +251,10 @@ class ClusterLink(Protocol):
     def preflight(self) -> None: ...
 
 
+# --accept-class under dpkg, which passes no command line (hooks.dpkg_options).
+ACCEPT_CLASS_ENV = "IVLE_MAINT_ACCEPT_CLASS"
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """The person's choices for one run: built once, from the command line
