@@ -239,7 +239,7 @@ def run_migrate(ctx: Context) -> int:
 def show_classes(ctx: Context) -> int:
     """Print each pending (or every) migration's class and what decided it."""
     from ..db import migrations
-    from ..db.migration_class import release_class
+    from ..db.migration_class import listed, release_class
     from ..errors import UsageError
 
     classes = migrations.release_classes(
@@ -254,7 +254,7 @@ def show_classes(ctx: Context) -> int:
     if unknown:
         raise UsageError(f"db classify --accept-class {unknown[0]}: not a migration listed")
     top, deciding = release_class(classes)
-    print(f"release class: {top} (decided by {', '.join(c.key for c in deciding)})")
+    print(f"release class: {top} (decided by {listed([c.key for c in deciding])})")
     return 1 if any(c.refused for c in classes) else 0
 
 

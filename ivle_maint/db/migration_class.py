@@ -446,6 +446,12 @@ def release_class(classes: Sequence[MigrationClass]) -> tuple[str, list[Migratio
     return top, [c for c in classes if c.cls == top]
 
 
+def listed(keys: Sequence[str], shown: int = 5) -> str:
+    """A few keys, and how many more: the release line stays one readable line."""
+    more = len(keys) - shown
+    return ", ".join(keys[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
 def who() -> str:
     """The person running ivle-maint: the login sudo or su came from, or the uid's name."""
     for variable in ("SUDO_USER", "LOGNAME"):

@@ -273,3 +273,8 @@ def test_nothing_that_drops_renames_deletes_updates_or_narrows_is_additive(
         text = "\n".join([harmful, *others])
     assert mc.verdicts(split(harmful))[0].cls != mc.ADDITIVE
     assert mc.deciding(mc.verdicts(split(text))).cls != mc.ADDITIVE
+
+
+def test_a_long_release_line_names_a_few_keys_and_counts_the_rest() -> None:
+    assert mc.listed(["a", "b"]) == "a, b"
+    assert mc.listed([str(n) for n in range(8)]) == "0, 1, 2, 3, 4 and 3 more"
