@@ -230,6 +230,11 @@ def release_lines(classes: list[MigrationClass]) -> list[str]:
     if not classes:
         return []
     top, deciding = release_class(classes)
+    more = len(deciding) - SHOWN
     return [f"release class: {top} (additive: the old code keeps working; locking: a table "
             "is locked while scanned or rewritten; destructive: the old code can break)",
-            *(f"  decided by {c.line()}" for c in deciding)]
+            *(f"  decided by {c.line()}" for c in deciding[:SHOWN]),
+            *([f"  and {more} more of this class (ivle-maint db classify)"] if more > 0 else [])]
+
+
+SHOWN = 5  # deciding migrations the plan names
