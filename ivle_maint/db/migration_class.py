@@ -109,6 +109,12 @@ def _constant(expr: Any) -> bool:
     return _name(expr) in _FAST_DEFAULTS
 
 
+def _null(expr: Any) -> bool:
+    while _name(expr) == "TypeCast":
+        expr = expr.arg
+    return _name(expr) == "A_Const" and bool(getattr(expr, "isnull", False))
+
+
 def _add_column(column: Any) -> Verdict:
     name = getattr(column, "colname", "?")
     constraints = [c for c in (getattr(column, "constraints", None) or ())]
@@ -119,7 +125,7 @@ def _add_column(column: Any) -> Verdict:
     type_name = getattr(type_names[-1], "sval", "") if type_names else ""
     not_null = "CONSTR_NOTNULL" in kinds or "CONSTR_PRIMARY" in kinds or \
         bool(getattr(column, "is_not_null", False))
-    if not_null and default is None:
+    if not_null and (default is None or _null(default)):
         return _destructive(f"ADD COLUMN {name} NOT NULL without a default: the old code's "
                             "INSERTs fail")
     if type_name in _SERIAL or kinds & {"CONSTR_IDENTITY", "CONSTR_GENERATED"}:
