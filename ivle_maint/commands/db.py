@@ -140,6 +140,8 @@ def show_status(ctx: Context) -> int:
             took = f" {row.duration:.1f}s" if row.duration is not None else ""
             detail = f"  {row.applied_at:%Y-%m-%d %H:%M} {row.mode}{took} on {row.host}"
         print(f"{state:<13}{m.key:<13}{detail}")
+        if row is not None and row.class_override:
+            print(f"{'':<13}{'':<13}  {row.class_override}, accepted by {row.class_override_by}")
     for key in st.missing:
         print(f"{'not-shipped':<13}{key:<13}  applied, but no file for it any more")
     if st.unmarked:

@@ -78,6 +78,8 @@ class MarkerRow:
     ivle_maint_version: str
     package_version: str | None
     note: str | None
+    class_override: str | None = None
+    class_override_by: str | None = None
 
 
 def exists(conn: Any) -> bool:
@@ -196,7 +198,11 @@ def applied(conn: Any) -> dict[str, MarkerRow]:
             f"table {TABLE} has no column {', '.join(missing)} (changed by hand?): add it "
             f"back, then run again: ALTER TABLE {TABLE} {adds}")
     with conn.cursor() as cur:
-        cur.execute(f"SELECT {_COLUMNS} FROM {TABLE} ORDER BY key")
+        # An older table has no optional columns until ensure() adds them.
+        present = _columns(conn)
+        optional = ", ".join(name if name in present else f"NULL AS {name}"
+                             for name in OPTIONAL_COLUMNS)
+        cur.execute(f"SELECT {_COLUMNS}, {optional} FROM {TABLE} ORDER BY key")
         return {row[0]: MarkerRow(*row) for row in cur.fetchall()}
 
 

@@ -65,6 +65,12 @@ def test_a_milder_declared_class_blocks_migrate_until_accepted_and_the_row_says_
                    "nick: the old code may use it)", "alice")
     assert site.query("SELECT count(*) FROM ivle_maint_migrations "
                       "WHERE class_override IS NOT NULL") == [(1,)]
+    status, out, _ = run(site, capsys, "status")
+    lines = out.splitlines()
+    at = next(i for i, line in enumerate(lines) if "20100101-01" in line)
+    assert lines[at + 1].strip() == ("accepted additive, found destructive (line 2: ALTER "
+                                     "TABLE login DROP COLUMN nick: the old code may use "
+                                     "it), accepted by alice")
 
 
 def test_accept_class_naming_no_such_migration_blocks_migrate(
