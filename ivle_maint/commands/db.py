@@ -183,6 +183,7 @@ def _print_plan(plan: Any, backup: bool) -> None:
         print("no pending migrations")
     if plan.pending and backup:
         print("-- first: pg_dump of the database into [paths] backup")
+    classes = {k.key: k for k in plan.classes}
     for c in plan.pending:
         note = {
             OWN_TRANSACTION: "its own BEGIN/COMMIT (lines "
@@ -192,6 +193,9 @@ def _print_plan(plan: Any, backup: bool) -> None:
         }.get(c.mode, "wrapped in one transaction")
         print(f"-- {c.key}: {c.migration.path}")
         print(f"-- mode {c.mode}: {note}; {len(c.statements)} statement(s)")
+        if c.key in classes:
+            k = classes[c.key]
+            print(f"-- class {k.cls}: {k.found.describe()}")
         for why in {why for _, why in c.nontransactional}:
             print(f"-- runs outside a transaction: {why}")
         if c.mode != NO_TRANSACTION:
@@ -252,7 +256,8 @@ def show_classes(ctx: Context) -> int:
         return 0
     for c in classes:
         print(c.line())
-    unknown = sorted(set(ctx.args.accept_class) - {c.key for c in classes})
+    unknown = sorted(set(ctx.args.accept_class) - {c.key for c in classes}
+                     - {c.key + ".sql" for c in classes})
     if unknown:
         raise UsageError(f"db classify --accept-class {unknown[0]}: not a migration listed")
     top, deciding = release_class(classes)

@@ -31,7 +31,7 @@ from ..db.apply import Applied, Failed, apply, pg_reason
 from ..db.connect import ConnectParams, connect, params_from_settings
 from ..db.discovery import check_writers, checksum, discover, find, from_files
 from ..db.migration_class import MigrationClass, who
-from ..db.plan import Changed, Plan, Status, class_of, make_plan, read_status
+from ..db.plan import Changed, Plan, Status, canonical, class_of, make_plan, read_status
 from ..errors import MaintError
 from ..output import RecordingReporter, Reporter
 
@@ -137,7 +137,8 @@ def release_classes(
         with _session(settings, reporter or RecordingReporter(), None) as s:
             shipped = read_status(s.conn, s.params.dbname, directory, shipped).pending
     check_writers(directory, [m.path for m in shipped])
-    return [class_of(m, accept_class) for m in shipped]
+    accepted = [canonical(key) or key for key in accept_class]
+    return [class_of(m, accepted) for m in shipped]
 
 
 def preflight(
