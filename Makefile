@@ -46,6 +46,7 @@ lint:
 bench: deps
 	$(PY) scripts/bench_version.py
 	$(PY) scripts/bench_migrations.py
+	$(PY) scripts/bench_classify.py
 	unshare --mount --propagation private $(PY) scripts/bench_jails.py
 	unshare --mount --propagation private $(PY) scripts/bench_upgrade.py
 	unshare --mount --propagation private $(PY) scripts/bench_booted.py

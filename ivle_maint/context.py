@@ -251,6 +251,10 @@ class ClusterLink(Protocol):
     def preflight(self) -> None: ...
 
 
+# --accept-class under dpkg, which passes no command line (hooks.dpkg_options).
+ACCEPT_CLASS_ENV = "IVLE_MAINT_ACCEPT_CLASS"
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """The person's choices for one run: built once, from the command line
@@ -258,6 +262,8 @@ class RunOptions:
 
     allow_out_of_order: bool = False
     accept_changed: tuple[str, ...] = ()
+    # Pending migrations whose header's milder class is accepted over the one found.
+    accept_class: tuple[str, ...] = ()
     # Go ahead with the migrations while slaves serve the old code.
     migrate_while_serving: bool = False
     # End a killed ivle-maint's database session that still holds the
@@ -303,6 +309,10 @@ class UpgradeContext:
     @property
     def accept_changed(self) -> tuple[str, ...]:
         return self.options.accept_changed
+
+    @property
+    def accept_class(self) -> tuple[str, ...]:
+        return self.options.accept_class
 
     @property
     def migrate_while_serving(self) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 from .cluster.admin import register
 from .cluster.presence import coordinated
 from .config import Settings
-from .context import AFTER, BEFORE, RunOptions, UpgradeContext
+from .context import ACCEPT_CLASS_ENV, AFTER, BEFORE, RunOptions, UpgradeContext
 from .dpkg import package_version
 from .errors import MaintError, UsageError
 from .installed import record_fresh_install
@@ -43,8 +43,11 @@ Handler = Callable[[HookCall, "HookEnv"], str]
 
 def dpkg_options(environ: Mapping[str, str]) -> RunOptions:
     """The run's options under dpkg, which passes none on a command line: what
-    the person chose comes through its environment (IVLE_MAINT_DURING_UPGRADE)."""
-    return RunOptions(during_upgrade=environ.get(maintenance_page.ENV_MODE, ""))
+    the person chose comes through its environment (IVLE_MAINT_DURING_UPGRADE,
+    IVLE_MAINT_ACCEPT_CLASS: the keys --accept-class would name)."""
+    accept_class = tuple(environ.get(ACCEPT_CLASS_ENV, "").replace(",", " ").split())
+    return RunOptions(during_upgrade=environ.get(maintenance_page.ENV_MODE, ""),
+                      accept_class=accept_class)
 
 
 @dataclass

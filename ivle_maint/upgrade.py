@@ -21,7 +21,7 @@ from pathlib import Path
 from . import children, preflight
 from .cluster.presence import Presence
 from .config import Settings
-from .context import BEFORE, RunOptions, Step, UpgradeContext
+from .context import ACCEPT_CLASS_ENV, BEFORE, RunOptions, Step, UpgradeContext
 from .db.backup import remove_leftovers
 from .db.migrations import upgrade_completed
 from .errors import MaintError
@@ -202,10 +202,16 @@ def restart_if_nothing_to_resume(ctx: UpgradeContext, journal: Journal,
         return resume
     if not resume.startswith(("dpkg ", "ivle-maint rerun")):
         return resume
-    accept = " ".join(re.findall(r"--accept-changed [^\s,]+", resume))
+    accept = " ".join(re.findall(r"--accept-(?:changed|class) [^\s,]+", resume))
     if resume.startswith("dpkg ") or "dpkg --configure" in resume:
         package = ctx.package or journal.package or "ivle"
         again = f"apt-get upgrade  (or: apt-get install {package}={ctx.new})"
+        classes = re.findall(r"--accept-class ([^\s,]+)", resume)
+        if classes:  # the new package's file, not on disk yet: accepted for the run
+            keys = " ".join(classes)
+            keys = f"'{keys}'" if len(classes) > 1 else keys
+            return f"check the migration, then run the upgrade again accepting its class: " \
+                f"{ACCEPT_CLASS_ENV}={keys} {again}"
         if accept:  # dpkg cannot pass the option: accepted beforehand, on the files on disk
             return f"ivle-maint db migrate {accept}, then run the upgrade again: {again}"
     elif ctx.source is not None:

@@ -1,4 +1,4 @@
-"""ivle-maint db: the database migrations (status, baseline, migrate, backup).
+"""ivle-maint db: the database migrations (status, baseline, migrate, classify, backup).
 
 Thin functions over ivle_maint.db.migrations: each builds what it
 needs from the settings and prints the result; none talks SQL.
@@ -20,7 +20,7 @@ MARKER_HELP = "the marker is the table ivle_maint_migrations in IVLE's database"
 def register(sub: Any) -> None:
     db = sub.add_parser(
         "db",
-        help="database migrations: status, baseline, migrate, backup",
+        help="database migrations: status, baseline, migrate, classify, backup",
         description="Apply IVLE's database migrations (userdb/migrations/*.sql) on the "
         f"master, recording each in a marker; {MARKER_HELP}.",
     )
@@ -33,6 +33,16 @@ def register(sub: Any) -> None:
             metavar="DIR",
             type=Path,
             help="the migrations directory (default: settings [paths] migrations)",
+        )
+
+    def accept_class_option(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--accept-class",
+            metavar="KEY",
+            nargs="+",
+            action="extend",
+            default=[],
+            help="accept the milder class these migrations' headers declare",
         )
 
     status = cmds.add_parser("status", help="applied, pending, changed and out-of-order")
@@ -75,12 +85,28 @@ def register(sub: Any) -> None:
         action="store_true",
         help="apply shipped migrations older than the newest applied one",
     )
+    accept_class_option(migrate)
     migrate.add_argument("--no-backup", action="store_true", help="skip the pg_dump backup")
     migrate.add_argument(
         "--package-version", metavar="VERSION", help="IVLE's version, recorded in the marker"
     )
     migrations_option(migrate)
     migrate.set_defaults(func=run_migrate)
+
+    classify = cmds.add_parser(
+        "classify",
+        help="each pending migration's class: additive, locking or destructive",
+        description="One line per pending migration (--all: every shipped one, without "
+        "asking the database): its key, its class (additive: the old code keeps working; "
+        "locking: a table is scanned or rewritten under a lock that blocks writes; "
+        "destructive: the old code can break, or not proven otherwise) and the statement "
+        "that decided it.  A header '-- ivle-maint: CLASS' declares a class; a milder one "
+        "than found is refused unless accepted.  Exits 1 when one is refused.",
+    )
+    classify.add_argument("--all", action="store_true", help="every shipped migration")
+    accept_class_option(classify)
+    migrations_option(classify)
+    classify.set_defaults(func=show_classes)
 
     backup = cmds.add_parser("backup", help="pg_dump the database now into [paths] backup")
     backup.set_defaults(func=run_backup)
@@ -114,6 +140,8 @@ def show_status(ctx: Context) -> int:
             took = f" {row.duration:.1f}s" if row.duration is not None else ""
             detail = f"  {row.applied_at:%Y-%m-%d %H:%M} {row.mode}{took} on {row.host}"
         print(f"{state:<13}{m.key:<13}{detail}")
+        if row is not None and row.class_override:
+            print(f"{'':<13}{'':<13}  {row.class_override}, accepted by {row.class_override_by}")
     for key in st.missing:
         print(f"{'not-shipped':<13}{key:<13}  applied, but no file for it any more")
     if st.unmarked:
@@ -155,6 +183,7 @@ def _print_plan(plan: Any, backup: bool) -> None:
         print("no pending migrations")
     if plan.pending and backup:
         print("-- first: pg_dump of the database into [paths] backup")
+    classes = {k.key: k for k in plan.classes}
     for c in plan.pending:
         note = {
             OWN_TRANSACTION: "its own BEGIN/COMMIT (lines "
@@ -164,6 +193,9 @@ def _print_plan(plan: Any, backup: bool) -> None:
         }.get(c.mode, "wrapped in one transaction")
         print(f"-- {c.key}: {c.migration.path}")
         print(f"-- mode {c.mode}: {note}; {len(c.statements)} statement(s)")
+        if c.key in classes:
+            k = classes[c.key]
+            print(f"-- class {k.cls}: {k.found.describe()}")
         for why in {why for _, why in c.nontransactional}:
             print(f"-- runs outside a transaction: {why}")
         if c.mode != NO_TRANSACTION:
@@ -188,6 +220,7 @@ def run_migrate(ctx: Context) -> int:
         "migrations_dir": args.migrations,
         "accept_changed": args.accept_changed,
         "allow_out_of_order": args.allow_out_of_order,
+        "accept_class": args.accept_class,
     }
     if args.dry_run:
         plan = migrations.preflight(ctx.settings, reporter=ctx.reporter, check=False, **options)
@@ -207,6 +240,29 @@ def run_migrate(ctx: Context) -> int:
         total = sum(a.seconds for a in result.applied)
         ctx.reporter.info(f"applied {len(result.applied)} migration(s) in {total:.1f}s")
     return 0
+
+
+def show_classes(ctx: Context) -> int:
+    """Print each pending (or every) migration's class and what decided it."""
+    from ..db import migrations
+    from ..db.migration_class import listed, release_class
+    from ..errors import UsageError
+
+    classes = migrations.release_classes(
+        ctx.settings, migrations_dir=ctx.args.migrations, every=ctx.args.all,
+        accept_class=ctx.args.accept_class, reporter=ctx.reporter)
+    if not classes:
+        print("no pending migrations" if not ctx.args.all else "no migrations shipped")
+        return 0
+    for c in classes:
+        print(c.line())
+    unknown = sorted(set(ctx.args.accept_class) - {c.key for c in classes}
+                     - {c.key + ".sql" for c in classes})
+    if unknown:
+        raise UsageError(f"db classify --accept-class {unknown[0]}: not a migration listed")
+    top, deciding = release_class(classes)
+    print(f"release class: {top} (decided by {listed([c.key for c in deciding])})")
+    return 1 if any(c.refused for c in classes) else 0
 
 
 def run_backup(ctx: Context) -> int:

@@ -110,6 +110,8 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
                         help="apply shipped migrations older than the newest applied one")
     parser.add_argument("--accept-changed", metavar="KEY", action="append", default=[],
                         help="accept that applied migration KEY's file has changed")
+    parser.add_argument("--accept-class", metavar="KEY", action="append", default=[],
+                        help="accept the milder class pending migration KEY's header declares")
     parser.add_argument("--migrate-while-serving", action="store_true",
                         help="migrate even while slaves serve the old code (see [cluster])")
     _during_upgrade(parser, "what clients see while the web server is down: refused "
@@ -124,6 +126,7 @@ def _options(args: argparse.Namespace) -> RunOptions:
     """RunOptions from a command line that _run_options declared."""
     return RunOptions(allow_out_of_order=args.allow_out_of_order,
                       accept_changed=tuple(args.accept_changed),
+                      accept_class=tuple(args.accept_class),
                       migrate_while_serving=args.migrate_while_serving,
                       terminate_stale_lock=args.terminate_stale_lock,
                       during_upgrade=args.during_upgrade)

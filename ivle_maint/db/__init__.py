@@ -7,6 +7,8 @@ Modules, bottom up:
   write them;
 - classify: decide how a file runs (wrapped in ivle-maint's transaction,
   its own BEGIN/COMMIT stripped, or opted out of transactions);
+- migration_class: what running it does to the old code and the site
+  (additive, locking, destructive), from pglast's parse tree;
 - connect: connect from ivle.conf or as the postgres system user, waiting
   for a restarting server;
 - marker: the ``ivle_maint_migrations`` table that records what ran;
@@ -18,6 +20,6 @@ Modules, bottom up:
 On top, migrations puts these together into the public API (status,
 apply, baseline, backup) that the steps, the hooks and the CLI call.
 
-Only sqlsplit, discovery and classify are pure; none imports psycopg2
+Only sqlsplit, discovery, classify and migration_class are pure; none imports psycopg2
 at module level, so importing this package stays cheap.
 """

@@ -25,12 +25,13 @@ is refused with the file name and line.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 
 from ..errors import MaintError
 from . import pgparse
 from .discovery import Migration, read
+from .migration_class import CLASSES
 from .sqlsplit import SplitError, Statement, header_comments, split
 
 TRANSACTION = "transaction"
@@ -40,7 +41,7 @@ NO_TRANSACTION = "no-transaction"
 OPT_OUT = "-- ivle-maint: no-transaction"
 EMPTY = "-- ivle-maint: empty"
 _DIRECTIVE = re.compile(r"^ivle-maint\s*:\s*(.*?)\s*$", re.IGNORECASE)
-_KNOWN_DIRECTIVES = {"no-transaction", "empty"}
+_KNOWN_DIRECTIVES = {"no-transaction", "empty", *CLASSES}
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class Classified:
     statements: tuple[Statement, ...]  # what runs, in order
     stripped: tuple[Statement, ...] = ()  # the file's own BEGIN/COMMIT
     nontransactional: tuple[tuple[Statement, str], ...] = ()
+    directives: frozenset[str] = frozenset()  # its header's, e.g. a declared class
 
     @property
     def key(self) -> str:
@@ -143,14 +145,17 @@ def _fail(migration: Migration, line: int | None, reason: str) -> MaintError:
 
 
 def _directives(migration: Migration, text: str) -> set[str]:
-    found = set()
+    found: set[str] = set()
     for line, comment in header_comments(text):
         match = _DIRECTIVE.match(comment)
         if match:
             value = match.group(1).lower()
             if value not in _KNOWN_DIRECTIVES:
-                raise _fail(migration, line,
-                            f"unknown directive {comment!r} (known: {OPT_OUT}, {EMPTY})")
+                names = (*CLASSES, "no-transaction", "empty")
+                known = ", ".join(f"-- ivle-maint: {d}" for d in names)
+                raise _fail(migration, line, f"unknown directive {comment!r} (known: {known})")
+            if value in CLASSES and found & set(CLASSES):
+                raise _fail(migration, line, f"a second class directive {comment!r}")
             found.add(value)
     return found
 
@@ -185,7 +190,8 @@ def classify(
         (s, why) for s in statements if (why := nontransactional(s, server_version)) is not None
     )
     if opted_out:
-        return Classified(migration, digest, NO_TRANSACTION, tuple(statements), (), refused)
+        return Classified(migration, digest, NO_TRANSACTION, tuple(statements), (), refused,
+                          frozenset(directives))
     if refused:
         s, why = refused[0]
         raise _fail(
@@ -194,7 +200,7 @@ def classify(
             f"{why} cannot run inside a transaction; to run this file statement by statement "
             f"without rollback on failure, put '{OPT_OUT}' in its header",
         )
-    return _wrap(migration, digest, statements)
+    return replace(_wrap(migration, digest, statements), directives=frozenset(directives))
 
 
 def _check_empty(migration: Migration, statements: list[Statement], marked: bool) -> None:

@@ -14,7 +14,11 @@ migration it applied (or was told, by a baseline, is already applied):
     ivle_maint_version  text               ivle-maint's version
     package_version     text               IVLE's package version, if known
     note                text               e.g. a changed checksum accepted
+    class_override      text               the class --accept-class took over
+                                           the one found, and why it was found
+    class_override_by   text               who accepted it (the sudo login)
 
+The last two came later: ensure() adds them to an older table.
 A migration's row is inserted in the migration's own transaction, so the
 row exists exactly when the migration's changes do.
 """
@@ -48,7 +52,9 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     host text NOT NULL,
     ivle_maint_version text NOT NULL,
     package_version text,
-    note text
+    note text,
+    class_override text,
+    class_override_by text
 );
 COMMENT ON TABLE {TABLE} IS
     'IVLE database migrations applied (or baselined) by ivle-maint; do not edit by hand';
@@ -72,6 +78,8 @@ class MarkerRow:
     ivle_maint_version: str
     package_version: str | None
     note: str | None
+    class_override: str | None = None
+    class_override_by: str | None = None
 
 
 def exists(conn: Any) -> bool:
@@ -89,7 +97,13 @@ def ensure(conn: Any) -> None:
     the next migration's notices as if that migration had said it.
     """
     if exists(conn):
+        missing = [name for name in OPTIONAL_COLUMNS if name not in _columns(conn)]
         conn.rollback()
+        if missing:  # a table an older ivle-maint made
+            adds = ", ".join(f"ADD COLUMN IF NOT EXISTS {name} {OPTIONAL_COLUMNS[name]}"
+                             for name in missing)
+            with conn, conn.cursor() as cur:
+                cur.execute(f"ALTER TABLE {TABLE} {adds}")
         return
     with conn, conn.cursor() as cur:
         cur.execute(DDL)
@@ -156,12 +170,20 @@ _TYPES = {
 }
 
 
-def missing_columns(conn: Any) -> list[str]:
-    """The marker's columns that are not in the table (dropped by hand)."""
+# Nullable columns added since the first release; ensure() adds them.
+OPTIONAL_COLUMNS = {"class_override": "text", "class_override_by": "text"}
+
+
+def _columns(conn: Any) -> set[str]:
     with conn.cursor() as cur:
         cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) "
                     "AND attnum > 0 AND NOT attisdropped", [TABLE])
-        found = {row[0] for row in cur.fetchall()}
+        return {row[0] for row in cur.fetchall()}
+
+
+def missing_columns(conn: Any) -> list[str]:
+    """The marker's columns that are not in the table (dropped by hand)."""
+    found = _columns(conn)
     return [name for name in _TYPES if name not in found]
 
 
@@ -176,7 +198,11 @@ def applied(conn: Any) -> dict[str, MarkerRow]:
             f"table {TABLE} has no column {', '.join(missing)} (changed by hand?): add it "
             f"back, then run again: ALTER TABLE {TABLE} {adds}")
     with conn.cursor() as cur:
-        cur.execute(f"SELECT {_COLUMNS} FROM {TABLE} ORDER BY key")
+        # An older table has no optional columns until ensure() adds them.
+        present = _columns(conn)
+        optional = ", ".join(name if name in present else f"NULL AS {name}"
+                             for name in OPTIONAL_COLUMNS)
+        cur.execute(f"SELECT {_COLUMNS}, {optional} FROM {TABLE} ORDER BY key")
         return {row[0]: MarkerRow(*row) for row in cur.fetchall()}
 
 
@@ -239,3 +265,13 @@ def accept_checksum(cur: Any, key: str, old: str, new: str, note: str) -> None:
     )
     if cur.rowcount != 1:
         raise MaintError(f"accepting the change to {key} changed {cur.rowcount} rows in {TABLE}")
+
+
+def record_class_override(conn: Any, key: str, override: str, by: str) -> None:
+    """Say in KEY's row, just written, which class --accept-class took and who."""
+    with conn, conn.cursor() as cur:
+        cur.execute(f"UPDATE {TABLE} SET class_override = %s, class_override_by = %s "
+                    "WHERE key = %s", [override, by, key])
+        if cur.rowcount != 1:
+            raise MaintError(f"recording the class accepted for {key} changed {cur.rowcount} "
+                             f"rows in {TABLE}")

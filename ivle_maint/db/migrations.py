@@ -30,7 +30,8 @@ from ..db import lock, marker, pins
 from ..db.apply import Applied, Failed, apply, pg_reason
 from ..db.connect import ConnectParams, connect, params_from_settings
 from ..db.discovery import check_writers, checksum, discover, find, from_files
-from ..db.plan import Changed, Plan, Status, make_plan, read_status
+from ..db.migration_class import MigrationClass, who
+from ..db.plan import Changed, Plan, Status, canonical, class_of, make_plan, read_status
 from ..errors import MaintError
 from ..output import RecordingReporter, Reporter
 
@@ -46,6 +47,7 @@ __all__ = [
     "backup_now",
     "preflight",
     "record_baseline",
+    "release_classes",
     "status",
 ]
 
@@ -118,12 +120,34 @@ def status(
         return read_status(s.conn, s.params.dbname, directory, shipped)
 
 
+def release_classes(
+    settings: Settings,
+    *,
+    migrations_dir: Path | str | None = None,
+    every: bool = False,
+    accept_class: Sequence[str] = (),
+    reporter: Reporter | None = None,
+) -> list[MigrationClass]:
+    """The class of every pending migration (every: of every shipped one,
+    without asking the database).  A file that cannot run is destructive,
+    "not proven", with the reason."""
+    directory = _directory(settings, migrations_dir)
+    shipped = discover(directory)
+    if not every:
+        with _session(settings, reporter or RecordingReporter(), None) as s:
+            shipped = read_status(s.conn, s.params.dbname, directory, shipped).pending
+    check_writers(directory, [m.path for m in shipped])
+    accepted = [canonical(key) or key for key in accept_class]
+    return [class_of(m, accepted) for m in shipped]
+
+
 def preflight(
     settings: Settings,
     *,
     migrations_dir: Path | str | None = None,
     accept_changed: Sequence[str] = (),
     allow_out_of_order: bool = False,
+    accept_class: Sequence[str] = (),
     reporter: Reporter | None = None,
     check: bool = True,
     resume: str | None = RESUME,
@@ -138,7 +162,7 @@ def preflight(
     with _session(settings, reporter or RecordingReporter(), resume) as s:
         st = read_status(s.conn, s.params.dbname, directory, shipped)
         check_writers(directory, [m.path for m in st.pending])
-        plan = make_plan(s.conn, st, accept_changed, allow_out_of_order)
+        plan = make_plan(s.conn, st, accept_changed, allow_out_of_order, accept_class)
     if check:
         plan.raise_problems(resume)
     return plan
@@ -151,6 +175,7 @@ def apply_migrations(
     migrations_dir: Path | str | None = None,
     accept_changed: Sequence[str] = (),
     allow_out_of_order: bool = False,
+    accept_class: Sequence[str] = (),
     backup: bool | None = None,
     package_version: str | None = None,
     resume: str | None = RESUME,
@@ -175,7 +200,7 @@ def apply_migrations(
                   terminate_stale_lock=terminate_stale_lock) as s:
         st = read_status(s.conn, s.params.dbname, directory, shipped)
         check_writers(directory, [m.path for m in st.pending])
-        plan = make_plan(s.conn, st, accept_changed, allow_out_of_order)
+        plan = make_plan(s.conn, st, accept_changed, allow_out_of_order, accept_class)
         plan.raise_problems(resume)
         if not plan.pending and not plan.accept:
             reporter.info(
@@ -198,8 +223,24 @@ def apply_migrations(
                 raise MaintError(_failure(str(exc), s.params, result), resume=resume) from None
             result.applied.append(applied)
             reporter.info(f"applied {c.key} ({c.mode}) in {applied.seconds:.1f}s")
+            _record_override(s.conn, plan.classes[done], reporter)
         reporter.progress("migrations", total, total)
     return result
+
+
+def _record_override(conn: Any, cls: MigrationClass, reporter: Reporter) -> None:
+    """An accepted milder class goes into the migration's marker row, with who.
+
+    Right after the row's own transaction (db/apply.py writes the row):
+    killed in between, the migration stays applied without the note.
+    """
+    if not (cls.overrides and cls.accepted):
+        return
+    found = cls.found
+    override = f"accepted {cls.declared}, found {found.cls} ({found.describe()})"
+    by = who()
+    marker.record_class_override(conn, cls.key, override, by)
+    reporter.info(f"{cls.key}: {override}, accepted by {by}")
 
 
 def _back_up(settings: Settings, params: ConnectParams, first_key: str, st: Status,

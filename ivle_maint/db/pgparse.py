@@ -68,3 +68,18 @@ def check(text: str, statements: Sequence[tuple[int, str]] = ()) -> SyntaxProble
         if _first_error(statement) is not None:
             return SyntaxProblem(line, message)
     return SyntaxProblem(None, message)
+
+
+class ParseFailure(Exception):
+    """The parser refused the text (its message), or pglast is missing."""
+
+
+def parse(text: str) -> tuple[Any, ...]:
+    """The statements' parse trees (pglast.ast nodes, RawStmt unwrapped)."""
+    if not available():
+        raise ParseFailure("pglast is not installed")
+    try:
+        raw = _parse(text)
+    except _error as exc:
+        raise ParseFailure(str(exc.args[0]) if exc.args else str(exc)) from None
+    return tuple(r.stmt for r in raw)

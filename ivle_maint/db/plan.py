@@ -19,6 +19,17 @@ from . import marker
 from .classify import Classified, classify
 from .discovery import Migration, checksum, parse_key
 from .marker import MarkerRow
+from .migration_class import DESTRUCTIVE, MigrationClass, Verdict, of_migration
+
+
+def class_of(m: Migration | Classified, accept_class: Iterable[str] = ()) -> MigrationClass:
+    """A migration's release class; a file that cannot run is destructive, not proven."""
+    if isinstance(m, Migration):
+        try:
+            m = classify(m)
+        except MaintError as exc:
+            return MigrationClass(m.key, Verdict(DESTRUCTIVE, f"not proven: {exc}"))
+    return of_migration(m.key, m.statements, m.directives, accept_class)
 
 
 def order_of(key: str) -> tuple[int, int] | None:
@@ -79,6 +90,7 @@ class Plan:
     pending: list[Classified]
     accept: list[Changed]
     problems: list[str] = field(default_factory=list)
+    classes: list[MigrationClass] = field(default_factory=list)  # the pending ones'
 
     @property
     def ok(self) -> bool:
@@ -91,17 +103,19 @@ class Plan:
             raise MaintError(self.problems[0] + extra, resume=self._resume_accepting(resume))
 
     def _resume_accepting(self, resume: str | None) -> str | None:
-        """RESUME with the --accept-changed a changed applied file needs.
+        """RESUME with the --accept-changed a changed applied file needs, and
+        the --accept-class a refused declared class needs.
 
         dpkg cannot pass the option: its postinst would fail the same way
         forever, so the one command that works is a rerun with it, and
         dpkg's own configure afterwards.
         """
         accepted = {c.key for c in self.accept}
-        owed = [c.key for c in self.status.changed if c.key not in accepted]
+        owed = [f"--accept-changed {c.key}" for c in self.status.changed if c.key not in accepted]
+        owed += [f"--accept-class {c.key}" for c in self.classes if c.refused]
         if resume is None or not owed:
             return resume
-        flags = " ".join(f"--accept-changed {key}" for key in owed)
+        flags = " ".join(owed)
         if resume.startswith("dpkg "):
             return f"ivle-maint rerun {flags}, then: dpkg --configure -a"
         return f"{resume} {flags}"
@@ -166,6 +180,7 @@ def make_plan(
     st: Status,
     accept_changed: Iterable[str],
     allow_out_of_order: bool,
+    accept_class: Iterable[str] = (),
 ) -> Plan:
     """Classify every pending file and list everything that blocks migrate."""
     problems: list[str] = []
@@ -202,4 +217,19 @@ def make_plan(
             pending.append(classify(m, server_version=version, standard_strings=standard))
         except MaintError as exc:
             problems.append(str(exc))
-    return Plan(st, pending, accept, problems)
+    classes, refusals = classes_of(pending, accept_class)
+    return Plan(st, pending, accept, problems + refusals, classes)
+
+
+def classes_of(pending: list[Classified], accept_class: Iterable[str]
+               ) -> tuple[list[MigrationClass], list[str]]:
+    """The pending migrations' classes, and what blocks: a milder class
+    declared and not accepted, or --accept-class naming no such migration."""
+    accepted = {canonical(key) or key: key for key in accept_class}
+    classes = [class_of(c, accepted) for c in pending]
+    problems = [c.refusal() for c in classes if c.refused]
+    overriding = {c.key for c in classes if c.overrides}
+    problems += [f"--accept-class {typed}: not a pending migration whose header declares a "
+                 "milder class than found" for key, typed in accepted.items()
+                 if key not in overriding]
+    return classes, problems

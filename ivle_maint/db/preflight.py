@@ -27,6 +27,8 @@ from .classify import Classified, classify
 from .connect import connect, params_from_settings
 from .discovery import check_writers, discover
 from .marker import why_not_writable
+from .migration_class import MigrationClass, release_class
+from .plan import classes_of
 
 if TYPE_CHECKING:
     from ..context import UpgradeContext
@@ -67,17 +69,21 @@ def check_database(ctx: UpgradeContext) -> int:
     status = migrations.status(ctx.settings, migrations_dir=ctx.preflight_migrations,
                                reporter=ctx.reporter)
     if status.unmarked:
-        pending = len(classified_after_baseline(ctx)[1])
+        classified = classified_after_baseline(ctx)[1]
+        refusals = classes_of(classified, ctx.accept_class)[1]
+        if refusals:
+            raise MaintError(refusals[0])
+        pending = len(classified)
     else:
         try:
             plan = migrations.preflight(
                 ctx.settings, migrations_dir=ctx.preflight_migrations,
                 accept_changed=ctx.accept_changed, allow_out_of_order=ctx.allow_out_of_order,
-                reporter=ctx.reporter, resume=ctx.resume,
+                accept_class=ctx.accept_class, reporter=ctx.reporter, resume=ctx.resume,
             )
         except MaintError as exc:
             # One line, unless the way on needs an option (a changed applied file).
-            if exc.resume and "--accept-changed" not in exc.resume:
+            if exc.resume and "--accept-" not in exc.resume:
                 exc.resume = None
             raise
         pending = len(plan.pending)
@@ -198,13 +204,14 @@ def plan_lines(ctx: UpgradeContext, source: str | None, baseline: str) -> list[s
             return [f"migrations: blocked: {exc}"]
         lines = [f"no migration marker yet: {baseline} records the {recorded} migrations of "
                  f"{ctx.old} as applied, without running them"]
-        problems: list[str] = []
+        classes, problems = classes_of(pending, ctx.accept_class)
     else:
         plan = migrations.preflight(
             ctx.settings, migrations_dir=directory, accept_changed=ctx.accept_changed,
-            allow_out_of_order=ctx.allow_out_of_order, reporter=ctx.reporter, check=False,
+            allow_out_of_order=ctx.allow_out_of_order, accept_class=ctx.accept_class,
+            reporter=ctx.reporter, check=False,
         )
-        pending, problems, lines = plan.pending, plan.problems, []
+        pending, classes, problems, lines = plan.pending, plan.classes, plan.problems, []
     lines.append(f"pending migrations in {source or directory}: {len(pending)}")
     if ctx.new_migrations is None and ctx.migrations_dir is None:
         # Before the upgrade these are the old version's files: say so, or
@@ -213,5 +220,21 @@ def plan_lines(ctx: UpgradeContext, source: str | None, baseline: str) -> list[s
                      "may add more: give --new-migrations with its package's preinst, or "
                      "--migrations DIR)")
     lines += [f"  {c.key} ({c.mode})" for c in pending]
+    lines += release_lines(classes)
     lines += [f"  blocked: {problem}" for problem in problems]
     return lines
+
+
+def release_lines(classes: list[MigrationClass]) -> list[str]:
+    """The release's class, and each migration that decided it with its statement."""
+    if not classes:
+        return []
+    top, deciding = release_class(classes)
+    more = len(deciding) - SHOWN
+    return [f"release class: {top} (additive: the old code keeps working; locking: a table "
+            "is locked while scanned or rewritten; destructive: the old code can break)",
+            *(f"  decided by {c.line()}" for c in deciding[:SHOWN]),
+            *([f"  and {more} more of this class (ivle-maint db classify)"] if more > 0 else [])]
+
+
+SHOWN = 5  # deciding migrations the plan names

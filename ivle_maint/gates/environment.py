@@ -74,6 +74,9 @@ OWN: dict[str, str] = {
     "IVLECONF": "the directory of ivle.conf, as IVLE reads it",
     "IVLE_MAINT_CONF": "ivle-maint's settings file",
     "IVLE_MAINT_DURING_UPGRADE": "[web] during_upgrade for dpkg's hooks",
+    "IVLE_MAINT_ACCEPT_CLASS": "--accept-class for dpkg's hooks",
+    "SUDO_USER": "who accepted a migration's class, for its marker row",
+    "LOGNAME": "who accepted a migration's class, without sudo",
     "TERM": "whether the terminal shows progress (output.py)",
     "HOME": "the user's home, reset to root's home for children",
 }

@@ -36,7 +36,7 @@ def migrate(ctx: UpgradeContext) -> Outcome:
     result = apply_migrations(
         ctx.settings, ctx.reporter, migrations_dir=ctx.migrations,
         accept_changed=ctx.accept_changed, allow_out_of_order=ctx.allow_out_of_order,
-        package_version=ctx.new, resume=ctx.resume,
+        accept_class=ctx.accept_class, package_version=ctx.new, resume=ctx.resume,
         upgrade=ctx.upgrade_id or None, epoch=_epoch(ctx),
         terminate_stale_lock=ctx.terminate_stale_lock,
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ivle_maint import cli
+from ivle_maint.db import pgparse
 from ivle_sandbox.postgres import free_port
 from support.migration_site import Site
 
@@ -74,6 +75,8 @@ def test_dry_run_shows_classification_and_sql_and_changes_nothing(
     assert "-- mode own-transaction: its own BEGIN/COMMIT (lines 2, 14) replaced" in out
     assert "-- mode no-transaction: opted out" in out
     assert "-- runs outside a transaction: CREATE INDEX CONCURRENTLY" in out
+    if pgparse.available():
+        assert "-- class additive: line 4: CREATE TABLE project" in out
     assert "CREATE TABLE project (" in out and "$$ LANGUAGE plpgsql;" in out
     assert out.count("BEGIN;\n") == 5  # one per transactional migration, none for the opt-out
     assert site.marker() == {"20090105": "baseline"}

@@ -105,3 +105,21 @@ def test_a_preinst_without_a_manifest_is_one_line(both):
     assert "without dh_ivle_maint's migrations manifest" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert unchanged(both)
+
+
+def test_the_plan_shows_the_release_class_and_what_decided_it(both):
+    staged = both.root / "staged-classes"
+    staged.mkdir()
+    locking = {"20100301-01.sql": "CREATE INDEX login_nick_idx ON login (nick);\n"}
+    for name, text in {**OLD, **NEW, **locking}.items():
+        (staged / name).write_text(text)
+    done = plan(both, "--migrations", str(staged))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("release class: "))
+    assert lines[at].startswith("release class: locking (additive: the old code keeps working")
+    assert lines[at + 1].startswith("  decided by 20100301-01  locking      line 1: CREATE "
+                                    "INDEX on login without CONCURRENTLY")
+    assert "CREATE INDEX CONCURRENTLY in a file whose header says" in lines[at + 1]
+    assert sum("decided by" in line for line in lines) == 1
+    assert unchanged(both)

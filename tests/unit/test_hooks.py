@@ -69,3 +69,11 @@ def test_bad_hook_arguments_exit_2_as_documented(tmp_path, capsys, argv):
     assert "2   bad input: settings, ivle.conf, the command line (dpkg's arguments\n" \
            "      to 'hook' too)" in EXIT_STATUSES
     assert not (tmp_path / "state").exists()
+
+
+def test_dpkg_options_take_accepted_classes_from_the_environment():
+    from ivle_maint.hooks import dpkg_options
+
+    options = dpkg_options({"IVLE_MAINT_ACCEPT_CLASS": "20100101-01, 20100102-01"})
+    assert options.accept_class == ("20100101-01", "20100102-01")
+    assert dpkg_options({}).accept_class == ()
