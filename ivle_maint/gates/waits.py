@@ -22,7 +22,10 @@ to the person at the terminal.
   application, since when, their query) from pg_blocking_pids() and
   pg_stat_activity; the server gives up after [database]
   statement_lock_timeout (the session's lock_timeout, gates/environment),
-  and the failure says whom to end.
+  and the failure says whom to end.  A migration's try (short_waits())
+  gives way after [database] ddl_lock_timeout instead: its holders are
+  looked at before then and kept for the line that tells the retry
+  (db/apply.py), but told by a look only once the wait lasts tell_interval.
 - Connecting.  A non-blocking connection (as wait() makes them) ignores
   libpq's connect_timeout: the deadline given to connecting() bounds it.
 - Children.  A command runs with its timeout (system.run) and its output
