@@ -146,13 +146,18 @@ class _Tries:
         pause = self.policy.pause(self.attempt, self.draw)
         where = f"{self.c.migration.path}:{way.statement.line}"
         lock = f" ({way.wanted})" if way.wanted else ""
-        if self.policy.gives_up(self.attempt, time.monotonic() - self.first, pause):
+        elapsed = time.monotonic() - self.first
+        if self.policy.gives_up(self.attempt, elapsed, pause):
+            if self.attempt >= self.policy.attempts:
+                bound, setting = f"ddl_retries {self.policy.retries}", "ddl_retries"
+            else:  # the next try would start too late
+                bound = f"statement_lock_timeout {self.policy.budget:g}s, {elapsed:.0f}s spent"
+                setting = "statement_lock_timeout"
             raise Failed(
                 f"migration {self.c.key} failed at {where}: {way.reason} on each of "
-                f"{self.attempt} tries ([database] ddl_lock_timeout "
-                f"{self.policy.attempt_timeout():g}s, ddl_retries {self.policy.retries}); "
-                f"{_effect(self.c)}"
-                f"{_lock_advice(way.holders, '[database] ddl_retries')}") from None
+                f"{self.attempt} tries of {self.policy.attempt_timeout():g}s ([database] "
+                f"ddl_lock_timeout; {bound}); {_effect(self.c)}"
+                f"{_lock_advice(way.holders, f'[database] {setting}')}") from None
         held = "; ".join(text for _, text in way.holders) or "another session"
         again = "that statement" if self.c.mode == NO_TRANSACTION else "rolled back, all of it"
         self.tell(f"migration {self.c.key} gave way at {where} after "

@@ -40,6 +40,7 @@ SELECT a.pid, a.usename, a.application_name, a.state, a.xact_start,
    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
    AND c.relnamespace <> 'pg_catalog'::regnamespace
    AND a.pid <> pg_backend_pid()
+   AND a.backend_type = 'client backend'  -- autovacuum gives way to DDL by itself
    AND a.xact_start < now() - make_interval(secs => %(age)s)
    AND (%(every)s OR l.relation IN (SELECT rel FROM wanted))
  GROUP BY a.pid, a.usename, a.application_name, a.state, a.xact_start, a.query

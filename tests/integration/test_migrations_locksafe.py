@@ -146,7 +146,8 @@ def test_the_retries_give_up_after_n_in_one_line_with_nothing_applied(db: Site) 
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith(f"migration {KEY} failed at {db.migrations / KEY}.sql:1: "
-                              "canceling statement due to lock timeout on each of 3 tries")
+                              "canceling statement due to lock timeout on each of 3 tries "
+                              "of 0.3s ([database] ddl_lock_timeout; ddl_retries 2); ")
     assert f"nothing of {KEY} was applied" in message
     assert f"SELECT pg_terminate_backend({holder.info.backend_pid});" in message \
         or "another session holds a lock it needs" in message
