@@ -144,7 +144,9 @@ backup_keep = integer(min=1, default=5)
 # create in: plain schema names, comma-separated.
 search_path = string(default='public')
 # Seconds a statement waits for a lock another session holds (PostgreSQL's
-# lock_timeout) before it gives up, naming the holder; 0: no limit.
+# lock_timeout) before it gives up, naming the holder; 0: no limit.  A
+# migration also waits at most this long for old transactions, and makes
+# no try later than this after its first (ddl_lock_timeout below).
 statement_lock_timeout = float(min=0, default=300)
 # Seconds a statement may run (PostgreSQL's statement_timeout); 0, the
 # default: no limit, since a migration may rewrite a large table (waiting
