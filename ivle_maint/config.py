@@ -144,7 +144,9 @@ backup_keep = integer(min=1, default=5)
 # create in: plain schema names, comma-separated.
 search_path = string(default='public')
 # Seconds a statement waits for a lock another session holds (PostgreSQL's
-# lock_timeout) before it gives up, naming the holder; 0: no limit.
+# lock_timeout) before it gives up, naming the holder; 0: no limit.  A
+# migration also waits at most this long for old transactions, and makes
+# no try later than this after its first (ddl_lock_timeout below).
 statement_lock_timeout = float(min=0, default=300)
 # Seconds a statement may run (PostgreSQL's statement_timeout); 0, the
 # default: no limit, since a migration may rewrite a large table (waiting
@@ -153,6 +155,25 @@ statement_timeout = float(min=0, default=0)
 # Seconds between the lines that name who holds the lock a statement waits
 # for (the first comes after about a second).
 tell_interval = float(min=0.5, default=5)
+# A migration's statements wait at most this many seconds for a lock (each
+# attempt's lock_timeout), then give way: the migration's transaction is
+# rolled back (no-transaction mode: only that statement), so a busy table
+# delays the migration instead of queueing every reader behind its DDL, and
+# it is tried again.  0: no retries, each statement waits up to
+# statement_lock_timeout as one wait.
+ddl_lock_timeout = float(min=0, default=2)
+# Tries after the first before the migration gives up, nothing of it
+# applied; statement_lock_timeout, when set, also bounds them: no try starts
+# later than that many seconds after the first.
+ddl_retries = integer(min=0, default=10)
+# The longest pause between two tries, in seconds: the pauses double from
+# half a second up to this, each a random time between half and all of it.
+ddl_retry_max_wait = float(min=0, default=30)
+# A migration does not start while a transaction older than this many
+# seconds holds a lock on a table it touches (every table, without
+# python3-pglast): the holder is named and waited for, up to
+# statement_lock_timeout.  0: no such check.
+old_transaction_age = float(min=0, default=60)
 
 [media]
 # Rewrite [media] version even when ivle.conf leaves it unset.

@@ -26,7 +26,7 @@ import psycopg2
 
 from ..config import Settings
 from ..db import backup as backups
-from ..db import lock, marker, pins
+from ..db import lock, marker, pins, retry
 from ..db.apply import Applied, Failed, apply, pg_reason
 from ..db.connect import ConnectParams, connect, params_from_settings
 from ..db.discovery import check_writers, checksum, discover, find, from_files
@@ -215,10 +215,13 @@ def apply_migrations(
         _accept(s.conn, plan.accept, reporter)
         result.accepted = [c.key for c in plan.accept]
         total = len(plan.pending)
+        policy = retry.from_settings(settings)
         for done, c in enumerate(plan.pending):
             reporter.progress("migrations", done, total)
             try:
-                applied = apply(s.conn, c, host=settings.node_name, package_version=package_version)
+                applied = apply(s.conn, c, host=settings.node_name,
+                                package_version=package_version, policy=policy,
+                                tell=reporter.info)
             except Failed as exc:
                 raise MaintError(_failure(str(exc), s.params, result), resume=resume) from None
             result.applied.append(applied)

@@ -22,7 +22,10 @@ to the person at the terminal.
   application, since when, their query) from pg_blocking_pids() and
   pg_stat_activity; the server gives up after [database]
   statement_lock_timeout (the session's lock_timeout, gates/environment),
-  and the failure says whom to end.
+  and the failure says whom to end.  A migration's try (short_waits())
+  gives way after [database] ddl_lock_timeout instead: its holders are
+  looked at before then and kept for the line that tells the retry
+  (db/apply.py), but told by a look only once the wait lasts tell_interval.
 - Connecting.  A non-blocking connection (as wait() makes them) ignores
   libpq's connect_timeout: the deadline given to connecting() bounds it.
 - Children.  A command runs with its timeout (system.run) and its output
@@ -217,6 +220,9 @@ class Watch:
     gives_up: str  # e.g. "gives up after 300s ([database] statement_lock_timeout)"
     doing: str = "a database statement"
     holders: list[tuple[int, str]] = field(default_factory=list)  # the last seen: pid, text
+    wanted: str = ""  # the lock the last look saw the statement wait for
+    first_look: float = FIRST_LOOK  # seconds into a wait of the first look
+    quiet_for: float = 0.0  # looks before this many seconds only note the holders
 
 
 _watches: weakref.WeakKeyDictionary[Any, Watch] = weakref.WeakKeyDictionary()
@@ -241,6 +247,32 @@ def last_holders(conn: Any) -> list[tuple[int, str]]:
     return list(watcher.holders) if watcher is not None else []
 
 
+def last_wanted(conn: Any) -> str:
+    """The lock the last look saw conn's statement wait for ('' if none)."""
+    watcher = _watches.get(conn)
+    return watcher.wanted if watcher is not None else ""
+
+
+@contextmanager
+def short_waits(conn: Any, *, lock_timeout: float, gives_up: str) -> Iterator[None]:
+    """conn's statements run with a short lock_timeout (a migration's try): the
+    holders are looked at before it expires, so the retry can name them, but
+    told only once a wait lasts tell_interval; lines say GIVES_UP."""
+    watcher = _watches.get(conn)
+    if watcher is None:
+        yield
+        return
+    saved = (watcher.gives_up, watcher.first_look, watcher.quiet_for)
+    watcher.gives_up = gives_up
+    watcher.first_look = min(FIRST_LOOK, lock_timeout / 2)
+    watcher.quiet_for = watcher.interval
+    watcher.holders, watcher.wanted = [], ""
+    try:
+        yield
+    finally:
+        watcher.gives_up, watcher.first_look, watcher.quiet_for = saved
+
+
 def printable(text: object, limit: int = QUERY_CHARS) -> str:
     """Text from the server (a query, a name) on one printable line, cut at
     LIMIT: white space folded for reading, the rest escaped by gates.text."""
@@ -251,6 +283,7 @@ def printable(text: object, limit: int = QUERY_CHARS) -> str:
 _HOLDERS = """
 SELECT a.pid, a.usename, a.application_name, a.state,
        coalesce(a.xact_start, a.query_start, a.backend_start), a.query,
+       extract(epoch FROM now() - coalesce(a.xact_start, a.query_start, a.backend_start)),
        (SELECT string_agg(DISTINCT w.mode || ' on ' ||
                coalesce(w.relation::regclass::text, w.locktype), ', ')
           FROM pg_locks w WHERE w.pid = %(me)s AND NOT w.granted)
@@ -265,10 +298,11 @@ def holders(side: Any, backend_pid: int) -> tuple[str, list[tuple[int, str]]]:
     with side.cursor() as cur:
         cur.execute(_HOLDERS, {"me": backend_pid})
         rows = cur.fetchall()
-    wanted = next((row[6] for row in rows if row[6]), "") or ""
+    wanted = next((row[7] for row in rows if row[7]), "") or ""
     found = []
-    for pid, user, app, state, since, query, _ in rows:
+    for pid, user, app, state, since, query, age, _ in rows:
         when = f", since {since:%Y-%m-%d %H:%M:%S %Z}".rstrip() if since else ""
+        when += f", {float(age):.0f}s ago" if age is not None else ""
         what = f"{printable(state or '?', 40)}: {printable(query)}" if query else "?"
         app_text = f", {printable(app, 60)}" if app else ""
         who = printable(user or "?", 64)
@@ -290,8 +324,8 @@ def _look(conn: Any, watcher: Watch, waited: float) -> None:
     except psycopg2.Error as exc:
         log.info("cannot see who blocks %s: %s", watcher.doing, printable(exc, 200))
         return
-    watcher.holders = found
-    if found:
+    watcher.holders, watcher.wanted = found, wanted
+    if found and waited >= watcher.quiet_for:
         lock = f" ({wanted})" if wanted else ""
         watcher.tell(f"{watcher.doing} has waited {waited:.0f}s for a lock{lock} held by "
                      f"{'; '.join(text for _, text in found)}; {watcher.gives_up}")
@@ -328,7 +362,7 @@ def wait(conn: Any) -> None:
 
     watcher = _watches.get(conn)
     started = time.monotonic()
-    next_look = started + FIRST_LOOK
+    next_look = started + (watcher.first_look if watcher is not None else FIRST_LOOK)
     deadline = _deadline[-1] if _deadline and not watcher else None
     interrupted: BaseException | None = None
     while True:

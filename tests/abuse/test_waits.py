@@ -52,7 +52,8 @@ def db(postgres: Any, tmp_path: Path) -> Iterator[Site]:
     """A baselined database with one migration pending that alters login."""
     with baselined_site(postgres, tmp_path) as site:
         site.add_migration("20100101-01.sql", ALTER)
-        add_settings(site, statement_lock_timeout=4, tell_interval=0.5)
+        # One wait per statement (no tries that give way): the session's lock_timeout.
+        add_settings(site, statement_lock_timeout=4, tell_interval=0.5, ddl_lock_timeout=0)
         yield site
 
 
@@ -147,7 +148,8 @@ def test_a_dump_blocked_by_a_lock_gives_up_too(db: Site) -> None:
 ])
 def test_a_signal_cancels_the_blocked_statement_on_the_server(
         db: Site, tmp_path: Path, sig: int, status: int, said: str) -> None:
-    add_settings(db, statement_lock_timeout=0, tell_interval=0.5)  # it would wait for ever
+    # it would wait for ever
+    add_settings(db, statement_lock_timeout=0, tell_interval=0.5, ddl_lock_timeout=0)
     holder = lock_login(db)
     err = tmp_path / "stderr"
     try:
