@@ -260,14 +260,16 @@ def _run_statements(conn: Any, c: Classified, tries: _Tries | None) -> None:
 
 def apply(conn: Any, c: Classified, *, host: str, package_version: str | None,
           policy: LockPolicy | None = None, tell: Callable[[str], None] | None = None,
-          draw: random.Random | None = None) -> Applied:
+          draw: random.Random | None = None,
+          class_override: tuple[str, str] | None = None) -> Applied:
     """Run one migration and write its marker row; raise Failed on failure.
 
     Transactional modes: statements and marker row in one transaction.
     no-transaction: statements in autocommit, as psql runs them, then the
     marker row in a transaction of its own.  policy: how it waits for other
     sessions' locks (none: each statement waits the session's lock_timeout);
-    tell: where the waits are told; draw: the jitter's random numbers.
+    tell: where the waits are told; draw: the jitter's random numbers;
+    class_override: (what --accept-class took, who), in the marker row.
     """
     policy = policy or LockPolicy()
     tell = tell or log.info
@@ -285,17 +287,19 @@ def apply(conn: Any, c: Classified, *, host: str, package_version: str | None,
         except old_transactions.StillHeld as exc:
             raise Failed(str(exc)) from None
     if not policy.retrying:
-        return _try(conn, c, host=host, package_version=package_version, tries=None)
+        return _try(conn, c, host=host, package_version=package_version, tries=None,
+                    class_override=class_override)
     tries = _Tries(c, policy, tell, draw or random.Random())
     while True:
         try:
-            return _try(conn, c, host=host, package_version=package_version, tries=tries)
+            return _try(conn, c, host=host, package_version=package_version, tries=tries,
+                        class_override=class_override)
         except GaveWay as way:
             tries.back_off(way)
 
 
 def _try(conn: Any, c: Classified, *, host: str, package_version: str | None,
-         tries: _Tries | None) -> Applied:
+         tries: _Tries | None, class_override: tuple[str, str] | None = None) -> Applied:
     """One run of the migration and its marker row; GaveWay: rolled back, try again."""
     reset_session(conn)
     conn.autocommit = c.mode == NO_TRANSACTION
@@ -325,6 +329,7 @@ def _try(conn: Any, c: Classified, *, host: str, package_version: str | None,
                 duration=seconds,
                 host=host,
                 package_version=package_version,
+                class_override=class_override,
             )
         conn.commit()
     except psycopg2.Error as exc:

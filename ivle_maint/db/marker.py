@@ -235,23 +235,24 @@ def record(
     host: str | None = None,
     package_version: str | None = None,
     note: str | None = None,
+    class_override: tuple[str, str] | None = None,
 ) -> None:
-    """Insert one row in the caller's transaction; exactly one row or an error."""
+    """Insert one row in the caller's transaction; exactly one row or an error.
+
+    class_override: (what --accept-class took, who), written with the row
+    so that a migration is never applied without it (ensure() made the
+    columns)."""
+    columns = ["key", "filename", "checksum", "mode", "duration", "host",
+               "ivle_maint_version", "package_version", "note"]
+    values: list[object] = [key, filename, checksum, mode, duration,
+                            host or socket.gethostname(), __version__, package_version, note]
+    if class_override is not None:
+        columns += ["class_override", "class_override_by"]
+        values += list(class_override)
     cur.execute(
-        f"INSERT INTO {TABLE} (key, filename, checksum, mode, duration, host, "
-        "ivle_maint_version, package_version, note) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        [
-            key,
-            filename,
-            checksum,
-            mode,
-            duration,
-            host or socket.gethostname(),
-            __version__,
-            package_version,
-            note,
-        ],
+        f"INSERT INTO {TABLE} ({', '.join(columns)}) "
+        f"VALUES ({', '.join(['%s'] * len(values))})",
+        values,
     )
     if cur.rowcount != 1:  # as Alembic checks its version row
         raise MaintError(f"recording migration {key} in {TABLE} changed {cur.rowcount} rows")
@@ -265,13 +266,3 @@ def accept_checksum(cur: Any, key: str, old: str, new: str, note: str) -> None:
     )
     if cur.rowcount != 1:
         raise MaintError(f"accepting the change to {key} changed {cur.rowcount} rows in {TABLE}")
-
-
-def record_class_override(conn: Any, key: str, override: str, by: str) -> None:
-    """Say in KEY's row, just written, which class --accept-class took and who."""
-    with conn, conn.cursor() as cur:
-        cur.execute(f"UPDATE {TABLE} SET class_override = %s, class_override_by = %s "
-                    "WHERE key = %s", [override, by, key])
-        if cur.rowcount != 1:
-            raise MaintError(f"recording the class accepted for {key} changed {cur.rowcount} "
-                             f"rows in {TABLE}")

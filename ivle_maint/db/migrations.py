@@ -218,32 +218,28 @@ def apply_migrations(
         policy = retry.from_settings(settings)
         for done, c in enumerate(plan.pending):
             reporter.progress("migrations", done, total)
+            override = _class_override(plan.classes[done])
             try:
                 applied = apply(s.conn, c, host=settings.node_name,
                                 package_version=package_version, policy=policy,
-                                tell=reporter.info)
+                                tell=reporter.info, class_override=override)
             except Failed as exc:
                 raise MaintError(_failure(str(exc), s.params, result), resume=resume) from None
             result.applied.append(applied)
             reporter.info(f"applied {c.key} ({c.mode}) in {applied.seconds:.1f}s")
-            _record_override(s.conn, plan.classes[done], reporter)
+            if override is not None:
+                reporter.info(f"{c.key}: {override[0]}, accepted by {override[1]}")
         reporter.progress("migrations", total, total)
     return result
 
 
-def _record_override(conn: Any, cls: MigrationClass, reporter: Reporter) -> None:
-    """An accepted milder class goes into the migration's marker row, with who.
-
-    Right after the row's own transaction (db/apply.py writes the row):
-    killed in between, the migration stays applied without the note.
-    """
+def _class_override(cls: MigrationClass) -> tuple[str, str] | None:
+    """What --accept-class took for this migration and who, for its marker
+    row (written in the row's own transaction: never applied without it)."""
     if not (cls.overrides and cls.accepted):
-        return
+        return None
     found = cls.found
-    override = f"accepted {cls.declared}, found {found.cls} ({found.describe()})"
-    by = who()
-    marker.record_class_override(conn, cls.key, override, by)
-    reporter.info(f"{cls.key}: {override}, accepted by {by}")
+    return f"accepted {cls.declared}, found {found.cls} ({found.describe()})", who()
 
 
 def _back_up(settings: Settings, params: ConnectParams, first_key: str, st: Status,
