@@ -21,9 +21,9 @@ import pytest
 from ivle_maint.db import lock, migrations
 from ivle_maint.errors import LockedError, MaintError
 from ivle_maint.gates import environment
-from ivle_maint.output import RecordingReporter
 from ivle_sandbox import schema
 from ivle_sandbox.postgres import ThrowawayPostgres, free_port
+from support.lock_holders import Migrator
 from support.migration_site import Site
 
 pytestmark = pytest.mark.needs_postgres
@@ -34,23 +34,6 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.05)
-
-
-class Runner(threading.Thread):
-    """migrate() in a thread, keeping its result or exception."""
-
-    def __init__(self, site: Site, **settings: Any) -> None:
-        super().__init__(daemon=True)
-        self.settings = site.settings(**settings)
-        self.reporter = RecordingReporter()
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.result = migrations.apply_migrations(self.settings, self.reporter)
-        except BaseException as exc:
-            self.error = exc
 
 
 def baselined(site: Site) -> Site:
@@ -110,7 +93,7 @@ def test_second_runner_waits_then_times_out(site: Site, holder: Any) -> None:
 
 
 def test_lock_of_a_killed_runner_is_released(site: Site, holder: Any) -> None:
-    runner = Runner(site, lock_timeout=30)
+    runner = Migrator(site.settings(lock_timeout=30))
     runner.start()
     wait_for(lambda: any("waiting up to 30s" in line for line in runner.reporter.lines))
     assert runner.is_alive() and "locked_in" not in site.columns("login")
@@ -124,7 +107,7 @@ def test_lock_of_a_killed_runner_is_released(site: Site, holder: Any) -> None:
 def test_two_runners_never_apply_the_same_migration(site: Site) -> None:
     baselined(site)
     site.add_migration("20100102-01.sql", "SELECT pg_sleep(0.5);\n")
-    runners = [Runner(site, lock_timeout=30) for _ in range(2)]
+    runners = [Migrator(site.settings(lock_timeout=30)) for _ in range(2)]
     for r in runners:
         r.start()
     for r in runners:
