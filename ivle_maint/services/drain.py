@@ -71,23 +71,37 @@ def signal_and_drain(pid: int, signum: int, timeout: float) -> bool:
     # Before the signal (a child may end and be reaped at once) and after it
     # (one forked meanwhile); a graceful stop forks none after that.
     before = set(children(pid))
-    kids = [fd for fd in map(open_pidfd, before) if fd is not None]
+    kids = pidfds(before)
     try:
         signal.pidfd_send_signal(main, signum)
-        late = [fd for fd in map(open_pidfd, set(children(pid)) - before) if fd is not None]
-        kids += late
+        kids += pidfds(set(children(pid)) - before)
         return _wait_main_or_all(main, kids, time.monotonic() + timeout)
     finally:
         _close([main, *kids])
 
 
-def _wait_main_or_all(main: int, kids: list[int], deadline: float) -> bool:
+def pidfds(pids: Iterable[int]) -> list[int]:
+    """Pidfds of those of PIDS still running (the caller closes them)."""
+    return [fd for fd in map(open_pidfd, pids) if fd is not None]
+
+
+def wait_all(fds: list[int], timeout: float) -> bool:
+    """True once every process of FDS (pidfds) has exited; False after TIMEOUT."""
+    return _wait_main_or_all(None, fds, time.monotonic() + timeout)
+
+
+def close_all(fds: Iterable[int]) -> None:
+    _close(fds)
+
+
+def _wait_main_or_all(main: int | None, kids: list[int], deadline: float) -> bool:
     poller = select.poll()
     for fd in (main, *kids):
-        poller.register(fd, select.POLLIN)
+        if fd is not None:
+            poller.register(fd, select.POLLIN)
     alive = set(kids)
     while True:
-        if not alive and kids:
+        if not alive and (kids or main is None):
             return True
         left = deadline - time.monotonic()
         if left <= 0:
