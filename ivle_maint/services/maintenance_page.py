@@ -42,6 +42,7 @@ from ..gates.schema_hold import ivle_sites as sites
 from ..journal import Journal, oldest_first
 from ..output import Reporter
 from ..safepaths import read_nofollow
+from . import quick
 from .drain import close_all, pidfds, wait_all
 from .init_scripts import RUNNING, ServiceControl, control_from_settings
 
@@ -275,7 +276,7 @@ def _graceful(control: ServiceControl, name: str, how: str = "graceful") -> str:
     old = pidfds(pid for pid, _start in _children())
     started = time.monotonic()
     try:
-        done = system.run(control._argv(name, "reload"), timeout=control.timeout or None)
+        done = quick.run(control._argv(name, "reload"), timeout=control.timeout or None)
         if not done.ok:
             last = done.tail[-1] if done.tail else "no output"
             raise MaintError(f"{' '.join(done.argv)} failed with status {done.exit_code}: "
