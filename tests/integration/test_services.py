@@ -574,3 +574,36 @@ def test_graceful_stop_obeys_policy_rc_d(slave: Any, invoke_rc_d: Any):
     invoke_rc_d.write_policy(ALLOW)
     result, got = graceful_stop(slave, control(slave))
     assert got == [200] and (result.outcome, result.backend) == (DONE, "invoke-rc.d")
+
+
+LAZY = """\
+#!/bin/sh
+# Its stop returns at once; the daemon takes half a second to exit.
+PIDFILE={run}/lazyd.pid
+case "$1" in
+  start) /usr/bin/python3 -c 'import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: (time.sleep(0.5), sys.exit(0)))
+while True: time.sleep(1)' </dev/null >/dev/null 2>&1 &
+         echo $! > $PIDFILE;;
+  stop) kill -TERM "$(cat $PIDFILE)";;
+  status) echo status >> {run}/lazyd.asked
+          pid=$(cat $PIDFILE 2>/dev/null) && [ -d /proc/$pid ] &&
+            ! grep -q '^State:.*Z' /proc/$pid/status;;
+esac
+"""
+
+
+def test_init_script_stop_waits_for_the_daemons_exit_not_a_poll(slave: Any):
+    """The stop returned before its daemon exited: the daemon's pidfd says when
+    (the old code asked the status again and again meanwhile)."""
+    script = slave.initd / "lazyd"
+    script.write_text(LAZY.format(run=slave.run_dir))
+    script.chmod(0o755)
+    control = ServiceControl(RecordingReporter(), backend="init.d", initd_dir=slave.initd,
+                             timeout=30)
+    assert control.start("lazyd").state == RUNNING
+    asked = slave.run_dir / "lazyd.asked"
+    asked.unlink()
+    result = control.stop("lazyd")
+    assert (result.outcome, result.state) == (DONE, STOPPED)
+    assert asked.read_text().split() == ["status", "status", "status"]  # before, after, final
