@@ -31,13 +31,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .. import system
+from .. import quickrun, system
 from ..config import Settings
 from ..errors import MaintError
 from ..gates import schema_hold, trusted
 from ..output import Reporter
 from ..safepaths import check_dir
-from . import quick
 from .drain import signal_and_drain, wait_exit
 
 log = logging.getLogger(__name__)
@@ -168,10 +167,10 @@ class ServiceControl:
         "unknown" for every service, and asking changes nothing anyway.
         """
         if self._uses_systemctl():
-            done = quick.run(["systemctl", "is-active", name], keep_stdout=True, timeout=30)
+            done = quickrun.run(["systemctl", "is-active", name], keep_stdout=True, timeout=30)
             word = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
             return _systemd_state(word)
-        done = quick.run([str(self._init_script(name)), "status"], timeout=30)
+        done = quickrun.run([str(self._init_script(name)), "status"], timeout=30)
         return _lsb_state(done.exit_code)
 
     def wait_for(self, name: str, wanted: str, deadline: float) -> str:
@@ -187,7 +186,7 @@ class ServiceControl:
     def main_pid(self, name: str) -> int | None:
         """The service's main process: systemd's MainPID, else its pidfile's."""
         if self._uses_systemctl():
-            done = quick.run(["systemctl", "show", "-p", "MainPID", "--value", name],
+            done = quickrun.run(["systemctl", "show", "-p", "MainPID", "--value", name],
                               keep_stdout=True, timeout=30)
             value = done.stdout.strip()
             return int(value) if value.isdigit() and int(value) > 0 else None
@@ -237,7 +236,7 @@ class ServiceControl:
         helper = Path(os.environ.get("DPKG_ROOT", "") + "/usr/sbin/policy-rc.d")
         if not os.access(helper, os.X_OK):
             return False
-        return quick.run([str(helper), name, action], timeout=30).exit_code == POLICY_DENY
+        return quickrun.run([str(helper), name, action], timeout=30).exit_code == POLICY_DENY
 
     def _denial(self, name: str, action: str, out: str) -> str:
         """Why invoke-rc.d refused (exit 101); raises when it is no policy's wish."""
@@ -260,7 +259,7 @@ class ServiceControl:
         return f"invoke-rc.d did not run it: {out.splitlines()[-1] if out else 'no output'}"
 
     def _run(self, name: str, action: str) -> system.Completed:
-        return quick.run(
+        return quickrun.run(
             self._argv(name, action),
             timeout=self.timeout or None,
             on_line=lambda text: log.info("%s %s: %s", name, action, text),

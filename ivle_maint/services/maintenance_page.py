@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import system
+from .. import quickrun, system
 from ..config import Settings
 from ..errors import MaintError
 from ..gates import clock, trusted
@@ -42,7 +42,6 @@ from ..gates.schema_hold import ivle_sites as sites
 from ..journal import Journal, oldest_first
 from ..output import Reporter
 from ..safepaths import read_nofollow
-from . import quick
 from .drain import close_all, pidfds, wait_all
 from .init_scripts import RUNNING, ServiceControl, control_from_settings
 
@@ -276,7 +275,7 @@ def _graceful(control: ServiceControl, name: str, how: str = "graceful") -> str:
     old = pidfds(pid for pid, _start in _children())
     started = time.monotonic()
     try:
-        done = quick.run(control._argv(name, "reload"), timeout=control.timeout or None)
+        done = quickrun.run(control._argv(name, "reload"), timeout=control.timeout or None)
         if not done.ok:
             last = done.tail[-1] if done.tail else "no output"
             raise MaintError(f"{' '.join(done.argv)} failed with status {done.exit_code}: "

@@ -1,4 +1,4 @@
-"""quick.run: system.run's contract, returning when the command has ended."""
+"""quickrun.run: system.run's contract, returning when the command has ended."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import signal
 
 import pytest
 
+from ivle_maint import quickrun as quick
 from ivle_maint import system
 from ivle_maint.errors import MaintError
-from ivle_maint.services import quick
 
 
 def test_status_output_and_lines_as_system_run_gives_them():

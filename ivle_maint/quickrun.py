@@ -19,10 +19,10 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 
-from .. import children
-from ..errors import MaintError
-from ..gates import environment, trusted
-from ..system import TAIL_LINES, Completed
+from . import children
+from .errors import MaintError
+from .gates import environment, trusted
+from .system import TAIL_LINES, Completed
 
 OUTPUT_GRACE = 2.0
 
