@@ -197,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .commands import Context
     from .errors import Interrupted, MaintError
     from .gates import environment, root, waits
-    from .logfile import SAID, SafeFormatter
+    from .logformat import SAID, SafeFormatter
 
     if argv is None:  # the command itself: its environment, locale and umask pinned
         environment.pin_process()
