@@ -11,7 +11,6 @@ import contextlib
 import importlib
 import logging
 import os
-import pkgutil
 import sys
 from collections.abc import Sequence
 from types import TracebackType
@@ -44,12 +43,23 @@ settings: /etc/ivle/ivle-maint.conf, --config FILE or $IVLE_MAINT_CONF
 
 
 def _command_modules(only: str | None = None) -> list[object]:
-    """The command modules (commands/), or only the one named ONLY."""
+    """The command modules (commands/), or only the one named ONLY (none
+    when there is no such module)."""
     from . import commands
 
-    names = sorted(m.name for m in pkgutil.iter_modules(commands.__path__))
     if only is not None:
-        names = [only] if only in names else []
+        if not only.isidentifier() or only.startswith("_"):
+            return []
+        name = f"{commands.__name__}.{only}"
+        try:
+            return [importlib.import_module(name)]
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise  # a module it imports is missing: a broken install
+            return []
+    import pkgutil  # only to list them all
+
+    names = sorted(m.name for m in pkgutil.iter_modules(commands.__path__))
     modules = [importlib.import_module(f"{commands.__name__}.{name}") for name in names]
     return sorted(modules, key=lambda m: getattr(m, "ORDER", 50))
 

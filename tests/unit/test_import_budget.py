@@ -1,9 +1,9 @@
 """`ivle-maint db status` and `plan` load only what they use.
 
 A fresh interpreter loads what the command line loads for each command
-(cli.py, every command module to build the parser, then the modules the
+(cli.py, the command's module to build its parser, then the modules the
 command function imports) and lists sys.modules: none of the modules
-below may be among them.  Not a timing: a module is there or not.
+support/import_budget.py names may be among them.  Not a timing: a module is there or not.
 tests/integration/test_import_budget.py runs the commands themselves on
 a node, the database read included.
 
@@ -18,26 +18,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from support.import_budget import NOT_FOR_PLAN, NOT_FOR_STATUS, found
+
 REPO = Path(__file__).resolve().parents[2]
 
-# What reading the marker never needs: splitting, classifying (pglast),
-# applying, pg_dump's backups, running commands (sh), the steps.
-NOT_FOR_STATUS = (
-    "sh", "pglast", "debian", "psutil", "psycopg2.extras", "http.client",
-    "ivle_maint.system", "ivle_maint.children", "ivle_maint.logfile",
-    "ivle_maint.db.backup", "ivle_maint.db.pins", "ivle_maint.db.apply",
-    "ivle_maint.db.classify", "ivle_maint.db.sqlsplit", "ivle_maint.db.migration_class",
-    "ivle_maint.db.plan", "ivle_maint.db.migrations", "ivle_maint.db.preflight",
-    "ivle_maint.procedure", "ivle_maint.runner", "ivle_maint.steps", "ivle_maint.cluster",
-)
-# `plan` loads the steps (each says its own plan lines), so their
-# libraries; not the third-party modules they load only to act (an
-# upgrade loads them before its first step: upgrade.preload).
-NOT_FOR_PLAN = ("sh", "pglast", "psycopg2.extras")
 
-# The command line up to the command function: cli.py builds the whole
-# parser (every command module), then the function imports its modules.
-CLI = "import ivle_maint.cli as cli\ncli.build_parser()\n"
+# The command line up to the command function: cli.py builds the parser of
+# the command's module, then the function imports its modules.
+def cli(*argv: str) -> str:
+    return f"import ivle_maint.cli as cli\ncli.build_parser(cli.command_module({list(argv)!r}))\n"
 
 
 def loaded(code: str) -> set[str]:
@@ -49,14 +38,9 @@ def loaded(code: str) -> set[str]:
     return set(json.loads(done.stdout.splitlines()[-1]))
 
 
-def found(modules: set[str], forbidden: tuple[str, ...]) -> list[str]:
-    """The FORBIDDEN modules (or submodules of them) among MODULES."""
-    return sorted(m for m in modules for f in forbidden if m == f or m.startswith(f + "."))
-
-
 # What commands/db.py's show_status and commands/upgrade.py's cmd_plan import.
-STATUS = CLI + "from ivle_maint.db.status import status\n"
-PLAN = CLI + "from ivle_maint.plan import describe\n"
+STATUS = cli("db", "status") + "from ivle_maint.db.status import status\n"
+PLAN = cli("plan", "--to", "1.1") + "from ivle_maint.plan import describe\n"
 
 
 def test_db_status_loads_no_migration_machinery():
@@ -75,5 +59,8 @@ def test_the_probes_see_a_forbidden_module():
     modules = loaded(STATUS + "import ivle_maint.db.migrations\nimport sh\n")
     assert {"ivle_maint.db.backup", "ivle_maint.db.apply", "ivle_maint.db.sqlsplit", "sh"} \
         <= set(found(modules, NOT_FOR_STATUS))
+    every_command = loaded("import ivle_maint.cli as cli\ncli.build_parser()\n")
+    assert found(every_command, NOT_FOR_STATUS) == ["ivle_maint.commands.cluster",
+                                                    "ivle_maint.commands.upgrade"]
     preloaded = loaded(PLAN + "import ivle_maint.upgrade\nivle_maint.upgrade.preload()\n")
     assert "sh" in found(preloaded, NOT_FOR_PLAN)
