@@ -26,6 +26,8 @@ Run as root: `make bench`.
 
 from __future__ import annotations
 
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -138,19 +140,28 @@ def _read_times(node: Node, env: dict[str, str], ivle_maint: list[str],
         "psql": psql_select_argv(node),
     }
     times: dict[str, list[float]] = {name: [] for name in argvs}
+    times.update({f"{name} cpu": [] for name in argvs})
     for argv in argvs.values():  # once each, unmeasured: the page cache warm
         subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL,
                        stdin=subprocess.DEVNULL)
     for _ in range(runs):
         for name, argv in argvs.items():
+            cpu = _children_cpu()
             started = time.perf_counter()
             done = subprocess.run(argv, env=env, check=False, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
             times[name].append(time.perf_counter() - started)
+            times[f"{name} cpu"].append(_children_cpu() - cpu)
             if done.returncode != 0:
                 raise SystemExit(f"{' '.join(argv)} exited {done.returncode}: "
                                  f"{done.stderr.strip()}")
     return times
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user and system) of the children waited for so far."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
 
 
 def main() -> int:
@@ -180,15 +191,21 @@ def main() -> int:
           f"(target >= {SPEEDUP_TARGET:g}x: {'PASS' if speedup >= SPEEDUP_TARGET else 'FAIL'})")
     print(f"{recorded} recorded migrations, medians over {READ_RUNS} runs of each, whole "
           "processes, ivle-maint byte-compiled:")
+    # The machine's load beside: CPU time hardly grows with it, wall time does.
+    print(f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; in brackets: the "
+          "minimum, and the median CPU time)")
     print(f"psql -c 'SELECT ... FROM ivle_maint_migrations': {psql * 1000:.0f} ms "
-          f"(min {min(reads['psql']) * 1000:.0f} ms)")
+          f"(min {min(reads['psql']) * 1000:.0f} ms, "
+          f"cpu {statistics.median(reads['psql cpu']) * 1000:.0f} ms)")
     passed = speedup >= SPEEDUP_TARGET
     for name, label in (("status", "ivle-maint db status"),
                         ("plan", "ivle-maint plan --from 1.0 --to 1.1")):
         median = statistics.median(reads[name])
         ratio = median / READ_TARGET_S
         passed = passed and ratio <= 1
-        print(f"{label}: {median * 1000:.0f} ms (min {min(reads[name]) * 1000:.0f} ms), "
+        cpu = statistics.median(reads[f"{name} cpu"])
+        print(f"{label}: {median * 1000:.0f} ms (min {min(reads[name]) * 1000:.0f} ms, "
+              f"cpu {cpu * 1000:.0f} ms), "
               f"{median / psql:.1f}x psql's; ratio to the {READ_TARGET_S * 1000:.0f} ms "
               f"target: {ratio:.2f} ({'PASS' if ratio <= 1 else 'FAIL'})")
     return 0 if passed else 1
