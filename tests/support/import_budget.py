@@ -7,9 +7,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 # What reading the marker never needs: splitting, classifying (pglast),
-# applying, pg_dump's backups, running commands (sh), the steps.
+# applying, pg_dump's backups, running commands (sh), the steps; nor
+# strptime's module (db.discovery checks a key's date without it).
 NOT_FOR_STATUS = (
-    "sh", "pglast", "debian", "psutil", "psycopg2.extras", "http.client",
+    "sh", "pglast", "debian", "psutil", "psycopg2.extras", "http.client", "_strptime",
     "ivle_maint.system", "ivle_maint.children", "ivle_maint.logfile",
     "ivle_maint.db.backup", "ivle_maint.db.pins", "ivle_maint.db.apply",
     "ivle_maint.db.classify", "ivle_maint.db.sqlsplit", "ivle_maint.db.migration_class",
