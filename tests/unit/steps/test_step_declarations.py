@@ -52,6 +52,7 @@ def test_the_steps_checks_run_in_the_preflights_order():
         ("DATABASE", "migrate", "check_migrations"),
         ("IVLE_CONF", "media-version", "check_media"),
         ("STATE_FILES", "migrate", "check_pins_record"),
+        ("STATE_FILES", "rebuild-jail", "check_inputs_record"),
         ("STATE_FILES", "media-version", "check_media_record"),
         ("STATE_FILES", "start-web", "check_release_record"),
         ("CLUSTER", "media-version", "check_claim"),
