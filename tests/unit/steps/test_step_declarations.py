@@ -109,6 +109,22 @@ def test_a_step_not_done_shows_only_what_it_recorded_and_its_status(tmp_path: Pa
     ]
 
 
+def test_skipped_steps_are_shown_as_such_and_the_web_server_as_not_stopped(tmp_path: Path):
+    journal = Journal.open(tmp_path, "1.1", "1.1", "both")
+    for name in ("stop-web", "rebuild-jail", "media-version"):
+        journal.begin(name)
+        journal.finish(name, "skipped: same files", {"skipped": "same files"})
+    journal.begin("start-web")
+    journal.finish("start-web", "apache2: reloaded", {})
+    journal.set_state("complete")
+    assert summary_lines(journal, STEPS)[1:] == [
+        "  web service not stopped (reloaded on the new code)",
+        "  stop-web: skipped: same files",
+        "  rebuild-jail: skipped: same files",
+        "  media-version: skipped: same files",
+    ]
+
+
 def string_constants(path: Path) -> list[tuple[int, str]]:
     """Every string constant of a module but its docstrings."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
