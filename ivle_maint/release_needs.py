@@ -242,6 +242,8 @@ class Needs:
     why: dict[str, str] = field(default_factory=dict)
     # The jail's inputs, recorded once a rebuild from them is checked.
     jail_inputs: dict[str, str] = field(default_factory=dict)
+    # What the decision took for granted (plan's guess for a reinstall), said with it.
+    assumed: str = ""
 
     @classmethod
     def full(cls, why: str) -> Needs:
@@ -257,15 +259,19 @@ class Needs:
         except TypeError:  # another version's record: the safe answer
             return cls.full("the journal's record of the decision is not this version's")
 
+    def _said(self, text: str) -> str:
+        return f"{text}; assuming {self.assumed}" if self.assumed else text
+
     def reason(self, key: str) -> str:
-        return self.why.get(key, "")
+        return self._said(self.why.get(key, ""))
 
     @property
     def stays_up(self) -> str:
         """Why the site is not taken down ("" when it is)."""
         if self.outage:
             return ""
-        return f"the site stays up ({self.reason(MIGRATIONS)}; {self.reason(JAIL)})"
+        return self._said(f"the site stays up ({self.why.get(MIGRATIONS, '')}; "
+                          f"{self.why.get(JAIL, '')})")
 
 
 def _forced() -> bool:
@@ -359,9 +365,10 @@ def _decide(ctx: UpgradeContext, planning: bool) -> Needs:
         # A slave cannot see the master's record of its jail: the cluster
         # keeps IVLE's procedure.
         outage, why_outage = True, "a coordinated cluster keeps the full procedure"
-    return Needs(migrations, jail, media, usrmgt, outage,
-                 {OUTAGE: why_outage, MIGRATIONS: why_migrations, JAIL: why_jail,
-                  MEDIA: why_media, USRMGT: why_usrmgt}, inputs)
+    why = {OUTAGE: why_outage, MIGRATIONS: why_migrations, JAIL: why_jail,
+           MEDIA: why_media, USRMGT: why_usrmgt}
+    assumed = files.where if files.new is files.old else ""  # plan's guess for a reinstall
+    return Needs(migrations, jail, media, usrmgt, outage, why, inputs, assumed)
 
 
 # What `plan` decided, per context: every step asks; the database once.

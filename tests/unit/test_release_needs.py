@@ -139,6 +139,10 @@ def test_a_recorded_decision_reads_back_and_a_foreign_one_is_the_full_procedure(
     foreign = rn.Needs.from_json({"outage": False, "something": 1})
     assert foreign.outage and foreign.jail and foreign.media
     assert needs.stays_up and not rn.Needs.full("why").stays_up
+    guessed = rn.Needs(False, False, False, False, False, {rn.MEDIA: "same", rn.JAIL: "same"},
+                       assumed="a reinstall")
+    assert guessed.reason(rn.MEDIA) == "same; assuming a reinstall"
+    assert guessed.stays_up.endswith("(; same); assuming a reinstall")
 
 
 def test_plan_lines_name_the_skipped_step_only():
