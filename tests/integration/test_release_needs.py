@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from ivle_sandbox.confs import update_fakes_conf
-from ivle_sandbox.releases import NEW, OLD
+from ivle_sandbox.releases import NEW, OLD, RELEASES
+from support.source_tree import source_tree
 from support.upgrade_helpers import (
     OLD_KEYS,
     at_version_1_0,
@@ -261,3 +262,30 @@ def test_plan_names_each_step_a_reinstall_skips_and_why(upgraded, dpkg, monkeypa
     done = cli(upgraded, "plan", "--from", "1.1", "--to", "1.1")
     skips = [line for line in done.stdout.splitlines() if line.startswith("skip ")]
     assert skips == ["skip media-version: neither the version nor a static file changes"]
+
+
+def test_a_source_reinstall_of_the_same_tree_keeps_the_site_up_and_the_jail(node_factory):
+    """upgrade --source: the tree's files against the last rebuild's; the
+    database says nothing is pending; OLD's files are not known, so the
+    media version changes and usrmgt restarts."""
+    node = at_version_1_0(node_factory(users=2, consoles=1, role="both"))
+    tree = source_tree(node, RELEASES["1.1"])
+    first = cli(node, "upgrade", "--from", "1.0", "--source", str(tree))
+    assert first.returncode == 0, first.stdout + first.stderr
+    marks = mark_jails(node)
+    events = len(node.service_events())
+    again = cli(node, "upgrade", "--from", "1.1", "--source", str(tree))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert all(mark.exists() for mark in marks)
+    assert steps_skipped(node, "1.1", "1.1") == {"stop-web", "stop-consoles", "unmount-jails",
+                                                 "migrate", "rebuild-jail", "remake-users"}
+    assert [(s, e.split()[0]) for _, s, e in node.service_events()[events:]] == [
+        ("ivle-usrmgt-server", "stop"), ("ivle-usrmgt-server", "start"), ("apache2", "reload")]
+    assert media_version(node) == "1.1.r2"
+
+    (tree / "ivle").mkdir()
+    (tree / "ivle" / "console.py").write_text("# changed\n")  # a file that goes into the jail
+    # (1.1 -> 1.1 is complete: the CLI leaves a finished upgrade alone.)
+    cli(node, "upgrade", "--from", "1.1", "--to", "1.1.1", "--source", str(tree), check=True)
+    assert not any(mark.exists() for mark in marks)
+    assert "rebuild-jail" not in steps_skipped(node, "1.1", "1.1.1")
