@@ -127,7 +127,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # The nodes' coordination through the database's cluster tables.
     ("cluster", ("cluster",)),
     # One module per step of IVLE's upgrade procedure.
-    ("steps", ("steps",)),
+    ("steps", ("steps", "release_needs")),
     # The steps in order, and the runner that walks them with the journal.
     ("procedure", ("procedure", "runner")),
     # A whole upgrade: preflight, plan, lock and log, dpkg's hooks.
