@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 RUNNING, STOPPED, UNKNOWN = "running", "stopped", "unknown"
 DONE, NOOP, SKIPPED = "done", "no-op", "skipped"
-ACTIONS = ("stop", "start", "restart")
+ACTIONS = ("stop", "start", "restart", "reload")  # reload: a graceful restart
 BACKENDS = ("invoke-rc.d", "systemctl", "init.d")
 
 # invoke-rc.d's "forbidden" status (with --disclose-deny) and its messages.
@@ -63,7 +63,7 @@ class ServiceResult:
     """What one action on one service did."""
 
     service: str
-    action: str  # stop, start, restart
+    action: str  # stop, start, restart, reload
     outcome: str  # DONE, NOOP (already so) or SKIPPED (forbidden)
     state: str  # RUNNING, STOPPED or UNKNOWN afterwards
     backend: str
@@ -79,7 +79,8 @@ class ServiceResult:
     @property
     def message(self) -> str:
         if self.outcome == DONE:
-            past = {"stop": "stopped", "start": "started", "restart": "restarted"}[self.action]
+            past = {"stop": "stopped", "start": "started", "restart": "restarted",
+                    "reload": "reloaded"}[self.action]
             how = (" gracefully", f"{self.graceful}; ") if self.graceful else ("", "")
             return f"{self.service}: {past}{how[0]} ({how[1]}{self.backend}, {self.seconds:.1f}s)"
         if self.outcome == NOOP:
@@ -273,7 +274,7 @@ class ServiceControl:
         if action != "stop":
             self.may_start(name)
         before = self.status(name)
-        if action != "restart" and before == wanted:
+        if action not in ("restart", "reload") and before == wanted:
             reason = "already stopped" if wanted == STOPPED else "already running"
             return ServiceResult(name, action, NOOP, before, self.backend, reason)
         # An init script's stop: the daemon whose exit says it stopped.
