@@ -25,6 +25,9 @@ from .gates import environment, trusted
 from .system import TAIL_LINES, Completed
 
 OUTPUT_GRACE = 2.0
+# The most output kept (the last bytes): a command that floods its output
+# costs ivle-maint no more memory than this, however long it runs.
+OUTPUT_KEPT = 1024 * 1024
 
 
 def run(argv: Sequence[str], *, timeout: float | None,
@@ -76,6 +79,8 @@ def _collect(proc: subprocess.Popen[bytes], deadline: float | None) -> bytes | N
             for fd, _event in poller.poll(None if left is None else left * 1000):
                 chunk = os.read(fd, 65536) if fd == out else b""
                 data += chunk
+                if len(data) > OUTPUT_KEPT:
+                    del data[:len(data) - OUTPUT_KEPT]
                 if fd == pidfd:
                     exited = time.monotonic()
                 if not chunk:  # end of output, or the exit

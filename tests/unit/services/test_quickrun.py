@@ -60,3 +60,12 @@ def test_an_unsafe_program_is_refused_as_system_run_refuses_it(tmp_path):
     with pytest.raises(MaintError) as theirs:
         system.run([str(script)], timeout=30)
     assert str(ours.value) == str(theirs.value)
+
+
+def test_a_flood_of_output_keeps_only_the_last_bytes(monkeypatch: pytest.MonkeyPatch):
+    """Memory is bounded: 8 MB written, at most OUTPUT_KEPT held, the end kept."""
+    monkeypatch.setattr(quick, "OUTPUT_KEPT", 4096)
+    done = quick.run(["sh", "-c", "head -c 8000000 /dev/zero | tr '\\0' x; echo; echo end"],
+                     timeout=60, keep_stdout=True)
+    assert done.ok and done.tail[-1] == "end"
+    assert len(done.stdout) <= 4096
