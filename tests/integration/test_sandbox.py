@@ -401,7 +401,7 @@ def test_buildjail_injected_failure(node):
 def test_teardown_leaves_nothing(node_factory):
     node = node_factory(users=3, consoles=3)
     marked = procs.marked(node.root)
-    assert len(marked) == 5  # two services, three consoles
+    assert len(marked) == 7  # two services (a main process and its worker each), three consoles
     node.teardown()
     assert not node.root.exists()
     assert procs.wait_gone(marked, 1) == []
@@ -460,7 +460,7 @@ def test_node_in_child_namespace_leaves_nothing(sandbox_dir, ending):
         info = json.loads(child.stdout.readline())
         postmaster = _postmaster(Path(info["pgdata"]))
         marked = procs.marked(root / "node")
-        assert len(marked) == 4  # two services, two consoles
+        assert len(marked) == 6  # two services (main process and worker each), two consoles
         inner = [p for p in procs.all_pids() if procs.cmdline(p)[1:2] == [str(DEMO)]]
         assert inner, "the demo-node process"
         assert len(mountns.mounts_under(root, inner[0])) == 9  # the child sees its mounts
