@@ -21,7 +21,9 @@ journal) beside systemd's own job times inside it (the node's journal, one
 clock), and for the by-hand run each typed command's time.
 
 Prints every number first, then exits 1 when a ratio misses its target
-(the median over --runs).  Needs root; run as `make bench`.
+(the median over --runs).  A client error (a reset connection, a 500) is
+printed, with when it came in the outage, but is the booted tests'
+concern, not a benchmark's.  Needs root; run as `make bench`.
 """
 
 from __future__ import annotations
