@@ -10,31 +10,40 @@ may_start() first, which asks the schema hold (gates/schema_hold.py) for
 the web server: no IVLE web code runs while an upgrade is unfinished.
 
 An exit status proves nothing: every action is followed by a status
-check, repeated until the service is in the asked state or
-[services] timeout runs out.
+check.  systemctl (and invoke-rc.d, which hands over to it) returns once
+systemd's job is done, so one check says it, unless the unit is still on
+its way (activating, deactivating); after an init script's stop the
+daemon's exit is awaited through a pidfd (drain.py); otherwise the status
+is asked again until it is the asked state or [services] timeout runs out.
+
+The web server's stop is graceful (graceful_stop): Apache closes its
+listening sockets and every request in flight completes before the stop
+that ivle-maint verifies.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .. import system
+from .. import quickrun, system
 from ..config import Settings
 from ..errors import MaintError
 from ..gates import schema_hold, trusted
 from ..output import Reporter
 from ..safepaths import check_dir
+from .drain import signal_and_drain, wait_exit
 
 log = logging.getLogger(__name__)
 
 RUNNING, STOPPED, UNKNOWN = "running", "stopped", "unknown"
 DONE, NOOP, SKIPPED = "done", "no-op", "skipped"
-ACTIONS = ("stop", "start", "restart")
+ACTIONS = ("stop", "start", "restart", "reload")  # reload: a graceful restart
 BACKENDS = ("invoke-rc.d", "systemctl", "init.d")
 
 # invoke-rc.d's "forbidden" status (with --disclose-deny) and its messages.
@@ -45,6 +54,8 @@ POLICY_DENIED_TEXT = "policy-rc.d denied execution"
 FAILED_GRACE = 2.0
 # Where invoke-rc.d looks, whatever [services] initd_dir says.
 SYSTEM_INITD = Path("/etc/init.d")
+# Apache's graceful-stop (what `apachectl graceful-stop` sends to the parent).
+GRACEFUL_STOP = signal.SIGWINCH
 
 
 @dataclass(frozen=True)
@@ -52,13 +63,14 @@ class ServiceResult:
     """What one action on one service did."""
 
     service: str
-    action: str  # stop, start, restart
+    action: str  # stop, start, restart, reload
     outcome: str  # DONE, NOOP (already so) or SKIPPED (forbidden)
     state: str  # RUNNING, STOPPED or UNKNOWN afterwards
     backend: str
     reason: str = ""  # why it was a no-op or skipped
     seconds: float = 0.0
     output: tuple[str, ...] = field(default=(), repr=False)
+    graceful: str = ""  # a graceful stop: how the requests in flight ended
 
     @property
     def changed(self) -> bool:
@@ -67,8 +79,10 @@ class ServiceResult:
     @property
     def message(self) -> str:
         if self.outcome == DONE:
-            past = {"stop": "stopped", "start": "started", "restart": "restarted"}[self.action]
-            return f"{self.service}: {past} ({self.backend}, {self.seconds:.1f}s)"
+            past = {"stop": "stopped", "start": "started", "restart": "restarted",
+                    "reload": "reloaded"}[self.action]
+            how = (" gracefully", f"{self.graceful}; ") if self.graceful else ("", "")
+            return f"{self.service}: {past}{how[0]} ({how[1]}{self.backend}, {self.seconds:.1f}s)"
         if self.outcome == NOOP:
             return f"{self.service}: {self.reason}"
         return f"{self.service}: {self.action} skipped: {self.reason}"
@@ -154,10 +168,10 @@ class ServiceControl:
         "unknown" for every service, and asking changes nothing anyway.
         """
         if self._uses_systemctl():
-            done = system.run(["systemctl", "is-active", name], keep_stdout=True, timeout=30)
+            done = quickrun.run(["systemctl", "is-active", name], keep_stdout=True, timeout=30)
             word = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
             return _systemd_state(word)
-        done = system.run([str(self._init_script(name)), "status"], timeout=30)
+        done = quickrun.run([str(self._init_script(name)), "status"], timeout=30)
         return _lsb_state(done.exit_code)
 
     def wait_for(self, name: str, wanted: str, deadline: float) -> str:
@@ -169,6 +183,44 @@ class ServiceControl:
                 return state
             time.sleep(min(delay, max(deadline - time.monotonic(), 0.01)))
             delay = min(delay * 2, 0.5)
+
+    def main_pid(self, name: str) -> int | None:
+        """The service's main process: systemd's MainPID, else its pidfile's."""
+        if self._uses_systemctl():
+            done = quickrun.run(["systemctl", "show", "-p", "MainPID", "--value", name],
+                              keep_stdout=True, timeout=30)
+            value = done.stdout.strip()
+            return int(value) if value.isdigit() and int(value) > 0 else None
+        for path in self._pidfiles(name):
+            try:
+                pid = int(path.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+            if pid > 1 and os.path.exists(f"/proc/{pid}"):
+                return pid
+        return None
+
+    def _pidfiles(self, name: str) -> list[Path]:
+        # The run directory beside the scripts' etc/: /run for /etc/init.d
+        # (apache2's is /run/apache2/apache2.pid), a sandbox's own otherwise.
+        runs = dict.fromkeys(d.parent.parent / "run" for d in (self.initd_dir, SYSTEM_INITD)
+                             if self.backend == "invoke-rc.d" or d == self.initd_dir)
+        return [path for run in runs for path in (run / name / f"{name}.pid",
+                                                  run / f"{name}.pid")]
+
+    def settle(self, name: str, wanted: str, deadline: float, pid: int | None = None) -> str:
+        """The state after an action, waited for by the real event where known.
+
+        systemctl returns when its job is done: a definite state is final.
+        An init script's stop: the old daemon's exit (PID, via its pidfd)."""
+        state = self.status(name)
+        if state == wanted:
+            return state
+        if self._uses_systemctl() and state != UNKNOWN:
+            return state
+        if pid is not None and wanted == STOPPED:
+            wait_exit(pid, deadline - time.monotonic())
+        return self.wait_for(name, wanted, deadline)
 
     # -- actions ---------------------------------------------------------
 
@@ -185,7 +237,7 @@ class ServiceControl:
         helper = Path(os.environ.get("DPKG_ROOT", "") + "/usr/sbin/policy-rc.d")
         if not os.access(helper, os.X_OK):
             return False
-        return system.run([str(helper), name, action], timeout=30).exit_code == POLICY_DENY
+        return quickrun.run([str(helper), name, action], timeout=30).exit_code == POLICY_DENY
 
     def _denial(self, name: str, action: str, out: str) -> str:
         """Why invoke-rc.d refused (exit 101); raises when it is no policy's wish."""
@@ -208,7 +260,7 @@ class ServiceControl:
         return f"invoke-rc.d did not run it: {out.splitlines()[-1] if out else 'no output'}"
 
     def _run(self, name: str, action: str) -> system.Completed:
-        return system.run(
+        return quickrun.run(
             self._argv(name, action),
             timeout=self.timeout or None,
             on_line=lambda text: log.info("%s %s: %s", name, action, text),
@@ -222,9 +274,11 @@ class ServiceControl:
         if action != "stop":
             self.may_start(name)
         before = self.status(name)
-        if action != "restart" and before == wanted:
+        if action not in ("restart", "reload") and before == wanted:
             reason = "already stopped" if wanted == STOPPED else "already running"
             return ServiceResult(name, action, NOOP, before, self.backend, reason)
+        # An init script's stop: the daemon whose exit says it stopped.
+        pid = None if wanted == RUNNING or self._uses_systemctl() else self.main_pid(name)
         started = time.monotonic()
         done = self._run(name, action)
         out = "\n".join(done.tail)
@@ -235,7 +289,7 @@ class ServiceControl:
         # A script that failed gets a short grace only: waiting the whole
         # timeout for a state it said it could not reach helps nobody.
         wait = self.timeout if done.ok else min(self.timeout, FAILED_GRACE)
-        state = self.wait_for(name, wanted, started + wait)
+        state = self.settle(name, wanted, started + wait, pid)
         seconds = time.monotonic() - started
         if state != wanted:
             raise MaintError(self._failure(name, action, done, state))
@@ -250,6 +304,9 @@ class ServiceControl:
         argv = " ".join(done.argv)
         if not done.ok:
             return f"{argv} failed with status {done.exit_code}: {last}; {name} is {state}"
+        if self._uses_systemctl() and state != UNKNOWN:
+            # systemctl returned with its job done: no wait would change this.
+            return f"{name} is {state} after '{argv}' exited 0"
         hint = ""
         if NO_RUNLEVEL_TEXT in "\n".join(done.tail):
             hint = " (invoke-rc.d could not determine the runlevel: no init system running?)"
@@ -260,6 +317,36 @@ class ServiceControl:
 
     def stop(self, name: str) -> ServiceResult:
         return self.act(name, "stop")
+
+    def graceful_stop(self, name: str) -> ServiceResult:
+        """Stop the web server without cutting a request in flight.
+
+        Apache's graceful-stop signal to its main process (through a pidfd)
+        closes the listening sockets and lets every child finish the request
+        it serves; once they are gone (or the main process is, or [services]
+        timeout passed) the ordinary verified stop ends what is left: under
+        systemd a stop job, so its ExecStop and KillMode find nothing
+        serving.  A stop policy-rc.d forbids is not begun: act() reports it
+        skipped, as it reports an already stopped server a no-op."""
+        if self.status(name) != RUNNING or self._stop_forbidden(name):
+            return self.act(name, "stop")
+        pid = self.main_pid(name)
+        if pid is None:
+            return self.act(name, "stop")
+        started = time.monotonic()
+        drained = signal_and_drain(pid, GRACEFUL_STOP, self.timeout or 60.0)
+        result = self.act(name, "stop")
+        seconds = time.monotonic() - started
+        how = "in-flight requests done" if drained else \
+            f"requests still in flight after {self.timeout:g}s were cut"
+        if not drained:
+            self.reporter.warn(f"{name}: {how} ([services] timeout)")
+        if result.outcome == NOOP:  # the main process exited by itself
+            result = replace(result, outcome=DONE, reason="")
+        return replace(result, seconds=seconds, graceful=how)
+
+    def _stop_forbidden(self, name: str) -> bool:
+        return self.backend == "invoke-rc.d" and self._policy_forbids(name, "stop")
 
     def start(self, name: str) -> ServiceResult:
         return self.act(name, "start")
@@ -328,7 +415,8 @@ def run_action(
     if action == "start":
         names.reverse()
     for name in names:
-        result = control.act(name, action)
+        graceful = action == "stop" and name == settings["services"]["web"]
+        result = control.graceful_stop(name) if graceful else control.act(name, action)
         (reporter.warn if result.outcome == SKIPPED else reporter.info)(result.message)
         results.append(result)
     return results

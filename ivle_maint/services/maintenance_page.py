@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import system
+from .. import quickrun, system
 from ..config import Settings
 from ..errors import MaintError
 from ..gates import clock, trusted
@@ -42,6 +42,7 @@ from ..gates.schema_hold import ivle_sites as sites
 from ..journal import Journal, oldest_first
 from ..output import Reporter
 from ..safepaths import read_nofollow
+from .drain import close_all, pidfds, wait_all
 from .init_scripts import RUNNING, ServiceControl, control_from_settings
 
 STOP, MAINTENANCE = "stop", "maintenance"
@@ -268,20 +269,24 @@ def _graceful(control: ServiceControl, name: str, how: str = "graceful") -> str:
     if control.status(name) != RUNNING:
         result = control.start(name)  # a rerun after a killed step: nothing to drain
         return result.message
-    old = _children()
-    started = time.monotonic()
     control.may_start(name)  # a reload loads IVLE's code as a start does
-    done = system.run(control._argv(name, "reload"), timeout=control.timeout or None)
-    if not done.ok:
-        last = done.tail[-1] if done.tail else "no output"
-        raise MaintError(f"{' '.join(done.argv)} failed with status {done.exit_code}: {last}")
-    deadline = started + (control.timeout or 60)
-    while old & _children():
-        if time.monotonic() > deadline:
-            # A request that never ends must not keep old code running.
-            result = control.restart(name)
-            return f"{name}: old children still busy after {control.timeout:g}s: {result.message}"
-        time.sleep(0.1)
+    # Pidfds of the old children, opened before the reload: their exits are
+    # the event waited for (and a reused pid is never mistaken for one).
+    old = pidfds(pid for pid, _start in _children())
+    started = time.monotonic()
+    try:
+        done = quickrun.run(control._argv(name, "reload"), timeout=control.timeout or None)
+        if not done.ok:
+            last = done.tail[-1] if done.tail else "no output"
+            raise MaintError(f"{' '.join(done.argv)} failed with status {done.exit_code}: "
+                             f"{last}")
+        drained = wait_all(old, started + (control.timeout or 60) - time.monotonic())
+    finally:
+        close_all(old)
+    if not drained:
+        # A request that never ends must not keep old code running.
+        result = control.restart(name)
+        return f"{name}: old children still busy after {control.timeout:g}s: {result.message}"
     if control.status(name) != RUNNING:
         raise MaintError(f"{name} is not running after its graceful restart")
     return f"{name}: restarted gracefully, every old process gone " \

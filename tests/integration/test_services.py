@@ -12,6 +12,7 @@ import hashlib
 import os
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,7 +70,7 @@ def test_stop_and_start_all_services_verified(slave: Any):
     assert not slave.service_running(WEB) and not slave.service_running(USRMGT)
     assert not answers(slave.web_port)
     assert events(slave, WEB)[-1] == "stop" and events(slave, USRMGT)[-1] == "stop"
-    assert f"{WEB}: stopped (init.d" in rep.lines[0]
+    assert f"{WEB}: stopped gracefully (in-flight requests done; init.d" in rep.lines[0]
 
     started = init_scripts.run_action(settings, rep, "start")
     # The user management server comes up before the web server needs it.
@@ -162,8 +163,10 @@ def test_cli_status_and_stop(slave: Any, capsys: pytest.CaptureFixture[str]):
     assert f"ivle-maint: {USRMGT}: stopped" in capsys.readouterr().err
     assert cli.main([*conf, "services", "status"]) == 3
     assert capsys.readouterr().out == f"{WEB}: running\n{USRMGT}: stopped\n"
-    slave.set_fakes(WEB, fail="stop", exit_code=1)
-    assert cli.main([*conf, "services", "stop", "web"]) == 1
+    # (A failing stop script of the web server is not reached: its graceful
+    # stop has ended it; the failure is the start's here.)
+    slave.set_fakes(USRMGT, fail="start", exit_code=1)
+    assert cli.main([*conf, "services", "start", "usrmgt"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("ivle-maint: error: ") and err.count("\n") == 1
 
@@ -187,37 +190,174 @@ def test_auto_falls_back_to_systemctl_then_the_init_script(monkeypatch: pytest.M
 
 SYSTEMCTL_SHIM = """\
 #!/bin/sh
-# systemctl as far as ivle-maint uses it, over the sandbox's init scripts;
-# 'stop' returns at once and stops a second later, like --no-block.
+# systemctl as far as ivle-maint uses it, over the sandbox's init scripts.
+# With {late} present, 'stop' returns at once and the unit stays
+# "deactivating" for a second (a job systemd has not finished).
 echo "$*" >> {log}
 case "$1" in
-  is-active) if {initd}/"$2" status >/dev/null; then echo active; exit 0; fi
+  is-active) if [ -e {late}.pending ]; then echo deactivating; exit 3; fi
+             if {initd}/"$2" status >/dev/null; then echo active; exit 0; fi
              echo inactive; exit 3;;
-  stop) (sleep 1; {initd}/"$2" stop) >/dev/null 2>&1 & exit 0;;
+  show) cat {initd}/../../run/"$5".pid;;
+  stop) if [ -e {late} ]; then touch {late}.pending
+          (sleep 1; {initd}/"$2" stop; rm {late}.pending) >/dev/null 2>&1 & exit 0; fi
+        exec {initd}/"$2" stop;;
   *) exec {initd}/"$2" "$1";;
 esac
 """
 
 
-def test_systemctl_backend_waits_for_the_state(
-    slave: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
+def systemctl_shim(slave: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The shim first on PATH; returns its log of calls."""
     shim = tmp_path / "bin" / "systemctl"
     shim.parent.mkdir()
     log = tmp_path / "systemctl.log"
-    shim.write_text(SYSTEMCTL_SHIM.format(log=log, initd=slave.initd))
+    shim.write_text(SYSTEMCTL_SHIM.format(log=log, initd=slave.initd, late=tmp_path / "late"))
     shim.chmod(0o755)
     monkeypatch.setenv("PATH", f"{shim.parent}:{os.environ['PATH']}")
+    return log
+
+
+def test_systemctl_backend_waits_for_a_unit_on_its_way(
+    slave: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    log = systemctl_shim(slave, tmp_path, monkeypatch)
+    (tmp_path / "late").touch()
     control = ServiceControl(RecordingReporter(), backend="systemctl", timeout=10)
     assert control.status(WEB) == RUNNING
     result = control.stop(WEB)
     assert (result.outcome, result.state) == (DONE, STOPPED)
-    assert result.seconds >= 1  # it polled until the late stop happened
     assert not slave.service_running(WEB)
-    assert control.start(WEB).state == RUNNING
     calls = log.read_text().splitlines()
-    assert f"stop {WEB}" in calls and f"start {WEB}" in calls
-    assert calls.count(f"is-active {WEB}") >= 4
+    assert f"stop {WEB}" in calls
+    assert calls.count(f"is-active {WEB}") >= 4  # asked again while deactivating
+
+
+def test_systemctl_backend_checks_once_when_the_job_is_done(
+    slave: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """systemctl returns with its job done: one status check proves the state
+    (the old code asked again and again only when it was not yet so; this
+    counts that nothing is asked beyond the check before and the one after)."""
+    log = systemctl_shim(slave, tmp_path, monkeypatch)
+    control = ServiceControl(RecordingReporter(), backend="systemctl", timeout=10)
+    assert control.stop(USRMGT).state == STOPPED
+    assert control.start(USRMGT).state == RUNNING
+    assert log.read_text().splitlines() == [
+        f"is-active {USRMGT}", f"stop {USRMGT}", f"is-active {USRMGT}",
+        f"is-active {USRMGT}", f"start {USRMGT}", f"is-active {USRMGT}"]
+
+
+def test_systemctl_job_done_in_the_wrong_state_fails_at_once(
+    slave: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    systemctl_shim(slave, tmp_path, monkeypatch)
+    (slave.root / "etc" / "ivle" / "fakes.conf").write_text(
+        f"[{USRMGT}]\nfail = stop\nexit_code = 0\n")
+    control = ServiceControl(RecordingReporter(), backend="systemctl", timeout=30)
+    with pytest.raises(MaintError, match=f"{USRMGT} is running after 'systemctl stop"):
+        control.stop(USRMGT)
+
+
+# -- the web server's graceful stop: a request in flight completes ---------
+
+
+def slow_request(port: int, seconds: float) -> tuple[threading.Thread, list[object]]:
+    """GET /slow?SECONDS in a thread; its answer (status or exception) lands in the list."""
+    got: list[object] = []
+
+    def ask() -> None:
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            conn.request("GET", f"/slow?{seconds}")
+            got.append(conn.getresponse().status)
+        except (OSError, http.client.HTTPException) as exc:
+            got.append(exc)
+        finally:
+            conn.close()
+
+    thread = threading.Thread(target=ask)
+    thread.start()
+    return thread, got
+
+
+def in_flight(slave: Any, thread: threading.Thread) -> None:
+    """Until the fake's worker has begun the slow request."""
+    while "slow" not in events(slave, WEB):
+        assert thread.is_alive()
+        time.sleep(0.01)
+
+
+def graceful_stop(slave: Any, control: ServiceControl) -> tuple[Any, list[object]]:
+    thread, got = slow_request(slave.web_port, 1.5)
+    in_flight(slave, thread)
+    result = control.graceful_stop(WEB)
+    thread.join()
+    return result, got
+
+
+def test_graceful_stop_lets_the_request_in_flight_complete(slave: Any):
+    # The main process looks only every 60 s, as Apache's looks every second:
+    # the stop must follow the worker's exit, not wait for the main process's.
+    (slave.root / "etc" / "ivle" / "fakes.conf").write_text(f"[{WEB}]\ndrain_poll = 60\n")
+    control = ServiceControl(RecordingReporter(), backend="init.d", initd_dir=slave.initd,
+                             timeout=30)
+    result, got = graceful_stop(slave, control)
+    assert got == [200]
+    assert (result.outcome, result.state) == (DONE, STOPPED)
+    assert "stopped gracefully (in-flight requests done; init.d" in result.message
+    assert not slave.service_running(WEB) and not answers(slave.web_port)
+    assert events(slave, WEB)[-2:] == ["slow", "stop"]  # the verified stop ended it
+
+
+def test_plain_stop_cuts_the_request_in_flight(slave: Any):
+    """What the graceful stop is for (and what the old stop-web did)."""
+    control = ServiceControl(RecordingReporter(), backend="init.d", initd_dir=slave.initd)
+    thread, got = slow_request(slave.web_port, 1.5)
+    in_flight(slave, thread)
+    assert control.stop(WEB).state == STOPPED
+    thread.join()
+    assert got != [200]
+
+
+def test_stop_web_is_graceful(slave: Any):
+    settings = settings_of(slave)
+    thread, got = slow_request(slave.web_port, 1.5)
+    in_flight(slave, thread)
+    (result,) = init_scripts.run_action(settings, RecordingReporter(), "stop", "web")
+    thread.join()
+    assert got == [200] and result.state == STOPPED and result.graceful
+
+
+def test_graceful_stop_bounded_by_the_timeout(slave: Any):
+    control = ServiceControl(RecordingReporter(), backend="init.d", initd_dir=slave.initd,
+                             timeout=0.5)
+    thread, got = slow_request(slave.web_port, 30)
+    in_flight(slave, thread)
+    result = control.graceful_stop(WEB)
+    thread.join()
+    assert got != [200] and result.state == STOPPED
+    assert "requests still in flight after 0.5s were cut" in result.message
+    assert control.reporter.lines == [  # type: ignore[attr-defined]
+        f"warning: {WEB}: requests still in flight after 0.5s were cut ([services] timeout)"]
+
+
+def test_graceful_stop_through_systemctl(
+    slave: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    log = systemctl_shim(slave, tmp_path, monkeypatch)
+    control = ServiceControl(RecordingReporter(), backend="systemctl", timeout=30)
+    result, got = graceful_stop(slave, control)
+    assert got == [200] and result.state == STOPPED
+    assert f"show -p MainPID --value {WEB}" in log.read_text().splitlines()
+
+
+def test_graceful_stop_of_a_stopped_server_is_a_no_op(slave: Any):
+    slave.service(WEB, "stop")
+    control = ServiceControl(RecordingReporter(), backend="init.d", initd_dir=slave.initd)
+    assert control.graceful_stop(WEB).outcome == NOOP
 
 
 # -- invoke-rc.d, with our own policy-rc.d, init.d and rc2.d ---------------
@@ -332,8 +472,10 @@ needs_invoke_rc_d = pytest.mark.skipif(
 )
 
 
-def control() -> ServiceControl:
-    return ServiceControl(RecordingReporter(), backend="invoke-rc.d", timeout=10)
+def control(node: Any = None) -> ServiceControl:
+    """invoke-rc.d; NODE's scripts' tree (its run/) where the pidfiles are."""
+    where = {"initd_dir": node.initd} if node is not None else {}
+    return ServiceControl(RecordingReporter(), backend="invoke-rc.d", timeout=10, **where)
 
 
 @needs_invoke_rc_d
@@ -420,3 +562,48 @@ def test_invoke_rc_d_start_of_a_disabled_service_is_skipped(slave: Any, invoke_r
     assert result.reason == f"{WEB} is not enabled in the current runlevel (see update-rc.d)"
     assert not slave.service_running(WEB)
     assert f"{WEB} (start) 2" in invoke_rc_d.asked()
+
+
+@needs_invoke_rc_d
+def test_graceful_stop_obeys_policy_rc_d(slave: Any, invoke_rc_d: Any):
+    invoke_rc_d.write_policy(DENY)
+    before = daemon_pid(slave, WEB)
+    result = control().graceful_stop(WEB)
+    assert (result.outcome, result.reason) == (SKIPPED, "policy-rc.d forbids stop")
+    assert daemon_pid(slave, WEB) == before and answers(slave.web_port)
+    invoke_rc_d.write_policy(ALLOW)
+    result, got = graceful_stop(slave, control(slave))
+    assert got == [200] and (result.outcome, result.backend) == (DONE, "invoke-rc.d")
+
+
+LAZY = """\
+#!/bin/sh
+# Its stop returns at once; the daemon takes half a second to exit.
+PIDFILE={run}/lazyd.pid
+case "$1" in
+  start) /usr/bin/python3 -c 'import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: (time.sleep(0.5), sys.exit(0)))
+while True: time.sleep(1)' </dev/null >/dev/null 2>&1 &
+         echo $! > $PIDFILE;;
+  stop) kill -TERM "$(cat $PIDFILE)";;
+  status) echo status >> {run}/lazyd.asked
+          pid=$(cat $PIDFILE 2>/dev/null) && [ -d /proc/$pid ] &&
+            ! grep -q '^State:.*Z' /proc/$pid/status;;
+esac
+"""
+
+
+def test_init_script_stop_waits_for_the_daemons_exit_not_a_poll(slave: Any):
+    """The stop returned before its daemon exited: the daemon's pidfd says when
+    (the old code asked the status again and again meanwhile)."""
+    script = slave.initd / "lazyd"
+    script.write_text(LAZY.format(run=slave.run_dir))
+    script.chmod(0o755)
+    control = ServiceControl(RecordingReporter(), backend="init.d", initd_dir=slave.initd,
+                             timeout=30)
+    assert control.start("lazyd").state == RUNNING
+    asked = slave.run_dir / "lazyd.asked"
+    asked.unlink()
+    result = control.stop("lazyd")
+    assert (result.outcome, result.state) == (DONE, STOPPED)
+    assert asked.read_text().split() == ["status", "status", "status"]  # before, after, final

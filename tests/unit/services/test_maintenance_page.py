@@ -207,3 +207,56 @@ def test_a_node_in_maintenance_does_not_serve(tmp_path):
     maintenance_page.Record(["ivle"], 0.0).write(settings)
     assert maintenance_page.in_maintenance(settings)
     assert service_serving(settings, reporter, "1.0") is None
+
+
+# -- the graceful restart waits for the old children's exits (pidfds) --------
+
+
+class FakeControl:
+    """The ServiceControl calls _graceful makes; the reload runs RELOAD."""
+
+    def __init__(self, reload: list[str], timeout: float) -> None:
+        self.reload, self.timeout, self.restarted = reload, timeout, False
+
+    def status(self, name: str) -> str:
+        return maintenance_page.RUNNING
+
+    def may_start(self, name: str) -> None:
+        pass
+
+    def _argv(self, name: str, action: str) -> list[str]:
+        return self.reload
+
+    def restart(self, name: str) -> object:
+        self.restarted = True
+        return type("Result", (), {"message": f"{name}: restarted"})()
+
+
+@pytest.fixture
+def old_children(monkeypatch) -> Iterator[list]:
+    """Two real processes standing for Apache's old children."""
+    import subprocess
+
+    procs = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
+    monkeypatch.setattr(maintenance_page, "_children",
+                        lambda: {(p.pid, "start") for p in procs})
+    yield procs
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def test_graceful_restart_returns_once_the_old_children_are_gone(old_children):
+    pids = " ".join(str(p.pid) for p in old_children)
+    control = FakeControl(["sh", "-c", f"(sleep 0.2; kill {pids}) &"], timeout=60)
+    said = maintenance_page._graceful(control, "apache2")  # type: ignore[arg-type]
+    assert said.startswith("apache2: restarted gracefully, every old process gone"), said
+    assert all(p.poll() is not None for p in old_children)  # exited (reaped by poll)
+    assert not control.restarted
+
+
+def test_graceful_restart_restarts_when_an_old_child_stays_busy(old_children):
+    control = FakeControl(["true"], timeout=0.2)
+    said = maintenance_page._graceful(control, "apache2")  # type: ignore[arg-type]
+    assert said == "apache2: old children still busy after 0.2s: apache2: restarted"
+    assert control.restarted
