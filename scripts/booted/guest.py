@@ -3,6 +3,7 @@
 
     guest.py setup HOST_MNTNS WEB_PORT DB_PORT USRMGT_PORT [REPO]
     guest.py setup-cluster ROLE NAME HOST_MNTNS WEB_PORT MASTER_DB_PORT USRMGT_PORT
+    guest.py size HOST_MNTNS USERS CONSOLES JAIL_BUILD_SECONDS REMAKE_SECONDS_PER_USER
     guest.py facts
 
 setup: the node as an administrator leaves it at IVLE 1.0 (its services
@@ -13,6 +14,13 @@ and ivle-maint.conf, apt pointed at the bind-mounted repository, `apt-get
 install ivle=1.0`, IVLE's Apache site enabled on WEB_PORT, jails built,
 remade and mounted (plus a stale mount of a deleted user), consoles
 running as transient units.  Saves what it saw to /root/before.json.
+
+size (benchmarks, after setup): the node grown to USERS users (their
+homes, jails remade and mounted; the jail template made a private mount
+first) with CONSOLES consoles running, IVLE's
+stand-ins doing fixed work (fakes.conf: ivle-buildjail's delay,
+ivle-remakeuser's delay per user), and ivle-maint.conf's [jails]
+run_mountallusers back to its default (off): the settings a site runs.
 
 facts: one JSON object of what the node looks like now (versions, unit
 states, journal events of apache2 and usrmgt, marker table, jail mounts,
@@ -183,6 +191,51 @@ def setup_cluster(  # noqa: PLR0917 (the command line's arguments)
     return {"ivle": before["ivle"]}
 
 
+def size(host_mntns: str, users: str, consoles: str, jail_build: str,
+         per_user: str) -> dict[str, object]:
+    """The node set up at 1.0, grown for a benchmark (see the docstring)."""
+    use_ports()
+    use_mount_namespace(host_mntns)
+    extra = [(f"user{i:04d}", 6000 + i, False) for i in range(int(users) - len(config.USERS))]
+    conn = node.db_connect()
+    with conn, conn.cursor() as cur:
+        cur.executemany("INSERT INTO login (login, unixid, admin, nick, fullname) "
+                        "VALUES (%s, %s, %s, %s, %s)",
+                        [(login, uid, admin, login, login) for login, uid, admin in extra])
+    conn.close()
+    if extra:
+        # systemd makes / a shared mount: every jail (a bind of the template)
+        # joins its peer group, and each user's home mounted in one jail then
+        # propagates into every other (49,502 mounts for 500 users; PID 1
+        # needs over 90 s for a stop job).  A private template, as mounts
+        # were before systemd, keeps it to three mounts per user.
+        template = str(config.TEMPLATE)
+        mounted = Path("/proc/self/mountinfo").read_text().splitlines()
+        if template not in (line.split()[4] for line in mounted):
+            sh("mount", "--bind", template, template)
+            sh("mount", "--make-private", template)
+        node.write_homes(extra)
+        sh("ivle-remakeuser", *[login for login, _uid, _admin in extra])
+        sh("ivle-mountallusers")  # the users not mounted yet
+    wanted = int(consoles) - len(node.console_pids())
+    for login, uid, _admin in extra[:max(0, wanted)]:
+        sh("systemd-run", "--quiet", "--collect", f"--unit=ivle-console-{login}",
+           f"--setenv=IVLE_CONSOLE_CHROOT={config.MOUNTS / login}",
+           f"--setenv=IVLE_CONSOLE_CWD=/home/{login}", f"--setenv=IVLE_CONSOLE_UID={uid}",
+           "/usr/bin/python3", str(config.SHARE / "services/python-console"), "0", "magic")
+    harness.write(config.CONF_DIR / "fakes.conf",
+                  f"[ivle-buildjail]\ndelay = {float(jail_build)}\n"
+                  f"[ivle-remakeuser]\ndelay_per_user = {float(per_user)}\n")
+    maint_conf = config.CONF_DIR / "ivle-maint.conf"
+    maint_conf.write_text(maint_conf.read_text().replace("run_mountallusers = True",
+                                                         "run_mountallusers = False"))
+    deadline = time.monotonic() + 30
+    while len(node.console_pids()) < int(consoles) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return {"users": len(node.query("SELECT login FROM login")),
+            "consoles": len(node.console_pids()), "jail_mounts": len(node.jail_mounts())}
+
+
 def journal_events() -> list[dict[str, object]]:
     """Job results of apache2 and usrmgt, in order: {t, unit, job, result}."""
     out = subprocess.run(
@@ -236,7 +289,7 @@ def facts() -> dict[str, object]:
 
 def main(argv: list[str]) -> int:
     """Run the command; only its JSON answer goes to stdout."""
-    commands = {"setup": setup, "setup-cluster": setup_cluster, "facts": facts}
+    commands = {"setup": setup, "setup-cluster": setup_cluster, "size": size, "facts": facts}
     command = commands.get(argv[0]) if argv else None
     if command is None:
         print(__doc__, file=sys.stderr)

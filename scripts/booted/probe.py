@@ -17,7 +17,8 @@ and classifies every answer:
 Prints one line at the end, e.g.
 `client probe: 412 requests: 180 old, 30 maintenance, 0 refused, 0 errors, 202 new; outage 3.1s`
 (outage: from the last old page to the first new one), and with --json the
-classified timeline.  Only loopback URLs are accepted: the probe runs in
+classified timeline (times from `start`, the probe's CLOCK_MONOTONIC,
+which the nodes' journals share).  Only loopback URLs are accepted: the probe runs in
 the test's own network namespace (ip netns exec).
 """
 
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(min(0.02, max(0.0, next_at - time.monotonic())))
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"outage": outage(answers),
+            json.dump({"outage": outage(answers), "start": start,
                        "answers": [[a.t - start, a.what, a.detail] for a in answers]}, handle)
     print(summary(answers), flush=True)
     return 0

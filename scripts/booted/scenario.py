@@ -41,8 +41,11 @@ def ivle_maint_deb() -> Path:
     return debs[-1]
 
 
-def repositories(work: Path) -> dict[str, Path]:
-    return standin.repositories(work / "repos", ivle_maint_deb())
+def repositories(work: Path, only: list[str] | None = None,
+                 more: dict[str, tuple[standin.Spec, standin.Spec]] | None = None,
+                 ) -> dict[str, Path]:
+    """standin.repositories (all of them by default), with ivle-maint's .deb built first."""
+    return standin.repositories(work / "repos", ivle_maint_deb(), only, more)
 
 
 @dataclass
@@ -72,6 +75,18 @@ class Guest:
                              merge=False, check=False)
         if done.returncode != 0:
             raise nodes.NodeError(f"setup failed:\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
+        return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+    def size(self, users: int, consoles: int, jail_build: float,
+             per_user: float) -> dict[str, object]:
+        """guest.py size: grown to USERS users, CONSOLES consoles, stand-ins' work set."""
+        host_mntns = self.sandbox_env.split("=")[1].split(":")[0]
+        done = self.node.run("python3", GUEST, "size", host_mntns, str(users), str(consoles),
+                             str(jail_build), str(per_user), merge=False, check=False,
+                             timeout=900)
+        if done.returncode != 0:
+            raise nodes.NodeError(f"{self.node.name}: size failed:\n{done.stdout[-2000:]}"
+                                  f"{done.stderr[-4000:]}")
         return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
     def setup_cluster(self, role: str, master_db: int) -> None:
@@ -139,12 +154,12 @@ class Probe:
     """probe.py against a guest's site, inside the guests' network namespace."""
 
     def __init__(self, guest: Guest, old: str = "1.0", new: str = "1.1",
-                 count: int = 3000) -> None:
+                 count: int = 3000, interval: float = 0.1) -> None:
         self.timeline = tempfile.NamedTemporaryFile(prefix="ivle-probe-", suffix=".json")  # noqa: SIM115
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", guest.node.netns, "/usr/bin/python3", str(HERE / "probe.py"),
              f"http://127.0.0.1:{guest.ports.web}/", "--old", old, "--new", new,
-             "--count", str(count), "--json", self.timeline.name],
+             "--count", str(count), "--interval", str(interval), "--json", self.timeline.name],
             stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
         assert self.proc.stdout is not None
         first = self.proc.stdout.readline()
@@ -153,14 +168,17 @@ class Probe:
         self.line = ""
         self.counts: dict[str, int] = {}
         self.answers: list[list[object]] = []
+        self.start = 0.0
 
-    def stop(self, wait: bool = False) -> str:
-        """Stop (or with wait, let it finish its count), parse and return its one line."""
+    def stop(self, wait: bool = False, quiet: bool = False) -> str:
+        """Stop (or with wait, let it finish its count), parse and return its one line
+        (printed too, unless quiet)."""
         if self.proc.poll() is None and not wait:
             self.proc.send_signal(signal.SIGTERM)
         out, _ = self.proc.communicate(timeout=30)
         self.line = out.strip().splitlines()[-1]
-        print(self.line, flush=True)
+        if not quiet:
+            print(self.line, flush=True)
         match = PROBE_LINE.fullmatch(self.line)
         if not match:
             raise RuntimeError(f"unexpected probe output {self.line!r}")
@@ -169,6 +187,7 @@ class Probe:
         data = json.loads(Path(self.timeline.name).read_text())
         self.outage = data["outage"]
         self.answers = data["answers"]
+        self.start = float(data.get("start", 0.0))  # CLOCK_MONOTONIC, as the nodes' clocks
         self.timeline.close()
         return self.line
 
@@ -191,3 +210,12 @@ class Probe:
 
     def errors(self) -> list[list[object]]:
         return [a for a in self.answers if a[1] == "error"]
+
+    def window(self) -> tuple[float, float] | None:
+        """(last old answer, first new answer after it), CLOCK_MONOTONIC, or None."""
+        olds = [float(t) for t, what, _d in self.answers if what == "old"]  # type: ignore[arg-type]
+        if not olds:
+            return None
+        news = [float(t) for t, what, _d in self.answers  # type: ignore[arg-type]
+                if what == "new" and float(t) > olds[-1]]  # type: ignore[arg-type]
+        return (self.start + olds[-1], self.start + news[0]) if news else None

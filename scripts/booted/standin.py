@@ -388,14 +388,26 @@ def publish(repo: Path, debs: list[Path]) -> None:
     repo.chmod(0o755)
 
 
-def repositories(out: Path, ivle_maint_deb: Path) -> dict[str, Path]:
+def with_migrations(spec: Spec, more: dict[str, str]) -> Spec:
+    """spec shipping these migrations too (benchmarks: an IVLE-sized release)."""
+    return Spec(**{**spec.__dict__, "migrations": {**spec.migrations, **more}})
+
+
+def by_hand(spec: Spec) -> Spec:
+    """spec without ivle-maint's lines: upgraded by IVLE's documented commands."""
+    return Spec(**{**spec.__dict__, "hooks": False})
+
+
+def repositories(out: Path, ivle_maint_deb: Path, only: list[str] | None = None,
+                 more: dict[str, tuple[Spec, Spec]] | None = None) -> dict[str, Path]:
     """The apt repositories the scenarios use, each with ivle-maint and two ivle versions.
 
     good: 1.0 and 1.1; badmigration: 1.0 and a 1.1 whose first new migration
     fails; trap: 1.0 and 1.1 built with debhelper's default dh_installinit;
     unit: 1.0 and 1.1 with a native unit for usrmgt (RULES_UNIT);
     manual: 1.0 and 1.1 without ivle-maint's lines (the benchmark's twin,
-    upgraded by IVLE's documented commands).
+    upgraded by IVLE's documented commands).  only: just these (all by
+    default); more: further repositories by name (the benchmarks' sizes).
     """
     built = out / "debs"
     plan = {
@@ -404,9 +416,11 @@ def repositories(out: Path, ivle_maint_deb: Path) -> dict[str, Path]:
         "trap": (version_a(RULES_TRAP), version_b(RULES_TRAP)),
         "unit": (Spec(**{**version_a(RULES_UNIT).__dict__, "unit": True}),
                  Spec(**{**version_b(RULES_UNIT).__dict__, "unit": True})),
-        "manual": (Spec(**{**version_a().__dict__, "hooks": False}),
-                   Spec(**{**version_b().__dict__, "hooks": False})),
+        "manual": (by_hand(version_a()), by_hand(version_b())),
     }
+    if only is not None:
+        plan = {name: plan[name] for name in only}
+    plan.update(more or {})
     repos = {}
     for name, specs in plan.items():
         debs = [build(spec, built / name) for spec in specs]
