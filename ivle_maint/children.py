@@ -22,7 +22,6 @@ import ctypes
 import json
 import logging
 import os
-import queue
 import signal
 import threading
 import time
@@ -222,10 +221,12 @@ Outcome = tuple[str, Any, BaseException | None]  # (key, value, exception)
 
 class Workers:
     """Calls running in threads beside the caller (workers()); each call's
-    outcome, a value or an exception, comes back through next()."""
+    outcome, a value or an exception, comes back through wait() and take():
+    a signal can interrupt wait(), never lose an outcome taken."""
 
     def __init__(self) -> None:
-        self._outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+        self._ended = threading.Condition()
+        self._outcomes: list[Outcome] = []  # ended, not taken yet
         self._threads: dict[str, threading.Thread] = {}
         self._waiting: set[str] = set()
 
@@ -235,7 +236,9 @@ class Workers:
                 outcome: Outcome = (key, call(), None)
             except BaseException as exc:  # the caller decides what it means
                 outcome = (key, None, exc)
-            self._outcomes.put(outcome)
+            with self._ended:
+                self._outcomes.append(outcome)
+                self._ended.notify()
 
         thread = threading.Thread(target=work, name=f"ivle-maint {key}")
         self._threads[key] = thread
@@ -244,12 +247,21 @@ class Workers:
 
     @property
     def running(self) -> set[str]:
-        """Keys whose outcome next() has not returned yet."""
+        """Keys whose outcome take() has not returned yet."""
         return set(self._waiting)
 
-    def next(self) -> Outcome:
-        """The next outcome; a signal interrupts the wait (main thread)."""
-        outcome = self._outcomes.get()
+    def wait(self) -> None:
+        """Until an outcome can be taken; a signal interrupts it (main thread)."""
+        with self._ended:
+            while not self._outcomes:
+                # A signal the kernel gives a worker thread wakes no one:
+                # Python runs its handler once the main thread wakes up.
+                self._ended.wait(SIGNAL_LOOK)
+
+    def take(self) -> Outcome:
+        """The first outcome not taken (wait() first)."""
+        with self._ended:
+            outcome = self._outcomes.pop(0)
         self._waiting.discard(outcome[0])
         return outcome
 
@@ -261,7 +273,7 @@ class Workers:
     def join(self) -> list[Outcome]:
         """Wait until every worker has ended, whatever signal comes (it is
         received already, or will be acted on by the caller); returns the
-        outcomes next() has not returned."""
+        outcomes not taken."""
         for key, thread in self._threads.items():
             told = False
             while thread.is_alive():
@@ -273,10 +285,11 @@ class Workers:
                         told = True
         left = []
         while self._waiting:
-            left.append(self.next())
+            left.append(self.take())
         return left
 
 
+SIGNAL_LOOK = 0.2  # seconds between a waiting main thread's looks for a signal
 _depth = [0]  # workers() blocks open: the last to close lets new ones run
 _depth_lock = threading.Lock()
 

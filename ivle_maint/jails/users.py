@@ -206,7 +206,8 @@ def _run_batches(base: list[str], parts: list[list[str]], conf_dir: Path, timeou
             pool.start(f"remakeuser batch {number}",
                        partial(_run_batch, base, logins, conf_dir, timeout, on_line))
         while pool.running:
-            _, done, error = pool.next()
+            pool.wait()
+            _, done, error = pool.take()
             if error is not None:
                 raise error
             runs.extend(done)

@@ -21,6 +21,7 @@ from ..context import (
 from ..errors import MaintError
 from ..gates.rewrite import existing_parent, prove_writable
 from ..jails.template import rebuild_template
+from . import migrate
 
 
 def rebuild_jail(ctx: UpgradeContext) -> Outcome:
@@ -60,4 +61,4 @@ STEP = Step("rebuild-jail", "rebuild the jail", MASTER, AFTER, rebuild_jail,
             checks=(Check(PreflightStage.JAIL_TREE, check_jail_tree),),
             metrics=(Metric("", "jail template rebuilt", SummaryPart.DONE, _label_alone,
                             when_done=True),),
-            cluster_wait=WAIT)
+            cluster_wait=WAIT, alongside=(migrate.STEP,))
