@@ -166,6 +166,9 @@ class Procedure:
             raise
         if failures:
             (first, error), others = failures[0], failures[1:]
+            # The others' records came after it: the observer's last word
+            # (the cluster row) is the failure.
+            self.observe(RunEvent.FAILED, first)
             also = "".join(f"; {other.title} failed too: {_reason(why)}"
                            for other, why in others)
             self._give_up(first, error, also)
@@ -177,7 +180,7 @@ class Procedure:
         failures: list[tuple[Step, Exception]] = []
         link = getattr(self.ctx, "cluster", None)  # None: a context without one (tests)
         if link is not None:
-            self.ctx.cluster = _SerialLink(link, self._link_lock)
+            self.ctx.cluster = _SerialLink(link, self._link_lock, group, self.journal)
         try:
             with children.workers() as pool:
                 try:
@@ -304,10 +307,12 @@ def _timed(run: Callable[[UpgradeContext], Outcome], ctx: UpgradeContext
 
 class _SerialLink:
     """ctx.cluster while steps run at the same time: the link's one database
-    connection serves one thread at a time (the observer takes the lock too)."""
+    connection serves one thread at a time (the observer takes the lock too).
+    The node's one row names one step: the first member still running."""
 
-    def __init__(self, link: ClusterLink, lock: Any) -> None:
-        self._link, self._lock = link, lock
+    def __init__(self, link: ClusterLink, lock: Any, group: Sequence[Step],
+                 journal: Journal) -> None:
+        self._link, self._lock, self._group, self._journal = link, lock, group, journal
         self.name, self.enabled, self.journal = link.name, link.enabled, link.journal
 
     @property
@@ -325,7 +330,9 @@ class _SerialLink:
         return self._serial(lambda: self._link.query(look))
 
     def waiting(self, step: str, note: str) -> None:
-        self._serial(lambda: self._link.waiting(step, note))
+        first = next((s.name for s in self._group if self._journal.is_running(s.name)), step)
+        said = note if first == step else f"{step} {note}"
+        self._serial(lambda: self._link.waiting(first, said))
 
     def preflight(self) -> None:
         self._serial(self._link.preflight)

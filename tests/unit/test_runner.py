@@ -466,3 +466,31 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != b"Z"
+
+
+def test_a_wait_in_a_group_is_told_on_the_row_of_its_first_running_member(tmp_path):
+    rows: list[tuple[str, str]] = []
+
+    class Link:
+        name, enabled, journal, steps = "m", True, None, ()
+
+        def waiting(self, step, note):
+            rows.append((step, note))
+
+    meet = threading.Barrier(2, timeout=120)  # both still running at the wait
+    ctx = context()
+    ctx.cluster = Link()
+    rec = Recorder()
+    actions = rec.actions()
+    for name in OVERLAPPING:
+        plain = actions[name]
+
+        def act(c, name=name, plain=plain):
+            meet.wait()
+            c.cluster.waiting(name, "waiting for the slaves")
+            meet.wait()
+            return plain(c)
+        actions[name] = act
+    Procedure(ctx, journal(tmp_path), rec.steps(actions)).run((BEFORE, AFTER))
+    assert sorted(rows) == [("migrate", "rebuild-jail waiting for the slaves"),
+                            ("migrate", "waiting for the slaves")]
