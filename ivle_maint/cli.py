@@ -11,7 +11,6 @@ import contextlib
 import importlib
 import logging
 import os
-import pkgutil
 import sys
 from collections.abc import Sequence
 from types import TracebackType
@@ -43,16 +42,57 @@ settings: /etc/ivle/ivle-maint.conf, --config FILE or $IVLE_MAINT_CONF
 (see 'ivle-maint settings --spec'); ivle.conf: $IVLECONF/ivle.conf."""
 
 
-def _command_modules() -> list[object]:
+def _command_modules(only: str | None = None) -> list[object]:
+    """The command modules (commands/), or only the one named ONLY (none
+    when there is no such module)."""
     from . import commands
+
+    if only is not None:
+        if not only.isidentifier() or only.startswith("_"):
+            return []
+        name = f"{commands.__name__}.{only}"
+        try:
+            return [importlib.import_module(name)]
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise  # a module it imports is missing: a broken install
+            return []
+    import pkgutil  # only to list them all
 
     names = sorted(m.name for m in pkgutil.iter_modules(commands.__path__))
     modules = [importlib.import_module(f"{commands.__name__}.{name}") for name in names]
     return sorted(modules, key=lambda m: getattr(m, "ORDER", 50))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (also used to generate the man page)."""
+def command_module(args: Sequence[str]) -> str | None:
+    """The command module (commands/) that registers the command ARGS name,
+    or None: none named (--help, --version, a usage error).  Its parser
+    alone is built: `db status` loads neither the other commands' modules
+    nor their parsers.  A name no module has gets the full parser (and its
+    usage error)."""
+    from .commands import REGISTERED_BY
+
+    words = iter(args)
+    for word in words:
+        if word == "--":
+            return None
+        if word.startswith("--"):
+            name = word.split("=", 1)[0]  # argparse takes abbreviations: --conf
+            if "--help".startswith(name):
+                return None
+            if "=" not in word and "--config".startswith(name):
+                next(words, None)  # its FILE is no command
+        elif word.startswith("-"):
+            if "h" in word[1:]:
+                return None
+        else:
+            return REGISTERED_BY.get(word, word)
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full argument parser (also used to generate the man page), or
+    with the commands of the command module ONLY alone (command_module)."""
     parser = _Parser(
         prog="ivle-maint",
         description=DESCRIPTION,
@@ -63,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE", help="ivle-maint settings file")
     parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics to stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in _command_modules():
+    modules = _command_modules(only) if only is not None else []
+    for module in modules or _command_modules():  # an unknown name: every command
         module.register(sub)  # type: ignore[attr-defined]
     # No command given: no function.  'consoles' and 'hold' name an ACTION
     # (root.require's message quotes it); the other commands none.
@@ -197,11 +238,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .commands import Context
     from .errors import Interrupted, MaintError
     from .gates import environment, root, waits
-    from .logfile import SAID, SafeFormatter
+    from .logformat import SAID, SafeFormatter
 
     if argv is None:  # the command itself: its environment, locale and umask pinned
         environment.pin_process()
-    parser = build_parser()
+    parser = build_parser(command_module(args_list))
     args = parser.parse_args(args_list)
     # Diagnostics on stderr only with -v: the reporter already says what
     # a person needs, and the run's log file gets everything.

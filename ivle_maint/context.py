@@ -110,6 +110,7 @@ class Check:
 class PlanPart(IntEnum):
     """The plan's order, after its list of steps."""
 
+    SKIPPED = 0  # the steps this release does not need (release_needs.py)
     DATABASE = 1
     WEB = 2
 

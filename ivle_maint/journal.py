@@ -123,6 +123,9 @@ class Journal:
     # applied anything): what this upgrade applied is told from them, never
     # from times.  None: not recorded yet.
     migrations_pending: list[str] | None = None
+    # What the release needs (release_needs.Needs), decided once in the
+    # before-phase; None: not decided yet.
+    needs: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         # Not a field: never saved, and each journal object has its own.
@@ -273,6 +276,8 @@ class Journal:
         with self._lock:
             for step in steps:
                 self.steps.pop(step, None)
+            if not self.steps:  # abandoned: a retry decides again, on its own package
+                self.needs = None
             self.save()
 
     def set_state(self, state: JournalState) -> None:
@@ -331,7 +336,7 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "old": (str,), "new": (str,), "role": (str,), "state": (str,), "steps": (dict,),
     "created": (int, float), "resume": (str,), "migrations": (str,), "package": (str,),
     "source": (str,), "code_new": (bool,), "sequence": (int,), "ident": (str,),
-    "migrations_pending": (list, type(None)),
+    "migrations_pending": (list, type(None)), "needs": (dict, type(None)),
 }
 _REQUIRED = ("old", "new", "role", "state", "steps")
 _STEP_FIELDS: dict[str, tuple[type, ...]] = {

@@ -6,9 +6,9 @@ and an external command's output adds at most its first and last
 `[logs] output_lines` lines, with a line saying how much was left out.
 Logs are root:adm 0640 (as Debian's other logs), the directory 0750.
 
-Every line goes through gates.text (SafeFormatter): text from outside in a
-message is escaped, a traceback's lines are indented, and so every line
-that starts at column 0 is one record's timestamp.  A log that cannot be
+Every line goes through gates.text (logformat.SafeFormatter): text from
+outside in a message is escaped, a traceback's lines are indented, and so
+every line that starts at column 0 is one record's timestamp.  A log that cannot be
 written (a full disk, an I/O error) stops logging, said once on stderr,
 and never fails the run nor prints a traceback (TolerantHandler).
 """
@@ -33,7 +33,8 @@ from typing import Any
 from .errors import MaintError
 from .gates import clock, trusted
 from .gates.rewrite import WriteFailed, replace_file
-from .gates.text import INDENT, block, shown
+from .gates.text import shown
+from .logformat import SAID, SafeFormatter
 from .safepaths import open_nofollow, safe_dir
 
 DEFAULT_KEEP = 20
@@ -41,30 +42,8 @@ DEFAULT_OUTPUT_LINES = 100
 MAX_LINE = 2000  # characters of one output line kept in the log
 LOG_GROUP = "adm"
 
-# A record's attribute: its text has been said on stderr already (cli.py
-# leaves it out of the stderr handler).
-SAID = "ivle_maint_said"
-
 # The bound of the current run's log (set by run_log): BoundedOutput's default.
 _output_lines = DEFAULT_OUTPUT_LINES
-
-
-class SafeFormatter(logging.Formatter):
-    """Each record on lines of its own: the message through gates.text, a
-    traceback's lines indented, nothing raw from outside."""
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        return block(super().formatMessage(record))
-
-    def formatException(self, ei: Any) -> str:
-        return _indented(super().formatException(ei))
-
-    def formatStack(self, stack_info: str) -> str:
-        return _indented(super().formatStack(stack_info))
-
-
-def _indented(text: str) -> str:
-    return "\n".join(INDENT + shown(line) for line in text.split("\n"))
 
 
 class _UTCFormatter(SafeFormatter):

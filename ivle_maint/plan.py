@@ -23,7 +23,8 @@ def _cluster_lines(ctx: UpgradeContext, steps: Sequence[Step]) -> list[str]:
         return [f"cluster: not coordinated ([cluster] coordinate = {mode})"]
     lines = [f"cluster: coordinated through ivle_maint_nodes ([cluster] coordinate = {mode})"]
     try:
-        status = read_status(ctx.settings, ctx.reporter)
+        # Other nodes' rows: this node's own is not refreshed (a plan changes nothing).
+        status = read_status(ctx.settings, ctx.reporter, own_row=False)
     except MaintError as exc:
         return [*lines, f"  cannot read the cluster table: {exc}"]
     for step in steps:

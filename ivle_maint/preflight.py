@@ -40,7 +40,8 @@ What each step run after the code change needs, and its proof here:
                      upgrade writes it (upgrade.py)
     (each record)    every state file the after-phase rewrites (journal,
                      installed.json, media-versions.json, schema-hold.json,
-                     pinned.json) replaced by itself through gates.rewrite:
+                     pinned.json, jail-inputs.json) replaced by itself
+                     through gates.rewrite:
                      an immutable, linked or foreign file answers only then
 
 Each step declares its own proofs (Step.checks, Step.programs, in its

@@ -11,6 +11,9 @@ from collections.abc import Sequence
 from .context import Metric, Step, SummaryPart, downtime, run_groups, select_steps
 from .journal import DONE, Journal, StepRecord
 
+# A skipped step's metric (release_needs.SKIPPED: that module sits above this one).
+SKIPPED = "skipped"
+
 
 def web_down_seconds(journal: Journal, steps: Sequence[Step]) -> float | None:
     """From the web server's stop to its start again, across dpkg's scripts
@@ -28,6 +31,8 @@ def web_down_line(journal: Journal, steps: Sequence[Step]) -> str | None:
     stop, start = (journal.steps.get(name) for name in down)
     if stop is None or start is None or start.finished is None:
         return None
+    if SKIPPED in stop.metrics:  # release_needs: the site stayed up
+        return "  web service not stopped (reloaded on the new code)"
     seconds = journal.span(*down)
     if seconds is None:
         return ("  web service down for an unknown time (the recorded times disagree: "
@@ -43,7 +48,8 @@ def together_lines(journal: Journal, steps: Sequence[Step]) -> list[str]:
     mine = select_steps(journal.role, (s.phase for s in steps), steps)
     for group in run_groups(mine):
         names = [s.name for s in group]
-        if len(group) < 2 or not all(journal.is_done(name) for name in names):
+        if len(group) < 2 or not all(journal.is_done(name) for name in names) or \
+                any(SKIPPED in journal.steps[name].metrics for name in names):
             continue
         work = [journal.span(name, name) for name in names]
         took = [journal.span(first, last) for first in names for last in names]
@@ -82,6 +88,8 @@ def summary_lines(journal: Journal, steps: Sequence[Step]) -> list[str]:
                     lines.append(line)
     for step in steps:  # the order of IVLE's upgrade procedure, not the file's
         record = journal.steps.get(step.name)
+        if record is not None and record.status == DONE and SKIPPED in record.metrics:
+            lines.append(f"  {step.name}: skipped: {record.metrics[SKIPPED]}")
         if record is not None and record.status != DONE:
             lines.append(f"  {step.name}: {record.status}: {record.error or ''}".rstrip(": "))
     return lines

@@ -14,17 +14,27 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import sh
-
 from . import children
 from .errors import MaintError
 from .gates import environment, trusted
 
 log = logging.getLogger(__name__)
 
-# sh 2.0 returns plain strings unless asked for the command object.
-_SH_MAJOR = int(sh.__version__.split(".")[0])
-_RETURN_CMD: dict[str, Any] = {"_return_cmd": True} if _SH_MAJOR >= 2 else {}
+
+def preload() -> Any:
+    """sh, loaded on the first command run, not with this module: a command
+    that runs none (`ivle-maint db status`, `plan`) never pays for it.  An
+    upgrade calls this before its first step (upgrade.preload), so nothing
+    is imported once the web server is down."""
+    import sh  # deferred on purpose, see above
+
+    return sh
+
+
+def _return_cmd(sh: Any) -> dict[str, Any]:
+    """sh 2.0 returns plain strings unless asked for the command object."""
+    return {"_return_cmd": True} if int(sh.__version__.split(".")[0]) >= 2 else {}
+
 
 TAIL_LINES = 40
 # Maintainer scripts run with a PATH that has the sbin directories; a shell
@@ -71,6 +81,7 @@ def run(
     Raises MaintError only when the command cannot be started or times out,
     or when the gate refuses the program: it runs by the path checked.
     """
+    sh = preload()
     program = trusted.require_program(argv[0])
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     kept: list[str] = []
@@ -101,7 +112,7 @@ def run(
         _bg_exc=False,
         _new_session=True,
         _preexec_fn=children.preexec_for_child(),
-        **_RETURN_CMD,
+        **_return_cmd(sh),
     )
     note = children.record(cmd.pid, argv)
     finished = False

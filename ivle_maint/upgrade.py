@@ -5,7 +5,9 @@ through here; they differ only in which phases they run.  Loading this
 module loads IVLE's procedure, every step and every library the steps use
 (procedure.STEPS): a broken install (a bad python3-psutil, say) fails
 before anything is stopped, and nothing is left to import once the web
-server is down.
+server is down.  The third-party modules the steps load only when they act
+(sh, to run a command; pglast, to parse SQL) are loaded by preload(),
+before the first step of every run.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import children, preflight
+from . import children, preflight, system
 from .cluster.presence import Presence
 from .config import Settings
 from .context import ACCEPT_CLASS_ENV, BEFORE, RunOptions, Step, UpgradeContext
+from .db import pgparse
 from .db.backup import remove_leftovers
 from .db.migrations import upgrade_completed
 from .errors import MaintError
@@ -40,6 +43,16 @@ __all__ = ["UpgradeContext", "abort", "rerun_context", "run_phases", "unfinished
            "unfinished_matching"]
 
 log = logging.getLogger(__name__)
+
+
+def preload() -> None:
+    """Load what the steps import only when they act, before any step runs:
+    a broken python3-sh fails here, with the site up (cli.py: one line),
+    and no import runs while the web server is down
+    (tests/integration/test_step_imports.py).  `plan` and `db status`
+    never call this, and never load them."""
+    system.preload()
+    pgparse.available()  # pglast is optional: without it, nothing to load
 
 
 def state_dir(settings: Settings) -> Path:
@@ -95,6 +108,7 @@ def run_phases(
     """
     settings = ctx.settings
     purpose = f"upgrade {ctx.old or '(none)'} -> {ctx.new} ({'+'.join(phases)})"
+    preload()
     check_settings_dirs(settings)  # before the lock, the log and the journal
     if not Journal.file_for(state_dir(settings), ctx.old, ctx.new).exists():
         # A new upgrade: the log and the journal will have room (the
@@ -268,6 +282,7 @@ def _unpin_backups(ctx: UpgradeContext) -> None:
 
 def abort(ctx: UpgradeContext) -> list[str]:
     """Bring back what an unfinished BEFORE phase stopped (dpkg abort-upgrade)."""
+    preload()
     with node_lock(ctx.settings.path_of("run"), f"abort upgrade to {ctx.new}"), \
             _attended_run(ctx):
         journal = Journal.open(state_dir(ctx.settings), ctx.old, ctx.new, ctx.settings.role)

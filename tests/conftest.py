@@ -25,6 +25,7 @@ from __future__ import annotations
 import atexit
 import os
 import shlex
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -36,6 +37,13 @@ import pytest
 from ivle_sandbox import mountns  # scripts/: on sys.path by setup.cfg's pythonpath
 
 IS_ROOT = os.geteuid() == 0
+
+# Launched in the background by a shell (`cmd &`), a process starts with
+# SIGINT ignored, and so would every ivle-maint the tests run: the tests of
+# Ctrl-C would then fail however correct the code is.  Tests run as if
+# started from a terminal, whoever launched them.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 ROOT_REASON = "needs root (mount namespaces, chown, processes as other users); run as root"
 _namespace_note = ""
 

@@ -45,9 +45,12 @@ class ClusterStatus:
 STATUS_WAIT = 2.0
 
 
-def read_status(settings: Settings, reporter: Reporter) -> ClusterStatus:
-    """The tables, refreshing this node's own row first (best effort); one
-    line and exit 1 within seconds when the database is unreachable."""
+def read_status(settings: Settings, reporter: Reporter, *,
+                own_row: bool = True) -> ClusterStatus:
+    """The tables, refreshing this node's own row first (best effort; not
+    with own_row=False: `plan` changes nothing, and asks neither dpkg nor an
+    init script); one line and exit 1 within seconds when the database is
+    unreachable."""
     presence = Presence(settings, reporter)
     try:
         try:
@@ -55,7 +58,8 @@ def read_status(settings: Settings, reporter: Reporter) -> ClusterStatus:
         except MaintError as exc:
             raise MaintError(f"the database is unreachable, so is the cluster table: {exc}"
                              ) from None
-        refresh(settings, reporter)
+        if own_row:
+            refresh(settings, reporter)
         with errors_as_maint(settings.ivle_conf().database["name"]):
             return ClusterStatus(table.nodes(conn), table.applied_keys(conn),
                                  table.media_values(conn))

@@ -19,6 +19,12 @@ from ..errors import MaintError, UsageError
 from ..output import Reporter, TerminalReporter
 from ..safepaths import check_settings_dirs
 
+# The module each command's parser is registered by, where it is not the
+# command's own name (commands/db.py: 'db').  cli.py builds the parser of
+# the chosen command's module alone (tests/unit/commands/test_registry.py).
+REGISTERED_BY = {"plan": "upgrade", "upgrade": "upgrade", "rerun": "upgrade",
+                 "hook": "upgrade", "status": "upgrade"}
+
 
 @dataclass
 class Context:

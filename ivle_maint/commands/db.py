@@ -119,9 +119,9 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 def show_status(ctx: Context) -> int:
     """Print every shipped migration's state, and what would block migrate."""
-    from ..db import migrations
+    from ..db.status import status  # reading only: no classifying, applying, pg_dump
 
-    st = migrations.status(ctx.settings, migrations_dir=ctx.args.migrations, reporter=ctx.reporter)
+    st = status(ctx.settings, migrations_dir=ctx.args.migrations, reporter=ctx.reporter)
     changed = {c.key: c for c in st.changed}
     late = {m.key for m in st.out_of_order}
     marker = "table ivle_maint_migrations" if st.marker else "no marker table"

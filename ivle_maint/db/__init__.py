@@ -14,7 +14,10 @@ Modules, bottom up:
 - marker: the ``ivle_maint_migrations`` table that records what ran;
 - lock: the advisory lock that keeps two runners apart;
 - backup: pg_dump before the first pending migration, with rotation;
-- plan: the marker compared with the shipped files, and what would block;
+- session: a connection for one call, optionally holding the lock;
+- status: the marker compared with the shipped files (all `db status`
+  loads: no classifying, applying or backing up);
+- plan: what would block, each pending file classified;
 - apply: one migration and its marker row, in one transaction.
 
 On top, migrations puts these together into the public API (status,

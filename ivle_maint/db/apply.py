@@ -38,6 +38,7 @@ from ..errors import MaintError
 from ..gates import waits
 from . import marker, old_transactions, touched_tables
 from .classify import NO_TRANSACTION, Classified
+from .connect import pg_reason
 from .retry import LockPolicy
 from .sqlsplit import Statement
 
@@ -49,13 +50,6 @@ class Applied:
     key: str
     mode: str
     seconds: float
-
-
-def pg_reason(exc: Exception) -> str:
-    """The server's one-line message for a failed statement."""
-    diag = getattr(exc, "diag", None)
-    text = getattr(diag, "message_primary", None) or str(exc).strip().splitlines()[0]
-    return " ".join(text.split())
 
 
 class Failed(MaintError):

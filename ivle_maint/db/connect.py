@@ -172,6 +172,13 @@ def reason(exc: BaseException, params: ConnectParams | None = None) -> str:
     return params.scrub(text) if params else text
 
 
+def pg_reason(exc: Exception) -> str:
+    """The server's one-line message for a failed statement."""
+    diag = getattr(exc, "diag", None)
+    text = getattr(diag, "message_primary", None) or str(exc).strip().splitlines()[0]
+    return " ".join(text.split())
+
+
 def _not_ready(text: str) -> bool:
     lowered = text.lower()
     return any(marker in lowered for marker in _NOT_READY)

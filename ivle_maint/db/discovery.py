@@ -46,8 +46,8 @@ def parse_key(text: str) -> tuple[tuple[int, int], str]:
     if not match:
         raise ValueError(f"{text!r} is not YYYYMMDD-NN or YYYYMMDD")
     day, number = match.groups()
-    try:
-        datetime.datetime.strptime(day, "%Y%m%d")
+    try:  # strptime("%Y%m%d") says the same of 8 digits, but loads _strptime and the locale's names
+        datetime.date(int(day[:4]), int(day[4:6]), int(day[6:]))
     except ValueError:
         raise ValueError(f"{text!r}: {day} is not a date") from None
     if number is None:

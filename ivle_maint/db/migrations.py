@@ -16,22 +16,22 @@ back as dataclasses.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psycopg2
-
 from ..config import Settings
 from ..db import backup as backups
-from ..db import lock, marker, pins, retry
-from ..db.apply import Applied, Failed, apply, pg_reason
-from ..db.connect import ConnectParams, connect, params_from_settings
+from ..db import marker, pins, retry
+from ..db.apply import Applied, Failed, apply
+from ..db.connect import ConnectParams, params_from_settings
 from ..db.discovery import check_writers, checksum, discover, find, from_files
 from ..db.migration_class import MigrationClass, who
 from ..db.plan import Changed, Plan, Status, canonical, class_of, make_plan, read_status
+from ..db.session import session as _session
+from ..db.status import directory_of as _directory
+from ..db.status import status
 from ..errors import MaintError
 from ..output import RecordingReporter, Reporter
 
@@ -70,54 +70,6 @@ class BaselineResult:
     recorded: list[str] = field(default_factory=list)
     already: list[str] = field(default_factory=list)
     skipped: bool = False  # when_unmarked and the marker already had rows
-
-
-def _directory(settings: Settings, migrations_dir: Path | str | None) -> Path:
-    return Path(migrations_dir) if migrations_dir else settings.path_of("migrations")
-
-
-@dataclass
-class _Session:
-    params: ConnectParams
-    conn: Any
-
-
-@contextmanager
-def _session(
-    settings: Settings, reporter: Reporter, resume: str | None, *, locked: bool = False,
-    terminate_stale_lock: bool = False,
-) -> Iterator[_Session]:
-    """A connection (waiting for the server), optionally holding the lock.
-
-    A database error no step turned into a MaintError (no privilege to
-    create the marker, the server gone mid-run) becomes one here.
-    """
-    params = params_from_settings(settings)
-    db = settings["database"]
-    conn = connect(params, wait_timeout=db["wait_timeout"], reporter=reporter, resume=resume)
-    try:
-        if locked:
-            lock.acquire(conn, timeout=db["lock_timeout"], reporter=reporter, resume=resume,
-                         terminate_stale=terminate_stale_lock)
-        yield _Session(params, conn)
-    except psycopg2.Error as exc:
-        why = params.scrub(pg_reason(exc))
-        raise MaintError(f"database {params.dbname}: {why}", resume=resume) from None
-    finally:
-        conn.close()  # also releases the session lock
-
-
-def status(
-    settings: Settings,
-    *,
-    migrations_dir: Path | str | None = None,
-    reporter: Reporter | None = None,
-) -> Status:
-    """Applied, pending, changed and out-of-order migrations; changes nothing."""
-    directory = _directory(settings, migrations_dir)
-    shipped = discover(directory)
-    with _session(settings, reporter or RecordingReporter(), None) as s:
-        return read_status(s.conn, s.params.dbname, directory, shipped)
 
 
 def release_classes(

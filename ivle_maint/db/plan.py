@@ -1,25 +1,27 @@
-"""Compare the marker with the shipped files, and plan what migrate does.
+"""Plan what migrate does, from the marker compared with the shipped files.
 
-read_status() reads the marker and checksums the shipped files;
-make_plan() classifies every pending file and lists everything that would
-block migrate (no marker on a populated database, changed or out-of-order
-files, files that cannot run), so that all of it is known before anything
-changes.
+db.status's read_status() reads the marker and checksums the shipped
+files (its names are importable from here too); make_plan() classifies
+every pending file and lists everything that would block migrate (no
+marker on a populated database, changed or out-of-order files, files that
+cannot run), so that all of it is known before anything changes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..errors import MaintError
 from . import marker
 from .classify import Classified, classify
-from .discovery import Migration, checksum, parse_key
-from .marker import MarkerRow
+from .discovery import Migration
 from .migration_class import DESTRUCTIVE, MigrationClass, Verdict, of_migration
+from .status import Changed, Status, canonical, order_of, read_status
+
+__all__ = ["Changed", "Plan", "Status", "canonical", "class_of", "classes_of", "make_plan",
+           "order_of", "read_status"]
 
 
 def class_of(m: Migration | Classified, accept_class: Iterable[str] = ()) -> MigrationClass:
@@ -30,56 +32,6 @@ def class_of(m: Migration | Classified, accept_class: Iterable[str] = ()) -> Mig
         except MaintError as exc:
             return MigrationClass(m.key, Verdict(DESTRUCTIVE, f"not proven: {exc}"))
     return of_migration(m.key, m.statements, m.directives, accept_class)
-
-
-def order_of(key: str) -> tuple[int, int] | None:
-    try:
-        return parse_key(key)[0]
-    except ValueError:
-        return None
-
-
-def canonical(key: str) -> str | None:
-    try:
-        return parse_key(Path(key).name)[1]
-    except ValueError:
-        return None
-
-
-@dataclass(frozen=True)
-class Changed:
-    """An applied migration whose file no longer matches its checksum."""
-
-    key: str
-    path: Path
-    recorded: str
-    current: str
-
-
-@dataclass(frozen=True)
-class Status:
-    """The database's marker compared with the shipped migrations."""
-
-    dbname: str
-    directory: Path
-    marker: bool  # the marker table exists
-    applied: dict[str, MarkerRow]
-    shipped: list[Migration]
-    pending: list[Migration]  # shipped, never applied, in order (out-of-order ones included)
-    out_of_order: list[Migration]  # pending but older than the newest applied
-    changed: list[Changed]
-    missing: list[str]  # applied keys no longer shipped (informational)
-    tables: list[str]  # a few tables other than the marker: populated?
-
-    @property
-    def newest_applied(self) -> str | None:
-        keys = [k for k in self.applied if order_of(k) is not None]
-        return max(keys, key=lambda k: order_of(k) or (0, 0)) if keys else None
-
-    @property
-    def unmarked(self) -> bool:
-        """A populated database with no record of what was applied."""
-        return not self.applied and bool(self.tables)
 
 
 @dataclass
@@ -119,35 +71,6 @@ class Plan:
         if resume.startswith("dpkg "):
             return f"ivle-maint rerun {flags}, then: dpkg --configure -a"
         return f"{resume} {flags}"
-
-
-def read_status(conn: Any, dbname: str, directory: Path, shipped: list[Migration]) -> Status:
-    applied = marker.applied(conn)
-    has_marker = bool(applied) or marker.exists(conn)
-    conn.rollback()
-    tables = marker.user_tables(conn) if not applied else []
-    conn.rollback()
-    by_key = {m.key: m for m in shipped}
-    pending = [m for m in shipped if m.key not in applied]
-    newest = max((o for k in applied if (o := order_of(k)) is not None), default=None)
-    out_of_order = [m for m in pending if newest is not None and m.order < newest]
-    changed = []
-    for key, row in applied.items():
-        if key in by_key and (current := checksum(by_key[key])) != row.checksum:
-            changed.append(Changed(key, by_key[key].path, row.checksum, current))
-    missing = [k for k in applied if k not in by_key]
-    return Status(
-        dbname,
-        directory,
-        has_marker,
-        applied,
-        shipped,
-        pending,
-        out_of_order,
-        changed,
-        missing,
-        tables,
-    )
 
 
 def _out_of_order(st: Status) -> str:

@@ -75,6 +75,7 @@ OWN: dict[str, str] = {
     "IVLE_MAINT_CONF": "ivle-maint's settings file",
     "IVLE_MAINT_DURING_UPGRADE": "[web] during_upgrade for dpkg's hooks",
     "IVLE_MAINT_ACCEPT_CLASS": "--accept-class for dpkg's hooks",
+    "IVLE_MAINT_FULL_PROCEDURE": "IVLE's whole procedure, whatever the release needs",
     "SUDO_USER": "who accepted a migration's class, for its marker row",
     "LOGNAME": "who accepted a migration's class, without sudo",
     "TERM": "whether the terminal shows progress (output.py)",

@@ -17,6 +17,7 @@ heartbeat) also serve users.py: both wrap IVLE's own jail tools.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shlex
@@ -32,8 +33,10 @@ from typing import Any
 from .. import system
 from ..config import IvleConf, Settings
 from ..errors import MaintError
+from ..gates.rewrite import write_state_file
 from ..logfile import BoundedOutput
 from ..output import Reporter
+from ..safepaths import read_nofollow
 
 log = logging.getLogger(__name__)
 
@@ -264,3 +267,44 @@ def rebuild_template(settings: Settings, reporter: Reporter, *, ivle_conf: IvleC
         raise MaintError(run.failure())
     compared = check_template(template, build)
     return JailRebuildResult(run, template, compared)
+
+
+# ------------------------------------------------------------ its inputs
+
+# [paths] state: the inputs the jail template was last built from
+# (release_needs.py computes them; written only after a rebuild checked).
+INPUTS_RECORD = "jail-inputs.json"
+
+
+def inputs_record_path(settings: Settings) -> Path:
+    return settings.path_of("state") / INPUTS_RECORD
+
+
+def recorded_inputs(settings: Settings) -> dict[str, str] | None:
+    """What the last checked rebuild was built from, or None when unknown
+    (no record, or one this version cannot read: a rebuild is then owed)."""
+    try:
+        data = json.loads(read_nofollow(inputs_record_path(settings)).decode("utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("%s: unreadable (%s): the jail counts as changed",
+                    inputs_record_path(settings), exc)
+        return None
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        return None
+    return data
+
+
+def forget_inputs(settings: Settings) -> None:
+    """Before a rebuild: a build that fails half-way leaves a template made
+    of no known inputs, which no record may vouch for."""
+    path = inputs_record_path(settings)
+    if path.exists():
+        path.unlink()
+
+
+def record_inputs(settings: Settings, inputs: dict[str, str]) -> None:
+    """Remember INPUTS after a rebuild whose result was checked."""
+    text = json.dumps(inputs, indent=1, sort_keys=True) + "\n"
+    write_state_file(inputs_record_path(settings), text.encode(), mode=0o644)

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 RUNNING, STOPPED, UNKNOWN = "running", "stopped", "unknown"
 DONE, NOOP, SKIPPED = "done", "no-op", "skipped"
-ACTIONS = ("stop", "start", "restart")
+ACTIONS = ("stop", "start", "restart", "reload")  # reload: a graceful restart
 BACKENDS = ("invoke-rc.d", "systemctl", "init.d")
 
 # invoke-rc.d's "forbidden" status (with --disclose-deny) and its messages.
@@ -52,7 +52,7 @@ class ServiceResult:
     """What one action on one service did."""
 
     service: str
-    action: str  # stop, start, restart
+    action: str  # stop, start, restart, reload
     outcome: str  # DONE, NOOP (already so) or SKIPPED (forbidden)
     state: str  # RUNNING, STOPPED or UNKNOWN afterwards
     backend: str
@@ -67,7 +67,8 @@ class ServiceResult:
     @property
     def message(self) -> str:
         if self.outcome == DONE:
-            past = {"stop": "stopped", "start": "started", "restart": "restarted"}[self.action]
+            past = {"stop": "stopped", "start": "started", "restart": "restarted",
+                    "reload": "reloaded"}[self.action]
             return f"{self.service}: {past} ({self.backend}, {self.seconds:.1f}s)"
         if self.outcome == NOOP:
             return f"{self.service}: {self.reason}"
@@ -222,7 +223,7 @@ class ServiceControl:
         if action != "stop":
             self.may_start(name)
         before = self.status(name)
-        if action != "restart" and before == wanted:
+        if action not in ("restart", "reload") and before == wanted:
             reason = "already stopped" if wanted == STOPPED else "already running"
             return ServiceResult(name, action, NOOP, before, self.backend, reason)
         started = time.monotonic()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .. import release_needs
 from ..context import BEFORE, MASTER, Outcome, Step, UpgradeContext
 from ..db.migrations import record_baseline
 from ..installed import old_migration_files
@@ -9,6 +10,7 @@ from ..installed import old_migration_files
 
 def baseline(ctx: UpgradeContext) -> Outcome:
     """Give a database without a marker the old version's migrations."""
+    release_needs.of(ctx)  # a master's first step: the decision is made before the code changes
     files = old_migration_files(ctx)
     if files is None:
         return Outcome("no record of the old version's migrations; the marker must exist")

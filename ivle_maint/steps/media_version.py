@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .. import release_needs
 from ..cluster.media import agree, check_claim
 from ..context import (
     AFTER,
@@ -24,7 +25,15 @@ from ..media.preflight import check_media, plan_line
 from ..media.version import MEDIA_RECORD, change_media_version
 
 
+def skip_why(ctx: UpgradeContext) -> str:
+    needs = release_needs.of(ctx)
+    return "" if needs.media else needs.reason(release_needs.MEDIA)
+
+
 def media_version(ctx: UpgradeContext) -> Outcome:
+    why = skip_why(ctx)  # browsers' cached static files are still right
+    if why:
+        return release_needs.skipped(why)
     # The value derives from NEW and the record of values used, the same on
     # every node; upgrade_id only makes a rerun reuse its own value.  In a
     # cluster, the slaves first agree on it in the database (cluster/media.py).
@@ -39,10 +48,16 @@ def check_media_record(ctx: UpgradeContext) -> None:
 
 
 def plan_lines(ctx: UpgradeContext, migrations_source: str | None) -> list[str]:
-    return [plan_line(ctx)]
+    return [] if skip_why(ctx) else [plan_line(ctx)]
 
 
-def show_change(new: Any, metrics: Mapping[str, Any]) -> str:
+def skip_plan(ctx: UpgradeContext, migrations_source: str | None) -> list[str]:
+    return release_needs.plan_lines(STEP.name, skip_why(ctx))
+
+
+def show_change(new: Any, metrics: Mapping[str, Any]) -> str | None:
+    if release_needs.SKIPPED in metrics:
+        return None
     return f"{metrics.get('media_old') or '(unset)'} -> {new or '(unset)'}"
 
 
@@ -50,6 +65,6 @@ STEP = Step("media-version", "change the media version", SLAVE, AFTER, media_ver
             checks=(Check(PreflightStage.IVLE_CONF, check_media),
                     Check(PreflightStage.STATE_FILES, check_media_record),
                     Check(PreflightStage.CLUSTER, check_claim)),
-            plan=(PlanLines(PlanPart.WEB, plan_lines),),
+            plan=(PlanLines(PlanPart.WEB, plan_lines), PlanLines(PlanPart.SKIPPED, skip_plan)),
             metrics=(Metric("media_new", "media version", SummaryPart.DONE, show_change,
                             when_done=True),))

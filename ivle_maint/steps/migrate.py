@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .. import release_needs
 from ..cluster.waits import slaves_plan_line, wait_for_slaves
 from ..context import (
     AFTER,
@@ -30,6 +31,9 @@ from . import baseline
 
 
 def migrate(ctx: UpgradeContext) -> Outcome:
+    why = release_needs.of(ctx).stays_up  # nothing pending, and no slave to wait for
+    if why:
+        return release_needs.skipped(why)
     # IVLE's procedure: slaves' web servers are down before the schema changes.
     waited = WAIT.wait(ctx, STEP.name)
     _record_pending(ctx)
@@ -109,6 +113,10 @@ def plan_lines(ctx: UpgradeContext, migrations_source: str | None) -> list[str]:
     return preflight.plan_lines(ctx, migrations_source, baseline.STEP.name)
 
 
+def skip_plan(ctx: UpgradeContext, migrations_source: str | None) -> list[str]:
+    return release_needs.plan_lines(STEP.name, release_needs.of(ctx).stays_up)
+
+
 def show_applied(applied: Any, metrics: Mapping[str, Any]) -> str | None:
     return f"{len(applied)} {' '.join(applied)}" if isinstance(applied, list) else None
 
@@ -122,7 +130,7 @@ WAIT = ClusterWait(wait_for_slaves, _wait_plan)
 STEP = Step("migrate", "apply database migrations", MASTER, AFTER, migrate,
             checks=(Check(PreflightStage.DATABASE, preflight.check_migrations),
                     Check(PreflightStage.STATE_FILES, check_pins_record)),
-            plan=(PlanLines(PlanPart.DATABASE, plan_lines),),
+            plan=(PlanLines(PlanPart.DATABASE, plan_lines), PlanLines(PlanPart.SKIPPED, skip_plan)),
             metrics=(Metric("migrations_applied", "migrations applied", SummaryPart.DATABASE,
                             show_applied),),
             cluster_wait=WAIT)

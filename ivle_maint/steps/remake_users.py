@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-from ..context import AFTER, MASTER, Metric, Outcome, Step, UpgradeContext
+from .. import release_needs
+from ..context import AFTER, MASTER, Metric, Outcome, PlanLines, PlanPart, Step, UpgradeContext
 from ..jails.users import remake_user_jails
-from .rebuild_jail import WAIT, with_wait
+from .rebuild_jail import WAIT, skip_why, with_wait
 
 
 def remake_users(ctx: UpgradeContext) -> Outcome:
+    why = skip_why(ctx)  # the users' jails are made from the template's inputs
+    if why:
+        return release_needs.skipped(why)
     waited = WAIT.wait(ctx, STEP.name)
     result = remake_user_jails(ctx.settings, ctx.reporter, ivle_conf=ctx.ivle_conf)
     return with_wait(waited, Outcome(result.summary, result.metrics))
 
 
+def skip_plan(ctx: UpgradeContext, migrations_source: str | None) -> list[str]:
+    return release_needs.plan_lines(STEP.name, skip_why(ctx))
+
+
 STEP = Step("remake-users", "rebuild user jails", MASTER, AFTER, remake_users,
             programs=lambda settings: [settings["commands"]["remakeuser"]],
+            plan=(PlanLines(PlanPart.SKIPPED, skip_plan),),
             metrics=(Metric("rebuilt", "user jails rebuilt"),), cluster_wait=WAIT)

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
-from ..context import AFTER, MASTER, Outcome, Step, UpgradeContext
+from .. import release_needs
+from ..context import AFTER, MASTER, Outcome, PlanLines, PlanPart, Step, UpgradeContext
 from ..services.outcome import service_outcome
 
 
+def skip_why(ctx: UpgradeContext) -> str:
+    """Why not ("" to restart): the site stayed up and usrmgt's code is the same."""
+    needs = release_needs.of(ctx)
+    return "" if needs.outage or needs.usrmgt else needs.reason(release_needs.USRMGT)
+
+
 def restart_usrmgt(ctx: UpgradeContext) -> Outcome:
+    why = skip_why(ctx)
+    if why:
+        return release_needs.skipped(why)
     return service_outcome(ctx, "restart", "usrmgt")
 
 
+def skip_plan(ctx: UpgradeContext, migrations_source: str | None) -> list[str]:
+    return release_needs.plan_lines(STEP.name, skip_why(ctx))
+
+
 STEP = Step("restart-usrmgt", "restart the user management server", MASTER, AFTER,
-            restart_usrmgt, serving=True)
+            restart_usrmgt, serving=True, plan=(PlanLines(PlanPart.SKIPPED, skip_plan),))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from .. import release_needs
 from ..cluster.waits import master_plan_line, wait_for_master
 from ..context import (
     AFTER,
@@ -38,6 +39,11 @@ def start_web(ctx: UpgradeContext) -> Outcome:
     if left:
         left = f"{released}; {left}"
         return Outcome(f"{waited}; {left}" if waited else left, {"hold": released})
+    if not release_needs.of(ctx).outage:
+        outcome = _reload(ctx)
+        outcome.summary = f"{released}; {outcome.summary}"
+        outcome.metrics["hold"] = released
+        return outcome
     late = started_by_hand(ctx)
     outcome = service_outcome(ctx, "restart" if late else "start", "web")
     if late:
@@ -46,6 +52,16 @@ def start_web(ctx: UpgradeContext) -> Outcome:
     outcome.metrics["hold"] = released
     if waited:
         outcome.summary = f"{waited}; {outcome.summary}"
+    return outcome
+
+
+def _reload(ctx: UpgradeContext) -> Outcome:
+    """The site stayed up (stop-web skipped): a graceful restart puts the new
+    code in service without refusing a connection; a stopped server starts."""
+    name = ctx.settings["services"]["web"]
+    running = control_from_settings(ctx.settings, ctx.reporter).status(name) == RUNNING
+    outcome = service_outcome(ctx, "reload" if running else "start", "web")
+    outcome.metrics["reloaded"] = running
     return outcome
 
 

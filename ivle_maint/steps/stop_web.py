@@ -10,6 +10,7 @@ IVLE site enabled again is disabled again).
 
 from __future__ import annotations
 
+from .. import release_needs
 from ..context import (
     BEFORE,
     SLAVE,
@@ -29,6 +30,9 @@ from . import start_web
 
 
 def stop_web(ctx: UpgradeContext) -> Outcome:
+    why = release_needs.of(ctx).stays_up  # decided here, first, in the before-phase
+    if why:
+        return release_needs.skipped(why)
     held = schema_hold.install(ctx.settings)
     if maintenance_page.mode(ctx.settings, ctx.during_upgrade) == maintenance_page.MAINTENANCE:
         entered = maintenance_page.enter(ctx.settings, ctx.reporter, _down())
@@ -42,6 +46,8 @@ def stop_web(ctx: UpgradeContext) -> Outcome:
 def still_stopped(ctx: UpgradeContext) -> str:
     """What undid stop-web since it was done ("" if nothing): checked again
     before the after-phase, which then redoes the step."""
+    if release_needs.was_skipped(ctx, STEP.name):
+        return ""  # the site stays up: nothing to redo
     settings = ctx.settings
     name = settings["services"]["web"]
     if schema_hold.holding(settings) is None:
@@ -68,9 +74,13 @@ def plan_lines(ctx: UpgradeContext, migrations_source: str | None) -> list[str]:
             schema_hold.status_line(ctx.settings)]
 
 
+def skip_plan(ctx: UpgradeContext, migrations_source: str | None) -> list[str]:
+    return release_needs.plan_lines(STEP.name, release_needs.of(ctx).stays_up)
+
+
 # Abandoned, the upgrade starts it again (begun counts: a run killed
 # inside the stop may have stopped it).
 STEP = Step("stop-web", "stop the web server", SLAVE, BEFORE, stop_web,
             undo=start_web.STEP, serving=False, recheck=still_stopped,
             checks=(Check(PreflightStage.WEB, check_maintenance),),
-            plan=(PlanLines(PlanPart.WEB, plan_lines),))
+            plan=(PlanLines(PlanPart.WEB, plan_lines), PlanLines(PlanPart.SKIPPED, skip_plan)))

@@ -6,19 +6,25 @@ re-checks (still_unmounted) and unmounts any mounted since.
 
 from __future__ import annotations
 
+from .. import release_needs
 from ..config import Settings
-from ..context import BEFORE, SLAVE, Metric, Outcome, Step, UpgradeContext
+from ..context import BEFORE, SLAVE, Metric, Outcome, PlanLines, PlanPart, Step, UpgradeContext
 from ..jaildir import check as checked_mounts
 from ..jails.mounts import list_jail_mounts, unmount_jails_for
 
 
 def unmount_jails(ctx: UpgradeContext) -> Outcome:
+    why = release_needs.of(ctx).stays_up
+    if why:
+        return release_needs.skipped(why)
     result = unmount_jails_for(ctx.settings, ctx.reporter)
     return Outcome(result.summary, {"jails_unmounted": len(result.unmounted)})
 
 
 def still_unmounted(ctx: UpgradeContext) -> str:
     """Jail mounts made since the step ("" if none)."""
+    if release_needs.was_skipped(ctx, STEP.name):
+        return ""  # the site stays up: jails stay mounted
     found = list_jail_mounts(checked_mounts(ctx.settings.ivle_conf()))
     if not found:
         return ""
@@ -32,6 +38,11 @@ def programs(settings: Settings) -> list[str]:
     return [settings["commands"]["mountallusers"]] if run else []
 
 
+def skip_plan(ctx: UpgradeContext, migrations_source: str | None) -> list[str]:
+    return release_needs.plan_lines(STEP.name, release_needs.of(ctx).stays_up)
+
+
 STEP = Step("unmount-jails", "unmount user jails", SLAVE, BEFORE, unmount_jails,
             recheck=still_unmounted, programs=programs,
+            plan=(PlanLines(PlanPart.SKIPPED, skip_plan),),
             metrics=(Metric("jails_unmounted", "jail mounts unmounted"),))

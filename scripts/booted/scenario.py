@@ -32,7 +32,7 @@ PROBE_LINE = re.compile(r"client probe: (\d+) requests: (\d+) old, (\d+) mainten
 def ivle_maint_deb() -> Path:
     """build/deb/ivle-maint_*_all.deb, made by `make deb` first."""
     built = subprocess.run(["make", "-C", str(REPO), "deb"], stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
+                           stderr=subprocess.STDOUT, text=True, check=False)
     if built.returncode != 0:  # the build's own tests failed: say which
         raise RuntimeError(f"make deb failed:\n{built.stdout[-4000:]}")
     debs = sorted((REPO / "build" / "deb").glob("ivle-maint_*_all.deb"))

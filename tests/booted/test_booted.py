@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from booted import scenario  # scripts/: on sys.path by setup.cfg's pythonpath
 from booted.scenario import Guest, Probe
-from e2e.driver.config import GOOD_FIRST_MIGRATION
+from e2e.driver.config import GOOD_FIRST_MIGRATION, TEMPLATE
 from e2e.driver.config import MIGRATIONS_NEW as NEW_KEYS
 from e2e.driver.config import MIGRATIONS_OLD as OLD_KEYS
 
@@ -101,6 +101,40 @@ def test_upgrade(repos):
         check_upgraded(before, after, since)
         check_probe(probe)
         assert probe.counts["refused"] > 0  # IVLE's procedure: Apache stopped
+        assert guest.run("dpkg", "--audit").stdout.strip() == ""
+
+
+def test_reinstall_keeps_the_site_up_and_rebuilds_nothing(repos):
+    """apt-get install --reinstall of the installed 1.1 (the same files): no
+    client sees a refused connection, Apache is only reloaded, usrmgt keeps
+    running, the jail is not rebuilt, the media version and database are
+    left alone (release_needs.py)."""
+    with scenario.prepared_nodes(["ivle-node"], "good", repos) as guests:
+        guest = guests["ivle-node"]
+        assert guest.run("apt-get", "upgrade", "-y", "-q").returncode == 0
+        mark = str(TEMPLATE / "rebuild-mark")  # a rebuild (rsync --delete) removes it
+        guest.run("touch", mark, check=True)
+        before = guest.facts()
+        with Probe(guest, old="1.0", new="1.1") as probe:
+            time.sleep(1.0)
+            since = time.time()
+            done = guest.run("apt-get", "install", "--reinstall", "-y", "-q", "ivle")
+            print(done.stdout[-6000:], flush=True)
+            time.sleep(1.0)
+            probe.stop()
+        assert done.returncode == 0, done.stdout[-3000:]
+        after = guest.facts()
+        assert probe.counts["refused"] == 0 and probe.counts["errors"] == 0, probe.line
+        assert probe.sequence() == ["new"], probe.sequence()
+        web = [v for u, v, _t in events(after, since) if u == "apache2"]
+        assert web and set(web) <= {"Reloading", "Reloaded"}, web  # never stopped
+        assert after["usrmgt_pid"] == before["usrmgt_pid"]
+        assert guest.run("test", "-e", mark).returncode == 0, "the jail was rebuilt"
+        assert after["media"] == before["media"] and after["dumps"] == before["dumps"]
+        assert after["marker"] == before["marker"]
+        status = guest.run("ivle-maint", "status", check=True).stdout
+        assert "web service not stopped (reloaded on the new code)" in status, status
+        assert "rebuild-jail: skipped:" in status and "media-version: skipped:" in status
         assert guest.run("dpkg", "--audit").stdout.strip() == ""
 
 

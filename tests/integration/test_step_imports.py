@@ -1,10 +1,12 @@
 """Loading IVLE's procedure loads everything its steps use.
 
 A watcher (a sitecustomize.py put first on ivle-maint's PYTHONPATH) notes
-every ivle_maint, psutil or psycopg2 module first imported once a step has
-begun: under dpkg the postinst is a new process whose web server is down
-from its start, so an import there is one more thing that can fail (a
-broken python3-psutil) with the site down.
+every ivle_maint, psutil, psycopg2, sh or pglast module first imported once
+a step has begun: under dpkg the postinst is a new process whose web
+server is down from its start, so an import there is one more thing that
+can fail (a broken python3-psutil) with the site down.  (sh and pglast are
+loaded by upgrade.preload, not with the modules that use them: `db status`
+and `plan` never load them.)
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ WATCHER = '''\
 import os
 import sys
 
-WATCHED = ("ivle_maint", "psutil", "psycopg2")
+WATCHED = ("ivle_maint", "psutil", "psycopg2", "sh", "pglast")
 REPORT = os.environ["IVLE_TEST_LATE_IMPORTS"]
 begun = []
 

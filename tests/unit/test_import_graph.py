@@ -119,15 +119,15 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # run, files written, the journal, the Step and UpgradeContext types.
     ("base", ("__init__", "errors", "gates", "config", "output", "system", "children",
               "safepaths", "liveness", "context", "mountinfo", "jaildir", "journal",
-              "logfile", "lock", "versions", "dpkg", "installed", "migration_manifest",
-              "source", "summary")),
+              "logformat", "logfile", "lock", "versions", "dpkg", "installed",
+              "migration_manifest", "source", "summary")),
     # The work, named by what it does: below the cluster and the steps, so
     # cluster/, the steps, preflight and the CLI all call it, never it them.
     ("library", ("db", "services", "consoles", "jails", "media")),
     # The nodes' coordination through the database's cluster tables.
     ("cluster", ("cluster",)),
     # One module per step of IVLE's upgrade procedure.
-    ("steps", ("steps",)),
+    ("steps", ("steps", "release_needs")),
     # The steps in order, and the runner that walks them with the journal.
     ("procedure", ("procedure", "runner")),
     # A whole upgrade: preflight, plan, lock and log, dpkg's hooks.

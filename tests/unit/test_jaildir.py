@@ -102,7 +102,7 @@ def test_an_oserror_is_one_line_and_exit_1(monkeypatch: pytest.MonkeyPatch,
         raise OSError(30, os.strerror(30), "/var/backups/ivle-maint/x\ny")
 
     args = cli.build_parser().parse_args(["settings"])
-    monkeypatch.setattr(cli, "build_parser", lambda: _Fixed(args, read_only))
+    monkeypatch.setattr(cli, "build_parser", lambda only=None: _Fixed(args, read_only))
     assert cli.main(["settings"]) == 1
     err = capsys.readouterr().err
     assert err == "ivle-maint: error: /var/backups/ivle-maint/x\\ny: Read-only file system\n"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import itertools
 import os
 from pathlib import Path
 
@@ -173,3 +175,22 @@ def test_sticky_world_writable_parent_is_fine(tmp_path: Path) -> None:
     (parent / "m").chmod(0o1777)  # but not for the directory itself
     with pytest.raises(MaintError, match="writable by"):
         discovery.check_writers(parent / "m")
+
+
+@pytest.mark.parametrize("year", ["0000", "2011", "2012"])
+def test_a_key_is_a_date_exactly_when_strptime_says_so(year: str) -> None:
+    """parse_key checks the date without strptime (it loads _strptime and
+    the locale's names: `db status` pays for neither); the verdict is the same."""
+    for month, day in itertools.product(range(100), range(100)):
+        text = f"{year}{month:02d}{day:02d}"
+        try:
+            datetime.datetime.strptime(text, "%Y%m%d")
+            expected = True
+        except ValueError:
+            expected = False
+        try:
+            discovery.parse_key(text)
+            found = True
+        except ValueError:
+            found = False
+        assert found == expected, text

@@ -52,6 +52,7 @@ def test_the_steps_checks_run_in_the_preflights_order():
         ("DATABASE", "migrate", "check_migrations"),
         ("IVLE_CONF", "media-version", "check_media"),
         ("STATE_FILES", "migrate", "check_pins_record"),
+        ("STATE_FILES", "rebuild-jail", "check_inputs_record"),
         ("STATE_FILES", "media-version", "check_media_record"),
         ("STATE_FILES", "start-web", "check_release_record"),
         ("CLUSTER", "media-version", "check_claim"),
@@ -105,6 +106,22 @@ def test_a_step_not_done_shows_only_what_it_recorded_and_its_status(tmp_path: Pa
     assert summary_lines(journal, STEPS)[1:] == [
         "  migrations applied: 0",
         "  rebuild-jail: failed: ivle-buildjail failed",
+    ]
+
+
+def test_skipped_steps_are_shown_as_such_and_the_web_server_as_not_stopped(tmp_path: Path):
+    journal = Journal.open(tmp_path, "1.1", "1.1", "both")
+    for name in ("stop-web", "rebuild-jail", "media-version"):
+        journal.begin(name)
+        journal.finish(name, "skipped: same files", {"skipped": "same files"})
+    journal.begin("start-web")
+    journal.finish("start-web", "apache2: reloaded", {})
+    journal.set_state("complete")
+    assert summary_lines(journal, STEPS)[1:] == [
+        "  web service not stopped (reloaded on the new code)",
+        "  stop-web: skipped: same files",
+        "  rebuild-jail: skipped: same files",
+        "  media-version: skipped: same files",
     ]
 
 

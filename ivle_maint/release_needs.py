@@ -1,0 +1,414 @@
+"""What a release needs of IVLE's upgrade procedure: decided once, before the code changes.
+
+IVLE's procedure takes the site down, rebuilds every jail and changes the
+media version on every upgrade.  A release needs each only for what it
+changes:
+
+- migrations: a new or changed migration file (NEW's files against OLD's)
+  or, on the master, one the database's marker does not hold;
+- the jail: ivle-buildjail builds the template from ivle.conf's [jail]
+  settings and copies IVLE's own code into it, so its inputs are those
+  settings and every IVLE file but static media, documentation,
+  migrations and Apache's configuration (classify()).  The master
+  compares them with what the last checked rebuild recorded
+  (jails/template.py, [paths] state/jail-inputs.json); a slave, which
+  rebuilds nothing, with OLD's files;
+- the media version: the version changes, or a static file does;
+- the user management server's restart: IVLE's code changed.
+
+A release that needs neither migrations nor a jail rebuild keeps the site
+up (Needs.outage False): nothing is stopped or unmounted, and once the new
+code is in place the web server is reloaded.  Anything else gets the full
+procedure, as before.  `IVLE_MAINT_FULL_PROCEDURE=1` in the environment
+(also through `apt-get`) forces the full procedure.
+
+The file lists: dpkg's preinst is the only time both are known, the
+installed package's md5sums (`$DPKG_ADMINDIR/info/PKG.md5sums`) and the
+new package's, which dpkg extracts with its control file beside the
+preinst it runs (`$DPKG_ADMINDIR/tmp.ci/`).  A source install
+(`upgrade --source DIR`) fingerprints DIR's files (the jail only).
+Whatever is not known counts as changed.
+
+The decision goes into the upgrade's journal (Journal.needs) the first time
+a step asks, in the before-phase; the after-phase and every rerun read it
+back, so they agree exactly.  A skipped step is journaled done, with
+"skipped: WHY" (skipped()).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from . import summary
+from .cluster.presence import coordinated
+from .context import Outcome, UpgradeContext
+from .db.migrations import status
+from .dpkg import package_version
+from .errors import MaintError
+from .gates import trusted
+from .jails.template import recorded_inputs
+
+ENV_FULL = "IVLE_MAINT_FULL_PROCEDURE"
+# A skipped step's metric (its reason), in its journal record; the summary reads it.
+SKIPPED = summary.SKIPPED
+# dpkg's md5sums and control files, read through the gate.
+DPKG_FILE = trusted.Purpose("dpkg's package file list", 64 * trusted.MiB, MaintError)
+DEFAULT_PACKAGE = "ivle"
+
+FileList = dict[str, str]  # path (as dpkg lists it, or relative to the tree) -> digest
+
+
+class Kind(StrEnum):
+    """What a file of IVLE's is to the procedure (classify)."""
+
+    CODE = "code"            # goes into the jail; the web server and usrmgt run it
+    MEDIA = "media"          # static files: the media version
+    MIGRATION = "migration"  # userdb/migrations: the migrate step
+    DOC = "doc"              # nothing runs it
+    WEB = "web"              # Apache's configuration: a reload
+
+
+_DOC_DIRS = (("usr", "share", "doc"), ("usr", "share", "man"), ("usr", "share", "info"),
+             ("usr", "share", "lintian"), ("doc",))
+
+
+def classify(path: str) -> Kind:
+    """PATH's kind: IVLE's static files live in a `media` directory
+    (ivle/webapp/*/media), its migrations in userdb/migrations."""
+    parts = PurePosixPath(path.lstrip("/").removeprefix("./")).parts
+    if any(parts[:len(d)] == d for d in _DOC_DIRS):
+        return Kind.DOC
+    if parts[-3:-1] == ("userdb", "migrations"):
+        return Kind.MIGRATION
+    if "media" in parts[:-1]:
+        return Kind.MEDIA
+    if parts[:2] == ("etc", "apache2"):
+        return Kind.WEB
+    return Kind.CODE
+
+
+def changed(old: Mapping[str, str], new: Mapping[str, str], kind: Kind) -> list[str]:
+    """The files of KIND added, removed or changed from OLD to NEW, sorted."""
+    names = {p for p in (*old, *new) if classify(p) == kind}
+    return sorted(p for p in names if old.get(p) != new.get(p))
+
+
+def digest_of(files: Mapping[str, str], kind: Kind) -> str:
+    """One fingerprint of FILES' entries of KIND (names and digests)."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in files if classify(p) == kind):
+        h.update(f"{path}\0{files[path]}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def jail_settings_digest(conf: Mapping[str, Any]) -> str:
+    """ivle.conf's part of the jail's inputs: [jail] and where the template is."""
+    jail = conf.get("jail") or {}
+    where = conf["paths"]["jails"]
+    text = json.dumps({"jail": {k: str(v) for k, v in jail.items()},
+                       "template": str(where["template"]),
+                       "template_build": str(where["template_build"])}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# ------------------------------------------------------------------ the file lists
+
+
+def parse_md5sums(data: bytes, where: str) -> FileList:
+    """dpkg's md5sums: `DIGEST  PATH` per line."""
+    files: FileList = {}
+    for line in data.decode("utf-8", "surrogateescape").splitlines():
+        if not line.strip():
+            continue
+        digest, sep, path = line.partition("  ")
+        if not sep:
+            digest, sep, path = line.partition(" *")
+        if not sep or len(digest) != 32 or not path:
+            raise MaintError(f"{where}: not an md5sums line: {line[:80]!r}")
+        files[path.lstrip("/")] = digest
+    return files
+
+
+def _admin_dir() -> Path:
+    return Path(os.environ.get("DPKG_ADMINDIR") or "/var/lib/dpkg")
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return trusted.read(path, DPKG_FILE)
+    except FileNotFoundError:
+        return None
+
+
+def installed_files(package: str) -> FileList | None:
+    """The installed package's files, from dpkg's database; None if unknown."""
+    info = _admin_dir() / "info"
+    for path in (info / f"{package}.md5sums", *sorted(info.glob(f"{package}:*.md5sums"))):
+        data = _read(path)
+        if data is not None:
+            return parse_md5sums(data, str(path))
+    return None
+
+
+def incoming_files(package: str, version: str) -> FileList | None:
+    """The new package's files, while its preinst runs: dpkg has extracted its
+    control archive beside the preinst (tmp.ci), control naming the version."""
+    if os.environ.get("DPKG_MAINTSCRIPT_NAME") != "preinst":
+        return None
+    tmp = _admin_dir() / "tmp.ci"
+    control = _read(tmp / "control")
+    if control is None:
+        return None
+    fields = dict(line.split(":", 1) for line in control.decode("utf-8", "replace").splitlines()
+                  if ":" in line and not line.startswith((" ", "\t")))
+    if fields.get("Package", "").strip() != package or \
+            fields.get("Version", "").strip() != version:
+        return None
+    data = _read(tmp / "md5sums")
+    return None if data is None else parse_md5sums(data, str(tmp / "md5sums"))
+
+
+_TREE_SKIP = frozenset({".git", ".bzr", "build", "__pycache__"})
+
+
+def tree_files(top: Path) -> FileList:
+    """A source tree's files (upgrade --source: root's, checked), by content."""
+    files: FileList = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames[:] = sorted(d for d in dirnames if d not in _TREE_SKIP)
+        for name in filenames:
+            path = Path(dirpath) / name
+            rel = path.relative_to(top).as_posix()
+            if path.is_symlink():
+                files[rel] = "link:" + os.readlink(path)
+            elif path.is_file():
+                files[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return files
+
+
+@dataclass(frozen=True)
+class Release:
+    """OLD's and NEW's files as far as they are known, and from where."""
+
+    old: FileList | None
+    new: FileList | None
+    where: str
+
+
+def release_files(ctx: UpgradeContext, *, planning: bool = False) -> Release:
+    """The file lists of the upgrade.  PLANNING (`ivle-maint plan`, no
+    preinst): a reinstall of the installed version is taken to bring the
+    files it has (said in the reasons)."""
+    if ctx.source is not None:
+        return Release(None, tree_files(ctx.source), f"source tree {ctx.source}")
+    package = ctx.package or DEFAULT_PACKAGE
+    old = installed_files(package)
+    new = incoming_files(package, ctx.new)
+    if new is not None:
+        return Release(old, new, f"dpkg's lists of {package} {ctx.old} and {ctx.new}")
+    if planning and ctx.old == ctx.new and old is not None:
+        try:
+            same = package_version(package) == ctx.new
+        except MaintError:
+            same = False
+        if same:
+            return Release(old, old, f"a reinstall of {package} {ctx.new}, taken to bring "
+                           "the files installed now")
+    return Release(old, None, f"{ctx.new}'s files are not known before it is unpacked "
+                   "(dpkg's preinst knows them)")
+
+
+# ------------------------------------------------------------------- the decision
+
+OUTAGE, MIGRATIONS, JAIL, MEDIA, USRMGT = "outage", "migrations", "jail", "media", "usrmgt"
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What the release needs; `why` says why, or why not, for each."""
+
+    migrations: bool = True
+    jail: bool = True
+    media: bool = True
+    usrmgt: bool = True
+    outage: bool = True
+    why: dict[str, str] = field(default_factory=dict)
+    # The jail's inputs, recorded once a rebuild from them is checked.
+    jail_inputs: dict[str, str] = field(default_factory=dict)
+    # What the decision took for granted (plan's guess for a reinstall), said with it.
+    assumed: str = ""
+
+    @classmethod
+    def full(cls, why: str) -> Needs:
+        return cls(why={key: why for key in (OUTAGE, MIGRATIONS, JAIL, MEDIA, USRMGT)})
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Needs:
+        try:
+            return cls(**data)
+        except TypeError:  # another version's record: the safe answer
+            return cls.full("the journal's record of the decision is not this version's")
+
+    def _said(self, text: str) -> str:
+        return f"{text}; assuming {self.assumed}" if self.assumed else text
+
+    def reason(self, key: str) -> str:
+        return self._said(self.why.get(key, ""))
+
+    @property
+    def stays_up(self) -> str:
+        """Why the site is not taken down ("" when it is)."""
+        if self.outage:
+            return ""
+        return self._said(f"the site stays up ({self.why.get(MIGRATIONS, '')}; "
+                          f"{self.why.get(JAIL, '')})")
+
+
+def _forced() -> bool:
+    return os.environ.get(ENV_FULL, "").strip().lower() not in ("", "0", "no", "false")
+
+
+def _migrations(ctx: UpgradeContext, files: Release) -> tuple[bool, str]:
+    if files.old is not None and files.new is not None:
+        new = changed(files.old, files.new, Kind.MIGRATION)
+        if new:
+            return True, f"{len(new)} migration files new or changed ({new[0]}...)"
+    elif not (ctx.settings.role.runs_database and ctx.source is not None):
+        return True, "the migrations OLD shipped are not known"
+    if ctx.settings.role.runs_database:
+        try:
+            found = status(ctx.settings, migrations_dir=ctx.preflight_migrations)
+        except MaintError as exc:
+            return True, f"the database cannot say what is pending ({exc})"
+        if found.unmarked and files.old is None:
+            return True, "no migration marker yet"
+        if found.marker and (found.pending or found.changed):
+            keys = [m.key for m in found.pending] or [c.key for c in found.changed]
+            return True, f"{len(keys)} migrations pending or changed ({keys[0]}...)"
+    return False, "no migrations"
+
+
+def _jail(ctx: UpgradeContext, files: Release) -> tuple[bool, str, dict[str, str]]:
+    assert files.new is not None
+    inputs = {"files": digest_of(files.new, Kind.CODE),
+              "settings": jail_settings_digest(ctx.ivle_conf.conf), "from": files.where}
+    if ctx.settings.role.runs_database:
+        recorded = recorded_inputs(ctx.settings)
+        if recorded is None:
+            return True, "no record of the inputs of the last jail rebuild", inputs
+        if not ctx.ivle_conf.jail_template.is_dir():
+            return True, f"no jail template at {ctx.ivle_conf.jail_template}", inputs
+        if recorded.get("settings") != inputs["settings"]:
+            return True, "ivle.conf's jail settings changed since the last rebuild", inputs
+        if recorded.get("files") != inputs["files"]:
+            some = changed(files.old, files.new, Kind.CODE)[:1] if files.old else []
+            return True, "IVLE's files in the jail changed since the last rebuild" + \
+                (f" ({some[0]}...)" if some else ""), inputs
+        return False, "the jail's inputs are those of the last rebuild", inputs
+    if files.old is None:
+        return True, "the installed files are not known", inputs
+    code = changed(files.old, files.new, Kind.CODE)
+    if code:
+        return True, f"{len(code)} of IVLE's files in the jail change ({code[0]}...)", inputs
+    return False, "no IVLE file in the jail changes", inputs
+
+
+def _media(ctx: UpgradeContext, files: Release) -> tuple[bool, str]:
+    if ctx.old != ctx.new:
+        return True, f"the version changes ({ctx.old} -> {ctx.new})"
+    if files.old is None or files.new is None:
+        return True, "the installed static files are not known"
+    media = changed(files.old, files.new, Kind.MEDIA)
+    if media:
+        return True, f"{len(media)} static files change ({media[0]}...)"
+    return False, "neither the version nor a static file changes"
+
+
+def _usrmgt(files: Release) -> tuple[bool, str]:
+    if files.old is None or files.new is None:
+        return True, "the installed files are not known"
+    code = changed(files.old, files.new, Kind.CODE)
+    return (True, f"its code changes ({code[0]}...)") if code else \
+        (False, "its code does not change")
+
+
+def decide(ctx: UpgradeContext, *, planning: bool = False) -> Needs:
+    """What the release needs; anything not known counts as needed."""
+    needs = _decide(ctx, planning)
+    if _forced():  # the jail's inputs are kept: the rebuild records them
+        return replace(Needs.full(f"{ENV_FULL} is set"), jail_inputs=needs.jail_inputs)
+    return needs
+
+
+def _decide(ctx: UpgradeContext, planning: bool) -> Needs:
+    if ctx.code_is_new:
+        return Needs.full("decided only while the old code is in place, and it no longer is")
+    files = release_files(ctx, planning=planning)
+    if files.new is None:
+        return Needs.full(files.where)
+    migrations, why_migrations = _migrations(ctx, files)
+    jail, why_jail, inputs = _jail(ctx, files)
+    media, why_media = _media(ctx, files)
+    usrmgt, why_usrmgt = _usrmgt(files)
+    outage, why_outage = migrations or jail, "migrations or a jail rebuild"
+    if coordinated(ctx.settings) and not outage:
+        # A slave cannot see the master's record of its jail: the cluster
+        # keeps IVLE's procedure.
+        outage, why_outage = True, "a coordinated cluster keeps the full procedure"
+    why = {OUTAGE: why_outage, MIGRATIONS: why_migrations, JAIL: why_jail,
+           MEDIA: why_media, USRMGT: why_usrmgt}
+    assumed = files.where if files.new is files.old else ""  # plan's guess for a reinstall
+    return Needs(migrations, jail, media, usrmgt, outage, why, inputs, assumed)
+
+
+# What `plan` decided, per context: every step asks; the database once.
+_PLANNED: dict[int, tuple[UpgradeContext, Needs]] = {}
+
+
+def of(ctx: UpgradeContext) -> Needs:
+    """This upgrade's decision: the journal's, else made now and recorded
+    there (the after-phase never makes one: it gets the full procedure).
+    Without a journal (`ivle-maint plan`) it is made and not recorded."""
+    journal = ctx.journal
+    if journal is None:
+        kept = _PLANNED.get(id(ctx))
+        if kept is None or kept[0] is not ctx:
+            kept = ctx, decide(ctx, planning=True)
+            _PLANNED.clear()
+            _PLANNED[id(ctx)] = kept
+        return kept[1]
+    if journal.needs is not None:
+        return Needs.from_json(journal.needs)
+    needs = decide(ctx)
+    journal.needs = needs.to_json()
+    journal.save()
+    return needs
+
+
+# ------------------------------------------------------------- what a step says
+
+
+def skipped(why: str) -> Outcome:
+    """A skipped step's outcome: journaled done, its reason kept."""
+    return Outcome(f"skipped: {why}", {SKIPPED: why})
+
+
+def was_skipped(ctx: UpgradeContext, step: str) -> bool:
+    """Did this upgrade skip STEP (its journal record says so)?"""
+    record = ctx.journal.steps.get(step) if ctx.journal is not None else None
+    return record is not None and SKIPPED in record.metrics
+
+
+def plan_lines(step: str, why: str) -> list[str]:
+    """The plan's line for a step that will be skipped (none otherwise)."""
+    return [f"skip {step}: {why}"] if why else []

@@ -1,0 +1,150 @@
+"""release_needs: which files are which, and the decision table, against a model."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ivle_maint import release_needs as rn
+from ivle_maint.context import Role
+from ivle_maint.errors import MaintError
+
+# Paths of each kind as IVLE's package (or source tree) has them.
+EXAMPLES = {
+    rn.Kind.CODE: ["usr/lib/python3/dist-packages/ivle/webapp/console/service.py",
+                   "usr/share/ivle/services/python-console", "usr/bin/ivle-buildjail",
+                   "ivle/database.py", "usr/lib/ivle/ivle/__init__.py"],
+    rn.Kind.MEDIA: ["usr/lib/python3/dist-packages/ivle/webapp/console/media/console.js",
+                    "ivle/webapp/media/images/logo.png", "usr/share/ivle/media/ivle.css"],
+    rn.Kind.MIGRATION: ["usr/share/ivle/userdb/migrations/20090212-01.sql",
+                        "userdb/migrations/README"],
+    rn.Kind.DOC: ["usr/share/doc/ivle/changelog.gz", "usr/share/man/man8/ivle-buildjail.8.gz",
+                  "doc/man/upgrade.rst"],
+    rn.Kind.WEB: ["etc/apache2/sites-available/ivle.conf"],
+}
+
+
+@pytest.mark.parametrize("kind,path", [(k, p) for k, ps in EXAMPLES.items() for p in ps])
+def test_each_file_is_classified_by_where_ivle_puts_it(kind: rn.Kind, path: str):
+    assert rn.classify(path) is kind
+    assert rn.classify("/" + path) is kind  # dpkg's lists may start with a slash
+
+
+def test_a_file_named_media_is_code_only_its_directory_makes_static_files():
+    assert rn.classify("usr/lib/ivle/ivle/media") is rn.Kind.CODE
+    assert rn.classify("usr/lib/ivle/ivle/webapp/media.py") is rn.Kind.CODE
+
+
+# A model package: for each kind, some files; a release changes, adds or
+# removes some of them.
+kinds = st.sampled_from(list(EXAMPLES))
+entries = st.tuples(kinds, st.integers(0, 4), st.text("abcdef0123456789", min_size=1,
+                                                        max_size=4))
+
+
+def path_of(kind: rn.Kind, n: int) -> str:
+    base = EXAMPLES[kind][0].rsplit("/", 1)
+    return f"{base[0]}/f{n}-{base[1]}"
+
+
+def files_of(drawn: list[tuple[rn.Kind, int, str]]) -> dict[str, str]:
+    return {path_of(kind, n): digest for kind, n, digest in drawn}
+
+
+@settings(max_examples=300, deadline=None)
+@given(old=st.lists(entries, max_size=12), new=st.lists(entries, max_size=12))
+def test_changed_finds_exactly_the_files_of_a_kind_that_differ(old, new):
+    before, after = files_of(old), files_of(new)
+    for kind in rn.Kind:
+        model = {p for p in {*before, *after}
+                 if any(p == path_of(k, n) for k, n, _ in [*old, *new] if k is kind)
+                 and before.get(p) != after.get(p)}
+        assert set(rn.changed(before, after, kind)) == model
+        # The fingerprint of a kind moves exactly when one of its files changes.
+        assert (rn.digest_of(before, kind) != rn.digest_of(after, kind)) == bool(model)
+
+
+def slave_ctx(old: str, new: str) -> Any:
+    """What _jail, _media and _usrmgt read of a slave's context."""
+    conf = {"jail": {"suite": "bookworm"},
+            "paths": {"jails": {"template": "/t", "template_build": "/tb"}}}
+    return SimpleNamespace(old=old, new=new, settings=SimpleNamespace(role=Role.SLAVE),
+                           ivle_conf=SimpleNamespace(conf=conf))
+
+
+@settings(max_examples=300, deadline=None)
+@given(old=st.lists(entries, max_size=12), new=st.lists(entries, max_size=12),
+       same_version=st.booleans())
+def test_the_decision_table_against_the_model(old, new, same_version):
+    before, after = files_of(old), files_of(new)
+    ctx = slave_ctx("1.1", "1.1" if same_version else "1.2")
+    release = rn.Release(before, after, "test")
+
+    model = {path_of(k, n): k for k, n, _ in [*old, *new]}  # the kind each file was made as
+
+    def differs(kind: rn.Kind) -> bool:
+        return any(before.get(p) != after.get(p) for p, k in model.items() if k is kind)
+
+    assert rn._jail(ctx, release)[0] == differs(rn.Kind.CODE)
+    assert rn._usrmgt(release)[0] == differs(rn.Kind.CODE)
+    assert rn._media(ctx, release)[0] == (not same_version or differs(rn.Kind.MEDIA))
+    # Documentation, migrations and Apache's files never change the jail.
+
+
+def test_what_is_not_known_counts_as_needed():
+    ctx = slave_ctx("1.1", "1.1")
+    unknown = rn.Release(None, {"usr/lib/ivle/ivle/x.py": "0" * 32}, "test")
+    assert rn._jail(ctx, unknown)[0] and rn._usrmgt(unknown)[0] and rn._media(ctx, unknown)[0]
+
+
+def test_the_jails_settings_are_part_of_its_inputs():
+    ctx = slave_ctx("1.1", "1.1")
+    digest = rn.jail_settings_digest(ctx.ivle_conf.conf)
+    ctx.ivle_conf.conf["jail"]["mirror"] = "http://mirror.example/debian"
+    assert rn.jail_settings_digest(ctx.ivle_conf.conf) != digest
+
+
+def test_md5sums_are_read_as_dpkg_writes_them():
+    data = (b"764efa883dda1e11db47671c4a3bbd9e  usr/share/ivle/a b.py\n\n"
+            b"0123456789abcdef0123456789abcdef  /etc/apache2/x.conf\n")
+    assert rn.parse_md5sums(data, "m") == {
+        "usr/share/ivle/a b.py": "764efa883dda1e11db47671c4a3bbd9e",
+        "etc/apache2/x.conf": "0123456789abcdef0123456789abcdef"}
+    with pytest.raises(MaintError, match="m: not an md5sums line"):
+        rn.parse_md5sums(b"garbage\n", "m")
+
+
+def test_the_new_packages_lists_are_read_only_in_its_own_preinst(tmp_path, monkeypatch):
+    tmp = tmp_path / "tmp.ci"
+    tmp.mkdir()
+    (tmp / "control").write_text("Package: ivle\nVersion: 1.1\nDescription: x\n more\n")
+    (tmp / "md5sums").write_text("764efa883dda1e11db47671c4a3bbd9e  usr/lib/ivle/x.py\n")
+    monkeypatch.setenv("DPKG_ADMINDIR", str(tmp_path))
+    monkeypatch.delenv("DPKG_MAINTSCRIPT_NAME", raising=False)
+    assert rn.incoming_files("ivle", "1.1") is None  # not dpkg's preinst
+    monkeypatch.setenv("DPKG_MAINTSCRIPT_NAME", "preinst")
+    assert rn.incoming_files("ivle", "1.1") == {"usr/lib/ivle/x.py":
+                                               "764efa883dda1e11db47671c4a3bbd9e"}
+    assert rn.incoming_files("ivle", "1.2") is None  # another version's control archive
+    assert rn.incoming_files("ivle-doc", "1.1") is None
+
+
+def test_a_recorded_decision_reads_back_and_a_foreign_one_is_the_full_procedure():
+    needs = rn.Needs(False, False, True, False, False, {rn.MEDIA: "static files"}, {"files": "x"})
+    assert rn.Needs.from_json(needs.to_json()) == needs
+    foreign = rn.Needs.from_json({"outage": False, "something": 1})
+    assert foreign.outage and foreign.jail and foreign.media
+    assert needs.stays_up and not rn.Needs.full("why").stays_up
+    guessed = rn.Needs(False, False, False, False, False, {rn.MEDIA: "same", rn.JAIL: "same"},
+                       assumed="a reinstall")
+    assert guessed.reason(rn.MEDIA) == "same; assuming a reinstall"
+    assert guessed.stays_up.endswith("(; same); assuming a reinstall")
+
+
+def test_plan_lines_name_the_skipped_step_only():
+    assert rn.plan_lines("rebuild-jail", "same inputs") == ["skip rebuild-jail: same inputs"]
+    assert rn.plan_lines("rebuild-jail", "") == []
