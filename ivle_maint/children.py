@@ -241,9 +241,12 @@ class Workers:
                 self._ended.notify()
 
         thread = threading.Thread(target=work, name=f"ivle-maint {key}")
-        self._threads[key] = thread
-        self._waiting.add(key)
-        thread.start()
+        # Started and noted whole: a signal inside start() would leave a
+        # thread running that join() does not know is started.
+        with waits.deferred():
+            thread.start()
+            self._threads[key] = thread
+            self._waiting.add(key)
 
     @property
     def running(self) -> set[str]:
