@@ -56,6 +56,20 @@ def _prctl() -> Callable[..., int] | None:
 _PRCTL = _prctl()
 
 
+_spawn_lock = threading.Lock()
+
+
+@contextmanager
+def spawning() -> Iterator[None]:
+    """One thread forks at a time.  A forked child holds a copy of every lock
+    as it was: glibc's locale lock taken by another thread's fork (its child
+    formats an errno, as sh's does closing descriptors) stays taken in the
+    child, which then hangs before exec (seen with migrate and rebuild-jail
+    at once)."""
+    with _spawn_lock:
+        yield
+
+
 def preexec_for_child() -> Callable[[], None]:
     """A preexec function: die with this process (checked against a race),
     with the gate's umask (gates/environment.py)."""
