@@ -19,6 +19,7 @@ never ends with a worker thread still running.
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import logging
 import os
@@ -59,14 +60,21 @@ _PRCTL = _prctl()
 _spawn_lock = threading.Lock()
 
 
+def warm_messages() -> None:
+    """Load the C library's message catalogue for the locale now.  A forked
+    child holds a copy of every lock as it was: the catalogue's lock, taken
+    for writing by another thread's first error message (strerror) while
+    this one forks, stays taken in the child, which hangs before exec when
+    it formats an errno itself, as sh's child does closing descriptors
+    (seen with migrate and rebuild-jail at once).  Loaded, it is only read."""
+    os.strerror(errno.EBADF)
+
+
 @contextmanager
 def spawning() -> Iterator[None]:
-    """One thread forks at a time.  A forked child holds a copy of every lock
-    as it was: glibc's locale lock taken by another thread's fork (its child
-    formats an errno, as sh's does closing descriptors) stays taken in the
-    child, which then hangs before exec (seen with migrate and rebuild-jail
-    at once)."""
+    """One thread forks at a time, the catalogue loaded (warm_messages)."""
     with _spawn_lock:
+        warm_messages()
         yield
 
 
@@ -315,6 +323,7 @@ _depth_lock = threading.Lock()
 def workers() -> Iterator[Workers]:
     """Workers whose threads have all ended when the block ends: an exception
     in the block (an interruption, a failure of the caller's) stops them."""
+    warm_messages()  # before any worker runs (spawning)
     pool = Workers()
     with _depth_lock:
         _depth[0] += 1
