@@ -7,22 +7,33 @@ SIGKILL, the command gets SIGKILL.  While it runs, a record in the run
 directory names its group and its owner; the next run under the node lock
 ends what a dead owner left (a grandchild the parent-death signal does not
 reach, an init script's action) before it starts any step.
+
+Work that runs beside the main thread (steps that overlap, user jails
+remade in batches) runs in Workers: each call's outcome comes back to the
+caller; when the caller is interrupted (signals reach the main thread
+only) or fails, stop() ends every command this process waits for and
+every worker's database wait (gates.waits.stop_workers), and the block
+never ends with a worker thread still running.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import MaintError
-from .gates import trusted
+from .gates import trusted, waits
 from .gates.environment import UMASK
 from .gates.rewrite import replace_file
 from .output import Reporter
@@ -44,6 +55,27 @@ def _prctl() -> Callable[..., int] | None:
 
 
 _PRCTL = _prctl()
+
+
+_spawn_lock = threading.Lock()
+
+
+def warm_messages() -> None:
+    """Load the C library's message catalogue for the locale now.  A forked
+    child holds a copy of every lock as it was: the catalogue's lock, taken
+    for writing by another thread's first error message (strerror) while
+    this one forks, stays taken in the child, which hangs before exec when
+    it formats an errno itself, as sh's child does closing descriptors
+    (seen with migrate and rebuild-jail at once).  Loaded, it is only read."""
+    os.strerror(errno.EBADF)
+
+
+@contextmanager
+def spawning() -> Iterator[None]:
+    """One thread forks at a time, the catalogue loaded (warm_messages)."""
+    with _spawn_lock:
+        warm_messages()
+        yield
 
 
 def preexec_for_child() -> Callable[[], None]:
@@ -98,8 +130,31 @@ def tracked_run(run_dir: Path) -> Iterator[None]:
         _records = previous
 
 
-def record(pid: int, argv: Sequence[str]) -> Path | None:
+@dataclass(frozen=True)
+class Child:
+    """A started command: its group, and its record in the run directory."""
+
+    pid: int
+    path: Path | None
+
+
+# The command groups this process waits for now, whichever thread waits:
+# stop() ends them.  A command started once the workers are told to stop
+# is ended as soon as it is noted (the check and the note share the lock).
+_live: set[int] = set()
+_live_lock = threading.Lock()
+
+
+def record(pid: int, argv: Sequence[str]) -> Child:
     """Note a started command whose group must not outlive this run."""
+    with _live_lock:
+        _live.add(pid)
+        if waits.stopping():
+            end_now(pid)
+    return Child(pid, _write_record(pid, argv))
+
+
+def _write_record(pid: int, argv: Sequence[str]) -> Path | None:
     if _records is None:
         return None
     data = {"pid": pid, "start": start_time(pid), "argv": list(argv),
@@ -114,9 +169,18 @@ def record(pid: int, argv: Sequence[str]) -> Path | None:
     return path
 
 
-def forget(path: Path | None) -> None:
-    if path is not None:
-        path.unlink(missing_ok=True)
+def forget(child: Child) -> None:
+    with _live_lock:
+        _live.discard(child.pid)
+    if child.path is not None:
+        child.path.unlink(missing_ok=True)
+
+
+def end_running() -> None:
+    """End every command group this process waits for (a worker's)."""
+    with _live_lock:
+        for pid in _live:
+            end_now(pid)
 
 
 def _owner_alive(data: dict[str, object]) -> bool:
@@ -169,3 +233,110 @@ def _end_group(pgid: int, since: int) -> None:
                 return
             time.sleep(0.05)
 
+
+
+# -- work beside the main thread ----------------------------------------------
+
+
+Outcome = tuple[str, Any, BaseException | None]  # (key, value, exception)
+
+
+class Workers:
+    """Calls running in threads beside the caller (workers()); each call's
+    outcome, a value or an exception, comes back through wait() and take():
+    a signal can interrupt wait(), never lose an outcome taken."""
+
+    def __init__(self) -> None:
+        self._ended = threading.Condition()
+        self._outcomes: list[Outcome] = []  # ended, not taken yet
+        self._threads: dict[str, threading.Thread] = {}
+        self._waiting: set[str] = set()
+
+    def start(self, key: str, call: Callable[[], Any]) -> None:
+        def work() -> None:
+            try:
+                outcome: Outcome = (key, call(), None)
+            except BaseException as exc:  # the caller decides what it means
+                outcome = (key, None, exc)
+            with self._ended:
+                self._outcomes.append(outcome)
+                self._ended.notify()
+
+        thread = threading.Thread(target=work, name=f"ivle-maint {key}")
+        # Started and noted whole: a signal inside start() would leave a
+        # thread running that join() does not know is started.
+        with waits.deferred():
+            thread.start()
+            self._threads[key] = thread
+            self._waiting.add(key)
+
+    @property
+    def running(self) -> set[str]:
+        """Keys whose outcome take() has not returned yet."""
+        return set(self._waiting)
+
+    def wait(self) -> None:
+        """Until an outcome can be taken; a signal interrupts it (main thread)."""
+        with self._ended:
+            while not self._outcomes:
+                # A signal the kernel gives a worker thread wakes no one:
+                # Python runs its handler once the main thread wakes up.
+                self._ended.wait(SIGNAL_LOOK)
+
+    def take(self) -> Outcome:
+        """The first outcome not taken (wait() first)."""
+        with self._ended:
+            outcome = self._outcomes.pop(0)
+        self._waiting.discard(outcome[0])
+        return outcome
+
+    def stop(self) -> None:
+        """End the workers' commands and database waits: they unwind."""
+        waits.stop_workers()
+        end_running()
+
+    def join(self) -> list[Outcome]:
+        """Wait until every worker has ended, whatever signal comes (it is
+        received already, or will be acted on by the caller); returns the
+        outcomes not taken."""
+        for key, thread in self._threads.items():
+            told = False
+            while thread.is_alive():
+                try:
+                    thread.join()
+                except (KeyboardInterrupt, waits.Terminated):
+                    if not told:
+                        log.info("waiting for %s to stop", key)
+                        told = True
+        left = []
+        while self._waiting:
+            left.append(self.take())
+        return left
+
+
+SIGNAL_LOOK = 0.2  # seconds between a waiting main thread's looks for a signal
+_depth = [0]  # workers() blocks open: the last to close lets new ones run
+_depth_lock = threading.Lock()
+
+
+@contextmanager
+def workers() -> Iterator[Workers]:
+    """Workers whose threads have all ended when the block ends: an exception
+    in the block (an interruption, a failure of the caller's) stops them."""
+    warm_messages()  # before any worker runs (spawning)
+    pool = Workers()
+    with _depth_lock:
+        _depth[0] += 1
+    try:
+        yield pool
+    except BaseException:
+        pool.stop()
+        raise
+    finally:
+        try:
+            pool.join()
+        finally:
+            with _depth_lock:
+                _depth[0] -= 1
+                if not _depth[0]:
+                    waits.resume_workers()

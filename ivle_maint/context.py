@@ -178,6 +178,8 @@ class Step:
     `recheck`, for a BEFORE step, says what undid its effect since it was
     done ("" if nothing): the after-phase asks before it trusts the step,
     and runs it again if something did (the schema hold, gates/schema_hold.py).
+    `alongside` names the steps just before this one that it needs nothing
+    from: it runs at the same time as they do (run_groups below).
 
     What the step adds to the reports: `programs`, IVLE's programs it runs
     (the preflight finds them); `checks`, the preflight's proofs of what
@@ -200,6 +202,22 @@ class Step:
     plan: tuple[PlanLines, ...] = field(default=(), compare=False, repr=False)
     metrics: tuple[Metric, ...] = field(default=(), compare=False, repr=False)
     cluster_wait: ClusterWait | None = field(default=None, compare=False, repr=False)
+    alongside: tuple[Step, ...] = field(default=(), compare=False, repr=False)
+
+
+def run_groups(steps: Sequence[Step]) -> list[list[Step]]:
+    """STEPS (in order) as the runner runs them: a step joins the group
+    before it when it names every member of that group as `alongside`,
+    so nothing runs beside a step it was not declared free of; every other
+    step is a group of its own, which starts once the group before ends."""
+    groups: list[list[Step]] = []
+    for step in steps:
+        free_of = {other.name for other in step.alongside}
+        if groups and {member.name for member in groups[-1]} <= free_of:
+            groups[-1].append(step)
+        else:
+            groups.append([step])
+    return groups
 
 
 def select_steps(role: str, phases: Iterable[str], steps: Sequence[Step]) -> list[Step]:

@@ -10,6 +10,10 @@ monotonic reading and boot id it was taken with; span() measures with
 gates.clock, so a clock set back between dpkg's scripts never makes a
 negative duration.
 
+Steps that overlap (runner.py) share the journal: every change and its
+save hold the journal's lock, so records are written one at a time and
+each file written holds every change made before it.
+
 A step's summary and error carry text from outside (SQL errors, file
 names, command lines): they are recorded through gates.text, so that
 `status`, the cluster table and a later message show them escaped.
@@ -22,6 +26,7 @@ import json
 import os
 import secrets
 import shlex
+import threading
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -122,6 +127,10 @@ class Journal:
     # before-phase; None: not decided yet.
     needs: dict[str, Any] | None = None
 
+    def __post_init__(self) -> None:
+        # Not a field: never saved, and each journal object has its own.
+        self._lock = threading.RLock()
+
     @staticmethod
     def file_for(state_dir: Path, old: str, new: str) -> Path:
         name = f"{old or 'none'}_to_{new}".replace("/", "_")
@@ -182,13 +191,14 @@ class Journal:
         fsync_dir(self.path.parent)
 
     def save(self) -> None:
-        data = asdict(self)
-        data.pop("path")
-        text = json.dumps(data, indent=1, sort_keys=True) + "\n"
-        # The state directory is checked each time: a run may be the first.
-        safe_dir(self.path.parent.parent, 0o755, "[paths] state")
-        safe_dir(self.path.parent, 0o700, "[paths] state")
-        replace_file(self.path, text.encode(), mode=0o600)
+        with self._lock:
+            data = asdict(self)
+            data.pop("path")
+            text = json.dumps(data, indent=1, sort_keys=True) + "\n"
+            # The state directory is checked each time: a run may be the first.
+            safe_dir(self.path.parent.parent, 0o755, "[paths] state")
+            safe_dir(self.path.parent, 0o700, "[paths] state")
+            replace_file(self.path, text.encode(), mode=0o600)
 
     @property
     def is_in_progress(self) -> bool:
@@ -230,11 +240,12 @@ class Journal:
         return clock.elapsed(begun.start_reading(), end)
 
     def begin(self, step: str) -> None:
-        now = clock.reading()
-        order = max((r.order for r in self.steps.values()), default=0) + 1
-        self.steps[step] = StepRecord(StepStatus.RUNNING, now.wall, mono_started=now.mono,
-                                      boot=now.boot, order=order)
-        self.save()
+        with self._lock:
+            now = clock.reading()
+            order = max((r.order for r in self.steps.values()), default=0) + 1
+            self.steps[step] = StepRecord(StepStatus.RUNNING, now.wall, mono_started=now.mono,
+                                          boot=now.boot, order=order)
+            self.save()
 
     def _end(self, step: str, status: StepStatus) -> StepRecord:
         record, now = self.steps[step], clock.reading()
@@ -244,31 +255,36 @@ class Journal:
         return record
 
     def finish(self, step: str, summary: str, metrics: dict[str, Any]) -> None:
-        record = self._end(step, StepStatus.DONE)
-        record.summary, record.metrics, record.error = _recorded(summary), metrics, None
-        self.save()
+        with self._lock:
+            record = self._end(step, StepStatus.DONE)
+            record.summary, record.metrics, record.error = _recorded(summary), metrics, None
+            self.save()
 
     def fail(self, step: str, error: str) -> None:
-        self._end(step, StepStatus.FAILED).error = _recorded(error)
-        self.save()
+        with self._lock:
+            self._end(step, StepStatus.FAILED).error = _recorded(error)
+            self.save()
 
     def interrupt(self, step: str, why: str) -> None:
         """STEP was stopped by a signal (WHY: which); a rerun does it again."""
-        self._end(step, StepStatus.INTERRUPTED).error = _recorded(why)
-        self.save()
+        with self._lock:
+            self._end(step, StepStatus.INTERRUPTED).error = _recorded(why)
+            self.save()
 
     def forget(self, steps: list[str]) -> None:
         """Undo the record of steps whose effect was reversed (abort)."""
-        for step in steps:
-            self.steps.pop(step, None)
-        if not self.steps:  # abandoned: a retry decides again, on its own package
-            self.needs = None
-        self.save()
+        with self._lock:
+            for step in steps:
+                self.steps.pop(step, None)
+            if not self.steps:  # abandoned: a retry decides again, on its own package
+                self.needs = None
+            self.save()
 
     def set_state(self, state: JournalState) -> None:
         """The one way the state changes: saved at once."""
-        self.state = state
-        self.save()
+        with self._lock:
+            self.state = state
+            self.save()
 
 
 def superseded(journal: Journal, later: Iterable[Journal]) -> bool:

@@ -3,6 +3,8 @@
 Steps never print: they take a Reporter and call it.  The CLI hands them a
 TerminalReporter (progress on a terminal, plain prefixed lines under dpkg);
 tests hand them a RecordingReporter and read what a person would see.
+Steps that overlap report from several threads: each message is written
+whole (TerminalReporter's lock), never interleaved with another.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from typing import Protocol, TextIO
 
@@ -58,6 +61,7 @@ class TerminalReporter:
         self._progress_shown = False
         self._last_draw = 0.0
         self.broken = False
+        self._lock = threading.RLock()  # one message at a time, whole
 
     def _write(self, text: str) -> None:
         """Write and flush; a reader that went away never stops the work.
@@ -84,20 +88,26 @@ class TerminalReporter:
     # Messages carry text from outside (command lines, paths, SQL errors):
     # gates.text escapes it here, the one way to the terminal.
     def info(self, message: str) -> None:
-        self._end_progress()
         log.info(message)
-        self._write(block(message, PREFIX) + "\n")
+        with self._lock:
+            self._end_progress()
+            self._write(block(message, PREFIX) + "\n")
 
     def warn(self, message: str) -> None:
-        self._end_progress()
         log.warning(message)
-        self._write(block(message, f"{PREFIX}warning: ") + "\n")
+        with self._lock:
+            self._end_progress()
+            self._write(block(message, f"{PREFIX}warning: ") + "\n")
 
     def progress(self, label: str, done: int, total: int | None = None) -> None:
         # Under dpkg there is no terminal: progress goes to the log only.
         log.debug("%s: %s/%s", label, done, total)
         if not self.tty:
             return
+        with self._lock:
+            self._draw(label, done, total)
+
+    def _draw(self, label: str, done: int, total: int | None) -> None:
         now = time.monotonic()
         final = total is not None and done >= total
         if not final and now - self._last_draw < 0.1:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from .cluster.admin import read_status
 from .cluster.presence import coordinated
 from .errors import MaintError
-from .procedure import STEPS, steps_for
+from .procedure import STEPS, run_groups, steps_for
 
 if TYPE_CHECKING:
     from .context import Step, UpgradeContext
@@ -34,6 +34,11 @@ def _cluster_lines(ctx: UpgradeContext, steps: Sequence[Step]) -> list[str]:
     return lines
 
 
+def _beside(step: Step, group: Sequence[Step]) -> str:
+    others = [other.name for other in group if other is not step]
+    return f" (at the same time as {', '.join(others)})" if others else ""
+
+
 def describe(ctx: UpgradeContext, migrations_source: str | None = None,
              steps: Sequence[Step] = STEPS) -> list[str]:
     """Lines for a person: role, this node's STEPS in order (procedure.STEPS),
@@ -51,7 +56,8 @@ def describe(ctx: UpgradeContext, migrations_source: str | None = None,
         f"services: web server {services['web']!r}, user management {services['usrmgt']!r}",
         "steps:",
     ]
-    lines += [f"  {s.phase:6} {s.name:15} {s.title}" for s in mine]
+    for group in run_groups(mine):
+        lines += [f"  {s.phase:6} {s.name:15} {s.title}" + _beside(s, group) for s in group]
     parts = sorted({p.part for s in mine for p in s.plan})
     for part in parts:
         for step in mine:

@@ -21,6 +21,7 @@ from .context import (
     SLAVE,
     Outcome,
     Step,
+    run_groups,
     select_steps,
 )
 from .runner import Observer, Procedure
@@ -48,10 +49,12 @@ __all__ = [
     "Outcome",
     "Procedure",
     "Step",
+    "run_groups",
     "steps_for",
 ]
 
 # IVLE's order (its doc/man/upgrade.rst); the code changes between the phases.
+# rebuild-jail needs nothing of migrate (Step.alongside): they run at once.
 STEPS: tuple[Step, ...] = (
     stop_web.STEP,
     stop_consoles.STEP,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .context import Metric, Step, SummaryPart, downtime
+from .context import Metric, Step, SummaryPart, downtime, run_groups, select_steps
 from .journal import DONE, Journal, StepRecord
 
 # A skipped step's metric (release_needs.SKIPPED: that module sits above this one).
@@ -40,6 +40,28 @@ def web_down_line(journal: Journal, steps: Sequence[Step]) -> str | None:
     return f"  web service down for {seconds:.1f}s"
 
 
+def together_lines(journal: Journal, steps: Sequence[Step]) -> list[str]:
+    """A line per group of steps that ran at the same time (context.run_groups):
+    their work, and the time it took together.  Members ran at the same
+    time when each ended after every other began (a span that is > 0)."""
+    lines = []
+    mine = select_steps(journal.role, (s.phase for s in steps), steps)
+    for group in run_groups(mine):
+        names = [s.name for s in group]
+        if len(group) < 2 or not all(journal.is_done(name) for name in names) or \
+                any(SKIPPED in journal.steps[name].metrics for name in names):
+            continue
+        work = [journal.span(name, name) for name in names]
+        took = [journal.span(first, last) for first in names for last in names]
+        if None in work or None in took or 0 in took:
+            continue  # one after the other (a rerun), or the clocks cannot tell
+        together = max(t for t in took if t is not None)
+        lines.append(f"  at the same time: {', '.join(names)} "
+                     f"({sum(w for w in work if w is not None):.1f}s of work in "
+                     f"{together:.1f}s)")
+    return lines
+
+
 def metric_line(metric: Metric, record: StepRecord | None) -> str | None:
     """METRIC's line from a step's record; None when there is nothing to say."""
     if record is None or (metric.when_done and record.status != DONE):
@@ -56,6 +78,7 @@ def summary_lines(journal: Journal, steps: Sequence[Step]) -> list[str]:
     down = web_down_line(journal, steps)
     if down is not None:
         lines.append(down)
+    lines += together_lines(journal, steps)
     for part in SummaryPart:
         for step in steps:
             for metric in step.metrics:

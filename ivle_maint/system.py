@@ -97,23 +97,26 @@ def run(
     # Nothing inherited beyond the gate's policy (gates/environment.py).
     full_env = environment.child_env(os.environ, env, home=environment.home_of(os.geteuid()))
     log.debug("running %s", list(argv))
-    # Its own session, and dead with us: see children.py.
-    cmd = sh.Command(program)(
-        *argv[1:],
-        _env=full_env,
-        _out=line,
-        _err_to_out=True,
-        _tty_out=False,
-        _in=None,
-        _ok_code=list(range(256)),
-        _timeout=timeout or None,
-        _cwd=cwd,
-        _bg=True,
-        _bg_exc=False,
-        _new_session=True,
-        _preexec_fn=children.preexec_for_child(),
-        **_return_cmd(sh),
-    )
+    # Its own session, and dead with us: see children.py.  One thread forks
+    # at a time (children.spawning): a child of a threaded process must not
+    # inherit a C library lock another thread holds mid-fork.
+    with children.spawning():
+        cmd = sh.Command(program)(
+            *argv[1:],
+            _env=full_env,
+            _out=line,
+            _err_to_out=True,
+            _tty_out=False,
+            _in=None,
+            _ok_code=list(range(256)),
+            _timeout=timeout or None,
+            _cwd=cwd,
+            _bg=True,
+            _bg_exc=False,
+            _new_session=True,
+            _preexec_fn=children.preexec_for_child(),
+            **_return_cmd(sh),
+        )
     note = children.record(cmd.pid, argv)
     finished = False
     try:

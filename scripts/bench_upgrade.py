@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -110,15 +111,37 @@ class Stopwatch:
         self.sql = 0.0
         self.kernel = 0.0
         self.waits = 0.0
+        # Steps that overlap (and user jail batches) make calls in several
+        # threads at once: the buckets sum each call, `outside` counts the
+        # wall time while at least one call of any bucket is under way.
+        self.outside = 0.0
+        self._in_flight = 0
+        self._since = 0.0
+        self._lock = threading.Lock()
         self.own_by_step: dict[str, float] = {}
+
+    def _enter(self) -> None:
+        with self._lock:
+            if not self._in_flight:
+                self._since = time.perf_counter()
+            self._in_flight += 1
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self.outside += time.perf_counter() - self._since
 
     def timed(self, func: Any, bucket: str) -> Any:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             started = time.perf_counter()
+            self._enter()
             try:
                 return func(*args, **kwargs)
             finally:
-                setattr(self, bucket, getattr(self, bucket) + time.perf_counter() - started)
+                self._leave()
+                with self._lock:
+                    setattr(self, bucket, getattr(self, bucket) + time.perf_counter() - started)
         return wrapper
 
     def cursor_class(self) -> type:
@@ -129,10 +152,13 @@ class Stopwatch:
         class TimedCursor(psycopg2.extensions.cursor):
             def execute(self, query: Any, vars: Any = None) -> Any:
                 started = time.perf_counter()
+                watch._enter()
                 try:
                     return super().execute(query, vars)
                 finally:
-                    watch.sql += time.perf_counter() - started
+                    watch._leave()
+                    with watch._lock:
+                        watch.sql += time.perf_counter() - started
 
         return TimedCursor
 
@@ -170,14 +196,15 @@ def ivle_maint_window(node: Node) -> tuple[float, Stopwatch]:
 
     watch, inside = Stopwatch(), Stopwatch()
     original = procedure.Procedure._run_step
+    original_group = procedure.Procedure._run_group
 
-    def step_counted(self: procedure.Procedure, step: procedure.Step) -> None:
+    def counted(name: str, run: Any) -> None:
         # The web server is down from stop-web to start-web: count only the
         # time of calls made by those steps.
-        before = (watch.external, watch.sql, watch.kernel, watch.waits)
+        before = (watch.external, watch.sql, watch.kernel, watch.waits, watch.outside)
         started = time.perf_counter()
         try:
-            original(self, step)
+            run()
         finally:
             spent = (watch.external - before[0], watch.sql - before[1],
                      watch.kernel - before[2], watch.waits - before[3])
@@ -185,15 +212,25 @@ def ivle_maint_window(node: Node) -> tuple[float, Stopwatch]:
             inside.sql += spent[1]
             inside.kernel += spent[2]
             inside.waits += spent[3]
-            inside.own_by_step[step.name] = time.perf_counter() - started - sum(spent)
+            outside = watch.outside - before[4]
+            inside.outside += outside
+            inside.own_by_step[name] = time.perf_counter() - started - outside
+
+    def step_counted(self: procedure.Procedure, step: procedure.Step) -> None:
+        counted(step.name, lambda: original(self, step))
+
+    def group_counted(self: procedure.Procedure, group: list[procedure.Step]) -> None:
+        counted("+".join(s.name for s in group), lambda: original_group(self, group))
 
     os.environ.update(node.env)
     procedure.Procedure._run_step = step_counted  # type: ignore[method-assign]
+    procedure.Procedure._run_group = group_counted  # type: ignore[method-assign]
     try:
         with watch.installed():
             status = main(["upgrade", "--from", "1.0", "--to", "1.1"])
     finally:
         procedure.Procedure._run_step = original  # type: ignore[method-assign]
+        procedure.Procedure._run_group = original_group  # type: ignore[method-assign]
     if status != 0:
         raise SystemExit(f"ivle-maint upgrade exited {status}")
     journal = Journal.load(Journal.file_for(node.state_dir, "1.0", "1.1"))
@@ -218,13 +255,13 @@ def main() -> int:
         finally:
             hand_node.teardown()
             maint_node.teardown()
-    own = window - spent.external - spent.sql - spent.kernel - spent.waits
+    own = window - spent.outside  # calls in several threads at once count once
     ratio = window / by_hand
     print(f"{args.users} users, {args.migrations} migrations, stand-ins with fixed work")
     print(f"IVLE's procedure by hand: web down {by_hand:.2f}s")
     print(f"ivle-maint upgrade:          web down {window:.2f}s (external commands "
           f"{spent.external:.2f}s, SQL {spent.sql:.2f}s, umount2 {spent.kernel:.3f}s, "
-          f"exit waits {spent.waits:.3f}s, own {own:.3f}s)")
+          f"exit waits {spent.waits:.3f}s, each summed over threads; own {own:.3f}s)")
     verdict = "PASS" if ratio <= 1 else "FAIL"
     print(f"ratio ivle-maint/by hand: {ratio:.2f} (target <= 1.0: {verdict})")
     share = own / window

@@ -32,6 +32,12 @@ to the person at the terminal.
   is read only until it ends or is killed; an interrupted wait kills it.
 - Pipes.  read_pipe() never reads a terminal, nor waits more than
   PIPE_QUIET seconds for a silent writer.
+- Threads.  Signals arrive in the main thread only.  Work that runs beside
+  it (children.Workers: steps that overlap, user jails remade in batches)
+  is stopped through stop_workers(): a worker's database wait sees the
+  stop at once (its select() also watches a pipe) and unwinds as the
+  interruption did (received(), else Stopped); children.py ends the
+  workers' commands.  deferred() blocks only the main thread's signals.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -64,6 +70,11 @@ QUERY_CHARS = 160  # of a holder's query, in a message
 
 class Terminated(BaseException):
     """SIGTERM arrived: unwind like Ctrl-C; the command exits 143."""
+
+
+class Stopped(BaseException):
+    """A worker thread's wait was stopped: the run ends for another reason
+    than a signal (the main thread failed)."""
 
 
 def exit_status(exc: BaseException) -> int:
@@ -95,10 +106,19 @@ def _fragile(frame: FrameType | None) -> bool:
     return frame is not None and frame.f_code.co_filename in _FRAGILE
 
 
+def _in_main() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
 @contextmanager
 def deferred() -> Iterator[None]:
     """A signal that arrives in the block unwinds when it ends (a journal
-    record is written whole, then the interruption goes on)."""
+    record is written whole, then the interruption goes on).  In a worker
+    thread, which no signal reaches, it changes nothing: its count would
+    defer the main thread's signals, and the pending one be raised here."""
+    if not _in_main():
+        yield
+        return
     _deferring[0] += 1
     try:
         yield
@@ -133,10 +153,66 @@ def received() -> BaseException | None:
 def checkpoint() -> None:
     """Between steps: a signal received whose exception never unwound (it
     landed in a finalizer or a weakref callback, where Python swallows any
-    exception) stops the run here, before another step starts."""
+    exception) stops the run here, before another step starts.  In a worker
+    thread, a stop does too (stop_workers)."""
     interrupt = received()
     if interrupt is not None:
         raise interrupt
+    if _stop.is_set() and not _in_main():
+        raise Stopped("the run is ending")
+
+
+# -- stopping worker threads ---------------------------------------------------
+
+_stop = threading.Event()
+_stop_pipe: list[int] = []  # (read end, write end), made by the first worker
+_pipe_lock = threading.Lock()
+
+
+def stop_fd() -> int | None:
+    """The descriptor a worker's select() also watches: readable once the
+    workers are told to stop (None in the main thread)."""
+    if _in_main():
+        return None
+    with _pipe_lock:
+        if not _stop_pipe:
+            read_end, write_end = os.pipe()  # not inherited by children (PEP 446)
+            os.set_blocking(write_end, False)
+            _stop_pipe.extend((read_end, write_end))
+            if _stop.is_set():
+                os.write(write_end, b"x")
+        return _stop_pipe[0]
+
+
+def stop_workers() -> None:
+    """Tell every worker thread to stop what it waits for (the main thread,
+    interrupted or failing, ends the run)."""
+    with _pipe_lock:
+        _stop.set()
+        if _stop_pipe:
+            with suppress(BlockingIOError):  # full: readable already
+                os.write(_stop_pipe[1], b"x")
+
+
+def stopping() -> bool:
+    """Have the workers been told to stop?"""
+    return _stop.is_set()
+
+
+def resume_workers() -> None:
+    """Every worker has ended: the next ones may run (tests run many)."""
+    with _pipe_lock:
+        _stop.clear()
+        if _stop_pipe:
+            os.set_blocking(_stop_pipe[0], False)
+            with suppress(BlockingIOError):  # drained
+                while os.read(_stop_pipe[0], 4096):
+                    pass
+
+
+def stopped() -> BaseException:
+    """What a stopped worker raises: the signal's interruption, if any."""
+    return received() or Stopped("the run is ending")
 
 
 def _unraisable(previous: Callable[[Any], object]) -> Callable[[Any], object]:
@@ -226,7 +302,16 @@ class Watch:
 
 
 _watches: weakref.WeakKeyDictionary[Any, Watch] = weakref.WeakKeyDictionary()
-_deadline: list[float] = []  # innermost last: connecting() deadlines
+
+
+class _Deadlines(threading.local):
+    """connecting() deadlines, innermost last, each thread its own."""
+
+    def __init__(self) -> None:
+        self.stack: list[float] = []
+
+
+_deadlines = _Deadlines()
 
 
 def watch(conn: Any, watcher: Watch) -> None:
@@ -337,11 +422,11 @@ def _look(conn: Any, watcher: Watch, waited: float) -> None:
 @contextmanager
 def connecting(seconds: float) -> Iterator[None]:
     """Bound the connections opened in the block (libpq's connect_timeout cannot)."""
-    _deadline.append(time.monotonic() + seconds)
+    _deadlines.stack.append(time.monotonic() + seconds)
     try:
         yield
     finally:
-        _deadline.pop()
+        _deadlines.stack.pop()
 
 
 def _cancel(conn: Any) -> bool:
@@ -363,8 +448,9 @@ def wait(conn: Any) -> None:
     watcher = _watches.get(conn)
     started = time.monotonic()
     next_look = started + (watcher.first_look if watcher is not None else FIRST_LOOK)
-    deadline = _deadline[-1] if _deadline and not watcher else None
+    deadline = _deadlines.stack[-1] if _deadlines.stack and not watcher else None
     interrupted: BaseException | None = None
+    stop = stop_fd()  # a worker thread: stop_workers() interrupts it too
     while True:
         try:
             state = conn.poll()
@@ -385,8 +471,13 @@ def wait(conn: Any) -> None:
                     _look(conn, watcher, now - started)
                     next_look = time.monotonic() + watcher.interval
                 timeouts.append(max(0.0, next_look - time.monotonic()))
-            select.select(readable, writable, [], min(timeouts) if timeouts else None)
-        except (KeyboardInterrupt, Terminated) as exc:
+            watched = [*readable, stop] if stop is not None and interrupted is None \
+                else readable
+            ready, _, _ = select.select(watched, writable, [],
+                                        min(timeouts) if timeouts else None)
+            if stop is not None and stop in ready:
+                raise stopped()
+        except (KeyboardInterrupt, Terminated, Stopped) as exc:
             # The first signal cancels the statement on the server and waits
             # for its answer; a second one stops waiting for the server too.
             if interrupted is not None or not _cancel(conn):

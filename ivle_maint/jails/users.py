@@ -12,6 +12,14 @@ made.  The count only feeds the progress line, so when the database cannot
 be read remake_user_jails falls back to the jail directories (the tool
 itself will then fail, and say why).
 
+Several processes: ``ivle-remakeuser LOGIN...`` rebuilds the users named,
+so the users are dealt into one batch per core (os.cpu_count()), each run
+by its own process at the same time, its logins given in command lines of
+at most CHUNK_USERS.  Every batch's output is read as the single run's is;
+the check afterwards is the same.  With fewer than MIN_BATCH users per
+batch, or when the users could not be read from the database (the tool
+fails itself then, and says why), one ``ivle-remakeuser -a`` does it all.
+
 Progress: the tool prints nothing for a user that works, so the heartbeat
 watches src/LOGIN instead; a rebuild replaces that directory's entries,
 which changes its inode or mtime.  Afterwards every user not reported as
@@ -26,21 +34,28 @@ import os
 import re
 import shlex
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from .. import children
 from ..config import IvleConf, Settings
 from ..db.connect import connect, params_from_settings
 from ..errors import MaintError
+from ..gates import waits
 from ..output import Reporter
-from .template import ToolRun, command_argv, require_root, run_tool
+from .template import ToolRun, command_argv, heartbeat, require_root, run_tool
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 0.5
 SHOWN_USERS = 10
 PROGRESS_LABEL = "rebuilding user jails"
+MIN_BATCH = 16  # users per process below which another process is not worth it
+CHUNK_USERS = 500  # logins in one command line (far below the kernel's limits)
 
 # The tool's one sign of a failed user; IVLE logins never hold ':' or spaces.
 FAILED = re.compile(r"Failed to recreate jail for ([^\s:]+):?\s*(.*)")
@@ -77,10 +92,13 @@ class UserJailsResult:
             text += f", {len(self.unchanged)} show no change"
         return text
 
+    processes: int = 1  # ivle-remakeuser processes run at the same time
+
     @property
     def metrics(self) -> dict[str, Any]:
         return {"users": self.total, "rebuilt": self.rebuilt, "failed": len(self.failed),
-                "output_lines": self.run.lines, "tool_seconds": round(self.run.seconds, 3)}
+                "output_lines": self.run.lines, "tool_seconds": round(self.run.seconds, 3),
+                "processes": self.processes}
 
 
 class UserJailsError(MaintError):
@@ -148,16 +166,71 @@ def _failure_message(run: ToolRun, failures: list[UserFailure], total: int) -> s
             f"(the tool exited {run.exit_code} all the same): {shown}{more_text}")
 
 
+def process_count(users: int, wanted: int | None = None) -> int:
+    """How many ivle-remakeuser processes share USERS users: WANTED, else
+    one per core, but never fewer than MIN_BATCH users each."""
+    cores = wanted if wanted is not None else (os.cpu_count() or 1)
+    return max(1, min(cores, users // MIN_BATCH if wanted is None else users))
+
+
+def batches(logins: list[str], count: int) -> list[list[str]]:
+    """LOGINS dealt into COUNT batches of nearly equal size, each in order."""
+    return [logins[i::count] for i in range(count) if logins[i::count]]
+
+
+def _chunks(logins: list[str]) -> list[list[str]]:
+    return [logins[i:i + CHUNK_USERS] for i in range(0, len(logins), CHUNK_USERS)]
+
+
+def _run_batch(base: list[str], logins: list[str], conf_dir: Path, timeout: float,
+               on_line: Callable[[str], None]) -> list[ToolRun]:
+    """One batch's command lines, one after the other (a worker thread)."""
+    runs = []
+    for chunk in _chunks(logins):
+        waits.checkpoint()  # stopped: start no other command
+        runs.append(run_tool([*base, *chunk], ivle_conf_dir=conf_dir, timeout=timeout,
+                             on_line=on_line))
+        if runs[-1].exit_code != 0:
+            break
+    return runs
+
+
+def _run_batches(base: list[str], parts: list[list[str]], conf_dir: Path, timeout: float,
+                 on_line: Callable[[str], None]) -> ToolRun:
+    """Every batch at the same time; one ToolRun for them all: the first
+    failed command's status and tail, else the last one's."""
+    started = time.monotonic()
+    runs: list[ToolRun] = []
+    with children.workers() as pool:
+        for number, logins in enumerate(parts, 1):
+            pool.start(f"remakeuser batch {number}",
+                       partial(_run_batch, base, logins, conf_dir, timeout, on_line))
+        while pool.running:
+            pool.wait()
+            _, done, error = pool.take()
+            if error is not None:
+                raise error
+            runs.extend(done)
+    waits.checkpoint()  # a worker of a stopped run: the kills are no failure
+    failed = [r for r in runs if r.exit_code != 0]
+    last = failed[0] if failed else runs[-1]
+    return ToolRun((*base, "LOGIN..."), last.exit_code, sum(r.lines for r in runs),
+                   time.monotonic() - started, last.tail)
+
+
 def remake_user_jails(settings: Settings, reporter: Reporter, *, ivle_conf: IvleConf | None = None,
                       logins: list[str] | None = None,
-                      interval: float = HEARTBEAT_SECONDS) -> UserJailsResult:
-    """Run ``ivle-remakeuser -a`` ([commands] remakeuser) and check every user.
+                      interval: float = HEARTBEAT_SECONDS,
+                      processes: int | None = None) -> UserJailsResult:
+    """Run ``ivle-remakeuser`` ([commands] remakeuser) and check every user.
 
     LOGINS: the users the tool will walk, when the caller already knows
-    them; by default they are read from the database.  Raises
-    UserJailsError, after the run, when any user failed.
+    them; by default they are read from the database.  PROCESSES: how many
+    run at the same time (default: process_count).  Raises UserJailsError,
+    after the run, when any user failed.
     """
-    argv = [*command_argv(settings, "remakeuser"), "-a"]
+    base = command_argv(settings, "remakeuser")
+    argv = [*base, "-a"]
     require_root(shlex.join(argv))
     conf = ivle_conf if ivle_conf is not None else settings.ivle_conf()
     jails = conf.conf["paths"]["jails"]
@@ -182,9 +255,16 @@ def remake_user_jails(settings: Settings, reporter: Reporter, *, ivle_conf: Ivle
         done = changed_since(src, before) | failed
         reporter.progress(PROGRESS_LABEL, len(done), len(logins))
 
-    run = run_tool(argv, ivle_conf_dir=conf.path.parent,
-                   timeout=float(settings["commands"]["timeout"]), on_line=on_line, beat=beat,
-                   interval=interval)
+    timeout = float(settings["commands"]["timeout"])
+    count = process_count(len(logins), processes) if total_from != "jail directories" else 1
+    if count > 1:
+        log.info("%s: %d users in %d processes", shlex.join(base), len(logins), count)
+        with heartbeat(lambda: beat(0, 0.0), interval):
+            run = _run_batches(base, batches(logins, count), conf.path.parent, timeout,
+                               on_line)
+    else:
+        run = run_tool(argv, ivle_conf_dir=conf.path.parent, timeout=timeout,
+                       on_line=on_line, beat=beat, interval=interval)
     if run.exit_code != 0:
         raise MaintError(run.failure())
     changed = changed_since(src, before)
@@ -202,7 +282,7 @@ def remake_user_jails(settings: Settings, reporter: Reporter, *, ivle_conf: Ivle
         reporter.warn(f"jail of {login} shows no change after {run.command}")
     rebuilt = len(logins) - len({f.login for f in failures} & set(logins))
     result = UserJailsResult(run, len(logins), total_from, rebuilt, tuple(failures),
-                             tuple(unchanged))
+                             tuple(unchanged), count)
     log.info("%s: %s (users counted from the %s)", run.command, result.summary, total_from)
     if failures:
         raise UserJailsError(_failure_message(run, failures, len(logins)), result)

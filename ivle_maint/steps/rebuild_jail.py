@@ -29,6 +29,7 @@ from ..jails.template import (
     rebuild_template,
     record_inputs,
 )
+from . import migrate
 
 
 def skip_why(ctx: UpgradeContext) -> str:
@@ -91,4 +92,4 @@ STEP = Step("rebuild-jail", "rebuild the jail", MASTER, AFTER, rebuild_jail,
             plan=(PlanLines(PlanPart.SKIPPED, skip_plan),),
             metrics=(Metric("", "jail template rebuilt", SummaryPart.DONE, _label_alone,
                             when_done=True),),
-            cluster_wait=WAIT)
+            cluster_wait=WAIT, alongside=(migrate.STEP,))

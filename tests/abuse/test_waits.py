@@ -404,6 +404,80 @@ def test_ctrl_c_in_any_step_exits_130_journaled_interrupted_and_rerun_completes(
     assert final_state(node) == reference
 
 
+# -- steps at the same time: migrate and rebuild-jail (issue 25) ----------------------
+
+def tools_of(node: Any, name: str) -> list[int]:
+    """Live processes of the stand-in NAME run for NODE (its IVLECONF)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            state = (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != b"Z" and any(a.endswith(name.encode()) for a in argv) and \
+                f"IVLECONF={node.conf_dir}".encode() in environ:
+            found.append(int(entry.name))
+    return found
+
+
+def sleeping_migration(node: Any) -> bool:
+    conn = node.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                        "AND query LIKE 'SELECT pg_sleep(120)%%' AND pid <> pg_backend_pid()")
+            return bool(cur.fetchone()[0])
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_migrate_and_rebuild_jail_overlap_ends_both_and_rerun_completes(
+        node_factory: Any, reference: dict[str, Any], sig: int) -> None:
+    """Both steps under way at once (a migration in pg_sleep, ivle-buildjail
+    in its delay): the signal to a real ivle-maint ends the tool's process
+    and the statement on the server, journals both as interrupted, exits
+    130/143 with the resume line; the rerun completes the upgrade."""
+    node = at_version_1_0(node_factory(users=3, consoles=1, role="both"))
+    assert preinst(node).returncode == 0
+    unpack(node, migrations={**OLD, **NEW, "20100201-01.sql": "SELECT pg_sleep(120);\n" +
+                             NEW["20100201-01.sql"]})
+    node.set_fakes("ivle-buildjail", delay=120)
+    proc = start_cli(node, "hook", "--package-version", "1.1", "postinst", "configure", "1.0")
+    try:
+        wait_for(lambda: proc.poll() is not None or (
+            sleeping_migration(node) and bool(tools_of(node, "ivle-buildjail"))),
+            "the migration and ivle-buildjail both run")
+        tools = tools_of(node, "ivle-buildjail")
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    said = "terminated (SIGTERM)" if sig == signal.SIGTERM else "interrupted (SIGINT)"
+    assert proc.returncode == 128 + sig, err
+    assert f"ivle-maint: {said}" in err.splitlines() and "Traceback" not in err
+    assert resume_line(err)
+    steps = no_step_left_running(node)
+    for step in ("migrate", "rebuild-jail"):
+        assert {k: steps[step][k] for k in ("status", "error")} == \
+            {"status": "interrupted", "error": said}
+    assert "remake-users" not in steps
+    assert tools and not [pid for pid in tools if Path(f"/proc/{pid}").exists()
+                          and pid in tools_of(node, "ivle-buildjail")]
+    wait_for(lambda: not sleeping_migration(node), "the server ends the statement")
+    assert marker_keys(node) == OLD_KEYS
+
+    node.set_fakes("ivle-buildjail", delay=0)
+    unpack(node)  # 1.1's own migrations
+    done = cli(node, "rerun")
+    assert done.returncode == 0, done.stderr
+    assert final_state(node) == reference
+
+
 # -- reading a pipe ------------------------------------------------------------------
 
 def test_a_manifest_on_a_terminal_is_refused_not_waited_for() -> None:

@@ -86,6 +86,25 @@ def test_both_node_every_seed_effect(both):
     assert "migrations applied: 3 20100201-01 20100201-02 20100215" in done.stderr
 
 
+def test_migrate_and_rebuild_jail_run_at_the_same_time_and_the_summary_says_so(both):
+    # Each lasts a while (a migration that sleeps, ivle-buildjail's delay):
+    # one after the other, rebuild-jail would begin after migrate ended.
+    assert preinst(both).returncode == 0
+    unpack(both, migrations={**OLD, **NEW, "20100201-01.sql": "SELECT pg_sleep(1);\n" +
+                             NEW["20100201-01.sql"]})
+    both.set_fakes("ivle-buildjail", delay=1)
+    done = postinst(both)
+    assert done.returncode == 0, done.stderr
+    steps = journal(both)["steps"]
+    migrate, rebuild, remake = (steps[n] for n in ("migrate", "rebuild-jail", "remake-users"))
+    assert rebuild["started"] < migrate["finished"] and migrate["started"] < rebuild["finished"]
+    assert remake["started"] >= max(migrate["finished"], rebuild["finished"])  # IVLE's order
+    assert "ivle-maint:   at the same time: migrate, rebuild-jail (" in done.stderr
+    lines = done.stderr.splitlines()
+    assert "ivle-maint: apply database migrations ... (at the same time: rebuild the jail)" in lines
+    assert final_state(both)["journal"] == "complete"
+
+
 def test_slave_node_leaves_the_database_and_template_alone(node_factory):
     slave = at_version_1_0(node_factory(users=4, consoles=2, role="slave"))
     # A slave with no master at all: under 'auto' it would wait for one, as a
@@ -336,6 +355,8 @@ def test_plan_shows_the_upgrade_and_changes_nothing(both):
     assert "media version: 1.0 -> 1.1" in done.stdout
     assert "baseline records the 2 migrations of 1.0 as applied" in done.stdout
     assert f"pending migrations in {staged}: 3\n  20100201-01 (own-transaction)" in done.stdout
+    assert "  after  rebuild-jail    rebuild the jail (at the same time as migrate)" in \
+        done.stdout.splitlines()
     assert both.service_running("apache2") and len(both.mounts()) == 18
     assert not (both.state_dir / "journal").exists()
     assert media_version(both) == "1.0"

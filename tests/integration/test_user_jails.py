@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,8 +15,15 @@ import pytest
 from ivle_maint.cli import main
 from ivle_maint.config import load_settings
 from ivle_maint.errors import MaintError
+from ivle_maint.gates import waits
 from ivle_maint.jails import template
-from ivle_maint.jails.users import PROGRESS_LABEL, UserJailsError, remake_user_jails
+from ivle_maint.jails.users import (
+    PROGRESS_LABEL,
+    UserJailsError,
+    batches,
+    process_count,
+    remake_user_jails,
+)
 from ivle_maint.output import RecordingReporter
 from ivle_sandbox.node import install_version
 
@@ -180,3 +190,114 @@ def test_cli_jails_remake_users(node_factory, capsys):
     assert main(["jails", "remake-users"]) == 0
     assert "3 of 3 user jails rebuilt" in capsys.readouterr().err
     assert os.path.isdir(Path(node.home("user0003")))
+
+
+# -- several processes at once (issue 25) --------------------------------------
+
+
+def barrier_tool(tmp_path: Path, real: str, then: str = 'exec "$REAL" "$@"') -> Path:
+    """A stand-in that waits until THREE processes of it run, then THEN: run
+    one after the other, the first would never see the others (its guard
+    then fails it: a hang, never a measure of speed)."""
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    tool = tmp_path / "barrier"
+    tool.write_text(f"""#!/bin/sh
+REAL={real}
+echo "$@" > {seen}/$$
+tries=0
+while [ "$(ls {seen} | wc -l)" -lt 3 ]; do
+    tries=$((tries + 1))
+    if [ $tries -gt 6000 ]; then echo "Failed to recreate jail for $1: ran alone" >&2; exit 0; fi
+    sleep 0.02
+done
+{then}
+""")
+    tool.chmod(0o755)
+    return tool
+
+
+def started(tmp_path: Path) -> dict[int, list[str]]:
+    return {int(p.name): p.read_text().split() for p in (tmp_path / "seen").iterdir()}
+
+
+def test_batches_split_the_users_evenly_and_in_order():
+    logins = [f"u{n:02}" for n in range(10)]
+    parts = batches(logins, 3)
+    assert parts == [["u00", "u03", "u06", "u09"], ["u01", "u04", "u07"], ["u02", "u05", "u08"]]
+    assert batches(logins[:2], 3) == [["u00"], ["u01"]]
+    assert process_count(15) == 1  # too few users for a second process
+    assert process_count(6, wanted=3) == 3
+    assert process_count(2, wanted=3) == 2
+
+
+def test_batches_run_at_once_and_every_batchs_failures_are_reported(master, tmp_path):
+    master.set_fakes("ivle-remakeuser", fail_users=["user0002", "user0003", "user0004"])
+    settings = settings_of(master)
+    tool = barrier_tool(tmp_path, settings["commands"]["remakeuser"])
+    before = homes_fingerprint(master)
+    with pytest.raises(UserJailsError) as caught:
+        remake_user_jails(settings_of(master, remakeuser=str(tool)), RecordingReporter(),
+                          processes=3)
+    result = caught.value.result
+    # Three processes, each naming its own users: every user once.
+    argvs = sorted(started(tmp_path).values())
+    assert argvs == [["user0001", "user0004"], ["user0002", "user0005"],
+                     ["user0003", "user0006"]]
+    assert sorted(f.login for f in result.failed) == ["user0002", "user0003", "user0004"]
+    assert (result.total, result.rebuilt, result.processes) == (6, 3, 3)
+    assert "jails of 3 of 6 users were not rebuilt" in str(caught.value)
+    assert homes_fingerprint(master) == before
+    assert all(jail_version(master, login) == "1.1"
+               for login in ("user0001", "user0005", "user0006"))
+
+
+def test_batches_progress_reaches_the_total_and_never_goes_back(master):
+    master.set_fakes("ivle-remakeuser", delay_per_user=0.1)
+    reporter = RecordingReporter()
+    result = remake_user_jails(settings_of(master), reporter, interval=0.05, processes=2)
+    assert (result.rebuilt, result.processes) == (6, 2)
+    done = [d for _, d, total in reporter.progress_calls if total == 6]
+    assert done == sorted(done) and done[-1] == 6
+    assert result.run.lines == 0  # the fake says nothing for a user that works
+
+
+def test_a_failing_batch_fails_the_run_with_its_status(master, tmp_path):
+    bad = tmp_path / "bad"
+    bad.write_text('#!/bin/sh\ncase "$1" in user0002) echo "no database" >&2; exit 3;; esac\n'
+                   f'exec {settings_of(master)["commands"]["remakeuser"]} "$@"\n')
+    bad.chmod(0o755)
+    with pytest.raises(MaintError, match=r"bad LOGIN... failed with status 3; last output: "
+                                         r"no database"):
+        remake_user_jails(settings_of(master, remakeuser=str(bad)), RecordingReporter(),
+                          processes=2)
+
+
+def test_ctrl_c_during_batches_ends_every_process_and_thread(master, tmp_path):
+    tool = barrier_tool(tmp_path, settings_of(master)["commands"]["remakeuser"],
+                        then="exec sleep 300")
+    threads = threading.active_count()
+
+    def interrupt_once_all_run() -> None:
+        while len(list((tmp_path / "seen").iterdir())) < 3:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    sender = threading.Thread(target=interrupt_once_all_run)
+    with waits.signals(), pytest.raises(KeyboardInterrupt):
+        sender.start()
+        remake_user_jails(settings_of(master, remakeuser=str(tool)), RecordingReporter(),
+                          processes=3)
+    sender.join()
+    assert threading.active_count() == threads
+    pids = started(tmp_path)
+    assert len(pids) == 3
+    assert not [pid for pid in pids if alive(pid)]
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != b"Z"

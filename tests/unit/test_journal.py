@@ -104,3 +104,34 @@ def test_unreadable_journal_is_a_one_line_error(tmp_path: Path) -> None:
         assert str(exc).startswith(f"{path}: damaged journal (not JSON)")
     else:
         raise AssertionError("loaded")
+
+
+def test_threads_writing_records_at_once_lose_none(tmp_path: Path) -> None:
+    """Steps that overlap share the journal: every record, and the file
+    written last, holds every change (without the lock, a save iterating the
+    records while another thread adds one fails, or an earlier file wins)."""
+    import threading
+
+    journal = Journal.open(tmp_path, "1.0", "1.1", "both")
+    start = threading.Barrier(4, timeout=60)
+    errors: list[BaseException] = []
+
+    def writer(number: int) -> None:
+        try:
+            start.wait()
+            for step in range(15):
+                name = f"step-{number}-{step}"
+                journal.begin(name)
+                journal.finish(name, "ok", {"n": step})
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    on_disk = Journal.load(journal.path)
+    assert len(on_disk.steps) == 60 and all(on_disk.is_done(name) for name in on_disk.steps)
+    assert sorted(r.order for r in on_disk.steps.values()) == list(range(1, 61))

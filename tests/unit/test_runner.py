@@ -6,13 +6,22 @@ walks IVLE's steps, not the steps (tests/integration covers those).
 
 from __future__ import annotations
 
+import os
+import tempfile
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
+from signal import SIGINT, SIGTERM
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
+from ivle_maint import system
 from ivle_maint.errors import Interrupted, MaintError
+from ivle_maint.gates import waits
 from ivle_maint.gates.waits import Terminated, describe, exit_status
 from ivle_maint.journal import (
     ABORTED,
@@ -25,12 +34,22 @@ from ivle_maint.journal import (
     Journal,
 )
 from ivle_maint.output import RecordingReporter
-from ivle_maint.procedure import AFTER, BEFORE, STEPS, Outcome, Procedure, steps_for
+from ivle_maint.procedure import (
+    AFTER,
+    BEFORE,
+    STEPS,
+    Outcome,
+    Procedure,
+    run_groups,
+    steps_for,
+)
+from ivle_maint.summary import summary_lines
 
 IVLE_ORDER = [
     "stop-web", "stop-consoles", "unmount-jails", "baseline", "migrate",
     "rebuild-jail", "remake-users", "media-version", "restart-usrmgt", "start-web",
 ]
+OVERLAPPING = ("migrate", "rebuild-jail")  # they run at the same time
 
 
 class Recorder:
@@ -80,7 +99,7 @@ def test_steps_follow_the_seed_order_and_roles():
 def test_full_run_completes_and_records_every_step(tmp_path):
     rec = Recorder()
     j = run(tmp_path, rec)
-    assert rec.calls == IVLE_ORDER
+    assert normalized(rec.calls) == IVLE_ORDER
     assert j.state == COMPLETE
     reloaded = Journal.load(j.path)
     assert all(reloaded.steps[name].status == DONE for name in IVLE_ORDER)
@@ -205,10 +224,13 @@ def test_a_signal_in_any_step_is_journaled_as_interrupted_never_as_a_failure(
     assert on_disk.state == IN_PROGRESS
     assert on_disk.steps[step].status == INTERRUPTED
     assert on_disk.steps[step].error == describe(signal)
-    assert rec.calls[-1] == step  # nothing undone, nothing after it
+    # Nothing undone, nothing after it; a step beside it finished (instantly here).
+    beside = [s for s in OVERLAPPING if step in OVERLAPPING and s != step]
+    assert set(rec.calls[-1 - len(beside):]) == {step, *beside}
+    assert all(on_disk.steps[s].status == DONE for s in beside)
     rec.calls.clear()
     run(tmp_path, rec)  # the rerun starts again at the interrupted step
-    assert rec.calls == IVLE_ORDER[IVLE_ORDER.index(step):]
+    assert rec.calls == [s for s in IVLE_ORDER[IVLE_ORDER.index(step):] if s not in beside]
     assert Journal.load(on_disk.path).state == COMPLETE
 
 
@@ -218,3 +240,257 @@ def test_a_signal_while_the_site_is_given_back_leaves_the_abandonment_owed(tmp_p
         run(tmp_path, rec, phases=(BEFORE,))
     on_disk = Journal.load(Journal.file_for(tmp_path, "1.0", "1.1"))
     assert on_disk.state == ABORTING and on_disk.steps["unmount-jails"].status == FAILED
+
+
+# -- steps at the same time (issue 25) -------------------------------------------
+
+
+def normalized(calls: list[str]) -> list[str]:
+    """CALLS with the members of a group in IVLE's order (they start at once)."""
+    return sorted(calls, key=IVLE_ORDER.index) if set(calls) <= set(IVLE_ORDER) else calls
+
+
+def test_the_overlapping_steps_are_declared_and_grouped():
+    groups = [[s.name for s in g] for g in run_groups(steps_for("both"))]
+    assert [g for g in groups if len(g) > 1] == [list(OVERLAPPING)]
+    assert [name for g in groups for name in g] == IVLE_ORDER
+    # A step joins only a group every member of which it names.
+    migrate, rebuild, remake = (next(s for s in STEPS if s.name == n)
+                                for n in ("migrate", "rebuild-jail", "remake-users"))
+    assert [len(g) for g in run_groups([rebuild, migrate])] == [1, 1]
+    stranger = replace(remake, alongside=(rebuild,))  # names rebuild-jail, not migrate
+    assert [len(g) for g in run_groups([migrate, rebuild, stranger])] == [2, 1]
+    assert [len(g) for g in run_groups([rebuild, stranger])] == [2]
+
+
+def test_the_members_really_run_at_the_same_time(tmp_path):
+    # Each waits for the other: one after the other, the first would break
+    # the barrier (its guard against a hang) and fail.
+    barrier = threading.Barrier(len(OVERLAPPING), timeout=120)
+    rec = Recorder()
+    actions = rec.actions()
+    for name in OVERLAPPING:
+        plain = actions[name]
+        actions[name] = lambda ctx, plain=plain: (barrier.wait(), plain(ctx))[1]
+    j, ctx = journal(tmp_path), context()
+    Procedure(ctx, j, rec.steps(actions)).run((BEFORE, AFTER))
+    assert normalized(rec.calls) == IVLE_ORDER
+    assert j.state == COMPLETE and all(j.is_done(name) for name in IVLE_ORDER)
+    assert "apply database migrations ... (at the same time: rebuild the jail)" in \
+        ctx.reporter.lines
+    said = [line for line in summary_lines(j, STEPS) if "at the same time" in line]
+    assert len(said) == 1 and said[0].startswith("  at the same time: migrate, rebuild-jail (")
+
+
+def test_steps_one_after_the_other_are_not_said_to_overlap(tmp_path):
+    j = journal(tmp_path)
+    for name in IVLE_ORDER:  # a rerun finishing the group's members one by one
+        j.begin(name)
+        j.finish(name, "ok", {})
+    assert not [line for line in summary_lines(j, STEPS) if "at the same time" in line]
+
+
+def test_a_failed_member_lets_the_other_finish_and_is_raised_with_the_resume(tmp_path):
+    other_done = threading.Event()
+    rec = Recorder()
+    actions = rec.actions()
+    plain = actions["rebuild-jail"]
+    actions["rebuild-jail"] = lambda ctx: (other_done.wait(120), plain(ctx))[1]
+
+    def failing_migrate(ctx):
+        other_done.set()
+        raise MaintError("syntax error at line 3")
+    actions["migrate"] = failing_migrate
+    j = journal(tmp_path)
+    with pytest.raises(MaintError) as caught:
+        Procedure(context(), j, rec.steps(actions)).run((BEFORE, AFTER))
+    assert str(caught.value) == "apply database migrations failed: syntax error at line 3"
+    assert caught.value.resume == "ivle-maint rerun"
+    on_disk = Journal.load(j.path)
+    assert on_disk.steps["migrate"].status == FAILED
+    assert on_disk.steps["rebuild-jail"].status == DONE  # let finish, not thrown away
+    assert "remake-users" not in on_disk.steps
+
+    rec.calls.clear()
+    run(tmp_path, rec)
+    assert rec.calls == ["migrate", *IVLE_ORDER[IVLE_ORDER.index("remake-users"):]]
+
+
+def test_both_members_failing_name_both_in_one_line(tmp_path):
+    rec = Recorder(fail={"migrate": MaintError("no space"),
+                         "rebuild-jail": MaintError("apt failed")})
+    with pytest.raises(MaintError) as caught:
+        run(tmp_path, rec)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert {"apply database migrations failed", "rebuild the jail failed"} <= {
+        part.split(": ")[0].removesuffix(" too") for part in message.split("; ")}
+    on_disk = Journal.load(Journal.file_for(tmp_path, "1.0", "1.1"))
+    assert {on_disk.steps[n].status for n in OVERLAPPING} == {FAILED}
+
+
+def test_the_observer_is_told_in_the_main_thread_only(tmp_path):
+    told: list[tuple[str, str | None, bool]] = []
+
+    def observer(event, step):
+        told.append((event.value, step.name if step else None,
+                     threading.current_thread() is threading.main_thread()))
+
+    rec = Recorder()
+    Procedure(context(), journal(tmp_path), rec.steps(), observer).run((BEFORE, AFTER))
+    assert all(main for _, _, main in told)
+    for name in OVERLAPPING:
+        assert [e for e, n, _ in told if n == name] == ["begin", "done"]
+
+
+def test_the_cluster_link_serves_one_thread_at_a_time(tmp_path):
+    inside = [0]
+    most = [0]
+    guard = threading.Lock()
+
+    class Link:
+        name, enabled, journal, steps = "m", True, None, ()
+
+        def query(self, look):
+            with guard:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            time.sleep(0.01)  # a query takes a while: room for the other thread
+            with guard:
+                inside[0] -= 1
+            return look(None)
+
+    ctx = context()
+    ctx.cluster = Link()
+    rec = Recorder()
+    actions = rec.actions()
+    for name in OVERLAPPING:
+        plain = actions[name]
+        actions[name] = lambda c, plain=plain: ([c.cluster.query(lambda _: 1)
+                                                 for _ in range(20)], plain(c))[1]
+    Procedure(ctx, journal(tmp_path), rec.steps(actions)).run((BEFORE, AFTER))
+    assert most[0] == 1
+    assert isinstance(ctx.cluster, Link)  # given back after the group
+
+
+# Generated: what each member does, and whether a signal waits for the other
+# member's record.  A member that "waits" runs a real child until stopped.
+ACTIONS = st.sampled_from(["ok", "fail", "signal", "wait"])
+
+
+@settings(max_examples=25, deadline=None)
+@given(first=ACTIONS, second=ACTIONS, late=st.booleans(),
+       sig=st.sampled_from([SIGINT, SIGTERM]))
+def test_any_mix_of_failure_and_signal_in_a_group_journals_each_member_exactly(
+        first, second, late, sig):
+    plan = dict(zip(OVERLAPPING, (first, second), strict=True))
+    signalled = [n for n, a in plan.items() if a == "signal"]
+    assume(len(signalled) <= 1 and ("wait" not in plan.values() or signalled))
+    with tempfile.TemporaryDirectory() as tmp:
+        _mix(Path(tmp), plan, late, sig)
+
+
+def _mix(tmp_path: Path, plan: dict[str, str], late: bool, sig: int) -> None:
+    rec = Recorder()
+    actions = rec.actions()
+    j = journal(tmp_path)
+    pids: list[int] = []
+    threads = threading.active_count()
+
+    def member(name: str):
+        def act(ctx) -> Outcome:
+            rec.calls.append(name)
+            what = plan[name]
+            if what == "fail":
+                raise MaintError(f"{name} broke")
+            if what == "signal":
+                other = next(n for n in OVERLAPPING if n != name)
+                while late and plan[other] != "wait" and j.is_running(other):
+                    time.sleep(0.005)
+                os.kill(os.getpid(), sig)
+            if what in ("signal", "wait"):
+                done = system.run(["sh", "-c", 'echo "$$"; exec sleep 300'],
+                                  on_line=lambda line: pids.append(int(line)))
+                waits.checkpoint()  # stopped: unwinds as the interruption
+                raise MaintError(f"{name}: sleep ended {done.exit_code}")
+            return Outcome(f"{name} ok")
+        return act
+
+    for name in OVERLAPPING:
+        actions[name] = member(name)
+    failing = [n for n, a in plan.items() if a == "fail"]
+    with waits.signals():
+        try:
+            Procedure(context(), j, rec.steps(actions)).run((BEFORE, AFTER))
+        except Interrupted as exc:
+            assert "signal" in plan.values()
+            assert exit_status(exc.signal) == 128 + sig
+        except MaintError as exc:
+            assert "signal" not in plan.values() and failing
+            assert str(exc).startswith(tuple(f"{STEP_TITLES[n]} failed: {n} broke"
+                                             for n in failing))
+        else:
+            assert set(plan.values()) == {"ok"}
+    assert threading.active_count() == threads  # no worker left
+    assert not [pid for pid in pids if _alive(pid)]  # no child left
+    on_disk = Journal.load(j.path)
+    status = {n: on_disk.steps[n].status for n in OVERLAPPING}
+    called = set(rec.calls)
+    for name, what in plan.items():
+        if what == "ok":  # done if it ran; else the signal came before it started
+            assert status[name] == (DONE if name in called else INTERRUPTED)
+            assert name in called or not late
+        elif what in ("signal", "wait"):
+            assert status[name] == INTERRUPTED
+            said = Terminated() if sig == SIGTERM else KeyboardInterrupt()
+            assert on_disk.steps[name].error == describe(said)
+        elif late or "signal" not in plan.values():
+            assert status[name] == FAILED
+        else:  # its failure and the signal raced: either tells the truth
+            assert status[name] in (FAILED, INTERRUPTED)
+    # The rerun runs exactly the members not done, then the rest.
+    rec.calls.clear()
+    Procedure(context(), on_disk, rec.steps()).run((BEFORE, AFTER))
+    not_done = [n for n in OVERLAPPING if status[n] != DONE]
+    rest = IVLE_ORDER[IVLE_ORDER.index("remake-users"):] if not_done else []
+    assert normalized(rec.calls) == [*not_done, *rest]
+    assert Journal.load(j.path).state == COMPLETE
+
+
+STEP_TITLES = {s.name: s.title for s in STEPS}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != b"Z"
+
+
+def test_a_wait_in_a_group_is_told_on_the_row_of_its_first_running_member(tmp_path):
+    rows: list[tuple[str, str]] = []
+
+    class Link:
+        name, enabled, journal, steps = "m", True, None, ()
+
+        def waiting(self, step, note):
+            rows.append((step, note))
+
+    meet = threading.Barrier(2, timeout=120)  # both still running at the wait
+    ctx = context()
+    ctx.cluster = Link()
+    rec = Recorder()
+    actions = rec.actions()
+    for name in OVERLAPPING:
+        plain = actions[name]
+
+        def act(c, name=name, plain=plain):
+            meet.wait()
+            c.cluster.waiting(name, "waiting for the slaves")
+            meet.wait()
+            return plain(c)
+        actions[name] = act
+    Procedure(ctx, journal(tmp_path), rec.steps(actions)).run((BEFORE, AFTER))
+    assert sorted(rows) == [("migrate", "rebuild-jail waiting for the slaves"),
+                            ("migrate", "waiting for the slaves")]
