@@ -35,10 +35,11 @@ def run(argv: Sequence[str], *, timeout: float | None,
     """Run argv; stdout and stderr together; never raise on its status (as system.run)."""
     program = trusted.require_program(argv[0])
     env = environment.child_env(os.environ, None, home=environment.home_of(os.geteuid()))
-    proc = subprocess.Popen(  # the gate checked the program
-        [program, *argv[1:]], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        preexec_fn=children.preexec_for_child())  # noqa: PLW1509 (as system.run's)
+    with children.spawning():  # one thread forks at a time, as in system.run
+        proc = subprocess.Popen(  # the gate checked the program
+            [program, *argv[1:]], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            preexec_fn=children.preexec_for_child())  # noqa: PLW1509 (as system.run's)
     note = children.record(proc.pid, argv)
     finished = False
     try:
