@@ -26,6 +26,7 @@ from ivle_maint.jails.users import (
 )
 from ivle_maint.output import RecordingReporter
 from ivle_sandbox.node import install_version
+from ivle_sandbox.procs import alive
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
@@ -294,10 +295,3 @@ def test_ctrl_c_during_batches_ends_every_process_and_thread(master, tmp_path):
     assert len(pids) == 3
     assert not [pid for pid in pids if alive(pid)]
 
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != b"Z"

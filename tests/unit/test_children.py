@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ivle_maint import children
 from ivle_maint.output import RecordingReporter
+from ivle_sandbox.procs import alive
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,14 +27,6 @@ from ivle_maint import children, system
 with children.tracked_run(Path(sys.argv[1])):
     system.run(["sh", "-c", "sleep 300 & sleep 301; echo finished"])
 """
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != b"Z"
 
 
 def test_killed_run_command_dies_and_the_sweep_ends_its_children(tmp_path):
@@ -51,16 +44,16 @@ def test_killed_run_command_dies_and_the_sweep_ends_its_children(tmp_path):
     owner.send_signal(signal.SIGKILL)
     owner.wait()
     guard = time.monotonic() + 120  # against a hang, not a measure of speed
-    while _alive(group):  # the parent-death signal ends sh itself
+    while alive(group):  # the parent-death signal ends sh itself
         assert time.monotonic() < guard, "sh outlived the killed run"
         time.sleep(0.01)
-    left = [pid for pid in members if _alive(pid)]
+    left = [pid for pid in members if alive(pid)]
     assert left, "the sleeps are sh's children: no parent-death signal reaches them"
 
     reporter = RecordingReporter()
     ended = children.end_leftovers(tmp_path, reporter)
     assert ended == ["sh -c sleep 300 & sleep 301; echo finished"]
-    assert not [pid for pid in members if _alive(pid)]
+    assert not [pid for pid in members if alive(pid)]
     assert not list(records.glob("*.json"))
     assert "left running by a killed ivle-maint" in reporter.lines[0]
 

@@ -44,6 +44,7 @@ from ivle_maint.procedure import (
     steps_for,
 )
 from ivle_maint.summary import summary_lines
+from ivle_sandbox.procs import alive
 
 IVLE_ORDER = [
     "stop-web", "stop-consoles", "unmount-jails", "baseline", "migrate",
@@ -432,7 +433,7 @@ def _mix(tmp_path: Path, plan: dict[str, str], late: bool, sig: int) -> None:
         else:
             assert set(plan.values()) == {"ok"}
     assert threading.active_count() == threads  # no worker left
-    assert not [pid for pid in pids if _alive(pid)]  # no child left
+    assert not [pid for pid in pids if alive(pid)]  # no child left
     on_disk = Journal.load(j.path)
     status = {n: on_disk.steps[n].status for n in OVERLAPPING}
     called = set(rec.calls)
@@ -459,13 +460,6 @@ def _mix(tmp_path: Path, plan: dict[str, str], late: bool, sig: int) -> None:
 
 STEP_TITLES = {s.name: s.title for s in STEPS}
 
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != b"Z"
 
 
 def test_a_wait_in_a_group_is_told_on_the_row_of_its_first_running_member(tmp_path):
