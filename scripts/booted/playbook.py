@@ -6,7 +6,8 @@ names the master (ivle_master) and the slaves (ivle_slaves) as the
 playbook wants them, with each node's mount-namespace token in
 ivle_environment (the stand-ins mount jails only in a node).
 ansible-playbook runs on the host inside that network namespace.
-(tests/booted/test_booted.py's test_cluster_ansible_over_ssh does the same.)
+(tests/booted/test_booted.py's test_cluster_ansible_over_ssh and
+scripts/bench_cluster.py use it.)
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
-from booted import scenario  # scripts/: on sys.path by setup.cfg's pythonpath
+from booted import playbook, scenario  # scripts/: on sys.path by setup.cfg's pythonpath
 from booted.scenario import Guest, Probe
 from e2e.driver.config import GOOD_FIRST_MIGRATION, TEMPLATE
 from e2e.driver.config import MIGRATIONS_NEW as NEW_KEYS
@@ -479,45 +479,11 @@ def test_cluster_ansible_over_ssh(cluster, tmp_path, mode):
     """The same cluster upgraded by scripts/ansible/upgrade-cluster.yml over real
     SSH (openssh-server in every node, a key made here), a probe on every slave;
     in maintenance mode (-e ivle_during_upgrade=maintenance) zero refused."""
-    import subprocess
-
-    key = tmp_path / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    hosts = {}
-    for i, (name, guest) in enumerate(cluster.items()):
-        port = 2200 + i
-        guest.node.write("/etc/ssh/sshd_config.d/booted.conf",
-                         f"Port {port}\nListenAddress 127.0.0.1\n")
-        guest.node.write("/root/.ssh/authorized_keys",
-                         (tmp_path / "id_ed25519.pub").read_text(), mode="0600")
-        guest.node.run("systemctl", "enable", "--now", "ssh")
-        hosts[name] = {"ansible_host": "127.0.0.1", "ansible_port": port,
-                       "ivle_environment": dict([guest.sandbox_env.split("=", 1)])}
-    inventory = {"all": {
-        "children": {
-            "ivle_master": {"hosts": {"master": hosts["master"]}},
-            "ivle_slaves": {"hosts": {n: h for n, h in hosts.items() if n != "master"}},
-        },
-        "vars": {"ansible_user": "root", "ivle_become": False,
-                 "ansible_ssh_private_key_file": str(key),
-                 "ansible_python_interpreter": "/usr/bin/python3",
-                 "ansible_ssh_common_args": "-o StrictHostKeyChecking=no "
-                                            "-o UserKnownHostsFile=/dev/null"},
-    }}
-    (tmp_path / "inventory.yml").write_text(json.dumps(inventory))
-    netns = cluster["master"].node.netns
+    inventory_file = playbook.inventory(cluster, tmp_path)
+    extra = ["ivle_during_upgrade=maintenance"] if mode == "maintenance" else []
     with probes_on_slaves(cluster) as probes:
         started = time.time()
-        done = subprocess.run(
-            ["ip", "netns", "exec", netns, "ansible-playbook", "-i",
-             str(tmp_path / "inventory.yml"),
-             str(REPO / "scripts/ansible/upgrade-cluster.yml"), "-e", "ivle_version=1.1",
-             *(["-e", "ivle_during_upgrade=maintenance"] if mode == "maintenance" else [])],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900,
-            env={**os.environ, "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_NOCOLOR": "1",
-                 # no ssh master processes or sockets outliving the test
-                 "ANSIBLE_SSH_ARGS": "-o ControlMaster=no",
-                 "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp")}, check=False)
+        done = playbook.run(cluster, inventory_file, *extra)
         print(done.stdout[-6000:], done.stderr[-3000:], flush=True)
         assert done.returncode == 0
     check_cluster_upgraded(cluster, probes, started, mode)
