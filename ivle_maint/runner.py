@@ -147,8 +147,8 @@ class Procedure:
     # -- steps at the same time ----------------------------------------------
 
     def _run_group(self, group: list[Step]) -> None:
-        """GROUP's steps at the same time; the first failure raised once all
-        have ended; an interruption journals each member still running."""
+        """GROUP's steps at the same time; the first failure (in GROUP's order)
+        raised once all have ended; an interruption journals each member still running."""
         try:
             for step in group:
                 beside = ", ".join(other.title for other in group if other is not step)
@@ -165,6 +165,10 @@ class Procedure:
                         self.observe(RunEvent.FAILED, step)
             raise
         if failures:
+            # The first in the procedure's order, not in time: two members
+            # that fail together (both given up waiting) name the same step
+            # on every run, the one a sequential run would have stopped at.
+            failures.sort(key=lambda failure: group.index(failure[0]))
             (first, error), others = failures[0], failures[1:]
             # The others' records came after it: the observer's last word
             # (the cluster row) is the failure.
