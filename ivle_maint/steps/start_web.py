@@ -44,7 +44,7 @@ def start_web(ctx: UpgradeContext) -> Outcome:
         outcome.summary = f"{released}; {outcome.summary}"
         outcome.metrics["hold"] = released
         return outcome
-    late = started_by_hand(ctx)
+    late = started_by_hand(ctx) or stopped_partway(ctx)
     outcome = service_outcome(ctx, "restart" if late else "start", "web")
     if late:
         outcome.summary = f"{late}: restarted on the new code; {outcome.summary}"
@@ -88,6 +88,23 @@ def started_by_hand(ctx: UpgradeContext) -> str:
     if control_from_settings(ctx.settings, ctx.reporter).status(name) != RUNNING:
         return ""
     return f"{name} was started by hand after the before-phase stopped it"
+
+
+def stopped_partway(ctx: UpgradeContext) -> str:
+    """Why the running web server must be restarted, or "" if it need not:
+    a run killed inside stop-web (begun, never done) may have left it on
+    its way out (Apache's main process outlives a graceful stop's children
+    by up to a second), so "running" is no promise it stays up; a restart
+    is, whatever the killed stop left."""
+    journal = ctx.journal
+    stoppers = [s.name for s in ctx.steps if s.undo is not None and s.undo.name == STEP.name]
+    if journal is None or not any(n in journal.steps and not journal.is_done(n)
+                                  for n in stoppers):
+        return ""
+    name = ctx.settings["services"]["web"]
+    if control_from_settings(ctx.settings, ctx.reporter).status(name) != RUNNING:
+        return ""
+    return f"{name} runs, but a stop of it was cut short"
 
 
 def check_release_record(ctx: UpgradeContext) -> None:

@@ -40,17 +40,21 @@ pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 def test_sigkill_inside_stop_web_then_dpkg_abort_brings_the_web_server_back(node_factory):
     cluster = build_cluster(node_factory, slaves=1, cluster=PATIENT)
     slave = cluster.slaves[0]
-    slave.set_fakes("apache2", delay=1.5)  # the init script takes its time to stop
+    # The init script takes its time to stop, and Apache's main process
+    # outlives its children's graceful exit (by up to drain_poll): killed
+    # in between, the web server is still on its way out when dpkg aborts.
+    slave.set_fakes("apache2", delay=1.5, drain_poll=5)
     proc = start_cli(slave, "hook", "preinst", "upgrade", "1.0", "1.1")
     wait_for_step(slave, "stop-web", proc)
     stopping = wait_for_init_script(slave, "apache2", "stop")
     proc.send_signal(signal.SIGKILL)  # while the init script is at work
     proc.communicate(timeout=30)
     procs.wait_gone([stopping], 10)  # the orphaned init script may still stop it
-    slave.set_fakes("apache2", delay=0)
+    slave.set_fakes("apache2", delay=0, drain_poll=5)
     # dpkg: the old package's postinst abort-upgrade NEW.
     done = cli(slave, "hook", "postinst", "abort-upgrade", "1.1")
     assert done.returncode == 0, done.stderr
+    time.sleep(6)  # past the dying main process's last look: it must not have been it
     assert slave.service_running("apache2")
     row = node_rows(cluster.master)["slave1"]
     assert (row["serving"], row["phase"]) == ("1.0", "idle")
