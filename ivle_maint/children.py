@@ -70,12 +70,62 @@ def warm_messages() -> None:
     os.strerror(errno.EBADF)
 
 
+# Seconds a fork may take to reach exec before its child counts as stuck.
+SPAWN_GRACE = 10.0
+
+
+@dataclass
+class Spawn:
+    """What spawning() saw: stuck is True when a child forked inside it never
+    reached exec and was killed (its program never ran: safe to try again)."""
+
+    stuck: bool = False
+
+
+def _stuck_children(me: int) -> list[int]:
+    """Our children still running our own program with our own arguments:
+    forked, never exec'ed (an exec'ed program has its own command line)."""
+    mine = Path(f"/proc/{me}/cmdline").read_bytes()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with suppress(OSError, IndexError, ValueError):
+            fields = (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()
+            if int(fields[1]) == me and (entry / "cmdline").read_bytes() == mine:
+                found.append(int(entry.name))
+    return found
+
+
 @contextmanager
-def spawning() -> Iterator[None]:
-    """One thread forks at a time, the catalogue loaded (warm_messages)."""
+def spawning() -> Iterator[Spawn]:
+    """One thread forks at a time, the catalogue loaded (warm_messages), and
+    the fork bounded: a child of a threaded process can hang between fork and
+    exec on a C library lock another thread held at the fork; after
+    SPAWN_GRACE seconds such a child is killed, so the waiting parent goes on
+    (Spawn.stuck says so) instead of waiting for ever."""
+    spawn, done = Spawn(), threading.Event()
+
+    def watch(me: int) -> None:
+        if done.wait(SPAWN_GRACE):
+            return
+        for pid in _stuck_children(me):
+            spawn.stuck = True  # before the kill: the parent wakes at once
+            with suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                log.warning("a child forked to run a command never reached exec "
+                            "within %gs: killed (pid %d)", SPAWN_GRACE, pid)
+
     with _spawn_lock:
         warm_messages()
-        yield
+        watcher = threading.Thread(target=watch, args=(os.getpid(),), daemon=True,
+                                   name="spawn-watch")
+        watcher.start()
+        try:
+            yield spawn
+        finally:
+            done.set()
+            watcher.join()
 
 
 def preexec_for_child() -> Callable[[], None]:

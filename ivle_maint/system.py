@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,23 +101,32 @@ def run(
     # Its own session, and dead with us: see children.py.  One thread forks
     # at a time (children.spawning): a child of a threaded process must not
     # inherit a C library lock another thread holds mid-fork.
-    with children.spawning():
-        cmd = sh.Command(program)(
-            *argv[1:],
-            _env=full_env,
-            _out=line,
-            _err_to_out=True,
-            _tty_out=False,
-            _in=None,
-            _ok_code=list(range(256)),
-            _timeout=timeout or None,
-            _cwd=cwd,
-            _bg=True,
-            _bg_exc=False,
-            _new_session=True,
-            _preexec_fn=children.preexec_for_child(),
-            **_return_cmd(sh),
-        )
+    # A fork that never reached exec (children.spawning) ran nothing: once more.
+    for _attempt in range(2):
+        with children.spawning() as spawn, _unless_stuck(spawn):
+            cmd = sh.Command(program)(
+                *argv[1:],
+                _env=full_env,
+                _out=line,
+                _err_to_out=True,
+                _tty_out=False,
+                _in=None,
+                _ok_code=list(range(256)),
+                _timeout=timeout or None,
+                _cwd=cwd,
+                _bg=True,
+                _bg_exc=False,
+                _new_session=True,
+                _preexec_fn=children.preexec_for_child(),
+                **_return_cmd(sh),
+            )
+        if not spawn.stuck:
+            break
+        with suppress(Exception):
+            cmd.wait()  # the killed child, reaped
+    else:
+        raise MaintError(f"{argv[0]} could not be started: its forked child hung before "
+                         f"exec twice")
     note = children.record(cmd.pid, argv)
     finished = False
     try:
@@ -133,6 +143,17 @@ def run(
             children.end_now(cmd.pid)
         children.forget(note)
     return Completed(tuple(argv), exit_code, "\n".join(kept), tuple(tail))
+
+
+@contextmanager
+def _unless_stuck(spawn: children.Spawn) -> Iterator[None]:
+    """Whatever sh makes of a child killed before exec is not the command's
+    failure: the caller starts it again."""
+    try:
+        yield
+    except Exception:
+        if not spawn.stuck:
+            raise
 
 
 def check(argv: Sequence[str], **kwargs: Any) -> Completed:

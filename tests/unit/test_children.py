@@ -69,3 +69,26 @@ def test_a_live_owners_children_are_left_alone(tmp_path):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_a_fork_that_never_reaches_exec_is_killed_and_said(monkeypatch):
+    """A child hung between fork and exec (a C library lock another thread
+    held at the fork) would hold its parent for ever: after SPAWN_GRACE it is
+    killed, and the spawn says so, so the command is started again."""
+    monkeypatch.setattr(children, "SPAWN_GRACE", 0.2)
+    with children.spawning() as spawn:
+        pid = os.fork()
+        if pid == 0:  # the stuck child: our own program, never exec'ed
+            time.sleep(60)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+    assert spawn.stuck
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+
+def test_a_fork_that_reaches_exec_is_left_alone(monkeypatch):
+    monkeypatch.setattr(children, "SPAWN_GRACE", 0.2)
+    with children.spawning() as spawn:
+        child = subprocess.Popen(["sleep", "1"])
+        time.sleep(0.5)  # past the grace: an exec'ed program is not ours to kill
+    assert not spawn.stuck and child.wait() == 0
