@@ -120,12 +120,15 @@ def spawning() -> Iterator[Spawn]:
         warm_messages()
         watcher = threading.Thread(target=watch, args=(os.getpid(),), daemon=True,
                                    name="spawn-watch")
-        watcher.start()
         try:
+            with waits.deferred():
+                watcher.start()
             yield spawn
         finally:
-            done.set()
-            watcher.join()
+            with waits.deferred():  # a signal here waits: no watcher outlives the block
+                done.set()
+                if watcher.ident is not None:
+                    watcher.join()
 
 
 def preexec_for_child() -> Callable[[], None]:
