@@ -144,6 +144,7 @@ class Presence:
         self.steps: tuple[Step, ...] = ()  # IVLE's procedure, which the journal follows
         self.code_is_new = False
         self._conn: Any = None
+        self._lost_at: float | None = None  # when a connection this run had was lost
         self._warned = False
         self._jail_use: tuple[int | None, int | None] | None = None
         self._web_seen: tuple[float, bool] | None = None  # (when, running)
@@ -165,6 +166,10 @@ class Presence:
             conn.close()
             raise
         self._conn = conn
+        if self._lost_at is not None:  # whichever call saw the loss, one line says it is over
+            self.reporter.info(f"reconnected to database {params.dbname} after "
+                               f"{time.monotonic() - self._lost_at:.1f}s")
+            self._lost_at = None
         self._flush_pending(conn)
         return conn
 
@@ -174,8 +179,8 @@ class Presence:
         second, a crash recovery longer); a bad query still fails at once."""
         dbname = self.settings.ivle_conf().database["name"]
         budget = float(self.settings["database"]["wait_timeout"])
-        lost_at: float | None = None
         while True:
+            lost_at = self._lost_at
             remaining = budget if lost_at is None else budget - (time.monotonic() - lost_at)
             try:
                 conn = self.connection(wait=max(0.0, remaining))
@@ -185,21 +190,15 @@ class Presence:
                 raise MaintError(f"database {dbname}: the connection was lost and not back "
                                  f"within {budget:g}s ([database] wait_timeout)") from None
             try:
-                result = look(conn)
+                return look(conn)
             except Exception as exc:
                 if not connection_lost(exc, conn):
                     self._raise_as_maint(exc, dbname)
-                self.close()
-                if lost_at is None:
-                    lost_at = time.monotonic()
+                if self._lost_at is None:
                     self.reporter.info(f"lost the connection to database {dbname} "
                                        f"({_first_line(exc)}); reconnecting, up to {budget:g}s")
+                self.drop()
                 time.sleep(0.2)
-                continue
-            if lost_at is not None:
-                self.reporter.info(f"reconnected to database {dbname} after "
-                                   f"{time.monotonic() - lost_at:.1f}s")
-            return result
 
     @staticmethod
     def _raise_as_maint(exc: Exception, dbname: str) -> None:
@@ -228,6 +227,12 @@ class Presence:
         except MaintError:
             return None
         return str(user) if user else None
+
+    def drop(self) -> None:
+        """Close a connection that failed: the next connection() says when it is back."""
+        if self._conn is not None and self._lost_at is None:
+            self._lost_at = time.monotonic()
+        self.close()
 
     def close(self) -> None:
         if self._conn is not None:
@@ -305,7 +310,7 @@ class Presence:
             with errors_as_maint(self.settings.ivle_conf().database["name"]):
                 before = table.upsert(conn, row)
         except MaintError as exc:
-            self.close()  # reconnect next time: the server may be restarting
+            self.drop()  # reconnect next time: the server may be restarting
             if strict:
                 raise
             if final:

@@ -14,6 +14,10 @@ import time
 
 import pytest
 
+from ivle_maint.cluster import table
+from ivle_maint.cluster.presence import Presence
+from ivle_maint.config import load_settings
+from ivle_maint.output import RecordingReporter
 from ivle_sandbox.cluster import build_cluster
 from ivle_sandbox.postgres import ThrowawayPostgres
 from support.cluster_helpers import (
@@ -86,3 +90,29 @@ def test_a_final_row_the_database_missed_is_written_by_the_next_run(node_factory
     assert node_rows(cluster.master)["slave1"]["phase"] != "failed"  # not written yet
     assert cli(slave, "cluster", "status").returncode == 0  # reaches the database
     assert node_rows(cluster.master)["slave1"]["phase"] == "failed"
+
+
+def test_a_loss_first_seen_by_a_row_write_is_reported_over_by_the_next_query(node_factory):
+    """Steps that run at the same time share one link: whichever call meets
+    the dropped connection first (here the row write), the next query that
+    reconnects says so."""
+    cluster = build_cluster(node_factory, slaves=1, cluster=PATIENT)
+    settings = load_settings(str(cluster.master.maint_conf))
+    reporter = RecordingReporter()
+    presence = Presence(settings, reporter)
+    assert presence.enabled
+    row = presence.idle_row("1.0", "1.0", "test")
+    presence.write(row, strict=True)
+    pid = presence.connection().get_backend_pid()
+    admin = cluster.master.pg.connect("postgres")
+    try:
+        with admin.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    finally:
+        admin.close()
+    presence.write(row)  # meets the loss: one warning
+    assert any("cluster table not updated" in line for line in reporter.lines), reporter.lines
+    names = {r.name for r in presence.query(table.nodes)}
+    assert "master" in names
+    assert sum("reconnected to database" in line for line in reporter.lines) == 1, reporter.lines
+    presence.close()

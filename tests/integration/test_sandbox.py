@@ -400,8 +400,12 @@ def test_buildjail_injected_failure(node):
 @needs_root
 def test_teardown_leaves_nothing(node_factory):
     node = node_factory(users=3, consoles=3)
-    marked = procs.marked(node.root)
-    assert len(marked) == 7  # two services (a main process and its worker each), three consoles
+    # Two services (a main process and its worker each), three consoles; as
+    # Apache's children, a worker is forked after its init script returned.
+    deadline = time.monotonic() + 10
+    while len(marked := procs.marked(node.root)) < 7 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(marked) == 7
     node.teardown()
     assert not node.root.exists()
     assert procs.wait_gone(marked, 1) == []
