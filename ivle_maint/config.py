@@ -222,6 +222,23 @@ poll = float(min=0.05, default=2)
 probe_url = string(default='http://127.0.0.1:80/')
 # Seconds the master waits for each answer.
 probe_timeout = float(min=0.1, default=3)
+
+[rollback]
+# Every upgrade keeps a restore point for 'ivle-maint rollback' (the old
+# package, ivle.conf, these settings, the jail template, the pre-upgrade
+# dump), pinned until 'ivle-maint commit' or until this many later
+# upgrades completed on this node (0: no limit) ...
+commit_after_upgrades = integer(min=0, default=1)
+# ... or this many days passed since its upgrade completed (0: no limit).
+commit_after_days = float(min=0, default=30)
+# Who a full rollback creates, fills and renames databases as: 'postgres'
+# (the postgres system user over the local socket, as IVLE's upgrade
+# procedure's 'sudo -u postgres'; IVLE's own database user may not create
+# databases) or 'ivle-conf' (as [database] connect_as = ivle-conf).
+connect_as = option('ivle-conf', 'postgres', default='postgres')
+# Days a full rollback keeps the database it replaced (renamed
+# NAME_failed_STAMP) before a later run drops it (0: never dropped).
+keep_failed_database_days = float(min=0, default=7)
 """
 
 # The part of IVLE's own config spec that ivle-maint relies on.

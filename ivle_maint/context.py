@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .config import IvleConf, Settings
     from .journal import Journal
     from .output import Reporter
+    from .rollback.point import RestorePoint
 
 T = TypeVar("T")
 
@@ -272,6 +273,8 @@ class ClusterLink(Protocol):
 
 # --accept-class under dpkg, which passes no command line (hooks.dpkg_options).
 ACCEPT_CLASS_ENV = "IVLE_MAINT_ACCEPT_CLASS"
+# A full rollback under dpkg (apt-get install ivle=OLD): what --accept-data-loss says.
+ACCEPT_DATA_LOSS_ENV = "IVLE_MAINT_ACCEPT_DATA_LOSS"
 
 
 @dataclass(frozen=True)
@@ -290,6 +293,9 @@ class RunOptions:
     terminate_stale_lock: bool = False
     # stop or maintenance; empty: the environment or [web] (services/maintenance_page).
     during_upgrade: str = ""
+    # A full rollback may replace the database, losing what was written
+    # since the restore point's dump (rollback/restore.py).
+    accept_data_loss: bool = False
 
 
 @dataclass
@@ -319,6 +325,10 @@ class UpgradeContext:
     # the dpkg package whose maintainer scripts call us, or a source tree.
     package: str = ""
     source: Path | None = None
+    # The restore point this run goes back to: OLD -> NEW undoes the upgrade
+    # NEW -> OLD whose point is pinned here (set by upgrade.run_phases and
+    # the plan: rollback/point.py for_rollback).
+    rollback: RestorePoint | None = None
 
     # The options, as the steps, the preflight and the plan ask for them.
     @property
@@ -340,6 +350,10 @@ class UpgradeContext:
     @property
     def terminate_stale_lock(self) -> bool:
         return self.options.terminate_stale_lock
+
+    @property
+    def accept_data_loss(self) -> bool:
+        return self.options.accept_data_loss
 
     @property
     def during_upgrade(self) -> str:

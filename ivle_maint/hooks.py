@@ -16,7 +16,14 @@ from pathlib import Path
 from .cluster.admin import register
 from .cluster.presence import coordinated
 from .config import Settings
-from .context import ACCEPT_CLASS_ENV, AFTER, BEFORE, RunOptions, UpgradeContext
+from .context import (
+    ACCEPT_CLASS_ENV,
+    ACCEPT_DATA_LOSS_ENV,
+    AFTER,
+    BEFORE,
+    RunOptions,
+    UpgradeContext,
+)
 from .dpkg import package_version
 from .errors import MaintError, UsageError
 from .installed import record_fresh_install
@@ -44,10 +51,12 @@ Handler = Callable[[HookCall, "HookEnv"], str]
 def dpkg_options(environ: Mapping[str, str]) -> RunOptions:
     """The run's options under dpkg, which passes none on a command line: what
     the person chose comes through its environment (IVLE_MAINT_DURING_UPGRADE,
-    IVLE_MAINT_ACCEPT_CLASS: the keys --accept-class would name)."""
+    IVLE_MAINT_ACCEPT_CLASS: the keys --accept-class would name,
+    IVLE_MAINT_ACCEPT_DATA_LOSS=1: what rollback --accept-data-loss says)."""
     accept_class = tuple(environ.get(ACCEPT_CLASS_ENV, "").replace(",", " ").split())
     return RunOptions(during_upgrade=environ.get(maintenance_page.ENV_MODE, ""),
-                      accept_class=accept_class)
+                      accept_class=accept_class,
+                      accept_data_loss=environ.get(ACCEPT_DATA_LOSS_ENV, "") == "1")
 
 
 @dataclass
@@ -112,7 +121,29 @@ def _abort(env: HookEnv, *, old: str | None = None, new: str | None = None) -> s
 
 def _abort_from_old_script(call: HookCall, env: HookEnv) -> str:
     """OLD-postinst/OLD-preinst abort-upgrade NEW."""
-    return _abort(env, new=call.args[0])
+    line = _abort(env, new=call.args[0])
+    if call.script == "postinst":
+        line += _finish_owed(call, env)
+    return line
+
+
+def _finish_owed(call: HookCall, env: HookEnv) -> str:
+    """dpkg takes OLD back as installed when this call succeeds (a refused
+    downgrade's unwind, say): an upgrade *to* OLD it left half-done (its
+    postinst failed) is finished first, as `dpkg --configure -a` would, or
+    this call fails; never a package dpkg calls installed on a site that
+    is down with an upgrade in progress."""
+    done = []
+    for journal in unfinished_matching(env.settings):
+        # Its new code was installed (a postinst ran), and it is not the
+        # upgrade dpkg just unwound.
+        if not journal.is_in_progress or not journal.code_new or journal.new == call.args[0]:
+            continue
+        ctx = env.context(old=journal.old, new=journal.new, code_is_new=True,
+                          package=call.package)
+        run_phases(ctx, (BEFORE, AFTER))
+        done.append(f"; finished the upgrade {journal.old} -> {journal.new} left half-done")
+    return "".join(done)
 
 
 def _abort_from_new_script(call: HookCall, env: HookEnv) -> str:

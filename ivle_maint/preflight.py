@@ -138,7 +138,7 @@ def check(ctx: UpgradeContext, steps: Sequence[Step] = STEPS) -> None:
     raises with nothing changed."""
     mine = select_steps(ctx.settings.role, (BEFORE, AFTER), steps)
     if ctx.old:
-        check_upgrade(ctx.old, ctx.new)
+        check_upgrade(ctx.old, ctx.new, rollback=ctx.rollback is not None)
     ctx.ivle_conf  # noqa: B018 - parses ivle.conf, raising ConfigError if broken
     check_commands(ctx, mine)
     check_init_scripts(ctx.settings)

@@ -345,6 +345,8 @@ def _usrmgt(files: Release) -> tuple[bool, str]:
 def decide(ctx: UpgradeContext, *, planning: bool = False) -> Needs:
     """What the release needs; anything not known counts as needed."""
     needs = _decide(ctx, planning)
+    if ctx.rollback is not None:  # the point's state comes back whole: nothing is skipped
+        return replace(Needs.full("a rollback to a restore point"), jail_inputs=needs.jail_inputs)
     if _forced():  # the jail's inputs are kept: the rebuild records them
         return replace(Needs.full(f"{ENV_FULL} is set"), jail_inputs=needs.jail_inputs)
     return needs

@@ -23,7 +23,7 @@ from pathlib import Path
 from . import children, preflight, system
 from .cluster.presence import Presence
 from .config import Settings
-from .context import ACCEPT_CLASS_ENV, BEFORE, RunOptions, Step, UpgradeContext
+from .context import ACCEPT_CLASS_ENV, AFTER, BEFORE, RunOptions, Step, UpgradeContext
 from .db import pgparse
 from .db.backup import remove_leftovers
 from .db.migrations import upgrade_completed
@@ -35,6 +35,8 @@ from .lock import node_lock
 from .logfile import limits, run_log
 from .output import Reporter
 from .procedure import STEPS
+from .rollback import keep, restore
+from .rollback import point as restore_points
 from .runner import Procedure
 from .safepaths import check_settings_dirs
 from .summary import summary_lines
@@ -108,6 +110,8 @@ def run_phases(
     """
     settings = ctx.settings
     purpose = f"upgrade {ctx.old or '(none)'} -> {ctx.new} ({'+'.join(phases)})"
+    if restore_points.attach(ctx) is not None:
+        purpose = f"rollback {ctx.old} -> {ctx.new} ({'+'.join(phases)})"
     preload()
     check_settings_dirs(settings)  # before the lock, the log and the journal
     if not Journal.file_for(state_dir(settings), ctx.old, ctx.new).exists():
@@ -143,9 +147,14 @@ def run_phases(
             try:
                 if BEFORE in phases and not any(journal.is_done(s) for s in journal.steps):
                     preflight.check(ctx, STEPS)  # nothing is stopped before this passes
+                if BEFORE in phases:
+                    keep.prepare(ctx)  # the restore point's files and package, site up
             except MaintError as exc:
                 exc.resume = restart_if_nothing_to_resume(ctx, journal, exc.resume)
                 raise
+            if ctx.rollback is not None and AFTER in phases:
+                for path in restore.restore_files(ctx):
+                    ctx.reporter.info(f"rollback: {path} put back as the restore point kept it")
             try:
                 Procedure(ctx, journal, STEPS, presence.observe).run(phases)
             except MaintError as exc:
@@ -254,9 +263,23 @@ def _record_completion(ctx: UpgradeContext, journal: Journal, *, again: bool = F
         if not again or (ctx.code_is_new and _installed_version(ctx) != journal.new):
             record_installed(ctx)
         _unpin_backups(ctx)
+        _restore_points_after(ctx)
     except MaintError as exc:
         exc.resume = exc.resume or ctx.resume
         raise
+
+
+def _restore_points_after(ctx: UpgradeContext) -> None:
+    """A completed rollback lets its point go; a completed upgrade stamps
+    its own and commits those [rollback]'s limits let go."""
+    point = ctx.rollback
+    if point is not None:
+        point.rolled_back = True
+        point.save()
+        return
+    for done in restore_points.completed(ctx.settings, ctx.upgrade_id):
+        ctx.reporter.info(f"committed the restore point of {done.old} -> {done.new} "
+                          "([rollback] limits)")
 
 
 def _installed_version(ctx: UpgradeContext) -> object:

@@ -17,7 +17,14 @@ def parse(text: str) -> Version:
         raise MaintError(f"not a valid version: {text!r}") from None
 
 
-def check_upgrade(old: str, new: str) -> None:
-    """Refuse a downgrade: IVLE's migrations only go forwards."""
-    if parse(new) < parse(old):
-        raise MaintError(f"{new} is older than {old}: downgrades are not supported")
+def is_downgrade(old: str, new: str) -> bool:
+    return bool(parse(new) < parse(old))
+
+
+def check_upgrade(old: str, new: str, *, rollback: bool = False) -> None:
+    """Refuse a downgrade, unless it goes back to a restore point: IVLE's
+    migrations only go forwards, a rollback puts the point's state back."""
+    if is_downgrade(old, new) and not rollback:
+        raise MaintError(f"{new} is older than {old}: a downgrade is a rollback, and this "
+                         f"node keeps no pinned restore point of the upgrade {new} -> {old} "
+                         "(see: ivle-maint status)")

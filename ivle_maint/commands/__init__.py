@@ -23,7 +23,7 @@ from ..safepaths import check_settings_dirs
 # command's own name (commands/db.py: 'db').  cli.py builds the parser of
 # the chosen command's module alone (tests/unit/commands/test_registry.py).
 REGISTERED_BY = {"plan": "upgrade", "upgrade": "upgrade", "rerun": "upgrade",
-                 "hook": "upgrade", "status": "upgrade"}
+                 "hook": "upgrade", "status": "upgrade", "commit": "rollback"}
 
 
 @dataclass

@@ -285,12 +285,18 @@ def cmd_status(ctx: Context) -> int:
     from ..journal import Journal
     from ..procedure import STEPS
     from ..summary import summary_lines
+    from ..rollback.point import all_points, for_upgrade
     from ..upgrade import state_dir, upgrade_id
 
     paths = sorted((state_dir(ctx.settings) / "journal").glob("*.json"))
     if not paths:
         print("no upgrades recorded")
     print(status_line(ctx.settings))
+    pinned = [p for p in all_points(ctx.settings) if p.pinned]
+    for point in pinned:
+        print(point.describe())
+    if pinned:
+        print("  go back: ivle-maint rollback; keep the release: ivle-maint commit")
     for path in paths:
         journal = Journal.load(path)
         for line in summary_lines(journal, STEPS):
@@ -299,7 +305,10 @@ def cmd_status(ctx: Context) -> int:
         if found is not None:
             dump, restore = found
             print(f"  database before this upgrade: {dump}")
-            if restore:
+            point = for_upgrade(ctx.settings, upgrade_id(journal))
+            if point is not None and point.pinned:
+                print("    go back (package and database): ivle-maint rollback")
+            elif restore:
                 print(f"    restore with: {restore}")
     sys.stdout.flush()
     return 0

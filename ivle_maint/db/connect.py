@@ -108,10 +108,10 @@ class ConnectParams:
         return text.replace(self.password, "********") if self.password else text
 
 
-def params_from_settings(settings: Settings) -> ConnectParams:
-    """ConnectParams for settings' [database] connect_as."""
+def params_from_settings(settings: Settings, connect_as: str | None = None) -> ConnectParams:
+    """ConnectParams for settings' [database] connect_as (or CONNECT_AS)."""
     db = settings["database"]
-    if db["connect_as"] == "postgres":
+    if (connect_as or db["connect_as"]) == "postgres":
         # IVLE's upgrade procedure, 'sudo -u postgres psql -d ivle': ivle.conf only names the
         # database and port, and may be absent on a bare master.
         name, port = "ivle", 5432

@@ -176,7 +176,8 @@ def apply_migrations(
                                 package_version=package_version, policy=policy,
                                 tell=reporter.info, class_override=override)
             except Failed as exc:
-                raise MaintError(_failure(str(exc), s.params, result), resume=resume) from None
+                raise MaintError(_failure(str(exc), s.params, result, upgrade),
+                                 resume=resume) from None
             result.applied.append(applied)
             reporter.info(f"applied {c.key} ({c.mode}) in {applied.seconds:.1f}s")
             if override is not None:
@@ -215,16 +216,19 @@ def _back_up(settings: Settings, params: ConnectParams, first_key: str, st: Stat
         result.upgrade_backup = pins.first_dump(directory, upgrade)
 
 
-def _failure(message: str, params: ConnectParams, result: MigrateResult) -> str:
+def _failure(message: str, params: ConnectParams, result: MigrateResult,
+             upgrade: str | None) -> str:
     if result.applied:
         message += f"; {len(result.applied)} earlier migration(s) of this run stay applied"
+    if upgrade:  # the upgrade's restore point holds the dump: rollback restores it whole
+        first = result.upgrade_backup or result.backup
+        if first:
+            message += (f"; the database before this upgrade: {first} (to go back, package "
+                        "and database: ivle-maint rollback)")
+        return message
     if result.backup:
         restore = backups.restore_command(params, result.backup)
         message += f"; backup taken before this run: {result.backup} (restore: {restore})"
-    first = result.upgrade_backup
-    if first and first != result.backup:
-        restore = backups.restore_command(params, first)
-        message += f"; the database before this upgrade: {first} (restore: {restore})"
     return message
 
 

@@ -32,6 +32,9 @@ from ..gates.rewrite import replace_file
 from ..safepaths import read_nofollow
 
 PINS_FILE = "pinned.json"
+# Dumps a restore point holds (rollback/point.py): {DUMP: [HOLDER, ...]},
+# kept whatever the upgrades' pins say, until every holder lets go.
+HELD_FILE = "held.json"
 
 
 @dataclass
@@ -68,7 +71,7 @@ def save(directory: Path, pins: dict[str, UpgradeDumps]) -> None:
 
 def protected(directory: Path) -> set[str]:
     """Names of the dumps rotation must keep."""
-    names: set[str] = set()
+    names: set[str] = set(_held(directory))
     for pin in load(directory).values():
         names |= {pin.first, pin.last} if not pin.complete else {pin.first}
     return names
@@ -120,3 +123,40 @@ def complete(directory: Path, upgrade: str, unfinished: Iterable[str]) -> None:
         pin.complete = True
         kept[upgrade] = pin
     save(directory, kept)
+
+
+def _held(directory: Path) -> dict[str, list[str]]:
+    path = directory / HELD_FILE
+    try:
+        data = json.loads(read_nofollow(path).decode("utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise MaintError(f"{path}: unreadable ({exc}); it names the dumps restore points "
+                         f"hold: repair or remove it") from None
+    if not isinstance(data, dict) or not all(
+            isinstance(v, list) and all(isinstance(h, str) for h in v) for v in data.values()):
+        raise MaintError(f"{path}: not a record of held dumps: repair or remove it")
+    return data
+
+
+def hold(directory: Path, dump: str, holder: str) -> None:
+    """HOLDER (a restore point) needs DUMP: rotation keeps it until released."""
+    held = _held(directory)
+    if holder not in held.setdefault(dump, []):
+        held[dump].append(holder)
+        _save_held(directory, held)
+
+
+def release(directory: Path, holder: str) -> list[str]:
+    """HOLDER lets go of its dumps; the names no one holds any more."""
+    held = _held(directory)
+    freed = [name for name, holders in held.items() if holders == [holder]]
+    kept = {name: [h for h in holders if h != holder] for name, holders in held.items()}
+    _save_held(directory, {name: holders for name, holders in kept.items() if holders})
+    return freed
+
+
+def _save_held(directory: Path, held: dict[str, list[str]]) -> None:
+    text = json.dumps(held, indent=1, sort_keys=True) + "\n"
+    replace_file(directory / HELD_FILE, text.encode(), mode=0o600)

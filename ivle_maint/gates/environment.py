@@ -66,6 +66,10 @@ SET_BY_US: dict[str, str] = {
     "IVLECONF": "IVLE's own commands must read the ivle.conf ivle-maint reads",
     "PGPASSWORD": "pg_dump's password: never argv, never a file (db.backup)",
     "PGPASSFILE": "pg_dump reads no ~/.pgpass: the password is ours or none (NO_PASSFILE)",
+    # ivle-maint rollback runs dpkg, whose maintainer scripts run ivle-maint again:
+    "IVLE_MAINT_CONF": "the hooks read the settings this run read",
+    "IVLE_MAINT_ACCEPT_DATA_LOSS": "rollback --accept-data-loss, for dpkg's hooks",
+    "DEBIAN_FRONTEND": "dpkg and apt-get run by rollback ask nothing (noninteractive)",
 }
 
 # Read by ivle-maint itself from its own environment: kept by pin_process()
@@ -75,6 +79,7 @@ OWN: dict[str, str] = {
     "IVLE_MAINT_CONF": "ivle-maint's settings file",
     "IVLE_MAINT_DURING_UPGRADE": "[web] during_upgrade for dpkg's hooks",
     "IVLE_MAINT_ACCEPT_CLASS": "--accept-class for dpkg's hooks",
+    "IVLE_MAINT_ACCEPT_DATA_LOSS": "rollback --accept-data-loss for dpkg's hooks",
     "IVLE_MAINT_FULL_PROCEDURE": "IVLE's whole procedure, whatever the release needs",
     "SUDO_USER": "who accepted a migration's class, for its marker row",
     "LOGNAME": "who accepted a migration's class, without sudo",

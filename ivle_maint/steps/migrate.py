@@ -27,6 +27,7 @@ from ..db.migrations import apply_migrations, status
 from ..db.pins import PINS_FILE
 from ..errors import MaintError
 from ..gates.rewrite import prove_replaceable
+from ..rollback import keep, restore
 from . import baseline
 
 
@@ -36,7 +37,10 @@ def migrate(ctx: UpgradeContext) -> Outcome:
         return release_needs.skipped(why)
     # IVLE's procedure: slaves' web servers are down before the schema changes.
     waited = WAIT.wait(ctx, STEP.name)
+    if ctx.rollback is not None:
+        return restore.database(ctx)
     _record_pending(ctx)
+    keep.database_before(ctx)  # the restore point: writes have stopped
     result = apply_migrations(
         ctx.settings, ctx.reporter, migrations_dir=ctx.migrations,
         accept_changed=ctx.accept_changed, allow_out_of_order=ctx.allow_out_of_order,
@@ -44,6 +48,7 @@ def migrate(ctx: UpgradeContext) -> Outcome:
         upgrade=ctx.upgrade_id or None, epoch=_epoch(ctx),
         terminate_stale_lock=ctx.terminate_stale_lock,
     )
+    keep.database_dump(ctx, result.upgrade_backup or result.backup)
     keys = [a.key for a in result.applied]
     summary = f"applied {len(keys)} migrations" + (f" ({', '.join(keys)})" if keys else "")
     if result.backup:
@@ -129,6 +134,7 @@ def _wait_plan(ctx: UpgradeContext, rows: Sequence[Any]) -> str:
 WAIT = ClusterWait(wait_for_slaves, _wait_plan)
 STEP = Step("migrate", "apply database migrations", MASTER, AFTER, migrate,
             checks=(Check(PreflightStage.DATABASE, preflight.check_migrations),
+                    Check(PreflightStage.DATABASE, restore.check_way),
                     Check(PreflightStage.STATE_FILES, check_pins_record)),
             plan=(PlanLines(PlanPart.DATABASE, plan_lines), PlanLines(PlanPart.SKIPPED, skip_plan)),
             metrics=(Metric("migrations_applied", "migrations applied", SummaryPart.DATABASE,

@@ -29,6 +29,7 @@ from ..jails.template import (
     rebuild_template,
     record_inputs,
 )
+from ..rollback import keep, restore
 from . import migrate
 
 
@@ -46,6 +47,10 @@ def rebuild_jail(ctx: UpgradeContext) -> Outcome:
     # mounted, or a console running in one, while it is rewritten.
     waited = WAIT.wait(ctx, STEP.name)
     forget_inputs(ctx.settings)
+    put_back = restore.template(ctx) if ctx.rollback is not None else None
+    if put_back is not None:
+        return with_wait(waited, put_back)
+    keep.template_aside(ctx)  # the restore point's, before the rebuild replaces files
     result = rebuild_template(ctx.settings, ctx.reporter, ivle_conf=ctx.ivle_conf)
     inputs = release_needs.of(ctx).jail_inputs
     if inputs:  # the next release with the same inputs needs no rebuild

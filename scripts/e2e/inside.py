@@ -44,6 +44,8 @@ from driver.scenarios import (
     scenario_failed_preinst,
     scenario_lifecycle,
     scenario_reinstall,
+    scenario_rollback,
+    scenario_rollback_failed_migration,
     scenario_upgrade,
 )
 
@@ -54,6 +56,8 @@ SCENARIOS: dict[str, Callable[[], None]] = {
     "failed-preinst": scenario_failed_preinst,
     "failed-preflight": scenario_failed_preflight,
     "reinstall": scenario_reinstall,
+    "rollback": scenario_rollback,
+    "rollback-failed-migration": scenario_rollback_failed_migration,
     "cluster": scenario_cluster,
 }
 

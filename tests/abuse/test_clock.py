@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -153,13 +152,14 @@ def test_retries_keep_the_dump_from_before_the_upgrade(site: Any) -> None:
     assert first.returncode == 1
     (before_upgrade,) = dumps(site)
     assert "before-20100201-01" in before_upgrade.name
-    assert f"backup taken before this run: {before_upgrade}" in first.stderr
+    assert f"the database before this upgrade: {before_upgrade}" in first.stderr
     for _ in range(5):
         again = postinst(site)
         assert again.returncode == 1 and RESUME_LINE in again.stderr
         (line,) = error_lines(again)
-        # The first error's restore command still works: its dump is there.
-        assert f"the database before this upgrade: {before_upgrade} (restore: " in line
+        # The first error's dump is still named, with the way back.
+        assert f"the database before this upgrade: {before_upgrade} (to go back, " in line
+        assert "ivle-maint rollback" in line
     # One more dump only: after the first attempt applied two migrations.
     assert len(dumps(site)) == 2
     assert before_upgrade.exists()
@@ -172,8 +172,7 @@ def test_retries_keep_the_dump_from_before_the_upgrade(site: Any) -> None:
 
     status = cli(site, "status")
     assert f"  database before this upgrade: {before_upgrade}" in status.stdout
-    restore = next(line for line in status.stdout.splitlines() if "restore with:" in line)
-    assert shlex.split(restore.split("restore with: ", 1)[1])[-1] == str(before_upgrade)
+    assert "go back (package and database): ivle-maint rollback" in status.stdout
 
     unpack(site)  # the corrected package
     assert cli(site, "rerun").returncode == 0

@@ -18,7 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 RUN = REPO / "scripts" / "e2e" / "run"
 SCENARIOS = ("lifecycle", "upgrade", "failed-migration", "failed-preinst", "failed-preflight",
-             "reinstall", "cluster")
+             "reinstall", "rollback", "rollback-failed-migration", "cluster")
 
 pytestmark = [pytest.mark.e2e, pytest.mark.needs_root]
 

@@ -307,7 +307,8 @@ def test_abort_upgrade_brings_the_web_server_back(both):
 def test_preflight_failure_changes_nothing(both):
     done = preinst(both, old="1.1", new="1.0")  # a downgrade
     assert done.returncode == 1
-    assert "1.0 is older than 1.1: downgrades are not supported" in done.stderr
+    assert "1.0 is older than 1.1: a downgrade is a rollback, and this node keeps no pinned " \
+        "restore point of the upgrade 1.0 -> 1.1" in done.stderr
     assert both.service_running("apache2") and len(both.console_pids()) == 3
     assert len(both.mounts()) == 18 and marker_keys(both) == []
 

@@ -126,6 +126,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("library", ("db", "services", "consoles", "jails", "media")),
     # The nodes' coordination through the database's cluster tables.
     ("cluster", ("cluster",)),
+    # Restore points: what the steps keep, and what a rollback puts back.
+    ("rollback", ("rollback",)),
     # One module per step of IVLE's upgrade procedure.
     ("steps", ("steps", "release_needs")),
     # The steps in order, and the runner that walks them with the journal.

@@ -300,3 +300,81 @@ def scenario_lifecycle() -> None:
     check(not gone, "nothing that was there before is missing", gone)
     others = [cmd for pid, (_s, cmd) in processes().items() if pid not in (1, os.getpid())]
     check(not others, "no process left running", others)
+
+
+# -- rollback -----------------------------------------------------------------------------
+
+def _pinned_point_shown() -> str:
+    status = run("ivle-maint", "status", show=False).stdout
+    return next((line for line in status.splitlines() if line.startswith("restore point")), "")
+
+
+def check_rolled_back(before: Before, output: str) -> None:
+    """The node as it was at OLD, by what it serves, holds and records."""
+    title(f"check the node is back at {OLD}")
+    status, version = dpkg_status("ivle")
+    check(status == "install ok installed" and version == OLD,
+          f"ivle {OLD} is installed and configured", f"{status} {version}")
+    check(run("dpkg", "--audit", show=False).stdout.strip() == "", "dpkg --audit is clean")
+    check((SHARE / "VERSION").read_text().strip() == OLD, f"the {OLD} code is in place")
+    check((TEMPLATE / "usr/lib/ivle/VERSION").read_text().strip() == OLD,
+          f"the jail template is {OLD}'s again")
+    check(service_running("apache2") and http_get(8080) == "apache2",
+          "web server runs and answers")
+    check(service_running("ivle-usrmgt-server"), "user management server runs")
+    lines = [line for line in output.splitlines() if line.strip().startswith(("pass", "FAIL"))]
+    check(lines and all(line.strip().startswith("pass") for line in lines),
+          f"every check of ivle-maint's table passed ({len(lines)})", lines)
+    check(home_checksums() == before.homes, "every user file is intact")
+    check(_pinned_point_shown() == "", "the restore point is no longer pinned")
+
+
+def scenario_rollback() -> None:
+    """1.0 -> 1.1 completes; users write; the release is bad: a full rollback
+    (1.1's first migration changes rows) names the rows it would lose, and
+    only --accept-data-loss carries it out, through dpkg."""
+    before = node_at_old_version()
+    title(f"publish ivle {NEW}; apt-get upgrade keeps a restore point")
+    publish(f"ivle_{NEW}_all.deb")
+    check(apt_upgrade().returncode == 0, "apt-get upgrade -y succeeded")
+    shown = _pinned_point_shown()
+    check(f"of {OLD} -> {NEW} (pinned" in shown and "package" in shown
+          and "database dump" in shown and "jail template" in shown,
+          f"ivle-maint status shows the pinned restore point: {shown!r}")
+
+    title("users write after the upgrade")
+    query("INSERT INTO login (login, unixid, admin, nick, fullname, theme) "
+          "VALUES ('frank', 5006, false, 'frank', 'Frank', 'dark')")
+
+    title("ivle-maint rollback alone: the way back and what it would lose; nothing changes")
+    done = run("ivle-maint", "rollback", ok=False)
+    check(done.returncode == 1, "it refuses without --accept-data-loss", done.returncode)
+    check("full:" in done.stdout and "20100301-01" in done.stdout,
+          "it says why the way back is full (the destructive migration)")
+    check("would be lost: " in done.stdout and "login" in done.stdout,
+          "it names the table whose rows would be lost")
+    check(dpkg_status("ivle") == ("install ok installed", NEW) and service_running("apache2"),
+          f"{NEW} stays installed and serving")
+
+    title("ivle-maint rollback --accept-data-loss")
+    done = run("ivle-maint", "rollback", "--accept-data-loss", timeout=300)
+    check_rolled_back(before, done.stdout)
+    check_database_unchanged(before)
+    kept = query("SELECT datname FROM pg_database WHERE datname LIKE 'ivle_failed_%'")
+    check(len(kept) == 1, "the replaced database is kept, renamed", kept)
+
+
+def scenario_rollback_failed_migration() -> None:
+    """1.1's migration fails in the postinst: ivle 1.1 half-configured, the
+    site down.  Nothing was migrated, so the way back is code only."""
+    before = node_at_old_version()
+    title(f"publish ivle {NEW} whose first new migration fails; apt-get upgrade")
+    publish(f"ivle_{NEW}_badmigration_all.deb")
+    check(apt_upgrade().returncode != 0, "apt-get upgrade fails")
+    check(dpkg_status("ivle") == ("install ok half-configured", NEW),
+          f"ivle {NEW} is left half-configured")
+    title("ivle-maint rollback: code only, from the failed step")
+    done = run("ivle-maint", "rollback", timeout=300)
+    check("code only" in done.stdout, "the way back is code only: nothing was migrated")
+    check_rolled_back(before, done.stdout)
+    check_database_unchanged(before)

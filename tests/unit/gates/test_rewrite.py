@@ -193,6 +193,8 @@ ALLOWED = {
     "gates/rewrite.py": "the gate",
     "db/backup.py": ".partial -> final: a new dump put in place under a new name",
     "preflight.py": "mkstemp: a file made and removed to prove a directory writable",
+    "rollback/keep.py": "the jail template's hard-link copy (a directory) renamed into place",
+    "rollback/restore.py": "the kept jail template (a directory) renamed back",
 }
 
 

@@ -1,0 +1,160 @@
+"""After a rollback: is this node really back at its restore point?
+
+Each check passes or fails with what differs; none is assumed from the
+steps having run.  The database checks (migrations, schema) run where the
+database is; the jail template where it was kept; the slaves' versions
+from the cluster table and each slave's own answer (cluster/probe.py).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from configobj import ConfigObj
+
+from ..cluster import table
+from ..cluster.probe import ask
+from ..config import Settings
+from ..db.marker import applied, exists
+from ..db.migration_class import ADDITIVE, listed
+from ..db.session import session
+from ..dpkg import package_version
+from ..errors import MaintError
+from ..output import Reporter
+from ..safepaths import read_nofollow
+from .fingerprint import schema_fingerprint
+from .keep import IVLE_CONF, SETTINGS
+from .point import RestorePoint
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    ok: bool
+    detail: str
+
+
+def _check(name: str, look: Callable[[], str]) -> Result:
+    """LOOK returns what it saw, or raises MaintError with what differs."""
+    try:
+        return Result(name, True, look())
+    except MaintError as exc:
+        return Result(name, False, str(exc))
+
+
+def run_checks(settings: Settings, reporter: Reporter, point: RestorePoint,
+               package: str | None, *, full: bool) -> list[Result]:
+    checks: list[tuple[str, Callable[[], str]]] = []
+    if package:
+        checks.append(("package version", lambda: _package(package, point)))
+    if settings.role.runs_database:
+        checks.append(("migrations", lambda: _migrations(settings, reporter, point, full)))
+        if full and point.schema is not None:
+            checks.append(("schema fingerprint", lambda: _schema(settings, reporter, point)))
+    if IVLE_CONF in point.files:
+        checks.append(("ivle.conf", lambda: _ivle_conf(point)))
+    if SETTINGS in point.files:
+        checks.append(("ivle-maint settings", lambda: _same_file(point, SETTINGS)))
+    if point.template is not None:
+        checks.append(("jail template", lambda: _template(point)))
+    if settings.role.runs_database and settings["cluster"]["coordinate"] != "never":
+        checks.append(("slaves", lambda: _slaves(settings, reporter, point)))
+    return [_check(name, look) for name, look in checks]
+
+
+def table_lines(results: list[Result]) -> list[str]:
+    width = max((len(r.name) for r in results), default=0)
+    return [f"  {'pass' if r.ok else 'FAIL'}  {r.name:<{width}}  {r.detail}" for r in results]
+
+
+def _package(package: str, point: RestorePoint) -> str:
+    version = package_version(package)
+    if version != point.old:
+        raise MaintError(f"dpkg has {package} {version}, not {point.old}")
+    return f"{package} {version}"
+
+
+def _applied(settings: Settings, reporter: Reporter) -> set[str]:
+    with session(settings, reporter, None) as s:
+        return set(applied(s.conn)) if exists(s.conn) else set()
+
+
+def _migrations(settings: Settings, reporter: Reporter, point: RestorePoint,
+                full: bool) -> str:
+    now, then = _applied(settings, reporter), set(point.marker or ())
+    if point.marker is None:
+        return f"{len(now)} applied (the upgrade never reached the migrate step)"
+    missing, extra = sorted(then - now), sorted(now - then)
+    if missing:
+        raise MaintError(f"missing since the restore point: {listed(missing)}")
+    if extra and full:
+        raise MaintError(f"applied beyond the restore point: {listed(extra)}")
+    not_additive = [k for k in extra if point.classes.get(k) != ADDITIVE]
+    if not_additive:
+        raise MaintError(f"kept, but not additive: {listed(not_additive)}")
+    kept = f"; kept (additive): {listed(extra)}" if extra else ""
+    return f"the restore point's {len(then)}{kept}"
+
+
+def _schema(settings: Settings, reporter: Reporter, point: RestorePoint) -> str:
+    with session(settings, reporter, None) as s:
+        now = schema_fingerprint(s.conn)
+    if now != point.schema:
+        raise MaintError(f"fingerprint {now[:12]} differs from the point's "
+                         f"{(point.schema or '')[:12]}")
+    return f"equal ({now[:12]})"
+
+
+def _ivle_conf(point: RestorePoint) -> str:
+    """Equal to the kept copy but for [media] version (the rollback sets a
+    new one: browsers must not keep the new release's static files)."""
+    path = Path(point.files[IVLE_CONF]["original"])
+    kept, now = (_without_media_version(data)
+                 for data in (point.kept_file(IVLE_CONF), read_nofollow(path)))
+    if kept != now:
+        raise MaintError(f"{path} differs from the kept copy (besides [media] version)")
+    return "as kept (but for [media] version)"
+
+
+def _without_media_version(data: bytes) -> dict[str, object]:
+    conf = ConfigObj(data.decode("utf-8", "replace").splitlines(), interpolation=False)
+    found: dict[str, object] = conf.dict()
+    media = found.get("media")
+    if isinstance(media, dict):
+        media.pop("version", None)
+    return found
+
+
+def _same_file(point: RestorePoint, name: str) -> str:
+    path = Path(point.files[name]["original"])
+    if read_nofollow(path) != point.kept_file(name):
+        raise MaintError(f"{path} differs from the kept copy")
+    return "as kept"
+
+
+def _template(point: RestorePoint) -> str:
+    assert point.template is not None
+    live, inode = Path(point.template["path"]), point.template.get("inode")
+    if not live.is_dir():
+        raise MaintError(f"{live} is missing")
+    if inode and str(os.lstat(live).st_ino) != inode:
+        raise MaintError(f"{live} is not the template the restore point kept")
+    return f"the kept one ({live})"
+
+
+def _slaves(settings: Settings, reporter: Reporter, point: RestorePoint) -> str:
+    with session(settings, reporter, None) as s:
+        rows = [r for r in table.nodes(s.conn) if r.role == "slave"]
+    wrong = [f"{r.name} serves {r.serving or 'nothing'}" for r in rows if r.serving != point.old]
+    timeout = float(settings["cluster"]["probe_timeout"])
+    for row in rows:
+        if row.probe_url and row.serving == point.old:
+            answer = ask(row.probe_url, timeout)
+            if not answer.serving:
+                wrong.append(f"{row.name}: {answer.text}")
+    if wrong:
+        raise MaintError("; ".join(wrong))
+    return f"{len(rows)} slave(s) serve {point.old}" if rows else "no slaves recorded"

@@ -1,0 +1,120 @@
+"""Taking an upgrade's restore point, piece by piece, where each piece is
+as it should be kept (rollback/point.py says what and when)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from .. import system
+from ..context import UpgradeContext
+from ..db.marker import applied, exists
+from ..db.migrations import release_classes
+from ..db.session import session
+from ..errors import MaintError
+from ..gates.rewrite import fsync_dir
+from .fingerprint import schema_fingerprint
+from .old_package import keep_installed
+from .point import RestorePoint, open_point, slug
+
+log = logging.getLogger(__name__)
+
+IVLE_CONF = "ivle.conf"
+SETTINGS = "ivle-maint.conf"
+
+
+def point_of(ctx: UpgradeContext) -> RestorePoint | None:
+    """The restore point this upgrade keeps; None for a rollback (it goes
+    back to one) and for a first install (nothing to go back to)."""
+    if not ctx.old or not ctx.upgrade_id or ctx.rollback is not None:
+        return None
+    return open_point(ctx.settings, ctx.upgrade_id, ctx.old, ctx.new)
+
+
+def prepare(ctx: UpgradeContext) -> RestorePoint | None:
+    """Before anything stops: the files and the installed package."""
+    point = point_of(ctx)
+    if point is None:
+        return None
+    if ctx.package and point.package_name != ctx.package:
+        point.package_name = ctx.package
+        point.save()
+    point.keep_file(IVLE_CONF, ctx.ivle_conf.path)
+    point.keep_file(SETTINGS, ctx.settings.path)
+    if point.package is None and ctx.package and not ctx.code_is_new:
+        _keep_package(ctx, point)
+    return point
+
+
+def _keep_package(ctx: UpgradeContext, point: RestorePoint) -> None:
+    try:
+        kept = keep_installed(ctx.package, point.directory, ctx.reporter)
+    except MaintError as exc:
+        if "not installed" not in str(exc):
+            raise
+        log.info("no package kept: %s", exc)  # a source install: nothing to keep
+        return
+    point.package = kept.to_json()
+    point.save()
+
+
+def database_before(ctx: UpgradeContext) -> None:
+    """With writes stopped, before the first migration: the marker's keys,
+    the pending migrations' classes and the schema's fingerprint."""
+    point = point_of(ctx)
+    if point is None or point.marker is not None:
+        return
+    classes = {c.key: c.cls for c in release_classes(ctx.settings, migrations_dir=ctx.migrations,
+                                                     accept_class=ctx.accept_class)}
+    with session(ctx.settings, ctx.reporter, ctx.resume) as s:
+        keys = sorted(applied(s.conn)) if exists(s.conn) else []
+        schema = schema_fingerprint(s.conn)
+    point.marker, point.classes, point.schema = keys, classes, schema
+    point.save()
+
+
+def database_dump(ctx: UpgradeContext, dump: Path | None) -> None:
+    """The upgrade's first dump, held for the point."""
+    point = point_of(ctx)
+    if point is None or dump is None or point.dump is not None:
+        return
+    point.record_dump(dump)
+
+
+def template_aside(ctx: UpgradeContext) -> None:
+    """Before the rebuild rewrites it: the template kept beside itself as
+    hard links (cp -al: no block copied; rsync replaces a file by renaming
+    a new one over it, so the kept links keep the old content)."""
+    point = point_of(ctx)
+    if point is None or point.template is not None:
+        return
+    template = ctx.ivle_conf.jail_template
+    if not template.is_dir():
+        return
+    aside = template.with_name(f"{template.name}.restore-{slug(point.upgrade)}")
+    partial = aside.with_name(aside.name + ".partial")
+    for leftover in (partial, aside):  # a killed run's: made again
+        if leftover.exists() or leftover.is_symlink():
+            remove_tree(leftover)
+    done = system.run(["cp", "-a", "-l", "--", str(template), str(partial)])
+    if not done.ok:
+        remove_tree(partial)
+        raise MaintError(f"could not keep the jail template for the restore point "
+                         f"(cp -al {template}): {_tail(done)}")
+    os.rename(partial, aside)
+    fsync_dir(aside.parent)
+    # Its inode: after a rollback renames it back, the check knows it is this one.
+    point.template = {"path": str(template), "aside": str(aside),
+                      "inode": str(os.lstat(aside).st_ino)}
+    point.save()
+
+
+def _tail(done: system.Completed) -> str:
+    return "; ".join(done.tail[-3:]) or f"exit status {done.exit_code}"
+
+
+def remove_tree(path: Path) -> None:
+    done = system.run(["rm", "-rf", "--one-file-system", "--", str(path)])
+    if not done.ok:
+        raise MaintError(f"could not remove {path}: {_tail(done)}")

@@ -1,0 +1,290 @@
+"""A restore point: what `ivle-maint rollback` needs to give an upgrade's
+starting point back, kept on this node until the release is committed.
+
+Every upgrade keeps one, in [paths] state/restore-points/<upgrade>/:
+
+- before anything stops (the preinst, old code installed): the installed
+  package itself (rollback/old_package.py: no repository needed later),
+  ivle.conf and ivle-maint's settings, each with its sha256;
+- when the site stops taking writes (the migrate step, on the master):
+  the pre-upgrade dump (held against rotation, db/pins.py) with its
+  sha256, the marker's applied keys, each pending migration's class (a
+  rollback is code only when every one applied since is additive) and the
+  schema's fingerprint;
+- before the jail rebuild: the template, kept beside the live one as hard
+  links (rsync replaces files, never writes into them), to be renamed back.
+
+It stays pinned until `ivle-maint commit`, or until [rollback]
+commit_after_upgrades later upgrades completed, or commit_after_days
+passed since its upgrade completed (gates.clock: a clock that jumped
+tells nothing, so nothing is committed on its word).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..db import pins
+from ..errors import MaintError
+from ..gates import clock
+from ..gates.rewrite import write_state_file
+from ..safepaths import read_nofollow, safe_dir
+from ..versions import is_downgrade
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..context import UpgradeContext
+
+POINTS_DIR = "restore-points"
+MANIFEST = "point.json"
+_SLUG = re.compile(r"[^A-Za-z0-9.+~-]")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def points_dir(settings: Settings) -> Path:
+    return settings.path_of("state") / POINTS_DIR
+
+
+def slug(upgrade: str) -> str:
+    """A directory name for an upgrade id ("1.0->1.1@ab12"): printable, no slash."""
+    return "upgrade_" + _SLUG.sub("_", upgrade.replace("->", "_to_").replace("@", "."))[:200]
+
+
+@dataclass
+class RestorePoint:
+    directory: Path
+    upgrade: str
+    old: str
+    new: str
+    role: str
+    sequence: int = 0
+    taken: dict[str, Any] = field(default_factory=dict)  # clock.Reading
+    package_name: str = ""  # dpkg's name for IVLE's package ("": a source install)
+    package: dict[str, Any] | None = None  # old_package.KeptPackage.to_json()
+    files: dict[str, dict[str, str]] = field(default_factory=dict)  # name: original, sha256
+    template: dict[str, str] | None = None  # path, aside
+    dump: dict[str, str] | None = None  # path, sha256
+    marker: list[str] | None = None  # the applied keys when the dump was taken
+    classes: dict[str, str] = field(default_factory=dict)  # pending key: release class
+    schema: str | None = None  # rollback/fingerprint.py
+    completed: dict[str, Any] | None = None  # clock.Reading when the upgrade completed
+    upgrades_since: int = 0  # later upgrades completed on this node
+    committed: bool = False
+    rolled_back: bool = False
+
+    # -- storage -----------------------------------------------------------
+
+    @property
+    def manifest(self) -> Path:
+        return self.directory / MANIFEST
+
+    def save(self) -> None:
+        data = {k: v for k, v in asdict(self).items() if k != "directory"}
+        write_state_file(self.manifest, (json.dumps(data, indent=1, sort_keys=True) + "\n")
+                         .encode(), mode=0o600)
+
+    @classmethod
+    def load(cls, directory: Path) -> RestorePoint:
+        path = directory / MANIFEST
+        try:
+            data = json.loads(read_nofollow(path).decode("utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
+            point = cls(directory=directory, **data)
+        except (OSError, ValueError, TypeError) as exc:
+            raise MaintError(f"{path}: unreadable restore point ({exc}): remove its "
+                             "directory if it is not needed") from None
+        for name in ("upgrade", "old", "new", "role"):
+            if not isinstance(getattr(point, name), str):
+                raise MaintError(f"{path}: unreadable restore point ({name} is not text)")
+        return point
+
+    # -- what it holds -------------------------------------------------------
+
+    @property
+    def pinned(self) -> bool:
+        return not self.committed and not self.rolled_back
+
+    def keep_file(self, name: str, original: Path) -> None:
+        """A copy of ORIGINAL (ivle.conf, the settings) as it is now."""
+        if name in self.files or not original.is_file():
+            return
+        data = read_nofollow(original)
+        write_state_file(self.directory / name, data, mode=0o600)
+        self.files[name] = {"original": str(original),
+                            "sha256": hashlib.sha256(data).hexdigest()}
+        self.save()
+
+    def kept_file(self, name: str) -> bytes:
+        """A kept copy, checked against its recorded sha256."""
+        entry = self.files.get(name)
+        if entry is None:
+            raise MaintError(f"restore point {self.upgrade} keeps no {name}")
+        data = read_nofollow(self.directory / name)
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise MaintError(f"{self.directory / name}: changed since it was kept "
+                             "(sha256 differs): the restore point cannot be trusted")
+        return data
+
+    def record_dump(self, dump: Path) -> None:
+        """The database as the site stopped taking writes: held against rotation."""
+        pins.hold(dump.parent, dump.name, self.upgrade)
+        self.dump = {"path": str(dump), "sha256": sha256_of(dump)}
+        self.save()
+
+    def check_dump(self) -> Path:
+        if self.dump is None:
+            raise MaintError(f"restore point {self.upgrade} has no dump of the database "
+                             "([database] backup was off, or no migration was pending)")
+        path = Path(self.dump["path"])
+        if not path.is_file():
+            raise MaintError(f"{path}: the restore point's dump is gone")
+        if sha256_of(path) != self.dump["sha256"]:
+            raise MaintError(f"{path}: the restore point's dump changed since it was taken "
+                             "(sha256 differs)")
+        return path
+
+    def size(self) -> int:
+        """Bytes it keeps: its files and its dump (the template's hard links
+        share their blocks with the live template until a rebuild replaces them)."""
+        total = sum(p.stat().st_size for p in self.directory.iterdir() if p.is_file())
+        if self.dump is not None:
+            with contextlib.suppress(OSError):
+                total += Path(self.dump["path"]).stat().st_size
+        return total
+
+    def describe(self) -> str:
+        state = "committed" if self.committed else "rolled back" if self.rolled_back \
+            else "pinned"
+        parts = [f"restore point of {self.old} -> {self.new} ({state}, {human_size(self.size())})"]
+        kept = [name for name, present in (
+            ("package", self.package), ("database dump", self.dump),
+            ("jail template", self.template)) if present]
+        kept += sorted(self.files)
+        parts.append("keeps " + (", ".join(kept) or "nothing yet"))
+        return "; ".join(parts)
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def all_points(settings: Settings) -> list[RestorePoint]:
+    """Every restore point on this node, oldest first (by sequence)."""
+    top = points_dir(settings)
+    if not top.is_dir():
+        return []
+    found = [RestorePoint.load(d) for d in sorted(top.iterdir())
+             if d.is_dir() and not d.is_symlink() and (d / MANIFEST).exists()]
+    return sorted(found, key=lambda p: p.sequence)
+
+
+def latest_pinned(settings: Settings) -> RestorePoint | None:
+    pinned = [p for p in all_points(settings) if p.pinned]
+    return pinned[-1] if pinned else None
+
+
+def for_upgrade(settings: Settings, upgrade: str) -> RestorePoint | None:
+    directory = points_dir(settings) / slug(upgrade)
+    return RestorePoint.load(directory) if (directory / MANIFEST).exists() else None
+
+
+def for_rollback(settings: Settings, old: str, new: str) -> RestorePoint | None:
+    """The pinned point an OLD -> NEW change goes back to (its upgrade was NEW -> OLD)."""
+    found = [p for p in all_points(settings) if p.pinned and (p.new, p.old) == (old, new)]
+    return found[-1] if found else None
+
+
+def attach(ctx: UpgradeContext) -> RestorePoint | None:
+    """Set ctx.rollback: the pinned point a downgrade OLD -> NEW goes back to."""
+    if ctx.old and ctx.new and is_downgrade(ctx.old, ctx.new):
+        ctx.rollback = for_rollback(ctx.settings, ctx.old, ctx.new)
+    return ctx.rollback
+
+
+def open_point(settings: Settings, upgrade: str, old: str, new: str) -> RestorePoint:
+    """This upgrade's restore point, made on its first call."""
+    point = for_upgrade(settings, upgrade)
+    if point is not None:
+        return point
+    top = points_dir(settings)
+    safe_dir(top, 0o700, "[paths] state")
+    sequence = max((p.sequence for p in all_points(settings)), default=0) + 1
+    directory = top / slug(upgrade)
+    safe_dir(directory, 0o700, "[paths] state")
+    point = RestorePoint(directory, upgrade, old, new, str(settings.role), sequence,
+                         taken=asdict(clock.reading()))
+    point.save()
+    return point
+
+
+def commit(settings: Settings, point: RestorePoint) -> list[str]:
+    """Let the point go: what it kept is deleted, its dump released to
+    rotation; the manifest stays (history).  Returns what was removed."""
+    removed: list[str] = []
+    for entry in point.directory.iterdir():
+        if entry.name != MANIFEST and entry.is_file():
+            entry.unlink()
+            removed.append(entry.name)
+    if point.template is not None:
+        aside = Path(point.template["aside"])
+        if aside.is_dir() and not aside.is_symlink():
+            shutil.rmtree(aside)
+            removed.append(str(aside))
+    if point.dump is not None:
+        dump = Path(point.dump["path"])
+        if dump.parent.is_dir():
+            pins.release(dump.parent, point.upgrade)
+    point.committed = True
+    point.save()
+    return removed
+
+
+def completed(settings: Settings, upgrade: str) -> list[RestorePoint]:
+    """UPGRADE completed: its point is stamped; older pinned points count one
+    more upgrade and are committed by [rollback]'s limits.  The committed."""
+    limits = settings["rollback"]
+    now = clock.reading()
+    done: list[RestorePoint] = []
+    for point in all_points(settings):
+        if point.upgrade == upgrade:
+            if point.completed is None:
+                point.completed = asdict(now)
+                point.save()
+            continue
+        if not point.pinned:
+            continue
+        point.upgrades_since += 1
+        point.save()
+        by_count = 0 < limits["commit_after_upgrades"] <= point.upgrades_since
+        if by_count or _older_than(point, limits["commit_after_days"], now):
+            commit(settings, point)
+            done.append(point)
+    return done
+
+
+def _older_than(point: RestorePoint, days: float, now: clock.Reading) -> bool:
+    if days <= 0 or point.completed is None:
+        return False
+    age = clock.elapsed(clock.Reading(**point.completed), now)
+    return age is not None and age >= days * 86400  # unknown (a jumped clock): kept
+

@@ -1,0 +1,148 @@
+"""A rollback's own forms of the steps that change what the point kept.
+
+A rollback is the upgrade OLD -> NEW that goes back to the restore point
+of the upgrade NEW -> OLD (context.UpgradeContext.rollback): IVLE's
+procedure runs as for any release (the web server down, consoles ended,
+jails unmounted, the old code installed by dpkg, user jails remade, a new
+media version, services started), journaled and resumable the same way;
+three things differ, here:
+
+- the files (ivle.conf, ivle-maint's settings) come back as kept, first
+  thing in the after-phase (once: a rerun does not undo the media step);
+- the migrate step puts the database back: nothing when the way back is
+  code only (rollback/choose.py), else the dump restored into a new
+  database and swapped in by name, the replaced one kept;
+- the rebuild-jail step renames the kept template back instead of building.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..context import ACCEPT_DATA_LOSS_ENV, Outcome, UpgradeContext
+from ..config import Settings
+from ..db.connect import ConnectParams, params_from_settings
+from ..db.marker import applied, exists
+from ..db.session import session
+from ..errors import MaintError
+from ..gates import clock
+from ..gates.rewrite import fsync_dir, replace_file
+from . import database as db
+from .choose import Way, choose
+from .keep import remove_tree
+from .point import RestorePoint
+
+RESTORED_FILES = "files-restored"
+
+
+def point_of(ctx: UpgradeContext) -> RestorePoint:
+    point = ctx.rollback
+    assert point is not None, "only a rollback restores"
+    return point
+
+
+def admin_params(settings: Settings) -> ConnectParams:
+    """Who a full rollback creates, fills and renames databases as ([rollback] connect_as)."""
+    return params_from_settings(settings, settings["rollback"]["connect_as"])
+
+
+def way_back(ctx: UpgradeContext) -> Way:
+    """The way back, from the marker as it is now."""
+    point = point_of(ctx)
+    with session(ctx.settings, ctx.reporter, ctx.resume) as s:
+        keys = applied(s.conn) if exists(s.conn) else {}
+    return choose(point, keys)
+
+
+def restore_files(ctx: UpgradeContext) -> list[str]:
+    """ivle.conf and the settings as kept (checked against their sha256)."""
+    point = point_of(ctx)
+    marker = point.directory / RESTORED_FILES
+    if marker.exists():
+        return []
+    restored = []
+    for name, entry in sorted(point.files.items()):
+        data = point.kept_file(name)
+        target = Path(entry["original"])
+        if target.is_file() and target.read_bytes() == data:
+            continue
+        replace_file(target, data)
+        restored.append(str(target))
+    replace_file(marker, b"\n".join(s.encode() for s in restored) + b"\n", mode=0o600)
+    return restored
+
+
+def check_way(ctx: UpgradeContext) -> None:
+    """The preflight's: a full rollback not accepted stops before anything does."""
+    if ctx.rollback is None:
+        return
+    way = way_back(ctx)
+    if way.full and not ctx.accept_data_loss:
+        raise MaintError(_refusal(way), resume=ctx.resume)
+    if way.full:
+        point_of(ctx).check_dump()
+
+
+def _refusal(way: Way) -> str:
+    return (f"a full rollback replaces the database with the restore point's dump "
+            f"({way.why}); what was written since is lost: see it with 'ivle-maint rollback "
+            "--dry-run' (the rows per table), then accept it: ivle-maint rollback "
+            f"--accept-data-loss (under apt: {ACCEPT_DATA_LOSS_ENV}=1)")
+
+
+def database(ctx: UpgradeContext) -> Outcome:
+    """The migrate step of a rollback."""
+    way = way_back(ctx)
+    ctx.reporter.info(f"rollback: {way.kind}: {way.why}")
+    if not way.full:
+        return Outcome(f"{way.kind}: {way.why}", {"rollback": way.kind,
+                                                  "kept_migrations": list(way.since)})
+    if not ctx.accept_data_loss:
+        raise MaintError(_refusal(way), resume=ctx.resume)
+    point = point_of(ctx)
+    dump = point.check_dump()
+    params = admin_params(ctx.settings)
+    live = params.dbname
+    restored = f"{live}_rollback"
+    if not db.database_exists(params, restored):
+        ctx.reporter.info(f"restoring {dump} into a new database {restored} (pg_restore)")
+        db.restore_copy(params, dump, restored, jobs=os.cpu_count() or 1)
+    lost = db.differences(params, live, restored)
+    for line in db.describe_differences(lost):
+        ctx.reporter.info(f"rollback: lost: {line}")
+    keep_as = f"{live}_failed_{clock.utc_stamp('%Y%m%d%H%M%S')}"
+    db.swap(params, live, restored, keep_as)
+    days = ctx.settings["rollback"]["keep_failed_database_days"]
+    if days > 0:
+        db.drop_expired(params, live, days)
+    return Outcome(f"full: {way.why}; database {live} restored from {dump.name}, "
+                   f"the replaced one kept as {keep_as}",
+                   {"rollback": way.kind, "kept_database": keep_as})
+
+
+def template(ctx: UpgradeContext) -> Outcome | None:
+    """The rebuild-jail step of a rollback: the kept template renamed back
+    (None: none was kept; the step rebuilds from the old code)."""
+    kept = point_of(ctx).template
+    if kept is None:
+        return None
+    live, aside = Path(kept["path"]), Path(kept["aside"])
+    gone = live.with_name(f"{live.name}.rolled-back")
+    if aside.is_dir() and not aside.is_symlink():
+        if live.exists() or live.is_symlink():
+            if gone.exists():
+                _remove(gone)
+            os.rename(live, gone)
+        os.rename(aside, live)
+        fsync_dir(live.parent)
+    elif not live.is_dir():
+        raise MaintError(f"{aside}: the restore point's jail template is gone, and so is "
+                         f"{live}")
+    if gone.exists():
+        _remove(gone)
+    return Outcome(f"jail template put back as kept ({live})", {})
+
+
+def _remove(path: Path) -> None:
+    remove_tree(path)

@@ -1,0 +1,107 @@
+"""`ivle-maint rollback`: choose the way back, say why, then let dpkg put
+the kept package back; its maintainer scripts run IVLE's procedure as a
+rollback (rollback/restore.py), journaled and resumable like an upgrade.
+Then check, one line each, that the node is really back."""
+
+from __future__ import annotations
+
+import os
+
+from .. import system
+from ..config import Settings
+from ..db.marker import applied, exists
+from ..db.session import session
+from ..errors import MaintError
+from ..journal import Journal
+from ..output import Reporter
+from . import database as db
+from .checks import run_checks, table_lines
+from .choose import CODE_ONLY, Way, choose
+from .old_package import KeptPackage, verify
+from .point import RestorePoint
+from .restore import admin_params
+
+DPKG_RESUME = "dpkg --configure -a  (or: ivle-maint rerun)"
+
+
+def way_for(settings: Settings, reporter: Reporter, point: RestorePoint) -> Way:
+    if not settings.role.runs_database:
+        return Way(CODE_ONLY, "this node has no database (the master's rollback decides "
+                   "it); its code, configuration and jails go back", ())
+    with session(settings, reporter, None) as s:
+        keys = applied(s.conn) if exists(s.conn) else {}
+    return choose(point, keys)
+
+
+def preview_loss(settings: Settings, reporter: Reporter, point: RestorePoint) -> int:
+    """Restore the dump beside the live database (site up: the outage does
+    not wait for it) and show what replacing the live one would lose."""
+    dump = point.check_dump()
+    params = admin_params(settings)
+    restored = f"{params.dbname}_rollback"
+    if not db.database_exists(params, restored):
+        reporter.info(f"restoring {dump.name} into a new database {restored} (the site "
+                      "stays up meanwhile)")
+        db.restore_copy(params, dump, restored, jobs=os.cpu_count() or 1)
+    lost = db.differences(params, params.dbname, restored)
+    lines = db.describe_differences(lost)
+    for line in lines or ["nothing: no row changed since the dump"]:
+        reporter.info(f"would be lost: {line}")
+    return len(lines)
+
+
+def roll_back(settings: Settings, reporter: Reporter, point: RestorePoint, *,
+              accept_data_loss: bool, dry_run: bool) -> int:
+    where = f"rollback {point.new} -> {point.old} (restore point of {point.upgrade})"
+    _refuse_other_runs(settings, point)
+    way = way_for(settings, reporter, point)
+    reporter.info(f"{where}: {way.kind}: {way.why}")
+    if way.full:
+        preview_loss(settings, reporter, point)
+        if not accept_data_loss and not dry_run:
+            reporter.info("nothing changed; to roll back, losing the rows above: "
+                          "ivle-maint rollback --accept-data-loss")
+            return 1
+    package = KeptPackage.from_json(point.package) if point.package else None
+    if package is not None:
+        verify(package)
+        argv = ["dpkg", "-i", str(package.path)]
+    else:
+        name = _package_name(settings, point)
+        argv = ["apt-get", "install", "-y", "--allow-downgrades", f"{name}={point.old}"]
+        reporter.info(f"no package kept (a source install, or kept by an older "
+                      f"ivle-maint): {' '.join(argv)}")
+    if dry_run:
+        reporter.info(f"dry run: would run {' '.join(argv)}")
+        return 0
+    env = {"IVLE_MAINT_CONF": str(settings.path), "DEBIAN_FRONTEND": "noninteractive"}
+    if accept_data_loss:
+        env["IVLE_MAINT_ACCEPT_DATA_LOSS"] = "1"
+    reporter.info(f"running {' '.join(argv)}")
+    done = system.run(argv, env=env, on_line=lambda line: reporter.info(f"  {line}"))
+    if not done.ok:
+        raise MaintError(f"{argv[0]} failed (exit status {done.exit_code}) during the rollback "
+                         f"to {point.old}", resume=DPKG_RESUME)
+    results = run_checks(settings, reporter, point, package.package if package else
+                         _package_name(settings, point), full=way.full)
+    reporter.info(f"{where}: checks")
+    for line in table_lines(results):
+        reporter.info(line)
+    failed = [r.name for r in results if not r.ok]
+    if failed:
+        raise MaintError(f"rolled back, but not every check passed: {', '.join(failed)}")
+    reporter.info(f"{where}: done; the node serves {point.old} again")
+    return 0
+
+
+def _refuse_other_runs(settings: Settings, point: RestorePoint) -> None:
+    """A rollback already under way is resumed, not started again."""
+    for journal in Journal.unfinished(settings.path_of("state")):
+        if (journal.old, journal.new) == (point.new, point.old):
+            raise MaintError(f"the rollback {point.new} -> {point.old} is under way",
+                             resume=DPKG_RESUME)
+
+
+def _package_name(settings: Settings, point: RestorePoint) -> str:
+    return point.package_name or "ivle"
+

@@ -1,0 +1,145 @@
+"""A rollback through dpkg's hook calls on a throwaway node (real PostgreSQL,
+jails, services): the kept package's preinst and postinst run IVLE's
+procedure as a rollback.  (Through real dpkg and apt: the e2e scenarios
+rollback and rollback-failed-migration.)"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+
+from ivle_sandbox.releases import NEW, OLD
+from support.upgrade_helpers import (
+    at_version_1_0,
+    cli,
+    final_state,
+    home_checksums,
+    ivle_conf_without_media,
+    journal,
+    marker_keys,
+    schema_signature,
+    start_cli,
+    unpack,
+)
+
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
+
+DESTRUCTIVE = {"20100301.sql": "UPDATE login SET nick = upper(nick);\n"}
+
+
+def hook(node: Any, *args: str, env: dict[str, str] | None = None) -> Any:
+    saved = dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        return cli(node, "hook", *args)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def upgrade(node: Any, migrations: dict[str, str] | None = None) -> None:
+    done = hook(node, "preinst", "upgrade", "1.0", "1.1")
+    assert done.returncode == 0, done.stderr
+    unpack(node, "1.1", migrations)
+    done = hook(node, "--package-version", "1.1", "postinst", "configure", "1.0")
+    assert done.returncode == 0, done.stderr
+
+
+def downgrade(node: Any, env: dict[str, str] | None = None) -> tuple[Any, Any]:
+    """dpkg installing the kept 1.0 over 1.1: 1.0's preinst, unpack, 1.0's postinst."""
+    before = hook(node, "preinst", "upgrade", "1.1", "1.0", env=env)
+    if before.returncode != 0:
+        return before, None
+    unpack(node, "1.0")
+    return before, hook(node, "--package-version", "1.0", "postinst", "configure", "1.1",
+                        env=env)
+
+
+def write_row(node: Any, login: str) -> None:
+    conn = node.connect()
+    with conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO login (login, unixid, nick) VALUES (%s, 9999, 'n')", (login,))
+    conn.close()
+
+
+def logins(node: Any) -> set[str]:
+    conn = node.connect()
+    with conn.cursor() as cur:
+        cur.execute("SELECT login FROM login")
+        found = {row[0] for row in cur.fetchall()}
+    conn.close()
+    return found
+
+
+@pytest.fixture
+def both(node_factory):
+    return at_version_1_0(node_factory(users=4, consoles=2, role="both"))
+
+
+def test_an_additive_release_rolls_back_code_only_and_keeps_the_rows(both):
+    start = final_state(both)
+    homes, conf, schema = home_checksums(both), ivle_conf_without_media(both), \
+        schema_signature(both)
+    upgrade(both)
+    status = cli(both, "status").stdout
+    assert f"restore point of {OLD} -> {NEW} (pinned" in status, status
+    applied = marker_keys(both)
+    write_row(both, "written_after")
+
+    before, after = downgrade(both)
+    assert before.returncode == 0, before.stderr
+    assert after.returncode == 0, after.stderr
+    assert "rollback: code only: every migration applied since the restore point is " \
+        "additive" in after.stderr
+    end = final_state(both)
+    assert end["installed"] == OLD and end["template"] == OLD
+    assert end["services"] == start["services"]
+    assert "written_after" in logins(both)  # nothing users wrote is lost
+    assert marker_keys(both) == applied  # the additive migrations stay
+    assert schema_signature(both) != schema
+    assert home_checksums(both) == homes and ivle_conf_without_media(both) == conf
+    assert journal(both, NEW, OLD)["state"] == "complete"
+    assert "restore point" not in cli(both, "status").stdout  # rolled back: not pinned
+    # The template is the one kept before the rebuild, renamed back.
+    assert not list(both.template.parent.glob("*.restore-*"))
+
+
+def test_a_downgrade_without_a_point_is_refused_with_the_site_up(both):
+    upgrade(both)
+    done = cli(both, "commit")
+    assert done.returncode == 0 and "committed 1.0 -> 1.1" in done.stderr
+    before, _ = downgrade(both)
+    assert before.returncode == 1
+    assert "a downgrade is a rollback, and this node keeps no pinned restore point" \
+        in before.stderr
+    assert final_state(both)["installed"] == NEW and both.service_running("apache2")
+
+
+def test_a_rollback_killed_in_a_step_is_resumed_by_dpkg(both):
+    upgrade(both)
+    before, _ = downgrade_preinst_only(both)
+    unpack(both, "1.0")
+    proc = start_cli(both, "hook", "--package-version", "1.0", "postinst", "configure", "1.1")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        steps = journal(both, NEW, OLD).get("steps", {})
+        if any(s.get("status") == "running" for s in steps.values()):
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    again = hook(both, "--package-version", "1.0", "postinst", "configure", "1.1")
+    assert again.returncode == 0, again.stderr
+    assert final_state(both)["installed"] == OLD
+    assert journal(both, NEW, OLD)["state"] == "complete"
+    assert both.service_running("apache2")
+
+
+def downgrade_preinst_only(node: Any) -> tuple[Any, None]:
+    before = hook(node, "preinst", "upgrade", "1.1", "1.0")
+    assert before.returncode == 0, before.stderr
+    return before, None

@@ -1,0 +1,131 @@
+"""Restore points on disk: kept files checked by sha256, held dumps kept by
+rotation through any number of retries, [rollback]'s limits commit only on
+counts and on durations the clocks can tell (a jumped clock commits nothing)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings as hsettings
+from hypothesis import strategies as st
+
+from ivle_maint.config import Settings, load_settings
+from ivle_maint.db import backup, pins
+from ivle_maint.errors import MaintError
+from ivle_maint.gates import clock
+from ivle_maint.rollback import point as points
+
+
+def settings_in(tmp_path: Path, text: str = "") -> Settings:
+    path = tmp_path / "maint.conf"
+    path.write_text(f"[node]\nrole = master\n[paths]\nstate = {tmp_path / 'state'}\n"
+                    f"backup = {tmp_path / 'backup'}\n{text}")
+    return load_settings(str(path))
+
+
+def test_a_point_keeps_files_and_finds_them_back_checked(tmp_path):
+    settings = settings_in(tmp_path)
+    conf = tmp_path / "ivle.conf"
+    conf.write_text("[media]\nversion = 1\n")
+    point = points.open_point(settings, "1.0->1.1@ab", "1.0", "1.1")
+    point.keep_file("ivle.conf", conf)
+    conf.write_text("[media]\nversion = 2\n")
+    point.keep_file("ivle.conf", conf)  # kept once: the first copy is the point's
+    again = points.for_upgrade(settings, "1.0->1.1@ab")
+    assert again is not None and again.kept_file("ivle.conf") == b"[media]\nversion = 1\n"
+    (again.directory / "ivle.conf").write_text("tampered\n")
+    with pytest.raises(MaintError, match="sha256 differs"):
+        again.kept_file("ivle.conf")
+
+
+def test_only_the_matching_pinned_point_serves_a_rollback(tmp_path):
+    settings = settings_in(tmp_path)
+    points.open_point(settings, "1.0->1.1@ab", "1.0", "1.1")
+    assert points.for_rollback(settings, "1.1", "1.0") is not None
+    assert points.for_rollback(settings, "1.2", "1.0") is None
+    assert points.for_rollback(settings, "1.0", "1.1") is None
+
+
+@hsettings(max_examples=25, deadline=None)
+@given(st.text(min_size=1, max_size=60))
+def test_a_point_directory_name_never_leaves_its_parent(upgrade):
+    name = points.slug(upgrade)
+    assert "/" not in name and "\0" not in name and not name.startswith(".")
+    assert (Path("/x") / name).parent == Path("/x")
+
+
+def test_a_held_dump_survives_rotation_through_twenty_retries(tmp_path):
+    settings = settings_in(tmp_path)
+    directory = tmp_path / "backup"
+    directory.mkdir()
+    first = directory / backup.dump_name(directory, "ivle", "before-a")
+    first.write_bytes(b"dump 0")
+    point = points.open_point(settings, "1.0->1.1@ab", "1.0", "1.1")
+    point.record_dump(first)
+    for attempt in range(1, 21):  # each retry of a failed upgrade takes a dump
+        taken = directory / backup.dump_name(directory, "ivle", f"before-a{attempt}")
+        taken.write_bytes(f"dump {attempt}".encode())
+        backup.rotate(directory, "ivle", 2, taken=taken)
+    assert first.is_file()
+    assert point.check_dump() == first
+    points.commit(settings, point)
+    assert first.name not in pins.protected(directory)
+
+
+def test_a_changed_dump_is_refused(tmp_path):
+    settings = settings_in(tmp_path)
+    dump = tmp_path / "backup" / "ivle.dump"
+    dump.parent.mkdir()
+    dump.write_bytes(b"x")
+    point = points.open_point(settings, "1.0->1.1@ab", "1.0", "1.1")
+    point.record_dump(dump)
+    dump.write_bytes(b"y")
+    with pytest.raises(MaintError, match="changed since it was taken"):
+        point.check_dump()
+
+
+def _complete(settings: Settings, upgrade: str, old: str, new: str) -> list[str]:
+    points.open_point(settings, upgrade, old, new)
+    return [p.upgrade for p in points.completed(settings, upgrade)]
+
+
+def test_a_later_upgrade_commits_the_point_by_count(tmp_path):
+    settings = settings_in(tmp_path, "[rollback]\ncommit_after_upgrades = 2\n"
+                                     "commit_after_days = 0\n")
+    assert _complete(settings, "1.0->1.1@a", "1.0", "1.1") == []
+    assert _complete(settings, "1.1->1.2@b", "1.1", "1.2") == []
+    assert _complete(settings, "1.2->1.3@c", "1.2", "1.3") == ["1.0->1.1@a"]
+    assert [p.upgrade for p in points.all_points(settings) if p.pinned] == \
+        ["1.1->1.2@b", "1.2->1.3@c"]
+
+
+def _aged(settings: Settings, upgrade: str, reading: clock.Reading) -> None:
+    point = points.for_upgrade(settings, upgrade)
+    assert point is not None
+    point.completed = asdict(reading)
+    point.save()
+
+
+def test_days_commit_only_when_the_clocks_can_tell(tmp_path):
+    settings = settings_in(tmp_path, "[rollback]\ncommit_after_upgrades = 0\n"
+                                     "commit_after_days = 1\n")
+    _complete(settings, "1.0->1.1@a", "1.0", "1.1")
+    now = clock.reading()
+    # Completed "tomorrow" by a clock that was ahead: the age is unknown, kept.
+    _aged(settings, "1.0->1.1@a", clock.Reading(now.wall + 86400 * 3, None, "other-boot"))
+    assert _complete(settings, "1.1->1.2@b", "1.1", "1.2") == []
+    # Two days ago, on this boot by the monotonic clock: committed.
+    _aged(settings, "1.0->1.1@a", clock.Reading(now.wall - 2 * 86400,
+                                                (now.mono or 0) - 2 * 86400, now.boot))
+    assert _complete(settings, "1.2->1.3@c", "1.2", "1.3") == ["1.0->1.1@a"]
+
+
+def test_a_damaged_manifest_is_one_line(tmp_path):
+    settings = settings_in(tmp_path)
+    point = points.open_point(settings, "1.0->1.1@ab", "1.0", "1.1")
+    point.manifest.write_text(json.dumps({"upgrade": 3}))
+    with pytest.raises(MaintError, match="unreadable restore point"):
+        points.all_points(settings)
