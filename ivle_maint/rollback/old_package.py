@@ -104,7 +104,6 @@ class _Installed:
     package: str
     version: str
     architecture: str
-    status: str  # dpkg-query's ${Status}, e.g. "install ok installed"
     stanza: str  # dpkg-query -s, whole
     conffiles: dict[str, str]  # path (no leading /) -> digest dpkg recorded
     md5sums: FileList | None
@@ -218,7 +217,11 @@ def _installed(package: str, admindir: Path) -> _Installed:
     fields = _fields(stanzas[0])
     name = f"{fields.get('Package', package)} {fields.get('Version', '')}"
     state = fields.get("Status", "").split()
-    if not state or (state[-1] not in _FILES_IN_PLACE and not _in_own_preinst(package, state)):
+    if not state or (state[-1] not in _FILES_IN_PLACE and
+                     not _in_own_preinst(fields.get("Package", package), state, admindir)):
+        if "Config-Version" not in fields and os.environ.get("DPKG_MAINTSCRIPT_NAME"):
+            raise MaintError(f"cannot keep {name} for a rollback: no version of it was "
+                             "installed before (a first install has nothing to roll back to)")
         raise MaintError(f"cannot keep {name} for a rollback: dpkg says it is "
                          f"{state[-1] if state else 'in no state'}; reinstall it first "
                          f"(apt-get install --reinstall {package})")
@@ -230,16 +233,20 @@ def _installed(package: str, admindir: Path) -> _Installed:
     arch = fields.get("Architecture", "")
     multi = arch if fields.get("Multi-Arch") == "same" else None
     return _Installed(fields.get("Package", package), fields.get("Version", ""), arch,
-                      " ".join(state), stanzas[0], conffiles,
+                      stanzas[0], conffiles,
                       installed_md5sums(fields.get("Package", package), admindir, multi))
 
 
-def _in_own_preinst(package: str, state: list[str]) -> bool:
-    """dpkg runs a new version's preinst with the package half-installed: its
-    files are still the old version's (nothing is unpacked yet)."""
-    return state[-1] == "half-installed" and \
+def _in_own_preinst(package: str, state: list[str], admindir: Path) -> bool:
+    """dpkg runs a new version's preinst with the package half-installed: on
+    an upgrade its files are still the old version's (nothing is unpacked
+    yet) and dpkg lists them; on a first install it lists none (and the
+    stanza already has the new Version)."""
+    info = admindir / "info"
+    listed = (info / f"{package}.list").is_file() or any(info.glob(f"{package}:*.list"))
+    return state[-1] == "half-installed" and listed and \
         os.environ.get("DPKG_MAINTSCRIPT_NAME") == "preinst" and \
-        os.environ.get("DPKG_MAINTSCRIPT_PACKAGE") == package.partition(":")[0]
+        os.environ.get("DPKG_MAINTSCRIPT_PACKAGE") == package
 
 
 def _fields(stanza: str) -> dict[str, str]:

@@ -217,6 +217,26 @@ def test_kept_by_the_preinst_of_a_real_upgrade(node: Node) -> None:
     assert node.reinstalled_elsewhere(kept.path).files("tpkg") == FILES
 
 
+def test_nothing_is_kept_from_the_preinst_of_a_first_install(tmp_path: Path) -> None:
+    """dpkg's stanza names the new version there, half-installed, with no
+    files: that is no installed package to keep."""
+    script = tmp_path / "keep.py"
+    script.write_text(
+        "import sys\nfrom pathlib import Path\n"
+        "from ivle_maint.errors import MaintError\n"
+        "from ivle_maint.output import RecordingReporter\n"
+        "from ivle_maint.rollback.old_package import keep_installed\n"
+        "try:\n    keep_installed('tpkg', Path(sys.argv[1]), RecordingReporter(), "
+        "cache=Path(sys.argv[1]))\n"
+        "except MaintError as exc:\n    print('refused:', exc)\n")
+    preinst = f"#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} {script} {tmp_path / 'd'}\n"
+    deb = build_deb(tmp_path, "tpkg", "1.0", FILES, conffiles=(CONF,), preinst=preinst)
+    out = PrivateRoot(tmp_path / "root").install(deb)
+    assert "refused: cannot keep tpkg 1.0 for a rollback: no version of it was installed " \
+           "before (a first install has nothing to roll back to)" in out
+    assert not (tmp_path / "d").exists()
+
+
 # -- verify, idempotence, the record ------------------------------------------------
 
 
