@@ -36,6 +36,7 @@ import secrets
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import suppress
 from dataclasses import asdict, dataclass, replace
@@ -459,10 +460,20 @@ def _rebuild(inst: _Installed, root: Path, admindir: Path, target: Path,
         os.chmod(built[0], 0o644)
         os.replace(built[0], target)  # same filesystem: WORK is in DEST
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        _remove_tree(work)
     reporter.info(f"kept {inst.name}, rebuilt with its conffiles as they are on this node: "
                   f"{target}")
     return replace(kept, path=target)
+
+
+def _remove_tree(work: Path) -> None:
+    """WORK gone; retried for a moment: a dpkg-repack just killed (Ctrl-C)
+    may still be finishing a write there."""
+    for _attempt in range(40):
+        shutil.rmtree(work, ignore_errors=True)
+        if not os.path.lexists(work):
+            return
+        time.sleep(0.05)
 
 
 def _shadow_root(inst: _Installed, root: Path, admindir: Path, shadow: Path) -> Path:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -169,6 +171,22 @@ def test_rebuilt_from_files_on_another_filesystem(tmp_path: Path,
     other = node.reinstalled_elsewhere(kept.path)
     assert other.files("tpkg") == FILES
     assert os.stat(other.root / "usr/share/tpkg/code.py").st_mode & 0o7777 == 0o4750
+
+
+def test_a_diverted_file_is_rebuilt_from_where_dpkg_put_it(tmp_path: Path) -> None:
+    """Another package diverted code.py before tpkg came: tpkg's own file is
+    the .distrib one, and the rebuilt package has it under its own name."""
+    root = PrivateRoot(tmp_path / "root")
+    subprocess.run(["dpkg-divert", f"--root={root.root}", "--package", "other", "--rename",
+                    "--divert", "/usr/share/tpkg/code.py.distrib", "--add",
+                    "/usr/share/tpkg/code.py"], check=True, capture_output=True)
+    node = Node(tmp_path / "n")
+    node.dpkg = root
+    root.install(node.deb)
+    (root.root / "usr/share/tpkg/code.py").write_bytes(b"the other package's\n")
+    kept = node.keep()
+    assert kept.rebuilt
+    assert node.reinstalled_elsewhere(kept.path).files("tpkg") == FILES
 
 
 def test_a_locally_changed_file_is_not_rebuilt_into_the_package(node: Node) -> None:
@@ -342,6 +360,39 @@ def test_an_interrupted_rebuild_leaves_nothing(node: Node, monkeypatch: pytest.M
     with pytest.raises(KeyboardInterrupt):
         node.keep()
     assert entries(node.dest) == []
+
+
+def test_ctrl_c_while_dpkg_repack_runs_leaves_nothing(tmp_path: Path) -> None:
+    """A real SIGINT to a process keeping a package (24 MB of incompressible
+    data: dpkg-repack is still compressing when it comes)."""
+    node = Node(tmp_path / "n", files={**FILES, "usr/lib/tpkg/big": os.urandom(24 << 20)})
+    script = node.top / "keep.py"
+    script.write_text(
+        "import sys\nfrom pathlib import Path\n"
+        "from ivle_maint.output import RecordingReporter\n"
+        "from ivle_maint.rollback.old_package import keep_installed\n"
+        "keep_installed('tpkg', Path(sys.argv[1]), RecordingReporter(), "
+        "root=Path(sys.argv[2]), cache=Path(sys.argv[3]))\n")
+    proc = subprocess.Popen([sys.executable, str(script), str(node.dest), str(node.dpkg.root),
+                             str(node.cache)], env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not list(node.dest.glob(".ivle-maint-keep-*/out/dpkg-repack.*")):
+        assert proc.poll() is None and time.monotonic() < deadline, "dpkg-repack never ran"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    assert entries(node.dest) == []
+    assert not [pid for pid in os.listdir("/proc") if pid.isdigit()
+                and _cwd(pid).startswith(f"{node.dest}/")], "a child of the keeper runs on"
+
+
+def _cwd(pid: str) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return ""
 
 
 # -- any package --------------------------------------------------------------------
