@@ -150,7 +150,7 @@ def _keep(inst: _Installed, dest: Path, reporter: Reporter, *, root: Path, admin
         target.unlink()
     kept = _from_cache(inst, cache, target, reporter) if inst.md5sums is not None else None
     if kept is None:
-        kept = _rebuild(inst, root, admindir, target, reporter)
+        kept = _rebuild(inst, target, reporter, root=root, admindir=admindir, cache=cache)
     fsync_dir(dest)
     return kept
 
@@ -424,8 +424,8 @@ def _chunks(fd: int, source: Path, want: str) -> Iterator[bytes]:
 # ------------------------------------------------------------------- dpkg-repack
 
 
-def _rebuild(inst: _Installed, root: Path, admindir: Path, target: Path,
-             reporter: Reporter) -> KeptPackage:
+def _rebuild(inst: _Installed, target: Path, reporter: Reporter, *, root: Path,
+             admindir: Path, cache: Path) -> KeptPackage:
     """INST rebuilt from its installed files by dpkg-repack, kept as TARGET."""
     reporter.info(f"rebuilding {inst.name} from its installed files (dpkg-repack; no "
                   "matching .deb in apt's cache)")
@@ -448,13 +448,13 @@ def _rebuild(inst: _Installed, root: Path, admindir: Path, target: Path,
             errors = [line for line in done.tail if "error" in line] or [*done.tail[-1:]]
             said = errors[0] if errors else f"exit status {done.exit_code}, no output"
             raise MaintError(f"dpkg-repack could not rebuild {inst.name} ({said}); put its "
-                             f".deb in {APT_CACHE} (apt-get download {inst.package}="
+                             f".deb in {cache} (there: apt-get download {inst.package}="
                              f"{inst.version}) and run again")
         kept = _checked(built[0], inst, rebuilt=True)
         if isinstance(kept, str):
             raise MaintError(f"cannot keep {inst.name}: {kept} (see dpkg --verify "
                              f"{inst.package}); reinstall it, or put its .deb in "
-                             f"{APT_CACHE}, and run again")
+                             f"{cache}, and run again")
         with open(built[0], "rb") as stream:
             os.fsync(stream.fileno())
         os.chmod(built[0], 0o644)

@@ -195,8 +195,21 @@ def test_a_locally_changed_file_is_not_rebuilt_into_the_package(node: Node) -> N
         node.keep()
     assert str(info.value) == (
         "cannot keep tpkg 1.0: usr/share/tpkg/code.py differs from the installed one (see "
-        "dpkg --verify tpkg); reinstall it, or put its .deb in /var/cache/apt/archives, and "
-        "run again")
+        f"dpkg --verify tpkg); reinstall it, or put its .deb in {node.cache}, and run again")
+    assert entries(node.dest) == []
+
+
+def test_what_dpkg_repack_cannot_rebuild_is_one_line(tmp_path: Path) -> None:
+    """A conffile whose name ends in a blank: dpkg-deb drops it from the
+    conffiles list dpkg-repack writes, and refuses the package."""
+    node = Node(tmp_path, files={**FILES, "etc/tpkg/odd ": b"x"},
+                conffiles=(CONF, "etc/tpkg/odd "))
+    with pytest.raises(MaintError) as info:
+        node.keep()
+    assert str(info.value) == (
+        "dpkg-repack could not rebuild tpkg 1.0 (dpkg-deb: error: conffile '/etc/tpkg/odd' "
+        f"does not appear in package); put its .deb in {node.cache} (there: apt-get download "
+        "tpkg=1.0) and run again")
     assert entries(node.dest) == []
 
 
