@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from . import system
 from .errors import MaintError
+from .gates import trusted
+
+# dpkg's md5sums and control files, read through the gate.
+DPKG_FILE = trusted.Purpose("dpkg's package file list", 64 * trusted.MiB, MaintError)
+
+FileList = dict[str, str]  # path (as dpkg lists it, or relative to the tree) -> digest
 
 
 def package_version(package: str) -> str:
@@ -12,3 +20,39 @@ def package_version(package: str) -> str:
     if not done.ok or not done.stdout.strip():
         raise MaintError(f"dpkg does not know package {package}; pass --package-version")
     return done.stdout.strip()
+
+
+def parse_md5sums(data: bytes, where: str) -> FileList:
+    """dpkg's md5sums: `DIGEST  PATH` per line."""
+    files: FileList = {}
+    for line in data.decode("utf-8", "surrogateescape").splitlines():
+        if not line.strip():
+            continue
+        digest, sep, path = line.partition("  ")
+        if not sep:
+            digest, sep, path = line.partition(" *")
+        if not sep or len(digest) != 32 or not path:
+            raise MaintError(f"{where}: not an md5sums line: {line[:80]!r}")
+        files[path.lstrip("/")] = digest
+    return files
+
+
+def read_file(path: Path) -> bytes | None:
+    """A file of dpkg's database, through the gate; None when absent."""
+    try:
+        return trusted.read(path, DPKG_FILE)
+    except FileNotFoundError:
+        return None
+
+
+def installed_md5sums(package: str, admindir: Path, arch: str | None = None) -> FileList | None:
+    """The installed PACKAGE's md5sums from ADMINDIR's info/ (PKG.md5sums, or
+    PKG:ARCH.md5sums for a Multi-Arch: same one); None when dpkg has none."""
+    info = admindir / "info"
+    named = [info / f"{package}:{arch}.md5sums"] if arch else \
+        sorted(info.glob(f"{package}:*.md5sums"))
+    for path in (info / f"{package}.md5sums", *named):
+        data = read_file(path)
+        if data is not None:
+            return parse_md5sums(data, str(path))
+    return None

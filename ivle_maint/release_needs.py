@@ -50,19 +50,15 @@ from . import summary
 from .cluster.presence import coordinated
 from .context import Outcome, UpgradeContext
 from .db.migrations import status
-from .dpkg import package_version
+from .dpkg import FileList, installed_md5sums, package_version, parse_md5sums
+from .dpkg import read_file as _read
 from .errors import MaintError
-from .gates import trusted
 from .jails.template import recorded_inputs
 
 ENV_FULL = "IVLE_MAINT_FULL_PROCEDURE"
 # A skipped step's metric (its reason), in its journal record; the summary reads it.
 SKIPPED = summary.SKIPPED
-# dpkg's md5sums and control files, read through the gate.
-DPKG_FILE = trusted.Purpose("dpkg's package file list", 64 * trusted.MiB, MaintError)
 DEFAULT_PACKAGE = "ivle"
-
-FileList = dict[str, str]  # path (as dpkg lists it, or relative to the tree) -> digest
 
 
 class Kind(StrEnum):
@@ -121,40 +117,13 @@ def jail_settings_digest(conf: Mapping[str, Any]) -> str:
 # ------------------------------------------------------------------ the file lists
 
 
-def parse_md5sums(data: bytes, where: str) -> FileList:
-    """dpkg's md5sums: `DIGEST  PATH` per line."""
-    files: FileList = {}
-    for line in data.decode("utf-8", "surrogateescape").splitlines():
-        if not line.strip():
-            continue
-        digest, sep, path = line.partition("  ")
-        if not sep:
-            digest, sep, path = line.partition(" *")
-        if not sep or len(digest) != 32 or not path:
-            raise MaintError(f"{where}: not an md5sums line: {line[:80]!r}")
-        files[path.lstrip("/")] = digest
-    return files
-
-
 def _admin_dir() -> Path:
     return Path(os.environ.get("DPKG_ADMINDIR") or "/var/lib/dpkg")
 
 
-def _read(path: Path) -> bytes | None:
-    try:
-        return trusted.read(path, DPKG_FILE)
-    except FileNotFoundError:
-        return None
-
-
 def installed_files(package: str) -> FileList | None:
     """The installed package's files, from dpkg's database; None if unknown."""
-    info = _admin_dir() / "info"
-    for path in (info / f"{package}.md5sums", *sorted(info.glob(f"{package}:*.md5sums"))):
-        data = _read(path)
-        if data is not None:
-            return parse_md5sums(data, str(path))
-    return None
+    return installed_md5sums(package, _admin_dir())
 
 
 def incoming_files(package: str, version: str) -> FileList | None:

@@ -23,7 +23,7 @@ HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # IVLE's web module is mod_python (libapache2-mod-python), so the stand-in
 # web application is a mod_python handler too.
 PACKAGES = sorted([
-    "apache2", "curl", "dbus", "iproute2", "libapache2-mod-python", "openssh-server",
+    "apache2", "curl", "dbus", "dpkg-repack", "iproute2", "libapache2-mod-python", "openssh-server",
     "postgresql", "procps", "python-is-python3", "python3", "python3-configobj",
     "python3-debian", "python3-pglast", "python3-psutil", "python3-psycopg2", "python3-sh",
     "rsync", "systemd-sysv", "util-linux",

@@ -195,6 +195,8 @@ ALLOWED = {
     "preflight.py": "mkstemp: a file made and removed to prove a directory writable",
     "rollback/keep.py": "the jail template's hard-link copy (a directory) renamed into place",
     "rollback/restore.py": "the kept jail template (a directory) renamed back",
+    "rollback/old_package.py": "a kept .deb (a hard link, or dpkg-repack's) put in place "
+                               "under its name once checked, as a dump is",
 }
 
 
