@@ -284,8 +284,8 @@ def cmd_status(ctx: Context) -> int:
     from ..gates.schema_hold import status_line
     from ..journal import Journal
     from ..procedure import STEPS
-    from ..summary import summary_lines
     from ..rollback.point import all_points, for_upgrade
+    from ..summary import summary_lines
     from ..upgrade import state_dir, upgrade_id
 
     paths = sorted((state_dir(ctx.settings) / "journal").glob("*.json"))
@@ -305,8 +305,8 @@ def cmd_status(ctx: Context) -> int:
         if found is not None:
             dump, restore = found
             print(f"  database before this upgrade: {dump}")
-            point = for_upgrade(ctx.settings, upgrade_id(journal))
-            if point is not None and point.pinned:
+            kept = for_upgrade(ctx.settings, upgrade_id(journal))
+            if kept is not None and kept.pinned:
                 print("    go back (package and database): ivle-maint rollback")
             elif restore:
                 print(f"    restore with: {restore}")

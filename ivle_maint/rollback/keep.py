@@ -15,7 +15,7 @@ from ..db.session import session
 from ..errors import MaintError
 from ..gates.rewrite import fsync_dir
 from .fingerprint import schema_fingerprint
-from .old_package import keep_installed
+from .old_package import NotInstalled, keep_installed
 from .point import RestorePoint, open_point, slug
 
 log = logging.getLogger(__name__)
@@ -50,10 +50,8 @@ def prepare(ctx: UpgradeContext) -> RestorePoint | None:
 def _keep_package(ctx: UpgradeContext, point: RestorePoint) -> None:
     try:
         kept = keep_installed(ctx.package, point.directory, ctx.reporter)
-    except MaintError as exc:
-        if "not installed" not in str(exc):
-            raise
-        log.info("no package kept: %s", exc)  # a source install: nothing to keep
+    except NotInstalled as exc:  # a source install: nothing to keep
+        log.info("no package kept: %s", exc)
         return
     point.package = kept.to_json()
     point.save()

@@ -70,6 +70,10 @@ _CONFFILE = re.compile(r"(/.*) ([0-9a-f]{32}|newconffile)((?: obsolete| remove-o
 _DIVERTED = re.compile(r"^(?:locally diverted to|diverted by .* to): (.*)$")
 
 
+class NotInstalled(MaintError):
+    """dpkg has no such package: a source install, nothing to keep."""
+
+
 @dataclass(frozen=True)
 class KeptPackage:
     """A kept .deb, as a restore point's manifest records it."""
@@ -211,10 +215,12 @@ def _installed(package: str, admindir: Path) -> _Installed:
     done = system.run(["dpkg-query", f"--admindir={admindir}", "-s", package],
                       keep_stdout=True)
     stanzas = [s for s in done.stdout.split("\n\n") if s.strip()] if done.ok else []
+    if not stanzas:
+        raise NotInstalled(f"cannot keep the installed {package} for a rollback: dpkg does "
+                           "not know it")
     if len(stanzas) != 1:
-        why = f"{len(stanzas)} instances; name one as {package}:ARCH" if stanzas else \
-            "dpkg does not know it"
-        raise MaintError(f"cannot keep the installed {package} for a rollback: {why}")
+        raise MaintError(f"cannot keep the installed {package} for a rollback: "
+                         f"{len(stanzas)} instances; name one as {package}:ARCH")
     fields = _fields(stanzas[0])
     name = f"{fields.get('Package', package)} {fields.get('Version', '')}"
     state = fields.get("Status", "").split()

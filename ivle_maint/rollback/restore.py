@@ -20,8 +20,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..context import ACCEPT_DATA_LOSS_ENV, Outcome, UpgradeContext
 from ..config import Settings
+from ..context import ACCEPT_DATA_LOSS_ENV, Outcome, UpgradeContext
 from ..db.connect import ConnectParams, params_from_settings
 from ..db.marker import applied, exists
 from ..db.session import session
