@@ -11,15 +11,22 @@ A table whose columns differ (a migration added, dropped or retyped one)
 says so, and is compared on the columns both have with the same type; with
 none in common, by its row counts alone.
 
-How: each row is hashed on the server (md5 of the row's text).  Phase one
-fetches, per table and database, one count and one sum of hashes for each
-of BUCKETS buckets of the hashes, so a table that did not change costs one
-scan and no rows on the wire; phase two fetches, through a server-side
-cursor, only the hashes of the buckets that differ, at most CHUNK_ROWS at
-a time.  Both databases are read in one REPEATABLE READ transaction each,
-so both phases see the same rows.  Everything read from a database is
-outside text: identifiers are quoted by psycopg2.sql, names escaped and
-bounded where shown.
+How: each row is hashed on the server, by PostgreSQL's own hash of each
+column's value (hash_record_extended, PostgreSQL 14 and later), or of the
+row's text where a column's type has no hash function (json, point...)
+or the server is older.  So a value PostgreSQL holds equal is the same
+row: 1.0 and 1.00 in a numeric column, {"a":1} and {"a": 1} in jsonb.
+Phase one fetches, per table and database, one count, one sum of hashes
+and one sum of a second hash of the hashes for each of BUCKETS buckets: a
+table that did not change costs one scan and no rows on the wire, and a
+bucket that differs by one row, or by copies of one row, says which (its
+sums are that row's hash and its second hash times the count: checked on
+the server).  Phase two fetches, through a server-side cursor, only the
+hashes of the buckets that differ otherwise, at most CHUNK_ROWS at a time.
+Both databases are read in one REPEATABLE READ transaction each, so both
+phases see the same rows.  Everything read from a database is outside
+text: identifiers are quoted by psycopg2.sql, names escaped and bounded
+where shown.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg2
+import psycopg2.errors
 from psycopg2 import sql
 
 from ..db.connect import ConnectParams
@@ -37,9 +46,11 @@ from ..gates.text import shown
 from ..output import Reporter
 from .sessions import open_session
 
-BUCKET_CHARS = 3  # the hash's first hex digits: 4096 buckets
+BUCKETS = 4096  # a power of two: a row's bucket is its hash's low bits
 CHUNK_ROWS = 200_000  # the most hashes held at once, per database
 FETCH_ROWS = 10_000
+RECORD_HASH = 140000  # server_version_num of hash_record_extended
+INT64 = 2**63
 OWN_PREFIX = "ivle_maint_"
 
 Table = tuple[str, str]  # (schema, name)
@@ -111,25 +122,77 @@ def _tables(cur: Any) -> dict[Table, Columns]:
     return tables
 
 
-def _hashes(table: Table, columns: list[str]) -> sql.Composed:
-    """Each row's md5 (hex) as h, over COLUMNS in that order."""
-    row = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns)
-    return sql.SQL("SELECT md5(ROW({})::text) AS h FROM {}.{} t").format(
-        row, sql.Identifier(table[0]), sql.Identifier(table[1]))
+@dataclass(frozen=True)
+class Rows:
+    """How a table's rows are hashed: which columns, and by which function."""
+
+    table: Table
+    columns: list[str] | None  # None: the whole row, as the table orders it
+    by_text: bool  # hash the row's text (a type without a hash function)
+
+    def hashes(self) -> sql.Composed:
+        """SELECT each row's 64-bit hash AS h."""
+        if self.columns is None:
+            row: sql.Composable = sql.SQL("t")
+        else:
+            row = sql.SQL("ROW({})").format(sql.SQL(", ").join(
+                sql.SQL("t.{}").format(sql.Identifier(c)) for c in self.columns))
+        hashed = sql.SQL("hashtextextended({}::text, 0)" if self.by_text
+                         else "hash_record_extended({}, 0)").format(row)
+        return sql.SQL("SELECT {} AS h FROM {}.{} t").format(
+            hashed, sql.Identifier(self.table[0]), sql.Identifier(self.table[1]))
 
 
-def _buckets(cur: Any, table: Table, columns: list[str]) -> dict[str, tuple[int, int]]:
-    """Bucket -> (rows, sum of their hashes' next 52 bits)."""
-    cur.execute(sql.SQL(
-        "SELECT left(h, {n}), count(*), sum(('x' || substr(h, {n} + 1, 13))::bit(52)::bigint) "
-        "FROM ({rows}) s GROUP BY 1").format(n=sql.Literal(BUCKET_CHARS),
-                                             rows=_hashes(table, columns)))
-    return {bucket: (count, int(total)) for bucket, count, total in cur.fetchall()}
+Buckets = dict[int, tuple[int, int, int]]  # bucket -> (rows, sum of h, sum of hashint8(h))
 
 
-def _chunks(buckets: list[str], rows: dict[str, int]) -> Iterator[list[str]]:
+def _buckets(cur: Any, rows: Rows) -> Buckets:
+    cur.execute(sql.SQL("SELECT (h & {mask})::int, count(*), sum(h)::text, sum(hashint8(h)) "
+                        "FROM ({rows}) s GROUP BY 1").format(
+        mask=sql.Literal(BUCKETS - 1), rows=rows.hashes()))
+    return {b: (count, int(total), int(check)) for b, count, total, check in cur.fetchall()}
+
+
+def _hashed(live: Any, restored: Any, rows: Rows) -> tuple[Rows, Buckets, Buckets]:
+    """Both databases' buckets; by the rows' text if a column has no hash function."""
+    if not rows.by_text:
+        try:
+            with live.cursor() as lcur, restored.cursor() as rcur:
+                lcur.execute("SAVEPOINT hashing")
+                rcur.execute("SAVEPOINT hashing")
+                return rows, _buckets(lcur, rows), _buckets(rcur, rows)
+        except psycopg2.errors.UndefinedFunction:  # "could not identify a hash function"
+            for conn in (live, restored):
+                with conn.cursor() as cur:
+                    cur.execute("ROLLBACK TO SAVEPOINT hashing")
+            rows = Rows(rows.table, rows.columns, True)
+    with live.cursor() as lcur, restored.cursor() as rcur:
+        return rows, _buckets(lcur, rows), _buckets(rcur, rows)
+
+
+def _pure(cur: Any, ours: Buckets, theirs: Buckets, differ: list[int]) -> dict[int, int]:
+    """The differing buckets that differ by copies of one row: bucket -> copies
+    (more in live: positive).  A bucket's differences of count, sum and
+    check must be n, n * h and n * hashint8(h) for one h in that bucket."""
+    candidates: dict[int, tuple[int, int, int]] = {}
+    for b in differ:
+        count, total, check = (x - y for x, y in zip(ours.get(b, (0, 0, 0)),
+                                                     theirs.get(b, (0, 0, 0)), strict=True))
+        if count and total % count == 0 and -INT64 <= total // count < INT64 \
+                and (total // count) & (BUCKETS - 1) == b:
+            candidates[b] = (total // count, count, check)
+    if not candidates:
+        return {}
+    cur.execute("SELECT k, hashint8(k) FROM unnest(%s::bigint[]) AS k",
+                [[h for h, _, _ in candidates.values()]])
+    second = dict(cur.fetchall())
+    return {b: count for b, (h, count, check) in candidates.items()
+            if check == count * second[h]}
+
+
+def _chunks(buckets: list[int], rows: dict[int, int]) -> Iterator[list[int]]:
     """BUCKETS in groups of at most CHUNK_ROWS rows (a bigger bucket alone)."""
-    chunk: list[str] = []
+    chunk: list[int] = []
     held = 0
     for bucket in buckets:
         if chunk and held + rows[bucket] > CHUNK_ROWS:
@@ -141,15 +204,15 @@ def _chunks(buckets: list[str], rows: dict[str, int]) -> Iterator[list[str]]:
         yield chunk
 
 
-def _counted(conn: Any, table: Table, columns: list[str], buckets: list[str]) -> Counter[str]:
+def _counted(conn: Any, rows: Rows, buckets: list[int]) -> Counter[int]:
     """The hashes of BUCKETS' rows, streamed through a server-side cursor."""
-    found: Counter[str] = Counter()
+    found: Counter[int] = Counter()
     with conn.cursor(name="ivle_maint_rollback_hashes") as cur:
         cur.itersize = FETCH_ROWS
-        cur.execute(sql.SQL("SELECT h FROM ({}) s WHERE left(h, {}) = ANY(%s)").format(
-            _hashes(table, columns), sql.Literal(BUCKET_CHARS)), [buckets])
-        while rows := cur.fetchmany(FETCH_ROWS):
-            found.update(row[0] for row in rows)
+        cur.execute(sql.SQL("SELECT h FROM ({}) s WHERE (h & {})::int = ANY(%s)").format(
+            rows.hashes(), sql.Literal(BUCKETS - 1)), [buckets])
+        while batch := cur.fetchmany(FETCH_ROWS):
+            found.update(row[0] for row in batch)
     return found
 
 
@@ -160,19 +223,20 @@ def _rows(cur: Any, table: Table) -> int:
     return count
 
 
-def _compare(live: Any, restored: Any, table: Table, columns: list[str]) -> tuple[int, int, int,
-                                                                                   int]:
-    """(only in live, only in restored, live rows, restored rows) over COLUMNS."""
-    with live.cursor() as lcur, restored.cursor() as rcur:
-        ours, theirs = _buckets(lcur, table, columns), _buckets(rcur, table, columns)
-    live_rows = sum(count for count, _ in ours.values())
-    restored_rows = sum(count for count, _ in theirs.values())
+def _compare(live: Any, restored: Any, rows: Rows) -> tuple[int, int, int, int]:
+    """(only in live, only in restored, live rows, restored rows)."""
+    rows, ours, theirs = _hashed(live, restored, rows)
+    live_rows = sum(count for count, _, _ in ours.values())
+    restored_rows = sum(count for count, _, _ in theirs.values())
     differ = sorted(b for b in ours.keys() | theirs.keys() if ours.get(b) != theirs.get(b))
-    held = {b: max(ours.get(b, (0, 0))[0], theirs.get(b, (0, 0))[0]) for b in differ}
-    lost = back = 0
-    for chunk in _chunks(differ, held):
-        mine, dumped = _counted(live, table, columns, chunk), _counted(restored, table, columns,
-                                                                        chunk)
+    with live.cursor() as cur:
+        pure = _pure(cur, ours, theirs, differ)
+    lost = sum(n for n in pure.values() if n > 0)
+    back = -sum(n for n in pure.values() if n < 0)
+    mixed = [b for b in differ if b not in pure]
+    held = {b: max(ours.get(b, (0, 0, 0))[0], theirs.get(b, (0, 0, 0))[0]) for b in mixed}
+    for chunk in _chunks(mixed, held):
+        mine, dumped = _counted(live, rows, chunk), _counted(restored, rows, chunk)
         lost += sum((mine - dumped).values())
         back += sum((dumped - mine).values())
     return lost, back, live_rows, restored_rows
@@ -191,13 +255,17 @@ def _difference(live: Any, restored: Any, table: Table, live_cols: Columns | Non
         return TableDifference(schema, name, 0, count, None, count)
     common = sorted(c for c, typ in live_cols.items() if restored_cols.get(c) == typ)
     differs = live_cols != restored_cols
+    # The whole row when both tables have the same columns in the same order.
+    same = list(live_cols.items()) == list(restored_cols.items())
     if differs and not common:
         with live.cursor() as lcur, restored.cursor() as rcur:
             live_rows, restored_rows = _rows(lcur, table), _rows(rcur, table)
         return TableDifference(schema, name, max(0, live_rows - restored_rows),
                                max(0, restored_rows - live_rows), live_rows, restored_rows,
                                True, "row counts")
-    lost, back, live_rows, restored_rows = _compare(live, restored, table, common)
+    by_text = live.info.server_version < RECORD_HASH
+    lost, back, live_rows, restored_rows = _compare(
+        live, restored, Rows(table, None if same else common, by_text))
     compared = f"{len(common)} common columns" if differs else "rows"
     return TableDifference(schema, name, lost, back, live_rows, restored_rows, differs, compared)
 

@@ -29,7 +29,7 @@ from ivle_maint.db import backup
 from ivle_maint.db.connect import ConnectParams
 from ivle_maint.errors import MaintError
 from ivle_maint.gates import environment
-from ivle_maint.rollback import database
+from ivle_maint.rollback import database, differences
 from ivle_maint.rollback.database import TableDifference
 from ivle_sandbox import schema
 
@@ -49,6 +49,8 @@ CREATE FUNCTION lower_nick() RETURNS trigger LANGUAGE plpgsql
 CREATE TRIGGER login_nick BEFORE INSERT ON login FOR EACH ROW EXECUTE FUNCTION lower_nick();
 CREATE TABLE note (body text, stars int);
 INSERT INTO note VALUES ('same', 1), ('same', 1), (E'quote '' back\\\\ tab\t', 2), (NULL, NULL);
+CREATE TABLE shape (doc json, at point);  -- types without a hash function
+INSERT INTO shape VALUES ('{"a": 1}', '(1,2)'), ('{"a": 1}', '(1,2)');
 CREATE TABLE ivle_maint_migrations (key text PRIMARY KEY, applied_at timestamptz);
 INSERT INTO ivle_maint_migrations VALUES ('20090101-01', '2009-01-01');
 """
@@ -312,11 +314,18 @@ def model_dbs(server: Server, dumps: Path) -> tuple[str, str]:
     return live, restored
 
 
+# 4096 buckets: nearly every changed bucket holds one change (phase one
+# alone); one bucket: phase two for any two changes; 4 buckets, each
+# fetched alone (phase two's chunks).
+@pytest.mark.parametrize("split", [(4096, 200_000), (1, 200_000), (4, 1)])
 @settings(max_examples=20, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=operations)
 def test_differences_are_the_rows_changed_since_the_dump(
-        server: Server, model_dbs: tuple[str, str], ops: list[tuple[str, str, int, str]]) -> None:
+        server: Server, model_dbs: tuple[str, str], ops: list[tuple[str, str, int, str]],
+        split: tuple[int, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(differences, "BUCKETS", split[0])
+    monkeypatch.setattr(differences, "CHUNK_ROWS", split[1])
     live, restored = model_dbs
     conn = server.pg.connect(live, server.pg.ivle_user)
     try:
@@ -348,6 +357,7 @@ def test_a_migration_after_the_dump_says_schema_differs(server: Server, dumps: P
         UPDATE login SET fullname = 'Renamed' WHERE login = 'user0002';
         DELETE FROM login WHERE login = 'user0003';  -- and its enrolment, by cascade
         INSERT INTO ivle_maint_migrations VALUES ('20100101-01', now());
+        INSERT INTO shape VALUES ('{"a": 1}', '(1,2)');
         CREATE TABLE ivle_maint_cluster (node text);
         INSERT INTO ivle_maint_cluster VALUES ('master');
     """)
@@ -365,10 +375,11 @@ def test_a_migration_after_the_dump_says_schema_differs(server: Server, dumps: P
     cluster = found["ivle_maint_cluster"]
     assert cluster.ivle_maint and cluster.restored_rows is None and cluster.only_in_live == 1
     assert "only in the live database" in cluster.line()
-    assert set(found) == {"login", "enrolment", "note", "ivle_maint_migrations",
+    assert (found["shape"].only_in_live, found["shape"].only_in_restored) == (1, 0)
+    assert set(found) == {"login", "enrolment", "note", "shape", "ivle_maint_migrations",
                           "ivle_maint_cluster"}
     lines = database.summary(list(found.values()))
-    assert lines[0].startswith("3 rows written since the dump would be lost")
+    assert lines[0].startswith("4 rows written since the dump would be lost")
     assert any("schema differs" in line for line in lines)
 
 
@@ -445,7 +456,7 @@ KILLED_SWAP = """
 import os, signal, sys
 from ivle_maint.db.connect import ConnectParams
 from ivle_maint.gates import environment
-from ivle_maint.rollback import database
+from ivle_maint.rollback import database, differences
 socket_dir, port, live, restored, keep_as = sys.argv[1:]
 database.after_rename = lambda old, new: os.kill(os.getpid(), signal.SIGKILL)
 params = ConnectParams(live, socket_dir, int(port), "postgres", None, "postgres",
