@@ -31,16 +31,18 @@ where shown.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg2
 import psycopg2.errors
 from psycopg2 import sql
 
+from .. import children
 from ..db.connect import ConnectParams
 from ..gates.text import shown
 from ..output import Reporter
@@ -53,6 +55,7 @@ RECORD_HASH = 140000  # server_version_num of hash_record_extended
 INT64 = 2**63
 OWN_PREFIX = "ivle_maint_"
 
+T = TypeVar("T")
 Table = tuple[str, str]  # (schema, name)
 Columns = dict[str, str]  # name -> type, in the table's order
 
@@ -146,28 +149,43 @@ class Rows:
 Buckets = dict[int, tuple[int, int, int]]  # bucket -> (rows, sum of h, sum of hashint8(h))
 
 
-def _buckets(cur: Any, rows: Rows) -> Buckets:
-    cur.execute(sql.SQL("SELECT (h & {mask})::int, count(*), sum(h)::text, sum(hashint8(h)) "
-                        "FROM ({rows}) s GROUP BY 1").format(
-        mask=sql.Literal(BUCKETS - 1), rows=rows.hashes()))
-    return {b: (count, int(total), int(check)) for b, count, total, check in cur.fetchall()}
+def _buckets(conn: Any, rows: Rows) -> Buckets | None:
+    """ROWS' buckets in one database; None if a column's type has no hash
+    function (its error rolled back: the transaction goes on)."""
+    with conn.cursor() as cur:
+        cur.execute("SAVEPOINT hashing")
+        try:
+            cur.execute(sql.SQL(
+                "SELECT (h & {mask})::int, count(*), sum(h)::text, sum(hashint8(h)) "
+                "FROM ({rows}) s GROUP BY 1").format(mask=sql.Literal(BUCKETS - 1),
+                                                     rows=rows.hashes()))
+        except psycopg2.errors.UndefinedFunction:  # "could not identify a hash function"
+            cur.execute("ROLLBACK TO SAVEPOINT hashing")
+            return None
+        return {b: (count, int(total), int(check)) for b, count, total, check in cur.fetchall()}
+
+
+def _both(live: Any, restored: Any, call: Callable[[Any], T]) -> tuple[T, T]:
+    """CALL on both databases at once: the restored one's in a worker thread
+    (children.workers: stopped and joined if the caller is interrupted)."""
+    with children.workers() as pool:
+        pool.start("restored database", lambda: call(restored))
+        mine = call(live)
+        pool.wait()
+        _key, theirs, exc = pool.take()
+    if exc is not None:
+        raise exc
+    return mine, theirs
 
 
 def _hashed(live: Any, restored: Any, rows: Rows) -> tuple[Rows, Buckets, Buckets]:
     """Both databases' buckets; by the rows' text if a column has no hash function."""
-    if not rows.by_text:
-        try:
-            with live.cursor() as lcur, restored.cursor() as rcur:
-                lcur.execute("SAVEPOINT hashing")
-                rcur.execute("SAVEPOINT hashing")
-                return rows, _buckets(lcur, rows), _buckets(rcur, rows)
-        except psycopg2.errors.UndefinedFunction:  # "could not identify a hash function"
-            for conn in (live, restored):
-                with conn.cursor() as cur:
-                    cur.execute("ROLLBACK TO SAVEPOINT hashing")
-            rows = Rows(rows.table, rows.columns, True)
-    with live.cursor() as lcur, restored.cursor() as rcur:
-        return rows, _buckets(lcur, rows), _buckets(rcur, rows)
+    ours, theirs = _both(live, restored, lambda conn: _buckets(conn, rows))
+    if ours is None or theirs is None:
+        rows = Rows(rows.table, rows.columns, True)
+        ours, theirs = _both(live, restored, lambda conn: _buckets(conn, rows))
+    assert ours is not None and theirs is not None  # text always hashes
+    return rows, ours, theirs
 
 
 def _pure(cur: Any, ours: Buckets, theirs: Buckets, differ: list[int]) -> dict[int, int]:
@@ -236,7 +254,7 @@ def _compare(live: Any, restored: Any, rows: Rows) -> tuple[int, int, int, int]:
     mixed = [b for b in differ if b not in pure]
     held = {b: max(ours.get(b, (0, 0, 0))[0], theirs.get(b, (0, 0, 0))[0]) for b in mixed}
     for chunk in _chunks(mixed, held):
-        mine, dumped = _counted(live, rows, chunk), _counted(restored, rows, chunk)
+        mine, dumped = _both(live, restored, functools.partial(_counted, rows=rows, buckets=chunk))
         lost += sum((mine - dumped).values())
         back += sum((dumped - mine).values())
     return lost, back, live_rows, restored_rows
@@ -274,6 +292,11 @@ def _reader(params: ConnectParams, dbname: str, reporter: Reporter | None) -> An
     conn = open_session(params, dbname, reporter, autocommit=False)
     # One snapshot for both phases; nothing written.
     conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
+    # The two databases are read side by side, a process each: parallel
+    # workers beside them cost more than they give (measured on 2 CPUs:
+    # 0.52 s against 0.60 s for 200 MB).
+    with conn.cursor() as cur:
+        cur.execute("SET max_parallel_workers_per_gather = 0")
     return conn
 
 
