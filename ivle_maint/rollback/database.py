@@ -35,6 +35,7 @@ not copied.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -83,7 +84,7 @@ def check_name(name: str) -> str:
     return name
 
 
-def _require_createdb(cur: Any, params: ConnectParams) -> None:
+def _require_createdb(cur: Any) -> None:
     cur.execute("SELECT current_user, rolsuper OR rolcreatedb FROM pg_roles "
                 "WHERE rolname = current_user")
     user, may = cur.fetchone()
@@ -181,6 +182,20 @@ def _pg_restore(params: ConnectParams, name: str, archive: Path, jobs: int) -> N
         raise MaintError(client.failure(err, proc.returncode, params))
 
 
+class NotCreated(MaintError):
+    """CREATE DATABASE refused: nothing of ours to drop (the name may be another's)."""
+
+
+def _create(params: ConnectParams, create: sql.Composable, name: str,
+            reporter: Reporter | None) -> None:
+    with maintenance(params, reporter) as cur:
+        try:
+            cur.execute(create)
+        except psycopg2.Error as exc:
+            raise NotCreated(f"cannot create database {shown(name, 63)}: "
+                             f"{pg_reason(exc)}") from None
+
+
 def _drop(params: ConnectParams, name: str, reporter: Reporter | None) -> str | None:
     """Drop NAME (WITH FORCE: a killed pg_restore's sessions); why not, or None."""
     try:
@@ -202,22 +217,19 @@ def restore_copy(params: ConnectParams, dump: Path, name: str, *, jobs: int | No
     check_name(name)
     jobs = jobs or os.cpu_count() or 1
     with maintenance(params, reporter) as cur:
-        _require_createdb(cur, params)
+        _require_createdb(cur)
         if exists(cur, name):
             raise MaintError(f"database {shown(name, 63)} already exists: drop it, or restore "
                              "into another name")
         create = _create_statement(cur, params.dbname, name)
     # The dump is checked and copied before anything is created.
     with _readable_copy(dump, client.identity(params)) as archive:
-        with maintenance(params, reporter) as cur:
-            try:
-                cur.execute(create)
-            except psycopg2.Error as exc:
-                raise MaintError(f"cannot create database {shown(name, 63)}: "
-                                 f"{pg_reason(exc)}") from None
         try:
+            _create(params, create, name, reporter)
             _pg_restore(params, name, archive, jobs)
-        except BaseException as exc:
+        except NotCreated:
+            raise
+        except BaseException as exc:  # a failure, or Ctrl-C even inside CREATE DATABASE
             left = _drop(params, name, reporter)
             outcome = (f"database {name} dropped" if left is None
                        else f"database {name} NOT dropped ({left}): drop it by hand")
@@ -291,25 +303,40 @@ def swap(params: ConnectParams, live: str, restored: str, keep_as: str,
         raise MaintError("swap: live, restored and keep_as must be three names")
     try:
         with maintenance(params, reporter) as cur:
-            for _ in SwapState:
+            for _ in SwapState:  # each pass moves one state on
                 state = swap_state(cur, live, restored, keep_as)
                 log.info("database swap: %s", state.value)
-                if state is SwapState.START:
-                    _close_to_sessions(cur, [live, restored])
-                    _rename(cur, live, keep_as)
-                    after_rename(live, keep_as)
-                elif state is SwapState.HALFWAY:
-                    _close_to_sessions(cur, [restored])
-                    _rename(cur, restored, live)
-                    after_rename(restored, live)
-                else:
-                    for name in (live, keep_as):
-                        cur.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true")
-                                    .format(sql.Identifier(name)))
+                if state is SwapState.DONE:
+                    _open_to_sessions(cur, [live, keep_as])
                     return
+                try:
+                    _step(cur, state, live, restored, keep_as)
+                except psycopg2.Error:
+                    if state is SwapState.START:  # nothing renamed: the site gets live back
+                        with contextlib.suppress(psycopg2.Error):
+                            _open_to_sessions(cur, [live])
+                    raise
     except psycopg2.Error as exc:
         raise MaintError(f"swapping database {shown(restored, 63)} in as {shown(live, 63)} "
                          f"failed: {pg_reason(exc)} (run it again to finish)") from None
+    raise MaintError("database swap made no progress")  # each step renames: never here
+
+
+def _step(cur: Any, state: SwapState, live: str, restored: str, keep_as: str) -> None:
+    if state is SwapState.START:
+        _close_to_sessions(cur, [live, restored])
+        _rename(cur, live, keep_as)
+        after_rename(live, keep_as)
+    else:
+        _close_to_sessions(cur, [restored])
+        _rename(cur, restored, live)
+        after_rename(restored, live)
+
+
+def _open_to_sessions(cur: Any, names: list[str]) -> None:
+    for name in names:
+        cur.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(
+            sql.Identifier(name)))
 
 
 # -- failed databases kept ----------------------------------------------------
