@@ -134,7 +134,7 @@ class Rows:
     by_text: bool  # hash the row's text (a type without a hash function)
 
     def hashes(self) -> sql.Composed:
-        """SELECT each row's 64-bit hash AS h."""
+        """SELECT each row's 64-bit hash AS h (a subquery of the callers')."""
         if self.columns is None:
             row: sql.Composable = sql.SQL("t")
         else:
@@ -142,7 +142,10 @@ class Rows:
                 sql.SQL("t.{}").format(sql.Identifier(c)) for c in self.columns))
         hashed = sql.SQL("hashtextextended({}::text, 0)" if self.by_text
                          else "hash_record_extended({}, 0)").format(row)
-        return sql.SQL("SELECT {} AS h FROM {}.{} t").format(
+        # OFFSET 0: the subquery stays a subquery, so each row is hashed
+        # once; pulled up, h would be computed for each of its uses (0.28 s
+        # against 0.17 s for 90 MB).
+        return sql.SQL("SELECT {} AS h FROM {}.{} t OFFSET 0").format(
             hashed, sql.Identifier(self.table[0]), sql.Identifier(self.table[1]))
 
 
@@ -167,7 +170,10 @@ def _buckets(conn: Any, rows: Rows) -> Buckets | None:
 
 def _both(live: Any, restored: Any, call: Callable[[Any], T]) -> tuple[T, T]:
     """CALL on both databases at once: the restored one's in a worker thread
-    (children.workers: stopped and joined if the caller is interrupted)."""
+    (children.workers: stopped and joined if the caller is interrupted).
+    Each scan runs in one server process (OFFSET 0 keeps parallel workers
+    out), so two at once take half the time on two CPUs (0.36 s against
+    0.70 s for 195 MB)."""
     with children.workers() as pool:
         pool.start("restored database", lambda: call(restored))
         mine = call(live)
@@ -292,11 +298,6 @@ def _reader(params: ConnectParams, dbname: str, reporter: Reporter | None) -> An
     conn = open_session(params, dbname, reporter, autocommit=False)
     # One snapshot for both phases; nothing written.
     conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
-    # The two databases are read side by side, a process each: parallel
-    # workers beside them cost more than they give (measured on 2 CPUs:
-    # 0.52 s against 0.60 s for 200 MB).
-    with conn.cursor() as cur:
-        cur.execute("SET max_parallel_workers_per_gather = 0")
     return conn
 
 
