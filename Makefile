@@ -46,11 +46,11 @@ lint:
 # mounts.  Every script runs, missed targets or not; make fails at the end,
 # naming the scripts that missed.
 PRIVATE := unshare --mount --propagation private
-BENCHES := bench_version bench_migrations bench_classify bench_jails bench_upgrade \
-	bench_booted bench_cluster
+BENCHES := bench_version bench_migrations bench_classify bench_rollback_db bench_jails \
+	bench_upgrade bench_booted bench_cluster
 bench: deps
 	@missed=""; for bench in $(BENCHES); do \
-	    case $$bench in bench_version|bench_migrations|bench_classify) ns="";; \
+	    case $$bench in bench_version|bench_migrations|bench_classify|bench_rollback_db) ns="";; \
 	                    *) ns="$(PRIVATE)";; esac; \
 	    echo "\$$ $${ns:+$$ns }$(PY) scripts/$$bench.py"; \
 	    $$ns $(PY) scripts/$$bench.py || missed="$$missed $$bench"; \

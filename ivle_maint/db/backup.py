@@ -26,7 +26,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import pwd
 import re
 import shlex
 import stat
@@ -34,12 +33,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .. import children
 from ..errors import MaintError
-from ..gates import clock, environment, trusted
+from ..gates import clock, trusted
 from ..safepaths import safe_dir
-from ..system import which
-from .connect import ConnectParams, reason
+from . import client
+from .connect import ConnectParams
 from .pins import protected
 
 log = logging.getLogger(__name__)
@@ -141,20 +139,11 @@ def restore_command(params: ConnectParams, path: Path) -> str:
 
 
 def _pg_dump_argv(params: ConnectParams) -> list[str]:
-    program = which("pg_dump")
-    if program is None:
-        raise MaintError(
-            "pg_dump not found (install postgresql-client, or [database] backup = false)"
-        )
+    program = client.program("pg_dump", ", or [database] backup = false")
     argv = [program, "--format=custom", "--no-password", f"--dbname={params.dbname}"]
     if params.lock_wait:  # a table another session holds locked: bounded (gates/waits)
         argv.append(f"--lock-wait-timeout={round(params.lock_wait * 1000)}")
-    argv += [f"--port={params.port}"]
-    if params.host:
-        argv.append(f"--host={params.host}")
-    if params.user:
-        argv.append(f"--username={params.user}")
-    return argv
+    return argv + client.connection_argv(params)
 
 
 def remove_leftovers(directory: Path) -> list[Path]:
@@ -173,41 +162,21 @@ def dump(params: ConnectParams, directory: Path, *, label: str, keep: int) -> Pa
     remove_leftovers(directory)
     final = directory / dump_name(directory, params.dbname, label)
     partial = directory / f".{final.name}.partial"
-    home = environment.home_of(os.geteuid())
-    user: int | None = None
-    group: int | None = None
-    extra_groups: list[int] | None = None
-    if params.os_user and os.geteuid() == 0:
-        entry = pwd.getpwnam(params.os_user)
-        user, group, extra_groups = entry.pw_uid, entry.pw_gid, []
-        home = entry.pw_dir
     # Opened here, by root, so the dump is root's whoever pg_dump runs as.
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(partial, flags, 0o600)
     try:
         os.fchmod(fd, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)  # pg_dump's stdout holds it too (remove_stale_partials)
-        pass_env = {"PGPASSWORD": params.password} if params.password else {}
-        # The gate's environment: no inherited PG* (PGOPTIONS, PGSERVICE...).
-        env = environment.child_env(
-            os.environ, {**pass_env, "PGPASSFILE": environment.NO_PASSFILE}, home=home)
         # subprocess, not system.run: stdout must go straight to the file,
-        # and pg_dump may have to run as the postgres user.
+        # and pg_dump may have to run as the postgres user (db/client.py).
         done = subprocess.run(
             _pg_dump_argv(params),
             stdin=subprocess.DEVNULL,
             stdout=fd,
             stderr=subprocess.PIPE,
-            env=env,
-            cwd="/",
             check=False,
-            user=user,
-            group=group,
-            extra_groups=extra_groups,
-            # Dies with ivle-maint (children.py): no pg_dump writing on
-            # beside a rerun's.  It has no children of its own to record.
-            start_new_session=True,
-            preexec_fn=children.preexec_for_child(),
+            **client.run_kwargs(params),
         )
     except BaseException:
         os.close(fd)
@@ -216,8 +185,7 @@ def dump(params: ConnectParams, directory: Path, *, label: str, keep: int) -> Pa
     os.close(fd)
     if done.returncode != 0:
         partial.unlink(missing_ok=True)
-        lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
-        last = reason(Exception("\n".join(lines)), params) if lines else f"status {done.returncode}"
+        last = client.failure(done.stderr, done.returncode, params)
         if params.lock_wait and "statement timeout" in last:  # --lock-wait-timeout's way
             last += (f" (it waited {params.lock_wait:g}s, [database] statement_lock_timeout, "
                      "for a table another session holds locked: let that session finish or "

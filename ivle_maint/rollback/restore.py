@@ -26,12 +26,14 @@ from ..db.connect import ConnectParams, params_from_settings
 from ..db.marker import applied, exists
 from ..db.session import session
 from ..errors import MaintError
-from ..gates import clock
 from ..gates.rewrite import fsync_dir, replace_file
 from . import database as db
 from .choose import Way, choose
+from .differences import summary
 from .keep import remove_tree
 from .point import RestorePoint
+from .sessions import exists as database_named
+from .sessions import maintenance
 
 RESTORED_FILES = "files-restored"
 
@@ -45,6 +47,16 @@ def point_of(ctx: UpgradeContext) -> RestorePoint:
 def admin_params(settings: Settings) -> ConnectParams:
     """Who a full rollback creates, fills and renames databases as ([rollback] connect_as)."""
     return params_from_settings(settings, settings["rollback"]["connect_as"])
+
+
+def restored_name(live: str, point: RestorePoint) -> str:
+    """Where the point's dump is restored beside LIVE (one name per point)."""
+    return f"{live}_rollback_{point.sequence}"
+
+
+def database_exists(params: ConnectParams, name: str) -> bool:
+    with maintenance(params, None) as cur:
+        return bool(database_named(cur, name))
 
 
 def way_back(ctx: UpgradeContext) -> Way:
@@ -104,18 +116,18 @@ def database(ctx: UpgradeContext) -> Outcome:
     dump = point.check_dump()
     params = admin_params(ctx.settings)
     live = params.dbname
-    restored = f"{live}_rollback"
-    if not db.database_exists(params, restored):
+    restored = restored_name(live, point)
+    if not database_exists(params, restored):  # else the preview's, from the same dump
         ctx.reporter.info(f"restoring {dump} into a new database {restored} (pg_restore)")
-        db.restore_copy(params, dump, restored, jobs=os.cpu_count() or 1)
-    lost = db.differences(params, live, restored)
-    for line in db.describe_differences(lost):
-        ctx.reporter.info(f"rollback: lost: {line}")
-    keep_as = f"{live}_failed_{clock.utc_stamp('%Y%m%d%H%M%S')}"
-    db.swap(params, live, restored, keep_as)
+        db.restore_copy(params, dump, restored, reporter=ctx.reporter)
+    # Writes have stopped: this is what the swap loses, for the log.
+    for line in summary(db.differences(params, live, restored, reporter=ctx.reporter)):
+        ctx.reporter.info(f"rollback: {line}")
+    keep_as = db.kept_name(live)
+    db.swap(params, live, restored, keep_as, reporter=ctx.reporter)
     days = ctx.settings["rollback"]["keep_failed_database_days"]
     if days > 0:
-        db.drop_expired(params, live, days)
+        db.drop_expired(params, live, days, reporter=ctx.reporter)
     return Outcome(f"full: {way.why}; database {live} restored from {dump.name}, "
                    f"the replaced one kept as {keep_as}",
                    {"rollback": way.kind, "kept_database": keep_as})

@@ -5,8 +5,6 @@ Then check, one line each, that the node is really back."""
 
 from __future__ import annotations
 
-import os
-
 from .. import system
 from ..config import Settings
 from ..db.marker import applied, exists
@@ -17,9 +15,10 @@ from ..output import Reporter
 from . import database as db
 from .checks import run_checks, table_lines
 from .choose import CODE_ONLY, Way, choose
+from .differences import summary
 from .old_package import KeptPackage, verify
 from .point import RestorePoint
-from .restore import admin_params
+from .restore import admin_params, database_exists, restored_name
 
 DPKG_RESUME = "dpkg --configure -a  (or: ivle-maint rerun)"
 
@@ -33,21 +32,18 @@ def way_for(settings: Settings, reporter: Reporter, point: RestorePoint) -> Way:
     return choose(point, keys)
 
 
-def preview_loss(settings: Settings, reporter: Reporter, point: RestorePoint) -> int:
+def preview_loss(settings: Settings, reporter: Reporter, point: RestorePoint) -> None:
     """Restore the dump beside the live database (site up: the outage does
     not wait for it) and show what replacing the live one would lose."""
     dump = point.check_dump()
     params = admin_params(settings)
-    restored = f"{params.dbname}_rollback"
-    if not db.database_exists(params, restored):
+    restored = restored_name(params.dbname, point)
+    if not database_exists(params, restored):
         reporter.info(f"restoring {dump.name} into a new database {restored} (the site "
                       "stays up meanwhile)")
-        db.restore_copy(params, dump, restored, jobs=os.cpu_count() or 1)
-    lost = db.differences(params, params.dbname, restored)
-    lines = db.describe_differences(lost)
-    for line in lines or ["nothing: no row changed since the dump"]:
+        db.restore_copy(params, dump, restored, reporter=reporter)
+    for line in summary(db.differences(params, params.dbname, restored, reporter=reporter)):
         reporter.info(f"would be lost: {line}")
-    return len(lines)
 
 
 def roll_back(settings: Settings, reporter: Reporter, point: RestorePoint, *,
