@@ -18,6 +18,7 @@ from configobj import ConfigObj
 from ..cluster import table
 from ..cluster.probe import ask
 from ..config import Settings
+from ..context import Role
 from ..db.marker import applied, exists
 from ..db.migration_class import ADDITIVE, listed
 from ..db.session import session
@@ -147,7 +148,7 @@ def _template(point: RestorePoint) -> str:
 
 def _slaves(settings: Settings, reporter: Reporter, point: RestorePoint) -> str:
     with session(settings, reporter, None) as s:
-        rows = [r for r in table.nodes(s.conn) if r.role == "slave"]
+        rows = [r for r in table.nodes(s.conn) if r.role == Role.SLAVE]
     wrong = [f"{r.name} serves {r.serving or 'nothing'}" for r in rows if r.serving != point.old]
     timeout = float(settings["cluster"]["probe_timeout"])
     for row in rows:

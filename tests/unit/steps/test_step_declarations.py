@@ -50,6 +50,7 @@ def test_the_steps_checks_run_in_the_preflights_order():
         ("WEB", "stop-web", "check_maintenance"),
         ("JAIL_TREE", "rebuild-jail", "check_jail_tree"),
         ("DATABASE", "migrate", "check_migrations"),
+        ("DATABASE", "migrate", "check_way"),
         ("IVLE_CONF", "media-version", "check_media"),
         ("STATE_FILES", "migrate", "check_pins_record"),
         ("STATE_FILES", "rebuild-jail", "check_inputs_record"),
