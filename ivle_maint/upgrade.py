@@ -274,8 +274,7 @@ def _restore_points_after(ctx: UpgradeContext) -> None:
     its own and commits those [rollback]'s limits let go."""
     point = ctx.rollback
     if point is not None:
-        point.rolled_back = True
-        point.save()
+        point.update(lambda p: setattr(p, "rolled_back", True))
         return
     for done in restore_points.completed(ctx.settings, ctx.upgrade_id):
         ctx.reporter.info(f"committed the restore point of {done.old} -> {done.new} "

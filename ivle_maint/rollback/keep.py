@@ -38,8 +38,7 @@ def prepare(ctx: UpgradeContext) -> RestorePoint | None:
     if point is None:
         return None
     if ctx.package and point.package_name != ctx.package:
-        point.package_name = ctx.package
-        point.save()
+        point.update(lambda p: setattr(p, "package_name", ctx.package))
     point.keep_file(IVLE_CONF, ctx.ivle_conf.path)
     point.keep_file(SETTINGS, ctx.settings.path)
     if point.package is None and ctx.package and not ctx.code_is_new:
@@ -53,8 +52,7 @@ def _keep_package(ctx: UpgradeContext, point: RestorePoint) -> None:
     except NotInstalled as exc:  # a source install: nothing to keep
         log.info("no package kept: %s", exc)
         return
-    point.package = kept.to_json()
-    point.save()
+    point.update(lambda p: setattr(p, "package", kept.to_json()))
 
 
 def database_before(ctx: UpgradeContext) -> None:
@@ -68,8 +66,12 @@ def database_before(ctx: UpgradeContext) -> None:
     with session(ctx.settings, ctx.reporter, ctx.resume) as s:
         keys = sorted(applied(s.conn)) if exists(s.conn) else []
         schema = schema_fingerprint(s.conn)
-    point.marker, point.classes, point.schema = keys, classes, schema
-    point.save()
+
+    def record(p: RestorePoint) -> None:
+        if p.marker is None:  # the first run's: a rerun's marker has this upgrade's keys
+            p.marker, p.classes, p.schema = keys, classes, schema
+
+    point.update(record)
 
 
 def database_dump(ctx: UpgradeContext, dump: Path | None) -> None:
@@ -103,9 +105,8 @@ def template_aside(ctx: UpgradeContext) -> None:
     os.rename(partial, aside)
     fsync_dir(aside.parent)
     # Its inode: after a rollback renames it back, the check knows it is this one.
-    point.template = {"path": str(template), "aside": str(aside),
-                      "inode": str(os.lstat(aside).st_ino)}
-    point.save()
+    kept = {"path": str(template), "aside": str(aside), "inode": str(os.lstat(aside).st_ino)}
+    point.update(lambda p: setattr(p, "template", kept))
 
 
 def _tail(done: system.Completed) -> str:

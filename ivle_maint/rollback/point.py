@@ -23,10 +23,13 @@ tells nothing, so nothing is committed on its word).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +47,7 @@ if TYPE_CHECKING:
 
 POINTS_DIR = "restore-points"
 MANIFEST = "point.json"
+LOCK = ".lock"
 _SLUG = re.compile(r"[^A-Za-z0-9.+~-]")
 
 
@@ -93,9 +97,26 @@ class RestorePoint:
         return self.directory / MANIFEST
 
     def save(self) -> None:
+        """Write the manifest (a new point; changes go through update())."""
         data = {k: v for k, v in asdict(self).items() if k != "directory"}
         write_state_file(self.manifest, (json.dumps(data, indent=1, sort_keys=True) + "\n")
                          .encode(), mode=0o600)
+
+    def update(self, change: Callable[[RestorePoint], object]) -> None:
+        """CHANGE applied to the manifest as it is on disk, under its lock:
+        steps that run side by side (migrate, rebuild-jail) each record
+        their part, and none writes back another's stale copy."""
+        fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            current = RestorePoint.load(self.directory)
+            change(current)
+            current.save()
+        finally:
+            os.close(fd)  # releases the lock
+        for name, value in asdict(current).items():
+            setattr(self, name, value if name != "directory" else self.directory)
 
     @classmethod
     def load(cls, directory: Path) -> RestorePoint:
@@ -125,9 +146,8 @@ class RestorePoint:
             return
         data = read_nofollow(original)
         write_state_file(self.directory / name, data, mode=0o600)
-        self.files[name] = {"original": str(original),
-                            "sha256": hashlib.sha256(data).hexdigest()}
-        self.save()
+        entry = {"original": str(original), "sha256": hashlib.sha256(data).hexdigest()}
+        self.update(lambda p: p.files.update({name: p.files.get(name, entry)}))
 
     def kept_file(self, name: str) -> bytes:
         """A kept copy, checked against its recorded sha256."""
@@ -143,8 +163,8 @@ class RestorePoint:
     def record_dump(self, dump: Path) -> None:
         """The database as the site stopped taking writes: held against rotation."""
         pins.hold(dump.parent, dump.name, self.upgrade)
-        self.dump = {"path": str(dump), "sha256": sha256_of(dump)}
-        self.save()
+        kept = {"path": str(dump), "sha256": sha256_of(dump)}
+        self.update(lambda p: setattr(p, "dump", p.dump or kept))
 
     def check_dump(self) -> Path:
         if self.dump is None:
@@ -242,7 +262,7 @@ def commit(settings: Settings, point: RestorePoint) -> list[str]:
     rotation; the manifest stays (history).  Returns what was removed."""
     removed: list[str] = []
     for entry in point.directory.iterdir():
-        if entry.name != MANIFEST and entry.is_file():
+        if entry.name not in (MANIFEST, LOCK) and entry.is_file():
             entry.unlink()
             removed.append(entry.name)
     if point.template is not None:
@@ -254,8 +274,7 @@ def commit(settings: Settings, point: RestorePoint) -> list[str]:
         dump = Path(point.dump["path"])
         if dump.parent.is_dir():
             pins.release(dump.parent, point.upgrade)
-    point.committed = True
-    point.save()
+    point.update(lambda p: setattr(p, "committed", True))
     return removed
 
 
@@ -267,14 +286,11 @@ def completed(settings: Settings, upgrade: str) -> list[RestorePoint]:
     done: list[RestorePoint] = []
     for point in all_points(settings):
         if point.upgrade == upgrade:
-            if point.completed is None:
-                point.completed = asdict(now)
-                point.save()
+            point.update(lambda p: setattr(p, "completed", p.completed or asdict(now)))
             continue
         if not point.pinned:
             continue
-        point.upgrades_since += 1
-        point.save()
+        point.update(lambda p: setattr(p, "upgrades_since", p.upgrades_since + 1))
         by_count = 0 < limits["commit_after_upgrades"] <= point.upgrades_since
         if by_count or _older_than(point, limits["commit_after_days"], now):
             commit(settings, point)

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from ivle_sandbox.releases import NEW, OLD
 from support.upgrade_helpers import (
     at_version_1_0,
     cli,
@@ -28,6 +27,7 @@ from support.upgrade_helpers import (
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
+OLD, NEW = "1.0", "1.1"
 DESTRUCTIVE = {"20100301.sql": "UPDATE login SET nick = upper(nick);\n"}
 
 
@@ -62,7 +62,8 @@ def downgrade(node: Any, env: dict[str, str] | None = None) -> tuple[Any, Any]:
 def write_row(node: Any, login: str) -> None:
     conn = node.connect()
     with conn, conn.cursor() as cur:
-        cur.execute("INSERT INTO login (login, unixid, nick) VALUES (%s, 9999, 'n')", (login,))
+        cur.execute("INSERT INTO login (login, unixid, nick, fullname) "
+                    "VALUES (%s, 9999, 'n', 'N')", (login,))
     conn.close()
 
 
@@ -94,7 +95,7 @@ def test_an_additive_release_rolls_back_code_only_and_keeps_the_rows(both):
     assert before.returncode == 0, before.stderr
     assert after.returncode == 0, after.stderr
     assert "rollback: code only: every migration applied since the restore point is " \
-        "additive" in after.stderr
+        "additive" in after.stderr, after.stderr
     end = final_state(both)
     assert end["installed"] == OLD and end["template"] == OLD
     assert end["services"] == start["services"]
