@@ -25,9 +25,9 @@ the server).  Phase two fetches, through a server-side cursor, only the
 hashes of the buckets that differ otherwise, at most CHUNK_ROWS at a time.
 Both databases are read at once (the restored one in a worker thread),
 each in one REPEATABLE READ transaction, so both phases see the same
-rows.  Memory: 4096 buckets per table, and at most CHUNK_ROWS hashes.  Everything read from a database is outside
-text: identifiers are quoted by psycopg2.sql, names escaped and bounded
-where shown.
+rows.  Memory: 4096 buckets per table, and at most CHUNK_ROWS hashes.
+Everything read from a database is outside text: identifiers are quoted
+by psycopg2.sql, names escaped and bounded where shown.
 """
 
 from __future__ import annotations
