@@ -23,10 +23,11 @@ bucket that differs by one row, or by copies of one row, says which (its
 sums are that row's hash and its second hash times the count: checked on
 the server).  Phase two fetches, through a server-side cursor, only the
 hashes of the buckets that differ otherwise, at most CHUNK_ROWS at a time.
-Both databases are read in one REPEATABLE READ transaction each, so both
-phases see the same rows.  Everything read from a database is outside
-text: identifiers are quoted by psycopg2.sql, names escaped and bounded
-where shown.
+Both databases are read at once (the restored one in a worker thread),
+each in one REPEATABLE READ transaction, so both phases see the same
+rows.  Memory: 4096 buckets per table, and at most CHUNK_ROWS hashes.
+Everything read from a database is outside text: identifiers are quoted
+by psycopg2.sql, names escaped and bounded where shown.
 """
 
 from __future__ import annotations
