@@ -89,6 +89,9 @@ class RestorePoint:
     upgrades_since: int = 0  # later upgrades completed on this node
     committed: bool = False
     rolled_back: bool = False
+    # A full rollback's name for the database it swaps out: recorded before
+    # the swap, so that a rerun after a kill between the renames finishes it.
+    failed_database: str | None = None
 
     # -- storage -----------------------------------------------------------
 

@@ -105,6 +105,12 @@ def _refusal(way: Way) -> str:
 
 def database(ctx: UpgradeContext) -> Outcome:
     """The migrate step of a rollback."""
+    point = point_of(ctx)
+    params = admin_params(ctx.settings)
+    if point.failed_database and not database_exists(params, params.dbname):
+        # Killed between the swap's two renames: finished first, from its record.
+        db.swap(params, params.dbname, restored_name(params.dbname, point),
+                point.failed_database, reporter=ctx.reporter)
     way = way_back(ctx)
     ctx.reporter.info(f"rollback: {way.kind}: {way.why}")
     if not way.full:
@@ -112,9 +118,7 @@ def database(ctx: UpgradeContext) -> Outcome:
                                                   "kept_migrations": list(way.since)})
     if not ctx.accept_data_loss:
         raise MaintError(_refusal(way), resume=ctx.resume)
-    point = point_of(ctx)
     dump = point.check_dump()
-    params = admin_params(ctx.settings)
     live = params.dbname
     restored = restored_name(live, point)
     if not database_exists(params, restored):  # else the preview's, from the same dump
@@ -123,7 +127,9 @@ def database(ctx: UpgradeContext) -> Outcome:
     # Writes have stopped: this is what the swap loses, for the log.
     for line in summary(db.differences(params, live, restored, reporter=ctx.reporter)):
         ctx.reporter.info(f"rollback: {line}")
-    keep_as = db.kept_name(live)
+    name = db.kept_name(live)
+    point.update(lambda p: setattr(p, "failed_database", p.failed_database or name))
+    keep_as = point.failed_database or name
     db.swap(params, live, restored, keep_as, reporter=ctx.reporter)
     days = ctx.settings["rollback"]["keep_failed_database_days"]
     if days > 0:

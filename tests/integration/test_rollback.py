@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from ivle_sandbox.releases import RELEASES
 from support.upgrade_helpers import (
     at_version_1_0,
     cli,
@@ -107,6 +108,42 @@ def test_an_additive_release_rolls_back_code_only_and_keeps_the_rows(both):
     assert "restore point" not in cli(both, "status").stdout  # rolled back: not pinned
     # The template is the one kept before the rebuild, renamed back.
     assert not list(both.template.parent.glob("*.restore-*"))
+
+
+def user_schema(node: Any) -> list[tuple[str, str]]:
+    return [c for c in schema_signature(node) if not c[0].startswith("ivle_maint_")]
+
+
+def databases(node: Any) -> list[str]:
+    conn = node.pg.connect("postgres")
+    with conn.cursor() as cur:
+        cur.execute("SELECT datname FROM pg_database")
+        found = [row[0] for row in cur.fetchall()]
+    conn.close()
+    return found
+
+
+def test_a_destructive_release_rolls_back_full_only_when_accepted(both):
+    schema = schema_signature(both)
+    upgrade(both, {**RELEASES["1.1"], **DESTRUCTIVE})
+    write_row(both, "written_after")
+    refused, _ = downgrade(both)
+    assert refused.returncode == 1
+    assert "a full rollback replaces the database with the restore point's dump" \
+        in refused.stderr and "20100301 (destructive)" in refused.stderr, refused.stderr
+    assert final_state(both)["installed"] == NEW and both.service_running("apache2")
+
+    before, after = downgrade(both, env={"IVLE_MAINT_ACCEPT_DATA_LOSS": "1"})
+    assert before.returncode == 0, before.stderr
+    assert after.returncode == 0, after.stderr
+    assert "rows written since the dump would be lost" in after.stderr, after.stderr
+    assert "written_after" not in logins(both)  # the dump's rows, as accepted
+    # As the dump: 1.0's migrations, recorded by the upgrade's baseline step.
+    assert marker_keys(both) == ["20090105", "20090212-01"]
+    assert user_schema(both) == [c for c in schema if not c[0].startswith("ivle_maint_")]
+    kept = [name for name in databases(both) if name.startswith(f"{both.dbname}_failed_")]
+    assert len(kept) == 1
+    assert final_state(both)["installed"] == OLD and both.service_running("apache2")
 
 
 def test_a_downgrade_without_a_point_is_refused_with_the_site_up(both):
