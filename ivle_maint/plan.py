@@ -12,6 +12,7 @@ from .cluster.admin import read_status
 from .cluster.presence import coordinated
 from .errors import MaintError
 from .procedure import STEPS, run_groups, steps_for
+from .rollback import point as restore_points
 
 if TYPE_CHECKING:
     from .context import Step, UpgradeContext
@@ -51,8 +52,10 @@ def describe(ctx: UpgradeContext, migrations_source: str | None = None,
     role = settings.role
     services = settings["services"]
     mine = steps_for(role, steps=steps)
+    point = restore_points.attach(ctx) if ctx.old else None
+    what = f"rollback to the restore point of {point.upgrade}" if point else "upgrade"
     lines = [
-        f"upgrade {ctx.old} -> {ctx.new} on {settings.node_name} (role: {role})",
+        f"{what} {ctx.old} -> {ctx.new} on {settings.node_name} (role: {role})",
         f"services: web server {services['web']!r}, user management {services['usrmgt']!r}",
         "steps:",
     ]
