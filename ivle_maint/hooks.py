@@ -99,10 +99,24 @@ def _after(call: HookCall, env: HookEnv) -> str:
         if coordinated(env.settings):  # the other nodes know it before its first upgrade
             register(env.settings, env.reporter, new, strict=False, note=f"installed {new}")
         return line
+    old = _begun_from(env, old, new)
     ctx = env.context(old=old, new=new, code_is_new=True, package=call.package)
     # BEFORE too: if the preinst did not run it, its steps are still owed.
     run_phases(ctx, (BEFORE, AFTER))
     return f"upgrade {old} -> {new} complete"
+
+
+def _begun_from(env: HookEnv, old: str, new: str) -> str:
+    """The version the upgrade to NEW that the preinst began really comes from.
+
+    dpkg's OLD is the last version it *configured*: installing NEW over a
+    half-configured package (a rollback after a failed postinst: 1.0 over
+    a half-configured 1.1) passes the version before that one (1.0), while
+    the preinst began 1.1 -> 1.0.  Its unfinished journal says which."""
+    if any(j.old == old for j in unfinished_matching(env.settings, new=new)):
+        return old
+    begun = [j for j in unfinished_matching(env.settings, new=new) if j.is_in_progress]
+    return begun[0].old if len(begun) == 1 else old
 
 
 def _abort(env: HookEnv, *, old: str | None = None, new: str | None = None) -> str:

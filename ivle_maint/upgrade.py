@@ -276,7 +276,7 @@ def _restore_points_after(ctx: UpgradeContext) -> None:
     if point is not None:
         point.update(lambda p: setattr(p, "rolled_back", True))
         return
-    for done in restore_points.completed(ctx.settings, ctx.upgrade_id):
+    for done in restore_points.completed(ctx.settings, ctx.upgrade_id, ctx.new):
         ctx.reporter.info(f"committed the restore point of {done.old} -> {done.new} "
                           "([rollback] limits)")
 

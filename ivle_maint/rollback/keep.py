@@ -14,6 +14,7 @@ from ..db.migrations import release_classes
 from ..db.session import session
 from ..errors import MaintError
 from ..gates.rewrite import fsync_dir
+from ..versions import is_downgrade
 from .fingerprint import schema_fingerprint
 from .old_package import NotInstalled, keep_installed
 from .point import RestorePoint, open_point, slug
@@ -26,8 +27,9 @@ SETTINGS = "ivle-maint.conf"
 
 def point_of(ctx: UpgradeContext) -> RestorePoint | None:
     """The restore point this upgrade keeps; None for a rollback (it goes
-    back to one) and for a first install (nothing to go back to)."""
-    if not ctx.old or not ctx.upgrade_id or ctx.rollback is not None:
+    back to one), a first install and a reinstall (nothing to go back to)."""
+    if not ctx.old or not ctx.upgrade_id or ctx.rollback is not None \
+            or not is_downgrade(ctx.new, ctx.old):
         return None
     return open_point(ctx.settings, ctx.upgrade_id, ctx.old, ctx.new)
 

@@ -281,9 +281,10 @@ def commit(settings: Settings, point: RestorePoint) -> list[str]:
     return removed
 
 
-def completed(settings: Settings, upgrade: str) -> list[RestorePoint]:
-    """UPGRADE completed: its point is stamped; older pinned points count one
-    more upgrade and are committed by [rollback]'s limits.  The committed."""
+def completed(settings: Settings, upgrade: str, new: str) -> list[RestorePoint]:
+    """UPGRADE (to NEW) completed: its point is stamped; older pinned points
+    of releases before NEW count one more upgrade (a reinstall does not) and
+    are committed by [rollback]'s limits.  The committed."""
     limits = settings["rollback"]
     now = clock.reading()
     done: list[RestorePoint] = []
@@ -291,7 +292,7 @@ def completed(settings: Settings, upgrade: str) -> list[RestorePoint]:
         if point.upgrade == upgrade:
             point.update(lambda p: setattr(p, "completed", p.completed or asdict(now)))
             continue
-        if not point.pinned:
+        if not point.pinned or not is_downgrade(new, point.new):
             continue
         point.update(lambda p: setattr(p, "upgrades_since", p.upgrades_since + 1))
         by_count = 0 < limits["commit_after_upgrades"] <= point.upgrades_since

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -322,7 +323,8 @@ def check_rolled_back(before: Before, output: str) -> None:
     check(service_running("apache2") and http_get(8080) == "apache2",
           "web server runs and answers")
     check(service_running("ivle-usrmgt-server"), "user management server runs")
-    lines = [line for line in output.splitlines() if line.strip().startswith(("pass", "FAIL"))]
+    lines = [line for line in output.splitlines()
+             if re.match(r"ivle-maint:\s+(pass|FAIL)\s", line)]
     check(lines and all(line.strip().startswith("pass") for line in lines),
           f"every check of ivle-maint's table passed ({len(lines)})", lines)
     check(home_checksums() == before.homes, "every user file is intact")

@@ -90,13 +90,15 @@ def test_a_changed_dump_is_refused(tmp_path):
 
 def _complete(settings: Settings, upgrade: str, old: str, new: str) -> list[str]:
     points.open_point(settings, upgrade, old, new)
-    return [p.upgrade for p in points.completed(settings, upgrade)]
+    return [p.upgrade for p in points.completed(settings, upgrade, new)]
 
 
 def test_a_later_upgrade_commits_the_point_by_count(tmp_path):
     settings = settings_in(tmp_path, "[rollback]\ncommit_after_upgrades = 2\n"
                                      "commit_after_days = 0\n")
     assert _complete(settings, "1.0->1.1@a", "1.0", "1.1") == []
+    # A reinstall keeps no point (keep.point_of) and counts for none.
+    assert points.completed(settings, "1.1->1.1@r", "1.1") == []
     assert _complete(settings, "1.1->1.2@b", "1.1", "1.2") == []
     assert _complete(settings, "1.2->1.3@c", "1.2", "1.3") == ["1.0->1.1@a"]
     assert [p.upgrade for p in points.all_points(settings) if p.pinned] == \
