@@ -362,7 +362,7 @@ def scenario_rollback() -> None:
     done = run("ivle-maint", "rollback", "--accept-data-loss", timeout=300)
     check_rolled_back(before, done.stdout)
     check_database_unchanged(before)
-    kept = query("SELECT datname FROM pg_database WHERE datname LIKE 'ivle_failed_%'")
+    kept = query("SELECT datname FROM pg_database WHERE datname LIKE %s", ("ivle_failed_%",))
     check(len(kept) == 1, "the replaced database is kept, renamed", kept)
 
 
