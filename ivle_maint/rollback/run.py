@@ -9,6 +9,7 @@ from .. import system
 from ..config import Settings
 from ..db.marker import applied, exists
 from ..db.session import session
+from ..dpkg import package_version
 from ..errors import MaintError
 from ..journal import Journal
 from ..output import Reporter
@@ -50,6 +51,10 @@ def roll_back(settings: Settings, reporter: Reporter, point: RestorePoint, *,
               accept_data_loss: bool, dry_run: bool) -> int:
     where = f"rollback {point.new} -> {point.old} (restore point of {point.upgrade})"
     _refuse_other_runs(settings, point)
+    if _already_at(settings, point):
+        reporter.info(f"nothing to roll back: {_package_name(point)} {point.old} is "
+                      f"installed and no upgrade to {point.new} is unfinished")
+        return 0
     way = way_for(settings, reporter, point)
     reporter.info(f"{where}: {way.kind}: {way.why}")
     if way.full:
@@ -63,7 +68,7 @@ def roll_back(settings: Settings, reporter: Reporter, point: RestorePoint, *,
         verify(package)
         argv = ["dpkg", "-i", str(package.path)]
     else:
-        name = _package_name(settings, point)
+        name = _package_name(point)
         argv = ["apt-get", "install", "-y", "--allow-downgrades", f"{name}={point.old}"]
         reporter.info(f"no package kept (a source install, or kept by an older "
                       f"ivle-maint): {' '.join(argv)}")
@@ -79,7 +84,7 @@ def roll_back(settings: Settings, reporter: Reporter, point: RestorePoint, *,
         raise MaintError(f"{argv[0]} failed (exit status {done.exit_code}) during the rollback "
                          f"to {point.old}", resume=DPKG_RESUME)
     results = run_checks(settings, reporter, point, package.package if package else
-                         _package_name(settings, point), full=way.full)
+                         _package_name(point), full=way.full)
     reporter.info(f"{where}: checks")
     for line in table_lines(results):
         reporter.info(line)
@@ -98,6 +103,20 @@ def _refuse_other_runs(settings: Settings, point: RestorePoint) -> None:
                              resume=DPKG_RESUME)
 
 
-def _package_name(settings: Settings, point: RestorePoint) -> str:
+def _package_name(point: RestorePoint) -> str:
     return point.package_name or "ivle"
+
+
+def _already_at(settings: Settings, point: RestorePoint) -> bool:
+    """dpkg has the point's version and nothing of its upgrade is left (the
+    upgrade was abandoned before its new code was unpacked)."""
+    if not point.package_name:
+        return False
+    try:
+        installed = package_version(point.package_name)
+    except MaintError:
+        return False
+    unfinished = [j for j in Journal.unfinished(settings.path_of("state"))
+                  if (j.old, j.new) == (point.old, point.new)]
+    return installed == point.old and not unfinished
 
