@@ -103,6 +103,8 @@ def _migrations(settings: Settings, reporter: Reporter, point: RestorePoint,
 def _schema(settings: Settings, reporter: Reporter, point: RestorePoint) -> str:
     with session(settings, reporter, None) as s:
         now = schema_fingerprint(s.conn)
+    if now is None:
+        raise MaintError("the catalogs could not be read without waiting for a lock")
     if now != point.schema:
         raise MaintError(f"fingerprint {now[:12]} differs from the point's "
                          f"{(point.schema or '')[:12]}")

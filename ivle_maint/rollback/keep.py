@@ -54,6 +54,10 @@ def _keep_package(ctx: UpgradeContext, point: RestorePoint) -> None:
     except NotInstalled as exc:  # a source install: nothing to keep
         log.info("no package kept: %s", exc)
         return
+    except MaintError as exc:  # the upgrade goes on: a rollback can still use apt
+        ctx.reporter.warn(f"{exc}; 'ivle-maint rollback' will install {ctx.package} "
+                          f"{ctx.old} from the repository instead")
+        return
     point.update(lambda p: setattr(p, "package", kept.to_json()))
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from ivle_maint.rollback.fingerprint import schema_fingerprint
 from ivle_sandbox.releases import RELEASES
 from support.upgrade_helpers import (
     at_version_1_0,
@@ -180,3 +181,27 @@ def test_a_rollback_killed_in_a_step_is_resumed_by_dpkg(both):
 def downgrade_preinst_only(node: Any) -> None:
     before = hook(node, "preinst", "upgrade", "1.1", "1.0")
     assert before.returncode == 0, before.stderr
+
+
+def test_the_schema_fingerprint_never_waits_for_a_table_lock(both):
+    """It runs in the outage (migrate, writes stopped): a session holding a
+    table (an expression index on it) must not hold the site down."""
+    conn = both.connect()
+    with conn, conn.cursor() as cur:
+        cur.execute("CREATE INDEX login_lower ON login (lower(login)) WHERE nick IS NOT NULL")
+    holder = both.connect()
+    with holder.cursor() as cur:
+        cur.execute("LOCK TABLE login IN ACCESS EXCLUSIVE MODE")
+    try:
+        reader = both.connect()
+        started = time.monotonic()
+        found = schema_fingerprint(reader)
+        waited = time.monotonic() - started
+        reader.close()
+    finally:
+        holder.rollback()
+        holder.close()
+    assert found is not None and waited < 1.5  # LOCK_WAIT is 2 s: it never waited for one
+    again = both.connect()
+    assert schema_fingerprint(again) == found  # the same schema, the same value
+    again.close()

@@ -463,8 +463,12 @@ def test_node_in_child_namespace_leaves_nothing(sandbox_dir, ending):
     try:
         info = json.loads(child.stdout.readline())
         postmaster = _postmaster(Path(info["pgdata"]))
-        marked = procs.marked(root / "node")
-        assert len(marked) == 6  # two services (main process and worker each), two consoles
+        # Two services (main process and worker each), two consoles; a
+        # worker is forked after its init script returned, as Apache's.
+        deadline = time.monotonic() + 10
+        while len(marked := procs.marked(root / "node")) < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(marked) == 6
         inner = [p for p in procs.all_pids() if procs.cmdline(p)[1:2] == [str(DEMO)]]
         assert inner, "the demo-node process"
         assert len(mountns.mounts_under(root, inner[0])) == 9  # the child sees its mounts

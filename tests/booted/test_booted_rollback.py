@@ -1,0 +1,57 @@
+"""A rollback on a booted node (real systemd, apache2, PostgreSQL 15, dpkg):
+1.0 -> 1.1 by apt-get upgrade, a user's row written on 1.1, then
+`ivle-maint rollback --accept-data-loss` (1.1's first migration changes
+rows: the way back is full) while a client watches.
+
+Run with `make booted` (pytest -m booted), one scenario alone:
+    /usr/bin/python3 -m pytest -m booted -s tests/booted/test_booted_rollback.py
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from booted import scenario  # scripts/: on sys.path by setup.cfg's pythonpath
+from booted.scenario import Probe
+from e2e.driver.config import MIGRATIONS_OLD as OLD_KEYS
+
+pytestmark = [pytest.mark.booted, pytest.mark.needs_root]
+
+WRITE = ("runuser", "-u", "postgres", "--", "psql", "-q", "-X", "-d", "ivle", "-c",
+         "INSERT INTO login (login, unixid, admin, nick, fullname) "
+         "VALUES ('frank', 5006, false, 'frank', 'Frank')")
+
+
+def test_a_completed_upgrade_rolls_back_and_the_old_version_is_served_again(repos):
+    with scenario.prepared_nodes(["ivle-node"], "good", repos) as guests:
+        guest = guests["ivle-node"]
+        with Probe(guest) as upgrade_probe:
+            time.sleep(1.0)
+            assert guest.run("apt-get", "upgrade", "-y", "-q").returncode == 0
+            time.sleep(1.0)
+            upgrade_probe.stop()
+        status = guest.run("ivle-maint", "status", check=True).stdout
+        assert "restore point of 1.0 -> 1.1 (pinned" in status, status
+        guest.run(*WRITE, check=True)
+
+        refused = guest.run("ivle-maint", "rollback")
+        assert refused.returncode == 1 and "would be lost" in refused.stdout, refused.stdout
+        # Watched as 1.1 ("old" here) going back to 1.0 ("new").
+        with Probe(guest, old="1.1", new="1.0") as probe:
+            time.sleep(1.0)
+            done = guest.run("ivle-maint", "rollback", "--accept-data-loss")
+            time.sleep(1.0)
+            probe.stop()
+        print(done.stdout[-6000:], flush=True)
+        assert done.returncode == 0, done.stdout[-3000:]
+        assert " FAIL " not in done.stdout
+        after = guest.facts()
+        assert after["ivle"] == "install ok installed 1.0"
+        assert after["template_version"] == "1.0"
+        assert set(after["marker"]) == set(OLD_KEYS), after["marker"]
+        assert guest.run("dpkg", "--audit").stdout.strip() == ""
+        assert probe.counts["errors"] == 0, probe.errors()[:5]
+        seq = probe.sequence()
+        assert seq[0] == "old" and seq[-1] == "new", seq  # 1.1, then 1.0 to the end
+        print(f"outage: upgrade {upgrade_probe.outage}, rollback {probe.outage}", flush=True)
