@@ -187,6 +187,9 @@ class Presence:
             except MaintError:
                 if lost_at is None:
                     raise
+                if remaining > 0:  # refused for a moment: a full rollback renames the database
+                    time.sleep(0.2)
+                    continue
                 raise MaintError(f"database {dbname}: the connection was lost and not back "
                                  f"within {budget:g}s ([database] wait_timeout)") from None
             try:
