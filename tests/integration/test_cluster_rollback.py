@@ -165,3 +165,21 @@ def test_a_destructive_release_rolls_back_full_only_once_no_slave_serves_it(node
         assert start[1] == "start" and start[0] > swapped, (slave.root, events, swapped)
     assert "written_after" not in logins(cluster.master)  # the dump's rows, as accepted
     assert_rolled_back(cluster)
+
+
+def test_cluster_status_shows_a_node_rolling_back(node_factory):
+    cluster = build_cluster(node_factory, slaves=1, cluster=PATIENT)
+    at_once({node: 0.0 for node in cluster.nodes}, "1.0", "1.1")
+    slave = cluster.slaves[0]
+    done = hook(slave, "preinst", "upgrade", "1.1", "1.0")
+    assert done.returncode == 0, done.stderr
+    shown = subprocess.run([sys.executable, "-m", "ivle_maint", "cluster", "status"],
+                           env=env_of(cluster.master), stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=60, check=False).stdout
+    line = next(ln for ln in shown.splitlines() if ln.startswith("slave1 "))
+    assert "rollback 1.1 -> 1.0: unpack" in line, shown
+    at_once({cluster.master: 0.0}, "1.1", "1.0")
+    install(slave, "1.0", None)
+    done = hook(slave, "--package-version", "1.0", "postinst", "configure", "1.1")
+    assert done.returncode == 0, done.stderr
+    assert node_rows(cluster.master)["slave1"]["phase"] == "idle"
