@@ -17,6 +17,12 @@ rebuild changes what every slave mounts.  Hence three waits:
   meets an old schema or a half-rebuilt jail tree.  A schema or master
   newer than this node's version is refused at once (newer_than_me).
 
+A rollback (ctx.rollback: NEW is older than what the slaves serve) reads
+them as such: the master's full rollback waits until no slave serves
+anything but NEW (a code-only one waits for none: steps/migrate.py); a
+slave waits for the master's finished rollback to NEW, not refusing the
+newer master or the additive migrations a code-only rollback keeps.
+
 Each look is one query; progress is printed when what is awaited changes
 (for a slave: at each of the master's steps) and every PROGRESS_EVERY
 seconds; the row in ivle_maint_nodes says "waiting" all along.  A look
