@@ -325,7 +325,9 @@ def wait_for_master(ctx: UpgradeContext, step: str) -> str:
                       label="the master (migrations, jail, user jails, usrmgt)")
     except TimedOut as exc:
         what = ("the master's migrations are still missing" if exc.pending.key.startswith(
-            "migrations") else f"the master has not finished rebuilding the jails for {ctx.new}")
+            "migrations") else f"the master has not finished its rollback to {ctx.new}"
+            if ctx.rollback is not None
+            else f"the master has not finished rebuilding the jails for {ctx.new}")
         raise MaintError(
             f"{what} after {timeout:g}s ([cluster] master_timeout), web server left down: "
             f"{exc.pending.text}.  Upgrade (or resume) the master, then resume here",

@@ -183,3 +183,20 @@ def test_cluster_status_shows_a_node_rolling_back(node_factory):
     done = hook(slave, "--package-version", "1.0", "postinst", "configure", "1.1")
     assert done.returncode == 0, done.stderr
     assert node_rows(cluster.master)["slave1"]["phase"] == "idle"
+
+
+def test_a_slave_rolled_back_alone_waits_for_the_master_then_stays_down(node_factory):
+    cluster = build_cluster(node_factory, slaves=1, cluster={"master_timeout": 1.5,
+                                                            "slaves_timeout": 60})
+    at_once({node: 0.0 for node in cluster.nodes}, "1.0", "1.1")
+    slave = cluster.slaves[0]
+    (run,) = [Run(slave)]
+    sequence(run, "1.1", "1.0", 0.0)
+    assert [rc for _, rc, _ in run.calls] == [0, 1], run.text()
+    # Not refused as "ahead": the master on 1.1 may yet roll back; waited for.
+    assert "the master has not finished its rollback to 1.0 after 1.5s" in run.text()
+    assert not slave.service_running("apache2")  # no 1.0 code before the master is done
+    at_once({cluster.master: 0.0}, "1.1", "1.0")
+    done = hook(slave, "--package-version", "1.0", "postinst", "configure", "1.1")
+    assert done.returncode == 0, done.stderr
+    assert slave.service_running("apache2")
