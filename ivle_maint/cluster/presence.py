@@ -38,6 +38,7 @@ from ..jails.mounts import list_jail_mounts
 from ..safepaths import read_nofollow
 from ..services.init_scripts import RUNNING, control_from_settings
 from ..services.maintenance_page import in_maintenance
+from ..versions import is_downgrade
 from . import table
 from .trust import RUNNING_PHASES, second_master
 
@@ -125,6 +126,14 @@ def count_jail_use(settings: Settings) -> tuple[int | None, int | None]:
     return mounts, consoles
 
 
+def _downgrade(old: str, new: str) -> bool:
+    """OLD -> NEW goes back (a rollback: no other downgrade runs)?"""
+    try:
+        return bool(old and new) and is_downgrade(old, new)
+    except MaintError:
+        return False
+
+
 def current_media(settings: Settings) -> str | None:
     try:
         return settings.ivle_conf().media_version
@@ -187,6 +196,9 @@ class Presence:
             except MaintError:
                 if lost_at is None:
                     raise
+                if remaining > 0:  # refused for a moment: a full rollback renames the database
+                    time.sleep(0.2)
+                    continue
                 raise MaintError(f"database {dbname}: the connection was lost and not back "
                                  f"within {budget:g}s ([database] wait_timeout)") from None
             try:
@@ -261,7 +273,8 @@ class Presence:
                 "serving": self._serving(j),
                 "target": None if phase == "idle" else j.new, "phase": phase, "step": step,
                 "note": note, "mounts": mounts, "consoles": consoles,
-                "runner": liveness.token() if phase in RUNNING_PHASES else None}
+                "runner": liveness.token() if phase in RUNNING_PHASES else None,
+                "rollback": j.old if phase != "idle" and _downgrade(j.old, j.new) else None}
 
     def _jails_in_use(self, j: Journal) -> tuple[int | None, int | None]:
         """Counted once this run finds the jails unmounted and the web server not
@@ -298,7 +311,7 @@ class Presence:
         its jails are not counted: idle, it may mount one at any moment."""
         return {**self._base(), "version": version, "serving": serving, "target": None,
                 "phase": "idle", "step": None, "note": note, "mounts": None,
-                "consoles": None, "runner": None}
+                "consoles": None, "runner": None, "rollback": None}
 
     def write(self, row: dict[str, Any], *, strict: bool = False, final: bool = False) -> None:
         """Write the row; strict raises, otherwise a failure is one warning.

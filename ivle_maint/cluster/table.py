@@ -31,6 +31,8 @@
                                        running phase (before, after, waiting):
                                        liveness.py's token; NULL once its run
                                        ended (idle, unpack, failed)
+        rollback    text               the version a rollback goes back from
+                                       (its target is older); NULL: no rollback
 
     The master rebuilds the shared jail tree only while every other web
     node is upgrading and records 0 and 0 (waits.wait_for_jails_free).
@@ -80,7 +82,8 @@ CREATE TABLE IF NOT EXISTS {NODES} (
     consoles integer,
     machine text,
     probe_url text,
-    runner text
+    runner text,
+    rollback text
 );
 COMMENT ON TABLE {NODES} IS
     'IVLE nodes as ivle-maint last saw them (ivle-maint cluster status); each node writes its row';
@@ -99,7 +102,7 @@ FIELDS = ("name", "role", "host", "instance", "version", "serving", "target", "p
 # Columns a newer ivle-maint added: a table created by an older one gets
 # them from the first node allowed to ALTER it; until then they read NULL.
 LATER = {"mounts": "integer", "consoles": "integer", "machine": "text",
-         "probe_url": "text", "runner": "text"}
+         "probe_url": "text", "runner": "text", "rollback": "text"}
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,7 @@ class NodeRow:
     machine: str | None = None
     probe_url: str | None = None
     runner: str | None = None
+    rollback: str | None = None
 
     @property
     def node_role(self) -> Role | None:

@@ -17,6 +17,12 @@ rebuild changes what every slave mounts.  Hence three waits:
   meets an old schema or a half-rebuilt jail tree.  A schema or master
   newer than this node's version is refused at once (newer_than_me).
 
+A rollback (ctx.rollback: NEW is older than what the slaves serve) reads
+them as such: the master's full rollback waits until no slave serves
+anything but NEW (a code-only one waits for none: steps/migrate.py); a
+slave waits for the master's finished rollback to NEW, not refusing the
+newer master or the additive migrations a code-only rollback keeps.
+
 Each look is one query; progress is printed when what is awaited changes
 (for a slave: at each of the master's steps) and every PROGRESS_EVERY
 seconds; the row in ivle_maint_nodes says "waiting" all along.  A look
@@ -100,8 +106,24 @@ def _older(serving: str | None, new: str) -> bool:
         return True
 
 
-def serving_old(rows: list[NodeRow], me: str, new: str) -> list[NodeRow]:
-    return [r for r in rows if r.name != me and r.has_web and _older(r.serving, new)]
+def serving_old(rows: list[NodeRow], me: str, new: str, *, rollback: bool = False
+                ) -> list[NodeRow]:
+    """Other web nodes serving code the schema at NEW was not made for: older
+    code; in a ROLLBACK (NEW older than what they serve), any but NEW."""
+    stale = _other_than if rollback else _older
+    return [r for r in rows if r.name != me and r.has_web and stale(r.serving, new)]
+
+
+def _other_than(serving: str | None, new: str) -> bool:
+    return serving is not None and not _same(serving, new)
+
+
+def _unconfirmed(rows: list[NodeRow], me: str, new: str, rollback: bool) -> list[NodeRow]:
+    """trust.unconfirmed_down; in a rollback an idle row of any code but NEW."""
+    if not rollback:
+        return trust.unconfirmed_down(rows, me, new)
+    return [r for r in rows if r.name != me and r.has_web and r.serving is None
+            and r.target is None and not _same(r.version, new)]
 
 
 def wait_for_slaves(ctx: UpgradeContext, step: str) -> str:
@@ -111,8 +133,13 @@ def wait_for_slaves(ctx: UpgradeContext, step: str) -> str:
         return ""
     conf = ctx.settings["cluster"]
     me = presence.name
+    # A rollback's target is older than what the slaves serve: every other
+    # version is "old" to the database it puts back.
+    back = ctx.rollback is not None
+    stale = f"the slaves to stop serving {ctx.old}" if back else \
+        "the slaves to stop serving the old code"
     if conf["migrate_while_serving"] or ctx.migrate_while_serving:
-        old = serving_old(presence.query(table.nodes), me, ctx.new)
+        old = serving_old(presence.query(table.nodes), me, ctx.new, rollback=back)
         names = ", ".join(r.name for r in old) or "none"
         return f"told to migrate while slaves serve the old code ({names})"
 
@@ -128,13 +155,13 @@ def wait_for_slaves(ctx: UpgradeContext, step: str) -> str:
             ctx.reporter.warn(f"cannot check from here whether the web servers of "
                               f"{', '.join(blind)} answer (no [cluster] probe_url reachable "
                               "from this machine): trusting their rows")
-        old = serving_old(rows, me, ctx.new)
+        old = serving_old(rows, me, ctx.new, rollback=back)
         # A row says what ivle-maint did; a web server started by hand is
         # only found by asking it.
         answering = probe.answering(rows, me, host, probe_timeout)
         found = {r.name for r in old} | {r.name for r, _ in answering}
         # An idle row saying "down" confirms nothing (trust.py).
-        unsure = [r for r in trust.unconfirmed_down(rows, me, ctx.new) if r.name not in found]
+        unsure = [r for r in _unconfirmed(rows, me, ctx.new, back) if r.name not in found]
         blocking[:] = [*old, *(r for r, _ in answering), *unsure]
         if not blocking:
             return None
@@ -146,13 +173,12 @@ def wait_for_slaves(ctx: UpgradeContext, step: str) -> str:
 
     timeout = float(conf["slaves_timeout"])
     try:
-        waited = poll(ctx, check, step=step, timeout=timeout,
-                      label="the slaves to stop serving the old code")
+        waited = poll(ctx, check, step=step, timeout=timeout, label=stale)
     except TimedOut as exc:
         gone = "; ".join(f"ivle-maint cluster forget {r.name} (last seen {human_age(r.age)})"
                          for r in blocking)
         raise MaintError(
-            f"slaves still serve code older than {ctx.new} after {timeout:g}s ([cluster] "
+            f"slaves still serve {_what_stale(ctx)} after {timeout:g}s ([cluster] "
             f"slaves_timeout), nothing migrated: {exc.pending.text}.  Upgrade them (their "
             "preinst stops the web server and records it; or ivle-maint cluster prepare "
             f"--to {ctx.new} on each), then resume; if a node "
@@ -160,7 +186,12 @@ def wait_for_slaves(ctx: UpgradeContext, step: str) -> str:
             "yes, or ivle-maint rerun --migrate-while-serving",
             resume=ctx.resume,
         ) from None
-    return f"no slave serves the old code (waited {waited:.1f}s)"
+    gone = f"code other than {ctx.new}" if back else "the old code"
+    return f"no slave serves {gone} (waited {waited:.1f}s)"
+
+
+def _what_stale(ctx: UpgradeContext) -> str:
+    return f"code {'other' if ctx.rollback is not None else 'older'} than {ctx.new}"
 
 
 # The master's AFTER steps change what a slave serves or mounts (schema, jail
@@ -220,8 +251,12 @@ def _refuse_newer(ctx: UpgradeContext, reasons: list[str]) -> MaintError:
 
 def slaves_plan_line(ctx: UpgradeContext, rows: Sequence[NodeRow], step: str) -> str:
     """The plan's line for wait_for_slaves before STEP."""
-    old = serving_old(list(rows), ctx.settings.node_name, ctx.new)
+    back = ctx.rollback is not None
+    old = serving_old(list(rows), ctx.settings.node_name, ctx.new, rollback=back)
     names = ", ".join(r.name for r in old)
+    if back:  # the way back is chosen at the step, from the marker then
+        return (f"  {step} (a full rollback; code only waits for no slave) waits for "
+                f"slaves serving other than {ctx.new}: {names or 'none now'}")
     return (f"  {step} waits for slaves serving older code: {names}" if old
             else f"  no slave serves older code: {step} would not wait")
 
@@ -262,7 +297,9 @@ def wait_for_master(ctx: UpgradeContext, step: str) -> str:
     def check(conn: Any) -> Pending | None:
         applied = table.applied_keys(conn) or set()
         rows = [r for r in table.nodes(conn) if r.node_role is not Role.SLAVE and r.name != me]
-        ahead = newer_than_me(rows, applied, keys, ctx.new)
+        # A rollback starts on a newer master and, code only, keeps newer
+        # (additive) migrations: its master's finished rollback is the word.
+        ahead = [] if ctx.rollback is not None else newer_than_me(rows, applied, keys, ctx.new)
         if ahead and not conf["serve_on_newer_schema"]:
             raise _refuse_newer(ctx, ahead)
         if ahead and not newer_warned:
@@ -275,6 +312,8 @@ def wait_for_master(ctx: UpgradeContext, step: str) -> str:
             return None
         master = "; ".join(describe(r) for r in rows) or "no master has recorded itself"
         what = (f"{len(missing)} migration(s) of {ctx.new} ({', '.join(missing)})" if missing
+                else f"the rollback to {ctx.new} (database, jail template, user jails, "
+                "usrmgt restart)" if ctx.rollback is not None
                 else f"the jail template, user jails and usrmgt restart for {ctx.new}")
         state = " ".join(f"{r.phase}:{r.step}" for r in rows)
         return Pending(f"{'migrations' if missing else 'steps'}|{len(missing)}|{state}",
@@ -286,7 +325,9 @@ def wait_for_master(ctx: UpgradeContext, step: str) -> str:
                       label="the master (migrations, jail, user jails, usrmgt)")
     except TimedOut as exc:
         what = ("the master's migrations are still missing" if exc.pending.key.startswith(
-            "migrations") else f"the master has not finished rebuilding the jails for {ctx.new}")
+            "migrations") else f"the master has not finished its rollback to {ctx.new}"
+            if ctx.rollback is not None
+            else f"the master has not finished rebuilding the jails for {ctx.new}")
         raise MaintError(
             f"{what} after {timeout:g}s ([cluster] master_timeout), web server left down: "
             f"{exc.pending.text}.  Upgrade (or resume) the master, then resume here",

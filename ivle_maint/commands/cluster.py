@@ -148,6 +148,8 @@ def _phase(row: Any, judged: Any) -> str:
     from ..liveness import Verdict
 
     text = row.phase + (f" ({row.step})" if row.step else "")
+    if row.rollback and row.target:  # an administrator sees a rollback as one
+        text = f"rollback {row.rollback} -> {row.target}: {text}"
     return f"exited while {text}" if judged is not None and judged.verdict is Verdict.DEAD \
         else text
 

@@ -27,6 +27,7 @@ from ..db.marker import applied, exists
 from ..db.session import session
 from ..errors import MaintError
 from ..gates.rewrite import fsync_dir, replace_file
+from . import cluster_rows
 from . import database as db
 from .choose import Way, choose
 from .differences import summary
@@ -130,6 +131,11 @@ def database(ctx: UpgradeContext) -> Outcome:
     name = db.kept_name(live)
     point.update(lambda p: setattr(p, "failed_database", p.failed_database or name))
     keep_as = point.failed_database or name
+    # The cluster's rows are today's, not the dump's (rollback/cluster_rows.py).
+    carried = cluster_rows.carry(params, live, restored, grantee=_ivle_user(ctx.settings),
+                                 reporter=ctx.reporter)
+    if carried:
+        ctx.reporter.info(f"rollback: carried over from {live}: {', '.join(carried)}")
     db.swap(params, live, restored, keep_as, reporter=ctx.reporter)
     days = ctx.settings["rollback"]["keep_failed_database_days"]
     if days > 0:
@@ -160,6 +166,12 @@ def template(ctx: UpgradeContext) -> Outcome | None:
     if gone.exists():
         _remove(gone)
     return Outcome(f"jail template put back as kept ({live})", {})
+
+
+def _ivle_user(settings: Settings) -> str | None:
+    """ivle.conf's database user: the slaves write the cluster's tables as it."""
+    user = settings.ivle_conf().database.get("username")
+    return str(user) if user else None
 
 
 def _remove(path: Path) -> None:

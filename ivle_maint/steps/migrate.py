@@ -35,10 +35,10 @@ def migrate(ctx: UpgradeContext) -> Outcome:
     why = release_needs.of(ctx).stays_up  # nothing pending, and no slave to wait for
     if why:
         return release_needs.skipped(why)
+    if ctx.rollback is not None:
+        return _roll_back(ctx)
     # IVLE's procedure: slaves' web servers are down before the schema changes.
     waited = WAIT.wait(ctx, STEP.name)
-    if ctx.rollback is not None:
-        return restore.database(ctx)
     _record_pending(ctx)
     keep.database_before(ctx)  # the restore point: writes have stopped
     result = apply_migrations(
@@ -58,6 +58,19 @@ def migrate(ctx: UpgradeContext) -> Outcome:
     if waited:
         summary = f"{waited}; {summary}"
     return Outcome(summary, {"migrations_applied": _applied_in_upgrade(ctx, keys)})
+
+
+def _roll_back(ctx: UpgradeContext) -> Outcome:
+    """The database step of a rollback: a full one swaps the database only once
+    no slave serves the version rolled back from; code only keeps a schema
+    made for both versions, so a slave serving either needs not stop."""
+    way = restore.way_back(ctx)
+    waited = WAIT.wait(ctx, STEP.name) if way.full else \
+        f"code-only rollback: the schema serves {ctx.old} and {ctx.new}, no slave waited for"
+    outcome = restore.database(ctx)
+    if waited:
+        outcome.summary = f"{waited}; {outcome.summary}"
+    return outcome
 
 
 def _record_pending(ctx: UpgradeContext) -> None:

@@ -133,3 +133,62 @@ def test_playbook_gives_the_slaves_back_when_one_prepare_fails(node_factory, tmp
     rows = node_rows(cluster.master)
     assert {rows[name]["serving"] for name in SLAVES} == {"1.0"}
     assert marker_keys(cluster.master) == []  # the master never began
+
+
+RECORDER = """import sys
+with open(sys.argv[1], "a") as f:
+    f.write(" ".join(sys.argv[2:]) + "\\n")
+"""
+
+
+def recording_inventory(tmp: Path) -> tuple[Path, Path]:
+    """A master and two slaves whose ivle-maint and apt only record their
+    arguments (host, then the command line) in calls.txt."""
+    recorder, calls = tmp / "record.py", tmp / "calls.txt"
+    recorder.write_text(RECORDER)
+    host = {"ansible_connection": "local", "ansible_python_interpreter": "/usr/bin/python3"}
+    hosts = {name: {**host, "ivle_maint": f"{sys.executable} {recorder} {calls} {name}",
+                    "ivle_upgrade_command": f"{sys.executable} {recorder} {calls} {name} apt",
+                    "ivle_configure_command": "true"}
+             for name in ("master", *SLAVES[:2])}
+    doc = {"all": {"vars": {"ivle_apt_update": False, "ivle_become": False}, "children": {
+        "ivle_master": {"hosts": {"master": hosts.pop("master")}},
+        "ivle_slaves": {"hosts": hosts}}}}
+    inv = tmp / "inventory.json"
+    inv.write_text(json.dumps(doc, indent=1))
+    return inv, calls
+
+
+def run_recorded(tmp: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    inv, calls = recording_inventory(tmp)
+    env = {**os.environ, "ANSIBLE_HOME": str(tmp / "ansible"),
+           "ANSIBLE_LOCAL_TEMP": str(tmp / "ansible" / "tmp"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_RETRY_FILES_ENABLED": "0", "ANSIBLE_CONFIG": str(tmp / "none.cfg")}
+    done = subprocess.run(["ansible-playbook", "-i", str(inv), str(PLAYBOOK), *extra], env=env,
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          timeout=600, check=False, cwd=tmp)
+    return done, sorted(calls.read_text().splitlines()) if calls.exists() else []
+
+
+@pytest.mark.parametrize("accept", [False, True], ids=["refusing", "accepting-data-loss"])
+def test_playbook_rolls_back_every_node_at_once(tmp_path, accept):
+    extra = ["-e", "ivle_accept_data_loss=true"] if accept else []
+    done, calls = run_recorded(tmp_path, "-e", "ivle_version=1.0", "-e", "ivle_rollback=true",
+                               *extra)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rollback = "rollback --accept-data-loss" if accept else "rollback"
+    names = ("master", *SLAVES[:2])
+    assert calls == sorted([*(f"{n} cluster register" for n in names),
+                            *(f"{n} {rollback}" for n in names),
+                            "master cluster status --expect 1.0"]), calls
+    # Every node's rollback in one play, as the upgrade's apt runs: no prepare.
+    assert "PLAY [Take every slave's web server down]" in done.stdout
+    assert done.stdout.count(NO_HOSTS) >= 3, done.stdout
+
+
+def test_playbook_without_rollback_runs_apt_not_rollback(tmp_path):
+    done, calls = run_recorded(tmp_path, "-e", "ivle_version=1.1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not any("rollback" in c for c in calls), calls
+    assert {"master apt", "slave1 apt", "slave2 apt", "slave1 cluster prepare --to 1.1"} \
+        <= set(calls), calls

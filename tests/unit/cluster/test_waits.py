@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from ivle_maint.cluster.table import NodeRow
-from ivle_maint.cluster.waits import in_use, jails_held, master_finished, newer_than_me
+from ivle_maint.cluster.waits import (
+    _unconfirmed,
+    in_use,
+    jails_held,
+    master_finished,
+    newer_than_me,
+    serving_old,
+)
 
 
 def row(name: str = "m", role: str = "master", *, version: str | None = "1.0",
@@ -62,3 +69,26 @@ def test_jails_held_until_every_other_web_node_recorded_zero_in_its_upgrade():
     # A master alone, or a 'both' node checking itself, waits for nobody.
     assert jails_held([me], "master") == []
     assert jails_held([row("solo", "both", mounts=None)], "solo") == []
+
+
+def test_a_rollback_waits_for_slaves_serving_anything_but_its_target():
+    newer = row("s1", "slave", version="1.1", serving="1.1", target=None, phase="idle")
+    back = row("s2", "slave", version="1.0", serving="1.0", target=None, phase="idle")
+    down = row("s3", "slave", version="1.1", serving=None, target="1.0", phase="unpack")
+    rows = [row("master"), newer, back, down]
+    # An upgrade's rule (older code only) would let the 1.1 slave serve on.
+    assert [r.name for r in serving_old(rows, "master", "1.0")] == []
+    assert [r.name for r in serving_old(rows, "master", "1.0", rollback=True)] == ["s1"]
+    # An idle row of 1.1 saying down confirms nothing in a rollback to 1.0.
+    idle_down = row("s4", "slave", version="1.1", serving=None, target=None, phase="idle")
+    assert _unconfirmed([*rows, idle_down], "master", "1.0", False) == []
+    assert _unconfirmed([*rows, idle_down], "master", "1.0", True) == [idle_down]
+
+
+def test_a_master_finished_its_rollback_only_once_it_serves_the_target():
+    assert not master_finished(row(version="1.1", serving="1.1", target=None, phase="idle",
+                                   step=None), "1.0")
+    assert not master_finished(row(version="1.0", serving=None, target="1.0",
+                                   step="restart-usrmgt"), "1.0")
+    assert master_finished(row(version="1.0", serving="1.0", target="1.0",
+                               step="restart-usrmgt"), "1.0")
