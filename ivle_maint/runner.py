@@ -95,10 +95,10 @@ class Procedure:
 
     def _groups(self, phases: tuple[str, ...]) -> list[list[Step]]:
         mine = select_steps(self.journal.role, phases, self.steps)
-        if getattr(self.ctx, "rollback", None) is not None:  # (test doubles lack it)
-            # A full rollback's database step connects as [rollback] connect_as,
-            # which sets the process's effective uid for every thread: a step
-            # beside it could not write root's files.  The rest is quick.
+        if switches_euid(self.ctx):
+            # Connecting as another system user sets the effective uid of the
+            # whole process, every thread: a step beside such a connection
+            # could not write root's files (the journal).  One at a time.
             return [[step] for step in mine]
         return run_groups(mine)
 
@@ -302,6 +302,19 @@ class Procedure:
         self.journal.set_state(JournalState.ABORTED)
         self.observe(RunEvent.ABORTED, None)
         return undone
+
+
+def switches_euid(ctx: UpgradeContext) -> bool:
+    """Does a step of this run connect as another system user (db/connect.py
+    effective_user): [database] connect_as = postgres, or a rollback's
+    [rollback] connect_as = postgres?"""
+    settings = getattr(ctx, "settings", None)  # (test doubles may have none)
+    if settings is None:
+        return False
+    if settings["database"]["connect_as"] == "postgres":
+        return True
+    return getattr(ctx, "rollback", None) is not None \
+        and settings["rollback"]["connect_as"] == "postgres"
 
 
 def _reason(exc: BaseException) -> str:

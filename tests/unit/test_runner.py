@@ -20,6 +20,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from ivle_maint import system
+from ivle_maint.config import load_settings
 from ivle_maint.errors import Interrupted, MaintError
 from ivle_maint.gates import waits
 from ivle_maint.gates.waits import Terminated, describe, exit_status
@@ -281,6 +282,42 @@ def test_the_members_really_run_at_the_same_time(tmp_path):
         ctx.reporter.lines
     said = [line for line in summary_lines(j, STEPS) if "at the same time" in line]
     assert len(said) == 1 and said[0].startswith("  at the same time: migrate, rebuild-jail (")
+
+
+@pytest.mark.parametrize("conf,rollback,side_by_side", [
+    ("", False, True),
+    ("[database]\nconnect_as = postgres\n", False, False),
+    ("", True, False),  # [rollback] connect_as = postgres by default
+    ("[rollback]\nconnect_as = ivle-conf\n", True, True),
+])
+def test_no_step_runs_beside_one_that_connects_as_another_user(tmp_path, conf, rollback,
+                                                                side_by_side):
+    """Another system user's connection sets the effective uid of every
+    thread (db/connect.py effective_user): then the steps go one at a time."""
+    path = tmp_path / "maint.conf"
+    path.write_text(conf)
+    ctx = context()
+    ctx.settings, ctx.rollback = load_settings(str(path)), object() if rollback else None
+    in_flight, most = [0], [0]
+    lock = threading.Lock()
+    rec = Recorder()
+    actions = rec.actions()
+    for name in OVERLAPPING:
+        plain = actions[name]
+
+        def counted(ctx, plain=plain):
+            with lock:
+                in_flight[0] += 1
+                most[0] = max(most[0], in_flight[0])
+            time.sleep(0.2)
+            with lock:
+                in_flight[0] -= 1
+            return plain(ctx)
+        actions[name] = counted
+    j = journal(tmp_path / "state")
+    Procedure(ctx, j, rec.steps(actions)).run((BEFORE, AFTER))
+    assert j.state == COMPLETE
+    assert (most[0] > 1) == side_by_side
 
 
 def test_steps_one_after_the_other_are_not_said_to_overlap(tmp_path):
