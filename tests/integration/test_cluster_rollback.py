@@ -23,7 +23,7 @@ from ivle_sandbox.cluster import build_cluster, env_of
 from ivle_sandbox.node import Node
 from ivle_sandbox.releases import RELEASES
 from support.cluster_helpers import PATIENT, Run, node_rows, web_events
-from support.upgrade_helpers import journal, media_version, unpack
+from support.upgrade_helpers import journal, logins, media_version, unpack, write_row
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
@@ -71,23 +71,6 @@ def at_once(delays: dict[Node, float], old: str, new: str, **kw: Any) -> list[Ru
         thread.join(timeout=600)
     assert all(r.ok() for r in runs), "\n".join(r.text() for r in runs)
     return runs
-
-
-def write_row(node: Node, login: str) -> None:
-    conn = node.connect()
-    with conn, conn.cursor() as cur:
-        cur.execute("INSERT INTO login (login, unixid, nick, fullname) "
-                    "VALUES (%s, 9999, 'n', 'N')", (login,))
-    conn.close()
-
-
-def logins(node: Node) -> set[str]:
-    conn = node.connect()
-    with conn.cursor() as cur:
-        cur.execute("SELECT login FROM login")
-        found = {row[0] for row in cur.fetchall()}
-    conn.close()
-    return found
 
 
 def log_time(node: Node, text: str) -> datetime:

@@ -21,10 +21,12 @@ from support.upgrade_helpers import (
     home_checksums,
     ivle_conf_without_media,
     journal,
+    logins,
     marker_keys,
     schema_signature,
     start_cli,
     unpack,
+    write_row,
 )
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
@@ -59,23 +61,6 @@ def downgrade(node: Any, env: dict[str, str] | None = None) -> tuple[Any, Any]:
     unpack(node, "1.0")
     return before, hook(node, "--package-version", "1.0", "postinst", "configure", "1.1",
                         env=env)
-
-
-def write_row(node: Any, login: str) -> None:
-    conn = node.connect()
-    with conn, conn.cursor() as cur:
-        cur.execute("INSERT INTO login (login, unixid, nick, fullname) "
-                    "VALUES (%s, 9999, 'n', 'N')", (login,))
-    conn.close()
-
-
-def logins(node: Any) -> set[str]:
-    conn = node.connect()
-    with conn.cursor() as cur:
-        cur.execute("SELECT login FROM login")
-        found = {row[0] for row in cur.fetchall()}
-    conn.close()
-    return found
 
 
 @pytest.fixture

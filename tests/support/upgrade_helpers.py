@@ -175,3 +175,21 @@ def final_state(node: Node) -> dict[str, Any]:
         "media": media_version(node),
         "journal": journal(node).get("state"),
     }
+
+
+def write_row(node: Node, login: str) -> None:
+    """A user's row written on the site (a rollback must keep or name it)."""
+    conn = node.connect()
+    with conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO login (login, unixid, nick, fullname) "
+                    "VALUES (%s, 9999, 'n', 'N')", (login,))
+    conn.close()
+
+
+def logins(node: Node) -> set[str]:
+    conn = node.connect()
+    with conn.cursor() as cur:
+        cur.execute("SELECT login FROM login")
+        found = {row[0] for row in cur.fetchall()}
+    conn.close()
+    return found
