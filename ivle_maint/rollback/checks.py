@@ -24,8 +24,10 @@ from ..db.migration_class import ADDITIVE, listed
 from ..db.session import session
 from ..dpkg import package_version
 from ..errors import MaintError
+from ..journal import Journal
 from ..output import Reporter
 from ..safepaths import read_nofollow
+from ..services.init_scripts import RUNNING, control_from_settings
 from .fingerprint import schema_fingerprint
 from .keep import IVLE_CONF, SETTINGS
 from .point import RestorePoint
@@ -61,6 +63,8 @@ def run_checks(settings: Settings, reporter: Reporter, point: RestorePoint,
         checks.append(("ivle-maint settings", lambda: _same_file(point, SETTINGS)))
     if point.template is not None:
         checks.append(("jail template", lambda: _template(point)))
+    if settings.role.runs_database:  # the master runs the user management server
+        checks.append(("usrmgt", lambda: _usrmgt(settings, reporter, point)))
     if settings.role.runs_database and settings["cluster"]["coordinate"] != "never":
         checks.append(("slaves", lambda: _slaves(settings, reporter, point)))
     return [_check(name, look) for name, look in checks]
@@ -146,6 +150,19 @@ def _template(point: RestorePoint) -> str:
     if inode and str(os.lstat(live).st_ino) != inode:
         raise MaintError(f"{live} is not the template the restore point kept")
     return f"the kept one ({live})"
+
+
+def _usrmgt(settings: Settings, reporter: Reporter, point: RestorePoint) -> str:
+    """Running, and restarted by the rollback once the old code was in place
+    (its journal complete: a rollback skips no step, release_needs.py)."""
+    name = settings["services"]["usrmgt"]
+    path = Journal.file_for(settings.path_of("state"), point.new, point.old)
+    journal = Journal.load(path) if path.exists() else None
+    if journal is None or not journal.is_complete:
+        raise MaintError(f"{name} was not restarted by the rollback (its journal: {path})")
+    if control_from_settings(settings, reporter).status(name) != RUNNING:
+        raise MaintError(f"{name} is not running")
+    return f"{name} running, restarted on {point.old}'s code"
 
 
 def _slaves(settings: Settings, reporter: Reporter, point: RestorePoint) -> str:
