@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .. import system
 from ..context import UpgradeContext
+from ..db import pins
 from ..db.marker import applied, exists
 from ..db.migrations import release_classes
 from ..db.session import session
@@ -80,12 +81,20 @@ def database_before(ctx: UpgradeContext) -> None:
     point.update(record)
 
 
-def database_dump(ctx: UpgradeContext, dump: Path | None) -> None:
-    """The upgrade's first dump, held for the point."""
+def database_dump(ctx: UpgradeContext) -> None:
+    """The upgrade's first dump (db/pins.py), held for the point: called
+    whether the migrations succeeded or not (a failed one is when a
+    rollback is wanted)."""
     point = point_of(ctx)
-    if point is None or dump is None or point.dump is not None:
+    if point is None or point.dump is not None or not ctx.settings["database"]["backup"]:
         return
-    point.record_dump(dump)
+    dump = pins.first_dump(ctx.settings.path_of("backup"), ctx.upgrade_id)
+    if dump is None:
+        return
+    try:
+        point.record_dump(dump)
+    except (MaintError, OSError) as exc:  # never in the way of the migrations' own error
+        ctx.reporter.warn(f"the restore point could not hold {dump}: {exc}")
 
 
 def template_aside(ctx: UpgradeContext) -> None:

@@ -41,14 +41,16 @@ def migrate(ctx: UpgradeContext) -> Outcome:
     waited = WAIT.wait(ctx, STEP.name)
     _record_pending(ctx)
     keep.database_before(ctx)  # the restore point: writes have stopped
-    result = apply_migrations(
-        ctx.settings, ctx.reporter, migrations_dir=ctx.migrations,
-        accept_changed=ctx.accept_changed, allow_out_of_order=ctx.allow_out_of_order,
-        accept_class=ctx.accept_class, package_version=ctx.new, resume=ctx.resume,
-        upgrade=ctx.upgrade_id or None, epoch=_epoch(ctx),
-        terminate_stale_lock=ctx.terminate_stale_lock,
-    )
-    keep.database_dump(ctx, result.upgrade_backup or result.backup)
+    try:
+        result = apply_migrations(
+            ctx.settings, ctx.reporter, migrations_dir=ctx.migrations,
+            accept_changed=ctx.accept_changed, allow_out_of_order=ctx.allow_out_of_order,
+            accept_class=ctx.accept_class, package_version=ctx.new, resume=ctx.resume,
+            upgrade=ctx.upgrade_id or None, epoch=_epoch(ctx),
+            terminate_stale_lock=ctx.terminate_stale_lock,
+        )
+    finally:
+        keep.database_dump(ctx)  # a failed migration is when a rollback is wanted
     keys = [a.key for a in result.applied]
     summary = f"applied {len(keys)} migrations" + (f" ({', '.join(keys)})" if keys else "")
     if result.backup:
