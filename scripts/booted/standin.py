@@ -311,6 +311,20 @@ def version_b_bad_migration() -> Spec:
     return Spec("1.1", {**version_b().migrations, bad_key: bad_sql}, variant="badmigration")
 
 
+# 1.1 with additive migrations only (the column without rewriting any row):
+# a rollback from it is code only.
+ADDITIVE_FIRST = """\
+BEGIN;
+ALTER TABLE login ADD COLUMN theme VARCHAR NOT NULL DEFAULT 'light';
+COMMIT;
+"""
+
+
+def version_b_additive() -> Spec:
+    return Spec("1.1", {**version_b().migrations, "20100301-01.sql": ADDITIVE_FIRST},
+                variant="additive")
+
+
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -403,7 +417,8 @@ def repositories(out: Path, ivle_maint_deb: Path, only: list[str] | None = None,
     """The apt repositories the scenarios use, each with ivle-maint and two ivle versions.
 
     good: 1.0 and 1.1; badmigration: 1.0 and a 1.1 whose first new migration
-    fails; trap: 1.0 and 1.1 built with debhelper's default dh_installinit;
+    fails; additive: 1.0 and a 1.1 whose migrations are all additive;
+    trap: 1.0 and 1.1 built with debhelper's default dh_installinit;
     unit: 1.0 and 1.1 with a native unit for usrmgt (RULES_UNIT);
     manual: 1.0 and 1.1 without ivle-maint's lines (the benchmark's twin,
     upgraded by IVLE's documented commands).  only: just these (all by
@@ -413,6 +428,7 @@ def repositories(out: Path, ivle_maint_deb: Path, only: list[str] | None = None,
     plan = {
         "good": (version_a(), version_b()),
         "badmigration": (version_a(), version_b_bad_migration()),
+        "additive": (version_a(), version_b_additive()),
         "trap": (version_a(RULES_TRAP), version_b(RULES_TRAP)),
         "unit": (Spec(**{**version_a(RULES_UNIT).__dict__, "unit": True}),
                  Spec(**{**version_b(RULES_UNIT).__dict__, "unit": True})),

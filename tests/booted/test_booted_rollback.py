@@ -55,3 +55,28 @@ def test_a_completed_upgrade_rolls_back_and_the_old_version_is_served_again(repo
         seq = probe.sequence()
         assert seq[0] == "old" and seq[-1] == "new", seq  # 1.1, then 1.0 to the end
         print(f"outage: upgrade {upgrade_probe.outage}, rollback {probe.outage}", flush=True)
+
+
+def test_an_additive_release_rolls_back_code_only_and_keeps_what_users_wrote(repos):
+    """1.1's migrations are all additive: the way back is code only, the
+    database stays, the row written on 1.1 with it."""
+    with scenario.prepared_nodes(["ivle-node"], "additive", repos) as guests:
+        guest = guests["ivle-node"]
+        assert guest.run("apt-get", "upgrade", "-y", "-q").returncode == 0
+        guest.run(*WRITE, check=True)
+        with Probe(guest, old="1.1", new="1.0") as probe:
+            time.sleep(1.0)
+            done = guest.run("ivle-maint", "rollback")
+            time.sleep(1.0)
+            probe.stop()
+        print(done.stdout[-4000:], flush=True)
+        assert done.returncode == 0, done.stdout[-3000:]
+        assert "code only: every migration applied since the restore point is additive" \
+            in done.stdout
+        after = guest.facts()
+        assert after["ivle"] == "install ok installed 1.0"
+        count = guest.run("runuser", "-u", "postgres", "--", "psql", "-tA", "-X", "-d", "ivle",
+                          "-c", "SELECT count(*) FROM login WHERE login = 'frank'", check=True)
+        assert count.stdout.strip() == "1"  # nothing users wrote is lost
+        assert probe.counts["errors"] == 0, probe.errors()[:5]
+        assert probe.sequence()[-1] == "new", probe.sequence()  # 1.0 to the end
