@@ -27,11 +27,12 @@ from ..db.marker import applied, exists
 from ..db.session import session
 from ..errors import MaintError
 from ..gates.rewrite import fsync_dir, replace_file
+from ..safepaths import read_nofollow
 from . import cluster_rows
 from . import database as db
 from .choose import Way, choose
 from .differences import summary
-from .keep import remove_tree
+from .keep import IVLE_CONF, SETTINGS, remove_tree
 from .point import RestorePoint
 from .sessions import exists as database_named
 from .sessions import maintenance
@@ -75,10 +76,11 @@ def restore_files(ctx: UpgradeContext) -> list[str]:
     if marker.exists():
         return []
     restored = []
-    for name, entry in sorted(point.files.items()):
-        data = point.kept_file(name)
-        target = Path(entry["original"])
-        if target.is_file() and target.read_bytes() == data:
+    # Put back where this run reads them, never where a record says.
+    targets = {IVLE_CONF: ctx.ivle_conf.path, SETTINGS: ctx.settings.path}
+    for name in sorted(set(point.files) & set(targets)):
+        data, target = point.kept_file(name), targets[name]
+        if target.is_file() and read_nofollow(target) == data:
             continue
         replace_file(target, data)
         restored.append(str(target))

@@ -77,6 +77,7 @@ def test_an_additive_release_rolls_back_code_only_and_keeps_the_rows(both):
     assert f"restore point of {OLD} -> {NEW} (pinned" in status, status
     applied = marker_keys(both)
     write_row(both, "written_after")
+    both.ivle_conf.write_text(both.ivle_conf.read_text() + "# changed for 1.1\n")
 
     before, after = downgrade(both)
     assert before.returncode == 0, before.stderr
@@ -90,6 +91,7 @@ def test_an_additive_release_rolls_back_code_only_and_keeps_the_rows(both):
     assert marker_keys(both) == applied  # the additive migrations stay
     assert schema_signature(both) != schema
     assert home_checksums(both) == homes and ivle_conf_without_media(both) == conf
+    assert "# changed for 1.1" not in both.ivle_conf.read_text()  # put back as kept
     assert journal(both, NEW, OLD)["state"] == "complete"
     assert "restore point" not in cli(both, "status").stdout  # rolled back: not pinned
     # The template is the one kept before the rebuild, renamed back.
