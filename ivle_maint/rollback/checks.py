@@ -9,6 +9,7 @@ from the cluster table and each slave's own answer (cluster/probe.py).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 from configobj import ConfigObj
 
 from ..cluster import table
-from ..cluster.probe import ask
+from ..cluster.probe import ask, checkable
 from ..config import Settings
 from ..context import Role
 from ..db.marker import applied, exists
@@ -166,15 +167,31 @@ def _usrmgt(settings: Settings, reporter: Reporter, point: RestorePoint) -> str:
 
 
 def _slaves(settings: Settings, reporter: Reporter, point: RestorePoint) -> str:
+    """Every slave serving the old version, by its row and its own answer;
+    waited for up to [cluster] slaves_timeout: the slaves start their web
+    servers only once the master's rollback is done, a moment after it."""
+    conf = settings["cluster"]
+    deadline = time.monotonic() + float(conf["slaves_timeout"])
+    while True:
+        wrong, count = _slaves_wrong(settings, reporter, point)
+        if not wrong:
+            return f"{count} slave(s) serve {point.old}" if count else "no slaves recorded"
+        if time.monotonic() >= deadline:
+            raise MaintError("; ".join(wrong))
+        reporter.progress("waiting for the slaves to serve " + point.old, len(wrong))
+        time.sleep(float(conf["poll"]))
+
+
+def _slaves_wrong(settings: Settings, reporter: Reporter,
+                  point: RestorePoint) -> tuple[list[str], int]:
     with session(settings, reporter, None) as s:
         rows = [r for r in table.nodes(s.conn) if r.role == Role.SLAVE]
     wrong = [f"{r.name} serves {r.serving or 'nothing'}" for r in rows if r.serving != point.old]
     timeout = float(settings["cluster"]["probe_timeout"])
-    for row in rows:
-        if row.probe_url and row.serving == point.old:
+    here = table.hostname()
+    for row in rows:  # a loopback URL is the slave's own: asked only from its machine
+        if row.probe_url and row.serving == point.old and checkable(row, here):
             answer = ask(row.probe_url, timeout)
             if not answer.serving:
                 wrong.append(f"{row.name}: {answer.text}")
-    if wrong:
-        raise MaintError("; ".join(wrong))
-    return f"{len(rows)} slave(s) serve {point.old}" if rows else "no slaves recorded"
+    return wrong, len(rows)

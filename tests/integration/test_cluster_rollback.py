@@ -19,6 +19,10 @@ from typing import Any
 
 import pytest
 
+from ivle_maint.config import load_settings
+from ivle_maint.output import RecordingReporter
+from ivle_maint.rollback.checks import run_checks
+from ivle_maint.rollback.point import all_points
 from ivle_sandbox.cluster import build_cluster, env_of
 from ivle_sandbox.node import Node
 from ivle_sandbox.releases import RELEASES
@@ -113,6 +117,13 @@ def rolling_back(cluster: Any, env: dict[str, str] | None = None) -> list[Run]:
     return at_once(delays, "1.1", "1.0", env=env)
 
 
+def master_checks(cluster: Any, *, full: bool) -> list[Any]:
+    """ivle-maint rollback's table of checks, on the master once all is back."""
+    settings = load_settings(str(cluster.master.maint_conf))
+    (point,) = [p for p in all_points(settings) if p.rolled_back]
+    return run_checks(settings, RecordingReporter(), point, None, full=full)
+
+
 def test_an_additive_release_rolls_back_code_only_across_the_cluster(node_factory):
     cluster = build_cluster(node_factory, slaves=2, cluster=PATIENT)
     at_once({node: 0.0 for node in cluster.nodes}, "1.0", "1.1")
@@ -148,6 +159,10 @@ def test_a_destructive_release_rolls_back_full_only_once_no_slave_serves_it(node
         assert start[1] == "start" and start[0] > swapped, (slave.root, events, swapped)
     assert "written_after" not in logins(cluster.master)  # the dump's rows, as accepted
     assert_rolled_back(cluster)
+    results = master_checks(cluster, full=True)
+    assert [r for r in results if not r.ok] == [], results
+    assert {r.name for r in results} >= {"migrations", "schema fingerprint", "usrmgt", "slaves"}
+    assert next(r for r in results if r.name == "slaves").detail == "2 slave(s) serve 1.0"
 
 
 def test_cluster_status_shows_a_node_rolling_back(node_factory):
