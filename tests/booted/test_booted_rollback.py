@@ -9,11 +9,14 @@ Run with `make booted` (pytest -m booted), one scenario alone:
 
 from __future__ import annotations
 
+import re
+import subprocess
 import time
+from contextlib import ExitStack
 
 import pytest
 from booted import scenario  # scripts/: on sys.path by setup.cfg's pythonpath
-from booted.scenario import Probe
+from booted.scenario import Guest, Probe
 from e2e.driver.config import MIGRATIONS_OLD as OLD_KEYS
 
 pytestmark = [pytest.mark.booted, pytest.mark.needs_root]
@@ -80,3 +83,42 @@ def test_an_additive_release_rolls_back_code_only_and_keeps_what_users_wrote(rep
         assert count.stdout.strip() == "1"  # nothing users wrote is lost
         assert probe.counts["errors"] == 0, probe.errors()[:5]
         assert probe.sequence()[-1] == "new", probe.sequence()  # 1.0 to the end
+
+
+def at_once(cluster: dict[str, Guest], *cmd: str) -> dict[str, str]:
+    """CMD on every node at the same time; each one's output."""
+    running = [(name, subprocess.Popen(
+        guest.node.argv("env", guest.sandbox_env, *cmd), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        for name, guest in cluster.items()]
+    outputs = {}
+    for name, proc in running:
+        out, _ = proc.communicate(timeout=900)
+        print("\n".join(f"[{name}] {line}" for line in out.splitlines()
+                        if line.startswith("ivle-maint")), flush=True)
+        assert proc.returncode == 0, f"{name}: {' '.join(cmd)} failed:\n{out[-3000:]}"
+        outputs[name] = out
+    return outputs
+
+
+def test_a_cluster_rolls_back_at_once_with_no_client_error(cluster):
+    """A master and three slaves upgraded by apt-get at once, then `ivle-maint
+    rollback --accept-data-loss` on all four at once (as the playbook's
+    ivle_rollback does): a probe on every slave sees 1.1, then 1.0 to the
+    end, no error; the master's table of checks finds every slave on 1.0."""
+    at_once(cluster, "sh", "-c", "apt-get update -q >/dev/null && apt-get upgrade -y -q")
+    with ExitStack() as stack:
+        probes = [stack.enter_context(Probe(guest, old="1.1", new="1.0"))
+                  for name, guest in cluster.items() if name != "master"]
+        time.sleep(1.0)
+        outputs = at_once(cluster, "ivle-maint", "rollback", "--accept-data-loss")
+        time.sleep(1.0)
+        for probe in probes:
+            probe.stop()
+    assert "full:" in outputs["master"] and " FAIL " not in outputs["master"]
+    assert re.search(r"pass\s+slaves\s+3 slave\(s\) serve 1\.0", outputs["master"])
+    for name, guest in cluster.items():
+        assert guest.facts()["ivle"] == "install ok installed 1.0", name
+    for probe in probes:
+        assert probe.counts["errors"] == 0, probe.errors()[:5]
+        assert probe.sequence()[-1] == "new", probe.sequence()
