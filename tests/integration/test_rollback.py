@@ -5,7 +5,6 @@ rollback and rollback-failed-migration.)"""
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from typing import Any
@@ -36,13 +35,8 @@ DESTRUCTIVE = {"20100301.sql": "UPDATE login SET nick = upper(nick);\n"}
 
 
 def hook(node: Any, *args: str, env: dict[str, str] | None = None) -> Any:
-    saved = dict(os.environ)
-    os.environ.update(env or {})
-    try:
-        return cli(node, "hook", *args)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    """ivle-maint hook ARGS, as IVLE's maintainer script calls it under dpkg."""
+    return cli(node, "hook", *args, extra_env=env)
 
 
 def upgrade(node: Any, migrations: dict[str, str] | None = None) -> None:

@@ -28,13 +28,15 @@ ALL_KEYS = sorted(k.removesuffix(".sql") for k in {**OLD, **NEW})
 RESUME_LINE = "ivle-maint: resume with: dpkg --configure -a  (or: ivle-maint rerun)"
 
 
-def cli(node: Node, *args: str, check: bool = False,
-        pythonpath: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+def cli(node: Node, *args: str, check: bool = False, pythonpath: tuple[str, ...] = (),
+        extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run ivle-maint on NODE with stdin closed, as dpkg would.
 
-    pythonpath: directories searched before the repository (broken modules).
+    pythonpath: directories searched before the repository (broken modules);
+    extra_env: what dpkg's environment adds (IVLE_MAINT_ACCEPT_DATA_LOSS...).
     """
-    env = {**os.environ, **node.env, "PYTHONPATH": os.pathsep.join([*pythonpath, str(REPO)])}
+    env = {**os.environ, **node.env, **(extra_env or {}),
+           "PYTHONPATH": os.pathsep.join([*pythonpath, str(REPO)])}
     done = subprocess.run(
         [sys.executable, "-m", "ivle_maint", *args], env=env, capture_output=True, text=True,
         stdin=subprocess.DEVNULL, timeout=300, check=False,
