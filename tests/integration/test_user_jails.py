@@ -27,6 +27,7 @@ from ivle_maint.jails.users import (
 from ivle_maint.output import RecordingReporter
 from ivle_sandbox.node import install_version
 from ivle_sandbox.procs import alive
+from support.threads import threads_back_to
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
@@ -290,7 +291,7 @@ def test_ctrl_c_during_batches_ends_every_process_and_thread(master, tmp_path):
         remake_user_jails(settings_of(master, remakeuser=str(tool)), RecordingReporter(),
                           processes=3)
     sender.join()
-    assert threading.active_count() == threads
+    assert threads_back_to(threads) == []  # no worker left
     pids = started(tmp_path)
     assert len(pids) == 3
     assert not [pid for pid in pids if alive(pid)]

@@ -195,3 +195,4 @@ def logins(node: Node) -> set[str]:
         found = {row[0] for row in cur.fetchall()}
     conn.close()
     return found
+

@@ -46,6 +46,7 @@ from ivle_maint.procedure import (
 )
 from ivle_maint.summary import summary_lines
 from ivle_sandbox.procs import alive
+from support.threads import threads_back_to
 
 IVLE_ORDER = [
     "stop-web", "stop-consoles", "unmount-jails", "baseline", "migrate",
@@ -469,7 +470,7 @@ def _mix(tmp_path: Path, plan: dict[str, str], late: bool, sig: int) -> None:
                                              for n in failing))
         else:
             assert set(plan.values()) == {"ok"}
-    assert threading.active_count() == threads  # no worker left
+    assert threads_back_to(threads) == []  # no worker left
     assert not [pid for pid in pids if alive(pid)]  # no child left
     on_disk = Journal.load(j.path)
     status = {n: on_disk.steps[n].status for n in OVERLAPPING}
