@@ -1,16 +1,15 @@
 """dpkg's calls of IVLE's maintainer scripts, mapped to upgrade phases.
 
 IVLE's preinst, postinst, prerm and postrm hand their arguments to
-`ivle-maint hook SCRIPT ARGS...` (see /usr/share/ivle-maint/).  Every
-calling form of Debian Policy chapter 6 is listed here: it either runs a
-phase, undoes one, or is explicitly nothing to do.
+`ivle-maint hook SCRIPT ARGS...` (see /usr/share/ivle-maint/).  Each
+calling form of Debian Policy chapter 6 (dpkg_calls.py) has its handler
+here: it runs a phase, undoes one, or is explicitly nothing to do.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .cluster.admin import register
@@ -25,6 +24,7 @@ from .context import (
     UpgradeContext,
 )
 from .dpkg import package_version
+from .dpkg_calls import Form, HookCall
 from .errors import MaintError, UsageError
 from .installed import record_fresh_install
 from .output import Reporter
@@ -34,15 +34,6 @@ from .versions import parse as parse_version
 
 # The resume command printed when a hook fails part-way.
 DPKG_RESUME = "dpkg --configure -a  (or: ivle-maint rerun)"
-
-
-@dataclass(frozen=True)
-class HookCall:
-    script: str
-    action: str
-    args: tuple[str, ...]
-    package_version: str  # the version of the package whose script this is
-    package: str = "ivle"  # dpkg's name for it: a rerun asks dpkg about it
 
 
 Handler = Callable[[HookCall, "HookEnv"], str]
@@ -166,70 +157,32 @@ def _abort_from_new_script(call: HookCall, env: HookEnv) -> str:
 
 
 def _nothing(call: HookCall, env: HookEnv) -> str:
-    return f"{call.script} {call.action}: nothing to do"
+    return call.nothing_line()
 
 
-HANDLERS: dict[tuple[str, str], Handler] = {
-    ("preinst", "install"): _nothing,
-    ("preinst", "upgrade"): _before,
-    ("preinst", "abort-upgrade"): _abort_from_old_script,
-    ("postinst", "configure"): _after,
-    ("postinst", "reconfigure"): _after,
-    ("postinst", "abort-upgrade"): _abort_from_old_script,
-    ("postinst", "abort-remove"): _nothing,
-    ("postinst", "abort-deconfigure"): _nothing,
-    ("postinst", "triggered"): _nothing,
-    ("prerm", "remove"): _nothing,
-    ("prerm", "upgrade"): _nothing,
-    ("prerm", "deconfigure"): _nothing,
-    ("prerm", "failed-upgrade"): _nothing,
-    ("postrm", "remove"): _nothing,
-    ("postrm", "purge"): _nothing,
-    ("postrm", "upgrade"): _nothing,
-    ("postrm", "disappear"): _nothing,
-    ("postrm", "failed-upgrade"): _nothing,
-    ("postrm", "abort-install"): _nothing,
-    ("postrm", "abort-upgrade"): _abort_from_new_script,
-}
-
-# How many arguments follow the action, per Debian Policy 6.5 and 6.6.
-ARG_COUNTS: dict[tuple[str, str], range] = {
-    ("preinst", "install"): range(0, 3),  # dpkg >= 1.18.5 adds NEW
-    ("preinst", "upgrade"): range(2, 3),
-    ("preinst", "abort-upgrade"): range(1, 2),
-    ("postinst", "configure"): range(0, 2),
-    ("postinst", "reconfigure"): range(0, 2),
-    ("postinst", "abort-upgrade"): range(1, 2),
-    ("postrm", "abort-upgrade"): range(1, 3),  # OLD, and NEW since dpkg 1.18.5
+HANDLERS: dict[Form, Handler] = {
+    Form.BEFORE: _before,
+    Form.AFTER: _after,
+    Form.ABORT_FROM_OLD: _abort_from_old_script,
+    Form.ABORT_FROM_NEW: _abort_from_new_script,
+    Form.NOTHING: _nothing,
 }
 
 
-def parse_call(
-    script: str, argv: Sequence[str], package: str, version: str | None
-) -> HookCall:
-    """Check dpkg's arguments; an unknown form is an error, as in dh's scripts."""
-    if not argv:
-        raise UsageError(f"{script}: no action given")
-    action, args = argv[0], tuple(argv[1:])
-    if (script, action) not in HANDLERS:
-        raise UsageError(f"{script} called with unknown argument '{action}'")
-    allowed = ARG_COUNTS.get((script, action), range(0, 4))
-    if len(args) not in allowed:
-        raise UsageError(f"{script} {action}: unexpected arguments {' '.join(args) or '(none)'}")
-    if HANDLERS[(script, action)] is not _nothing:
-        # They become journal names and commands to print: dpkg's versions only.
-        for text in (a for a in (*args, version or "") if a):  # "": a first install
-            try:
-                parse_version(text)
-            except MaintError as exc:
-                raise UsageError(f"{script} {action}: {exc}") from None
-    package = os.environ.get("DPKG_MAINTSCRIPT_PACKAGE", package)
-    if version is None:
-        needs_version = HANDLERS[(script, action)] is _after
-        version = package_version(package) if needs_version else ""
-    return HookCall(script, action, args, version, package)
+def checked_call(call: HookCall, version: str | None) -> HookCall:
+    """CALL with its versions checked (they become journal names and commands
+    to print: dpkg's versions only) and, for the postinst, the package's
+    version (VERSION, or dpkg's word when None)."""
+    for text in (a for a in (*call.args, version or "") if a):  # "": a first install
+        try:
+            parse_version(text)
+        except MaintError as exc:
+            raise UsageError(f"{call.script} {call.action}: {exc}") from None
+    if version is None and call.form is Form.AFTER:
+        version = package_version(call.package)
+    return replace(call, package_version=version or "")
 
 
 def run_hook(call: HookCall, env: HookEnv) -> str:
     """Dispatch one maintainer-script call; returns a line for the log."""
-    return HANDLERS[(call.script, call.action)](call, env)
+    return HANDLERS[call.form](call, env)

@@ -54,7 +54,9 @@ __all__ = [
 ]
 
 # IVLE's order (its doc/man/upgrade.rst); the code changes between the phases.
-# rebuild-jail needs nothing of migrate (Step.alongside): they run at once.
+# rebuild-jail needs nothing of migrate, nor restart-usrmgt of remake-users
+# (Step.alongside): each pair runs at once.  usrmgt reads no [media]
+# version, so its restart comes before the media version's change.
 STEPS: tuple[Step, ...] = (
     stop_web.STEP,
     stop_consoles.STEP,
@@ -63,8 +65,8 @@ STEPS: tuple[Step, ...] = (
     migrate.STEP,
     rebuild_jail.STEP,
     remake_users.STEP,
-    media_version.STEP,
     restart_usrmgt.STEP,
+    media_version.STEP,
     start_web.STEP,
 )
 

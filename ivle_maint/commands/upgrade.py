@@ -247,10 +247,18 @@ def cmd_rerun(ctx: Context) -> int:
 
 def cmd_hook(ctx: Context) -> int:
     """Run the part of the procedure that this dpkg call stands for."""
-    from ..hooks import HookEnv, dpkg_options, parse_call, run_hook
+    from ..dpkg_calls import Form, parse_call
 
     call = parse_call(ctx.args.script, ctx.args.arguments, ctx.args.package,
                       ctx.args.package_version)
+    if call.form is Form.NOTHING and ctx.args.new_migrations is None:
+        # Before the procedure loads: dpkg runs the old postrm's `upgrade`
+        # while the web server is down.
+        ctx.reporter.info(call.nothing_line())
+        return 0
+    from ..hooks import HookEnv, checked_call, dpkg_options, run_hook
+
+    call = checked_call(call, ctx.args.package_version)
     env = HookEnv(settings=ctx.settings, reporter=ctx.reporter,
                   options=dpkg_options(os.environ))
     if ctx.args.new_migrations is None:

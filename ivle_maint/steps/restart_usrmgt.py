@@ -1,10 +1,18 @@
-"""restart-usrmgt: the user management server runs the new code."""
+"""restart-usrmgt: the user management server runs the new code.
+
+It needs the new code and the migrated schema, nothing of the user jails'
+remake: IVLE's procedure leaves the old server running through
+ivle-remakeuser, and with the web server down nobody asks it for a new
+jail meanwhile.  So it restarts while the user jails are remade
+(Step.alongside), not after them, and the web server starts after both.
+"""
 
 from __future__ import annotations
 
 from .. import release_needs
 from ..context import AFTER, MASTER, Outcome, PlanLines, PlanPart, Step, UpgradeContext
 from ..services.outcome import service_outcome
+from . import remake_users
 
 
 def skip_why(ctx: UpgradeContext) -> str:
@@ -25,4 +33,5 @@ def skip_plan(ctx: UpgradeContext, migrations_source: str | None) -> list[str]:
 
 
 STEP = Step("restart-usrmgt", "restart the user management server", MASTER, AFTER,
-            restart_usrmgt, serving=True, plan=(PlanLines(PlanPart.SKIPPED, skip_plan),))
+            restart_usrmgt, serving=True, plan=(PlanLines(PlanPart.SKIPPED, skip_plan),),
+            alongside=(remake_users.STEP,))

@@ -60,7 +60,7 @@ def reference(node_factory: Any) -> dict[str, Any]:
 # -- killed at each step -------------------------------------------------------
 
 SOURCE_STEPS = ["stop-web", "stop-consoles", "unmount-jails", "baseline", "setup.py install",
-                "migrate", "rebuild-jail", "remake-users", "media-version", "restart-usrmgt",
+                "migrate", "rebuild-jail", "remake-users", "restart-usrmgt", "media-version",
                 "start-web"]
 
 

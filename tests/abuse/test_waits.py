@@ -295,7 +295,7 @@ def test_a_signal_at_any_step_leaves_a_node_rerun_completes(
     assert done.returncode == 0, done.stderr
     unpack(node)
     args: tuple[str, ...] = ("hook", "--package-version", "1.1", "postinst", "configure", "1.0")
-    for step in ("migrate", "rebuild-jail", "remake-users", "media-version", "restart-usrmgt",
+    for step in ("migrate", "rebuild-jail", "remake-users", "restart-usrmgt", "media-version",
                  "start-web"):
         interrupt_at(node, step, *point(), args)
         args = ("rerun",)

@@ -17,7 +17,7 @@ from support.upgrade_helpers import set_setting, stubborn_console, unpack
 # migration; media-version waits for nothing, so a pause is put in it (a
 # sitecustomize.py first on ivle-maint's PYTHONPATH, as test_step_imports).
 BEFORE_STEPS = ("stop-web", "stop-consoles", "unmount-jails", "baseline")
-AFTER_STEPS = ("migrate", "rebuild-jail", "remake-users", "media-version", "restart-usrmgt",
+AFTER_STEPS = ("migrate", "rebuild-jail", "remake-users", "restart-usrmgt", "media-version",
                "start-web")
 STAND_IN = {"stop-web": "apache2", "rebuild-jail": "ivle-buildjail",
             "remake-users": "ivle-remakeuser", "restart-usrmgt": "ivle-usrmgt-server",

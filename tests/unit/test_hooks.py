@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from ivle_maint.dpkg_calls import FORMS, parse_call
 from ivle_maint.errors import MaintError
-from ivle_maint.hooks import HANDLERS, parse_call
 
 # Debian Policy 6.5/6.6: every calling form of the four scripts.
 POLICY_FORMS = [
@@ -28,7 +28,7 @@ POLICY_FORMS = [
 @pytest.mark.parametrize(("script", "argv"), POLICY_FORMS)
 def test_every_policy_form_is_accepted(script, argv):
     call = parse_call(script, argv, "ivle", "1.1")
-    assert (call.script, call.action) in HANDLERS
+    assert (call.script, call.action) in FORMS
     assert call.args == tuple(argv[1:])
 
 
@@ -77,3 +77,38 @@ def test_dpkg_options_take_accepted_classes_from_the_environment():
     options = dpkg_options({"IVLE_MAINT_ACCEPT_CLASS": "20100101-01, 20100102-01"})
     assert options.accept_class == ("20100101-01", "20100102-01")
     assert dpkg_options({}).accept_class == ()
+
+
+def test_every_form_has_a_handler():
+    from ivle_maint.dpkg_calls import Form
+    from ivle_maint.hooks import HANDLERS
+
+    assert set(HANDLERS) == set(Form) == set(FORMS.values())
+
+
+NOTHING_FORMS = [(script, argv) for script, argv in POLICY_FORMS
+                 if FORMS[(script, argv[0])] == "nothing"]
+
+
+@pytest.mark.parametrize(("script", "argv"), NOTHING_FORMS)
+def test_a_call_that_stands_for_nothing_loads_no_procedure(tmp_path, script, argv):
+    """The old postrm's `upgrade` runs while the web server is down: it pays
+    for ivle-maint's start-up, never for loading the procedure."""
+    import json
+    import subprocess
+    import sys
+
+    settings = tmp_path / "maint.conf"
+    settings.write_text(f"[paths]\nstate = {tmp_path}/state\nrun = {tmp_path}/run\n")
+    code = ("import json, sys\nfrom ivle_maint.cli import main\n"
+            f"status = main({['--config', str(settings), 'hook', script, *argv]!r})\n"
+            "print(json.dumps([status, sorted(sys.modules)]))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    status, modules = json.loads(done.stdout.strip().splitlines()[-1])
+    assert status == 0
+    assert f"{script} {argv[0]}: nothing to do" in done.stdout + done.stderr
+    heavy = {"ivle_maint.hooks", "ivle_maint.procedure", "ivle_maint.upgrade",
+             "ivle_maint.runner", "psycopg2", "sh", "debian", "psutil", "pglast"}
+    assert not heavy & set(modules), sorted(heavy & set(modules))
+    assert not (tmp_path / "state").exists()

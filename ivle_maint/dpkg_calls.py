@@ -1,0 +1,95 @@
+"""dpkg's calls of IVLE's maintainer scripts: each calling form, checked.
+
+Every calling form of Debian Policy chapter 6 is listed here with what it
+stands for: a phase of the upgrade, the undoing of one, or nothing.  This
+module loads nothing else, so that a call that stands for nothing (the old
+postrm's `upgrade`, which dpkg runs while the web server is down) costs
+ivle-maint's start-up alone; hooks.py runs the others.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .errors import UsageError
+
+
+class Form(StrEnum):
+    """What one of dpkg's calls stands for."""
+
+    BEFORE = "before"  # NEW-preinst upgrade OLD NEW
+    AFTER = "after"  # postinst configure OLD
+    ABORT_FROM_OLD = "abort-from-old"  # OLD-preinst/OLD-postinst abort-upgrade NEW
+    ABORT_FROM_NEW = "abort-from-new"  # NEW-postrm abort-upgrade OLD
+    NOTHING = "nothing"
+
+
+FORMS: dict[tuple[str, str], Form] = {
+    ("preinst", "install"): Form.NOTHING,
+    ("preinst", "upgrade"): Form.BEFORE,
+    ("preinst", "abort-upgrade"): Form.ABORT_FROM_OLD,
+    ("postinst", "configure"): Form.AFTER,
+    ("postinst", "reconfigure"): Form.AFTER,
+    ("postinst", "abort-upgrade"): Form.ABORT_FROM_OLD,
+    ("postinst", "abort-remove"): Form.NOTHING,
+    ("postinst", "abort-deconfigure"): Form.NOTHING,
+    ("postinst", "triggered"): Form.NOTHING,
+    ("prerm", "remove"): Form.NOTHING,
+    ("prerm", "upgrade"): Form.NOTHING,
+    ("prerm", "deconfigure"): Form.NOTHING,
+    ("prerm", "failed-upgrade"): Form.NOTHING,
+    ("postrm", "remove"): Form.NOTHING,
+    ("postrm", "purge"): Form.NOTHING,
+    ("postrm", "upgrade"): Form.NOTHING,
+    ("postrm", "disappear"): Form.NOTHING,
+    ("postrm", "failed-upgrade"): Form.NOTHING,
+    ("postrm", "abort-install"): Form.NOTHING,
+    ("postrm", "abort-upgrade"): Form.ABORT_FROM_NEW,
+}
+
+# How many arguments follow the action, per Debian Policy 6.5 and 6.6.
+ARG_COUNTS: dict[tuple[str, str], range] = {
+    ("preinst", "install"): range(0, 3),  # dpkg >= 1.18.5 adds NEW
+    ("preinst", "upgrade"): range(2, 3),
+    ("preinst", "abort-upgrade"): range(1, 2),
+    ("postinst", "configure"): range(0, 2),
+    ("postinst", "reconfigure"): range(0, 2),
+    ("postinst", "abort-upgrade"): range(1, 2),
+    ("postrm", "abort-upgrade"): range(1, 3),  # OLD, and NEW since dpkg 1.18.5
+}
+
+
+@dataclass(frozen=True)
+class HookCall:
+    script: str
+    action: str
+    args: tuple[str, ...]
+    package_version: str  # the version of the package whose script this is
+    package: str = "ivle"  # dpkg's name for it: a rerun asks dpkg about it
+
+    @property
+    def form(self) -> Form:
+        return FORMS[(self.script, self.action)]
+
+    def nothing_line(self) -> str:
+        return f"{self.script} {self.action}: nothing to do"
+
+
+def parse_call(
+    script: str, argv: Sequence[str], package: str, version: str | None
+) -> HookCall:
+    """Check the form of dpkg's call (an unknown form is an error, as in dh's
+    scripts); hooks.checked_call checks its versions before it runs."""
+    if not argv:
+        raise UsageError(f"{script}: no action given")
+    action, args = argv[0], tuple(argv[1:])
+    if (script, action) not in FORMS:
+        raise UsageError(f"{script} called with unknown argument '{action}'")
+    allowed = ARG_COUNTS.get((script, action), range(0, 4))
+    if len(args) not in allowed:
+        raise UsageError(f"{script} {action}: unexpected arguments {' '.join(args) or '(none)'}")
+    package = os.environ.get("DPKG_MAINTSCRIPT_PACKAGE", package)
+    return HookCall(script, action, args, version or "", package)
