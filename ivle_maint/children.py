@@ -215,7 +215,8 @@ def _write_record(pid: int, argv: Sequence[str]) -> Path | None:
     path = _records / f"{pid}.json"
     try:
         _records.mkdir(mode=0o700, exist_ok=True)
-        replace_file(path, json.dumps(data).encode(), mode=0o600)
+        # Not flushed: a reboot ends the command anyway.
+        replace_file(path, json.dumps(data).encode(), mode=0o600, durable=False)
     except (OSError, MaintError) as exc:  # the parent-death signal still covers the child
         log.warning("cannot record child %d: %s", pid, exc)
         return None

@@ -190,7 +190,9 @@ class Journal:
         self.path.unlink()
         fsync_dir(self.path.parent)
 
-    def save(self) -> None:
+    def save(self, *, durable: bool = True) -> None:
+        """Replace the file (rewrite.replace_file): a reader sees this record
+        or the one before; durable, flushed to disk too."""
         with self._lock:
             data = asdict(self)
             data.pop("path")
@@ -198,7 +200,7 @@ class Journal:
             # The state directory is checked each time: a run may be the first.
             safe_dir(self.path.parent.parent, 0o755, "[paths] state")
             safe_dir(self.path.parent, 0o700, "[paths] state")
-            replace_file(self.path, text.encode(), mode=0o600)
+            replace_file(self.path, text.encode(), mode=0o600, durable=durable)
 
     @property
     def is_in_progress(self) -> bool:
@@ -245,7 +247,11 @@ class Journal:
             order = max((r.order for r in self.steps.values()), default=0) + 1
             self.steps[step] = StepRecord(StepStatus.RUNNING, now.wall, mono_started=now.mono,
                                           boot=now.boot, order=order)
-            self.save()
+            # Not flushed (two flushes per step, inside the outage): "begun"
+            # guards against a killed run, whose written file stays; after a
+            # power cut, every service and command this step touched is down
+            # anyway, and the step, not yet recorded, is simply run again.
+            self.save(durable=False)
 
     def _end(self, step: str, status: StepStatus) -> StepRecord:
         record, now = self.steps[step], clock.reading()

@@ -152,7 +152,8 @@ def _open_temp(directory: Path, name: str) -> tuple[int, Path]:
 
 
 def _write_temp(directory: Path, name: str, data: bytes | Iterable[bytes], *, mode: int,
-                like: os.stat_result | None, attrs: dict[str, bytes], strict: bool) -> Path:
+                like: os.stat_result | None, attrs: dict[str, bytes], strict: bool,
+                durable: bool = True) -> Path:
     """A flushed temporary file in DIRECTORY holding DATA (bytes, or chunks
     written as they come: bounded memory); removed again on any failure."""
     fd, tmp = _open_temp(directory, name)
@@ -170,7 +171,8 @@ def _write_temp(directory: Path, name: str, data: bytes | Iterable[bytes], *, mo
                 os.fchown(fd, like.st_uid, like.st_gid)
             _set_attrs(fd, attrs, directory / name, strict)
         os.fchmod(fd, mode)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         with suppress(FileNotFoundError):
@@ -180,7 +182,7 @@ def _write_temp(directory: Path, name: str, data: bytes | Iterable[bytes], *, mo
     return tmp
 
 
-def _install(tmp: Path, target: Path) -> None:
+def _install(tmp: Path, target: Path, durable: bool = True) -> None:
     """Rename TMP over TARGET and flush the directory; TMP never survives."""
     try:
         os.replace(tmp, target)
@@ -188,7 +190,8 @@ def _install(tmp: Path, target: Path) -> None:
         with suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_dir(target.parent)
+    if durable:
+        fsync_dir(target.parent)
 
 
 @dataclass(frozen=True)
@@ -266,7 +269,8 @@ class WriteFailed(MaintError):
 def replace_file(path: Path, data: bytes | Iterable[bytes], *, mode: int | None = None,
                  backup_dir: Path | None = None, like: Path | None = None,
                  expect: bytes | None = None,
-                 purpose: trusted.Purpose = trusted.IVLE_CONF) -> Path | None:
+                 purpose: trusted.Purpose = trusted.IVLE_CONF,
+                 durable: bool = True) -> Path | None:
     """Replace PATH with DATA atomically; returns the backup made, if any.
 
     DATA is the new content, or an iterable of its chunks, written as they
@@ -285,6 +289,11 @@ def replace_file(path: Path, data: bytes | Iterable[bytes], *, mode: int | None 
     backup is exactly what is replaced, and when that is not EXPECT (the
     content the new one was computed from: another writer replaced it
     meanwhile) nothing is written.
+
+    Not DURABLE: nothing is flushed to disk (each flush costs milliseconds,
+    inside the outage).  A reader still sees the old content or the new,
+    never a mix, however the writer is killed; only a power cut may leave
+    the old one, or an empty file: for records that a reboot makes moot.
     """
     target = Path(os.path.abspath(path))
     try:
@@ -306,8 +315,9 @@ def replace_file(path: Path, data: bytes | Iterable[bytes], *, mode: int | None 
             else None
         tmp = _write_temp(target.parent, target.name, data, mode=mode,
                           like=source.st if source else None,
-                          attrs=source.attrs if source else {}, strict=True)
-        _install(tmp, target)
+                          attrs=source.attrs if source else {}, strict=True,
+                          durable=durable)
+        _install(tmp, target, durable)
     except OSError as exc:
         where = exc.filename or target
         raise WriteFailed(f"cannot write {shown(path)}: {shown(where)}: "

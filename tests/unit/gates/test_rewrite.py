@@ -226,3 +226,37 @@ def test_an_attribute_that_cannot_be_kept_is_an_error_naming_it(tmp_path, monkey
         replace_file(target, b"new")
     assert target.read_bytes() == b"original"
     assert names(tmp_path) == ["ivle.conf"]
+
+
+@pytest.fixture()
+def flushes(monkeypatch):
+    """The fsync(2) calls made (and made for real)."""
+    made: list[int] = []
+    real = os.fsync
+
+    def counted(fd: int) -> None:
+        made.append(fd)
+        real(fd)
+    monkeypatch.setattr(os, "fsync", counted)
+    return made
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_durable_flushes_file_and_directory_otherwise_neither(tmp_path, flushes, durable):
+    target = tmp_path / "record"
+    target.write_bytes(b"old")
+    replace_file(target, b"new", durable=durable)
+    assert target.read_bytes() == b"new" and names(tmp_path) == ["record"]
+    assert len(flushes) == (2 if durable else 0)
+
+
+def test_a_journal_flushes_what_a_step_did_not_that_it_began(tmp_path, flushes):
+    from ivle_maint.journal import Journal
+
+    journal = Journal.open(tmp_path, "1.0", "1.1", "both")
+    journal.begin("migrate")
+    assert flushes == []  # inside the outage; a power cut makes it moot
+    assert Journal.load(journal.path).is_running("migrate")
+    journal.finish("migrate", "applied 1 migration", {})
+    assert len(flushes) == 2
+    assert Journal.load(journal.path).is_done("migrate")
