@@ -186,3 +186,19 @@ def test_the_schema_fingerprint_never_waits_for_a_table_lock(both):
     again = both.connect()
     assert schema_fingerprint(again) == found  # the same schema, the same value
     again.close()
+
+
+def test_the_template_is_kept_while_the_site_still_serves(both):
+    """rebuild-jail's ahead(): the hard-linked copy is made before stop-web
+    begins, not inside the outage; the rebuild then makes none."""
+    done = hook(both, "preinst", "upgrade", "1.0", "1.1")
+    assert done.returncode == 0, done.stderr
+    kept = list(both.template.parent.glob("*.restore-*"))
+    assert len(kept) == 1 and not kept[0].name.endswith(".partial")
+    stop_web_began = journal(both)["steps"]["stop-web"]["started"]
+    assert kept[0].stat().st_ctime <= stop_web_began
+    inode = kept[0].stat().st_ino
+    unpack(both, "1.1")
+    done = hook(both, "--package-version", "1.1", "postinst", "configure", "1.0")
+    assert done.returncode == 0, done.stderr
+    assert [p.stat().st_ino for p in both.template.parent.glob("*.restore-*")] == [inode]
