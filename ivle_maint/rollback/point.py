@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from ..gates import clock
 from ..gates.rewrite import write_state_file
 from ..safepaths import read_nofollow, safe_dir
 from ..versions import is_downgrade
+from .trees import remove_tree
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -271,7 +271,7 @@ def commit(settings: Settings, point: RestorePoint) -> list[str]:
     if point.template is not None:
         aside = Path(point.template["aside"])
         if aside.is_dir() and not aside.is_symlink():
-            shutil.rmtree(aside)
+            remove_tree(aside)
             removed.append(str(aside))
     if point.dump is not None:
         dump = Path(point.dump["path"])
