@@ -13,6 +13,7 @@ from ..db.marker import applied, exists
 from ..db.migrations import release_classes
 from ..db.session import session
 from ..errors import MaintError
+from ..gates import trusted
 from ..gates.rewrite import fsync_dir
 from ..versions import is_downgrade
 from .fingerprint import schema_fingerprint
@@ -42,8 +43,8 @@ def prepare(ctx: UpgradeContext) -> RestorePoint | None:
         return None
     if ctx.package and point.package_name != ctx.package:
         point.update(lambda p: setattr(p, "package_name", ctx.package))
-    point.keep_file(IVLE_CONF, ctx.ivle_conf.path)
-    point.keep_file(SETTINGS, ctx.settings.path)
+    point.keep_file(IVLE_CONF, ctx.ivle_conf.path, trusted.IVLE_CONF)
+    point.keep_file(SETTINGS, ctx.settings.path, trusted.SETTINGS)
     if point.package is None and ctx.package and not ctx.code_is_new:
         _keep_package(ctx, point)
     return point

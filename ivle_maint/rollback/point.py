@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..db import pins
 from ..errors import MaintError
-from ..gates import clock
+from ..gates import clock, trusted
 from ..gates.rewrite import write_state_file
 from ..safepaths import read_nofollow, safe_dir
 from ..versions import is_downgrade
@@ -143,11 +143,16 @@ class RestorePoint:
     def pinned(self) -> bool:
         return not self.committed and not self.rolled_back
 
-    def keep_file(self, name: str, original: Path) -> None:
-        """A copy of ORIGINAL (ivle.conf, the settings) as it is now."""
-        if name in self.files or not original.is_file():
+    def keep_file(self, name: str, original: Path, purpose: trusted.Purpose) -> None:
+        """A copy of ORIGINAL (ivle.conf, the settings) as it is now, read
+        through the gate for PURPOSE as the settings loader reads it (root's,
+        bounded): a refused file is one line, and nothing of it is kept."""
+        if name in self.files:
             return
-        data = read_nofollow(original)
+        try:
+            data = trusted.read(original, purpose)
+        except FileNotFoundError:
+            return
         write_state_file(self.directory / name, data, mode=0o600)
         entry = {"original": str(original), "sha256": hashlib.sha256(data).hexdigest()}
         self.update(lambda p: p.files.update({name: p.files.get(name, entry)}))
