@@ -46,7 +46,8 @@ from . import probe, table, trust
 from .ages import human_age
 
 if TYPE_CHECKING:
-    from ..context import UpgradeContext
+    from ..context import ClusterLink, UpgradeContext
+    from ..output import Reporter
     from .table import NodeRow
 
 PROGRESS_EVERY = 30.0
@@ -76,7 +77,16 @@ def poll(ctx: UpgradeContext, check: Callable[[Any], Pending | None], *, step: s
     """Call check(conn) until it returns None; the seconds waited."""
     presence = ctx.cluster
     assert presence is not None, "the waits poll only a node in a cluster"
-    interval = float(ctx.settings["cluster"]["poll"])
+    return poll_through(presence, ctx.reporter, check, interval=float(
+        ctx.settings["cluster"]["poll"]), step=step, timeout=timeout, label=label)
+
+
+def poll_through(presence: ClusterLink, reporter: Reporter,
+                 check: Callable[[Any], Pending | None], *, interval: float, step: str,
+                 timeout: float, label: str) -> float:
+    """poll() through PRESENCE's connection, every INTERVAL seconds, for a
+    run without an UpgradeContext (the rollback's checks): its row says
+    "waiting" only while a journal is attached (Presence.waiting)."""
     started = time.monotonic()
     shown, shown_at = "", 0.0
     while True:
@@ -86,10 +96,10 @@ def poll(ctx: UpgradeContext, check: Callable[[Any], Pending | None], *, step: s
             return now - started
         waited = now - started
         if pending.key != shown or now - shown_at >= PROGRESS_EVERY:
-            ctx.reporter.info(f"waiting for {label}: {pending.text} "
-                              f"({waited:.0f}s of {timeout:g}s)")
+            reporter.info(f"waiting for {label}: {pending.text} "
+                          f"({waited:.0f}s of {timeout:g}s)")
             shown, shown_at = pending.key, now
-        ctx.reporter.progress(f"waiting for {label}", int(waited), int(timeout))
+        reporter.progress(f"waiting for {label}", int(waited), int(timeout))
         presence.waiting(step, f"waiting for {label}: {pending.text}")
         if waited >= timeout:
             raise TimedOut(pending)

@@ -9,15 +9,17 @@ from the cluster table and each slave's own answer (cluster/probe.py).
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from configobj import ConfigObj
 
 from ..cluster import table
+from ..cluster.presence import Presence
 from ..cluster.probe import ask, checkable
+from ..cluster.waits import Pending, TimedOut, poll_through
 from ..config import Settings
 from ..context import Role
 from ..db.marker import applied, exists
@@ -168,30 +170,42 @@ def _usrmgt(settings: Settings, reporter: Reporter, point: RestorePoint) -> str:
 
 def _slaves(settings: Settings, reporter: Reporter, point: RestorePoint) -> str:
     """Every slave serving the old version, by its row and its own answer;
-    waited for up to [cluster] slaves_timeout: the slaves start their web
-    servers only once the master's rollback is done, a moment after it."""
-    conf = settings["cluster"]
-    deadline = time.monotonic() + float(conf["slaves_timeout"])
-    while True:
-        wrong, count = _slaves_wrong(settings, reporter, point)
+    waited for up to [cluster] slaves_timeout (cluster/waits.py's poll:
+    progress lines, a connection lost to a restart found again): the slaves
+    start their web servers only once the master's rollback is done, a
+    moment after it."""
+    count = 0
+
+    def check(conn: Any) -> Pending | None:
+        nonlocal count
+        wrong, count = _slaves_wrong(conn, settings, point)
         if not wrong:
-            return f"{count} slave(s) serve {point.old}" if count else "no slaves recorded"
-        if time.monotonic() >= deadline:
-            raise MaintError("; ".join(wrong))
-        reporter.progress("waiting for the slaves to serve " + point.old, len(wrong))
-        time.sleep(float(conf["poll"]))
+            return None
+        return Pending(" ".join(name for name, _ in wrong), "; ".join(t for _, t in wrong))
+
+    presence = Presence(settings, reporter)
+    try:
+        poll_through(presence, reporter, check, interval=float(settings["cluster"]["poll"]),
+                     step="checks", timeout=float(settings["cluster"]["slaves_timeout"]),
+                     label=f"the slaves to serve {point.old}")
+    except TimedOut as exc:
+        raise MaintError(exc.pending.text) from None
+    finally:
+        presence.close()
+    return f"{count} slave(s) serve {point.old}" if count else "no slaves recorded"
 
 
-def _slaves_wrong(settings: Settings, reporter: Reporter,
-                  point: RestorePoint) -> tuple[list[str], int]:
-    with session(settings, reporter, None) as s:
-        rows = [r for r in table.nodes(s.conn) if r.role == Role.SLAVE]
-    wrong = [f"{r.name} serves {r.serving or 'nothing'}" for r in rows if r.serving != point.old]
+def _slaves_wrong(conn: Any, settings: Settings,
+                  point: RestorePoint) -> tuple[list[tuple[str, str]], int]:
+    """(name, what is wrong) for each slave not serving the old version; how many."""
+    rows = [r for r in table.nodes(conn) if r.role == Role.SLAVE]
+    wrong = [(r.name, f"{r.name} serves {r.serving or 'nothing'}") for r in rows
+             if r.serving != point.old]
     timeout = float(settings["cluster"]["probe_timeout"])
     here = table.hostname()
     for row in rows:  # a loopback URL is the slave's own: asked only from its machine
         if row.probe_url and row.serving == point.old and checkable(row, here):
             answer = ask(row.probe_url, timeout)
             if not answer.serving:
-                wrong.append(f"{row.name}: {answer.text}")
+                wrong.append((row.name, f"{row.name}: {answer.text}"))
     return wrong, len(rows)
