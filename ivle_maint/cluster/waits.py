@@ -36,7 +36,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..context import Role
 from ..db.discovery import discover
@@ -46,7 +46,7 @@ from . import probe, table, trust
 from .ages import human_age
 
 if TYPE_CHECKING:
-    from ..context import ClusterLink, UpgradeContext
+    from ..context import UpgradeContext
     from ..output import Reporter
     from .table import NodeRow
 
@@ -81,12 +81,20 @@ def poll(ctx: UpgradeContext, check: Callable[[Any], Pending | None], *, step: s
         ctx.settings["cluster"]["poll"]), step=step, timeout=timeout, label=label)
 
 
-def poll_through(presence: ClusterLink, reporter: Reporter,
+class Looks(Protocol):
+    """What a poll needs of its link to the database: a look, and a note
+    for this node's row while it waits (a ClusterLink is one)."""
+
+    def query(self, look: Callable[[Any], Pending | None]) -> Pending | None: ...
+
+    def waiting(self, step: str, note: str) -> None: ...
+
+
+def poll_through(presence: Looks, reporter: Reporter,
                  check: Callable[[Any], Pending | None], *, interval: float, step: str,
                  timeout: float, label: str) -> float:
-    """poll() through PRESENCE's connection, every INTERVAL seconds, for a
-    run without an UpgradeContext (the rollback's checks): its row says
-    "waiting" only while a journal is attached (Presence.waiting)."""
+    """poll() through PRESENCE, every INTERVAL seconds, for a run without
+    an UpgradeContext (the rollback's checks)."""
     started = time.monotonic()
     shown, shown_at = "", 0.0
     while True:

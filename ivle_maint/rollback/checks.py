@@ -17,7 +17,6 @@ from typing import Any
 from configobj import ConfigObj
 
 from ..cluster import table
-from ..cluster.presence import Presence
 from ..cluster.probe import ask, checkable
 from ..cluster.waits import Pending, TimedOut, poll_through
 from ..config import Settings
@@ -168,12 +167,29 @@ def _usrmgt(settings: Settings, reporter: Reporter, point: RestorePoint) -> str:
     return f"{name} running, restarted on {point.old}'s code"
 
 
+class _Sessions:
+    """The slaves check's link for cluster/waits.py's poll: each look on a
+    session of its own, that makes nothing (Presence.connection would
+    create the cluster's tables: a check changes nothing), and no row
+    written (the rollback's own run wrote its last)."""
+
+    def __init__(self, settings: Settings, reporter: Reporter) -> None:
+        self.settings, self.reporter = settings, reporter
+
+    def query(self, look: Callable[[Any], Pending | None]) -> Pending | None:
+        with session(self.settings, self.reporter, None) as s:
+            return look(s.conn)
+
+    def waiting(self, step: str, note: str) -> None:
+        return None
+
+
 def _slaves(settings: Settings, reporter: Reporter, point: RestorePoint) -> str:
     """Every slave serving the old version, by its row and its own answer;
     waited for up to [cluster] slaves_timeout (cluster/waits.py's poll:
-    progress lines, a connection lost to a restart found again): the slaves
-    start their web servers only once the master's rollback is done, a
-    moment after it."""
+    a progress line when what it waits for changes): the slaves start
+    their web servers only once the master's rollback is done, a moment
+    after it."""
     count = 0
 
     def check(conn: Any) -> Pending | None:
@@ -183,15 +199,13 @@ def _slaves(settings: Settings, reporter: Reporter, point: RestorePoint) -> str:
             return None
         return Pending(" ".join(name for name, _ in wrong), "; ".join(t for _, t in wrong))
 
-    presence = Presence(settings, reporter)
     try:
-        poll_through(presence, reporter, check, interval=float(settings["cluster"]["poll"]),
-                     step="checks", timeout=float(settings["cluster"]["slaves_timeout"]),
+        poll_through(_Sessions(settings, reporter), reporter, check,
+                     interval=float(settings["cluster"]["poll"]), step="checks",
+                     timeout=float(settings["cluster"]["slaves_timeout"]),
                      label=f"the slaves to serve {point.old}")
     except TimedOut as exc:
         raise MaintError(exc.pending.text) from None
-    finally:
-        presence.close()
     return f"{count} slave(s) serve {point.old}" if count else "no slaves recorded"
 
 
