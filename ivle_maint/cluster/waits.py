@@ -36,7 +36,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..context import Role
 from ..db.discovery import discover
@@ -47,6 +47,7 @@ from .ages import human_age
 
 if TYPE_CHECKING:
     from ..context import UpgradeContext
+    from ..output import Reporter
     from .table import NodeRow
 
 PROGRESS_EVERY = 30.0
@@ -76,7 +77,24 @@ def poll(ctx: UpgradeContext, check: Callable[[Any], Pending | None], *, step: s
     """Call check(conn) until it returns None; the seconds waited."""
     presence = ctx.cluster
     assert presence is not None, "the waits poll only a node in a cluster"
-    interval = float(ctx.settings["cluster"]["poll"])
+    return poll_through(presence, ctx.reporter, check, interval=float(
+        ctx.settings["cluster"]["poll"]), step=step, timeout=timeout, label=label)
+
+
+class Looks(Protocol):
+    """What a poll needs of its link to the database: a look, and a note
+    for this node's row while it waits (a ClusterLink is one)."""
+
+    def query(self, look: Callable[[Any], Pending | None]) -> Pending | None: ...
+
+    def waiting(self, step: str, note: str) -> None: ...
+
+
+def poll_through(presence: Looks, reporter: Reporter,
+                 check: Callable[[Any], Pending | None], *, interval: float, step: str,
+                 timeout: float, label: str) -> float:
+    """poll() through PRESENCE, every INTERVAL seconds, for a run without
+    an UpgradeContext (the rollback's checks)."""
     started = time.monotonic()
     shown, shown_at = "", 0.0
     while True:
@@ -86,10 +104,10 @@ def poll(ctx: UpgradeContext, check: Callable[[Any], Pending | None], *, step: s
             return now - started
         waited = now - started
         if pending.key != shown or now - shown_at >= PROGRESS_EVERY:
-            ctx.reporter.info(f"waiting for {label}: {pending.text} "
-                              f"({waited:.0f}s of {timeout:g}s)")
+            reporter.info(f"waiting for {label}: {pending.text} "
+                          f"({waited:.0f}s of {timeout:g}s)")
             shown, shown_at = pending.key, now
-        ctx.reporter.progress(f"waiting for {label}", int(waited), int(timeout))
+        reporter.progress(f"waiting for {label}", int(waited), int(timeout))
         presence.waiting(step, f"waiting for {label}: {pending.text}")
         if waited >= timeout:
             raise TimedOut(pending)

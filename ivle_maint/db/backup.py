@@ -123,19 +123,40 @@ def remove_old_passfiles() -> list[Path]:
     return removed
 
 
-def restore_command(params: ConnectParams, path: Path) -> str:
-    """The command that puts the database back as it was in the dump.
+def restore_command(params: ConnectParams, path: Path, *, owner: str | None = None) -> str:
+    """How a person puts the database back as it was in the dump PATH.
 
-    Shell-quoted: a backup directory may hold a space or a "$(...)".
+    Never pg_restore --clean over the live database: it cannot drop a table
+    one of IVLE's functions depends on, and a restore that fails half-way
+    leaves half a database.  Instead, as rollback/database.py does: the
+    dump restored into a new, empty database (owned by OWNER), then, with
+    nothing connected, the two names swapped in one transaction (the
+    replaced database kept).  PARAMS: who may create and rename databases
+    ([rollback] connect_as).  Shell-quoted: a backup directory may hold a
+    space or a "$(...)".
     """
-    argv = ["pg_restore", "--clean", "--if-exists", "--single-transaction"]
-    if params.os_user:
-        argv = ["sudo", "-u", params.os_user, *argv]
-    else:
-        argv += [f"--host={params.host}"] if params.host else []
-        argv += [f"--port={params.port}"]
-        argv += [f"--username={params.user}"] if params.user else []
-    return shlex.join([*argv, f"--dbname={params.dbname}", str(path)])
+    live = params.dbname
+    restored, replaced = f"{live}_restored", f"{live}_replaced"
+
+    def command(program: str, *args: str) -> str:
+        argv = [program, *client.connection_argv(params), *args]
+        return shlex.join(["sudo", "-u", params.os_user, *argv] if params.os_user else argv)
+
+    create = command("createdb", "--template=template0",
+                     *([f"--owner={owner}"] if owner else []), restored)
+    # Read by the shell (root), not by the database's user: the dump is root's 0600.
+    fill = command("pg_restore", "--exit-on-error", f"--dbname={restored}") + " < " + \
+        shlex.quote(str(path))
+    swap = command("psql", "--dbname=postgres", "--set=ON_ERROR_STOP=1", "--command="
+                   f"ALTER DATABASE {_ident(live)} RENAME TO {_ident(replaced)}; "
+                   f"ALTER DATABASE {_ident(restored)} RENAME TO {_ident(live)}")
+    return (f"{create} && {fill}, then with IVLE's web server and user management server "
+            f"stopped: {swap}")
+
+
+def _ident(name: str) -> str:
+    """NAME as an SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _pg_dump_argv(params: ConnectParams) -> list[str]:

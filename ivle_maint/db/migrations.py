@@ -176,7 +176,7 @@ def apply_migrations(
                                 package_version=package_version, policy=policy,
                                 tell=reporter.info, class_override=override)
             except Failed as exc:
-                raise MaintError(_failure(str(exc), s.params, result, upgrade),
+                raise MaintError(_failure(str(exc), settings, result, upgrade),
                                  resume=resume) from None
             result.applied.append(applied)
             reporter.info(f"applied {c.key} ({c.mode}) in {applied.seconds:.1f}s")
@@ -216,7 +216,7 @@ def _back_up(settings: Settings, params: ConnectParams, first_key: str, st: Stat
         result.upgrade_backup = pins.first_dump(directory, upgrade)
 
 
-def _failure(message: str, params: ConnectParams, result: MigrateResult,
+def _failure(message: str, settings: Settings, result: MigrateResult,
              upgrade: str | None) -> str:
     if result.applied:
         message += f"; {len(result.applied)} earlier migration(s) of this run stay applied"
@@ -227,9 +227,21 @@ def _failure(message: str, params: ConnectParams, result: MigrateResult,
                         "and database: ivle-maint rollback)")
         return message
     if result.backup:
-        restore = backups.restore_command(params, result.backup)
-        message += f"; backup taken before this run: {result.backup} (restore: {restore})"
+        message += (f"; backup taken before this run: {result.backup} (to put it back, not "
+                    f"over the live database: {restore_command(settings, result.backup)})")
     return message
+
+
+def restore_command(settings: Settings, path: Path) -> str:
+    """backups.restore_command for this site: as [rollback] connect_as (who
+    may create and rename databases), the new database owned by IVLE's
+    database user."""
+    params = params_from_settings(settings, settings["rollback"]["connect_as"])
+    try:
+        owner = settings.ivle_conf().database.get("username") or None
+    except MaintError:
+        owner = None
+    return backups.restore_command(params, path, owner=owner and str(owner))
 
 
 def upgrade_completed(settings: Settings, upgrade: str, unfinished: Sequence[str]) -> None:
@@ -246,7 +258,7 @@ def upgrade_backup(settings: Settings, upgrade: str) -> tuple[Path, str | None] 
     if path is None:
         return None
     try:
-        return path, backups.restore_command(params_from_settings(settings), path)
+        return path, restore_command(settings, path)
     except MaintError:
         return path, None
 
@@ -332,5 +344,5 @@ def backup_now(settings: Settings, reporter: Reporter, *, label: str = "manual")
         params = s.params
     db = settings["database"]
     path = backups.dump(params, settings.path_of("backup"), label=label, keep=db["backup_keep"])
-    reporter.info(f"backup: {path} (restore: {backups.restore_command(params, path)})")
+    reporter.info(f"backup: {path} (to put it back: {restore_command(settings, path)})")
     return path

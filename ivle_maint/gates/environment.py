@@ -69,6 +69,7 @@ SET_BY_US: dict[str, str] = {
     # ivle-maint rollback runs dpkg, whose maintainer scripts run ivle-maint again:
     "IVLE_MAINT_CONF": "the hooks read the settings this run read",
     "IVLE_MAINT_ACCEPT_DATA_LOSS": "rollback --accept-data-loss, for dpkg's hooks",
+    "IVLE_MAINT_ROLLBACK_PID": "the rollback's hooks may take the node lock (lock.py)",
     "DEBIAN_FRONTEND": "dpkg and apt-get run by rollback ask nothing (noninteractive)",
 }
 
@@ -80,6 +81,7 @@ OWN: dict[str, str] = {
     "IVLE_MAINT_DURING_UPGRADE": "[web] during_upgrade for dpkg's hooks",
     "IVLE_MAINT_ACCEPT_CLASS": "--accept-class for dpkg's hooks",
     "IVLE_MAINT_ACCEPT_DATA_LOSS": "rollback --accept-data-loss for dpkg's hooks",
+    "IVLE_MAINT_ROLLBACK_PID": "the rollback whose dpkg runs this hook (lock.py)",
     "IVLE_MAINT_FULL_PROCEDURE": "IVLE's whole procedure, whatever the release needs",
     "SUDO_USER": "who accepted a migration's class, for its marker row",
     "LOGNAME": "who accepted a migration's class, without sudo",

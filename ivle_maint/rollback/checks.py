@@ -9,15 +9,16 @@ from the cluster table and each slave's own answer (cluster/probe.py).
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from configobj import ConfigObj
 
 from ..cluster import table
 from ..cluster.probe import ask, checkable
+from ..cluster.waits import Pending, TimedOut, poll_through
 from ..config import Settings
 from ..context import Role
 from ..db.marker import applied, exists
@@ -166,32 +167,59 @@ def _usrmgt(settings: Settings, reporter: Reporter, point: RestorePoint) -> str:
     return f"{name} running, restarted on {point.old}'s code"
 
 
+class _Sessions:
+    """The slaves check's link for cluster/waits.py's poll: each look on a
+    session of its own, that makes nothing (Presence.connection would
+    create the cluster's tables: a check changes nothing), and no row
+    written (the rollback's own run wrote its last)."""
+
+    def __init__(self, settings: Settings, reporter: Reporter) -> None:
+        self.settings, self.reporter = settings, reporter
+
+    def query(self, look: Callable[[Any], Pending | None]) -> Pending | None:
+        with session(self.settings, self.reporter, None) as s:
+            return look(s.conn)
+
+    def waiting(self, step: str, note: str) -> None:
+        return None
+
+
 def _slaves(settings: Settings, reporter: Reporter, point: RestorePoint) -> str:
     """Every slave serving the old version, by its row and its own answer;
-    waited for up to [cluster] slaves_timeout: the slaves start their web
-    servers only once the master's rollback is done, a moment after it."""
-    conf = settings["cluster"]
-    deadline = time.monotonic() + float(conf["slaves_timeout"])
-    while True:
-        wrong, count = _slaves_wrong(settings, reporter, point)
+    waited for up to [cluster] slaves_timeout (cluster/waits.py's poll:
+    a progress line when what it waits for changes): the slaves start
+    their web servers only once the master's rollback is done, a moment
+    after it."""
+    count = 0
+
+    def check(conn: Any) -> Pending | None:
+        nonlocal count
+        wrong, count = _slaves_wrong(conn, settings, point)
         if not wrong:
-            return f"{count} slave(s) serve {point.old}" if count else "no slaves recorded"
-        if time.monotonic() >= deadline:
-            raise MaintError("; ".join(wrong))
-        reporter.progress("waiting for the slaves to serve " + point.old, len(wrong))
-        time.sleep(float(conf["poll"]))
+            return None
+        return Pending(" ".join(name for name, _ in wrong), "; ".join(t for _, t in wrong))
+
+    try:
+        poll_through(_Sessions(settings, reporter), reporter, check,
+                     interval=float(settings["cluster"]["poll"]), step="checks",
+                     timeout=float(settings["cluster"]["slaves_timeout"]),
+                     label=f"the slaves to serve {point.old}")
+    except TimedOut as exc:
+        raise MaintError(exc.pending.text) from None
+    return f"{count} slave(s) serve {point.old}" if count else "no slaves recorded"
 
 
-def _slaves_wrong(settings: Settings, reporter: Reporter,
-                  point: RestorePoint) -> tuple[list[str], int]:
-    with session(settings, reporter, None) as s:
-        rows = [r for r in table.nodes(s.conn) if r.role == Role.SLAVE]
-    wrong = [f"{r.name} serves {r.serving or 'nothing'}" for r in rows if r.serving != point.old]
+def _slaves_wrong(conn: Any, settings: Settings,
+                  point: RestorePoint) -> tuple[list[tuple[str, str]], int]:
+    """(name, what is wrong) for each slave not serving the old version; how many."""
+    rows = [r for r in table.nodes(conn) if r.role == Role.SLAVE]
+    wrong = [(r.name, f"{r.name} serves {r.serving or 'nothing'}") for r in rows
+             if r.serving != point.old]
     timeout = float(settings["cluster"]["probe_timeout"])
     here = table.hostname()
     for row in rows:  # a loopback URL is the slave's own: asked only from its machine
         if row.probe_url and row.serving == point.old and checkable(row, here):
             answer = ask(row.probe_url, timeout)
             if not answer.serving:
-                wrong.append(f"{row.name}: {answer.text}")
+                wrong.append((row.name, f"{row.name}: {answer.text}"))
     return wrong, len(rows)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 from .. import system
 from ..context import UpgradeContext
@@ -14,11 +13,13 @@ from ..db.marker import applied, exists
 from ..db.migrations import release_classes
 from ..db.session import session
 from ..errors import MaintError
+from ..gates import trusted
 from ..gates.rewrite import fsync_dir
 from ..versions import is_downgrade
 from .fingerprint import schema_fingerprint
 from .old_package import NotInstalled, keep_installed
 from .point import RestorePoint, open_point, slug
+from .trees import remove_tree, tail
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,8 @@ def prepare(ctx: UpgradeContext) -> RestorePoint | None:
         return None
     if ctx.package and point.package_name != ctx.package:
         point.update(lambda p: setattr(p, "package_name", ctx.package))
-    point.keep_file(IVLE_CONF, ctx.ivle_conf.path)
-    point.keep_file(SETTINGS, ctx.settings.path)
+    point.keep_file(IVLE_CONF, ctx.ivle_conf.path, trusted.IVLE_CONF)
+    point.keep_file(SETTINGS, ctx.settings.path, trusted.SETTINGS)
     if point.package is None and ctx.package and not ctx.code_is_new:
         _keep_package(ctx, point)
     return point
@@ -116,19 +117,9 @@ def template_aside(ctx: UpgradeContext) -> None:
     if not done.ok:
         remove_tree(partial)
         raise MaintError(f"could not keep the jail template for the restore point "
-                         f"(cp -al {template}): {_tail(done)}")
+                         f"(cp -al {template}): {tail(done)}")
     os.rename(partial, aside)
     fsync_dir(aside.parent)
     # Its inode: after a rollback renames it back, the check knows it is this one.
     kept = {"path": str(template), "aside": str(aside), "inode": str(os.lstat(aside).st_ino)}
     point.update(lambda p: setattr(p, "template", kept))
-
-
-def _tail(done: system.Completed) -> str:
-    return "; ".join(done.tail[-3:]) or f"exit status {done.exit_code}"
-
-
-def remove_tree(path: Path) -> None:
-    done = system.run(["rm", "-rf", "--one-file-system", "--", str(path)])
-    if not done.ok:
-        raise MaintError(f"could not remove {path}: {_tail(done)}")

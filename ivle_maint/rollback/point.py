@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,10 +35,11 @@ from typing import TYPE_CHECKING, Any
 
 from ..db import pins
 from ..errors import MaintError
-from ..gates import clock
+from ..gates import clock, trusted
 from ..gates.rewrite import write_state_file
 from ..safepaths import read_nofollow, safe_dir
 from ..versions import is_downgrade
+from .trees import remove_tree
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -143,11 +143,16 @@ class RestorePoint:
     def pinned(self) -> bool:
         return not self.committed and not self.rolled_back
 
-    def keep_file(self, name: str, original: Path) -> None:
-        """A copy of ORIGINAL (ivle.conf, the settings) as it is now."""
-        if name in self.files or not original.is_file():
+    def keep_file(self, name: str, original: Path, purpose: trusted.Purpose) -> None:
+        """A copy of ORIGINAL (ivle.conf, the settings) as it is now, read
+        through the gate for PURPOSE as the settings loader reads it (root's,
+        bounded): a refused file is one line, and nothing of it is kept."""
+        if name in self.files:
             return
-        data = read_nofollow(original)
+        try:
+            data = trusted.read(original, purpose)
+        except FileNotFoundError:
+            return
         write_state_file(self.directory / name, data, mode=0o600)
         entry = {"original": str(original), "sha256": hashlib.sha256(data).hexdigest()}
         self.update(lambda p: p.files.update({name: p.files.get(name, entry)}))
@@ -271,7 +276,7 @@ def commit(settings: Settings, point: RestorePoint) -> list[str]:
     if point.template is not None:
         aside = Path(point.template["aside"])
         if aside.is_dir() and not aside.is_symlink():
-            shutil.rmtree(aside)
+            remove_tree(aside)
             removed.append(str(aside))
     if point.dump is not None:
         dump = Path(point.dump["path"])

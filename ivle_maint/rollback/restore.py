@@ -32,10 +32,11 @@ from . import cluster_rows
 from . import database as db
 from .choose import Way, choose
 from .differences import summary
-from .keep import IVLE_CONF, SETTINGS, remove_tree
+from .keep import IVLE_CONF, SETTINGS
 from .point import RestorePoint
 from .sessions import exists as database_named
 from .sessions import maintenance
+from .trees import remove_tree
 
 RESTORED_FILES = "files-restored"
 

@@ -12,6 +12,7 @@ from ..db.session import session
 from ..dpkg import package_version
 from ..errors import MaintError
 from ..journal import Journal
+from ..lock import node_lock, rollback_lock
 from ..output import Reporter
 from . import database as db
 from .checks import run_checks, table_lines
@@ -50,6 +51,44 @@ def preview_loss(settings: Settings, reporter: Reporter, point: RestorePoint) ->
 def roll_back(settings: Settings, reporter: Reporter, point: RestorePoint, *,
               accept_data_loss: bool, dry_run: bool) -> int:
     where = f"rollback {point.new} -> {point.old} (restore point of {point.upgrade})"
+    run_dir = settings.path_of("run")
+    # The rollback lock from start to end (a second rollback is refused at
+    # once); the node lock until dpkg runs, whose maintainer scripts run the
+    # hooks that take it themselves: held across dpkg, it would refuse them.
+    # Meanwhile the rollback lock refuses it to every other process (lock.py).
+    with rollback_lock(run_dir, where) as hooks_env:
+        with node_lock(run_dir, where):
+            chosen = _choose(settings, reporter, point, where,
+                             accept_data_loss=accept_data_loss, dry_run=dry_run)
+        if isinstance(chosen, int):
+            return chosen
+        way, package, argv = chosen
+        env = {"IVLE_MAINT_CONF": str(settings.path), "DEBIAN_FRONTEND": "noninteractive",
+               **hooks_env}
+        if accept_data_loss:
+            env["IVLE_MAINT_ACCEPT_DATA_LOSS"] = "1"
+        reporter.info(f"running {' '.join(argv)}")
+        done = system.run(argv, env=env, on_line=lambda line: reporter.info(f"  {line}"))
+        if not done.ok:
+            raise MaintError(f"{argv[0]} failed (exit status {done.exit_code}) during the "
+                             f"rollback to {point.old}", resume=DPKG_RESUME)
+        results = run_checks(settings, reporter, point, package.package if package else
+                             _package_name(point), full=way.full)
+    reporter.info(f"{where}: checks")
+    for line in table_lines(results):
+        reporter.info(line)
+    failed = [r.name for r in results if not r.ok]
+    if failed:
+        raise MaintError(f"rolled back, but not every check passed: {', '.join(failed)}")
+    reporter.info(f"{where}: done; the node serves {point.old} again")
+    return 0
+
+
+def _choose(settings: Settings, reporter: Reporter, point: RestorePoint, where: str, *,
+            accept_data_loss: bool, dry_run: bool
+            ) -> int | tuple[Way, KeptPackage | None, list[str]]:
+    """The way back, said, and the command that takes it; an exit status
+    when there is nothing to run (nothing to roll back, not accepted, a dry run)."""
     _refuse_other_runs(settings, point)
     if _already_at(settings, point):
         reporter.info(f"nothing to roll back: {_package_name(point)} {point.old} is "
@@ -75,24 +114,7 @@ def roll_back(settings: Settings, reporter: Reporter, point: RestorePoint, *,
     if dry_run:
         reporter.info(f"dry run: would run {' '.join(argv)}")
         return 0
-    env = {"IVLE_MAINT_CONF": str(settings.path), "DEBIAN_FRONTEND": "noninteractive"}
-    if accept_data_loss:
-        env["IVLE_MAINT_ACCEPT_DATA_LOSS"] = "1"
-    reporter.info(f"running {' '.join(argv)}")
-    done = system.run(argv, env=env, on_line=lambda line: reporter.info(f"  {line}"))
-    if not done.ok:
-        raise MaintError(f"{argv[0]} failed (exit status {done.exit_code}) during the rollback "
-                         f"to {point.old}", resume=DPKG_RESUME)
-    results = run_checks(settings, reporter, point, package.package if package else
-                         _package_name(point), full=way.full)
-    reporter.info(f"{where}: checks")
-    for line in table_lines(results):
-        reporter.info(line)
-    failed = [r.name for r in results if not r.ok]
-    if failed:
-        raise MaintError(f"rolled back, but not every check passed: {', '.join(failed)}")
-    reporter.info(f"{where}: done; the node serves {point.old} again")
-    return 0
+    return way, package, argv
 
 
 def _refuse_other_runs(settings: Settings, point: RestorePoint) -> None:

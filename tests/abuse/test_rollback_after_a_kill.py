@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from support.abuse_helpers import kill_when
 from support.held_steps import AFTER_STEPS, held_in
 from support.upgrade_helpers import (
     at_version_1_0,
@@ -31,21 +32,11 @@ POSTINST = ("hook", "--package-version", "1.1", "postinst", "configure", "1.0")
 
 
 def killed_in(node: Any, step: str, pythonpath: tuple[str, ...]) -> None:
-    """The postinst, SIGKILLed once STEP has begun (nothing of ivle-maint runs after)."""
+    """The postinst, SIGKILLed 0.2 s into STEP (nothing of ivle-maint runs after)."""
     launched = time.time()
     proc = start_cli(node, *POSTINST, pythonpath=pythonpath)
-    try:
-        while proc.poll() is None:
-            if journal(node).get("steps", {}).get(step, {}).get("started", 0) >= launched:
-                time.sleep(0.2)
-                break
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    kill_when(proc, lambda: journal(node).get("steps", {}).get(step, {}).get("started", 0)
+              >= launched, timeout=120, poll=0.005, delay=0.2)
     assert proc.returncode == -signal.SIGKILL
     assert journal(node)["steps"][step]["status"] == "running"  # as the kill left it
 

@@ -362,15 +362,41 @@ def test_backup_before_migrating_is_private_rotated_and_restorable(
         schema.drop_database(postgres, restored)
 
 
-def test_failure_message_names_the_backup_and_restore_command(site: Site) -> None:
+def test_failure_message_names_the_backup_and_a_way_back_that_works(
+        site: Site, postgres: Any) -> None:
+    """A failed `db migrate` outside an upgrade names its dump and commands
+    that really put it back on IVLE's schema (a function that depends on a
+    table: pg_restore --clean cannot drop that table), run as printed."""
     start_from(site, "20090401-01")
-    site.add_migration("20100101-01.sql", "SELECT 1 / 0;\n")
+    site.run_sql("CREATE FUNCTION enabled_logins() RETURNS SETOF login LANGUAGE sql STABLE "
+                 "AS $$ SELECT * FROM login $$;")
+    before = site.marker()
+    site.add_migration("20100101-01.sql", "ALTER TABLE login ADD COLUMN b1 int;\n")
+    site.add_migration("20100102-01.sql", "SELECT 1 / 0;\n")
     with pytest.raises(MaintError) as info:
         migrations.apply_migrations(site.settings(backup=True), site.reporter)
+    message = str(info.value)
     (dump,) = site.backups.iterdir()
-    assert f"backup taken before this run: {dump} (restore: pg_restore --clean" in str(info.value)
-    assert f"--dbname={site.dbname} {dump})" in str(info.value)
-    assert site.pg.ivle_password not in str(info.value)
+    lead = f"backup taken before this run: {dump} (to put it back, not over the live database: "
+    assert lead in message and "--clean" not in message
+    assert site.pg.ivle_password not in message and "\n" not in message
+    assert "b1" in site.columns("login")  # 20100101-01 stays applied
+    commands = message.split(lead, 1)[1].removesuffix(")")
+    restore, swap = commands.split(", then with IVLE's web server and user management server "
+                                "stopped: ")
+    replaced = f"{site.dbname}_replaced"
+    try:
+        for command in (restore, swap):  # nothing is connected between the two
+            done = subprocess.run(["sh", "-c", command], capture_output=True, text=True,
+                                  check=False)
+            assert done.returncode == 0, (command, done.stderr)
+        assert "b1" not in site.columns("login") and site.marker() == before
+        assert site.query("SELECT count(*) FROM enabled_logins()")[0][0] > 0
+        assert site.query("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = "
+                          "current_database()") == [(site.pg.ivle_user,)]
+    finally:
+        schema.drop_database(postgres, replaced)
+        schema.drop_database(postgres, f"{site.dbname}_restored")
 
 
 def test_no_backup_option_and_setting(site: Site) -> None:
@@ -384,7 +410,8 @@ def test_no_backup_option_and_setting(site: Site) -> None:
 def test_backup_now_and_pg_dump_failure(site: Site) -> None:
     path = migrations.backup_now(site.settings(), site.reporter)
     assert path.exists() and stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert any("restore: pg_restore" in line for line in site.reporter.lines)
+    assert any("(to put it back: sudo -u postgres createdb " in line
+               for line in site.reporter.lines)
     # pg_dump is given the wrong password (PGPASSWORD): a one-line error.
     from ivle_maint.db import backup
     from ivle_maint.db.connect import params_from_settings

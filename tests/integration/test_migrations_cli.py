@@ -119,7 +119,8 @@ def test_backup_command(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
     status, _out, err = run(site, capsys, "backup")
     assert status == 0
     (dump,) = site.backups.iterdir()
-    assert f"backup: {dump} (restore: pg_restore --clean --if-exists" in err
+    assert f"backup: {dump} (to put it back: sudo -u postgres createdb " in err
+    assert "--clean" not in err
 
 
 def test_wrong_password_from_the_real_command(site: Site) -> None:

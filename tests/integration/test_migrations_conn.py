@@ -225,7 +225,7 @@ def test_connect_as_postgres_uses_peer_auth(own_pg: ThrowawayPostgres, tmp_path:
         assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o600)
         assert st.st_size > 0
         migrations.backup_now(settings, s.reporter)
-        assert "(restore: sudo -u postgres pg_restore --clean" in s.reporter.lines[-1]
+        assert "(to put it back: sudo -u postgres createdb " in s.reporter.lines[-1]
     finally:
         hba.write_text(original)
         pg_ctl(own_pg, "reload")

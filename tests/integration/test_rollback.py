@@ -6,6 +6,7 @@ rollback and rollback-failed-migration.)"""
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from typing import Any
 
@@ -202,3 +203,33 @@ def test_the_template_is_kept_while_the_site_still_serves(both):
     done = hook(both, "--package-version", "1.1", "postinst", "configure", "1.0")
     assert done.returncode == 0, done.stderr
     assert [p.stat().st_ino for p in both.template.parent.glob("*.restore-*")] == [inode]
+
+
+def test_a_commit_never_descends_into_a_mount_left_in_the_kept_template(tmp_path):
+    """The kept template goes as the rollback removes trees (rm -rf
+    --one-file-system through the command gate): a filesystem left mounted
+    in it is refused with one line, and what it holds stays."""
+    from ivle_maint.config import load_settings
+    from ivle_maint.errors import MaintError
+    from ivle_maint.rollback import point as points
+
+    conf = tmp_path / "maint.conf"
+    conf.write_text(f"[node]\nrole = both\n[paths]\nstate = {tmp_path / 'state'}\n"
+                    f"backup = {tmp_path / 'backup'}\n")
+    settings = load_settings(str(conf))
+    point = points.open_point(settings, "1.0->1.1@ab", "1.0", "1.1")
+    aside = tmp_path / "template.restore"
+    mounted = aside / "home" / "alice"
+    mounted.mkdir(parents=True)
+    point.update(lambda p: setattr(p, "template", {"path": str(tmp_path / "template"),
+                                                   "aside": str(aside)}))
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(mounted)], check=True)
+    try:
+        (mounted / "work.py").write_text("print('mine')\n")
+        with pytest.raises(MaintError, match=f"could not remove {aside}"):
+            points.commit(settings, point)
+        assert (mounted / "work.py").read_text() == "print('mine')\n"
+    finally:
+        subprocess.run(["umount", str(mounted)], check=True)
+    again = points.for_upgrade(settings, "1.0->1.1@ab")
+    assert again is not None and not again.committed  # not let go

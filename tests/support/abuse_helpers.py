@@ -85,17 +85,25 @@ def resume_line(stderr: str) -> str:
 
 
 def kill_when(proc: subprocess.Popen[str], ready: Callable[[], bool], timeout: float,
-              poll: float = 0.01) -> None:
-    """SIGKILL PROC (a running ivle-maint) as soon as READY() holds; it must
-    not end by itself before."""
+              poll: float = 0.01, delay: float = 0.0) -> None:
+    """SIGKILL PROC (a running ivle-maint) DELAY seconds after READY() holds
+    (0: as soon as it does: inside a step that has just begun; more: further
+    into it); it must not end by itself before.  On a failed wait PROC is
+    killed too, never left running."""
     deadline = time.monotonic() + timeout
-    while not ready():
+    try:
+        while not ready():
+            if proc.poll() is not None:
+                raise AssertionError(f"ended before it was killed: {proc.communicate()}")
+            assert time.monotonic() < deadline, f"not ready after {timeout} s"
+            time.sleep(poll)
+        time.sleep(delay)
         if proc.poll() is not None:
-            raise AssertionError(f"ended before it was killed: {proc.communicate()}")
-        assert time.monotonic() < deadline, f"not ready after {timeout} s"
-        time.sleep(poll)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+            raise AssertionError(f"ended {delay} s after it was ready, before it was "
+                                 f"killed: {proc.communicate()}")
+    finally:
+        proc.send_signal(signal.SIGKILL)  # nothing once it has ended
+        proc.communicate()
 
 
 def wait_until_gone(pids: Callable[[], list[int]], timeout: float, message: str) -> None:

@@ -89,3 +89,45 @@ def test_the_run_directory_is_created_0755_under_umask_000(tmp_path):
         os.umask(old)
     assert (tmp_path / "a").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "a" / "run").stat().st_mode & 0o777 == 0o755
+
+
+ROLLBACK_HOLDER = """
+import sys, time
+from pathlib import Path
+from ivle_maint.lock import rollback_lock
+with rollback_lock(Path(sys.argv[1]), "rollback 1.1 -> 1.0") as env:
+    print(env["IVLE_MAINT_ROLLBACK_PID"], flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_rollback_refuses_the_node_lock_to_all_but_its_own_hooks(tmp_path, monkeypatch):
+    from ivle_maint.lock import ROLLBACK_ENV, rollback_lock
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ROLLBACK_HOLDER, str(tmp_path)], stdout=subprocess.PIPE,
+        text=True, env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == str(proc.pid)
+        with pytest.raises(LockedError) as again, rollback_lock(tmp_path, "second"):
+            pass
+        assert str(again.value).startswith(
+            f"a rollback is already under way on this node (pid {proc.pid}: rollback 1.1 -> 1.0")
+        monkeypatch.delenv(ROLLBACK_ENV, raising=False)
+        with pytest.raises(LockedError) as other, node_lock(tmp_path, "rerun"):
+            pass
+        assert str(other.value).startswith(
+            f"a rollback is under way on this node (pid {proc.pid}: rollback 1.1 -> 1.0")
+        assert other.value.exit_status == 75
+        assert (tmp_path / "lock").read_text() == ""  # let go at once
+        monkeypatch.setenv(ROLLBACK_ENV, str(proc.pid))  # a hook of its dpkg
+        with node_lock(tmp_path, "hook preinst"):
+            assert "hook preinst" in (tmp_path / "lock").read_text()
+    finally:
+        proc.kill()
+        proc.wait()
+    monkeypatch.delenv(ROLLBACK_ENV)
+    # Free again; and a rollback takes the node lock beside its own.
+    with rollback_lock(tmp_path, "mine"), node_lock(tmp_path, "mine too"):
+        pass

@@ -16,17 +16,42 @@ def test_restore_command_is_shell_quoted(tmp_path: Path) -> None:
     path = tmp_path / f"it's my backups $(touch {canary}) \"`x`\"" / "ivle-x.dump"
     params = ConnectParams("ivle db", "127.0.0.1", 5432, "ivle", "secret")
     command = backup.restore_command(params, path)
-    argv = shlex.split(command)
-    assert argv[0] == "pg_restore" and argv[-1] == str(path)
-    assert "--dbname=ivle db" in argv and "secret" not in command
-    # The shell hands pg_restore exactly these words and runs no $(...).
-    done = subprocess.run(["sh", "-c", f"set -- {command}; printf '%s\\n' \"$@\""],
-                          capture_output=True, text=True, check=True)
-    assert done.stdout.splitlines() == argv
+    assert "secret" not in command
+    create, _, rest = command.partition(" && ")
+    fill, _, swap = rest.partition(", then with IVLE's web server and user management "
+                                   "server stopped: ")
+    fill, _, source = fill.partition(" < ")
+    assert shlex.split(source) == [str(path)]  # read by the shell: one word
+    for part in (create, fill, swap, f"x {source}"):
+        argv = shlex.split(part)
+        # The shell hands the program exactly these words and runs no $(...).
+        done = subprocess.run(["sh", "-c", f"set -- {part}; printf '%s\\n' \"$@\""],
+                              capture_output=True, text=True, check=True)
+        assert done.stdout.splitlines() == argv
     assert not canary.exists()
-    as_postgres = ConnectParams("ivle", "/run/postgresql", 5432, None, os_user="postgres")
-    assert shlex.split(backup.restore_command(as_postgres, path))[:4] == [
-        "sudo", "-u", "postgres", "pg_restore"]
+    assert shlex.split(fill)[-1] == "--dbname=ivle db_restored"
+
+
+def test_restore_command_never_restores_over_the_live_database(tmp_path: Path) -> None:
+    """pg_restore --clean fails on IVLE's schema (a function that depends on
+    a table): a new database, restored, then the names swapped at once."""
+    path = tmp_path / "ivle-x.dump"
+    as_postgres = ConnectParams("ivle", "/run/postgresql", 5432, "postgres", None,
+                                os_user="postgres")
+    command = backup.restore_command(as_postgres, path, owner="ivle_user")
+    assert "--clean" not in command
+    create, _, rest = command.partition(" && ")
+    fill, _, swap = rest.partition(", then with IVLE's web server and user management "
+                                   "server stopped: ")
+    where = ["--port=5432", "--host=/run/postgresql", "--username=postgres"]
+    assert shlex.split(create) == ["sudo", "-u", "postgres", "createdb", *where,
+                                   "--template=template0", "--owner=ivle_user", "ivle_restored"]
+    assert shlex.split(fill) == ["sudo", "-u", "postgres", "pg_restore", *where,
+                                 "--exit-on-error", "--dbname=ivle_restored", "<", str(path)]
+    assert shlex.split(swap) == [
+        "sudo", "-u", "postgres", "psql", *where, "--dbname=postgres", "--set=ON_ERROR_STOP=1",
+        '--command=ALTER DATABASE "ivle" RENAME TO "ivle_replaced"; '
+        'ALTER DATABASE "ivle_restored" RENAME TO "ivle"']
 
 
 def _touch_dumps(directory: Path, count: int) -> list[Path]:

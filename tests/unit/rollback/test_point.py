@@ -5,6 +5,7 @@ counts and on durations the clocks can tell (a jumped clock commits nothing)."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from ivle_maint.config import Settings, load_settings
 from ivle_maint.db import backup, pins
 from ivle_maint.errors import MaintError
-from ivle_maint.gates import clock
+from ivle_maint.gates import clock, trusted
 from ivle_maint.rollback import point as points
 
 
@@ -32,9 +33,10 @@ def test_a_point_keeps_files_and_finds_them_back_checked(tmp_path):
     conf = tmp_path / "ivle.conf"
     conf.write_text("[media]\nversion = 1\n")
     point = points.open_point(settings, "1.0->1.1@ab", "1.0", "1.1")
-    point.keep_file("ivle.conf", conf)
+    point.keep_file("ivle.conf", conf, trusted.IVLE_CONF)
     conf.write_text("[media]\nversion = 2\n")
-    point.keep_file("ivle.conf", conf)  # kept once: the first copy is the point's
+    # Kept once: the first copy is the point's.
+    point.keep_file("ivle.conf", conf, trusted.IVLE_CONF)
     again = points.for_upgrade(settings, "1.0->1.1@ab")
     assert again is not None and again.kept_file("ivle.conf") == b"[media]\nversion = 1\n"
     (again.directory / "ivle.conf").write_text("tampered\n")
@@ -132,3 +134,24 @@ def test_a_damaged_manifest_is_one_line(tmp_path):
     point.manifest.write_text(json.dumps({"upgrade": 3}))
     with pytest.raises(MaintError, match="unreadable restore point"):
         points.all_points(settings)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: chown to nobody")
+@pytest.mark.parametrize("fault", ["owner", "size"])
+def test_a_file_the_gate_refuses_is_one_line_and_nothing_is_kept(tmp_path, fault):
+    settings = settings_in(tmp_path)
+    conf = tmp_path / "ivle.conf"
+    conf.write_text("[media]\nversion = 1\n")
+    if fault == "owner":
+        os.chown(conf, 65534, 65534)
+    else:
+        conf.write_bytes(b"#" * (trusted.IVLE_CONF.limit or 0) + b"\n")
+    point = points.open_point(settings, "1.0->1.1@ab", "1.0", "1.1")
+    with pytest.raises(MaintError) as refused:
+        point.keep_file("ivle.conf", conf, trusted.IVLE_CONF)
+    message = str(refused.value)
+    assert message.startswith(f"ivle.conf {conf}: ") and "\n" not in message
+    assert ("owned by uid 65534, not root" if fault == "owner" else "larger than") in message
+    assert {p.name for p in point.directory.iterdir()} - {points.LOCK} == {points.MANIFEST}
+    again = points.for_upgrade(settings, "1.0->1.1@ab")
+    assert again is not None and again.files == {}
