@@ -7,10 +7,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 # What reading the marker never needs: splitting, classifying (pglast),
-# applying, pg_dump's backups, running commands (sh), the steps; nor
-# strptime's module (db.discovery checks a key's date without it).
+# applying, pg_dump's backups, running commands (sh), the steps, nor
+# their types (context: the settings take the roles from roles.py); nor
+# strptime's module (db.discovery checks a key's date without it), nor
+# difflib (only a misspelt setting's "did you mean").
 NOT_FOR_STATUS = (
     "sh", "pglast", "debian", "psutil", "psycopg2.extras", "http.client", "_strptime",
+    "difflib", "ivle_maint.context",
     "ivle_maint.system", "ivle_maint.children", "ivle_maint.logfile",
     "ivle_maint.db.backup", "ivle_maint.db.pins", "ivle_maint.db.apply",
     "ivle_maint.db.classify", "ivle_maint.db.sqlsplit", "ivle_maint.db.migration_class",
