@@ -6,7 +6,8 @@ module loads IVLE's procedure, every step and every library the steps use
 (procedure.STEPS): a broken install (a bad python3-psutil, say) fails
 before anything is stopped, and nothing is left to import once the web
 server is down.  The third-party modules the steps load only when they act
-(sh, to run a command; pglast, to parse SQL) are loaded by preload(),
+(sh, to run a command; pglast, to parse SQL; python3-debian's DebFile,
+to read a .deb; http.client, to ask a web server) are loaded by preload(),
 before the first step of every run.
 """
 
@@ -21,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import children, preflight, system
+from .cluster import probe
 from .cluster.presence import Presence
 from .config import Settings
 from .context import ACCEPT_CLASS_ENV, AFTER, BEFORE, RunOptions, Step, UpgradeContext
@@ -35,7 +37,7 @@ from .lock import node_lock
 from .logfile import limits, run_log
 from .output import Reporter
 from .procedure import STEPS
-from .rollback import keep, restore
+from .rollback import keep, old_package, restore
 from .rollback import point as restore_points
 from .runner import Procedure
 from .safepaths import check_settings_dirs
@@ -55,6 +57,8 @@ def preload() -> None:
     never call this, and never load them."""
     system.preload()
     pgparse.available()  # pglast is optional: without it, nothing to load
+    old_package.preload()  # python3-debian's DebFile: keeping the old package
+    probe.preload()  # http.client: asking a slave's web server
 
 
 def state_dir(settings: Settings) -> Path:

@@ -23,9 +23,12 @@ NOT_FOR_STATUS = (
 )
 # `plan` loads the steps (each says its own plan lines), so their
 # libraries; not the third-party modules they load only to act (an
-# upgrade loads them before its first step: upgrade.preload).  pglast:
-# the modules that use it load it only to classify pending migrations.
-NOT_FOR_PLAN = ("sh", "pglast", "psycopg2.extras")
+# upgrade loads them before its first step: upgrade.preload): sh,
+# python3-debian's DebFile (and chardet with it) to read a .deb,
+# http.client to ask a web server; nor uuid.  pglast: the modules that
+# use it load it only to classify pending migrations.
+NOT_FOR_PLAN = ("sh", "pglast", "psycopg2.extras", "debian.debfile", "chardet", "http.client",
+                "uuid")
 
 
 def found(modules: Iterable[str], forbidden: Iterable[str]) -> list[str]:
