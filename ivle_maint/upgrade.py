@@ -3,12 +3,12 @@
 The dpkg hooks, `ivle-maint upgrade` and `ivle-maint rerun` all come
 through here; they differ only in which phases they run.  Loading this
 module loads IVLE's procedure, every step and every library the steps use
-(procedure.STEPS): a broken install (a bad python3-psutil, say) fails
-before anything is stopped, and nothing is left to import once the web
-server is down.  The third-party modules the steps load only when they act
-(sh, to run a command; pglast, to parse SQL; python3-debian's DebFile,
-to read a .deb; http.client, to ask a web server) are loaded by preload(),
-before the first step of every run.
+(procedure.STEPS); the third-party modules the steps load only when they
+act (sh, to run a command; pglast, to parse SQL; python3-debian's DebFile,
+to read a .deb; http.client, to ask a web server; psutil, to look at
+processes) are loaded by preload(), before the first step of every run.
+So a broken install (a bad python3-psutil, say) fails before anything is
+stopped, and nothing is left to import once the web server is down.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from .db import pgparse
 from .db.backup import remove_leftovers
 from .db.migrations import upgrade_completed
 from .errors import MaintError
+from .gates import processes
 from .gates.rewrite import patch_in_place
 from .installed import read_installed, record_installed
 from .journal import Journal, unfinished
@@ -59,6 +60,7 @@ def preload() -> None:
     pgparse.available()  # pglast is optional: without it, nothing to load
     old_package.preload()  # python3-debian's DebFile: keeping the old package
     probe.preload()  # http.client: asking a slave's web server
+    processes.preload()  # psutil: the jails' processes, the consoles
 
 
 def state_dir(settings: Settings) -> Path:

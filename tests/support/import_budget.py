@@ -25,10 +25,11 @@ NOT_FOR_STATUS = (
 # libraries; not the third-party modules they load only to act (an
 # upgrade loads them before its first step: upgrade.preload): sh,
 # python3-debian's DebFile (and chardet with it) to read a .deb,
-# http.client to ask a web server; nor uuid.  pglast: the modules that
-# use it load it only to classify pending migrations.
+# http.client to ask a web server, psutil to look at processes; nor
+# uuid.  pglast: the modules that use it load it only to classify
+# pending migrations.
 NOT_FOR_PLAN = ("sh", "pglast", "psycopg2.extras", "debian.debfile", "chardet", "http.client",
-                "uuid")
+                "psutil", "uuid")
 
 
 def found(modules: Iterable[str], forbidden: Iterable[str]) -> list[str]:

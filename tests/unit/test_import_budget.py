@@ -64,4 +64,4 @@ def test_the_probes_see_a_forbidden_module():
                                                     "ivle_maint.commands.upgrade",
                                                     "ivle_maint.context"]
     preloaded = loaded(PLAN + "import ivle_maint.upgrade\nivle_maint.upgrade.preload()\n")
-    assert {"sh", "debian.debfile", "http.client"} <= set(found(preloaded, NOT_FOR_PLAN))
+    assert {"sh", "debian.debfile", "http.client", "psutil"} <= set(found(preloaded, NOT_FOR_PLAN))
