@@ -284,7 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError as exc:
         # A broken install (a bad python3-psutil, say): one line, not a
         # traceback.  An upgrade loads every step's library before any step
-        # (upgrade.py imports the procedure), so this comes with the site up.
+        # (upgrade.py imports the procedure, upgrade.preload what the steps
+        # load only to act), so this comes with the site up.
         logging.getLogger(__name__).debug("ImportError", exc_info=True)
         _say("ivle-maint: error: ", f"Python module {failed_module(exc)} does not load: {exc}")
         return 1

@@ -7,7 +7,6 @@ and its default (``ivle-maint settings`` prints it).
 
 from __future__ import annotations
 
-import difflib
 import os
 import socket
 from dataclasses import dataclass
@@ -16,9 +15,9 @@ from typing import Any
 
 from configobj import ConfigObj, ConfigObjError, Section, flatten_errors, get_extra_values
 
-from .context import Role
 from .errors import ConfigError
 from .gates import trusted
+from .roles import Role
 
 try:  # configobj >= 5.1 ships validate inside the package
     from configobj.validate import Validator
@@ -277,6 +276,8 @@ devmode = boolean(default=False)
 
 
 def _nearest(name: str, valid: list[str], form: str = "{}") -> str:
+    import difflib  # only for a misspelt name
+
     close = difflib.get_close_matches(name, valid, n=1)
     return f" (did you mean {form.format(close[0])}?)" if close else ""
 

@@ -13,6 +13,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from .roles import Role
+
 if TYPE_CHECKING:
     from .config import IvleConf, Settings
     from .journal import Journal
@@ -20,31 +22,6 @@ if TYPE_CHECKING:
     from .rollback.point import RestorePoint
 
 T = TypeVar("T")
-
-
-
-class Role(StrEnum):
-    """What a node is in the IVLE cluster ([node] role), and what a step
-    needs of the node that runs it.  A StrEnum: journals, the cluster table
-    and the settings keep the plain strings, and a Role equals its string."""
-
-    MASTER = "master"  # PostgreSQL, the user management server, the jail template
-    SLAVE = "slave"    # Apache, students' code in their jails
-    BOTH = "both"      # one machine is the whole site: runs every step
-
-    @property
-    def runs_web(self) -> bool:
-        """Does this node serve IVLE's web site (a slave's duties)?"""
-        return self in (Role.SLAVE, Role.BOTH)
-
-    @property
-    def runs_database(self) -> bool:
-        """Does this node keep the database and jail template (a master's duties)?"""
-        return self in (Role.MASTER, Role.BOTH)
-
-    def runs(self, step_role: Role | str) -> bool:
-        """Does a node of this role run a step declared for STEP_ROLE?"""
-        return self is Role.BOTH or self == step_role
 
 
 class Phase(StrEnum):

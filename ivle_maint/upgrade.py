@@ -3,11 +3,12 @@
 The dpkg hooks, `ivle-maint upgrade` and `ivle-maint rerun` all come
 through here; they differ only in which phases they run.  Loading this
 module loads IVLE's procedure, every step and every library the steps use
-(procedure.STEPS): a broken install (a bad python3-psutil, say) fails
-before anything is stopped, and nothing is left to import once the web
-server is down.  The third-party modules the steps load only when they act
-(sh, to run a command; pglast, to parse SQL) are loaded by preload(),
-before the first step of every run.
+(procedure.STEPS); the third-party modules the steps load only when they
+act (sh, to run a command; pglast, to parse SQL; python3-debian's DebFile,
+to read a .deb; http.client, to ask a web server; psutil, to look at
+processes) are loaded by preload(), before the first step of every run.
+So a broken install (a bad python3-psutil, say) fails before anything is
+stopped, and nothing is left to import once the web server is down.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import children, preflight, system
+from .cluster import probe
 from .cluster.presence import Presence
 from .config import Settings
 from .context import (
@@ -36,6 +38,7 @@ from .db import pgparse
 from .db.backup import remove_leftovers
 from .db.migrations import upgrade_completed
 from .errors import MaintError
+from .gates import processes
 from .gates.rewrite import patch_in_place
 from .installed import read_installed, record_installed
 from .journal import Journal, unfinished
@@ -43,7 +46,7 @@ from .lock import node_lock
 from .logfile import limits, run_log
 from .output import Reporter
 from .procedure import STEPS
-from .rollback import keep, restore
+from .rollback import keep, old_package, restore
 from .rollback import point as restore_points
 from .runner import Procedure
 from .safepaths import check_settings_dirs
@@ -63,6 +66,9 @@ def preload() -> None:
     never call this, and never load them."""
     system.preload()
     pgparse.available()  # pglast is optional: without it, nothing to load
+    old_package.preload()  # python3-debian's DebFile: keeping the old package
+    probe.preload()  # http.client: asking a slave's web server
+    processes.preload()  # psutil: the jails' processes, the consoles
 
 
 def state_dir(settings: Settings) -> Path:

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -75,7 +75,7 @@ def node_id(settings: Settings) -> str:
     try:
         return read_nofollow(path).decode("utf-8").strip()
     except FileNotFoundError:
-        value = uuid.uuid4().hex
+        value = secrets.token_hex(16)  # 32 hex digits, as uuid4().hex was
         write_state_file(path, f"{value}\n".encode(), mode=0o644)
         return value
 

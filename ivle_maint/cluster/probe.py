@@ -18,10 +18,10 @@ the master says so once.
 
 from __future__ import annotations
 
-import http.client
 import socket
 import urllib.parse
 from dataclasses import dataclass
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -39,18 +39,28 @@ class Answer:
     maintenance: bool = False  # ivle-maint's maintenance page answered
 
 
+def preload() -> ModuleType:
+    """http.client, loaded on the first request, not with this module (it
+    loads the email package: `plan` asks no web server).  An upgrade calls
+    this before its first step (upgrade.preload)."""
+    import http.client  # deferred on purpose, see above
+
+    return http.client
+
+
 def ask(url: str, timeout: float) -> Answer:
     """One GET of URL: does an IVLE web server answer there?"""
+    client = preload()
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return Answer(False, f"not an http(s) URL: {url}")
-    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    kind = client.HTTPSConnection if parts.scheme == "https" else client.HTTPConnection
     conn = kind(parts.hostname, parts.port, timeout=timeout)
     try:
         conn.request("GET", parts.path or "/", headers={"User-Agent": "ivle-maint probe"})
         response = conn.getresponse()
         status, maintenance = response.status, response.getheader(MAINTENANCE_HEADER)
-    except (OSError, http.client.HTTPException) as exc:
+    except (OSError, client.HTTPException) as exc:
         why = "timed out" if isinstance(exc, socket.timeout) else (
             exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__)
         return Answer(False, f"no answer at {url} ({why})")

@@ -22,8 +22,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-
-import psutil
+from typing import TYPE_CHECKING
 
 from .. import jaildir
 from ..config import Settings
@@ -32,6 +31,9 @@ from ..gates.processes import Found, Verdict
 from ..gates.text import shown
 from ..mountinfo import is_at_or_below
 from ..output import Reporter
+
+if TYPE_CHECKING:
+    import psutil
 
 log = logging.getLogger(__name__)
 

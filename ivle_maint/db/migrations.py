@@ -113,11 +113,39 @@ def preflight(
     shipped = discover(directory)
     with _session(settings, reporter or RecordingReporter(), resume) as s:
         st = read_status(s.conn, s.params.dbname, directory, shipped)
-        check_writers(directory, [m.path for m in st.pending])
-        plan = make_plan(s.conn, st, accept_changed, allow_out_of_order, accept_class)
+        plan = _plan(s.conn, st, accept_changed, allow_out_of_order, accept_class)
     if check:
         plan.raise_problems(resume)
     return plan
+
+
+def status_or_plan(
+    settings: Settings,
+    *,
+    migrations_dir: Path | str | None = None,
+    accept_changed: Sequence[str] = (),
+    allow_out_of_order: bool = False,
+    accept_class: Sequence[str] = (),
+    reporter: Reporter | None = None,
+    resume: str | None = None,
+) -> Status | Plan:
+    """The marker read once, on one connection: preflight(check=False)'s
+    Plan, or the Status alone when the database is unmarked (tables, no
+    record of what was applied: every file would be pending, and nothing
+    is classified).  Changes nothing."""
+    directory = _directory(settings, migrations_dir)
+    shipped = discover(directory)
+    with _session(settings, reporter or RecordingReporter(), resume) as s:
+        st = read_status(s.conn, s.params.dbname, directory, shipped)
+        if st.unmarked:
+            return st
+        return _plan(s.conn, st, accept_changed, allow_out_of_order, accept_class)
+
+
+def _plan(conn: Any, st: Status, accept_changed: Sequence[str], allow_out_of_order: bool,
+          accept_class: Sequence[str]) -> Plan:
+    check_writers(st.directory, [m.path for m in st.pending])
+    return make_plan(conn, st, accept_changed, allow_out_of_order, accept_class)
 
 
 def apply_migrations(

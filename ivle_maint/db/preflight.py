@@ -196,8 +196,12 @@ def plan_lines(ctx: UpgradeContext, source: str | None, baseline: str) -> list[s
     # The new version's migrations when they are known (--migrations, or
     # the new package's manifest as ctx.new_migrations), else the installed ones.
     directory = ctx.preflight_migrations
-    status = migrations.status(ctx.settings, migrations_dir=directory, reporter=ctx.reporter)
-    if status.unmarked:
+    plan = migrations.status_or_plan(
+        ctx.settings, migrations_dir=directory, accept_changed=ctx.accept_changed,
+        allow_out_of_order=ctx.allow_out_of_order, accept_class=ctx.accept_class,
+        reporter=ctx.reporter,
+    )
+    if isinstance(plan, migrations.Status):  # unmarked
         try:
             recorded, pending = classified_after_baseline(ctx)
         except MaintError as exc:
@@ -206,11 +210,6 @@ def plan_lines(ctx: UpgradeContext, source: str | None, baseline: str) -> list[s
                  f"{ctx.old} as applied, without running them"]
         classes, problems = classes_of(pending, ctx.accept_class)
     else:
-        plan = migrations.preflight(
-            ctx.settings, migrations_dir=directory, accept_changed=ctx.accept_changed,
-            allow_out_of_order=ctx.allow_out_of_order, accept_class=ctx.accept_class,
-            reporter=ctx.reporter, check=False,
-        )
         pending, classes, problems, lines = plan.pending, plan.classes, plan.problems, []
     lines.append(f"pending migrations in {source or directory}: {len(pending)}")
     if ctx.new_migrations is None and ctx.migrations_dir is None:

@@ -18,6 +18,7 @@ statements flagged ``meta`` so that classification can refuse them.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,8 +28,17 @@ from itertools import pairwise
 HEAD_TOKENS = 24
 
 _IDENT_START = r"A-Za-z_\u0080-\U0010ffff"
-_WORD = re.compile(rf"[{_IDENT_START}][{_IDENT_START}0-9$]*")
-_DOLLAR = re.compile(rf"\$(?:[{_IDENT_START}][{_IDENT_START}0-9]*)?\$")
+
+
+@functools.cache
+def _identifiers() -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """(a word, a dollar quote's tag), compiled on the first split, not on
+    import: their classes span every non-ASCII code point, milliseconds
+    that `plan` with nothing pending never needs."""
+    return (re.compile(rf"[{_IDENT_START}][{_IDENT_START}0-9$]*"),
+            re.compile(rf"\$(?:[{_IDENT_START}][{_IDENT_START}0-9]*)?\$"))
+
+
 _SPACE = re.compile(r"\s+")
 _NUMBER = re.compile(r"[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?|\.[0-9]+")
 
@@ -137,13 +147,14 @@ def _scan(text: str, pos: int, line: int, prev: Token | None, standard: bool) ->
         return "string", _scan_quoted(text, pos, line, backslash=e_string or not standard)
     if c == '"':
         return "quoted", _scan_ident(text, pos, line)
-    if c == "$" and (m := _DOLLAR.match(text, pos)):
+    word, dollar = _identifiers()
+    if c == "$" and (m := dollar.match(text, pos)):
         tag = m.group()
         close = text.find(tag, m.end())
         if close < 0:
             raise SplitError(line, f"unterminated dollar-quoted string {tag}")
         return "dollar", close + len(tag)
-    if m := _WORD.match(text, pos):
+    if m := word.match(text, pos):
         return "word", m.end()
     if m := _NUMBER.match(text, pos):
         return "other", m.end()

@@ -59,12 +59,15 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-
-import psutil
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from ..errors import MaintError
 from ..mountinfo import is_below
 from .text import shown
+
+if TYPE_CHECKING:
+    import psutil
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,16 @@ KILL_WAIT = 5.0  # seconds a SIGKILLed process may take to go, per round
 SETTLE = 1.0  # seconds a process outside IVLE's users may take to leave a jail (a launcher)
 SHOWN = 3  # processes named in one line
 COMMAND_CHARS = 200  # of a command line, in a message or the log (a student's may be 2 MB)
+
+
+def preload() -> ModuleType:
+    """psutil, loaded by the functions that look at processes, not with this
+    module (cluster/presence imports it: `plan` lists no process and never
+    pays for psutil).  An upgrade calls this before its first step
+    (upgrade.preload): a broken python3-psutil fails with the site up."""
+    import psutil  # deferred on purpose, see above
+
+    return psutil
 MAX_PIDFDS = 256  # descriptors held for signalling; beyond, psutil's start-time check
 UP_LEVELS = 32  # parents of a working directory compared, another mount namespace
 
@@ -226,6 +239,8 @@ def live_task(proc: psutil.Process) -> str | None:
     """Where /proc shows the process: /proc/PID, or, when its first thread
     has exited (a zombie to ps) while others run on, /proc/PID/task/TID of
     a live one; None once every thread has ended."""
+    import psutil  # see preload()
+
     pid = proc.pid
     if proc.status() != psutil.STATUS_ZOMBIE:
         return f"/proc/{pid}"
@@ -341,6 +356,8 @@ def protected() -> dict[int, str]:
     """ivle-maint, its ancestors (dpkg, the shell) and init: never signalled.
     Its descendants are not spared: a process in a jail is judged by where
     it is and whose it is, whoever started it."""
+    import psutil  # see preload()
+
     me = psutil.Process()
     spared = {p.pid: "ivle-maint or its caller" for p in [me, *me.parents()]}
     spared[1] = "init (PID 1)"
@@ -348,6 +365,8 @@ def protected() -> dict[int, str]:
 
 
 def _cmdline(proc: psutil.Process) -> tuple[str, ...]:
+    import psutil  # see preload()
+
     try:
         return tuple(proc.cmdline())
     except psutil.Error:  # a zombie first thread has none
@@ -355,6 +374,8 @@ def _cmdline(proc: psutil.Process) -> tuple[str, ...]:
 
 
 def _user(proc: psutil.Process, uid: int) -> str:
+    import psutil  # see preload()
+
     try:
         return str(proc.username())
     except (psutil.Error, KeyError):
@@ -363,6 +384,8 @@ def _user(proc: psutil.Process, uid: int) -> str:
 
 def scan(tree: JailTree, spared: Mapping[int, str]) -> list[Found]:
     """Every live process in the jail tree, with its verdict."""
+    import psutil  # see preload()
+
     found = []
     for proc in psutil.process_iter():
         try:
@@ -403,6 +426,8 @@ class _Handle:
 
     def send(self, sig: int) -> bool:
         """Signal it; False when it had already gone."""
+        import psutil  # see preload()
+
         if self.dead:
             return False
         try:
@@ -416,6 +441,8 @@ class _Handle:
         return True
 
     def gone(self) -> bool:
+        import psutil  # see preload()
+
         if self.dead:
             return True
         if self.fd is not None:
@@ -511,6 +538,8 @@ def _handle(found: Found, handles: dict[int, _Handle]) -> _Handle:
 def _freeze(first: list[Found], tree: JailTree, spared: Mapping[int, str],
             handles: dict[int, _Handle]) -> list[_Handle]:  # fmt: skip
     """SIGSTOP each, then each child they forked meanwhile, until none is new."""
+    import psutil  # see preload()
+
     frozen: dict[int, _Handle] = {}
     tried: set[int] = set()
     todo = list(first)

@@ -70,10 +70,12 @@ with the file it checked.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import ConfigError, MaintError
 
@@ -239,16 +241,27 @@ _NOT_FILES = {0x9FA0: "proc", 0x62656572: "sysfs", 0x64626720: "debugfs",
               0x42494E4D: "binfmt_misc", 0x6E736673: "nsfs", 0x50495045: "pipefs"}
 
 
+@functools.cache
+def _fstatfs() -> Callable[[int, Any], int] | None:
+    """libc's fstatfs, looked up once per process (`db status` checks every
+    migration file), or None without one."""
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).fstatfs
+    except (OSError, AttributeError):
+        return None
+
+
 def _fs_type(fd: int) -> int | None:
     """The f_type of the filesystem holding FD (fstatfs), None if unknown."""
     import ctypes
 
+    fstatfs = _fstatfs()
+    if fstatfs is None:
+        return None
     buf = ctypes.create_string_buffer(256)  # struct statfs: f_type comes first
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.fstatfs(fd, buf) != 0:
-            return None
-    except (OSError, AttributeError):
+    if fstatfs(fd, buf) != 0:
         return None
     return int(ctypes.c_long.from_buffer(buf).value) & 0xFFFFFFFF
 

@@ -41,9 +41,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import suppress
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import IO, Any
-
-from debian.debfile import DebFile
+from typing import IO, TYPE_CHECKING, Any
 
 from .. import system
 from ..dpkg import FileList, installed_md5sums
@@ -51,6 +49,9 @@ from ..errors import MaintError
 from ..gates import trusted
 from ..gates.rewrite import fsync_dir, replace_file
 from ..output import Reporter
+
+if TYPE_CHECKING:
+    from debian.debfile import DebFile
 
 APT_CACHE = Path("/var/cache/apt/archives")
 # A .deb read to be kept: root's, bounded (IVLE's is a few MB).
@@ -272,10 +273,19 @@ def _fields(stanza: str) -> dict[str, str]:
 # ------------------------------------------------------------- checking a .deb
 
 
+def preload() -> type[DebFile]:
+    """python3-debian's DebFile, loaded when a .deb is read, not with this
+    module (it loads chardet: `plan` reads no .deb and never pays for it).
+    An upgrade calls this before its first step (upgrade.preload)."""
+    from debian.debfile import DebFile  # deferred on purpose, see above
+
+    return DebFile
+
+
 def _control(path: Path) -> dict[str, str]:
     """A .deb's control fields ({} when it is no readable .deb)."""
     try:
-        with DebFile(filename=str(path)) as deb:
+        with preload()(filename=str(path)) as deb:
             return {k: str(v) for k, v in deb.debcontrol().items()}
     except Exception:  # any damage (ar, tar, compression) means: not that package
         return {}
@@ -292,7 +302,7 @@ def _mismatch(path: Path, inst: _Installed, *, rebuilt: bool) -> str:
         else:
             expected[conffile] = digest
     try:
-        with DebFile(filename=str(path)) as deb:
+        with preload()(filename=str(path)) as deb:
             fields = deb.debcontrol()
             said = (fields.get("Package"), fields.get("Version"), fields.get("Architecture"))
             if said != (inst.package, inst.version, inst.architecture):

@@ -7,10 +7,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 # What reading the marker never needs: splitting, classifying (pglast),
-# applying, pg_dump's backups, running commands (sh), the steps; nor
-# strptime's module (db.discovery checks a key's date without it).
+# applying, pg_dump's backups, running commands (sh), the steps, nor
+# their types (context: the settings take the roles from roles.py); nor
+# strptime's module (db.discovery checks a key's date without it), nor
+# difflib (only a misspelt setting's "did you mean").
 NOT_FOR_STATUS = (
     "sh", "pglast", "debian", "psutil", "psycopg2.extras", "http.client", "_strptime",
+    "difflib", "ivle_maint.context",
     "ivle_maint.system", "ivle_maint.children", "ivle_maint.logfile",
     "ivle_maint.db.backup", "ivle_maint.db.pins", "ivle_maint.db.apply",
     "ivle_maint.db.classify", "ivle_maint.db.sqlsplit", "ivle_maint.db.migration_class",
@@ -20,9 +23,13 @@ NOT_FOR_STATUS = (
 )
 # `plan` loads the steps (each says its own plan lines), so their
 # libraries; not the third-party modules they load only to act (an
-# upgrade loads them before its first step: upgrade.preload).  pglast:
-# the modules that use it load it only to classify pending migrations.
-NOT_FOR_PLAN = ("sh", "pglast", "psycopg2.extras")
+# upgrade loads them before its first step: upgrade.preload): sh,
+# python3-debian's DebFile (and chardet with it) to read a .deb,
+# http.client to ask a web server, psutil to look at processes; nor
+# uuid.  pglast: the modules that use it load it only to classify
+# pending migrations.
+NOT_FOR_PLAN = ("sh", "pglast", "psycopg2.extras", "debian.debfile", "chardet", "http.client",
+                "psutil", "uuid")
 
 
 def found(modules: Iterable[str], forbidden: Iterable[str]) -> list[str]:

@@ -118,7 +118,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # What everything uses: errors, the gates, settings, output, commands
     # run, files written, the journal, the Step and UpgradeContext types.
     ("base", ("__init__", "errors", "gates", "config", "output", "system", "children",
-              "safepaths", "liveness", "context", "mountinfo", "jaildir", "journal",
+              "safepaths", "liveness", "roles", "context", "mountinfo", "jaildir", "journal",
               "logformat", "logfile", "lock", "versions", "dpkg", "dpkg_calls", "installed",
               "migration_manifest", "source", "summary", "quickrun")),
     # The work, named by what it does: below the cluster and the steps, so

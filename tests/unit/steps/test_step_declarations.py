@@ -1,6 +1,6 @@
 """What each of IVLE's steps declares beyond its action, and that nothing
 else names a step or a role: a step's name is written once, in its module,
-and a role's string once, in context.Role."""
+and a role's string once, in roles.Role."""
 
 from __future__ import annotations
 
@@ -162,9 +162,9 @@ def test_a_steps_name_is_written_only_in_its_own_module():
 @pytest.mark.parametrize("word", [r.value for r in Role])
 def test_a_roles_string_is_written_only_in_its_enum(word: str):
     found = [f"{path.relative_to(PACKAGE)}:{line}"
-             for path in sorted(PACKAGE.rglob("*.py")) if path.name != "context.py"
+             for path in sorted(PACKAGE.rglob("*.py")) if path.name != "roles.py"
              for line, value in string_constants(path) if value == word]
-    assert not found, f"{word!r} outside context.Role: " + ", ".join(found)
+    assert not found, f"{word!r} outside roles.Role: " + ", ".join(found)
 
 
 def test_the_settings_offer_exactly_the_roles_and_read_one_as_a_role(tmp_path: Path):
