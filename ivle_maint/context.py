@@ -158,10 +158,6 @@ class Step:
     and runs it again if something did (the schema hold, gates/schema_hold.py).
     `alongside` names the steps just before this one that it needs nothing
     from: it runs at the same time as they do (run_groups below).
-    `ahead` is the step's work that needs nothing stopped: the before-phase
-    does it after the preflight, while the site still serves, on a node
-    whose role runs the step (a step not yet done), so that the outage
-    holds only what must happen with the site down.
 
     What the step adds to the reports: `programs`, IVLE's programs it runs
     (the preflight finds them); `checks`, the preflight's proofs of what
@@ -185,8 +181,6 @@ class Step:
     metrics: tuple[Metric, ...] = field(default=(), compare=False, repr=False)
     cluster_wait: ClusterWait | None = field(default=None, compare=False, repr=False)
     alongside: tuple[Step, ...] = field(default=(), compare=False, repr=False)
-    ahead: Callable[[UpgradeContext], None] | None = field(default=None, compare=False,
-                                                           repr=False)
 
 
 def run_groups(steps: Sequence[Step]) -> list[list[Step]]:

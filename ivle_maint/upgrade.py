@@ -32,7 +32,6 @@ from .context import (
     RunOptions,
     Step,
     UpgradeContext,
-    select_steps,
 )
 from .db import pgparse
 from .db.backup import remove_leftovers
@@ -163,7 +162,6 @@ def run_phases(
                     preflight.check(ctx, STEPS)  # nothing is stopped before this passes
                 if BEFORE in phases:
                     keep.prepare(ctx)  # the restore point's files and package, site up
-                    _ahead(ctx, journal)
             except MaintError as exc:
                 exc.resume = restart_if_nothing_to_resume(ctx, journal, exc.resume)
                 raise
@@ -183,13 +181,6 @@ def run_phases(
                 ctx.reporter.info(line)
             ctx.reporter.info(f"log: {log_path}")
         return journal
-
-
-def _ahead(ctx: UpgradeContext, journal: Journal) -> None:
-    """Each of this node's steps does what needs nothing stopped (Step.ahead)."""
-    for step in select_steps(ctx.settings.role, (BEFORE, AFTER), STEPS):
-        if step.ahead is not None and not journal.is_done(step.name):
-            step.ahead(ctx)
 
 
 # The context and the journal: what a run records of itself (_record_run)

@@ -50,20 +50,12 @@ def rebuild_jail(ctx: UpgradeContext) -> Outcome:
     put_back = restore.template(ctx) if ctx.rollback is not None else None
     if put_back is not None:
         return with_wait(waited, put_back)
-    keep.template_aside(ctx)  # unless ahead() kept it: before the rebuild replaces files
+    keep.template_aside(ctx)  # the restore point's, before the rebuild replaces files
     result = rebuild_template(ctx.settings, ctx.reporter, ivle_conf=ctx.ivle_conf)
     inputs = release_needs.of(ctx).jail_inputs
     if inputs:  # the next release with the same inputs needs no rebuild
         record_inputs(ctx.settings, inputs)
     return with_wait(waited, Outcome(result.summary, result.metrics))
-
-
-def ahead(ctx: UpgradeContext) -> None:
-    """The restore point's copy of the template, with the site up: nothing
-    but ivle-buildjail changes the template, and its hard links take time
-    on a real jail (tens of thousands of files)."""
-    if ctx.rollback is None and not skip_why(ctx):
-        keep.template_aside(ctx)
 
 
 def with_wait(waited: str, outcome: Outcome) -> Outcome:
@@ -105,4 +97,4 @@ STEP = Step("rebuild-jail", "rebuild the jail", MASTER, AFTER, rebuild_jail,
             plan=(PlanLines(PlanPart.SKIPPED, skip_plan),),
             metrics=(Metric("", "jail template rebuilt", SummaryPart.DONE, _label_alone,
                             when_done=True),),
-            cluster_wait=WAIT, alongside=(migrate.STEP,), ahead=ahead)
+            cluster_wait=WAIT, alongside=(migrate.STEP,))

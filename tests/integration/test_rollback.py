@@ -189,22 +189,6 @@ def test_the_schema_fingerprint_never_waits_for_a_table_lock(both):
     again.close()
 
 
-def test_the_template_is_kept_while_the_site_still_serves(both):
-    """rebuild-jail's ahead(): the hard-linked copy is made before stop-web
-    begins, not inside the outage; the rebuild then makes none."""
-    done = hook(both, "preinst", "upgrade", "1.0", "1.1")
-    assert done.returncode == 0, done.stderr
-    kept = list(both.template.parent.glob("*.restore-*"))
-    assert len(kept) == 1 and not kept[0].name.endswith(".partial")
-    stop_web_began = journal(both)["steps"]["stop-web"]["started"]
-    assert kept[0].stat().st_ctime <= stop_web_began
-    inode = kept[0].stat().st_ino
-    unpack(both, "1.1")
-    done = hook(both, "--package-version", "1.1", "postinst", "configure", "1.0")
-    assert done.returncode == 0, done.stderr
-    assert [p.stat().st_ino for p in both.template.parent.glob("*.restore-*")] == [inode]
-
-
 def test_a_commit_never_descends_into_a_mount_left_in_the_kept_template(tmp_path):
     """The kept template goes as the rollback removes trees (rm -rf
     --one-file-system through the command gate): a filesystem left mounted
@@ -233,3 +217,29 @@ def test_a_commit_never_descends_into_a_mount_left_in_the_kept_template(tmp_path
         subprocess.run(["umount", str(mounted)], check=True)
     again = points.for_upgrade(settings, "1.0->1.1@ab")
     assert again is not None and not again.committed  # not let go
+
+
+def test_a_mount_inside_the_template_is_never_hard_linked_into_the_restore_point(both,
+                                                                                tmp_path):
+    """A jail mounted (or propagated) into the template: cp -al would take
+    a student's files into the kept template, or fail across devices."""
+    assert hook(both, "preinst", "upgrade", "1.0", "1.1").returncode == 0
+    unpack(both, "1.1")
+    student = tmp_path / "student"
+    student.mkdir()
+    (student / "work.py").write_text("print('mine')\n")
+    inside = both.template / "home" / "propagated"
+    inside.mkdir(parents=True)
+    subprocess.run(["mount", "--bind", str(student), str(inside)], check=True)
+    try:
+        done = hook(both, "--package-version", "1.1", "postinst", "configure", "1.0")
+        assert done.returncode == 1
+        said = [line for line in done.stderr.splitlines() if "is mounted inside" in line]
+        assert said and str(inside) in said[0], done.stderr
+        assert not list(both.template.parent.glob("*.restore-*"))
+        assert journal(both)["steps"]["rebuild-jail"]["status"] == "failed"
+    finally:
+        subprocess.run(["umount", str(inside)], check=True)
+    inside.rmdir()
+    assert cli(both, "rerun").returncode == 0
+    assert len(list(both.template.parent.glob("*.restore-*"))) == 1
