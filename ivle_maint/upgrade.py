@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import children, preflight, system
 from .cluster import probe
-from .cluster.presence import Presence
+from .cluster.presence import Presence, coordinated
 from .config import Settings
 from .context import (
     ACCEPT_CLASS_ENV,
@@ -57,17 +57,25 @@ __all__ = ["UpgradeContext", "abort", "rerun_context", "run_phases", "unfinished
 log = logging.getLogger(__name__)
 
 
-def preload() -> None:
+def preload(ctx: UpgradeContext | None = None,
+            phases: tuple[str, ...] = (BEFORE, AFTER)) -> None:
     """Load what the steps import only when they act, before any step runs:
     a broken python3-sh fails here, with the site up (cli.py: one line),
     and no import runs while the web server is down
     (tests/integration/test_step_imports.py).  `plan` and `db status`
-    never call this, and never load them."""
+    never call this, and never load them.
+
+    With CTX, only what this run's PHASES use: dpkg's postinst starts
+    while the web server is down, and loading what only the preinst or a
+    cluster needs would lengthen the outage."""
     system.preload()
-    pgparse.available()  # pglast is optional: without it, nothing to load
-    old_package.preload()  # python3-debian's DebFile: keeping the old package
-    probe.preload()  # http.client: asking a slave's web server
     processes.preload()  # psutil: the jails' processes, the consoles
+    if ctx is None or (AFTER in phases and ctx.settings.role.runs_database):
+        pgparse.available()  # pglast is optional: without it, nothing to load
+    if ctx is None or (BEFORE in phases and not ctx.code_is_new):
+        old_package.preload()  # python3-debian's DebFile: keep.prepare keeps the package
+    if ctx is None or coordinated(ctx.settings):
+        probe.preload()  # http.client: the cluster's waits ask the slaves' web servers
 
 
 def state_dir(settings: Settings) -> Path:
@@ -125,7 +133,7 @@ def run_phases(
     purpose = f"upgrade {ctx.old or '(none)'} -> {ctx.new} ({'+'.join(phases)})"
     if restore_points.attach(ctx) is not None:
         purpose = f"rollback {ctx.old} -> {ctx.new} ({'+'.join(phases)})"
-    preload()
+    preload(ctx, phases)
     check_settings_dirs(settings)  # before the lock, the log and the journal
     if not Journal.file_for(state_dir(settings), ctx.old, ctx.new).exists():
         # A new upgrade: the log and the journal will have room (the

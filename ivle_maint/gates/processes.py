@@ -86,6 +86,8 @@ def preload() -> ModuleType:
     import psutil  # deferred on purpose, see above
 
     return psutil
+
+
 MAX_PIDFDS = 256  # descriptors held for signalling; beyond, psutil's start-time check
 UP_LEVELS = 32  # parents of a working directory compared, another mount namespace
 

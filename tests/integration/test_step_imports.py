@@ -20,12 +20,21 @@ from support.upgrade_helpers import at_version_1_0, cli, journal, unpack
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
 WATCHER = '''\
+import atexit
 import os
 import sys
 
-WATCHED = ("ivle_maint", "psutil", "psycopg2", "sh", "pglast")
+WATCHED = ("ivle_maint", "psutil", "psycopg2", "sh", "pglast", "debian", "http", "chardet")
 REPORT = os.environ["IVLE_TEST_LATE_IMPORTS"]
 begun = []
+
+
+@atexit.register
+def loaded():
+    """What this process loaded of what only some runs need."""
+    with open(REPORT + ".loaded", "a", encoding="utf-8") as report:
+        said = [m for m in ("debian.debfile", "http.client", "pglast") if m in sys.modules]
+        report.write(f"{sys.argv[1:]}: {' '.join(said)}\\n")
 
 
 class LateImports:
@@ -72,3 +81,10 @@ def test_no_module_is_first_imported_once_a_step_has_begun(node_factory, tmp_pat
     assert journal(node)["state"] == "complete"
     late = report.read_text(encoding="utf-8") if report.exists() else ""
     assert late == "", f"first imported while a step ran:\n{late}"
+    # The postinst starts with the web server down: it loads what its phase
+    # uses (pglast for the migrations), not the preinst's DebFile (keeping
+    # the old package) nor a cluster's http.client.
+    runs = Path(f"{report}.loaded").read_text(encoding="utf-8").splitlines()
+    preinst, postinst = (line.split(": ", 1)[1] for line in runs[-2:])
+    assert "debian.debfile" in preinst.split() and "http.client" not in preinst.split()
+    assert postinst.split() == ["pglast"], runs
