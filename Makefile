@@ -31,10 +31,11 @@ suites:
 test-debian:
 	$(PYTEST) $(XDIST) tests/unit tests/integration tests/abuse
 
-# tests/abuse tests our gates against hostile input, not the libraries'
+# tests/abuse tests our gates against hostile input, and the tests marked
+# `once` packaging, several nodes or the harness, not the libraries'
 # behaviour: they run once, on Debian's libraries (test-debian).
 test-pypi:
-	$$(scripts/pypi-venv) -m pytest $(XDIST) tests/unit tests/integration
+	$$(scripts/pypi-venv) -m pytest $(XDIST) -m "not once" tests/unit tests/integration
 
 lint:
 	venv_py=$$(scripts/pypi-venv) && \

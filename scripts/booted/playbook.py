@@ -57,11 +57,20 @@ def run(guests: dict[str, Guest], inventory_file: Path, *extra_vars: str,
     """ansible-playbook upgrade-cluster.yml -e ivle_version=1.1 -e EXTRA..., output captured."""
     work = inventory_file.parent
     netns = next(iter(guests.values())).node.netns
-    return subprocess.run(
-        ["ip", "netns", "exec", netns, "ansible-playbook", "-i", str(inventory_file),
-         str(PLAYBOOK), "-e", "ivle_version=1.1", *[a for v in extra_vars for a in ("-e", v)]],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900, check=False,
-        env={**os.environ, "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_NOCOLOR": "1",
-             # no ssh master processes or sockets outliving the run
-             "ANSIBLE_SSH_ARGS": "-o ControlMaster=no",
-             "ANSIBLE_LOCAL_TEMP": str(work / "ansible-tmp")})
+    # Ansible's own default: one ssh connection per node, reused by every
+    # task and play (as an administrator's run does), in a socket of ours
+    # so that the masters are ended with the run.
+    control = work / "ssh"
+    control.mkdir(exist_ok=True)
+    try:
+        return subprocess.run(
+            ["ip", "netns", "exec", netns, "ansible-playbook", "-i", str(inventory_file),
+             str(PLAYBOOK), "-e", "ivle_version=1.1",
+             *[a for v in extra_vars for a in ("-e", v)]],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900, check=False,
+            env={**os.environ, "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_NOCOLOR": "1",
+                 "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=60s",
+                 "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control),
+                 "ANSIBLE_LOCAL_TEMP": str(work / "ansible-tmp")})
+    finally:
+        subprocess.run(["pkill", "-f", f"{control}/"], check=False)

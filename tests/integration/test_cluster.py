@@ -31,7 +31,7 @@ from support.cluster_helpers import (
 )
 from support.upgrade_helpers import NEW_KEYS, postinst, preinst, unpack
 
-pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres, pytest.mark.once]
 
 IMPATIENT = {"master_timeout": 1.5, "slaves_timeout": 1.5}
 RESUME = "ivle-maint: resume with: dpkg --configure -a  (or: ivle-maint rerun)"

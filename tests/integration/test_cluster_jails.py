@@ -25,7 +25,7 @@ from support.cluster_helpers import (
 )
 from support.upgrade_helpers import RESUME_LINE, cli, postinst, preinst, set_setting, unpack
 
-pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres, pytest.mark.once]
 
 IMPATIENT = {"master_timeout": 1.5, "slaves_timeout": 1.5}
 

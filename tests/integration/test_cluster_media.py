@@ -18,7 +18,7 @@ from ivle_sandbox.node import Node
 from support.cluster_helpers import PATIENT, run_concurrently, status, upgrade
 from support.upgrade_helpers import media_version, postinst, preinst, unpack
 
-pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres, pytest.mark.once]
 
 
 def set_media(node: Node, value: str) -> None:

@@ -12,7 +12,7 @@ from ivle_sandbox.releases import RELEASES
 from support.cluster_helpers import PATIENT, cli, node_rows, run_concurrently, status
 from support.upgrade_helpers import at_version_1_0, media_version, postinst, preinst, unpack
 
-pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres, pytest.mark.once]
 
 
 def upgrade(node, old: str = "1.0", new: str = "1.1") -> None:

@@ -32,7 +32,7 @@ from support.cluster_helpers import (
 )
 from support.upgrade_helpers import postinst, preinst, set_setting, unpack
 
-pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres, pytest.mark.once]
 
 
 def pg_ctl(pg: ThrowawayPostgres, *args: str) -> None:

@@ -18,6 +18,7 @@ from support.upgrade_helpers import journal, marker_keys
 pytestmark = [
     pytest.mark.needs_root,
     pytest.mark.needs_postgres,
+    pytest.mark.once,
     pytest.mark.skipif(shutil.which("ansible-playbook") is None,
                        reason="needs ansible-playbook (scripts/install-deps: ansible-core)"),
 ]

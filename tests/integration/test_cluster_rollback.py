@@ -29,7 +29,7 @@ from ivle_sandbox.releases import RELEASES
 from support.cluster_helpers import PATIENT, Run, node_rows, web_events
 from support.upgrade_helpers import journal, logins, media_version, unpack, write_row
 
-pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres, pytest.mark.once]
 
 DESTRUCTIVE = {"20100301.sql": "UPDATE login SET nick = upper(nick);\n"}
 ACCEPT = {"IVLE_MAINT_ACCEPT_DATA_LOSS": "1"}

@@ -34,7 +34,7 @@ from support.upgrade_helpers import (
     wait_for_step,
 )
 
-pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres, pytest.mark.once]
 
 
 def test_sigkill_inside_stop_web_then_dpkg_abort_brings_the_web_server_back(node_factory):

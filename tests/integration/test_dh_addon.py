@@ -15,8 +15,11 @@ import pytest
 from ivle_maint.migration_manifest import parse
 from support.dh_addon import GOOD_OPTIONS, build
 
-pytestmark = pytest.mark.skipif(shutil.which("dh") is None or shutil.which("dpkg-buildpackage")
-                                is None, reason="debhelper and dpkg-dev are not installed")
+pytestmark = [
+    pytest.mark.once,
+    pytest.mark.skipif(shutil.which("dh") is None or shutil.which("dpkg-buildpackage") is None,
+                       reason="debhelper and dpkg-dev are not installed"),
+]
 
 MIGRATIONS = {
     "20100301-01.sql": "BEGIN;\nCREATE TABLE t (i int);\nCOMMIT;\n",

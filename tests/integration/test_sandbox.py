@@ -24,7 +24,7 @@ from ivle_sandbox.jailtree import user_files
 from ivle_sandbox.node import console_owner, install_version
 from ivle_sandbox.postgres import ThrowawayPostgres
 
-pytestmark = pytest.mark.needs_postgres
+pytestmark = [pytest.mark.needs_postgres, pytest.mark.once]
 needs_root = pytest.mark.needs_root
 
 REPO = Path(__file__).resolve().parents[2]
