@@ -217,10 +217,13 @@ def downtime(steps: Sequence[Step]) -> tuple[str, str] | None:
 
 def serving(role: str, journal: Journal, steps: Sequence[Step]) -> str | None:
     """The version this node's service runs, from the journal of its upgrade:
-    NEW once its last step that starts the service is done, nothing once a
+    NEW once its last step that starts the service is done, and every step
+    before it (one run beside it, Step.alongside, may end later: a slave
+    takes NEW from a master's row as "the master is done"), nothing once a
     step that stops it is, else OLD."""
-    marks = [s for s in select_steps(role, (BEFORE, AFTER), steps) if s.serving is not None]
-    if marks and journal.is_done(marks[-1].name):
+    mine = select_steps(role, (BEFORE, AFTER), steps)
+    marks = [s for s in mine if s.serving is not None]
+    if marks and all(journal.is_done(s.name) for s in mine[:mine.index(marks[-1]) + 1]):
         return journal.new
     if any(journal.is_done(s.name) for s in marks if s.serving is False):
         return None
@@ -244,6 +247,9 @@ class ClusterLink(Protocol):
         """IVLE's procedure, which this run's journal follows."""
 
     def waiting(self, step: str, note: str) -> None: ...
+
+    def settle(self, timeout: float,
+               serial: Callable[[Callable[[], Any]], Any] | None = None) -> None: ...
 
     def preflight(self) -> None: ...
 

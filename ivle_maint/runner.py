@@ -360,5 +360,9 @@ class _SerialLink:
         said = note if first == step else f"{step} {note}"
         self._serial(lambda: self._link.waiting(first, said))
 
+    def settle(self, timeout: float,
+               serial: Callable[[Callable[[], Any]], Any] | None = None) -> None:
+        self._link.settle(timeout, self._serial)  # the lock only while it polls
+
     def preflight(self) -> None:
         self._serial(self._link.preflight)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import select
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -32,7 +33,7 @@ from ..context import BEFORE, SLAVE, Phase, Role, RunEvent, Step, select_steps, 
 from ..db.apply import pg_reason
 from ..db.connect import connect, params_from_settings
 from ..errors import MaintError
-from ..gates import trusted
+from ..gates import trusted, waits
 from ..gates.rewrite import replace_file, write_state_file
 from ..jails.mounts import list_jail_mounts
 from ..safepaths import read_nofollow
@@ -49,6 +50,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Serial = Callable[[Callable[[], Any]], Any]  # runs a use of the connection
+
+
+def _now(call: Callable[[], T]) -> T:
+    return call()
+
 
 NODE_ID_FILE = "node-id"
 PENDING_ROW = "cluster-row.pending.json"  # a final row the database missed
@@ -171,6 +178,7 @@ class Presence:
         try:
             with errors_as_maint(params.dbname):
                 table.ensure(conn, grantee=self._grantee())
+                table.listen(conn)  # from now on: settle() wakes on any row's change
         except BaseException:
             conn.close()
             raise
@@ -206,11 +214,51 @@ class Presence:
             except Exception as exc:
                 if not connection_lost(exc, conn):
                     self._raise_as_maint(exc, dbname)
-                if self._lost_at is None:
-                    self.reporter.info(f"lost the connection to database {dbname} "
-                                       f"({_first_line(exc)}); reconnecting, up to {budget:g}s")
-                self.drop()
+                self._lost(exc)
                 time.sleep(0.2)
+
+    def _lost(self, exc: Exception) -> None:
+        """Say once that the connection was lost, and drop it: the next
+        connection() says when it is back."""
+        if self._lost_at is None:
+            dbname = self.settings.ivle_conf().database["name"]
+            budget = float(self.settings["database"]["wait_timeout"])
+            self.reporter.info(f"lost the connection to database {dbname} "
+                               f"({_first_line(exc)}); reconnecting, up to {budget:g}s")
+        self.drop()
+
+    def settle(self, timeout: float, serial: Serial | None = None) -> None:
+        """Until another node writes its row (table.upsert's NOTIFY, queued
+        since the last look counts) or TIMEOUT passes: a wait sees the
+        change at once instead of at its next poll.  A worker thread told
+        to stop (gates/waits.stop_fd) returns at once, to its checkpoint.
+        SERIAL runs each use of the connection (steps side by side share
+        it); the wait between uses holds nothing."""
+        deadline = time.monotonic() + timeout
+        stop = waits.stop_fd()
+        while True:
+            conn, changed = (serial or _now)(self._changed)
+            left = deadline - time.monotonic()
+            if changed or left <= 0:
+                return
+            watched = [fd for fd in (conn, stop) if fd is not None]
+            select.select(watched, [], [], left)
+            if stop is not None and waits.stopping():
+                return
+
+    def _changed(self) -> tuple[Any, bool]:
+        """(the connection to watch or None, whether another node wrote its row)."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return None, False
+        try:
+            conn.poll()
+        except psycopg2.Error as exc:
+            self._lost(exc)  # the caller's next query reconnects
+            return None, True
+        theirs = [n for n in conn.notifies if n.pid != conn.get_backend_pid()]
+        conn.notifies.clear()
+        return conn, bool(theirs)
 
     @staticmethod
     def _raise_as_maint(exc: Exception, dbname: str) -> None:

@@ -198,7 +198,16 @@ def upsert(conn: Any, row: dict[str, Any]) -> str | None:
             f"ON CONFLICT (name) DO UPDATE SET {updates}, last_seen = now()",
             values,
         )
+        # Delivered at commit to every node that listens (listen()): a wait
+        # for another node's row wakes on the change, not on its next poll.
+        cur.execute(f"NOTIFY {NODES}")
     return str(before[0]) if before else None
+
+
+def listen(conn: Any) -> None:
+    """Be told (conn.notifies) whenever a node writes its row (upsert)."""
+    with conn, conn.cursor() as cur:
+        cur.execute(f"LISTEN {NODES}")
 
 
 def nodes(conn: Any) -> list[NodeRow]:

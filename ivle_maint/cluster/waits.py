@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..context import Role
 from ..db.discovery import discover
 from ..errors import MaintError
+from ..gates.waits import checkpoint
 from ..versions import parse
 from . import probe, table, trust
 from .ages import human_age
@@ -89,6 +90,9 @@ class Looks(Protocol):
 
     def waiting(self, step: str, note: str) -> None: ...
 
+    def settle(self, timeout: float) -> None:
+        """Return when another node's row may have changed, or after TIMEOUT."""
+
 
 def poll_through(presence: Looks, reporter: Reporter,
                  check: Callable[[Any], Pending | None], *, interval: float, step: str,
@@ -111,7 +115,8 @@ def poll_through(presence: Looks, reporter: Reporter,
         presence.waiting(step, f"waiting for {label}: {pending.text}")
         if waited >= timeout:
             raise TimedOut(pending)
-        time.sleep(min(interval, max(0.0, timeout - waited)))
+        presence.settle(min(interval, max(0.0, timeout - waited)))
+        checkpoint()  # a worker told to stop unwinds here
 
 
 def _older(serving: str | None, new: str) -> bool:

@@ -9,6 +9,7 @@ from the cluster table and each slave's own answer (cluster/probe.py).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,6 +183,9 @@ class _Sessions:
 
     def waiting(self, step: str, note: str) -> None:
         return None
+
+    def settle(self, timeout: float) -> None:
+        time.sleep(timeout)  # a session per look: nothing listens between them
 
 
 def _slaves(settings: Settings, reporter: Reporter, point: RestorePoint) -> str:

@@ -10,7 +10,9 @@ runs it; each failed on the code before its fix (issue 13's defects).
 
 from __future__ import annotations
 
+import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -116,3 +118,33 @@ def test_a_loss_first_seen_by_a_row_write_is_reported_over_by_the_next_query(nod
     assert "master" in names
     assert sum("reconnected to database" in line for line in reporter.lines) == 1, reporter.lines
     presence.close()
+
+
+def test_a_wait_wakes_when_another_node_writes_its_row_never_for_its_own(node_factory):
+    """Waits for other nodes sleep on PostgreSQL's NOTIFY (table.upsert), not
+    on [cluster] poll: with the interval an hour, another node's row write
+    still ends the wait; this node's own writes never do."""
+    cluster = build_cluster(node_factory, slaves=1, cluster=PATIENT)
+    master = Presence(load_settings(str(cluster.master.maint_conf)), RecordingReporter())
+    slave = Presence(load_settings(str(cluster.slaves[0].maint_conf)), RecordingReporter())
+    try:
+        master.write(master.idle_row("1.0", "1.0", "test"), strict=True)
+        slave.write(slave.idle_row("1.0", "1.0", "test"), strict=True)
+        master.settle(0.0)  # what was queued before the wait began
+        lock = threading.Lock()  # one connection, one thread at a time (runner._SerialLink)
+
+        def serial(call: Any) -> Any:
+            with lock:
+                return call()
+        waiter = threading.Thread(target=master.settle, args=(3600.0, serial), daemon=True)
+        waiter.start()
+        with lock:
+            master.write(master.idle_row("1.0", "1.0", "its own"), strict=True)
+        waiter.join(1.0)
+        assert waiter.is_alive()  # its own row: still waiting
+        slave.write(slave.idle_row("1.0", "1.0", "changed"), strict=True)
+        waiter.join(60.0)
+        assert not waiter.is_alive()
+    finally:
+        master.close()
+        slave.close()

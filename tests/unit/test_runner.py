@@ -531,3 +531,18 @@ def test_a_wait_in_a_group_is_told_on_the_row_of_its_first_running_member(tmp_pa
     Procedure(ctx, journal(tmp_path), rec.steps(actions)).run((BEFORE, AFTER))
     assert sorted(rows) == [("migrate", "rebuild-jail waiting for the slaves"),
                             ("migrate", "waiting for the slaves")]
+
+
+@pytest.mark.parametrize("done", [(), ("restart-usrmgt",), ("remake-users",),
+                                  ("remake-users", "restart-usrmgt")])
+def test_a_master_serves_new_only_once_every_step_up_to_its_last_start_is_done(tmp_path, done):
+    """restart-usrmgt may end before remake-users beside it: a slave reads
+    the master's "serves NEW" as "the master is done" (cluster/waits.py)."""
+    from ivle_maint.context import serving
+
+    j = journal(tmp_path)
+    for name in ("baseline", "migrate", "rebuild-jail", *done):
+        j.begin(name)
+        j.finish(name, "ok", {})
+    whole = set(done) == {"remake-users", "restart-usrmgt"}
+    assert serving("master", j, STEPS) == ("1.1" if whole else "1.0")
