@@ -253,8 +253,8 @@ def test_plan_names_each_step_a_reinstall_skips_and_why(upgraded, dpkg, monkeypa
         f"skip migrate: {up}",
         "skip rebuild-jail: the jail's inputs are those of the last rebuild",
         "skip remake-users: the jail's inputs are those of the last rebuild",
-        "skip media-version: neither the version nor a static file changes",
         "skip restart-usrmgt: its code does not change",
+        "skip media-version: neither the version nor a static file changes",
     ]
     assert journal(upgraded, "1.1", "1.1") == {}  # the plan changes nothing
 
