@@ -411,7 +411,10 @@ class Presence:
                 self.write(self.row("failed", step.name, record.error if record else None),
                            final=True)
             else:
-                self.write(self.row(step.phase, step.name))
+                # One row, one step: of steps running side by side (both
+                # begun before either ends), the first in IVLE's order.
+                shown = next((s for s in self.steps if j.is_running(s.name)), step)
+                self.write(self.row(shown.phase, shown.name))
         elif event is RunEvent.ABORTED:
             self.write(self.row("idle", note=f"upgrade to {j.new} abandoned"), final=True)
         elif j.is_complete:

@@ -191,7 +191,9 @@ def listed_and_unmounted(node: Any, jails: list[bytes]) -> None:
 
 def test_a_bugs_traceback_quoting_outside_text_is_escaped_and_indented(tmp_path: Path) -> None:
     """Tracebacks are for bugs; even then nothing raw and nothing at column 0."""
-    (tmp_path / "psutil.py").write_text(f"raise RuntimeError({FORGED + TITLE!r})\n")
+    # python3-debian: `status` loads it before it reads the settings.
+    (tmp_path / "debian").mkdir()
+    (tmp_path / "debian" / "__init__.py").write_text(f"raise RuntimeError({FORGED + TITLE!r})\n")
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{REPO}",
            "IVLE_MAINT_CONF": str(tmp_path / "absent.conf")}
     done = subprocess.run([sys.executable, "-m", "ivle_maint", "status"], check=False, env=env,
