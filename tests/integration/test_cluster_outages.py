@@ -130,7 +130,10 @@ def test_a_wait_wakes_when_another_node_writes_its_row_never_for_its_own(node_fa
     try:
         master.write(master.idle_row("1.0", "1.0", "test"), strict=True)
         slave.write(slave.idle_row("1.0", "1.0", "test"), strict=True)
-        master.settle(0.0)  # what was queued before the wait began
+        # What was sent before the wait began: a round trip brings in every
+        # notification of a transaction committed before it, then drained.
+        master.query(table.nodes)
+        master.settle(0.0)
         lock = threading.Lock()  # one connection, one thread at a time (runner._SerialLink)
 
         def serial(call: Any) -> Any:
