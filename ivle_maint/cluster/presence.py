@@ -367,9 +367,13 @@ class Presence:
         if not self.enabled and not strict:
             return
         try:
-            conn = self.connection(wait=None if strict or final else REPORT_WAIT)
-            with errors_as_maint(self.settings.ivle_conf().database["name"]):
-                before = table.upsert(conn, row)
+            try:
+                before = self._upsert(row, strict or final)
+            except MaintError:
+                # A connection the server dropped meanwhile (a rollback's
+                # database swap ends every session): once more, on a new one.
+                self.drop()
+                before = self._upsert(row, strict or final)
         except MaintError as exc:
             self.drop()  # reconnect next time: the server may be restarting
             if strict:
@@ -388,6 +392,11 @@ class Presence:
             self.reporter.warn(
                 f"another ivle-maint also recorded itself as node {self.name!r}: give each "
                 "node its own [node] name (or 'ivle-maint cluster forget' the gone one)")
+
+    def _upsert(self, row: dict[str, Any], patient: bool) -> str | None:
+        conn = self.connection(wait=None if patient else REPORT_WAIT)
+        with errors_as_maint(self.settings.ivle_conf().database["name"]):
+            return table.upsert(conn, row)
 
     def _keep_pending(self, row: dict[str, Any]) -> None:
         path = self.settings.path_of("state") / PENDING_ROW

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from .scenario import REPO, Guest
@@ -60,8 +62,8 @@ def run(guests: dict[str, Guest], inventory_file: Path, *extra_vars: str,
     # Ansible's own default: one ssh connection per node, reused by every
     # task and play (as an administrator's run does), in a socket of ours
     # so that the masters are ended with the run.
-    control = work / "ssh"
-    control.mkdir(exist_ok=True)
+    # A short directory: a socket's path must fit in 108 bytes.
+    control = Path(tempfile.mkdtemp(prefix="ivle-ssh-", dir="/tmp"))
     try:
         return subprocess.run(
             ["ip", "netns", "exec", netns, "ansible-playbook", "-i", str(inventory_file),
@@ -74,3 +76,4 @@ def run(guests: dict[str, Guest], inventory_file: Path, *extra_vars: str,
                  "ANSIBLE_LOCAL_TEMP": str(work / "ansible-tmp")})
     finally:
         subprocess.run(["pkill", "-f", f"{control}/"], check=False)
+        shutil.rmtree(control, ignore_errors=True)
