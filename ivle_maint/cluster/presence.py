@@ -366,10 +366,13 @@ class Presence:
         A FINAL row (the run ends) waits for the server, else is kept for later."""
         if not self.enabled and not strict:
             return
+        reused = self._conn is not None and not self._conn.closed
         try:
             try:
                 before = self._upsert(row, strict or final)
             except MaintError:
+                if not reused:  # a new connection failed: the server's wait is done
+                    raise
                 # A connection the server dropped meanwhile (a rollback's
                 # database swap ends every session): once more, on a new one.
                 self.drop()
