@@ -258,6 +258,8 @@ class ClusterLink(Protocol):
 ACCEPT_CLASS_ENV = "IVLE_MAINT_ACCEPT_CLASS"
 # A full rollback under dpkg (apt-get install ivle=OLD): what --accept-data-loss says.
 ACCEPT_DATA_LOSS_ENV = "IVLE_MAINT_ACCEPT_DATA_LOSS"
+# [cluster] unpack_together under dpkg (the playbook sets it): yes or no.
+UNPACK_TOGETHER_ENV = "IVLE_MAINT_UNPACK_TOGETHER"
 
 
 @dataclass(frozen=True)
@@ -279,6 +281,9 @@ class RunOptions:
     # A full rollback may replace the database, losing what was written
     # since the restore point's dump (rollback/restore.py).
     accept_data_loss: bool = False
+    # Unpack only once every node did its before-phase; None: [cluster]
+    # unpack_together (cluster/waits.wait_for_every_before_phase).
+    unpack_together: bool | None = None
 
 
 @dataclass
@@ -329,6 +334,11 @@ class UpgradeContext:
     @property
     def migrate_while_serving(self) -> bool:
         return self.options.migrate_while_serving
+
+    @property
+    def unpack_together(self) -> bool:
+        chosen = self.options.unpack_together
+        return bool(self.settings["cluster"]["unpack_together"]) if chosen is None else chosen
 
     @property
     def terminate_stale_lock(self) -> bool:

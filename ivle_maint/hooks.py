@@ -20,6 +20,7 @@ from .context import (
     ACCEPT_DATA_LOSS_ENV,
     AFTER,
     BEFORE,
+    UNPACK_TOGETHER_ENV,
     RunOptions,
     UpgradeContext,
 )
@@ -47,7 +48,18 @@ def dpkg_options(environ: Mapping[str, str]) -> RunOptions:
     accept_class = tuple(environ.get(ACCEPT_CLASS_ENV, "").replace(",", " ").split())
     return RunOptions(during_upgrade=environ.get(maintenance_page.ENV_MODE, ""),
                       accept_class=accept_class,
-                      accept_data_loss=environ.get(ACCEPT_DATA_LOSS_ENV, "") == "1")
+                      accept_data_loss=environ.get(ACCEPT_DATA_LOSS_ENV, "") == "1",
+                      unpack_together=_yes_or_no(environ, UNPACK_TOGETHER_ENV))
+
+
+def _yes_or_no(environ: Mapping[str, str], name: str) -> bool | None:
+    """NAME's yes or no; None when unset or empty (the setting decides)."""
+    value = environ.get(name, "").strip().lower()
+    if not value:
+        return None
+    if value in ("yes", "true", "1", "no", "false", "0"):
+        return value in ("yes", "true", "1")
+    raise UsageError(f"{name} must be yes or no, not {environ[name][:40]!r}")
 
 
 @dataclass
@@ -77,7 +89,7 @@ def _before(call: HookCall, env: HookEnv) -> str:
                       package=call.package)
     # dpkg runs the preinst once per attempt: a finished journal of the same
     # versions (a reinstall) is history, not this run.
-    run_phases(ctx, (BEFORE,), restart_finished=True)
+    run_phases(ctx, (BEFORE,), restart_finished=True, before_unpack=True)
     return f"before-phase of {old} -> {new} done"
 
 

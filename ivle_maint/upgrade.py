@@ -24,6 +24,7 @@ from pathlib import Path
 from . import children, preflight, system
 from .cluster import probe
 from .cluster.presence import Presence, coordinated
+from .cluster.waits import wait_for_every_before_phase
 from .config import Settings
 from .context import (
     ACCEPT_CLASS_ENV,
@@ -122,12 +123,15 @@ def _hangup(signum: int, frame: object) -> None:
 
 
 def run_phases(
-    ctx: UpgradeContext, phases: tuple[str, ...], *, restart_finished: bool = False
+    ctx: UpgradeContext, phases: tuple[str, ...], *, restart_finished: bool = False,
+    before_unpack: bool = False,
 ) -> Journal:
     """Run PHASES of the OLD -> NEW upgrade under the node lock, with a log.
 
     A finished upgrade is left alone, unless restart_finished (dpkg's
     preinst starting it again, as for a reinstall): then it starts anew.
+    BEFORE_UNPACK (dpkg's preinst): dpkg unpacks the new code next, which
+    [cluster] unpack_together holds back until every node is ready.
     """
     settings = ctx.settings
     purpose = f"upgrade {ctx.old or '(none)'} -> {ctx.new} ({'+'.join(phases)})"
@@ -165,19 +169,14 @@ def run_phases(
         log.info("%s; role %s; log %s", purpose, settings.role, log_path)
         _remove_dump_leftovers(settings)
         with _presence(ctx, journal, STEPS) as presence:
-            try:
-                if BEFORE in phases and not any(journal.is_done(s) for s in journal.steps):
-                    preflight.check(ctx, STEPS)  # nothing is stopped before this passes
-                if BEFORE in phases:
-                    keep.prepare(ctx)  # the restore point's files and package, site up
-            except MaintError as exc:
-                exc.resume = restart_if_nothing_to_resume(ctx, journal, exc.resume)
-                raise
+            _site_up_first(ctx, journal, phases)
             if ctx.rollback is not None and AFTER in phases:
                 for path in restore.restore_files(ctx):
                     ctx.reporter.info(f"rollback: {path} put back as the restore point kept it")
             try:
                 Procedure(ctx, journal, STEPS, presence.observe).run(phases)
+                if before_unpack and (waited := wait_for_every_before_phase(ctx)):
+                    ctx.reporter.info(waited)
             except MaintError as exc:
                 if exc.resume is None and journal.is_in_progress and journal.path.exists():
                     exc.resume = ctx.resume  # the journal's own write failed (a full disk)
@@ -189,6 +188,18 @@ def run_phases(
                 ctx.reporter.info(line)
             ctx.reporter.info(f"log: {log_path}")
         return journal
+
+
+def _site_up_first(ctx: UpgradeContext, journal: Journal, phases: tuple[str, ...]) -> None:
+    """What a before-phase does while the site still serves."""
+    try:
+        if BEFORE in phases and not any(journal.is_done(s) for s in journal.steps):
+            preflight.check(ctx, STEPS)  # nothing is stopped before this passes
+        if BEFORE in phases:
+            keep.prepare(ctx)  # the restore point's files and package, site up
+    except MaintError as exc:
+        exc.resume = restart_if_nothing_to_resume(ctx, journal, exc.resume)
+        raise
 
 
 # The context and the journal: what a run records of itself (_record_run)

@@ -41,7 +41,7 @@ from ..services.init_scripts import RUNNING, control_from_settings
 from ..services.maintenance_page import in_maintenance
 from ..versions import is_downgrade
 from . import table
-from .trust import RUNNING_PHASES, second_master
+from .trust import RUNNING_PHASES, abandoned_note, second_master
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -428,7 +428,7 @@ class Presence:
                 shown = next((s for s in self.steps if j.is_running(s.name)), step)
                 self.write(self.row(shown.phase, shown.name))
         elif event is RunEvent.ABORTED:
-            self.write(self.row("idle", note=f"upgrade to {j.new} abandoned"), final=True)
+            self.write(self.row("idle", note=abandoned_note(j.new)), final=True)
         elif j.is_complete:
             self.write(self.row("idle", note=f"upgraded {j.old} -> {j.new}"), final=True)
         else:  # the before-phase alone ran: dpkg unpacks next

@@ -51,6 +51,30 @@ def older(version: str | None, new: str) -> bool:
         return True
 
 
+def abandoned_note(version: str) -> str:
+    """The note of an idle row whose upgrade to VERSION was given up
+    (presence.observe writes it; gave_up reads it)."""
+    return f"upgrade to {version} abandoned"
+
+
+def past_before_phase(row: NodeRow, new: str) -> bool:
+    """Has ROW's node done its before-phase of the upgrade to NEW (its code
+    may be unpacked), or is it already on NEW?"""
+    if row.target == new:
+        return row.phase in ("unpack", Phase.AFTER, "waiting")
+    return row.target is None and row.version == new
+
+
+def gave_up(row: NodeRow, new: str) -> str:
+    """Why ROW's node will not reach NEW's unpack by itself ("" if it may):
+    its upgrade to NEW failed before its code changed, or was abandoned."""
+    if row.target == new and row.phase == "failed" and row.version != new:
+        return f"its upgrade failed at {row.step or 'a step'}: {row.note or 'no note'}"
+    if row.target is None and row.note == abandoned_note(new) and row.version != new:
+        return f"it gave its upgrade up (serves {row.serving or 'nothing'})"
+    return ""
+
+
 def unconfirmed_down(rows: list[NodeRow], me: str, new: str) -> list[NodeRow]:
     """Other web nodes whose row says down, of code older than NEW, that no
     upgrade confirms: idle rows, whose web server may start at any moment."""

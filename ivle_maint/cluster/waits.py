@@ -416,3 +416,48 @@ def wait_for_jails_free(ctx: UpgradeContext, step: str) -> str:
             resume=ctx.resume,
         ) from None
     return f"no slave holds a jail of the shared tree (waited {waited:.1f}s)"
+
+
+UNPACK = "unpack"  # the barrier's name in a waiting row: the before-phase is done
+
+
+def wait_for_every_before_phase(ctx: UpgradeContext) -> str:
+    """Any node, its before-phase done, before dpkg unpacks NEW's code
+    ([cluster] unpack_together): until every other node in the cluster
+    table has done its own.  A node that failed it or gave its upgrade up
+    ends the wait at once: this node's preinst fails, dpkg's abort gives
+    its site back on OLD, and so does every other node's: nothing changed."""
+    presence = ctx.cluster
+    if presence is None or not presence.enabled or not ctx.unpack_together or ctx.rollback:
+        return ""  # a rollback's nodes are ordered by the other waits
+    me = presence.name
+
+    def check(conn: Any) -> Pending | None:
+        rows = [r for r in table.nodes(conn) if r.name != me]
+        lost = [(r, why) for r in rows if (why := trust.gave_up(r, ctx.new))]
+        if lost:
+            raise MaintError(
+                f"the upgrade to {ctx.new} stops before its code is unpacked: "
+                + "; ".join(f"{r.name}: {why}" for r, why in lost)
+                + f".  Every node gives its site back on {ctx.old} (nothing was migrated); "
+                "fix it, then upgrade the cluster again",
+                resume=ctx.resume)
+        behind = [r for r in rows if not trust.past_before_phase(r, ctx.new)]
+        if not behind:
+            return None
+        return Pending(" ".join(f"{r.name}:{r.phase}:{r.step}" for r in behind),
+                       "; ".join(describe(r) for r in behind))
+
+    timeout = float(ctx.settings["cluster"]["slaves_timeout"])
+    try:
+        waited = poll(ctx, check, step=UNPACK, timeout=timeout,
+                      label=f"every node's before-phase of {ctx.new}")
+    except TimedOut as exc:
+        raise MaintError(
+            f"not every node did its before-phase of {ctx.new} within {timeout:g}s "
+            f"([cluster] slaves_timeout), nothing unpacked: {exc.pending.text}.  This "
+            f"node gives its site back on {ctx.old}; upgrade every node together (a node "
+            "that is gone: ivle-maint cluster forget NAME)",
+            resume=ctx.resume,
+        ) from None
+    return f"every node did its before-phase (waited {waited:.1f}s)"

@@ -13,7 +13,7 @@ import pytest
 
 from ivle_sandbox.cluster import REPO, Cluster, build_cluster, node_name
 from support.cluster_helpers import PATIENT, SLAVES, assert_upgraded, node_rows, web_events
-from support.upgrade_helpers import journal, marker_keys
+from support.upgrade_helpers import OLD_KEYS, journal, marker_keys
 
 pytestmark = [
     pytest.mark.needs_root,
@@ -86,10 +86,15 @@ def test_playbook_upgrades_the_cluster_in_the_seed_order(cluster, tmp_path):
     # before (start, stop, start): all at once, in one batch.
     assert_upgraded(cluster)
     assert slave_batches(done.stdout) == 0, done.stdout  # with the master, not after it
-    # Every slave went down before the master's upgrade began.
-    master_began = journal(cluster.master)["steps"]["baseline"]["started"]
+    # Every slave was down before the master's first after-phase step (its
+    # code unpacked only once every node's before-phase was done).
+    master_after = journal(cluster.master)["steps"]["migrate"]["started"]
     for slave in cluster.slaves:
-        assert web_events(slave)[1][0].timestamp() < master_began
+        assert web_events(slave)[1][0].timestamp() < master_after
+        assert journal(slave)["steps"]["unmount-jails"]["finished"] < master_after
+    for node in cluster.nodes:  # each preinst's wait, in its log
+        logs = "".join(f.read_text() for f in node.maint_log_dir.glob("upgrade-*"))
+        assert "every node did its before-phase" in logs, node_name(node)
     assert "media version: 1.1 on every slave (3)" in done.stdout
 
 
@@ -126,14 +131,18 @@ def test_playbook_gives_the_slaves_back_when_one_prepare_fails(node_factory, tmp
     failed = playbook(inventory(cluster, tmp_path / "inventory.json"), tmp_path)
     assert failed.returncode != 0
     out = " ".join(failed.stdout.split())
-    assert "the before-phase failed on slave2" in out, failed.stdout
-    assert "the other slaves (slave1, slave3) were given back" in out
+    # Every other node's preinst saw slave2 fail and gave its site back.
+    for name in ("master", "slave1", "slave3"):
+        assert f"{name}" in out
+    assert out.count("stops before its code is unpacked: slave2:") >= 3, failed.stdout
     for node in cluster.nodes:
         assert node.installed_version() == "1.0"
     assert all(slave.service_running("apache2") for slave in cluster.slaves)
     rows = node_rows(cluster.master)
     assert {rows[name]["serving"] for name in SLAVES} == {"1.0"}
-    assert marker_keys(cluster.master) == []  # the master never began
+    # The master's before-phase recorded 1.0's migrations at most (baseline):
+    # nothing of 1.1 was applied.
+    assert marker_keys(cluster.master) in ([], OLD_KEYS)
 
 
 RECORDER = """import sys
@@ -191,5 +200,12 @@ def test_playbook_without_rollback_runs_apt_not_rollback(tmp_path):
     done, calls = run_recorded(tmp_path, "-e", "ivle_version=1.1")
     assert done.returncode == 0, done.stdout + done.stderr
     assert not any("rollback" in c for c in calls), calls
-    assert {"master apt", "slave1 apt", "slave2 apt", "slave1 cluster prepare --to 1.1"} \
+    assert {"master apt", "slave1 apt", "slave2 apt"} <= set(calls), calls
+    # Every before-phase in its own preinst: no prepare play unless batched.
+    assert not any("cluster prepare" in c for c in calls), calls
+    (tmp_path / "batched").mkdir()
+    batched, calls = run_recorded(tmp_path / "batched", "-e", "ivle_version=1.1",
+                                  "-e", "ivle_slave_batch=1")
+    assert batched.returncode == 0, batched.stdout + batched.stderr
+    assert {"slave1 cluster prepare --to 1.1", "slave2 cluster prepare --to 1.1"} \
         <= set(calls), calls

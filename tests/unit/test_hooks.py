@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ivle_maint.dpkg_calls import FORMS, parse_call
 from ivle_maint.errors import MaintError
@@ -112,3 +114,25 @@ def test_a_call_that_stands_for_nothing_loads_no_procedure(tmp_path, script, arg
              "ivle_maint.runner", "psycopg2", "sh", "debian", "psutil", "pglast"}
     assert not heavy & set(modules), sorted(heavy & set(modules))
     assert not (tmp_path / "state").exists()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=12))
+def test_unpack_together_from_the_environment_is_yes_no_or_refused(value):
+    """IVLE_MAINT_UNPACK_TOGETHER (the playbook's): yes or no, unset or empty
+    leaves it to the setting, anything else is a one-line usage error."""
+    from ivle_maint.errors import UsageError
+    from ivle_maint.hooks import dpkg_options
+
+    word = value.strip().lower()
+    if word in ("yes", "true", "1"):
+        assert dpkg_options({"IVLE_MAINT_UNPACK_TOGETHER": value}).unpack_together is True
+    elif word in ("no", "false", "0"):
+        assert dpkg_options({"IVLE_MAINT_UNPACK_TOGETHER": value}).unpack_together is False
+    elif not word:
+        assert dpkg_options({"IVLE_MAINT_UNPACK_TOGETHER": value}).unpack_together is None
+    else:
+        with pytest.raises(UsageError) as refused:
+            dpkg_options({"IVLE_MAINT_UNPACK_TOGETHER": value})
+        assert "\n" not in str(refused.value)
+        assert str(refused.value).startswith("IVLE_MAINT_UNPACK_TOGETHER must be yes or no")

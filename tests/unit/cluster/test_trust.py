@@ -87,3 +87,35 @@ def test_the_media_value_chosen_last_is_found_whatever_the_servers_clock(
     listed = [(value, version) for value in made] + [("other", "9.9")]
     order.shuffle(listed)
     assert _latest(listed, version) == made[-1]
+
+
+notes = st.sampled_from([None, "registered", trust.abandoned_note("1.1"),
+                         trust.abandoned_note("1.2"), "upgraded 1.0 -> 1.1"])
+barrier_rows = st.builds(
+    NodeRow, name=st.just("slave1"), role=st.sampled_from(["master", "slave", "both"]),
+    host=st.just("h"), instance=st.just("i"), version=st.sampled_from(VERSIONS),
+    serving=st.sampled_from(VERSIONS), target=st.sampled_from([None, "1.1", "1.2"]),
+    phase=st.sampled_from(PHASES), step=st.sampled_from([None, "stop-web", "unpack"]),
+    media=st.none(), note=notes)
+
+
+@settings(max_examples=300, deadline=None)
+@given(barrier_rows, st.sampled_from(["1.1", "1.2"]))
+def test_a_node_counts_ready_to_unpack_only_by_its_own_finished_before_phase(row, new):
+    """[cluster] unpack_together: a row lets the others unpack only when its
+    upgrade to NEW is past its before-phase (or it is idle on NEW); a row
+    that failed before its code changed, or gave its upgrade up, stops them;
+    anything else keeps them waiting.  Never both."""
+    ready, lost = trust.past_before_phase(row, new), trust.gave_up(row, new)
+    assert not (ready and lost)
+    if ready:
+        assert (row.target == new and row.phase in ("unpack", "after", "waiting")) or \
+            (row.target is None and row.version == new)
+    if row.target == new and row.phase in ("idle", "before"):
+        assert not ready and not lost  # still stopping: wait for it
+    if row.target not in (None, new):
+        assert not ready and not lost  # another upgrade: not this one's news
+    if row.target == new and row.phase == "failed" and row.version != new:
+        assert lost  # failed before its unpack: it will not come
+    if row.target is None and row.note == trust.abandoned_note(new) and row.version != new:
+        assert lost  # given back on its old code: it will not come
