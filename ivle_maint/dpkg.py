@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import system
+from . import quickrun
 from .errors import MaintError
 from .gates import trusted
 
@@ -16,7 +16,9 @@ FileList = dict[str, str]  # path (as dpkg lists it, or relative to the tree) ->
 
 def package_version(package: str) -> str:
     """The version dpkg has for PACKAGE (during postinst: the new one)."""
-    done = system.run(["dpkg-query", "-W", "-f=${Version}", package], keep_stdout=True)
+    # The postinst asks, with the site down: returns when dpkg-query ends.
+    done = quickrun.run(["dpkg-query", "-W", "-f=${Version}", package], keep_stdout=True,
+                        timeout=60)
     if not done.ok or not done.stdout.strip():
         raise MaintError(f"dpkg does not know package {package}; pass --package-version")
     return done.stdout.strip()

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn, TypeVar
 
-from . import children
+from . import children, system
 from .context import (
     AFTER,
     BEFORE,
@@ -74,7 +74,10 @@ class Procedure:
             self._observer(event, step)
 
     def run(self, phases: Iterable[str]) -> None:
-        phases = tuple(phases)
+        with system.steps_running():  # the site is down: no command's end waits on a poll
+            self._run(tuple(phases))
+
+    def _run(self, phases: tuple[str, ...]) -> None:
         try:
             if not self.journal.is_in_progress:
                 self.journal.set_state(JournalState.IN_PROGRESS)
@@ -285,6 +288,10 @@ class Procedure:
         it reversed is forgotten), so a run killed anywhere in between
         leaves a journal that says what is still owed.
         """
+        with system.steps_running():
+            return self._abort()
+
+    def _abort(self) -> list[str]:
         undone: list[str] = []
         self.journal.set_state(JournalState.ABORTING)
         for done_step in self.steps:

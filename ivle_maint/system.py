@@ -3,21 +3,28 @@
 Every command is an argument list, never a shell string.  Output is
 streamed line by line to a callback and only a bounded tail is kept, so a
 verbose jail build never sits in memory.
+
+While an upgrade's steps run (steps_running(): the runner's), the site is
+down, and sh returns about 0.1 s after a command with an output callback
+ended (its threads look every 0.1 s): every command then runs through
+quickrun instead, which returns when the kernel says it ended (its pidfd),
+under the same contract.  No step has to know.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from typing import Any
 
-from . import children
+from . import children, quickrun
 from .errors import MaintError
 from .gates import environment, trusted
+from .quickrun import TAIL_LINES, Completed
 
 log = logging.getLogger(__name__)
 
@@ -37,25 +44,10 @@ def _return_cmd(sh: Any) -> dict[str, Any]:
     return {"_return_cmd": True} if int(sh.__version__.split(".")[0]) >= 2 else {}
 
 
-TAIL_LINES = 40
 # Maintainer scripts run with a PATH that has the sbin directories; a shell
 # of a person may not: IVLE's programs and init tools are looked up here too.
 # Every child's PATH (gates/environment.py).
 SBIN_PATH = environment.SBIN_PATH
-
-
-@dataclass(frozen=True)
-class Completed:
-    """The outcome of one command: status, full stdout if kept, output tail."""
-
-    argv: tuple[str, ...]
-    exit_code: int
-    stdout: str
-    tail: tuple[str, ...]
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_code == 0
 
 
 def which(name: str, path: str | None = None) -> str | None:
@@ -82,6 +74,9 @@ def run(
     Raises MaintError only when the command cannot be started or times out,
     or when the gate refuses the program: it runs by the path checked.
     """
+    if _running.count:
+        return quickrun.run(argv, timeout=timeout, on_line=on_line,
+                            keep_stdout=keep_stdout, env=env, cwd=cwd)
     sh = preload()
     program = trusted.require_program(argv[0])
     tail: deque[str] = deque(maxlen=TAIL_LINES)
@@ -143,6 +138,29 @@ def run(
             children.end_now(cmd.pid)
         children.forget(note)
     return Completed(tuple(argv), exit_code, "\n".join(kept), tuple(tail))
+
+
+class _Running:
+    """How many step runs are under way (threads run steps side by side)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.lock = threading.Lock()
+
+
+_running = _Running()
+
+
+@contextmanager
+def steps_running() -> Iterator[None]:
+    """While the steps run: every command returns the moment it ends."""
+    with _running.lock:
+        _running.count += 1
+    try:
+        yield
+    finally:
+        with _running.lock:
+            _running.count -= 1
 
 
 @contextmanager

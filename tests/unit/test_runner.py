@@ -546,3 +546,30 @@ def test_a_master_serves_new_only_once_every_step_up_to_its_last_start_is_done(t
         j.finish(name, "ok", {})
     whole = set(done) == {"remake-users", "restart-usrmgt"}
     assert serving("master", j, STEPS) == ("1.1" if whole else "1.0")
+
+
+def test_every_step_and_every_undo_runs_its_commands_through_quickrun(tmp_path):
+    """The site is down while steps run: system.run must not wait on sh's
+    poll there, in a step alone, in a group's worker thread, or in an undo."""
+    from ivle_maint import system
+
+    class Counting(Recorder):
+        def actions(self) -> dict:
+            acts = super().actions()
+            def counted(name: str, act):
+                def run_counted(ctx) -> Outcome:
+                    seen.append((name, system._running.count))
+                    return act(ctx)
+                return run_counted
+            return {name: counted(name, act) for name, act in acts.items()}
+
+    seen: list[tuple[str, int]] = []
+    run(tmp_path / "full", Counting())
+    assert [name for name, _ in seen] and all(count > 0 for _, count in seen), seen
+    assert {"migrate", "rebuild-jail", "remake-users", "restart-usrmgt"} <= {n for n, _ in seen}
+    seen.clear()
+    with pytest.raises(MaintError):  # the before-phase fails: start-web undoes stop-web
+        run(tmp_path / "abandoned", Counting(fail={"unmount-jails": MaintError("busy")}),
+            phases=(BEFORE,))
+    assert "start-web" in {n for n, _ in seen} and all(count > 0 for _, count in seen), seen
+    assert system._running.count == 0  # and none once the run is over

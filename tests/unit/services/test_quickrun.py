@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ivle_maint import quickrun as quick
 from ivle_maint import system
@@ -69,3 +72,55 @@ def test_a_flood_of_output_keeps_only_the_last_bytes(monkeypatch: pytest.MonkeyP
                      timeout=60, keep_stdout=True)
     assert done.ok and done.tail[-1] == "end"
     assert len(done.stdout) <= 4096
+
+
+def test_each_line_is_handed_on_while_the_command_still_runs(tmp_path):
+    """The command waits for a file that only the callback of its first
+    line makes: with lines handed on after the exit it would never end."""
+    flag = tmp_path / "seen"
+    script = f"echo first; while [ ! -e {flag} ]; do sleep 0.01; done; echo second"
+    seen: list[str] = []
+
+    def on_line(text: str) -> None:
+        seen.append(text)
+        flag.touch()
+
+    done = quick.run(["sh", "-c", script], timeout=30, on_line=on_line)
+    assert done.ok and seen == ["first", "second"]
+
+
+output_lines = st.lists(st.text(st.characters(blacklist_categories=("Cs",),
+                                              blacklist_characters="\n\r\x00"), max_size=20),
+                        max_size=8)
+
+
+@settings(max_examples=25, deadline=None)
+@given(output_lines, st.booleans(), st.integers(0, 3))
+def test_both_engines_give_the_same_outcome(lines, final_newline, status):
+    """system.run through sh (outside steps) and through quickrun (while
+    steps run): the same status, kept output, tail and lines handed on."""
+    text = "\n".join(lines) + ("\n" if final_newline and lines else "")
+    argv = ["sh", "-c", 'printf "%s" "$1"; exit $2', "sh", text, str(status)]
+    outcomes = []
+    for steps in (False, True):
+        seen: list[str] = []
+        with system.steps_running() if steps else contextlib.nullcontext():
+            done = system.run(argv, timeout=30, on_line=seen.append, keep_stdout=True)
+        outcomes.append((done.exit_code, done.stdout, done.tail, seen))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_commands_run_by_steps_go_through_quickrun(monkeypatch: pytest.MonkeyPatch):
+    engines: list[str] = []
+    real = quick.run
+
+    def recorded(*args, **kwargs):
+        engines.append("quickrun")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(quick, "run", recorded)
+    system.run(["true"], timeout=30)
+    with system.steps_running():
+        system.run(["true"], timeout=30)
+    system.run(["true"], timeout=30)
+    assert engines == ["quickrun"]
