@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,6 +123,21 @@ def read(migration: Migration) -> tuple[bytes, str]:
 
 def checksum(migration: Migration) -> str:
     return read(migration)[1]
+
+
+def checksums(migrations: Iterable[Migration]) -> Iterator[tuple[Migration, str]]:
+    """(migration, checksum) of each, in turn, as checksum() says: read
+    through the gate with their directory held open (trusted.read_each),
+    not walked again for each file."""
+    by_path = {m.path: m for m in migrations}
+    paths = list(by_path)
+    done = 0
+    try:
+        for path, data in trusted.read_each(paths, trusted.MIGRATION):
+            done += 1
+            yield by_path[path], hashlib.sha256(data).hexdigest()
+    except OSError as exc:
+        raise MaintError(f"cannot read: {exc.strerror}", path=paths[done]) from None
 
 
 def check_writers(directory: Path, files: Iterable[Path] = ()) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from ..config import Settings
 from ..output import RecordingReporter, Reporter
 from . import marker
-from .discovery import Migration, checksum, discover, parse_key
+from .discovery import Migration, checksums, discover, parse_key
 from .marker import MarkerRow
 from .session import session
 
@@ -82,9 +82,10 @@ def read_status(conn: Any, dbname: str, directory: Path, shipped: list[Migration
     newest = max((o for k in applied if (o := order_of(k)) is not None), default=None)
     out_of_order = [m for m in pending if newest is not None and m.order < newest]
     changed = []
+    current = dict(checksums(by_key[key] for key in applied if key in by_key))
     for key, row in applied.items():
-        if key in by_key and (current := checksum(by_key[key])) != row.checksum:
-            changed.append(Changed(key, by_key[key].path, row.checksum, current))
+        if key in by_key and (now := current[by_key[key]]) != row.checksum:
+            changed.append(Changed(key, by_key[key].path, row.checksum, now))
     missing = [k for k in applied if k not in by_key]
     return Status(
         dbname,

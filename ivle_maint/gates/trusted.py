@@ -73,9 +73,9 @@ from __future__ import annotations
 import functools
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import ConfigError, MaintError
 
@@ -83,6 +83,7 @@ KiB, MiB = 1024, 1024 * 1024
 MAX_SYMLINKS = 40  # as the kernel's ELOOP
 MAX_TREE_ENTRIES = 200_000  # a source tree bigger than this is no IVLE tree
 SHEBANG_BYTES = 256
+P = TypeVar("P", bound="str | os.PathLike[str]")
 MAX_INTERPRETERS = 4
 
 
@@ -331,6 +332,93 @@ def read(path: str | os.PathLike[str], purpose: Purpose) -> bytes:
         return read_fd(fd, purpose, path)
     finally:
         os.close(fd)
+
+
+def read_each(paths: Iterable[P], purpose: Purpose) -> Iterator[tuple[P, bytes]]:
+    """(path, its checked bytes) of each of PATHS, as read(path) gives them
+    (its errors too, when one is raised).
+
+    `db status` reads every migration: their directory is walked once and
+    held open, each regular file in it opened relative to it (O_NOFOLLOW),
+    and the filesystem asked once for them all.  Anything else (a symlink,
+    a check that fails) goes through read() itself, so what is refused, and
+    how, is read()'s.
+    """
+    # (directory, its descriptor, its st_dev, its filesystem is a real one)
+    held: tuple[str, int, int, bool] | None = None
+    try:
+        for path in paths:
+            directory, name = os.path.split(_text(path))
+            if held is None or held[0] != directory:
+                if held is not None:
+                    os.close(held[1])
+                    held = None
+                dfd = _open_directory(directory or ".", purpose)
+                if dfd is not None:
+                    plain = _NOT_FILES.get(_fs_type(dfd) or 0) is None
+                    held = (directory, dfd, os.fstat(dfd).st_dev, plain)
+            fd = _open_in(held[1], name, purpose) if held is not None else None
+            if fd is None or held is None:
+                yield path, read(path, purpose)
+                continue
+            try:
+                # Beside the directory held open, on its device: the same
+                # filesystem, asked once (a FUSE mount has a device of its own).
+                if os.fstat(fd).st_dev != held[2] or not held[3]:
+                    _check_filesystem(purpose, os.path.abspath(_text(path)), fd)
+                data = read_fd(fd, purpose, path)
+            finally:
+                os.close(fd)
+            yield path, data
+    finally:
+        if held is not None:
+            os.close(held[1])
+
+
+def _text(path: str | os.PathLike[str]) -> str:
+    return os.fspath(path)
+
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def _open_directory(directory: str | os.PathLike[str], purpose: Purpose) -> int | None:
+    """A descriptor of DIRECTORY, walked and checked as the directory of a
+    file read() reads; None when anything is amiss (read() then says what)."""
+    try:
+        given, real, st = _walk(directory, purpose)
+        if not stat.S_ISDIR(st.st_mode):
+            return None
+        _check_on_way(purpose, given, real, st)
+        fd = os.open(real, _OPEN_FLAGS | os.O_DIRECTORY)
+    except (OSError, MaintError):
+        return None
+    fst = os.fstat(fd)
+    if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _open_in(dfd: int, name: str, purpose: Purpose) -> int | None:
+    """NAME in the directory DFD opened and checked as open_checked() does
+    (its filesystem aside); None when anything is amiss."""
+    if "/" in name:
+        return None
+    try:
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode):
+            return None  # a symlink, or what read() refuses
+        fd = os.open(name, _OPEN_FLAGS, dir_fd=dfd)
+    except OSError:
+        return None
+    fst = os.fstat(fd)
+    if (not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino)
+            or not trusted_uid(fst.st_uid) or fst.st_mode & 0o022
+            or (purpose.limit is not None and fst.st_size > purpose.limit)):
+        os.close(fd)
+        return None
+    return fd
 
 
 def check(path: str | os.PathLike[str], purpose: Purpose) -> bool:

@@ -170,6 +170,52 @@ def test_a_read_is_allowed_exactly_when_the_oracle_says(tmp_path: Path, way: lis
         shutil.rmtree(base)
 
 
+def said(read: Any) -> tuple[str, object]:
+    """What READ() gave: its bytes, or its error's type and message."""
+    try:
+        return "bytes", read()
+    except (OSError, trusted.Refused) as exc:
+        return type(exc).__name__, str(exc)
+
+
+@examples(100)
+@given(way=st.lists(nodes, max_size=3), end=ends, no_link=st.booleans())
+def test_reading_a_directorys_files_together_says_what_reading_each_says(
+        tmp_path: Path, way: list[Node], end: End, no_link: bool) -> None:
+    base = fresh(tmp_path)
+    try:
+        path, _data = build(base, way, end)
+        purpose = READ_NO_LINK if no_link else READ
+        beside = path.parent / "g"  # a plain file of root's, read with it
+        if path.parent.is_dir():
+            beside.write_bytes(b"SELECT 2;\n")
+        for paths in ([path, beside], [beside, path]):
+            expected = said(lambda paths=paths: [(p, trusted.read(p, purpose)) for p in paths])
+            assert said(lambda paths=paths: list(trusted.read_each(paths, purpose))) == expected
+    finally:
+        shutil.rmtree(base)
+
+
+@pytest.mark.parametrize("mode, owner, link", [(0o644, 0, False), (0o664, 0, False),
+                                               (0o646, 0, False), (0o644, NOBODY, False),
+                                               (0o644, 0, True)])
+def test_a_file_read_with_its_directorys_is_refused_as_read_refuses_it(
+        tmp_path: Path, mode: int, owner: int, link: bool) -> None:
+    base = fresh(tmp_path)
+    (base / "a").write_bytes(b"SELECT 1;\n")
+    odd = base / "b"
+    (base / "real" if link else odd).write_bytes(b"SELECT 2;\n")
+    if link:
+        odd.symlink_to(base / "real")
+        os.lchown(odd, NOBODY, NOBODY)
+    os.chown(base / "real" if link else odd, owner, owner)
+    os.chmod(base / "real" if link else odd, mode)
+    paths = [base / "a", odd]
+    expected = said(lambda: [(p, trusted.read(p, READ)) for p in paths])
+    assert said(lambda: list(trusted.read_each(paths, READ))) == expected
+    assert (expected[0] == "bytes") == (mode == 0o644 and owner == 0 and not link)
+
+
 @examples(150)
 @given(way=st.lists(nodes, max_size=3), end=ends)
 def test_a_program_is_run_exactly_when_the_oracle_says(tmp_path: Path, way: list[Node],
