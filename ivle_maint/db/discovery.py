@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -89,10 +90,22 @@ def discover(directory: Path) -> list[Migration]:
             "no such migrations directory (set [paths] migrations or --migrations)",
             path=directory)
     try:
-        entries = sorted(directory.iterdir())
+        # scandir: the entry's type from the listing, no stat of each file
+        # (`db status` lists every migration); sorted by name, as Paths sort.
+        with os.scandir(directory) as listing:
+            names = sorted(e.name for e in listing
+                           if e.name.lower().endswith(SUFFIX) and not _is_dir(e))
     except OSError as exc:
         raise MaintError(f"cannot list: {exc.strerror}", path=directory) from None
-    return from_files(p for p in entries if p.name.lower().endswith(SUFFIX) and not p.is_dir())
+    return from_files(directory / name for name in names)
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    """As Path.is_dir(): a symlink followed, False when it cannot be told."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def find(migrations: Iterable[Migration], key: str) -> Migration:
