@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib
 import logging
 import os
@@ -107,8 +108,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     for module in modules or _command_modules():  # an unknown name: every command
         module.register(sub)  # type: ignore[attr-defined]
     # No command given: no function.  'consoles' and 'hold' name an ACTION
-    # (root.require's message quotes it); the other commands none.
-    parser.set_defaults(func=None, action=None)
+    # (root.require's message quotes it); the other commands none.  brief:
+    # main() leaves the cyclic collector paused while the command runs.
+    parser.set_defaults(func=None, action=None, brief=False)
     return parser
 
 
@@ -226,6 +228,12 @@ def _standard_streams() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:  # the command itself
+        # What loading ivle_maint and its libraries makes lives on (modules,
+        # classes, functions): the cyclic collector would only walk it again
+        # and again, some 6 ms of `db status`.  Paused until the command
+        # acts, and left paused by a brief one (args.brief: db status, plan,
+        # reads whose garbage is freed by reference counting as it goes).
+        gc.disable()
         _standard_streams()
         sys.excepthook = _bug
         logging.raiseExceptions = False  # a handler that fails prints no traceback
@@ -258,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         action = args.action
         root.require(args.command, f"{args.command} {action}" if isinstance(action, str) else None)
+        if not args.brief:
+            gc.enable()
         with waits.signals():  # SIGTERM unwinds as Terminated, like Ctrl-C
             return int(args.func(Context(args)) or 0)
     except MaintError as exc:

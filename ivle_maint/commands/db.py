@@ -47,7 +47,7 @@ def register(sub: Any) -> None:
 
     status = cmds.add_parser("status", help="applied, pending, changed and out-of-order")
     migrations_option(status)
-    status.set_defaults(func=show_status)
+    status.set_defaults(func=show_status, brief=True)
 
     baseline = cmds.add_parser(
         "baseline",

@@ -35,7 +35,7 @@ def register(sub: Any) -> None:
         help="the new package's migrations: its preinst ('dpkg-deb --info ivle_NEW.deb "
         "preinst'), or the manifest dh_ivle_maint put in it ('-': stdin)")
     _during_upgrade(plan, "plan with this mode instead of [web] during_upgrade")
-    plan.set_defaults(func=cmd_plan)
+    plan.set_defaults(func=cmd_plan, brief=True)
 
     upgrade = sub.add_parser(
         "upgrade",
