@@ -344,27 +344,31 @@ def read_each(paths: Iterable[P], purpose: Purpose) -> Iterator[tuple[P, bytes]]
     a check that fails) goes through read() itself, so what is refused, and
     how, is read()'s.
     """
-    # (directory, its descriptor, its st_dev, its filesystem is a real one)
-    held: tuple[str, int, int, bool] | None = None
+    # The directory last tried, and when it could be held open: (its
+    # descriptor, its st_dev, its filesystem is a real one).
+    tried: str | None = None
+    held: tuple[int, int, bool] | None = None
     try:
         for path in paths:
             directory, name = os.path.split(_text(path))
-            if held is None or held[0] != directory:
+            if directory != tried:
                 if held is not None:
-                    os.close(held[1])
+                    os.close(held[0])
                     held = None
+                tried = directory
                 dfd = _open_directory(directory or ".", purpose)
                 if dfd is not None:
                     plain = _NOT_FILES.get(_fs_type(dfd) or 0) is None
-                    held = (directory, dfd, os.fstat(dfd).st_dev, plain)
-            fd = _open_in(held[1], name, purpose) if held is not None else None
-            if fd is None or held is None:
+                    held = (dfd, os.fstat(dfd).st_dev, plain)
+            opened = _open_in(held[0], name, purpose) if held is not None else None
+            if opened is None or held is None:
                 yield path, read(path, purpose)
                 continue
+            fd, dev = opened
             try:
                 # Beside the directory held open, on its device: the same
                 # filesystem, asked once (a FUSE mount has a device of its own).
-                if os.fstat(fd).st_dev != held[2] or not held[3]:
+                if dev != held[1] or not held[2]:
                     _check_filesystem(purpose, os.path.abspath(_text(path)), fd)
                 data = read_fd(fd, purpose, path)
             finally:
@@ -372,7 +376,7 @@ def read_each(paths: Iterable[P], purpose: Purpose) -> Iterator[tuple[P, bytes]]
             yield path, data
     finally:
         if held is not None:
-            os.close(held[1])
+            os.close(held[0])
 
 
 def _text(path: str | os.PathLike[str]) -> str:
@@ -400,9 +404,9 @@ def _open_directory(directory: str | os.PathLike[str], purpose: Purpose) -> int 
     return fd
 
 
-def _open_in(dfd: int, name: str, purpose: Purpose) -> int | None:
+def _open_in(dfd: int, name: str, purpose: Purpose) -> tuple[int, int] | None:
     """NAME in the directory DFD opened and checked as open_checked() does
-    (its filesystem aside); None when anything is amiss."""
+    (its filesystem aside), and its st_dev; None when anything is amiss."""
     if "/" in name:
         return None
     try:
@@ -418,7 +422,7 @@ def _open_in(dfd: int, name: str, purpose: Purpose) -> int | None:
             or (purpose.limit is not None and fst.st_size > purpose.limit)):
         os.close(fd)
         return None
-    return fd
+    return fd, fst.st_dev
 
 
 def check(path: str | os.PathLike[str], purpose: Purpose) -> bool:
