@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import tempfile
@@ -256,8 +257,16 @@ def cmd_hook(ctx: Context) -> int:
         # while the web server is down.
         ctx.reporter.info(call.nothing_line())
         return 0
+    # What loading the procedure makes lives on: the cyclic collector is
+    # paused while it loads and never walks it again (gc.freeze), some
+    # milliseconds of the postinst's start, with the web server down.
+    collecting = gc.isenabled()
+    gc.disable()
     from ..hooks import HookEnv, checked_call, dpkg_options, run_hook
 
+    gc.freeze()
+    if collecting:
+        gc.enable()
     call = checked_call(call, ctx.args.package_version)
     env = HookEnv(settings=ctx.settings, reporter=ctx.reporter,
                   options=dpkg_options(os.environ))

@@ -16,7 +16,7 @@ back as dataclasses.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,8 +162,12 @@ def apply_migrations(
     upgrade: str | None = None,
     epoch: str = "",
     terminate_stale_lock: bool = False,
+    on_pending: Callable[[list[str]], None] | None = None,
 ) -> MigrateResult:
     """Apply every pending migration in order, each with its marker row.
+
+    ON_PENDING is told the keys pending under the lock, before anything is
+    dumped or applied (the upgrade's journal keeps them: one read, not two).
 
     Under the advisory lock it re-reads the marker, so a runner that waited
     for another one does not apply anything twice.  backup=None follows
@@ -179,6 +183,8 @@ def apply_migrations(
     with _session(settings, reporter, resume, locked=True,
                   terminate_stale_lock=terminate_stale_lock) as s:
         st = read_status(s.conn, s.params.dbname, directory, shipped)
+        if on_pending is not None:
+            on_pending([m.key for m in st.pending])
         check_writers(directory, [m.path for m in st.pending])
         plan = make_plan(s.conn, st, accept_changed, allow_out_of_order, accept_class)
         plan.raise_problems(resume)

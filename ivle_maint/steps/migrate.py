@@ -39,7 +39,6 @@ def migrate(ctx: UpgradeContext) -> Outcome:
         return _roll_back(ctx)
     # IVLE's procedure: slaves' web servers are down before the schema changes.
     waited = WAIT.wait(ctx, STEP.name)
-    _record_pending(ctx)
     keep.database_before(ctx)  # the restore point: writes have stopped
     try:
         result = apply_migrations(
@@ -48,6 +47,7 @@ def migrate(ctx: UpgradeContext) -> Outcome:
             accept_class=ctx.accept_class, package_version=ctx.new, resume=ctx.resume,
             upgrade=ctx.upgrade_id or None, epoch=_epoch(ctx),
             terminate_stale_lock=ctx.terminate_stale_lock,
+            on_pending=lambda keys: _record_pending(ctx, keys),
         )
     finally:
         keep.database_dump(ctx)  # a failed migration is when a rollback is wanted
@@ -75,17 +75,15 @@ def _roll_back(ctx: UpgradeContext) -> Outcome:
     return outcome
 
 
-def _record_pending(ctx: UpgradeContext) -> None:
-    """The keys pending before this upgrade applied anything, kept in its
-    journal once: a rerun after a killed run still knows which are its own."""
+def _record_pending(ctx: UpgradeContext, keys: list[str]) -> None:
+    """The keys pending before this upgrade applied anything (KEYS, as
+    apply_migrations read them under its lock), kept in its journal once,
+    before anything is applied: a rerun after a killed run still knows
+    which are its own."""
     journal = ctx.journal
     if journal is None or journal.migrations_pending is not None:
         return
-    try:
-        pending = status(ctx.settings, migrations_dir=ctx.migrations).pending
-    except MaintError:  # apply_migrations names the cause
-        return
-    journal.migrations_pending = [m.key for m in pending]
+    journal.migrations_pending = list(keys)
     journal.save()
 
 
@@ -99,7 +97,7 @@ def _applied_in_upgrade(ctx: UpgradeContext, keys: list[str]) -> list[str]:
     and the database server's need not agree.
     """
     pending = ctx.journal.migrations_pending if ctx.journal else None
-    if not pending:
+    if not pending or set(pending) <= set(keys):  # all of them now: no second read
         return keys
     try:
         rows = status(ctx.settings, migrations_dir=ctx.migrations).applied
