@@ -207,16 +207,17 @@ slaves_timeout = float(min=0, default=600)
 # upgraded).  Also: the --migrate-while-serving option of 'ivle-maint
 # rerun' and 'upgrade'.
 migrate_while_serving = boolean(default=False)
-# yes: a node's preinst, its before-phase done (web server down, jails
+# yes: a web node's preinst, its before-phase done (web server down, jails
 # unmounted), waits until every node in the cluster table has done its own
 # for the same version before dpkg unpacks the new code; a node whose
 # before-phase fails, or whose upgrade is given up, ends the wait at once on
-# every node, and each gives its site back on the old version (dpkg's abort):
-# one slave that cannot stop leaves the whole cluster as it was.  The
-# playbook's choice (IVLE_MAINT_UNPACK_TOGETHER=yes).  no: each node unpacks
-# once its own before-phase is done (apt-get upgrade on every node at once,
-# a little sooner back); a slave that cannot stop then makes the master wait
-# (slaves_timeout) before it migrates, its new code already unpacked.
+# every slave, and each gives its site back on the old version (dpkg's
+# abort), while the master (no web server: it unpacks at once) stops at its
+# migrate, nothing migrated.  One slave that cannot stop leaves every slave
+# on the old version.  The playbook's choice (IVLE_MAINT_UNPACK_TOGETHER=yes).
+# no (apt-get upgrade on every node at once): each node unpacks once its own
+# before-phase is done; a slave that cannot stop then makes the master wait
+# (slaves_timeout) before it migrates.
 unpack_together = boolean(default=False)
 # A slave whose master is already on a newer IVLE (newer migrations, or a
 # newer version in ivle_maint_nodes) refuses to start its web server: its

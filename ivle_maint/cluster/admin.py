@@ -116,6 +116,7 @@ def register(settings: Settings, reporter: Reporter, version: str | None = None,
     version = version or node_version(settings)
     presence = Presence(settings, reporter)
     past: list[str] = []
+    member = False
     try:
         row = presence.idle_row(version, service_serving(settings, reporter, version), note)
         if presence.enabled or strict:
@@ -137,6 +138,10 @@ def register(settings: Settings, reporter: Reporter, version: str | None = None,
                 raise ConfigError(twin)
             past = trust.upgrade_past(rows, row["name"], version) \
                 if joining and presence.settings.role.runs_web else []
+            # Not joining: a member recorded from this machine whose upgrade
+            # to the version under way was given up (a playbook run again).
+            member = held is not None and other is None and any(
+                trust.gave_up(held, r.target) for r in rows if r.target)
         presence.write(row, strict=strict)
     except ConfigError:
         raise
@@ -147,7 +152,10 @@ def register(settings: Settings, reporter: Reporter, version: str | None = None,
         return None
     finally:
         presence.close()
-    if past:
+    if past and member:
+        reporter.warn(f"{row['name']} at IVLE {version or 'unknown'} while "
+                      f"{'; '.join(past)}: upgrade it (recorded: the master waits for it)")
+    elif past:
         raise MaintError(
             f"{row['name']} at IVLE {version or 'unknown'} joins the cluster while "
             f"{'; '.join(past)}: its web server would serve old code on the new schema; "

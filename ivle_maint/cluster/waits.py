@@ -167,6 +167,7 @@ def wait_for_slaves(ctx: UpgradeContext, step: str) -> str:
         return f"told to migrate while slaves serve the old code ({names})"
 
     host, probe_timeout = table.hostname(), float(conf["probe_timeout"])
+    together = ctx.unpack_together and not back
     blocking: list[NodeRow] = []
     told_blind: list[str] = []
 
@@ -178,6 +179,8 @@ def wait_for_slaves(ctx: UpgradeContext, step: str) -> str:
             ctx.reporter.warn(f"cannot check from here whether the web servers of "
                               f"{', '.join(blind)} answer (no [cluster] probe_url reachable "
                               "from this machine): trusting their rows")
+        if together:  # the rows were refreshed before this upgrade began (the playbook's)
+            _refuse_given_up(ctx, rows, me)
         old = serving_old(rows, me, ctx.new, rollback=back)
         # A row says what ivle-maint did; a web server started by hand is
         # only found by asking it.
@@ -211,6 +214,20 @@ def wait_for_slaves(ctx: UpgradeContext, step: str) -> str:
         ) from None
     gone = f"code other than {ctx.new}" if back else "the old code"
     return f"no slave serves {gone} (waited {waited:.1f}s)"
+
+
+def _refuse_given_up(ctx: UpgradeContext, rows: list[NodeRow], me: str) -> None:
+    """[cluster] unpack_together: a web node that failed its before-phase, or
+    gave its upgrade up, is not coming: the master stops waiting at once."""
+    lost = [(r, why) for r in rows
+            if r.name != me and r.has_web and (why := trust.gave_up(r, ctx.new))]
+    if lost:
+        raise MaintError(
+            f"the upgrade to {ctx.new} stops before migrating, nothing migrated: "
+            + "; ".join(f"{r.name}: {why}" for r, why in lost)
+            + f".  The slaves give their sites back on {ctx.old}; fix it, then upgrade "
+            "the cluster again (this node's upgrade then resumes where it stopped)",
+            resume=ctx.resume)
 
 
 def _what_stale(ctx: UpgradeContext) -> str:
@@ -422,14 +439,21 @@ UNPACK = "unpack"  # the barrier's name in a waiting row: the before-phase is do
 
 
 def wait_for_every_before_phase(ctx: UpgradeContext) -> str:
-    """Any node, its before-phase done, before dpkg unpacks NEW's code
+    """A web node, its before-phase done, before dpkg unpacks NEW's code
     ([cluster] unpack_together): until every other node in the cluster
     table has done its own.  A node that failed it or gave its upgrade up
     ends the wait at once: this node's preinst fails, dpkg's abort gives
-    its site back on OLD, and so does every other node's: nothing changed."""
+    its site back on OLD, and so does every other web node's.
+
+    A node without a web server (the master) does not wait: its new code
+    serves nobody until it migrates, its unpack overlaps the slaves'
+    stops as under apt-get at once, and its migrate waits for the slaves
+    (wait_for_slaves), ending at once, nothing migrated, when one gave up."""
     presence = ctx.cluster
     if presence is None or not presence.enabled or not ctx.unpack_together or ctx.rollback:
         return ""  # a rollback's nodes are ordered by the other waits
+    if not ctx.settings.role.runs_web:
+        return ""
     me = presence.name
 
     def check(conn: Any) -> Pending | None:
