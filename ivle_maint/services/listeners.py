@@ -193,7 +193,7 @@ def hold(pidfd: int, pid: int) -> Held:
             attach_syn_filter(sock)
     except OSError as err:
         held.close(detach=True)
-        held.why_not = str(err)
+        held.why_not = err.strerror or str(err)
         return held
     if not held.sockets:
         held.why_not = f"no listening TCP socket in /proc/{pid}/fd"
