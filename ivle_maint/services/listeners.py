@@ -8,8 +8,10 @@ of each listening TCP socket of the main process (pidfd_getfd(2), through
 the pidfd it signals by, so never another process's), attaches a socket
 filter that drops new connections' SYNs (the client retransmits one after
 about a second, by when the port is closed: "connection refused", stop
-mode's outage) and waits until the accept queues are empty: Apache's
-children take what was queued and answer it.  The copies are closed only
+mode's outage) and waits until the accept queues are empty and the
+handshakes begun before are done (/proc/net/tcp's request sockets: with
+Apache's TCP_DEFER_ACCEPT a connection stays one until its request comes):
+Apache's children take what was queued and answer it.  The copies are closed only
 after the verified stop: their last reference, so the socket ends then,
 with nothing queued.
 
@@ -63,6 +65,16 @@ _INSN = struct.Struct("=HBBI")
 # After the filter is on, handshakes whose SYN came just before complete
 # within a round trip: the queue is looked at no sooner than this.
 SETTLE = 0.05
+# Handshakes still open (their SYN came before the filter; with Apache's
+# TCP_DEFER_ACCEPT a connection whose request has not come yet) are waited
+# for this long at most: a client that never sends must not hold back the
+# stop while new clients are already kept out.
+HANDSHAKES = 3.0
+# /proc/net/tcp{,6}: a request socket (half-open, or deferred) is SYN_RECV.
+_PROC_NET = ("/proc/self/net/tcp", "/proc/self/net/tcp6")
+_SYN_RECV = "03"
+# ioctl: the network namespace of a socket, as an fd (<linux/sockios.h>).
+SIOCGSKNS = 0x894C
 # How often the accept queues are looked at (the kernel offers no event
 # for a queue becoming empty).
 POLL = 0.01
@@ -99,6 +111,24 @@ def accept_queue(sock: socket.socket) -> tuple[int, int]:
     return int(now), int(most)
 
 
+def _in_our_netns(sock: socket.socket) -> bool:
+    """True when SOCK is in this process's network namespace (needs
+    CAP_NET_ADMIN there: root's; False when it cannot be told)."""
+    import fcntl
+
+    try:
+        fd = fcntl.ioctl(sock.fileno(), SIOCGSKNS)
+    except OSError:
+        return False
+    try:
+        theirs, ours = os.fstat(fd), os.stat("/proc/self/ns/net")
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
+
+
 def _listening_tcp(sock: socket.socket) -> bool:
     return (sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
             and sock.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL) == socket.IPPROTO_TCP)
@@ -114,15 +144,39 @@ class Held:
     def queued(self) -> int:
         return sum(accept_queue(sock)[0] for sock in self.sockets)
 
-    def wait_empty(self, timeout: float) -> bool:
-        """True once every accept queue is empty; False after TIMEOUT."""
+    def half_open(self) -> int:
+        """Handshakes not yet in an accept queue (request sockets) on the
+        held sockets' ports; 0 when they cannot be seen."""
+        if not self.sockets or not _in_our_netns(self.sockets[0]):
+            return 0  # another namespace's /proc/net is not ours to read
+        ports = {sock.getsockname()[1] for sock in self.sockets}
+        count = 0
+        for table in _PROC_NET:  # a v4-mapped client's is in tcp, not tcp6
+            try:
+                with open(table, encoding="ascii") as handle:
+                    rows = handle.read().splitlines()[1:]
+            except (OSError, UnicodeDecodeError):
+                continue
+            for row in rows:
+                cols = row.split()
+                if len(cols) > 3 and cols[3] == _SYN_RECV and \
+                        int(cols[1].rpartition(":")[2], 16) in ports:
+                    count += 1
+        return count
+
+    def wait_empty(self, timeout: float, handshakes: float | None = None) -> bool:
+        """True once every accept queue is empty and no handshake is open
+        (waited for up to HANDSHAKES seconds); False after TIMEOUT."""
         if not self.sockets:
             return True
-        deadline = time.monotonic() + max(timeout, 0.0)
+        handshakes = HANDSHAKES if handshakes is None else handshakes
+        start = time.monotonic()
+        deadline = start + max(timeout, 0.0)
         time.sleep(min(SETTLE, max(timeout, 0.0)))
         while True:
             try:
-                if self.queued() == 0:
+                if self.queued() == 0 and (time.monotonic() - start >= handshakes
+                                           or self.half_open() == 0):
                     return True
             except OSError as err:  # cannot happen to a socket we hold; no reason to stop
                 log.warning("listening sockets: accept queue unknown: %s", err)

@@ -101,6 +101,8 @@ def child(listener, delay):
 def serve(family, children, delay):
     fam, host = (socket.AF_INET6, "::1") if family == "6" else (socket.AF_INET, "127.0.0.1")
     listener = socket.socket(fam)
+    # Apache's AcceptFilter on Linux: a connection is queued with its request.
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 30)
     listener.bind((host, 0))
     listener.listen(1024)
     kids = []

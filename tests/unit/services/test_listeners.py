@@ -154,6 +154,36 @@ def test_a_queue_never_emptied_runs_out_the_bound():
         assert held.wait_empty(5)
 
 
+# A listening socket deferring its accepts until data comes (Apache's
+# AcceptFilter on Linux): a connection made without a request yet is a
+# request socket, counted as an open handshake, not queued.
+DEFERRING = r"""
+import json, socket, sys
+srv = socket.create_server(("::1", 0), family=socket.AF_INET6)
+srv.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 30)
+print(json.dumps(srv.getsockname()[1]), flush=True)
+for line in sys.stdin:
+    conn = srv.accept()[0]
+    conn.recv(16)
+    conn.sendall(b"ok")
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a socket's namespace (SIOCGSKNS)")
+def test_open_handshakes_are_waited_for_a_bounded_time():
+    with (process(DEFERRING) as (proc, line),
+          socket.create_connection(("::1", json.loads(line)), timeout=5) as client,
+          held_of(proc.pid) as held):
+        assert proc.stdin is not None
+        assert (held.queued(), held.half_open()) == (0, 1)
+        assert held.wait_empty(60, handshakes=0.2)  # a client that never sends
+        client.sendall(b"GET")  # its request: queued now, then accepted
+        proc.stdin.write("accept\n")
+        proc.stdin.flush()
+        assert client.recv(2) == b"ok"
+        assert (held.queued(), held.half_open()) == (0, 0)
+
+
 # -- fallbacks: nothing held, the reason said, no exception ---------------
 
 SLEEPER = "import sys\nprint('ready', flush=True)\nsys.stdin.read()\n"
