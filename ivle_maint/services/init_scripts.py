@@ -20,7 +20,9 @@ The web server's stop is graceful (graceful_stop): ivle-maint holds its
 listening sockets, taking no new connection, until the connections queued
 in them are accepted (listeners.py); then Apache closes its listening
 sockets and every request in flight completes before the stop that
-ivle-maint verifies.  No client that got a connection is reset.
+ivle-maint verifies.  No client that got a connection is reset.  A start
+that finds a service running takes off the filter a graceful stop killed
+before its end (SIGKILL) left on its listening sockets.
 """
 
 from __future__ import annotations
@@ -279,6 +281,8 @@ class ServiceControl:
         before = self.status(name)
         if action not in ("restart", "reload") and before == wanted:
             reason = "already stopped" if wanted == STOPPED else "already running"
+            if action == "start":
+                self._clear_leftover_filter(name)
             return ServiceResult(name, action, NOOP, before, self.backend, reason)
         # An init script's stop: the daemon whose exit says it stopped.
         pid = None if wanted == RUNNING or self._uses_systemctl() else self.main_pid(name)
@@ -366,6 +370,21 @@ class ServiceControl:
         if result.outcome == NOOP:  # the main process exited by itself
             result = replace(result, outcome=DONE, reason="")
         return replace(result, seconds=seconds, graceful=how)
+
+    def _clear_leftover_filter(self, name: str) -> None:
+        """A running server asked to start (a recovery): a graceful stop
+        killed between its filter and the stop (SIGKILL: no cleanup) left
+        the server taking no new connection; take that filter off."""
+        pid = self.main_pid(name)
+        pidfd = None if pid is None else open_pidfd(pid)
+        if pid is None or pidfd is None:
+            return
+        try:
+            if listeners.clear_leftover(pidfd, pid):
+                self.reporter.warn(f"{name}: a graceful stop's filter was left on its listening "
+                                   f"sockets (that stop killed?): taken off")
+        finally:
+            os.close(pidfd)
 
     def _stop_forbidden(self, name: str) -> bool:
         return self.backend == "invoke-rc.d" and self._policy_forbids(name, "stop")

@@ -17,7 +17,10 @@ with nothing queued.
 
 Anything that fails here (no pidfd_getfd before Linux 5.6, no permission,
 a process gone, no listening socket) leaves the stop as it was without
-this: one log line, no exception.
+this: one log line, no exception.  If ivle-maint is killed (SIGKILL)
+between the filter and the stop, the filter stays on a server still
+running: the start of the recovery, finding it running, takes it off
+(clear_leftover).
 """
 
 from __future__ import annotations
@@ -94,11 +97,15 @@ def pidfd_getfd(pidfd: int, fd: int) -> int:
     return int(new)
 
 
+def _program() -> bytes:
+    return b"".join(_INSN.pack(*insn) for insn in _DROP_SYN)
+
+
 def attach_syn_filter(sock: socket.socket) -> None:
     """Drop new connections' SYNs arriving at SOCK (OSError if refused)."""
     import ctypes
 
-    program = ctypes.create_string_buffer(b"".join(_INSN.pack(*i) for i in _DROP_SYN))
+    program = ctypes.create_string_buffer(_program())
     # struct sock_fprog: unsigned short len, then the pointer (native alignment).
     fprog = struct.pack("@HP", len(_DROP_SYN), ctypes.addressof(program))
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
@@ -201,16 +208,12 @@ class Held:
         self.sockets = []
 
 
-def hold(pidfd: int, pid: int) -> Held:
-    """Copies of the listening TCP sockets of PID (whose pidfd is PIDFD),
-    each with the SYN filter on; none, with the reason, on any failure."""
-    held = Held()
-    try:
-        names = os.listdir(f"/proc/{pid}/fd")
-    except OSError as err:
-        held.why_not = f"cannot list /proc/{pid}/fd: {err.strerror}"
-        return held
+def _copies(pidfd: int, pid: int) -> list[socket.socket]:
+    """Copies of the listening TCP sockets of PID, whose pidfd is PIDFD
+    (OSError when none can be taken: the caller closes those returned)."""
+    names = os.listdir(f"/proc/{pid}/fd")
     seen: set[tuple[int, int]] = set()
+    found: list[socket.socket] = []
     try:
         for name in names:
             if not name.isdigit():
@@ -242,7 +245,26 @@ def hold(pidfd: int, pid: int) -> Held:
                 sock.close()
                 continue
             seen.add(key)
-            held.sockets.append(sock)
+            found.append(sock)
+    except OSError:
+        for sock in found:
+            sock.close()
+        raise
+    return found
+
+
+def hold(pidfd: int, pid: int) -> Held:
+    """Copies of the listening TCP sockets of PID (whose pidfd is PIDFD),
+    each with the SYN filter on; none, with the reason, on any failure."""
+    held = Held()
+    try:
+        held.sockets = _copies(pidfd, pid)
+    except OSError as err:
+        held.why_not = err.strerror or str(err)
+        if err.filename:  # listdir's
+            held.why_not = f"cannot list /proc/{pid}/fd: {err.strerror}"
+        return held
+    try:
         for sock in held.sockets:
             attach_syn_filter(sock)
     except OSError as err:
@@ -252,3 +274,37 @@ def hold(pidfd: int, pid: int) -> Held:
     if not held.sockets:
         held.why_not = f"no listening TCP socket in /proc/{pid}/fd"
     return held
+
+
+def _has_our_filter(sock: socket.socket) -> bool:
+    """True when SOCK's filter is the SYN filter (SO_GET_FILTER: its length
+    is counted in instructions; a longer program is refused, EINVAL)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    ours = _program()
+    buf = ctypes.create_string_buffer(len(ours))
+    count = ctypes.c_uint(len(_DROP_SYN))
+    done = libc.getsockopt(sock.fileno(), socket.SOL_SOCKET, SO_ATTACH_FILTER, buf,
+                           ctypes.byref(count))
+    return done == 0 and count.value == len(_DROP_SYN) and buf.raw == ours
+
+
+def clear_leftover(pidfd: int, pid: int) -> int:
+    """Take the SYN filter off the listening sockets of PID (whose pidfd is
+    PIDFD) where a graceful stop killed before its end (SIGKILL: no
+    cleanup) left it on a server still running; how many.  Only this
+    filter: a filter of the server's own is no business of ours."""
+    try:
+        found = _copies(pidfd, pid)
+    except OSError as err:
+        log.debug("listening sockets of %d not looked at: %s", pid, err)
+        return 0
+    cleared = 0
+    for sock in found:
+        with contextlib.suppress(OSError):
+            if _has_our_filter(sock):
+                sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+                cleared += 1
+        sock.close()
+    return cleared

@@ -292,3 +292,39 @@ def test_without_the_held_sockets_queued_clients_are_reset(
                                       spec.children + spec.queued, spec.delay)
     assert ended["reset"] > 0, ended
     assert "listening sockets not held (pidfd_getfd: Function not implemented)" in caplog.text
+
+
+KILLED_STOP = r"""
+import os, sys, time
+sys.path.insert(0, sys.argv[1])
+from ivle_maint.services.listeners import hold
+pid = int(sys.argv[2])
+held = hold(os.pidfd_open(pid), pid)
+print(len(held.sockets), flush=True)
+time.sleep(600)
+"""
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_a_start_after_a_killed_stop_takes_its_filter_off(root: Path):
+    """A stop killed (SIGKILL) between its filter and the signal leaves the
+    server running, taking no new connection; the recovery's start (a no-op:
+    it runs) takes the filter off."""
+    control = ServiceControl(RecordingReporter(), backend="init.d",
+                             initd_dir=root / "etc" / "init.d", timeout=60)
+    with standin(root, "4", 1, 0.01) as port:
+        pid = (root / "run" / "standin.pid").read_text()
+        killed = subprocess.Popen(["/usr/bin/python3", "-c", KILLED_STOP, str(REPO), pid],
+                                  stdout=subprocess.PIPE, text=True)
+        assert killed.stdout is not None and killed.stdout.readline() == "1\n"
+        killed.kill()
+        killed.wait()
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                sock.connect(("127.0.0.1", port))  # its SYN dropped
+        assert control.start(NAME).reason == "already running"
+        assert control.reporter.lines == [  # type: ignore[attr-defined]
+            f"warning: {NAME}: a graceful stop's filter was left on its listening sockets "
+            f"(that stop killed?): taken off"]
+        assert Load("4", port, 1).attempt() == "answered"

@@ -252,3 +252,51 @@ def test_no_permission():
             "pidfd_getfd: Operation not permitted",
             f"cannot list /proc/{proc.pid}/fd: Permission denied")
         assert connects(socket.AF_INET, ("127.0.0.1", json.loads(line)[0]))
+
+
+# -- a filter a killed stop left behind -------------------------------------
+
+OWN_FILTER = r"""
+import json, socket, sys
+sys.path.insert(0, sys.argv[1])
+from ivle_maint.services import listeners
+srv = socket.create_server(("127.0.0.1", 0))
+# A filter of the server's own (keep everything): not ours to take off.
+listeners._DROP_SYN = ((0x06, 0, 0, 0xFFFFFFFF),)
+listeners.attach_syn_filter(srv)
+print(json.dumps(srv.getsockname()[1]), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_leftover_filter_is_taken_off():
+    with process(HOLDER) as (proc, line):
+        v4, v6 = json.loads(line)
+        with held_of(proc.pid) as held:
+            held.close()  # as a stop killed before its end: the filter stays
+        assert not connects(socket.AF_INET, ("127.0.0.1", v4))
+        pidfd = open_pidfd(proc.pid)
+        assert pidfd is not None
+        try:
+            assert listeners.clear_leftover(pidfd, proc.pid) == 2
+            assert listeners.clear_leftover(pidfd, proc.pid) == 0
+        finally:
+            os.close(pidfd)
+        assert connects(socket.AF_INET, ("127.0.0.1", v4))
+        assert connects(socket.AF_INET6, ("::1", v6))
+
+
+def test_a_filter_of_the_server_s_own_is_left_alone():
+    code = OWN_FILTER.replace("sys.argv[1]", repr(str(REPO)))
+    with process(code) as (proc, _):
+        pidfd = open_pidfd(proc.pid)
+        assert pidfd is not None
+        try:
+            assert listeners.clear_leftover(pidfd, proc.pid) == 0
+            (sock,) = listeners._copies(pidfd, proc.pid)
+        finally:
+            os.close(pidfd)
+        with sock:
+            assert not listeners._has_our_filter(sock)
+            # Still attached: detaching it succeeds (ENOENT if there were none).
+            sock.setsockopt(socket.SOL_SOCKET, listeners.SO_DETACH_FILTER, 0)
