@@ -10,10 +10,10 @@ filter that drops new connections' SYNs (the client retransmits one after
 about a second, by when the port is closed: "connection refused", stop
 mode's outage) and waits until the accept queues are empty and the
 handshakes begun before are done (/proc/net/tcp's request sockets: with
-Apache's TCP_DEFER_ACCEPT a connection stays one until its request comes):
-Apache's children take what was queued and answer it.  The copies are closed only
-after the verified stop: their last reference, so the socket ends then,
-with nothing queued.
+Apache's TCP_DEFER_ACCEPT a connection stays one until its request
+comes): Apache's children take what was queued and answer it.  The copies
+are closed only after the verified stop: their last reference, so the
+socket ends then, with nothing queued.
 
 Anything that fails here (no pidfd_getfd before Linux 5.6, no permission,
 a process gone, no listening socket) leaves the stop as it was without
@@ -118,6 +118,14 @@ def accept_queue(sock: socket.socket) -> tuple[int, int]:
     return int(now), int(most)
 
 
+def _port(address: str) -> int | None:
+    """The port of /proc/net/tcp's "0100007F:1F90" (hex), None if not one."""
+    try:
+        return int(address.rpartition(":")[2], 16)
+    except ValueError:
+        return None
+
+
 def _in_our_netns(sock: socket.socket) -> bool:
     """True when SOCK is in this process's network namespace (needs
     CAP_NET_ADMIN there: root's; False when it cannot be told)."""
@@ -166,8 +174,7 @@ class Held:
                 continue
             for row in rows:
                 cols = row.split()
-                if len(cols) > 3 and cols[3] == _SYN_RECV and \
-                        int(cols[1].rpartition(":")[2], 16) in ports:
+                if cols[3:4] == [_SYN_RECV] and _port(cols[1]) in ports:
                     count += 1
         return count
 
