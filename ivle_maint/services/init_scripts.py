@@ -354,8 +354,11 @@ class ServiceControl:
             if held.why_not:
                 log.warning("%s: its queued connections may be reset: listening sockets not "
                             "held (%s)", name, held.why_not)
-            elif not held.wait_empty(deadline - time.monotonic()):
-                log.warning("%s: connections still queued after %gs", name, self.timeout)
+            # Half the time at most: children busy with long requests take
+            # nothing queued, and those requests must keep their share.
+            elif not held.wait_empty((deadline - time.monotonic()) / 2):
+                log.warning("%s: connections still queued after %gs (half [services] "
+                            "timeout): they may be reset", name, self.timeout / 2)
             drained = signal_and_drain(pid, GRACEFUL_STOP, deadline - time.monotonic(), pidfd)
             result = self.act(name, "stop")
             stopped = result.state == STOPPED

@@ -328,3 +328,26 @@ def test_a_start_after_a_killed_stop_takes_its_filter_off(root: Path):
             f"warning: {NAME}: a graceful stop's filter was left on its listening sockets "
             f"(that stop killed?): taken off"]
         assert Load("4", port, 1).attempt() == "answered"
+
+
+def test_a_queue_behind_a_long_request_does_not_take_its_time(root: Path):
+    """The one child busy for 4 s with a request, another queued behind it,
+    a 6 s [services] timeout: the queue is waited for half of it at most,
+    so the request in flight still completes within the rest (waited the
+    whole timeout, the queue would empty at 4 s and the stop cut the
+    second request at 6 s)."""
+    control = ServiceControl(RecordingReporter(), backend="init.d",
+                             initd_dir=root / "etc" / "init.d", timeout=6)
+    with standin(root, "4", 1, 4.0) as port:
+        load = Load("4", port, 0)
+        got: list[str] = []
+        first = threading.Thread(target=lambda: got.append(load.attempt()))
+        first.start()
+        time.sleep(0.2)  # the child has taken it (it accepts at once)
+        queued = threading.Thread(target=load.attempt)
+        queued.start()
+        result = control.graceful_stop(NAME)
+        first.join()
+        queued.join()
+    assert got == ["answered"]
+    assert "in-flight requests done" in result.message
