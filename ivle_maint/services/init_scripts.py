@@ -331,7 +331,8 @@ class ServiceControl:
 
         First ivle-maint holds copies of the main process's listening
         sockets, filtered to take no new connection, until the connections
-        queued in them are accepted (listeners.py).  Then Apache's
+        queued in them are accepted (listeners.py; half of [services]
+        timeout at most: the requests in flight keep the rest).  Then Apache's
         graceful-stop signal to its main process (through the same pidfd)
         closes the listening sockets and lets every child finish the request
         it serves; once they are gone (or the main process is, or [services]
