@@ -55,9 +55,10 @@ def wait_exit(pid: int, timeout: float) -> bool:
         os.close(fd)
 
 
-def signal_and_drain(pid: int, signum: int, timeout: float) -> bool:
+def signal_and_drain(pid: int, signum: int, timeout: float, pidfd: int | None = None) -> bool:
     """Send SIGNUM to PID, then wait until PID exits or every child it had
     has exited, whichever comes first; False if TIMEOUT passed first.
+    PIDFD: the caller's pidfd of PID (left open), else one is opened here.
 
     Apache's graceful-stop: the parent closes its listening sockets, each
     child finishes the request it serves and exits; the parent itself only
@@ -65,7 +66,7 @@ def signal_and_drain(pid: int, signum: int, timeout: float) -> bool:
     every request in flight is done.  A child that is no request worker
     (mod_cgid's daemon) ends with the parent: then the parent's exit says it.
     """
-    main = open_pidfd(pid)
+    main = open_pidfd(pid) if pidfd is None else os.dup(pidfd)
     if main is None:
         return True
     # Before the signal (a child may end and be reaped at once) and after it

@@ -16,9 +16,13 @@ its way (activating, deactivating); after an init script's stop the
 daemon's exit is awaited through a pidfd (drain.py); otherwise the status
 is asked again until it is the asked state or [services] timeout runs out.
 
-The web server's stop is graceful (graceful_stop): Apache closes its
-listening sockets and every request in flight completes before the stop
-that ivle-maint verifies.
+The web server's stop is graceful (graceful_stop): ivle-maint holds its
+listening sockets, taking no new connection, until the connections queued
+in them are accepted (listeners.py); then Apache closes its listening
+sockets and every request in flight completes before the stop that
+ivle-maint verifies.  No client that got a connection is reset.  A start
+that finds a service running takes off the filter a graceful stop killed
+before its end (SIGKILL) left on its listening sockets.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ from ..errors import MaintError
 from ..gates import schema_hold, trusted
 from ..output import Reporter
 from ..safepaths import check_dir
-from .drain import signal_and_drain, wait_exit
+from . import listeners
+from .drain import open_pidfd, signal_and_drain, wait_exit
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +281,8 @@ class ServiceControl:
         before = self.status(name)
         if action not in ("restart", "reload") and before == wanted:
             reason = "already stopped" if wanted == STOPPED else "already running"
+            if action == "start":
+                self._clear_leftover_filter(name)
             return ServiceResult(name, action, NOOP, before, self.backend, reason)
         # An init script's stop: the daemon whose exit says it stopped.
         pid = None if wanted == RUNNING or self._uses_systemctl() else self.main_pid(name)
@@ -319,23 +326,46 @@ class ServiceControl:
         return self.act(name, "stop")
 
     def graceful_stop(self, name: str) -> ServiceResult:
-        """Stop the web server without cutting a request in flight.
+        """Stop the web server without cutting a request in flight, and
+        without resetting a connection it had not yet accepted.
 
-        Apache's graceful-stop signal to its main process (through a pidfd)
+        First ivle-maint holds copies of the main process's listening
+        sockets, filtered to take no new connection, until the connections
+        queued in them are accepted (listeners.py; half of [services]
+        timeout at most: the requests in flight keep the rest).  Then Apache's
+        graceful-stop signal to its main process (through the same pidfd)
         closes the listening sockets and lets every child finish the request
         it serves; once they are gone (or the main process is, or [services]
         timeout passed) the ordinary verified stop ends what is left: under
         systemd a stop job, so its ExecStop and KillMode find nothing
-        serving.  A stop policy-rc.d forbids is not begun: act() reports it
-        skipped, as it reports an already stopped server a no-op."""
+        serving.  The copies are closed last.  A stop policy-rc.d forbids is
+        not begun: act() reports it skipped, as it reports an already
+        stopped server a no-op."""
         if self.status(name) != RUNNING or self._stop_forbidden(name):
             return self.act(name, "stop")
         pid = self.main_pid(name)
-        if pid is None:
+        pidfd = None if pid is None else open_pidfd(pid)
+        if pid is None or pidfd is None:
             return self.act(name, "stop")
         started = time.monotonic()
-        drained = signal_and_drain(pid, GRACEFUL_STOP, self.timeout or 60.0)
-        result = self.act(name, "stop")
+        deadline = started + (self.timeout or 60.0)
+        stopped = False
+        held = listeners.hold(pidfd, pid)
+        try:
+            if held.why_not:
+                log.warning("%s: its queued connections may be reset: listening sockets not "
+                            "held (%s)", name, held.why_not)
+            # Half the time at most: children busy with long requests take
+            # nothing queued, and those requests must keep their share.
+            elif not held.wait_empty((deadline - time.monotonic()) / 2):
+                log.warning("%s: connections still queued after %gs (half [services] "
+                            "timeout): they may be reset", name, self.timeout / 2)
+            drained = signal_and_drain(pid, GRACEFUL_STOP, deadline - time.monotonic(), pidfd)
+            result = self.act(name, "stop")
+            stopped = result.state == STOPPED
+        finally:
+            held.close(detach=not stopped)
+            os.close(pidfd)
         seconds = time.monotonic() - started
         how = "in-flight requests done" if drained else \
             f"requests still in flight after {self.timeout:g}s were cut"
@@ -344,6 +374,21 @@ class ServiceControl:
         if result.outcome == NOOP:  # the main process exited by itself
             result = replace(result, outcome=DONE, reason="")
         return replace(result, seconds=seconds, graceful=how)
+
+    def _clear_leftover_filter(self, name: str) -> None:
+        """A running server asked to start (a recovery): a graceful stop
+        killed between its filter and the stop (SIGKILL: no cleanup) left
+        the server taking no new connection; take that filter off."""
+        pid = self.main_pid(name)
+        pidfd = None if pid is None else open_pidfd(pid)
+        if pid is None or pidfd is None:
+            return
+        try:
+            if listeners.clear_leftover(pidfd, pid):
+                self.reporter.warn(f"{name}: a graceful stop's filter was left on its listening "
+                                   f"sockets (that stop killed?): taken off")
+        finally:
+            os.close(pidfd)
 
     def _stop_forbidden(self, name: str) -> bool:
         return self.backend == "invoke-rc.d" and self._policy_forbids(name, "stop")
