@@ -463,8 +463,8 @@ def wait_for_every_before_phase(ctx: UpgradeContext) -> str:
             raise MaintError(
                 f"the upgrade to {ctx.new} stops before its code is unpacked: "
                 + "; ".join(f"{r.name}: {why}" for r, why in lost)
-                + f".  Every node gives its site back on {ctx.old} (nothing was migrated); "
-                "fix it, then upgrade the cluster again",
+                + f".  Every slave gives its site back on {ctx.old}, the master stops "
+                "before migrating; fix it, then upgrade the cluster again",
                 resume=ctx.resume)
         behind = [r for r in rows if not trust.past_before_phase(r, ctx.new)]
         if not behind:
