@@ -135,32 +135,50 @@ def users(c):
 '''
 
 # A mod_python handler.  ivle.conf is read once per Apache process, as IVLE
-# does: a new media version is seen after Apache restarts.
+# does: a new media version is seen after Apache restarts.  It is read by
+# the process's first request, under a lock, with `handler` defined before
+# anything slow: mod_python under Apache's threaded MPM hands a module
+# still being imported by one thread to the others (its first requests at
+# once: "module ... contains no 'handler'", a 500 that Apache's start
+# alone causes, whatever the upgrade did; seen when the master's check of
+# a slave's web server came with a client's first request).
 WEB_PY = '''\
 """IVLE stand-in web application (mod_python handler)."""
-import sys
+import threading
 
-sys.path.insert(0, "/usr/lib/ivle/lib")
-import ivledb
-from mod_python import apache
+_LOADED = []
+_LOCK = threading.Lock()
 
-CONF = ivledb.conf()
-MEDIA = CONF["media"]["version"]
+
+def _load():
+    """ivledb, mod_python's apache, ivle.conf and its media version."""
+    with _LOCK:
+        if not _LOADED:
+            import sys
+
+            sys.path.insert(0, "/usr/lib/ivle/lib")
+            import ivledb
+            from mod_python import apache
+
+            conf = ivledb.conf()
+            _LOADED.append((ivledb, apache, conf, conf["media"]["version"]))
+        return _LOADED[0]
 
 
 def handler(req):
+    ivledb, apache, conf, media = _load()
     if req.uri.startswith("/media/"):
-        if req.uri.split("/")[2:3] != [MEDIA]:
+        if req.uri.split("/")[2:3] != [media]:
             return apache.HTTP_NOT_FOUND
         req.content_type = "text/css"
         req.write("body {{ font-family: sans-serif; }}\\n")
         return apache.OK
-    count, _value = ivledb.users(CONF)  # an old schema raises: Apache answers 500
+    count, _value = ivledb.users(conf)  # an old schema raises: Apache answers 500
     req.content_type = "text/html; charset=utf-8"
     req.headers_out["Cache-Control"] = "no-store"
     req.write('<!DOCTYPE html><html><head><meta name="ivle-version" content="%s">'
               '<link rel="stylesheet" href="/media/%s/ivle.css"></head>'
-              '<body>IVLE %s: %d users</body></html>\\n' % (ivledb.VERSION, MEDIA,
+              '<body>IVLE %s: %d users</body></html>\\n' % (ivledb.VERSION, media,
                                                            ivledb.VERSION, count))
     return apache.OK
 '''
