@@ -136,15 +136,26 @@ def users(c):
 
 # A mod_python handler.  ivle.conf is read once per Apache process, as IVLE
 # does: a new media version is seen after Apache restarts.  It is read by
-# the process's first request, under a lock, with `handler` defined before
-# anything slow: mod_python under Apache's threaded MPM hands a module
+# the process's first request, under a lock, and `handler` comes first and
+# waits for the module's end: mod_python under Apache's threaded MPM hands a module
 # still being imported by one thread to the others (its first requests at
 # once: "module ... contains no 'handler'", a 500 that Apache's start
 # alone causes, whatever the upgrade did; seen when the master's check of
 # a slave's web server came with a client's first request).
 WEB_PY = '''\
 """IVLE stand-in web application (mod_python handler)."""
-import threading
+
+
+def handler(req):
+    # First in the module: a thread handed the module mid-import waits for it.
+    for _ in range(1000):  # 5 s at most
+        if globals().get("_READY"):
+            break
+        __import__("time").sleep(0.005)
+    return _handle(req)
+
+
+import threading  # noqa: E402
 
 _LOADED = []
 _LOCK = threading.Lock()
@@ -165,7 +176,7 @@ def _load():
         return _LOADED[0]
 
 
-def handler(req):
+def _handle(req):
     ivledb, apache, conf, media = _load()
     if req.uri.startswith("/media/"):
         if req.uri.split("/")[2:3] != [media]:
@@ -181,6 +192,9 @@ def handler(req):
               '<body>IVLE %s: %d users</body></html>\\n' % (ivledb.VERSION, media,
                                                            ivledb.VERSION, count))
     return apache.OK
+
+
+_READY = True
 '''
 
 USRMGT_PY = '''\
