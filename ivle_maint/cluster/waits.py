@@ -180,7 +180,11 @@ def wait_for_slaves(ctx: UpgradeContext, step: str) -> str:
                               f"{', '.join(blind)} answer (no [cluster] probe_url reachable "
                               "from this machine): trusting their rows")
         if together:  # the rows were refreshed before this upgrade began (the playbook's)
-            _refuse_given_up(ctx, rows, me)
+            _refuse_given_up(ctx, [r for r in rows if r.name != me and r.has_web],
+                             "stops before migrating, nothing migrated",
+                             f"The slaves give their sites back on {ctx.old}; fix it, then "
+                             "upgrade the cluster again (this node's upgrade then resumes "
+                             "where it stopped)")
         old = serving_old(rows, me, ctx.new, rollback=back)
         # A row says what ivle-maint did; a web server started by hand is
         # only found by asking it.
@@ -216,17 +220,15 @@ def wait_for_slaves(ctx: UpgradeContext, step: str) -> str:
     return f"no slave serves {gone} (waited {waited:.1f}s)"
 
 
-def _refuse_given_up(ctx: UpgradeContext, rows: list[NodeRow], me: str) -> None:
-    """[cluster] unpack_together: a web node that failed its before-phase, or
-    gave its upgrade up, is not coming: the master stops waiting at once."""
-    lost = [(r, why) for r in rows
-            if r.name != me and r.has_web and (why := trust.gave_up(r, ctx.new))]
+def _refuse_given_up(ctx: UpgradeContext, rows: list[NodeRow], where: str, then: str
+                     ) -> None:
+    """[cluster] unpack_together: a node of ROWS that failed its before-phase,
+    or gave its upgrade up, is not coming: stop waiting at once."""
+    lost = [(r, why) for r in rows if (why := trust.gave_up(r, ctx.new))]
     if lost:
         raise MaintError(
-            f"the upgrade to {ctx.new} stops before migrating, nothing migrated: "
-            + "; ".join(f"{r.name}: {why}" for r, why in lost)
-            + f".  The slaves give their sites back on {ctx.old}; fix it, then upgrade "
-            "the cluster again (this node's upgrade then resumes where it stopped)",
+            f"the upgrade to {ctx.new} {where}: "
+            + "; ".join(f"{r.name}: {why}" for r, why in lost) + f".  {then}",
             resume=ctx.resume)
 
 
@@ -458,14 +460,9 @@ def wait_for_every_before_phase(ctx: UpgradeContext) -> str:
 
     def check(conn: Any) -> Pending | None:
         rows = [r for r in table.nodes(conn) if r.name != me]
-        lost = [(r, why) for r in rows if (why := trust.gave_up(r, ctx.new))]
-        if lost:
-            raise MaintError(
-                f"the upgrade to {ctx.new} stops before its code is unpacked: "
-                + "; ".join(f"{r.name}: {why}" for r, why in lost)
-                + f".  Every slave gives its site back on {ctx.old}, the master stops "
-                "before migrating; fix it, then upgrade the cluster again",
-                resume=ctx.resume)
+        _refuse_given_up(ctx, rows, "stops before its code is unpacked",
+                         f"Every slave gives its site back on {ctx.old}, the master stops "
+                         "before migrating; fix it, then upgrade the cluster again")
         behind = [r for r in rows if not trust.past_before_phase(r, ctx.new)]
         if not behind:
             return None
