@@ -44,6 +44,8 @@ README "Exit statuses"):
     settings file        root, 1 MiB       [2]  ivle-maint.conf
     ivle.conf            root, 1 MiB       [2]
     [web] maintenance_page  root, 64 KiB   [2]  (Apache takes 7 KiB of it)
+    Apache configuration root, 1 MiB       [1]  IVLE's sites, conf-enabled:
+                                                 only looked at for a warning
     migration            root, 16 MiB      [1]  IVLE's migrations, and their
                                                  directory (no sticky bit)
     migrations manifest  root, 64 MiB      [1]  --new-migrations FILE (stdin:
@@ -100,6 +102,7 @@ class Purpose:
 SETTINGS = Purpose("settings file", 1 * MiB)
 IVLE_CONF = Purpose("ivle.conf", 1 * MiB)
 MAINTENANCE_PAGE = Purpose("[web] maintenance_page", 64 * KiB)
+APACHE_CONF = Purpose("Apache configuration file", 1 * MiB, MaintError)
 MIGRATION = Purpose("migration", 16 * MiB, MaintError)
 MIGRATIONS_DIR = Purpose("migrations directory", None, MaintError)
 MANIFEST = Purpose("migrations manifest", 64 * MiB, MaintError)

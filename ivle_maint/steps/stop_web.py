@@ -23,7 +23,7 @@ from ..context import (
     UpgradeContext,
 )
 from ..gates import schema_hold
-from ..services import maintenance_page
+from ..services import first_requests, maintenance_page
 from ..services.init_scripts import STOPPED, control_from_settings
 from ..services.outcome import service_outcome
 from . import start_web
@@ -69,9 +69,17 @@ def check_maintenance(ctx: UpgradeContext) -> None:
     maintenance_page.preflight(ctx.settings, ctx.during_upgrade)
 
 
+def warn_first_requests(ctx: UpgradeContext) -> None:
+    """A warning, said before anything stops; never a refusal."""
+    warning = first_requests.warning(ctx.settings)
+    if warning:
+        ctx.reporter.warn(warning)
+
+
 def plan_lines(ctx: UpgradeContext, migrations_source: str | None) -> list[str]:
+    warning = first_requests.warning(ctx.settings)
     return [maintenance_page.plan_line(ctx.settings, ctx.during_upgrade, _down()),
-            schema_hold.status_line(ctx.settings)]
+            schema_hold.status_line(ctx.settings)] + ([f"warning: {warning}"] if warning else [])
 
 
 def skip_plan(ctx: UpgradeContext, migrations_source: str | None) -> list[str]:
@@ -82,5 +90,6 @@ def skip_plan(ctx: UpgradeContext, migrations_source: str | None) -> list[str]:
 # inside the stop may have stopped it).
 STEP = Step("stop-web", "stop the web server", SLAVE, BEFORE, stop_web,
             undo=start_web.STEP, serving=False, recheck=still_stopped,
-            checks=(Check(PreflightStage.WEB, check_maintenance),),
+            checks=(Check(PreflightStage.WEB, check_maintenance),
+                    Check(PreflightStage.WEB, warn_first_requests)),
             plan=(PlanLines(PlanPart.WEB, plan_lines), PlanLines(PlanPart.SKIPPED, skip_plan)))

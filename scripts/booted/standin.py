@@ -134,67 +134,36 @@ def users(c):
         conn.close()
 '''
 
-# A mod_python handler.  ivle.conf is read once per Apache process, as IVLE
-# does: a new media version is seen after Apache restarts.  It is read by
-# the process's first request, under a lock, and `handler` comes first and
-# waits for the module's end: mod_python under Apache's threaded MPM hands a module
-# still being imported by one thread to the others (its first requests at
-# once: "module ... contains no 'handler'", a 500 that Apache's start
-# alone causes, whatever the upgrade did; seen when the master's check of
-# a slave's web server came with a client's first request).
+# A mod_python handler.  As IVLE's dispatch module does, it imports its
+# libraries and reads ivle.conf when it is imported, once per Apache
+# process: a new media version is seen after Apache restarts.
 WEB_PY = '''\
 """IVLE stand-in web application (mod_python handler)."""
+import sys
+
+sys.path.insert(0, "/usr/lib/ivle/lib")
+import ivledb
+from mod_python import apache
+
+CONF = ivledb.conf()
+MEDIA = CONF["media"]["version"]
 
 
 def handler(req):
-    # First in the module: a thread handed the module mid-import waits for it.
-    for _ in range(1000):  # 5 s at most
-        if globals().get("_READY"):
-            break
-        __import__("time").sleep(0.005)
-    return _handle(req)
-
-
-import threading  # noqa: E402
-
-_LOADED = []
-_LOCK = threading.Lock()
-
-
-def _load():
-    """ivledb, mod_python's apache, ivle.conf and its media version."""
-    with _LOCK:
-        if not _LOADED:
-            import sys
-
-            sys.path.insert(0, "/usr/lib/ivle/lib")
-            import ivledb
-            from mod_python import apache
-
-            conf = ivledb.conf()
-            _LOADED.append((ivledb, apache, conf, conf["media"]["version"]))
-        return _LOADED[0]
-
-
-def _handle(req):
-    ivledb, apache, conf, media = _load()
     if req.uri.startswith("/media/"):
-        if req.uri.split("/")[2:3] != [media]:
+        if req.uri.split("/")[2:3] != [MEDIA]:
             return apache.HTTP_NOT_FOUND
         req.content_type = "text/css"
         req.write("body {{ font-family: sans-serif; }}\\n")
         return apache.OK
-    count, _value = ivledb.users(conf)  # an old schema raises: Apache answers 500
+    count, _value = ivledb.users(CONF)  # an old schema raises: Apache answers 500
     req.content_type = "text/html; charset=utf-8"
     req.headers_out["Cache-Control"] = "no-store"
     req.write('<!DOCTYPE html><html><head><meta name="ivle-version" content="%s">'
               '<link rel="stylesheet" href="/media/%s/ivle.css"></head>'
-              '<body>IVLE %s: %d users</body></html>\\n' % (ivledb.VERSION, media,
+              '<body>IVLE %s: %d users</body></html>\\n' % (ivledb.VERSION, MEDIA,
                                                            ivledb.VERSION, count))
     return apache.OK
-
-
-_READY = True
 '''
 
 USRMGT_PY = '''\
@@ -231,9 +200,20 @@ def main():
 sys.exit(main())
 '''
 
+# mod_python imports a handler on a child's first request.  Under Apache's
+# threaded MPM (Debian's default) two first requests at once race: the
+# second finds the module half-imported ("contains no 'handler'"), or a
+# second interpreter of the same name whose psycopg2 import fails ("cannot
+# import name 'encodings'") in every later request of that child: 500s that
+# any Apache start causes, upgrade or not.  PythonImport imports the
+# application as each child starts, before it serves, in the interpreter the
+# site names (doc/operations.md says so to IVLE's administrators).
 APACHE_SITE = """\
 # IVLE stand-in site (booted-node tests).  Enabled with a2ensite ivle.
+PythonPath "['/usr/lib/ivle/web'] + sys.path"
+PythonImport ivleweb ivle
 <VirtualHost *:*>
+    PythonInterpreter ivle
     PythonPath "['/usr/lib/ivle/web'] + sys.path"
     PythonAutoReload Off
     <Location />

@@ -85,19 +85,37 @@ def test_an_additive_release_rolls_back_code_only_and_keeps_what_users_wrote(rep
         assert probe.sequence()[-1] == "new", probe.sequence()  # 1.0 to the end
 
 
+def web_log(guest: Guest) -> str:
+    """The first lines of the node's Apache error log, a traceback's frames
+    left out (its last line, the error, stays), for a failure's message."""
+    return guest.run("sh", "-c", "grep -v 'HandlerDispatch\\|/ivleweb.py\\|psycopg2/' "
+                     "/var/log/apache2/error.log | head -n 60").stdout
+
+
+def node_state(guest: Guest) -> str:
+    """What the node says of itself and its last ivle-maint log's end."""
+    return guest.run("sh", "-c", "ivle-maint status; ivle-maint cluster status; "
+                     "tail -n 40 \"$(ls -t /var/log/ivle-maint/*.log | head -n 1)\"").stdout
+
+
 def at_once(cluster: dict[str, Guest], *cmd: str) -> dict[str, str]:
-    """CMD on every node at the same time; each one's output."""
+    """CMD on every node at the same time; each one's output.  Every node
+    ends before any is judged, so a failure shows each failing node's output
+    and what each slave's web server and journal said."""
     running = [(name, subprocess.Popen(
         guest.node.argv("env", guest.sandbox_env, *cmd), stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         for name, guest in cluster.items()]
-    outputs = {}
-    for name, proc in running:
-        out, _ = proc.communicate(timeout=900)
+    outputs = {name: proc.communicate(timeout=900)[0] for name, proc in running}
+    for name, out in outputs.items():
         print("\n".join(f"[{name}] {line}" for line in out.splitlines()
                         if line.startswith("ivle-maint")), flush=True)
-        assert proc.returncode == 0, f"{name}: {' '.join(cmd)} failed:\n{out[-3000:]}"
-        outputs[name] = out
+    failed = [name for name, proc in running if proc.returncode != 0]
+    if failed:
+        for name, guest in cluster.items():
+            print(f"--- {name}:\n{web_log(guest)}\n{node_state(guest)}", flush=True)
+    assert not failed, "\n".join(f"{name}: {' '.join(cmd)} failed:\n{outputs[name][-3000:]}"
+                                  for name in failed)
     return outputs
 
 
@@ -108,17 +126,19 @@ def test_a_cluster_rolls_back_at_once_with_no_client_error(cluster):
     end, no error; the master's table of checks finds every slave on 1.0."""
     at_once(cluster, "sh", "-c", "apt-get update -q >/dev/null && apt-get upgrade -y -q")
     with ExitStack() as stack:
-        probes = [stack.enter_context(Probe(guest, old="1.1", new="1.0"))
-                  for name, guest in cluster.items() if name != "master"]
+        probes = {name: stack.enter_context(Probe(guest, old="1.1", new="1.0"))
+                  for name, guest in cluster.items() if name != "master"}
         time.sleep(1.0)
         outputs = at_once(cluster, "ivle-maint", "rollback", "--accept-data-loss")
         time.sleep(1.0)
-        for probe in probes:
+        for probe in probes.values():
             probe.stop()
     assert "full:" in outputs["master"] and " FAIL " not in outputs["master"]
     assert re.search(r"pass\s+slaves\s+3 slave\(s\) serve 1\.0", outputs["master"])
     for name, guest in cluster.items():
         assert guest.facts()["ivle"] == "install ok installed 1.0", name
-    for probe in probes:
-        assert probe.counts["errors"] == 0, probe.errors()[:5]
+    for name, probe in probes.items():
+        if probe.counts["errors"]:
+            print(f"--- {name}'s Apache error log:\n{web_log(cluster[name])}", flush=True)
+        assert probe.counts["errors"] == 0, (name, probe.errors()[:5])
         assert probe.sequence()[-1] == "new", probe.sequence()
