@@ -127,8 +127,31 @@ def _say(head: str, message: object = "") -> None:
         silence(sys.stderr)
 
 
+def help_width() -> int:
+    """The width argparse's help is wrapped to, as its formatter takes it from
+    shutil.get_terminal_size() (COLUMNS, else standard output's terminal, else
+    80 columns), less its 2, found without importing shutil: argparse makes a
+    formatter on every add_argument, and `db status` prints no help."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    stream = sys.__stdout__
+    if columns <= 0 and stream is not None:
+        try:
+            columns = os.get_terminal_size(stream.fileno()).columns
+        except (ValueError, OSError):
+            columns = 0
+    return (columns or 80) - 2
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse's usage errors quote the command line: through gates.text."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kind, width = kwargs.get("formatter_class", argparse.HelpFormatter), help_width()
+        kwargs["formatter_class"] = lambda prog: kind(prog, width=width)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         with contextlib.suppress(OSError, ValueError):

@@ -10,10 +10,11 @@ from collections.abc import Iterable
 # applying, pg_dump's backups, running commands (sh), the steps, nor
 # their types (context: the settings take the roles from roles.py); nor
 # strptime's module (db.discovery checks a key's date without it), nor
-# difflib (only a misspelt setting's "did you mean").
+# difflib (only a misspelt setting's "did you mean"), nor shutil (argparse
+# asks it for the help's width on every add_argument: cli.help_width).
 NOT_FOR_STATUS = (
     "sh", "pglast", "debian", "psutil", "psycopg2.extras", "http.client", "_strptime",
-    "difflib", "ivle_maint.context",
+    "difflib", "shutil", "ivle_maint.context",
     "ivle_maint.system", "ivle_maint.children", "ivle_maint.logfile",
     "ivle_maint.db.backup", "ivle_maint.db.pins", "ivle_maint.db.apply",
     "ivle_maint.db.classify", "ivle_maint.db.sqlsplit", "ivle_maint.db.migration_class",

@@ -18,6 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from support.import_budget import NOT_FOR_PLAN, NOT_FOR_STATUS, found
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,6 +65,33 @@ def test_the_probes_see_a_forbidden_module():
     every_command = loaded("import ivle_maint.cli as cli\ncli.build_parser()\n")
     assert found(every_command, NOT_FOR_STATUS) == ["ivle_maint.commands.cluster",
                                                     "ivle_maint.commands.upgrade",
-                                                    "ivle_maint.context"]
+                                                    "ivle_maint.context", "shutil"]
     preloaded = loaded(PLAN + "import ivle_maint.upgrade\nivle_maint.upgrade.preload()\n")
     assert {"sh", "debian.debfile", "http.client", "psutil"} <= set(found(preloaded, NOT_FOR_PLAN))
+
+
+@settings(max_examples=60, deadline=None)
+@given(columns=st.one_of(st.none(), st.integers(-5, 400).map(str),
+                         st.sampled_from(["", "wide", "80x", " 90"])))
+def test_the_help_is_as_wide_as_argparse_makes_it(columns):
+    """cli.help_width() (no shutil) is the width argparse's own formatter
+    takes from shutil.get_terminal_size(), whatever COLUMNS says."""
+    import argparse
+    import os
+    import shutil
+
+    from ivle_maint.cli import help_width
+
+    saved = os.environ.get("COLUMNS")
+    try:
+        if columns is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = columns
+        assert help_width() == argparse.HelpFormatter("x")._width == \
+            shutil.get_terminal_size().columns - 2
+    finally:
+        if saved is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = saved
