@@ -54,7 +54,9 @@ def at_risk(settings: Settings) -> list[str]:
     sites = {name: _names(root / "sites-enabled" / f"{name}.conf")
              for name in enabled_sites(settings)}
     handled = [name for name, names in sites.items() if "pythonhandler" in names]
-    others = sorted((root / "conf-enabled").glob("*.conf")) if handled else []
+    # Where else a server-wide PythonImport may be: apache2.conf and what it includes.
+    others = [root / "apache2.conf", *sorted((root / "conf-enabled").glob("*.conf")),
+              *sorted(mods.glob("*.conf"))] if handled else []
     if any("pythonimport" in names for names in sites.values()) or any(
             "pythonimport" in _names(path) for path in others):
         return []

@@ -7,6 +7,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,8 +27,13 @@ def line(directive: str, args: str, spelling: str) -> tuple[str, bool]:
     return f"{text} {args}", not text.lstrip().startswith("#")
 
 
+# Where a server-wide directive may be written besides the site.
+ELSEWHERE = ("conf-enabled/other.conf", "apache2.conf", "mods-enabled/python.conf")
+
+
 def layout(root: Path, mpm: str, mod_python: bool, site_lines: list[str], *,
-           conf_lines: list[str], site_enabled: bool) -> Settings:
+           conf_lines: list[str], site_enabled: bool,
+           conf_file: str = ELSEWHERE[0]) -> Settings:
     apache = root / "apache2"
     for sub in ("mods-enabled", "sites-available", "sites-enabled", "conf-enabled"):
         (apache / sub).mkdir(parents=True)
@@ -38,7 +44,7 @@ def layout(root: Path, mpm: str, mod_python: bool, site_lines: list[str], *,
     site.write_text("<VirtualHost *:80>\n" + "\n".join(site_lines) + "\n</VirtualHost>\n")
     if site_enabled:
         (apache / "sites-enabled" / "ivle.conf").symlink_to(site)
-    (apache / "conf-enabled" / "other.conf").write_text("\n".join(conf_lines) + "\n")
+    (apache / conf_file).write_text("\n".join(conf_lines) + "\n")
     conf = root / "maint.conf"
     conf.write_text(f"[node]\nrole = slave\n[paths]\nstate = {root / 'state'}\n"
                     f"[web]\napache_dir = {apache}\n")
@@ -48,9 +54,9 @@ def layout(root: Path, mpm: str, mod_python: bool, site_lines: list[str], *,
 @settings(max_examples=80, deadline=None)
 @given(mpm=st.sampled_from(MPMS), mod_python=st.booleans(), site_enabled=st.booleans(),
        handler=SPELLINGS, site_import=st.one_of(st.none(), SPELLINGS),
-       conf_import=st.one_of(st.none(), SPELLINGS))
+       conf_import=st.one_of(st.none(), SPELLINGS), conf_file=st.sampled_from(ELSEWHERE))
 def test_warned_exactly_when_a_first_request_can_race(mpm, mod_python, site_enabled, *, handler,
-                                                      site_import, conf_import):
+                                                      site_import, conf_import, conf_file):
     handler_line, handled = line("PythonHandler", "ivle.dispatch", handler)
     site_lines, conf_lines, imported = ["SetHandler mod_python", handler_line], [], False
     if site_import is not None:
@@ -63,7 +69,7 @@ def test_warned_exactly_when_a_first_request_can_race(mpm, mod_python, site_enab
         imported |= active
     with tempfile.TemporaryDirectory() as tmp:
         conf = layout(Path(tmp), mpm, mod_python, site_lines, conf_lines=conf_lines,
-                      site_enabled=site_enabled)
+                      site_enabled=site_enabled, conf_file=conf_file)
         expected = (mpm != "mpm_prefork" and mod_python and site_enabled and handled
                     and not imported)
         assert first_requests.at_risk(conf) == (["ivle"] if expected else [])
@@ -91,3 +97,11 @@ def test_a_site_file_the_gate_refuses_is_not_read_and_nothing_is_refused(tmp_pat
                   conf_lines=["PythonImport ivle.dispatch ivle"], site_enabled=True)
     (tmp_path / "apache2" / "conf-enabled" / "other.conf").chmod(0o666)  # others may write
     assert first_requests.at_risk(conf) == ["ivle"]  # the import it says is not believed
+
+
+@pytest.mark.parametrize("place", ELSEWHERE)
+def test_a_server_wide_import_anywhere_apache_reads_it_counts(tmp_path, place):
+    conf = layout(tmp_path, "mpm_event", True, ["PythonHandler ivle.dispatch"],
+                  conf_lines=["PythonImport ivle.dispatch ivle"], site_enabled=True,
+                  conf_file=place)
+    assert first_requests.at_risk(conf) == []
