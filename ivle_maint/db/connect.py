@@ -55,7 +55,15 @@ _NOT_READY = (
     "server closed the connection unexpectedly",
     "timeout expired",
     "resource temporarily unavailable",
+    # ALLOW_CONNECTIONS false: a full rollback's swap (rollback/database.py)
+    # closes the live database while it renames it, for well under a second.
+    "is not currently accepting connections",
 )
+# Between that swap's two renames the live database's name is gone for a
+# moment: waited for this long at most, so that a misspelt name still fails
+# within seconds.
+RENAMED_AWAY_MARKERS = ('database "', '" does not exist')
+RENAMED_AWAY_SECONDS = 2.0
 POLL_SECONDS = 0.5
 
 
@@ -184,6 +192,19 @@ def _not_ready(text: str) -> bool:
     return any(marker in lowered for marker in _NOT_READY)
 
 
+def renamed_away(text: str) -> bool:
+    """Does TEXT say the database (not a role, nor anything else) does not exist?"""
+    start, end = RENAMED_AWAY_MARKERS
+    lowered = text.strip().lower()
+    return lowered.startswith(start) and lowered.endswith(end) and len(lowered) > len(start + end)
+
+
+def worth_waiting(text: str, waited: float) -> bool:
+    """Is a connection that failed with TEXT, WAITED seconds into the wait,
+    one to try again (the server or the database back in a moment)?"""
+    return _not_ready(text) or (renamed_away(text) and waited < RENAMED_AWAY_SECONDS)
+
+
 def application_name() -> str:
     """Shown in pg_stat_activity, so a waiting runner can name the holder and
     judge whether it is alive (liveness.py: the token first, the 63 bytes
@@ -204,7 +225,8 @@ def connect(
     Its statements' lock waits are told to reporter (gates/waits.py).
     """
     waits.interruptible()
-    deadline = time.monotonic() + wait_timeout
+    started = time.monotonic()
+    deadline = started + wait_timeout
     waited = False
     while True:
         remaining = deadline - time.monotonic()
@@ -212,7 +234,7 @@ def connect(
             conn = _open(params, max(2, min(10, int(remaining) + 1)))
         except psycopg2.OperationalError as exc:
             why = reason(exc, params)
-            if not _not_ready(why):
+            if not worth_waiting(why, time.monotonic() - started):
                 raise MaintError(f"cannot connect to {params.describe()}: {why}") from None
             if time.monotonic() >= deadline:
                 raise MaintError(

@@ -148,7 +148,10 @@ def test_server_down_waits_bounded_then_fails_with_resume(site: Site) -> None:
     assert any("waiting up to 1s" in line for line in site.reporter.lines)
 
 
-def test_unknown_database_fails_at_once(site: Site) -> None:
+def test_unknown_database_fails_after_the_swap_grace(site: Site) -> None:
+    """Not after wait_timeout: a missing database is waited for only as
+    long as a full rollback's swap may take its name away
+    (connect.RENAMED_AWAY_SECONDS; test_connect_waits.py)."""
     with pytest.raises(MaintError, match='database "no_such_db" does not exist'):
         migrations.status(site.settings(name="no_such_db", wait_timeout=30))
 

@@ -26,9 +26,10 @@ from hypothesis import strategies as st
 from psycopg2 import sql
 
 from ivle_maint.db import backup
-from ivle_maint.db.connect import ConnectParams
+from ivle_maint.db.connect import ConnectParams, connect
 from ivle_maint.errors import MaintError
 from ivle_maint.gates import environment
+from ivle_maint.output import RecordingReporter
 from ivle_maint.rollback import database, differences
 from ivle_maint.rollback.database import TableDifference
 from ivle_sandbox import schema
@@ -454,7 +455,7 @@ def test_swap_interrupted_between_the_renames_is_finished_by_a_rerun(
 
 KILLED_SWAP = """
 import os, signal, sys
-from ivle_maint.db.connect import ConnectParams
+from ivle_maint.db.connect import ConnectParams, connect
 from ivle_maint.gates import environment
 from ivle_maint.rollback import database, differences
 socket_dir, port, live, restored, keep_as = sys.argv[1:]
@@ -531,3 +532,48 @@ def test_drop_expired_drops_only_old_names_that_match(server: Server) -> None:
     assert database.drop_expired(server.params(live), live, 0, now=now) == [recent]
     assert set(lookalikes) | {live} <= server.databases()
 
+
+
+def test_a_node_connecting_during_the_swap_waits_and_finds_the_restored_database(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every ivle-maint process connects through db.connect (a slave's
+    hooks, the master's next step): one that connects while the swap has the
+    live database renamed away, or closed to connections, waits and then
+    finds the restored database under the live name; it does not fail."""
+    live, restored = marked(server, "old"), marked(server, "new")
+    keep_as = database.kept_name(live)
+    server.made.append(keep_as)
+    pg = server.pg
+    ivle = ConnectParams(live, "127.0.0.1", pg.port, pg.ivle_user, pg.ivle_password,
+                         options=environment.session_options("public", 30, 0))
+    found: list[object] = []
+    told: list[list[str]] = []
+    threads: list[threading.Thread] = []
+
+    def connect_now() -> None:
+        reporter = RecordingReporter()
+        told.append(reporter.lines)
+        try:
+            conn = connect(ivle, wait_timeout=30, reporter=reporter)
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT tag FROM which")
+                    found.append(cur.fetchone()[0])
+            finally:
+                conn.close()
+        except MaintError as exc:
+            found.append(exc)
+
+    def connect_meanwhile(old: str, new: str) -> None:
+        threads.append(threading.Thread(target=connect_now))
+        threads[-1].start()
+        time.sleep(0.3)  # the swap held at this point while the node tries
+
+    monkeypatch.setattr(database, "after_rename", connect_meanwhile)
+    database.swap(server.params(live), live, restored, keep_as)
+    for thread in threads:
+        thread.join(60)
+    assert found == ["new", "new"], found
+    # Each tried while the database was gone or closed, and said it waits.
+    assert all(any("does not exist" in line or "not currently accepting" in line
+                   for line in lines) for lines in told), told
