@@ -44,8 +44,9 @@ README "Exit statuses"):
     settings file        root, 1 MiB       [2]  ivle-maint.conf
     ivle.conf            root, 1 MiB       [2]
     [web] maintenance_page  root, 64 KiB   [2]  (Apache takes 7 KiB of it)
-    Apache configuration root, 1 MiB       [1]  IVLE's sites, conf-enabled:
-                                                 only looked at for a warning
+    Apache configuration root, 1 MiB       [1]  IVLE's sites, apache2.conf,
+                                                 conf- and mods-enabled: only
+                                                 read for a warning
     migration            root, 16 MiB      [1]  IVLE's migrations, and their
                                                  directory (no sticky bit)
     migrations manifest  root, 64 MiB      [1]  --new-migrations FILE (stdin:
