@@ -90,6 +90,8 @@ def test_the_preflight_warns_and_the_plan_says_so(tmp_path):
     stop_web.warn_first_requests(Ctx)  # type: ignore[arg-type]
     assert len(Ctx.reporter.lines) == 1 and "PythonImport" in Ctx.reporter.lines[0]
     assert Ctx.reporter.lines[0].startswith("warning: students' first requests")
+    planned = stop_web.plan_lines(Ctx, None)  # type: ignore[arg-type]
+    assert planned[-1] == Ctx.reporter.lines[0]  # the same one line, in the plan's web part
 
 
 def test_a_site_file_the_gate_refuses_is_not_read_and_nothing_is_refused(tmp_path):
