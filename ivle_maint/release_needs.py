@@ -126,9 +126,10 @@ def installed_files(package: str) -> FileList | None:
     return installed_md5sums(package, _admin_dir())
 
 
-def incoming_files(package: str, version: str) -> FileList | None:
-    """The new package's files, while its preinst runs: dpkg has extracted its
-    control archive beside the preinst (tmp.ci), control naming the version."""
+def incoming_file(package: str, version: str, name: str) -> bytes | None:
+    """A file of the new package's control archive (md5sums, postinst...),
+    while its preinst runs: dpkg has extracted the archive beside the preinst
+    (tmp.ci), its control naming the package and the version; else None."""
     if os.environ.get("DPKG_MAINTSCRIPT_NAME") != "preinst":
         return None
     tmp = _admin_dir() / "tmp.ci"
@@ -140,8 +141,18 @@ def incoming_files(package: str, version: str) -> FileList | None:
     if fields.get("Package", "").strip() != package or \
             fields.get("Version", "").strip() != version:
         return None
-    data = _read(tmp / "md5sums")
-    return None if data is None else parse_md5sums(data, str(tmp / "md5sums"))
+    return _read(tmp / name)
+
+
+def new_postinst(ctx: UpgradeContext) -> bytes | None:
+    """The new version's postinst, while dpkg's preinst runs (else None)."""
+    return incoming_file(ctx.package or DEFAULT_PACKAGE, ctx.new, "postinst")
+
+
+def incoming_files(package: str, version: str) -> FileList | None:
+    """The new package's files, while its preinst runs (incoming_file)."""
+    data = incoming_file(package, version, "md5sums")
+    return None if data is None else parse_md5sums(data, str(_admin_dir() / "tmp.ci/md5sums"))
 
 
 _TREE_SKIP = frozenset({".git", ".bzr", "build", "__pycache__"})

@@ -16,7 +16,6 @@ the path it is given, following symlinks, before it acts.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -46,7 +45,9 @@ def _umount2(path: str, flags: int) -> int:
     """umount2(2); 0 or the errno."""
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # The process's own symbols hold libc's: find_library("c") would run
+        # ldconfig -p, a process inside the outage.
+        _libc = ctypes.CDLL(None, use_errno=True)
     if _libc.umount2(os.fsencode(path), flags) == 0:
         return 0
     return ctypes.get_errno()

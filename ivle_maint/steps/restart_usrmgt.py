@@ -10,7 +10,18 @@ jail meanwhile.  So it restarts while the user jails are remade
 from __future__ import annotations
 
 from .. import release_needs
-from ..context import AFTER, MASTER, Outcome, PlanLines, PlanPart, Step, UpgradeContext
+from ..context import (
+    AFTER,
+    MASTER,
+    Check,
+    Outcome,
+    PlanLines,
+    PlanPart,
+    PreflightStage,
+    Step,
+    UpgradeContext,
+)
+from ..services import early_calls
 from ..services.outcome import service_outcome
 from . import remake_users
 
@@ -28,10 +39,15 @@ def restart_usrmgt(ctx: UpgradeContext) -> Outcome:
     return service_outcome(ctx, "restart", "usrmgt")
 
 
+def check_new_postinst(ctx: UpgradeContext) -> None:
+    early_calls.check(ctx, release_needs.new_postinst(ctx), "usrmgt")
+
+
 def skip_plan(ctx: UpgradeContext, migrations_source: str | None) -> list[str]:
     return release_needs.plan_lines(STEP.name, skip_why(ctx))
 
 
 STEP = Step("restart-usrmgt", "restart the user management server", MASTER, AFTER,
             restart_usrmgt, serving=True, plan=(PlanLines(PlanPart.SKIPPED, skip_plan),),
+            checks=(Check(PreflightStage.WEB, check_new_postinst),),
             alongside=(remake_users.STEP,))

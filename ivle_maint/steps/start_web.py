@@ -25,6 +25,7 @@ from ..context import (
 from ..gates import schema_hold
 from ..gates.rewrite import prove_replaceable
 from ..journal import Journal
+from ..services import early_calls
 from ..services.init_scripts import RUNNING, control_from_settings
 from ..services.maintenance_page import leave
 from ..services.outcome import service_outcome
@@ -107,6 +108,10 @@ def stopped_partway(ctx: UpgradeContext) -> str:
     return f"{name} runs, but a stop of it was cut short"
 
 
+def check_new_postinst(ctx: UpgradeContext) -> None:
+    early_calls.check(ctx, release_needs.new_postinst(ctx), "web")
+
+
 def check_release_record(ctx: UpgradeContext) -> None:
     prove_replaceable(ctx.settings.path_of("state") / schema_hold.RELEASE_FILE,
                       f"the schema hold's release ({STEP.name} writes it)")
@@ -118,5 +123,6 @@ def _wait_plan(ctx: UpgradeContext, rows: Sequence[Any]) -> str:
 
 WAIT = ClusterWait(wait_for_master, _wait_plan)
 STEP = Step("start-web", "start the web server", SLAVE, AFTER, start_web, serving=True,
-            checks=(Check(PreflightStage.STATE_FILES, check_release_record),),
+            checks=(Check(PreflightStage.WEB, check_new_postinst),
+                    Check(PreflightStage.STATE_FILES, check_release_record)),
             cluster_wait=WAIT)

@@ -20,9 +20,11 @@ ivle.conf in its asset URL; the asset answers 404 for any other version.
   (a no-op, the old server still runs), so ivle-maint's restart-usrmgt step,
   after the migrations, is the restart;
 - trap: plain dh_installinit (compat 13 default: `restart` in the postinst,
-  at #DEBHELPER#, before the hand-written ivle-maint line of scripts/ivle-hooks):
-  the new usrmgt is started on
-  the old schema, fails, and the postinst exits before ivle-maint runs;
+  at debhelper's marker), and the postinst's ivle-maint line written below
+  the marker (TRAP_POSTINST, where a line is naturally added to an existing
+  script): the new usrmgt would start on the old schema before ivle-maint
+  runs, so the preinst's preflight refuses the upgrade
+  (ivle_maint/services/early_calls.py);
 - unit: fixed, and the package also ships a native systemd unit for usrmgt
   (lintian asks for one), installed by dh_installsystemd with the same
   options: its postinst snippet only `start`s the unit, so usrmgt still
@@ -296,6 +298,8 @@ WantedBy=multi-user.target
 """
 
 PLAIN_SCRIPT = "#!/bin/sh\nset -e\n\n#DEBHELPER#\n\nexit 0\n"
+# The trap's postinst: ivle-maint's line added below debhelper's.
+TRAP_POSTINST = '#!/bin/sh\nset -e\n\n#DEBHELPER#\n\nivle-maint hook postinst "$@"\n\nexit 0\n'
 
 
 @dataclass
@@ -381,6 +385,8 @@ def source_tree(spec: Spec, src: Path) -> None:
         _write(debian / "ivle.ivle-usrmgt-server.service", USRMGT_UNIT)
     for script in ("preinst", "postinst", "prerm", "postrm"):
         text = (HOOKS / script).read_text() if spec.hooks else PLAIN_SCRIPT
+        if spec.hooks and script == "postinst" and spec.rules == RULES_TRAP:
+            text = TRAP_POSTINST
         _write(debian / f"ivle.{script}", text, 0o755)
 
 
