@@ -13,7 +13,8 @@ snippets run there too.
 The preinst sees the new postinst (dpkg extracts it beside the preinst:
 release_needs.new_postinst), so its preflight decides, whatever built
 the package, before anything stops:
-- a stop, restart or reload of the service: refused (MaintError, one line);
+- a stop, restart or reload of the service, or an action read from a
+  variable this reading cannot follow: refused (MaintError, one line);
 - a start: a warning.  It does nothing to a running server, but costs
   the outage its time, and would start a stopped one on the new code
   before the migrations.
@@ -38,9 +39,10 @@ ACTING = frozenset({"stop", "restart", "try-restart", "reload", "force-reload",
 STARTS = frozenset({"start"})
 # Words before a command that do not name it.
 _LEADING = frozenset({"if", "then", "else", "elif", "do", "while", "until", "!", "{", "}",
-                      "exec", "command", "env", "sudo", "nice"})
+                      "exec", "command", "env", "sudo", "nice", "export", "local"})
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 _PUNCTUATION = re.compile(r"[;&|()]+")
+_EXPANSION = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
 
 
 @dataclass(frozen=True)
@@ -96,13 +98,16 @@ def _logical_lines(script: str) -> Iterator[tuple[int, str]]:
         yield first, pending
 
 
-def _commands(words: list[str]) -> Iterator[list[str]]:
-    """Each simple command of a line, without what precedes its name."""
+def _commands(words: list[str], assigned: dict[str, set[str]]) -> Iterator[list[str]]:
+    """Each simple command of a line, without what precedes its name; the
+    variables it assigns go into ASSIGNED, every value each was given."""
     command: list[str] = []
     for word in [*words, ";"]:
         if _PUNCTUATION.fullmatch(word):
             while command and (command[0] in _LEADING or _ASSIGNMENT.match(command[0])):
-                command.pop(0)
+                name, _, value = command.pop(0).partition("=")
+                if value or name not in _LEADING:
+                    assigned.setdefault(name, set()).add(value)
             if command:
                 yield command
             command = []
@@ -135,14 +140,28 @@ def order(script: str, services: Collection[str]) -> Order:
     """SCRIPT's calls on SERVICES (or their units) above its first `ivle-maint
     hook` line: every one when it has none."""
     calls: list[EarlyCall] = []
+    assigned: dict[str, set[str]] = {}
     for number, line in _logical_lines(script):
-        commands = list(_commands(_words(line)))
+        commands = list(_commands(_words(line), assigned))
         if any(_calls_ivle_maint(c) for c in commands):
             return Order(tuple(calls), True)
         calls += [EarlyCall(number, line, service, action)
-                  for command in commands for service, action in _acts_on(command)
-                  if service in services and action in ACTING | STARTS]
+                  for command in commands for service, written in _acts_on(command)
+                  if service in services for action in _actions(written, assigned)]
     return Order(tuple(calls), False)
+
+
+def _actions(written: str, assigned: dict[str, set[str]]) -> list[str]:
+    """The actions a word may be: a variable's assigned values (debhelper's
+    `$_dh_action` is restart or start), the word itself when unknown (an
+    expansion this reading cannot follow counts as acting: check())."""
+    expansion = _EXPANSION.fullmatch(written)
+    if expansion is None:
+        return [written] if written in ACTING | STARTS else []
+    values = assigned.get(expansion.group(1))
+    if not values:
+        return [written]
+    return sorted(v for v in values if v in ACTING | STARTS)
 
 
 def check(ctx: UpgradeContext, postinst: bytes | None, which: str) -> None:
@@ -158,11 +177,13 @@ def check(ctx: UpgradeContext, postinst: bytes | None, which: str) -> None:
                           f"another way, nothing finishes this upgrade after its code is "
                           f"unpacked ('ivle-maint rerun' does)")
         return
-    acting = [c for c in found.calls if c.action in ACTING]
+    acting = [c for c in found.calls if c.action not in STARTS]
     if acting:
         call = acting[0]
+        what = f"{call.action} {service}" if call.action in ACTING else \
+            f"act on {service} ({call.action}, an action known only when it runs)"
         raise MaintError(
-            f"{where} would {call.action} {service} before its ivle-maint line "
+            f"{where} would {what} before its ivle-maint line "
             f"({call.describe()}): the new code would run on the old schema, before the "
             f"migrations; build IVLE with the ivle-maint line above debhelper's and "
             f"'dh_installinit --no-stop-on-upgrade --no-restart-after-upgrade' "

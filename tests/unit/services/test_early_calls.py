@@ -26,13 +26,18 @@ SERVICES = (USRMGT, "apache2", "postgresql")
 ACTIONS = sorted(ACTING | STARTS | {"status", "is-enabled", "show"})
 MARKER = "#DEBHELPER#"
 
-# debhelper's snippet for an init script (compat 13), restart on upgrade.
+# debhelper's snippet for an init script (compat 13): restart on upgrade.
 TRAP_SNIPPET = f"""\
 # Automatically added by dh_installinit/13.11.4
 if [ "$1" = "configure" ] || [ "$1" = "abort-upgrade" ] ; then
 \tif [ -z "${{DPKG_ROOT:-}}" ] && [ -x "/etc/init.d/{USRMGT}" ]; then
 \t\tupdate-rc.d {USRMGT} defaults >/dev/null
-\t\tinvoke-rc.d --skip-systemd-native {USRMGT} restart || exit 1
+\t\tif [ -n "$2" ]; then
+\t\t\t_dh_action=restart
+\t\telse
+\t\t\t_dh_action=start
+\t\tfi
+\t\tinvoke-rc.d --skip-systemd-native {USRMGT} $_dh_action || exit 1
 \tfi
 fi
 # End automatically added section"""
@@ -43,6 +48,7 @@ class Call:
     service: str
     action: str
     text: str
+    variable: bool = False  # its action read from $_dh_action, assigned before it
 
 
 def _quoted(word: str, how: str) -> str:
@@ -59,6 +65,13 @@ def calls(draw: st.DrawFn) -> Call:
     form = draw(st.sampled_from(["invoke-rc.d", "service", "systemctl", "deb-systemd-invoke",
                                  "init.d"]))
     options = draw(st.sampled_from(["", "--quiet ", "--skip-systemd-native ", "--no-block "]))
+    written = draw(st.sampled_from(["word", "variable", "braced", "unknown"]))
+    assign = ""
+    if written == "unknown":  # a variable never assigned: counted as acting
+        action = "$whatever"
+    elif written != "word":  # as debhelper's `$_dh_action`, assigned before
+        assign = f"_dh_action={action}; "
+        action = "$_dh_action" if written == "variable" else "${_dh_action}"
     command = {
         "invoke-rc.d": f"invoke-rc.d {options}{_quoted(service, quote)} {action}",
         "service": f"service {_quoted(service, quote)} {action}",
@@ -73,7 +86,8 @@ def calls(draw: st.DrawFn) -> Call:
                                    'echo "#" && ', "A='#x' "]))
     after = draw(st.sampled_from(["", " || exit 1", " >/dev/null 2>&1", "; true",
                                   " # restart it", ' "$@"']))
-    return Call(service, action, before + command + after)
+    meant = action if written in ("word", "unknown") else assign[len("_dh_action="):-2]
+    return Call(service, meant, assign + before + command + after, bool(assign))
 
 
 HOOK_LINES = ['ivle-maint hook postinst "$@"', '/usr/sbin/ivle-maint hook postinst "$@"',
@@ -94,12 +108,16 @@ def test_every_call_above_the_ivle_maint_line_is_found_and_none_below(
     parts = [*above, *([hook] if has_hook else []), *below]
     lines: list[str] = []
     expected = []
+    assigned: set[str] = set()  # a variable's values: any of them, whatever the flow
     for index, part in enumerate(parts):
         text = part.text if isinstance(part, Call) else part
         counted = not has_hook or index < len(above)
-        if isinstance(part, Call) and part.service in watched and \
-                part.action in ACTING | STARTS and counted:
-            expected.append((part.service, part.action, len(lines) + 1))
+        if isinstance(part, Call) and part.variable:
+            assigned.add(part.action)
+        if isinstance(part, Call) and part.service in watched and counted:
+            meant = sorted(assigned) if part.variable else [part.action]
+            expected += [(part.service, action, len(lines) + 1) for action in meant
+                         if action in ACTING | STARTS or action.startswith("$")]
         lines += text.split("\n")
     found = early_calls.order("\n".join(lines), watched)
     assert [(c.service, c.action, c.line) for c in found.calls] == expected
@@ -160,7 +178,7 @@ def test_the_preflight_refuses_a_restart_above_the_ivle_maint_line(tmp_path, mon
     script = f"#!/bin/sh\nset -e\n{TRAP_SNIPPET}\nivle-maint hook postinst \"$@\"\n"
     ctx = incoming(tmp_path, monkeypatch, script)
     with pytest.raises(MaintError, match=rf"would restart {USRMGT} before its ivle-maint "
-                                         r"line \(line 7: invoke-rc.d"):
+                                         r"line \(line 12: invoke-rc.d"):
         restart_usrmgt.check_new_postinst(ctx)  # type: ignore[arg-type]
     start_web.check_new_postinst(ctx)  # type: ignore[arg-type]  # apache2: not touched
     assert ctx.reporter.lines == []
