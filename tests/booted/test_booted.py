@@ -350,7 +350,7 @@ def test_debhelper_default_restarts_usrmgt_before_migrations(repos):
         _since, done, probe = upgrade_watched(guest, "apt-get", "upgrade", "-y", "-q")
         assert done.returncode != 0
         assert "would restart ivle-usrmgt-server before its ivle-maint line" in done.stdout
-        assert "invoke-rc.d --skip-systemd-native ivle-usrmgt-server restart" in done.stdout
+        assert "invoke-rc.d --skip-systemd-native ivle-usrmgt-server $_dh_action" in done.stdout
         after = guest.facts()
         assert after["ivle"] == "install ok installed 1.0", after["ivle"]
         assert after["schema_same"] is True
