@@ -8,7 +8,6 @@ and its default (``ivle-maint settings`` prints it).
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -427,7 +426,9 @@ class Settings:
 
     @property
     def node_name(self) -> str:
-        return str(self.conf["node"]["name"] or socket.gethostname())
+        # uname's nodename is gethostname(2)'s answer, without importing socket
+        # (db status loads only what it reads: tests/support/import_budget.py).
+        return str(self.conf["node"]["name"] or os.uname().nodename)
 
     def path_of(self, key: str) -> Path:
         """A directory from [paths] (state, log, backup, run, migrations)."""
