@@ -136,18 +136,82 @@ def _calls_ivle_maint(command: list[str]) -> bool:
     return PurePosixPath(command[0]).name == "ivle-maint" and "hook" in command[1:]
 
 
+# `name() {`, `name ()`, `function name {`: a definition runs nothing; a call does.
+_FUNCTION = re.compile(r"\s*(?:function\s+([\w.-]+)\s*(?:\(\s*\))?|([A-Za-z_][\w.-]*)\s*\(\s*\))"
+                       r"\s*(\{?)(.*)$")
+
+
+@dataclass(frozen=True)
+class _Effect:
+    """What some lines do: (service, action as written) before any ivle-maint
+    hook call among them, and whether they make one."""
+
+    acts: tuple[tuple[str, str], ...] = ()
+    hooks: bool = False
+
+
+def _effect(lines: list[str], functions: dict[str, _Effect],
+            assigned: dict[str, set[str]]) -> _Effect:
+    acts: list[tuple[str, str]] = []
+    for line in lines:
+        for command in _commands(_words(line), assigned):
+            called = functions.get(command[0])
+            if called is not None:
+                acts += called.acts
+                if called.hooks:
+                    return _Effect(tuple(acts), True)
+            elif _calls_ivle_maint(command):
+                return _Effect(tuple(acts), True)
+            else:
+                acts += _acts_on(command)
+    return _Effect(tuple(acts))
+
+
+def _body(lines: list[tuple[int, str]], index: int, header: re.Match[str]) -> tuple[list[str], int]:
+    """A function's body lines, and the index of the line after its end."""
+    opened, rest = header.group(3), header.group(4).strip()
+    if opened and rest.endswith("}"):  # all on one line: `f() { a; b; }`
+        return [rest[:-1]], index + 1
+    body = [rest] if opened and rest else []
+    index += 1
+    if not opened and index < len(lines) and lines[index][1].strip() == "{":
+        index += 1
+    depth = 1
+    while index < len(lines):
+        text = lines[index][1].strip()
+        index += 1
+        if text.startswith("}"):
+            depth -= 1
+            if depth == 0:
+                break
+        elif text.endswith("{"):
+            depth += 1
+        body.append(text)
+    return body, index
+
+
 def order(script: str, services: Collection[str]) -> Order:
     """SCRIPT's calls on SERVICES (or their units) above its first `ivle-maint
-    hook` line: every one when it has none."""
+    hook` line: every one when it has none.  A shell function's calls count
+    where it is called, not where it is defined."""
     calls: list[EarlyCall] = []
     assigned: dict[str, set[str]] = {}
-    for number, line in _logical_lines(script):
-        commands = list(_commands(_words(line), assigned))
-        if any(_calls_ivle_maint(c) for c in commands):
-            return Order(tuple(calls), True)
-        calls += [EarlyCall(number, line, service, action)
-                  for command in commands for service, written in _acts_on(command)
+    functions: dict[str, _Effect] = {}
+    lines = list(_logical_lines(script))
+    index = 0
+    while index < len(lines):
+        number, line = lines[index]
+        header = _FUNCTION.match(line)
+        if header is not None:
+            body, index = _body(lines, index, header)
+            functions[header.group(1) or header.group(2)] = _effect(body, functions, assigned)
+            continue
+        index += 1
+        effect = _effect([line], functions, assigned)
+        calls += [EarlyCall(number, line, service, action) for service, written in effect.acts
                   if service in services for action in _actions(written, assigned)]
+        if effect.hooks:
+            return Order(tuple(calls), True)
     return Order(tuple(calls), False)
 
 

@@ -213,3 +213,44 @@ def test_a_postinst_others_could_write_is_refused_unread(tmp_path, monkeypatch):
     (tmp_path / "tmp.ci" / "postinst").chmod(0o666)
     with pytest.raises(MaintError, match="postinst"):
         restart_usrmgt.check_new_postinst(ctx)  # type: ignore[arg-type]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(calls(), min_size=1, max_size=4), st.booleans(), st.booleans(),
+       st.sampled_from(["{name}() {{", "{name} () {{", "function {name} {{", "{name}()\n{{"]),
+       st.booleans())
+def test_a_functions_calls_count_where_it_is_called(body, called_above, one_line, header,
+                                                    hook_inside):
+    """Defined above the ivle-maint line, a function acts only where it is
+    called; one that calls ivle-maint is the ivle-maint line where it is called."""
+    name = "restart_services"
+    # One command per line, none ending in a comment (joined on one line, a
+    # comment would swallow the rest, in sh as here).
+    texts = [c.text for c in body if not any(x in c.text for x in "\n;#")]
+    if not texts:
+        return
+    inner = [*texts, 'ivle-maint hook postinst "$@"'] if hook_inside else texts
+    head = header.format(name=name)
+    if one_line and "\n" not in head:
+        definition = [f"{head} {'; '.join(inner)}; }}"]
+    else:
+        definition = [*head.split("\n"), *(f"\t{t}" for t in inner), "}"]
+    hook = [] if hook_inside else ['ivle-maint hook postinst "$@"']
+    script = ["#!/bin/sh", "set -e", *definition,
+              *([name, *hook] if called_above else [*hook, name])]
+    found = early_calls.order("\n".join(script), set(SERVICES))
+    assert found.calls_ivle_maint  # the line itself, or the function's call
+    # What runs before ivle-maint: a function called above the line, or the
+    # calls inside one that calls ivle-maint itself; never one called below.
+    counted = [c for c in body if c.text in texts] if hook_inside or called_above else []
+    wanted = sum(len(_meant(c, body)) for c in counted)
+    assert len(found.calls) == wanted
+    assert all(c.text == name for c in found.calls)  # reported where it is called
+
+
+def _meant(call: Call, body: list[Call]) -> list[str]:
+    """The actions a call in BODY stands for (a variable: every value assigned)."""
+    if call.variable:
+        values = {c.action for c in body if c.variable}
+        return [a for a in values if a in ACTING | STARTS]
+    return [call.action] if call.action in ACTING | STARTS or call.action.startswith("$") else []
