@@ -256,10 +256,36 @@ class _Run:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None and sys.argv[1:3] == ["hook", "postinst"] and \
+            os.environ.get("DPKG_MAINTSCRIPT_NAME") == "postinst":
+        from . import warm  # the preinst's worker has the after-phase loaded
+
+        if warm.wanted(sys.argv[1:]):
+            handed = warm.hand_over(sys.argv[1:])
+            if handed is not None:
+                os._exit(handed)  # its output is written: nothing of ours to flush
     code = _main(argv)
     if argv is None and _Run.hook:
         _end_now(code)
     return code
+
+
+def run_command() -> int:
+    """The command of sys.argv, as main() runs it, without its exit (warm.py)."""
+    return _main(None)
+
+
+def report_bug(exc: BaseException) -> None:
+    """An exception that escaped a command, told as sys.excepthook tells it."""
+    _bug(type(exc), exc, exc.__traceback__)
+
+
+def flush_all() -> None:
+    """What the log and the streams hold, written."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
 
 
 def _end_now(code: int) -> None:
@@ -267,10 +293,7 @@ def _end_now(code: int) -> None:
     250 modules (45 ms here), which dpkg would wait for with the web server
     down.  Nothing of ivle-maint's runs at exit (no atexit, no thread left):
     what the log and the streams hold is written first."""
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
+    flush_all()
     os._exit(code)
 
 

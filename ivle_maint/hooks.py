@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from . import warm
 from .cluster.admin import register
 from .cluster.presence import coordinated
 from .config import Settings
@@ -85,6 +86,7 @@ class HookEnv:
 def _before(call: HookCall, env: HookEnv) -> str:
     """NEW-preinst upgrade OLD NEW: the old code is still installed."""
     old, new = call.args[0], call.args[1]
+    warm.start_worker()  # loads the postinst's modules while the site is up
     ctx = env.context(old=old, new=new, new_migrations=env.new_migrations,
                       package=call.package)
     # dpkg runs the preinst once per attempt: a finished journal of the same

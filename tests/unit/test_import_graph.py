@@ -120,7 +120,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("__init__", "errors", "gates", "config", "output", "system", "children",
               "safepaths", "liveness", "roles", "context", "mountinfo", "jaildir", "journal",
               "logformat", "logfile", "lock", "versions", "dpkg", "dpkg_calls", "installed",
-              "migration_manifest", "source", "summary", "quickrun")),
+              "migration_manifest", "source", "summary", "quickrun", "warm")),
     # The work, named by what it does: below the cluster and the steps, so
     # cluster/, the steps, preflight and the CLI all call it, never it them.
     ("library", ("db", "services", "consoles", "jails", "media")),
@@ -136,6 +136,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("upgrade", ("preflight", "plan", "upgrade", "hooks", "codestate")),
     # Arguments parsed, the library loaded only for the command chosen.
     ("command line", ("commands", "cli", "__main__")),
+    # The postinst's warm start: it runs the command line (warm.py).
+    ("warm worker", ("warm_worker",)),
 )
 
 STEPS = "ivle_maint.steps"
