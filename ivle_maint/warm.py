@@ -94,19 +94,21 @@ def hand_over(argv: Sequence[str], directory: Path = DIRECTORY) -> int | None:
             conn.connect(str(socket_path(directory)))
         except OSError:
             return None
-        worker, uid = peer(conn)
-        if uid != 0:
-            return None
-        request = json.dumps({"argv": list(argv), "env": dict(os.environ), "cwd": os.getcwd(),
-                              "umask": _umask()}).encode()
         try:
+            worker, uid = peer(conn)
+            if uid != 0:
+                return None
+            request = json.dumps({"argv": list(argv), "env": dict(os.environ),
+                                  "cwd": os.getcwd(), "umask": _umask()}).encode()
             conn.sendmsg([struct.pack("!I", len(request)), request],
                          [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0, 1, 2]))])
-            reply = _line(conn)
-        except OSError:
+            if line_of(conn) != "ok":
+                return None  # refused before running anything
+            # Only now does the worker run it: had this side given up waiting
+            # for its "ok", it would find the connection closed instead.
+            conn.sendall(b"go\n")
+        except (OSError, ValueError):
             return None
-        if reply != "ok":
-            return None  # refused before running anything
         conn.settimeout(None)
         return _wait(conn, worker)
     finally:
@@ -119,7 +121,7 @@ def _umask() -> int:
     return mask
 
 
-def _line(conn: socket.socket) -> str:
+def line_of(conn: socket.socket) -> str:
     data = b""
     while not data.endswith(b"\n"):
         chunk = conn.recv(64)
@@ -137,7 +139,7 @@ def _wait(conn: socket.socket, worker: int) -> int:
 
     for signum in _FORWARDED:
         signal.signal(signum, forward)
-    words = _line(conn).split()
+    words = line_of(conn).split()
     if len(words) == 2 and words[0] == "exit" and words[1].isdigit():
         return int(words[1])
     sys.stderr.write(f"ivle-maint: the postinst's worker (pid {worker}) ended without an exit "

@@ -22,7 +22,9 @@ from typing import Any
 
 # What the postinst's hook loads: this worker's point (hooks: its phases).
 from . import cli, hooks, upgrade  # noqa: F401
-from .warm import DIRECTORY, MAX_REQUEST, WAIT_SECONDS, own_directory, peer, socket_path
+from .warm import DIRECTORY, MAX_REQUEST, WAIT_SECONDS, line_of, own_directory, peer, socket_path
+
+GO_SECONDS = 10.0  # the postinst's "go" follows the "ok" at once
 
 Snapshot = dict[str, tuple[int, int, int, int]]
 
@@ -150,6 +152,9 @@ def _take(conn: socket.socket, loaded: Snapshot) -> int | None:
                 os.close(fd)
         return None
     conn.sendall(b"ok\n")
+    conn.settimeout(GO_SECONDS)
+    if line_of(conn) != "go":  # the postinst gave up waiting: it starts cold
+        return 1
     del argv  # sys.argv holds it: cli reads it there
     code = _run()
     with contextlib.suppress(OSError):
