@@ -37,6 +37,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .gates.environment import child_env
+
 DIRECTORY = Path("/run/ivle-maint")
 WAIT_SECONDS = 300.0  # apt unpacks every package before it configures any
 REPLY_SECONDS = 30.0  # the worker answers once its modules are loaded
@@ -160,10 +162,9 @@ def start_worker(directory: Path = DIRECTORY) -> bool:
     import subprocess  # the preinst's only: the postinst's side needs none
 
     root = str(Path(__file__).resolve().parents[1])  # this ivle_maint, wherever it is
-    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-    subprocess.Popen(  # our own interpreter and module
+    subprocess.Popen(  # our own interpreter and module, through the environment's gate
         [sys.executable, "-m", "ivle_maint.warm_worker", str(directory)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         close_fds=True, start_new_session=True, cwd="/",
-        env={**os.environ, "PYTHONPATH": path})
+        env=child_env(os.environ, {"PYTHONPATH": root}))
     return True

@@ -71,6 +71,7 @@ SET_BY_US: dict[str, str] = {
     "IVLE_MAINT_ACCEPT_DATA_LOSS": "rollback --accept-data-loss, for dpkg's hooks",
     "IVLE_MAINT_ROLLBACK_PID": "the rollback's hooks may take the node lock (lock.py)",
     "DEBIAN_FRONTEND": "dpkg and apt-get run by rollback ask nothing (noninteractive)",
+    "PYTHONPATH": "the postinst's warm worker loads this ivle_maint, nothing else (warm.py)",
 }
 
 # Read by ivle-maint itself from its own environment: kept by pin_process()

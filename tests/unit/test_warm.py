@@ -71,3 +71,24 @@ def test_no_worker_starts_without_systemd_or_root(tmp_path, monkeypatch):
     monkeypatch.setattr("subprocess.Popen", lambda *a, **k: started.append(a))
     assert warm.start_worker(tmp_path / "run") is False
     assert started == [] and not (tmp_path / "run").exists()
+
+
+def test_the_worker_starts_through_the_environments_gate(tmp_path, monkeypatch):
+    """What the preinst inherited does not reach the worker: PYTHON*, LD_*
+    and PG* are dropped, its PYTHONPATH is this ivle_maint's directory alone."""
+    started = []
+    monkeypatch.setattr(warm.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(warm.os.path, "isdir", lambda path: True)  # systemd booted
+    monkeypatch.setattr("subprocess.Popen", lambda *a, **k: started.append((a, k)))
+    for name in ("PYTHONPATH", "PYTHONSTARTUP", "LD_PRELOAD", "PGHOST"):
+        monkeypatch.setenv(name, "/tmp/elsewhere")
+    directory = tmp_path / "run"
+    assert warm.start_worker(directory) is True
+    (argv,), kwargs = started[0]
+    env = kwargs["env"]
+    assert argv[1:] == ["-m", "ivle_maint.warm_worker", str(directory)]
+    assert env["PYTHONPATH"] == str(Path(warm.__file__).resolve().parents[1])
+    assert not {"PYTHONSTARTUP", "LD_PRELOAD", "PGHOST"} & set(env)
+    assert kwargs["start_new_session"] and kwargs["close_fds"]
+    assert (kwargs["stdout"], kwargs["stderr"]) == (-3, -3)  # DEVNULL: apt waits on no pipe
+    assert oct(directory.stat().st_mode & 0o777) == "0o700"
