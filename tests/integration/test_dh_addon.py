@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ivle_maint.migration_manifest import parse
+from ivle_maint.services import early_calls
 from support.dh_addon import GOOD_OPTIONS, build
 
 pytestmark = [
@@ -81,6 +82,35 @@ def test_default_installinit_options_are_warned_about(tmp_path):
     done, _ = build(tmp_path, {n: t.encode() for n, t in MIGRATIONS.items()}, options="")
     assert done.returncode == 0
     assert "dh_ivle_maint: warning: ivle: dh_installinit's postinst snippet" in done.stderr
+
+
+HOOKS = Path(__file__).resolve().parents[2] / "scripts" / "ivle-hooks"
+
+
+def test_the_scripts_ivle_maint_ships_build_without_a_warning(tmp_path):
+    """The copies of /usr/share/ivle-maint/maintscript as IVLE's own scripts,
+    with debhelper's default dh_installinit (a restart after the upgrade):
+    each keeps its marker once, and the postinst calls ivle-maint before
+    debhelper's restart (the preinst's gate finds nothing above it)."""
+    scripts = {p.name: p.read_text() for p in HOOKS.iterdir()}
+    done, control = build(tmp_path, {n: t.encode() for n, t in MIGRATIONS.items()},
+                          options="", scripts=scripts)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "#DEBHELPER#" not in done.stderr  # (the restart's own warning aside)
+    order = early_calls.order((control / "postinst").read_text(), {"ivle-usrmgt-server"})
+    assert order.calls_ivle_maint and order.calls == ()
+
+
+@pytest.mark.parametrize(("postinst", "said"), [
+    ("#!/bin/sh\n# ivle-maint before #DEBHELPER#\nivle-maint hook postinst \"$@\"\n"
+     "#DEBHELPER#\nexit 0\n", "holds #DEBHELPER# 2 times (1 alone on a line)"),
+    ("#!/bin/sh\nivle-maint hook postinst \"$@\"\nexit 0\n", "has no #DEBHELPER# line"),
+])
+def test_a_script_without_its_marker_once_alone_is_warned_about(tmp_path, postinst, said):
+    done, _ = build(tmp_path, {n: t.encode() for n, t in MIGRATIONS.items()},
+                    scripts={"postinst": postinst})
+    assert done.returncode == 0
+    assert f"dh_ivle_maint: warning: ivle: debian/ivle.postinst {said}" in done.stderr
 
 
 def test_a_migration_that_is_not_utf8_fails_the_build(tmp_path):

@@ -68,9 +68,11 @@ def addon_tree(tmp: Path) -> Path:
 
 
 def build(tmp: Path, files: dict[str, bytes], options: str = GOOD_OPTIONS,
-          systemd_options: str | None = None) -> tuple[subprocess.CompletedProcess[str], Path]:
+          systemd_options: str | None = None, scripts: dict[str, str] | None = None,
+          ) -> tuple[subprocess.CompletedProcess[str], Path]:
     """Build the package; with SYSTEMD_OPTIONS it also ships a unit, which
-    dh_installsystemd handles (with those options: "" is its default)."""
+    dh_installsystemd handles (with those options: "" is its default); SCRIPTS:
+    maintainer scripts of its own (debian/ivle.NAME), by name."""
     addon = addon_tree(tmp)
     src = tmp / "ivle-9.9"
     (src / "debian/source").mkdir(parents=True)
@@ -91,6 +93,8 @@ def build(tmp: Path, files: dict[str, bytes], options: str = GOOD_OPTIONS,
     (src / "debian/ivle.install").write_text(
         "userdb/migrations/* usr/share/ivle/userdb/migrations/\n")
     (src / "debian/ivle.ivle-usrmgt-server.init").write_text(INIT)
+    for name, text in (scripts or {}).items():
+        (src / f"debian/ivle.{name}").write_text(text)
     env = {"PATH": f"{addon}/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(tmp),
            "PERL5LIB": str(addon / "perl5"), "DH_AUTOSCRIPTDIR": str(ADDON / "autoscripts"),
            "LANG": "C.UTF-8"}
