@@ -22,6 +22,7 @@ from typing import Any
 
 # What the postinst's hook loads: this worker's point (hooks: its phases).
 from . import cli, hooks, upgrade  # noqa: F401
+from .gates import processes
 from .warm import DIRECTORY, MAX_REQUEST, WAIT_SECONDS, line_of, own_directory, peer, socket_path
 
 GO_SECONDS = 10.0  # the postinst's "go" follows the "ok" at once
@@ -156,6 +157,7 @@ def _take(conn: socket.socket, loaded: Snapshot) -> int | None:
     if line_of(conn) != "go":  # the postinst gave up waiting: it starts cold
         return 1
     del argv  # sys.argv holds it: cli reads it there
+    processes.on_behalf_of(pid)  # the postinst's callers are ours
     code = _run()
     with contextlib.suppress(OSError):
         conn.sendall(f"exit {code}\n".encode())

@@ -354,6 +354,17 @@ class Found:
                f"[{shown(place)}]"
 
 
+# The process a warm postinst worker runs a command for (warm_worker.py): its
+# ancestors (the postinst's shell, dpkg, apt, an administrator's shell) are
+# ivle-maint's callers as they would be the postinst's own process's.
+_ON_BEHALF_OF: list[int] = []
+
+
+def on_behalf_of(pid: int) -> None:
+    """This process runs the command of PID (a warm postinst): spare its callers too."""
+    _ON_BEHALF_OF[:] = [pid]
+
+
 def protected() -> dict[int, str]:
     """ivle-maint, its ancestors (dpkg, the shell) and init: never signalled.
     Its descendants are not spared: a process in a jail is judged by where
@@ -361,7 +372,12 @@ def protected() -> dict[int, str]:
     import psutil  # see preload()
 
     me = psutil.Process()
-    spared = {p.pid: "ivle-maint or its caller" for p in [me, *me.parents()]}
+    chain = [me, *me.parents()]
+    for pid in _ON_BEHALF_OF:
+        with contextlib.suppress(psutil.Error):
+            caller = psutil.Process(pid)
+            chain += [caller, *caller.parents()]
+    spared = {p.pid: "ivle-maint or its caller" for p in chain}
     spared[1] = "init (PID 1)"
     return spared
 

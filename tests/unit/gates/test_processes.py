@@ -9,10 +9,14 @@ effective uid) and whether it is ivle-maint or its caller.
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 
+import psutil
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ivle_maint.gates import processes
 from ivle_maint.gates.processes import Facts, JailTree, Verdict, decide
 
 TOP = "/srv/ivle/jailmounts"
@@ -126,3 +130,24 @@ def test_a_students_effective_uid_alone_never_makes_a_process_a_students(
     assert verdict in (Verdict.OUTSIDE, Verdict.FOREIGN)
     setuid = decide(Facts(4242, euid, uid, ((kind, path),)), TREE, {}).verdict
     assert setuid in (Verdict.OUTSIDE, Verdict.STUDENT)
+
+
+def test_a_warm_workers_callers_are_spared_as_its_own(monkeypatch):
+    """A warm postinst worker (warm_worker.py) is no descendant of dpkg: the
+    process it runs the postinst for, and that one's ancestors, are spared
+    as the postinst's own callers would be; nobody else is."""
+    monkeypatch.setattr(processes, "_ON_BEHALF_OF", [])
+    caller = subprocess.Popen(["sh", "-c", "sleep 60; true"])
+    try:
+        deadline = time.monotonic() + 10
+        while not (children := psutil.Process(caller.pid).children()):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        postinst = children[0].pid  # the sleep: its parent, the shell, is a caller too
+        assert postinst not in processes.protected()
+        processes.on_behalf_of(postinst)
+        spared = processes.protected()
+        assert {postinst, caller.pid, os.getpid(), 1} <= set(spared)
+    finally:
+        caller.kill()
+        caller.wait()
