@@ -47,7 +47,6 @@ _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
-
 def _namespaces() -> str:
     return "-".join(os.readlink(f"/proc/self/ns/{ns}").split("[")[1].rstrip("]")
                     for ns in ("mnt", "pid"))
@@ -141,7 +140,10 @@ def _wait(conn: socket.socket, worker: int) -> int:
 
     for signum in _FORWARDED:
         signal.signal(signum, forward)
-    words = line_of(conn).split()
+    try:
+        words = line_of(conn).split()
+    except OSError:  # the worker is gone: what it did is journaled, never run again here
+        words = []
     if len(words) == 2 and words[0] == "exit" and words[1].isdigit():
         return int(words[1])
     sys.stderr.write(f"ivle-maint: the postinst's worker (pid {worker}) ended without an exit "
@@ -157,14 +159,17 @@ def start_worker(directory: Path = DIRECTORY) -> bool:
     node booted with systemd); True if one was started."""
     if os.geteuid() != 0 or not os.path.isdir("/run/systemd/system"):
         return False
-    if not own_directory(directory, create=True):
-        return False
     import subprocess  # the preinst's only: the postinst's side needs none
 
     root = str(Path(__file__).resolve().parents[1])  # this ivle_maint, wherever it is
-    subprocess.Popen(  # our own interpreter and module, through the environment's gate
-        [sys.executable, "-m", "ivle_maint.warm_worker", str(directory)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        close_fds=True, start_new_session=True, cwd="/",
-        env=child_env(os.environ, {"PYTHONPATH": root}))
+    try:  # only a faster start: never a reason for the preinst to fail
+        if not own_directory(directory, create=True):
+            return False
+        subprocess.Popen(  # our own interpreter and module, through the environment's gate
+            [sys.executable, "-m", "ivle_maint.warm_worker", str(directory)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            close_fds=True, start_new_session=True, cwd="/",
+            env=child_env(os.environ, {"PYTHONPATH": root}))
+    except OSError:
+        return False
     return True

@@ -82,12 +82,15 @@ def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
 
 
 def _become(request: dict[str, Any], fds: list[int]) -> list[str]:
-    """Take on the postinst's streams, directory, umask and environment."""
-    for target, fd in enumerate(fds):
-        os.dup2(fd, target)
-        os.close(fd)
+    """Take on the postinst's streams, directory, umask and environment
+    (FDS are then closed and emptied: the caller closes none twice)."""
     os.chdir(str(request["cwd"]))
     os.umask(int(request["umask"]))
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+    for fd in fds:
+        os.close(fd)
+    fds.clear()
     os.environ.clear()
     os.environ.update({str(k): str(v) for k, v in dict(request["env"]).items()})
     encoding = sys.stdout.encoding or "utf-8"

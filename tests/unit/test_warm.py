@@ -92,3 +92,15 @@ def test_the_worker_starts_through_the_environments_gate(tmp_path, monkeypatch):
     assert kwargs["start_new_session"] and kwargs["close_fds"]
     assert (kwargs["stdout"], kwargs["stderr"]) == (-3, -3)  # DEVNULL: apt waits on no pipe
     assert oct(directory.stat().st_mode & 0o777) == "0o700"
+
+
+def test_a_worker_that_cannot_start_never_fails_the_preinst(tmp_path, monkeypatch):
+    monkeypatch.setattr(warm.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(warm.os.path, "isdir", lambda path: True)
+
+    def refuse(*_args, **_kwargs):
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr("subprocess.Popen", refuse)
+    assert warm.start_worker(tmp_path / "run") is False
+    assert warm.start_worker(tmp_path / "no" / "such" / "parent") is False  # mkdir fails
