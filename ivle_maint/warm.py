@@ -4,7 +4,7 @@ dpkg starts the postinst as a new process while the web server is down:
 Python's start and the modules of the after-phase (psycopg2, pglast,
 psutil, sh, the steps: some 0.2 s) are outage that a person typing IVLE's
 commands does not pay.  So the preinst of an upgrade starts a worker,
-`python3 -m ivle_maint.warm`, beside its own before-phase, while the site
+`python3 -m ivle_maint.warm_worker`, beside its own before-phase, while the site
 is still up: a fresh interpreter (nothing of the preinst's state) that
 loads those modules and waits, for WAIT_SECONDS at most, on a socket in
 /run/ivle-maint (root's, 0700; one per mount and PID namespace).  The
@@ -37,9 +37,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .errors import MaintError
 from .gates.environment import child_env
+from .safepaths import check_dir, safe_dir
 
 DIRECTORY = Path("/run/ivle-maint")
+WHAT = "the warm postinst's directory"
 WAIT_SECONDS = 300.0  # apt unpacks every package before it configures any
 REPLY_SECONDS = 30.0  # the worker answers once its modules are loaded
 MAX_REQUEST = 1 << 20
@@ -57,13 +60,16 @@ def socket_path(directory: Path = DIRECTORY) -> Path:
 
 
 def own_directory(directory: Path, *, create: bool) -> bool:
-    """DIRECTORY is root's alone (made so when CREATE)."""
-    if create:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(directory, 0o700)
+    """DIRECTORY is root's alone (made so when CREATE): the gate's safe
+    directory (root's, every directory on the way too), itself no symlink,
+    and closed to others."""
     try:
+        if create:
+            safe_dir(directory, 0o700, WHAT)
+        elif not check_dir(directory, WHAT):
+            return False
         st = os.lstat(directory)
-    except OSError:
+    except (MaintError, OSError):
         return False
     return stat.S_ISDIR(st.st_mode) and st.st_uid == 0 and not st.st_mode & 0o077
 
@@ -99,6 +105,7 @@ def hand_over(argv: Sequence[str], directory: Path = DIRECTORY) -> int | None:
             worker, uid = peer(conn)
             if uid != 0:
                 return None
+            pidfd = os.pidfd_open(worker)  # signals go to it, never to a reused pid
             request = json.dumps({"argv": list(argv), "env": dict(os.environ),
                                   "cwd": os.getcwd(), "umask": _umask()}).encode()
             conn.sendmsg([struct.pack("!I", len(request)), request],
@@ -111,7 +118,10 @@ def hand_over(argv: Sequence[str], directory: Path = DIRECTORY) -> int | None:
         except (OSError, ValueError):
             return None
         conn.settimeout(None)
-        return _wait(conn, worker)
+        try:
+            return _wait(conn, worker, pidfd)
+        finally:
+            os.close(pidfd)
     finally:
         conn.close()
 
@@ -132,11 +142,12 @@ def line_of(conn: socket.socket) -> str:
     return data.decode("ascii", "replace").strip()
 
 
-def _wait(conn: socket.socket, worker: int) -> int:
-    """The worker's exit status; the signals this process gets go to it."""
+def _wait(conn: socket.socket, worker: int, pidfd: int) -> int:
+    """The worker's exit status; the signals this process gets go to it
+    (through its PIDFD: never to a process that took its pid since)."""
     def forward(signum: int, _frame: Any) -> None:
         with contextlib.suppress(OSError):
-            os.kill(worker, signum)
+            signal.pidfd_send_signal(pidfd, signum)
 
     for signum in _FORWARDED:
         signal.signal(signum, forward)

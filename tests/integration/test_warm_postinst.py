@@ -122,3 +122,15 @@ def test_a_directory_others_may_enter_is_not_used(tmp_path):
     shared.chmod(0o755)
     assert not warm.own_directory(shared, create=False)
     assert warm.hand_over(["hook", "postinst", "configure", "1.0"], shared) is None
+    # Closed itself, but in a directory others may write (the gate's walk),
+    # or reached through a symlink: not used either, nor made there.
+    shared.chmod(0o777)
+    inner = shared / "run"
+    inner.mkdir(mode=0o700)
+    assert not warm.own_directory(inner, create=False)
+    assert not warm.own_directory(shared / "new", create=True)
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    assert warm.own_directory(closed, create=False)
+    (tmp_path / "link").symlink_to(closed)
+    assert not warm.own_directory(tmp_path / "link", create=False)
