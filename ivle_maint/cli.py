@@ -256,8 +256,7 @@ class _Run:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    if argv is None and sys.argv[1:3] == ["hook", "postinst"] and \
-            os.environ.get("DPKG_MAINTSCRIPT_NAME") == "postinst":
+    if argv is None and sys.argv[1:3] == ["hook", "postinst"]:
         from . import warm  # the preinst's worker has the after-phase loaded
 
         if warm.wanted(sys.argv[1:]):

@@ -30,6 +30,11 @@ GO_SECONDS = 10.0  # the postinst's "go" follows the "ok" at once
 Snapshot = dict[str, tuple[int, int, int, int]]
 
 
+def _identity(path: str) -> tuple[int, int, int, int]:
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 def snapshot() -> Snapshot:
     """Each loaded module's file (and the interpreter) as it is now."""
     files = {sys.executable}
@@ -38,21 +43,20 @@ def snapshot() -> Snapshot:
     found: Snapshot = {}
     for path in files:
         with contextlib.suppress(OSError):
-            st = os.stat(path)
-            found[path] = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+            found[path] = _identity(path)
     return found
 
 
 def changed(before: Snapshot) -> list[str]:
-    """The files of BEFORE that are not as they were."""
-    now = {}
-    for path in before:
+    """The files of BEFORE that are not as they were (or are gone)."""
+    gone = []
+    for path, seen in before.items():
         try:
-            st = os.stat(path)
+            if _identity(path) != seen:
+                gone.append(path)
         except OSError:
-            continue
-        now[path] = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-    return sorted(p for p, seen in before.items() if now.get(p) != seen)
+            gone.append(path)
+    return sorted(gone)
 
 
 def _load() -> None:
