@@ -352,9 +352,9 @@ class ServiceControl:
         stopped = False
         held = listeners.hold(pidfd, pid)
         try:
-            if held.why_not:
-                log.warning("%s: its queued connections may be reset: listening sockets not "
-                            "held (%s)", name, held.why_not)
+            if held.why_not:  # the administrator's to know: clients may see resets
+                self.reporter.warn(f"{name}: connections queued at its stop may be reset: "
+                                   f"listening sockets not held ({held.why_not})")
             # Half the time at most: children busy with long requests take
             # nothing queued, and those requests must keep their share.
             elif not held.wait_empty((deadline - time.monotonic()) / 2):

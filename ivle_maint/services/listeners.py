@@ -9,9 +9,10 @@ the pidfd it signals by, so never another process's), attaches a socket
 filter that drops new connections' SYNs (the client retransmits one after
 about a second, by when the port is closed: "connection refused", stop
 mode's outage) and waits until the accept queues are empty and the
-handshakes begun before are done (/proc/net/tcp's request sockets: with
-Apache's TCP_DEFER_ACCEPT a connection stays one until its request
-comes): Apache's children take what was queued and answer it.  The copies
+handshakes begun before are done (the request sockets in the server's
+own /proc/PID/net/tcp: with Apache's TCP_DEFER_ACCEPT a connection stays
+one until its request comes; when they cannot be seen, the whole bounded
+wait is taken): Apache's children take what was queued and answer it.  The copies
 are closed only after the verified stop: their last reference, so the
 socket ends then, with nothing queued.
 
@@ -31,6 +32,7 @@ import logging
 import os
 import platform
 import select
+import signal
 import socket
 import struct
 import time
@@ -65,6 +67,7 @@ _DROP_SYN = (
 )
 _INSN = struct.Struct("=HBBI")
 
+NO_NET_ADMIN = "attaching a socket filter needs CAP_NET_ADMIN, which this root lacks"
 # After the filter is on, handshakes whose SYN came just before complete
 # within a round trip: the queue is looked at no sooner than this.
 SETTLE = 0.05
@@ -73,8 +76,10 @@ SETTLE = 0.05
 # for this long at most: a client that never sends must not hold back the
 # stop while new clients are already kept out.
 HANDSHAKES = 3.0
-# /proc/net/tcp{,6}: a request socket (half-open, or deferred) is SYN_RECV.
-_PROC_NET = ("/proc/self/net/tcp", "/proc/self/net/tcp6")
+# /proc/PID/net/tcp{,6}: the TCP sockets of PID's network namespace (not
+# ours if it has its own); a request socket (half-open, or deferred) is
+# SYN_RECV.
+_PROC_NET = ("tcp", "tcp6")
 _SYN_RECV = "03"
 # ioctl: the network namespace of a socket, as an fd (<linux/sockios.h>).
 SIOCGSKNS = 0x894C
@@ -126,9 +131,11 @@ def _port(address: str) -> int | None:
         return None
 
 
-def _in_our_netns(sock: socket.socket) -> bool:
-    """True when SOCK is in this process's network namespace (needs
-    CAP_NET_ADMIN there: root's; False when it cannot be told)."""
+def _netns_differs(sock: socket.socket, pid: int) -> bool:
+    """True when SOCK is known to be in another network namespace than PID.
+    Telling needs CAP_NET_ADMIN in the socket's namespace (SIOCGSKNS), which
+    root in a container often lacks: then False, since a server makes its
+    listening sockets in its own namespace."""
     import fcntl
 
     try:
@@ -136,12 +143,12 @@ def _in_our_netns(sock: socket.socket) -> bool:
     except OSError:
         return False
     try:
-        theirs, ours = os.fstat(fd), os.stat("/proc/self/ns/net")
+        theirs, its = os.fstat(fd), os.stat(f"/proc/{pid}/ns/net")
     except OSError:
         return False
     finally:
         os.close(fd)
-    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
+    return (theirs.st_dev, theirs.st_ino) != (its.st_dev, its.st_ino)
 
 
 def _listening_tcp(sock: socket.socket) -> bool:
@@ -155,27 +162,41 @@ class Held:
 
     sockets: list[socket.socket] = field(default_factory=list)
     why_not: str = ""  # when none are held: why
+    pid: int = 0  # the process whose sockets they are, and its pidfd
+    pidfd: int = -1  # (the caller's: left open)
 
     def queued(self) -> int:
         return sum(accept_queue(sock)[0] for sock in self.sockets)
 
-    def half_open(self) -> int:
+    def half_open(self) -> int | None:
         """Handshakes not yet in an accept queue (request sockets) on the
-        held sockets' ports; 0 when they cannot be seen."""
-        if not self.sockets or not _in_our_netns(self.sockets[0]):
-            return 0  # another namespace's /proc/net is not ours to read
+        held sockets' ports, as the server's own network namespace has
+        them (/proc/PID/net); None when they cannot be seen."""
+        if not self.sockets:
+            return 0
+        if self.pid <= 0 or _netns_differs(self.sockets[0], self.pid):
+            return None
         ports = {sock.getsockname()[1] for sock in self.sockets}
         count = 0
         for table in _PROC_NET:  # a v4-mapped client's is in tcp, not tcp6
             try:
-                with open(table, encoding="ascii") as handle:
+                with open(f"/proc/{self.pid}/net/{table}", encoding="ascii") as handle:
                     rows = handle.read().splitlines()[1:]
+            except FileNotFoundError:
+                continue  # no IPv6 in that namespace
             except (OSError, UnicodeDecodeError):
-                continue
+                return None
             for row in rows:
                 cols = row.split()
                 if cols[3:4] == [_SYN_RECV] and _port(cols[1]) in ports:
                     count += 1
+        # Read by pid: only if the process is still the one of the pidfd
+        # were the tables its namespace's (a pid is reused once it is gone).
+        if self.pidfd >= 0:
+            try:
+                signal.pidfd_send_signal(self.pidfd, 0)
+            except OSError:
+                return None
         return count
 
     def wait_empty(self, timeout: float, handshakes: float | None = None) -> bool:
@@ -189,6 +210,7 @@ class Held:
         time.sleep(min(SETTLE, max(timeout, 0.0)))
         while True:
             try:
+                # Handshakes that cannot be seen are waited for the whole bound.
                 if self.queued() == 0 and (time.monotonic() - start >= handshakes
                                            or self.half_open() == 0):
                     return True
@@ -263,7 +285,7 @@ def _copies(pidfd: int, pid: int) -> list[socket.socket]:
 def hold(pidfd: int, pid: int) -> Held:
     """Copies of the listening TCP sockets of PID (whose pidfd is PIDFD),
     each with the SYN filter on; none, with the reason, on any failure."""
-    held = Held()
+    held = Held(pid=pid, pidfd=pidfd)
     try:
         held.sockets = _copies(pidfd, pid)
     except OSError as err:
@@ -277,10 +299,40 @@ def hold(pidfd: int, pid: int) -> Held:
     except OSError as err:
         held.close(detach=True)
         held.why_not = err.strerror or str(err)
+        if err.errno == errno.EPERM:  # root in a container, its capabilities bounded
+            held.why_not = NO_NET_ADMIN
         return held
     if not held.sockets:
         held.why_not = f"no listening TCP socket in /proc/{pid}/fd"
     return held
+
+
+def why_not_here() -> str:
+    """Why a graceful stop could not hold a listening socket on this
+    system ("" when it can), found before anything stops: a socket of our
+    own copied through our own pidfd (pidfd_getfd: missing before Linux
+    5.6, or refused by a container's seccomp filter) and filtered."""
+    try:
+        pidfd = os.pidfd_open(os.getpid())
+    except OSError as err:
+        return f"pidfd_open: {err.strerror}"
+    try:
+        with socket.create_server(("127.0.0.1", 0)) as sock:
+            try:
+                copy = socket.socket(fileno=pidfd_getfd(pidfd, sock.fileno()))
+            except OSError as err:
+                hint = " (a container's seccomp filter?)" if err.errno == errno.EPERM else ""
+                return f"{err.strerror}{hint}"
+            with copy:
+                try:
+                    attach_syn_filter(copy)
+                except OSError as err:
+                    return NO_NET_ADMIN if err.errno == errno.EPERM else str(err.strerror)
+    except OSError as err:
+        return err.strerror or str(err)
+    finally:
+        os.close(pidfd)
+    return ""
 
 
 def _has_our_filter(sock: socket.socket) -> bool:

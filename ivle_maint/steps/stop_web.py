@@ -23,7 +23,7 @@ from ..context import (
     UpgradeContext,
 )
 from ..gates import schema_hold
-from ..services import first_requests, maintenance_page
+from ..services import first_requests, listeners, maintenance_page
 from ..services.init_scripts import STOPPED, control_from_settings
 from ..services.outcome import service_outcome
 from . import start_web
@@ -76,6 +76,18 @@ def warn_first_requests(ctx: UpgradeContext) -> None:
         ctx.reporter.warn(warning)
 
 
+def warn_unheld_listeners(ctx: UpgradeContext) -> None:
+    """Stop mode: a graceful stop that cannot hold the web server's
+    listening sockets (a container's root without CAP_NET_ADMIN) may reset
+    a client's connection; said before anything stops, never a refusal."""
+    if maintenance_page.mode(ctx.settings, ctx.during_upgrade) != maintenance_page.STOP:
+        return  # maintenance mode reloads the web server: its sockets stay open
+    why = listeners.why_not_here()
+    if why:
+        ctx.reporter.warn(f"{ctx.settings['services']['web']}: connections queued at its stop "
+                          f"may be reset: listening sockets cannot be held ({why})")
+
+
 def plan_lines(ctx: UpgradeContext, migrations_source: str | None) -> list[str]:
     warning = first_requests.warning(ctx.settings)
     return [maintenance_page.plan_line(ctx.settings, ctx.during_upgrade, _down()),
@@ -91,5 +103,6 @@ def skip_plan(ctx: UpgradeContext, migrations_source: str | None) -> list[str]:
 STEP = Step("stop-web", "stop the web server", SLAVE, BEFORE, stop_web,
             undo=start_web.STEP, serving=False, recheck=still_stopped,
             checks=(Check(PreflightStage.WEB, check_maintenance),
-                    Check(PreflightStage.WEB, warn_first_requests)),
+                    Check(PreflightStage.WEB, warn_first_requests),
+                    Check(PreflightStage.WEB, warn_unheld_listeners)),
             plan=(PlanLines(PlanPart.WEB, plan_lines), PlanLines(PlanPart.SKIPPED, skip_plan)))

@@ -62,6 +62,11 @@ class Node:
         argv = ["systemd-nspawn", "-D", str(self.tree), "-M", self.name, "--boot",
                 "--register=no", "--keep-unit", "--console=read-only",
                 "--volatile=overlay", f"--network-namespace-path={NETNS_DIR / self.netns}",
+                # What a server's root may and nspawn forbids by default: the
+                # graceful stop's socket copies (pidfd_getfd, outside nspawn's
+                # seccomp allow-list) and their filter (CAP_NET_ADMIN).  Without
+                # them the stop warns, and over SSH a client met a reset.
+                "--capability=CAP_NET_ADMIN", "--system-call-filter=pidfd_getfd",
                 *[f"--bind-ro={host}:{guest}" for host, guest in self.binds_ro.items()]]
         # The shell moves itself into the node's cgroups, then becomes nspawn.
         move = " && ".join(f"echo $$ > {cg}/cgroup.procs" for cg in self.cgroups())

@@ -106,8 +106,9 @@ sys.stdin.read()
 
 
 @contextlib.contextmanager
-def process(code: str, user: int | None = None) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+def process(code: str, user: int | None = None,
+            wrapper: tuple[str, ...] = ()) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    proc = subprocess.Popen([*wrapper, sys.executable, "-c", code], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True, user=user)
     assert proc.stdout is not None and proc.stdin is not None
     try:
@@ -182,6 +183,94 @@ def test_open_handshakes_are_waited_for_a_bounded_time():
         proc.stdin.flush()
         assert client.recv(2) == b"ok"
         assert (held.queued(), held.half_open()) == (0, 0)
+
+
+CONTAINER_ROOT = ("setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin")
+NO_NET_ADMIN = r"""
+import json, os, sys
+from ivle_maint.services.drain import open_pidfd
+from ivle_maint.services.listeners import Held, _copies
+pid = int(sys.argv[1])
+pidfd = open_pidfd(pid)
+held = Held(sockets=_copies(pidfd, pid), pid=pid, pidfd=pidfd)  # no filter: it may be refused
+print(json.dumps([len(held.sockets), held.queued(), held.half_open()]))
+held.close()
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: another process's sockets")
+def test_open_handshakes_are_seen_by_root_without_net_admin():
+    """Root in a container (systemd-nspawn, LXC) lacks CAP_NET_ADMIN, so a
+    socket's namespace cannot be asked (SIOCGSKNS): the server's own
+    /proc/PID/net still shows its open handshakes.  Before, they counted
+    as none there, and a client whose request came after the stop was
+    reset (a booted cluster run in CI).  Both processes as in a container:
+    the capability gone from their bounding set."""
+    with (process(DEFERRING, wrapper=CONTAINER_ROOT) as (proc, line),
+          socket.create_connection(("::1", json.loads(line)), timeout=5)):
+        done = subprocess.run(
+            [*CONTAINER_ROOT, sys.executable, "-c", NO_NET_ADMIN, str(proc.pid)],
+            capture_output=True, text=True, check=True, cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert json.loads(done.stdout) == [1, 0, 1], done.stderr
+
+
+NOT_HELD = r"""
+import json, sys
+from ivle_maint.services.drain import open_pidfd
+from ivle_maint.services.listeners import hold
+held = hold(open_pidfd(int(sys.argv[1])), int(sys.argv[1]))
+print(json.dumps([held.why_not, len(held.sockets)]))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: another process's sockets")
+def test_a_filter_the_kernel_refuses_is_said_and_nothing_is_held():
+    """Root without CAP_NET_ADMIN may not attach the filter (this kernel
+    refuses it: EPERM): nothing held, the reason named, the server's
+    sockets untouched (they take connections)."""
+    with process(HOLDER, wrapper=CONTAINER_ROOT) as (proc, line):
+        v4, v6 = json.loads(line)
+        done = subprocess.run([*CONTAINER_ROOT, sys.executable, "-c", NOT_HELD, str(proc.pid)],
+                              capture_output=True, text=True, check=True, cwd=REPO,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        why_not, count = json.loads(done.stdout)
+        if why_not == "":  # a kernel that lets it: then the copies were held
+            assert count == 2
+        else:
+            assert (why_not, count) == ("attaching a socket filter needs CAP_NET_ADMIN, "
+                                        "which this root lacks", 0)
+        assert connects(socket.AF_INET, ("127.0.0.1", v4))
+        assert connects(socket.AF_INET6, ("::1", v6))
+
+
+def test_handshakes_that_cannot_be_seen_take_the_whole_bound(
+        monkeypatch: pytest.MonkeyPatch):
+    """Not seen (None) is never taken for none: an empty queue is not enough
+    before the handshake bound passes; seen as none, it is."""
+    with listener(socket.AF_INET, "127.0.0.1") as srv:
+        held = Held(sockets=[srv])
+        monkeypatch.setattr(Held, "half_open", lambda self: None)
+        assert not held.wait_empty(0.2, handshakes=60)
+        assert held.wait_empty(60, handshakes=0.2)
+        monkeypatch.setattr(Held, "half_open", lambda self: 0)
+        assert held.wait_empty(60, handshakes=60)
+
+
+def test_a_pid_gone_since_its_tables_were_read_counts_as_unseen():
+    """The tables are read by pid: once the pidfd's process is gone its pid
+    may be another's, whose namespace's tables they would be."""
+    with process(SLEEPER) as (proc, _):
+        pidfd = open_pidfd(proc.pid)
+        assert pidfd is not None
+    try:
+        with listener(socket.AF_INET, "127.0.0.1") as srv:
+            held = Held(sockets=[srv], pid=os.getpid(), pidfd=pidfd)
+            assert held.half_open() is None
+            alive = Held(sockets=[srv], pid=os.getpid())
+            assert alive.half_open() == 0
+    finally:
+        os.close(pidfd)
 
 
 # -- fallbacks: nothing held, the reason said, no exception ---------------
@@ -300,3 +389,46 @@ def test_a_filter_of_the_server_s_own_is_left_alone():
             assert not listeners._has_our_filter(sock)
             # Still attached: detaching it succeeds (ENOENT if there were none).
             sock.setsockopt(socket.SOL_SOCKET, listeners.SO_DETACH_FILTER, 0)
+
+
+# -- said before anything stops (stop-web's preflight) ----------------------
+
+WHY_NOT_HERE = ("import json\nfrom ivle_maint.services.listeners import why_not_here\n"
+                "print(json.dumps(why_not_here()))\n")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: capabilities to drop")
+def test_the_preflight_knows_whether_a_stop_could_hold_the_sockets():
+    """Root: "" (a filter can be attached); root without CAP_NET_ADMIN on a
+    kernel that then refuses the filter: the reason."""
+    def asked(*wrapper: str) -> str:
+        done = subprocess.run([*wrapper, sys.executable, "-c", WHY_NOT_HERE], cwd=REPO,
+                              capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        return str(json.loads(done.stdout))
+
+    assert asked() == ""
+    assert asked(*CONTAINER_ROOT) in ("", listeners.NO_NET_ADMIN)
+
+
+@pytest.mark.parametrize(("mode", "why", "warned"), [
+    ("stop", "", False), ("stop", listeners.NO_NET_ADMIN, True),
+    ("maintenance", listeners.NO_NET_ADMIN, False)])
+def test_stop_web_warns_before_a_stop_that_could_reset(monkeypatch: pytest.MonkeyPatch,
+                                                       mode: str, why: str, warned: bool):
+    """Said in the preflight, in stop mode only (maintenance mode's reload
+    keeps the sockets open); a warning, never a refusal."""
+    from ivle_maint.output import RecordingReporter
+    from ivle_maint.steps import stop_web
+
+    monkeypatch.setattr(listeners, "why_not_here", lambda: why)
+
+    class Ctx:
+        settings = {"services": {"web": "apache2"}, "web": {"during_upgrade": "stop"}}
+        reporter = RecordingReporter()
+        during_upgrade = mode
+
+    stop_web.warn_unheld_listeners(Ctx)  # type: ignore[arg-type]
+    expected = [f"warning: apache2: connections queued at its stop may be reset: listening "
+                f"sockets cannot be held ({why})"] if warned else []
+    assert Ctx.reporter.lines == expected

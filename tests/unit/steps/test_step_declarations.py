@@ -49,6 +49,7 @@ def test_the_steps_checks_run_in_the_preflights_order():
         ("JAILS", "stop-consoles", "check_jail_mounts"),
         ("WEB", "stop-web", "check_maintenance"),
         ("WEB", "stop-web", "warn_first_requests"),
+        ("WEB", "stop-web", "warn_unheld_listeners"),
         ("WEB", "restart-usrmgt", "check_new_postinst"),
         ("WEB", "start-web", "check_new_postinst"),
         ("JAIL_TREE", "rebuild-jail", "check_jail_tree"),
