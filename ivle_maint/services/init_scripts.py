@@ -358,8 +358,9 @@ class ServiceControl:
             # Half the time at most: children busy with long requests take
             # nothing queued, and those requests must keep their share.
             elif not held.wait_empty((deadline - time.monotonic()) / 2):
-                log.warning("%s: connections still queued after %gs (half [services] "
-                            "timeout): they may be reset", name, self.timeout / 2)
+                self.reporter.warn(f"{name}: connections still queued after "
+                                   f"{self.timeout / 2:g}s (half [services] timeout) may be "
+                                   f"reset")
             drained = signal_and_drain(pid, GRACEFUL_STOP, deadline - time.monotonic(), pidfd)
             result = self.act(name, "stop")
             stopped = result.state == STOPPED

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import socket
 import subprocess
 import sys
@@ -432,3 +433,36 @@ def test_stop_web_warns_before_a_stop_that_could_reset(monkeypatch: pytest.Monke
     expected = [f"warning: apache2: connections queued at its stop may be reset: listening "
                 f"sockets cannot be held ({why})"] if warned else []
     assert Ctx.reporter.lines == expected
+
+
+# A seccomp filter refusing pidfd_getfd with EPERM, as systemd-nspawn's
+# allow-list does (x86_64 and aarch64: the same number, 438), installed in
+# the child before it asks.
+SECCOMP_REFUSES = r"""
+import ctypes, errno, json, platform, struct
+libc = ctypes.CDLL(None, use_errno=True)
+ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}[platform.machine()]
+LD_W_ABS, JEQ_K, RET_K = 0x20, 0x15, 0x06
+ALLOW, ERRNO = 0x7FFF0000, 0x00050000
+insns = [(LD_W_ABS, 0, 0, 4), (JEQ_K, 1, 0, ARCH), (RET_K, 0, 0, ALLOW),
+         (LD_W_ABS, 0, 0, 0), (JEQ_K, 0, 1, 438), (RET_K, 0, 0, ERRNO | errno.EPERM),
+         (RET_K, 0, 0, ALLOW)]
+prog = ctypes.create_string_buffer(b"".join(struct.pack("=HBBI", *i) for i in insns))
+fprog = ctypes.create_string_buffer(struct.pack("@HP", len(insns), ctypes.addressof(prog)))
+PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
+def prctl(*args):
+    assert libc.prctl(*map(ctypes.c_ulong, args)) == 0, ctypes.get_errno()
+prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0)
+from ivle_maint.services.listeners import why_not_here
+print(json.dumps(why_not_here()))
+"""
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "aarch64"),
+                    reason="the seccomp filter's architecture")
+def test_the_preflight_names_a_seccomp_refusal_of_pidfd_getfd():
+    done = subprocess.run([sys.executable, "-c", SECCOMP_REFUSES], cwd=REPO, capture_output=True,
+                          text=True, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert json.loads(done.stdout) == ("pidfd_getfd: Operation not permitted (a container's "
+                                       "seccomp filter?)"), done.stderr
