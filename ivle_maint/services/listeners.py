@@ -292,6 +292,8 @@ def hold(pidfd: int, pid: int) -> Held:
         held.why_not = err.strerror or str(err)
         if err.filename:  # listdir's
             held.why_not = f"cannot list /proc/{pid}/fd: {err.strerror}"
+        elif err.errno == errno.EPERM:  # pidfd_getfd's, as nspawn's allow-list refuses it
+            held.why_not += " (a container's seccomp filter?)"
         return held
     try:
         for sock in held.sockets:
@@ -309,30 +311,23 @@ def hold(pidfd: int, pid: int) -> Held:
 
 def why_not_here() -> str:
     """Why a graceful stop could not hold a listening socket on this
-    system ("" when it can), found before anything stops: a socket of our
-    own copied through our own pidfd (pidfd_getfd: missing before Linux
-    5.6, or refused by a container's seccomp filter) and filtered."""
+    system ("" when it can), found before anything stops: hold() itself,
+    on a socket of our own (ivle-maint listens on no TCP port otherwise),
+    so the same copy (pidfd_getfd: missing before Linux 5.6, or refused by
+    a container's seccomp filter) and the same filter are tried."""
     try:
         pidfd = os.pidfd_open(os.getpid())
     except OSError as err:
         return f"pidfd_open: {err.strerror}"
     try:
-        with socket.create_server(("127.0.0.1", 0)) as sock:
-            try:
-                copy = socket.socket(fileno=pidfd_getfd(pidfd, sock.fileno()))
-            except OSError as err:
-                hint = " (a container's seccomp filter?)" if err.errno == errno.EPERM else ""
-                return f"{err.strerror}{hint}"
-            with copy:
-                try:
-                    attach_syn_filter(copy)
-                except OSError as err:
-                    return NO_NET_ADMIN if err.errno == errno.EPERM else str(err.strerror)
+        with socket.create_server(("127.0.0.1", 0)):
+            held = hold(pidfd, os.getpid())
+            held.close(detach=True)
     except OSError as err:
         return err.strerror or str(err)
     finally:
         os.close(pidfd)
-    return ""
+    return held.why_not
 
 
 def _has_our_filter(sock: socket.socket) -> bool:
