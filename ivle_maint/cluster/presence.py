@@ -25,8 +25,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import psycopg2
-
 from .. import liveness
 from ..consoles.jail_processes import list_consoles
 from ..context import BEFORE, SLAVE, Phase, Role, RunEvent, Step, select_steps, serving
@@ -36,6 +34,7 @@ from ..errors import MaintError
 from ..gates import trusted, waits
 from ..gates.rewrite import replace_file, write_state_file
 from ..jails.mounts import list_jail_mounts
+from ..pgdriver import psycopg2
 from ..safepaths import read_nofollow
 from ..services.init_scripts import RUNNING, control_from_settings
 from ..services.maintenance_page import in_maintenance

@@ -53,10 +53,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import psycopg2.errors
-from psycopg2 import sql
-
 from ..context import Role
+from ..pgdriver import psycopg2, sql
 
 NODES, MEDIA = "ivle_maint_nodes", "ivle_maint_media"
 MARKER = "ivle_maint_migrations"

@@ -32,10 +32,9 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg2
-
 from ..errors import MaintError
 from ..gates import waits
+from ..pgdriver import psycopg2
 from . import marker, old_transactions, touched_tables
 from .classify import NO_TRANSACTION, Classified
 from .connect import pg_reason

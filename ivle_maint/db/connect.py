@@ -34,13 +34,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg2
-
 from .. import liveness
 from ..config import Settings
 from ..errors import ConfigError, MaintError
 from ..gates import environment, waits
 from ..output import Reporter
+from ..pgdriver import psycopg2
 
 log = logging.getLogger(__name__)
 

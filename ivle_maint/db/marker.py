@@ -31,10 +31,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import psycopg2
-
 from .. import __version__
 from ..errors import MaintError
+from ..pgdriver import psycopg2
 
 log = logging.getLogger(__name__)
 

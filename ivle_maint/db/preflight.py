@@ -15,13 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import psycopg2
-from psycopg2 import sql
-
 from .. import system
 from ..errors import MaintError
 from ..gates.rewrite import existing_parent, prove_writable
 from ..installed import old_migration_files
+from ..pgdriver import psycopg2, sql
 from . import migrations
 from .classify import Classified, classify
 from .connect import connect, params_from_settings

@@ -9,11 +9,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg2
-
 from ..config import Settings
 from ..errors import MaintError
 from ..output import Reporter
+from ..pgdriver import psycopg2
 from . import lock
 from .connect import ConnectParams, connect, params_from_settings, pg_reason
 

@@ -277,7 +277,7 @@ def signals() -> Iterator[None]:
 
 def interruptible() -> None:
     """Every psycopg2 wait goes through wait() (before each connection)."""
-    import psycopg2.extensions
+    from ..pgdriver import psycopg2
 
     if psycopg2.extensions.get_wait_callback() is not wait:
         psycopg2.extensions.set_wait_callback(wait)
@@ -397,7 +397,7 @@ def holders(side: Any, backend_pid: int) -> tuple[str, list[tuple[int, str]]]:
 
 def _look(conn: Any, watcher: Watch, waited: float) -> None:
     """One look at who blocks conn's statement; told only when someone does."""
-    import psycopg2
+    from ..pgdriver import psycopg2
 
     try:
         with connecting(SIDE_CONNECT):  # the look itself is bounded too
@@ -431,7 +431,7 @@ def connecting(seconds: float) -> Iterator[None]:
 
 def _cancel(conn: Any) -> bool:
     """Ask the server to cancel conn's statement; False when it cannot be."""
-    import psycopg2
+    from ..pgdriver import psycopg2
 
     try:
         conn.cancel()
@@ -442,8 +442,9 @@ def _cancel(conn: Any) -> bool:
 
 def wait(conn: Any) -> None:
     """psycopg2's wait callback: poll conn until done, bounded, told, interruptible."""
-    import psycopg2
-    import psycopg2.extensions as ext
+    from ..pgdriver import psycopg2
+
+    ext = psycopg2.extensions
 
     watcher = _watches.get(conn)
     started = time.monotonic()

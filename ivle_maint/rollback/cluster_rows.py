@@ -17,11 +17,10 @@ from __future__ import annotations
 from contextlib import closing
 from typing import Any
 
-from psycopg2 import sql
-
 from ..cluster import table
 from ..db.connect import ConnectParams
 from ..output import Reporter
+from ..pgdriver import sql
 from .sessions import open_session
 
 CARRIED = (table.NODES, table.MEDIA)

@@ -50,9 +50,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import psycopg2
-from psycopg2 import sql
-
 from .. import children
 from ..db import client
 from ..db.connect import ConnectParams, pg_reason
@@ -60,6 +57,7 @@ from ..errors import MaintError
 from ..gates import clock, trusted, waits
 from ..gates.text import shown
 from ..output import Reporter
+from ..pgdriver import psycopg2, sql
 from .differences import TableDifference, differences, summary
 from .sessions import exists, maintenance
 

@@ -39,14 +39,11 @@ from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import psycopg2
-import psycopg2.errors
-from psycopg2 import sql
-
 from .. import children
 from ..db.connect import ConnectParams
 from ..gates.text import shown
 from ..output import Reporter
+from ..pgdriver import psycopg2, sql
 from .sessions import open_session
 
 BUCKETS = 4096  # a power of two: a row's bucket is its hash's low bits

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-import psycopg2.errors
+from ..pgdriver import psycopg2
 
 OWN_TABLES = "ivle_maint_%"
 

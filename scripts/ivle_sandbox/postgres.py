@@ -49,6 +49,11 @@ max_connections = 40
 autovacuum = off
 logging_collector = off
 log_min_messages = warning
+# As Debian's postgresql-common sets up every cluster (its snakeoil
+# certificate): TCP clients get TLS, libpq's sslmode=prefer takes it.
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
 """
 
 _HBA = """\
@@ -200,6 +205,7 @@ class ThrowawayPostgres:
             "--locale=C", "--no-sync", "--auth-local=trust", "--auth-host=scram-sha-256",
         )
         (self.pgdata / "pg_hba.conf").write_text(_HBA)
+        self._make_certificate()
         for _attempt in range(5):  # the free port may be taken before we bind it
             self.port = free_port()
             self._write_settings()
@@ -223,6 +229,20 @@ class ThrowawayPostgres:
                 cur.execute(sql.SQL("CREATE DATABASE ivle OWNER {}").format(role))
         finally:
             conn.close()
+
+    def _make_certificate(self) -> None:
+        """A self-signed certificate, as Debian's ssl-cert makes its snakeoil
+        one: an EC key, made in milliseconds."""
+        done = subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+             "ec_paramgen_curve:prime256v1", "-nodes", "-days", "7", "-subj", "/CN=localhost",
+             "-keyout", str(self.pgdata / "server.key"), "-out", str(self.pgdata / "server.crt")],
+            capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SandboxError(f"openssl req failed: {done.stderr.strip()[-200:]}")
+        for name in ("server.key", "server.crt"):
+            os.chown(self.pgdata / name, self.os_uid, self.os_gid)
+        (self.pgdata / "server.key").chmod(0o600)
 
     def _write_settings(self) -> None:
         conf = self.pgdata / "postgresql.auto.conf"

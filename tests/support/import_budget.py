@@ -11,9 +11,10 @@ from collections.abc import Iterable
 # their types (context: the settings take the roles from roles.py); nor
 # strptime's module (db.discovery checks a key's date without it), nor
 # difflib (only a misspelt setting's "did you mean"), nor shutil (argparse
-# asks it for the help's width on every add_argument: cli.help_width).
+# asks it for the help's width on every add_argument: cli.help_width), nor
+# Python's ssl (psycopg2 would load it for nothing: pgdriver.py).
 NOT_FOR_STATUS = (
-    "sh", "pglast", "debian", "psutil", "psycopg2.extras", "http.client", "_strptime",
+    "sh", "pglast", "debian", "psutil", "psycopg2.extras", "http.client", "_strptime", "ssl",
     "difflib", "shutil", "ivle_maint.context",
     "ivle_maint.system", "ivle_maint.children", "ivle_maint.logfile",
     "ivle_maint.db.backup", "ivle_maint.db.pins", "ivle_maint.db.apply",
@@ -27,10 +28,10 @@ NOT_FOR_STATUS = (
 # upgrade loads them before its first step: upgrade.preload): sh,
 # python3-debian's DebFile (and chardet with it) to read a .deb,
 # http.client to ask a web server, psutil to look at processes; nor
-# uuid.  pglast: the modules that use it load it only to classify
-# pending migrations.
+# uuid, nor ssl (pgdriver.py).  pglast: the modules that use it load it
+# only to classify pending migrations.
 NOT_FOR_PLAN = ("sh", "pglast", "psycopg2.extras", "debian.debfile", "chardet", "http.client",
-                "psutil", "uuid")
+                "psutil", "uuid", "ssl")
 
 
 def found(modules: Iterable[str], forbidden: Iterable[str]) -> list[str]:

@@ -120,7 +120,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("__init__", "errors", "gates", "config", "output", "system", "children",
               "safepaths", "liveness", "roles", "context", "mountinfo", "jaildir", "journal",
               "logformat", "logfile", "lock", "versions", "dpkg", "dpkg_calls", "installed",
-              "migration_manifest", "source", "summary", "quickrun", "warm")),
+              "migration_manifest", "source", "summary", "quickrun", "warm", "pgdriver")),
     # The work, named by what it does: below the cluster and the steps, so
     # cluster/, the steps, preflight and the CLI all call it, never it them.
     ("library", ("db", "services", "consoles", "jails", "media")),
@@ -252,6 +252,12 @@ def test_the_layer_checkers_find_what_breaks_their_rules():
 LAZY_BY_DESIGN = ("ivle_maint.cli", "ivle_maint.commands")
 
 
+# psycopg2 (pgdriver): the gates that wait on a connection (gates/waits.py)
+# load it when a connection exists, not with themselves: every command loads
+# the gates, and `settings` or `--help` need no database driver.
+LAZY_DRIVER = "ivle_maint.pgdriver"
+
+
 def _lazy_by_design(name: str) -> bool:
     return any(name == m or name.startswith(m + ".") for m in LAZY_BY_DESIGN)
 
@@ -269,7 +275,8 @@ def function_local_imports(package: Path = PACKAGE) -> set[tuple[str, str]]:
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
                 found |= {(name, dep) for dep in
-                          imported(node, name, path.name == "__init__.py", known)}
+                          imported(node, name, path.name == "__init__.py", known)
+                          if dep != LAZY_DRIVER}
     return found
 
 
@@ -295,3 +302,40 @@ def test_the_checker_finds_an_import_inside_a_function(tmp_path):
     (package / "commands" / "x.py").write_text("def f():\n    from .. import a\n")
     assert function_local_imports(package) == {
         ("ivle_maint.b", "ivle_maint.a"), ("ivle_maint.c", "ivle_maint.commands.x")}
+
+
+DRIVER = "psycopg2"
+
+
+def driver_importers(package: Path = PACKAGE) -> list[str]:
+    """The modules but pgdriver that import psycopg2 (or a module of it)
+    themselves, anywhere in their code: the first import of psycopg2 would
+    decide how it loads (pgdriver.py: without ssl)."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        name = module_name(path, package)
+        if name == LAZY_DRIVER:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            if any(m == DRIVER or m.startswith(DRIVER + ".") for m in modules):
+                found.append(f"{name}:{node.lineno}")
+    return found
+
+
+def test_only_pgdriver_imports_psycopg2():
+    found = driver_importers()
+    assert not found, "psycopg2 imported past pgdriver.py: " + ", ".join(found)
+
+
+def test_the_driver_checker_finds_each_way_of_importing_psycopg2(tmp_path):
+    package = tmp_path / "ivle_maint"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "pgdriver.py").write_text("import psycopg2\n")
+    (package / "a.py").write_text("import os, psycopg2.errors\n")
+    (package / "b.py").write_text("def f():\n    from psycopg2 import sql\n")
+    (package / "c.py").write_text("from .pgdriver import psycopg2\nimport psycopg2x\n")
+    (package / "d.py").write_text("import importlib\nx = 'psycopg2'\n")
+    assert driver_importers(package) == ["ivle_maint.a:1", "ivle_maint.b:2"]
