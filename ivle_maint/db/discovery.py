@@ -69,7 +69,8 @@ def from_files(paths: Iterable[Path]) -> list[Migration]:
     """Migrations of the given files, in order; duplicate keys are an error."""
     found: dict[str, Migration] = {}
     for path in paths:
-        migration = migration_for(Path(path))
+        # Path(a Path) is a new one, 12 us each: 303 of them in `db status`.
+        migration = migration_for(path if isinstance(path, Path) else Path(path))
         other = found.get(migration.key)
         if other is not None:
             raise MaintError(
