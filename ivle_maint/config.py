@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from configobj import ConfigObj, ConfigObjError, Section, flatten_errors, get_extra_values
+from configobj import (
+    ConfigObj,
+    ConfigObjError,
+    InterpolationError,
+    Section,
+    flatten_errors,
+    get_extra_values,
+)
 
 from .errors import ConfigError
 from .gates import trusted
@@ -324,6 +331,20 @@ def _lines(path: Path, purpose: trusted.Purpose) -> list[bytes] | None:
     return [p + b"\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
 
 
+def _interpolate_all(path: Path, section: Section, where: str = "") -> None:
+    """Read every value once: configobj interpolates lazily, at each read,
+    so a ${name} it cannot make (missing, a loop) would otherwise raise
+    wherever a value is first read, long after the file was accepted."""
+    for key in section.scalars:
+        try:
+            section[key]
+        except InterpolationError as exc:
+            raise ConfigError(f"{path}: {where or 'top level'} {key}: "
+                              f"{str(exc).rstrip('.')}") from None
+    for name in section.sections:
+        _interpolate_all(path, section[name], f"{where}[{name}]")
+
+
 def _load(path: Path, spec: str, *, interpolation: Any, strict: bool = False,
           purpose: trusted.Purpose = trusted.SETTINGS) -> ConfigObj:
     """Parse and validate one configobj file; one-line ConfigError on fault.
@@ -352,7 +373,12 @@ def _load(path: Path, spec: str, *, interpolation: Any, strict: bool = False,
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
     conf.filename = str(path)
-    result = conf.validate(Validator(), preserve_errors=True)
+    _interpolate_all(path, conf)  # the file's own values, each named when it fails
+    try:
+        result = conf.validate(Validator(), preserve_errors=True)
+        _interpolate_all(path, conf)  # and the defaults the spec filled in
+    except InterpolationError as exc:
+        raise ConfigError(f"{path}: {str(exc).rstrip('.')}") from None
     if result is not True:
         for sections, key, error in flatten_errors(conf, result):
             name = "/".join([*sections, key or "(section)"])

@@ -8,6 +8,7 @@ instead of checking beside it.  Each module's docstring states its rule.
     processes     who may be signalled: kernel facts (root, cwd, mount
                   namespace, uid), never a name or a command line
     text          text from outside made safe for a terminal, log or journal
+    names         a login used as a file name and an argument: one plain name
     trusted       whether a file may be read, or a program run, as root
     rewrite       atomic replacement that keeps owner, mode, ACLs, xattrs
     environment   the clean environment of every child and libpq session

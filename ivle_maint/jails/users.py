@@ -45,7 +45,7 @@ from .. import children
 from ..config import IvleConf, Settings
 from ..db.connect import connect, params_from_settings
 from ..errors import MaintError
-from ..gates import waits
+from ..gates import names, waits
 from ..output import Reporter
 from .template import ToolRun, command_argv, heartbeat, require_root, run_tool
 
@@ -158,6 +158,16 @@ def _expected_logins(settings: Settings, reporter: Reporter, src: Path,
         return jail_dir_logins(src, templates), "jail directories"
 
 
+def _users(settings: Settings, reporter: Reporter, src: Path, templates: set[Path],
+           given: list[str] | None) -> tuple[list[str], str]:
+    """The logins to rebuild and where they came from, each passed through
+    the names gate before anything runs (a login is a path and an argument)."""
+    logins, total_from = (given, "given") if given is not None else \
+        _expected_logins(settings, reporter, src, templates)
+    where = "the login table" if total_from == "database" else str(src)
+    return [names.plain_login(login, where) for login in logins], total_from
+
+
 def _failure_message(run: ToolRun, failures: list[UserFailure], total: int) -> str:
     shown = ", ".join(f.describe() for f in failures[:SHOWN_USERS])
     more = len(failures) - SHOWN_USERS
@@ -236,9 +246,7 @@ def remake_user_jails(settings: Settings, reporter: Reporter, *, ivle_conf: Ivle
     jails = conf.conf["paths"]["jails"]
     src = Path(jails["src"])
     templates = {Path(jails["template"]), Path(jails["template_build"])}
-    total_from = "given"
-    if logins is None:
-        logins, total_from = _expected_logins(settings, reporter, src, templates)
+    logins, total_from = _users(settings, reporter, src, templates, logins)
     before = snapshot(src, logins)
     reported: dict[str, UserFailure] = {}
     guard = threading.Lock()  # lines arrive on sh's thread, beats on the heartbeat's

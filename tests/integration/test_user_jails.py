@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import signal
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ivle_maint.cli import main
 from ivle_maint.config import load_settings
@@ -296,3 +299,70 @@ def test_ctrl_c_during_batches_ends_every_process_and_thread(master, tmp_path):
     assert len(pids) == 3
     assert not [pid for pid in pids if alive(pid)]
 
+
+
+# A login in the database is outside input: as an argument it must never
+# be read as an option ('-a', '--help'), and as a jail directory it must
+# stay one name below [[jails]] src ('..', 'a/../x', 300 bytes, a newline).
+HOSTILE_LOGINS = st.one_of(
+    st.sampled_from(["-a", "--all", "-h", "--help", "--", "-", "..", ".", "../x", "a/b",
+                     "x" * 300, "bob\nFailed to recreate jail for user0001", ""]),
+    st.builds(lambda head, tail: head + tail, st.sampled_from(["-", "../", "", "a/"]),
+              st.text("ab-./\n", min_size=1, max_size=6)),
+)
+
+
+def _add_login(node, login: str, unixid: int) -> None:
+    conn = node.connect()
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("INSERT INTO login (login, unixid, state, nick, fullname) "
+                        "VALUES (%s, %s, 'enabled', 'x', 'x')", [login, unixid])
+    finally:
+        conn.close()
+
+
+def _drop_login(node, login: str) -> None:
+    conn = node.connect()
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("DELETE FROM login WHERE login = %s", [login])
+    finally:
+        conn.close()
+
+
+def _built_version(node, login: str) -> str | None:
+    built = node.jails_src / login / "home" / ".ivle" / "jail.conf"
+    return jail_version(node, login) if built.exists() else None
+
+
+def _data_listing(node) -> set[str]:
+    """Every name in the data directory but what a user's own jail holds."""
+    return {str(p.relative_to(node.data)) for p in node.data.rglob("*")
+            if not any(p.is_relative_to(node.jails_src / u.login) for u in node.users)}
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(login=HOSTILE_LOGINS, processes=st.sampled_from([1, 2]))
+def test_a_hostile_login_in_the_database_is_refused_or_rebuilt_as_a_name(master, login,
+                                                                          processes):
+    """Every user's jail is rebuilt exactly as asked, or nothing runs and one
+    line says why; no login reaches the tool as an option or a path."""
+    version = f"1.{secrets.randbelow(10**6)}"
+    install_version(master, version)
+    listing, homes = _data_listing(master), homes_fingerprint(master)
+    _add_login(master, login, 900000)
+    try:
+        try:
+            remake_user_jails(settings_of(master), RecordingReporter(), processes=processes)
+        except MaintError as exc:
+            assert "\n" not in str(exc)
+            assert all(_built_version(master, u.login) != version for u in master.users)
+        else:
+            assert all(_built_version(master, u.login) == version for u in master.users)
+        assert homes_fingerprint(master) == homes
+        made = _data_listing(master) - listing
+        assert all(Path(p).parts[:2] == ("jails", login) for p in made), made
+    finally:
+        _drop_login(master, login)

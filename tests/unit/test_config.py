@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ivle_maint.cli import main
 from ivle_maint.config import load_ivle_conf, load_settings, settings_file
@@ -124,3 +126,45 @@ def test_ivle_conf_keeps_keys_ivle_maint_does_not_know(tmp_path):
     """ivle.conf is IVLE's: keys ivle-maint has no use for are not its business."""
     (tmp_path / "ivle.conf").write_text("[urls]\nroot = /\n[database]\nname = x\nextra = 1\n")
     assert load_ivle_conf(tmp_path).database["name"] == "x"
+
+
+# ivle.conf's ${name} references are IVLE's template interpolation: one to
+# a name that is not there, or a loop, is the administrator's mistake in a
+# file, never a bug, wherever the value sits (a key of IVLE's spec or one
+# ivle-maint does not know) and whenever it is read.
+_REFS = ["${data}", "${prefix}", "${nope}", "${src}", "${paths}", "$${data}", "$$", "${}",
+         "${a}", "${b}", "x", "/srv/${a}", "%(data)s"]
+
+
+@st.composite
+def _interpolating_conf(draw) -> str:
+    def value() -> str:
+        return "".join(draw(st.lists(st.sampled_from(_REFS), min_size=1, max_size=3)))
+
+    keys = st.sampled_from(["data", "prefix", "share", "a", "b", "extra"])
+    paths = {k: value() for k in draw(st.lists(keys, max_size=4, unique=True))}
+    jails = {k: value() for k in draw(st.lists(st.sampled_from(["src", "mounts", "a"]),
+                                                max_size=2, unique=True))}
+    database = {k: value() for k in draw(st.lists(st.sampled_from(["name", "a", "b"]),
+                                                   max_size=2, unique=True))}
+    lines = ["[paths]", *(f"{k} = {v}" for k, v in paths.items()), "[[jails]]",
+             *(f"{k} = {v}" for k, v in jails.items()), "[database]",
+             *(f"{k} = {v}" for k, v in database.items())]
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=_interpolating_conf())
+def test_an_interpolation_that_cannot_be_made_is_one_line_however_it_is_read(tmp_path, text):
+    (tmp_path / "ivle.conf").write_text(text)
+    try:
+        ivle = load_ivle_conf(tmp_path)
+    except ConfigError as exc:
+        assert "\n" not in str(exc) and str(exc).startswith(f"{tmp_path}/ivle.conf")
+        return
+    # Loaded: every value reads, by every way ivle-maint reads one.
+    assert isinstance(ivle.conf.dict(), dict)
+    assert isinstance(ivle.database, dict)
+    for path in (ivle.jail_mounts, ivle.jail_src, ivle.jail_template, ivle.share):
+        assert isinstance(path, Path)

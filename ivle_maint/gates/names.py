@@ -1,0 +1,50 @@
+"""Names from outside used as one file name and one argument: logins.
+
+A login comes from IVLE's ``login`` table (or, when that cannot be read,
+from the jail directories).  ivle-maint joins it to ``[[jails]] src`` and
+passes it to ``ivle-remakeuser LOGIN...``, so a login is used only when it
+is one plain name:
+
+- a single path component: not empty, not ``.`` or ``..``, no ``/`` or
+  NUL, at most NAME_MAX (255) bytes: ``src/LOGIN`` stays one directory
+  below src, where IVLE's tool rebuilds it (``..`` would have it rebuild,
+  and empty, src's parent);
+- never an option: no leading ``-`` (``-a`` would make one batch rebuild
+  every user beside the others, ``--help`` would rebuild nobody and exit 0);
+- one visible line: nothing ``text.shown`` would escape (a newline would
+  let the tool's output forge another user's failure).
+
+Anything else is refused before any program runs: one line naming it.
+"""
+
+from __future__ import annotations
+
+from ..errors import MaintError
+from .text import shown
+
+NAME_MAX = 255  # bytes in one file name (Linux)
+SHOWN = 80  # characters of a refused name shown
+
+
+def why_not_plain(name: str) -> str | None:
+    """Why NAME is no plain name, or None when it is one."""
+    if name in ("", ".", ".."):
+        return "is no file name"
+    if "/" in name or "\0" in name:
+        return "holds '/' or NUL"
+    if name.startswith("-"):
+        return "starts with '-' (a program would read it as an option)"
+    if not name.isprintable():
+        return "holds a control or invisible character"
+    if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+        return f"is longer than {NAME_MAX} bytes"
+    return None
+
+
+def plain_login(login: str, where: str) -> str:
+    """LOGIN when it is a plain name; else a one-line MaintError (WHERE: its source)."""
+    why = why_not_plain(login)
+    if why is not None:
+        raise MaintError(f"{where} holds the login '{shown(login, SHOWN)}', which {why}; "
+                         "refused, nothing run (rename or remove that user first)")
+    return login
