@@ -373,7 +373,10 @@ def of(ctx: UpgradeContext) -> Needs:
         return Needs.from_json(journal.needs)
     needs = decide(ctx)
     journal.needs = needs.to_json()
-    journal.save()
+    # A new journal is written with its first step (upgrade.py): a preflight
+    # check that asks for the decision and then refuses leaves no journal.
+    if journal.path.exists():
+        journal.save()
     return needs
 
 

@@ -158,6 +158,21 @@ def _expected_logins(settings: Settings, reporter: Reporter, src: Path,
         return jail_dir_logins(src, templates), "jail directories"
 
 
+def check_logins(settings: Settings, reporter: Reporter,
+                 ivle_conf: IvleConf | None = None) -> int:
+    """The logins remake_user_jails would rebuild, each through the names
+    gate as it passes them, for the preflight: a login that is no plain
+    name refuses the upgrade while the site is still up.  Their number."""
+    src, templates = _jail_dirs(ivle_conf if ivle_conf is not None else settings.ivle_conf())
+    return len(_users(settings, reporter, src, templates, None)[0])
+
+
+def _jail_dirs(conf: IvleConf) -> tuple[Path, set[Path]]:
+    """[paths] [[jails]] src, and the templates in it that are no user's."""
+    jails = conf.conf["paths"]["jails"]
+    return Path(jails["src"]), {Path(jails["template"]), Path(jails["template_build"])}
+
+
 def _users(settings: Settings, reporter: Reporter, src: Path, templates: set[Path],
            given: list[str] | None) -> tuple[list[str], str]:
     """The logins to rebuild and where they came from, each passed through
@@ -243,9 +258,7 @@ def remake_user_jails(settings: Settings, reporter: Reporter, *, ivle_conf: Ivle
     argv = [*base, "-a"]
     require_root(shlex.join(argv))
     conf = ivle_conf if ivle_conf is not None else settings.ivle_conf()
-    jails = conf.conf["paths"]["jails"]
-    src = Path(jails["src"])
-    templates = {Path(jails["template"]), Path(jails["template_build"])}
+    src, templates = _jail_dirs(conf)
     logins, total_from = _users(settings, reporter, src, templates, logins)
     before = snapshot(src, logins)
     reported: dict[str, UserFailure] = {}

@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 from .. import release_needs
-from ..context import AFTER, MASTER, Metric, Outcome, PlanLines, PlanPart, Step, UpgradeContext
-from ..jails.users import remake_user_jails
+from ..context import (
+    AFTER,
+    MASTER,
+    Check,
+    Metric,
+    Outcome,
+    PlanLines,
+    PlanPart,
+    PreflightStage,
+    Step,
+    UpgradeContext,
+)
+from ..jails.users import check_logins, remake_user_jails
 from .rebuild_jail import WAIT, skip_why, with_wait
 
 
@@ -17,11 +28,19 @@ def remake_users(ctx: UpgradeContext) -> Outcome:
     return with_wait(waited, Outcome(result.summary, result.metrics))
 
 
+def check_users(ctx: UpgradeContext) -> None:
+    """Every login the step would pass to ivle-remakeuser is a plain name
+    (gates/names.py), proved before the web server stops, not after."""
+    if not skip_why(ctx):
+        check_logins(ctx.settings, ctx.reporter, ctx.ivle_conf)
+
+
 def skip_plan(ctx: UpgradeContext, migrations_source: str | None) -> list[str]:
     return release_needs.plan_lines(STEP.name, skip_why(ctx))
 
 
 STEP = Step("remake-users", "rebuild user jails", MASTER, AFTER, remake_users,
             programs=lambda settings: [settings["commands"]["remakeuser"]],
+            checks=(Check(PreflightStage.JAIL_TREE, check_users),),
             plan=(PlanLines(PlanPart.SKIPPED, skip_plan),),
             metrics=(Metric("rebuilt", "user jails rebuilt"),), cluster_wait=WAIT)

@@ -257,6 +257,14 @@ def marker_insert_revoked(node: Any) -> Iterator[str]:
 
 
 @contextmanager
+def login_that_is_an_option(node: Any) -> Iterator[str]:
+    """A user whose login ivle-remakeuser would read as an option (gates/names.py)."""
+    _admin(node, "INSERT INTO login (login, unixid, state, nick, fullname) "
+                 "VALUES ('--help', 900001, 'enabled', 'x', 'x')")
+    yield "the login table holds the login '--help', which starts with '-'"
+
+
+@contextmanager
 def damaged_media_record(node: Any) -> Iterator[str]:
     (node.state_dir / "media-versions.json").write_text('{"entries": [{"value": ')
     yield "media-versions.json: unreadable media version record"
@@ -300,6 +308,7 @@ FAULTS = {
     "table the dumping role may not read": unreadable_table,
     "INSERT on the marker revoked": marker_insert_revoked,
     "damaged media-version record": damaged_media_record,
+    "a login that is an option": login_that_is_an_option,
     "full state directory": full_state_directory,
 }
 

@@ -53,6 +53,7 @@ def test_the_steps_checks_run_in_the_preflights_order():
         ("WEB", "restart-usrmgt", "check_new_postinst"),
         ("WEB", "start-web", "check_new_postinst"),
         ("JAIL_TREE", "rebuild-jail", "check_jail_tree"),
+        ("JAIL_TREE", "remake-users", "check_users"),
         ("DATABASE", "migrate", "check_migrations"),
         ("DATABASE", "migrate", "check_way"),
         ("IVLE_CONF", "media-version", "check_media"),
