@@ -61,6 +61,19 @@ ARG_COUNTS: dict[tuple[str, str], range] = {
     ("postrm", "abort-upgrade"): range(1, 3),  # OLD, and NEW since dpkg 1.18.5
 }
 
+# The arguments of each form that acts which are versions (the journal, the
+# log and printed commands are named after them), per Debian Policy 6.5:
+# True where dpkg gives an empty one (postinst configure of a first install,
+# which never configured a version).  hooks.checked_call checks each.
+VERSION_SLOTS: dict[tuple[str, str], tuple[bool, ...]] = {
+    ("preinst", "upgrade"): (False, False),
+    ("preinst", "abort-upgrade"): (False,),
+    ("postinst", "configure"): (True,),
+    ("postinst", "reconfigure"): (True,),
+    ("postinst", "abort-upgrade"): (False,),
+    ("postrm", "abort-upgrade"): (False, False),
+}
+
 
 @dataclass(frozen=True)
 class HookCall:

@@ -136,3 +136,65 @@ def test_unpack_together_from_the_environment_is_yes_no_or_refused(value):
             dpkg_options({"IVLE_MAINT_UNPACK_TOGETHER": value})
         assert "\n" not in str(refused.value)
         assert str(refused.value).startswith("IVLE_MAINT_UNPACK_TOGETHER must be yes or no")
+
+
+# -- generated calls: every version slot of the forms that act ----------------------
+
+# The forms that run or undo a phase, with their version slots: True where
+# dpkg may give an empty string (postinst configure of a first install).
+ACTIVE_SLOTS: dict[tuple[str, str], tuple[bool, ...]] = {  # written out: the test is the spec
+    ("preinst", "upgrade"): (False, False), ("preinst", "abort-upgrade"): (False,),
+    ("postinst", "configure"): (True,), ("postinst", "reconfigure"): (True,),
+    ("postinst", "abort-upgrade"): (False,), ("postrm", "abort-upgrade"): (False, False),
+}
+
+_UPSTREAM = st.from_regex(r"[0-9][A-Za-z0-9.+~]{0,12}", fullmatch=True)
+_GOOD = st.builds(lambda e, u, r: f"{e}{u}{r}",
+                  st.sampled_from(["", "1:", "0:", "12:"]), _UPSTREAM,
+                  st.sampled_from(["", "-1", "-0ubuntu1", "-1+b2", "-a-1"]))
+# What a hostile or broken caller gives: empty, spaces, controls, no leading
+# digit, an empty revision, an epoch alone, a version too long to name a file.
+HOSTILE = st.one_of(
+    st.sampled_from(["", " ", "1.1\n", "1.1 ", "-1", "none", "1.0-", "1.0-1-", "1:", "~",
+                     "1::2", "a1", "1.1\x1b[2J", "1" * 101, "1." + "1" * 240]),
+    st.text(max_size=8),
+    _GOOD.map(lambda v: v + "x" * 100),
+)
+
+
+def dpkg_says_valid(text: str) -> bool:
+    """The oracle: dpkg's own parser (no warning), on a text with nothing to strip."""
+    import subprocess
+
+    if not text or text != text.strip() or not text.isprintable() or len(text) > 100:
+        return False
+    done = subprocess.run(["dpkg", "--validate-version", "--", text], capture_output=True,
+                          check=False)
+    return done.returncode == 0 and not done.stderr
+
+
+@settings(max_examples=60, deadline=None)
+@given(form=st.sampled_from(sorted(ACTIVE_SLOTS)), data=st.data())
+def test_a_generated_call_is_checked_slot_by_slot_as_dpkg_would(form, data):
+    """Every version a phase is named after passes dpkg's own syntax; an
+    empty one only where dpkg gives one (postinst configure's OLD), and
+    --package-version never empty: `preinst upgrade '' 1.1` once ran the
+    before-phase (the site stopped, a baseline 'of ""' recorded), exit 0."""
+    from ivle_maint.errors import UsageError
+    from ivle_maint.hooks import checked_call
+
+    script, action = form
+    slots = ACTIVE_SLOTS[form]
+    args = [data.draw(st.one_of(_GOOD, HOSTILE), label=f"arg{i}") for i in range(len(slots))]
+    version = data.draw(st.one_of(_GOOD, HOSTILE), label="package_version")
+    ok = all((empty_ok and arg == "") or dpkg_says_valid(arg)
+             for arg, empty_ok in zip(args, slots, strict=True)) and dpkg_says_valid(version)
+    call = parse_call(script, [action, *args], "ivle", version)
+    if ok:
+        assert checked_call(call, version).package_version == version
+        return
+    with pytest.raises(UsageError) as refused:
+        checked_call(call, version)
+    line = str(refused.value)
+    assert "\n" not in line and len(line) < 300, line
+    assert line.startswith(f"{script} {action}: "), line
