@@ -198,3 +198,19 @@ def test_a_generated_call_is_checked_slot_by_slot_as_dpkg_would(form, data):
     line = str(refused.value)
     assert "\n" not in line and len(line) < 300, line
     assert line.startswith(f"{script} {action}: "), line
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="0123456789az.+~-:_ \n²", max_size=10))
+def test_a_version_is_taken_exactly_when_dpkgs_own_parser_takes_it(text):
+    """versions.check, the gate of every version (hook calls, the command
+    line, the journal), against dpkg --validate-version itself."""
+    from ivle_maint.versions import check
+
+    try:
+        check(text)
+    except MaintError as exc:
+        assert not dpkg_says_valid(text), text
+        assert "\n" not in str(exc)
+    else:
+        assert dpkg_says_valid(text), text
