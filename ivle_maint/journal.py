@@ -34,6 +34,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .dpkg_calls import PACKAGE_NAME
 from .errors import MaintError
 from .gates import clock
 from .gates.rewrite import fsync_dir, replace_file
@@ -414,9 +415,6 @@ def _checked(path: Path, data: object) -> dict[str, Any]:
     return {**data, "state": JournalState(data["state"]), "steps": steps}
 
 
-# Debian Policy 5.6.1: what names a package (dpkg-query's argument, and the
-# `apt-get install PACKAGE=NEW` a rerun prints).
-_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 # An archive's name after the live one's stem: its sequence (or, before
 # sequences, its creation second) and a serial (Journal.archive).
 _ARCHIVE = r"\.(?:n\d{6,}|\d+)(?:_\d+)?\.json"
@@ -434,7 +432,7 @@ def _check_values(path: Path, data: dict[str, Any]) -> None:
         except MaintError:
             raise _damaged(path, f"field {key} is no version: {data[key][:40]!a}") from None
     package = data.get("package", "")
-    if package and not _PACKAGE.fullmatch(package):
+    if package and not PACKAGE_NAME.fullmatch(package):
         raise _damaged(path, f"field package is no package name: {package[:40]!a}")
     for key in ("source", "migrations"):
         if data.get(key) and not os.path.isabs(data[key]):

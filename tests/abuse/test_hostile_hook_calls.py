@@ -57,3 +57,20 @@ def test_a_version_dpkg_never_gives_is_refused_before_anything_stops(
     assert site.service_running("apache2") and site.console_pids() and site.mounts()
     assert not list(site.state_dir.glob("journal/*"))
     assert not site.maint_log_dir.exists() or not list(site.maint_log_dir.iterdir())
+
+
+@pytest.mark.parametrize("how", ["DPKG_MAINTSCRIPT_PACKAGE", "--package"])
+@pytest.mark.parametrize("package", ["ivle x", "-W", "Ivle"])
+def test_a_package_name_dpkg_never_gives_is_refused_before_anything_stops(
+        site: Any, how: str, package: str) -> None:
+    """The name goes to dpkg-query's argv, the journal and the printed
+    `apt-get install PACKAGE=NEW`.  Before: the preinst ran (the site down)
+    and wrote a journal the next load refused as damaged."""
+    env = {"DPKG_MAINTSCRIPT_PACKAGE": package} if how != "--package" else {}
+    option = [f"--package={package}"] if how == "--package" else []
+    done = cli(site, "hook", *option, "preinst", "upgrade", "1.0", "1.1", extra_env=env)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert error_lines(done) == [f"ivle-maint: error: preinst upgrade: {how} is no package "
+                                 f"name: {package!r}"], done.stderr
+    assert site.service_running("apache2") and site.console_pids() and site.mounts()
+    assert not list(site.state_dir.glob("journal/*"))

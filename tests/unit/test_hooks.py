@@ -214,3 +214,28 @@ def test_a_version_is_taken_exactly_when_dpkgs_own_parser_takes_it(text):
         assert "\n" not in str(exc)
     else:
         assert dpkg_says_valid(text), text
+
+
+@settings(max_examples=100, deadline=None)
+@given(package=st.text(alphabet="abz09+-.: A\n", max_size=6), from_env=st.booleans())
+def test_a_package_name_is_taken_only_as_policy_spells_one(package, from_env):
+    """DPKG_MAINTSCRIPT_PACKAGE (or --package) names dpkg-query's argument,
+    the journal's package and a printed `apt-get install PACKAGE=NEW`."""
+    import re
+
+    from ivle_maint.errors import UsageError
+
+    with pytest.MonkeyPatch.context() as patched:
+        if from_env:
+            patched.setenv("DPKG_MAINTSCRIPT_PACKAGE", package)
+        else:
+            patched.delenv("DPKG_MAINTSCRIPT_PACKAGE", raising=False)
+        if re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", package):
+            assert parse_call("preinst", ["upgrade", "1.0", "1.1"], package, None).package \
+                == package
+            return
+        with pytest.raises(UsageError) as refused:
+            parse_call("preinst", ["upgrade", "1.0", "1.1"], package, None)
+    assert "\n" not in str(refused.value)
+    how = "DPKG_MAINTSCRIPT_PACKAGE" if from_env else "--package"
+    assert str(refused.value).startswith(f"preinst upgrade: {how} is no package name: ")
