@@ -10,6 +10,7 @@ ivle-maint's start-up alone; hooks.py runs the others.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -61,6 +62,23 @@ ARG_COUNTS: dict[tuple[str, str], range] = {
     ("postrm", "abort-upgrade"): range(1, 3),  # OLD, and NEW since dpkg 1.18.5
 }
 
+# Debian Policy 5.6.1: what names a package.  The name goes to dpkg-query's
+# argv, the journal and a printed `apt-get install PACKAGE=NEW`.
+PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+
+# The arguments of each form that acts which are versions (the journal, the
+# log and printed commands are named after them), per Debian Policy 6.5:
+# True where dpkg gives an empty one (postinst configure of a first install,
+# which never configured a version).  hooks.checked_call checks each.
+VERSION_SLOTS: dict[tuple[str, str], tuple[bool, ...]] = {
+    ("preinst", "upgrade"): (False, False),
+    ("preinst", "abort-upgrade"): (False,),
+    ("postinst", "configure"): (True,),
+    ("postinst", "reconfigure"): (True,),
+    ("postinst", "abort-upgrade"): (False,),
+    ("postrm", "abort-upgrade"): (False, False),
+}
+
 
 @dataclass(frozen=True)
 class HookCall:
@@ -91,5 +109,8 @@ def parse_call(
     allowed = ARG_COUNTS.get((script, action), range(0, 4))
     if len(args) not in allowed:
         raise UsageError(f"{script} {action}: unexpected arguments {' '.join(args) or '(none)'}")
+    how = "DPKG_MAINTSCRIPT_PACKAGE" if "DPKG_MAINTSCRIPT_PACKAGE" in os.environ else "--package"
     package = os.environ.get("DPKG_MAINTSCRIPT_PACKAGE", package)
+    if not PACKAGE_NAME.fullmatch(package):
+        raise UsageError(f"{script} {action}: {how} is no package name: {package[:40]!r}")
     return HookCall(script, action, args, version or "", package)

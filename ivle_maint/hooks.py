@@ -26,7 +26,7 @@ from .context import (
     UpgradeContext,
 )
 from .dpkg import package_version
-from .dpkg_calls import Form, HookCall
+from .dpkg_calls import VERSION_SLOTS, Form, HookCall
 from .errors import MaintError, UsageError
 from .installed import record_fresh_install
 from .output import Reporter
@@ -185,16 +185,27 @@ HANDLERS: dict[Form, Handler] = {
 
 def checked_call(call: HookCall, version: str | None) -> HookCall:
     """CALL with its versions checked (they become journal names and commands
-    to print: dpkg's versions only) and, for the postinst, the package's
-    version (VERSION, or dpkg's word when None)."""
-    for text in (a for a in (*call.args, version or "") if a):  # "": a first install
-        try:
-            parse_version(text)
-        except MaintError as exc:
-            raise UsageError(f"{call.script} {call.action}: {exc}") from None
+    to print: dpkg's versions only, empty only where dpkg leaves one empty)
+    and, for the postinst, the package's version (VERSION, or dpkg's word
+    when None), checked alike."""
+    slots = VERSION_SLOTS.get((call.script, call.action), ())
+    # strict=False: postrm abort-upgrade may come with OLD alone (dpkg < 1.18.5)
+    for text, empty_ok in zip(call.args, slots, strict=False):
+        _check_version(call, text, empty_ok=empty_ok)
     if version is None and call.form is Form.AFTER:
         version = package_version(call.package)
+    if version is not None:
+        _check_version(call, version, empty_ok=False)
     return replace(call, package_version=version or "")
+
+
+def _check_version(call: HookCall, text: str, *, empty_ok: bool) -> None:
+    if empty_ok and text == "":  # a first install: nothing was configured before
+        return
+    try:
+        parse_version(text)
+    except MaintError as exc:
+        raise UsageError(f"{call.script} {call.action}: {exc}") from None
 
 
 def run_hook(call: HookCall, env: HookEnv) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shlex
 import threading
@@ -33,11 +34,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .dpkg_calls import PACKAGE_NAME
 from .errors import MaintError
 from .gates import clock
 from .gates.rewrite import fsync_dir, replace_file
 from .gates.text import lines
 from .safepaths import read_nofollow, safe_dir
+from .versions import check as check_version
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -388,6 +391,7 @@ def _checked(path: Path, data: object) -> dict[str, Any]:
         raise _damaged(path, "field migrations_pending is not a list of keys")
     if data["state"] not in set(JournalState):
         raise _foreign(path, f"unknown state {data['state']!a}")
+    _check_values(path, data)
     steps = {}
     for name, record in data["steps"].items():
         if not isinstance(record, dict):
@@ -409,6 +413,45 @@ def _checked(path: Path, data: object) -> dict[str, Any]:
         step.error = None if step.error is None else _recorded(step.error)
         steps[name] = step
     return {**data, "state": JournalState(data["state"]), "steps": steps}
+
+
+# An archive's name after the live one's stem: its sequence (or, before
+# sequences, its creation second) and a serial (Journal.archive).
+_ARCHIVE = r"\.(?:n\d{6,}|\d+)(?:_\d+)?\.json"
+
+
+def _check_values(path: Path, data: dict[str, Any]) -> None:
+    """What the journal's text fields name, checked as a run checks them
+    when it writes them: a rerun reopens the journal by its versions and
+    runs dpkg-query, setup.py or migrations by the rest."""
+    for key in ("old", "new"):
+        if key == "old" and data[key] == "":  # recorded before OLD was required
+            continue
+        try:
+            check_version(data[key])
+        except MaintError:
+            raise _damaged(path, f"field {key} is no version: {data[key][:40]!a}") from None
+    package = data.get("package", "")
+    if package and not PACKAGE_NAME.fullmatch(package):
+        raise _damaged(path, f"field package is no package name: {package[:40]!a}")
+    for key in ("source", "migrations"):
+        if data.get(key) and not os.path.isabs(data[key]):
+            raise _damaged(path, f"field {key} is no absolute path: {data[key][:60]!a}")
+    _check_name(path, data)
+
+
+def _check_name(path: Path, data: dict[str, Any]) -> None:
+    """The file is the upgrade's own (a copy or a hand edit under another
+    name would have a rerun begin a second upgrade beside it): its live
+    name, or, finished, one of its archives'."""
+    stem = Journal.file_for(path.parent.parent, data["old"], data["new"]).stem
+    finished = data["state"] in (JournalState.COMPLETE, JournalState.ABORTED)
+    if path.name == f"{stem}.json" or (
+            finished and re.fullmatch(re.escape(stem) + _ARCHIVE, path.name)):
+        return
+    own = "not its file name" if finished else f"whose journal is {stem}.json"
+    raise _damaged(path, f"it records the upgrade {data['old'] or '(none)'} -> {data['new']}, "
+                         f"{own}")
 
 
 def unfinished(settings: Settings) -> Journal | None:

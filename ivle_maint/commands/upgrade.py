@@ -191,6 +191,8 @@ def cmd_upgrade(ctx: Context) -> int:
     if not new:
         raise UsageError("give the new version with --to NEW (or an IVLE tree with --source)")
     migrations = ctx.args.migrations or (source / "userdb" / "migrations" if source else None)
+    if migrations is not None:  # recorded for a rerun, which may start elsewhere
+        migrations = migrations.absolute()
     old = _old_version(ctx)
     up = UpgradeContext(ctx.settings, ctx.reporter, old=old, new=new,
                         options=_options(ctx.args), migrations_dir=migrations,

@@ -21,15 +21,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ivle_sandbox import mountns
 from support.abuse_helpers import error_lines, fill, resume_line
 from support.upgrade_helpers import (
     ALL_KEYS,
+    OLD_KEYS,
     at_version_1_0,
     cli,
     final_state,
     journal,
+    marker_keys,
     postinst,
     preinst,
     unpack,
@@ -108,6 +112,54 @@ def test_following_the_advice_for_a_damaged_journal_finishes_the_upgrade(
     assert done.returncode == 0, done.stderr
     assert final_state(node)["marker"] == ALL_KEYS
     assert node.service_running("apache2")
+
+
+# A field of the preinst's journal changed to what no run records: another
+# upgrade's versions (a copy, a hand edit), no version, no package name, a
+# relative path; or the file kept under another upgrade's name.
+VALUE_DAMAGE = st.one_of(
+    st.tuples(st.sampled_from(["old", "new"]),
+              st.sampled_from(["1.2", "0.9", "", "1.1\n", "none", "1.1-", "1." + "1" * 200])),
+    st.tuples(st.just("package"), st.sampled_from(["-W", "ivle x", "Ivle", "i"])),
+    st.tuples(st.sampled_from(["source", "migrations"]), st.sampled_from(["tree", "./x"])),
+    st.tuples(st.just("file name"), st.sampled_from(["1.0_to_1.2.json", "1.0_to_1.1.2.json",
+                                                     "1.0_to_1.1.n000009.json"])),
+)
+
+
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(damage=VALUE_DAMAGE)
+def test_a_journal_naming_another_upgrade_or_nothing_stops_the_postinst_at_once(
+        node_factory: Any, damage: tuple[str, str]) -> None:
+    """Before: a journal saying 1.0 -> 1.2 in 1.0_to_1.1.json had `dpkg
+    --configure -a` run a second upgrade beside it (migrations applied),
+    then its hold kept the web server down for ever, the damage never
+    named; 'new': '1.1\\n' completed and split every `status` line.  Now:
+    one line naming the file and the way on, nothing migrated, no second
+    journal, the file as it was; the advice, followed, finishes."""
+    node = at_version_1_0(node_factory(users=2, consoles=1))
+    assert preinst(node).returncode == 0
+    unpack(node)
+    path = node.state_dir / "journal" / "1.0_to_1.1.json"
+    key, value = damage
+    if key == "file name":
+        path = path.rename(path.with_name(value))
+    else:
+        path.write_text(json.dumps({**_valid(node), key: value}))
+    text = path.read_bytes()
+    failed = postinst(node)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    line = _one_line(failed)
+    assert line.startswith(f"ivle-maint: error: {path}: damaged journal ("), line
+    assert path.read_bytes() == text
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+    assert marker_keys(node) in ([], OLD_KEYS)
+    move = line.split("move it aside (", 1)[1].split(")", 1)[0]
+    subprocess.run(shlex.split(move), check=True)
+    done = postinst(node)
+    assert done.returncode == 0, done.stderr
+    assert final_state(node)["marker"] == ALL_KEYS and node.service_running("apache2")
 
 
 @contextmanager

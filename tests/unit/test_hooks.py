@@ -136,3 +136,106 @@ def test_unpack_together_from_the_environment_is_yes_no_or_refused(value):
             dpkg_options({"IVLE_MAINT_UNPACK_TOGETHER": value})
         assert "\n" not in str(refused.value)
         assert str(refused.value).startswith("IVLE_MAINT_UNPACK_TOGETHER must be yes or no")
+
+
+# -- generated calls: every version slot of the forms that act ----------------------
+
+# The forms that run or undo a phase, with their version slots: True where
+# dpkg may give an empty string (postinst configure of a first install).
+ACTIVE_SLOTS: dict[tuple[str, str], tuple[bool, ...]] = {  # written out: the test is the spec
+    ("preinst", "upgrade"): (False, False), ("preinst", "abort-upgrade"): (False,),
+    ("postinst", "configure"): (True,), ("postinst", "reconfigure"): (True,),
+    ("postinst", "abort-upgrade"): (False,), ("postrm", "abort-upgrade"): (False, False),
+}
+
+_UPSTREAM = st.from_regex(r"[0-9][A-Za-z0-9.+~]{0,12}", fullmatch=True)
+_GOOD = st.builds(lambda e, u, r: f"{e}{u}{r}",
+                  st.sampled_from(["", "1:", "0:", "12:"]), _UPSTREAM,
+                  st.sampled_from(["", "-1", "-0ubuntu1", "-1+b2", "-a-1"]))
+# What a hostile or broken caller gives: empty, spaces, controls, no leading
+# digit, an empty revision, an epoch alone, a version too long to name a file.
+HOSTILE = st.one_of(
+    st.sampled_from(["", " ", "1.1\n", "1.1 ", "-1", "none", "1.0-", "1.0-1-", "1:", "~",
+                     "1::2", "a1", "1.1\x1b[2J", "1" * 101, "1." + "1" * 240]),
+    st.text(max_size=8),
+    _GOOD.map(lambda v: v + "x" * 100),
+)
+
+
+def dpkg_says_valid(text: str) -> bool:
+    """The oracle: dpkg's own parser (no warning), on a text with nothing to strip."""
+    import subprocess
+
+    if not text or text != text.strip() or not text.isprintable() or len(text) > 100:
+        return False
+    done = subprocess.run(["dpkg", "--validate-version", "--", text], capture_output=True,
+                          check=False)
+    return done.returncode == 0 and not done.stderr
+
+
+@settings(max_examples=60, deadline=None)
+@given(form=st.sampled_from(sorted(ACTIVE_SLOTS)), data=st.data())
+def test_a_generated_call_is_checked_slot_by_slot_as_dpkg_would(form, data):
+    """Every version a phase is named after passes dpkg's own syntax; an
+    empty one only where dpkg gives one (postinst configure's OLD), and
+    --package-version never empty: `preinst upgrade '' 1.1` once ran the
+    before-phase (the site stopped, a baseline 'of ""' recorded), exit 0."""
+    from ivle_maint.errors import UsageError
+    from ivle_maint.hooks import checked_call
+
+    script, action = form
+    slots = ACTIVE_SLOTS[form]
+    args = [data.draw(st.one_of(_GOOD, HOSTILE), label=f"arg{i}") for i in range(len(slots))]
+    version = data.draw(st.one_of(_GOOD, HOSTILE), label="package_version")
+    ok = all((empty_ok and arg == "") or dpkg_says_valid(arg)
+             for arg, empty_ok in zip(args, slots, strict=True)) and dpkg_says_valid(version)
+    call = parse_call(script, [action, *args], "ivle", version)
+    if ok:
+        assert checked_call(call, version).package_version == version
+        return
+    with pytest.raises(UsageError) as refused:
+        checked_call(call, version)
+    line = str(refused.value)
+    assert "\n" not in line and len(line) < 300, line
+    assert line.startswith(f"{script} {action}: "), line
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="0123456789az.+~-:_ \n²", max_size=10))
+def test_a_version_is_taken_exactly_when_dpkgs_own_parser_takes_it(text):
+    """versions.check, the gate of every version (hook calls, the command
+    line, the journal), against dpkg --validate-version itself."""
+    from ivle_maint.versions import check
+
+    try:
+        check(text)
+    except MaintError as exc:
+        assert not dpkg_says_valid(text), text
+        assert "\n" not in str(exc)
+    else:
+        assert dpkg_says_valid(text), text
+
+
+@settings(max_examples=100, deadline=None)
+@given(package=st.text(alphabet="abz09+-.: A\n", max_size=6), from_env=st.booleans())
+def test_a_package_name_is_taken_only_as_policy_spells_one(package, from_env):
+    """DPKG_MAINTSCRIPT_PACKAGE (or --package) names dpkg-query's argument,
+    the journal's package and a printed `apt-get install PACKAGE=NEW`."""
+    import re
+
+    from ivle_maint.errors import UsageError
+
+    with pytest.MonkeyPatch.context() as patched:
+        if from_env:
+            patched.setenv("DPKG_MAINTSCRIPT_PACKAGE", package)
+        else:
+            patched.delenv("DPKG_MAINTSCRIPT_PACKAGE", raising=False)
+        if re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", package):
+            assert parse_call("preinst", ["upgrade", "1.0", "1.1"], package, None).package \
+                == package
+            return
+        with pytest.raises(UsageError) as refused:
+            parse_call("preinst", ["upgrade", "1.0", "1.1"], package, None)
+    assert "\n" not in str(refused.value)
+    how = "DPKG_MAINTSCRIPT_PACKAGE" if from_env else "--package"
+    assert str(refused.value).startswith(f"preinst upgrade: {how} is no package name: ")

@@ -135,3 +135,58 @@ def test_threads_writing_records_at_once_lose_none(tmp_path: Path) -> None:
     on_disk = Journal.load(journal.path)
     assert len(on_disk.steps) == 60 and all(on_disk.is_done(name) for name in on_disk.steps)
     assert sorted(r.order for r in on_disk.steps.values()) == list(range(1, 61))
+
+
+# What a field of a journal file may be changed to: versions and names dpkg
+# gives, and what it never gives (a hand edit, a copy, a bit flipped).
+_TEXTS = st.sampled_from(["1.0", "1.1", "1.2", "0.9", "1:1.1", "", "none", "1.1\n", "-W",
+                          "ivle", "ivle x", "/usr/src/ivle", "relative/dir", "1.0-",
+                          "1." + "1" * 200]) | st.text(max_size=6)
+_NAMES = st.sampled_from(["1.0_to_1.1.json", "1.0_to_1.2.json", "none_to_1.1.json",
+                          "1.0_to_1.1.n000007.json", "1.0_to_1.1.n000007_2.json",
+                          "1.0_to_1.1.1577836800.json", "1.0_to_1.1.2.json",
+                          "1.0_to_1.1.backup.json", "copy.json"])
+
+
+def _name_agrees(name: str, old: str, new: str, finished: bool) -> bool:
+    """The live name of OLD -> NEW's journal, or (finished) one of its archives'."""
+    import re
+
+    stem = Journal.file_for(Path("s"), old, new).stem
+    return name == f"{stem}.json" or (finished and re.fullmatch(
+        re.escape(stem) + r"\.(?:n\d{6,}|\d+)(?:_\d+)?\.json", name) is not None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(changes=st.dictionaries(st.sampled_from(["old", "new", "package", "source",
+                                                "migrations"]), _TEXTS, max_size=2),
+       state=st.sampled_from(["in-progress", "complete", "aborting", "aborted"]),
+       name=_NAMES)
+def test_a_journal_that_loads_names_the_upgrade_its_file_is_named_after(
+        tmp_path_factory: Any, changes: dict[str, str], state: str, name: str) -> None:
+    """A rerun reopens a journal by its versions (Journal.file_for): one
+    whose versions are none, or disagree with its name (a copy, a hand
+    edit), had `dpkg --configure -a` run a second upgrade beside it while
+    its hold kept the web server down for ever; a package or a path that is
+    none went to dpkg-query's argv and the printed commands."""
+    from ivle_maint.versions import check
+
+    path, data = _valid(tmp_path_factory.mktemp("j"))
+    data.update(changes, state=state)
+    path.unlink()
+    path = path.with_name(name)
+    path.write_text(json.dumps(data))
+    try:
+        journal = Journal.load(path)
+    except MaintError:
+        _loads_or_says_one_line(path)
+        return
+    check(journal.new)
+    assert journal.old == "" or check(journal.old) is None
+    assert _name_agrees(path.name, journal.old, journal.new,
+                        journal.state in ("complete", "aborted")), (path.name, journal)
+    assert journal.package == "" or (journal.package[0].isalnum() and
+                                     set(journal.package) <= set("abcdefghijklmnopqrstuvwxyz"
+                                                                 "0123456789+-."))
+    for where in (journal.source, journal.migrations):
+        assert where == "" or where.startswith("/"), where

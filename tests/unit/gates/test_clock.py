@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from ivle_maint.context import downtime
 from ivle_maint.db import backup
 from ivle_maint.gates import clock
-from ivle_maint.journal import Journal
+from ivle_maint.journal import COMPLETE, Journal
 from ivle_maint.logfile import log_stem, prune
 from ivle_maint.procedure import STEPS
 from ivle_maint.summary import web_down_line
@@ -156,8 +156,10 @@ def test_an_archived_journal_never_replaces_one_of_the_same_second(tmp_path: Pat
     set back): archiving the second keeps the first's record."""
     state = tmp_path / "state"
     for attempt in ("first", "second"):
+        # Complete, as run_phases archives it (an unfinished one under an
+        # archive's name is a damaged journal).
         journal = Journal(Journal.file_for(state, "1.0", "1.1"), "1.0", "1.1", "both",
-                          created=1_800_000_000.5, resume=attempt)
+                          state=COMPLETE, created=1_800_000_000.5, resume=attempt)
         journal.save()
         journal.archive()
     kept = sorted(Journal.load(p).resume for p in (state / "journal").glob("*.json"))
