@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the commands need root (gates/root.py)")
-@pytest.mark.parametrize("command", [["plan", "--from", "1.0", "--to", "1.1"], ["status"]])
+@pytest.mark.parametrize("command", [["plan", "--from", "1.0", "--to", "1.1"],
+                                     ["hook", "preinst", "upgrade", "1.0", "1.1"]])
 def test_a_broken_library_is_one_line(tmp_path: Path, command: list[str]) -> None:
     (tmp_path / "debian.py").write_text("raise ImportError('broken python3-debian')\n")
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{ROOT}",
