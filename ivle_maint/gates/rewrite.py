@@ -15,7 +15,11 @@ goes through replace_file(), and replace_file()
   extended attribute, the POSIX ACL (system.posix_acl_access) included;
   security.* ones where the kernel permits, every other one or nothing;
 - renames it over the target and flushes the directory, so a crash
-  leaves the old file or the new one, never a mix or a stray temporary.
+  leaves the old file or the new one, never a mix or a stray temporary;
+- where the old content was read (a backup, an expectation), exchanges
+  the two instead (renameat2 RENAME_EXCHANGE) and looks at what came out:
+  another program's file renamed into place, or the old one written to,
+  after it was read is put back and the rewrite refused, never lost.
 
 check_rewritable() is the refusal alone: the preflight asks it about
 ivle.conf while the site is still up, so the after-phase never finds out
@@ -182,16 +186,73 @@ def _write_temp(directory: Path, name: str, data: bytes | Iterable[bytes], *, mo
     return tmp
 
 
-def _install(tmp: Path, target: Path, durable: bool = True) -> None:
-    """Rename TMP over TARGET and flush the directory; TMP never survives."""
+def _install(tmp: Path, target: Path, durable: bool = True, old: _Old | None = None) -> None:
+    """Rename TMP over TARGET and flush the directory; TMP never survives.
+
+    With OLD (what was read of TARGET), TARGET is exchanged with TMP and
+    what comes out must be OLD, unchanged: the window between the read and
+    the rename, where another writer's file would be lost, is closed.
+    """
+    theirs_at_tmp = False  # TMP names another writer's file: never unlinked
     try:
-        os.replace(tmp, target)
-    except BaseException:
+        if old is not None and old.data is not None and _exchange(tmp, target):
+            if not _is_unchanged(tmp, old):
+                theirs_at_tmp = True
+                _exchange(tmp, target)  # theirs back in place, ours at TMP again
+                theirs_at_tmp = False
+                raise MaintError(f"{shown(target)}: changed while being rewritten (another "
+                                 "program wrote it); nothing written, run again")
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, target)
+    except BaseException as exc:
+        if theirs_at_tmp:  # the exchange back failed: say where their file is
+            raise MaintError(f"{shown(target)}: changed while being rewritten, and the other "
+                             f"program's file could not be put back: it is {shown(tmp)}; "
+                             "move it back by hand") from exc
         with suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     if durable:
         fsync_dir(target.parent)
+
+
+RENAME_EXCHANGE = 2  # <linux/fs.h>
+_AT_FDCWD = -100
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap FIRST and SECOND atomically; False where the kernel or the
+    filesystem cannot (then the caller renames as before)."""
+    import ctypes  # only here: the one call Python's os module lacks
+
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second),
+                 RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), os.fspath(second))
+
+
+def _is_unchanged(path: Path, old: _Old) -> bool:
+    """PATH is the very file OLD was read from (not one renamed there since),
+    holding what was read (not written to since)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (old.st.st_dev, old.st.st_ino):
+            return False
+        assert old.data is not None
+        return os.pread(fd, len(old.data) + 1, 0) == old.data
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -317,7 +378,7 @@ def replace_file(path: Path, data: bytes | Iterable[bytes], *, mode: int | None 
                           like=source.st if source else None,
                           attrs=source.attrs if source else {}, strict=True,
                           durable=durable)
-        _install(tmp, target, durable)
+        _install(tmp, target, durable, old)
     except OSError as exc:
         where = exc.filename or target
         raise WriteFailed(f"cannot write {shown(path)}: {shown(where)}: "

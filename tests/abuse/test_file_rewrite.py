@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from ivle_maint.errors import MaintError
@@ -200,6 +200,67 @@ def test_ivle_conf_replaced_by_another_writer_during_the_rewrite_loses_nothing(
                                 upgrade="u1", force=True)
     assert conf.read_bytes() == theirs
     assert not list(tmp_path.glob("backup/ivle.conf.*"))
+    assert [p.name for p in etc.iterdir()] == ["ivle.conf"]
+
+
+# Another program writing ivle.conf while ivle-maint rewrites it: an
+# editor's save (its own file renamed into place), or a write to the file
+# itself (`>>`, a truncate-and-write), at each point between ivle-maint's
+# read of the old content and its rename.
+def _renamed_over(conf: Path, theirs: bytes) -> None:
+    other = conf.parent / ".their-editor.tmp"
+    other.write_bytes(theirs)
+    os.replace(other, conf)
+
+
+def _written_in_place(conf: Path, theirs: bytes) -> None:
+    with open(conf, "r+b") as f:
+        f.write(theirs)
+        f.truncate()
+
+
+WRITERS = {"renamed over": _renamed_over, "written in place": _written_in_place}
+POINTS = ("_snapshot", "_store_backup", "_write_temp")
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(point=st.sampled_from(POINTS), writer=st.sampled_from(sorted(WRITERS)),
+       extra=st.binary(min_size=0, max_size=40), with_backup=st.booleans())
+def test_another_writer_between_the_read_and_the_rename_loses_nothing(
+        tmp_path: Path, monkeypatch: Any, *, point: str, writer: str, extra: bytes,
+        with_backup: bool) -> None:
+    """Whenever the other program writes after ivle-maint read the file, its
+    content is what the file holds afterwards, the rewrite is refused in
+    one line, and no temporary file is left beside it."""
+    from ivle_maint.gates import rewrite
+
+    assume(with_backup or point != "_store_backup")  # no backup: no such point
+    etc = Path(tempfile.mkdtemp(dir=tmp_path))
+    conf = etc / "ivle.conf"
+    ours_before = b"[media]\nversion = 1.0\n"
+    conf.write_bytes(ours_before)
+    theirs = b"[media]\nversion = 1.0\n# theirs\n" + extra.replace(b"\0", b"")
+    real = getattr(rewrite, point)
+
+    def then_the_other_writer(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        if not then_the_other_writer.done:  # type: ignore[attr-defined]
+            then_the_other_writer.done = True  # type: ignore[attr-defined]
+            WRITERS[writer](conf, theirs)
+        return result
+
+    then_the_other_writer.done = False  # type: ignore[attr-defined]
+    monkeypatch.setattr(rewrite, point, then_the_other_writer)
+    backup = etc.parent / f"backup-{etc.name}" if with_backup else None
+    try:
+        with pytest.raises(MaintError, match="changed while being rewritten") as raised:
+            rewrite.replace_file(conf, b"[media]\nversion = 1.1\n", expect=ours_before,
+                                 backup_dir=backup)
+    finally:
+        monkeypatch.undo()
+    assert "\n" not in str(raised.value)
+    assert conf.read_bytes() == theirs
     assert [p.name for p in etc.iterdir()] == ["ivle.conf"]
 
 

@@ -260,3 +260,27 @@ def test_a_journal_flushes_what_a_step_did_not_that_it_began(tmp_path, flushes):
     journal.finish("migrate", "applied 1 migration", {})
     assert len(flushes) == 2
     assert Journal.load(journal.path).is_done("migrate")
+
+
+def test_where_files_cannot_be_exchanged_an_expected_rewrite_renames_as_before(
+        tmp_path, monkeypatch):
+    """A filesystem without RENAME_EXCHANGE (EINVAL): the rewrite is still
+    made, by rename, after the expectation was checked."""
+    target = tmp_path / "ivle.conf"
+    target.write_bytes(b"old\n")
+    exchanged = []
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: exchanged.append(b) or False)
+    replace_file(target, b"new\n", expect=b"old\n")
+    assert target.read_bytes() == b"new\n" and exchanged == [target]
+    assert names(tmp_path) == ["ivle.conf"]
+
+
+def test_an_expected_rewrite_exchanges_the_files_and_leaves_no_temporary(tmp_path):
+    """Where the kernel exchanges them (tmpfs, ext4, ...), the old file goes
+    by the temporary name and is removed; its inode is not the new one."""
+    target = tmp_path / "ivle.conf"
+    target.write_bytes(b"old\n")
+    before = os.stat(target).st_ino
+    replace_file(target, b"new\n", expect=b"old\n")
+    assert target.read_bytes() == b"new\n" and os.stat(target).st_ino != before
+    assert names(tmp_path) == ["ivle.conf"]

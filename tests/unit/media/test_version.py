@@ -312,12 +312,21 @@ def test_failed_rename_keeps_the_original_and_a_rerun_picks_the_same_value(node,
             raise OSError(28, "No space left on device", str(dst))
         real_replace(src, dst)
 
+    real_exchange = atomic._exchange
+
+    def crash_exchange(first, second):  # the rename that puts it in place, either way
+        if Path(second).name == "ivle.conf":
+            raise OSError(28, "No space left on device", str(second))
+        return real_exchange(first, second)
+
     monkeypatch.setattr(atomic.os, "replace", crash)
+    monkeypatch.setattr(atomic, "_exchange", crash_exchange)
     with pytest.raises(MaintError, match="No space left on device"):
         node.set("2.1", upgrade="1.0->2.1")
     assert node.conf.read_bytes() == before
     assert sorted(p.name for p in node.etc.iterdir()) == ["ivle.conf"]  # no temporary left
     monkeypatch.setattr(atomic.os, "replace", real_replace)
+    monkeypatch.setattr(atomic, "_exchange", real_exchange)
     # The value was reserved in the record: the rerun writes that one, as
     # the nodes that did not crash did.
     assert node.set("2.1", upgrade="1.0->2.1").new == "2.1"
