@@ -38,7 +38,7 @@ from pathlib import Path
 from .. import quickrun, system
 from ..config import Settings
 from ..errors import MaintError
-from ..gates import schema_hold, trusted
+from ..gates import pidfiles, schema_hold, trusted
 from ..output import Reporter
 from ..safepaths import check_dir
 from . import listeners
@@ -196,12 +196,9 @@ class ServiceControl:
                               keep_stdout=True, timeout=30)
             value = done.stdout.strip()
             return int(value) if value.isdigit() and int(value) > 0 else None
-        for path in self._pidfiles(name):
-            try:
-                pid = int(path.read_text().split()[0])
-            except (OSError, ValueError, IndexError):
-                continue
-            if pid > 1 and os.path.exists(f"/proc/{pid}"):
+        for path in self._pidfiles(name):  # believed only for the daemon's process
+            pid = pidfiles.main_process(path)
+            if pid is not None:
                 return pid
         return None
 

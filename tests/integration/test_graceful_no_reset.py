@@ -352,3 +352,25 @@ def test_a_queue_behind_a_long_request_does_not_take_its_time(root: Path):
         queued.join()
     assert got == ["answered"]
     assert "in-flight requests done" in result.message
+
+
+def test_a_stale_pidfile_naming_another_users_process_names_no_main_process(root: Path):
+    """The daemon gone, its pid taken by a student's process: the pidfile
+    is not believed (gates/pidfiles.py), so nothing of that process is
+    signalled, held or waited on; the stand-in's own pid is."""
+    control = ServiceControl(RecordingReporter(), backend="init.d",
+                             initd_dir=root / "etc" / "init.d", timeout=60)
+    pidfile = root / "run" / f"{NAME}.pid"
+    student = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                "sleep", "60"])
+    try:
+        with standin(root, "4", 1, 0.01):
+            assert control.main_pid(NAME) == int(pidfile.read_text())
+            real = pidfile.read_text()
+            pidfile.write_text(f"{student.pid}\n")
+            assert control.main_pid(NAME) is None
+            pidfile.write_text(real)
+        assert student.poll() is None  # never signalled
+    finally:
+        student.kill()
+        student.wait()
