@@ -112,3 +112,83 @@ def test_a_symlink_swapped_in_before_the_umount_reaches_nothing_outside(
     assert swapped
     assert with_outside, f"{outside / leaf} (outside the jails) was unmounted"
 
+
+
+TRICKY = st.sampled_from(["\\134", "\\040", "a b", "x\ny", " (deleted)", "\\", "-", "\t"])
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tree=st.lists(st.tuples(st.one_of(NAME, TRICKY), st.one_of(st.none(), NAME, TRICKY),
+                               st.integers(1, 2)), min_size=1, max_size=4))
+def test_generated_jail_mount_names_are_read_exactly_and_all_unmounted(
+    world: Path, tree: list[tuple[str, str | None, int]],
+) -> None:
+    """Jail mounts named with any bytes (the kernel's octal escapes, a literal
+    '\\134', a name ending ' (deleted)'), nested and stacked, beside a twin
+    tree outside the mounts directory: the table is read exactly and the
+    unmount takes every jail mount and nothing of the twin."""
+    top, twin = world / "jm", world / "jm2"
+    expected: list[str] = []
+    for base in (top, twin):
+        for name, child, layers in tree:
+            for point in [base / name] + ([base / name / child] if child else []):
+                for _ in range(layers):
+                    _tmpfs(point)
+                    if base == top:
+                        expected.append(str(point))
+    try:
+        seen = [m.mountpoint for m in mountinfo.mounts_below(top)]
+        assert sorted(map(os.fsencode, seen)) == sorted(map(os.fsencode, expected))
+        twin_before = sorted(m.mountpoint for m in mountinfo.mounts_below(twin))
+        result = mounts.unmount_jails_in(top, RecordingReporter(), check=False)
+        assert not result.busy and not result.errors
+        assert not mountinfo.mounts_below(top)
+        assert sorted(m.mountpoint for m in mountinfo.mounts_below(twin)) == twin_before
+    finally:
+        _unmount_below(world)
+        for entry in world.iterdir():
+            shutil.rmtree(entry)
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(faults=st.lists(st.sampled_from(["none", "appears", "vanishes"]), min_size=1,
+                       max_size=6), lazy=st.booleans())
+def test_mounts_appearing_or_vanishing_mid_unmount_end_with_the_jails_empty(
+    world: Path, monkeypatch: pytest.MonkeyPatch, faults: list[str], lazy: bool,
+) -> None:
+    """Before each umount2, a generated fault: a new mount appears in a jail
+    (a student's fusermount) or another one is unmounted by someone else.
+    The run ends with nothing mounted below the mounts directory, no error,
+    and the twin outside untouched."""
+    top, twin = world / "jm", world / "jm2"
+    for base in (top, twin):
+        for login in ("alice", "bob"):
+            for point in (base / login, base / login / "home", base / login / "tmp"):
+                _tmpfs(point)
+    real = mounts._umount2
+    todo = list(faults)
+
+    def fault(path: str, flags: int) -> int:
+        what = todo.pop(0) if todo else "none"
+        if what == "appears":
+            _tmpfs(top / "alice" / "home" / f"new{len(todo)}")
+        elif what == "vanishes":
+            left = mountinfo.mounts_below(top)
+            if left:
+                _libc.umount2(os.fsencode(left[0].mountpoint), 2)
+        return real(path, flags)
+
+    monkeypatch.setattr(mounts, "_umount2", fault)
+    try:
+        twin_before = sorted(m.mountpoint for m in mountinfo.mounts_below(twin))
+        result = mounts.unmount_jails_in(top, RecordingReporter(), lazy=lazy, check=False)
+        assert not result.busy and not result.errors
+        assert not mountinfo.mounts_below(top)
+        assert sorted(m.mountpoint for m in mountinfo.mounts_below(twin)) == twin_before
+    finally:
+        monkeypatch.undo()
+        _unmount_below(world)
+        for entry in world.iterdir():
+            shutil.rmtree(entry)
