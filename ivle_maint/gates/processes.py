@@ -42,8 +42,9 @@ jails empty, every one left (and every child it forked meanwhile) gets
 SIGSTOP, which no process can catch and after which none can fork, then
 SIGKILL.  That round repeats for at most FORCE_BOUND seconds after the
 SIGTERM wait; past it, one line names what remains (pid, user, jail).
-Signals go through a pidfd opened while psutil still vouches for the
-process (its start time), so a reused pid is never signalled.
+Every signal goes through a pidfd opened while psutil still vouches for
+the process (its start time), held or opened for that one signal, so a
+reused pid is never signalled; no pidfd, no signal.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def preload() -> ModuleType:
     return psutil
 
 
-MAX_PIDFDS = 256  # descriptors held for signalling; beyond, psutil's start-time check
+MAX_PIDFDS = 256  # pidfds held to poll for an end; beyond, one opened per signal
 UP_LEVELS = 32  # parents of a working directory compared, another mount namespace
 
 Identity = tuple[int, int]  # (st_dev, st_ino)
@@ -422,40 +423,61 @@ def scan(tree: JailTree, spared: Mapping[int, str]) -> list[Found]:
 # -- signalling -------------------------------------------------------------
 
 
-class _Handle:
-    """One process to signal: a pidfd when the kernel has them, else psutil."""
+def _pidfd_of(proc: psutil.Process) -> int | None:
+    """A pidfd of the very process psutil judged, or None once it ended.
 
-    open_fds = 0  # pidfds held now: at most MAX_PIDFDS, the rest through psutil
+    The pidfd names whatever has the pid now; psutil's start time, read
+    after the pidfd is open, says whether that is still the process we
+    decided on (then the pidfd pins it: its pid cannot be reused).
+    MaintError when no pidfd can be had: a pid alone is never signalled.
+    """
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except ProcessLookupError:
+        return None
+    except (OSError, AttributeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "no pidfd_open"
+        raise MaintError(f"cannot open a pidfd for pid {proc.pid} ({why}); "
+                         "a pid alone is never signalled") from None  # fmt: skip
+    if not proc.is_running():
+        os.close(fd)
+        return None
+    return fd
+
+
+class _Handle:
+    """One process to signal, always through a pidfd: one held while at most
+    MAX_PIDFDS are (for polling its end), else one opened for each signal."""
+
+    open_fds = 0  # pidfds held now: at most MAX_PIDFDS
 
     def __init__(self, found: Found) -> None:
         self.found = found
         self.fd: int | None = None
+        self.dead = False
         if _Handle.open_fds < MAX_PIDFDS:
-            with contextlib.suppress(OSError, AttributeError):
-                self.fd = os.pidfd_open(found.pid)
+            self.fd = _pidfd_of(found.proc)
+            if self.fd is None:
+                self.dead = True
+            else:
                 _Handle.open_fds += 1
-        # The pidfd names whatever has the pid now; psutil's start time
-        # says whether that is still the process we decided on.
-        if self.fd is not None and not found.proc.is_running():
-            self.close()
-            self.dead = True
-        else:
-            self.dead = False
 
     def send(self, sig: int) -> bool:
         """Signal it; False when it had already gone."""
-        import psutil  # see preload()
-
         if self.dead:
             return False
-        try:
-            if self.fd is not None:
-                signal.pidfd_send_signal(self.fd, sig)
-            else:
-                self.found.proc.send_signal(sig)  # psutil refuses a reused pid
-        except (ProcessLookupError, psutil.NoSuchProcess):
+        fd = self.fd if self.fd is not None else _pidfd_of(self.found.proc)
+        if fd is None:
             self.dead = True
             return False
+        try:
+            signal.pidfd_send_signal(fd, sig)
+        except ProcessLookupError:
+            self.dead = True
+            return False
+        finally:
+            if fd != self.fd:
+                os.close(fd)
         return True
 
     def gone(self) -> bool:
@@ -470,8 +492,8 @@ class _Handle:
             if self.dead:
                 self.close()  # a fork bomb's thousands must not use up our descriptors
         else:
-            try:
-                self.dead = live_task(self.found.proc) is None
+            try:  # the pid may be another's by now: psutil's start time decides
+                self.dead = not self.found.proc.is_running() or live_task(self.found.proc) is None
             except psutil.NoSuchProcess:
                 self.dead = True
         return self.dead

@@ -19,7 +19,6 @@ import ctypes
 import errno
 import logging
 import os
-import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -111,23 +110,62 @@ def list_jail_mounts(path: str | os.PathLike[str]) -> list[Mount]:
     return mountinfo.mounts_below(jail_mounts_dir(path))
 
 
-def _symlink_on_the_way(top: str, mountpoint: str) -> str | None:
-    """The first component from top down to mountpoint that is a symlink.
+class _NotFollowed(Exception):
+    """A component on the way to a mount point is not a plain directory now."""
 
-    mountinfo shows real paths, so one appears only if something changed
-    the tree since we read it; we then refuse rather than follow it out.
+
+def _open_parent(point: str) -> int:
+    """An O_PATH descriptor of the mount point's directory, reached from /
+    one component at a time, never through a symlink or '..'.
+
+    mountinfo shows real paths, so a symlink on the way means the tree
+    changed since we read it (a student renamed a directory in a jail);
+    following it could reach a mount outside the jails.  OSError when a
+    component is gone; _NotFollowed naming it when it is not a directory.
     """
-    current = top.rstrip("/")
-    for part in mountpoint[len(current) :].split("/"):
-        if not part:
-            continue
-        current = f"{current}/{part}"
-        try:
-            if stat.S_ISLNK(os.lstat(current).st_mode):
-                return current
-        except OSError:
-            return None  # gone: umount2 will say so
-    return None
+    parts = point.split("/")[1:-1]
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    current = ""
+    try:
+        for part in parts:
+            current = f"{current}/{part}"
+            if part in ("", ".", ".."):
+                raise _NotFollowed(current)
+            try:
+                nxt = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              dir_fd=fd)  # fmt: skip
+            except OSError as exc:
+                if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+                    raise _NotFollowed(current) from None
+                raise
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _umount_at(point: str, flags: int) -> int:
+    """umount2 of what is mounted at point, reached through no symlink: 0 or
+    the errno (_NotFollowed when a component is a symlink now).
+
+    The walk and the syscall must see one tree: the syscall goes through
+    the walk's descriptor (/proc/self/fd/N/LEAF), so a directory swapped
+    for a symlink after the walk changes nothing, and the leaf, a symlink,
+    is never followed (UMOUNT_NOFOLLOW).
+    """
+    leaf = point.rsplit("/", 1)[-1]
+    if leaf in ("", ".", ".."):
+        raise _NotFollowed(point)
+    try:
+        fd = _open_parent(point)
+    except OSError as exc:
+        return exc.errno or errno.ENOENT
+    try:
+        return _umount2(f"/proc/self/fd/{fd}/{leaf}", flags | UMOUNT_NOFOLLOW)
+    finally:
+        os.close(fd)
 
 
 def _unmount_pass(
@@ -141,11 +179,11 @@ def _unmount_pass(
         point = mount.mountpoint
         if not is_below(point, top):  # mounts_below promises it; never trust twice
             continue
-        link = _symlink_on_the_way(top, point)
-        if link:
-            errors[point] = f"{link} is now a symlink; not following it"
+        try:
+            err = _umount_at(point, MNT_DETACH if lazy else 0)
+        except _NotFollowed as exc:
+            errors[point] = f"{exc} is not a directory now (a symlink?); not following it"
             continue
-        err = _umount2(point, UMOUNT_NOFOLLOW | (MNT_DETACH if lazy else 0))
         if err == 0:
             done.append(point)
             errors.pop(point, None)

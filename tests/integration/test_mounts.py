@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -150,8 +151,11 @@ def test_a_symlink_on_the_way_is_not_followed(tmp_path: Path):
     (tmp_path / "real" / "x").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")
     top = str(tmp_path)
-    assert mounts._symlink_on_the_way(top, f"{top}/link/x") == f"{top}/link"
-    assert mounts._symlink_on_the_way(top, f"{top}/real/x") is None
+    with pytest.raises(mounts._NotFollowed, match=f"^{top}/link$"):
+        mounts._umount_at(f"{top}/link/x", 0)
+    # Reached, not a mount point: the kernel's own answer.
+    assert mounts._umount_at(f"{top}/real/x", 0) == errno.EINVAL
+    assert mounts._umount_at(f"{top}/gone/x", 0) == errno.ENOENT
 
 
 def test_busy_mounts_are_reported_with_their_holders_and_left(node: Any):
