@@ -22,8 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ivle_sandbox.postgres import free_port
+from ivle_sandbox.releases import RELEASES
 from support.abuse_helpers import resume_line
 from support.migration_site import fresh_site
+from support.source_tree import source_tree
+from support.upgrade_helpers import at_version_1_0, cli
 
 REPO = Path(__file__).resolve().parents[2]
 BASH = shutil.which("bash", path="/usr/bin:/bin") or "/bin/bash"
@@ -79,3 +82,33 @@ def test_db_migrates_resume_line_names_the_migrations_it_was_given(
     assert [ln for ln in err.splitlines() if ln.startswith("ivle-maint: error:")], err
     runs = pasted(resume_line(err), "ivle-maint")
     assert runs == [[b"ivle-maint", b"db", b"migrate", b"--migrations", other]], err
+
+
+@pytest.mark.needs_root
+@pytest.mark.needs_postgres
+@pytest.mark.parametrize("name", [
+    b"ivle 1.1 $(touch pwned)\n\x1b[31m'`x`",
+    "ivle-\u202e1.1\x85\t~!".encode(),  # (a name not UTF-8: system.run's traceback)
+])
+def test_a_source_upgrades_resume_line_runs_the_same_upgrade(
+        node_factory: Any, name: bytes) -> None:
+    """`upgrade --source TREE --migrations DIR --allow-out-of-order` whose
+    ./setup.py install fails: the resume line, pasted, runs the same
+    upgrade (the same TREE and DIR, the same option), whatever TREE's name."""
+    node = at_version_1_0(node_factory(users=1, consoles=0))
+    built = source_tree(node, RELEASES["1.1"])
+    tree = os.path.join(os.fsencode(built.parent), name)
+    os.rename(built, tree)
+    Path(os.fsdecode(tree), "FAIL_INSTALL").write_text("")
+    migrations = os.path.join(tree, b"mig rations\n$HOME")  # not the tree's default
+    shutil.copytree(os.path.join(tree, b"userdb", b"migrations"), migrations)
+    argv = [b"upgrade", b"--from", b"1.0", b"--source", tree,
+            b"--migrations", migrations, b"--allow-out-of-order"]
+    failed = cli(node, *(os.fsdecode(a) for a in argv))
+    assert failed.returncode == 1, failed.stderr
+    assert all(line.isprintable() for line in failed.stderr.splitlines()), failed.stderr
+    [run] = pasted(resume_line(failed.stderr), "ivle-maint")
+    words = run[1:]
+    assert words[words.index(b"--to") + 1] == b"1.1"
+    del words[words.index(b"--to"):words.index(b"--to") + 2]
+    assert sorted(words) == sorted(argv), failed.stderr
