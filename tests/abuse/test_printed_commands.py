@@ -112,3 +112,38 @@ def test_a_source_upgrades_resume_line_runs_the_same_upgrade(
     assert words[words.index(b"--to") + 1] == b"1.1"
     del words[words.index(b"--to"):words.index(b"--to") + 2]
     assert sorted(words) == sorted(argv), failed.stderr
+
+
+_VALUE = st.text(_CODEPOINT | st.sampled_from(list(" '\"$`\\!;\n\x1b\u202e\x85")),
+                 min_size=1, max_size=20)
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=NAMES, dbname=_VALUE, user=_VALUE, os_user=st.none() | _VALUE)
+def test_the_restore_command_shown_pastes_to_the_dump_and_database_named(
+        name: bytes, dbname: str, user: str, os_user: str | None) -> None:
+    """`status`'s restore command, as the sink shows it (gates.text.block):
+    pasted, its programs get the dump's path and ivle.conf's names exactly."""
+    from ivle_maint.db.backup import restore_command
+    from ivle_maint.db.connect import ConnectParams
+    from ivle_maint.gates.text import block
+
+    dump = Path(os.fsdecode(b"/var/backups/ivle-maint/" + name))
+    params = ConnectParams(dbname=dbname, host="127.0.0.1", port=5432, user=user,
+                           os_user=os_user)
+    line = block(restore_command(params, dump, owner=user))
+    assert "\n" not in line and line.isprintable()
+    # The text between the commands is prose: each command pasted alone.
+    create_fill, swap = line.split(", then with IVLE's web server and user management "
+                                   "server stopped: ")
+    create, fill = create_fill.split(" && ")
+    fill, source = fill.split(" < ")
+    head = [b"sudo", b"-u", os.fsencode(os_user)] if os_user is not None else []
+    [ran] = pasted(create, "sudo", "createdb")
+    assert ran[:len(head)] == head and ran[-1] == f"{dbname}_restored".encode()
+    assert f"--username={user}".encode() in ran and f"--owner={user}".encode() in ran
+    [ran] = pasted(f"printf '%s\\0' 1 {source}")
+    assert ran == [os.fsencode(dump)]
+    [ran] = pasted(swap, "sudo", "psql")
+    ident = ('"' + dbname.replace('"', '""') + '"').encode()
+    assert any(ident in word for word in ran if word.startswith(b"--command="))
