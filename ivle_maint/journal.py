@@ -26,7 +26,6 @@ import json
 import os
 import re
 import secrets
-import shlex
 import threading
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -38,7 +37,7 @@ from .dpkg_calls import PACKAGE_NAME
 from .errors import MaintError
 from .gates import clock
 from .gates.rewrite import fsync_dir, replace_file
-from .gates.text import lines
+from .gates.text import command, lines
 from .safepaths import read_nofollow, safe_dir
 from .versions import check as check_version
 
@@ -357,7 +356,7 @@ _STEP_FIELDS: dict[str, tuple[type, ...]] = {
 
 
 def _aside(path: Path) -> str:
-    return f"mv {shlex.quote(str(path))} {shlex.quote(str(path) + '.damaged')}"
+    return command("mv", path, str(path) + ".damaged")
 
 
 def _damaged(path: Path, what: str) -> MaintError:

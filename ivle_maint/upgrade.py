@@ -243,6 +243,26 @@ def _save_before_steps(ctx: UpgradeContext, journal: Journal) -> None:
 _CODE_OLD, _CODE_NEW = b'"code_new": false', b'"code_new": true '
 
 
+def source_command(ctx: UpgradeContext) -> str:
+    """The `ivle-maint upgrade --source` command that runs CTX's upgrade
+    again (its tree, its migrations, its options), quoted to be pasted
+    whatever a path holds (gates.text.command)."""
+    from .gates.text import command
+
+    words: list[object] = ["ivle-maint", "upgrade", "--from", ctx.old, "--to", ctx.new,
+                           "--source", ctx.source]
+    if ctx.source is None or ctx.migrations_dir != ctx.source / "userdb" / "migrations":
+        words += ["--migrations", ctx.migrations_dir] if ctx.migrations_dir else []
+    options = ctx.options
+    words += ["--allow-out-of-order"] if options.allow_out_of_order else []
+    words += [w for key in options.accept_changed for w in ("--accept-changed", key)]
+    words += [w for key in options.accept_class for w in ("--accept-class", key)]
+    words += ["--migrate-while-serving"] if options.migrate_while_serving else []
+    words += ["--terminate-stale-lock"] if options.terminate_stale_lock else []
+    words += ["--during-upgrade", options.during_upgrade] if options.during_upgrade else []
+    return command(*words)
+
+
 def restart_if_nothing_to_resume(ctx: UpgradeContext, journal: Journal,
                                  resume: str | None) -> str | None:
     """The way forward when a failure leaves nothing to resume.
@@ -270,7 +290,7 @@ def restart_if_nothing_to_resume(ctx: UpgradeContext, journal: Journal,
         if accept:  # dpkg cannot pass the option: accepted beforehand, on the files on disk
             return f"ivle-maint db migrate {accept}, then run the upgrade again: {again}"
     elif ctx.source is not None:
-        again = f"ivle-maint upgrade --from {ctx.old} --to {ctx.new} --source {ctx.source}"
+        again = source_command(ctx)
     else:
         again = f"ivle-maint upgrade --from {ctx.old} --to {ctx.new}"
     if accept:

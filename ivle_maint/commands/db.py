@@ -7,6 +7,7 @@ needs from the settings and prints the result; none talks SQL.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -169,7 +170,8 @@ def run_baseline(ctx: Context) -> int:
             ctx.reporter,
             migrations_dir=ctx.args.migrations,
             force=ctx.args.force,
-            resume=f"ivle-maint db baseline {ctx.args.through}",
+            resume=_again(ctx.args, "baseline", ctx.args.through,
+                          *(["--force"] if ctx.args.force else [])),
         )
     except UsageError as exc:  # THROUGH names no shipped migration
         raise UsageError(f"db baseline: {exc}") from None
@@ -213,6 +215,23 @@ def _print_plan(plan: Any, backup: bool) -> None:
         print(f"-- blocked: {problem}")
 
 
+def _again(args: argparse.Namespace, action: str, *words: str) -> str:
+    """`ivle-maint db ACTION WORDS` with the options of ARGS this run was
+    given, each word quoted (gates.text): pasted, it runs this command again
+    on the same migrations, not those of [paths] migrations."""
+    from ..gates.text import command
+
+    given = list(words)
+    if getattr(args, "allow_out_of_order", False):
+        given.append("--allow-out-of-order")
+    for flag, keys in (("--accept-changed", getattr(args, "accept_changed", [])),
+                       ("--accept-class", getattr(args, "accept_class", []))):
+        given.extend(word for key in keys for word in (flag, key))
+    if args.migrations is not None:  # absolute: it may be pasted elsewhere
+        given += ["--migrations", os.path.abspath(args.migrations)]
+    return command("ivle-maint", "db", action, *given)
+
+
 def run_migrate(ctx: Context) -> int:
     """Apply pending migrations, or show them with --dry-run."""
     from ..db import migrations
@@ -236,6 +255,9 @@ def run_migrate(ctx: Context) -> int:
         ctx.reporter,
         backup=False if args.no_backup else None,
         package_version=args.package_version,
+        resume=_again(args, "migrate", *(["--no-backup"] if args.no_backup else []),
+                      *(["--package-version", args.package_version]
+                        if args.package_version else [])),
         **options,
     )
     if result.applied:

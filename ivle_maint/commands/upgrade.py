@@ -178,7 +178,7 @@ def cmd_upgrade(ctx: Context) -> int:
     """Run both phases, building and installing a source tree in between."""
     from ..context import AFTER, BEFORE
     from ..source import check_source, install_source, source_version
-    from ..upgrade import run_phases
+    from ..upgrade import run_phases, source_command
 
     _checked_versions(ctx, "upgrade")
     source: Path | None = ctx.args.source
@@ -201,7 +201,7 @@ def cmd_upgrade(ctx: Context) -> int:
         run_phases(up, (BEFORE, AFTER))
         return 0
     # Rerunning the same command continues: finished steps are skipped.
-    up.resume = f"ivle-maint upgrade --from {old} --to {new} --source {source}"
+    up.resume = source_command(up)
     if run_phases(up, (BEFORE,)).is_complete:
         return 0
     install_source(source, up)

@@ -27,14 +27,13 @@ import fcntl
 import logging
 import os
 import re
-import shlex
 import stat
 import subprocess
 import tempfile
 from pathlib import Path
 
 from ..errors import MaintError
-from ..gates import clock, trusted
+from ..gates import clock, text, trusted
 from ..safepaths import safe_dir
 from . import client
 from .connect import ConnectParams
@@ -140,13 +139,13 @@ def restore_command(params: ConnectParams, path: Path, *, owner: str | None = No
 
     def command(program: str, *args: str) -> str:
         argv = [program, *client.connection_argv(params), *args]
-        return shlex.join(["sudo", "-u", params.os_user, *argv] if params.os_user else argv)
+        return text.command(*(["sudo", "-u", params.os_user, *argv] if params.os_user else argv))
 
     create = command("createdb", "--template=template0",
                      *([f"--owner={owner}"] if owner else []), restored)
     # Read by the shell (root), not by the database's user: the dump is root's 0600.
     fill = command("pg_restore", "--exit-on-error", f"--dbname={restored}") + " < " + \
-        shlex.quote(str(path))
+        text.shell_word(path)
     swap = command("psql", "--dbname=postgres", "--set=ON_ERROR_STOP=1", "--command="
                    f"ALTER DATABASE {_ident(live)} RENAME TO {_ident(replaced)}; "
                    f"ALTER DATABASE {_ident(restored)} RENAME TO {_ident(live)}")

@@ -40,6 +40,15 @@ reverses what is read, or bytes that are not UTF-8.  The rule:
    fields known to come from outside are escaped where they are printed
    (``consoles list``; the journal's errors as read back).
 
+4. ``shell_word(value)`` / ``command(*words)`` is the rule for a command
+   a person is to paste (a resume line, a restore command): each word
+   quoted so that bash reads back exactly the bytes meant, and the whole
+   printable, so that rules 1 and 2 leave it as it is.  shlex.quote alone
+   is not enough: a newline or ESC it quotes would then be escaped by the
+   sink, and the pasted command would name another path.  Such a word is
+   written as ``$'...'`` with ``\\xNN`` for each byte of each character that
+   is not printable (bash, zsh and POSIX.1-2024 shells read it).
+
 The sinks, each applying the gate itself so that nothing goes around it:
 output.TerminalReporter (info, warn, progress); the log file's and the
 -v stderr handler's formatter (logfile.SafeFormatter: messages by
@@ -54,6 +63,7 @@ the locale cannot encode (backslashreplace) instead of raising.
 from __future__ import annotations
 
 import os
+import shlex
 
 PREFIX = "ivle-maint:"
 CONTINUATION = "\n  "
@@ -137,3 +147,29 @@ def listing(line: str) -> str:
     """One line of a listing on stdout: columns kept, nothing forged."""
     text = "\t".join(shown(column) for column in _text(line).split("\t"))
     return INDENT + text if text.startswith(PREFIX) else text
+
+
+def shell_word(value: object) -> str:
+    """VALUE as one shell word, printable, that bash reads back as VALUE's
+    bytes (a str: UTF-8, surrogateescape for bytes that were not)."""
+    text = _text(value)
+    if text.isprintable():
+        return shlex.quote(text)
+    out = []
+    for char in text:
+        if char == "\\":
+            out.append("\\\\")
+        elif char == "'":  # never a quote: bash's history expansion would end there
+            out.append("\\x27")
+        elif char.isprintable():
+            out.append(char)
+        else:  # each byte of it: one that was not UTF-8 stays that byte
+            data = char.encode("utf-8", "surrogateescape" if 0xDC80 <= ord(char) <= 0xDCFF
+                               else "surrogatepass")
+            out.extend(f"\\x{byte:02x}" for byte in data)
+    return "$'" + "".join(out) + "'"
+
+
+def command(*words: object) -> str:
+    """A command line for a person to paste: each word by shell_word."""
+    return " ".join(shell_word(word) for word in words)
