@@ -12,6 +12,7 @@ import gc
 import importlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from types import TracebackType
@@ -253,6 +254,25 @@ class _Run:
     """What main() learnt of the command it ran."""
 
     hook = False  # dpkg's hook: ends without the interpreter's teardown
+    config: str | None = None  # --config FILE: every resume line must name it too
+
+
+# An ivle-maint command within a resume line (one may name two: "..., then
+# run the upgrade again: ivle-maint upgrade ...").
+_COMMAND = re.compile(r"(?<![\w./-])ivle-maint (?=[a-z])")
+
+
+def resume_line(resume: str, config: str | None) -> str:
+    """RESUME as this run was invoked: with --config FILE (absolute) in each
+    ivle-maint command in it when the run was given one.  Pasted without
+    it, the command would read the default settings: another node's
+    database, maybe."""
+    if config is None:
+        return resume
+    from .gates.text import shell_word
+
+    option = f"ivle-maint --config {shell_word(os.path.abspath(config))} "
+    return _COMMAND.sub(lambda _match: option, resume)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -323,6 +343,7 @@ def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser(command_module(args_list))
     args = parser.parse_args(args_list)
     _Run.hook = argv is None and args.command == "hook"
+    _Run.config = args.config
     # Diagnostics on stderr only with -v: the reporter already says what
     # a person needs, and the run's log file gets everything.
     handler = logging.StreamHandler()
@@ -347,7 +368,7 @@ def _main(argv: Sequence[str] | None) -> int:
             return _interrupted(interrupt, exc.resume)
         _say("ivle-maint: error: ", exc)
         if exc.resume:
-            _say("ivle-maint: resume with: ", exc.resume)
+            _say("ivle-maint: resume with: ", resume_line(exc.resume, _Run.config))
         return exc.exit_status
     except Interrupted as exc:  # within an upgrade: the step is journaled as interrupted
         return _interrupted(exc.signal, exc.resume)
@@ -378,7 +399,7 @@ def _interrupted(exc: BaseException, resume: str | None) -> int:
 
     _say("ivle-maint: ", waits.describe(exc))
     if resume:
-        _say("ivle-maint: resume with: ", resume)
+        _say("ivle-maint: resume with: ", resume_line(resume, _Run.config))
     return waits.exit_status(exc)
 
 

@@ -147,3 +147,27 @@ def test_the_restore_command_shown_pastes_to_the_dump_and_database_named(
     [ran] = pasted(swap, "sudo", "psql")
     ident = ('"' + dbname.replace('"', '""') + '"').encode()
     assert any(ident in word for word in ran if word.startswith(b"--command="))
+
+
+@pytest.mark.needs_postgres
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=NAMES)
+def test_a_resume_line_names_the_settings_file_the_run_was_given(
+        postgres: Any, tmp_path_factory: pytest.TempPathFactory, name: bytes) -> None:
+    """`ivle-maint --config FILE db migrate` that fails: the resume line,
+    pasted, reads FILE too (without it, the default settings: another
+    database, maybe), whatever FILE's name."""
+    site = fresh_site(postgres, tmp_path_factory.mktemp("config"), "cfg")
+    site.settings(port=free_port(), wait_timeout=0.3)
+    config = os.path.join(os.fsencode(site.root / "etc"), name)
+    os.rename(site.root / "etc" / "ivle-maint.conf", config)
+    done = subprocess.run(
+        [sys.executable, "-m", "ivle_maint", "--config", config, "db", "migrate"],
+        env={k: v for k, v in os.environ.items() if k != "IVLE_MAINT_CONF"},
+        cwd=REPO, capture_output=True, check=False)
+    err = done.stderr.decode()
+    assert done.returncode == 1, err
+    assert all(line.isprintable() for line in err.splitlines()), err
+    runs = pasted(resume_line(err), "ivle-maint")
+    assert runs == [[b"ivle-maint", b"--config", config, b"db", b"migrate"]], err
