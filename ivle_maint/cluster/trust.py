@@ -75,6 +75,18 @@ def gave_up(row: NodeRow, new: str) -> str:
     return ""
 
 
+def stopped(row: NodeRow, new: str) -> str:
+    """Why ROW's node will not finish its upgrade (or rollback) to NEW by
+    itself ("" if it may): it failed at any step, or gave its upgrade up.
+    A master's failure after its code changed counts too (gave_up's does
+    not): a slave waiting for its steps waits for a person, not for it."""
+    if row.target == new and row.phase == "failed":
+        return f"it failed at {row.step or 'a step'}: {row.note or 'no note'}"
+    if row.target is None and row.note == abandoned_note(new) and row.version != new:
+        return f"it gave its upgrade up (serves {row.serving or 'nothing'})"
+    return ""
+
+
 def unconfirmed_down(rows: list[NodeRow], me: str, new: str) -> list[NodeRow]:
     """Other web nodes whose row says down, of code older than NEW, that no
     upgrade confirms: idle rows, whose web server may start at any moment."""

@@ -352,6 +352,16 @@ def wait_for_master(ctx: UpgradeContext, step: str) -> str:
         busy = [r for r in rows if not master_finished(r, ctx.new) and not ahead]
         if not missing and not busy:
             return None
+        # A master that failed or gave up is not coming without a person:
+        # the wait ends now, not at master_timeout.
+        lost = [(r, why) for r in busy if (why := trust.stopped(r, ctx.new))]
+        if lost:
+            raise MaintError(
+                f"the master failed its {'rollback' if ctx.rollback is not None else 'upgrade'}"
+                f" to {ctx.new}, web server left down: "
+                + "; ".join(f"{describe(r)}: {why}" for r, why in lost)
+                + ".  Resume the master (dpkg --configure -a there), then resume here",
+                resume=ctx.resume)
         master = "; ".join(describe(r) for r in rows) or "no master has recorded itself"
         what = (f"{len(missing)} migration(s) of {ctx.new} ({', '.join(missing)})" if missing
                 else f"the rollback to {ctx.new} (database, jail template, user jails, "

@@ -34,10 +34,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..db import pins
+from ..dpkg_calls import PACKAGE_NAME
 from ..errors import MaintError
 from ..gates import clock, trusted
 from ..gates.rewrite import write_state_file
+from ..roles import Role
 from ..safepaths import read_nofollow, safe_dir
+from ..versions import check as check_version
 from ..versions import is_downgrade
 from .trees import remove_tree
 
@@ -132,9 +135,10 @@ class RestorePoint:
         except (OSError, ValueError, TypeError) as exc:
             raise MaintError(f"{path}: unreadable restore point ({exc}): remove its "
                              "directory if it is not needed") from None
-        for name in ("upgrade", "old", "new", "role"):
-            if not isinstance(getattr(point, name), str):
-                raise MaintError(f"{path}: unreadable restore point ({name} is not text)")
+        why = _unsound(point)
+        if why:
+            raise MaintError(f"{path}: unreadable restore point ({why}): remove its "
+                             "directory if it is not needed")
         return point
 
     # -- what it holds -------------------------------------------------------
@@ -205,6 +209,114 @@ class RestorePoint:
         kept += sorted(self.files)
         parts.append("keeps " + (", ".join(kept) or "nothing yet"))
         return "; ".join(parts)
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_INODE = re.compile(r"[0-9]{1,20}")
+# database.kept_name's shape (not imported: this gate runs on every status).
+_FAILED_DATABASE = re.compile(r"[^\x00]+_failed_[0-9]{14}")
+
+
+def _text(value: object) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _absolute(value: object) -> bool:
+    return _text(value) and "\x00" not in str(value) and os.path.isabs(str(value))
+
+
+def _reading(value: object) -> bool:
+    """clock.Reading as asdict() wrote it."""
+    if not isinstance(value, dict) or set(value) - {"wall", "mono", "boot"}:
+        return False
+    wall, mono = value.get("wall"), value.get("mono")
+    number = (int, float)
+    return (isinstance(wall, number) and not isinstance(wall, bool)
+            and (mono is None or (isinstance(mono, number) and not isinstance(mono, bool)))
+            and isinstance(value.get("boot", ""), str))
+
+
+def _unsound(point: RestorePoint) -> str:
+    """Why POINT's values cannot be what a run recorded ("" if they can): each
+    field is used as it is, as apt's argument (old, package_name), a
+    directory renamed back or removed (template), a file read (files, dump),
+    a database renamed (failed_database)."""
+    from .old_package import KeptPackage  # the gate of its own record
+
+    for name in ("upgrade", "old", "new", "role"):
+        if not isinstance(getattr(point, name), str):
+            return f"{name} is not text"
+    for name in ("old", "new"):
+        try:
+            check_version(getattr(point, name))
+        except MaintError as exc:
+            return f"{name}: {exc}"
+    if point.role not in set(Role):
+        return f"role {point.role[:20]!a} is no role"
+    if not _count(point.sequence) or not _count(point.upgrades_since):
+        return "sequence or upgrades_since is not a count"
+    if not (point.taken == {} or _reading(point.taken)) \
+            or not (point.completed is None or _reading(point.completed)):
+        return "taken or completed is not a clock reading"
+    if not isinstance(point.package_name, str) or (
+            point.package_name and not PACKAGE_NAME.fullmatch(point.package_name)):
+        return "package_name is no package name"
+    if point.package is not None:
+        try:
+            KeptPackage.from_json(point.package)
+        except MaintError:
+            return "the kept package's record is damaged"
+    if not isinstance(point.files, dict) or any(
+            not _text(name) or "/" in name or name in (MANIFEST, LOCK) or name.startswith(".")
+            or not isinstance(entry, dict) or not _absolute(entry.get("original"))
+            or not _SHA256.fullmatch(str(entry.get("sha256", "")))
+            for name, entry in point.files.items()):
+        return "files is not a list of kept files"
+    if point.dump is not None and not (
+            isinstance(point.dump, dict) and _absolute(point.dump.get("path"))
+            and _SHA256.fullmatch(str(point.dump.get("sha256", "")))):
+        return "dump is not a kept dump"
+    if point.template is not None:
+        why = _unsound_template(point)
+        if why:
+            return why
+    if point.marker is not None and (not isinstance(point.marker, list)
+                                     or not all(_text(k) for k in point.marker)):
+        return "marker is not a list of migration keys"
+    if not isinstance(point.classes, dict) or not all(
+            _text(k) and isinstance(v, str) for k, v in point.classes.items()):
+        return "classes is not migration keys and their classes"
+    if point.schema is not None and not isinstance(point.schema, str):
+        return "schema is not text"
+    if not isinstance(point.committed, bool) or not isinstance(point.rolled_back, bool):
+        return "committed or rolled_back is not true or false"
+    if point.failed_database is not None and not (
+            isinstance(point.failed_database, str)
+            and _FAILED_DATABASE.fullmatch(point.failed_database)
+            and len(point.failed_database.encode()) <= 63):
+        return "failed_database is not the name a rollback keeps a database under"
+    return ""
+
+
+def _unsound_template(point: RestorePoint) -> str:
+    """The template aside must be the one keep.template_aside makes: beside
+    the live template, named after this point's upgrade (a rollback renames
+    it back, a commit removes it: never any other directory)."""
+    kept = point.template
+    if not isinstance(kept, dict) or set(kept) - {"path", "aside", "inode"} \
+            or not _absolute(kept.get("path")) or not _absolute(kept.get("aside")) \
+            or not _INODE.fullmatch(str(kept.get("inode", ""))):
+        return "template is not a kept template"
+    live = Path(kept["path"])  # as keep.template_aside wrote it
+    if not live.name:
+        return "template path names no directory"
+    if kept["aside"] != str(live.with_name(f"{live.name}.restore-{slug(point.upgrade)}")):
+        return "template aside is not the copy kept beside the template for this upgrade"
+    return ""
 
 
 def human_size(size: int) -> str:

@@ -23,7 +23,15 @@ from support.cluster_helpers import (
     node_rows,
     wait_rows,
 )
-from support.upgrade_helpers import RESUME_LINE, cli, postinst, preinst, set_setting, unpack
+from support.upgrade_helpers import (
+    RESUME_LINE,
+    cli,
+    postinst,
+    preinst,
+    set_setting,
+    start_cli,
+    unpack,
+)
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres, pytest.mark.once]
 
@@ -57,9 +65,9 @@ def test_slave_stays_down_while_the_master_fails_at_the_jail_rebuild(node_factor
     for slave in cluster.slaves:  # the migrations are in, but not the jail tree
         waited = postinst(slave)
         assert waited.returncode == 1, waited.stderr
-        assert "the master has not finished rebuilding the jails for 1.1 after 1.5s " \
-            "([cluster] master_timeout), web server left down" in waited.stderr
-        assert "master (master, serves 1.0, failed at rebuild-jail" in waited.stderr
+        # The master failed: no wait for master_timeout.
+        assert "the master failed its upgrade to 1.1, web server left down: master (master, " \
+            "serves 1.0, failed at rebuild-jail" in waited.stderr
         assert RESUME_LINE in waited.stderr
         assert not slave.service_running("apache2")
         assert "start-web" not in {k for k, v in journal_steps(slave).items()
@@ -70,6 +78,49 @@ def test_slave_stays_down_while_the_master_fails_at_the_jail_rebuild(node_factor
     for slave in cluster.slaves:  # ... then on each slave
         done = postinst(slave)
         assert done.returncode == 0, done.stderr
+    assert_upgraded(cluster)
+
+
+# The master failing at each step a slave waits for that a stand-in can fail:
+# (program, what fails it, what heals it).
+FAILURES = [("ivle-buildjail", True, False), ("ivle-usrmgt-server", ["start"], [])]
+
+
+@pytest.mark.parametrize(("program", "fail", "heal"), FAILURES)
+def test_a_slaves_wait_ends_as_soon_as_the_master_fails_at_a_step_it_waits_for(
+        node_factory, program, fail, heal):
+    """A failed master is not coming back without a person: the slave's wait,
+    already under way, ends at the master's failed row (not at master_timeout),
+    its web server down, naming the failure and the resume command."""
+    cluster = build_cluster(node_factory, slaves=1,
+                            cluster={"master_timeout": 300, "slaves_timeout": 60})
+    master, slave = cluster.master, cluster.slaves[0]
+    assert preinst(slave).returncode == 0
+    unpack(slave)
+    waiting = start_cli(slave, "hook", "--package-version", "1.1", "postinst", "configure",
+                        "1.0")
+    try:
+        wait_rows(master, ["slave1"], "waiting")
+        master.set_fakes(program, fail=fail)
+        assert preinst(master).returncode == 0
+        unpack(master)
+        assert postinst(master).returncode == 1
+        failed_at = time.monotonic()
+        _out, err = waiting.communicate(timeout=60)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
+    assert time.monotonic() - failed_at < 30, "the slave waited on after the master failed"
+    assert waiting.returncode == 1, err
+    assert "the master failed its upgrade to 1.1" in err and "web server left down" in err
+    assert RESUME_LINE in err
+    assert not slave.service_running("apache2")
+
+    master.set_fakes(program, fail=heal)
+    assert postinst(master).returncode == 0  # dpkg --configure -a on the master
+    done = postinst(slave)  # ... then on the slave
+    assert done.returncode == 0, done.stderr
     assert_upgraded(cluster)
 
 

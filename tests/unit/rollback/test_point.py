@@ -155,3 +155,87 @@ def test_a_file_the_gate_refuses_is_one_line_and_nothing_is_kept(tmp_path, fault
     assert {p.name for p in point.directory.iterdir()} - {points.LOCK} == {points.MANIFEST}
     again = points.for_upgrade(settings, "1.0->1.1@ab")
     assert again is not None and again.files == {}
+
+
+# -- a manifest damaged, from another version or edited: generated ------------
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 2**40) | st.floats(allow_nan=False)
+    | st.text(max_size=12) | st.sampled_from(["1.0", "1.0 x", "-oAPT::X=1", "/", "../x", "7"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["path", "aside", "inode", "sha256", "original", "wall", "mono",
+                         "boot", "x"]), inner, max_size=4),
+    max_leaves=6)
+_FIELDS = ["upgrade", "old", "new", "role", "sequence", "taken", "package_name", "package",
+           "files", "template", "dump", "marker", "classes", "schema", "completed",
+           "upgrades_since", "committed", "rolled_back", "failed_database"]
+
+
+def _full_point(tmp_path: Path, settings: Settings) -> tuple[points.RestorePoint, Path]:
+    """A point keeping ivle.conf, a dump and a template aside; and a directory
+    outside it that nothing of the point may touch."""
+    conf = tmp_path / "ivle.conf"
+    conf.write_text("[media]\nversion = 1\n")
+    dump = tmp_path / "backup" / "ivle.dump"
+    dump.parent.mkdir(exist_ok=True)
+    dump.write_bytes(b"dump")
+    point = points.open_point(settings, "1.0->1.1@ab", "1.0", "1.1")
+    point.keep_file("ivle.conf", conf, trusted.IVLE_CONF)
+    point.record_dump(dump)
+    template = tmp_path / "jails" / "__base__"
+    aside = template.with_name(f"__base__.restore-{points.slug(point.upgrade)}")
+    aside.mkdir(parents=True)
+    template.mkdir()
+    point.update(lambda p: setattr(p, "template", {
+        "path": str(template), "aside": str(aside), "inode": str(os.lstat(aside).st_ino)}))
+    victim = tmp_path / "victim"
+    victim.mkdir(exist_ok=True)
+    (victim / "keep").write_text("mine\n")
+    return point, victim
+
+
+@hsettings(max_examples=150, deadline=None)
+@given(changes=st.dictionaries(st.sampled_from(_FIELDS), _JSON, min_size=1, max_size=3),
+       victim_field=st.sampled_from([None, "aside", "path"]))
+def test_a_generated_damaged_manifest_is_one_line_or_a_point_whose_values_are_sound(
+        tmp_path_factory, changes, victim_field):
+    """Whatever a manifest's fields hold: every use of the point is a
+    MaintError of one line or works on sound values; a rollback never runs
+    apt with an argument that is no version or package, and letting the
+    point go never removes a directory that is not its own template's copy."""
+    from ivle_maint import versions
+    from ivle_maint.dpkg_calls import PACKAGE_NAME
+
+    tmp_path = tmp_path_factory.mktemp("point")
+    settings = settings_in(tmp_path)
+    point, victim = _full_point(tmp_path, settings)
+    data = json.loads(point.manifest.read_text())
+    data.update(changes)
+    if victim_field and isinstance(data.get("template"), dict):
+        data["template"] = {**data["template"], victim_field: str(victim)}
+    point.manifest.write_text(json.dumps(data))
+
+    def used() -> None:
+        found = points.all_points(settings)
+        points.latest_pinned(settings)
+        points.for_rollback(settings, "1.1", "1.0")
+        for p in found:
+            assert isinstance(p.old, str) and isinstance(p.new, str)
+            versions.check(p.old)
+            versions.check(p.new)
+            assert p.package_name == "" or PACKAGE_NAME.fullmatch(p.package_name)
+            p.describe()
+            assert isinstance(p.pinned, bool)
+            if p.dump is not None:
+                p.check_dump()
+            if "ivle.conf" in p.files:
+                p.kept_file("ivle.conf")
+        points.completed(settings, "1.1->1.2@cd", "1.2")
+        for p in points.all_points(settings):
+            points.commit(settings, p)
+
+    try:
+        used()
+    except MaintError as exc:
+        assert "\n" not in str(exc)
+    assert (victim / "keep").read_text() == "mine\n"
