@@ -89,6 +89,19 @@ def _enum(value: Any) -> str:
     return str(getattr(value, "name", value))
 
 
+def _nodes(node: Any) -> Iterable[Any]:
+    """Every parse-tree node under NODE (not NODE itself)."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        for attr in getattr(type(current), "__slots__", ()):
+            value = getattr(current, attr, None)
+            for item in value if isinstance(value, (list, tuple)) else (value,):
+                if type(item).__module__.startswith("pglast"):
+                    yield item
+                    stack.append(item)
+
+
 def _relation(rangevar: Any) -> str | None:
     if rangevar is None:
         return None
@@ -103,6 +116,42 @@ _FAST_DEFAULTS = {"A_Const", "SQLValueFunction"}
 _SERIAL = {"serial", "serial2", "serial4", "serial8", "smallserial", "bigserial"}
 
 
+# Built-in types: a column of one is added without a rewrite.  Any other
+# type may be a domain with a CHECK or NOT NULL, and PostgreSQL then
+# rewrites the table to check every row (even without a default).
+_BUILTIN_TYPES = {
+    "text", "varchar", "bpchar", "char", "name", "int2", "int4", "int8", "smallint",
+    "integer", "int", "bigint", "numeric", "decimal", "real", "float4", "float8", "bool",
+    "boolean", "date", "time", "timetz", "timestamp", "timestamptz", "interval", "uuid",
+    "json", "jsonb", "bytea", "inet", "cidr", "macaddr", "macaddr8", "money", "xml", "bit",
+    "varbit", "tsvector", "tsquery", "oid", "point", "line", "lseg", "box", "path",
+    "polygon", "circle", "int4range", "int8range", "numrange", "daterange", "tsrange",
+    "tstzrange",
+}
+# Keys of new_tables that are not tables: a type created in this migration,
+# and "names no longer mean what they did" (search_path or the role changed).
+_NEW_TYPE = "\0type "
+_NAMES_MOVED = "\0names moved"
+
+
+def _plain_type(type_name: Any, new_tables: set[str]) -> bool:
+    """A built-in type, or an enum or composite type created in this migration."""
+    names = [getattr(n, "sval", "") for n in getattr(type_name, "names", None) or ()]
+    if names[:1] == ["pg_catalog"] or (len(names) == 1 and names[0] in _BUILTIN_TYPES):
+        return True
+    return ".".join(names) in {k.removeprefix(_NEW_TYPE) for k in new_tables
+                               if k.startswith(_NEW_TYPE)}
+
+
+def _columns_named(expr: Any) -> set[str]:
+    found = set()
+    for node in (expr, *_nodes(expr)):
+        if _name(node) == "ColumnRef":
+            fields = getattr(node, "fields", None) or ()
+            found.add(str(getattr(fields[-1], "sval", "*")) if fields else "*")
+    return found
+
+
 def _constant(expr: Any) -> bool:
     while _name(expr) == "TypeCast":
         expr = expr.arg
@@ -115,7 +164,7 @@ def _null(expr: Any) -> bool:
     return _name(expr) == "A_Const" and bool(getattr(expr, "isnull", False))
 
 
-def _add_column(column: Any) -> Verdict:
+def _add_column(column: Any, new_tables: set[str]) -> Verdict:
     name = getattr(column, "colname", "?")
     constraints = [c for c in (getattr(column, "constraints", None) or ())]
     kinds = {_enum(c.contype) for c in constraints}
@@ -132,6 +181,11 @@ def _add_column(column: Any) -> Verdict:
         return _locking(f"ADD COLUMN {name} {type_name or 'GENERATED'} fills every row: the "
                         "table is rewritten under ACCESS EXCLUSIVE",
                         "add a nullable column, fill it in batches, then set its default")
+    if not _plain_type(getattr(column, "typeName", None), new_tables):
+        return _locking(f"ADD COLUMN {name} of type {type_name or '?'}, which may be a domain "
+                        "with a constraint: PostgreSQL then rewrites the table under ACCESS "
+                        "EXCLUSIVE", "add it as the domain's base type, then change it in "
+                        "a maintenance window")
     if default is not None and not _constant(default):
         return _locking(f"ADD COLUMN {name} with a default that may be volatile rewrites the "
                         "table under ACCESS EXCLUSIVE",
@@ -140,6 +194,10 @@ def _add_column(column: Any) -> Verdict:
         return _locking(f"ADD COLUMN {name} with a unique index builds it under ACCESS "
                         "EXCLUSIVE", "add the column, CREATE UNIQUE INDEX CONCURRENTLY "
                         f"{NO_TRANSACTION_HINT}, then ADD CONSTRAINT ... USING INDEX")
+    checks = [c.raw_expr for c in constraints if _enum(c.contype) == "CONSTR_CHECK"]
+    if any(_columns_named(e) - {name} for e in checks):
+        return _destructive(f"ADD COLUMN {name} with a CHECK on other columns: the old "
+                            "code's writes may break it")
     if kinds & {"CONSTR_CHECK", "CONSTR_FOREIGN"}:
         return _locking(f"ADD COLUMN {name} with a CHECK or REFERENCES validates every row "
                         "under a lock that blocks writes",
@@ -152,21 +210,19 @@ def _add_column(column: Any) -> Verdict:
 
 
 def _add_constraint(con: Any) -> Verdict:
+    # A new constraint on an existing table refuses the old code's writes
+    # that break it (NOT VALID spares only the rows already there), as
+    # ADD COLUMN ... NOT NULL without a default does: destructive.
     kind = _enum(getattr(con, "contype", None))
-    if kind in ("CONSTR_CHECK", "CONSTR_FOREIGN"):
-        label = "CHECK" if kind == "CONSTR_CHECK" else "FOREIGN KEY"
-        if getattr(con, "skip_validation", False):
-            return _additive(f"ADD CONSTRAINT {label} ... NOT VALID")
-        return _locking(f"ADD CONSTRAINT {label} validates every row under a lock that "
-                        "blocks writes", "ADD CONSTRAINT ... NOT VALID, then VALIDATE "
-                        "CONSTRAINT (SHARE UPDATE EXCLUSIVE)")
     if kind == "CONSTR_UNIQUE" and getattr(con, "indexname", None):
-        return _additive("ADD CONSTRAINT UNIQUE USING INDEX")
-    if kind in ("CONSTR_PRIMARY", "CONSTR_UNIQUE", "CONSTR_EXCLUSION", "CONSTR_NOTNULL"):
-        label = kind.removeprefix("CONSTR_").replace("NOTNULL", "NOT NULL")
-        return _locking(f"ADD CONSTRAINT {label} builds an index or scans the table under "
-                        "ACCESS EXCLUSIVE", "CREATE UNIQUE INDEX CONCURRENTLY "
-                        f"{NO_TRANSACTION_HINT}, then ADD CONSTRAINT ... USING INDEX")
+        return _additive("ADD CONSTRAINT UNIQUE USING INDEX (the index already holds)")
+    labels = {"CONSTR_CHECK": "CHECK", "CONSTR_FOREIGN": "FOREIGN KEY",
+              "CONSTR_PRIMARY": "PRIMARY KEY", "CONSTR_UNIQUE": "UNIQUE",
+              "CONSTR_EXCLUSION": "EXCLUDE", "CONSTR_NOTNULL": "NOT NULL"}
+    if kind in labels:
+        valid = " ... NOT VALID" if getattr(con, "skip_validation", False) else ""
+        return _destructive(f"ADD CONSTRAINT {labels[kind]}{valid}: the old code's writes "
+                            "that break it fail")
     return _not_proven(f"ADD CONSTRAINT {kind}")
 
 
@@ -198,11 +254,11 @@ def _subcommand(sub: str, cmd: Any) -> str:
     return words.upper() + (f" {name}" if name else "")
 
 
-def _alter_table_command(cmd: Any) -> Verdict:
+def _alter_table_command(cmd: Any, new_tables: set[str]) -> Verdict:
     sub = _enum(cmd.subtype)
     definition = getattr(cmd, "def_", None)
     if sub == "AT_AddColumn":
-        return _add_column(definition)
+        return _add_column(definition, new_tables)
     if sub == "AT_AddConstraint":
         return _add_constraint(definition)
     if sub == "AT_ColumnDefault":
@@ -213,10 +269,8 @@ def _alter_table_command(cmd: Any) -> Verdict:
     if sub in _CATALOG_ONLY:
         return _additive(_CATALOG_ONLY[sub])
     if sub == "AT_SetNotNull":
-        return _locking(f"ALTER COLUMN {cmd.name} SET NOT NULL scans the table under ACCESS "
-                        "EXCLUSIVE",
-                        "ADD CONSTRAINT ... CHECK (col IS NOT NULL) NOT VALID, VALIDATE "
-                        "CONSTRAINT, then SET NOT NULL (PostgreSQL 12+ skips the scan)")
+        return _destructive(f"ALTER COLUMN {cmd.name} SET NOT NULL: the old code's writes of "
+                            "NULL fail (and the table is scanned under ACCESS EXCLUSIVE)")
     if sub in _REWRITES:
         return _locking(f"{_REWRITES[sub]} rewrites the table under ACCESS EXCLUSIVE",
                         "run it in a maintenance window")
@@ -233,7 +287,7 @@ def _alter_table(node: Any, new_tables: set[str]) -> Verdict:
     table = _relation(node.relation)
     if table in new_tables:
         return _additive(f"ALTER TABLE {table}, created in this migration")
-    verdicts = [_alter_table_command(cmd) for cmd in node.cmds or ()]
+    verdicts = [_alter_table_command(cmd, new_tables) for cmd in node.cmds or ()]
     if not verdicts:
         return _not_proven("ALTER TABLE without commands")
     worst_one = max(verdicts, key=lambda v: _RANK[v.cls])  # the first of the worst
@@ -285,9 +339,45 @@ _CREATES = {
 }
 
 
+_DML = {"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"}
+# Settings after which an unqualified name may mean another table.
+_NAME_SETTINGS = {"search_path", "role", "session_authorization"}
+# Functions the old code cannot call by name: a new one overloads nothing it calls.
+_TRIGGER_TYPES = {"trigger", "event_trigger"}
+
+
 def statement_verdict(node: Any, new_tables: set[str]) -> Verdict:
-    """One parsed statement's verdict; CREATE TABLE adds to new_tables."""
+    """One parsed statement's verdict; CREATE TABLE adds to new_tables.  A
+    statement inside it (a data-modifying WITH) counts as much as it does."""
+    found = _statement_verdict(node, new_tables)
+    for inner in _nodes(node):
+        if _name(inner) in _DML:
+            v = _statement_verdict(inner, new_tables)
+            if worse(v.cls, found.cls):
+                found = Verdict(v.cls, f"{v.what}, inside a {_name(node)}", safe=v.safe)
+    return found
+
+
+def _names_moved(node: Any, new_tables: set[str]) -> None:
+    """A setting that changes what an unqualified name means: the tables
+    created so far may no longer be the ones the next statements name."""
+    kind = _enum(getattr(node, "kind", ""))
+    if _name(node) == "DiscardStmt" or kind == "VAR_RESET_ALL" or \
+            getattr(node, "name", None) in _NAME_SETTINGS:
+        new_tables.clear()
+        new_tables.add(_NAMES_MOVED)
+
+
+def _statement_verdict(node: Any, new_tables: set[str]) -> Verdict:
     kind = _name(node)
+    if kind in ("VariableSetStmt", "DiscardStmt"):
+        _names_moved(node, new_tables)
+    if kind in ("CreateEnumStmt", "CompositeTypeStmt") and _NAMES_MOVED not in new_tables:
+        if kind == "CompositeTypeStmt":
+            type_name = _relation(getattr(node, "typevar", None)) or ""
+        else:
+            type_name = ".".join(getattr(n, "sval", "") for n in node.typeName or ())
+        new_tables.add(f"{_NEW_TYPE}{type_name}")
     if kind in _CREATES:
         return _additive(_CREATES[kind])
     if kind == "CreateStmt":
@@ -295,7 +385,10 @@ def statement_verdict(node: Any, new_tables: set[str]) -> Verdict:
         if getattr(node, "partbound", None) is not None:
             return _locking(f"CREATE TABLE {table} PARTITION OF locks its parent",
                             "run it in a maintenance window")
-        if table:
+        # IF NOT EXISTS may leave the old table in place; after a change of
+        # search_path or role the next statements' names may mean another.
+        if table and not getattr(node, "if_not_exists", False) and \
+                _NAMES_MOVED not in new_tables:
             new_tables.add(table)
         return _additive(f"CREATE TABLE {table}")
     if kind == "AlterTableStmt":
@@ -303,11 +396,20 @@ def statement_verdict(node: Any, new_tables: set[str]) -> Verdict:
     if kind == "IndexStmt":
         return _index(node, new_tables)
     if kind == "CreateFunctionStmt":
-        return _replaces(node, "FUNCTION") or _additive("CREATE FUNCTION")
+        returns = getattr(getattr(node, "returnType", None), "names", None) or ()
+        if returns and getattr(returns[-1], "sval", "") in _TRIGGER_TYPES:
+            return _replaces(node, "FUNCTION") or _additive("CREATE FUNCTION ... RETURNS "
+                                                            "trigger")
+        return _replaces(node, "FUNCTION") or _not_proven(
+            "CREATE FUNCTION may overload one the old code calls, whose calls then run "
+            "the new one")
     if kind == "ViewStmt":
         return _replaces(node, "VIEW") or _additive("CREATE VIEW")
     if kind == "DefineStmt":
-        return _replaces(node, "aggregate or type") or _additive("CREATE aggregate or type")
+        if _enum(getattr(node, "kind", "")) in ("OBJECT_AGGREGATE", "OBJECT_OPERATOR"):
+            return _replaces(node, "AGGREGATE") or _not_proven(
+                "CREATE AGGREGATE or OPERATOR may overload one the old code uses")
+        return _replaces(node, "type") or _additive("CREATE type")
     if kind in {"GrantStmt", "GrantRoleStmt"}:
         if getattr(node, "is_grant", False):
             return _additive("GRANT")
@@ -367,13 +469,63 @@ def _parse(statement: Statement) -> tuple[Any, ...] | str:
         return str(exc)
 
 
-def verdicts(statements: Sequence[Statement]) -> list[Verdict]:
-    """Every statement's verdict, with its line, in order."""
+# ALTER TABLE subcommands that take less than ACCESS EXCLUSIVE (writers go on).
+_WEAK_ALTERS = {"AT_SetStatistics", "AT_SetOptions", "AT_ResetOptions", "AT_ValidateConstraint",
+                "AT_ClusterOn", "AT_DropCluster", "AT_SetRelOptions", "AT_ResetRelOptions"}
+# Statements that read tables they name (beyond an INSERT's target).
+_READERS = {"InsertStmt", "SelectStmt", "CreateTableAsStmt", "UpdateStmt", "DeleteStmt",
+            "MergeStmt", "CopyStmt", "RefreshMatViewStmt"}
+
+
+def _write_locked(node: Any, new_tables: set[str]) -> list[str]:
+    """Existing tables this statement locks against writers until the transaction ends."""
+    kind = _name(node)
+    if kind == "AlterTableStmt":
+        subs = {_enum(c.subtype) for c in node.cmds or ()}
+        return [] if subs <= _WEAK_ALTERS else [_relation(node.relation) or "?"]
+    if kind == "IndexStmt" and not getattr(node, "concurrent", False):
+        return [_relation(node.relation) or "?"]
+    if kind == "LockStmt":
+        mode = int(getattr(node, "mode", 8) or 8)
+        return [_relation(r) or "?" for r in node.relations or ()] if mode >= 5 else []
+    return []
+
+
+def _reads(node: Any) -> set[str]:
+    """The tables a statement scans: those a reading statement names, and
+    the table of an ALTER TABLE that validates a constraint."""
+    kind = _name(node)
+    if kind == "AlterTableStmt":
+        subs = {_enum(c.subtype) for c in node.cmds or ()}
+        return {_relation(node.relation) or "?"} if "AT_ValidateConstraint" in subs else set()
+    if kind not in _READERS:
+        return set()
+    target = getattr(node, "relation", None) if kind == "InsertStmt" else None
+    return {_relation(n) or "?" for n in _nodes(node) if _name(n) == "RangeVar" and n is not target}
+
+
+def _begins(node: Any) -> bool | None:
+    """True for BEGIN, False for COMMIT or ROLLBACK, None for anything else."""
+    if _name(node) != "TransactionStmt":
+        return None
+    kind = _enum(node.kind)
+    if kind in ("TRANS_STMT_BEGIN", "TRANS_STMT_START"):
+        return True
+    return False if kind in ("TRANS_STMT_COMMIT", "TRANS_STMT_ROLLBACK") else None
+
+
+def verdicts(statements: Sequence[Statement], one_transaction: bool = True) -> list[Verdict]:
+    """Every statement's verdict, with its line, in order.  In ONE_TRANSACTION
+    (every mode but no-transaction, whose statements commit one by one unless
+    its own BEGIN holds them) a lock outlives its statement: a later scan of
+    the table runs under it."""
     if not pgparse.available():
         line = statements[0].line if statements else None
         return [Verdict(DESTRUCTIVE, "not proven: pglast is not installed (install "
                                      "python3-pglast)", line)]
     new_tables: set[str] = set()
+    held: dict[str, int] = {}  # table -> the line whose lock keeps its writers waiting
+    in_block = one_transaction
     found: list[Verdict] = []
     for statement in statements:
         trees = _parse(statement)
@@ -383,7 +535,20 @@ def verdicts(statements: Sequence[Statement]) -> list[Verdict]:
             continue
         for tree in trees:
             v = statement_verdict(tree, new_tables)
+            scanned = sorted(t for t in _reads(tree) if t in held and t not in new_tables)
+            if v.cls == ADDITIVE and scanned:
+                v = _locking(f"{v.what} reads {scanned[0]} while line {held[scanned[0]]}'s lock "
+                             "on it, held until the migration commits, blocks its writers",
+                             f"a migration of its own {NO_TRANSACTION_HINT}")
             found.append(Verdict(v.cls, v.what, statement.line, v.safe))
+            begins = _begins(tree)
+            if begins is not None and not one_transaction:
+                in_block = begins
+            if in_block:
+                held.update((t, statement.line) for t in _write_locked(tree, new_tables)
+                            if t not in held)
+            else:
+                held.clear()
     return found
 
 
@@ -439,11 +604,12 @@ class MigrationClass:
 
 
 def of_migration(key: str, statements: Sequence[Statement], directives: Iterable[str] = (),
-                 accept: Iterable[str] = ()) -> MigrationClass:
+                 accept: Iterable[str] = (), one_transaction: bool = True) -> MigrationClass:
     """KEY's class from its statements and header directives; accept: the
     keys whose milder declared class --accept-class takes."""
     declared = next((d for d in directives if d in CLASSES), None)
-    return MigrationClass(key, deciding(verdicts(statements)), declared, key in set(accept))
+    found = deciding(verdicts(statements, one_transaction))
+    return MigrationClass(key, found, declared, key in set(accept))
 
 
 def release_class(classes: Sequence[MigrationClass]) -> tuple[str, list[MigrationClass]]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import MaintError
 from . import marker
-from .classify import Classified, classify
+from .classify import NO_TRANSACTION, Classified, classify
 from .discovery import Migration
 from .migration_class import DESTRUCTIVE, MigrationClass, Verdict, of_migration
 from .status import Changed, Status, canonical, order_of, read_status
@@ -31,7 +31,8 @@ def class_of(m: Migration | Classified, accept_class: Iterable[str] = ()) -> Mig
             m = classify(m)
         except MaintError as exc:
             return MigrationClass(m.key, Verdict(DESTRUCTIVE, f"not proven: {exc}"))
-    return of_migration(m.key, m.statements, m.directives, accept_class)
+    return of_migration(m.key, m.statements, m.directives, accept_class,
+                        one_transaction=m.mode != NO_TRANSACTION)
 
 
 @dataclass

@@ -33,8 +33,10 @@ def class_of_sql(sql: str) -> str:
     "ALTER TABLE t ADD COLUMN a integer DEFAULT 0 NOT NULL;",
     "ALTER TABLE t ADD COLUMN a text DEFAULT 'x'::text;",
     "ALTER TABLE t ADD COLUMN a timestamptz DEFAULT CURRENT_TIMESTAMP;",
-    "CREATE FUNCTION f() RETURNS int AS $$ SELECT 1 $$ LANGUAGE sql;",
+    "CREATE FUNCTION f() RETURNS trigger AS $$ BEGIN RETURN NEW; END $$ LANGUAGE plpgsql;",
     "CREATE VIEW v AS SELECT 1;",
+    "CREATE TYPE e AS ENUM ('a');\nALTER TABLE t ADD COLUMN a e DEFAULT 'a';",
+    "ALTER TABLE t ADD CONSTRAINT u UNIQUE USING INDEX i;",
     "CREATE SEQUENCE s;",
     "CREATE TYPE e AS ENUM ('a');",
     "ALTER TYPE e ADD VALUE 'b';",
@@ -54,11 +56,25 @@ def test_create_index_concurrently_is_additive() -> None:
     assert (v.cls, "SHARE UPDATE EXCLUSIVE" in v.what) == (mc.ADDITIVE, True)
 
 
-def test_not_valid_constraint_then_validate_is_additive() -> None:
-    sql = ("ALTER TABLE t ADD CONSTRAINT c CHECK (a > 0) NOT VALID;\n"
-           "ALTER TABLE t ADD CONSTRAINT f FOREIGN KEY (a) REFERENCES u (id) NOT VALID;\n"
-           "ALTER TABLE t VALIDATE CONSTRAINT c;\n")
-    assert [v.cls for v in mc.verdicts(split(sql))] == [mc.ADDITIVE] * 3
+def test_validate_constraint_alone_is_additive_but_not_under_an_earlier_lock() -> None:
+    assert class_of_sql("ALTER TABLE t VALIDATE CONSTRAINT c;") == mc.ADDITIVE
+    # In one transaction the ALTER's ACCESS EXCLUSIVE is held through the scan.
+    sql = "ALTER TABLE t ADD COLUMN n int;\nALTER TABLE t VALIDATE CONSTRAINT c;\n"
+    assert [v.cls for v in mc.verdicts(split(sql))] == [mc.ADDITIVE, mc.LOCKING]
+    # Committed one by one (no-transaction), the lock is gone before the scan.
+    assert {v.cls for v in mc.verdicts(split(sql), one_transaction=False)} == {mc.ADDITIVE}
+    assert [v.cls for v in mc.verdicts(split("BEGIN;\n" + sql + "COMMIT;\n"),
+                                       one_transaction=False)][2] == mc.LOCKING
+
+
+@pytest.mark.parametrize("sql", [
+    "ALTER TABLE t ADD COLUMN n int;\nINSERT INTO n SELECT * FROM t;",
+    "CREATE INDEX i ON t (a);\nCREATE TABLE c AS SELECT * FROM t;",
+    "LOCK TABLE t IN SHARE MODE;\nINSERT INTO n SELECT * FROM t;",
+])
+def test_a_scan_under_an_earlier_statements_lock_is_locking(sql: str) -> None:
+    v = mc.verdicts(split(sql))[-1]
+    assert v.cls == mc.LOCKING and "held until the migration commits" in v.what, v
 
 
 def test_changes_to_a_table_created_in_the_same_migration_are_additive() -> None:
@@ -70,11 +86,8 @@ def test_changes_to_a_table_created_in_the_same_migration_are_additive() -> None
 @pytest.mark.parametrize(("sql", "safe"), [
     ("CREATE INDEX i ON t (a);", "CREATE INDEX CONCURRENTLY"),
     ("CREATE UNIQUE INDEX i ON t (a);", "CREATE INDEX CONCURRENTLY"),
-    ("ALTER TABLE t ADD CONSTRAINT c CHECK (a > 0);", "NOT VALID"),
-    ("ALTER TABLE t ADD CONSTRAINT f FOREIGN KEY (a) REFERENCES u (id);", "NOT VALID"),
-    ("ALTER TABLE t ADD CONSTRAINT u UNIQUE (a);", "USING INDEX"),
-    ("ALTER TABLE t ADD PRIMARY KEY (a);", "USING INDEX"),
-    ("ALTER TABLE t ALTER a SET NOT NULL;", "NOT VALID"),
+    ("ALTER TABLE t ADD COLUMN a d DEFAULT 1;", "base type"),
+    ("ALTER TABLE t ADD COLUMN a public.d;", "base type"),
     ("ALTER TABLE t ADD COLUMN a timestamptz DEFAULT clock_timestamp();", "constant default"),
     ("ALTER TABLE t ADD COLUMN id serial;", "batches"),
     ("ALTER TABLE t SET TABLESPACE other;", "maintenance window"),
@@ -108,6 +121,27 @@ def test_locking_statements_name_the_safe_form(sql: str, safe: str) -> None:
     "CREATE OR REPLACE VIEW v AS SELECT 1;",
     "REVOKE SELECT ON t FROM someone;",
     "ALTER TYPE e RENAME VALUE 'a' TO 'b';",
+    # A constraint refuses the old code's writes that break it, NOT VALID or not.
+    "ALTER TABLE t ADD CONSTRAINT c CHECK (a > 0);",
+    "ALTER TABLE t ADD CONSTRAINT c CHECK (a > 0) NOT VALID;",
+    "ALTER TABLE t ADD CONSTRAINT f FOREIGN KEY (a) REFERENCES u (id);",
+    "ALTER TABLE t ADD CONSTRAINT f FOREIGN KEY (a) REFERENCES u (id) NOT VALID;",
+    "ALTER TABLE t ADD CONSTRAINT u UNIQUE (a);",
+    "ALTER TABLE t ADD PRIMARY KEY (a);",
+    "ALTER TABLE t ALTER a SET NOT NULL;",
+    "ALTER TABLE t ADD COLUMN n int CHECK (a > 0);",
+    # A data-modifying WITH is as destructive as the statement it holds.
+    "WITH d AS (DELETE FROM t RETURNING *) INSERT INTO n SELECT * FROM d;",
+    "CREATE TABLE n (a int);\nWITH u AS (UPDATE t SET a = 1 RETURNING a) "
+    "UPDATE n SET a = 2 FROM u;",
+    # A table "created" IF NOT EXISTS may be the old one.
+    "CREATE TABLE IF NOT EXISTS t (a int);\nUPDATE t SET a = 1;",
+    "CREATE TABLE IF NOT EXISTS t (a int);\nALTER TABLE t DROP COLUMN b;",
+    # After search_path or the role changes, a name may mean the old table.
+    "SET search_path = s;\nCREATE TABLE t (a int);\nRESET search_path;\nDELETE FROM t;",
+    "CREATE TABLE t (a int);\nSET search_path = s;\nTRUNCATE t;",
+    "RESET ALL;\nCREATE TABLE t (a int);\nTRUNCATE t;",
+    "SET ROLE other;\nCREATE TABLE t (a int);\nRESET ROLE;\nUPDATE t SET a = 1;",
 ])
 def test_destructive_statements(sql: str) -> None:
     assert class_of_sql(sql) == mc.DESTRUCTIVE, verdict(sql)
@@ -118,6 +152,10 @@ def test_destructive_statements(sql: str) -> None:
     "SELECT setval('s', 1);",
     "CREATE TRIGGER tr AFTER INSERT ON t FOR EACH ROW EXECUTE PROCEDURE f();",
     "ALTER TABLE t OWNER TO someone;",
+    # A new overload captures the old code's calls of the name.
+    "CREATE FUNCTION f(integer) RETURNS int AS $$ SELECT 1 $$ LANGUAGE sql;",
+    "CREATE PROCEDURE p(integer) AS $$ SELECT 1 $$ LANGUAGE sql;",
+    "CREATE AGGREGATE a (int) (sfunc = int4pl, stype = int);",
 ])
 def test_anything_without_a_rule_is_not_proven(sql: str) -> None:
     v = verdict(sql)
