@@ -8,7 +8,10 @@ While an upgrade's steps run (steps_running(): the runner's), the site is
 down, and sh returns about 0.1 s after a command with an output callback
 ended (its threads look every 0.1 s): every command then runs through
 quickrun instead, which returns when the kernel says it ended (its pidfd),
-under the same contract.  No step has to know.
+under the same contract.  No step has to know.  So does a command with an
+argument that is not UTF-8 (a path's bytes, as os.fsdecode gives them):
+sh encodes every argument as strict UTF-8 (1.14 and 2.x alike) and would
+fail with a traceback; subprocess passes the path's own bytes.
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ def run(
     Raises MaintError only when the command cannot be started or times out,
     or when the gate refuses the program: it runs by the path checked.
     """
-    if _running.count:
+    if _running.count or not all(_utf8(arg) for arg in argv):
         return quickrun.run(argv, timeout=timeout, on_line=on_line,
                             keep_stdout=keep_stdout, env=env, cwd=cwd)
     sh = preload()
@@ -149,6 +152,15 @@ class _Running:
 
 
 _running = _Running()
+
+
+def _utf8(arg: str) -> bool:
+    """Can sh pass ARG (strict UTF-8)?  A surrogate-escaped byte cannot."""
+    try:
+        arg.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @contextmanager

@@ -124,3 +124,22 @@ def test_commands_run_by_steps_go_through_quickrun(monkeypatch: pytest.MonkeyPat
         system.run(["true"], timeout=30)
     system.run(["true"], timeout=30)
     assert engines == ["quickrun"]
+
+
+# One path component's bytes: anything but NUL and '/', often not UTF-8.
+COMPONENTS = st.binary(min_size=1, max_size=24).map(
+    lambda b: b.replace(b"\0", b"_").replace(b"/", b"_")).filter(lambda b: b not in (b".", b".."))
+
+
+@settings(max_examples=30, deadline=None)
+@given(name=COMPONENTS)
+def test_an_argument_that_is_not_utf8_reaches_the_program_as_its_bytes(tmp_path_factory,
+                                                                       name: bytes):
+    """A path's bytes (os.fsdecode: surrogate-escaped) as an argument: sh
+    (1.14 and 2.x) encodes strict UTF-8 and raised; system.run hands such a
+    command to subprocess, the program gets the path's own bytes."""
+    directory = tmp_path_factory.mktemp("bytes")
+    target = os.path.join(os.fsencode(directory), name)
+    done = system.run(["touch", "--", os.fsdecode(target)], timeout=30)
+    assert done.exit_code == 0
+    assert os.listdir(os.fsencode(directory)) == [name]
