@@ -25,9 +25,11 @@ def package_version(package: str) -> str:
 
 
 def parse_md5sums(data: bytes, where: str) -> FileList:
-    """dpkg's md5sums: `DIGEST  PATH` per line."""
+    """dpkg's md5sums: `DIGEST  PATH` per line, lines ended by "\n" alone,
+    as dpkg writes them (splitlines would also end one at a form feed,
+    U+0085 or U+2028 in a file's name)."""
     files: FileList = {}
-    for line in data.decode("utf-8", "surrogateescape").splitlines():
+    for line in data.decode("utf-8", "surrogateescape").split("\n"):
         if not line.strip():
             continue
         digest, sep, path = line.partition("  ")

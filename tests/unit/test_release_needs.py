@@ -148,3 +148,19 @@ def test_a_recorded_decision_reads_back_and_a_foreign_one_is_the_full_procedure(
 def test_plan_lines_name_the_skipped_step_only():
     assert rn.plan_lines("rebuild-jail", "same inputs") == ["skip rebuild-jail: same inputs"]
     assert rn.plan_lines("rebuild-jail", "") == []
+
+
+# A file name as a package may ship one: any character but NUL, "\n" and
+# "/" at its ends (dpkg's md5sums end a line at "\n" only).
+NAME_CHARS = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\n")
+
+
+@settings(max_examples=60, deadline=None)
+@given(names=st.lists(st.text(NAME_CHARS, min_size=1, max_size=20).filter(
+    lambda n: n.strip() and not n.startswith("/")), min_size=1, max_size=5, unique=True),
+       digest=st.text("0123456789abcdef", min_size=32, max_size=32))
+def test_each_md5sums_line_is_one_file_whatever_its_name_holds(names, digest):
+    """A name holding a form feed, U+0085, U+2028 or "\\r" is one file, as
+    dpkg wrote it, not two lines (one refused as garbage)."""
+    data = "".join(f"{digest}  usr/share/ivle/{n}\n" for n in names).encode()
+    assert rn.parse_md5sums(data, "m") == {f"usr/share/ivle/{n}": digest for n in names}
