@@ -253,6 +253,8 @@ class ClusterLink(Protocol):
 
     def preflight(self) -> None: ...
 
+    def refused(self) -> None: ...
+
 
 # --accept-class under dpkg, which passes no command line (hooks.dpkg_options).
 ACCEPT_CLASS_ENV = "IVLE_MAINT_ACCEPT_CLASS"

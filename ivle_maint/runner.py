@@ -373,3 +373,6 @@ class _SerialLink:
 
     def preflight(self) -> None:
         self._serial(self._link.preflight)
+
+    def refused(self) -> None:
+        self._serial(self._link.refused)

@@ -198,6 +198,8 @@ def _site_up_first(ctx: UpgradeContext, journal: Journal, phases: tuple[str, ...
         if BEFORE in phases:
             keep.prepare(ctx)  # the restore point's files and package, site up
     except MaintError as exc:
+        if ctx.cluster is not None and not any(journal.is_done(s) for s in journal.steps):
+            ctx.cluster.refused()  # nodes waiting for this one stop now, not at their timeout
         exc.resume = restart_if_nothing_to_resume(ctx, journal, exc.resume)
         raise
 

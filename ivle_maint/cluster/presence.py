@@ -433,6 +433,24 @@ class Presence:
         else:  # the before-phase alone ran: dpkg unpacks next
             self.write(self.row("unpack", note=f"ready for the code of {j.new}"), final=True)
 
+    def refused(self) -> None:
+        """This run was refused before its first step (the preflight, the
+        restore point): the row says it gave its upgrade up, so a node that
+        waits for it ([cluster] unpack_together's barrier, a master's wait
+        for the slaves) stops at once (trust.gave_up) instead of waiting out
+        its timeout.  Never where the name is another machine's row."""
+        if not self.enabled or self.journal is None:
+            return
+        try:
+            with errors_as_maint(self.settings.ivle_conf().database["name"]):
+                rows = table.nodes(self.connection())
+        except MaintError:
+            return  # the database is out of reach: no row to write either
+        other = next((r for r in rows if r.name == self.name), None)
+        if other is not None and name_holder(other, self._base()):
+            return  # the refusal may be just that
+        self.write(self.row("idle", note=abandoned_note(self.journal.new)), final=True)
+
     def waiting(self, step: str, note: str) -> None:
         if self.journal is not None:
             self.write(self.row("waiting", step, note))

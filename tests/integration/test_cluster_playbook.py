@@ -167,6 +167,30 @@ def test_playbook_gives_the_slaves_back_when_one_prepare_fails(node_factory, tmp
     assert marker_keys(cluster.master) == ALL_KEYS  # each once, the master's resumed migrate
 
 
+def test_a_master_refused_by_its_preflight_ends_the_slaves_wait_at_once(node_factory, tmp_path):
+    """The master's preinst refused before its first step (a login its
+    remake-users would pass as an option: the preflight's proof): its row
+    says it gave the upgrade up, so each slave's barrier (unpack_together)
+    names it and gives its site back, instead of waiting out
+    slaves_timeout for a before-phase that will not come."""
+    cluster = build_cluster(node_factory, cluster=PATIENT)
+    conn = cluster.master.connect()
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("INSERT INTO login (login, unixid, state, nick, fullname) "
+                        "VALUES ('--help', 900001, 'enabled', 'x', 'x')")
+    finally:
+        conn.close()
+    failed = playbook(inventory(cluster, tmp_path / "inventory.json"), tmp_path)
+    assert failed.returncode != 0
+    out = " ".join(failed.stdout.split())
+    assert "holds the login '--help'" in out, failed.stdout
+    assert "master: it gave its upgrade up" in out, failed.stdout
+    assert "did its before-phase of 1.1 within" not in out, failed.stdout  # no timeout
+    assert all(node.installed_version() == "1.0" for node in cluster.nodes)
+    assert all(slave.service_running("apache2") for slave in cluster.slaves)
+
+
 RECORDER = """import sys
 with open(sys.argv[1], "a") as f:
     f.write(" ".join(sys.argv[2:]) + "\\n")
