@@ -150,6 +150,11 @@ def test_playbook_gives_the_slaves_back_when_one_prepare_fails(node_factory, tmp
     # the master's migrate stopped at once, nothing migrated.
     assert out.count("stops before its code is unpacked: slave2:") >= 2, failed.stdout
     assert "stops before migrating, nothing migrated: slave2:" in out, failed.stdout
+    # The master's jail rebuild (beside its migrate) stopped at once too,
+    # naming slave2, rather than waiting out slaves_timeout for jails the
+    # slaves given back will never free.
+    assert "rebuild the jail failed too: the upgrade to 1.1 stops before rewriting the " \
+        "shared jail tree, jail tree left as it was: slave2:" in out, failed.stdout
     for slave in cluster.slaves:
         assert slave.installed_version() == "1.0"
     assert all(slave.service_running("apache2") for slave in cluster.slaves)
