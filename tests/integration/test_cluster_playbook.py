@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from configobj import ConfigObj
 
 from ivle_sandbox.cluster import REPO, Cluster, build_cluster, node_name
 from support.cluster_helpers import PATIENT, SLAVES, assert_upgraded, node_rows, web_events
-from support.upgrade_helpers import ALL_KEYS, OLD_KEYS, journal, marker_keys
+from support.upgrade_helpers import ALL_KEYS, OLD_KEYS, journal, marker_keys, set_setting
 
 pytestmark = [
     pytest.mark.needs_root,
@@ -143,6 +144,10 @@ def test_playbook_gives_the_slaves_back_when_one_prepare_fails(node_factory, tmp
     cluster = build_cluster(node_factory, cluster=PATIENT)
     broken = cluster.slaves[1]
     broken.set_fakes("apache2", fail=["stop"])
+    # Its Apache ignores the graceful stop too: the stop waits [services]
+    # timeout for requests in flight before the init script's stop fails.
+    timeout = ConfigObj(str(broken.maint_conf))["services"]["timeout"]
+    set_setting(broken, "services", "timeout", 4)
     failed = playbook(inventory(cluster, tmp_path / "inventory.json"), tmp_path)
     assert failed.returncode != 0
     out = " ".join(failed.stdout.split())
@@ -165,6 +170,7 @@ def test_playbook_gives_the_slaves_back_when_one_prepare_fails(node_factory, tmp
     assert marker_keys(cluster.master) in ([], OLD_KEYS)
 
     broken.set_fakes("apache2", fail=[])  # fixed: the run again finishes it all
+    set_setting(broken, "services", "timeout", timeout)
     again = playbook(inventory(cluster, tmp_path / "inventory.json"), tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     assert all(node.installed_version() == "1.1" for node in cluster.nodes)
