@@ -231,7 +231,7 @@ unpack_together = boolean(default=False)
 # it anyway, with a warning.
 serve_on_newer_schema = boolean(default=False)
 # Seconds between two looks at the database while waiting, at most: a wait
-# wakes as soon as another node writes its row (PostgreSQL's NOTIFY).
+# wakes as soon as another node changes its row (PostgreSQL's NOTIFY).
 poll = float(min=0.05, default=2)
 # Where this slave's web server answers (recorded in the cluster table):
 # before migrating, the master sends one request there to each slave whose

@@ -227,7 +227,7 @@ class Presence:
         self.drop()
 
     def settle(self, timeout: float, serial: Serial | None = None) -> None:
-        """Until another node writes its row (table.upsert's NOTIFY, queued
+        """Until another node changes its row (table.upsert's NOTIFY, queued
         since the last look counts) or TIMEOUT passes: a wait sees the
         change at once instead of at its next poll.  A worker thread told
         to stop (gates/waits.stop_fd) returns at once, to its checkpoint.

@@ -188,22 +188,29 @@ def upsert(conn: Any, row: dict[str, Any]) -> str | None:
         fields = [*FIELDS, *(c for c in LATER if c in _columns(cur))]
         values = [row.get(f) for f in fields]
         updates = ", ".join(f"{f} = EXCLUDED.{f}" for f in fields[1:])
-        cur.execute(f"SELECT instance FROM {NODES} WHERE name = %s FOR UPDATE", [row["name"]])
+        placeholders = ", ".join(["%s"] * len(fields))
+        cur.execute(f"SELECT instance, ROW({', '.join(fields)}) IS DISTINCT FROM "
+                    f"ROW({placeholders}) FROM {NODES} WHERE name = %s FOR UPDATE",
+                    [*values, row["name"]])
         before = cur.fetchone()
         cur.execute(
             f"INSERT INTO {NODES} ({', '.join(fields)}, last_seen) "
-            f"VALUES ({', '.join(['%s'] * len(fields))}, now()) "
+            f"VALUES ({placeholders}, now()) "
             f"ON CONFLICT (name) DO UPDATE SET {updates}, last_seen = now()",
             values,
         )
         # Delivered at commit to every node that listens (listen()): a wait
         # for another node's row wakes on the change, not on its next poll.
-        cur.execute(f"NOTIFY {NODES}")
+        # A row written again unchanged (last_seen alone: every waiting node
+        # writes its row at each look) wakes nobody, else waiting nodes
+        # would wake each other without end instead of sleeping to the poll.
+        if before is None or before[1]:
+            cur.execute(f"NOTIFY {NODES}")
     return str(before[0]) if before else None
 
 
 def listen(conn: Any) -> None:
-    """Be told (conn.notifies) whenever a node writes its row (upsert)."""
+    """Be told (conn.notifies) whenever a node changes its row (upsert)."""
     with conn, conn.cursor() as cur:
         cur.execute(f"LISTEN {NODES}")
 

@@ -10,6 +10,8 @@ rebuild changes what every slave mounts.  Hence three waits:
 - The master (before rebuild-jail and remake-users) waits until every
   other web node records no jail mounted and no console running
   (wait_for_jails_free): the tree is not rewritten under a mounted jail.
+  Under [cluster] unpack_together, a node that gave its upgrade up ends
+  this wait at once, as it ends the migrate's: its slaves are given back.
 - A slave (before start-web, new code on disk) waits until the marker
   lists every migration its own package ships AND the master has
   finished its jail template, user jails and user management server
@@ -423,9 +425,18 @@ def wait_for_jails_free(ctx: UpgradeContext, step: str) -> str:
             ctx.reporter.warn("rebuilding the shared jail tree while slaves may use it, as told "
                               "(migrate_while_serving): " + ", ".join(r.name for r in held))
         return ""
+    together = ctx.unpack_together and ctx.rollback is None
 
     def check(conn: Any) -> Pending | None:
-        held = jails_held(table.nodes(conn), me)
+        rows = table.nodes(conn)
+        if together:  # a slave given back on the old code frees no jail: stop, as migrate does
+            _refuse_given_up(ctx, [r for r in rows if r.name != me and r.has_web],
+                             "stops before rewriting the shared jail tree, jail tree left as "
+                             "it was",
+                             f"The slaves give their sites back on {ctx.old}; fix it, then "
+                             "upgrade the cluster again (this node's upgrade then resumes "
+                             "where it stopped)")
+        held = jails_held(rows, me)
         if not held:
             return None
         return Pending(" ".join(f"{r.name}:{r.target}:{r.mounts}:{r.consoles}" for r in held),

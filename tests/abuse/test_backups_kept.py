@@ -22,7 +22,7 @@ from ivle_maint.config import load_settings
 from ivle_maint.db import migrations
 from ivle_maint.output import RecordingReporter
 from ivle_sandbox.releases import NEW, OLD
-from support.abuse_helpers import error_lines, fill, upgraded_state
+from support.abuse_helpers import error_lines, fill, reference_state
 from support.upgrade_helpers import (
     RESUME_LINE,
     at_version_1_0,
@@ -46,7 +46,7 @@ def test_full_backup_disk_is_one_line_and_nothing_half_written(
     """The disk fills between preinst and postinst: pg_dump fails, nothing is migrated."""
     from ivle_sandbox import mountns
 
-    reference = upgraded_state(at_version_1_0(node_factory(users=3, consoles=1, role="both")))
+    reference = reference_state(node_factory, users=3, consoles=1, role="both")
 
     assert preinst(site).returncode == 0
     unpack(site)

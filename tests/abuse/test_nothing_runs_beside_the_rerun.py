@@ -25,8 +25,8 @@ from support.abuse_helpers import (
     kill_when,
     live_processes,
     node_pids,
+    reference_state,
     resume_line,
-    upgraded_state,
     wait_until_gone,
 )
 from support.upgrade_helpers import (
@@ -48,8 +48,8 @@ pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
 @pytest.fixture
 def reference(node_factory):
-    """What an uninterrupted dpkg upgrade 1.0 -> 1.1 leaves."""
-    return upgraded_state(at_version_1_0(node_factory(users=4, consoles=1)))
+    """What an uninterrupted dpkg upgrade 1.0 -> 1.1 leaves (one per worker)."""
+    return reference_state(node_factory, users=4, consoles=1)
 
 
 def tool_pids(node, name: str) -> list[int]:

@@ -26,7 +26,7 @@ from ivle_maint.config import load_settings
 from ivle_maint.rollback import point as points
 from ivle_sandbox import mountns
 from ivle_sandbox.releases import NEW, OLD
-from support.abuse_helpers import upgraded_state
+from support.abuse_helpers import reference_state
 from support.upgrade_helpers import (
     at_version_1_0,
     final_state,
@@ -41,8 +41,8 @@ pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
 @pytest.fixture
 def reference(node_factory: Any) -> dict[str, Any]:
-    """What an uninterrupted dpkg upgrade 1.0 -> 1.1 leaves."""
-    return upgraded_state(at_version_1_0(node_factory(users=3, consoles=1)))
+    """What an uninterrupted dpkg upgrade 1.0 -> 1.1 leaves (one per worker)."""
+    return reference_state(node_factory, users=3, consoles=1)
 
 
 def test_two_reruns_at_once_one_finishes_the_other_exits_75(node_factory: Any,

@@ -42,7 +42,7 @@ from ivle_maint.db.lock import LOCK_ID
 from ivle_maint.output import RecordingReporter
 from ivle_sandbox import mountns
 from ivle_sandbox.releases import NEW, OLD, RELEASES
-from support.abuse_helpers import one_error_line, resume_line, upgraded_state
+from support.abuse_helpers import one_error_line, reference_state, resume_line
 from support.preinst_manifest import manifest, preinst_with
 from support.source_tree import source_tree
 from support.upgrade_helpers import (
@@ -512,8 +512,8 @@ def test_failed_preflight_leaves_nothing_for_a_rerun(node_factory):
 
 @pytest.fixture
 def reference(node_factory):
-    """What an uninterrupted dpkg upgrade 1.0 -> 1.1 leaves."""
-    return upgraded_state(at_version_1_0(node_factory(users=4, consoles=1)))
+    """What an uninterrupted dpkg upgrade 1.0 -> 1.1 leaves (one per worker)."""
+    return reference_state(node_factory, users=4, consoles=1)
 
 
 def test_changed_applied_migration_prints_the_command_that_works(node_factory, reference):

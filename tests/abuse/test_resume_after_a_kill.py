@@ -28,8 +28,8 @@ from support.abuse_helpers import (
     kill_when,
     node_pids,
     old_site_untouched,
+    reference_state,
     resume_line,
-    upgraded_state,
 )
 from support.source_tree import source_tree
 from support.upgrade_helpers import (
@@ -53,8 +53,8 @@ pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
 @pytest.fixture
 def reference(node_factory: Any) -> dict[str, Any]:
-    """What an uninterrupted dpkg upgrade 1.0 -> 1.1 leaves."""
-    return upgraded_state(at_version_1_0(node_factory(users=3, consoles=1)))
+    """What an uninterrupted dpkg upgrade 1.0 -> 1.1 leaves (one per worker)."""
+    return reference_state(node_factory, users=3, consoles=1)
 
 
 # -- killed at each step -------------------------------------------------------

@@ -29,8 +29,8 @@ from support.abuse_helpers import (
     error_lines,
     old_site_untouched,
     one_error_line,
+    reference_state,
     resume_line,
-    upgraded_state,
 )
 from support.source_tree import source_tree
 from support.upgrade_helpers import (
@@ -263,8 +263,8 @@ def test_hold_check_as_systemd_runs_it(tmp_path):
 
 @pytest.fixture
 def reference(node_factory):
-    """What an uninterrupted dpkg upgrade 1.0 -> 1.1 leaves."""
-    return upgraded_state(at_version_1_0(node_factory(users=4, consoles=1)))
+    """What an uninterrupted dpkg upgrade 1.0 -> 1.1 leaves (one per worker)."""
+    return reference_state(node_factory, users=4, consoles=1)
 
 
 def kill_during(node, step: str, *args: str) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from ivle_sandbox.releases import NEW, OLD
-from support.abuse_helpers import error_lines, resume_line, upgraded_state
+from support.abuse_helpers import error_lines, reference_state, resume_line
 from support.db_site import add_settings, baselined_site
 from support.held_steps import AFTER_STEPS, BEFORE_STEPS, held_in
 from support.migration_site import Site
@@ -239,8 +239,8 @@ def test_sigterm_during_the_upgrade_migration_is_journaled_and_rerun_completes(
 
 @pytest.fixture
 def reference(node_factory: Any) -> dict[str, Any]:
-    """What an uninterrupted dpkg upgrade 1.0 -> 1.1 leaves."""
-    return upgraded_state(at_version_1_0(node_factory(users=3, consoles=1, role="both")))
+    """What an uninterrupted dpkg upgrade 1.0 -> 1.1 leaves (one per worker)."""
+    return reference_state(node_factory, users=3, consoles=1, role="both")
 
 
 def interrupt_at(node: Any, step: str, sig: int, delay: float, args: tuple[str, ...], *,

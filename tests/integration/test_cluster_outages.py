@@ -122,10 +122,12 @@ def test_a_loss_first_seen_by_a_row_write_is_reported_over_by_the_next_query(nod
     presence.close()
 
 
-def test_a_wait_wakes_when_another_node_writes_its_row_never_for_its_own(node_factory):
+def test_a_wait_wakes_when_another_node_changes_its_row_never_for_its_own(node_factory):
     """Waits for other nodes sleep on PostgreSQL's NOTIFY (table.upsert), not
-    on [cluster] poll: with the interval an hour, another node's row write
-    still ends the wait; this node's own writes never do."""
+    on [cluster] poll: with the interval an hour, another node's row change
+    still ends the wait; this node's own writes never do, nor another's
+    row written again unchanged (each waiting node writes its row at every
+    look: the waits would wake each other without pause)."""
     cluster = build_cluster(node_factory, slaves=1, cluster=PATIENT)
     master = Presence(load_settings(str(cluster.master.maint_conf)), RecordingReporter())
     slave = Presence(load_settings(str(cluster.slaves[0].maint_conf)), RecordingReporter())
@@ -136,6 +138,9 @@ def test_a_wait_wakes_when_another_node_writes_its_row_never_for_its_own(node_fa
         # notification of a transaction committed before it, then drained.
         master.query(table.nodes)
         master.settle(0.0)
+        slave.write(slave.idle_row("1.0", "1.0", "test"), strict=True)  # unchanged
+        master.query(table.nodes)  # brings in what the slave's commit sent
+        assert master.connection().notifies == []
         lock = threading.Lock()  # one connection, one thread at a time (runner._SerialLink)
 
         def serial(call: Any) -> Any:

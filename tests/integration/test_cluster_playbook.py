@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from configobj import ConfigObj
 
 from ivle_sandbox.cluster import REPO, Cluster, build_cluster, node_name
 from support.cluster_helpers import PATIENT, SLAVES, assert_upgraded, node_rows, web_events
-from support.upgrade_helpers import ALL_KEYS, OLD_KEYS, journal, marker_keys
+from support.upgrade_helpers import ALL_KEYS, OLD_KEYS, journal, marker_keys, set_setting
 
 pytestmark = [
     pytest.mark.needs_root,
@@ -143,6 +144,10 @@ def test_playbook_gives_the_slaves_back_when_one_prepare_fails(node_factory, tmp
     cluster = build_cluster(node_factory, cluster=PATIENT)
     broken = cluster.slaves[1]
     broken.set_fakes("apache2", fail=["stop"])
+    # Its Apache ignores the graceful stop too: the stop waits [services]
+    # timeout for requests in flight before the init script's stop fails.
+    timeout = ConfigObj(str(broken.maint_conf))["services"]["timeout"]
+    set_setting(broken, "services", "timeout", 4)
     failed = playbook(inventory(cluster, tmp_path / "inventory.json"), tmp_path)
     assert failed.returncode != 0
     out = " ".join(failed.stdout.split())
@@ -150,6 +155,11 @@ def test_playbook_gives_the_slaves_back_when_one_prepare_fails(node_factory, tmp
     # the master's migrate stopped at once, nothing migrated.
     assert out.count("stops before its code is unpacked: slave2:") >= 2, failed.stdout
     assert "stops before migrating, nothing migrated: slave2:" in out, failed.stdout
+    # The master's jail rebuild (beside its migrate) stopped at once too,
+    # naming slave2, rather than waiting out slaves_timeout for jails the
+    # slaves given back will never free.
+    assert "rebuild the jail failed too: the upgrade to 1.1 stops before rewriting the " \
+        "shared jail tree, jail tree left as it was: slave2:" in out, failed.stdout
     for slave in cluster.slaves:
         assert slave.installed_version() == "1.0"
     assert all(slave.service_running("apache2") for slave in cluster.slaves)
@@ -160,6 +170,7 @@ def test_playbook_gives_the_slaves_back_when_one_prepare_fails(node_factory, tmp
     assert marker_keys(cluster.master) in ([], OLD_KEYS)
 
     broken.set_fakes("apache2", fail=[])  # fixed: the run again finishes it all
+    set_setting(broken, "services", "timeout", timeout)
     again = playbook(inventory(cluster, tmp_path / "inventory.json"), tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     assert all(node.installed_version() == "1.1" for node in cluster.nodes)

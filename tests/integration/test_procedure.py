@@ -14,6 +14,7 @@ import pytest
 from ivle_maint.db.lock import LOCK_ID
 from ivle_sandbox.cluster import configure
 from ivle_sandbox.releases import NEW, OLD
+from support.abuse_helpers import reference_state
 from support.upgrade_helpers import (
     ALL_KEYS,
     RESUME_LINE,
@@ -132,12 +133,6 @@ def test_master_node_migrates_rebuilds_and_restarts_usrmgt(node_factory):
     assert events[-2:] == [("ivle-usrmgt-server", "stop"), ("ivle-usrmgt-server", "start")]
 
 
-def reference_state(node_factory) -> dict:
-    node = at_version_1_0(node_factory(users=6, consoles=3))
-    full_upgrade(node)
-    return final_state(node)
-
-
 # Valid SQL that fails on the server (a syntax error is now refused before
 # any migration runs): the earlier migrations of the run stay applied.
 BROKEN_MIGRATION = {**OLD, **NEW,
@@ -178,7 +173,7 @@ def repair(node, where: str) -> None:
     ["migrate", "rebuild-jail", "remake-users", "restart-usrmgt", "media-version", "start-web"],
 )
 def test_failed_step_then_rerun_ends_like_an_uninterrupted_run(node_factory, where):
-    reference = reference_state(node_factory)
+    reference = reference_state(node_factory, users=6, consoles=3)
     node = at_version_1_0(node_factory(users=6, consoles=3))
     homes = home_checksums(node)
     assert preinst(node).returncode == 0
@@ -216,7 +211,7 @@ def test_failed_step_then_rerun_ends_like_an_uninterrupted_run(node_factory, whe
 
 @pytest.mark.parametrize("where", ["rebuild-jail", "remake-users", "migrate"])
 def test_sigkill_mid_step_then_rerun_completes(node_factory, where):
-    reference = reference_state(node_factory)
+    reference = reference_state(node_factory, users=6, consoles=3)
     node = at_version_1_0(node_factory(users=6, consoles=3))
     homes = home_checksums(node)
     assert preinst(node).returncode == 0

@@ -11,6 +11,7 @@ support/upgrade_helpers.py.
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from typing import Any
 from ivle_maint.db.lock import LOCK_ID
 from support.upgrade_helpers import (
     OLD_KEYS,
+    at_version_1_0,
     final_state,
     journal,
     marker_keys,
@@ -50,10 +52,27 @@ def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
 
 def upgraded_state(node: Any) -> dict[str, Any]:
     """What an uninterrupted dpkg upgrade 1.0 -> 1.1 of NODE leaves."""
-    assert preinst(node).returncode == 0
+    done = preinst(node)
+    assert done.returncode == 0, done.stderr
     unpack(node)
-    assert postinst(node).returncode == 0
+    done = postinst(node)
+    assert done.returncode == 0, done.stderr
     return final_state(node)
+
+
+# Per process (an xdist worker), by build_node's arguments.
+_REFERENCES: dict[tuple[tuple[str, Any], ...], dict[str, Any]] = {}
+
+
+def reference_state(node_factory: Callable[..., Any], **build: Any) -> dict[str, Any]:
+    """upgraded_state of a fresh 1.0 node built with BUILD: upgraded once per
+    worker for each BUILD and kept (each case used to upgrade a node of its
+    own for it).  final_state holds nothing particular to one node (no
+    path, port or database name): nodes built alike end alike."""
+    key = tuple(sorted(build.items()))
+    if key not in _REFERENCES:
+        _REFERENCES[key] = upgraded_state(at_version_1_0(node_factory(**build)))
+    return copy.deepcopy(_REFERENCES[key])
 
 
 def live_processes() -> Iterator[tuple[int, bytes, bytes]]:
