@@ -79,6 +79,8 @@ def classify(path: str) -> Kind:
     """PATH's kind: IVLE's static files live in a `media` directory
     (ivle/webapp/*/media), its migrations in userdb/migrations."""
     parts = PurePosixPath(path.lstrip("/").removeprefix("./")).parts
+    if ".." in parts or not parts:  # not where its name says (a malformed list): the jail's
+        return Kind.CODE
     if any(parts[:len(d)] == d for d in _DOC_DIRS):
         return Kind.DOC
     if parts[-3:-1] == ("userdb", "migrations"):
