@@ -355,6 +355,19 @@ def _decide(ctx: UpgradeContext, planning: bool) -> Needs:
     return Needs(migrations, jail, media, usrmgt, outage, why, inputs, assumed)
 
 
+def built_inputs(ctx: UpgradeContext) -> dict[str, str]:
+    """The inputs a rebuild running now is built from, to record: the
+    decision's may be stale (a rerun after the administrator edited [jail]
+    or the source tree), and a record must vouch only for what was built."""
+    inputs = dict(of(ctx).jail_inputs)
+    if not inputs:
+        return inputs
+    inputs["settings"] = jail_settings_digest(ctx.ivle_conf.conf)
+    if ctx.source is not None:  # a rerun installs the tree as it is now
+        inputs["files"] = digest_of(tree_files(ctx.source), Kind.CODE)
+    return inputs
+
+
 # What `plan` decided, per context: every step asks; the database once.
 _PLANNED: dict[int, tuple[UpgradeContext, Needs]] = {}
 
