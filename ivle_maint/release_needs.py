@@ -79,6 +79,8 @@ def classify(path: str) -> Kind:
     """PATH's kind: IVLE's static files live in a `media` directory
     (ivle/webapp/*/media), its migrations in userdb/migrations."""
     parts = PurePosixPath(path.lstrip("/").removeprefix("./")).parts
+    if ".." in parts or not parts:  # not where its name says (a malformed list): the jail's
+        return Kind.CODE
     if any(parts[:len(d)] == d for d in _DOC_DIRS):
         return Kind.DOC
     if parts[-3:-1] == ("userdb", "migrations"):
@@ -351,6 +353,19 @@ def _decide(ctx: UpgradeContext, planning: bool) -> Needs:
            MEDIA: why_media, USRMGT: why_usrmgt}
     assumed = files.where if files.new is files.old else ""  # plan's guess for a reinstall
     return Needs(migrations, jail, media, usrmgt, outage, why, inputs, assumed)
+
+
+def built_inputs(ctx: UpgradeContext) -> dict[str, str]:
+    """The inputs a rebuild running now is built from, to record: the
+    decision's may be stale (a rerun after the administrator edited [jail]
+    or the source tree), and a record must vouch only for what was built."""
+    inputs = dict(of(ctx).jail_inputs)
+    if not inputs:
+        return inputs
+    inputs["settings"] = jail_settings_digest(ctx.ivle_conf.conf)
+    if ctx.source is not None:  # a rerun installs the tree as it is now
+        inputs["files"] = digest_of(tree_files(ctx.source), Kind.CODE)
+    return inputs
 
 
 # What `plan` decided, per context: every step asks; the database once.

@@ -52,7 +52,7 @@ def rebuild_jail(ctx: UpgradeContext) -> Outcome:
         return with_wait(waited, put_back)
     keep.template_aside(ctx)  # the restore point's, before the rebuild replaces files
     result = rebuild_template(ctx.settings, ctx.reporter, ivle_conf=ctx.ivle_conf)
-    inputs = release_needs.of(ctx).jail_inputs
+    inputs = release_needs.built_inputs(ctx)
     if inputs:  # the next release with the same inputs needs no rebuild
         record_inputs(ctx.settings, inputs)
     return with_wait(waited, Outcome(result.summary, result.metrics))

@@ -289,3 +289,33 @@ def test_a_source_reinstall_of_the_same_tree_keeps_the_site_up_and_the_jail(node
     cli(node, "upgrade", "--from", "1.1", "--to", "1.1.1", "--source", str(tree), check=True)
     assert not any(mark.exists() for mark in marks)
     assert "rebuild-jail" not in steps_skipped(node, "1.1", "1.1.1")
+
+
+def edit_jail_setting(node, key: str, value: str) -> None:
+    """The administrator edits ivle.conf's [jail] (comments kept)."""
+    from configobj import ConfigObj
+    conf = ConfigObj(str(node.ivle_conf))
+    conf["jail"][key] = value
+    conf.write()
+
+
+def test_a_rebuild_records_the_settings_it_was_built_from_not_the_decisions(upgraded, dpkg):
+    """The rebuild fails; the administrator changes [jail] suite and reruns:
+    the template is built from the new suite.  Put back, the old suite must
+    not pass for the template's."""
+    update_fakes_conf(upgraded.fakes_conf, "ivle-buildjail", {"fail": True})
+    dpkg.preinst(upgraded, "1.1", "1.1", v11(code="rebuilt"))
+    unpack(upgraded, "1.1")
+    dpkg.installed(v11(code="rebuilt"))
+    assert postinst(upgraded, "1.1", "1.1").returncode != 0
+    edit_jail_setting(upgraded, "suite", "trixie")
+    update_fakes_conf(upgraded.fakes_conf, "ivle-buildjail", {"fail": None})
+    done = cli(upgraded, "rerun")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert journal(upgraded, "1.1", "1.1")["state"] == "complete"
+
+    edit_jail_setting(upgraded, "suite", "bookworm")  # as when the upgrade decided
+    marks = mark_jails(upgraded)
+    dpkg.upgrade(upgraded, "1.1", "1.1", v11(code="rebuilt"))
+    assert "rebuild-jail" not in steps_skipped(upgraded, "1.1", "1.1")
+    assert not any(mark.exists() for mark in marks)

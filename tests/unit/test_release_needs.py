@@ -164,3 +164,33 @@ def test_each_md5sums_line_is_one_file_whatever_its_name_holds(names, digest):
     dpkg wrote it, not two lines (one refused as garbage)."""
     data = "".join(f"{digest}  usr/share/ivle/{n}\n" for n in names).encode()
     assert rn.parse_md5sums(data, "m") == {f"usr/share/ivle/{n}": digest for n in names}
+
+
+# Paths as a malformed or hostile md5sums line may name them: segments that
+# make a skipped kind (doc, media, migrations, Apache's) next to "." and "..".
+segments = st.sampled_from(["usr", "share", "doc", "lib", "ivle", "media", "userdb",
+                            "migrations", "etc", "apache2", "..", ".", "webapp"])
+
+
+def resolved(path: str) -> str | None:
+    """Where PATH really is (its ".." resolved), None when it leaves the root."""
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part == "..":
+            if not parts:
+                return None
+            parts.pop()
+        elif part not in ("", "."):
+            parts.append(part)
+    return "/".join(parts)
+
+
+@settings(max_examples=60, deadline=None)
+@given(dirs=st.lists(segments, min_size=1, max_size=7), leaf=st.sampled_from(["x.py", "a.js"]))
+def test_a_file_counts_as_skippable_only_where_it_really_is(dirs, leaf):
+    path = "/".join([*dirs, leaf])
+    kind = rn.classify(path)
+    real = resolved(path)
+    # What is not where its name says it is goes into the jail's inputs.
+    if kind is not rn.Kind.CODE:
+        assert real is not None and rn.classify(real) is kind, (path, real, kind)
