@@ -42,17 +42,29 @@ def test_mode_is_stop_by_default_then_env_then_option(tmp_path, monkeypatch):
         maintenance_page.mode(settings)
 
 
+def read_back(argument: str) -> str:
+    """ErrorDocument's quoted argument as Apache 2.4 reads it: its argument
+    parser (\\\\ and \\"), then its expression's escapes (\\ooo, \\X).
+    tests/abuse/test_maintenance_page_served.py checks the real Apache."""
+    assert argument.startswith('"') and argument.endswith('"')
+    parsed = re.sub(r'\\([\\"])', r"\1", argument[1:-1])
+    assert not re.search(r"\$\{|%\{|(?<!\\)\$[0-9]", argument)
+    return re.sub(r"\\([0-7]{3}|.)", lambda m: chr(int(m.group(1), 8))
+                  if len(m.group(1)) == 3 else m.group(1), parsed)
+
+
 def test_conf_answers_503_with_headers_and_the_page_on_one_line():
-    page = '<html>\n  <p class="x">Back soon \\ caf\u00e9</p>\n</html>\n'
+    page = '<html>\n  <p class="x">Back soon \\ caf\u00e9 %{REQUEST_URI} ${HOME} $1</p>\n</html>\n'
     text = maintenance_page.conf_text(42, page)
     assert "Redirect 503 /\n" in text
     assert 'Header always set Retry-After "42"' in text
     assert 'Header always set Cache-Control "no-store"' in text
     assert 'Header always set X-IVLE-Maintenance "1"' in text
     line = next(x for x in text.splitlines() if x.startswith("ErrorDocument 503 "))
-    # One line, quotes and backslashes escaped, non-ASCII as a reference.
-    assert line == ('ErrorDocument 503 "<html> <p class=\\"x\\">Back soon \\\\ caf&#233;</p> '
-                    '</html>"')
+    # One line, ASCII, read back by Apache as the page (non-ASCII as a reference).
+    assert line.isascii() and line.isprintable()
+    assert read_back(line.removeprefix("ErrorDocument 503 ")) == \
+        page.replace("\u00e9", "&#233;")
 
 
 @pytest.mark.parametrize(("seconds", "words"), [
@@ -81,7 +93,7 @@ def served(seconds: int, page: str) -> tuple[str, str]:
     header = re.search(r'Header always set Retry-After "(.*)"', text)
     body = next(x for x in text.splitlines() if x.startswith("ErrorDocument 503 "))
     assert header
-    return header.group(1), body
+    return header.group(1), read_back(body.removeprefix("ErrorDocument 503 "))
 
 
 @given(st.integers(min_value=0, max_value=10 ** 7))
@@ -90,7 +102,7 @@ def test_default_page_says_when_and_reloads_when_the_header_says(seconds):
     assert words and not re.search(r"\b0\b", words)
     assert seconds <= stated_seconds(words)  # rounded up: never sooner than the header
     header, body = served(seconds, maintenance_page.default_page(seconds))
-    refresh = re.search(r'<meta http-equiv=\\"refresh\\" content=\\"(\d+)\\">', body)
+    refresh = re.search(r'<meta http-equiv="refresh" content="(\d+)">', body)
     assert refresh and refresh.group(1) == header == str(seconds)
     assert f"IVLE is being upgraded and should be back {words}." in body
 
@@ -139,6 +151,14 @@ def test_replacement_page_read_and_bounded(tmp_path):
     page.write_text("x" * (maintenance_page.PAGE_LIMIT + 1))
     with pytest.raises(MaintError, match="larger than"):
         maintenance_page.page_text(settings, 60)
+    # What Apache would refuse, cut or redirect to: refused by the preflight.
+    for text, message in [("", "empty"), ("<p>a\0b</p>", "NUL"), ("/index.html", "path or URL"),
+                          ("https://status.example/", "path or URL"), ("Back:soon", "URL")]:
+        page.write_text(text)
+        with pytest.raises(MaintError, match=message):
+            maintenance_page.page_text(settings, 60)
+    page.write_text("/ back soon")  # a space: a message
+    assert maintenance_page.page_text(settings, 60) == "/ back soon"
     page.unlink()
     with pytest.raises(MaintError, match="cannot read"):
         maintenance_page.page_text(settings, 60)
