@@ -63,6 +63,10 @@ DEFAULT_PAGE = """\
 <body><h1>IVLE is being upgraded</h1>
 <p>{back}. This page reloads itself then; your work is safe.</p></body></html>
 """
+# The most Retry-After (and the page's reload) says: a figure from a journal
+# whose clocks jumped, or of 300 digits, is no estimate, and a browser may
+# read a reload past its integer range as "now", over and over.
+RETRY_AFTER_MAX = 7 * 24 * 3600
 A2 = ("a2ensite", "a2dissite", "a2enconf", "a2disconf", "apache2ctl")
 
 
@@ -226,7 +230,8 @@ def retry_after(settings: Settings, down: tuple[str, str]) -> tuple[int, str]:
     if newest is None:
         return int(settings["web"]["retry_after"]), "[web] retry_after"
     seconds, journal = newest
-    return max(1, math.ceil(seconds)), f"the upgrade {journal.old} -> {journal.new}"
+    return min(RETRY_AFTER_MAX, max(1, math.ceil(seconds))), \
+        f"the upgrade {journal.old} -> {journal.new}"
 
 
 # -- the record --------------------------------------------------------------

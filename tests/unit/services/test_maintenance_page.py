@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ivle_maint import system
@@ -280,3 +280,40 @@ def test_graceful_restart_restarts_when_an_old_child_stays_busy(old_children):
     said = maintenance_page._graceful(control, "apache2")  # type: ignore[arg-type]
     assert said == "apache2: old children still busy after 0.2s: apache2: restarted"
     assert control.restarted
+
+
+times = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+                  st.sampled_from([float("inf"), float("-inf"), float("nan"), 1e300, -1e300]))
+
+
+@settings(deadline=None, max_examples=60)
+@given(readings=st.lists(times, min_size=4, max_size=4),
+       mono=st.one_of(st.none(), st.lists(times, min_size=4, max_size=4)))
+def test_any_times_in_a_journal_give_a_retry_after_a_browser_can_read(
+        tmp_path_factory: pytest.TempPathFactory, readings: list[float],
+        mono: list[float] | None) -> None:
+    """Times as a clock that jumped, a hand edit or damage leave them (JSON's
+    Infinity and NaN too): one bounded figure, header and reload alike."""
+    tmp_path = tmp_path_factory.mktemp("times")
+    settings_ = settings_with(tmp_path)
+    steps = {}
+    for n, name in enumerate(WEB_DOWN):
+        step = {"status": "done", "started": readings[2 * n], "finished": readings[2 * n + 1]}
+        if mono is not None:
+            step.update(mono_started=mono[2 * n], mono_finished=mono[2 * n + 1], boot="b")
+        steps[name] = step
+    (tmp_path / "state" / "journal").mkdir(parents=True)
+    (tmp_path / "state" / "journal" / "1.0_to_1.1.json").write_text(json.dumps({
+        "old": "1.0", "new": "1.1", "role": "slave", "state": "complete", "steps": steps}))
+    seconds, _source = maintenance_page.retry_after(settings_, WEB_DOWN)
+    assert 1 <= seconds <= maintenance_page.RETRY_AFTER_MAX
+    header, body = served(seconds, maintenance_page.default_page(seconds))
+    assert re.fullmatch(r"[0-9]{1,6}", header) and int(header) == seconds
+    assert f'content="{seconds}"' in body and seconds <= stated_seconds(
+        maintenance_page.back_in(seconds))
+
+
+def test_a_retry_after_setting_past_a_week_is_refused(tmp_path):
+    with pytest.raises(MaintError, match="retry_after"):
+        settings_with(tmp_path, f"[web]\nretry_after = {maintenance_page.RETRY_AFTER_MAX + 1}\n")
+    assert settings_with(tmp_path, f"[web]\nretry_after = {maintenance_page.RETRY_AFTER_MAX}\n")
