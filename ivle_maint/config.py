@@ -103,8 +103,8 @@ sites = string_list(default=list('ivle'))
 # assets); empty: ivle-maint's own short page.
 maintenance_page = string(default='')
 # Retry-After seconds when this node has no completed upgrade to measure;
-# otherwise the last upgrade's web-down time is told.
-retry_after = integer(min=1, default=300)
+# otherwise the last upgrade's web-down time is told (at most a week).
+retry_after = integer(min=1, max=604800, default=300)
 # How Apache changes to and from the maintenance answer: 'graceful' keeps
 # its listening socket open (no client refused) and waits until every old
 # child, the processes that ran IVLE's code, has exited; 'full' stops and

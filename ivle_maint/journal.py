@@ -157,7 +157,9 @@ class Journal:
             raise MaintError(f"{path}: unreadable journal ({exc.strerror or exc}): "
                              "make it readable by root, then run again") from None
         try:
-            data = json.loads(raw.decode("utf-8"))
+            # NaN and Infinity are no JSON (RFC 8259), though Python reads
+            # them: a time of Infinity made every figure from it a traceback.
+            data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
         except UnicodeDecodeError:
             raise _damaged(path, "not UTF-8 text") from None
         except ValueError:
@@ -353,6 +355,10 @@ _STEP_FIELDS: dict[str, tuple[type, ...]] = {
     "mono_started": (int, float, type(None)), "mono_finished": (int, float, type(None)),
     "boot": (str,), "order": (int,),
 }
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is no JSON number")
 
 
 def _aside(path: Path) -> str:

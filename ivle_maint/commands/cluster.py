@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from ..errors import MaintError
+from ..gates import text
 from ..gates.text import shown
 from . import Context, checked_version
 
@@ -174,9 +175,9 @@ def _print_table(status: Any, paused: frozenset[str] | set[str] = frozenset(),
                 r.serving or ("maintenance" if r.name in paused else "down"), r.target or "-",
                 _phase(r, runners.get(r.name)), r.media or "-", human_age(r.age), r.host))
             for r in status.nodes]  # fmt: skip
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
+    widths = [max(text.width(x) for x in col) for col in zip(head, *rows, strict=True)]
     for line in (head, *rows):
-        print("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
+        print("  ".join(text.ljust(x, w) for x, w in zip(line, widths, strict=True)).rstrip())
     for r in status.nodes:
         name = shown(r.name)
         if r.note and r.phase != "idle":

@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import unicodedata
 
 PREFIX = "ivle-maint:"
 CONTINUATION = "\n  "
@@ -173,3 +174,16 @@ def shell_word(value: object) -> str:
 def command(*words: object) -> str:
     """A command line for a person to paste: each word by shell_word."""
     return " ".join(shell_word(word) for word in words)
+
+
+def width(line: str) -> int:
+    """Columns a terminal gives LINE (already shown: nothing unprintable):
+    a combining mark none, a wide or full-width character (CJK, emoji) two."""
+    return sum(0 if unicodedata.combining(c) or unicodedata.category(c) in ("Mn", "Me")
+               else 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1 for c in line)
+
+
+def ljust(line: str, columns: int) -> str:
+    """LINE padded with spaces to COLUMNS as a terminal shows it (a table's
+    column: len() counts a wide name short and a combining mark long)."""
+    return line + " " * max(0, columns - width(line))

@@ -51,7 +51,8 @@ ENV_MODE = "IVLE_MAINT_DURING_UPGRADE"
 CONF_NAME = "ivle-maint-maintenance"
 RECORD = MAINTENANCE_RECORD
 HEADER = "X-IVLE-Maintenance"
-# Apache reads a configuration line of at most 8 KiB; the page is one line.
+# Apache's expression parser keeps a string of at most 8 KiB: the page, in
+# ASCII with character references, is one.
 PAGE_LIMIT = 7 * 1024
 # ivle-maint's own page: when IVLE should be back (the Retry-After figure), and
 # a reload then, so nobody sits pressing reload.
@@ -62,6 +63,10 @@ DEFAULT_PAGE = """\
 <body><h1>IVLE is being upgraded</h1>
 <p>{back}. This page reloads itself then; your work is safe.</p></body></html>
 """
+# The most Retry-After (and the page's reload) says: a figure from a journal
+# whose clocks jumped, or of 300 digits, is no estimate, and a browser may
+# read a reload past its integer range as "now", over and over.
+RETRY_AFTER_MAX = 7 * 24 * 3600
 A2 = ("a2ensite", "a2dissite", "a2enconf", "a2disconf", "apache2ctl")
 
 
@@ -127,6 +132,13 @@ def own_page(settings: Settings) -> str | None:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise MaintError(f"[web] maintenance_page {path}: not UTF-8") from None
+    if "\0" in text:  # Apache's strings end at a NUL: the page would be cut there
+        raise MaintError(f"[web] maintenance_page {path}: holds a NUL byte, not a text page")
+    if not text:  # ErrorDocument 503 "": a configuration Apache refuses
+        raise MaintError(f"[web] maintenance_page {path}: empty")
+    if _taken_for_a_link(text):
+        raise MaintError(f"[web] maintenance_page {path}: holds no space and starts like "
+                         f"a path or URL, which Apache would redirect to instead")
     if len(text.encode("ascii", "xmlcharrefreplace")) > PAGE_LIMIT:
         raise MaintError(f"[web] maintenance_page {path}: larger than {PAGE_LIMIT} bytes "
                          f"(Apache keeps it on one configuration line)")
@@ -139,12 +151,43 @@ def page_text(settings: Settings, seconds: int) -> str:
     return default_page(seconds) if own is None else own
 
 
-def _one_line(page: str) -> str:
-    # ASCII with character references (Apache labels it iso-8859-1), on one
-    # line, quotes and backslashes escaped for Apache's argument parser.
+# Apache reads ErrorDocument's text three times: ${NAME} is replaced from its
+# environment in the whole configuration line, its argument parser takes \\
+# and \" as \ and ", and the text is then an expression (ap_expr, Apache
+# 2.4.13+) in which %{NAME} is a value of each request (its URL, a header: a
+# student's text into the page), $1 a regex match, \ an escape (\n, \101)
+# and a malformed one a configuration Apache refuses.  So each character any
+# of them reads is escaped for the expression, then for the argument parser:
+# Apache sends exactly the page's characters, newlines and all.
+_EXPR_ESCAPED = frozenset("\\\"'%${}")
+
+
+def _expression_char(char: str) -> str:
+    if char in _EXPR_ESCAPED:
+        return "\\" + char
+    if ord(char) < 0x20 or char == "\x7f":  # never raw on a configuration line
+        return f"\\{ord(char):03o}"  # octal: Apache 2.4 reads no \x escape
+    return char
+
+
+def _expression(page: str) -> str:
     text = page.encode("ascii", "xmlcharrefreplace").decode("ascii")
-    text = re.sub(r"\s*\n\s*", " ", text.strip())
-    return text.replace("\\", "\\\\").replace('"', '\\"')
+    return "".join(_expression_char(char) for char in text)
+
+
+def _taken_for_a_link(page: str) -> bool:
+    """True if ErrorDocument would take PAGE for a local path or a URL to
+    redirect to (Apache's test: no space, then a leading / or scheme:)."""
+    expression = _expression(page)
+    return " " not in expression and (expression.startswith("/") or bool(
+        re.match(r"[A-Za-z0-9+.-]+:", expression)))
+
+
+def apache_string(page: str) -> str:
+    """PAGE as ErrorDocument's quoted argument: ASCII (Apache labels it
+    iso-8859-1; other characters as references), one configuration line,
+    that Apache gives back character for character."""
+    return _expression(page).replace("\\", "\\\\").replace('"', '\\"')
 
 
 def conf_text(retry_after: int, page: str) -> str:
@@ -159,7 +202,7 @@ def conf_text(retry_after: int, page: str) -> str:
     LoadModule alias_module /usr/lib/apache2/modules/mod_alias.so
 </IfModule>
 Redirect 503 /
-ErrorDocument 503 "{_one_line(page)}"
+ErrorDocument 503 "{apache_string(page)}"
 Header always set Retry-After "{retry_after}"
 Header always set Cache-Control "no-store"
 Header always set {HEADER} "1"
@@ -187,7 +230,8 @@ def retry_after(settings: Settings, down: tuple[str, str]) -> tuple[int, str]:
     if newest is None:
         return int(settings["web"]["retry_after"]), "[web] retry_after"
     seconds, journal = newest
-    return max(1, math.ceil(seconds)), f"the upgrade {journal.old} -> {journal.new}"
+    return min(RETRY_AFTER_MAX, max(1, math.ceil(seconds))), \
+        f"the upgrade {journal.old} -> {journal.new}"
 
 
 # -- the record --------------------------------------------------------------

@@ -245,6 +245,54 @@ def test_cluster_status_prints_one_line_per_row_whatever_a_field_holds(
     assert not any(line.startswith("ivle-maint:") for line in lines), lines
 
 
+
+def _terminal_width(line: str) -> int:
+    """Columns the C library's wcswidth (C.UTF-8) gives LINE: what a terminal uses."""
+    import ctypes
+    import locale
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.setlocale(locale.LC_CTYPE, b"C.UTF-8")
+    columns = int(libc.wcswidth(ctypes.c_wchar_p(line), len(line)))
+    assert columns >= 0, line
+    return columns
+
+
+# Wide (CJK, full-width, emoji), combining marks, Latin and ASCII.
+_SHOWN = st.text(st.sampled_from("ab-1.\u00e9\u0301\u0308\u0327\u65e5\u672c\u8a9e\uff21"
+                                 "\U0001f600\u3042\ud55c"), min_size=1, max_size=12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(_SHOWN, _SHOWN, _SHOWN), min_size=1, max_size=4))
+def test_cluster_status_columns_line_up_as_a_terminal_shows_them(
+    rows: list[tuple[str, str, str]],
+) -> None:
+    """Node names, versions and hosts of wide characters or combining marks:
+    each column starts at the same terminal column on every line."""
+    import contextlib
+    import io
+
+    from ivle_maint.cluster.admin import ClusterStatus
+    from ivle_maint.cluster.table import NodeRow
+    from ivle_maint.commands.cluster import _print_table
+
+    nodes = [NodeRow(name=n, role="slave", host=h, instance="i", version=v, serving=None,
+                     target=None, phase="idle", step=None, media=None, note="")
+             for n, v, h in rows]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        _print_table(ClusterStatus(nodes, set()))
+    table = out.getvalue().splitlines()[:len(rows) + 1]
+    head = table[0]
+    starts = [_terminal_width(head[:head.index(word)]) for word in ("ROLE", "VERSION", "HOST")]
+    for line, (name, version, _host) in zip(table[1:], rows, strict=True):
+        assert line.startswith(name)
+        role = line.index("slave", len(name))
+        assert _terminal_width(line[:role]) == starts[0], table
+        assert _terminal_width(line[:line.index(version, role + 5)]) == starts[1], table
+
+
 def test_a_student_command_line_of_a_megabyte_is_shown_bounded(node: Any) -> None:
     """The command line is the student's to choose, up to the kernel's
     bound: each place that names the process (consoles list, -v, the log)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ivle_maint import system
@@ -42,17 +42,29 @@ def test_mode_is_stop_by_default_then_env_then_option(tmp_path, monkeypatch):
         maintenance_page.mode(settings)
 
 
+def read_back(argument: str) -> str:
+    """ErrorDocument's quoted argument as Apache 2.4 reads it: its argument
+    parser (\\\\ and \\"), then its expression's escapes (\\ooo, \\X).
+    tests/abuse/test_maintenance_page_served.py checks the real Apache."""
+    assert argument.startswith('"') and argument.endswith('"')
+    parsed = re.sub(r'\\([\\"])', r"\1", argument[1:-1])
+    assert not re.search(r"\$\{|%\{|(?<!\\)\$[0-9]", argument)
+    return re.sub(r"\\([0-7]{3}|.)", lambda m: chr(int(m.group(1), 8))
+                  if len(m.group(1)) == 3 else m.group(1), parsed)
+
+
 def test_conf_answers_503_with_headers_and_the_page_on_one_line():
-    page = '<html>\n  <p class="x">Back soon \\ caf\u00e9</p>\n</html>\n'
+    page = '<html>\n  <p class="x">Back soon \\ caf\u00e9 %{REQUEST_URI} ${HOME} $1</p>\n</html>\n'
     text = maintenance_page.conf_text(42, page)
     assert "Redirect 503 /\n" in text
     assert 'Header always set Retry-After "42"' in text
     assert 'Header always set Cache-Control "no-store"' in text
     assert 'Header always set X-IVLE-Maintenance "1"' in text
     line = next(x for x in text.splitlines() if x.startswith("ErrorDocument 503 "))
-    # One line, quotes and backslashes escaped, non-ASCII as a reference.
-    assert line == ('ErrorDocument 503 "<html> <p class=\\"x\\">Back soon \\\\ caf&#233;</p> '
-                    '</html>"')
+    # One line, ASCII, read back by Apache as the page (non-ASCII as a reference).
+    assert line.isascii() and line.isprintable()
+    assert read_back(line.removeprefix("ErrorDocument 503 ")) == \
+        page.replace("\u00e9", "&#233;")
 
 
 @pytest.mark.parametrize(("seconds", "words"), [
@@ -81,7 +93,7 @@ def served(seconds: int, page: str) -> tuple[str, str]:
     header = re.search(r'Header always set Retry-After "(.*)"', text)
     body = next(x for x in text.splitlines() if x.startswith("ErrorDocument 503 "))
     assert header
-    return header.group(1), body
+    return header.group(1), read_back(body.removeprefix("ErrorDocument 503 "))
 
 
 @given(st.integers(min_value=0, max_value=10 ** 7))
@@ -90,7 +102,7 @@ def test_default_page_says_when_and_reloads_when_the_header_says(seconds):
     assert words and not re.search(r"\b0\b", words)
     assert seconds <= stated_seconds(words)  # rounded up: never sooner than the header
     header, body = served(seconds, maintenance_page.default_page(seconds))
-    refresh = re.search(r'<meta http-equiv=\\"refresh\\" content=\\"(\d+)\\">', body)
+    refresh = re.search(r'<meta http-equiv="refresh" content="(\d+)">', body)
     assert refresh and refresh.group(1) == header == str(seconds)
     assert f"IVLE is being upgraded and should be back {words}." in body
 
@@ -139,6 +151,14 @@ def test_replacement_page_read_and_bounded(tmp_path):
     page.write_text("x" * (maintenance_page.PAGE_LIMIT + 1))
     with pytest.raises(MaintError, match="larger than"):
         maintenance_page.page_text(settings, 60)
+    # What Apache would refuse, cut or redirect to: refused by the preflight.
+    for text, message in [("", "empty"), ("<p>a\0b</p>", "NUL"), ("/index.html", "path or URL"),
+                          ("https://status.example/", "path or URL"), ("Back:soon", "URL")]:
+        page.write_text(text)
+        with pytest.raises(MaintError, match=message):
+            maintenance_page.page_text(settings, 60)
+    page.write_text("/ back soon")  # a space: a message
+    assert maintenance_page.page_text(settings, 60) == "/ back soon"
     page.unlink()
     with pytest.raises(MaintError, match="cannot read"):
         maintenance_page.page_text(settings, 60)
@@ -260,3 +280,40 @@ def test_graceful_restart_restarts_when_an_old_child_stays_busy(old_children):
     said = maintenance_page._graceful(control, "apache2")  # type: ignore[arg-type]
     assert said == "apache2: old children still busy after 0.2s: apache2: restarted"
     assert control.restarted
+
+
+times = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+                  st.sampled_from([float("inf"), float("-inf"), float("nan"), 1e300, -1e300]))
+
+
+@settings(deadline=None, max_examples=60)
+@given(readings=st.lists(times, min_size=4, max_size=4),
+       mono=st.one_of(st.none(), st.lists(times, min_size=4, max_size=4)))
+def test_any_times_in_a_journal_give_a_retry_after_a_browser_can_read(
+        tmp_path_factory: pytest.TempPathFactory, readings: list[float],
+        mono: list[float] | None) -> None:
+    """Times as a clock that jumped, a hand edit or damage leave them (JSON's
+    Infinity and NaN too): one bounded figure, header and reload alike."""
+    tmp_path = tmp_path_factory.mktemp("times")
+    settings_ = settings_with(tmp_path)
+    steps = {}
+    for n, name in enumerate(WEB_DOWN):
+        step = {"status": "done", "started": readings[2 * n], "finished": readings[2 * n + 1]}
+        if mono is not None:
+            step.update(mono_started=mono[2 * n], mono_finished=mono[2 * n + 1], boot="b")
+        steps[name] = step
+    (tmp_path / "state" / "journal").mkdir(parents=True)
+    (tmp_path / "state" / "journal" / "1.0_to_1.1.json").write_text(json.dumps({
+        "old": "1.0", "new": "1.1", "role": "slave", "state": "complete", "steps": steps}))
+    seconds, _source = maintenance_page.retry_after(settings_, WEB_DOWN)
+    assert 1 <= seconds <= maintenance_page.RETRY_AFTER_MAX
+    header, body = served(seconds, maintenance_page.default_page(seconds))
+    assert re.fullmatch(r"[0-9]{1,6}", header) and int(header) == seconds
+    assert f'content="{seconds}"' in body and seconds <= stated_seconds(
+        maintenance_page.back_in(seconds))
+
+
+def test_a_retry_after_setting_past_a_week_is_refused(tmp_path):
+    with pytest.raises(MaintError, match="retry_after"):
+        settings_with(tmp_path, f"[web]\nretry_after = {maintenance_page.RETRY_AFTER_MAX + 1}\n")
+    assert settings_with(tmp_path, f"[web]\nretry_after = {maintenance_page.RETRY_AFTER_MAX}\n")
