@@ -172,7 +172,16 @@ def _expression_char(char: str) -> str:
 
 def _expression(page: str) -> str:
     text = page.encode("ascii", "xmlcharrefreplace").decode("ascii")
-    return "".join(_expression_char(char) for char in text)
+    out: list[str] = []
+    octal = False
+    for char in text:
+        # Apache's lexer takes the longest escape: "\0370" would be one
+        # (refused: "Bad escape sequence"), so a digit after an octal
+        # escape is one too.
+        piece = f"\\{ord(char):03o}" if octal and char.isdigit() else _expression_char(char)
+        octal = piece.startswith("\\") and piece[1:].isdigit()
+        out.append(piece)
+    return "".join(out)
 
 
 def _taken_for_a_link(page: str) -> bool:
