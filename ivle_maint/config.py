@@ -7,6 +7,7 @@ and its default (``ivle-maint settings`` prints it).
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +27,9 @@ from .gates import trusted
 from .roles import Role
 
 try:  # configobj >= 5.1 ships validate inside the package
-    from configobj.validate import Validator
+    from configobj.validate import Validator, VdtValueError, is_float
 except ImportError:  # Debian bookworm: a top-level module
-    from validate import Validator
+    from validate import Validator, VdtValueError, is_float
 
 DEFAULT_SETTINGS_FILE = "/etc/ivle/ivle-maint.conf"
 DEFAULT_IVLE_CONF_DIR = "/etc/ivle"
@@ -81,8 +82,8 @@ usrmgt = string(default='ivle-usrmgt-server')
 backend = option('auto', 'invoke-rc.d', 'systemctl', 'init.d', default='auto')
 # Where init scripts live (used by the 'init.d' backend).
 initd_dir = string(default='/etc/init.d')
-# Seconds to wait for a service to reach the asked state.
-timeout = float(min=0, default=60)
+# Seconds to wait for a service's action and for it to reach the asked state.
+timeout = float(min=1, default=60)
 
 [web]
 # What clients see while this node's web server is down for an upgrade:
@@ -375,7 +376,7 @@ def _load(path: Path, spec: str, *, interpolation: Any, strict: bool = False,
     conf.filename = str(path)
     _interpolate_all(path, conf)  # the file's own values, each named when it fails
     try:
-        result = conf.validate(Validator(), preserve_errors=True)
+        result = conf.validate(Validator({"float": _finite_float}), preserve_errors=True)
         _interpolate_all(path, conf)  # and the defaults the spec filled in
     except InterpolationError as exc:
         raise ConfigError(f"{path}: {str(exc).rstrip('.')}") from None
@@ -387,6 +388,21 @@ def _load(path: Path, spec: str, *, interpolation: Any, strict: bool = False,
     if strict:
         _refuse_unknown(path, conf)
     return conf
+
+
+class VdtNotFinite(VdtValueError):
+    def __init__(self, value: object) -> None:
+        super().__init__(value)
+        self.args = (f'the value "{value}" is not a finite number.',)
+
+
+def _finite_float(value: object, *args: object, **kwargs: object) -> float:
+    """validate's float, and finite: nan passes any min (nan < 0 is false),
+    and 1e400 is inf; either made a wait that never ends or a traceback."""
+    number: float = is_float(value, *args, **kwargs)
+    if not math.isfinite(number):
+        raise VdtNotFinite(value)
+    return number
 
 
 @dataclass(frozen=True)

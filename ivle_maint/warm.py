@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import io
 import json
 import os
 import signal
@@ -33,6 +34,7 @@ import socket
 import stat
 import struct
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,9 @@ DIRECTORY = Path("/run/ivle-maint")
 WHAT = "the warm postinst's directory"
 WAIT_SECONDS = 300.0  # apt unpacks every package before it configures any
 REPLY_SECONDS = 30.0  # the worker answers once its modules are loaded
+REQUEST_SECONDS = 5.0  # a peer's whole request: the postinst sends it at once
 MAX_REQUEST = 1 << 20
+MAX_LINE = 256  # "ok", "go", "exit N", "no WHY"
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
@@ -96,34 +100,75 @@ def hand_over(argv: Sequence[str], directory: Path = DIRECTORY) -> int | None:
         return None
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
-        conn.settimeout(REPLY_SECONDS)
-        try:
-            conn.connect(str(socket_path(directory)))
-        except OSError:
+        # One bound for all before the worker's "ok": connecting, sending, its answer.
+        deadline = time.monotonic() + REPLY_SECONDS
+        if not _connect(conn, socket_path(directory), deadline):
             return None
         try:
             worker, uid = peer(conn)
             if uid != 0:
                 return None
-            pidfd = os.pidfd_open(worker)  # signals go to it, never to a reused pid
             request = json.dumps({"argv": list(argv), "env": dict(os.environ),
-                                  "cwd": os.getcwd(), "umask": _umask()}).encode()
-            conn.sendmsg([struct.pack("!I", len(request)), request],
-                         [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0, 1, 2]))])
-            if line_of(conn) != "ok":
-                return None  # refused before running anything
-            # Only now does the worker run it: had this side given up waiting
-            # for its "ok", it would find the connection closed instead.
-            conn.sendall(b"go\n")
+                                  "cwd": os.getcwd(), "umask": _umask(),
+                                  "streams": streams()}).encode()
+            if len(request) > MAX_REQUEST:
+                return None
+            pidfd = os.pidfd_open(worker)  # signals go to it, never to a reused pid
         except (OSError, ValueError):
             return None
-        conn.settimeout(None)
         try:
+            payload = struct.pack("!I", len(request)) + request
+            # sendmsg on a socket with a timeout may send only a part (the
+            # socket's buffer, some 200 KiB): the rest follows, or the worker
+            # would wait for it while this side waits for its "ok".
+            try:
+                conn.settimeout(max(deadline - time.monotonic(), 0.001))
+                sent = conn.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                 array.array("i", [0, 1, 2]))])
+                conn.sendall(payload[sent:])
+                if line_of(conn, deadline) != "ok":
+                    return None  # refused before running anything
+                # Only now does the worker run it: had this side given up waiting
+                # for its "ok", it would find the connection closed instead.
+                conn.sendall(b"go\n")
+            except OSError:
+                return None
+            conn.settimeout(None)
             return _wait(conn, worker, pidfd)
         finally:
             os.close(pidfd)
     finally:
         conn.close()
+
+
+def _connect(conn: socket.socket, path: Path, deadline: float) -> bool:
+    """Connected to the worker before DEADLINE.  A worker still loading, or
+    busy refusing another peer, has its backlog full: a connect with a
+    timeout then fails at once (EAGAIN), not when the timeout passes."""
+    while True:
+        conn.settimeout(max(deadline - time.monotonic(), 0.001))
+        try:
+            conn.connect(str(path))
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        except OSError:  # no worker, or a socket nobody listens on
+            return False
+
+
+def streams() -> list[list[Any]]:
+    """How this interpreter made its standard streams from its environment
+    (PYTHONIOENCODING, PYTHONUTF8, the locale, PYTHONUNBUFFERED): the worker
+    makes its own the same way, so that its output is this process's."""
+    found = []
+    for stream in (sys.stdin, sys.stdout, sys.stderr):
+        if not isinstance(stream, io.TextIOWrapper):
+            raise ValueError("a standard stream that is not the interpreter's")
+        found.append([stream.encoding, stream.errors, stream.line_buffering,
+                      stream.write_through])
+    return found
 
 
 def _umask() -> int:
@@ -132,14 +177,19 @@ def _umask() -> int:
     return mask
 
 
-def line_of(conn: socket.socket) -> str:
+def line_of(conn: socket.socket, deadline: float | None = None) -> str:
+    """One line from the peer, before DEADLINE (time.monotonic(); None: as
+    long as it takes) and of MAX_LINE bytes at most; "" when it ended
+    without one.  TimeoutError (an OSError) when the deadline passed."""
     data = b""
-    while not data.endswith(b"\n"):
-        chunk = conn.recv(64)
+    while not data.endswith(b"\n") and len(data) < MAX_LINE:
+        if deadline is not None:
+            conn.settimeout(max(deadline - time.monotonic(), 0.001))
+        chunk = conn.recv(MAX_LINE - len(data))
         if not chunk:
             break
         data += chunk
-    return data.decode("ascii", "replace").strip()
+    return data.decode("ascii", "replace").strip() if data.endswith(b"\n") else ""
 
 
 def _wait(conn: socket.socket, worker: int, pidfd: int) -> int:

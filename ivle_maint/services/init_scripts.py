@@ -264,7 +264,7 @@ class ServiceControl:
     def _run(self, name: str, action: str) -> system.Completed:
         return quickrun.run(
             self._argv(name, action),
-            timeout=self.timeout or None,
+            timeout=self.timeout,
             on_line=lambda text: log.info("%s %s: %s", name, action, text),
         )
 
@@ -345,7 +345,7 @@ class ServiceControl:
         if pid is None or pidfd is None:
             return self.act(name, "stop")
         started = time.monotonic()
-        deadline = started + (self.timeout or 60.0)
+        deadline = started + self.timeout
         stopped = False
         held = listeners.hold(pidfd, pid)
         try:

@@ -328,12 +328,12 @@ def _graceful(control: ServiceControl, name: str, how: str = "graceful") -> str:
     old = pidfds(pid for pid, _start in _children())
     started = time.monotonic()
     try:
-        done = quickrun.run(control._argv(name, "reload"), timeout=control.timeout or None)
+        done = quickrun.run(control._argv(name, "reload"), timeout=control.timeout)
         if not done.ok:
             last = done.tail[-1] if done.tail else "no output"
             raise MaintError(f"{' '.join(done.argv)} failed with status {done.exit_code}: "
                              f"{last}")
-        drained = wait_all(old, started + (control.timeout or 60) - time.monotonic())
+        drained = wait_all(old, started + control.timeout - time.monotonic())
     finally:
         close_all(old)
     if not drained:

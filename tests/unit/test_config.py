@@ -168,3 +168,46 @@ def test_an_interpolation_that_cannot_be_made_is_one_line_however_it_is_read(tmp
     assert isinstance(ivle.database, dict)
     for path in (ivle.jail_mounts, ivle.jail_src, ivle.jail_template, ivle.share):
         assert isinstance(path, Path)
+
+
+def _float_settings() -> list[tuple[str, str]]:
+    """(section, key) of every float in the settings spec."""
+    import re
+
+    from ivle_maint.config import SETTINGS_SPEC
+
+    found, section = [], ""
+    for line in SETTINGS_SPEC.splitlines():
+        if match := re.match(r"^\[(\w+)\]", line):
+            section = match.group(1)
+        elif match := re.match(r"^(\w+) = float\(", line):
+            found.append((section, match.group(1)))
+    return found
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(where=st.sampled_from(_float_settings()),
+       value=st.sampled_from(["nan", "NaN", "-nan", "inf", "+inf", "Infinity", "1e400", "1e999"]))
+def test_a_number_of_seconds_that_is_no_number_is_a_one_line_error(tmp_path, where, value):
+    """nan and inf pass configobj's float(min=0) (nan < 0 is false; 1e400
+    is inf): before, `[services] timeout = nan` reached the first wait as a
+    traceback (poll: "Invalid value NaN"), inf as another ("timestamp too
+    large"), a wait on nan never ended."""
+    section, key = where
+    path = tmp_path / "maint.conf"
+    path.write_text(f"[{section}]\n{key} = {value}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(str(path))
+    assert str(caught.value).startswith(f"{path}: [{section}/{key}]: ")
+    assert "\n" not in str(caught.value)
+
+
+def test_a_service_timeout_of_zero_is_refused(tmp_path):
+    """[services] timeout = 0 left the action unbounded (a hanging init
+    script waited for ever: `timeout or None`) and its state unwaited for
+    (a stop that takes a moment failed '0s after')."""
+    path = tmp_path / "maint.conf"
+    path.write_text("[services]\ntimeout = 0\n")
+    with pytest.raises(ConfigError, match=r"\[services/timeout\]"):
+        load_settings(str(path))
