@@ -24,10 +24,14 @@ NEW = {
         "ALTER TABLE login ADD COLUMN upgrade_notice text DEFAULT 'x;y';\n"
         "COMMIT;\n"
     ),
+    # A trigger function: one the old code cannot call by name, so 1.1 stays
+    # additive (any other new function may overload one it calls).
     "20100201-02.sql": (
-        "CREATE FUNCTION login_label(l login) RETURNS text AS $$\n"
+        "CREATE FUNCTION login_label() RETURNS trigger AS $$\n"
         "BEGIN\n"
-        "    RETURN l.login || E'\\t' || coalesce(l.fullname, '');  -- a ; inside the body\n"
+        "    NEW.upgrade_notice := NEW.login || E'\\t' || coalesce(NEW.fullname, '');  "
+        "-- a ; inside the body\n"
+        "    RETURN NEW;\n"
         "END;\n"
         "$$ LANGUAGE plpgsql;\n"
     ),
