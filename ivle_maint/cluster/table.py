@@ -48,13 +48,18 @@ Plain SQL over a psycopg2 connection; no policy here (see cluster/).
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from ..context import Role
+from ..errors import MaintError
+from ..gates import text
+from ..gates.text import shown
 from ..pgdriver import psycopg2, sql
+from ..versions import parse
 
 NODES, MEDIA = "ivle_maint_nodes", "ivle_maint_media"
 MARKER = "ivle_maint_migrations"
@@ -124,18 +129,69 @@ class NodeRow:
     probe_url: str | None = None
     runner: str | None = None
     rollback: str | None = None
+    invalid: str | None = None  # why the row failed the gate (nodes()), with the fix
 
     @property
     def node_role(self) -> Role | None:
-        """The row's role; None for a value no ivle-maint writes (a hand-edited row)."""
+        """The row's role; a row that failed the gate whatever it says is
+        taken as BOTH (it may be a master, it may serve)."""
+        if self.invalid is not None:
+            return Role.BOTH
         try:
             return Role(self.role)
-        except ValueError:
+        except ValueError:  # never from nodes(): the gate refused it
             return None
 
     @property
     def has_web(self) -> bool:
         return self.node_role is not None and self.node_role.runs_web
+
+
+PHASES = ("idle", "before", "unpack", "after", "waiting", "failed")  # what ivle-maint writes
+UNKNOWN = "?"  # what a refused row is taken to serve and run: no version, older than any
+NAME_MAX = 253
+
+
+def why_invalid(row: NodeRow) -> str | None:
+    """What in ROW no ivle-maint writes, or None: the role, dpkg's syntax of
+    each version, a known phase, counts not negative, a plain printable name."""
+    found = []
+    if not (0 < len(row.name) <= NAME_MAX and row.name.isprintable()
+            and not any(c.isspace() for c in row.name)):
+        found.append("name is not a plain printable name")
+    if row.role not in tuple(Role):
+        found.append(f"role {shown(row.role, 20)!r} is none of {', '.join(Role)}")
+    for field in ("version", "serving", "target", "rollback"):
+        value = getattr(row, field)
+        if value is not None:
+            try:
+                parse(value)
+            except MaintError:
+                found.append(f"{field} {shown(value, 40)!r} is not a version")
+    if row.phase not in PHASES:
+        found.append(f"phase {shown(row.phase, 20)!r} is unknown")
+    for field in ("mounts", "consoles"):
+        value = getattr(row, field)
+        if value is not None and value < 0:
+            found.append(f"{field} {value} is negative")
+    return "; ".join(found) or None
+
+
+def _gated(row: NodeRow) -> NodeRow:
+    """ROW as every decision may take it: unchanged when valid; else a node
+    that may serve old code, be a master, hold jails, and has not finished."""
+    why = why_invalid(row)
+    if why is None:
+        return row
+    name = shown(row.name, 63)
+    fix = (f"on that node: ivle-maint cluster refresh (rewrites its row); if it is gone: "
+           f"ivle-maint cluster forget --force {text.shell_word(row.name)}")
+    return dataclasses.replace(
+        row, serving=UNKNOWN, version=UNKNOWN,
+        target=row.target if row.target is None else UNKNOWN,
+        mounts=None, consoles=None,
+        invalid=f"row {name} of {NODES} is not one ivle-maint writes ({why}); taken as a node "
+                f"that may serve old code, be a master and hold jails; fix: {fix}")
 
 
 def _exists(cur: Any, table: str) -> bool:
@@ -227,7 +283,9 @@ def nodes(conn: Any) -> list[NodeRow]:
             f"greatest(0, extract(epoch FROM now() - last_seen))::float8, {later} FROM {NODES} "
             "ORDER BY name"
         )
-        return [NodeRow(*row) for row in cur.fetchall()]
+        # The one gate for rows other nodes (or a person) wrote: each decision
+        # reads them from here, checked and, if refused, taken conservatively.
+        return [_gated(NodeRow(*row)) for row in cur.fetchall()]
 
 
 def set_serving(conn: Any, name: str, serving: str | None) -> bool:

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..context import Role
 from ..db.discovery import discover
 from ..errors import MaintError
+from ..gates.text import shown
 from ..gates.waits import checkpoint
 from ..versions import parse
 from . import probe, table, trust
@@ -72,6 +73,8 @@ def describe(row: NodeRow) -> str:
     seen = "never seen" if row.age is None else f"seen {human_age(row.age)}"
     where = f"{row.phase}" + (f" at {row.step}" if row.step else "")
     serving = f"serves {row.serving}" if row.serving else "down"
+    if row.invalid:  # the gate's reason and fix, so a timeout names them
+        return shown(row.invalid)
     return f"{row.name} ({row.role}, {serving}, {where}, {seen})"
 
 

@@ -180,6 +180,8 @@ def _print_table(status: Any, paused: frozenset[str] | set[str] = frozenset(),
         print("  ".join(text.ljust(x, w) for x, w in zip(line, widths, strict=True)).rstrip())
     for r in status.nodes:
         name = shown(r.name)
+        if r.invalid:  # table.nodes' gate refused it: why, and the fix
+            print(shown(r.invalid))
         if r.note and r.phase != "idle":
             print(f"{name}: {shown(r.note)}")
         judged = runners.get(r.name)

@@ -10,12 +10,16 @@ Instead:
    encoding and locale, from template0) and pg_restore the dump into it,
    in parallel and stopping at the first error, as the identity pg_dump
    uses (db/client.py).  A failure or an interruption drops NAME again:
-   nothing half-restored is left.
+   nothing half-restored is left; a SIGKILL drops nothing, so a finished
+   copy is marked (COMMENT ON DATABASE) and whole_copy, the one gate before
+   a copy is used, drops and restores again a copy without the mark.
 2. differences (rollback/differences.py): per table, the rows written
    since the dump (lost by the swap) and those the swap brings back.
 3. swap: live -> keep_as, restored -> live, two renames.  An idempotent
    state machine: which of the three names exist says how far a run got,
-   so a rerun after a kill between the renames finishes the swap.
+   so a rerun after a kill between the renames finishes the swap;
+   resume_swap, first in a rerun's step, also opens again a live database
+   a killed run closed to sessions (before or after its renames).
 4. kept_databases, drop_expired: the failed database is kept as
    ``<live>_failed_<UTC YYYYmmddHHMMSS>`` and dropped once older than a
    number of days; a database whose name does not match exactly is never
@@ -61,8 +65,9 @@ from ..pgdriver import psycopg2, sql
 from .differences import TableDifference, differences, summary
 from .sessions import exists, maintenance
 
-__all__ = ["KeptDatabase", "TableDifference", "differences", "drop_expired", "kept_databases",
-           "kept_name", "restore_copy", "summary", "swap"]
+__all__ = ["KeptDatabase", "SwapState", "TableDifference", "differences", "drop_expired",
+           "is_whole", "kept_databases", "kept_name", "restore_copy", "resume_swap", "summary",
+           "swap", "whole_copy"]
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +210,49 @@ def _drop(params: ConnectParams, name: str, reporter: Reporter | None) -> str | 
     return None
 
 
+WHOLE = "ivle-maint: restored whole from "  # the comment a finished restore_copy sets
+
+
+def _say_whole(params: ConnectParams, name: str, dump: Path,
+               reporter: Reporter | None) -> None:
+    """Mark NAME restored to its end: a database of that name without the
+    mark is what a kill left half-restored (never swapped in)."""
+    with maintenance(params, reporter) as cur:
+        cur.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+            sql.Identifier(name), sql.Literal(WHOLE + dump.name)))
+
+
+def is_whole(params: ConnectParams, name: str, reporter: Reporter | None = None
+             ) -> bool | None:
+    """Did restore_copy finish NAME (None: there is no database NAME)?"""
+    with maintenance(params, reporter) as cur:
+        cur.execute("SELECT coalesce(shobj_description(oid, 'pg_database'), '') "
+                    "FROM pg_database WHERE datname = %s", [name])
+        row = cur.fetchone()
+    return None if row is None else str(row[0]).startswith(WHOLE)
+
+
+def whole_copy(params: ConnectParams, dump: Path, name: str, *,
+               reporter: Reporter) -> str:
+    """The one gate before a restored copy is used: NAME restored whole from
+    DUMP, made now unless a finished one is there; a copy a kill left
+    half-restored (no mark) is dropped and made again.  What was done, one line."""
+    whole = is_whole(params, name, reporter)
+    if whole:
+        return f"database {name}, restored from {dump.name} before, is used"
+    if whole is False:
+        left = _drop(params, name, reporter)
+        if left is not None:
+            raise MaintError(f"database {shown(name, 63)} was left half-restored by an "
+                             f"interrupted run and cannot be dropped ({left}): drop it by hand "
+                             "and run the rollback again")
+        reporter.info(f"database {name} was left half-restored by an interrupted run: "
+                      "dropped, restoring it again")
+    reporter.info(f"restoring {dump.name} into a new database {name} (pg_restore)")
+    restore_copy(params, dump, name, reporter=reporter)
+    return f"database {name} restored from {dump.name}"
+
+
 def restore_copy(params: ConnectParams, dump: Path, name: str, *, jobs: int | None = None,
                  reporter: Reporter | None = None) -> None:
     """Create database NAME like PARAMS' database and restore DUMP into it.
@@ -225,6 +273,7 @@ def restore_copy(params: ConnectParams, dump: Path, name: str, *, jobs: int | No
         try:
             _create(params, create, name, reporter)
             _pg_restore(params, name, archive, jobs)
+            _say_whole(params, name, dump, reporter)
         except NotCreated:
             raise
         except BaseException as exc:  # a failure, or Ctrl-C even inside CREATE DATABASE
@@ -259,6 +308,39 @@ def swap_state(cur: Any, live: str, restored: str, keep_as: str) -> SwapState:
     named = ", ".join(f"{shown(n, 63)} {'exists' if p else 'missing'}"
                       for n, p in zip((live, restored, keep_as), present, strict=True))
     raise MaintError(f"cannot swap the databases: {named}")
+
+
+def resume_swap(params: ConnectParams, live: str, restored: str, keep_as: str, *,
+                reporter: Reporter) -> SwapState | None:
+    """After a run was killed in its database step, before anything connects
+    to LIVE: a swap half done (HALFWAY) or done but still closed to sessions
+    (DONE) is finished; one that closed LIVE and RESTORED but renamed
+    nothing (START) opens them again (the step swaps them anew).  The state
+    found; None when the names match no swap (it never began)."""
+    with maintenance(params, reporter) as cur:
+        try:
+            state = swap_state(cur, live, restored, keep_as)
+        except MaintError:
+            return None
+        if state is SwapState.START:
+            closed = [n for n in (live, restored) if not _allowed(cur, n)]
+            _open_to_sessions(cur, closed)
+            if closed:
+                reporter.info(f"the database swap was interrupted before its first rename: "
+                              f"{', '.join(closed)} open to sessions again")
+            return state
+    swap(params, live, restored, keep_as, reporter=reporter)
+    where = ("between its renames" if state is SwapState.HALFWAY
+             else "after its renames")
+    reporter.info(f"the database swap was interrupted {where}: finished ({live} is the "
+                  f"restored database, open to sessions; the replaced one kept as {keep_as})")
+    return SwapState.DONE
+
+
+def _allowed(cur: Any, name: str) -> bool:
+    cur.execute("SELECT datallowconn FROM pg_database WHERE datname = %s", [name])
+    row = cur.fetchone()
+    return bool(row and row[0])
 
 
 def _close_to_sessions(cur: Any, names: list[str]) -> None:

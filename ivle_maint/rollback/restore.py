@@ -30,7 +30,7 @@ from ..gates.rewrite import fsync_dir, replace_file
 from ..safepaths import read_nofollow
 from . import cluster_rows
 from . import database as db
-from .choose import Way, choose
+from .choose import FULL, Way, choose
 from .differences import summary
 from .keep import IVLE_CONF, SETTINGS
 from .point import RestorePoint
@@ -107,14 +107,27 @@ def _refusal(way: Way) -> str:
             f"--accept-data-loss (under apt: {ACCEPT_DATA_LOSS_ENV}=1)")
 
 
+def settle(ctx: UpgradeContext) -> Outcome | None:
+    """First in a rollback's database step, before anything connects to the
+    live database: a swap a killed run left half done, or with the live
+    database closed to sessions, settled.  The step's outcome when the swap
+    is done (the marker is the dump's now: way_back would say code only)."""
+    point = point_of(ctx)
+    if not point.failed_database:  # recorded before the swap closes anything
+        return None
+    params = admin_params(ctx.settings)
+    state = db.resume_swap(params, params.dbname, restored_name(params.dbname, point),
+                           point.failed_database, reporter=ctx.reporter)
+    if state is not db.SwapState.DONE:
+        return None
+    return _swapped(ctx, params, point.failed_database,
+                    "the database swap of an interrupted run is finished")
+
+
 def database(ctx: UpgradeContext) -> Outcome:
     """The migrate step of a rollback."""
     point = point_of(ctx)
     params = admin_params(ctx.settings)
-    if point.failed_database and not database_exists(params, params.dbname):
-        # Killed between the swap's two renames: finished first, from its record.
-        db.swap(params, params.dbname, restored_name(params.dbname, point),
-                point.failed_database, reporter=ctx.reporter)
     way = way_back(ctx)
     ctx.reporter.info(f"rollback: {way.kind}: {way.why}")
     if not way.full:
@@ -125,9 +138,8 @@ def database(ctx: UpgradeContext) -> Outcome:
     dump = point.check_dump()
     live = params.dbname
     restored = restored_name(live, point)
-    if not database_exists(params, restored):  # else the preview's, from the same dump
-        ctx.reporter.info(f"restoring {dump} into a new database {restored} (pg_restore)")
-        db.restore_copy(params, dump, restored, reporter=ctx.reporter)
+    # The preview's copy, from the same dump, if it was restored whole.
+    ctx.reporter.info(f"rollback: {db.whole_copy(params, dump, restored, reporter=ctx.reporter)}")
     # Writes have stopped: this is what the swap loses, for the log.
     for line in summary(db.differences(params, live, restored, reporter=ctx.reporter)):
         ctx.reporter.info(f"rollback: {line}")
@@ -140,12 +152,19 @@ def database(ctx: UpgradeContext) -> Outcome:
     if carried:
         ctx.reporter.info(f"rollback: carried over from {live}: {', '.join(carried)}")
     db.swap(params, live, restored, keep_as, reporter=ctx.reporter)
+    return _swapped(ctx, params, keep_as, way.why)
+
+
+def _swapped(ctx: UpgradeContext, params: ConnectParams, keep_as: str, why: str) -> Outcome:
+    """The full rollback's end, once the restored database is live."""
+    point, live = point_of(ctx), params.dbname
     days = ctx.settings["rollback"]["keep_failed_database_days"]
     if days > 0:
         db.drop_expired(params, live, days, reporter=ctx.reporter)
-    return Outcome(f"full: {way.why}; database {live} restored from {dump.name}, "
+    dump = Path(point.dump["path"]).name if point.dump else "the restore point's dump"
+    return Outcome(f"full: {why}; database {live} restored from {dump}, "
                    f"the replaced one kept as {keep_as}",
-                   {"rollback": way.kind, "kept_database": keep_as})
+                   {"rollback": FULL, "kept_database": keep_as})
 
 
 def template(ctx: UpgradeContext) -> Outcome | None:

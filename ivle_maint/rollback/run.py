@@ -20,7 +20,7 @@ from .choose import CODE_ONLY, Way, choose
 from .differences import summary
 from .old_package import KeptPackage, verify
 from .point import RestorePoint
-from .restore import admin_params, database_exists, restored_name
+from .restore import admin_params, restored_name
 
 DPKG_RESUME = "dpkg --configure -a  (or: ivle-maint rerun)"
 
@@ -40,10 +40,8 @@ def preview_loss(settings: Settings, reporter: Reporter, point: RestorePoint) ->
     dump = point.check_dump()
     params = admin_params(settings)
     restored = restored_name(params.dbname, point)
-    if not database_exists(params, restored):
-        reporter.info(f"restoring {dump.name} into a new database {restored} (the site "
-                      "stays up meanwhile)")
-        db.restore_copy(params, dump, restored, reporter=reporter)
+    reporter.info(f"{db.whole_copy(params, dump, restored, reporter=reporter)} (the site "
+                  "stays up meanwhile)")
     for line in summary(db.differences(params, params.dbname, restored, reporter=reporter)):
         reporter.info(f"would be lost: {line}")
 

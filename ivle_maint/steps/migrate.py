@@ -66,6 +66,9 @@ def _roll_back(ctx: UpgradeContext) -> Outcome:
     """The database step of a rollback: a full one swaps the database only once
     no slave serves the version rolled back from; code only keeps a schema
     made for both versions, so a slave serving either needs not stop."""
+    settled = restore.settle(ctx)
+    if settled is not None:
+        return settled
     way = restore.way_back(ctx)
     waited = WAIT.wait(ctx, STEP.name) if way.full else \
         f"code-only rollback: the schema serves {ctx.old} and {ctx.new}, no slave waited for"
