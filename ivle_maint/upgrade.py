@@ -40,6 +40,7 @@ from .db.migrations import upgrade_completed
 from .errors import MaintError
 from .gates import processes
 from .gates.rewrite import patch_in_place
+from .gates.text import command
 from .installed import read_installed, record_installed
 from .journal import Journal, unfinished
 from .lock import node_lock
@@ -249,8 +250,6 @@ def source_command(ctx: UpgradeContext) -> str:
     """The `ivle-maint upgrade --source` command that runs CTX's upgrade
     again (its tree, its migrations, its options), quoted to be pasted
     whatever a path holds (gates.text.command)."""
-    from .gates.text import command
-
     words: list[object] = ["ivle-maint", "upgrade", "--from", ctx.old, "--to", ctx.new,
                            "--source", ctx.source]
     if ctx.source is None or ctx.migrations_dir != ctx.source / "userdb" / "migrations":

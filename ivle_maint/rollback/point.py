@@ -42,6 +42,7 @@ from ..roles import Role
 from ..safepaths import read_nofollow, safe_dir
 from ..versions import check as check_version
 from ..versions import is_downgrade
+from .old_package import KeptPackage  # the gate of its own record
 from .trees import remove_tree
 
 if TYPE_CHECKING:
@@ -245,8 +246,6 @@ def _unsound(point: RestorePoint) -> str:
     field is used as it is, as apt's argument (old, package_name), a
     directory renamed back or removed (template), a file read (files, dump),
     a database renamed (failed_database)."""
-    from .old_package import KeptPackage  # the gate of its own record
-
     for name in ("upgrade", "old", "new", "role"):
         if not isinstance(getattr(point, name), str):
             return f"{name} is not text"
