@@ -438,7 +438,7 @@ class Presence:
         restore point): the row says it gave its upgrade up, so a node that
         waits for it ([cluster] unpack_together's barrier, a master's wait
         for the slaves) stops at once (trust.gave_up) instead of waiting out
-        its timeout.  Never where the name is another machine's row."""
+        its timeout.  Only over this node's own row."""
         if not self.enabled or self.journal is None:
             return
         try:
@@ -446,9 +446,12 @@ class Presence:
                 rows = table.nodes(self.connection())
         except MaintError:
             return  # the database is out of reach: no row to write either
-        other = next((r for r in rows if r.name == self.name), None)
-        if other is not None and name_holder(other, self._base()):
-            return  # the refusal may be just that
+        mine = next((r for r in rows if r.name == self.name), None)
+        if mine is None or name_holder(mine, self._base()):
+            # No row: no node waits for this one (and a node refused as a
+            # second master must not be recorded).  Another's: the refusal
+            # may be just that.
+            return
         self.write(self.row("idle", note=abandoned_note(self.journal.new)), final=True)
 
     def waiting(self, step: str, note: str) -> None:

@@ -191,12 +191,13 @@ def listed_and_unmounted(node: Any, jails: list[bytes]) -> None:
 
 def test_a_bugs_traceback_quoting_outside_text_is_escaped_and_indented(tmp_path: Path) -> None:
     """Tracebacks are for bugs; even then nothing raw and nothing at column 0."""
-    # python3-debian: `status` loads it before it reads the settings.
+    # python3-debian: dpkg's preinst hook loads it before it reads the settings.
     (tmp_path / "debian").mkdir()
     (tmp_path / "debian" / "__init__.py").write_text(f"raise RuntimeError({FORGED + TITLE!r})\n")
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{REPO}",
            "IVLE_MAINT_CONF": str(tmp_path / "absent.conf")}
-    done = subprocess.run([sys.executable, "-m", "ivle_maint", "status"], check=False, env=env,
+    done = subprocess.run([sys.executable, "-m", "ivle_maint", "hook", "preinst", "upgrade",
+                           "1.0", "1.1"], check=False, env=env,
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 1
     assert_nothing_raw(done.stderr, "traceback")

@@ -117,7 +117,8 @@ def test_a_blocked_migration_names_the_holder_and_gives_up_in_one_line(db: Site)
     [error] = error_lines(done)
     assert "canceling statement due to lock timeout" in error
     assert f"SELECT pg_terminate_backend({pid});" in error
-    assert resume_line(done.stderr) == "ivle-maint db migrate"
+    # The same command, pasted: its settings file and its options too.
+    assert resume_line(done.stderr) == " ".join(["ivle-maint", *argv(db)[3:]])
     # Nothing of it applied; the rerun, once the lock is free, completes.
     assert "blocked" not in db.columns("login") and db.marker() == marker_before
     again = migrate(db)

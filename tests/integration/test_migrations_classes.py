@@ -52,7 +52,8 @@ def test_a_milder_declared_class_blocks_migrate_until_accepted_and_the_row_says_
                      "but it is destructive (line 2: ALTER TABLE login DROP COLUMN nick: the "
                      "old code may use it): correct the header, or accept it with --accept-class "
                      "20100101-01")
-    assert "resume with: ivle-maint db migrate --accept-class 20100101-01" in err
+    assert (f"resume with: ivle-maint --config {site.root / 'etc' / 'ivle-maint.conf'} db "
+            "migrate --no-backup --accept-class 20100101-01") in err
     assert "nick" in site.columns("login")
 
     monkeypatch.setenv("SUDO_USER", "alice")

@@ -19,6 +19,12 @@ pytestmark = pytest.mark.needs_postgres
 REPO = Path(__file__).resolve().parents[2]
 
 
+def resumed(site: Site, *argv: str) -> str:
+    """The resume line of a `run` of ARGV: with its --config too (cli.resume_line)."""
+    return " ".join(["ivle-maint", "--config", str(site.root / "etc" / "ivle-maint.conf"),
+                     "db", *argv])
+
+
 def run(site: Site, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     conf = site.root / "etc" / "ivle-maint.conf"
     status = cli.main(["--config", str(conf), "db", *argv])
@@ -37,7 +43,7 @@ def test_baseline_status_migrate_status(site: Site, capsys: pytest.CaptureFixtur
     status, out, err = run(site, capsys, "migrate")
     assert status == 1
     assert err.startswith("ivle-maint: error: database ") and "db baseline THROUGH" in err
-    assert err.count("\n") == 2 and "resume with: ivle-maint db migrate" in err
+    assert err.count("\n") == 2 and f"resume with: {resumed(site, 'migrate')}\n" in err
 
     site.run_sql((site.migrations / "20090105.sql").read_text())
     status, out, err = run(site, capsys, "baseline", "20090105.sql")
@@ -144,5 +150,5 @@ def test_server_down_prints_resume(site: Site, capsys: pytest.CaptureFixture[str
     status, _out, err = run(site, capsys, "migrate")
     assert status == 1
     lines = err.splitlines()
-    assert lines[-1] == "ivle-maint: resume with: ivle-maint db migrate"
+    assert lines[-1] == f"ivle-maint: resume with: {resumed(site, 'migrate')}"
     assert lines[-2].startswith("ivle-maint: error: PostgreSQL did not accept connections")

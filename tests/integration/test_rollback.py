@@ -5,6 +5,7 @@ rollback and rollback-failed-migration.)"""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -202,11 +203,13 @@ def test_a_commit_never_descends_into_a_mount_left_in_the_kept_template(tmp_path
                     f"backup = {tmp_path / 'backup'}\n")
     settings = load_settings(str(conf))
     point = points.open_point(settings, "1.0->1.1@ab", "1.0", "1.1")
-    aside = tmp_path / "template.restore"
+    # Where keep.template_aside keeps it (the manifest's gate takes no other).
+    aside = tmp_path / f"template.restore-{points.slug(point.upgrade)}"
     mounted = aside / "home" / "alice"
     mounted.mkdir(parents=True)
     point.update(lambda p: setattr(p, "template", {"path": str(tmp_path / "template"),
-                                                   "aside": str(aside)}))
+                                                   "aside": str(aside),
+                                                   "inode": str(os.lstat(aside).st_ino)}))
     subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(mounted)], check=True)
     try:
         (mounted / "work.py").write_text("print('mine')\n")
