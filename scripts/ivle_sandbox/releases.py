@@ -40,6 +40,10 @@ NEW = {
 
 RELEASES = {"1.0": OLD, "1.1": {**OLD, **NEW}}
 
+# A migration that changes rows the old code reads: with it, 1.1 is
+# destructive (a rollback then restores the database: the rollback tests).
+DESTRUCTIVE = {"20100301.sql": "UPDATE login SET nick = upper(nick);\n"}
+
 
 def many(count: int) -> dict[str, str]:
     """COUNT small new migrations (benchmarks), two a day from 2011-01-01.

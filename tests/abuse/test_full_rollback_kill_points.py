@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from ivle_sandbox.releases import RELEASES
+from ivle_sandbox.releases import DESTRUCTIVE, RELEASES
 from support.upgrade_helpers import (
     at_version_1_0,
     cli,
@@ -33,7 +33,6 @@ from support.upgrade_helpers import (
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
 OLD, NEW = "1.0", "1.1"
-DESTRUCTIVE = {"20100301.sql": "UPDATE login SET nick = upper(nick);\n"}
 ACCEPT = {"IVLE_MAINT_ACCEPT_DATA_LOSS": "1"}
 POSTINST = ("hook", "--package-version", "1.0", "postinst", "configure", "1.1")
 

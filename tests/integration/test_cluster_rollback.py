@@ -25,13 +25,12 @@ from ivle_maint.rollback.checks import run_checks
 from ivle_maint.rollback.point import all_points
 from ivle_sandbox.cluster import build_cluster, env_of
 from ivle_sandbox.node import Node
-from ivle_sandbox.releases import RELEASES
+from ivle_sandbox.releases import DESTRUCTIVE, RELEASES
 from support.cluster_helpers import PATIENT, Run, node_rows, web_events
 from support.upgrade_helpers import journal, logins, media_version, unpack, write_row
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres, pytest.mark.once]
 
-DESTRUCTIVE = {"20100301.sql": "UPDATE login SET nick = upper(nick);\n"}
 ACCEPT = {"IVLE_MAINT_ACCEPT_DATA_LOSS": "1"}
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from ivle_maint.rollback.fingerprint import schema_fingerprint
-from ivle_sandbox.releases import RELEASES
+from ivle_sandbox.releases import DESTRUCTIVE, RELEASES
 from support.upgrade_helpers import (
     at_version_1_0,
     cli,
@@ -33,7 +33,6 @@ from support.upgrade_helpers import (
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
 OLD, NEW = "1.0", "1.1"
-DESTRUCTIVE = {"20100301.sql": "UPDATE login SET nick = upper(nick);\n"}
 
 
 def hook(node: Any, *args: str, env: dict[str, str] | None = None) -> Any:
