@@ -163,10 +163,15 @@ HOSTILE = st.one_of(
 
 
 def dpkg_says_valid(text: str) -> bool:
-    """The oracle: dpkg's own parser (no warning), on a text with nothing to strip."""
+    """The oracle: dpkg's own parser (no warning), on a text with nothing to
+    strip and an epoch as dpkg writes one.  dpkg reads the epoch with
+    strtol, which also takes "+1:" and "-0:", but a maintainer script never
+    gets them: dpkg passes the version as it formats it ("1:1.0", "1.0")."""
     import subprocess
 
     if not text or text != text.strip() or not text.isprintable() or len(text) > 100:
+        return False
+    if ":" in text and text.partition(":")[0][:1] in ("+", "-"):
         return False
     done = subprocess.run(["dpkg", "--validate-version", "--", text], capture_output=True,
                           check=False)
@@ -239,3 +244,13 @@ def test_a_package_name_is_taken_only_as_policy_spells_one(package, from_env):
     assert "\n" not in str(refused.value)
     how = "DPKG_MAINTSCRIPT_PACKAGE" if from_env else "--package"
     assert str(refused.value).startswith(f"preinst upgrade: {how} is no package name: ")
+
+
+@pytest.mark.parametrize("text", ["+1:1.0", "-0:1.0"])
+def test_a_signed_epoch_dpkg_would_format_away_is_refused(text):
+    """dpkg's strtol takes a sign before the epoch, but dpkg never passes
+    one to a maintainer script: refused, as any text no hook call holds."""
+    from ivle_maint.versions import check
+
+    with pytest.raises(MaintError):
+        check(text)
