@@ -83,9 +83,12 @@ CREATE TABLE note (
     loginid INT NOT NULL REFERENCES login (loginid) ON DELETE CASCADE,
     body    TEXT NOT NULL
 );
-CREATE FUNCTION greeting(who text) RETURNS text AS $$
-    SELECT E'hello,\\t' || who || '; welcome';
-$$ LANGUAGE sql;
+CREATE FUNCTION note_greeting() RETURNS trigger AS $$
+BEGIN
+    NEW.body := E'hello,\\t' || NEW.body || '; welcome';
+    RETURN NEW;
+END;
+$$ LANGUAGE plpgsql;
 """,
 }
 
