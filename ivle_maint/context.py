@@ -287,6 +287,17 @@ class RunOptions:
     # unpack_together (cluster/waits.wait_for_every_before_phase).
     unpack_together: bool | None = None
 
+    def arguments(self) -> list[str]:
+        """The command-line options (`upgrade`, `db migrate`) that make these
+        choices again, for a command printed to be pasted: the ones taken."""
+        words = ["--allow-out-of-order"] if self.allow_out_of_order else []
+        words += [w for key in self.accept_changed for w in ("--accept-changed", key)]
+        words += [w for key in self.accept_class for w in ("--accept-class", key)]
+        words += ["--migrate-while-serving"] if self.migrate_while_serving else []
+        words += ["--terminate-stale-lock"] if self.terminate_stale_lock else []
+        words += ["--during-upgrade", self.during_upgrade] if self.during_upgrade else []
+        return words
+
 
 @dataclass
 class UpgradeContext:

@@ -254,14 +254,7 @@ def source_command(ctx: UpgradeContext) -> str:
                            "--source", ctx.source]
     if ctx.source is None or ctx.migrations_dir != ctx.source / "userdb" / "migrations":
         words += ["--migrations", ctx.migrations_dir] if ctx.migrations_dir else []
-    options = ctx.options
-    words += ["--allow-out-of-order"] if options.allow_out_of_order else []
-    words += [w for key in options.accept_changed for w in ("--accept-changed", key)]
-    words += [w for key in options.accept_class for w in ("--accept-class", key)]
-    words += ["--migrate-while-serving"] if options.migrate_while_serving else []
-    words += ["--terminate-stale-lock"] if options.terminate_stale_lock else []
-    words += ["--during-upgrade", options.during_upgrade] if options.during_upgrade else []
-    return command(*words)
+    return command(*words, *ctx.options.arguments())
 
 
 def restart_if_nothing_to_resume(ctx: UpgradeContext, journal: Journal,

@@ -59,7 +59,7 @@ from ..errors import MaintError
 from ..gates import text
 from ..gates.text import shown
 from ..pgdriver import psycopg2, sql
-from ..versions import parse
+from ..versions import check as check_version
 
 NODES, MEDIA = "ivle_maint_nodes", "ivle_maint_media"
 MARKER = "ivle_maint_migrations"
@@ -165,7 +165,7 @@ def why_invalid(row: NodeRow) -> str | None:
         value = getattr(row, field)
         if value is not None:
             try:
-                parse(value)
+                check_version(value)
             except MaintError:
                 found.append(f"{field} {shown(value, 40)!r} is not a version")
     if row.phase not in PHASES:

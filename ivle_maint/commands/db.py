@@ -219,14 +219,13 @@ def _again(args: argparse.Namespace, action: str, *words: str) -> str:
     """`ivle-maint db ACTION WORDS` with the options of ARGS this run was
     given, each word quoted (gates.text): pasted, it runs this command again
     on the same migrations, not those of [paths] migrations."""
+    from ..context import RunOptions
     from ..gates.text import command
 
-    given = list(words)
-    if getattr(args, "allow_out_of_order", False):
-        given.append("--allow-out-of-order")
-    for flag, keys in (("--accept-changed", getattr(args, "accept_changed", [])),
-                       ("--accept-class", getattr(args, "accept_class", []))):
-        given.extend(word for key in keys for word in (flag, key))
+    given = [*words, *RunOptions(
+        allow_out_of_order=getattr(args, "allow_out_of_order", False),
+        accept_changed=tuple(getattr(args, "accept_changed", ())),
+        accept_class=tuple(getattr(args, "accept_class", ()))).arguments()]
     if args.migrations is not None:  # absolute: it may be pasted elsewhere
         given += ["--migrations", os.path.abspath(args.migrations)]
     return command("ivle-maint", "db", action, *given)

@@ -159,12 +159,12 @@ def _expected_logins(settings: Settings, reporter: Reporter, src: Path,
 
 
 def check_logins(settings: Settings, reporter: Reporter,
-                 ivle_conf: IvleConf | None = None) -> int:
+                 ivle_conf: IvleConf | None = None) -> None:
     """The logins remake_user_jails would rebuild, each through the names
     gate as it passes them, for the preflight: a login that is no plain
-    name refuses the upgrade while the site is still up.  Their number."""
+    name refuses the upgrade while the site is still up."""
     src, templates = _jail_dirs(ivle_conf if ivle_conf is not None else settings.ivle_conf())
-    return len(_users(settings, reporter, src, templates, None)[0])
+    _users(settings, reporter, src, templates, None)
 
 
 def _jail_dirs(conf: IvleConf) -> tuple[Path, set[Path]]:
