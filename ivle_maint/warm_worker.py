@@ -200,11 +200,16 @@ def serve(directory: Path, seconds: float = WAIT_SECONDS) -> int:
         return 0
     listener.close()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    path.unlink(missing_ok=True)
-    listener.bind(str(path))
-    os.chmod(path, 0o600)
-    listener.listen(1)
+    # Bound and listening under a name of its own, then renamed into place:
+    # the path never names a socket that refuses (a postinst there would
+    # start cold) nor one with the umask's mode.
+    building = path.with_name(f".{path.name}.{os.getpid()}")
+    building.unlink(missing_ok=True)
     try:
+        listener.bind(str(building))
+        os.chmod(building, 0o600)
+        listener.listen(1)
+        os.rename(building, path)
         deadline = time.monotonic() + seconds
         _load()
         loaded = snapshot()
@@ -219,6 +224,7 @@ def serve(directory: Path, seconds: float = WAIT_SECONDS) -> int:
             if taken is not None:
                 return taken
     finally:
+        building.unlink(missing_ok=True)
         path.unlink(missing_ok=True)
         listener.close()
 

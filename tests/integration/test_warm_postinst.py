@@ -310,3 +310,39 @@ def test_the_postinst_output_is_in_its_own_encoding(tmp_path_factory, io_encodin
     assert warm_run.returncode != NOT_TAKEN, warm_run.stderr
     assert (warm_run.returncode, warm_run.stdout, warm_run.stderr) == \
         (cold_run.returncode, cold_run.stdout, cold_run.stderr)
+
+
+SLOWED_WORKER = """\
+import os, runpy, sys, time
+slowed = getattr(os, sys.argv[1])
+def slow(*args, **kwargs):
+    time.sleep(0.5)
+    return slowed(*args, **kwargs)
+setattr(os, sys.argv[1], slow)
+sys.argv = ["warm_worker", *sys.argv[2:]]
+runpy.run_module("ivle_maint.warm_worker", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("slowed", ["chmod", "rename", "unlink"])
+def test_the_socket_path_names_a_listening_socket_whenever_it_exists(directory, slowed):
+    """A worker slowed at each call between making its socket and accepting:
+    a postinst that finds the path connects (it is never refused, which would
+    send it cold, nor finds a socket anyone may open).  Before: the path was
+    bound, then chmod-ed, then listened on; a connect in between was refused
+    (the PyPI suite's hostile-peer test met it)."""
+    worker = subprocess.Popen(
+        [sys.executable, "-c", SLOWED_WORKER, slowed, str(directory), "30"],
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (found := list(directory.glob("postinst-*.sock"))):
+            assert worker.poll() is None, "the worker ended before it listened"
+            assert time.monotonic() < deadline, "the worker never listened"
+        assert found[0].stat().st_mode & 0o777 == 0o600
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.connect(str(found[0]))  # refused: ConnectionRefusedError
+    finally:
+        worker.kill()
+        worker.wait()
