@@ -197,6 +197,7 @@ ALLOWED = {
     "rollback/restore.py": "the kept jail template (a directory) renamed back",
     "rollback/old_package.py": "a kept .deb (a hard link, or dpkg-repack's) put in place "
                                "under its name once checked, as a dump is",
+    "warm_worker.py": "its listening socket (no file's content) renamed into place",
 }
 
 
