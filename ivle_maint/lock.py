@@ -45,7 +45,7 @@ def _flock(path: Path, purpose: str, refused: Callable[[str], str]) -> Iterator[
     """PATH flocked for the block, naming PURPOSE and this pid in it; else
     LockedError at once, its message REFUSED(the holder)."""
     try:
-        fd = open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         raise MaintError(f"{path}: {exc.strerror or exc}") from None
     try:
@@ -69,7 +69,7 @@ def _rollback_holder(run_dir: Path) -> str | None:
     does, or when it is this process or the rollback whose dpkg runs us."""
     path = run_dir / ROLLBACK_LOCK
     try:
-        fd = open_nofollow(path, os.O_RDONLY, 0o644)
+        fd = open_nofollow(path, os.O_RDONLY, 0o600)
     except FileNotFoundError:
         return None
     except OSError as exc:
