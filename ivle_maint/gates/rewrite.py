@@ -34,8 +34,8 @@ import os
 import secrets
 import stat
 import tempfile
-from collections.abc import Iterable
-from contextlib import suppress
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,11 +144,48 @@ def _set_attrs(fd: int, attrs: dict[str, bytes], where: Path, strict: bool) -> N
                              f"({exc.strerror}); nothing written") from None
 
 
+TEMP_TOKEN = 6  # bytes of randomness in a temporary file's name (12 hex digits)
+
+
+def _is_temporary(name: str) -> bool:
+    """NAME is one _open_temp makes: .TARGET.<12 hex digits>.tmp."""
+    head, _, token = name.removesuffix(".tmp").rpartition(".")
+    return (name.startswith(".") and name.endswith(".tmp") and len(head) > 1
+            and len(token) == 2 * TEMP_TOKEN and all(c in "0123456789abcdef" for c in token))
+
+
+@contextmanager
+def _writing_in(directory: Path) -> Iterator[None]:
+    """Held while a temporary file of ours may exist in DIRECTORY: a shared
+    flock on the directory.  Whoever gets it exclusively knows that no
+    rewrite is under way there, so the temporary files it finds are killed
+    runs' (as big as a log, or holding ivle.conf's password): removed, or a
+    kill at each rotation would leave one more for ever."""
+    import fcntl
+
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # another rewrite is under way here: its temporary is live
+        else:
+            for entry in os.scandir(fd):
+                if _is_temporary(entry.name) and entry.is_file(follow_symlinks=False):
+                    with suppress(FileNotFoundError):
+                        os.unlink(entry.name, dir_fd=fd)
+                    log.info("%s: removed, left by a killed run", shown(directory / entry.name))
+        fcntl.flock(fd, fcntl.LOCK_SH)  # a sweep's exclusive lock lasts a listing
+        yield
+    finally:
+        os.close(fd)
+
+
 def _open_temp(directory: Path, name: str) -> tuple[int, Path]:
     """A new file beside the target, root's 0600, never a planted one."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     while True:
-        tmp = directory / f".{name}.{secrets.token_hex(6)}.tmp"
+        tmp = directory / f".{name}.{secrets.token_hex(TEMP_TOKEN)}.tmp"
         try:
             return os.open(tmp, flags, 0o600), tmp
         except FileExistsError:
@@ -207,6 +244,10 @@ def _install(tmp: Path, target: Path, durable: bool = True, old: _Old | None = N
             os.replace(tmp, target)
     except BaseException as exc:
         if theirs_at_tmp:  # the exchange back failed: say where their file is
+            kept = tmp.with_name(tmp.name.removesuffix(".tmp") + ".theirs")
+            with suppress(OSError):
+                os.rename(tmp, kept)  # a name no sweep of temporaries removes
+                tmp = kept
             raise MaintError(f"{shown(target)}: changed while being rewritten, and the other "
                              f"program's file could not be put back: it is {shown(tmp)}; "
                              "move it back by hand") from exc
@@ -293,9 +334,10 @@ def _store_backup(name: str, old: _Old, backup_dir: Path) -> Path:
     while os.path.lexists(dest):
         serial += 1
         dest = backup_dir / f"{name}.{stamp}.{serial}"
-    tmp = _write_temp(backup_dir, dest.name, old.data, mode=stat.S_IMODE(old.st.st_mode),
-                      like=old.st, attrs=old.attrs, strict=False)
-    _install(tmp, dest)
+    with _writing_in(backup_dir):
+        tmp = _write_temp(backup_dir, dest.name, old.data, mode=stat.S_IMODE(old.st.st_mode),
+                          like=old.st, attrs=old.attrs, strict=False)
+        _install(tmp, dest)
     return dest
 
 
@@ -374,11 +416,12 @@ def replace_file(path: Path, data: bytes | Iterable[bytes], *, mode: int | None 
             mode = stat.S_IMODE(source.st.st_mode) if source else DEFAULT_MODE
         backup = _store_backup(target.name, old, backup_dir) if backup_dir and st and old \
             else None
-        tmp = _write_temp(target.parent, target.name, data, mode=mode,
-                          like=source.st if source else None,
-                          attrs=source.attrs if source else {}, strict=True,
-                          durable=durable)
-        _install(tmp, target, durable, old)
+        with _writing_in(target.parent):
+            tmp = _write_temp(target.parent, target.name, data, mode=mode,
+                              like=source.st if source else None,
+                              attrs=source.attrs if source else {}, strict=True,
+                              durable=durable)
+            _install(tmp, target, durable, old)
     except OSError as exc:
         where = exc.filename or target
         raise WriteFailed(f"cannot write {shown(path)}: {shown(where)}: "

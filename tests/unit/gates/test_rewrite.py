@@ -284,3 +284,82 @@ def test_an_expected_rewrite_exchanges_the_files_and_leaves_no_temporary(tmp_pat
     replace_file(target, b"new\n", expect=b"old\n")
     assert target.read_bytes() == b"new\n" and os.stat(target).st_ino != before
     assert names(tmp_path) == ["ivle.conf"]
+
+
+REWRITE = """
+from pathlib import Path
+from ivle_maint.gates.rewrite import replace_file
+"""
+
+
+def test_a_rewrite_killed_at_any_point_leaves_one_whole_file_and_no_temporary_after_the_next(
+        tmp_path):
+    """Killed at each step of a rewrite that backs the old file up (ivle.conf's
+    media version), then another rewrite in the same directories: the file
+    is the old content or the new, whole; each backup is the old content,
+    whole; and no temporary file is left in either directory (a killed
+    one holds the database password, or is as big as a log: the next
+    rewrite there removes it)."""
+    import shutil
+
+    from support.kill_points import killed_at
+
+    old, new, later = b"[media]\nversion = 1\n" * 50, b"[media]\nversion = 2\n" * 50, b"3\n"
+    point = 0
+    while True:
+        point += 1
+        etc, backups = tmp_path / f"{point}" / "etc", tmp_path / f"{point}" / "backup"
+        etc.mkdir(parents=True)
+        conf = etc / "ivle.conf"
+        conf.write_bytes(old)
+        conf.chmod(0o640)
+        killed = killed_at(point, REWRITE, "replace_file(Path(sys.argv[2]), sys.argv[3].encode(), "
+                           "backup_dir=Path(sys.argv[4]))", str(conf), new.decode(), str(backups))
+        assert conf.read_bytes() in (old, new), point
+        replace_file(etc / "other", later)  # the next rewrite in each directory
+        if backups.exists():
+            replace_file(backups / "other", later)
+        for directory in (etc, backups):
+            for path in directory.iterdir() if directory.exists() else ():
+                assert path.name == "other" or path.read_bytes() in (old, new), (point, path)
+                assert not path.name.endswith(".tmp"), (point, path.name)
+        shutil.rmtree(tmp_path / f"{point}")
+        if not killed:
+            break
+    assert point > 10  # the kills did fall inside the rewrite
+
+
+HELD_REWRITE = """
+import sys
+from pathlib import Path
+from ivle_maint.gates.rewrite import replace_file
+
+def chunks():
+    yield b"first half, "
+    print("writing", flush=True)
+    sys.stdin.readline()  # the other rewrite runs here
+    yield b"second half"
+
+replace_file(Path(sys.argv[1]), chunks())
+print("done", flush=True)
+"""
+
+
+def test_a_rewrite_under_way_keeps_its_temporary_while_another_rewrites_beside_it(tmp_path):
+    """The next rewrite removes killed rewrites' temporary files, never the
+    one a live rewrite is still writing."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", HELD_REWRITE, str(tmp_path / "a")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert proc.stdin is not None and proc.stdout is not None
+    assert proc.stdout.readline() == "writing\n"
+    replace_file(tmp_path / "b", b"beside it")
+    proc.stdin.write("go on\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline() == "done\n"
+    assert proc.wait() == 0
+    assert (tmp_path / "a").read_bytes() == b"first half, second half"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
