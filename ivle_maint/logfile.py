@@ -112,6 +112,11 @@ def _logs(log_dir: Path) -> list[Path]:
     log directory and delete real logs)."""
     found = [p for p in log_dir.iterdir()
              if p.name.endswith((".log", ".log.gz")) and stat.S_ISREG(p.lstat().st_mode)]
+    # A compression killed after its .gz was in place, before the plain log
+    # was removed, leaves both: one log, not two (counted twice, it would
+    # make rotation delete an older log that keep says to keep).
+    names = {p.name for p in found}
+    found = [p for p in found if not (p.name.endswith(".gz") and p.name[:-3] in names)]
     # Logs of versions that recorded no order: older than every numbered one.
     return clock.oldest_first(found, lambda p: p.name,
                               legacy=lambda p: (p.lstat().st_mtime, p.name))
@@ -159,10 +164,20 @@ def prune(log_dir: Path, keep: int) -> None:
     logs = _logs(log_dir)
     stale, kept = logs[: max(0, len(logs) - (keep - 1))], logs[len(logs) - (keep - 1):]
     for path in stale:
+        _drop_twin(path)
         path.unlink()
     for path in kept[:-1]:
         if path.name.endswith(".log"):
-            _compress(path)
+            _compress(path)  # replaces a twin .gz
+    for path in kept[-1:]:
+        _drop_twin(path)  # the plain log is the one kept
+
+
+def _drop_twin(path: Path) -> None:
+    """The .gz a killed compression left beside the plain log PATH: removed."""
+    twin = path.with_name(path.name + ".gz")
+    if path.name.endswith(".log") and twin.is_file() and not twin.is_symlink():
+        twin.unlink()
 
 
 # A disk that cannot take the log: the run goes on without it (under dpkg,

@@ -80,3 +80,39 @@ def test_compression_in_chunks_gives_back_exactly_the_log(tmp_path):
         packed.unlink()
 
     case()
+
+
+def test_a_rotation_killed_at_any_point_loses_no_log_and_leaves_nothing_behind(tmp_path):
+    """Killed at each step of rotation and compression in turn, then run
+    again: every log kept is there whole (plain, or a gzip that gives it
+    back), only logs and nothing else stays in the directory (a killed
+    compression's temporary file, as big as the log, is not kept for ever),
+    and the number of logs is bounded as [logs] keep says."""
+    import shutil
+
+    from support.kill_points import killed_at
+
+    contents = {f"run-20260101T00000{i}Z.n{i:06d}.log": (f"log {i}\n".encode() * (i * 90_000))
+                for i in range(1, 6)}  # up to 3.6 MB: compressed in several chunks
+    keep = 4
+    newest = sorted(contents)[-(keep - 1):]
+    point = 0
+    while True:
+        point += 1
+        logs = tmp_path / f"point{point}"
+        logs.mkdir()
+        for name, data in contents.items():
+            (logs / name).write_bytes(data)
+        killed = killed_at(point, "from pathlib import Path\nfrom ivle_maint.logfile import prune",
+                           "prune(Path(sys.argv[2]), int(sys.argv[3]))", str(logs), str(keep))
+        prune(logs, keep)  # the next run's rotation
+        found = sorted(p.name for p in logs.iterdir())
+        assert found == [newest[0] + ".gz", newest[1] + ".gz", newest[2]], (point, found)
+        for name in newest:
+            kept = (logs / name).read_bytes() if name == newest[-1] else \
+                gzip.decompress((logs / (name + ".gz")).read_bytes())
+            assert kept == contents[name], (point, name)
+        shutil.rmtree(logs)
+        if not killed:
+            break
+    assert point > 20  # the kills did fall inside the rotation
