@@ -47,6 +47,7 @@ from .text import shown
 log = logging.getLogger(__name__)
 
 DEFAULT_MODE = 0o644  # for a new file when no mode is given
+BACKUP_MODE = 0o600  # a backup of ivle.conf holds the database password
 ACL_XATTR = "system.posix_acl_access"
 _NOT_SUPPORTED = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENODATA)
 
@@ -334,21 +335,26 @@ def _store_backup(name: str, old: _Old, backup_dir: Path) -> Path:
     while os.path.lexists(dest):
         serial += 1
         dest = backup_dir / f"{name}.{stamp}.{serial}"
+    # Private whatever the file allowed: a backup outlives its mode and ACL
+    # (a password changed since, a mode tightened since), and its directory
+    # may be one others can enter.
+    attrs = {name: value for name, value in old.attrs.items() if name != ACL_XATTR}
     with _writing_in(backup_dir):
-        tmp = _write_temp(backup_dir, dest.name, old.data, mode=stat.S_IMODE(old.st.st_mode),
-                          like=old.st, attrs=old.attrs, strict=False)
+        tmp = _write_temp(backup_dir, dest.name, old.data, mode=BACKUP_MODE,
+                          like=old.st, attrs=attrs, strict=False)
         _install(tmp, dest)
     return dest
 
 
 def backup_copy(path: Path, backup_dir: Path,
                 purpose: trusted.Purpose = trusted.IVLE_CONF) -> Path:
-    """Copy PATH into BACKUP_DIR as NAME.YYYYMMDDTHHMMSSZ[.N]; owner, mode and
-    attributes kept where that directory's filesystem can hold them.  PATH
+    """Copy PATH into BACKUP_DIR as NAME.YYYYMMDDTHHMMSSZ[.N]; owner and
+    attributes kept where that directory's filesystem can hold them, but
+    mode 0600 and no ACL: no one but its owner reads a backup.  PATH
     is read through the trusted gate (PURPOSE: its bound and owner).
 
-    The directory is made private (0700) when created: ivle.conf holds the
-    database password, and a backup must not be easier to read than it.
+    The directory is made private (0700) when created, and the backup is
+    0600 whatever the directory: ivle.conf holds the database password.
     The stamp is for people: nothing orders or deletes backups by it.
     """
     st = check_rewritable(path)

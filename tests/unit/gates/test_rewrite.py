@@ -72,7 +72,7 @@ def test_a_symlink_is_refused_and_neither_it_nor_its_target_changes(tmp_path):
     assert names(tmp_path) == ["ivle.conf", "real.conf"]
 
 
-def test_backup_holds_the_previous_content_owner_and_mode(tmp_path):
+def test_backup_holds_the_previous_content_and_owner_and_is_private(tmp_path):
     target = tmp_path / "etc" / "ivle.conf"
     target.parent.mkdir()
     target.write_bytes(b"previous\n")
@@ -82,7 +82,7 @@ def test_backup_holds_the_previous_content_owner_and_mode(tmp_path):
     assert made is not None and made.parent == backups
     assert made.name.startswith("ivle.conf.")
     assert made.read_bytes() == b"previous\n"
-    assert made.stat().st_mode & 0o7777 == 0o640
+    assert made.stat().st_mode & 0o7777 == 0o600  # ivle.conf's 0640 or not: a password
     assert backups.stat().st_mode & 0o777 == 0o700  # ivle.conf holds a password
     assert target.read_bytes() == b"next\n"
 
@@ -363,3 +363,74 @@ def test_a_rewrite_under_way_keeps_its_temporary_while_another_rewrites_beside_i
     assert proc.wait() == 0
     assert (tmp_path / "a").read_bytes() == b"first half, second half"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+
+
+NOBODY = 65534
+
+
+def _readable_by(path: Path, uid: int, gid: int) -> bool:
+    """Can a real process of UID (group GID, no other) read PATH?"""
+    import subprocess
+
+    done = subprocess.run(
+        ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "cat", str(path)],
+        capture_output=True, check=False)
+    return done.returncode == 0
+
+
+def test_a_backup_of_ivle_conf_is_readable_by_no_one_but_root_whatever_it_and_its_directory_allow(
+        tmp_path):
+    """ivle.conf holds the database password, and a backup outlives the file
+    it copies: a password changed since, a mode or ACL tightened since.
+    Whatever ivle.conf's mode, group and ACL, whatever the backup
+    directory's mode (made by someone else) or default ACL, and the umask:
+    no other user, not even ivle.conf's group, can read the backup."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    base = tempfile.mkdtemp(prefix="ivle-maint-backup-test-", dir="/var/tmp")
+    os.chmod(base, 0o755)  # nobody may walk in: only the modes under test stop it
+
+    @settings(max_examples=30, deadline=None)
+    @given(found=st.fixed_dictionaries({
+        "conf_mode": st.integers(0, 0o777).map(lambda m: m & ~0o022),  # else refused
+        "group": st.sampled_from([0, NOBODY]),
+        "acl": st.sampled_from(["", f"user:{NOBODY}:r", f"group:{NOBODY}:r"]),
+        "dir_mode": st.sampled_from([None, 0o700, 0o711, 0o750, 0o755]),
+        "default_acl": st.booleans(), "umask": st.integers(0, 0o777)}))
+    def case(found):
+        conf_mode, group, acl, dir_mode, default_acl, umask = found.values()
+        top = Path(tempfile.mkdtemp(dir=base))
+        try:
+            top.chmod(0o755)
+            conf, backups = top / "ivle.conf", top / "backups"
+            conf.write_bytes(b"[database]\npassword = secret\n")
+            os.chown(conf, 0, group)
+            conf.chmod(conf_mode)
+            if acl:
+                subprocess.run(["setfacl", "-m", acl, str(conf)], check=True)
+            if dir_mode is not None:
+                backups.mkdir()
+                backups.chmod(dir_mode)
+                if default_acl:
+                    subprocess.run(["setfacl", "-d", "-m", f"user:{NOBODY}:r", str(backups)],
+                                   check=True)
+            old = os.umask(umask)
+            try:
+                made = replace_file(conf, b"[database]\npassword = new\n", backup_dir=backups)
+            finally:
+                os.umask(old)
+            assert made is not None and made.read_bytes() == b"[database]\npassword = secret\n"
+            assert not _readable_by(made, NOBODY, NOBODY), oct(made.stat().st_mode)
+            assert made.stat().st_mode & 0o077 == 0
+        finally:
+            shutil.rmtree(top)
+
+    try:
+        case()
+    finally:
+        shutil.rmtree(base)
