@@ -34,6 +34,7 @@ from pathlib import Path
 
 from ..errors import MaintError
 from ..gates import clock, text, trusted
+from ..gates.rewrite import fsync_dir
 from ..safepaths import safe_dir
 from . import client
 from .connect import ConnectParams
@@ -176,6 +177,16 @@ def remove_leftovers(directory: Path) -> list[Path]:
     return removed
 
 
+def _flush(fd: int, partial: Path) -> None:
+    """The dump on disk before it is named one: rotation then deletes an
+    older dump, and a power cut must not leave an empty file in its place."""
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise MaintError(f"{partial}: the dump could not be written to disk: "
+                         f"{exc.strerror or exc}") from None
+
+
 def dump(params: ConnectParams, directory: Path, *, label: str, keep: int) -> Path:
     """pg_dump the database into directory, rotate, return the dump's path."""
     safe_dir(directory, 0o700, "[paths] backup")
@@ -198,6 +209,8 @@ def dump(params: ConnectParams, directory: Path, *, label: str, keep: int) -> Pa
             check=False,
             **client.run_kwargs(params),
         )
+        if done.returncode == 0:
+            _flush(fd, partial)
     except BaseException:
         os.close(fd)
         partial.unlink(missing_ok=True)
@@ -212,6 +225,7 @@ def dump(params: ConnectParams, directory: Path, *, label: str, keep: int) -> Pa
                      "end it)")
         raise MaintError(f"pg_dump of database {params.dbname} failed: {last}")
     partial.rename(final)
+    fsync_dir(directory)  # the name too, before rotation deletes an older dump
     for path in rotate(directory, params.dbname, keep, taken=final):
         log.info("removed old backup %s", path)
     return final
