@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -251,3 +252,34 @@ def test_no_lock_another_user_can_hold_whatever_is_found_at_its_name(
     finally:
         try_to_hold("/nonexistent")  # let go of anything held
         shutil.rmtree(top)
+
+
+@pytest.mark.parametrize("which", ["lock", "rollback.lock"])
+def test_a_lock_another_user_opened_under_an_earlier_version_names_that_process(
+        open_to_nobody, which):
+    """An earlier version left the lock 0644: a process of another user that
+    opened it then keeps its descriptor and can hold the lock for ever.
+    The refusal names that process and its owner, from the kernel's lock
+    table, not the lock's content (which the last ivle-maint emptied)."""
+    import shutil
+    import tempfile
+
+    from ivle_maint.lock import rollback_lock
+
+    base, try_to_hold = open_to_nobody
+    run_dir = Path(tempfile.mkdtemp(dir=base))
+    run_dir.chmod(0o755)
+    try:
+        (run_dir / which).write_bytes(b"")
+        (run_dir / which).chmod(0o644)  # as earlier versions made it
+        assert try_to_hold(run_dir / which)
+        take = node_lock if which == "lock" else rollback_lock
+        with pytest.raises(LockedError) as refused, take(run_dir, "upgrade"):
+            pass
+        line = str(refused.value)
+        named = re.search(rf"pid (\d+), a process of uid {NOBODY}, not an ivle-maint", line)
+        assert named and "\n" not in line, line
+        assert Path(f"/proc/{named[1]}").stat().st_uid == NOBODY  # the probe, alive
+    finally:
+        try_to_hold("/nonexistent")
+        shutil.rmtree(run_dir)
