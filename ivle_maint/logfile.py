@@ -164,13 +164,31 @@ def prune(log_dir: Path, keep: int) -> None:
     logs = _logs(log_dir)
     stale, kept = logs[: max(0, len(logs) - (keep - 1))], logs[len(logs) - (keep - 1):]
     for path in stale:
-        _drop_twin(path)
-        path.unlink()
+        _one_log(path, _remove)
     for path in kept[:-1]:
         if path.name.endswith(".log"):
-            _compress(path)  # replaces a twin .gz
+            _one_log(path, _compress)  # replaces a twin .gz
     for path in kept[-1:]:
-        _drop_twin(path)  # the plain log is the one kept
+        _one_log(path, _drop_twin)  # the plain log is the one kept
+
+
+def _one_log(path: Path, action: Callable[[Path], object]) -> None:
+    """ACTION on one log; a log it cannot act on (another name of it kept by
+    a backup tool's hard link, immutable, another user's) is left as it is,
+    said on stderr: a log never stops the run.  A full or failing disk
+    stops the rotation (_rotate says so)."""
+    try:
+        action(path)
+    except (MaintError, OSError) as exc:
+        if getattr(exc, "errno", None) in DISK_ERRORS:
+            raise
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        _tell(f"ivle-maint: warning: log {shown(path)} left as it is: {shown(why)}")
+
+
+def _remove(path: Path) -> None:
+    _drop_twin(path)
+    path.unlink()
 
 
 def _drop_twin(path: Path) -> None:

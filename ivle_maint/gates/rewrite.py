@@ -89,6 +89,14 @@ def check_rewritable(path: Path) -> os.stat_result | None:
     return st
 
 
+def _regular(path: Path) -> os.stat_result:
+    """PATH's lstat: a regular file, never through a symlink (MaintError)."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise MaintError(f"{shown(path)}: not a regular file; refused")
+    return st
+
+
 FS_IOC_GETFLAGS = 0x80086601  # linux/fs.h, as lsattr reads them
 FS_IMMUTABLE_FL, FS_APPEND_FL = 0x10, 0x20
 
@@ -408,9 +416,8 @@ def replace_file(path: Path, data: bytes | Iterable[bytes], *, mode: int | None 
     try:
         make_dirs(target.parent, 0o755)
         st = check_rewritable(target)
-        if like is not None:
-            source_st = check_rewritable(Path(like))
-            source = _snapshot(Path(like), source_st, None) if source_st else None
+        if like is not None:  # only read: one regular file, however many names it has
+            source: _Old | None = _snapshot(Path(like), _regular(Path(like)), None)
             old = None  # LIKE lends its attributes only: nothing of it is backed up
         else:
             wants = backup_dir is not None or expect is not None

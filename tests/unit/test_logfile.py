@@ -116,3 +116,63 @@ def test_a_rotation_killed_at_any_point_loses_no_log_and_leaves_nothing_behind(t
         if not killed:
             break
     assert point > 20  # the kills did fall inside the rotation
+
+
+ODD = ["plain", "hard link kept elsewhere", "another user's", "writable by others",
+       "immutable", "empty"]
+
+
+def test_no_log_found_in_the_directory_stops_the_run_nor_loses_a_log(tmp_path):
+    """Whatever the earlier logs are (a second name kept by a backup tool's
+    hard link, another user's, writable by others, immutable, empty), and
+    which of them rotation removes or compresses: the run's log is made
+    (a log never stops a run, an upgrade under dpkg least), each log kept
+    is whole (plain, or a gzip that gives it back) or left as it was, and
+    another name of a log keeps its content."""
+    import shutil
+    import subprocess
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=40, deadline=None)
+    @given(kinds=st.lists(st.sampled_from(ODD), min_size=1, max_size=5),
+           keep=st.integers(1, 6))
+    def case(kinds, keep):
+        logs, elsewhere = tmp_path / "logs", tmp_path / "elsewhere"
+        logs.mkdir(mode=0o750)
+        elsewhere.mkdir()
+        contents = {}
+        try:
+            for i, kind in enumerate(kinds, 1):
+                path = logs / f"run-20260101T00000{i}Z.n{i:06d}.log"
+                data = b"" if kind == "empty" else f"log {i}\n".encode() * 1000
+                path.write_bytes(data)
+                path.chmod(0o640)
+                contents[path.name] = data
+                if kind == "hard link kept elsewhere":
+                    os.link(path, elsewhere / path.name)
+                elif kind == "another user's":
+                    os.chown(path, 65534, 65534)
+                elif kind == "writable by others":
+                    path.chmod(0o666)
+                elif kind == "immutable":
+                    subprocess.run(["chattr", "+i", str(path)], check=True)
+            with run_log(logs, "upgrade", keep=keep) as made:
+                assert made.exists()
+            for name, data in contents.items():
+                plain, packed = logs / name, logs / (name + ".gz")
+                if plain.exists():
+                    assert plain.read_bytes() == data, name
+                elif packed.exists():
+                    assert gzip.decompress(packed.read_bytes()) == data, name
+            for other in elsewhere.iterdir():
+                assert other.read_bytes() == contents[other.name]
+            assert not [p for p in logs.iterdir() if p.name.endswith(".tmp")]
+        finally:
+            subprocess.run(["chattr", "-R", "-i", str(logs)], check=False,
+                           capture_output=True)
+            shutil.rmtree(logs)
+            shutil.rmtree(elsewhere)
+
+    case()
