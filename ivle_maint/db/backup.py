@@ -57,8 +57,10 @@ def backups(directory: Path, dbname: str) -> list[Path]:
     if not directory.is_dir():
         return []
     pattern = _pattern(dbname)
-    return clock.oldest_first((p for p in directory.iterdir() if pattern.match(p.name)),
-                              lambda p: p.name)
+    # Only files: a directory or a link named like a dump would take a
+    # real dump's place among those rotation keeps.
+    return clock.oldest_first((p for p in directory.iterdir() if pattern.match(p.name)
+                               and stat.S_ISREG(p.lstat().st_mode)), lambda p: p.name)
 
 
 def dump_name(directory: Path, dbname: str, label: str) -> str:
@@ -80,9 +82,15 @@ def rotate(directory: Path, dbname: str, keep: int, *, taken: Path | None = None
         return []
     old = backups(directory, dbname)[: -keep or None] if keep > 0 else []
     old = [path for path in old if path.name not in pinned and path != taken]
+    removed = []
     for path in old:
-        path.unlink()
-    return old
+        try:  # one dump that will not go (immutable, say) never fails the upgrade
+            path.unlink()
+        except OSError as exc:
+            log.warning("%s: old backup left as it is (%s)", path, exc.strerror or exc)
+            continue
+        removed.append(path)
+    return removed
 
 
 def remove_stale_partials(directory: Path) -> list[Path]:
