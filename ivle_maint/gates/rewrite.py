@@ -178,12 +178,16 @@ def _writing_in(directory: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             pass  # another rewrite is under way here: its temporary is live
+        except OSError:  # no flock on this filesystem (NFS): no sweep, the rewrite goes on
+            yield
+            return
         else:
             for entry in os.scandir(fd):
                 if _is_temporary(entry.name) and entry.is_file(follow_symlinks=False):
-                    with suppress(FileNotFoundError):
+                    with suppress(OSError):  # best effort: never in the rewrite's way
                         os.unlink(entry.name, dir_fd=fd)
-                    log.info("%s: removed, left by a killed run", shown(directory / entry.name))
+                        log.info("%s: removed, left by a killed run",
+                                 shown(directory / entry.name))
         fcntl.flock(fd, fcntl.LOCK_SH)  # a sweep's exclusive lock lasts a listing
         yield
     finally:

@@ -434,3 +434,18 @@ def test_a_backup_of_ivle_conf_is_readable_by_no_one_but_root_whatever_it_and_it
         case()
     finally:
         shutil.rmtree(base)
+
+
+def test_a_temporary_the_sweep_cannot_remove_never_fails_the_rewrite(tmp_path):
+    """The sweep of killed rewrites' temporaries is best effort: one it may
+    not remove (immutable) stays, and the rewrite beside it is done."""
+    import subprocess
+
+    stuck = tmp_path / ".ivle.conf.0123456789ab.tmp"
+    stuck.write_bytes(b"[database]\npassword = old\n")
+    subprocess.run(["chattr", "+i", str(stuck)], check=True)
+    try:
+        replace_file(tmp_path / "record", b"new")
+        assert (tmp_path / "record").read_bytes() == b"new" and stuck.exists()
+    finally:
+        subprocess.run(["chattr", "-i", str(stuck)], check=True)
