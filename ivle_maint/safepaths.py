@@ -64,15 +64,17 @@ def safe_dir(path: Path, mode: int, what: str) -> Path:
     return path
 
 
-def open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
+def open_nofollow(path: Path, flags: int, mode: int | None = 0o600) -> int:
     """os.open for one of ivle-maint's own files it writes in place (a lock,
     a log): never through a symlink, never anything but a regular file (so
     it cannot block), never a file with another name (a hard link: a lock's
     truncation would empty /etc/shadow) or another owner; and given MODE
     exactly, whatever the umask or the mode it had: a lock that others
-    can open, they can flock, and so refuse every run."""
+    can open, they can flock, and so refuse every run.  MODE None: an
+    existing file patched, its mode kept."""
     try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                     0o600 if mode is None else mode)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise MaintError(f"{path}: is a symlink; refused (remove it)") from None
@@ -86,7 +88,7 @@ def open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
         if st.st_uid != os.geteuid():
             raise MaintError(f"{path}: owned by uid {st.st_uid}, not {os.geteuid()}; "
                              "refused (remove it)")
-        if stat.S_IMODE(st.st_mode) != mode:
+        if mode is not None and stat.S_IMODE(st.st_mode) != mode:
             os.fchmod(fd, mode)
         os.set_blocking(fd, True)
     except BaseException:

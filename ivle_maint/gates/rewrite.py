@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MaintError
-from ..safepaths import make_dirs, read_nofollow, safe_dir
+from ..safepaths import make_dirs, open_nofollow, read_nofollow, safe_dir
 from . import clock, trusted
 from .text import shown
 
@@ -453,13 +453,11 @@ def patch_in_place(path: Path, old: bytes, new: bytes) -> bool:
     True if PATH holds NEW now."""
     if len(old) != len(new):
         raise ValueError("patch_in_place keeps the file's length")
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
+    try:  # the in-place gate: never a second name of another file, nor another's
+        fd = open_nofollow(path, os.O_RDWR, None)
+    except (OSError, MaintError):
         return False
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return False
         data = os.pread(fd, MAX_PATCHED, 0)
         if data.count(old) != 1:
             return data.count(new) == 1

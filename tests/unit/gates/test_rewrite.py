@@ -449,3 +449,43 @@ def test_a_temporary_the_sweep_cannot_remove_never_fails_the_rewrite(tmp_path):
         assert (tmp_path / "record").read_bytes() == b"new" and stuck.exists()
     finally:
         subprocess.run(["chattr", "-i", str(stuck)], check=True)
+
+
+def test_a_patch_in_place_reaches_no_other_name_and_no_other_users_file(tmp_path):
+    """patch_in_place (a full disk: the journal told the new code is in
+    place) writes into the file itself: a journal that is a second name of
+    another file (an archive a killed run linked, a backup tool's link), a
+    symlink, a FIFO or another user's file is left as it is (False), and
+    what it names keeps its content."""
+    import shutil
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from ivle_maint.gates.rewrite import patch_in_place
+
+    @settings(max_examples=30, deadline=None)
+    @given(kind=st.sampled_from(["file", "hard link", "symlink", "fifo", "another user's"]))
+    def case(kind):
+        top = tmp_path / "t"
+        top.mkdir()
+        try:
+            other, journal = top / "other", top / "journal.json"
+            other.write_bytes(b'{"code_new": false}\n')
+            if kind == "hard link":
+                os.link(other, journal)
+            elif kind == "symlink":
+                journal.symlink_to(other)
+            elif kind == "fifo":
+                os.mkfifo(journal)
+            else:
+                journal.write_bytes(other.read_bytes())
+                if kind == "another user's":
+                    os.chown(journal, 65534, 65534)
+            done = patch_in_place(journal, b"false", b"true ")
+            assert done == (kind == "file")
+            assert other.read_bytes() == b'{"code_new": false}\n'
+        finally:
+            shutil.rmtree(top)
+
+    case()
