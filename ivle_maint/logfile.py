@@ -203,19 +203,49 @@ def _drop_twin(path: Path) -> None:
 DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG})
 
 
+def _new_log(log_dir: Path, name: str) -> Path:
+    """The new log's name: NAME-UTCSTAMP.nNNNNNN.log, never one that exists.
+
+    Raises OSError when the disk refuses (DISK_ERRORS), MaintError else."""
+    try:
+        stem = log_stem(log_dir, name)
+        path, number = log_dir / f"{stem}.log", 1
+        while path.exists() or path.with_name(path.name + ".gz").exists():  # same second
+            number += 1
+            path = log_dir / f"{stem}_{number}.log"  # sorts after the first of that second
+    except OSError as exc:
+        if exc.errno in DISK_ERRORS:
+            raise
+        raise MaintError(f"{log_dir}: {exc.strerror or exc}") from None
+    return path
+
+
+def _stream(fd: int) -> Any:
+    """A text stream on the descriptor just checked: the path is not opened again."""
+    try:
+        return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _create(path: Path) -> int:
     """PATH opened for appending, never through a symlink, root:adm 0640.
 
     Raises OSError when the disk refuses (DISK_ERRORS), MaintError else."""
     try:
         fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        try:
+            gid = _log_gid()
+            if gid is not None:
+                os.fchown(fd, 0, gid)
+        except BaseException:
+            os.close(fd)
+            raise
     except OSError as exc:
         if exc.errno in DISK_ERRORS:
             raise
         raise MaintError(f"{path}: {exc.strerror or exc}") from None
-    gid = _log_gid()
-    if gid is not None:
-        os.fchown(fd, 0, gid)
     return fd
 
 
@@ -244,22 +274,17 @@ def run_log(log_dir: Path, name: str, *, keep: int = DEFAULT_KEEP,
     if created and gid is not None:
         os.chown(log_dir, 0, gid)
     _rotate(log_dir, keep)
-    stem = log_stem(log_dir, name)
-    path, number = log_dir / f"{stem}.log", 1
-    while path.exists() or path.with_name(path.name + ".gz").exists():  # same second
-        number += 1
-        path = log_dir / f"{stem}_{number}.log"  # sorts after the first of that second
     logger = logging.getLogger("ivle_maint")
     previous, previous_lines = logger.level, _output_lines
+    path = log_dir / f"{name.replace('/', '_')}.log"  # named in a warning until chosen
     try:
-        fd = _create(path)
-    except OSError as exc:
+        path = _new_log(log_dir, name)
+        stream = _stream(_create(path))
+    except OSError as exc:  # DISK_ERRORS only: the disk, at any step of making the log
         _tell(f"ivle-maint: warning: log {shown(path)}: {shown(exc.strerror or exc)}; "
               "this run is not logged")
         handler: TolerantHandler | None = None
     else:
-        # A stream on the descriptor just checked: the path is not opened again.
-        stream = os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
         handler = TolerantHandler(stream, path)
         handler.setFormatter(_UTCFormatter("%(asctime)sZ %(levelname)s %(name)s: %(message)s"))
         handler.setLevel(logging.DEBUG)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import time
+
+import pytest
 
 from ivle_maint.logfile import BoundedOutput, prune, run_log
 
@@ -176,3 +179,38 @@ def test_no_log_found_in_the_directory_stops_the_run_nor_loses_a_log(tmp_path):
             shutil.rmtree(elsewhere)
 
     case()
+
+
+@pytest.mark.parametrize("code", [errno.EIO, errno.ENOSPC])
+def test_a_disk_that_fails_at_any_step_of_making_the_log_never_stops_the_run(tmp_path, code):
+    """Each step of a run's log in turn (rotation, compression, choosing the
+    new log's name, creating it, giving it to adm) fails with an I/O error
+    or a full disk: the run goes on (at most unlogged, said on stderr),
+    and every earlier log is whole, plain or compressed."""
+    import shutil
+
+    from support.kill_points import failed_at
+
+    contents = {f"run-20260101T00000{i}Z.n{i:06d}.log": f"log {i}\n".encode() * 50_000
+                for i in range(1, 5)}
+    body = ("with run_log(Path(sys.argv[2]), 'upgrade', keep=3):\n"
+            "    logging.getLogger('ivle_maint.test').info('the run goes on')")
+    point = 0
+    while True:
+        point += 1
+        logs = tmp_path / str(point)
+        logs.mkdir()
+        for name, data in contents.items():
+            (logs / name).write_bytes(data)
+        outcome = failed_at(point, code, "import logging\nfrom pathlib import Path\n"
+                            "from ivle_maint.logfile import run_log", body, str(logs))
+        assert outcome in ("finished", "reached"), (point, outcome)
+        for name, data in contents.items():
+            plain, packed = logs / name, logs / (name + ".gz")
+            assert not plain.exists() or plain.read_bytes() == data, (point, name)
+            assert not packed.exists() or gzip.decompress(packed.read_bytes()) == data, \
+                (point, name)
+        shutil.rmtree(logs)
+        if outcome == "finished":
+            break
+    assert point > 20
