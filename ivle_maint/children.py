@@ -257,15 +257,25 @@ def end_leftovers(run_dir: Path, reporter: Reporter) -> list[str]:
             continue
         if _owner_alive(data):
             continue  # a live ivle-maint's (one that takes no node lock)
-        members = _group_members(pgid, since)
+        members = _group_members(pgid, since) if _still_recorded(pgid, data.get("start")) else []
         if members:
             command = " ".join(str(a) for a in data.get("argv", []))[:200]
             reporter.info(f"ending {command} (process group {pgid}), left running by a "
                           f"killed ivle-maint (pid {data.get('owner')})")
-            _end_group(pgid, since)
+            _end_group(pgid, since, data.get("start"))
             ended.append(command)
         path.unlink(missing_ok=True)
     return ended
+
+
+def _still_recorded(pgid: int, start: object) -> bool:
+    """Group PGID is still the command the record names, not a process that
+    got its number since: the leader, while it lives, is the very process
+    recorded (its start time); with the leader gone, the members left are
+    its group's, since the kernel gives no process a number in use as a
+    group's id.  A leader whose start was not recorded proves nothing."""
+    now = start_time(pgid)
+    return now is None or (isinstance(start, int) and now == start)
 
 
 def end_now(pid: int) -> None:
@@ -274,9 +284,11 @@ def end_now(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def _end_group(pgid: int, since: int) -> None:
+def _end_group(pgid: int, since: int, leader_start: object) -> None:
     """SIGTERM the group, SIGKILL what is left after the grace, wait until gone."""
     for sig, wait in ((signal.SIGTERM, TERM_GRACE), (signal.SIGKILL, 30.0)):
+        if not _still_recorded(pgid, leader_start):
+            return  # its leader gone and the number taken since: not ours
         try:
             os.killpg(pgid, sig)
         except ProcessLookupError:

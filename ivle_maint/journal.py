@@ -142,6 +142,7 @@ class Journal:
     def open(cls, state_dir: Path, old: str, new: str, role: str) -> Journal:
         """The journal of this upgrade: the existing one, or a new one."""
         path = cls.file_for(state_dir, old, new)
+        _undo_killed_archive(path)
         if path.exists():
             return cls.load(path)
         return cls(path, old, new, role, sequence=_next_sequence(path.parent),
@@ -316,6 +317,25 @@ def oldest_first(journals: Iterable[Journal]) -> list[Journal]:
     there: nothing else records their order) by their creation stamps."""
     return sorted(journals, key=lambda j: (j.sequence, 0.0 if j.sequence else j.created,
                                            j.path.name))
+
+
+def _undo_killed_archive(path: Path) -> None:
+    """archive() links the journal PATH under its archive name, then removes
+    PATH; killed in between, both names are one file, which no rewrite may
+    replace (it would split them: every later save refused).  The archive
+    is undone, the journal as it was before it: the next run decides again."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if st.st_nlink < 2:
+        return
+    for other in path.parent.iterdir():
+        if other.name.startswith(f"{path.stem}.n") and other.name.endswith(".json"):
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samestat(other.lstat(), st):
+                    other.unlink()
+    fsync_dir(path.parent)
 
 
 def _next_sequence(directory: Path) -> int:

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import LockedError, MaintError
+from .gates.text import shown
 from .safepaths import open_nofollow, read_nofollow, safe_dir
 
 ROLLBACK_LOCK = "rollback.lock"
@@ -32,12 +33,43 @@ ROLLBACK_LOCK = "rollback.lock"
 ROLLBACK_ENV = "IVLE_MAINT_ROLLBACK_PID"
 
 
-def _describe_holder(path: Path) -> str:
+def _describe_holder(path: Path, fd: int) -> str:
+    """Who holds the lock on FD (open on PATH): what the holder wrote in it,
+    when the kernel says that process holds it; else the kernel's holder
+    and its owner (a process of another user that opened the lock while an
+    earlier version left it readable: no content of its says so)."""
     try:
         holder = read_nofollow(path).decode("utf-8", "replace").strip()
     except (OSError, MaintError):
         holder = ""
-    return holder or "unknown process"
+    pids = _kernel_holders(fd)
+    written = holder.partition(":")[0].removeprefix("pid ").strip()
+    if holder and (not pids or written in map(str, pids)):
+        return shown(holder)
+    for pid in pids:
+        try:
+            uid = os.stat(f"/proc/{pid}").st_uid
+        except OSError:
+            continue
+        if uid != os.geteuid():
+            return (f"pid {pid}, a process of uid {uid}, not an ivle-maint: end it (it opened "
+                    f"the lock while an earlier version left it readable)")
+        return f"pid {pid}"
+    return "unknown process"
+
+
+def _kernel_holders(fd: int) -> list[int]:
+    """The pids /proc/locks says hold a flock on FD's file (none if unreadable)."""
+    st = os.fstat(fd)
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as table:
+            rows = [line.split() for line in table]
+    except OSError:
+        return []
+    # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF"; a waiter's has "->" after "1:".
+    return [int(row[4]) for row in rows
+            if len(row) > 5 and row[1] == "FLOCK" and row[5] == inode and row[4].isdigit()]
 
 
 @contextmanager
@@ -45,14 +77,14 @@ def _flock(path: Path, purpose: str, refused: Callable[[str], str]) -> Iterator[
     """PATH flocked for the block, naming PURPOSE and this pid in it; else
     LockedError at once, its message REFUSED(the holder)."""
     try:
-        fd = open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         raise MaintError(f"{path}: {exc.strerror or exc}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise LockedError(refused(_describe_holder(path))) from None
+            raise LockedError(refused(_describe_holder(path, fd))) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}: {purpose}\n".encode(), 0)
         try:
@@ -69,7 +101,7 @@ def _rollback_holder(run_dir: Path) -> str | None:
     does, or when it is this process or the rollback whose dpkg runs us."""
     path = run_dir / ROLLBACK_LOCK
     try:
-        fd = open_nofollow(path, os.O_RDONLY, 0o644)
+        fd = open_nofollow(path, os.O_RDONLY, 0o600)
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -78,7 +110,7 @@ def _rollback_holder(run_dir: Path) -> str | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _describe_holder(path)
+            holder = _describe_holder(path, fd)
         else:
             fcntl.flock(fd, fcntl.LOCK_UN)
             return None

@@ -112,6 +112,11 @@ def _logs(log_dir: Path) -> list[Path]:
     log directory and delete real logs)."""
     found = [p for p in log_dir.iterdir()
              if p.name.endswith((".log", ".log.gz")) and stat.S_ISREG(p.lstat().st_mode)]
+    # A compression killed after its .gz was in place, before the plain log
+    # was removed, leaves both: one log, not two (counted twice, it would
+    # make rotation delete an older log that keep says to keep).
+    names = {p.name for p in found}
+    found = [p for p in found if not (p.name.endswith(".gz") and p.name[:-3] in names)]
     # Logs of versions that recorded no order: older than every numbered one.
     return clock.oldest_first(found, lambda p: p.name,
                               legacy=lambda p: (p.lstat().st_mtime, p.name))
@@ -159,15 +164,69 @@ def prune(log_dir: Path, keep: int) -> None:
     logs = _logs(log_dir)
     stale, kept = logs[: max(0, len(logs) - (keep - 1))], logs[len(logs) - (keep - 1):]
     for path in stale:
-        path.unlink()
+        _one_log(path, _remove)
     for path in kept[:-1]:
         if path.name.endswith(".log"):
-            _compress(path)
+            _one_log(path, _compress)  # replaces a twin .gz
+    for path in kept[-1:]:
+        _one_log(path, _drop_twin)  # the plain log is the one kept
+
+
+def _one_log(path: Path, action: Callable[[Path], object]) -> None:
+    """ACTION on one log; a log it cannot act on (another name of it kept by
+    a backup tool's hard link, immutable, another user's) is left as it is,
+    said on stderr: a log never stops the run.  A full or failing disk
+    stops the rotation (_rotate says so)."""
+    try:
+        action(path)
+    except (MaintError, OSError) as exc:
+        if getattr(exc, "errno", None) in DISK_ERRORS:
+            raise
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        _tell(f"ivle-maint: warning: log {shown(path)} left as it is: {shown(why)}")
+
+
+def _remove(path: Path) -> None:
+    _drop_twin(path)
+    path.unlink()
+
+
+def _drop_twin(path: Path) -> None:
+    """The .gz a killed compression left beside the plain log PATH: removed."""
+    twin = path.with_name(path.name + ".gz")
+    if path.name.endswith(".log") and twin.is_file() and not twin.is_symlink():
+        twin.unlink()
 
 
 # A disk that cannot take the log: the run goes on without it (under dpkg,
 # failing would leave the package half-configured for the sake of a log).
 DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG})
+
+
+def _new_log(log_dir: Path, name: str) -> Path:
+    """The new log's name: NAME-UTCSTAMP.nNNNNNN.log, never one that exists.
+
+    Raises OSError when the disk refuses (DISK_ERRORS), MaintError else."""
+    try:
+        stem = log_stem(log_dir, name)
+        path, number = log_dir / f"{stem}.log", 1
+        while path.exists() or path.with_name(path.name + ".gz").exists():  # same second
+            number += 1
+            path = log_dir / f"{stem}_{number}.log"  # sorts after the first of that second
+    except OSError as exc:
+        if exc.errno in DISK_ERRORS:
+            raise
+        raise MaintError(f"{log_dir}: {exc.strerror or exc}") from None
+    return path
+
+
+def _stream(fd: int) -> Any:
+    """A text stream on the descriptor just checked: the path is not opened again."""
+    try:
+        return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _create(path: Path) -> int:
@@ -176,13 +235,17 @@ def _create(path: Path) -> int:
     Raises OSError when the disk refuses (DISK_ERRORS), MaintError else."""
     try:
         fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        try:
+            gid = _log_gid()
+            if gid is not None:
+                os.fchown(fd, 0, gid)
+        except BaseException:
+            os.close(fd)
+            raise
     except OSError as exc:
         if exc.errno in DISK_ERRORS:
             raise
         raise MaintError(f"{path}: {exc.strerror or exc}") from None
-    gid = _log_gid()
-    if gid is not None:
-        os.fchown(fd, 0, gid)
     return fd
 
 
@@ -211,22 +274,17 @@ def run_log(log_dir: Path, name: str, *, keep: int = DEFAULT_KEEP,
     if created and gid is not None:
         os.chown(log_dir, 0, gid)
     _rotate(log_dir, keep)
-    stem = log_stem(log_dir, name)
-    path, number = log_dir / f"{stem}.log", 1
-    while path.exists() or path.with_name(path.name + ".gz").exists():  # same second
-        number += 1
-        path = log_dir / f"{stem}_{number}.log"  # sorts after the first of that second
     logger = logging.getLogger("ivle_maint")
     previous, previous_lines = logger.level, _output_lines
+    path = log_dir / f"{name.replace('/', '_')}.log"  # named in a warning until chosen
     try:
-        fd = _create(path)
-    except OSError as exc:
+        path = _new_log(log_dir, name)
+        stream = _stream(_create(path))
+    except OSError as exc:  # DISK_ERRORS only: the disk, at any step of making the log
         _tell(f"ivle-maint: warning: log {shown(path)}: {shown(exc.strerror or exc)}; "
               "this run is not logged")
         handler: TolerantHandler | None = None
     else:
-        # A stream on the descriptor just checked: the path is not opened again.
-        stream = os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
         handler = TolerantHandler(stream, path)
         handler.setFormatter(_UTCFormatter("%(asctime)sZ %(levelname)s %(name)s: %(message)s"))
         handler.setLevel(logging.DEBUG)

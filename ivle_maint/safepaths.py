@@ -64,19 +64,36 @@ def safe_dir(path: Path, mode: int, what: str) -> Path:
     return path
 
 
-def open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
-    """os.open for writing one of ivle-maint's own files: never through a
-    symlink, never anything but a regular file (so it cannot block)."""
+def open_nofollow(path: Path, flags: int, mode: int | None = 0o600) -> int:
+    """os.open for one of ivle-maint's own files it writes in place (a lock,
+    a log): never through a symlink, never anything but a regular file (so
+    it cannot block), never a file with another name (a hard link: a lock's
+    truncation would empty /etc/shadow) or another owner; and given MODE
+    exactly, whatever the umask or the mode it had: a lock that others
+    can open, they can flock, and so refuse every run.  MODE None: an
+    existing file patched, its mode kept."""
     try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                     0o600 if mode is None else mode)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise MaintError(f"{path}: is a symlink; refused (remove it)") from None
         raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise MaintError(f"{path}: not a regular file; refused (remove it)")
+        if st.st_nlink != 1:
+            raise MaintError(f"{path}: has {st.st_nlink} hard links; refused (remove it)")
+        if st.st_uid != os.geteuid():
+            raise MaintError(f"{path}: owned by uid {st.st_uid}, not {os.geteuid()}; "
+                             "refused (remove it)")
+        if mode is not None and stat.S_IMODE(st.st_mode) != mode:
+            os.fchmod(fd, mode)
+        os.set_blocking(fd, True)
+    except BaseException:
         os.close(fd)
-        raise MaintError(f"{path}: not a regular file; refused (remove it)")
-    os.set_blocking(fd, True)
+        raise
     return fd
 
 

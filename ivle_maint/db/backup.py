@@ -34,6 +34,7 @@ from pathlib import Path
 
 from ..errors import MaintError
 from ..gates import clock, text, trusted
+from ..gates.rewrite import fsync_dir
 from ..safepaths import safe_dir
 from . import client
 from .connect import ConnectParams
@@ -56,8 +57,10 @@ def backups(directory: Path, dbname: str) -> list[Path]:
     if not directory.is_dir():
         return []
     pattern = _pattern(dbname)
-    return clock.oldest_first((p for p in directory.iterdir() if pattern.match(p.name)),
-                              lambda p: p.name)
+    # Only files: a directory or a link named like a dump would take a
+    # real dump's place among those rotation keeps.
+    return clock.oldest_first((p for p in directory.iterdir() if pattern.match(p.name)
+                               and stat.S_ISREG(p.lstat().st_mode)), lambda p: p.name)
 
 
 def dump_name(directory: Path, dbname: str, label: str) -> str:
@@ -79,9 +82,15 @@ def rotate(directory: Path, dbname: str, keep: int, *, taken: Path | None = None
         return []
     old = backups(directory, dbname)[: -keep or None] if keep > 0 else []
     old = [path for path in old if path.name not in pinned and path != taken]
+    removed = []
     for path in old:
-        path.unlink()
-    return old
+        try:  # one dump that will not go (immutable, say) never fails the upgrade
+            path.unlink()
+        except OSError as exc:
+            log.warning("%s: old backup left as it is (%s)", path, exc.strerror or exc)
+            continue
+        removed.append(path)
+    return removed
 
 
 def remove_stale_partials(directory: Path) -> list[Path]:
@@ -176,6 +185,16 @@ def remove_leftovers(directory: Path) -> list[Path]:
     return removed
 
 
+def _flush(fd: int, partial: Path) -> None:
+    """The dump on disk before it is named one: rotation then deletes an
+    older dump, and a power cut must not leave an empty file in its place."""
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise MaintError(f"{partial}: the dump could not be written to disk: "
+                         f"{exc.strerror or exc}") from None
+
+
 def dump(params: ConnectParams, directory: Path, *, label: str, keep: int) -> Path:
     """pg_dump the database into directory, rotate, return the dump's path."""
     safe_dir(directory, 0o700, "[paths] backup")
@@ -198,6 +217,8 @@ def dump(params: ConnectParams, directory: Path, *, label: str, keep: int) -> Pa
             check=False,
             **client.run_kwargs(params),
         )
+        if done.returncode == 0:
+            _flush(fd, partial)
     except BaseException:
         os.close(fd)
         partial.unlink(missing_ok=True)
@@ -212,6 +233,7 @@ def dump(params: ConnectParams, directory: Path, *, label: str, keep: int) -> Pa
                      "end it)")
         raise MaintError(f"pg_dump of database {params.dbname} failed: {last}")
     partial.rename(final)
+    fsync_dir(directory)  # the name too, before rotation deletes an older dump
     for path in rotate(directory, params.dbname, keep, taken=final):
         log.info("removed old backup %s", path)
     return final

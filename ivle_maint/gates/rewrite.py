@@ -34,19 +34,20 @@ import os
 import secrets
 import stat
 import tempfile
-from collections.abc import Iterable
-from contextlib import suppress
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MaintError
-from ..safepaths import make_dirs, read_nofollow, safe_dir
+from ..safepaths import make_dirs, open_nofollow, read_nofollow, safe_dir
 from . import clock, trusted
 from .text import shown
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODE = 0o644  # for a new file when no mode is given
+BACKUP_MODE = 0o600  # a backup of ivle.conf holds the database password
 ACL_XATTR = "system.posix_acl_access"
 _NOT_SUPPORTED = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENODATA)
 
@@ -85,6 +86,14 @@ def check_rewritable(path: Path) -> os.stat_result | None:
         which = "immutable" if flags & FS_IMMUTABLE_FL else "append-only"
         raise MaintError(f"{path}: is {which} (chattr +{which[0]}); refused (no rename can "
                          f"replace it: chattr -{which[0]} it first)")
+    return st
+
+
+def _regular(path: Path) -> os.stat_result:
+    """PATH's lstat: a regular file, never through a symlink (MaintError)."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise MaintError(f"{shown(path)}: not a regular file; refused")
     return st
 
 
@@ -144,11 +153,52 @@ def _set_attrs(fd: int, attrs: dict[str, bytes], where: Path, strict: bool) -> N
                              f"({exc.strerror}); nothing written") from None
 
 
+TEMP_TOKEN = 6  # bytes of randomness in a temporary file's name (12 hex digits)
+
+
+def _is_temporary(name: str) -> bool:
+    """NAME is one _open_temp makes: .TARGET.<12 hex digits>.tmp."""
+    head, _, token = name.removesuffix(".tmp").rpartition(".")
+    return (name.startswith(".") and name.endswith(".tmp") and len(head) > 1
+            and len(token) == 2 * TEMP_TOKEN and all(c in "0123456789abcdef" for c in token))
+
+
+@contextmanager
+def _writing_in(directory: Path) -> Iterator[None]:
+    """Held while a temporary file of ours may exist in DIRECTORY: a shared
+    flock on the directory.  Whoever gets it exclusively knows that no
+    rewrite is under way there, so the temporary files it finds are killed
+    runs' (as big as a log, or holding ivle.conf's password): removed, or a
+    kill at each rotation would leave one more for ever."""
+    import fcntl
+
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # another rewrite is under way here: its temporary is live
+        except OSError:  # no flock on this filesystem (NFS): no sweep, the rewrite goes on
+            yield
+            return
+        else:
+            for entry in os.scandir(fd):
+                if _is_temporary(entry.name) and entry.is_file(follow_symlinks=False):
+                    with suppress(OSError):  # best effort: never in the rewrite's way
+                        os.unlink(entry.name, dir_fd=fd)
+                        log.info("%s: removed, left by a killed run",
+                                 shown(directory / entry.name))
+        fcntl.flock(fd, fcntl.LOCK_SH)  # a sweep's exclusive lock lasts a listing
+        yield
+    finally:
+        os.close(fd)
+
+
 def _open_temp(directory: Path, name: str) -> tuple[int, Path]:
     """A new file beside the target, root's 0600, never a planted one."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     while True:
-        tmp = directory / f".{name}.{secrets.token_hex(6)}.tmp"
+        tmp = directory / f".{name}.{secrets.token_hex(TEMP_TOKEN)}.tmp"
         try:
             return os.open(tmp, flags, 0o600), tmp
         except FileExistsError:
@@ -207,6 +257,10 @@ def _install(tmp: Path, target: Path, durable: bool = True, old: _Old | None = N
             os.replace(tmp, target)
     except BaseException as exc:
         if theirs_at_tmp:  # the exchange back failed: say where their file is
+            kept = tmp.with_name(tmp.name.removesuffix(".tmp") + ".theirs")
+            with suppress(OSError):
+                os.rename(tmp, kept)  # a name no sweep of temporaries removes
+                tmp = kept
             raise MaintError(f"{shown(target)}: changed while being rewritten, and the other "
                              f"program's file could not be put back: it is {shown(tmp)}; "
                              "move it back by hand") from exc
@@ -293,20 +347,26 @@ def _store_backup(name: str, old: _Old, backup_dir: Path) -> Path:
     while os.path.lexists(dest):
         serial += 1
         dest = backup_dir / f"{name}.{stamp}.{serial}"
-    tmp = _write_temp(backup_dir, dest.name, old.data, mode=stat.S_IMODE(old.st.st_mode),
-                      like=old.st, attrs=old.attrs, strict=False)
-    _install(tmp, dest)
+    # Private whatever the file allowed: a backup outlives its mode and ACL
+    # (a password changed since, a mode tightened since), and its directory
+    # may be one others can enter.
+    attrs = {name: value for name, value in old.attrs.items() if name != ACL_XATTR}
+    with _writing_in(backup_dir):
+        tmp = _write_temp(backup_dir, dest.name, old.data, mode=BACKUP_MODE,
+                          like=old.st, attrs=attrs, strict=False)
+        _install(tmp, dest)
     return dest
 
 
 def backup_copy(path: Path, backup_dir: Path,
                 purpose: trusted.Purpose = trusted.IVLE_CONF) -> Path:
-    """Copy PATH into BACKUP_DIR as NAME.YYYYMMDDTHHMMSSZ[.N]; owner, mode and
-    attributes kept where that directory's filesystem can hold them.  PATH
+    """Copy PATH into BACKUP_DIR as NAME.YYYYMMDDTHHMMSSZ[.N]; owner and
+    attributes kept where that directory's filesystem can hold them, but
+    mode 0600 and no ACL: no one but its owner reads a backup.  PATH
     is read through the trusted gate (PURPOSE: its bound and owner).
 
-    The directory is made private (0700) when created: ivle.conf holds the
-    database password, and a backup must not be easier to read than it.
+    The directory is made private (0700) when created, and the backup is
+    0600 whatever the directory: ivle.conf holds the database password.
     The stamp is for people: nothing orders or deletes backups by it.
     """
     st = check_rewritable(path)
@@ -360,9 +420,8 @@ def replace_file(path: Path, data: bytes | Iterable[bytes], *, mode: int | None 
     try:
         make_dirs(target.parent, 0o755)
         st = check_rewritable(target)
-        if like is not None:
-            source_st = check_rewritable(Path(like))
-            source = _snapshot(Path(like), source_st, None) if source_st else None
+        if like is not None:  # only read: one regular file, however many names it has
+            source: _Old | None = _snapshot(Path(like), _regular(Path(like)), None)
             old = None  # LIKE lends its attributes only: nothing of it is backed up
         else:
             wants = backup_dir is not None or expect is not None
@@ -374,11 +433,12 @@ def replace_file(path: Path, data: bytes | Iterable[bytes], *, mode: int | None 
             mode = stat.S_IMODE(source.st.st_mode) if source else DEFAULT_MODE
         backup = _store_backup(target.name, old, backup_dir) if backup_dir and st and old \
             else None
-        tmp = _write_temp(target.parent, target.name, data, mode=mode,
-                          like=source.st if source else None,
-                          attrs=source.attrs if source else {}, strict=True,
-                          durable=durable)
-        _install(tmp, target, durable, old)
+        with _writing_in(target.parent):
+            tmp = _write_temp(target.parent, target.name, data, mode=mode,
+                              like=source.st if source else None,
+                              attrs=source.attrs if source else {}, strict=True,
+                              durable=durable)
+            _install(tmp, target, durable, old)
     except OSError as exc:
         where = exc.filename or target
         raise WriteFailed(f"cannot write {shown(path)}: {shown(where)}: "
@@ -393,13 +453,11 @@ def patch_in_place(path: Path, old: bytes, new: bytes) -> bool:
     True if PATH holds NEW now."""
     if len(old) != len(new):
         raise ValueError("patch_in_place keeps the file's length")
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
+    try:  # the in-place gate: never a second name of another file, nor another's
+        fd = open_nofollow(path, os.O_RDWR, None)
+    except (OSError, MaintError):
         return False
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return False
         data = os.pread(fd, MAX_PATCHED, 0)
         if data.count(old) != 1:
             return data.count(new) == 1

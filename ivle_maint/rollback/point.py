@@ -39,7 +39,7 @@ from ..errors import MaintError
 from ..gates import clock, trusted
 from ..gates.rewrite import write_state_file
 from ..roles import Role
-from ..safepaths import read_nofollow, safe_dir
+from ..safepaths import open_nofollow, read_nofollow, safe_dir
 from ..versions import check as check_version
 from ..versions import is_downgrade
 from .old_package import KeptPackage  # the gate of its own record
@@ -113,8 +113,7 @@ class RestorePoint:
         """CHANGE applied to the manifest as it is on disk, under its lock:
         steps that run side by side (migrate, rebuild-jail) each record
         their part, and none writes back another's stale copy."""
-        fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
-                     | os.O_CLOEXEC, 0o600)
+        fd = open_nofollow(self.directory / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             current = RestorePoint.load(self.directory)

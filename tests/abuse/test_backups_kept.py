@@ -130,3 +130,28 @@ def test_a_damaged_pins_file_is_one_line_never_a_traceback(node_factory: Any,
     assert len(errors) == 1 and f"{pins}: unreadable (" in errors[0], done.stderr
     assert "repair or remove it" in errors[0]
     assert pins.read_bytes() == text
+
+
+def test_a_dump_is_on_disk_before_it_is_named_one_and_an_older_one_deleted(
+        site: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pg_dump writes to a file ivle-maint opened; once it is renamed a dump,
+    rotation deletes the oldest, and migrations follow.  A power cut then
+    must not leave an empty file as the only dump: each dump and its name
+    are flushed (fsync(2), for real) before rotation runs; so are they in
+    each of several dumps, with rotation deleting."""
+    settings = load_settings(str(site.maint_conf))
+    flushed: list[tuple[int, int]] = []  # (device, inode) of each fsync
+    real = os.fsync
+
+    def noted(fd: int) -> None:
+        st = os.fstat(fd)
+        flushed.append((st.st_dev, st.st_ino))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", noted)
+    for label in ("one", "two", "three", "four"):
+        made = migrations.backup_now(settings, RecordingReporter(), label=label)
+        st, directory = made.stat(), made.parent.stat()
+        assert (st.st_dev, st.st_ino) in flushed, f"{made} never flushed"
+        assert flushed[-1] == (directory.st_dev, directory.st_ino), "its name never flushed"
+        flushed.clear()

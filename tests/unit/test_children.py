@@ -92,3 +92,46 @@ def test_a_fork_that_reaches_exec_is_left_alone(monkeypatch):
         child = subprocess.Popen(["sleep", "1"])
         time.sleep(0.5)  # past the grace: an exec'ed program is not ours to kill
     assert not spawn.stuck and child.wait() == 0
+
+
+def test_a_record_whose_group_number_another_process_now_has_never_signals_it(tmp_path):
+    """A record in the run directory names a killed run's command by its
+    group's number; by the next run that number may be an unrelated
+    process's (pid reuse: a student's session, a daemon), started after the
+    recorded one, or the record may not say when the command started.
+    Whatever the record says, a live process that is not the recorded one
+    is never signalled, and the recorded one (the same start) is ended."""
+    import json
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    records = tmp_path / "children"
+    records.mkdir()
+
+    @settings(max_examples=40, deadline=None)
+    @given(recorded=st.one_of(st.none(), st.just(0), st.integers(-10**6, 10**6)),
+           owner_start=st.one_of(st.none(), st.integers(0, 10**9)))
+    def case(recorded, owner_start):
+        # recorded: the record's start, as an offset from the live process's
+        # own start (0: the very process), or None (not recorded).
+        group = subprocess.Popen(["sleep", "300"], start_new_session=True)
+        try:
+            start = None
+            while start is None:  # /proc has it once the child is set up
+                start = children.start_time(group.pid)
+            record = {"pid": group.pid, "argv": ["ivle-buildjail", "-u"],
+                      "start": None if recorded is None else start + recorded,
+                      "owner": 2**22 + 1, "owner_start": owner_start}  # a dead owner
+            (records / f"{group.pid}.json").write_text(json.dumps(record))
+            ended = children.end_leftovers(tmp_path, RecordingReporter())
+            if recorded == 0:
+                assert ended == ["ivle-buildjail -u"] and group.poll() == -signal.SIGTERM
+            else:
+                assert ended == [] and group.poll() is None, record
+            assert not list(records.iterdir())
+        finally:
+            group.kill()
+            group.wait()
+
+    case()

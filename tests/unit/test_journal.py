@@ -190,3 +190,43 @@ def test_a_journal_that_loads_names_the_upgrade_its_file_is_named_after(
                                                                  "0123456789+-."))
     for where in (journal.source, journal.migrations):
         assert where == "" or where.startswith("/"), where
+
+
+SETUP = "from pathlib import Path\nfrom ivle_maint.journal import Journal"
+
+
+def test_an_archive_killed_at_any_point_leaves_a_journal_the_next_run_can_write(tmp_path):
+    """archive() (a finished upgrade started again) killed at each of its
+    steps in turn: the next run's journal is the one from before or a new
+    one, never a second name of an archive (which every save would refuse:
+    'has 2 hard links'), and its archive, done again, is the only one."""
+    import os
+    import shutil
+
+    from support.kill_points import killed_at
+
+    point = 0
+    while True:
+        point += 1
+        state = tmp_path / str(point)
+        journal = Journal.open(state, "1.0", "1.1", "both")
+        journal.begin("stop-web")
+        journal.finish("stop-web", "stopped", {"seconds": 1.0})
+        killed = killed_at(point, SETUP, "Journal.open(Path(sys.argv[2]), '1.0', '1.1', "
+                           "'both').archive()", str(state))
+        again = Journal.open(state, "1.0", "1.1", "both")  # the next run
+        again.begin("start-web")
+        again.save()
+        again.archive()
+        names = sorted(p.name for p in (state / "journal").iterdir())
+        assert all(os.lstat(state / "journal" / n).st_nlink == 1 for n in names), (point, names)
+        archived = sorted(sorted(json.loads((state / "journal" / n).read_text())["steps"])
+                          for n in names)
+        # The killed archive undone (the journal went on) or done (a new one began).
+        assert archived in ([["start-web", "stop-web"]], [["start-web"], ["stop-web"]]), \
+            (point, archived)
+        assert killed or len(archived) == 2
+        shutil.rmtree(state)
+        if not killed:
+            break
+    assert point > 3

@@ -107,3 +107,48 @@ def test_an_unreadable_pin_record_stops_rotation_not_the_dump(tmp_path: Path) ->
     (tmp_path / "pinned.json").write_text("{not json")
     assert backup.rotate(tmp_path, "ivle", 1) == []
     assert backup.backups(tmp_path, "ivle") == made
+
+
+def test_rotation_keeps_the_newest_dumps_whatever_else_is_named_like_one(tmp_path: Path) -> None:
+    """Beside real dumps, things named like dumps: a directory, a symlink to
+    a file elsewhere, an immutable dump.  Rotation never fails over them,
+    never counts them among the dumps it keeps (a real dump deleted in
+    their place), never follows the link, and keeps the newest KEEP real
+    dumps."""
+    import shutil
+    import subprocess
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=40, deadline=None)
+    @given(kinds=st.lists(st.sampled_from(["dump", "directory", "symlink", "immutable"]),
+                          min_size=1, max_size=7), keep=st.integers(1, 4))
+    def case(kinds: list[str], keep: int) -> None:
+        directory, outside = tmp_path / "backup", tmp_path / "outside"
+        directory.mkdir(mode=0o700)
+        outside.write_bytes(b"not a dump")
+        try:
+            real = []
+            for i, kind in enumerate(kinds, 1):
+                path = directory / f"ivle-20260101T00000{i}.000000Z-x.n{i:06d}.dump"
+                if kind == "directory":
+                    path.mkdir()
+                elif kind == "symlink":
+                    path.symlink_to(outside)
+                else:
+                    path.write_bytes(b"PGDMP")
+                    real.append(path)
+                    if kind == "immutable":
+                        subprocess.run(["chattr", "+i", str(path)], check=True)
+            backup.rotate(directory, "ivle", keep)
+            left = [p for p in real if p.exists()]
+            assert left[-keep:] == real[-keep:]
+            assert outside.read_bytes() == b"not a dump"
+        finally:
+            subprocess.run(["chattr", "-R", "-i", str(directory)], check=False,
+                           capture_output=True)
+            shutil.rmtree(directory)
+            outside.unlink()
+
+    case()

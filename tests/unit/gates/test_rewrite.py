@@ -72,7 +72,7 @@ def test_a_symlink_is_refused_and_neither_it_nor_its_target_changes(tmp_path):
     assert names(tmp_path) == ["ivle.conf", "real.conf"]
 
 
-def test_backup_holds_the_previous_content_owner_and_mode(tmp_path):
+def test_backup_holds_the_previous_content_and_owner_and_is_private(tmp_path):
     target = tmp_path / "etc" / "ivle.conf"
     target.parent.mkdir()
     target.write_bytes(b"previous\n")
@@ -82,7 +82,7 @@ def test_backup_holds_the_previous_content_owner_and_mode(tmp_path):
     assert made is not None and made.parent == backups
     assert made.name.startswith("ivle.conf.")
     assert made.read_bytes() == b"previous\n"
-    assert made.stat().st_mode & 0o7777 == 0o640
+    assert made.stat().st_mode & 0o7777 == 0o600  # ivle.conf's 0640 or not: a password
     assert backups.stat().st_mode & 0o777 == 0o700  # ivle.conf holds a password
     assert target.read_bytes() == b"next\n"
 
@@ -285,3 +285,208 @@ def test_an_expected_rewrite_exchanges_the_files_and_leaves_no_temporary(tmp_pat
     replace_file(target, b"new\n", expect=b"old\n")
     assert target.read_bytes() == b"new\n" and os.stat(target).st_ino != before
     assert names(tmp_path) == ["ivle.conf"]
+
+
+REWRITE = """
+from pathlib import Path
+from ivle_maint.gates.rewrite import replace_file
+"""
+
+
+def test_a_rewrite_killed_at_any_point_leaves_one_whole_file_and_no_temporary_after_the_next(
+        tmp_path):
+    """Killed at each step of a rewrite that backs the old file up (ivle.conf's
+    media version), then another rewrite in the same directories: the file
+    is the old content or the new, whole; each backup is the old content,
+    whole; and no temporary file is left in either directory (a killed
+    one holds the database password, or is as big as a log: the next
+    rewrite there removes it)."""
+    import shutil
+
+    from support.kill_points import killed_at
+
+    old, new, later = b"[media]\nversion = 1\n" * 50, b"[media]\nversion = 2\n" * 50, b"3\n"
+    point = 0
+    while True:
+        point += 1
+        etc, backups = tmp_path / f"{point}" / "etc", tmp_path / f"{point}" / "backup"
+        etc.mkdir(parents=True)
+        conf = etc / "ivle.conf"
+        conf.write_bytes(old)
+        conf.chmod(0o640)
+        killed = killed_at(point, REWRITE, "replace_file(Path(sys.argv[2]), sys.argv[3].encode(), "
+                           "backup_dir=Path(sys.argv[4]))", str(conf), new.decode(), str(backups))
+        assert conf.read_bytes() in (old, new), point
+        replace_file(etc / "other", later)  # the next rewrite in each directory
+        if backups.exists():
+            replace_file(backups / "other", later)
+        for directory in (etc, backups):
+            for path in directory.iterdir() if directory.exists() else ():
+                assert path.name == "other" or path.read_bytes() in (old, new), (point, path)
+                assert not path.name.endswith(".tmp"), (point, path.name)
+        shutil.rmtree(tmp_path / f"{point}")
+        if not killed:
+            break
+    assert point > 10  # the kills did fall inside the rewrite
+
+
+HELD_REWRITE = """
+import sys
+from pathlib import Path
+from ivle_maint.gates.rewrite import replace_file
+
+def chunks():
+    yield b"first half, "
+    print("writing", flush=True)
+    sys.stdin.readline()  # the other rewrite runs here
+    yield b"second half"
+
+replace_file(Path(sys.argv[1]), chunks())
+print("done", flush=True)
+"""
+
+
+def test_a_rewrite_under_way_keeps_its_temporary_while_another_rewrites_beside_it(tmp_path):
+    """The next rewrite removes killed rewrites' temporary files, never the
+    one a live rewrite is still writing."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", HELD_REWRITE, str(tmp_path / "a")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert proc.stdin is not None and proc.stdout is not None
+    assert proc.stdout.readline() == "writing\n"
+    replace_file(tmp_path / "b", b"beside it")
+    proc.stdin.write("go on\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline() == "done\n"
+    assert proc.wait() == 0
+    assert (tmp_path / "a").read_bytes() == b"first half, second half"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+
+
+NOBODY = 65534
+
+
+def _readable_by(path: Path, uid: int, gid: int) -> bool:
+    """Can a real process of UID (group GID, no other) read PATH?"""
+    import subprocess
+
+    done = subprocess.run(
+        ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "cat", str(path)],
+        capture_output=True, check=False)
+    return done.returncode == 0
+
+
+def test_a_backup_of_ivle_conf_is_readable_by_no_one_but_root_whatever_it_and_its_directory_allow(
+        tmp_path):
+    """ivle.conf holds the database password, and a backup outlives the file
+    it copies: a password changed since, a mode or ACL tightened since.
+    Whatever ivle.conf's mode, group and ACL, whatever the backup
+    directory's mode (made by someone else) or default ACL, and the umask:
+    no other user, not even ivle.conf's group, can read the backup."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    base = tempfile.mkdtemp(prefix="ivle-maint-backup-test-", dir="/var/tmp")
+    os.chmod(base, 0o755)  # nobody may walk in: only the modes under test stop it
+
+    @settings(max_examples=30, deadline=None)
+    @given(found=st.fixed_dictionaries({
+        "conf_mode": st.integers(0, 0o777).map(lambda m: m & ~0o022),  # else refused
+        "group": st.sampled_from([0, NOBODY]),
+        "acl": st.sampled_from(["", f"user:{NOBODY}:r", f"group:{NOBODY}:r"]),
+        "dir_mode": st.sampled_from([None, 0o700, 0o711, 0o750, 0o755]),
+        "default_acl": st.booleans(), "umask": st.integers(0, 0o777)}))
+    def case(found):
+        conf_mode, group, acl, dir_mode, default_acl, umask = found.values()
+        top = Path(tempfile.mkdtemp(dir=base))
+        try:
+            top.chmod(0o755)
+            conf, backups = top / "ivle.conf", top / "backups"
+            conf.write_bytes(b"[database]\npassword = secret\n")
+            os.chown(conf, 0, group)
+            conf.chmod(conf_mode)
+            if acl:
+                subprocess.run(["setfacl", "-m", acl, str(conf)], check=True)
+            if dir_mode is not None:
+                backups.mkdir()
+                backups.chmod(dir_mode)
+                if default_acl:
+                    subprocess.run(["setfacl", "-d", "-m", f"user:{NOBODY}:r", str(backups)],
+                                   check=True)
+            old = os.umask(umask)
+            try:
+                made = replace_file(conf, b"[database]\npassword = new\n", backup_dir=backups)
+            finally:
+                os.umask(old)
+            assert made is not None and made.read_bytes() == b"[database]\npassword = secret\n"
+            assert not _readable_by(made, NOBODY, NOBODY), oct(made.stat().st_mode)
+            assert made.stat().st_mode & 0o077 == 0
+        finally:
+            shutil.rmtree(top)
+
+    try:
+        case()
+    finally:
+        shutil.rmtree(base)
+
+
+def test_a_temporary_the_sweep_cannot_remove_never_fails_the_rewrite(tmp_path):
+    """The sweep of killed rewrites' temporaries is best effort: one it may
+    not remove (immutable) stays, and the rewrite beside it is done."""
+    import subprocess
+
+    stuck = tmp_path / ".ivle.conf.0123456789ab.tmp"
+    stuck.write_bytes(b"[database]\npassword = old\n")
+    subprocess.run(["chattr", "+i", str(stuck)], check=True)
+    try:
+        replace_file(tmp_path / "record", b"new")
+        assert (tmp_path / "record").read_bytes() == b"new" and stuck.exists()
+    finally:
+        subprocess.run(["chattr", "-i", str(stuck)], check=True)
+
+
+def test_a_patch_in_place_reaches_no_other_name_and_no_other_users_file(tmp_path):
+    """patch_in_place (a full disk: the journal told the new code is in
+    place) writes into the file itself: a journal that is a second name of
+    another file (an archive a killed run linked, a backup tool's link), a
+    symlink, a FIFO or another user's file is left as it is (False), and
+    what it names keeps its content."""
+    import shutil
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from ivle_maint.gates.rewrite import patch_in_place
+
+    @settings(max_examples=30, deadline=None)
+    @given(kind=st.sampled_from(["file", "hard link", "symlink", "fifo", "another user's"]))
+    def case(kind):
+        top = tmp_path / "t"
+        top.mkdir()
+        try:
+            other, journal = top / "other", top / "journal.json"
+            other.write_bytes(b'{"code_new": false}\n')
+            if kind == "hard link":
+                os.link(other, journal)
+            elif kind == "symlink":
+                journal.symlink_to(other)
+            elif kind == "fifo":
+                os.mkfifo(journal)
+            else:
+                journal.write_bytes(other.read_bytes())
+                if kind == "another user's":
+                    os.chown(journal, 65534, 65534)
+            done = patch_in_place(journal, b"false", b"true ")
+            assert done == (kind == "file")
+            assert other.read_bytes() == b'{"code_new": false}\n'
+        finally:
+            shutil.rmtree(top)
+
+    case()

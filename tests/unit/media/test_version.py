@@ -169,7 +169,9 @@ def test_owner_mode_kept_and_previous_file_backed_up(node):
     assert st.st_ino != before_stat.st_ino  # replaced by rename, not rewritten in place
     assert result.backup is not None and node.backups() == [result.backup]
     assert result.backup.read_bytes() == before
-    assert result.backup.stat().st_mode & 0o777 == 0o640
+    # the group kept, but no one but root reads it: it holds a password
+    assert result.backup.stat().st_mode & 0o777 == 0o600
+    assert result.backup.stat().st_gid == before_stat.st_gid
 
 
 # ------------------------------------------------------------ unset and force
