@@ -4,13 +4,12 @@ every other rollback module so that each can use it."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from .. import system
 from ..errors import MaintError
+from ..gates.mounted import refuse_mounts_in
 from ..gates.text import shown
-from ..mountinfo import is_at_or_below, read
 
 
 def tail(done: system.Completed) -> str:
@@ -19,17 +18,10 @@ def tail(done: system.Completed) -> str:
 
 
 def remove_tree(path: Path) -> None:
-    """PATH gone, never a mount in it: one left there (a user's jail, a
-    jail's home propagated into the template) is refused with one line.
-    rm's --one-file-system alone is no guard: it skips only another
-    device, and a bind mount of the same filesystem (how IVLE mounts a
-    jail) has the same one, so rm would empty a student's home through it."""
-    real = os.path.realpath(path)
-    inside = sorted((m for m in read() if is_at_or_below(m.mountpoint, real)),
-                    key=lambda m: m.depth)
-    if inside:
-        raise MaintError(f"could not remove {shown(path)}: {shown(inside[0].mountpoint)} is "
-                         f"mounted there; unmount it (ivle-maint mounts unmount) and run again")
+    """PATH gone; a mount in it (a user's jail, a home propagated into the
+    template) refuses it first (gates/mounted.py: rm's --one-file-system
+    would go through a bind mount)."""
+    refuse_mounts_in(path, f"could not remove {shown(path)}", itself=True)
     done = system.run(["rm", "-rf", "--one-file-system", "--", str(path)])
     if not done.ok:
         raise MaintError(f"could not remove {shown(path)}: {tail(done)}")

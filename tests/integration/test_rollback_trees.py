@@ -82,7 +82,7 @@ def test_a_mount_anywhere_in_a_tree_is_refused_and_what_it_shows_is_kept(
             remove_tree(given_path)
         shown = deepest / "work.py" if kind == "tmpfs" else student / "work.py"
         assert shown.read_text() == "print('mine')\n"  # nothing removed through the mount
-        assert "\n" not in str(caught.value) and "is mounted there" in str(caught.value)
+        assert "\n" not in str(caught.value) and "is mounted inside" in str(caught.value)
     finally:
         _unmount_below(top)
     assert (student / "work.py").read_text() == "print('mine')\n"
@@ -127,7 +127,7 @@ def test_a_rollback_putting_the_template_back_never_empties_a_home_bound_in_it(
         with pytest.raises(MaintError) as caught:
             restore.template(ctx)  # type: ignore[arg-type]
         assert (home / "work.py").read_text() == "print('mine')\n"
-        assert "is mounted there" in str(caught.value)
+        assert "is mounted inside" in str(caught.value)
         assert (live / "etc").is_dir()  # the kept template is live
     finally:
         _unmount_below(tmp_path)
