@@ -30,6 +30,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -91,6 +92,8 @@ class RestorePoint:
     schema: str | None = None  # rollback/fingerprint.py
     completed: dict[str, Any] | None = None  # clock.Reading when the upgrade completed
     upgrades_since: int = 0  # later upgrades completed on this node
+    # Those upgrades' ids: a completion recorded again (a rerun) counts once.
+    counted: list[str] = field(default_factory=list)
     committed: bool = False
     rolled_back: bool = False
     # A full rollback's name for the database it swaps out: recorded before
@@ -258,6 +261,8 @@ def _unsound(point: RestorePoint) -> str:
         return f"role {point.role[:20]!a} is no role"
     if not _count(point.sequence) or not _count(point.upgrades_since):
         return "sequence or upgrades_since is not a count"
+    if not isinstance(point.counted, list) or not all(_text(u) for u in point.counted):
+        return "counted is not a list of upgrades"
     if not (point.taken == {} or _reading(point.taken)) \
             or not (point.completed is None or _reading(point.completed)):
         return "taken or completed is not a clock reading"
@@ -410,12 +415,19 @@ def completed(settings: Settings, upgrade: str, new: str) -> list[RestorePoint]:
             continue
         if not point.pinned or not is_downgrade(new, point.new):
             continue
-        point.update(lambda p: setattr(p, "upgrades_since", p.upgrades_since + 1))
+        point.update(partial(_count_upgrade, upgrade=upgrade))
         by_count = 0 < limits["commit_after_upgrades"] <= point.upgrades_since
         if by_count or _older_than(point, limits["commit_after_days"], now):
             commit(settings, point)
             done.append(point)
     return done
+
+
+def _count_upgrade(point: RestorePoint, upgrade: str) -> None:
+    """UPGRADE completed after POINT's: one more, the first time it is recorded."""
+    if upgrade not in point.counted:
+        point.counted.append(upgrade)
+        point.upgrades_since += 1
 
 
 def _older_than(point: RestorePoint, days: float, now: clock.Reading) -> bool:
