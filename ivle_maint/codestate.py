@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import system
-from .errors import MaintError
+from .config import Settings
+from .dpkg import UNPACKED, dpkg_record
 from .journal import Journal
 from .procedure import AFTER, STEPS
-
-# dpkg states in which the unpacked files are NEW's (dpkg-query(1)).
-_UNPACKED = ("unpacked", "half-configured", "triggers-awaited", "triggers-pending", "installed")
+from .rollback.point import for_rollback
+from .versions import is_downgrade
 
 
 @dataclass(frozen=True)
@@ -28,32 +27,21 @@ class CodeState:
     dpkg_owed: bool = False  # dpkg still has to configure the package
 
 
-def dpkg_record(package: str) -> tuple[str, str] | None:
-    """dpkg's (status, version) of PACKAGE, or None when dpkg has no record."""
-    try:
-        done = system.run(["dpkg-query", "-W", "-f=${Status}\\t${Version}", package],
-                          keep_stdout=True, timeout=30)
-    except MaintError:  # no dpkg-query at all (not Debian): nothing to learn from it
-        return None
-    if not done.ok or "\t" not in done.stdout:
-        return None
-    status, version = done.stdout.strip().split("\t", 1)
-    word = status.split()[-1] if status.split() else ""
-    if word in ("", "not-installed", "config-files"):
-        return None
-    return word, version.strip()
-
-
-def new_code_state(journal: Journal) -> CodeState:
-    """Is NEW's code installed on this node, and if not, what installs it."""
+def new_code_state(journal: Journal, settings: Settings | None = None) -> CodeState:
+    """Is NEW's code installed on this node, and if not, what installs it
+    (a rollback's: `ivle-maint rollback`, from the package its restore
+    point keeps on this node; the repository may have dropped it)."""
     new, old = journal.new, journal.old
     if journal.package:
         install = f"apt-get install {journal.package}={new}"
+        if settings is not None and is_downgrade(old, new) and \
+                for_rollback(settings, old, new) is not None:
+            install = "ivle-maint rollback"
         record = dpkg_record(journal.package)
         if record is not None:
             status, version = record
             seen = f"dpkg has {journal.package} {version} {status}"
-            if version == new and status in _UNPACKED:
+            if version == new and status in UNPACKED:
                 return CodeState(True, seen, install, dpkg_owed=status != "installed")
             return CodeState(False, seen, install)
         if journal.code_new:

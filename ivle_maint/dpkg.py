@@ -24,6 +24,27 @@ def package_version(package: str) -> str:
     return done.stdout.strip()
 
 
+# dpkg's states in which the unpacked files are the record's version's (dpkg-query(1));
+# in "half-installed" they are neither version's, and the record names the old one.
+UNPACKED = ("unpacked", "half-configured", "triggers-awaited", "triggers-pending", "installed")
+
+
+def dpkg_record(package: str) -> tuple[str, str] | None:
+    """dpkg's (status, version) of PACKAGE, or None when dpkg has no record."""
+    try:
+        done = quickrun.run(["dpkg-query", "-W", "-f=${Status}\\t${Version}", package],
+                            keep_stdout=True, timeout=30)
+    except MaintError:  # no dpkg-query at all (not Debian): nothing to learn from it
+        return None
+    if not done.ok or "\t" not in done.stdout:
+        return None
+    status, version = done.stdout.strip().split("\t", 1)
+    word = status.split()[-1] if status.split() else ""
+    if word in ("", "not-installed", "config-files"):
+        return None
+    return word, version.strip()
+
+
 def parse_md5sums(data: bytes, where: str) -> FileList:
     """dpkg's md5sums: `DIGEST  PATH` per line, lines ended by "\n" alone,
     as dpkg writes them (splitlines would also end one at a form feed,

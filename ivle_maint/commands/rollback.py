@@ -67,9 +67,10 @@ def cmd_rollback(ctx: Context) -> int:
 
 
 def cmd_commit(ctx: Context) -> int:
-    from ..rollback.point import commit, latest_pinned
+    from ..rollback.point import commit, finish_commits, latest_pinned
 
     ctx.refuse_unsafe("state", "backup")
+    finish_commits(ctx.settings)  # what a killed commit left
     point = latest_pinned(ctx.settings)
     if point is None:
         ctx.reporter.info("no pinned restore point: nothing to commit")

@@ -220,7 +220,7 @@ def cmd_rerun(ctx: Context) -> int:
     if journal is None:
         ctx.reporter.info("no unfinished upgrade: nothing to do")
         return 0
-    code = new_code_state(journal)
+    code = new_code_state(journal, ctx.settings)
     up = rerun_context(ctx.settings, ctx.reporter, journal, _options(ctx.args),
                        code_is_new=code.in_place)
     if ctx.args.abandon or journal.is_aborting:

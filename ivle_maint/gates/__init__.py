@@ -10,6 +10,7 @@ instead of checking beside it.  Each module's docstring states its rule.
     text          text from outside made safe for a terminal, log or journal
     names         a login used as a file name and an argument: one plain name
     trusted       whether a file may be read, or a program run, as root
+    mounted       no tree handed to rm, cp or a jail tool with a mount in it
     rewrite       atomic replacement that keeps owner, mode, ACLs, xattrs
     environment   the clean environment of every child and libpq session
     waits         every wait bounded, told, and interruptible

@@ -33,6 +33,7 @@ from typing import Any
 from .. import system
 from ..config import IvleConf, Settings
 from ..errors import MaintError
+from ..gates.mounted import refuse_mounts_in
 from ..gates.rewrite import write_state_file
 from ..logfile import BoundedOutput
 from ..output import Reporter
@@ -254,6 +255,9 @@ def rebuild_template(settings: Settings, reporter: Reporter, *, ivle_conf: IvleC
     conf = ivle_conf if ivle_conf is not None else settings.ivle_conf()
     jails = conf.conf["paths"]["jails"]
     template, build = Path(jails["template"]), Path(jails["template_build"])
+    # Its rsync --delete would go through a home bound (or propagated) in either.
+    for tree in (template, build):
+        refuse_mounts_in(tree, f"could not run {shlex.join(argv)}")
     label = short_name(argv)
 
     def beat(lines: int, seconds: float) -> None:

@@ -46,6 +46,8 @@ from ..config import IvleConf, Settings
 from ..db.connect import connect, params_from_settings
 from ..errors import MaintError
 from ..gates import names, waits
+from ..gates.mounted import mounts_in, refuse_mounts_in
+from ..mountinfo import Mount
 from ..output import Reporter
 from .template import ToolRun, command_argv, heartbeat, require_root, run_tool
 
@@ -183,6 +185,21 @@ def _users(settings: Settings, reporter: Reporter, src: Path, templates: set[Pat
     return [names.plain_login(login, where) for login in logins], total_from
 
 
+def _refuse_mounts(src: Path, logins: list[str], command: str) -> None:
+    """The tool empties src/LOGIN but for home/LOGIN: a mount anywhere else
+    in it, or on it (a home bound into tmp), would be emptied through
+    (gates/mounted.py).
+    The mount table is read once, each mount given to its login's check."""
+    by_login: dict[str, list[Mount]] = {}
+    depth = len(Path(os.path.realpath(src)).parts)
+    for mount in mounts_in(src):
+        by_login.setdefault(Path(mount.mountpoint).parts[depth], []).append(mount)
+    for login in logins:
+        if login in by_login:
+            refuse_mounts_in(src / login, f"could not run {command}", itself=True,
+                             spared=[src / login / "home" / login], table=by_login[login])
+
+
 def _failure_message(run: ToolRun, failures: list[UserFailure], total: int) -> str:
     shown = ", ".join(f.describe() for f in failures[:SHOWN_USERS])
     more = len(failures) - SHOWN_USERS
@@ -260,6 +277,7 @@ def remake_user_jails(settings: Settings, reporter: Reporter, *, ivle_conf: Ivle
     conf = ivle_conf if ivle_conf is not None else settings.ivle_conf()
     src, templates = _jail_dirs(conf)
     logins, total_from = _users(settings, reporter, src, templates, logins)
+    _refuse_mounts(src, logins, shlex.join(argv))
     before = snapshot(src, logins)
     reported: dict[str, UserFailure] = {}
     guard = threading.Lock()  # lines arrive on sh's thread, beats on the heartbeat's

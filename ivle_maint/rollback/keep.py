@@ -14,9 +14,8 @@ from ..db.migrations import release_classes
 from ..db.session import session
 from ..errors import MaintError
 from ..gates import trusted
+from ..gates.mounted import refuse_mounts_in
 from ..gates.rewrite import fsync_dir
-from ..gates.text import shown
-from ..mountinfo import mounts_below
 from ..versions import is_downgrade
 from .fingerprint import schema_fingerprint
 from .old_package import NotInstalled, keep_installed
@@ -110,13 +109,9 @@ def template_aside(ctx: UpgradeContext) -> None:
     template = ctx.ivle_conf.jail_template
     if not template.is_dir():
         return
-    inside = mounts_below(os.path.realpath(template))
-    if inside:
-        # A jail mounted (or propagated) into the template: hard links would
-        # take students' files into the kept copy, or fail across devices.
-        raise MaintError(f"could not keep the jail template for the restore point: "
-                         f"{shown(inside[-1].mountpoint)} is mounted inside "
-                         f"{shown(template)}; unmount it (ivle-maint mounts unmount)")
+    # A jail mounted (or propagated) into the template: hard links would
+    # take students' files into the kept copy, or fail across devices.
+    refuse_mounts_in(template, "could not keep the jail template for the restore point")
     aside = template.with_name(f"{template.name}.restore-{slug(point.upgrade)}")
     partial = aside.with_name(aside.name + ".partial")
     for leftover in (partial, aside):  # a killed run's: made again

@@ -26,10 +26,12 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +50,8 @@ from .trees import remove_tree
 if TYPE_CHECKING:
     from ..config import Settings
     from ..context import UpgradeContext
+
+log = logging.getLogger(__name__)
 
 POINTS_DIR = "restore-points"
 MANIFEST = "point.json"
@@ -91,8 +95,12 @@ class RestorePoint:
     schema: str | None = None  # rollback/fingerprint.py
     completed: dict[str, Any] | None = None  # clock.Reading when the upgrade completed
     upgrades_since: int = 0  # later upgrades completed on this node
+    # Those upgrades' ids: a completion recorded again (a rerun) counts once.
+    counted: list[str] = field(default_factory=list)
     committed: bool = False
     rolled_back: bool = False
+    # A commit under way (its removal may be half done): no rollback takes it.
+    letting_go: bool = False
     # A full rollback's name for the database it swaps out: recorded before
     # the swap, so that a rerun after a kill between the renames finishes it.
     failed_database: str | None = None
@@ -145,7 +153,7 @@ class RestorePoint:
 
     @property
     def pinned(self) -> bool:
-        return not self.committed and not self.rolled_back
+        return not self.committed and not self.rolled_back and not self.letting_go
 
     def keep_file(self, name: str, original: Path, purpose: trusted.Purpose) -> None:
         """A copy of ORIGINAL (ivle.conf, the settings) as it is now, read
@@ -201,7 +209,7 @@ class RestorePoint:
 
     def describe(self) -> str:
         state = "committed" if self.committed else "rolled back" if self.rolled_back \
-            else "pinned"
+            else "being let go" if self.letting_go else "pinned"
         parts = [f"restore point of {self.old} -> {self.new} ({state}, {human_size(self.size())})"]
         kept = [name for name, present in (
             ("package", self.package), ("database dump", self.dump),
@@ -257,6 +265,8 @@ def _unsound(point: RestorePoint) -> str:
         return f"role {point.role[:20]!a} is no role"
     if not _count(point.sequence) or not _count(point.upgrades_since):
         return "sequence or upgrades_since is not a count"
+    if not isinstance(point.counted, list) or not all(_text(u) for u in point.counted):
+        return "counted is not a list of upgrades"
     if not (point.taken == {} or _reading(point.taken)) \
             or not (point.completed is None or _reading(point.completed)):
         return "taken or completed is not a clock reading"
@@ -290,8 +300,9 @@ def _unsound(point: RestorePoint) -> str:
         return "classes is not migration keys and their classes"
     if point.schema is not None and not isinstance(point.schema, str):
         return "schema is not text"
-    if not isinstance(point.committed, bool) or not isinstance(point.rolled_back, bool):
-        return "committed or rolled_back is not true or false"
+    if not all(isinstance(v, bool) for v in (point.committed, point.rolled_back,
+                                              point.letting_go)):
+        return "committed, rolled_back or letting_go is not true or false"
     if point.failed_database is not None and not (
             isinstance(point.failed_database, str)
             and _FAILED_DATABASE.fullmatch(point.failed_database)
@@ -377,7 +388,25 @@ def open_point(settings: Settings, upgrade: str, old: str, new: str) -> RestoreP
 
 def commit(settings: Settings, point: RestorePoint) -> list[str]:
     """Let the point go: what it kept is deleted, its dump released to
-    rotation; the manifest stays (history).  Returns what was removed."""
+    rotation; the manifest stays (history).  Returns what was removed.
+    Marked first: a commit killed or refused half-way leaves a point no
+    rollback takes (never one pinned with its files or template half
+    removed), and the next commit or completed upgrade finishes it."""
+    point.update(lambda p: setattr(p, "letting_go", True))
+    removed = _let_go(point)
+    point.update(lambda p: setattr(p, "committed", True))
+    return removed
+
+
+def finish_commits(settings: Settings) -> None:
+    """The commits a killed or refused run left half done, finished."""
+    for point in all_points(settings):
+        if point.letting_go and not point.committed:
+            commit(settings, point)
+
+
+def _let_go(point: RestorePoint) -> list[str]:
+    """A committed point's kept files, template copy and dump pin gone (again: idempotent)."""
     removed: list[str] = []
     for entry in point.directory.iterdir():
         if entry.name not in (MANIFEST, LOCK) and entry.is_file():
@@ -392,7 +421,6 @@ def commit(settings: Settings, point: RestorePoint) -> list[str]:
         dump = Path(point.dump["path"])
         if dump.parent.is_dir():
             pins.release(dump.parent, point.upgrade)
-    point.update(lambda p: setattr(p, "committed", True))
     return removed
 
 
@@ -402,6 +430,10 @@ def completed(settings: Settings, upgrade: str, new: str) -> list[RestorePoint]:
     are committed by [rollback]'s limits.  The committed."""
     limits = settings["rollback"]
     now = clock.reading()
+    try:
+        finish_commits(settings)
+    except MaintError as exc:  # a mount left in a template copy: said, never in the way
+        log.warning("a restore point is still being let go: %s", exc)
     done: list[RestorePoint] = []
     for point in all_points(settings):
         if point.upgrade == upgrade:
@@ -409,12 +441,19 @@ def completed(settings: Settings, upgrade: str, new: str) -> list[RestorePoint]:
             continue
         if not point.pinned or not is_downgrade(new, point.new):
             continue
-        point.update(lambda p: setattr(p, "upgrades_since", p.upgrades_since + 1))
+        point.update(partial(_count_upgrade, upgrade=upgrade))
         by_count = 0 < limits["commit_after_upgrades"] <= point.upgrades_since
         if by_count or _older_than(point, limits["commit_after_days"], now):
             commit(settings, point)
             done.append(point)
     return done
+
+
+def _count_upgrade(point: RestorePoint, upgrade: str) -> None:
+    """UPGRADE completed after POINT's: one more, the first time it is recorded."""
+    if upgrade not in point.counted:
+        point.counted.append(upgrade)
+        point.upgrades_since += 1
 
 
 def _older_than(point: RestorePoint, days: float, now: clock.Reading) -> bool:

@@ -9,7 +9,7 @@ from .. import system
 from ..config import Settings
 from ..db.marker import applied, exists
 from ..db.session import session
-from ..dpkg import package_version
+from ..dpkg import UNPACKED, dpkg_record, package_version
 from ..errors import MaintError
 from ..journal import Journal
 from ..lock import node_lock, rollback_lock
@@ -87,7 +87,7 @@ def _choose(settings: Settings, reporter: Reporter, point: RestorePoint, where: 
             ) -> int | tuple[Way, KeptPackage | None, list[str]]:
     """The way back, said, and the command that takes it; an exit status
     when there is nothing to run (nothing to roll back, not accepted, a dry run)."""
-    _refuse_other_runs(settings, point)
+    _refuse_other_runs(settings, reporter, point)
     if _already_at(settings, point):
         reporter.info(f"nothing to roll back: {_package_name(point)} {point.old} is "
                       f"installed and no upgrade to {point.new} is unfinished")
@@ -115,12 +115,22 @@ def _choose(settings: Settings, reporter: Reporter, point: RestorePoint, where: 
     return way, package, argv
 
 
-def _refuse_other_runs(settings: Settings, point: RestorePoint) -> None:
-    """A rollback already under way is resumed, not started again."""
+def _refuse_other_runs(settings: Settings, reporter: Reporter, point: RestorePoint) -> None:
+    """A rollback under way whose old code dpkg has unpacked is resumed by
+    dpkg; one whose package dpkg never unpacked (a run killed in dpkg's
+    preinst or unpack leaves it half-installed, which `dpkg --configure -a`
+    passes over) by installing the package again, as this run goes on to."""
     for journal in Journal.unfinished(settings.path_of("state")):
-        if (journal.old, journal.new) == (point.new, point.old):
-            raise MaintError(f"the rollback {point.new} -> {point.old} is under way",
-                             resume=DPKG_RESUME)
+        if (journal.old, journal.new) != (point.new, point.old):
+            continue
+        name = _package_name(point)
+        record = dpkg_record(name)
+        if record is not None and not (record[1] == point.old and record[0] in UNPACKED):
+            reporter.info(f"the rollback {point.new} -> {point.old} is under way and dpkg has "
+                          f"{name} {record[1]} {record[0]}: installing {point.old} again")
+            return
+        raise MaintError(f"the rollback {point.new} -> {point.old} is under way",
+                         resume=DPKG_RESUME)
 
 
 def _package_name(point: RestorePoint) -> str:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from .. import system
 from ..errors import MaintError
+from ..gates.mounted import refuse_mounts_in
+from ..gates.text import shown
 
 
 def tail(done: system.Completed) -> str:
@@ -16,8 +18,10 @@ def tail(done: system.Completed) -> str:
 
 
 def remove_tree(path: Path) -> None:
-    """PATH gone, as rm -rf --one-file-system does it (through the command
-    gate): a mount left inside it (a user's jail) is never descended into."""
+    """PATH gone; a mount in it (a user's jail, a home propagated into the
+    template) refuses it first (gates/mounted.py: rm's --one-file-system
+    would go through a bind mount)."""
+    refuse_mounts_in(path, f"could not remove {shown(path)}", itself=True)
     done = system.run(["rm", "-rf", "--one-file-system", "--", str(path)])
     if not done.ok:
-        raise MaintError(f"could not remove {path}: {tail(done)}")
+        raise MaintError(f"could not remove {shown(path)}: {tail(done)}")

@@ -168,7 +168,8 @@ _JSON = st.recursive(
     max_leaves=6)
 _FIELDS = ["upgrade", "old", "new", "role", "sequence", "taken", "package_name", "package",
            "files", "template", "dump", "marker", "classes", "schema", "completed",
-           "upgrades_since", "committed", "rolled_back", "failed_database"]
+           "upgrades_since", "counted", "committed", "rolled_back", "letting_go",
+           "failed_database"]
 
 
 def _full_point(tmp_path: Path, settings: Settings) -> tuple[points.RestorePoint, Path]:
