@@ -259,7 +259,12 @@ class _Run:
 
 # An ivle-maint command within a resume line (one may name two: "..., then
 # run the upgrade again: ivle-maint upgrade ...").
-_COMMAND = re.compile(r"(?<![\w./-])ivle-maint (?=[a-z])")
+_COMMAND = re.compile(r"(?<![^\s(`])ivle-maint (?=[a-z])")  # a word of its own
+# A word quoted as gates.text.shell_word quotes one ('...' with '"'"' for a
+# quote, or $'...'): a path, which may hold "ivle-maint db" itself.  Quoted
+# words begin a word; an apostrophe within prose ("node's") begins none.
+_SEGMENT = r'''\$'(?:[^'\\]|\\.)*'|'[^']*'|"(?:[^"\\]|\\.)*"'''
+_QUOTED_WORD = re.compile(rf"(?<!\S)(?:{_SEGMENT})(?:{_SEGMENT}|[^\s'\"])*")
 
 
 def resume_line(resume: str, config: str | None) -> str:
@@ -272,7 +277,12 @@ def resume_line(resume: str, config: str | None) -> str:
     from .gates.text import shell_word
 
     option = f"ivle-maint --config {shell_word(os.path.abspath(config))} "
-    return _COMMAND.sub(lambda _match: option, resume)
+    out, start = [], 0
+    for quoted in _QUOTED_WORD.finditer(resume):  # left as they are
+        out += [_COMMAND.sub(lambda _match: option, resume[start:quoted.start()]),
+                quoted.group()]
+        start = quoted.end()
+    return "".join([*out, _COMMAND.sub(lambda _match: option, resume[start:])])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
