@@ -293,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             handed = warm.hand_over(sys.argv[1:])
             if handed is not None:
                 os._exit(handed)  # its output is written: nothing of ours to flush
-    code = _main(argv)
+    code = _ran(argv)
     if argv is None and _Run.hook:
         _end_now(code)
     return code
@@ -301,7 +301,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_command() -> int:
     """The command of sys.argv, as main() runs it, without its exit (warm.py)."""
-    return _main(None)
+    return _ran(None)
+
+
+def _ran(argv: Sequence[str] | None) -> int:
+    """_main(ARGV); then its --config is forgotten: what runs next in this
+    process (the warm worker's next command, a test) was not given it."""
+    try:
+        return _main(argv)
+    finally:
+        _given_config(None)
 
 
 def report_bug(exc: BaseException) -> None:
@@ -353,7 +362,7 @@ def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser(command_module(args_list))
     args = parser.parse_args(args_list)
     _Run.hook = argv is None and args.command == "hook"
-    _Run.config = args.config
+    _given_config(args.config)
     # Diagnostics on stderr only with -v: the reporter already says what
     # a person needs, and the run's log file gets everything.
     handler = logging.StreamHandler()
@@ -401,6 +410,14 @@ def _main(argv: Sequence[str] | None) -> int:
         logging.getLogger(__name__).debug("ImportError", exc_info=True)
         _say("ivle-maint: error: ", f"Python module {failed_module(exc)} does not load: {exc}")
         return 1
+
+
+def _given_config(config: str | None) -> None:
+    """--config FILE (or None): every ivle-maint command the run prints names it."""
+    from .gates.text import invoked_with
+
+    _Run.config = config
+    invoked_with(config)
 
 
 def _interrupted(exc: BaseException, resume: str | None) -> int:

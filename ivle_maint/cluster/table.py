@@ -184,8 +184,8 @@ def _gated(row: NodeRow) -> NodeRow:
     if why is None:
         return row
     name = shown(row.name, 63)
-    fix = (f"on that node: ivle-maint cluster refresh (rewrites its row); if it is gone: "
-           f"ivle-maint cluster forget --force {text.shell_word(row.name)}")
+    fix = (f"on that node: {text.command('ivle-maint', 'cluster', 'refresh')} (rewrites its "
+           f"row); if it is gone: {text.ivle_maint('cluster', 'forget', '--force', row.name)}")
     return dataclasses.replace(
         row, serving=UNKNOWN, version=UNKNOWN,
         target=row.target if row.target is None else UNKNOWN,

@@ -41,7 +41,9 @@ reverses what is read, or bytes that are not UTF-8.  The rule:
    (``consoles list``; the journal's errors as read back).
 
 4. ``shell_word(value)`` / ``command(*words)`` is the rule for a command
-   a person is to paste (a resume line, a restore command): each word
+   a person is to paste (a resume line, a restore command; an ivle-maint
+   command for this node by ``ivle_maint(*words)``, which also names the
+   run's --config FILE): each word
    quoted so that bash reads back exactly the bytes meant, and the whole
    printable, so that rules 1 and 2 leave it as it is.  shlex.quote alone
    is not enough: a newline or ESC it quotes would then be escaped by the
@@ -174,6 +176,28 @@ def shell_word(value: object) -> str:
 def command(*words: object) -> str:
     """A command line for a person to paste: each word by shell_word."""
     return " ".join(shell_word(word) for word in words)
+
+
+class _Invoked:
+    """The settings file this run was given (--config FILE, made absolute)."""
+
+    config: str | None = None
+
+
+def invoked_with(config: str | None) -> None:
+    """Said by cli.py once it has parsed the command line."""
+    _Invoked.config = None if config is None else os.path.abspath(config)
+
+
+def ivle_maint(*words: object) -> str:
+    """The ivle-maint command WORDS for a person to paste on this node, as
+    this run was started: with --config FILE when it was given one (pasted
+    without it, the command would read the default settings: another
+    node's database, maybe); each word by shell_word (a node name from the
+    database, a path).  A command for another node, whose settings are not
+    known here: command("ivle-maint", ...)."""
+    config = _Invoked.config
+    return command("ivle-maint", *(() if config is None else ("--config", config)), *words)
 
 
 def width(line: str) -> int:

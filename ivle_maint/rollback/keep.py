@@ -15,7 +15,7 @@ from ..db.session import session
 from ..errors import MaintError
 from ..gates import trusted
 from ..gates.rewrite import fsync_dir
-from ..gates.text import shown
+from ..gates.text import ivle_maint, shown
 from ..mountinfo import mounts_below
 from ..versions import is_downgrade
 from .fingerprint import schema_fingerprint
@@ -59,7 +59,7 @@ def _keep_package(ctx: UpgradeContext, point: RestorePoint) -> None:
         log.info("no package kept: %s", exc)
         return
     except MaintError as exc:  # the upgrade goes on: a rollback can still use apt
-        ctx.reporter.warn(f"{exc}; 'ivle-maint rollback' will install {ctx.package} "
+        ctx.reporter.warn(f"{exc}; '{ivle_maint('rollback')}' will install {ctx.package} "
                           f"{ctx.old} from the repository instead")
         return
     point.update(lambda p: setattr(p, "package", kept.to_json()))
@@ -116,7 +116,7 @@ def template_aside(ctx: UpgradeContext) -> None:
         # take students' files into the kept copy, or fail across devices.
         raise MaintError(f"could not keep the jail template for the restore point: "
                          f"{shown(inside[-1].mountpoint)} is mounted inside "
-                         f"{shown(template)}; unmount it (ivle-maint mounts unmount)")
+                         f"{shown(template)}; unmount it ({ivle_maint('mounts', 'unmount')})")
     aside = template.with_name(f"{template.name}.restore-{slug(point.upgrade)}")
     partial = aside.with_name(aside.name + ".partial")
     for leftover in (partial, aside):  # a killed run's: made again

@@ -205,3 +205,31 @@ def test_a_resume_lines_config_goes_before_its_commands_never_into_a_quoted_word
     runs = pasted(line, "ivle-maint")
     assert runs == [[b"ivle-maint", b"--config", os.fsencode(config_file), b"db", b"migrate",
                      b"--migrations", os.fsencode(word), *map(os.fsencode, more)]], line
+
+
+@settings(max_examples=10, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=NAMES)
+def test_an_errors_advice_names_the_settings_file_the_run_was_given(
+        tmp_path_factory: pytest.TempPathFactory, name: bytes) -> None:
+    """`ivle-maint --config FILE rollback` with no restore point: the
+    command its error says to run (`see: ivle-maint ... status`), pasted,
+    reads FILE too, whatever FILE's name; not only the resume line."""
+    root = tmp_path_factory.mktemp("advice")
+    for sub in ("state", "log", "backup", "run", "ivle"):
+        (root / sub).mkdir()
+    (root / "ivle" / "ivle.conf").write_text("")
+    config = os.path.join(os.fsencode(root), name)
+    with open(config, "w", encoding="utf-8") as out:
+        out.write("[paths]\n" + "".join(f"{key} = {root / sub}\n" for key, sub in (
+            ("ivle_conf_dir", "ivle"), ("state", "state"), ("log", "log"),
+            ("backup", "backup"), ("run", "run"))))
+    done = subprocess.run(
+        [sys.executable, "-m", "ivle_maint", "--config", config, "rollback"],
+        env={k: v for k, v in os.environ.items() if k != "IVLE_MAINT_CONF"},
+        cwd=REPO, capture_output=True, check=False)
+    err = done.stderr.decode()
+    assert done.returncode == 1, err
+    [line] = [ln for ln in err.splitlines() if ln.startswith("ivle-maint: error:")]
+    advice = line.split("(see: ", 1)[1].removesuffix(")")
+    assert pasted(advice, "ivle-maint") == [[b"ivle-maint", b"--config", config, b"status"]], err
