@@ -216,10 +216,10 @@ def _bug(kind: type[BaseException], exc: BaseException, tb: TracebackType | None
     (gates.text) as the log's: the exception's message may quote a file."""
     import traceback
 
-    from .gates.text import INDENT, shown
+    from .gates.text import INDENT, bounded
 
     text = "".join(traceback.format_exception(kind, exc, tb)).rstrip("\n")
-    lines = [INDENT + shown(line) for line in text.split("\n")]
+    lines = [INDENT + bounded(line) for line in text.split("\n")]
     with contextlib.suppress(OSError, ValueError):
         sys.stderr.write("\n".join(["ivle-maint: internal error (a bug):", *lines]) + "\n")
         sys.stderr.flush()

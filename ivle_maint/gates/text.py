@@ -23,7 +23,9 @@ reverses what is read, or bytes that are not UTF-8.  The rule:
 2. ``lines(message)`` is what every sink applies to a whole message: a
    message is one line, escaped as in ``shown``, however it was built
    (an f-string that put a file name, a command line or an SQL error into
-   it escapes nothing itself).  The one exception is a message made by
+   it escapes nothing itself), of no more than LINE_LIMIT characters of
+   it (``bounded``: its start and its end, and the count of what was cut):
+   what it quotes may be megabytes.  The one exception is a message made by
    ``joined(first, *more)``, whose parts are escaped there, one by one:
    it is shown as its first line, then each further part indented by two
    spaces.  Nothing else a message carries can break a line, so no text
@@ -71,6 +73,13 @@ import unicodedata
 PREFIX = "ivle-maint:"
 CONTINUATION = "\n  "
 INDENT = "  "
+# The most characters of one line a message gives a sink (the terminal,
+# the log, the journal): a value from outside that it quotes (a row's text
+# in an SQL error, a line of a file, a command's output) may be megabytes;
+# the sink gets its start and its end (what the message says after the
+# value: "...; upgrade abandoned, services restored"), and the count of
+# what was cut between them.
+LINE_LIMIT = 10_000
 
 _SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -136,8 +145,19 @@ def lines(message: object) -> list[str]:
     several = _joined_in(message)
     if several is not None:
         first, *rest = str.split(several, CONTINUATION)
-        return [shown(first), *(INDENT + shown(part) for part in rest)]
-    return [shown(message if isinstance(message, bytes | bytearray) else _text(message))]
+        return [bounded(first), *(INDENT + bounded(part) for part in rest)]
+    return [bounded(message if isinstance(message, bytes | bytearray) else _text(message))]
+
+
+def bounded(value: object) -> str:
+    """VALUE as ``shown``, but at most LINE_LIMIT of its characters: its
+    start and its end, with the count of what was cut between them."""
+    text = _text(value)
+    if len(text) <= LINE_LIMIT:
+        return shown(text)
+    half = LINE_LIMIT // 2
+    return (f"{shown(text[:half])}...[{len(text) - 2 * half} characters cut]..."
+            f"{shown(text[-half:])}")
 
 
 def block(message: object, head: str = "") -> str:
