@@ -177,9 +177,20 @@ def why_invalid(row: NodeRow) -> str | None:
     return "; ".join(found) or None
 
 
+# The fields of a row that are only told (shown, quoted in messages), each
+# at most this many characters: one may be megabytes, and `cluster status`
+# pads every row of its table to the widest.  A host name is at most
+# NAME_MAX; a note is a step's error.
+TOLD = {"host": NAME_MAX + 3, "step": NAME_MAX + 3, "media": NAME_MAX + 3, "note": 1000}
+
+
 def _gated(row: NodeRow) -> NodeRow:
     """ROW as every decision may take it: unchanged when valid; else a node
-    that may serve old code, be a master, hold jails, and has not finished."""
+    that may serve old code, be a master, hold jails, and has not finished.
+    The fields it only tells (TOLD): one printable line each, bounded."""
+    told: dict[str, Any] = {field: shown(value, limit) for field, limit in TOLD.items()
+                            if isinstance(value := getattr(row, field), str)}
+    row = dataclasses.replace(row, **told)
     why = why_invalid(row)
     if why is None:
         return row
