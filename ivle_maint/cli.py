@@ -216,10 +216,10 @@ def _bug(kind: type[BaseException], exc: BaseException, tb: TracebackType | None
     (gates.text) as the log's: the exception's message may quote a file."""
     import traceback
 
-    from .gates.text import INDENT, shown
+    from .gates.text import INDENT, bounded
 
     text = "".join(traceback.format_exception(kind, exc, tb)).rstrip("\n")
-    lines = [INDENT + shown(line) for line in text.split("\n")]
+    lines = [INDENT + bounded(line) for line in text.split("\n")]
     with contextlib.suppress(OSError, ValueError):
         sys.stderr.write("\n".join(["ivle-maint: internal error (a bug):", *lines]) + "\n")
         sys.stderr.flush()
@@ -259,7 +259,12 @@ class _Run:
 
 # An ivle-maint command within a resume line (one may name two: "..., then
 # run the upgrade again: ivle-maint upgrade ...").
-_COMMAND = re.compile(r"(?<![\w./-])ivle-maint (?=[a-z])")
+_COMMAND = re.compile(r"(?<![^\s(`])ivle-maint (?=[a-z])")  # a word of its own
+# A word quoted as gates.text.shell_word quotes one ('...' with '"'"' for a
+# quote, or $'...'): a path, which may hold "ivle-maint db" itself.  Quoted
+# words begin a word; an apostrophe within prose ("node's") begins none.
+_SEGMENT = r'''\$'(?:[^'\\]|\\.)*'|'[^']*'|"(?:[^"\\]|\\.)*"'''
+_QUOTED_WORD = re.compile(rf"(?<!\S)(?:{_SEGMENT})(?:{_SEGMENT}|[^\s'\"])*")
 
 
 def resume_line(resume: str, config: str | None) -> str:
@@ -272,7 +277,12 @@ def resume_line(resume: str, config: str | None) -> str:
     from .gates.text import shell_word
 
     option = f"ivle-maint --config {shell_word(os.path.abspath(config))} "
-    return _COMMAND.sub(lambda _match: option, resume)
+    out, start = [], 0
+    for quoted in _QUOTED_WORD.finditer(resume):  # left as they are
+        out += [_COMMAND.sub(lambda _match: option, resume[start:quoted.start()]),
+                quoted.group()]
+        start = quoted.end()
+    return "".join([*out, _COMMAND.sub(lambda _match: option, resume[start:])])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -283,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             handed = warm.hand_over(sys.argv[1:])
             if handed is not None:
                 os._exit(handed)  # its output is written: nothing of ours to flush
-    code = _main(argv)
+    code = _ran(argv)
     if argv is None and _Run.hook:
         _end_now(code)
     return code
@@ -291,7 +301,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_command() -> int:
     """The command of sys.argv, as main() runs it, without its exit (warm.py)."""
-    return _main(None)
+    return _ran(None)
+
+
+def _ran(argv: Sequence[str] | None) -> int:
+    """_main(ARGV); then its --config is forgotten: what runs next in this
+    process (the warm worker's next command, a test) was not given it."""
+    try:
+        return _main(argv)
+    finally:
+        _given_config(None)
 
 
 def report_bug(exc: BaseException) -> None:
@@ -343,7 +362,7 @@ def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser(command_module(args_list))
     args = parser.parse_args(args_list)
     _Run.hook = argv is None and args.command == "hook"
-    _Run.config = args.config
+    _given_config(args.config)
     # Diagnostics on stderr only with -v: the reporter already says what
     # a person needs, and the run's log file gets everything.
     handler = logging.StreamHandler()
@@ -391,6 +410,14 @@ def _main(argv: Sequence[str] | None) -> int:
         logging.getLogger(__name__).debug("ImportError", exc_info=True)
         _say("ivle-maint: error: ", f"Python module {failed_module(exc)} does not load: {exc}")
         return 1
+
+
+def _given_config(config: str | None) -> None:
+    """--config FILE (or None): every ivle-maint command the run prints names it."""
+    from .gates.text import invoked_with
+
+    _Run.config = config
+    invoked_with(config)
 
 
 def _interrupted(exc: BaseException, resume: str | None) -> int:

@@ -24,6 +24,7 @@ from configobj import (
 
 from .errors import ConfigError
 from .gates import trusted
+from .gates.text import shown
 from .roles import Role
 
 try:  # configobj >= 5.1 ships validate inside the package
@@ -387,7 +388,32 @@ def _load(path: Path, spec: str, *, interpolation: Any, strict: bool = False,
             raise ConfigError(f"{path}: [{name}]: {reason}")
     if strict:
         _refuse_unknown(path, conf)
+        _refuse_unprintable(path, conf)
     return conf
+
+
+def _refuse_unprintable(path: Path, conf: Section) -> None:
+    """A value holding a newline, a carriage return or any control character
+    is an error: no setting needs one (a path, a name, a URL), and shown by
+    `ivle-maint settings` or in a message it would read as another line (a
+    multi-line ''''...'''' value: "[database] connect_as = postgres")."""
+    for name, value in conf.items():
+        if isinstance(value, Section):
+            _refuse_unprintable(path, value)
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and not item.isprintable():
+                where = "/".join([*_sections_of(conf), name])
+                raise ConfigError(f"{path}: [{where}]: '{shown(item, 80)}' holds a character "
+                                  "that is not printable (a line break, a control character)")
+
+
+def _sections_of(section: Section) -> list[str]:
+    names: list[str] = []
+    while section.parent is not section:
+        names.insert(0, section.name)
+        section = section.parent
+    return names
 
 
 class VdtNotFinite(VdtValueError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .gates.text import INDENT, block, shown
+from .gates.text import INDENT, block, bounded
 
 # A record's attribute: its text has been said on stderr already (cli.py
 # leaves it out of the stderr handler).
@@ -33,4 +33,4 @@ class SafeFormatter(logging.Formatter):
 
 
 def _indented(text: str) -> str:
-    return "\n".join(INDENT + shown(line) for line in text.split("\n"))
+    return "\n".join(INDENT + bounded(line) for line in text.split("\n"))

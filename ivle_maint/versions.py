@@ -11,6 +11,7 @@ import string
 from typing import TYPE_CHECKING
 
 from .errors import MaintError
+from .gates.text import ivle_maint
 
 if TYPE_CHECKING:
     from debian.debian_support import Version
@@ -73,4 +74,4 @@ def check_upgrade(old: str, new: str, *, rollback: bool = False) -> None:
     if is_downgrade(old, new) and not rollback:
         raise MaintError(f"{new} is older than {old}: a downgrade is a rollback, and this "
                          f"node keeps no pinned restore point of the upgrade {new} -> {old} "
-                         "(see: ivle-maint status)")
+                         f"(see: {ivle_maint('status')})")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .. import liveness
 from ..dpkg import package_version
 from ..errors import ConfigError, MaintError
+from ..gates.text import ivle_maint
 from ..installed import recorded_version
 from ..journal import unfinished
 from ..services.init_scripts import RUNNING, control_from_settings
@@ -130,7 +131,7 @@ def register(settings: Settings, reporter: Reporter, version: str | None = None,
                 raise ConfigError(
                     f"node name {row['name']!r} is held by another machine ({other}, seen "
                     f"{seen}): give this node its own [node] name, or if it replaces that "
-                    "machine: ivle-maint cluster register --replace")
+                    f"machine: {ivle_maint('cluster', 'register', '--replace')}")
             if other:
                 reporter.warn(f"taking over node name {row['name']!r} from {other} (--replace)")
             twin = trust.second_master(rows, row["name"], settings.role)
@@ -205,7 +206,7 @@ def forget(settings: Settings, reporter: Reporter, name: str, *, force: bool = F
         reasons = trust.forget_refusals(row, seen_of(settings, row))
         if reasons and not force:
             raise MaintError(f"{name} looks alive: {'; '.join(reasons)}; if it is really gone: "
-                             f"ivle-maint cluster forget --force {name}")
+                             f"{ivle_maint('cluster', 'forget', '--force', name)}")
         if reasons:
             reporter.warn(f"forgetting {name} anyway (--force) although {'; '.join(reasons)}: "
                           f"{trust.forget_meaning(name)}")

@@ -33,6 +33,7 @@ from ..db.connect import connect, params_from_settings
 from ..errors import MaintError
 from ..gates import trusted, waits
 from ..gates.rewrite import replace_file, write_state_file
+from ..gates.text import ivle_maint
 from ..jails.mounts import list_jail_mounts
 from ..pgdriver import psycopg2
 from ..safepaths import read_nofollow
@@ -393,7 +394,8 @@ class Presence:
         if before is not None and before != row["instance"]:
             self.reporter.warn(
                 f"another ivle-maint also recorded itself as node {self.name!r}: give each "
-                "node its own [node] name (or 'ivle-maint cluster forget' the gone one)")
+                f"node its own [node] name (or forget the gone one: "
+                f"{ivle_maint('cluster', 'forget', 'NAME')})")
 
     def _upsert(self, row: dict[str, Any], patient: bool) -> str | None:
         conn = self.connection(wait=None if patient else REPORT_WAIT)
@@ -473,7 +475,8 @@ class Presence:
             raise MaintError(
                 f"the cluster table already has a node named {self.name!r} written by another "
                 f"ivle-maint (host {other.host}, node id {other.instance}): give this node its "
-                f"own [node] name, or if that node is gone: ivle-maint cluster forget {self.name}")
+                f"own [node] name, or if that node is gone: "
+                f"{ivle_maint('cluster', 'forget', self.name)}")
         self.write(self.row(Phase.BEFORE, "preflight"), strict=True)
 
 

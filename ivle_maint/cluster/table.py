@@ -177,15 +177,26 @@ def why_invalid(row: NodeRow) -> str | None:
     return "; ".join(found) or None
 
 
+# The fields of a row that are only told (shown, quoted in messages), each
+# at most this many characters: one may be megabytes, and `cluster status`
+# pads every row of its table to the widest.  A host name is at most
+# NAME_MAX; a note is a step's error.
+TOLD = {"host": NAME_MAX + 3, "step": NAME_MAX + 3, "media": NAME_MAX + 3, "note": 1000}
+
+
 def _gated(row: NodeRow) -> NodeRow:
     """ROW as every decision may take it: unchanged when valid; else a node
-    that may serve old code, be a master, hold jails, and has not finished."""
+    that may serve old code, be a master, hold jails, and has not finished.
+    The fields it only tells (TOLD): one printable line each, bounded."""
+    told: dict[str, Any] = {field: shown(value, limit) for field, limit in TOLD.items()
+                            if isinstance(value := getattr(row, field), str)}
+    row = dataclasses.replace(row, **told)
     why = why_invalid(row)
     if why is None:
         return row
     name = shown(row.name, 63)
-    fix = (f"on that node: ivle-maint cluster refresh (rewrites its row); if it is gone: "
-           f"ivle-maint cluster forget --force {text.shell_word(row.name)}")
+    fix = (f"on that node: {text.command('ivle-maint', 'cluster', 'refresh')} (rewrites its "
+           f"row); if it is gone: {text.ivle_maint('cluster', 'forget', '--force', row.name)}")
     return dataclasses.replace(
         row, serving=UNKNOWN, version=UNKNOWN,
         target=row.target if row.target is None else UNKNOWN,

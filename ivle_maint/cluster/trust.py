@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from .. import liveness
 from ..context import Phase, Role
 from ..errors import MaintError
+from ..gates.text import ivle_maint
 from ..versions import parse
 from .ages import human_age
 
@@ -165,4 +166,4 @@ def second_master(rows: list[NodeRow], me: str, role: Role | str) -> str | None:
     row = others[0]
     return (f"{row.name} (host {row.host}, seen {human_age(row.age)}) is already this "
             f"cluster's {row.role} node: one master per database; if it is gone for good: "
-            f"ivle-maint cluster forget {row.name}")
+            f"{ivle_maint('cluster', 'forget', row.name)}")

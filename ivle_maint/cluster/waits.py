@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..context import Role
 from ..db.discovery import discover
 from ..errors import MaintError
-from ..gates.text import shown
+from ..gates.text import command, ivle_maint, shown
 from ..gates.waits import checkpoint
 from ..versions import parse
 from . import probe, table, trust
@@ -210,15 +210,17 @@ def wait_for_slaves(ctx: UpgradeContext, step: str) -> str:
     try:
         waited = poll(ctx, check, step=step, timeout=timeout, label=stale)
     except TimedOut as exc:
-        gone = "; ".join(f"ivle-maint cluster forget {r.name} (last seen {human_age(r.age)})"
+        gone = "; ".join(f"{ivle_maint('cluster', 'forget', r.name)} (last seen "
+                         f"{human_age(r.age)})"
                          for r in blocking)
         raise MaintError(
             f"slaves still serve {_what_stale(ctx)} after {timeout:g}s ([cluster] "
             f"slaves_timeout), nothing migrated: {exc.pending.text}.  Upgrade them (their "
-            "preinst stops the web server and records it; or ivle-maint cluster prepare "
-            f"--to {ctx.new} on each), then resume; if a node "
+            f"preinst stops the web server and records it; or "
+            f"{command('ivle-maint', 'cluster', 'prepare', '--to', ctx.new)} on each), then "
+            f"resume; if a node "
             f"is gone for good: {gone}; to migrate anyway: [cluster] migrate_while_serving = "
-            "yes, or ivle-maint rerun --migrate-while-serving",
+            f"yes, or {ivle_maint('rerun', '--migrate-while-serving')}",
             resume=ctx.resume,
         ) from None
     gone = f"code other than {ctx.new}" if back else "the old code"
@@ -338,7 +340,8 @@ def wait_for_master(ctx: UpgradeContext, step: str) -> str:
     if not masters:
         ctx.reporter.warn("no master has recorded itself in ivle_maint_nodes: waiting for the "
                           "migrations only; whether the master rebuilt the jail tree cannot be "
-                          "checked (ivle-maint cluster register on the master)")
+                          f"checked ({command('ivle-maint', 'cluster', 'register')} on the "
+                          "master)")
     newer_warned: list[str] = []
 
     def check(conn: Any) -> Pending | None:
@@ -454,8 +457,9 @@ def wait_for_jails_free(ctx: UpgradeContext, step: str) -> str:
         raise MaintError(
             f"slaves still hold jails of the shared tree after {timeout:g}s ([cluster] "
             f"slaves_timeout), jail tree left as it was: {exc.pending.text}.  Let their "
-            f"upgrades run (or: ivle-maint cluster prepare --to {ctx.new} on each; a node "
-            "that is gone: ivle-maint cluster forget NAME), then resume",
+            f"upgrades run (or: {command('ivle-maint', 'cluster', 'prepare', '--to', ctx.new)} "
+            f"on each; a node that is gone: {ivle_maint('cluster', 'forget', 'NAME')}), then "
+            "resume",
             resume=ctx.resume,
         ) from None
     return f"no slave holds a jail of the shared tree (waited {waited:.1f}s)"
@@ -502,7 +506,7 @@ def wait_for_every_before_phase(ctx: UpgradeContext) -> str:
             f"not every node did its before-phase of {ctx.new} within {timeout:g}s "
             f"([cluster] slaves_timeout), nothing unpacked: {exc.pending.text}.  This "
             f"node gives its site back on {ctx.old}; upgrade every node together (a node "
-            "that is gone: ivle-maint cluster forget NAME)",
+            f"that is gone: {ivle_maint('cluster', 'forget', 'NAME')})",
             resume=ctx.resume,
         ) from None
     return f"every node did its before-phase (waited {waited:.1f}s)"

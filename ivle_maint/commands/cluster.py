@@ -164,7 +164,7 @@ def _print_table(status: Any, paused: frozenset[str] | set[str] = frozenset(),
     runners = runners or {}
 
     if not status.nodes:
-        print("no node has recorded itself yet (ivle-maint cluster register)")
+        print(f"no node has recorded itself yet ({text.ivle_maint('cluster', 'register')})")
         return
     head = ("NAME", "ROLE", "VERSION", "SERVING", "TARGET", "PHASE", "MEDIA", "LAST SEEN", "HOST")
     # A down node answering ivle-maint's maintenance page says so.
@@ -187,7 +187,7 @@ def _print_table(status: Any, paused: frozenset[str] | set[str] = frozenset(),
         judged = runners.get(r.name)
         if judged is not None and judged.verdict is Verdict.DEAD:
             print(f"{name}: its ivle-maint exited ({shown(judged.text)}): resume there with "
-                  "ivle-maint rerun")
+                  f"{text.command('ivle-maint', 'rerun')}")  # its settings are its own
         elif judged is not None and judged.verdict is Verdict.UNKNOWABLE:
             print(f"{name}: whether its ivle-maint runs cannot be told from here: "
                   f"{shown(judged.text)}")
@@ -195,7 +195,8 @@ def _print_table(status: Any, paused: frozenset[str] | set[str] = frozenset(),
     if len(masters) > 1:
         print("MORE THAN ONE MASTER: "
               + ", ".join(f"{shown(r.name)} on {shown(r.host)}" for r in masters)
-              + ": one master per database; ivle-maint cluster forget the one that is not")
+              + ": one master per database; forget the one that is not: "
+              + text.ivle_maint("cluster", "forget", "NAME"))
     media = status.slave_media()
     if len(media) == 1:
         value, names = next(iter(media.items()))

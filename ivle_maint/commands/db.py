@@ -121,6 +121,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 def show_status(ctx: Context) -> int:
     """Print every shipped migration's state, and what would block migrate."""
     from ..db.status import status  # reading only: no classifying, applying, pg_dump
+    from ..gates.text import ivle_maint
 
     st = status(ctx.settings, migrations_dir=ctx.args.migrations, reporter=ctx.reporter)
     changed = {c.key: c for c in st.changed}
@@ -149,9 +150,10 @@ def show_status(ctx: Context) -> int:
     if st.unmarked:
         lines.append(
             f"database {st.dbname} has tables but no marker, so every migration shows as "
-            "pending: an upgrade (IVLE's package, or 'ivle-maint upgrade') records the "
+            f"pending: an upgrade (IVLE's package, or '{ivle_maint('upgrade')}') records the "
             "installed version's migrations itself; before migrating by hand, record them "
-            "with 'ivle-maint db baseline THROUGH' (the newest one that version shipped)"
+            f"with '{ivle_maint('db', 'baseline', 'THROUGH')}' (the newest one that version "
+            "shipped)"
         )
     print("\n".join(lines))  # one write: 300 lines are 300 writes otherwise
     return 0

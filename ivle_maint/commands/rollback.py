@@ -54,6 +54,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_rollback(ctx: Context) -> int:
+    from ..gates.text import ivle_maint
     from ..rollback.point import latest_pinned
     from ..rollback.run import roll_back
 
@@ -61,7 +62,7 @@ def cmd_rollback(ctx: Context) -> int:
     point = latest_pinned(ctx.settings)
     if point is None:
         raise MaintError("no pinned restore point on this node: nothing to roll back to "
-                         "(see: ivle-maint status)")
+                         f"(see: {ivle_maint('status')})")
     return roll_back(ctx.settings, ctx.reporter, point,
                      accept_data_loss=ctx.args.accept_data_loss, dry_run=ctx.args.dry_run)
 

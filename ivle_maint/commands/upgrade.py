@@ -301,6 +301,7 @@ def cmd_status(ctx: Context) -> int:
     """List every journal with its steps."""
     from ..db.migrations import upgrade_backup
     from ..gates.schema_hold import status_line
+    from ..gates.text import ivle_maint
     from ..journal import Journal
     from ..procedure import STEPS
     from ..rollback.point import all_points, for_upgrade
@@ -315,7 +316,7 @@ def cmd_status(ctx: Context) -> int:
     for point in pinned:
         print(point.describe())
     if pinned:
-        print("  go back: ivle-maint rollback; keep the release: ivle-maint commit")
+        print(f"  go back: {ivle_maint('rollback')}; keep the release: {ivle_maint('commit')}")
     for path in paths:
         journal = Journal.load(path)
         for line in summary_lines(journal, STEPS):
@@ -326,7 +327,7 @@ def cmd_status(ctx: Context) -> int:
             print(f"  database before this upgrade: {dump}")
             kept = for_upgrade(ctx.settings, upgrade_id(journal))
             if kept is not None and kept.pinned:
-                print("    go back (package and database): ivle-maint rollback")
+                print(f"    go back (package and database): {ivle_maint('rollback')}")
             elif restore:
                 print(f"    restore with: {restore}")
     sys.stdout.flush()

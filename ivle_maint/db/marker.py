@@ -25,6 +25,7 @@ row exists exactly when the migration's changes do.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import MaintError
+from ..gates.text import shown
 from ..pgdriver import psycopg2
 
 log = logging.getLogger(__name__)
@@ -202,7 +204,25 @@ def applied(conn: Any) -> dict[str, MarkerRow]:
         optional = ", ".join(name if name in present else f"NULL AS {name}"
                              for name in OPTIONAL_COLUMNS)
         cur.execute(f"SELECT {_COLUMNS}, {optional} FROM {TABLE} ORDER BY key")
-        return {row[0]: MarkerRow(*row) for row in cur.fetchall()}
+        rows = [_one_line_fields(MarkerRow(*row)) for row in cur.fetchall()]
+        return {row.key: row for row in rows}
+
+
+FIELD_LIMIT = 200  # characters of a row's text field: a key, a host, a login
+
+
+def _one_line_fields(row: MarkerRow) -> MarkerRow:
+    """ROW with each text field one printable line (gates.text.shown).
+
+    The table is the database's: anyone with IVLE's login may write it.
+    Every reader gets its rows from here, so no key, host, mode or login
+    (`db status` prints them) starts a line of its own in a listing: a
+    forged `applied` row, a fake prompt.  What ivle-maint writes is
+    printable and short: unchanged."""
+    text: dict[str, Any] = {name: shown(value, FIELD_LIMIT)
+                            for name, value in dataclasses.asdict(row).items()
+                            if isinstance(value, str)}
+    return dataclasses.replace(row, **text)
 
 
 def user_tables(conn: Any, limit: int = 5) -> list[str]:

@@ -33,6 +33,7 @@ from ..db.session import session as _session
 from ..db.status import directory_of as _directory
 from ..db.status import status
 from ..errors import MaintError
+from ..gates.text import ivle_maint
 from ..output import RecordingReporter, Reporter
 
 # The public API's types, importable from here.
@@ -258,7 +259,7 @@ def _failure(message: str, settings: Settings, result: MigrateResult,
         first = result.upgrade_backup or result.backup
         if first:
             message += (f"; the database before this upgrade: {first} (to go back, package "
-                        "and database: ivle-maint rollback)")
+                        f"and database: {ivle_maint('rollback')})")
         return message
     if result.backup:
         message += (f"; backup taken before this run: {result.backup} (to put it back, not "

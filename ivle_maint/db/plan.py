@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import MaintError
+from ..gates.text import ivle_maint
 from . import marker
 from .classify import NO_TRANSACTION, Classified, classify
 from .discovery import Migration
@@ -52,7 +53,8 @@ class Plan:
     def raise_problems(self, resume: str | None = None) -> None:
         if self.problems:
             more = len(self.problems) - 1
-            extra = f" (and {more} more: see 'ivle-maint db migrate --dry-run')" if more else ""
+            extra = f" (and {more} more: see '{ivle_maint('db', 'migrate', '--dry-run')}')" \
+                if more else ""
             raise MaintError(self.problems[0] + extra, resume=self._resume_accepting(resume))
 
     def _resume_accepting(self, resume: str | None) -> str | None:
@@ -94,7 +96,8 @@ def _out_of_order(st: Status) -> str:
     return (
         f"migration(s) {keys} are older than the newest applied ({newest}) but not recorded "
         f"as applied: if the database has them already (a row of {marker.TABLE} deleted), "
-        f"record them without running them: ivle-maint db baseline --force {last}, then run "
+        f"record them without running them: {ivle_maint('db', 'baseline', '--force', last)}, "
+        "then run "
         "again; if they never ran, apply them anyway with --allow-out-of-order"
     )
 
@@ -112,7 +115,8 @@ def make_plan(
         problems.append(
             f"database {st.dbname} has tables ({', '.join(st.tables)}) but no record of the "
             f"migrations applied to it (table {marker.TABLE}): record them, without running "
-            "them, with 'ivle-maint db baseline THROUGH', THROUGH being the newest migration "
+            f"them, with '{ivle_maint('db', 'baseline', 'THROUGH')}', THROUGH being the newest "
+            "migration "
             "its IVLE version shipped"
         )
     changed = {c.key: c for c in st.changed}

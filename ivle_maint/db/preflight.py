@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .. import system
 from ..errors import MaintError
 from ..gates.rewrite import existing_parent, prove_writable
+from ..gates.text import ivle_maint
 from ..installed import old_migration_files
 from ..pgdriver import psycopg2, sql
 from . import migrations
@@ -49,7 +50,7 @@ def classified_after_baseline(ctx: UpgradeContext) -> tuple[int, list[Classified
     if old is None:
         raise MaintError(
             f"the database has no migration marker and the migrations of {ctx.old} are "
-            "no longer known: record them with 'ivle-maint db baseline THROUGH' first"
+            f"no longer known: record them with '{ivle_maint('db', 'baseline', 'THROUGH')}' first"
         )
     old_names = {p.name for p in old}
     new = [m for m in discover(ctx.preflight_migrations) if m.name not in old_names]
@@ -231,7 +232,8 @@ def release_lines(classes: list[MigrationClass]) -> list[str]:
     return [f"release class: {top} (additive: the old code keeps working; locking: a table "
             "is locked while scanned or rewritten; destructive: the old code can break)",
             *(f"  decided by {c.line()}" for c in deciding[:SHOWN]),
-            *([f"  and {more} more of this class (ivle-maint db classify)"] if more > 0 else [])]
+            *([f"  and {more} more of this class ({ivle_maint('db', 'classify')})"]
+              if more > 0 else [])]
 
 
 SHOWN = 5  # deciding migrations the plan names

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import MaintError
 from ..mountinfo import Mount, is_at_or_below, is_below, read
-from .text import shown
+from .text import ivle_maint, shown
 
 
 def mounts_in(tree: str | os.PathLike[str], *, itself: bool = False,
@@ -42,5 +42,5 @@ def refuse_mounts_in(tree: str | os.PathLike[str], refused: str, *, itself: bool
     for mount in mounts_in(tree, itself=itself, table=table):
         if not any(is_at_or_below(mount.mountpoint, k) for k in kept):
             raise MaintError(f"{refused}: {shown(mount.mountpoint)} is mounted inside "
-                             f"{shown(Path(tree))}; unmount it (ivle-maint mounts unmount) "
+                             f"{shown(Path(tree))}; unmount it ({ivle_maint('mounts', 'unmount')}) "
                              "and run again")

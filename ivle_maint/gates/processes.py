@@ -65,7 +65,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import MaintError
 from ..mountinfo import is_below
-from .text import shown
+from .text import ivle_maint, shown
 
 if TYPE_CHECKING:
     import psutil
@@ -694,5 +694,5 @@ def _remains(left: list[Found], seconds: float) -> MaintError:
     return MaintError(
         f"{_count(len(left))} still in the jails after {seconds:g}s of SIGTERM, SIGSTOP "
         f"and SIGKILL: {_one_line(left, text)}; stuck in the kernel (state D)? "
-        "see 'ivle-maint consoles list'"
+        f"see '{ivle_maint('consoles', 'list')}'"
     )

@@ -38,6 +38,7 @@ from ..errors import MaintError
 from ..journal import Journal
 from ..safepaths import read_nofollow
 from .rewrite import replace_file, write_state_file
+from .text import ivle_maint
 
 RELEASE_FILE = "schema-hold.json"  # in [paths] state: the upgrade whose start-web released it
 MAINTENANCE_RECORD = "maintenance.json"  # in [paths] state (services/maintenance_page.py)
@@ -149,7 +150,7 @@ def check(settings: Settings, service: str = "") -> None:
     raise MaintError(
         f"schema hold: {name} must not start: {hold.describe()}, and IVLE's code must not "
         f"serve until the schema and the code agree; only the upgrade's start-web step "
-        f"starts it (or 'ivle-maint rerun --abandon' on the old code)",
+        f"starts it (or '{ivle_maint('rerun', '--abandon')}' on the old code)",
         resume=hold.resume,
     )
 
@@ -190,7 +191,7 @@ def dropin_text(settings: Settings) -> str:
         "# Written by ivle-maint's stop-web step while this node is upgraded; removed by\n"
         "# its start-web step once the schema and the code agree, and on purge.\n"
         "# The web server does not start (at boot, by hand, through invoke-rc.d) while\n"
-        "# 'ivle-maint hold check' fails: see 'ivle-maint status'.\n"
+        f"# the command below fails: see '{ivle_maint('status')}'.\n"
         "[Service]\n"
         f"{env}ExecStartPre={' '.join(_quote(a) for a in command)}\n"
     )

@@ -23,7 +23,9 @@ reverses what is read, or bytes that are not UTF-8.  The rule:
 2. ``lines(message)`` is what every sink applies to a whole message: a
    message is one line, escaped as in ``shown``, however it was built
    (an f-string that put a file name, a command line or an SQL error into
-   it escapes nothing itself).  The one exception is a message made by
+   it escapes nothing itself), of no more than LINE_LIMIT characters of
+   it (``bounded``: its start and its end, and the count of what was cut):
+   what it quotes may be megabytes.  The one exception is a message made by
    ``joined(first, *more)``, whose parts are escaped there, one by one:
    it is shown as its first line, then each further part indented by two
    spaces.  Nothing else a message carries can break a line, so no text
@@ -41,7 +43,9 @@ reverses what is read, or bytes that are not UTF-8.  The rule:
    (``consoles list``; the journal's errors as read back).
 
 4. ``shell_word(value)`` / ``command(*words)`` is the rule for a command
-   a person is to paste (a resume line, a restore command): each word
+   a person is to paste (a resume line, a restore command; an ivle-maint
+   command for this node by ``ivle_maint(*words)``, which also names the
+   run's --config FILE): each word
    quoted so that bash reads back exactly the bytes meant, and the whole
    printable, so that rules 1 and 2 leave it as it is.  shlex.quote alone
    is not enough: a newline or ESC it quotes would then be escaped by the
@@ -69,6 +73,13 @@ import unicodedata
 PREFIX = "ivle-maint:"
 CONTINUATION = "\n  "
 INDENT = "  "
+# The most characters of one line a message gives a sink (the terminal,
+# the log, the journal): a value from outside that it quotes (a row's text
+# in an SQL error, a line of a file, a command's output) may be megabytes;
+# the sink gets its start and its end (what the message says after the
+# value: "...; upgrade abandoned, services restored"), and the count of
+# what was cut between them.
+LINE_LIMIT = 10_000
 
 _SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -134,8 +145,19 @@ def lines(message: object) -> list[str]:
     several = _joined_in(message)
     if several is not None:
         first, *rest = str.split(several, CONTINUATION)
-        return [shown(first), *(INDENT + shown(part) for part in rest)]
-    return [shown(message if isinstance(message, bytes | bytearray) else _text(message))]
+        return [bounded(first), *(INDENT + bounded(part) for part in rest)]
+    return [bounded(message if isinstance(message, bytes | bytearray) else _text(message))]
+
+
+def bounded(value: object) -> str:
+    """VALUE as ``shown``, but at most LINE_LIMIT of its characters: its
+    start and its end, with the count of what was cut between them."""
+    text = _text(value)
+    if len(text) <= LINE_LIMIT:
+        return shown(text)
+    half = LINE_LIMIT // 2
+    return (f"{shown(text[:half])}...[{len(text) - 2 * half} characters cut]..."
+            f"{shown(text[-half:])}")
 
 
 def block(message: object, head: str = "") -> str:
@@ -174,6 +196,28 @@ def shell_word(value: object) -> str:
 def command(*words: object) -> str:
     """A command line for a person to paste: each word by shell_word."""
     return " ".join(shell_word(word) for word in words)
+
+
+class _Invoked:
+    """The settings file this run was given (--config FILE, made absolute)."""
+
+    config: str | None = None
+
+
+def invoked_with(config: str | None) -> None:
+    """Said by cli.py once it has parsed the command line."""
+    _Invoked.config = None if config is None else os.path.abspath(config)
+
+
+def ivle_maint(*words: object) -> str:
+    """The ivle-maint command WORDS for a person to paste on this node, as
+    this run was started: with --config FILE when it was given one (pasted
+    without it, the command would read the default settings: another
+    node's database, maybe); each word by shell_word (a node name from the
+    database, a path).  A command for another node, whose settings are not
+    known here: command("ivle-maint", ...)."""
+    config = _Invoked.config
+    return command("ivle-maint", *(() if config is None else ("--config", config)), *words)
 
 
 def width(line: str) -> int:

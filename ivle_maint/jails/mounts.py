@@ -26,6 +26,7 @@ from .. import jaildir, mountinfo, system
 from ..config import Settings
 from ..consoles.jail_processes import JailProcess, scan
 from ..errors import MaintError
+from ..gates.text import ivle_maint
 from ..logfile import BoundedOutput
 from ..mountinfo import Mount, is_at_or_below, is_below
 from ..output import Reporter
@@ -293,7 +294,8 @@ def _busy_message(result: UnmountResult) -> str:
     first = result.busy[0].mountpoint
     return (
         f"{len(result.busy)} jail mounts still mounted (first: {first}): {why}; stop them "
-        f"('ivle-maint consoles stop') or detach lazily ('--lazy', [jails] lazy_unmount)"
+        f"('{ivle_maint('consoles', 'stop')}') or detach lazily ('--lazy', [jails] "
+        "lazy_unmount)"
     )
 
 

@@ -16,6 +16,7 @@ from ..errors import MaintError
 from ..gates import trusted
 from ..gates.mounted import refuse_mounts_in
 from ..gates.rewrite import fsync_dir
+from ..gates.text import ivle_maint
 from ..versions import is_downgrade
 from .fingerprint import schema_fingerprint
 from .old_package import NotInstalled, keep_installed
@@ -58,7 +59,7 @@ def _keep_package(ctx: UpgradeContext, point: RestorePoint) -> None:
         log.info("no package kept: %s", exc)
         return
     except MaintError as exc:  # the upgrade goes on: a rollback can still use apt
-        ctx.reporter.warn(f"{exc}; 'ivle-maint rollback' will install {ctx.package} "
+        ctx.reporter.warn(f"{exc}; '{ivle_maint('rollback')}' will install {ctx.package} "
                           f"{ctx.old} from the repository instead")
         return
     point.update(lambda p: setattr(p, "package", kept.to_json()))

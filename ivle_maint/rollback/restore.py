@@ -27,6 +27,7 @@ from ..db.marker import applied, exists
 from ..db.session import session
 from ..errors import MaintError
 from ..gates.rewrite import fsync_dir, replace_file
+from ..gates.text import ivle_maint
 from ..safepaths import read_nofollow
 from . import cluster_rows
 from . import database as db
@@ -102,9 +103,10 @@ def check_way(ctx: UpgradeContext) -> None:
 
 def _refusal(way: Way) -> str:
     return (f"a full rollback replaces the database with the restore point's dump "
-            f"({way.why}); what was written since is lost: see it with 'ivle-maint rollback "
-            "--dry-run' (the rows per table), then accept it: ivle-maint rollback "
-            f"--accept-data-loss (under apt: {ACCEPT_DATA_LOSS_ENV}=1)")
+            f"({way.why}); what was written since is lost: see it with "
+            f"'{ivle_maint('rollback', '--dry-run')}' (the rows per table), then accept it: "
+            f"{ivle_maint('rollback', '--accept-data-loss')} (under apt: "
+            f"{ACCEPT_DATA_LOSS_ENV}=1)")
 
 
 def settle(ctx: UpgradeContext) -> Outcome | None:

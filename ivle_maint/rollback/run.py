@@ -11,6 +11,7 @@ from ..db.marker import applied, exists
 from ..db.session import session
 from ..dpkg import UNPACKED, dpkg_record, package_version
 from ..errors import MaintError
+from ..gates.text import ivle_maint
 from ..journal import Journal
 from ..lock import node_lock, rollback_lock
 from ..output import Reporter
@@ -98,7 +99,7 @@ def _choose(settings: Settings, reporter: Reporter, point: RestorePoint, where: 
         preview_loss(settings, reporter, point)
         if not accept_data_loss and not dry_run:
             reporter.info("nothing changed; to roll back, losing the rows above: "
-                          "ivle-maint rollback --accept-data-loss")
+                          f"{ivle_maint('rollback', '--accept-data-loss')}")
             return 1
     package = KeptPackage.from_json(point.package) if point.package else None
     if package is not None:

@@ -31,7 +31,7 @@ from pathlib import PurePosixPath
 
 from ..context import UpgradeContext
 from ..errors import MaintError
-from ..gates.text import shown
+from ..gates.text import ivle_maint, shown
 
 # What acts on a running server: it stops, restarts or reloads it.
 ACTING = frozenset({"stop", "restart", "try-restart", "reload", "force-reload",
@@ -239,7 +239,7 @@ def check(ctx: UpgradeContext, postinst: bytes | None, which: str) -> None:
     if not found.calls_ivle_maint:
         ctx.reporter.warn(f"{where} has no 'ivle-maint hook' line: unless it calls ivle-maint "
                           f"another way, nothing finishes this upgrade after its code is "
-                          f"unpacked ('ivle-maint rerun' does)")
+                          f"unpacked ('{ivle_maint('rerun')}' does)")
         return
     acting = [c for c in found.calls if c.action not in STARTS]
     if acting:

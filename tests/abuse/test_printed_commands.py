@@ -171,3 +171,65 @@ def test_a_resume_line_names_the_settings_file_the_run_was_given(
     assert all(line.isprintable() for line in err.splitlines()), err
     runs = pasted(resume_line(err), "ivle-maint")
     assert runs == [[b"ivle-maint", b"--config", config, b"db", b"migrate"]], err
+
+
+# A path word holding what the resume line's --config is put before: the
+# words "ivle-maint " and a command name, inside a path that gets quoted.
+_HOSTILE_WORD = st.builds(
+    lambda before, name, after: (before.encode() + b" ivle-maint " + name.encode()
+                                 + after),
+    _VALUE, st.sampled_from(["db", "rerun", "upgrade", "status"]), NAMES | st.just(b""))
+
+
+@settings(max_examples=80, deadline=None)
+@given(path=_HOSTILE_WORD | NAMES | st.sampled_from([b"x:ivle-maint", b"x@ivle-maint"]),
+       config=NAMES, prose=st.booleans(), more=st.sampled_from([(), ("db",), ("--x", "db")]))
+def test_a_resume_lines_config_goes_before_its_commands_never_into_a_quoted_word(
+        path: bytes, config: bytes, prose: bool, more: tuple[str, ...]) -> None:
+    """`ivle-maint --config FILE ...`'s resume line names FILE in each
+    ivle-maint command in it, and nowhere else: a quoted path holding
+    "ivle-maint db" (a source tree, a migrations directory) is pasted back
+    as the same path, not with --config FILE spliced into it."""
+    from ivle_maint.cli import resume_line
+    from ivle_maint.gates.text import block, command
+
+    word = os.fsdecode(b"/srv/" + path)
+    resume = command("ivle-maint", "db", "migrate", "--migrations", word, *more)
+    if prose:  # as upgrade.py words one: prose, then the command
+        resume = f"fix the cause, then run the upgrade again: {resume}"
+    config_file = os.fsdecode(b"/etc/" + config)
+    line = block(resume_line(resume, config_file))
+    assert "\n" not in line and line.isprintable()
+    if prose:
+        line = line.split(": ", 1)[1]
+    runs = pasted(line, "ivle-maint")
+    assert runs == [[b"ivle-maint", b"--config", os.fsencode(config_file), b"db", b"migrate",
+                     b"--migrations", os.fsencode(word), *map(os.fsencode, more)]], line
+
+
+@settings(max_examples=10, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=NAMES)
+def test_an_errors_advice_names_the_settings_file_the_run_was_given(
+        tmp_path_factory: pytest.TempPathFactory, name: bytes) -> None:
+    """`ivle-maint --config FILE rollback` with no restore point: the
+    command its error says to run (`see: ivle-maint ... status`), pasted,
+    reads FILE too, whatever FILE's name; not only the resume line."""
+    root = tmp_path_factory.mktemp("advice")
+    for sub in ("state", "log", "backup", "run", "ivle"):
+        (root / sub).mkdir()
+    (root / "ivle" / "ivle.conf").write_text("")
+    config = os.path.join(os.fsencode(root), name)
+    with open(config, "w", encoding="utf-8") as out:
+        out.write("[paths]\n" + "".join(f"{key} = {root / sub}\n" for key, sub in (
+            ("ivle_conf_dir", "ivle"), ("state", "state"), ("log", "log"),
+            ("backup", "backup"), ("run", "run"))))
+    done = subprocess.run(
+        [sys.executable, "-m", "ivle_maint", "--config", config, "rollback"],
+        env={k: v for k, v in os.environ.items() if k != "IVLE_MAINT_CONF"},
+        cwd=REPO, capture_output=True, check=False)
+    err = done.stderr.decode()
+    assert done.returncode == 1, err
+    [line] = [ln for ln in err.splitlines() if ln.startswith("ivle-maint: error:")]
+    advice = line.split("(see: ", 1)[1].removesuffix(")")
+    assert pasted(advice, "ivle-maint") == [[b"ivle-maint", b"--config", config, b"status"]], err

@@ -211,3 +211,30 @@ def test_a_service_timeout_of_zero_is_refused(tmp_path):
     path.write_text("[services]\ntimeout = 0\n")
     with pytest.raises(ConfigError, match=r"\[services/timeout\]"):
         load_settings(str(path))
+
+
+_UNPRINTABLE = st.lists(st.sampled_from(["\n[database]\nconnect_as = postgres", "\r", "\x1b[2J",
+                                         "\x1b]8;;http://x\x07", "\u202e", "\x85", "\u2028",
+                                         "\t", "\x7f", "a"]),
+                        min_size=1, max_size=4).map("".join).filter(lambda v: not v.isprintable())
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=_UNPRINTABLE, where=st.sampled_from([("paths", "state"), ("services", "web"),
+                                                  ("node", "name"), ("commands", "buildjail")]))
+def test_a_setting_holding_a_line_break_or_a_control_is_refused_in_one_line(
+        tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str],
+        value: str, where: tuple[str, str]) -> None:
+    """A value (a configobj '''...''' may span lines) with a line break or a
+    control character: `settings` would show it as lines of its own (a
+    forged "[database] connect_as = postgres"); refused, one line, exit 2,
+    nothing on stdout."""
+    path = tmp_path_factory.mktemp("settings") / "ivle-maint.conf"
+    path.write_text(f"[{where[0]}]\n{where[1]} = '''{value}'''\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"\[{where[0]}/{where[1]}\]: .* not printable"):
+        load_settings(str(path))
+    assert main(["--config", str(path), "settings"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1 and err.startswith("ivle-maint: error: ")
+    assert err.rstrip("\n").isprintable()

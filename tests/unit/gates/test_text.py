@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ivle_maint.errors import MaintError
-from ivle_maint.gates.text import block, joined, lines, listing, shown
+from ivle_maint.gates.text import LINE_LIMIT, block, joined, lines, listing, shown
+from ivle_maint.journal import _recorded
 from ivle_maint.logfile import SafeFormatter
 from ivle_maint.output import TerminalReporter
 
@@ -141,3 +142,40 @@ def test_every_log_line_is_a_records_start_or_indented(text: str) -> None:
 def test_ascii_letters_digits_and_punctuation_pass_whole() -> None:
     text = string.ascii_letters + string.digits + string.punctuation + " "
     assert shown(text) == text and listing(text) == text
+
+
+# A line a sink may write: LINE_LIMIT characters, each escaped at most as
+# \UNNNNNNNN (10), the count of what was cut, and the sink's own words.
+MOST = 10 * LINE_LIMIT + 200
+
+
+@settings(max_examples=40, deadline=None)
+@given(piece=st.one_of(HOSTILE.filter(bool), st.text(min_size=1, max_size=3)),
+       size=st.integers(LINE_LIMIT - 10, 3 * LINE_LIMIT), joined_too=st.booleans())
+def test_every_sink_bounds_a_line_keeping_its_start_and_its_end(
+        piece: str, size: int, joined_too: bool) -> None:
+    """A message quoting a value of megabytes (a row's text in an SQL
+    error): the terminal, the log and the journal each get lines of at most
+    LINE_LIMIT of its characters, its start and its end kept, the count of
+    what was cut between them."""
+    value = (piece * (size // len(piece) + 1))[:size]
+    message: object = f"step failed: {value}; services restored"
+    if joined_too:
+        message = joined("step failed:", value, "services restored")
+    stream = io.StringIO()
+    TerminalReporter(stream, tty=False).warn(message)  # type: ignore[arg-type]
+    record = logging.LogRecord("ivle_maint", logging.ERROR, __file__, 1, "%s", (message,), None)
+    try:
+        raise MaintError(message)  # type: ignore[arg-type]
+    except MaintError:
+        import sys
+
+        record.exc_info = sys.exc_info()
+    log = SafeFormatter("%(levelname)s %(message)s").format(record)
+    kept = _recorded(message)
+    for sink, out in (("terminal", stream.getvalue()), ("log", log), ("journal", kept)):
+        for line in out.split("\n"):
+            assert len(line) <= MOST and no_control(line), (sink, len(line))
+        assert "step failed:" in out and "services restored" in out, sink
+        if len(value) > LINE_LIMIT:
+            assert "characters cut]" in out, sink
