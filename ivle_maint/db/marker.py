@@ -59,8 +59,13 @@ COMMENT ON TABLE {TABLE} IS
     'IVLE database migrations applied (or baselined) by ivle-maint; do not edit by hand';
 """
 
+# What applied() reads: a NULL checksum (a row changed by hand) is read as
+# '' so that it shows as changed and --accept-changed can replace it; a
+# time Python cannot hold (infinity, year 10000, BC) is read as NULL: it is
+# only shown, and a fetch of it would fail.
 _COLUMNS = (
-    "key, filename, checksum, mode, applied_at, duration, host, ivle_maint_version, "
+    "key, filename, coalesce(checksum, ''), mode, CASE WHEN applied_at BETWEEN "
+    "'0001-01-03' AND '9999-12-29' THEN applied_at END, duration, host, ivle_maint_version, "
     "package_version, note"
 )
 
@@ -71,7 +76,7 @@ class MarkerRow:
     filename: str
     checksum: str
     mode: str
-    applied_at: datetime
+    applied_at: datetime | None  # None: not recorded, or out of Python's range
     duration: float | None
     host: str
     ivle_maint_version: str
@@ -202,7 +207,8 @@ def applied(conn: Any) -> dict[str, MarkerRow]:
         optional = ", ".join(name if name in present else f"NULL AS {name}"
                              for name in OPTIONAL_COLUMNS)
         cur.execute(f"SELECT {_COLUMNS}, {optional} FROM {TABLE} ORDER BY key")
-        return {row[0]: MarkerRow(*row) for row in cur.fetchall()}
+        rows = {row[0]: MarkerRow(*row) for row in cur.fetchall()}
+    return rows
 
 
 def user_tables(conn: Any, limit: int = 5) -> list[str]:
@@ -260,7 +266,9 @@ def record(
 def accept_checksum(cur: Any, key: str, old: str, new: str, note: str) -> None:
     """Record a changed file's new checksum, if the row still has the old one."""
     cur.execute(
-        f"UPDATE {TABLE} SET checksum = %s, note = %s WHERE key = %s AND checksum = %s",
+        # coalesce: applied() reads a NULL checksum as ''
+        f"UPDATE {TABLE} SET checksum = %s, note = %s WHERE key = %s "
+        "AND coalesce(checksum, '') = %s",
         [new, note, key, old],
     )
     if cur.rowcount != 1:
