@@ -34,6 +34,7 @@ from typing import Any
 from .. import __version__
 from ..errors import MaintError
 from ..pgdriver import psycopg2
+from .discovery import parse_key
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +209,68 @@ def applied(conn: Any) -> dict[str, MarkerRow]:
                              for name in OPTIONAL_COLUMNS)
         cur.execute(f"SELECT {_COLUMNS}, {optional} FROM {TABLE} ORDER BY key")
         rows = {row[0]: MarkerRow(*row) for row in cur.fetchall()}
+    check_keys(rows)
     return rows
+
+
+def check_keys(rows: dict[str, MarkerRow]) -> None:
+    """The row gate: every key is a migration key as ivle-maint writes it.
+
+    The marker is compared with the shipped files by key, so a row whose
+    key is spelled otherwise (20090101-1, ' 20090101-01', 20090101-01.sql,
+    other digits) records a migration that would look pending and run
+    again.  Such a row is refused, with the statement that fixes it.
+    """
+    bad = [key for key in rows if _canonical(key) != key]
+    if not bad:
+        return
+    key = bad[0]
+    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+    meant = _canonical(key) or _canonical(_plain(key))
+    where = f"WHERE key = {_literal(key)}"
+    if meant is None:
+        fix = (f"if it records a migration, set its key to that migration's (YYYYMMDD-NN), "
+               f"else delete it: DELETE FROM {TABLE} {where}")
+    elif meant in rows:
+        fix = f"migration {meant} has its own row: delete this one: DELETE FROM {TABLE} {where}"
+    else:
+        fix = (f"if it records migration {meant}: UPDATE {TABLE} SET key = '{meant}' {where}; "
+               f"if not, delete it: DELETE FROM {TABLE} {where}")
+    raise MaintError(f"table {TABLE} has a row whose key {key!r} is not a migration key"
+                     f"{more} (changed by hand?): {fix}; then run again")
+
+
+def _canonical(key: str) -> str | None:
+    try:
+        return parse_key(key)[1]
+    except ValueError:
+        return None
+
+
+def _plain(key: str) -> str:
+    """KEY with compatibility characters folded, other digits made ASCII
+    and spaces or invisible characters dropped: what a hand may have meant."""
+    import unicodedata
+
+    folded = unicodedata.normalize("NFKC", key)
+    return "".join(str(unicodedata.decimal(c)) if c.isdecimal() else c
+                   for c in folded if c.isprintable() and not c.isspace())
+
+
+def _literal(text: str) -> str:
+    """TEXT as an SQL string literal a person can paste: E'' with escapes
+    for what is not printable ASCII, so no character is lost in the line."""
+    if text.isascii() and text.isprintable() and "\\" not in text:
+        return "'" + text.replace("'", "''") + "'"
+    out = []
+    for c in text:
+        if c in "\\'":
+            out.append("\\" + c)
+        elif c.isascii() and c.isprintable():
+            out.append(c)
+        else:
+            out.append(f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}")
+    return "E'" + "".join(out) + "'"
 
 
 def user_tables(conn: Any, limit: int = 5) -> list[str]:

@@ -168,6 +168,16 @@ def test_whatever_a_marker_row_holds_status_and_migrate_say_one_line_or_work(
     _migrate_once(marked, capsys, damage, out_of_order)
 
 
+@SLOW
+@example(damage=("20090101-01", "key", "20090101-1"), out_of_order=True)
+@example(damage=("20090102-01", "key", "20090102-01 "), out_of_order=False)
+@given(damage=_keys(), out_of_order=st.booleans())
+def test_whatever_a_marker_key_holds_no_migration_it_records_runs_again(
+        marked: Site, capsys: pytest.CaptureFixture[str], damage: tuple[str, str, Any],
+        out_of_order: bool) -> None:
+    _migrate_once(marked, capsys, damage, out_of_order)
+
+
 def test_a_time_out_of_pythons_range_is_shown_as_unknown(
         marked: Site, capsys: pytest.CaptureFixture[str]) -> None:
     _reset(marked)
@@ -176,6 +186,21 @@ def test_a_time_out_of_pythons_range_is_shown_as_unknown(
     assert status == 0, err
     assert any(line.startswith("applied      20090101 ") and "(time unknown) baseline" in line
                for line in out.splitlines()), out
+
+
+def test_a_key_spelled_otherwise_is_refused_with_the_statement_that_fixes_it(
+        marked: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    _reset(marked)
+    marked.query(f"UPDATE {TABLE} SET key = '20090101-1' WHERE key = '20090101-01'")
+    status, _, err = _cli(marked, capsys, "migrate", "--no-backup")
+    assert status == 1
+    _one_error(err)
+    fix = (f"UPDATE {TABLE} SET key = '20090101-01' WHERE key = '20090101-1'")
+    assert fix in err
+    marked.query(fix)
+    status, _, err = _cli(marked, capsys, "migrate", "--no-backup")
+    assert status == 0, err
+    assert marked.query("SELECT key FROM ran_here") == [(KEYS[-1],)]
 
 
 def test_a_checksum_set_to_null_is_a_changed_file_that_can_be_accepted(
