@@ -202,6 +202,7 @@ def applied(conn: Any) -> dict[str, MarkerRow]:
         raise MaintError(
             f"table {TABLE} has no column {', '.join(missing)} (changed by hand?): add it "
             f"back, then run again: ALTER TABLE {TABLE} {adds}")
+    check_types(conn)
     with conn.cursor() as cur:
         # An older table has no optional columns until ensure() adds them.
         present = _columns(conn)
@@ -211,6 +212,33 @@ def applied(conn: Any) -> dict[str, MarkerRow]:
         rows = {row[0]: MarkerRow(*row) for row in cur.fetchall()}
     check_keys(rows)
     return rows
+
+
+# The kind of value each column must hold (pg_type.typcategory): a date
+# or time, a number, else text (not char(n): it pads a key with spaces); a
+# type changed by hand would give Python a value it cannot compare or show.
+_CATEGORIES = {"applied_at": ("D", "timestamptz"), "duration": ("N", "double precision")}
+_TEXT_TYPES = ("text", "varchar")
+
+
+def check_types(conn: Any) -> None:
+    """Refuse a column whose type was changed by hand, naming the ALTER."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT a.attname, t.typcategory, t.typname, "
+                    "format_type(a.atttypid, a.atttypmod) "
+                    "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+                    "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 "
+                    "AND NOT a.attisdropped ORDER BY a.attnum", [TABLE])
+        found = cur.fetchall()
+    for name, category, typname, type_name in found:
+        if name not in _TYPES and name not in OPTIONAL_COLUMNS:
+            continue  # a column of the administrator's own
+        wanted, sql_type = _CATEGORIES.get(name, ("S", "text"))
+        if category != wanted or (wanted == "S" and typname not in _TEXT_TYPES):
+            raise MaintError(
+                f"column {name} of table {TABLE} is of type {type_name}, not {sql_type} "
+                f"(changed by hand?): change it back, then run again: ALTER TABLE {TABLE} "
+                f"ALTER COLUMN {name} TYPE {sql_type} USING {name}::text::{sql_type}")
 
 
 def check_keys(rows: dict[str, MarkerRow]) -> None:
