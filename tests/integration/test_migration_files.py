@@ -61,3 +61,52 @@ def test_an_odd_character_anywhere_is_refused_before_anything_runs_or_applied_on
     else:  # what ran is the whole text, and its checksum is recorded
         assert db.query("SELECT a FROM made_here ORDER BY a") == [(1,), (2,)], text
         assert row == [(hashlib.sha256(text.encode()).hexdigest(),)]
+
+
+# PostgreSQL's own reading of a text is the oracle: the whole text run at
+# once by the server (as psql would send it) and ivle-maint's statements
+# must do the same, or ivle-maint refuses the file.  What separates them
+# is what the scanners may disagree on: line ends, spaces, comments.
+SEPARATORS = ["\n", "\r", "\r\n", " ", "\t", "\f", "\x0b", "\u2028", "\x85", "\u00a0"]
+ITEMS = st.one_of(st.integers(1, 9).map(lambda n: f"INSERT INTO ran VALUES ({n});"),
+                  st.sampled_from(["-- a note", "/* a block */", "-- ;", "--"]))
+
+
+def _oracle(site: Site, text: str) -> list[tuple[Any, ...]] | None:
+    """The rows the whole text leaves in schema oracle, or None if the server refuses it."""
+    conn = site.connect()
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("DROP SCHEMA IF EXISTS oracle CASCADE; CREATE SCHEMA oracle; "
+                        "CREATE TABLE oracle.ran (n int); SET LOCAL search_path TO oracle")
+            cur.execute(text)
+            cur.execute("SELECT n FROM oracle.ran ORDER BY n")
+            return cur.fetchall()
+    except Exception:  # psycopg2.Error: the server refuses the text
+        return None
+    finally:
+        conn.close()
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@example(items=["INSERT INTO ran VALUES (1);", "-- a note", "INSERT INTO ran VALUES (2);"],
+         separators=["\n", "\r", "\n"])
+@given(items=st.lists(ITEMS, min_size=1, max_size=6),
+       separators=st.lists(st.sampled_from(SEPARATORS), min_size=6, max_size=6))
+def test_what_runs_is_what_postgresql_reads_in_the_file_or_the_file_is_refused(
+        db: Site, capsys: pytest.CaptureFixture[str], items: list[str],
+        separators: list[str]) -> None:
+    text = "".join(item + sep for item, sep in zip(items, separators, strict=False))
+    expected = _oracle(db, text)
+    db.query(f"DELETE FROM {TABLE} WHERE key = %s; DROP TABLE IF EXISTS ran; "
+             "CREATE TABLE ran (n int)", [KEY])
+    db.add_migration(f"{KEY}.sql", "").write_bytes(text.encode())
+    status, err = _cli(db, capsys, "migrate", "--no-backup")
+    assert "Traceback" not in err, err
+    ran = db.query("SELECT n FROM ran ORDER BY n")
+    if status:
+        assert err.startswith("ivle-maint: error: ") and ran == [], err
+    else:
+        assert expected is not None, f"PostgreSQL refuses {text!r}, ivle-maint ran {ran}"
+        assert ran == expected, f"{text!r}: PostgreSQL reads {expected}, ivle-maint ran {ran}"
