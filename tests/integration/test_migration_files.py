@@ -39,6 +39,8 @@ def _cli(site: Site, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[in
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @example(head=HEADS[1], odd="\x00", at=0)
+@example(head="", odd="\ufeff", at=BODY.index(");\nINSERT") - 1)  # pglast's message not UTF-8
+@example(head="", odd="\ufeff", at=len(BODY) - 3)
 @example(head="", odd="\x00", at=BODY.index(", (2)"))  # the text after it would not run
 @given(head=st.sampled_from(HEADS), odd=st.sampled_from(ODD), at=st.integers(0, len(BODY)))
 def test_an_odd_character_anywhere_is_refused_before_anything_runs_or_applied_once(

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ivle_maint.db import classify as cls
@@ -41,6 +41,7 @@ def _write(directory: Path, data: bytes) -> Path:
 
 
 @settings(max_examples=400, deadline=None)
+@example(data="SELECT 1\ufeff;\n".encode(), standard_strings=True)  # pglast: UnicodeDecodeError
 @given(data=BYTES, standard_strings=st.booleans())
 def test_any_bytes_are_refused_or_give_statements_the_client_can_send(
         tmp_path_factory: pytest.TempPathFactory, data: bytes, standard_strings: bool) -> None:
