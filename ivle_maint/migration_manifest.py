@@ -78,6 +78,14 @@ def _from_preinst(text: str, where: str) -> str:
     return body.split(f"\n{HEREDOC}\n", 1)[0] if f"\n{HEREDOC}\n" in body else body
 
 
+def _file_name(name: str) -> bool:
+    """A name dh_ivle_maint could have read from a directory and that can
+    be written in one: one component, printable (no NUL, no lone
+    surrogate, no newline), at most 255 bytes."""
+    return (bool(name) and "/" not in name and not name.startswith(".")
+            and name.isprintable() and len(name.encode("utf-8", "surrogateescape")) <= 255)
+
+
 def parse(text: str, where: str = "migrations manifest") -> Manifest:
     """Check and read a manifest, or the preinst that carries one; any
     defect is a one-line MaintError."""
@@ -93,11 +101,15 @@ def parse(text: str, where: str = "migrations manifest") -> Manifest:
         name, digest, body = record.get("name"), record.get("sha256"), record.get("text")
         if not (isinstance(name, str) and isinstance(digest, str) and isinstance(body, str)):
             raise MaintError(f"{where}: line {number} lacks name, sha256 or text")
-        if not name or "/" in name or name.startswith("."):
+        if not _file_name(name):
             raise MaintError(f"{where}: line {number}: {name!r} is not a file name")
         if name in files:
             raise MaintError(f"{where}: {name} is listed twice")
-        if hashlib.sha256(body.encode("utf-8")).hexdigest() != digest:
+        try:  # JSON carries lone surrogates ("\udcff") that UTF-8 has no bytes for
+            data = body.encode("utf-8")
+        except UnicodeEncodeError:
+            raise MaintError(f"{where}: {name} is not UTF-8 text") from None
+        if hashlib.sha256(data).hexdigest() != digest:
             raise MaintError(f"{where}: {name} does not match its sha256 (damaged manifest)")
         files[name] = body
     count = header.get("count")

@@ -140,7 +140,8 @@ def show_status(ctx: Context) -> int:
         detail = ""
         if row is not None:
             took = f" {row.duration:.1f}s" if row.duration is not None else ""
-            detail = f"  {row.applied_at:%Y-%m-%d %H:%M} {row.mode}{took} on {row.host}"
+            when = f"{row.applied_at:%Y-%m-%d %H:%M}" if row.applied_at else "(time unknown)"
+            detail = f"  {when} {row.mode}{took} on {row.host}"
         lines.append(f"{state:<13}{m.key:<13}{detail}")
         if row is not None and row.class_override:
             lines.append(f"{'':<13}{'':<13}  {row.class_override}, accepted by "

@@ -15,7 +15,7 @@ file therefore runs in one of three modes:
   PostgreSQL refuses inside a transaction (CREATE INDEX CONCURRENTLY,
   VACUUM, ...).
 
-Everything else (a COMMIT in the middle, ROLLBACK, psql meta-commands,
+Everything else (a NUL byte, a COMMIT in the middle, ROLLBACK, psql meta-commands,
 COPY FROM STDIN, a non-transactional statement without the opt-out, a
 syntax error PostgreSQL's own parser finds when pglast is installed, a
 file without statements unless its header says ``-- ivle-maint: empty``)
@@ -172,6 +172,9 @@ def classify(
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _fail(migration, None, f"not UTF-8 text (byte {exc.start})") from None
+    if "\x00" in text:  # PostgreSQL's client sends no NUL: it would fail mid-run
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise _fail(migration, line, "a NUL byte: not SQL text (PostgreSQL takes no NUL)")
     try:
         statements = split(text, standard_strings=standard_strings)
     except SplitError as exc:

@@ -81,7 +81,8 @@ def from_files(paths: Iterable[Path]) -> list[Migration]:
 
 
 def discover(directory: Path) -> list[Migration]:
-    """Every migration in directory, in order; other non-.sql files are ignored.
+    """Every migration in directory, in order; other non-.sql files (and a
+    directory whose name is no migration's) are ignored.
 
     The listing decides what runs: the gate checks the directory first.
     """
@@ -94,11 +95,21 @@ def discover(directory: Path) -> list[Migration]:
         # scandir: the entry's type from the listing, no stat of each file
         # (`db status` lists every migration); sorted by name, as Paths sort.
         with os.scandir(directory) as listing:
-            names = sorted(e.name for e in listing
-                           if e.name.lower().endswith(SUFFIX) and not _is_dir(e))
+            names = sorted(e.name for e in listing if e.name.lower().endswith(SUFFIX)
+                           and not (_is_dir(e) and not _migration_named(e.name)))
     except OSError as exc:
         raise MaintError(f"cannot list: {exc.strerror}", path=directory) from None
     return from_files(directory / name for name in names)
+
+
+def _migration_named(name: str) -> bool:
+    """A directory so named is listed (the gate refuses it): skipped, it
+    would skip a schema change silently."""
+    try:
+        parse_key(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_dir(entry: os.DirEntry[str]) -> bool:

@@ -36,6 +36,7 @@ from .. import __version__
 from ..errors import MaintError
 from ..gates.text import shown
 from ..pgdriver import psycopg2
+from .discovery import parse_key
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,13 @@ COMMENT ON TABLE {TABLE} IS
     'IVLE database migrations applied (or baselined) by ivle-maint; do not edit by hand';
 """
 
+# What applied() reads: a NULL checksum (a row changed by hand) is read as
+# '' so that it shows as changed and --accept-changed can replace it; a
+# time Python cannot hold (infinity, year 10000, BC) is read as NULL: it is
+# only shown, and a fetch of it would fail.
 _COLUMNS = (
-    "key, filename, checksum, mode, applied_at, duration, host, ivle_maint_version, "
+    "key, filename, coalesce(checksum, ''), mode, CASE WHEN applied_at BETWEEN "
+    "'0001-01-03' AND '9999-12-29' THEN applied_at END, duration, host, ivle_maint_version, "
     "package_version, note"
 )
 
@@ -73,7 +79,7 @@ class MarkerRow:
     filename: str
     checksum: str
     mode: str
-    applied_at: datetime
+    applied_at: datetime | None  # None: not recorded, or out of Python's range
     duration: float | None
     host: str
     ivle_maint_version: str
@@ -198,14 +204,16 @@ def applied(conn: Any) -> dict[str, MarkerRow]:
         raise MaintError(
             f"table {TABLE} has no column {', '.join(missing)} (changed by hand?): add it "
             f"back, then run again: ALTER TABLE {TABLE} {adds}")
+    check_types(conn)
     with conn.cursor() as cur:
         # An older table has no optional columns until ensure() adds them.
         present = _columns(conn)
         optional = ", ".join(name if name in present else f"NULL AS {name}"
                              for name in OPTIONAL_COLUMNS)
         cur.execute(f"SELECT {_COLUMNS}, {optional} FROM {TABLE} ORDER BY key")
-        rows = [_one_line_fields(MarkerRow(*row)) for row in cur.fetchall()]
-        return {row.key: row for row in rows}
+        rows = {row[0]: MarkerRow(*row) for row in cur.fetchall()}
+    check_keys(rows)  # on the keys as stored: a key's fix must name it exactly
+    return {key: _one_line_fields(row) for key, row in rows.items()}
 
 
 FIELD_LIMIT = 200  # characters of a row's text field: a key, a host, a login
@@ -223,6 +231,93 @@ def _one_line_fields(row: MarkerRow) -> MarkerRow:
                             for name, value in dataclasses.asdict(row).items()
                             if isinstance(value, str)}
     return dataclasses.replace(row, **text)
+
+
+# The kind of value each column must hold (pg_type.typcategory): a date
+# or time, a number, else text (not char(n): it pads a key with spaces); a
+# type changed by hand would give Python a value it cannot compare or show.
+_CATEGORIES = {"applied_at": ("D", "timestamptz"), "duration": ("N", "double precision")}
+_TEXT_TYPES = ("text", "varchar")
+
+
+def check_types(conn: Any) -> None:
+    """Refuse a column whose type was changed by hand, naming the ALTER."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT a.attname, t.typcategory, t.typname, "
+                    "format_type(a.atttypid, a.atttypmod) "
+                    "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+                    "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 "
+                    "AND NOT a.attisdropped ORDER BY a.attnum", [TABLE])
+        found = cur.fetchall()
+    for name, category, typname, type_name in found:
+        if name not in _TYPES and name not in OPTIONAL_COLUMNS:
+            continue  # a column of the administrator's own
+        wanted, sql_type = _CATEGORIES.get(name, ("S", "text"))
+        if category != wanted or (wanted == "S" and typname not in _TEXT_TYPES):
+            raise MaintError(
+                f"column {name} of table {TABLE} is of type {type_name}, not {sql_type} "
+                f"(changed by hand?): change it back, then run again: ALTER TABLE {TABLE} "
+                f"ALTER COLUMN {name} TYPE {sql_type} USING {name}::text::{sql_type}")
+
+
+def check_keys(rows: dict[str, MarkerRow]) -> None:
+    """The row gate: every key is a migration key as ivle-maint writes it.
+
+    The marker is compared with the shipped files by key, so a row whose
+    key is spelled otherwise (20090101-1, ' 20090101-01', 20090101-01.sql,
+    other digits) records a migration that would look pending and run
+    again.  Such a row is refused, with the statement that fixes it.
+    """
+    bad = [key for key in rows if _canonical(key) != key]
+    if not bad:
+        return
+    key = bad[0]
+    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+    meant = _canonical(key) or _canonical(_plain(key))
+    where = f"WHERE key = {_literal(key)}"
+    if meant is None:
+        fix = (f"if it records a migration, set its key to that migration's (YYYYMMDD-NN), "
+               f"else delete it: DELETE FROM {TABLE} {where}")
+    elif meant in rows:
+        fix = f"migration {meant} has its own row: delete this one: DELETE FROM {TABLE} {where}"
+    else:
+        fix = (f"if it records migration {meant}: UPDATE {TABLE} SET key = '{meant}' {where}; "
+               f"if not, delete it: DELETE FROM {TABLE} {where}")
+    raise MaintError(f"table {TABLE} has a row whose key {key!r} is not a migration key"
+                     f"{more} (changed by hand?): {fix}; then run again")
+
+
+def _canonical(key: str) -> str | None:
+    try:
+        return parse_key(key)[1]
+    except ValueError:
+        return None
+
+
+def _plain(key: str) -> str:
+    """KEY with compatibility characters folded, other digits made ASCII
+    and spaces or invisible characters dropped: what a hand may have meant."""
+    import unicodedata
+
+    folded = unicodedata.normalize("NFKC", key)
+    return "".join(str(unicodedata.decimal(c)) if c.isdecimal() else c
+                   for c in folded if c.isprintable() and not c.isspace())
+
+
+def _literal(text: str) -> str:
+    """TEXT as an SQL string literal a person can paste: E'' with escapes
+    for what is not printable ASCII, so no character is lost in the line."""
+    if text.isascii() and text.isprintable() and "\\" not in text:
+        return "'" + text.replace("'", "''") + "'"
+    out = []
+    for c in text:
+        if c in "\\'":
+            out.append("\\" + c)
+        elif c.isascii() and c.isprintable():
+            out.append(c)
+        else:
+            out.append(f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}")
+    return "E'" + "".join(out) + "'"
 
 
 def user_tables(conn: Any, limit: int = 5) -> list[str]:
@@ -280,7 +375,9 @@ def record(
 def accept_checksum(cur: Any, key: str, old: str, new: str, note: str) -> None:
     """Record a changed file's new checksum, if the row still has the old one."""
     cur.execute(
-        f"UPDATE {TABLE} SET checksum = %s, note = %s WHERE key = %s AND checksum = %s",
+        # coalesce: applied() reads a NULL checksum as ''
+        f"UPDATE {TABLE} SET checksum = %s, note = %s WHERE key = %s "
+        "AND coalesce(checksum, '') = %s",
         [new, note, key, old],
     )
     if cur.rowcount != 1:

@@ -47,7 +47,14 @@ def _first_error(text: str) -> tuple[str, int | None] | None:
         message = str(args[0]) if args else str(exc)
         offset = args[1] if len(args) > 1 and isinstance(args[1], int) else None
         return message, offset
+    except UnicodeDecodeError:  # pglast cut its message inside a character
+        return _UNREADABLE, None
     return None
+
+
+# What pglast says when its own message is not UTF-8 ("SELECT 1<BOM>;" gives
+# one cut inside the character it quotes): a refusal all the same.
+_UNREADABLE = "syntax error (PostgreSQL's parser refused it; its message was not readable)"
 
 
 def check(text: str, statements: Sequence[tuple[int, str]] = ()) -> SyntaxProblem | None:
@@ -82,4 +89,6 @@ def parse(text: str) -> tuple[Any, ...]:
         raw = _parse(text)
     except _error as exc:
         raise ParseFailure(str(exc.args[0]) if exc.args else str(exc)) from None
+    except UnicodeDecodeError:
+        raise ParseFailure(_UNREADABLE) from None
     return tuple(r.stmt for r in raw)

@@ -40,6 +40,7 @@ def _identifiers() -> tuple[re.Pattern[str], re.Pattern[str]]:
 
 
 _SPACE = re.compile(r"\s+")
+_LINE_END = re.compile(r"[\n\r]")
 _NUMBER = re.compile(r"[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?|\.[0-9]+")
 
 
@@ -134,10 +135,14 @@ def _scan(text: str, pos: int, line: int, prev: Token | None, standard: bool) ->
     c = text[pos]
     if c.isspace():
         return "space", _SPACE.match(text, pos).end()  # type: ignore[union-attr]
-    if text.startswith("--", pos) or c == "\\":
-        # A line comment, or a psql meta-command: both run to the end of the line.
+    if text.startswith("--", pos):
+        # A line comment ends at a CR as at a LF, as PostgreSQL's scanner
+        # reads it: what follows a CR is a statement the server would run.
+        match = _LINE_END.search(text, pos)
+        return "comment", len(text) if match is None else match.start()
+    if c == "\\":  # a psql meta-command runs to the end of the line
         end = text.find("\n", pos)
-        return ("comment" if c == "-" else "meta"), len(text) if end < 0 else end
+        return "meta", len(text) if end < 0 else end
     if text.startswith("/*", pos):
         return "comment", _scan_block_comment(text, pos, line)
     if c == "'":

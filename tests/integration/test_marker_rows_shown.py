@@ -2,7 +2,8 @@
 which anyone with IVLE's database login may write: a row's host, mode,
 key or accepted-by holding a newline, a carriage return or an escape
 sequence is shown by `db status` as one escaped field of its own row,
-never as a line of its own (a forged `applied` row, a fake prompt)."""
+never as a line of its own (a forged `applied` row, a fake prompt).  A key
+that is no migration key is refused (db.marker.check_keys) in one line."""
 
 from __future__ import annotations
 
@@ -67,8 +68,12 @@ def test_db_status_shows_each_marker_row_as_one_line_whatever_it_holds(
             cur.execute("INSERT INTO ivle_maint_migrations (key, filename, checksum, mode, "
                         "host, ivle_maint_version) SELECT %s, filename, checksum, mode, host, "
                         "ivle_maint_version FROM ivle_maint_migrations WHERE key = '20090105'",
-                        ("k" + key.replace("\x00", ""),))
+                        ("20991230-01",))
         done = _status(site)
+        with conn.cursor() as cur:
+            cur.execute("UPDATE ivle_maint_migrations SET key = %s WHERE key = '20991230-01'",
+                        ("k" + key.replace("\x00", ""),))
+        refused = _status(site)
     finally:
         conn.close()
     assert done.returncode == 0, done.stderr
@@ -77,3 +82,6 @@ def test_db_status_shows_each_marker_row_as_one_line_whatever_it_holds(
     assert len(out) == shipped + 2, done.stdout
     assert all(line.isprintable() for line in out), done.stdout
     assert not any(line.startswith(("applied      2099", "\x1b")) for line in out), done.stdout
+    assert refused.returncode != 0 and refused.stdout == "", refused.stdout
+    said = refused.stderr.splitlines()
+    assert len(said) == 1 and said[0].isprintable(), refused.stderr

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from ivle_maint.db import classify as cls
 from ivle_maint.db import pgparse
@@ -430,3 +432,24 @@ def test_fake_migrations_classify_as_intended() -> None:
         "20090315-01": cls.OWN_TRANSACTION,
         "20090401-01": cls.NO_TRANSACTION,
     }
+
+
+_SEPARATORS = ["\n", "\r", "\r\n", " ", "\t", "\f", "\u2028", "\x85"]
+_ITEMS = ["SELECT 1;", "SELECT 'a;b';", "-- note", "-- ;", "--", "/* c; */", "SELECT $$;$$;"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(parts=st.lists(st.tuples(st.sampled_from(_ITEMS), st.sampled_from(_SEPARATORS)),
+                      min_size=1, max_size=8))
+def test_the_statements_found_are_those_postgresqls_parser_finds(
+        parts: list[tuple[str, str]]) -> None:
+    """pglast (PostgreSQL's own scanner and grammar) is the oracle: a line
+    comment ends at CR as at LF, so what follows a CR runs."""
+    if not pgparse.available():
+        pytest.skip("pglast is not installed")
+    text = "".join(item + sep for item, sep in parts)
+    try:
+        parsed = pgparse.parse(text)
+    except pgparse.ParseFailure:  # e.g. U+2028 outside a comment: the server refuses it
+        assume(False)
+    assert len(split(text)) == len(parsed), repr(text)
