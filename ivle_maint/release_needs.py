@@ -171,7 +171,10 @@ def incoming_files(package: str, version: str) -> FileList | None:
     return None if data is None else parse_md5sums(data, str(_admin_dir() / "tmp.ci/md5sums"))
 
 
-_TREE_SKIP = frozenset({".git", ".bzr", "build", "__pycache__"})
+# Not the release: version control, bytecode, and setup.py build's output
+# (the top's build/ alone: a package of IVLE's may be named build).
+_TREE_SKIP = frozenset({".git", ".bzr", "__pycache__"})
+_TREE_TOP_SKIP = frozenset({"build"})
 
 
 def tree_files(top: Path) -> FileList:
@@ -180,7 +183,9 @@ def tree_files(top: Path) -> FileList:
     directory by its mode, so that no change of one goes unseen."""
     files: FileList = {}
     for dirpath, dirnames, filenames in os.walk(top):
-        dirnames[:] = sorted(d for d in dirnames if d not in _TREE_SKIP)
+        top_level = Path(dirpath) == top
+        dirnames[:] = sorted(d for d in dirnames if d not in _TREE_SKIP
+                             and not (top_level and d in _TREE_TOP_SKIP))
         for name in (*dirnames, *filenames):
             path = Path(dirpath) / name
             files[path.relative_to(top).as_posix()] = _entry(path)
