@@ -7,8 +7,9 @@ changes:
 - migrations: a new or changed migration file (NEW's files against OLD's)
   or, on the master, one the database's marker does not hold;
 - the jail: ivle-buildjail builds the template from ivle.conf's [jail]
-  settings and copies IVLE's own code into it, so its inputs are those
-  settings and every IVLE file but static media, documentation,
+  settings and copies IVLE's own code into it (from [paths]), and
+  ivle-remakeuser makes each user's jail where [paths][[jails]] says, so
+  its inputs are those settings and every IVLE file but static media, documentation,
   migrations and Apache's configuration (classify()).  The master
   compares them with what the last checked rebuild recorded
   (jails/template.py, [paths] state/jail-inputs.json); a slave, which
@@ -121,13 +122,18 @@ def digest_of(files: Mapping[str, str], kind: Kind) -> str:
 
 
 def jail_settings_digest(conf: Mapping[str, Any]) -> str:
-    """ivle.conf's part of the jail's inputs: [jail] and where the template is."""
-    jail = conf.get("jail") or {}
-    where = conf["paths"]["jails"]
-    text = json.dumps({"jail": {k: str(v) for k, v in jail.items()},
-                       "template": str(where["template"]),
-                       "template_build": str(where["template_build"])}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
+    """ivle.conf's part of the jail's inputs: [jail], and every [paths] key:
+    where ivle-buildjail copies IVLE's code from (lib, share, prefix) and
+    where the template and each user's jail are (the [[jails]] keys)."""
+    text = json.dumps({"jail": _plain(conf.get("jail") or {}),
+                       "paths": _plain(conf.get("paths") or {})}, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _plain(section: Mapping[str, Any]) -> dict[str, Any]:
+    """A section, its subsections included, as strings (configobj's values)."""
+    return {str(k): _plain(v) if isinstance(v, Mapping) else str(v)
+            for k, v in section.items()}
 
 
 # ------------------------------------------------------------------ the file lists

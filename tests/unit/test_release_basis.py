@@ -48,9 +48,28 @@ class SlaveSettings(dict[str, Any]):
     role = Role.SLAVE
 
 
-def ivle_conf(suite: str) -> Any:
-    return SimpleNamespace(conf={"jail": {"suite": suite},
-                                 "paths": {"jails": {"template": "/t", "template_build": "/tb"}}})
+def ivle_conf(suite: str, changed: str = "") -> Any:
+    """ivle.conf as IVLE's defaults fill it in; CHANGED ("paths/lib"): that key edited."""
+    conf: dict[str, Any] = {
+        "jail": {"suite": suite, "mirror": "http://deb.example/debian", "devmode": "False"},
+        "paths": {"prefix": "/usr", "data": "/var/lib/ivle", "share": "/usr/share/ivle",
+                  "lib": "/usr/lib/ivle",
+                  "jails": {"mounts": "/var/lib/ivle/jailmounts", "src": "/var/lib/ivle/jails",
+                            "template": "/var/lib/ivle/jails/__base__",
+                            "template_build": "/var/lib/ivle/jails/__base_build__"}}}
+    if changed:
+        *sections, key = changed.split("/")
+        where = conf
+        for name in sections:
+            where = where[name]
+        where[key] = where[key] + "-edited"
+    return SimpleNamespace(conf=conf)
+
+
+# Every key of ivle.conf that feeds the jail (the template or the users' jails).
+JAIL_KEYS = ["jail/suite", "jail/mirror", "jail/devmode", "paths/prefix", "paths/data",
+             "paths/share", "paths/lib", "paths/jails/mounts", "paths/jails/src",
+             "paths/jails/template", "paths/jails/template_build"]
 
 
 def journal_of(state: Path, needs: rn.Needs) -> Journal:
@@ -127,7 +146,7 @@ TREE_CHANGES = [
     *[(op, rel) for op in ("content", "mode", "remove", "to-symlink") for rel in files],
     *[(op, rel) for op in ("retarget", "remove") for rel in links],
     *[("add", rel) for rel in sorted(NEW_OF_KIND.values())],
-    ("settings", ""), ("outside migration", ""), ("nothing", ""),
+    *[("settings", key) for key in JAIL_KEYS], ("outside migration", ""), ("nothing", ""),
 ]
 decisions = st.fixed_dictionaries({need: st.booleans() for need in NEEDS})
 
@@ -154,7 +173,7 @@ def test_a_rerun_of_a_source_upgrade_never_skips_what_a_changed_input_feeds(
 
         ctx.code_is_new = code_is_new  # the rerun: before or after ./setup.py install
         if op == "settings":
-            ctx.ivle_conf = ivle_conf("trixie")
+            ctx.ivle_conf = ivle_conf("bookworm", rel)
             kind = "settings"
         elif op == "outside migration":
             (migrations / "20100101-01.sql").write_text("CREATE TABLE t ();\n")
