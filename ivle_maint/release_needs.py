@@ -448,8 +448,13 @@ def built_inputs(ctx: UpgradeContext) -> dict[str, str]:
     if not inputs:
         return inputs
     inputs["settings"] = jail_settings_digest(ctx.ivle_conf.conf)
-    if ctx.source is not None:  # a rerun installs the tree as it is now
-        inputs["files"] = digest_of(tree_files(ctx.source), Kind.CODE)
+    if ctx.source is not None and \
+            digest_of(tree_files(ctx.source), Kind.CODE) != inputs.get("files"):
+        # The tree changed since the decision: whether the code installed is
+        # the tree's as it is now (upgrade --source again) or as it was
+        # (`ivle-maint rerun` installs nothing) is not known, and ivle-buildjail
+        # copies the installed code.  No record: the next upgrade rebuilds.
+        return {}
     return inputs
 
 

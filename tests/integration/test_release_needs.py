@@ -490,3 +490,28 @@ def test_the_postinst_proves_what_md5sums_do_not_list(node_factory, dpkg, change
     else:
         assert "rebuild-jail" in skipped and all(mark.exists() for mark in marks)
     assert os.path.exists(package.conffile)
+
+
+@pytest.mark.parametrize("change", sorted(c for c, (_, needed) in SOURCE_CHANGES.items()
+                                          if needed == "rebuild-jail"))
+def test_a_rebuild_vouches_only_for_the_tree_that_was_installed(node_factory, change):
+    """upgrade --source fails in rebuild-jail; the administrator changes the
+    tree and continues with `ivle-maint rerun`, which installs nothing: the
+    jail is built from the installed code, the first tree's.  The record
+    must not name the changed tree, or the next `upgrade --source` of it
+    would skip the rebuild its code needs."""
+    node = at_version_1_0(node_factory(users=2, consoles=1, role="both"))
+    tree = source_tree(node, RELEASES["1.1"])
+    _code(tree)
+    (tree / "ivle" / "current").symlink_to("nothing-yet")
+    update_fakes_conf(node.fakes_conf, "ivle-buildjail", {"fail": True})
+    assert cli(node, "upgrade", "--from", "1.0", "--source", str(tree)).returncode == 1
+    SOURCE_CHANGES[change][0](tree)
+    update_fakes_conf(node.fakes_conf, "ivle-buildjail", {"fail": None})
+    cli(node, "rerun", check=True)
+    assert journal(node)["state"] == "complete"
+
+    marks = mark_jails(node)
+    cli(node, "upgrade", "--from", "1.1", "--to", "1.1.1", "--source", str(tree), check=True)
+    assert "rebuild-jail" not in steps_skipped(node, "1.1", "1.1.1")
+    assert not any(mark.exists() for mark in marks)
