@@ -448,12 +448,13 @@ def built_inputs(ctx: UpgradeContext) -> dict[str, str]:
     if not inputs:
         return inputs
     inputs["settings"] = jail_settings_digest(ctx.ivle_conf.conf)
-    if ctx.source is not None and \
-            digest_of(tree_files(ctx.source), Kind.CODE) != inputs.get("files"):
-        # The tree changed since the decision: whether the code installed is
-        # the tree's as it is now (upgrade --source again) or as it was
-        # (`ivle-maint rerun` installs nothing) is not known, and ivle-buildjail
-        # copies the installed code.  No record: the next upgrade rebuilds.
+    # ivle-buildjail copies the code installed.  dpkg's record says what was
+    # unpacked; a source tree changed since the decision may or may not be
+    # what is installed (upgrade --source installs it again, `ivle-maint
+    # rerun` does not).  Either way, a release other than the decision's, or
+    # one not known: no record, and the next upgrade rebuilds.
+    now = _release_now(ctx).new
+    if now is None or digest_of(now, Kind.CODE) != inputs.get("files"):
         return {}
     return inputs
 

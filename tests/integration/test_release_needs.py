@@ -515,3 +515,23 @@ def test_a_rebuild_vouches_only_for_the_tree_that_was_installed(node_factory, ch
     cli(node, "upgrade", "--from", "1.1", "--to", "1.1.1", "--source", str(tree), check=True)
     assert "rebuild-jail" not in steps_skipped(node, "1.1", "1.1.1")
     assert not any(mark.exists() for mark in marks)
+
+
+def test_a_rebuild_vouches_only_for_the_package_that_was_unpacked(node_factory, dpkg):
+    """The preinst decided from one build of 1.1 (nothing to skip: the full
+    procedure); dpkg unpacked another (its md5sums differ).  The jail is
+    built from what was unpacked: the record must not name the first
+    build, or a later install of it would keep a jail of the other's code."""
+    node = at_version_1_0(node_factory(users=2, consoles=1, role="both"))
+    dpkg.installed(v10())
+    assert dpkg.preinst(node, "1.0", "1.1", v11(code="first build")).returncode == 0
+    unpack(node, "1.1")
+    dpkg.installed(v11(code="second build"))
+    done = postinst(node, "1.0", "1.1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert steps_skipped(node, "1.0", "1.1") == set()
+
+    marks = mark_jails(node)
+    dpkg.upgrade(node, "1.1", "1.1", v11(code="first build"))
+    assert "rebuild-jail" not in steps_skipped(node, "1.1", "1.1")
+    assert not any(mark.exists() for mark in marks)
