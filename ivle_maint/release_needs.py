@@ -194,17 +194,18 @@ def tree_files(top: Path) -> FileList:
                              and not (top_level and d in _TREE_TOP_SKIP))
         for name in (*dirnames, *filenames):
             path = Path(dirpath) / name
-            files[path.relative_to(top).as_posix()] = _entry(path)
+            files[path.relative_to(top).as_posix()] = _entry(path, top=top)
     return files
 
 
-def _entry(path: Path, *, content: bool = True) -> str:
-    """One entry as it is on disk: type, mode, a symlink's target and (CONTENT)
-    a file's sha256.  What cannot be read counts as changed (a new token)."""
+def _entry(path: Path, *, content: bool = True, top: Path | None = None) -> str:
+    """One entry as it is on disk: type, mode, a symlink's target (in a tree
+    TOP, what it leads to outside the tree too) and (CONTENT) a file's
+    sha256.  What cannot be read counts as changed (a new token)."""
     try:
         st = path.lstat()
         if stat.S_ISLNK(st.st_mode):
-            return "link:" + os.readlink(path)
+            return "link:" + os.readlink(path) + ("" if top is None else _beyond(path, top))
         mode = f"{stat.S_IMODE(st.st_mode):o}"
         if stat.S_ISDIR(st.st_mode):
             return f"dir:{mode}"
@@ -217,6 +218,22 @@ def _entry(path: Path, *, content: bool = True) -> str:
         return "absent"
     except (OSError, MaintError):
         return "unreadable:" + os.urandom(8).hex()  # never proves itself unchanged
+
+
+def _beyond(link: Path, top: Path) -> str:
+    """What a tree's symlink leads to outside the tree, where the walk does
+    not go (setup.py install copies it all the same): a file by its content;
+    a directory is not walked, so it never proves itself unchanged."""
+    real = Path(os.path.realpath(link))
+    if real.is_relative_to(os.path.realpath(top)):
+        return ""  # the walk sees it
+    try:
+        st = real.stat()
+    except FileNotFoundError:
+        return " dangling"
+    if stat.S_ISREG(st.st_mode):
+        return f" {hashlib.sha256(_read_regular(real)).hexdigest()}:{stat.S_IMODE(st.st_mode):o}"
+    return " unwalked:" + os.urandom(8).hex()
 
 
 def _read_regular(path: Path) -> bytes:

@@ -147,6 +147,7 @@ TREE_CHANGES = [
     *[(op, rel) for op in ("retarget", "remove") for rel in links],
     *[("add", rel) for rel in sorted(NEW_OF_KIND.values())],
     *[("settings", key) for key in JAIL_KEYS], ("outside migration", ""), ("nothing", ""),
+    ("outside file", ""), ("outside directory", ""),
 ]
 decisions = st.fixed_dictionaries({need: st.booleans() for need in NEEDS})
 
@@ -168,6 +169,12 @@ def test_a_rerun_of_a_source_upgrade_never_skips_what_a_changed_input_feeds(
         ctx = SimpleNamespace(source=top, migrations_dir=migrations, package=None, new="1.1",
                               old="1.1", code_is_new=False, ivle_conf=ivle_conf("bookworm"),
                               reporter=Reporter())
+        outside_file = Path(scratch) / "elsewhere" / "site.py"  # a link leads out of the tree
+        outside_file.parent.mkdir()
+        outside_file.write_text("# site\n")
+        (top / "ivle" / "site.py").symlink_to(outside_file)
+        if op == "outside directory":  # not walked: such a tree is never proved unchanged
+            (top / "ivle" / "vendor").symlink_to(outside_file.parent)
         decided = rn.Needs(**said, basis=rn.basis(ctx, rn.Release(None, rn.tree_files(top), "")))
         journal = journal_of(Path(scratch) / "state", decided)
 
@@ -178,6 +185,10 @@ def test_a_rerun_of_a_source_upgrade_never_skips_what_a_changed_input_feeds(
         elif op == "outside migration":
             (migrations / "20100101-01.sql").write_text("CREATE TABLE t ();\n")
             kind = "migration"
+        elif op in ("outside file", "outside directory"):  # what a link leads to changes
+            name = "site.py" if op == "outside file" else "new.py"
+            (outside_file.parent / name).write_text("# changed\n")
+            kind = "code"
         elif op == "add":
             (top / rel).write_text("# new\n")
             kind = change_tree(top, op, rel)
