@@ -453,8 +453,10 @@ def _decide(ctx: UpgradeContext, planning: bool) -> Needs:
     why = {OUTAGE: why_outage, MIGRATIONS: why_migrations, JAIL: why_jail,
            MEDIA: why_media, USRMGT: why_usrmgt}
     assumed = files.where if files.new is files.old else ""  # plan's guess for a reinstall
+    # The site stays up on the database's word too: a rerun asks it again.
+    database = not outage and ctx.settings.role.runs_database
     return Needs(migrations, jail, media, usrmgt, outage, why, inputs, assumed,
-                 basis(ctx, files))
+                 basis(ctx, files, database=database))
 
 
 def built_inputs(ctx: UpgradeContext) -> dict[str, str]:
@@ -478,14 +480,14 @@ def built_inputs(ctx: UpgradeContext) -> dict[str, str]:
 
 # ------------------------------------------------------------- the decision's basis
 
-NEW_FILES, OLD_FILES, SETTINGS, MIGRATIONS_DIR = "new files", "old files", "settings", \
-    "migrations directory"
+NEW_FILES, OLD_FILES, SETTINGS, MIGRATIONS_DIR, DATABASE = "new files", "old files", \
+    "settings", "migrations directory", "database"
 # What each input of the basis feeds: a moved input makes a decision stale
 # when it fed a need the decision said no to.
 _EVERYTHING = (OUTAGE, MIGRATIONS, JAIL, MEDIA, USRMGT)
 _FEEDS: dict[str, tuple[str, ...]] = {
     NEW_FILES: _EVERYTHING, OLD_FILES: _EVERYTHING, SETTINGS: (OUTAGE, JAIL),
-    MIGRATIONS_DIR: (OUTAGE, MIGRATIONS),
+    MIGRATIONS_DIR: (OUTAGE, MIGRATIONS), DATABASE: (OUTAGE, MIGRATIONS),
     f"on disk: {Kind.CODE}": (OUTAGE, JAIL, USRMGT), f"on disk: {Kind.MEDIA}": (MEDIA,),
     f"on disk: {Kind.MIGRATION}": (OUTAGE, MIGRATIONS)}
 
@@ -497,13 +499,16 @@ def _whole_digest(files: Mapping[str, str]) -> str:
     return h.hexdigest()
 
 
-def basis(ctx: UpgradeContext, files: Release) -> dict[str, str]:
+def basis(ctx: UpgradeContext, files: Release, *, database: bool = False) -> dict[str, str]:
     """A fingerprint of each input of the decision, for the release FILES
     describes: the file lists, ivle.conf's jail settings, a --migrations
-    directory outside the source tree, and for a package what its md5sums
+    directory outside the source tree, for a package what its md5sums
     leave out, per kind (package_entries: OLD's before the unpack, NEW's
-    after; equal when the release changes none of them)."""
+    after; equal when the release changes none of them), and (DATABASE)
+    what the database's marker says of the new migrations."""
     found = {SETTINGS: jail_settings_digest(ctx.ivle_conf.conf)}
+    if database:
+        found[DATABASE] = _database_state(ctx)
     if files.new is not None:
         found[NEW_FILES] = _whole_digest(files.new)
     if files.old is not None:
@@ -518,6 +523,20 @@ def basis(ctx: UpgradeContext, files: Release) -> dict[str, str]:
         for kind in (Kind.CODE, Kind.MEDIA, Kind.MIGRATION):
             found[f"on disk: {kind}"] = digest_of(on_disk, kind)
     return found
+
+
+def _database_state(ctx: UpgradeContext) -> str:
+    """The migrations the database's marker lacks or holds changed, of the
+    new ones (a database restored from an older dump since lacks some).  An
+    unmarked database lacks none beyond what the baseline records: its
+    decision came from the file lists."""
+    try:
+        found = status(ctx.settings, migrations_dir=ctx.preflight_migrations)
+    except MaintError:
+        return "unknown:" + os.urandom(8).hex()  # never proves itself unchanged
+    if found.unmarked:
+        return "[]"
+    return json.dumps(sorted({m.key for m in found.pending} | {c.key for c in found.changed}))
 
 
 def _release_now(ctx: UpgradeContext) -> Release:
@@ -538,7 +557,7 @@ def moved_inputs(ctx: UpgradeContext, needs: Needs) -> list[str]:
     said_no = needs.said_no()
     if not said_no:
         return []  # the full procedure: nothing to prove
-    now = basis(ctx, _release_now(ctx))
+    now = basis(ctx, _release_now(ctx), database=DATABASE in needs.basis)
     if ctx.code_is_new:  # OLD's files are gone; OLD's version names the journal
         now.pop(OLD_FILES, None)
         recorded = {k: v for k, v in needs.basis.items() if k != OLD_FILES}

@@ -535,3 +535,30 @@ def test_a_rebuild_vouches_only_for_the_package_that_was_unpacked(node_factory, 
     dpkg.upgrade(node, "1.1", "1.1", v11(code="first build"))
     assert "rebuild-jail" not in steps_skipped(node, "1.1", "1.1")
     assert not any(mark.exists() for mark in marks)
+
+
+def test_a_rerun_asks_the_database_again_when_the_site_stayed_up_on_its_word(node_factory):
+    """upgrade --source: the database held every migration of the tree, so
+    the site stayed up; the run failed, and the administrator restored an
+    older dump (one migration not applied) before running the same command
+    again: the migration is applied, with the outage IVLE's procedure takes."""
+    node = at_version_1_0(node_factory(users=2, consoles=1, role="both"))
+    tree = source_tree(node, RELEASES["1.1"])
+    cli(node, "upgrade", "--from", "1.0", "--source", str(tree), check=True)
+    update_fakes_conf(node.fakes_conf, "ivle-usrmgt-server", {"fail": "start"})
+    command = ["upgrade", "--from", "1.1", "--to", "1.1.1", "--source", str(tree)]
+    assert cli(node, *command).returncode == 1
+    assert "migrate" in steps_skipped(node, "1.1", "1.1.1")
+
+    conn = node.connect()  # the older dump, restored: 20100215 never applied
+    try:
+        with conn.cursor() as cur:
+            cur.execute("DROP TABLE upgrade_audit")
+            cur.execute("DELETE FROM ivle_maint_migrations WHERE key = '20100215'")
+        conn.commit()
+    finally:
+        conn.close()
+    update_fakes_conf(node.fakes_conf, "ivle-usrmgt-server", {"fail": None})
+    cli(node, *command, check=True)
+    assert "20100215" in marker_keys(node)
+    assert "migrate" not in steps_skipped(node, "1.1", "1.1.1")
