@@ -519,7 +519,9 @@ def basis(ctx: UpgradeContext, files: Release, *, database: bool = False) -> dic
             found[MIGRATIONS_DIR] = _whole_digest(tree_files(where)) if where.is_dir() \
                 else _entry(where)
     else:
-        on_disk = package_entries(ctx.package or DEFAULT_PACKAGE)
+        # A directory is of the kind of what it holds (a new media/ is static).
+        on_disk = {f"{path}/-" if entry.startswith("dir:") else path: entry
+                   for path, entry in package_entries(ctx.package or DEFAULT_PACKAGE).items()}
         for kind in (Kind.CODE, Kind.MEDIA, Kind.MIGRATION):
             found[f"on disk: {kind}"] = digest_of(on_disk, kind)
     return found

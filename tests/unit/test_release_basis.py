@@ -12,6 +12,7 @@ nothing changed, the decision stands.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -223,6 +224,7 @@ class Installed:
     """A package's files under ROOT and dpkg's record of them under ROOT/dpkg."""
 
     def __init__(self, root: Path) -> None:
+        self.files = dict(PACKAGE)  # what the package ships, as a test makes it
         self.root, self.admin = root, root / "dpkg"
         (self.admin / "info").mkdir(parents=True)
         (self.admin / "tmp.ci").mkdir()
@@ -238,7 +240,7 @@ class Installed:
         """As dh_md5sums writes them: regular files, conffiles and symlinks left out."""
         import hashlib
         lines = []
-        for rel, (_, how) in sorted(PACKAGE.items()):
+        for rel, (_, how) in sorted(self.files.items()):
             path = self.root / rel
             if how.startswith(("->", "conf:")) or path.is_symlink() or not path.is_file():
                 continue
@@ -255,12 +257,12 @@ class Installed:
         info = self.admin / "info"
         (info / "ivle.md5sums").write_text(self.md5sums())
         # Paths as dpkg lists them, under DPKG_ROOT (the root given to dpkg).
-        entries = {"/."} | {f"/{rel}" for rel in PACKAGE if (self.root / rel).exists()
+        entries = {"/."} | {f"/{rel}" for rel in self.files if (self.root / rel).exists()
                             or (self.root / rel).is_symlink()}
-        entries |= {str(Path(e).parent) for e in entries}
+        entries |= {str(p) for e in entries for p in Path(e).parents}  # every directory
         (info / "ivle.list").write_text("".join(f"{e}\n" for e in sorted(entries)))
         (info / "ivle.conffiles").write_text("".join(
-            f"/{rel}\n" for rel, (_, how) in PACKAGE.items() if how.startswith("conf:")))
+            f"/{rel}\n" for rel, (_, how) in self.files.items() if how.startswith("conf:")))
 
 
 def snapshot(path: Path) -> tuple[str, bytes | str, int]:
@@ -374,3 +376,35 @@ def test_a_decision_from_before_bases_were_recorded_is_the_full_procedure(tmp_pa
     rn.confirm(ctx, journal)
     assert_safe(journal, set(NEEDS))
     assert os.path.exists(journal.path)
+
+
+def test_a_new_static_files_directory_keeps_a_decision_that_needs_static_files(
+        tmp_path, monkeypatch):
+    """What md5sums show the decision saw: a release adding a directory of
+    static files (and a file in it) bumps the media version and keeps the
+    site up; the postinst's proof finds nothing else moved."""
+    package = Installed(tmp_path)
+    monkeypatch.setenv("DPKG_ADMINDIR", str(package.admin))
+    monkeypatch.setenv("DPKG_ROOT", str(tmp_path))
+    monkeypatch.setenv("DPKG_MAINTSCRIPT_NAME", "preinst")
+    package.record("info")
+    new_dir = "usr/lib/ivle/ivle/media"  # in a directory the package has
+    package.files[f"{new_dir}/help.css"] = ("media", "h1 {}\n")
+    (tmp_path / new_dir).mkdir(parents=True)
+    (tmp_path / new_dir / "help.css").write_text("h1 {}\n")
+    package.record("tmp.ci")
+    shutil.rmtree(tmp_path / new_dir)
+    ctx = SimpleNamespace(source=None, migrations_dir=None, package="ivle", new="1.1",
+                          old="1.1", code_is_new=False, ivle_conf=ivle_conf("bookworm"),
+                          reporter=Reporter(), settings=SlaveSettings(cluster={"coordinate":
+                                                                                "never"}),
+                          rollback=None)
+    decided = rn.decide(ctx)
+    assert decided.media and not decided.outage and not decided.jail
+    journal = journal_of(tmp_path / "state", decided)
+    (tmp_path / new_dir).mkdir(parents=True)  # the unpack
+    (tmp_path / new_dir / "help.css").write_text("h1 {}\n")
+    package.record("info")
+    ctx.code_is_new = True
+    rn.confirm(ctx, journal)
+    assert journal.needs == decided.to_json(), ctx.reporter.warnings
