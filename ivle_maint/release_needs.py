@@ -7,8 +7,9 @@ changes:
 - migrations: a new or changed migration file (NEW's files against OLD's)
   or, on the master, one the database's marker does not hold;
 - the jail: ivle-buildjail builds the template from ivle.conf's [jail]
-  settings and copies IVLE's own code into it, so its inputs are those
-  settings and every IVLE file but static media, documentation,
+  settings and copies IVLE's own code into it (from [paths]), and
+  ivle-remakeuser makes each user's jail where [paths][[jails]] says, so
+  its inputs are those settings and every IVLE file but static media, documentation,
   migrations and Apache's configuration (classify()).  The master
   compares them with what the last checked rebuild recorded
   (jails/template.py, [paths] state/jail-inputs.json); a slave, which
@@ -33,6 +34,16 @@ The decision goes into the upgrade's journal (Journal.needs) the first time
 a step asks, in the before-phase; the after-phase and every rerun read it
 back, so they agree exactly.  A skipped step is journaled done, with
 "skipped: WHY" (skipped()).
+
+A decision holds only for the release it was made from: it records its
+basis, a fingerprint of each input (basis()), and every run of the upgrade
+passes confirm() before its first step, which computes the basis again.
+An input that moved, or that cannot be computed now, and that feeds a need
+the decision said no to, replaces the decision by the full procedure and
+runs again every step it skipped: a rerun after the administrator changed
+the source tree, [jail] or the package, and what dpkg's md5sums leave out
+(conffiles, symlinks, modes: known for NEW only once unpacked, so the
+postinst proves them) are never skipped on a stale word.
 """
 
 from __future__ import annotations
@@ -40,11 +51,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import summary
 from .cluster.presence import coordinated
@@ -54,6 +66,9 @@ from .dpkg import FileList, installed_md5sums, package_version, parse_md5sums
 from .dpkg import read_file as _read
 from .errors import MaintError
 from .jails.template import recorded_inputs
+
+if TYPE_CHECKING:
+    from .journal import Journal
 
 ENV_FULL = "IVLE_MAINT_FULL_PROCEDURE"
 # A skipped step's metric (its reason), in its journal record; the summary reads it.
@@ -107,13 +122,18 @@ def digest_of(files: Mapping[str, str], kind: Kind) -> str:
 
 
 def jail_settings_digest(conf: Mapping[str, Any]) -> str:
-    """ivle.conf's part of the jail's inputs: [jail] and where the template is."""
-    jail = conf.get("jail") or {}
-    where = conf["paths"]["jails"]
-    text = json.dumps({"jail": {k: str(v) for k, v in jail.items()},
-                       "template": str(where["template"]),
-                       "template_build": str(where["template_build"])}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
+    """ivle.conf's part of the jail's inputs: [jail], and every [paths] key:
+    where ivle-buildjail copies IVLE's code from (lib, share, prefix) and
+    where the template and each user's jail are (the [[jails]] keys)."""
+    text = json.dumps({"jail": _plain(conf.get("jail") or {}),
+                       "paths": _plain(conf.get("paths") or {})}, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _plain(section: Mapping[str, Any]) -> dict[str, Any]:
+    """A section, its subsections included, as strings (configobj's values)."""
+    return {str(k): _plain(v) if isinstance(v, Mapping) else str(v)
+            for k, v in section.items()}
 
 
 # ------------------------------------------------------------------ the file lists
@@ -157,22 +177,96 @@ def incoming_files(package: str, version: str) -> FileList | None:
     return None if data is None else parse_md5sums(data, str(_admin_dir() / "tmp.ci/md5sums"))
 
 
-_TREE_SKIP = frozenset({".git", ".bzr", "build", "__pycache__"})
+# Not the release: version control, bytecode, and setup.py build's output
+# (the top's build/ alone: a package of IVLE's may be named build).
+_TREE_SKIP = frozenset({".git", ".bzr", "__pycache__"})
+_TREE_TOP_SKIP = frozenset({"build"})
 
 
 def tree_files(top: Path) -> FileList:
-    """A source tree's files (upgrade --source: root's, checked), by content."""
+    """A source tree's entries (upgrade --source: root's, checked): a file by
+    its content and mode, a symlink (to a directory too) by its target, a
+    directory by its mode, so that no change of one goes unseen."""
     files: FileList = {}
     for dirpath, dirnames, filenames in os.walk(top):
-        dirnames[:] = sorted(d for d in dirnames if d not in _TREE_SKIP)
-        for name in filenames:
+        top_level = Path(dirpath) == top
+        dirnames[:] = sorted(d for d in dirnames if d not in _TREE_SKIP
+                             and not (top_level and d in _TREE_TOP_SKIP))
+        for name in (*dirnames, *filenames):
             path = Path(dirpath) / name
-            rel = path.relative_to(top).as_posix()
-            if path.is_symlink():
-                files[rel] = "link:" + os.readlink(path)
-            elif path.is_file():
-                files[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+            files[path.relative_to(top).as_posix()] = _entry(path, top=top)
     return files
+
+
+def _entry(path: Path, *, content: bool = True, top: Path | None = None) -> str:
+    """One entry as it is on disk: type, mode, a symlink's target (in a tree
+    TOP, what it leads to outside the tree too) and (CONTENT) a file's
+    sha256.  What cannot be read counts as changed (a new token)."""
+    try:
+        st = path.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            return "link:" + os.readlink(path) + ("" if top is None else _beyond(path, top))
+        mode = f"{stat.S_IMODE(st.st_mode):o}"
+        if stat.S_ISDIR(st.st_mode):
+            return f"dir:{mode}"
+        if not stat.S_ISREG(st.st_mode):
+            return f"type:{stat.S_IFMT(st.st_mode):o}:{mode}"
+        if not content:
+            return f"file:{mode}"
+        return f"{hashlib.sha256(_read_regular(path)).hexdigest()}:{mode}"
+    except FileNotFoundError:
+        return "absent"
+    except (OSError, MaintError):
+        return "unreadable:" + os.urandom(8).hex()  # never proves itself unchanged
+
+
+def _beyond(link: Path, top: Path) -> str:
+    """What a tree's symlink leads to outside the tree, where the walk does
+    not go (setup.py install copies it all the same): a file by its content;
+    a directory is not walked, so it never proves itself unchanged."""
+    real = Path(os.path.realpath(link))
+    if real.is_relative_to(os.path.realpath(top)):
+        return ""  # the walk sees it
+    try:
+        st = real.stat()
+    except FileNotFoundError:
+        return " dangling"
+    if stat.S_ISREG(st.st_mode):
+        return f" {hashlib.sha256(_read_regular(real)).hexdigest()}:{stat.S_IMODE(st.st_mode):o}"
+    return " unwalked:" + os.urandom(8).hex()
+
+
+def _read_regular(path: Path) -> bytes:
+    """A regular file's bytes, never through a symlink nor blocking on a FIFO."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path}: not a regular file")
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            return handle.read()
+    finally:
+        os.close(fd)
+
+
+def _lines(data: bytes | None) -> list[str]:
+    return [line for line in (data or b"").decode("utf-8", "surrogateescape").split("\n")
+            if line.strip()]
+
+
+def package_entries(package: str) -> FileList:
+    """What dpkg's md5sums leave out of the installed PACKAGE, as it is on
+    disk: each path of its list (info/PKG.list) by type and mode, a symlink
+    by its target, a conffile (info/PKG.conffiles) by its content too.
+    Before the unpack these are OLD's, after it NEW's."""
+    info = _admin_dir() / "info"
+    listed = _read(info / f"{package}.list")
+    if listed is None:
+        return {}
+    conffiles = {line.removeprefix("remove-on-upgrade ").strip()
+                 for line in _lines(_read(info / f"{package}.conffiles"))}
+    root = os.environ.get("DPKG_ROOT", "")
+    return {path: _entry(Path(root + path), content=path in conffiles)
+            for path in _lines(listed)}
 
 
 @dataclass(frozen=True)
@@ -226,6 +320,8 @@ class Needs:
     jail_inputs: dict[str, str] = field(default_factory=dict)
     # What the decision took for granted (plan's guess for a reinstall), said with it.
     assumed: str = ""
+    # A fingerprint of each input it was decided from (basis(), confirm()).
+    basis: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def full(cls, why: str) -> Needs:
@@ -246,6 +342,11 @@ class Needs:
 
     def reason(self, key: str) -> str:
         return self._said(self.why.get(key, ""))
+
+    def said_no(self) -> set[str]:
+        """The needs this decision says no to: the steps it lets skip."""
+        return {key for key in (OUTAGE, MIGRATIONS, JAIL, MEDIA, USRMGT)
+                if not getattr(self, key)}
 
     @property
     def stays_up(self) -> str:
@@ -352,7 +453,10 @@ def _decide(ctx: UpgradeContext, planning: bool) -> Needs:
     why = {OUTAGE: why_outage, MIGRATIONS: why_migrations, JAIL: why_jail,
            MEDIA: why_media, USRMGT: why_usrmgt}
     assumed = files.where if files.new is files.old else ""  # plan's guess for a reinstall
-    return Needs(migrations, jail, media, usrmgt, outage, why, inputs, assumed)
+    # The site stays up on the database's word too: a rerun asks it again.
+    database = not outage and ctx.settings.role.runs_database
+    return Needs(migrations, jail, media, usrmgt, outage, why, inputs, assumed,
+                 basis(ctx, files, database=database))
 
 
 def built_inputs(ctx: UpgradeContext) -> dict[str, str]:
@@ -363,9 +467,129 @@ def built_inputs(ctx: UpgradeContext) -> dict[str, str]:
     if not inputs:
         return inputs
     inputs["settings"] = jail_settings_digest(ctx.ivle_conf.conf)
-    if ctx.source is not None:  # a rerun installs the tree as it is now
-        inputs["files"] = digest_of(tree_files(ctx.source), Kind.CODE)
+    # ivle-buildjail copies the code installed.  dpkg's record says what was
+    # unpacked; a source tree changed since the decision may or may not be
+    # what is installed (upgrade --source installs it again, `ivle-maint
+    # rerun` does not).  Either way, a release other than the decision's, or
+    # one not known: no record, and the next upgrade rebuilds.
+    now = _release_now(ctx).new
+    if now is None or digest_of(now, Kind.CODE) != inputs.get("files"):
+        return {}
     return inputs
+
+
+# ------------------------------------------------------------- the decision's basis
+
+NEW_FILES, OLD_FILES, SETTINGS, MIGRATIONS_DIR, DATABASE = "new files", "old files", \
+    "settings", "migrations directory", "database"
+# What each input of the basis feeds: a moved input makes a decision stale
+# when it fed a need the decision said no to.
+_EVERYTHING = (OUTAGE, MIGRATIONS, JAIL, MEDIA, USRMGT)
+_FEEDS: dict[str, tuple[str, ...]] = {
+    NEW_FILES: _EVERYTHING, OLD_FILES: _EVERYTHING, SETTINGS: (OUTAGE, JAIL),
+    MIGRATIONS_DIR: (OUTAGE, MIGRATIONS), DATABASE: (OUTAGE, MIGRATIONS),
+    f"on disk: {Kind.CODE}": (OUTAGE, JAIL, USRMGT), f"on disk: {Kind.MEDIA}": (MEDIA,),
+    f"on disk: {Kind.MIGRATION}": (OUTAGE, MIGRATIONS)}
+
+
+def _whole_digest(files: Mapping[str, str]) -> str:
+    h = hashlib.sha256()
+    for path in sorted(files):
+        h.update(f"{path}\0{files[path]}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def basis(ctx: UpgradeContext, files: Release, *, database: bool = False) -> dict[str, str]:
+    """A fingerprint of each input of the decision, for the release FILES
+    describes: the file lists, ivle.conf's jail settings, a --migrations
+    directory outside the source tree, for a package what its md5sums
+    leave out, per kind (package_entries: OLD's before the unpack, NEW's
+    after; equal when the release changes none of them), and (DATABASE)
+    what the database's marker says of the new migrations."""
+    found = {SETTINGS: jail_settings_digest(ctx.ivle_conf.conf)}
+    if database:
+        found[DATABASE] = _database_state(ctx)
+    if files.new is not None:
+        found[NEW_FILES] = _whole_digest(files.new)
+    if files.old is not None:
+        found[OLD_FILES] = _whole_digest(files.old)
+    if ctx.source is not None:
+        where = ctx.migrations_dir
+        if where is not None and not where.is_relative_to(ctx.source):
+            found[MIGRATIONS_DIR] = _whole_digest(tree_files(where)) if where.is_dir() \
+                else _entry(where)
+    else:
+        # A directory is of the kind of what it holds (a new media/ is static).
+        on_disk = {f"{path}/-" if entry.startswith("dir:") else path: entry
+                   for path, entry in package_entries(ctx.package or DEFAULT_PACKAGE).items()}
+        for kind in (Kind.CODE, Kind.MEDIA, Kind.MIGRATION):
+            found[f"on disk: {kind}"] = digest_of(on_disk, kind)
+    return found
+
+
+def _database_state(ctx: UpgradeContext) -> str:
+    """The migrations the database's marker lacks or holds changed, of the
+    new ones (a database restored from an older dump since lacks some).  An
+    unmarked database lacks none beyond what the baseline records: its
+    decision came from the file lists."""
+    try:
+        found = status(ctx.settings, migrations_dir=ctx.preflight_migrations)
+    except MaintError:
+        return "unknown:" + os.urandom(8).hex()  # never proves itself unchanged
+    if found.unmarked:
+        return "[]"
+    return json.dumps(sorted({m.key for m in found.pending} | {c.key for c in found.changed}))
+
+
+def _release_now(ctx: UpgradeContext) -> Release:
+    """The release as this run sees it: the tree, or dpkg's lists (before
+    the unpack the incoming one as NEW's, after it the installed one)."""
+    if ctx.source is not None:
+        return Release(None, tree_files(ctx.source), f"source tree {ctx.source}")
+    package = ctx.package or DEFAULT_PACKAGE
+    if ctx.code_is_new:
+        return Release(None, installed_files(package), f"dpkg's list of {package}")
+    return Release(installed_files(package), incoming_files(package, ctx.new),
+                   f"dpkg's lists of {package}")
+
+
+def moved_inputs(ctx: UpgradeContext, needs: Needs) -> list[str]:
+    """The inputs of NEEDS that moved since it was decided, or cannot be
+    computed now, and that fed a need it said no to."""
+    said_no = needs.said_no()
+    if not said_no:
+        return []  # the full procedure: nothing to prove
+    now = basis(ctx, _release_now(ctx), database=DATABASE in needs.basis)
+    if ctx.code_is_new:  # OLD's files are gone; OLD's version names the journal
+        now.pop(OLD_FILES, None)
+        recorded = {k: v for k, v in needs.basis.items() if k != OLD_FILES}
+    else:
+        recorded = needs.basis
+    if not recorded:
+        return ["the decision recorded no basis"]
+    return sorted(key for key in recorded.keys() | now.keys()
+                  if recorded.get(key) != now.get(key)
+                  and said_no & set(_FEEDS.get(key, _EVERYTHING)))
+
+
+def confirm(ctx: UpgradeContext, journal: Journal) -> None:
+    """The gate of a recorded decision, before a run's first step: if an
+    input it skipped steps for moved (moved_inputs), the full procedure
+    replaces it and every step it skipped runs again."""
+    if journal.needs is None:
+        return
+    moved = moved_inputs(ctx, Needs.from_json(journal.needs))
+    if not moved:
+        return
+    why = f"the release's inputs changed since the decision ({', '.join(moved)})"
+    redo = sorted(name for name, record in journal.steps.items() if SKIPPED in record.metrics)
+    ctx.reporter.warn(f"{why}: IVLE's whole procedure" +
+                      (f"; doing again: {', '.join(redo)}" if redo else ""))
+    journal.forget(redo)
+    # No jail inputs: a rebuild records none it cannot vouch for (the next
+    # release rebuilds the jail).
+    journal.needs = Needs.full(why).to_json()
+    journal.save()
 
 
 # What `plan` decided, per context: every step asks; the database once.

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import children, preflight, system
+from . import children, preflight, release_needs, system
 from .cluster import probe
 from .cluster.presence import Presence, coordinated
 from .cluster.waits import wait_for_every_before_phase
@@ -167,6 +167,9 @@ def run_phases(
         _record_run(ctx, journal)
         if journal.path.exists():
             _save_before_steps(ctx, journal)
+            # A decision made by an earlier run holds only for the release
+            # it was made from: the tree, the package or [jail] may have changed.
+            release_needs.confirm(ctx, journal)
         log.info("%s; role %s; log %s", purpose, settings.role, log_path)
         _remove_dump_leftovers(settings)
         with _presence(ctx, journal, STEPS) as presence:

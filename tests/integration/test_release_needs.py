@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -186,6 +187,7 @@ def test_changed_static_files_only_bump_the_media_version_without_an_outage(upgr
     dpkg.preinst(upgraded, "1.1", "1.1", v11(media="new css", doc="new changelog"))
     assert upgraded.service_running("apache2")
     unpack(upgraded, "1.1")
+    dpkg.installed(v11(media="new css", doc="new changelog"))  # as dpkg's unpack records it
     assert postinst(upgraded, "1.1", "1.1").returncode == 0
     assert all(mark.exists() for mark in marks)
     assert media_version(upgraded) == "1.1.r2"
@@ -215,13 +217,16 @@ def test_forcing_the_full_procedure_skips_nothing(upgraded, dpkg, monkeypatch):
 
 def test_a_rerun_after_a_kill_in_the_after_phase_skips_the_same_steps(upgraded, dpkg,
                                                                        monkeypatch):
-    """The decision is the preinst's: a rerun without dpkg's lists (which
-    alone would mean the full procedure) skips exactly what it did."""
+    """The decision is the preinst's: a rerun, without the new package's
+    control files (which alone would mean the full procedure), skips
+    exactly what it did, its basis proved against dpkg's record of the
+    unpacked package (release_needs.confirm)."""
     update_fakes_conf(upgraded.fakes_conf, "apache2", {"delay": 10})  # killed in the reload
     dpkg.preinst(upgraded, "1.1", "1.1", v11())
     decided = journal(upgraded, "1.1", "1.1")["needs"]
     unpack(upgraded, "1.1")
-    monkeypatch.delenv("DPKG_ADMINDIR")
+    dpkg.installed(v11())  # as dpkg's unpack records it
+    (dpkg.top / "tmp.ci").rename(dpkg.top / "tmp.ci.gone")  # dpkg removes it after the preinst
     proc = start_cli(upgraded, "hook", "--package-version", "1.1", "postinst", "configure",
                      "1.1")
     while journal(upgraded, "1.1", "1.1")["steps"].get("start-web", {}).get("status") \
@@ -319,3 +324,241 @@ def test_a_rebuild_records_the_settings_it_was_built_from_not_the_decisions(upgr
     dpkg.upgrade(upgraded, "1.1", "1.1", v11(code="rebuilt"))
     assert "rebuild-jail" not in steps_skipped(upgraded, "1.1", "1.1")
     assert not any(mark.exists() for mark in marks)
+
+
+# ---------------------------------------------------- the decision's basis
+# A decision holds only for the release it was made from (release_needs.confirm).
+# Each case changes one input of the release between the run that decided
+# and the run that goes on (a rerun of `upgrade --source` after the tree
+# was fixed; dpkg's postinst after an unpack that changed what md5sums do
+# not list: a conffile, a symlink, a mode): the step that input feeds runs.
+
+NEW_MIGRATION = "20100301-01.sql"
+
+
+def _new_migration(tree: Path) -> None:
+    (tree / "userdb" / "migrations" / NEW_MIGRATION).write_text(
+        "CREATE TABLE rerun_audit (id serial PRIMARY KEY);\n")
+
+
+def _code(tree: Path) -> Path:
+    code = tree / "ivle" / "console.py"
+    code.parent.mkdir(exist_ok=True)
+    if not code.exists():
+        code.write_text("# the console\n")
+    return code
+
+
+# One input of a source tree changed between the two runs, and what it must bring.
+SOURCE_CHANGES = {
+    "a new migration": (_new_migration, "migrate"),
+    "a file's content": (lambda tree: _code(tree).write_text("# fixed\n"), "rebuild-jail"),
+    "a file's mode": (lambda tree: _code(tree).chmod(0o755), "rebuild-jail"),
+    "a symlink's target": (lambda tree: (tree / "ivle" / "current").unlink() or
+                           (tree / "ivle" / "current").symlink_to("console.py"),
+                           "rebuild-jail"),
+    "a symlink to a directory": (lambda tree: (tree / "ivle" / "lib").symlink_to("../userdb"),
+                                 "rebuild-jail"),
+}
+
+
+@pytest.mark.parametrize("change", sorted(SOURCE_CHANGES))
+def test_a_rerun_of_upgrade_source_decides_from_the_tree_it_installs(node_factory, change):
+    """The first run decides the tree needs nothing (the last rebuild's
+    inputs, nothing pending) and fails; the administrator changes the tree
+    and runs the same command again, which installs the tree as it is now:
+    what the change needs runs, nothing is skipped on the first run's word."""
+    node = at_version_1_0(node_factory(users=2, consoles=1, role="both"))
+    tree = source_tree(node, RELEASES["1.1"])
+    _code(tree)
+    (tree / "ivle" / "current").symlink_to("nothing-yet")
+    cli(node, "upgrade", "--from", "1.0", "--source", str(tree), check=True)
+
+    update_fakes_conf(node.fakes_conf, "ivle-usrmgt-server", {"fail": "start"})
+    command = ["upgrade", "--from", "1.1", "--to", "1.1.1", "--source", str(tree)]
+    first = cli(node, *command)
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert "stop-web" in steps_skipped(node, "1.1", "1.1.1")  # the site stayed up
+
+    make_change, needed = SOURCE_CHANGES[change]
+    make_change(tree)
+    update_fakes_conf(node.fakes_conf, "ivle-usrmgt-server", {"fail": None})
+    marks = mark_jails(node)
+    again = cli(node, *command)
+    assert again.returncode == 0, again.stdout + again.stderr
+    record = journal(node, "1.1", "1.1.1")
+    assert record["state"] == "complete"
+    assert steps_skipped(node, "1.1", "1.1.1") == set(), record["needs"]
+    if needed == "migrate":
+        assert NEW_MIGRATION.removesuffix(".sql") in marker_keys(node)
+    else:
+        assert not any(mark.exists() for mark in marks)
+    assert "the release's inputs changed since the decision" in again.stderr + again.stdout
+
+
+def test_a_rerun_of_upgrade_source_with_the_same_tree_keeps_the_decision(node_factory):
+    """The control: nothing changed, so the rerun skips what the first run did."""
+    node = at_version_1_0(node_factory(users=2, consoles=1, role="both"))
+    tree = source_tree(node, RELEASES["1.1"])
+    cli(node, "upgrade", "--from", "1.0", "--source", str(tree), check=True)
+    update_fakes_conf(node.fakes_conf, "ivle-usrmgt-server", {"fail": "start"})
+    command = ["upgrade", "--from", "1.1", "--to", "1.1.1", "--source", str(tree)]
+    assert cli(node, *command).returncode == 1
+    skipped = steps_skipped(node, "1.1", "1.1.1")
+    update_fakes_conf(node.fakes_conf, "ivle-usrmgt-server", {"fail": None})
+    marks = mark_jails(node)
+    cli(node, *command, check=True)
+    assert steps_skipped(node, "1.1", "1.1.1") == skipped
+    assert all(mark.exists() for mark in marks)
+
+
+def test_a_rerun_after_ivle_conf_jail_changed_rebuilds(node_factory):
+    """[jail] changed between the failed run and its rerun: the jail it feeds is rebuilt."""
+    node = at_version_1_0(node_factory(users=2, consoles=1, role="both"))
+    tree = source_tree(node, RELEASES["1.1"])
+    cli(node, "upgrade", "--from", "1.0", "--source", str(tree), check=True)
+    update_fakes_conf(node.fakes_conf, "ivle-usrmgt-server", {"fail": "start"})
+    command = ["upgrade", "--from", "1.1", "--to", "1.1.1", "--source", str(tree)]
+    assert cli(node, *command).returncode == 1
+    edit_jail_setting(node, "suite", "trixie")
+    update_fakes_conf(node.fakes_conf, "ivle-usrmgt-server", {"fail": None})
+    marks = mark_jails(node)
+    cli(node, *command, check=True)
+    assert "rebuild-jail" not in steps_skipped(node, "1.1", "1.1.1")
+    assert not any(mark.exists() for mark in marks)
+
+
+# ------------------------------------------------------- what md5sums leave out
+
+
+class Package:
+    """The installed entries dpkg's md5sums do not describe, under the node's
+    root: a conffile (the usrmgt init script), a symlink and a program."""
+
+    def __init__(self, node, dpkg: Dpkg) -> None:
+        self.root = node.root / "pkg"
+        self.conffile = self.root / "etc" / "init.d" / "ivle-usrmgt-server"
+        self.link = self.root / "usr" / "lib" / "ivle" / "ivle" / "current"
+        self.program = self.root / "usr" / "lib" / "ivle" / "bin" / "ivle-tool"
+        for path in (self.conffile, self.link, self.program):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.conffile.write_text("#!/bin/sh\n# the init script\n")
+        self.link.symlink_to("console.py")
+        self.program.write_text("#!/bin/sh\n")
+        self.program.chmod(0o755)
+        info = dpkg.top / "info"
+        entries = [self.root, *self.root.rglob("*")]
+        (info / "ivle.list").write_text("".join(f"{p}\n" for p in entries))
+        (info / "ivle.conffiles").write_text(f"{self.conffile}\n")
+
+
+# One entry md5sums do not list changed by the unpack, and what it must bring.
+PACKAGE_CHANGES = {
+    "a conffile's content": (lambda p: p.conffile.write_text("#!/bin/sh\n# new\n"),
+                             {"restart-usrmgt", "rebuild-jail"}),
+    "a symlink's target": (lambda p: p.link.unlink() or p.link.symlink_to("shell.py"),
+                           {"restart-usrmgt", "rebuild-jail"}),
+    "a program's mode": (lambda p: p.program.chmod(0o644), {"restart-usrmgt", "rebuild-jail"}),
+    "nothing": (lambda p: None, set()),
+}
+
+
+@pytest.mark.parametrize("change", sorted(PACKAGE_CHANGES))
+def test_the_postinst_proves_what_md5sums_do_not_list(node_factory, dpkg, change):
+    """A reinstall whose md5sums are the installed ones: the preinst keeps
+    the site up; the unpack changed an entry md5sums leave out, so the
+    postinst takes the full procedure (a control: with nothing changed it
+    keeps the preinst's decision)."""
+    node = at_version_1_0(node_factory(users=2, consoles=1, role="both"))
+    dpkg.installed(v10())
+    dpkg.upgrade(node, "1.0", "1.1", v11())
+    package = Package(node, dpkg)
+
+    done = dpkg.preinst(node, "1.1", "1.1", v11())
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert node.service_running("apache2")  # decided: the site stays up
+    make_change, needed = PACKAGE_CHANGES[change]
+    make_change(package)
+    unpack(node, "1.1")
+    marks = mark_jails(node)
+    done = postinst(node, "1.1", "1.1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    skipped = steps_skipped(node, "1.1", "1.1")
+    assert not needed & skipped, journal(node, "1.1", "1.1")["needs"]
+    if needed:
+        assert not any(mark.exists() for mark in marks)
+    else:
+        assert "rebuild-jail" in skipped and all(mark.exists() for mark in marks)
+    assert os.path.exists(package.conffile)
+
+
+@pytest.mark.parametrize("change", sorted(c for c, (_, needed) in SOURCE_CHANGES.items()
+                                          if needed == "rebuild-jail"))
+def test_a_rebuild_vouches_only_for_the_tree_that_was_installed(node_factory, change):
+    """upgrade --source fails in rebuild-jail; the administrator changes the
+    tree and continues with `ivle-maint rerun`, which installs nothing: the
+    jail is built from the installed code, the first tree's.  The record
+    must not name the changed tree, or the next `upgrade --source` of it
+    would skip the rebuild its code needs."""
+    node = at_version_1_0(node_factory(users=2, consoles=1, role="both"))
+    tree = source_tree(node, RELEASES["1.1"])
+    _code(tree)
+    (tree / "ivle" / "current").symlink_to("nothing-yet")
+    update_fakes_conf(node.fakes_conf, "ivle-buildjail", {"fail": True})
+    assert cli(node, "upgrade", "--from", "1.0", "--source", str(tree)).returncode == 1
+    SOURCE_CHANGES[change][0](tree)
+    update_fakes_conf(node.fakes_conf, "ivle-buildjail", {"fail": None})
+    cli(node, "rerun", check=True)
+    assert journal(node)["state"] == "complete"
+
+    marks = mark_jails(node)
+    cli(node, "upgrade", "--from", "1.1", "--to", "1.1.1", "--source", str(tree), check=True)
+    assert "rebuild-jail" not in steps_skipped(node, "1.1", "1.1.1")
+    assert not any(mark.exists() for mark in marks)
+
+
+def test_a_rebuild_vouches_only_for_the_package_that_was_unpacked(node_factory, dpkg):
+    """The preinst decided from one build of 1.1 (nothing to skip: the full
+    procedure); dpkg unpacked another (its md5sums differ).  The jail is
+    built from what was unpacked: the record must not name the first
+    build, or a later install of it would keep a jail of the other's code."""
+    node = at_version_1_0(node_factory(users=2, consoles=1, role="both"))
+    dpkg.installed(v10())
+    assert dpkg.preinst(node, "1.0", "1.1", v11(code="first build")).returncode == 0
+    unpack(node, "1.1")
+    dpkg.installed(v11(code="second build"))
+    done = postinst(node, "1.0", "1.1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert steps_skipped(node, "1.0", "1.1") == set()
+
+    marks = mark_jails(node)
+    dpkg.upgrade(node, "1.1", "1.1", v11(code="first build"))
+    assert "rebuild-jail" not in steps_skipped(node, "1.1", "1.1")
+    assert not any(mark.exists() for mark in marks)
+
+
+def test_a_rerun_asks_the_database_again_when_the_site_stayed_up_on_its_word(node_factory):
+    """upgrade --source: the database held every migration of the tree, so
+    the site stayed up; the run failed, and the administrator restored an
+    older dump (one migration not applied) before running the same command
+    again: the migration is applied, with the outage IVLE's procedure takes."""
+    node = at_version_1_0(node_factory(users=2, consoles=1, role="both"))
+    tree = source_tree(node, RELEASES["1.1"])
+    cli(node, "upgrade", "--from", "1.0", "--source", str(tree), check=True)
+    update_fakes_conf(node.fakes_conf, "ivle-usrmgt-server", {"fail": "start"})
+    command = ["upgrade", "--from", "1.1", "--to", "1.1.1", "--source", str(tree)]
+    assert cli(node, *command).returncode == 1
+    assert "migrate" in steps_skipped(node, "1.1", "1.1.1")
+
+    conn = node.connect()  # the older dump, restored: 20100215 never applied
+    try:
+        with conn.cursor() as cur:
+            cur.execute("DROP TABLE upgrade_audit")
+            cur.execute("DELETE FROM ivle_maint_migrations WHERE key = '20100215'")
+        conn.commit()
+    finally:
+        conn.close()
+    update_fakes_conf(node.fakes_conf, "ivle-usrmgt-server", {"fail": None})
+    cli(node, *command, check=True)
+    assert "20100215" in marker_keys(node)
+    assert "migrate" not in steps_skipped(node, "1.1", "1.1.1")
