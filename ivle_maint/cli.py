@@ -195,12 +195,16 @@ class SafeStdout:
             self._stream.flush()
         except BrokenPipeError:
             self._gone()
+        except OSError as exc:
+            raise _named(exc) from None
 
     def _put(self, text: str) -> None:
         try:
             self._stream.write(text)
         except BrokenPipeError:
             self._gone()
+        except OSError as exc:
+            raise _named(exc) from None
 
     def _gone(self) -> None:
         from .output import silence
@@ -209,6 +213,13 @@ class SafeStdout:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+def _named(exc: OSError) -> OSError:
+    """EXC, saying it was standard output that failed (os_error_line shows it)."""
+    if exc.filename is None:
+        exc.filename = "standard output"
+    return exc
 
 
 def _bug(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
@@ -317,6 +328,20 @@ def _end_now(code: int) -> None:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    """The command, and the one gate of what ivle-maint writes to a person:
+    its own output (--help, --version, a listing) that cannot be written
+    (a full disk under `> FILE`, EIO) is one error line and exit status 1,
+    before, during or after the command; never a traceback."""
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # buffered output fails here, not in the interpreter's exit
+    except OSError as exc:
+        _say("ivle-maint: error: ", os_error_line(exc))
+        return 1
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
     if argv is None:  # the command itself
         # What loading ivle_maint and its libraries makes lives on (modules,
         # classes, functions): the cyclic collector would only walk it again
@@ -336,7 +361,6 @@ def _main(argv: Sequence[str] | None) -> int:
     from .commands import Context
     from .errors import Interrupted, MaintError
     from .gates import environment, root, waits
-    from .logformat import SAID, SafeFormatter
 
     if argv is None:  # the command itself: its environment, locale and umask pinned
         environment.pin_process()
@@ -344,16 +368,10 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(args_list)
     _Run.hook = argv is None and args.command == "hook"
     _Run.config = args.config
-    # Diagnostics on stderr only with -v: the reporter already says what
-    # a person needs, and the run's log file gets everything.
-    handler = logging.StreamHandler()
-    handler.setLevel(logging.DEBUG if args.verbose else logging.ERROR)
-    handler.setFormatter(SafeFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    handler.addFilter(lambda record: not getattr(record, SAID, False))
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        handlers=[handler])
+    _log_to_stderr(verbose=args.verbose)
     if args.func is None:
-        parser.print_help(sys.stderr)
+        with contextlib.suppress(OSError, ValueError):  # a usage error, however told
+            parser.print_help(sys.stderr)
         return 2
     try:
         action = args.action
@@ -391,6 +409,18 @@ def _main(argv: Sequence[str] | None) -> int:
         logging.getLogger(__name__).debug("ImportError", exc_info=True)
         _say("ivle-maint: error: ", f"Python module {failed_module(exc)} does not load: {exc}")
         return 1
+
+
+def _log_to_stderr(*, verbose: bool) -> None:
+    """Diagnostics on stderr only with -v: the reporter already says what
+    a person needs, and the run's log file gets everything."""
+    from .logformat import SAID, SafeFormatter
+
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.DEBUG if verbose else logging.ERROR)
+    handler.setFormatter(SafeFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    handler.addFilter(lambda record: not getattr(record, SAID, False))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler])
 
 
 def _interrupted(exc: BaseException, resume: str | None) -> int:
