@@ -146,6 +146,10 @@ def help_width() -> int:
     return (columns or 80) - 2
 
 
+# The metavars of the values that name a version (--from OLD, media set VERSION).
+VERSION_METAVARS = frozenset({"VERSION", "OLD", "NEW"})
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse's usage errors quote the command line: through gates.text."""
 
@@ -153,6 +157,34 @@ class _Parser(argparse.ArgumentParser):
         kind, width = kwargs.get("formatter_class", argparse.HelpFormatter), help_width()
         kwargs["formatter_class"] = lambda prog: kind(prog, width=width)
         super().__init__(*args, **kwargs)
+
+    def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> Any:
+        """The gate of every value given on the command line, each option's
+        and operand's (not the defaults), before argparse converts it: a
+        version must be one (journals, logs and printed commands are named
+        after it), and no other value may be empty (an empty path is the
+        working directory, an empty --expect no check at all).  dpkg's own
+        arguments to 'hook' may be empty (postinst configure '' on a first
+        install): hooks.py checks its ARGS.  (PARSER: a command's words,
+        which its own parser checks.)"""
+        if action.nargs not in (argparse.REMAINDER, argparse.PARSER):
+            # Named as the commands name theirs: 'upgrade --to', 'media set'.
+            named = " ".join([*self.prog.split()[1:], *action.option_strings[-1:]])
+            values = list(arg_strings)
+            if "--" in values:  # `media set -- -x`: argparse drops the first '--' too
+                values.remove("--")
+            for value in values:
+                if action.metavar in VERSION_METAVARS:
+                    from .commands import checked_version
+
+                    checked_version(value, named)
+                elif value == "":
+                    from .errors import UsageError
+
+                    raise UsageError(f"{named}: an empty value; give one, or leave the option out"
+                                     if action.option_strings else f"{named}: an empty "
+                                     f"{action.metavar or action.dest.upper()}; give one")
+        return super()._get_values(action, arg_strings)
 
     def error(self, message: str) -> NoReturn:
         with contextlib.suppress(OSError, ValueError):
@@ -365,7 +397,11 @@ def _run(argv: Sequence[str] | None) -> int:
     if argv is None:  # the command itself: its environment, locale and umask pinned
         environment.pin_process()
     parser = build_parser(command_module(args_list))
-    args = parser.parse_args(args_list)
+    try:
+        args = parser.parse_args(args_list)
+    except MaintError as exc:  # a value _Parser refused: one line, exit 2
+        _say("ivle-maint: error: ", exc)
+        return exc.exit_status
     _Run.hook = argv is None and args.command == "hook"
     _Run.config = args.config
     _log_to_stderr(verbose=args.verbose)

@@ -1,0 +1,170 @@
+"""Hostile invocations of the real command line (cli.py): every
+option and operand of every command, found by walking the argument
+parser itself, given a value that is empty or (where it names a version)
+no version.
+
+Each answer is one error line and a nonzero exit status, or the normal
+result; never a traceback, and nothing done: ivle.conf byte for byte, the
+site serving, no journal, nothing recorded in the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ivle_maint.cli import build_parser
+from ivle_maint.errors import MaintError
+from ivle_maint.versions import check
+from support.abuse_helpers import error_lines
+from support.upgrade_helpers import REPO, at_version_1_0, journal, marker_keys
+
+
+def shared_node(examples: int) -> settings:
+    """Hypothesis settings for EXAMPLES runs on one node (the fixture's)."""
+    return settings(max_examples=examples, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def values_taken(parser: argparse.ArgumentParser, words: tuple[str, ...] = (),
+                 ) -> Iterator[tuple[tuple[str, ...], argparse.Action, argparse.ArgumentParser]]:
+    """Every (command words, action, its parser) whose action takes a value."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from values_taken(sub, (*words, name))
+        elif action.nargs not in (0, argparse.REMAINDER) and not isinstance(
+                action, argparse._HelpAction | argparse._VersionAction):
+            yield words, action, parser
+
+
+# The values that name a version (the error line says "not a valid version").
+VERSION_METAVARS = frozenset({"VERSION", "OLD", "NEW"})
+CASES = list(values_taken(build_parser()))
+VERSION_CASES = [case for case in CASES if case[1].metavar in VERSION_METAVARS]
+
+
+def filler(action: argparse.Action) -> str:
+    """A value the parser accepts for ACTION that makes no change."""
+    if action.choices:
+        return next((c for c in ("status", "list", "check") if c in action.choices),
+                    str(next(iter(action.choices))))
+    return "1.1" if action.metavar in VERSION_METAVARS else "x"
+
+
+def argv_with(words: tuple[str, ...], action: argparse.Action, parser: argparse.ArgumentParser,
+              value: str) -> list[str]:
+    """The command WORDS with ACTION given VALUE, and what else its parser
+    requires given a harmless value: as a person's script would run it."""
+    if not words:  # ivle-maint's own option: before a command
+        return [f"{action.option_strings[-1]}={value}", "status"]
+    argv = list(words)
+    if action.option_strings:  # '=': a value that looks like an option is still its value
+        argv.append(f"{action.option_strings[-1]}={value}")
+    for other in parser._actions:
+        if other is action or not other.required or other.nargs == argparse.REMAINDER:
+            continue
+        if other.option_strings:
+            argv += [other.option_strings[-1], filler(other)]
+        elif not action.option_strings and parser._actions.index(other) > parser._actions.index(
+                action):
+            break  # positionals after the one given VALUE: it stops the parser first
+        else:
+            argv.append(filler(other))
+    if not action.option_strings:
+        argv += ["--", value] if value.startswith("-") else [value]
+    if words == ("hook",) and action.option_strings:
+        argv += ["preinst", "upgrade", "1.0", "1.1"]
+    return argv
+
+
+def run(node: Any, argv: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """ivle-maint ARGV on NODE from CWD, stdin closed, ENV over the node's."""
+    full = {**os.environ, **node.env, "PYTHONPATH": str(REPO), **env}
+    return subprocess.run([sys.executable, "-m", "ivle_maint", *argv], env=full, cwd=cwd,
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          timeout=300, check=False)
+
+
+def state(node: Any) -> tuple[bytes, bytes, bool, bool, list[str], list[Path]]:
+    return (node.ivle_conf.read_bytes(), node.maint_conf.read_bytes(),
+            node.service_running("apache2"), node.service_running("ivle-usrmgt-server"),
+            marker_keys(node), sorted(node.state_dir.glob("journal/*")))
+
+
+@pytest.fixture
+def site(node_factory: Any) -> Any:
+    return at_version_1_0(node_factory(users=2, consoles=1, role="both"))
+
+
+@pytest.fixture
+def elsewhere(tmp_path: Path) -> Path:
+    """An empty working directory: what an empty path would have meant."""
+    (tmp_path / "cwd").mkdir()
+    return tmp_path / "cwd"
+
+
+def named(words: tuple[str, ...], action: argparse.Action) -> str:
+    """How the error line names ACTION: 'upgrade --to', 'db baseline'."""
+    return " ".join([*words, *action.option_strings[-1:]])
+
+
+@pytest.mark.needs_root
+@pytest.mark.needs_postgres
+def test_an_empty_value_of_any_option_or_operand_is_refused_before_anything(
+        site: Any, elsewhere: Path) -> None:
+    """An empty path is the working directory, an empty --expect no check,
+    an empty --config the default settings: each a different run from the
+    one asked for.  dpkg's own ARGS to 'hook' may be empty (not walked)."""
+    wrong = []
+    for words, action, parser in CASES:
+        before = state(site)
+        argv = argv_with(words, action, parser, "")
+        done = run(site, argv, elsewhere)
+        lines = error_lines(done)
+        if (done.returncode != 2 or len(done.stderr.splitlines()) != 1 or len(lines) != 1
+                or not lines[0].startswith(f"ivle-maint: error: {named(words, action)}: ")):
+            wrong.append((argv, done.returncode, done.stderr))
+        assert state(site) == before, argv
+    assert journal(site) == {}
+    assert not wrong, "\n".join(map(repr, wrong))
+
+
+def no_version(text: str) -> bool:
+    try:
+        check(text)
+    except MaintError:
+        return True
+    return False
+
+
+@pytest.mark.needs_root
+@pytest.mark.needs_postgres
+@shared_node(30)
+@given(case=st.sampled_from(VERSION_CASES),
+       text=st.one_of(st.text(st.characters(blacklist_categories=["Cs"],
+                                            blacklist_characters="\0"), max_size=12),
+                      st.sampled_from(["-x", "--help", "1.0\udcff", "\udcff", "1.0" * 9000]),
+                      ).filter(no_version))
+def test_a_value_that_names_no_version_is_refused_wherever_a_version_is_asked(
+        site: Any, elsewhere: Path, case: Any, text: str) -> None:
+    """Journals, logs and resume lines are named after versions; `cluster
+    status --expect` compared the table with whatever it was given."""
+    words, action, parser = case
+    before = state(site)
+    done = run(site, argv_with(words, action, parser, text), elsewhere)
+    assert done.returncode == 2, done.stderr[:300]
+    (line,) = error_lines(done)
+    assert line.startswith(f"ivle-maint: error: {named(words, action)}: not a valid version: "
+                           f"{text[:40]!r}"), done.stderr[:300]
+    assert len(done.stderr.splitlines()) == 1, done.stderr[:300]
+    assert state(site) == before
