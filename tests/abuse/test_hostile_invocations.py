@@ -1,7 +1,8 @@
-"""Hostile invocations of the real command line (cli.py): every
+"""Hostile invocations of the real command line (cli.py, config.py): every
 option and operand of every command, found by walking the argument
 parser itself, given a value that is empty or (where it names a version)
-no version.
+no version; settings and ivle.conf named by an empty or a relative
+$IVLE_MAINT_CONF / $IVLECONF / --config.
 
 Each answer is one error line and a nonzero exit status, or the normal
 result; never a traceback, and nothing done: ivle.conf byte for byte, the
@@ -51,6 +52,11 @@ def values_taken(parser: argparse.ArgumentParser, words: tuple[str, ...] = (),
 VERSION_METAVARS = frozenset({"VERSION", "OLD", "NEW"})
 CASES = list(values_taken(build_parser()))
 VERSION_CASES = [case for case in CASES if case[1].metavar in VERSION_METAVARS]
+# Commands that change nothing: every one reads the settings, these ivle.conf.
+READS_IVLE_CONF = ["media show", "mounts list", "db status", "plan --from 1.0 --to 1.1",
+                   "cluster status", "settings"]
+READ_ONLY = [*READS_IVLE_CONF, "status", "rerun", "hold status", "consoles list",
+             "services status"]
 
 
 def filler(action: argparse.Action) -> str:
@@ -168,3 +174,61 @@ def test_a_value_that_names_no_version_is_refused_wherever_a_version_is_asked(
                            f"{text[:40]!r}"), done.stderr[:300]
     assert len(done.stderr.splitlines()) == 1, done.stderr[:300]
     assert state(site) == before
+
+
+def settings_without_ivle_conf_dir(node: Any, where: Path) -> Path:
+    """The node's settings, ivle.conf found through $IVLECONF alone."""
+    where.mkdir(mode=0o755, exist_ok=True)
+    path = where / "ivle-maint.conf"
+    text = node.maint_conf.read_text()
+    path.write_text("".join(line for line in text.splitlines(keepends=True)
+                            if not line.startswith("ivle_conf_dir")))
+    path.chmod(0o644)
+    return path
+
+
+@pytest.mark.needs_root
+@pytest.mark.needs_postgres
+@shared_node(20)
+@given(case=st.one_of(st.tuples(st.sampled_from(READS_IVLE_CONF), st.just("IVLECONF")),
+                      st.tuples(st.sampled_from(READ_ONLY), st.just("IVLE_MAINT_CONF"))))
+def test_an_empty_settings_or_ivle_conf_variable_is_refused_not_read_as_the_default(
+        site: Any, elsewhere: Path, case: tuple[str, str]) -> None:
+    """IVLE reads IVLECONF='' as the working directory; ivle-maint read the
+    default /etc/ivle: two files.  IVLE_MAINT_CONF='' (a script's unset
+    variable) read /etc/ivle/ivle-maint.conf: another node's database."""
+    command, empty = case
+    own = settings_without_ivle_conf_dir(site, site.root / "own-settings")
+    before = state(site)
+    env = {"IVLE_MAINT_CONF": str(own), empty: ""}
+    done = run(site, command.split(), elsewhere, **env)
+    assert done.returncode == 2, done.stderr
+    assert error_lines(done) == [f"ivle-maint: error: ${empty} is empty: unset it, or name "
+                                 "a file or directory"], done.stderr
+    assert state(site) == before
+
+
+@pytest.mark.needs_root
+@pytest.mark.needs_postgres
+@shared_node(12)
+@given(how=st.sampled_from(["--config", "IVLE_MAINT_CONF"]),
+       spelling=st.sampled_from(["{name}", "./{name}", "x/../{name}", ".//{name}"]),
+       conf_spelling=st.sampled_from(["{name}", "./{name}", "x/../{name}"]))
+def test_a_relative_settings_or_ivle_conf_path_is_the_invoker_s_file_wherever_it_is_used(
+        site: Any, how: str, spelling: str, conf_spelling: str) -> None:
+    """Given relative, the path was kept relative: rollback's dpkg runs the
+    hooks from / (IVLE_MAINT_CONF=that path), a restore point kept it to
+    write back later.  Each is absolute, as the invoker's directory made it."""
+    own = settings_without_ivle_conf_dir(site, site.root / "own-settings")
+    (site.root / "own-settings" / "x").mkdir(exist_ok=True)
+    cwd = own.parent
+    relative = spelling.format(name=own.name)
+    conf = os.path.relpath(site.conf_dir, cwd)
+    env = {"IVLECONF": conf_spelling.format(name=conf)}
+    if how == "--config":
+        done = run(site, ["--config", relative, "settings"], cwd, **env)
+    else:
+        done = run(site, ["settings"], cwd, IVLE_MAINT_CONF=relative, **env)
+    assert done.returncode == 0, done.stderr
+    assert f"# settings file: {own}\n" in done.stdout
+    assert f"# ivle.conf: {site.conf_dir / 'ivle.conf'}\n" in done.stdout
