@@ -175,16 +175,36 @@ class _Parser(argparse.ArgumentParser):
                 values.remove("--")
             for value in values:
                 if action.metavar in VERSION_METAVARS:
-                    from .commands import checked_version
+                    if self.prog != "ivle-maint hook":  # hooks.py names dpkg's after the script
+                        from .commands import checked_version
 
-                    checked_version(value, named)
+                        checked_version(value, named)
                 elif value == "":
                     from .errors import UsageError
 
                     raise UsageError(f"{named}: an empty value; give one, or leave the option out"
                                      if action.option_strings else f"{named}: an empty "
                                      f"{action.metavar or action.dest.upper()}; give one")
+            self._once(action, named, values)
         return super()._get_values(action, arg_strings)
+
+    def parse_known_args(self, *args: Any, **kwargs: Any) -> Any:
+        self._given: dict[argparse.Action, list[str]] = {}  # this parse's, for _once
+        return super().parse_known_args(*args, **kwargs)
+
+    def _once(self, action: argparse.Action, named: str, values: list[str]) -> None:
+        """An option that keeps one value given twice (`--to 1.1 ... --to 1.2`,
+        a script's option after an alias's) is refused: argparse would keep
+        the last one silently, which may not be the one meant."""
+        if type(action) is not argparse._StoreAction or not action.option_strings:
+            return  # --accept-class KEY... collects; an operand comes once
+        given = getattr(self, "_given", {})
+        if action in given:
+            from .errors import UsageError
+
+            first, then = (" ".join(v) for v in (given[action], values))
+            raise UsageError(f"{named}: given twice ({first!r}, then {then!r}); give it once")
+        given[action] = values
 
     def error(self, message: str) -> NoReturn:
         with contextlib.suppress(OSError, ValueError):

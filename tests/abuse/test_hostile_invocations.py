@@ -1,7 +1,7 @@
 """Hostile invocations of the real command line (cli.py, config.py): every
 option and operand of every command, found by walking the argument
 parser itself, given a value that is empty or (where it names a version)
-no version; settings and ivle.conf named by an empty or a relative
+no version, or given twice; settings and ivle.conf named by an empty or a relative
 $IVLE_MAINT_CONF / $IVLECONF / --config.
 
 Each answer is one error line and a nonzero exit status, or the normal
@@ -50,7 +50,10 @@ def values_taken(parser: argparse.ArgumentParser, words: tuple[str, ...] = (),
 
 # The values that name a version (the error line says "not a valid version").
 VERSION_METAVARS = frozenset({"VERSION", "OLD", "NEW"})
-CASES = list(values_taken(build_parser()))
+# hook --package-version is checked by hooks.py, named after the maintainer
+# script as dpkg's own arguments are (test_hostile_hook_calls.py).
+CASES = [case for case in values_taken(build_parser())
+         if case[0] != ("hook",) or case[1].metavar not in VERSION_METAVARS]
 VERSION_CASES = [case for case in CASES if case[1].metavar in VERSION_METAVARS]
 # Commands that change nothing: every one reads the settings, these ivle.conf.
 READS_IVLE_CONF = ["media show", "mounts list", "db status", "plan --from 1.0 --to 1.1",
@@ -140,6 +143,42 @@ def test_an_empty_value_of_any_option_or_operand_is_refused_before_anything(
         if (done.returncode != 2 or len(done.stderr.splitlines()) != 1 or len(lines) != 1
                 or not lines[0].startswith(f"ivle-maint: error: {named(words, action)}: ")):
             wrong.append((argv, done.returncode, done.stderr))
+        assert state(site) == before, argv
+    assert journal(site) == {}
+    assert not wrong, "\n".join(map(repr, wrong))
+
+
+def two_values(action: argparse.Action) -> tuple[str, str]:
+    """Two values the parser accepts for ACTION, different."""
+    if action.choices:
+        first, second, *_ = action.choices
+        return str(first), str(second)
+    return ("1.0", "1.1") if action.metavar in VERSION_METAVARS else ("x", "y")
+
+
+ONE_VALUE = [case for case in CASES
+             if type(case[1]) is argparse._StoreAction and case[1].option_strings]
+
+
+@pytest.mark.needs_root
+@pytest.mark.needs_postgres
+def test_an_option_that_keeps_one_value_given_twice_is_refused_before_anything(
+        site: Any, elsewhere: Path) -> None:
+    """`--to 1.1 ... --to 1.2` (an alias's option, then a script's): argparse
+    kept the last one silently, which may not be the one meant."""
+    assert ONE_VALUE
+    wrong = []
+    for words, action, parser in ONE_VALUE:
+        before = state(site)
+        first, second = two_values(action)
+        argv = argv_with(words, action, parser, first)
+        given = argv.index(f"{action.option_strings[-1]}={first}")
+        argv.insert(given + 1, f"{action.option_strings[-1]}={second}")
+        done = run(site, argv, elsewhere)
+        expected = (f"ivle-maint: error: {named(words, action)}: given twice ({first!r}, "
+                    f"then {second!r}); give it once")
+        if done.returncode != 2 or done.stderr != expected + "\n":
+            wrong.append((argv, done.returncode, done.stderr[:300]))
         assert state(site) == before, argv
     assert journal(site) == {}
     assert not wrong, "\n".join(map(repr, wrong))
