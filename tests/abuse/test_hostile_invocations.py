@@ -271,3 +271,31 @@ def test_a_relative_settings_or_ivle_conf_path_is_the_invoker_s_file_wherever_it
     assert done.returncode == 0, done.stderr
     assert f"# settings file: {own}\n" in done.stdout
     assert f"# ivle.conf: {site.conf_dir / 'ivle.conf'}\n" in done.stdout
+
+
+HOOK = ["hook", "preinst", "upgrade", "1.0", "1.1"]
+# The environment's choices, and a command that reads each (UNPACK_TOGETHER: hooks alone).
+ENV_CHOICES = [("IVLE_MAINT_DURING_UPGRADE", HOOK),
+               ("IVLE_MAINT_DURING_UPGRADE", ["upgrade", "--from", "1.0", "--to", "1.1"]),
+               ("IVLE_MAINT_UNPACK_TOGETHER", HOOK)]
+
+
+@pytest.mark.needs_root
+@pytest.mark.needs_postgres
+@shared_node(15)
+@given(case=st.sampled_from(ENV_CHOICES),
+       value=st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\0"),
+                     min_size=1, max_size=12).filter(
+           lambda v: v.strip().lower() not in ("", "stop", "maintenance", "yes", "no", "true",
+                                               "false", "1", "0")))
+def test_a_choice_from_the_environment_that_is_none_is_bad_input_before_anything(
+        site: Any, elsewhere: Path, case: tuple[str, list[str]], value: str) -> None:
+    """What dpkg's hooks read from the environment is input like an option:
+    a value that is no choice was exit 1 (a failed step), not 2."""
+    name, argv = case
+    before = state(site)
+    done = run(site, argv, elsewhere, **{name: value})
+    assert done.returncode == 2, done.stderr[:300]
+    (line,) = error_lines(done)
+    assert name in line, line
+    assert state(site) == before
