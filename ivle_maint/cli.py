@@ -146,6 +146,10 @@ def help_width() -> int:
     return (columns or 80) - 2
 
 
+# The metavars of the values that name a version (--from OLD, media set VERSION).
+VERSION_METAVARS = frozenset({"VERSION", "OLD", "NEW"})
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse's usage errors quote the command line: through gates.text."""
 
@@ -153,6 +157,54 @@ class _Parser(argparse.ArgumentParser):
         kind, width = kwargs.get("formatter_class", argparse.HelpFormatter), help_width()
         kwargs["formatter_class"] = lambda prog: kind(prog, width=width)
         super().__init__(*args, **kwargs)
+
+    def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> Any:
+        """The gate of every value given on the command line, each option's
+        and operand's (not the defaults), before argparse converts it: a
+        version must be one (journals, logs and printed commands are named
+        after it), and no other value may be empty (an empty path is the
+        working directory, an empty --expect no check at all).  dpkg's own
+        arguments to 'hook' may be empty (postinst configure '' on a first
+        install): hooks.py checks its ARGS.  (PARSER: a command's words,
+        which its own parser checks.)"""
+        if action.nargs not in (argparse.REMAINDER, argparse.PARSER):
+            # Named as the commands name theirs: 'upgrade --to', 'media set'.
+            named = " ".join([*self.prog.split()[1:], *action.option_strings[-1:]])
+            values = list(arg_strings)
+            if "--" in values:  # `media set -- -x`: argparse drops the first '--' too
+                values.remove("--")
+            for value in values:
+                if action.metavar in VERSION_METAVARS:
+                    if self.prog.split()[1:] != ["hook"]:  # hooks.py names dpkg's after the script
+                        from .commands import checked_version
+
+                        checked_version(value, named)
+                elif value == "":
+                    from .errors import UsageError
+
+                    raise UsageError(f"{named}: an empty value; give one, or leave the option out"
+                                     if action.option_strings else f"{named}: an empty "
+                                     f"{action.metavar or action.dest.upper()}; give one")
+            self._once(action, named, values)
+        return super()._get_values(action, arg_strings)
+
+    def parse_known_args(self, *args: Any, **kwargs: Any) -> Any:
+        self._given: dict[argparse.Action, list[str]] = {}  # this parse's, for _once
+        return super().parse_known_args(*args, **kwargs)
+
+    def _once(self, action: argparse.Action, named: str, values: list[str]) -> None:
+        """An option that keeps one value given twice (`--to 1.1 ... --to 1.2`,
+        a script's option after an alias's) is refused: argparse would keep
+        the last one silently, which may not be the one meant."""
+        if type(action) is not argparse._StoreAction or not action.option_strings:
+            return  # --accept-class KEY... collects; an operand comes once
+        given = getattr(self, "_given", {})
+        if action in given:
+            from .errors import UsageError
+
+            first, then = (" ".join(v) for v in (given[action], values))
+            raise UsageError(f"{named}: given twice ({first!r}, then {then!r}); give it once")
+        given[action] = values
 
     def error(self, message: str) -> NoReturn:
         with contextlib.suppress(OSError, ValueError):
@@ -195,12 +247,16 @@ class SafeStdout:
             self._stream.flush()
         except BrokenPipeError:
             self._gone()
+        except OSError as exc:
+            raise _named(exc) from None
 
     def _put(self, text: str) -> None:
         try:
             self._stream.write(text)
         except BrokenPipeError:
             self._gone()
+        except OSError as exc:
+            raise _named(exc) from None
 
     def _gone(self) -> None:
         from .output import silence
@@ -209,6 +265,13 @@ class SafeStdout:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+def _named(exc: OSError) -> OSError:
+    """EXC, saying it was standard output that failed (os_error_line shows it)."""
+    if exc.filename is None:
+        exc.filename = "standard output"
+    return exc
 
 
 def _bug(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
@@ -336,6 +399,20 @@ def _end_now(code: int) -> None:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    """The command, and the one gate of what ivle-maint writes to a person:
+    its own output (--help, --version, a listing) that cannot be written
+    (a full disk under `> FILE`, EIO) is one error line and exit status 1,
+    before, during or after the command; never a traceback."""
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # buffered output fails here, not in the interpreter's exit
+    except OSError as exc:
+        _say("ivle-maint: error: ", os_error_line(exc))
+        return 1
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
     if argv is None:  # the command itself
         # What loading ivle_maint and its libraries makes lives on (modules,
         # classes, functions): the cyclic collector would only walk it again
@@ -355,24 +432,21 @@ def _main(argv: Sequence[str] | None) -> int:
     from .commands import Context
     from .errors import Interrupted, MaintError
     from .gates import environment, root, waits
-    from .logformat import SAID, SafeFormatter
 
     if argv is None:  # the command itself: its environment, locale and umask pinned
         environment.pin_process()
     parser = build_parser(command_module(args_list))
-    args = parser.parse_args(args_list)
+    try:
+        args = parser.parse_args(args_list)
+    except MaintError as exc:  # a value _Parser refused: one line, exit 2
+        _say("ivle-maint: error: ", exc)
+        return exc.exit_status
     _Run.hook = argv is None and args.command == "hook"
     _given_config(args.config)
-    # Diagnostics on stderr only with -v: the reporter already says what
-    # a person needs, and the run's log file gets everything.
-    handler = logging.StreamHandler()
-    handler.setLevel(logging.DEBUG if args.verbose else logging.ERROR)
-    handler.setFormatter(SafeFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    handler.addFilter(lambda record: not getattr(record, SAID, False))
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        handlers=[handler])
+    _log_to_stderr(verbose=args.verbose)
     if args.func is None:
-        parser.print_help(sys.stderr)
+        with contextlib.suppress(OSError, ValueError):  # a usage error, however told
+            parser.print_help(sys.stderr)
         return 2
     try:
         action = args.action
@@ -418,6 +492,18 @@ def _given_config(config: str | None) -> None:
 
     _Run.config = config
     invoked_with(config)
+
+
+def _log_to_stderr(*, verbose: bool) -> None:
+    """Diagnostics on stderr only with -v: the reporter already says what
+    a person needs, and the run's log file gets everything."""
+    from .logformat import SAID, SafeFormatter
+
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.DEBUG if verbose else logging.ERROR)
+    handler.setFormatter(SafeFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    handler.addFilter(lambda record: not getattr(record, SAID, False))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler])
 
 
 def _interrupted(exc: BaseException, resume: str | None) -> int:

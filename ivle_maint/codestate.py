@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from .config import Settings
 from .dpkg import UNPACKED, dpkg_record
+from .gates.text import ivle_maint
 from .journal import Journal
 from .procedure import AFTER, STEPS
 from .rollback.point import for_rollback
@@ -36,7 +37,7 @@ def new_code_state(journal: Journal, settings: Settings | None = None) -> CodeSt
         install = f"apt-get install {journal.package}={new}"
         if settings is not None and is_downgrade(old, new) and \
                 for_rollback(settings, old, new) is not None:
-            install = "ivle-maint rollback"
+            install = ivle_maint("rollback")
         record = dpkg_record(journal.package)
         if record is not None:
             status, version = record

@@ -464,9 +464,26 @@ class IvleConf:
         return dict(self.conf["database"])
 
 
+def given_path(value: str | None, given_as: str) -> Path | None:
+    """A path whoever started ivle-maint gave (--config FILE, $IVLE_MAINT_CONF,
+    $IVLECONF), made absolute against their working directory: rollback's
+    dpkg runs the hooks from /, a restore point keeps the settings' path,
+    a resume line is pasted elsewhere.  None when not given; an empty one
+    is refused (IVLE reads $IVLECONF='' as the working directory, ivle-maint
+    would have read the default: two different files)."""
+    if value is None:
+        return None
+    if not value:
+        raise ConfigError(f"{given_as} is empty: unset it, or name a file or directory")
+    # Joined, not normalised: abspath's lexical '..' is another file past a symlink.
+    return Path(os.path.join(os.getcwd(), value))
+
+
 def ivle_conf_dir(settings_dir: str = "") -> Path:
     """IVLE's config directory: the setting, else $IVLECONF, else /etc/ivle."""
-    return Path(settings_dir or os.environ.get("IVLECONF") or DEFAULT_IVLE_CONF_DIR)
+    if settings_dir:
+        return Path(settings_dir)
+    return given_path(os.environ.get("IVLECONF"), "$IVLECONF") or Path(DEFAULT_IVLE_CONF_DIR)
 
 
 def load_ivle_conf(conf_dir: Path) -> IvleConf:
@@ -510,14 +527,22 @@ class Settings:
         return load_ivle_conf(self.ivle_conf_dir)
 
 
+def _given_settings_file(explicit: str | None) -> Path | None:
+    """--config FILE, else $IVLE_MAINT_CONF (given_path), else None."""
+    if explicit is not None:
+        return given_path(explicit, "--config")
+    return given_path(os.environ.get("IVLE_MAINT_CONF"), "$IVLE_MAINT_CONF")
+
+
 def settings_file(explicit: str | None = None) -> Path:
     """--config FILE, else $IVLE_MAINT_CONF, else the default location."""
-    return Path(explicit or os.environ.get("IVLE_MAINT_CONF") or DEFAULT_SETTINGS_FILE)
+    return _given_settings_file(explicit) or Path(DEFAULT_SETTINGS_FILE)
 
 
 def load_settings(explicit: str | None = None) -> Settings:
     """Load the settings; a missing default file means all defaults."""
-    path = settings_file(explicit)
-    if (explicit or os.environ.get("IVLE_MAINT_CONF")) and not path.exists():
+    given = _given_settings_file(explicit)
+    path = given or Path(DEFAULT_SETTINGS_FILE)
+    if given is not None and not path.exists():
         raise ConfigError(f"{path}: no such file")
     return Settings(path, _load(path, SETTINGS_SPEC, interpolation=False, strict=True))

@@ -56,6 +56,8 @@ def read_status(settings: Settings, reporter: Reporter, *,
     try:
         try:
             conn = presence.connection(wait=STATUS_WAIT)
+        except ConfigError:
+            raise  # settings or ivle.conf: bad input (exit 2), not an outage
         except MaintError as exc:
             raise MaintError(f"the database is unreachable, so is the cluster table: {exc}"
                              ) from None

@@ -48,10 +48,10 @@ def checked_version(text: str | None, what: str) -> str | None:
     journals, logs and printed commands are named after it, and a space or
     a newline in it would split them."""
     if text is not None:
-        from ..versions import parse  # python-debian: not needed for --help
+        from ..versions import check  # dpkg's syntax, no python-debian: none loads yet
 
         try:
-            parse(text)
+            check(text)
         except MaintError as exc:
             raise UsageError(f"{what}: {exc}") from None
     return text

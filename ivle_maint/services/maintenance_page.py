@@ -34,7 +34,7 @@ from pathlib import Path
 
 from .. import quickrun, system
 from ..config import Settings
-from ..errors import MaintError
+from ..errors import MaintError, UsageError
 from ..gates import clock, trusted
 from ..gates.rewrite import replace_file, write_state_file
 from ..gates.schema_hold import MAINTENANCE_RECORD, apache_dir, enabled_sites
@@ -73,8 +73,9 @@ A2 = ("a2ensite", "a2dissite", "a2enconf", "a2disconf", "apache2ctl")
 def mode(settings: Settings, chosen: str | None = None) -> str:
     """--during-upgrade, else $IVLE_MAINT_DURING_UPGRADE (dpkg's hooks), else the setting."""
     value = chosen or os.environ.get(ENV_MODE) or settings["web"]["during_upgrade"]
-    if value not in MODES:
-        raise MaintError(f"during-upgrade mode {value!r}: use one of {', '.join(MODES)}")
+    if value not in MODES:  # only the environment's can be (the parser and spec check theirs)
+        raise UsageError(f"during-upgrade mode {value!r}: use one of {', '.join(MODES)} "
+                         f"(${ENV_MODE})")
     return str(value)
 
 

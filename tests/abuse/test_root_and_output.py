@@ -3,13 +3,16 @@ needs root says so in one line (exit 2) instead of answering wrongly; a
 terminal or a log that fails (closed stdout, stderr on a full disk, a
 reader gone, a full log filesystem) never turns a completed step into a
 failure, never prints a traceback, and never stops an upgrade half-way;
-nor does a hangup (the terminal closed).
+nor does a hangup (the terminal closed).  ivle-maint's own output that
+cannot be written (--help, --version, a listing on a full disk) is one
+error line and exit status 1.
 
 Each case runs real ivle-maint processes on a sandbox node.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -19,7 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from ivle_maint.cli import build_parser
 from support.abuse_helpers import fill
 from support.upgrade_helpers import (
     REPO,
@@ -292,3 +298,45 @@ def test_every_command_but_settings_needs_root_in_one_line(node: Any) -> None:
         assert done.stdout == "", line
         assert done.stderr.count("\n") == 1 and "needs root" in done.stderr, (line, done.stderr)
     assert node.service_running("apache2") and journal(node) == {}
+
+
+# -- ivle-maint's own output on a full disk ----------------------------------------
+
+def command_paths(parser: argparse.ArgumentParser,
+                  words: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """ivle-maint's own words, then every command's ('db', 'db status'...)."""
+    yield words
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from command_paths(sub, (*words, name))
+
+
+HELPS = list(command_paths(build_parser()))
+
+
+@settings(max_examples=40, deadline=None)
+@given(argv=st.one_of(st.sampled_from(HELPS).map(lambda words: [*words, "--help"]),
+                      st.just(["--version"]), st.just(["-h"]),
+                      st.just(["settings", "--spec"])))
+def test_output_that_cannot_be_written_is_one_line_and_exit_1(argv: list[str]) -> None:
+    """--help or --version on a full disk (`> FILE`): a traceback, as if a
+    bug, where a listing's failure was one line."""
+    with open(os.devnull, "w") as null, open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "ivle_maint", *argv], stdin=null,
+                              stdout=full, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60,
+                              check=False)
+    assert done.returncode == 1
+    assert done.stderr == "ivle-maint: error: standard output: No space left on device\n"
+
+
+@settings(max_examples=20, deadline=None)
+@given(argv=st.sampled_from([[], ["--bogus"], ["settings", "--bogus"], ["nosuchcommand"]]))
+def test_a_usage_error_on_a_full_disk_still_exits_2(argv: list[str]) -> None:
+    with open(os.devnull, "w") as null, open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "ivle_maint", *argv], stdin=null,
+                              stdout=null, stderr=full, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60,
+                              check=False)
+    assert done.returncode == 2

@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parents[2]
                                      ["hook", "preinst", "upgrade", "1.0", "1.1"]])
 def test_a_broken_library_is_one_line(tmp_path: Path, command: list[str]) -> None:
     (tmp_path / "debian.py").write_text("raise ImportError('broken python3-debian')\n")
+    (tmp_path / "ivle-maint.conf").write_text("")  # every setting its default
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{ROOT}",
-           "IVLE_MAINT_CONF": str(tmp_path / "absent.conf")}
+           "IVLE_MAINT_CONF": str(tmp_path / "ivle-maint.conf")}
     done = subprocess.run([sys.executable, "-m", "ivle_maint", *command], check=False,
                           env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 1

@@ -137,9 +137,14 @@ def string_constants(path: Path) -> list[tuple[int, str]]:
     docstrings = {id(node.body[0].value) for node in ast.walk(tree)
                   if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef))
                   and node.body and isinstance(node.body[0], ast.Expr)}
+    # A command line's words (gates.text.ivle_maint('db', 'baseline', ...)):
+    # subcommands, not step names.
+    command_words = {id(arg) for node in ast.walk(tree) if isinstance(node, ast.Call)
+                     and getattr(node.func, "id", getattr(node.func, "attr", None)) == "ivle_maint"
+                     for arg in node.args}
     return [(node.lineno, node.value) for node in ast.walk(tree)
             if isinstance(node, ast.Constant) and isinstance(node.value, str)
-            and id(node) not in docstrings]
+            and id(node) not in docstrings and id(node) not in command_words]
 
 
 # The same words, meaning something else: the command line's subcommands
