@@ -76,20 +76,13 @@ clean:
 	rm -rf build *.egg-info .pytest_cache .ruff_cache .mypy_cache .venv-pypi
 
 # The ivle-maint .deb (and .buildinfo, .changes) in build/deb/, built from a
-# copy of the working tree so the tree stays clean; lintian must be silent.
-# PATH: Debian's python3, not a pyenv or venv one, must build the package.
+# copy of the working tree, lintian silent; kept while the tree is unchanged
+# (scripts/build-deb).
 DEB_DIR := build/deb
 DEB_PATH := /usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin
 deb:
 	scripts/install-deps --packaging
-	rm -rf $(DEB_DIR) && mkdir -p $(DEB_DIR)/src
-	git ls-files -z --cached --others --exclude-standard \
-	    | tar --null -T - --ignore-failed-read -cf - | tar -xf - -C $(DEB_DIR)/src
-	cd $(DEB_DIR)/src && PATH=$(DEB_PATH) dpkg-buildpackage -us -uc -b
-	PATH=$(DEB_PATH) lintian --fail-on error,warning $(DEB_DIR)/*.changes
-	@out=$$(PATH=$(DEB_PATH) lintian -I --pedantic $(DEB_DIR)/*.changes 2>/dev/null); \
-	    if [ -n "$$out" ]; then echo "$$out"; echo "lintian -I --pedantic is not silent"; exit 1; fi
-	@ls $(DEB_DIR)/*.deb
+	scripts/build-deb
 
 # End-to-end: the .deb and a stand-in IVLE package through real dpkg, apt and
 # init scripts in a throwaway bookworm chroot (scripts/e2e/run; needs root).
