@@ -13,7 +13,9 @@ import os
 import subprocess
 import sys
 
-_PRELUDE = """
+# Counts the body's file steps (writes, fsyncs, and the audit events of
+# opening, renaming, removing ... a file) and ACTs at step POINT.
+_COUNTER = """
 import os, signal, sys
 _point, _seen = int(sys.argv[1]), 0
 
@@ -21,7 +23,7 @@ def _step():
     global _seen
     _seen += 1
     if _seen == _point:
-        os.kill(os.getpid(), signal.SIGKILL)
+        ACT
 
 def _counted(call):
     def wrapper(*args, **kwargs):
@@ -34,6 +36,7 @@ sys.addaudithook(lambda event, args: _step() if event.split(".")[-1] in (
     "open", "rename", "remove", "chmod", "chown", "utime", "scandir", "listdir",
     "setxattr", "removexattr", "mkdir", "rmdir") else None)
 """
+_PRELUDE = _COUNTER.replace("ACT", "os.kill(os.getpid(), signal.SIGKILL)")
 
 
 def killed_at(point: int, setup: str, body: str, *args: str) -> bool:
@@ -48,27 +51,8 @@ def killed_at(point: int, setup: str, body: str, *args: str) -> bool:
     return done.returncode == -9
 
 
-_FAILING = """
-import errno, os, sys
-_point, _seen, _code = int(sys.argv[1]), 0, int(os.environ["IVLE_TEST_ERRNO"])
-
-def _step():
-    global _seen
-    _seen += 1
-    if _seen == _point:
-        raise OSError(_code, os.strerror(_code))
-
-def _counted(call):
-    def wrapper(*args, **kwargs):
-        _step()
-        return call(*args, **kwargs)
-    return wrapper
-
-os.write, os.fsync = _counted(os.write), _counted(os.fsync)
-sys.addaudithook(lambda event, args: _step() if event.split(".")[-1] in (
-    "open", "rename", "remove", "chmod", "chown", "utime", "scandir", "listdir",
-    "setxattr", "removexattr", "mkdir", "rmdir") else None)
-"""
+_FAILING = _COUNTER.replace(
+    "ACT", 'code = int(os.environ["IVLE_TEST_ERRNO"]); raise OSError(code, os.strerror(code))')
 
 
 def failed_at(point: int, code: int, setup: str, body: str, *args: str) -> str:
