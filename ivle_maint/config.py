@@ -475,8 +475,7 @@ def given_path(value: str | None, given_as: str) -> Path | None:
         return None
     if not value:
         raise ConfigError(f"{given_as} is empty: unset it, or name a file or directory")
-    # Joined, not normalised: abspath's lexical '..' is another file past a symlink.
-    return Path(os.path.join(os.getcwd(), value))
+    return Path(os.path.abspath(value))
 
 
 def ivle_conf_dir(settings_dir: str = "") -> Path:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from itertools import pairwise
 
 from ..errors import MaintError
+from ..gates.text import shown
 from . import pgparse
 from .discovery import Migration, read
 from .migration_class import CLASSES
@@ -139,6 +140,18 @@ def nontransactional(statement: Statement, server_version: int | None = None) ->
     return None
 
 
+# Characters that are not read alike by what reads a migration: PostgreSQL's
+# client sends no NUL (the statement would end there, mid-run); a vertical
+# tab is whitespace to PostgreSQL 16's scanner (and to newer pglast) but part
+# of a token to 15's; a byte-order mark is a name's character to the server
+# and not to every pglast.  What ran would depend on which read the file.
+_UNREAD_ALIKE = {
+    "\x00": "a NUL byte: not SQL text (PostgreSQL takes no NUL)",
+    "\x0b": "a vertical tab: PostgreSQL's versions read it differently; remove it",
+    "\ufeff": "a byte-order mark (U+FEFF): PostgreSQL reads it as part of a name; remove it",
+}
+
+
 def _fail(migration: Migration, line: int | None, reason: str) -> MaintError:
     where = f"line {line}: " if line else ""
     return MaintError(f"{where}{reason}", path=migration.path)
@@ -172,9 +185,10 @@ def classify(
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _fail(migration, None, f"not UTF-8 text (byte {exc.start})") from None
-    if "\x00" in text:  # PostgreSQL's client sends no NUL: it would fail mid-run
-        line = text.count("\n", 0, text.index("\x00")) + 1
-        raise _fail(migration, line, "a NUL byte: not SQL text (PostgreSQL takes no NUL)")
+    for odd, unread in _UNREAD_ALIKE.items():
+        if odd in text:
+            line = text.count("\n", 0, text.index(odd)) + 1
+            raise _fail(migration, line, unread)
     try:
         statements = split(text, standard_strings=standard_strings)
     except SplitError as exc:
@@ -187,7 +201,9 @@ def classify(
     if standard_strings:  # pglast's lexer knows standard strings only
         problem = pgparse.check(text, [(s.line, s.text) for s in statements])
         if problem is not None:
-            raise _fail(migration, problem.line, f"{problem.message} (PostgreSQL's parser)")
+            # Its message quotes the file's token, a line break or control included.
+            raise _fail(migration, problem.line,
+                        f"{shown(problem.message)} (PostgreSQL's parser)")
     opted_out = "no-transaction" in directives
     refused = tuple(
         (s, why) for s in statements if (why := nontransactional(s, server_version)) is not None

@@ -21,6 +21,7 @@ The rule:
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -83,9 +84,11 @@ def elapsed(start: Reading, end: Reading) -> float | None:
     """
     if start.boot and start.boot == end.boot and start.mono is not None \
             and end.mono is not None:
-        return max(0.0, end.mono - start.mono)
+        seconds = end.mono - start.mono
+        # Finite readings far apart overflow to inf: no span a clock tells.
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     seconds = end.wall - start.wall
-    if seconds < 0:
+    if seconds < 0 or not math.isfinite(seconds):
         return None
     if start.boot != end.boot and end.mono is not None and start.wall > end.wall - end.mono:
         return None  # "started" after the machine it ended on had booted: a clock jumped

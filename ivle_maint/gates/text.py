@@ -206,8 +206,7 @@ class _Invoked:
 
 def invoked_with(config: str | None) -> None:
     """Said by cli.py once it has parsed the command line."""
-    # Joined, not normalised: abspath's lexical '..' is another file past a symlink.
-    _Invoked.config = None if config is None else os.path.join(os.getcwd(), config)
+    _Invoked.config = None if config is None else os.path.abspath(config)
 
 
 def ivle_maint(*words: object) -> str:

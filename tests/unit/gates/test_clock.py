@@ -8,6 +8,7 @@ mtimes such a clock gives them.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -219,3 +220,18 @@ def test_retry_after_comes_from_the_newest_journal_by_order_not_by_stamp(
         journal.archive()
     assert maintenance_page.retry_after(load_settings(str(conf)), WEB_DOWN) \
         == (7, "the upgrade 1.0 -> 1.2")
+
+
+_FINITE = st.floats(allow_nan=False, allow_infinity=False)
+
+
+@given(start=_FINITE, end=_FINITE, mono=st.tuples(_FINITE, _FINITE) | st.none(),
+       boots=st.sampled_from([("a", "a"), ("a", "b"), ("", "")]))
+def test_any_finite_readings_give_a_finite_span_or_none(start, end, mono, boots):
+    """Readings a journal may hold (finite: its gate refuses the rest), far
+    apart: their difference overflows to inf, which no clock tells (it made
+    a Retry-After of int(inf): an OverflowError)."""
+    first = clock.Reading(start, None if mono is None else mono[0], boots[0])
+    last = clock.Reading(end, None if mono is None else mono[1], boots[1])
+    seconds = clock.elapsed(first, last)
+    assert seconds is None or (math.isfinite(seconds) and seconds >= 0)

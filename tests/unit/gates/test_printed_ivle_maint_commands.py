@@ -139,5 +139,5 @@ def test_a_rendered_command_pastes_to_the_words_and_the_runs_settings(
     finally:
         text.invoked_with(None)
     assert line.isprintable() and text.block(line) == line
-    head = [] if config is None else [b"--config", os.fsencode(config)]
+    head = [] if config is None else [b"--config", os.fsencode(os.path.abspath(config))]
     assert _pasted(line) == [b"ivle-maint", *head, *map(os.fsencode, words)]
