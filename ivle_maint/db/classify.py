@@ -15,7 +15,8 @@ file therefore runs in one of three modes:
   PostgreSQL refuses inside a transaction (CREATE INDEX CONCURRENTLY,
   VACUUM, ...).
 
-Everything else (a NUL byte, a COMMIT in the middle, ROLLBACK, psql meta-commands,
+Everything else (a NUL byte, a vertical tab or a BOM (_UNREAD_ALIKE), a COMMIT in
+the middle, ROLLBACK, psql meta-commands,
 COPY FROM STDIN, a non-transactional statement without the opt-out, a
 syntax error PostgreSQL's own parser finds when pglast is installed, a
 file without statements unless its header says ``-- ivle-maint: empty``)
