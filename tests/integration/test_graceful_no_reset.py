@@ -169,7 +169,10 @@ def standin(root: Path, family: str, children: int, delay: float) -> Iterator[in
     proc = subprocess.Popen([str(root / "etc" / "init.d" / NAME), "_serve", family,
                              str(children), str(delay)], start_new_session=True)
     try:
-        while not (root / "run" / "standin.pid").exists():
+        # Written as Apache writes its pidfile, truncated then filled: a
+        # reader can find it empty, so wait for the number.
+        while not (root / "run" / "standin.pid").exists() or \
+                not (root / "run" / "standin.pid").read_text().strip():
             assert proc.poll() is None
             time.sleep(0.01)
         yield int((root / "run" / "standin.port").read_text())
