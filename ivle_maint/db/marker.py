@@ -216,6 +216,7 @@ def applied(conn: Any) -> dict[str, MarkerRow]:
     return {key: _one_line_fields(row) for key, row in rows.items()}
 
 
+_FIELDS = tuple(field.name for field in dataclasses.fields(MarkerRow))
 FIELD_LIMIT = 200  # characters of a row's text field: a key, a host, a login
 
 
@@ -227,10 +228,14 @@ def _one_line_fields(row: MarkerRow) -> MarkerRow:
     (`db status` prints them) starts a line of its own in a listing: a
     forged `applied` row, a fake prompt.  What ivle-maint writes is
     printable and short: unchanged."""
-    text: dict[str, Any] = {name: shown(value, FIELD_LIMIT)
-                            for name, value in dataclasses.asdict(row).items()
-                            if isinstance(value, str)}
-    return dataclasses.replace(row, **text)
+    # Field by field, not dataclasses.asdict: it deep-copies every value,
+    # and 302 rows took 65 ms of `db status`.
+    changed: dict[str, str] = {}
+    for field in _FIELDS:
+        value = getattr(row, field)
+        if isinstance(value, str) and (line := shown(value, FIELD_LIMIT)) != value:
+            changed[field] = line
+    return dataclasses.replace(row, **changed) if changed else row
 
 
 # The kind of value each column must hold (pg_type.typcategory): a date
