@@ -184,14 +184,23 @@ def why_invalid(row: NodeRow) -> str | None:
 TOLD = {"host": NAME_MAX + 3, "step": NAME_MAX + 3, "media": NAME_MAX + 3, "note": 1000}
 
 
-def _gated(row: NodeRow) -> NodeRow:
+# last_seen as psycopg2 can make a datetime of it (Python's years 1 to 9999,
+# a day spare for the session's time zone): ivle-maint writes the server's
+# now(); 'infinity' or year 10000, written with IVLE's database login, failed
+# every reader of the table, `cluster forget --force` of that row too.
+_SEEN_HELD = "last_seen BETWEEN '0001-01-02' AND '9999-12-30'"
+
+
+def _gated(row: NodeRow, seen_held: bool = True) -> NodeRow:
     """ROW as every decision may take it: unchanged when valid; else a node
     that may serve old code, be a master, hold jails, and has not finished.
-    The fields it only tells (TOLD): one printable line each, bounded."""
+    The fields it only tells (TOLD): one printable line each, bounded.
+    SEEN_HELD: its last_seen was a time Python holds (else read as NULL)."""
     told: dict[str, Any] = {field: shown(value, limit) for field, limit in TOLD.items()
                             if isinstance(value := getattr(row, field), str)}
     row = dataclasses.replace(row, **told)
-    why = why_invalid(row)
+    why = "; ".join(filter(None, [why_invalid(row), None if seen_held else
+                                  "last_seen is no time ivle-maint writes"])) or None
     if why is None:
         return row
     name = shown(row.name, 63)
@@ -290,13 +299,13 @@ def nodes(conn: Any) -> list[NodeRow]:
         have = _columns(cur)
         later = ", ".join(c if c in have else f"NULL AS {c}" for c in LATER)
         cur.execute(
-            f"SELECT {', '.join(FIELDS)}, last_seen, "
-            f"greatest(0, extract(epoch FROM now() - last_seen))::float8, {later} FROM {NODES} "
-            "ORDER BY name"
+            f"SELECT {', '.join(FIELDS)}, CASE WHEN {_SEEN_HELD} THEN last_seen END, "
+            f"CASE WHEN {_SEEN_HELD} THEN greatest(0, extract(epoch FROM now() - last_seen))"
+            f"::float8 END, {later}, coalesce({_SEEN_HELD}, false) FROM {NODES} ORDER BY name"
         )
         # The one gate for rows other nodes (or a person) wrote: each decision
         # reads them from here, checked and, if refused, taken conservatively.
-        return [_gated(NodeRow(*row)) for row in cur.fetchall()]
+        return [_gated(NodeRow(*row[:-1]), row[-1]) for row in cur.fetchall()]
 
 
 def set_serving(conn: Any, name: str, serving: str | None) -> bool:
