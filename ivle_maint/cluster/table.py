@@ -58,6 +58,7 @@ from ..context import Role
 from ..errors import MaintError
 from ..gates import text
 from ..gates.text import shown
+from ..media.version import is_value as is_media_value
 from ..pgdriver import psycopg2, sql
 from ..versions import check as check_version
 
@@ -342,12 +343,28 @@ def has_ivle_tables(conn: Any) -> bool:
 
 
 def media_values(conn: Any) -> list[tuple[str, str]]:
-    """(value, version) of every media version chosen, oldest first."""
+    """(value, version) of every media version chosen, oldest first.
+
+    The one gate for the rows of ivle_maint_media, which anyone with IVLE's
+    database login may write: a slave takes a value chosen for its version
+    into its ivle.conf, and IVLE puts it into every page's URLs.  A row
+    whose value is no media version as ivle-maint makes one (media.version.
+    is_value: a quote, '/', a space, a line break, megabytes) or whose
+    version is none is left out, as if never chosen."""
     with conn, conn.cursor() as cur:
         if not _exists(cur, MEDIA):
             return []
         cur.execute(f"SELECT value, version FROM {MEDIA} ORDER BY chosen_at, value")
-        return [(row[0], row[1]) for row in cur.fetchall()]
+        return [(value, version) for value, version in cur.fetchall()
+                if is_media_value(value) and _is_version(version)]
+
+
+def _is_version(value: str) -> bool:
+    try:
+        check_version(value)
+    except MaintError:
+        return False
+    return True
 
 
 def claim_media(conn: Any, value: str, version: str, node: str) -> bool:
