@@ -3,7 +3,8 @@
 A slave's row says what its journal and its own commands did; a web
 server started by hand (`/etc/init.d/apache2 start`) is not in it.  So
 before migrating, the master asks each slave whose row says "down" at the
-URL that slave recorded ([cluster] probe_url): one GET, a short timeout.
+URL that slave recorded ([cluster] probe_url): one GET, the whole exchange
+within [cluster] probe_timeout (gates/waits.SocketDeadline).
 
 - no connection (refused, unreachable, timed out): not serving;
 - HTTP 503 (Service Unavailable): not serving; with the header
@@ -30,6 +31,8 @@ import urllib.parse
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING
+
+from ..gates.waits import SocketDeadline
 
 if TYPE_CHECKING:
     from .table import NodeRow
@@ -93,16 +96,23 @@ def ask(url: str, timeout: float) -> Answer:
         return Answer(False, f"not an http(s) URL: {url}")
     kind = client.HTTPSConnection if where.https else client.HTTPConnection
     conn = kind(where.host, where.port, timeout=timeout)
-    try:
-        conn.request("GET", where.path, headers={"User-Agent": "ivle-maint probe"})
-        response = conn.getresponse()
-        status, maintenance = response.status, response.getheader(MAINTENANCE_HEADER)
-    except (OSError, client.HTTPException) as exc:
-        why = "timed out" if isinstance(exc, socket.timeout) else (
-            exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__)
-        return Answer(False, f"no answer at {url} ({why})")
-    finally:
-        conn.close()
+    # TIMEOUT bounds the whole exchange, not each read: a server at a row's
+    # URL that sends a byte a second would hold the master's wait for ever.
+    with SocketDeadline(timeout) as deadline:
+        conn._create_connection = deadline.create_connection
+        try:
+            conn.request("GET", where.path, headers={"User-Agent": "ivle-maint probe"})
+            response = conn.getresponse()
+            status, maintenance = response.status, response.getheader(MAINTENANCE_HEADER)
+            if deadline.expired:  # its headers cut short: no whole answer
+                raise TimeoutError("timed out")
+        except (OSError, client.HTTPException) as exc:
+            why = "timed out" if deadline.expired or isinstance(exc, socket.timeout) else (
+                exc.strerror if isinstance(exc, OSError) and exc.strerror
+                else type(exc).__name__)
+            return Answer(False, f"no answer at {url} ({why})")
+        finally:
+            conn.close()
     if status == NOT_SERVING_STATUS and maintenance:
         return Answer(False, f"{url} answers ivle-maint's maintenance page (503)", True)
     if status == NOT_SERVING_STATUS:
