@@ -55,6 +55,7 @@ from datetime import datetime
 from typing import Any
 
 from ..context import Role
+from ..db import marker
 from ..errors import MaintError
 from ..gates import text
 from ..gates.text import shown
@@ -328,12 +329,17 @@ def forget(conn: Any, name: str) -> bool:
 
 
 def applied_keys(conn: Any) -> set[str] | None:
-    """Keys in the migration marker; None when there is no marker table."""
-    with conn, conn.cursor() as cur:
-        if not _exists(cur, MARKER):
-            return None
-        cur.execute(f"SELECT key FROM {MARKER}")
-        return {row[0] for row in cur.fetchall()}
+    """Keys in the migration marker; None when there is no marker table.
+
+    Through the marker's row gate (db.marker.applied), as every reader of
+    it: a key spelled otherwise, or a column changed by hand, is one line
+    naming the statement that fixes it.  Read raw, a slave took such a
+    row's migration for missing and waited out [cluster] master_timeout."""
+    with conn:
+        with conn.cursor() as cur:
+            if not _exists(cur, MARKER):
+                return None
+        return set(marker.applied(conn))
 
 
 def has_ivle_tables(conn: Any) -> bool:
