@@ -61,6 +61,7 @@ NODE_ID_FILE = "node-id"
 PENDING_ROW = "cluster-row.pending.json"  # a final row the database missed
 REPORT_WAIT = 5.0  # seconds a report waits for a starting server
 STATUS_EVERY = 5.0  # seconds between two looks at the web server for the row
+SETTLE_GAP = 0.25  # seconds at least from a settle to the next look, whoever NOTIFYs
 
 
 def connection_lost(exc: BaseException, conn: Any) -> bool:
@@ -230,19 +231,26 @@ class Presence:
     def settle(self, timeout: float, serial: Serial | None = None) -> None:
         """Until another node changes its row (table.upsert's NOTIFY, queued
         since the last look counts) or TIMEOUT passes: a wait sees the
-        change at once instead of at its next poll.  A worker thread told
+        change at once (SETTLE_GAP after the last look at the soonest)
+        instead of at its next poll.  A worker thread told
         to stop (gates/waits.stop_fd) returns at once, to its checkpoint.
         SERIAL runs each use of the connection (steps side by side share
         it); the wait between uses holds nothing."""
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline, earliest = started + timeout, started + min(SETTLE_GAP, timeout)
         stop = waits.stop_fd()
+        woken = False
         while True:
-            conn, changed = (serial or _now)(self._changed)
-            left = deadline - time.monotonic()
-            if changed or left <= 0:
+            if not woken:
+                conn, woken = (serial or _now)(self._changed)
+            now = time.monotonic()
+            # A NOTIFY is anyone's with IVLE's database login: however many
+            # come, the next look is SETTLE_GAP away at least (each look of
+            # the master's asks every slave's web server).
+            if now >= deadline or (woken and now >= earliest):
                 return
-            watched = [fd for fd in (conn, stop) if fd is not None]
-            select.select(watched, [], [], left)
+            watched = [fd for fd in (None if woken else conn, stop) if fd is not None]
+            select.select(watched, [], [], (earliest if woken else deadline) - now)
             if stop is not None and waits.stopping():
                 return
 
