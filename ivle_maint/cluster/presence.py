@@ -280,6 +280,11 @@ class Presence:
             row = json.loads(read_nofollow(path).decode("utf-8"))
         except (OSError, ValueError):
             return
+        why = _not_a_kept_row(row, self.name)
+        if why:  # damaged, or another node's name: no row is better than a wrong one
+            log.warning("%s: not written to the cluster table (%s); removed", path, why)
+            path.unlink(missing_ok=True)
+            return
         try:
             with errors_as_maint(self.settings.ivle_conf().database["name"]):
                 table.upsert(conn, row)
@@ -486,6 +491,23 @@ class Presence:
                 f"own [node] name, or if that node is gone: "
                 f"{ivle_maint('cluster', 'forget', self.name)}")
         self.write(self.row(Phase.BEFORE, "preflight"), strict=True)
+
+
+def _not_a_kept_row(row: object, name: str) -> str:
+    """Why ROW, read back from PENDING_ROW, is not this node's row as
+    Presence.row writes it ("" when it is): the file survives runs."""
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}"
+    if row.get("name") != name:
+        return "not this node's name"
+    columns = (*table.FIELDS, *table.LATER)
+    for key, value in row.items():
+        kind = int if table.LATER.get(key) == "integer" else str
+        if key not in columns or not (value is None or (
+                isinstance(value, kind) and not isinstance(value, bool))):
+            return f"field {key[:40]!r}"
+    values: dict[str, Any] = {k: row.get(k) for k in columns}
+    return table.why_invalid(table.NodeRow(**values)) or ""
 
 
 @contextmanager
