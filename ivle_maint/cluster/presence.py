@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import select
 import time
@@ -33,7 +34,7 @@ from ..db.connect import connect, params_from_settings
 from ..errors import MaintError
 from ..gates import trusted, waits
 from ..gates.rewrite import replace_file, write_state_file
-from ..gates.text import ivle_maint
+from ..gates.text import ivle_maint, shown
 from ..jails.mounts import list_jail_mounts
 from ..pgdriver import psycopg2
 from ..safepaths import read_nofollow
@@ -78,14 +79,23 @@ def coordinated(settings: Settings) -> bool:
 
 
 def node_id(settings: Settings) -> str:
-    """A random id kept in the state directory: tells two nodes of one name apart."""
+    """A random id kept in the state directory: tells two nodes of one name apart.
+
+    A file that holds no id as this writes one (32 hex digits; damaged,
+    emptied) is replaced by a new id, as a lost one is: an empty id would
+    be every such node's, bytes that are not UTF-8 failed every run."""
     path = settings.path_of("state") / NODE_ID_FILE
     try:
-        return read_nofollow(path).decode("utf-8").strip()
+        value = read_nofollow(path).decode("utf-8", errors="replace").strip()
     except FileNotFoundError:
-        value = secrets.token_hex(16)  # 32 hex digits, as uuid4().hex was
-        write_state_file(path, f"{value}\n".encode(), mode=0o644)
+        value = ""
+    if re.fullmatch("[0-9a-f]{32}", value):
         return value
+    if path.exists() or path.is_symlink():
+        log.warning("%s: no node id (%s): a new one is made", path, shown(value, 40) or "empty")
+    value = secrets.token_hex(16)  # 32 hex digits, as uuid4().hex was
+    write_state_file(path, f"{value}\n".encode(), mode=0o644)
+    return value
 
 
 MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")

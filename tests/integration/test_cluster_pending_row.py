@@ -9,13 +9,14 @@ command and wait a traceback (AttributeError, KeyError) for good."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ivle_maint.cluster import table
-from ivle_maint.cluster.presence import PENDING_ROW, Presence
+from ivle_maint.cluster.presence import NODE_ID_FILE, PENDING_ROW, Presence, node_id
 from support.migration_site import Site
 
 _JSON = st.recursive(
@@ -73,3 +74,21 @@ def test_a_pending_row_as_a_run_keeps_it_is_written_and_removed(site: Site) -> N
         presence.close()
     assert rows["testnode"].phase == "failed" and rows["testnode"].note == "kept"
     assert not (state / PENDING_ROW).exists()
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kept=st.binary(max_size=40) | st.sampled_from([b"", b"\n", b"abc\n", b"\xff" * 32,
+                                                      b"0" * 31 + b"\n", b"A" * 32]))
+def test_whatever_the_node_id_file_holds_the_node_has_an_id(site: Site, kept: bytes) -> None:
+    """[paths] state/node-id tells two nodes of one name apart (a row's
+    instance).  Before: bytes that are not UTF-8 made every cluster command
+    of the node a UnicodeDecodeError traceback, and an empty file an empty id
+    that every node with one shares."""
+    settings_ = site.settings()
+    state = settings_.path_of("state")
+    state.mkdir(parents=True, exist_ok=True)
+    (state / NODE_ID_FILE).write_bytes(kept)
+    first = node_id(settings_)
+    assert re.fullmatch("[0-9a-f]{32}", first), first
+    assert node_id(settings_) == first  # kept: the same id on the next run
