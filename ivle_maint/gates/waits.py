@@ -33,7 +33,7 @@ to the person at the terminal.
 - Pipes.  read_pipe() never reads a terminal, nor waits more than
   PIPE_QUIET seconds for a silent writer.
 - Sockets.  A socket's timeout bounds each read, not the exchange: a peer
-  that sends a byte before each timeout (an answer, a TLS handshake) holds
+  that sends a byte of its answer before each timeout holds
   its reader for ever.  SocketDeadline shuts every connection it made down
   at its deadline, so the reader's next (or current) read ends there
   (cluster/probe.py: the URL a row of the cluster table names).
