@@ -377,6 +377,9 @@ _STEP_FIELDS: dict[str, tuple[type, ...]] = {
 }
 
 
+_METRIC = (str, int, float, bool, type(None))
+
+
 def _no_constant(name: str) -> object:
     raise ValueError(f"{name} is no JSON number")
 
@@ -432,6 +435,13 @@ def _checked(path: Path, data: object) -> dict[str, Any]:
         if record["status"] not in set(StepStatus):
             raise _foreign(path, f"unknown status {record['status']!a} of step "
                                  f"{name!a}")
+        for key, value in record.get("metrics", {}).items():
+            # What a step records (Outcome.metrics), and what the summary's
+            # readers take: a JSON scalar, or a list of keys.
+            if not isinstance(value, _METRIC) and not (
+                    isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                raise _damaged(path, f"metric {key!a} of step {name!a} is a "
+                                     f"{type(value).__name__} of another shape")
         step = StepRecord(**{**record, "status": StepStatus(record["status"])})
         # Written before the text gate, or by hand: shown escaped all the same.
         step.summary = _recorded(step.summary)

@@ -143,6 +143,12 @@ def _nspids(proc: Path) -> list[int]:
     return []
 
 
+# A process that ended while we looked: its /proc entry gone before the
+# open (ENOENT), or after it and before the read (ESRCH, which any student
+# can time by ending short-lived processes): gone, never "unreadable".
+_GONE = (FileNotFoundError, ProcessLookupError)
+
+
 @dataclass(frozen=True)
 class _Seen:
     found: bool  # the runner itself
@@ -173,7 +179,7 @@ def _look(runner: Runner) -> _Seen:
             if nspids and nspids[-1] == runner.pid and _start_ticks(proc) == runner.start:
                 found = True
                 break
-        except FileNotFoundError:
+        except _GONE:
             continue  # exited while we looked
         except (OSError, ValueError, IndexError):
             blind = True
@@ -185,7 +191,7 @@ def _look_here(runner: Runner) -> _Seen:
     proc = PROC / str(runner.pid)
     try:
         return _Seen(_start_ticks(proc) == runner.start, True, False)
-    except FileNotFoundError:
+    except _GONE:
         return _Seen(False, True, False)
     except (OSError, ValueError, IndexError):
         return _Seen(False, True, True)

@@ -53,7 +53,7 @@ import json
 import os
 import stat
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -332,10 +332,14 @@ class Needs:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Needs:
-        try:
-            return cls(**data)
-        except TypeError:  # another version's record: the safe answer
+        """The decision a journal recorded (Journal.needs, its one reader).
+        A record of another shape (another version's, or a damaged file's:
+        a field of another type, a name unknown) gets the safe answer, the
+        full procedure: a `basis` that is no mapping made every rerun a
+        traceback, a `migrations` of 0 skipped the migrations."""
+        if not _of_this_shape(data):
             return cls.full("the journal's record of the decision is not this version's")
+        return cls(**data)
 
     def _said(self, text: str) -> str:
         return f"{text}; assuming {self.assumed}" if self.assumed else text
@@ -355,6 +359,25 @@ class Needs:
             return ""
         return self._said(f"the site stays up ({self.why.get(MIGRATIONS, '')}; "
                           f"{self.why.get(JAIL, '')})")
+
+
+def _of_this_shape(data: object) -> bool:
+    """Is DATA a Needs as to_json() writes it (each field of its type, any left out)?"""
+    if not isinstance(data, Mapping):
+        return False
+    kinds = {f.name: str(f.type) for f in fields(Needs)}
+    for key, value in data.items():
+        kind = kinds.get(key)
+        if kind is None:
+            return False
+        if kind == "bool" and not isinstance(value, bool):
+            return False
+        if kind == "str" and not isinstance(value, str):
+            return False
+        if kind.startswith("dict") and not (isinstance(value, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items())):
+            return False
+    return True
 
 
 def _forced() -> bool:

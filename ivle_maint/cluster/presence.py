@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import select
 import time
@@ -33,7 +34,7 @@ from ..db.connect import connect, params_from_settings
 from ..errors import MaintError
 from ..gates import trusted, waits
 from ..gates.rewrite import replace_file, write_state_file
-from ..gates.text import ivle_maint
+from ..gates.text import ivle_maint, shown
 from ..jails.mounts import list_jail_mounts
 from ..pgdriver import psycopg2
 from ..safepaths import read_nofollow
@@ -61,6 +62,7 @@ NODE_ID_FILE = "node-id"
 PENDING_ROW = "cluster-row.pending.json"  # a final row the database missed
 REPORT_WAIT = 5.0  # seconds a report waits for a starting server
 STATUS_EVERY = 5.0  # seconds between two looks at the web server for the row
+SETTLE_GAP = 0.25  # seconds at least from a settle to the next look, whoever NOTIFYs
 
 
 def connection_lost(exc: BaseException, conn: Any) -> bool:
@@ -77,14 +79,23 @@ def coordinated(settings: Settings) -> bool:
 
 
 def node_id(settings: Settings) -> str:
-    """A random id kept in the state directory: tells two nodes of one name apart."""
+    """A random id kept in the state directory: tells two nodes of one name apart.
+
+    A file that holds no id as this writes one (32 hex digits; damaged,
+    emptied) is replaced by a new id, as a lost one is: an empty id would
+    be every such node's, bytes that are not UTF-8 failed every run."""
     path = settings.path_of("state") / NODE_ID_FILE
     try:
-        return read_nofollow(path).decode("utf-8").strip()
+        value = read_nofollow(path).decode("utf-8", errors="replace").strip()
     except FileNotFoundError:
-        value = secrets.token_hex(16)  # 32 hex digits, as uuid4().hex was
-        write_state_file(path, f"{value}\n".encode(), mode=0o644)
+        value = ""
+    if re.fullmatch("[0-9a-f]{32}", value):
         return value
+    if path.exists() or path.is_symlink():
+        log.warning("%s: no node id (%s): a new one is made", path, shown(value, 40) or "empty")
+    value = secrets.token_hex(16)  # 32 hex digits, as uuid4().hex was
+    write_state_file(path, f"{value}\n".encode(), mode=0o644)
+    return value
 
 
 MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
@@ -230,19 +241,26 @@ class Presence:
     def settle(self, timeout: float, serial: Serial | None = None) -> None:
         """Until another node changes its row (table.upsert's NOTIFY, queued
         since the last look counts) or TIMEOUT passes: a wait sees the
-        change at once instead of at its next poll.  A worker thread told
+        change at once (SETTLE_GAP after the last look at the soonest)
+        instead of at its next poll.  A worker thread told
         to stop (gates/waits.stop_fd) returns at once, to its checkpoint.
         SERIAL runs each use of the connection (steps side by side share
         it); the wait between uses holds nothing."""
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline, earliest = started + timeout, started + min(SETTLE_GAP, timeout)
         stop = waits.stop_fd()
+        woken = False
         while True:
-            conn, changed = (serial or _now)(self._changed)
-            left = deadline - time.monotonic()
-            if changed or left <= 0:
+            if not woken:
+                conn, woken = (serial or _now)(self._changed)
+            now = time.monotonic()
+            # A NOTIFY is anyone's with IVLE's database login: however many
+            # come, the next look is SETTLE_GAP away at least (each look of
+            # the master's asks every slave's web server).
+            if now >= deadline or (woken and now >= earliest):
                 return
-            watched = [fd for fd in (conn, stop) if fd is not None]
-            select.select(watched, [], [], left)
+            watched = [fd for fd in (None if woken else conn, stop) if fd is not None]
+            select.select(watched, [], [], (earliest if woken else deadline) - now)
             if stop is not None and waits.stopping():
                 return
 
@@ -271,6 +289,11 @@ class Presence:
         try:
             row = json.loads(read_nofollow(path).decode("utf-8"))
         except (OSError, ValueError):
+            return
+        why = _not_a_kept_row(row, self.name)
+        if why:  # damaged, or another node's name: no row is better than a wrong one
+            log.warning("%s: not written to the cluster table (%s); removed", path, why)
+            path.unlink(missing_ok=True)
             return
         try:
             with errors_as_maint(self.settings.ivle_conf().database["name"]):
@@ -478,6 +501,23 @@ class Presence:
                 f"own [node] name, or if that node is gone: "
                 f"{ivle_maint('cluster', 'forget', self.name)}")
         self.write(self.row(Phase.BEFORE, "preflight"), strict=True)
+
+
+def _not_a_kept_row(row: object, name: str) -> str:
+    """Why ROW, read back from PENDING_ROW, is not this node's row as
+    Presence.row writes it ("" when it is): the file survives runs."""
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}"
+    if row.get("name") != name:
+        return "not this node's name"
+    columns = (*table.FIELDS, *table.LATER)
+    for key, value in row.items():
+        kind = int if table.LATER.get(key) == "integer" else str
+        if key not in columns or not (value is None or (
+                isinstance(value, kind) and not isinstance(value, bool))):
+            return f"field {key[:40]!r}"
+    values: dict[str, Any] = {k: row.get(k) for k in columns}
+    return table.why_invalid(table.NodeRow(**values)) or ""
 
 
 @contextmanager

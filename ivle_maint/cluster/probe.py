@@ -3,7 +3,8 @@
 A slave's row says what its journal and its own commands did; a web
 server started by hand (`/etc/init.d/apache2 start`) is not in it.  So
 before migrating, the master asks each slave whose row says "down" at the
-URL that slave recorded ([cluster] probe_url): one GET, a short timeout.
+URL that slave recorded ([cluster] probe_url): one GET, the whole exchange
+within [cluster] probe_timeout (gates/waits.SocketDeadline).
 
 - no connection (refused, unreachable, timed out): not serving;
 - HTTP 503 (Service Unavailable): not serving; with the header
@@ -14,15 +15,24 @@ URL that slave recorded ([cluster] probe_url): one GET, a short timeout.
 A loopback URL names the slave's own machine, so only a node on that same
 machine (same hostname) can check it; from elsewhere it is skipped, and
 the master says so once.
+
+The URL is a row's, which anyone with IVLE's database login may write:
+every probe and every check of one parses it here (target()).  One that
+names no http(s) host and port the probe can ask (a port out of range, an
+IPv6 literal left open, a host label IDNA refuses, a control character)
+is not checkable, as no URL is: never a traceback, never "down".
 """
 
 from __future__ import annotations
 
+import re
 import socket
 import urllib.parse
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING
+
+from ..gates.waits import SocketDeadline
 
 if TYPE_CHECKING:
     from .table import NodeRow
@@ -30,6 +40,7 @@ if TYPE_CHECKING:
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "ip6-localhost")
 NOT_SERVING_STATUS = 503
 MAINTENANCE_HEADER = "X-IVLE-Maintenance"  # services/maintenance_page.py's answer
+_UNSENDABLE = re.compile("[\x00-\x20\x7f]")  # http.client refuses these in a path
 
 
 @dataclass(frozen=True)
@@ -48,24 +59,60 @@ def preload() -> ModuleType:
     return http.client
 
 
+@dataclass(frozen=True)
+class Target:
+    https: bool
+    host: str
+    port: int | None
+    path: str
+
+
+def target(url: str) -> Target | None:
+    """What the probe asks at URL; None when it names no http(s) host and
+    port the probe can ask (the one parse of a row's URL)."""
+    client = preload()
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host, port = parts.hostname, parts.port
+        if parts.scheme not in ("http", "https") or not host or not host.isprintable() \
+                or any(c.isspace() for c in host):
+            return None
+        host.encode("idna")  # what the connection does with it, refused here
+        client.HTTPConnection(host, port)  # its checks of both; it connects to nothing
+        path = parts.path or "/"
+        path.encode("ascii")  # the request line is ASCII, with no space or control
+        if _UNSENDABLE.search(path):
+            return None
+    except (ValueError, client.HTTPException):  # UnicodeError, InvalidURL too
+        return None
+    return Target(parts.scheme == "https", host, port, path)
+
+
 def ask(url: str, timeout: float) -> Answer:
     """One GET of URL: does an IVLE web server answer there?"""
     client = preload()
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    where = target(url)
+    if where is None:
         return Answer(False, f"not an http(s) URL: {url}")
-    kind = client.HTTPSConnection if parts.scheme == "https" else client.HTTPConnection
-    conn = kind(parts.hostname, parts.port, timeout=timeout)
-    try:
-        conn.request("GET", parts.path or "/", headers={"User-Agent": "ivle-maint probe"})
-        response = conn.getresponse()
-        status, maintenance = response.status, response.getheader(MAINTENANCE_HEADER)
-    except (OSError, client.HTTPException) as exc:
-        why = "timed out" if isinstance(exc, socket.timeout) else (
-            exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__)
-        return Answer(False, f"no answer at {url} ({why})")
-    finally:
-        conn.close()
+    kind = client.HTTPSConnection if where.https else client.HTTPConnection
+    conn = kind(where.host, where.port, timeout=timeout)
+    # TIMEOUT bounds the whole exchange, not each read: a server at a row's
+    # URL that sends a byte a second would hold the master's wait for ever.
+    with SocketDeadline(timeout) as deadline:
+        conn._create_connection = deadline.create_connection
+        try:
+            conn.request("GET", where.path, headers={"User-Agent": "ivle-maint probe"})
+            response = conn.getresponse()
+            status, maintenance = response.status, response.getheader(MAINTENANCE_HEADER)
+            if deadline.expired:  # its headers cut short: no whole answer
+                raise TimeoutError("timed out")
+        except (OSError, client.HTTPException) as exc:
+            why = "timed out" if deadline.expired or isinstance(exc, socket.timeout) else (
+                exc.strerror if isinstance(exc, OSError) and exc.strerror
+                else type(exc).__name__)
+            return Answer(False, f"no answer at {url} ({why})")
+        finally:
+            conn.close()
     if status == NOT_SERVING_STATUS and maintenance:
         return Answer(False, f"{url} answers ivle-maint's maintenance page (503)", True)
     if status == NOT_SERVING_STATUS:
@@ -74,13 +121,15 @@ def ask(url: str, timeout: float) -> Answer:
 
 
 def is_loopback(url: str) -> bool:
-    host = urllib.parse.urlsplit(url).hostname or ""
+    where = target(url)
+    host = where.host if where else ""
     return host in LOOPBACK_HOSTS or host.startswith("127.")
 
 
 def checkable(row: NodeRow, my_host: str) -> bool:
-    """Can this node reach ROW's probe URL at all?"""
-    return bool(row.probe_url) and (not is_loopback(row.probe_url or "") or row.host == my_host)
+    """Can this node reach ROW's probe URL at all (one target() can ask)?"""
+    url = row.probe_url or ""
+    return target(url) is not None and (not is_loopback(url) or row.host == my_host)
 
 
 def answering(rows: list[NodeRow], me: str, my_host: str, timeout: float

@@ -55,9 +55,11 @@ from datetime import datetime
 from typing import Any
 
 from ..context import Role
+from ..db import marker
 from ..errors import MaintError
 from ..gates import text
 from ..gates.text import shown
+from ..media.version import is_value as is_media_value
 from ..pgdriver import psycopg2, sql
 from ..versions import check as check_version
 
@@ -184,14 +186,23 @@ def why_invalid(row: NodeRow) -> str | None:
 TOLD = {"host": NAME_MAX + 3, "step": NAME_MAX + 3, "media": NAME_MAX + 3, "note": 1000}
 
 
-def _gated(row: NodeRow) -> NodeRow:
+# last_seen as psycopg2 can make a datetime of it (Python's years 1 to 9999,
+# a day spare for the session's time zone): ivle-maint writes the server's
+# now(); 'infinity' or year 10000, written with IVLE's database login, failed
+# every reader of the table, `cluster forget --force` of that row too.
+_SEEN_HELD = "last_seen BETWEEN '0001-01-02' AND '9999-12-30'"
+
+
+def _gated(row: NodeRow, seen_held: bool = True) -> NodeRow:
     """ROW as every decision may take it: unchanged when valid; else a node
     that may serve old code, be a master, hold jails, and has not finished.
-    The fields it only tells (TOLD): one printable line each, bounded."""
+    The fields it only tells (TOLD): one printable line each, bounded.
+    SEEN_HELD: its last_seen was a time Python holds (else read as NULL)."""
     told: dict[str, Any] = {field: shown(value, limit) for field, limit in TOLD.items()
                             if isinstance(value := getattr(row, field), str)}
     row = dataclasses.replace(row, **told)
-    why = why_invalid(row)
+    why = "; ".join(filter(None, [why_invalid(row), None if seen_held else
+                                  "last_seen is no time ivle-maint writes"])) or None
     if why is None:
         return row
     name = shown(row.name, 63)
@@ -290,13 +301,13 @@ def nodes(conn: Any) -> list[NodeRow]:
         have = _columns(cur)
         later = ", ".join(c if c in have else f"NULL AS {c}" for c in LATER)
         cur.execute(
-            f"SELECT {', '.join(FIELDS)}, last_seen, "
-            f"greatest(0, extract(epoch FROM now() - last_seen))::float8, {later} FROM {NODES} "
-            "ORDER BY name"
+            f"SELECT {', '.join(FIELDS)}, CASE WHEN {_SEEN_HELD} THEN last_seen END, "
+            f"CASE WHEN {_SEEN_HELD} THEN greatest(0, extract(epoch FROM now() - last_seen))"
+            f"::float8 END, {later}, coalesce({_SEEN_HELD}, false) FROM {NODES} ORDER BY name"
         )
         # The one gate for rows other nodes (or a person) wrote: each decision
         # reads them from here, checked and, if refused, taken conservatively.
-        return [_gated(NodeRow(*row)) for row in cur.fetchall()]
+        return [_gated(NodeRow(*row[:-1]), row[-1]) for row in cur.fetchall()]
 
 
 def set_serving(conn: Any, name: str, serving: str | None) -> bool:
@@ -318,12 +329,17 @@ def forget(conn: Any, name: str) -> bool:
 
 
 def applied_keys(conn: Any) -> set[str] | None:
-    """Keys in the migration marker; None when there is no marker table."""
-    with conn, conn.cursor() as cur:
-        if not _exists(cur, MARKER):
-            return None
-        cur.execute(f"SELECT key FROM {MARKER}")
-        return {row[0] for row in cur.fetchall()}
+    """Keys in the migration marker; None when there is no marker table.
+
+    Through the marker's row gate (db.marker.applied), as every reader of
+    it: a key spelled otherwise, or a column changed by hand, is one line
+    naming the statement that fixes it.  Read raw, a slave took such a
+    row's migration for missing and waited out [cluster] master_timeout."""
+    with conn:
+        with conn.cursor() as cur:
+            if not _exists(cur, MARKER):
+                return None
+        return set(marker.applied(conn))
 
 
 def has_ivle_tables(conn: Any) -> bool:
@@ -333,12 +349,28 @@ def has_ivle_tables(conn: Any) -> bool:
 
 
 def media_values(conn: Any) -> list[tuple[str, str]]:
-    """(value, version) of every media version chosen, oldest first."""
+    """(value, version) of every media version chosen, oldest first.
+
+    The one gate for the rows of ivle_maint_media, which anyone with IVLE's
+    database login may write: a slave takes a value chosen for its version
+    into its ivle.conf, and IVLE puts it into every page's URLs.  A row
+    whose value is no media version as ivle-maint makes one (media.version.
+    is_value: a quote, '/', a space, a line break, megabytes) or whose
+    version is none is left out, as if never chosen."""
     with conn, conn.cursor() as cur:
         if not _exists(cur, MEDIA):
             return []
         cur.execute(f"SELECT value, version FROM {MEDIA} ORDER BY chosen_at, value")
-        return [(row[0], row[1]) for row in cur.fetchall()]
+        return [(value, version) for value, version in cur.fetchall()
+                if is_media_value(value) and _is_version(version)]
+
+
+def _is_version(value: str) -> bool:
+    try:
+        check_version(value)
+    except MaintError:
+        return False
+    return True
 
 
 def claim_media(conn: Any, value: str, version: str, node: str) -> bool:

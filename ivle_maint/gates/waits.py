@@ -32,6 +32,11 @@ to the person at the terminal.
   is read only until it ends or is killed; an interrupted wait kills it.
 - Pipes.  read_pipe() never reads a terminal, nor waits more than
   PIPE_QUIET seconds for a silent writer.
+- Sockets.  A socket's timeout bounds each read, not the exchange: a peer
+  that sends a byte of its answer before each timeout holds
+  its reader for ever.  SocketDeadline shuts every connection it made down
+  at its deadline, so the reader's next (or current) read ends there
+  (cluster/probe.py: the URL a row of the cluster table names).
 - Threads.  Signals arrive in the main thread only.  Work that runs beside
   it (children.Workers: steps that overlap, user jails remade in batches)
   is stopped through stop_workers(): a worker's database wait sees the
@@ -522,3 +527,56 @@ def read_pipe(fd: int, what: str, *, quiet: float | None = None,
         if size > limit:
             raise MaintError(f"{what}: more than {limit} bytes")
         chunks.append(chunk)
+
+
+# -- a deadline for a whole exchange over sockets ---------------------------------
+
+class SocketDeadline:
+    """Within `with SocketDeadline(seconds) as deadline:`, every connection
+    made by deadline.create_connection (socket.create_connection's
+    signature: http.client's HTTPConnection._create_connection) is shut
+    down once SECONDS have passed since the block began, whatever is being
+    read or written then; one made after is refused (TimeoutError).  It
+    shuts down a duplicate of the socket, its own until the block ends, so
+    no descriptor number reused meanwhile is ever touched."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._held: list[Any] = []
+        self._cutter = threading.Thread(target=self._cut, name="socket deadline", daemon=True)
+
+    def __enter__(self) -> SocketDeadline:
+        self._cutter.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._cutter.join()
+        for held in self._held:
+            held.close()
+
+    def create_connection(self, address: Any, timeout: Any = None,
+                          source_address: Any = None, **more: Any) -> Any:
+        import socket
+
+        sock = socket.create_connection(address, timeout, source_address, **more)
+        with self._lock:
+            if self.expired:
+                sock.close()
+                raise TimeoutError("timed out")
+            self._held.append(sock.dup())
+        return sock
+
+    def _cut(self) -> None:
+        import socket
+
+        if self._done.wait(self.seconds):
+            return
+        with self._lock:
+            self.expired = True
+            for held in self._held:
+                with suppress(OSError):
+                    held.shutdown(socket.SHUT_RDWR)

@@ -84,6 +84,20 @@ def sanitize(version: str) -> str:
     return base
 
 
+# The longest media version: a version's (versions.check: 100 characters)
+# and a reinstall's ".rN".
+VALUE_MAX = 128
+
+
+def is_value(value: object) -> bool:
+    """Is VALUE a media version as this module makes one (sanitize's
+    characters, safe in a URL path and an unquoted configobj value)?  The
+    gate for a value another node, or anyone with IVLE's database login,
+    wrote into ivle_maint_media: a slave writes it into its ivle.conf."""
+    return isinstance(value, str) and 0 < len(value) <= VALUE_MAX and \
+        _UNSAFE.search(value) is None and value.strip("._") == value
+
+
 def reinstall_number(version: str, value: str) -> int | None:
     """N of VALUE as next_value names VERSION's values (BASE: 1, BASE.rN: N);
     None for a value of another form."""

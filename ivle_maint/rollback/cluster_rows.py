@@ -46,13 +46,23 @@ def carry(params: ConnectParams, live: str, restored: str, *, grantee: str | Non
 
 
 def _read(conn: Any, name: str) -> tuple[list[str], list[tuple[Any, ...]]] | None:
-    """(columns, rows) of NAME; None when it does not exist."""
+    """(columns, rows) of NAME; None when it does not exist.
+
+    Each value as PostgreSQL writes it (text), and written back as such:
+    the rows are anyone's with IVLE's database login, and a value Python
+    cannot hold (a last_seen in year 10000: a ValueError) or holds as
+    another ('infinity': datetime.max) would fail the rollback's copy, or
+    change the row."""
     with conn.cursor() as cur:
         cur.execute("SELECT to_regclass(%s) IS NOT NULL", [name])
         if not cur.fetchone()[0]:
             return None
-        cur.execute(sql.SQL("SELECT * FROM {}").format(sql.Identifier(name)))
-        columns = [d[0] for d in cur.description]
+        cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+                    "AND attnum > 0 AND NOT attisdropped ORDER BY attnum", [name])
+        columns = [r[0] for r in cur.fetchall()]
+        cur.execute(sql.SQL("SELECT {} FROM {}").format(
+            sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in columns),
+            sql.Identifier(name)))
         return columns, [tuple(r) for r in cur.fetchall()]
 
 

@@ -181,6 +181,26 @@ def full(directory: Path) -> Iterator[Path]:
         shutil.rmtree(keep)
 
 
+def test_a_damaged_record_of_the_decision_gets_the_whole_procedure(node_factory: Any) -> None:
+    """The preinst's record of what the release needs (the journal's `needs`),
+    damaged: a `basis` that is no mapping beside a need said no to.  Before:
+    the postinst ended in a traceback (release_needs.confirm); now the
+    decision reads as another version's, and IVLE's whole procedure runs."""
+    node = at_version_1_0(node_factory(users=2, consoles=1))
+    assert preinst(node).returncode == 0
+    path = node.state_dir / "journal" / "1.0_to_1.1.json"
+    data = json.loads(path.read_text())
+    data["needs"] = {**data["needs"], "basis": ["x"], "jail": False}
+    path.write_text(json.dumps(data))
+    unpack(node)
+    done = postinst(node)
+    assert done.returncode == 0, done.stderr
+    assert not any(word in done.stderr for word in PYTHON_WORDS), done.stderr
+    assert "rebuild the jail: ivle-buildjail" in done.stderr, done.stderr
+    assert final_state(node)["marker"] == ALL_KEYS
+    assert node.service_running("apache2")
+
+
 @pytest.mark.parametrize("resume", ["dpkg --configure -a", "ivle-maint rerun"])
 def test_a_full_state_directory_at_the_postinst_says_how_to_resume(node_factory: Any,
                                                                    resume: str) -> None:

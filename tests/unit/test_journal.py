@@ -230,3 +230,28 @@ def test_an_archive_killed_at_any_point_leaves_a_journal_the_next_run_can_write(
         if not killed:
             break
     assert point > 3
+
+
+@settings(max_examples=60, deadline=None)
+@given(step=st.sampled_from(["stop-web", "migrate", "media-version", "start-web"]),
+       key=st.sampled_from(["migrations_applied", "media_new", "media_old", "hold",
+                            "consoles_stopped", "skipped", "seconds", "another"]),
+       value=JSON, status=st.sampled_from(["done", "failed"]))
+def test_any_metric_recorded_loads_and_is_summarised_or_is_one_line(
+        tmp_path_factory: Any, step: str, key: str, value: Any, status: str) -> None:
+    """What `status` and the end of a run print from a journal (summary_lines):
+    before, a migrations_applied holding a number loaded, then made `status`
+    a TypeError traceback."""
+    from ivle_maint.procedure import STEPS
+    from ivle_maint.summary import summary_lines
+
+    path, data = _valid(tmp_path_factory.mktemp("j"))
+    data["steps"][step] = {"status": status, "started": 1.0, "finished": 2.0,
+                           "metrics": {key: value}}
+    path.write_text(json.dumps(data))
+    _loads_or_says_one_line(path)
+    try:
+        journal = Journal.load(path)
+    except MaintError:
+        return
+    assert summary_lines(journal, STEPS)[0].startswith("upgrade 1.0 -> 1.1: ")

@@ -194,3 +194,45 @@ def test_a_file_counts_as_skippable_only_where_it_really_is(dirs, leaf):
     # What is not where its name says it is goes into the jail's inputs.
     if kind is not rn.Kind.CODE:
         assert real is not None and rn.classify(real) is kind, (path, real, kind)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=4), inner,
+                                                                 max_size=2),
+    max_leaves=4)
+_FIELDS = ["migrations", "jail", "media", "usrmgt", "outage", "why", "jail_inputs", "assumed",
+           "basis", "a-future-field"]
+_TYPES = {"why": dict, "jail_inputs": dict, "basis": dict, "assumed": str}
+
+
+@settings(max_examples=200, deadline=None)
+@given(changes=st.dictionaries(st.sampled_from(_FIELDS), _JSON, max_size=3),
+       said_no=st.sets(st.sampled_from([rn.MIGRATIONS, rn.JAIL, rn.MEDIA, rn.USRMGT,
+                                        rn.OUTAGE])))
+def test_whatever_a_journal_records_of_the_decision_reads_as_this_versions_or_the_full(
+        tmp_path_factory: Any, changes: dict[str, Any], said_no: set[str]) -> None:
+    """A decision as a journal file holds it (Journal.load, then Needs.from_json,
+    the one reader): each field of this version's type, else the full
+    procedure.  Before: a `basis` that is no mapping reached confirm() (every
+    rerun and postinst a traceback), a `jail` of 0 skipped the rebuild."""
+    from ivle_maint.journal import Journal
+
+    journal = Journal.open(tmp_path_factory.mktemp("j"), "1.0", "1.1", "both")
+    written = rn.Needs(**{k: False for k in said_no}, why={rn.JAIL: "same"},
+                       basis={"files": "x"}).to_json()
+    journal.needs = {**written, **changes}
+    journal.begin("stop-web")
+    needs = rn.Needs.from_json(Journal.load(journal.path).needs or {})
+    for name, value in vars(needs).items():
+        kind = _TYPES.get(name, bool)
+        assert isinstance(value, kind) and (kind is bool or all(
+            isinstance(v, str) for v in (value.values() if kind is dict else [value]))), \
+            (name, value)
+    if all(isinstance(v, _TYPES.get(k, bool)) and (not isinstance(v, dict) or all(
+            isinstance(x, str) for x in v.values())) for k, v in changes.items()) \
+            and "a-future-field" not in changes:
+        assert needs == rn.Needs(**{**written, **changes})  # as it was written
+    else:
+        assert needs == rn.Needs.full("the journal's record of the decision is not this "
+                                      "version's")

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import socket
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ivle_maint.cluster.admin import name_holder
 from ivle_maint.cluster.ages import human_age
-from ivle_maint.cluster.probe import answering, ask, is_loopback
+from ivle_maint.cluster.probe import Answer, answering, ask, is_loopback
 from ivle_maint.cluster.table import NodeRow
 
 
@@ -85,3 +89,54 @@ def test_only_rows_saying_down_are_asked_and_loopback_only_from_their_host(serve
     found = answering(rows, "master", "h", 3)
     assert [r.name for r, _ in found] == ["down-but-up"]
     assert is_loopback("http://localhost:8080/") and not is_loopback("http://slave1/")
+
+
+# A server at a row's URL (anyone with IVLE's database login writes it) that
+# sends its answer whole up to some byte, then one more byte every
+# TRICKLE seconds for ever: each read of the probe gets something well
+# within its timeout, so only a deadline for the whole exchange ends it.
+TRICKLE = 0.05
+ANSWER = (b"HTTP/1.1 503 Service Unavailable\r\nX-IVLE-Maintenance: 1\r\n"
+          b"Content-Length: 0\r\n\r\n")
+
+
+@contextmanager
+def trickling(first: bytes) -> Iterator[int]:
+    """A server on loopback sending FIRST, then a byte per TRICKLE, until the test ends."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(first)
+                while not done.wait(TRICKLE):
+                    conn.sendall(b"X")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        done.set()
+        listener.close()
+        thread.join(timeout=10)
+
+
+def _asked(url: str) -> list[Answer]:
+    answers: list[Answer] = []
+    asking = threading.Thread(target=lambda: answers.append(ask(url, 0.5)), daemon=True)
+    asking.start()
+    asking.join(timeout=20)  # forty times the probe's timeout: the bound, never the speed
+    return answers
+
+
+@settings(max_examples=12, deadline=None)
+@given(cut=st.integers(0, len(ANSWER) - 1))
+def test_an_answer_trickled_from_any_byte_on_ends_at_the_probes_timeout(cut: int) -> None:
+    with trickling(ANSWER[:cut]) as port:
+        answers = _asked(f"http://127.0.0.1:{port}/")
+    assert answers, "the probe still waits for a server that sends a byte at a time"
+    assert not answers[0].serving and "timed out" in answers[0].text, answers[0]
+
