@@ -43,8 +43,9 @@ test-debian: bytecode
 	$(PYTEST) $(XDIST_DEBIAN) tests/unit tests/integration tests/abuse
 
 # tests/abuse tests our gates against hostile input, and the tests marked
-# `once` packaging, several nodes or the harness, not the libraries'
-# behaviour: they run once, on Debian's libraries (test-debian).
+# `once` packaging, several nodes, the harness or ivle-maint's own long
+# scenarios, not the libraries' behaviour: they run once, on Debian's
+# libraries (test-debian).
 test-pypi: bytecode
 	$$(scripts/pypi-venv) -m pytest $(XDIST_PYPI) -m "not once" tests/unit tests/integration
 

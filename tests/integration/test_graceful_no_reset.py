@@ -36,7 +36,7 @@ from ivle_maint.output import RecordingReporter
 from ivle_maint.services import listeners
 from ivle_maint.services.init_scripts import DONE, RUNNING, STOPPED, ServiceControl
 
-pytestmark = [pytest.mark.needs_root]
+pytestmark = [pytest.mark.needs_root, pytest.mark.once]
 
 NAME = "standin"
 REQUEST = b"GET / HTTP/1.0\r\nHost: standin\r\n\r\n"

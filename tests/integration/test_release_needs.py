@@ -36,7 +36,7 @@ from support.upgrade_helpers import (
     unpack,
 )
 
-pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres, pytest.mark.once]
 
 SKIPPED_ON_REINSTALL = {"stop-web", "stop-consoles", "unmount-jails", "migrate",
                         "rebuild-jail", "remake-users", "media-version", "restart-usrmgt"}

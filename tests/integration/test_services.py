@@ -27,7 +27,7 @@ from ivle_maint.output import RecordingReporter
 from ivle_maint.services import init_scripts
 from ivle_maint.services.init_scripts import DONE, NOOP, RUNNING, SKIPPED, STOPPED, ServiceControl
 
-pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres, pytest.mark.once]
 
 WEB, USRMGT = "apache2", "ivle-usrmgt-server"
 

@@ -30,7 +30,10 @@ CLIENT = ("import sys; from pathlib import Path; from ivle_maint import warm; "
           "r = warm.hand_over(sys.argv[2:], Path(sys.argv[1])); "
           f"sys.exit({NOT_TAKEN} if r is None else r)")
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the worker's directory is root's")
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="the worker's directory is root's"),
+    pytest.mark.once,
+]
 
 
 def postinst_env(tmp_path: Path) -> dict[str, str]:
