@@ -182,7 +182,8 @@ def _users(settings: Settings, reporter: Reporter, src: Path, templates: set[Pat
     logins, total_from = (given, "given") if given is not None else \
         _expected_logins(settings, reporter, src, templates)
     where = "the login table" if total_from == "database" else str(src)
-    return [names.plain_login(login, where) for login in logins], total_from
+    return [names.plain_login(login, where, src=src, not_users=templates)
+            for login in logins], total_from
 
 
 def _refuse_mounts(src: Path, logins: list[str], command: str) -> None:

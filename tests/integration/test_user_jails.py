@@ -366,3 +366,65 @@ def test_a_hostile_login_in_the_database_is_refused_or_rebuilt_as_a_name(master,
         assert all(Path(p).parts[:2] == ("jails", login) for p in made), made
     finally:
         _drop_login(master, login)
+
+
+def _tree_fingerprint(top: Path) -> dict[str, tuple[str, int]]:
+    """Every entry of a tree: its content's sha256 (or its kind) and mode."""
+    found = {}
+    for path in [top, *sorted(top.rglob("*"))]:
+        st = path.lstat()
+        digest = (hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file()
+                  and not path.is_symlink() else "link" if path.is_symlink() else "dir")
+        found[str(path.relative_to(top))] = (digest, st.st_mode)
+    return found
+
+
+# A login that names a directory of IVLE's own below [[jails]] src: the
+# template or its build directory, by name or through a symlink in src.
+IVLE_OWN = st.tuples(st.sampled_from(["template", "template_build"]),
+                     st.one_of(st.none(), st.text("abcxyz_", min_size=1, max_size=8)))
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(own=IVLE_OWN, processes=st.sampled_from([1, 2]), from_db=st.booleans())
+def test_a_login_naming_the_jail_template_is_refused_and_the_template_kept(master, own,
+                                                                          processes, from_db):
+    """A login `__base__` (or a symlink's name in src leading to the
+    template) would have ivle-remakeuser empty the template every jail is
+    made from: refused in one line before any program runs, both trees
+    and every home kept.  Counted from the database or, when that cannot
+    be read, from the jail directories."""
+    which, alias = own
+    target = getattr(master, which)
+    login = target.name
+    link = None
+    if alias is not None:
+        link = master.jails_src / f"{alias}{secrets.randbelow(10**6)}"
+        link.symlink_to(target.name)
+        login = link.name
+    version = f"1.{secrets.randbelow(10**6)}"
+    install_version(master, version)
+    before = {t: _tree_fingerprint(getattr(master, t)) for t in ("template", "template_build")}
+    homes = homes_fingerprint(master)
+    if from_db:
+        _add_login(master, login, 900000)
+    settings = settings_of(master)
+    if not from_db:  # the database cannot be read: the jail directories are counted
+        if link is None:
+            return  # a template's own name is never counted from the directories
+        settings.conf["database"].update({"connect_as": "postgres",
+                                          "socket_dir": "/nonexistent", "wait_timeout": 0})
+    try:
+        with pytest.raises(MaintError) as raised:
+            remake_user_jails(settings, RecordingReporter(), processes=processes)
+        assert "\n" not in str(raised.value) and f"'{login}'" in str(raised.value)
+        assert all(_built_version(master, u.login) != version for u in master.users)
+        assert {t: _tree_fingerprint(getattr(master, t))
+                for t in ("template", "template_build")} == before
+        assert homes_fingerprint(master) == homes
+    finally:
+        if from_db:
+            _drop_login(master, login)
+        if link is not None:
+            link.unlink()
