@@ -391,12 +391,14 @@ time.sleep(600)
 def test_a_fuse_mount_on_a_home_is_never_asked_whose_home_it_is(
     node: Any, spawn: Any, index: int, where: str, victim: int
 ):
-    """A student's fusermount over their own home, whose daemon says the
-    home is another user's (any uid: the kernel passes a FUSE daemon's word
-    on).  Before: the gate took that uid for a student's, and stopped that
-    user's process in a user namespace of its own, outside every jail (a
-    rootless container, a sandboxed service); a daemon that never answered
-    held `consoles stop` for ever.  The daemon is never asked anything."""
+    """A student's fusermount over their own home (allow_other, as
+    `user_allow_other` in the jail's /etc/fuse.conf permits; without it
+    the kernel refuses root's stat), whose daemon says the home is another
+    user's (any uid: the kernel passes a FUSE daemon's word on).  Before:
+    the gate took that uid for a student's, and stopped that user's process
+    in a user namespace of its own, outside every jail (a rootless
+    container, a sandboxed service); a daemon that never answered held
+    `consoles stop` for ever.  The daemon is never asked anything."""
     login, uid, mounted = student(node, index)
     home = mounted if where == "jail" else node.jails_src / login / "home" / login
     bystander = spawn("/", user=victim, argv=[sys.executable, "-c", OWN_USER_NAMESPACE])
