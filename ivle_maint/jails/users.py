@@ -169,6 +169,23 @@ def check_logins(settings: Settings, reporter: Reporter,
     _users(settings, reporter, src, templates, None)
 
 
+def check_table_logins(settings: Settings, reporter: Reporter, tool: str) -> bool:
+    """Before TOOL, one of IVLE's that walks the login table itself
+    (ivle-mountallusers -u unmounts MOUNTS/LOGIN/home, MOUNTS/LOGIN/tmp
+    and MOUNTS/LOGIN for each): every login through the names gate, a
+    MaintError naming one that is no plain name ('..' would have it unmount
+    the data directory).  False, with a warning, when the table cannot be
+    read: the tool is not to run."""
+    try:
+        logins = database_logins(settings, reporter)
+    except MaintError as exc:
+        reporter.warn(f"cannot read the login table ({exc}); {tool} not run")
+        return False
+    for login in logins:
+        names.plain_login(login, "the login table")
+    return True
+
+
 def _jail_dirs(conf: IvleConf) -> tuple[Path, set[Path]]:
     """[paths] [[jails]] src, and the templates in it that are no user's."""
     jails = conf.conf["paths"]["jails"]
