@@ -56,6 +56,8 @@ def why_not_a_jail(name: str, src: str | os.PathLike[str],
     one of NOT_USERS (symlinks resolved); or None."""
     jail = os.path.realpath(os.path.join(src, name))
     for other in not_users:
+        if os.fspath(other) in ("", "."):  # unset ([[jails]] template_build = ''): none
+            continue
         real = os.path.realpath(other)
         if is_at_or_below(jail, real) or is_at_or_below(real, jail):
             return f"names IVLE's own directory {shown(os.fspath(other), SHOWN)}, no user's jail"

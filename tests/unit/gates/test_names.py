@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import pytest
 from hypothesis import given, settings
@@ -33,3 +33,28 @@ def test_a_login_is_one_name_below_src_never_an_option_or_a_line(login):
 @pytest.mark.parametrize("login", ["alice", "a.b", "user0001", "o'brien", "ÿ"])
 def test_ordinary_logins_pass(login):
     assert plain_login(login, "x") == login
+
+
+@settings(max_examples=50, deadline=None)
+@given(login=st.sampled_from(["__base__", "__base_build__", "alice", "base", "x"]),
+       template=st.sampled_from(["__base__", "base/inner", "../elsewhere", "", "."]))
+def test_a_login_is_refused_exactly_when_its_jail_is_or_holds_the_template(tmp_path_factory,
+                                                                          login, template):
+    """src/LOGIN is, holds or lies in the template (real directories, a
+    symlink in src too): refused; an unset template ('') refuses nothing."""
+    src = tmp_path_factory.mktemp("src")
+    (src / "x").symlink_to("__base__")
+    given_template = (src / template) if template not in ("", ".") else Path(template)
+    if template not in ("", "."):
+        given_template.mkdir(parents=True, exist_ok=True)
+    real = os.path.realpath(given_template) if template not in ("", ".") else None
+    jail = os.path.realpath(src / login)
+    clash = real is not None and (jail == real or jail.startswith(real + "/")
+                                  or real.startswith(jail + "/"))
+    try:
+        plain_login(login, "the login table", src=src, not_users=[given_template])
+    except MaintError as exc:
+        assert clash, exc
+        assert "\n" not in str(exc) and "no user's jail" in str(exc)
+    else:
+        assert not clash
