@@ -11,8 +11,10 @@ is one plain name:
   and empty, src's parent);
 - never an option: no leading ``-`` (``-a`` would make one batch rebuild
   every user beside the others, ``--help`` would rebuild nobody and exit 0);
-- one visible line: nothing ``text.shown`` would escape (a newline would
-  let the tool's output forge another user's failure);
+- one visible word: nothing ``text.shown`` would escape, no space and no
+  ``:`` (the tool tells a failure as ``Failed to recreate jail for LOGIN:
+  WHY``: a newline, or ``user0001 x`` failing, would be told as another
+  user's failure);
 - a user's jail: ``src/LOGIN`` is not, does not hold and does not lie in
   a directory of IVLE's own (the jail template and its build directory,
   ``${src}/__base__`` by default): the tool empties ``src/LOGIN`` but for
@@ -45,6 +47,8 @@ def why_not_plain(name: str) -> str | None:
         return "starts with '-' (a program would read it as an option)"
     if not name.isprintable():
         return "holds a control or invisible character"
+    if " " in name or ":" in name:
+        return "holds a space or ':' (the tool's failure line would name another login)"
     if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
         return f"is longer than {NAME_MAX} bytes"
     return None

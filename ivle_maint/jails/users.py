@@ -59,7 +59,7 @@ PROGRESS_LABEL = "rebuilding user jails"
 MIN_BATCH = 16  # users per process below which another process is not worth it
 CHUNK_USERS = 500  # logins in one command line (far below the kernel's limits)
 
-# The tool's one sign of a failed user; IVLE logins never hold ':' or spaces.
+# The tool's one sign of a failed user; a login holds no ':' or space (gates/names).
 FAILED = re.compile(r"Failed to recreate jail for ([^\s:]+):?\s*(.*)")
 
 Snapshot = dict[str, tuple[int, int] | None]

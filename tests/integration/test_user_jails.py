@@ -428,3 +428,29 @@ def test_a_login_naming_the_jail_template_is_refused_and_the_template_kept(maste
             _drop_login(master, login)
         if link is not None:
             link.unlink()
+
+
+@settings(max_examples=10, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(index=st.integers(0, 5), sep=st.sampled_from([" ", ":", "  ", ": "]),
+       tail=st.text("abcxyz0123", min_size=1, max_size=6), processes=st.sampled_from([1, 2]))
+def test_a_failed_login_is_never_reported_as_another_users(master, index, sep, tail,
+                                                           processes):
+    """The tool says `Failed to recreate jail for LOGIN: WHY`: a login in the
+    database holding a space or a colon after another user's login (`user0001
+    x`), whose rebuild fails, must not be told as that other user's failure.
+    Refused before anything runs, or the failure names exactly the login."""
+    other = master.users[index].login
+    login = f"{other}{sep}{tail}"
+    _add_login(master, login, 900000)
+    master.set_fakes("ivle-remakeuser", fail_users=[login])
+    try:
+        with pytest.raises(MaintError) as caught:
+            remake_user_jails(settings_of(master), RecordingReporter(), processes=processes)
+        failed = [f.login for f in getattr(caught.value, "result", None).failed] \
+            if isinstance(caught.value, UserJailsError) else []
+        assert other not in failed, str(caught.value)
+        assert failed in ([], [login]), failed
+    finally:
+        master.set_fakes("ivle-remakeuser", fail_users=None)
+        _drop_login(master, login)
