@@ -17,8 +17,10 @@ so the users are dealt into one batch per core (os.cpu_count()), each run
 by its own process at the same time, its logins given in command lines of
 at most CHUNK_USERS.  Every batch's output is read as the single run's is;
 the check afterwards is the same.  With fewer than MIN_BATCH users per
-batch, or when the users could not be read from the database (the tool
-fails itself then, and says why), one ``ivle-remakeuser -a`` does it all.
+batch, or when the users could not be read from the database, one batch
+does it all.  Never ``-a``: the tool would walk the login table itself,
+past the names gate (a login ``__base__`` added since the table was read,
+or one ivle-maint could not read at all, would have it empty the template).
 
 Progress: the tool prints nothing for a user that works, so the heartbeat
 watches src/LOGIN instead; a rebuild replaces that directory's entries,
@@ -290,7 +292,7 @@ def remake_user_jails(settings: Settings, reporter: Reporter, *, ivle_conf: Ivle
     after the run, when any user failed.
     """
     base = command_argv(settings, "remakeuser")
-    argv = [*base, "-a"]
+    argv = [*base, "LOGIN..."]
     require_root(shlex.join(argv))
     conf = ivle_conf if ivle_conf is not None else settings.ivle_conf()
     src, templates = _jail_dirs(conf)
@@ -314,14 +316,13 @@ def remake_user_jails(settings: Settings, reporter: Reporter, *, ivle_conf: Ivle
 
     timeout = float(settings["commands"]["timeout"])
     count = process_count(len(logins), processes) if total_from != "jail directories" else 1
-    if count > 1:
-        log.info("%s: %d users in %d processes", shlex.join(base), len(logins), count)
+    log.info("%s: %d users in %d processes", shlex.join(base), len(logins), count)
+    if not logins:
+        run = ToolRun((*base, "LOGIN..."), 0, 0, 0.0, ())
+    else:  # the logins the gate passed, named: never -a (see the module's docstring)
         with heartbeat(lambda: beat(0, 0.0), interval):
             run = _run_batches(base, batches(logins, count), conf.path.parent, timeout,
                                on_line)
-    else:
-        run = run_tool(argv, ivle_conf_dir=conf.path.parent, timeout=timeout,
-                       on_line=on_line, beat=beat, interval=interval)
     if run.exit_code != 0:
         raise MaintError(run.failure())
     changed = changed_since(src, before)

@@ -158,7 +158,7 @@ def test_nonzero_exit_is_a_failure_with_the_tail(master, tmp_path):
     bad = tmp_path / "bad"
     bad.write_text("#!/bin/sh\necho 'cannot connect to the database' >&2\nexit 3\n")
     bad.chmod(0o755)
-    with pytest.raises(MaintError, match=r"bad -a failed with status 3; last output: cannot "
+    with pytest.raises(MaintError, match=r"bad LOGIN... failed with status 3; last output: cannot "
                        r"connect to the database"):
         remake_user_jails(settings_of(master, remakeuser=str(bad)), RecordingReporter())
 
@@ -453,4 +453,48 @@ def test_a_failed_login_is_never_reported_as_another_users(master, index, sep, t
         assert failed in ([], [login]), failed
     finally:
         master.set_fakes("ivle-remakeuser", fail_users=None)
+        _drop_login(master, login)
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(login=st.sampled_from(["__base__", "__base_build__", "../x", "..", "a/../../x"]),
+       when=st.sampled_from(["unreadable by ivle-maint", "added after the read"]),
+       processes=st.sampled_from([1, 2]))
+def test_the_tool_never_walks_the_login_table_past_the_gate(master, monkeypatch, login, when,
+                                                           processes):
+    """A hostile login the gate never saw: the table could not be read by
+    ivle-maint (it counts the jail directories), or the row came just after
+    ivle-maint read it.  Before: `ivle-remakeuser -a` read the table itself
+    and emptied the template (`__base__`) or made jails outside src (`..`).
+    Now the tool gets only the logins the gate passed."""
+    from ivle_maint.jails import users
+
+    before = {t: _tree_fingerprint(getattr(master, t)) for t in ("template", "template_build")}
+    listing, homes = _data_listing(master), homes_fingerprint(master)
+    settings = settings_of(master)
+    if when == "unreadable by ivle-maint":
+        _add_login(master, login, 900000)
+        settings.conf["database"].update({"connect_as": "postgres",
+                                          "socket_dir": "/nonexistent", "wait_timeout": 0})
+    else:
+        read = users.database_logins
+
+        def then_added(*args, **kwargs):
+            found = read(*args, **kwargs)
+            _add_login(master, login, 900000)
+            return found
+
+        monkeypatch.setattr(users, "database_logins", then_added)
+    try:
+        try:
+            remake_user_jails(settings, RecordingReporter(), processes=processes)
+        except MaintError as exc:
+            assert "\n" not in str(exc)
+        assert {t: _tree_fingerprint(getattr(master, t))
+                for t in ("template", "template_build")} == before
+        assert homes_fingerprint(master) == homes
+        assert _data_listing(master) - listing == set()
+    finally:
+        monkeypatch.undo()
         _drop_login(master, login)
