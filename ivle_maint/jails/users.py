@@ -113,11 +113,13 @@ class UserJailsError(MaintError):
         self.result = result
 
 
-def database_logins(settings: Settings, reporter: Reporter) -> list[str]:
-    """Every login in IVLE's ``login`` table, in the tool's order."""
+def database_logins(settings: Settings, reporter: Reporter,
+                    wait: float | None = None) -> list[str]:
+    """Every login in IVLE's ``login`` table, in the tool's order (WAIT:
+    seconds for a restarting server, default [database] wait_timeout)."""
     params = params_from_settings(settings)
-    conn = connect(params, wait_timeout=float(settings["database"]["wait_timeout"]),
-                   reporter=reporter)
+    wait = float(settings["database"]["wait_timeout"]) if wait is None else wait
+    conn = connect(params, wait_timeout=wait, reporter=reporter)
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT login FROM login ORDER BY login")
@@ -177,9 +179,10 @@ def check_table_logins(settings: Settings, reporter: Reporter, tool: str) -> boo
     and MOUNTS/LOGIN for each): every login through the names gate, a
     MaintError naming one that is no plain name ('..' would have it unmount
     the data directory).  False, with a warning, when the table cannot be
-    read: the tool is not to run."""
+    read at once (no wait: the tool waits for no server either, and the
+    site may be down): the tool is not to run."""
     try:
-        logins = database_logins(settings, reporter)
+        logins = database_logins(settings, reporter, wait=0.0)
     except MaintError as exc:
         reporter.warn(f"cannot read the login table ({exc}); {tool} not run")
         return False
