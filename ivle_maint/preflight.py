@@ -18,6 +18,8 @@ What each step run after the code change needs, and its proof here:
                      file created and removed in [paths] backup, room there
     stop-consoles    (before-phase, but after the web server stops) no
                      process in a jail that is no IVLE user's (gates.processes)
+    unmount-jails    (before-phase) with [jails] run_mountallusers, every
+                     login ivle-mountallusers -u walks a plain name (gates.names)
     rebuild-jail,    IVLE's commands found; a file created and removed in the
     remake-users     jail tree they rewrite (ivle.conf's jails src)
     media-version    ivle.conf and the media-version record parsed and the

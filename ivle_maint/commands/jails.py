@@ -14,10 +14,11 @@ rebuild        runs '[commands] buildjail -u' (ivle-buildjail -u) with
                IVLECONF set, output to the log with a heartbeat on a
                terminal, then checks that the jail template exists and
                matches template_build.
-remake-users   runs '[commands] remakeuser -a' (ivle-remakeuser -a),
-               counts the users from the database's login table, and
-               fails, naming the users, when any user's jail was not
-               rebuilt, although the tool itself exits 0 then.
+remake-users   runs '[commands] remakeuser LOGIN...' (IVLE's
+               ivle-remakeuser -a, each login of the database's login
+               table named once it is a plain name), and fails, naming
+               the users, when any user's jail was not rebuilt,
+               although the tool itself exits 0 then.
 Both need root and run on the master, after the new IVLE is installed
 (and after the database migrations); each writes a log to [paths] log."""
 
@@ -40,8 +41,10 @@ def register(sub: Any) -> None:
     )
     rebuild.set_defaults(func=cmd_rebuild)
     remake = actions.add_parser(
-        "remake-users", help="ivle-remakeuser -a: rebuild every user's jail, then check them",
-        description="Run ivle-remakeuser -a; users' files in home/LOGIN are kept.  Fails "
+        "remake-users", help="ivle-remakeuser LOGIN...: rebuild every user's jail, then check "
+        "them",
+        description="Run ivle-remakeuser with every login of the login table (IVLE's -a, "
+        "each login checked first); users' files in home/LOGIN are kept.  Fails "
         "naming every user whose jail was not rebuilt.",
     )
     remake.set_defaults(func=cmd_remake_users)
@@ -76,7 +79,7 @@ def cmd_rebuild(ctx: Context) -> int:
 
 
 def cmd_remake_users(ctx: Context) -> int:
-    """Rebuild every user's jail with ivle-remakeuser -a."""
+    """Rebuild every user's jail with ivle-remakeuser LOGIN... (IVLE's -a)."""
     from ..jails.users import remake_user_jails
 
     result = _locked_and_logged(

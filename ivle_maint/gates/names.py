@@ -11,15 +11,26 @@ is one plain name:
   and empty, src's parent);
 - never an option: no leading ``-`` (``-a`` would make one batch rebuild
   every user beside the others, ``--help`` would rebuild nobody and exit 0);
-- one visible line: nothing ``text.shown`` would escape (a newline would
-  let the tool's output forge another user's failure).
+- one visible word: nothing ``text.shown`` would escape, no space and no
+  ``:`` (the tool tells a failure as ``Failed to recreate jail for LOGIN:
+  WHY``: a newline, or ``user0001 x`` failing, would be told as another
+  user's failure);
+- a user's jail: ``src/LOGIN`` is not, does not hold and does not lie in
+  a directory of IVLE's own (the jail template and its build directory,
+  ``${src}/__base__`` by default): the tool empties ``src/LOGIN`` but for
+  ``home/LOGIN``, so a login ``__base__`` would empty the template every
+  jail is made from.
 
 Anything else is refused before any program runs: one line naming it.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
+
 from ..errors import MaintError
+from ..mountinfo import is_at_or_below
 from .text import shown
 
 NAME_MAX = 255  # bytes in one file name (Linux)
@@ -36,14 +47,34 @@ def why_not_plain(name: str) -> str | None:
         return "starts with '-' (a program would read it as an option)"
     if not name.isprintable():
         return "holds a control or invisible character"
+    if " " in name or ":" in name:
+        return "holds a space or ':' (the tool's failure line would name another login)"
     if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
         return f"is longer than {NAME_MAX} bytes"
     return None
 
 
-def plain_login(login: str, where: str) -> str:
-    """LOGIN when it is a plain name; else a one-line MaintError (WHERE: its source)."""
+def why_not_a_jail(name: str, src: str | os.PathLike[str],
+                   not_users: Iterable[str | os.PathLike[str]]) -> str | None:
+    """Why SRC/NAME (a plain name) is no user's jail: it is, holds or lies in
+    one of NOT_USERS (symlinks resolved); or None."""
+    jail = os.path.realpath(os.path.join(src, name))
+    for other in not_users:
+        if os.fspath(other) in ("", "."):  # unset ([[jails]] template_build = ''): none
+            continue
+        real = os.path.realpath(other)
+        if is_at_or_below(jail, real) or is_at_or_below(real, jail):
+            return f"names IVLE's own directory {shown(os.fspath(other), SHOWN)}, no user's jail"
+    return None
+
+
+def plain_login(login: str, where: str, *, src: str | os.PathLike[str] | None = None,
+                not_users: Iterable[str | os.PathLike[str]] = ()) -> str:
+    """LOGIN when it is a plain name (and, given SRC, SRC/LOGIN no directory
+    of NOT_USERS'); else a one-line MaintError (WHERE: its source)."""
     why = why_not_plain(login)
+    if why is None and src is not None:
+        why = why_not_a_jail(login, src, not_users)
     if why is not None:
         raise MaintError(f"{where} holds the login '{shown(login, SHOWN)}', which {why}; "
                          "refused, nothing run (rename or remove that user first)")

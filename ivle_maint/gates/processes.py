@@ -20,7 +20,9 @@ line (those are the student's to choose: a student process called
 - whose it is: its real uid is an IVLE user's, that is the owner of a
   user's home in the jail tree (``src/LOGIN/home/LOGIN``, or
   ``MOUNTS/LOGIN/home/LOGIN``), root never, plus the database's
-  ``login.unixid`` when the caller has them.  The effective uid is
+  ``login.unixid`` when the caller has them.  A home on a FUSE mount (a
+  student's fusermount over it) is never asked: its daemon gives whatever
+  owner it likes, and may never answer at all.  The effective uid is
   looked at too, but never makes a process a student's on its own: a
   student running a set-uid program keeps a student's real uid (stopped),
   while a root or staff process that took a student's effective uid to
@@ -63,8 +65,9 @@ from pathlib import PurePosixPath
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from .. import mountinfo
 from ..errors import MaintError
-from ..mountinfo import is_below
+from ..mountinfo import is_at_or_below, is_below
 from .text import ivle_maint, shown
 
 if TYPE_CHECKING:
@@ -283,6 +286,19 @@ def _owner(path: str) -> int | None:
     return st.st_uid if stat.S_ISDIR(st.st_mode) and st.st_uid != 0 else None
 
 
+def _daemon_fs(fstype: str) -> bool:
+    """FUSE: a daemon's answers (a student may mount one with fusermount)."""
+    return fstype in ("fuse", "fuseblk") or fstype.startswith(("fuse.", "fuseblk."))
+
+
+def _daemon_mounts(trees: Iterable[str]) -> list[str]:
+    """Mount points in TREES (or holding them) of filesystems a daemon answers
+    for, from the kernel's table: a stat there asks the daemon."""
+    roots = list(trees)
+    return [m.mountpoint for m in mountinfo.read() if _daemon_fs(m.fstype) and any(
+        is_at_or_below(m.mountpoint, r) or is_at_or_below(r, m.mountpoint) for r in roots)]
+
+
 def _listdir(path: str | None) -> list[str]:
     if not path:
         return []
@@ -307,8 +323,16 @@ def jail_tree(
     skip = frozenset(not_jails)
     users: dict[int, str] = dict(unixids or {})
     marks: dict[Identity, str | None] = {}
+    daemons = _daemon_mounts(p for p in (top, src) if p)
+
+    def answered(path: str) -> bool:
+        """On a filesystem a daemon answers for (a student's FUSE mount on
+        a home): never asked, it may never answer and gives any owner."""
+        return any(is_at_or_below(path, point) for point in daemons)
 
     def mark(path: str, login: str) -> None:
+        if answered(path):
+            return
         ident = _identity(path, follow=False)  # a symlink marks nothing beyond it
         if ident is not None:
             marks[ident] = login if marks.get(ident, login) == login else None
@@ -317,7 +341,8 @@ def jail_tree(
         assert base is not None or not names
         for login in names:
             jail = os.path.join(base or "", login)
-            uid = _owner(os.path.join(jail, "home", login))
+            home = os.path.join(jail, "home", login)
+            uid = None if answered(home) else _owner(home)
             if uid is not None:
                 users.setdefault(uid, login)
             for sub in (jail, os.path.join(jail, "home"), os.path.join(jail, "home", login),

@@ -16,6 +16,10 @@ setup.py), this module alone decides:
   decides what runs (the migrations);
 - a symlink on the way (or in place of the file) is followed only when it
   is root's; the state files ivle-maint writes itself are never symlinks;
+- nothing on the way, nor the file, nor an entry of a source tree, is on
+  a FUSE filesystem (the kernel's mount table, by st_dev): its daemon
+  says who owns each file (root, 0755, to a user's fusermount with
+  allow_other) and serves what it likes;
 - the file is a regular file: a FIFO, device, socket or directory is
   refused from lstat, before anything opens it, and it is opened with
   O_NONBLOCK | O_NOFOLLOW, then fstat-ed, so nothing opened can block;
@@ -150,16 +154,63 @@ def _kind(st: os.stat_result) -> str:
             stat.S_IFDIR: "a directory", stat.S_IFLNK: "a symlink"}.get(fmt, "not a regular file")
 
 
-def _walk(path: str | os.PathLike[str], purpose: Purpose) -> tuple[str, str, os.stat_result]:
+class _Devices:
+    """Which st_dev is a FUSE filesystem's: the kernel's mount table, read
+    at most once per check, and only once a device other than /'s is met
+    (a device number is reused once unmounted: never kept longer)."""
+
+    def __init__(self) -> None:
+        self.plain = os.lstat("/").st_dev
+        self.daemons: dict[int, str] | None = None
+
+    def kind(self, st: os.stat_result) -> str | None:
+        if st.st_dev == self.plain:
+            return None
+        if self.daemons is None:
+            self.daemons = _daemon_devices()
+        return self.daemons.get(st.st_dev)
+
+    def check(self, purpose: Purpose, given: str, where: str, st: os.stat_result) -> None:
+        kind = self.kind(st)
+        if kind is not None:
+            raise _refused(purpose, given, f"{where} is on a {kind} filesystem, whose daemon "
+                           "says who owns each file", "choose a path on a real filesystem")
+
+
+def _daemon_devices() -> dict[int, str]:
+    """st_dev -> type of each mounted FUSE filesystem (/proc/self/mountinfo)."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as table:
+            data = table.read()
+    except OSError:
+        return {}
+    found: dict[int, str] = {}
+    if b" - fuse" not in data:
+        return found
+    for line in data.split(b"\n"):
+        fields = line.split(b" ")
+        if b"-" not in fields[6:]:
+            continue
+        kind = fields[fields.index(b"-", 6) + 1].decode("ascii", "replace")
+        if kind in ("fuse", "fuseblk") or kind.startswith(("fuse.", "fuseblk.")):
+            major, _, minor = fields[2].partition(b":")
+            found[os.makedev(int(major), int(minor))] = kind
+    return found
+
+
+def _walk(path: str | os.PathLike[str], purpose: Purpose,
+          devices: _Devices | None = None) -> tuple[str, str, os.stat_result]:
     """(the path as given, made absolute; its real path; lstat of that).
 
     Every directory on the way is checked; symlinks on the way are followed
-    when they are root's.  FileNotFoundError when something is missing.
+    when they are root's; nothing on the way (nor the last) is on FUSE.
+    FileNotFoundError when something is missing.
     """
     given = os.path.abspath(os.fspath(path))
     pending = [p for p in reversed(given.split("/")) if p]
     current = "/"
     st = os.lstat("/")
+    devices = devices if devices is not None else _Devices()
     links = 0
     while pending:
         _check_on_way(purpose, given, current, st)
@@ -172,6 +223,7 @@ def _walk(path: str | os.PathLike[str], purpose: Purpose) -> tuple[str, str, os.
             continue
         candidate = os.path.join(current, part)
         st = os.lstat(candidate)
+        devices.check(purpose, given, candidate, st)
         if stat.S_ISLNK(st.st_mode):
             if not trusted_uid(st.st_uid):
                 raise _refused(purpose, given, f"symlink {candidate} on the way is owned by "
@@ -607,7 +659,8 @@ def check_tree(root: str | os.PathLike[str], purpose: Purpose = SOURCE_TREE,
     """Every entry of the tree ROOT is root's and not writable by others
     (its code runs as root, even to ask its version), and so is whatever a
     symlink in it leads to (a directory: checked as a tree of its own)."""
-    given, real, st = _walk(root, purpose)
+    devices = _Devices()
+    given, real, st = _walk(root, purpose, devices)
     if not stat.S_ISDIR(st.st_mode):
         raise _refused(purpose, given, "not a directory", "choose another directory")
     _check_holder_dir(purpose, given, st)
@@ -621,6 +674,7 @@ def check_tree(root: str | os.PathLike[str], purpose: Purpose = SOURCE_TREE,
             entry = os.path.join(top, name)
             est = os.lstat(entry)
             shown = os.path.join(given, os.path.relpath(entry, real))
+            devices.check(purpose, given, shown, est)
             if stat.S_ISLNK(est.st_mode):
                 _check_link_in_tree(purpose, shown, entry, est, _depth)
                 continue

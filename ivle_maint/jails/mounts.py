@@ -19,6 +19,7 @@ import ctypes
 import errno
 import logging
 import os
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -30,6 +31,7 @@ from ..gates.text import ivle_maint
 from ..logfile import BoundedOutput
 from ..mountinfo import Mount, is_at_or_below, is_below
 from ..output import Reporter
+from .users import check_table_logins
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +308,9 @@ def unmount_jails_for(
     jails = settings["jails"]
     command = None
     if jails["run_mountallusers"]:
-        command = [settings["commands"]["mountallusers"]]
+        argv = [settings["commands"]["mountallusers"], "-u"]
+        if check_table_logins(settings, reporter, shlex.join(argv)):
+            command = argv[:1]
     ivle = settings.ivle_conf()
     return unmount_jails_in(
         jaildir.check(ivle),

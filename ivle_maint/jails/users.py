@@ -17,8 +17,10 @@ so the users are dealt into one batch per core (os.cpu_count()), each run
 by its own process at the same time, its logins given in command lines of
 at most CHUNK_USERS.  Every batch's output is read as the single run's is;
 the check afterwards is the same.  With fewer than MIN_BATCH users per
-batch, or when the users could not be read from the database (the tool
-fails itself then, and says why), one ``ivle-remakeuser -a`` does it all.
+batch, or when the users could not be read from the database, one batch
+does it all.  Never ``-a``: the tool would walk the login table itself,
+past the names gate (a login ``__base__`` added since the table was read,
+or one ivle-maint could not read at all, would have it empty the template).
 
 Progress: the tool prints nothing for a user that works, so the heartbeat
 watches src/LOGIN instead; a rebuild replaces that directory's entries,
@@ -59,7 +61,7 @@ PROGRESS_LABEL = "rebuilding user jails"
 MIN_BATCH = 16  # users per process below which another process is not worth it
 CHUNK_USERS = 500  # logins in one command line (far below the kernel's limits)
 
-# The tool's one sign of a failed user; IVLE logins never hold ':' or spaces.
+# The tool's one sign of a failed user; a login holds no ':' or space (gates/names).
 FAILED = re.compile(r"Failed to recreate jail for ([^\s:]+):?\s*(.*)")
 
 Snapshot = dict[str, tuple[int, int] | None]
@@ -111,11 +113,13 @@ class UserJailsError(MaintError):
         self.result = result
 
 
-def database_logins(settings: Settings, reporter: Reporter) -> list[str]:
-    """Every login in IVLE's ``login`` table, in the tool's order."""
+def database_logins(settings: Settings, reporter: Reporter,
+                    wait: float | None = None) -> list[str]:
+    """Every login in IVLE's ``login`` table, in the tool's order (WAIT:
+    seconds for a restarting server, default [database] wait_timeout)."""
     params = params_from_settings(settings)
-    conn = connect(params, wait_timeout=float(settings["database"]["wait_timeout"]),
-                   reporter=reporter)
+    wait = float(settings["database"]["wait_timeout"]) if wait is None else wait
+    conn = connect(params, wait_timeout=wait, reporter=reporter)
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT login FROM login ORDER BY login")
@@ -169,6 +173,24 @@ def check_logins(settings: Settings, reporter: Reporter,
     _users(settings, reporter, src, templates, None)
 
 
+def check_table_logins(settings: Settings, reporter: Reporter, tool: str) -> bool:
+    """Before TOOL, one of IVLE's that walks the login table itself
+    (ivle-mountallusers -u unmounts MOUNTS/LOGIN/home, MOUNTS/LOGIN/tmp
+    and MOUNTS/LOGIN for each): every login through the names gate, a
+    MaintError naming one that is no plain name ('..' would have it unmount
+    the data directory).  False, with a warning, when the table cannot be
+    read at once (no wait: the tool waits for no server either, and the
+    site may be down): the tool is not to run."""
+    try:
+        logins = database_logins(settings, reporter, wait=0.0)
+    except MaintError as exc:
+        reporter.warn(f"cannot read the login table ({exc}); {tool} not run")
+        return False
+    for login in logins:
+        names.plain_login(login, "the login table")
+    return True
+
+
 def _jail_dirs(conf: IvleConf) -> tuple[Path, set[Path]]:
     """[paths] [[jails]] src, and the templates in it that are no user's."""
     jails = conf.conf["paths"]["jails"]
@@ -182,7 +204,8 @@ def _users(settings: Settings, reporter: Reporter, src: Path, templates: set[Pat
     logins, total_from = (given, "given") if given is not None else \
         _expected_logins(settings, reporter, src, templates)
     where = "the login table" if total_from == "database" else str(src)
-    return [names.plain_login(login, where) for login in logins], total_from
+    return [names.plain_login(login, where, src=src, not_users=templates)
+            for login in logins], total_from
 
 
 def _refuse_mounts(src: Path, logins: list[str], command: str) -> None:
@@ -272,7 +295,7 @@ def remake_user_jails(settings: Settings, reporter: Reporter, *, ivle_conf: Ivle
     after the run, when any user failed.
     """
     base = command_argv(settings, "remakeuser")
-    argv = [*base, "-a"]
+    argv = [*base, "LOGIN..."]
     require_root(shlex.join(argv))
     conf = ivle_conf if ivle_conf is not None else settings.ivle_conf()
     src, templates = _jail_dirs(conf)
@@ -296,14 +319,13 @@ def remake_user_jails(settings: Settings, reporter: Reporter, *, ivle_conf: Ivle
 
     timeout = float(settings["commands"]["timeout"])
     count = process_count(len(logins), processes) if total_from != "jail directories" else 1
-    if count > 1:
-        log.info("%s: %d users in %d processes", shlex.join(base), len(logins), count)
+    log.info("%s: %d users in %d processes", shlex.join(base), len(logins), count)
+    if not logins:
+        run = ToolRun((*base, "LOGIN..."), 0, 0, 0.0, ())
+    else:  # the logins the gate passed, named: never -a (see the module's docstring)
         with heartbeat(lambda: beat(0, 0.0), interval):
             run = _run_batches(base, batches(logins, count), conf.path.parent, timeout,
                                on_line)
-    else:
-        run = run_tool(argv, ivle_conf_dir=conf.path.parent, timeout=timeout,
-                       on_line=on_line, beat=beat, interval=interval)
     if run.exit_code != 0:
         raise MaintError(run.failure())
     changed = changed_since(src, before)

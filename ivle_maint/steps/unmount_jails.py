@@ -8,9 +8,21 @@ from __future__ import annotations
 
 from .. import release_needs
 from ..config import Settings
-from ..context import BEFORE, SLAVE, Metric, Outcome, PlanLines, PlanPart, Step, UpgradeContext
+from ..context import (
+    BEFORE,
+    SLAVE,
+    Check,
+    Metric,
+    Outcome,
+    PlanLines,
+    PlanPart,
+    PreflightStage,
+    Step,
+    UpgradeContext,
+)
 from ..jaildir import check as checked_mounts
 from ..jails.mounts import list_jail_mounts, unmount_jails_for
+from ..jails.users import check_table_logins
 
 
 def unmount_jails(ctx: UpgradeContext) -> Outcome:
@@ -38,11 +50,20 @@ def programs(settings: Settings) -> list[str]:
     return [settings["commands"]["mountallusers"]] if run else []
 
 
+def check_logins(ctx: UpgradeContext) -> None:
+    """With [jails] run_mountallusers: every login ivle-mountallusers -u
+    walks is a plain name (gates/names.py), proved while the site is up."""
+    if ctx.settings["jails"]["run_mountallusers"] and not release_needs.of(ctx).stays_up:
+        check_table_logins(ctx.settings, ctx.reporter,
+                           f"{ctx.settings['commands']['mountallusers']} -u")
+
+
 def skip_plan(ctx: UpgradeContext, migrations_source: str | None) -> list[str]:
     return release_needs.plan_lines(STEP.name, release_needs.of(ctx).stays_up)
 
 
 STEP = Step("unmount-jails", "unmount user jails", SLAVE, BEFORE, unmount_jails,
             recheck=still_unmounted, programs=programs,
+            checks=(Check(PreflightStage.JAILS, check_logins),),
             plan=(PlanLines(PlanPart.SKIPPED, skip_plan),),
             metrics=(Metric("jails_unmounted", "jail mounts unmounted"),))

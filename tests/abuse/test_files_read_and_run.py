@@ -24,15 +24,19 @@ from __future__ import annotations
 import os
 import pwd
 import resource
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ivle_sandbox.releases import OLD, RELEASES
 from support.abuse_helpers import assert_untouched, error_lines, one_error_line
@@ -665,3 +669,43 @@ def test_a_kernel_file_named_as_settings_is_refused_never_read(path: str) -> Non
     assert done.returncode == 2, done.stderr
     line = one_error_line(done)
     assert f"settings file {path}: on a " in line and "filesystem" in line, line
+
+
+def _through_fuse(purpose: str, path: Path) -> object:
+    from ivle_maint.gates import trusted
+
+    if purpose == "migrations directory":
+        return trusted.check_directory(path, trusted.MIGRATIONS_DIR)
+    if purpose == "source tree":
+        return trusted.check_tree(path)
+    if purpose == "settings file":
+        return trusted.read(path / "ivle-maint.conf", trusted.SETTINGS)
+    return trusted.program(str(path / "ivle-remakeuser"))
+
+
+@settings(max_examples=16, deadline=None)
+@given(purpose=st.sampled_from(["migrations directory", "source tree", "settings file",
+                                "program"]),
+       via=st.sampled_from(["itself", "a root symlink", "a directory below"]))
+def test_a_fuse_filesystem_saying_root_owns_it_is_never_trusted(purpose: str, via: str) -> None:
+    """A user's fusermount (allow_other) whose daemon says root owns every
+    file, 0755: no directory on the way, file, program or source tree on it
+    is trusted, whatever it claims.  Before: a migrations directory or a
+    source tree there passed the gate (its setup.py then ran as root)."""
+    from ivle_maint.gates.trusted import Refused
+    from support.fuse_daemon import fuse_mount
+
+    top = Path(tempfile.mkdtemp(prefix="ivle-fuse-"))
+    point = top / "mnt"
+    point.mkdir()
+    try:
+        with fuse_mount(point, uid=0):
+            if via == "a root symlink":
+                (top / "link").symlink_to(point)
+                path = top / "link"
+            else:
+                path = point if via == "itself" else point / "sub"
+            with pytest.raises(Refused, match=r"is on a fuse filesystem"):
+                _through_fuse(purpose, path)
+    finally:
+        shutil.rmtree(top)

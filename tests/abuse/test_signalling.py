@@ -37,6 +37,7 @@ from ivle_sandbox import mountns
 from ivle_sandbox import procs as sandbox_procs
 from ivle_sandbox.procs import alive
 from support.abuse_helpers import one_error_line
+from support.fuse_daemon import fuse_mount
 from support.upgrade_helpers import (
     REPO,
     at_version_1_0,
@@ -373,6 +374,42 @@ def test_a_student_process_that_left_the_jail_tree_through_its_own_namespaces_is
     finally:
         stop_all(node)
         elsewhere.rmdir()
+
+
+OWN_USER_NAMESPACE = """\
+import ctypes, time
+assert ctypes.CDLL(None, use_errno=True).unshare(0x10000000) == 0  # CLONE_NEWUSER
+print('ready', flush=True)
+time.sleep(600)
+"""
+
+
+@settings(max_examples=10, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(index=st.integers(0, 4), where=st.sampled_from(["jail", "source"]),
+       victim=st.integers(61000, 61999))
+def test_a_fuse_mount_on_a_home_is_never_asked_whose_home_it_is(
+    node: Any, spawn: Any, index: int, where: str, victim: int
+):
+    """A student's fusermount over their own home (allow_other, as
+    `user_allow_other` in the jail's /etc/fuse.conf permits; without it
+    the kernel refuses root's stat), whose daemon says the home is another
+    user's (any uid: the kernel passes a FUSE daemon's word on).  Before:
+    the gate took that uid for a student's, and stopped that user's process
+    in a user namespace of its own, outside every jail (a rootless
+    container, a sandboxed service); a daemon that never answered held
+    `consoles stop` for ever.  The daemon is never asked anything."""
+    login, uid, mounted = student(node, index)
+    home = mounted if where == "jail" else node.jails_src / login / "home" / login
+    bystander = spawn("/", user=victim, argv=[sys.executable, "-c", OWN_USER_NAMESPACE])
+    with fuse_mount(home, uid=victim) as asked:
+        tree = processes.jail_tree(os.path.realpath(node.jail_mounts),
+                                   src=str(node.jails_src))
+        found = processes.scan(tree, {})
+    assert asked == [], "the student's filesystem was asked"
+    assert victim not in tree.users and tree.users.get(uid) == login
+    assert bystander.pid not in [f.pid for f in found]
+    assert bystander.poll() is None
 
 
 # -- an administrator's shell is named, never killed ----------------------------

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ivle_maint import cli, mountinfo
 from ivle_maint.config import load_settings
@@ -253,3 +255,58 @@ def test_cli_list_escapes_hostile_names(mounted: Any, bind: Any,
     assert sorted(points) == table_below(mounted.jail_mounts)
     assert f"{mounted.jail_mounts}/tab\\011new\\012line\\134back" in [
         line.split("\t")[0] for line in lines]
+
+
+def _login_row(node: Any, login: str, add: bool) -> None:
+    conn = node.connect()
+    try:
+        with conn, conn.cursor() as cur:
+            if add:
+                cur.execute("INSERT INTO login (login, unixid, state, nick, fullname) "
+                            "VALUES (%s, 900002, 'enabled', 'x', 'x')", [login])
+            else:
+                cur.execute("DELETE FROM login WHERE login = %s", [login])
+    finally:
+        conn.close()
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(up=st.integers(1, 2), spelled=st.sampled_from(["", "./", "a/../", "a/./../"]),
+       target=st.sampled_from(["victim", "home", "tmp", ""]))
+def test_a_login_that_is_a_path_never_has_mountallusers_unmount_outside(
+    mounted: Any, tmp_path: Path, up: int, spelled: str, target: str
+):
+    """ivle-mountallusers -u umounts MOUNTS/LOGIN/home, MOUNTS/LOGIN/tmp and
+    MOUNTS/LOGIN for every login of the database: a login `../victim`
+    (or `..`: the data directory, a slave's NFS mount of the master's) would
+    unmount what lies outside the jail mounts directory.  Refused in one
+    line before the tool runs, every mount outside kept."""
+    from ivle_sandbox import mountns
+
+    data = mounted.jail_mounts.parent
+    back = "".join(f"{part}/" for part in data.parts[len(data.parts) - up + 1:])
+    login = f"{spelled}{'../' * up}{back}{target}".rstrip("/")
+    victims = [data / "victim", data / "home", data / "tmp"]
+    for victim in victims:
+        source = tmp_path / f"{victim.name}-{len(list(tmp_path.iterdir()))}"
+        source.mkdir()
+        victim.mkdir(exist_ok=True)
+        mountns.bind(source, victim)
+    _login_row(mounted, login, True)
+    try:
+        settings_ = load_settings(str(mounted.maint_conf))
+        settings_["jails"]["run_mountallusers"] = True
+        try:
+            unmount_jails_for(settings_, RecordingReporter())
+            refused = ""
+        except MaintError as exc:
+            refused = str(exc)
+        points = {m.mountpoint for m in mountinfo.read()}
+        assert [str(v) for v in victims if str(v) not in points] == [], login
+        assert "\n" not in refused and "the login table holds the login" in refused
+    finally:
+        _login_row(mounted, login, False)
+        for victim in victims:
+            while str(victim) in {m.mountpoint for m in mountinfo.read()}:
+                mountns.umount(victim)

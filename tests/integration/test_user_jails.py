@@ -158,7 +158,7 @@ def test_nonzero_exit_is_a_failure_with_the_tail(master, tmp_path):
     bad = tmp_path / "bad"
     bad.write_text("#!/bin/sh\necho 'cannot connect to the database' >&2\nexit 3\n")
     bad.chmod(0o755)
-    with pytest.raises(MaintError, match=r"bad -a failed with status 3; last output: cannot "
+    with pytest.raises(MaintError, match=r"bad LOGIN... failed with status 3; last output: cannot "
                        r"connect to the database"):
         remake_user_jails(settings_of(master, remakeuser=str(bad)), RecordingReporter())
 
@@ -365,4 +365,136 @@ def test_a_hostile_login_in_the_database_is_refused_or_rebuilt_as_a_name(master,
         made = _data_listing(master) - listing
         assert all(Path(p).parts[:2] == ("jails", login) for p in made), made
     finally:
+        _drop_login(master, login)
+
+
+def _tree_fingerprint(top: Path) -> dict[str, tuple[str, int]]:
+    """Every entry of a tree: its content's sha256 (or its kind) and mode."""
+    found = {}
+    for path in [top, *sorted(top.rglob("*"))]:
+        st = path.lstat()
+        digest = (hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file()
+                  and not path.is_symlink() else "link" if path.is_symlink() else "dir")
+        found[str(path.relative_to(top))] = (digest, st.st_mode)
+    return found
+
+
+# A login that names a directory of IVLE's own below [[jails]] src: the
+# template or its build directory, by name or through a symlink in src.
+IVLE_OWN = st.tuples(st.sampled_from(["template", "template_build"]),
+                     st.one_of(st.none(), st.text("abcxyz_", min_size=1, max_size=8)))
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(own=IVLE_OWN, processes=st.sampled_from([1, 2]), from_db=st.booleans())
+def test_a_login_naming_the_jail_template_is_refused_and_the_template_kept(master, own,
+                                                                          processes, from_db):
+    """A login `__base__` (or a symlink's name in src leading to the
+    template) would have ivle-remakeuser empty the template every jail is
+    made from: refused in one line before any program runs, both trees
+    and every home kept.  Counted from the database or, when that cannot
+    be read, from the jail directories."""
+    which, alias = own
+    target = getattr(master, which)
+    login = target.name
+    link = None
+    if alias is not None:
+        link = master.jails_src / f"{alias}{secrets.randbelow(10**6)}"
+        link.symlink_to(target.name)
+        login = link.name
+    version = f"1.{secrets.randbelow(10**6)}"
+    install_version(master, version)
+    before = {t: _tree_fingerprint(getattr(master, t)) for t in ("template", "template_build")}
+    homes = homes_fingerprint(master)
+    if from_db:
+        _add_login(master, login, 900000)
+    settings = settings_of(master)
+    if not from_db:  # the database cannot be read: the jail directories are counted
+        if link is None:
+            return  # a template's own name is never counted from the directories
+        settings.conf["database"].update({"connect_as": "postgres",
+                                          "socket_dir": "/nonexistent", "wait_timeout": 0})
+    try:
+        with pytest.raises(MaintError) as raised:
+            remake_user_jails(settings, RecordingReporter(), processes=processes)
+        assert "\n" not in str(raised.value) and f"'{login}'" in str(raised.value)
+        assert all(_built_version(master, u.login) != version for u in master.users)
+        assert {t: _tree_fingerprint(getattr(master, t))
+                for t in ("template", "template_build")} == before
+        assert homes_fingerprint(master) == homes
+    finally:
+        if from_db:
+            _drop_login(master, login)
+        if link is not None:
+            link.unlink()
+
+
+@settings(max_examples=10, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(index=st.integers(0, 5), sep=st.sampled_from([" ", ":", "  ", ": "]),
+       tail=st.text("abcxyz0123", min_size=1, max_size=6), processes=st.sampled_from([1, 2]))
+def test_a_failed_login_is_never_reported_as_another_users(master, index, sep, tail,
+                                                           processes):
+    """The tool says `Failed to recreate jail for LOGIN: WHY`: a login in the
+    database holding a space or a colon after another user's login (`user0001
+    x`), whose rebuild fails, must not be told as that other user's failure.
+    Refused before anything runs, or the failure names exactly the login."""
+    other = master.users[index].login
+    login = f"{other}{sep}{tail}"
+    _add_login(master, login, 900000)
+    master.set_fakes("ivle-remakeuser", fail_users=[login])
+    try:
+        with pytest.raises(MaintError) as caught:
+            remake_user_jails(settings_of(master), RecordingReporter(), processes=processes)
+        failed = [f.login for f in getattr(caught.value, "result", None).failed] \
+            if isinstance(caught.value, UserJailsError) else []
+        assert other not in failed, str(caught.value)
+        assert failed in ([], [login]), failed
+    finally:
+        master.set_fakes("ivle-remakeuser", fail_users=None)
+        _drop_login(master, login)
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(login=st.sampled_from(["__base__", "__base_build__", "../x", "..", "a/../../x"]),
+       when=st.sampled_from(["unreadable by ivle-maint", "added after the read"]),
+       processes=st.sampled_from([1, 2]))
+def test_the_tool_never_walks_the_login_table_past_the_gate(master, monkeypatch, login, when,
+                                                           processes):
+    """A hostile login the gate never saw: the table could not be read by
+    ivle-maint (it counts the jail directories), or the row came just after
+    ivle-maint read it.  Before: `ivle-remakeuser -a` read the table itself
+    and emptied the template (`__base__`) or made jails outside src (`..`).
+    Now the tool gets only the logins the gate passed."""
+    from ivle_maint.jails import users
+
+    before = {t: _tree_fingerprint(getattr(master, t)) for t in ("template", "template_build")}
+    listing, homes = _data_listing(master), homes_fingerprint(master)
+    settings = settings_of(master)
+    if when == "unreadable by ivle-maint":
+        _add_login(master, login, 900000)
+        settings.conf["database"].update({"connect_as": "postgres",
+                                          "socket_dir": "/nonexistent", "wait_timeout": 0})
+    else:
+        read = users.database_logins
+
+        def then_added(*args, **kwargs):
+            found = read(*args, **kwargs)
+            _add_login(master, login, 900000)
+            return found
+
+        monkeypatch.setattr(users, "database_logins", then_added)
+    try:
+        try:
+            remake_user_jails(settings, RecordingReporter(), processes=processes)
+        except MaintError as exc:
+            assert "\n" not in str(exc)
+        assert {t: _tree_fingerprint(getattr(master, t))
+                for t in ("template", "template_build")} == before
+        assert homes_fingerprint(master) == homes
+        assert _data_listing(master) - listing == set()
+    finally:
+        monkeypatch.undo()
         _drop_login(master, login)

@@ -47,6 +47,7 @@ def test_the_steps_checks_run_in_the_preflights_order():
              for check in step.checks if check.stage == stage]
     assert order == [
         ("JAILS", "stop-consoles", "check_jail_mounts"),
+        ("JAILS", "unmount-jails", "check_logins"),
         ("WEB", "stop-web", "check_maintenance"),
         ("WEB", "stop-web", "warn_first_requests"),
         ("WEB", "stop-web", "warn_unheld_listeners"),
