@@ -230,7 +230,7 @@ def _one_line_fields(row: MarkerRow) -> MarkerRow:
     printable and short: unchanged."""
     # Field by field, not dataclasses.asdict: it deep-copies every value,
     # and 302 rows took 65 ms of `db status`.
-    changed: dict[str, str] = {}
+    changed: dict[str, Any] = {}
     for field in _FIELDS:
         value = getattr(row, field)
         if isinstance(value, str) and (line := shown(value, FIELD_LIMIT)) != value:
