@@ -28,6 +28,7 @@ from .context import (
 from .dpkg import package_version
 from .dpkg_calls import VERSION_SLOTS, Form, HookCall
 from .errors import MaintError, UsageError
+from .gates.environment import yes_or_no
 from .installed import record_fresh_install
 from .output import Reporter
 from .services import maintenance_page
@@ -49,18 +50,8 @@ def dpkg_options(environ: Mapping[str, str]) -> RunOptions:
     accept_class = tuple(environ.get(ACCEPT_CLASS_ENV, "").replace(",", " ").split())
     return RunOptions(during_upgrade=environ.get(maintenance_page.ENV_MODE, ""),
                       accept_class=accept_class,
-                      accept_data_loss=environ.get(ACCEPT_DATA_LOSS_ENV, "") == "1",
-                      unpack_together=_yes_or_no(environ, UNPACK_TOGETHER_ENV))
-
-
-def _yes_or_no(environ: Mapping[str, str], name: str) -> bool | None:
-    """NAME's yes or no; None when unset or empty (the setting decides)."""
-    value = environ.get(name, "").strip().lower()
-    if not value:
-        return None
-    if value in ("yes", "true", "1", "no", "false", "0"):
-        return value in ("yes", "true", "1")
-    raise UsageError(f"{name} must be yes or no, not {environ[name][:40]!r}")
+                      accept_data_loss=bool(yes_or_no(environ, ACCEPT_DATA_LOSS_ENV)),
+                      unpack_together=yes_or_no(environ, UNPACK_TOGETHER_ENV))
 
 
 @dataclass

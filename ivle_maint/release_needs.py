@@ -65,6 +65,7 @@ from .db.migrations import status
 from .dpkg import FileList, installed_md5sums, package_version, parse_md5sums
 from .dpkg import read_file as _read
 from .errors import MaintError
+from .gates.environment import yes_or_no
 from .jails.template import recorded_inputs
 
 if TYPE_CHECKING:
@@ -381,7 +382,7 @@ def _of_this_shape(data: object) -> bool:
 
 
 def _forced() -> bool:
-    return os.environ.get(ENV_FULL, "").strip().lower() not in ("", "0", "no", "false")
+    return bool(yes_or_no(os.environ, ENV_FULL))
 
 
 def _migrations(ctx: UpgradeContext, files: Release) -> tuple[bool, str]:

@@ -26,6 +26,9 @@ import os
 import re
 from collections.abc import Mapping
 
+from ..errors import UsageError
+from .text import shown
+
 # Maintainer scripts run with a PATH that has the sbin directories; a
 # person's shell may not, and an inherited PATH may lead anywhere.
 SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -145,6 +148,26 @@ def scrub_libpq() -> None:
     """Remove every PG* variable from this process (libpq reads them at connect)."""
     for name in [n for n in os.environ if n.startswith("PG")]:
         del os.environ[name]
+
+
+_YES = ("yes", "true", "1")
+_NO = ("no", "false", "0")
+
+
+def yes_or_no(environ: Mapping[str, str], name: str) -> bool | None:
+    """The yes or no that NAME (one of OWN's IVLE_MAINT_* choices) says in
+    ENVIRON; None when unset or empty (the setting or the default decides).
+
+    The one reader of every boolean choice from the environment: each once
+    read its own spelling (only "1" accepted data loss, "off" forced the
+    whole procedure), so a value meant one way could be taken the other,
+    silently.  Anything else is bad input, named, before anything runs."""
+    value = environ.get(name, "").strip().lower()
+    if not value:
+        return None
+    if value in _YES or value in _NO:
+        return value in _YES
+    raise UsageError(f"{name} must be yes or no (or 1 or 0), not {shown(environ[name], 40)}")
 
 
 def check_search_path(value: str) -> str:

@@ -274,10 +274,15 @@ def test_a_relative_settings_or_ivle_conf_path_is_the_invoker_s_file_wherever_it
 
 
 HOOK = ["hook", "preinst", "upgrade", "1.0", "1.1"]
-# The environment's choices, and a command that reads each (UNPACK_TOGETHER: hooks alone).
+# The environment's choices, and a command that reads each (UNPACK_TOGETHER
+# and ACCEPT_DATA_LOSS: hooks alone); the yes-or-no ones through one gate
+# (gates/environment.yes_or_no).
 ENV_CHOICES = [("IVLE_MAINT_DURING_UPGRADE", HOOK),
                ("IVLE_MAINT_DURING_UPGRADE", ["upgrade", "--from", "1.0", "--to", "1.1"]),
-               ("IVLE_MAINT_UNPACK_TOGETHER", HOOK)]
+               ("IVLE_MAINT_UNPACK_TOGETHER", HOOK),
+               ("IVLE_MAINT_ACCEPT_DATA_LOSS", HOOK),
+               ("IVLE_MAINT_FULL_PROCEDURE", HOOK),
+               ("IVLE_MAINT_FULL_PROCEDURE", ["upgrade", "--from", "1.0", "--to", "1.1"])]
 
 
 @pytest.mark.needs_root
