@@ -21,7 +21,6 @@ from ..cluster import table
 from ..cluster.probe import ask, checkable
 from ..cluster.waits import Pending, TimedOut, poll_through
 from ..config import Settings
-from ..context import Role
 from ..db.marker import applied, exists
 from ..db.migration_class import ADDITIVE, listed
 from ..db.session import session
@@ -215,10 +214,14 @@ def _slaves(settings: Settings, reporter: Reporter, point: RestorePoint) -> str:
 
 def _slaves_wrong(conn: Any, settings: Settings,
                   point: RestorePoint) -> tuple[list[tuple[str, str]], int]:
-    """(name, what is wrong) for each slave not serving the old version; how many."""
-    rows = [r for r in table.nodes(conn) if r.role == Role.SLAVE]
-    wrong = [(r.name, f"{r.name} serves {r.serving or 'nothing'}") for r in rows
-             if r.serving != point.old]
+    """(name, what is wrong) for each other web node not serving the old
+    version; how many.  Chosen as the cluster's waits choose (NodeRow.has_web):
+    a row that failed the table's gate (a role spelled 'SLAVE') may serve
+    anything, so it is wrong until fixed or forgotten, never left out."""
+    me = settings.node_name
+    rows = [r for r in table.nodes(conn) if r.name != me and r.has_web]
+    wrong = [(r.name, r.invalid or f"{r.name} serves {r.serving or 'nothing'}") for r in rows
+             if r.invalid is not None or r.serving != point.old]
     timeout = float(settings["cluster"]["probe_timeout"])
     here = table.hostname()
     for row in rows:  # a loopback URL is the slave's own: asked only from its machine

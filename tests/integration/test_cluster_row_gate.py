@@ -7,6 +7,7 @@ master, may hold jails), with the reason and the fix in one line."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ivle_maint.cluster import table, trust, waits
+from ivle_maint.config import load_settings
+from ivle_maint.rollback import checks
+from ivle_maint.rollback.point import RestorePoint
 from ivle_sandbox import schema
 
 pytestmark = [pytest.mark.needs_postgres]
@@ -54,11 +58,22 @@ def rows_with(conn: Any, row: dict[str, Any]) -> list[table.NodeRow]:
     return table.nodes(conn)
 
 
+@pytest.fixture(scope="module")
+def master(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A master's settings (node 'me'), as the rollback's check reads them."""
+    path = tmp_path_factory.mktemp("row-gate") / "maint.conf"
+    path.write_text(f"[node]\nrole = master\nname = me\n[paths]\nstate = {path.parent}\n")
+    return load_settings(str(path))
+
+
+POINT = RestorePoint(Path("/nonexistent"), "1.0->1.1@ab", "1.0", "1.1", "master")
+
+
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(bad=BAD, serving=st.sampled_from([None, "1.0"]))
 def test_a_row_with_a_value_no_ivle_maint_writes_is_taken_conservatively(
-        conn: Any, bad: tuple[str, Any], serving: str | None) -> None:
+        conn: Any, master: Any, bad: tuple[str, Any], serving: str | None) -> None:
     field, value = bad
     row = {**GOOD, "serving": serving, field: value}
     (read,) = rows_with(conn, row)
@@ -74,6 +89,10 @@ def test_a_row_with_a_value_no_ivle_maint_writes_is_taken_conservatively(
     assert waits.jails_held([read], "master") == [read], row
     # ...never as a master finished with its steps.
     assert not waits.master_finished(read, "1.0") and not waits.master_finished(read, "1.1")
+    # ...and a full rollback's check of the slaves never passes over it
+    # (before, only a row whose role read exactly 'slave' was looked at).
+    wrong, _ = checks._slaves_wrong(conn, master, POINT)
+    assert wrong == [(read.name, why)], row
     if field == "role":  # a role no ivle-maint writes may be a master's
         assert trust.second_master([read], "me", "master"), row
 
