@@ -35,9 +35,11 @@ suites:
 # The tests start thousands of Python processes (ivle-maint, its hooks, the
 # stand-ins), each importing ivle_maint; where PYTHONDONTWRITEBYTECODE is
 # set (as on the CI machine) none writes its bytecode, and each compiles
-# every module again: about 0.2 s of CPU a process.  Compiled once here.
+# every module again: about 0.2 s of CPU a process.  Compiled once here,
+# with the stand-ins' library and the test support modules those processes
+# import (tests/fakes/_fakelib.py, tests/support/).
 bytecode:
-	$(PY) -m compileall -q ivle_maint scripts
+	$(PY) -m compileall -q ivle_maint scripts tests
 
 test-debian: bytecode
 	$(PYTEST) $(XDIST_DEBIAN) tests/unit tests/integration tests/abuse
