@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 from pathlib import Path
 
 from ..errors import MaintError
@@ -62,18 +61,10 @@ def main_process(path: Path) -> tuple[int, int] | None:
         pidfd = os.pidfd_open(pid)  # before the facts: they are then its process's
     except (OSError, OverflowError):
         return None
-    if _is_daemons(pid, owner) and still_running(pidfd):
+    if _is_daemons(pid, owner) and processes.still_running(pidfd):
         return pid, pidfd
     os.close(pidfd)
     return None
-
-
-def still_running(pidfd: int) -> bool:
-    """PIDFD's process has not exited: what was read of its pid since the
-    pidfd was opened was read of it (a pid is reused only once it ended)."""
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    return not poller.poll(0)
 
 
 def _is_daemons(pid: int, owner: int) -> bool:

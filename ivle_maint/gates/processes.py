@@ -703,6 +703,37 @@ def _remains(left: list[Found], seconds: float) -> MaintError:
     )
 
 
+# -- a process named by number ----------------------------------------------
+#
+# A pid judged from /proc (its program, its start time) names another
+# process once it has ended: a student's may take the number.  So a pidfd
+# is opened first, the judged start time read again after, and the pidfd
+# kept only if its process has not exited meanwhile; every wait and signal
+# then goes through that pidfd, never the number.
+
+
+def still_running(pidfd: int) -> bool:
+    """PIDFD's process has not exited: what was read of its pid since the
+    pidfd was opened was read of it (a pid is reused only once it ended)."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return not poller.poll(0)
+
+
+def pinned(pid: int, start: int | str) -> int | None:
+    """A pidfd of PID while it is the process that started at START (clock
+    ticks after boot, /proc/PID/stat), else None.  The caller closes it."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (OSError, OverflowError):
+        return None
+    fields = _stat(pid)
+    if fields is not None and fields[19] == str(start).encode() and still_running(fd):
+        return fd
+    os.close(fd)
+    return None
+
+
 # -- what a killed run left -------------------------------------------------
 #
 # A command ivle-maint runs starts a session of its own (its group's number
