@@ -4,9 +4,11 @@ Every command starts in a session of its own (so its whole process group
 can be ended, the tool's own children with it) and with the kernel's
 parent-death signal (PR_SET_PDEATHSIG): when ivle-maint dies, even by
 SIGKILL, the command gets SIGKILL.  While it runs, a record in the run
-directory names its group and its owner; the next run under the node lock
-ends what a dead owner left (a grandchild the parent-death signal does not
-reach, an init script's action) before it starts any step.
+directory names its group, its owner and its mark (a random value in its
+environment, gates.environment.MARK); the next run under the node lock
+ends what a dead owner left (a grandchild the parent-death signal does
+not reach, an init script's action) before it starts any step, each
+process only once gates.processes proves it the command's.
 
 Work that runs beside the main thread (steps that overlap, user jails
 remade in batches) runs in Workers: each call's outcome comes back to the
@@ -23,9 +25,9 @@ import errno
 import json
 import logging
 import os
+import secrets
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MaintError
-from .gates import trusted, waits
+from .gates import processes, trusted, waits
 from .gates.environment import UMASK
 from .gates.rewrite import replace_file
 from .output import Reporter
@@ -156,22 +158,6 @@ def start_time(pid: int) -> int | None:
         return None
 
 
-def _group_members(pgid: int, since: int) -> list[int]:
-    """Live processes in group PGID started no earlier than SINCE."""
-    members = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != b"Z" and int(fields[2]) == pgid and int(fields[19]) >= since:
-            members.append(int(entry.name))
-    return members
-
-
 @contextmanager
 def tracked_run(run_dir: Path) -> Iterator[None]:
     """Record this run's children under RUN_DIR while the block runs."""
@@ -198,19 +184,25 @@ _live: set[int] = set()
 _live_lock = threading.Lock()
 
 
-def record(pid: int, argv: Sequence[str]) -> Child:
-    """Note a started command whose group must not outlive this run."""
+def new_mark() -> str:
+    """A fresh mark for one command's environment (gates.environment.MARK)."""
+    return secrets.token_hex(16)
+
+
+def record(pid: int, argv: Sequence[str], mark: str | None = None) -> Child:
+    """Note a started command whose group must not outlive this run; MARK:
+    the value of environment.MARK it was started with (new_mark)."""
     with _live_lock:
         _live.add(pid)
         if waits.stopping():
             end_now(pid)
-    return Child(pid, _write_record(pid, argv))
+    return Child(pid, _write_record(pid, argv, mark))
 
 
-def _write_record(pid: int, argv: Sequence[str]) -> Path | None:
+def _write_record(pid: int, argv: Sequence[str], mark: str | None) -> Path | None:
     if _records is None:
         return None
-    data = {"pid": pid, "start": start_time(pid), "argv": list(argv),
+    data = {"pid": pid, "start": start_time(pid), "argv": list(argv), "mark": mark,
             "owner": os.getpid(), "owner_start": start_time(os.getpid())}
     path = _records / f"{pid}.json"
     try:
@@ -245,7 +237,9 @@ def _owner_alive(data: dict[str, object]) -> bool:
 
 
 def end_leftovers(run_dir: Path, reporter: Reporter) -> list[str]:
-    """End the command groups a dead run left; returns what was ended."""
+    """End the command groups a dead run left; returns what was ended.
+    Only processes the gate proves the recorded command's are signalled
+    (gates.processes.end_leftover_group: the leader itself, or the mark)."""
     ended = []
     directory = run_dir / "children"
     for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
@@ -257,48 +251,21 @@ def end_leftovers(run_dir: Path, reporter: Reporter) -> list[str]:
             continue
         if _owner_alive(data):
             continue  # a live ivle-maint's (one that takes no node lock)
-        members = _group_members(pgid, since) if _still_recorded(pgid, data.get("start")) else []
-        if members:
+        start, mark = data.get("start"), data.get("mark")
+        if pgid > 1 and processes.leftover_members(pgid, since, start, mark):
             command = " ".join(str(a) for a in data.get("argv", []))[:200]
             reporter.info(f"ending {command} (process group {pgid}), left running by a "
                           f"killed ivle-maint (pid {data.get('owner')})")
-            _end_group(pgid, since, data.get("start"))
+            processes.end_leftover_group(pgid, since, start, mark, grace=TERM_GRACE)
             ended.append(command)
         path.unlink(missing_ok=True)
     return ended
-
-
-def _still_recorded(pgid: int, start: object) -> bool:
-    """Group PGID is still the command the record names, not a process that
-    got its number since: the leader, while it lives, is the very process
-    recorded (its start time); with the leader gone, the members left are
-    its group's, since the kernel gives no process a number in use as a
-    group's id.  A leader whose start was not recorded proves nothing."""
-    now = start_time(pgid)
-    return now is None or (isinstance(start, int) and now == start)
 
 
 def end_now(pid: int) -> None:
     """End a command group of this run at once (its wait was interrupted)."""
     with suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-
-
-def _end_group(pgid: int, since: int, leader_start: object) -> None:
-    """SIGTERM the group, SIGKILL what is left after the grace, wait until gone."""
-    for sig, wait in ((signal.SIGTERM, TERM_GRACE), (signal.SIGKILL, 30.0)):
-        if not _still_recorded(pgid, leader_start):
-            return  # its leader gone and the number taken since: not ours
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if not _group_members(pgid, since):
-                return
-            time.sleep(0.05)
-
 
 
 # -- work beside the main thread ----------------------------------------------

@@ -55,13 +55,15 @@ def run(argv: Sequence[str], *, timeout: float | None,
     never raise on its status (system.run's contract; ENV may only add what
     ivle-maint sets itself, gates/environment.child_env)."""
     program = trusted.require_program(argv[0])
-    full_env = environment.child_env(os.environ, env, home=environment.home_of(os.geteuid()))
+    mark = children.new_mark()  # proves a killed run's leftovers (gates/processes.py)
+    full_env = environment.child_env(os.environ, {**(env or {}), environment.MARK: mark},
+                                     home=environment.home_of(os.geteuid()))
     with children.spawning():  # one thread forks at a time, as in system.run
         proc = subprocess.Popen(  # the gate checked the program
             [program, *argv[1:]], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, env=full_env, cwd=cwd, start_new_session=True,
             preexec_fn=children.preexec_for_child())  # noqa: PLW1509 (as system.run's)
-    note = children.record(proc.pid, argv)
+    note = children.record(proc.pid, argv, mark)
     lines = _Lines(on_line, keep_stdout)
     finished = False
     try:

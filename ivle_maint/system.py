@@ -94,7 +94,9 @@ def run(
             on_line(text)
 
     # Nothing inherited beyond the gate's policy (gates/environment.py).
-    full_env = environment.child_env(os.environ, env, home=environment.home_of(os.geteuid()))
+    mark = children.new_mark()  # what it forks carries it too: a killed run's leftovers
+    full_env = environment.child_env(os.environ, {**(env or {}), environment.MARK: mark},
+                                     home=environment.home_of(os.geteuid()))
     log.debug("running %s", list(argv))
     # Its own session, and dead with us: see children.py.  One thread forks
     # at a time (children.spawning): a child of a threaded process must not
@@ -125,7 +127,7 @@ def run(
     else:
         raise MaintError(f"{argv[0]} could not be started: its forked child hung before "
                          f"exec twice")
-    note = children.record(cmd.pid, argv)
+    note = children.record(cmd.pid, argv, mark)
     finished = False
     try:
         try:

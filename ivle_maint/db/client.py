@@ -78,7 +78,8 @@ def run_kwargs(params: ConnectParams) -> dict[str, Any]:
     pass_env = {"PGPASSWORD": params.password} if params.password else {}
     # The gate's environment: no inherited PG* (PGOPTIONS, PGSERVICE...).
     env = environment.child_env(
-        os.environ, {**pass_env, "PGPASSFILE": environment.NO_PASSFILE}, home=who.home)
+        os.environ, {**pass_env, "PGPASSFILE": environment.NO_PASSFILE,
+                     environment.MARK: children.new_mark()}, home=who.home)
     return {
         "env": env,
         "cwd": "/",

@@ -75,7 +75,12 @@ SET_BY_US: dict[str, str] = {
     "IVLE_MAINT_ROLLBACK_PID": "the rollback's hooks may take the node lock (lock.py)",
     "DEBIAN_FRONTEND": "dpkg and apt-get run by rollback ask nothing (noninteractive)",
     "PYTHONPATH": "the postinst's warm worker loads this ivle_maint, nothing else (warm.py)",
+    # MARK: a random value of each recorded command, inherited by what it forks.
+    "IVLE_MAINT_COMMAND": "proves a dead run's leftover is its command's (gates/processes.py)",
 }
+
+# The name of the mark each recorded command carries (children.record).
+MARK = "IVLE_MAINT_COMMAND"
 
 # Read by ivle-maint itself from its own environment: kept by pin_process()
 # (and passed on to no child unless listed above).

@@ -14,7 +14,12 @@ and its pid is in time another process's, maybe a student's.  So:
   as root), and it sees the machine's own root directory (not a jail's).
 
 Anything else is not the service's main process: None, and the caller
-does without it (the init script's own stop).
+does without it (the init script's own stop).  What is believed comes
+with a pidfd opened before the facts were read and found still running
+after: every signal, socket copy and wait of the caller goes through it,
+so a process that took the pid since (once the daemon has ended) is never
+named by number, not even when the daemon ends during an init script's
+stop and the caller waits for its exit afterwards.
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ log = logging.getLogger(__name__)
 PIDFILE = trusted.Purpose("pidfile", 64, MaintError)
 
 
-def main_process(path: Path) -> int | None:
-    """The pid PATH names when that process is provably the daemon's, else None."""
+def main_process(path: Path) -> tuple[int, int] | None:
+    """(pid, pidfd) of the process PATH names when it is provably the
+    daemon's, else None.  The caller closes the pidfd."""
     try:
         fd = trusted.open_checked(path, PIDFILE)
     except FileNotFoundError:
@@ -51,7 +57,14 @@ def main_process(path: Path) -> int | None:
     if not words or not words[0].isdigit() or int(words[0]) <= 1:
         return None
     pid = int(words[0])
-    return pid if _is_daemons(pid, owner) else None
+    try:
+        pidfd = os.pidfd_open(pid)  # before the facts: they are then its process's
+    except (OSError, OverflowError):
+        return None
+    if _is_daemons(pid, owner) and processes.still_running(pidfd):
+        return pid, pidfd
+    os.close(pidfd)
+    return None
 
 
 def _is_daemons(pid: int, owner: int) -> bool:

@@ -47,6 +47,10 @@ SIGTERM wait; past it, one line names what remains (pid, user, jail).
 Every signal goes through a pidfd opened while psutil still vouches for
 the process (its start time), held or opened for that one signal, so a
 reused pid is never signalled; no pidfd, no signal.
+
+A killed run's leftover commands (children.end_leftovers) are signalled
+here too (end_leftover_group): only a process of the recorded group whose
+leader is the recorded process, or that carries the command's mark.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ from typing import TYPE_CHECKING
 from .. import mountinfo
 from ..errors import MaintError
 from ..mountinfo import is_at_or_below, is_below
+from . import environment
 from .text import ivle_maint, shown
 
 if TYPE_CHECKING:
@@ -721,3 +726,160 @@ def _remains(left: list[Found], seconds: float) -> MaintError:
         f"and SIGKILL: {_one_line(left, text)}; stuck in the kernel (state D)? "
         f"see '{ivle_maint('consoles', 'list')}'"
     )
+
+
+# -- a process named by number ----------------------------------------------
+#
+# A pid judged from /proc (its program, its start time) names another
+# process once it has ended: a student's may take the number.  So a pidfd
+# is opened first, the judged start time read again after, and the pidfd
+# kept only if its process has not exited meanwhile; every wait and signal
+# then goes through that pidfd, never the number.
+
+
+def still_running(pidfd: int) -> bool:
+    """PIDFD's process has not exited: what was read of its pid since the
+    pidfd was opened was read of it (a pid is reused only once it ended)."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return not poller.poll(0)
+
+
+def pinned(pid: int, start: int | str) -> int | None:
+    """A pidfd of PID while it is the process that started at START (clock
+    ticks after boot, /proc/PID/stat), else None.  The caller closes it."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (OSError, OverflowError):
+        return None
+    fields = _stat(pid)
+    if fields is not None and fields[19] == str(start).encode() and still_running(fd):
+        return fd
+    os.close(fd)
+    return None
+
+
+# -- what a killed run left -------------------------------------------------
+#
+# A command ivle-maint runs starts a session of its own (its group's number
+# is its pid) and carries a mark in its environment (environment.MARK, a
+# random value recorded with it, children.record), which whatever it forks
+# inherits.  Once that run is killed, its record names the group by number
+# only; when the leader has gone, that number may be any session's made
+# since (a daemon's double fork, a student's `setsid sh -c 'job &'`).  So a
+# member is ended only when the group is provably the command's: its leader
+# is the recorded process itself (its start time), or the member carries
+# the command's mark, which no student can read (root's environment and
+# root's record).  A record without a mark (an earlier version's) proves no
+# group whose leader has gone.  Each signal goes through a pidfd opened
+# before the proof: a pid reused meanwhile is never signalled.
+
+ENVIRON_BOUND = 1 << 20  # bytes of /proc/PID/environ looked through
+
+
+def _stat(pid: int) -> list[bytes] | None:
+    """/proc/PID/stat's fields after the command name (state first)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields if len(fields) > 19 else None
+
+
+def group_members(pgid: int, since: int) -> list[int]:
+    """Live processes in group PGID started no earlier than SINCE (clock ticks)."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        fields = _stat(int(entry.name))
+        if fields and fields[0] != b"Z" and int(fields[2]) == pgid and int(fields[19]) >= since:
+            members.append(int(entry.name))
+    return members
+
+
+def _carries(pid: int, mark: str) -> bool:
+    """Does PID's environment hold MARK (environment.MARK=MARK)?"""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            data = handle.read(ENVIRON_BOUND)
+    except OSError:
+        return False
+    return f"{environment.MARK}={mark}".encode() in data.split(b"\0")
+
+
+def _leader_is(pgid: int, leader_start: object) -> bool | None:
+    """True: PGID's leader lives and is the recorded process; False: it lives
+    and is another (the whole group is another's); None: it has gone."""
+    fields = _stat(pgid)
+    if fields is None:
+        return None
+    return isinstance(leader_start, int) and int(fields[19]) == leader_start
+
+
+def _leftover(pid: int, pgid: int, since: int, leader_start: object, mark: object) -> bool:
+    fields = _stat(pid)
+    if fields is None or fields[0] == b"Z" or int(fields[2]) != pgid or int(fields[19]) < since:
+        return False
+    leader = _leader_is(pgid, leader_start)
+    if leader is not None:
+        return leader
+    return isinstance(mark, str) and bool(mark) and _carries(pid, mark)
+
+
+def leftover_members(pgid: int, since: int, leader_start: object, mark: object) -> list[int]:
+    """The live members of group PGID provably the recorded command's (see above)."""
+    return [pid for pid in group_members(pgid, since)
+            if _leftover(pid, pgid, since, leader_start, mark)]  # fmt: skip
+
+
+def _signal_leftovers(pgid: int, since: int, leader_start: object, mark: object,
+                      sig: int) -> list[int]:  # fmt: skip
+    """SIG to each proved member, through a pidfd opened before the proof;
+    the pidfds of those signalled (the caller closes them)."""
+    fds = []
+    for pid in group_members(pgid, since):
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            continue
+        try:
+            if _leftover(pid, pgid, since, leader_start, mark):
+                signal.pidfd_send_signal(fd, sig)
+                fds.append(fd)
+                fd = -1
+        except ProcessLookupError:
+            pass
+        finally:
+            if fd >= 0:
+                os.close(fd)
+    return fds
+
+
+def end_leftover_group(pgid: int, since: int, leader_start: object, mark: object, *,
+                       grace: float, kill_wait: float = 30.0) -> int:  # fmt: skip
+    """SIGTERM the proved members of a dead run's command group, SIGKILL those
+    left after GRACE seconds, and wait (KILL_WAIT at most) until they have
+    ended; how many were signalled."""
+    signalled = 0
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, kill_wait)):
+        fds = _signal_leftovers(pgid, since, leader_start, mark, sig)
+        if not fds:
+            return signalled
+        signalled = max(signalled, len(fds))
+        try:
+            poller = select.poll()
+            for fd in fds:
+                poller.register(fd, select.POLLIN)
+            alive, deadline = set(fds), time.monotonic() + wait
+            while alive and time.monotonic() < deadline:
+                for fd, _event in poller.poll(max(deadline - time.monotonic(), 0) * 1000):
+                    alive.discard(fd)
+                    poller.unregister(fd)
+            if not alive:
+                return signalled
+        finally:
+            for fd in fds:
+                os.close(fd)
+    return signalled

@@ -58,7 +58,7 @@ from .. import children
 from ..db import client
 from ..db.connect import ConnectParams, pg_reason
 from ..errors import MaintError
-from ..gates import clock, trusted, waits
+from ..gates import clock, environment, trusted, waits
 from ..gates.text import shown
 from ..output import Reporter
 from ..pgdriver import psycopg2, sql
@@ -168,10 +168,11 @@ def _pg_restore(params: ConnectParams, name: str, archive: Path, jobs: int) -> N
     argv = [client.program("pg_restore", ""), f"--dbname={client.dbname_conninfo(name)}",
             f"--jobs={jobs}", "--no-password", "--exit-on-error",
             *client.connection_argv(params), str(archive)]
+    kwargs = client.run_kwargs(params)
     with children.spawning():  # one thread forks at a time (children.py)
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, **client.run_kwargs(params))
-    note = children.record(proc.pid, argv)
+                                stderr=subprocess.PIPE, **kwargs)
+    note = children.record(proc.pid, argv, kwargs["env"][environment.MARK])
     finished = False
     try:
         _out, err = proc.communicate()

@@ -50,9 +50,14 @@ def wait_exit(pid: int, timeout: float) -> bool:
     if fd is None:
         return True
     try:
-        return bool(select.select([fd], [], [], max(timeout, 0.0))[0])
+        return wait_fd(fd, timeout)
     finally:
         os.close(fd)
+
+
+def wait_fd(pidfd: int, timeout: float) -> bool:
+    """True once PIDFD's process has exited, False after TIMEOUT seconds."""
+    return bool(select.select([pidfd], [], [], max(timeout, 0.0))[0])
 
 
 def signal_and_drain(pid: int, signum: int, timeout: float, pidfd: int | None = None) -> bool:

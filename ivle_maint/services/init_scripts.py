@@ -42,7 +42,7 @@ from ..gates import pidfiles, schema_hold, trusted
 from ..output import Reporter
 from ..safepaths import check_dir
 from . import listeners
-from .drain import open_pidfd, signal_and_drain, wait_exit
+from .drain import open_pidfd, signal_and_drain, wait_fd
 
 log = logging.getLogger(__name__)
 
@@ -189,17 +189,21 @@ class ServiceControl:
             time.sleep(min(delay, max(deadline - time.monotonic(), 0.01)))
             delay = min(delay * 2, 0.5)
 
-    def main_pid(self, name: str) -> int | None:
-        """The service's main process: systemd's MainPID, else its pidfile's."""
+    def main_process(self, name: str) -> tuple[int, int] | None:
+        """The service's main process, (pid, pidfd): systemd's MainPID, else
+        its pidfile's (gates/pidfiles.py).  The caller closes the pidfd,
+        through which alone it signals, holds or waits for that process."""
         if self._uses_systemctl():
             done = quickrun.run(["systemctl", "show", "-p", "MainPID", "--value", name],
                               keep_stdout=True, timeout=30)
             value = done.stdout.strip()
-            return int(value) if value.isdigit() and int(value) > 0 else None
+            pid = int(value) if value.isdigit() and int(value) > 0 else None
+            pidfd = None if pid is None else open_pidfd(pid)
+            return None if pid is None or pidfd is None else (pid, pidfd)
         for path in self._pidfiles(name):  # believed only for the daemon's process
-            pid = pidfiles.main_process(path)
-            if pid is not None:
-                return pid
+            found = pidfiles.main_process(path)
+            if found is not None:
+                return found
         return None
 
     def _pidfiles(self, name: str) -> list[Path]:
@@ -210,18 +214,19 @@ class ServiceControl:
         return [path for run in runs for path in (run / name / f"{name}.pid",
                                                   run / f"{name}.pid")]
 
-    def settle(self, name: str, wanted: str, deadline: float, pid: int | None = None) -> str:
+    def settle(self, name: str, wanted: str, deadline: float, pidfd: int | None = None) -> str:
         """The state after an action, waited for by the real event where known.
 
         systemctl returns when its job is done: a definite state is final.
-        An init script's stop: the old daemon's exit (PID, via its pidfd)."""
+        An init script's stop: the old daemon's exit (its PIDFD, opened
+        before the stop: never a process that took its pid since)."""
         state = self.status(name)
         if state == wanted:
             return state
         if self._uses_systemctl() and state != UNKNOWN:
             return state
-        if pid is not None and wanted == STOPPED:
-            wait_exit(pid, deadline - time.monotonic())
+        if pidfd is not None and wanted == STOPPED:
+            wait_fd(pidfd, deadline - time.monotonic())
         return self.wait_for(name, wanted, deadline)
 
     # -- actions ---------------------------------------------------------
@@ -282,18 +287,22 @@ class ServiceControl:
                 self._clear_leftover_filter(name)
             return ServiceResult(name, action, NOOP, before, self.backend, reason)
         # An init script's stop: the daemon whose exit says it stopped.
-        pid = None if wanted == RUNNING or self._uses_systemctl() else self.main_pid(name)
-        started = time.monotonic()
-        done = self._run(name, action)
-        out = "\n".join(done.tail)
-        if self.backend == "invoke-rc.d" and done.exit_code == POLICY_DENY:
-            reason = self._denial(name, action, out)
-            return ServiceResult(name, action, SKIPPED, before, self.backend, reason,
-                                 output=done.tail)  # fmt: skip
-        # A script that failed gets a short grace only: waiting the whole
-        # timeout for a state it said it could not reach helps nobody.
-        wait = self.timeout if done.ok else min(self.timeout, FAILED_GRACE)
-        state = self.settle(name, wanted, started + wait, pid)
+        main = None if wanted == RUNNING or self._uses_systemctl() else self.main_process(name)
+        try:
+            started = time.monotonic()
+            done = self._run(name, action)
+            out = "\n".join(done.tail)
+            if self.backend == "invoke-rc.d" and done.exit_code == POLICY_DENY:
+                reason = self._denial(name, action, out)
+                return ServiceResult(name, action, SKIPPED, before, self.backend, reason,
+                                     output=done.tail)  # fmt: skip
+            # A script that failed gets a short grace only: waiting the whole
+            # timeout for a state it said it could not reach helps nobody.
+            wait = self.timeout if done.ok else min(self.timeout, FAILED_GRACE)
+            state = self.settle(name, wanted, started + wait, None if main is None else main[1])
+        finally:
+            if main is not None:
+                os.close(main[1])
         seconds = time.monotonic() - started
         if state != wanted:
             raise MaintError(self._failure(name, action, done, state))
@@ -340,10 +349,10 @@ class ServiceControl:
         stopped server a no-op."""
         if self.status(name) != RUNNING or self._stop_forbidden(name):
             return self.act(name, "stop")
-        pid = self.main_pid(name)
-        pidfd = None if pid is None else open_pidfd(pid)
-        if pid is None or pidfd is None:
+        main = self.main_process(name)
+        if main is None:
             return self.act(name, "stop")
+        pid, pidfd = main
         started = time.monotonic()
         deadline = started + self.timeout
         stopped = False
@@ -377,10 +386,10 @@ class ServiceControl:
         """A running server asked to start (a recovery): a graceful stop
         killed between its filter and the stop (SIGKILL: no cleanup) left
         the server taking no new connection; take that filter off."""
-        pid = self.main_pid(name)
-        pidfd = None if pid is None else open_pidfd(pid)
-        if pid is None or pidfd is None:
+        main = self.main_process(name)
+        if main is None:
             return
+        pid, pidfd = main
         try:
             if listeners.clear_leftover(pidfd, pid):
                 self.reporter.warn(f"{name}: a graceful stop's filter was left on its listening "

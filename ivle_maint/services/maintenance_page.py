@@ -35,14 +35,14 @@ from pathlib import Path
 from .. import quickrun, system
 from ..config import Settings
 from ..errors import MaintError, UsageError
-from ..gates import clock, trusted
+from ..gates import clock, processes, trusted
 from ..gates.rewrite import replace_file, write_state_file
 from ..gates.schema_hold import MAINTENANCE_RECORD, apache_dir, enabled_sites
 from ..gates.schema_hold import ivle_sites as sites
 from ..journal import Journal, oldest_first
 from ..output import Reporter
 from ..safepaths import read_nofollow
-from .drain import close_all, pidfds, wait_all
+from .drain import close_all, wait_all
 from .init_scripts import RUNNING, ServiceControl, control_from_settings
 
 STOP, MAINTENANCE = "stop", "maintenance"
@@ -325,8 +325,11 @@ def _graceful(control: ServiceControl, name: str, how: str = "graceful") -> str:
         return result.message
     control.may_start(name)  # a reload loads IVLE's code as a start does
     # Pidfds of the old children, opened before the reload: their exits are
-    # the event waited for (and a reused pid is never mistaken for one).
-    old = pidfds(pid for pid, _start in _children())
+    # the event waited for.  Each pidfd is of the very child judged (its
+    # start time, gates/processes.pinned): a pid a student's process took
+    # once the child ended is never waited for.
+    old = [fd for fd in (processes.pinned(pid, start) for pid, start in _children())
+           if fd is not None]  # fmt: skip
     started = time.monotonic()
     try:
         done = quickrun.run(control._argv(name, "reload"), timeout=control.timeout)

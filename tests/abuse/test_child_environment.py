@@ -8,6 +8,7 @@ session as it connected.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -153,6 +154,7 @@ def test_a_child_gets_only_the_policy_environment(monkeypatch: pytest.MonkeyPatc
     assert lines[0] == "0022"
     env = dict(line.split("=", 1) for line in lines[1:])
     env.pop("PWD", None), env.pop("SHLVL", None), env.pop("_", None)  # the shell's own
+    assert re.fullmatch(r"[0-9a-f]{32}", env.pop(environment.MARK))  # this command's own
     passed = {name: os.environ[name] for name in environment.PASS_THROUGH if name in os.environ}
     assert passed["DPKG_MAINTSCRIPT_NAME"] == "postinst"
     assert env == {"PATH": system.SBIN_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",

@@ -16,11 +16,13 @@ the test can fail.  The load is generated (Hypothesis), never timed.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -368,12 +370,128 @@ def test_a_stale_pidfile_naming_another_users_process_names_no_main_process(root
                                 "sleep", "60"])
     try:
         with standin(root, "4", 1, 0.01):
-            assert control.main_pid(NAME) == int(pidfile.read_text())
+            main = control.main_process(NAME)
+            assert main is not None and main[0] == int(pidfile.read_text())
+            os.close(main[1])
             real = pidfile.read_text()
             pidfile.write_text(f"{student.pid}\n")
-            assert control.main_pid(NAME) is None
+            assert control.main_process(NAME) is None
             pidfile.write_text(real)
         assert student.poll() is None  # never signalled
     finally:
         student.kill()
         student.wait()
+
+
+STUDENT = 65534
+# A student's process that notes every signal it gets; "ready" once it listens.
+NOTING = ("import os, signal, sys, time\n"
+          "for sig in (signal.SIGWINCH, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1,"
+          " signal.SIGCONT):\n"
+          "    signal.signal(sig, lambda n, _f: os.write(1, f'{n}\\n'.encode()))\n"
+          "print('ready', flush=True)\n"
+          "while True: time.sleep(60)\n")
+
+
+def _student_at(pid: int) -> subprocess.Popen[str] | None:
+    """A student's process noting its signals, with exactly this pid, or None
+    when another fork on the machine took it first (ns_last_pid)."""
+    for _ in range(50):
+        with open("/proc/sys/kernel/ns_last_pid", "w") as handle:
+            handle.write(str(pid - 1))
+        proc = subprocess.Popen(["setpriv", f"--reuid={STUDENT}", f"--regid={STUDENT}",
+                                 "--clear-groups", sys.executable, "-c", NOTING],
+                                stdout=subprocess.PIPE, text=True, cwd="/")
+        if proc.pid == pid:
+            assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+            return proc
+        proc.kill()
+        proc.wait()
+    return None
+
+
+def _group_ids(pgid: int) -> list[int]:
+    """Every process in group PGID, zombies too."""
+    found = []
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError, IndexError, ValueError), \
+                open(f"/proc/{entry}/stat", "rb") as handle:
+            if int(handle.read().rsplit(b")", 1)[1].split()[2]) == pgid:
+                found.append(int(entry))
+    return found
+
+
+def _reap_group(pgid: int) -> None:
+    """Reap group PGID, SIGKILLed: the stand-in is our child, its children
+    orphans of ours (we are their subreaper: not every init reaps)."""
+    guard = time.monotonic() + 30  # against a hang, not a measure of speed
+    while (left := _group_ids(pgid)) and time.monotonic() < guard:
+        for pid in left:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.001)
+
+
+@contextlib.contextmanager
+def _subreaper() -> Iterator[None]:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    try:
+        yield
+    finally:
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(action=st.sampled_from(["graceful_stop", "stop"]), at=st.integers(1, 3))
+def test_a_daemon_whose_pid_a_student_takes_after_the_pidfile_is_judged_is_never_mistaken(
+        root: Path, monkeypatch: pytest.MonkeyPatch, action: str, at: int) -> None:
+    """The init.d backend's stop (plain or graceful) judges the pidfile's
+    process (gates/pidfiles.py), then names it to the kernel: a pidfd to
+    signal it, hold its sockets, wait for its exit.  At the AT-th pidfd
+    opened on its pid (generated: each point where one is), the daemon ends
+    and a student's process takes its pid.  That process is never
+    signalled nor waited on: the stop returns with it still running,
+    having got no signal."""
+    control = ServiceControl(RecordingReporter(), backend="init.d",
+                             initd_dir=root / "etc" / "init.d", timeout=3600)
+    pidfile = root / "run" / f"{NAME}.pid"
+    student: list[subprocess.Popen[str]] = []
+    real_open = os.pidfd_open
+    seen = [0]
+
+    def pidfd_open(pid: int, flags: int = 0) -> int:
+        if pid == daemon and not student:
+            seen[0] += 1
+            if seen[0] == at:
+                # It ends, its pidfile left, and so does its session (a pid
+                # is never given out while a group or session has it).
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+                _reap_group(pid)
+                taker = _student_at(pid)  # and a student's process takes its number
+                if taker is not None:
+                    student.append(taker)
+        return real_open(pid, flags)
+
+    outcome: list[object] = []
+    with _subreaper(), standin(root, "4", 1, 0.01):
+        daemon = int(pidfile.read_text())
+        monkeypatch.setattr(os, "pidfd_open", pidfd_open)
+        worker = threading.Thread(target=lambda: outcome.append(getattr(control, action)(NAME)))
+        worker.start()
+        worker.join(60)  # against a hang, not a measure of speed
+        hung = worker.is_alive()
+        for proc in student:
+            proc.kill()
+        worker.join()
+        monkeypatch.undo()
+        noted = [proc.communicate()[0] for proc in student]
+    if not student:
+        return  # not reached, or another fork took the pid: nothing was tried
+    assert not hung, f"{action} waited on the student's process that took pid {daemon}"
+    assert noted == [""], f"the student's process that took pid {daemon} got signals: {noted}"

@@ -7,6 +7,7 @@ the parent-death signal, is killed; the next run's sweep ends the rest.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 from ivle_maint import children
+from ivle_maint.gates import processes
 from ivle_maint.output import RecordingReporter
 from ivle_sandbox.procs import alive
 
@@ -38,9 +40,9 @@ def test_killed_run_command_dies_and_the_sweep_ends_its_children(tmp_path):
         time.sleep(0.01)
     [record] = list(records.glob("*.json"))
     group = int(record.stem)
-    while len(children._group_members(group, 0)) < 3:  # sh and its two sleeps
+    while len(processes.group_members(group, 0)) < 3:  # sh and its two sleeps
         time.sleep(0.01)
-    members = children._group_members(group, 0)
+    members = processes.group_members(group, 0)
     owner.send_signal(signal.SIGKILL)
     owner.wait()
     guard = time.monotonic() + 120  # against a hang, not a measure of speed
@@ -133,5 +135,76 @@ def test_a_record_whose_group_number_another_process_now_has_never_signals_it(tm
         finally:
             group.kill()
             group.wait()
+
+    case()
+
+
+LEADERLESS = """
+import os, subprocess, sys
+uid, n = int(sys.argv[1]), int(sys.argv[2])
+kids = [subprocess.Popen(["sleep", "300"], user=uid, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL) for _ in range(n)]
+print(" ".join(str(k.pid) for k in kids), flush=True)
+sys.stdin.read()  # until told: the group's start is read while its leader lives
+os._exit(0)
+"""
+
+
+def test_a_group_whose_leader_has_gone_is_ended_only_where_its_members_carry_the_commands_mark(
+        tmp_path):
+    """A killed run's record names its command's group by number.  Once the
+    leader has gone, that number says nothing by itself: a session another
+    process made since (a daemon's double fork, a student's `setsid sh -c
+    'job &'`) may have it, members and all.  Only members carrying the
+    mark the recorded command's environment carried (children.MARK, never
+    readable by a student) are ended; a stranger's group of any uid, a
+    process with another command's mark, or a record of a version that
+    wrote no mark leave every process running."""
+    import json
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from ivle_maint.gates import environment
+
+    records = tmp_path / "children"
+    records.mkdir()
+
+    @settings(max_examples=30, deadline=None)
+    @given(members=st.sampled_from(["same", "other", "none"]), recorded=st.booleans(),
+           uid=st.sampled_from([0, 61234]), n=st.integers(1, 3))
+    def case(members, recorded, uid, n):
+        mark = children.new_mark()
+        env = {k: v for k, v in os.environ.items() if k != environment.MARK}
+        env["PYTHONPATH"] = str(REPO)
+        if members != "none":
+            env[environment.MARK] = mark if members == "same" else children.new_mark()
+        leader = subprocess.Popen([sys.executable, "-c", LEADERLESS, str(uid), str(n)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                                  start_new_session=True, text=True)
+        pids = [int(p) for p in leader.stdout.readline().split()]
+        try:
+            start = children.start_time(leader.pid)
+            leader.communicate("")  # the leader exits: its members live on
+            record = {"pid": leader.pid, "argv": ["ivle-buildjail", "-u"], "start": start,
+                      "owner": 2**22 + 1, "owner_start": None}  # a dead owner
+            if recorded:
+                record["mark"] = mark
+            (records / f"{leader.pid}.json").write_text(json.dumps(record))
+            ended = children.end_leftovers(tmp_path, RecordingReporter())
+            if members == "same" and recorded:
+                assert ended == ["ivle-buildjail -u"]
+                assert not [pid for pid in pids if alive(pid)]
+            else:
+                assert ended == [], record
+                assert all(alive(pid) for pid in pids), (members, recorded)
+            assert not list(records.iterdir())
+        finally:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            for pid in pids:
+                while alive(pid):
+                    time.sleep(0.01)
 
     case()

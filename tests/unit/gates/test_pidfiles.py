@@ -74,7 +74,11 @@ def test_a_pid_is_believed_only_for_a_root_process_with_the_machines_root(
         pidfile.chmod(int(mode, 8))
         if owner == "nobody":
             os.chown(pidfile, NOBODY, NOBODY)
-        believed = main_process(pidfile)
+        found = main_process(pidfile)
+        believed = None
+        if found is not None:
+            believed, pidfd = found
+            os.close(pidfd)
         daemons = kind == "root" and form in ("plain", "no newline", "spaces") \
             and file == "root 0644"
         assert believed == (pid if daemons else None)

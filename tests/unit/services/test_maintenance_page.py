@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import re
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ivle_maint import system
@@ -257,9 +260,11 @@ def old_children(monkeypatch) -> Iterator[list]:
     """Two real processes standing for Apache's old children."""
     import subprocess
 
+    from ivle_maint.children import start_time
+
     procs = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
-    monkeypatch.setattr(maintenance_page, "_children",
-                        lambda: {(p.pid, "start") for p in procs})
+    starts = {p.pid: str(start_time(p.pid)) for p in procs}
+    monkeypatch.setattr(maintenance_page, "_children", lambda: set(starts.items()))
     yield procs
     for proc in procs:
         proc.kill()
@@ -317,3 +322,78 @@ def test_a_retry_after_setting_past_a_week_is_refused(tmp_path):
     with pytest.raises(MaintError, match="retry_after"):
         settings_with(tmp_path, f"[web]\nretry_after = {maintenance_page.RETRY_AFTER_MAX + 1}\n")
     assert settings_with(tmp_path, f"[web]\nretry_after = {maintenance_page.RETRY_AFTER_MAX}\n")
+
+
+STUDENT = 65534
+
+
+def _student_at(pid: int) -> subprocess.Popen[bytes] | None:
+    """A student's process with exactly this pid, or None when another fork
+    on the machine took it first (the kernel's ns_last_pid)."""
+    for _ in range(50):
+        with open("/proc/sys/kernel/ns_last_pid", "w") as handle:
+            handle.write(str(pid - 1))
+        proc = subprocess.Popen(["setpriv", f"--reuid={STUDENT}", f"--regid={STUDENT}",
+                                 "--clear-groups", "sleep", "600"])
+        if proc.pid == pid:
+            return proc
+        proc.kill()
+        proc.wait()
+    return None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a student's process at a chosen pid: root")
+@settings(max_examples=20, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(1, 3), data=st.data())
+def test_an_old_child_whose_pid_a_student_takes_before_its_pidfd_is_never_waited_for(
+        monkeypatch: pytest.MonkeyPatch, n: int, data: st.DataObject) -> None:
+    """The graceful restart judges Apache's old children by their program
+    and start time, then opens a pidfd on each pid.  At the one generated
+    (VICTIM), the old child ends first and a student's process takes its
+    pid: that process is never waited for (no [services] timeout spent on
+    it, no full restart) and never signalled."""
+    from ivle_maint.children import start_time
+
+    victim = data.draw(st.integers(0, n - 1), label="victim")
+    procs = [subprocess.Popen(["sleep", "600"]) for _ in range(n)]
+    starts = {p.pid: str(start_time(p.pid)) for p in procs}
+    # A start time counts clock ticks: the student's process starts in a
+    # later one (as it would after the pid space went round), not beside.
+    tick = os.sysconf("SC_CLK_TCK")
+    while time.clock_gettime(time.CLOCK_BOOTTIME) * tick < max(map(int, starts.values())) + 2:
+        time.sleep(0.005)
+    target = procs[victim]
+    student: list[subprocess.Popen[bytes]] = []
+    real_open = os.pidfd_open
+
+    def pidfd_open(pid: int, flags: int = 0) -> int:
+        if pid == target.pid and not student and target.poll() is None:
+            target.kill()
+            target.wait()
+            taker = _student_at(pid)
+            if taker is not None:
+                student.append(taker)
+        return real_open(pid, flags)
+
+    class Control(FakeControl):
+        def _argv(self, name: str, action: str) -> list[str]:  # Apache ends its old ones
+            left = " ".join(str(p.pid) for p in procs if p is not target)
+            return ["sh", "-c", f"(sleep 0.1; kill {left}) &" if left else "true"]
+
+    monkeypatch.setattr(maintenance_page, "_children", lambda: set(starts.items()))
+    monkeypatch.setattr(os, "pidfd_open", pidfd_open)
+    control = Control([], timeout=30)
+    try:
+        said = maintenance_page._graceful(control, "apache2")  # type: ignore[arg-type]
+    finally:
+        monkeypatch.undo()
+        alive = [p.poll() is None for p in student]
+        for proc in [*procs, *student]:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    if not student:
+        return  # another fork took the pid: nothing was tried
+    assert alive == [True], "the student's process that took an old child's pid was signalled"
+    assert not control.restarted, f"waited for the student's process: {said}"
