@@ -5,12 +5,14 @@ recreate jail for LOGIN" and carries on.  So its output is read line by
 line (and logged, never held), every such line is recorded, and once the
 run is over the failed logins are reported together in one error.
 
-The users to expect come from the database's ``login`` table, because that
-is what ``ivle-remakeuser -a`` walks: the jail directories under [paths]
-[[jails]] src also hold deleted users and miss users whose jail was never
-made.  The count only feeds the progress line, so when the database cannot
-be read remake_user_jails falls back to the jail directories (the tool
-itself will then fail, and say why).
+The users come from the database's ``login`` table, because that is what
+``ivle-remakeuser -a`` walks: the jail directories under [paths] [[jails]]
+src also hold deleted users and miss users whose jail was never made.
+Each login passes the names gate and is named on the tool's command line.
+When the database cannot be read, remake_user_jails takes the logins of
+the jail directories instead (a user with no jail directory yet is then
+not made; the tool, which reads each user from the database too, fails
+and says why).
 
 Several processes: ``ivle-remakeuser LOGIN...`` rebuilds the users named,
 so the users are dealt into one batch per core (os.cpu_count()), each run
