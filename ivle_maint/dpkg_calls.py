@@ -51,8 +51,13 @@ FORMS: dict[tuple[str, str], Form] = {
     ("postrm", "abort-upgrade"): Form.ABORT_FROM_NEW,
 }
 
-# How many arguments follow the action, per Debian Policy 6.5 and 6.6.
+# How many arguments follow the action, per Debian Policy 6.5 and 6.6 and
+# dpkg's deb-prerm(5), deb-postinst(5): at most three unless listed.
 ARG_COUNTS: dict[tuple[str, str], range] = {
+    # in-favour NEW VERSION [removing CONFLICTING VERSION]: dpkg (apt's
+    # --auto-deconfigure) deconfigures IVLE to remove a package it depends on.
+    ("prerm", "deconfigure"): range(0, 7),
+    ("postinst", "abort-deconfigure"): range(0, 7),
     ("preinst", "install"): range(0, 3),  # dpkg >= 1.18.5 adds NEW
     ("preinst", "upgrade"): range(2, 3),
     ("preinst", "abort-upgrade"): range(1, 2),

@@ -19,11 +19,14 @@ DPKG_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
 
 def build_deb(where: Path, package: str, version: str, files: Mapping[str, bytes], *,
               conffiles: Iterable[str] = (), arch: str = "all", preinst: str | None = None,
-              md5sums: bool = True) -> Path:
+              md5sums: bool = True, scripts: Mapping[str, str] | None = None,
+              fields: str = "") -> Path:
     """WHERE/PACKAGE_VERSION_ARCH.deb (':' as %3a, as apt names it) holding
     FILES (path without the leading / -> content), root's; CONFFILES among
     them; MD5SUMS: a DEBIAN/md5sums without the conffiles, as dh_md5sums
-    writes it (without one, dpkg makes its own, conffiles included)."""
+    writes it (without one, dpkg makes its own, conffiles included);
+    SCRIPTS: maintainer scripts by name (preinst: the same as PREINST);
+    FIELDS: more control lines (Depends, Conflicts...), each ended by a newline."""
     tag = hashlib.md5(repr(sorted(files.items())).encode()).hexdigest()[:8]
     tree = where / f"tree-{package}-{version}-{tag}"
     (tree / "DEBIAN").mkdir(parents=True)
@@ -32,7 +35,7 @@ def build_deb(where: Path, package: str, version: str, files: Mapping[str, bytes
         (tree / path).write_bytes(data)
     (tree / "DEBIAN" / "control").write_text(
         f"Package: {package}\nVersion: {version}\nArchitecture: {arch}\n"
-        "Maintainer: Test <test@example.invalid>\nDescription: a test package\n")
+        f"Maintainer: Test <test@example.invalid>\n{fields}Description: a test package\n")
     conffiles = sorted(conffiles)
     if conffiles:
         (tree / "DEBIAN" / "conffiles").write_text("".join(f"/{c}\n" for c in conffiles))
@@ -40,9 +43,10 @@ def build_deb(where: Path, package: str, version: str, files: Mapping[str, bytes
         (tree / "DEBIAN" / "md5sums").write_bytes(b"".join(
             hashlib.md5(data).hexdigest().encode() + b"  " + path.encode() + b"\n"
             for path, data in sorted(files.items()) if path not in conffiles))
-    if preinst is not None:
-        (tree / "DEBIAN" / "preinst").write_text(preinst)
-        (tree / "DEBIAN" / "preinst").chmod(0o755)
+    for name, text in {**({"preinst": preinst} if preinst is not None else {}),
+                       **(scripts or {})}.items():
+        (tree / "DEBIAN" / name).write_text(text)
+        (tree / "DEBIAN" / name).chmod(0o755)
     deb = where / f"{package}_{version.replace(':', '%3a')}_{arch}.deb"
     subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(tree), str(deb)],
                    check=True, capture_output=True, env=DPKG_ENV)
