@@ -522,3 +522,36 @@ def test_a_later_upgrade_from_the_same_old_takes_an_unfinished_one_over(state, c
         assert again.renew_if_taken_over() is (not code_new)
         assert (again.steps == {}) is (not code_new)
         assert "1.1" in [j.new for j in Journal.unfinished(Path(directory))]
+
+
+@pytest.mark.needs_postgres
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(settings_file=st.booleans(),
+       form=st.one_of(st.just(["remove"]), st.tuples(
+           st.just("remove"), st.just("in-favour"),
+           st.from_regex(r"[a-z0-9][a-z0-9+.-]{1,20}", fullmatch=True),
+           st.from_regex(r"([1-9]:)?[0-9][0-9a-z.+~]{0,12}(-[0-9a-z.+~]{1,6})?",
+                         fullmatch=True)).map(list)))
+def test_removing_ivle_maint_mid_upgrade_is_refused_whether_or_not_it_has_a_settings_file(
+        site, tmp_path, settings_file, form):
+    """Every setting is optional, and installing creates no settings file:
+    the hooks run an upgrade on the defaults.  ivle-maint's prerm (`remove`,
+    or `remove in-favour PACKAGE VERSION` for a package replacing it) asks
+    the hold whether or not the file exists.  Before: without the file it
+    asked nothing, and the postrm took the hold's drop-in away mid-upgrade."""
+    wrapper = tmp_path / "ivle-maint"
+    if not wrapper.exists():
+        wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -m ivle_maint \"$@\"\n")
+        wrapper.chmod(0o755)
+        assert preinst(site).returncode == 0
+    # Without the file, ivle-maint's own default (IVLE_MAINT_CONF here) stands for
+    # the defaults it runs on.
+    env = {**os.environ, **site.env, "PYTHONPATH": str(REPO), "IVLE_MAINT": str(wrapper),
+           "IVLE_MAINT_SETTINGS": str(site.maint_conf if settings_file
+                                      else tmp_path / "no-such-ivle-maint.conf")}
+    refused = subprocess.run(["sh", str(REPO / "debian" / "ivle-maint.prerm"), *form],
+                             env=env, capture_output=True, text=True, check=False,
+                             stdin=subprocess.DEVNULL)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert refused.stderr.startswith("ivle-maint: not removed: ivle-maint: error: schema hold: ")
