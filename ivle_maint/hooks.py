@@ -33,6 +33,7 @@ from .installed import record_fresh_install
 from .output import Reporter
 from .services import maintenance_page
 from .upgrade import abort, run_phases, unfinished_matching
+from .versions import check as check_version
 from .versions import parse as parse_version
 
 # The resume command printed when a hook fails part-way.
@@ -190,11 +191,21 @@ def checked_call(call: HookCall, version: str | None) -> HookCall:
     return replace(call, package_version=version or "")
 
 
+# The calls that only give the site back: their versions select unfinished
+# journals (whose own versions name the files) and name nothing, so any
+# version dpkg gives is taken, however long.  Refused, dpkg's unwind of a
+# refused preinst stopped half-way and left the package to reinstall.
+_UNDOING = (Form.ABORT_FROM_OLD, Form.ABORT_FROM_NEW)
+
+
 def _check_version(call: HookCall, text: str, *, empty_ok: bool) -> None:
     if empty_ok and text == "":  # a first install: nothing was configured before
         return
     try:
-        parse_version(text)
+        if call.form in _UNDOING:
+            check_version(text, names=False)
+        else:
+            parse_version(text)
     except MaintError as exc:
         raise UsageError(f"{call.script} {call.action}: {exc}") from None
 

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from support.private_dpkg import DPKG_ENV, PrivateRoot, build_deb
+from support.private_dpkg import DPKG_ENV, PrivateRoot, build_deb, ivle_hooks
 from support.upgrade_helpers import REPO
 
 pytestmark = [pytest.mark.needs_root]
@@ -29,18 +29,6 @@ pytestmark = [pytest.mark.needs_root]
 VERSIONS = st.from_regex(r"([1-9][0-9]{0,3}:)?[0-9][0-9a-z.+~]{0,30}(-[0-9a-z.+~]{1,12})?",
                          fullmatch=True)
 NAMES = st.from_regex(r"[a-z0-9][a-z0-9+.-]{1,20}", fullmatch=True)
-
-
-def _script(name: str, log: Path) -> str:
-    """IVLE's SCRIPT as shipped for copying (scripts/ivle-hooks/), its status
-    logged; the postinst's configure (a first install's) is not the subject."""
-    shipped = (REPO / "scripts" / "ivle-hooks" / name).read_text().replace("set -e\n", "", 1)
-    body = shipped.replace(f'ivle-maint hook {name} "$@"\n',
-                           f'rc=0; ivle-maint hook {name} "$@" 2>>{log} || rc=$?\n'
-                           f'echo "{name} $* -> $rc" >>{log}; [ "$rc" = 0 ] || exit "$rc"\n')
-    if name == "postinst":
-        body = body.replace("#!/bin/sh\n", '#!/bin/sh\n[ "$1" = configure ] && exit 0\n', 1)
-    return body
 
 
 @settings(max_examples=12, deadline=None)
@@ -52,16 +40,12 @@ def test_every_call_dpkg_makes_when_a_package_conflicts_is_taken(
     dep, new = f"dep-{dep}", f"new-{new}"
     with tempfile.TemporaryDirectory() as directory:
         top = Path(directory)
-        log, bin_dir = top / "calls.log", top / "bin"
-        bin_dir.mkdir()
-        (bin_dir / "ivle-maint").write_text(
-            f'#!/bin/sh\nPYTHONPATH={REPO} exec /usr/bin/python3 -m ivle_maint "$@"\n')
-        (bin_dir / "ivle-maint").chmod(0o755)
+        log = top / "calls.log"
+        scripts, env = ivle_hooks(top, REPO, log)
         root = PrivateRoot(top / "root")
-        env = {"PATH": f"{bin_dir}:{DPKG_ENV['PATH']}"}
         root.install(build_deb(top, dep, dep_version, {f"usr/share/{dep}/x": b"x"}), env=env)
         ivle = build_deb(top, "ivle", "1.0", {"usr/share/ivle/x": b"x"},
-                         scripts={s: _script(s, log) for s in ("prerm", "postinst")},
+                         scripts={s: scripts[s] for s in ("prerm", "postinst")},
                          fields=f"Depends: {dep}\n")
         root.install(ivle, env=env)
         victim = "ivle" if conflicts_with_ivle else dep

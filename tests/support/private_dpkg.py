@@ -95,3 +95,32 @@ def sha256(path: Path) -> str:
 def entries(directory: Path) -> list[str]:
     """Every name in DIRECTORY, hidden ones included (what a failure left)."""
     return sorted(os.listdir(directory))
+
+
+def ivle_hooks(top: Path, repo: Path, log: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """IVLE's four maintainer scripts as ivle-maint ships them for copying
+    (scripts/ivle-hooks/, which hand every call on), each call and its exit
+    status logged to LOG as `SCRIPT ARGS -> STATUS` (ivle-maint's stderr
+    too); the postinst's configure is not run (a first install's needs a
+    node).  And the environment that finds REPO's ivle-maint (a wrapper in
+    TOP/bin), its settings and state directories in TOP, for PrivateRoot's dpkg."""
+    scripts = {}
+    for name in ("preinst", "prerm", "postinst", "postrm"):
+        shipped = (repo / "scripts" / "ivle-hooks" / name).read_text().replace("set -e\n", "", 1)
+        line = f'ivle-maint hook {name} "$@"\n'
+        assert line in shipped, name
+        body = shipped.replace(line, f'rc=0; ivle-maint hook {name} "$@" 2>>{log} || rc=$?\n'
+                               f'echo "{name} $* -> $rc" >>{log}; [ "$rc" = 0 ] || exit "$rc"\n')
+        if name == "postinst":
+            body = body.replace("#!/bin/sh\n", '#!/bin/sh\n[ "$1" = configure ] && exit 0\n', 1)
+        scripts[name] = body
+    bin_dir = top / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "ivle-maint").write_text(
+        f'#!/bin/sh\nPYTHONPATH={repo} exec /usr/bin/python3 -m ivle_maint "$@"\n')
+    (bin_dir / "ivle-maint").chmod(0o755)
+    state = top / "ivle-maint"  # its own, never the host's /var/lib/ivle-maint
+    conf = top / "ivle-maint.conf"
+    conf.write_text("[paths]\n" + "".join(f"{key} = {state / key}\n"
+                                           for key in ("state", "run", "log", "backup")))
+    return scripts, {"PATH": f"{bin_dir}:{DPKG_ENV['PATH']}", "IVLE_MAINT_CONF": str(conf)}
