@@ -122,8 +122,13 @@ def _abort(env: HookEnv, *, old: str | None = None, new: str | None = None) -> s
     During abort-upgrade dpkg's own record of the version is in flux, so
     the journal, not dpkg-query, says which upgrade is being abandoned.
     """
-    lines = []
-    for journal in unfinished_matching(env.settings, old=old, new=new):
+    lines, tried = [], set()
+    # Asked again after each: abandoning an upgrade that took an earlier one
+    # over (journal.taken_over) makes that one unfinished again, from OLD too.
+    while todo := [j for j in unfinished_matching(env.settings, old=old, new=new)
+                   if j.path not in tried]:
+        journal = todo[-1]  # the latest first: it holds the ones it took over
+        tried.add(journal.path)
         undone = abort(env.context(old=journal.old, new=journal.new))
         lines.append(f"abandoned {journal.old} -> {journal.new}; restarted: "
                      f"{', '.join(undone) or 'nothing'}")

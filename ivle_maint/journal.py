@@ -175,25 +175,6 @@ class Journal:
         return [j for i, j in enumerate(found) if j.is_unfinished
                 and not superseded(j, found[i + 1:])]
 
-    def renew_if_taken_over(self) -> bool:
-        """This upgrade, in progress, run again after a later one took it
-        over (taken_over): its records hold nothing any more (the later
-        upgrade carried them on or gave them back), so its steps are
-        forgotten and it becomes the newest journal (a new sequence, one
-        atomic write), holding the site while unfinished.  Its identity
-        stays: its restore point, kept with the site up, is still OLD's."""
-        if not self.is_in_progress or not self.path.exists():
-            return False
-        found = oldest_first(Journal.load(p) for p in sorted(self.path.parent.glob("*.json")))
-        mine = [i for i, j in enumerate(found) if j.path == self.path]
-        if not mine or not any(taken_over(self, k) for k in found[mine[0] + 1:]):
-            return False
-        with self._lock:
-            self.steps, self.needs, self.migrations_pending = {}, None, None
-            self.sequence = _next_sequence(self.path.parent)
-            self.save()
-        return True
-
     def archive(self) -> None:
         """Keep a finished journal under its own name; the next run starts anew.
 
@@ -333,16 +314,19 @@ def superseded(journal: Journal, later: Iterable[Journal]) -> bool:
 
 
 def taken_over(journal: Journal, later: Journal) -> bool:
-    """Did LATER, an upgrade from JOURNAL's OLD to another version, take
-    over what JOURNAL's before-phase did (its new code never installed)?
+    """Has LATER, an upgrade from JOURNAL's OLD to another version, under
+    way, complete or being abandoned, taken over what JOURNAL's
+    before-phase did (its new code never installed)?
 
     dpkg lost after NEW's preinst (a power cut, Ctrl-C: no unwind) keeps
     OLD as the package's version, and the next preinst is `upgrade OLD
     NEW'`.  Its journal exists once its first step began: its before-phase
-    redoes JOURNAL's, its after-phase finishes the work, its abandonment
-    gives back what both took (start-web), whatever state it is in.  A
-    run of JOURNAL's upgrade again starts it anew (renew_if_taken_over)."""
-    return later.old == journal.old and later.new != journal.new and not journal.code_new
+    redoes JOURNAL's, its after-phase finishes the work, and its
+    abandonment gives the site back (start-web) past JOURNAL's hold.
+    Abandoned, it carries nothing on: JOURNAL is unfinished again, and
+    dpkg's unwind (`postrm abort-upgrade OLD`) abandons it next."""
+    return later.old == journal.old and later.new != journal.new and not journal.code_new \
+        and not later.is_aborted
 
 
 def oldest_first(journals: Iterable[Journal]) -> list[Journal]:

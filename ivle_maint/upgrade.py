@@ -152,7 +152,6 @@ def run_phases(
         if journal.is_complete and restart_finished:
             journal.archive()
             journal = Journal.open(state_dir(settings), ctx.old, ctx.new, settings.role)
-        journal.renew_if_taken_over()  # a later upgrade from OLD carried it on or gave it back
         if journal.is_complete:
             ctx.upgrade_id = upgrade_id(journal)
             _record_completion(ctx, journal, again=True)  # a run killed or refused before it
