@@ -136,11 +136,8 @@ def _abort(env: HookEnv, *, old: str | None = None, new: str | None = None) -> s
 
 
 def _abort_from_old_script(call: HookCall, env: HookEnv) -> str:
-    """OLD-postinst/OLD-preinst abort-upgrade NEW."""
-    line = _abort(env, new=call.args[0])
-    if call.script == "postinst":
-        line += _finish_owed(call, env)
-    return line
+    """OLD-postinst abort-upgrade NEW (OLD-preinst's stands for nothing: dpkg_calls)."""
+    return _abort(env, new=call.args[0]) + _finish_owed(call, env)
 
 
 def _finish_owed(call: HookCall, env: HookEnv) -> str:

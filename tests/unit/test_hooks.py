@@ -147,7 +147,7 @@ def test_unpack_together_from_the_environment_is_yes_no_or_refused(value):
 # The forms that run or undo a phase, with their version slots: True where
 # dpkg may give an empty string (postinst configure of a first install).
 ACTIVE_SLOTS: dict[tuple[str, str], tuple[bool, ...]] = {  # written out: the test is the spec
-    ("preinst", "upgrade"): (False, False), ("preinst", "abort-upgrade"): (False,),
+    ("preinst", "upgrade"): (False, False),
     ("postinst", "configure"): (True,), ("postinst", "reconfigure"): (True,),
     ("postinst", "abort-upgrade"): (False,), ("postrm", "abort-upgrade"): (False, False),
 }
