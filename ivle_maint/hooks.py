@@ -32,7 +32,7 @@ from .gates.environment import yes_or_no
 from .installed import record_fresh_install
 from .output import Reporter
 from .services import maintenance_page
-from .upgrade import abort, run_phases, unfinished_matching
+from .upgrade import abort, also_abandoned, run_phases, unfinished_matching
 from .versions import check as check_version
 from .versions import parse as parse_version
 
@@ -123,15 +123,17 @@ def _abort(env: HookEnv, *, old: str | None = None, new: str | None = None) -> s
     the journal, not dpkg-query, says which upgrade is being abandoned.
     """
     lines, tried = [], set()
-    # Asked again after each: abandoning an upgrade that took an earlier one
-    # over (journal.taken_over) makes that one unfinished again, from OLD too.
-    while todo := [j for j in unfinished_matching(env.settings, old=old, new=new)
-                   if j.path not in tried]:
-        journal = todo[-1]  # the latest first: it holds the ones it took over
+    found = unfinished_matching(env.settings, old=old, new=new)
+    # The latest first (it holds the ones it took over), then what it took
+    # over (also_abandoned), asked again after each.
+    while todo := [j for j in found if j.path not in tried]:
+        journal = todo[-1]
         tried.add(journal.path)
         undone = abort(env.context(old=journal.old, new=journal.new))
         lines.append(f"abandoned {journal.old} -> {journal.new}; restarted: "
                      f"{', '.join(undone) or 'nothing'}")
+        found = unfinished_matching(env.settings, old=old, new=new) + \
+            also_abandoned(env.settings, journal)
     return "; ".join(lines) or "no unfinished upgrade to abandon"
 
 

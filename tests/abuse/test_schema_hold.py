@@ -554,3 +554,29 @@ def test_removing_ivle_maint_mid_upgrade_is_refused_whether_or_not_it_has_a_sett
                              stdin=subprocess.DEVNULL)
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert refused.stderr.startswith("ivle-maint: not removed: ivle-maint: error: schema hold: ")
+
+
+@pytest.mark.needs_postgres
+@settings(max_examples=2, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(other=st.sampled_from(["1.2", "1:1.0"]))
+def test_a_killed_abandonment_of_the_later_upgrade_is_finished_by_one_rerun(node_factory, other):
+    """dpkg lost after 1.1's preinst; 1.0 -> OTHER's preinst ran, and dpkg's
+    unwind (`postrm abort-upgrade 1.0 OTHER`) was SIGKILLed while it gave the
+    site back.  One rerun finishes it and abandons 1.0 -> 1.1 with it, as
+    the unwind would have: the site up, the hold off.  Before: 1.0 -> 1.1
+    was unfinished again, its hold on, and the next rerun ran its
+    before-phase, saying the web server stays down."""
+    node = at_version_1_0(node_factory(users=2, consoles=1, role="both"))
+    assert preinst(node).returncode == 0
+    assert preinst(node, "1.0", other).returncode == 0
+    node.set_fakes(WEB, delay=30)  # the undo (start-web) takes long
+    proc = start_cli(node, "hook", "postrm", "abort-upgrade", "1.0", other)
+    kill_when(proc, lambda: journal(node, "1.0", other).get("state") == "aborting",
+              timeout=60, poll=0.002)
+    node.set_fakes(WEB, delay=0)
+    done = cli(node, "rerun")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert node.service_running(WEB) and cli(node, "hold", "check").returncode == 0
+    assert "nothing to do" in cli(node, "rerun", check=True).stderr
+    assert journal(node)["state"] == journal(node, "1.0", other)["state"] == "aborted"
