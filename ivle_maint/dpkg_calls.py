@@ -23,7 +23,7 @@ class Form(StrEnum):
 
     BEFORE = "before"  # NEW-preinst upgrade OLD NEW
     AFTER = "after"  # postinst configure OLD
-    ABORT_FROM_OLD = "abort-from-old"  # OLD-preinst/OLD-postinst abort-upgrade NEW
+    ABORT_FROM_OLD = "abort-from-old"  # OLD-postinst abort-upgrade NEW
     ABORT_FROM_NEW = "abort-from-new"  # NEW-postrm abort-upgrade OLD
     NOTHING = "nothing"
 
@@ -31,7 +31,10 @@ class Form(StrEnum):
 FORMS: dict[tuple[str, str], Form] = {
     ("preinst", "install"): Form.NOTHING,
     ("preinst", "upgrade"): Form.BEFORE,
-    ("preinst", "abort-upgrade"): Form.ABORT_FROM_OLD,
+    # dpkg's unwind of a failed OLD-postrm calls it with NEW's files still on
+    # disk: the web server started now would load NEW's code on OLD's
+    # schema.  NEW-postrm abort-upgrade OLD follows, once OLD's files are back.
+    ("preinst", "abort-upgrade"): Form.NOTHING,
     ("postinst", "configure"): Form.AFTER,
     ("postinst", "reconfigure"): Form.AFTER,
     ("postinst", "abort-upgrade"): Form.ABORT_FROM_OLD,
@@ -51,8 +54,13 @@ FORMS: dict[tuple[str, str], Form] = {
     ("postrm", "abort-upgrade"): Form.ABORT_FROM_NEW,
 }
 
-# How many arguments follow the action, per Debian Policy 6.5 and 6.6.
+# How many arguments follow the action, per Debian Policy 6.5 and 6.6 and
+# dpkg's deb-prerm(5), deb-postinst(5): at most three unless listed.
 ARG_COUNTS: dict[tuple[str, str], range] = {
+    # in-favour NEW VERSION [removing CONFLICTING VERSION]: dpkg (apt's
+    # --auto-deconfigure) deconfigures IVLE to remove a package it depends on.
+    ("prerm", "deconfigure"): range(0, 7),
+    ("postinst", "abort-deconfigure"): range(0, 7),
     ("preinst", "install"): range(0, 3),  # dpkg >= 1.18.5 adds NEW
     ("preinst", "upgrade"): range(2, 3),
     ("preinst", "abort-upgrade"): range(1, 2),
@@ -72,7 +80,6 @@ PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 # which never configured a version).  hooks.checked_call checks each.
 VERSION_SLOTS: dict[tuple[str, str], tuple[bool, ...]] = {
     ("preinst", "upgrade"): (False, False),
-    ("preinst", "abort-upgrade"): (False,),
     ("postinst", "configure"): (True,),
     ("postinst", "reconfigure"): (True,),
     ("postinst", "abort-upgrade"): (False,),

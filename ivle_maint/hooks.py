@@ -32,7 +32,8 @@ from .gates.environment import yes_or_no
 from .installed import record_fresh_install
 from .output import Reporter
 from .services import maintenance_page
-from .upgrade import abort, run_phases, unfinished_matching
+from .upgrade import abort, also_abandoned, run_phases, unfinished_matching
+from .versions import check as check_version
 from .versions import parse as parse_version
 
 # The resume command printed when a hook fails part-way.
@@ -121,20 +122,24 @@ def _abort(env: HookEnv, *, old: str | None = None, new: str | None = None) -> s
     During abort-upgrade dpkg's own record of the version is in flux, so
     the journal, not dpkg-query, says which upgrade is being abandoned.
     """
-    lines = []
-    for journal in unfinished_matching(env.settings, old=old, new=new):
+    lines, tried = [], set()
+    found = unfinished_matching(env.settings, old=old, new=new)
+    # The latest first (it holds the ones it took over), then what it took
+    # over (also_abandoned), asked again after each.
+    while todo := [j for j in found if j.path not in tried]:
+        journal = todo[-1]
+        tried.add(journal.path)
         undone = abort(env.context(old=journal.old, new=journal.new))
         lines.append(f"abandoned {journal.old} -> {journal.new}; restarted: "
                      f"{', '.join(undone) or 'nothing'}")
+        found = unfinished_matching(env.settings, old=old, new=new) + \
+            also_abandoned(env.settings, journal)
     return "; ".join(lines) or "no unfinished upgrade to abandon"
 
 
 def _abort_from_old_script(call: HookCall, env: HookEnv) -> str:
-    """OLD-postinst/OLD-preinst abort-upgrade NEW."""
-    line = _abort(env, new=call.args[0])
-    if call.script == "postinst":
-        line += _finish_owed(call, env)
-    return line
+    """OLD-postinst abort-upgrade NEW (OLD-preinst's stands for nothing: dpkg_calls)."""
+    return _abort(env, new=call.args[0]) + _finish_owed(call, env)
 
 
 def _finish_owed(call: HookCall, env: HookEnv) -> str:
@@ -190,11 +195,21 @@ def checked_call(call: HookCall, version: str | None) -> HookCall:
     return replace(call, package_version=version or "")
 
 
+# The calls that only give the site back: their versions select unfinished
+# journals (whose own versions name the files) and name nothing, so any
+# version dpkg gives is taken, however long.  Refused, dpkg's unwind of a
+# refused preinst stopped half-way and left the package to reinstall.
+_UNDOING = (Form.ABORT_FROM_OLD, Form.ABORT_FROM_NEW)
+
+
 def _check_version(call: HookCall, text: str, *, empty_ok: bool) -> None:
     if empty_ok and text == "":  # a first install: nothing was configured before
         return
     try:
-        parse_version(text)
+        if call.form in _UNDOING:
+            check_version(text, names=False)
+        else:
+            parse_version(text)
     except MaintError as exc:
         raise UsageError(f"{call.script} {call.action}: {exc}") from None
 

@@ -299,7 +299,8 @@ class Journal:
 
 
 def superseded(journal: Journal, later: Iterable[Journal]) -> bool:
-    """Is JOURNAL, in progress, carried on by a LATER upgrade from its NEW?
+    """Is JOURNAL, in progress, carried on by a LATER upgrade (from its NEW,
+    or taken over from its OLD: taken_over)?
 
     dpkg installs NEW' over a half-configured NEW (the fixed package after
     a failed postinst): that upgrade's steps are a superset of what was left
@@ -308,7 +309,24 @@ def superseded(journal: Journal, later: Iterable[Journal]) -> bool:
     Abandoned (aborting or aborted), it carries nothing on: JOURNAL is
     unfinished again, and its hold with it."""
     return journal.is_in_progress and any(
-        k.old == journal.new and (k.is_in_progress or k.is_complete) for k in later)
+        (k.old == journal.new and (k.is_in_progress or k.is_complete))
+        or taken_over(journal, k) for k in later)
+
+
+def taken_over(journal: Journal, later: Journal) -> bool:
+    """Has LATER, an upgrade from JOURNAL's OLD to another version, under
+    way, complete or being abandoned, taken over what JOURNAL's
+    before-phase did (its new code never installed)?
+
+    dpkg lost after NEW's preinst (a power cut, Ctrl-C: no unwind) keeps
+    OLD as the package's version, and the next preinst is `upgrade OLD
+    NEW'`.  Its journal exists once its first step began: its before-phase
+    redoes JOURNAL's, its after-phase finishes the work, and its
+    abandonment gives the site back (start-web) past JOURNAL's hold.
+    Abandoned, it carries nothing on: JOURNAL is unfinished again, and
+    dpkg's unwind (`postrm abort-upgrade OLD`) abandons it next."""
+    return later.old == journal.old and later.new != journal.new and not journal.code_new \
+        and not later.is_aborted
 
 
 def oldest_first(journals: Iterable[Journal]) -> list[Journal]:

@@ -53,8 +53,8 @@ from .runner import Procedure
 from .safepaths import check_settings_dirs
 from .summary import summary_lines
 
-__all__ = ["UpgradeContext", "abort", "rerun_context", "run_phases", "unfinished",
-           "unfinished_matching"]
+__all__ = ["UpgradeContext", "abort", "also_abandoned", "rerun_context", "run_phases",
+           "unfinished", "unfinished_matching"]
 
 log = logging.getLogger(__name__)
 
@@ -376,3 +376,12 @@ def unfinished_matching(
         for j in Journal.unfinished(state_dir(settings))
         if (old is None or j.old == old) and (new is None or j.new == new)
     ]
+
+
+def also_abandoned(settings: Settings, journal: Journal) -> list[Journal]:
+    """What abandoning JOURNAL gives back too: the unfinished upgrades from
+    its OLD whose new code never came.  JOURNAL had taken them over
+    (journal.taken_over), and its abandonment gave back the site they took:
+    they are abandoned with it, or their hold would outlive it."""
+    return [j for j in unfinished_matching(settings, old=journal.old)
+            if not j.code_new and j.path != journal.path]

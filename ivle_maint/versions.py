@@ -24,12 +24,14 @@ _UPSTREAM = frozenset(string.ascii_letters + string.digits + ".+~-:")
 _REVISION = frozenset(string.ascii_letters + string.digits + ".+~")
 
 
-def check(text: str) -> None:
+def check(text: str, *, names: bool = True) -> None:
     """TEXT is a version as dpkg's own parser takes it without a word
     (dpkg --validate-version), or a one-line MaintError naming it.
     python-debian is looser: "none", "-1", "1.0-", "1::2" and "1.1\\n" are
-    versions to it, and would name journals, logs and printed commands."""
-    if len(text) > MAX_LENGTH:
+    versions to it, and would name journals, logs and printed commands.
+    NAMES=False: a version that names nothing (dpkg's abort calls only
+    select journals by it), of any length dpkg takes."""
+    if names and len(text) > MAX_LENGTH:
         raise MaintError(f"not a valid version: {text[:40]!r}... ({len(text)} characters, "
                          f"at most {MAX_LENGTH})")
     if not _dpkg_shaped(text):

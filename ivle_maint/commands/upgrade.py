@@ -214,7 +214,7 @@ def cmd_rerun(ctx: Context) -> int:
     """Continue the unfinished upgrade, if there is one, as far as is safe."""
     from ..codestate import new_code_state
     from ..context import AFTER, BEFORE
-    from ..upgrade import abort, rerun_context, run_phases, unfinished
+    from ..upgrade import abort, also_abandoned, rerun_context, run_phases, unfinished
 
     journal = unfinished(ctx.settings)
     if journal is None:
@@ -229,6 +229,9 @@ def cmd_rerun(ctx: Context) -> int:
                              f"code is installed ({code.evidence}); finish the upgrade",
                              resume="ivle-maint rerun")
         undone = abort(up)
+        for other in also_abandoned(ctx.settings, journal):  # it had taken them over
+            undone += abort(rerun_context(ctx.settings, ctx.reporter, other,
+                                          _options(ctx.args), code_is_new=False))
         ctx.reporter.info(f"upgrade {journal.old} -> {journal.new} abandoned, the site is "
                           f"back on {journal.old}; restarted: {', '.join(undone) or 'nothing'}")
         return 0

@@ -19,14 +19,23 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ivle_maint import cli as ivle_cli
-from ivle_maint.journal import ABORTED, ABORTING, COMPLETE, IN_PROGRESS, Journal, StepRecord
+from ivle_maint.journal import (
+    ABORTED,
+    ABORTING,
+    COMPLETE,
+    DONE,
+    IN_PROGRESS,
+    Journal,
+    StepRecord,
+)
 from ivle_sandbox.releases import NEW, OLD, RELEASES
 from support.abuse_helpers import (
     error_lines,
+    kill_when,
     old_site_untouched,
     one_error_line,
     reference_state,
@@ -450,3 +459,124 @@ def test_a_later_upgrade_from_its_new_version_supersedes_an_unfinished_one(tmp_p
                            (ABORTING, ["1.1", "1.2"]), (ABORTED, ["1.1"])):
         later.set_state(status)
         assert [j.new for j in Journal.unfinished(state)] == expect, status
+
+
+@pytest.mark.needs_postgres
+@settings(max_examples=4, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(lost_at=st.sampled_from(["stop-web", "stop-consoles", "unmount-jails", "baseline", None]),
+       other=st.sampled_from(["1.2", "1:1.0", "1.1~rc1"]), unwound=st.booleans())
+@example(lost_at=None, other="1.2", unwound=True)
+@example(lost_at="unmount-jails", other="1:1.0", unwound=False)
+def test_a_preinst_dpkg_lost_then_another_version_from_the_same_old_gives_the_site_back(
+        node_factory, lost_at, other, unwound):
+    """dpkg lost after 1.1's preinst (SIGKILL at a generated step, or after
+    it: a power cut, Ctrl-C, no unwind) keeps 1.0; the next preinst is
+    `upgrade 1.0 OTHER`.  That upgrade takes the first one over: completed,
+    its start-web lifts the hold; unwound by dpkg, its abort gives the site
+    back, and 1.1's upgrade later runs anew and completes.  Before: both
+    journals held each other (start-web and every abort refused for ever,
+    every rerun 'several unfinished upgrades')."""
+    node = at_version_1_0(node_factory(users=2, consoles=1, role="both"))
+    if lost_at is None:
+        assert preinst(node).returncode == 0
+    else:
+        proc = start_cli(node, "hook", "preinst", "upgrade", "1.0", "1.1")
+        kill_when(proc, lambda: journal(node).get("steps", {}).get(lost_at, {}).get("status")
+                  in ("running", "done"), timeout=60, poll=0.002)
+    done = preinst(node, "1.0", other)
+    assert done.returncode == 0, done.stdout + done.stderr
+    if unwound:  # dpkg's unwind, as if the preinst had failed after its last step
+        for call in (["postrm", "abort-upgrade", "1.0", other],
+                     ["--package-version", "1.0", "postinst", "abort-upgrade", other]):
+            done = cli(node, "hook", *call)
+            assert done.returncode == 0, done.stdout + done.stderr
+        assert node.service_running(WEB) and cli(node, "hold", "check").returncode == 0
+        assert "nothing to do" in cli(node, "rerun", check=True).stderr
+        other = "1.1"
+        assert preinst(node).returncode == 0
+    unpack(node, other, migrations=RELEASES["1.1"])
+    done = postinst(node, "1.0", other)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert node.service_running(WEB) and cli(node, "hold", "check").returncode == 0
+    assert final_state(node)["marker"] == sorted(k.removesuffix(".sql") for k in RELEASES["1.1"])
+    assert "nothing to do" in cli(node, "rerun", check=True).stderr
+
+
+@given(state=st.sampled_from([IN_PROGRESS, COMPLETE, ABORTING, ABORTED]),
+       code_new=st.booleans())
+@settings(max_examples=20, deadline=None)
+def test_a_later_upgrade_from_the_same_old_takes_an_unfinished_one_over(state, code_new):
+    """The pure rule (Journal.unfinished, taken_over): a later upgrade from
+    the same OLD, under way, complete or being abandoned, carries on the
+    before-phase of one whose code never came; abandoned, it carries nothing."""
+    with tempfile.TemporaryDirectory() as directory:
+        first = Journal.open(Path(directory), "1.0", "1.1", "both")
+        first.code_new = code_new
+        first.steps["stop-web"] = StepRecord(DONE, 1.0)
+        first.save()
+        later = Journal.open(Path(directory), "1.0", "1.2", "both")
+        later.set_state(state)
+        unfinished = [j.new for j in Journal.unfinished(Path(directory))]
+        expect = (["1.1"] if code_new or state == ABORTED else []) + \
+            (["1.2"] if later.is_unfinished else [])
+        assert unfinished == expect
+
+
+@pytest.mark.needs_postgres
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(settings_file=st.booleans(),
+       form=st.one_of(st.just(["remove"]), st.tuples(
+           st.just("remove"), st.just("in-favour"),
+           st.from_regex(r"[a-z0-9][a-z0-9+.-]{1,20}", fullmatch=True),
+           st.from_regex(r"([1-9]:)?[0-9][0-9a-z.+~]{0,12}(-[0-9a-z.+~]{1,6})?",
+                         fullmatch=True)).map(list)))
+def test_removing_ivle_maint_mid_upgrade_is_refused_whether_or_not_it_has_a_settings_file(
+        site, tmp_path, settings_file, form):
+    """Every setting is optional, and installing creates no settings file:
+    the hooks run an upgrade on the defaults.  ivle-maint's prerm (`remove`,
+    or `remove in-favour PACKAGE VERSION` for a package replacing it) asks
+    the hold whether or not the file exists.  Before: without the file it
+    asked nothing, and the postrm took the hold's drop-in away mid-upgrade."""
+    wrapper = tmp_path / "ivle-maint"
+    if not wrapper.exists():
+        wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -m ivle_maint \"$@\"\n")
+        wrapper.chmod(0o755)
+        assert preinst(site).returncode == 0
+    # Without the file, ivle-maint's own default (IVLE_MAINT_CONF here) stands for
+    # the defaults it runs on.
+    env = {**os.environ, **site.env, "PYTHONPATH": str(REPO), "IVLE_MAINT": str(wrapper),
+           "IVLE_MAINT_SETTINGS": str(site.maint_conf if settings_file
+                                      else tmp_path / "no-such-ivle-maint.conf")}
+    refused = subprocess.run(["sh", str(REPO / "debian" / "ivle-maint.prerm"), *form],
+                             env=env, capture_output=True, text=True, check=False,
+                             stdin=subprocess.DEVNULL)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert refused.stderr.startswith("ivle-maint: not removed: ivle-maint: error: schema hold: ")
+
+
+@pytest.mark.needs_postgres
+@settings(max_examples=2, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(other=st.sampled_from(["1.2", "1:1.0"]))
+def test_a_killed_abandonment_of_the_later_upgrade_is_finished_by_one_rerun(node_factory, other):
+    """dpkg lost after 1.1's preinst; 1.0 -> OTHER's preinst ran, and dpkg's
+    unwind (`postrm abort-upgrade 1.0 OTHER`) was SIGKILLed while it gave the
+    site back.  One rerun finishes it and abandons 1.0 -> 1.1 with it, as
+    the unwind would have: the site up, the hold off.  Before: 1.0 -> 1.1
+    was unfinished again, its hold on, and the next rerun ran its
+    before-phase, saying the web server stays down."""
+    node = at_version_1_0(node_factory(users=2, consoles=1, role="both"))
+    assert preinst(node).returncode == 0
+    assert preinst(node, "1.0", other).returncode == 0
+    node.set_fakes(WEB, delay=30)  # the undo (start-web) takes long
+    proc = start_cli(node, "hook", "postrm", "abort-upgrade", "1.0", other)
+    kill_when(proc, lambda: journal(node, "1.0", other).get("state") == "aborting",
+              timeout=60, poll=0.002)
+    node.set_fakes(WEB, delay=0)
+    done = cli(node, "rerun")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert node.service_running(WEB) and cli(node, "hold", "check").returncode == 0
+    assert "nothing to do" in cli(node, "rerun", check=True).stderr
+    assert journal(node)["state"] == journal(node, "1.0", other)["state"] == "aborted"
