@@ -28,16 +28,31 @@ from .gates.text import shown
 from .roles import Role
 
 try:  # configobj >= 5.1 ships validate inside the package
-    from configobj.validate import Validator, VdtValueError, is_float
+    from configobj.validate import (
+        Validator,
+        VdtValueError,
+        VdtValueTooBigError,
+        is_float,
+        is_integer,
+    )
 except ImportError:  # Debian bookworm: a top-level module
-    from validate import Validator, VdtValueError, is_float
+    from validate import Validator, VdtValueError, VdtValueTooBigError, is_float, is_integer
 
 DEFAULT_SETTINGS_FILE = "/etc/ivle/ivle-maint.conf"
 DEFAULT_IVLE_CONF_DIR = "/etc/ivle"
 
+# The most any number of the settings (or of ivle.conf) may be, unless its
+# spec says less: seconds are sent to PostgreSQL (lock_timeout,
+# statement_timeout, pg_dump's --lock-wait-timeout) and given to poll() in
+# milliseconds, which both hold in a C int (24.8 days); a count becomes a
+# deque's length.  Past it, a value failed only where it was used: an
+# upgrade's migrate or jail rebuild, with the site down.
+NUMBER_MAX = 2147483
+
 SETTINGS_SPEC = """\
 # ivle-maint settings: /etc/ivle/ivle-maint.conf, or --config FILE, or
-# the environment variable IVLE_MAINT_CONF.  Every key is optional.
+# the environment variable IVLE_MAINT_CONF.  Every key is optional; no
+# number is more than 2147483 (in seconds, about 24 days).
 
 [node]
 # What this node is in the IVLE cluster: 'master' (PostgreSQL, user
@@ -377,7 +392,8 @@ def _load(path: Path, spec: str, *, interpolation: Any, strict: bool = False,
     conf.filename = str(path)
     _interpolate_all(path, conf)  # the file's own values, each named when it fails
     try:
-        result = conf.validate(Validator({"float": _finite_float}), preserve_errors=True)
+        result = conf.validate(Validator({"float": _finite_float, "integer": _bounded_integer}),
+                               preserve_errors=True)
         _interpolate_all(path, conf)  # and the defaults the spec filled in
     except InterpolationError as exc:
         raise ConfigError(f"{path}: {str(exc).rstrip('.')}") from None
@@ -422,12 +438,30 @@ class VdtNotFinite(VdtValueError):
         self.args = (f'the value "{value}" is not a finite number.',)
 
 
-def _finite_float(value: object, *args: object, **kwargs: object) -> float:
-    """validate's float, and finite: nan passes any min (nan < 0 is false),
-    and 1e400 is inf; either made a wait that never ends or a traceback."""
-    number: float = is_float(value, *args, **kwargs)
+class VdtAboveNumberMax(VdtValueTooBigError):
+    def __init__(self, value: object) -> None:
+        super().__init__(value)
+        self.args = (f'the value "{value}" is more than {NUMBER_MAX} (in seconds, about 24 '
+                     "days), the most any number may be",)
+
+
+def _finite_float(value: object, min: object = None, max: object = None) -> float:
+    """validate's float, finite and at most NUMBER_MAX: nan passes any min
+    (nan < 0 is false), and 1e400 is inf; either made a wait that never
+    ends or a traceback, as 1e308 did (an OverflowError)."""
+    number: float = is_float(value, min, max)
     if not math.isfinite(number):
         raise VdtNotFinite(value)
+    if number > NUMBER_MAX:
+        raise VdtAboveNumberMax(value)
+    return number
+
+
+def _bounded_integer(value: object, min: object = None, max: object = None) -> int:
+    """validate's integer, at most NUMBER_MAX."""
+    number: int = is_integer(value, min, max)
+    if number > NUMBER_MAX:
+        raise VdtAboveNumberMax(value)
     return number
 
 

@@ -1,0 +1,78 @@
+"""Settings values that configobj's Validator passes but their users cannot
+take: each is refused when the settings are read (one line naming the file
+and the key, exit 2), before anything stops; and the most the settings
+gate passes works everywhere the value goes, in a whole upgrade.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ivle_maint.config import NUMBER_MAX, SETTINGS_SPEC
+from support.abuse_helpers import one_error_line
+from support.upgrade_helpers import cli, journal, postinst, preinst, set_setting, unpack
+
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
+
+
+def _spec_keys(kind: str) -> list[tuple[str, str, str]]:
+    """(section, key, check) of every setting of KIND (float, integer)."""
+    found, section = [], ""
+    for line in SETTINGS_SPEC.splitlines():
+        if match := re.match(r"^\[(\w+)\]", line):
+            section = match.group(1)
+        elif match := re.match(rf"^(\w+) = ({kind}\(.*)$", line):
+            found.append((section, match.group(1), match.group(2)))
+    return found
+
+
+NUMBERS = _spec_keys("float") + _spec_keys("integer")
+_TOO_BIG_FLOAT = st.floats(min_value=NUMBER_MAX + 0.001, max_value=1e308).map(repr)
+_TOO_BIG_INTEGER = st.integers(min_value=NUMBER_MAX + 1, max_value=10**40).map(str)
+
+
+@settings(max_examples=10, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(where=st.sampled_from(NUMBERS), data=st.data())
+def test_a_number_its_users_cannot_take_is_refused_before_anything_stops(
+        site: Any, where: tuple[str, str, str], data: st.DataObject) -> None:
+    """Before: 1e308 seconds, 1e7 (PostgreSQL's and poll()'s millisecond
+    limit) or an output_lines of 10**19 were taken, then failed where used:
+    `[database] old_transaction_age = 1e308` at the migrate step ("timestamp
+    out of range"), `[commands] timeout = 1e308` or `[logs] output_lines =
+    10**19` at the jail rebuild, migrations applied and the site down;
+    `[services] timeout = 1e7` in a traceback at stop-web."""
+    section, key, check = where
+    value = data.draw(_TOO_BIG_FLOAT if check.startswith("float") else _TOO_BIG_INTEGER)
+    original = site.maint_conf.read_text()
+    set_setting(site, section, key, value)
+    try:
+        done = preinst(site)
+        assert done.returncode == 2, done.stderr
+        line = one_error_line(done)
+        assert line.startswith(f"ivle-maint: error: {site.maint_conf}: [{section}/{key}]: "), line
+        assert site.service_running("apache2") and journal(site) == {}
+    finally:
+        site.maint_conf.write_text(original)
+
+
+def test_the_most_of_every_number_works_wherever_it_goes(site: Any) -> None:
+    """Every number at NUMBER_MAX (or its own max): PostgreSQL's session
+    settings, pg_dump's lock wait, poll(), the logs' bounds take it, and the
+    upgrade completes as with the defaults."""
+    for section, key, check in NUMBERS:
+        spec_max = re.search(r"max=(\d+)", check)
+        set_setting(site, section, key, spec_max.group(1) if spec_max else NUMBER_MAX)
+    assert cli(site, "settings").returncode == 0
+    done = preinst(site)
+    assert done.returncode == 0, done.stderr
+    unpack(site)
+    done = postinst(site)
+    assert done.returncode == 0, done.stderr
+    assert site.service_running("apache2")
+    assert journal(site)["state"] == "complete"
