@@ -34,9 +34,17 @@ try:  # configobj >= 5.1 ships validate inside the package
         VdtValueTooBigError,
         is_float,
         is_integer,
+        is_string,
     )
 except ImportError:  # Debian bookworm: a top-level module
-    from validate import Validator, VdtValueError, VdtValueTooBigError, is_float, is_integer
+    from validate import (
+        Validator,
+        VdtValueError,
+        VdtValueTooBigError,
+        is_float,
+        is_integer,
+        is_string,
+    )
 
 DEFAULT_SETTINGS_FILE = "/etc/ivle/ivle-maint.conf"
 DEFAULT_IVLE_CONF_DIR = "/etc/ivle"
@@ -52,7 +60,8 @@ NUMBER_MAX = 2147483
 SETTINGS_SPEC = """\
 # ivle-maint settings: /etc/ivle/ivle-maint.conf, or --config FILE, or
 # the environment variable IVLE_MAINT_CONF.  Every key is optional; no
-# number is more than 2147483 (in seconds, about 24 days).
+# number is more than 2147483 (in seconds, about 24 days), and every path
+# is absolute.
 
 [node]
 # What this node is in the IVLE cluster: 'master' (PostgreSQL, user
@@ -67,17 +76,17 @@ machine_id = string(default='')
 
 [paths]
 # Directory holding ivle.conf; empty: $IVLECONF, else /etc/ivle.
-ivle_conf_dir = string(default='')
+ivle_conf_dir = optional_path(default='')
 # IVLE's shipped database migrations (userdb/migrations in the source).
-migrations = string(default='/usr/share/ivle/userdb/migrations')
+migrations = path(default='/usr/share/ivle/userdb/migrations')
 # ivle-maint's journal, media version record and other state.
-state = string(default='/var/lib/ivle-maint')
+state = path(default='/var/lib/ivle-maint')
 # Log files, one per run, with timestamps and step durations.
-log = string(default='/var/log/ivle-maint')
+log = path(default='/var/log/ivle-maint')
 # Database dumps taken before migrations, and ivle.conf backups.
-backup = string(default='/var/backups/ivle-maint')
+backup = path(default='/var/backups/ivle-maint')
 # The lock that keeps one ivle-maint at a time on this node.
-run = string(default='/run/ivle-maint')
+run = path(default='/run/ivle-maint')
 
 [logs]
 # Log files kept in [paths] log: a run deletes all but the newest ones;
@@ -97,7 +106,7 @@ usrmgt = string(default='ivle-usrmgt-server')
 # Debian maintainer scripts must), else systemctl, else the init script.
 backend = option('auto', 'invoke-rc.d', 'systemctl', 'init.d', default='auto')
 # Where init scripts live (used by the 'init.d' backend).
-initd_dir = string(default='/etc/init.d')
+initd_dir = path(default='/etc/init.d')
 # Seconds to wait for a service's action and for it to reach the asked state.
 timeout = float(min=1, default=60)
 
@@ -118,7 +127,7 @@ during_upgrade = option('stop', 'maintenance', default='stop')
 sites = string_list(default=list('ivle'))
 # The page sent with the 503 (UTF-8 HTML, at most 7 KiB, no external
 # assets); empty: ivle-maint's own short page.
-maintenance_page = string(default='')
+maintenance_page = optional_path(default='')
 # Retry-After seconds when this node has no completed upgrade to measure;
 # otherwise the last upgrade's web-down time is told (at most a week).
 retry_after = integer(min=1, max=604800, default=300)
@@ -128,7 +137,7 @@ retry_after = integer(min=1, max=604800, default=300)
 # starts it (nothing of the old server survives; refused meanwhile).
 restart = option('graceful', 'full', default='graceful')
 # Apache's configuration directory (sites-available, conf-available).
-apache_dir = string(default='/etc/apache2')
+apache_dir = path(default='/etc/apache2')
 
 [commands]
 # IVLE's own programs; a bare name is looked up on PATH.
@@ -153,7 +162,7 @@ lazy_unmount = boolean(default=False)
 # 'postgres': as the postgres system user over the local socket.
 connect_as = option('ivle-conf', 'postgres', default='ivle-conf')
 # Socket directory for connect_as = postgres.
-socket_dir = string(default='/var/run/postgresql')
+socket_dir = path(default='/var/run/postgresql')
 # Seconds to wait for a restarting server, and for another runner's lock.
 wait_timeout = float(min=0, default=120)
 lock_timeout = float(min=0, default=600)
@@ -392,7 +401,9 @@ def _load(path: Path, spec: str, *, interpolation: Any, strict: bool = False,
     conf.filename = str(path)
     _interpolate_all(path, conf)  # the file's own values, each named when it fails
     try:
-        result = conf.validate(Validator({"float": _finite_float, "integer": _bounded_integer}),
+        result = conf.validate(Validator({"float": _finite_float, "integer": _bounded_integer,
+                                          "path": _absolute_path,
+                                          "optional_path": _optional_path}),
                                preserve_errors=True)
         _interpolate_all(path, conf)  # and the defaults the spec filled in
     except InterpolationError as exc:
@@ -463,6 +474,32 @@ def _bounded_integer(value: object, min: object = None, max: object = None) -> i
     if number > NUMBER_MAX:
         raise VdtAboveNumberMax(value)
     return number
+
+
+class VdtNotAbsolute(VdtValueError):
+    def __init__(self, value: object) -> None:
+        super().__init__(value)
+        self.args = (f"'{shown(str(value), 200)}' is not an absolute path: the directory "
+                     "ivle-maint is started in would decide what it names (dpkg starts it "
+                     "in /); write it from /",)
+
+
+def _absolute_path(value: object) -> str:
+    """A path setting: absolute, so that every run, from any directory (a
+    hook run by dpkg, a rerun from root's home, systemd's hold check),
+    names the same file.  Before, a relative [paths] state kept an
+    upgrade's journal where the run started, and a run from elsewhere found
+    none: `services start web` went around the schema hold."""
+    text = is_string(value)
+    if not text.startswith("/"):
+        raise VdtNotAbsolute(value)
+    return text
+
+
+def _optional_path(value: object) -> str:
+    """An absolute path, or empty (the setting's documented default)."""
+    text = is_string(value)
+    return text and _absolute_path(text)
 
 
 @dataclass(frozen=True)

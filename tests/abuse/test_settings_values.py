@@ -6,16 +6,21 @@ gate passes works everywhere the value goes, in a whole upgrade.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
+from configobj import ConfigObj
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ivle_maint.config import NUMBER_MAX, SETTINGS_SPEC
 from support.abuse_helpers import one_error_line
-from support.upgrade_helpers import cli, journal, postinst, preinst, set_setting, unpack
+from support.upgrade_helpers import REPO, cli, journal, postinst, preinst, set_setting, unpack
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
@@ -76,3 +81,48 @@ def test_the_most_of_every_number_works_wherever_it_goes(site: Any) -> None:
     assert done.returncode == 0, done.stderr
     assert site.service_running("apache2")
     assert journal(site)["state"] == "complete"
+
+
+PATHS = _spec_keys("path") + _spec_keys("optional_path")
+_RELATIVE = st.one_of(
+    st.sampled_from(["var/lib/ivle-maint", ".", "./state", "../x", "~/ivle", "   ",
+                     "etc/ivle", "état", "-x"]),
+    st.text(st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="/\"'#,\\=[]"),
+            min_size=1, max_size=20).map(str.strip).filter(lambda v: v and v.isprintable()),
+)
+
+
+def _run_from(site: Any, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **site.env, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "ivle_maint", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          timeout=300, check=False)
+
+
+@settings(max_examples=10, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(where=st.sampled_from(PATHS), value=_RELATIVE, empty=st.booleans())
+def test_a_relative_path_setting_is_refused_before_anything_stops(
+        site: Any, where: tuple[str, str, str], value: str, empty: bool) -> None:
+    """Before: a relative path was taken from the directory each run started
+    in: with `[paths] state = var/lib/ivle-maint`, the preinst (dpkg starts
+    it in /) kept its journal in /var/lib/ivle-maint, and `ivle-maint
+    services start web` run from root's home found no upgrade under way and
+    started Apache mid-upgrade; an empty `[paths] log` was the working
+    directory."""
+    section, key, check = where
+    if empty:
+        value = "" if check.startswith("path(") else value
+    original = site.maint_conf.read_text()
+    conf = ConfigObj(str(site.maint_conf), encoding="utf-8")
+    conf.setdefault(section, {})[key] = value
+    conf.write()
+    try:
+        done = _run_from(site, site.root, "hook", "preinst", "upgrade", "1.0", "1.1")
+        assert done.returncode == 2, done.stderr
+        line = one_error_line(done)
+        assert line.startswith(f"ivle-maint: error: {site.maint_conf}: [{section}/{key}]: "), line
+        assert "is not an absolute path" in line
+        assert site.service_running("apache2") and journal(site) == {}
+    finally:
+        site.maint_conf.write_text(original)

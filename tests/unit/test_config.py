@@ -231,7 +231,7 @@ def test_a_setting_holding_a_line_break_or_a_control_is_refused_in_one_line(
     forged "[database] connect_as = postgres"); refused, one line, exit 2,
     nothing on stdout."""
     path = tmp_path_factory.mktemp("settings") / "ivle-maint.conf"
-    path.write_text(f"[{where[0]}]\n{where[1]} = '''{value}'''\n", encoding="utf-8")
+    path.write_text(f"[{where[0]}]\n{where[1]} = '''/{value}'''\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=rf"\[{where[0]}/{where[1]}\]: .* not printable"):
         load_settings(str(path))
     assert main(["--config", str(path), "settings"]) == 2
