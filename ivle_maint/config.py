@@ -140,10 +140,11 @@ restart = option('graceful', 'full', default='graceful')
 apache_dir = path(default='/etc/apache2')
 
 [commands]
-# IVLE's own programs; a bare name is looked up on PATH.
-mountallusers = string(default='ivle-mountallusers')
-buildjail = string(default='ivle-buildjail')
-remakeuser = string(default='ivle-remakeuser')
+# IVLE's own programs: a bare name is looked up on PATH, else an absolute
+# path; the whole value is the program (no arguments), spaces and all.
+mountallusers = command(default='ivle-mountallusers')
+buildjail = command(default='ivle-buildjail')
+remakeuser = command(default='ivle-remakeuser')
 # Seconds allowed for each (0: no limit); jail builds run apt.
 timeout = float(min=0, default=0)
 
@@ -403,7 +404,8 @@ def _load(path: Path, spec: str, *, interpolation: Any, strict: bool = False,
     try:
         result = conf.validate(Validator({"float": _finite_float, "integer": _bounded_integer,
                                           "path": _absolute_path,
-                                          "optional_path": _optional_path}),
+                                          "optional_path": _optional_path,
+                                          "command": _command}),
                                preserve_errors=True)
         _interpolate_all(path, conf)  # and the defaults the spec filled in
     except InterpolationError as exc:
@@ -500,6 +502,24 @@ def _optional_path(value: object) -> str:
     """An absolute path, or empty (the setting's documented default)."""
     text = is_string(value)
     return text and _absolute_path(text)
+
+
+class VdtEmptyCommand(VdtValueError):
+    def __init__(self, value: object) -> None:
+        super().__init__(value)
+        self.args = ("is empty: name a program (a name on PATH, or an absolute path)",)
+
+
+def _command(value: object) -> str:
+    """A [commands] program: a bare name (looked up on PATH) or an absolute
+    path, taken whole wherever it is used.  Before, the preflight checked
+    the value whole while the jail steps split it as a shell would: a path
+    with a space passed the preflight, then the jail rebuild ran another
+    program (or none) after the migrations, with the site down."""
+    text = is_string(value)
+    if not text.strip():
+        raise VdtEmptyCommand(value)
+    return _absolute_path(text) if "/" in text else text
 
 
 @dataclass(frozen=True)

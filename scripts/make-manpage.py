@@ -214,7 +214,8 @@ def describe_check(check: str) -> str:
         return f"one of {', '.join(choices)}; default: {shown}"
     names = {"string": "text", "float": "seconds (a number)", "integer": "an integer",
              "boolean": "true or false", "string_list": "a comma-separated list of names",
-             "path": "an absolute path", "optional_path": "an absolute path, or empty"}
+             "path": "an absolute path", "optional_path": "an absolute path, or empty",
+             "command": "a program: a name on PATH, or an absolute path"}
     limits = re.search(r"min=([0-9.]+)", check)
     least = f", at least {limits.group(1)}" if limits else ""
     return f"{names.get(kind, kind)}{least}; default: {shown}"

@@ -20,7 +20,16 @@ from hypothesis import strategies as st
 
 from ivle_maint.config import NUMBER_MAX, SETTINGS_SPEC
 from support.abuse_helpers import one_error_line
-from support.upgrade_helpers import REPO, cli, journal, postinst, preinst, set_setting, unpack
+from support.upgrade_helpers import (
+    REPO,
+    at_version_1_0,
+    cli,
+    journal,
+    postinst,
+    preinst,
+    set_setting,
+    unpack,
+)
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres]
 
@@ -83,7 +92,7 @@ def test_the_most_of_every_number_works_wherever_it_goes(site: Any) -> None:
     assert journal(site)["state"] == "complete"
 
 
-PATHS = _spec_keys("path") + _spec_keys("optional_path")
+PATHS = _spec_keys("path") + _spec_keys("optional_path") + _spec_keys("command")
 _RELATIVE = st.one_of(
     st.sampled_from(["var/lib/ivle-maint", ".", "./state", "../x", "~/ivle", "   ",
                      "etc/ivle", "état", "-x"]),
@@ -113,6 +122,8 @@ def test_a_relative_path_setting_is_refused_before_anything_stops(
     section, key, check = where
     if empty:
         value = "" if check.startswith("path(") else value
+    if check.startswith("command("):  # a bare name is looked up on PATH: one with a slash
+        value = f"bin/{value}"
     original = site.maint_conf.read_text()
     conf = ConfigObj(str(site.maint_conf), encoding="utf-8")
     conf.setdefault(section, {})[key] = value
@@ -126,3 +137,46 @@ def test_a_relative_path_setting_is_refused_before_anything_stops(
         assert site.service_running("apache2") and journal(site) == {}
     finally:
         site.maint_conf.write_text(original)
+
+
+_ODD_DIR = st.text(st.sampled_from(list(" '\"$`\\;&|*?~#,=[]()aé-")), min_size=1, max_size=12) \
+    .map(str.strip).filter(lambda v: v not in ("", ".", ".."))
+TOOLS = {"mountallusers": "ivle-mountallusers", "buildjail": "ivle-buildjail",
+         "remakeuser": "ivle-remakeuser"}
+
+
+@settings(max_examples=3, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(names=st.lists(_ODD_DIR, min_size=3, max_size=3))
+def test_a_program_the_preflight_checked_is_the_one_each_step_runs(
+        node_factory: Any, names: list[str]) -> None:
+    """[commands] at a path holding spaces, quotes or shell characters
+    (generated): the preflight checked the value whole, the jail steps split
+    it as a shell would, so `/opt/ivle tools/ivle-buildjail` passed the
+    preflight and the rebuild, after the migrations with the site down,
+    failed with "command not found: /opt/ivle".  Each is one program, the
+    same everywhere: the upgrade completes, having run each."""
+    site = at_version_1_0(node_factory(users=2, consoles=1, role="both"))
+    conf = ConfigObj(str(site.maint_conf), encoding="utf-8")
+    conf.setdefault("jails", {})["run_mountallusers"] = "true"
+    ran = site.root / "ran"
+    for (key, tool), name in zip(TOOLS.items(), names, strict=True):
+        where = site.root / "opt" / key / name
+        where.mkdir(parents=True)
+        for directory in (where, *where.parents):
+            if directory == site.root:
+                break
+            directory.chmod(0o755)
+        program = where / tool
+        program.write_text(f"#!/bin/sh\necho {tool} >> '{ran}'\n"
+                           f"exec '{site.commands[tool]}' \"$@\"\n")
+        program.chmod(0o755)
+        conf.setdefault("commands", {})[key] = str(program)
+    conf.write()
+    done = preinst(site)
+    assert done.returncode == 0, done.stderr
+    unpack(site)
+    done = postinst(site)
+    assert done.returncode == 0, done.stderr
+    assert site.service_running("apache2") and journal(site)["state"] == "complete"
+    assert set(ran.read_text().split()) == set(TOOLS.values())
