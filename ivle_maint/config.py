@@ -23,7 +23,7 @@ from configobj import (
 )
 
 from .errors import ConfigError
-from .gates import trusted
+from .gates import names, trusted
 from .gates.text import shown
 from .roles import Role
 
@@ -67,8 +67,9 @@ SETTINGS_SPEC = """\
 # What this node is in the IVLE cluster: 'master' (PostgreSQL, user
 # management server, jail template), 'slave' (Apache) or 'both'.
 role = option('master', 'slave', 'both', default='both')
-# This node's name in logs and in the cluster table; empty: the hostname.
-name = string(default='')
+# This node's name in logs and in the cluster table: one word, at most
+# 253 characters; empty: the hostname.
+name = node_name(default='')
 # What tells this machine from others of the same name in the cluster
 # table; empty: /etc/machine-id.  Set it only where several nodes share
 # one machine (test sandboxes).
@@ -405,7 +406,7 @@ def _load(path: Path, spec: str, *, interpolation: Any, strict: bool = False,
         result = conf.validate(Validator({"float": _finite_float, "integer": _bounded_integer,
                                           "path": _absolute_path,
                                           "optional_path": _optional_path,
-                                          "command": _command}),
+                                          "command": _command, "node_name": _node_name}),
                                preserve_errors=True)
         _interpolate_all(path, conf)  # and the defaults the spec filled in
     except InterpolationError as exc:
@@ -502,6 +503,26 @@ def _optional_path(value: object) -> str:
     """An absolute path, or empty (the setting's documented default)."""
     text = is_string(value)
     return text and _absolute_path(text)
+
+
+class VdtNoNodeName(VdtValueError):
+    def __init__(self, value: str, why: str) -> None:
+        super().__init__(value)
+        self.args = (f"'{shown(value, 80)}' {why}: no node of the cluster table may be "
+                     "named so",)
+
+
+def _node_name(value: object) -> str:
+    """[node] name: empty (the hostname), or a name the cluster table's gate
+    takes (gates/names.why_not_a_node_name).  Before, `web 1` was taken, and
+    the node's own row was refused by every reader: the master took it for a
+    node serving old code, and waited for it until slaves_timeout."""
+    text = is_string(value)
+    # A control character is refused with every other setting's (_refuse_unprintable).
+    why = names.why_not_a_node_name(text) if text and text.isprintable() else None
+    if why:
+        raise VdtNoNodeName(text, why)
+    return text
 
 
 class VdtEmptyCommand(VdtValueError):

@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from configobj import ConfigObj
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ivle_maint.cluster import table
 from ivle_maint.config import NUMBER_MAX, SETTINGS_SPEC
 from support.abuse_helpers import one_error_line
 from support.upgrade_helpers import (
@@ -180,3 +182,44 @@ def test_a_program_the_preflight_checked_is_the_one_each_step_runs(
     assert done.returncode == 0, done.stderr
     assert site.service_running("apache2") and journal(site)["state"] == "complete"
     assert set(ran.read_text().split()) == set(TOOLS.values())
+
+
+_NODE_NAMES = st.one_of(
+    st.sampled_from(["web 1", "web\u00a01", " web1", "a" * 254, "web\u200b1", "wéb-1", "a" * 253]),
+    st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=12),
+)
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(name=_NODE_NAMES)
+def test_a_node_name_the_settings_take_is_one_the_cluster_table_takes(
+        site: Any, name: str) -> None:
+    """`[node] name = web 1` (generated: spaces of any kind, invisible
+    characters, 254 characters) was taken, then the node's own row was
+    refused by every reader of ivle_maint_nodes (the row gate): taken as a
+    node that may serve old code, so a master waited for it until
+    slaves_timeout, and the advised `cluster refresh` wrote the same name
+    again.  Now a name either is refused when the settings are read (one
+    line naming it, exit 2), or its row is one the gate takes."""
+    original = site.maint_conf.read_text()
+    conf = ConfigObj(str(site.maint_conf), encoding="utf-8")
+    conf["node"]["name"] = name
+    conf.setdefault("cluster", {})["coordinate"] = "always"
+    conf.write()
+    try:
+        done = cli(site, "cluster", "register")
+        if done.returncode == 2:
+            line = one_error_line(done)
+            assert line.startswith(f"ivle-maint: error: {site.maint_conf}: [node/name]: "), line
+            return
+        assert done.returncode == 0, done.stderr
+        with closing(site.connect()) as conn:
+            rows = table.nodes(conn)
+            with conn, conn.cursor() as cur:
+                cur.execute(f"DELETE FROM {table.NODES}")
+        # (The sandbox's IVLE has no version dpkg knows: its row serves 'unknown'.)
+        assert [row.name for row in rows] == [name.strip()]
+        assert "name is not" not in (rows[0].invalid or ""), rows[0].invalid
+    finally:
+        site.maint_conf.write_text(original)
