@@ -287,7 +287,9 @@ connect_as = option('ivle-conf', 'postgres', default='postgres')
 keep_failed_database_days = float(min=0, default=7)
 """
 
-# The part of IVLE's own config spec that ivle-maint relies on.
+# The part of IVLE's own config spec that ivle-maint relies on (a port is
+# one TCP takes: libpq refused another only when the preflight connected,
+# in its own words, naming neither the file nor the key).
 IVLE_CONF_SPEC = """\
 [paths]
 prefix = string(default='/usr/local')
@@ -305,14 +307,14 @@ version = string(default=None)
 
 [database]
 host = string(default='localhost')
-port = integer(default=5432)
+port = integer(min=1, max=65535, default=5432)
 name = string(default='ivle')
 username = string(default=None)
 password = string(default=None)
 
 [usrmgt]
 host = string(default='localhost')
-port = integer(default=2178)
+port = integer(min=1, max=65535, default=2178)
 magic = string(default=None)
 
 [jail]

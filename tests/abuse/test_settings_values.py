@@ -223,3 +223,26 @@ def test_a_node_name_the_settings_take_is_one_the_cluster_table_takes(
         assert "name is not" not in (rows[0].invalid or ""), rows[0].invalid
     finally:
         site.maint_conf.write_text(original)
+
+
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(section=st.sampled_from(["database", "usrmgt"]),
+       port=st.one_of(st.integers(max_value=0), st.integers(min_value=65536)).map(str))
+def test_an_ivle_conf_port_tcp_has_not_is_refused_naming_the_key(
+        site: Any, section: str, port: str) -> None:
+    """ivle.conf's `[database] port = 70000` (or 0, -5) was taken, then the
+    preflight's connection failed, exit 1, in libpq's words naming neither
+    the file nor the key."""
+    original = site.ivle_conf.read_bytes()
+    conf = ConfigObj(str(site.ivle_conf))
+    conf.setdefault(section, {})["port"] = port
+    conf.write()
+    try:
+        done = preinst(site)
+        assert done.returncode == 2, done.stderr
+        line = one_error_line(done)
+        assert line.startswith(f"ivle-maint: error: {site.ivle_conf}: [{section}/port]: "), line
+        assert site.service_running("apache2") and journal(site) == {}
+    finally:
+        site.ivle_conf.write_bytes(original)
