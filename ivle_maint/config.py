@@ -403,6 +403,7 @@ def _load(path: Path, spec: str, *, interpolation: Any, strict: bool = False,
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
     conf.filename = str(path)
+    _refuse_misplaced(path, conf, conf.configspec)
     _interpolate_all(path, conf)  # the file's own values, each named when it fails
     try:
         result = conf.validate(Validator({"float": _finite_float, "integer": _bounded_integer,
@@ -422,6 +423,23 @@ def _load(path: Path, spec: str, *, interpolation: Any, strict: bool = False,
         _refuse_unknown(path, conf)
         _refuse_unprintable(path, conf)
     return conf
+
+
+def _refuse_misplaced(path: Path, section: Section, spec: Section | None,
+                      where: tuple[str, ...] = ()) -> None:
+    """A section where the spec has a value is an error: configobj's
+    validate() failed on it with an AttributeError (`[media]` then
+    `[[version]]` in ivle.conf: a traceback wherever ivle.conf is read).
+    (A value where the spec has a section, validate() names itself.)"""
+    if spec is None:
+        return
+    for name in section.sections:
+        if name in spec.scalars:
+            key = "/".join([*where, name])
+            raise ConfigError(f"{path}: [{key}]: a section where a value belongs "
+                              f"(write {name} = VALUE in [{'/'.join(where) or 'top level'}])")
+        _refuse_misplaced(path, section[name], spec[name] if name in spec.sections else None,
+                          (*where, name))
 
 
 def _refuse_unprintable(path: Path, conf: Section) -> None:
