@@ -421,7 +421,7 @@ def _load(path: Path, spec: str, *, interpolation: Any, strict: bool = False,
             raise ConfigError(f"{path}: [{name}]: {reason}")
     if strict:
         _refuse_unknown(path, conf)
-        _refuse_unprintable(path, conf)
+    _refuse_unprintable(path, conf, every=strict)
     return conf
 
 
@@ -442,17 +442,21 @@ def _refuse_misplaced(path: Path, section: Section, spec: Section | None,
                           (*where, name))
 
 
-def _refuse_unprintable(path: Path, conf: Section) -> None:
+def _refuse_unprintable(path: Path, conf: Section, *, every: bool = True) -> None:
     """A value holding a newline, a carriage return or any control character
     is an error: no setting needs one (a path, a name, a URL), and shown by
     `ivle-maint settings` or in a message it would read as another line (a
-    multi-line ''''...'''' value: "[database] connect_as = postgres")."""
+    multi-line ... value: "[database] connect_as = postgres").
+    Not EVERY (ivle.conf, whose values IVLE reads as they are): a NUL alone,
+    which no path, argument or connection parameter can hold (before, a NUL
+    in ivle.conf's [paths] was a ValueError traceback wherever a path was
+    used: the preflight, `consoles list`, `mounts list`)."""
     for name, value in conf.items():
         if isinstance(value, Section):
-            _refuse_unprintable(path, value)
+            _refuse_unprintable(path, value, every=every)
             continue
         for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, str) and not item.isprintable():
+            if isinstance(item, str) and (not item.isprintable() if every else "\0" in item):
                 where = "/".join([*_sections_of(conf), name])
                 raise ConfigError(f"{path}: [{where}]: '{shown(item, 80)}' holds a character "
                                   "that is not printable (a line break, a control character)")

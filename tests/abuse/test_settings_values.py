@@ -246,3 +246,41 @@ def test_an_ivle_conf_port_tcp_has_not_is_refused_naming_the_key(
         assert site.service_running("apache2") and journal(site) == {}
     finally:
         site.ivle_conf.write_bytes(original)
+
+
+_PLAIN = st.characters(blacklist_categories=("Cs",), blacklist_characters="'\"\n\r")
+IVLE_CONF_TEXTS = [(("paths",), k) for k in ("prefix", "data", "share", "lib")] + \
+    [(("paths", "jails"), k) for k in ("mounts", "src", "template", "template_build")] + \
+    [(("database",), k) for k in ("host", "name", "username", "password")] + \
+    [(("media",), "version"), (("usrmgt",), "magic")]
+
+
+@settings(max_examples=10, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(where=st.sampled_from(IVLE_CONF_TEXTS),
+       value=st.lists(st.text(_PLAIN, max_size=8), min_size=2, max_size=2).map(
+           lambda parts: f"/srv/{parts[0]}\0{parts[1]}"),
+       command=st.sampled_from([("hook", "preinst", "upgrade", "1.0", "1.1"),
+                                ("consoles", "list"), ("mounts", "list")]))
+def test_a_nul_in_ivle_conf_is_one_line_naming_it_before_anything_stops(
+        site: Any, where: tuple[tuple[str, ...], str], value: str,
+        command: tuple[str, ...]) -> None:
+    """A NUL in ivle.conf's [paths] (generated, anywhere in any value) was a
+    ValueError traceback ("embedded null byte") wherever a path was used:
+    the preflight, `consoles list`, `mounts list`."""
+    sections, key = where
+    original = site.ivle_conf.read_bytes()
+    conf = ConfigObj(str(site.ivle_conf), encoding="utf-8")
+    section = conf
+    for name in sections:
+        section = section.setdefault(name, {})
+    section[key] = value
+    conf.write()
+    try:
+        done = cli(site, *command)
+        assert done.returncode == 2, done.stderr
+        line = one_error_line(done)
+        assert line.startswith(f"ivle-maint: error: {site.ivle_conf}: ["), line
+        assert site.service_running("apache2") and journal(site) == {}
+    finally:
+        site.ivle_conf.write_bytes(original)
