@@ -606,11 +606,18 @@ def given_path(value: str | None, given_as: str) -> Path | None:
     dpkg runs the hooks from /, a restore point keeps the settings' path,
     a resume line is pasted elsewhere.  None when not given; an empty one
     is refused (IVLE reads $IVLECONF='' as the working directory, ivle-maint
-    would have read the default: two different files)."""
+    would have read the default: two different files), and so is one holding
+    a character that is not printable."""
     if value is None:
         return None
     if not value:
         raise ConfigError(f"{given_as} is empty: unset it, or name a file or directory")
+    if not value.isprintable():
+        # Printed as it is by `ivle-maint settings` (and in every resume line's
+        # --config): a line break there forged lines ("[database]",
+        # "connect_as = postgres"); bytes not UTF-8 were a traceback.
+        raise ConfigError(f"{given_as} {shown(value, 80)} holds a character that is not "
+                          "printable (a line break, a control character, a byte not UTF-8)")
     return Path(os.path.abspath(value))
 
 
@@ -680,4 +687,6 @@ def load_settings(explicit: str | None = None) -> Settings:
     path = given or Path(DEFAULT_SETTINGS_FILE)
     if given is not None and not path.exists():
         raise ConfigError(f"{path}: no such file")
-    return Settings(path, _load(path, SETTINGS_SPEC, interpolation=False, strict=True))
+    settings = Settings(path, _load(path, SETTINGS_SPEC, interpolation=False, strict=True))
+    ivle_conf_dir(settings.conf["paths"]["ivle_conf_dir"])  # $IVLECONF checked now
+    return settings

@@ -290,3 +290,46 @@ def test_a_section_or_a_value_out_of_its_place_is_one_line_naming_it(
     message = str(caught.value)
     assert message.startswith(f"{path}: [{'/'.join([*where, name])}]: "), message
     assert "\n" not in message
+
+
+_FORGING = st.lists(st.sampled_from(["\n[database]\nconnect_as = postgres", "\r", "\x1b[2J", "\t",
+                                     "\udcff", "\u202e", "\x85", "a"]),
+                    min_size=1, max_size=3).map("".join).filter(lambda v: not v.isprintable())
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(given_as=st.sampled_from(["IVLECONF", "IVLE_MAINT_CONF", "--config"]), tail=_FORGING)
+def test_a_given_path_holding_a_line_break_or_a_control_is_refused_before_any_output(
+        tmp_path_factory: pytest.TempPathFactory, given_as: str, tail: str) -> None:
+    """$IVLECONF (or --config, $IVLE_MAINT_CONF naming a file that exists)
+    holding a line break was printed as it was by `ivle-maint settings`:
+    forged lines ("[database]", "connect_as = postgres"); bytes not UTF-8
+    were a UnicodeEncodeError traceback.  Refused, one line, exit 2,
+    nothing on stdout."""
+    import os
+    import subprocess
+    import sys
+
+    directory = tmp_path_factory.mktemp("given")
+    plain = directory / "ivle-maint.conf"
+    plain.write_text("[node]\nrole = slave\n")
+    odd = os.fsencode(directory / f"x{tail}")
+    with open(odd, "wb") as file:
+        file.write(b"[node]\nrole = slave\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("IVLECONF", "IVLE_MAINT_CONF")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    argv = [sys.executable, "-m", "ivle_maint", "--config", str(plain), "settings"]
+    if given_as == "--config":
+        argv[4] = os.fsdecode(odd)
+    elif given_as == "IVLE_MAINT_CONF":
+        del argv[3:5]
+        env["IVLE_MAINT_CONF"] = os.fsdecode(odd)
+    else:
+        env["IVLECONF"] = os.fsdecode(odd)
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False,
+                          errors="surrogateescape", stdin=subprocess.DEVNULL, timeout=60)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stdout == ""
+    assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith("ivle-maint: error: ")
+    assert done.stderr.rstrip("\n").isprintable()
