@@ -399,6 +399,10 @@ def _load(path: Path, spec: str, *, interpolation: Any, strict: bool = False,
         line = getattr(first, "line_number", None)
         where = f" line {line}" if line else ""
         text = str(first).split(" at line ")[0].rstrip(".")
+        # Which key or section: "Duplicate keyword name" alone named neither.
+        said = str(getattr(first, "line", "") or "").strip()
+        if said and said not in text:
+            text += f": {shown(said, 80)}"
         raise ConfigError(f"{path}{where}: {text}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None

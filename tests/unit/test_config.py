@@ -333,3 +333,28 @@ def test_a_given_path_holding_a_line_break_or_a_control_is_refused_before_any_ou
     assert done.stdout == ""
     assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith("ivle-maint: error: ")
     assert done.stderr.rstrip("\n").isprintable()
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(which=st.sampled_from(["settings", "ivle.conf"]), data=st.data(),
+       between=st.sampled_from(["", "# a comment\n", "\n"]))
+def test_a_duplicate_key_or_section_is_one_line_naming_it(
+        tmp_path_factory: pytest.TempPathFactory, which: str, data: st.DataObject,
+        between: str) -> None:
+    """A key or a section given twice (generated over every entry of both
+    specs): before, "line N: Duplicate keyword name", naming neither."""
+    spec = SETTINGS_SPEC if which == "settings" else IVLE_CONF_SPEC
+    where, name, is_section = data.draw(st.sampled_from(_spec_places(spec)))
+    text = "".join(_header(depth, s) for depth, s in enumerate(where, 1))
+    entry = _header(len(where) + 1, name) if is_section else f"{name} = /srv/x\n"
+    text += entry + between + entry
+    directory = tmp_path_factory.mktemp("conf")
+    path = directory / ("ivle-maint.conf" if which == "settings" else "ivle.conf")
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(str(path)) if which == "settings" else load_ivle_conf(directory)
+    message = str(caught.value)
+    assert message.startswith(f"{path} line "), message
+    assert message.endswith(f": {entry.strip()}"), message
+    assert "\n" not in message
