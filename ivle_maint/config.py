@@ -23,28 +23,53 @@ from configobj import (
 )
 
 from .errors import ConfigError
-from .gates import trusted
+from .gates import names, trusted
 from .gates.text import shown
 from .roles import Role
 
 try:  # configobj >= 5.1 ships validate inside the package
-    from configobj.validate import Validator, VdtValueError, is_float
+    from configobj.validate import (
+        Validator,
+        VdtValueError,
+        VdtValueTooBigError,
+        is_float,
+        is_integer,
+        is_string,
+    )
 except ImportError:  # Debian bookworm: a top-level module
-    from validate import Validator, VdtValueError, is_float
+    from validate import (
+        Validator,
+        VdtValueError,
+        VdtValueTooBigError,
+        is_float,
+        is_integer,
+        is_string,
+    )
 
 DEFAULT_SETTINGS_FILE = "/etc/ivle/ivle-maint.conf"
 DEFAULT_IVLE_CONF_DIR = "/etc/ivle"
 
+# The most any number of the settings (or of ivle.conf) may be, unless its
+# spec says less: seconds are sent to PostgreSQL (lock_timeout,
+# statement_timeout, pg_dump's --lock-wait-timeout) and given to poll() in
+# milliseconds, which both hold in a C int (24.8 days); a count becomes a
+# deque's length.  Past it, a value failed only where it was used: an
+# upgrade's migrate or jail rebuild, with the site down.
+NUMBER_MAX = 2147483
+
 SETTINGS_SPEC = """\
 # ivle-maint settings: /etc/ivle/ivle-maint.conf, or --config FILE, or
-# the environment variable IVLE_MAINT_CONF.  Every key is optional.
+# the environment variable IVLE_MAINT_CONF.  Every key is optional; no
+# number is more than 2147483 (in seconds, about 24 days), and every path
+# is absolute.
 
 [node]
 # What this node is in the IVLE cluster: 'master' (PostgreSQL, user
 # management server, jail template), 'slave' (Apache) or 'both'.
 role = option('master', 'slave', 'both', default='both')
-# This node's name in logs and in the cluster table; empty: the hostname.
-name = string(default='')
+# This node's name in logs and in the cluster table: one word, at most
+# 253 characters; empty: the hostname.
+name = node_name(default='')
 # What tells this machine from others of the same name in the cluster
 # table; empty: /etc/machine-id.  Set it only where several nodes share
 # one machine (test sandboxes).
@@ -52,17 +77,17 @@ machine_id = string(default='')
 
 [paths]
 # Directory holding ivle.conf; empty: $IVLECONF, else /etc/ivle.
-ivle_conf_dir = string(default='')
+ivle_conf_dir = optional_path(default='')
 # IVLE's shipped database migrations (userdb/migrations in the source).
-migrations = string(default='/usr/share/ivle/userdb/migrations')
+migrations = path(default='/usr/share/ivle/userdb/migrations')
 # ivle-maint's journal, media version record and other state.
-state = string(default='/var/lib/ivle-maint')
+state = path(default='/var/lib/ivle-maint')
 # Log files, one per run, with timestamps and step durations.
-log = string(default='/var/log/ivle-maint')
+log = path(default='/var/log/ivle-maint')
 # Database dumps taken before migrations, and ivle.conf backups.
-backup = string(default='/var/backups/ivle-maint')
+backup = path(default='/var/backups/ivle-maint')
 # The lock that keeps one ivle-maint at a time on this node.
-run = string(default='/run/ivle-maint')
+run = path(default='/run/ivle-maint')
 
 [logs]
 # Log files kept in [paths] log: a run deletes all but the newest ones;
@@ -82,7 +107,7 @@ usrmgt = string(default='ivle-usrmgt-server')
 # Debian maintainer scripts must), else systemctl, else the init script.
 backend = option('auto', 'invoke-rc.d', 'systemctl', 'init.d', default='auto')
 # Where init scripts live (used by the 'init.d' backend).
-initd_dir = string(default='/etc/init.d')
+initd_dir = path(default='/etc/init.d')
 # Seconds to wait for a service's action and for it to reach the asked state.
 timeout = float(min=1, default=60)
 
@@ -103,7 +128,7 @@ during_upgrade = option('stop', 'maintenance', default='stop')
 sites = string_list(default=list('ivle'))
 # The page sent with the 503 (UTF-8 HTML, at most 7 KiB, no external
 # assets); empty: ivle-maint's own short page.
-maintenance_page = string(default='')
+maintenance_page = optional_path(default='')
 # Retry-After seconds when this node has no completed upgrade to measure;
 # otherwise the last upgrade's web-down time is told (at most a week).
 retry_after = integer(min=1, max=604800, default=300)
@@ -113,13 +138,14 @@ retry_after = integer(min=1, max=604800, default=300)
 # starts it (nothing of the old server survives; refused meanwhile).
 restart = option('graceful', 'full', default='graceful')
 # Apache's configuration directory (sites-available, conf-available).
-apache_dir = string(default='/etc/apache2')
+apache_dir = path(default='/etc/apache2')
 
 [commands]
-# IVLE's own programs; a bare name is looked up on PATH.
-mountallusers = string(default='ivle-mountallusers')
-buildjail = string(default='ivle-buildjail')
-remakeuser = string(default='ivle-remakeuser')
+# IVLE's own programs: a bare name is looked up on PATH, else an absolute
+# path; the whole value is the program (no arguments), spaces and all.
+mountallusers = command(default='ivle-mountallusers')
+buildjail = command(default='ivle-buildjail')
+remakeuser = command(default='ivle-remakeuser')
 # Seconds allowed for each (0: no limit); jail builds run apt.
 timeout = float(min=0, default=0)
 
@@ -138,7 +164,7 @@ lazy_unmount = boolean(default=False)
 # 'postgres': as the postgres system user over the local socket.
 connect_as = option('ivle-conf', 'postgres', default='ivle-conf')
 # Socket directory for connect_as = postgres.
-socket_dir = string(default='/var/run/postgresql')
+socket_dir = path(default='/var/run/postgresql')
 # Seconds to wait for a restarting server, and for another runner's lock.
 wait_timeout = float(min=0, default=120)
 lock_timeout = float(min=0, default=600)
@@ -261,7 +287,9 @@ connect_as = option('ivle-conf', 'postgres', default='postgres')
 keep_failed_database_days = float(min=0, default=7)
 """
 
-# The part of IVLE's own config spec that ivle-maint relies on.
+# The part of IVLE's own config spec that ivle-maint relies on (a port is
+# one TCP takes: libpq refused another only when the preflight connected,
+# in its own words, naming neither the file nor the key).
 IVLE_CONF_SPEC = """\
 [paths]
 prefix = string(default='/usr/local')
@@ -279,14 +307,14 @@ version = string(default=None)
 
 [database]
 host = string(default='localhost')
-port = integer(default=5432)
+port = integer(min=1, max=65535, default=5432)
 name = string(default='ivle')
 username = string(default=None)
 password = string(default=None)
 
 [usrmgt]
 host = string(default='localhost')
-port = integer(default=2178)
+port = integer(min=1, max=65535, default=2178)
 magic = string(default=None)
 
 [jail]
@@ -371,13 +399,22 @@ def _load(path: Path, spec: str, *, interpolation: Any, strict: bool = False,
         line = getattr(first, "line_number", None)
         where = f" line {line}" if line else ""
         text = str(first).split(" at line ")[0].rstrip(".")
+        # Which key or section: "Duplicate keyword name" alone named neither.
+        said = str(getattr(first, "line", "") or "").strip()
+        if said and said not in text:
+            text += f": {shown(said, 80)}"
         raise ConfigError(f"{path}{where}: {text}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
     conf.filename = str(path)
+    _refuse_misplaced(path, conf, conf.configspec)
     _interpolate_all(path, conf)  # the file's own values, each named when it fails
     try:
-        result = conf.validate(Validator({"float": _finite_float}), preserve_errors=True)
+        result = conf.validate(Validator({"float": _finite_float, "integer": _bounded_integer,
+                                          "path": _absolute_path,
+                                          "optional_path": _optional_path,
+                                          "command": _command, "node_name": _node_name}),
+                               preserve_errors=True)
         _interpolate_all(path, conf)  # and the defaults the spec filled in
     except InterpolationError as exc:
         raise ConfigError(f"{path}: {str(exc).rstrip('.')}") from None
@@ -388,21 +425,42 @@ def _load(path: Path, spec: str, *, interpolation: Any, strict: bool = False,
             raise ConfigError(f"{path}: [{name}]: {reason}")
     if strict:
         _refuse_unknown(path, conf)
-        _refuse_unprintable(path, conf)
+    _refuse_unprintable(path, conf, every=strict)
     return conf
 
 
-def _refuse_unprintable(path: Path, conf: Section) -> None:
+def _refuse_misplaced(path: Path, section: Section, spec: Section | None,
+                      where: tuple[str, ...] = ()) -> None:
+    """A section where the spec has a value is an error: configobj's
+    validate() failed on it with an AttributeError (`[media]` then
+    `[[version]]` in ivle.conf: a traceback wherever ivle.conf is read).
+    (A value where the spec has a section, validate() names itself.)"""
+    if spec is None:
+        return
+    for name in section.sections:
+        if name in spec.scalars:
+            key = "/".join([*where, name])
+            raise ConfigError(f"{path}: [{key}]: a section where a value belongs "
+                              f"(write {name} = VALUE in [{'/'.join(where) or 'top level'}])")
+        _refuse_misplaced(path, section[name], spec[name] if name in spec.sections else None,
+                          (*where, name))
+
+
+def _refuse_unprintable(path: Path, conf: Section, *, every: bool = True) -> None:
     """A value holding a newline, a carriage return or any control character
     is an error: no setting needs one (a path, a name, a URL), and shown by
     `ivle-maint settings` or in a message it would read as another line (a
-    multi-line ''''...'''' value: "[database] connect_as = postgres")."""
+    multi-line ... value: "[database] connect_as = postgres").
+    Not EVERY (ivle.conf, whose values IVLE reads as they are): a NUL alone,
+    which no path, argument or connection parameter can hold (before, a NUL
+    in ivle.conf's [paths] was a ValueError traceback wherever a path was
+    used: the preflight, `consoles list`, `mounts list`)."""
     for name, value in conf.items():
         if isinstance(value, Section):
-            _refuse_unprintable(path, value)
+            _refuse_unprintable(path, value, every=every)
             continue
         for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, str) and not item.isprintable():
+            if isinstance(item, str) and (not item.isprintable() if every else "\0" in item):
                 where = "/".join([*_sections_of(conf), name])
                 raise ConfigError(f"{path}: [{where}]: '{shown(item, 80)}' holds a character "
                                   "that is not printable (a line break, a control character)")
@@ -422,13 +480,95 @@ class VdtNotFinite(VdtValueError):
         self.args = (f'the value "{value}" is not a finite number.',)
 
 
-def _finite_float(value: object, *args: object, **kwargs: object) -> float:
-    """validate's float, and finite: nan passes any min (nan < 0 is false),
-    and 1e400 is inf; either made a wait that never ends or a traceback."""
-    number: float = is_float(value, *args, **kwargs)
+class VdtAboveNumberMax(VdtValueTooBigError):
+    def __init__(self, value: object) -> None:
+        super().__init__(value)
+        self.args = (f'the value "{value}" is more than {NUMBER_MAX} (in seconds, about 24 '
+                     "days), the most any number may be",)
+
+
+def _finite_float(value: object, min: object = None, max: object = None) -> float:
+    """validate's float, finite and at most NUMBER_MAX: nan passes any min
+    (nan < 0 is false), and 1e400 is inf; either made a wait that never
+    ends or a traceback, as 1e308 did (an OverflowError)."""
+    number: float = is_float(value, min, max)
     if not math.isfinite(number):
         raise VdtNotFinite(value)
+    if number > NUMBER_MAX:
+        raise VdtAboveNumberMax(value)
     return number
+
+
+def _bounded_integer(value: object, min: object = None, max: object = None) -> int:
+    """validate's integer, at most NUMBER_MAX."""
+    number: int = is_integer(value, min, max)
+    if number > NUMBER_MAX:
+        raise VdtAboveNumberMax(value)
+    return number
+
+
+class VdtNotAbsolute(VdtValueError):
+    def __init__(self, value: object) -> None:
+        super().__init__(value)
+        self.args = (f"'{shown(str(value), 200)}' is not an absolute path: the directory "
+                     "ivle-maint is started in would decide what it names (dpkg starts it "
+                     "in /); write it from /",)
+
+
+def _absolute_path(value: object) -> str:
+    """A path setting: absolute, so that every run, from any directory (a
+    hook run by dpkg, a rerun from root's home, systemd's hold check),
+    names the same file.  Before, a relative [paths] state kept an
+    upgrade's journal where the run started, and a run from elsewhere found
+    none: `services start web` went around the schema hold."""
+    text = is_string(value)
+    if not text.startswith("/"):
+        raise VdtNotAbsolute(value)
+    return text
+
+
+def _optional_path(value: object) -> str:
+    """An absolute path, or empty (the setting's documented default)."""
+    text = is_string(value)
+    return text and _absolute_path(text)
+
+
+class VdtNoNodeName(VdtValueError):
+    def __init__(self, value: str, why: str) -> None:
+        super().__init__(value)
+        self.args = (f"'{shown(value, 80)}' {why}: no node of the cluster table may be "
+                     "named so",)
+
+
+def _node_name(value: object) -> str:
+    """[node] name: empty (the hostname), or a name the cluster table's gate
+    takes (gates/names.why_not_a_node_name).  Before, `web 1` was taken, and
+    the node's own row was refused by every reader: the master took it for a
+    node serving old code, and waited for it until slaves_timeout."""
+    text = is_string(value)
+    # A control character is refused with every other setting's (_refuse_unprintable).
+    why = names.why_not_a_node_name(text) if text and text.isprintable() else None
+    if why:
+        raise VdtNoNodeName(text, why)
+    return text
+
+
+class VdtEmptyCommand(VdtValueError):
+    def __init__(self, value: object) -> None:
+        super().__init__(value)
+        self.args = ("is empty: name a program (a name on PATH, or an absolute path)",)
+
+
+def _command(value: object) -> str:
+    """A [commands] program: a bare name (looked up on PATH) or an absolute
+    path, taken whole wherever it is used.  Before, the preflight checked
+    the value whole while the jail steps split it as a shell would: a path
+    with a space passed the preflight, then the jail rebuild ran another
+    program (or none) after the migrations, with the site down."""
+    text = is_string(value)
+    if not text.strip():
+        raise VdtEmptyCommand(value)
+    return _absolute_path(text) if "/" in text else text
 
 
 @dataclass(frozen=True)
@@ -470,11 +610,18 @@ def given_path(value: str | None, given_as: str) -> Path | None:
     dpkg runs the hooks from /, a restore point keeps the settings' path,
     a resume line is pasted elsewhere.  None when not given; an empty one
     is refused (IVLE reads $IVLECONF='' as the working directory, ivle-maint
-    would have read the default: two different files)."""
+    would have read the default: two different files), and so is one holding
+    a character that is not printable."""
     if value is None:
         return None
     if not value:
         raise ConfigError(f"{given_as} is empty: unset it, or name a file or directory")
+    if not value.isprintable():
+        # Printed as it is by `ivle-maint settings` (and in every resume line's
+        # --config): a line break there forged lines ("[database]",
+        # "connect_as = postgres"); bytes not UTF-8 were a traceback.
+        raise ConfigError(f"{given_as} {shown(value, 80)} holds a character that is not "
+                          "printable (a line break, a control character, a byte not UTF-8)")
     return Path(os.path.abspath(value))
 
 
@@ -544,4 +691,6 @@ def load_settings(explicit: str | None = None) -> Settings:
     path = given or Path(DEFAULT_SETTINGS_FILE)
     if given is not None and not path.exists():
         raise ConfigError(f"{path}: no such file")
-    return Settings(path, _load(path, SETTINGS_SPEC, interpolation=False, strict=True))
+    settings = Settings(path, _load(path, SETTINGS_SPEC, interpolation=False, strict=True))
+    ivle_conf_dir(settings.conf["paths"]["ivle_conf_dir"])  # $IVLECONF checked now
+    return settings

@@ -213,7 +213,10 @@ def describe_check(check: str) -> str:
         choices = re.findall(r"'([^']*)'", check.split("default=", maxsplit=1)[0])
         return f"one of {', '.join(choices)}; default: {shown}"
     names = {"string": "text", "float": "seconds (a number)", "integer": "an integer",
-             "boolean": "true or false", "string_list": "a comma-separated list of names"}
+             "boolean": "true or false", "string_list": "a comma-separated list of names",
+             "path": "an absolute path", "optional_path": "an absolute path, or empty",
+             "command": "a program: a name on PATH, or an absolute path",
+             "node_name": "one word of at most 253 characters"}
     limits = re.search(r"min=([0-9.]+)", check)
     least = f", at least {limits.group(1)}" if limits else ""
     return f"{names.get(kind, kind)}{least}; default: {shown}"

@@ -57,7 +57,7 @@ from typing import Any
 from ..context import Role
 from ..db import marker
 from ..errors import MaintError
-from ..gates import text
+from ..gates import names, text
 from ..gates.text import shown
 from ..media.version import is_value as is_media_value
 from ..pgdriver import psycopg2, sql
@@ -151,15 +151,14 @@ class NodeRow:
 
 PHASES = ("idle", "before", "unpack", "after", "waiting", "failed")  # what ivle-maint writes
 UNKNOWN = "?"  # what a refused row is taken to serve and run: no version, older than any
-NAME_MAX = 253
+NAME_MAX = names.NODE_NAME_MAX
 
 
 def why_invalid(row: NodeRow) -> str | None:
     """What in ROW no ivle-maint writes, or None: the role, dpkg's syntax of
     each version, a known phase, counts not negative, a plain printable name."""
     found = []
-    if not (0 < len(row.name) <= NAME_MAX and row.name.isprintable()
-            and not any(c.isspace() for c in row.name)):
+    if names.why_not_a_node_name(row.name):
         found.append("name is not a plain printable name")
     if row.role not in tuple(Role):
         found.append(f"role {shown(row.role, 20)!r} is none of {', '.join(Role)}")

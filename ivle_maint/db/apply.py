@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import MaintError
-from ..gates import waits
+from ..gates import environment, waits
 from ..pgdriver import psycopg2
 from . import marker, old_transactions, touched_tables
 from .classify import NO_TRANSACTION, Classified
@@ -189,7 +189,8 @@ def _session_lock_timeout(conn: Any, seconds: float) -> Iterator[None]:
     with conn.cursor() as cur:
         cur.execute("SELECT current_setting('lock_timeout')")
         saved = cur.fetchone()[0]
-        cur.execute("SELECT set_config('lock_timeout', %s, false)", [f"{round(seconds * 1000)}"])
+        cur.execute("SELECT set_config('lock_timeout', %s, false)",
+                    [environment.milliseconds(seconds)])
     try:
         yield
     finally:
@@ -302,7 +303,7 @@ def _try(conn: Any, c: Classified, *, host: str, package_version: str | None,
         if whole is not None:
             with conn.cursor() as cur:  # this transaction's only: gone with its rollback
                 cur.execute("SELECT set_config('lock_timeout', %s, true)",
-                            [f"{round(whole.policy.attempt_timeout() * 1000)}"])
+                            [environment.milliseconds(whole.policy.attempt_timeout())])
         with (waits.short_waits(conn, lock_timeout=whole.policy.attempt_timeout(),
                                 gives_up=whole.gives_up_text())
               if whole is not None else nullcontext()):

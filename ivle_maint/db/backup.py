@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import MaintError
-from ..gates import clock, text, trusted
+from ..gates import clock, environment, text, trusted
 from ..gates.rewrite import fsync_dir
 from ..safepaths import safe_dir
 from . import client
@@ -171,7 +171,7 @@ def _pg_dump_argv(params: ConnectParams) -> list[str]:
     program = client.program("pg_dump", ", or [database] backup = false")
     argv = [program, "--format=custom", "--no-password", f"--dbname={params.dbname}"]
     if params.lock_wait:  # a table another session holds locked: bounded (gates/waits)
-        argv.append(f"--lock-wait-timeout={round(params.lock_wait * 1000)}")
+        argv.append(f"--lock-wait-timeout={environment.milliseconds(params.lock_wait)}")
     return argv + client.connection_argv(params)
 
 

@@ -183,12 +183,23 @@ def check_search_path(value: str) -> str:
     return compact
 
 
+def milliseconds(seconds: float) -> str:
+    """A wait of SECONDS as PostgreSQL's timeouts take it (lock_timeout,
+    statement_timeout, pg_dump's --lock-wait-timeout): 0 means no limit
+    there, so a positive wait is at least 1 ms.  Before, round() made a
+    wait of under half a millisecond 0: the migration waited for ever
+    behind a reader, every later reader queued behind it."""
+    if seconds <= 0:
+        return "0"
+    return str(max(1, round(seconds * 1000)))
+
+
 def session_options(search_path: str, lock_timeout: float, statement_timeout: float) -> str:
     """libpq's options keyword: the session's settings in the startup packet."""
     settings = {
         "search_path": check_search_path(search_path),
-        "lock_timeout": f"{round(lock_timeout * 1000)}",
-        "statement_timeout": f"{round(statement_timeout * 1000)}",
+        "lock_timeout": milliseconds(lock_timeout),
+        "statement_timeout": milliseconds(statement_timeout),
         "idle_in_transaction_session_timeout": "0",
     }
     return " ".join(f"-c {name}={value}" for name, value in settings.items())

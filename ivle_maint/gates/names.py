@@ -35,6 +35,17 @@ from .text import shown
 
 NAME_MAX = 255  # bytes in one file name (Linux)
 SHOWN = 80  # characters of a refused name shown
+NODE_NAME_MAX = 253  # characters of a node's name: a host name's (its default)
+
+
+def why_not_a_node_name(name: str) -> str | None:
+    """Why NAME is no node's name as the cluster table's gate takes one
+    ([node] name, as every node writes it in its row), or None."""
+    if not 0 < len(name) <= NODE_NAME_MAX:
+        return f"is empty or longer than {NODE_NAME_MAX} characters"
+    if not name.isprintable() or any(c.isspace() for c in name):
+        return "holds a space, a control or an invisible character"
+    return None
 
 
 def why_not_plain(name: str) -> str | None:

@@ -57,11 +57,9 @@ def require_root(tool: str) -> None:
 
 
 def command_argv(settings: Settings, key: str) -> list[str]:
-    """[commands] KEY from the settings as an argument list (shell-style quoting)."""
-    argv = shlex.split(str(settings["commands"][key]))
-    if not argv:
-        raise MaintError(f"[commands] {key} is empty in {settings.path}")
-    return argv
+    """[commands] KEY: the program, whole, as the preflight checked it
+    (config's command check: never empty)."""
+    return [str(settings["commands"][key])]
 
 
 def short_name(argv: list[str] | tuple[str, ...]) -> str:

@@ -294,3 +294,39 @@ def test_whatever_the_hold_and_the_retries_a_migration_is_applied_once_or_not_at
     if applied:  # the next example starts again from nothing applied
         db.run_sql(f"DROP TABLE hyp_first; ALTER TABLE login DROP COLUMN hyp; "
                    f"DELETE FROM ivle_maint_migrations WHERE key = '{KEY}';")
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(seconds=st.floats(min_value=1e-9, max_value=0.000499),
+       which=st.sampled_from(["ddl_lock_timeout", "statement_lock_timeout",
+                              "statement_lock_timeout alone"]),
+       no_transaction=st.booleans())
+def test_a_lock_wait_of_under_a_millisecond_is_a_short_wait_never_none(
+        db: Site, seconds: float, which: str, no_transaction: bool) -> None:
+    """A positive wait of less than half a millisecond was sent to
+    PostgreSQL as round(ms) = 0, which there means no limit: the ALTER
+    behind a reader waited for ever, every later reader of the table queued
+    behind it.  Every seconds -> milliseconds goes through
+    environment.milliseconds: at least 1 ms, so it gives way at once."""
+    text = f"-- ivle-maint: no-transaction\n{ALTER}" if no_transaction else ALTER
+    (db.migrations / f"{KEY}.sql").write_text(text)
+    database: dict[str, object] = {**PATIENT, "ddl_retries": 0}
+    if which == "ddl_lock_timeout":
+        database["ddl_lock_timeout"] = seconds
+    else:  # the budget bounds each try; alone: one wait of the session's lock_timeout
+        database["statement_lock_timeout"] = seconds
+        database["ddl_lock_timeout"] = 0 if which.endswith("alone") else 2
+    holder = reader(db)
+    runner = Migrator(settings_with(db, **database))
+    try:
+        runner.start()
+        # The bound only turns the old hang into a failure.
+        wait_for(lambda: not runner.is_alive(), "the migration gives up", timeout=30)
+    finally:
+        holder.rollback()
+        holder.close()
+        runner.join(60)
+    assert isinstance(runner.error, MaintError), runner.error
+    assert "lock timeout" in str(runner.error) and "\n" not in str(runner.error)
+    assert KEY not in db.marker() and "locked_in" not in db.columns("login")

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ivle_maint.cli import main
-from ivle_maint.config import load_ivle_conf, load_settings, settings_file
+from ivle_maint.config import (
+    IVLE_CONF_SPEC,
+    SETTINGS_SPEC,
+    load_ivle_conf,
+    load_settings,
+    settings_file,
+)
 from ivle_maint.errors import ConfigError
 
 IVLE_CONF = """\
@@ -174,8 +181,6 @@ def _float_settings() -> list[tuple[str, str]]:
     """(section, key) of every float in the settings spec."""
     import re
 
-    from ivle_maint.config import SETTINGS_SPEC
-
     found, section = [], ""
     for line in SETTINGS_SPEC.splitlines():
         if match := re.match(r"^\[(\w+)\]", line):
@@ -231,10 +236,125 @@ def test_a_setting_holding_a_line_break_or_a_control_is_refused_in_one_line(
     forged "[database] connect_as = postgres"); refused, one line, exit 2,
     nothing on stdout."""
     path = tmp_path_factory.mktemp("settings") / "ivle-maint.conf"
-    path.write_text(f"[{where[0]}]\n{where[1]} = '''{value}'''\n", encoding="utf-8")
+    path.write_text(f"[{where[0]}]\n{where[1]} = '''/{value}'''\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=rf"\[{where[0]}/{where[1]}\]: .* not printable"):
         load_settings(str(path))
     assert main(["--config", str(path), "settings"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and len(err.splitlines()) == 1 and err.startswith("ivle-maint: error: ")
     assert err.rstrip("\n").isprintable()
+
+
+def _spec_places(spec: str) -> list[tuple[tuple[str, ...], str, bool]]:
+    """(sections, name, is_section) of every entry of SPEC."""
+    from configobj import ConfigObj
+
+    places: list[tuple[tuple[str, ...], str, bool]] = []
+
+    def walk(section: Any, where: tuple[str, ...]) -> None:
+        places.extend((where, name, False) for name in section.scalars)
+        for name in section.sections:
+            places.append((where, name, True))
+            walk(section[name], (*where, name))
+
+    walk(ConfigObj(spec.splitlines(), list_values=False, _inspec=True), ())
+    return places
+
+
+def _header(depth: int, name: str) -> str:
+    return f"{'[' * depth}{name}{']' * depth}\n"
+
+
+@settings(max_examples=50, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(which=st.sampled_from(["settings", "ivle.conf"]), data=st.data(),
+       body=st.sampled_from(["", "x = 1\n", "version = 1.0\n"]))
+def test_a_section_or_a_value_out_of_its_place_is_one_line_naming_it(
+        tmp_path_factory: pytest.TempPathFactory, which: str, data: st.DataObject,
+        body: str) -> None:
+    """`[media]` then `[[version]]` (a section where IVLE's spec has a
+    value, generated over every entry of both specs) made configobj's
+    validate() raise AttributeError: a traceback wherever ivle.conf or the
+    settings were read.  A value where a section belongs, too.  Each is one
+    line naming the file and the entry."""
+    spec = SETTINGS_SPEC if which == "settings" else IVLE_CONF_SPEC
+    where, name, is_section = data.draw(st.sampled_from(_spec_places(spec)))
+    text = "".join(_header(depth, s) for depth, s in enumerate(where, 1))
+    depth = len(where) + 1
+    text += f"{name} = /srv/x\n" if is_section else _header(depth, name) + body
+    directory = tmp_path_factory.mktemp("conf")
+    path = directory / ("ivle-maint.conf" if which == "settings" else "ivle.conf")
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(str(path)) if which == "settings" else load_ivle_conf(directory)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: [{'/'.join([*where, name])}]: "), message
+    assert "\n" not in message
+
+
+_FORGING = st.lists(st.sampled_from(["\n[database]\nconnect_as = postgres", "\r", "\x1b[2J", "\t",
+                                     "\udcff", "\u202e", "\x85", "a"]),
+                    min_size=1, max_size=3).map("".join).filter(lambda v: not v.isprintable())
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(given_as=st.sampled_from(["IVLECONF", "IVLE_MAINT_CONF", "--config"]), tail=_FORGING)
+def test_a_given_path_holding_a_line_break_or_a_control_is_refused_before_any_output(
+        tmp_path_factory: pytest.TempPathFactory, given_as: str, tail: str) -> None:
+    """$IVLECONF (or --config, $IVLE_MAINT_CONF naming a file that exists)
+    holding a line break was printed as it was by `ivle-maint settings`:
+    forged lines ("[database]", "connect_as = postgres"); bytes not UTF-8
+    were a UnicodeEncodeError traceback.  Refused, one line, exit 2,
+    nothing on stdout."""
+    import os
+    import subprocess
+    import sys
+
+    directory = tmp_path_factory.mktemp("given")
+    plain = directory / "ivle-maint.conf"
+    plain.write_text("[node]\nrole = slave\n")
+    odd = os.fsencode(directory / f"x{tail}")
+    with open(odd, "wb") as file:
+        file.write(b"[node]\nrole = slave\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("IVLECONF", "IVLE_MAINT_CONF")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    argv = [sys.executable, "-m", "ivle_maint", "--config", str(plain), "settings"]
+    if given_as == "--config":
+        argv[4] = os.fsdecode(odd)
+    elif given_as == "IVLE_MAINT_CONF":
+        del argv[3:5]
+        env["IVLE_MAINT_CONF"] = os.fsdecode(odd)
+    else:
+        env["IVLECONF"] = os.fsdecode(odd)
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False,
+                          errors="surrogateescape", stdin=subprocess.DEVNULL, timeout=60)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stdout == ""
+    assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith("ivle-maint: error: ")
+    assert done.stderr.rstrip("\n").isprintable()
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(which=st.sampled_from(["settings", "ivle.conf"]), data=st.data(),
+       between=st.sampled_from(["", "# a comment\n", "\n"]))
+def test_a_duplicate_key_or_section_is_one_line_naming_it(
+        tmp_path_factory: pytest.TempPathFactory, which: str, data: st.DataObject,
+        between: str) -> None:
+    """A key or a section given twice (generated over every entry of both
+    specs): before, "line N: Duplicate keyword name", naming neither."""
+    spec = SETTINGS_SPEC if which == "settings" else IVLE_CONF_SPEC
+    where, name, is_section = data.draw(st.sampled_from(_spec_places(spec)))
+    text = "".join(_header(depth, s) for depth, s in enumerate(where, 1))
+    entry = _header(len(where) + 1, name) if is_section else f"{name} = /srv/x\n"
+    text += entry + between + entry
+    directory = tmp_path_factory.mktemp("conf")
+    path = directory / ("ivle-maint.conf" if which == "settings" else "ivle.conf")
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(str(path)) if which == "settings" else load_ivle_conf(directory)
+    message = str(caught.value)
+    assert message.startswith(f"{path} line "), message
+    assert message.endswith(f": {entry.strip()}"), message
+    assert "\n" not in message
