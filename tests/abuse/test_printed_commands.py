@@ -41,6 +41,10 @@ _NAME_BYTES = st.binary(min_size=1, max_size=20).map(
     lambda b: b.replace(b"\x00", b"_").replace(b"/", b"_"))
 NAMES = (_NAME_TEXT.map(lambda t: t.encode("utf-8")) | _NAME_BYTES).filter(
     lambda b: b not in (b".", b".."))
+# The names a person may give as --config FILE: config.given_path refuses
+# one that is not printable (tests/unit/test_config.py), shell
+# metacharacters, spaces and quotes are all kept.
+GIVEN_NAMES = NAMES.filter(lambda b: os.fsdecode(b).isprintable())
 
 
 def pasted(line: str, *programs: str) -> list[list[bytes]]:
@@ -152,12 +156,12 @@ def test_the_restore_command_shown_pastes_to_the_dump_and_database_named(
 @pytest.mark.needs_postgres
 @settings(max_examples=15, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(name=NAMES)
+@given(name=GIVEN_NAMES)
 def test_a_resume_line_names_the_settings_file_the_run_was_given(
         postgres: Any, tmp_path_factory: pytest.TempPathFactory, name: bytes) -> None:
     """`ivle-maint --config FILE db migrate` that fails: the resume line,
     pasted, reads FILE too (without it, the default settings: another
-    database, maybe), whatever FILE's name."""
+    database, maybe), whatever FILE's (printable) name."""
     site = fresh_site(postgres, tmp_path_factory.mktemp("config"), "cfg")
     site.settings(port=free_port(), wait_timeout=0.3)
     config = os.path.join(os.fsencode(site.root / "etc"), name)
@@ -209,12 +213,12 @@ def test_a_resume_lines_config_goes_before_its_commands_never_into_a_quoted_word
 
 @settings(max_examples=10, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(name=NAMES)
+@given(name=GIVEN_NAMES)
 def test_an_errors_advice_names_the_settings_file_the_run_was_given(
         tmp_path_factory: pytest.TempPathFactory, name: bytes) -> None:
     """`ivle-maint --config FILE rollback` with no restore point: the
     command its error says to run (`see: ivle-maint ... status`), pasted,
-    reads FILE too, whatever FILE's name; not only the resume line."""
+    reads FILE too, whatever FILE's (printable) name; not only the resume line."""
     root = tmp_path_factory.mktemp("advice")
     for sub in ("state", "log", "backup", "run", "ivle"):
         (root / sub).mkdir()
