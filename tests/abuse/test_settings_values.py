@@ -47,6 +47,16 @@ def _spec_keys(kind: str) -> list[tuple[str, str, str]]:
     return found
 
 
+def refused(site: Any, done: subprocess.CompletedProcess[str], prefix: str) -> str:
+    """DONE's one error line, starting "ivle-maint: error: PREFIX", with
+    exit 2 and nothing begun: the web server up, no journal."""
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done)
+    assert line.startswith(f"ivle-maint: error: {prefix}"), line
+    assert site.service_running("apache2") and journal(site) == {}
+    return line
+
+
 NUMBERS = _spec_keys("float") + _spec_keys("integer")
 _TOO_BIG_FLOAT = st.floats(min_value=NUMBER_MAX + 0.001, max_value=1e308).map(repr)
 _TOO_BIG_INTEGER = st.integers(min_value=NUMBER_MAX + 1, max_value=10**40).map(str)
@@ -68,11 +78,7 @@ def test_a_number_its_users_cannot_take_is_refused_before_anything_stops(
     original = site.maint_conf.read_text()
     set_setting(site, section, key, value)
     try:
-        done = preinst(site)
-        assert done.returncode == 2, done.stderr
-        line = one_error_line(done)
-        assert line.startswith(f"ivle-maint: error: {site.maint_conf}: [{section}/{key}]: "), line
-        assert site.service_running("apache2") and journal(site) == {}
+        refused(site, preinst(site), f"{site.maint_conf}: [{section}/{key}]: ")
     finally:
         site.maint_conf.write_text(original)
 
@@ -132,11 +138,8 @@ def test_a_relative_path_setting_is_refused_before_anything_stops(
     conf.write()
     try:
         done = _run_from(site, site.root, "hook", "preinst", "upgrade", "1.0", "1.1")
-        assert done.returncode == 2, done.stderr
-        line = one_error_line(done)
-        assert line.startswith(f"ivle-maint: error: {site.maint_conf}: [{section}/{key}]: "), line
+        line = refused(site, done, f"{site.maint_conf}: [{section}/{key}]: ")
         assert "is not an absolute path" in line
-        assert site.service_running("apache2") and journal(site) == {}
     finally:
         site.maint_conf.write_text(original)
 
@@ -239,11 +242,7 @@ def test_an_ivle_conf_port_tcp_has_not_is_refused_naming_the_key(
     conf.setdefault(section, {})["port"] = port
     conf.write()
     try:
-        done = preinst(site)
-        assert done.returncode == 2, done.stderr
-        line = one_error_line(done)
-        assert line.startswith(f"ivle-maint: error: {site.ivle_conf}: [{section}/port]: "), line
-        assert site.service_running("apache2") and journal(site) == {}
+        refused(site, preinst(site), f"{site.ivle_conf}: [{section}/port]: ")
     finally:
         site.ivle_conf.write_bytes(original)
 
@@ -277,10 +276,6 @@ def test_a_nul_in_ivle_conf_is_one_line_naming_it_before_anything_stops(
     section[key] = value
     conf.write()
     try:
-        done = cli(site, *command)
-        assert done.returncode == 2, done.stderr
-        line = one_error_line(done)
-        assert line.startswith(f"ivle-maint: error: {site.ivle_conf}: ["), line
-        assert site.service_running("apache2") and journal(site) == {}
+        refused(site, cli(site, *command), f"{site.ivle_conf}: [")
     finally:
         site.ivle_conf.write_bytes(original)
