@@ -265,6 +265,20 @@ def _header(depth: int, name: str) -> str:
     return f"{'[' * depth}{name}{']' * depth}\n"
 
 
+def _refused_text(tmp_path_factory: pytest.TempPathFactory, which: str,
+                  text: str) -> tuple[Path, str]:
+    """TEXT written as the settings file or ivle.conf (WHICH) and read:
+    its path, and the ConfigError's message, one line."""
+    directory = tmp_path_factory.mktemp("conf")
+    path = directory / ("ivle-maint.conf" if which == "settings" else "ivle.conf")
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(str(path)) if which == "settings" else load_ivle_conf(directory)
+    message = str(caught.value)
+    assert "\n" not in message
+    return path, message
+
+
 @settings(max_examples=50, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(which=st.sampled_from(["settings", "ivle.conf"]), data=st.data(),
@@ -282,14 +296,8 @@ def test_a_section_or_a_value_out_of_its_place_is_one_line_naming_it(
     text = "".join(_header(depth, s) for depth, s in enumerate(where, 1))
     depth = len(where) + 1
     text += f"{name} = /srv/x\n" if is_section else _header(depth, name) + body
-    directory = tmp_path_factory.mktemp("conf")
-    path = directory / ("ivle-maint.conf" if which == "settings" else "ivle.conf")
-    path.write_text(text)
-    with pytest.raises(ConfigError) as caught:
-        load_settings(str(path)) if which == "settings" else load_ivle_conf(directory)
-    message = str(caught.value)
+    path, message = _refused_text(tmp_path_factory, which, text)
     assert message.startswith(f"{path}: [{'/'.join([*where, name])}]: "), message
-    assert "\n" not in message
 
 
 _FORGING = st.lists(st.sampled_from(["\n[database]\nconnect_as = postgres", "\r", "\x1b[2J", "\t",
@@ -349,12 +357,6 @@ def test_a_duplicate_key_or_section_is_one_line_naming_it(
     text = "".join(_header(depth, s) for depth, s in enumerate(where, 1))
     entry = _header(len(where) + 1, name) if is_section else f"{name} = /srv/x\n"
     text += entry + between + entry
-    directory = tmp_path_factory.mktemp("conf")
-    path = directory / ("ivle-maint.conf" if which == "settings" else "ivle.conf")
-    path.write_text(text)
-    with pytest.raises(ConfigError) as caught:
-        load_settings(str(path)) if which == "settings" else load_ivle_conf(directory)
-    message = str(caught.value)
+    path, message = _refused_text(tmp_path_factory, which, text)
     assert message.startswith(f"{path} line "), message
     assert message.endswith(f": {entry.strip()}"), message
-    assert "\n" not in message
