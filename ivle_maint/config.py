@@ -101,8 +101,8 @@ output_lines = integer(min=0, default=100)
 [services]
 # Init script names of the web server (slaves) and of the user
 # management server (master).
-web = string(default='apache2')
-usrmgt = string(default='ivle-usrmgt-server')
+web = service_name(default='apache2')
+usrmgt = service_name(default='ivle-usrmgt-server')
 # How services are driven: 'auto' picks invoke-rc.d when present (as
 # Debian maintainer scripts must), else systemctl, else the init script.
 backend = option('auto', 'invoke-rc.d', 'systemctl', 'init.d', default='auto')
@@ -413,7 +413,8 @@ def _load(path: Path, spec: str, *, interpolation: Any, strict: bool = False,
         result = conf.validate(Validator({"float": _finite_float, "integer": _bounded_integer,
                                           "path": _absolute_path,
                                           "optional_path": _optional_path,
-                                          "command": _command, "node_name": _node_name}),
+                                          "command": _command, "node_name": _node_name,
+                                          "service_name": _service_name}),
                                preserve_errors=True)
         _interpolate_all(path, conf)  # and the defaults the spec filled in
     except InterpolationError as exc:
@@ -550,6 +551,25 @@ def _node_name(value: object) -> str:
     why = names.why_not_a_node_name(text) if text and text.isprintable() else None
     if why:
         raise VdtNoNodeName(text, why)
+    return text
+
+
+class VdtNoServiceName(VdtValueError):
+    def __init__(self, value: str, why: str) -> None:
+        super().__init__(value)
+        self.args = (f"'{shown(value, 80)}' {why}",)
+
+
+def _service_name(value: object) -> str:
+    """[services] web and usrmgt: an init script's name (gates/names).  Before,
+    any text was taken: 'apache2.service' put the schema hold's drop-in in
+    apache2.service.service.d, where systemd never looks, and '../x' ran a
+    program outside the init script directory."""
+    text = is_string(value)
+    # A control character is refused with every other setting's (_refuse_unprintable).
+    why = names.why_not_a_service_name(text) if text.isprintable() else None
+    if why:
+        raise VdtNoServiceName(text, why)
     return text
 
 

@@ -27,6 +27,7 @@ Anything else is refused before any program runs: one line naming it.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 
 from ..errors import MaintError
@@ -45,6 +46,24 @@ def why_not_a_node_name(name: str) -> str | None:
         return f"is empty or longer than {NODE_NAME_MAX} characters"
     if not name.isprintable() or any(c.isspace() for c in name):
         return "holds a space, a control or an invisible character"
+    return None
+
+
+# An init script's name as Debian's tools take it: invoke-rc.d and
+# update-rc.d refuse less, but a name outside this set is a typo or a
+# path, and the name becomes a file name in three directories (init.d,
+# /run, systemd's unit directory) besides an argument of invoke-rc.d.
+_SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+@-]{0,199}")
+
+
+def why_not_a_service_name(name: str) -> str | None:
+    """Why NAME ([services] web or usrmgt) is no init script's name, or None."""
+    if name.endswith(".service"):
+        return ("is a systemd unit's name: give the init script's name "
+                f"('{name.removesuffix('.service')}'); ivle-maint adds '.service' for systemctl")
+    if not _SERVICE_NAME.fullmatch(name):
+        return ("is no init script's name: a letter or digit, then at most 199 letters, "
+                "digits and '_.+@-' (no '/', space or option)")
     return None
 
 

@@ -166,8 +166,11 @@ def dropin_path(settings: Settings, unit_dir: Path = SYSTEMD_UNIT_DIR) -> Path:
 
 
 def _quote(arg: str) -> str:
-    """One argument of a systemd command line (specifiers and quotes escaped)."""
-    text = arg.replace("%", "%%")
+    """One argument of a systemd command line: specifiers (%), variables ($)
+    and quotes escaped, as systemd.service(5) says.  Before, a settings path
+    holding `${X}` or `$X` was expanded by systemd from the unit's
+    environment: the hold check read another settings file, or none."""
+    text = arg.replace("%", "%%").replace("$", "$$")
     if text and not any(c in text for c in " \t\"'\\;$"):
         return text
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -360,3 +360,38 @@ def test_a_duplicate_key_or_section_is_one_line_naming_it(
     path, message = _refused_text(tmp_path_factory, which, text)
     assert message.startswith(f"{path} line "), message
     assert message.endswith(f": {entry.strip()}"), message
+
+
+_SERVICE_NAMES = st.one_of(
+    st.sampled_from(["apache2.service", "../x", "..", ".", "-h", "apache2 -x", "a/b", "",
+                     "a" * 201, "a" * 200, "ivle-usrmgt-server", "apache2@main", "x\u00a0y"]),
+    st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=0, max_size=12)
+    .filter(lambda name: not ("'" in name and '"' in name)),  # one quoting holds it
+)
+
+
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(["web", "usrmgt"]), name=_SERVICE_NAMES)
+def test_a_service_name_is_an_init_scripts_name_or_one_line_naming_the_key(
+        tmp_path_factory: pytest.TempPathFactory, key: str, name: str) -> None:
+    """`[services] web = apache2.service` put the schema hold's drop-in in
+    apache2.service.service.d (systemd never reads it: the hold held
+    nothing), and `../x` ran a program outside the init script directory
+    and named pidfiles elsewhere.  Now a name the settings take is one
+    file name in each directory it becomes a name in, and no option."""
+    directory = tmp_path_factory.mktemp("conf")
+    path = directory / "ivle-maint.conf"
+    path.write_text(f"[services]\n{key} = '{name}'\n" if "'" not in name
+                    else f'[services]\n{key} = "{name}"\n')
+    try:
+        taken = load_settings(str(path))["services"][key]
+    except ConfigError as exc:
+        message = str(exc)
+        assert "\n" not in message and f"[services/{key}]: " in message, message
+        return
+    assert taken == name.strip() or taken == name
+    base = Path("/etc/init.d")
+    assert (base / taken).parent == base and taken not in (".", "..")
+    assert not taken.startswith("-") and not taken.endswith(".service")
+    assert taken.isprintable() and not any(c.isspace() for c in taken)

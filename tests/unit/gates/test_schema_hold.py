@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -72,6 +73,28 @@ def test_systemd_quoting_of_odd_paths():
     assert schema_hold._quote("/a b/c%d") == '"/a b/c%%d"'
     assert schema_hold._quote('x"y') == '"x\\"y"'
     assert schema_hold._quote("/usr/sbin/ivle-maint") == "/usr/sbin/ivle-maint"
+
+
+def _runs(text: str, char: str) -> list[int]:
+    return [len(run) for run in re.findall(f"{re.escape(char)}+", text)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(arg=st.text(st.sampled_from("ab/ .$%{}\"';\\\t-"), min_size=1, max_size=16))
+def test_systemd_sees_each_argument_as_it_was_given(arg):
+    """systemd.service(5): `%` starts a specifier and `$` a variable in
+    ExecStartPre, `%%` and `$$` are themselves; in double quotes a backslash
+    escapes.  Before, `$` was left as it was: a settings path holding
+    `${X}` was expanded by systemd, and the hold check read another file."""
+    word = schema_hold._quote(arg)
+    assert all(n % 2 == 0 for n in _runs(word, "%") + _runs(word, "$"))
+    if word.startswith('"'):
+        assert word.endswith('"') and len(word) >= 2
+        inner = re.sub(r"\\(.)", r"\1", word[1:-1])
+    else:
+        assert not any(c in word for c in " \t\"'\\;")
+        inner = word
+    assert inner.replace("%%", "%").replace("$$", "$") == arg
 
 
 def test_install_and_release_are_idempotent_and_leave_other_dropins(tmp_path):
