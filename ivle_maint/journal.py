@@ -37,7 +37,7 @@ from .dpkg_calls import PACKAGE_NAME
 from .errors import MaintError
 from .gates import clock
 from .gates.rewrite import fsync_dir, replace_file
-from .gates.text import command, lines
+from .gates.text import command, ivle_maint, lines
 from .safepaths import read_nofollow, safe_dir
 from .versions import check as check_version
 
@@ -507,10 +507,19 @@ def _check_name(path: Path, data: dict[str, Any]) -> None:
                          f"{own}")
 
 
-def unfinished(settings: Settings) -> Journal | None:
-    """The one upgrade left unfinished on this node, if any."""
-    journals = Journal.unfinished(settings.path_of("state"))
+def unfinished(settings: Settings, *, old: str | None = None,
+               new: str | None = None) -> Journal | None:
+    """The one upgrade left unfinished on this node (from OLD, to NEW when
+    given: `rerun --from OLD --to NEW`), if any.  Several (a fixed
+    package's upgrade being abandoned over the one it carried on): a
+    MaintError naming each with the rerun that chooses it."""
+    journals = [j for j in Journal.unfinished(settings.path_of("state"))
+                if (old is None or j.old == old) and (new is None or j.new == new)]
     if len(journals) > 1:
-        names = ", ".join(f"{j.old} -> {j.new}" for j in journals)
-        raise MaintError(f"several unfinished upgrades ({names}); name one with --from/--to")
+        words = [("rerun", "--from", j.old, "--to", j.new) for j in journals]
+        names = ", ".join(f"{j.old or '(none)'} -> {j.new}"
+                          + (" being abandoned" if j.is_aborting else "") for j in journals)
+        raise MaintError(f"several unfinished upgrades ({names}); continue one: "
+                         + " or ".join(f"'{ivle_maint(*w)}'" for w in words),
+                         resume=command("ivle-maint", *words[-1]))
     return journals[0] if journals else None

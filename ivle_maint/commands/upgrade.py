@@ -64,6 +64,11 @@ def register(sub: Any) -> None:
         "installs the code is printed.",
     )
     _run_options(rerun)
+    rerun.add_argument("--from", dest="old", metavar="OLD",
+                       help="with several unfinished upgrades: the one from OLD ('' for a "
+                       "fresh install's)")
+    rerun.add_argument("--to", dest="new", metavar="NEW",
+                       help="with several unfinished upgrades: the one to NEW")
     rerun.add_argument("--abandon", action="store_true",
                        help="give the site back on the old code instead (only while the "
                        "new code is not installed)")
@@ -214,10 +219,17 @@ def cmd_rerun(ctx: Context) -> int:
     """Continue the unfinished upgrade, if there is one, as far as is safe."""
     from ..codestate import new_code_state
     from ..context import AFTER, BEFORE
+    from ..gates.text import ivle_maint
     from ..upgrade import abort, also_abandoned, rerun_context, run_phases, unfinished
 
-    journal = unfinished(ctx.settings)
+    old, new = ctx.args.old, ctx.args.new
+    checked_version(old or None, "rerun --from")  # '' names a fresh install's
+    checked_version(new, "rerun --to")
+    journal = unfinished(ctx.settings, old=old, new=new)
     if journal is None:
+        if old is not None or new is not None:
+            raise UsageError(f"no unfinished upgrade from {old or '(any)'} to {new or '(any)'}"
+                             f" (see: {ivle_maint('status')})")
         ctx.reporter.info("no unfinished upgrade: nothing to do")
         return 0
     code = new_code_state(journal, ctx.settings)

@@ -35,7 +35,15 @@ def start_web(ctx: UpgradeContext) -> Outcome:
     # New code never serves on a schema the master has not migrated yet, nor
     # before the master has rebuilt the jail tree the slaves share with it.
     waited = WAIT.wait(ctx, STEP.name)
-    released = schema_hold.release(ctx.settings, ctx.journal or _journal(ctx))
+    journal = ctx.journal or _journal(ctx)
+    released = schema_hold.release(ctx.settings, journal)
+    other = schema_hold.holding(ctx.settings)
+    if other is not None and journal is not None and journal.is_aborting:
+        # Abandoned, this upgrade gives back the site as it found it: down,
+        # for the one it carried on, whose start-web (or abandonment) starts it.
+        name = ctx.settings["services"]["web"]
+        return Outcome(f"{released}; {name} stays down: {other.describe()}",
+                       {"hold": released, "held_for": f"{other.old} -> {other.new}"})
     left = leave(ctx.settings, ctx.reporter)  # the maintenance page, if stop-web put it up
     if left:
         left = f"{released}; {left}"

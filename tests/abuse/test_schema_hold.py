@@ -580,3 +580,40 @@ def test_a_killed_abandonment_of_the_later_upgrade_is_finished_by_one_rerun(node
     assert node.service_running(WEB) and cli(node, "hold", "check").returncode == 0
     assert "nothing to do" in cli(node, "rerun", check=True).stderr
     assert journal(node)["state"] == journal(node, "1.0", other)["state"] == "aborted"
+
+
+@pytest.mark.needs_postgres
+def test_several_unfinished_upgrades_are_named_with_the_reruns_that_continue_each(site):
+    """1.1's postinst failed; the fixed 1.2's preinst carried its upgrade on,
+    then the abandonment of 1.1 -> 1.2 was killed: both upgrades are
+    unfinished.  `rerun` advised `--from/--to`, which rerun did not take
+    (a usage error), so nothing the message said could be run.  Now it
+    names a rerun for each, and each does what it says."""
+    failing = {**OLD, **NEW, "20100215.sql": "SELECT 1 / 0;\n"}
+    assert preinst(site).returncode == 0
+    unpack(site, migrations=failing)
+    assert postinst(site).returncode == 1
+    assert preinst(site, "1.1", "1.2").returncode == 0
+    proc = start_cli(site, "rerun", "--abandon")
+    kill_when(proc, lambda: journal(site, "1.1", "1.2").get("state") == ABORTING, timeout=60,
+              poll=0.002)
+    done = cli(site, "rerun")
+    assert done.returncode == 1
+    line = one_error_line(done)
+    assert "1.0 -> 1.1, 1.1 -> 1.2 being abandoned" in line, line
+    assert "'ivle-maint rerun --from 1.0 --to 1.1'" in line, line
+    assert "'ivle-maint rerun --from 1.1 --to 1.2'" in line, line
+    assert resume_line(done.stderr) == "ivle-maint rerun --from 1.1 --to 1.2"
+    done = cli(site, "rerun", "--from", "1.1", "--to", "1.2")
+    assert done.returncode == 0, done.stderr
+    assert journal(site, "1.1", "1.2")["state"] == ABORTED
+    # As the abandoned upgrade found the site: down, held for 1.0 -> 1.1.
+    assert "apache2 stays down: the upgrade 1.0 -> 1.1 is unfinished" in done.stderr
+    assert not site.service_running(WEB)
+    assert cli(site, "hold", "check").returncode == 1
+    done = cli(site, "rerun", "--from", "1.1", "--to", "1.2")
+    assert done.returncode == 2 and "no unfinished upgrade from 1.1 to 1.2" in \
+        one_error_line(done)
+    done = cli(site, "rerun")  # the one left: 1.0 -> 1.1, whose migration still fails
+    assert done.returncode == 1 and "20100215" in done.stderr, done.stderr
+    assert journal(site)["state"] == IN_PROGRESS
