@@ -308,9 +308,16 @@ def superseded(journal: Journal, later: Iterable[Journal]) -> bool:
     under way (or complete) it alone holds the schema and finishes the work.
     Abandoned (aborting or aborted), it carries nothing on: JOURNAL is
     unfinished again, and its hold with it."""
-    return journal.is_in_progress and any(
-        (k.old == journal.new and (k.is_in_progress or k.is_complete))
-        or taken_over(journal, k) for k in later)
+    return carried_on_by(journal, later) is not None
+
+
+def carried_on_by(journal: Journal, later: Iterable[Journal]) -> Journal | None:
+    """The LATER upgrade that carries JOURNAL on (see superseded()), or None."""
+    if not journal.is_in_progress:
+        return None
+    return next((k for k in later
+                 if (k.old == journal.new and (k.is_in_progress or k.is_complete))
+                 or taken_over(journal, k)), None)
 
 
 def taken_over(journal: Journal, later: Journal) -> bool:

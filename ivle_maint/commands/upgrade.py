@@ -317,7 +317,7 @@ def cmd_status(ctx: Context) -> int:
     from ..db.migrations import upgrade_backup
     from ..gates.schema_hold import status_line
     from ..gates.text import ivle_maint
-    from ..journal import Journal
+    from ..journal import Journal, carried_on_by, oldest_first
     from ..procedure import STEPS
     from ..rollback.point import all_points, for_upgrade
     from ..summary import summary_lines
@@ -332,9 +332,13 @@ def cmd_status(ctx: Context) -> int:
         print(point.describe())
     if pinned:
         print(f"  go back: {ivle_maint('rollback')}; keep the release: {ivle_maint('commit')}")
-    for path in paths:
-        journal = Journal.load(path)
-        for line in summary_lines(journal, STEPS):
+    journals = oldest_first(Journal.load(path) for path in paths)
+    for i, journal in enumerate(journals):
+        lines = summary_lines(journal, STEPS)
+        carrier = carried_on_by(journal, journals[i + 1:])
+        if carrier is not None:  # nothing of its own left to rerun
+            lines[0] += f" (carried on by the upgrade {carrier.old or '(none)'} -> {carrier.new})"
+        for line in lines:
             print(line)
         found = upgrade_backup(ctx.settings, upgrade_id(journal))
         if found is not None:

@@ -594,6 +594,10 @@ def test_several_unfinished_upgrades_are_named_with_the_reruns_that_continue_eac
     unpack(site, migrations=failing)
     assert postinst(site).returncode == 1
     assert preinst(site, "1.1", "1.2").returncode == 0
+    # Carried on: `status` says by which (it said "in-progress" alone).
+    shown = cli(site, "status", check=True).stdout.splitlines()
+    assert "upgrade 1.0 -> 1.1: in-progress (carried on by the upgrade 1.1 -> 1.2)" in shown
+    assert "upgrade 1.1 -> 1.2: in-progress" in shown
     proc = start_cli(site, "rerun", "--abandon")
     kill_when(proc, lambda: journal(site, "1.1", "1.2").get("state") == ABORTING, timeout=60,
               poll=0.002)
