@@ -542,6 +542,7 @@ class SocketDeadline:
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
+        self._ends = time.monotonic() + seconds
         self.expired = False
         self._done = threading.Event()
         self._lock = threading.Lock()
@@ -560,9 +561,58 @@ class SocketDeadline:
 
     def create_connection(self, address: Any, timeout: Any = None,
                           source_address: Any = None, **more: Any) -> Any:
+        """socket.create_connection within the deadline, its name lookup
+        included: the resolver's own timeouts (5 s a try, per server, per
+        address family) and a connect per address, each given TIMEOUT
+        whole, would add up past it."""
         import socket
 
-        sock = socket.create_connection(address, timeout, source_address, **more)
+        host, port = address[:2]
+        last: OSError | None = None
+        for family, kind, proto, _name, where in self._resolved(host, port):
+            left = self._ends - time.monotonic()
+            if left <= 0:
+                break
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(left if timeout is None else min(timeout, left))
+                if source_address:
+                    sock.bind(source_address)
+                sock.connect(where)
+            except OSError as exc:
+                sock.close()
+                last = exc
+                continue
+            return self._hold(sock)
+        if time.monotonic() >= self._ends:
+            raise TimeoutError("timed out")
+        raise last or OSError(f"no address for {host}")
+
+    def _resolved(self, host: str, port: Any) -> list[Any]:
+        """getaddrinfo(HOST, PORT), given what is left of the deadline: asked
+        in a thread of its own, left behind (a daemon) when time runs out,
+        since a lookup cannot be cancelled."""
+        import socket
+
+        found: list[Any] = []
+        failed: list[OSError] = []
+
+        def lookup() -> None:
+            try:
+                found.extend(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
+            except OSError as exc:
+                failed.append(exc)
+
+        asking = threading.Thread(target=lookup, name="socket deadline lookup", daemon=True)
+        asking.start()
+        asking.join(max(0.0, self._ends - time.monotonic()))
+        if asking.is_alive():
+            raise TimeoutError("timed out looking up the host name")
+        if failed:
+            raise failed[0]
+        return found
+
+    def _hold(self, sock: Any) -> Any:
         with self._lock:
             if self.expired:
                 sock.close()
