@@ -570,6 +570,25 @@ class SocketDeadline:
             self._held.append(sock.dup())
         return sock
 
+    def connect_unix(self, path: str) -> Any:
+        """A stream connection to the Unix socket PATH (HAProxy's stats
+        socket), held as create_connection's are: shut down once the
+        deadline passes, whatever is being read or written then."""
+        import socket
+
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.seconds)  # connect() to a full backlog waits too
+            sock.connect(path)
+            with self._lock:
+                if self.expired:
+                    raise TimeoutError("timed out")
+                self._held.append(sock.dup())
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
     def _cut(self) -> None:
         import socket
 
