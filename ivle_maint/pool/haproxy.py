@@ -117,7 +117,8 @@ def exchange(path: str, command: str, timeout: float) -> bytes:
             if deadline.expired or isinstance(exc, TimeoutError):
                 raise MaintError(f"{where(path)}: no whole answer to '{command}' within "
                                  f"{timeout:g}s") from None
-            raise MaintError(f"{where(path)}: {exc.strerror or type(exc).__name__}") from None
+            why = exc.strerror or shown(exc, 100) or type(exc).__name__
+            raise MaintError(f"{where(path)}: {why}") from None
         if deadline.expired:  # shut down meanwhile: what came is cut short
             raise MaintError(f"{where(path)}: no whole answer to '{command}' within "
                              f"{timeout:g}s")
