@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Settings
-from ..errors import UsageError
+from ..errors import MaintError, UsageError
+from ..gates import schema_hold
 from ..roles import Role
 from . import answer, haproxy, watch
 
@@ -51,6 +52,10 @@ def ready(settings: Settings, version: str) -> Switched:
     """Answer 'ready VERSION' (200), then wait until HAProxy reports it UP."""
     check_role(settings, "ready")
     at = haproxy.target(settings)
+    hold = schema_hold.holding(settings)
+    if hold is not None:  # its web server serves nothing of IVLE's meanwhile
+        raise MaintError(f"pool ready: refused: {hold.describe()}; this slave goes back in "
+                         "the pool once its upgrade is done", resume=hold.resume)
     answer.write_conf(settings)
     path = answer.write_ready(settings, version)
     seen = watch.up(at, timeout(settings)) if at is not None else None
