@@ -19,7 +19,8 @@ requests in flight finish.  With [pool] balancer = haproxy, 'drain' and
 stats socket ([pool] haproxy_socket) reports this server ([pool] server in
 [pool] backend) drained (NOLB, DRAIN) or UP, and print how long that took;
 a socket that fails or answers anything else is one line, exit status 1.
-Refused on a node whose [node] role is master (exit status 2).  See
+Refused on a node whose [node] role is master (exit status 2); 'ready'
+also while an upgrade of this node is unfinished (the schema hold).  See
 doc/clusters.md for HAProxy's backend and other balancers."""
 
 
