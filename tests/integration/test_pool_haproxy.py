@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from ivle_maint.config import load_settings
 from ivle_maint.errors import MaintError
 from ivle_maint.pool import haproxy
-from support.balancer import HAPROXY, Balancer, balancer, run_maint
+from support.balancer import HAPROXY, Balancer, balancer, run_maint, wait_until
 
 pytestmark = [
     pytest.mark.needs_root,
@@ -117,15 +117,20 @@ def test_a_request_in_flight_during_drain_completes(site):
         except Exception as exc:  # the test reports it
             results.append(exc)
 
-    # Round robin: the slow request lands on s1 within two tries.
+    # Round robin: the slow request lands on s1 within two tries (one on
+    # s2 is let go and tried again).
+    s2 = lb.slaves["s2"]
     thread = None
     for _ in range(2):
         thread = threading.Thread(target=slow)
         thread.start()
-        if s1.arrived.wait(0.5):
+        wait_until(lambda: s1.arrived.is_set() or s2.arrived.is_set(), 20,
+                   "the slow request reached a server")
+        if s1.arrived.is_set():
             break
-        lb.slaves["s2"].release.set()
-        thread.join(10)
+        s2.release.set()
+        thread.join(20)
+        s2.arrived.clear()
     assert s1.arrived.is_set(), "the slow request never reached s1"
     done = run_maint(conf, "pool", "drain")
     assert done.returncode == 0, done.stderr
