@@ -31,6 +31,7 @@ from support.balancer import HAPROXY, Balancer, balancer, run_maint, wait_until
 
 pytestmark = [
     pytest.mark.needs_root,
+    pytest.mark.once,  # HAProxy and ivle-maint's own waits: no Python library's behaviour
     pytest.mark.skipif(HAPROXY is None, reason="needs haproxy (scripts/install-deps)"),
 ]
 
