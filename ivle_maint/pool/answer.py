@@ -130,7 +130,9 @@ Alias {URL} "{directory}/{NAME}"
     Require all granted
     Options None
     AllowOverride None
-    ForceType text/plain
+    <IfModule mime_module>
+        ForceType text/plain
+    </IfModule>
     Header always set Cache-Control "no-store"
 </Directory>
 """

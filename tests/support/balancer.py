@@ -220,3 +220,42 @@ def run_maint(conf: Path, *words: str, timeout: float = 60) -> subprocess.Comple
                           check=False, capture_output=True, text=True, timeout=timeout,
                           env=env,
                           cwd=Path(__file__).resolve().parents[2])
+
+
+APACHE = Path("/usr/sbin/apache2")
+MODULES = Path("/usr/lib/apache2/modules")
+
+
+@contextlib.contextmanager
+def apache(work: Path, include: Path) -> Iterator[int]:
+    """Debian's apache2 (-X: one process) with INCLUDE as its only
+    configuration beyond a listener; yields its port."""
+    work.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    (work / "httpd.conf").write_text(
+        f"ServerRoot {work}\nListen 127.0.0.1:{port}\nPidFile {work}/pid\n"
+        f"ErrorLog {work}/error.log\nServerName localhost\nDocumentRoot {work}\n"
+        f"LoadModule mpm_event_module {MODULES}/mod_mpm_event.so\n"
+        f"LoadModule authz_core_module {MODULES}/mod_authz_core.so\n"
+        f"Include {include}\n")
+    process = subprocess.Popen([str(APACHE), "-X", "-f", str(work / "httpd.conf")],
+                               env={"PATH": "/usr/bin:/bin", "HOME": "/root"},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        def listening() -> bool:
+            if process.poll() is not None:
+                out = process.stdout.read().decode(errors="replace") if process.stdout else ""
+                raise RuntimeError(f"apache2 refused the configuration: {out}")
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+            except OSError:
+                return False
+            return True
+
+        wait_until(listening, 10, "apache2 listening")
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+        if process.stdout:
+            process.stdout.close()
