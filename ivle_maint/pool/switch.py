@@ -58,5 +58,13 @@ def ready(settings: Settings, version: str) -> Switched:
                          "the pool once its upgrade is done", resume=hold.resume)
     answer.write_conf(settings)
     path = answer.write_ready(settings, version)
-    seen = watch.up(at, timeout(settings)) if at is not None else None
+    seen = None
+    if at is not None:
+        try:
+            seen = watch.up(at, timeout(settings))
+        except MaintError as exc:
+            if answer.conf_enabled(settings):
+                raise
+            raise MaintError(f"{exc}; Apache does not serve {answer.URL} yet "
+                             f"(a2enconf {answer.CONF_NAME}, then reload Apache)") from None
     return Switched(answer.Answer(version), path, seen)
