@@ -285,3 +285,19 @@ def test_any_answer_is_a_state_or_one_line_naming_the_socket(short_dir, garbage)
             assert (state.backend, state.server) == ("ivle", "s1")
     finally:
         fake.close()
+
+
+def test_a_wait_haproxy_never_ends_stops_at_drain_timeout_in_one_line(site):
+    lb, conf = site
+    conf.write_text(conf.read_text().replace(f"drain_timeout = {TIMEOUT}", "drain_timeout = 0.5"))
+    assert lb.ask("set server ivle/s1 state maint").strip() == ""  # held out by hand
+    started = time.monotonic()
+    done = run_maint(conf, "pool", "ready", "--version", "1.1")
+    took = time.monotonic() - started
+    assert done.returncode == 1
+    line = one_line(done.stderr)
+    assert "HAProxy still reports ivle/s1 MAINT after 0.5s ([pool] drain_timeout), not UP" in line
+    assert "Apache does not serve /.ivle-maint/pool yet" in line  # none enabled here
+    assert took < 0.5 + 10
+    # The answer changed all the same: Apache answers ready.
+    assert (conf.parent / "state" / "pool" / "answer").read_text() == "ready 1.1\n"
