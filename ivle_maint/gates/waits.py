@@ -534,7 +534,8 @@ def read_pipe(fd: int, what: str, *, quiet: float | None = None,
 class SocketDeadline:
     """Within `with SocketDeadline(seconds) as deadline:`, every connection
     made by deadline.create_connection (socket.create_connection's
-    signature: http.client's HTTPConnection._create_connection) is shut
+    signature: http.client's HTTPConnection._create_connection), or by
+    deadline.connect_unix (a Unix socket: HAProxy's stats socket), is shut
     down once SECONDS have passed since the block began, whatever is being
     read or written then; one made after is refused (TimeoutError).  It
     shuts down a duplicate of the socket, its own until the block ends, so
