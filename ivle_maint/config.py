@@ -269,6 +269,24 @@ probe_url = string(default='http://127.0.0.1:80/')
 # Seconds the master waits for each answer.
 probe_timeout = float(min=0.1, default=3)
 
+[pool]
+# The balancer in front of the slaves (doc/clusters.md).  Each slave
+# answers it at /.ivle-maint/pool through its own Apache: 'ready VERSION'
+# (200) while 'ivle-maint pool ready' holds, 404 after 'ivle-maint pool
+# drain' (HAProxy's http-check disable-on-404: no new sessions, requests
+# in flight finish).  'none': nothing is asked of a balancer; 'haproxy':
+# drain and ready also wait until HAProxy's runtime API reports the change.
+balancer = option('none', 'haproxy', default='none')
+# HAProxy's stats socket (a Unix socket, 'stats socket PATH level admin');
+# empty: none (balancer = haproxy needs one).
+haproxy_socket = optional_path(default='')
+# HAProxy's backend of IVLE's slaves, and this slave's server in it
+# (empty: the node's name, [node] name).
+backend = string(default='ivle')
+server = string(default='')
+# Seconds drain and ready wait for HAProxy to see the change.
+drain_timeout = float(min=0.1, default=30)
+
 [rollback]
 # Every upgrade keeps a restore point for 'ivle-maint rollback' (the old
 # package, ivle.conf, these settings, the jail template, the pre-upgrade

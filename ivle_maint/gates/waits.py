@@ -534,7 +534,8 @@ def read_pipe(fd: int, what: str, *, quiet: float | None = None,
 class SocketDeadline:
     """Within `with SocketDeadline(seconds) as deadline:`, every connection
     made by deadline.create_connection (socket.create_connection's
-    signature: http.client's HTTPConnection._create_connection) is shut
+    signature: http.client's HTTPConnection._create_connection), or by
+    deadline.connect_unix (a Unix socket: HAProxy's stats socket), is shut
     down once SECONDS have passed since the block began, whatever is being
     read or written then; one made after is refused (TimeoutError).  It
     shuts down a duplicate of the socket, its own until the block ends, so
@@ -619,6 +620,21 @@ class SocketDeadline:
                 raise TimeoutError("timed out")
             self._held.append(sock.dup())
         return sock
+
+    def connect_unix(self, path: str) -> Any:
+        """A stream connection to the Unix socket PATH (HAProxy's stats
+        socket), held as create_connection's are: shut down once the
+        deadline passes, whatever is being read or written then."""
+        import socket
+
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:  # connect() to a full backlog waits too: only what is left of the deadline
+            sock.settimeout(max(self._ends - time.monotonic(), 0.001))
+            sock.connect(path)
+        except BaseException:
+            sock.close()
+            raise
+        return self._hold(sock)
 
     def _cut(self) -> None:
         import socket

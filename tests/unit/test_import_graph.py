@@ -123,7 +123,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
               "migration_manifest", "source", "summary", "quickrun", "warm", "pgdriver")),
     # The work, named by what it does: below the cluster and the steps, so
     # cluster/, the steps, preflight and the CLI all call it, never it them.
-    ("library", ("db", "services", "consoles", "jails", "media")),
+    ("library", ("db", "services", "consoles", "jails", "media", "pool")),
     # The nodes' coordination through the database's cluster tables.
     ("cluster", ("cluster",)),
     # Restore points: what the steps keep, and what a rollback puts back.

@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
+import tempfile
+import time
 from types import FrameType
 
 import pytest
@@ -101,3 +104,20 @@ def test_a_signal_swallowed_by_a_weakref_callback_stops_the_run_at_the_next_step
 def test_no_signal_no_checkpoint() -> None:
     with waits.signals():
         waits.checkpoint()  # nothing received: nothing raised
+
+
+def test_a_unix_socket_that_answers_nothing_is_cut_at_the_deadline(tmp_path) -> None:
+    """SocketDeadline.connect_unix: a server that accepts and stays silent
+    holds the reader no longer than the deadline, which says it expired."""
+    with tempfile.TemporaryDirectory(prefix="w-") as short:  # AF_UNIX: 108 bytes
+        path = f"{short}/s"
+        with socket.socket(socket.AF_UNIX) as listener:
+            listener.bind(path)
+            listener.listen(1)
+            started = time.monotonic()
+            with waits.SocketDeadline(0.3) as deadline:
+                sock = deadline.connect_unix(path)
+                with sock:
+                    assert sock.recv(10) == b""  # shut down under the read
+                assert deadline.expired
+            assert 0.3 <= time.monotonic() - started < 5

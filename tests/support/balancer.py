@@ -1,0 +1,261 @@
+"""A real HAProxy in front of two stand-in slaves, for the pool's tests.
+
+Each stand-in slave is Python's http.server answering /.ivle-maint/pool
+from its pool answer file as the slave's Apache Alias does (the file's
+bytes, 200; absent, 404), /slow once the test lets it (a request in
+flight), and anything else at once, naming itself (X-Server).  HAProxy
+(Debian's package) runs in the foreground with its own configuration and
+stats socket in a temporary directory, checking each server every 100 ms.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import http.server
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ivle_sandbox.postgres import free_port
+
+URL = "/.ivle-maint/pool"
+HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
+
+
+@dataclass
+class StandIn:
+    """One slave's web server: serves its pool answer as Apache's Alias would."""
+
+    name: str
+    answer: Path
+    arrived: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+    server: http.server.ThreadingHTTPServer | None = None
+
+    def start(self) -> int:
+        stand_in = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                if self.path == URL:
+                    try:
+                        body, status = stand_in.answer.read_bytes(), 200
+                    except FileNotFoundError:
+                        body, status = b"not found\n", 404
+                elif self.path == "/slow":
+                    stand_in.arrived.set()
+                    stand_in.release.wait(30)
+                    body, status = b"slow answer done\n", 200
+                else:
+                    body, status = f"answered by {stand_in.name}\n".encode(), 200
+                self.send_response(status)
+                self.send_header("X-Server", stand_in.name)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: object, client_address: object) -> None:
+                pass  # HAProxy's health checks reset their connections once answered
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, name=f"stand-in {self.name}",
+                         daemon=True).start()
+        return int(self.server.server_address[1])
+
+    def stop(self) -> None:
+        self.release.set()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+@dataclass
+class Balancer:
+    """HAProxy, its stats socket and frontend port, and its two servers."""
+
+    directory: Path
+    socket: Path
+    port: int
+    slaves: dict[str, StandIn]
+    process: subprocess.Popen[bytes]
+
+    def ask(self, command: str) -> str:
+        """The stats socket's answer to COMMAND (the test's own look)."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(5)
+            sock.connect(str(self.socket))
+            sock.sendall(command.encode() + b"\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        return data.decode()
+
+    def op_state(self, server: str) -> tuple[int, int]:
+        """(srv_op_state, srv_admin_state) of SERVER, from HAProxy itself."""
+        lines = self.ask("show servers state ivle").splitlines()
+        header = lines[1][2:].split()
+        for line in lines[2:]:
+            row = dict(zip(header, line.split(), strict=True))
+            if row["srv_name"] == server:
+                return int(row["srv_op_state"]), int(row["srv_admin_state"])
+        raise AssertionError(f"no server {server} in {lines}")
+
+    def get(self, path: str, timeout: float = 10) -> tuple[int, str, bytes]:
+        """One request through HAProxy: status, X-Server, body."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            return response.status, response.getheader("X-Server", ""), response.read()
+        finally:
+            conn.close()
+
+
+def config_text(sock: Path, port: int, servers: dict[str, int]) -> str:
+    lines = "".join(f"    server {name} 127.0.0.1:{srv_port} check inter 100ms fall 2 rise 1\n"
+                    for name, srv_port in servers.items())
+    return f"""\
+global
+    stats socket {sock} level admin
+    maxconn 200
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+frontend fe
+    bind 127.0.0.1:{port}
+    default_backend ivle
+backend ivle
+    balance roundrobin
+    option httpchk GET {URL}
+    http-check disable-on-404
+    http-check expect status 200
+{lines}"""
+
+
+def wait_until(condition: object, within: float, what: str) -> None:
+    """CONDITION() true within WITHIN seconds (a look every 20 ms), else fail naming WHAT."""
+    deadline = time.monotonic() + within
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {within}s: {what}")
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def balancer(directory: Path, answers: dict[str, Path]) -> Iterator[Balancer]:
+    """HAProxy in front of one stand-in slave per ANSWERS entry (name: its
+    answer file), every server UP (or as its answer says) before it yields."""
+    if HAPROXY is None:
+        raise RuntimeError("haproxy is not installed (scripts/install-deps)")
+    directory.mkdir(parents=True, exist_ok=True)
+    slaves = {name: StandIn(name, path) for name, path in answers.items()}
+    started: list[StandIn] = []
+    process, short = None, None
+    try:
+        ports = {}
+        for name, slave in slaves.items():
+            ports[name] = slave.start()
+            started.append(slave)
+        # A Unix socket's path holds at most 107 bytes (HAProxy takes 97).
+        short = Path(tempfile.mkdtemp(prefix="hp-"))
+        sock, port = short / "stats.sock", free_port()
+        conf = directory / "haproxy.cfg"
+        conf.write_text(config_text(sock, port, ports))
+        process = subprocess.Popen([HAPROXY, "-db", "-f", str(conf)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        site = Balancer(directory, sock, port, slaves, process)
+
+        def up() -> bool:
+            if process.poll() is not None:
+                err = process.stderr.read().decode() if process.stderr else ""
+                raise AssertionError(f"haproxy exited {process.returncode}: {err}")
+            try:
+                return all(site.op_state(name)[0] == 2 for name, slave in slaves.items()
+                           if slave.answer.exists())
+            except (OSError, IndexError, AssertionError):
+                return False
+
+        wait_until(up, 20, "haproxy up with its servers UP")
+        yield site
+    finally:
+        if process is not None:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if process.stderr:
+                process.stderr.close()
+        for slave in started:
+            slave.stop()
+        if short is not None:
+            shutil.rmtree(short, ignore_errors=True)
+
+
+def run_maint(conf: Path, *words: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """ivle-maint --config CONF WORDS..., as a command (its own process)."""
+    env = {k: v for k, v in os.environ.items() if k != "IVLE_MAINT_CONF"}
+    return subprocess.run([sys.executable, "-m", "ivle_maint", "--config", str(conf), *words],
+                          check=False, capture_output=True, text=True, timeout=timeout,
+                          env=env,
+                          cwd=Path(__file__).resolve().parents[2])
+
+
+APACHE = Path("/usr/sbin/apache2")
+MODULES = Path("/usr/lib/apache2/modules")
+
+
+@contextlib.contextmanager
+def apache(work: Path, include: Path) -> Iterator[int]:
+    """Debian's apache2 (-X: one process) with INCLUDE as its only
+    configuration beyond a listener; yields its port."""
+    work.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    (work / "httpd.conf").write_text(
+        f"ServerRoot {work}\nListen 127.0.0.1:{port}\nPidFile {work}/pid\n"
+        f"ErrorLog {work}/error.log\nServerName localhost\nDocumentRoot {work}\n"
+        f"LoadModule mpm_event_module {MODULES}/mod_mpm_event.so\n"
+        f"LoadModule authz_core_module {MODULES}/mod_authz_core.so\n"
+        f"Include {include}\n")
+    process = subprocess.Popen([str(APACHE), "-X", "-f", str(work / "httpd.conf")],
+                               env={"PATH": "/usr/bin:/bin", "HOME": "/root"},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        def listening() -> bool:
+            if process.poll() is not None:
+                out = process.stdout.read().decode(errors="replace") if process.stdout else ""
+                raise RuntimeError(f"apache2 refused the configuration: {out}")
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+            except OSError:
+                return False
+            return True
+
+        wait_until(listening, 10, "apache2 listening")
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+        if process.stdout:
+            process.stdout.close()
