@@ -631,6 +631,7 @@ class SocketDeadline:
         try:  # connect() to a full backlog waits too: only what is left of the deadline
             sock.settimeout(max(self._ends - time.monotonic(), 0.001))
             sock.connect(path)
+            sock.settimeout(None)  # from here the deadline alone ends a read or a write
         except BaseException:
             sock.close()
             raise

@@ -8,7 +8,6 @@ import signal
 import socket
 import sys
 import tempfile
-import time
 from types import FrameType
 
 import pytest
@@ -114,10 +113,8 @@ def test_a_unix_socket_that_answers_nothing_is_cut_at_the_deadline(tmp_path) -> 
         with socket.socket(socket.AF_UNIX) as listener:
             listener.bind(path)
             listener.listen(1)
-            started = time.monotonic()
             with waits.SocketDeadline(0.3) as deadline:
                 sock = deadline.connect_unix(path)
                 with sock:
-                    assert sock.recv(10) == b""  # shut down under the read
+                    assert sock.recv(10) == b""  # shut down under the read, never a timeout
                 assert deadline.expired
-            assert 0.3 <= time.monotonic() - started < 5
