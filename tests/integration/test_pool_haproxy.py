@@ -249,7 +249,7 @@ def test_a_socket_that_is_not_haproxy_is_one_line_within_the_bound(
     fake = FakeSocket(sock, *fault)
     try:
         conf = write_conf(tmp_path, sock, timeout=1)
-        done = run_maint(conf, "pool", "drain", timeout=30)  # thirty times the bound: never the speed
+        done = run_maint(conf, "pool", "drain", timeout=30)  # 30x the bound
     finally:
         fake.close()
     line = one_line(done.stderr)
@@ -288,7 +288,7 @@ def test_a_wait_haproxy_never_ends_stops_at_drain_timeout_in_one_line(site):
     lb, conf = site
     conf.write_text(conf.read_text().replace(f"drain_timeout = {TIMEOUT}", "drain_timeout = 0.5"))
     assert lb.ask("set server ivle/s1 state maint").strip() == ""  # held out by hand
-    done = run_maint(conf, "pool", "ready", "--version", "1.1", timeout=30)  # the bound, not the speed
+    done = run_maint(conf, "pool", "ready", "--version", "1.1", timeout=30)  # 60x the bound
     assert done.returncode == 1
     line = one_line(done.stderr)
     assert "HAProxy still reports ivle/s1 MAINT after 0.5s ([pool] drain_timeout), not UP" in line
