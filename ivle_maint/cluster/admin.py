@@ -88,7 +88,10 @@ def service_serving(settings: Settings, reporter: Reporter, version: str | None)
         return None
     control = control_from_settings(settings, reporter)
     running = control.status(settings["services"][which]) == RUNNING
-    return (version or "unknown") if running else None
+    # Running at a version nobody recorded: table.UNKNOWN, which every reader
+    # takes as older than any (it may serve old code).  It wrote "unknown",
+    # which the row gate refused: the row was told as "not one ivle-maint writes".
+    return (version or table.UNKNOWN) if running else None
 
 
 def node_version(settings: Settings, package: str = "ivle") -> str | None:
@@ -155,6 +158,12 @@ def register(settings: Settings, reporter: Reporter, version: str | None = None,
         return None
     finally:
         presence.close()
+    if version is None and row["serving"] == table.UNKNOWN:
+        given = ivle_maint("cluster", "register", "--version", "VERSION")
+        reporter.warn(f"{row['name']}: IVLE's version here is unknown (none recorded by "
+                      "ivle-maint, no package 'ivle' installed): its row says it serves an "
+                      "unknown version, which a master upgrading the cluster waits for; "
+                      f"give it: {given}")
     if past and member:
         reporter.warn(f"{row['name']} at IVLE {version or 'unknown'} while "
                       f"{'; '.join(past)}: upgrade it (recorded: the master waits for it)")

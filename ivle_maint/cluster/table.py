@@ -164,7 +164,8 @@ def why_invalid(row: NodeRow) -> str | None:
         found.append(f"role {shown(row.role, 20)!r} is none of {', '.join(Role)}")
     for field in ("version", "serving", "target", "rollback"):
         value = getattr(row, field)
-        if value is not None:
+        # serving UNKNOWN: runs, at a version its node cannot tell (admin.service_serving)
+        if value is not None and not (field == "serving" and value == UNKNOWN):
             try:
                 check_version(value)
             except MaintError:

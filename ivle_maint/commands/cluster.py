@@ -215,9 +215,8 @@ def cmd_register(ctx: Context) -> int:
     if row is None:
         ctx.reporter.info("an upgrade is unfinished here; its runs keep this node's row")
     else:
-        serving = row["serving"] or "down"
         ctx.reporter.info(f"recorded {row['name']} ({row['role']}): version "
-                          f"{row['version'] or 'unknown'}, service {serving}")
+                          f"{row['version'] or 'unknown'}, service {_serving(row)}")
     return 0
 
 
@@ -234,8 +233,16 @@ def cmd_refresh(ctx: Context) -> int:
         ctx.reporter.info("an upgrade is unfinished here; its runs keep this node's row")
     else:
         ctx.reporter.info(f"refreshed {row['name']} ({row['role']}): version "
-                          f"{row['version'] or 'unknown'}, service {row['serving'] or 'down'}")
+                          f"{row['version'] or 'unknown'}, service {_serving(row)}")
     return 0
+
+
+def _serving(row: dict[str, Any]) -> str:
+    from ..cluster.table import UNKNOWN
+
+    serving = row["serving"]
+    return "down" if serving is None else "running an unknown version" \
+        if serving == UNKNOWN else str(serving)
 
 
 def cmd_forget(ctx: Context) -> int:

@@ -221,9 +221,15 @@ def test_a_node_name_the_settings_take_is_one_the_cluster_table_takes(
             rows = table.nodes(conn)
             with conn, conn.cursor() as cur:
                 cur.execute(f"DELETE FROM {table.NODES}")
-        # (The sandbox's IVLE has no version dpkg knows: its row serves 'unknown'.)
         assert [row.name for row in rows] == [name.strip()]
-        assert "name is not" not in (rows[0].invalid or ""), rows[0].invalid
+        # The sandbox's IVLE has no version ivle-maint or dpkg knows: its row
+        # says it serves an unknown one (taken as older than any), is one the
+        # row gate takes (it was told as "not one ivle-maint writes"), and the
+        # command says how to give the version.
+        assert rows[0].invalid is None, rows[0].invalid
+        assert (rows[0].version, rows[0].serving) == (None, table.UNKNOWN)
+        assert "cluster register --version VERSION" in done.stderr, done.stderr
+        assert "service running an unknown version" in done.stderr, done.stderr
     finally:
         site.maint_conf.write_text(original)
 
