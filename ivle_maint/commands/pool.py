@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import Context
+from . import Context, checked_version
 
 ORDER = 45
 
@@ -93,6 +93,7 @@ def cmd_ready(ctx: Context) -> int:
     from ..pool import switch
 
     switch.check_role(ctx.settings, "ready")
+    checked_version(ctx.args.version, "pool ready --version")  # bad input: exit 2
     ctx.refuse_unsafe("run", "state")
     version = ctx.args.version or recorded_version(ctx.settings)
     if version is None:

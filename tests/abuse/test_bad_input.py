@@ -137,7 +137,10 @@ def test_media_set_to_what_is_no_version_is_refused_and_ivle_conf_untouched(
                                   ("upgrade", "--from", "1.0", "--to", ""),
                                   ("plan", "--from", "1.0", "--to", "1.1 x"),
                                   ("cluster", "prepare", "--from", "1.0", "--to", "1.1\x1b[2J"),
-                                  ("cluster", "register", "--version", "1.0\n")])
+                                  ("cluster", "register", "--version", "1.0\n"),
+                                  ("pool", "ready", "--version", "1.1 x"),
+                                  ("rerun", "--from", "1.0\n"),
+                                  ("rerun", "--to", "1.1\x1b[2J")])
 def test_a_version_that_is_none_is_refused_before_anything_is_named_after_it(
         site: Any, args: tuple[str, ...]) -> None:
     """As for `hook`: a journal, a log file and the resume line are named
@@ -147,7 +150,7 @@ def test_a_version_that_is_none_is_refused_before_anything_is_named_after_it(
     assert done.returncode == 2, done.stderr
     bad = next(a for a in args if a in ("", "1.1\n", "1.0\n", "1.1 x", "1.1\x1b[2J"))
     option = args[args.index(bad) - 1]
-    command = " ".join(args[:2]) if args[0] == "cluster" else args[0]
+    command = " ".join(args[:2]) if args[0] in ("cluster", "pool") else args[0]
     assert error_lines(done) == [f"ivle-maint: error: {command} {option}: not a valid version: "
                                  f"{bad!r}"]
     assert len(done.stderr.splitlines()) == 1
