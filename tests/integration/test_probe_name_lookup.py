@@ -22,7 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-pytestmark = [pytest.mark.needs_root, pytest.mark.once]  # the resolver and http.client: no library of ours
+# The resolver and http.client: no library of ours (once: Debian's suite).
+pytestmark = [pytest.mark.needs_root, pytest.mark.once]
 
 REPO = Path(__file__).resolve().parents[2]
 SILENT_DNS = "127.77.0.1"  # a loopback address of its own: port 53 free there
