@@ -20,6 +20,9 @@ from ivle_maint.services import early_calls
 from ivle_maint.services.early_calls import ACTING, STARTS
 from ivle_maint.steps import restart_usrmgt, start_web
 
+# ivle-maint's own reading of maintainer scripts, no library's behaviour: Debian's suite only.
+pytestmark = pytest.mark.once
+
 REPO = Path(__file__).resolve().parents[3]
 USRMGT = "ivle-usrmgt-server"
 SERVICES = (USRMGT, "apache2", "postgresql")

@@ -16,6 +16,9 @@ from ivle_maint.journal import Journal
 from ivle_maint.procedure import STEPS
 from ivle_maint.summary import summary_lines
 
+# ivle-maint's own step declarations, no library's behaviour: Debian's suite only.
+pytestmark = pytest.mark.once
+
 PACKAGE = Path(__file__).resolve().parents[3] / "ivle_maint"
 BY_NAME = {s.name: s for s in STEPS}
 
