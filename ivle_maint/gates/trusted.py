@@ -68,6 +68,9 @@ README "Exit statuses"):
     machine id           root, 4 KiB       [1]  /etc/machine-id
     source tree          root, every entry [2]  upgrade --source: setup.py
                                                  runs as root
+    HAProxy's stats socket  root, not read [1]  [pool] haproxy_socket: what
+                                                 it answers decides when a
+                                                 slave stops serving
 
 Not through the gate: /proc (the kernel's facts, see gates/processes),
 and the attributes (never the content) of a file gates/rewrite replaces,
@@ -118,6 +121,7 @@ MACHINE_ID = Purpose("machine id", 4 * KiB, MaintError)
 PROGRAM = Purpose("program", None)
 INIT_SCRIPT = Purpose("init script", None)
 SOURCE_TREE = Purpose("source tree", None)
+HAPROXY_SOCKET = Purpose("HAProxy's stats socket", None, MaintError)
 
 
 class Refused(MaintError):
@@ -503,6 +507,22 @@ def check_directory(path: str | os.PathLike[str], purpose: Purpose) -> bool:
         raise _refused(purpose, given, "not a directory", "choose another directory")
     _check_node(purpose, given, st, "directory")
     return True
+
+
+def socket(path: str | os.PathLike[str], purpose: Purpose) -> str:
+    """PATH checked as a Unix socket whose answers root acts on: every
+    directory on the way root's and not writable by others (nobody else can
+    put another socket there), the socket itself root's (a socket another
+    user made, in a sticky directory, would answer what that user likes).
+    Its real path, to connect to; FileNotFoundError when it is missing."""
+    given, real, st = _walk(path, purpose)
+    if not stat.S_ISSOCK(st.st_mode):
+        kind = "a regular file" if stat.S_ISREG(st.st_mode) else _kind(st)
+        raise _refused(purpose, given, f"{kind}, not a socket", "choose its socket")
+    if not trusted_uid(st.st_uid):
+        raise _refused(purpose, given, f"owned by uid {st.st_uid}, not root",
+                       "let root's process make it (no 'user' on its 'stats socket' line)")
+    return real
 
 
 def _program_at(path: str, purpose: Purpose, depth: int = 0) -> str:

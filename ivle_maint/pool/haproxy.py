@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from ..config import Settings
 from ..errors import ConfigError, MaintError
+from ..gates import trusted
 from ..gates.text import shown
 from ..gates.waits import SocketDeadline
 
@@ -101,7 +102,8 @@ def exchange(path: str, command: str, timeout: float) -> bytes:
     size = 0
     with SocketDeadline(timeout) as deadline:
         try:
-            sock = deadline.connect_unix(path)
+            # Its answers decide when this slave stops serving: root's socket only.
+            sock = deadline.connect_unix(trusted.socket(path, trusted.HAPROXY_SOCKET))
             with sock:
                 sock.sendall(command.encode("ascii") + b"\n")
                 while True:

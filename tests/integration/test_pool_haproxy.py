@@ -190,6 +190,7 @@ class FakeSocket:
     def __init__(self, path: Path, answer: bytes, trickle: float = 0.0,
                  hold: bool = False) -> None:
         self.path, self.answer, self.trickle, self.hold = path, answer, trickle, hold
+        self.connections = 0  # accepted so far
         self.stop = threading.Event()
         self.listener = socket.socket(socket.AF_UNIX)
         self.listener.bind(str(path))
@@ -206,6 +207,7 @@ class FakeSocket:
                 continue
             except OSError:
                 return
+            self.connections += 1
             threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
     def _answer(self, conn: socket.socket) -> None:
@@ -295,3 +297,48 @@ def test_a_wait_haproxy_never_ends_stops_at_drain_timeout_in_one_line(site):
     assert "Apache does not serve /.ivle-maint/pool yet" in line  # none enabled here
     # The answer changed all the same: Apache answers ready.
     assert (conf.parent / "state" / "pool" / "answer").read_text() == "ready 1.1\n"
+
+
+NOBODY = 65534
+
+
+@settings(max_examples=16, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(owner=st.sampled_from([0, NOBODY]), dir_owner=st.sampled_from([0, NOBODY]),
+       dir_mode=st.sampled_from([0o755, 0o1777, 0o777, 0o775, 0o1775]))
+def test_only_roots_socket_where_only_root_can_put_one_is_asked(
+        short_dir, owner, dir_owner, dir_mode):
+    """[pool] haproxy_socket's answers decide when a slave stops serving.
+    A socket another user made (in /tmp, say), or one in a directory
+    another user can write (who could put one there), answered what that
+    user liked: "drained" while HAProxy still sent requests.  Now only
+    root's socket, where only root can put one, is asked at all."""
+    directory = short_dir / f"d{time.monotonic_ns()}"
+    directory.mkdir()
+    path = directory / "admin.sock"
+    fake = FakeSocket(path, REAL)
+    try:
+        os.chown(path, owner, -1)
+        os.chown(directory, dir_owner, -1)
+        os.chmod(directory, dir_mode)
+        safe_place = dir_owner == 0 and (not dir_mode & 0o022 or bool(dir_mode & 0o1000))
+        try:
+            state = haproxy.server_state(haproxy.Target(str(path), "ivle", "s1"), 2)
+        except MaintError as exc:
+            assert not (owner == 0 and safe_place), exc
+            assert "\n" not in str(exc) and str(path) in str(exc)
+            assert fake.connections == 0
+        else:
+            assert owner == 0 and safe_place
+            assert state.state == "UP" and fake.connections == 1
+    finally:
+        fake.close()
+
+
+@pytest.mark.parametrize("kind", ["file", "fifo", "directory"])
+def test_what_is_no_socket_is_refused_in_one_line(short_dir, kind):
+    path = short_dir / "admin.sock"
+    {"file": path.touch, "fifo": lambda: os.mkfifo(path), "directory": path.mkdir}[kind]()
+    with pytest.raises(MaintError) as caught:
+        haproxy.server_state(haproxy.Target(str(path), "ivle", "s1"), 2)
+    assert "not a socket" in str(caught.value) and "\n" not in str(caught.value)
