@@ -147,13 +147,15 @@ def restore_command(params: ConnectParams, path: Path, *, owner: str | None = No
     restored, replaced = f"{live}_restored", f"{live}_replaced"
 
     def command(program: str, *args: str) -> str:
-        argv = [program, *client.connection_argv(params), *args]
+        return as_user([program, *client.connection_argv(params), *args])
+
+    def as_user(argv: list[str]) -> str:
         return text.command(*(["sudo", "-u", params.os_user, *argv] if params.os_user else argv))
 
     create = command("createdb", "--template=template0",
                      *([f"--owner={owner}"] if owner else []), restored)
     # Read by the shell (root), not by the database's user: the dump is root's 0600.
-    fill = command("pg_restore", "--exit-on-error", f"--dbname={restored}") + " < " + \
+    fill = as_user(client.restore_argv("pg_restore", params, restored)) + " < " + \
         text.shell_word(path)
     swap = command("psql", "--dbname=postgres", "--set=ON_ERROR_STOP=1", "--command="
                    f"ALTER DATABASE {_ident(live)} RENAME TO {_ident(replaced)}; "

@@ -54,6 +54,23 @@ def program(name: str, hint: str) -> str:
     return found
 
 
+# Every pg_restore ivle-maint runs or prints: each object, its rows too, is
+# restored by its owner (SET SESSION AUTHORIZATION before each entry).
+# Restored by the connecting role instead, a superuser's ([rollback]
+# connect_as = postgres, the printed command's `sudo -u postgres`), the
+# functions a database user wrote that restoring rows calls (a CHECK, a
+# domain's check, a generated column) ran with the superuser's rights:
+# IVLE's database login made itself a superuser by a rollback.
+RESTORE_OPTIONS = ("--exit-on-error", "--use-set-session-authorization")
+
+
+def restore_argv(program: str, params: ConnectParams, dbname: str) -> list[str]:
+    """pg_restore's argv into DBNAME (the archive is the caller's to add):
+    stopping at the first error, each object restored as its owner."""
+    return [program, *connection_argv(params), *RESTORE_OPTIONS,
+            f"--dbname={dbname_conninfo(dbname)}"]
+
+
 def connection_argv(params: ConnectParams) -> list[str]:
     """Where and as whom: the options every client program takes alike."""
     argv = [f"--port={params.port}"]

@@ -165,9 +165,8 @@ def _readable_copy(dump: Path, who: client.Identity) -> Iterator[Path]:
 
 
 def _pg_restore(params: ConnectParams, name: str, archive: Path, jobs: int) -> None:
-    argv = [client.program("pg_restore", ""), f"--dbname={client.dbname_conninfo(name)}",
-            f"--jobs={jobs}", "--no-password", "--exit-on-error",
-            *client.connection_argv(params), str(archive)]
+    argv = [*client.restore_argv(client.program("pg_restore", ""), params, name),
+            f"--jobs={jobs}", "--no-password", str(archive)]
     kwargs = client.run_kwargs(params)
     with children.spawning():  # one thread forks at a time (children.py)
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

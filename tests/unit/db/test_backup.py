@@ -29,7 +29,7 @@ def test_restore_command_is_shell_quoted(tmp_path: Path) -> None:
                               capture_output=True, text=True, check=True)
         assert done.stdout.splitlines() == argv
     assert not canary.exists()
-    assert shlex.split(fill)[-1] == "--dbname=ivle db_restored"
+    assert shlex.split(fill)[-1] == "--dbname=dbname='ivle db_restored'"
 
 
 def test_restore_command_never_restores_over_the_live_database(tmp_path: Path) -> None:
@@ -47,7 +47,8 @@ def test_restore_command_never_restores_over_the_live_database(tmp_path: Path) -
     assert shlex.split(create) == ["sudo", "-u", "postgres", "createdb", *where,
                                    "--template=template0", "--owner=ivle_user", "ivle_restored"]
     assert shlex.split(fill) == ["sudo", "-u", "postgres", "pg_restore", *where,
-                                 "--exit-on-error", "--dbname=ivle_restored", "<", str(path)]
+                                 "--exit-on-error", "--use-set-session-authorization",
+                                 "--dbname=dbname='ivle_restored'", "<", str(path)]
     assert shlex.split(swap) == [
         "sudo", "-u", "postgres", "psql", *where, "--dbname=postgres", "--set=ON_ERROR_STOP=1",
         '--command=ALTER DATABASE "ivle" RENAME TO "ivle_replaced"; '
