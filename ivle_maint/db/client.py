@@ -54,20 +54,20 @@ def program(name: str, hint: str) -> str:
     return found
 
 
-# Every pg_restore ivle-maint runs or prints: each object, its rows too, is
-# restored by its owner (SET SESSION AUTHORIZATION before each entry).
-# Restored by the connecting role instead, a superuser's ([rollback]
-# connect_as = postgres, the printed command's `sudo -u postgres`), the
-# functions a database user wrote that restoring rows calls (a CHECK, a
-# domain's check, a generated column) ran with the superuser's rights:
-# IVLE's database login made itself a superuser by a rollback.
-RESTORE_OPTIONS = ("--exit-on-error", "--use-set-session-authorization")
+# Every pg_restore ivle-maint runs or prints connects as IVLE's own database
+# login (ivle.conf), never as a superuser, and makes every object that
+# login's (--no-owner).  Restoring rows calls what the database's users
+# wrote (a CHECK, a domain's check, a generated column): as a superuser,
+# it ran with the superuser's rights, and SET SESSION AUTHORIZATION or SET
+# ROLE to the owner (pg_restore --use-set-session-authorization, --role)
+# does not hold it: the function says SET SESSION AUTHORIZATION DEFAULT.
+RESTORE_OPTIONS = ("--exit-on-error", "--no-owner")
 
 
-def restore_argv(program: str, params: ConnectParams, dbname: str) -> list[str]:
-    """pg_restore's argv into DBNAME (the archive is the caller's to add):
-    stopping at the first error, each object restored as its owner."""
-    return [program, *connection_argv(params), *RESTORE_OPTIONS,
+def restore_argv(program: str, fill_as: ConnectParams, dbname: str) -> list[str]:
+    """pg_restore's argv into DBNAME (the archive is the caller's to add),
+    connecting as FILL_AS: ivle.conf's login, the new database's owner."""
+    return [program, *connection_argv(fill_as), *RESTORE_OPTIONS,
             f"--dbname={dbname_conninfo(dbname)}"]
 
 

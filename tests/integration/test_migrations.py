@@ -387,8 +387,10 @@ def test_failure_message_names_the_backup_and_a_way_back_that_works(
     replaced = f"{site.dbname}_replaced"
     try:
         for command in (restore, swap):  # nothing is connected between the two
+            # pg_restore, as IVLE's login, asks its password: typed.
             done = subprocess.run(["sh", "-c", command], capture_output=True, text=True,
-                                  check=False)
+                                  check=False,
+                                  env={**os.environ, "PGPASSWORD": site.pg.ivle_password})
             assert done.returncode == 0, (command, done.stderr)
         assert "b1" not in site.columns("login") and site.marker() == before
         assert site.query("SELECT count(*) FROM enabled_logins()")[0][0] > 0
