@@ -49,7 +49,8 @@ def point_of(ctx: UpgradeContext) -> RestorePoint:
 
 
 def admin_params(settings: Settings) -> ConnectParams:
-    """Who a full rollback creates, fills and renames databases as ([rollback] connect_as)."""
+    """Who a full rollback creates and renames databases as ([rollback] connect_as);
+    the dump is restored as fill_params."""
     return params_from_settings(settings, settings["rollback"]["connect_as"])
 
 
