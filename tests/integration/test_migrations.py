@@ -425,3 +425,23 @@ def test_backup_now_and_pg_dump_failure(site: Site) -> None:
     ):
         backup.dump(wrong, site.backups, label="x", keep=5)
     assert [p.name for p in site.backups.iterdir()] == [path.name]  # no partial dump left
+
+
+@pytest.mark.parametrize("header", ["", "-- ivle-maint: no-transaction\n"])
+def test_a_migration_that_changes_how_strings_are_read_is_refused_before_it_runs(
+        site: Site, header: str) -> None:
+    """After its SET, the server read `SELECT 'a\\''; COMMIT; SELECT 1/0;` as
+    three statements, the tokenizer as one (it read the whole file with the
+    strings the session connected with): the COMMIT committed the column,
+    the division failed, and the message said nothing was applied."""
+    start_from(site, "20090401-01")
+    before = site.marker()
+    site.add_migration("20100101-01.sql",
+                       f"{header}ALTER TABLE login ADD COLUMN planted int;\n"
+                       "SET standard_conforming_strings = off;\n"
+                       "SELECT 'a\\''; COMMIT; SELECT 1/0; -- \\'\n;\n")
+    with pytest.raises(MaintError) as info:
+        migrations.apply_migrations(site.settings(), site.reporter)
+    message = str(info.value)
+    assert "20100101-01.sql" in message and "standard_conforming_strings" in message, message
+    assert "planted" not in site.columns("login") and site.marker() == before

@@ -66,3 +66,50 @@ def test_a_nul_anywhere_is_refused_naming_its_line(tmp_path: Path) -> None:
         assert "line 3: a NUL byte" in str(exc), exc
     else:
         raise AssertionError("a NUL byte was let through")
+
+
+# Each a way a file changes how the server reads a plain string's backslash
+# (standard_conforming_strings), after which the tokenizer, which read the
+# whole file one way, splits it where the server does not.
+_STRINGS_SETTING = st.sampled_from([
+    "SET {name} = {value};", "SET {name} TO {value};", "SET SESSION {name} = {value};",
+    "SET LOCAL {name} TO {value};", "RESET {name};",
+    "SELECT set_config('{name}', '{value}', false);",
+    "DO $$ BEGIN SET {name} = {value}; END $$;",
+    "SET \"{name}\" = {value};",
+])
+
+
+@settings(max_examples=80, deadline=None)
+@given(form=_STRINGS_SETTING,
+       name=st.sampled_from(["standard_conforming_strings", "STANDARD_CONFORMING_STRINGS",
+                             "Standard_Conforming_Strings"]),
+       value=st.sampled_from(["off", "on", "false", "DEFAULT", "0"]),
+       start=st.tuples(st.sampled_from(["", "-- ivle-maint: no-transaction\n"]),
+                       st.sampled_from(["", "CREATE TABLE t (a int);\n"])))
+def test_a_file_that_changes_how_strings_are_read_is_refused_naming_its_line(
+        tmp_path_factory: pytest.TempPathFactory, form: str, name: str, value: str,
+        start: tuple[str, str]) -> None:
+    """The tokenizer reads every statement with the strings the session had
+    when it connected: after a SET of standard_conforming_strings, `SELECT
+    'a\\''; COMMIT; SELECT 1/0;` was one statement to it and three to the
+    server, whose COMMIT committed the migration's first half, unrecorded."""
+    header, before = start
+    if '"' in form and name != name.lower():
+        name = name.lower()  # a quoted name is the setting only in lower case
+    setting = form.format(name=name, value=value)
+    text = f"{header}{before}{setting}\nSELECT 'a\\''; COMMIT; SELECT 1/0; -- \\'\n;\n"
+    path = _write(tmp_path_factory.mktemp("m"), text.encode())
+    with pytest.raises(MaintError) as caught:
+        cls.classify(migration_for(path))
+    line = 2 + bool(header) + bool(before) - 1
+    message = str(caught.value)
+    assert f"line {line}:" in message and "standard_conforming_strings" in message, message
+    assert "\n" not in message
+
+
+def test_a_mention_of_the_setting_in_a_comment_or_a_name_is_no_change(tmp_path: Path) -> None:
+    text = ("-- written with standard_conforming_strings on\n"
+            "CREATE TABLE standard_conforming_strings_seen (a int);\n"
+            "/* standard_conforming_strings */ SELECT 1;\n")
+    cls.classify(migration_for(_write(tmp_path, text.encode())))
