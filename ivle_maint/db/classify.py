@@ -238,6 +238,7 @@ def classify(
             # Its message quotes the file's token, a line break or control included.
             raise _fail(migration, problem.line,
                         f"{shown(problem.message)} (PostgreSQL's parser)")
+        _check_split(migration, statements)
     opted_out = "no-transaction" in directives
     refused = tuple(
         (s, why) for s in statements if (why := nontransactional(s, server_version)) is not None
@@ -254,6 +255,23 @@ def classify(
             f"without rollback on failure, put '{OPT_OUT}' in its header",
         )
     return replace(_wrap(migration, digest, statements), directives=frozenset(directives))
+
+
+def _check_split(migration: Migration, statements: list[Statement]) -> None:
+    """Each statement is one to PostgreSQL's parser too.  The splitter keeps
+    psql's rule that a ';' inside CREATE FUNCTION ... BEGIN ... END does not
+    end the statement, and reads any word BEGIN there as that block (psql
+    does): `CREATE FUNCTION begin() ...; ALTER ...; COMMIT; ...` was one
+    statement to it, every later one to the server, whose COMMIT committed
+    the migration's first half, unrecorded, its transaction control unseen."""
+    for s in statements:
+        found = pgparse.count(s.text)
+        if found is not None and found > 1:
+            raise _fail(migration, s.line,
+                        f"PostgreSQL's parser reads {found} statements where ivle-maint, as "
+                        f"psql, reads one (a word BEGIN, CASE or END in a CREATE FUNCTION or "
+                        f"PROCEDURE before its body, such as a function named begin?): rename "
+                        f"it or quote it (\"begin\")")
 
 
 def _check_empty(migration: Migration, statements: list[Statement], marked: bool) -> None:

@@ -445,3 +445,22 @@ def test_a_migration_that_changes_how_strings_are_read_is_refused_before_it_runs
     message = str(info.value)
     assert "20100101-01.sql" in message and "standard_conforming_strings" in message, message
     assert "planted" not in site.columns("login") and site.marker() == before
+
+
+def test_a_statement_the_server_reads_as_several_is_refused_before_it_runs(site: Site) -> None:
+    """A function named begin: psql's rule for BEGIN ... END bodies made the
+    rest of the file one statement to the splitter, several to the server,
+    whose COMMIT committed the column; the division failed, the message said
+    nothing was applied."""
+    pytest.importorskip("pglast")
+    start_from(site, "20090401-01")
+    before = site.marker()
+    site.add_migration("20100101-01.sql",
+                       "ALTER TABLE login ADD COLUMN planted int;\n"
+                       "CREATE FUNCTION begin() RETURNS int LANGUAGE sql AS 'SELECT 1';\n"
+                       "COMMIT;\nSELECT 1/0;\n")
+    with pytest.raises(MaintError) as info:
+        migrations.apply_migrations(site.settings(), site.reporter)
+    message = str(info.value)
+    assert "planted" not in site.columns("login") and site.marker() == before, message
+    assert "20100101-01.sql" in message and "line 2:" in message, message

@@ -113,3 +113,36 @@ def test_a_mention_of_the_setting_in_a_comment_or_a_name_is_no_change(tmp_path: 
             "CREATE TABLE standard_conforming_strings_seen (a int);\n"
             "/* standard_conforming_strings */ SELECT 1;\n")
     cls.classify(migration_for(_write(tmp_path, text.encode())))
+
+
+@settings(max_examples=40, deadline=None)
+@given(create=st.sampled_from(["CREATE FUNCTION", "CREATE OR REPLACE FUNCTION",
+                               "create procedure", "CREATE OR REPLACE PROCEDURE"]),
+       name=st.sampled_from(["begin", "BEGIN", "Begin", "begin.f", "f"]),
+       header=st.sampled_from(["", "-- ivle-maint: no-transaction\n"]))
+def test_a_statement_the_server_reads_as_several_is_refused_naming_its_line(
+        tmp_path_factory: pytest.TempPathFactory, create: str, name: str, header: str) -> None:
+    """psql's rule for CREATE FUNCTION ... BEGIN ... END bodies took a
+    function named begin (or a SET ... = begin before the body) for one:
+    what followed, a COMMIT too, was one statement to the splitter."""
+    pytest.importorskip("pglast")
+    returns = "RETURNS int LANGUAGE sql" if "FUNCTION" in create.upper() else "LANGUAGE sql"
+    value = "SELECT 1" if "FUNCTION" in create.upper() else "SELECT"
+    tail = " SET search_path = begin" if name == "f" else ""
+    text = (f"{header}CREATE TABLE t (a int);\n{create} {name}() {returns}{tail} "
+            f"AS '{value}';\nALTER TABLE t ADD COLUMN b int;\nCOMMIT;\nSELECT 1/0;\n")
+    path = _write(tmp_path_factory.mktemp("m"), text.encode())
+    with pytest.raises(MaintError) as caught:
+        cls.classify(migration_for(path))
+    message = str(caught.value)
+    assert f"line {2 + bool(header)}:" in message and "statements" in message, message
+    assert "\n" not in message
+
+
+def test_a_function_body_begin_atomic_is_one_statement(tmp_path: Path) -> None:
+    pytest.importorskip("pglast")
+    text = ("CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; "
+            "SELECT CASE WHEN true THEN 2 END; END;\nCREATE FUNCTION \"begin\"() RETURNS int "
+            "LANGUAGE sql AS 'SELECT 1';\nSELECT 3;\n")
+    found = cls.classify(migration_for(_write(tmp_path, text.encode())))
+    assert len(found.statements) == 3
