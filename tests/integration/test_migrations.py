@@ -451,7 +451,7 @@ def test_a_statement_the_server_reads_as_several_is_refused_before_it_runs(site:
     """A function named begin: psql's rule for BEGIN ... END bodies made the
     rest of the file one statement to the splitter, several to the server,
     whose COMMIT committed the column; the division failed, the message said
-    nothing was applied."""
+    nothing was applied.  Now the COMMIT is a statement of its own, seen."""
     pytest.importorskip("pglast")
     start_from(site, "20090401-01")
     before = site.marker()
@@ -463,4 +463,4 @@ def test_a_statement_the_server_reads_as_several_is_refused_before_it_runs(site:
         migrations.apply_migrations(site.settings(), site.reporter)
     message = str(info.value)
     assert "planted" not in site.columns("login") and site.marker() == before, message
-    assert "20100101-01.sql" in message and "line 2:" in message, message
+    assert "20100101-01.sql" in message and "line 3: COMMIT part-way" in message, message

@@ -115,28 +115,38 @@ def test_a_mention_of_the_setting_in_a_comment_or_a_name_is_no_change(tmp_path: 
     cls.classify(migration_for(_write(tmp_path, text.encode())))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(create=st.sampled_from(["CREATE FUNCTION", "CREATE OR REPLACE FUNCTION",
                                "create procedure", "CREATE OR REPLACE PROCEDURE"]),
        name=st.sampled_from(["begin", "BEGIN", "Begin", "begin.f", "f"]),
        header=st.sampled_from(["", "-- ivle-maint: no-transaction\n"]))
-def test_a_statement_the_server_reads_as_several_is_refused_naming_its_line(
+def test_each_statement_is_one_to_the_server_whatever_a_function_is_named(
         tmp_path_factory: pytest.TempPathFactory, create: str, name: str, header: str) -> None:
     """psql's rule for CREATE FUNCTION ... BEGIN ... END bodies took a
     function named begin (or a SET ... = begin before the body) for one:
-    what followed, a COMMIT too, was one statement to the splitter."""
+    what followed, a COMMIT too, was one statement to the splitter and
+    several to the server.  Now each statement is one to PostgreSQL's
+    parser (the splitter reads a body as BEGIN ATOMIC; classify._check_split
+    refuses a file where they disagree), and a COMMIT part-way through a
+    file ivle-maint wraps in its transaction is refused."""
     pytest.importorskip("pglast")
+    from ivle_maint.db import pgparse
+
     returns = "RETURNS int LANGUAGE sql" if "FUNCTION" in create.upper() else "LANGUAGE sql"
     value = "SELECT 1" if "FUNCTION" in create.upper() else "SELECT"
     tail = " SET search_path = begin" if name == "f" else ""
-    text = (f"{header}CREATE TABLE t (a int);\n{create} {name}() {returns}{tail} "
+    body = (f"CREATE TABLE t (a int);\n{create} {name}() {returns}{tail} "
             f"AS '{value}';\nALTER TABLE t ADD COLUMN b int;\nCOMMIT;\nSELECT 1/0;\n")
-    path = _write(tmp_path_factory.mktemp("m"), text.encode())
-    with pytest.raises(MaintError) as caught:
-        cls.classify(migration_for(path))
-    message = str(caught.value)
-    assert f"line {2 + bool(header)}:" in message and "statements" in message, message
-    assert "\n" not in message
+    path = _write(tmp_path_factory.mktemp("m"), (header + body).encode())
+    if not header:
+        with pytest.raises(MaintError) as caught:
+            cls.classify(migration_for(path))
+        assert "line 4: COMMIT part-way through the file" in str(caught.value), caught.value
+        return
+    found = cls.classify(migration_for(path))
+    assert [pgparse.count(s.text) for s in found.statements] == [1] * 5
+    assert [s.head[0] for s in found.statements] == ["CREATE", "CREATE", "ALTER", "COMMIT",
+                                                     "SELECT"]
 
 
 def test_a_function_body_begin_atomic_is_one_statement(tmp_path: Path) -> None:
@@ -146,3 +156,26 @@ def test_a_function_body_begin_atomic_is_one_statement(tmp_path: Path) -> None:
             "LANGUAGE sql AS 'SELECT 1';\nSELECT 3;\n")
     found = cls.classify(migration_for(_write(tmp_path, text.encode())))
     assert len(found.statements) == 3
+
+
+@settings(max_examples=40, deadline=None)
+@given(create=st.sampled_from(["CREATE FUNCTION", "CREATE OR REPLACE FUNCTION",
+                               "create procedure", "CREATE OR REPLACE PROCEDURE"]),
+       name=st.sampled_from(["begin", "BEGIN", "Begin", "begin.f"]))
+def test_without_pglast_a_function_named_begin_ends_at_its_semicolon(
+        tmp_path_factory: pytest.TempPathFactory, create: str, name: str) -> None:
+    """Without pglast (only recommended) the splitter is all there is: a
+    body is BEGIN ATOMIC, as the server reads it, so the COMMIT after such a
+    function is a statement of its own, and refused as one."""
+    from ivle_maint.db import pgparse
+
+    returns = "RETURNS int LANGUAGE sql" if "FUNCTION" in create.upper() else "LANGUAGE sql"
+    value = "SELECT 1" if "FUNCTION" in create.upper() else "SELECT"
+    text = (f"CREATE TABLE t (a int);\n{create} {name}() {returns} AS '{value}';\n"
+            "ALTER TABLE t ADD COLUMN b int;\nCOMMIT;\nSELECT 1/0;\n")
+    path = _write(tmp_path_factory.mktemp("m"), text.encode())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pgparse, "_parse", False)
+        with pytest.raises(MaintError) as caught:
+            cls.classify(migration_for(path))
+    assert "line 4: COMMIT part-way through the file" in str(caught.value), caught.value
