@@ -295,10 +295,11 @@ drain_timeout = float(min=0.1, default=30)
 commit_after_upgrades = integer(min=0, default=1)
 # ... or this many days passed since its upgrade completed (0: no limit).
 commit_after_days = float(min=0, default=30)
-# Who a full rollback creates, fills and renames databases as: 'postgres'
+# Who a full rollback creates and renames databases as: 'postgres'
 # (the postgres system user over the local socket, as IVLE's upgrade
 # procedure's 'sudo -u postgres'; IVLE's own database user may not create
-# databases) or 'ivle-conf' (as [database] connect_as = ivle-conf).
+# databases) or 'ivle-conf' (as [database] connect_as = ivle-conf).  The
+# dump is restored as ivle.conf's login, never as a superuser.
 connect_as = option('ivle-conf', 'postgres', default='postgres')
 # Days a full rollback keeps the database it replaced (renamed
 # NAME_failed_STAMP) before a later run drops it (0: never dropped).

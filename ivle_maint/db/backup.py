@@ -131,7 +131,8 @@ def remove_old_passfiles() -> list[Path]:
     return removed
 
 
-def restore_command(params: ConnectParams, path: Path, *, owner: str | None = None) -> str:
+def restore_command(params: ConnectParams, path: Path, *, owner: str | None = None,
+                    fill_as: ConnectParams | None) -> str:
     """How a person puts the database back as it was in the dump PATH.
 
     Never pg_restore --clean over the live database: it cannot drop a table
@@ -140,20 +141,25 @@ def restore_command(params: ConnectParams, path: Path, *, owner: str | None = No
     dump restored into a new, empty database (owned by OWNER), then, with
     nothing connected, the two names swapped in one transaction (the
     replaced database kept).  PARAMS: who may create and rename databases
-    ([rollback] connect_as).  Shell-quoted: a backup directory may hold a
-    space or a "$(...)".
+    ([rollback] connect_as); FILL_AS: who restores into the new database,
+    ivle.conf's login, never a superuser (client.restore_argv); None when
+    ivle.conf cannot be read: PARAMS.
+    Shell-quoted: a backup directory may hold a space or a "$(...)".
     """
     live = params.dbname
     restored, replaced = f"{live}_restored", f"{live}_replaced"
 
     def command(program: str, *args: str) -> str:
-        argv = [program, *client.connection_argv(params), *args]
-        return text.command(*(["sudo", "-u", params.os_user, *argv] if params.os_user else argv))
+        return as_user(params, [program, *client.connection_argv(params), *args])
+
+    def as_user(who: ConnectParams, argv: list[str]) -> str:
+        return text.command(*(["sudo", "-u", who.os_user, *argv] if who.os_user else argv))
 
     create = command("createdb", "--template=template0",
                      *([f"--owner={owner}"] if owner else []), restored)
     # Read by the shell (root), not by the database's user: the dump is root's 0600.
-    fill = command("pg_restore", "--exit-on-error", f"--dbname={restored}") + " < " + \
+    fill_as = fill_as or params
+    fill = as_user(fill_as, client.restore_argv("pg_restore", fill_as, restored)) + " < " + \
         text.shell_word(path)
     swap = command("psql", "--dbname=postgres", "--set=ON_ERROR_STOP=1", "--command="
                    f"ALTER DATABASE {_ident(live)} RENAME TO {_ident(replaced)}; "

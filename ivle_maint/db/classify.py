@@ -17,7 +17,9 @@ file therefore runs in one of three modes:
 
 Everything else (a NUL byte, a vertical tab or a BOM (_UNREAD_ALIKE), a COMMIT in
 the middle, ROLLBACK, psql meta-commands,
-COPY FROM STDIN, a non-transactional statement without the opt-out, a
+COPY FROM STDIN, a statement that changes standard_conforming_strings (how
+the strings after it read: the file is split as the session connected), a
+non-transactional statement without the opt-out, a
 syntax error PostgreSQL's own parser finds when pglast is installed, a
 file without statements unless its header says ``-- ivle-maint: empty``)
 is refused with the file name and line.
@@ -34,7 +36,7 @@ from ..gates.text import shown
 from . import pgparse
 from .discovery import Migration, read
 from .migration_class import CLASSES
-from .sqlsplit import SplitError, Statement, header_comments, split
+from .sqlsplit import SplitError, Statement, header_comments, split, tokenize
 
 TRANSACTION = "transaction"
 OWN_TRANSACTION = "own-transaction"
@@ -153,6 +155,35 @@ _UNREAD_ALIKE = {
 }
 
 
+# The setting that says whether a backslash in a plain '...' string escapes
+# the next character.  The file is split (and parsed) with the value the
+# session had when it connected; a statement that changes it makes the
+# server read every later string otherwise, so a ';' one reads inside a
+# string the other reads as the end of a statement: `SELECT 'a\'';
+# COMMIT; ...` was one statement to the tokenizer, three to the server,
+# whose COMMIT committed half the migration, unrecorded.
+_STRINGS_SETTING = "standard_conforming_strings"
+_SETTING_NAMED = re.compile(rf"(?<![\w$]){_STRINGS_SETTING}(?![\w$])", re.IGNORECASE)
+_STRINGS_CHANGED = (f"changes {_STRINGS_SETTING}, how PostgreSQL reads a backslash in the "
+                    f"strings that follow, which ivle-maint cannot split the file by: remove it "
+                    f"(a string that needs backslash escapes can be written E'...')")
+
+
+def _changes_string_reading(statement: Statement, standard: bool) -> bool:
+    """Does STATEMENT name standard_conforming_strings (SET, RESET, a
+    set_config or a DO block that does), outside a comment?"""
+    if not _SETTING_NAMED.search(statement.text):
+        return False
+    for token in tokenize(statement.text, standard_strings=standard):
+        if token.kind == "word" and token.text.lower() == _STRINGS_SETTING:
+            return True
+        if token.kind == "quoted" and token.text == f'"{_STRINGS_SETTING}"':
+            return True
+        if token.kind in ("string", "dollar") and _SETTING_NAMED.search(token.text):
+            return True
+    return False
+
+
 def _fail(migration: Migration, line: int | None, reason: str) -> MaintError:
     where = f"line {line}: " if line else ""
     return MaintError(f"{where}{reason}", path=migration.path)
@@ -197,6 +228,8 @@ def classify(
     for s in statements:
         if s.meta:
             raise _fail(migration, s.line, f"psql meta-command {s.head[0]} is not supported")
+        if _changes_string_reading(s, standard_strings):
+            raise _fail(migration, s.line, _STRINGS_CHANGED)
     directives = _directives(migration, text)
     _check_empty(migration, statements, "empty" in directives)
     if standard_strings:  # pglast's lexer knows standard strings only
@@ -205,6 +238,7 @@ def classify(
             # Its message quotes the file's token, a line break or control included.
             raise _fail(migration, problem.line,
                         f"{shown(problem.message)} (PostgreSQL's parser)")
+        _check_split(migration, statements)
     opted_out = "no-transaction" in directives
     refused = tuple(
         (s, why) for s in statements if (why := nontransactional(s, server_version)) is not None
@@ -221,6 +255,23 @@ def classify(
             f"without rollback on failure, put '{OPT_OUT}' in its header",
         )
     return replace(_wrap(migration, digest, statements), directives=frozenset(directives))
+
+
+def _check_split(migration: Migration, statements: list[Statement]) -> None:
+    """Each statement is one to PostgreSQL's parser too.  The splitter keeps
+    psql's rule that a ';' inside CREATE FUNCTION ... BEGIN ... END does not
+    end the statement, and reads any word BEGIN there as that block (psql
+    does): `CREATE FUNCTION begin() ...; ALTER ...; COMMIT; ...` was one
+    statement to it, every later one to the server, whose COMMIT committed
+    the migration's first half, unrecorded, its transaction control unseen."""
+    for s in statements:
+        found = pgparse.count(s.text)
+        if found is not None and found > 1:
+            raise _fail(migration, s.line,
+                        f"PostgreSQL's parser reads {found} statements where ivle-maint, as "
+                        f"psql, reads one (a word BEGIN, CASE or END in a CREATE FUNCTION or "
+                        f"PROCEDURE before its body, such as a function named begin?): rename "
+                        f"it or quote it (\"begin\")")
 
 
 def _check_empty(migration: Migration, statements: list[Statement], marked: bool) -> None:

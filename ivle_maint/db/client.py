@@ -54,6 +54,23 @@ def program(name: str, hint: str) -> str:
     return found
 
 
+# Every pg_restore ivle-maint runs or prints connects as IVLE's own database
+# login (ivle.conf), never as a superuser, and makes every object that
+# login's (--no-owner).  Restoring rows calls what the database's users
+# wrote (a CHECK, a domain's check, a generated column): as a superuser,
+# it ran with the superuser's rights, and SET SESSION AUTHORIZATION or SET
+# ROLE to the owner (pg_restore --use-set-session-authorization, --role)
+# does not hold it: the function says SET SESSION AUTHORIZATION DEFAULT.
+RESTORE_OPTIONS = ("--exit-on-error", "--no-owner")
+
+
+def restore_argv(program: str, fill_as: ConnectParams, dbname: str) -> list[str]:
+    """pg_restore's argv into DBNAME (the archive is the caller's to add),
+    connecting as FILL_AS: ivle.conf's login, the new database's owner."""
+    return [program, *connection_argv(fill_as), *RESTORE_OPTIONS,
+            f"--dbname={dbname_conninfo(dbname)}"]
+
+
 def connection_argv(params: ConnectParams) -> list[str]:
     """Where and as whom: the options every client program takes alike."""
     argv = [f"--port={params.port}"]

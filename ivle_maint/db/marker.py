@@ -343,6 +343,10 @@ def user_tables(conn: Any, limit: int = 5) -> list[str]:
         return [row[0] for row in cur.fetchall()]
 
 
+_TEMP_LAST = ("SELECT set_config('search_path', concat_ws(', ', "
+              "nullif(current_setting('search_path'), ''), 'pg_temp'), true)")
+
+
 def record(
     cur: Any,
     *,
@@ -361,6 +365,12 @@ def record(
     class_override: (what --accept-class took, who), written with the row
     so that a migration is never applied without it (ensure() made the
     columns)."""
+    # pg_temp last, for the rest of the caller's transaction: PostgreSQL
+    # searches it first unless the search_path names it, so a temporary table
+    # of the marker's name (a migration's own, made in that very session)
+    # took the row, and it was gone with the table: the migration applied,
+    # recorded nowhere, and run again by the next run.
+    cur.execute(_TEMP_LAST)
     columns = ["key", "filename", "checksum", "mode", "duration", "host",
                "ivle_maint_version", "package_version", "note"]
     values: list[object] = [key, filename, checksum, mode, duration,

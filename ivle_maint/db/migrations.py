@@ -274,9 +274,10 @@ def restore_command(settings: Settings, path: Path) -> str:
     params = params_from_settings(settings, settings["rollback"]["connect_as"])
     try:
         owner = settings.ivle_conf().database.get("username") or None
+        fill_as: ConnectParams | None = params_from_settings(settings, "ivle-conf")
     except MaintError:
-        owner = None
-    return backups.restore_command(params, path, owner=owner and str(owner))
+        owner = fill_as = None
+    return backups.restore_command(params, path, owner=owner and str(owner), fill_as=fill_as)
 
 
 def upgrade_completed(settings: Settings, upgrade: str, unfinished: Sequence[str]) -> None:

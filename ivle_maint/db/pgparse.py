@@ -77,6 +77,17 @@ def check(text: str, statements: Sequence[tuple[int, str]] = ()) -> SyntaxProble
     return SyntaxProblem(None, message)
 
 
+def count(text: str) -> int | None:
+    """How many statements PostgreSQL's parser reads in TEXT; None when
+    pglast is missing or refuses it (check() says why)."""
+    if not available():
+        return None
+    try:
+        return len(_parse(text))
+    except (_error, UnicodeDecodeError):
+        return None
+
+
 class ParseFailure(Exception):
     """The parser refused the text (its message), or pglast is missing."""
 

@@ -10,7 +10,9 @@ comment or a dollar-quoted function body never ends a statement:
 - ``-- ...`` line comments and nested ``/* ... */`` block comments;
 - ``$$ ... $$`` and ``$tag$ ... $tag$`` dollar quotes;
 - parentheses and SQL-standard ``BEGIN ATOMIC ... END`` function bodies,
-  inside which psql does not split either.
+  inside which psql does not split either (psql takes any word BEGIN in
+  CREATE FUNCTION for such a body, a function named begin too; this, as
+  the server, only BEGIN ATOMIC).
 
 psql meta-commands (a backslash outside any quote) become their own
 statements flagged ``meta`` so that classification can refuse them.
@@ -190,9 +192,13 @@ class _Block:
         self.paren = 0
         self.paren_line = 0
         self.begin = 0
+        self.after_begin = False  # the last significant token was the word BEGIN
         self.words: list[str] = []
 
     def feed(self, token: Token) -> None:
+        if not token.significant:
+            return
+        after_begin, self.after_begin = self.after_begin, False
         if token.kind == "other" and token.text == "(":
             if self.paren == 0:
                 self.paren_line = token.line
@@ -204,7 +210,12 @@ class _Block:
             if len(self.words) < 4:
                 self.words.append(word)
             if self._creates_routine() and self.paren == 0:
-                if word == "BEGIN" or (word == "CASE" and self.begin > 0):
+                # A body is BEGIN ATOMIC (psql counts any BEGIN: a function
+                # named begin made the rest of the file one statement to it,
+                # several to the server, a COMMIT among them).
+                if word == "BEGIN":
+                    self.after_begin = True
+                elif (word == "ATOMIC" and after_begin) or (word == "CASE" and self.begin > 0):
                     self.begin += 1
                 elif word == "END" and self.begin > 0:
                     self.begin -= 1

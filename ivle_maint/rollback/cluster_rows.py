@@ -28,7 +28,11 @@ CARRIED = (table.NODES, table.MEDIA)
 
 def carry(params: ConnectParams, live: str, restored: str, *, grantee: str | None,
           reporter: Reporter | None = None) -> list[str]:
-    """Copy the CARRIED tables' rows from LIVE into RESTORED; what was carried."""
+    """Copy the CARRIED tables' rows from LIVE into RESTORED; what was carried.
+
+    PARAMS: ivle.conf's login (restore.fill_params), never a superuser:
+    the tables are that login's, and a trigger it put on one ran, as the
+    superuser who wrote the rows, with the superuser's rights."""
     with closing(open_session(params, live, reporter, autocommit=False)) as src, \
             closing(open_session(params, restored, reporter, autocommit=False)) as dst:
         found = {name: _read(src, name) for name in CARRIED}

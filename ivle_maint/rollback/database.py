@@ -6,13 +6,15 @@ drop a table a function depends on (IVLE's schema has such functions), and
 a restore that fails half-way would leave the site with half a database.
 Instead:
 
-1. restore_copy: CREATE DATABASE NAME (the live database's owner,
-   encoding and locale, from template0) and pg_restore the dump into it,
-   in parallel and stopping at the first error, as the identity pg_dump
-   uses (db/client.py).  A failure or an interruption drops NAME again:
-   nothing half-restored is left; a SIGKILL drops nothing, so a finished
-   copy is marked (COMMENT ON DATABASE) and whole_copy, the one gate before
-   a copy is used, drops and restores again a copy without the mark.
+1. restore_copy: CREATE DATABASE NAME (the live database's encoding
+   and locale, from template0, owned by ivle.conf's login) and pg_restore
+   the dump into it, in parallel and stopping at the first error, as that
+   login, every object its (db/client.restore_argv: never as a superuser,
+   which would run the database's users' functions with its rights).
+   A failure or an interruption drops NAME again: nothing half-restored
+   is left; a SIGKILL drops nothing, so a finished copy is marked (COMMENT
+   ON DATABASE) and whole_copy, the one gate before a copy is used, drops
+   and restores again a copy without the mark.
 2. differences (rollback/differences.py): per table, the rows written
    since the dump (lost by the swap) and those the swap brings back.
 3. swap: live -> keep_as, restored -> live, two renames.  An idempotent
@@ -98,8 +100,9 @@ def _require_createdb(cur: Any) -> None:
             f"upgrade procedure connects) for the rollback")
 
 
-def _create_statement(cur: Any, live: str, name: str) -> sql.Composable:
-    """CREATE DATABASE NAME as the live database is: owner, encoding, locale."""
+def _create_statement(cur: Any, live: str, name: str, owner: str | None) -> sql.Composable:
+    """CREATE DATABASE NAME as the live database is (encoding, locale), owned
+    by OWNER (who restores into it), else by the live database's owner."""
     # to_jsonb: the locale columns differ between versions (PG 15 daticulocale,
     # PG 17 datlocale and the builtin provider).
     cur.execute("SELECT pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding), to_jsonb(d) "
@@ -107,7 +110,8 @@ def _create_statement(cur: Any, live: str, name: str) -> sql.Composable:
     row = cur.fetchone()
     if row is None:
         raise MaintError(f"no database {shown(live, 63)} to restore a copy of")
-    owner, encoding, props = row
+    live_owner, encoding, props = row
+    owner = owner or live_owner
     parts = [sql.SQL("CREATE DATABASE {} WITH OWNER {} TEMPLATE template0 ENCODING {} "
                      "LC_COLLATE {} LC_CTYPE {}").format(
         sql.Identifier(name), sql.Identifier(owner), sql.Literal(encoding),
@@ -164,11 +168,10 @@ def _readable_copy(dump: Path, who: client.Identity) -> Iterator[Path]:
         os.close(source)
 
 
-def _pg_restore(params: ConnectParams, name: str, archive: Path, jobs: int) -> None:
-    argv = [client.program("pg_restore", ""), f"--dbname={client.dbname_conninfo(name)}",
-            f"--jobs={jobs}", "--no-password", "--exit-on-error",
-            *client.connection_argv(params), str(archive)]
-    kwargs = client.run_kwargs(params)
+def _pg_restore(fill_as: ConnectParams, name: str, archive: Path, jobs: int) -> None:
+    argv = [*client.restore_argv(client.program("pg_restore", ""), fill_as, name),
+            f"--jobs={jobs}", "--no-password", str(archive)]
+    kwargs = client.run_kwargs(fill_as)
     with children.spawning():  # one thread forks at a time (children.py)
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, **kwargs)
@@ -183,7 +186,7 @@ def _pg_restore(params: ConnectParams, name: str, archive: Path, jobs: int) -> N
             proc.wait()
         children.forget(note)
     if proc.returncode != 0:
-        raise MaintError(client.failure(err, proc.returncode, params))
+        raise MaintError(client.failure(err, proc.returncode, fill_as))
 
 
 class NotCreated(MaintError):
@@ -233,7 +236,7 @@ def is_whole(params: ConnectParams, name: str, reporter: Reporter | None = None
     return None if row is None else str(row[0]).startswith(WHOLE)
 
 
-def whole_copy(params: ConnectParams, dump: Path, name: str, *,
+def whole_copy(params: ConnectParams, dump: Path, name: str, *, fill_as: ConnectParams,
                reporter: Reporter) -> str:
     """The one gate before a restored copy is used: NAME restored whole from
     DUMP, made now unless a finished one is there; a copy a kill left
@@ -250,13 +253,15 @@ def whole_copy(params: ConnectParams, dump: Path, name: str, *,
         reporter.info(f"database {name} was left half-restored by an interrupted run: "
                       "dropped, restoring it again")
     reporter.info(f"restoring {dump.name} into a new database {name} (pg_restore)")
-    restore_copy(params, dump, name, reporter=reporter)
+    restore_copy(params, dump, name, fill_as=fill_as, reporter=reporter)
     return f"database {name} restored from {dump.name}"
 
 
-def restore_copy(params: ConnectParams, dump: Path, name: str, *, jobs: int | None = None,
-                 reporter: Reporter | None = None) -> None:
-    """Create database NAME like PARAMS' database and restore DUMP into it.
+def restore_copy(params: ConnectParams, dump: Path, name: str, *, fill_as: ConnectParams,
+                 jobs: int | None = None, reporter: Reporter | None = None) -> None:
+    """Create database NAME like PARAMS' database, owned by FILL_AS's user
+    (ivle.conf's login), and restore DUMP into it as that user: nothing of
+    the dump runs as PARAMS' superuser (db/client.restore_argv).
 
     jobs: pg_restore's parallel jobs (default: one per CPU).  On failure or
     interruption NAME is dropped again and the error is one line.
@@ -268,12 +273,12 @@ def restore_copy(params: ConnectParams, dump: Path, name: str, *, jobs: int | No
         if exists(cur, name):
             raise MaintError(f"database {shown(name, 63)} already exists: drop it, or restore "
                              "into another name")
-        create = _create_statement(cur, params.dbname, name)
+        create = _create_statement(cur, params.dbname, name, fill_as.user)
     # The dump is checked and copied before anything is created.
-    with _readable_copy(dump, client.identity(params)) as archive:
+    with _readable_copy(dump, client.identity(fill_as)) as archive:
         try:
             _create(params, create, name, reporter)
-            _pg_restore(params, name, archive, jobs)
+            _pg_restore(fill_as, name, archive, jobs)
             _say_whole(params, name, dump, reporter)
         except NotCreated:
             raise

@@ -49,8 +49,15 @@ def point_of(ctx: UpgradeContext) -> RestorePoint:
 
 
 def admin_params(settings: Settings) -> ConnectParams:
-    """Who a full rollback creates, fills and renames databases as ([rollback] connect_as)."""
+    """Who a full rollback creates and renames databases as ([rollback] connect_as);
+    the dump is restored as fill_params."""
     return params_from_settings(settings, settings["rollback"]["connect_as"])
+
+
+def fill_params(settings: Settings) -> ConnectParams:
+    """Who a full rollback restores the dump as: ivle.conf's login, never
+    [rollback] connect_as's superuser (db/client.restore_argv)."""
+    return params_from_settings(settings, "ivle-conf")
 
 
 def restored_name(live: str, point: RestorePoint) -> str:
@@ -141,7 +148,9 @@ def database(ctx: UpgradeContext) -> Outcome:
     live = params.dbname
     restored = restored_name(live, point)
     # The preview's copy, from the same dump, if it was restored whole.
-    ctx.reporter.info(f"rollback: {db.whole_copy(params, dump, restored, reporter=ctx.reporter)}")
+    made = db.whole_copy(params, dump, restored, fill_as=fill_params(ctx.settings),
+                         reporter=ctx.reporter)
+    ctx.reporter.info(f"rollback: {made}")
     # Writes have stopped: this is what the swap loses, for the log.
     for line in summary(db.differences(params, live, restored, reporter=ctx.reporter)):
         ctx.reporter.info(f"rollback: {line}")
@@ -149,8 +158,9 @@ def database(ctx: UpgradeContext) -> Outcome:
     point.update(lambda p: setattr(p, "failed_database", p.failed_database or name))
     keep_as = point.failed_database or name
     # The cluster's rows are today's, not the dump's (rollback/cluster_rows.py).
-    carried = cluster_rows.carry(params, live, restored, grantee=_ivle_user(ctx.settings),
-                                 reporter=ctx.reporter)
+    # As ivle.conf's login, as the restore: never the superuser (cluster_rows.carry).
+    carried = cluster_rows.carry(fill_params(ctx.settings), live, restored,
+                                 grantee=_ivle_user(ctx.settings), reporter=ctx.reporter)
     if carried:
         ctx.reporter.info(f"rollback: carried over from {live}: {', '.join(carried)}")
     db.swap(params, live, restored, keep_as, reporter=ctx.reporter)

@@ -21,7 +21,7 @@ from .choose import CODE_ONLY, Way, choose
 from .differences import summary
 from .old_package import KeptPackage, verify
 from .point import RestorePoint
-from .restore import admin_params, restored_name
+from .restore import admin_params, fill_params, restored_name
 
 DPKG_RESUME = "dpkg --configure -a  (or: ivle-maint rerun)"
 
@@ -41,8 +41,9 @@ def preview_loss(settings: Settings, reporter: Reporter, point: RestorePoint) ->
     dump = point.check_dump()
     params = admin_params(settings)
     restored = restored_name(params.dbname, point)
-    reporter.info(f"{db.whole_copy(params, dump, restored, reporter=reporter)} (the site "
-                  "stays up meanwhile)")
+    made = db.whole_copy(params, dump, restored, fill_as=fill_params(settings),
+                         reporter=reporter)
+    reporter.info(f"{made} (the site stays up meanwhile)")
     for line in summary(db.differences(params, params.dbname, restored, reporter=reporter)):
         reporter.info(f"would be lost: {line}")
 

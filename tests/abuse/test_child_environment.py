@@ -67,6 +67,27 @@ def test_marker_rows_never_land_in_a_table_a_migration_planted(db: Site) -> None
     assert db.query("SELECT count(*) FROM evil.ivle_maint_migrations") == [(0,)]
 
 
+@pytest.mark.parametrize("header", ["", "-- ivle-maint: no-transaction\n"])
+@pytest.mark.parametrize("on_commit", ["", " ON COMMIT DROP", " ON COMMIT DELETE ROWS",
+                                       " ON COMMIT PRESERVE ROWS"])
+def test_marker_rows_never_land_in_a_temporary_table_a_migration_made(
+        db: Site, header: str, on_commit: str) -> None:
+    """A temporary table of the marker's name, made by the migration itself
+    (in either mode, however it ends at COMMIT): pg_temp comes first in any
+    search_path that does not name it, so the row went there and was gone
+    with it: the migration applied, recorded nowhere, run again by the next
+    run (ALTER TABLE ... ADD COLUMN failed: already exists)."""
+    db.add_migration("20100101-01.sql",
+                     f"{header}CREATE TEMPORARY TABLE ivle_maint_migrations "
+                     f"(LIKE public.ivle_maint_migrations INCLUDING ALL){on_commit};\n"
+                     "ALTER TABLE login ADD COLUMN planted int;\n")
+    db.add_migration("20100101-02.sql", "SELECT 1;\n")
+    migrations.apply_migrations(db.settings(), db.reporter)
+    assert public_marker(db) == ["20090101-01", "20100101-01", "20100101-02"]
+    again = migrations.apply_migrations(db.settings(), db.reporter)
+    assert again.up_to_date and not again.applied
+
+
 def test_role_and_timeouts_set_by_a_migration_do_not_carry_into_the_next(db: Site) -> None:
     db.add_migration("20100101-01.sql", "SET statement_timeout = 1;\nSET lock_timeout = 1;\n")
     db.add_migration("20100101-02.sql", "SELECT pg_sleep(0.2);\n"

@@ -135,7 +135,7 @@ def test_the_restore_command_shown_pastes_to_the_dump_and_database_named(
     dump = Path(os.fsdecode(b"/var/backups/ivle-maint/" + name))
     params = ConnectParams(dbname=dbname, host="127.0.0.1", port=5432, user=user,
                            os_user=os_user)
-    line = block(restore_command(params, dump, owner=user))
+    line = block(restore_command(params, dump, owner=user, fill_as=params))
     assert "\n" not in line and line.isprintable()
     # The text between the commands is prose: each command pasted alone.
     create_fill, swap = line.split(", then with IVLE's web server and user management "

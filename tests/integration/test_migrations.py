@@ -387,8 +387,10 @@ def test_failure_message_names_the_backup_and_a_way_back_that_works(
     replaced = f"{site.dbname}_replaced"
     try:
         for command in (restore, swap):  # nothing is connected between the two
+            # pg_restore, as IVLE's login, asks its password: typed.
             done = subprocess.run(["sh", "-c", command], capture_output=True, text=True,
-                                  check=False)
+                                  check=False,
+                                  env={**os.environ, "PGPASSWORD": site.pg.ivle_password})
             assert done.returncode == 0, (command, done.stderr)
         assert "b1" not in site.columns("login") and site.marker() == before
         assert site.query("SELECT count(*) FROM enabled_logins()")[0][0] > 0
@@ -423,3 +425,42 @@ def test_backup_now_and_pg_dump_failure(site: Site) -> None:
     ):
         backup.dump(wrong, site.backups, label="x", keep=5)
     assert [p.name for p in site.backups.iterdir()] == [path.name]  # no partial dump left
+
+
+@pytest.mark.parametrize("header", ["", "-- ivle-maint: no-transaction\n"])
+def test_a_migration_that_changes_how_strings_are_read_is_refused_before_it_runs(
+        site: Site, header: str) -> None:
+    """After its SET, the server read `SELECT 'a\\''; COMMIT; SELECT 1/0;` as
+    three statements, the tokenizer as one (it read the whole file with the
+    strings the session connected with): the COMMIT committed the column,
+    the division failed, and the message said nothing was applied."""
+    start_from(site, "20090401-01")
+    before = site.marker()
+    site.add_migration("20100101-01.sql",
+                       f"{header}ALTER TABLE login ADD COLUMN planted int;\n"
+                       "SET standard_conforming_strings = off;\n"
+                       "SELECT 'a\\''; COMMIT; SELECT 1/0; -- \\'\n;\n")
+    with pytest.raises(MaintError) as info:
+        migrations.apply_migrations(site.settings(), site.reporter)
+    message = str(info.value)
+    assert "20100101-01.sql" in message and "standard_conforming_strings" in message, message
+    assert "planted" not in site.columns("login") and site.marker() == before
+
+
+def test_a_statement_the_server_reads_as_several_is_refused_before_it_runs(site: Site) -> None:
+    """A function named begin: psql's rule for BEGIN ... END bodies made the
+    rest of the file one statement to the splitter, several to the server,
+    whose COMMIT committed the column; the division failed, the message said
+    nothing was applied.  Now the COMMIT is a statement of its own, seen."""
+    pytest.importorskip("pglast")
+    start_from(site, "20090401-01")
+    before = site.marker()
+    site.add_migration("20100101-01.sql",
+                       "ALTER TABLE login ADD COLUMN planted int;\n"
+                       "CREATE FUNCTION begin() RETURNS int LANGUAGE sql AS 'SELECT 1';\n"
+                       "COMMIT;\nSELECT 1/0;\n")
+    with pytest.raises(MaintError) as info:
+        migrations.apply_migrations(site.settings(), site.reporter)
+    message = str(info.value)
+    assert "planted" not in site.columns("login") and site.marker() == before, message
+    assert "20100101-01.sql" in message and "line 3: COMMIT part-way" in message, message

@@ -71,6 +71,12 @@ class Server:
         return ConnectParams(dbname, str(self.pg.socket_dir), self.pg.port, "postgres", None,
                              "postgres", environment.session_options("public", 30, 0))
 
+    def ivle_params(self, dbname: str) -> ConnectParams:
+        """Who a rollback restores as: ivle.conf's login (restore.fill_params)."""
+        pg = self.pg
+        return ConnectParams(dbname, "127.0.0.1", pg.port, pg.ivle_user, pg.ivle_password,
+                             options=environment.session_options("public", 30, 0))
+
     def name(self, tag: str) -> str:
         name = f"rb_{tag}_{uuid.uuid4().hex[:8]}"
         self.made.append(name)
@@ -148,7 +154,8 @@ def test_restore_copy_gives_an_equal_database(server: Server, dumps: Path) -> No
     live = server.ivle_db()
     taken = server.dump(live, dumps)
     copy = server.name("copy")
-    database.restore_copy(server.params(live), taken, copy, jobs=2)
+    database.restore_copy(server.params(live), taken, copy, jobs=2,
+                          fill_as=server.ivle_params(live))
     assert database.differences(server.params(live), live, copy) == []
     assert server.counts(copy) == server.counts(live)
     assert server.counts(copy)["note"] == 4 and server.counts(copy)["login"] == 20
@@ -167,13 +174,14 @@ def test_restore_copy_refuses_an_existing_name_and_a_missing_createdb(
     live = server.ivle_db(users=1)
     taken = server.dump(live, dumps)
     with pytest.raises(MaintError, match="already exists"):
-        database.restore_copy(server.params(live), taken, live)
+        database.restore_copy(server.params(live), taken, live,
+                              fill_as=server.ivle_params(live))
     pg = server.pg
     ivle = ConnectParams(live, "127.0.0.1", pg.port, pg.ivle_user, pg.ivle_password,
                          options=environment.session_options("public", 30, 0))
     target = server.name("nocreatedb")
     with pytest.raises(MaintError, match=r"CREATEDB.*connect_as = postgres") as caught:
-        database.restore_copy(ivle, taken, target)
+        database.restore_copy(ivle, taken, target, fill_as=ivle)
     assert "\n" not in str(caught.value) and pg.ivle_password not in str(caught.value)
     assert target not in server.databases()
 
@@ -189,7 +197,8 @@ def test_a_failed_restore_leaves_no_database(server: Server, dumps: Path, damage
     bad.chmod(0o600)
     target = server.name("bad")
     with pytest.raises(MaintError) as caught:
-        database.restore_copy(server.params(live), bad, target, jobs=2)
+        database.restore_copy(server.params(live), bad, target, jobs=2,
+                              fill_as=server.ivle_params(live))
     message = str(caught.value)
     assert "\n" not in message and "pg_restore of" in message and "dropped" in message
     assert target not in server.databases()
@@ -227,7 +236,8 @@ def test_an_interrupted_restore_leaves_no_database(server: Server, dumps: Path) 
     watcher.start()
     try:
         with pytest.raises(KeyboardInterrupt):
-            database.restore_copy(server.params(live), taken, target, jobs=2)
+            database.restore_copy(server.params(live), taken, target, jobs=2,
+                                  fill_as=server.ivle_params(live))
     finally:
         watcher.join()
     assert copying.is_set()
@@ -311,7 +321,8 @@ def model_dbs(server: Server, dumps: Path) -> tuple[str, str]:
     finally:
         conn.close()
     restored = server.name("model")
-    database.restore_copy(server.params(live), server.dump(live, dumps), restored)
+    database.restore_copy(server.params(live), server.dump(live, dumps), restored,
+                          fill_as=server.ivle_params(live))
     return live, restored
 
 
@@ -350,7 +361,8 @@ def test_differences_are_the_rows_changed_since_the_dump(
 def test_a_migration_after_the_dump_says_schema_differs(server: Server, dumps: Path) -> None:
     live = server.ivle_db(users=10)
     restored = server.name("migrated")
-    database.restore_copy(server.params(live), server.dump(live, dumps), restored)
+    database.restore_copy(server.params(live), server.dump(live, dumps), restored,
+                          fill_as=server.ivle_params(live))
     server.run(live, """
         ALTER TABLE login ADD COLUMN locked boolean NOT NULL DEFAULT false;
         ALTER TABLE note DROP COLUMN stars, ADD COLUMN stars text;
@@ -389,7 +401,8 @@ def test_table_names_from_the_database_are_quoted_and_escaped(server: Server,
     live = server.ivle_db(users=1, extras='CREATE SCHEMA "odd""s"; '
                                          'CREATE TABLE "odd""s"."x; DROP\nTABLE login" (v int)')
     restored = server.name("odd")
-    database.restore_copy(server.params(live), server.dump(live, dumps), restored)
+    database.restore_copy(server.params(live), server.dump(live, dumps), restored,
+                          fill_as=server.ivle_params(live))
     server.run(live, 'INSERT INTO "odd""s"."x; DROP\nTABLE login" VALUES (1)')
     (diff,) = database.differences(server.params(live), live, restored)
     assert diff.line().startswith('odd"s.x; DROP\\nTABLE login: 1 rows lost')

@@ -15,7 +15,7 @@ def test_restore_command_is_shell_quoted(tmp_path: Path) -> None:
     canary = tmp_path / "canary"
     path = tmp_path / f"it's my backups $(touch {canary}) \"`x`\"" / "ivle-x.dump"
     params = ConnectParams("ivle db", "127.0.0.1", 5432, "ivle", "secret")
-    command = backup.restore_command(params, path)
+    command = backup.restore_command(params, path, fill_as=params)
     assert "secret" not in command
     create, _, rest = command.partition(" && ")
     fill, _, swap = rest.partition(", then with IVLE's web server and user management "
@@ -29,7 +29,7 @@ def test_restore_command_is_shell_quoted(tmp_path: Path) -> None:
                               capture_output=True, text=True, check=True)
         assert done.stdout.splitlines() == argv
     assert not canary.exists()
-    assert shlex.split(fill)[-1] == "--dbname=ivle db_restored"
+    assert shlex.split(fill)[-1] == "--dbname=dbname='ivle db_restored'"
 
 
 def test_restore_command_never_restores_over_the_live_database(tmp_path: Path) -> None:
@@ -38,7 +38,9 @@ def test_restore_command_never_restores_over_the_live_database(tmp_path: Path) -
     path = tmp_path / "ivle-x.dump"
     as_postgres = ConnectParams("ivle", "/run/postgresql", 5432, "postgres", None,
                                 os_user="postgres")
-    command = backup.restore_command(as_postgres, path, owner="ivle_user")
+    ivle = ConnectParams("ivle", "127.0.0.1", 5432, "ivle_user", "secret")
+    command = backup.restore_command(as_postgres, path, owner="ivle_user", fill_as=ivle)
+    assert "secret" not in command
     assert "--clean" not in command
     create, _, rest = command.partition(" && ")
     fill, _, swap = rest.partition(", then with IVLE's web server and user management "
@@ -46,8 +48,10 @@ def test_restore_command_never_restores_over_the_live_database(tmp_path: Path) -
     where = ["--port=5432", "--host=/run/postgresql", "--username=postgres"]
     assert shlex.split(create) == ["sudo", "-u", "postgres", "createdb", *where,
                                    "--template=template0", "--owner=ivle_user", "ivle_restored"]
-    assert shlex.split(fill) == ["sudo", "-u", "postgres", "pg_restore", *where,
-                                 "--exit-on-error", "--dbname=ivle_restored", "<", str(path)]
+    # Filled as ivle.conf's login, never the superuser (client.restore_argv).
+    assert shlex.split(fill) == ["pg_restore", "--port=5432", "--host=127.0.0.1",
+                                 "--username=ivle_user", "--exit-on-error", "--no-owner",
+                                 "--dbname=dbname='ivle_restored'", "<", str(path)]
     assert shlex.split(swap) == [
         "sudo", "-u", "postgres", "psql", *where, "--dbname=postgres", "--set=ON_ERROR_STOP=1",
         '--command=ALTER DATABASE "ivle" RENAME TO "ivle_replaced"; '
