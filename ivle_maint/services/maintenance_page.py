@@ -37,7 +37,12 @@ from ..config import Settings
 from ..errors import MaintError, UsageError
 from ..gates import clock, processes, trusted
 from ..gates.rewrite import replace_file, write_state_file
-from ..gates.schema_hold import MAINTENANCE_RECORD, apache_dir, enabled_sites
+from ..gates.schema_hold import (
+    MAINTENANCE_RECORD,
+    apache_dir,
+    enabled_sites,
+    why_not_disablable,
+)
 from ..gates.schema_hold import ivle_sites as sites
 from ..journal import Journal, oldest_first
 from ..output import Reporter
@@ -364,6 +369,10 @@ def enter(settings: Settings, reporter: Reporter, down: tuple[str, str]) -> str:
     replace_file(conf, conf_text(seconds, page_text(settings, seconds)).encode(), mode=0o644)
     for name in record.disabled:
         _run("a2dissite", "-q", name)
+    still = enabled_sites(settings)  # the gate's word, not a2dissite's exit status
+    if still:
+        raise MaintError(why_not_disablable(settings) or
+                         f"IVLE's site {', '.join(still)} still enabled after a2dissite")
     _run("a2enconf", "-q", CONF_NAME)
     control = control_from_settings(settings, reporter)
     restarted = _graceful(control, settings["services"]["web"], settings["web"]["restart"])
@@ -391,6 +400,9 @@ def preflight(settings: Settings, chosen: str | None) -> None:
     """Before anything stops: the tools, the sites, the page, apache2ctl configtest."""
     if mode(settings, chosen) != MAINTENANCE:
         return
+    why = why_not_disablable(settings)
+    if why:
+        raise MaintError(why)
     for name in A2:
         _command(name)
     available = apache_dir(settings) / "sites-available"
