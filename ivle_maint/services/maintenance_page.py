@@ -237,7 +237,7 @@ def retry_after(settings: Settings, down: tuple[str, str]) -> tuple[int, str]:
             journal = Journal.load(path)
         except MaintError:
             continue
-        seconds = journal.span(*down)  # gates.clock: None if unknown
+        seconds = journal.down_for(*down)  # gates.clock: None if unknown; none if kept up
         if not journal.is_complete or seconds is None:
             continue
         if newest is None or oldest_first([newest[1], journal])[-1] is journal:

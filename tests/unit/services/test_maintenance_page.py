@@ -397,3 +397,31 @@ def test_an_old_child_whose_pid_a_student_takes_before_its_pidfd_is_never_waited
         return  # another fork took the pid: nothing was tried
     assert alive == [True], "the student's process that took an old child's pid was signalled"
     assert not control.restarted, f"waited for the student's process: {said}"
+
+
+@settings(max_examples=50, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.booleans(), st.integers(min_value=1, max_value=20000)),
+                min_size=1, max_size=4))
+def test_an_upgrade_that_kept_the_site_up_is_no_measure_of_the_outage(
+        tmp_path_factory: pytest.TempPathFactory, upgrades: list[tuple[bool, int]]) -> None:
+    """A release that needed no outage (stop-web skipped, Apache reloaded)
+    had no web-down time: its stop-web-to-start-web span (the unpack, the
+    steps between) is not what the next outage will take.  Before: the
+    newest such journal gave the Retry-After, and the page's reload, of a
+    full upgrade (a reinstall's 3 s for a 10-minute migration)."""
+    tmp_path = tmp_path_factory.mktemp("kept-up")
+    settings_ = settings_with(tmp_path, "[web]\nretry_after = 777\n")
+    state = tmp_path / "state"
+    for n, (kept_up, span) in enumerate(upgrades):
+        down = 10_000.0 * (n + 1)
+        name = f"1.0_to_1.1.{100 + n}.json"  # archived: complete upgrades, in order
+        journal(state, name, 100 + n, down, down + span)
+        if kept_up:  # as release_needs.skipped records it
+            path = state / "journal" / name
+            data = json.loads(path.read_text())
+            data["steps"]["stop-web"]["metrics"] = {"skipped": "no migrations, no jail rebuild"}
+            path.write_text(json.dumps(data))
+    down_for = [span for kept_up, span in upgrades if not kept_up]
+    expected = down_for[-1] if down_for else 777
+    assert maintenance_page.retry_after(settings_, WEB_DOWN)[0] == expected
