@@ -48,7 +48,14 @@ from ..journal import Journal, oldest_first
 from ..output import Reporter
 from ..safepaths import read_nofollow
 from .drain import close_all, wait_all
-from .init_scripts import RUNNING, ServiceControl, control_from_settings
+from .init_scripts import (
+    POLICY_DENY,
+    RUNNING,
+    SKIPPED,
+    ServiceControl,
+    ServiceResult,
+    control_from_settings,
+)
 
 STOP, MAINTENANCE = "stop", "maintenance"
 MODES = (STOP, MAINTENANCE)
@@ -319,15 +326,27 @@ def _children() -> set[tuple[int, str]]:
     return {(pid, start) for pid, (ppid, start) in found.items() if ppid in found}
 
 
+def _changed(result: ServiceResult) -> str:
+    """RESULT's line, if the running server was changed: a restart that
+    policy-rc.d forbade leaves it serving what it served (IVLE's old code at
+    stop-web, the page at start-web), which no step may take for done.  A
+    forbidden start of a stopped server serves nothing: said, as stop mode
+    says it."""
+    if result.outcome == SKIPPED and result.state == RUNNING:
+        raise MaintError(f"{result.message}: {result.service} still serves what it served "
+                         f"before; allow it in policy-rc.d, or use [web] during_upgrade = stop")
+    return result.message
+
+
 def _graceful(control: ServiceControl, name: str, how: str = "graceful") -> str:
     """Restart NAME gracefully (ports kept open); wait until its old children exit.
 
     how = full ([web] restart): a stop and a start instead."""
     if how == "full":
-        return control.restart(name).message
+        return _changed(control.restart(name))
     if control.status(name) != RUNNING:
-        result = control.start(name)  # a rerun after a killed step: nothing to drain
-        return result.message
+        # a rerun after a killed step: nothing to drain
+        return _changed(control.start(name))
     control.may_start(name)  # a reload loads IVLE's code as a start does
     # Pidfds of the old children, opened before the reload: their exits are
     # the event waited for.  Each pidfd is of the very child judged (its
@@ -338,6 +357,9 @@ def _graceful(control: ServiceControl, name: str, how: str = "graceful") -> str:
     started = time.monotonic()
     try:
         done = quickrun.run(control._argv(name, "reload"), timeout=control.timeout)
+        if control.backend == "invoke-rc.d" and done.exit_code == POLICY_DENY:
+            reason = control._denial(name, "reload", "\n".join(done.tail))
+            _changed(ServiceResult(name, "reload", SKIPPED, RUNNING, control.backend, reason))
         if not done.ok:
             last = done.tail[-1] if done.tail else "no output"
             raise MaintError(f"{' '.join(done.argv)} failed with status {done.exit_code}: "
@@ -347,8 +369,8 @@ def _graceful(control: ServiceControl, name: str, how: str = "graceful") -> str:
         close_all(old)
     if not drained:
         # A request that never ends must not keep old code running.
-        result = control.restart(name)
-        return f"{name}: old children still busy after {control.timeout:g}s: {result.message}"
+        restarted = _changed(control.restart(name))
+        return f"{name}: old children still busy after {control.timeout:g}s: {restarted}"
     if control.status(name) != RUNNING:
         raise MaintError(f"{name} is not running after its graceful restart")
     return f"{name}: restarted gracefully, every old process gone " \

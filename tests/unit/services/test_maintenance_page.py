@@ -238,6 +238,8 @@ def test_a_node_in_maintenance_does_not_serve(tmp_path):
 class FakeControl:
     """The ServiceControl calls _graceful makes; the reload runs RELOAD."""
 
+    backend = "init.d"
+
     def __init__(self, reload: list[str], timeout: float) -> None:
         self.reload, self.timeout, self.restarted = reload, timeout, False
 
@@ -251,8 +253,10 @@ class FakeControl:
         return self.reload
 
     def restart(self, name: str) -> object:
+        from ivle_maint.services.init_scripts import DONE, ServiceResult
+
         self.restarted = True
-        return type("Result", (), {"message": f"{name}: restarted"})()
+        return ServiceResult(name, "restart", DONE, maintenance_page.RUNNING, self.backend)
 
 
 @pytest.fixture
@@ -283,7 +287,7 @@ def test_graceful_restart_returns_once_the_old_children_are_gone(old_children):
 def test_graceful_restart_restarts_when_an_old_child_stays_busy(old_children):
     control = FakeControl(["true"], timeout=0.2)
     said = maintenance_page._graceful(control, "apache2")  # type: ignore[arg-type]
-    assert said == "apache2: old children still busy after 0.2s: apache2: restarted"
+    assert said == "apache2: old children still busy after 0.2s: apache2: restarted (init.d, 0.0s)"
     assert control.restarted
 
 
