@@ -35,7 +35,7 @@ from pathlib import Path
 from .. import quickrun, system
 from ..config import Settings
 from ..errors import MaintError, UsageError
-from ..gates import clock, processes, trusted
+from ..gates import clock, names, processes, trusted
 from ..gates.rewrite import replace_file, write_state_file
 from ..gates.schema_hold import (
     MAINTENANCE_RECORD,
@@ -274,10 +274,19 @@ class Record:
         path = cls.path(settings)
         try:
             data = json.loads(read_nofollow(path).decode("utf-8"))
-            return cls([str(s) for s in data["disabled"]], float(data["since"]))
+            disabled, since = data["disabled"], data["since"]
+            # Only what enter() writes: these names go to a2ensite (before,
+            # "ivle" gave it i, v, l and e; "-h" an option).
+            if not isinstance(disabled, list) or not all(
+                    isinstance(name, str) and names.why_not_a_site_name(name) is None
+                    for name in disabled):
+                raise ValueError("'disabled' is no list of Apache site names")
+            if isinstance(since, bool) or not isinstance(since, int | float):
+                raise TypeError("'since' is no number")
+            return cls(list(disabled), float(since))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, OverflowError) as exc:
             raise MaintError(f"{path}: unreadable: {exc}") from None
 
     def write(self, settings: Settings) -> None:

@@ -429,3 +429,40 @@ def test_an_upgrade_that_kept_the_site_up_is_no_measure_of_the_outage(
     down_for = [span for kept_up, span in upgrades if not kept_up]
     expected = down_for[-1] if down_for else 777
     assert maintenance_page.retry_after(settings_, WEB_DOWN)[0] == expected
+
+
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(),
+                     st.text(max_size=12), st.sampled_from(["ivle", "-h", "../x", "a b"]))
+_JSON = st.recursive(_SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    max_leaves=6)
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(record=st.one_of(
+    st.fixed_dictionaries({"disabled": st.one_of(_JSON, st.lists(_JSON, max_size=3),
+                                                 st.just("ivle")),
+                           "since": st.one_of(_JSON, st.just(0))}), _JSON))
+def test_whatever_the_maintenance_record_holds_only_site_names_reach_a2ensite(
+        tmp_path_factory: pytest.TempPathFactory, record: object) -> None:
+    """stop-web's record of the sites it disabled (STATE/maintenance.json),
+    damaged or edited by hand (generated JSON): its one reader gives
+    start-web only names a2ensite takes as sites (names.why_not_a_site_name),
+    or one line naming the file.  Before: `"disabled": "ivle"` gave
+    a2ensite i, v, l and e; `["-h"]` an option; `[["a"]]` the text "['a']"."""
+    from ivle_maint.gates import names
+
+    tmp_path = tmp_path_factory.mktemp("record")
+    settings_ = settings_with(tmp_path)
+    (tmp_path / "state").mkdir()
+    maintenance_page.Record.path(settings_).write_text(json.dumps(record))
+    try:
+        read = maintenance_page.Record.read(settings_)
+    except MaintError as exc:
+        assert "\n" not in str(exc) and maintenance_page.RECORD in str(exc), exc
+        return
+    assert read is not None
+    for name in read.disabled:
+        assert isinstance(name, str) and names.why_not_a_site_name(name) is None, read
+    assert read.disabled == record["disabled"]  # type: ignore[index]
