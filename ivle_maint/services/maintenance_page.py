@@ -332,7 +332,24 @@ def _children() -> set[tuple[int, str]]:
             found[int(entry)] = (int(fields[1]), fields[19].decode("ascii"))
         except (OSError, IndexError, ValueError):
             continue  # ended meanwhile
-    return {(pid, start) for pid, (ppid, start) in found.items() if ppid in found}
+    # The web server's main process is root's, on the machine's root: anyone
+    # may run apache2 with a configuration of their own, whose children
+    # are no old children of the web server's (waiting for them ended in a
+    # full restart).
+    servers = {pid for pid in {ppid for ppid, _ in found.values()} & found.keys()
+               if _roots(pid)}
+    return {(pid, start) for pid, (ppid, start) in found.items() if ppid in servers}
+
+
+def _roots(pid: int) -> bool:
+    """PID runs as root (its real uid) on the machine's root directory."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as handle:
+            uid = next(line.split()[1] for line in handle if line.startswith(b"Uid:"))
+        root, ours = os.stat(f"/proc/{pid}/root"), os.stat("/")
+    except (OSError, StopIteration, IndexError):
+        return False  # ended meanwhile, or unreadable: none of the web server's
+    return uid == b"0" and (root.st_dev, root.st_ino) == (ours.st_dev, ours.st_ino)
 
 
 def _changed(result: ServiceResult) -> str:

@@ -466,3 +466,82 @@ def test_whatever_the_maintenance_record_holds_only_site_names_reach_a2ensite(
     for name in read.disabled:
         assert isinstance(name, str) and names.why_not_a_site_name(name) is None, read
     assert read.disabled == record["disabled"]  # type: ignore[index]
+
+
+APACHE2 = Path("/usr/sbin/apache2")
+APACHE_MODULES = Path("/usr/lib/apache2/modules")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not APACHE2.exists(),
+                    reason="needs root (to be another user) and Debian's apache2")
+def test_a_local_users_own_apache_is_never_taken_for_the_web_servers_old_children() -> None:
+    """Anyone may run /usr/sbin/apache2 (0755) with a configuration of their
+    own on a high port: a local user's main process and its children are
+    that very program, whose parent is that program.  The maintenance
+    page's graceful reload waits for the web server's old children only:
+    those of an apache2 run by root on the machine's root (a real one runs
+    beside, its children found).  Before, the user's children were waited
+    for: every reload in maintenance mode waited [services] timeout, then
+    restarted Apache fully, cutting the requests in flight and refusing
+    connections."""
+    import shutil
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="theirs-", dir="/tmp"))  # a directory they may reach
+    work.chmod(0o755)
+    servers: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for who in ("user", "root"):
+            where = work / who
+            where.mkdir()
+            (where / "httpd.conf").write_text(
+                f"ServerRoot {where}\nDefaultRuntimeDir {where}\nListen 127.0.0.1:{_free_port()}\n"
+                f"PidFile {where}/pid\nErrorLog {where}/error.log\nServerName localhost\n"
+                f"LoadModule mpm_event_module {APACHE_MODULES}/mod_mpm_event.so\n"
+                f"LoadModule authz_core_module {APACHE_MODULES}/mod_authz_core.so\n"
+                "StartServers 2\nUser nobody\nGroup nogroup\n")
+            become = [] if who == "root" else [
+                "setpriv", f"--reuid={STUDENT}", f"--regid={STUDENT}", "--clear-groups"]
+            if who == "user":
+                os.chown(where, STUDENT, STUDENT)
+            servers[who] = subprocess.Popen(
+                [*become, str(APACHE2), "-f", str(where / "httpd.conf"), "-D", "FOREGROUND"],
+                cwd="/", env={"PATH": "/usr/bin:/bin"})
+        kids = {who: _children_of(proc, work / who) for who, proc in servers.items()}
+        waited_for = {pid for pid, _start in maintenance_page._children()}
+        assert not waited_for & {servers["user"].pid, *kids["user"]}, (waited_for, kids)
+        assert set(kids["root"]) <= waited_for, (waited_for, kids)
+    finally:
+        for proc in servers.values():
+            proc.terminate()
+            proc.wait(60)
+        shutil.rmtree(work)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _children_of(main: subprocess.Popen[bytes], where: Path) -> list[int]:
+    """MAIN's children, once it has forked two (StartServers)."""
+    guard = time.monotonic() + 60  # against a hang, not a measure of speed
+    kids: list[int] = []
+    while len(kids) < 2 and main.poll() is None and time.monotonic() < guard:
+        kids = [int(e) for e in os.listdir("/proc") if e.isdigit()
+                and _parent_of(int(e)) == main.pid]
+        time.sleep(0.01)
+    log = where / "error.log"
+    assert len(kids) >= 2, log.read_text() if log.exists() else "no error log"
+    return kids
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return int(handle.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
