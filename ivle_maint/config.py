@@ -35,6 +35,7 @@ try:  # configobj >= 5.1 ships validate inside the package
         is_float,
         is_integer,
         is_string,
+        is_string_list,
     )
 except ImportError:  # Debian bookworm: a top-level module
     from validate import (
@@ -44,6 +45,7 @@ except ImportError:  # Debian bookworm: a top-level module
         is_float,
         is_integer,
         is_string,
+        is_string_list,
     )
 
 DEFAULT_SETTINGS_FILE = "/etc/ivle/ivle-maint.conf"
@@ -125,7 +127,7 @@ timeout = float(min=1, default=60)
 during_upgrade = option('stop', 'maintenance', default='stop')
 # IVLE's Apache sites (names in sites-available), disabled with a2dissite
 # in maintenance mode; only those enabled then are enabled again.
-sites = string_list(default=list('ivle'))
+sites = site_list(default=list('ivle'))
 # The page sent with the 503 (UTF-8 HTML, at most 7 KiB, no external
 # assets); empty: ivle-maint's own short page.
 maintenance_page = optional_path(default='')
@@ -433,7 +435,8 @@ def _load(path: Path, spec: str, *, interpolation: Any, strict: bool = False,
                                           "path": _absolute_path,
                                           "optional_path": _optional_path,
                                           "command": _command, "node_name": _node_name,
-                                          "service_name": _service_name}),
+                                          "service_name": _service_name,
+                                          "site_list": _site_list}),
                                preserve_errors=True)
         _interpolate_all(path, conf)  # and the defaults the spec filled in
     except InterpolationError as exc:
@@ -590,6 +593,29 @@ def _service_name(value: object) -> str:
     if why:
         raise VdtNoServiceName(text, why)
     return text
+
+
+class VdtNoSites(VdtValueError):
+    def __init__(self, value: object, why: str) -> None:
+        super().__init__(value)
+        self.args = (why,)
+
+
+def _site_list(value: object, *args: Any, **kwargs: Any) -> list[str]:
+    """[web] sites: at least one Apache site's name (gates/names), each
+    given to a2dissite and a2ensite and made sites-enabled/NAME.conf.
+    Before, any list was taken: empty, it named no site of IVLE's, so the
+    schema hold let Apache start mid-upgrade with IVLE's site enabled and
+    maintenance mode disabled nothing; `-h` went to a2dissite as an option."""
+    given = is_string_list(value, *args, **kwargs)
+    if not given:
+        raise VdtNoSites(value, "names no site: give IVLE's Apache sites "
+                                "(sites-available names), e.g. 'ivle'")
+    for name in given:
+        why = names.why_not_a_site_name(name) if name.isprintable() else None
+        if why:
+            raise VdtNoSites(value, f"'{shown(name, 80)}' {why}")
+    return [str(name) for name in given]
 
 
 class VdtEmptyCommand(VdtValueError):

@@ -68,6 +68,8 @@ class StepStatus(StrEnum):
 # The members by their short names (tests build journals with them).
 IN_PROGRESS, COMPLETE, ABORTED, ABORTING = JournalState
 RUNNING, DONE, FAILED, INTERRUPTED = StepStatus
+# A skipped step's metric (release_needs.skipped): done, with nothing done.
+SKIPPED = "skipped"
 
 
 @dataclass
@@ -245,6 +247,16 @@ class Journal:
         if begun is None or end is None:
             return None
         return clock.elapsed(begun.start_reading(), end)
+
+    def down_for(self, stop: str, start: str) -> float | None:
+        """Seconds the web server was down, from step STOP's start to step
+        START's end; None when unknown, or when STOP was skipped: the site
+        stayed up (release_needs), and the span between is no outage.  The
+        one reader of an upgrade's web-down time (the summary, Retry-After)."""
+        stopped = self.steps.get(stop)
+        if stopped is None or SKIPPED in stopped.metrics:
+            return None
+        return self.span(stop, start)
 
     def begin(self, step: str) -> None:
         with self._lock:

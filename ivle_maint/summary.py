@@ -9,17 +9,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .context import Metric, Step, SummaryPart, downtime, run_groups, select_steps
-from .journal import DONE, Journal, StepRecord
+from .journal import DONE, SKIPPED, Journal, StepRecord
 
-# A skipped step's metric (release_needs.SKIPPED: that module sits above this one).
-SKIPPED = "skipped"
+__all__ = ["SKIPPED", "summary_lines", "web_down_line", "web_down_seconds"]
 
 
 def web_down_seconds(journal: Journal, steps: Sequence[Step]) -> float | None:
     """From the web server's stop to its start again, across dpkg's scripts
     (context.downtime; gates.clock: never negative; None when not known)."""
     down = downtime(steps)
-    return journal.span(*down) if down else None
+    return journal.down_for(*down) if down else None
 
 
 def web_down_line(journal: Journal, steps: Sequence[Step]) -> str | None:
@@ -33,7 +32,7 @@ def web_down_line(journal: Journal, steps: Sequence[Step]) -> str | None:
         return None
     if SKIPPED in stop.metrics:  # release_needs: the site stayed up
         return "  web service not stopped (reloaded on the new code)"
-    seconds = journal.span(*down)
+    seconds = journal.down_for(*down)
     if seconds is None:
         return ("  web service down for an unknown time (the recorded times disagree: "
                 "the clock was changed)")

@@ -214,6 +214,7 @@ def describe_check(check: str) -> str:
         return f"one of {', '.join(choices)}; default: {shown}"
     names = {"string": "text", "float": "seconds (a number)", "integer": "an integer",
              "boolean": "true or false", "string_list": "a comma-separated list of names",
+             "site_list": "a comma-separated list of Apache site names, at least one",
              "path": "an absolute path", "optional_path": "an absolute path, or empty",
              "command": "a program: a name on PATH, or an absolute path",
              "node_name": "one word of at most 253 characters"}

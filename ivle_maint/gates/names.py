@@ -67,6 +67,15 @@ def why_not_a_service_name(name: str) -> str | None:
     return None
 
 
+def why_not_a_site_name(name: str) -> str | None:
+    """Why NAME ([web] sites, with or without '.conf') is no Apache site's
+    name as a2ensite takes one and names sites-enabled/NAME.conf, or None."""
+    if not _SERVICE_NAME.fullmatch(name.removesuffix(".conf")):
+        return ("is no Apache site's name: a letter or digit, then at most 199 letters, "
+                "digits and '_.+@-' (no '/', space, wildcard or option)")
+    return None
+
+
 def why_not_plain(name: str) -> str | None:
     """Why NAME is no plain name, or None when it is one."""
     if name in ("", ".", ".."):

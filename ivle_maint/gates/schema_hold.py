@@ -38,7 +38,7 @@ from ..errors import MaintError
 from ..journal import Journal
 from ..safepaths import read_nofollow
 from .rewrite import replace_file, write_state_file
-from .text import ivle_maint
+from .text import ivle_maint, shown
 
 RELEASE_FILE = "schema-hold.json"  # in [paths] state: the upgrade whose start-web released it
 MAINTENANCE_RECORD = "maintenance.json"  # in [paths] state (services/maintenance_page.py)
@@ -126,9 +126,52 @@ def ivle_sites(settings: Settings) -> list[str]:
     return [n.removesuffix(".conf") for n in names if n]
 
 
+def site_entries(settings: Settings) -> dict[str, list[Path]]:
+    """Each of IVLE's sites ([web] sites) with the entries of sites-enabled
+    that make Apache load it (none: not enabled).  Debian's apache2.conf
+    includes every sites-enabled/*.conf, so an entry is the site when it is
+    named NAME.conf (a2ensite's link, or a copy) or leads, under any name,
+    to sites-available/NAME.conf (a link made by hand: 010-ivle.conf).
+    Every reader of "is IVLE's site enabled" asks here: the hold, stop-web's
+    record and its re-check, the maintenance preflight."""
+    root = apache_dir(settings)
+    enabled, available = root / "sites-enabled", root / "sites-available"
+    found: dict[str, list[Path]] = {name: [] for name in ivle_sites(settings)}
+    try:
+        entries = sorted(os.listdir(enabled))
+    except FileNotFoundError:
+        return found
+    except OSError as exc:  # fails closed: the hold cannot tell what Apache loads
+        raise MaintError(f"{enabled}: cannot list it: {exc.strerror or exc}") from None
+    sites = {os.path.realpath(available / f"{name}.conf"): name for name in found}
+    for entry in entries:
+        if not entry.endswith(".conf"):
+            continue  # not included by Apache
+        path = enabled / entry
+        name = entry.removesuffix(".conf")
+        if name not in found:
+            name = sites.get(os.path.realpath(path), "")
+        if name:
+            found[name].append(path)
+    return found
+
+
 def enabled_sites(settings: Settings) -> list[str]:
-    enabled = apache_dir(settings) / "sites-enabled"
-    return [name for name in ivle_sites(settings) if (enabled / f"{name}.conf").exists()]
+    """IVLE's sites Apache would load (site_entries)."""
+    return [name for name, entries in site_entries(settings).items() if entries]
+
+
+def why_not_disablable(settings: Settings) -> str:
+    """Why a2dissite could not disable one of IVLE's enabled sites ("" if it
+    can): it removes only the link sites-enabled/NAME.conf."""
+    for name, entries in site_entries(settings).items():
+        for path in entries:
+            if path.name != f"{name}.conf" or not path.is_symlink():
+                what = "a link of another name" if path.name != f"{name}.conf" else \
+                    "no symbolic link"
+                return (f"IVLE's site {name} is enabled as {shown(path)} ({what}), which a2dissite "
+                        f"cannot disable: remove it and run 'a2ensite {name}'")
+    return ""
 
 
 def only_maintenance(settings: Settings) -> bool:

@@ -122,6 +122,21 @@ class RecordEntry:
     time: str = ""
 
 
+def _entry(data: object) -> RecordEntry:
+    """One entry of the record as ivle-maint writes it (ValueError or
+    TypeError otherwise): its value is one ivle-maint makes (is_value: it
+    goes into ivle.conf and IVLE's URLs), the rest strings (upgrade: or null)."""
+    if not isinstance(data, dict):
+        raise TypeError(f"an entry is {type(data).__name__}, not an object")
+    entry = RecordEntry(**data)
+    if not is_value(entry.value):
+        raise ValueError(f"value {entry.value!r} is no media version ivle-maint makes")
+    if not isinstance(entry.version, str) or not isinstance(entry.time, str) or \
+            not isinstance(entry.upgrade, str | None):
+        raise TypeError(f"the entry of value {entry.value} holds a field that is no string")
+    return entry
+
+
 @dataclass
 class Record:
     """The media versions this node has used, oldest first."""
@@ -136,7 +151,8 @@ class Record:
             return cls(path)
         try:
             data = json.loads(read_nofollow(path).decode("utf-8"))
-            return cls(path, [RecordEntry(**e) for e in data["entries"]])
+            entries = [_entry(e) for e in data["entries"]]
+            return cls(path, entries)
         except (OSError, ValueError, TypeError, KeyError) as exc:
             raise MaintError(
                 f"{path}: unreadable media version record ({exc}); it lists the values "

@@ -79,7 +79,13 @@ def signal_and_drain(pid: int, signum: int, timeout: float, pidfd: int | None = 
     before = set(children(pid))
     kids = pidfds(before)
     try:
-        signal.pidfd_send_signal(main, signum)
+        try:
+            signal.pidfd_send_signal(main, signum)
+        except ProcessLookupError:
+            # It ended by itself since the caller judged it (a crash, an
+            # administrator's stop): no signal to send, and its children,
+            # which end with it, are what may still be in flight.
+            return _wait_main_or_all(None, kids, time.monotonic() + timeout)
         kids += pidfds(set(children(pid)) - before)
         return _wait_main_or_all(main, kids, time.monotonic() + timeout)
     finally:

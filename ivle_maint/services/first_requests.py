@@ -21,7 +21,7 @@ from pathlib import Path
 from ..config import Settings
 from ..errors import MaintError
 from ..gates import trusted
-from ..gates.schema_hold import apache_dir, enabled_sites
+from ..gates.schema_hold import apache_dir, site_entries
 
 PREFORK = "mpm_prefork.load"
 MOD_PYTHON = "python.load"
@@ -51,8 +51,8 @@ def at_risk(settings: Settings) -> list[str]:
     mods = root / "mods-enabled"
     if (mods / PREFORK).exists() or not (mods / MOD_PYTHON).exists():
         return []
-    sites = {name: _names(root / "sites-enabled" / f"{name}.conf")
-             for name in enabled_sites(settings)}
+    sites = {name: set().union(*map(_names, entries))
+             for name, entries in site_entries(settings).items() if entries}
     handled = [name for name, names in sites.items() if "pythonhandler" in names]
     # Where else a server-wide PythonImport may be: apache2.conf and what it includes.
     others = [root / "apache2.conf", *sorted((root / "conf-enabled").glob("*.conf")),

@@ -35,15 +35,27 @@ from pathlib import Path
 from .. import quickrun, system
 from ..config import Settings
 from ..errors import MaintError, UsageError
-from ..gates import clock, processes, trusted
+from ..gates import clock, names, processes, trusted
 from ..gates.rewrite import replace_file, write_state_file
-from ..gates.schema_hold import MAINTENANCE_RECORD, apache_dir, enabled_sites
+from ..gates.schema_hold import (
+    MAINTENANCE_RECORD,
+    apache_dir,
+    enabled_sites,
+    why_not_disablable,
+)
 from ..gates.schema_hold import ivle_sites as sites
 from ..journal import Journal, oldest_first
 from ..output import Reporter
 from ..safepaths import read_nofollow
 from .drain import close_all, wait_all
-from .init_scripts import RUNNING, ServiceControl, control_from_settings
+from .init_scripts import (
+    POLICY_DENY,
+    RUNNING,
+    SKIPPED,
+    ServiceControl,
+    ServiceResult,
+    control_from_settings,
+)
 
 STOP, MAINTENANCE = "stop", "maintenance"
 MODES = (STOP, MAINTENANCE)
@@ -232,7 +244,7 @@ def retry_after(settings: Settings, down: tuple[str, str]) -> tuple[int, str]:
             journal = Journal.load(path)
         except MaintError:
             continue
-        seconds = journal.span(*down)  # gates.clock: None if unknown
+        seconds = journal.down_for(*down)  # gates.clock: None if unknown; none if kept up
         if not journal.is_complete or seconds is None:
             continue
         if newest is None or oldest_first([newest[1], journal])[-1] is journal:
@@ -262,10 +274,19 @@ class Record:
         path = cls.path(settings)
         try:
             data = json.loads(read_nofollow(path).decode("utf-8"))
-            return cls([str(s) for s in data["disabled"]], float(data["since"]))
+            disabled, since = data["disabled"], data["since"]
+            # Only what enter() writes: these names go to a2ensite (before,
+            # "ivle" gave it i, v, l and e; "-h" an option).
+            if not isinstance(disabled, list) or not all(
+                    isinstance(name, str) and names.why_not_a_site_name(name) is None
+                    for name in disabled):
+                raise ValueError("'disabled' is no list of Apache site names")
+            if isinstance(since, bool) or not isinstance(since, int | float):
+                raise TypeError("'since' is no number")
+            return cls(list(disabled), float(since))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, OverflowError) as exc:
             raise MaintError(f"{path}: unreadable: {exc}") from None
 
     def write(self, settings: Settings) -> None:
@@ -311,7 +332,36 @@ def _children() -> set[tuple[int, str]]:
             found[int(entry)] = (int(fields[1]), fields[19].decode("ascii"))
         except (OSError, IndexError, ValueError):
             continue  # ended meanwhile
-    return {(pid, start) for pid, (ppid, start) in found.items() if ppid in found}
+    # The web server's main process is root's, on the machine's root: anyone
+    # may run apache2 with a configuration of their own, whose children
+    # are no old children of the web server's (waiting for them ended in a
+    # full restart).
+    servers = {pid for pid in {ppid for ppid, _ in found.values()} & found.keys()
+               if _roots(pid)}
+    return {(pid, start) for pid, (ppid, start) in found.items() if ppid in servers}
+
+
+def _roots(pid: int) -> bool:
+    """PID runs as root (its real uid) on the machine's root directory."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as handle:
+            uid = next(line.split()[1] for line in handle if line.startswith(b"Uid:"))
+        root, ours = os.stat(f"/proc/{pid}/root"), os.stat("/")
+    except (OSError, StopIteration, IndexError):
+        return False  # ended meanwhile, or unreadable: none of the web server's
+    return uid == b"0" and (root.st_dev, root.st_ino) == (ours.st_dev, ours.st_ino)
+
+
+def _changed(result: ServiceResult) -> str:
+    """RESULT's line, if the running server was changed: a restart that
+    policy-rc.d forbade leaves it serving what it served (IVLE's old code at
+    stop-web, the page at start-web), which no step may take for done.  A
+    forbidden start of a stopped server serves nothing: said, as stop mode
+    says it."""
+    if result.outcome == SKIPPED and result.state == RUNNING:
+        raise MaintError(f"{result.message}: {result.service} still serves what it served "
+                         f"before; allow it in policy-rc.d, or use [web] during_upgrade = stop")
+    return result.message
 
 
 def _graceful(control: ServiceControl, name: str, how: str = "graceful") -> str:
@@ -319,10 +369,10 @@ def _graceful(control: ServiceControl, name: str, how: str = "graceful") -> str:
 
     how = full ([web] restart): a stop and a start instead."""
     if how == "full":
-        return control.restart(name).message
+        return _changed(control.restart(name))
     if control.status(name) != RUNNING:
-        result = control.start(name)  # a rerun after a killed step: nothing to drain
-        return result.message
+        # a rerun after a killed step: nothing to drain
+        return _changed(control.start(name))
     control.may_start(name)  # a reload loads IVLE's code as a start does
     # Pidfds of the old children, opened before the reload: their exits are
     # the event waited for.  Each pidfd is of the very child judged (its
@@ -333,6 +383,9 @@ def _graceful(control: ServiceControl, name: str, how: str = "graceful") -> str:
     started = time.monotonic()
     try:
         done = quickrun.run(control._argv(name, "reload"), timeout=control.timeout)
+        if control.backend == "invoke-rc.d" and done.exit_code == POLICY_DENY:
+            reason = control._denial(name, "reload", "\n".join(done.tail))
+            _changed(ServiceResult(name, "reload", SKIPPED, RUNNING, control.backend, reason))
         if not done.ok:
             last = done.tail[-1] if done.tail else "no output"
             raise MaintError(f"{' '.join(done.argv)} failed with status {done.exit_code}: "
@@ -342,8 +395,8 @@ def _graceful(control: ServiceControl, name: str, how: str = "graceful") -> str:
         close_all(old)
     if not drained:
         # A request that never ends must not keep old code running.
-        result = control.restart(name)
-        return f"{name}: old children still busy after {control.timeout:g}s: {result.message}"
+        restarted = _changed(control.restart(name))
+        return f"{name}: old children still busy after {control.timeout:g}s: {restarted}"
     if control.status(name) != RUNNING:
         raise MaintError(f"{name} is not running after its graceful restart")
     return f"{name}: restarted gracefully, every old process gone " \
@@ -364,6 +417,10 @@ def enter(settings: Settings, reporter: Reporter, down: tuple[str, str]) -> str:
     replace_file(conf, conf_text(seconds, page_text(settings, seconds)).encode(), mode=0o644)
     for name in record.disabled:
         _run("a2dissite", "-q", name)
+    still = enabled_sites(settings)  # the gate's word, not a2dissite's exit status
+    if still:
+        raise MaintError(why_not_disablable(settings) or
+                         f"IVLE's site {', '.join(still)} still enabled after a2dissite")
     _run("a2enconf", "-q", CONF_NAME)
     control = control_from_settings(settings, reporter)
     restarted = _graceful(control, settings["services"]["web"], settings["web"]["restart"])
@@ -391,6 +448,9 @@ def preflight(settings: Settings, chosen: str | None) -> None:
     """Before anything stops: the tools, the sites, the page, apache2ctl configtest."""
     if mode(settings, chosen) != MAINTENANCE:
         return
+    why = why_not_disablable(settings)
+    if why:
+        raise MaintError(why)
     for name in A2:
         _command(name)
     available = apache_dir(settings) / "sites-available"

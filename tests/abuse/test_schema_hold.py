@@ -621,3 +621,48 @@ def test_several_unfinished_upgrades_are_named_with_the_reruns_that_continue_eac
     done = cli(site, "rerun")  # the one left: 1.0 -> 1.1, whose migration still fails
     assert done.returncode == 1 and "20100215" in done.stderr, done.stderr
     assert journal(site)["state"] == IN_PROGRESS
+
+
+# -- IVLE's site enabled under a link of another name ---------------------------------
+
+LINK_NAMES = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/\0"),
+                     min_size=1, max_size=40).filter(lambda n: n not in ("ivle", ".", "..")
+                                         and not n.startswith("."))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(LINK_NAMES, st.sampled_from(("relative", "absolute", "chain")))
+def test_ivle_site_enabled_under_another_name_holds_and_is_refused_before_anything_stops(
+        name, how):
+    """Apache includes every sites-enabled/*.conf: IVLE's site linked there as
+    010-ivle.conf (by hand, not a2ensite) is enabled as surely as ivle.conf.
+    Before: the hold took the maintenance page for all Apache would answer
+    (it looked for sites-enabled/ivle.conf only), and stop-web's a2dissite
+    left the link: Apache reloaded with IVLE's site beside the page."""
+    from ivle_maint.config import load_settings
+    from ivle_maint.errors import MaintError
+    from ivle_maint.services import maintenance_page
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        conf = node_conf(root)
+        write_journals(root, [(IN_PROGRESS, {"stop-web": "done"})])
+        available = root / "apache2" / "sites-available"
+        enabled = root / "apache2" / "sites-enabled"
+        available.mkdir(parents=True)
+        enabled.mkdir()
+        (available / "ivle.conf").write_text("<VirtualHost *:80>\n</VirtualHost>\n")
+        link = enabled / f"{name}.conf"
+        target = {"relative": Path("../sites-available/ivle.conf"),
+                  "absolute": available / "ivle.conf"}.get(how)
+        if target is None:  # a link to a link of sites-available
+            (available / "ivle-alias.conf").symlink_to("ivle.conf")
+            target = Path("../sites-available/ivle-alias.conf")
+        link.symlink_to(target)
+        (root / "state" / "maintenance.json").write_text('{"disabled": [], "since": 0}')
+        status, err = hold_check(conf)
+        assert status == 1 and one_line(err) and "schema hold:" in err, err
+        with pytest.raises(MaintError) as refused:
+            maintenance_page.preflight(load_settings(str(conf)), maintenance_page.MAINTENANCE)
+        message = str(refused.value)
+        assert "a2dissite" in message and "\n" not in message, message

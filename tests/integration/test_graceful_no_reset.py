@@ -495,3 +495,42 @@ def test_a_daemon_whose_pid_a_student_takes_after_the_pidfile_is_judged_is_never
         return  # not reached, or another fork took the pid: nothing was tried
     assert not hung, f"{action} waited on the student's process that took pid {daemon}"
     assert noted == [""], f"the student's process that took pid {daemon} got signals: {noted}"
+
+
+@pytest.mark.parametrize("at", ["hold", "wait", "signal"])
+def test_a_web_server_that_ends_by_itself_during_its_graceful_stop_is_stopped(
+        root: Path, monkeypatch: pytest.MonkeyPatch, at: str) -> None:
+    """The main process ends by itself (a crash, an administrator's
+    `apache2ctl stop`) at each point of the graceful stop after it was
+    judged (generated: before its sockets are copied, while the queue is
+    waited on, before the graceful-stop signal): the stop goes on to the
+    verified stop, stopped, never a traceback.  Before: the signal through
+    the pidfd of a process gone raised ProcessLookupError out of stop-web."""
+    from ivle_maint.services import init_scripts
+
+    control = ServiceControl(RecordingReporter(), backend="init.d",
+                             initd_dir=root / "etc" / "init.d", timeout=60)
+
+    def end_it() -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(daemon, signal.SIGKILL)
+        _reap_group(daemon)
+
+    def before(module: object, name: str, point: str) -> None:
+        real = getattr(module, name)
+
+        def then(*args: object, **kwargs: object) -> object:
+            if at == point:
+                end_it()
+            return real(*args, **kwargs)
+        monkeypatch.setattr(module, name, then)
+
+    before(listeners, "hold", "hold")
+    before(listeners.Held, "queued", "wait")
+    before(init_scripts, "signal_and_drain", "signal")
+    with _subreaper(), standin(root, "4", 1, 0.01):
+        daemon = int((root / "run" / f"{NAME}.pid").read_text())
+        result = control.graceful_stop(NAME)
+    monkeypatch.undo()
+    assert result.state == STOPPED, result
+    assert control.status(NAME) == STOPPED

@@ -607,3 +607,29 @@ def test_init_script_stop_waits_for_the_daemons_exit_not_a_poll(slave: Any):
     result = control.stop("lazyd")
     assert (result.outcome, result.state) == (DONE, STOPPED)
     assert asked.read_text().split() == ["status", "status", "status"]  # before, after, final
+
+
+# A policy that lets the maintenance page's graceful reload run, but no restart.
+NO_RESTART = 'case "$2" in restart) exit 101;; esac; exit 0'
+
+
+@needs_invoke_rc_d
+@pytest.mark.parametrize(("policy", "how"), [(DENY, "full"), (NO_RESTART, "full"),
+                                             (DENY, "graceful")])
+def test_a_maintenance_restart_policy_rc_d_forbids_is_never_taken_for_done(
+        slave: Any, invoke_rc_d: Any, policy: str, how: str):
+    """The maintenance page's change of Apache ([web] restart = full, or the
+    restart that ends a reload's stragglers) forbidden by policy-rc.d while
+    Apache runs: the running server keeps what it served (IVLE's old code,
+    or the page at start-web), so the change is refused in one line, never
+    reported done.  Before: the skipped restart was returned as the step's
+    summary; stop-web went on to the migrations with IVLE's code serving."""
+    from ivle_maint.services import maintenance_page
+
+    invoke_rc_d.write_policy(policy)
+    before = daemon_pid(slave, WEB)
+    with pytest.raises(MaintError) as refused:
+        maintenance_page._graceful(control(slave), WEB, how)
+    assert "policy-rc.d forbids" in str(refused.value) and "still serves" in str(refused.value)
+    assert "\n" not in str(refused.value)
+    assert daemon_pid(slave, WEB) == before and slave.service_running(WEB)

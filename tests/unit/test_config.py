@@ -395,3 +395,45 @@ def test_a_service_name_is_an_init_scripts_name_or_one_line_naming_the_key(
     assert (base / taken).parent == base and taken not in (".", "..")
     assert not taken.startswith("-") and not taken.endswith(".service")
     assert taken.isprintable() and not any(c.isspace() for c in taken)
+
+
+_SITE_LISTS = st.lists(st.one_of(
+    st.sampled_from(["ivle", "ivle.conf", "000-default", "ivle-ssl", "example.org", "", " ",
+                     "-h", "--purge", "../x", "..", ".", "a/b", "a b", "*", "a" * 201]),
+    st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=10)
+    .filter(lambda name: not ("'" in name and '"' in name))), max_size=3)
+
+
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(names=_SITE_LISTS)
+def test_web_sites_name_at_least_one_site_each_a_sites_name_or_one_line(
+        tmp_path_factory: pytest.TempPathFactory, names: list[str]) -> None:
+    """`[web] sites` decides which of Apache's sites are IVLE's: the
+    maintenance page disables them (a2dissite NAME) and the schema hold
+    lets Apache start while none of them is enabled.  Empty (`sites = ,`,
+    `sites = ""`), it named none: the hold let Apache start mid-upgrade
+    with IVLE's site enabled, and stop-web in maintenance mode disabled
+    nothing and reloaded Apache on IVLE's old code; `-h` or `../x` went to
+    a2dissite as an option or a path.  Now the settings take a list of at
+    least one site name, or refuse it in one line naming the key."""
+    directory = tmp_path_factory.mktemp("conf")
+    path = directory / "ivle-maint.conf"
+    quoted = [f"'{n}'" if "'" not in n else f'"{n}"' for n in names]
+    value = ", ".join(quoted) if len(quoted) > 1 else (quoted[0] + "," if quoted else ",")
+    path.write_text(f"[web]\nsites = {value}\n")
+    try:
+        taken = load_settings(str(path))["web"]["sites"]
+    except ConfigError as exc:
+        message = str(exc)
+        assert "\n" not in message and "[web/sites]" in message, message
+        return
+    from ivle_maint.gates.schema_hold import ivle_sites
+
+    sites = ivle_sites(load_settings(str(path)))
+    assert taken and sites, (names, taken)
+    base = Path("/etc/apache2/sites-available")
+    for name in sites:
+        assert (base / f"{name}.conf").parent == base and name not in (".", "..")
+        assert not name.startswith(("-", ".")) and name.isprintable()
+        assert not any(c.isspace() for c in name) and "*" not in name

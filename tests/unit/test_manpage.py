@@ -88,7 +88,8 @@ def test_exit_status_has_one_entry_per_status_with_wrapped_lines_joined():
 
 def test_a_list_default_is_shown_whole():
     page = load_script().conf_manpage("2026-01-01")
-    assert "sites: a comma\\-separated list of names; default: ivle\n" in page
+    assert "sites: a comma\\-separated list of Apache site names, at least one; " \
+        "default: ivle\n" in page
     assert "list(" not in page
 
 

@@ -346,3 +346,51 @@ def test_media_show_without_ivle_conf_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"ivle-maint: error: {tmp_path}/etc/ivle.conf: no such file "
                    "(set IVLECONF or [paths] ivle_conf_dir)"]
+
+
+# ------------------------------------------------------------ a damaged record
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from ivle_maint.media.version import is_value  # noqa: E402
+
+JSON_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
+                         st.text(max_size=20), st.sampled_from(["2.1", "1.0", "2.1.r2",
+                                                                "../../etc", "2.1 x"]))
+JSON = st.recursive(JSON_SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    max_leaves=6)
+ENTRY = st.fixed_dictionaries(
+    {"value": st.one_of(JSON, st.sampled_from(["2.1", "../../etc", "2.1\n[x]", "2.1 # c"])),
+     "version": st.one_of(JSON, st.just("2.1"))},
+    optional={"upgrade": st.one_of(JSON, st.just("run-1")), "time": JSON})
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(record=st.one_of(st.fixed_dictionaries({"entries": st.lists(ENTRY, max_size=3)}), JSON))
+def test_whatever_the_record_holds_the_value_is_one_ivle_maint_makes_or_one_line(
+        tmp_path_factory: pytest.TempPathFactory, record: object) -> None:
+    """The record of media versions (STATE/media-versions.json) damaged or
+    edited by hand: an entry whose value is a number (`"value": 2.1`), a
+    list, a path, or whose version or upgrade is no string (generated JSON).
+    Its one reader (Record.load) takes only entries as ivle-maint writes
+    them: the plan and the step give a value ivle-maint makes, or one line
+    naming the file, ivle.conf untouched.  Before: a number was a TypeError
+    traceback in the preflight and in the media-version step (site down),
+    and a recorded `../../etc` went into ivle.conf and IVLE's URLs."""
+    node = Node(tmp_path_factory.mktemp("record") / "node")
+    node.state.mkdir()
+    (node.state / MEDIA_RECORD).write_text(json.dumps(record))
+    before = node.conf.read_bytes()
+    for act in (lambda: plan_media_version(node.conf, node.state, "2.1",
+                                           upgrade="run-1").target,
+                lambda: node.set("2.1", upgrade="run-1").new):
+        try:
+            value = act()
+        except MaintError as exc:
+            assert "\n" not in str(exc) and MEDIA_RECORD in str(exc), exc
+            assert node.conf.read_bytes() == before
+            continue
+        assert is_value(value), value

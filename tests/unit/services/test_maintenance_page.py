@@ -238,6 +238,8 @@ def test_a_node_in_maintenance_does_not_serve(tmp_path):
 class FakeControl:
     """The ServiceControl calls _graceful makes; the reload runs RELOAD."""
 
+    backend = "init.d"
+
     def __init__(self, reload: list[str], timeout: float) -> None:
         self.reload, self.timeout, self.restarted = reload, timeout, False
 
@@ -251,8 +253,10 @@ class FakeControl:
         return self.reload
 
     def restart(self, name: str) -> object:
+        from ivle_maint.services.init_scripts import DONE, ServiceResult
+
         self.restarted = True
-        return type("Result", (), {"message": f"{name}: restarted"})()
+        return ServiceResult(name, "restart", DONE, maintenance_page.RUNNING, self.backend)
 
 
 @pytest.fixture
@@ -283,7 +287,7 @@ def test_graceful_restart_returns_once_the_old_children_are_gone(old_children):
 def test_graceful_restart_restarts_when_an_old_child_stays_busy(old_children):
     control = FakeControl(["true"], timeout=0.2)
     said = maintenance_page._graceful(control, "apache2")  # type: ignore[arg-type]
-    assert said == "apache2: old children still busy after 0.2s: apache2: restarted"
+    assert said == "apache2: old children still busy after 0.2s: apache2: restarted (init.d, 0.0s)"
     assert control.restarted
 
 
@@ -397,3 +401,147 @@ def test_an_old_child_whose_pid_a_student_takes_before_its_pidfd_is_never_waited
         return  # another fork took the pid: nothing was tried
     assert alive == [True], "the student's process that took an old child's pid was signalled"
     assert not control.restarted, f"waited for the student's process: {said}"
+
+
+@settings(max_examples=50, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.booleans(), st.integers(min_value=1, max_value=20000)),
+                min_size=1, max_size=4))
+def test_an_upgrade_that_kept_the_site_up_is_no_measure_of_the_outage(
+        tmp_path_factory: pytest.TempPathFactory, upgrades: list[tuple[bool, int]]) -> None:
+    """A release that needed no outage (stop-web skipped, Apache reloaded)
+    had no web-down time: its stop-web-to-start-web span (the unpack, the
+    steps between) is not what the next outage will take.  Before: the
+    newest such journal gave the Retry-After, and the page's reload, of a
+    full upgrade (a reinstall's 3 s for a 10-minute migration)."""
+    tmp_path = tmp_path_factory.mktemp("kept-up")
+    settings_ = settings_with(tmp_path, "[web]\nretry_after = 777\n")
+    state = tmp_path / "state"
+    for n, (kept_up, span) in enumerate(upgrades):
+        down = 10_000.0 * (n + 1)
+        name = f"1.0_to_1.1.{100 + n}.json"  # archived: complete upgrades, in order
+        journal(state, name, 100 + n, down, down + span)
+        if kept_up:  # as release_needs.skipped records it
+            path = state / "journal" / name
+            data = json.loads(path.read_text())
+            data["steps"]["stop-web"]["metrics"] = {"skipped": "no migrations, no jail rebuild"}
+            path.write_text(json.dumps(data))
+    down_for = [span for kept_up, span in upgrades if not kept_up]
+    expected = down_for[-1] if down_for else 777
+    assert maintenance_page.retry_after(settings_, WEB_DOWN)[0] == expected
+
+
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(),
+                     st.text(max_size=12), st.sampled_from(["ivle", "-h", "../x", "a b"]))
+_JSON = st.recursive(_SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    max_leaves=6)
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(record=st.one_of(
+    st.fixed_dictionaries({"disabled": st.one_of(_JSON, st.lists(_JSON, max_size=3),
+                                                 st.just("ivle")),
+                           "since": st.one_of(_JSON, st.just(0))}), _JSON))
+def test_whatever_the_maintenance_record_holds_only_site_names_reach_a2ensite(
+        tmp_path_factory: pytest.TempPathFactory, record: object) -> None:
+    """stop-web's record of the sites it disabled (STATE/maintenance.json),
+    damaged or edited by hand (generated JSON): its one reader gives
+    start-web only names a2ensite takes as sites (names.why_not_a_site_name),
+    or one line naming the file.  Before: `"disabled": "ivle"` gave
+    a2ensite i, v, l and e; `["-h"]` an option; `[["a"]]` the text "['a']"."""
+    from ivle_maint.gates import names
+
+    tmp_path = tmp_path_factory.mktemp("record")
+    settings_ = settings_with(tmp_path)
+    (tmp_path / "state").mkdir()
+    maintenance_page.Record.path(settings_).write_text(json.dumps(record))
+    try:
+        read = maintenance_page.Record.read(settings_)
+    except MaintError as exc:
+        assert "\n" not in str(exc) and maintenance_page.RECORD in str(exc), exc
+        return
+    assert read is not None
+    for name in read.disabled:
+        assert isinstance(name, str) and names.why_not_a_site_name(name) is None, read
+    assert read.disabled == record["disabled"]  # type: ignore[index]
+
+
+APACHE2 = Path("/usr/sbin/apache2")
+APACHE_MODULES = Path("/usr/lib/apache2/modules")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not APACHE2.exists(),
+                    reason="needs root (to be another user) and Debian's apache2")
+def test_a_local_users_own_apache_is_never_taken_for_the_web_servers_old_children() -> None:
+    """Anyone may run /usr/sbin/apache2 (0755) with a configuration of their
+    own on a high port: a local user's main process and its children are
+    that very program, whose parent is that program.  The maintenance
+    page's graceful reload waits for the web server's old children only:
+    those of an apache2 run by root on the machine's root (a real one runs
+    beside, its children found).  Before, the user's children were waited
+    for: every reload in maintenance mode waited [services] timeout, then
+    restarted Apache fully, cutting the requests in flight and refusing
+    connections."""
+    import shutil
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="theirs-", dir="/tmp"))  # a directory they may reach
+    work.chmod(0o755)
+    servers: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for who in ("user", "root"):
+            where = work / who
+            where.mkdir()
+            (where / "httpd.conf").write_text(
+                f"ServerRoot {where}\nDefaultRuntimeDir {where}\nListen 127.0.0.1:{_free_port()}\n"
+                f"PidFile {where}/pid\nErrorLog {where}/error.log\nServerName localhost\n"
+                f"LoadModule mpm_event_module {APACHE_MODULES}/mod_mpm_event.so\n"
+                f"LoadModule authz_core_module {APACHE_MODULES}/mod_authz_core.so\n"
+                "StartServers 2\nUser nobody\nGroup nogroup\n")
+            become = [] if who == "root" else [
+                "setpriv", f"--reuid={STUDENT}", f"--regid={STUDENT}", "--clear-groups"]
+            if who == "user":
+                os.chown(where, STUDENT, STUDENT)
+            servers[who] = subprocess.Popen(
+                [*become, str(APACHE2), "-f", str(where / "httpd.conf"), "-D", "FOREGROUND"],
+                cwd="/", env={"PATH": "/usr/bin:/bin"})
+        kids = {who: _children_of(proc, work / who) for who, proc in servers.items()}
+        waited_for = {pid for pid, _start in maintenance_page._children()}
+        assert not waited_for & {servers["user"].pid, *kids["user"]}, (waited_for, kids)
+        assert set(kids["root"]) <= waited_for, (waited_for, kids)
+    finally:
+        for proc in servers.values():
+            proc.terminate()
+            proc.wait(60)
+        shutil.rmtree(work)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _children_of(main: subprocess.Popen[bytes], where: Path) -> list[int]:
+    """MAIN's children, once it has forked two (StartServers)."""
+    guard = time.monotonic() + 60  # against a hang, not a measure of speed
+    kids: list[int] = []
+    while len(kids) < 2 and main.poll() is None and time.monotonic() < guard:
+        kids = [int(e) for e in os.listdir("/proc") if e.isdigit()
+                and _parent_of(int(e)) == main.pid]
+        time.sleep(0.01)
+    log = where / "error.log"
+    assert len(kids) >= 2, log.read_text() if log.exists() else "no error log"
+    return kids
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return int(handle.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
