@@ -61,14 +61,16 @@ def main_process(path: Path) -> tuple[int, int] | None:
         pidfd = os.pidfd_open(pid)  # before the facts: they are then its process's
     except (OSError, OverflowError):
         return None
-    if _is_daemons(pid, owner) and processes.still_running(pidfd):
+    if is_daemons(pid, owner) and processes.still_running(pidfd):
         return pid, pidfd
     os.close(pidfd)
     return None
 
 
-def _is_daemons(pid: int, owner: int) -> bool:
-    """PID's real uid is OWNER's and its root directory is the machine's."""
+def is_daemons(pid: int, owner: int) -> bool:
+    """PID's real uid is OWNER's and its root directory is the machine's:
+    a daemon's process, not a student's (or anyone's) that took its pid or
+    runs the same program (False when it is gone or cannot be read)."""
     psutil = processes.preload()
     try:
         if psutil.Process(pid).uids().real != owner:

@@ -35,7 +35,7 @@ from pathlib import Path
 from .. import quickrun, system
 from ..config import Settings
 from ..errors import MaintError, UsageError
-from ..gates import clock, names, processes, trusted
+from ..gates import clock, names, pidfiles, processes, trusted
 from ..gates.rewrite import replace_file, write_state_file
 from ..gates.schema_hold import (
     MAINTENANCE_RECORD,
@@ -337,19 +337,8 @@ def _children() -> set[tuple[int, str]]:
     # are no old children of the web server's (waiting for them ended in a
     # full restart).
     servers = {pid for pid in {ppid for ppid, _ in found.values()} & found.keys()
-               if _roots(pid)}
+               if pidfiles.is_daemons(pid, 0)}
     return {(pid, start) for pid, (ppid, start) in found.items() if ppid in servers}
-
-
-def _roots(pid: int) -> bool:
-    """PID runs as root (its real uid) on the machine's root directory."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as handle:
-            uid = next(line.split()[1] for line in handle if line.startswith(b"Uid:"))
-        root, ours = os.stat(f"/proc/{pid}/root"), os.stat("/")
-    except (OSError, StopIteration, IndexError):
-        return False  # ended meanwhile, or unreadable: none of the web server's
-    return uid == b"0" and (root.st_dev, root.st_ino) == (ours.st_dev, ours.st_ino)
 
 
 def _changed(result: ServiceResult) -> str:
