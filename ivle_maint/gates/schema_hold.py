@@ -281,18 +281,20 @@ def install(settings: Settings, *, unit_dir: Path = SYSTEMD_UNIT_DIR,
 
 
 def release(settings: Settings, journal: Journal | None, *,
-            unit_dir: Path = SYSTEMD_UNIT_DIR, systemd: bool | None = None) -> str:
-    """start-web: the schema and the code agree; lift the hold for this upgrade.
-    The drop-in stays while another unfinished upgrade holds (one this
-    upgrade carried on, unfinished again as this one is abandoned): a
-    reboot must not start the web server on its half-migrated schema."""
+            unit_dir: Path = SYSTEMD_UNIT_DIR,
+            systemd: bool | None = None) -> tuple[str, Hold | None]:
+    """start-web: the schema and the code agree; lift the hold for this
+    upgrade.  What was done, and the hold that still stands: another
+    unfinished upgrade's (one this upgrade carried on, unfinished again as
+    this one is abandoned), whose drop-in stays: a reboot must not start
+    the web server on its half-migrated schema."""
     if journal is not None:
         data = json.dumps({"released": upgrade_key(journal)}) + "\n"
         write_state_file(_release_path(settings), data.encode(), mode=0o644)
     other = holding(settings)
     if other is not None:
-        return f"schema hold kept: {other.describe()}"
-    return remove_dropin(settings, unit_dir=unit_dir, systemd=systemd)
+        return f"schema hold kept: {other.describe()}", other
+    return remove_dropin(settings, unit_dir=unit_dir, systemd=systemd), None
 
 
 def remove_dropin(settings: Settings, *, unit_dir: Path = SYSTEMD_UNIT_DIR,

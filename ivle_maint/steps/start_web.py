@@ -36,8 +36,7 @@ def start_web(ctx: UpgradeContext) -> Outcome:
     # before the master has rebuilt the jail tree the slaves share with it.
     waited = WAIT.wait(ctx, STEP.name)
     journal = ctx.journal or _journal(ctx)
-    released = schema_hold.release(ctx.settings, journal)
-    other = schema_hold.holding(ctx.settings)
+    released, other = schema_hold.release(ctx.settings, journal)
     if other is not None and journal is not None and journal.is_aborting:
         # Abandoned, this upgrade gives back the site as it found it: down,
         # for the one it carried on, whose start-web (or abandonment) starts it.

@@ -109,9 +109,10 @@ def test_install_and_release_are_idempotent_and_leave_other_dropins(tmp_path):
     assert path.read_text() == schema_hold.dropin_text(s)
     other = path.parent / "local.conf"
     other.write_text("[Service]\n")
-    assert "removed" in schema_hold.release(s, None, unit_dir=units, systemd=True)
+    assert "removed" in schema_hold.release(s, None, unit_dir=units, systemd=True)[0]
     assert not path.exists() and other.exists()
-    assert schema_hold.release(s, None, unit_dir=units, systemd=True) == "schema hold off"
+    assert schema_hold.release(s, None, unit_dir=units, systemd=True) == ("schema hold off",
+                                                                           None)
 
 
 def test_a_sandbox_driving_its_own_init_scripts_never_gets_a_dropin(tmp_path, monkeypatch):
