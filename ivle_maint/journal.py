@@ -526,14 +526,21 @@ def _check_name(path: Path, data: dict[str, Any]) -> None:
                          f"{own}")
 
 
+def unfinished_matching(settings: Settings, *, old: str | None = None,
+                        new: str | None = None) -> list[Journal]:
+    """Unfinished upgrades from OLD or to NEW (dpkg's abort calls give one;
+    `rerun --from OLD --to NEW` both)."""
+    return [j for j in Journal.unfinished(settings.path_of("state"))
+            if (old is None or j.old == old) and (new is None or j.new == new)]
+
+
 def unfinished(settings: Settings, *, old: str | None = None,
                new: str | None = None) -> Journal | None:
     """The one upgrade left unfinished on this node (from OLD, to NEW when
     given: `rerun --from OLD --to NEW`), if any.  Several (a fixed
     package's upgrade being abandoned over the one it carried on): a
     MaintError naming each with the rerun that chooses it."""
-    journals = [j for j in Journal.unfinished(settings.path_of("state"))
-                if (old is None or j.old == old) and (new is None or j.new == new)]
+    journals = unfinished_matching(settings, old=old, new=new)
     if len(journals) > 1:
         words = [("rerun", "--from", j.old, "--to", j.new) for j in journals]
         names = ", ".join(f"{j.old or '(none)'} -> {j.new}"

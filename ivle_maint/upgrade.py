@@ -42,7 +42,7 @@ from .gates import processes
 from .gates.rewrite import patch_in_place
 from .gates.text import command
 from .installed import read_installed, record_installed
-from .journal import Journal, unfinished
+from .journal import Journal, unfinished, unfinished_matching
 from .lock import node_lock
 from .logfile import limits, run_log
 from .output import Reporter
@@ -365,17 +365,6 @@ def abort(ctx: UpgradeContext) -> list[str]:
             undone = Procedure(ctx, journal, STEPS, presence.observe).abort()
         ctx.reporter.info(f"upgrade {ctx.old} -> {ctx.new} abandoned")
         return undone
-
-
-def unfinished_matching(
-    settings: Settings, *, old: str | None = None, new: str | None = None
-) -> list[Journal]:
-    """Unfinished upgrades from OLD or to NEW (dpkg's abort calls give one)."""
-    return [
-        j
-        for j in Journal.unfinished(state_dir(settings))
-        if (old is None or j.old == old) and (new is None or j.new == new)
-    ]
 
 
 def also_abandoned(settings: Settings, journal: Journal) -> list[Journal]:
