@@ -576,10 +576,12 @@ def _node_name(value: object) -> str:
     return text
 
 
-class VdtNoServiceName(VdtValueError):
-    def __init__(self, value: str, why: str) -> None:
+class VdtRefusedName(VdtValueError):
+    """A name the names gate refused: WHY, the whole of its one line."""
+
+    def __init__(self, value: object, why: str) -> None:
         super().__init__(value)
-        self.args = (f"'{shown(value, 80)}' {why}",)
+        self.args = (why,)
 
 
 def _service_name(value: object) -> str:
@@ -591,14 +593,8 @@ def _service_name(value: object) -> str:
     # A control character is refused with every other setting's (_refuse_unprintable).
     why = names.why_not_a_service_name(text) if text.isprintable() else None
     if why:
-        raise VdtNoServiceName(text, why)
+        raise VdtRefusedName(text, f"'{shown(text, 80)}' {why}")
     return text
-
-
-class VdtNoSites(VdtValueError):
-    def __init__(self, value: object, why: str) -> None:
-        super().__init__(value)
-        self.args = (why,)
 
 
 def _site_list(value: object, *args: Any, **kwargs: Any) -> list[str]:
@@ -609,12 +605,12 @@ def _site_list(value: object, *args: Any, **kwargs: Any) -> list[str]:
     maintenance mode disabled nothing; `-h` went to a2dissite as an option."""
     given = is_string_list(value, *args, **kwargs)
     if not given:
-        raise VdtNoSites(value, "names no site: give IVLE's Apache sites "
+        raise VdtRefusedName(value, "names no site: give IVLE's Apache sites "
                                 "(sites-available names), e.g. 'ivle'")
     for name in given:
         why = names.why_not_a_site_name(name) if name.isprintable() else None
         if why:
-            raise VdtNoSites(value, f"'{shown(name, 80)}' {why}")
+            raise VdtRefusedName(value, f"'{shown(name, 80)}' {why}")
     return [str(name) for name in given]
 
 

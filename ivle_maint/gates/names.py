@@ -49,11 +49,14 @@ def why_not_a_node_name(name: str) -> str | None:
     return None
 
 
-# An init script's name as Debian's tools take it: invoke-rc.d and
-# update-rc.d refuse less, but a name outside this set is a typo or a
-# path, and the name becomes a file name in three directories (init.d,
-# /run, systemd's unit directory) besides an argument of invoke-rc.d.
-_SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+@-]{0,199}")
+# An init script's or an Apache site's name as Debian's tools take it:
+# invoke-rc.d, update-rc.d and a2ensite refuse less, but a name outside
+# this set is a typo or a path, and the name becomes a file name in the
+# directories it is looked up in (init.d, /run, systemd's unit directory;
+# sites-available, sites-enabled) besides an argument of those tools.
+_TOOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+@-]{0,199}")
+_TOOL_NAME_RULE = ("a letter or digit, then at most 199 letters, digits and '_.+@-' "
+                   "(no '/', space, wildcard or option)")
 
 
 def why_not_a_service_name(name: str) -> str | None:
@@ -61,18 +64,16 @@ def why_not_a_service_name(name: str) -> str | None:
     if name.endswith(".service"):
         return ("is a systemd unit's name: give the init script's name "
                 f"('{name.removesuffix('.service')}'); ivle-maint adds '.service' for systemctl")
-    if not _SERVICE_NAME.fullmatch(name):
-        return ("is no init script's name: a letter or digit, then at most 199 letters, "
-                "digits and '_.+@-' (no '/', space or option)")
+    if not _TOOL_NAME.fullmatch(name):
+        return f"is no init script's name: {_TOOL_NAME_RULE}"
     return None
 
 
 def why_not_a_site_name(name: str) -> str | None:
     """Why NAME ([web] sites, with or without '.conf') is no Apache site's
     name as a2ensite takes one and names sites-enabled/NAME.conf, or None."""
-    if not _SERVICE_NAME.fullmatch(name.removesuffix(".conf")):
-        return ("is no Apache site's name: a letter or digit, then at most 199 letters, "
-                "digits and '_.+@-' (no '/', space, wildcard or option)")
+    if not _TOOL_NAME.fullmatch(name.removesuffix(".conf")):
+        return f"is no Apache site's name: {_TOOL_NAME_RULE}"
     return None
 
 
