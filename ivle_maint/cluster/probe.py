@@ -19,12 +19,13 @@ the master says so once.
 The URL is a row's, which anyone with IVLE's database login may write:
 every probe and every check of one parses it here (target()).  One that
 names no http(s) host and port the probe can ask (a port out of range, an
-IPv6 literal left open, a host label IDNA refuses, a control character)
-is not checkable, as no URL is: never a traceback, never "down".
+IPv6 literal left open or with a zone, a host no DNS name can be, a
+control character) is not checkable, as no URL is: never a traceback, never "down".
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 import urllib.parse
@@ -41,6 +42,9 @@ LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "ip6-localhost")
 NOT_SERVING_STATUS = 503
 MAINTENANCE_HEADER = "X-IVLE-Maintenance"  # services/maintenance_page.py's answer
 _UNSENDABLE = re.compile("[\x00-\x20\x7f]")  # http.client refuses these in a path
+# A host name's labels once IDNA has made them ASCII (underscores too: glibc
+# resolves them, and some sites name hosts so).
+_HOST_NAME = re.compile(r"[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?")
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,8 @@ def target(url: str) -> Target | None:
         if parts.scheme not in ("http", "https") or not host or not host.isprintable() \
                 or any(c.isspace() for c in host):
             return None
-        host.encode("idna")  # what the connection does with it, refused here
+        if not _askable_host(host):
+            return None
         client.HTTPConnection(host, port)  # its checks of both; it connects to nothing
         path = parts.path or "/"
         path.encode("ascii")  # the request line is ASCII, with no space or control
@@ -86,6 +91,18 @@ def target(url: str) -> Target | None:
     except (ValueError, client.HTTPException):  # UnicodeError, InvalidURL too
         return None
     return Target(parts.scheme == "https", host, port, path)
+
+
+def _askable_host(host: str) -> bool:
+    """An IP address with no zone, or a host name DNS can hold.  A zone
+    (fe80::1%eth0) names an interface of the node that wrote the row, not
+    of the node asking; anything else would go to the resolver as it is."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        ascii_name = host.encode("idna")  # what the connection does with it
+        return len(ascii_name) <= 253 and _HOST_NAME.fullmatch(ascii_name.decode()) is not None
+    return not getattr(address, "scope_id", None) and "%" not in host
 
 
 def ask(url: str, timeout: float) -> Answer:

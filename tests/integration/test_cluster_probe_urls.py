@@ -28,7 +28,8 @@ SCHEMES = st.sampled_from([("http", True), ("https", True), ("HTTP", True), ("ft
                            ("", False)])
 HOSTS = st.sampled_from([("127.0.0.1", True), ("localhost", True), ("[::1]", True),
                          ("a" * 64, False), ("a..b", False), ("\u00e9..b", False),
-                         ("[::1", False), ("[fe80::1%25eth0]", False), ("", False),
+                         ("[::1", False), ("[fe80::1%25eth0]", False), ("[fe80::1%eth0]", False),
+                         ("127.0.0.1%lo", False), ("a;b", False), ("", False),
                          ("h\x01", False), ("127.0.0.1 x", False)])
 PORTS = st.sampled_from([("", True), (":", True), (":1", True), (":99999", False),
                          (":abc", False), (":-1", False), (":1:2", False)])

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from ivle_maint.cluster.admin import name_holder
 from ivle_maint.cluster.ages import human_age
-from ivle_maint.cluster.probe import Answer, answering, ask, is_loopback
+from ivle_maint.cluster.probe import Answer, answering, ask, is_loopback, target
 from ivle_maint.cluster.table import NodeRow
 
 
@@ -140,3 +140,31 @@ def test_an_answer_trickled_from_any_byte_on_ends_at_the_probes_timeout(cut: int
     assert answers, "the probe still waits for a server that sends a byte at a time"
     assert not answers[0].serving and "timed out" in answers[0].text, answers[0]
 
+
+
+ZONES = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7e,
+                              blacklist_characters="%/?#[]@"), min_size=1, max_size=8)
+
+
+@settings(max_examples=300)
+@given(address=st.ip_addresses(), zone=st.none() | ZONES, encoded=st.booleans())
+def test_an_address_is_asked_only_without_a_zone(address, zone, encoded) -> None:
+    # A zone names an interface of the node that wrote the row, whichever
+    # way the URL spells its "%" (RFC 6874 writes it "%25").
+    literal = str(address) + ("" if zone is None else ("%25" if encoded else "%") + zone)
+    host = f"[{literal}]" if address.version == 6 else literal
+    where = target(f"http://{host}:8080/")
+    if zone is None:
+        assert where is not None and where.host == str(address) and where.port == 8080
+    else:
+        assert where is None, host
+
+
+@settings(max_examples=300)
+@given(host=st.text(max_size=70))
+def test_a_host_is_asked_only_as_an_address_or_a_dns_name(host: str) -> None:
+    where = target(f"http://{host}/")  # never an exception, whatever the text
+    if where is not None:
+        name = where.host.encode("idna").decode()
+        assert "%" not in name and len(name) <= 253
+        assert all(c.isalnum() or c in "._-:" for c in name), where.host
