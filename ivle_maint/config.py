@@ -270,6 +270,20 @@ poll = float(min=0.05, default=2)
 probe_url = string(default='http://127.0.0.1:80/')
 # Seconds the master waits for each answer.
 probe_timeout = float(min=0.1, default=3)
+# Roll a release one slave at a time behind the balancer, the site up
+# (doc/clusters.md, "Rolling releases"), decided once for the cluster by
+# the first node whose upgrade begins and recorded in ivle_maint_rolls:
+#   auto:   roll when every pending migration is additive, no jail rebuild
+#           is needed, and every slave is behind a balancer ([pool]);
+#           otherwise IVLE's upgrade procedure, saying why;
+#   always: as auto, but a release that cannot roll is refused before
+#           anything stops;
+#   never:  IVLE's upgrade procedure.
+# Also: the --rolling option of 'upgrade', 'rerun' and 'plan'
+# (IVLE_MAINT_ROLLING under dpkg).
+rolling = option('auto', 'always', 'never', default='auto')
+# Slaves out of the pool at once during a roll.
+roll_batch = integer(min=1, max=1000, default=1)
 
 [pool]
 # The balancer in front of the slaves (doc/clusters.md).  Each slave

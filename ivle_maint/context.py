@@ -262,6 +262,9 @@ ACCEPT_CLASS_ENV = "IVLE_MAINT_ACCEPT_CLASS"
 ACCEPT_DATA_LOSS_ENV = "IVLE_MAINT_ACCEPT_DATA_LOSS"
 # [cluster] unpack_together under dpkg (the playbook sets it): yes or no.
 UNPACK_TOGETHER_ENV = "IVLE_MAINT_UNPACK_TOGETHER"
+# [cluster] rolling under dpkg: auto, always or never.
+ROLLING_ENV = "IVLE_MAINT_ROLLING"
+ROLLING_CHOICES = ("auto", "always", "never")
 
 
 @dataclass(frozen=True)
@@ -286,6 +289,8 @@ class RunOptions:
     # Unpack only once every node did its before-phase; None: [cluster]
     # unpack_together (cluster/waits.wait_for_every_before_phase).
     unpack_together: bool | None = None
+    # auto, always or never; empty: [cluster] rolling (roll/choice.py).
+    rolling: str = ""
 
     def arguments(self) -> list[str]:
         """The command-line options (`upgrade`, `db migrate`) that make these
@@ -296,6 +301,7 @@ class RunOptions:
         words += ["--migrate-while-serving"] if self.migrate_while_serving else []
         words += ["--terminate-stale-lock"] if self.terminate_stale_lock else []
         words += ["--during-upgrade", self.during_upgrade] if self.during_upgrade else []
+        words += ["--rolling", self.rolling] if self.rolling else []
         return words
 
 
@@ -352,6 +358,11 @@ class UpgradeContext:
     def unpack_together(self) -> bool:
         chosen = self.options.unpack_together
         return bool(self.settings["cluster"]["unpack_together"]) if chosen is None else chosen
+
+    @property
+    def rolling(self) -> str:
+        """auto, always or never: the option, else [cluster] rolling."""
+        return self.options.rolling or str(self.settings["cluster"]["rolling"])
 
     @property
     def terminate_stale_lock(self) -> bool:

@@ -21,6 +21,8 @@ from .context import (
     ACCEPT_DATA_LOSS_ENV,
     AFTER,
     BEFORE,
+    ROLLING_CHOICES,
+    ROLLING_ENV,
     UNPACK_TOGETHER_ENV,
     RunOptions,
     UpgradeContext,
@@ -28,7 +30,7 @@ from .context import (
 from .dpkg import package_version
 from .dpkg_calls import VERSION_SLOTS, Form, HookCall
 from .errors import MaintError, UsageError
-from .gates.environment import yes_or_no
+from .gates.environment import one_of, yes_or_no
 from .installed import record_fresh_install
 from .output import Reporter
 from .services import maintenance_page
@@ -52,7 +54,8 @@ def dpkg_options(environ: Mapping[str, str]) -> RunOptions:
     return RunOptions(during_upgrade=environ.get(maintenance_page.ENV_MODE, ""),
                       accept_class=accept_class,
                       accept_data_loss=bool(yes_or_no(environ, ACCEPT_DATA_LOSS_ENV)),
-                      unpack_together=yes_or_no(environ, UNPACK_TOGETHER_ENV))
+                      unpack_together=yes_or_no(environ, UNPACK_TOGETHER_ENV),
+                      rolling=one_of(environ, ROLLING_ENV, ROLLING_CHOICES))
 
 
 @dataclass

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..context import RunOptions, UpgradeContext
+from ..context import ROLLING_CHOICES, RunOptions, UpgradeContext
 from ..errors import MaintError, UsageError
 from . import Context, checked_version
 
@@ -36,6 +36,7 @@ def register(sub: Any) -> None:
         help="the new package's migrations: its preinst ('dpkg-deb --info ivle_NEW.deb "
         "preinst'), or the manifest dh_ivle_maint put in it ('-': stdin)")
     _during_upgrade(plan, "plan with this mode instead of [web] during_upgrade")
+    rolling(plan)
     plan.set_defaults(func=cmd_plan, brief=True)
 
     upgrade = sub.add_parser(
@@ -126,6 +127,14 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--terminate-stale-lock", action="store_true",
                         help="end the database session of a killed ivle-maint on this host "
                         "that still holds the migration lock")
+    rolling(parser)
+
+
+def rolling(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rolling", choices=ROLLING_CHOICES, default="",
+                        help="roll the release one slave at a time behind the balancer: "
+                        "auto (when it can), always (refuse a release that cannot), never "
+                        "(default: [cluster] rolling)")
 
 
 def _options(args: argparse.Namespace) -> RunOptions:
@@ -135,7 +144,8 @@ def _options(args: argparse.Namespace) -> RunOptions:
                       accept_class=tuple(args.accept_class),
                       migrate_while_serving=args.migrate_while_serving,
                       terminate_stale_lock=args.terminate_stale_lock,
-                      during_upgrade=args.during_upgrade)
+                      during_upgrade=args.during_upgrade,
+                      rolling=args.rolling)
 
 
 def _checked_versions(ctx: Context, command: str) -> None:
@@ -158,7 +168,8 @@ def cmd_plan(ctx: Context) -> int:
 
     _checked_versions(ctx, "plan")
     up = UpgradeContext(ctx.settings, ctx.reporter, old=_old_version(ctx), new=ctx.args.new,
-                        options=RunOptions(during_upgrade=ctx.args.during_upgrade),
+                        options=RunOptions(during_upgrade=ctx.args.during_upgrade,
+                                           rolling=ctx.args.rolling),
                         migrations_dir=ctx.args.migrations)
     if ctx.args.new_migrations is None:
         lines = describe(up)

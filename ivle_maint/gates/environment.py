@@ -175,6 +175,17 @@ def yes_or_no(environ: Mapping[str, str], name: str) -> bool | None:
     raise UsageError(f"{name} must be yes or no (or 1 or 0), not {shown(environ[name], 40)}")
 
 
+def one_of(environ: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """The choice NAME (an IVLE_MAINT_* variable) says in ENVIRON, one of
+    CHOICES; "" when unset or empty (the setting decides).  Anything else
+    is bad input, named, before anything runs."""
+    value = environ.get(name, "").strip().lower()
+    if not value or value in choices:
+        return value
+    raise UsageError(f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}, "
+                     f"not {shown(environ[name], 40)}")
+
+
 def check_search_path(value: str) -> str:
     """The search_path setting without spaces; ValueError unless plain schema names."""
     compact = "".join(value.split())
