@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .config import IvleConf, Settings
     from .journal import Journal
     from .output import Reporter
+    from .roll.choice import Choice
     from .rollback.point import RestorePoint
 
 T = TypeVar("T")
@@ -336,6 +337,8 @@ class UpgradeContext:
     # NEW -> OLD whose point is pinned here (set by upgrade.run_phases and
     # the plan: rollback/point.py for_rollback).
     rollback: RestorePoint | None = None
+    # Whether OLD -> NEW rolls, once this run knows (roll/decision.py).
+    roll_choice: Choice | None = None
 
     # The options, as the steps, the preflight and the plan ask for them.
     @property
@@ -358,6 +361,11 @@ class UpgradeContext:
     def unpack_together(self) -> bool:
         chosen = self.options.unpack_together
         return bool(self.settings["cluster"]["unpack_together"]) if chosen is None else chosen
+
+    @property
+    def rolls(self) -> bool:
+        """This upgrade rolls (roll/decision.py settled or attached it)."""
+        return self.roll_choice is not None and self.roll_choice.rolling
 
     @property
     def rolling(self) -> str:

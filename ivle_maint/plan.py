@@ -12,6 +12,7 @@ from .cluster.admin import read_status
 from .cluster.presence import coordinated
 from .errors import MaintError
 from .procedure import STEPS, run_groups, steps_for
+from .roll import decision as roll_decision
 from .rollback import point as restore_points
 
 if TYPE_CHECKING:
@@ -68,4 +69,5 @@ def describe(ctx: UpgradeContext, migrations_source: str | None = None,
                 if said.part == part:
                     lines += said.lines(ctx, migrations_source)
     lines += _cluster_lines(ctx, mine)
+    lines.append(roll_decision.plan_line(ctx))
     return lines

@@ -27,6 +27,8 @@ from .context import (
 from .runner import Observer, Procedure
 from .steps import (
     baseline,
+    join_pool,
+    leave_pool,
     media_version,
     migrate,
     rebuild_jail,
@@ -54,10 +56,12 @@ __all__ = [
 ]
 
 # IVLE's order (its doc/man/upgrade.rst); the code changes between the phases.
+# A roll (roll/choice.py) wraps a slave's in leave-pool and join-pool.
 # rebuild-jail needs nothing of migrate, nor restart-usrmgt of remake-users
 # (Step.alongside): each pair runs at once.  usrmgt reads no [media]
 # version, so its restart comes before the media version's change.
 STEPS: tuple[Step, ...] = (
+    leave_pool.STEP,
     stop_web.STEP,
     stop_consoles.STEP,
     unmount_jails.STEP,
@@ -68,6 +72,7 @@ STEPS: tuple[Step, ...] = (
     restart_usrmgt.STEP,
     media_version.STEP,
     start_web.STEP,
+    join_pool.STEP,
 )
 
 

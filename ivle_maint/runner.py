@@ -294,7 +294,9 @@ class Procedure:
     def _abort(self) -> list[str]:
         undone: list[str] = []
         self.journal.set_state(JournalState.ABORTING)
-        for done_step in self.steps:
+        # Last done, first undone: a slave's web server starts again before
+        # it goes back in the balancer's pool (join-pool asks it for a page).
+        for done_step in reversed(self.steps):
             if done_step.phase != BEFORE or done_step.undo is None:
                 continue
             undo = self.by_name[done_step.undo.name]

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import children, preflight, release_needs, system
+from .roll import decision as roll_decision
 from .cluster import probe
 from .cluster.presence import Presence, coordinated
 from .cluster.waits import wait_for_every_before_phase
@@ -174,6 +175,7 @@ def run_phases(
         _remove_dump_leftovers(settings)
         with _presence(ctx, journal, STEPS) as presence:
             _site_up_first(ctx, journal, phases)
+            roll_decision.attach(ctx)  # settled by the preflight, else the cluster's record
             if ctx.rollback is not None and AFTER in phases:
                 for path in restore.restore_files(ctx):
                     ctx.reporter.info(f"rollback: {path} put back as the restore point kept it")

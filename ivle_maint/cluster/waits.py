@@ -166,10 +166,11 @@ def wait_for_slaves(ctx: UpgradeContext, step: str) -> str:
     back = ctx.rollback is not None
     stale = f"the slaves to stop serving {ctx.old}" if back else \
         "the slaves to stop serving the old code"
-    if conf["migrate_while_serving"] or ctx.migrate_while_serving:
+    if conf["migrate_while_serving"] or ctx.migrate_while_serving or ctx.rolls:
         old = serving_old(presence.query(table.nodes), me, ctx.new, rollback=back)
         names = ", ".join(r.name for r in old) or "none"
-        return f"told to migrate while slaves serve the old code ({names})"
+        why = "the release rolls: migrating" if ctx.rolls else "told to migrate"
+        return f"{why} while slaves serve the old code ({names})"
 
     host, probe_timeout = table.hostname(), float(conf["probe_timeout"])
     together = ctx.unpack_together and not back
@@ -482,6 +483,8 @@ def wait_for_every_before_phase(ctx: UpgradeContext) -> str:
     presence = ctx.cluster
     if presence is None or not presence.enabled or not ctx.unpack_together or ctx.rollback:
         return ""  # a rollback's nodes are ordered by the other waits
+    if ctx.rolls:  # the next slave's before-phase waits for this one's roll slot
+        return ""
     if not ctx.settings.role.runs_web:
         return ""
     me = presence.name

@@ -57,14 +57,6 @@ def register(sub: Any) -> None:
     ready.set_defaults(func=cmd_ready)
 
 
-def _seen(switched: Any) -> str:
-    if switched.seen is None:
-        return "no balancer asked ([pool] balancer = none)"
-    state = switched.seen.state
-    return (f"HAProxy reports {state.backend}/{state.server} {state.state} after "
-            f"{switched.seen.seconds:.1f}s")
-
-
 def _conf_note(ctx: Context) -> None:
     from ..pool import answer
 
@@ -81,7 +73,7 @@ def cmd_drain(ctx: Context) -> int:
     ctx.refuse_unsafe("run", "state")
     with node_lock(ctx.settings.path_of("run"), "pool drain"):
         switched = switch.drain(ctx.settings)
-    ctx.reporter.info(f"pool: drain ({switched.path} removed: 404); {_seen(switched)}")
+    ctx.reporter.info(f"pool: drain ({switched.path} removed: 404); {switched.balancer()}")
     _conf_note(ctx)
     return 0
 
@@ -101,7 +93,7 @@ def cmd_ready(ctx: Context) -> int:
                          "--version VERSION")
     with node_lock(ctx.settings.path_of("run"), "pool ready"):
         switched = switch.ready(ctx.settings, version)
-    ctx.reporter.info(f"pool: {switched.answer} ({switched.path}); {_seen(switched)}")
+    ctx.reporter.info(f"pool: {switched.answer} ({switched.path}); {switched.balancer()}")
     _conf_note(ctx)
     return 0
 

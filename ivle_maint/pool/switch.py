@@ -26,6 +26,14 @@ class Switched:
     path: Path
     seen: watch.Seen | None  # None: no balancer to ask ([pool] balancer = none)
 
+    def balancer(self) -> str:
+        """What the balancer reported, and when, for a person."""
+        if self.seen is None:
+            return "no balancer asked ([pool] balancer = none)"
+        state = self.seen.state
+        return (f"HAProxy reports {state.backend}/{state.server} {state.state} after "
+                f"{self.seen.seconds:.1f}s")
+
 
 def check_role(settings: Settings, action: str) -> None:
     """A master-only node serves no web site: it is in no pool (exit 2)."""

@@ -27,6 +27,7 @@ from ..db.migrations import apply_migrations, status
 from ..db.pins import PINS_FILE
 from ..errors import MaintError
 from ..gates.rewrite import prove_replaceable
+from ..roll import decision
 from ..rollback import keep, restore
 from . import baseline
 
@@ -151,7 +152,8 @@ WAIT = ClusterWait(wait_for_slaves, _wait_plan)
 STEP = Step("migrate", "apply database migrations", MASTER, AFTER, migrate,
             checks=(Check(PreflightStage.DATABASE, preflight.check_migrations),
                     Check(PreflightStage.DATABASE, restore.check_way),
-                    Check(PreflightStage.STATE_FILES, check_pins_record)),
+                    Check(PreflightStage.STATE_FILES, check_pins_record),
+                    Check(PreflightStage.CLUSTER, decision.check)),
             plan=(PlanLines(PlanPart.DATABASE, plan_lines), PlanLines(PlanPart.SKIPPED, skip_plan)),
             metrics=(Metric("migrations_applied", "migrations applied", SummaryPart.DATABASE,
                             show_applied),),

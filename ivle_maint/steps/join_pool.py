@@ -1,0 +1,46 @@
+"""join-pool: in a roll, this slave goes back into the balancer's pool last.
+
+Only after leave-pool took it out.  The readiness check asks the web
+server, started by start-web, for a real page of IVLE carrying the media
+version ([pool] ready_url, pool/readiness.py); only then does the slave
+answer 'ready VERSION' and wait until the balancer has seen it.  Then its
+roll slot goes to the next slave.  A slave that fails the check stays
+out of the pool and keeps its slot: the roll stops, the others serve.
+
+Abandoned after leave-pool began, the upgrade runs this step after
+start-web gave the old code back: the slave rejoins on OLD.
+"""
+
+from __future__ import annotations
+
+from .. import release_needs
+from ..context import AFTER, SLAVE, Metric, Outcome, Step, SummaryPart, UpgradeContext
+from ..gates import clock
+from ..pool import switch
+from ..roll import slot
+
+LEAVE = "leave-pool"
+
+
+def join_pool(ctx: UpgradeContext) -> Outcome:
+    journal = ctx.journal
+    record = journal.steps.get(LEAVE) if journal is not None else None
+    if record is None or release_needs.was_skipped(ctx, LEAVE):
+        return release_needs.skipped("this slave did not leave the pool (no roll)")
+    version = ctx.old if journal is not None and journal.is_aborting else ctx.new
+    switched = switch.ready(ctx.settings, version)
+    slot.give_back(ctx)
+    out = clock.elapsed(record.start_reading(), clock.reading())
+    metrics = {"out_of_pool": out} if out is not None else {}
+    took = f"; out of the pool {out:.1f}s" if out is not None else ""
+    return Outcome(f"back in the pool: {switched.answer}; {switched.balancer()}{took}", metrics)
+
+
+def _seconds(value: object, metrics: object) -> str | None:
+    return None if not isinstance(value, int | float) else f"{value:.1f}s"
+
+
+STEP = Step("join-pool", "rejoin the balancer's pool, once ready (a roll)", SLAVE, AFTER,
+            join_pool, serving=None,
+            metrics=(Metric("out_of_pool", "out of the balancer's pool", SummaryPart.DONE,
+                            _seconds, when_done=True),))

@@ -1,0 +1,31 @@
+"""leave-pool: in a roll, this slave leaves the balancer's pool first.
+
+Only when the release rolls (roll/decision.py): the slave waits for a
+roll slot ([cluster] roll_batch slaves out at once), then answers the
+balancer 'drain' and waits until the balancer has seen it (pool/switch.py):
+no new session reaches it, and stop-web's graceful stop lets the requests
+in flight finish.  Otherwise skipped, saying why: IVLE's procedure.
+"""
+
+from __future__ import annotations
+
+from .. import release_needs
+from ..context import BEFORE, SLAVE, Check, Outcome, PreflightStage, Step, UpgradeContext
+from ..pool import switch
+from ..roll import decision, slot
+from . import join_pool
+
+
+def leave_pool(ctx: UpgradeContext) -> Outcome:
+    choice = decision.attach(ctx)
+    if not choice.rolling:
+        return release_needs.skipped(f"the release does not roll ({choice.why})")
+    waited = slot.take(ctx, STEP.name)
+    switched = switch.drain(ctx.settings)
+    return Outcome(f"{waited}; out of the pool (answers drain); {switched.balancer()}",
+                   {"drained": True, "rolls": choice.why})
+
+
+STEP = Step("leave-pool", "leave the balancer's pool (a roll)", SLAVE, BEFORE, leave_pool,
+            undo=join_pool.STEP,
+            checks=(Check(PreflightStage.CLUSTER, decision.check),))

@@ -1,0 +1,190 @@
+"""A release that rolls: one slave at a time out of the pool, the site up.
+
+A sandbox cluster (one master, slaves on its database and jail tree, real
+PostgreSQL, stand-in web servers that serve IVLE's front page with its
+media version), upgraded first to 1.1 by IVLE's procedure, then to 1.2,
+a release that adds one additive migration and changes no code: it rolls.
+dpkg's lists of each release (its md5sums, as release_needs reads them)
+are each node's own admin directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ivle_sandbox.cluster import Cluster, build_cluster, configure
+from ivle_sandbox.node import Node
+from ivle_sandbox.releases import OLD, RELEASES
+from support.cluster_helpers import journal_steps, marker_rows, web_events
+from support.upgrade_helpers import cli, unpack
+
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres, pytest.mark.once]
+
+ADDITIVE = {"20110301-01.sql": "CREATE TABLE roll_audit (id serial PRIMARY KEY, note text);\n"}
+DESTRUCTIVE = {"20110301-01.sql": "ALTER TABLE login DROP COLUMN nick;\n"}
+STEPS_OF_A_ROLL = ("leave-pool", "join-pool")
+
+
+def md5(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def files(code: str, migrations: dict[str, str]) -> dict[str, str]:
+    """dpkg's md5sums of an IVLE package: its code (CODE names a build of
+    it), static media and migrations."""
+    listed = {"usr/lib/ivle/ivle/__init__.py": md5(f"code {code}"),
+              "usr/lib/ivle/ivle/webapp/core/media/ivle.css": md5(f"media {code}")}
+    for name, text in migrations.items():
+        listed[f"usr/share/ivle/userdb/migrations/{name}"] = md5(text)
+    return listed
+
+
+class Dpkg:
+    """Each node's dpkg admin directory, as dpkg leaves it for a preinst."""
+
+    def __init__(self, node: Node, top: Path) -> None:
+        self.node, self.top = node, top
+        (top / "info").mkdir(parents=True)
+        (top / "tmp.ci").mkdir()
+        node.env["DPKG_ADMINDIR"] = str(top)
+        node.env["DPKG_MAINTSCRIPT_PACKAGE"] = "ivle"
+
+    def _write(self, path: Path, listed: dict[str, str]) -> None:
+        path.write_text("".join(f"{d}  {p}\n" for p, d in sorted(listed.items())))
+
+    def installed(self, listed: dict[str, str]) -> None:
+        self._write(self.top / "info" / "ivle.md5sums", listed)
+
+    def preinst(self, old: str, new: str, listed: dict[str, str]) -> Any:
+        (self.top / "tmp.ci" / "control").write_text(
+            f"Package: ivle\nVersion: {new}\nArchitecture: all\n")
+        self._write(self.top / "tmp.ci" / "md5sums", listed)
+        return cli(self.node, "hook", "preinst", "upgrade", old, new,
+                   extra_env={"DPKG_MAINTSCRIPT_NAME": "preinst"})
+
+    def postinst(self, old: str, new: str) -> Any:
+        return cli(self.node, "hook", "--package-version", new, "postinst", "configure", old,
+                   extra_env={"DPKG_MAINTSCRIPT_NAME": "postinst"})
+
+    def upgrade(self, old: str, new: str, listed: dict[str, str],
+                migrations: dict[str, str]) -> str:
+        """preinst, unpack, postinst, as one apt-get run on the node."""
+        done = self.preinst(old, new, listed)
+        assert done.returncode == 0, done.stdout + done.stderr
+        unpack(self.node, new, migrations)
+        self.installed(listed)
+        done = self.postinst(old, new)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout + done.stderr
+
+
+V11 = RELEASES["1.1"]
+
+
+@pytest.fixture
+def at_1_1(node_factory, tmp_path: Path) -> tuple[Cluster, dict[Node, Dpkg]]:
+    """Master and two slaves upgraded to 1.1 by IVLE's procedure (1.1
+    changes the code: it does not roll), each slave behind the pool."""
+    cluster = build_cluster(node_factory, slaves=2, cluster={"master_timeout": 60})
+    dpkgs = {}
+    for i, node in enumerate(cluster.nodes):
+        dpkgs[node] = Dpkg(node, tmp_path / f"dpkg{i}")
+        dpkgs[node].installed(files("1.0", OLD))
+    for slave in cluster.slaves:
+        configure(slave, slave_name(slave), {})
+        set_pool(slave)
+    threads = [threading.Thread(target=dpkgs[n].upgrade, args=("1.0", "1.1", files("1.1", V11),
+                                                                V11)) for n in cluster.nodes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    for node in cluster.nodes:
+        assert node.installed_version() == "1.1"
+        steps = journal_steps(node)
+        for name in STEPS_OF_A_ROLL:  # IVLE's procedure: the jail changes
+            if name in steps:
+                assert "jail rebuild" in steps[name]["metrics"].get("skipped", ""), steps[name]
+    return cluster, dpkgs
+
+
+def slave_name(node: Node) -> str:
+    from ivle_sandbox.cluster import node_name
+
+    return node_name(node)
+
+
+def set_pool(slave: Node) -> None:
+    from support.upgrade_helpers import set_setting
+
+    set_setting(slave, "pool", "ready_url", f"http://127.0.0.1:{slave.web_port}/")
+    set_setting(slave, "pool", "ready_timeout", 20)
+
+
+def down_intervals(slave: Node, since: datetime) -> list[tuple[datetime, datetime]]:
+    """When the slave's web server was down (a stop to the next start) since SINCE."""
+    events = [(t, e) for t, e in web_events(slave) if t >= since]
+    out, stopped = [], None
+    for when, event in events:
+        if event == "stop":
+            stopped = when
+        elif event == "start" and stopped is not None:
+            out.append((stopped, when))
+            stopped = None
+    return out
+
+
+def roll(cluster: Cluster, dpkgs: dict[Node, Dpkg], migrations: dict[str, str]
+         ) -> dict[Node, str]:
+    """1.1 -> 1.2 with apt-get on every node at once; each node's output."""
+    v12 = {**V11, **migrations}
+    said: dict[Node, str] = {}
+
+    def one(node: Node) -> None:
+        said[node] = dpkgs[node].upgrade("1.1", "1.2", files("1.1", v12), v12)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in cluster.nodes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    return said
+
+
+def test_an_additive_release_rolls_one_slave_at_a_time(at_1_1) -> None:
+    cluster, dpkgs = at_1_1
+    since = max(t for s in cluster.slaves for t, _ in web_events(s))
+    said = roll(cluster, dpkgs, ADDITIVE)
+    assert all(node in said for node in cluster.nodes), said
+    assert "the release rolls: migrating while slaves serve the old code" in \
+        said[cluster.master], said[cluster.master]
+    assert [r[0] for r in marker_rows(cluster.master)][-1] == "20110301-01"
+    intervals = {s: down_intervals(s, since) for s in cluster.slaves}
+    assert all(len(v) == 1 for v in intervals.values()), intervals
+    (a_start, a_end), (b_start, b_end) = (v[0] for v in intervals.values())
+    assert a_end <= b_start or b_end <= a_start, intervals  # never both down
+    for slave in cluster.slaves:
+        steps = journal_steps(slave, new="1.2")
+        for name in STEPS_OF_A_ROLL:
+            assert "skipped" not in steps[name]["metrics"], steps[name]
+        assert steps["join-pool"]["metrics"]["out_of_pool"] > 0
+        assert "out of the balancer's pool" in said[slave]
+        assert slave.service_running("apache2")
+        answer = slave.state_dir / "pool" / "answer"
+        assert answer.read_text() == "ready 1.2\n"
+
+
+def test_a_destructive_release_falls_back_to_ivles_procedure_saying_why(at_1_1) -> None:
+    cluster, dpkgs = at_1_1
+    said = roll(cluster, dpkgs, DESTRUCTIVE)
+    for slave in cluster.slaves:
+        steps = journal_steps(slave, new="1.2")
+        why = steps["leave-pool"]["metrics"]["skipped"]
+        assert "not additive: destructive" in why, why
+        assert "does not roll" in said[slave] or "skipped" in said[slave]
