@@ -131,6 +131,19 @@ def _check_target(target: str) -> None:
     check_version(target)  # a version as dpkg takes it: safe in the fix's SQL
 
 
+def _read_committed(conn: Any, cur: Any) -> None:
+    """Every statement of this transaction sees what committed before it,
+    whatever the role's default_transaction_isolation (its own to set, by
+    ALTER ROLE): the holders counted after the slot lock include the last
+    taker's, and the decision read after a conflicting insert is that one's
+    (under REPEATABLE READ the insert failed, or the read saw no row)."""
+    if conn.autocommit:  # the advisory lock would end with its own statement
+        raise ValueError("the roll's writes need a transaction: the connection is in autocommit")
+    if conn.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+        raise ValueError("the roll's writes begin their own transaction: end the open one")
+    cur.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+
+
 def decide_once(conn: Any, *, target: str, old: str, rolling: bool, why: str,
                 by: str) -> RollRecord:
     """Record this node's decision for TARGET unless one stands; the one
@@ -139,12 +152,14 @@ def decide_once(conn: Any, *, target: str, old: str, rolling: bool, why: str,
     check_version(old)
     if names.why_not_a_node_name(by):
         raise MaintError(f"node name {shown(by, 63)!r} {names.why_not_a_node_name(by)}")
-    why = shown(why, _WHY_KEPT) or "(no reason given)"  # what the gate takes
+    # What the gate takes: escaped first (one character may become ten), then cut.
+    why = shown(shown(why), _WHY_KEPT) or "(no reason given)"
     for _ in range(3):  # a forget() between the INSERT and the read: again
         with conn, conn.cursor() as cur:
-            _require(cur, ROLLS)
             # READ COMMITTED: a concurrent insert of TARGET makes this wait
             # for it, and the next statement's snapshot sees its row.
+            _read_committed(conn, cur)
+            _require(cur, ROLLS)
             cur.execute(f"INSERT INTO {ROLLS} (target, old, rolling, why, decided_by) "
                         "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (target) DO NOTHING",
                         [target, old, rolling, why, by])
@@ -175,31 +190,31 @@ def forget(conn: Any, target: str) -> bool:
         return bool(cur.rowcount >= 1)
 
 
+def _literal(value: str) -> str:
+    """VALUE as an SQL string literal on one printable line: E'...' with
+    each character that is not printable as its \\u escape."""
+    def one(c: str) -> str:
+        if c.isprintable():
+            return {"'": "''", "\\": "\\\\"}.get(c, c)
+        return f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}"
+    return "E'" + "".join(map(one, value)) + "'"
+
+
 def _holders(cur: Any, target: str) -> tuple[str, ...]:
     """The nodes holding a slot of TARGET, through the name gate."""
     cur.execute(f"SELECT left(node, {NAME_MAX + 1}) FROM {SLOTS} WHERE target = %s "
                 "ORDER BY 1", [target])
     found = [row[0] for row in cur.fetchall()]
-    good = tuple(n for n in found if isinstance(n, str) and not names.why_not_a_node_name(n))
-    if len(good) < len(found):
-        bad = next(n for n in found if n not in good)
-        keep = f" AND node NOT IN ({', '.join(map(_quoted, good))})" if good else ""
+    bad = [n for n in found if names.why_not_a_node_name(n)]
+    if bad:
+        # Read cut one past the longest name: the DELETE matches the rows
+        # so beginning, every one of them too long to be a name.
         raise MaintError(
             f"a row of {SLOTS} for {target} names no node as ivle-maint writes one "
-            f"({shown(bad, 40)!r}): no node would release its slot; fix: DELETE FROM {SLOTS} "
-            f"WHERE target = {_quoted(target)}{keep}, then run again")
-    return good
-
-
-def _read_committed(conn: Any, cur: Any) -> None:
-    """Every statement of this transaction sees what committed before it,
-    whatever the role's default_transaction_isolation (its own to set):
-    the holders counted after the lock then include the last taker's."""
-    if conn.autocommit:  # the advisory lock would end with its own statement
-        raise ValueError("take_slot needs a transaction: the connection is in autocommit")
-    if conn.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
-        raise ValueError("take_slot begins its own transaction: commit the one open first")
-    cur.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            f"({shown(bad[0], 40)!r}): no node would release its slot; fix: DELETE FROM "
+            f"{SLOTS} WHERE target = {_quoted(target)} AND left(node, {NAME_MAX + 1}) = "
+            f"{_literal(bad[0])}, then run again")
+    return tuple(found)
 
 
 def take_slot(conn: Any, *, target: str, node: str, batch: int) -> Slot:

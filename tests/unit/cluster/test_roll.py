@@ -72,7 +72,12 @@ class _Rows:
     def cursor(self) -> _Rows:
         return self
 
+    def get_transaction_status(self) -> int:
+        return 0  # idle
+
     def execute(self, statement: str, params: Any = None) -> None:
+        if statement.startswith("SET TRANSACTION"):
+            return
         if statement.startswith("SELECT to_regclass"):
             self.last = (True,)
         elif statement.startswith("INSERT"):
@@ -89,12 +94,26 @@ class _Rows:
 
 
 @settings(max_examples=200)
-@given(why=st.text(max_size=3000), rolling=st.booleans())
+@given(why=st.text(max_size=3000) | st.builds(lambda c, n: c * n, ODD | ANY_TEXT,
+                                               st.integers(0, 1500)),
+       rolling=st.booleans())
 def test_whatever_reason_a_node_gives_its_decision_passes_the_gate(why, rolling):
     record = roll.decide_once(_Rows(), target="1.1", old="1.0", rolling=rolling, why=why,
                               by="master")
     assert record.rolling is rolling and 0 < len(record.why) <= roll.WHY_MAX
     assert record.why == why or not (why.isprintable() and 0 < len(why) <= 900)
+
+
+def test_a_reason_of_escapes_is_cut_after_escaping():
+    record = roll.decide_once(_Rows(), target="1.1", old="1.0", rolling=True, why="\x1b" * 999,
+                              by="master")
+    assert record.why.startswith("\\x1b") and len(record.why) <= roll.WHY_MAX
+
+
+def test_a_literal_of_any_text_is_one_printable_line():
+    for text in ["it's", "a\\b", "a\nb", "\u200b", "\U0001f600\x1b", "x" * 254]:
+        literal = roll._literal(text)
+        assert literal.isprintable() and literal.startswith("E'") and literal.endswith("'")
 
 
 def test_the_first_decision_is_returned_to_the_second():
