@@ -18,7 +18,8 @@ IVLE's database, so both live there (tables in table.py):
   releases its slot once it serves again in the pool.  A slave whose
   upgrade failed keeps its slot on purpose: the roll stops there, at most
   a batch out, instead of taking slave after slave down with the same
-  failure; `dpkg --configure -a` on it (or forgetting it) frees the slot.
+  failure; `dpkg --configure -a` on it, once it serves again, releases
+  the slot, and `cluster forget` of it (table.forget) drops it.
 
 Rows are anyone's with IVLE's database login, so every read goes through a
 gate as nodes() does: versions by dpkg's syntax, node names by the name

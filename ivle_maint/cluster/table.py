@@ -388,11 +388,16 @@ def set_serving(conn: Any, name: str, serving: str | None) -> bool:
 
 
 def forget(conn: Any, name: str) -> bool:
+    """Delete NAME's row, and any roll slot it holds: a node that is gone
+    never releases one (roll.py), and a roll would stop at it for good."""
     with conn, conn.cursor() as cur:
         if not _exists(cur, NODES):
             return False
         cur.execute(f"DELETE FROM {NODES} WHERE name = %s", [name])
-        return bool(cur.rowcount == 1)
+        forgotten = bool(cur.rowcount == 1)
+        if _exists(cur, SLOTS):
+            cur.execute(f"DELETE FROM {SLOTS} WHERE node = %s", [name])
+        return forgotten
 
 
 def applied_keys(conn: Any) -> set[str] | None:

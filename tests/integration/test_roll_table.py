@@ -364,3 +364,21 @@ def _wait_until_blocked(site: Site, kind: str = "advisory") -> None:
         raise AssertionError(f"no session ever waited for a lock ({kind})")
     finally:
         probe.close()
+
+
+def test_a_forgotten_node_holds_no_slot(site: Site) -> None:
+    """A slave whose upgrade failed keeps its slot (the roll stops there);
+    once forgotten (`cluster forget --force`), it holds none."""
+    _ensured(site)
+    conn = site.connect()
+    try:
+        table.upsert(conn, {"name": "slave1", "role": "slave", "host": "h", "instance": "i",
+                            "version": "1.0", "target": "1.1", "phase": "failed"})
+        for node in ("slave1", "slave2"):
+            assert roll.take_slot(conn, target="1.1", node=node, batch=2).taken
+        assert not roll.take_slot(conn, target="1.1", node="slave3", batch=2).taken
+        assert table.forget(conn, "slave1")
+        assert roll.slot_holders(conn, "1.1") == ("slave2",)
+        assert roll.take_slot(conn, target="1.1", node="slave3", batch=2).taken
+    finally:
+        conn.close()
