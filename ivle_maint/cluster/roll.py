@@ -203,9 +203,9 @@ def _literal(value: str) -> str:
 
 def _holders(cur: Any, target: str) -> tuple[str, ...]:
     """The nodes holding a slot of TARGET, through the name gate."""
-    cur.execute(f"SELECT left(node, {NAME_MAX + 1}) FROM {SLOTS} WHERE target = %s "
-                "ORDER BY 1", [target])
-    found = [row[0] for row in cur.fetchall()]
+    cur.execute(f"SELECT left(node, {NAME_MAX + 1}) FROM {SLOTS} WHERE target = %s",
+                [target])
+    found = sorted(row[0] for row in cur.fetchall())  # by Python's order, not the collation's
     bad = [n for n in found if names.why_not_a_node_name(n)]
     if bad:
         # Read cut one past the longest name: the DELETE matches the rows
