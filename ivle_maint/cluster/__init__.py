@@ -4,7 +4,9 @@ The nodes share nothing but IVLE's PostgreSQL database, so that is where
 they coordinate; there is no daemon.  Each node writes its own row in
 ``ivle_maint_nodes`` (table.py) as its journal advances (presence.py), and
 reads the others' rows and the migration marker when it must wait
-(waits.py).  The slaves also agree there on one media version (media.py).
+(waits.py).  The slaves also agree there on one media version (media.py)
+and, for a release that rolls, on one decision and at most [cluster]
+roll_batch of them out of the pool at once (roll.py).
 What a row may be trusted to say (an idle "down" is not; who may be
 forgotten; one master) is decided in trust.py, and whether the ivle-maint
 a row names still runs by ivle_maint/liveness.py.

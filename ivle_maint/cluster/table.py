@@ -43,6 +43,23 @@
         chosen_by   text               the node that chose it
         chosen_at   timestamptz
 
+    ivle_maint_rolls    how each release goes: decided once, by the first
+                        node whose upgrade begins (roll.py)
+        target      text PRIMARY KEY   the version being installed
+        old         text               the version it upgrades from
+        rolling     boolean            true: one batch of slaves at a time,
+                                       the site up; false: IVLE's procedure
+        why         text               the reason, for the other nodes to tell
+        decided_by  text               the node that decided
+        decided_at  timestamptz
+
+    ivle_maint_roll_slots  the slaves out of the balancer's pool in a roll:
+                        at most [cluster] roll_batch rows per target (roll.py)
+        target      text               the version being rolled out
+        node        text               the slave holding the slot; PRIMARY KEY
+                                       (target, node)
+        taken_at    timestamptz
+
 Plain SQL over a psycopg2 connection; no policy here (see cluster/).
 """
 
@@ -64,6 +81,7 @@ from ..pgdriver import psycopg2, sql
 from ..versions import check as check_version
 
 NODES, MEDIA = "ivle_maint_nodes", "ivle_maint_media"
+ROLLS, SLOTS = "ivle_maint_rolls", "ivle_maint_roll_slots"
 MARKER = "ivle_maint_migrations"
 
 # Serializes the CREATE TABLEs of nodes that start together: 'IVLECLUS'.
@@ -101,6 +119,36 @@ CREATE TABLE IF NOT EXISTS {MEDIA} (
 COMMENT ON TABLE {MEDIA} IS
     'media versions ivle-maint chose for the slaves, each once; do not edit by hand';
 """
+
+# Tables a newer ivle-maint added: created beside the older two by the
+# first node allowed to (ensure()); until then a roll cannot be decided.
+ROLL_DDL = {
+    ROLLS: f"""
+CREATE TABLE IF NOT EXISTS {ROLLS} (
+    target text PRIMARY KEY,
+    old text NOT NULL,
+    rolling boolean NOT NULL,
+    why text NOT NULL,
+    decided_by text NOT NULL,
+    decided_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+COMMENT ON TABLE {ROLLS} IS
+    'how ivle-maint upgrades each release, decided once by the first node; do not edit by hand';
+""",
+    SLOTS: f"""
+CREATE TABLE IF NOT EXISTS {SLOTS} (
+    target text,
+    node text,
+    taken_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (target, node)
+);
+COMMENT ON TABLE {SLOTS} IS
+    'slaves out of the pool in a rolling upgrade, at most [cluster] roll_batch per release';
+""",
+}
+# What IVLE's login (the slaves') may do to each table another role created.
+RIGHTS = {NODES: "SELECT, INSERT, UPDATE, DELETE", MEDIA: "SELECT, INSERT",
+          ROLLS: "SELECT, INSERT, DELETE", SLOTS: "SELECT, INSERT, DELETE"}
 
 FIELDS = ("name", "role", "host", "instance", "version", "serving", "target", "phase", "step",
           "media", "note")
@@ -238,26 +286,45 @@ def _add_later_columns(cur: Any) -> None:
             cur.execute("ROLLBACK TO SAVEPOINT add_column")  # the owner adds it later
 
 
+def _grant(cur: Any, tables: tuple[str, ...], me: str, grantee: str | None) -> None:
+    if grantee and grantee != me:
+        for name in tables:
+            cur.execute(sql.SQL("GRANT {} ON {} TO {}").format(
+                sql.SQL(RIGHTS[name]), sql.Identifier(name), sql.Identifier(grantee)))
+
+
+def _add_roll_tables(cur: Any, me: str, grantee: str | None) -> None:
+    """Create the roll tables this role may (older sites lack them)."""
+    for name, ddl in ROLL_DDL.items():
+        if _exists(cur, name):
+            continue
+        cur.execute("SAVEPOINT add_roll_table")
+        try:
+            cur.execute(ddl)
+        except psycopg2.errors.InsufficientPrivilege:
+            # Another node's role creates it; until then roll.why_no_roll says so.
+            cur.execute("ROLLBACK TO SAVEPOINT add_roll_table")
+            continue
+        _grant(cur, (name,), me, grantee)
+
+
 def ensure(conn: Any, grantee: str | None = None) -> None:
-    """Create both tables once; let GRANTEE (ivle.conf's user, which the
-    slaves connect as) write them when another role creates them."""
+    """Create the cluster's tables once; let GRANTEE (ivle.conf's user,
+    which the slaves connect as) write them when another role creates them."""
     with conn, conn.cursor() as cur:
         both = _exists(cur, NODES) and _exists(cur, MEDIA)
-        if both and not LATER.keys() - _columns(cur):
+        rolls = _exists(cur, ROLLS) and _exists(cur, SLOTS)
+        if both and rolls and not LATER.keys() - _columns(cur):
             return
         cur.execute("SELECT pg_advisory_xact_lock(%s)", [_CREATE_LOCK])
-        if both:  # an older ivle-maint's tables (COMMENT ON needs their owner)
-            _add_later_columns(cur)
-            return
         cur.execute("SELECT current_user")
         me = cur.fetchone()[0]
-        cur.execute(DDL)
-        if grantee and grantee != me:
-
-            for table, rights in ((NODES, "SELECT, INSERT, UPDATE, DELETE"),
-                                  (MEDIA, "SELECT, INSERT")):
-                cur.execute(sql.SQL("GRANT {} ON {} TO {}").format(
-                    sql.SQL(rights), sql.Identifier(table), sql.Identifier(grantee)))
+        if both:  # an older ivle-maint's tables (COMMENT ON needs their owner)
+            _add_later_columns(cur)
+        else:
+            cur.execute(DDL)
+            _grant(cur, (NODES, MEDIA), me, grantee)
+        _add_roll_tables(cur, me, grantee)
 
 
 def upsert(conn: Any, row: dict[str, Any]) -> str | None:
@@ -321,11 +388,16 @@ def set_serving(conn: Any, name: str, serving: str | None) -> bool:
 
 
 def forget(conn: Any, name: str) -> bool:
+    """Delete NAME's row, and any roll slot it holds: a node that is gone
+    never releases one (roll.py), and a roll would stop at it for good."""
     with conn, conn.cursor() as cur:
         if not _exists(cur, NODES):
             return False
         cur.execute(f"DELETE FROM {NODES} WHERE name = %s", [name])
-        return bool(cur.rowcount == 1)
+        forgotten = bool(cur.rowcount == 1)
+        if _exists(cur, SLOTS):
+            cur.execute(f"DELETE FROM {SLOTS} WHERE node = %s", [name])
+        return forgotten
 
 
 def applied_keys(conn: Any) -> set[str] | None:
