@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import children, preflight, release_needs, system
-from .roll import decision as roll_decision
 from .cluster import probe
 from .cluster.presence import Presence, coordinated
 from .cluster.waits import wait_for_every_before_phase
@@ -48,6 +47,7 @@ from .lock import node_lock
 from .logfile import limits, run_log
 from .output import Reporter
 from .procedure import STEPS
+from .roll import decision as roll_decision
 from .rollback import keep, old_package, restore
 from .rollback import point as restore_points
 from .runner import Procedure

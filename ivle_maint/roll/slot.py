@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..cluster import roll as records
+from ..cluster.roll import release_slot, take_slot
 from ..cluster.waits import Pending, TimedOut, poll
 from ..errors import MaintError
 from ..gates.text import ivle_maint
@@ -28,7 +28,7 @@ def take(ctx: UpgradeContext, step: str) -> str:
     me, batch = presence.name, int(ctx.settings["cluster"]["roll_batch"])
 
     def check(conn: Any) -> Pending | None:
-        slot = records.take_slot(conn, target=ctx.new, node=me, batch=batch)
+        slot = take_slot(conn, target=ctx.new, node=me, batch=batch)
         if slot.taken:
             return None
         return Pending(" ".join(slot.holders), f"out of the pool now: {', '.join(slot.holders)} "
@@ -50,4 +50,4 @@ def give_back(ctx: UpgradeContext) -> None:
     presence = ctx.cluster
     if presence is None or not presence.enabled:
         return
-    presence.query(lambda conn: records.release_slot(conn, target=ctx.new, node=presence.name))
+    presence.query(lambda conn: release_slot(conn, target=ctx.new, node=presence.name))
