@@ -38,6 +38,7 @@ _UNSENDABLE = re.compile("[\x00-\x20\x7f]")  # http.client refuses these in a pa
 # resolves them, and some sites name hosts so).
 _HOST_NAME = re.compile(r"[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?")
 _READ = 65536  # bytes asked of the connection at a time
+TIMED_OUT = "timed out"  # Fetched.why of an exchange cut at its bound
 
 
 def preload() -> ModuleType:
@@ -117,9 +118,9 @@ def fetch(where: Target, timeout: float, max_body: int = 0,
             maintenance = bool(response.getheader(MAINTENANCE_HEADER))
             body = _read(response, max_body)
             if deadline.expired:  # cut short (a shut socket reads as an end): no whole answer
-                raise TimeoutError("timed out")
+                raise TimeoutError(TIMED_OUT)
         except (OSError, client.HTTPException) as exc:
-            why = "timed out" if deadline.expired or isinstance(exc, socket.timeout) else (
+            why = TIMED_OUT if deadline.expired or isinstance(exc, socket.timeout) else (
                 exc.strerror if isinstance(exc, OSError) and exc.strerror
                 else type(exc).__name__)
             return Fetched(None, why=why)

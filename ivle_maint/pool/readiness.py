@@ -29,7 +29,7 @@ from ..config import Settings
 from ..errors import ConfigError, MaintError
 from ..gates import clock
 from ..gates.text import shown
-from ..gates.web import Fetched, Target, fetch, target
+from ..gates.web import TIMED_OUT, Fetched, Target, fetch, target
 
 RETRY = 0.5  # seconds between two asks
 ASK_MAX = 30.0  # seconds one GET may take, at most (IVLE's first page loads its code)
@@ -88,18 +88,27 @@ def check(settings: Settings, media_version: str | None, *,
           timeout: float | None = None) -> Ready:
     """Ask [pool] ready_url until its page passes (see the module's
     docstring), for at most TIMEOUT seconds ([pool] ready_timeout);
-    MaintError in one line otherwise."""
+    MaintError in one line otherwise, saying what was last seen."""
     url, where = ready_url(settings)
     limit = float(settings["pool"]["ready_timeout"]) if timeout is None else timeout
     start = clock.monotonic()
+    seen: str | None = None  # the last thing seen worth telling
     while True:
         left = limit - (clock.monotonic() - start)
-        got = fetch(where, max(ASK_MIN, min(ASK_MAX, left)), MAX_BODY, AGENT)
+        bound = max(ASK_MIN, min(ASK_MAX, left))
+        got = fetch(where, bound, MAX_BODY, AGENT)
         elapsed = clock.monotonic() - start
         why = why_not(got, media_version)
         if why is None and got.status is not None:
             return Ready(elapsed, got.status, url)
+        if seen is not None and got.why == TIMED_OUT and bound < ASK_MAX and elapsed >= limit:
+            # Given only what was left of the wait and cut at its end, this ask
+            # saw the wait end, not the server: an earlier ask's answer is the news.
+            if bound >= RETRY:  # a real wait, not a sliver: told too
+                seen += f"; then no answer within the last {bound:.1f}s"
+        else:
+            seen = why
         if elapsed >= limit:
             raise MaintError(f"IVLE at {url} is not ready after {elapsed:.1f}s ([pool] "
-                             f"ready_timeout {limit:g}s): {why}")
+                             f"ready_timeout {limit:g}s): {seen}")
         time.sleep(min(RETRY, limit - elapsed))

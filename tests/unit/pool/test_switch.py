@@ -4,6 +4,10 @@ standing in for IVLE behind the slave's Apache) decide."""
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,9 +18,11 @@ from ivle_maint.journal import IN_PROGRESS, Journal
 from ivle_maint.pool import answer, readiness, switch
 from support.pages import MAINTENANCE, Page, ivle_page, serving
 
+REPO = Path(__file__).resolve().parents[3]
+
 
 def settings_with(tmp_path: Path, role: str = "slave", url: str = "http://127.0.0.1/",
-                  media: str | None = "1.1") -> Settings:
+                  media: str | None = "1.1", timeout: float = 10) -> Settings:
     """A slave's settings, its ivle.conf's [media] version MEDIA (None: unset)."""
     etc = tmp_path / "etc"
     etc.mkdir(parents=True, exist_ok=True)
@@ -25,7 +31,7 @@ def settings_with(tmp_path: Path, role: str = "slave", url: str = "http://127.0.
     path = tmp_path / "ivle-maint.conf"
     path.write_text(f"[node]\nrole = {role}\n[paths]\nstate = {tmp_path / 'state'}\n"
                     f"ivle_conf_dir = {etc}\n[web]\napache_dir = {tmp_path / 'apache'}\n"
-                    f'[pool]\nready_url = "{url}"\nready_timeout = 0.6\n')
+                    f'[pool]\nready_url = "{url}"\nready_timeout = {timeout}\n')
     return load_settings(str(path))
 
 
@@ -52,7 +58,7 @@ def test_drain_and_ready_change_the_answer_and_ask_no_balancer(tmp_path):
 def test_a_slave_whose_page_fails_stays_out_with_its_answer_unchanged(
         tmp_path, before, page, seen):
     with serving(page) as site:
-        settings = settings_with(tmp_path, url=site.url())
+        settings = settings_with(tmp_path, url=site.url(), timeout=1)
         if before is not None:
             answer.write_ready(settings, before)
         with pytest.raises(MaintError) as caught:
@@ -72,7 +78,7 @@ def test_the_media_version_is_ivle_confs(tmp_path):
     with serving(Page(200, ivle_page("1.1"))) as site:
         unset = settings_with(tmp_path / "unset", url=site.url(), media=None)
         assert switch.ready(unset, "1.2").ready is not None
-        other = settings_with(tmp_path / "other", url=site.url(), media="1.1.r2")
+        other = settings_with(tmp_path / "other", url=site.url(), media="1.1.r2", timeout=1)
         with pytest.raises(MaintError, match=r"does not carry media version 1\.1\.r2 "):
             switch.ready(other, "1.1")
         assert answer.read(other) == answer.Answer(None)
@@ -107,3 +113,22 @@ def test_ready_is_refused_while_an_upgrade_of_this_node_is_unfinished(tmp_path):
     assert "\n" not in str(caught.value)
     assert answer.read(settings) == answer.Answer(None)
     switch.drain(settings)  # draining is always allowed
+
+
+def test_pool_ready_prints_how_long_ivle_took_to_answer(tmp_path):
+    """The command as a person runs it (--version given: this node has no
+    recorded version); the line says how long IVLE took."""
+    with serving(MAINTENANCE, Page(200, ivle_page("1.1"))) as site:
+        settings_with(tmp_path, url=site.url())
+        conf = tmp_path / "ivle-maint.conf"
+        conf.write_text(conf.read_text().replace(
+            "[web]", f"run = {tmp_path / 'run'}\nlog = {tmp_path / 'log'}\n[web]"))
+        done = subprocess.run([sys.executable, "-m", "ivle_maint", "--config", str(conf),
+                               "pool", "ready", "--version", "1.2"], capture_output=True,
+                              text=True, timeout=60, check=False, cwd=REPO,
+                              env={k: v for k, v in os.environ.items()
+                                   if k not in ("IVLE_MAINT_CONF", "IVLECONF")})
+    assert done.returncode == 0, done.stderr
+    assert re.search(rf"IVLE answered at {re.escape(site.url())} \(HTTP 200\) after "
+                     r"[0-9]+\.[0-9]s", done.stderr), done.stderr
+    assert (tmp_path / "state" / "pool" / "answer").read_text() == "ready 1.2\n"
