@@ -31,7 +31,7 @@ from typing import Any
 
 from .waits import SocketDeadline
 
-# services/maintenance_page.py's header: ivle-maint's own maintenance page.
+# The header of ivle-maint's own maintenance page (services/maintenance_page.py sends it).
 MAINTENANCE_HEADER = "X-IVLE-Maintenance"
 _UNSENDABLE = re.compile("[\x00-\x20\x7f]")  # http.client refuses these in a path
 # A host name's labels once IDNA has made them ASCII (underscores too: glibc
