@@ -302,6 +302,15 @@ backend = string(default='ivle')
 server = string(default='')
 # Seconds drain and ready wait for HAProxy to see the change.
 drain_timeout = float(min=0.1, default=30)
+# Before 'ivle-maint pool ready' writes 'ready', it asks IVLE itself for
+# this page through this slave's own web server: the slave goes back in the
+# pool only once it answers 200, not ivle-maint's maintenance page, with
+# ivle.conf's [media] version in its first 256 KiB (IVLE's pages link their
+# static files under it; unset: not looked for).  An http(s) URL.
+ready_url = string(default='http://127.0.0.1/')
+# Seconds ready asks that page (every half second, each answer within what
+# is left) before it fails, the pool answer left as it was.
+ready_timeout = float(min=0.1, default=120)
 
 [rollback]
 # Every upgrade keeps a restore point for 'ivle-maint rollback' (the old

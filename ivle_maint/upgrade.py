@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import children, preflight, release_needs, system
-from .cluster import probe
 from .cluster.presence import Presence, coordinated
 from .cluster.waits import wait_for_every_before_phase
 from .config import Settings
@@ -38,7 +37,7 @@ from .db import pgparse
 from .db.backup import remove_leftovers
 from .db.migrations import upgrade_completed
 from .errors import MaintError
-from .gates import processes
+from .gates import processes, web
 from .gates.rewrite import patch_in_place
 from .gates.text import command
 from .installed import read_installed, record_installed
@@ -78,7 +77,7 @@ def preload(ctx: UpgradeContext | None = None,
     if ctx is None or (BEFORE in phases and not ctx.code_is_new):
         old_package.preload()  # python3-debian's DebFile: keep.prepare keeps the package
     if ctx is None or coordinated(ctx.settings):
-        probe.preload()  # http.client: the cluster's waits ask the slaves' web servers
+        web.preload()  # http.client: the cluster's waits ask the slaves' web servers
 
 
 def state_dir(settings: Settings) -> Path:

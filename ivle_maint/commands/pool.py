@@ -19,6 +19,13 @@ requests in flight finish.  With [pool] balancer = haproxy, 'drain' and
 stats socket ([pool] haproxy_socket) reports this server ([pool] server in
 [pool] backend) drained (NOLB, DRAIN) or UP, and print how long that took;
 a socket that fails or answers anything else is one line, exit status 1.
+Before 'ready' changes anything, it asks IVLE itself for a real page
+through this slave's own web server ([pool] ready_url), every half second
+for at most [pool] ready_timeout seconds, and prints how long that took:
+the page must answer 200, not ivle-maint's maintenance page, and carry
+ivle.conf's [media] version.  A slave whose page never does stays out of
+the pool (its answer unchanged): one line naming the URL and the last
+thing seen, exit status 1.
 Refused on a node whose [node] role is master (exit status 2); 'ready'
 also while an upgrade of this node is unfinished (the schema hold).  See
 doc/clusters.md for HAProxy's backend and other balancers."""
@@ -48,9 +55,12 @@ def register(sub: Any) -> None:
         "until HAProxy reports the server drained.")
     drain.set_defaults(func=cmd_drain)
     ready = actions.add_parser(
-        "ready", help="answer 'ready VERSION': back in the pool; wait until HAProxy sees it",
-        description="Write this slave's pool answer, 'ready VERSION', then wait until "
-        "HAProxy reports the server UP.")
+        "ready", help="once IVLE serves a real page here, answer 'ready VERSION': back "
+        "in the pool; wait until HAProxy sees it",
+        description="Ask IVLE for a real page through this slave's own web server "
+        "([pool] ready_url) until it answers 200 with ivle.conf's media version, then "
+        "write this slave's pool answer, 'ready VERSION', and wait until HAProxy reports "
+        "the server UP.")
     ready.add_argument("--version", dest="version", metavar="VERSION",
                        help="the IVLE version this slave serves (default: the version "
                        "ivle-maint last installed or upgraded to on this node)")
@@ -93,7 +103,8 @@ def cmd_ready(ctx: Context) -> int:
                          "--version VERSION")
     with node_lock(ctx.settings.path_of("run"), "pool ready"):
         switched = switch.ready(ctx.settings, version)
-    ctx.reporter.info(f"pool: {switched.answer} ({switched.path}); {switched.balancer()}")
+    ctx.reporter.info(f"pool: {switched.answer} ({switched.path}); {switched.ready}; "
+                      f"{switched.balancer()}")
     _conf_note(ctx)
     return 0
 

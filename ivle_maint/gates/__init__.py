@@ -14,6 +14,7 @@ instead of checking beside it.  Each module's docstring states its rule.
     rewrite       atomic replacement that keeps owner, mode, ACLs, xattrs
     environment   the clean environment of every child and libpq session
     waits         every wait bounded, told, and interruptible
+    web           one GET of a gated URL, the whole exchange bounded
     clock         durations and ordering that survive a wall clock jump
     root          root required, said in one line
 

@@ -36,7 +36,7 @@ to the person at the terminal.
   that sends a byte of its answer before each timeout holds
   its reader for ever.  SocketDeadline shuts every connection it made down
   at its deadline, so the reader's next (or current) read ends there
-  (cluster/probe.py: the URL a row of the cluster table names).
+  (gates/web.py: every GET, of a cluster row's URL or [pool] ready_url).
 - Threads.  Signals arrive in the main thread only.  Work that runs beside
   it (children.Workers: steps that overlap, user jails remade in batches)
   is stopped through stop_workers(): a worker's database wait sees the

@@ -431,12 +431,18 @@ def _current(slot: Slot) -> str | None:
     return slot.value or None
 
 
+def current_media_version(conf_path: Path) -> str | None:
+    """ivle.conf's [media] version now (None: unset or empty, IVLE then
+    puts none in its URLs); a file this module could not rewrite is a
+    one-line error, as for every other reader of it here."""
+    return _current(locate(read_conf(conf_path)))
+
+
 def plan_media_version(conf_path: Path, state_dir: Path, version: str | None = None, *,
                        upgrade: str | None = None, reinstall: bool = False,
                        force: bool = False) -> MediaPlan:
     """The current value, the record, and the value VERSION would get."""
-    cf = read_conf(conf_path)
-    current = _current(locate(cf))
+    current = current_media_version(conf_path)
     record = Record.load(state_dir)
     target = None
     if version is not None and (current is not None or force):
@@ -477,7 +483,7 @@ def set_media_version(conf_path: Path, state_dir: Path, backup_dir: Path, versio
     # one the new content was computed from (no other writer's change lost).
     backup = replace_file(conf_path, new, backup_dir=backup_dir, expect=cf.data,
                           purpose=trusted.IVLE_CONF)
-    reread = _current(locate(read_conf(conf_path)))
+    reread = current_media_version(conf_path)
     if reread != target:
         raise MaintError(f"{conf_path}: [media] version reads back as {reread!r}, "
                          f"not {target!r}; the previous file is {backup}")

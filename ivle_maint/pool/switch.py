@@ -3,7 +3,9 @@
 What `ivle-maint pool drain|ready` does, and what a rolling upgrade will
 do around each slave's upgrade: the answer file changes first (Apache
 answers from it at once), then, with [pool] balancer = haproxy, the wait
-until HAProxy reports the change ([pool] drain_timeout).
+until HAProxy reports the change ([pool] drain_timeout).  Before 'ready'
+changes anything, IVLE itself must serve a real page carrying this node's
+media version (readiness.py): a slave that fails it stays out.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from pathlib import Path
 from ..config import Settings
 from ..errors import MaintError, UsageError
 from ..gates import schema_hold
+from ..media.version import current_media_version
 from ..roles import Role
-from . import answer, haproxy, watch
+from . import answer, haproxy, readiness, watch
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,7 @@ class Switched:
     answer: answer.Answer
     path: Path
     seen: watch.Seen | None  # None: no balancer to ask ([pool] balancer = none)
+    ready: readiness.Ready | None = None  # ready: the page that passed; drain: None
 
     def balancer(self) -> str:
         """What the balancer reported, and when, for a person."""
@@ -57,13 +61,21 @@ def drain(settings: Settings) -> Switched:
 
 
 def ready(settings: Settings, version: str) -> Switched:
-    """Answer 'ready VERSION' (200), then wait until HAProxy reports it UP."""
+    """Once IVLE serves a real page here (readiness.check), answer 'ready
+    VERSION' (200), then wait until HAProxy reports it UP."""
     check_role(settings, "ready")
     at = haproxy.target(settings)
+    readiness.ready_url(settings)  # [pool] checked before anything is asked
     hold = schema_hold.holding(settings)
     if hold is not None:  # its web server serves nothing of IVLE's meanwhile
         raise MaintError(f"pool ready: refused: {hold.describe()}; this slave goes back in "
                          "the pool once its upgrade is done", resume=hold.resume)
+    media = current_media_version(settings.ivle_conf_dir / "ivle.conf")
+    try:
+        passed = readiness.check(settings, media)
+    except MaintError as exc:
+        raise MaintError(f"pool ready: {exc}; this slave stays out of the pool (its "
+                         "answer unchanged)") from None
     answer.write_conf(settings)
     path = answer.write_ready(settings, version)
     seen = None
@@ -75,4 +87,4 @@ def ready(settings: Settings, version: str) -> Switched:
                 raise
             raise MaintError(f"{exc}; Apache does not serve {answer.URL} yet "
                              f"(a2enconf {answer.CONF_NAME}, then reload Apache)") from None
-    return Switched(answer.Answer(version), path, seen)
+    return Switched(answer.Answer(version), path, seen, passed)

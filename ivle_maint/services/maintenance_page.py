@@ -44,6 +44,7 @@ from ..gates.schema_hold import (
     why_not_disablable,
 )
 from ..gates.schema_hold import ivle_sites as sites
+from ..gates.web import MAINTENANCE_HEADER
 from ..journal import Journal, oldest_first
 from ..output import Reporter
 from ..safepaths import read_nofollow
@@ -62,7 +63,7 @@ MODES = (STOP, MAINTENANCE)
 ENV_MODE = "IVLE_MAINT_DURING_UPGRADE"
 CONF_NAME = "ivle-maint-maintenance"
 RECORD = MAINTENANCE_RECORD
-HEADER = "X-IVLE-Maintenance"
+HEADER = MAINTENANCE_HEADER  # what every GET (gates/web.fetch) looks for
 # Apache's expression parser keeps a string of at most 8 KiB: the page, in
 # ASCII with character references, is one.
 PAGE_LIMIT = 7 * 1024

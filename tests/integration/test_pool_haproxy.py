@@ -4,9 +4,10 @@ that are not HAProxy.
 HAProxy checks two stand-in slaves every 100 ms (tests/support/balancer.py):
 s1 is the node ivle-maint runs as, s2 another slave that stays in.  drain
 must return only once HAProxy itself reports s1 drained, with a request in
-flight to s1 finishing; ready, once it reports s1 UP.  A stats socket that
-answers garbage, nothing, or a byte at a time is one line and exit 1,
-within [pool] drain_timeout.
+flight to s1 finishing; ready, once s1's own IVLE page carries its media
+version (the readiness check, asked of s1 itself) and HAProxy reports s1
+UP.  A stats socket that answers garbage, nothing, or a byte at a time is
+one line and exit 1, within [pool] drain_timeout.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from hypothesis import strategies as st
 from ivle_maint.config import load_settings
 from ivle_maint.errors import MaintError
 from ivle_maint.pool import haproxy
-from support.balancer import HAPROXY, Balancer, balancer, run_maint, wait_until
+from support.balancer import HAPROXY, MEDIA, Balancer, balancer, run_maint, wait_until
 
 pytestmark = [
     pytest.mark.needs_root,
@@ -40,7 +41,12 @@ TIMEOUT = 10  # [pool] drain_timeout: far above the 100 ms checks, so never reac
 
 
 def write_conf(directory: Path, sock: Path, *, role: str = "slave",
-               timeout: float = TIMEOUT) -> Path:
+               timeout: float = TIMEOUT, ready_url: str = "http://127.0.0.1/",
+               ready_timeout: float = TIMEOUT) -> Path:
+    """s1's settings, and its ivle.conf ([media] version MEDIA, as its page carries)."""
+    etc = directory / "etc"
+    etc.mkdir(parents=True, exist_ok=True)
+    (etc / "ivle.conf").write_text(f"[media]\nversion = {MEDIA}\n")
     conf = directory / "ivle-maint.conf"
     conf.write_text(f"""\
 [node]
@@ -51,6 +57,7 @@ state = {directory / 'state'}
 run = {directory / 'run'}
 log = {directory / 'log'}
 backup = {directory / 'backup'}
+ivle_conf_dir = {etc}
 [web]
 apache_dir = {directory / 'apache'}
 [pool]
@@ -58,6 +65,8 @@ balancer = haproxy
 haproxy_socket = {sock}
 backend = ivle
 drain_timeout = {timeout}
+ready_url = {ready_url}
+ready_timeout = {ready_timeout}
 """)
     return conf
 
@@ -71,7 +80,7 @@ def site(tmp_path: Path) -> Iterator[tuple[Balancer, Path]]:
         path.parent.mkdir(parents=True)
         path.write_text("ready 1.0\n")
     with balancer(tmp_path / "haproxy", {"s1": mine, "s2": other}) as lb:
-        yield lb, write_conf(tmp_path / "s1", lb.socket)
+        yield lb, write_conf(tmp_path / "s1", lb.socket, ready_url=lb.slaves["s1"].page_url)
 
 
 def one_line(text: str) -> str:
@@ -99,12 +108,37 @@ def test_drain_returns_once_haproxy_reports_the_server_drained_and_ready_once_up
     back = run_maint(conf, "pool", "ready", "--version", "1.1")
     assert back.returncode == 0, back.stderr
     assert lb.op_state("s1") == (2, 0)
+    assert f"IVLE answered at {lb.slaves['s1'].page_url} (HTTP 200) after" in back.stderr
     assert "HAProxy reports ivle/s1 UP after" in back.stderr
     assert (conf.parent / "state" / "pool" / "answer").read_text() == "ready 1.1\n"
     assert {lb.get("/")[1] for _ in range(6)} == {"s1", "s2"}
     # The Apache configuration that serves the answer, generated beside.
     apache = (conf.parent / "apache" / "conf-available" / "ivle-maint-pool.conf").read_text()
     assert f'Alias /.ivle-maint/pool "{conf.parent}/state/pool/answer"' in apache
+
+
+def test_a_slave_whose_page_lacks_its_media_version_stays_out_of_the_pool(site):
+    """s1's web server answers, but with the old code's page: `pool ready`
+    fails in one line, its answer still 'drain', HAProxy still sends it
+    nothing; once its page carries the version, ready puts it back."""
+    lb, conf = site
+    assert run_maint(conf, "pool", "drain").returncode == 0
+    conf.write_text(conf.read_text().replace(f"ready_timeout = {TIMEOUT}",
+                                             "ready_timeout = 1"))
+    lb.slaves["s1"].media = "1.0"
+    done = run_maint(conf, "pool", "ready", "--version", "1.1", timeout=30)  # 30x the bound
+    assert done.returncode == 1
+    line = one_line(done.stderr)
+    assert f"IVLE at {lb.slaves['s1'].page_url} is not ready after" in line
+    assert f"the page does not carry media version {MEDIA}" in line
+    assert "this slave stays out of the pool" in line
+    assert not (conf.parent / "state" / "pool" / "answer").exists()
+    assert lb.op_state("s1")[0] == STOPPING  # NOLB still
+    assert {lb.get("/")[1] for _ in range(6)} == {"s2"}
+    lb.slaves["s1"].media = MEDIA
+    back = run_maint(conf, "pool", "ready", "--version", "1.1")
+    assert back.returncode == 0, back.stderr
+    assert lb.op_state("s1") == (2, 0)
 
 
 def test_a_request_in_flight_during_drain_completes(site):

@@ -3,7 +3,9 @@
 Each stand-in slave is Python's http.server answering /.ivle-maint/pool
 from its pool answer file as the slave's Apache Alias does (the file's
 bytes, 200; absent, 404), /slow once the test lets it (a request in
-flight), and anything else at once, naming itself (X-Server).  HAProxy
+flight), IVLE's page at /ivle/ (its static files under the stand-in's
+media version: the readiness check's page), and anything else at once,
+naming itself (X-Server).  HAProxy
 (Debian's package) runs in the foreground with its own configuration and
 stats socket in a temporary directory, checking each server every 100 ms.
 """
@@ -26,8 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ivle_sandbox.postgres import free_port
+from support.pages import ivle_page
 
 URL = "/.ivle-maint/pool"
+PAGE = "/ivle/"  # IVLE's page, for the readiness check
+MEDIA = "1.1"  # the media version the stand-ins' pages carry, until a test changes it
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
 
 
@@ -40,6 +45,13 @@ class StandIn:
     arrived: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
     server: http.server.ThreadingHTTPServer | None = None
+    media: str = MEDIA  # the media version its IVLE page carries
+
+    @property
+    def page_url(self) -> str:
+        """IVLE's page on this stand-in ([pool] ready_url), once started."""
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}{PAGE}"
 
     def start(self) -> int:
         stand_in = self
@@ -53,6 +65,8 @@ class StandIn:
                         body, status = stand_in.answer.read_bytes(), 200
                     except FileNotFoundError:
                         body, status = b"not found\n", 404
+                elif self.path == PAGE:
+                    body, status = ivle_page(stand_in.media), 200
                 elif self.path == "/slow":
                     stand_in.arrived.set()
                     stand_in.release.wait(30)
