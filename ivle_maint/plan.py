@@ -33,7 +33,7 @@ def _cluster_lines(ctx: UpgradeContext, steps: Sequence[Step]) -> list[str]:
         wait = step.cluster_wait
         if wait is not None and wait.plan is not None:
             lines.append(wait.plan(ctx, status.nodes))
-    return lines
+    return [*lines, roll_decision.plan_line(ctx, status.nodes)]
 
 
 def _beside(step: Step, group: Sequence[Step]) -> str:
@@ -69,5 +69,4 @@ def describe(ctx: UpgradeContext, migrations_source: str | None = None,
                 if said.part == part:
                     lines += said.lines(ctx, migrations_source)
     lines += _cluster_lines(ctx, mine)
-    lines.append(roll_decision.plan_line(ctx))
     return lines

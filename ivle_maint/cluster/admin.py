@@ -16,7 +16,7 @@ from ..installed import recorded_version
 from ..journal import unfinished
 from ..services.init_scripts import RUNNING, control_from_settings
 from ..services.maintenance_page import in_maintenance
-from . import probe, table, trust
+from . import probe, roll, table, trust
 from .ages import human_age
 from .presence import REPORT_WAIT, Presence, coordinated, errors_as_maint, name_holder
 
@@ -227,6 +227,18 @@ def forget(settings: Settings, reporter: Reporter, name: str, *, force: bool = F
                           "before the master's next upgrade")
         with errors_as_maint(settings.ivle_conf().database["name"]):
             return table.forget(conn, name)
+    finally:
+        presence.close()
+
+
+def forget_roll(settings: Settings, reporter: Reporter, version: str) -> bool:
+    """Drop the cluster's decision whether the upgrade to VERSION rolls: the
+    next node whose upgrade begins decides again.  False when none stood."""
+    presence = Presence(settings, reporter)
+    try:
+        conn = presence.connection()
+        with errors_as_maint(settings.ivle_conf().database["name"]):
+            return roll.forget(conn, version)
     finally:
         presence.close()
 

@@ -37,7 +37,7 @@ from typing import Any
 
 from ..errors import MaintError
 from ..gates import names
-from ..gates.text import shown
+from ..gates.text import ivle_maint, shown
 from ..pgdriver import psycopg2
 from ..versions import MAX_LENGTH as VERSION_MAX
 from ..versions import check as check_version
@@ -106,7 +106,8 @@ def _quoted(value: str) -> str:
 def _require(cur: Any, name: str) -> None:
     if not table._exists(cur, name):
         raise MaintError(f"table {name} does not exist: the first node whose database role "
-                         f"may create it does (ivle-maint cluster register on the master)")
+                         f"may create it does ({ivle_maint('cluster', 'register')} on the "
+                         "master)")
 
 
 def _read(cur: Any, target: str) -> RollRecord | None:
@@ -281,8 +282,9 @@ def why_no_roll(conn: Any) -> str | None:
             for name in (ROLLS, SLOTS):
                 if not table._exists(cur, name):
                     return (f"table {name} does not exist and role {role} may not create it, "
-                            f"so no roll could be decided or slot taken: run ivle-maint "
-                            f"cluster register on the master (its role creates the tables) "
+                            f"so no roll could be decided or slot taken: run "
+                            f"{ivle_maint('cluster', 'register')} on the master (its role "
+                            "creates the tables) "
                             f"or GRANT CREATE ON SCHEMA public TO {role}")
             cur.execute("SAVEPOINT ivle_maint_roll")
             for verb, name, statement in _TRIES:

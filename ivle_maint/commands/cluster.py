@@ -1,4 +1,5 @@
-"""ivle-maint cluster status | register | refresh | forget | prepare: the nodes together."""
+"""ivle-maint cluster status | register | refresh | forget | forget-roll | prepare: the
+nodes together."""
 
 from __future__ import annotations
 
@@ -78,6 +79,15 @@ def register(sub: Any) -> None:
     forget.add_argument("--force", action="store_true",
                         help="forget it even so: the master then stops waiting for it")
     forget.set_defaults(func=cmd_forget)
+
+    forget_roll = actions.add_parser(
+        "forget-roll", help="drop the cluster's decision whether the upgrade to VERSION rolls",
+        description="Drop the decision the first node recorded (ivle_maint_rolls) whether "
+        "the upgrade to VERSION rolls, one slave at a time behind the balancer: the next "
+        "node whose upgrade to VERSION begins decides again, by its own [cluster] rolling.  "
+        "A slave out of the pool keeps its roll slot until its upgrade is done.")
+    forget_roll.add_argument("version", metavar="VERSION", help="the version upgraded to")
+    forget_roll.set_defaults(func=cmd_forget_roll)
 
     prepare = actions.add_parser(
         "prepare", help="run this node's before-phase now (web server down) for NEW",
@@ -251,6 +261,16 @@ def cmd_forget(ctx: Context) -> int:
     if not forget(ctx.settings, ctx.reporter, ctx.args.name, force=ctx.args.force):
         raise MaintError(f"no node named {ctx.args.name!r} in the cluster table")
     ctx.reporter.info(f"forgot node {ctx.args.name}")
+    return 0
+
+
+def cmd_forget_roll(ctx: Context) -> int:
+    from ..cluster.admin import forget_roll
+
+    checked_version(ctx.args.version, "cluster forget-roll")
+    if not forget_roll(ctx.settings, ctx.reporter, ctx.args.version):
+        raise MaintError(f"no roll decided for {ctx.args.version} in the cluster table")
+    ctx.reporter.info(f"forgot the roll decision for {ctx.args.version}")
     return 0
 
 

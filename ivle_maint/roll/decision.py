@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 from .. import release_needs
 from ..cluster import roll as records
 from ..cluster import table
-from ..cluster.presence import coordinated
 from ..db import migrations
 from ..db.migration_class import release_class
 from ..errors import MaintError
+from ..gates.text import ivle_maint
 from .choice import ALWAYS, NEVER, Choice, Facts, choose, refuse_unless_allowed
 
 if TYPE_CHECKING:
@@ -109,9 +109,9 @@ def settle(ctx: UpgradeContext) -> Choice:
         again = "set [cluster] rolling = auto here" if mode == NEVER else "fix that here"
         raise MaintError(f"the cluster rolls {ctx.old} -> {ctx.new} ({standing.why}), but "
                          f"this node does not: {mine.why}; nothing was stopped: {again}, or "
-                         "upgrade the whole cluster by IVLE's procedure (--rolling never "
-                         "on every node, after 'ivle-maint cluster forget-roll "
-                         f"{ctx.new}')")
+                         "upgrade the whole cluster by IVLE's procedure: "
+                         f"{ivle_maint('cluster', 'forget-roll', ctx.new)}, then --rolling "
+                         "never on every node")
     refuse_unless_allowed(mode, standing, _source(ctx))
     ctx.roll_choice = standing
     return standing
@@ -134,22 +134,15 @@ def attach(ctx: UpgradeContext) -> Choice:
     return choice
 
 
-def check(ctx: UpgradeContext) -> None:
+def check_roll(ctx: UpgradeContext) -> None:
     """The preflight's Check (migrate's on the master, leave-pool's on a
     slave): settled once for the run."""
     settle(ctx)
 
 
-def plan_line(ctx: UpgradeContext) -> str:
-    """`ivle-maint plan`'s line: what this node would choose; records nothing."""
-    rows: list[table.NodeRow] | None = None
-    if coordinated(ctx.settings):
-        from ..cluster.admin import read_status
-
-        try:
-            rows = read_status(ctx.settings, ctx.reporter, own_row=False).nodes
-        except MaintError as exc:
-            return f"rolling: not known: {exc}"
+def plan_line(ctx: UpgradeContext, rows: list[table.NodeRow]) -> str:
+    """`ivle-maint plan`'s line for a coordinated node: what it would
+    choose from the cluster table's ROWS; records nothing."""
     choice = choose(facts(ctx, rows))
     refused = ctx.rolling == ALWAYS and not choice.rolling
     return f"rolling: {choice}" + (f" (refused: {_source(ctx)} = always)" if refused else "")

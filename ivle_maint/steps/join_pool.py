@@ -19,13 +19,14 @@ from ..gates import clock
 from ..pool import switch
 from ..roll import slot
 
-LEAVE = "leave-pool"
-
 
 def join_pool(ctx: UpgradeContext) -> Outcome:
     journal = ctx.journal
-    record = journal.steps.get(LEAVE) if journal is not None else None
-    if record is None or release_needs.was_skipped(ctx, LEAVE):
+    # The step this one undoes (leave-pool): begun, not skipped.
+    leave = next((s.name for s in ctx.steps if s.undo is not None and s.undo.name == STEP.name),
+                 None)
+    record = journal.steps.get(leave) if journal is not None and leave else None
+    if leave is None or record is None or release_needs.was_skipped(ctx, leave):
         return release_needs.skipped("this slave did not leave the pool (no roll)")
     version = ctx.old if journal is not None and journal.is_aborting else ctx.new
     switched = switch.ready(ctx.settings, version)

@@ -28,4 +28,4 @@ def leave_pool(ctx: UpgradeContext) -> Outcome:
 
 STEP = Step("leave-pool", "leave the balancer's pool (a roll)", SLAVE, BEFORE, leave_pool,
             undo=join_pool.STEP,
-            checks=(Check(PreflightStage.CLUSTER, decision.check),))
+            checks=(Check(PreflightStage.CLUSTER, decision.check_roll),))

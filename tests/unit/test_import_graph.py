@@ -128,8 +128,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("cluster", ("cluster",)),
     # Restore points: what the steps keep, and what a rollback puts back.
     ("rollback", ("rollback",)),
-    # One module per step of IVLE's upgrade procedure.
-    ("steps", ("steps", "release_needs")),
+    # One module per step of IVLE's upgrade procedure, and what decides
+    # which steps a release needs: release_needs, and whether it rolls.
+    ("steps", ("steps", "release_needs", "roll")),
     # The steps in order, and the runner that walks them with the journal.
     ("procedure", ("procedure", "runner")),
     # A whole upgrade: preflight, plan, lock and log, dpkg's hooks.

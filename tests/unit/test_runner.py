@@ -49,8 +49,9 @@ from ivle_sandbox.procs import alive
 from support.threads import threads_back_to
 
 IVLE_ORDER = [
-    "stop-web", "stop-consoles", "unmount-jails", "baseline", "migrate",
+    "leave-pool", "stop-web", "stop-consoles", "unmount-jails", "baseline", "migrate",
     "rebuild-jail", "remake-users", "restart-usrmgt", "media-version", "start-web",
+    "join-pool",
 ]
 # Each pair runs at the same time.
 GROUPS = (("migrate", "rebuild-jail"), ("remake-users", "restart-usrmgt"))
@@ -96,9 +97,10 @@ def test_steps_follow_the_seed_order_and_roles():
     assert [s.name for s in steps_for("both")] == IVLE_ORDER
     slave = [s.name for s in steps_for("slave")]
     master = [s.name for s in steps_for("master")]
-    assert slave == ["stop-web", "stop-consoles", "unmount-jails", "media-version", "start-web"]
+    assert slave == ["leave-pool", "stop-web", "stop-consoles", "unmount-jails",
+                     "media-version", "start-web", "join-pool"]
     assert master == ["baseline", "migrate", "rebuild-jail", "remake-users", "restart-usrmgt"]
-    assert [s.name for s in steps_for("slave", [BEFORE])] == slave[:3]
+    assert [s.name for s in steps_for("slave", [BEFORE])] == slave[:4]
 
 
 def test_full_run_completes_and_records_every_step(tmp_path):
@@ -123,7 +125,8 @@ def test_after_phase_failure_resumes_at_the_failed_step(tmp_path):
 
     rec.calls.clear()
     j = run(tmp_path, rec)
-    assert rec.calls == ["remake-users", "media-version", "start-web"]  # usrmgt: beside it
+    assert rec.calls == ["remake-users", "media-version", "start-web", "join-pool"]  # usrmgt:
+    # beside remake-users
     assert j.steps["restart-usrmgt"].status == DONE
     assert j.state == COMPLETE
 
@@ -144,14 +147,16 @@ def test_before_phase_failure_restarts_the_web_server_and_aborts(tmp_path):
     rec = Recorder(fail={"unmount-jails": MaintError("device busy")})
     with pytest.raises(MaintError, match="upgrade abandoned, services restored"):
         run(tmp_path, rec, phases=(BEFORE,))
-    assert rec.calls == ["stop-web", "stop-consoles", "unmount-jails", "start-web"]
+    # Last done, first undone: the web server starts before the slave rejoins the pool.
+    assert rec.calls == ["leave-pool", "stop-web", "stop-consoles", "unmount-jails",
+                         "start-web", "join-pool"]
     j = Journal.load(Journal.file_for(tmp_path, "1.0", "1.1"))
     assert j.state == ABORTED
     assert not j.is_done("stop-web")  # a retried upgrade must stop it again
 
     rec.calls.clear()
     run(tmp_path, rec, phases=(BEFORE,))
-    assert rec.calls == ["stop-web", "stop-consoles", "unmount-jails", "baseline"]
+    assert rec.calls == ["leave-pool", "stop-web", "stop-consoles", "unmount-jails", "baseline"]
 
 
 def test_abort_before_web_stopped_restarts_nothing(tmp_path):
@@ -167,7 +172,7 @@ def test_abort_after_a_begun_stop_web_starts_it_again(tmp_path):
     rec = Recorder(fail={"stop-web": MaintError("cannot stop apache2")})
     with pytest.raises(MaintError):
         run(tmp_path, rec, phases=(BEFORE,))
-    assert rec.calls == ["stop-web", "start-web"]
+    assert rec.calls == ["leave-pool", "stop-web", "start-web", "join-pool"]
 
 
 def test_journal_write_is_atomic_and_leaves_no_temporary(tmp_path):
@@ -211,7 +216,7 @@ def test_an_undo_that_crashes_leaves_the_abandonment_owed(tmp_path):
     assert [x.path for x in Journal.unfinished(tmp_path)] == [j.path]
     # The next abort (a rerun, dpkg's abort-upgrade) finishes it.
     Procedure(context(), on_disk, rec.steps()).abort()
-    assert Journal.load(j.path).state == ABORTED and rec.calls[-1] == "start-web"
+    assert Journal.load(j.path).state == ABORTED and rec.calls[-2:] == ["start-web", "join-pool"]
 
 
 @pytest.mark.parametrize("signal", [KeyboardInterrupt(), Terminated("terminated (SIGTERM)")],

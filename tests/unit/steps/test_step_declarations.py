@@ -65,6 +65,8 @@ def test_the_steps_checks_run_in_the_preflights_order():
         ("STATE_FILES", "rebuild-jail", "check_inputs_record"),
         ("STATE_FILES", "media-version", "check_media_record"),
         ("STATE_FILES", "start-web", "check_release_record"),
+        ("CLUSTER", "leave-pool", "check_roll"),
+        ("CLUSTER", "migrate", "check_roll"),
         ("CLUSTER", "media-version", "check_claim"),
     ]
 
