@@ -51,6 +51,11 @@ def facts(ctx: UpgradeContext, rows: list[table.NodeRow] | None) -> Facts:
 
 def _release_class(ctx: UpgradeContext) -> tuple[int, str | None, str, str]:
     """(pending migrations, their class or None, what decided it, why unknown)."""
+    if ctx.new_migrations is None and ctx.migrations_dir is None and not ctx.code_is_new:
+        # [paths] migrations are OLD's files until the unpack: "none pending"
+        # would be said of a release whose migrations nobody has read.
+        return 1, None, "", (f"{ctx.new}'s migrations are not known before it is unpacked "
+                             "(its preinst carries none: dh_ivle_maint's manifest)")
     try:
         plan = migrations.status_or_plan(
             ctx.settings, migrations_dir=ctx.preflight_migrations,

@@ -11,6 +11,9 @@ are each node's own admin directory.
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 import threading
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +25,8 @@ from ivle_sandbox.cluster import Cluster, build_cluster, configure
 from ivle_sandbox.node import Node
 from ivle_sandbox.releases import OLD, RELEASES
 from support.cluster_helpers import journal_steps, marker_rows, web_events
-from support.upgrade_helpers import cli, unpack
+from support.preinst_manifest import manifest
+from support.upgrade_helpers import REPO, cli, set_setting, unpack
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_postgres, pytest.mark.once]
 
@@ -61,12 +65,17 @@ class Dpkg:
     def installed(self, listed: dict[str, str]) -> None:
         self._write(self.top / "info" / "ivle.md5sums", listed)
 
-    def preinst(self, old: str, new: str, listed: dict[str, str]) -> Any:
+    def preinst(self, old: str, new: str, listed: dict[str, str],
+                migrations: dict[str, str]) -> Any:
         (self.top / "tmp.ci" / "control").write_text(
             f"Package: ivle\nVersion: {new}\nArchitecture: all\n")
         self._write(self.top / "tmp.ci" / "md5sums", listed)
-        return cli(self.node, "hook", "preinst", "upgrade", old, new,
-                   extra_env={"DPKG_MAINTSCRIPT_NAME": "preinst"})
+        env = {**os.environ, **self.node.env, "PYTHONPATH": str(REPO),
+               "DPKG_MAINTSCRIPT_NAME": "preinst"}
+        return subprocess.run(  # dh_ivle_maint's preinst: NEW's migrations on stdin
+            [sys.executable, "-m", "ivle_maint", "hook", "--new-migrations", "-", "preinst",
+             "upgrade", old, new], env=env, input=manifest(migrations, new),
+            capture_output=True, text=True, timeout=300, check=False)
 
     def postinst(self, old: str, new: str) -> Any:
         return cli(self.node, "hook", "--package-version", new, "postinst", "configure", old,
@@ -75,7 +84,7 @@ class Dpkg:
     def upgrade(self, old: str, new: str, listed: dict[str, str],
                 migrations: dict[str, str]) -> str:
         """preinst, unpack, postinst, as one apt-get run on the node."""
-        done = self.preinst(old, new, listed)
+        done = self.preinst(old, new, listed, migrations)
         assert done.returncode == 0, done.stdout + done.stderr
         unpack(self.node, new, migrations)
         self.installed(listed)
@@ -89,8 +98,9 @@ V11 = RELEASES["1.1"]
 
 @pytest.fixture
 def at_1_1(node_factory, tmp_path: Path) -> tuple[Cluster, dict[Node, Dpkg]]:
-    """Master and two slaves upgraded to 1.1 by IVLE's procedure (1.1
-    changes the code: it does not roll), each slave behind the pool."""
+    """Master and two slaves upgraded to 1.1 by IVLE's procedure (the
+    database has no marker yet, and 1.1 changes the code: it does not
+    roll), each slave behind the pool."""
     cluster = build_cluster(node_factory, slaves=2, cluster={"master_timeout": 60})
     dpkgs = {}
     for i, node in enumerate(cluster.nodes):
@@ -108,9 +118,9 @@ def at_1_1(node_factory, tmp_path: Path) -> tuple[Cluster, dict[Node, Dpkg]]:
     for node in cluster.nodes:
         assert node.installed_version() == "1.1"
         steps = journal_steps(node)
-        for name in STEPS_OF_A_ROLL:  # IVLE's procedure: the jail changes
-            if name in steps:
-                assert "jail rebuild" in steps[name]["metrics"].get("skipped", ""), steps[name]
+        if node in cluster.slaves:  # IVLE's procedure: no marker yet, and the code changes
+            assert "does not roll" in steps["leave-pool"]["metrics"]["skipped"]
+            assert "did not leave the pool" in steps["join-pool"]["metrics"]["skipped"]
     return cluster, dpkgs
 
 
@@ -121,8 +131,6 @@ def slave_name(node: Node) -> str:
 
 
 def set_pool(slave: Node) -> None:
-    from support.upgrade_helpers import set_setting
-
     set_setting(slave, "pool", "ready_url", f"http://127.0.0.1:{slave.web_port}/")
     set_setting(slave, "pool", "ready_timeout", 20)
 
@@ -173,6 +181,8 @@ def test_an_additive_release_rolls_one_slave_at_a_time(at_1_1) -> None:
         steps = journal_steps(slave, new="1.2")
         for name in STEPS_OF_A_ROLL:
             assert "skipped" not in steps[name]["metrics"], steps[name]
+        assert steps["leave-pool"]["metrics"]["rolls"].startswith(
+            "every pending migration is additive (1), no jail rebuild"), steps["leave-pool"]
         assert steps["join-pool"]["metrics"]["out_of_pool"] > 0
         assert "out of the balancer's pool" in said[slave]
         assert slave.service_running("apache2")
@@ -185,6 +195,48 @@ def test_a_destructive_release_falls_back_to_ivles_procedure_saying_why(at_1_1) 
     said = roll(cluster, dpkgs, DESTRUCTIVE)
     for slave in cluster.slaves:
         steps = journal_steps(slave, new="1.2")
-        why = steps["leave-pool"]["metrics"]["skipped"]
-        assert "not additive: destructive" in why, why
+        why = steps["leave-pool"]["metrics"].get("skipped", steps["leave-pool"])
+        assert "not additive: destructive" in str(why), (why, said[slave], said[cluster.master])
         assert "does not roll" in said[slave] or "skipped" in said[slave]
+
+
+def test_a_slave_that_fails_readiness_stays_out_and_the_roll_stops_there(at_1_1) -> None:
+    cluster, dpkgs = at_1_1
+    failing, other = cluster.slaves
+    since = max(t for s in cluster.slaves for t, _ in web_events(s))
+    set_setting(failing, "pool", "ready_url", f"http://127.0.0.1:{failing.web_port}/elsewhere")
+    set_setting(failing, "pool", "ready_timeout", 1)
+    for slave in cluster.slaves:
+        set_setting(slave, "cluster", "master_timeout", 8)
+    v12 = {**V11, **ADDITIVE}
+    done: dict[Node, Any] = {}
+
+    def one(node: Node) -> None:
+        first = dpkgs[node].preinst("1.1", "1.2", files("1.1", v12), v12)
+        if first.returncode != 0:
+            done[node] = first
+            return
+        unpack(node, "1.2", v12)
+        dpkgs[node].installed(files("1.1", v12))
+        done[node] = dpkgs[node].postinst("1.1", "1.2")
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in cluster.nodes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert done[cluster.master].returncode == 0, done[cluster.master].stderr
+    assert done[failing].returncode == 1
+    assert "does not carry media version" in done[failing].stderr, done[failing].stderr
+    assert not (failing.state_dir / "pool" / "answer").exists()  # out of the pool
+    assert failing.service_running("apache2") and other.service_running("apache2")
+    if done[other].returncode == 0:  # it went first: it serves the new version
+        assert (other.state_dir / "pool" / "answer").read_text() == "ready 1.2\n"
+    else:  # it waited for the slot the failed slave keeps: nothing stopped
+        assert "no roll slot" in done[other].stderr and "slave" in done[other].stderr
+        assert down_intervals(other, since) == []
+    intervals = [i for s in cluster.slaves for i in down_intervals(s, since)]
+    assert len(intervals) <= 2
+    if len(intervals) == 2:
+        (a_start, a_end), (b_start, b_end) = intervals
+        assert a_end <= b_start or b_end <= a_start, intervals
