@@ -290,8 +290,10 @@ class RunOptions:
     # Unpack only once every node did its before-phase; None: [cluster]
     # unpack_together (cluster/waits.wait_for_every_before_phase).
     unpack_together: bool | None = None
-    # auto, always or never; empty: [cluster] rolling (roll/choice.py).
+    # auto, always or never; empty: [cluster] rolling (roll/choice.py);
+    # and where the person said it, for a message.
     rolling: str = ""
+    rolling_from: str = "--rolling"
 
     def arguments(self) -> list[str]:
         """The command-line options (`upgrade`, `db migrate`) that make these

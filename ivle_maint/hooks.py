@@ -55,7 +55,8 @@ def dpkg_options(environ: Mapping[str, str]) -> RunOptions:
                       accept_class=accept_class,
                       accept_data_loss=bool(yes_or_no(environ, ACCEPT_DATA_LOSS_ENV)),
                       unpack_together=yes_or_no(environ, UNPACK_TOGETHER_ENV),
-                      rolling=one_of(environ, ROLLING_ENV, ROLLING_CHOICES))
+                      rolling=one_of(environ, ROLLING_ENV, ROLLING_CHOICES),
+                      rolling_from=ROLLING_ENV)
 
 
 @dataclass

@@ -90,6 +90,7 @@ OWN: dict[str, str] = {
     "IVLE_MAINT_DURING_UPGRADE": "[web] during_upgrade for dpkg's hooks",
     "IVLE_MAINT_ACCEPT_CLASS": "--accept-class for dpkg's hooks",
     "IVLE_MAINT_UNPACK_TOGETHER": "[cluster] unpack_together for dpkg's hooks",
+    "IVLE_MAINT_ROLLING": "[cluster] rolling for dpkg's hooks",
     "IVLE_MAINT_ACCEPT_DATA_LOSS": "rollback --accept-data-loss for dpkg's hooks",
     "IVLE_MAINT_ROLLBACK_PID": "the rollback whose dpkg runs this hook (lock.py)",
     "IVLE_MAINT_FULL_PROCEDURE": "IVLE's whole procedure, whatever the release needs",

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 
 def _source(ctx: UpgradeContext) -> str:
-    return "--rolling" if ctx.options.rolling else "[cluster] rolling"
+    return ctx.options.rolling_from if ctx.options.rolling else "[cluster] rolling"
 
 
 def facts(ctx: UpgradeContext, rows: list[table.NodeRow] | None) -> Facts:
@@ -98,6 +98,15 @@ def settle(ctx: UpgradeContext) -> Choice:
         refuse_unless_allowed(mode, mine, _source(ctx))
         ctx.roll_choice = mine
         return mine
+
+    unrecordable = presence.query(records.why_no_roll)
+    if unrecordable:  # then no node can record one: each keeps IVLE's procedure
+        choice = Choice(False, f"no decision can be recorded for the cluster: {unrecordable}")
+        if mine.rolling:
+            ctx.reporter.warn(f"the release could roll, but {choice.why}")
+        refuse_unless_allowed(mode, choice, _source(ctx))
+        ctx.roll_choice = choice
+        return choice
 
     def decide(conn: Any) -> records.RollRecord:
         record = records.decide_once(conn, target=ctx.new, old=ctx.old, rolling=mine.rolling,

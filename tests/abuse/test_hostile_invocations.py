@@ -280,6 +280,7 @@ HOOK = ["hook", "preinst", "upgrade", "1.0", "1.1"]
 ENV_CHOICES = [("IVLE_MAINT_DURING_UPGRADE", HOOK),
                ("IVLE_MAINT_DURING_UPGRADE", ["upgrade", "--from", "1.0", "--to", "1.1"]),
                ("IVLE_MAINT_UNPACK_TOGETHER", HOOK),
+               ("IVLE_MAINT_ROLLING", HOOK),
                ("IVLE_MAINT_ACCEPT_DATA_LOSS", HOOK),
                ("IVLE_MAINT_FULL_PROCEDURE", HOOK),
                ("IVLE_MAINT_FULL_PROCEDURE", ["upgrade", "--from", "1.0", "--to", "1.1"])]
@@ -292,7 +293,8 @@ ENV_CHOICES = [("IVLE_MAINT_DURING_UPGRADE", HOOK),
        value=st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\0"),
                      min_size=1, max_size=12).filter(
            lambda v: v.strip().lower() not in ("", "stop", "maintenance", "yes", "no", "true",
-                                               "false", "1", "0")))
+                                               "false", "1", "0", "auto", "always",
+                                               "never")))
 def test_a_choice_from_the_environment_that_is_none_is_bad_input_before_anything(
         site: Any, elsewhere: Path, case: tuple[str, list[str]], value: str) -> None:
     """What dpkg's hooks read from the environment is input like an option:

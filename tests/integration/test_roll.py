@@ -240,3 +240,24 @@ def test_a_slave_that_fails_readiness_stays_out_and_the_roll_stops_there(at_1_1)
     if len(intervals) == 2:
         (a_start, a_end), (b_start, b_end) = intervals
         assert a_end <= b_start or b_end <= a_start, intervals
+
+
+def test_always_refuses_a_release_that_does_not_roll_before_anything_stops(at_1_1) -> None:
+    cluster, dpkgs = at_1_1
+    v12 = {**V11, **DESTRUCTIVE}
+    slave = cluster.slaves[0]
+    slave.env["IVLE_MAINT_ROLLING"] = "sometimes"
+    bad = dpkgs[slave].preinst("1.1", "1.2", files("1.1", v12), v12)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "IVLE_MAINT_ROLLING must be auto, always or never, not sometimes" in bad.stderr
+    slave.env["IVLE_MAINT_ROLLING"] = "always"
+    events = web_events(slave)
+    refused = dpkgs[slave].preinst("1.1", "1.2", files("1.1", v12), v12)
+    assert refused.returncode == 1
+    assert "IVLE_MAINT_ROLLING = always, but this release does not roll: not additive: " \
+        "destructive" in refused.stderr, refused.stderr
+    assert slave.service_running("apache2") and web_events(slave) == events  # nothing stopped
+    slave.env.pop("IVLE_MAINT_ROLLING")
+    plan = cli(cluster.master, "plan", "--from", "1.1", "--to", "1.2", "--rolling", "always")
+    assert "rolling: does not roll:" in plan.stdout and "(refused: --rolling = always)" in \
+        plan.stdout, plan.stdout
