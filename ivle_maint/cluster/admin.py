@@ -31,6 +31,7 @@ class ClusterStatus:
     nodes: list[NodeRow]
     applied: set[str] | None  # migration marker keys; None: no marker table
     media_chosen: list[tuple[str, str]] = field(default_factory=list)
+    rolls: list[RollView] = field(default_factory=list)
 
     def slave_media(self) -> dict[str, list[str]]:
         """Media version -> the web nodes that have it."""
@@ -39,6 +40,40 @@ class ClusterStatus:
             if row.has_web:
                 found.setdefault(row.media or "(unset)", []).append(row.name)
         return found
+
+
+@dataclass(frozen=True)
+class RollView:
+    """An upgrade some node is on, as the roll tables say: its decision (None:
+    none recorded) and the slaves out of the pool; or why they cannot say."""
+
+    target: str
+    record: roll.RollRecord | None = None
+    out_of_pool: tuple[str, ...] = ()
+    problem: str = ""
+
+    def line(self) -> str:
+        if self.problem:
+            return f"roll to {self.target}: {self.problem}"
+        if self.record is None:
+            return f"roll to {self.target}: not decided yet"
+        said = "rolls" if self.record.rolling else "does not roll"
+        out = f"; out of the pool: {', '.join(self.out_of_pool) or 'none'}" \
+            if self.record.rolling else ""
+        return (f"roll to {self.target}: {said} ({self.record.why}; decided by "
+                f"{self.record.decided_by}){out}")
+
+
+def rolls_of(conn: Any, nodes: list[NodeRow]) -> list[RollView]:
+    """The roll of each version a valid row targets."""
+    views = []
+    for target in sorted({r.target for r in nodes if r.target and r.invalid is None}):
+        try:
+            views.append(RollView(target, roll.decision(conn, target),
+                                  roll.slot_holders(conn, target)))
+        except (MaintError, ValueError) as exc:  # a damaged row: its line and fix
+            views.append(RollView(target, problem=str(exc)))
+    return views
 
 
 # `cluster status` waits this long for the database, not [database] wait_timeout:
@@ -64,8 +99,9 @@ def read_status(settings: Settings, reporter: Reporter, *,
         if own_row:
             refresh(settings, reporter)
         with errors_as_maint(settings.ivle_conf().database["name"]):
-            return ClusterStatus(table.nodes(conn), table.applied_keys(conn),
-                                 table.media_values(conn))
+            nodes = table.nodes(conn)
+            return ClusterStatus(nodes, table.applied_keys(conn), table.media_values(conn),
+                                 rolls_of(conn, nodes))
     finally:
         presence.close()
 

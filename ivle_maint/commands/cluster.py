@@ -125,12 +125,19 @@ def cmd_status(ctx: Context) -> int:
         rows = [{**row.__dict__, "last_seen": row.last_seen.isoformat() if row.last_seen
                  else None, "maintenance": row.name in paused,
                  "runner_state": states[row.name]} for row in status.nodes]
+        rolls = [{"target": v.target, "rolling": v.record.rolling if v.record else None,
+                  "why": v.record.why if v.record else None,
+                  "decided_by": v.record.decided_by if v.record else None,
+                  "out_of_pool": list(v.out_of_pool), "problem": v.problem or None}
+                 for v in status.rolls]
         doc = {"nodes": rows, "applied": sorted(status.applied or ()),
                "media_chosen": status.media_chosen, "slave_media": status.slave_media(),
-               "problems": found}
+               "rolls": rolls, "problems": found}
         print(json.dumps(doc, indent=1))
     else:
         _print_table(status, paused, runners)
+        for view in status.rolls:
+            print(shown(view.line()))
         for problem in found:
             print(f"problem: {shown(problem)}")
     sys.stdout.flush()

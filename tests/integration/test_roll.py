@@ -188,6 +188,8 @@ def test_an_additive_release_rolls_one_slave_at_a_time(at_1_1) -> None:
         assert slave.service_running("apache2")
         answer = slave.state_dir / "pool" / "answer"
         assert answer.read_text() == "ready 1.2\n"
+    shown = cli(cluster.master, "cluster", "status")
+    assert "roll to 1.2: rolls" not in shown.stdout  # every row idle: no target left
 
 
 def test_a_destructive_release_falls_back_to_ivles_procedure_saying_why(at_1_1) -> None:
@@ -229,6 +231,12 @@ def test_a_slave_that_fails_readiness_stays_out_and_the_roll_stops_there(at_1_1)
     assert done[failing].returncode == 1
     assert "does not carry media version" in done[failing].stderr, done[failing].stderr
     assert not (failing.state_dir / "pool" / "answer").exists()  # out of the pool
+    shown = cli(cluster.master, "cluster", "status")
+    failing_name = slave_name(failing)
+    assert f"roll to 1.2: rolls (every pending migration is additive (1)" in shown.stdout
+    assert f"out of the pool: {failing_name}" in shown.stdout, shown.stdout
+    assert f"{failing_name}: " in shown.stdout and "does not carry media version" in \
+        shown.stdout, shown.stdout  # its row's note says why
     assert failing.service_running("apache2") and other.service_running("apache2")
     if done[other].returncode == 0:  # it went first: it serves the new version
         assert (other.state_dir / "pool" / "answer").read_text() == "ready 1.2\n"
