@@ -149,7 +149,9 @@ def test_a_destructive_release_rolls_back_full_only_once_no_slave_serves_it(node
     runs = rolling_back(cluster, env=ACCEPT)
     master = runs[0].text()
     assert "rollback: full" in master, master
-    assert "waiting for the slaves to stop serving 1.1" in master, master
+    # Waited for, or (the slaves a moment quicker, on a loaded machine) found:
+    # the swap comes only once no slave serves 1.1 (its web events, below).
+    assert "no slave serves code other than 1.0" in master, master
     swapped = log_time(cluster.master, "database swap")
     for slave in cluster.slaves:
         events = web_events(slave)
