@@ -339,8 +339,11 @@ class UpgradeContext:
     # NEW -> OLD whose point is pinned here (set by upgrade.run_phases and
     # the plan: rollback/point.py for_rollback).
     rollback: RestorePoint | None = None
-    # Whether OLD -> NEW rolls, once this run knows (roll/decision.py).
+    # Whether OLD -> NEW rolls, once this run knows (roll/decision.py), and
+    # how it learns it when a step first asks (set by upgrade.run_phases:
+    # decision.attach, a database read, so a failure is that step's).
     roll_choice: Choice | None = None
+    learn_roll: Callable[[UpgradeContext], object] | None = field(default=None, repr=False)
 
     # The options, as the steps, the preflight and the plan ask for them.
     @property
@@ -367,6 +370,8 @@ class UpgradeContext:
     @property
     def rolls(self) -> bool:
         """This upgrade rolls (roll/decision.py settled or attached it)."""
+        if self.roll_choice is None and self.learn_roll is not None:
+            self.learn_roll(self)
         return self.roll_choice is not None and self.roll_choice.rolling
 
     @property

@@ -174,7 +174,7 @@ def run_phases(
         _remove_dump_leftovers(settings)
         with _presence(ctx, journal, STEPS) as presence:
             _site_up_first(ctx, journal, phases)
-            roll_decision.attach(ctx)  # settled by the preflight, else the cluster's record
+            ctx.learn_roll = roll_decision.attach  # when a step first asks
             if ctx.rollback is not None and AFTER in phases:
                 for path in restore.restore_files(ctx):
                     ctx.reporter.info(f"rollback: {path} put back as the restore point kept it")

@@ -233,7 +233,7 @@ def test_a_slave_that_fails_readiness_stays_out_and_the_roll_stops_there(at_1_1)
     assert not (failing.state_dir / "pool" / "answer").exists()  # out of the pool
     shown = cli(cluster.master, "cluster", "status")
     failing_name = slave_name(failing)
-    assert f"roll to 1.2: rolls (every pending migration is additive (1)" in shown.stdout
+    assert "roll to 1.2: rolls (every pending migration is additive (1)" in shown.stdout
     assert f"out of the pool: {failing_name}" in shown.stdout, shown.stdout
     assert f"{failing_name}: " in shown.stdout and "does not carry media version" in \
         shown.stdout, shown.stdout  # its row's note says why
