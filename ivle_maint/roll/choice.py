@@ -48,6 +48,7 @@ class Facts:
     jail: bool = True             # the release needs a jail rebuild
     jail_why: str = ""
     rollback: bool = False        # going back to a restore point
+    mode_from: str = "[cluster] rolling"  # where the mode was said, for a person
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class Choice:
 def choose(facts: Facts) -> Choice:
     """The rule (module docstring), first reason first."""
     if facts.mode == NEVER:
-        return Choice(False, "[cluster] rolling = never")
+        return Choice(False, f"{facts.mode_from} = never")
     if facts.rollback:
         return Choice(False, "a rollback goes back by IVLE's procedure")
     if not facts.coordinated:

@@ -40,13 +40,14 @@ def facts(ctx: UpgradeContext, rows: list[table.NodeRow] | None) -> Facts:
     mode = ctx.rolling
     if mode == NEVER or rows is None or ctx.rollback is not None:
         return Facts(mode, coordinated=rows is not None, web_nodes=0, pending=0,
-                     release_class=None, rollback=ctx.rollback is not None)
+                     release_class=None, rollback=ctx.rollback is not None,
+                     mode_from=_source(ctx))
     web = sum(1 for r in rows if r.has_web and r.invalid is None)
     pending, cls, deciding, unknown = _release_class(ctx)
     needs = release_needs.of(ctx)
     return Facts(mode, coordinated=True, web_nodes=web, pending=pending, release_class=cls,
                  deciding=deciding, unknown_why=unknown, jail=needs.jail,
-                 jail_why=needs.reason(release_needs.JAIL))
+                 jail_why=needs.reason(release_needs.JAIL), mode_from=_source(ctx))
 
 
 def _release_class(ctx: UpgradeContext) -> tuple[int, str | None, str, str]:
@@ -80,6 +81,19 @@ def _rows(ctx: UpgradeContext) -> list[table.NodeRow] | None:
     return presence.query(table.nodes)
 
 
+def _by_ivles_procedure(ctx: UpgradeContext) -> str:
+    """How a person takes the cluster off a recorded roll."""
+    return (f"upgrade the whole cluster by IVLE's procedure: "
+            f"{ivle_maint('cluster', 'forget-roll', ctx.new)}, then --rolling never on every "
+            "node")
+
+
+def _upgrading_to(conn: Any, new: str, me: str) -> bool:
+    """Does another node's row say it is upgrading to NEW now?"""
+    return any(r.target == new and r.name != me and r.phase != "idle"
+               for r in table.nodes(conn))
+
+
 def _standing(record: records.RollRecord, me: str) -> Choice:
     by = "" if record.decided_by == me else f"; decided by {record.decided_by}"
     return Choice(record.rolling, record.why + by)
@@ -111,7 +125,8 @@ def settle(ctx: UpgradeContext) -> Choice:
     def decide(conn: Any) -> records.RollRecord:
         record = records.decide_once(conn, target=ctx.new, old=ctx.old, rolling=mine.rolling,
                                      why=mine.why, by=presence.name)
-        if record.old != ctx.old:  # an earlier upgrade to NEW, from elsewhere: its own
+        if record.old != ctx.old and not _upgrading_to(conn, ctx.new, presence.name):
+            # An earlier upgrade to NEW, from another version, long over: its own.
             records.forget(conn, ctx.new)
             record = records.decide_once(conn, target=ctx.new, old=ctx.old,
                                          rolling=mine.rolling, why=mine.why, by=presence.name)
@@ -119,13 +134,16 @@ def settle(ctx: UpgradeContext) -> Choice:
 
     record = presence.query(decide)
     standing = _standing(record, presence.name)
+    if record.old != ctx.old and record.rolling:
+        raise MaintError(f"the cluster rolls {record.old} -> {ctx.new} ({standing.why}), but "
+                         f"this node upgrades from {ctx.old}: a roll takes every slave from "
+                         "one version; nothing was stopped: finish that roll first, or "
+                         f"{_by_ivles_procedure(ctx)}")
     if record.rolling and not mine.rolling:
         again = "set [cluster] rolling = auto here" if mode == NEVER else "fix that here"
         raise MaintError(f"the cluster rolls {ctx.old} -> {ctx.new} ({standing.why}), but "
                          f"this node does not: {mine.why}; nothing was stopped: {again}, or "
-                         "upgrade the whole cluster by IVLE's procedure: "
-                         f"{ivle_maint('cluster', 'forget-roll', ctx.new)}, then --rolling "
-                         "never on every node")
+                         f"{_by_ivles_procedure(ctx)}")
     refuse_unless_allowed(mode, standing, _source(ctx))
     ctx.roll_choice = standing
     return standing

@@ -269,3 +269,20 @@ def test_always_refuses_a_release_that_does_not_roll_before_anything_stops(at_1_
     plan = cli(cluster.master, "plan", "--from", "1.1", "--to", "1.2", "--rolling", "always")
     assert "rolling: does not roll:" in plan.stdout and "(refused: --rolling = always)" in \
         plan.stdout, plan.stdout
+
+
+def test_a_node_that_may_not_roll_refuses_the_clusters_roll_before_anything_stops(
+        at_1_1) -> None:
+    cluster, dpkgs = at_1_1
+    first, second = cluster.slaves
+    v12 = {**V11, **ADDITIVE}
+    began = dpkgs[first].preinst("1.1", "1.2", files("1.1", v12), v12)
+    assert began.returncode == 0 and "out of the pool" in began.stdout + began.stderr
+    events = web_events(second)
+    second.env["IVLE_MAINT_ROLLING"] = "never"
+    refused = dpkgs[second].preinst("1.1", "1.2", files("1.1", v12), v12)
+    assert refused.returncode == 1
+    (line,) = [x for x in refused.stderr.splitlines() if "error" in x]
+    assert "the cluster rolls 1.1 -> 1.2" in line and "IVLE_MAINT_ROLLING = never" in line
+    assert "nothing was stopped" in line and "ivle-maint cluster forget-roll 1.2" in line
+    assert web_events(second) == events and second.service_running("apache2")

@@ -16,7 +16,8 @@ FACTS = st.builds(Facts, mode=st.sampled_from(["auto", "always", "never"]),
                   deciding=st.sampled_from(["", "20100301-01 ALTER TABLE x DROP COLUMN y"]),
                   unknown_why=st.sampled_from(["", "no marker"]), jail=st.booleans(),
                   jail_why=st.sampled_from(["", "12 code files changed"]),
-                  rollback=st.booleans())
+                  rollback=st.booleans(), mode_from=st.sampled_from(["[cluster] rolling",
+                                                                     "--rolling"]))
 
 
 def safe_to_roll(f: Facts) -> bool:
@@ -36,6 +37,8 @@ def test_a_release_rolls_exactly_when_every_condition_holds(facts: Facts) -> Non
             and facts.coordinated and facts.web_nodes >= 2 and facts.mode != NEVER \
             and not facts.rollback:
         assert facts.release_class in choice.why  # the class that stopped it is named
+    if facts.mode == NEVER:
+        assert choice.why == f"{facts.mode_from} = never"  # where it was said
 
 
 @given(FACTS)
