@@ -145,6 +145,7 @@ def settle(ctx: UpgradeContext) -> Choice:
                          f"this node does not: {mine.why}; nothing was stopped: {again}, or "
                          f"{_by_ivles_procedure(ctx)}")
     refuse_unless_allowed(mode, standing, _source(ctx))
+    ctx.reporter.info(f"rolling: {standing}")  # said before anything stops
     ctx.roll_choice = standing
     return standing
 

@@ -84,13 +84,13 @@ class Dpkg:
     def upgrade(self, old: str, new: str, listed: dict[str, str],
                 migrations: dict[str, str]) -> str:
         """preinst, unpack, postinst, as one apt-get run on the node."""
-        done = self.preinst(old, new, listed, migrations)
-        assert done.returncode == 0, done.stdout + done.stderr
+        before = self.preinst(old, new, listed, migrations)
+        assert before.returncode == 0, before.stdout + before.stderr
         unpack(self.node, new, migrations)
         self.installed(listed)
         done = self.postinst(old, new)
         assert done.returncode == 0, done.stdout + done.stderr
-        return done.stdout + done.stderr
+        return before.stdout + before.stderr + done.stdout + done.stderr
 
 
 V11 = RELEASES["1.1"]
@@ -197,6 +197,7 @@ def test_a_destructive_release_falls_back_to_ivles_procedure_saying_why(at_1_1) 
     said = roll(cluster, dpkgs, DESTRUCTIVE)
     for slave in cluster.slaves:
         steps = journal_steps(slave, new="1.2")
+        assert "rolling: does not roll: not additive: destructive" in said[slave]
         why = steps["leave-pool"]["metrics"].get("skipped", steps["leave-pool"])
         assert "not additive: destructive" in str(why), (why, said[slave], said[cluster.master])
         assert "does not roll" in said[slave] or "skipped" in said[slave]
