@@ -7,7 +7,9 @@ the new schema and in the jails as they are, so a release rolls when:
 
 - [cluster] rolling (or --rolling, IVLE_MAINT_ROLLING) is not `never`;
 - this node is in a coordinated cluster with two web nodes or more (with
-  one, taking it out of the pool takes the site down);
+  one, taking it out of the pool takes the site down), and, on a web
+  node, Apache serves its pool answer (the balancer's check: a slave it
+  does not see leave would be stopped with requests still sent to it);
 - every pending migration is `additive` (db/migration_class.py: the old
   code keeps working and no statement holds a lock the site would wait
   on), its class known: a database that cannot say what is pending
@@ -49,6 +51,7 @@ class Facts:
     jail_why: str = ""
     rollback: bool = False        # going back to a restore point
     mode_from: str = "[cluster] rolling"  # where the mode was said, for a person
+    out_of_pool_why: str = ""     # why this web node cannot leave a pool ("" if it can)
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,8 @@ def choose(facts: Facts) -> Choice:
         return Choice(False, "a rollback goes back by IVLE's procedure")
     if not facts.coordinated:
         return Choice(False, "this node coordinates with no cluster ([cluster] coordinate)")
+    if facts.out_of_pool_why:
+        return Choice(False, facts.out_of_pool_why)
     if facts.web_nodes < 2:
         return Choice(False, f"{facts.web_nodes} web node(s) in the cluster table: a roll "
                       "takes one out of the pool at a time, so it needs two or more")

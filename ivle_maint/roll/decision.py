@@ -24,6 +24,7 @@ from ..db import migrations
 from ..db.migration_class import release_class
 from ..errors import MaintError
 from ..gates.text import ivle_maint
+from ..pool import answer
 from .choice import ALWAYS, NEVER, Choice, Facts, choose, refuse_unless_allowed
 
 if TYPE_CHECKING:
@@ -43,11 +44,15 @@ def facts(ctx: UpgradeContext, rows: list[table.NodeRow] | None) -> Facts:
                      release_class=None, rollback=ctx.rollback is not None,
                      mode_from=_source(ctx))
     web = sum(1 for r in rows if r.has_web and r.invalid is None)
+    unseen = "" if not ctx.settings.role.runs_web or answer.conf_enabled(ctx.settings) else (
+        f"this web node's pool answer ({answer.URL}) is not served: no balancer could see it "
+        f"leave ({answer.conf_path(ctx.settings)}: a2enconf {answer.CONF_NAME})")
     pending, cls, deciding, unknown = _release_class(ctx)
     needs = release_needs.of(ctx)
     return Facts(mode, coordinated=True, web_nodes=web, pending=pending, release_class=cls,
                  deciding=deciding, unknown_why=unknown, jail=needs.jail,
-                 jail_why=needs.reason(release_needs.JAIL), mode_from=_source(ctx))
+                 jail_why=needs.reason(release_needs.JAIL), mode_from=_source(ctx),
+                 out_of_pool_why=unseen)
 
 
 def _release_class(ctx: UpgradeContext) -> tuple[int, str | None, str, str]:

@@ -75,6 +75,10 @@ backend = init.d
 initd_dir = {root}/etc/init.d
 timeout = 15
 
+[web]
+# The node's own Apache directory, never the machine's /etc/apache2.
+apache_dir = {root}/etc/apache2
+
 [commands]
 mountallusers = {fakes}/ivle-mountallusers
 buildjail = {fakes}/ivle-buildjail

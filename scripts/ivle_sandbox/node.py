@@ -29,6 +29,7 @@ from ivle_sandbox.reaper import Reaper
 from ivle_sandbox.schema import User
 
 SERVICES = {"master": ["ivle-usrmgt-server"], "slave": ["apache2"]}
+APACHE_DIRS = ("conf-available", "conf-enabled", "sites-available", "sites-enabled")
 SERVICES["both"] = SERVICES["slave"] + SERVICES["master"]
 FAKE_COMMANDS = ("ivle-mountallusers", "ivle-buildjail", "ivle-remakeuser")
 
@@ -308,7 +309,8 @@ def build_node(root: Path, *, pg: ThrowawayPostgres, users: int = 5, version: st
 
 def _populate(node: Node, *, users: int, mount: bool, services: bool, consoles: int) -> None:
     for path in (node.conf_dir, node.run_dir, node.log_dir, node.state_dir, node.maint_log_dir,
-                 node.backup_dir, node.jails_src, node.jail_mounts):
+                 node.backup_dir, node.jails_src, node.jail_mounts,
+                 *(node.root / "etc" / "apache2" / d for d in APACHE_DIRS)):
         path.mkdir(parents=True, exist_ok=True)
     node.users = schema.create_database(node.pg, node.dbname, users)
     db = {"port": node.pg.port, "name": node.dbname, "username": node.pg.ivle_user,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from configobj import ConfigObj
 
 from ivle_sandbox.cluster import Cluster, build_cluster, configure
 from ivle_sandbox.node import Node
@@ -131,8 +132,14 @@ def slave_name(node: Node) -> str:
 
 
 def set_pool(slave: Node) -> None:
+    """The slave in the pool: its answer served (a2enconf), ready."""
     set_setting(slave, "pool", "ready_url", f"http://127.0.0.1:{slave.web_port}/")
     set_setting(slave, "pool", "ready_timeout", 20)
+    cli(slave, "pool", "drain", check=True)  # writes conf-available/ivle-maint-pool.conf
+    apache = Path(ConfigObj(str(slave.maint_conf))["web"]["apache_dir"])
+    (apache / "conf-enabled" / "ivle-maint-pool.conf").symlink_to(
+        "../conf-available/ivle-maint-pool.conf")
+    cli(slave, "pool", "ready", check=True)
 
 
 def down_intervals(slave: Node, since: datetime) -> list[tuple[datetime, datetime]]:
@@ -287,3 +294,15 @@ def test_a_node_that_may_not_roll_refuses_the_clusters_roll_before_anything_stop
     assert "the cluster rolls 1.1 -> 1.2" in line and "IVLE_MAINT_ROLLING = never" in line
     assert "nothing was stopped" in line and "ivle-maint cluster forget-roll 1.2" in line
     assert web_events(second) == events and second.service_running("apache2")
+
+
+def test_a_slave_whose_pool_answer_is_not_served_does_not_roll(at_1_1) -> None:
+    cluster, dpkgs = at_1_1
+    slave = cluster.slaves[0]
+    apache = Path(ConfigObj(str(slave.maint_conf))["web"]["apache_dir"])
+    (apache / "conf-enabled" / "ivle-maint-pool.conf").unlink()  # a2disconf
+    v12 = {**V11, **ADDITIVE}
+    done = dpkgs[slave].preinst("1.1", "1.2", files("1.1", v12), v12)
+    assert done.returncode == 0, done.stderr
+    assert "rolling: does not roll: this web node's pool answer (/.ivle-maint/pool) is not " \
+        "served" in done.stderr, done.stderr
