@@ -83,6 +83,10 @@ remakeuser = {fakes}/ivle-remakeuser
 [consoles]
 term_timeout = 2
 
+[web]
+# The node's own: ivle-maint writes its Apache confs here (never the host's).
+apache_dir = {root}/etc/apache2
+
 [database]
 socket_dir = {socket_dir}
 """
