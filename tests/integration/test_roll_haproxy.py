@@ -13,6 +13,7 @@ on its way out (NOLB or DRAIN) and back (UP).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -66,4 +67,12 @@ def test_a_roll_behind_haproxy_fails_no_request(at_1_1, tmp_path: Path) -> None:
         assert f"HAProxy reports ivle/{name} NOLB after" in left["summary"] or \
             f"HAProxy reports ivle/{name} DRAIN after" in left["summary"], left
         assert f"HAProxy reports ivle/{name} UP after" in joined["summary"], joined
+        # Out of the pool from the drain, not from leave-pool's start: the
+        # wait for the roll slot (the second slave waits for the first) was
+        # spent serving.  The wait is shown to 0.1 s.
+        shown = re.search(r"waited (\d+\.\d)s", left["summary"])
+        assert shown, left
+        waited = float(shown.group(1))
+        steps_took = joined["mono_finished"] - left["mono_started"]
+        assert joined["metrics"]["out_of_pool"] <= steps_took - waited + 0.05, (left, joined)
         assert (slave.state_dir / "pool" / "answer").read_text() == "ready 1.2\n"

@@ -12,6 +12,7 @@ looking at HAProxy's view of the servers while the roll runs.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -89,6 +90,11 @@ class ServerWatch:
     def none_up(self) -> list[tuple[float, dict[str, tuple[int, int]]]]:
         """The looks that found no server taking new sessions."""
         return [(t, s) for t, s in self.looks if not self.taking_sessions(s)]
+
+    def out_seconds(self, server: str) -> float:
+        """How long HAProxy had SERVER taking no new sessions, look to look."""
+        return sum(later - t for (t, states), (later, _) in itertools.pairwise(self.looks)
+                   if server in states and server not in self.taking_sessions(states))
 
     def seen(self, server: str) -> set[int]:
         """Every srv_op_state SERVER was seen in."""
