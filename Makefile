@@ -62,7 +62,7 @@ lint:
 # naming the scripts that missed.
 PRIVATE := unshare --mount --propagation private
 BENCHES := bench_version bench_migrations bench_classify bench_rollback_db bench_jails \
-	bench_upgrade bench_booted bench_rollback_booted bench_cluster
+	bench_upgrade bench_booted bench_rollback_booted bench_cluster bench_roll
 bench: deps
 	@missed=""; for bench in $(BENCHES); do \
 	    case $$bench in bench_version|bench_migrations|bench_classify|bench_rollback_db) ns="";; \

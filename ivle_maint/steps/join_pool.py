@@ -13,11 +13,19 @@ start-web gave the old code back: the slave rejoins on OLD.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .. import release_needs
 from ..context import AFTER, SLAVE, Metric, Outcome, Step, SummaryPart, UpgradeContext
 from ..gates import clock
 from ..pool import switch
 from ..roll import slot
+
+if TYPE_CHECKING:
+    from ..journal import StepRecord
+
+# leave-pool's metrics: when it answered the balancer drain (both clocks).
+DRAINED_WALL, DRAINED_MONO = "drained_wall", "drained_mono"
 
 
 def join_pool(ctx: UpgradeContext) -> Outcome:
@@ -31,10 +39,19 @@ def join_pool(ctx: UpgradeContext) -> Outcome:
     version = ctx.old if journal is not None and journal.is_aborting else ctx.new
     switched = switch.ready(ctx.settings, version)
     slot.give_back(ctx)
-    out = clock.elapsed(record.start_reading(), clock.reading())
+    out = clock.elapsed(drained_since(record), clock.reading())
     metrics = {"out_of_pool": out} if out is not None else {}
     took = f"; out of the pool {out:.1f}s" if out is not None else ""
     return Outcome(f"back in the pool: {switched.answer}; {switched.balancer()}{took}", metrics)
+
+
+def drained_since(leave: StepRecord) -> clock.Reading:
+    """When leave-pool answered drain: not its start, since the wait for a
+    roll slot before it was spent in the pool, serving."""
+    wall, mono = leave.metrics.get(DRAINED_WALL), leave.metrics.get(DRAINED_MONO)
+    if isinstance(wall, float) and isinstance(mono, float | None):
+        return clock.Reading(wall, mono, leave.boot)
+    return leave.start_reading()  # recorded before leave-pool said when
 
 
 def _seconds(value: object, metrics: object) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .. import release_needs
 from ..context import BEFORE, SLAVE, Check, Outcome, PreflightStage, Step, UpgradeContext
+from ..gates import clock
 from ..pool import switch
 from ..roll import decision, slot
 from . import join_pool
@@ -21,9 +22,12 @@ def leave_pool(ctx: UpgradeContext) -> Outcome:
     if not choice.rolling:
         return release_needs.skipped(f"the release does not roll ({choice.why})")
     waited = slot.take(ctx, STEP.name)
+    # Out of the pool from here: the wait for a slot was spent serving in it.
+    since = clock.reading()
     switched = switch.drain(ctx.settings)
     return Outcome(f"{waited}; out of the pool (answers drain); {switched.balancer()}",
-                   {"drained": True, "rolls": choice.why})
+                   {"drained": True, "rolls": choice.why, join_pool.DRAINED_WALL: since.wall,
+                    join_pool.DRAINED_MONO: since.mono})
 
 
 STEP = Step("leave-pool", "leave the balancer's pool (a roll)", SLAVE, BEFORE, leave_pool,

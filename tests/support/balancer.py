@@ -7,7 +7,8 @@ flight), IVLE's page at /ivle/ (its static files under the stand-in's
 media version: the readiness check's page), and anything else at once,
 naming itself (X-Server).  HAProxy
 (Debian's package) runs in the foreground with its own configuration and
-stats socket in a temporary directory, checking each server every 100 ms.
+stats socket in a temporary directory, checking each server every 100 ms
+(haproxy(): in front of any servers, such as a sandbox cluster's slaves).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,13 +103,12 @@ class StandIn:
 
 
 @dataclass
-class Balancer:
-    """HAProxy, its stats socket and frontend port, and its two servers."""
+class HAProxy:
+    """HAProxy running: its stats socket, frontend port and process."""
 
     directory: Path
     socket: Path
     port: int
-    slaves: dict[str, StandIn]
     process: subprocess.Popen[bytes]
 
     def ask(self, command: str) -> str:
@@ -122,15 +122,20 @@ class Balancer:
                 data += chunk
         return data.decode()
 
+    def states(self) -> dict[str, tuple[int, int]]:
+        """Every server's (srv_op_state, srv_admin_state), from HAProxy itself."""
+        lines = self.ask(f"show servers state {BACKEND}").splitlines()
+        header = lines[1][2:].split()
+        rows = (dict(zip(header, line.split(), strict=True)) for line in lines[2:] if line)
+        return {r["srv_name"]: (int(r["srv_op_state"]), int(r["srv_admin_state"]))
+                for r in rows}
+
     def op_state(self, server: str) -> tuple[int, int]:
         """(srv_op_state, srv_admin_state) of SERVER, from HAProxy itself."""
-        lines = self.ask("show servers state ivle").splitlines()
-        header = lines[1][2:].split()
-        for line in lines[2:]:
-            row = dict(zip(header, line.split(), strict=True))
-            if row["srv_name"] == server:
-                return int(row["srv_op_state"]), int(row["srv_admin_state"])
-        raise AssertionError(f"no server {server} in {lines}")
+        states = self.states()
+        if server not in states:
+            raise AssertionError(f"no server {server} in {states}")
+        return states[server]
 
     def get(self, path: str, timeout: float = 10) -> tuple[int, str, bytes]:
         """One request through HAProxy: status, X-Server, body."""
@@ -141,6 +146,17 @@ class Balancer:
             return response.status, response.getheader("X-Server", ""), response.read()
         finally:
             conn.close()
+
+
+@dataclass
+class Balancer(HAProxy):
+    """HAProxy in front of its two stand-in servers."""
+
+    slaves: dict[str, StandIn] = field(default_factory=dict)
+
+
+BACKEND = "ivle"
+UP = 2  # srv_op_state: running (with srv_admin_state 0, it takes new sessions)
 
 
 def config_text(sock: Path, port: int, servers: dict[str, int]) -> str:
@@ -157,8 +173,8 @@ defaults
     timeout server 30s
 frontend fe
     bind 127.0.0.1:{port}
-    default_backend ivle
-backend ivle
+    default_backend {BACKEND}
+backend {BACKEND}
     balance roundrobin
     option httpchk GET {URL}
     http-check disable-on-404
@@ -176,40 +192,25 @@ def wait_until(condition: object, within: float, what: str) -> None:
 
 
 @contextlib.contextmanager
-def balancer(directory: Path, answers: dict[str, Path]) -> Iterator[Balancer]:
-    """HAProxy in front of one stand-in slave per ANSWERS entry (name: its
-    answer file), every server UP (or as its answer says) before it yields."""
+def haproxy(directory: Path, servers: dict[str, int],
+            up: Callable[[], Iterable[str]] = tuple) -> Iterator[HAProxy]:
+    """HAProxy in front of SERVERS (name: its port on 127.0.0.1), checking
+    each every 100 ms; yields once every server UP() names is UP."""
     if HAPROXY is None:
         raise RuntimeError("haproxy is not installed (scripts/install-deps)")
     directory.mkdir(parents=True, exist_ok=True)
-    slaves = {name: StandIn(name, path) for name, path in answers.items()}
-    started: list[StandIn] = []
-    process, short = None, None
+    # A Unix socket's path holds at most 107 bytes (HAProxy takes 97); a
+    # directory of root's that only root can write (ivle-maint asks no other).
+    short = Path(tempfile.mkdtemp(prefix="hp-"))
+    process = None
     try:
-        ports = {}
-        for name, slave in slaves.items():
-            ports[name] = slave.start()
-            started.append(slave)
-        # A Unix socket's path holds at most 107 bytes (HAProxy takes 97).
-        short = Path(tempfile.mkdtemp(prefix="hp-"))
         sock, port = short / "stats.sock", free_port()
         conf = directory / "haproxy.cfg"
-        conf.write_text(config_text(sock, port, ports))
+        conf.write_text(config_text(sock, port, servers))
         process = subprocess.Popen([HAPROXY, "-db", "-f", str(conf)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        site = Balancer(directory, sock, port, slaves, process)
-
-        def up() -> bool:
-            if process.poll() is not None:
-                err = process.stderr.read().decode() if process.stderr else ""
-                raise AssertionError(f"haproxy exited {process.returncode}: {err}")
-            try:
-                return all(site.op_state(name)[0] == 2 for name, slave in slaves.items()
-                           if slave.answer.exists())
-            except (OSError, IndexError, AssertionError):
-                return False
-
-        wait_until(up, 20, "haproxy up with its servers UP")
+        site = HAProxy(directory, sock, port, process)
+        wait_until(lambda: _all_up(site, list(up())), 20, "haproxy up with its servers UP")
         yield site
     finally:
         if process is not None:
@@ -221,10 +222,38 @@ def balancer(directory: Path, answers: dict[str, Path]) -> Iterator[Balancer]:
                 process.wait()
             if process.stderr:
                 process.stderr.close()
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def _all_up(site: HAProxy, names: list[str]) -> bool:
+    if site.process.poll() is not None:
+        stderr = site.process.stderr
+        err = stderr.read().decode() if stderr else ""
+        raise AssertionError(f"haproxy exited {site.process.returncode}: {err}")
+    try:
+        states = site.states()
+    except (OSError, IndexError, ValueError):
+        return False
+    return all(states.get(name, (0, 0))[0] == UP for name in names)
+
+
+@contextlib.contextmanager
+def balancer(directory: Path, answers: dict[str, Path]) -> Iterator[Balancer]:
+    """HAProxy in front of one stand-in slave per ANSWERS entry (name: its
+    answer file), every server UP (or as its answer says) before it yields."""
+    slaves = {name: StandIn(name, path) for name, path in answers.items()}
+    started: list[StandIn] = []
+    try:
+        ports = {}
+        for name, slave in slaves.items():
+            ports[name] = slave.start()
+            started.append(slave)
+        with haproxy(directory, ports,
+                     lambda: [n for n, s in slaves.items() if s.answer.exists()]) as hp:
+            yield Balancer(hp.directory, hp.socket, hp.port, hp.process, slaves)
+    finally:
         for slave in started:
             slave.stop()
-        if short is not None:
-            shutil.rmtree(short, ignore_errors=True)
 
 
 def run_maint(conf: Path, *words: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
