@@ -395,8 +395,8 @@ def wait_for_master(ctx: UpgradeContext, step: str) -> str:
             resume=ctx.resume,
         ) from None
     done = f"the master has applied all {len(keys)} migrations of {ctx.new}"
-    if masters or newer_warned:
-        done += ", rebuilt the jails and restarted usrmgt"
+    if masters or newer_warned:  # its steps done, whichever the release needed
+        done += " and finished its steps (jails, user jails, usrmgt: as the release needs)"
     return f"{done} (waited {waited:.1f}s)"
 
 

@@ -143,7 +143,7 @@ def test_slave_waits_through_the_masters_steps_and_starts_after_them(node_factor
     # Progress named the master's steps as it went through them.
     assert "master (master, serves 1.0, after at rebuild-jail" in err
     assert "master (master, serves 1.0, after at remake-users" in err
-    assert "rebuilt the jails and restarted usrmgt" in err
+    assert "and finished its steps (jails, user jails, usrmgt: as the release needs)" in err
     assert_slaves_after_master(cluster)
 
 
