@@ -177,3 +177,36 @@ def test_a_slave_whose_pool_answer_is_not_served_does_not_roll(at_1_1) -> None:
     assert done.returncode == 0, done.stderr
     assert "rolling: does not roll: this web node's pool answer (/.ivle-maint/pool) is not " \
         "served" in done.stderr, done.stderr
+
+
+def test_a_roll_decided_from_another_version_is_stale_or_refused(at_1_1) -> None:
+    """A decision for 1.2 recorded by an upgrade from 1.0: long over (no node
+    upgrading to 1.2), it is decided again; while a node still upgrades to
+    1.2 from there, a node from 1.1 refuses it before anything stops."""
+    cluster, dpkgs = at_1_1
+    first, second = cluster.slaves
+    v12 = {**V11, **ADDITIVE}
+
+    def record(sql: str) -> None:
+        conn = cluster.master.connect()
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute(sql)
+        finally:
+            conn.close()
+
+    record("INSERT INTO ivle_maint_rolls (target, old, rolling, why, decided_by) "
+           "VALUES ('1.2', '1.0', true, 'an earlier roll', 'ghost')")
+    record("UPDATE ivle_maint_nodes SET target = '1.2', phase = 'before' "
+           f"WHERE name = '{slave_name(first)}'")
+    events = web_events(second)
+    refused = dpkgs[second].preinst("1.1", "1.2", files("1.1", v12), v12)
+    assert refused.returncode == 1
+    assert "the cluster rolls 1.0 -> 1.2 (an earlier roll; decided by ghost), but this " \
+        "node upgrades from 1.1" in refused.stderr, refused.stderr
+    assert web_events(second) == events
+    record(f"UPDATE ivle_maint_nodes SET target = NULL, phase = 'idle' "
+           f"WHERE name = '{slave_name(first)}'")
+    began = dpkgs[second].preinst("1.1", "1.2", files("1.1", v12), v12)
+    assert began.returncode == 0, began.stderr
+    assert "rolling: rolls: every pending migration is additive (1)" in began.stderr
