@@ -8,9 +8,9 @@ The page passes when it is
 
 - HTTP 200,
 - not ivle-maint's maintenance page (its header, gates/web.MAINTENANCE_HEADER),
-- and, when ivle.conf sets [media] version, holds that version in its
-  first MAX_BODY bytes: IVLE's pages link their static files under it, so
-  the old code (or a cache in front of it) shows another version.
+- and, when ivle.conf sets [media] version, links a static file under
+  that version (/+media/+VERSION/, media_mark) in its first MAX_BODY
+  bytes: the old code (or a cache in front of it) shows another version.
 
 A web server just started answers 503, or nothing, for a while: the page
 is asked again every RETRY seconds until [pool] ready_timeout runs out.
@@ -70,6 +70,13 @@ def _more_than_a_get_sends(url: str) -> bool:
     return bool(parts.query or parts.fragment or "@" in parts.netloc)
 
 
+def media_mark(media_version: str) -> bytes:
+    """How IVLE's pages link a static file under the media version (its
+    URL pattern `+media/+VERSION/NS/PATH`): the version alone would be
+    found in almost any page when it is short ('1')."""
+    return f"/+media/+{media_version}/".encode()
+
+
 def why_not(got: Fetched, media_version: str | None) -> str | None:
     """What keeps the answer GOT from passing, for a person; None: it passes."""
     if got.status is None:
@@ -78,7 +85,7 @@ def why_not(got: Fetched, media_version: str | None) -> str | None:
         return f"HTTP {got.status}, ivle-maint's maintenance page"
     if got.status != OK:
         return f"HTTP {got.status}"
-    if media_version is not None and media_version.encode("utf-8") not in got.body:
+    if media_version is not None and media_mark(media_version) not in got.body:
         return (f"the page does not carry media version {shown(media_version, 130)} "
                 f"(in its first {MAX_BODY // 1024} KiB)")
     return None

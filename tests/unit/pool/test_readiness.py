@@ -21,6 +21,7 @@ from ivle_maint.pool import readiness
 from support.pages import MAINTENANCE, Page, ivle_page, serving
 
 VERSION = "2.1.r3"
+MARK = readiness.media_mark(VERSION)  # /+media/+2.1.r3/
 HANG_GUARD = 60  # seconds: far beyond every timeout here; never how fast
 
 
@@ -111,11 +112,11 @@ KIB_256 = 256 * 1024  # the limit as documented, not as the module's constant sa
 
 
 @pytest.mark.parametrize(("where", "passes"), [
-    (KIB_256 - len(VERSION), True),  # its last byte the limit's last
-    (KIB_256 - len(VERSION) + 1, False),  # one byte beyond it
+    (KIB_256 - len(MARK), True),  # its last byte the limit's last
+    (KIB_256 - len(MARK) + 1, False),  # one byte beyond it
 ], ids=["within", "beyond"])
 def test_the_version_is_looked_for_in_the_first_256_kib_only(tmp_path, where, passes):
-    body = b"x" * where + VERSION.encode() + b"y" * 1000
+    body = b"x" * where + MARK + b"y" * 1000
     with serving(Page(200, body)) as site:
         result = checked(settings_for(tmp_path, site.url(), timeout=10 if passes else 1))
     if passes:
@@ -216,8 +217,11 @@ def test_a_ready_url_the_gate_refuses_is_one_line_naming_the_setting(tmp_path, u
 
 
 STATUSES = st.integers(101, 599) | st.just(200)
-BODIES = st.tuples(st.binary(max_size=200), st.booleans(), st.binary(max_size=200)).map(
-    lambda parts: parts[0] + (VERSION.encode() if parts[1] else b"") + parts[2])
+# Around the link, or the version alone (which is not the link), or neither.
+BODIES = st.tuples(st.binary(max_size=200), st.booleans(), st.booleans(),
+                   st.binary(max_size=200)).map(
+    lambda parts: parts[0] + ((MARK if parts[1] else VERSION.encode()) if parts[2] else b"")
+    + parts[3])
 
 
 @settings(max_examples=60, deadline=None,
@@ -227,7 +231,7 @@ def test_a_page_passes_iff_it_is_200_and_carries_the_version(tmp_path, status, b
     """Judged on the page as the real GET reads it, and by the check itself:
     a page that passes is waited for as long as it takes (HANG_GUARD), one
     that cannot pass fails at the shortest ready_timeout, whatever it saw."""
-    expected = status == 200 and VERSION.encode() in body
+    expected = status == 200 and MARK in body
     with serving(Page(status, body)) as site:
         where = readiness.ready_url(settings_for(tmp_path, site.url()))[1]
         judged = readiness.why_not(fetch(where, HANG_GUARD, readiness.MAX_BODY), VERSION)
