@@ -6,8 +6,9 @@ and comes back.  That is safe only when the old code keeps working on
 the new schema and in the jails as they are, so a release rolls when:
 
 - [cluster] rolling (or --rolling, IVLE_MAINT_ROLLING) is not `never`;
-- this node is in a coordinated cluster with two web nodes or more (with
-  one, taking it out of the pool takes the site down), and, on a web
+- this node is in a coordinated cluster whose web nodes serving now
+  outnumber [cluster] roll_batch (else taking a batch out of the pool
+  takes the site down), and, on a web
   node, Apache serves its pool answer (the balancer's check: a slave it
   does not see leave would be stopped with requests still sent to it);
 - every pending migration is `additive` (db/migration_class.py: the old
@@ -42,7 +43,7 @@ class Facts:
 
     mode: str                     # never, auto or always
     coordinated: bool             # this node is in the cluster table's cluster
-    web_nodes: int                # nodes in the cluster table that serve IVLE
+    web_nodes: int                # web nodes whose row says they serve now
     pending: int                  # pending migrations (0: none)
     release_class: str | None     # their worst class; None: not known
     deciding: str = ""            # the migration and statement that decided it
@@ -52,6 +53,7 @@ class Facts:
     rollback: bool = False        # going back to a restore point
     mode_from: str = "[cluster] rolling"  # where the mode was said, for a person
     out_of_pool_why: str = ""     # why this web node cannot leave a pool ("" if it can)
+    batch: int = 1                # [cluster] roll_batch: slaves out of the pool at once
 
 
 @dataclass(frozen=True)
@@ -76,9 +78,10 @@ def choose(facts: Facts) -> Choice:
         return Choice(False, "this node coordinates with no cluster ([cluster] coordinate)")
     if facts.out_of_pool_why:
         return Choice(False, facts.out_of_pool_why)
-    if facts.web_nodes < 2:
-        return Choice(False, f"{facts.web_nodes} web node(s) in the cluster table: a roll "
-                      "takes one out of the pool at a time, so it needs two or more")
+    if facts.web_nodes <= facts.batch:
+        return Choice(False, f"{facts.web_nodes} web node(s) serving, and a roll takes "
+                      f"{facts.batch} out of the pool at a time ([cluster] roll_batch): "
+                      "none would be left to serve")
     if facts.pending and facts.release_class is None:
         return Choice(False, "the pending migrations' class is not known"
                       + (f" ({facts.unknown_why})" if facts.unknown_why else ""))
@@ -91,7 +94,7 @@ def choose(facts: Facts) -> Choice:
                       + ": the jail tree is shared by every slave, old and new")
     migrations = (f"every pending migration is additive ({facts.pending})" if facts.pending
                   else "no pending migration")
-    return Choice(True, f"{migrations}, no jail rebuild, {facts.web_nodes} web nodes")
+    return Choice(True, f"{migrations}, no jail rebuild, {facts.web_nodes} web nodes serving")
 
 
 def refuse_unless_allowed(mode: str, choice: Choice, source: str) -> None:

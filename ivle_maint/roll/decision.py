@@ -43,7 +43,7 @@ def facts(ctx: UpgradeContext, rows: list[table.NodeRow] | None) -> Facts:
         return Facts(mode, coordinated=rows is not None, web_nodes=0, pending=0,
                      release_class=None, rollback=ctx.rollback is not None,
                      mode_from=_source(ctx))
-    web = sum(1 for r in rows if r.has_web and r.invalid is None)
+    web = sum(1 for r in rows if r.has_web and r.invalid is None and r.serving is not None)
     unseen = "" if not ctx.settings.role.runs_web or answer.conf_enabled(ctx.settings) else (
         f"this web node's pool answer ({answer.URL}) is not served: no balancer could see it "
         f"leave ({answer.conf_path(ctx.settings)}: a2enconf {answer.CONF_NAME})")
@@ -52,7 +52,7 @@ def facts(ctx: UpgradeContext, rows: list[table.NodeRow] | None) -> Facts:
     return Facts(mode, coordinated=True, web_nodes=web, pending=pending, release_class=cls,
                  deciding=deciding, unknown_why=unknown, jail=needs.jail,
                  jail_why=needs.reason(release_needs.JAIL), mode_from=_source(ctx),
-                 out_of_pool_why=unseen)
+                 out_of_pool_why=unseen, batch=int(ctx.settings["cluster"]["roll_batch"]))
 
 
 def _release_class(ctx: UpgradeContext) -> tuple[int, str | None, str, str]:

@@ -210,3 +210,15 @@ def test_a_roll_decided_from_another_version_is_stale_or_refused(at_1_1) -> None
     began = dpkgs[second].preinst("1.1", "1.2", files("1.1", v12), v12)
     assert began.returncode == 0, began.stderr
     assert "rolling: rolls: every pending migration is additive (1)" in began.stderr
+
+
+def test_no_roll_when_taking_a_batch_out_would_leave_no_slave_serving(at_1_1) -> None:
+    cluster, dpkgs = at_1_1
+    first, second = cluster.slaves
+    assert second.service("apache2", "stop").returncode == 0
+    assert cli(second, "cluster", "refresh").returncode == 0  # its row: down
+    v12 = {**V11, **ADDITIVE}
+    done = dpkgs[first].preinst("1.1", "1.2", files("1.1", v12), v12)
+    assert done.returncode == 0, done.stderr
+    assert "rolling: does not roll: 1 web node(s) serving, and a roll takes 1 out of the " \
+        "pool at a time" in done.stderr, done.stderr

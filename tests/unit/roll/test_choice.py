@@ -18,14 +18,15 @@ FACTS = st.builds(Facts, mode=st.sampled_from(["auto", "always", "never"]),
                   jail_why=st.sampled_from(["", "12 code files changed"]),
                   rollback=st.booleans(), mode_from=st.sampled_from(["[cluster] rolling",
                                                                      "--rolling"]),
-                  out_of_pool_why=st.sampled_from(["", "its pool answer is not served"]))
+                  out_of_pool_why=st.sampled_from(["", "its pool answer is not served"]),
+                  batch=st.integers(1, 4))
 
 
 def safe_to_roll(f: Facts) -> bool:
     """The module's rule, stated from the issue: the old code must keep
     working on the new schema and jails while the slaves take turns."""
     migrations_ok = f.pending == 0 or f.release_class == "additive"
-    return (f.mode != NEVER and not f.rollback and f.coordinated and f.web_nodes >= 2
+    return (f.mode != NEVER and not f.rollback and f.coordinated and f.web_nodes > f.batch
             and migrations_ok and not f.jail and not f.out_of_pool_why)
 
 
@@ -35,7 +36,7 @@ def test_a_release_rolls_exactly_when_every_condition_holds(facts: Facts) -> Non
     assert choice.rolling == safe_to_roll(facts), (facts, choice)
     assert choice.why and "\n" not in choice.why
     if facts.pending and facts.release_class not in (None, "additive") and not choice.rolling \
-            and facts.coordinated and facts.web_nodes >= 2 and facts.mode != NEVER \
+            and facts.coordinated and facts.web_nodes > facts.batch and facts.mode != NEVER \
             and not facts.rollback and not facts.out_of_pool_why:
         assert facts.release_class in choice.why  # the class that stopped it is named
     if facts.mode == NEVER:
