@@ -227,8 +227,10 @@ def events_since(since: datetime) -> list[Event]:
 
 
 def http_get(port: int) -> str:
+    """Who answers IVLE's front page on PORT: the stand-in's name, its last
+    line (above it, the page's link to its static files)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as answer:
-        return str(answer.read().decode().strip())
+        return str(answer.read().decode().strip().splitlines()[-1])
 
 
 # -- user files ---------------------------------------------------------------------
