@@ -37,7 +37,7 @@ from typing import Any
 
 from ..errors import MaintError
 from ..gates import names
-from ..gates.text import ivle_maint, shown
+from ..gates.text import first_line, ivle_maint, shown
 from ..pgdriver import psycopg2
 from ..versions import MAX_LENGTH as VERSION_MAX
 from ..versions import check as check_version
@@ -291,7 +291,7 @@ def why_no_roll(conn: Any) -> str | None:
                 try:
                     cur.execute(statement, [_PREFLIGHT])
                 except psycopg2.Error as exc:
-                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    first = first_line(exc)
                     return (f"role {role} may not {verb} table {name} ({first}), so the "
                             f"slaves could not roll the release one batch at a time: GRANT "
                             f"{table.RIGHTS[name]} ON {name} TO {role}")

@@ -75,7 +75,7 @@ from ..context import Role
 from ..db import marker
 from ..errors import MaintError
 from ..gates import names, text
-from ..gates.text import shown
+from ..gates.text import first_line, shown
 from ..media.version import is_value as is_media_value
 from ..pgdriver import psycopg2, sql
 from ..versions import check as check_version
@@ -470,7 +470,7 @@ def why_no_claim(conn: Any) -> str | None:
                     "ON CONFLICT (value) DO NOTHING",
                     ["ivle-maint preflight", "", "ivle-maint preflight"])
             except psycopg2.Error as exc:
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                first = first_line(exc)
                 return (f"role {role} may not insert into table {MEDIA} ({first}), so the "
                         f"slaves could not agree on a media version: GRANT SELECT, INSERT ON "
                         f"{MEDIA} TO {role}")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .. import system
 from ..errors import MaintError
 from ..gates.rewrite import existing_parent, prove_writable
-from ..gates.text import ivle_maint
+from ..gates.text import first_line, ivle_maint
 from ..installed import old_migration_files
 from ..pgdriver import psycopg2, sql
 from . import migrations
@@ -180,7 +180,7 @@ def check_tables_readable(ctx: UpgradeContext, conn: Any) -> None:
                 cur.execute("RELEASE SAVEPOINT ivle_maint_read")
             except psycopg2.Error as exc:
                 conn.rollback()
-                why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                why = first_line(exc)
                 raise MaintError(
                     f"database {conn.info.dbname}: role {role} cannot read {what} "
                     f"{schema}.{name} ({why}), so its backup would fail: GRANT SELECT ON "

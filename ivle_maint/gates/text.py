@@ -107,6 +107,12 @@ def _text(value: object) -> str:
     return value if isinstance(value, str) else str(value)
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's first line (a server's error runs to DETAIL and HINT
+    lines); its type's name when it says nothing."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def shown(value: object, limit: int | None = None) -> str:
     """VALUE (str, bytes, a path, anything) as one line of printable text;
     with LIMIT, no longer than that (and the count of what was cut)."""
